@@ -1,0 +1,343 @@
+"""Properties of bodymodels.py's rotations, cameras, joint orders and pictures.
+
+Random inputs come from a hypothesis-drawn seed feeding a torch.Generator, in float64. Rotations
+mix near-identity (angles down to 1e-12), near-pi (within 1e-12 of pi) and uniform angles, plus
+the exact identity and half turn. scipy.spatial.transform.Rotation is the independent oracle.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from scipy.spatial.transform import Rotation
+
+import bodymodels as bm
+
+SEEDS = st.integers(0, 2**31 - 1)
+SHAPES = st.sampled_from([(), (1,), (3, 2)])
+KINDS = st.sampled_from(["identity", "near_identity", "uniform", "near_pi", "half_turn"])
+DOUBLE = dict(dtype=torch.float64)
+FAST = settings(deadline=None, max_examples=60)
+
+
+def random_axis_angle(seed, shape, kind):
+    """(*shape, 3) float64 axis-angle vectors of the given kind."""
+    g = torch.Generator().manual_seed(seed)
+    axis = F.normalize(torch.randn(*shape, 3, generator=g, **DOUBLE), dim=-1)
+    u = torch.rand(*shape, 1, generator=g, **DOUBLE)
+    tiny = 10 ** (-12 + 11 * u)  # log-uniform in [1e-12, 0.1]
+    angle = {"identity": 0 * u, "near_identity": tiny, "uniform": math.pi * u,
+             "near_pi": math.pi - tiny, "half_turn": math.pi + 0 * u}[kind]
+    return axis * angle
+
+
+def same_rotation_vector(a, b, atol):
+    """a == b up to the 2 pi ambiguity: aa and aa - 2 pi aa/|aa| are the same rotation (-aa at pi)."""
+    angle = a.norm(dim=-1, keepdim=True)
+    twin = a - 2 * math.pi * a / angle.clamp_min(1e-300)
+    error = torch.minimum((a - b).norm(dim=-1), (twin - b).norm(dim=-1))
+    return bool((error < atol).all())
+
+
+def scipy_matrix(aa):
+    return torch.from_numpy(Rotation.from_rotvec(aa.reshape(-1, 3).numpy()).as_matrix()).reshape(*aa.shape, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotations
+
+
+@FAST
+@given(seed=SEEDS, shape=SHAPES, kind=KINDS)
+@example(seed=0, shape=(), kind="identity")
+@example(seed=0, shape=(), kind="half_turn")
+def test_axis_angle_to_matrix_matches_scipy(seed, shape, kind):
+    aa = random_axis_angle(seed, shape, kind)
+    R = bm.axis_angle_to_matrix(aa)
+    assert R.shape == (*shape, 3, 3) and R.dtype == torch.float64
+    torch.testing.assert_close(R, scipy_matrix(aa), atol=1e-14, rtol=0)
+
+
+@FAST
+@given(seed=SEEDS, shape=SHAPES, kind=KINDS)
+@example(seed=0, shape=(), kind="identity")
+@example(seed=0, shape=(), kind="half_turn")
+def test_matrix_to_axis_angle_matches_scipy(seed, shape, kind):
+    R = scipy_matrix(random_axis_angle(seed, shape, kind))
+    oracle = torch.from_numpy(Rotation.from_matrix(R.reshape(-1, 3, 3).numpy()).as_rotvec()).reshape(*shape, 3)
+    aa = bm.matrix_to_axis_angle(R)
+    assert aa.shape == (*shape, 3) and aa.dtype == torch.float64
+    assert same_rotation_vector(aa, oracle, atol=1e-13)
+
+
+@FAST
+@given(seed=SEEDS, shape=SHAPES, kind=KINDS)
+@example(seed=0, shape=(), kind="identity")
+@example(seed=0, shape=(), kind="half_turn")
+def test_axis_angle_round_trip_recovers_the_vector(seed, shape, kind):
+    aa = random_axis_angle(seed, shape, kind)
+    back = bm.matrix_to_axis_angle(bm.axis_angle_to_matrix(aa))
+    assert same_rotation_vector(back, aa, atol=1e-13)
+    # the relative error stays small even for angles of 1e-12
+    if kind == "near_identity":
+        torch.testing.assert_close(back, aa, atol=0, rtol=1e-9)
+
+
+@FAST
+@given(seed=SEEDS, shape=SHAPES, kind=KINDS)
+@example(seed=0, shape=(), kind="identity")
+@example(seed=0, shape=(), kind="half_turn")
+def test_rotations_are_orthonormal_with_det_one(seed, shape, kind):
+    g = torch.Generator().manual_seed(seed)
+    for R in (bm.axis_angle_to_matrix(random_axis_angle(seed, shape, kind)),
+              bm.rot6d_to_matrix(torch.randn(*shape, 6, generator=g, **DOUBLE))):
+        eye = torch.eye(3, **DOUBLE).expand(*shape, 3, 3)
+        torch.testing.assert_close(R.transpose(-1, -2) @ R, eye, atol=1e-13, rtol=0)
+        torch.testing.assert_close(torch.linalg.det(R), torch.ones(shape, **DOUBLE), atol=1e-13, rtol=0)
+
+
+@FAST
+@given(seed=SEEDS, shape=SHAPES, kind=KINDS)
+@example(seed=0, shape=(), kind="identity")
+@example(seed=0, shape=(), kind="half_turn")
+def test_rot6d_round_trip_recovers_the_matrix(seed, shape, kind):
+    R = bm.axis_angle_to_matrix(random_axis_angle(seed, shape, kind))
+    x = bm.matrix_to_rot6d(R)
+    assert x.shape == (*shape, 6)
+    torch.testing.assert_close(bm.rot6d_to_matrix(x), R, atol=1e-14, rtol=0)
+
+
+@FAST
+@given(seed=SEEDS, shape=SHAPES)
+def test_rot6d_gram_schmidt_keeps_the_first_column_direction_and_the_plane(seed, shape):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, 6, generator=g, **DOUBLE)
+    R = bm.rot6d_to_matrix(x)
+    a1, a2 = x[..., :3], x[..., 3:]
+    torch.testing.assert_close(R[..., :, 0], F.normalize(a1, dim=-1), atol=1e-13, rtol=0)
+    # column 1 is a2 with its a1 component removed, so a2 = (a2.c0) c0 + (a2.c1) c1 with a2.c1 > 0
+    c0, c1 = R[..., :, 0], R[..., :, 1]
+    d0, d1 = (a2 * c0).sum(-1, keepdim=True), (a2 * c1).sum(-1, keepdim=True)
+    torch.testing.assert_close(d0 * c0 + d1 * c1, a2, atol=1e-12, rtol=0)
+    assert bool((d1 > 0).all())
+
+
+def test_rot6d_is_the_first_two_columns():
+    # 90 degrees about +z: x -> y, y -> -x. Columns are the images of the axes.
+    R = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], **DOUBLE)
+    torch.testing.assert_close(bm.axis_angle_to_matrix(torch.tensor([0, 0, math.pi / 2], **DOUBLE)), R)
+    x = bm.matrix_to_rot6d(R)
+    assert x.tolist() == [0.0, 1.0, 0.0, -1.0, 0.0, 0.0]  # [R[:, 0], R[:, 1]]
+    torch.testing.assert_close(bm.rot6d_to_matrix(x), R)
+    # pytorch3d's row reading of the same numbers gives the transpose, the inverse rotation
+    torch.testing.assert_close(bm.rot6d_to_matrix(torch.tensor([0.0, -1, 0, 1, 0, 0], **DOUBLE)), R.T)
+
+
+def test_gradients_at_zero_are_finite_and_the_log_of_exp_has_identity_jacobian():
+    zero = torch.zeros(3, **DOUBLE, requires_grad=True)
+    assert torch.autograd.gradcheck(bm.axis_angle_to_matrix, (zero,))
+    assert torch.autograd.gradcheck(bm.matrix_to_axis_angle, (torch.eye(3, **DOUBLE).requires_grad_(),))
+    jac = torch.autograd.functional.jacobian(lambda a: bm.matrix_to_axis_angle(bm.axis_angle_to_matrix(a)), zero)
+    torch.testing.assert_close(jac, torch.eye(3, **DOUBLE))
+    for dtype in (torch.float32, torch.float64):  # also at the half turn, and in float32
+        for R in (torch.eye(3, dtype=dtype), torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=dtype))):
+            R.requires_grad_()
+            bm.matrix_to_axis_angle(R).sum().backward()
+            assert torch.isfinite(R.grad).all()
+        a = torch.zeros(2, 3, dtype=dtype, requires_grad=True)
+        bm.rot6d_to_matrix(bm.matrix_to_rot6d(bm.axis_angle_to_matrix(a))).sum().backward()
+        assert torch.isfinite(a.grad).all()
+
+
+@FAST
+@given(seed=SEEDS, kind=KINDS)
+def test_float32_agrees_with_float64(seed, kind):
+    aa = random_axis_angle(seed, (4,), kind)
+    R32 = bm.axis_angle_to_matrix(aa.float())
+    assert R32.dtype == torch.float32
+    torch.testing.assert_close(R32.double(), bm.axis_angle_to_matrix(aa), atol=1e-6, rtol=0)
+    back = bm.matrix_to_axis_angle(bm.axis_angle_to_matrix(aa).float())
+    assert back.dtype == torch.float32 and same_rotation_vector(back.double(), aa, atol=2e-6)
+
+
+def test_rotation_functions_reject_wrong_shapes():
+    for fn, bad in ((bm.axis_angle_to_matrix, torch.zeros(2, 4)), (bm.matrix_to_axis_angle, torch.zeros(3)),
+                    (bm.rot6d_to_matrix, torch.zeros(5)), (bm.matrix_to_rot6d, torch.zeros(2, 3, 2))):
+        with pytest.raises(ValueError, match=fn.__name__):
+            fn(bad)
+
+
+def test_gradcheck_away_from_zero_and_pi():
+    g = torch.Generator().manual_seed(0)
+    aa = random_axis_angle(1, (5,), "uniform").clamp(-3.0, 3.0).requires_grad_()
+    assert torch.autograd.gradcheck(bm.axis_angle_to_matrix, (aa,))
+    R = bm.axis_angle_to_matrix(aa.detach()).requires_grad_()
+    assert torch.autograd.gradcheck(bm.matrix_to_axis_angle, (R,))
+    assert torch.autograd.gradcheck(bm.rot6d_to_matrix, (torch.randn(5, 6, generator=g, **DOUBLE).requires_grad_(),))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cameras
+
+
+def random_intrinsics(g, shape):
+    f = 100 + 1900 * torch.rand(*shape, 2, generator=g, **DOUBLE)  # fx, fy
+    c = 500 * torch.rand(*shape, 2, generator=g, **DOUBLE)  # cx, cy
+    o, i = torch.zeros(shape, **DOUBLE), torch.ones(shape, **DOUBLE)
+    return torch.stack([f[..., 0], o, c[..., 0], o, f[..., 1], c[..., 1], o, o, i], -1).unflatten(-1, (3, 3))
+
+
+@FAST
+@given(seed=SEEDS, shape=SHAPES)
+def test_projection_then_back_projection_with_depth_recovers_the_points(seed, shape):
+    g = torch.Generator().manual_seed(seed)
+    K = random_intrinsics(g, shape)
+    points = torch.randn(*shape, 7, 3, generator=g, **DOUBLE)
+    points[..., 2] = 0.5 + 4.5 * torch.rand(*shape, 7, generator=g, **DOUBLE)  # in front of the camera
+    uv = bm.perspective_projection(points, K)
+    assert uv.shape == (*shape, 7, 2)
+    rays = torch.cat([uv, torch.ones_like(uv[..., :1])], -1) @ torch.linalg.inv(K).transpose(-1, -2)
+    torch.testing.assert_close(rays * points[..., 2:], points, atol=1e-12, rtol=0)
+
+
+def test_projection_rejects_wrong_shapes():
+    with pytest.raises(ValueError, match=r"K \(\.\.\., 3, 3\)"):
+        bm.perspective_projection(torch.ones(4, 3), torch.eye(4))
+
+
+def random_weak_camera(g, shape):
+    s = 0.5 + torch.rand(*shape, 1, generator=g, **DOUBLE)
+    txy = 0.6 * torch.rand(*shape, 2, generator=g, **DOUBLE) - 0.3
+    return torch.cat([s, txy], -1)
+
+
+@FAST
+@given(seed=SEEDS, shape=SHAPES)
+def test_weak_perspective_translation_projects_like_the_weak_perspective_camera(seed, shape):
+    g = torch.Generator().manual_seed(seed)
+    cam = random_weak_camera(g, shape)  # (..., 3) [s, tx, ty]
+    t = bm.weak_perspective_to_translation(cam)
+    torch.testing.assert_close(t[..., 2], 2 * 5000.0 / (256.0 * cam[..., 0]))
+    # on the root's depth plane (z = 0) the perspective camera is exactly s/2 * (x + t) in [-0.5, 0.5]
+    points = torch.randn(*shape, 5, 3, generator=g, **DOUBLE)
+    points[..., 2] = 0
+    uv = bm.project_to_crop(points, t)
+    torch.testing.assert_close(uv, cam[..., None, :1] / 2 * (points[..., :2] + cam[..., None, 1:]))
+    # the point at -[tx, ty, 0] lands on the crop centre
+    centre = -torch.cat([cam[..., 1:], torch.zeros_like(cam[..., :1])], -1)[..., None, :]
+    torch.testing.assert_close(bm.project_to_crop(centre, t), torch.zeros(*shape, 1, 2, **DOUBLE))
+
+
+def random_box(g, shape):
+    """Image size [W, H] in [200, 2000], a box size and a box centre inside the image."""
+    image_size = 200 + 1800 * torch.rand(*shape, 2, generator=g, **DOUBLE)
+    box_size = image_size.min(-1).values * (0.1 + 0.9 * torch.rand(shape, generator=g, **DOUBLE))
+    box_center = image_size * torch.rand(*shape, 2, generator=g, **DOUBLE)
+    return box_center, box_size, image_size
+
+
+@FAST
+@given(seed=SEEDS, shape=SHAPES)
+def test_full_image_camera_agrees_with_the_crop_camera_mapped_to_the_image(seed, shape):
+    g = torch.Generator().manual_seed(seed)
+    cam = random_weak_camera(g, shape)
+    box_center, box_size, image_size = random_box(g, shape)
+    points = torch.randn(*shape, 6, 3, generator=g, **DOUBLE) * 0.3
+    points[..., 2] = 0  # CLIFF is exact on the root's depth plane
+    # crop camera, then the crop [-0.5, 0.5]^2 mapped onto the box in the image
+    in_crop = bm.project_to_crop(points, bm.weak_perspective_to_translation(cam))
+    expected = box_center[..., None, :] + box_size[..., None, None] * in_crop
+    # full-image camera
+    t_full = bm.cam_crop_to_full(cam, box_center, box_size, image_size)
+    K_full = bm.full_image_intrinsics(image_size)
+    uv = bm.perspective_projection(points + t_full[..., None, :], K_full)
+    torch.testing.assert_close(uv, expected, atol=1e-6, rtol=0)
+
+
+@FAST
+@given(seed=SEEDS, shape=SHAPES)
+def test_cam_crop_to_full_is_the_crop_camera_when_the_box_is_the_whole_square_image(seed, shape):
+    g = torch.Generator().manual_seed(seed)
+    cam = random_weak_camera(g, shape)
+    side = 100 + 900 * torch.rand(shape, generator=g, **DOUBLE)
+    image_size = torch.stack([side, side], -1)
+    points = torch.randn(*shape, 6, 3, generator=g, **DOUBLE) * 0.3  # any depth
+    t_full = bm.cam_crop_to_full(cam, image_size / 2, side, image_size)
+    uv = bm.perspective_projection(points + t_full[..., None, :], bm.full_image_intrinsics(image_size))
+    in_crop = bm.project_to_crop(points, bm.weak_perspective_to_translation(cam))
+    torch.testing.assert_close(uv, image_size[..., None, :] / 2 + side[..., None, None] * in_crop, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Joint orders and kinematic trees
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (3, 2)])
+def test_mano_to_freihand_picks_the_joint_and_fingertip_rows(shape):
+    joints = torch.arange(16, **DOUBLE)[:, None].expand(*shape, 16, 3)  # row j holds j
+    verts = (1000 + torch.arange(778, **DOUBLE))[:, None].expand(*shape, 778, 3)  # row v holds 1000 + v
+    out = bm.mano_to_freihand(joints, verts)
+    assert out.shape == (*shape, 21, 3)
+    expected = [0, 13, 14, 15, 1744, 1, 2, 3, 1320, 4, 5, 6, 1443, 10, 11, 12, 1554, 7, 8, 9, 1671]
+    assert out[..., 0].reshape(-1, 21)[0].tolist() == expected
+    with pytest.raises(ValueError, match=r"verts \(\.\.\., 778, 3\)"):
+        bm.mano_to_freihand(joints, verts[..., :777, :])
+
+
+def test_freihand_names_follow_from_mano_names_and_the_reorder():
+    tips = tuple(f"{f}_tip" for f in ("thumb", "index", "middle", "ring", "pinky"))
+    names = bm.MANO_JOINT_NAMES + tips
+    assert tuple(names[i] for i in bm.MANO_TO_FREIHAND) == bm.FREIHAND_JOINT_NAMES
+    assert sorted(bm.MANO_TO_FREIHAND) == list(range(21))
+    assert {f: bm.MANO_JOINT_NAMES[j] for f, j in bm.MANO_MCP_JOINTS.items()} == {f: f"{f}1" for f in bm.MANO_MCP_JOINTS}
+
+
+@pytest.mark.parametrize("parents, names", [
+    (bm.MANO_PARENTS, bm.MANO_JOINT_NAMES), (bm.SMPL_PARENTS, bm.SMPL_JOINT_NAMES),
+    (bm.SMPLX_PARENTS, bm.SMPLX_JOINT_NAMES), (bm.FREIHAND_PARENTS, bm.FREIHAND_JOINT_NAMES)])
+def test_kinematic_trees_list_parents_before_children(parents, names):
+    assert isinstance(parents, tuple) and len(parents) == len(names) == len(set(names))
+    assert parents[0] == -1 and all(0 <= p < j for j, p in enumerate(parents) if j > 0)
+
+
+def test_kinematic_trees_agree_with_each_other():
+    assert (len(bm.MANO_PARENTS), len(bm.SMPL_PARENTS), len(bm.SMPLX_PARENTS)) == (16, 24, 55)
+    # SMPL-X: SMPL's body, and each hand is MANO's tree hung from a wrist (20 left, 21 right)
+    assert bm.SMPLX_PARENTS[:22] == bm.SMPL_PARENTS[:22]
+    for wrist, first in ((20, 25), (21, 40)):
+        hand = tuple(wrist if p == 0 else p + first - 1 for p in bm.MANO_PARENTS[1:])
+        assert bm.SMPLX_PARENTS[first:first + 15] == hand
+    # FreiHAND's tree is MANO's, with each fingertip hung from its finger's last joint
+    mano_tips = bm.MANO_PARENTS + (15, 3, 6, 12, 9)  # parents of tips thumb, index, middle, ring, pinky
+    for i, p in enumerate(bm.FREIHAND_PARENTS[1:], start=1):
+        assert bm.MANO_TO_FREIHAND[p] == mano_tips[bm.MANO_TO_FREIHAND[i]]
+    # arm chains follow SMPL-X's parents from the pelvis to a wrist
+    for chain, wrist in ((bm.SMPLX_LEFT_ARM, "left_wrist"), (bm.SMPLX_RIGHT_ARM, "right_wrist")):
+        assert chain[0] == 0 and bm.SMPLX_JOINT_NAMES[chain[-1]] == wrist
+        assert all(bm.SMPLX_PARENTS[c] == p for p, c in zip(chain, chain[1:]))
+    assert bm.MANO_FINGERTIP_VERTS == (744, 320, 443, 554, 671)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pictures
+
+
+def test_plot_mesh_views_draws_every_face_and_bone_in_three_views():
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    verts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    faces = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    fig = bm.plot_mesh_views(verts, faces, joints=verts[:3], parents=(-1, 0, 1), title="tetrahedron")
+    assert [ax.get_title() for ax in fig.axes] == ["front", "side", "top"]
+    for ax in fig.axes:
+        polys = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        bones = [c for c in ax.collections if isinstance(c, LineCollection)]
+        assert len(polys) == 1 and len(polys[0].get_paths()) == 4
+        assert len(bones) == 1 and len(bones[0].get_segments()) == 2
+    with pytest.raises(ValueError, match="faces"):
+        bm.plot_mesh_views(verts, faces[:, :2])
+    with pytest.raises(ValueError, match="parents"):
+        bm.plot_mesh_views(verts, faces, joints=verts, parents=(-1, 0))
