@@ -34,6 +34,7 @@ Map of the file:
 """
 
 import functools
+import hashlib
 import os
 import pickle
 import tempfile
@@ -346,7 +347,7 @@ def plot_mesh_views(verts, faces, joints=None, parents=None, title=None):
 # anatomy: numbers measured on them say nothing about the real models.
 
 
-STANDIN_VERSION = "standins-v1"  # bump when the generator changes: the cache folder is named after it
+STANDIN_VERSION = "standins-v1"  # the cache folder is named after it and a hash of the generator code
 
 # --- Mesh helpers ----------------------------------------------------------------------------
 
@@ -1541,13 +1542,21 @@ _STANDIN_FILES = {"mano": ("MANO_RIGHT.pkl", "MANO_LEFT.pkl"), "smpl": ("SMPL_NE
 
 
 def standin_dir():
-    """The stand-ins' cache folder: $HMR_CACHE/standins-v1, by default ~/.cache/hmr-reference/standins-v1.
+    """The stand-ins' cache folder: $HMR_CACHE/standins-v1-HASH, by default ~/.cache/hmr-reference/standins-v1-HASH.
 
     It has smplx's layout (mano/MANO_RIGHT.pkl, smpl/SMPL_NEUTRAL.pkl, smplx/SMPLX_NEUTRAL.npz),
     so it can be passed anywhere a folder of real model files is expected.
     """
     root = os.environ.get("HMR_CACHE") or Path.home() / ".cache" / "hmr-reference"
-    return Path(root).expanduser() / STANDIN_VERSION
+    return Path(root).expanduser() / f"{STANDIN_VERSION}-{_generator_hash()}"
+
+
+@functools.lru_cache(maxsize=1)
+def _generator_hash():
+    """8 hex digits of this file's text from the stand-in banner on: an edited generator never
+    reads files an older one cached (a stale cache would silently give other meshes)."""
+    text = Path(__file__).read_text()
+    return hashlib.sha1(text[text.index("# ---- Procedural stand-ins"):].encode()).hexdigest()[:8]
 
 
 def _mirror_hand(arrays):
