@@ -1,0 +1,397 @@
+"""Properties of metrics.py: Procrustes alignment, root-aligned and PA errors, F-score, AUC, the FreiHAND table.
+
+The oracle is a per-sample numpy/scipy re-implementation of the official FreiHAND evaluation
+(lmb-freiburg/freihand eval.py and utils/eval_util.py): align_w_scale with scipy's
+orthogonal_procrustes and no reflection check, F-scores from exact nearest-neighbour distances
+(the original uses open3d; here scipy's k-d tree), AUC from per-point PCK curves over the dataset.
+Our batched numbers must equal it to 1e-6 in float64 wherever the official rotation is proper;
+where it reflects (a mirrored prediction) we return a proper rotation on purpose, and a test
+documents that difference. Random inputs: a hypothesis-drawn seed feeding a torch.Generator, float64.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from scipy.linalg import orthogonal_procrustes
+from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
+
+import metrics
+
+SEEDS = st.integers(0, 2**31 - 1)
+KINDS = st.sampled_from(["identity", "near_identity", "uniform", "near_pi", "half_turn"])
+DOUBLE = dict(dtype=torch.float64)
+FAST = settings(deadline=None, max_examples=25)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small tensors: a second thread only adds synchronisation (10x slower on a busy 2-core CI box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# -----------------------------------------------------------------------------
+# The official protocol, one sample at a time (numpy + scipy)
+
+
+def official_align_w_scale(gt, pred):
+    """(aligned pred (N, 3), det of its rotation): centre, divide by Frobenius norm + 1e-8, scipy Procrustes, rescale."""
+    gt_c, pred_c = gt - gt.mean(0), pred - pred.mean(0)
+    s_gt, s_pred = np.linalg.norm(gt_c) + 1e-8, np.linalg.norm(pred_c) + 1e-8
+    rotation, s = orthogonal_procrustes(gt_c / s_gt, pred_c / s_pred)
+    return (pred_c / s_pred) @ rotation.T * s * s_gt + gt.mean(0), np.linalg.det(rotation)
+
+
+def official_fscore(gt, pred, threshold):
+    """calculate_fscore: nearest distances both ways, strict '<', F = 2 p r / (p + r) or 0."""
+    d_gt = cKDTree(pred).query(gt)[0]  # for each gt point, the nearest pred point
+    d_pred = cKDTree(gt).query(pred)[0]
+    p, r = np.mean(d_pred < threshold), np.mean(d_gt < threshold)
+    return 2 * p * r / (p + r) if p + r > 0 else 0.0
+
+
+def official_auc(errors, max_threshold=0.05):
+    """EvalUtil.get_measures(0, max, 100) on errors (S, N): per-point PCK over the S samples, trapezoid area, mean."""
+    thresholds = np.linspace(0.0, max_threshold, 100)
+    norm = np.trapezoid(np.ones_like(thresholds), thresholds)
+    return np.mean([np.trapezoid((e[:, None] <= thresholds).mean(0), thresholds) / norm for e in errors.T])
+
+
+def official_table(pred_joints, gt_joints, pred_verts, gt_verts):
+    """The FreiHAND table (all aligned) from a loop over samples; inputs numpy, metres."""
+    j_err, v_err, f5, f15 = [], [], [], []
+    for pj, gj, pv, gv in zip(pred_joints, gt_joints, pred_verts, gt_verts):
+        j_err.append(np.linalg.norm(official_align_w_scale(gj, pj)[0] - gj, axis=1))
+        aligned = official_align_w_scale(gv, pv)[0]
+        v_err.append(np.linalg.norm(aligned - gv, axis=1))
+        f5.append(official_fscore(gv, aligned, 0.005))
+        f15.append(official_fscore(gv, aligned, 0.015))
+    j_err, v_err = np.stack(j_err), np.stack(v_err)
+    return {"pa_mpjpe_mm": 1000 * j_err.mean(), "pa_mpvpe_mm": 1000 * v_err.mean(), "f5": np.mean(f5),
+            "f15": np.mean(f15), "auc_joints": official_auc(j_err), "auc_verts": official_auc(v_err)}
+
+
+# -----------------------------------------------------------------------------
+# Random data
+
+
+def random_rotations(g, n, kind):
+    """(n, 3, 3) float64 rotation matrices with angles of the given kind (scipy builds them)."""
+    axis = torch.nn.functional.normalize(torch.randn(n, 3, generator=g, **DOUBLE), dim=-1)
+    u = torch.rand(n, 1, generator=g, **DOUBLE)
+    tiny = 10 ** (-12 + 11 * u)  # log-uniform in [1e-12, 0.1]
+    angle = {"identity": 0 * u, "near_identity": tiny, "uniform": math.pi * u,
+             "near_pi": math.pi - tiny, "half_turn": math.pi + 0 * u}[kind]
+    return torch.from_numpy(Rotation.from_rotvec((axis * angle).numpy()).as_matrix())
+
+
+def random_similarity(g, n, kind="uniform"):
+    """scale (n,) log-uniform in [0.1, 10], rotation (n, 3, 3), translation (n, 3) of size ~10."""
+    scale = 10 ** (2 * torch.rand(n, generator=g, **DOUBLE) - 1)
+    return scale, random_rotations(g, n, kind), 10 * torch.randn(n, 3, generator=g, **DOUBLE)
+
+
+def apply(similarity, points):
+    """s R x + t on points (n, N, 3)."""
+    scale, rotation, translation = similarity
+    return scale[:, None, None] * points @ rotation.transpose(1, 2) + translation[:, None]
+
+
+def hand_pair(g, batch, points, noise=0.004):
+    """(pred, gt) (batch, points, 3) in metres: gt a hand-sized cloud 0.6 m from the camera, pred a
+    similarity of it plus `noise` per axis, so the official rotation is proper and F@5 mm is mid-range."""
+    gt = torch.randn(batch, points, 3, generator=g, **DOUBLE) * torch.tensor([0.04, 0.025, 0.015], **DOUBLE)
+    gt = gt + torch.tensor([0.0, 0.0, 0.6], **DOUBLE)
+    scale, rotation, translation = random_similarity(g, batch)
+    pred = apply((0.9 + 0.02 * scale, rotation, 0.01 * translation), gt)
+    return pred + noise * torch.randn(batch, points, 3, generator=g, **DOUBLE), gt
+
+
+# -----------------------------------------------------------------------------
+# Procrustes
+
+
+@FAST
+@given(seed=SEEDS, kind=KINDS, batch=st.integers(1, 3), points=st.integers(3, 40))
+@example(seed=0, kind="identity", batch=1, points=3)
+@example(seed=0, kind="half_turn", batch=2, points=21)
+def test_procrustes_recovers_a_known_similarity(seed, kind, batch, points):
+    g = torch.Generator().manual_seed(seed)
+    gt = torch.randn(batch, points, 3, generator=g, **DOUBLE)
+    scale, rotation, translation = random_similarity(g, batch, kind)
+    pred = apply((scale, rotation, translation), gt)  # pred = s R gt + t
+    s, r, t = metrics.procrustes_transform(pred, gt)  # must be the inverse similarity
+    torch.testing.assert_close(s, 1 / scale, rtol=1e-6, atol=0)  # rtol: the official +1e-8 in the norms
+    torch.testing.assert_close(r, rotation.transpose(1, 2), rtol=0, atol=1e-9)
+    torch.testing.assert_close(t, -(rotation.transpose(1, 2) @ translation[..., None])[..., 0] / scale[:, None],
+                               rtol=1e-6, atol=1e-6)  # |t| reaches ~100 (translation 10, scale 0.1)
+    torch.testing.assert_close(metrics.procrustes_align(pred, gt), gt, rtol=0, atol=1e-6)
+
+
+@FAST
+@given(seed=SEEDS, kind=KINDS)
+@example(seed=0, kind="half_turn")
+def test_procrustes_is_invariant_to_a_similarity_of_the_prediction(seed, kind):
+    g = torch.Generator().manual_seed(seed)
+    gt = torch.randn(3, 21, 3, generator=g, **DOUBLE)
+    pred = apply(random_similarity(g, 3), gt) + 0.3 * torch.randn(3, 21, 3, generator=g, **DOUBLE)
+    moved = apply(random_similarity(g, 3, kind), pred)
+    torch.testing.assert_close(metrics.procrustes_align(moved, gt), metrics.procrustes_align(pred, gt),
+                               rtol=0, atol=1e-6)
+
+
+@FAST
+@given(seed=SEEDS, root=st.integers(0, 20), noise=st.sampled_from([0.0, 1e-6, 0.01, 0.3, 3.0]))
+def test_pa_rms_error_never_exceeds_the_root_aligned_rms_error(seed, root, noise):
+    """The exact property: Procrustes minimises the SUM OF SQUARED distances over all similarities,
+    and moving pred's root (or centroid) onto gt's is one, so the PA root-mean-square error is at
+    most the root-aligned (and the centroid-aligned) one; by Jensen, PA-MPJPE (a mean of norms) is
+    at most that RMS too. PA-MPJPE <= root-aligned MPJPE (both means of norms) is NOT guaranteed."""
+    g = torch.Generator().manual_seed(seed)
+    gt = torch.randn(4, 21, 3, generator=g, **DOUBLE)
+    pred = apply(random_similarity(g, 4), gt) + noise * torch.randn(4, 21, 3, generator=g, **DOUBLE)
+    pa_sq = (metrics.procrustes_align(pred, gt) - gt).square().sum(-1).mean(-1)  # (B,)
+    root_sq = ((pred - pred[:, [root]]) - (gt - gt[:, [root]])).square().sum(-1).mean(-1)
+    centroid_sq = ((pred - pred.mean(1, keepdim=True)) - (gt - gt.mean(1, keepdim=True))).square().sum(-1).mean(-1)
+    slack = 1e-12  # the official +1e-8 in the norms moves the scale off the optimum by O(1e-8): O(1e-16) in squares
+    assert (pa_sq <= root_sq + slack).all() and (pa_sq <= centroid_sq + slack).all()
+    assert (metrics.pa_mpjpe(pred, gt) <= root_sq.sqrt() + 1e-6).all()
+
+
+def on_line(g, points, direction):
+    """(2, points, 3): random points on the line through the origin along `direction`."""
+    return torch.randn(2, points, 1, generator=g, **DOUBLE) * torch.tensor(direction, **DOUBLE)
+
+
+def gaussian(g, points):
+    return torch.randn(2, points, 3, generator=g, **DOUBLE)
+
+
+DEGENERATE = {  # case: (make pred, make gt); None = 5 Gaussian points
+    "pred_all_equal": (lambda g: torch.ones(2, 5, 3, **DOUBLE) * 0.3, None),
+    "gt_all_equal": (None, lambda g: torch.full((2, 5, 3), -2.0, **DOUBLE)),
+    "both_all_equal": (lambda g: torch.ones(2, 5, 3, **DOUBLE), lambda g: torch.zeros(2, 5, 3, **DOUBLE)),
+    "pred_collinear": (lambda g: on_line(g, 5, [1.0, 2.0, -1.0]), None),
+    "gt_collinear": (None, lambda g: on_line(g, 5, [0.0, 0.0, 1.0])),
+    "one_point": (lambda g: gaussian(g, 1), lambda g: gaussian(g, 1)),
+    "two_points": (lambda g: gaussian(g, 2), lambda g: gaussian(g, 2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEGENERATE))
+def test_degenerate_sets_give_finite_numbers_and_proper_rotations(case):
+    g = torch.Generator().manual_seed(0)
+    make_pred, make_gt = DEGENERATE[case]
+    pred = make_pred(g) if make_pred else torch.randn(2, 5, 3, generator=g, **DOUBLE)
+    gt = make_gt(g) if make_gt else torch.randn(pred.shape, generator=g, **DOUBLE)
+    aligned = metrics.procrustes_align(pred, gt)
+    scale, rotation, translation = metrics.procrustes_transform(pred, gt)
+    assert torch.isfinite(aligned).all() and torch.isfinite(scale).all() and torch.isfinite(translation).all()
+    torch.testing.assert_close(torch.linalg.det(rotation), torch.ones(2, **DOUBLE))
+    torch.testing.assert_close(rotation.transpose(1, 2) @ rotation, torch.eye(3, **DOUBLE).expand(2, 3, 3))
+    if "all_equal" in case or case == "one_point":  # nothing to rotate or scale: everything lands on the gt centroid
+        torch.testing.assert_close(aligned, gt.mean(1, keepdim=True).expand_as(gt))
+    table = metrics.freihand_table(pred, gt, pred, gt)
+    assert all(math.isfinite(v) for v in table.values()), table
+    assert torch.isfinite(metrics.f_score(pred, gt, 0.5)).all()
+
+
+@FAST
+@given(seed=SEEDS)
+def test_procrustes_maps_a_collinear_prediction_onto_a_collinear_gt(seed):
+    g = torch.Generator().manual_seed(seed)
+    direction = torch.nn.functional.normalize(torch.randn(2, 1, 3, generator=g, **DOUBLE), dim=-1)
+    gt = torch.randn(2, 7, 1, generator=g, **DOUBLE) * direction  # (2, 7, 3) on a line
+    pred = apply(random_similarity(g, 2), gt)  # still collinear: the rotation about the line is free
+    torch.testing.assert_close(metrics.procrustes_align(pred, gt), gt, rtol=0, atol=1e-6)
+
+
+@FAST
+@given(seed=SEEDS)
+def test_recovered_rotation_is_proper_even_where_the_official_one_reflects(seed):
+    """A mirrored prediction: the official align_w_scale answers with a reflection (det -1) and a
+    smaller error; we keep det +1 (a mirror image is not a pose) and accept the larger error."""
+    g = torch.Generator().manual_seed(seed)
+    pred, gt = hand_pair(g, 3, 21)
+    mirrored = pred * torch.tensor([-1.0, 1.0, 1.0], **DOUBLE)
+    scale, rotation, _ = metrics.procrustes_transform(mirrored, gt)
+    torch.testing.assert_close(torch.linalg.det(rotation), torch.ones(3, **DOUBLE))
+    torch.testing.assert_close(rotation @ rotation.transpose(1, 2), torch.eye(3, **DOUBLE).expand(3, 3, 3))
+    ours = (metrics.procrustes_align(mirrored, gt) - gt).square().sum((1, 2))
+    for b in range(3):
+        official, det = official_align_w_scale(gt[b].numpy(), mirrored[b].numpy())
+        assert det < 0
+        assert ours[b] >= ((official - gt[b].numpy()) ** 2).sum() - 1e-12
+
+
+# -----------------------------------------------------------------------------
+# Against the official protocol
+
+
+@settings(deadline=None, max_examples=10)
+@given(seed=SEEDS, batch=st.integers(1, 3), noise=st.sampled_from([0.002, 0.004, 0.008]))
+def test_batched_numbers_equal_the_official_protocol(seed, batch, noise):
+    g = torch.Generator().manual_seed(seed)
+    pred_j, gt_j = hand_pair(g, batch, 21, noise)
+    pred_v, gt_v = hand_pair(g, batch, 778, noise)
+    ours = metrics.freihand_table(pred_j, gt_j, pred_v, gt_v)
+    official = official_table(pred_j.numpy(), gt_j.numpy(), pred_v.numpy(), gt_v.numpy())
+    assert list(ours) == ["pa_mpjpe_mm", "pa_mpvpe_mm", "f5", "f15", "auc_joints", "auc_verts"]
+    for key in ours:
+        assert abs(ours[key] - official[key]) <= 1e-6, (key, ours[key], official[key])
+    # per sample too: the aligned points, PA errors, AUCs, F-scores
+    aligned, pa_mpvpe = metrics.procrustes_align(pred_v, gt_v), metrics.pa_mpvpe(pred_v, gt_v)
+    f5, f15 = metrics.f_score(aligned, gt_v, 0.005), metrics.f_score(aligned, gt_v, 0.015)
+    for b in range(batch):
+        expected, det = official_align_w_scale(gt_v[b].numpy(), pred_v[b].numpy())
+        assert det > 0  # the construction keeps the official rotation proper: the two must agree
+        np.testing.assert_allclose(aligned[b].numpy(), expected, rtol=0, atol=1e-9)
+        errors = np.linalg.norm(expected - gt_v[b].numpy(), axis=1)
+        assert abs(pa_mpvpe[b].item() - errors.mean()) <= 1e-9
+        assert abs(metrics.auc_pck(1000 * errors[None])[0].item() - official_auc(errors[None])) <= 1e-6
+        assert abs(f5[b].item() - official_fscore(gt_v[b].numpy(), expected, 0.005)) <= 1e-12
+        assert abs(f15[b].item() - official_fscore(gt_v[b].numpy(), expected, 0.015)) <= 1e-12
+
+
+@FAST
+@given(seed=SEEDS, n=st.integers(1, 150), m=st.integers(1, 150), log_scale=st.floats(-3, 3),
+       offset=st.sampled_from([0.0, 1.0, 1e3]))
+def test_f_score_equals_the_kd_tree_oracle_for_any_sizes_and_units(seed, n, m, log_scale, offset):
+    g = torch.Generator().manual_seed(seed)
+    scale = 10**log_scale
+    gt = scale * (torch.randn(2, m, 3, generator=g, **DOUBLE) + offset)
+    pred = scale * (torch.randn(2, n, 3, generator=g, **DOUBLE) + offset)
+    threshold = scale * 10 ** (torch.rand(1, generator=g, **DOUBLE).item() - 1)  # 0.1 .. 1 of the spread
+    f = metrics.f_score(pred, gt, threshold)
+    for b in range(2):
+        assert abs(f[b].item() - official_fscore(gt[b].numpy(), pred[b].numpy(), threshold)) <= 1e-12
+
+
+@FAST
+@given(seed=SEEDS, points=st.integers(2, 60))
+def test_f_score_decides_distances_closer_to_the_threshold_than_float32_can_tell(seed, points):
+    """Each pred point sits at threshold * (1 -+ 1e-9) from its gt partner (sparse clouds, so the
+    partner is the nearest point). float32 cannot separate these; the float64 re-check must."""
+    g = torch.Generator().manual_seed(seed)
+    threshold = 0.01
+    gt = torch.randn(1, points, 3, generator=g, **DOUBLE) + 5.0  # spread 1 >> threshold, far from the origin
+    direction = torch.nn.functional.normalize(torch.randn(1, points, 3, generator=g, **DOUBLE), dim=-1)
+    inside = torch.rand(1, points, 1, generator=g) < 0.5
+    pred = gt + direction * threshold * (1 + 1e-9 - 2e-9 * inside.double())
+    expected = official_fscore(gt[0].numpy(), pred[0].numpy(), threshold)
+    d_pred = cKDTree(gt[0].numpy()).query(pred[0].numpy())[0]
+    assert np.allclose(np.abs(d_pred / threshold - 1), 1e-9, rtol=1e-3)  # the construction did what it says
+    assert metrics.f_score(pred, gt, threshold)[0].item() == pytest.approx(expected, abs=1e-12)
+
+
+@FAST
+@given(seed=SEEDS, n=st.integers(1, 50), m=st.integers(1, 50))
+def test_f_score_is_in_the_unit_interval_and_one_at_zero_error(seed, n, m):
+    g = torch.Generator().manual_seed(seed)
+    pred, gt = torch.randn(3, n, 3, generator=g, **DOUBLE), torch.randn(3, m, 3, generator=g, **DOUBLE)
+    f = metrics.f_score(pred, gt, 0.5)
+    assert ((f >= 0) & (f <= 1)).all()
+    shuffled = gt[:, torch.randperm(m, generator=g)]  # point order does not matter
+    torch.testing.assert_close(metrics.f_score(shuffled, gt, 1e-9), torch.ones(3, **DOUBLE))
+    torch.testing.assert_close(metrics.f_score(pred + 100.0, gt, 0.5), torch.zeros(3, **DOUBLE))
+
+
+@FAST
+@given(seed=SEEDS)
+def test_screen_error_stays_well_inside_the_undecided_band(seed):
+    """The float32 screen may only be trusted outside SCREEN_TOL; its error must stay far below it."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 300, 3, generator=g, **DOUBLE) * torch.rand(2, 1, 3, generator=g, **DOUBLE)
+    y = x + 0.05 * torch.randn(2, 300, 3, generator=g, **DOUBLE)
+    radius = x.norm(dim=-1).amax(1) + y.norm(dim=-1).amax(1)  # the normalisation _close_fractions uses
+    x, y = x / radius[:, None, None], y / radius[:, None, None]
+    dx, dy = metrics._screen_sq_distances(x, y)
+    exact = (x[:, :, None] - y[:, None]).square().sum(-1)  # (B, N, M)
+    assert (dx - exact.amin(2)).abs().max() <= metrics.SCREEN_TOL / 4
+    assert (dy - exact.amin(1)).abs().max() <= metrics.SCREEN_TOL / 4
+
+
+# -----------------------------------------------------------------------------
+# AUC and root-aligned errors
+
+
+@FAST
+@given(seed=SEEDS)
+def test_auc_is_one_at_zero_error_zero_beyond_the_range_and_falls_as_errors_grow(seed):
+    g = torch.Generator().manual_seed(seed)
+    errors = 60 * torch.rand(3, 21, generator=g, **DOUBLE)  # millimetres
+    torch.testing.assert_close(metrics.auc_pck(torch.zeros(3, 21, **DOUBLE)), torch.ones(3, **DOUBLE))
+    torch.testing.assert_close(metrics.auc_pck(errors + 50.1), torch.zeros(3, **DOUBLE))
+    auc = metrics.auc_pck(errors)
+    assert ((auc >= 0) & (auc <= 1)).all() and (metrics.auc_pck(errors + 1.0) <= auc).all()
+    pred = torch.randn(3, 21, 3, generator=g, **DOUBLE)
+    torch.testing.assert_close(metrics.auc_pck(pred, pred.clone()), torch.ones(3, **DOUBLE))
+    np.testing.assert_allclose(metrics.auc_pck(errors / 1000, max_threshold=0.05).numpy(),
+                               [official_auc(e[None].numpy()) for e in errors / 1000], rtol=0, atol=1e-12)
+
+
+def test_auc_of_errors_at_half_the_range_is_one_half():
+    # PCK is 0 at thresholds 50 k / 99 < 25 (k <= 49) and 1 from k = 50: area 49.5 steps of 99
+    assert metrics.auc_pck(torch.full((1, 5), 25.0, **DOUBLE)).item() == pytest.approx(0.5, abs=1e-12)
+
+
+@FAST
+@given(seed=SEEDS, root=st.integers(-21, 20))
+def test_root_aligned_errors_ignore_translation_and_match_a_direct_computation(seed, root):
+    g = torch.Generator().manual_seed(seed)
+    pred, gt = torch.randn(3, 21, 3, generator=g, **DOUBLE), torch.randn(3, 21, 3, generator=g, **DOUBLE)
+    p, q = pred.numpy(), gt.numpy()
+    direct = np.linalg.norm((p - p[:, [root]]) - (q - q[:, [root]]), axis=-1).mean(-1)
+    np.testing.assert_allclose(metrics.mpjpe(pred, gt, root).numpy(), direct, rtol=1e-12)
+    shifted = pred + torch.randn(3, 1, 3, generator=g, **DOUBLE)
+    torch.testing.assert_close(metrics.mpvpe(shifted, gt, root), metrics.mpjpe(pred, gt, root))
+    np.testing.assert_allclose(metrics.mpjpe(pred, gt, None).numpy(), np.linalg.norm(p - q, axis=-1).mean(-1))
+
+
+def test_float32_and_numpy_inputs_give_the_float64_table():
+    g = torch.Generator().manual_seed(1)
+    pred_j, gt_j = (x.float() for x in hand_pair(g, 3, 21))
+    pred_v, gt_v = (x.float() for x in hand_pair(g, 3, 778))
+    as_float64 = metrics.freihand_table(pred_j.double(), gt_j.double(), pred_v.double(), gt_v.double())
+    assert metrics.freihand_table(pred_j, gt_j, pred_v, gt_v) == as_float64
+    assert metrics.freihand_table(pred_j.numpy(), gt_j.numpy(), pred_v.numpy(), gt_v.numpy()) == as_float64
+
+
+# -----------------------------------------------------------------------------
+# Bad input
+
+GOOD = torch.zeros(2, 21, 3)
+NAN = GOOD.clone().index_put_((torch.tensor([1]), torch.tensor([3]), torch.tensor([0])), torch.tensor(math.nan))
+INF = GOOD.clone().fill_(math.inf)
+BAD_CALLS = {
+    "nan_pred": (lambda: metrics.pa_mpjpe(NAN, GOOD), r"pred \(shape \(2, 21, 3\)\) has 1 non-finite"),
+    "inf_gt": (lambda: metrics.procrustes_align(GOOD, INF), r"gt \(shape \(2, 21, 3\)\) has 126 non-finite"),
+    "shape_mismatch": (lambda: metrics.mpjpe(GOOD, torch.zeros(2, 20, 3)),
+                       r"\(2, 21, 3\) but gt has shape \(2, 20, 3\)"),
+    "no_batch_axis": (lambda: metrics.pa_mpvpe(torch.zeros(21, 3), torch.zeros(21, 3)),
+                      r"pred has shape \(21, 3\); expected \(B, N, 3\)"),
+    "two_coordinates": (lambda: metrics.mpvpe(torch.zeros(2, 21, 2), torch.zeros(2, 21, 2)),
+                        r"\(2, 21, 2\); expected \(B, N, 3\)"),
+    "no_points": (lambda: metrics.procrustes_transform(torch.zeros(2, 0, 3), torch.zeros(2, 0, 3)), r"N >= 1"),
+    "root_out_of_range": (lambda: metrics.mpjpe(GOOD, GOOD, root_index=21), r"root_index=21 is out of range for 21"),
+    "f_batch_mismatch": (lambda: metrics.f_score(GOOD, torch.zeros(3, 5, 3), 0.1), r"expected the same batch size"),
+    "f_threshold": (lambda: metrics.f_score(GOOD, GOOD, 0.0), r"threshold=0.0; expected a positive"),
+    "auc_errors_shape": (lambda: metrics.auc_pck(GOOD), r"errors has shape \(2, 21, 3\)"),
+    "auc_nan_errors": (lambda: metrics.auc_pck(torch.tensor([[math.nan]])), r"expected finite per-point errors"),
+    "table_nan_verts": (lambda: metrics.freihand_table(GOOD, GOOD, NAN, GOOD), r"pred_verts \(shape \(2, 21, 3\)\)"),
+    "table_batch": (lambda: metrics.freihand_table(GOOD, GOOD, GOOD[:1], GOOD[:1]), r"same batch size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CALLS))
+def test_bad_input_raises_a_value_error_naming_the_argument_and_shape(case):
+    call, message = BAD_CALLS[case]
+    with pytest.raises(ValueError, match=message):
+        call()
