@@ -1,0 +1,1764 @@
+"""Training data for the three papers: a small renderer, synthetic hands and bodies, real hand data.
+
+No dataset can be downloaded here, so this file renders its own training images from the stand-in
+body models of `bodymodels.py` (or the real MANO/SMPL/SMPL-X files when HMR_BODY_MODELS points to
+them), and reads real data through the same interface when a path is given. A model never knows
+which one it got: the keys, shapes, units and conventions below are the same for every dataset.
+
+Conventions (shared with bodymodels.py):
+- Camera coordinates are OpenCV's: x right, y down, z forward; metres; float32 samples.
+- Pixels: pixel (row i, column j) covers [j, j+1) x [i, i+1), its centre is (j + 0.5, i + 0.5), and
+  a point X lands at uv = (K X)[:2] / (K X)[2] (`bodymodels.perspective_projection`). This is
+  `grid_sample(align_corners=False)`'s convention; FreiHAND's K puts pixel centres at integers,
+  half a pixel away, which no loss here can see.
+- A sample is a plain dict of tensors. Hands (`SyntheticHands`, `FreiHAND`, `NpzHands`):
+    image (3, H, W) float32 RGB in [0, 1]      K (3, 3) intrinsics of this image
+    joints3d (21, 3) FreiHAND order, metres, camera coordinates
+    joints2d (21, 2) pixels, = perspective_projection(joints3d, K) exactly
+    verts (778, 3) camera coordinates          mano_pose (16, 3) axis-angle, global orientation first
+    mano_shape (10,)                           is_right () bool
+  Bodies: see `SyntheticBodies`, `SyntheticWholeBody` and `SyntheticPoses`.
+- Left hands: `joints3d`, `verts`, `joints2d` and the image are those of the LEFT hand as seen by the
+  camera; `mano_pose` and `mano_shape` are the parameters of the right-hand MANO whose mirror image
+  (x -> -x in camera coordinates) is that hand, i.e. verts = MANO_right(pose, shape) * [-1, 1, 1]
+  up to a translation. This is HaMeR's "flip left hands to right" convention, so one right-hand
+  model serves both sides, and projection consistency holds for both without special cases.
+- Augmentation is a change of camera: an in-plane rotation turns the 3D camera frame about the
+  optical axis, zoom and shift change K, a horizontal flip mirrors x and toggles is_right. After it,
+  perspective_projection(joints3d, K) == joints2d still holds (a test checks it).
+- Randomness: every random number of a sample comes from a torch.Generator seeded by
+  (seed, epoch, index) (`sample_rng`), never from global RNG state, so DataLoader workers, DDP
+  ranks and resumed runs see the same sample for the same index, and different indices differ.
+
+Symbols: B batch, V vertices, F faces, J joints, P covered pixels, M (face, row) pairs,
+N (face, pixel) candidates, K intrinsics, (H, W) image size, S crop size, R rotation, T point
+transform, A pixel transform (3, 3) acting on homogeneous pixels.
+
+Map of the file:
+1. Randomness (`sample_rng`) and body models (`body_model`)
+2. Renderer: `rasterize`, `render_mesh`, `random_background`
+3. Augmentation as a camera change: `AugmentConfig`, `sample_augmentation`, `warp_image`
+4. Synthetic hands: the pose prior, `SyntheticHands`
+5. Real hands: `FreiHAND`, `NpzHands`, `write_npz`
+6. Synthetic bodies: `SyntheticPoses`, `SyntheticBodies`, `SyntheticWholeBody`
+7. Pictures and speed: `draw_samples`, `python data.py --grid OUT_DIR`, `python data.py --bench`
+"""
+
+import argparse
+import functools
+import json
+import math
+import os
+import pathlib
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import bodymodels
+from bodymodels import (FREIHAND_PARENTS, axis_angle_to_matrix, mano_to_freihand, matrix_to_axis_angle,
+                        perspective_projection)
+
+# ---------------------------------------------------------------------------------------------
+# 1. Randomness and body models
+
+
+def sample_rng(*keys):
+    """A torch.Generator fixed by non-negative integer keys, e.g. (seed, epoch, index, stream).
+
+    numpy's SeedSequence hashes the keys, so (0, 0, 1) and (0, 1, 0) give unrelated streams. No
+    global RNG is touched: the same keys give the same numbers in any process, worker or rank.
+    """
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+@functools.lru_cache(maxsize=None)
+def body_model(kind, model_dir=None):
+    """The smplx model "mano" (right hand), "smpl" or "smplx" of bodymodels' loaders (defaults:
+    axis-angle hand poses, flat mean hand), loaded once per process and shared by every dataset,
+    which only read it. model_dir None: $HMR_BODY_MODELS, else the procedural stand-ins."""
+    load = {"mano": bodymodels.load_mano, "smpl": bodymodels.load_smpl, "smplx": bodymodels.load_smplx}
+    if kind not in load:
+        raise ValueError(f"body_model: kind must be one of {sorted(load)}, got {kind!r}")
+    model = load[kind](model_dir)
+    model.requires_grad_(False)
+    return model
+
+
+HAND_KEYS = ("image", "K", "joints3d", "joints2d", "verts", "mano_pose", "mano_shape", "is_right")
+_AUGMENT_STREAM = 1  # sample_rng(seed, epoch, index, stream): stream 0 draws the sample, 1 its augmentation
+
+
+def _uniform(rng, low, high, shape=()):
+    """Uniform float64 samples in [low, high) of the given shape (a 0-d tensor by default)."""
+    return low + (high - low) * torch.rand(shape, generator=rng, dtype=torch.float64)
+
+
+def _normal(rng, std, shape=()):
+    return std * torch.randn(shape, generator=rng, dtype=torch.float64)
+
+
+def _image_hw(image_size):
+    """int or (H, W) -> (H, W)."""
+    if isinstance(image_size, int):
+        return image_size, image_size
+    height, width = image_size
+    return int(height), int(width)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Renderer
+#
+# A z-buffer in plain PyTorch, vectorised over faces: every face enumerates the pixel rows its
+# screen-space box spans; every (face, row) pair gets the exact column span where the face's three
+# edge functions are >= 0; every pixel of a span becomes a (face, pixel) candidate with its inverse
+# depth 1/z (linear in screen space, so exact at the pixel centre); one scatter_reduce(amax) per
+# pixel keeps the nearest. No Python loop runs over faces or pixels.
+
+NEAR = 1e-3  # metres: faces with a vertex closer to the camera plane are dropped (there is no clipping)
+EDGE_EPS = 1e-4  # pixels: spans are widened by this much so that shared edges leave no cracks
+
+
+def _expand(counts):
+    """Run-length expansion. counts (M,) int64 -> ids (N,) with i repeated counts[i] times, and
+    local (N,) = 0, 1, ..., counts[i] - 1 within each run (N = counts.sum())."""
+    n = int(counts.sum())
+    ids = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts, output_size=n)
+    start = counts.cumsum(0) - counts
+    return ids, torch.arange(n, device=counts.device) - start.index_select(0, ids)
+
+
+def _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored=None):
+    """Screen-space set-up of the faces of B meshes that can cover a pixel centre of their image.
+
+    verts (B, V, 3), faces (F, 3) shared, K (B, 3, 3). Everything is relative to each face's
+    first corner (x0, y0), so float32 stays exact enough for sub-pixel faces. With du = u - x0 and
+    dv = v - y0 for a pixel centre (u, v), the barycentric coordinate of corner i is
+    l_i = a_i du + b_i dv + [i == 0], and the inverse depth, linear in screen space under
+    perspective, is 1/z = 1/z_0 + da du + db dv.
+    Returns keep (Fk,) the ids of those faces among the B F faces (mesh-major), a and b (Fk, 3),
+    table (Fk, 19): per face [x0, y0, first row, 1/z_0, da, db, first pixel id of its image in
+    the stacked B H W z-buffer] and, per corner i, the bounds of l_i >= 0 along a row,
+    du >= lo_i(dv) = p_i + q_i dv (left edges) and du <= hi_i(dv) (right edges), as
+    [p_lo (3), q_lo (3), p_hi (3), q_hi (3)]; and h (Fk,) each face's row count. mirrored (B,)
+    bool marks meshes seen in a mirror (x -> -x), whose faces run the other way round.
+    """
+    B, V = verts.shape[:2]
+    z = verts[..., 2].reshape(-1)  # (B V,)
+    uv = ((verts @ K.transpose(-1, -2))[..., :2]).reshape(-1, 2) / z.clamp_min(NEAR)[:, None]  # (B V, 2)
+    flat = (faces[None] + V * torch.arange(B, device=faces.device)[:, None, None]).reshape(-1)  # (B F 3,)
+    corner = uv.index_select(0, flat).view(-1, 3, 2)  # (B F, 3 corners, 2)
+    zf = z.index_select(0, flat).view(-1, 3)  # (B F, 3)
+    x, y = corner[:, :, 0], corner[:, :, 1]
+    dx1, dx2, dy1, dy2 = x[:, 1] - x[:, 0], x[:, 2] - x[:, 0], y[:, 1] - y[:, 0], y[:, 2] - y[:, 0]
+    area = dx1 * dy2 - dx2 * dy1  # (B F,) twice the signed area
+    # rows whose centre v = row + 0.5 lies inside the face's vertical extent
+    first = torch.ceil(y.amin(1) - 0.5).clamp(0, height)
+    h = (torch.floor(y.amax(1) - 0.5).clamp(-1, height - 1) - first + 1).clamp_min(0)
+    # with y pointing down, a face whose corners run counter-clockwise seen from outside has area < 0
+    if cull_backfaces and mirrored is not None:
+        facing = area * (1 - 2 * mirrored.float()).repeat_interleave(len(faces)) < 0
+    else:
+        facing = area < 0 if cull_backfaces else area != 0
+    visible = facing & (zf.amin(1) > NEAR) & (h > 0) & (x.amax(1) > 0) & (x.amin(1) < width)
+    keep = visible.nonzero().squeeze(1)
+    dx1, dx2, dy1, dy2, area, zf = (t.index_select(0, keep) for t in (dx1, dx2, dy1, dy2, area, zf))
+    # l_i = ((x_j - u)(y_k - v) - (x_k - u)(y_j - v)) / area for (i, j, k) cyclic, written in du, dv;
+    # l_0 = 1 - l_1 - l_2 keeps the three summing to 1 in float32
+    a1, a2, b1, b2 = dy2 / area, -dy1 / area, -dx2 / area, dx1 / area
+    a, b = torch.stack([-a1 - a2, a1, a2], 1), torch.stack([-b1 - b2, b1, b2], 1)  # (Fk, 3) each
+    # perspective: 1/z = sum_i l_i / z_i
+    inv_z = 1 / zf
+    depth = torch.stack([inv_z[:, 0], (a * inv_z).sum(1), (b * inv_z).sum(1)], 1)  # (Fk, 3)
+    # l_i >= 0 on a row: du >= -(b_i dv + [i == 0]) / a_i if a_i > 0, du <= ... if a_i < 0;
+    # a_i = 0 (a horizontal edge) never limits a row inside the face's vertical extent
+    safe_a = torch.where(a == 0, torch.ones_like(a), a)
+    p, q = -torch.eye(3, device=a.device)[0] / safe_a, -b / safe_a  # (Fk, 3) each
+    lower, upper = a > 0, a < 0
+    bounds = [p.masked_fill(~lower, -math.inf), q.masked_fill(~lower, 0),
+              p.masked_fill(~upper, math.inf), q.masked_fill(~upper, 0)]
+    origin = corner[:, 0].index_select(0, keep)  # (Fk, 2)
+    image_start = (torch.div(keep, len(faces), rounding_mode="floor") * (height * width)).float()
+    table = torch.cat([origin, first.index_select(0, keep)[:, None], depth, image_start[:, None]] + bounds, 1)
+    return keep, a, b, table, h.index_select(0, keep).long()
+
+
+def _rasterize(verts, faces, K, height, width, cull_backfaces=False, mirrored=None):
+    """The z-buffer of B meshes (see `rasterize`): verts (B, V, 3), faces (F, 3), K (B, 3, 3).
+    Returns pix (P,) covered pixels as ids into the stacked (B, H, W) images, face (P,) the winner
+    as an index into keep, du and dv (P,) its pixel centre relative to the face origin, and
+    keep, a, b from `_face_setup`."""
+    keep, a, b, table, h = _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored)
+    # 1. (face, row) pairs and the span of columns each covers
+    face, r = _expand(h)
+    t = table.index_select(0, face)  # (M, 19)
+    row = t[:, 2] + r  # (M,)
+    dv = row + 0.5 - t[:, 1]
+    lo = (t[:, 7:10] + t[:, 10:13] * dv[:, None]).amax(1) + t[:, 0]  # leftmost u with all l_i >= 0
+    hi = (t[:, 13:16] + t[:, 16:19] * dv[:, None]).amin(1) + t[:, 0]
+    j0 = torch.ceil(lo - EDGE_EPS - 0.5).clamp(0, width)  # columns whose centre u = col + 0.5 is in [lo, hi]
+    n = (torch.floor(hi + EDGE_EPS - 0.5).clamp(-1, width - 1) - j0 + 1).clamp_min(0).long()
+    du0 = j0 + 0.5 - t[:, 0]
+    # 2. (face, pixel) candidates and their inverse depth 1/z = 1/z_0 + da du + db dv
+    span, k = _expand(n)
+    pix = (t[:, 6] + row * width + j0).long().index_select(0, span) + k  # (N,)
+    inv_z_start = t[:, 3] + t[:, 4] * du0 + t[:, 5] * dv  # (M,)
+    inv_z = (inv_z_start.index_select(0, span) + t[:, 4].index_select(0, span) * k).clamp_min(0)  # (N,)
+    # 3. nearest per pixel: the bits of a positive float32 sort like the float, so packing them
+    #    above the candidate id makes one integer amax return the winner (ties: the larger id)
+    key = (inv_z.view(torch.int32).long() << 32) | torch.arange(len(k), device=k.device)
+    best = torch.full((len(verts) * height * width,), -1, dtype=torch.long, device=k.device)
+    best.scatter_reduce_(0, pix, key, "amax")
+    pix = (best >= 0).nonzero().squeeze(1)  # (P,)
+    winner = best.index_select(0, pix) & 0xFFFFFFFF  # (P,) candidate ids
+    win_span = span.index_select(0, winner)
+    du = du0.index_select(0, win_span) + k.index_select(0, winner)
+    return pix, face.index_select(0, win_span), du, dv.index_select(0, win_span), (keep, a, b)
+
+
+def rasterize(verts, faces, K, image_size, cull_backfaces=False):
+    """Z-buffer: the nearest face under every pixel centre.
+
+    verts (V, 3) camera coordinates, faces (F, 3) int, K (3, 3), image_size int or (H, W).
+    Returns pix (P,) flat ids row * W + col of the covered pixels (sorted), face (P,) the id of the
+    visible face there, and bary (P, 3) float32 barycentric weights in the image plane.
+    Faces with a vertex behind the near plane are dropped. Both windings are drawn unless
+    cull_backfaces, which drops faces whose corners run clockwise seen from the camera (the back
+    faces of a closed mesh with counter-clockwise outward winding, as SMPL's and MANO's).
+    """
+    height, width = _image_hw(image_size)
+    pix, face, du, dv, (keep, a, b) = _rasterize(verts.float()[None], faces.long(), K.float()[None], height, width,
+                                                 cull_backfaces)
+    bary = a.index_select(0, face) * du[:, None] + b.index_select(0, face) * dv[:, None]  # (P, 3)
+    bary[:, 0] += 1
+    return pix, keep.index_select(0, face), bary
+
+
+def vertex_normals(verts, faces):
+    """Area-weighted vertex normals (..., V, 3), unit length, of meshes verts (..., V, 3) sharing
+    faces (F, 3); they point to the side from which the faces' corners run counter-clockwise
+    (outwards for SMPL, MANO and SMPL-X)."""
+    v = verts[..., faces, :]  # (..., F, 3 corners, 3)
+    n = torch.linalg.cross(v[..., 1, :] - v[..., 0, :], v[..., 2, :] - v[..., 0, :], dim=-1)  # (..., F, 3)
+    out = torch.zeros_like(verts)
+    for corner in range(3):
+        out.index_add_(-2, faces[:, corner], n)
+    return F.normalize(out, dim=-1)
+
+
+def render_mesh(verts, faces, K, image_size, color=(0.85, 0.64, 0.52), light=(0.4, -0.6, -1.0),
+                ambient=0.35, background=None, return_mask=False, cull_backfaces=False):
+    """A shaded image of a triangle mesh through a pinhole camera.
+
+    verts (V, 3) camera coordinates (x right, y down, z forward), faces (F, 3), K (3, 3),
+    image_size int or (H, W). color (3,) or per-vertex (V, 3) albedo in [0, 1]; light (3,) the
+    direction from the surface towards the light in camera coordinates (the default lights from
+    the upper left, on the camera's side); ambient in [0, 1] the unlit share; background
+    (3, H, W) in [0, 1] or None for black; cull_backfaces as in `rasterize` (about twice as fast
+    for closed meshes). Returns image (3, H, W) float32 in [0, 1], and with return_mask=True
+    also mask (H, W) bool, True where the mesh covers the pixel. `render_meshes` draws a batch.
+
+    Shading is Lambert + ambient with per-vertex normals, interpolated over faces (Gouraud):
+        I = albedo * (ambient + (1 - ambient) * max(0, n . light))
+    Normals are turned towards the camera first, so either winding (and mirrored meshes) shade
+    the same.
+    """
+    background = None if background is None else background[None]
+    images, pix, _ = _render(verts[None], faces, K[None], image_size, torch.as_tensor(color)[None],
+                             torch.as_tensor(light)[None], torch.as_tensor(ambient)[None], background, cull_backfaces)
+    if return_mask:
+        mask = torch.zeros(images[0, 0].numel(), dtype=torch.bool, device=images.device)
+        mask[pix] = True
+        return images[0], mask.view(images.shape[-2:])
+    return images[0]
+
+
+def render_meshes(verts, faces, K, image_size, color, light, ambient, background=None, cull_backfaces=False,
+                  mirrored=None):
+    """`render_mesh` for a batch of B meshes with one topology, in one pass (several times faster
+    per image on a CPU than one by one: the work is the same, the per-call overheads are shared).
+
+    verts (B, V, 3), faces (F, 3), K (B, 3, 3), color (B, 3) or (B, V, 3), light (B, 3),
+    ambient (B,), background (B, 3, H, W) or None; mirrored (B,) bool marks meshes mirrored
+    (x -> -x) from their faces' winding, for cull_backfaces. Returns images (B, 3, H, W).
+    """
+    return _render(verts, faces, K, image_size, color, light, ambient, background, cull_backfaces, mirrored)[0]
+
+
+def _render(verts, faces, K, image_size, color, light, ambient, background, cull_backfaces, mirrored=None):
+    """`render_meshes`, also returning pix (P,) the covered pixels as ids into the (B, H, W) stack
+    and face (P,) their faces as ids into the B F faces (mesh-major)."""
+    height, width = _image_hw(image_size)
+    B, V = verts.shape[:2]
+    device = verts.device
+    verts, faces = verts.float(), faces.long().to(device)
+    # 1. per-vertex colour: albedo times the Lambert term
+    normals = vertex_normals(verts, faces)  # (B, V, 3)
+    normals = torch.where((normals * verts).sum(-1, keepdim=True) > 0, -normals, normals)
+    light = F.normalize(torch.as_tensor(light, dtype=torch.float32, device=device), dim=-1)  # (B, 3)
+    ambient = torch.as_tensor(ambient, dtype=torch.float32, device=device).reshape(B, 1, 1)
+    albedo = torch.as_tensor(color, dtype=torch.float32, device=device).reshape(B, -1, 3).expand(B, V, 3)
+    lambert = (normals @ light[:, :, None]).clamp_min(0)  # (B, V, 1)
+    shaded = (albedo * (ambient + (1 - ambient) * lambert)).reshape(B * V, 3)
+    # 2. visible faces; colour is linear over a face: c = c_0 + (sum_i a_i c_i) du + (sum_i b_i c_i) dv
+    pix, face, du, dv, (keep, a, b) = _rasterize(verts, faces, K.float().to(device), height, width, cull_backfaces,
+                                                 mirrored)
+    flat = (faces[None] + V * torch.arange(B, device=device)[:, None, None]).reshape(-1, 3)  # (B F, 3)
+    corner = shaded[flat[keep]]  # (Fk, 3 corners, 3 channels)
+    plane = torch.cat([corner[:, 0], (a[:, :, None] * corner).sum(1), (b[:, :, None] * corner).sum(1)], 1)
+    plane = plane.index_select(0, face)  # (P, 9)
+    rgb = plane[:, 0:3] + plane[:, 3:6] * du[:, None] + plane[:, 6:9] * dv[:, None]  # (P, 3)
+    # 3. composite over the backgrounds: pixel g = b H W + p of channel c sits at (3 b + c) H W + p
+    if background is None:
+        images = torch.zeros(B, 3, height, width, device=device)
+    else:
+        images = background.to(device, torch.float32, copy=True).reshape(B, 3, height, width)
+    HW = height * width
+    at = pix + 2 * HW * torch.div(pix, HW, rounding_mode="floor")  # channel 0 of each covered pixel
+    images.view(-1).index_copy_(0, torch.cat([at, at + HW, at + 2 * HW]), rgb.T.clamp(0, 1).reshape(-1))
+    return images, pix, keep.index_select(0, face)
+
+
+def random_background(rng, image_size, low_res=32):
+    """A random image (3, H, W) in [0, 1] for the renderer to draw over: `background_pattern`
+    upsampled (`upsample_backgrounds` does a batch in one go)."""
+    height, width = _image_hw(image_size)
+    return upsample_backgrounds(background_pattern(rng, low_res)[None], height, width)[0]
+
+
+def background_pattern(rng, low_res=32):
+    """A random (3, L, L) pattern, L = low_res, to upsample into a background image.
+
+    A colour gradient at a random angle, plus low-frequency colour noise, plus (each with
+    probability 1/2) soft stripes of a random frequency, angle and colour, and a few coloured
+    blobs. Everything is drawn at low_res x low_res and upsampled bilinearly, which keeps it
+    cheap and free of sharp edges a model could confuse with a silhouette.
+    """
+    lin = (torch.arange(low_res, dtype=torch.float64) + 0.5) / low_res
+    ys, xs = torch.meshgrid(lin, lin, indexing="ij")  # (L, L) in [0, 1]
+    # 1. gradient between two random colours
+    angle = _uniform(rng, 0, 2 * math.pi)
+    t = xs * torch.cos(angle) + ys * torch.sin(angle)
+    t = (t - t.min()) / (t.max() - t.min())
+    c0, c1 = _uniform(rng, 0, 1, (2, 3, 1, 1))
+    image = c0 + (c1 - c0) * t  # (3, L, L)
+    # 2. low-frequency noise
+    noise = _normal(rng, _uniform(rng, 0.0, 0.25), (1, 3, 4, 4))
+    image = image + F.interpolate(noise, size=(low_res, low_res), mode="bicubic", align_corners=False)[0]
+    # 3. stripes
+    if torch.rand((), generator=rng) < 0.5:
+        angle, freq, phase = _uniform(rng, 0, math.pi), _uniform(rng, 1.5, 7), _uniform(rng, 0, 2 * math.pi)
+        wave = 0.5 + 0.5 * torch.sin(2 * math.pi * freq * (xs * torch.cos(angle) + ys * torch.sin(angle)) + phase)
+        alpha = _uniform(rng, 0.2, 0.8) * wave
+        image = image * (1 - alpha) + _uniform(rng, 0, 1, (3, 1, 1)) * alpha
+    # 4. blobs
+    if torch.rand((), generator=rng) < 0.5:
+        count = int(torch.randint(1, 6, (), generator=rng))
+        centre, radius = _uniform(rng, 0, 1, (count, 2, 1, 1)), _uniform(rng, 0.05, 0.25, (count, 1, 1))
+        alpha = torch.exp(-((xs - centre[:, 0]) ** 2 + (ys - centre[:, 1]) ** 2) / (2 * radius**2))  # (count, L, L)
+        for blob_alpha, colour in zip(alpha, _uniform(rng, 0, 1, (count, 3, 1, 1))):
+            image = image * (1 - blob_alpha) + colour * blob_alpha
+    return image.float()
+
+
+def upsample_backgrounds(patterns, height, width):
+    """patterns (B, 3, L, L) -> (B, 3, H, W) in [0, 1], bilinear (as F.interpolate with
+    align_corners=False), as two small matrix products: 4x faster than F.interpolate on one core."""
+    low = patterns.shape[-1]
+    return (_linear_upsampling(low, height) @ patterns @ _linear_upsampling(low, width).T).clamp(0, 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _linear_upsampling(low, high):
+    """The (high, low) matrix of F.interpolate(mode="linear", align_corners=False) from low to high samples."""
+    eye = torch.eye(low)[:, None, :]  # (low, 1, low): one unit impulse per row
+    return F.interpolate(eye, size=high, mode="linear", align_corners=False)[:, 0, :].T.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Augmentation as a camera change
+#
+# Every augmentation is a new camera looking at the same 3D scene, so the labels stay exact:
+#   in-plane rotation by phi:  points x' = Rz(phi) x, principal point p' = c + R2(phi) (p - c)
+#                              (the image turns about the crop centre c = (W/2, H/2))
+#   zoom s and shift t:        K' = Z K with Z = [[s, 0, (1 - s) cx + tx], [0, s, (1 - s) cy + ty], [0, 0, 1]]
+#   horizontal flip:           points x' = M x with M = diag(-1, 1, 1), K' = G K M with
+#                              G = [[-1, 0, W], [0, 1, 0], [0, 0, 1]] (u' = W - u); is_right toggles
+# and an image drawn with the old camera maps to the new one by the pixel transform
+# A = K_new T K_old^-1 (affine here: T keeps z), which `warp_image` applies to real photographs.
+# Synthetic samples are simply rendered with the new camera.
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation ranges (each sample draws its own from (seed, epoch, index))."""
+    rotation_deg: float = 30.0  # in-plane rotation uniform in [-30, 30] degrees, as HaMeR / HMR2.0's rot_factor
+    zoom: tuple = (0.85, 1.1)  # scale of the image about its centre; < 1 shrinks (crops fill 70-90%: 1.1 still fits)
+    shift: float = 0.05  # translation up to 5% of the crop side in x and y: detector jitter
+    color: float = 0.3  # brightness, contrast and saturation factors uniform in [0.7, 1.3]
+    flip_prob: float = 0.0  # 0: FreiHAND and SimpleHand are right-hand only; 0.5 trains both sides
+
+
+@dataclass
+class Augmentation:
+    """One drawn augmentation: new points x' = T x with T = M^flip Rz, and the new intrinsics."""
+    rotation: torch.Tensor  # (3, 3) float64 Rz, about the optical axis
+    flip: bool  # mirror x (and toggle is_right)
+    K: torch.Tensor  # (3, 3) float64 intrinsics after the change
+    color: torch.Tensor  # (3,) float64 brightness, contrast, saturation factors
+
+    @property
+    def T(self):
+        mirror = torch.diag(torch.tensor([-1.0 if self.flip else 1.0, 1.0, 1.0], dtype=torch.float64))
+        return mirror @ self.rotation  # (3, 3)
+
+
+def rotation_z(angle):
+    """Rotation by `angle` (radians, 0-d tensor) about the camera's z axis. -> (3, 3) float64."""
+    angle = torch.as_tensor(angle, dtype=torch.float64)
+    c, s, o, i = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle), torch.ones_like(angle)
+    return torch.stack([c, -s, o, s, c, o, o, o, i]).view(3, 3)
+
+
+def sample_augmentation(rng, cfg, K, image_size):
+    """Draw an augmentation for an image of image_size (int or (H, W)) seen through K (3, 3)."""
+    height, width = _image_hw(image_size)
+    centre = torch.tensor([width / 2, height / 2], dtype=torch.float64)
+    K = K.double().clone()
+    # 1. in-plane rotation: turn the points about the optical axis and the principal point about
+    #    the crop centre, so that the image turns about its centre
+    R = rotation_z(math.radians(cfg.rotation_deg) * _uniform(rng, -1, 1))
+    K[:2, 2] = centre + R[:2, :2] @ (K[:2, 2] - centre)
+    # 2. zoom about the centre, then shift
+    zoom, shift = _uniform(rng, *cfg.zoom), cfg.shift * _uniform(rng, -1, 1, (2,)) * torch.tensor([width, height])
+    Z = torch.eye(3, dtype=torch.float64)
+    Z[0, 0] = Z[1, 1] = zoom
+    Z[:2, 2] = (1 - zoom) * centre + shift
+    K = Z @ K
+    # 3. horizontal flip: K' = G K M
+    flip = bool(torch.rand((), generator=rng) < cfg.flip_prob)
+    if flip:
+        G = torch.tensor([[-1.0, 0, width], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
+        K = G @ K @ torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
+    color = _uniform(rng, 1 - cfg.color, 1 + cfg.color, (3,))
+    return Augmentation(rotation=R, flip=flip, K=K, color=color)
+
+
+def augment_hand_labels(sample, aug):
+    """Move a hand sample's labels to the augmented camera (the image is left alone).
+
+    joints3d, verts -> T x; K -> aug.K; joints2d re-projected; is_right toggled by a flip.
+    mano_pose describes the right hand whose mirror is a left hand, so its global orientation
+    turns by Rz for a right hand and by M Rz M (the mirrored turn) for a left hand; a flip alone
+    leaves mano_pose unchanged (module docstring: left hands).
+    """
+    out = dict(sample)
+    T = aug.T.float()
+    out["joints3d"] = sample["joints3d"] @ T.T
+    out["verts"] = sample["verts"] @ T.T
+    out["K"] = aug.K.float()
+    out["joints2d"] = perspective_projection(out["joints3d"].double(), aug.K).float()
+    M = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
+    turn = aug.rotation if bool(sample["is_right"]) else M @ aug.rotation @ M
+    pose = sample["mano_pose"].clone()
+    pose[0] = matrix_to_axis_angle(turn @ axis_angle_to_matrix(pose[0].double())).float()
+    out["mano_pose"] = pose
+    out["is_right"] = torch.tensor(bool(sample["is_right"]) != aug.flip)
+    return out
+
+
+def warp_image(image, A, image_size):
+    """Resample image (3, h, w) so that input pixel p lands on output pixel A p.
+
+    A (3, 3) affine pixel transform (last row 0, 0, 1); image_size int or (H, W) of the output.
+    Bilinear, black outside the input. Pixel centres follow the module's convention, which is
+    grid_sample's align_corners=False.
+    """
+    height, width = _image_hw(image_size)
+    h, w = image.shape[-2:]
+
+    def normalise(w_, h_):  # pixels -> [-1, 1]
+        return torch.tensor([[2 / w_, 0, -1], [0, 2 / h_, -1], [0, 0, 1]], dtype=torch.float64)
+
+    # grid_sample asks, for every output pixel, where to read: N_in A^-1 N_out^-1
+    theta = normalise(w, h) @ torch.linalg.inv(A.double()) @ torch.linalg.inv(normalise(width, height))
+    grid = F.affine_grid(theta[None, :2].to(image.device, torch.float32), (1, 3, height, width), align_corners=False)
+    return F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+
+
+def color_jitter(image, factors):
+    """image (3, H, W) in [0, 1]; factors (3,) = brightness, contrast, saturation multipliers."""
+    brightness, contrast, saturation = (float(f) for f in factors)
+    image = image * brightness
+    image = (image - image.mean()) * contrast + image.mean()
+    luma = torch.tensor([0.299, 0.587, 0.114], device=image.device)  # ITU-R 601
+    gray = (image * luma[:, None, None]).sum(0, keepdim=True)
+    image = gray + (image - gray) * saturation
+    return image.clamp(0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Synthetic hands
+#
+# The stand-in MANO (bodymodels) rests as a flat right hand: fingers along +x, back of the hand
+# towards +y (palm towards -y), thumb towards -z; every joint's local frame is the world's. A
+# finger bends towards the palm by turning about d x (-y), d its rest direction (so about -z for
+# the four fingers), and spreads by turning about the palm normal y.
+
+FINGERS = {"index": (1, 2, 3), "middle": (4, 5, 6), "pinky": (7, 8, 9), "ring": (10, 11, 12), "thumb": (13, 14, 15)}
+PALM = (0.0, -1.0, 0.0)  # from the back of the rest hand towards the palm; its opposite is the spread axis
+
+
+@dataclass
+class HandPoseConfig:
+    """The finger-pose distribution of SyntheticHands (angles in degrees)."""
+    mcp_flex: tuple = (-15.0, 90.0)  # knuckle: slight hyperextension to a right angle
+    pip_flex: tuple = (-5.0, 105.0)  # middle joint
+    dip_flex: tuple = (-5.0, 80.0)  # last joint; follows the middle joint (0.7x), as tendons couple them
+    spread: tuple = (20.0, 4.0, -22.0, -10.0)  # index, middle, pinky, ring abduction at full spread (+: thumbwards)
+    thumb_palmar: tuple = (-10.0, 70.0)  # thumb base swinging under the palm (opposition)
+    thumb_across: tuple = (-15.0, 35.0)  # thumb base sweeping across the palm towards the pinky
+    thumb_flex: tuple = (-10.0, 70.0)  # thumb's last joint (its middle joint bends 0.6x as much)
+    jitter: float = 7.0  # per-joint Gaussian noise on top of the coupled angles
+    independent_prob: float = 0.3  # share of "gestures": each finger straight or curled on its own
+
+
+@dataclass
+class HandViewConfig:
+    """Where the hand is and how the crop sees it."""
+    distance: tuple = (0.35, 0.9)  # metres from the camera: close-up to arm's length
+    off_axis_deg: float = 25.0  # direction of the hand from the full camera's optical axis (perspective varies)
+    fill: tuple = (0.7, 0.9)  # larger side of the hand's projected box / crop side, as a detector's box
+    centre_jitter: float = 0.03  # detector error of the box centre, fraction of the crop side (Gaussian std)
+    roll_std_deg: float = 60.0  # fingers point up in the image on average, with this spread
+    tilt_std_deg: float = 35.0  # palm or back towards the camera, tilted by this much about an in-plane axis
+
+
+def _rotation(axis, angle_deg):
+    """Rotations (..., 3, 3) float64 by angle_deg (...) about unit axes (..., 3)."""
+    axis = torch.as_tensor(axis, dtype=torch.float64)
+    angle = torch.deg2rad(torch.as_tensor(angle_deg, dtype=torch.float64))
+    return axis_angle_to_matrix(axis * angle[..., None])
+
+
+def hand_axes(rest_joints):
+    """Flexion axes (5, 3) of the index, middle, pinky, ring fingers and thumb (MANO's order), and
+    the thumb's palmar axis (3,), from MANO's rest joints (16, 3).
+
+    A finger with rest direction d bends towards the palm about d x palm. The thumb curls across
+    the palm, so its flexion aims between the palm and the fingers (+z); its base swings under
+    the palm (opposition) about d x palm.
+    """
+    palm = torch.tensor(PALM, dtype=torch.float64)
+    chains = torch.tensor(list(FINGERS.values()))  # (5, 3)
+    d = F.normalize(rest_joints[chains[:, 2]] - rest_joints[chains[:, 0]], dim=-1)  # (5, 3)
+    target = palm.expand(5, 3).clone()
+    target[4] = F.normalize(palm + torch.tensor([0.0, 0.0, 0.8], dtype=torch.float64), dim=0)
+    flex = F.normalize(torch.linalg.cross(d, target, dim=-1), dim=-1)
+    return flex, F.normalize(torch.linalg.cross(d[4], palm, dim=0), dim=0)
+
+
+def sample_hand_pose(rng, axes, cfg=HandPoseConfig()):
+    """A natural random finger pose: (15, 3) axis-angle for MANO joints 1-15; axes from `hand_axes`.
+
+    1. A grasp level g ~ U(0, 1) curls all fingers together (curl c = g + N(0, 0.12), pinky and
+       ring a little more); with probability cfg.independent_prob each finger instead is straight
+       or curled on its own (pointing, counting, "peace" gestures).
+    2. Each finger: knuckle (MCP) and middle (PIP) flexion = its range at c, + N(0, jitter); the
+       last joint follows (DIP = 0.7 PIP + N(0, 3)); the knuckle spreads about the palm normal by
+       cfg.spread x s, s ~ U(-0.2, 1), less as the fingers curl, + N(0, 3).
+    3. Thumb: its base swings under the palm and across it with the grasp (opposition), its two
+       distal joints flex with its own curl.
+    Every angle is clamped to its range, so no joint bends backwards.
+    """
+    flex, palmar = axes
+    normal = -torch.tensor(PALM, dtype=torch.float64)  # spread axis: + turns a finger towards the thumb
+    noise = torch.randn(14, generator=rng, dtype=torch.float64)
+    # 1. curls (index, middle, pinky, ring, thumb)
+    g = _uniform(rng, 0, 1)
+    if torch.rand((), generator=rng) < cfg.independent_prob:
+        curl = (torch.rand(5, generator=rng) < 0.5) * _uniform(rng, 0.6, 1.0, (5,)) + _uniform(rng, 0.0, 0.15, (5,))
+    else:
+        curl = g + _normal(rng, 0.12, (5,)) + torch.tensor([0.0, 0.02, 0.08, 0.05, 0.0], dtype=torch.float64)
+    curl = curl.clamp(-0.1, 1.05)
+
+    def angle(c, limits, n):  # a range at curl c, with noise, clamped
+        low, high = limits
+        return (low + (high - low) * c + cfg.jitter * n).clamp(low, high)
+
+    # 2. the four fingers
+    c = curl[:4]
+    mcp, pip = angle(c, cfg.mcp_flex, noise[0:4]), angle(c, cfg.pip_flex, noise[4:8])
+    dip = (0.7 * pip + 3.0 * noise[8:12]).clamp(*cfg.dip_flex)
+    spread = _uniform(rng, -0.2, 1.0) * (1 - c.mean()).clamp(0, 1)
+    abduction = torch.tensor(cfg.spread, dtype=torch.float64) * spread + 3.0 * _normal(rng, 1.0, (4,))
+    # 3. the thumb
+    oppose = (0.6 * g + 0.4 * _uniform(rng, 0, 1)).clamp(0, 1)
+    across, under = angle(oppose, cfg.thumb_across, noise[12]), angle(oppose, cfg.thumb_palmar, noise[13])
+    tip = torch.deg2rad(angle(curl[4], cfg.thumb_flex, _normal(rng, 1.0)))
+    # 4. the composite rotations, converted in one batch: knuckle = spread @ flexion, thumb base = across @ under
+    axes = torch.cat([normal.expand(4, 3), flex[:4], -normal[None], palmar[None]])  # (10, 3)
+    R = _rotation(axes, torch.cat([abduction, mcp, across[None], under[None]]))  # (10, 3, 3)
+    base = matrix_to_axis_angle(torch.cat([R[:4] @ R[4:8], (R[8] @ R[9])[None]]))  # (5, 3)
+    pip_aa, dip_aa = (flex[:4] * torch.deg2rad(angle)[:, None] for angle in (pip, dip))  # pure flexions (4, 3)
+    fingers = torch.stack([base[:4], pip_aa, dip_aa], 1)  # (4, 3 joints, 3)
+    thumb = torch.stack([base[4], flex[4] * 0.6 * tip, flex[4] * tip])[None]  # (1, 3 joints, 3)
+    return torch.cat([fingers, thumb]).reshape(15, 3)
+
+
+def sample_hand_orientation(rng, cfg=HandViewConfig()):
+    """Global orientation (3, 3) of a rest-pose right hand in camera coordinates.
+
+    Palm (or, with probability 1/2, back) towards the camera, tilted about a random in-plane axis
+    by N(0, tilt_std), then rolled about the optical axis so that the fingers point up in the
+    image on average, N(-90, roll_std) degrees (+x, the rest fingers' direction, turned to -y).
+    """
+    facing = 90.0 if torch.rand((), generator=rng) < 0.5 else -90.0  # +90 about x: palm (-y) -> -z, towards us
+    tilt_axis = _uniform(rng, 0, 2 * math.pi)
+    axes = torch.tensor([[0.0, 0, 1], [float(torch.cos(tilt_axis)), float(torch.sin(tilt_axis)), 0], [1, 0, 0]])
+    angles = torch.stack([-90.0 + _normal(rng, cfg.roll_std_deg), _normal(rng, cfg.tilt_std_deg),
+                          torch.tensor(facing, dtype=torch.float64)])
+    roll, tilt, face = _rotation(axes, angles)
+    return roll @ tilt @ face
+
+
+def crop_intrinsics(points, image_size, fill, centre_offset):
+    """Intrinsics of a crop (image_size int or (H, W)) around points (N, 3), as a detector's.
+
+    Cropping a pinhole camera's image around the points' box and resizing it only sets the focal
+    length f (so that the box's larger relative side is `fill` of the crop's) and moves the
+    principal point (so that the box centre lands at the crop centre + centre_offset (2,) pixels).
+    Returns K (3, 3) float64.
+    """
+    height, width = _image_hw(image_size)
+    size = torch.tensor([width, height], dtype=torch.float64)
+    q = points[:, :2] / points[:, 2:]  # (N, 2) image coordinates at focal length 1
+    low, high = q.amin(0), q.amax(0)
+    f = fill / ((high - low) / size).max()
+    K = torch.eye(3, dtype=torch.float64)
+    K[0, 0] = K[1, 1] = f
+    K[:2, 2] = size / 2 + centre_offset - f * (low + high) / 2
+    return K
+
+
+def skin_tone(rng):
+    """Albedo (3,) of a skin tone, uniform between light and dark, each channel varied by 8%."""
+    light, dark = torch.tensor([0.96, 0.80, 0.69]), torch.tensor([0.36, 0.23, 0.16])
+    t = _uniform(rng, 0, 1).float()
+    return ((light + (dark - light) * t) * _uniform(rng, 0.92, 1.08, (3,)).float()).clamp(0, 1)
+
+
+def skin_color(rng):
+    """A hand's albedo (3,): a skin tone, or (one in ten) a glove of any colour."""
+    if torch.rand((), generator=rng) < 0.1:
+        return _uniform(rng, 0.1, 0.95, (3,)).float()
+    return skin_tone(rng)
+
+
+def open_loop(faces):
+    """The vertex ids (L,) around the one opening of a mesh (MANO's wrist), in the order of its
+    faces' border edges. faces (F, 3) int64."""
+    half = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)  # (3F, 2) directed edges
+    twins = torch.cat([half, half.flip(1)])
+    _, inverse, counts = torch.unique(twins, dim=0, return_inverse=True, return_counts=True)
+    border = half[counts[inverse[:len(half)]] == 1]  # directed edges whose reverse no face has
+    after = dict(border.tolist())
+    loop = [border[0, 0].item()]
+    while after[loop[-1]] != loop[0]:
+        loop.append(after[loop[-1]])
+    return torch.tensor(loop)
+
+
+def forearm_faces(loop, num_verts):
+    """Faces of a forearm tube (3 rings of L vertices, numbered from num_verts) glued to the
+    opening `loop` (L,) with matching winding, and closed by a fan at its far end (one more vertex)."""
+    L = len(loop)
+    rings = torch.cat([loop[None], num_verts + torch.arange(2 * L).view(2, L)])  # (3, L) vertex ids
+    i, j = torch.arange(L), torch.arange(1, L + 1) % L
+    faces = []
+    for near, far in ((rings[0], rings[1]), (rings[1], rings[2])):
+        # the hand's faces run along the loop i -> j, so the tube's run j -> i
+        faces += [torch.stack([near[j], near[i], far[i]], 1), torch.stack([near[j], far[i], far[j]], 1)]
+    end = torch.full((L,), num_verts + 2 * L)
+    faces.append(torch.stack([rings[2][j], rings[2][i], end], 1))
+    return torch.cat(faces)  # (5 L, 3)
+
+
+def forearm_verts(verts, loop, wrist, knuckle, length=0.3, sleeve_start=0.04):
+    """Vertices (2 L + 1, 3) of a forearm tube leaving the hand's opening verts[loop] away from the
+    knuckle (the middle finger's base) through the wrist joint: a ring at sleeve_start, one
+    `length` metres out and 15% wider, and the far end's centre."""
+    ring = verts[loop]  # (L, 3)
+    centre = ring.mean(0)
+    direction = F.normalize(wrist - knuckle, dim=0)
+    near = centre + direction * sleeve_start + (ring - centre) * 1.03
+    far = centre + direction * length + (ring - centre) * 1.15
+    return torch.cat([near, far, (centre + direction * length)[None]])
+
+
+def random_light(rng):
+    """(light direction (3,), ambient share): from the camera's side, anywhere across it."""
+    direction = torch.stack([_uniform(rng, -1, 1), _uniform(rng, -1, 1), -_uniform(rng, 0.3, 1.0)])
+    return direction, float(_uniform(rng, 0.25, 0.55))
+
+
+class SyntheticHands(torch.utils.data.Dataset):
+    """Rendered hands with exact labels, as a hand detector's crops (keys: module docstring).
+
+    Distribution of a sample (drawn from its own sample_rng(seed, epoch or 0, index)):
+    - Shape: MANO betas ~ N(0, 1), clamped to [-2.5, 2.5].
+    - Fingers: `sample_hand_pose` (HandPoseConfig): grasp-coupled curls and gestures within joint
+      ranges, never uniform over rotations.
+    - Orientation: `sample_hand_orientation` (HandViewConfig): palm or back towards the camera
+      (1/2 each), tilted N(0, 35 deg), fingers up in the image on average with N(0, 60 deg) roll.
+    - Place: 0.35-0.9 m from the camera, up to 25 degrees off its axis; the crop then centres the
+      hand's box (Gaussian jitter of 3% of the crop) and scales its larger side to 70-90% of the
+      crop, which sets K (focal length and principal point).
+    - Side: a left hand with probability left_hand_prob (default 0: FreiHAND and SimpleHand's
+      benchmarks are right-hand only), made by mirroring (module docstring: left hands).
+    - Looks: skin tone (or one in ten, a glove colour), a forearm leaving the wrist (bare, or in
+      a sleeve of any colour half of the time), a light from the camera's side, ambient
+      0.25-0.55, and `random_background`. `scene(sample)` gives the mesh the image shows.
+    With augment=True, `AugmentConfig` changes the camera before rendering (labels stay exact) and
+    jitters colours after. background="black" renders on black (masks for tests and debugging).
+    A sample depends on (seed, index), its augmentation also on the epoch, and with
+    vary_with_epoch=True the hand too (every epoch sees new hands). A DataLoader fetches a batch
+    through `__getitems__`, which renders it in one pass. Speed: `python data.py --bench`.
+    """
+
+    def __init__(self, num_samples, image_size=224, seed=0, augment=False, left_hand_prob=0.0,
+                 vary_with_epoch=False, augment_config=None, pose_config=None, view_config=None, background="random",
+                 model_dir=None):
+        if background not in ("random", "black"):
+            raise ValueError(f"SyntheticHands: background must be 'random' or 'black', got {background!r}")
+        self.num_samples, self.image_size, self.seed = int(num_samples), int(image_size), int(seed)
+        self.background = background
+        self.augment, self.left_hand_prob, self.vary_with_epoch = augment, float(left_hand_prob), vary_with_epoch
+        self.augment_config = augment_config or AugmentConfig()
+        self.pose_config = pose_config or HandPoseConfig()
+        self.view_config = view_config or HandViewConfig()
+        self.model_dir = model_dir
+        self.epoch = 0
+        self._mano = None  # loaded on first use in each process (see __getstate__)
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return self.num_samples
+
+    def __getstate__(self):
+        # the body model is rebuilt in each DataLoader worker from the cache folder, not pickled
+        return dict(self.__dict__, _mano=None)
+
+    @property
+    def mano(self):
+        if self._mano is None:
+            self._mano = body_model("mano", self.model_dir)
+            self.hand_axes = hand_axes(self._mano().joints[0].detach().double())  # from the flat mean hand
+            self.faces = torch.as_tensor(np.asarray(self._mano.faces, dtype=np.int64))  # (1538, 3)
+            self.wrist_loop = open_loop(self.faces)  # (L,) MANO's open wrist, where the forearm is glued
+            self.scene_faces = torch.cat([self.faces, forearm_faces(self.wrist_loop, len(self._mano.v_template))])
+        return self._mano
+
+    def scene(self, sample):
+        """The mesh a sample's image shows: verts (778 + 2 L + 1, 3), faces (F', 3): the hand and a
+        forearm leaving its wrist, wound counter-clockwise from outside (mirrored for left hands)."""
+        self.mano
+        arm = forearm_verts(sample["verts"], self.wrist_loop, sample["joints3d"][0], sample["joints3d"][9])
+        faces = self.scene_faces if bool(sample["is_right"]) else self.scene_faces[:, [0, 2, 1]]
+        return torch.cat([sample["verts"], arm]), faces
+
+    def sample_mano(self, rng):
+        """Draw pose (16, 3) (global orientation first) and shape (10,); pose the right hand.
+        Returns pose, shape, verts (778, 3), joints (21, 3) FreiHAND order, in MANO's frame."""
+        mano = self.mano
+        fingers = sample_hand_pose(rng, self.hand_axes, self.pose_config)  # (15, 3)
+        orient = matrix_to_axis_angle(sample_hand_orientation(rng, self.view_config))  # (3,)
+        shape = torch.randn(10, generator=rng, dtype=torch.float64).clamp(-2.5, 2.5)
+        pose = torch.cat([orient[None], fingers]).float()  # (16, 3)
+        with torch.no_grad():
+            out = mano(betas=shape[None].float(), global_orient=pose[:1].reshape(1, 3),
+                       hand_pose=pose[1:].reshape(1, 45))
+        verts = out.vertices[0].double()  # (778, 3)
+        return pose, shape.float(), verts, mano_to_freihand(out.joints[0].double(), verts)
+
+    def __getitem__(self, index):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices):
+        """The samples of a list of indices (DataLoader asks for a batch this way), rendered in one
+        batch, which shares the renderer's per-call costs. Each sample depends only on its own
+        (seed, epoch, index): __getitems__(indices)[k] is exactly self[indices[k]]."""
+        samples, looks = zip(*(self._labels(index) for index in indices))
+        self.mano
+        S = self.image_size
+        verts = torch.stack([torch.cat([s["verts"], forearm_verts(s["verts"], self.wrist_loop, s["joints3d"][0],
+                                                                  s["joints3d"][9])]) for s in samples])
+        backgrounds = None
+        if self.background == "random":
+            backgrounds = upsample_backgrounds(torch.stack([look["background"] for look in looks]), S, S)
+        images = render_meshes(verts, self.scene_faces, torch.stack([s["K"] for s in samples]), S,
+                               *(torch.stack([look[key] for look in looks]) for key in ("color", "light", "ambient")),
+                               backgrounds, cull_backfaces=True,
+                               mirrored=torch.tensor([not s["is_right"] for s in samples]))
+        for sample, look, image in zip(samples, looks, images):
+            sample["image"] = color_jitter(image, look["jitter"]) if self.augment else image
+        return list(samples)
+
+    def _labels(self, index):
+        """One sample's labels (all keys but image) and its look: color (V', 3) for hand and
+        forearm, light (3,), ambient (), background (3, L, L) pattern, jitter (3,) colour factors."""
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"SyntheticHands: index {index} out of range for {self.num_samples} samples")
+        rng = sample_rng(self.seed, self.epoch if self.vary_with_epoch else 0, index)
+        view, S = self.view_config, self.image_size
+        # 1. a posed right hand, mirrored into a left hand (module docstring) when drawn
+        pose, shape, verts, joints = self.sample_mano(rng)
+        is_right = bool(torch.rand((), generator=rng) >= self.left_hand_prob)
+        if not is_right:
+            verts, joints = verts * torch.tensor([-1.0, 1, 1]), joints * torch.tensor([-1.0, 1, 1])
+        # 2. place it in front of the camera, off the optical axis, and crop around it
+        distance = _uniform(rng, *view.distance)
+        off_axis = torch.tan(torch.deg2rad(_uniform(rng, -view.off_axis_deg, view.off_axis_deg, (2,))))
+        centre = (verts.amax(0) + verts.amin(0)) / 2
+        shift = torch.cat([off_axis * distance, distance[None]]) - centre
+        verts, joints = verts + shift, joints + shift
+        K = crop_intrinsics(verts, S, _uniform(rng, *view.fill), _normal(rng, view.centre_jitter * S, (2,)))
+        sample = {"K": K.float(), "joints3d": joints.float(), "verts": verts.float(),
+                  "joints2d": perspective_projection(joints, K).float(), "mano_pose": pose, "mano_shape": shape,
+                  "is_right": torch.tensor(is_right)}
+        # 3. augmentation moves the camera before rendering (and jitters colours after)
+        look = {"jitter": torch.ones(3)}
+        if self.augment:
+            aug_rng = sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM)
+            aug = sample_augmentation(aug_rng, self.augment_config, K, S)
+            sample, look["jitter"] = augment_hand_labels(sample, aug), aug.color
+        # 4. the look: light, skin (and a sleeve from 4 cm past the wrist half of the time), background
+        light, ambient = random_light(rng)
+        look.update(light=light.float(), ambient=torch.tensor(ambient), background=background_pattern(rng))
+        color = skin_color(rng).repeat(len(verts) + 2 * len(self.wrist_loop) + 1, 1)  # hand, forearm rings, end
+        if torch.rand((), generator=rng) < 0.5:
+            color[len(verts):] = _uniform(rng, 0.05, 0.95, (3,)).float()
+        look["color"] = color
+        return sample, look
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Real hands
+
+def load_image(path):
+    """An image file -> (3, H, W) float32 RGB in [0, 1] (through Pillow, which matplotlib brings)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        array = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+
+class _PhotoHands(torch.utils.data.Dataset):
+    """What the real hand datasets share: resize to image_size, augmentation, set_epoch.
+
+    A subclass sets self.K (N, 3, 3) in the pixels of its image files, self.joints3d (N, 21, 3),
+    self.verts (N, 778, 3), self.mano_pose (N, 16, 3), self.mano_shape (N, 10), self.is_right (N,)
+    as numpy arrays, and implements `_image_path(index)` and `_label_index(index)`.
+    """
+
+    def __init__(self, image_size=224, augment=False, seed=0, augment_config=None):
+        self.image_size = image_size
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.augment_config = augment_config or AugmentConfig()
+
+    def set_epoch(self, epoch):
+        """Augmentations change with the epoch (as DistributedSampler.set_epoch does for the order)."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"{type(self).__name__}: index {index} out of range for {len(self)} samples")
+        path = self._image_path(index)
+        if not path.is_file():
+            raise FileNotFoundError(f"{type(self).__name__}: missing image {path}")
+        image = load_image(path)
+        i = self._label_index(index)
+        labels = {"K": torch.from_numpy(self.K[i]).float(),
+                  "joints3d": torch.from_numpy(self.joints3d[i]).float(),
+                  "verts": torch.from_numpy(self.verts[i]).float(),
+                  "mano_pose": torch.from_numpy(self.mano_pose[i]).float(),
+                  "mano_shape": torch.from_numpy(self.mano_shape[i]).float(),
+                  "is_right": torch.tensor(bool(self.is_right[i]))}
+        return self._finish(image, labels, index)
+
+    def _finish(self, image, labels, index):
+        """Resize to image_size (K follows), then augment image and labels together."""
+        height, width = _image_hw(self.image_size)
+        h, w = image.shape[-2:]
+        scale = torch.diag(torch.tensor([width / w, height / h, 1.0], dtype=torch.float64))
+        K = scale @ labels["K"].double()  # (3, 3): u' = u W / w for pixel edges at integers
+        if (h, w) != (height, width):
+            image = F.interpolate(image[None], size=(height, width), mode="bilinear", antialias=True,
+                                  align_corners=False)[0].clamp(0, 1)
+        labels = dict(labels, K=K.float(), joints2d=perspective_projection(labels["joints3d"].double(), K).float())
+        if self.augment:
+            rng = sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM)
+            aug = sample_augmentation(rng, self.augment_config, K, (height, width))
+            labels = augment_hand_labels(labels, aug)
+            image = color_jitter(warp_image(image, aug.K @ aug.T @ torch.linalg.inv(K), (height, width)), aug.color)
+        return dict(labels, image=image.contiguous())
+
+
+# the training split's four image versions: green screen, homogenised, auto-coloured with / without sample points
+FREIHAND_VERSIONS = ("gs", "hom", "sample", "auto")
+_FREIHAND_LAYOUT = """expected FreiHAND's official layout:
+  ROOT/training_K.json  training_xyz.json  training_verts.json  training_mano.json  [training_scale.json]
+  ROOT/training/rgb/00000000.jpg ... (32,560 hands x 4 versions; file id = index + 32560 * version)
+  ROOT/evaluation_K.json  evaluation_xyz.json  evaluation_verts.json  evaluation_mano.json  [evaluation_scale.json]
+  ROOT/evaluation/rgb/00000000.jpg ... 00003959.jpg"""
+
+
+def _read_json(path):
+    if not path.is_file():
+        raise FileNotFoundError(f"FreiHAND: missing {path}\n{_FREIHAND_LAYOUT}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _real_mano_hands_mean():
+    """MANO's mean finger pose (45,) from the real model files, or None without them."""
+    if not os.environ.get("HMR_BODY_MODELS"):
+        return None
+    mano = bodymodels.load_mano(flat_hand_mean=False)
+    return mano.hand_mean.detach().cpu().numpy().reshape(45)
+
+
+class FreiHAND(_PhotoHands):
+    """FreiHAND (Zimmermann et al., ICCV 2019) from its official folder, as hand samples.
+
+    split "training": 32,560 hands, each in up to four image versions (`versions`, indices into
+    FREIHAND_VERSIONS; the default uses all four, 130,240 samples, version-major as on disk);
+    split "evaluation": 3,960 hands (one version). Images are 224 x 224 crops; 3D labels are in
+    metres in camera coordinates, and joints2d is their projection (FreiHAND gives no 2D labels).
+    All hands are right hands. `scale` (FreiHAND's metric bone length per hand) is kept as the
+    attribute self.scale (N,) when its file exists; it is no sample key.
+
+    mano_pose: FreiHAND's 48 pose numbers are axis-angle with the 45 finger numbers relative to
+    MANO's mean hand (their code poses MANO with flat_hand_mean=False). This project's convention
+    is flat_hand_mean=True, so `hands_mean` (45,) is added to them. By default it comes from the
+    real MANO_RIGHT.pkl when HMR_BODY_MODELS points to it; without the real file the numbers stay
+    as in the file and self.pose_relative_to_mean is True (verts and joints never depend on this).
+
+    Loading the json files takes about a minute and ~1 GB for the training split; `write_npz`
+    turns any split into the faster `NpzHands` format.
+    """
+
+    def __init__(self, root, split="training", image_size=224, augment=False, seed=0, versions=(0, 1, 2, 3),
+                 augment_config=None, hands_mean=None):
+        super().__init__(image_size, augment, seed, augment_config)
+        if split not in ("training", "evaluation"):
+            raise ValueError(f"FreiHAND: split must be 'training' or 'evaluation', got {split!r}")
+        self.root, self.split = pathlib.Path(root), split
+        self.versions = tuple(versions) if split == "training" else (0,)
+        if not set(self.versions) <= set(range(len(FREIHAND_VERSIONS))):
+            raise ValueError(f"FreiHAND: versions must be indices into {FREIHAND_VERSIONS}, got {versions}")
+        read = {name: _read_json(self.root / f"{split}_{name}.json") for name in ("K", "xyz", "verts", "mano")}
+        self.K = np.asarray(read["K"], dtype=np.float32).reshape(-1, 3, 3)
+        n = len(self.K)
+        self.joints3d = np.asarray(read["xyz"], dtype=np.float32).reshape(n, 21, 3)
+        self.verts = np.asarray(read["verts"], dtype=np.float32).reshape(n, 778, 3)
+        mano = np.asarray(read["mano"], dtype=np.float32).reshape(n, 61)  # pose 48, shape 10, uv_root 2, scale 1
+        if hands_mean is None:
+            hands_mean = _real_mano_hands_mean()
+        self.pose_relative_to_mean = hands_mean is None
+        self.mano_pose = mano[:, :48].reshape(n, 16, 3).copy()
+        if hands_mean is not None:
+            self.mano_pose[:, 1:] += np.asarray(hands_mean, dtype=np.float32).reshape(15, 3)
+        self.mano_shape = mano[:, 48:58].copy()
+        self.is_right = np.ones(n, dtype=bool)
+        scale_path = self.root / f"{split}_scale.json"
+        self.scale = np.asarray(_read_json(scale_path), dtype=np.float32).reshape(n) if scale_path.is_file() else None
+        self.num_hands = n
+
+    def __len__(self):
+        return self.num_hands * len(self.versions)
+
+    def _label_index(self, index):
+        return index % self.num_hands
+
+    def _image_path(self, index):
+        version = self.versions[index // self.num_hands]
+        return self.root / self.split / "rgb" / f"{index % self.num_hands + self.num_hands * version:08d}.jpg"
+
+
+NPZ_LABEL_SHAPES = {"K": (3, 3), "joints3d": (21, 3), "verts": (778, 3), "mano_pose": (16, 3), "mano_shape": (10,)}
+
+
+def write_npz(root, split, image_files, **arrays):
+    """Save a hand dataset in the `NpzHands` format: ROOT/{split}.npz (see NpzHands for the keys).
+
+    image_files: N paths relative to root; arrays: K, joints3d, verts, mano_pose, mano_shape
+    (lists or arrays of N items with the shapes of NPZ_LABEL_SHAPES; mano_pose may be (N, 48)),
+    optionally is_right (N,). Shapes are checked before anything is written.
+    """
+    root = pathlib.Path(root)
+    out = {"image_files": np.asarray([str(f) for f in image_files], dtype=np.str_)}
+    n = len(out["image_files"])
+    for key, shape in NPZ_LABEL_SHAPES.items():
+        if key not in arrays:
+            raise ValueError(f"write_npz: missing array {key!r} (expected ({n}, {', '.join(map(str, shape))}))")
+        out[key] = np.asarray(arrays[key], dtype=np.float32).reshape(n, *shape)
+    out["is_right"] = np.asarray(arrays.get("is_right", np.ones(n, dtype=bool)), dtype=bool).reshape(n)
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(root / f"{split}.npz", **out)
+    return root / f"{split}.npz"
+
+
+class NpzHands(_PhotoHands):
+    """Hand crops listed in ROOT/{split}.npz: the format for bringing any hand dataset here.
+
+    ROOT/{split}.npz holds, for N samples (np.load(..., allow_pickle=False) must read it):
+        image_files (N,) str   image paths relative to ROOT (any format Pillow reads, any size;
+                               crops around the hand, as a hand detector would give)
+        K (N, 3, 3)            intrinsics in the pixels of the image FILE
+        joints3d (N, 21, 3)    FreiHAND joint order, metres, camera coordinates
+        verts (N, 778, 3)      MANO vertices, metres, camera coordinates
+        mano_pose (N, 16, 3)   axis-angle, global orientation first, flat_hand_mean=True (or (N, 48))
+        mano_shape (N, 10)     MANO betas
+        is_right (N,) bool     optional, default all True (left hands: see the module docstring)
+    Samples come out with the keys of SyntheticHands, resized to image_size (K follows).
+
+    Converting a dataset takes about twenty lines, e.g. one with a json record per hand crop:
+
+        import json, pathlib
+        import numpy as np
+        from data import NpzHands, write_npz
+
+        root = pathlib.Path("my_hands")                        # holds the crops and annotations.json
+        records = json.loads((root / "annotations.json").read_text())
+        keys = ("K", "joints3d", "verts", "mano_pose", "mano_shape", "is_right")
+        arrays, files = {key: [] for key in keys}, []
+        TO_FREIHAND = list(range(21))                          # your joint order -> FreiHAND's
+        for r in records:
+            files.append(r["file"])                            # relative to root
+            arrays["K"].append(r["intrinsics"])                # 3 x 3, pixels of that file
+            xyz = np.asarray(r["joints_mm"]) / 1000            # -> metres, camera coordinates
+            arrays["joints3d"].append(xyz[TO_FREIHAND])
+            arrays["verts"].append(np.asarray(r["mesh_mm"]) / 1000)
+            arrays["mano_pose"].append(r["mano_pose"])         # 48 axis-angle numbers
+            arrays["mano_shape"].append(r["mano_betas"])       # 10 numbers
+            arrays["is_right"].append(r["side"] == "right")
+        write_npz(root, "training", files, **arrays)
+        print(NpzHands(root, "training")[0]["joints2d"])       # check: on the hand in the image
+    """
+
+    def __init__(self, root, split, image_size=224, augment=False, seed=0, augment_config=None):
+        super().__init__(image_size, augment, seed, augment_config)
+        self.root, self.split = pathlib.Path(root), split
+        path = self.root / f"{split}.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"NpzHands: missing {path} (expected ROOT/{{split}}.npz with the keys "
+                                    f"image_files, {', '.join(NPZ_LABEL_SHAPES)}[, is_right]; see NpzHands)")
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        for key in ("image_files",) + tuple(NPZ_LABEL_SHAPES):
+            if key not in arrays:
+                raise ValueError(f"NpzHands: {path} has no array {key!r} (it has {sorted(arrays)})")
+        self.image_files = arrays["image_files"]
+        n = len(self.image_files)
+        if arrays["mano_pose"].shape == (n, 48):
+            arrays["mano_pose"] = arrays["mano_pose"].reshape(n, 16, 3)
+        for key, shape in NPZ_LABEL_SHAPES.items():
+            if arrays[key].shape != (n, *shape):
+                raise ValueError(f"NpzHands: {path} key {key!r} has shape {arrays[key].shape}, "
+                                 f"expected {(n, *shape)}")
+            setattr(self, key, arrays[key].astype(np.float32))
+        self.is_right = arrays["is_right"].astype(bool) if "is_right" in arrays else np.ones(n, dtype=bool)
+        if self.is_right.shape != (n,):
+            raise ValueError(f"NpzHands: {path} key 'is_right' has shape {self.is_right.shape}, expected {(n,)}")
+
+    def __len__(self):
+        return len(self.image_files)
+
+    def _label_index(self, index):
+        return index
+
+    def _image_path(self, index):
+        return self.root / str(self.image_files[index])
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Synthetic bodies
+#
+# The stand-in SMPL and SMPL-X (bodymodels) rest in a T-pose like the real ones: y up, facing +z,
+# the body's left side towards +x, every joint's local frame the world's. Limbs are posed by
+# direction: a limb's rotation is the shortest turn from its rest direction to a sampled
+# direction, times a twist about it. Turned that way from the T-pose, elbows and knees keep
+# bending the natural way (forwards and backwards) about their rest hinge axes.
+
+LEG_MODES = {  # name: probability, (thigh flexion range, knee range) of the two legs, in degrees
+    "stand": (0.30, ((-5, 15), (0, 15)), ((-5, 15), (0, 15))),
+    "walk": (0.22, ((10, 45), (0, 40)), ((-25, 0), (10, 60))),
+    "run": (0.08, ((30, 75), (40, 110)), ((-35, -5), (40, 120))),
+    "sit": (0.14, ((70, 100), (70, 110)), ((70, 100), (70, 110))),
+    "squat": (0.08, ((95, 125), (110, 145)), ((95, 125), (110, 145))),
+    "lunge": (0.10, ((50, 90), (50, 100)), ((-30, -5), (0, 60))),
+    "kick": (0.08, ((50, 100), (0, 40)), ((-5, 15), (0, 15))),
+}
+ARM_MODES = {"down": (0.4, (5, 40)), "middle": (0.4, (35, 110)), "up": (0.2, (100, 170))}  # degrees from hanging down
+X, Y, Z = torch.eye(3, dtype=torch.float64)  # the axes; rest limbs: legs -Y, left arm +X, right arm -X
+
+
+@dataclass
+class BodyPoseConfig:
+    """The body-pose distribution (angles in degrees); see `sample_body_pose`."""
+    arm_azimuth: tuple = (-30.0, 110.0)  # arm direction around the vertical: 0 sideways, 90 straight forwards
+    elbow: tuple = (0.0, 135.0)  # elbow flexion (scaled by U(0.3, 1): mostly half bent)
+    twist_std: float = 25.0  # twist of an arm about its own axis (legs: half)
+    abduction: tuple = (-5.0, 30.0)  # thigh sideways, outwards
+    spine_flex: tuple = (-8.0, 20.0)  # forwards bend of each of the three spine joints
+    spine_std: float = 7.0  # their twist and sideways bend
+    head_std: float = 15.0  # neck and head, each axis (split between the two)
+    wrist_std: float = 20.0  # wrists, each axis
+    yaw_frontal_prob: float = 0.5  # share of people turned towards the camera (N(0, 35) degrees); the rest any way
+    tilt_std: float = 8.0  # lean of the whole body out of upright
+    max_tries: int = 20  # re-draws when the cheap self-intersection test fails
+
+
+def _choose(rng, modes):
+    """A value of modes {name: (probability, *value)} drawn by probability."""
+    probs = torch.tensor([m[0] for m in modes.values()], dtype=torch.float64)
+    return list(modes.values())[int(torch.multinomial(probs, 1, generator=rng))][1:]
+
+
+def _turn_to(rest, direction):
+    """Axis-angle (..., 3) of the shortest turn taking unit vectors rest to direction (never opposite)."""
+    axis = torch.linalg.cross(rest, direction, dim=-1)
+    sin, cos = axis.norm(dim=-1, keepdim=True), (rest * direction).sum(-1, keepdim=True)
+    return axis / sin.clamp_min(1e-12) * torch.atan2(sin, cos)
+
+
+def sample_body_pose(rng, cfg=BodyPoseConfig()):
+    """A plausible body pose: local rotations (22, 3, 3) float64 of SMPL / SMPL-X joints 0-21, joint 0
+    the identity (the global orientation comes from `sample_body_orientation`).
+
+    Limbs are posed by direction: a limb's rotation is the shortest turn from its T-pose direction
+    to a drawn direction, then a twist about it. Turned that way, knees keep bending backwards
+    about x and elbows forwards about -+y, their rest hinge axes.
+    - Legs: one of LEG_MODES (standing, walking, running, sitting, squatting, lunging, kicking;
+      the legs' roles swapped at random): thigh flexion and knee bend uniform in the mode's
+      ranges (+ N(0, 4)), abduction in cfg.abduction, twist N(0, twist_std / 2), ankles jittered.
+    - Arms, each on its own: hanging, half-raised or raised (ARM_MODES), pointing from slightly
+      behind to straight forwards (cfg.arm_azimuth), twisted N(0, twist_std), the elbow bent by
+      U(cfg.elbow) x U(0.3, 1), collar N(0, 5) and wrist N(0, wrist_std) per axis.
+    - Spine: three joints each bent forwards in cfg.spine_flex and twisted / leaned N(0, spine_std);
+      neck and head N(0, head_std / sqrt 2) per axis.
+    """
+    def n(std, *shape):  # Gaussian angles in degrees
+        return _normal(rng, std, shape)
+
+    sides = torch.tensor([1.0, -1.0], dtype=torch.float64)  # left, right
+    # 1. legs: thigh direction from flexion f (forwards) and abduction a (outwards), from -Y
+    legs = _choose(rng, LEG_MODES)
+    legs = legs if torch.rand((), generator=rng) < 0.5 else legs[::-1]
+    flex = torch.deg2rad(torch.stack([_uniform(rng, *leg[0]) for leg in legs]) + n(4.0, 2))
+    knee = torch.stack([_uniform(rng, *leg[1]) for leg in legs]) + n(4.0, 2)
+    abduct = torch.deg2rad(_uniform(rng, *cfg.abduction, (2,))) * sides
+    thigh = torch.stack([flex.cos() * abduct.sin(), -flex.cos() * abduct.cos(), flex.sin()], -1)  # (2, 3)
+    # 2. arms: direction from the angle away from hanging down and the azimuth (0 sideways, 90 forwards)
+    down = torch.deg2rad(torch.stack([_uniform(rng, *_choose(rng, ARM_MODES)[0]) for _ in range(2)]))
+    azimuth = torch.deg2rad(_uniform(rng, *cfg.arm_azimuth, (2,)))
+    arm = torch.stack([sides * down.sin() * azimuth.cos(), -down.cos(), down.sin() * azimuth.sin()], -1)  # (2, 3)
+    elbow = _uniform(rng, *cfg.elbow, (2,)) * _uniform(rng, 0.3, 1.0, (2,))
+    # 3. every elementary turn as an axis-angle row, converted in one batch
+    rest_leg, rest_arm = -Y.expand(2, 3), X * sides[:, None]
+    turns = torch.cat([
+        _turn_to(rest_leg, thigh), rest_leg * torch.deg2rad(n(cfg.twist_std / 2, 2))[:, None],  # 0-3 hips
+        X * torch.deg2rad(knee.clamp(0, 150))[:, None],  # 4-5 knees
+        X * torch.deg2rad(_uniform(rng, -20, 25, (2,)))[:, None], Z * torch.deg2rad(n(6.0, 2))[:, None],  # 6-9 ankles
+        _turn_to(rest_arm, arm), rest_arm * torch.deg2rad(n(cfg.twist_std, 2))[:, None],  # 10-13 shoulders
+        -Y * (sides * torch.deg2rad(elbow))[:, None],  # 14-15 elbows: left about -Y, right about +Y
+        Z * (sides * torch.deg2rad(n(5.0, 2)))[:, None], Y * torch.deg2rad(n(5.0, 2))[:, None],  # 16-19 collars
+        torch.deg2rad(n(cfg.wrist_std, 2, 3)),  # 20-21 wrists
+        _euler_rows(torch.stack([_uniform(rng, *cfg.spine_flex, (3,)), n(cfg.spine_std, 3), n(cfg.spine_std, 3)], -1)),
+        _euler_rows(n(cfg.head_std / math.sqrt(2), 2, 3)),  # 22-30 spine (3 x 3), 31-36 neck and head (2 x 3)
+    ])
+    T = axis_angle_to_matrix(turns)  # (37, 3, 3)
+    R = torch.eye(3, dtype=torch.float64).repeat(22, 1, 1)
+    R[[1, 2]], R[[4, 5]], R[[7, 8]] = T[0:2] @ T[2:4], T[4:6], T[6:8] @ T[8:10]
+    R[[16, 17]], R[[18, 19]], R[[13, 14]], R[[20, 21]] = T[10:12] @ T[12:14], T[14:16], T[16:18] @ T[18:20], T[20:22]
+    euler = T[22:37].view(5, 3, 3, 3)  # (joint, axis, 3, 3)
+    R[[3, 6, 9, 12, 15]] = euler[:, 0] @ euler[:, 1] @ euler[:, 2]
+    return R
+
+
+def _euler_rows(degrees):
+    """Angles (..., 3) in degrees about X, Y, Z -> their three axis-angle rows (... * 3, 3), whose
+    rotations multiply in that order (Rx Ry Rz)."""
+    return (torch.deg2rad(degrees)[..., None] * torch.eye(3, dtype=torch.float64)).reshape(-1, 3)
+
+
+def sample_body_orientation(rng, cfg=BodyPoseConfig()):
+    """Global orientation (3, 3) in camera coordinates (y down): upright (the T-pose's +y turned to
+    the image's up, -y), facing the camera turned by N(0, 35) degrees with probability
+    cfg.yaw_frontal_prob, else any way, and leaning by N(0, cfg.tilt_std) degrees."""
+    frontal = torch.rand((), generator=rng) < cfg.yaw_frontal_prob
+    yaw = _normal(rng, 35.0) if frontal else _uniform(rng, -180.0, 180.0)
+    lean_axis = _uniform(rng, 0, 2 * math.pi)
+    axes = torch.stack([X, torch.stack([lean_axis.cos(), torch.zeros(()), lean_axis.sin()]).double(), Y])
+    upright, lean, turn = _rotation(axes, torch.stack([torch.tensor(180.0).double(), _normal(rng, cfg.tilt_std), yaw]))
+    return upright @ lean @ turn  # upright: +y (up) -> -y, +z (front) -> -z (towards the camera)
+
+
+def forward_kinematics(rest_joints, rotations, parents):
+    """Joint positions (J, 3) of a skeleton posed by local rotations (J, 3, 3) about its rest
+    joints (J, 3) (parents[j] < j, -1 for the root, which stays in place)."""
+    world = [None] * len(parents)
+    position = [None] * len(parents)
+    for j, p in enumerate(parents):
+        if p < 0:
+            world[j], position[j] = rotations[j], rest_joints[j]
+        else:
+            world[j] = world[p] @ rotations[j]
+            position[j] = position[p] + world[p] @ (rest_joints[j] - rest_joints[p])
+    return torch.stack(position)
+
+
+def _segment_distance(p0, p1, q0, q1):
+    """Smallest distance between segments [p0, p1] and [q0, q1], each (..., 3). -> (...)."""
+    d1, d2, r = p1 - p0, q1 - q0, p0 - q0
+    a, e, f = (d1 * d1).sum(-1), (d2 * d2).sum(-1), (d2 * r).sum(-1)
+    b, c = (d1 * d2).sum(-1), (d1 * r).sum(-1)
+    denom = (a * e - b * b).clamp_min(1e-12)
+    s = ((b * f - c * e) / denom).clamp(0, 1)
+    t = ((b * s + f) / e.clamp_min(1e-12)).clamp(0, 1)
+    s = ((b * t - c) / a.clamp_min(1e-12)).clamp(0, 1)
+    return (p0 + d1 * s[..., None] - q0 - d2 * t[..., None]).norm(dim=-1)
+
+
+# cheap self-intersection test on the posed joints: (segment a, segment b, minimum distance in metres)
+_CLEARANCES = (((4, 7), (5, 8), 0.07), ((1, 4), (2, 5), 0.07), ((1, 4), (5, 8), 0.07), ((2, 5), (4, 7), 0.07),
+               ((18, 20), (0, 12), 0.09), ((19, 21), (0, 12), 0.09), ((16, 18), (3, 12), 0.08),
+               ((17, 19), (3, 12), 0.08), ((18, 20), (19, 21), 0.05), ((20, 20), (15, 15), 0.1),
+               ((21, 21), (15, 15), 0.1), ((18, 20), (1, 4), 0.06), ((19, 21), (2, 5), 0.06))
+
+
+def self_intersects(joints):
+    """True when two body segments of joints (>= 22, 3) come closer than _CLEARANCES allows
+    (legs through each other, forearms through the torso, hands in the head)."""
+    index = torch.tensor([[a[0], a[1], b[0], b[1]] for a, b, _ in _CLEARANCES])
+    p = joints[index]  # (C, 4, 3)
+    distance = _segment_distance(p[:, 0], p[:, 1], p[:, 2], p[:, 3])
+    return bool((distance < torch.tensor([c for _, _, c in _CLEARANCES], dtype=distance.dtype)).any())
+
+
+def sample_plausible_body(rng, rest_joints, parents, cfg=BodyPoseConfig()):
+    """`sample_body_pose` with the global orientation, re-drawn (up to cfg.max_tries) while
+    `self_intersects`. Returns rotations (22, 3, 3) float64, joint 0 the global orientation."""
+    for _ in range(cfg.max_tries):
+        R = sample_body_pose(rng, cfg)
+        if not self_intersects(forward_kinematics(rest_joints[:22], R, parents[:22])):
+            break
+    R[0] = sample_body_orientation(rng, cfg)
+    return R
+
+
+@dataclass
+class BodyViewConfig:
+    """Where the person is and how the crop sees it."""
+    fill: tuple = (0.75, 0.9)  # larger side of the person's box / the crop's side (HMR2.0 crops the box x 1.2)
+    centre_jitter: float = 0.03  # detector error of the box centre, fraction of the crop (Gaussian std)
+    distance: tuple = (2.5, 8.0)  # metres, only with focal_length=None (a real camera's perspective)
+    off_axis_deg: float = 20.0  # likewise
+
+
+def place_in_crop(rng, verts, image_size, cfg, focal_length):
+    """Translation t (3,) and intrinsics K (3, 3) (float64) that show verts (V, 3) + t centred in
+    an H x W crop, the box's larger relative side filling cfg.fill of it.
+
+    focal_length (pixels for a crop 256 pixels high, scaled with the height; HMR2.0 / GenHMR use 5000,
+    a nearly orthographic camera): K is fixed with the principal point at the crop centre and t
+    is solved for. None: the person stands cfg.distance away, off the optical axis, and K is
+    the detector crop of a real camera (`crop_intrinsics`).
+    """
+    height, width = _image_hw(image_size)
+    fill = _uniform(rng, *cfg.fill)
+    offset = _normal(rng, cfg.centre_jitter, (2,)) * torch.tensor([width, height])
+    centre = (verts.amax(0) + verts.amin(0)) / 2
+    if focal_length is None:
+        distance = _uniform(rng, *cfg.distance)
+        off_axis = torch.tan(torch.deg2rad(_uniform(rng, -cfg.off_axis_deg, cfg.off_axis_deg, (2,))))
+        t = torch.cat([off_axis * distance, distance[None]]) - centre
+        return t, crop_intrinsics(verts + t, (height, width), fill, offset)
+    f = focal_length * height / 256
+    K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=torch.float64)
+    size = torch.tensor([width, height], dtype=torch.float64)
+    t = torch.cat([-centre[:2], (f * ((verts.amax(0) - verts.amin(0))[:2] / size).max() / fill - centre[2])[None]])
+    for _ in range(2):  # perspective makes the first guess slightly off: rescale, then recentre, on the projection
+        uv = perspective_projection(verts + t, K)
+        t[2] = (centre[2] + t[2]) * ((uv.amax(0) - uv.amin(0)) / size).max() / fill - centre[2]
+        uv = perspective_projection(verts + t, K)
+        t[:2] -= ((uv.amax(0) + uv.amin(0)) / 2 - size / 2 - offset) * (centre[2] + t[2]) / f
+    return t, K
+
+
+# clothing: SMPL / SMPL-X joint ids (the vertex's strongest skinning weight) -> garment
+_SHIRT, _SLEEVES, _TROUSERS, _SHINS, _SHOES = (3, 6, 9, 13, 14, 16, 17), (18, 19), (0, 1, 2), (4, 5), (7, 8, 10, 11)
+
+
+def outfit_colors(rng, part, hair):
+    """Per-vertex albedo (V, 3) from part (V,) (each vertex's strongest joint) and hair (V,) bool:
+    a skin tone, a shirt with short or long sleeves, long trousers or shorts, shoes, hair."""
+    table = skin_tone(rng).repeat(int(part.max()) + 1, 1)  # (J, 3)
+    shirt, trousers = _uniform(rng, 0.05, 0.95, (3,)).float(), _uniform(rng, 0.05, 0.7, (3,)).float()
+    table[list(_SHIRT)] = shirt
+    if torch.rand((), generator=rng) < 0.5:
+        table[list(_SLEEVES)] = shirt
+    table[list(_TROUSERS)] = trousers
+    if torch.rand((), generator=rng) < 0.7:
+        table[list(_SHINS)] = trousers
+    table[list(_SHOES)] = _uniform(rng, 0.02, 0.4, (3,)).float()
+    colors = table[part]
+    colors[hair] = _uniform(rng, 0.02, 0.5).float() * torch.tensor([1.0, 0.8, 0.6])
+    return colors
+
+
+def _rig(model):
+    """What a dataset needs from an smplx model, computed once: faces (F, 3), rest joints (J, 3)
+    float64, parents (J,), part (V,) strongest joint per vertex, hair (V,) bool (head top)."""
+    with torch.no_grad():
+        rest = model()
+    joints = rest.joints[0].double()
+    part = model.lbs_weights.argmax(1)
+    head = 15
+    hair = (part == head) & (rest.vertices[0, :, 1].double() > joints[head, 1] + 0.04)
+    faces = torch.as_tensor(np.asarray(model.faces, dtype=np.int64))
+    return {"faces": faces, "rest_joints": joints, "parents": model.parents.tolist(), "part": part, "hair": hair}
+
+
+class _SyntheticBodyBase(torch.utils.data.Dataset):
+    """Shared by the body datasets: the lazily loaded model, set_epoch, pickling, index checks."""
+
+    def __init__(self, num_samples, seed, vary_with_epoch, model_dir):
+        self.num_samples, self.seed = int(num_samples), int(seed)
+        self.vary_with_epoch, self.model_dir = vary_with_epoch, model_dir
+        self.epoch = 0
+        self._model = None
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return self.num_samples
+
+    def __getstate__(self):
+        return dict(self.__dict__, _model=None)  # rebuilt in each worker from the cache folder
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = self._load_model()
+            self.rig = _rig(self._model)
+        return self._model
+
+    def _rng(self, index):
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"{type(self).__name__}: index {index} out of range for {self.num_samples} samples")
+        return sample_rng(self.seed, self.epoch if self.vary_with_epoch else 0, index)
+
+    def _sample_smpl_pose(self, rng):
+        """SMPL pose (24, 3) axis-angle (global orientation first) and shape (10,), float32."""
+        self.model
+        R = sample_plausible_body(rng, self.rig["rest_joints"], self.rig["parents"], self.pose_config)
+        hands = torch.deg2rad(_normal(rng, 10.0, (2, 3)))  # SMPL's hand joints 22, 23: a little play
+        pose = torch.cat([matrix_to_axis_angle(R), hands]).float()  # (24, 3)
+        shape = torch.randn(10, generator=rng, dtype=torch.float64).clamp(-2.5, 2.5).float()
+        return pose, shape
+
+
+class SyntheticPoses(_SyntheticBodyBase):
+    """SMPL poses only, standing in for AMASS (GenHMR's pose tokenizer): {smpl_pose (24, 3)
+    axis-angle, global orientation first; smpl_shape (10,)}.
+
+    The same distribution as SyntheticBodies, and the same draws: with equal seed (and no
+    augmentation there), SyntheticPoses(n, seed)[i] is the pose and shape of SyntheticBodies(n,
+    seed)[i]. See `sample_body_pose` (articulation, with a cheap self-intersection test) and
+    `sample_body_orientation` (global orientation in camera coordinates: upright, half of the
+    people turned towards the camera). Cheap: no rendering, about 2 ms a sample.
+    """
+
+    def __init__(self, num_samples, seed=0, vary_with_epoch=False, pose_config=None, model_dir=None):
+        super().__init__(num_samples, seed, vary_with_epoch, model_dir)
+        self.pose_config = pose_config or BodyPoseConfig()
+
+    def _load_model(self):
+        return body_model("smpl", self.model_dir)
+
+    def __getitem__(self, index):
+        pose, shape = self._sample_smpl_pose(self._rng(index))
+        return {"smpl_pose": pose, "smpl_shape": shape}
+
+
+class SyntheticBodies(_SyntheticBodyBase):
+    """Rendered SMPL people in person crops, HMR2.0 / GenHMR style.
+
+    Keys: image (3, H, W) float32 in [0, 1]; K (3, 3); joints3d (24, 3) SMPL joints, metres,
+    camera coordinates; joints2d (24, 2) pixels = perspective_projection(joints3d, K);
+    verts (6890, 3) camera coordinates; smpl_pose (24, 3) axis-angle, global orientation (in
+    camera coordinates) first; smpl_shape (10,); cam_t (3,) with verts = SMPL(pose, shape) + cam_t
+    (smplx's output, no transl).
+
+    Distribution: poses as `SyntheticPoses` (same draws for the same seed); betas N(0, 1) clamped
+    to [-2.5, 2.5]; the person centred in the crop (3% jitter), the box's larger relative side
+    75-90% of the crop. focal_length=5000 (default) renders through HMR2.0's fixed camera (5000
+    pixels for a 256 crop, principal point at the centre: nearly orthographic, what GenHMR's
+    camera head assumes); None, through a real camera 2.5-8 m away. Clothes: shirt (short or long
+    sleeves), trousers or shorts, shoes, hair, skin tone; light and background as SyntheticHands.
+    augment=True moves the camera (rotation, zoom, shift; no flip: the pose distribution is
+    already symmetric) before rendering and jitters colours after. background="black": masks.
+    """
+
+    def __init__(self, num_samples, image_size=256, seed=0, augment=False, focal_length=5000.0, vary_with_epoch=False,
+                 augment_config=None, pose_config=None, view_config=None, background="random", model_dir=None):
+        super().__init__(num_samples, seed, vary_with_epoch, model_dir)
+        if background not in ("random", "black"):
+            raise ValueError(f"SyntheticBodies: background must be 'random' or 'black', got {background!r}")
+        self.background = background
+        self.image_size, self.augment, self.focal_length = image_size, augment, focal_length
+        self.augment_config = augment_config or AugmentConfig(flip_prob=0.0)
+        self.pose_config, self.view_config = pose_config or BodyPoseConfig(), view_config or BodyViewConfig()
+
+    def _load_model(self):
+        return body_model("smpl", self.model_dir)
+
+    def __getitem__(self, index):
+        rng = self._rng(index)
+        # 1. pose and shape (the SyntheticPoses draws), then the mesh
+        pose, shape = self._sample_smpl_pose(rng)
+        with torch.no_grad():
+            out = self.model(betas=shape[None], global_orient=pose[None, 0], body_pose=pose[None, 1:].reshape(1, 69))
+        verts, joints = out.vertices[0].double(), out.joints[0, :24].double()
+        # 2. the crop
+        cam_t, K = place_in_crop(rng, verts, self.image_size, self.view_config, self.focal_length)
+        sample = {"K": K, "verts": verts + cam_t, "joints3d": joints + cam_t, "smpl_pose": pose, "smpl_shape": shape,
+                  "cam_t": cam_t}
+        # 3. augmentation: a rotation Rz about the optical axis turns the global orientation to Rz R
+        #    and, since SMPL turns about its root joint J0, moves cam_t to Rz (J0 + cam_t) - J0
+        if self.augment:
+            aug = sample_augmentation(sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM),
+                                      replace(self.augment_config, flip_prob=0.0), K, self.image_size)
+            Rz = aug.rotation
+            sample["verts"], sample["joints3d"] = sample["verts"] @ Rz.T, sample["joints3d"] @ Rz.T
+            sample["cam_t"] = Rz @ (joints[0] + cam_t) - joints[0]
+            pose = pose.clone()
+            pose[0] = matrix_to_axis_angle(Rz @ axis_angle_to_matrix(pose[0].double())).float()
+            sample["smpl_pose"], sample["K"] = pose, aug.K
+        sample["joints2d"] = perspective_projection(sample["joints3d"], sample["K"])
+        sample = {key: value.float() for key, value in sample.items()}
+        # 4. render
+        light, ambient = random_light(rng)
+        colors = outfit_colors(rng, self.rig["part"], self.rig["hair"])
+        background = random_background(rng, self.image_size) if self.background == "random" else None
+        image = render_mesh(sample["verts"], self.rig["faces"], sample["K"], self.image_size, color=colors, light=light,
+                            ambient=ambient, background=background, cull_backfaces=True)
+        sample["image"] = color_jitter(image, aug.color) if self.augment else image
+        return sample
+
+
+def _mirror_axis_angle(aa):
+    """The rotation M R M (M = diag(-1, 1, 1)) of a mirrored limb, as axis-angle (..., 3)."""
+    return aa * torch.tensor([1.0, -1.0, -1.0], dtype=aa.dtype)
+
+
+def _kabsch(source, target):
+    """Rotation R (3, 3) minimising |R (source - mean) - (target - mean)|, points (N, 3)."""
+    s, t = source - source.mean(0), target - target.mean(0)
+    U, _, Vh = torch.linalg.svd(t.T @ s)
+    d = torch.sign(torch.linalg.det(U @ Vh))
+    return U @ torch.diag(torch.tensor([1.0, 1.0, float(d)], dtype=U.dtype)) @ Vh
+
+
+def _global_rotations(rotations, parents):
+    """World rotations (J, 3, 3) of joints from their local rotations (J, 3, 3)."""
+    world = []
+    for j, p in enumerate(parents):
+        world.append(rotations[j] if p < 0 else world[p] @ rotations[j])
+    return torch.stack(world)
+
+
+# SMPL-X joints of each hand in MANO's order (wrist, then 15 finger joints), and its fingertips
+# among smplx's extra joints (thumb, index, middle, ring, pinky)
+SMPLX_HAND_JOINTS = {"left": (20,) + tuple(range(25, 40)), "right": (21,) + tuple(range(40, 55))}
+SMPLX_FINGERTIPS = {"left": tuple(range(66, 71)), "right": tuple(range(71, 76))}
+
+
+class SyntheticWholeBody(_SyntheticBodyBase):
+    """Rendered SMPL-X people with both hands, for HMR-Adapter (SMPLer-X body path and HaMeR hand path).
+
+    Keys, body image (image_size, default 256 x 192 as SMPLer-X's body input):
+      image (3, H, W); K (3, 3); verts (10475, 3) and joints3d (55, 3) SMPL-X joints, camera
+      coordinates, metres; joints2d (55, 2) pixels; smplx_pose (55, 3) axis-angle in SMPL-X joint
+      order (global orientation in camera coordinates, body 1-21, jaw, eyes, left hand 25-39,
+      right hand 40-54); smplx_shape (10,); smplx_expression (10,); cam_t (3,) with verts =
+      SMPLX(pose, shape, expression) + cam_t.
+    Per side S in {left, right}, a hand crop as a hand detector would give (hand_image_size,
+    default 256 x 256, HaMeR's input), rendered from the same scene through the same camera
+    (a crop of a high-resolution photograph):
+      S_hand_box (4,) [x0, y0, x1, y1] in the body image: the square around the hand's projected
+        vertices, 1.2 x their larger side (SMPLer-X / HaMeR crop the box with a margin);
+      S_hand_image (3, h, w); S_hand_K (3, 3); S_hand_joints3d (21, 3) FreiHAND order (SMPL-X's
+        wrist and finger joints + fingertip vertices), camera coordinates; S_hand_joints2d (21, 2)
+        crop pixels; S_hand_mano_pose (16, 3): the MANO-space pose, global orientation first, in
+        the module's left-hand convention (a left hand is the mirror image of the right MANO hand
+        with this pose); S_hand_visible (): share of the hand's pixels not hidden by the body;
+      S_arm_pose (8, 3): SMPL-X's local rotations of the arm chain SMPLX_{LEFT,RIGHT}_ARM (pelvis,
+        spine 1-3, collar, shoulder, elbow, wrist), as in smplx_pose.
+    Distribution: bodies as `SyntheticBodies` but turned towards the camera four times in five
+    (so both hands show most of the time: see the test), fingers of both hands from
+    `sample_hand_pose`, jaw N(0, 5 deg), expression N(0, 0.5), betas N(0, 1).
+    """
+
+    def __init__(self, num_samples, image_size=(256, 192), hand_image_size=256, seed=0, augment=False,
+                 focal_length=5000.0, vary_with_epoch=False, augment_config=None, pose_config=None,
+                 hand_pose_config=None, view_config=None, model_dir=None):
+        super().__init__(num_samples, seed, vary_with_epoch, model_dir)
+        self.image_size, self.hand_image_size = image_size, hand_image_size
+        self.augment, self.focal_length = augment, focal_length
+        self.augment_config = augment_config or AugmentConfig(flip_prob=0.0)
+        self.pose_config = pose_config or BodyPoseConfig(yaw_frontal_prob=0.8, arm_azimuth=(-10.0, 110.0))
+        self.hand_pose_config = hand_pose_config or HandPoseConfig()
+        self.view_config = view_config or BodyViewConfig()
+
+    def _load_model(self):
+        return body_model("smplx", self.model_dir)
+
+    @property
+    def model(self):
+        if self._model is None:
+            super().model
+            # MANO's rest hand turned onto SMPL-X's rest right hand: finger poses are rotated by it
+            mano_rest = body_model("mano", self.model_dir)().joints[0].detach().double()
+            self.hand_axes = hand_axes(mano_rest)
+            self.mano_to_smplx = _kabsch(mano_rest, self.rig["rest_joints"][list(SMPLX_HAND_JOINTS["right"])])
+            # faces whose corners all belong to a hand (wrist and finger joints): (F,) masks
+            in_hand = {side: torch.isin(self.rig["part"], torch.tensor(ids)) for side, ids in SMPLX_HAND_JOINTS.items()}
+            self.hand_face_mask = {side: mask[self.rig["faces"]].all(1) for side, mask in in_hand.items()}
+            self.hand_vert_mask = in_hand
+        return self._model
+
+    def _sample_pose(self, rng):
+        """SMPL-X pose (55, 3) float64 and the right-convention MANO finger poses {side: (15, 3)}."""
+        R = sample_plausible_body(rng, self.rig["rest_joints"], self.rig["parents"], self.pose_config)
+        pose = torch.zeros(55, 3, dtype=torch.float64)
+        pose[:22] = matrix_to_axis_angle(R)
+        pose[22] = X * math.radians(abs(float(_normal(rng, 5.0))))  # the jaw opens a little
+        fingers = {side: sample_hand_pose(rng, self.hand_axes, self.hand_pose_config) for side in ("left", "right")}
+        pose[40:55] = fingers["right"] @ self.mano_to_smplx.T  # axis-angle turns with the frame: R aa
+        pose[25:40] = _mirror_axis_angle(fingers["left"] @ self.mano_to_smplx.T)
+        return pose, fingers
+
+    def __getitem__(self, index):
+        rng = self._rng(index)
+        # 1. pose, shape, expression, mesh
+        self.model
+        pose, fingers = self._sample_pose(rng)
+        shape = torch.randn(10, generator=rng, dtype=torch.float64).clamp(-2.5, 2.5)
+        expression = _normal(rng, 0.5, (10,))
+        with torch.no_grad():
+            out = self.model(betas=shape[None].float(), expression=expression[None].float(),
+                             global_orient=pose[None, 0].float(), body_pose=pose[None, 1:22].reshape(1, 63).float(),
+                             jaw_pose=pose[None, 22].float(), leye_pose=pose[None, 23].float(),
+                             reye_pose=pose[None, 24].float(),
+                             left_hand_pose=pose[None, 25:40].reshape(1, 45).float(),
+                             right_hand_pose=pose[None, 40:55].reshape(1, 45).float())
+        verts, joints = out.vertices[0].double(), out.joints[0].double()  # (10475, 3), (127, 3)
+        # 2. crop, then augmentation as for SyntheticBodies (turn about the optical axis, zoom, shift)
+        cam_t, K = place_in_crop(rng, verts, self.image_size, self.view_config, self.focal_length)
+        if self.augment:
+            aug = sample_augmentation(sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM),
+                                      replace(self.augment_config, flip_prob=0.0), K, self.image_size)
+            root = joints[0]
+            cam_t, K = aug.rotation @ (root + cam_t) - root, aug.K
+            pose[0] = matrix_to_axis_angle(aug.rotation @ axis_angle_to_matrix(pose[0]))
+            verts, joints = (verts - root) @ aug.rotation.T + root, (joints - root) @ aug.rotation.T + root
+        verts, joints = verts + cam_t, joints + cam_t
+        sample = {"K": K, "verts": verts, "joints3d": joints[:55], "joints2d": perspective_projection(joints[:55], K),
+                  "smplx_pose": pose, "smplx_shape": shape, "smplx_expression": expression, "cam_t": cam_t}
+        # 3. render the body, then both hands' crops of the same scene in one batch
+        light, ambient = random_light(rng)
+        look = (outfit_colors(rng, self.rig["part"], self.rig["hair"])[None], light[None], torch.tensor([ambient]))
+        background = random_background(rng, self.image_size)
+        image, _, face = _render(verts[None], self.rig["faces"], K[None], self.image_size, *look, background[None],
+                                 True)
+        world = _global_rotations(axis_angle_to_matrix(pose[:22]), self.rig["parents"][:22])
+        for side in ("left", "right"):
+            sample.update(self._hand_labels(rng, side, sample, joints, world, fingers[side], face))
+        Ks = torch.stack([sample["left_hand_K"], sample["right_hand_K"]])  # (2, 3, 3)
+        S = self.hand_image_size
+        crop_backgrounds = torch.stack([warp_image(background, Kh @ torch.linalg.inv(K), S) for Kh in Ks])
+        both = (x.expand(2, *x.shape[1:]) for x in look)
+        crops = _render(verts[None].expand(2, -1, -1), self.rig["faces"], Ks, S, *both, crop_backgrounds, True)[0]
+        sample["left_hand_image"], sample["right_hand_image"] = crops
+        sample = {key: value.float() for key, value in sample.items()}
+        sample["image"] = color_jitter(image[0], aug.color) if self.augment else image[0]
+        return sample
+
+    def _hand_labels(self, rng, side, sample, joints, world, fingers, face):
+        """The keys of one hand but its image (see the class docstring). face (P,): the body image's
+        visible faces."""
+        S = self.hand_image_size
+        hand_verts = sample["verts"][self.hand_vert_mask[side]]
+        uv = perspective_projection(hand_verts, sample["K"])
+        centre, half = (uv.amax(0) + uv.amin(0)) / 2, 0.6 * (uv.amax(0) - uv.amin(0)).max()
+        # visibility: the hand's pixels in the body image against the hand rendered alone
+        hand_faces = self.rig["faces"][self.hand_face_mask[side]]
+        alone = _rasterize(sample["verts"].float()[None], hand_faces, sample["K"].float()[None],
+                           *_image_hw(self.image_size), True)[0]
+        visible = self.hand_face_mask[side][face].sum() / max(len(alone), 1)
+        # the crop: a detector's box around the hand, through the same camera (a crop of a sharper photograph)
+        K_hand = crop_intrinsics(hand_verts, S, _uniform(rng, 0.7, 0.9), _normal(rng, 0.03 * S, (2,)))
+        hand_joints = torch.cat([joints[list(SMPLX_HAND_JOINTS[side])], joints[list(SMPLX_FINGERTIPS[side])]])
+        hand_joints = hand_joints[list(bodymodels.MANO_TO_FREIHAND)]  # (21, 3) FreiHAND order
+        # MANO-space pose: right hand W R_off; left hand M W M R_off (module docstring: left hands)
+        wrist = world[SMPLX_HAND_JOINTS[side][0]]
+        if side == "left":
+            wrist = _mirror_matrix(wrist)
+        orient = matrix_to_axis_angle(wrist @ self.mano_to_smplx)
+        arm = bodymodels.SMPLX_LEFT_ARM if side == "left" else bodymodels.SMPLX_RIGHT_ARM
+        return {f"{side}_hand_box": torch.cat([centre - half, centre + half]), f"{side}_hand_K": K_hand,
+                f"{side}_hand_joints3d": hand_joints,
+                f"{side}_hand_joints2d": perspective_projection(hand_joints, K_hand),
+                f"{side}_hand_mano_pose": torch.cat([orient[None], fingers]), f"{side}_hand_visible": visible,
+                f"{side}_arm_pose": sample["smplx_pose"][list(arm)]}
+
+
+def _mirror_matrix(R):
+    """M R M with M = diag(-1, 1, 1): the same turn seen in a mirror. (..., 3, 3)."""
+    m = torch.tensor([-1.0, 1.0, 1.0], dtype=R.dtype)
+    return R * m[:, None] * m[None, :]
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Pictures and speed
+
+_FINGER_COLORS = ("#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd")  # thumb, index, middle, ring, pinky
+
+
+def _bone_colors(parents):
+    """A colour per bone: FreiHAND's five fingers get five colours, other trees one per branch."""
+    if tuple(parents) == FREIHAND_PARENTS:
+        return [_FINGER_COLORS[(j - 1) // 4] if j > 0 else "w" for j in range(21)]
+    left = {j for j, name in enumerate(getattr(bodymodels, "SMPLX_JOINT_NAMES", ())) if name.startswith("left")}
+    return ["#1f77b4" if j in left else "#d62728" for j in range(len(parents))]
+
+
+def draw_samples(samples, parents, path, titles=None, columns=4, joints_key="joints2d", boxes_keys=()):
+    """Save a grid of sample images with their 2D joints and bones drawn on top (a PNG at path).
+
+    samples: dicts with image (3, H, W) and joints_key (J, 2) pixels; parents (J,) the tree to draw;
+    boxes_keys: keys of (4,) boxes [x0, y0, x1, y1] in pixels to outline (e.g. hand boxes).
+    """
+    from matplotlib.figure import Figure
+
+    rows = math.ceil(len(samples) / columns)
+    fig = Figure(figsize=(2.6 * columns, 2.6 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns)).reshape(-1)
+    colors = _bone_colors(parents)
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= len(samples):
+            continue
+        sample = samples[i]
+        height, width = sample["image"].shape[-2:]
+        ax.imshow(sample["image"].permute(1, 2, 0).numpy(), extent=(0, width, height, 0))
+        uv = sample[joints_key].numpy()
+        for j, p in enumerate(parents):
+            if p >= 0:
+                ax.plot(uv[[p, j], 0], uv[[p, j], 1], color=colors[j], linewidth=1.3)
+        ax.scatter(uv[:, 0], uv[:, 1], s=5, c="white", edgecolors="black", linewidths=0.3, zorder=3)
+        for key in boxes_keys:
+            x0, y0, x1, y1 = sample[key].tolist()
+            ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="yellow", linewidth=1)
+        ax.set(xlim=(0, width), ylim=(height, 0))
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=7)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def _samples_per_second(dataset, count, batch=1):
+    """(wall-clock, CPU-time) samples per second of drawing count samples on this thread, batch at
+    a time through __getitems__ when batch > 1 (as a DataLoader does); model loading not timed."""
+    dataset[0]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for start in range(0, count, batch):
+        indices = [i % len(dataset) for i in range(start + 1, start + 1 + batch)]
+        dataset.__getitems__(indices) if batch > 1 else dataset[indices[0]]
+    return count / (time.perf_counter() - wall), count / (time.process_time() - cpu)
+
+
+def _grid(out_dir, count=16):
+    """Save one PNG grid per synthetic dataset into out_dir; returns their paths."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    hands = SyntheticHands(count, image_size=224, seed=0, left_hand_prob=0.25)
+    samples = [hands[i] for i in range(count)]
+    titles = [("right" if bool(s["is_right"]) else "left") for s in samples]
+    paths.append(draw_samples(samples, FREIHAND_PARENTS, out_dir / "synthetic_hands.png", titles))
+    augmented = SyntheticHands(count, image_size=128, seed=0, augment=True,
+                               augment_config=AugmentConfig(flip_prob=0.5))
+    samples = [augmented[i] for i in range(count)]
+    titles = [("right" if bool(s["is_right"]) else "left") + " (augmented, 128 px)" for s in samples]
+    paths.append(draw_samples(samples, FREIHAND_PARENTS, out_dir / "synthetic_hands_augmented.png", titles))
+    bodies = SyntheticBodies(count, seed=0)
+    paths.append(draw_samples([bodies[i] for i in range(count)], bodymodels.SMPL_PARENTS,
+                              out_dir / "synthetic_bodies.png"))
+    whole = SyntheticWholeBody(count // 2, seed=0)
+    samples = [whole[i] for i in range(count // 2)]
+    paths.append(draw_samples(samples, bodymodels.SMPLX_PARENTS, out_dir / "synthetic_wholebody.png",
+                              boxes_keys=("left_hand_box", "right_hand_box")))
+    crops = []
+    for s in samples:
+        for side in ("left", "right"):
+            crops.append({"image": s[f"{side}_hand_image"], "joints2d": s[f"{side}_hand_joints2d"]})
+    titles = [f"{side} hand, visible {float(s[f'{side}_hand_visible']):.2f}"
+              for s in samples for side in ("left", "right")]
+    paths.append(draw_samples(crops, FREIHAND_PARENTS, out_dir / "synthetic_wholebody_hands.png", titles))
+    return paths
+
+
+def _bench(count):
+    """Print samples per second on one thread: wall-clock (what a training loop sees) and per
+    CPU-second (less sensitive to other processes on the machine)."""
+    torch.set_num_threads(1)
+    cases = (("SyntheticHands 224 px", SyntheticHands(1000, image_size=224), 1),
+             ("SyntheticHands 224 px, batches of 32", SyntheticHands(1000, image_size=224), 32),
+             ("SyntheticHands 224 px, augment", SyntheticHands(1000, image_size=224, augment=True), 1),
+             ("SyntheticHands 128 px", SyntheticHands(1000, image_size=128), 1),
+             ("SyntheticBodies 256 px", SyntheticBodies(1000, image_size=256), 1),
+             ("SyntheticPoses", SyntheticPoses(1000), 1),
+             ("SyntheticWholeBody 256x192 + two 256 px hands", SyntheticWholeBody(1000), 1))
+    print(f"torch {torch.__version__}, 1 thread; the numbers drop when other processes share the CPU")
+    for name, dataset, batch in cases:
+        n = max(count // 5, 5) if isinstance(dataset, SyntheticWholeBody) else count
+        wall, cpu = _samples_per_second(dataset, n, batch)
+        print(f"{name:46s} {wall:7.1f} samples/s wall-clock, {cpu:7.1f} per CPU-second", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Synthetic data: save sample grids or measure speed.")
+    parser.add_argument("--grid", metavar="OUT_DIR", help="save a PNG grid of samples of each synthetic dataset here")
+    parser.add_argument("--bench", action="store_true", help="print samples per second of each dataset on one thread")
+    parser.add_argument("--count", type=int, default=200, help="samples timed per dataset by --bench")
+    args = parser.parse_args()
+    if args.grid:
+        for path in _grid(args.grid):
+            print(f"saved {path}")
+    if args.bench:
+        _bench(args.count)
+    if not (args.grid or args.bench):
+        parser.print_help()

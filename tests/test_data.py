@@ -1,0 +1,657 @@
+"""Tests for data.py: the renderer against a brute-force z-buffer, projection consistency of every
+dataset before and after augmentation, determinism by index, real-data loaders on fixture folders
+built here in the official layouts, and DataLoader / pickling behaviour."""
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import bodymodels
+import data
+from bodymodels import axis_angle_to_matrix, matrix_to_axis_angle, perspective_projection
+
+torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+def icosphere(subdivisions=2):
+    """Unit sphere mesh: verts (V, 3) float64, faces (F, 3) with outward counter-clockwise winding."""
+    t = (1 + 5 ** 0.5) / 2
+    verts = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t), (0, -1, -t), (0, 1, -t),
+             (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
+    faces = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4), (11, 10, 2),
+             (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8), (3, 8, 9), (4, 9, 5), (2, 4, 11),
+             (6, 2, 10), (8, 6, 7), (9, 8, 1)]
+    verts = [tuple(c / math.sqrt(sum(x * x for x in v)) for c in v) for v in verts]
+    for _ in range(subdivisions):
+        midpoint, new_faces = {}, []
+
+        def mid(a, b):
+            if (a, b) not in midpoint:
+                p = [(x + y) / 2 for x, y in zip(verts[a], verts[b])]
+                norm = math.sqrt(sum(c * c for c in p))
+                verts.append(tuple(c / norm for c in p))
+                midpoint[(a, b)] = midpoint[(b, a)] = len(verts) - 1
+            return midpoint[(a, b)]
+
+        for a, b, c in faces:
+            ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
+            new_faces += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
+        faces = new_faces
+    return torch.tensor(verts, dtype=torch.float64), torch.tensor(faces)
+
+
+def brute_force_zbuffer(verts, faces, K, height, width):
+    """Oracle: every pixel centre against every face. -> face id (H*W,) (-1 = empty), margin (H*W,)
+    = the smallest |barycentric| of that pixel over all faces (small = near an edge, ambiguous)."""
+    uvw = verts.double() @ K.double().T
+    uv = uvw[:, :2] / uvw[:, 2:]
+    tri = uv[faces]  # (F, 3, 2)
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    p = torch.stack([xs.flatten(), ys.flatten()], -1).double()  # (P, 2)
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]  # (F, 2)
+
+    def cross(o, q, r):  # (P, F): z of (q - o) x (r - o)
+        return (q[..., 0] - o[..., 0]) * (r[..., 1] - o[..., 1]) - (q[..., 1] - o[..., 1]) * (r[..., 0] - o[..., 0])
+
+    area = cross(a, b, c)  # (F,)
+    P = p[:, None, :]
+    l0, l1, l2 = cross(P, b, c) / area, cross(P, c, a) / area, cross(P, a, b) / area  # (P, F)
+    inside = (l0 >= 0) & (l1 >= 0) & (l2 >= 0)
+    z = verts[:, 2].double()[faces]  # (F, 3)
+    inv_z = l0 / z[:, 0] + l1 / z[:, 1] + l2 / z[:, 2]
+    inv_z = torch.where(inside, inv_z, torch.full_like(inv_z, -1.0))
+    best = inv_z.argmax(1)
+    face = torch.where(inside.any(1), best, torch.full_like(best, -1))
+    margin = torch.stack([l0, l1, l2]).abs().amin(0).amin(1)  # (P,)
+    # depth gap between the two nearest faces: small gaps are ties the oracle cannot settle
+    top2 = inv_z.topk(2, dim=1).values if inv_z.shape[1] > 1 else torch.cat([inv_z, -inv_z], 1)
+    return face, margin, top2[:, 0] - top2[:, 1]
+
+
+def random_triangle_soup(rng, count):
+    """count random triangles in front of a camera K; -> verts (3 count, 3), faces (count, 3), K."""
+    centres = torch.stack([torch.empty(count).uniform_(-0.3, 0.3, generator=rng),
+                           torch.empty(count).uniform_(-0.3, 0.3, generator=rng),
+                           torch.empty(count).uniform_(1.0, 3.0, generator=rng)], -1)
+    verts = (centres[:, None, :] + 0.3 * torch.randn(count, 3, 3, generator=rng) * torch.tensor([1, 1, 0.3]))
+    verts = verts.reshape(-1, 3)
+    K = torch.tensor([[40.0, 0, 16], [0, 40.0, 12], [0, 0, 1]])
+    return verts.float(), torch.arange(3 * count).view(count, 3), K
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. renderer
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), count=st.integers(1, 40))
+@example(seed=0, count=1)
+def test_rasterize_agrees_with_brute_force_zbuffer(seed, count):
+    rng = torch.Generator().manual_seed(seed)
+    verts, faces, K = random_triangle_soup(rng, count)
+    height, width = 24, 32
+    pix, face, bary = data.rasterize(verts, faces, K, (height, width))
+    oracle, margin, gap = brute_force_zbuffer(verts, faces, K, height, width)
+    got = torch.full((height * width,), -1, dtype=torch.long)
+    got[pix] = face
+    clear = (margin > 1e-3) & (gap > 1e-4)  # pixels far from every edge and without a depth tie
+    assert torch.equal(got[clear], oracle[clear])
+    # the barycentric weights reproduce the pixel centre
+    uvw = verts.double() @ K.double().T
+    uv = (uvw[:, :2] / uvw[:, 2:])[faces[face]]  # (P, 3, 2)
+    centre = torch.stack([pix % width + 0.5, pix // width + 0.5], -1).double()
+    assert torch.allclose((bary.double()[:, :, None] * uv).sum(1), centre, atol=1e-3)
+    assert torch.allclose(bary.sum(1), torch.ones(len(pix)), atol=1e-5)
+
+
+def test_rasterize_sphere_covers_its_projected_disc_without_cracks():
+    verts, faces = icosphere(3)
+    radius, depth, f = 0.1, 1.0, 400.0
+    verts = (verts * radius + torch.tensor([0.0, 0.0, depth])).float()
+    K = torch.tensor([[f, 0, 64], [0, f, 64], [0, 0, 1]])
+    _, mask = data.render_mesh(verts, faces, K, 128, return_mask=True)
+    ys, xs = torch.meshgrid(torch.arange(128) + 0.5, torch.arange(128) + 0.5, indexing="ij")
+    r = ((xs - 64) ** 2 + (ys - 64) ** 2).sqrt()
+    r_disc = f * radius / math.sqrt(depth**2 - radius**2)  # silhouette of a sphere seen in perspective
+    assert mask[r < r_disc - 1.5].all()  # no cracks inside
+    assert not mask[r > r_disc + 0.5].any()
+
+
+def test_backface_culling_changes_nothing_for_a_closed_outward_mesh():
+    verts, faces = icosphere(2)
+    verts = (verts * torch.tensor([0.1, 0.06, 0.08]) + torch.tensor([0.02, -0.01, 0.5])).float()
+    K = torch.tensor([[300.0, 0, 40], [0, 300.0, 36], [0, 0, 1]])
+    both = data.render_mesh(verts, faces, K, (72, 80))
+    culled = data.render_mesh(verts, faces, K, (72, 80), cull_backfaces=True)
+    assert torch.allclose(both, culled, atol=1e-5) and both.max() > 0
+    # culling with the winding reversed leaves only the inside of the far half: a different picture
+    inside = data.render_mesh(verts, faces.flip(1), K, (72, 80), cull_backfaces=True)
+    assert not torch.allclose(both, inside, atol=1e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_render_mesh_gives_the_same_image_on_the_gpu():
+    verts, faces = icosphere(3)
+    verts = (verts * torch.tensor([0.1, 0.06, 0.08]) + torch.tensor([0.02, -0.01, 0.5])).float()
+    K = torch.tensor([[300.0, 0, 40], [0, 300.0, 36], [0, 0, 1]])
+    background = data.random_background(data.sample_rng(0, 0, 0), (72, 80))
+    cpu = data.render_mesh(verts, faces, K, (72, 80), background=background)
+    gpu = data.render_mesh(verts.cuda(), faces.cuda(), K.cuda(), (72, 80), background=background.cuda())
+    assert gpu.is_cuda and (gpu.cpu() - cpu).abs().max() < 1e-4
+    zoom = torch.diag(torch.tensor([1.1, 1.1, 1.0], dtype=torch.float64))
+    warped = data.warp_image(background.cuda(), zoom, (72, 80))
+    assert warped.is_cuda
+
+
+def test_render_mesh_lambert_shading_of_a_facing_square():
+    # a square facing the camera, light from the camera: I = albedo (ambient + (1 - ambient) cos)
+    verts = torch.tensor([[-1.0, -1, 2], [1, -1, 2], [1, 1, 2], [-1, 1, 2]])
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    K = torch.tensor([[8.0, 0, 8], [0, 8.0, 8], [0, 0, 1]])
+    color, ambient = torch.tensor([0.8, 0.5, 0.2]), 0.3
+    tilt = math.radians(60)
+    light = (0.0, math.sin(tilt), -math.cos(tilt))
+    image = data.render_mesh(verts, faces, K, 16, color=color, light=light, ambient=ambient)
+    expected = color * (ambient + (1 - ambient) * math.cos(tilt))
+    assert torch.allclose(image[:, 8, 8], expected, atol=1e-5)
+    assert torch.allclose(image[:, 0, 0], torch.zeros(3))  # outside: black background
+    # winding does not matter
+    flipped = data.render_mesh(verts, faces.flip(1), K, 16, color=color, light=light, ambient=ambient)
+    assert torch.allclose(image, flipped)
+
+
+def test_random_background_is_deterministic_varied_and_in_range():
+    a = data.random_background(data.sample_rng(0, 0, 3), (40, 60))
+    b = data.random_background(data.sample_rng(0, 0, 3), (40, 60))
+    c = data.random_background(data.sample_rng(0, 0, 4), (40, 60))
+    assert a.shape == (3, 40, 60) and torch.equal(a, b) and not torch.allclose(a, c)
+    assert a.min() >= 0 and a.max() <= 1 and a.std() > 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. augmentation as a camera change
+
+def random_hand_labels(rng, is_right):
+    """Hand labels built from a canonical point cloud L turned by the global orientation R_g about
+    the origin and shifted in front of the camera (mirrored for a left hand), so that the rule for
+    mano_pose's global orientation can be checked: verts = mirror(L R_g^T) + t."""
+    local = 0.05 * torch.randn(778, 3, generator=rng, dtype=torch.float64)
+    pose = 0.5 * torch.randn(16, 3, generator=rng, dtype=torch.float64)
+    verts = local @ axis_angle_to_matrix(pose[0]).T
+    if not is_right:
+        verts = verts * torch.tensor([-1.0, 1, 1])
+    verts = verts + torch.tensor([0.02, -0.01, 0.5])
+    joints3d = verts[:21]
+    K = torch.tensor([[300.0, 0, 60], [0, 310.0, 66], [0, 0, 1]], dtype=torch.float64)
+    labels = {"K": K.float(), "joints3d": joints3d.float(), "verts": verts.float(), "mano_pose": pose.float(),
+              "mano_shape": torch.zeros(10), "is_right": torch.tensor(is_right),
+              "joints2d": perspective_projection(joints3d, K).float()}
+    return labels, local
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), is_right=st.booleans(), flip_prob=st.sampled_from([0.0, 0.5, 1.0]))
+@example(seed=0, is_right=True, flip_prob=1.0)
+def test_augmented_labels_move_with_the_image(seed, is_right, flip_prob):
+    rng = torch.Generator().manual_seed(seed)
+    labels, local = random_hand_labels(rng, is_right)
+    cfg = data.AugmentConfig(rotation_deg=180.0, zoom=(0.5, 1.5), shift=0.2, flip_prob=flip_prob)
+    aug = data.sample_augmentation(rng, cfg, labels["K"], (120, 128))
+    out = data.augment_hand_labels(labels, aug)
+    # 1. the labels are consistent with the new camera
+    assert torch.allclose(perspective_projection(out["joints3d"].double(), out["K"].double()),
+                          out["joints2d"].double(), atol=1e-3)
+    # 2. the image moves by the pixel transform A = K' T K^-1 exactly as the projected joints do
+    A = aug.K @ aug.T @ torch.linalg.inv(labels["K"].double())
+    old = torch.cat([labels["joints2d"].double(), torch.ones(21, 1, dtype=torch.float64)], 1)
+    moved = old @ A.T
+    assert torch.allclose(moved[:, :2] / moved[:, 2:], out["joints2d"].double(), atol=1e-3)
+    # 3. the new intrinsics are a camera's: positive focal lengths
+    assert out["K"][0, 0] > 0 and out["K"][1, 1] > 0 and out["K"][2, 2] == 1
+    # 4. is_right toggles with a flip; mano_pose's global orientation still explains the verts
+    assert bool(out["is_right"]) == (is_right != aug.flip)
+    mirror = torch.tensor([1.0, 1, 1]) if bool(out["is_right"]) else torch.tensor([-1.0, 1, 1])
+    rebuilt = (local @ axis_angle_to_matrix(out["mano_pose"][0].double()).T) * mirror
+    centred = out["verts"].double() - out["verts"].double().mean(0)
+    assert torch.allclose(rebuilt - rebuilt.mean(0), centred, atol=1e-4)
+    assert torch.equal(out["mano_pose"][1:], labels["mano_pose"][1:])
+
+
+def test_warp_image_moves_a_dot_to_its_transformed_pixel():
+    image = torch.zeros(3, 40, 50)
+    image[:, 10:13, 20:23] = 1.0  # a dot centred at pixel coordinates (21.5, 11.5)
+    angle = math.radians(30)
+    A = torch.tensor([[math.cos(angle), -math.sin(angle), 8.0], [math.sin(angle), math.cos(angle), -2.0],
+                      [0, 0, 1]], dtype=torch.float64)
+    out = data.warp_image(image, A, (40, 50))
+    target = A @ torch.tensor([21.5, 11.5, 1.0], dtype=torch.float64)
+    weights = out[0]
+    ys, xs = torch.meshgrid(torch.arange(40) + 0.5, torch.arange(50) + 0.5, indexing="ij")
+    centroid = torch.stack([(weights * xs).sum(), (weights * ys).sum()]) / weights.sum()
+    assert torch.allclose(centroid.double(), target[:2], atol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. real data: FreiHAND and npz fixture folders built here
+
+DOT = (1.0, 0.1, 0.1)  # the fixture images carry a red dot on the wrist and are grey elsewhere
+
+
+def fake_hands(rng, count):
+    """MANO-free labels: a random blob of 778 'vertices' and 21 joints about 0.5 m in front."""
+    centre = torch.tensor([0.0, 0.0, 0.5]) + 0.02 * torch.randn(count, 1, 3, generator=rng)
+    verts = centre + 0.04 * torch.randn(count, 778, 3, generator=rng)
+    joints3d = centre + 0.04 * torch.randn(count, 21, 3, generator=rng)
+    K = torch.tensor([[480.0, 0, 112], [0, 490.0, 110], [0, 0, 1]]).repeat(count, 1, 1)
+    mano = 0.3 * torch.randn(count, 61, generator=rng)
+    return K, joints3d, verts, mano
+
+
+def dot_image(path, uv, size=(224, 224)):
+    from PIL import Image
+
+    image = np.full((*size, 3), 128, dtype=np.uint8)
+    x, y = int(uv[0]), int(uv[1])
+    image[max(y - 4, 0):y + 5, max(x - 4, 0):x + 5] = (np.array(DOT) * 255).astype(np.uint8)
+    Image.fromarray(image).save(path, quality=95)
+
+
+def write_freihand(root, rng, train=3, evaluation=2):
+    """A FreiHAND folder in the official layout (FACTS.md), with `train` hands x 4 versions."""
+    import json
+
+    root.mkdir(parents=True, exist_ok=True)
+    for split, count, versions in (("training", train, 4), ("evaluation", evaluation, 1)):
+        K, joints3d, verts, mano = fake_hands(rng, count)
+        for name, value in (("K", K), ("xyz", joints3d), ("verts", verts), ("mano", mano[:, None, :]),
+                            ("scale", torch.full((count,), 0.03))):
+            (root / f"{split}_{name}.json").write_text(json.dumps(value.tolist()))
+        (root / split / "rgb").mkdir(parents=True)
+        uv = perspective_projection(joints3d, K)
+        for version in range(versions):
+            for i in range(count):
+                dot_image(root / split / "rgb" / f"{i + count * version:08d}.jpg", uv[i, 0])
+    return root
+
+
+@pytest.fixture
+def freihand_root(tmp_path):
+    return write_freihand(tmp_path / "FreiHAND", torch.Generator().manual_seed(0))
+
+
+def assert_hand_sample(sample, image_size):
+    shapes = {"image": (3, image_size, image_size), "K": (3, 3), "joints3d": (21, 3), "joints2d": (21, 2),
+              "verts": (778, 3), "mano_pose": (16, 3), "mano_shape": (10,), "is_right": ()}
+    assert set(sample) == set(shapes) == set(data.HAND_KEYS)
+    for key, shape in shapes.items():
+        assert sample[key].shape == shape, key
+        assert sample[key].dtype == (torch.bool if key == "is_right" else torch.float32), key
+    assert 0 <= sample["image"].min() and sample["image"].max() <= 1
+    projected = perspective_projection(sample["joints3d"].double(), sample["K"].double())
+    assert (projected - sample["joints2d"].double()).abs().max() < 0.5  # the issue's half pixel
+
+
+def test_freihand_reads_the_official_layout(freihand_root):
+    train = data.FreiHAND(freihand_root, "training")
+    assert len(train) == 12 and len(data.FreiHAND(freihand_root, "training", versions=(0, 2))) == 6
+    evaluation = data.FreiHAND(freihand_root, "evaluation")
+    assert len(evaluation) == 2
+    for dataset in (train, evaluation):
+        sample = dataset[len(dataset) - 1]
+        assert_hand_sample(sample, 224)
+        assert bool(sample["is_right"])
+        u, v = sample["joints2d"][0].round().long().tolist()
+        assert torch.allclose(sample["image"][:, v, u], torch.tensor(DOT), atol=0.12)  # the dot on the wrist
+    # version 3 of hand 1 is file 1 + 3 * 3 and carries hand 1's labels
+    assert train._image_path(10).name == "00000010.jpg"
+    assert torch.equal(train[10]["joints3d"], train[1]["joints3d"])
+
+
+def test_freihand_pose_gets_the_mean_hand_added(freihand_root):
+    """FreiHAND's finger pose is relative to MANO's mean hand; ours is absolute (flat_hand_mean=True)."""
+    mean = np.linspace(-0.1, 0.1, 45)
+    flat = data.FreiHAND(freihand_root, "evaluation", hands_mean=mean)
+    raw = data.FreiHAND(freihand_root, "evaluation", hands_mean=np.zeros(45))
+    assert not flat.pose_relative_to_mean
+    delta = flat[0]["mano_pose"] - raw[0]["mano_pose"]
+    assert torch.allclose(delta[1:], torch.tensor(mean, dtype=torch.float32).view(15, 3))
+    assert torch.equal(delta[0], torch.zeros(3))  # the global orientation is left alone
+
+
+def test_freihand_resizes_with_k(freihand_root):
+    big = data.FreiHAND(freihand_root, "evaluation")[0]
+    small = data.FreiHAND(freihand_root, "evaluation", image_size=96)[0]
+    assert_hand_sample(small, 96)
+    assert torch.allclose(small["joints2d"], big["joints2d"] * 96 / 224, atol=1e-3)
+    u, v = small["joints2d"][0].round().long().tolist()
+    assert small["image"][0, v, u] > 0.7 and small["image"][1, v, u] < 0.4
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_freihand_augmentation_keeps_the_dot_under_the_wrist(seed, tmp_path_factory):
+    root = write_freihand(tmp_path_factory.mktemp("fh"), torch.Generator().manual_seed(1), train=1, evaluation=1)
+    cfg = data.AugmentConfig(rotation_deg=90.0, zoom=(0.8, 1.2), shift=0.1, color=0.0, flip_prob=0.5)
+    dataset = data.FreiHAND(root, "evaluation", image_size=128, augment=True, seed=seed, augment_config=cfg)
+    sample = dataset[0]
+    assert_hand_sample(sample, 128)
+    u, v = sample["joints2d"][0].tolist()
+    if 3 <= u < 125 and 3 <= v < 125:
+        pixel = sample["image"][:, int(v), int(u)]
+        assert pixel[0] > 0.6 and pixel[1] < 0.4, (u, v, pixel)
+
+
+def test_freihand_missing_files_are_named(freihand_root):
+    (freihand_root / "training_verts.json").unlink()
+    with pytest.raises(FileNotFoundError, match="training_verts.json"):
+        data.FreiHAND(freihand_root, "training")
+    (freihand_root / "evaluation" / "rgb" / "00000001.jpg").unlink()
+    dataset = data.FreiHAND(freihand_root, "evaluation")
+    with pytest.raises(FileNotFoundError, match="00000001.jpg"):
+        dataset[1]
+    with pytest.raises(ValueError, match="split"):
+        data.FreiHAND(freihand_root, "test")
+
+
+def write_npz_fixture(root, rng, count=3, size=(100, 90)):
+    K, joints3d, verts, mano = fake_hands(rng, count)
+    K[:, :2] *= torch.tensor([size[1] / 224, size[0] / 224])[:, None]  # images of 90 x 100 pixels
+    uv = perspective_projection(joints3d, K)
+    (root / "crops").mkdir(parents=True)
+    files = []
+    for i in range(count):
+        files.append(f"crops/{i}.png")
+        dot_image(root / files[-1], uv[i, 0], size)
+    return data.write_npz(root, "val", files, K=K, joints3d=joints3d, verts=verts, mano_pose=mano[:, :48],
+                          mano_shape=mano[:, 48:58], is_right=[True, False, True][:count])
+
+
+def test_npz_hands_round_trip(tmp_path):
+    write_npz_fixture(tmp_path, torch.Generator().manual_seed(2))
+    dataset = data.NpzHands(tmp_path, "val", image_size=64)
+    assert len(dataset) == 3
+    sample = dataset[1]
+    assert_hand_sample(sample, 64)
+    assert not bool(sample["is_right"])
+    u, v = sample["joints2d"][0].round().long().tolist()
+    assert sample["image"][0, v, u] > 0.7 and sample["image"][1, v, u] < 0.4
+
+
+def test_synthetic_and_real_hands_have_identical_keys_shapes_and_dtypes(freihand_root, tmp_path):
+    write_npz_fixture(tmp_path / "npz", torch.Generator().manual_seed(4))
+    datasets = (data.SyntheticHands(2, image_size=80), data.FreiHAND(freihand_root, "training", image_size=80),
+                data.NpzHands(tmp_path / "npz", "val", image_size=80),
+                data.FreiHAND(freihand_root, "evaluation", image_size=80, augment=True))
+    signatures = [{k: (tuple(v.shape), v.dtype) for k, v in d[1].items()} for d in datasets]
+    assert all(sig == signatures[0] for sig in signatures)
+
+
+def test_npz_hands_errors_name_the_file_and_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match="val.npz"):
+        data.NpzHands(tmp_path, "val")
+    path = write_npz_fixture(tmp_path, torch.Generator().manual_seed(3))
+    arrays = dict(np.load(path))
+    np.savez(path, **{k: v for k, v in arrays.items() if k != "verts"})
+    with pytest.raises(ValueError, match="verts"):
+        data.NpzHands(tmp_path, "val")
+    np.savez(path, **dict(arrays, joints3d=arrays["joints3d"][:, :20]))
+    with pytest.raises(ValueError, match="joints3d"):
+        data.NpzHands(tmp_path, "val")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. synthetic hands
+
+NO_COLOR = data.AugmentConfig(color=0.0, flip_prob=0.5, rotation_deg=60.0)
+
+
+@pytest.fixture(scope="module")
+def mano():
+    return bodymodels.load_mano()
+
+
+def test_synthetic_hands_keys_shapes_and_projection():
+    for kwargs in ({}, {"augment": True, "left_hand_prob": 0.5}, {"image_size": 96}):
+        dataset = data.SyntheticHands(4, **kwargs)
+        for i in range(len(dataset)):
+            assert_hand_sample(dataset[i], kwargs.get("image_size", 224))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"left_hand_prob": 1.0},
+                                    {"augment": True, "augment_config": NO_COLOR, "left_hand_prob": 0.5}])
+def test_synthetic_hand_image_shows_the_labelled_mesh(kwargs):
+    """On a black background, the rendered pixels are exactly the silhouette of (verts, K): the image
+    and the labels agree, for right and mirrored left hands and after augmentation."""
+    dataset = data.SyntheticHands(6, image_size=96, background="black", **kwargs)
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        _, mask = data.render_mesh(*dataset.scene(sample), sample["K"], 96, return_mask=True)  # hand and forearm
+        drawn = sample["image"].sum(0) > 0
+        assert (drawn == mask).float().mean() > 0.995
+        _, mask = data.render_mesh(sample["verts"], dataset.faces, sample["K"], 96, return_mask=True)  # the hand alone
+        u, v = sample["joints2d"].round().long().clamp(0, 95).T
+        assert mask[v, u].float().mean() >= 0.8  # the joints lie on the hand
+        if "augment" not in kwargs:  # a detector's crop: the hand's box fills 70-90% of the crop, centred
+            rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+            size = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) / 96
+            assert 0.6 <= size <= 0.95
+            centre = torch.tensor([(cols.max() + cols.min() + 1) / 2, (rows.max() + rows.min() + 1) / 2])
+            assert (centre - 48).abs().max() < 0.15 * 96
+
+
+@pytest.mark.parametrize("left_hand_prob", [0.0, 1.0])
+def test_synthetic_hand_labels_are_mano_of_its_parameters(mano, left_hand_prob):
+    """verts = MANO_right(mano_pose, mano_shape) (mirrored for a left hand) + a translation, and
+    joints3d are its FreiHAND joints: the oracle is smplx's MANO itself."""
+    dataset = data.SyntheticHands(3, image_size=64, left_hand_prob=left_hand_prob, augment=True,
+                                  augment_config=data.AugmentConfig(flip_prob=0.5))
+    for i in range(len(dataset)):
+        s = dataset[i]
+        out = mano(betas=s["mano_shape"][None], global_orient=s["mano_pose"][None, 0],
+                   hand_pose=s["mano_pose"][None, 1:].reshape(1, 45))
+        verts = out.vertices[0]
+        joints = data.mano_to_freihand(out.joints[0], verts)
+        if not bool(s["is_right"]):
+            verts, joints = verts * torch.tensor([-1.0, 1, 1]), joints * torch.tensor([-1.0, 1, 1])
+        shift = (s["verts"] - verts).mean(0)
+        assert torch.allclose(verts + shift, s["verts"], atol=1e-4)
+        assert torch.allclose(joints + shift, s["joints3d"], atol=1e-4)
+
+
+def test_synthetic_hands_are_deterministic_by_index_and_differ_between_indices():
+    a, b = data.SyntheticHands(5, image_size=64, seed=3), data.SyntheticHands(5, image_size=64, seed=3)
+    for i in (0, 4):
+        x, y = a[i], b[i]
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    x, y = a[0], a[1]
+    assert not torch.allclose(x["image"], y["image"], atol=0.05) and not torch.allclose(x["joints3d"], y["joints3d"])
+    assert x["image"].std() > 0.03  # not blank
+    assert not torch.equal(data.SyntheticHands(5, image_size=64, seed=4)[0]["joints3d"], x["joints3d"])
+
+
+def test_batched_getitems_gives_exactly_the_single_samples():
+    dataset = data.SyntheticHands(6, image_size=48, augment=True, left_hand_prob=0.5)
+    batch = dataset.__getitems__([5, 0, 3])
+    for index, sample in zip((5, 0, 3), batch):
+        single = dataset[index]
+        assert all(torch.equal(sample[k], single[k]) for k in single)
+
+
+def test_set_epoch_changes_augmented_and_varying_samples_only():
+    fixed = data.SyntheticHands(2, image_size=64)
+    augmented = data.SyntheticHands(2, image_size=64, augment=True)
+    varying = data.SyntheticHands(2, image_size=64, vary_with_epoch=True)
+    before = [d[1] for d in (fixed, augmented, varying)]
+    for d in (fixed, augmented, varying):
+        d.set_epoch(7)
+    after = [d[1] for d in (fixed, augmented, varying)]
+    assert torch.equal(before[0]["image"], after[0]["image"])
+    assert not torch.equal(before[1]["image"], after[1]["image"])
+    assert torch.equal(before[1]["mano_shape"], after[1]["mano_shape"])  # same hand, new camera
+    assert not torch.equal(before[2]["mano_shape"], after[2]["mano_shape"])  # a new hand
+
+
+def test_hand_pose_prior_bends_fingers_within_their_ranges(mano):
+    rest = mano().joints[0].detach().double()
+    cfg = data.HandPoseConfig()
+    flex, _ = data.hand_axes(rest)
+    rng = torch.Generator().manual_seed(0)
+    curls = []
+    for _ in range(100):
+        pose = data.sample_hand_pose(rng, (flex, data.hand_axes(rest)[1]), cfg).view(5, 3, 3)  # (finger, joint, 3)
+        for f in range(4):  # index, middle, pinky, ring: the two distal joints are pure flexions
+            for joint, limits in ((1, cfg.pip_flex), (2, cfg.dip_flex)):
+                aa = pose[f, joint]
+                angle = math.degrees(float(aa @ flex[f]))
+                assert torch.allclose(aa, flex[f] * math.radians(angle), atol=1e-9)
+                assert limits[0] - 1e-6 <= angle <= limits[1] + 1e-6
+            curls.append(math.degrees(float(pose[f, 1] @ flex[f])))
+    curls = torch.tensor(curls)
+    assert curls.std() > 20 and (curls > 60).any() and (curls < 10).any()  # open and closed hands
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. data loading: pickling, workers, DDP sampling
+
+def test_datasets_pickle_and_load_in_worker_processes(freihand_root):
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    for dataset in (data.SyntheticHands(4, image_size=64, augment=True), data.FreiHAND(freihand_root, "evaluation"),
+                    data.SyntheticPoses(4)):
+        clone = pickle.loads(pickle.dumps(dataset))
+        direct = [dataset[i] for i in range(len(dataset))]
+        assert all(torch.equal(clone[1][k], direct[1][k]) for k in direct[1])
+        loader = DataLoader(dataset, batch_size=2, num_workers=2)
+        batches = list(loader)
+        for key in direct[0]:
+            assert torch.equal(torch.cat([b[key] for b in batches]), torch.stack([d[key] for d in direct])), key
+    # two DDP ranks draw disjoint indices; a sample is the same whichever rank draws it
+    dataset = data.SyntheticHands(6, image_size=32)
+    seen = [list(DistributedSampler(dataset, num_replicas=2, rank=r, shuffle=True, seed=1)) for r in (0, 1)]
+    assert sorted(seen[0] + seen[1]) == list(range(6))
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. synthetic bodies
+
+BODY_KEYS = {"image": (3, 64, 64), "K": (3, 3), "joints3d": (24, 3), "joints2d": (24, 2), "verts": (6890, 3),
+             "smpl_pose": (24, 3), "smpl_shape": (10,), "cam_t": (3,)}
+
+
+@pytest.fixture(scope="module")
+def smpl():
+    return bodymodels.load_smpl()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"augment": True}, {"focal_length": None}])
+def test_synthetic_body_labels_are_smpl_of_its_parameters(smpl, kwargs):
+    """Keys and shapes; verts = SMPL(smpl_pose, smpl_shape) + cam_t and joints3d its joints (oracle: smplx's SMPL);
+    joints2d their projection; the person inside the crop."""
+    dataset = data.SyntheticBodies(3, image_size=64, **kwargs)
+    for i in range(len(dataset)):
+        s = dataset[i]
+        assert {k: tuple(v.shape) for k, v in s.items()} == BODY_KEYS
+        out = smpl(betas=s["smpl_shape"][None], global_orient=s["smpl_pose"][None, 0],
+                   body_pose=s["smpl_pose"][None, 1:].reshape(1, 69))
+        assert torch.allclose(out.vertices[0] + s["cam_t"], s["verts"], atol=1e-4)
+        assert torch.allclose(out.joints[0, :24] + s["cam_t"], s["joints3d"], atol=1e-4)
+        projected = perspective_projection(s["joints3d"].double(), s["K"].double())
+        assert (projected - s["joints2d"].double()).abs().max() < 0.5
+        inside = ((s["joints2d"] > -4) & (s["joints2d"] < 68)).all(1).float().mean()
+        assert inside > (0.8 if "augment" in kwargs else 0.99)
+
+
+def test_synthetic_body_image_shows_the_labelled_mesh():
+    dataset = data.SyntheticBodies(4, image_size=64, background="black", augment=True,
+                                   augment_config=data.AugmentConfig(color=0.0))
+    for i in range(len(dataset)):
+        s = dataset[i]
+        _, mask = data.render_mesh(s["verts"], dataset.rig["faces"], s["K"], 64, return_mask=True)
+        assert ((s["image"].sum(0) > 0) == mask).float().mean() > 0.995
+        assert s["image"].std() > 0.05
+
+
+def test_synthetic_poses_are_the_poses_of_synthetic_bodies_and_deterministic():
+    poses, bodies = data.SyntheticPoses(4, seed=5), data.SyntheticBodies(4, image_size=32, seed=5)
+    for i in (0, 3):
+        p, b = poses[i], bodies[i]
+        assert set(p) == {"smpl_pose", "smpl_shape"}
+        assert torch.equal(p["smpl_pose"], b["smpl_pose"]) and torch.equal(p["smpl_shape"], b["smpl_shape"])
+        again = data.SyntheticBodies(4, image_size=32, seed=5)[i]
+        assert all(torch.equal(again[k], b[k]) for k in b)
+    assert not torch.allclose(poses[0]["smpl_pose"], poses[1]["smpl_pose"])
+    assert not torch.allclose(bodies[0]["image"], bodies[1]["image"], atol=0.05)
+
+
+def test_self_intersects_flags_crossed_legs_and_arms_in_the_torso(smpl):
+    rest = smpl().joints[0, :24].detach().double()
+    assert not data.self_intersects(rest)  # the T-pose is clear
+    crossed = rest.clone()
+    crossed[[4, 7]] = rest[[5, 8]] + torch.tensor([0.01, 0.0, 0.0], dtype=torch.float64)  # left shin on the right one
+    assert data.self_intersects(crossed)
+    inside = rest.clone()
+    inside[[18, 20]] = rest[[3, 6]]  # left forearm through the spine
+    assert data.self_intersects(inside)
+
+
+def test_body_pose_prior_is_upright_with_natural_hinges(smpl):
+    rest, parents = smpl().joints[0, :24].detach().double(), bodymodels.SMPL_PARENTS
+    rng = torch.Generator().manual_seed(0)
+    clear, upright = 0, 0
+    for _ in range(40):
+        R = data.sample_plausible_body(rng, rest, parents)  # (22, 3, 3), joint 0 the global orientation
+        joints = data.forward_kinematics(rest[:22], R, parents[:22])
+        clear += not data.self_intersects(joints)
+        upright += bool(joints[15, 1] < joints[0, 1])  # head above the pelvis in the image (y down)
+        aa = matrix_to_axis_angle(R)
+        for joint, hinge in ((4, (1.0, 0, 0)), (5, (1.0, 0, 0)), (18, (0, -1.0, 0)), (19, (0, 1.0, 0))):
+            angle = float(aa[joint] @ torch.tensor(hinge, dtype=torch.float64))
+            assert torch.allclose(aa[joint], angle * torch.tensor(hinge, dtype=torch.float64), atol=1e-9)
+            assert -1e-6 <= angle <= math.radians(150)  # knees backwards, elbows forwards, never the other way
+    assert clear >= 38 and upright >= 36
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. synthetic whole bodies
+
+def test_synthetic_whole_body_keys_labels_and_hand_crops():
+    dataset = data.SyntheticWholeBody(6, image_size=(64, 48), hand_image_size=48)
+    smplx_model, mano = bodymodels.load_smplx(), bodymodels.load_mano()
+    visible = 0
+    for i in range(len(dataset)):
+        s = dataset[i]
+        assert s["image"].shape == (3, 64, 48) and s["joints3d"].shape == (55, 3) and s["verts"].shape == (10475, 3)
+        p = s["smplx_pose"]
+        out = smplx_model(betas=s["smplx_shape"][None], expression=s["smplx_expression"][None],
+                          global_orient=p[None, 0],
+                          body_pose=p[None, 1:22].reshape(1, 63), jaw_pose=p[None, 22], leye_pose=p[None, 23],
+                          reye_pose=p[None, 24], left_hand_pose=p[None, 25:40].reshape(1, 45),
+                          right_hand_pose=p[None, 40:55].reshape(1, 45))
+        assert torch.allclose(out.vertices[0] + s["cam_t"], s["verts"], atol=1e-4)
+        assert (perspective_projection(s["joints3d"].double(), s["K"].double()) - s["joints2d"]).abs().max() < 0.5
+        for side, arm in (("left", bodymodels.SMPLX_LEFT_ARM), ("right", bodymodels.SMPLX_RIGHT_ARM)):
+            assert s[f"{side}_hand_image"].shape == (3, 48, 48)
+            joints, K = s[f"{side}_hand_joints3d"].double(), s[f"{side}_hand_K"].double()
+            assert (perspective_projection(joints, K) - s[f"{side}_hand_joints2d"]).abs().max() < 0.5
+            # the box holds the hand's joints in the body image
+            uv, box = perspective_projection(joints, s["K"].double()), s[f"{side}_hand_box"]
+            assert ((uv >= box[:2] - 1) & (uv <= box[2:] + 1)).all()
+            assert torch.equal(s[f"{side}_arm_pose"], p[list(arm)])
+            # MANO posed by the MANO-space pose points its bones the same way as SMPL-X's hand
+            # (the two stand-ins' proportions differ a little, so compare directions, not positions)
+            mp = s[f"{side}_hand_mano_pose"]
+            m = mano(global_orient=mp[None, 0], hand_pose=mp[None, 1:].reshape(1, 45))
+            mj = data.mano_to_freihand(m.joints[0], m.vertices[0]).detach().double()
+            if side == "left":
+                mj = mj * torch.tensor([-1.0, 1, 1], dtype=torch.float64)
+            parents = torch.tensor(data.FREIHAND_PARENTS[1:])
+            bones = [torch.nn.functional.normalize(j[1:] - j[parents], dim=-1) for j in (mj, joints)]
+            assert torch.rad2deg(torch.acos((bones[0] * bones[1]).sum(-1).clamp(-1, 1))).mean() < 5
+            visible += float(s[f"{side}_hand_visible"]) > 0.5
+    assert visible >= 0.6 * 2 * len(dataset)  # both hands show most of the time
