@@ -481,6 +481,10 @@ def test_batched_getitems_gives_exactly_the_single_samples():
     for index, sample in zip((5, 0, 3), batch):
         single = dataset[index]
         assert all(torch.equal(sample[k], single[k]) for k in single)
+    dataset.render_chunk = 2  # a batch split across renderer passes, the last one short
+    for index, sample in zip((4, 1, 5, 2, 0), dataset.__getitems__([4, 1, 5, 2, 0])):
+        single = dataset[index]
+        assert all(torch.equal(sample[k], single[k]) for k in single)
 
 
 def test_set_epoch_changes_augmented_and_varying_samples_only():
