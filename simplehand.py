@@ -1,0 +1,635 @@
+"""SimpleHand: "A Simple Baseline for Efficient Hand Mesh Reconstruction" (Zhou et al., CVPR 2024).
+
+One image crop of a right hand in, the 778 MANO vertices and 21 joints out, through three parts:
+
+    image -> backbone -> token generator T -> mesh regressor R -> vertices -> J x vertices = joints
+
+- Token generator (Sec. 3.1, 3.3, Fig. 4): a global average pool and one Linear predict the 21 2D
+  keypoints; the feature map is brought to H/8 x W/8 (a 4x transposed convolution for stride-32
+  backbones such as FastViT, nothing for stride-8 ones such as HRNet), and the 21 joint tokens are
+  read from it at the predicted keypoints with bilinear `grid_sample` ("keypoint-guided point
+  sampling"). The keypoints are not detached, so the 3D losses also move the keypoint head.
+- Mesh regressor (Sec. 3.2, Eq. 1-3): three decoder layers H_k = U_k(MF_k(P_k(X_k))), each a
+  learned position embedding (Eq. 3), a Linear that reduces the width (P_k), one pre-norm MetaFormer
+  block with an attention token mixer (MF_k) and a Linear over the TOKEN axis that multiplies the
+  number of tokens (U_k): 21 -> 84 -> 336 -> 778 tokens at widths 256 / 128 / 64; a final Linear
+  gives each of the 778 tokens its xyz.
+- Losses (Sec. 3.4, Eq. 4-7): L1 on vertices, 3D joints and 2D joints, weights 10 / 10 / 1.
+- Configs: `paper` (HRNet-W64, Table 1-2), `paper_fastvit` (FastViT-MA36) and `tiny` (a small CNN
+  written here, for two CPU cores). The paper's backbones come from timm; the decoder (everything
+  but the backbone) is built from the channels and stride the config declares, so it builds and
+  counts without timm. Every ablation of Tables 5-8 is a config field that changes the model.
+- Inference and tools: `build_model`, `describe` (the tensor shape after every stage), and
+  `python simplehand.py [--config NAME] [--params] [--bench]`.
+
+Conventions
+- Input: images (B, 3, H, W), RGB in [0, 1]; the model normalises them with ImageNet mean and std.
+- 2D keypoints: (B, 21, 2) as (u, v) / (W, H), i.e. in [0, 1] of the crop (0 = left/top edge).
+- 3D: metres, camera axes (OpenCV: x right, y down, z forward), ROOT-RELATIVE to joint 9 of the
+  FreiHAND order (middle-finger MCP), as in the official code's training data. The model subtracts
+  its own joint 9, so `joints3d[:, 9]` is zero (exactly, as MANO's J_regressor rows sum to one);
+  the loss subtracts the ground truth's joint 9 the same way.
+- Joints: 21 in FreiHAND order (wrist; thumb 1-4; index 5-8; middle 9-12; ring 13-16; pinky 17-20)
+  = MANO's 16 regressed joints + 5 fingertip vertices (`bodymodels.mano_to_freihand`).
+
+Where we follow the official code (github.com/patienceFromZhou/simpleHand) rather than the paper,
+or neither, a `# NOTE(paper vs code):` comment sits at the spot. In short: sine position encoding on
+the sampled feature map, dropout / drop path 0.1, sigmoid on the 2D keypoints, ImageNet input
+normalisation, the explicit root subtraction, the fingertip vertex ids, and the training recipe
+(paper: 100 epochs; code: 200 x 256 iterations with warm-up, fp16 and gradient clipping).
+
+Symbols: B batch, C backbone channels, C_t token channels, h x w feature map, J = 21 joints,
+V = 778 vertices, N tokens, n_k / c_k token number / width of decoder layer k, K number of decoder
+layers, X_b backbone feature, X_m joint tokens, emb_k position embedding, P_k / MF_k / U_k the
+dimension-reduce Linear / MetaFormer block / token upsample Linear, J (the matrix) MANO's
+16 x 778 joint regressor.
+"""
+
+import argparse
+import dataclasses
+import functools
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import bodymodels
+
+NUM_JOINTS = 21  # FreiHAND order
+NUM_VERTS = 778  # MANO
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FREIHAND_TRAIN_SAMPLES = 130_240  # 32,560 x 4 versions (Sec. 4.2); one paper epoch
+
+# ---------------------------------------------------------------------------------------------
+# 1. Configs
+
+
+@dataclass
+class SimpleHandConfig:
+    # --- backbone (Sec. 4.1) ---
+    backbone: str = "hrnet_w64"  # "tiny_cnn" (written below) or a timm model name
+    image_size: int = 224  # square crop, pixels (FreiHAND images are 224 x 224)
+    feature_channels: int = 256  # C of the map the tokens are sampled from
+    feature_stride: int = 8  # its stride: 8 for HRNet-style, 32 for classification backbones
+    global_channels: int = 1024  # channels of the map the 2D keypoint head pools
+    timm_out_indices: tuple = (2, 4)  # timm features_only indices (sample map, pooled map); () = forward_features
+    pretrained_backbone: bool = False  # the paper starts from ImageNet weights (Sec. 4.1); True downloads them
+    tiny_widths: tuple = (16, 32, 64, 128)  # tiny_cnn only: channels at strides 2, 4, 8, 32
+    # --- token generator (Sec. 3.1, Table 5) ---
+    token_sampling: str = "point"  # "point" (keypoint-guided, 21 tokens) | "grid" (grid_size^2) | "global" (1)
+    grid_size: int = 7  # "grid" sampling: a fixed grid_size x grid_size lattice (Table 5: 7x7)
+    feature_upsample: int = 1  # transposed-conv factor: 1, 2, 4 (Table 5: 7x7, 14x14, 28x28 from stride 32)
+    token_channels: int = 256  # C_t after the upsample (official deconv width 256)
+    sine_encoding: bool = True  # sine position encoding added to the sampled map (official code)
+    # --- mesh regressor (Sec. 3.2, Tables 6-8) ---
+    token_nums: tuple = (21, 84, 336)  # n_k: input tokens of each decoder layer; the last outputs 778
+    dims: tuple = (256, 128, 64)  # c_k: block widths (Table 7: 256, 128, 64 best)
+    depths: tuple = (1, 1, 1)  # blocks per layer (Table 7: 1, 1, 1 best)
+    token_mixer: str = "attention"  # "attention" | "identity" (Table 8)
+    num_heads: int = 4  # official code
+    mlp_ratio: float = 4.0  # official code
+    pos_embedding: bool = True  # learned emb_k before each layer (Eq. 3, Table 8)
+    dropout: float = 0.1  # attention dropout and drop path (official code; the paper is silent)
+    # --- losses (Sec. 3.4, Eq. 7) ---
+    w_verts: float = 10.0
+    w_joints3d: float = 10.0
+    w_joints2d: float = 1.0
+    root_index: int = 9  # FreiHAND joint the 3D outputs are relative to (middle MCP, official code)
+    # --- training recipe read by train.py (steps; batch_size is the GLOBAL batch over all processes) ---
+    batch_size: int = 256  # 8 GPUs x 32 (Sec. 4.1)
+    lr: float = 5e-4  # AdamW (Sec. 4.1)
+    lr_final: float = 5e-5  # after the drop (Sec. 4.1)
+    lr_schedule: str = "step"  # "step": lr until lr_drop_step, then lr_final | "cosine": lr -> lr_final
+    lr_drop_step: int = 50 * 508  # epoch 50 of 100 (Sec. 4.1); 508 = 130,240 // 256 steps per epoch
+    warmup_steps: int = 5 * 508  # linear warm-up (official code: 5 epochs; the paper is silent)
+    max_steps: int = 100 * 508  # 100 epochs (Sec. 4.1)
+    weight_decay: float = 1e-2  # official code (the paper is silent)
+    grad_clip: float = 1.0  # max gradient norm, official code (the paper is silent); 0 = off
+    amp: bool = True  # fp16 autocast, official code (the paper is silent)
+    # --- the paper's run, as reported (data, not read by train.py) ---
+    epochs: int = 100  # Sec. 4.1
+    iters_per_epoch: int = 508  # FREIHAND_TRAIN_SAMPLES // batch_size
+    batch_per_gpu: int = 32  # Sec. 4.1
+    gpus: int = 8  # RTX 2080 Ti (Sec. 4.1)
+    lr_drop_epoch: int = 50  # Sec. 4.1
+    warmup_epochs: int = 5  # official code
+    reported_hours: float = 11.0  # "11 hours with HRNet" (Sec. 4.1)
+    reported_fps: float = 33.0  # batch 1, RTX 2080 Ti, no TensorRT (Table 1)
+    reported_pa_mpjpe_mm: float = 5.8  # FreiHAND (Table 1)
+
+    def __post_init__(self):
+        choices = {"token_sampling": ("point", "grid", "global"), "token_mixer": ("attention", "identity"),
+                   "lr_schedule": ("step", "cosine")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"SimpleHandConfig.{name}={getattr(self, name)!r}: expected one of {allowed}")
+        self.token_nums, self.dims, self.depths = tuple(self.token_nums), tuple(self.dims), tuple(self.depths)
+        if not len(self.token_nums) == len(self.dims) == len(self.depths) >= 1:
+            raise ValueError(f"SimpleHandConfig: token_nums {self.token_nums}, dims {self.dims} and depths "
+                             f"{self.depths} must have the same length (one entry per decoder layer)")
+        if self.token_nums[0] != self.num_input_tokens:
+            raise ValueError(f"SimpleHandConfig.token_nums[0]={self.token_nums[0]} but token_sampling="
+                             f"{self.token_sampling!r} gives {self.num_input_tokens} tokens: set token_nums[0] "
+                             f"to {self.num_input_tokens}")
+
+    @property
+    def num_input_tokens(self):
+        """Tokens the token generator emits: 21 joints, a grid_size^2 lattice, or one pooled vector."""
+        return {"point": NUM_JOINTS, "grid": self.grid_size ** 2, "global": 1}[self.token_sampling]
+
+
+PAPER = SimpleHandConfig()  # HRNet-W64, stride-8 feature used directly (Sec. 4.1); decoder 1.55M params
+PAPER_FASTVIT = SimpleHandConfig(  # FastViT-MA36 + 4x deconvolution (Sec. 3.3); decoder 6.54M params
+    backbone="fastvit_ma36", feature_channels=1216, feature_stride=32, global_channels=1216,
+    timm_out_indices=(), feature_upsample=4,
+    reported_hours=7.0, reported_fps=70.0, reported_pa_mpjpe_mm=5.7)  # "7 hours training with FastViT-MA36"
+TINY = SimpleHandConfig(  # 0.90M params (0.61M outside the backbone); train.py's CPU demo
+    backbone="tiny_cnn", image_size=128, feature_channels=64, feature_stride=8, global_channels=128,
+    timm_out_indices=(), token_channels=64,  # = feature_channels: no projection, no BatchNorm
+    dims=(128, 64, 32),  # Table 7's second row, half the compute of 256/128/64
+    num_heads=2,  # CPU attention over 336 tokens with 8-wide heads costs 3x more than with 16-wide ones
+    dropout=0.0,  # deterministic steps: two DDP ranks match one process exactly
+    batch_size=32, lr=2e-3, lr_final=2e-5, lr_schedule="cosine", lr_drop_step=0,
+    warmup_steps=100, max_steps=3000, weight_decay=1e-2, grad_clip=1.0, amp=False,
+    epochs=0, iters_per_epoch=0, batch_per_gpu=32, gpus=0, lr_drop_epoch=0, warmup_epochs=0,
+    reported_hours=0.0, reported_fps=0.0, reported_pa_mpjpe_mm=0.0)
+CONFIGS = {"paper": PAPER, "paper_fastvit": PAPER_FASTVIT, "tiny": TINY}
+
+# NOTE(paper vs code): the official code trains 200 epochs of 256 iterations (batch 32 per GPU),
+# drops the learning rate at epoch 100, warms up for 5 epochs, uses AdamW weight decay 1e-2, fp16
+# and gradient clipping at 1.0; the paper says 100 epochs with the drop at 50. Apply with
+# `dataclasses.replace(CONFIGS["paper"], **OFFICIAL_CODE_RECIPE)`.
+OFFICIAL_CODE_RECIPE = dict(
+    epochs=200, iters_per_epoch=256, lr_drop_epoch=100, warmup_epochs=5,
+    max_steps=200 * 256, lr_drop_step=100 * 256, warmup_steps=5 * 256,
+    weight_decay=1e-2, grad_clip=1.0, amp=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Building blocks
+
+
+class TinyCNN(nn.Module):
+    """A plain 7-convolution network: images (B, 3, H, W) -> (X_b (B, w[2], H/8, W/8), (B, w[3], H/32, W/32)).
+
+    Stands in for HRNet on two CPU cores: the stride-8 map is sampled directly (like HRNet's), the
+    stride-32 map feeds the keypoint head. GroupNorm instead of BatchNorm keeps every sample
+    independent of its batch, so a step split over DDP ranks equals the same step in one process.
+    """
+
+    def __init__(self, widths):
+        super().__init__()
+        w1, w2, w3, w4 = widths
+        self.stride8 = nn.Sequential(
+            conv_gn_relu(3, w1, 2),  # H/2
+            conv_gn_relu(w1, w2, 2), conv_gn_relu(w2, w2, 1),  # H/4
+            conv_gn_relu(w2, w3, 2), conv_gn_relu(w3, w3, 1))  # H/8
+        self.stride32 = nn.Sequential(conv_gn_relu(w3, w4, 2), conv_gn_relu(w4, w4, 2))  # H/16, H/32
+
+    def forward(self, x):
+        feature = self.stride8(x)  # (B, w3, H/8, W/8)
+        return feature, self.stride32(feature)  # ..., (B, w4, H/32, W/32)
+
+
+def conv_gn_relu(c_in, c_out, stride):
+    """3x3 convolution -> GroupNorm (8 channels a group) -> ReLU."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+                         nn.GroupNorm(max(1, c_out // 8), c_out), nn.ReLU(inplace=True))
+
+
+class TimmBackbone(nn.Module):
+    """A timm model: images (B, 3, H, W) -> (sampled map (B, C, h, w), pooled map (B, C_g, h', w')).
+
+    HRNet-W64: `features_only` outputs 2 (stride 8, 256 channels) and 4 (stride 32, 1024 channels).
+    FastViT-MA36: `forward_features` (stride 32; its `final_conv` widens 608 -> 1216), used for both.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        try:
+            import timm
+        except ImportError as err:
+            raise ImportError(f"backbone {cfg.backbone!r} needs timm (pip install timm); without it, "
+                              f"count the decoder with non_backbone_parameters(cfg)") from err
+        self.features_only = bool(cfg.timm_out_indices)
+        if self.features_only:
+            self.net = timm.create_model(cfg.backbone, pretrained=cfg.pretrained_backbone, features_only=True,
+                                         out_indices=cfg.timm_out_indices)
+            got = tuple(self.net.feature_info.channels())
+        else:
+            self.net = timm.create_model(cfg.backbone, pretrained=cfg.pretrained_backbone, num_classes=0)
+            got = (self.net.num_features,) * 2
+        if got != (cfg.feature_channels, cfg.global_channels):
+            raise ValueError(f"timm {cfg.backbone!r} gives channels {got}, but the config declares "
+                             f"feature_channels={cfg.feature_channels}, global_channels={cfg.global_channels}")
+        stride = self.net.feature_info.reduction()[0] if self.features_only else 32
+        if stride != cfg.feature_stride:
+            raise ValueError(f"timm {cfg.backbone!r} samples a stride-{stride} map, but the config declares "
+                             f"feature_stride={cfg.feature_stride}")
+
+    def forward(self, x):
+        if self.features_only:
+            feature, pooled = self.net(x)
+            return feature, pooled
+        feature = self.net.forward_features(x)
+        return feature, feature
+
+
+def sine_position_encoding(h, w, channels, device=None, dtype=torch.float32, temperature=10000.0):
+    """DETR's fixed 2D sine encoding -> (channels, h, w): half the channels encode y, half x.
+
+    Positions 1..h (1..w) are scaled to (0, 2 pi]; channel pair (2i, 2i+1) holds sin and cos of
+    position / temperature^(2i / (channels/2)).
+    """
+    half = channels // 2
+    freq = temperature ** (2 * (torch.arange(half, device=device) // 2) / half)  # (half,)
+    ys = torch.arange(1, h + 1, device=device) / h * 2 * math.pi
+    xs = torch.arange(1, w + 1, device=device) / w * 2 * math.pi
+
+    def encode(pos):  # (n,) -> (n, half): sin on even channels, cos on odd ones
+        angles = pos[:, None] / freq  # (n, half)
+        return torch.stack([angles[:, 0::2].sin(), angles[:, 1::2].cos()], dim=-1).flatten(1)
+
+    pos_y = encode(ys)[:, None, :].expand(h, w, half)  # (h, w, half)
+    pos_x = encode(xs)[None, :, :].expand(h, w, half)  # (h, w, half)
+    return torch.cat([pos_y, pos_x], dim=-1).permute(2, 0, 1).to(dtype)  # (channels, h, w)
+
+
+def sample_points(feature, uv):
+    """Bilinear features at points: feature (B, C, h, w), uv (B, N, 2) in [0, 1] -> (B, N, C).
+
+    `align_corners=True`: uv = 0 and 1 are the centres of the first and last cells (official code).
+    Differentiable in uv as well as in the feature.
+    """
+    grid = (uv * 2 - 1).unsqueeze(2)  # (B, N, 1, 2) in [-1, 1], x first
+    tokens = F.grid_sample(feature, grid, mode="bilinear", align_corners=True)  # (B, C, N, 1)
+    return tokens.squeeze(-1).transpose(1, 2)  # (B, N, C)
+
+
+def drop_path(x, p, training):
+    """Stochastic depth: zero a residual branch for a random subset of samples, rescale the rest."""
+    if p == 0.0 or not training:
+        return x
+    keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype) >= p
+    return x * keep / (1 - p)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over tokens: (B, N, c) -> (B, N, c)."""
+
+    def __init__(self, dim, num_heads, dropout):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads, self.dropout = num_heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, c = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, nh, N, hs)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, N, c))  # (B, N, c)
+
+
+class MetaFormerBlock(nn.Module):
+    """MF_k: x + TokenMixer(LN(x)), then x + MLP(LN(x)) (pre-norm; MetaFormer, Yu et al. 2022).
+
+    token_mixer "identity" drops the mixing branch altogether (Table 8): tokens never see each other.
+    """
+
+    def __init__(self, dim, token_mixer, num_heads, mlp_ratio, dropout):
+        super().__init__()
+        self.dropout = dropout
+        self.mixer = None
+        if token_mixer == "attention":
+            self.norm1 = nn.LayerNorm(dim)
+            self.mixer = Attention(dim, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x):  # (B, N, c) -> (B, N, c)
+        if self.mixer is not None:
+            x = x + drop_path(self.mixer(self.norm1(x)), self.dropout, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.dropout, self.training)
+
+
+class DecoderLayer(nn.Module):
+    """H_k: (B, n_in, c_in) -> (B, n_out, c), Eq. (2) with the position embedding of Eq. (3)."""
+
+    def __init__(self, n_in, n_out, c_in, c, depth, cfg):
+        super().__init__()
+        self.pos_embedding = None
+        if cfg.pos_embedding:
+            self.pos_embedding = nn.Parameter(torch.zeros(1, n_in, c_in))  # emb_k
+            nn.init.trunc_normal_(self.pos_embedding, std=0.02)
+        self.reduce = nn.Linear(c_in, c)  # P_k: width c_in -> c
+        self.blocks = nn.Sequential(*[MetaFormerBlock(c, cfg.token_mixer, cfg.num_heads, cfg.mlp_ratio,
+                                                      cfg.dropout) for _ in range(depth)])  # MF_k
+        self.upsample = nn.Linear(n_in, n_out)  # U_k: tokens n_in -> n_out
+
+    def forward(self, x):
+        if self.pos_embedding is not None:
+            # Eq. (3): X_k = X_k + emb_k
+            x = x + self.pos_embedding  # (B, n_in, c_in)
+        # Eq. (2): H_k(X_k) = U_k(MF_k(P_k(X_k))); U_k acts on the token axis
+        x = self.blocks(self.reduce(x))  # (B, n_in, c)
+        return self.upsample(x.transpose(1, 2)).transpose(1, 2)  # (B, n_out, c)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The model
+
+
+class TokenGenerator(nn.Module):
+    """T: backbone maps -> (joint tokens X_m (B, N, C_t), 2D keypoints (B, 21, 2) in [0, 1]). Sec. 3.1, Fig. 4."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        # 2D keypoints from the pooled global feature (Fig. 4: "Global Feature -> 2D Keypoints")
+        self.keypoint_head = nn.Linear(cfg.global_channels, NUM_JOINTS * 2)
+        # Sec. 3.3: "for image classification style backbones like FastViT, we apply a 4x upsample
+        # deconvolution"; k = stride = factor, no bias, BN, ReLU (official). Factor 1 with equal widths:
+        # the map is used as it is (HRNet, tiny); factor 1 with other widths: a 1x1 projection.
+        f = cfg.feature_upsample
+        self.upsample = nn.Identity()
+        if f > 1 or cfg.feature_channels != cfg.token_channels:
+            self.upsample = nn.Sequential(
+                nn.ConvTranspose2d(cfg.feature_channels, cfg.token_channels, f, stride=f, bias=False),
+                nn.BatchNorm2d(cfg.token_channels), nn.ReLU(inplace=True))
+        if cfg.token_sampling == "grid":  # fixed lattice of grid_size^2 points over the map, (G*G, 2)
+            g = torch.linspace(0, 1, cfg.grid_size)
+            self.register_buffer("grid_uv", torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2),
+                                 persistent=False)
+
+    def forward(self, feature, pooled):
+        """feature X_b (B, C, h, w), pooled (B, C_g, h', w') -> tokens (B, N, C_t), joints2d (B, 21, 2)."""
+        B = feature.shape[0]
+        # NOTE(paper vs code): the official head is a bare Linear whose output is clamped to the
+        # image only inside the sampler; a sigmoid keeps the prediction in [0, 1] everywhere.
+        joints2d = torch.sigmoid(self.keypoint_head(pooled.mean(dim=(2, 3)))).view(B, NUM_JOINTS, 2)
+        x = self.upsample(feature)  # (B, C_t, h*f, w*f)
+        if self.cfg.sine_encoding:
+            # NOTE(paper vs code): the sine encoding of the sampled map is in the official code only.
+            x = x + sine_position_encoding(x.shape[2], x.shape[3], x.shape[1], x.device, x.dtype)
+        if self.cfg.token_sampling == "point":  # Fig. 2c-d: keypoint-guided point sampling
+            tokens = sample_points(x, joints2d)  # (B, 21, C_t); gradients reach the keypoint head
+        elif self.cfg.token_sampling == "grid":  # Fig. 2b: a fixed lattice
+            tokens = sample_points(x, self.grid_uv.to(x.dtype).expand(B, -1, -1))  # (B, G*G, C_t)
+        else:  # Fig. 2a: one global feature
+            tokens = x.mean(dim=(2, 3)).unsqueeze(1)  # (B, 1, C_t)
+        return tokens, joints2d
+
+
+class MeshRegressor(nn.Module):
+    """R = H_{K-1} ... H_0 (Eq. 1), then a Linear c_{K-1} -> 3: tokens X_m (B, n_0, C_t) -> vertices (B, 778, 3)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        n_out = cfg.token_nums[1:] + (NUM_VERTS,)  # 84, 336, 778
+        c_in = (cfg.token_channels,) + cfg.dims[:-1]  # 256, 256, 128
+        self.layers = nn.ModuleList(DecoderLayer(n, m, ci, c, d, cfg) for n, m, ci, c, d
+                                    in zip(cfg.token_nums, n_out, c_in, cfg.dims, cfg.depths))
+        self.head = nn.Linear(cfg.dims[-1], 3)
+
+    def forward(self, x):
+        for layer in self.layers:
+            # Eq. (1): X_{k+1} = H_k(X_k)
+            x = layer(x)  # (B, n_{k+1}, c_k)
+        return self.head(x)  # (B, 778, 3)
+
+
+class SimpleHand(nn.Module):
+    """images (B, 3, H, W) in [0, 1] -> dict(joints2d (B, 21, 2) in [0, 1], verts (B, 778, 3), joints3d (B, 21, 3))."""
+
+    def __init__(self, cfg, j_regressor):
+        super().__init__()
+        if tuple(j_regressor.shape) != (16, NUM_VERTS):
+            raise ValueError(f"j_regressor: expected MANO's (16, {NUM_VERTS}), got {tuple(j_regressor.shape)}")
+        self.cfg = cfg
+        self.backbone = build_backbone(cfg)
+        self.token_generator = TokenGenerator(cfg)
+        self.mesh_regressor = MeshRegressor(cfg)
+        # a buffer, so that a checkpoint carries the regressor it was trained with
+        self.register_buffer("j_regressor", j_regressor.detach().clone().float())  # (16, 778)
+        # NOTE(paper vs code): the official code feeds image / 255 - 0.5; ImageNet statistics match
+        # the pretrained timm backbones.
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images):
+        feature, pooled = self.backbone((images - self.mean) / self.std)  # X_b (B, C, H/s, W/s)
+        tokens, joints2d = self.token_generator(feature, pooled)  # X_m (B, N, C_t), (B, 21, 2)
+        verts = self.mesh_regressor(tokens)  # (B, 778, 3)
+        # NOTE(paper vs code): the official network is only trained towards root-relative targets;
+        # we also subtract its own root joint, so the outputs are root-relative by construction.
+        verts = verts - self.regress_joints(verts)[:, self.cfg.root_index:self.cfg.root_index + 1]
+        return {"joints2d": joints2d, "verts": verts, "joints3d": self.regress_joints(verts)}
+
+    def regress_joints(self, verts):
+        """Sec. 3.4: J_3d = J x V_3d, plus 5 fingertip vertices: (B, 778, 3) -> (B, 21, 3), FreiHAND order.
+
+        NOTE(paper vs code): the official code takes FreiHAND's tip ids (744, 320, 443, 555, 672);
+        bodymodels uses smplx/HaMeR's (744, 320, 443, 554, 671), neighbouring vertices.
+        """
+        joints = torch.einsum("jv,bvc->bjc", self.j_regressor.to(verts.dtype), verts)  # (B, 16, 3)
+        return bodymodels.mano_to_freihand(joints, verts)  # (B, 21, 3)
+
+
+def build_backbone(cfg):
+    """The config's backbone: images (B, 3, H, W) -> (sampled map X_b, map for the keypoint head)."""
+    if cfg.backbone != "tiny_cnn":
+        return TimmBackbone(cfg)
+    expected = dict(feature_channels=cfg.tiny_widths[2], global_channels=cfg.tiny_widths[3], feature_stride=8)
+    for name, value in expected.items():
+        if getattr(cfg, name) != value:
+            raise ValueError(f"tiny_cnn with tiny_widths={cfg.tiny_widths} gives {name}={value}, "
+                             f"but the config declares {getattr(cfg, name)}")
+    return TinyCNN(cfg.tiny_widths)
+
+
+@functools.lru_cache(maxsize=1)
+def _mano_j_regressor():
+    return bodymodels.load_mano().J_regressor.detach().clone().float()  # (16, 778)
+
+
+def build_model(cfg):
+    """The SimpleHand of a config (a name from CONFIGS or a SimpleHandConfig), with MANO's J_regressor."""
+    if isinstance(cfg, str):
+        if cfg not in CONFIGS:
+            raise ValueError(f"unknown SimpleHand config {cfg!r}: expected one of {sorted(CONFIGS)}")
+        cfg = CONFIGS[cfg]
+    return SimpleHand(cfg, _mano_j_regressor())
+
+
+def count_parameters(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def non_backbone_parameters(cfg):
+    """Parameters of token generator + mesh regressor (Table 2's "#Params"), built on the meta device."""
+    with torch.device("meta"):
+        return count_parameters(TokenGenerator(cfg)) + count_parameters(MeshRegressor(cfg))
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Losses
+
+
+def l1_points(pred, target):
+    """Eq. (4)-(6): L1 summed over coordinates, averaged over points and batch: (B, N, D) x 2 -> ()."""
+    return (pred - target).abs().sum(dim=-1).mean()
+
+
+def compute_loss(pred, batch, cfg):
+    """Eq. (7): L = w_3d L_J3d + w_2d L_J2d + w_vert L_vert -> (total, {"verts", "joints3d", "joints2d"}).
+
+    pred: the model's dict. batch: data.py's keys `image (B, 3, H, W)`, `joints3d (B, 21, 3)`,
+    `verts (B, 778, 3)` (metres, camera coordinates) and `joints2d (B, 21, 2)` (pixels of the crop).
+    The 3D ground truth is made relative to its joint `cfg.root_index`, the 2D one divided by (W, H).
+    The returned terms are unweighted (metres and crop fractions); the total is weighted.
+    """
+    missing = [k for k in ("image", "joints3d", "verts", "joints2d") if k not in batch]
+    if missing:
+        raise ValueError(f"compute_loss: batch lacks keys {missing} (expected data.py's hand sample keys)")
+    root = batch["joints3d"][:, cfg.root_index:cfg.root_index + 1]  # (B, 1, 3)
+    H, W = batch["image"].shape[-2:]
+    uv = batch["joints2d"] / torch.tensor([W, H], dtype=batch["joints2d"].dtype, device=root.device)  # (B, 21, 2)
+    terms = {"verts": l1_points(pred["verts"], batch["verts"] - root),  # Eq. (6)
+             "joints3d": l1_points(pred["joints3d"], batch["joints3d"] - root),  # Eq. (4)
+             "joints2d": l1_points(pred["joints2d"], uv)}  # Eq. (5)
+    total = cfg.w_verts * terms["verts"] + cfg.w_joints3d * terms["joints3d"] + cfg.w_joints2d * terms["joints2d"]
+    return total, terms
+
+
+def learning_rate(cfg, step):
+    """The recipe's learning rate at optimisation step `step` (0-based): linear warm-up, then
+    "step" (lr until lr_drop_step, lr_final after; Sec. 4.1) or "cosine" (lr -> lr_final at max_steps)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "step":
+        return cfg.lr if step < cfg.lr_drop_step else cfg.lr_final
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Inference and tools
+
+
+def describe(model, images):
+    """Run the model once and list (stage name, output shape) for every stage, in order."""
+    rows = [("images", tuple(images.shape))]
+    stages = [("backbone", model.backbone), ("token_generator", model.token_generator)]
+    stages += [(f"mesh_regressor.layers[{k}]", m) for k, m in enumerate(model.mesh_regressor.layers)]
+    stages += [("mesh_regressor.head", model.mesh_regressor.head)]
+
+    def hook(name):
+        def record(module, args, out):
+            outs = out if isinstance(out, tuple) else (out,)
+            rows.append((name, tuple(tuple(o.shape) for o in outs) if len(outs) > 1 else tuple(out.shape)))
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in stages]
+    try:
+        with torch.no_grad():
+            out = model(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return rows + [(f"output {k}", tuple(v.shape)) for k, v in out.items()]
+
+
+def benchmark(model, image_size, device, batch_sizes=(1, 32), warmup=5, reps=20):
+    """Seconds per forward pass (eval mode, no grad) for each batch size -> {batch: seconds}."""
+    model = model.to(device).eval()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = {}
+    with torch.inference_mode():
+        for b in batch_sizes:
+            x = torch.rand(b, 3, image_size, image_size, device=device)
+            for _ in range(warmup):
+                model(x)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                model(x)
+            sync()
+            times[b] = (time.perf_counter() - t0) / reps
+    return times
+
+
+def _timm_available():
+    try:
+        import timm  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _print_params(name, cfg):
+    paper = f" (Table 2 reports {1.9:.1f}M for HRNet)" if name.startswith("paper") else ""
+    print(f"[{name}] non-backbone parameters: {non_backbone_parameters(cfg) / 1e6:.2f}M{paper}")
+    with torch.device("meta"):
+        tg, mr = TokenGenerator(cfg), MeshRegressor(cfg)
+    parts = [("token_generator", tg)] + [(f"mesh_regressor.layers[{k}]", m) for k, m in enumerate(mr.layers)]
+    parts.append(("mesh_regressor.head", mr.head))
+    if cfg.backbone == "tiny_cnn":
+        parts.append(("backbone (tiny_cnn, not counted)", TinyCNN(cfg.tiny_widths)))
+    for part, m in parts:
+        print(f"    {part:34s} {count_parameters(m):>10,d}")
+
+
+def _print_bench(name, cfg, device, reps):
+    if cfg.backbone != "tiny_cnn" and not _timm_available():
+        print(f"[{name}] skipped: backbone {cfg.backbone!r} needs timm, which is not installed")
+        return
+    model = build_model(cfg)
+    if device.type == "cpu" and cfg.backbone != "tiny_cnn":
+        reps = max(2, reps // 10)  # the paper backbones take seconds per batch of 32 on a CPU
+    t = benchmark(model, cfg.image_size, device, reps=reps)
+    print(f"[{name}] {cfg.image_size}px on {device}: batch 1 latency {t[1] * 1e3:.1f} ms "
+          f"({1 / t[1]:.1f} FPS); batch 32 throughput {32 / t[32]:.1f} images/s"
+          + (f"  (paper: {cfg.reported_fps:.0f} FPS on an RTX 2080 Ti)" if cfg.reported_fps else ""))
+
+
+def main():
+    parser = argparse.ArgumentParser(description="SimpleHand: shapes, parameter counts, speed.")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default=None,
+                        help="config to use (default: tiny for shapes; every config for --params/--bench)")
+    parser.add_argument("--params", action="store_true", help="print non-backbone parameter counts")
+    parser.add_argument("--bench", action="store_true",
+                        help="print latency at batch 1 and throughput at batch 32 (paper configs need timm)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="device for --bench: cpu or cuda")
+    parser.add_argument("--reps", type=int, default=20, help="timed repetitions per batch size for --bench")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [args.config] if args.config else list(CONFIGS)
+    if args.params:
+        for name in names:
+            _print_params(name, CONFIGS[name])
+    if args.bench:
+        for name in names:
+            _print_bench(name, CONFIGS[name], torch.device(args.device), args.reps)
+    if not (args.params or args.bench):
+        name = args.config or "tiny"
+        cfg = CONFIGS[name]
+        model = build_model(cfg)
+        print(f"SimpleHand [{name}]: {count_parameters(model) / 1e6:.2f}M parameters, "
+              f"{non_backbone_parameters(cfg) / 1e6:.2f}M outside the backbone")
+        for stage, shape in describe(model, torch.rand(2, 3, cfg.image_size, cfg.image_size)):
+            print(f"  {stage:28s} {shape}")
+
+
+if __name__ == "__main__":
+    main()
