@@ -148,13 +148,13 @@ PAPER_FASTVIT = SimpleHandConfig(  # FastViT-MA36 + 4x deconvolution (Sec. 3.3);
     timm_out_indices=(), feature_upsample=4,
     reported_hours=7.0, reported_fps=70.0, reported_pa_mpjpe_mm=5.7)  # "7 hours training with FastViT-MA36"
 TINY = SimpleHandConfig(  # 0.90M params (0.61M outside the backbone); train.py's CPU demo
-    backbone="tiny_cnn", image_size=128, feature_channels=64, feature_stride=8, global_channels=128,
+    backbone="tiny_cnn", image_size=96, feature_channels=64, feature_stride=8, global_channels=128,
     timm_out_indices=(), token_channels=64,  # = feature_channels: no projection, no BatchNorm
     dims=(128, 64, 32),  # Table 7's second row, half the compute of 256/128/64
     num_heads=2,  # CPU attention over 336 tokens with 8-wide heads costs 3x more than with 16-wide ones
     dropout=0.0,  # deterministic steps: two DDP ranks match one process exactly
     batch_size=32, lr=2e-3, lr_final=2e-5, lr_schedule="cosine", lr_drop_step=0,
-    warmup_steps=100, max_steps=3000, weight_decay=1e-2, grad_clip=1.0, amp=False,
+    warmup_steps=100, max_steps=3500, weight_decay=1e-2, grad_clip=1.0, amp=False,
     epochs=0, iters_per_epoch=0, batch_per_gpu=32, gpus=0, lr_drop_epoch=0, warmup_epochs=0,
     reported_hours=0.0, reported_fps=0.0, reported_pa_mpjpe_mm=0.0)
 CONFIGS = {"paper": PAPER, "paper_fastvit": PAPER_FASTVIT, "tiny": TINY}

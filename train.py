@@ -247,8 +247,8 @@ def build_dataset(entry, args, cfg, split, num_samples, rank, world_size):
         fail(f"--data {args.data}: {str(e).splitlines()[0]}")
     if kind != "synthetic":
         return dataset
-    # the cache name carries everything the pixels depend on, including data.py's source
-    version = hashlib.sha1(inspect.getsource(data).encode()).hexdigest()[:8]
+    # the cache name carries everything the pixels depend on, including data.py's source and DEMO_VIEW
+    version = hashlib.sha1((inspect.getsource(data) + repr(DEMO_VIEW)).encode()).hexdigest()[:8]
     name = f"{args.model}-{split}-n{num_samples}-px{cfg.image_size}-seed{args.seed}-{version}.pt"
     path = os.path.join(args.out, "cache", name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -491,14 +491,14 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="output folder (default: out/<model>)")
     p.add_argument("--max-steps", type=int, default=None, help="optimisation steps (default: the config's max_steps)")
     p.add_argument("--ckpt-every", type=int, default=200, help="write OUT/ckpt.pt every this many steps, and at the end (default: 200)")
-    p.add_argument("--eval-every", type=int, default=500, help="evaluate on the held-out split every this many steps, and at the end (default: 500; 0: only at the end)")
+    p.add_argument("--eval-every", type=int, default=1000, help="evaluate on the held-out split every this many steps, and at the end (default: 1000; 0: only at the end)")
     p.add_argument("--log-every", type=int, default=20, help="one log line every this many steps (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order, the synthetic data and the initial weights (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt: weights, optimiser, step, RNG states, data position")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, parsed by its type (repeatable), e.g. --set lr=1e-3")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto, cuda when available)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank (default: 0)")
-    p.add_argument("--train-samples", type=int, default=8192, help="size of the synthetic training set, rendered once (default: 8192)")
+    p.add_argument("--train-samples", type=int, default=16384, help="size of the synthetic training set, rendered once (default: 16384)")
     p.add_argument("--eval-samples", type=int, default=512, help="size of the synthetic held-out set (default: 512)")
     args = p.parse_args(argv)
     args.out = args.out or os.path.join("out", args.model)
