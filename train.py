@@ -373,6 +373,7 @@ def check_same_data(ckpt, args):
 @torch.no_grad()
 def predict(model, dataset, indices, batch_size, device, workers):
     """Model outputs and ground truth for dataset[indices], concatenated: ({key: (n, ...)}, {key: (n, ...)})."""
+    was_training = model.training
     model.eval()
     subset = torch.utils.data.Subset(dataset, list(indices))
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=workers,
@@ -382,7 +383,7 @@ def predict(model, dataset, indices, batch_size, device, workers):
         out = model(batch["image"].to(device))
         preds.append({k: v.float().cpu() for k, v in out.items()})
         gts.append(batch)
-    model.train()
+    model.train(was_training)
     return ({k: torch.cat([p[k] for p in preds]) for k in preds[0]},
             {k: torch.cat([g[k] for g in gts]) for k in gts[0]})
 
