@@ -29,6 +29,7 @@ Conventions (shared with bodymodels.py):
 - Randomness: every random number of a sample comes from a torch.Generator seeded by
   (seed, epoch, index) (`sample_rng`), never from global RNG state, so DataLoader workers, DDP
   ranks and resumed runs see the same sample for the same index, and different indices differ.
+  Batches are drawn together (`Draws`, `__getitems__`), and still a sample never depends on its batch.
 
 Symbols: B batch, V vertices, F faces, J joints, P covered pixels, M (face, row) pairs,
 N (face, pixel) candidates, K intrinsics, (H, W) image size, S crop size, R rotation, T point
@@ -89,49 +90,90 @@ def body_model(kind, model_dir=None):
 
 
 class Skinning:
-    """smplx's linear blend skinning (`smplx.lbs.lbs`) of one body in float64 numpy, with the
-    model's constants prepared once: for one MANO hand about 3x faster than calling the smplx
-    module (whose cost is ~100 small torch ops), and per sample (no batch-size-dependent kernels,
-    so a sample never depends on the batch it is drawn in). It agrees with smplx to 1e-7 m. For
-    SMPL it is slower (float64 pose correctives of 20,670 columns), so the body datasets call smplx.
+    """smplx's linear blend skinning (`smplx.lbs.lbs`) in float64 numpy, with the model's constants
+    prepared once: for MANO hands about 3x faster than calling the smplx module (whose cost is
+    ~100 small torch ops), more so for a batch. A batch runs sample by sample through the matrix
+    products (stacked matmuls, no batch-size-dependent kernels), so a sample never depends on the
+    batch it is drawn in. It agrees with smplx to 1e-7 m. For SMPL it is slower (float64 pose
+    correctives of 20,670 columns), so the body datasets call smplx.
     model: a loaded smplx MANO or SMPL module (left unchanged).
 
     The steps are smplx's: shaped rest mesh v = T + S beta, rest joints J = J_reg v; per-joint
     rotations R_j (Rodrigues), pose corrective offsets P vec(R_j - I, j > 0); world transforms
     G_j = G_parent [R_j | J_j - J_parent] down the tree; each vertex moved by sum_j w_vj G_j
-    [I | -J_j]. Returns the posed vertices (V, 3) and joints G_j's translations (J, 3).
+    [I | -J_j]. Returns the posed vertices (B, V, 3) and joints G_j's translations (B, J, 3).
     """
 
     def __init__(self, model):
-        def f64(t):
-            return t.detach().cpu().double().numpy()
-        self.v_template, self.shapedirs = f64(model.v_template), f64(model.shapedirs)  # (V, 3), (V, 3, L)
-        self.J_regressor, self.posedirs = f64(model.J_regressor), f64(model.posedirs)  # (J, V), (9 (J-1), 3 V)
+        def f64(t):  # contiguous: a transposed view makes every product several times slower
+            return np.ascontiguousarray(t.detach().cpu().double().numpy())
+        self.v_template, shapedirs = f64(model.v_template), f64(model.shapedirs)  # (V, 3), (V, 3, L)
+        self.shapedirs = shapedirs.reshape(-1, shapedirs.shape[-1]).T.copy()  # (L, 3 V)
+        J_regressor, self.posedirs = f64(model.J_regressor), f64(model.posedirs)  # (J, V), (9 (J-1), 3 V)
         self.weights, self.parents = f64(model.lbs_weights), model.parents.tolist()  # (V, J), (J,)
         self.pose_mean = f64(model.pose_mean) if hasattr(model, "pose_mean") else 0.0  # MANO: 0 for a flat hand
         # the joints are linear in beta too: J = J_reg T + (J_reg S) beta
-        self.J_template = self.J_regressor @ self.v_template  # (J, 3)
-        self.J_shapedirs = np.einsum("jv,vkl->jkl", self.J_regressor, self.shapedirs)  # (J, 3, L)
+        self.J_template = J_regressor @ self.v_template  # (J, 3)
+        self.J_shapedirs = np.einsum("jv,vkl->ljk", J_regressor, shapedirs).reshape(shapedirs.shape[-1], -1)  # (L, 3J)
 
     def __call__(self, pose, betas):
-        """pose (J, 3) axis-angle (global orientation first), betas (L,) -> verts (V, 3), joints (J, 3)."""
-        pose = np.asarray(pose, dtype=np.float64).reshape(-1) + self.pose_mean
-        betas = np.asarray(betas, dtype=np.float64)
-        v = self.v_template + (self.shapedirs.reshape(-1, len(betas)) @ betas).reshape(-1, 3)  # (V, 3)
-        J = self.J_template + self.J_shapedirs @ betas  # (J, 3)
-        R = _rodrigues(pose.reshape(-1, 3))  # (J, 3, 3)
-        v = v + ((R[1:] - np.eye(3)).reshape(-1) @ self.posedirs).reshape(-1, 3)  # pose correctives
-        G = np.zeros((len(J), 4, 4))  # world transforms, parents before children
-        G[:, 3, 3] = 1
+        """pose (B, J, 3) axis-angle (global orientation first), betas (B, L) -> verts (B, V, 3), joints (B, J, 3)."""
+        B, J = len(betas), len(self.parents)
+        pose = np.asarray(pose, dtype=np.float64).reshape(B, -1) + self.pose_mean
+        betas = np.asarray(betas, dtype=np.float64)[:, None]  # (B, 1, L): products row by row
+        v = self.v_template + (betas @ self.shapedirs).reshape(B, -1, 3)  # (B, V, 3)
+        joints = self.J_template + (betas @ self.J_shapedirs).reshape(B, J, 3)
+        R = _rodrigues(pose.reshape(-1, 3)).reshape(B, J, 3, 3)
+        v = v + ((R[:, 1:] - np.eye(3)).reshape(B, 1, -1) @ self.posedirs).reshape(B, -1, 3)  # pose correctives
+        G = np.zeros((B, J, 4, 4))  # world transforms, parents before children
+        G[:, :, 3, 3] = 1
         for j, p in enumerate(self.parents):
-            G[j, :3, :3], G[j, :3, 3] = R[j], J[j] - (J[p] if p >= 0 else 0)
+            G[:, j, :3, :3], G[:, j, :3, 3] = R[:, j], joints[:, j] - (joints[:, p] if p >= 0 else 0)
             if p >= 0:
-                G[j] = G[p] @ G[j]
-        joints = G[:, :3, 3].copy()
-        G[:, :3, 3] -= np.einsum("jab,jb->ja", G[:, :3, :3], J)  # transforms of rest-pose points
-        T = (self.weights @ G[:, :3].reshape(len(J), 12)).reshape(-1, 3, 4)  # (V, 3, 4) blended
-        verts = np.einsum("vab,vb->va", T[:, :, :3], v) + T[:, :, 3]
-        return verts, joints
+                G[:, j] = G[:, p] @ G[:, j]
+        posed = G[:, :, :3, 3].copy()
+        G[:, :, :3, 3] -= (G[:, :, :3, :3] @ joints[..., None])[..., 0]  # transforms of rest-pose points
+        T = (self.weights @ G[:, :, :3].reshape(B, J, 12)).reshape(B, -1, 3, 4)  # (B, V, 3, 4) blended
+        verts = T[..., 0] * v[..., :1] + T[..., 1] * v[..., 1:2] + T[..., 2] * v[..., 2:] + T[..., 3]
+        return verts, posed
+
+
+class BatchSkinning:
+    """`Skinning` in float32 torch for a batch of bodies: about 3x faster than smplx for one SMPL
+    body (its float64 pose correctives are what makes `Skinning` slow for SMPL). Every matrix
+    product runs sample by sample (a Python loop: the products are large enough), so, unlike a
+    batched smplx call, a sample's mesh does not depend on the batch it is in. It agrees with smplx to 1e-6 m.
+    model: a loaded smplx MANO or SMPL module (left unchanged)."""
+
+    def __init__(self, model):
+        constants = Skinning(model)
+        for name in ("v_template", "shapedirs", "posedirs", "weights", "J_template", "J_shapedirs"):
+            setattr(self, name, torch.from_numpy(getattr(constants, name)).float())
+        self.pose_mean = torch.as_tensor(constants.pose_mean).float()
+        self.parents = constants.parents
+
+    def __call__(self, pose, betas):
+        """pose (B, J, 3) axis-angle (global orientation first), betas (B, L) -> verts (B, V, 3),
+        joints (B, J, 3), float32."""
+        B, J = len(betas), len(self.parents)
+
+        def rows(x, M):  # x (B, K) @ M (K, N), one row at a time
+            return torch.cat([row @ M for row in x.float().split(1)])
+
+        v = self.v_template + rows(betas, self.shapedirs).view(B, -1, 3)  # (B, V, 3)
+        joints = self.J_template + rows(betas, self.J_shapedirs).view(B, J, 3)
+        R = axis_angle_to_matrix((pose.float().reshape(B, -1) + self.pose_mean).view(B, J, 3))  # (B, J, 3, 3)
+        v = v + rows((R[:, 1:] - torch.eye(3)).reshape(B, -1), self.posedirs).view(B, -1, 3)  # pose correctives
+        # world rotations W_j = W_parent R_j and positions t_j = t_parent + W_parent (J_j - J_parent)
+        W, t = [R[:, 0]], [joints[:, 0]]
+        for j, p in enumerate(self.parents[1:], 1):
+            W.append(W[p] @ R[:, j])
+            t.append(t[p] + (W[p] @ (joints[:, j] - joints[:, p])[..., None])[..., 0])
+        W, t = torch.stack(W, 1), torch.stack(t, 1)  # (B, J, 3, 3), (B, J, 3)
+        G = torch.cat([W, (t - (W @ joints[..., None])[..., 0])[..., None]], -1)  # (B, J, 3, 4) of rest points
+        T = torch.stack([self.weights @ g for g in G.view(B, J, 12)]).view(B, -1, 3, 4)  # (B, V, 3, 4) blended
+        verts = T[..., 0] * v[..., :1] + T[..., 1] * v[..., 1:2] + T[..., 2] * v[..., 2:] + T[..., 3]
+        return verts, t
 
 
 def _rodrigues(aa):
@@ -157,9 +199,9 @@ def _log_rotation(R):
 
 
 @functools.lru_cache(maxsize=None)
-def skinning(kind, model_dir=None):
-    """`Skinning` of body_model(kind, model_dir), built once per process."""
-    return Skinning(body_model(kind, model_dir))
+def skinning(kind, model_dir=None, batch=False):
+    """`Skinning` (batch=False) or `BatchSkinning` of body_model(kind, model_dir), built once per process."""
+    return (BatchSkinning if batch else Skinning)(body_model(kind, model_dir))
 
 
 HAND_KEYS = ("image", "K", "joints3d", "joints2d", "verts", "mano_pose", "mano_shape", "is_right")
@@ -175,13 +217,40 @@ def _normal(rng, std, shape=()):
     return std * torch.randn(shape, generator=rng, dtype=torch.float64)
 
 
-def _uniform_np(rng, low, high, shape=()):
-    """`_uniform` as float64 numpy (the same numbers): numpy is cheaper than torch for a handful."""
-    return low + (high - low) * torch.rand(shape, generator=rng, dtype=torch.float64).numpy()
+class Draws:
+    """Random numbers of B samples drawn together, each sample's from its own generator.
 
+    Row i holds the numbers of generators[i], taken from it `block` at a time (one torch.rand
+    and one torch.randn call for many requests), and every request takes the next columns of
+    all rows. So the numbers a sample gets depend only on its generator and on the sequence of
+    requests, never on the other samples of the batch, as long as that sequence does not depend
+    on the numbers drawn: a random choice draws the numbers of both branches. uniform, normal
+    and chance return float64 or bool numpy arrays (B, *shape).
+    """
 
-def _normal_np(rng, std, shape=()):
-    return std * torch.randn(shape, generator=rng, dtype=torch.float64).numpy()
+    def __init__(self, generators, block=64):
+        self.generators, self.block = list(generators), block
+        empty = np.empty((len(self.generators), 0))
+        self.tables = {torch.rand: empty, torch.randn: empty}  # (B, numbers drawn, not yet handed out)
+        self.used = {torch.rand: 0, torch.randn: 0}
+
+    def _take(self, fn, count):
+        table, used = self.tables[fn], self.used[fn]
+        if used + count > table.shape[1]:  # refill every row from its own generator
+            fresh = [fn(max(self.block, count), generator=g, dtype=torch.float64).numpy() for g in self.generators]
+            table, used = np.concatenate([table[:, used:], np.stack(fresh)], 1), 0
+        self.tables[fn], self.used[fn] = table, used + count
+        return table[:, used:used + count]
+
+    def uniform(self, low, high, shape=()):
+        return low + (high - low) * self._take(torch.rand, math.prod(shape)).reshape(-1, *shape)
+
+    def normal(self, std, shape=()):
+        return std * self._take(torch.randn, math.prod(shape)).reshape(-1, *shape)
+
+    def chance(self, p, shape=()):
+        """True with probability p."""
+        return self._take(torch.rand, math.prod(shape)).reshape(-1, *shape) < p
 
 
 def _image_hw(image_size):
@@ -206,12 +275,33 @@ EDGE_EPS = 1e-4  # pixels: spans are widened by this much so that shared edges l
 
 
 def _expand(counts):
-    """Run-length expansion. counts (M,) int64 -> ids (N,) with i repeated counts[i] times, and
-    local (N,) = 0, 1, ..., counts[i] - 1 within each run (N = counts.sum())."""
-    n = int(counts.sum())
-    ids = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts, output_size=n)
-    start = counts.cumsum(0) - counts
-    return ids, torch.arange(n, device=counts.device) - start.index_select(0, ids)
+    """Run-length expansion. counts (M,) int32 -> ids (N,) int32 with i repeated counts[i] times,
+    and local (N,) int32 = 0, 1, ..., counts[i] - 1 within each run (N = counts.sum()).
+
+    ids by a cumulative sum instead of repeat_interleave (several times faster on a CPU): with a
+    mark at every run's start s_i (empty runs too), the marks up to position k count the runs
+    that start at or before k, and the last of them holds k: ids[k] = cumsum(marks)[k] - 1.
+    """
+    end = counts.cumsum(0, dtype=torch.int32)
+    n = int(end[-1]) if len(counts) else 0
+    start = end - counts  # (M,) s_i
+    marks = torch.zeros(n + 1, dtype=torch.int32, device=counts.device)  # + 1: empty runs at the end
+    marks.index_add_(0, start, torch.ones_like(start))
+    ids = marks[:n].cumsum(0, dtype=torch.int32) - 1
+    return ids, torch.arange(n, dtype=torch.int32, device=counts.device) - start.index_select(0, ids)
+
+
+def _flatnonzero(mask):
+    """Ids (P,) int64 of the True entries of a 1-D bool tensor; numpy's on a CPU (torch.nonzero is
+    several times slower there)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().squeeze(1)
+
+
+# rows of the per-face table of `_face_setup` (one column per face, so a row is contiguous)
+_X0, _Y0, _FIRST, _INV_Z0, _DA, _DB = range(6)  # corner 0, first pixel row, 1/z at corner 0 and its slopes
+_P_LO, _Q_LO, _P_HI, _Q_HI = slice(6, 9), slice(9, 12), slice(12, 15), slice(15, 18)  # span bounds (3 each)
 
 
 def _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored=None):
@@ -222,84 +312,90 @@ def _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored=None):
     dv = v - y0 for a pixel centre (u, v), the barycentric coordinate of corner i is
     l_i = a_i du + b_i dv + [i == 0], and the inverse depth, linear in screen space under
     perspective, is 1/z = 1/z_0 + da du + db dv.
-    Returns keep (Fk,) the ids of those faces among the B F faces (mesh-major), a and b (Fk, 3),
-    table (Fk, 19): per face [x0, y0, first row, 1/z_0, da, db, first pixel id of its image in
-    the stacked B H W z-buffer] and, per corner i, the bounds of l_i >= 0 along a row,
-    du >= lo_i(dv) = p_i + q_i dv (left edges) and du <= hi_i(dv) (right edges), as
-    [p_lo (3), q_lo (3), p_hi (3), q_hi (3)]; and h (Fk,) each face's row count. mirrored (B,)
-    bool marks meshes seen in a mirror (x -> -x), whose faces run the other way round.
+    Returns keep (Fk,) int64, the ids of those faces among the B F faces (mesh-major); corners
+    (3, Fk) their corners' ids among the B V vertices; a and b (3, Fk) (corner-major: a row is
+    contiguous); table (18, Fk) float32, per face the rows [x0, y0, first row, 1/z_0, da, db]
+    and, per corner i, the bounds of l_i >= 0 along a row,
+    du >= lo_i(dv) = p_i + q_i dv (left edges) and du <= hi_i(dv) (right edges), as rows
+    [p_lo (3), q_lo (3), p_hi (3), q_hi (3)]; h (Fk,) int32 each face's row count; image (Fk,)
+    int32 the first pixel id of its image in the stacked B H W pixels. mirrored (B,) bool marks
+    meshes seen in a mirror (x -> -x), whose faces run the other way round.
     """
     B, V = verts.shape[:2]
     z = verts[..., 2].reshape(-1)  # (B V,)
-    uv = ((verts @ K.transpose(-1, -2))[..., :2]).reshape(-1, 2) / z.clamp_min(NEAR)[:, None]  # (B V, 2)
-    flat = (faces[None] + V * torch.arange(B, device=faces.device)[:, None, None]).reshape(-1)  # (B F 3,)
-    corner = uv.index_select(0, flat).view(-1, 3, 2)  # (B F, 3 corners, 2)
-    zf = z.index_select(0, flat).view(-1, 3)  # (B F, 3)
-    x, y = corner[:, :, 0], corner[:, :, 1]
-    dx1, dx2, dy1, dy2 = x[:, 1] - x[:, 0], x[:, 2] - x[:, 0], y[:, 1] - y[:, 0], y[:, 2] - y[:, 0]
+    uv = (verts @ K.transpose(-1, -2))[..., :2].reshape(-1, 2) / z.clamp_min(NEAR)[:, None]  # (B V, 2)
+    corner_ids = _corner_ids(faces, B, V).view(-1)  # (3 B F,)
+    x, y = uv.T.contiguous().index_select(1, corner_ids).view(2, 3, -1)  # (3 corners, B F) each
+    dx1, dx2, dy1, dy2 = x[1] - x[0], x[2] - x[0], y[1] - y[0], y[2] - y[0]
     area = dx1 * dy2 - dx2 * dy1  # (B F,) twice the signed area
     # rows whose centre v = row + 0.5 lies inside the face's vertical extent
-    first = torch.ceil(y.amin(1) - 0.5).clamp(0, height)
-    h = (torch.floor(y.amax(1) - 0.5).clamp(-1, height - 1) - first + 1).clamp_min(0)
+    first = torch.ceil(y.amin(0) - 0.5).clamp_(0, height)
+    h = (torch.floor(y.amax(0) - 0.5).clamp_(-1, height - 1) - first + 1).clamp_min_(0)
     # with y pointing down, a face whose corners run counter-clockwise seen from outside has area < 0
     if cull_backfaces and mirrored is not None:
         facing = area * (1 - 2 * mirrored.float()).repeat_interleave(len(faces)) < 0
     else:
         facing = area < 0 if cull_backfaces else area != 0
-    visible = facing & (zf.amin(1) > NEAR) & (h > 0) & (x.amax(1) > 0) & (x.amin(1) < width)
-    keep = visible.nonzero().squeeze(1)
-    dx1, dx2, dy1, dy2, area, zf = (t.index_select(0, keep) for t in (dx1, dx2, dy1, dy2, area, zf))
+    near = z.index_select(0, corner_ids).view(3, -1).amin(0) > NEAR
+    keep = _flatnonzero(facing & near & (h > 0) & (x.amax(0) > 0) & (x.amin(0) < width)).to(verts.device)
+    dx1, dx2, dy1, dy2, area, x0, y0 = (t.index_select(0, keep) for t in (dx1, dx2, dy1, dy2, area, x[0], y[0]))
     # l_i = ((x_j - u)(y_k - v) - (x_k - u)(y_j - v)) / area for (i, j, k) cyclic, written in du, dv;
     # l_0 = 1 - l_1 - l_2 keeps the three summing to 1 in float32
     a1, a2, b1, b2 = dy2 / area, -dy1 / area, -dx2 / area, dx1 / area
-    a, b = torch.stack([-a1 - a2, a1, a2], 1), torch.stack([-b1 - b2, b1, b2], 1)  # (Fk, 3) each
+    a, b = torch.stack([-a1 - a2, a1, a2]), torch.stack([-b1 - b2, b1, b2])  # (3, Fk) each
     # perspective: 1/z = sum_i l_i / z_i
-    inv_z = 1 / zf
-    depth = torch.stack([inv_z[:, 0], (a * inv_z).sum(1), (b * inv_z).sum(1)], 1)  # (Fk, 3)
+    corners = corner_ids.view(3, -1).index_select(1, keep)  # (3, Fk) vertex ids among the B V
+    inv_z = 1 / z.index_select(0, corners.view(-1)).view(3, -1)  # (3, Fk)
+    depth = torch.stack([inv_z[0], (a * inv_z).sum(0), (b * inv_z).sum(0)])  # (3, Fk)
     # l_i >= 0 on a row: du >= -(b_i dv + [i == 0]) / a_i if a_i > 0, du <= ... if a_i < 0;
     # a_i = 0 (a horizontal edge) never limits a row inside the face's vertical extent
     safe_a = torch.where(a == 0, torch.ones_like(a), a)
-    p, q = -torch.eye(3, device=a.device)[0] / safe_a, -b / safe_a  # (Fk, 3) each
+    p, q = -torch.eye(3, device=a.device)[:, :1] / safe_a, -b / safe_a  # (3, Fk) each
     lower, upper = a > 0, a < 0
     bounds = [p.masked_fill(~lower, -math.inf), q.masked_fill(~lower, 0),
               p.masked_fill(~upper, math.inf), q.masked_fill(~upper, 0)]
-    origin = corner[:, 0].index_select(0, keep)  # (Fk, 2)
-    image_start = (torch.div(keep, len(faces), rounding_mode="floor") * (height * width)).float()
-    table = torch.cat([origin, first.index_select(0, keep)[:, None], depth, image_start[:, None]] + bounds, 1)
-    return keep, a, b, table, h.index_select(0, keep).long()
+    table = torch.cat([x0[None], y0[None], first.index_select(0, keep)[None], depth] + bounds)  # (18, Fk)
+    image = (torch.div(keep, len(faces), rounding_mode="floor") * (height * width)).int()
+    return keep, corners, a, b, table, h.index_select(0, keep).int(), image
 
 
-def _rasterize(verts, faces, K, height, width, cull_backfaces=False, mirrored=None):
+def _rasterize(verts, faces, K, height, width, cull_backfaces=False, mirrored=None, zbuffer=None):
     """The z-buffer of B meshes (see `rasterize`): verts (B, V, 3), faces (F, 3), K (B, 3, 3).
-    Returns pix (P,) covered pixels as ids into the stacked (B, H, W) images, face (P,) the winner
-    as an index into keep, du and dv (P,) its pixel centre relative to the face origin, and
-    keep, a, b from `_face_setup`."""
-    keep, a, b, table, h = _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored)
-    # 1. (face, row) pairs and the span of columns each covers
-    face, r = _expand(h)
-    t = table.index_select(0, face)  # (M, 19)
-    row = t[:, 2] + r  # (M,)
-    dv = row + 0.5 - t[:, 1]
-    lo = (t[:, 7:10] + t[:, 10:13] * dv[:, None]).amax(1) + t[:, 0]  # leftmost u with all l_i >= 0
-    hi = (t[:, 13:16] + t[:, 16:19] * dv[:, None]).amin(1) + t[:, 0]
-    j0 = torch.ceil(lo - EDGE_EPS - 0.5).clamp(0, width)  # columns whose centre u = col + 0.5 is in [lo, hi]
-    n = (torch.floor(hi + EDGE_EPS - 0.5).clamp(-1, width - 1) - j0 + 1).clamp_min(0).long()
-    du0 = j0 + 0.5 - t[:, 0]
-    # 2. (face, pixel) candidates and their inverse depth 1/z = 1/z_0 + da du + db dv
-    span, k = _expand(n)
-    pix = (t[:, 6] + row * width + j0).long().index_select(0, span) + k  # (N,)
-    inv_z_start = t[:, 3] + t[:, 4] * du0 + t[:, 5] * dv  # (M,)
-    inv_z = (inv_z_start.index_select(0, span) + t[:, 4].index_select(0, span) * k).clamp_min(0)  # (N,)
+    Returns pix (P,) int64 covered pixels (sorted) as ids into the stacked (B, H, W) images,
+    face (P,) the winner as an index into keep, du and dv (P,) its pixel centre relative to the
+    face origin, and keep, corners, a, b from `_face_setup`. zbuffer: None, or an int64 scratch
+    tensor of at least B H W entries, all -1, which is used and left so (on a CPU, allocating and
+    filling a fresh z-buffer per pass costs more than the scatter into it)."""
+    keep, corners, a, b, table, h, image = _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored)
+    # 1. (face, row) spans: the columns j0 ... j0 + n - 1 whose centre u = col + 0.5 is in [lo, hi]
+    face, r = _expand(h)  # (M,)
+    t = table.index_select(1, face)  # (18, M)
+    row = t[_FIRST] + r
+    dv = row + 0.5 - t[_Y0]
+    lo = (t[_P_LO] + t[_Q_LO] * dv).amax(0) + t[_X0]  # leftmost u with all l_i >= 0
+    hi = (t[_P_HI] + t[_Q_HI] * dv).amin(0) + t[_X0]
+    j0 = torch.ceil(lo - EDGE_EPS - 0.5).clamp_(0, width)
+    n = (torch.floor(hi + EDGE_EPS - 0.5).clamp_(-1, width - 1) - j0 + 1).clamp_min_(0).int()
+    du0 = j0 + 0.5 - t[_X0]
+    start = image.index_select(0, face) + (row * width + j0).int()  # (M,) first pixel id
+    inv_z0 = t[_INV_Z0] + t[_DA] * du0 + t[_DB] * dv  # (M,)
+    # 2. (span, pixel) candidates and their inverse depth 1/z = 1/z_0 + da du + db dv
+    span, k = _expand(n)  # (N,)
+    pix = (start.index_select(0, span) + k).long()
+    inv_z = (inv_z0.index_select(0, span) + t[_DA].index_select(0, span) * k).clamp_min_(0)
     # 3. nearest per pixel: the bits of a positive float32 sort like the float, so packing them
-    #    above the candidate id makes one integer amax return the winner (ties: the larger id)
-    key = (inv_z.view(torch.int32).long() << 32) | torch.arange(len(k), device=k.device)
-    best = torch.full((len(verts) * height * width,), -1, dtype=torch.long, device=k.device)
+    #    above the span id makes one integer amax return the winner (ties: the larger id)
+    key = (inv_z.view(torch.int32).long() << 32) | span
+    size = len(verts) * height * width
+    reuse = zbuffer is not None and len(zbuffer) >= size
+    best = zbuffer[:size] if reuse else torch.full((size,), -1, dtype=torch.long, device=pix.device)
     best.scatter_reduce_(0, pix, key, "amax")
-    pix = (best >= 0).nonzero().squeeze(1)  # (P,)
-    winner = best.index_select(0, pix) & 0xFFFFFFFF  # (P,) candidate ids
-    win_span = span.index_select(0, winner)
-    du = du0.index_select(0, win_span) + k.index_select(0, winner)
-    return pix, face.index_select(0, win_span), du, dv.index_select(0, win_span), (keep, a, b)
+    pix = _flatnonzero(best >= 0).to(pix.device)  # (P,)
+    won = (best.index_select(0, pix) & 0xFFFFFFFF).int()  # (P,) the winners' spans
+    if reuse:
+        best.index_fill_(0, pix, -1)  # back to empty for the next pass
+    du = du0.index_select(0, won) + (pix.int() - start.index_select(0, won))
+    return pix, face.index_select(0, won), du, dv.index_select(0, won), (keep, corners, a, b)
 
 
 def rasterize(verts, faces, K, image_size, cull_backfaces=False):
@@ -313,28 +409,41 @@ def rasterize(verts, faces, K, image_size, cull_backfaces=False):
     faces of a closed mesh with counter-clockwise outward winding, as SMPL's and MANO's).
     """
     height, width = _image_hw(image_size)
-    pix, face, du, dv, (keep, a, b) = _rasterize(verts.float()[None], faces.long(), K.float()[None], height, width,
-                                                 cull_backfaces)
-    bary = a.index_select(0, face) * du[:, None] + b.index_select(0, face) * dv[:, None]  # (P, 3)
-    bary[:, 0] += 1
-    return pix, keep.index_select(0, face), bary
+    pix, face, du, dv, (keep, _, a, b) = _rasterize(verts.float()[None], faces.long(), K.float()[None], height,
+                                                    width, cull_backfaces)
+    bary = a.index_select(1, face) * du + b.index_select(1, face) * dv  # (3, P)
+    bary[0] += 1
+    return pix, keep.index_select(0, face), bary.T.contiguous()
+
+
+def _corner_ids(faces, count, num_verts):
+    """(3 corners, count F) ids of the corners of faces (F, 3) in count stacked meshes of num_verts vertices."""
+    return (faces.T.contiguous()[:, None] + num_verts * torch.arange(count, device=faces.device)[:, None]).view(3, -1)
+
+
+def _normals(xyz, corners):
+    """Area-weighted unit vertex normals (3, N), axis-major: xyz (3, N) the vertices of stacked
+    meshes, corners (3, F') the corner ids of their faces. n_f = e1 x e2 (twice the face's area
+    along its normal) with e1 = p1 - p0, e2 = p2 - p0 is summed into its three corners."""
+    N = xyz.shape[1]
+    p = xyz.index_select(1, corners.reshape(-1)).view(3, 3, -1)  # (3 axes, 3 corners, F')
+    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]  # (3, F')
+    n = torch.stack([e1[1] * e2[2] - e1[2] * e2[1], e1[2] * e2[0] - e1[0] * e2[2], e1[0] * e2[1] - e1[1] * e2[0]])
+    # one flat index_add_ (PyTorch's 1-D path is the fastest): element (axis k, vertex i) is k N + i
+    element = (corners[None] + N * torch.arange(3, device=xyz.device)[:, None, None]).reshape(-1)  # (3, 3, F')
+    out = torch.zeros(3 * N, dtype=xyz.dtype, device=xyz.device)
+    out.index_add_(0, element, n[:, None].expand(3, 3, -1).reshape(-1))
+    out = out.view(3, N)
+    return out / (out[0] * out[0] + out[1] * out[1] + out[2] * out[2]).sqrt_().clamp_min_(1e-12)
 
 
 def vertex_normals(verts, faces):
     """Area-weighted vertex normals (..., V, 3), unit length, of meshes verts (..., V, 3) sharing
     faces (F, 3); they point to the side from which the faces' corners run counter-clockwise
     (outwards for SMPL, MANO and SMPL-X)."""
-    v = verts[..., faces, :]  # (..., F, 3 corners, 3)
-    n = torch.linalg.cross(v[..., 1, :] - v[..., 0, :], v[..., 2, :] - v[..., 0, :], dim=-1)  # (..., F, 3)
-    # sum n into each corner's vertex, as one flat index_add_ (PyTorch's 1-D path is several times
-    # faster than index_add_ along dim -2): element (mesh m, vertex i, axis k) is 3 (m V + i) + k
-    V = verts.shape[-2]
-    meshes = n.reshape(-1, *n.shape[-2:])  # (M, F, 3), M the product of the leading dims
-    vertex = faces.T[:, None, :] + V * torch.arange(len(meshes), device=faces.device)[:, None]  # (3 corners, M, F)
-    element = (3 * vertex[..., None] + torch.arange(3, device=faces.device)).reshape(-1)  # corner-major order
-    out = torch.zeros(verts.numel(), dtype=n.dtype, device=n.device)
-    out.index_add_(0, element, meshes.expand(3, *meshes.shape).reshape(-1))
-    return F.normalize(out.view(verts.shape), dim=-1)
+    xyz = verts.reshape(-1, 3).T.contiguous()  # (3, M V), M the product of the leading dims
+    corners = _corner_ids(faces, xyz.shape[1] // verts.shape[-2], verts.shape[-2])
+    return _normals(xyz, corners).T.reshape(verts.shape)
 
 
 def render_mesh(verts, faces, K, image_size, color=(0.85, 0.64, 0.52), light=(0.4, -0.6, -1.0),
@@ -377,31 +486,31 @@ def render_meshes(verts, faces, K, image_size, color, light, ambient, background
 
 
 def _render(verts, faces, K, image_size, color, light, ambient, background, cull_backfaces, mirrored=None,
-            draw_on_background=False):
+            draw_on_background=False, zbuffer=None):
     """`render_meshes`, also returning pix (P,) the covered pixels as ids into the (B, H, W) stack
     and face (P,) their faces as ids into the B F faces (mesh-major). draw_on_background=True
     draws into background (contiguous float32 on verts' device, which the caller gives up) instead
-    of into a copy of it."""
+    of into a copy of it; zbuffer: a scratch buffer for `_rasterize`."""
     height, width = _image_hw(image_size)
     B, V = verts.shape[:2]
     device = verts.device
     verts, faces = verts.float(), faces.long().to(device)
-    # 1. per-vertex colour: albedo times the Lambert term
-    normals = vertex_normals(verts, faces)  # (B, V, 3)
-    normals = torch.where((normals * verts).sum(-1, keepdim=True) > 0, -normals, normals)
-    light = F.normalize(torch.as_tensor(light, dtype=torch.float32, device=device), dim=-1)  # (B, 3)
-    ambient = torch.as_tensor(ambient, dtype=torch.float32, device=device).reshape(B, 1, 1)
-    albedo = torch.as_tensor(color, dtype=torch.float32, device=device).reshape(B, -1, 3).expand(B, V, 3)
-    lambert = (normals @ light[:, :, None]).clamp_min(0)  # (B, V, 1)
-    shaded = (albedo * (ambient + (1 - ambient) * lambert)).reshape(B * V, 3)
+    # 1. per-vertex colour: albedo times the Lambert term, axis-major (3, B V) so rows are contiguous
+    xyz = verts.reshape(-1, 3).T.contiguous()  # (3, B V)
+    normals = _normals(xyz, _corner_ids(faces, B, V)).view(3, B, V)
+    light = F.normalize(torch.as_tensor(light, dtype=torch.float32, device=device), dim=-1).T[:, :, None]  # (3, B, 1)
+    ambient = torch.as_tensor(ambient, dtype=torch.float32, device=device).reshape(B, 1)
+    albedo = torch.as_tensor(color, dtype=torch.float32, device=device).reshape(B, -1, 3)  # (B, V or 1, 3)
+    albedo = albedo.permute(2, 0, 1)  # (3, B, V or 1)
+    # normals turned towards the camera (n . x < 0), so either winding shades the same
+    lambert = (normals * light).sum(0) * torch.where((normals * xyz.view(3, B, V)).sum(0) > 0, -1.0, 1.0)  # (B, V)
+    shaded = (albedo * (ambient + (1 - ambient) * lambert.clamp_min_(0))).reshape(3, B * V)
     # 2. visible faces; colour is linear over a face: c = c_0 + (sum_i a_i c_i) du + (sum_i b_i c_i) dv
-    pix, face, du, dv, (keep, a, b) = _rasterize(verts, faces, K.float().to(device), height, width, cull_backfaces,
-                                                 mirrored)
-    flat = (faces[None] + V * torch.arange(B, device=device)[:, None, None]).reshape(-1, 3)  # (B F, 3)
-    corner = shaded[flat[keep]]  # (Fk, 3 corners, 3 channels)
-    # channel-major (9, Fk) rows [c_0, sum a c, sum b c] so the per-pixel work runs on contiguous rows
-    plane = torch.cat([corner[:, 0], (a[:, :, None] * corner).sum(1), (b[:, :, None] * corner).sum(1)], 1).T
-    plane = plane.contiguous().index_select(1, face)  # (9, P)
+    pix, face, du, dv, (keep, corners, a, b) = _rasterize(verts, faces, K.float().to(device), height, width,
+                                                          cull_backfaces, mirrored, zbuffer)
+    corner = shaded.index_select(1, corners.reshape(-1)).view(3, 3, -1)  # (3 channels, 3 corners, Fk)
+    plane = torch.cat([corner[:, 0], (a * corner).sum(1), (b * corner).sum(1)])  # (9, Fk)
+    plane = plane.index_select(1, face)  # (9, P)
     rgb = (plane[0:3] + plane[3:6] * du + plane[6:9] * dv).clamp_(0, 1)  # (3, P)
     # 3. composite over the backgrounds: pixel g = b H W + p of channel c sits at (3 b + c) H W + p
     if background is None:
@@ -425,39 +534,50 @@ def random_background(rng, image_size, low_res=32):
 
 
 def background_pattern(rng, low_res=32):
-    """A random (3, L, L) pattern, L = low_res, to upsample into a background image.
+    """A random (3, L, L) float32 pattern, L = low_res, to upsample into a background image
+    (`background_patterns` for one generator)."""
+    return torch.from_numpy(background_patterns(Draws([rng]), low_res)[0]).float()
+
+
+def background_patterns(draws, low_res=32):
+    """Random patterns (B, 3, L, L) float64 numpy, L = low_res, to upsample into background images.
 
     A colour gradient at a random angle, plus low-frequency colour noise, plus (each with
-    probability 1/2) soft stripes of a random frequency, angle and colour, and a few coloured
+    probability 1/2) soft stripes of a random frequency, angle and colour, and 1-5 coloured
     blobs. Everything is drawn at low_res x low_res and upsampled bilinearly, which keeps it
     cheap and free of sharp edges a model could confuse with a silhouette.
     """
     lin = (np.arange(low_res) + 0.5) / low_res
-    ys, xs = np.meshgrid(lin, lin, indexing="ij")  # (L, L) in [0, 1]; numpy: cheaper at this size
+    ys, xs = np.meshgrid(lin, lin, indexing="ij")  # (L, L) in [0, 1]
+
+    def ramp(angle):  # (B, L, L): position along the direction at angle (B,)
+        return xs * np.cos(angle)[:, None, None] + ys * np.sin(angle)[:, None, None]
+
     # 1. gradient between two random colours
-    angle = _uniform_np(rng, 0, 2 * math.pi)
-    t = xs * np.cos(angle) + ys * np.sin(angle)
-    t = (t - t.min()) / (t.max() - t.min())
-    c0, c1 = _uniform_np(rng, 0, 1, (2, 3, 1, 1))
-    image = c0 + (c1 - c0) * t  # (3, L, L)
+    t = ramp(draws.uniform(0, 2 * math.pi))
+    low, high = t.min((1, 2), keepdims=True), t.max((1, 2), keepdims=True)
+    t = ((t - low) / (high - low))[:, None]  # (B, 1, L, L)
+    c0, c1 = draws.uniform(0, 1, (2, 3, 1, 1)).transpose(1, 0, 2, 3, 4)  # (B, 3, 1, 1) each
+    image = c0 + (c1 - c0) * t  # (B, 3, L, L)
     # 2. low-frequency noise: 4 x 4 values per channel, upsampled bicubically (as F.interpolate)
-    noise = _normal_np(rng, _uniform_np(rng, 0.0, 0.25), (3, 4, 4))
+    noise = draws.uniform(0.0, 0.25)[:, None, None, None] * draws.normal(1.0, (3, 4, 4))
     up = _cubic_upsampling(4, low_res)  # (L, 4)
     image = image + up @ noise @ up.T
-    # 3. stripes
-    if torch.rand((), generator=rng) < 0.5:
-        angle, freq, phase = _uniform_np(rng, 0, math.pi), _uniform_np(rng, 1.5, 7), _uniform_np(rng, 0, 2 * math.pi)
-        wave = 0.5 + 0.5 * np.sin(2 * math.pi * freq * (xs * np.cos(angle) + ys * np.sin(angle)) + phase)
-        alpha = _uniform_np(rng, 0.2, 0.8) * wave
-        image = image * (1 - alpha) + _uniform_np(rng, 0, 1, (3, 1, 1)) * alpha
-    # 4. blobs
-    if torch.rand((), generator=rng) < 0.5:
-        count = int(torch.randint(1, 6, (), generator=rng))
-        centre, radius = _uniform_np(rng, 0, 1, (count, 2, 1, 1)), _uniform_np(rng, 0.05, 0.25, (count, 1, 1))
-        alpha = np.exp(-((xs - centre[:, 0]) ** 2 + (ys - centre[:, 1]) ** 2) / (2 * radius**2))  # (count, L, L)
-        for blob_alpha, colour in zip(alpha, _uniform_np(rng, 0, 1, (count, 3, 1, 1))):
-            image = image * (1 - blob_alpha) + colour * blob_alpha
-    return torch.from_numpy(image).float()
+    # 3. stripes (half of the time: alpha = 0 otherwise)
+    stripes = draws.chance(0.5)
+    angle, freq, phase = draws.uniform(0, math.pi), draws.uniform(1.5, 7), draws.uniform(0, 2 * math.pi)
+    wave = 0.5 + 0.5 * np.sin(2 * math.pi * freq[:, None, None] * ramp(angle) + phase[:, None, None])
+    alpha = (stripes * draws.uniform(0.2, 0.8))[:, None, None, None] * wave[:, None]  # (B, 1, L, L)
+    image = image * (1 - alpha) + draws.uniform(0, 1, (3, 1, 1)) * alpha
+    # 4. blobs (half of the time, 1-5 of them: the others get alpha = 0)
+    count = np.where(draws.chance(0.5), np.floor(draws.uniform(1, 6)), 0)  # (B,)
+    centre, radius = draws.uniform(0, 1, (5, 2, 1, 1)), draws.uniform(0.05, 0.25, (5, 1, 1))
+    colours = draws.uniform(0, 1, (5, 3, 1, 1))
+    for i in range(5):
+        d2 = (xs - centre[:, i, 0]) ** 2 + (ys - centre[:, i, 1]) ** 2  # (B, L, L)
+        alpha = ((i < count)[:, None, None] * np.exp(-d2 / (2 * radius[:, i] ** 2)))[:, None]  # (B, 1, L, L)
+        image = image * (1 - alpha) + colours[:, i] * alpha
+    return image
 
 
 @functools.lru_cache(maxsize=4)
@@ -469,9 +589,15 @@ def _cubic_upsampling(low, high):
 
 def upsample_backgrounds(patterns, height, width):
     """patterns (B, 3, L, L) -> (B, 3, H, W) in [0, 1], bilinear (as F.interpolate with
-    align_corners=False), as two small matrix products: 4x faster than F.interpolate on one core."""
+    align_corners=False): along the width by a small matrix product, then every output row is a
+    lerp of two rows, r0 + w (r1 - r0). Several times faster than F.interpolate on one core."""
     low = patterns.shape[-1]
-    return (_linear_upsampling(low, height) @ patterns @ _linear_upsampling(low, width).T).clamp(0, 1)
+    rows = patterns @ _linear_upsampling(low, width).T  # (B, 3, L, W)
+    U = _linear_upsampling(low, height)  # (H, L): at most two adjacent taps per row
+    first = (U > 0).int().argmax(1)  # (H,) r0's row
+    second = (first + 1).clamp_(max=low - 1)
+    weight = torch.where(second > first, U.gather(1, second[:, None])[:, 0], 0.0)[:, None]  # (H, 1) w
+    return torch.lerp(rows.index_select(-2, first), rows.index_select(-2, second), weight).clamp_(0, 1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -665,7 +791,13 @@ def hand_axes(rest_joints):
 
 
 def sample_hand_pose(rng, axes, cfg=HandPoseConfig()):
-    """A natural random finger pose: (15, 3) axis-angle for MANO joints 1-15; axes from `hand_axes`.
+    """A natural random finger pose (15, 3) float64 (`hand_poses` for one generator)."""
+    return torch.from_numpy(hand_poses(Draws([rng]), axes, cfg)[0])
+
+
+def hand_poses(draws, axes, cfg=HandPoseConfig()):
+    """Natural random finger poses: (B, 15, 3) float64 numpy axis-angle for MANO joints 1-15;
+    axes from `hand_axes`.
 
     1. A grasp level g ~ U(0, 1) curls all fingers together (curl c = g + N(0, 0.12), pinky and
        ring a little more); with probability cfg.independent_prob each finger instead is straight
@@ -677,88 +809,101 @@ def sample_hand_pose(rng, axes, cfg=HandPoseConfig()):
        distal joints flex with its own curl.
     Every angle is clamped to its range, so no joint bends backwards.
     """
-    flex, palmar = (np.asarray(axis, dtype=np.float64) for axis in axes)  # numpy: cheaper for a few numbers
+    flex, palmar = (np.asarray(axis, dtype=np.float64) for axis in axes)  # (5, 3), (3,)
     normal = -np.array(PALM)  # spread axis: + turns a finger towards the thumb
-    noise = _normal_np(rng, 1.0, (14,))
-    # 1. curls (index, middle, pinky, ring, thumb)
-    g = _uniform_np(rng, 0, 1)
-    if torch.rand((), generator=rng) < cfg.independent_prob:
-        straight = torch.rand(5, generator=rng).numpy() < 0.5
-        curl = straight * _uniform_np(rng, 0.6, 1.0, (5,)) + _uniform_np(rng, 0.0, 0.15, (5,))
-    else:
-        curl = g + _normal_np(rng, 0.12, (5,)) + np.array([0.0, 0.02, 0.08, 0.05, 0.0])
-    curl = curl.clip(-0.1, 1.05)
+    noise = draws.normal(1.0, (14,))  # (B, 14)
+    # 1. curls (index, middle, pinky, ring, thumb): gesture or grasp, both drawn
+    g = draws.uniform(0, 1)  # (B,)
+    gesture = draws.chance(cfg.independent_prob)[:, None]
+    straight = draws.chance(0.5, (5,))
+    curl_gesture = straight * draws.uniform(0.6, 1.0, (5,)) + draws.uniform(0.0, 0.15, (5,))
+    curl_grasp = g[:, None] + draws.normal(0.12, (5,)) + np.array([0.0, 0.02, 0.08, 0.05, 0.0])
+    curl = np.where(gesture, curl_gesture, curl_grasp).clip(-0.1, 1.05)  # (B, 5)
 
     def angle(c, limits, n):  # a range at curl c, with noise, clamped
         low, high = limits
         return np.clip(low + (high - low) * c + cfg.jitter * n, low, high)
 
-    # 2. the four fingers
-    c = curl[:4]
-    mcp, pip = angle(c, cfg.mcp_flex, noise[0:4]), angle(c, cfg.pip_flex, noise[4:8])
-    dip = np.clip(0.7 * pip + 3.0 * noise[8:12], *cfg.dip_flex)
-    spread = _uniform_np(rng, -0.2, 1.0) * np.clip(1 - c.mean(), 0, 1)
-    abduction = np.array(cfg.spread) * spread + 3.0 * _normal_np(rng, 1.0, (4,))
+    # 2. the four fingers, (B, 4) angles in degrees
+    c = curl[:, :4]
+    mcp, pip = angle(c, cfg.mcp_flex, noise[:, 0:4]), angle(c, cfg.pip_flex, noise[:, 4:8])
+    dip = np.clip(0.7 * pip + 3.0 * noise[:, 8:12], *cfg.dip_flex)
+    spread = draws.uniform(-0.2, 1.0) * np.clip(1 - c.mean(1), 0, 1)  # (B,)
+    abduction = np.array(cfg.spread) * spread[:, None] + 3.0 * draws.normal(1.0, (4,))
     # 3. the thumb
-    oppose = np.clip(0.6 * g + 0.4 * _uniform_np(rng, 0, 1), 0, 1)
-    across, under = angle(oppose, cfg.thumb_across, noise[12]), angle(oppose, cfg.thumb_palmar, noise[13])
-    tip = np.deg2rad(angle(curl[4], cfg.thumb_flex, _normal_np(rng, 1.0)))
+    oppose = np.clip(0.6 * g + 0.4 * draws.uniform(0, 1), 0, 1)  # (B,)
+    across, under = angle(oppose, cfg.thumb_across, noise[:, 12]), angle(oppose, cfg.thumb_palmar, noise[:, 13])
+    tip = np.deg2rad(angle(curl[:, 4], cfg.thumb_flex, draws.normal(1.0)))  # (B,)
     # 4. the composite rotations, converted in one batch: knuckle = spread @ flexion, thumb base = across @ under
     axes = np.concatenate([np.tile(normal, (4, 1)), flex[:4], -normal[None], palmar[None]])  # (10, 3)
-    R = _rodrigues(axes * np.deg2rad(np.concatenate([abduction, mcp, [across, under]]))[:, None])  # (10, 3, 3)
-    base = _log_rotation(np.concatenate([R[:4] @ R[4:8], R[8:9] @ R[9:10]]))  # (5, 3), all well below 180 deg
-    pip_aa, dip_aa = (flex[:4] * np.deg2rad(angle)[:, None] for angle in (pip, dip))  # pure flexions (4, 3)
-    fingers = np.stack([base[:4], pip_aa, dip_aa], 1)  # (4, 3 joints, 3)
-    thumb = np.stack([base[4], flex[4] * 0.6 * tip, flex[4] * tip])[None]  # (1, 3 joints, 3)
-    return torch.from_numpy(np.concatenate([fingers, thumb]).reshape(15, 3))
+    degrees = np.concatenate([abduction, mcp, across[:, None], under[:, None]], 1)  # (B, 10)
+    R = _rodrigues((axes * np.deg2rad(degrees)[..., None]).reshape(-1, 3)).reshape(-1, 10, 3, 3)
+    composite = np.concatenate([R[:, :4] @ R[:, 4:8], R[:, 8:9] @ R[:, 9:10]], 1)  # (B, 5, 3, 3)
+    base = _log_rotation(composite.reshape(-1, 3, 3)).reshape(-1, 5, 3)  # all well below 180 degrees
+    pip_aa, dip_aa = (flex[:4] * np.deg2rad(angle)[..., None] for angle in (pip, dip))  # pure flexions (B, 4, 3)
+    fingers = np.stack([base[:, :4], pip_aa, dip_aa], 2)  # (B, 4, 3 joints, 3)
+    thumb = np.stack([base[:, 4], flex[4] * 0.6 * tip[:, None], flex[4] * tip[:, None]], 1)[:, None]  # (B, 1, 3, 3)
+    return np.concatenate([fingers, thumb], 1).reshape(-1, 15, 3)
 
 
 def sample_hand_orientation(rng, cfg=HandViewConfig()):
-    """Global orientation (3, 3) of a rest-pose right hand in camera coordinates.
+    """Global orientation (3, 3) float64 of a rest-pose right hand (`hand_orientations` for one generator)."""
+    return torch.from_numpy(hand_orientations(Draws([rng]), cfg)[0])
+
+
+def hand_orientations(draws, cfg=HandViewConfig()):
+    """Global orientations (B, 3, 3) float64 numpy of rest-pose right hands in camera coordinates.
 
     Palm (or, with probability 1/2, back) towards the camera, tilted about a random in-plane axis
     by N(0, tilt_std), then rolled about the optical axis so that the fingers point up in the
     image on average, N(-90, roll_std) degrees (+x, the rest fingers' direction, turned to -y).
     """
-    facing = 90.0 if torch.rand((), generator=rng) < 0.5 else -90.0  # +90 about x: palm (-y) -> -z, towards us
-    tilt_axis = _uniform_np(rng, 0, 2 * math.pi)
-    axes = np.array([[0.0, 0, 1], [np.cos(tilt_axis), np.sin(tilt_axis), 0], [1, 0, 0]])
-    angles = np.array([-90.0 + _normal_np(rng, cfg.roll_std_deg), _normal_np(rng, cfg.tilt_std_deg), facing])
-    roll, tilt, face = _rodrigues(axes * np.deg2rad(angles)[:, None])
-    return torch.from_numpy(roll @ tilt @ face)
+    facing = np.where(draws.chance(0.5), 90.0, -90.0)  # +90 about x: palm (-y) -> -z, towards us
+    tilt_axis = draws.uniform(0, 2 * math.pi)
+    B = len(facing)
+    axes = np.zeros((B, 3, 3))  # roll about z, tilt about (cos, sin, 0), face about x
+    axes[:, 0, 2], axes[:, 1, 0], axes[:, 1, 1], axes[:, 2, 0] = 1, np.cos(tilt_axis), np.sin(tilt_axis), 1
+    degrees = np.stack([-90.0 + draws.normal(cfg.roll_std_deg), draws.normal(cfg.tilt_std_deg), facing], 1)
+    R = _rodrigues((axes * np.deg2rad(degrees)[..., None]).reshape(-1, 3)).reshape(B, 3, 3, 3)
+    roll, tilt, face = R[:, 0], R[:, 1], R[:, 2]
+    return roll @ tilt @ face
 
 
 def crop_intrinsics(points, image_size, fill, centre_offset):
-    """Intrinsics of a crop (image_size int or (H, W)) around points (N, 3), as a detector's.
+    """Intrinsics of a crop (image_size int or (H, W)) around points (..., N, 3), as a detector's.
 
     Cropping a pinhole camera's image around the points' box and resizing it only sets the focal
     length f (so that the box's larger relative side is `fill` of the crop's) and moves the
-    principal point (so that the box centre lands at the crop centre + centre_offset (2,) pixels).
-    Returns K (3, 3) float64.
+    principal point (so that the box centre lands at the crop centre + centre_offset (..., 2) pixels).
+    fill: a number or (...,). Returns K (..., 3, 3) float64.
     """
     height, width = _image_hw(image_size)
     size = torch.tensor([width, height], dtype=torch.float64)
-    q = points[:, :2] / points[:, 2:]  # (N, 2) image coordinates at focal length 1
-    low, high = q.amin(0), q.amax(0)
-    f = fill / ((high - low) / size).max()
-    K = torch.eye(3, dtype=torch.float64)
-    K[0, 0] = K[1, 1] = f
-    K[:2, 2] = size / 2 + centre_offset - f * (low + high) / 2
+    q = points[..., :2] / points[..., 2:]  # (..., N, 2) image coordinates at focal length 1
+    low, high = q.amin(-2), q.amax(-2)
+    f = torch.as_tensor(fill, dtype=torch.float64) / ((high - low) / size).amax(-1)  # (...,)
+    K = torch.eye(3, dtype=torch.float64).repeat(*points.shape[:-2], 1, 1)
+    K[..., 0, 0] = K[..., 1, 1] = f
+    K[..., :2, 2] = size / 2 + torch.as_tensor(centre_offset) - f[..., None] * (low + high) / 2
     return K
 
 
 def skin_tone(rng):
-    """Albedo (3,) of a skin tone, uniform between light and dark, each channel varied by 8%."""
-    light, dark = torch.tensor([0.96, 0.80, 0.69]), torch.tensor([0.36, 0.23, 0.16])
-    t = _uniform(rng, 0, 1).float()
-    return ((light + (dark - light) * t) * _uniform(rng, 0.92, 1.08, (3,)).float()).clamp(0, 1)
+    """Albedo (3,) float32 of a skin tone (`skin_tones` for one generator)."""
+    return torch.from_numpy(skin_tones(Draws([rng]))[0]).float()
 
 
-def skin_color(rng):
-    """A hand's albedo (3,): a skin tone, or (one in ten) a glove of any colour."""
-    if torch.rand((), generator=rng) < 0.1:
-        return _uniform(rng, 0.1, 0.95, (3,)).float()
-    return skin_tone(rng)
+def skin_tones(draws):
+    """Albedos (B, 3) float64 numpy of skin tones, uniform between light and dark, each channel varied by 8%."""
+    light, dark = np.array([0.96, 0.80, 0.69]), np.array([0.36, 0.23, 0.16])
+    t = draws.uniform(0, 1)[:, None]
+    return ((light + (dark - light) * t) * draws.uniform(0.92, 1.08, (3,))).clip(0, 1)
+
+
+def skin_colors(draws):
+    """Hands' albedos (B, 3) float64 numpy: a skin tone, or (one in ten) a glove of any colour."""
+    glove = draws.chance(0.1)[:, None]
+    return np.where(glove, draws.uniform(0.1, 0.95, (3,)), skin_tones(draws))
 
 
 def open_loop(faces):
@@ -791,21 +936,28 @@ def forearm_faces(loop, num_verts):
 
 
 def forearm_verts(verts, loop, wrist, knuckle, length=0.3, sleeve_start=0.04):
-    """Vertices (2 L + 1, 3) of a forearm tube leaving the hand's opening verts[loop] away from the
-    knuckle (the middle finger's base) through the wrist joint: a ring at sleeve_start, one
-    `length` metres out and 15% wider, and the far end's centre."""
-    ring = verts[loop]  # (L, 3)
-    centre = ring.mean(0)
-    direction = F.normalize(wrist - knuckle, dim=0)
+    """Vertices (..., 2 L + 1, 3) of a forearm tube leaving the hand's opening verts[..., loop, :]
+    away from the knuckle (..., 3) (the middle finger's base) through the wrist joint (..., 3): a
+    ring at sleeve_start, one `length` metres out and 15% wider, and the far end's centre."""
+    ring = verts[..., loop, :]  # (..., L, 3)
+    centre = ring.mean(-2, keepdim=True)  # (..., 1, 3)
+    direction = F.normalize(wrist - knuckle, dim=-1)[..., None, :]
     near = centre + direction * sleeve_start + (ring - centre) * 1.03
     far = centre + direction * length + (ring - centre) * 1.15
-    return torch.cat([near, far, (centre + direction * length)[None]])
+    return torch.cat([near, far, centre + direction * length], -2)
 
 
 def random_light(rng):
-    """(light direction (3,), ambient share): from the camera's side, anywhere across it."""
-    direction = torch.stack([_uniform(rng, -1, 1), _uniform(rng, -1, 1), -_uniform(rng, 0.3, 1.0)])
-    return direction, float(_uniform(rng, 0.25, 0.55))
+    """(light direction (3,) float64, ambient share float) (`random_lights` for one generator)."""
+    direction, ambient = random_lights(Draws([rng]))
+    return torch.from_numpy(direction[0]), float(ambient[0])
+
+
+def random_lights(draws):
+    """Light directions (B, 3) and ambient shares (B,), float64 numpy: from the camera's side,
+    anywhere across it, ambient 0.25-0.55."""
+    direction = draws.uniform(0, 1, (3,)) * np.array([2.0, 2.0, -0.7]) + np.array([-1.0, -1.0, -0.3])
+    return direction, draws.uniform(0.25, 0.55)
 
 
 class SyntheticHands(torch.utils.data.Dataset):
@@ -846,6 +998,7 @@ class SyntheticHands(torch.utils.data.Dataset):
         self.model_dir = model_dir
         self.epoch = 0
         self._mano = None  # loaded on first use in each process (see __getstate__)
+        self._scratch = None  # the renderer's z-buffer, likewise
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
@@ -855,7 +1008,7 @@ class SyntheticHands(torch.utils.data.Dataset):
 
     def __getstate__(self):
         # the body model is rebuilt in each DataLoader worker from the cache folder, not pickled
-        return dict(self.__dict__, _mano=None)
+        return dict(self.__dict__, _mano=None, _scratch=None)
 
     @property
     def mano(self):
@@ -867,6 +1020,12 @@ class SyntheticHands(torch.utils.data.Dataset):
             self.scene_faces = torch.cat([self.faces, forearm_faces(self.wrist_loop, len(self._mano.v_template))])
         return self._mano
 
+    def _zbuffer(self, size):
+        """A scratch z-buffer for `_render`, kept by the dataset (rebuilt in each worker)."""
+        if self._scratch is None or len(self._scratch) < size:
+            self._scratch = torch.full((size,), -1, dtype=torch.long)
+        return self._scratch
+
     def scene(self, sample):
         """The mesh a sample's image shows: verts (778 + 2 L + 1, 3), faces (F', 3): the hand and a
         forearm leaving its wrist, wound counter-clockwise from outside (mirrored for left hands)."""
@@ -875,31 +1034,34 @@ class SyntheticHands(torch.utils.data.Dataset):
         faces = self.scene_faces if bool(sample["is_right"]) else self.scene_faces[:, [0, 2, 1]]
         return torch.cat([sample["verts"], arm]), faces
 
-    def sample_mano(self, rng):
-        """Draw pose (16, 3) (global orientation first) and shape (10,); pose the right hand.
-        Returns pose, shape, verts (778, 3), joints (21, 3) FreiHAND order, in MANO's frame."""
+    def sample_mano(self, draws):
+        """Draw B poses (B, 16, 3) float32 (global orientation first) and shapes (B, 10) float32 from
+        draws (`Draws`); pose the right hand. Returns pose, shape, verts (B, 778, 3) and joints
+        (B, 21, 3) FreiHAND order, float64, in MANO's frame."""
         self.mano  # hand_axes
-        fingers = sample_hand_pose(rng, self.hand_axes, self.pose_config)  # (15, 3)
-        orient = matrix_to_axis_angle(sample_hand_orientation(rng, self.view_config))  # (3,)
-        shape = torch.randn(10, generator=rng, dtype=torch.float64).clamp(-2.5, 2.5)
-        pose = torch.cat([orient[None], fingers]).float()  # (16, 3)
-        verts, joints = skinning("mano", self.model_dir)(pose.double(), shape.float().double())  # smplx's MANO
-        verts = torch.from_numpy(verts)  # (778, 3)
-        return pose, shape.float(), verts, mano_to_freihand(torch.from_numpy(joints), verts)
+        fingers = hand_poses(draws, self.hand_axes, self.pose_config)  # (B, 15, 3)
+        orient = matrix_to_axis_angle(torch.from_numpy(hand_orientations(draws, self.view_config)))  # (B, 3)
+        shape = torch.from_numpy(draws.normal(1.0, (10,)).clip(-2.5, 2.5)).float()
+        pose = torch.cat([orient[:, None], torch.from_numpy(fingers)], 1).float()  # (B, 16, 3)
+        verts, joints = skinning("mano", self.model_dir)(pose.double().numpy(), shape.double().numpy())  # smplx's MANO
+        verts = torch.from_numpy(verts)  # (B, 778, 3)
+        return pose, shape, verts, mano_to_freihand(torch.from_numpy(joints), verts)
 
     def __getitem__(self, index):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices):
-        """The samples of a list of indices (DataLoader asks for a batch this way), rendered
-        render_chunk at a time, which shares the renderer's per-call costs. Each sample depends only
-        on its own (seed, epoch, index): __getitems__(indices)[k] is exactly self[indices[k]]."""
-        samples, looks = zip(*(self._labels(index) for index in indices))
+        """The samples of a list of indices (DataLoader asks for a batch this way): labels drawn
+        for the whole batch at once, images rendered render_chunk at a time, which shares the
+        per-call costs. Each sample depends only on its own (seed, epoch, index) (see `Draws`):
+        __getitems__(indices)[k] is exactly self[indices[k]]."""
+        samples, looks = self._labels(indices)
         for start in range(0, len(samples), self.render_chunk):
             chunk = slice(start, start + self.render_chunk)
-            for sample, look, image in zip(samples[chunk], looks[chunk], self._images(samples[chunk], looks[chunk])):
-                sample["image"] = color_jitter(image, look["jitter"]) if self.augment else image
-        return list(samples)
+            images = self._images(samples[chunk], {key: value[chunk] for key, value in looks.items()})
+            for sample, image, jitter in zip(samples[chunk], images, looks["jitter"][chunk]):
+                sample["image"] = color_jitter(image, jitter) if self.augment else image
+        return samples
 
     # images per renderer pass: on one core 8 is about 1.5x faster per image than 32, whose
     # buffers (z-buffer, images, candidates) no longer fit in the cache, and than 1 (per-call costs)
@@ -909,53 +1071,61 @@ class SyntheticHands(torch.utils.data.Dataset):
         """The images (B, 3, S, S) of samples (from `_labels`) with their looks, in one renderer pass."""
         self.mano
         S = self.image_size
-        verts = torch.stack([torch.cat([s["verts"], forearm_verts(s["verts"], self.wrist_loop, s["joints3d"][0],
-                                                                  s["joints3d"][9])]) for s in samples])
-        backgrounds = None
-        if self.background == "random":
-            backgrounds = upsample_backgrounds(torch.stack([look["background"] for look in looks]), S, S)
-        images = _render(verts, self.scene_faces, torch.stack([s["K"] for s in samples]), S,
-                         *(torch.stack([look[key] for look in looks]) for key in ("color", "light", "ambient")),
-                         backgrounds, cull_backfaces=True, mirrored=torch.tensor([not s["is_right"] for s in samples]),
-                         draw_on_background=True)[0]  # backgrounds: fresh, drawn into
-        return images
+        verts = torch.stack([s["verts"] for s in samples])  # (B, 778, 3)
+        joints = torch.stack([s["joints3d"] for s in samples])
+        verts = torch.cat([verts, forearm_verts(verts, self.wrist_loop, joints[:, 0], joints[:, 9])], 1)  # (B, V', 3)
+        V = self.mano.v_template.shape[0]
+        color = torch.cat([looks["skin"][:, None].expand(-1, V, 3),
+                           looks["forearm"][:, None].expand(-1, verts.shape[1] - V, 3)], 1)  # (B, V', 3)
+        backgrounds = upsample_backgrounds(looks["background"], S, S) if self.background == "random" else None
+        mirrored = torch.tensor([not s["is_right"] for s in samples])
+        return _render(verts, self.scene_faces, torch.stack([s["K"] for s in samples]), S, color, looks["light"],
+                       looks["ambient"], backgrounds, cull_backfaces=True, mirrored=mirrored,
+                       draw_on_background=True, zbuffer=self._zbuffer(len(samples) * S * S))[0]  # into backgrounds
 
-    def _labels(self, index):
-        """One sample's labels (all keys but image) and its look: color (V', 3) for hand and
-        forearm, light (3,), ambient (), background (3, L, L) pattern, jitter (3,) colour factors."""
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"SyntheticHands: index {index} out of range for {self.num_samples} samples")
-        rng = sample_rng(self.seed, self.epoch if self.vary_with_epoch else 0, index)
+    def _labels(self, indices):
+        """The labels (all keys but image) of samples `indices`, a list of dicts, and their looks,
+        batched: skin and forearm (B, 3) albedos, light (B, 3), ambient (B,), background (B, 3, L, L)
+        patterns, jitter (B, 3) colour factors."""
+        for index in indices:
+            if not 0 <= index < self.num_samples:
+                raise IndexError(f"SyntheticHands: index {index} out of range for {self.num_samples} samples")
+        epoch = self.epoch if self.vary_with_epoch else 0
+        draws = Draws([sample_rng(self.seed, epoch, index) for index in indices], block=160)
         view, S = self.view_config, self.image_size
-        # 1. a posed right hand, mirrored into a left hand (module docstring) when drawn
-        pose, shape, verts, joints = self.sample_mano(rng)
-        is_right = bool(torch.rand((), generator=rng) >= self.left_hand_prob)
-        if not is_right:
-            verts, joints = verts * torch.tensor([-1.0, 1, 1]), joints * torch.tensor([-1.0, 1, 1])
-        # 2. place it in front of the camera, off the optical axis, and crop around it
-        distance = _uniform(rng, *view.distance)
-        off_axis = torch.tan(torch.deg2rad(_uniform(rng, -view.off_axis_deg, view.off_axis_deg, (2,))))
-        centre = (verts.amax(0) + verts.amin(0)) / 2
-        shift = torch.cat([off_axis * distance, distance[None]]) - centre
+        # 1. posed right hands, mirrored into left hands (module docstring) where drawn
+        pose, shape, verts, joints = self.sample_mano(draws)
+        is_right = torch.from_numpy(~draws.chance(self.left_hand_prob))  # (B,)
+        mirror = torch.ones(len(indices), 1, 3, dtype=torch.float64)  # (B, 1, 3): x -> -x for left hands
+        mirror[~is_right, :, 0] = -1.0
+        verts, joints = verts * mirror, joints * mirror
+        # 2. place them in front of the camera, off the optical axis, and crop around them
+        distance = torch.from_numpy(draws.uniform(*view.distance))[:, None]  # (B, 1)
+        off_axis = torch.from_numpy(np.tan(np.deg2rad(draws.uniform(-view.off_axis_deg, view.off_axis_deg, (2,)))))
+        centre = (verts.amax(1) + verts.amin(1)) / 2  # (B, 3)
+        shift = (torch.cat([off_axis * distance, distance], 1) - centre)[:, None]  # (B, 1, 3)
         verts, joints = verts + shift, joints + shift
-        K = crop_intrinsics(verts, S, _uniform(rng, *view.fill), _normal(rng, view.centre_jitter * S, (2,)))
-        sample = {"K": K.float(), "joints3d": joints.float(), "verts": verts.float(),
-                  "joints2d": perspective_projection(joints, K).float(), "mano_pose": pose, "mano_shape": shape,
-                  "is_right": torch.tensor(is_right)}
-        # 3. augmentation moves the camera before rendering (and jitters colours after)
-        look = {"jitter": torch.ones(3)}
+        K = crop_intrinsics(verts, S, torch.from_numpy(draws.uniform(*view.fill)),
+                            torch.from_numpy(draws.normal(view.centre_jitter * S, (2,))))  # (B, 3, 3)
+        batch = {"K": K.float(), "joints3d": joints.float(), "verts": verts.float(),
+                 "joints2d": perspective_projection(joints, K).float(), "mano_pose": pose, "mano_shape": shape,
+                 "is_right": is_right}
+        samples = [{key: value[i] for key, value in batch.items()} for i in range(len(indices))]
+        # 3. the looks: light, skin (and a sleeve from 4 cm past the wrist half of the time), background
+        light, ambient = random_lights(draws)
+        skin, sleeve = skin_colors(draws), draws.uniform(0.05, 0.95, (3,))
+        forearm = np.where(draws.chance(0.5)[:, None], sleeve, skin)
+        looks = {key: torch.from_numpy(value).float() for key, value in (
+            ("light", light), ("ambient", ambient), ("skin", skin), ("forearm", forearm),
+            ("background", background_patterns(draws)))}
+        looks["jitter"] = torch.ones(len(indices), 3)
+        # 4. augmentation moves the camera before rendering (and jitters colours after)
         if self.augment:
-            aug_rng = sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM)
-            aug = sample_augmentation(aug_rng, self.augment_config, K, S)
-            sample, look["jitter"] = augment_hand_labels(sample, aug), aug.color
-        # 4. the look: light, skin (and a sleeve from 4 cm past the wrist half of the time), background
-        light, ambient = random_light(rng)
-        look.update(light=light.float(), ambient=torch.tensor(ambient), background=background_pattern(rng))
-        color = skin_color(rng).repeat(len(verts) + 2 * len(self.wrist_loop) + 1, 1)  # hand, forearm rings, end
-        if torch.rand((), generator=rng) < 0.5:
-            color[len(verts):] = _uniform(rng, 0.05, 0.95, (3,)).float()
-        look["color"] = color
-        return sample, look
+            for i, index in enumerate(indices):
+                aug = sample_augmentation(sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM),
+                                          self.augment_config, K[i], S)
+                samples[i], looks["jitter"][i] = augment_hand_labels(samples[i], aug), aug.color
+        return samples, looks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1408,11 +1578,17 @@ def place_in_crop(rng, verts, image_size, cfg, focal_length):
     K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=torch.float64)
     size = torch.tensor([width, height], dtype=torch.float64)
     t = torch.cat([-centre[:2], (f * ((verts.amax(0) - verts.amin(0))[:2] / size).max() / fill - centre[2])[None]])
+    xy, z = verts[:, :2], verts[:, 2:]
+
+    def box():  # corners (2,) of the projection's box, uv = f (xy + t_xy) / (z + t_z) + size / 2 (= K (verts + t))
+        uv = (xy + t[:2]) / (z + t[2])
+        return f * uv.amin(0) + size / 2, f * uv.amax(0) + size / 2
+
     for _ in range(2):  # perspective makes the first guess slightly off: rescale, then recentre, on the projection
-        uv = perspective_projection(verts + t, K)
-        t[2] = (centre[2] + t[2]) * ((uv.amax(0) - uv.amin(0)) / size).max() / fill - centre[2]
-        uv = perspective_projection(verts + t, K)
-        t[:2] -= ((uv.amax(0) + uv.amin(0)) / 2 - size / 2 - offset) * (centre[2] + t[2]) / f
+        low, high = box()
+        t[2] = (centre[2] + t[2]) * ((high - low) / size).max() / fill - centre[2]
+        low, high = box()
+        t[:2] -= ((low + high) / 2 - size / 2 - offset) * (centre[2] + t[2]) / f
     return t, K
 
 
@@ -1458,6 +1634,7 @@ class _SyntheticBodyBase(torch.utils.data.Dataset):
         self.vary_with_epoch, self.model_dir = vary_with_epoch, model_dir
         self.epoch = 0
         self._model = None
+        self._scratch = None  # the renderer's z-buffer (see `_rasterize`)
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
@@ -1466,7 +1643,7 @@ class _SyntheticBodyBase(torch.utils.data.Dataset):
         return self.num_samples
 
     def __getstate__(self):
-        return dict(self.__dict__, _model=None)  # rebuilt in each worker from the cache folder
+        return dict(self.__dict__, _model=None, _scratch=None)  # rebuilt in each worker from the cache folder
 
     @property
     def model(self):
@@ -1530,6 +1707,8 @@ class SyntheticBodies(_SyntheticBodyBase):
     sleeves), trousers or shorts, shoes, hair, skin tone; light and background as SyntheticHands.
     augment=True moves the camera (rotation, zoom, shift; no flip: the pose distribution is
     already symmetric) before rendering and jitters colours after. background="black": masks.
+    A DataLoader fetches a batch through `__getitems__` (meshes skinned together, images rendered
+    render_chunk per pass). Speed: `python data.py --bench`.
     """
 
     def __init__(self, num_samples, image_size=256, seed=0, augment=False, focal_length=5000.0, vary_with_epoch=False,
@@ -1546,18 +1725,41 @@ class SyntheticBodies(_SyntheticBodyBase):
         return body_model("smpl", self.model_dir)
 
     def __getitem__(self, index):
-        rng = self._rng(index)
-        # 1. pose and shape (the SyntheticPoses draws), then the mesh
-        pose, shape = self._sample_smpl_pose(rng)
-        with torch.no_grad():
-            out = self.model(betas=shape[None], global_orient=pose[None, 0], body_pose=pose[None, 1:].reshape(1, 69))
-        verts, joints = out.vertices[0].double(), out.joints[0, :24].double()
-        # 2. the crop
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices):
+        """The samples of a list of indices (DataLoader asks for a batch this way): the meshes
+        skinned together (`BatchSkinning`), the images rendered render_chunk at a time. Each
+        sample depends only on its own (seed, epoch, index): __getitems__(indices)[k] is exactly
+        self[indices[k]]."""
+        self.model
+        rngs = [self._rng(index) for index in indices]
+        pose, shape = (torch.stack(x) for x in zip(*(self._sample_smpl_pose(rng) for rng in rngs)))
+        verts, joints = skinning("smpl", self.model_dir, batch=True)(pose, shape)  # (B, 6890, 3), (B, 24, 3)
+        samples, looks = zip(*(self._labels(*args) for args in zip(rngs, indices, pose, shape, verts, joints)))
+        patterns = torch.from_numpy(background_patterns(Draws(rngs))).float()  # (B, 3, L, L), the last draws
+        for look, pattern in zip(looks, patterns):
+            look["background"] = pattern if self.background == "random" else None
+        for start in range(0, len(samples), self.render_chunk):
+            chunk = slice(start, start + self.render_chunk)
+            for sample, look, image in zip(samples[chunk], looks[chunk], self._images(samples[chunk], looks[chunk])):
+                sample["image"] = color_jitter(image, look["jitter"]) if self.augment else image
+        return list(samples)
+
+    render_chunk = 8  # images per renderer pass, as SyntheticHands
+
+    def _labels(self, rng, index, pose, shape, verts, joints):
+        """One sample's labels (all keys but image) from its pose (24, 3) and shape (10,) and their
+        mesh verts (6890, 3) and joints (24, 3), and its look: color (6890, 3), light (3,),
+        ambient (), jitter (3,) colour factors (the background comes after, for the whole batch)."""
+        verts, joints = verts.double(), joints.double()
+        # 1. the crop
         cam_t, K = place_in_crop(rng, verts, self.image_size, self.view_config, self.focal_length)
         sample = {"K": K, "verts": verts + cam_t, "joints3d": joints + cam_t, "smpl_pose": pose, "smpl_shape": shape,
                   "cam_t": cam_t}
-        # 3. augmentation: a rotation Rz about the optical axis turns the global orientation to Rz R
+        # 2. augmentation: a rotation Rz about the optical axis turns the global orientation to Rz R
         #    and, since SMPL turns about its root joint J0, moves cam_t to Rz (J0 + cam_t) - J0
+        look = {"jitter": torch.ones(3)}
         if self.augment:
             aug = sample_augmentation(sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM),
                                       replace(self.augment_config, flip_prob=0.0), K, self.image_size)
@@ -1566,17 +1768,27 @@ class SyntheticBodies(_SyntheticBodyBase):
             sample["cam_t"] = Rz @ (joints[0] + cam_t) - joints[0]
             pose = pose.clone()
             pose[0] = matrix_to_axis_angle(Rz @ axis_angle_to_matrix(pose[0].double())).float()
-            sample["smpl_pose"], sample["K"] = pose, aug.K
+            sample["smpl_pose"], sample["K"], look["jitter"] = pose, aug.K, aug.color
         sample["joints2d"] = perspective_projection(sample["joints3d"], sample["K"])
         sample = {key: value.float() for key, value in sample.items()}
-        # 4. render
+        # 3. the look
         light, ambient = random_light(rng)
-        colors = outfit_colors(rng, self.rig["part"], self.rig["hair"])
-        background = random_background(rng, self.image_size) if self.background == "random" else None
-        image = render_mesh(sample["verts"], self.rig["faces"], sample["K"], self.image_size, color=colors, light=light,
-                            ambient=ambient, background=background, cull_backfaces=True)
-        sample["image"] = color_jitter(image, aug.color) if self.augment else image
-        return sample
+        look.update(light=light.float(), ambient=torch.tensor(ambient),
+                    color=outfit_colors(rng, self.rig["part"], self.rig["hair"]))
+        return sample, look
+
+    def _images(self, samples, looks):
+        """The images (B, 3, H, W) of samples (from `_labels`) with their looks, in one renderer pass."""
+        height, width = _image_hw(self.image_size)
+        backgrounds = None
+        if self.background == "random":
+            backgrounds = upsample_backgrounds(torch.stack([look["background"] for look in looks]), height, width)
+        if self._scratch is None or len(self._scratch) < len(samples) * height * width:
+            self._scratch = torch.full((self.render_chunk * height * width,), -1, dtype=torch.long)
+        return _render(torch.stack([s["verts"] for s in samples]), self.rig["faces"],
+                       torch.stack([s["K"] for s in samples]), (height, width),
+                       *(torch.stack([look[key] for look in looks]) for key in ("color", "light", "ambient")),
+                       backgrounds, cull_backfaces=True, draw_on_background=True, zbuffer=self._scratch)[0]
 
 
 def _mirror_axis_angle(aa):
@@ -1804,6 +2016,7 @@ def _samples_per_second(dataset, count, batch=1):
     """(wall-clock, CPU-time) samples per second of drawing count samples on this thread, batch at
     a time through __getitems__ when batch > 1 (as a DataLoader does); model loading not timed."""
     dataset[0]
+    count = batch * math.ceil(count / batch)  # whole batches: the samples actually drawn
     wall, cpu = time.perf_counter(), time.process_time()
     for start in range(0, count, batch):
         indices = [i % len(dataset) for i in range(start + 1, start + 1 + batch)]
@@ -1851,6 +2064,7 @@ def _bench(count):
              ("SyntheticHands 224 px, augment", SyntheticHands(1000, image_size=224, augment=True), 1),
              ("SyntheticHands 128 px", SyntheticHands(1000, image_size=128), 1),
              ("SyntheticBodies 256 px", SyntheticBodies(1000, image_size=256), 1),
+             ("SyntheticBodies 256 px, batches of 32", SyntheticBodies(1000, image_size=256), 32),
              ("SyntheticPoses", SyntheticPoses(1000), 1),
              ("SyntheticWholeBody 256x192 + two 256 px hands", SyntheticWholeBody(1000), 1))
     print(f"torch {torch.__version__}, 1 thread; the numbers drop when other processes share the CPU")

@@ -485,6 +485,11 @@ def test_batched_getitems_gives_exactly_the_single_samples():
     for index, sample in zip((4, 1, 5, 2, 0), dataset.__getitems__([4, 1, 5, 2, 0])):
         single = dataset[index]
         assert all(torch.equal(sample[k], single[k]) for k in single)
+    many = data.SyntheticHands(40, image_size=32, left_hand_prob=0.5)  # a DataLoader-sized batch
+    indices = list(range(39, 3, -3))
+    for index, sample in zip(indices, many.__getitems__(indices)):
+        single = many[index]
+        assert all(torch.equal(sample[k], single[k]) for k in single), index
 
 
 def test_set_epoch_changes_augmented_and_varying_samples_only():
@@ -591,6 +596,27 @@ def test_synthetic_poses_are_the_poses_of_synthetic_bodies_and_deterministic():
         assert all(torch.equal(again[k], b[k]) for k in b)
     assert not torch.allclose(poses[0]["smpl_pose"], poses[1]["smpl_pose"])
     assert not torch.allclose(bodies[0]["image"], bodies[1]["image"], atol=0.05)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"augment": True, "focal_length": None}])
+def test_batched_body_getitems_gives_exactly_the_single_samples(kwargs):
+    dataset = data.SyntheticBodies(7, image_size=40, **kwargs)
+    dataset.render_chunk = 3  # a batch split across renderer passes, the last one short
+    indices = [6, 0, 3, 5, 1]
+    for index, sample in zip(indices, dataset.__getitems__(indices)):
+        single = dataset[index]
+        assert all(torch.equal(sample[k], single[k]) for k in single), index
+
+
+def test_batch_skinning_is_smpl_and_independent_of_the_batch(smpl):
+    """BatchSkinning against smplx's SMPL (the oracle), and each body the same alone as in a batch."""
+    rng = torch.Generator().manual_seed(0)
+    pose, betas = 0.4 * torch.randn(6, 24, 3, generator=rng), torch.randn(6, 10, generator=rng)
+    verts, joints = data.skinning("smpl", batch=True)(pose, betas)
+    out = smpl(betas=betas, global_orient=pose[:, 0], body_pose=pose[:, 1:].reshape(6, 69))
+    assert torch.allclose(verts, out.vertices, atol=1e-5) and torch.allclose(joints, out.joints[:, :24], atol=1e-5)
+    alone = data.skinning("smpl", batch=True)(pose[4:5], betas[4:5])
+    assert torch.equal(alone[0][0], verts[4]) and torch.equal(alone[1][0], joints[4])
 
 
 def test_self_intersects_flags_crossed_legs_and_arms_in_the_torso(smpl):
