@@ -47,9 +47,9 @@ def test_tiny_shapes_after_every_stage():
     rows = dict(sh.describe(tiny_model(), torch.rand(2, 3, 128, 128)))
     assert rows["backbone"] == ((2, 64, 16, 16), (2, 128, 4, 4))  # stride 8 (sampled), stride 32 (pooled)
     assert rows["token_generator"] == ((2, 21, 64), (2, 21, 2))  # joint tokens, 2D keypoints
-    assert rows["mesh_regressor.layers[0]"] == (2, 84, 128)
-    assert rows["mesh_regressor.layers[1]"] == (2, 336, 64)
-    assert rows["mesh_regressor.layers[2]"] == (2, 778, 32)
+    assert rows["mesh_regressor.layers[0]"] == (2, 84, 96)
+    assert rows["mesh_regressor.layers[1]"] == (2, 168, 48)
+    assert rows["mesh_regressor.layers[2]"] == (2, 778, 24)
     assert rows["output verts"] == (2, 778, 3) and rows["output joints3d"] == (2, 21, 3)
     assert rows["output joints2d"] == (2, 21, 2)
 
@@ -216,7 +216,7 @@ def test_identity_mixer_keeps_tokens_apart_and_attention_mixes_them():
 
 def test_position_embedding_switches_change_the_model():
     no_emb = dataclasses.replace(TINY, pos_embedding=False)  # Table 8, "w/o position emb"
-    assert sh.non_backbone_parameters(TINY) - sh.non_backbone_parameters(no_emb) == 21 * 64 + 84 * 128 + 336 * 64
+    assert sh.non_backbone_parameters(TINY) - sh.non_backbone_parameters(no_emb) == 21 * 64 + 84 * 96 + 168 * 48  # emb_k: (n_k, c_in)
     # the sine encoding of the sampled map has no parameters; it changes the output
     model = tiny_model().eval()
     no_sine = tiny_model(dataclasses.replace(TINY, sine_encoding=False)).eval()
