@@ -166,6 +166,7 @@ def test_set_parses_each_field_by_its_type():
     assert (cfg.lr, cfg.width, cfg.widths, cfg.mode, cfg.scale, cfg.flag) == (0.5, 7, (1, 2, 3), "b", 2.0, True)
     assert type(cfg.width) is int and all(type(w) is int for w in cfg.widths)
     assert train.apply_overrides(cfg, ["scale=None", "flag=0"]).scale is None
+    assert train.apply_overrides(cfg, ["widths=(5, 6)"]).widths == train.apply_overrides(cfg, ["widths=[5,6]"]).widths == (5, 6)
     assert StandInConfig().lr == 3e-3  # the preset itself is untouched
 
 
