@@ -398,6 +398,14 @@ def _rasterize(verts, faces, K, height, width, cull_backfaces=False, mirrored=No
     return pix, face.index_select(0, won), du, dv.index_select(0, won), (keep, corners, a, b)
 
 
+def _scratch_zbuffer(owner, size):
+    """The z-buffer `owner._scratch` (a dataset's, not pickled, so rebuilt in each worker), grown
+    to at least `size` entries, all -1, for `_rasterize` to use and leave empty again."""
+    if owner._scratch is None or len(owner._scratch) < size:
+        owner._scratch = torch.full((size,), -1, dtype=torch.long)
+    return owner._scratch
+
+
 def rasterize(verts, faces, K, image_size, cull_backfaces=False):
     """Z-buffer: the nearest face under every pixel centre.
 
@@ -1020,12 +1028,6 @@ class SyntheticHands(torch.utils.data.Dataset):
             self.scene_faces = torch.cat([self.faces, forearm_faces(self.wrist_loop, len(self._mano.v_template))])
         return self._mano
 
-    def _zbuffer(self, size):
-        """A scratch z-buffer for `_render`, kept by the dataset (rebuilt in each worker)."""
-        if self._scratch is None or len(self._scratch) < size:
-            self._scratch = torch.full((size,), -1, dtype=torch.long)
-        return self._scratch
-
     def scene(self, sample):
         """The mesh a sample's image shows: verts (778 + 2 L + 1, 3), faces (F', 3): the hand and a
         forearm leaving its wrist, wound counter-clockwise from outside (mirrored for left hands)."""
@@ -1081,7 +1083,7 @@ class SyntheticHands(torch.utils.data.Dataset):
         mirrored = torch.tensor([not s["is_right"] for s in samples])
         return _render(verts, self.scene_faces, torch.stack([s["K"] for s in samples]), S, color, looks["light"],
                        looks["ambient"], backgrounds, cull_backfaces=True, mirrored=mirrored,
-                       draw_on_background=True, zbuffer=self._zbuffer(len(samples) * S * S))[0]  # into backgrounds
+                       draw_on_background=True, zbuffer=_scratch_zbuffer(self, len(samples) * S * S))[0]  # into backgrounds
 
     def _labels(self, indices):
         """The labels (all keys but image) of samples `indices`, a list of dicts, and their looks,
@@ -1783,12 +1785,11 @@ class SyntheticBodies(_SyntheticBodyBase):
         backgrounds = None
         if self.background == "random":
             backgrounds = upsample_backgrounds(torch.stack([look["background"] for look in looks]), height, width)
-        if self._scratch is None or len(self._scratch) < len(samples) * height * width:
-            self._scratch = torch.full((self.render_chunk * height * width,), -1, dtype=torch.long)
         return _render(torch.stack([s["verts"] for s in samples]), self.rig["faces"],
                        torch.stack([s["K"] for s in samples]), (height, width),
                        *(torch.stack([look[key] for look in looks]) for key in ("color", "light", "ambient")),
-                       backgrounds, cull_backfaces=True, draw_on_background=True, zbuffer=self._scratch)[0]
+                       backgrounds, cull_backfaces=True, draw_on_background=True,
+                       zbuffer=_scratch_zbuffer(self, len(samples) * height * width))[0]
 
 
 def _mirror_axis_angle(aa):

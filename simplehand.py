@@ -28,8 +28,9 @@ Conventions
 - 2D keypoints: (B, 21, 2) as (u, v) / (W, H), i.e. in [0, 1] of the crop (0 = left/top edge).
 - 3D: metres, camera axes (OpenCV: x right, y down, z forward), ROOT-RELATIVE to joint 9 of the
   FreiHAND order (middle-finger MCP), as in the official code's training data. The model subtracts
-  its own joint 9, so `joints3d[:, 9]` is zero (exactly, as MANO's J_regressor rows sum to one);
-  the loss subtracts the ground truth's joint 9 the same way.
+  its own joint 9 from its vertices and joints, so `joints3d[:, 9]` is exactly zero (and, as MANO's
+  J_regressor rows sum to one, the joints stay J x vertices); the loss subtracts the ground
+  truth's joint 9 the same way.
 - Joints: 21 in FreiHAND order (wrist; thumb 1-4; index 5-8; middle 9-12; ring 13-16; pinky 17-20)
   = MANO's 16 regressed joints + 5 fingertip vertices (`bodymodels.mano_to_freihand`).
 
@@ -435,8 +436,9 @@ class SimpleHand(nn.Module):
         verts = self.mesh_regressor(tokens)  # (B, 778, 3)
         # NOTE(paper vs code): the official network is only trained towards root-relative targets;
         # we also subtract its own root joint, so the outputs are root-relative by construction.
-        verts = verts - self.regress_joints(verts)[:, self.cfg.root_index:self.cfg.root_index + 1]
-        return {"joints2d": joints2d, "verts": verts, "joints3d": self.regress_joints(verts)}
+        joints = self.regress_joints(verts)  # (B, 21, 3)
+        root = joints[:, self.cfg.root_index:self.cfg.root_index + 1]  # (B, 1, 3)
+        return {"joints2d": joints2d, "verts": verts - root, "joints3d": joints - root}
 
     def regress_joints(self, verts):
         """Sec. 3.4: J_3d = J x V_3d, plus 5 fingertip vertices: (B, 778, 3) -> (B, 21, 3), FreiHAND order.
