@@ -19,9 +19,16 @@ One image crop of a right hand in, the 778 MANO vertices and 21 joints out, thro
   written here and a scaled-down decoder, for two CPU cores). The paper's backbones come from
   timm; the decoder (everything but the backbone) is built from the channels and stride the
   config declares, so it builds and counts without timm. Every ablation of Tables 5-8 is a config
-  field that changes the model.
-- Inference and tools: `build_model`, `describe` (the tensor shape after every stage), and
-  `python simplehand.py [--config NAME] [--params] [--bench]`.
+  field that changes the model. timm's HRNet features net computes four maps and returns the two
+  asked for; `prune_hrnet` deletes what only the other two need, so that every parameter gets a
+  gradient (DistributedDataParallel requires it). The recipe is stored once, in steps; epochs and
+  the per-GPU batch are derived properties.
+- Trainer protocol (train.py): `build_model(cfg, parent=None)`, `training_loss(model, batch, cfg)`,
+  `predict(model, batch, cfg)` and `learning_rate(cfg, step)`. The model takes channels_last input.
+- Inference and tools: `predict` (2D keypoints in pixels), `describe` (the tensor shape after every
+  stage), `fast_inference` (FastViT re-parameterised, fp16, channels_last, CUDA graphs) and
+  `python simplehand.py [--config NAME] [--params] [--bench]` (eager fp32 latency and throughput;
+  on CUDA also the fast path and the training throughput).
 
 Conventions
 - Input: images (B, 3, H, W), RGB in [0, 1]; the model normalises them with ImageNet mean and std.
@@ -38,7 +45,8 @@ Where we follow the official code (github.com/patienceFromZhou/simpleHand) rathe
 or neither, a `# NOTE(paper vs code):` comment sits at the spot. In short: sine position encoding on
 the sampled feature map, dropout / drop path 0.1, sigmoid on the 2D keypoints, ImageNet input
 normalisation, the explicit root subtraction, the fingertip vertex ids, and the training recipe
-(paper: 100 epochs; code: 200 x 256 iterations with warm-up, fp16 and gradient clipping).
+(paper: 100 epochs; code: 200 x 256 iterations, i.e. 100.8 passes over FreiHAND, with warm-up,
+fp16 and gradient clipping).
 
 Symbols: B batch, C backbone channels, C_t token channels, h x w feature map, J = 21 joints,
 V = 778 vertices, N tokens, n_k / c_k token number / width of decoder layer k, K number of decoder
@@ -48,7 +56,7 @@ dimension-reduce Linear / MetaFormer block / token upsample Linear, J (the matri
 """
 
 import argparse
-import dataclasses
+import copy
 import functools
 import math
 import time
@@ -65,6 +73,7 @@ NUM_VERTS = 778  # MANO
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FREIHAND_TRAIN_SAMPLES = 130_240  # 32,560 x 4 versions (Sec. 4.2); one paper epoch
+STEPS_PER_EPOCH = FREIHAND_TRAIN_SAMPLES // 256  # 508 steps of the paper's global batch 256 (8 x 32, Sec. 4.1)
 
 # ---------------------------------------------------------------------------------------------
 # 1. Configs
@@ -101,24 +110,19 @@ class SimpleHandConfig:
     w_joints3d: float = 10.0
     w_joints2d: float = 1.0
     root_index: int = 9  # FreiHAND joint the 3D outputs are relative to (middle MCP, official code)
-    # --- training recipe read by train.py (steps; batch_size is the GLOBAL batch over all processes) ---
+    # --- training recipe read by train.py (in optimisation steps; batch_size is the GLOBAL batch) ---
     batch_size: int = 256  # 8 GPUs x 32 (Sec. 4.1)
     lr: float = 5e-4  # AdamW (Sec. 4.1)
     lr_final: float = 5e-5  # after the drop (Sec. 4.1)
     lr_schedule: str = "step"  # "step": lr until lr_drop_step, then lr_final | "cosine": lr -> lr_final
-    lr_drop_step: int = 50 * 508  # epoch 50 of 100 (Sec. 4.1); 508 = 130,240 // 256 steps per epoch
-    warmup_steps: int = 5 * 508  # linear warm-up (official code: 5 epochs; the paper is silent)
-    max_steps: int = 100 * 508  # 100 epochs (Sec. 4.1)
+    max_steps: int = 100 * STEPS_PER_EPOCH  # 100 epochs (Sec. 4.1)
+    lr_drop_step: int = 50 * STEPS_PER_EPOCH  # the drop at epoch 50 (Sec. 4.1)
+    warmup_steps: int = 5 * STEPS_PER_EPOCH  # linear warm-up, 5 epochs (official code; the paper is silent)
     weight_decay: float = 1e-2  # official code (the paper is silent)
     grad_clip: float = 1.0  # max gradient norm, official code (the paper is silent); 0 = off
     amp: bool = True  # fp16 autocast, official code (the paper is silent)
-    # --- the paper's run, as reported (data, not read by train.py) ---
-    epochs: int = 100  # Sec. 4.1
-    iters_per_epoch: int = 508  # FREIHAND_TRAIN_SAMPLES // batch_size
-    batch_per_gpu: int = 32  # Sec. 4.1
-    gpus: int = 8  # RTX 2080 Ti (Sec. 4.1)
-    lr_drop_epoch: int = 50  # Sec. 4.1
-    warmup_epochs: int = 5  # official code
+    # --- the paper's hardware and results, as reported (data, not read by train.py) ---
+    gpus: int = 8  # RTX 2080 Ti (Sec. 4.1); 0 = not a paper run. batch_per_gpu and epochs are derived below
     reported_hours: float = 11.0  # "11 hours with HRNet" (Sec. 4.1)
     reported_fps: float = 33.0  # batch 1, RTX 2080 Ti, no TensorRT (Table 1)
     reported_pa_mpjpe_mm: float = 5.8  # FreiHAND (Table 1)
@@ -143,6 +147,32 @@ class SimpleHandConfig:
         """Tokens the token generator emits: 21 joints, a grid_size^2 lattice, or one pooled vector."""
         return {"point": NUM_JOINTS, "grid": self.grid_size ** 2, "global": 1}[self.token_sampling]
 
+    # Derived, never stored: the trainer overrides the stored fields (`--set batch_size=...`) and
+    # these follow. An "epoch" is one pass over FreiHAND's training set at this global batch.
+    @property
+    def iters_per_epoch(self):
+        """Optimisation steps per pass over FreiHAND's 130,240 training images: 508 at batch 256."""
+        return FREIHAND_TRAIN_SAMPLES // self.batch_size
+
+    @property
+    def epochs(self):
+        return self.max_steps / self.iters_per_epoch  # float: 100.0 for the paper
+
+    @property
+    def warmup_epochs(self):
+        return self.warmup_steps / self.iters_per_epoch
+
+    @property
+    def lr_drop_epoch(self):
+        return self.lr_drop_step / self.iters_per_epoch
+
+    @property
+    def batch_per_gpu(self):
+        """The global batch split over the paper's `gpus` (32 = 256 / 8); None if gpus = 0 or it does not split."""
+        if self.gpus and self.batch_size % self.gpus == 0:
+            return self.batch_size // self.gpus
+        return None
+
 
 PAPER = SimpleHandConfig()  # HRNet-W64, stride-8 feature used directly (Sec. 4.1); decoder 1.55M params
 PAPER_FASTVIT = SimpleHandConfig(  # FastViT-MA36 + 4x deconvolution (Sec. 3.3); decoder 6.54M params
@@ -161,16 +191,16 @@ TINY = SimpleHandConfig(  # 0.57M params (0.28M outside the backbone); train.py'
     dropout=0.0,  # deterministic steps: two DDP ranks match one process exactly
     batch_size=32, lr=2e-3, lr_final=2e-5, lr_schedule="cosine", lr_drop_step=0,
     warmup_steps=100, max_steps=6000, weight_decay=1e-2, grad_clip=1.0, amp=False,
-    epochs=0, iters_per_epoch=0, batch_per_gpu=32, gpus=0, lr_drop_epoch=0, warmup_epochs=0,
-    reported_hours=0.0, reported_fps=0.0, reported_pa_mpjpe_mm=0.0)
+    gpus=0, reported_hours=0.0, reported_fps=0.0, reported_pa_mpjpe_mm=0.0)  # not a paper run
 CONFIGS = {"paper": PAPER, "paper_fastvit": PAPER_FASTVIT, "tiny": TINY}
 
-# NOTE(paper vs code): the official code trains 200 epochs of 256 iterations (batch 32 per GPU),
-# drops the learning rate at epoch 100, warms up for 5 epochs, uses AdamW weight decay 1e-2, fp16
-# and gradient clipping at 1.0; the paper says 100 epochs with the drop at 50. Apply with
+# NOTE(paper vs code): the official code trains 200 "epochs" of 256 iterations (batch 32 per GPU on
+# 8 GPUs), drops the learning rate at "epoch" 100, warms up for 5, uses AdamW weight decay 1e-2, fp16
+# and gradient clipping at 1.0; the paper says 100 epochs with the drop at 50. The code's "epoch"
+# is 256 iterations, not a pass over the data: its 51,200 steps of 256 images are 100.8 passes over
+# FreiHAND (`.epochs`), about the paper's 100. Apply with
 # `dataclasses.replace(CONFIGS["paper"], **OFFICIAL_CODE_RECIPE)`.
 OFFICIAL_CODE_RECIPE = dict(
-    epochs=200, iters_per_epoch=256, lr_drop_epoch=100, warmup_epochs=5,
     max_steps=200 * 256, lr_drop_step=100 * 256, warmup_steps=5 * 256,
     weight_decay=1e-2, grad_clip=1.0, amp=True)
 
@@ -210,7 +240,8 @@ def conv_gn_relu(c_in, c_out, stride):
 class TimmBackbone(nn.Module):
     """A timm model: images (B, 3, H, W) -> (sampled map (B, C, h, w), pooled map (B, C_g, h', w')).
 
-    HRNet-W64: `features_only` outputs 2 (stride 8, 256 channels) and 4 (stride 32, 1024 channels).
+    HRNet-W64: `features_only` outputs 2 (stride 8, 256 channels) and 4 (stride 32, 1024 channels),
+    computed by `hrnet_features` on a network that `prune_hrnet` has cut to what those two need.
     FastViT-MA36: `forward_features` (stride 32; its `final_conv` widens 608 -> 1216), used for both.
     """
 
@@ -221,10 +252,10 @@ class TimmBackbone(nn.Module):
         except ImportError as err:
             raise ImportError(f"backbone {cfg.backbone!r} needs timm (pip install timm); without it, "
                               f"count the decoder with non_backbone_parameters(cfg)") from err
-        self.features_only = bool(cfg.timm_out_indices)
-        if self.features_only:
+        self.out_indices = tuple(cfg.timm_out_indices)
+        if self.out_indices:
             self.net = timm.create_model(cfg.backbone, pretrained=cfg.pretrained_backbone, features_only=True,
-                                         out_indices=cfg.timm_out_indices)
+                                         out_indices=self.out_indices)
             got = tuple(self.net.feature_info.channels())
         else:
             self.net = timm.create_model(cfg.backbone, pretrained=cfg.pretrained_backbone, num_classes=0)
@@ -232,17 +263,75 @@ class TimmBackbone(nn.Module):
         if got != (cfg.feature_channels, cfg.global_channels):
             raise ValueError(f"timm {cfg.backbone!r} gives channels {got}, but the config declares "
                              f"feature_channels={cfg.feature_channels}, global_channels={cfg.global_channels}")
-        stride = self.net.feature_info.reduction()[0] if self.features_only else 32
+        stride = self.net.feature_info.reduction()[0] if self.out_indices else 32
         if stride != cfg.feature_stride:
             raise ValueError(f"timm {cfg.backbone!r} samples a stride-{stride} map, but the config declares "
                              f"feature_stride={cfg.feature_stride}")
+        self.hrnet = bool(self.out_indices) and all(hasattr(self.net, a) for a in HRNET_ATTRIBUTES)
+        if self.hrnet:
+            prune_hrnet(self.net, self.out_indices)
 
     def forward(self, x):
-        if self.features_only:
+        if self.hrnet:
+            return tuple(hrnet_features(self.net, x, self.out_indices))
+        if self.out_indices:
             feature, pooled = self.net(x)
             return feature, pooled
         feature = self.net.forward_features(x)
         return feature, feature
+
+
+# timm's HighResolutionNetFeatures (timm/models/hrnet.py, read at 1.0.x): the stem conv1/bn1/act1
+# (feature index 0, stride 2) and conv2/bn2/act2, then layer1, transition1-3 between stage2-4, whose
+# last module returns four branches at strides 4, 8, 16, 32; incre_modules[i] widens branch i into
+# feature index i + 1 (128, 256, 512, 1024 channels). Its forward widens all four and returns only the
+# requested ones, so under DDP the others' parameters never get a gradient and the second step fails
+# ("Expected to have finished reduction in the prior iteration").
+HRNET_ATTRIBUTES = ("conv1", "bn1", "act1", "conv2", "bn2", "act2", "layer1", "transition1", "stage2",
+                    "transition2", "stage3", "transition3", "stage4", "incre_modules")
+
+
+def prune_hrnet(net, out_indices):
+    """Delete the parts of timm's HRNet features net whose output `out_indices` throws away, in place.
+
+    Besides the unused incre modules, the LAST module of stage 4 fuses all four branches into four
+    outputs (output i sums fuse_layers[i][j](branch j) over j); only the rows of kept branches stay.
+    Kept modules keep their names (ModuleDict keys "1", "3"), so state-dict keys do not change.
+    """
+    rows = [i - 1 for i in out_indices if i >= 1]  # stage-4 branch behind each feature index
+    if not rows:
+        raise ValueError(f"prune_hrnet: out_indices {out_indices} name no stage output (indices 1-4)")
+    last = net.stage4[-1]
+    last.fuse_layers = nn.ModuleDict({str(r): last.fuse_layers[r] for r in rows})
+    if net.incre_modules is not None:
+        net.incre_modules = nn.ModuleDict({str(r): net.incre_modules[r] for r in rows})
+
+
+def hrnet_features(net, x, out_indices):
+    """The maps timm's HighResolutionNetFeatures.forward returns for `out_indices`, from a net cut by
+    `prune_hrnet`: images (B, 3, H, W) -> [(B, C_i, H / 2^(i+1), W / 2^(i+1)) for i in out_indices]."""
+    stem = net.act1(net.bn1(net.conv1(x)))  # (B, 64, H/2, W/2): feature index 0
+    x = net.layer1(net.act2(net.bn2(net.conv2(stem))))  # (B, 256, H/4, W/4)
+    # HighResolutionNet.stages: a transition either passes branch i on (Identity) or makes a new
+    # branch from the lowest-resolution one; each stage returns one map per branch
+    xs = net.stage2([t(x) for t in net.transition1])
+    xs = net.stage3([xs[i] if isinstance(t, nn.Identity) else t(xs[-1]) for i, t in enumerate(net.transition2)])
+    xs = [xs[i] if isinstance(t, nn.Identity) else t(xs[-1]) for i, t in enumerate(net.transition3)]
+    for module in list(net.stage4)[:-1]:
+        xs = module(xs)
+    last = net.stage4[-1]
+    xs = [branch(b) for branch, b in zip(last.branches, xs)]  # the last module, fusing kept rows only
+    out = []
+    for i in out_indices:
+        if i == 0:
+            out.append(stem)
+            continue
+        y = None
+        for j, fuse in enumerate(last.fuse_layers[str(i - 1)]):  # Identity for j == i - 1
+            y = fuse(xs[j]) if y is None else y + fuse(xs[j])
+        y = last.fuse_act(y)  # (B, C_b, H / 2^(i+1), W / 2^(i+1))
+        out.append(y if net.incre_modules is None else net.incre_modules[str(i - 1)](y))
+    return out
 
 
 def sine_position_encoding(h, w, channels, device=None, dtype=torch.float32, temperature=10000.0):
@@ -297,7 +386,7 @@ class Attention(nn.Module):
 
     def forward(self, x):
         B, N, c = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, nh, N, hs)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, N, c))  # (B, N, c)
@@ -380,7 +469,7 @@ class TokenGenerator(nn.Module):
         B = feature.shape[0]
         # NOTE(paper vs code): the official head is a bare Linear whose output is clamped to the
         # image only inside the sampler; a sigmoid keeps the prediction in [0, 1] everywhere.
-        joints2d = torch.sigmoid(self.keypoint_head(pooled.mean(dim=(2, 3)))).view(B, NUM_JOINTS, 2)
+        joints2d = torch.sigmoid(self.keypoint_head(pooled.mean(dim=(2, 3)))).reshape(B, NUM_JOINTS, 2)
         x = self.upsample(feature)  # (B, C_t, h*f, w*f)
         if self.cfg.sine_encoding:
             # NOTE(paper vs code): the sine encoding of the sampled map is in the official code only.
@@ -467,8 +556,15 @@ def _mano_j_regressor():
     return bodymodels.load_mano().J_regressor.detach().clone().float()  # (16, 778)
 
 
-def build_model(cfg):
-    """The SimpleHand of a config (a name from CONFIGS or a SimpleHandConfig), with MANO's J_regressor."""
+def build_model(cfg, parent=None):
+    """The SimpleHand of a config (a name from CONFIGS or a SimpleHandConfig), with MANO's J_regressor.
+
+    `parent` (the trainer protocol: a trained model of an earlier stage to start from) must be None:
+    SimpleHand trains in one stage, its backbone at most from ImageNet weights.
+    """
+    if parent is not None:
+        raise ValueError(f"SimpleHand trains in one stage and starts from no earlier model, "
+                         f"but build_model got parent={type(parent).__name__}")
     if isinstance(cfg, str):
         if cfg not in CONFIGS:
             raise ValueError(f"unknown SimpleHand config {cfg!r}: expected one of {sorted(CONFIGS)}")
@@ -516,6 +612,12 @@ def compute_loss(pred, batch, cfg):
     return total, terms
 
 
+def training_loss(model, batch, cfg):
+    """The trainer protocol's loss: one forward of `model` (possibly a DDP wrapper) on batch["image"],
+    then Eq. (7) -> (total (), unweighted terms {"verts", "joints3d", "joints2d"})."""
+    return compute_loss(model(batch["image"]), batch, cfg)
+
+
 def learning_rate(cfg, step):
     """The recipe's learning rate at optimisation step `step` (0-based): linear warm-up, then
     "step" (lr until lr_drop_step, lr_final after; Sec. 4.1) or "cosine" (lr -> lr_final at max_steps)."""
@@ -529,6 +631,16 @@ def learning_rate(cfg, step):
 
 # ---------------------------------------------------------------------------------------------
 # 5. Inference and tools
+
+
+def predict(model, batch, cfg):
+    """The trainer protocol's predictions (call under no_grad, model in eval mode) -> per-sample tensors:
+    joints2d (B, 21, 2) in PIXELS of the crop; joints3d (B, 21, 3), verts (B, 778, 3) root-relative metres."""
+    out = model(batch["image"])
+    H, W = batch["image"].shape[-2:]
+    wh = torch.tensor([W, H], dtype=out["joints2d"].dtype, device=out["joints2d"].device)
+    return {"joints2d": out["joints2d"] * wh,  # [0, 1] of the crop -> (u, v) pixels
+            "joints3d": out["joints3d"], "verts": out["verts"]}
 
 
 def describe(model, images):
@@ -554,23 +666,77 @@ def describe(model, images):
     return rows + [(f"output {k}", tuple(v.shape)) for k, v in out.items()]
 
 
-def benchmark(model, image_size, device, batch_sizes=(1, 32), warmup=5, reps=20):
-    """Seconds per forward pass (eval mode, no grad) for each batch size -> {batch: seconds}."""
-    model = model.to(device).eval()
+def benchmark(run, image_size, device, batch_sizes=(1, 32), warmup=5, reps=20):
+    """Seconds per call of `run` (a model in eval mode, or `fast_inference`'s function) on random
+    images (B, 3, S, S) in [0, 1] on `device`, without grad -> {batch size: seconds}."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = {}
-    with torch.inference_mode():
+    with torch.no_grad():
         for b in batch_sizes:
             x = torch.rand(b, 3, image_size, image_size, device=device)
-            for _ in range(warmup):
-                model(x)
+            for _ in range(warmup):  # CUDA graphs are recorded in the first calls of each shape
+                run(x)
             sync()
             t0 = time.perf_counter()
             for _ in range(reps):
-                model(x)
+                run(x)
             sync()
             times[b] = (time.perf_counter() - t0) / reps
     return times
+
+
+def reparameterized(model):
+    """A copy of the model (eval mode) with FastViT's train-time branches folded into single
+    convolutions by timm's `reparameterize_model` (exact up to rounding, using BatchNorm's running
+    statistics) -> (copy, applied: bool). Backbones without such branches (HRNet, tiny) are copied as they are."""
+    model = copy.deepcopy(model).eval()
+    if not any(hasattr(m, "reparameterize") for m in model.backbone.modules()):
+        return model, False
+    from timm.utils.model import reparameterize_model
+    with torch.no_grad():
+        reparameterize_model(model.backbone, inplace=True)
+    return model, True
+
+
+def fast_inference(model):
+    """The fastest inference path we trust, on CUDA -> (run: fp32 images -> outputs, [what was applied]).
+
+    `reparameterized` (FastViT), then fp16 weights and activations, channels_last, and CUDA graphs
+    through `torch.compile(mode="reduce-overhead")`, one static graph per batch size.
+    """
+    model, folded = reparameterized(model)
+    applied = ["FastViT re-parameterised (timm reparameterize_model)"] if folded else []
+    model = model.half().to(memory_format=torch.channels_last)
+    compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
+    applied += ["fp16", "channels_last", 'CUDA graphs (torch.compile mode="reduce-overhead")']
+
+    def run(images):
+        torch.compiler.cudagraph_mark_step_begin()  # a new replay: it may overwrite earlier outputs
+        return compiled(images.half().contiguous(memory_format=torch.channels_last))
+    return run, applied
+
+
+def benchmark_training(model, cfg, device, batch_size=256, steps=10, warmup=3):
+    """Training images per second on CUDA, as train.py runs on a GPU: a copy of the model and the
+    images in channels_last, bf16 autocast, forward + `training_loss` + backward + fused AdamW step."""
+    model = copy.deepcopy(model).to(device).train().to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    S = cfg.image_size
+    batch = {"image": torch.rand(batch_size, 3, S, S, device=device).contiguous(memory_format=torch.channels_last),
+             "verts": torch.randn(batch_size, NUM_VERTS, 3, device=device) * 0.03,  # metres
+             "joints3d": torch.randn(batch_size, NUM_JOINTS, 3, device=device) * 0.03,
+             "joints2d": torch.rand(batch_size, NUM_JOINTS, 2, device=device) * S}  # pixels
+    for step in range(warmup + steps):
+        if step == warmup:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _ = training_loss(model, batch, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - t0)
 
 
 def _timm_available():
@@ -594,17 +760,39 @@ def _print_params(name, cfg):
         print(f"    {part:34s} {count_parameters(m):>10,d}")
 
 
+def _speed(t):
+    return (f"batch 1 latency {t[1] * 1e3:.1f} ms ({1 / t[1]:.1f} FPS); "
+            f"batch 32 throughput {32 / t[32]:.1f} images/s")
+
+
 def _print_bench(name, cfg, device, reps):
+    """One labelled line each: eager fp32 inference (any device); on CUDA also the fastest inference
+    path and training throughput. Measures and prints only."""
     if cfg.backbone != "tiny_cnn" and not _timm_available():
         print(f"[{name}] skipped: backbone {cfg.backbone!r} needs timm, which is not installed")
         return
-    model = build_model(cfg)
+    model = build_model(cfg).to(device).eval()
     if device.type == "cpu" and cfg.backbone != "tiny_cnn":
         reps = max(2, reps // 10)  # the paper backbones take seconds per batch of 32 on a CPU
+    paper = f"  (paper: {cfg.reported_fps:.0f} FPS on an RTX 2080 Ti)" if cfg.reported_fps else ""
     t = benchmark(model, cfg.image_size, device, reps=reps)
-    print(f"[{name}] {cfg.image_size}px on {device}: batch 1 latency {t[1] * 1e3:.1f} ms "
-          f"({1 / t[1]:.1f} FPS); batch 32 throughput {32 / t[32]:.1f} images/s"
-          + (f"  (paper: {cfg.reported_fps:.0f} FPS on an RTX 2080 Ti)" if cfg.reported_fps else ""))
+    print(f"[{name}] eager fp32 inference, {cfg.image_size}px on {device}: {_speed(t)}{paper}")
+    if device.type != "cuda":
+        print(f"[{name}] fastest inference: skipped: needs CUDA")
+        print(f"[{name}] training throughput: skipped: needs CUDA")
+        return
+    run, applied = fast_inference(model)
+    t = benchmark(run, cfg.image_size, device, reps=reps)
+    x = torch.rand(1, 3, cfg.image_size, cfg.image_size, device=device)
+    with torch.no_grad():
+        fast = run(x)["verts"].float().clone()  # read before the next replay overwrites it
+        diff_mm = (fast - model(x)["verts"]).abs().max().item() * 1e3
+    print(f"[{name}] fastest inference ({', '.join(applied)}): {_speed(t)}; "
+          f"max |verts - eager fp32| {diff_mm:.2f} mm")
+    del run
+    ips = benchmark_training(model, cfg, device)
+    print(f"[{name}] training throughput (batch 256, bf16 autocast, channels_last, forward + backward + "
+          f"AdamW step): {ips:.0f} images/s")
 
 
 def main():
@@ -613,7 +801,8 @@ def main():
                         help="config to use (default: tiny for shapes; every config for --params/--bench)")
     parser.add_argument("--params", action="store_true", help="print non-backbone parameter counts")
     parser.add_argument("--bench", action="store_true",
-                        help="print latency at batch 1 and throughput at batch 32 (paper configs need timm)")
+                        help="print eager fp32 latency (batch 1) and throughput (batch 32); on CUDA also the "
+                             "fastest inference path and training throughput (paper configs need timm)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="device for --bench: cpu or cuda")
     parser.add_argument("--reps", type=int, default=20, help="timed repetitions per batch size for --bench")

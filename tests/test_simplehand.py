@@ -1,6 +1,9 @@
 """SimpleHand: shapes after every stage, parameter counts, the ablation switches, the joint
-regressor against an independent oracle, gradient flow through the point sampling, the loss, and
-a one-batch overfit."""
+regressor against an independent oracle, gradient flow through the point sampling, the loss, the
+derived recipe, the trainer protocol, channels_last, the HRNet pruning (against a miniature of
+timm's HRNet here, against timm itself where it is installed), the fast CUDA paths, and a one-batch
+overfit."""
+import copy
 import dataclasses
 import io
 import pathlib
@@ -9,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn as nn
 
 import bodymodels
 import data
@@ -16,6 +20,8 @@ import simplehand as sh
 from simplehand import PAPER, PAPER_FASTVIT, TINY
 
 ROOT = pathlib.Path(__file__).parent.parent
+needs_timm = pytest.mark.skipif(not sh._timm_available(), reason="needs timm (not installable on CPU machines)")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def random_j_regressor(seed=0):
@@ -229,15 +235,35 @@ def test_position_embedding_switches_change_the_model():
 # Configs and recipe
 
 
-def test_paper_recipe_is_consistent_with_sec_4_1():
-    assert PAPER.batch_size == PAPER.gpus * PAPER.batch_per_gpu == 256
-    assert PAPER.iters_per_epoch == sh.FREIHAND_TRAIN_SAMPLES // PAPER.batch_size
-    assert PAPER.max_steps == PAPER.epochs * PAPER.iters_per_epoch
-    assert PAPER.lr_drop_step == PAPER.lr_drop_epoch * PAPER.iters_per_epoch
+def test_paper_recipe_is_stated_in_steps_and_derives_sec_4_1s_epochs():
+    assert PAPER.batch_size == 256 and PAPER.gpus == 8 and PAPER.batch_per_gpu == 32  # 8 GPUs x 32
+    assert PAPER.iters_per_epoch == sh.STEPS_PER_EPOCH == 130_240 // 256 == 508
+    assert (PAPER.epochs, PAPER.lr_drop_epoch, PAPER.warmup_epochs) == (100, 50, 5)  # Sec. 4.1; code's warm-up
     assert sh.learning_rate(PAPER, PAPER.lr_drop_step - 1) == 5e-4
     assert sh.learning_rate(PAPER, PAPER.lr_drop_step) == 5e-5
+
+
+def test_derived_recipe_values_follow_an_override_of_the_stored_ones():
+    half = dataclasses.replace(PAPER, batch_size=128)  # what train.py's --set batch_size=128 does
+    assert half.iters_per_epoch == 1017 and half.batch_per_gpu == 16
+    assert half.epochs == PAPER.max_steps / 1017
+    assert dataclasses.replace(PAPER, batch_size=20).batch_per_gpu is None  # 20 does not split over 8
+    assert TINY.batch_per_gpu is None  # not a paper run: gpus = 0
+    # derived values are properties, not fields: the trainer can neither set nor desynchronise them
+    fields = {f.name for f in dataclasses.fields(sh.SimpleHandConfig)}
+    derived = {"epochs", "iters_per_epoch", "batch_per_gpu", "warmup_epochs", "lr_drop_epoch"}
+    assert derived.isdisjoint(fields)
+    assert {"batch_size", "max_steps", "lr", "weight_decay", "grad_clip", "amp", "image_size", "warmup_steps",
+            "lr_drop_step", "gpus"} <= fields
+    with pytest.raises(TypeError):
+        dataclasses.replace(PAPER, epochs=3)
+
+
+def test_official_code_recipe_sets_only_stored_fields_and_is_about_the_papers_100_epochs():
+    assert set(sh.OFFICIAL_CODE_RECIPE) <= {f.name for f in dataclasses.fields(sh.SimpleHandConfig)}
     code = dataclasses.replace(PAPER, **sh.OFFICIAL_CODE_RECIPE)
     assert code.max_steps == 200 * 256 and sh.learning_rate(code, 100 * 256) == 5e-5
+    assert code.epochs == 51_200 / 508 == pytest.approx(100.79, abs=0.01)  # its 200 "epochs" of 256 steps
 
 
 def test_learning_rate_warms_up_linearly_then_follows_the_cosine():
@@ -256,6 +282,210 @@ def test_bad_config_values_raise_value_errors_naming_the_field():
         dataclasses.replace(TINY, dims=(128, 64))
     with pytest.raises(ValueError, match="unknown SimpleHand config"):
         sh.build_model("large")
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer protocol and channels_last
+
+
+def test_build_model_refuses_a_parent_stage():
+    with pytest.raises(ValueError, match="parent"):
+        sh.build_model("tiny", parent=tiny_model())
+
+
+class CountingWrapper(nn.Module):
+    """Stands in for DistributedDataParallel: `module` inside, every forward counted."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.calls = module, 0
+
+    def forward(self, images):
+        self.calls += 1
+        return self.module(images)
+
+
+def test_training_loss_runs_the_wrapped_model_once_and_gives_eq_7():
+    model = tiny_model().eval()
+    wrapped, batch = CountingWrapper(model), random_batch(2, 64)
+    loss, terms = sh.training_loss(wrapped, batch, TINY)
+    assert wrapped.calls == 1
+    expected, expected_terms = sh.compute_loss(model(batch["image"]), batch, TINY)
+    torch.testing.assert_close(loss, expected)
+    assert set(terms) == {"verts", "joints3d", "joints2d"} and all(t.dim() == 0 for t in terms.values())
+    torch.testing.assert_close(loss, 10 * terms["verts"] + 10 * terms["joints3d"] + terms["joints2d"])
+
+
+def test_predict_gives_2d_keypoints_in_pixels_as_the_loss_reads_them():
+    model = tiny_model().eval()
+    batch = dict(random_batch(2, 64), image=torch.rand(2, 3, 64, 96))  # H = 64, W = 96: u scales by 96
+    with torch.no_grad():
+        out, pred = model(batch["image"]), sh.predict(model, batch, TINY)
+    assert pred["joints2d"].shape == (2, 21, 2) and pred["verts"].shape == (2, 778, 3)
+    torch.testing.assert_close(pred["joints2d"], out["joints2d"] * torch.tensor([96.0, 64.0]))
+    torch.testing.assert_close(pred["joints3d"], out["joints3d"])
+    torch.testing.assert_close(pred["verts"], out["verts"])
+    # compute_loss turns pixels into crop fractions the same way: the predictions as targets cost nothing
+    _, terms = sh.compute_loss(out, dict(batch, joints2d=pred["joints2d"]), TINY)
+    assert terms["joints2d"] < 1e-6
+
+
+@pytest.mark.parametrize("cfg", [TINY, dataclasses.replace(TINY, feature_upsample=2, token_channels=32,
+                                                            token_sampling="grid", token_nums=(49, 84, 168))],
+                         ids=["tiny", "deconv_and_grid"])
+def test_channels_last_model_and_images_give_the_same_loss_and_gradients(cfg):
+    """train.py converts the model and 4D images to channels_last on CUDA; nothing may depend on layout."""
+    model = tiny_model(cfg)
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    batch = random_batch(2, 64)
+    loss, _ = sh.compute_loss(model(batch["image"]), batch, cfg)
+    loss_cl, _ = sh.training_loss(model_cl, dict(batch, image=batch["image"].contiguous(
+        memory_format=torch.channels_last)), cfg)
+    torch.testing.assert_close(loss_cl, loss)
+    loss.backward()
+    loss_cl.backward()
+    for (name, p), p_cl in zip(model.named_parameters(), model_cl.parameters()):
+        torch.testing.assert_close(p_cl.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# HRNet under DistributedDataParallel: every parameter must get a gradient
+
+
+class MiniHRModule(nn.Module):
+    """timm's HighResolutionModule in miniature: `branches`, `fuse_layers[i][j]` (j > i: 1x1 conv and
+    upsampling; j = i: Identity; j < i: strided 3x3 conv), `fuse_act`, and the same forward."""
+
+    def __init__(self, chs):
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Conv2d(c, c, 3, 1, 1) for c in chs)
+        self.fuse_layers = nn.ModuleList(nn.ModuleList(self.fuse(chs[j], chs[i], j - i) for j in range(len(chs)))
+                                         for i in range(len(chs)))
+        self.fuse_act = nn.ReLU()
+
+    @staticmethod
+    def fuse(c_in, c_out, up):
+        if up > 0:
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 1), nn.Upsample(scale_factor=2 ** up))
+        return nn.Identity() if up == 0 else nn.Conv2d(c_in, c_out, 3, 2 ** -up, 1)
+
+    def forward(self, xs):
+        xs = [branch(x) for branch, x in zip(self.branches, xs)]
+        return [self.fuse_act(sum(f(x) for f, x in zip(row, xs))) for row in self.fuse_layers]
+
+
+class MiniHRNetFeatures(nn.Module):
+    """timm's HighResolutionNetFeatures in miniature: its attribute names, its branches at strides
+    4, 8, 16, 32 after stages 2-4, and its forward, which widens all four and returns the asked ones."""
+
+    def __init__(self, out_indices, c=(4, 8, 12, 16)):
+        super().__init__()
+        self.conv1, self.bn1, self.act1 = nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU()
+        self.conv2, self.bn2, self.act2 = nn.Conv2d(8, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU()
+        self.layer1 = nn.Conv2d(8, 8, 3, 1, 1)
+        self.transition1 = nn.ModuleList([nn.Conv2d(8, c[0], 3, 1, 1), nn.Conv2d(8, c[1], 3, 2, 1)])
+        self.stage2 = nn.Sequential(MiniHRModule(c[:2]))
+        self.transition2 = nn.ModuleList([nn.Identity(), nn.Identity(), nn.Conv2d(c[1], c[2], 3, 2, 1)])
+        self.stage3 = nn.Sequential(MiniHRModule(c[:3]))
+        self.transition3 = nn.ModuleList([nn.Identity(), nn.Identity(), nn.Identity(), nn.Conv2d(c[2], c[3], 3, 2, 1)])
+        self.stage4 = nn.Sequential(MiniHRModule(c), MiniHRModule(c))
+        self.incre_modules = nn.ModuleList(nn.Conv2d(ci, 2 * ci, 1) for ci in c)
+        self.out_indices = out_indices
+
+    def forward(self, x):
+        x = self.act1(self.bn1(self.conv1(x)))
+        out = [x] if 0 in self.out_indices else []
+        x = self.layer1(self.act2(self.bn2(self.conv2(x))))
+        ys = self.stage2([t(x) for t in self.transition1])
+        ys = self.stage3([t(ys[-1]) if not isinstance(t, nn.Identity) else ys[i]
+                          for i, t in enumerate(self.transition2)])
+        ys = self.stage4([t(ys[-1]) if not isinstance(t, nn.Identity) else ys[i]
+                          for i, t in enumerate(self.transition3)])
+        ys = [incre(y) for y, incre in zip(ys, self.incre_modules)]
+        return out + [y for i, y in enumerate(ys) if i + 1 in self.out_indices]
+
+
+def check_pruning(full, out_indices, x):
+    """prune_hrnet + hrnet_features on a copy of `full` give `full`'s maps, remove exactly the
+    parameters `full`'s own forward leaves without a gradient, and leave every other one learning."""
+    full.eval()
+    pruned = copy.deepcopy(full)
+    sh.prune_hrnet(pruned, out_indices)
+    expected, got = full(x), sh.hrnet_features(pruned, x, out_indices)
+    assert len(got) == len(expected) == len(out_indices)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e)
+    sum(e.sum() for e in expected).backward()
+    no_grad = {n for n, p in full.named_parameters() if p.grad is None}
+    assert no_grad, "the full forward should leave some parameters without a gradient (the DDP failure)"
+    assert set(dict(full.named_parameters())) - set(dict(pruned.named_parameters())) == no_grad
+    assert set(pruned.state_dict()) <= set(full.state_dict())  # kept names: pretrained weights still load
+    sum(g.sum() for g in got).backward()
+    assert [n for n, p in pruned.named_parameters() if p.grad is None] == []
+    return got
+
+
+@pytest.mark.parametrize("out_indices", [(2, 4), (0, 1, 3)])
+def test_prune_hrnet_removes_exactly_what_timms_forward_leaves_without_gradient(out_indices):
+    torch.manual_seed(0)
+    got = check_pruning(MiniHRNetFeatures(out_indices), out_indices, torch.rand(2, 3, 64, 64))
+    channels = {0: 8, 1: 8, 2: 16, 3: 24, 4: 32}  # stem, then 2 x the branch widths
+    assert [tuple(g.shape) for g in got] == [(2, channels[i], 64 >> (i + 1), 64 >> (i + 1)) for i in out_indices]
+
+
+@needs_timm
+def test_prune_hrnet_on_timms_own_hrnet():
+    import timm
+    torch.manual_seed(0)
+    full = timm.create_model("hrnet_w18_small", features_only=True, out_indices=(2, 4))
+    got = check_pruning(full, (2, 4), torch.rand(2, 3, 64, 64))
+    assert [g.shape[1] for g in got] == full.feature_info.channels() == [256, 1024]
+
+
+@needs_timm
+@pytest.mark.parametrize("name", ["paper", "paper_fastvit"])
+def test_paper_models_give_every_parameter_a_gradient(name):
+    """What DistributedDataParallel needs (without find_unused_parameters) from one training step."""
+    cfg = sh.CONFIGS[name]
+    model = sh.build_model(cfg)
+    loss, _ = sh.training_loss(model, random_batch(2, 64), cfg)
+    loss.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+@needs_timm
+def test_fastvit_reparameterisation_folds_branches_and_keeps_the_outputs():
+    cfg = dataclasses.replace(PAPER_FASTVIT, backbone="fastvit_t8", feature_channels=768, global_channels=768)
+    model = sh.build_model(cfg).eval()
+    folded, applied = sh.reparameterized(model)
+    assert applied and sh.count_parameters(folded) < sh.count_parameters(model)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x)["verts"], model(x)["verts"], atol=1e-4, rtol=1e-3)
+    assert sh.reparameterized(tiny_model())[1] is False
+
+
+@needs_cuda
+def test_fast_inference_matches_eager_and_training_benchmark_runs_on_cuda():
+    model = tiny_model().cuda().eval()
+    run, applied = sh.fast_inference(model)
+    assert "fp16" in applied and "channels_last" in applied
+    x = torch.rand(2, 3, 96, 96, device="cuda")
+    with torch.no_grad():
+        for _ in range(3):  # CUDA graphs record in the first calls
+            fast = run(x)["verts"].float().clone()
+        eager = model(x)["verts"]
+    assert (fast - eager).abs().max() <= 1e-2 * eager.abs().max() + 1e-4
+    assert sh.benchmark_training(model, TINY, torch.device("cuda"), batch_size=8, steps=2, warmup=1) > 0
+
+
+def test_bench_prints_labelled_lines_and_skips_the_cuda_ones_on_cpu():
+    out = subprocess.run([sys.executable, "simplehand.py", "--config", "tiny", "--bench", "--device", "cpu",
+                          "--reps", "2", "--threads", "1"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert "[tiny] eager fp32 inference, 96px on cpu: batch 1 latency" in out and "batch 32 throughput" in out
+    assert "[tiny] fastest inference: skipped: needs CUDA" in out
+    assert "[tiny] training throughput: skipped: needs CUDA" in out
 
 
 # ---------------------------------------------------------------------------------------------
