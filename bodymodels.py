@@ -25,18 +25,25 @@ Symbols: B batch, N points, J joints, V vertices, F faces, R rotation matrix, th
 n unit axis, K intrinsics, f focal length (pixels), S crop size (pixels), s weak-perspective scale,
 t = [tx, ty, tz] translation, b box size (pixels), (cx, cy) box centre, (W, H) image size.
 
-Map of the file:
-1. Rotations: axis-angle <-> matrix <-> 6D.
+Map of the file. Part I, the reference:
+1. Rotations: axis-angle <-> matrix <-> 6D, and `mirror_rotation` (left hands <-> right hands).
 2. Cameras: perspective projection, weak perspective -> translation, crop -> full image.
 3. Kinematic trees and joint orders (MANO, SMPL, SMPL-X, FreiHAND) and `mano_to_freihand`.
-4. `plot_mesh_views`: a mesh from three views with its skeleton.
-5. Procedural stand-ins and loaders (`load_mano`, `load_smpl`, `load_smplx`).
+4. Forward kinematics and linear blend skinning: `forward_kinematics`, `lbs`, `Skinning`.
+5. Mesh normals: `face_normals`, `vertex_normals`.
+6. Loaders: `load_mano`, `load_smpl`, `load_smplx` (real files, or the stand-ins of Part II).
+7. Pictures: `plot_mesh_views` (a mesh from three views), `draw_skeleton` (2D keypoints and bones).
+Part II, the machinery: reading model files safely, `atomic_write`, and the procedural stand-ins.
 """
 
+import contextlib
 import functools
 import hashlib
+import inspect
+import io
 import os
 import pickle
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -139,6 +146,21 @@ def matrix_to_rot6d(R):
     """R (..., 3, 3) -> x (..., 6) = [R[..., :, 0], R[..., :, 1]] (first two columns)."""
     _check_shape(R, (3, 3), "matrix_to_rot6d")
     return R[..., :, :2].transpose(-1, -2).flatten(-2)
+
+
+def mirror_rotation(x, matrix=False):
+    """The same turn seen in the mirror x -> -x: R -> M R M with M = diag(-1, 1, 1).
+
+    Axis-angle (..., 3), or flat (..., 3 k) rows of k of them: (ax, ay, az) -> (ax, -ay, -az), since
+    an axis is a pseudovector (its components along the mirror plane flip). matrix=True: R (..., 3, 3).
+    A left hand is the mirror image of a right one, so its MANO pose is the mirror of the right
+    hand's (smplx's MANO_LEFT, HaMeR's flip). Tensors or numpy arrays; the type is kept.
+    """
+    if matrix:
+        m = x.new_tensor([-1.0, 1.0, 1.0]) if torch.is_tensor(x) else np.array([-1.0, 1.0, 1.0])
+        return x * m[:, None] * m[None, :]
+    m = x.new_tensor([1.0, -1.0, -1.0]) if torch.is_tensor(x) else np.array([1.0, -1.0, -1.0])
+    return (x.reshape(*x.shape[:-1], -1, 3) * m).reshape(x.shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +287,278 @@ def mano_to_freihand(joints, verts):
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Pictures
+# 4. Forward kinematics and linear blend skinning (smplx's `lbs.py`, step by step)
+#
+# A body model (MANO, SMPL, SMPL-X) maps shape coefficients beta (L,) and per-joint local rotations
+# R_j (J, 3, 3) to a mesh, in five steps:
+#   1. v_shaped = T + S beta                            (V, 3) shape blend shapes
+#   2. J = J_reg v_shaped                               (J, 3) rest joints
+#   3. v_posed = v_shaped + P vec(R_j - I, j > 0)       (V, 3) pose correctives
+#   4. W_j = W_parent R_j, t_j = t_parent + W_parent (J_j - J_parent)   down the tree
+#   5. v' = sum_j w_vj (W_j (v_posed - J_j) + t_j)      skinning
+# T v_template, S shapedirs, J_reg J_regressor, P posedirs, w lbs_weights: smplx's buffer names.
+
+
+def forward_kinematics(rot_mats, joints, parents):
+    """Pose a skeleton. rot_mats (..., J, 3, 3) local rotations, joints (..., J, 3) rest positions,
+    parents (J,) with parents[j] < j and -1 for a root (which stays at its rest position).
+
+    Returns posed joints (..., J, 3) and world rotations (..., J, 3, 3):
+        W_j = W_parent R_j,   t_j = t_parent + W_parent (J_j - J_parent)
+    The point transform of joint j, x -> W_j (x - J_j) + t_j, moves its rest-pose points (`lbs`).
+    """
+    world, posed = [None] * len(parents), [None] * len(parents)
+    for j, p in enumerate(parents):
+        R_j, J_j = rot_mats[..., j, :, :], joints[..., j, :]
+        if p < 0:
+            world[j], posed[j] = R_j, J_j
+        else:
+            world[j] = world[p] @ R_j
+            posed[j] = posed[p] + (world[p] @ (J_j - joints[..., p, :])[..., None])[..., 0]
+    return torch.stack(posed, -2), torch.stack(world, -3)
+
+
+def _apply(M, X, per_sample):
+    """M (N, K) applied to every sample of X (B, K, ...) -> (B, N, ...).
+
+    per_sample=True runs one product per sample, so a sample's numbers are bitwise the same in
+    any batch (BLAS chooses kernels and summation orders by the matrix sizes, batch size included).
+    """
+    if per_sample and len(X):
+        return torch.stack([M @ x for x in X])
+    return torch.einsum("nk,bk...->bn...", M, X)
+
+
+def lbs(betas, pose, v_template, shapedirs, posedirs, J_regressor, parents, lbs_weights, pose2rot=True,
+        rest_joints=None, per_sample=False):
+    """smplx's `lbs` with any leading batch dims (...). Returns verts (..., V, 3), joints (..., J, 3).
+
+    betas (..., L); pose (..., J, 3) axis-angle (or (..., 3 J)), global orientation first, or with
+    pose2rot=False rotation matrices (..., J, 3, 3); v_template (V, 3); shapedirs (V, 3, L);
+    posedirs (9 (J - 1), 3 V) as smplx stores it; J_regressor (J, V); parents (J,); lbs_weights (V, J).
+    rest_joints (..., J, 3): step 2's J if the caller has it (it is linear in beta, J = J_reg T +
+    (J_reg S) beta, which `Skinning` precomputes); per_sample: see `_apply` (exact batches, slower
+    on a GPU). The returned joints are the posed J (smplx's MANO output; SMPL appends more).
+    """
+    batch, L = betas.shape[:-1], betas.shape[-1]
+    V, J = v_template.shape[0], len(parents)
+    betas = betas.reshape(-1, L)
+    B = len(betas)
+    # 1. shape blend shapes: v_shaped = T + S beta
+    v_shaped = v_template + _apply(shapedirs.reshape(3 * V, L), betas, per_sample).view(B, V, 3)
+    # 2. rest joints J = J_reg v_shaped
+    if rest_joints is None:
+        rest_joints = _apply(J_regressor, v_shaped, per_sample)  # (B, J, 3)
+    rest_joints = rest_joints.reshape(B, J, 3)
+    # 3. pose correctives from the non-root rotations: v_posed = v_shaped + P vec(R_j - I)
+    R = pose.reshape(B, J, 3, 3) if not pose2rot else axis_angle_to_matrix(pose.reshape(B, J, 3))
+    feature = (R[:, 1:] - torch.eye(3, dtype=R.dtype, device=R.device)).reshape(B, -1)  # (B, 9 (J - 1))
+    v_posed = v_shaped + _apply(posedirs.T, feature, per_sample).view(B, V, 3)
+    # 4. forward kinematics, and each joint's transform of rest-pose points [W_j | t_j - W_j J_j]
+    posed, world = forward_kinematics(R, rest_joints, parents)  # (B, J, 3), (B, J, 3, 3)
+    offset = posed - (world @ rest_joints[..., None])[..., 0]
+    G = torch.cat([world, offset[..., None]], -1).view(B, J, 12)  # (B, J, 3 x 4)
+    # 5. skinning: blend the transforms by the weights, then move each vertex by its own blend
+    T = _apply(lbs_weights, G, per_sample).view(B, V, 3, 4)
+    verts = T[..., 0] * v_posed[..., :1] + T[..., 1] * v_posed[..., 1:2] + T[..., 2] * v_posed[..., 2:] + T[..., 3]
+    return verts.view(*batch, V, 3), posed.view(*batch, J, 3)
+
+
+class Skinning:
+    """`lbs` with a loaded smplx model's buffers (MANO, SMPL or SMPL-X), prepared once.
+
+    Adds the model's pose_mean (MANO and SMPL-X hands: zero with flat_hand_mean=True, the default
+    of our loaders), appends SMPL-X's expression directions to its shape directions, and
+    precomputes the rest joints' dependence on beta. dtype float64 or float32; per_sample as in
+    `lbs` (on by default: the datasets need exact batches). Up to float precision it is
+    model(betas, global_orient, body_pose / hand_pose, ...).vertices and .joints[:, :J].
+    """
+
+    def __init__(self, model, dtype=torch.float64, per_sample=True):
+        def buffer(name):
+            return getattr(model, name).detach().to(dtype).contiguous()
+
+        self.parents, self.per_sample = model.parents.tolist(), per_sample
+        self.v_template, self.shapedirs = buffer("v_template"), buffer("shapedirs")  # (V, 3), (V, 3, L)
+        if hasattr(model, "expr_dirs"):  # SMPL-X: betas then expression coefficients
+            self.shapedirs = torch.cat([self.shapedirs, buffer("expr_dirs")], -1)
+        self.posedirs, self.lbs_weights = buffer("posedirs"), buffer("lbs_weights")  # (P, 3 V), (V, J)
+        self.J_regressor = buffer("J_regressor")
+        self.pose_mean = buffer("pose_mean") if hasattr(model, "pose_mean") else torch.zeros((), dtype=dtype)
+        # J = J_reg (T + S beta) = J_reg T + (J_reg S) beta
+        self.J_template = self.J_regressor @ self.v_template  # (J, 3)
+        self.J_shapedirs = torch.einsum("jv,vkl->jkl", self.J_regressor, self.shapedirs).reshape(-1, self.shapedirs.shape[-1])
+
+    def __call__(self, pose, betas, expression=None):
+        """pose (..., J, 3) axis-angle, global orientation first; betas (..., L); expression (..., E)
+        for SMPL-X. -> verts (..., V, 3), joints (..., J, 3) in self's dtype."""
+        if expression is not None:
+            betas = torch.cat([betas, expression], -1)
+        pose, betas = pose.to(self.v_template.dtype), betas.to(self.v_template.dtype)
+        batch = betas.shape[:-1]
+        pose = pose.reshape(*batch, -1) + self.pose_mean
+        flat = betas.reshape(-1, betas.shape[-1])
+        rest = self.J_template + _apply(self.J_shapedirs, flat, self.per_sample).view(len(flat), -1, 3)
+        return lbs(betas, pose, self.v_template, self.shapedirs, self.posedirs, self.J_regressor, self.parents,
+                   self.lbs_weights, rest_joints=rest, per_sample=self.per_sample)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Mesh normals
+
+
+def face_normals(verts, faces):
+    """Triangle normals (..., F, 3) of meshes verts (..., V, 3) sharing faces (F, 3): e1 x e2 with
+    e1 = p1 - p0, e2 = p2 - p0, whose length is twice the triangle's area."""
+    p = verts[..., faces, :]  # (..., F, 3 corners, 3)
+    return torch.linalg.cross(p[..., 1, :] - p[..., 0, :], p[..., 2, :] - p[..., 0, :], dim=-1)
+
+
+def vertex_normals(verts, faces):
+    """Area-weighted unit vertex normals (..., V, 3) of meshes verts (..., V, 3) sharing faces (F, 3).
+
+    They point to the side from which the faces' corners run counter-clockwise (outwards for
+    SMPL, MANO and SMPL-X). Every face's e1 x e2 (`face_normals`) is summed into its three corners.
+    Computed axis-major (one flat index_add_, the fastest on a CPU); the result is a view of
+    that (3, M V) layout, which the renderer reads without a copy. Each mesh's sums run in the same
+    order whatever the batch, so a mesh's normals never depend on the batch it is in.
+    """
+    V = verts.shape[-2]
+    xyz = verts.reshape(-1, 3).T.contiguous()  # (3, M V), M the number of meshes
+    M = xyz.shape[1] // V
+    corners = (faces.T.contiguous()[:, None] + V * torch.arange(M, device=faces.device)[:, None]).view(3, -1)
+    p = xyz.index_select(1, corners.reshape(-1)).view(3, 3, -1)  # (3 axes, 3 corners, M F)
+    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+    n = torch.stack([e1[1] * e2[2] - e1[2] * e2[1], e1[2] * e2[0] - e1[0] * e2[2], e1[0] * e2[1] - e1[1] * e2[0]])
+    # element (axis k, vertex i) of the flat sum is k M V + i
+    element = (corners[None] + xyz.shape[1] * torch.arange(3, device=xyz.device)[:, None, None]).reshape(-1)
+    out = torch.zeros(xyz.numel(), dtype=xyz.dtype, device=xyz.device)
+    out.index_add_(0, element, n[:, None].expand(3, 3, -1).reshape(-1))
+    out = out.view(3, -1)
+    out = out / (out[0] * out[0] + out[1] * out[1] + out[2] * out[2]).sqrt_().clamp_min_(1e-12)
+    return out.T.reshape(verts.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Loaders: real model files, or the procedural stand-ins (Part II) when there are none
+
+_LAYOUT = ("DIR/mano/MANO_RIGHT.pkl (and MANO_LEFT.pkl), DIR/smpl/SMPL_NEUTRAL.pkl, "
+           "DIR/smplx/SMPLX_NEUTRAL.npz")
+_SHAPE_WARNING = "WARNING: You are using a"  # smplx's print when a file has fewer than 300 shape columns
+_printed_warnings = set()
+
+
+def _build_quietly(build, capped):
+    """Call smplx's constructor build() and pass on what it prints, except its "only 10 shape
+    coefficients" warning: that one is printed once per process, in the main process only (not in
+    DataLoader workers, not on other DDP ranks), and only if `capped` (the caller asked for more
+    coefficients than the 10 smplx keeps). Otherwise it says nothing: the real MANO and SMPL 1.0
+    files and our stand-ins have exactly 10."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            return build()
+    finally:
+        main = torch.utils.data.get_worker_info() is None and int(os.environ.get("RANK", 0)) == 0
+        for line in buffer.getvalue().splitlines(keepends=True):
+            if not line.startswith(_SHAPE_WARNING):
+                sys.stdout.write(line)
+            elif capped and main and line not in _printed_warnings:
+                _printed_warnings.add(line)
+                sys.stdout.write(line)
+
+
+def _model_file(model_dir, kind, names):
+    """The model file under model_dir/kind: the first of `names` that exists (real files), or the
+    stand-in written on demand when model_dir and $HMR_BODY_MODELS are both unset."""
+    if model_dir is None:
+        model_dir = os.environ.get("HMR_BODY_MODELS") or write_standins(kinds=(kind,))
+    root = Path(model_dir).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"body model folder {root} does not exist; expected smplx's layout {_LAYOUT}")
+    for name in names:
+        if (root / kind / name).is_file():
+            return root / kind / name
+    raise FileNotFoundError(f"{root / kind / names[0]} does not exist; expected smplx's layout {_LAYOUT}")
+
+
+def load_mano(model_dir=None, side="right", **kwargs):
+    """smplx.MANO for `side` ("right" or "left") from model_dir/mano/MANO_{RIGHT,LEFT}.pkl.
+
+    model_dir None: $HMR_BODY_MODELS, else the procedural stand-in. Defaults use_pca=False,
+    flat_hand_mean=True, batch_size=1; kwargs go to smplx.MANO (dtype, num_pca_comps, ...).
+    Applies the known fix to the official left hand (smplx issue 48): its shapedirs' x rows
+    have the wrong sign, recognisable because they equal the right hand's.
+    """
+    import smplx
+    from smplx.utils import Struct
+    if side not in ("right", "left"):
+        raise ValueError(f"load_mano: side must be 'right' or 'left', got {side!r}")
+    path = _model_file(model_dir, "mano", (f"MANO_{side.upper()}.pkl",))
+    arrays = _checked_arrays(path, "mano")
+    right = path.with_name("MANO_RIGHT.pkl")
+    if side == "left" and right.is_file():
+        right_dirs = _read_model(right, ["shapedirs"])["shapedirs"]
+        if np.abs(arrays["shapedirs"][:, 0] - right_dirs[:, 0]).sum() < 1:  # the known bug
+            arrays["shapedirs"] = arrays["shapedirs"] * np.array([-1, 1, 1])[:, None]
+    elif side == "left":
+        warnings.warn(f"{path}: no MANO_RIGHT.pkl next to it, so the official left hand's "
+                      "shapedirs bug (smplx issue 48) can be neither detected nor fixed")
+    kwargs = dict(dict(use_pca=False, flat_hand_mean=True, batch_size=1), **kwargs)
+    return _build_quietly(lambda: smplx.MANO(str(path), is_rhand=side == "right", data_struct=Struct(**arrays),
+                                             **kwargs), capped=kwargs.get("num_betas", 10) > 10)
+
+
+def load_smpl(model_dir=None, **kwargs):
+    """smplx.SMPL from model_dir/smpl/SMPL_{GENDER}.pkl (gender="neutral" by default).
+
+    model_dir None: $HMR_BODY_MODELS, else the procedural stand-in. kwargs go to smplx.SMPL.
+    smplx's warning about 10 shape coefficients: see `_build_quietly`.
+    """
+    import smplx
+    from smplx.utils import Struct
+    kwargs = dict(dict(batch_size=1, gender="neutral"), **kwargs)
+    path = _model_file(model_dir, "smpl", (f"SMPL_{kwargs['gender'].upper()}.pkl",))
+    arrays = _checked_arrays(path, "smpl")
+    return _build_quietly(lambda: smplx.SMPL(str(path), data_struct=Struct(**arrays), **kwargs),
+                          capped=kwargs.get("num_betas", 10) > 10)
+
+
+def load_smplx(model_dir=None, **kwargs):
+    """smplx.SMPLX from model_dir/smplx/SMPLX_{GENDER}.npz (or .pkl; gender="neutral" by default).
+
+    model_dir None: $HMR_BODY_MODELS, else the procedural stand-in. Defaults batch_size=1,
+    use_pca=False, flat_hand_mean=True; kwargs go to smplx.SMPLX. smplx reads SMPL-X only from a
+    file, and would unpickle whatever it holds, so the checked arrays go through a temporary
+    .npz of plain arrays unless the file is already one.
+    """
+    import smplx
+    kwargs = dict(dict(batch_size=1, gender="neutral", use_pca=False, flat_hand_mean=True), **kwargs)
+    name = f"SMPLX_{kwargs['gender'].upper()}"
+    path = _model_file(model_dir, "smplx", (name + ".npz", name + ".pkl"))
+    arrays = _checked_arrays(path, "smplx")
+    capped = max(kwargs.get("num_betas", 10), kwargs.get("num_expression_coeffs", 10)) > 10
+    if path.suffix == ".npz" and _plain_npz(path):
+        return _build_quietly(lambda: smplx.SMPLX(str(path), ext="npz", **kwargs), capped)
+    with tempfile.TemporaryDirectory() as tmp:
+        clean = Path(tmp) / (name + ".npz")
+        np.savez(clean, **arrays)
+        return _build_quietly(lambda: smplx.SMPLX(str(clean), ext="npz", **kwargs), capped)
+
+
+def _plain_npz(path):
+    """True if every array in the .npz loads without unpickling."""
+    with np.load(path, allow_pickle=False) as npz:
+        try:
+            for key in npz.files:
+                npz[key]
+        except ValueError:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Pictures
 
 # Each view: rows = screen right, screen up, towards the viewer, in model coordinates (y up,
 # the body faces +z). For OpenCV camera coordinates (y down) pass verts * [1, -1, -1].
@@ -286,7 +579,7 @@ def plot_mesh_views(verts, faces, joints=None, parents=None, title=None):
     shading from a light at the viewer, which stays fast for SMPL-X's 20k faces.
     Returns a matplotlib Figure (not attached to pyplot, so nothing leaks between calls).
     """
-    from matplotlib.collections import LineCollection, PolyCollection
+    from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
 
     verts, faces = _numpy(verts).astype(np.float64), _numpy(faces).astype(np.int64)
@@ -315,10 +608,7 @@ def plot_mesh_views(verts, faces, joints=None, parents=None, title=None):
         # 3. joints and bones on top
         if joints is not None:
             q = (joints - centre) @ M.T  # (J, 3)
-            if parents is not None:
-                bones = [(q[j, :2], q[p, :2]) for j, p in enumerate(parents) if p >= 0]
-                ax.add_collection(LineCollection(bones, colors="crimson", linewidths=1.5, zorder=3))
-            ax.scatter(q[:, 0], q[:, 1], s=10, c="crimson", zorder=4)
+            draw_skeleton(ax, q[:, :2], parents, color="crimson", linewidth=1.5, size=10, dots=None)
         ax.set(xlim=(-radius, radius), ylim=(-radius, radius), aspect="equal", title=name,
                xticks=[], yticks=[])
     if title:
@@ -326,8 +616,236 @@ def plot_mesh_views(verts, faces, joints=None, parents=None, title=None):
     return fig
 
 
-# ---------------------------------------------------------------------------------------------
-# ---- Procedural stand-ins and loaders ----
+FINGER_COLORS = ("#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd")  # thumb, index, middle, ring, pinky
+
+
+def bone_colors(parents):
+    """A colour per bone (bone j joins joint j to its parent): a FreiHAND hand's five fingers get
+    FINGER_COLORS, any other tree blue for the body's left side (SMPL / SMPL-X names) and red for the rest."""
+    if tuple(parents) == FREIHAND_PARENTS:
+        return [FINGER_COLORS[(j - 1) // 4] if j > 0 else "w" for j in range(21)]
+    left = {j for j, name in enumerate(SMPLX_JOINT_NAMES) if name.startswith("left")}
+    return ["#1f77b4" if j in left else "#d62728" for j in range(len(parents))]
+
+
+def draw_skeleton(ax, points, parents, color="crimson", label=None, linewidth=1.3, size=5, dots="white", zorder=3):
+    """Draw a skeleton on a matplotlib axis: the bones as one LineCollection, then the joints.
+
+    points (J, 2) tensor or array (pixels for an image drawn with imshow); parents (J,), -1 for a
+    root, or None for joints alone; color: one colour for everything, J colours (one per bone), or
+    "bones" for `bone_colors(parents)`; label: the bones' legend entry; dots: the joints' face
+    colour (None: the bones' colour), edged in black when given. Returns the LineCollection (or None).
+    """
+    from matplotlib.collections import LineCollection
+
+    points = _numpy(points).astype(np.float64).reshape(-1, 2)
+    colors = bone_colors(parents) if isinstance(color, str) and color == "bones" else color
+    bones = None
+    if parents is not None:
+        pairs = [(j, p) for j, p in enumerate(parents) if p >= 0]
+        per_bone = colors if not isinstance(colors, str) else [colors] * len(parents)
+        bones = LineCollection([points[[p, j]] for j, p in pairs], colors=[per_bone[j] for j, _ in pairs],
+                               linewidths=linewidth, zorder=zorder, label=label)
+        ax.add_collection(bones)
+    face = dots if dots is not None else (colors if isinstance(colors, str) else "black")
+    edges = dict(edgecolors="black", linewidths=0.3) if dots is not None else {}
+    ax.scatter(points[:, 0], points[:, 1], s=size, c=face, zorder=zorder + 1, **edges)
+    return bones
+
+
+# =============================================================================================
+# PART II: THE MACHINERY
+#
+# Reading model files without running code from them, writing files atomically, and the procedural
+# stand-in models that take the place of the licensed MANO / SMPL / SMPL-X files.
+# =============================================================================================
+
+# --- Reading model files without running code from them --------------------------------------
+# The official MANO/SMPL pickles hold chumpy objects (chumpy no longer installs on current numpy
+# and Python) and scipy sparse matrices, and unpickling can call any function the file names.
+# The unpickler below resolves only the few names numpy arrays need; chumpy and scipy.sparse
+# classes become inert records of their saved attributes, turned into arrays afterwards.
+
+
+class _Record:
+    """An unpickled chumpy or scipy.sparse object: just its saved attributes, no behaviour."""
+
+    def __init__(self, *args, **kwargs):
+        self.state = {}
+
+    def __setstate__(self, state):
+        self.state = state if isinstance(state, dict) else {"x": state}
+
+
+# the only names a model pickle may resolve: numpy's array and dtype constructors, and the
+# harmless helpers that Python 2 and protocol-2 pickles use to rebuild plain objects and bytes
+_ALLOWED_NAMES = {
+    ("numpy.core.multiarray", "_reconstruct"): np.zeros(1).__reduce__()[0],
+    ("numpy._core.multiarray", "_reconstruct"): np.zeros(1).__reduce__()[0],
+    ("numpy.core.multiarray", "scalar"): np.float64(1).__reduce__()[0],
+    ("numpy._core.multiarray", "scalar"): np.float64(1).__reduce__()[0],
+    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+    ("builtins", "object"): object, ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "object"): object, ("__builtin__", "set"): set, ("__builtin__", "frozenset"): frozenset,
+    ("copyreg", "_reconstructor"): __import__("copyreg")._reconstructor,
+    ("copy_reg", "_reconstructor"): __import__("copyreg")._reconstructor,
+    ("_codecs", "encode"): __import__("codecs").encode,
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Resolves only _ALLOWED_NAMES, and maps chumpy.* and scipy.sparse matrices to _Record
+    subclasses. Any other name raises before anything is called."""
+
+    def __init__(self, file, path):
+        super().__init__(file, encoding="latin1")  # Python 2 pickles hold latin-1 byte strings
+        self.path = path
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED_NAMES:
+            return _ALLOWED_NAMES[module, name]
+        if module.split(".")[0] == "chumpy" or (module.startswith("scipy.sparse")
+                                                and name.endswith(("_matrix", "_array"))):
+            return type(name, (_Record,), {"origin": f"{module}.{name}"})
+        raise ValueError(f"{self.path}: refusing to unpickle {module}.{name}; a body model file may "
+                         "only hold numpy arrays, scipy.sparse matrices and chumpy arrays")
+
+
+def _as_array(value, key, path):
+    """A numpy array from an unpickled value: an array, a chumpy record or a sparse record."""
+    if not isinstance(value, _Record):
+        return value if isinstance(value, np.ndarray) else np.asarray(value)
+    kind, state = value.origin.rsplit(".", 1)[-1], value.state
+    if value.origin.startswith("chumpy"):
+        if "x" not in state:  # a chumpy expression, not a stored array
+            raise ValueError(f"{path}: key '{key}' is a chumpy {kind} expression, which cannot be "
+                             "evaluated without running chumpy")
+        return _as_array(state["x"], key, path)
+    import scipy.sparse as sp
+    shape = tuple(state.get("_shape", state.get("shape", ())))
+    if kind.startswith(("csc", "csr")):
+        cls = sp.csc_matrix if kind.startswith("csc") else sp.csr_matrix
+        return cls((state["data"], state["indices"], state["indptr"]), shape=shape).toarray()
+    coords = state.get("coords", (state.get("row"), state.get("col")))
+    return sp.coo_matrix((state["data"], tuple(coords)), shape=shape).toarray()
+
+
+def _read_model(path, keys):
+    """{key: array} for the `keys` present in a .pkl or .npz model file, without running code."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            out = {}
+            for key in set(keys) & set(npz.files):
+                try:
+                    out[key] = npz[key]
+                except ValueError as e:  # an object array: only readable by unpickling
+                    raise ValueError(f"{path}: key '{key}' holds Python objects; "
+                                     "refusing to unpickle it") from e
+            return out
+    with open(path, "rb") as f:
+        data = _SafeUnpickler(f, path).load()
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a pickled dict of arrays, found {type(data).__name__}")
+    return {key: _as_array(data[key], key, path) for key in keys if key in data}
+
+
+# Expected shapes (None: any size). The first keys are required, the rest optional.
+_MODEL_KEYS = {
+    "mano": dict(v_template=(778, 3), f=(1538, 3), J_regressor=(16, 778), weights=(778, 16),
+                 kintree_table=(2, 16), shapedirs=(778, 3, None), posedirs=(778, 3, 135),
+                 hands_components=(45, 45), hands_mean=(45,)),
+    "smpl": dict(v_template=(6890, 3), f=(13776, 3), J_regressor=(24, 6890), weights=(6890, 24),
+                 kintree_table=(2, 24), shapedirs=(6890, 3, None), posedirs=(6890, 3, 207)),
+    "smplx": dict(v_template=(10475, 3), f=(20908, 3), J_regressor=(55, 10475), weights=(10475, 55),
+                  kintree_table=(2, 55), shapedirs=(10475, 3, None), posedirs=(10475, 3, 486),
+                  hands_componentsl=(45, 45), hands_componentsr=(45, 45), hands_meanl=(45,),
+                  hands_meanr=(45,), lmk_faces_idx=(51,), lmk_bary_coords=(51, 3)),
+}
+_OPTIONAL_KEYS = {"smplx": dict(dynamic_lmk_faces_idx=(79, 17), dynamic_lmk_bary_coords=(79, 17, 3))}
+
+
+def _checked_arrays(path, kind):
+    """Read a model file's arrays and check every shape; ValueError names the key and shapes."""
+    expected = {**_MODEL_KEYS[kind], **_OPTIONAL_KEYS.get(kind, {})}
+    arrays = _read_model(path, list(expected))
+    for key, shape in expected.items():
+        if key not in arrays:
+            if key in _MODEL_KEYS[kind]:
+                raise ValueError(f"{path}: key '{key}' is missing (expected shape {shape})")
+            continue
+        found = arrays[key].shape
+        if len(found) != len(shape) or any(e is not None and e != s for e, s in zip(shape, found)):
+            wanted = "(" + ", ".join("B" if e is None else str(e) for e in shape) + ")"
+            raise ValueError(f"{path}: key '{key}' has shape {found}, expected {wanted}")
+    if kind == "smplx" and arrays["shapedirs"].shape[2] < 20:
+        raise ValueError(f"{path}: key 'shapedirs' has {arrays['shapedirs'].shape[2]} columns, "
+                         "expected at least 20 (10 shape + 10 expression)")
+    return arrays
+
+
+
+
+# --- Writing the stand-ins -------------------------------------------------------------------
+
+STANDIN_VERSION = "standins-v1"  # the cache folder is named after it and a hash of the generator code
+
+
+
+def standin_dir():
+    """The stand-ins' cache folder: $HMR_CACHE/standins-v1-HASH, by default ~/.cache/hmr-reference/standins-v1-HASH.
+
+    It has smplx's layout (mano/MANO_RIGHT.pkl, smpl/SMPL_NEUTRAL.pkl, smplx/SMPLX_NEUTRAL.npz),
+    so it can be passed anywhere a folder of real model files is expected.
+    """
+    root = os.environ.get("HMR_CACHE") or Path.home() / ".cache" / "hmr-reference"
+    return Path(root).expanduser() / f"{STANDIN_VERSION}-{_generator_hash()}"
+
+
+_GENERATOR_START = "# ---- Stand-in generator (hashed: see _generator_hash) ----"
+_GENERATOR_END = "# ---- End of the stand-in generator ----"
+
+
+def _generator_source(text):
+    """What the stand-ins depend on: the generator's text between the two markers of `text` (this
+    file's source), plus the Part I functions and constants it uses. Loaders, pictures and docs
+    outside the markers may change freely."""
+    used = (face_normals, vertex_normals, mirror_rotation)
+    constants = (MANO_PARENTS, MANO_FINGERTIP_VERTS, SMPL_PARENTS, SMPLX_PARENTS)
+    start, end = text.index(f"\n{_GENERATOR_START}\n"), text.index(f"\n{_GENERATOR_END}\n")  # the marker lines
+    return (text[start:end]
+            + "".join(inspect.getsource(fn) for fn in used) + repr(constants))
+
+
+@functools.lru_cache(maxsize=1)
+def _generator_hash():
+    """8 hex digits of `_generator_source`: an edited generator never reads files an older one
+    cached (a stale cache would silently give other meshes)."""
+    return hashlib.sha1(_generator_source(Path(__file__).read_text()).encode()).hexdigest()[:8]
+
+
+def atomic_write(path, write):
+    """Create the file `path` all at once: write(f) writes into a binary file object of a temporary
+    file in the same folder, which is flushed, fsynced and renamed into place (os.replace), so a
+    reader or a racing process (DDP ranks) never sees a half-written file, and a crash leaves the
+    old file or none. The temporary file is removed on error. The file is readable by everyone
+    (0o644), as a model file or a checkpoint is meant to be shared. Returns path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# ---- Stand-in generator (hashed: see _generator_hash) ----
 #
 # The MANO, SMPL and SMPL-X files cannot be shipped (their licence forbids it), and every later
 # line of code should run exactly as it would on them. So we generate stand-ins with the real
@@ -347,7 +865,6 @@ def plot_mesh_views(verts, faces, joints=None, parents=None, title=None):
 # anatomy: numbers measured on them say nothing about the real models.
 
 
-STANDIN_VERSION = "standins-v1"  # the cache folder is named after it and a hash of the generator code
 
 # --- Mesh helpers ----------------------------------------------------------------------------
 
@@ -867,11 +1384,6 @@ def _hand_pose_basis():
     return components, mean
 
 
-def _mirror_pose(aa):
-    """Axis-angle of the mirror image through the plane x = 0: (ax, ay, az) -> (ax, -ay, -az)."""
-    return (aa.reshape(*aa.shape[:-1], -1, 3) * [1, -1, -1]).reshape(aa.shape)
-
-
 @functools.lru_cache(maxsize=None)
 def _standin_hand():
     """The right stand-in hand: MANO arrays (key -> array) plus 'ring' (16,), the wrist opening's
@@ -1029,16 +1541,13 @@ def _unique_edges(faces):
 
 
 def _face_normals(verts, faces):
-    """Triangle normals (F, 3), length = twice the area."""
-    tri = verts[faces]
-    return np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    """`face_normals` of numpy arrays: (F, 3), length = twice the area."""
+    return face_normals(torch.from_numpy(np.ascontiguousarray(verts)), torch.from_numpy(np.ascontiguousarray(faces))).numpy()
 
 
 def _vertex_normals(verts, faces):
-    """Area-weighted vertex normals (V, 3), unit length."""
-    out = np.zeros_like(verts)
-    np.add.at(out, faces.ravel(), np.repeat(_face_normals(verts, faces), 3, axis=0))
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-20)
+    """`vertex_normals` of numpy arrays: (V, 3), unit length."""
+    return vertex_normals(torch.from_numpy(np.ascontiguousarray(verts)), torch.from_numpy(np.ascontiguousarray(faces))).numpy()
 
 
 def _edge_opposites(faces):
@@ -1535,28 +2044,11 @@ def _standin_body(kind):
                 posedirs=np.zeros((V, 3, 9 * (J - 1))), **extra)
 
 
-# --- Writing the stand-ins -------------------------------------------------------------------
+
+# --- The stand-ins' files -------------------------------------------------------------------
 
 _STANDIN_FILES = {"mano": ("MANO_RIGHT.pkl", "MANO_LEFT.pkl"), "smpl": ("SMPL_NEUTRAL.pkl",),
                   "smplx": ("SMPLX_NEUTRAL.npz",)}
-
-
-def standin_dir():
-    """The stand-ins' cache folder: $HMR_CACHE/standins-v1-HASH, by default ~/.cache/hmr-reference/standins-v1-HASH.
-
-    It has smplx's layout (mano/MANO_RIGHT.pkl, smpl/SMPL_NEUTRAL.pkl, smplx/SMPLX_NEUTRAL.npz),
-    so it can be passed anywhere a folder of real model files is expected.
-    """
-    root = os.environ.get("HMR_CACHE") or Path.home() / ".cache" / "hmr-reference"
-    return Path(root).expanduser() / f"{STANDIN_VERSION}-{_generator_hash()}"
-
-
-@functools.lru_cache(maxsize=1)
-def _generator_hash():
-    """8 hex digits of this file's text from the stand-in banner on: an edited generator never
-    reads files an older one cached (a stale cache would silently give other meshes)."""
-    text = Path(__file__).read_text()
-    return hashlib.sha1(text[text.index("# ---- Procedural stand-ins"):].encode()).hexdigest()[:8]
 
 
 def _mirror_hand(arrays):
@@ -1565,8 +2057,8 @@ def _mirror_hand(arrays):
     out["v_template"] = arrays["v_template"] * [-1, 1, 1]
     out["f"] = arrays["f"][:, ::-1].copy()  # a mirror image turns the triangles inside out
     out["shapedirs"] = arrays["shapedirs"] * np.array([-1, 1, 1])[:, None]
-    out["hands_components"] = _mirror_pose(arrays["hands_components"])
-    out["hands_mean"] = _mirror_pose(arrays["hands_mean"])
+    out["hands_components"] = mirror_rotation(arrays["hands_components"])
+    out["hands_mean"] = mirror_rotation(arrays["hands_mean"])
     return out
 
 
@@ -1588,21 +2080,6 @@ def _official_format(arrays, sparse_regressor):
     return out
 
 
-def _write_atomic(path, write):
-    """Write a file through a temporary name in the same folder, then rename it into place, so
-    that processes racing to create it (DDP ranks) never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; model files are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_standins(root=None, kinds=("mano", "smpl", "smplx")):
     """Generate the stand-in model files that are missing under `root` (default `standin_dir()`).
 
@@ -1622,220 +2099,10 @@ def write_standins(root=None, kinds=("mano", "smpl", "smplx")):
                 arrays = _standin_body(kind)
             arrays = _official_format(arrays, sparse_regressor=kind != "smplx")
             if name.endswith(".pkl"):
-                _write_atomic(path, lambda f: pickle.dump(arrays, f, protocol=4))
+                atomic_write(path, lambda f: pickle.dump(arrays, f, protocol=4))
             else:
-                _write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+                atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     return root
 
 
-# --- Reading model files without running code from them --------------------------------------
-# The official MANO/SMPL pickles hold chumpy objects (chumpy no longer installs on current numpy
-# and Python) and scipy sparse matrices, and unpickling can call any function the file names.
-# The unpickler below resolves only the few names numpy arrays need; chumpy and scipy.sparse
-# classes become inert records of their saved attributes, turned into arrays afterwards.
-
-
-class _Record:
-    """An unpickled chumpy or scipy.sparse object: just its saved attributes, no behaviour."""
-
-    def __init__(self, *args, **kwargs):
-        self.state = {}
-
-    def __setstate__(self, state):
-        self.state = state if isinstance(state, dict) else {"x": state}
-
-
-# the only names a model pickle may resolve: numpy's array and dtype constructors, and the
-# harmless helpers that Python 2 and protocol-2 pickles use to rebuild plain objects and bytes
-_ALLOWED_NAMES = {
-    ("numpy.core.multiarray", "_reconstruct"): np.zeros(1).__reduce__()[0],
-    ("numpy._core.multiarray", "_reconstruct"): np.zeros(1).__reduce__()[0],
-    ("numpy.core.multiarray", "scalar"): np.float64(1).__reduce__()[0],
-    ("numpy._core.multiarray", "scalar"): np.float64(1).__reduce__()[0],
-    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-    ("builtins", "object"): object, ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
-    ("__builtin__", "object"): object, ("__builtin__", "set"): set, ("__builtin__", "frozenset"): frozenset,
-    ("copyreg", "_reconstructor"): __import__("copyreg")._reconstructor,
-    ("copy_reg", "_reconstructor"): __import__("copyreg")._reconstructor,
-    ("_codecs", "encode"): __import__("codecs").encode,
-}
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Resolves only _ALLOWED_NAMES, and maps chumpy.* and scipy.sparse matrices to _Record
-    subclasses. Any other name raises before anything is called."""
-
-    def __init__(self, file, path):
-        super().__init__(file, encoding="latin1")  # Python 2 pickles hold latin-1 byte strings
-        self.path = path
-
-    def find_class(self, module, name):
-        if (module, name) in _ALLOWED_NAMES:
-            return _ALLOWED_NAMES[module, name]
-        if module.split(".")[0] == "chumpy" or (module.startswith("scipy.sparse")
-                                                and name.endswith(("_matrix", "_array"))):
-            return type(name, (_Record,), {"origin": f"{module}.{name}"})
-        raise ValueError(f"{self.path}: refusing to unpickle {module}.{name}; a body model file may "
-                         "only hold numpy arrays, scipy.sparse matrices and chumpy arrays")
-
-
-def _as_array(value, key, path):
-    """A numpy array from an unpickled value: an array, a chumpy record or a sparse record."""
-    if not isinstance(value, _Record):
-        return value if isinstance(value, np.ndarray) else np.asarray(value)
-    kind, state = value.origin.rsplit(".", 1)[-1], value.state
-    if value.origin.startswith("chumpy"):
-        if "x" not in state:  # a chumpy expression, not a stored array
-            raise ValueError(f"{path}: key '{key}' is a chumpy {kind} expression, which cannot be "
-                             "evaluated without running chumpy")
-        return _as_array(state["x"], key, path)
-    import scipy.sparse as sp
-    shape = tuple(state.get("_shape", state.get("shape", ())))
-    if kind.startswith(("csc", "csr")):
-        cls = sp.csc_matrix if kind.startswith("csc") else sp.csr_matrix
-        return cls((state["data"], state["indices"], state["indptr"]), shape=shape).toarray()
-    coords = state.get("coords", (state.get("row"), state.get("col")))
-    return sp.coo_matrix((state["data"], tuple(coords)), shape=shape).toarray()
-
-
-def _read_model(path, keys):
-    """{key: array} for the `keys` present in a .pkl or .npz model file, without running code."""
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
-            out = {}
-            for key in set(keys) & set(npz.files):
-                try:
-                    out[key] = npz[key]
-                except ValueError as e:  # an object array: only readable by unpickling
-                    raise ValueError(f"{path}: key '{key}' holds Python objects; "
-                                     "refusing to unpickle it") from e
-            return out
-    with open(path, "rb") as f:
-        data = _SafeUnpickler(f, path).load()
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a pickled dict of arrays, found {type(data).__name__}")
-    return {key: _as_array(data[key], key, path) for key in keys if key in data}
-
-
-# Expected shapes (None: any size). The first keys are required, the rest optional.
-_MODEL_KEYS = {
-    "mano": dict(v_template=(778, 3), f=(1538, 3), J_regressor=(16, 778), weights=(778, 16),
-                 kintree_table=(2, 16), shapedirs=(778, 3, None), posedirs=(778, 3, 135),
-                 hands_components=(45, 45), hands_mean=(45,)),
-    "smpl": dict(v_template=(6890, 3), f=(13776, 3), J_regressor=(24, 6890), weights=(6890, 24),
-                 kintree_table=(2, 24), shapedirs=(6890, 3, None), posedirs=(6890, 3, 207)),
-    "smplx": dict(v_template=(10475, 3), f=(20908, 3), J_regressor=(55, 10475), weights=(10475, 55),
-                  kintree_table=(2, 55), shapedirs=(10475, 3, None), posedirs=(10475, 3, 486),
-                  hands_componentsl=(45, 45), hands_componentsr=(45, 45), hands_meanl=(45,),
-                  hands_meanr=(45,), lmk_faces_idx=(51,), lmk_bary_coords=(51, 3)),
-}
-_OPTIONAL_KEYS = {"smplx": dict(dynamic_lmk_faces_idx=(79, 17), dynamic_lmk_bary_coords=(79, 17, 3))}
-
-
-def _checked_arrays(path, kind):
-    """Read a model file's arrays and check every shape; ValueError names the key and shapes."""
-    expected = {**_MODEL_KEYS[kind], **_OPTIONAL_KEYS.get(kind, {})}
-    arrays = _read_model(path, list(expected))
-    for key, shape in expected.items():
-        if key not in arrays:
-            if key in _MODEL_KEYS[kind]:
-                raise ValueError(f"{path}: key '{key}' is missing (expected shape {shape})")
-            continue
-        found = arrays[key].shape
-        if len(found) != len(shape) or any(e is not None and e != s for e, s in zip(shape, found)):
-            wanted = "(" + ", ".join("B" if e is None else str(e) for e in shape) + ")"
-            raise ValueError(f"{path}: key '{key}' has shape {found}, expected {wanted}")
-    if kind == "smplx" and arrays["shapedirs"].shape[2] < 20:
-        raise ValueError(f"{path}: key 'shapedirs' has {arrays['shapedirs'].shape[2]} columns, "
-                         "expected at least 20 (10 shape + 10 expression)")
-    return arrays
-
-
-# --- Loaders ---------------------------------------------------------------------------------
-
-_LAYOUT = ("DIR/mano/MANO_RIGHT.pkl (and MANO_LEFT.pkl), DIR/smpl/SMPL_NEUTRAL.pkl, "
-           "DIR/smplx/SMPLX_NEUTRAL.npz")
-
-
-def _model_file(model_dir, kind, names):
-    """The model file under model_dir/kind: the first of `names` that exists (real files), or the
-    stand-in written on demand when model_dir and $HMR_BODY_MODELS are both unset."""
-    if model_dir is None:
-        model_dir = os.environ.get("HMR_BODY_MODELS") or write_standins(kinds=(kind,))
-    root = Path(model_dir).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"body model folder {root} does not exist; expected smplx's layout {_LAYOUT}")
-    for name in names:
-        if (root / kind / name).is_file():
-            return root / kind / name
-    raise FileNotFoundError(f"{root / kind / names[0]} does not exist; expected smplx's layout {_LAYOUT}")
-
-
-def load_mano(model_dir=None, side="right", **kwargs):
-    """smplx.MANO for `side` ("right" or "left") from model_dir/mano/MANO_{RIGHT,LEFT}.pkl.
-
-    model_dir None: $HMR_BODY_MODELS, else the procedural stand-in. Defaults use_pca=False,
-    flat_hand_mean=True, batch_size=1; kwargs go to smplx.MANO (dtype, num_pca_comps, ...).
-    Applies the known fix to the official left hand (smplx issue 48): its shapedirs' x rows
-    have the wrong sign, recognisable because they equal the right hand's.
-    """
-    import smplx
-    from smplx.utils import Struct
-    if side not in ("right", "left"):
-        raise ValueError(f"load_mano: side must be 'right' or 'left', got {side!r}")
-    path = _model_file(model_dir, "mano", (f"MANO_{side.upper()}.pkl",))
-    arrays = _checked_arrays(path, "mano")
-    right = path.with_name("MANO_RIGHT.pkl")
-    if side == "left" and right.is_file():
-        right_dirs = _read_model(right, ["shapedirs"])["shapedirs"]
-        if np.abs(arrays["shapedirs"][:, 0] - right_dirs[:, 0]).sum() < 1:  # the known bug
-            arrays["shapedirs"] = arrays["shapedirs"] * np.array([-1, 1, 1])[:, None]
-    elif side == "left":
-        warnings.warn(f"{path}: no MANO_RIGHT.pkl next to it, so the official left hand's "
-                      "shapedirs bug (smplx issue 48) can be neither detected nor fixed")
-    kwargs = dict(dict(use_pca=False, flat_hand_mean=True, batch_size=1), **kwargs)
-    return smplx.MANO(str(path), is_rhand=side == "right", data_struct=Struct(**arrays), **kwargs)
-
-
-def load_smpl(model_dir=None, **kwargs):
-    """smplx.SMPL from model_dir/smpl/SMPL_{GENDER}.pkl (gender="neutral" by default).
-
-    model_dir None: $HMR_BODY_MODELS, else the procedural stand-in. kwargs go to smplx.SMPL.
-    """
-    import smplx
-    from smplx.utils import Struct
-    kwargs = dict(dict(batch_size=1, gender="neutral"), **kwargs)
-    path = _model_file(model_dir, "smpl", (f"SMPL_{kwargs['gender'].upper()}.pkl",))
-    return smplx.SMPL(str(path), data_struct=Struct(**_checked_arrays(path, "smpl")), **kwargs)
-
-
-def load_smplx(model_dir=None, **kwargs):
-    """smplx.SMPLX from model_dir/smplx/SMPLX_{GENDER}.npz (or .pkl; gender="neutral" by default).
-
-    model_dir None: $HMR_BODY_MODELS, else the procedural stand-in. Defaults batch_size=1,
-    use_pca=False, flat_hand_mean=True; kwargs go to smplx.SMPLX. smplx reads SMPL-X only from a
-    file, and would unpickle whatever it holds, so the checked arrays go through a temporary
-    .npz of plain arrays unless the file is already one.
-    """
-    import smplx
-    kwargs = dict(dict(batch_size=1, gender="neutral", use_pca=False, flat_hand_mean=True), **kwargs)
-    name = f"SMPLX_{kwargs['gender'].upper()}"
-    path = _model_file(model_dir, "smplx", (name + ".npz", name + ".pkl"))
-    arrays = _checked_arrays(path, "smplx")
-    if path.suffix == ".npz" and _plain_npz(path):
-        return smplx.SMPLX(str(path), ext="npz", **kwargs)
-    with tempfile.TemporaryDirectory() as tmp:
-        clean = Path(tmp) / (name + ".npz")
-        np.savez(clean, **arrays)
-        return smplx.SMPLX(str(clean), ext="npz", **kwargs)
-
-
-def _plain_npz(path):
-    """True if every array in the .npz loads without unpickling."""
-    with np.load(path, allow_pickle=False) as npz:
-        try:
-            for key in npz.files:
-                npz[key]
-        except ValueError:
-            return False
-    return True
+# ---- End of the stand-in generator ----

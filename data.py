@@ -35,14 +35,17 @@ Symbols: B batch, V vertices, F faces, J joints, P covered pixels, M (face, row)
 N (face, pixel) candidates, K intrinsics, (H, W) image size, S crop size, R rotation, T point
 transform, A pixel transform (3, 3) acting on homogeneous pixels.
 
-Map of the file:
-1. Randomness (`sample_rng`) and body models (`body_model`)
-2. Renderer: `rasterize`, `render_mesh`, `random_background`
-3. Augmentation as a camera change: `AugmentConfig`, `sample_augmentation`, `warp_image`
-4. Synthetic hands: the pose prior, `SyntheticHands`
-5. Real hands: `FreiHAND`, `NpzHands`, `write_npz`
-6. Synthetic bodies: `SyntheticPoses`, `SyntheticBodies`, `SyntheticWholeBody`
-7. Pictures and speed: `draw_samples`, `python data.py --grid OUT_DIR`, `python data.py --bench`
+Map of the file. The reference:
+1. Randomness (`sample_rng`, `Draws`) and body models (`body_model`)
+2. Augmentation as a camera change: `AugmentConfig`, `sample_augmentation`, `warp_image`
+3. Real hands: `FreiHAND`, `NpzHands`, `write_npz`
+4. Synthetic hands: `SyntheticHands`, and the trainer's `hand_dataset`
+5. Synthetic bodies: `SyntheticPoses`, `SyntheticBodies`, `SyntheticWholeBody`
+6. The rendered cache: `render_once`, `RenderedSet`, `stack_samples`, `labels`
+7. Pictures and speed: `draw_samples`, `draw_hand_predictions`, `python data.py --grid OUT_DIR`,
+   `python data.py --bench`
+The machinery: 8. pose priors (hands, bodies), 9. looks (skin, clothes, forearm, light),
+10. backgrounds, 11. the renderer (`rasterize`, `render_mesh`) beside `reference_rasterize`.
 """
 
 import argparse
@@ -59,8 +62,9 @@ import torch
 import torch.nn.functional as F
 
 import bodymodels
-from bodymodels import (FREIHAND_PARENTS, axis_angle_to_matrix, mano_to_freihand, matrix_to_axis_angle,
-                        perspective_projection)
+import metrics
+from bodymodels import (FREIHAND_PARENTS, axis_angle_to_matrix, draw_skeleton, forward_kinematics, mano_to_freihand,
+                        matrix_to_axis_angle, mirror_rotation, perspective_projection)
 
 # ---------------------------------------------------------------------------------------------
 # 1. Randomness and body models
@@ -74,138 +78,6 @@ def sample_rng(*keys):
     """
     state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-@functools.lru_cache(maxsize=None)
-def body_model(kind, model_dir=None):
-    """The smplx model "mano" (right hand), "smpl" or "smplx" of bodymodels' loaders (defaults:
-    axis-angle hand poses, flat mean hand), loaded once per process and shared by every dataset,
-    which only read it. model_dir None: $HMR_BODY_MODELS, else the procedural stand-ins."""
-    load = {"mano": bodymodels.load_mano, "smpl": bodymodels.load_smpl, "smplx": bodymodels.load_smplx}
-    if kind not in load:
-        raise ValueError(f"body_model: kind must be one of {sorted(load)}, got {kind!r}")
-    model = load[kind](model_dir)
-    model.requires_grad_(False)
-    return model
-
-
-class Skinning:
-    """smplx's linear blend skinning (`smplx.lbs.lbs`) in float64 numpy, with the model's constants
-    prepared once: for MANO hands about 3x faster than calling the smplx module (whose cost is
-    ~100 small torch ops), more so for a batch. A batch runs sample by sample through the matrix
-    products (stacked matmuls, no batch-size-dependent kernels), so a sample never depends on the
-    batch it is drawn in. It agrees with smplx to 1e-7 m. For SMPL it is slower (float64 pose
-    correctives of 20,670 columns), so the body datasets call smplx.
-    model: a loaded smplx MANO or SMPL module (left unchanged).
-
-    The steps are smplx's: shaped rest mesh v = T + S beta, rest joints J = J_reg v; per-joint
-    rotations R_j (Rodrigues), pose corrective offsets P vec(R_j - I, j > 0); world transforms
-    G_j = G_parent [R_j | J_j - J_parent] down the tree; each vertex moved by sum_j w_vj G_j
-    [I | -J_j]. Returns the posed vertices (B, V, 3) and joints G_j's translations (B, J, 3).
-    """
-
-    def __init__(self, model):
-        def f64(t):  # contiguous: a transposed view makes every product several times slower
-            return np.ascontiguousarray(t.detach().cpu().double().numpy())
-        self.v_template, shapedirs = f64(model.v_template), f64(model.shapedirs)  # (V, 3), (V, 3, L)
-        self.shapedirs = shapedirs.reshape(-1, shapedirs.shape[-1]).T.copy()  # (L, 3 V)
-        J_regressor, self.posedirs = f64(model.J_regressor), f64(model.posedirs)  # (J, V), (9 (J-1), 3 V)
-        self.weights, self.parents = f64(model.lbs_weights), model.parents.tolist()  # (V, J), (J,)
-        self.pose_mean = f64(model.pose_mean) if hasattr(model, "pose_mean") else 0.0  # MANO: 0 for a flat hand
-        # the joints are linear in beta too: J = J_reg T + (J_reg S) beta
-        self.J_template = J_regressor @ self.v_template  # (J, 3)
-        self.J_shapedirs = np.einsum("jv,vkl->ljk", J_regressor, shapedirs).reshape(shapedirs.shape[-1], -1)  # (L, 3J)
-
-    def __call__(self, pose, betas):
-        """pose (B, J, 3) axis-angle (global orientation first), betas (B, L) -> verts (B, V, 3), joints (B, J, 3)."""
-        B, J = len(betas), len(self.parents)
-        pose = np.asarray(pose, dtype=np.float64).reshape(B, -1) + self.pose_mean
-        betas = np.asarray(betas, dtype=np.float64)[:, None]  # (B, 1, L): products row by row
-        v = self.v_template + (betas @ self.shapedirs).reshape(B, -1, 3)  # (B, V, 3)
-        joints = self.J_template + (betas @ self.J_shapedirs).reshape(B, J, 3)
-        R = _rodrigues(pose.reshape(-1, 3)).reshape(B, J, 3, 3)
-        v = v + ((R[:, 1:] - np.eye(3)).reshape(B, 1, -1) @ self.posedirs).reshape(B, -1, 3)  # pose correctives
-        G = np.zeros((B, J, 4, 4))  # world transforms, parents before children
-        G[:, :, 3, 3] = 1
-        for j, p in enumerate(self.parents):
-            G[:, j, :3, :3], G[:, j, :3, 3] = R[:, j], joints[:, j] - (joints[:, p] if p >= 0 else 0)
-            if p >= 0:
-                G[:, j] = G[:, p] @ G[:, j]
-        posed = G[:, :, :3, 3].copy()
-        G[:, :, :3, 3] -= (G[:, :, :3, :3] @ joints[..., None])[..., 0]  # transforms of rest-pose points
-        T = (self.weights @ G[:, :, :3].reshape(B, J, 12)).reshape(B, -1, 3, 4)  # (B, V, 3, 4) blended
-        verts = T[..., 0] * v[..., :1] + T[..., 1] * v[..., 1:2] + T[..., 2] * v[..., 2:] + T[..., 3]
-        return verts, posed
-
-
-class BatchSkinning:
-    """`Skinning` in float32 torch for a batch of bodies: about 3x faster than smplx for one SMPL
-    body (its float64 pose correctives are what makes `Skinning` slow for SMPL). Every matrix
-    product runs sample by sample (a Python loop: the products are large enough), so, unlike a
-    batched smplx call, a sample's mesh does not depend on the batch it is in. It agrees with smplx to 1e-6 m.
-    model: a loaded smplx MANO or SMPL module (left unchanged)."""
-
-    def __init__(self, model):
-        constants = Skinning(model)
-        for name in ("v_template", "shapedirs", "posedirs", "weights", "J_template", "J_shapedirs"):
-            setattr(self, name, torch.from_numpy(getattr(constants, name)).float())
-        self.pose_mean = torch.as_tensor(constants.pose_mean).float()
-        self.parents = constants.parents
-
-    def __call__(self, pose, betas):
-        """pose (B, J, 3) axis-angle (global orientation first), betas (B, L) -> verts (B, V, 3),
-        joints (B, J, 3), float32."""
-        B, J = len(betas), len(self.parents)
-
-        def rows(x, M):  # x (B, K) @ M (K, N), one row at a time
-            return torch.cat([row @ M for row in x.float().split(1)])
-
-        v = self.v_template + rows(betas, self.shapedirs).view(B, -1, 3)  # (B, V, 3)
-        joints = self.J_template + rows(betas, self.J_shapedirs).view(B, J, 3)
-        R = axis_angle_to_matrix((pose.float().reshape(B, -1) + self.pose_mean).view(B, J, 3))  # (B, J, 3, 3)
-        v = v + rows((R[:, 1:] - torch.eye(3)).reshape(B, -1), self.posedirs).view(B, -1, 3)  # pose correctives
-        # world rotations W_j = W_parent R_j and positions t_j = t_parent + W_parent (J_j - J_parent)
-        W, t = [R[:, 0]], [joints[:, 0]]
-        for j, p in enumerate(self.parents[1:], 1):
-            W.append(W[p] @ R[:, j])
-            t.append(t[p] + (W[p] @ (joints[:, j] - joints[:, p])[..., None])[..., 0])
-        W, t = torch.stack(W, 1), torch.stack(t, 1)  # (B, J, 3, 3), (B, J, 3)
-        G = torch.cat([W, (t - (W @ joints[..., None])[..., 0])[..., None]], -1)  # (B, J, 3, 4) of rest points
-        T = torch.stack([self.weights @ g for g in G.view(B, J, 12)]).view(B, -1, 3, 4)  # (B, V, 3, 4) blended
-        verts = T[..., 0] * v[..., :1] + T[..., 1] * v[..., 1:2] + T[..., 2] * v[..., 2:] + T[..., 3]
-        return verts, t
-
-
-def _rodrigues(aa):
-    """Rotation matrices (N, 3, 3) of axis-angle vectors aa (N, 3) in float64 numpy, as
-    bodymodels.axis_angle_to_matrix: R = cos(theta) I + a [aa]_x + b aa aa^T, a = sin(theta) / theta,
-    b = (1 - cos(theta)) / theta^2 = sin^2(theta / 2) / (theta^2 / 2) (sinc keeps both exact at 0)."""
-    theta = np.linalg.norm(aa, axis=-1)[:, None, None]  # (N, 1, 1)
-    a, b = np.sinc(theta / np.pi), 0.5 * np.sinc(theta / (2 * np.pi)) ** 2
-    x, y, z, o = aa[:, 0], aa[:, 1], aa[:, 2], np.zeros(len(aa))
-    skew = np.stack([o, -z, y, z, o, -x, -y, x, o], 1).reshape(-1, 3, 3)  # skew @ v = aa x v
-    return np.cos(theta) * np.eye(3) + a * skew + b * aa[:, :, None] * aa[:, None, :]
-
-
-def _log_rotation(R):
-    """Axis-angle (N, 3) of rotations R (N, 3, 3) in float64 numpy by angles below ~170 degrees:
-    v = sin(theta) n from the antisymmetric part, theta = atan2(|v|, cos(theta)). Near 180 degrees
-    v vanishes and this loses precision: use bodymodels.matrix_to_axis_angle there."""
-    v = 0.5 * np.stack([R[:, 2, 1] - R[:, 1, 2], R[:, 0, 2] - R[:, 2, 0], R[:, 1, 0] - R[:, 0, 1]], 1)  # (N, 3)
-    cos = (np.trace(R, axis1=1, axis2=2) - 1) / 2
-    sin = np.linalg.norm(v, axis=1)
-    factor = np.where(sin < 1e-12, 1.0, np.arctan2(sin, cos) / np.maximum(sin, 1e-12))  # theta / sin(theta)
-    return factor[:, None] * v
-
-
-@functools.lru_cache(maxsize=None)
-def skinning(kind, model_dir=None, batch=False):
-    """`Skinning` (batch=False) or `BatchSkinning` of body_model(kind, model_dir), built once per process."""
-    return (BatchSkinning if batch else Skinning)(body_model(kind, model_dir))
-
-
-HAND_KEYS = ("image", "K", "joints3d", "joints2d", "verts", "mano_pose", "mano_shape", "is_right")
-_AUGMENT_STREAM = 1  # sample_rng(seed, epoch, index, stream): stream 0 draws the sample, 1 its augmentation
 
 
 def _uniform(rng, low, high, shape=()):
@@ -261,362 +133,33 @@ def _image_hw(image_size):
     return int(height), int(width)
 
 
-# ---------------------------------------------------------------------------------------------
-# 2. Renderer
-#
-# A z-buffer in plain PyTorch, vectorised over faces: every face enumerates the pixel rows its
-# screen-space box spans; every (face, row) pair gets the exact column span where the face's three
-# edge functions are >= 0; every pixel of a span becomes a (face, pixel) candidate with its inverse
-# depth 1/z (linear in screen space, so exact at the pixel centre); one scatter_reduce(amax) per
-# pixel keeps the nearest. No Python loop runs over faces or pixels.
-
-NEAR = 1e-3  # metres: faces with a vertex closer to the camera plane are dropped (there is no clipping)
-EDGE_EPS = 1e-4  # pixels: spans are widened by this much so that shared edges leave no cracks
-
-
-def _expand(counts):
-    """Run-length expansion. counts (M,) int32 -> ids (N,) int32 with i repeated counts[i] times,
-    and local (N,) int32 = 0, 1, ..., counts[i] - 1 within each run (N = counts.sum()).
-
-    ids by a cumulative sum instead of repeat_interleave (several times faster on a CPU): with a
-    mark at every run's start s_i (empty runs too), the marks up to position k count the runs
-    that start at or before k, and the last of them holds k: ids[k] = cumsum(marks)[k] - 1.
-    """
-    end = counts.cumsum(0, dtype=torch.int32)
-    n = int(end[-1]) if len(counts) else 0
-    start = end - counts  # (M,) s_i
-    marks = torch.zeros(n + 1, dtype=torch.int32, device=counts.device)  # + 1: empty runs at the end
-    marks.index_add_(0, start, torch.ones_like(start))
-    ids = marks[:n].cumsum(0, dtype=torch.int32) - 1
-    return ids, torch.arange(n, dtype=torch.int32, device=counts.device) - start.index_select(0, ids)
+@functools.lru_cache(maxsize=None)
+def body_model(kind, model_dir=None):
+    """The smplx model "mano" (right hand), "smpl" or "smplx" of bodymodels' loaders (defaults:
+    axis-angle hand poses, flat mean hand), loaded once per process and shared by every dataset,
+    which only read it. model_dir None: $HMR_BODY_MODELS, else the procedural stand-ins."""
+    load = {"mano": bodymodels.load_mano, "smpl": bodymodels.load_smpl, "smplx": bodymodels.load_smplx}
+    if kind not in load:
+        raise ValueError(f"body_model: kind must be one of {sorted(load)}, got {kind!r}")
+    model = load[kind](model_dir)
+    model.requires_grad_(False)
+    return model
 
 
-def _flatnonzero(mask):
-    """Ids (P,) int64 of the True entries of a 1-D bool tensor; numpy's on a CPU (torch.nonzero is
-    several times slower there)."""
-    if mask.device.type == "cpu":
-        return torch.from_numpy(np.flatnonzero(mask.numpy()))
-    return mask.nonzero().squeeze(1)
+@functools.lru_cache(maxsize=None)
+def skinning(kind, model_dir=None, dtype=torch.float64):
+    """`bodymodels.Skinning` of body_model(kind, model_dir) in dtype, built once per process. It poses
+    a batch sample by sample through the large products, so a sample never depends on its batch."""
+    return bodymodels.Skinning(body_model(kind, model_dir), dtype)
 
 
-# rows of the per-face table of `_face_setup` (one column per face, so a row is contiguous)
-_X0, _Y0, _FIRST, _INV_Z0, _DA, _DB = range(6)  # corner 0, first pixel row, 1/z at corner 0 and its slopes
-_P_LO, _Q_LO, _P_HI, _Q_HI = slice(6, 9), slice(9, 12), slice(12, 15), slice(15, 18)  # span bounds (3 each)
-
-
-def _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored=None):
-    """Screen-space set-up of the faces of B meshes that can cover a pixel centre of their image.
-
-    verts (B, V, 3), faces (F, 3) shared, K (B, 3, 3). Everything is relative to each face's
-    first corner (x0, y0), so float32 stays exact enough for sub-pixel faces. With du = u - x0 and
-    dv = v - y0 for a pixel centre (u, v), the barycentric coordinate of corner i is
-    l_i = a_i du + b_i dv + [i == 0], and the inverse depth, linear in screen space under
-    perspective, is 1/z = 1/z_0 + da du + db dv.
-    Returns keep (Fk,) int64, the ids of those faces among the B F faces (mesh-major); corners
-    (3, Fk) their corners' ids among the B V vertices; a and b (3, Fk) (corner-major: a row is
-    contiguous); table (18, Fk) float32, per face the rows [x0, y0, first row, 1/z_0, da, db]
-    and, per corner i, the bounds of l_i >= 0 along a row,
-    du >= lo_i(dv) = p_i + q_i dv (left edges) and du <= hi_i(dv) (right edges), as rows
-    [p_lo (3), q_lo (3), p_hi (3), q_hi (3)]; h (Fk,) int32 each face's row count; image (Fk,)
-    int32 the first pixel id of its image in the stacked B H W pixels. mirrored (B,) bool marks
-    meshes seen in a mirror (x -> -x), whose faces run the other way round.
-    """
-    B, V = verts.shape[:2]
-    z = verts[..., 2].reshape(-1)  # (B V,)
-    uv = (verts @ K.transpose(-1, -2))[..., :2].reshape(-1, 2) / z.clamp_min(NEAR)[:, None]  # (B V, 2)
-    corner_ids = _corner_ids(faces, B, V).view(-1)  # (3 B F,)
-    x, y = uv.T.contiguous().index_select(1, corner_ids).view(2, 3, -1)  # (3 corners, B F) each
-    dx1, dx2, dy1, dy2 = x[1] - x[0], x[2] - x[0], y[1] - y[0], y[2] - y[0]
-    area = dx1 * dy2 - dx2 * dy1  # (B F,) twice the signed area
-    # rows whose centre v = row + 0.5 lies inside the face's vertical extent
-    first = torch.ceil(y.amin(0) - 0.5).clamp_(0, height)
-    h = (torch.floor(y.amax(0) - 0.5).clamp_(-1, height - 1) - first + 1).clamp_min_(0)
-    # with y pointing down, a face whose corners run counter-clockwise seen from outside has area < 0
-    if cull_backfaces and mirrored is not None:
-        facing = area * (1 - 2 * mirrored.float()).repeat_interleave(len(faces)) < 0
-    else:
-        facing = area < 0 if cull_backfaces else area != 0
-    near = z.index_select(0, corner_ids).view(3, -1).amin(0) > NEAR
-    keep = _flatnonzero(facing & near & (h > 0) & (x.amax(0) > 0) & (x.amin(0) < width)).to(verts.device)
-    dx1, dx2, dy1, dy2, area, x0, y0 = (t.index_select(0, keep) for t in (dx1, dx2, dy1, dy2, area, x[0], y[0]))
-    # l_i = ((x_j - u)(y_k - v) - (x_k - u)(y_j - v)) / area for (i, j, k) cyclic, written in du, dv;
-    # l_0 = 1 - l_1 - l_2 keeps the three summing to 1 in float32
-    a1, a2, b1, b2 = dy2 / area, -dy1 / area, -dx2 / area, dx1 / area
-    a, b = torch.stack([-a1 - a2, a1, a2]), torch.stack([-b1 - b2, b1, b2])  # (3, Fk) each
-    # perspective: 1/z = sum_i l_i / z_i
-    corners = corner_ids.view(3, -1).index_select(1, keep)  # (3, Fk) vertex ids among the B V
-    inv_z = 1 / z.index_select(0, corners.view(-1)).view(3, -1)  # (3, Fk)
-    depth = torch.stack([inv_z[0], (a * inv_z).sum(0), (b * inv_z).sum(0)])  # (3, Fk)
-    # l_i >= 0 on a row: du >= -(b_i dv + [i == 0]) / a_i if a_i > 0, du <= ... if a_i < 0;
-    # a_i = 0 (a horizontal edge) never limits a row inside the face's vertical extent
-    safe_a = torch.where(a == 0, torch.ones_like(a), a)
-    p, q = -torch.eye(3, device=a.device)[:, :1] / safe_a, -b / safe_a  # (3, Fk) each
-    lower, upper = a > 0, a < 0
-    bounds = [p.masked_fill(~lower, -math.inf), q.masked_fill(~lower, 0),
-              p.masked_fill(~upper, math.inf), q.masked_fill(~upper, 0)]
-    table = torch.cat([x0[None], y0[None], first.index_select(0, keep)[None], depth] + bounds)  # (18, Fk)
-    image = (torch.div(keep, len(faces), rounding_mode="floor") * (height * width)).int()
-    return keep, corners, a, b, table, h.index_select(0, keep).int(), image
-
-
-def _rasterize(verts, faces, K, height, width, cull_backfaces=False, mirrored=None, zbuffer=None):
-    """The z-buffer of B meshes (see `rasterize`): verts (B, V, 3), faces (F, 3), K (B, 3, 3).
-    Returns pix (P,) int64 covered pixels (sorted) as ids into the stacked (B, H, W) images,
-    face (P,) the winner as an index into keep, du and dv (P,) its pixel centre relative to the
-    face origin, and keep, corners, a, b from `_face_setup`. zbuffer: None, or an int64 scratch
-    tensor of at least B H W entries, all -1, which is used and left so (on a CPU, allocating and
-    filling a fresh z-buffer per pass costs more than the scatter into it)."""
-    keep, corners, a, b, table, h, image = _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored)
-    # 1. (face, row) spans: the columns j0 ... j0 + n - 1 whose centre u = col + 0.5 is in [lo, hi]
-    face, r = _expand(h)  # (M,)
-    t = table.index_select(1, face)  # (18, M)
-    row = t[_FIRST] + r
-    dv = row + 0.5 - t[_Y0]
-    lo = (t[_P_LO] + t[_Q_LO] * dv).amax(0) + t[_X0]  # leftmost u with all l_i >= 0
-    hi = (t[_P_HI] + t[_Q_HI] * dv).amin(0) + t[_X0]
-    j0 = torch.ceil(lo - EDGE_EPS - 0.5).clamp_(0, width)
-    n = (torch.floor(hi + EDGE_EPS - 0.5).clamp_(-1, width - 1) - j0 + 1).clamp_min_(0).int()
-    du0 = j0 + 0.5 - t[_X0]
-    start = image.index_select(0, face) + (row * width + j0).int()  # (M,) first pixel id
-    inv_z0 = t[_INV_Z0] + t[_DA] * du0 + t[_DB] * dv  # (M,)
-    # 2. (span, pixel) candidates and their inverse depth 1/z = 1/z_0 + da du + db dv
-    span, k = _expand(n)  # (N,)
-    pix = (start.index_select(0, span) + k).long()
-    inv_z = (inv_z0.index_select(0, span) + t[_DA].index_select(0, span) * k).clamp_min_(0)
-    # 3. nearest per pixel: the bits of a positive float32 sort like the float, so packing them
-    #    above the span id makes one integer amax return the winner (ties: the larger id)
-    key = (inv_z.view(torch.int32).long() << 32) | span
-    size = len(verts) * height * width
-    reuse = zbuffer is not None and len(zbuffer) >= size
-    best = zbuffer[:size] if reuse else torch.full((size,), -1, dtype=torch.long, device=pix.device)
-    best.scatter_reduce_(0, pix, key, "amax")
-    pix = _flatnonzero(best >= 0).to(pix.device)  # (P,)
-    won = (best.index_select(0, pix) & 0xFFFFFFFF).int()  # (P,) the winners' spans
-    if reuse:
-        best.index_fill_(0, pix, -1)  # back to empty for the next pass
-    du = du0.index_select(0, won) + (pix.int() - start.index_select(0, won))
-    return pix, face.index_select(0, won), du, dv.index_select(0, won), (keep, corners, a, b)
-
-
-def _scratch_zbuffer(owner, size):
-    """The z-buffer `owner._scratch` (a dataset's, not pickled, so rebuilt in each worker), grown
-    to at least `size` entries, all -1, for `_rasterize` to use and leave empty again."""
-    if owner._scratch is None or len(owner._scratch) < size:
-        owner._scratch = torch.full((size,), -1, dtype=torch.long)
-    return owner._scratch
-
-
-def rasterize(verts, faces, K, image_size, cull_backfaces=False):
-    """Z-buffer: the nearest face under every pixel centre.
-
-    verts (V, 3) camera coordinates, faces (F, 3) int, K (3, 3), image_size int or (H, W).
-    Returns pix (P,) flat ids row * W + col of the covered pixels (sorted), face (P,) the id of the
-    visible face there, and bary (P, 3) float32 barycentric weights in the image plane.
-    Faces with a vertex behind the near plane are dropped. Both windings are drawn unless
-    cull_backfaces, which drops faces whose corners run clockwise seen from the camera (the back
-    faces of a closed mesh with counter-clockwise outward winding, as SMPL's and MANO's).
-    """
-    height, width = _image_hw(image_size)
-    pix, face, du, dv, (keep, _, a, b) = _rasterize(verts.float()[None], faces.long(), K.float()[None], height,
-                                                    width, cull_backfaces)
-    bary = a.index_select(1, face) * du + b.index_select(1, face) * dv  # (3, P)
-    bary[0] += 1
-    return pix, keep.index_select(0, face), bary.T.contiguous()
-
-
-def _corner_ids(faces, count, num_verts):
-    """(3 corners, count F) ids of the corners of faces (F, 3) in count stacked meshes of num_verts vertices."""
-    return (faces.T.contiguous()[:, None] + num_verts * torch.arange(count, device=faces.device)[:, None]).view(3, -1)
-
-
-def _normals(xyz, corners):
-    """Area-weighted unit vertex normals (3, N), axis-major: xyz (3, N) the vertices of stacked
-    meshes, corners (3, F') the corner ids of their faces. n_f = e1 x e2 (twice the face's area
-    along its normal) with e1 = p1 - p0, e2 = p2 - p0 is summed into its three corners."""
-    N = xyz.shape[1]
-    p = xyz.index_select(1, corners.reshape(-1)).view(3, 3, -1)  # (3 axes, 3 corners, F')
-    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]  # (3, F')
-    n = torch.stack([e1[1] * e2[2] - e1[2] * e2[1], e1[2] * e2[0] - e1[0] * e2[2], e1[0] * e2[1] - e1[1] * e2[0]])
-    # one flat index_add_ (PyTorch's 1-D path is the fastest): element (axis k, vertex i) is k N + i
-    element = (corners[None] + N * torch.arange(3, device=xyz.device)[:, None, None]).reshape(-1)  # (3, 3, F')
-    out = torch.zeros(3 * N, dtype=xyz.dtype, device=xyz.device)
-    out.index_add_(0, element, n[:, None].expand(3, 3, -1).reshape(-1))
-    out = out.view(3, N)
-    return out / (out[0] * out[0] + out[1] * out[1] + out[2] * out[2]).sqrt_().clamp_min_(1e-12)
-
-
-def vertex_normals(verts, faces):
-    """Area-weighted vertex normals (..., V, 3), unit length, of meshes verts (..., V, 3) sharing
-    faces (F, 3); they point to the side from which the faces' corners run counter-clockwise
-    (outwards for SMPL, MANO and SMPL-X)."""
-    xyz = verts.reshape(-1, 3).T.contiguous()  # (3, M V), M the product of the leading dims
-    corners = _corner_ids(faces, xyz.shape[1] // verts.shape[-2], verts.shape[-2])
-    return _normals(xyz, corners).T.reshape(verts.shape)
-
-
-def render_mesh(verts, faces, K, image_size, color=(0.85, 0.64, 0.52), light=(0.4, -0.6, -1.0),
-                ambient=0.35, background=None, return_mask=False, cull_backfaces=False):
-    """A shaded image of a triangle mesh through a pinhole camera.
-
-    verts (V, 3) camera coordinates (x right, y down, z forward), faces (F, 3), K (3, 3),
-    image_size int or (H, W). color (3,) or per-vertex (V, 3) albedo in [0, 1]; light (3,) the
-    direction from the surface towards the light in camera coordinates (the default lights from
-    the upper left, on the camera's side); ambient in [0, 1] the unlit share; background
-    (3, H, W) in [0, 1] or None for black; cull_backfaces as in `rasterize` (about twice as fast
-    for closed meshes). Returns image (3, H, W) float32 in [0, 1], and with return_mask=True
-    also mask (H, W) bool, True where the mesh covers the pixel. `render_meshes` draws a batch.
-
-    Shading is Lambert + ambient with per-vertex normals, interpolated over faces (Gouraud):
-        I = albedo * (ambient + (1 - ambient) * max(0, n . light))
-    Normals are turned towards the camera first, so either winding (and mirrored meshes) shade
-    the same.
-    """
-    background = None if background is None else background[None]
-    images, pix, _ = _render(verts[None], faces, K[None], image_size, torch.as_tensor(color)[None],
-                             torch.as_tensor(light)[None], torch.as_tensor(ambient)[None], background, cull_backfaces)
-    if return_mask:
-        mask = torch.zeros(images[0, 0].numel(), dtype=torch.bool, device=images.device)
-        mask[pix] = True
-        return images[0], mask.view(images.shape[-2:])
-    return images[0]
-
-
-def render_meshes(verts, faces, K, image_size, color, light, ambient, background=None, cull_backfaces=False,
-                  mirrored=None):
-    """`render_mesh` for a batch of B meshes with one topology, in one pass (several times faster
-    per image on a CPU than one by one: the work is the same, the per-call overheads are shared).
-
-    verts (B, V, 3), faces (F, 3), K (B, 3, 3), color (B, 3) or (B, V, 3), light (B, 3),
-    ambient (B,), background (B, 3, H, W) or None; mirrored (B,) bool marks meshes mirrored
-    (x -> -x) from their faces' winding, for cull_backfaces. Returns images (B, 3, H, W).
-    """
-    return _render(verts, faces, K, image_size, color, light, ambient, background, cull_backfaces, mirrored)[0]
-
-
-def _render(verts, faces, K, image_size, color, light, ambient, background, cull_backfaces, mirrored=None,
-            draw_on_background=False, zbuffer=None):
-    """`render_meshes`, also returning pix (P,) the covered pixels as ids into the (B, H, W) stack
-    and face (P,) their faces as ids into the B F faces (mesh-major). draw_on_background=True
-    draws into background (contiguous float32 on verts' device, which the caller gives up) instead
-    of into a copy of it; zbuffer: a scratch buffer for `_rasterize`."""
-    height, width = _image_hw(image_size)
-    B, V = verts.shape[:2]
-    device = verts.device
-    verts, faces = verts.float(), faces.long().to(device)
-    # 1. per-vertex colour: albedo times the Lambert term, axis-major (3, B V) so rows are contiguous
-    xyz = verts.reshape(-1, 3).T.contiguous()  # (3, B V)
-    normals = _normals(xyz, _corner_ids(faces, B, V)).view(3, B, V)
-    light = F.normalize(torch.as_tensor(light, dtype=torch.float32, device=device), dim=-1).T[:, :, None]  # (3, B, 1)
-    ambient = torch.as_tensor(ambient, dtype=torch.float32, device=device).reshape(B, 1)
-    albedo = torch.as_tensor(color, dtype=torch.float32, device=device).reshape(B, -1, 3)  # (B, V or 1, 3)
-    albedo = albedo.permute(2, 0, 1)  # (3, B, V or 1)
-    # normals turned towards the camera (n . x < 0), so either winding shades the same
-    lambert = (normals * light).sum(0) * torch.where((normals * xyz.view(3, B, V)).sum(0) > 0, -1.0, 1.0)  # (B, V)
-    shaded = (albedo * (ambient + (1 - ambient) * lambert.clamp_min_(0))).reshape(3, B * V)
-    # 2. visible faces; colour is linear over a face: c = c_0 + (sum_i a_i c_i) du + (sum_i b_i c_i) dv
-    pix, face, du, dv, (keep, corners, a, b) = _rasterize(verts, faces, K.float().to(device), height, width,
-                                                          cull_backfaces, mirrored, zbuffer)
-    corner = shaded.index_select(1, corners.reshape(-1)).view(3, 3, -1)  # (3 channels, 3 corners, Fk)
-    plane = torch.cat([corner[:, 0], (a * corner).sum(1), (b * corner).sum(1)])  # (9, Fk)
-    plane = plane.index_select(1, face)  # (9, P)
-    rgb = (plane[0:3] + plane[3:6] * du + plane[6:9] * dv).clamp_(0, 1)  # (3, P)
-    # 3. composite over the backgrounds: pixel g = b H W + p of channel c sits at (3 b + c) H W + p
-    if background is None:
-        images = torch.zeros(B, 3, height, width, device=device)
-    elif draw_on_background:
-        images = background.view(B, 3, height, width)  # the caller's scratch tensor, drawn into
-    else:
-        images = background.to(device, torch.float32, copy=True).reshape(B, 3, height, width)
-    HW = height * width
-    at = pix + 2 * HW * torch.div(pix, HW, rounding_mode="floor")  # channel 0 of each covered pixel
-    for c in range(3):  # channel c of those pixels: the same ids into the flat images shifted by c H W
-        images.view(-1)[c * HW:].index_copy_(0, at, rgb[c])
-    return images, pix, keep.index_select(0, face)
-
-
-def random_background(rng, image_size, low_res=32):
-    """A random image (3, H, W) in [0, 1] for the renderer to draw over: `background_pattern`
-    upsampled (`upsample_backgrounds` does a batch in one go)."""
-    height, width = _image_hw(image_size)
-    return upsample_backgrounds(background_pattern(rng, low_res)[None], height, width)[0]
-
-
-def background_pattern(rng, low_res=32):
-    """A random (3, L, L) float32 pattern, L = low_res, to upsample into a background image
-    (`background_patterns` for one generator)."""
-    return torch.from_numpy(background_patterns(Draws([rng]), low_res)[0]).float()
-
-
-def background_patterns(draws, low_res=32):
-    """Random patterns (B, 3, L, L) float64 numpy, L = low_res, to upsample into background images.
-
-    A colour gradient at a random angle, plus low-frequency colour noise, plus (each with
-    probability 1/2) soft stripes of a random frequency, angle and colour, and 1-5 coloured
-    blobs. Everything is drawn at low_res x low_res and upsampled bilinearly, which keeps it
-    cheap and free of sharp edges a model could confuse with a silhouette.
-    """
-    lin = (np.arange(low_res) + 0.5) / low_res
-    ys, xs = np.meshgrid(lin, lin, indexing="ij")  # (L, L) in [0, 1]
-
-    def ramp(angle):  # (B, L, L): position along the direction at angle (B,)
-        return xs * np.cos(angle)[:, None, None] + ys * np.sin(angle)[:, None, None]
-
-    # 1. gradient between two random colours
-    t = ramp(draws.uniform(0, 2 * math.pi))
-    low, high = t.min((1, 2), keepdims=True), t.max((1, 2), keepdims=True)
-    t = ((t - low) / (high - low))[:, None]  # (B, 1, L, L)
-    c0, c1 = draws.uniform(0, 1, (2, 3, 1, 1)).transpose(1, 0, 2, 3, 4)  # (B, 3, 1, 1) each
-    image = c0 + (c1 - c0) * t  # (B, 3, L, L)
-    # 2. low-frequency noise: 4 x 4 values per channel, upsampled bicubically (as F.interpolate)
-    noise = draws.uniform(0.0, 0.25)[:, None, None, None] * draws.normal(1.0, (3, 4, 4))
-    up = _cubic_upsampling(4, low_res)  # (L, 4)
-    image = image + up @ noise @ up.T
-    # 3. stripes (half of the time: alpha = 0 otherwise)
-    stripes = draws.chance(0.5)
-    angle, freq, phase = draws.uniform(0, math.pi), draws.uniform(1.5, 7), draws.uniform(0, 2 * math.pi)
-    wave = 0.5 + 0.5 * np.sin(2 * math.pi * freq[:, None, None] * ramp(angle) + phase[:, None, None])
-    alpha = (stripes * draws.uniform(0.2, 0.8))[:, None, None, None] * wave[:, None]  # (B, 1, L, L)
-    image = image * (1 - alpha) + draws.uniform(0, 1, (3, 1, 1)) * alpha
-    # 4. blobs (half of the time, 1-5 of them: the others get alpha = 0)
-    count = np.where(draws.chance(0.5), np.floor(draws.uniform(1, 6)), 0)  # (B,)
-    centre, radius = draws.uniform(0, 1, (5, 2, 1, 1)), draws.uniform(0.05, 0.25, (5, 1, 1))
-    colours = draws.uniform(0, 1, (5, 3, 1, 1))
-    for i in range(5):
-        d2 = (xs - centre[:, i, 0]) ** 2 + (ys - centre[:, i, 1]) ** 2  # (B, L, L)
-        alpha = ((i < count)[:, None, None] * np.exp(-d2 / (2 * radius[:, i] ** 2)))[:, None]  # (B, 1, L, L)
-        image = image * (1 - alpha) + colours[:, i] * alpha
-    return image
-
-
-@functools.lru_cache(maxsize=4)
-def _cubic_upsampling(low, high):
-    """The (high, low) float64 numpy matrix of F.interpolate(mode="bicubic", align_corners=False) along one axis."""
-    eye = torch.eye(low, dtype=torch.float64)[:, None, :, None].expand(low, 1, low, 1)  # unit impulses as columns
-    return F.interpolate(eye, size=(high, 1), mode="bicubic", align_corners=False)[:, 0, :, 0].T.numpy()
-
-
-def upsample_backgrounds(patterns, height, width):
-    """patterns (B, 3, L, L) -> (B, 3, H, W) in [0, 1], bilinear (as F.interpolate with
-    align_corners=False): along the width by a small matrix product, then every output row is a
-    lerp of two rows, r0 + w (r1 - r0). Several times faster than F.interpolate on one core."""
-    low = patterns.shape[-1]
-    rows = patterns @ _linear_upsampling(low, width).T  # (B, 3, L, W)
-    U = _linear_upsampling(low, height)  # (H, L): at most two adjacent taps per row
-    first = (U > 0).int().argmax(1)  # (H,) r0's row
-    second = (first + 1).clamp_(max=low - 1)
-    weight = torch.where(second > first, U.gather(1, second[:, None])[:, 0], 0.0)[:, None]  # (H, 1) w
-    return torch.lerp(rows.index_select(-2, first), rows.index_select(-2, second), weight).clamp_(0, 1)
-
-
-@functools.lru_cache(maxsize=16)
-def _linear_upsampling(low, high):
-    """The (high, low) matrix of F.interpolate(mode="linear", align_corners=False) from low to high samples."""
-    eye = torch.eye(low)[:, None, :]  # (low, 1, low): one unit impulse per row
-    return F.interpolate(eye, size=high, mode="linear", align_corners=False)[:, 0, :].T.contiguous()
+def _rotations(aa):
+    """float64 numpy axis-angle (..., 3) -> rotation matrices (..., 3, 3) (`axis_angle_to_matrix`)."""
+    return axis_angle_to_matrix(torch.from_numpy(np.ascontiguousarray(aa))).numpy()
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Augmentation as a camera change
+# 2. Augmentation as a camera change
 #
 # Every augmentation is a new camera looking at the same 3D scene, so the labels stay exact:
 #   in-plane rotation by phi:  points x' = Rz(phi) x, principal point p' = c + R2(phi) (p - c)
@@ -738,400 +281,14 @@ def color_jitter(image, factors):
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Synthetic hands
-#
-# The stand-in MANO (bodymodels) rests as a flat right hand: fingers along +x, back of the hand
-# towards +y (palm towards -y), thumb towards -z; every joint's local frame is the world's. A
-# finger bends towards the palm by turning about d x (-y), d its rest direction (so about -z for
-# the four fingers), and spreads by turning about the palm normal y.
-
-FINGERS = {"index": (1, 2, 3), "middle": (4, 5, 6), "pinky": (7, 8, 9), "ring": (10, 11, 12), "thumb": (13, 14, 15)}
-PALM = (0.0, -1.0, 0.0)  # from the back of the rest hand towards the palm; its opposite is the spread axis
+# 3. Real hands
 
 
-@dataclass
-class HandPoseConfig:
-    """The finger-pose distribution of SyntheticHands (angles in degrees)."""
-    mcp_flex: tuple = (-15.0, 90.0)  # knuckle: slight hyperextension to a right angle
-    pip_flex: tuple = (-5.0, 105.0)  # middle joint
-    dip_flex: tuple = (-5.0, 80.0)  # last joint; follows the middle joint (0.7x), as tendons couple them
-    spread: tuple = (20.0, 4.0, -22.0, -10.0)  # index, middle, pinky, ring abduction at full spread (+: thumbwards)
-    thumb_palmar: tuple = (-10.0, 70.0)  # thumb base swinging under the palm (opposition)
-    thumb_across: tuple = (-15.0, 35.0)  # thumb base sweeping across the palm towards the pinky
-    thumb_flex: tuple = (-10.0, 70.0)  # thumb's last joint (its middle joint bends 0.6x as much)
-    jitter: float = 7.0  # per-joint Gaussian noise on top of the coupled angles
-    independent_prob: float = 0.3  # share of "gestures": each finger straight or curled on its own
+HAND_KEYS = ("image", "K", "joints3d", "joints2d", "verts", "mano_pose", "mano_shape", "is_right")
 
 
-@dataclass
-class HandViewConfig:
-    """Where the hand is and how the crop sees it."""
-    distance: tuple = (0.35, 0.9)  # metres from the camera: close-up to arm's length
-    off_axis_deg: float = 25.0  # direction of the hand from the full camera's optical axis (perspective varies)
-    fill: tuple = (0.7, 0.9)  # larger side of the hand's projected box / crop side, as a detector's box
-    centre_jitter: float = 0.03  # detector error of the box centre, fraction of the crop side (Gaussian std)
-    roll_std_deg: float = 60.0  # fingers point up in the image on average, with this spread
-    tilt_std_deg: float = 35.0  # palm or back towards the camera, tilted by this much about an in-plane axis
+_AUGMENT_STREAM = 1  # sample_rng(seed, epoch, index, stream): stream 0 draws the sample, 1 its augmentation
 
-
-def _rotation(axis, angle_deg):
-    """Rotations (..., 3, 3) float64 by angle_deg (...) about unit axes (..., 3)."""
-    axis = torch.as_tensor(axis, dtype=torch.float64)
-    angle = torch.deg2rad(torch.as_tensor(angle_deg, dtype=torch.float64))
-    return axis_angle_to_matrix(axis * angle[..., None])
-
-
-def hand_axes(rest_joints):
-    """Flexion axes (5, 3) of the index, middle, pinky, ring fingers and thumb (MANO's order), and
-    the thumb's palmar axis (3,), from MANO's rest joints (16, 3).
-
-    A finger with rest direction d bends towards the palm about d x palm. The thumb curls across
-    the palm, so its flexion aims between the palm and the fingers (+z); its base swings under
-    the palm (opposition) about d x palm.
-    """
-    palm = torch.tensor(PALM, dtype=torch.float64)
-    chains = torch.tensor(list(FINGERS.values()))  # (5, 3)
-    d = F.normalize(rest_joints[chains[:, 2]] - rest_joints[chains[:, 0]], dim=-1)  # (5, 3)
-    target = palm.expand(5, 3).clone()
-    target[4] = F.normalize(palm + torch.tensor([0.0, 0.0, 0.8], dtype=torch.float64), dim=0)
-    flex = F.normalize(torch.linalg.cross(d, target, dim=-1), dim=-1)
-    return flex, F.normalize(torch.linalg.cross(d[4], palm, dim=0), dim=0)
-
-
-def sample_hand_pose(rng, axes, cfg=HandPoseConfig()):
-    """A natural random finger pose (15, 3) float64 (`hand_poses` for one generator)."""
-    return torch.from_numpy(hand_poses(Draws([rng]), axes, cfg)[0])
-
-
-def hand_poses(draws, axes, cfg=HandPoseConfig()):
-    """Natural random finger poses: (B, 15, 3) float64 numpy axis-angle for MANO joints 1-15;
-    axes from `hand_axes`.
-
-    1. A grasp level g ~ U(0, 1) curls all fingers together (curl c = g + N(0, 0.12), pinky and
-       ring a little more); with probability cfg.independent_prob each finger instead is straight
-       or curled on its own (pointing, counting, "peace" gestures).
-    2. Each finger: knuckle (MCP) and middle (PIP) flexion = its range at c, + N(0, jitter); the
-       last joint follows (DIP = 0.7 PIP + N(0, 3)); the knuckle spreads about the palm normal by
-       cfg.spread x s, s ~ U(-0.2, 1), less as the fingers curl, + N(0, 3).
-    3. Thumb: its base swings under the palm and across it with the grasp (opposition), its two
-       distal joints flex with its own curl.
-    Every angle is clamped to its range, so no joint bends backwards.
-    """
-    flex, palmar = (np.asarray(axis, dtype=np.float64) for axis in axes)  # (5, 3), (3,)
-    normal = -np.array(PALM)  # spread axis: + turns a finger towards the thumb
-    noise = draws.normal(1.0, (14,))  # (B, 14)
-    # 1. curls (index, middle, pinky, ring, thumb): gesture or grasp, both drawn
-    g = draws.uniform(0, 1)  # (B,)
-    gesture = draws.chance(cfg.independent_prob)[:, None]
-    straight = draws.chance(0.5, (5,))
-    curl_gesture = straight * draws.uniform(0.6, 1.0, (5,)) + draws.uniform(0.0, 0.15, (5,))
-    curl_grasp = g[:, None] + draws.normal(0.12, (5,)) + np.array([0.0, 0.02, 0.08, 0.05, 0.0])
-    curl = np.where(gesture, curl_gesture, curl_grasp).clip(-0.1, 1.05)  # (B, 5)
-
-    def angle(c, limits, n):  # a range at curl c, with noise, clamped
-        low, high = limits
-        return np.clip(low + (high - low) * c + cfg.jitter * n, low, high)
-
-    # 2. the four fingers, (B, 4) angles in degrees
-    c = curl[:, :4]
-    mcp, pip = angle(c, cfg.mcp_flex, noise[:, 0:4]), angle(c, cfg.pip_flex, noise[:, 4:8])
-    dip = np.clip(0.7 * pip + 3.0 * noise[:, 8:12], *cfg.dip_flex)
-    spread = draws.uniform(-0.2, 1.0) * np.clip(1 - c.mean(1), 0, 1)  # (B,)
-    abduction = np.array(cfg.spread) * spread[:, None] + 3.0 * draws.normal(1.0, (4,))
-    # 3. the thumb
-    oppose = np.clip(0.6 * g + 0.4 * draws.uniform(0, 1), 0, 1)  # (B,)
-    across, under = angle(oppose, cfg.thumb_across, noise[:, 12]), angle(oppose, cfg.thumb_palmar, noise[:, 13])
-    tip = np.deg2rad(angle(curl[:, 4], cfg.thumb_flex, draws.normal(1.0)))  # (B,)
-    # 4. the composite rotations, converted in one batch: knuckle = spread @ flexion, thumb base = across @ under
-    axes = np.concatenate([np.tile(normal, (4, 1)), flex[:4], -normal[None], palmar[None]])  # (10, 3)
-    degrees = np.concatenate([abduction, mcp, across[:, None], under[:, None]], 1)  # (B, 10)
-    R = _rodrigues((axes * np.deg2rad(degrees)[..., None]).reshape(-1, 3)).reshape(-1, 10, 3, 3)
-    composite = np.concatenate([R[:, :4] @ R[:, 4:8], R[:, 8:9] @ R[:, 9:10]], 1)  # (B, 5, 3, 3)
-    base = _log_rotation(composite.reshape(-1, 3, 3)).reshape(-1, 5, 3)  # all well below 180 degrees
-    pip_aa, dip_aa = (flex[:4] * np.deg2rad(angle)[..., None] for angle in (pip, dip))  # pure flexions (B, 4, 3)
-    fingers = np.stack([base[:, :4], pip_aa, dip_aa], 2)  # (B, 4, 3 joints, 3)
-    thumb = np.stack([base[:, 4], flex[4] * 0.6 * tip[:, None], flex[4] * tip[:, None]], 1)[:, None]  # (B, 1, 3, 3)
-    return np.concatenate([fingers, thumb], 1).reshape(-1, 15, 3)
-
-
-def sample_hand_orientation(rng, cfg=HandViewConfig()):
-    """Global orientation (3, 3) float64 of a rest-pose right hand (`hand_orientations` for one generator)."""
-    return torch.from_numpy(hand_orientations(Draws([rng]), cfg)[0])
-
-
-def hand_orientations(draws, cfg=HandViewConfig()):
-    """Global orientations (B, 3, 3) float64 numpy of rest-pose right hands in camera coordinates.
-
-    Palm (or, with probability 1/2, back) towards the camera, tilted about a random in-plane axis
-    by N(0, tilt_std), then rolled about the optical axis so that the fingers point up in the
-    image on average, N(-90, roll_std) degrees (+x, the rest fingers' direction, turned to -y).
-    """
-    facing = np.where(draws.chance(0.5), 90.0, -90.0)  # +90 about x: palm (-y) -> -z, towards us
-    tilt_axis = draws.uniform(0, 2 * math.pi)
-    B = len(facing)
-    axes = np.zeros((B, 3, 3))  # roll about z, tilt about (cos, sin, 0), face about x
-    axes[:, 0, 2], axes[:, 1, 0], axes[:, 1, 1], axes[:, 2, 0] = 1, np.cos(tilt_axis), np.sin(tilt_axis), 1
-    degrees = np.stack([-90.0 + draws.normal(cfg.roll_std_deg), draws.normal(cfg.tilt_std_deg), facing], 1)
-    R = _rodrigues((axes * np.deg2rad(degrees)[..., None]).reshape(-1, 3)).reshape(B, 3, 3, 3)
-    roll, tilt, face = R[:, 0], R[:, 1], R[:, 2]
-    return roll @ tilt @ face
-
-
-def crop_intrinsics(points, image_size, fill, centre_offset):
-    """Intrinsics of a crop (image_size int or (H, W)) around points (..., N, 3), as a detector's.
-
-    Cropping a pinhole camera's image around the points' box and resizing it only sets the focal
-    length f (so that the box's larger relative side is `fill` of the crop's) and moves the
-    principal point (so that the box centre lands at the crop centre + centre_offset (..., 2) pixels).
-    fill: a number or (...,). Returns K (..., 3, 3) float64.
-    """
-    height, width = _image_hw(image_size)
-    size = torch.tensor([width, height], dtype=torch.float64)
-    q = points[..., :2] / points[..., 2:]  # (..., N, 2) image coordinates at focal length 1
-    low, high = q.amin(-2), q.amax(-2)
-    f = torch.as_tensor(fill, dtype=torch.float64) / ((high - low) / size).amax(-1)  # (...,)
-    K = torch.eye(3, dtype=torch.float64).repeat(*points.shape[:-2], 1, 1)
-    K[..., 0, 0] = K[..., 1, 1] = f
-    K[..., :2, 2] = size / 2 + torch.as_tensor(centre_offset) - f[..., None] * (low + high) / 2
-    return K
-
-
-def skin_tone(rng):
-    """Albedo (3,) float32 of a skin tone (`skin_tones` for one generator)."""
-    return torch.from_numpy(skin_tones(Draws([rng]))[0]).float()
-
-
-def skin_tones(draws):
-    """Albedos (B, 3) float64 numpy of skin tones, uniform between light and dark, each channel varied by 8%."""
-    light, dark = np.array([0.96, 0.80, 0.69]), np.array([0.36, 0.23, 0.16])
-    t = draws.uniform(0, 1)[:, None]
-    return ((light + (dark - light) * t) * draws.uniform(0.92, 1.08, (3,))).clip(0, 1)
-
-
-def skin_colors(draws):
-    """Hands' albedos (B, 3) float64 numpy: a skin tone, or (one in ten) a glove of any colour."""
-    glove = draws.chance(0.1)[:, None]
-    return np.where(glove, draws.uniform(0.1, 0.95, (3,)), skin_tones(draws))
-
-
-def open_loop(faces):
-    """The vertex ids (L,) around the one opening of a mesh (MANO's wrist), in the order of its
-    faces' border edges. faces (F, 3) int64."""
-    half = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)  # (3F, 2) directed edges
-    twins = torch.cat([half, half.flip(1)])
-    _, inverse, counts = torch.unique(twins, dim=0, return_inverse=True, return_counts=True)
-    border = half[counts[inverse[:len(half)]] == 1]  # directed edges whose reverse no face has
-    after = dict(border.tolist())
-    loop = [border[0, 0].item()]
-    while after[loop[-1]] != loop[0]:
-        loop.append(after[loop[-1]])
-    return torch.tensor(loop)
-
-
-def forearm_faces(loop, num_verts):
-    """Faces of a forearm tube (3 rings of L vertices, numbered from num_verts) glued to the
-    opening `loop` (L,) with matching winding, and closed by a fan at its far end (one more vertex)."""
-    L = len(loop)
-    rings = torch.cat([loop[None], num_verts + torch.arange(2 * L).view(2, L)])  # (3, L) vertex ids
-    i, j = torch.arange(L), torch.arange(1, L + 1) % L
-    faces = []
-    for near, far in ((rings[0], rings[1]), (rings[1], rings[2])):
-        # the hand's faces run along the loop i -> j, so the tube's run j -> i
-        faces += [torch.stack([near[j], near[i], far[i]], 1), torch.stack([near[j], far[i], far[j]], 1)]
-    end = torch.full((L,), num_verts + 2 * L)
-    faces.append(torch.stack([rings[2][j], rings[2][i], end], 1))
-    return torch.cat(faces)  # (5 L, 3)
-
-
-def forearm_verts(verts, loop, wrist, knuckle, length=0.3, sleeve_start=0.04):
-    """Vertices (..., 2 L + 1, 3) of a forearm tube leaving the hand's opening verts[..., loop, :]
-    away from the knuckle (..., 3) (the middle finger's base) through the wrist joint (..., 3): a
-    ring at sleeve_start, one `length` metres out and 15% wider, and the far end's centre."""
-    ring = verts[..., loop, :]  # (..., L, 3)
-    centre = ring.mean(-2, keepdim=True)  # (..., 1, 3)
-    direction = F.normalize(wrist - knuckle, dim=-1)[..., None, :]
-    near = centre + direction * sleeve_start + (ring - centre) * 1.03
-    far = centre + direction * length + (ring - centre) * 1.15
-    return torch.cat([near, far, centre + direction * length], -2)
-
-
-def random_light(rng):
-    """(light direction (3,) float64, ambient share float) (`random_lights` for one generator)."""
-    direction, ambient = random_lights(Draws([rng]))
-    return torch.from_numpy(direction[0]), float(ambient[0])
-
-
-def random_lights(draws):
-    """Light directions (B, 3) and ambient shares (B,), float64 numpy: from the camera's side,
-    anywhere across it, ambient 0.25-0.55."""
-    direction = draws.uniform(0, 1, (3,)) * np.array([2.0, 2.0, -0.7]) + np.array([-1.0, -1.0, -0.3])
-    return direction, draws.uniform(0.25, 0.55)
-
-
-class SyntheticHands(torch.utils.data.Dataset):
-    """Rendered hands with exact labels, as a hand detector's crops (keys: module docstring).
-
-    Distribution of a sample (drawn from its own sample_rng(seed, epoch or 0, index)):
-    - Shape: MANO betas ~ N(0, 1), clamped to [-2.5, 2.5].
-    - Fingers: `sample_hand_pose` (HandPoseConfig): grasp-coupled curls and gestures within joint
-      ranges, never uniform over rotations.
-    - Orientation: `sample_hand_orientation` (HandViewConfig): palm or back towards the camera
-      (1/2 each), tilted N(0, 35 deg), fingers up in the image on average with N(0, 60 deg) roll.
-    - Place: 0.35-0.9 m from the camera, up to 25 degrees off its axis; the crop then centres the
-      hand's box (Gaussian jitter of 3% of the crop) and scales its larger side to 70-90% of the
-      crop, which sets K (focal length and principal point).
-    - Side: a left hand with probability left_hand_prob (default 0: FreiHAND and SimpleHand's
-      benchmarks are right-hand only), made by mirroring (module docstring: left hands).
-    - Looks: skin tone (or one in ten, a glove colour), a forearm leaving the wrist (bare, or in
-      a sleeve of any colour half of the time), a light from the camera's side, ambient
-      0.25-0.55, and `random_background`. `scene(sample)` gives the mesh the image shows.
-    With augment=True, `AugmentConfig` changes the camera before rendering (labels stay exact) and
-    jitters colours after. background="black" renders on black (masks for tests and debugging).
-    A sample depends on (seed, index), its augmentation also on the epoch, and with
-    vary_with_epoch=True the hand too (every epoch sees new hands). A DataLoader fetches a batch
-    through `__getitems__`, which renders it `render_chunk` images per pass. Speed: `python data.py --bench`.
-    """
-
-    def __init__(self, num_samples, image_size=224, seed=0, augment=False, left_hand_prob=0.0,
-                 vary_with_epoch=False, augment_config=None, pose_config=None, view_config=None, background="random",
-                 model_dir=None):
-        if background not in ("random", "black"):
-            raise ValueError(f"SyntheticHands: background must be 'random' or 'black', got {background!r}")
-        self.num_samples, self.image_size, self.seed = int(num_samples), int(image_size), int(seed)
-        self.background = background
-        self.augment, self.left_hand_prob, self.vary_with_epoch = augment, float(left_hand_prob), vary_with_epoch
-        self.augment_config = augment_config or AugmentConfig()
-        self.pose_config = pose_config or HandPoseConfig()
-        self.view_config = view_config or HandViewConfig()
-        self.model_dir = model_dir
-        self.epoch = 0
-        self._mano = None  # loaded on first use in each process (see __getstate__)
-        self._scratch = None  # the renderer's z-buffer, likewise
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
-    def __len__(self):
-        return self.num_samples
-
-    def __getstate__(self):
-        # the body model is rebuilt in each DataLoader worker from the cache folder, not pickled
-        return dict(self.__dict__, _mano=None, _scratch=None)
-
-    @property
-    def mano(self):
-        if self._mano is None:
-            self._mano = body_model("mano", self.model_dir)
-            self.hand_axes = hand_axes(self._mano().joints[0].detach().double())  # from the flat mean hand
-            self.faces = torch.as_tensor(np.asarray(self._mano.faces, dtype=np.int64))  # (1538, 3)
-            self.wrist_loop = open_loop(self.faces)  # (L,) MANO's open wrist, where the forearm is glued
-            self.scene_faces = torch.cat([self.faces, forearm_faces(self.wrist_loop, len(self._mano.v_template))])
-        return self._mano
-
-    def scene(self, sample):
-        """The mesh a sample's image shows: verts (778 + 2 L + 1, 3), faces (F', 3): the hand and a
-        forearm leaving its wrist, wound counter-clockwise from outside (mirrored for left hands)."""
-        self.mano
-        arm = forearm_verts(sample["verts"], self.wrist_loop, sample["joints3d"][0], sample["joints3d"][9])
-        faces = self.scene_faces if bool(sample["is_right"]) else self.scene_faces[:, [0, 2, 1]]
-        return torch.cat([sample["verts"], arm]), faces
-
-    def sample_mano(self, draws):
-        """Draw B poses (B, 16, 3) float32 (global orientation first) and shapes (B, 10) float32 from
-        draws (`Draws`); pose the right hand. Returns pose, shape, verts (B, 778, 3) and joints
-        (B, 21, 3) FreiHAND order, float64, in MANO's frame."""
-        self.mano  # hand_axes
-        fingers = hand_poses(draws, self.hand_axes, self.pose_config)  # (B, 15, 3)
-        orient = matrix_to_axis_angle(torch.from_numpy(hand_orientations(draws, self.view_config)))  # (B, 3)
-        shape = torch.from_numpy(draws.normal(1.0, (10,)).clip(-2.5, 2.5)).float()
-        pose = torch.cat([orient[:, None], torch.from_numpy(fingers)], 1).float()  # (B, 16, 3)
-        verts, joints = skinning("mano", self.model_dir)(pose.double().numpy(), shape.double().numpy())  # smplx's MANO
-        verts = torch.from_numpy(verts)  # (B, 778, 3)
-        return pose, shape, verts, mano_to_freihand(torch.from_numpy(joints), verts)
-
-    def __getitem__(self, index):
-        return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices):
-        """The samples of a list of indices (DataLoader asks for a batch this way): labels drawn
-        for the whole batch at once, images rendered render_chunk at a time, which shares the
-        per-call costs. Each sample depends only on its own (seed, epoch, index) (see `Draws`):
-        __getitems__(indices)[k] is exactly self[indices[k]]."""
-        samples, looks = self._labels(indices)
-        for start in range(0, len(samples), self.render_chunk):
-            chunk = slice(start, start + self.render_chunk)
-            images = self._images(samples[chunk], {key: value[chunk] for key, value in looks.items()})
-            for sample, image, jitter in zip(samples[chunk], images, looks["jitter"][chunk]):
-                sample["image"] = color_jitter(image, jitter) if self.augment else image
-        return samples
-
-    # images per renderer pass: on one core 8 is about 1.5x faster per image than 32, whose
-    # buffers (z-buffer, images, candidates) no longer fit in the cache, and than 1 (per-call costs)
-    render_chunk = 8
-
-    def _images(self, samples, looks):
-        """The images (B, 3, S, S) of samples (from `_labels`) with their looks, in one renderer pass."""
-        self.mano
-        S = self.image_size
-        verts = torch.stack([s["verts"] for s in samples])  # (B, 778, 3)
-        joints = torch.stack([s["joints3d"] for s in samples])
-        verts = torch.cat([verts, forearm_verts(verts, self.wrist_loop, joints[:, 0], joints[:, 9])], 1)  # (B, V', 3)
-        V = self.mano.v_template.shape[0]
-        color = torch.cat([looks["skin"][:, None].expand(-1, V, 3),
-                           looks["forearm"][:, None].expand(-1, verts.shape[1] - V, 3)], 1)  # (B, V', 3)
-        backgrounds = upsample_backgrounds(looks["background"], S, S) if self.background == "random" else None
-        mirrored = torch.tensor([not s["is_right"] for s in samples])
-        return _render(verts, self.scene_faces, torch.stack([s["K"] for s in samples]), S, color, looks["light"],
-                       looks["ambient"], backgrounds, cull_backfaces=True, mirrored=mirrored,
-                       draw_on_background=True, zbuffer=_scratch_zbuffer(self, len(samples) * S * S))[0]  # into backgrounds
-
-    def _labels(self, indices):
-        """The labels (all keys but image) of samples `indices`, a list of dicts, and their looks,
-        batched: skin and forearm (B, 3) albedos, light (B, 3), ambient (B,), background (B, 3, L, L)
-        patterns, jitter (B, 3) colour factors."""
-        for index in indices:
-            if not 0 <= index < self.num_samples:
-                raise IndexError(f"SyntheticHands: index {index} out of range for {self.num_samples} samples")
-        epoch = self.epoch if self.vary_with_epoch else 0
-        draws = Draws([sample_rng(self.seed, epoch, index) for index in indices], block=160)
-        view, S = self.view_config, self.image_size
-        # 1. posed right hands, mirrored into left hands (module docstring) where drawn
-        pose, shape, verts, joints = self.sample_mano(draws)
-        is_right = torch.from_numpy(~draws.chance(self.left_hand_prob))  # (B,)
-        mirror = torch.ones(len(indices), 1, 3, dtype=torch.float64)  # (B, 1, 3): x -> -x for left hands
-        mirror[~is_right, :, 0] = -1.0
-        verts, joints = verts * mirror, joints * mirror
-        # 2. place them in front of the camera, off the optical axis, and crop around them
-        distance = torch.from_numpy(draws.uniform(*view.distance))[:, None]  # (B, 1)
-        off_axis = torch.from_numpy(np.tan(np.deg2rad(draws.uniform(-view.off_axis_deg, view.off_axis_deg, (2,)))))
-        centre = (verts.amax(1) + verts.amin(1)) / 2  # (B, 3)
-        shift = (torch.cat([off_axis * distance, distance], 1) - centre)[:, None]  # (B, 1, 3)
-        verts, joints = verts + shift, joints + shift
-        K = crop_intrinsics(verts, S, torch.from_numpy(draws.uniform(*view.fill)),
-                            torch.from_numpy(draws.normal(view.centre_jitter * S, (2,))))  # (B, 3, 3)
-        batch = {"K": K.float(), "joints3d": joints.float(), "verts": verts.float(),
-                 "joints2d": perspective_projection(joints, K).float(), "mano_pose": pose, "mano_shape": shape,
-                 "is_right": is_right}
-        samples = [{key: value[i] for key, value in batch.items()} for i in range(len(indices))]
-        # 3. the looks: light, skin (and a sleeve from 4 cm past the wrist half of the time), background
-        light, ambient = random_lights(draws)
-        skin, sleeve = skin_colors(draws), draws.uniform(0.05, 0.95, (3,))
-        forearm = np.where(draws.chance(0.5)[:, None], sleeve, skin)
-        looks = {key: torch.from_numpy(value).float() for key, value in (
-            ("light", light), ("ambient", ambient), ("skin", skin), ("forearm", forearm),
-            ("background", background_patterns(draws)))}
-        looks["jitter"] = torch.ones(len(indices), 3)
-        # 4. augmentation moves the camera before rendering (and jitters colours after)
-        if self.augment:
-            for i, index in enumerate(indices):
-                aug = sample_augmentation(sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM),
-                                          self.augment_config, K[i], S)
-                samples[i], looks["jitter"][i] = augment_hand_labels(samples[i], aug), aug.color
-        return samples, looks
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. Real hands
 
 def load_image(path):
     """An image file -> (3, H, W) float32 RGB in [0, 1] (through Pillow, which matplotlib brings)."""
@@ -1197,6 +354,8 @@ class _PhotoHands(torch.utils.data.Dataset):
 
 # the training split's four image versions: green screen, homogenised, auto-coloured with / without sample points
 FREIHAND_VERSIONS = ("gs", "hom", "sample", "auto")
+
+
 _FREIHAND_LAYOUT = """expected FreiHAND's official layout:
   ROOT/training_K.json  training_xyz.json  training_verts.json  training_mano.json  [training_scale.json]
   ROOT/training/rgb/00000000.jpg ... (32,560 hands x 4 versions; file id = index + 32560 * version)
@@ -1374,26 +533,226 @@ class NpzHands(_PhotoHands):
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Synthetic bodies
+# 4. Synthetic hands
+
+
+@dataclass
+class HandPoseConfig:
+    """The finger-pose distribution of SyntheticHands (angles in degrees)."""
+    mcp_flex: tuple = (-15.0, 90.0)  # knuckle: slight hyperextension to a right angle
+    pip_flex: tuple = (-5.0, 105.0)  # middle joint
+    dip_flex: tuple = (-5.0, 80.0)  # last joint; follows the middle joint (0.7x), as tendons couple them
+    spread: tuple = (20.0, 4.0, -22.0, -10.0)  # index, middle, pinky, ring abduction at full spread (+: thumbwards)
+    thumb_palmar: tuple = (-10.0, 70.0)  # thumb base swinging under the palm (opposition)
+    thumb_across: tuple = (-15.0, 35.0)  # thumb base sweeping across the palm towards the pinky
+    thumb_flex: tuple = (-10.0, 70.0)  # thumb's last joint (its middle joint bends 0.6x as much)
+    jitter: float = 7.0  # per-joint Gaussian noise on top of the coupled angles
+    independent_prob: float = 0.3  # share of "gestures": each finger straight or curled on its own
+
+
+@dataclass
+class HandViewConfig:
+    """Where the hand is and how the crop sees it."""
+    distance: tuple = (0.35, 0.9)  # metres from the camera: close-up to arm's length
+    off_axis_deg: float = 25.0  # direction of the hand from the full camera's optical axis (perspective varies)
+    fill: tuple = (0.7, 0.9)  # larger side of the hand's projected box / crop side, as a detector's box
+    centre_jitter: float = 0.03  # detector error of the box centre, fraction of the crop side (Gaussian std)
+    roll_std_deg: float = 60.0  # fingers point up in the image on average, with this spread
+    tilt_std_deg: float = 35.0  # palm or back towards the camera, tilted by this much about an in-plane axis
+
+
+class SyntheticHands(torch.utils.data.Dataset):
+    """Rendered hands with exact labels, as a hand detector's crops (keys: module docstring).
+
+    Distribution of a sample (drawn from its own sample_rng(seed, epoch or 0, index)):
+    - Shape: MANO betas ~ N(0, 1), clamped to [-2.5, 2.5].
+    - Fingers: `hand_poses` (HandPoseConfig): grasp-coupled curls and gestures within joint
+      ranges, never uniform over rotations.
+    - Orientation: `hand_orientations` (HandViewConfig): palm or back towards the camera
+      (1/2 each), tilted N(0, 35 deg), fingers up in the image on average with N(0, 60 deg) roll.
+    - Place: 0.35-0.9 m from the camera, up to 25 degrees off its axis; the crop then centres the
+      hand's box (Gaussian jitter of 3% of the crop) and scales its larger side to 70-90% of the
+      crop, which sets K (focal length and principal point).
+    - Side: a left hand with probability left_hand_prob (default 0: FreiHAND and SimpleHand's
+      benchmarks are right-hand only), made by mirroring (module docstring: left hands).
+    - Looks: skin tone (or one in ten, a glove colour), a forearm leaving the wrist (bare, or in
+      a sleeve of any colour half of the time), a light from the camera's side, ambient
+      0.25-0.55, and a random background (`background_patterns`). `scene(sample)` gives the mesh the image shows.
+    With augment=True, `AugmentConfig` changes the camera before rendering (labels stay exact) and
+    jitters colours after. background="black" renders on black (masks for tests and debugging).
+    A sample depends on (seed, index), its augmentation also on the epoch, and with
+    vary_with_epoch=True the hand too (every epoch sees new hands). A DataLoader fetches a batch
+    through `__getitems__`, which renders it `render_chunk` images per pass. Speed: `python data.py --bench`.
+    """
+
+    def __init__(self, num_samples, image_size=224, seed=0, augment=False, left_hand_prob=0.0,
+                 vary_with_epoch=False, augment_config=None, pose_config=None, view_config=None, background="random",
+                 model_dir=None):
+        if background not in ("random", "black"):
+            raise ValueError(f"SyntheticHands: background must be 'random' or 'black', got {background!r}")
+        self.num_samples, self.image_size, self.seed = int(num_samples), int(image_size), int(seed)
+        self.background = background
+        self.augment, self.left_hand_prob, self.vary_with_epoch = augment, float(left_hand_prob), vary_with_epoch
+        self.augment_config = augment_config or AugmentConfig()
+        self.pose_config = pose_config or HandPoseConfig()
+        self.view_config = view_config or HandViewConfig()
+        self.model_dir = model_dir
+        self.epoch = 0
+        self._mano = None  # loaded on first use in each process (see __getstate__)
+        self._scratch = None  # the renderer's z-buffer, likewise
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return self.num_samples
+
+    def __getstate__(self):
+        # the body model is rebuilt in each DataLoader worker from the cache folder, not pickled
+        return dict(self.__dict__, _mano=None, _scratch=None)
+
+    @property
+    def mano(self):
+        if self._mano is None:
+            self._mano = body_model("mano", self.model_dir)
+            self.hand_axes = hand_axes(self._mano().joints[0].detach().double())  # from the flat mean hand
+            self.faces = torch.as_tensor(np.asarray(self._mano.faces, dtype=np.int64))  # (1538, 3)
+            self.wrist_loop = open_loop(self.faces)  # (L,) MANO's open wrist, where the forearm is glued
+            self.scene_faces = torch.cat([self.faces, forearm_faces(self.wrist_loop, len(self._mano.v_template))])
+        return self._mano
+
+    def scene(self, sample):
+        """The mesh a sample's image shows: verts (778 + 2 L + 1, 3), faces (F', 3): the hand and a
+        forearm leaving its wrist, wound counter-clockwise from outside (mirrored for left hands)."""
+        self.mano
+        arm = forearm_verts(sample["verts"], self.wrist_loop, sample["joints3d"][0], sample["joints3d"][9])
+        faces = self.scene_faces if bool(sample["is_right"]) else self.scene_faces[:, [0, 2, 1]]
+        return torch.cat([sample["verts"], arm]), faces
+
+    def sample_mano(self, draws):
+        """Draw B poses (B, 16, 3) float32 (global orientation first) and shapes (B, 10) float32 from
+        draws (`Draws`); pose the right hand. Returns pose, shape, verts (B, 778, 3) and joints
+        (B, 21, 3) FreiHAND order, float64, in MANO's frame."""
+        self.mano  # hand_axes
+        fingers = hand_poses(draws, self.hand_axes, self.pose_config)  # (B, 15, 3)
+        orient = matrix_to_axis_angle(torch.from_numpy(hand_orientations(draws, self.view_config)))  # (B, 3)
+        shape = torch.from_numpy(draws.normal(1.0, (10,)).clip(-2.5, 2.5)).float()
+        pose = torch.cat([orient[:, None], torch.from_numpy(fingers)], 1).float()  # (B, 16, 3)
+        verts, joints = skinning("mano", self.model_dir)(pose, shape)  # (B, 778, 3), (B, 16, 3) float64
+        return pose, shape, verts, mano_to_freihand(joints, verts)
+
+    def __getitem__(self, index):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices):
+        """The samples of a list of indices (DataLoader asks for a batch this way): labels drawn
+        for the whole batch at once, images rendered render_chunk at a time, which shares the
+        per-call costs. Each sample depends only on its own (seed, epoch, index) (see `Draws`):
+        __getitems__(indices)[k] is exactly self[indices[k]]."""
+        samples, looks = self._labels(indices)
+        for start in range(0, len(samples), self.render_chunk):
+            chunk = slice(start, start + self.render_chunk)
+            images = self._images(samples[chunk], {key: value[chunk] for key, value in looks.items()})
+            for sample, image, jitter in zip(samples[chunk], images, looks["jitter"][chunk]):
+                sample["image"] = color_jitter(image, jitter) if self.augment else image
+        return samples
+
+    # images per renderer pass: on one core 8 is about 1.5x faster per image than 32, whose
+    # buffers (z-buffer, images, candidates) no longer fit in the cache, and than 1 (per-call costs)
+    render_chunk = 8
+
+    def _images(self, samples, looks):
+        """The images (B, 3, S, S) of samples (from `_labels`) with their looks, in one renderer pass."""
+        self.mano
+        S = self.image_size
+        verts = torch.stack([s["verts"] for s in samples])  # (B, 778, 3)
+        joints = torch.stack([s["joints3d"] for s in samples])
+        verts = torch.cat([verts, forearm_verts(verts, self.wrist_loop, joints[:, 0], joints[:, 9])], 1)  # (B, V', 3)
+        V = self.mano.v_template.shape[0]
+        color = torch.cat([looks["skin"][:, None].expand(-1, V, 3),
+                           looks["forearm"][:, None].expand(-1, verts.shape[1] - V, 3)], 1)  # (B, V', 3)
+        backgrounds = upsample_backgrounds(looks["background"], S, S) if self.background == "random" else None
+        mirrored = torch.tensor([not s["is_right"] for s in samples])
+        return _render(verts, self.scene_faces, torch.stack([s["K"] for s in samples]), S, color, looks["light"],
+                       looks["ambient"], backgrounds, cull_backfaces=True, mirrored=mirrored,
+                       draw_on_background=True, zbuffer=_scratch_zbuffer(self, len(samples) * S * S))[0]  # into backgrounds
+
+    def _labels(self, indices):
+        """The labels (all keys but image) of samples `indices`, a list of dicts, and their looks,
+        batched: skin and forearm (B, 3) albedos, light (B, 3), ambient (B,), background (B, 3, L, L)
+        patterns, jitter (B, 3) colour factors."""
+        for index in indices:
+            if not 0 <= index < self.num_samples:
+                raise IndexError(f"SyntheticHands: index {index} out of range for {self.num_samples} samples")
+        epoch = self.epoch if self.vary_with_epoch else 0
+        draws = Draws([sample_rng(self.seed, epoch, index) for index in indices], block=160)
+        view, S = self.view_config, self.image_size
+        # 1. posed right hands, mirrored into left hands (module docstring) where drawn
+        pose, shape, verts, joints = self.sample_mano(draws)
+        is_right = torch.from_numpy(~draws.chance(self.left_hand_prob))  # (B,)
+        mirror = torch.ones(len(indices), 1, 3, dtype=torch.float64)  # (B, 1, 3): x -> -x for left hands
+        mirror[~is_right, :, 0] = -1.0
+        verts, joints = verts * mirror, joints * mirror
+        # 2. place them in front of the camera, off the optical axis, and crop around them
+        distance = torch.from_numpy(draws.uniform(*view.distance))[:, None]  # (B, 1)
+        off_axis = torch.from_numpy(np.tan(np.deg2rad(draws.uniform(-view.off_axis_deg, view.off_axis_deg, (2,)))))
+        centre = (verts.amax(1) + verts.amin(1)) / 2  # (B, 3)
+        shift = (torch.cat([off_axis * distance, distance], 1) - centre)[:, None]  # (B, 1, 3)
+        verts, joints = verts + shift, joints + shift
+        K = crop_intrinsics(verts, S, torch.from_numpy(draws.uniform(*view.fill)),
+                            torch.from_numpy(draws.normal(view.centre_jitter * S, (2,))))  # (B, 3, 3)
+        batch = {"K": K.float(), "joints3d": joints.float(), "verts": verts.float(),
+                 "joints2d": perspective_projection(joints, K).float(), "mano_pose": pose, "mano_shape": shape,
+                 "is_right": is_right}
+        samples = [{key: value[i] for key, value in batch.items()} for i in range(len(indices))]
+        # 3. the looks: light, skin (and a sleeve from 4 cm past the wrist half of the time), background
+        light, ambient = random_lights(draws)
+        skin, sleeve = skin_colors(draws), draws.uniform(0.05, 0.95, (3,))
+        forearm = np.where(draws.chance(0.5)[:, None], sleeve, skin)
+        looks = {key: torch.from_numpy(value).float() for key, value in (
+            ("light", light), ("ambient", ambient), ("skin", skin), ("forearm", forearm),
+            ("background", background_patterns(draws)))}
+        looks["jitter"] = torch.ones(len(indices), 3)
+        # 4. augmentation moves the camera before rendering (and jitters colours after)
+        if self.augment:
+            for i, index in enumerate(indices):
+                aug = sample_augmentation(sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM),
+                                          self.augment_config, K[i], S)
+                samples[i], looks["jitter"][i] = augment_hand_labels(samples[i], aug), aug.color
+        return samples, looks
+
+
+# The synthetic demo's camera (train.py): hands roughly upright with the palm or the back towards the
+# camera (HandViewConfig's default spreads roll and tilt three times wider). The PA metrics and the
+# mean-hand baseline ignore the global rotation, so this does not make the bar lower; it leaves a
+# two-core CPU's few thousand steps for the finger articulation, which is what the metrics measure.
+DEMO_HAND_VIEW = HandViewConfig(roll_std_deg=20.0, tilt_std_deg=20.0)
+
+
+def hand_dataset(kind, path, split, cfg, seed, num_samples):
+    """The hand dataset for a split ("training" | "evaluation") of `--data kind[:path]` at cfg.image_size.
+
+    kind "synthetic": SyntheticHands(num_samples) with DEMO_HAND_VIEW; the held-out split is the same
+    generator under seed + 1_000_003. "freihand" / "npz": the folder at path, augmented for training.
+    """
+    if kind == "synthetic":
+        return SyntheticHands(num_samples, cfg.image_size, seed=seed + (split == "evaluation") * 1_000_003,
+                              view_config=DEMO_HAND_VIEW)
+    if kind == "freihand":
+        return FreiHAND(path, split, cfg.image_size, augment=split == "training", seed=seed)
+    if kind == "npz":
+        return NpzHands(path, split, cfg.image_size, augment=split == "training", seed=seed)
+    raise ValueError(f"hand_dataset: kind must be 'synthetic', 'freihand' or 'npz', got {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Synthetic bodies
 #
 # The stand-in SMPL and SMPL-X (bodymodels) rest in a T-pose like the real ones: y up, facing +z,
 # the body's left side towards +x, every joint's local frame the world's. Limbs are posed by
 # direction: a limb's rotation is the shortest turn from its rest direction to a sampled
 # direction, times a twist about it. Turned that way from the T-pose, elbows and knees keep
 # bending the natural way (forwards and backwards) about their rest hinge axes.
-
-LEG_MODES = {  # name: probability, (thigh flexion range, knee range) of the two legs, in degrees
-    "stand": (0.30, ((-5, 15), (0, 15)), ((-5, 15), (0, 15))),
-    "walk": (0.22, ((10, 45), (0, 40)), ((-25, 0), (10, 60))),
-    "run": (0.08, ((30, 75), (40, 110)), ((-35, -5), (40, 120))),
-    "sit": (0.14, ((70, 100), (70, 110)), ((70, 100), (70, 110))),
-    "squat": (0.08, ((95, 125), (110, 145)), ((95, 125), (110, 145))),
-    "lunge": (0.10, ((50, 90), (50, 100)), ((-30, -5), (0, 60))),
-    "kick": (0.08, ((50, 100), (0, 40)), ((-5, 15), (0, 15))),
-}
-ARM_MODES = {"down": (0.4, (5, 40)), "middle": (0.4, (35, 110)), "up": (0.2, (100, 170))}  # degrees from hanging down
-X, Y, Z = torch.eye(3, dtype=torch.float64)  # the axes; rest limbs: legs -Y, left arm +X, right arm -X
-
 
 @dataclass
 class BodyPoseConfig:
@@ -1411,144 +770,6 @@ class BodyPoseConfig:
     max_tries: int = 20  # re-draws when the cheap self-intersection test fails
 
 
-def _choose(rng, modes):
-    """A value of modes {name: (probability, *value)} drawn by probability."""
-    probs = torch.tensor([m[0] for m in modes.values()], dtype=torch.float64)
-    return list(modes.values())[int(torch.multinomial(probs, 1, generator=rng))][1:]
-
-
-def _turn_to(rest, direction):
-    """Axis-angle (..., 3) of the shortest turn taking unit vectors rest to direction (never opposite)."""
-    axis = torch.linalg.cross(rest, direction, dim=-1)
-    sin, cos = axis.norm(dim=-1, keepdim=True), (rest * direction).sum(-1, keepdim=True)
-    return axis / sin.clamp_min(1e-12) * torch.atan2(sin, cos)
-
-
-def sample_body_pose(rng, cfg=BodyPoseConfig()):
-    """A plausible body pose: local rotations (22, 3, 3) float64 of SMPL / SMPL-X joints 0-21, joint 0
-    the identity (the global orientation comes from `sample_body_orientation`).
-
-    Limbs are posed by direction: a limb's rotation is the shortest turn from its T-pose direction
-    to a drawn direction, then a twist about it. Turned that way, knees keep bending backwards
-    about x and elbows forwards about -+y, their rest hinge axes.
-    - Legs: one of LEG_MODES (standing, walking, running, sitting, squatting, lunging, kicking;
-      the legs' roles swapped at random): thigh flexion and knee bend uniform in the mode's
-      ranges (+ N(0, 4)), abduction in cfg.abduction, twist N(0, twist_std / 2), ankles jittered.
-    - Arms, each on its own: hanging, half-raised or raised (ARM_MODES), pointing from slightly
-      behind to straight forwards (cfg.arm_azimuth), twisted N(0, twist_std), the elbow bent by
-      U(cfg.elbow) x U(0.3, 1), collar N(0, 5) and wrist N(0, wrist_std) per axis.
-    - Spine: three joints each bent forwards in cfg.spine_flex and twisted / leaned N(0, spine_std);
-      neck and head N(0, head_std / sqrt 2) per axis.
-    """
-    def n(std, *shape):  # Gaussian angles in degrees
-        return _normal(rng, std, shape)
-
-    sides = torch.tensor([1.0, -1.0], dtype=torch.float64)  # left, right
-    # 1. legs: thigh direction from flexion f (forwards) and abduction a (outwards), from -Y
-    legs = _choose(rng, LEG_MODES)
-    legs = legs if torch.rand((), generator=rng) < 0.5 else legs[::-1]
-    flex = torch.deg2rad(torch.stack([_uniform(rng, *leg[0]) for leg in legs]) + n(4.0, 2))
-    knee = torch.stack([_uniform(rng, *leg[1]) for leg in legs]) + n(4.0, 2)
-    abduct = torch.deg2rad(_uniform(rng, *cfg.abduction, (2,))) * sides
-    thigh = torch.stack([flex.cos() * abduct.sin(), -flex.cos() * abduct.cos(), flex.sin()], -1)  # (2, 3)
-    # 2. arms: direction from the angle away from hanging down and the azimuth (0 sideways, 90 forwards)
-    down = torch.deg2rad(torch.stack([_uniform(rng, *_choose(rng, ARM_MODES)[0]) for _ in range(2)]))
-    azimuth = torch.deg2rad(_uniform(rng, *cfg.arm_azimuth, (2,)))
-    arm = torch.stack([sides * down.sin() * azimuth.cos(), -down.cos(), down.sin() * azimuth.sin()], -1)  # (2, 3)
-    elbow = _uniform(rng, *cfg.elbow, (2,)) * _uniform(rng, 0.3, 1.0, (2,))
-    # 3. every elementary turn as an axis-angle row, converted in one batch
-    rest_leg, rest_arm = -Y.expand(2, 3), X * sides[:, None]
-    turns = torch.cat([
-        _turn_to(rest_leg, thigh), rest_leg * torch.deg2rad(n(cfg.twist_std / 2, 2))[:, None],  # 0-3 hips
-        X * torch.deg2rad(knee.clamp(0, 150))[:, None],  # 4-5 knees
-        X * torch.deg2rad(_uniform(rng, -20, 25, (2,)))[:, None], Z * torch.deg2rad(n(6.0, 2))[:, None],  # 6-9 ankles
-        _turn_to(rest_arm, arm), rest_arm * torch.deg2rad(n(cfg.twist_std, 2))[:, None],  # 10-13 shoulders
-        -Y * (sides * torch.deg2rad(elbow))[:, None],  # 14-15 elbows: left about -Y, right about +Y
-        Z * (sides * torch.deg2rad(n(5.0, 2)))[:, None], Y * torch.deg2rad(n(5.0, 2))[:, None],  # 16-19 collars
-        torch.deg2rad(n(cfg.wrist_std, 2, 3)),  # 20-21 wrists
-        _euler_rows(torch.stack([_uniform(rng, *cfg.spine_flex, (3,)), n(cfg.spine_std, 3), n(cfg.spine_std, 3)], -1)),
-        _euler_rows(n(cfg.head_std / math.sqrt(2), 2, 3)),  # 22-30 spine (3 x 3), 31-36 neck and head (2 x 3)
-    ])
-    T = axis_angle_to_matrix(turns)  # (37, 3, 3)
-    R = torch.eye(3, dtype=torch.float64).repeat(22, 1, 1)
-    R[[1, 2]], R[[4, 5]], R[[7, 8]] = T[0:2] @ T[2:4], T[4:6], T[6:8] @ T[8:10]
-    R[[16, 17]], R[[18, 19]], R[[13, 14]], R[[20, 21]] = T[10:12] @ T[12:14], T[14:16], T[16:18] @ T[18:20], T[20:22]
-    euler = T[22:37].view(5, 3, 3, 3)  # (joint, axis, 3, 3)
-    R[[3, 6, 9, 12, 15]] = euler[:, 0] @ euler[:, 1] @ euler[:, 2]
-    return R
-
-
-def _euler_rows(degrees):
-    """Angles (..., 3) in degrees about X, Y, Z -> their three axis-angle rows (... * 3, 3), whose
-    rotations multiply in that order (Rx Ry Rz)."""
-    return (torch.deg2rad(degrees)[..., None] * torch.eye(3, dtype=torch.float64)).reshape(-1, 3)
-
-
-def sample_body_orientation(rng, cfg=BodyPoseConfig()):
-    """Global orientation (3, 3) in camera coordinates (y down): upright (the T-pose's +y turned to
-    the image's up, -y), facing the camera turned by N(0, 35) degrees with probability
-    cfg.yaw_frontal_prob, else any way, and leaning by N(0, cfg.tilt_std) degrees."""
-    frontal = torch.rand((), generator=rng) < cfg.yaw_frontal_prob
-    yaw = _normal(rng, 35.0) if frontal else _uniform(rng, -180.0, 180.0)
-    lean_axis = _uniform(rng, 0, 2 * math.pi)
-    axes = torch.stack([X, torch.stack([lean_axis.cos(), torch.zeros(()), lean_axis.sin()]).double(), Y])
-    upright, lean, turn = _rotation(axes, torch.stack([torch.tensor(180.0).double(), _normal(rng, cfg.tilt_std), yaw]))
-    return upright @ lean @ turn  # upright: +y (up) -> -y, +z (front) -> -z (towards the camera)
-
-
-def forward_kinematics(rest_joints, rotations, parents):
-    """Joint positions (J, 3) of a skeleton posed by local rotations (J, 3, 3) about its rest
-    joints (J, 3) (parents[j] < j, -1 for the root, which stays in place)."""
-    world = [None] * len(parents)
-    position = [None] * len(parents)
-    for j, p in enumerate(parents):
-        if p < 0:
-            world[j], position[j] = rotations[j], rest_joints[j]
-        else:
-            world[j] = world[p] @ rotations[j]
-            position[j] = position[p] + world[p] @ (rest_joints[j] - rest_joints[p])
-    return torch.stack(position)
-
-
-def _segment_distance(p0, p1, q0, q1):
-    """Smallest distance between segments [p0, p1] and [q0, q1], each (..., 3). -> (...)."""
-    d1, d2, r = p1 - p0, q1 - q0, p0 - q0
-    a, e, f = (d1 * d1).sum(-1), (d2 * d2).sum(-1), (d2 * r).sum(-1)
-    b, c = (d1 * d2).sum(-1), (d1 * r).sum(-1)
-    denom = (a * e - b * b).clamp_min(1e-12)
-    s = ((b * f - c * e) / denom).clamp(0, 1)
-    t = ((b * s + f) / e.clamp_min(1e-12)).clamp(0, 1)
-    s = ((b * t - c) / a.clamp_min(1e-12)).clamp(0, 1)
-    return (p0 + d1 * s[..., None] - q0 - d2 * t[..., None]).norm(dim=-1)
-
-
-# cheap self-intersection test on the posed joints: (segment a, segment b, minimum distance in metres)
-_CLEARANCES = (((4, 7), (5, 8), 0.07), ((1, 4), (2, 5), 0.07), ((1, 4), (5, 8), 0.07), ((2, 5), (4, 7), 0.07),
-               ((18, 20), (0, 12), 0.09), ((19, 21), (0, 12), 0.09), ((16, 18), (3, 12), 0.08),
-               ((17, 19), (3, 12), 0.08), ((18, 20), (19, 21), 0.05), ((20, 20), (15, 15), 0.1),
-               ((21, 21), (15, 15), 0.1), ((18, 20), (1, 4), 0.06), ((19, 21), (2, 5), 0.06))
-
-
-def self_intersects(joints):
-    """True when two body segments of joints (>= 22, 3) come closer than _CLEARANCES allows
-    (legs through each other, forearms through the torso, hands in the head)."""
-    index = torch.tensor([[a[0], a[1], b[0], b[1]] for a, b, _ in _CLEARANCES])
-    p = joints[index]  # (C, 4, 3)
-    distance = _segment_distance(p[:, 0], p[:, 1], p[:, 2], p[:, 3])
-    return bool((distance < torch.tensor([c for _, _, c in _CLEARANCES], dtype=distance.dtype)).any())
-
-
-def sample_plausible_body(rng, rest_joints, parents, cfg=BodyPoseConfig()):
-    """`sample_body_pose` with the global orientation, re-drawn (up to cfg.max_tries) while
-    `self_intersects`. Returns rotations (22, 3, 3) float64, joint 0 the global orientation."""
-    for _ in range(cfg.max_tries):
-        R = sample_body_pose(rng, cfg)
-        if not self_intersects(forward_kinematics(rest_joints[:22], R, parents[:22])):
-            break
-    R[0] = sample_body_orientation(rng, cfg)
-    return R
-
-
 @dataclass
 class BodyViewConfig:
     """Where the person is and how the crop sees it."""
@@ -1556,76 +777,6 @@ class BodyViewConfig:
     centre_jitter: float = 0.03  # detector error of the box centre, fraction of the crop (Gaussian std)
     distance: tuple = (2.5, 8.0)  # metres, only with focal_length=None (a real camera's perspective)
     off_axis_deg: float = 20.0  # likewise
-
-
-def place_in_crop(rng, verts, image_size, cfg, focal_length):
-    """Translation t (3,) and intrinsics K (3, 3) (float64) that show verts (V, 3) + t centred in
-    an H x W crop, the box's larger relative side filling cfg.fill of it.
-
-    focal_length (pixels for a crop 256 pixels high, scaled with the height; HMR2.0 / GenHMR use 5000,
-    a nearly orthographic camera): K is fixed with the principal point at the crop centre and t
-    is solved for. None: the person stands cfg.distance away, off the optical axis, and K is
-    the detector crop of a real camera (`crop_intrinsics`).
-    """
-    height, width = _image_hw(image_size)
-    fill = _uniform(rng, *cfg.fill)
-    offset = _normal(rng, cfg.centre_jitter, (2,)) * torch.tensor([width, height])
-    centre = (verts.amax(0) + verts.amin(0)) / 2
-    if focal_length is None:
-        distance = _uniform(rng, *cfg.distance)
-        off_axis = torch.tan(torch.deg2rad(_uniform(rng, -cfg.off_axis_deg, cfg.off_axis_deg, (2,))))
-        t = torch.cat([off_axis * distance, distance[None]]) - centre
-        return t, crop_intrinsics(verts + t, (height, width), fill, offset)
-    f = focal_length * height / 256
-    K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=torch.float64)
-    size = torch.tensor([width, height], dtype=torch.float64)
-    t = torch.cat([-centre[:2], (f * ((verts.amax(0) - verts.amin(0))[:2] / size).max() / fill - centre[2])[None]])
-    xy, z = verts[:, :2], verts[:, 2:]
-
-    def box():  # corners (2,) of the projection's box, uv = f (xy + t_xy) / (z + t_z) + size / 2 (= K (verts + t))
-        uv = (xy + t[:2]) / (z + t[2])
-        return f * uv.amin(0) + size / 2, f * uv.amax(0) + size / 2
-
-    for _ in range(2):  # perspective makes the first guess slightly off: rescale, then recentre, on the projection
-        low, high = box()
-        t[2] = (centre[2] + t[2]) * ((high - low) / size).max() / fill - centre[2]
-        low, high = box()
-        t[:2] -= ((low + high) / 2 - size / 2 - offset) * (centre[2] + t[2]) / f
-    return t, K
-
-
-# clothing: SMPL / SMPL-X joint ids (the vertex's strongest skinning weight) -> garment
-_SHIRT, _SLEEVES, _TROUSERS, _SHINS, _SHOES = (3, 6, 9, 13, 14, 16, 17), (18, 19), (0, 1, 2), (4, 5), (7, 8, 10, 11)
-
-
-def outfit_colors(rng, part, hair):
-    """Per-vertex albedo (V, 3) from part (V,) (each vertex's strongest joint) and hair (V,) bool:
-    a skin tone, a shirt with short or long sleeves, long trousers or shorts, shoes, hair."""
-    table = skin_tone(rng).repeat(int(part.max()) + 1, 1)  # (J, 3)
-    shirt, trousers = _uniform(rng, 0.05, 0.95, (3,)).float(), _uniform(rng, 0.05, 0.7, (3,)).float()
-    table[list(_SHIRT)] = shirt
-    if torch.rand((), generator=rng) < 0.5:
-        table[list(_SLEEVES)] = shirt
-    table[list(_TROUSERS)] = trousers
-    if torch.rand((), generator=rng) < 0.7:
-        table[list(_SHINS)] = trousers
-    table[list(_SHOES)] = _uniform(rng, 0.02, 0.4, (3,)).float()
-    colors = table[part]
-    colors[hair] = _uniform(rng, 0.02, 0.5).float() * torch.tensor([1.0, 0.8, 0.6])
-    return colors
-
-
-def _rig(model):
-    """What a dataset needs from an smplx model, computed once: faces (F, 3), rest joints (J, 3)
-    float64, parents (J,), part (V,) strongest joint per vertex, hair (V,) bool (head top)."""
-    with torch.no_grad():
-        rest = model()
-    joints = rest.joints[0].double()
-    part = model.lbs_weights.argmax(1)
-    head = 15
-    hair = (part == head) & (rest.vertices[0, :, 1].double() > joints[head, 1] + 0.04)
-    faces = torch.as_tensor(np.asarray(model.faces, dtype=np.int64))
-    return {"faces": faces, "rest_joints": joints, "parents": model.parents.tolist(), "part": part, "hair": hair}
 
 
 class _SyntheticBodyBase(torch.utils.data.Dataset):
@@ -1731,13 +882,13 @@ class SyntheticBodies(_SyntheticBodyBase):
 
     def __getitems__(self, indices):
         """The samples of a list of indices (DataLoader asks for a batch this way): the meshes
-        skinned together (`BatchSkinning`), the images rendered render_chunk at a time. Each
+        skinned together (`skinning`), the images rendered render_chunk at a time. Each
         sample depends only on its own (seed, epoch, index): __getitems__(indices)[k] is exactly
         self[indices[k]]."""
         self.model
         rngs = [self._rng(index) for index in indices]
         pose, shape = (torch.stack(x) for x in zip(*(self._sample_smpl_pose(rng) for rng in rngs)))
-        verts, joints = skinning("smpl", self.model_dir, batch=True)(pose, shape)  # (B, 6890, 3), (B, 24, 3)
+        verts, joints = skinning("smpl", self.model_dir, torch.float32)(pose, shape)  # (B, 6890, 3), (B, 24, 3)
         samples, looks = zip(*(self._labels(*args) for args in zip(rngs, indices, pose, shape, verts, joints)))
         patterns = torch.from_numpy(background_patterns(Draws(rngs))).float()  # (B, 3, L, L), the last draws
         for look, pattern in zip(looks, patterns):
@@ -1774,8 +925,8 @@ class SyntheticBodies(_SyntheticBodyBase):
         sample["joints2d"] = perspective_projection(sample["joints3d"], sample["K"])
         sample = {key: value.float() for key, value in sample.items()}
         # 3. the look
-        light, ambient = random_light(rng)
-        look.update(light=light.float(), ambient=torch.tensor(ambient),
+        light, ambient = (torch.as_tensor(x[0]).float() for x in random_lights(Draws([rng])))
+        look.update(light=light, ambient=ambient,
                     color=outfit_colors(rng, self.rig["part"], self.rig["hair"]))
         return sample, look
 
@@ -1792,30 +943,11 @@ class SyntheticBodies(_SyntheticBodyBase):
                        zbuffer=_scratch_zbuffer(self, len(samples) * height * width))[0]
 
 
-def _mirror_axis_angle(aa):
-    """The rotation M R M (M = diag(-1, 1, 1)) of a mirrored limb, as axis-angle (..., 3)."""
-    return aa * torch.tensor([1.0, -1.0, -1.0], dtype=aa.dtype)
-
-
-def _kabsch(source, target):
-    """Rotation R (3, 3) minimising |R (source - mean) - (target - mean)|, points (N, 3)."""
-    s, t = source - source.mean(0), target - target.mean(0)
-    U, _, Vh = torch.linalg.svd(t.T @ s)
-    d = torch.sign(torch.linalg.det(U @ Vh))
-    return U @ torch.diag(torch.tensor([1.0, 1.0, float(d)], dtype=U.dtype)) @ Vh
-
-
-def _global_rotations(rotations, parents):
-    """World rotations (J, 3, 3) of joints from their local rotations (J, 3, 3)."""
-    world = []
-    for j, p in enumerate(parents):
-        world.append(rotations[j] if p < 0 else world[p] @ rotations[j])
-    return torch.stack(world)
-
-
 # SMPL-X joints of each hand in MANO's order (wrist, then 15 finger joints), and its fingertips
 # among smplx's extra joints (thumb, index, middle, ring, pinky)
 SMPLX_HAND_JOINTS = {"left": (20,) + tuple(range(25, 40)), "right": (21,) + tuple(range(40, 55))}
+
+
 SMPLX_FINGERTIPS = {"left": tuple(range(66, 71)), "right": tuple(range(71, 76))}
 
 
@@ -1842,7 +974,7 @@ class SyntheticWholeBody(_SyntheticBodyBase):
         spine 1-3, collar, shoulder, elbow, wrist), as in smplx_pose.
     Distribution: bodies as `SyntheticBodies` but turned towards the camera four times in five
     (so both hands show most of the time: see the test), fingers of both hands from
-    `sample_hand_pose`, jaw N(0, 5 deg), expression N(0, 0.5), betas N(0, 1).
+    `hand_poses`, jaw N(0, 5 deg), expression N(0, 0.5), betas N(0, 1).
     """
 
     def __init__(self, num_samples, image_size=(256, 192), hand_image_size=256, seed=0, augment=False,
@@ -1866,7 +998,9 @@ class SyntheticWholeBody(_SyntheticBodyBase):
             # MANO's rest hand turned onto SMPL-X's rest right hand: finger poses are rotated by it
             mano_rest = body_model("mano", self.model_dir)().joints[0].detach().double()
             self.hand_axes = hand_axes(mano_rest)
-            self.mano_to_smplx = _kabsch(mano_rest, self.rig["rest_joints"][list(SMPLX_HAND_JOINTS["right"])])
+            smplx_hand = self.rig["rest_joints"][list(SMPLX_HAND_JOINTS["right"])]
+            self.mano_to_smplx = metrics.procrustes_transform(mano_rest[None], smplx_hand[None])[1][0]  # (3, 3)
+            self.extra_joints = self._model.vertex_joint_selector.extra_joints_idxs  # smplx's joints 55-75
             # faces whose corners all belong to a hand (wrist and finger joints): (F,) masks
             in_hand = {side: torch.isin(self.rig["part"], torch.tensor(ids)) for side, ids in SMPLX_HAND_JOINTS.items()}
             self.hand_face_mask = {side: mask[self.rig["faces"]].all(1) for side, mask in in_hand.items()}
@@ -1879,9 +1013,10 @@ class SyntheticWholeBody(_SyntheticBodyBase):
         pose = torch.zeros(55, 3, dtype=torch.float64)
         pose[:22] = matrix_to_axis_angle(R)
         pose[22] = X * math.radians(abs(float(_normal(rng, 5.0))))  # the jaw opens a little
-        fingers = {side: sample_hand_pose(rng, self.hand_axes, self.hand_pose_config) for side in ("left", "right")}
+        fingers = {side: torch.from_numpy(hand_poses(Draws([rng]), self.hand_axes, self.hand_pose_config)[0])
+                   for side in ("left", "right")}
         pose[40:55] = fingers["right"] @ self.mano_to_smplx.T  # axis-angle turns with the frame: R aa
-        pose[25:40] = _mirror_axis_angle(fingers["left"] @ self.mano_to_smplx.T)
+        pose[25:40] = mirror_rotation(fingers["left"] @ self.mano_to_smplx.T)
         return pose, fingers
 
     def __getitem__(self, index):
@@ -1891,14 +1026,8 @@ class SyntheticWholeBody(_SyntheticBodyBase):
         pose, fingers = self._sample_pose(rng)
         shape = torch.randn(10, generator=rng, dtype=torch.float64).clamp(-2.5, 2.5)
         expression = _normal(rng, 0.5, (10,))
-        with torch.no_grad():
-            out = self.model(betas=shape[None].float(), expression=expression[None].float(),
-                             global_orient=pose[None, 0].float(), body_pose=pose[None, 1:22].reshape(1, 63).float(),
-                             jaw_pose=pose[None, 22].float(), leye_pose=pose[None, 23].float(),
-                             reye_pose=pose[None, 24].float(),
-                             left_hand_pose=pose[None, 25:40].reshape(1, 45).float(),
-                             right_hand_pose=pose[None, 40:55].reshape(1, 45).float())
-        verts, joints = out.vertices[0].double(), out.joints[0].double()  # (10475, 3), (127, 3)
+        verts, joints = skinning("smplx", self.model_dir, torch.float32)(pose, shape, expression)
+        verts, joints = verts.double(), torch.cat([joints, verts[self.extra_joints]]).double()  # (10475, 3), (76, 3)
         # 2. crop, then augmentation as for SyntheticBodies (turn about the optical axis, zoom, shift)
         cam_t, K = place_in_crop(rng, verts, self.image_size, self.view_config, self.focal_length)
         if self.augment:
@@ -1912,12 +1041,14 @@ class SyntheticWholeBody(_SyntheticBodyBase):
         sample = {"K": K, "verts": verts, "joints3d": joints[:55], "joints2d": perspective_projection(joints[:55], K),
                   "smplx_pose": pose, "smplx_shape": shape, "smplx_expression": expression, "cam_t": cam_t}
         # 3. render the body, then both hands' crops of the same scene in one batch
-        light, ambient = random_light(rng)
-        look = (outfit_colors(rng, self.rig["part"], self.rig["hair"])[None], light[None], torch.tensor([ambient]))
-        background = random_background(rng, self.image_size)
+        light, ambient = (torch.from_numpy(x) for x in random_lights(Draws([rng])))
+        look = (outfit_colors(rng, self.rig["part"], self.rig["hair"])[None], light, ambient)
+        pattern = torch.from_numpy(background_patterns(Draws([rng]))).float()
+        background = upsample_backgrounds(pattern, *_image_hw(self.image_size))[0]
         image, _, face = _render(verts[None], self.rig["faces"], K[None], self.image_size, *look, background[None],
                                  True)
-        world = _global_rotations(axis_angle_to_matrix(pose[:22]), self.rig["parents"][:22])
+        world = forward_kinematics(axis_angle_to_matrix(pose[:22]), self.rig["rest_joints"][:22],
+                                   self.rig["parents"][:22])[1]  # (22, 3, 3) world rotations
         for side in ("left", "right"):
             sample.update(self._hand_labels(rng, side, sample, joints, world, fingers[side], face))
         Ks = torch.stack([sample["left_hand_K"], sample["right_hand_K"]])  # (2, 3, 3)
@@ -1949,7 +1080,7 @@ class SyntheticWholeBody(_SyntheticBodyBase):
         # MANO-space pose: right hand W R_off; left hand M W M R_off (module docstring: left hands)
         wrist = world[SMPLX_HAND_JOINTS[side][0]]
         if side == "left":
-            wrist = _mirror_matrix(wrist)
+            wrist = mirror_rotation(wrist, matrix=True)
         orient = matrix_to_axis_angle(wrist @ self.mano_to_smplx)
         arm = bodymodels.SMPLX_LEFT_ARM if side == "left" else bodymodels.SMPLX_RIGHT_ARM
         return {f"{side}_hand_box": torch.cat([centre - half, centre + half]), f"{side}_hand_K": K_hand,
@@ -1959,24 +1090,131 @@ class SyntheticWholeBody(_SyntheticBodyBase):
                 f"{side}_arm_pose": sample["smplx_pose"][list(arm)]}
 
 
-def _mirror_matrix(R):
-    """M R M with M = diag(-1, 1, 1): the same turn seen in a mirror. (..., 3, 3)."""
-    m = torch.tensor([-1.0, 1.0, 1.0], dtype=R.dtype)
-    return R * m[:, None] * m[None, :]
+# ---------------------------------------------------------------------------------------------
+# 6. The rendered cache: draw a synthetic set once, keep it as stacked tensors
+#
+# Rendering costs milliseconds a sample; a training run that sees each sample many times renders
+# it once (`render_once`, every DDP rank a share) into a tensor file and reads it memory-mapped.
+
+
+class RenderedSet(torch.utils.data.Dataset):
+    """A dataset held as stacked tensors {key: (N, ...)}: "image" (if any) stored uint8 and returned
+    float32 in [0, 1], every other key returned as stored (pose-only sets have no image)."""
+
+    def __init__(self, tensors):
+        self.tensors = tensors
+
+    def __len__(self):
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, index):
+        sample = {k: v[index] for k, v in self.tensors.items()}
+        if "image" in sample:
+            sample["image"] = sample["image"].float() / 255
+        return sample
+
+    def set_epoch(self, epoch):
+        """The set was drawn once: every epoch sees the same samples (no per-epoch randomness)."""
+
+
+def stack_samples(dataset, indices, workers=0):
+    """{key: (len(indices), ...)} of the samples at `indices`, read by `workers` processes; "image"
+    (if any) as uint8."""
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(indices)), batch_size=64,
+                                         num_workers=workers, generator=torch.Generator())
+    batches = list(loader)
+    tensors = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    if "image" in tensors:
+        tensors["image"] = (tensors["image"] * 255).round().to(torch.uint8)
+    return tensors
+
+
+def labels(dataset, limit=4096):
+    """{key: (n, ...)} of every key but "image" for n <= limit evenly strided samples (indices 0,
+    step, 2 step, ...): read from memory for a RenderedSet (no image is touched), else drawn."""
+    n = len(dataset)
+    indices = list(range(0, n, max(1, math.ceil(n / limit))))
+    if isinstance(dataset, RenderedSet):
+        return {k: v[indices] for k, v in dataset.tensors.items() if k != "image"}
+    return {k: v for k, v in stack_samples(dataset, indices).items() if k != "image"}
+
+
+def render_once(dataset, path, rank=0, world_size=1, barrier=lambda: None):
+    """Draw `dataset` into the tensor file `path` unless it exists, and load it memory-mapped (the
+    ranks share its pages) as a RenderedSet.
+
+    Each of world_size ranks draws one contiguous share into path.part{rank}, then rank 0 joins
+    them; barrier() (e.g. torch.distributed.barrier; a no-op for one process) is called twice by
+    every rank. Files are written with `bodymodels.atomic_write`, so a crash never leaves a
+    half-written cache. The caller names the file after everything the samples depend on.
+    """
+    path = str(path)
+    if not os.path.exists(path):  # all ranks agree: the file appears only after the barrier below
+        n = len(dataset)
+        share = range(n * rank // world_size, n * (rank + 1) // world_size)
+        workers = torch.get_num_threads() if torch.get_num_threads() > 1 else 0  # one renderer per core of this rank
+        part = stack_samples(dataset, share, workers)
+        bodymodels.atomic_write(f"{path}.part{rank}", lambda f: torch.save(part, f))
+        barrier()
+        if rank == 0:
+            parts = [torch.load(f"{path}.part{r}", weights_only=True, mmap=True) for r in range(world_size)]
+            joined = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            bodymodels.atomic_write(path, lambda f: torch.save(joined, f))
+            for r in range(world_size):
+                os.remove(f"{path}.part{r}")
+        barrier()
+    return RenderedSet(torch.load(path, weights_only=True, mmap=True))
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Pictures and speed
-
-_FINGER_COLORS = ("#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd")  # thumb, index, middle, ring, pinky
+# 7. Pictures: sample grids and predictions
 
 
-def _bone_colors(parents):
-    """A colour per bone: FreiHAND's five fingers get five colours, other trees one per branch."""
-    if tuple(parents) == FREIHAND_PARENTS:
-        return [_FINGER_COLORS[(j - 1) // 4] if j > 0 else "w" for j in range(21)]
-    left = {j for j, name in enumerate(getattr(bodymodels, "SMPLX_JOINT_NAMES", ())) if name.startswith("left")}
-    return ["#1f77b4" if j in left else "#d62728" for j in range(len(parents))]
+def show_image(ax, image):
+    """Show an image (3, H, W) in [0, 1] on a matplotlib axis in pixel coordinates (pixel (i, j)
+    covers [j, j + 1) x [i, i + 1), as the module's convention), without axes."""
+    height, width = image.shape[-2:]
+    ax.imshow(image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy(), extent=(0, width, height, 0))
+    ax.set(xlim=(0, width), ylim=(height, 0))
+    ax.set_axis_off()
+
+
+def overlay_mesh(image, verts, faces, K, color, alpha=0.7):
+    """image (3, H, W) with the mesh verts (V, 3) (camera coordinates), faces (F, 3), seen through
+    K (3, 3), rendered in `color` (3,) and blended in at opacity alpha. -> (3, H, W)."""
+    rendered, mask = render_mesh(verts.float(), faces, K.float(), tuple(image.shape[-2:]), color=color,
+                                 return_mask=True)
+    return torch.where(mask, alpha * rendered + (1 - alpha) * image, image)
+
+
+def draw_hand_predictions(path, eval_set, pred, gt, count=6):
+    """Save a PNG of `count` held-out hands: per column, the image with the true (green) and
+    predicted (red) 2D skeletons; the true mesh over the image; the predicted mesh over it.
+
+    pred: joints2d (N, 21, 2) pixels, joints3d (N, 21, 3), verts (N, 778, 3); gt: the hand keys
+    (K, joints2d, joints3d, verts) of eval_set's first N samples. The predicted 3D may be
+    root-relative, so its mesh is moved to where its joints' centroid is the true joints' centroid.
+    """
+    from matplotlib.figure import Figure
+
+    count = min(count, len(eval_set))
+    faces = torch.as_tensor(np.asarray(body_model("mano").faces, dtype=np.int64))
+    fig = Figure(figsize=(2.2 * count, 6.9), layout="constrained")
+    axes = fig.subplots(3, count, squeeze=False)
+    for i in range(count):
+        image, K = eval_set[i]["image"], gt["K"][i]
+        show_image(axes[0, i], image)
+        draw_skeleton(axes[0, i], gt["joints2d"][i], FREIHAND_PARENTS, color="lime", size=4, dots=None)
+        draw_skeleton(axes[0, i], pred["joints2d"][i], FREIHAND_PARENTS, color="red", size=4, dots=None)
+        show_image(axes[1, i], overlay_mesh(image, gt["verts"][i], faces, K, color=(0.35, 0.9, 0.35)))
+        placed = pred["verts"][i] - pred["joints3d"][i].mean(0) + gt["joints3d"][i].mean(0)
+        show_image(axes[2, i], overlay_mesh(image, placed, faces, K, color=(0.95, 0.35, 0.3)))
+    titles = ("2D joints: green truth, red predicted", "true mesh",
+              "predicted mesh, moved to the true joints' centroid")
+    for row, title in enumerate(titles):
+        axes[row, 0].set_title(title, fontsize=8, loc="left")
+    fig.savefig(path, dpi=100)
+    return path
 
 
 def draw_samples(samples, parents, path, titles=None, columns=4, joints_key="joints2d", boxes_keys=()):
@@ -1990,23 +1228,16 @@ def draw_samples(samples, parents, path, titles=None, columns=4, joints_key="joi
     rows = math.ceil(len(samples) / columns)
     fig = Figure(figsize=(2.6 * columns, 2.6 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, columns)).reshape(-1)
-    colors = _bone_colors(parents)
     for i, ax in enumerate(axes):
         ax.set_axis_off()
         if i >= len(samples):
             continue
         sample = samples[i]
-        height, width = sample["image"].shape[-2:]
-        ax.imshow(sample["image"].permute(1, 2, 0).numpy(), extent=(0, width, height, 0))
-        uv = sample[joints_key].numpy()
-        for j, p in enumerate(parents):
-            if p >= 0:
-                ax.plot(uv[[p, j], 0], uv[[p, j], 1], color=colors[j], linewidth=1.3)
-        ax.scatter(uv[:, 0], uv[:, 1], s=5, c="white", edgecolors="black", linewidths=0.3, zorder=3)
+        show_image(ax, sample["image"])
+        draw_skeleton(ax, sample[joints_key], parents, color="bones")
         for key in boxes_keys:
             x0, y0, x1, y1 = sample[key].tolist()
             ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="yellow", linewidth=1)
-        ax.set(xlim=(0, width), ylim=(height, 0))
         if titles is not None:
             ax.set_title(titles[i], fontsize=7)
     fig.savefig(path, dpi=90)
@@ -2073,6 +1304,739 @@ def _bench(count):
         n = max(count // 5, 5) if isinstance(dataset, SyntheticWholeBody) else count
         wall, cpu = _samples_per_second(dataset, n, batch)
         print(f"{name:46s} {wall:7.1f} samples/s wall-clock, {cpu:7.1f} per CPU-second", flush=True)
+
+
+# =============================================================================================
+# THE MACHINERY: pose priors, looks, backgrounds, the renderer
+# =============================================================================================
+
+# ---------------------------------------------------------------------------------------------
+# 8. Pose priors: hands
+#
+# The stand-in MANO (bodymodels) rests as a flat right hand: fingers along +x, back of the hand
+# towards +y (palm towards -y), thumb towards -z; every joint's local frame is the world's. A
+# finger bends towards the palm by turning about d x (-y), d its rest direction (so about -z for
+# the four fingers), and spreads by turning about the palm normal y.
+
+FINGERS = {"index": (1, 2, 3), "middle": (4, 5, 6), "pinky": (7, 8, 9), "ring": (10, 11, 12), "thumb": (13, 14, 15)}
+PALM = (0.0, -1.0, 0.0)  # from the back of the rest hand towards the palm; its opposite is the spread axis
+
+
+def _rotation(axis, angle_deg):
+    """Rotations (..., 3, 3) float64 by angle_deg (...) about unit axes (..., 3)."""
+    axis = torch.as_tensor(axis, dtype=torch.float64)
+    angle = torch.deg2rad(torch.as_tensor(angle_deg, dtype=torch.float64))
+    return axis_angle_to_matrix(axis * angle[..., None])
+
+
+def hand_axes(rest_joints):
+    """Flexion axes (5, 3) of the index, middle, pinky, ring fingers and thumb (MANO's order), and
+    the thumb's palmar axis (3,), from MANO's rest joints (16, 3).
+
+    A finger with rest direction d bends towards the palm about d x palm. The thumb curls across
+    the palm, so its flexion aims between the palm and the fingers (+z); its base swings under
+    the palm (opposition) about d x palm.
+    """
+    palm = torch.tensor(PALM, dtype=torch.float64)
+    chains = torch.tensor(list(FINGERS.values()))  # (5, 3)
+    d = F.normalize(rest_joints[chains[:, 2]] - rest_joints[chains[:, 0]], dim=-1)  # (5, 3)
+    target = palm.expand(5, 3).clone()
+    target[4] = F.normalize(palm + torch.tensor([0.0, 0.0, 0.8], dtype=torch.float64), dim=0)
+    flex = F.normalize(torch.linalg.cross(d, target, dim=-1), dim=-1)
+    return flex, F.normalize(torch.linalg.cross(d[4], palm, dim=0), dim=0)
+
+
+def hand_poses(draws, axes, cfg=HandPoseConfig()):
+    """Natural random finger poses: (B, 15, 3) float64 numpy axis-angle for MANO joints 1-15;
+    axes from `hand_axes`.
+
+    1. A grasp level g ~ U(0, 1) curls all fingers together (curl c = g + N(0, 0.12), pinky and
+       ring a little more); with probability cfg.independent_prob each finger instead is straight
+       or curled on its own (pointing, counting, "peace" gestures).
+    2. Each finger: knuckle (MCP) and middle (PIP) flexion = its range at c, + N(0, jitter); the
+       last joint follows (DIP = 0.7 PIP + N(0, 3)); the knuckle spreads about the palm normal by
+       cfg.spread x s, s ~ U(-0.2, 1), less as the fingers curl, + N(0, 3).
+    3. Thumb: its base swings under the palm and across it with the grasp (opposition), its two
+       distal joints flex with its own curl.
+    Every angle is clamped to its range, so no joint bends backwards.
+    """
+    flex, palmar = (np.asarray(axis, dtype=np.float64) for axis in axes)  # (5, 3), (3,)
+    normal = -np.array(PALM)  # spread axis: + turns a finger towards the thumb
+    noise = draws.normal(1.0, (14,))  # (B, 14)
+    # 1. curls (index, middle, pinky, ring, thumb): gesture or grasp, both drawn
+    g = draws.uniform(0, 1)  # (B,)
+    gesture = draws.chance(cfg.independent_prob)[:, None]
+    straight = draws.chance(0.5, (5,))
+    curl_gesture = straight * draws.uniform(0.6, 1.0, (5,)) + draws.uniform(0.0, 0.15, (5,))
+    curl_grasp = g[:, None] + draws.normal(0.12, (5,)) + np.array([0.0, 0.02, 0.08, 0.05, 0.0])
+    curl = np.where(gesture, curl_gesture, curl_grasp).clip(-0.1, 1.05)  # (B, 5)
+
+    def angle(c, limits, n):  # a range at curl c, with noise, clamped
+        low, high = limits
+        return np.clip(low + (high - low) * c + cfg.jitter * n, low, high)
+
+    # 2. the four fingers, (B, 4) angles in degrees
+    c = curl[:, :4]
+    mcp, pip = angle(c, cfg.mcp_flex, noise[:, 0:4]), angle(c, cfg.pip_flex, noise[:, 4:8])
+    dip = np.clip(0.7 * pip + 3.0 * noise[:, 8:12], *cfg.dip_flex)
+    spread = draws.uniform(-0.2, 1.0) * np.clip(1 - c.mean(1), 0, 1)  # (B,)
+    abduction = np.array(cfg.spread) * spread[:, None] + 3.0 * draws.normal(1.0, (4,))
+    # 3. the thumb
+    oppose = np.clip(0.6 * g + 0.4 * draws.uniform(0, 1), 0, 1)  # (B,)
+    across, under = angle(oppose, cfg.thumb_across, noise[:, 12]), angle(oppose, cfg.thumb_palmar, noise[:, 13])
+    tip = np.deg2rad(angle(curl[:, 4], cfg.thumb_flex, draws.normal(1.0)))  # (B,)
+    # 4. the composite rotations, converted in one batch: knuckle = spread @ flexion, thumb base = across @ under
+    axes = np.concatenate([np.tile(normal, (4, 1)), flex[:4], -normal[None], palmar[None]])  # (10, 3)
+    degrees = np.concatenate([abduction, mcp, across[:, None], under[:, None]], 1)  # (B, 10)
+    R = _rotations(axes * np.deg2rad(degrees)[..., None])  # (B, 10, 3, 3)
+    composite = np.concatenate([R[:, :4] @ R[:, 4:8], R[:, 8:9] @ R[:, 9:10]], 1)  # (B, 5, 3, 3)
+    base = matrix_to_axis_angle(torch.from_numpy(composite)).numpy()  # (B, 5, 3)
+    pip_aa, dip_aa = (flex[:4] * np.deg2rad(angle)[..., None] for angle in (pip, dip))  # pure flexions (B, 4, 3)
+    fingers = np.stack([base[:, :4], pip_aa, dip_aa], 2)  # (B, 4, 3 joints, 3)
+    thumb = np.stack([base[:, 4], flex[4] * 0.6 * tip[:, None], flex[4] * tip[:, None]], 1)[:, None]  # (B, 1, 3, 3)
+    return np.concatenate([fingers, thumb], 1).reshape(-1, 15, 3)
+
+
+def hand_orientations(draws, cfg=HandViewConfig()):
+    """Global orientations (B, 3, 3) float64 numpy of rest-pose right hands in camera coordinates.
+
+    Palm (or, with probability 1/2, back) towards the camera, tilted about a random in-plane axis
+    by N(0, tilt_std), then rolled about the optical axis so that the fingers point up in the
+    image on average, N(-90, roll_std) degrees (+x, the rest fingers' direction, turned to -y).
+    """
+    facing = np.where(draws.chance(0.5), 90.0, -90.0)  # +90 about x: palm (-y) -> -z, towards us
+    tilt_axis = draws.uniform(0, 2 * math.pi)
+    B = len(facing)
+    axes = np.zeros((B, 3, 3))  # roll about z, tilt about (cos, sin, 0), face about x
+    axes[:, 0, 2], axes[:, 1, 0], axes[:, 1, 1], axes[:, 2, 0] = 1, np.cos(tilt_axis), np.sin(tilt_axis), 1
+    degrees = np.stack([-90.0 + draws.normal(cfg.roll_std_deg), draws.normal(cfg.tilt_std_deg), facing], 1)
+    R = _rotations(axes * np.deg2rad(degrees)[..., None])  # (B, 3, 3, 3)
+    roll, tilt, face = R[:, 0], R[:, 1], R[:, 2]
+    return roll @ tilt @ face
+
+
+def crop_intrinsics(points, image_size, fill, centre_offset):
+    """Intrinsics of a crop (image_size int or (H, W)) around points (..., N, 3), as a detector's.
+
+    Cropping a pinhole camera's image around the points' box and resizing it only sets the focal
+    length f (so that the box's larger relative side is `fill` of the crop's) and moves the
+    principal point (so that the box centre lands at the crop centre + centre_offset (..., 2) pixels).
+    fill: a number or (...,). Returns K (..., 3, 3) float64.
+    """
+    height, width = _image_hw(image_size)
+    size = torch.tensor([width, height], dtype=torch.float64)
+    q = points[..., :2] / points[..., 2:]  # (..., N, 2) image coordinates at focal length 1
+    low, high = q.amin(-2), q.amax(-2)
+    f = torch.as_tensor(fill, dtype=torch.float64) / ((high - low) / size).amax(-1)  # (...,)
+    K = torch.eye(3, dtype=torch.float64).repeat(*points.shape[:-2], 1, 1)
+    K[..., 0, 0] = K[..., 1, 1] = f
+    K[..., :2, 2] = size / 2 + torch.as_tensor(centre_offset) - f[..., None] * (low + high) / 2
+    return K
+
+
+# ---------------------------------------------------------------------------------------------
+#    Pose priors: bodies
+
+
+LEG_MODES = {  # name: probability, (thigh flexion range, knee range) of the two legs, in degrees
+    "stand": (0.30, ((-5, 15), (0, 15)), ((-5, 15), (0, 15))),
+    "walk": (0.22, ((10, 45), (0, 40)), ((-25, 0), (10, 60))),
+    "run": (0.08, ((30, 75), (40, 110)), ((-35, -5), (40, 120))),
+    "sit": (0.14, ((70, 100), (70, 110)), ((70, 100), (70, 110))),
+    "squat": (0.08, ((95, 125), (110, 145)), ((95, 125), (110, 145))),
+    "lunge": (0.10, ((50, 90), (50, 100)), ((-30, -5), (0, 60))),
+    "kick": (0.08, ((50, 100), (0, 40)), ((-5, 15), (0, 15))),
+}
+
+
+ARM_MODES = {"down": (0.4, (5, 40)), "middle": (0.4, (35, 110)), "up": (0.2, (100, 170))}  # degrees from hanging down
+
+
+X, Y, Z = torch.eye(3, dtype=torch.float64)  # the axes; rest limbs: legs -Y, left arm +X, right arm -X
+
+
+def _choose(rng, modes):
+    """A value of modes {name: (probability, *value)} drawn by probability."""
+    probs = torch.tensor([m[0] for m in modes.values()], dtype=torch.float64)
+    return list(modes.values())[int(torch.multinomial(probs, 1, generator=rng))][1:]
+
+
+def _turn_to(rest, direction):
+    """Axis-angle (..., 3) of the shortest turn taking unit vectors rest to direction (never opposite)."""
+    axis = torch.linalg.cross(rest, direction, dim=-1)
+    sin, cos = axis.norm(dim=-1, keepdim=True), (rest * direction).sum(-1, keepdim=True)
+    return axis / sin.clamp_min(1e-12) * torch.atan2(sin, cos)
+
+
+def sample_body_pose(rng, cfg=BodyPoseConfig()):
+    """A plausible body pose: local rotations (22, 3, 3) float64 of SMPL / SMPL-X joints 0-21, joint 0
+    the identity (the global orientation comes from `sample_body_orientation`).
+
+    Limbs are posed by direction: a limb's rotation is the shortest turn from its T-pose direction
+    to a drawn direction, then a twist about it. Turned that way, knees keep bending backwards
+    about x and elbows forwards about -+y, their rest hinge axes.
+    - Legs: one of LEG_MODES (standing, walking, running, sitting, squatting, lunging, kicking;
+      the legs' roles swapped at random): thigh flexion and knee bend uniform in the mode's
+      ranges (+ N(0, 4)), abduction in cfg.abduction, twist N(0, twist_std / 2), ankles jittered.
+    - Arms, each on its own: hanging, half-raised or raised (ARM_MODES), pointing from slightly
+      behind to straight forwards (cfg.arm_azimuth), twisted N(0, twist_std), the elbow bent by
+      U(cfg.elbow) x U(0.3, 1), collar N(0, 5) and wrist N(0, wrist_std) per axis.
+    - Spine: three joints each bent forwards in cfg.spine_flex and twisted / leaned N(0, spine_std);
+      neck and head N(0, head_std / sqrt 2) per axis.
+    """
+    def n(std, *shape):  # Gaussian angles in degrees
+        return _normal(rng, std, shape)
+
+    sides = torch.tensor([1.0, -1.0], dtype=torch.float64)  # left, right
+    # 1. legs: thigh direction from flexion f (forwards) and abduction a (outwards), from -Y
+    legs = _choose(rng, LEG_MODES)
+    legs = legs if torch.rand((), generator=rng) < 0.5 else legs[::-1]
+    flex = torch.deg2rad(torch.stack([_uniform(rng, *leg[0]) for leg in legs]) + n(4.0, 2))
+    knee = torch.stack([_uniform(rng, *leg[1]) for leg in legs]) + n(4.0, 2)
+    abduct = torch.deg2rad(_uniform(rng, *cfg.abduction, (2,))) * sides
+    thigh = torch.stack([flex.cos() * abduct.sin(), -flex.cos() * abduct.cos(), flex.sin()], -1)  # (2, 3)
+    # 2. arms: direction from the angle away from hanging down and the azimuth (0 sideways, 90 forwards)
+    down = torch.deg2rad(torch.stack([_uniform(rng, *_choose(rng, ARM_MODES)[0]) for _ in range(2)]))
+    azimuth = torch.deg2rad(_uniform(rng, *cfg.arm_azimuth, (2,)))
+    arm = torch.stack([sides * down.sin() * azimuth.cos(), -down.cos(), down.sin() * azimuth.sin()], -1)  # (2, 3)
+    elbow = _uniform(rng, *cfg.elbow, (2,)) * _uniform(rng, 0.3, 1.0, (2,))
+    # 3. every elementary turn as an axis-angle row, converted in one batch
+    rest_leg, rest_arm = -Y.expand(2, 3), X * sides[:, None]
+    turns = torch.cat([
+        _turn_to(rest_leg, thigh), rest_leg * torch.deg2rad(n(cfg.twist_std / 2, 2))[:, None],  # 0-3 hips
+        X * torch.deg2rad(knee.clamp(0, 150))[:, None],  # 4-5 knees
+        X * torch.deg2rad(_uniform(rng, -20, 25, (2,)))[:, None], Z * torch.deg2rad(n(6.0, 2))[:, None],  # 6-9 ankles
+        _turn_to(rest_arm, arm), rest_arm * torch.deg2rad(n(cfg.twist_std, 2))[:, None],  # 10-13 shoulders
+        -Y * (sides * torch.deg2rad(elbow))[:, None],  # 14-15 elbows: left about -Y, right about +Y
+        Z * (sides * torch.deg2rad(n(5.0, 2)))[:, None], Y * torch.deg2rad(n(5.0, 2))[:, None],  # 16-19 collars
+        torch.deg2rad(n(cfg.wrist_std, 2, 3)),  # 20-21 wrists
+        _euler_rows(torch.stack([_uniform(rng, *cfg.spine_flex, (3,)), n(cfg.spine_std, 3), n(cfg.spine_std, 3)], -1)),
+        _euler_rows(n(cfg.head_std / math.sqrt(2), 2, 3)),  # 22-30 spine (3 x 3), 31-36 neck and head (2 x 3)
+    ])
+    T = axis_angle_to_matrix(turns)  # (37, 3, 3)
+    R = torch.eye(3, dtype=torch.float64).repeat(22, 1, 1)
+    R[[1, 2]], R[[4, 5]], R[[7, 8]] = T[0:2] @ T[2:4], T[4:6], T[6:8] @ T[8:10]
+    R[[16, 17]], R[[18, 19]], R[[13, 14]], R[[20, 21]] = T[10:12] @ T[12:14], T[14:16], T[16:18] @ T[18:20], T[20:22]
+    euler = T[22:37].view(5, 3, 3, 3)  # (joint, axis, 3, 3)
+    R[[3, 6, 9, 12, 15]] = euler[:, 0] @ euler[:, 1] @ euler[:, 2]
+    return R
+
+
+def _euler_rows(degrees):
+    """Angles (..., 3) in degrees about X, Y, Z -> their three axis-angle rows (... * 3, 3), whose
+    rotations multiply in that order (Rx Ry Rz)."""
+    return (torch.deg2rad(degrees)[..., None] * torch.eye(3, dtype=torch.float64)).reshape(-1, 3)
+
+
+def sample_body_orientation(rng, cfg=BodyPoseConfig()):
+    """Global orientation (3, 3) in camera coordinates (y down): upright (the T-pose's +y turned to
+    the image's up, -y), facing the camera turned by N(0, 35) degrees with probability
+    cfg.yaw_frontal_prob, else any way, and leaning by N(0, cfg.tilt_std) degrees."""
+    frontal = torch.rand((), generator=rng) < cfg.yaw_frontal_prob
+    yaw = _normal(rng, 35.0) if frontal else _uniform(rng, -180.0, 180.0)
+    lean_axis = _uniform(rng, 0, 2 * math.pi)
+    axes = torch.stack([X, torch.stack([lean_axis.cos(), torch.zeros(()), lean_axis.sin()]).double(), Y])
+    upright, lean, turn = _rotation(axes, torch.stack([torch.tensor(180.0).double(), _normal(rng, cfg.tilt_std), yaw]))
+    return upright @ lean @ turn  # upright: +y (up) -> -y, +z (front) -> -z (towards the camera)
+
+
+def _segment_distance(p0, p1, q0, q1):
+    """Smallest distance between segments [p0, p1] and [q0, q1], each (..., 3). -> (...)."""
+    d1, d2, r = p1 - p0, q1 - q0, p0 - q0
+    a, e, f = (d1 * d1).sum(-1), (d2 * d2).sum(-1), (d2 * r).sum(-1)
+    b, c = (d1 * d2).sum(-1), (d1 * r).sum(-1)
+    denom = (a * e - b * b).clamp_min(1e-12)
+    s = ((b * f - c * e) / denom).clamp(0, 1)
+    t = ((b * s + f) / e.clamp_min(1e-12)).clamp(0, 1)
+    s = ((b * t - c) / a.clamp_min(1e-12)).clamp(0, 1)
+    return (p0 + d1 * s[..., None] - q0 - d2 * t[..., None]).norm(dim=-1)
+
+
+# cheap self-intersection test on the posed joints: (segment a, segment b, minimum distance in metres)
+_CLEARANCES = (((4, 7), (5, 8), 0.07), ((1, 4), (2, 5), 0.07), ((1, 4), (5, 8), 0.07), ((2, 5), (4, 7), 0.07),
+               ((18, 20), (0, 12), 0.09), ((19, 21), (0, 12), 0.09), ((16, 18), (3, 12), 0.08),
+               ((17, 19), (3, 12), 0.08), ((18, 20), (19, 21), 0.05), ((20, 20), (15, 15), 0.1),
+               ((21, 21), (15, 15), 0.1), ((18, 20), (1, 4), 0.06), ((19, 21), (2, 5), 0.06))
+
+
+def self_intersects(joints):
+    """True when two body segments of joints (>= 22, 3) come closer than _CLEARANCES allows
+    (legs through each other, forearms through the torso, hands in the head)."""
+    index = torch.tensor([[a[0], a[1], b[0], b[1]] for a, b, _ in _CLEARANCES])
+    p = joints[index]  # (C, 4, 3)
+    distance = _segment_distance(p[:, 0], p[:, 1], p[:, 2], p[:, 3])
+    return bool((distance < torch.tensor([c for _, _, c in _CLEARANCES], dtype=distance.dtype)).any())
+
+
+def sample_plausible_body(rng, rest_joints, parents, cfg=BodyPoseConfig()):
+    """`sample_body_pose` with the global orientation, re-drawn (up to cfg.max_tries) while
+    `self_intersects`. Returns rotations (22, 3, 3) float64, joint 0 the global orientation."""
+    for _ in range(cfg.max_tries):
+        R = sample_body_pose(rng, cfg)
+        if not self_intersects(forward_kinematics(R, rest_joints[:22], parents[:22])[0]):
+            break
+    R[0] = sample_body_orientation(rng, cfg)
+    return R
+
+
+def place_in_crop(rng, verts, image_size, cfg, focal_length):
+    """Translation t (3,) and intrinsics K (3, 3) (float64) that show verts (V, 3) + t centred in
+    an H x W crop, the box's larger relative side filling cfg.fill of it.
+
+    focal_length (pixels for a crop 256 pixels high, scaled with the height; HMR2.0 / GenHMR use 5000,
+    a nearly orthographic camera): K is fixed with the principal point at the crop centre and t
+    is solved for. None: the person stands cfg.distance away, off the optical axis, and K is
+    the detector crop of a real camera (`crop_intrinsics`).
+    """
+    height, width = _image_hw(image_size)
+    fill = _uniform(rng, *cfg.fill)
+    offset = _normal(rng, cfg.centre_jitter, (2,)) * torch.tensor([width, height])
+    centre = (verts.amax(0) + verts.amin(0)) / 2
+    if focal_length is None:
+        distance = _uniform(rng, *cfg.distance)
+        off_axis = torch.tan(torch.deg2rad(_uniform(rng, -cfg.off_axis_deg, cfg.off_axis_deg, (2,))))
+        t = torch.cat([off_axis * distance, distance[None]]) - centre
+        return t, crop_intrinsics(verts + t, (height, width), fill, offset)
+    f = focal_length * height / 256
+    K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=torch.float64)
+    size = torch.tensor([width, height], dtype=torch.float64)
+    t = torch.cat([-centre[:2], (f * ((verts.amax(0) - verts.amin(0))[:2] / size).max() / fill - centre[2])[None]])
+    xy, z = verts[:, :2], verts[:, 2:]
+
+    def box():  # corners (2,) of the projection's box, uv = f (xy + t_xy) / (z + t_z) + size / 2 (= K (verts + t))
+        uv = (xy + t[:2]) / (z + t[2])
+        return f * uv.amin(0) + size / 2, f * uv.amax(0) + size / 2
+
+    for _ in range(2):  # perspective makes the first guess slightly off: rescale, then recentre, on the projection
+        low, high = box()
+        t[2] = (centre[2] + t[2]) * ((high - low) / size).max() / fill - centre[2]
+        low, high = box()
+        t[:2] -= ((low + high) / 2 - size / 2 - offset) * (centre[2] + t[2]) / f
+    return t, K
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Looks: skin, clothes, forearm, light
+
+
+def skin_tones(draws):
+    """Albedos (B, 3) float64 numpy of skin tones, uniform between light and dark, each channel varied by 8%."""
+    light, dark = np.array([0.96, 0.80, 0.69]), np.array([0.36, 0.23, 0.16])
+    t = draws.uniform(0, 1)[:, None]
+    return ((light + (dark - light) * t) * draws.uniform(0.92, 1.08, (3,))).clip(0, 1)
+
+
+def skin_colors(draws):
+    """Hands' albedos (B, 3) float64 numpy: a skin tone, or (one in ten) a glove of any colour."""
+    glove = draws.chance(0.1)[:, None]
+    return np.where(glove, draws.uniform(0.1, 0.95, (3,)), skin_tones(draws))
+
+
+# clothing: SMPL / SMPL-X joint ids (the vertex's strongest skinning weight) -> garment
+_SHIRT, _SLEEVES, _TROUSERS, _SHINS, _SHOES = (3, 6, 9, 13, 14, 16, 17), (18, 19), (0, 1, 2), (4, 5), (7, 8, 10, 11)
+
+
+def outfit_colors(rng, part, hair):
+    """Per-vertex albedo (V, 3) from part (V,) (each vertex's strongest joint) and hair (V,) bool:
+    a skin tone, a shirt with short or long sleeves, long trousers or shorts, shoes, hair."""
+    table = torch.from_numpy(skin_tones(Draws([rng]))).float().repeat(int(part.max()) + 1, 1)  # (J, 3)
+    shirt, trousers = _uniform(rng, 0.05, 0.95, (3,)).float(), _uniform(rng, 0.05, 0.7, (3,)).float()
+    table[list(_SHIRT)] = shirt
+    if torch.rand((), generator=rng) < 0.5:
+        table[list(_SLEEVES)] = shirt
+    table[list(_TROUSERS)] = trousers
+    if torch.rand((), generator=rng) < 0.7:
+        table[list(_SHINS)] = trousers
+    table[list(_SHOES)] = _uniform(rng, 0.02, 0.4, (3,)).float()
+    colors = table[part]
+    colors[hair] = _uniform(rng, 0.02, 0.5).float() * torch.tensor([1.0, 0.8, 0.6])
+    return colors
+
+
+def _rig(model):
+    """What a dataset needs from an smplx model, computed once: faces (F, 3), rest joints (J, 3)
+    float64, parents (J,), part (V,) strongest joint per vertex, hair (V,) bool (head top)."""
+    with torch.no_grad():
+        rest = model()
+    joints = rest.joints[0].double()
+    part = model.lbs_weights.argmax(1)
+    head = 15
+    hair = (part == head) & (rest.vertices[0, :, 1].double() > joints[head, 1] + 0.04)
+    faces = torch.as_tensor(np.asarray(model.faces, dtype=np.int64))
+    return {"faces": faces, "rest_joints": joints, "parents": model.parents.tolist(), "part": part, "hair": hair}
+
+
+def open_loop(faces):
+    """The vertex ids (L,) around the one opening of a mesh (MANO's wrist), in the order of its
+    faces' border edges. faces (F, 3) int64."""
+    half = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)  # (3F, 2) directed edges
+    twins = torch.cat([half, half.flip(1)])
+    _, inverse, counts = torch.unique(twins, dim=0, return_inverse=True, return_counts=True)
+    border = half[counts[inverse[:len(half)]] == 1]  # directed edges whose reverse no face has
+    after = dict(border.tolist())
+    loop = [border[0, 0].item()]
+    while after[loop[-1]] != loop[0]:
+        loop.append(after[loop[-1]])
+    return torch.tensor(loop)
+
+
+def forearm_faces(loop, num_verts):
+    """Faces of a forearm tube (3 rings of L vertices, numbered from num_verts) glued to the
+    opening `loop` (L,) with matching winding, and closed by a fan at its far end (one more vertex)."""
+    L = len(loop)
+    rings = torch.cat([loop[None], num_verts + torch.arange(2 * L).view(2, L)])  # (3, L) vertex ids
+    i, j = torch.arange(L), torch.arange(1, L + 1) % L
+    faces = []
+    for near, far in ((rings[0], rings[1]), (rings[1], rings[2])):
+        # the hand's faces run along the loop i -> j, so the tube's run j -> i
+        faces += [torch.stack([near[j], near[i], far[i]], 1), torch.stack([near[j], far[i], far[j]], 1)]
+    end = torch.full((L,), num_verts + 2 * L)
+    faces.append(torch.stack([rings[2][j], rings[2][i], end], 1))
+    return torch.cat(faces)  # (5 L, 3)
+
+
+def forearm_verts(verts, loop, wrist, knuckle, length=0.3, sleeve_start=0.04):
+    """Vertices (..., 2 L + 1, 3) of a forearm tube leaving the hand's opening verts[..., loop, :]
+    away from the knuckle (..., 3) (the middle finger's base) through the wrist joint (..., 3): a
+    ring at sleeve_start, one `length` metres out and 15% wider, and the far end's centre."""
+    ring = verts[..., loop, :]  # (..., L, 3)
+    centre = ring.mean(-2, keepdim=True)  # (..., 1, 3)
+    direction = F.normalize(wrist - knuckle, dim=-1)[..., None, :]
+    near = centre + direction * sleeve_start + (ring - centre) * 1.03
+    far = centre + direction * length + (ring - centre) * 1.15
+    return torch.cat([near, far, centre + direction * length], -2)
+
+
+def random_lights(draws):
+    """Light directions (B, 3) and ambient shares (B,), float64 numpy: from the camera's side,
+    anywhere across it, ambient 0.25-0.55."""
+    direction = draws.uniform(0, 1, (3,)) * np.array([2.0, 2.0, -0.7]) + np.array([-1.0, -1.0, -0.3])
+    return direction, draws.uniform(0.25, 0.55)
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. Backgrounds
+
+
+def background_patterns(draws, low_res=32):
+    """Random patterns (B, 3, L, L) float64 numpy, L = low_res, to upsample into background images.
+
+    A colour gradient at a random angle, plus low-frequency colour noise, plus (each with
+    probability 1/2) soft stripes of a random frequency, angle and colour, and 1-5 coloured
+    blobs. Everything is drawn at low_res x low_res and upsampled bilinearly, which keeps it
+    cheap and free of sharp edges a model could confuse with a silhouette.
+    """
+    lin = (np.arange(low_res) + 0.5) / low_res
+    ys, xs = np.meshgrid(lin, lin, indexing="ij")  # (L, L) in [0, 1]
+
+    def ramp(angle):  # (B, L, L): position along the direction at angle (B,)
+        return xs * np.cos(angle)[:, None, None] + ys * np.sin(angle)[:, None, None]
+
+    # 1. gradient between two random colours
+    t = ramp(draws.uniform(0, 2 * math.pi))
+    low, high = t.min((1, 2), keepdims=True), t.max((1, 2), keepdims=True)
+    t = ((t - low) / (high - low))[:, None]  # (B, 1, L, L)
+    c0, c1 = draws.uniform(0, 1, (2, 3, 1, 1)).transpose(1, 0, 2, 3, 4)  # (B, 3, 1, 1) each
+    image = c0 + (c1 - c0) * t  # (B, 3, L, L)
+    # 2. low-frequency noise: 4 x 4 values per channel, upsampled bicubically (as F.interpolate)
+    noise = draws.uniform(0.0, 0.25)[:, None, None, None] * draws.normal(1.0, (3, 4, 4))
+    up = _cubic_upsampling(4, low_res)  # (L, 4)
+    image = image + up @ noise @ up.T
+    # 3. stripes (half of the time: alpha = 0 otherwise)
+    stripes = draws.chance(0.5)
+    angle, freq, phase = draws.uniform(0, math.pi), draws.uniform(1.5, 7), draws.uniform(0, 2 * math.pi)
+    wave = 0.5 + 0.5 * np.sin(2 * math.pi * freq[:, None, None] * ramp(angle) + phase[:, None, None])
+    alpha = (stripes * draws.uniform(0.2, 0.8))[:, None, None, None] * wave[:, None]  # (B, 1, L, L)
+    image = image * (1 - alpha) + draws.uniform(0, 1, (3, 1, 1)) * alpha
+    # 4. blobs (half of the time, 1-5 of them: the others get alpha = 0)
+    count = np.where(draws.chance(0.5), np.floor(draws.uniform(1, 6)), 0)  # (B,)
+    centre, radius = draws.uniform(0, 1, (5, 2, 1, 1)), draws.uniform(0.05, 0.25, (5, 1, 1))
+    colours = draws.uniform(0, 1, (5, 3, 1, 1))
+    for i in range(5):
+        d2 = (xs - centre[:, i, 0]) ** 2 + (ys - centre[:, i, 1]) ** 2  # (B, L, L)
+        alpha = ((i < count)[:, None, None] * np.exp(-d2 / (2 * radius[:, i] ** 2)))[:, None]  # (B, 1, L, L)
+        image = image * (1 - alpha) + colours[:, i] * alpha
+    return image
+
+
+@functools.lru_cache(maxsize=4)
+def _cubic_upsampling(low, high):
+    """The (high, low) float64 numpy matrix of F.interpolate(mode="bicubic", align_corners=False) along one axis."""
+    eye = torch.eye(low, dtype=torch.float64)[:, None, :, None].expand(low, 1, low, 1)  # unit impulses as columns
+    return F.interpolate(eye, size=(high, 1), mode="bicubic", align_corners=False)[:, 0, :, 0].T.numpy()
+
+
+def upsample_backgrounds(patterns, height, width):
+    """patterns (B, 3, L, L) -> (B, 3, H, W) in [0, 1], bilinear (as F.interpolate with
+    align_corners=False): along the width by a small matrix product, then every output row is a
+    lerp of two rows, r0 + w (r1 - r0). Several times faster than F.interpolate on one core."""
+    low = patterns.shape[-1]
+    rows = patterns @ _linear_upsampling(low, width).T  # (B, 3, L, W)
+    U = _linear_upsampling(low, height)  # (H, L): at most two adjacent taps per row
+    first = (U > 0).int().argmax(1)  # (H,) r0's row
+    second = (first + 1).clamp_(max=low - 1)
+    weight = torch.where(second > first, U.gather(1, second[:, None])[:, 0], 0.0)[:, None]  # (H, 1) w
+    return torch.lerp(rows.index_select(-2, first), rows.index_select(-2, second), weight).clamp_(0, 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _linear_upsampling(low, high):
+    """The (high, low) matrix of F.interpolate(mode="linear", align_corners=False) from low to high samples."""
+    eye = torch.eye(low)[:, None, :]  # (low, 1, low): one unit impulse per row
+    return F.interpolate(eye, size=high, mode="linear", align_corners=False)[:, 0, :].T.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. Renderer
+#
+# A z-buffer in plain PyTorch, vectorised over faces: every face enumerates the pixel rows its
+# screen-space box spans; every (face, row) pair gets the exact column span where the face's three
+# edge functions are >= 0; every pixel of a span becomes a (face, pixel) candidate with its inverse
+# depth 1/z (linear in screen space, so exact at the pixel centre); one scatter_reduce(amax) per
+# pixel keeps the nearest. No Python loop runs over faces or pixels.
+
+NEAR = 1e-3  # metres: faces with a vertex closer to the camera plane are dropped (there is no clipping)
+
+
+EDGE_EPS = 1e-4  # pixels: spans are widened by this much so that shared edges leave no cracks
+
+
+def _expand(counts):
+    """Run-length expansion. counts (M,) int32 -> ids (N,) int32 with i repeated counts[i] times,
+    and local (N,) int32 = 0, 1, ..., counts[i] - 1 within each run (N = counts.sum()).
+
+    ids by a cumulative sum instead of repeat_interleave (several times faster on a CPU): with a
+    mark at every run's start s_i (empty runs too), the marks up to position k count the runs
+    that start at or before k, and the last of them holds k: ids[k] = cumsum(marks)[k] - 1.
+    """
+    end = counts.cumsum(0, dtype=torch.int32)
+    n = int(end[-1]) if len(counts) else 0
+    start = end - counts  # (M,) s_i
+    marks = torch.zeros(n + 1, dtype=torch.int32, device=counts.device)  # + 1: empty runs at the end
+    marks.index_add_(0, start, torch.ones_like(start))
+    ids = marks[:n].cumsum(0, dtype=torch.int32) - 1
+    return ids, torch.arange(n, dtype=torch.int32, device=counts.device) - start.index_select(0, ids)
+
+
+def _flatnonzero(mask):
+    """Ids (P,) int64 of the True entries of a 1-D bool tensor; numpy's on a CPU (torch.nonzero is
+    several times slower there)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().squeeze(1)
+
+
+# rows of the per-face table of `_face_setup` (one column per face, so a row is contiguous)
+_X0, _Y0, _FIRST, _INV_Z0, _DA, _DB = range(6)  # corner 0, first pixel row, 1/z at corner 0 and its slopes
+
+
+_P_LO, _Q_LO, _P_HI, _Q_HI = slice(6, 9), slice(9, 12), slice(12, 15), slice(15, 18)  # span bounds (3 each)
+
+
+def _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored=None):
+    """Screen-space set-up of the faces of B meshes that can cover a pixel centre of their image.
+
+    verts (B, V, 3), faces (F, 3) shared, K (B, 3, 3). Everything is relative to each face's
+    first corner (x0, y0), so float32 stays exact enough for sub-pixel faces. With du = u - x0 and
+    dv = v - y0 for a pixel centre (u, v), the barycentric coordinate of corner i is
+    l_i = a_i du + b_i dv + [i == 0], and the inverse depth, linear in screen space under
+    perspective, is 1/z = 1/z_0 + da du + db dv.
+    Returns keep (Fk,) int64, the ids of those faces among the B F faces (mesh-major); corners
+    (3, Fk) their corners' ids among the B V vertices; a and b (3, Fk) (corner-major: a row is
+    contiguous); table (18, Fk) float32, per face the rows [x0, y0, first row, 1/z_0, da, db]
+    and, per corner i, the bounds of l_i >= 0 along a row,
+    du >= lo_i(dv) = p_i + q_i dv (left edges) and du <= hi_i(dv) (right edges), as rows
+    [p_lo (3), q_lo (3), p_hi (3), q_hi (3)]; h (Fk,) int32 each face's row count; image (Fk,)
+    int32 the first pixel id of its image in the stacked B H W pixels. mirrored (B,) bool marks
+    meshes seen in a mirror (x -> -x), whose faces run the other way round.
+    """
+    B, V = verts.shape[:2]
+    z = verts[..., 2].reshape(-1)  # (B V,)
+    uv = (verts @ K.transpose(-1, -2))[..., :2].reshape(-1, 2) / z.clamp_min(NEAR)[:, None]  # (B V, 2)
+    corner_ids = _corner_ids(faces, B, V).view(-1)  # (3 B F,)
+    x, y = uv.T.contiguous().index_select(1, corner_ids).view(2, 3, -1)  # (3 corners, B F) each
+    dx1, dx2, dy1, dy2 = x[1] - x[0], x[2] - x[0], y[1] - y[0], y[2] - y[0]
+    area = dx1 * dy2 - dx2 * dy1  # (B F,) twice the signed area
+    # rows whose centre v = row + 0.5 lies inside the face's vertical extent
+    first = torch.ceil(y.amin(0) - 0.5).clamp_(0, height)
+    h = (torch.floor(y.amax(0) - 0.5).clamp_(-1, height - 1) - first + 1).clamp_min_(0)
+    # with y pointing down, a face whose corners run counter-clockwise seen from outside has area < 0
+    if cull_backfaces and mirrored is not None:
+        facing = area * (1 - 2 * mirrored.float()).repeat_interleave(len(faces)) < 0
+    else:
+        facing = area < 0 if cull_backfaces else area != 0
+    near = z.index_select(0, corner_ids).view(3, -1).amin(0) > NEAR
+    keep = _flatnonzero(facing & near & (h > 0) & (x.amax(0) > 0) & (x.amin(0) < width)).to(verts.device)
+    dx1, dx2, dy1, dy2, area, x0, y0 = (t.index_select(0, keep) for t in (dx1, dx2, dy1, dy2, area, x[0], y[0]))
+    # l_i = ((x_j - u)(y_k - v) - (x_k - u)(y_j - v)) / area for (i, j, k) cyclic, written in du, dv;
+    # l_0 = 1 - l_1 - l_2 keeps the three summing to 1 in float32
+    a1, a2, b1, b2 = dy2 / area, -dy1 / area, -dx2 / area, dx1 / area
+    a, b = torch.stack([-a1 - a2, a1, a2]), torch.stack([-b1 - b2, b1, b2])  # (3, Fk) each
+    # perspective: 1/z = sum_i l_i / z_i
+    corners = corner_ids.view(3, -1).index_select(1, keep)  # (3, Fk) vertex ids among the B V
+    inv_z = 1 / z.index_select(0, corners.view(-1)).view(3, -1)  # (3, Fk)
+    depth = torch.stack([inv_z[0], (a * inv_z).sum(0), (b * inv_z).sum(0)])  # (3, Fk)
+    # l_i >= 0 on a row: du >= -(b_i dv + [i == 0]) / a_i if a_i > 0, du <= ... if a_i < 0;
+    # a_i = 0 (a horizontal edge) never limits a row inside the face's vertical extent
+    safe_a = torch.where(a == 0, torch.ones_like(a), a)
+    p, q = -torch.eye(3, device=a.device)[:, :1] / safe_a, -b / safe_a  # (3, Fk) each
+    lower, upper = a > 0, a < 0
+    bounds = [p.masked_fill(~lower, -math.inf), q.masked_fill(~lower, 0),
+              p.masked_fill(~upper, math.inf), q.masked_fill(~upper, 0)]
+    table = torch.cat([x0[None], y0[None], first.index_select(0, keep)[None], depth] + bounds)  # (18, Fk)
+    image = (torch.div(keep, len(faces), rounding_mode="floor") * (height * width)).int()
+    return keep, corners, a, b, table, h.index_select(0, keep).int(), image
+
+
+def _rasterize(verts, faces, K, height, width, cull_backfaces=False, mirrored=None, zbuffer=None):
+    """The z-buffer of B meshes (see `rasterize`): verts (B, V, 3), faces (F, 3), K (B, 3, 3).
+    Returns pix (P,) int64 covered pixels (sorted) as ids into the stacked (B, H, W) images,
+    face (P,) the winner as an index into keep, du and dv (P,) its pixel centre relative to the
+    face origin, and keep, corners, a, b from `_face_setup`. zbuffer: None, or an int64 scratch
+    tensor of at least B H W entries, all -1, which is used and left so (on a CPU, allocating and
+    filling a fresh z-buffer per pass costs more than the scatter into it)."""
+    keep, corners, a, b, table, h, image = _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored)
+    # 1. (face, row) spans: the columns j0 ... j0 + n - 1 whose centre u = col + 0.5 is in [lo, hi]
+    face, r = _expand(h)  # (M,)
+    t = table.index_select(1, face)  # (18, M)
+    row = t[_FIRST] + r
+    dv = row + 0.5 - t[_Y0]
+    lo = (t[_P_LO] + t[_Q_LO] * dv).amax(0) + t[_X0]  # leftmost u with all l_i >= 0
+    hi = (t[_P_HI] + t[_Q_HI] * dv).amin(0) + t[_X0]
+    j0 = torch.ceil(lo - EDGE_EPS - 0.5).clamp_(0, width)
+    n = (torch.floor(hi + EDGE_EPS - 0.5).clamp_(-1, width - 1) - j0 + 1).clamp_min_(0).int()
+    du0 = j0 + 0.5 - t[_X0]
+    start = image.index_select(0, face) + (row * width + j0).int()  # (M,) first pixel id
+    inv_z0 = t[_INV_Z0] + t[_DA] * du0 + t[_DB] * dv  # (M,)
+    # 2. (span, pixel) candidates and their inverse depth 1/z = 1/z_0 + da du + db dv
+    span, k = _expand(n)  # (N,)
+    pix = (start.index_select(0, span) + k).long()
+    inv_z = (inv_z0.index_select(0, span) + t[_DA].index_select(0, span) * k).clamp_min_(0)
+    # 3. nearest per pixel: the bits of a positive float32 sort like the float, so packing them
+    #    above the span id makes one integer amax return the winner (ties: the larger id)
+    key = (inv_z.view(torch.int32).long() << 32) | span
+    size = len(verts) * height * width
+    reuse = zbuffer is not None and len(zbuffer) >= size
+    best = zbuffer[:size] if reuse else torch.full((size,), -1, dtype=torch.long, device=pix.device)
+    best.scatter_reduce_(0, pix, key, "amax")
+    pix = _flatnonzero(best >= 0).to(pix.device)  # (P,)
+    won = (best.index_select(0, pix) & 0xFFFFFFFF).int()  # (P,) the winners' spans
+    if reuse:
+        best.index_fill_(0, pix, -1)  # back to empty for the next pass
+    du = du0.index_select(0, won) + (pix.int() - start.index_select(0, won))
+    return pix, face.index_select(0, won), du, dv.index_select(0, won), (keep, corners, a, b)
+
+
+def _scratch_zbuffer(owner, size):
+    """The z-buffer `owner._scratch` (a dataset's, not pickled, so rebuilt in each worker), grown
+    to at least `size` entries, all -1, for `_rasterize` to use and leave empty again."""
+    if owner._scratch is None or len(owner._scratch) < size:
+        owner._scratch = torch.full((size,), -1, dtype=torch.long)
+    return owner._scratch
+
+
+def rasterize(verts, faces, K, image_size, cull_backfaces=False):
+    """Z-buffer: the nearest face under every pixel centre.
+
+    verts (V, 3) camera coordinates, faces (F, 3) int, K (3, 3), image_size int or (H, W).
+    Returns pix (P,) flat ids row * W + col of the covered pixels (sorted), face (P,) the id of the
+    visible face there, and bary (P, 3) float32 barycentric weights in the image plane.
+    Faces with a vertex behind the near plane are dropped. Both windings are drawn unless
+    cull_backfaces, which drops faces whose corners run clockwise seen from the camera (the back
+    faces of a closed mesh with counter-clockwise outward winding, as SMPL's and MANO's).
+    """
+    height, width = _image_hw(image_size)
+    pix, face, du, dv, (keep, _, a, b) = _rasterize(verts.float()[None], faces.long(), K.float()[None], height,
+                                                    width, cull_backfaces)
+    bary = a.index_select(1, face) * du + b.index_select(1, face) * dv  # (3, P)
+    bary[0] += 1
+    return pix, keep.index_select(0, face), bary.T.contiguous()
+
+
+def _corner_ids(faces, count, num_verts):
+    """(3 corners, count F) ids of the corners of faces (F, 3) in count stacked meshes of num_verts vertices."""
+    return (faces.T.contiguous()[:, None] + num_verts * torch.arange(count, device=faces.device)[:, None]).view(3, -1)
+
+
+def render_mesh(verts, faces, K, image_size, color=(0.85, 0.64, 0.52), light=(0.4, -0.6, -1.0),
+                ambient=0.35, background=None, return_mask=False, cull_backfaces=False):
+    """A shaded image of a triangle mesh through a pinhole camera.
+
+    verts (V, 3) camera coordinates (x right, y down, z forward), faces (F, 3), K (3, 3),
+    image_size int or (H, W). color (3,) or per-vertex (V, 3) albedo in [0, 1]; light (3,) the
+    direction from the surface towards the light in camera coordinates (the default lights from
+    the upper left, on the camera's side); ambient in [0, 1] the unlit share; background
+    (3, H, W) in [0, 1] or None for black; cull_backfaces as in `rasterize` (about twice as fast
+    for closed meshes). Returns image (3, H, W) float32 in [0, 1], and with return_mask=True
+    also mask (H, W) bool, True where the mesh covers the pixel. `render_meshes` draws a batch.
+
+    Shading is Lambert + ambient with per-vertex normals, interpolated over faces (Gouraud):
+        I = albedo * (ambient + (1 - ambient) * max(0, n . light))
+    Normals are turned towards the camera first, so either winding (and mirrored meshes) shade
+    the same.
+    """
+    background = None if background is None else background[None]
+    images, pix, _ = _render(verts[None], faces, K[None], image_size, torch.as_tensor(color)[None],
+                             torch.as_tensor(light)[None], torch.as_tensor(ambient)[None], background, cull_backfaces)
+    if return_mask:
+        mask = torch.zeros(images[0, 0].numel(), dtype=torch.bool, device=images.device)
+        mask[pix] = True
+        return images[0], mask.view(images.shape[-2:])
+    return images[0]
+
+
+def render_meshes(verts, faces, K, image_size, color, light, ambient, background=None, cull_backfaces=False,
+                  mirrored=None):
+    """`render_mesh` for a batch of B meshes with one topology, in one pass (several times faster
+    per image on a CPU than one by one: the work is the same, the per-call overheads are shared).
+
+    verts (B, V, 3), faces (F, 3), K (B, 3, 3), color (B, 3) or (B, V, 3), light (B, 3),
+    ambient (B,), background (B, 3, H, W) or None; mirrored (B,) bool marks meshes mirrored
+    (x -> -x) from their faces' winding, for cull_backfaces. Returns images (B, 3, H, W).
+    """
+    return _render(verts, faces, K, image_size, color, light, ambient, background, cull_backfaces, mirrored)[0]
+
+
+def _render(verts, faces, K, image_size, color, light, ambient, background, cull_backfaces, mirrored=None,
+            draw_on_background=False, zbuffer=None):
+    """`render_meshes`, also returning pix (P,) the covered pixels as ids into the (B, H, W) stack
+    and face (P,) their faces as ids into the B F faces (mesh-major). draw_on_background=True
+    draws into background (contiguous float32 on verts' device, which the caller gives up) instead
+    of into a copy of it; zbuffer: a scratch buffer for `_rasterize`."""
+    height, width = _image_hw(image_size)
+    B, V = verts.shape[:2]
+    device = verts.device
+    verts, faces = verts.float(), faces.long().to(device)
+    # 1. per-vertex colour: albedo times the Lambert term, axis-major (3, B V) so rows are contiguous
+    xyz = verts.reshape(-1, 3).T  # (3, B V)
+    normals = bodymodels.vertex_normals(verts, faces).permute(2, 0, 1)  # (3, B, V), a view of an axis-major sum
+    light = F.normalize(torch.as_tensor(light, dtype=torch.float32, device=device), dim=-1).T[:, :, None]  # (3, B, 1)
+    ambient = torch.as_tensor(ambient, dtype=torch.float32, device=device).reshape(B, 1)
+    albedo = torch.as_tensor(color, dtype=torch.float32, device=device).reshape(B, -1, 3)  # (B, V or 1, 3)
+    albedo = albedo.permute(2, 0, 1)  # (3, B, V or 1)
+    # normals turned towards the camera (n . x < 0), so either winding shades the same
+    lambert = (normals * light).sum(0) * torch.where((normals * xyz.reshape(3, B, V)).sum(0) > 0, -1.0, 1.0)
+    shaded = (albedo * (ambient + (1 - ambient) * lambert.clamp_min_(0))).reshape(3, B * V)
+    # 2. visible faces; colour is linear over a face: c = c_0 + (sum_i a_i c_i) du + (sum_i b_i c_i) dv
+    pix, face, du, dv, (keep, corners, a, b) = _rasterize(verts, faces, K.float().to(device), height, width,
+                                                          cull_backfaces, mirrored, zbuffer)
+    corner = shaded.index_select(1, corners.reshape(-1)).view(3, 3, -1)  # (3 channels, 3 corners, Fk)
+    plane = torch.cat([corner[:, 0], (a * corner).sum(1), (b * corner).sum(1)])  # (9, Fk)
+    plane = plane.index_select(1, face)  # (9, P)
+    rgb = (plane[0:3] + plane[3:6] * du + plane[6:9] * dv).clamp_(0, 1)  # (3, P)
+    # 3. composite over the backgrounds: pixel g = b H W + p of channel c sits at (3 b + c) H W + p
+    if background is None:
+        images = torch.zeros(B, 3, height, width, device=device)
+    elif draw_on_background:
+        images = background.view(B, 3, height, width)  # the caller's scratch tensor, drawn into
+    else:
+        images = background.to(device, torch.float32, copy=True).reshape(B, 3, height, width)
+    HW = height * width
+    at = pix + 2 * HW * torch.div(pix, HW, rounding_mode="floor")  # channel 0 of each covered pixel
+    for c in range(3):  # channel c of those pixels: the same ids into the flat images shifted by c H W
+        images.view(-1)[c * HW:].index_copy_(0, at, rgb[c])
+    return images, pix, keep.index_select(0, face)
+
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the exact identity and half turn. scipy.spatial.transform.Rotation is the indepe
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -341,3 +342,108 @@ def test_plot_mesh_views_draws_every_face_and_bone_in_three_views():
         bm.plot_mesh_views(verts, faces[:, :2])
     with pytest.raises(ValueError, match="parents"):
         bm.plot_mesh_views(verts, faces, joints=verts, parents=(-1, 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# forward kinematics and linear blend skinning, against smplx itself (the oracle)
+
+@pytest.mark.parametrize("kind", ["mano", "smpl"])
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-7), (torch.float32, 2e-6)])
+def test_lbs_and_skinning_agree_with_smplx(kind, dtype, atol):
+    """bm.lbs on a model's buffers and bm.Skinning (pose_mean, precomputed joints) give smplx's
+    vertices and joints (smplx's Rodrigues adds 1e-8 to the angle: hence 1e-7 m in float64)."""
+    model = (bm.load_mano if kind == "mano" else bm.load_smpl)(dtype=dtype, batch_size=5)
+    J = len(model.parents)
+    g = torch.Generator().manual_seed(0)
+    pose = (0.6 * torch.randn(5, J, 3, generator=g, **DOUBLE)).to(dtype)
+    betas = torch.randn(5, 10, generator=g, **DOUBLE).to(dtype)
+    rest = dict(hand_pose=pose[:, 1:].reshape(5, -1)) if kind == "mano" else dict(body_pose=pose[:, 1:].reshape(5, -1))
+    out = model(betas=betas, global_orient=pose[:, 0], **rest)
+    verts, joints = bm.lbs(betas, pose, model.v_template, model.shapedirs, model.posedirs, model.J_regressor,
+                           model.parents.tolist(), model.lbs_weights)
+    assert verts.dtype == dtype and joints.shape == (5, J, 3)
+    assert torch.allclose(verts, out.vertices, atol=atol) and torch.allclose(joints, out.joints[:, :J], atol=atol)
+    verts, joints = bm.Skinning(model, dtype)(pose.view(5, 1, J, 3), betas.view(5, 1, 10))  # leading dims (5, 1)
+    assert verts.shape == (5, 1, model.v_template.shape[0], 3)
+    assert torch.allclose(verts[:, 0], out.vertices, atol=atol) and torch.allclose(joints[:, 0], out.joints[:, :J], atol=atol)
+
+
+def test_skinning_of_a_sample_does_not_depend_on_its_batch():
+    mano = bm.load_mano()
+    skin = bm.Skinning(mano, torch.float64)
+    g = torch.Generator().manual_seed(1)
+    pose, betas = 0.5 * torch.randn(40, 16, 3, generator=g, **DOUBLE), torch.randn(40, 10, generator=g, **DOUBLE)
+    verts, joints = skin(pose, betas)
+    for i in (0, 17, 39):
+        alone = skin(pose[i:i + 1], betas[i:i + 1])
+        assert torch.equal(alone[0][0], verts[i]) and torch.equal(alone[1][0], joints[i])
+
+
+def test_forward_kinematics_composes_rotations_down_the_tree():
+    """Two-joint chain: the child's world rotation is R0 R1 and it sits at J0 + R0 (J1 - J0); a
+    root keeps its rest position; leading batch dims pass through."""
+    g = torch.Generator().manual_seed(2)
+    R = bm.axis_angle_to_matrix(torch.randn(4, 3, 3, generator=g, **DOUBLE))  # (4 batch, 3 joints)
+    rest = torch.randn(4, 3, 3, generator=g, **DOUBLE)
+    posed, world = bm.forward_kinematics(R, rest, (-1, 0, 1))
+    assert torch.allclose(world[:, 2], R[:, 0] @ R[:, 1] @ R[:, 2])
+    assert torch.equal(posed[:, 0], rest[:, 0])
+    expected = rest[:, 0] + (R[:, 0] @ (rest[:, 1] - rest[:, 0])[..., None])[..., 0]
+    assert torch.allclose(posed[:, 1], expected)
+    expected = expected + (R[:, 0] @ R[:, 1] @ (rest[:, 2] - rest[:, 1])[..., None])[..., 0]
+    assert torch.allclose(posed[:, 2], expected)
+
+
+@given(seed=SEEDS, shape=SHAPES, kind=KINDS)
+@FAST
+@example(seed=0, shape=(), kind="identity")
+@example(seed=0, shape=(), kind="half_turn")
+def test_mirror_rotation_is_m_r_m_in_both_representations(seed, shape, kind):
+    aa = random_axis_angle(seed, shape, kind)
+    M = torch.diag(torch.tensor([-1.0, 1.0, 1.0], **DOUBLE))
+    R = bm.axis_angle_to_matrix(aa)
+    assert torch.allclose(bm.axis_angle_to_matrix(bm.mirror_rotation(aa)), M @ R @ M, atol=1e-12)
+    assert torch.allclose(bm.mirror_rotation(R, matrix=True), M @ R @ M, atol=0)
+    flat = aa.reshape(*shape, 3)[..., None, :].expand(*shape, 2, 3).reshape(*shape, 6)  # (..., 3 k) rows
+    assert torch.equal(bm.mirror_rotation(flat).reshape(*shape, 2, 3)[..., 1, :], bm.mirror_rotation(aa))
+    assert np.array_equal(bm.mirror_rotation(aa.numpy()), bm.mirror_rotation(aa).numpy())
+
+
+def test_vertex_normals_of_a_closed_mesh_point_outwards():
+    """A tetrahedron wound counter-clockwise from outside: every vertex normal points away from the
+    centroid, face normals are twice the area, and a batch gives each mesh's normals."""
+    verts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], **DOUBLE)
+    faces = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    n = bm.vertex_normals(verts, faces)
+    assert torch.allclose(n.norm(dim=-1), torch.ones(4, **DOUBLE))
+    assert ((n * (verts - verts.mean(0))).sum(-1) > 0).all()
+    assert torch.allclose(bm.face_normals(verts, faces)[3].norm(), torch.tensor(3.0, **DOUBLE).sqrt())
+    batch = torch.stack([verts, 2 * verts + 1])
+    assert torch.equal(bm.vertex_normals(batch, faces)[0], n)
+
+
+def test_atomic_write_replaces_whole_files_and_cleans_up_on_error(tmp_path):
+    path = tmp_path / "sub" / "file.bin"
+    bm.atomic_write(path, lambda f: f.write(b"one"))
+    assert path.read_bytes() == b"one"
+
+    def fail(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        bm.atomic_write(path, fail)
+    assert path.read_bytes() == b"one" and sorted(p.name for p in path.parent.iterdir()) == ["file.bin"]
+
+
+def test_draw_skeleton_draws_one_line_per_bone_in_the_given_colours():
+    from matplotlib.colors import to_rgba
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    points = torch.rand(21, 2)
+    bones = bm.draw_skeleton(ax, points, bm.FREIHAND_PARENTS, color="bones", label="truth")
+    assert len(bones.get_segments()) == 20 and bones.get_label() == "truth"
+    assert np.allclose(bones.get_colors()[0], to_rgba(bm.FINGER_COLORS[0]))  # bone 1: the thumb
+    assert np.allclose(bones.get_segments()[4], points[[0, 5]].numpy())  # bone 5: wrist -> index
+    assert bm.draw_skeleton(ax, points, None) is None

@@ -3,6 +3,7 @@ dataset before and after augmentation, determinism by index, real-data loaders o
 built here in the official layouts, and DataLoader / pickling behaviour."""
 import math
 import pickle
+import types
 
 import numpy as np
 import pytest
@@ -75,6 +76,12 @@ def brute_force_zbuffer(verts, faces, K, height, width):
     return face, margin, top2[:, 0] - top2[:, 1]
 
 
+def random_background(rng, image_size):
+    """One sample's background as the datasets draw it: a pattern, upsampled to (H, W)."""
+    pattern = torch.from_numpy(data.background_patterns(data.Draws([rng]))).float()
+    return data.upsample_backgrounds(pattern, *image_size)[0]
+
+
 def random_triangle_soup(rng, count):
     """count random triangles in front of a camera K; -> verts (3 count, 3), faces (count, 3), K."""
     centres = torch.stack([torch.empty(count).uniform_(-0.3, 0.3, generator=rng),
@@ -140,7 +147,7 @@ def test_render_mesh_gives_the_same_image_on_the_gpu():
     verts, faces = icosphere(3)
     verts = (verts * torch.tensor([0.1, 0.06, 0.08]) + torch.tensor([0.02, -0.01, 0.5])).float()
     K = torch.tensor([[300.0, 0, 40], [0, 300.0, 36], [0, 0, 1]])
-    background = data.random_background(data.sample_rng(0, 0, 0), (72, 80))
+    background = random_background(data.sample_rng(0, 0, 0), (72, 80))
     cpu = data.render_mesh(verts, faces, K, (72, 80), background=background)
     gpu = data.render_mesh(verts.cuda(), faces.cuda(), K.cuda(), (72, 80), background=background.cuda())
     assert gpu.is_cuda and (gpu.cpu() - cpu).abs().max() < 1e-4
@@ -167,11 +174,14 @@ def test_render_mesh_lambert_shading_of_a_facing_square():
 
 
 def test_random_background_is_deterministic_varied_and_in_range():
-    a = data.random_background(data.sample_rng(0, 0, 3), (40, 60))
-    b = data.random_background(data.sample_rng(0, 0, 3), (40, 60))
-    c = data.random_background(data.sample_rng(0, 0, 4), (40, 60))
+    a = random_background(data.sample_rng(0, 0, 3), (40, 60))
+    b = random_background(data.sample_rng(0, 0, 3), (40, 60))
+    c = random_background(data.sample_rng(0, 0, 4), (40, 60))
     assert a.shape == (3, 40, 60) and torch.equal(a, b) and not torch.allclose(a, c)
     assert a.min() >= 0 and a.max() <= 1 and a.std() > 0.01
+    # drawn in a batch, a background is the one its generator gives alone
+    batch = data.background_patterns(data.Draws([data.sample_rng(0, 0, 4), data.sample_rng(0, 0, 3)]))
+    assert torch.equal(data.upsample_backgrounds(torch.from_numpy(batch).float(), 40, 60)[1], a)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,7 +523,8 @@ def test_hand_pose_prior_bends_fingers_within_their_ranges(mano):
     rng = torch.Generator().manual_seed(0)
     curls = []
     for _ in range(100):
-        pose = data.sample_hand_pose(rng, (flex, data.hand_axes(rest)[1]), cfg).view(5, 3, 3)  # (finger, joint, 3)
+        pose = torch.from_numpy(data.hand_poses(data.Draws([rng]), (flex, data.hand_axes(rest)[1]), cfg)[0])
+        pose = pose.view(5, 3, 3)  # (finger, joint, 3)
         for f in range(4):  # index, middle, pinky, ring: the two distal joints are pure flexions
             for joint, limits in ((1, cfg.pip_flex), (2, cfg.dip_flex)):
                 aa = pose[f, joint]
@@ -609,13 +620,13 @@ def test_batched_body_getitems_gives_exactly_the_single_samples(kwargs):
 
 
 def test_batch_skinning_is_smpl_and_independent_of_the_batch(smpl):
-    """BatchSkinning against smplx's SMPL (the oracle), and each body the same alone as in a batch."""
+    """The datasets' SMPL skinning against smplx's SMPL (the oracle), and each body the same alone as in a batch."""
     rng = torch.Generator().manual_seed(0)
     pose, betas = 0.4 * torch.randn(6, 24, 3, generator=rng), torch.randn(6, 10, generator=rng)
-    verts, joints = data.skinning("smpl", batch=True)(pose, betas)
+    verts, joints = data.skinning("smpl", dtype=torch.float32)(pose, betas)
     out = smpl(betas=betas, global_orient=pose[:, 0], body_pose=pose[:, 1:].reshape(6, 69))
     assert torch.allclose(verts, out.vertices, atol=1e-5) and torch.allclose(joints, out.joints[:, :24], atol=1e-5)
-    alone = data.skinning("smpl", batch=True)(pose[4:5], betas[4:5])
+    alone = data.skinning("smpl", dtype=torch.float32)(pose[4:5], betas[4:5])
     assert torch.equal(alone[0][0], verts[4]) and torch.equal(alone[1][0], joints[4])
 
 
@@ -636,7 +647,7 @@ def test_body_pose_prior_is_upright_with_natural_hinges(smpl):
     clear, upright = 0, 0
     for _ in range(40):
         R = data.sample_plausible_body(rng, rest, parents)  # (22, 3, 3), joint 0 the global orientation
-        joints = data.forward_kinematics(rest[:22], R, parents[:22])
+        joints = bodymodels.forward_kinematics(R, rest[:22], parents[:22])[0]
         clear += not data.self_intersects(joints)
         upright += bool(joints[15, 1] < joints[0, 1])  # head above the pelvis in the image (y down)
         aa = matrix_to_axis_angle(R)
@@ -685,3 +696,66 @@ def test_synthetic_whole_body_keys_labels_and_hand_crops():
             assert torch.rad2deg(torch.acos((bones[0] * bones[1]).sum(-1).clamp(-1, 1))).mean() < 5
             visible += float(s[f"{side}_hand_visible"]) > 0.5
     assert visible >= 0.6 * 2 * len(dataset)  # both hands show most of the time
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. the rendered cache and the trainer's helpers
+
+def test_render_once_writes_a_rendered_set_equal_to_the_samples(tmp_path):
+    dataset = data.SyntheticHands(5, image_size=32, seed=2)
+    calls = []
+    cached = data.render_once(dataset, tmp_path / "hands.pt", barrier=lambda: calls.append(1))
+    assert len(calls) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["hands.pt"]  # parts removed
+    assert isinstance(cached, data.RenderedSet) and len(cached) == 5
+    for i in (0, 4):
+        sample, fresh = cached[i], dataset[i]
+        assert set(sample) == set(fresh) and sample["image"].dtype == torch.float32
+        assert (sample["image"] - fresh["image"]).abs().max() <= 0.5 / 255 + 1e-6  # stored as uint8
+        assert all(torch.equal(sample[k], fresh[k]) for k in fresh if k != "image")
+    cached.set_epoch(3)
+    assert torch.equal(cached[1]["image"], data.render_once(dataset, tmp_path / "hands.pt")[1]["image"])  # read back
+
+
+def test_render_once_shares_the_work_between_ranks(tmp_path):
+    """Two ranks (run one after the other here, the barrier a no-op): rank 1 writes its part, rank 0
+    its own and the joined file, which holds every sample in order."""
+    dataset = data.SyntheticPoses(5, seed=1)
+    path = tmp_path / "poses.pt"
+    torch.save(data.stack_samples(dataset, range(2, 5)), f"{path}.part1")  # rank 1's share, before the barrier
+    cached = data.render_once(dataset, path, rank=0, world_size=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["poses.pt"]
+    assert len(cached) == 5 and set(cached[0]) == {"smpl_pose", "smpl_shape"}  # a set without images
+    for i in range(5):
+        assert torch.equal(cached[i]["smpl_pose"], dataset[i]["smpl_pose"])
+
+
+def test_labels_read_every_key_but_the_image_for_strided_samples(tmp_path):
+    dataset = data.SyntheticHands(9, image_size=24)
+    direct = data.labels(dataset, limit=4)  # indices 0, 3, 6
+    assert "image" not in direct and direct["joints3d"].shape == (3, 21, 3)
+    assert torch.equal(direct["verts"][2], dataset[6]["verts"])
+    cached = data.labels(data.render_once(dataset, tmp_path / "h.pt"), limit=4)
+    assert set(cached) == set(direct) and all(torch.equal(cached[k], direct[k]) for k in direct)
+    assert len(data.labels(dataset)["K"]) == 9
+
+
+def test_hand_dataset_builds_each_kind(freihand_root):
+    cfg = types.SimpleNamespace(image_size=40)
+    train, held_out = (data.hand_dataset("synthetic", "", split, cfg, 3, 4) for split in ("training", "evaluation"))
+    assert train.image_size == 40 and train.view_config == data.DEMO_HAND_VIEW
+    assert held_out.seed == 3 + 1_000_003 and train.seed == 3
+    real = data.hand_dataset("freihand", freihand_root, "training", cfg, 0, None)
+    assert isinstance(real, data.FreiHAND) and real.augment and real[0]["image"].shape == (3, 40, 40)
+    with pytest.raises(ValueError, match="kind"):
+        data.hand_dataset("video", "", "training", cfg, 0, 4)
+
+
+def test_draw_hand_predictions_writes_a_png(tmp_path):
+    eval_set = data.SyntheticHands(3, image_size=64, left_hand_prob=0.5)
+    gt = data.labels(eval_set)
+    pred = {"joints2d": gt["joints2d"] + 2.0, "joints3d": gt["joints3d"] - gt["joints3d"][:, :1],
+            "verts": gt["verts"] - gt["joints3d"][:, :1]}  # root-relative 3D
+    path = data.draw_hand_predictions(tmp_path / "predictions.png", eval_set, pred, gt, count=3)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = data.overlay_mesh(eval_set[0]["image"], gt["verts"][0], eval_set.faces, gt["K"][0], (0.0, 1.0, 0.0))
+    assert image.shape == (3, 64, 64) and not torch.equal(image, eval_set[0]["image"])

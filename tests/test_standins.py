@@ -351,3 +351,27 @@ def test_two_processes_writing_the_standins_at_once_leave_complete_files(tmp_pat
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert sorted(p.name for p in (tmp_path / "mano").iterdir()) == ["MANO_LEFT.pkl", "MANO_RIGHT.pkl"]
     assert bm.load_mano(tmp_path, side="left").v_template.shape == (778, 3)
+
+
+def test_the_cache_key_hashes_the_generator_and_not_the_loaders():
+    """Editing a loader's docstring keeps the stand-ins' cache folder; editing the generator does not."""
+    text = open(bm.__file__).read()
+    base = bm._generator_source(text)
+    doc = '    """smplx.MANO for `side`'
+    assert text.count(doc) == 1
+    assert bm._generator_source(text.replace(doc, '    """The MANO hand for `side`')) == base
+    assert bm._generator_source(text.replace("def _pillow(layout):", "def _pillow(layout):  # edited")) != base
+    assert bm.standin_dir().name == f"{bm.STANDIN_VERSION}-{bm._generator_hash()}"
+
+
+def test_the_ten_shape_coefficients_warning_is_printed_at_most_once(capfd):
+    """smplx prints it for every model with fewer than 300 shape columns; with the stand-ins' (and
+    real MANO's) 10 it says nothing and is dropped; asked for more, it is printed once."""
+    root = bm.write_standins()
+    capfd.readouterr()
+    bm.load_mano(root)
+    bm.load_smplx(root)
+    assert "WARNING" not in capfd.readouterr().out
+    bm.load_mano(root, num_betas=16)
+    bm.load_mano(root, num_betas=16)
+    assert capfd.readouterr().out.count("WARNING: You are using a MANO model") == 1
