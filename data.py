@@ -1953,6 +1953,38 @@ def rasterize(verts, faces, K, image_size, cull_backfaces=False):
     return pix, keep.index_select(0, face), bary.T.contiguous()
 
 
+def reference_rasterize(verts, faces, K, image_size):
+    """The z-buffer written the short way, to check `rasterize` against: every pixel centre tested
+    against every face (memory H W F), in float64.
+
+    verts (V, 3) camera coordinates, faces (F, 3), K (3, 3), image_size int or (H, W). Returns
+    face (H W,) the nearest face under each pixel centre (-1 = empty), margin (H W,) the smallest
+    |barycentric weight| of that pixel over all faces (small: near an edge, where the two
+    renderers may round differently) and gap (H W,) the inverse-depth gap between the two nearest
+    faces (small: a depth tie).
+    """
+    height, width = _image_hw(image_size)
+    uvw = verts.double() @ K.double().T
+    tri = (uvw[:, :2] / uvw[:, 2:])[faces]  # (F, 3, 2) image-plane corners
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    p = torch.stack([xs.flatten(), ys.flatten()], -1).double()[:, None, :]  # (P, 1, 2) pixel centres
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]  # (F, 2)
+
+    def cross(o, q, r):  # z of (q - o) x (r - o), broadcast to (P, F)
+        return (q[..., 0] - o[..., 0]) * (r[..., 1] - o[..., 1]) - (q[..., 1] - o[..., 1]) * (r[..., 0] - o[..., 0])
+
+    area = cross(a, b, c)  # (F,)
+    l0, l1, l2 = cross(p, b, c) / area, cross(p, c, a) / area, cross(p, a, b) / area  # (P, F) barycentric
+    inside = (l0 >= 0) & (l1 >= 0) & (l2 >= 0)
+    z = verts[:, 2].double()[faces]  # (F, 3)
+    inv_z = torch.where(inside, l0 / z[:, 0] + l1 / z[:, 1] + l2 / z[:, 2], torch.full_like(l0, -1.0))  # nearest = largest
+    best = inv_z.argmax(1)
+    face = torch.where(inside.any(1), best, torch.full_like(best, -1))
+    margin = torch.stack([l0, l1, l2]).abs().amin(0).amin(1)  # (P,)
+    top2 = inv_z.topk(2, dim=1).values if inv_z.shape[1] > 1 else torch.cat([inv_z, -inv_z], 1)
+    return face, margin, top2[:, 0] - top2[:, 1]
+
+
 def _corner_ids(faces, count, num_verts):
     """(3 corners, count F) ids of the corners of faces (F, 3) in count stacked meshes of num_verts vertices."""
     return (faces.T.contiguous()[:, None] + num_verts * torch.arange(count, device=faces.device)[:, None]).view(3, -1)

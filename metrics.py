@@ -7,6 +7,8 @@ Conventions
 - Per-sample metrics return (B,); a dataset number is their mean over samples (for FreiHAND that
   equals the official script's mean over points of per-point means, since every point counts).
 - No Python loop over samples: loops below only walk tiles of a few MB, for the CPU cache.
+- `MeanShapeBaseline` is the constant prediction (the training mean shape) that scores are read
+  against; it knows no dataset, only label keys.
 
 Symbols: B samples, N points of pred (J joints, V vertices), M points of gt (F-score only),
 K thresholds, R rotation (column vectors, x' = R x, as in bodymodels.py), s scale, t translation.
@@ -25,7 +27,11 @@ official rotation is proper (any reasonable prediction) the two agree to float64
 """
 import argparse
 import math
+import os
 import time
+
+if __name__ == "__main__":  # the benchmark pits one thread against one: numpy's BLAS reads this at import
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 import torch
@@ -35,6 +41,7 @@ FREIHAND_F_THRESHOLDS = (0.005, 0.015)  # metres: F@5 mm and F@15 mm
 AUC_MAX_MM = 50.0  # PCK thresholds span [0, 50 mm] ...
 AUC_STEPS = 100  # ... in 100 steps, as the official get_measures(0.0, 0.05, 100)
 TILE_ENTRIES = 2**19  # distance-matrix entries per tile (2 MB in float32): stays in cache
+ALIGN_TILE_POINTS = 2**15  # points per Procrustes tile (768 KB per float64 tile (b, N, 3)): stays in cache
 SCREEN_TOL = 2e-6  # undecided band of the float32 screen, normalised squared distance (4x its error bound)
 
 
@@ -49,10 +56,11 @@ def _points(x, name):
         raise ValueError(f"{name} has shape {tuple(x.shape)}; expected (B, N, 3) with N >= 1")
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
-    bad = ~torch.isfinite(x)
-    if bad.any():
-        raise ValueError(f"{name} (shape {tuple(x.shape)}) has {int(bad.sum())} non-finite values (NaN or inf); "
-                         f"expected finite coordinates")
+    if not torch.isfinite(x.detach().sum()):  # finite only if every value is: one pass, no (B, N, 3) mask
+        bad = ~torch.isfinite(x)  # a NaN, an inf, or only an overflow of huge finite values: count exactly
+        if bad.any():
+            raise ValueError(f"{name} (shape {tuple(x.shape)}) has {int(bad.sum())} non-finite values (NaN or inf); "
+                             f"expected finite coordinates")
     return x
 
 
@@ -101,31 +109,72 @@ def mpvpe(pred, gt, root_index=0):
 # Procrustes alignment
 
 
+def _tiles(num_samples, num_points):
+    """Slices over the samples, each holding about ALIGN_TILE_POINTS points (at least one sample;
+    one empty slice when there are no samples, so that concatenating over tiles still works)."""
+    step = max(1, ALIGN_TILE_POINTS // num_points)
+    return [slice(s, s + step) for s in range(0, max(num_samples, 1), step)]
+
+
+def _moments(pred, gt):
+    """Steps 1-3 of the alignment for checked pred, gt (B, N, 3), one tile of samples at a time:
+    centroids mu_pred, mu_gt (B, 1, 3), Frobenius norms of the centred sets plus 1e-8 (B,) x2, and
+    a^T b (B, 3, 3) of the centred, normalised sets a and b.
+
+    Whole-batch (B, N, 3) temporaries would each be a fresh allocation streamed through memory; a
+    tile's stay in cache. Every sample goes through the same operations as in one whole-batch pass.
+    """
+    pieces = []
+    for t in _tiles(*pred.shape[:2]):
+        p, g = pred[t], gt[t]  # (b, N, 3) views
+        # 1. centre both sets
+        mu_pred, mu_gt = p.mean(1, keepdim=True), g.mean(1, keepdim=True)  # (b, 1, 3)
+        a, b = p - mu_pred, g - mu_gt  # (b, N, 3), in cache
+        # 2. divide each by its Frobenius norm; the official +1e-8 also keeps an all-equal set finite
+        norm_pred = a.flatten(1).norm(dim=1) + FREIHAND_ALIGN_EPS  # (b,)
+        norm_gt = b.flatten(1).norm(dim=1) + FREIHAND_ALIGN_EPS
+        # 3. the 3x3 statistic of orthogonal Procrustes
+        cross = (a / norm_pred[:, None, None]).transpose(1, 2) @ (b / norm_gt[:, None, None])  # (b, 3, 3)
+        pieces.append((mu_pred, mu_gt, norm_pred, norm_gt, cross))
+    return [torch.cat(piece) for piece in zip(*pieces)]
+
+
 def _align(pred, gt):
     """Procrustes pieces for checked pred, gt (B, N, 3): scale (B,), rotation (B, 3, 3), centroids (B, 1, 3) x2."""
-    # 1. centre both sets
-    mu_pred, mu_gt = pred.mean(1, keepdim=True), gt.mean(1, keepdim=True)  # (B, 1, 3)
-    # 2. divide each by its Frobenius norm; the official +1e-8 also keeps an all-equal set finite
-    norm_pred = (pred - mu_pred).flatten(1).norm(dim=1) + FREIHAND_ALIGN_EPS  # (B,)
-    norm_gt = (gt - mu_gt).flatten(1).norm(dim=1) + FREIHAND_ALIGN_EPS
-    a = (pred - mu_pred) / norm_pred[:, None, None]  # (B, N, 3)
-    b = (gt - mu_gt) / norm_gt[:, None, None]
-    # 3. orthogonal Procrustes (Umeyama): with a^T b = U S V^T, the rotation R = V D U^T maximises
+    # 1.-3. centroids, norms, and a^T b of the centred, normalised sets a and b
+    mu_pred, mu_gt, norm_pred, norm_gt, cross = _moments(pred, gt)
+    # 4. orthogonal Procrustes (Umeyama): with a^T b = U S V^T, the rotation R = V D U^T maximises
     #    tr(R a^T b) over rotations; D = diag(1, 1, det(U V^T)) makes det R = +1 (official: D = I)
-    u, sigma, vh = torch.linalg.svd(a.transpose(1, 2) @ b)  # (B, 3, 3), (B, 3), (B, 3, 3)
+    u, sigma, vh = torch.linalg.svd(cross)  # (B, 3, 3), (B, 3), (B, 3, 3)
     d = torch.ones_like(sigma)  # (B, 3), the diagonal of D
     d[:, 2] = torch.where(torch.linalg.det(u @ vh) < 0, -1.0, 1.0)
     rotation = vh.transpose(1, 2) @ (d[:, :, None] * u.transpose(1, 2))  # (B, 3, 3)
-    # 4. scale: the official s = tr(S D) of the normalised sets, back to gt units
+    # 5. scale: the official s = tr(S D) of the normalised sets, back to gt units
     scale = (sigma * d).sum(-1) * norm_gt / norm_pred  # (B,)
     return scale, rotation, mu_pred, mu_gt
 
 
-def _aligned(pred, gt):
-    """pred moved onto gt, for checked pred, gt (B, N, 3), in the official order: rotate the centred
-    prediction, scale it, move it to the gt centroid."""
+def _aligned_tiles(pred, gt):
+    """pred moved onto gt, one tile of samples at a time, for checked pred, gt (B, N, 3): yields
+    (tile slice, aligned (b, N, 3)). In the official order: rotate the centred prediction, scale it
+    (both in one product with s R^T), move it to the gt centroid."""
     scale, rotation, mu_pred, mu_gt = _align(pred, gt)
-    return scale[:, None, None] * ((pred - mu_pred) @ rotation.transpose(1, 2)) + mu_gt
+    scaled_rotation_t = scale[:, None, None] * rotation.transpose(1, 2)  # (B, 3, 3): row vectors x -> s x R^T
+    for t in _tiles(*pred.shape[:2]):
+        yield t, torch.baddbmm(mu_gt[t], pred[t] - mu_pred[t], scaled_rotation_t[t])  # (b, N, 3)
+
+
+def _aligned(pred, gt):
+    """pred moved onto gt, for checked pred, gt (B, N, 3) -> (B, N, 3)."""
+    out = torch.empty_like(pred)
+    for t, aligned in _aligned_tiles(pred, gt):
+        out[t] = aligned  # each tile is freed once copied: its memory serves the next one
+    return out
+
+
+def _aligned_errors(pred, gt):
+    """Distances |aligned pred - gt| (B, N) for checked pred, gt (B, N, 3), with no (B, N, 3) temporaries."""
+    return torch.cat([_sq_norm(aligned - gt[t]).sqrt() for t, aligned in _aligned_tiles(pred, gt)])
 
 
 def procrustes_transform(pred, gt):
@@ -148,8 +197,7 @@ def procrustes_align(pred, gt):
 
 def pa_mpjpe(pred, gt):
     """Mean per-joint error after `procrustes_align`: pred, gt (B, J, 3) -> (B,), input units."""
-    pred, gt = _pair(pred, gt)
-    return (_aligned(pred, gt) - gt).norm(dim=-1).mean(-1)
+    return _aligned_errors(*_pair(pred, gt)).mean(-1)
 
 
 def pa_mpvpe(pred, gt):
@@ -312,7 +360,7 @@ def f_score(pred, gt, threshold):
 
 def _freihand_joint_rows(pred_joints, gt_joints):
     """PA-MPJPE (mm) and AUC of aligned joints; checked float64 inputs in metres (B, J, 3)."""
-    errors = (_aligned(pred_joints, gt_joints) - gt_joints).norm(dim=-1)  # (B, J) metres
+    errors = _aligned_errors(pred_joints, gt_joints)  # (B, J) metres
     return {"pa_mpjpe_mm": 1000.0 * errors.mean().item(),
             "auc_joints": auc_pck(errors, max_threshold=AUC_MAX_MM / 1000.0).mean().item()}
 
@@ -343,6 +391,108 @@ def freihand_table(pred_joints, gt_joints, pred_verts, gt_verts):
     verts = _freihand_vertex_rows(pv.double(), gv.double())
     rows = {**joints, **verts}
     return {k: rows[k] for k in ("pa_mpjpe_mm", "pa_mpvpe_mm", "f5", "f15", "auc_joints", "auc_verts")}
+
+
+def freihand_metrics(pred, gt):
+    """`freihand_table` on prediction and label dicts ({"joints3d": (B, 21, 3), "verts": (B, 778, 3), ...}):
+    the metric table train.py reports for hand models."""
+    return freihand_table(pred["joints3d"], gt["joints3d"], pred["verts"], gt["verts"])
+
+
+# -----------------------------------------------------------------------------
+# The mean-shape baseline
+#
+# The constant prediction every method is scored against: the training set's mean shape, placed
+# for every test sample. Under PA metrics only the shape matters, so the mean must be one shape in
+# one pose: each training shape is similarity-aligned to the running mean before averaging
+# (generalised Procrustes). A plain average of shapes in random orientations is a blur.
+# Hands come as left and right; mirroring the left ones (x -> -x) makes them all right hands,
+# and the prediction for a left sample is the mean mirrored back.
+
+
+def mirror_x(points, is_right):
+    """points (B, N, 3); x -> -x where is_right (B,) bool is False (left hands read as right hands).
+
+    Its own inverse: mirror_x(mirror_x(p, r), r) == p exactly. -> (B, N, 3) in the dtype of points.
+    """
+    points = torch.as_tensor(points)
+    is_right = torch.as_tensor(is_right, device=points.device)
+    if points.ndim != 3 or points.shape[-1] != 3 or is_right.dtype != torch.bool or is_right.shape != points.shape[:1]:
+        raise ValueError(f"points has shape {tuple(points.shape)} and is_right {tuple(is_right.shape)} "
+                         f"({is_right.dtype}); expected (B, N, 3) and (B,) bool")
+    sign = torch.ones(points.shape[0], 1, 3, dtype=points.dtype, device=points.device)  # (B, 1, 3)
+    sign[:, 0, 0] = torch.where(is_right, 1, -1)
+    return points * sign
+
+
+def mean_shape(points, iterations=3):
+    """Generalised-Procrustes mean (N, 3) of shapes (B, N, 3), translated so point 0 is the origin: each
+    shape is similarity-aligned to the running mean before averaging, so the mean is one shape in one pose
+    (the best constant prediction under PA metrics), not a blur of shapes in random orientations.
+
+    Computed in float64, returned in the dtype of points. The first shape is the starting mean;
+    `iterations` >= 1 rounds of (align every shape to the mean, average). Shapes that are all
+    similar copies of one shape give that shape (up to a similarity) after one round.
+    """
+    points = _points(points, "points")
+    if points.shape[0] == 0 or iterations < 1:
+        raise ValueError(f"points has shape {tuple(points.shape)}, iterations={iterations}; "
+                         f"expected at least one shape (B >= 1) and iterations >= 1")
+    # 1. every shape relative to its point 0, in float64
+    shapes = points.double() - points.double()[:, :1]  # (B, N, 3)
+    # 2. start from the first shape; align every shape onto the mean, average, repeat (tile by tile:
+    #    the aligned shapes are summed as they come, never stored)
+    mean = shapes[0]  # (N, 3)
+    for _ in range(iterations):
+        tiles = _aligned_tiles(shapes, mean.expand_as(shapes))
+        mean = sum(aligned.sum(0) for _, aligned in tiles) / len(shapes)  # (N, 3)
+    # 3. point 0 to the origin (alignment keeps the mean's centroid, not its point 0)
+    return (mean - mean[:1]).to(points.dtype)
+
+
+class MeanShapeBaseline:
+    """The constant baseline every paper is scored against: fit on training labels, predict for any gt.
+
+    labels: {key: (n, N_k, 3), plus optionally mirror_key: (n,) bool, True = right}. The present
+    `keys` (absent ones are skipped) are stacked along the point axis and aligned TOGETHER, so
+    joints and vertices stay consistent; left samples (mirror_key False) are mirrored first, and
+    the mean is relative to point 0 of the first key (the wrist of FreiHAND joints). The cost grows
+    linearly with n: a few thousand evenly strided training samples are plenty.
+    self.mean: {key: (N_k, 3) float32}. mirror_key=None: no mirroring.
+    """
+
+    def __init__(self, labels, keys=("joints3d", "verts"), mirror_key="is_right", iterations=3):
+        # 1. the keys present, checked, with one batch size
+        self.keys, self.mirror_key = [k for k in keys if k in labels], mirror_key
+        if not self.keys:
+            raise ValueError(f"labels have keys {sorted(labels)}; expected at least one of {list(keys)}")
+        points = [_points(labels[k], k) for k in self.keys]
+        if len({len(p) for p in points}) > 1:
+            raise ValueError(f"labels have batch sizes {({k: len(p) for k, p in zip(self.keys, points)})}; "
+                             f"expected one n for all keys")
+        # 2. stacked along the point axis, left samples mirrored
+        stacked = torch.cat([p.double() for p in points], 1)  # (n, N_1 + N_2 + ..., 3)
+        stacked = mirror_x(stacked, self._is_right(labels, len(stacked), stacked.device))
+        # 3. one generalised-Procrustes mean of all points together, split back into the keys
+        mean = mean_shape(stacked, iterations).float()  # (N_1 + N_2 + ..., 3)
+        self.mean = {k: m.clone() for k, m in zip(self.keys, mean.split([p.shape[1] for p in points]))}
+
+    def _is_right(self, rows, n, device):
+        """rows[mirror_key] as (n,) bool on `device`, or all True when there is no mirror key."""
+        if self.mirror_key is None or self.mirror_key not in rows:
+            return torch.ones(n, dtype=torch.bool, device=device)
+        return torch.as_tensor(rows[self.mirror_key], device=device)
+
+    def __call__(self, gt):
+        """gt: {key: (n, N_k, 3), optionally mirror_key (n,) bool} -> {key: (n, N_k, 3)} for every fitted
+        key: the mean for every sample, mirrored back for left samples (float32, on the device of gt).
+        Only n and the mirror flags are read from gt."""
+        present = [gt[k] for k in (*self.keys, self.mirror_key) if k is not None and k in gt]
+        if not present:
+            raise ValueError(f"gt has keys {sorted(gt)}; expected one of {self.keys} or {self.mirror_key!r}")
+        n, device = len(present[0]), torch.as_tensor(present[0]).device
+        is_right = self._is_right(gt, n, device)
+        return {k: mirror_x(mean.to(device).expand(n, -1, -1), is_right) for k, mean in self.mean.items()}
 
 
 # -----------------------------------------------------------------------------
@@ -426,6 +576,31 @@ def _timed(fn, *args, repeats=1):
     return best, result
 
 
+MESHES = {"MANO hand": 778, "SMPL body": 6890, "SMPL-X body": 10475}  # vertices of each benchmarked mesh
+
+
+def _official_align_loop(pred, gt):
+    """The official align_w_scale over samples: numpy pred, gt (S, N, 3) -> aligned (S, N, 3)."""
+    return np.stack([_official_align_w_scale(g, p) for p, g in zip(pred, gt)])
+
+
+def benchmark_alignment(num_samples=3960, body_samples=500, seed=0, repeats=3):
+    """Print the time of `procrustes_align` against the official per-sample loop, for a hand mesh
+    (`num_samples` samples) and two body meshes (`body_samples` samples: 3960 SMPL-X meshes are 1 GB
+    per float64 tensor). Both get the same float64 inputs; each time is the best of `repeats`."""
+    g = torch.Generator().manual_seed(seed)
+    print(f"Procrustes alignment, torch threads {torch.get_num_threads()}, numpy BLAS threads "
+          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, float64 in")
+    for mesh, vertices in MESHES.items():
+        samples = num_samples if vertices == MESHES["MANO hand"] else body_samples
+        pred, gt = _hand_like_pairs(samples, vertices, g)
+        t_ours, ours = _timed(procrustes_align, pred, gt, repeats=repeats)
+        t_official, official = _timed(_official_align_loop, pred.numpy(), gt.numpy(), repeats=repeats)
+        diff = np.abs(ours.numpy() - official).max()
+        print(f"{vertices:6d} vertices ({mesh}, {samples} samples): ours {t_ours:7.3f} s   official loop "
+              f"{t_official:7.3f} s   speed-up {t_official / t_ours:5.1f}x   max |diff| {diff:.1e}")
+
+
 def benchmark(num_samples=3960, seed=0, repeats=3):
     """Print the time of our batched table against a per-sample loop of the official protocol."""
     g = torch.Generator().manual_seed(seed)
@@ -469,12 +644,16 @@ if __name__ == "__main__":
     parser.add_argument("--bench", action="store_true",
                         help="time our batched table against the official per-sample loop")
     parser.add_argument("--samples", type=int, default=3960, help="benchmark samples (FreiHAND evaluation set: 3960)")
+    parser.add_argument("--body-samples", type=int, default=500,
+                        help="samples of the body-mesh alignment benchmark (6890 and 10475 vertices)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1: the same resources as the numpy loop)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of our functions; the best time is printed")
+                        help="torch CPU threads (1: the same resources as the numpy loop, whose BLAS gets 1 thread)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each timed function (the official alignment loop too); the best time is printed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.bench:
+        benchmark_alignment(args.samples, args.body_samples, repeats=args.repeats)
         benchmark(args.samples, repeats=args.repeats)
     else:
         demo()

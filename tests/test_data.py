@@ -1,4 +1,4 @@
-"""Tests for data.py: the renderer against a brute-force z-buffer, projection consistency of every
+"""Tests for data.py: the renderer against the brute-force z-buffer `data.reference_rasterize`, projection consistency of every
 dataset before and after augmentation, determinism by index, real-data loaders on fixture folders
 built here in the official layouts, and DataLoader / pickling behaviour."""
 import math
@@ -48,34 +48,6 @@ def icosphere(subdivisions=2):
     return torch.tensor(verts, dtype=torch.float64), torch.tensor(faces)
 
 
-def brute_force_zbuffer(verts, faces, K, height, width):
-    """Oracle: every pixel centre against every face. -> face id (H*W,) (-1 = empty), margin (H*W,)
-    = the smallest |barycentric| of that pixel over all faces (small = near an edge, ambiguous)."""
-    uvw = verts.double() @ K.double().T
-    uv = uvw[:, :2] / uvw[:, 2:]
-    tri = uv[faces]  # (F, 3, 2)
-    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
-    p = torch.stack([xs.flatten(), ys.flatten()], -1).double()  # (P, 2)
-    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]  # (F, 2)
-
-    def cross(o, q, r):  # (P, F): z of (q - o) x (r - o)
-        return (q[..., 0] - o[..., 0]) * (r[..., 1] - o[..., 1]) - (q[..., 1] - o[..., 1]) * (r[..., 0] - o[..., 0])
-
-    area = cross(a, b, c)  # (F,)
-    P = p[:, None, :]
-    l0, l1, l2 = cross(P, b, c) / area, cross(P, c, a) / area, cross(P, a, b) / area  # (P, F)
-    inside = (l0 >= 0) & (l1 >= 0) & (l2 >= 0)
-    z = verts[:, 2].double()[faces]  # (F, 3)
-    inv_z = l0 / z[:, 0] + l1 / z[:, 1] + l2 / z[:, 2]
-    inv_z = torch.where(inside, inv_z, torch.full_like(inv_z, -1.0))
-    best = inv_z.argmax(1)
-    face = torch.where(inside.any(1), best, torch.full_like(best, -1))
-    margin = torch.stack([l0, l1, l2]).abs().amin(0).amin(1)  # (P,)
-    # depth gap between the two nearest faces: small gaps are ties the oracle cannot settle
-    top2 = inv_z.topk(2, dim=1).values if inv_z.shape[1] > 1 else torch.cat([inv_z, -inv_z], 1)
-    return face, margin, top2[:, 0] - top2[:, 1]
-
-
 def random_background(rng, image_size):
     """One sample's background as the datasets draw it: a pattern, upsampled to (H, W)."""
     pattern = torch.from_numpy(data.background_patterns(data.Draws([rng]))).float()
@@ -104,7 +76,7 @@ def test_rasterize_agrees_with_brute_force_zbuffer(seed, count):
     verts, faces, K = random_triangle_soup(rng, count)
     height, width = 24, 32
     pix, face, bary = data.rasterize(verts, faces, K, (height, width))
-    oracle, margin, gap = brute_force_zbuffer(verts, faces, K, height, width)
+    oracle, margin, gap = data.reference_rasterize(verts, faces, K, (height, width))
     got = torch.full((height * width,), -1, dtype=torch.long)
     got[pix] = face
     clear = (margin > 1e-3) & (gap > 1e-4)  # pixels far from every edge and without a depth tie

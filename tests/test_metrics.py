@@ -1,4 +1,5 @@
-"""Properties of metrics.py: Procrustes alignment, root-aligned and PA errors, F-score, AUC, the FreiHAND table.
+"""Properties of metrics.py: Procrustes alignment, root-aligned and PA errors, F-score, AUC, the FreiHAND
+table, the mean-shape baseline.
 
 The oracle is a per-sample numpy/scipy re-implementation of the official FreiHAND evaluation
 (lmb-freiburg/freihand eval.py and utils/eval_util.py): align_w_scale with scipy's
@@ -231,6 +232,44 @@ def test_recovered_rotation_is_proper_even_where_the_official_one_reflects(seed)
         assert ours[b] >= ((official - gt[b].numpy()) ** 2).sum() - 1e-12
 
 
+@FAST
+@given(seed=SEEDS, tile=st.integers(1, 100), batch=st.integers(1, 7), points=st.integers(8, 40))
+@example(seed=0, tile=1, batch=3, points=21)
+@example(seed=0, tile=50, batch=7, points=21)
+def test_alignment_in_tiles_equals_one_whole_batch_pass_and_the_official_loop(seed, tile, batch, points):
+    """procrustes_align walks tiles of about ALIGN_TILE_POINTS points (one sample when a sample is
+    bigger). Any tiling (uneven last tile, one sample per tile) must give the numbers of one pass over
+    the whole batch (the default tile holds these small batches whole) and of the official loop."""
+    g = torch.Generator().manual_seed(seed)
+    pred, gt = hand_pair(g, batch, points)
+
+    def everything():
+        return (metrics.procrustes_align(pred, gt), metrics.pa_mpjpe(pred, gt), *metrics.procrustes_transform(pred, gt))
+
+    whole = everything()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(metrics, "ALIGN_TILE_POINTS", tile)
+        tiled = everything()
+    for ours, reference in zip(tiled, whole):
+        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
+    for b in range(batch):
+        expected, det = official_align_w_scale(gt[b].numpy(), pred[b].numpy())
+        assert det > 0
+        np.testing.assert_allclose(tiled[0][b].numpy(), expected, rtol=0, atol=1e-9)
+
+
+def test_alignment_and_pa_error_gradients_equal_finite_differences_across_tiles():
+    """Tiles are joined by differentiable ops (torch.cat, copies into slices), never out= buffers: the
+    alignment and PA errors stay differentiable (oracle: torch.autograd.gradcheck's finite
+    differences), also when every sample is its own tile."""
+    g = torch.Generator().manual_seed(0)
+    pred, gt = hand_pair(g, 3, 6, noise=0.01)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(metrics, "ALIGN_TILE_POINTS", 4)
+        assert torch.autograd.gradcheck(lambda p: metrics.pa_mpjpe(p, gt), (pred.requires_grad_(),))
+        assert torch.autograd.gradcheck(lambda p: metrics.procrustes_align(p, gt), (pred,))
+
+
 # -----------------------------------------------------------------------------
 # Against the official protocol
 
@@ -365,6 +404,99 @@ def test_float32_and_numpy_inputs_give_the_float64_table():
 
 
 # -----------------------------------------------------------------------------
+# The mean-shape baseline
+
+
+def similar_copies(g, shape, count, kind):
+    """`count` copies of shape (P, 3) under random similarities (rotations of `kind`, scale in
+    [0.5, 2], shift ~0.5), every third one mirrored and flagged left: (count, P, 3), is_right (count,)."""
+    scale = 0.5 + 1.5 * torch.rand(count, generator=g, **DOUBLE)
+    shift = 0.5 * torch.randn(count, 3, generator=g, **DOUBLE)
+    copies = apply((scale, random_rotations(g, count, kind), shift), shape.expand(count, -1, -1))
+    is_right = torch.arange(count) % 3 != 0
+    return metrics.mirror_x(copies, is_right), is_right
+
+
+@FAST
+@given(seed=SEEDS, batch=st.integers(0, 6), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_mirror_x_round_trips_exactly_and_negates_only_x_of_left_samples(seed, batch, dtype):
+    g = torch.Generator().manual_seed(seed)
+    points = torch.randn(batch, 7, 3, generator=g, dtype=dtype)
+    is_right = torch.rand(batch, generator=g) < 0.5
+    mirrored = metrics.mirror_x(points, is_right)
+    assert mirrored.dtype == dtype and torch.equal(metrics.mirror_x(mirrored, is_right), points)
+    assert torch.equal(mirrored[is_right], points[is_right]) and torch.equal(mirrored[..., 1:], points[..., 1:])
+    assert torch.equal(mirrored[~is_right][..., 0], -points[~is_right][..., 0])
+    if (~is_right).any():  # a mirror image is no pose: no proper rotation undoes it (a generic set is chiral)
+        assert (metrics.pa_mpjpe(mirrored[~is_right].double(), points[~is_right].double()) > 1e-3).all()
+
+
+@FAST
+@given(seed=SEEDS, kind=KINDS, count=st.integers(1, 12))
+@example(seed=0, kind="identity", count=1)
+@example(seed=0, kind="half_turn", count=5)
+def test_mean_shape_of_one_shape_in_many_similarity_poses_is_that_shape(seed, kind, count):
+    g = torch.Generator().manual_seed(seed)
+    shape = torch.randn(40, 3, generator=g, **DOUBLE)
+    copies = apply(random_similarity(g, count, kind), shape.expand(count, -1, -1))  # scales 0.1 .. 10
+    mean = metrics.mean_shape(copies)
+    assert mean.shape == (40, 3) and mean.dtype == torch.float64 and torch.equal(mean[0], torch.zeros(3, **DOUBLE))
+    assert metrics.pa_mpjpe(mean[None], shape[None]).item() < 1e-6  # the official +1e-8 in the norms: O(1e-8)
+
+
+@settings(deadline=None, max_examples=10)
+@given(seed=SEEDS, kind=KINDS)
+@example(seed=0, kind="identity")
+@example(seed=0, kind="half_turn")
+def test_mean_shape_baseline_of_one_hand_in_many_poses_predicts_that_hand_left_and_right(seed, kind):
+    """Training labels = one hand H (21 joints + 778 vertices, float32 as a dataset gives them) under
+    random similarities, every third one mirrored and flagged left. The baseline predicts H for right
+    samples and mirrored H for left ones, up to a similarity, so its PA errors vanish; not mirroring
+    back fails on the left samples, and a plain average in camera coordinates is a blur."""
+    g = torch.Generator().manual_seed(seed)
+    hand = 0.05 * torch.randn(21 + 778, 3, generator=g, **DOUBLE)
+    train, train_right = similar_copies(g, hand, 30, kind)
+    labels = dict(joints3d=train[:, :21].float(), verts=train[:, 21:].float(), is_right=train_right)
+    baseline = metrics.MeanShapeBaseline(labels)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in baseline.mean.items()} == {
+        "joints3d": ((21, 3), torch.float32), "verts": ((778, 3), torch.float32)}
+    assert torch.equal(baseline.mean["joints3d"][0], torch.zeros(3))  # relative to point 0 of the first key
+    test, test_right = similar_copies(g, hand, 9, "uniform")
+    gt = dict(joints3d=test[:, :21].float(), verts=test[:, 21:].float(), is_right=test_right)
+    pred = baseline(gt)
+    for key in ("joints3d", "verts"):
+        assert pred[key].shape == gt[key].shape
+        assert metrics.pa_mpjpe(pred[key].double(), gt[key].double()).max() < 1e-5
+    unmirrored = baseline({"joints3d": gt["joints3d"]})["joints3d"]  # no flags: every sample read as right
+    errors = metrics.pa_mpjpe(unmirrored.double(), gt["joints3d"].double())
+    assert (errors[test_right] < 1e-5).all() and (errors[~test_right] > 1e-3).all()
+    blur = labels["joints3d"].mean(0, keepdim=True).expand(9, -1, -1)
+    assert metrics.pa_mpjpe(blur.double(), gt["joints3d"].double()).mean() > 1e-3
+
+
+def test_mean_shape_baseline_skips_absent_keys_and_aligns_present_keys_together():
+    g = torch.Generator().manual_seed(0)
+    joints, verts = torch.randn(6, 4, 3, generator=g), torch.randn(6, 9, 3, generator=g)
+    # only joints, no flags: the mean shape of the joints; every gt sample is read as right
+    alone = metrics.MeanShapeBaseline({"joints3d": joints})
+    assert list(alone.mean) == ["joints3d"] and torch.equal(alone.mean["joints3d"], metrics.mean_shape(joints))
+    assert torch.equal(alone({"joints3d": torch.zeros(2, 4, 3)})["joints3d"], alone.mean["joints3d"].expand(2, -1, -1))
+    flagged = alone({"joints3d": torch.zeros(2, 4, 3), "is_right": torch.tensor([False, True])})["joints3d"]
+    assert torch.equal(flagged, torch.stack([alone.mean["joints3d"] * torch.tensor([-1.0, 1.0, 1.0]),
+                                             alone.mean["joints3d"]]))
+    # both keys, in `keys` order whatever the dict order: one mean of the stacked points, split back
+    both = metrics.MeanShapeBaseline({"verts": verts, "joints3d": joints, "is_right": torch.ones(6, dtype=torch.bool)})
+    stacked = metrics.mean_shape(torch.cat([joints, verts], 1).double()).float()
+    assert list(both.mean) == ["joints3d", "verts"]
+    assert torch.equal(torch.cat([both.mean["joints3d"], both.mean["verts"]]), stacked)
+    # mirror_key=None: flags are ignored when fitting and predicting
+    left = torch.zeros(6, dtype=torch.bool)
+    unflagged = metrics.MeanShapeBaseline({"joints3d": joints, "is_right": left}, mirror_key=None)
+    assert torch.equal(unflagged.mean["joints3d"], alone.mean["joints3d"])
+    assert torch.equal(unflagged({"joints3d": joints, "is_right": left})["joints3d"][0], alone.mean["joints3d"])
+
+
+# -----------------------------------------------------------------------------
 # Bad input
 
 GOOD = torch.zeros(2, 21, 3)
@@ -387,6 +519,10 @@ BAD_CALLS = {
     "auc_nan_errors": (lambda: metrics.auc_pck(torch.tensor([[math.nan]])), r"expected finite per-point errors"),
     "table_nan_verts": (lambda: metrics.freihand_table(GOOD, GOOD, NAN, GOOD), r"pred_verts \(shape \(2, 21, 3\)\)"),
     "table_batch": (lambda: metrics.freihand_table(GOOD, GOOD, GOOD[:1], GOOD[:1]), r"same batch size"),
+    "mirror_flags": (lambda: metrics.mirror_x(GOOD, torch.ones(3, dtype=torch.bool)), r"is_right \(3,\)"),
+    "mean_of_nothing": (lambda: metrics.mean_shape(GOOD[:0]), r"at least one shape"),
+    "baseline_keys": (lambda: metrics.MeanShapeBaseline({"pose": GOOD}), r"at least one of \['joints3d', 'verts'\]"),
+    "baseline_batch": (lambda: metrics.MeanShapeBaseline({"joints3d": GOOD, "verts": GOOD[:1]}), r"one n for all"),
 }
 
 
