@@ -40,9 +40,11 @@ Map of the file. The reference:
 2. Augmentation as a camera change: `AugmentConfig`, `sample_augmentation`, `warp_image`
 3. Real hands: `FreiHAND`, `NpzHands`, `write_npz`
 4. Synthetic hands: `SyntheticHands`, and the trainer's `hand_dataset`
-5. Synthetic bodies: `SyntheticPoses`, `SyntheticBodies`, `SyntheticWholeBody`
+5. Synthetic bodies: `SyntheticPoses`, `SyntheticBodies`, `SyntheticWholeBody`, and the trainer's
+   `body_pose_dataset`, `body_dataset`
 6. The rendered cache: `render_once`, `RenderedSet`, `stack_samples`, `labels`
-7. Pictures and speed: `draw_samples`, `draw_hand_predictions`, `python data.py --grid OUT_DIR`,
+7. Pictures and speed: `draw_samples`, `draw_hand_predictions`, `draw_body_predictions`,
+   `draw_pose_reconstructions`, `python data.py --grid OUT_DIR`,
    `python data.py --bench`
 The machinery: 8. pose priors (hands, bodies), 9. looks (skin, clothes, forearm, light),
 10. backgrounds, 11. the renderer (`rasterize`, `render_mesh`) beside `reference_rasterize`.
@@ -1090,6 +1092,69 @@ class SyntheticWholeBody(_SyntheticBodyBase):
                 f"{side}_arm_pose": sample["smplx_pose"][list(arm)]}
 
 
+# The synthetic demo's people (train.py's GenHMR stages): every person turned towards the camera
+# (yaw N(0, 35) degrees; BodyPoseConfig's default turns half of them any way). A 64 px crop
+# cannot tell a person's front from their back at every yaw, and two CPU cores have a few thousand
+# steps; the articulation keeps its full range, and the mean-pose baseline is fitted and scored
+# on the same distribution, so the bar is not lower.
+DEMO_BODY_POSE = BodyPoseConfig(yaw_frontal_prob=1.0)
+
+
+class Indexed(torch.utils.data.Dataset):
+    """dataset's samples plus "index" () int64 (what a prediction may seed per-sample noise with,
+    the same whichever rank or batch evaluates it), minus the keys in `drop`; with `mesh`, plus the
+    SMPL mesh of (smpl_pose, smpl_shape) without translation: joints3d (24, 3), verts (6890, 3)."""
+
+    def __init__(self, dataset, drop=(), mesh=False, model_dir=None):
+        self.dataset, self.drop, self.mesh, self.model_dir = dataset, tuple(drop), mesh, model_dir
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def set_epoch(self, epoch):
+        self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, index):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices):
+        many = getattr(self.dataset, "__getitems__", None)
+        samples = many(indices) if many else [self.dataset[i] for i in indices]
+        if self.mesh:
+            pose, shape = (torch.stack([s[k] for s in samples]) for k in ("smpl_pose", "smpl_shape"))
+            verts, joints = skinning("smpl", self.model_dir, torch.float32)(pose, shape)
+            for s, v, j in zip(samples, verts, joints):
+                s.update(verts=v, joints3d=j)
+        return [dict({k: v for k, v in s.items() if k not in self.drop}, index=torch.tensor(i))
+                for s, i in zip(samples, indices)]
+
+
+def _synthetic_only(kind, who):
+    if kind != "synthetic":
+        raise ValueError(f"{who}: --data {kind!r} is not readable here; the body stages read only 'synthetic' "
+                         f"(convert real data to SyntheticBodies' keys to add a loader)")
+
+
+def body_pose_dataset(kind, path, split, cfg, seed, num_samples):
+    """SMPL poses standing in for AMASS (GenHMR's tokenizer), DEMO_BODY_POSE: SyntheticPoses plus
+    "index"; the held-out split (seed + 1_000_003) also carries its mesh (joints3d, verts) to score."""
+    _synthetic_only(kind, "body_pose_dataset")
+    held_out = split == "evaluation"
+    return Indexed(SyntheticPoses(num_samples, seed=seed + held_out * 1_000_003, pose_config=DEMO_BODY_POSE),
+                   mesh=held_out)
+
+
+def body_dataset(kind, path, split, cfg, seed, num_samples):
+    """Rendered SMPL people (GenHMR's images) at cfg.image_size, DEMO_BODY_POSE, HMR2.0's camera
+    (f = 5000 for a 256 crop), plus "index"; the training split drops "verts" (82 KB a sample that
+    no loss reads), the held-out split (seed + 1_000_003) keeps them to score."""
+    _synthetic_only(kind, "body_dataset")
+    held_out = split == "evaluation"
+    bodies = SyntheticBodies(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003,
+                             pose_config=DEMO_BODY_POSE)
+    return Indexed(bodies, drop=() if held_out else ("verts",))
+
+
 # ---------------------------------------------------------------------------------------------
 # 6. The rendered cache: draw a synthetic set once, keep it as stacked tensors
 #
@@ -1214,6 +1279,58 @@ def draw_hand_predictions(path, eval_set, pred, gt, count=6):
     for row, title in enumerate(titles):
         axes[row, 0].set_title(title, fontsize=8, loc="left")
     fig.savefig(path, dpi=100)
+    return path
+
+
+def _faces(kind):
+    return torch.as_tensor(np.asarray(body_model(kind).faces, dtype=np.int64))
+
+
+def draw_body_predictions(path, eval_set, pred, gt, count=6):
+    """Save a PNG of `count` held-out people: per column the image, the true mesh over it, the
+    predicted mesh (pred["verts"], camera coordinates) and, when present, the refined one
+    (pred["refined_verts"]); gt: K and verts of eval_set's samples."""
+    from matplotlib.figure import Figure
+
+    count, faces = min(count, len(eval_set)), _faces("smpl")
+    rows = [("image", None, None), ("true mesh", "verts", (0.35, 0.9, 0.35)), ("predicted", "verts", (0.95, 0.35, 0.3)),
+            ("refined with 2D keypoints", "refined_verts", (0.3, 0.5, 0.95))]
+    rows = [r for r in rows if r[1] is None or r[1] in pred]
+    height, width = eval_set[0]["image"].shape[-2:]
+    fig = Figure(figsize=(1.6 * count * width / height + 0.4, 1.7 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), count, squeeze=False)
+    for i in range(count):
+        image = eval_set[i]["image"]
+        for r, (title, key, color) in enumerate(rows):
+            verts = gt["verts"][i] if title == "true mesh" else pred[key][i] if key else None
+            show_image(axes[r, i], image if key is None else overlay_mesh(image, verts, faces, gt["K"][i], color))
+            if i == 0:
+                axes[r, 0].set_title(title, fontsize=8, loc="left")
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def draw_pose_reconstructions(path, eval_set, pred, gt, count=8):
+    """Save a PNG of `count` held-out poses: the true SMPL mesh (green) and the reconstruction
+    (red, pred["verts"]) overlaid, seen from the front and from the side. No translation needed:
+    each mesh is centred on its own pelvis (joints3d[0])."""
+    from matplotlib.figure import Figure
+
+    count, faces, size = min(count, len(gt["verts"])), _faces("smpl"), 160
+    K = torch.tensor([[220.0, 0, size / 2], [0, 220.0, size / 2], [0, 0, 1]])
+    views = {"front": torch.eye(3), "side": bodymodels.axis_angle_to_matrix(torch.tensor([0.0, math.pi / 2, 0.0]))}
+    fig = Figure(figsize=(1.5 * count, 3.3), layout="constrained")
+    axes = fig.subplots(2, count, squeeze=False)
+    for i in range(count):
+        for r, (view, R) in enumerate(views.items()):
+            image = torch.ones(3, size, size)
+            for key, source, color in (("verts", gt, (0.35, 0.9, 0.35)), ("verts", pred, (0.95, 0.35, 0.3))):
+                centred = (source[key][i] - source["joints3d"][i][0]) @ R.T + torch.tensor([0.0, 0.0, 3.2])
+                image = overlay_mesh(image, centred, faces, K, color, alpha=0.55)
+            show_image(axes[r, i], image)
+            if i == 0:
+                axes[r, 0].set_title(f"{view}: true green, reconstructed red", fontsize=8, loc="left")
+    fig.savefig(path, dpi=110)
     return path
 
 

@@ -8,7 +8,8 @@ Conventions
   equals the official script's mean over points of per-point means, since every point counts).
 - No Python loop over samples: loops below only walk tiles of a few MB, for the CPU cache.
 - `MeanShapeBaseline` is the constant prediction (the training mean shape) that scores are read
-  against; it knows no dataset, only label keys.
+  against; it knows no dataset, only label keys. For bodies, `MeanPoseBaseline` (the training
+  mean pose through SMPL), with `body_metrics` and `tokenizer_metrics` in millimetres.
 
 Symbols: B samples, N points of pred (J joints, V vertices), M points of gt (F-score only),
 K thresholds, R rotation (column vectors, x' = R x, as in bodymodels.py), s scale, t translation.
@@ -493,6 +494,92 @@ class MeanShapeBaseline:
         n, device = len(present[0]), torch.as_tensor(present[0]).device
         is_right = self._is_right(gt, n, device)
         return {k: mirror_x(mean.to(device).expand(n, -1, -1), is_right) for k, mean in self.mean.items()}
+
+
+# -----------------------------------------------------------------------------
+# Bodies: SMPL errors in millimetres, codebook usage, the mean-pose baseline
+
+
+def body_errors(pred_joints, gt_joints, pred_verts=None, gt_verts=None, prefix=""):
+    """{prefix}mpjpe_mm (pelvis-aligned), {prefix}pa_mpjpe_mm and, with vertices, {prefix}pve_mm
+    (each mesh minus its own pelvis joint), means over samples in mm; inputs (B, J, 3) and
+    (B, V, 3) in metres with the pelvis at joint 0 (SMPL)."""
+    out = {f"{prefix}mpjpe_mm": mpjpe(pred_joints, gt_joints, 0).mean().item() * 1e3,
+           f"{prefix}pa_mpjpe_mm": pa_mpjpe(pred_joints, gt_joints).mean().item() * 1e3}
+    if pred_verts is not None and gt_verts is not None:
+        placed = pred_verts - pred_joints[:, :1], gt_verts - gt_joints[:, :1]
+        out[f"{prefix}pve_mm"] = mpvpe(*placed, None).mean().item() * 1e3
+    return out
+
+
+def body_metrics(pred, gt):
+    """The body table train.py reports: `body_errors` of every prediction variant in pred (a prefix p
+    with pred[p + "joints3d"]: "" first, then e.g. "refined_" or a table row's), against gt's
+    joints3d and verts; with pred["reproj_error_px"] and pred["refined_reproj_error_px"] (B,), their
+    means and refine_2d_improved_fraction, the share of samples whose 2D error fell."""
+    prefixes = [k[:-len("joints3d")] for k in pred if k.endswith("joints3d")]
+    out = {}
+    for p in sorted(prefixes, key=lambda p: p != ""):
+        out.update(body_errors(pred[p + "joints3d"], gt["joints3d"], pred.get(p + "verts"), gt.get("verts"), p))
+    if "reproj_error_px" in pred and "refined_reproj_error_px" in pred:
+        before, after = pred["reproj_error_px"], pred["refined_reproj_error_px"]
+        out.update(refine_2d_improved_fraction=(after < before).float().mean().item(),
+                   reproj_error_px=before.mean().item(), refined_reproj_error_px=after.mean().item())
+    return out
+
+
+def codebook_usage(ids, num_codes):
+    """Perplexity exp(H(p)) of the code frequencies p in ids (any shape) and the number of codes never used."""
+    counts = torch.bincount(torch.as_tensor(ids).reshape(-1), minlength=num_codes).double()
+    p = counts / counts.sum()
+    entropy = -(p * torch.log(p.clamp_min(1e-300))).sum()
+    return {"codebook_perplexity": entropy.exp().item(), "dead_codes": float((counts == 0).sum())}
+
+
+def tokenizer_metrics(pred, gt):
+    """A pose tokenizer's reconstruction: tokenizer_ + `body_errors`; with pred["ids"] (B, L) and
+    pred["num_codes"] (B,), `codebook_usage` on the held-out set."""
+    out = body_errors(pred["joints3d"], gt["joints3d"], pred.get("verts"), gt.get("verts"), "tokenizer_")
+    if "ids" in pred:
+        out.update(codebook_usage(pred["ids"], int(pred["num_codes"][0])))
+    return out
+
+
+def mean_rotations(R):
+    """Chordal mean of rotations R (n, J, 3, 3) -> (J, 3, 3): per joint, the mean matrix projected
+    onto SO(3) (the rotation nearest to it in Frobenius norm)."""
+    U, _, Vh = torch.linalg.svd(torch.as_tensor(R).double().mean(0))
+    d = torch.sign(torch.det(U @ Vh))  # -1 where U Vh would be a reflection
+    return (U * torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1)[:, None, :]) @ Vh
+
+
+class MeanPoseBaseline:
+    """The constant body baseline: the training mean pose (per-joint chordal mean of the rotation
+    matrices, global orientation included) with the training mean shape, or each sample's own shape
+    (own_shape=True: a pose tokenizer reconstructs poses, not shapes), posed by SMPL.
+
+    labels: smpl_pose (n, 24, 3) axis-angle, smpl_shape (n, 10). Called on gt (smpl_shape read only
+    with own_shape) -> {p + "joints3d": (n, 24, 3), p + "verts": (n, 6890, 3)} for p in prefixes, the
+    same constant under every prefix (e.g. "refined_": a constant has nothing to refine).
+    """
+
+    def __init__(self, labels, own_shape=False, prefixes=("",), model_dir=None):
+        import bodymodels  # the metrics above need no body model
+        for key, shape in (("smpl_pose", (24, 3)), ("smpl_shape", (10,))):
+            if key not in labels or tuple(labels[key].shape[1:]) != shape:
+                raise ValueError(f"MeanPoseBaseline: labels need {key} (n, {', '.join(map(str, shape))}); "
+                                 f"got {tuple(labels[key].shape) if key in labels else 'no such key'}")
+        R = mean_rotations(bodymodels.axis_angle_to_matrix(torch.as_tensor(labels["smpl_pose"]).double()))
+        self.pose = bodymodels.matrix_to_axis_angle(R).float()  # (24, 3)
+        self.shape = torch.as_tensor(labels["smpl_shape"]).float().mean(0)  # (10,)
+        self.own_shape, self.prefixes = own_shape, prefixes
+        self.skin = bodymodels.Skinning(bodymodels.load_smpl(model_dir), torch.float32)
+
+    def __call__(self, gt):
+        n = len(gt["smpl_shape"] if self.own_shape else next(iter(gt.values())))
+        shape = torch.as_tensor(gt["smpl_shape"]).float() if self.own_shape else self.shape.expand(n, -1)
+        verts, joints = self.skin(self.pose.expand(n, -1, -1), shape)
+        return {f"{p}{k}": v for p in self.prefixes for k, v in (("joints3d", joints), ("verts", verts))}
 
 
 # -----------------------------------------------------------------------------

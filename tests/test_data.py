@@ -2,6 +2,7 @@
 dataset before and after augmentation, determinism by index, real-data loaders on fixture folders
 built here in the official layouts, and DataLoader / pickling behaviour."""
 import math
+import os
 import pickle
 import types
 
@@ -731,3 +732,29 @@ def test_draw_hand_predictions_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = data.overlay_mesh(eval_set[0]["image"], gt["verts"][0], eval_set.faces, gt["K"][0], (0.0, 1.0, 0.0))
     assert image.shape == (3, 64, 64) and not torch.equal(image, eval_set[0]["image"])
+
+
+def test_body_datasets_for_the_trainer_carry_index_and_the_meshes_they_are_scored_on():
+    cfg = types.SimpleNamespace(image_size=(32, 24))
+    poses = data.body_pose_dataset("synthetic", "", "evaluation", cfg, 0, 3)
+    sample = poses[2]
+    assert int(sample["index"]) == 2 and sample["verts"].shape == (6890, 3) and sample["joints3d"].shape == (24, 3)
+    verts, joints = data.skinning("smpl", None, torch.float32)(sample["smpl_pose"][None], sample["smpl_shape"][None])
+    torch.testing.assert_close(sample["joints3d"], joints[0])
+    assert "verts" not in data.body_pose_dataset("synthetic", "", "training", cfg, 0, 3)[0]
+    train_bodies = data.body_dataset("synthetic", "", "training", cfg, 0, 2)
+    held_out = data.body_dataset("synthetic", "", "evaluation", cfg, 0, 2)
+    assert "verts" not in train_bodies[0] and held_out[1]["verts"].shape == (6890, 3)
+    assert held_out[1]["image"].shape == (3, 32, 24) and int(held_out[1]["index"]) == 1
+    assert not torch.equal(train_bodies[0]["smpl_pose"], held_out[0]["smpl_pose"])  # another seed
+    with pytest.raises(ValueError, match="only 'synthetic'"):
+        data.body_dataset("npz", "/x", "training", cfg, 0, 2)
+
+
+def test_draw_body_pictures_write_pngs(tmp_path):
+    cfg = types.SimpleNamespace(image_size=(48, 36))
+    eval_set = data.body_dataset("synthetic", "", "evaluation", cfg, 0, 2)
+    gt = data.stack_samples(eval_set, range(2))
+    pred = {"verts": gt["verts"] + 0.02, "refined_verts": gt["verts"], "joints3d": gt["joints3d"]}
+    assert os.path.getsize(data.draw_body_predictions(tmp_path / "a.png", eval_set, pred, gt)) > 5_000
+    assert os.path.getsize(data.draw_pose_reconstructions(tmp_path / "b.png", eval_set, pred, gt)) > 5_000

@@ -29,13 +29,7 @@ DOUBLE = dict(dtype=torch.float64)
 FAST = settings(deadline=None, max_examples=25)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small tensors: a second thread only adds synchronisation (10x slower on a busy 2-core CI box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # -----------------------------------------------------------------------------
@@ -531,3 +525,68 @@ def test_bad_input_raises_a_value_error_naming_the_argument_and_shape(case):
     call, message = BAD_CALLS[case]
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bodies: errors in mm, codebook usage, the mean-pose baseline
+
+
+def test_body_errors_are_millimetres_pelvis_aligned_and_zero_on_the_truth():
+    g = torch.Generator().manual_seed(0)
+    joints, verts = torch.randn(5, 24, 3, generator=g), torch.randn(5, 50, 3, generator=g)
+    shift = torch.randn(5, 1, 3, generator=g)
+    same = metrics.body_errors(joints + shift, joints, verts + shift, verts)
+    assert all(v < 1e-3 for v in same.values()) and set(same) == {"mpjpe_mm", "pa_mpjpe_mm", "pve_mm"}
+    moved = joints.clone()
+    moved[:, 5] += torch.tensor([0.0, 0.0, 0.024])  # one of 24 joints 24 mm off: MPJPE 1 mm
+    assert metrics.body_errors(moved, joints, prefix="x_")["x_mpjpe_mm"] == pytest.approx(1.0, rel=1e-5)
+
+
+def test_body_metrics_scores_every_variant_and_the_refinement_fraction():
+    g = torch.Generator().manual_seed(1)
+    gt = {"joints3d": torch.randn(4, 24, 3, generator=g), "verts": torch.randn(4, 30, 3, generator=g)}
+    pred = {"joints3d": gt["joints3d"] + 0.01, "verts": gt["verts"] + 0.01, "table_a_joints3d": gt["joints3d"] * 1.1,
+            "refined_joints3d": gt["joints3d"], "refined_verts": gt["verts"],
+            "reproj_error_px": torch.tensor([2.0, 2.0, 2.0, 2.0]), "refined_reproj_error_px": torch.tensor([1.0, 3.0, 1.0, 1.0])}
+    out = metrics.body_metrics(pred, gt)
+    assert next(iter(out)) == "mpjpe_mm" and out["mpjpe_mm"] == pytest.approx(0.0, abs=1e-4)  # a shift: pelvis-aligned
+    assert out["refined_pve_mm"] == pytest.approx(0.0, abs=1e-4) and "table_a_pve_mm" not in out
+    assert out["table_a_mpjpe_mm"] > 10 and out["table_a_pa_mpjpe_mm"] < 1e-3  # a scaling: PA removes it
+    assert out["refine_2d_improved_fraction"] == 0.75
+
+
+def test_codebook_usage_perplexity_and_dead_codes():
+    assert metrics.codebook_usage(torch.arange(8).repeat(3), 10) == pytest.approx({"codebook_perplexity": 8.0, "dead_codes": 2.0})
+    assert metrics.codebook_usage(torch.zeros(5, 7, dtype=torch.long), 4)["codebook_perplexity"] == pytest.approx(1.0)
+
+
+@given(seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=20, deadline=None)
+def test_mean_rotations_is_proper_and_recovers_a_concentrated_set(seed):
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.linalg.qr(torch.randn(3, 3, 3, dtype=torch.float64, generator=g))[0]
+    centre = centre * torch.sign(torch.det(centre))[:, None, None]  # (3 joints) proper rotations
+    small = torch.tensor(Rotation.from_rotvec(0.05 * torch.randn(40 * 3, 3, generator=g).numpy()).as_matrix()).view(40, 3, 3, 3)
+    mean = metrics.mean_rotations(centre @ small)
+    assert torch.allclose(torch.det(mean), torch.ones(3, dtype=torch.float64))
+    assert (mean - centre).abs().max() < 0.05
+
+
+def test_mean_pose_baseline_predicts_the_mean_pose_through_smpl():
+    import bodymodels
+    g = torch.Generator().manual_seed(0)
+    pose = torch.zeros(6, 24, 3)
+    pose[:, 0] = torch.tensor([math.pi, 0.0, 0.0])  # upright in the camera
+    pose[:, 1:] = 0.2 * torch.randn(6, 23, 3, generator=g)
+    same = pose[:1].expand(6, -1, -1)
+    shape = torch.randn(6, 10, generator=g)
+    baseline = metrics.MeanPoseBaseline({"smpl_pose": same, "smpl_shape": shape}, prefixes=("", "refined_"))
+    out = baseline({"smpl_shape": shape[:2]})
+    skin = bodymodels.Skinning(bodymodels.load_smpl(), torch.float32)
+    verts, joints = skin(same[:2], shape.mean(0).expand(2, -1))
+    assert set(out) == {"joints3d", "verts", "refined_joints3d", "refined_verts"}
+    torch.testing.assert_close(out["joints3d"], joints, atol=1e-4, rtol=0)
+    own = metrics.MeanPoseBaseline({"smpl_pose": same, "smpl_shape": shape}, own_shape=True)({"smpl_shape": shape[:2]})
+    torch.testing.assert_close(own["verts"], skin(same[:2], shape[:2])[0], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match=r"smpl_pose \(n, 24, 3\)"):
+        metrics.MeanPoseBaseline({"smpl_pose": pose[:, :5], "smpl_shape": shape})

@@ -510,15 +510,6 @@ def test_build_model_carries_manos_j_regressor_in_its_checkpoint():
     assert out["joints3d"][:, 9].abs().max() < 1e-6  # root-relative with MANO's own regressor
 
 
-@pytest.fixture
-def one_thread():
-    """Small tensors: one thread avoids OpenMP hand-offs, which dominate on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_one_batch_overfit_loss_falls_tenfold(one_thread):
     """Four rendered synthetic hands at 64 px: the loss of Eq. (7) falls at least tenfold in 150
     AdamW steps (about 25x when written; it plateaus above 10x if any part stops learning)."""
