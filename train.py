@@ -24,7 +24,8 @@ The protocol a paper offers (a module, or any object with these attributes)
   `model(...)` (under DDP `model` is the wrapper, so call it, not its submodules), the total loss and
   its terms for the log.
 - `predict(model, batch, cfg)` -> {key: (b, ...)}: per-sample predictions, called under no_grad in
-  eval mode (an iterative inference runs here), in the units of the data's labels.
+  eval mode (an iterative inference runs here), in the units of the data's labels. Metrics whose
+  names start with "table_" are report-only rows (ablation tables): metrics.json, not the log.
 - `learning_rate(cfg, step)` -> float: a pure function of the step (the whole scheduler state).
 
 A stage (one row of MODELS) wires a paper to: its `data(kind, path, split, cfg, seed, n)` (a
@@ -53,7 +54,9 @@ Conventions
 - On CUDA the model and 4D inputs are channels_last (measured on an H100 for CNN backbones: 1.8-2.1x the samples/s).
 
 Outputs in OUT/<stage>: `ckpt.pt` (every --ckpt-every steps and at the end, written atomically),
-`metrics.json`, `predictions.png`; synthetic sets in OUT/cache.
+`metrics.json` (flat: its metrics, the baseline's as baseline_*, those of the stages it starts from,
+`metric_names` listing them, then the run's facts and history), `predictions.png`; synthetic sets
+in OUT/cache.
 
 Symbols: B global batch, b = B / W per-rank batch, W world size (number of ranks), r rank,
 N training samples, s step, e epoch.
@@ -61,6 +64,7 @@ N training samples, s step, e epoch.
 
 import argparse
 import dataclasses
+import functools
 import gc
 import hashlib
 import inspect
@@ -78,6 +82,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import bodymodels
 import data
+import genhmr
 import metrics
 import simplehand
 
@@ -104,6 +109,12 @@ MODELS = {
     "simplehand": Stage(simplehand, data=data.hand_dataset, metrics=metrics.freihand_metrics,
                         baseline=metrics.MeanShapeBaseline, picture=data.draw_hand_predictions,
                         data_kinds=("synthetic", "freihand", "npz")),
+    "genhmr_tokenizer": Stage(genhmr.TOKENIZER, data=data.body_pose_dataset, metrics=metrics.tokenizer_metrics,
+                              baseline=functools.partial(metrics.MeanPoseBaseline, own_shape=True),
+                              picture=data.draw_pose_reconstructions, data_fields=(), train_samples=8192),
+    "genhmr": Stage(genhmr, data=data.body_dataset, metrics=metrics.body_metrics,
+                    baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("", "refined_")),
+                    picture=data.draw_body_predictions, starts_from="genhmr_tokenizer", train_samples=8192),
 }
 
 
@@ -418,9 +429,10 @@ def evaluate(stage, model, cfg, eval_set, baseline, args, ranks):
 
 
 def format_metrics(result):
-    """The evaluation metrics, then the baseline's headline metric."""
+    """The evaluation metrics (not the report-only table_* rows: metrics.json has them), then the
+    baseline's headline metric."""
     first = next(iter(result))
-    shown = [f"{k} {v:.2f}" for k, v in result.items() if not k.startswith("baseline_")]
+    shown = [f"{k} {v:.2f}" for k, v in result.items() if not k.startswith(("baseline_", "table_"))]
     return " | ".join(shown + [f"baseline {first} {result['baseline_' + first]:.2f}"])
 
 
@@ -523,13 +535,28 @@ def report(job, train_time, t_start, args, ranks):
         return
     wall_time = time.time() - t_start
     print(f"final {job.name} ({cfg.max_steps} steps, {wall_time / 60:.1f} min): {format_metrics(result)}")
+    # the stage's numbers, after those of the stages it starts from (each written by its own report)
+    result = {**parent_metrics(job.stage, args), **result}
     summary = dict(model=job.name, config=job.config_name, data=args.data, steps=cfg.max_steps,
                    world_size=ranks.world_size, global_batch=cfg.batch_size, wall_time_s=wall_time,
-                   train_time_s=train_time, **result, config_values=dataclasses.asdict(cfg), history=job.history)
+                   train_time_s=train_time, **result, metric_names=list(result),
+                   config_values=dataclasses.asdict(cfg), history=job.history)
     with open(os.path.join(job.out, "metrics.json"), "w") as f:
         json.dump(summary, f, indent=1)
     job.stage.picture(os.path.join(job.out, "predictions.png"), job.eval_set, pred, gt)
     print(f"wrote {job.out}/metrics.json, {job.out}/predictions.png, {job.out}/ckpt.pt")
+
+
+def parent_metrics(stage, args):
+    """The metrics in OUT/<parent>/metrics.json of the stage `stage` starts from ({} for none)."""
+    if stage.starts_from is None:
+        return {}
+    path = os.path.join(args.out, stage.starts_from, "metrics.json")
+    if not os.path.exists(path):  # a parent checkpoint copied in without its report
+        return {}
+    with open(path) as f:
+        summary = json.load(f)
+    return {k: summary[k] for k in summary.get("metric_names", [])}
 
 
 def build_job(name, config_name, cfg, parent, sizes, args, ranks):

@@ -15,6 +15,7 @@ import sys
 import types
 import typing
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -99,8 +100,6 @@ def standin_predict(model, batch, cfg):
 
 
 def standin_lr(cfg, step):
-    if step == int(os.environ.get("STANDIN_SIGKILL_AT_STEP", -1)):  # the crash of the resume tests, at an exact step
-        os.kill(os.getpid(), signal.SIGKILL)
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     return cfg.lr + (cfg.lr_final - cfg.lr) * (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
@@ -396,15 +395,15 @@ def test_two_ranks_take_the_same_first_step_as_one_rank(tmp_path):
         assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-6), key
 
 
-def kill_and_resume(args, tmp_path, kill_at, nproc=1):
+def kill_and_resume(args, tmp_path, kill_at, nproc=1, model="standin"):
     """Start a run that SIGKILLs itself (every rank) after `kill_at` steps, then finish it with --resume."""
-    killed = run_script(args, tmp_path, nproc=nproc, check=False, env=dict(STANDIN_SIGKILL_AT_STEP=str(kill_at)))
+    killed = run_script(args, tmp_path, nproc=nproc, check=False, env=dict(SIGKILL_AT_STEP=str(kill_at)), model=model)
     if nproc == 1:
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     else:  # torchrun reports its workers' deaths and fails
         assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stderr, killed.stderr[-2000:]
     assert f"step {kill_at:5d}/" in killed.stdout and f"step {kill_at + 1:5d}/" not in killed.stdout
-    return run_script(args + ["--resume"], tmp_path, nproc=nproc)
+    return run_script(args + ["--resume"], tmp_path, nproc=nproc, model=model)
 
 
 def assert_same_state(a, b):
@@ -484,6 +483,60 @@ def test_simplehand_gradient_of_a_batch_is_the_mean_of_its_halves():
         torch.testing.assert_close((halves[0][name] + halves[1][name]) / 2, g, rtol=1e-4, atol=1e-6, msg=name)
 
 
+GENHMR_KEYS = ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "refined_mpjpe_mm", "refined_pa_mpjpe_mm", "refined_pve_mm",
+               "refine_2d_improved_fraction", "tokenizer_mpjpe_mm", "codebook_perplexity", "dead_codes")
+
+
+def test_genhmr_trains_its_tokenizer_then_the_image_stage_and_reports(tmp_path):
+    """The two GenHMR rows through train.py: the image stage finds its tokenizer's checkpoint, keeps it
+    frozen (the checkpoint holds no tokenizer tensor), and metrics.json has the issue's flat keys,
+    the baseline's, the tokenizer's and the report-only table."""
+    tiny = ["--out", str(tmp_path), "--log-every", "1", "--eval-samples", "6"]
+    train.main(["--model", "genhmr_tokenizer", "--max-steps", "3", "--set", "batch_size=8", "--train-samples", "16"] + tiny)
+    train.main(["--model", "genhmr", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8",
+                "--set", "refine_steps=3", "--set", "table_refine_steps=(0,3)"] + tiny)
+    report = json.loads((tmp_path / "genhmr" / "metrics.json").read_text())
+    for key in GENHMR_KEYS + tuple(f"baseline_{k}" for k in GENHMR_KEYS[:6]) + ("baseline_tokenizer_mpjpe_mm",):
+        assert np.isfinite(report[key]) and report[key] >= 0, key
+    assert 0 < report["baseline_mpjpe_mm"] < 1000 and report["baseline_refined_mpjpe_mm"] == report["baseline_mpjpe_mm"]
+    assert {f"table_{s}_T{T}_mpjpe_mm" for s in ("cosine", "linear", "cubic", "sqrt") for T in (1, 3, 5, 10)} <= set(report)
+    assert "table_refine_P3_mpjpe_mm" in report and report["table_refine_P3_mpjpe_mm"] == pytest.approx(report["refined_mpjpe_mm"], rel=1e-5)
+    for stage in ("genhmr_tokenizer", "genhmr"):
+        assert (tmp_path / stage / "predictions.png").stat().st_size > 10_000
+    ckpt = load(tmp_path / "genhmr" / "ckpt.pt")
+    assert ckpt["step"] == 2 and not any(k.startswith("tokenizer.") for k in ckpt["model"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, steps, kill_at", [("genhmr_tokenizer", 12, 7), ("genhmr", 9, 6)])
+def test_genhmr_stages_resume_after_sigkill_bitwise(tmp_path, stage, steps, kill_at):
+    """Each GenHMR stage on two ranks (the EMA codebook all-reduced, Gumbel noise and masking from the
+    restored RNGs): killed and resumed, it ends with the weights and buffers of an uninterrupted run."""
+    common = ["--max-steps", str(steps), "--ckpt-every", "5", "--log-every", "1", "--eval-samples", "4",
+              "--train-samples", "16", "--set", "batch_size=4"]
+    if stage == "genhmr":  # its tokenizer first, the same in both folders
+        for out in ("straight", "killed"):
+            run_script(common + ["--out", out], tmp_path, nproc=2, model="genhmr_tokenizer")
+        common += ["--set", "refine_steps=2", "--set", "table_iterations=()", "--set", "table_refine_steps=()"]
+    run_script(common + ["--out", "straight"], tmp_path, nproc=2, model=stage)
+    resumed = kill_and_resume(common + ["--out", "killed"], tmp_path, kill_at=kill_at, nproc=2, model=stage)
+    assert f"resumed from killed/{stage}/ckpt.pt at step 5 (2 rank(s) then, 2 now)" in resumed.stdout
+    assert_same_state(load(tmp_path / "straight" / stage / "ckpt.pt"), load(tmp_path / "killed" / stage / "ckpt.pt"))
+
+
+def killed_at(step_to_die, learning_rate):
+    """learning_rate, which SIGKILLs this process when asked for the step `step_to_die` (the crash
+    of the resume tests, at an exact step, before that step's update)."""
+    def wrapped(cfg, step):
+        if step == step_to_die:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return learning_rate(cfg, step)
+    return wrapped
+
+
 if __name__ == "__main__":  # train.py with the stand-ins registered (used by the subprocess tests)
     train.MODELS.update(STANDINS)
+    if "SIGKILL_AT_STEP" in os.environ:
+        for stage in train.MODELS.values():
+            stage.paper.learning_rate = killed_at(int(os.environ["SIGKILL_AT_STEP"]), stage.paper.learning_rate)
     train.main()

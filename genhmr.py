@@ -1,0 +1,1187 @@
+"""GenHMR: "GenHMR: Generative Human Mesh Recovery" (Saleem et al., AAAI 2025, arXiv 2412.14444).
+
+One person crop in, an SMPL mesh out, through two trained stages and a two-step inference:
+
+    stage 1  pose tokenizer (VQ-VAE):  theta (24 x 3) -> E -> z (L x D) -> nearest code -> ids (L) -> D -> theta
+    stage 2  image -> ViT -> pyramid {1x, 4x, 8x} ; [MASK]ed ids -> masked transformer (self-attn -> MSDA
+             -> FFN) x 4 -> logits (L x K) ; beta, camera from the image features
+    infer    uncertainty-guided sampling (T iterations, re-mask the least confident) -> ids
+             -> 2D-pose-guided refinement (Eqs. 2-4: gradient descent on the code vectors) -> SMPL
+
+- Pose tokenizer (Method > Pose Tokenizer; App. > Implementation Details): 1D convolutions and
+  ResBlocks over the joint axis, one EMA codebook (decay 0.99, dead codes reset to encoder outputs,
+  statistics all-reduced over DDP ranks), straight-through estimator, loss Eq. Lvq with the L1
+  reconstruction of pose, vertices and joints. `TOKENIZER` is its trainer stage.
+- Image encoder: a ViT with the HMR2.0/ViTPose parameter names (the paper's ViT-H loads the official
+  backbone with strict=True), upsampled ViTDet-style into a multi-scale pyramid (1x, 4x, 8x;
+  Table 15's 16x is a config field).
+- Masked transformer decoder: token embedding with a learnable [MASK] (id K), position embedding,
+  learnable reference points; each layer self-attention -> multi-scale deformable cross-attention
+  (Eq. MSDA, plain PyTorch with grid_sample) -> FFN; logits over the K codes at every position.
+- Training (Eq. 1, 5, 6): cosine masking, token cross-entropy, straight-through Gumbel-softmax through
+  the frozen codebook, tokenizer decoder and SMPL into SMPL, 3D and 2D losses; weights 1, 1e-3,
+  5e-4, 5e-2, 1e-2. The module-level protocol (`CONFIGS`, `build_model`, `training_loss`, `predict`,
+  `learning_rate`) is this stage.
+- Inference: `uncertainty_guided_sampling` (four schedules, top-k, encoder run once) and
+  `refine` (Eqs. 2-4, every network frozen). `python genhmr.py [--params] [--bench]`.
+
+Training: `torchrun --standalone --nproc_per_node=2 train.py --model genhmr` runs the two rows of
+train.py's MODELS, "genhmr_tokenizer" (`TOKENIZER`, on `data.body_pose_dataset`) and then "genhmr"
+(this module, on `data.body_dataset`, built on the trained tokenizer), each scored against
+`metrics.MeanPoseBaseline`; `--config paper` builds the paper's sizes.
+
+Conventions: bodymodels.py's (column vectors, 6D = first two COLUMNS, axis-angle, metres, OpenCV
+camera). The camera is HMR2.0's: the head predicts [s, tx, ty], t = [tx, ty, 2 f / (S s)] with
+f = 5000, S = 256; 2D points in normalised crop coordinates uv = (pixel - (W/2, H/2)) / H.
+Images (B, 3, H, W) RGB in [0, 1], normalised inside with ImageNet mean and std.
+
+NOTE(paper gap) list (each also stands at its spot):
+1. Tokenizer input is 6D (TokenHMR); the paper says only "pose parameters theta". Axis-angle is a
+   config value; camera-frame orientations sit near pi where axis-angle jumps.
+2. Tokenizer widths and resampling (24 joints -> 2L -> L tokens, L a multiple of 24): TokenHMR-like.
+3. lambda_alpha is not given and lambda_E has no effect with an EMA codebook: 0.02 weights the
+   commitment MSE (T2M-GPT/MMM); the norms of Eq. Lvq are taken squared.
+4. Tokenizer vertex/joint losses use beta = 0 and the global orientation; L_theta is L1 on rotation
+   matrices (no axis-angle wrap-around).
+5. Tokenizer augmentation: random yaw and in-plane roll of the global orientation (ranges unstated).
+6. Reset candidates are broadcast from rank 0, EMA statistics all-reduced (sum) before the update.
+7. "N x" pyramid scales are per side of the patch grid; ConvTranspose(2, 2) + LayerNorm + GELU.
+8. Decoder width, heads, points, FFN, norm placement: Deformable-DETR defaults, pre-norm.
+9. Reference points: learnable per token, sigmoid(r) spread over the image at initialisation (not
+   Deformable DETR's sigmoid(Linear(pos)), which starts them all at the centre); no positional
+   encoding on the pyramid.
+10. beta/camera head: pooled 1x ViT map -> MLP -> residual on mean parameters (HMR2.0 means).
+11. Masking: tau per sample, m clamped to [1, L], no random token replacement.
+12. Eq. 1 over all L positions (as printed); "masked" is a config value.
+13. Gumbel-ST sample at all positions; GT tokens at visible ones is a config value.
+14. Temperature held at tau_end after the anneal; the step count lives in a buffer.
+15. Loss forms and reductions: HMR2.0/TokenHMR's (L1 keypoints summed over joints, coordinates and
+    batch; MSE on rotation matrices and beta; CE averaged).
+16. Stage-2 schedule (steps, lr schedule) is unstated: constant lr, 100K steps (TokenHMR-like).
+17. UGS: confidence = probability of the chosen token; fixed tokens never re-masked; ties to the
+    lower index; re-mask ceil(gamma(t / T) L) after iteration t, so nothing is masked after T.
+18. Refinement optimises the code vectors fed to the frozen tokenizer decoder (no re-quantisation);
+    G = squared reprojection error in crop pixels + lambda ||R - R_0||^2; eta by per-sample
+    backtracking so G never rises; beta and camera stay fixed.
+19. Symbol clashes kept apart: L = tokens (MSDA's L = levels here n_levels); tau the mask variable
+    vs the Gumbel temperature; two different "cosines" (training cos(pi tau / 2), UGS
+    (1 + cos(pi t / T)) / 2).
+20. TINY only: the geometric weights are the paper's divided by the per-rank batch (16), since the
+    losses are sums over the batch; with the paper's values the Gumbel-ST gradient swamped L_mask.
+
+Symbols: B batch, J = 24 joints, V = 6890 vertices, L tokens, K codes, D code dimension, C ViT width,
+d decoder width, M heads, n_levels pyramid levels, P sampling points, T UGS iterations, theta pose,
+beta shape, R rotation matrices, e code vectors, Y token ids, tau Gumbel temperature.
+"""
+
+import argparse
+import functools
+import math
+import time
+import types
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+import bodymodels
+
+NUM_JOINTS = 24  # SMPL
+NUM_BETAS = 10
+PELVIS = 0
+FOCAL_LENGTH, CROP_SIZE = 5000.0, 256.0  # HMR2.0's camera (FACTS "Rotations and cameras")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SCHEDULES = ("cosine", "linear", "cubic", "sqrt")
+
+# ---------------------------------------------------------------------------------------------
+# 1. Configs
+
+
+@dataclass
+class TokenizerConfig:
+    # --- architecture (App. > Implementation Details; Tables 5, 6) ---
+    num_tokens: int = 96  # L (Table 6: 96 chosen)
+    codebook_size: int = 2048  # K (Table 5: 2048 x 256 chosen)
+    code_dim: int = 256  # D
+    width: int = 512  # conv width. NOTE(paper gap): unstated; TokenHMR's
+    res_depth: int = 2  # ResBlocks per Resnet1D (TokenHMR)
+    dilation_growth: int = 3  # dilations 1, 3, 9, ... (TokenHMR)
+    input_rep: str = "rot6d"  # "rot6d" | "axis_angle". NOTE(paper gap) 1
+    ema_decay: float = 0.99  # EMA codebook (Method: "exponential moving average and codebook reset")
+    # --- loss Eq. Lvq (App. > Implementation Details) ---
+    w_re: float = 1.0  # lambda_re
+    w_pose: float = 1.0  # lambda_theta
+    w_verts: float = 0.5  # lambda_V
+    w_joints: float = 0.3  # lambda_J
+    w_commit: float = 0.02  # lambda_E used as commitment weight. NOTE(paper gap) 3
+    loss_vertices: int = 0  # vertices in L_V, evenly strided (0 = all 6890)
+    # --- augmentation (App. > Data Augmentation: "we rotate the poses at varying degrees") ---
+    aug_yaw_deg: float = 180.0  # NOTE(paper gap) 5: ranges unstated
+    aug_roll_deg: float = 30.0
+    # --- recipe read by train.py (App. > Implementation Details) ---
+    batch_size: int = 512  # global batch
+    lr: float = 1e-4  # Adam
+    max_steps: int = 200_000  # "200K iterations"
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # "constant" | "cosine" (to lr * 0.01 at max_steps)
+    weight_decay: float = 0.0  # Adam
+    grad_clip: float = 0.0
+    amp: bool = False
+    # --- hardware and data as reported ---
+    gpus: int = 0  # not stated
+    data: str = "AMASS train + MOYO (SMPL-H -> SMPL)"  # Experiments > Datasets
+
+    def __post_init__(self):
+        _check_choice(self, "input_rep", ("rot6d", "axis_angle"))
+        _check_choice(self, "lr_schedule", ("constant", "cosine"))
+        if self.num_tokens % NUM_JOINTS:
+            raise ValueError(f"TokenizerConfig.num_tokens={self.num_tokens}: expected a multiple of "
+                             f"{NUM_JOINTS} (each joint owns num_tokens / 24 tokens)")
+
+
+@dataclass
+class GenHMRConfig:
+    # --- image encoder (Method > Image Encoder; FACTS: HMR2.0's ViT-H) ---
+    image_size: tuple = (256, 192)  # (H, W) crop, as HMR2.0. NOTE(paper gap): resolution unstated
+    patch_size: int = 16  # ViT-H/16
+    patch_padding: int = 2  # HMR2.0's PatchEmbed padding (4 + 2 (ratio // 2 - 1), ratio 1)
+    vit_width: int = 1280  # C
+    vit_depth: int = 32
+    vit_heads: int = 16
+    vit_mlp_ratio: float = 4.0
+    drop_path: float = 0.55  # HMR2.0's backbone config
+    feature_scales: tuple = (1, 4, 8)  # App. > Impl.; Table 15 adds 16. NOTE(paper gap) 7
+    # --- masked transformer decoder (Method > Masked Transformer Decoder; Table 16) ---
+    d_model: int = 256  # NOTE(paper gap) 8: unstated, Deformable-DETR default
+    num_layers: int = 4  # "4 deformable cross attention layers" (Table 16)
+    num_heads: int = 8  # self-attention and MSDA heads
+    num_points: int = 4  # MSDA sampling points per head and level
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    head_hidden: int = 1024  # beta/camera MLP. NOTE(paper gap) 10
+    # --- training (Training Strategy; App. > Implementation Details; Tables 4, 8, 9) ---
+    mask_tau_max: float = 1.0  # tau ~ U(0, mask_tau_max) (Table 4: U(0, 1))
+    ce_on: str = "all"  # "all" (Eq. 1 as printed) | "masked". NOTE(paper gap) 12
+    gumbel_positions: str = "all"  # "all" | "masked" (GT one-hot at visible). NOTE(paper gap) 13
+    tau_start: float = 1.0  # Table 8
+    tau_end: float = 0.01
+    anneal_fraction: float = 0.5  # Table 9: 50 % of training
+    w_mask: float = 1.0
+    w_pose: float = 1e-3  # lambda_theta within lambda_SMPL = 1.5e-3
+    w_betas: float = 5e-4
+    w_3d: float = 5e-2
+    w_2d: float = 1e-2
+    # --- inference (App. > Impl.; Tables 2, 3, 11, 12) ---
+    ugs_iterations: int = 5  # T
+    schedule: str = "cosine"
+    top_k: int = 1  # greedy
+    refine_steps: int = 20  # P (Table 1 = Table 3's 20-iteration row)
+    refine_lr: float = 1.0  # initial eta of the backtracking. NOTE(paper gap) 18
+    refine_reg: float = 10.0  # lambda_theta' (px^2 per unit ||R - R_0||^2)
+    refine_noise_px: float = 1.0  # evaluation keypoints = GT projection + N(0, 1 px)
+    table_iterations: tuple = (1, 3, 5, 10)  # report-only rows of `predict`: T x the four schedules (Tables 2, 11)
+    table_refine_steps: tuple = (0, 5, 20)  # and refinement steps P after UGS (Table 3)
+    # --- recipe read by train.py (App. > Implementation Details) ---
+    batch_size: int = 48  # "batch size of 48"; per GPU or global is unstated
+    lr: float = 1e-5  # Adam
+    max_steps: int = 100_000  # NOTE(paper gap) 16
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    amp: bool = False
+    # --- hardware and results as reported ---
+    gpus: int = 2  # NVIDIA RTX A6000 (App. > Impl.)
+    timing_gpu: str = "1x RTX A5000"  # Table 3 footnote (AITI)
+    reported_3dpw_mpjpe_mm: float = 54.7  # Table 1 (UGS-5 + 20 refinement steps)
+    reported_ugs_3dpw_mpjpe_mm: float = 68.1  # Table 2, T = 5
+    data: str = "H36M, COCO, MPI-INF-3DHP, MPII (SD)"  # Experiments > Datasets
+
+    def __post_init__(self):
+        _check_choice(self, "ce_on", ("all", "masked"))
+        _check_choice(self, "gumbel_positions", ("all", "masked"))
+        _check_choice(self, "schedule", SCHEDULES)
+        _check_choice(self, "lr_schedule", ("constant", "cosine"))
+        self.image_size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else self.image_size
+        self.feature_scales = tuple(self.feature_scales)
+        self.table_iterations, self.table_refine_steps = tuple(self.table_iterations), tuple(self.table_refine_steps)
+        if any(s < 1 or s & (s - 1) for s in self.feature_scales):
+            raise ValueError(f"GenHMRConfig.feature_scales={self.feature_scales}: expected powers of two")
+
+    @property
+    def image_hw(self):
+        return (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
+
+
+def _check_choice(cfg, name, allowed):
+    if getattr(cfg, name) not in allowed:
+        raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r}: expected one of {allowed}")
+
+
+TOKENIZER_PAPER = TokenizerConfig()  # 96 tokens, 2048 x 256 codebook
+TOKENIZER_TINY = TokenizerConfig(  # 2 CPU cores, synthetic poses (design notes Sec. 7)
+    num_tokens=48, codebook_size=256, code_dim=32, width=64, loss_vertices=1024,
+    aug_yaw_deg=20.0, aug_roll_deg=15.0,  # SyntheticPoses already spans every yaw
+    batch_size=128, lr=1e-3, max_steps=1000, warmup_steps=50, lr_schedule="cosine")
+PAPER = GenHMRConfig()
+TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 -> 8 x 6 grid, levels 1x, 2x, 4x
+    image_size=(64, 48), patch_size=8, vit_width=128, vit_depth=4, vit_heads=4, vit_mlp_ratio=2.0, drop_path=0.0,
+    feature_scales=(1, 2, 4), d_model=64, num_layers=3, num_heads=4, ffn_dim=128, dropout=0.0,
+    head_hidden=128, batch_size=32, lr=6e-4, max_steps=2000, warmup_steps=100, lr_schedule="cosine",
+    # NOTE(paper gap) 20: the paper's geometric weights over its per-sample SUMS, divided by the per-rank batch (16): measured
+    # with the paper's weights on this data, the Gumbel-ST gradient swamped L_mask (CE stayed at ln K for
+    # 300 steps); divided, CE and L_3D both fall from the first 100 steps
+    w_pose=1e-3 / 16, w_betas=5e-4 / 16, w_3d=5e-2 / 16, w_2d=1e-2 / 16,
+    weight_decay=0.0, grad_clip=1.0, gpus=0, reported_3dpw_mpjpe_mm=0.0, reported_ugs_3dpw_mpjpe_mm=0.0,
+    data="data.SyntheticBodies")
+CONFIGS = {"paper": PAPER, "tiny": TINY}
+TOKENIZER_CONFIGS = {"paper": TOKENIZER_PAPER, "tiny": TOKENIZER_TINY}
+
+
+def learning_rate(cfg, step):
+    """Linear warm-up, then constant or cosine to lr / 100 at max_steps; a pure function of the step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Body model: SMPL through bodymodels (frozen, never in a checkpoint)
+
+
+class SMPLLayer(nn.Module):
+    """SMPL from bodymodels.load_smpl: rotations R (B, 24, 3, 3), beta (B, 10) -> joints, vertices.
+
+    Buffers are non-persistent: they come from the model file, not from checkpoints.
+    """
+
+    def __init__(self, smpl):
+        super().__init__()
+        for name in ("v_template", "shapedirs", "posedirs", "J_regressor", "lbs_weights"):
+            self.register_buffer(name, getattr(smpl, name).detach().float().clone(), persistent=False)
+        self.parents = smpl.parents.tolist()
+        self.faces = torch.as_tensor(smpl.faces.astype("int64"))
+        self._subsets = {}  # vertex subsets for the losses, built on first use
+        # J = J_reg (T + S beta) = J_template + J_shapedirs beta
+        self.register_buffer("J_template", self.J_regressor @ self.v_template, persistent=False)  # (24, 3)
+        self.register_buffer("J_shapedirs", torch.einsum("jv,vcl->jcl", self.J_regressor, self.shapedirs),
+                             persistent=False)  # (24, 3, 10)
+
+    def rest_joints(self, betas):
+        return self.J_template + torch.einsum("jcl,bl->bjc", self.J_shapedirs, betas)  # (B, 24, 3)
+
+    def joints(self, R, betas):
+        """Posed joints (B, 24, 3) by forward kinematics alone (no skinning)."""
+        return bodymodels.forward_kinematics(R, self.rest_joints(betas), self.parents)[0]
+
+    def _skin_buffers(self, count):
+        """(v_template, shapedirs, posedirs, lbs_weights) of all vertices, or of `vertex_subset(count)` (cached)."""
+        if not count:
+            return self.v_template, self.shapedirs, self.posedirs, self.lbs_weights
+        key = (count, self.v_template.device)
+        if key not in self._subsets:
+            ids = vertex_subset(count, len(self.v_template)).to(self.v_template.device)
+            cols = (ids[:, None] * 3 + torch.arange(3, device=ids.device)).flatten()  # posedirs columns 3 v + c
+            self._subsets[key] = (self.v_template[ids], self.shapedirs[ids], self.posedirs[:, cols].contiguous(),
+                                  self.lbs_weights[ids])
+        return self._subsets[key]
+
+    def forward(self, R, betas, vertex_count=0):
+        """-> verts (B, V', 3) (all, or `vertex_subset(vertex_count)`), joints (B, 24, 3); no translation."""
+        vt, sd, pd, w = self._skin_buffers(vertex_count)
+        return bodymodels.lbs(betas, R, vt, sd, pd, self.J_regressor, self.parents, w, pose2rot=False,
+                              rest_joints=self.rest_joints(betas))
+
+
+@functools.lru_cache(maxsize=1)
+def _smpl():
+    return bodymodels.load_smpl()
+
+
+def vertex_subset(count, num_verts=6890):
+    """count evenly strided vertex ids (count = 0: None, meaning all)."""
+    return None if not count else torch.linspace(0, num_verts - 1, count).round().long()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Pose tokenizer (stage 1)
+
+
+class ResBlock1D(nn.Module):
+    """x + Conv1x1(ReLU(Conv3(ReLU(x), dilation))), TokenHMR/T2M-GPT's ResConv1DBlock."""
+
+    def __init__(self, width, dilation):
+        super().__init__()
+        self.conv1 = nn.Conv1d(width, width, 3, padding=dilation, dilation=dilation)
+        self.conv2 = nn.Conv1d(width, width, 1)
+
+    def forward(self, x):
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+def resnet1d(width, depth, growth, reverse=False):
+    dilations = [growth ** i for i in range(depth)]
+    return nn.Sequential(*[ResBlock1D(width, d) for d in (dilations[::-1] if reverse else dilations)])
+
+
+class QuantizeEMAReset(nn.Module):
+    """Nearest-code quantiser with an EMA codebook and dead-code reset (T2M-GPT / TokenHMR style).
+
+    Buffers (not parameters: no optimiser touches them): codebook (K, D), code_sum (K, D),
+    code_count (K,), initialised (). Under torch.distributed every rank ends each update with the
+    same codebook: batch statistics are all-reduced, init and reset candidates come from rank 0.
+    """
+
+    def __init__(self, num_codes, dim, decay):
+        super().__init__()
+        self.num_codes, self.dim, self.decay = num_codes, dim, decay
+        self.register_buffer("codebook", torch.zeros(num_codes, dim))
+        self.register_buffer("code_sum", torch.zeros(num_codes, dim))
+        self.register_buffer("code_count", torch.zeros(num_codes))
+        self.register_buffer("initialised", torch.tensor(False))
+
+    def nearest(self, z):
+        """z (..., D) -> ids (...,) of the nearest code in Euclidean distance (ties: lowest id)."""
+        flat = z.reshape(-1, self.dim).float()
+        # ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2
+        d2 = (flat * flat).sum(1, keepdim=True) - 2 * flat @ self.codebook.T + (self.codebook ** 2).sum(1)[None]
+        return d2.argmin(1).view(z.shape[:-1])
+
+    def candidates(self, flat):
+        """K rows of flat (N, D), tiled with noise when N < K, in a random order; rank 0's under DDP."""
+        if len(flat) < self.num_codes:
+            reps = math.ceil(self.num_codes / len(flat))
+            flat = flat.repeat(reps, 1) + torch.randn(len(flat) * reps, self.dim, device=flat.device) * 0.01 / math.sqrt(self.dim)
+        out = flat[torch.randperm(len(flat), device=flat.device)[:self.num_codes]].contiguous()
+        if _distributed():
+            dist.broadcast(out, 0)
+        return out
+
+    @torch.no_grad()
+    def update(self, z, ids):
+        """One EMA step from encoder outputs z (N, D) and their codes ids (N,); returns the batch perplexity.
+
+        code_sum <- mu code_sum + (1 - mu) sum_{i: id_i = k} z_i ; code_count <- mu code_count + (1 - mu) n_k;
+        codebook_k = code_sum_k / code_count_k if code_count_k >= 1, else a random encoder output.
+        """
+        onehot = F.one_hot(ids, self.num_codes).float()  # (N, K)
+        batch_sum, batch_count = onehot.T @ z, onehot.sum(0)  # (K, D), (K,)
+        if _distributed():  # NOTE(paper gap) 6: the references do not all-reduce; ranks must agree
+            dist.all_reduce(batch_sum)
+            dist.all_reduce(batch_count)
+        rand = self.candidates(z)
+        mu = self.decay
+        self.code_sum.mul_(mu).add_((1 - mu) * batch_sum)
+        self.code_count.mul_(mu).add_((1 - mu) * batch_count)
+        used = (self.code_count >= 1.0)[:, None]
+        self.codebook.copy_(torch.where(used, self.code_sum / self.code_count.clamp_min(1e-12)[:, None], rand))
+        p = batch_count / batch_count.sum()
+        return torch.exp(-(p * torch.log(p + 1e-10)).sum())
+
+    @torch.no_grad()
+    def initialise(self, z):
+        """First training batch: the codebook is K encoder outputs (code_sum = them, code_count = 1)."""
+        self.codebook.copy_(self.candidates(z))
+        self.code_sum.copy_(self.codebook)
+        self.code_count.fill_(1.0)
+        self.initialised.fill_(True)
+
+    def forward(self, z):
+        """z (B, L, D) -> (z_q straight-through (B, L, D), ids (B, L), commitment loss (), perplexity ())."""
+        z = z.float()
+        flat = z.reshape(-1, self.dim)
+        if self.training and not bool(self.initialised):
+            self.initialise(flat.detach())
+        ids = self.nearest(z)
+        z_q = self.codebook[ids]  # the codebook before this step's update (T2M-GPT order)
+        perplexity = self.update(flat.detach(), ids.reshape(-1)) if self.training else z.new_zeros(())
+        commit = F.mse_loss(z, z_q.detach())  # ||z - sg[c]||^2
+        return z + (z_q - z).detach(), ids, commit, perplexity  # straight-through: dz_st / dz = I
+
+
+def _distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+class PoseTokenizer(nn.Module):
+    """theta (B, 24, 3) axis-angle -> E -> z (B, L, D) -> ids (B, L) -> D -> R (B, 24, 3, 3).
+
+    Encoder: Conv(C_in -> w) -> nearest x (2 L / 24) -> Conv -> [Conv(k4, s2) -> Resnet1D] (2L -> L)
+    -> Conv(w -> D). Decoder: Conv(D -> w) -> Resnet1D -> Conv(k = s = L / 24) (L -> 24) -> Conv -> 6D.
+    NOTE(paper gap) 2: widths and resampling are TokenHMR-like; the paper says "ResBlocks and 1D
+    convolutions for both encoder and decoder, with a single quantization layer".
+    """
+
+    def __init__(self, cfg, body=None):
+        super().__init__()
+        self.cfg = cfg
+        w, L, D, r = cfg.width, cfg.num_tokens, cfg.code_dim, cfg.num_tokens // NUM_JOINTS
+        c_in = 6 if cfg.input_rep == "rot6d" else 3
+        self.encoder = nn.Sequential(
+            nn.Conv1d(c_in, w, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2 * r, mode="nearest"),
+            nn.Conv1d(w, w, 3, padding=1), nn.ReLU(),
+            nn.Conv1d(w, w, 4, stride=2, padding=1), resnet1d(w, cfg.res_depth, cfg.dilation_growth),
+            nn.Conv1d(w, D, 3, padding=1))
+        self.quantizer = QuantizeEMAReset(cfg.codebook_size, D, cfg.ema_decay)
+        self.decoder = nn.Sequential(
+            nn.Conv1d(D, w, 3, padding=1), nn.ReLU(), resnet1d(w, cfg.res_depth, cfg.dilation_growth, reverse=True),
+            nn.Conv1d(w, w, r, stride=r), nn.ReLU(), nn.Conv1d(w, w, 3, padding=1), nn.ReLU(),
+            nn.Conv1d(w, 6, 3, padding=1))
+        self.body = body if body is not None else SMPLLayer(_smpl())
+
+    def encode(self, pose):
+        """theta (B, 24, 3) axis-angle -> z (B, L, D)."""
+        check_pose(pose)
+        x = pose if self.cfg.input_rep == "axis_angle" else bodymodels.matrix_to_rot6d(
+            bodymodels.axis_angle_to_matrix(pose))
+        return self.encoder(x.transpose(1, 2)).transpose(1, 2)  # (B, C_in, 24) -> (B, D, L) -> (B, L, D)
+
+    def decode(self, e):
+        """Code vectors e (B, L, D) -> rotations R (B, 24, 3, 3) (6D -> Gram-Schmidt)."""
+        x = self.decoder(e.transpose(1, 2)).transpose(1, 2)  # (B, 24, 6)
+        return bodymodels.rot6d_to_matrix(x)
+
+    @torch.no_grad()
+    def tokenize(self, pose):
+        """theta (B, 24, 3) -> ids (B, L); never updates the codebook."""
+        return self.quantizer.nearest(self.encode(pose))
+
+    def decode_ids(self, ids):
+        return self.decode(self.quantizer.codebook[ids])
+
+    def forward(self, pose):
+        """-> {"R" (B, 24, 3, 3), "ids" (B, L), "commit" (), "perplexity" ()}; EMA update in training mode."""
+        z_q, ids, commit, perplexity = self.quantizer(self.encode(pose))
+        return {"R": self.decode(z_q), "ids": ids, "commit": commit, "perplexity": perplexity}
+
+
+def check_pose(pose):
+    if pose.dim() != 3 or tuple(pose.shape[1:]) != (NUM_JOINTS, 3):
+        raise ValueError(f"GenHMR: expected an SMPL pose (B, 24, 3) axis-angle (global orientation first), "
+                         f"got shape {tuple(pose.shape)}")
+
+
+def random_orientations(n, yaw_deg, roll_deg, device=None, generator=None):
+    """Rotations (n, 3, 3) = Rz(roll) Ry(yaw) in camera axes (y is vertical, z the optical axis)."""
+    u = torch.rand(n, 2, device=device, generator=generator) * 2 - 1
+    yaw, roll = torch.deg2rad(u[:, 0] * yaw_deg), torch.deg2rad(u[:, 1] * roll_deg)
+    zero = torch.zeros_like(yaw)
+    Ry = bodymodels.axis_angle_to_matrix(torch.stack([zero, yaw, zero], -1))
+    Rz = bodymodels.axis_angle_to_matrix(torch.stack([zero, zero, roll], -1))
+    return Rz @ Ry
+
+
+def augment_pose(pose, cfg):
+    """App. > Data Augmentation: pre-multiply the global orientation by a random rotation."""
+    if not (cfg.aug_yaw_deg or cfg.aug_roll_deg):
+        return pose
+    R0 = random_orientations(len(pose), cfg.aug_yaw_deg, cfg.aug_roll_deg, pose.device) @ \
+        bodymodels.axis_angle_to_matrix(pose[:, 0])
+    return torch.cat([bodymodels.matrix_to_axis_angle(R0)[:, None], pose[:, 1:]], 1)
+
+
+def tokenizer_training_loss(model, batch, cfg):
+    """Eq. Lvq: L = w_re (w_pose L_theta + w_verts L_V + w_joints L_J) + w_commit ||z - sg[c]||^2.
+
+    batch["smpl_pose"] (B, 24, 3). L1 losses on rotation matrices, vertices and joints of SMPL with
+    beta = 0 (NOTE(paper gap) 4). One forward through `model` (a DDP wrapper or the tokenizer).
+    """
+    pose = augment_pose(batch["smpl_pose"].float(), cfg)
+    out = model(pose)
+    body = _unwrap(model).body
+    R_gt = bodymodels.axis_angle_to_matrix(pose)
+    zeros = pose.new_zeros(len(pose), NUM_BETAS)
+    with torch.no_grad():
+        v_gt, j_gt = body(R_gt, zeros, cfg.loss_vertices)
+    v, j = body(out["R"], zeros, cfg.loss_vertices)
+    terms = {"pose": (out["R"] - R_gt).abs().mean(), "verts": (v - v_gt).abs().mean(),
+             "joints": (j - j_gt).abs().mean(), "commit": out["commit"]}
+    recon = cfg.w_pose * terms["pose"] + cfg.w_verts * terms["verts"] + cfg.w_joints * terms["joints"]
+    loss = cfg.w_re * recon + cfg.w_commit * terms["commit"]
+    return loss, dict(terms, perplexity=out["perplexity"])
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def tokenizer_build_model(cfg, parent=None):
+    if parent is not None:
+        raise ValueError("the pose tokenizer is the first GenHMR stage and starts from no parent model")
+    return PoseTokenizer(cfg)
+
+
+@torch.no_grad()
+def tokenizer_predict(model, batch, cfg):
+    """Reconstruction through the codebook -> joints3d (B, 24, 3), verts (B, 6890, 3) (SMPL with the
+    sample's beta, no translation, global orientation included), ids (B, L), num_codes (B,) = K."""
+    model = _unwrap(model)
+    pose = batch["smpl_pose"].float()
+    ids = model.tokenize(pose)
+    betas = batch.get("smpl_shape", pose.new_zeros(len(pose), NUM_BETAS)).float()
+    verts, joints = model.body(model.decode_ids(ids), betas)
+    num_codes = torch.full((len(ids),), model.quantizer.num_codes, device=ids.device)  # for usage metrics
+    return {"joints3d": joints, "verts": verts, "ids": ids, "num_codes": num_codes}
+
+
+TOKENIZER = types.SimpleNamespace(  # the trainer's stage "genhmr_tokenizer"
+    CONFIGS=TOKENIZER_CONFIGS, build_model=tokenizer_build_model, training_loss=tokenizer_training_loss,
+    predict=tokenizer_predict, learning_rate=learning_rate)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Image encoder: ViT (HMR2.0/ViTPose names) and the ViTDet-style pyramid
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one qkv Linear (ViTPose names: qkv, proj)."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, M, N, C/M)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block with stochastic depth: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, dim, heads, mlp_ratio, drop_path):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn, self.mlp = Attention(dim, heads), Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = drop_path
+
+    def _drop(self, x):
+        if not self.training or self.drop_path == 0:
+            return x
+        keep = torch.rand(len(x), 1, 1, device=x.device) >= self.drop_path
+        return x * keep / (1 - self.drop_path)
+
+    def forward(self, x):
+        x = x + self._drop(self.attn(self.norm1(x)))
+        return x + self._drop(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch, padding, width):
+        super().__init__()
+        self.proj = nn.Conv2d(3, width, patch, stride=patch, padding=padding)
+
+    def forward(self, x):
+        return self.proj(x)  # (B, C, h, w)
+
+
+class ViT(nn.Module):
+    """images (B, 3, H, W) -> feature map (B, C, H/p, W/p), HMR2.0's `ViT` (parameter names included:
+    patch_embed.proj, pos_embed (1, 1 + h w, C) with a class-token slot, blocks.i.*, last_norm)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        H, W = cfg.image_hw
+        self.grid = (H // cfg.patch_size, W // cfg.patch_size)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.patch_padding, cfg.vit_width)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], cfg.vit_width))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        rates = [cfg.drop_path * i / max(1, cfg.vit_depth - 1) for i in range(cfg.vit_depth)]  # stochastic depth
+        self.blocks = nn.ModuleList(Block(cfg.vit_width, cfg.vit_heads, cfg.vit_mlp_ratio, r) for r in rates)
+        self.last_norm = nn.LayerNorm(cfg.vit_width, eps=1e-6)
+
+    def forward(self, images):
+        x = self.patch_embed(images)  # (B, C, h, w)
+        B, C, h, w = x.shape
+        if (h, w) != self.grid:
+            raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {h}x{w} patch grid, expected {self.grid}")
+        # HMR2.0: the class-token slot of pos_embed is added to every patch
+        x = x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # (B, h w, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.last_norm(x).transpose(1, 2).reshape(B, C, h, w)
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of (B, C, H, W) (ViTDet)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x):
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def pyramid_level(width, scale, d_model):
+    """ViTDet simple feature pyramid, one level: log2(scale) x [ConvT(2, 2) halving the channels,
+    then LayerNorm2d + GELU between two], then Conv1x1 -> d_model + GroupNorm (NOTE(paper gap) 7)."""
+    layers, c = [], width
+    for i in range(int(math.log2(scale))):
+        if i:
+            layers += [LayerNorm2d(c), nn.GELU()]
+        layers.append(nn.ConvTranspose2d(c, c // 2, 2, stride=2))
+        c //= 2
+    layers += [nn.Conv2d(c, d_model, 1), nn.GroupNorm(min(32, d_model // 4), d_model)]
+    return nn.Sequential(*layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Masked transformer decoder with multi-scale deformable cross-attention
+
+
+def ms_deform_attn(values, locations, weights):
+    """Eq. MSDA's sum, plain PyTorch: sum_l sum_k A_lqk x^l(p_lqk) per head.
+
+    values: n_levels maps (B M, C/M, H_l, W_l); locations (B, Lq, M, n_levels, P, 2) as (x, y) in
+    [0, 1] of each map; weights (B, Lq, M, n_levels, P). Bilinear, zero outside, align_corners=False
+    (pixel i covers [i, i + 1) / W_l). -> (B, Lq, C).
+    """
+    B, Lq, M, nL, P, _ = locations.shape
+    grids = 2 * locations - 1
+    samples = [F.grid_sample(v, grids[:, :, :, l].transpose(1, 2).flatten(0, 1), mode="bilinear",
+                             padding_mode="zeros", align_corners=False)  # (B M, C/M, Lq, P)
+               for l, v in enumerate(values)]
+    s = torch.stack(samples, dim=-2)  # (B M, C/M, Lq, n_levels, P)
+    w = weights.transpose(1, 2).flatten(0, 1)[:, None]  # (B M, 1, Lq, n_levels, P)
+    out = (s * w).sum((-1, -2))  # (B M, C/M, Lq)
+    return out.view(B, M * out.shape[1], Lq).transpose(1, 2)
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention (Zhu et al. 2020), Eq. MSDA in multi-head form:
+    MSDA(Y, p, {x^l}) = sum_m W_m [sum_l sum_k A_mlqk W'_m x^l(phi_l(p_q) + dp_mlqk)]."""
+
+    def __init__(self, d, heads, levels, points):
+        super().__init__()
+        self.heads, self.levels, self.points = heads, levels, points
+        self.sampling_offsets = nn.Linear(d, heads * levels * points * 2)
+        self.attention_weights = nn.Linear(d, heads * levels * points)
+        self.value_proj, self.output_proj = nn.Linear(d, d), nn.Linear(d, d)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Deformable DETR: offsets start on a radial pattern (point k at k + 1 pixels along head m's
+        direction), attention weights uniform, value/output projections Xavier."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        theta = torch.arange(self.heads) * (2 * math.pi / self.heads)
+        grid = torch.stack([theta.cos(), theta.sin()], -1)
+        grid = grid / grid.abs().max(-1, keepdim=True)[0]  # (M, 2)
+        grid = grid[:, None, None] * torch.arange(1, self.points + 1)[None, None, :, None]  # (M, 1, P, 2)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.expand(-1, self.levels, -1, -1).flatten())
+        for m in (self.attention_weights,):
+            nn.init.zeros_(m.weight), nn.init.zeros_(m.bias)
+        for m in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(m.weight), nn.init.zeros_(m.bias)
+
+    def sampling(self, query, reference):
+        """query (B, Lq, d), reference (B or 1, Lq, 2) in [0, 1] ->
+        locations (B, Lq, M, n_levels, P, 2) before the level scaling, raw offsets and weights."""
+        B, Lq, _ = query.shape
+        offsets = self.sampling_offsets(query).view(B, Lq, self.heads, self.levels, self.points, 2)
+        logits = self.attention_weights(query).view(B, Lq, self.heads, self.levels * self.points)
+        A = logits.softmax(-1).view(B, Lq, self.heads, self.levels, self.points)  # sums to 1 over (l, k)
+        return offsets, A
+
+    def forward(self, query, reference, levels):
+        """query (B, Lq, d), reference (B or 1, Lq, 2), levels: n_levels maps (B, d, H_l, W_l) -> (B, Lq, d)."""
+        B, Lq, d = query.shape
+        offsets, A = self.sampling(query, reference)
+        sizes = torch.tensor([[x.shape[-1], x.shape[-2]] for x in levels], dtype=query.dtype, device=query.device)
+        # p_mlqk = p_q + dp_mlqk / (W_l, H_l): offsets are in pixels of each level
+        loc = reference[:, :, None, None, None, :] + offsets / sizes[None, None, None, :, None, :]
+        # W' x^l as a 1x1 convolution on the (B, d, H_l, W_l) maps (the same Linear, no transposes)
+        weight = self.value_proj.weight[:, :, None, None]
+        values = [F.conv2d(x, weight, self.value_proj.bias).reshape(B * self.heads, d // self.heads, *x.shape[-2:])
+                  for x in levels]
+        return self.output_proj(ms_deform_attn(values, loc, A))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm: Y + SA(LN Y) -> Y + MSDA(LN Y, p, {x^l}) -> Y + FFN(LN Y). NOTE(paper gap) 8."""
+
+    def __init__(self, cfg, levels):
+        super().__init__()
+        d = cfg.d_model
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.self_attn = Attention(d, cfg.num_heads)
+        self.cross_attn = MSDeformAttn(d, cfg.num_heads, levels, cfg.num_points)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, d))
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, y, reference, levels):
+        y = y + self.dropout(self.self_attn(self.norm1(y)))  # inter-token dependencies
+        # Eq. MSDA: pose-token queries attend to a few points around p_y on every level
+        y = y + self.dropout(self.cross_attn(self.norm2(y), reference, levels))
+        return y + self.dropout(self.ffn(self.norm3(y)))
+
+
+class MaskedTransformer(nn.Module):
+    """token_generator: ids Y_M (B, L) with [MASK] = K, pyramid -> logits (B, L, K) of p(y_i | Y_M, X)."""
+
+    def __init__(self, cfg, num_tokens, num_codes):
+        super().__init__()
+        d, self.mask_id = cfg.d_model, num_codes
+        self.tok_emb = nn.Embedding(num_codes + 1, d)  # the last row is the learnable [MASK]
+        self.pos_emb = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
+        # learnable reference points p_y = sigmoid(r_y), r (L, 2), spread over the image at the start
+        # (NOTE(paper gap) 9: Deformable DETR's sigmoid(Linear(pos)) put all L points within a pixel
+        # of the centre with a 0.02-std position embedding: every token read the same place)
+        self.reference = nn.Parameter(torch.logit(torch.rand(num_tokens, 2) * 0.8 + 0.1))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, len(cfg.feature_scales)) for _ in range(cfg.num_layers))
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, num_codes)
+
+    def reference_points(self):
+        return self.reference.sigmoid()[None]  # (1, L, 2) as (x, y) in [0, 1] of the image
+
+    def forward(self, ids, levels):
+        y = self.tok_emb(ids) + self.pos_emb  # (B, L, d)
+        ref = self.reference_points()
+        for layer in self.layers:
+            y = layer(y, ref, levels)
+        return self.head(self.norm(y))  # (B, L, K)
+
+
+class ShapeCameraHead(nn.Module):
+    """beta (B, 10) and weak-perspective camera [s, tx, ty] (B, 3) from the pooled 1x ViT map, as
+    residuals on HMR2.0's mean parameters (beta = 0, cam = [0.9, 0, 0]). NOTE(paper gap) 10."""
+
+    def __init__(self, width, hidden):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, NUM_BETAS + 3))
+        nn.init.xavier_uniform_(self.mlp[-1].weight, gain=0.01), nn.init.zeros_(self.mlp[-1].bias)
+        self.register_buffer("mean", torch.tensor([0.0] * NUM_BETAS + [0.9, 0.0, 0.0]))
+
+    def forward(self, feature):
+        out = self.mlp(feature.mean((-1, -2))) + self.mean  # (B, 13)
+        return out[:, :NUM_BETAS], out[:, NUM_BETAS:]
+
+
+class GenHMR(nn.Module):
+    """Image-conditioned masked transformer with the frozen pose tokenizer as a submodule."""
+
+    def __init__(self, cfg, tokenizer):
+        super().__init__()
+        self.cfg, self.tokenizer = cfg, tokenizer.eval().requires_grad_(False)
+        tcfg = tokenizer.cfg
+        self.num_tokens, self.num_codes = tcfg.num_tokens, tcfg.codebook_size
+        self.backbone = ViT(cfg)
+        self.pyramid = nn.ModuleList(pyramid_level(cfg.vit_width, s, cfg.d_model) for s in cfg.feature_scales)
+        self.token_generator = MaskedTransformer(cfg, self.num_tokens, self.num_codes)
+        self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
+        self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # training steps done (Eq. 5's t)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.tokenizer.eval()  # frozen: the codebook never updates here
+        return self
+
+    def encode_image(self, images):
+        """images (B, 3, H, W) in [0, 1] -> (pyramid: n_levels maps (B, d, s h, s w), beta, cam)."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"GenHMR: expected images (B, 3, H, W), got {tuple(images.shape)}")
+        x = (images - self.mean_std[0]) / self.mean_std[1]
+        feature = self.backbone(x)  # (B, C, h, w)
+        betas, cam = self.shape_camera_head(feature)
+        return [level(feature) for level in self.pyramid], betas, cam
+
+    def forward(self, images, ids):
+        """images, masked ids (B, L) -> {"logits" (B, L, K), "betas" (B, 10), "cam" (B, 3)}."""
+        levels, betas, cam = self.encode_image(images)
+        return {"logits": self.token_generator(ids, levels), "betas": betas, "cam": cam}
+
+
+def build_model(cfg, parent=None):
+    """The stage-2 model; `parent` is the TRAINED pose tokenizer (frozen here and held as a submodule)."""
+    if parent is None:
+        raise ValueError("GenHMR's image stage needs the trained pose tokenizer as its parent: train the "
+                         "stage 'genhmr_tokenizer' first (its checkpoint is missing)")
+    if not isinstance(parent, PoseTokenizer):
+        raise ValueError(f"GenHMR: parent must be a PoseTokenizer, got {type(parent).__name__}")
+    if not bool(parent.quantizer.initialised):
+        raise ValueError("GenHMR: the parent pose tokenizer was never trained (its codebook is uninitialised)")
+    return GenHMR(cfg, parent)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Training: masking, Gumbel-softmax, losses (Eq. 1, 5, 6)
+
+
+def num_masked(tau, L):
+    """Training Strategy: m = ceil(cos(pi tau / 2) L), clamped to [1, L] (NOTE(paper gap) 11)."""
+    return torch.ceil(torch.cos(math.pi * tau / 2) * L - 1e-6).clamp(1, L).long()
+
+
+def random_masking(ids, mask_id, tau_max=1.0, generator=None):
+    """ids (B, L) -> (Y_M with m per-sample random positions set to mask_id, mask (B, L) bool)."""
+    B, L = ids.shape
+    tau = torch.rand(B, device=ids.device, generator=generator) * tau_max
+    m = num_masked(tau, L)  # (B,)
+    ranks = torch.rand(B, L, device=ids.device, generator=generator).argsort(1).argsort(1)  # random permutation
+    mask = ranks < m[:, None]
+    return torch.where(mask, torch.full_like(ids, mask_id), ids), mask
+
+
+def gumbel_temperature(cfg, step):
+    """Eq. (5) over the first anneal_fraction of max_steps, then held at tau_end (NOTE(paper gap) 14)."""
+    T = max(1.0, cfg.anneal_fraction * cfg.max_steps)
+    t = min(float(step), T)
+    return cfg.tau_end + 0.5 * (cfg.tau_start - cfg.tau_end) * (1 + math.cos(math.pi * t / T))
+
+
+def gumbel_softmax_st(logits, tau, noise=None):
+    """Straight-through Gumbel-softmax: forward one-hot(argmax(l + n)), backward d softmax((l + n) / tau).
+
+    Eq. (6): p_k = exp((l_k + n_k) / tau) / sum_j exp((l_j + n_j) / tau), n ~ Gumbel(0, 1).
+    """
+    if noise is None:
+        u = torch.rand_like(logits).clamp(1e-10, 1 - 1e-7)
+        noise = -torch.log(-torch.log(u))
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 under autocast -> fp32
+    soft = F.softmax((logits + noise) / tau, dim=-1)
+    hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
+    return hard - soft.detach() + soft
+
+
+def normalised_keypoints(joints2d, image_hw):
+    """Pixels (B, J, 2) of an H x W crop -> normalised crop coordinates (pixel - (W/2, H/2)) / H."""
+    H, W = image_hw
+    return (joints2d - joints2d.new_tensor([W / 2, H / 2])) / H
+
+
+def project(joints, cam):
+    """HMR2.0's camera: joints (B, J, 3), cam [s, tx, ty] (B, 3) -> normalised 2D (B, J, 2), t (B, 3)."""
+    t = bodymodels.weak_perspective_to_translation(cam, FOCAL_LENGTH, CROP_SIZE)
+    return bodymodels.project_to_crop(joints, t, FOCAL_LENGTH, CROP_SIZE), t
+
+
+def training_loss(model, batch, cfg):
+    """L_total = w_mask L_mask (Eq. 1) + w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D through
+    straight-through Gumbel-softmax (Eq. 5, 6). batch: SyntheticBodies keys image, smpl_pose,
+    smpl_shape, joints3d (camera coordinates), joints2d (pixels). One forward through `model`."""
+    raw = _unwrap(model)
+    pose, images = batch["smpl_pose"].float(), batch["image"]
+    check_pose(pose)
+    y_gt = raw.tokenizer.tokenize(pose)  # Y* on the fly (after any augmentation)
+    y_m, masked = random_masking(y_gt, raw.num_codes, cfg.mask_tau_max)
+    out = model(images, y_m)
+    step = int(raw.step)
+    raw.step += 1
+    # Eq. (1): L_mask = -sum_i log p(y_i | Y_M, X), averaged over positions and batch
+    ce = F.cross_entropy(out["logits"].float().flatten(0, 1), y_gt.flatten(), reduction="none").view_as(y_gt)
+    l_mask = ce.mean() if cfg.ce_on == "all" else (ce * masked).sum() / masked.sum()
+    # Eq. (5), (6): one-hot tokens forward, soft gradient backward; e = y C through the frozen decoder
+    tau = gumbel_temperature(cfg, step)
+    y = gumbel_softmax_st(out["logits"], tau)
+    if cfg.gumbel_positions == "masked":
+        y = torch.where(masked[..., None], y, F.one_hot(y_gt, raw.num_codes).to(y.dtype))
+    R = raw.tokenizer.decode(y @ raw.tokenizer.quantizer.codebook)  # (B, 24, 3, 3)
+    terms = {"mask": l_mask, **smpl_losses(raw, R, out["betas"].float(), out["cam"].float(), batch, cfg)}
+    loss = (cfg.w_mask * terms["mask"] + cfg.w_pose * terms["pose"] + cfg.w_betas * terms["betas"]
+            + cfg.w_3d * terms["joints3d"] + cfg.w_2d * terms["joints2d"])
+    hits = (out["logits"].argmax(-1) == y_gt).float()
+    return loss, dict(terms, tau=torch.tensor(tau), masked_acc=(hits * masked).sum() / masked.sum())  # acc at [MASK]s
+
+
+def smpl_losses(raw, R, betas, cam, batch, cfg):
+    """L_theta, L_beta (MSE summed), L_3D (pelvis-centred L1), L_2D (normalised L1), all summed over
+    joints, coordinates and batch (NOTE(paper gap) 15: HMR2.0/TokenHMR forms and reductions)."""
+    R_gt = bodymodels.axis_angle_to_matrix(batch["smpl_pose"].float())
+    joints = raw.tokenizer.body.joints(R, betas)  # (B, 24, 3), SMPL root at its rest position
+    j3d_gt = batch["joints3d"].float()
+    uv, _ = project(joints, cam)
+    uv_gt = normalised_keypoints(batch["joints2d"].float(), batch["image"].shape[-2:])
+    return {"pose": ((R - R_gt) ** 2).sum(),
+            "betas": ((betas - batch["smpl_shape"].float()) ** 2).sum(),
+            "joints3d": ((joints - joints[:, PELVIS:PELVIS + 1]) - (j3d_gt - j3d_gt[:, PELVIS:PELVIS + 1])).abs().sum(),
+            "joints2d": (uv - uv_gt).abs().sum()}
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Inference: uncertainty-guided sampling and 2D-pose-guided refinement
+
+
+def mask_schedule(name, r):
+    """gamma(t / T) of App. > Mask Scheduling Function; r = t / T in [0, 1]."""
+    if name == "cosine":
+        return (1 + math.cos(math.pi * r)) / 2
+    if name == "linear":
+        return 1 - r
+    if name == "cubic":
+        return 1 - r ** 3
+    if name == "sqrt":
+        return math.sqrt(max(0.0, 1 - r * r))
+    raise ValueError(f"unknown mask schedule {name!r}: expected one of {SCHEDULES}")
+
+
+def remask_counts(L, T, schedule="cosine"):
+    """Tokens re-masked after iterations t = 1..T: ceil(gamma(t / T) L) (n_T = 0). NOTE(paper gap) 17.
+
+    The 1e-9 keeps exact products exact: cos, T = 3, t = 2 gives 0.25 x 96 = 24, not float's 24.000000000000007 -> 25.
+    """
+    if T < 1:
+        raise ValueError(f"UGS needs T >= 1 iterations, got {T}")
+    return [min(L, math.ceil(mask_schedule(schedule, t / T) * L - 1e-9)) for t in range(1, T + 1)]
+
+
+def sample_tokens(probs, top_k, generator=None):
+    """probs (B, L, K) -> ids (B, L): argmax for top_k = 1, else a draw among each position's top k."""
+    if top_k == 1:
+        return probs.argmax(-1)
+    p, idx = probs.topk(top_k, dim=-1)  # (B, L, k)
+    choice = torch.multinomial(p.flatten(0, 1), 1, generator=generator).view(*p.shape[:2], 1)
+    return idx.gather(-1, choice)[..., 0]
+
+
+@torch.no_grad()
+def uncertainty_guided_sampling(model, images, T=5, schedule="cosine", top_k=1, generator=None):
+    """Inference Strategy > UGS: start all [MASK]; each iteration samples every masked token, then
+    re-masks the ceil(gamma(t / T) L) least confident of them; the image encoder runs once.
+
+    -> {"ids" (B, L), "betas", "cam", "history": [(masked (B, L) bool after t, confidence (B, L))]}.
+    """
+    model = _unwrap(model)
+    levels, betas, cam = model.encode_image(images)  # once, whatever T is
+    ids, history = sample_from_features(model, levels, T, schedule, top_k, generator)
+    return {"ids": ids, "betas": betas, "cam": cam, "history": history}
+
+
+@torch.no_grad()
+def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generator=None):
+    """UGS's iterations on an encoded image pyramid -> (ids (B, L), history)."""
+    B, L, device = len(levels[0]), model.num_tokens, levels[0].device
+    ids = torch.full((B, L), model.num_codes, dtype=torch.long, device=device)
+    masked = torch.ones(B, L, dtype=torch.bool, device=device)
+    history = []
+    for n in remask_counts(L, T, schedule):
+        probs = model.token_generator(ids, levels).float().softmax(-1)  # (B, L, K)
+        sampled = sample_tokens(probs, top_k, generator)
+        confidence = probs.gather(-1, sampled[..., None])[..., 0]  # probability of the chosen token
+        ids = torch.where(masked, sampled, ids)
+        score = torch.where(masked, confidence, torch.full_like(confidence, math.inf))  # fixed stay fixed
+        order = score.argsort(dim=1, stable=True)  # least confident first, ties to the lower index
+        masked = torch.zeros_like(masked).scatter(1, order[:, :n], True)
+        ids = torch.where(masked, torch.full_like(ids, model.num_codes), ids)
+        history.append((masked.clone(), confidence))
+    return ids, history
+
+
+def refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale):
+    """Eq. (2)-(3) per sample: G = sum_j ||S (Pi(K(J'_3D + t)) - J_2D)||^2 + lambda ||R(e) - R_0||^2 -> (B,)."""
+    R = tokenizer.decode(e)
+    joints = tokenizer.body.joints(R, betas)
+    uv = bodymodels.project_to_crop(joints, t, FOCAL_LENGTH, CROP_SIZE)
+    return (((uv - targets) * scale) ** 2).sum((1, 2)) + reg * ((R - R0) ** 2).sum((1, 2, 3))
+
+
+def refine(tokenizer, ids, betas, cam, targets, steps=20, lr=1.0, reg=10.0, scale=256.0, halvings=6):
+    """Inference Strategy > 2D Pose-Guided Refinement, Eqs. (2)-(4), every network frozen.
+
+    The variable is the code vectors e = C[Y] (B, L, D) fed to the frozen tokenizer decoder (not
+    re-quantised); beta, camera and all parameters stay fixed. Eq. (4): e <- e - eta grad_e G, with
+    a per-sample eta that halves until G falls (at most `halvings` times; no move if it never does)
+    and doubles after an accepted step (NOTE(paper gap) 18), so G never rises.
+    targets: normalised 2D keypoints (B, 24, 2); scale: pixels per normalised unit (crop height).
+    -> (refined code vectors (B, L, D), G before (B,), G after (B,)).
+    """
+    e = tokenizer.quantizer.codebook[ids].detach().clone()
+    with torch.no_grad():
+        t = bodymodels.weak_perspective_to_translation(cam, FOCAL_LENGTH, CROP_SIZE)
+        R0 = tokenizer.decode(e)
+    eta = torch.full((len(e), 1, 1), float(lr), device=e.device)
+    G_start = G = None
+    for _ in range(steps):
+        with torch.enable_grad():
+            e.requires_grad_(True)
+            G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale)
+            grad, = torch.autograd.grad(G.sum(), e)  # only e: no parameter receives a gradient
+        e, G = e.detach(), G.detach()
+        G_start = G if G_start is None else G_start
+        e, G, eta = _backtrack(tokenizer, e, G, grad, eta, (betas, t, targets, R0, reg, scale), halvings)
+    if G is None:
+        with torch.no_grad():
+            G_start = G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale)
+    return e, G_start, G
+
+
+@torch.no_grad()
+def _backtrack(tokenizer, e, G, grad, eta, args, halvings):
+    """One Eq. (4) step per sample with the largest eta / 2^i (i < halvings) that lowers G."""
+    done = torch.zeros(len(e), dtype=torch.bool, device=e.device)
+    for _ in range(halvings):
+        trial = e - eta * grad
+        G_trial = refinement_objective(tokenizer, trial, *args)
+        accept = (G_trial < G) & ~done
+        e = torch.where(accept[:, None, None], trial, e)
+        G = torch.where(accept, G_trial, G)
+        eta = torch.where((~done & ~accept)[:, None, None], eta / 2, eta)
+        done |= accept
+        if bool(done.all()):
+            break
+    return e, G, torch.where(done[:, None, None], eta * 2, eta)
+
+
+def keypoint_noise(batch, std_px, shape):
+    """Deterministic N(0, std_px^2) noise (B, 24, 2) in pixels, one generator per sample seeded by
+    batch["index"] when given, else by the sample's own joints2d (batch-independent either way)."""
+    if "index" in batch:
+        seeds = [int(i) for i in batch["index"].reshape(-1)]
+    else:
+        seeds = [int(x.double().abs().sum().item() * 1e4) % (2 ** 31) for x in batch["joints2d"]]
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    return torch.stack(noise).to(batch["joints2d"].device) * std_px
+
+
+def mesh_outputs(tokenizer, R, betas, cam, prefix=""):
+    """SMPL mesh in the labels' camera frame -> {joints3d, verts, joints2d (normalised), cam_t}."""
+    verts, joints = tokenizer.body(R, betas)
+    uv, t = project(joints, cam)
+    return {f"{prefix}joints3d": joints + t[:, None], f"{prefix}verts": verts + t[:, None],
+            f"{prefix}joints2d_norm": uv, f"{prefix}cam_t": t}
+
+
+@torch.no_grad()
+def predict(model, batch, cfg):
+    """UGS (cfg.ugs_iterations, schedule, top_k), then refinement (cfg.refine_steps) against
+    batch["joints2d"] + keypoint_noise -> per-sample tensors: joints3d (B, 24, 3), verts (B, 6890, 3)
+    in metres in the labels' camera frame, joints2d (B, 24, 2) pixels, ids, betas; the same with
+    prefix refined_; reproj_error_px and refined_reproj_error_px (B,): mean 2D distance to the
+    keypoints refinement was given. And the report-only table (Tables 2, 3, 11): joints3d of UGS for
+    every T in cfg.table_iterations x schedule (table_{schedule}_T{T}_joints3d) and of refinement for
+    every P in cfg.table_refine_steps (table_refine_P{P}_joints3d). The image is encoded once."""
+    model = _unwrap(model)
+    images, tok = batch["image"], model.tokenizer
+    H, W = images.shape[-2:]
+    levels, betas, cam = model.encode_image(images)
+    ids = sample_from_features(model, levels, cfg.ugs_iterations, cfg.schedule, cfg.top_k)[0]
+    out = mesh_outputs(tok, tok.decode_ids(ids), betas, cam)
+    targets_px = batch["joints2d"].float() + keypoint_noise(batch, cfg.refine_noise_px, (NUM_JOINTS, 2))
+    targets = normalised_keypoints(targets_px, (H, W))
+    refined = {P: refine(tok, ids, betas, cam, targets, P, cfg.refine_lr, cfg.refine_reg, float(H))[0]
+               for P in sorted({cfg.refine_steps, *cfg.table_refine_steps})}
+    out.update(mesh_outputs(tok, tok.decode(refined[cfg.refine_steps]), betas, cam, "refined_"))
+    for prefix in ("", "refined_"):
+        uv = out.pop(f"{prefix}joints2d_norm")
+        out[f"{prefix}joints2d"] = uv * H + uv.new_tensor([W / 2, H / 2])
+        out[f"{prefix}reproj_error_px"] = (out[f"{prefix}joints2d"] - targets_px).norm(dim=-1).mean(-1)
+    out.update(ids=ids, betas=betas)
+    for schedule in SCHEDULES if cfg.table_iterations else ():
+        for T in cfg.table_iterations:
+            table_ids = sample_from_features(model, levels, T, schedule, cfg.top_k)[0]
+            out[f"table_{schedule}_T{T}_joints3d"] = tok.body.joints(tok.decode_ids(table_ids), betas)
+    for P in cfg.table_refine_steps:
+        out[f"table_refine_P{P}_joints3d"] = tok.body.joints(tok.decode(refined[P]), betas)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Tools: parameter counts, timing, a visible demo
+
+
+def count_parameters(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def parameter_table(cfg, tcfg):
+    """(part, parameters) at a config pair, built on the meta device (no body model, no weights)."""
+    with torch.device("meta"):
+        tok = PoseTokenizer(tcfg, body=nn.Module())
+        parts = [("tokenizer.encoder", tok.encoder), ("tokenizer.decoder", tok.decoder),
+                 ("backbone (ViT)", ViT(cfg)),
+                 ("pyramid", nn.ModuleList(pyramid_level(cfg.vit_width, s, cfg.d_model) for s in cfg.feature_scales)),
+                 ("token_generator", MaskedTransformer(cfg, tcfg.num_tokens, tcfg.codebook_size)),
+                 ("shape_camera_head", ShapeCameraHead(cfg.vit_width, cfg.head_hidden))]
+    rows = [(name, count_parameters(m)) for name, m in parts]
+    rows.insert(2, ("tokenizer codebook (buffer, EMA)", tcfg.codebook_size * tcfg.code_dim))
+    return rows
+
+
+def demo_models(name="tiny"):
+    """An untrained tokenizer (codebook initialised from one batch of random poses) and GenHMR."""
+    tok = PoseTokenizer(TOKENIZER_CONFIGS[name]).train()
+    tok(torch.randn(64, NUM_JOINTS, 3) * 0.3)  # initialises the codebook
+    return tok.eval(), build_model(CONFIGS[name], tok.eval()).eval()
+
+
+def benchmark(model, cfg, iterations=(1, 3, 5), refine_steps=(0, 5, 20), reps=3):
+    """AITI (seconds per image, batch 1): UGS for each T, then UGS-5 + refinement for each P."""
+    H, W = cfg.image_hw
+    batch = {"image": torch.rand(1, 3, H, W), "joints2d": torch.rand(1, NUM_JOINTS, 2) * H}
+    rows = []
+    for T in iterations:
+        rows.append((f"UGS T={T}", _time(lambda: uncertainty_guided_sampling(model, batch["image"], T), reps)))
+    for P in refine_steps:
+        c = type(cfg)(**{**cfg.__dict__, "ugs_iterations": 5, "refine_steps": P, "table_iterations": (),
+                         "table_refine_steps": ()})
+        rows.append((f"UGS T=5 + refine P={P}", _time(lambda: predict(model, batch, c), reps)))
+    return rows
+
+
+def _time(fn, reps):
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
+def main():
+    parser = argparse.ArgumentParser(description="GenHMR: parameter counts, inference time, a demo.")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="config for the demo and --bench")
+    parser.add_argument("--params", action="store_true", help="print per-part parameter counts at PAPER")
+    parser.add_argument("--bench", action="store_true", help="average inference time per image (AITI) on CPU "
+                                                              "for T = 1, 3, 5 and 0, 5, 20 refinement steps")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.params:
+        rows = parameter_table(PAPER, TOKENIZER_PAPER)
+        for name, n in rows:
+            print(f"[paper] {name:34s} {n / 1e6:9.2f}M")
+        print(f"[paper] {'total (trained in stage 2)':34s} {sum(n for k, n in rows[3:]) / 1e6:9.2f}M")
+    if args.bench:
+        _, model = demo_models(args.config)
+        for name, seconds in benchmark(model, CONFIGS[args.config]):
+            print(f"[{args.config}] {name:24s} {seconds * 1e3:8.1f} ms per image (untrained weights, CPU)")
+    if not (args.params or args.bench):
+        _demo(args.config)
+
+
+def _demo(name):
+    """Untrained models, one random image: UGS step by step (which tokens stay masked), then refinement."""
+    tok, model = demo_models(name)
+    cfg = CONFIGS[name]
+    images = torch.rand(1, 3, *cfg.image_hw)
+    ugs = uncertainty_guided_sampling(model, images, cfg.ugs_iterations, cfg.schedule)
+    print(f"GenHMR [{name}]: {count_parameters(model) / 1e6:.2f}M parameters "
+          f"({count_parameters(tok) / 1e6:.2f}M in the frozen tokenizer); L={model.num_tokens} tokens, "
+          f"K={model.num_codes} codes; re-mask counts {remask_counts(model.num_tokens, cfg.ugs_iterations)}")
+    for t, (masked, conf) in enumerate(ugs["history"], 1):
+        row = "".join("#" if m else "." for m in masked[0].tolist())
+        print(f"  UGS t={t}: {row}  ({int(masked.sum())} masked, mean confidence {conf.mean():.4f})")
+    targets = torch.rand(1, NUM_JOINTS, 2) - 0.5
+    _, G0, G1 = refine(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, cfg.refine_steps)
+    print(f"  refinement ({cfg.refine_steps} steps) against random keypoints: G {G0.item():.1f} -> {G1.item():.1f}")
+
+
+if __name__ == "__main__":
+    main()
