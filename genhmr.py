@@ -992,7 +992,7 @@ def refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale):
     return (((uv - targets) * scale) ** 2).sum((1, 2)) + reg * ((R - R0) ** 2).sum((1, 2, 3))
 
 
-def refine(tokenizer, ids, betas, cam, targets, steps=20, lr=1.0, reg=10.0, scale=256.0, halvings=6):
+def refine(tokenizer, ids, betas, cam, targets, steps=20, lr=1.0, reg=10.0, scale=256.0, halvings=6, kept=None):
     """Inference Strategy > 2D Pose-Guided Refinement, Eqs. (2)-(4), every network frozen.
 
     The variable is the code vectors e = C[Y] (B, L, D) fed to the frozen tokenizer decoder (not
@@ -1000,7 +1000,8 @@ def refine(tokenizer, ids, betas, cam, targets, steps=20, lr=1.0, reg=10.0, scal
     a per-sample eta that halves until G falls (at most `halvings` times; no move if it never does)
     and doubles after an accepted step (NOTE(paper gap) 18), so G never rises.
     targets: normalised 2D keypoints (B, 24, 2); scale: pixels per normalised unit (crop height).
-    -> (refined code vectors (B, L, D), G before (B,), G after (B,)).
+    -> (refined code vectors (B, L, D), G before (B,), G after (B,)). kept: {P: None} for P <= steps,
+    filled with the code vectors after P steps (one descent gives every shorter refinement too).
     """
     e = tokenizer.quantizer.codebook[ids].detach().clone()
     with torch.no_grad():
@@ -1008,7 +1009,12 @@ def refine(tokenizer, ids, betas, cam, targets, steps=20, lr=1.0, reg=10.0, scal
         R0 = tokenizer.decode(e)
     eta = torch.full((len(e), 1, 1), float(lr), device=e.device)
     G_start = G = None
-    for _ in range(steps):
+    kept = {} if kept is None else kept
+    for done in range(steps + 1):
+        if done in kept:
+            kept[done] = e.detach()
+        if done == steps:
+            break
         with torch.enable_grad():
             e.requires_grad_(True)
             G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale)
@@ -1075,8 +1081,8 @@ def predict(model, batch, cfg):
     out = mesh_outputs(tok, tok.decode_ids(ids), betas, cam)
     targets_px = batch["joints2d"].float() + keypoint_noise(batch, cfg.refine_noise_px, (NUM_JOINTS, 2))
     targets = normalised_keypoints(targets_px, (H, W))
-    refined = {P: refine(tok, ids, betas, cam, targets, P, cfg.refine_lr, cfg.refine_reg, float(H))[0]
-               for P in sorted({cfg.refine_steps, *cfg.table_refine_steps})}
+    refined = dict.fromkeys((cfg.refine_steps, *cfg.table_refine_steps))  # one descent, every P read from it
+    refine(tok, ids, betas, cam, targets, max(refined), cfg.refine_lr, cfg.refine_reg, float(H), kept=refined)
     out.update(mesh_outputs(tok, tok.decode(refined[cfg.refine_steps]), betas, cam, "refined_"))
     for prefix in ("", "refined_"):
         uv = out.pop(f"{prefix}joints2d_norm")

@@ -351,8 +351,12 @@ def test_refinement_changes_no_parameter_and_lowers_its_objective(model):
     ugs = genhmr.uncertainty_guided_sampling(model, images, T=2)
     before = _state_hash(model)
     targets = torch.rand(3, 24, 2, generator=seeded(7)) * 0.4 - 0.2
-    e, G0, G1 = genhmr.refine(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, steps=4)
-    assert (G1 < G0).all()
+    kept = dict.fromkeys((0, 2, 4))
+    e, G0, G1 = genhmr.refine(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, steps=4, kept=kept)
+    assert (G1 < G0).all() and torch.equal(kept[4], e)
+    assert torch.equal(kept[0], tok.quantizer.codebook[ugs["ids"]])  # the start: the sampled codes
+    with torch.no_grad():  # a shorter refinement is the start of a longer one
+        assert torch.equal(kept[2], genhmr.refine(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, steps=2)[0])
     after = _state_hash(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in model.parameters())
