@@ -8,22 +8,11 @@ One person crop in, an SMPL mesh out, through two trained stages and a two-step 
     infer    uncertainty-guided sampling (T iterations, re-mask the least confident) -> ids
              -> 2D-pose-guided refinement (Eqs. 2-4: gradient descent on the code vectors) -> SMPL
 
-- Pose tokenizer (Method > Pose Tokenizer; App. > Implementation Details): 1D convolutions and
-  ResBlocks over the joint axis, one EMA codebook (decay 0.99, dead codes reset to encoder outputs,
-  statistics all-reduced over DDP ranks), straight-through estimator, loss Eq. Lvq with the L1
-  reconstruction of pose, vertices and joints. `TOKENIZER` is its trainer stage.
-- Image encoder: a ViT with the HMR2.0/ViTPose parameter names (the paper's ViT-H loads the official
-  backbone with strict=True), upsampled ViTDet-style into a multi-scale pyramid (1x, 4x, 8x;
-  Table 15's 16x is a config field).
-- Masked transformer decoder: token embedding with a learnable [MASK] (id K), position embedding,
-  learnable reference points; each layer self-attention -> multi-scale deformable cross-attention
-  (Eq. MSDA, plain PyTorch with grid_sample) -> FFN; logits over the K codes at every position.
-- Training (Eq. 1, 5, 6): cosine masking, token cross-entropy, straight-through Gumbel-softmax through
-  the frozen codebook, tokenizer decoder and SMPL into SMPL, 3D and 2D losses; weights 1, 1e-3,
-  5e-4, 5e-2, 1e-2. The module-level protocol (`CONFIGS`, `build_model`, `training_loss`, `predict`,
-  `learning_rate`) is this stage.
-- Inference: `uncertainty_guided_sampling` (four schedules, top-k, encoder run once) and
-  `refine` (Eqs. 2-4, every network frozen). `python genhmr.py [--params] [--bench]`.
+Sections below: 1 configs (`PAPER`, `TINY`, each number with its table), 2 SMPL, 3 the tokenizer
+(EMA codebook all-reduced over DDP ranks; `TOKENIZER` is its trainer stage), 4 the ViT (HMR2.0's
+parameter names) and its pyramid, 5 the decoder (MSDA with grid_sample), 6 training (Eq. 1, 5, 6;
+the module-level protocol `CONFIGS`, `build_model`, `training_loss`, `predict`, `learning_rate` is
+this image stage), 7 inference (UGS, refinement), 8 `python genhmr.py [--params] [--bench]`.
 
 Training: `torchrun --standalone --nproc_per_node=2 train.py --model genhmr` runs the two rows of
 train.py's MODELS, "genhmr_tokenizer" (`TOKENIZER`, on `data.body_pose_dataset`) and then "genhmr"
@@ -266,18 +255,15 @@ class SMPLLayer(nn.Module):
 
     def __init__(self, smpl):
         super().__init__()
-        for name in ("v_template", "shapedirs", "posedirs", "J_regressor", "lbs_weights"):
-            self.register_buffer(name, getattr(smpl, name).detach().float().clone(), persistent=False)
-        self.parents = smpl.parents.tolist()
+        skin = bodymodels.Skinning(smpl, torch.float32, per_sample=False)  # J = J_template + J_shapedirs beta, precomputed
+        for name in ("v_template", "shapedirs", "posedirs", "J_regressor", "lbs_weights", "J_template", "J_shapedirs"):
+            self.register_buffer(name, getattr(skin, name).clone(), persistent=False)
+        self.parents = skin.parents
         self.faces = torch.as_tensor(smpl.faces.astype("int64"))
         self._subsets = {}  # vertex subsets for the losses, built on first use
-        # J = J_reg (T + S beta) = J_template + J_shapedirs beta
-        self.register_buffer("J_template", self.J_regressor @ self.v_template, persistent=False)  # (24, 3)
-        self.register_buffer("J_shapedirs", torch.einsum("jv,vcl->jcl", self.J_regressor, self.shapedirs),
-                             persistent=False)  # (24, 3, 10)
 
     def rest_joints(self, betas):
-        return self.J_template + torch.einsum("jcl,bl->bjc", self.J_shapedirs, betas)  # (B, 24, 3)
+        return self.J_template + (betas @ self.J_shapedirs.T).view(len(betas), -1, 3)  # (B, 24, 3)
 
     def joints(self, R, betas):
         """Posed joints (B, 24, 3) by forward kinematics alone (no skinning)."""
@@ -1048,15 +1034,11 @@ def _backtrack(tokenizer, e, G, grad, eta, args, halvings):
     return e, G, torch.where(done[:, None, None], eta * 2, eta)
 
 
-def keypoint_noise(batch, std_px, shape):
-    """Deterministic N(0, std_px^2) noise (B, 24, 2) in pixels, one generator per sample seeded by
-    batch["index"] when given, else by the sample's own joints2d (batch-independent either way)."""
-    if "index" in batch:
-        seeds = [int(i) for i in batch["index"].reshape(-1)]
-    else:
-        seeds = [int(x.double().abs().sum().item() * 1e4) % (2 ** 31) for x in batch["joints2d"]]
-    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
-    return torch.stack(noise).to(batch["joints2d"].device) * std_px
+def keypoint_noise(index, std_px, shape):
+    """N(0, std_px^2) noise (B, *shape) in pixels, one generator per sample seeded by its dataset
+    index (B,): the same whichever rank or batch evaluates the sample."""
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(i))) for i in index.reshape(-1)]
+    return torch.stack(noise).to(index.device) * std_px
 
 
 def mesh_outputs(tokenizer, R, betas, cam, prefix=""):
@@ -1082,7 +1064,10 @@ def predict(model, batch, cfg):
     levels, betas, cam = model.encode_image(images)
     ids = sample_from_features(model, levels, cfg.ugs_iterations, cfg.schedule, cfg.top_k)[0]
     out = mesh_outputs(tok, tok.decode_ids(ids), betas, cam)
-    targets_px = batch["joints2d"].float() + keypoint_noise(batch, cfg.refine_noise_px, (NUM_JOINTS, 2))
+    if "index" not in batch:
+        raise ValueError("genhmr.predict: the batch needs 'index' (B,), the samples' dataset indices that seed "
+                         "the keypoint noise (data.Indexed adds it)")
+    targets_px = batch["joints2d"].float() + keypoint_noise(batch["index"], cfg.refine_noise_px, (NUM_JOINTS, 2))
     targets = normalised_keypoints(targets_px, (H, W))
     refined = dict.fromkeys((cfg.refine_steps, *cfg.table_refine_steps))  # one descent, every P read from it
     refine(tok, ids, betas, cam, targets, max(refined), cfg.refine_lr, cfg.refine_reg, float(H), kept=refined)
@@ -1133,7 +1118,7 @@ def demo_models(name="tiny"):
 def benchmark(model, cfg, iterations=(1, 3, 5), refine_steps=(0, 5, 20), reps=3):
     """AITI (seconds per image, batch 1): UGS for each T, then UGS-5 + refinement for each P."""
     H, W = cfg.image_hw
-    batch = {"image": torch.rand(1, 3, H, W), "joints2d": torch.rand(1, NUM_JOINTS, 2) * H}
+    batch = {"image": torch.rand(1, 3, H, W), "joints2d": torch.rand(1, NUM_JOINTS, 2) * H, "index": torch.zeros(1)}
     rows = []
     for T in iterations:
         rows.append((f"UGS T={T}", _time(lambda: uncertainty_guided_sampling(model, batch["image"], T), reps)))

@@ -373,6 +373,12 @@ def test_predict_returns_refined_outputs_deterministically(model):
         assert torch.equal(a[key], b[key])
     assert a["verts"].shape == (3, 6890, 3) and a["refined_joints3d"].shape == (3, 24, 3)
     assert (a["refined_reproj_error_px"] <= a["reproj_error_px"] + 1e-6).all()
+    # a sample's keypoint noise follows its index, not its place in the batch
+    c = genhmr.predict(model, {k: v[[2, 0, 1]] for k, v in batch.items()}, IMG)
+    assert torch.allclose(c["refined_joints3d"], a["refined_joints3d"][[2, 0, 1]], atol=1e-5)
+    del batch["index"]
+    with pytest.raises(ValueError, match="needs 'index'"):
+        genhmr.predict(model, batch, IMG)
 
 
 # ---------------------------------------------------------------------------------------------
