@@ -8,55 +8,41 @@ One person crop in, an SMPL mesh out, through two trained stages and a two-step 
     infer    uncertainty-guided sampling (T iterations, re-mask the least confident) -> ids
              -> 2D-pose-guided refinement (Eqs. 2-4: gradient descent on the code vectors) -> SMPL
 
-Sections below: 1 configs (`PAPER`, `TINY`, each number with its table), 2 SMPL, 3 the tokenizer
-(EMA codebook all-reduced over DDP ranks; `TOKENIZER` is its trainer stage), 4 the ViT (HMR2.0's
-parameter names) and its pyramid, 5 the decoder (MSDA with grid_sample), 6 training (Eq. 1, 5, 6;
-the module-level protocol `CONFIGS`, `build_model`, `training_loss`, `predict`, `learning_rate` is
-this image stage), 7 inference (UGS, refinement), 8 `python genhmr.py [--params] [--bench]`.
-
-Training: `torchrun --standalone --nproc_per_node=2 train.py --model genhmr` runs the two rows of
-train.py's MODELS, "genhmr_tokenizer" (`TOKENIZER`, on `data.body_pose_dataset`) and then "genhmr"
-(this module, on `data.body_dataset`, built on the trained tokenizer), each scored against
-`metrics.MeanPoseBaseline`; `--config paper` builds the paper's sizes.
+The module is train.py's image stage (`CONFIGS`, `build_model`, `training_loss`, `predict`,
+`learning_rate`; `TOKENIZER` is the tokenizer's): `torchrun --standalone --nproc_per_node=2 train.py --model
+genhmr` trains "genhmr_tokenizer", then "genhmr" on it, each scored against `metrics.MeanPoseBaseline`.
 
 Conventions: bodymodels.py's (column vectors, 6D = first two COLUMNS, axis-angle, metres, OpenCV
-camera). The camera is HMR2.0's: the head predicts [s, tx, ty], t = [tx, ty, 2 f / (S s)] with
-f = 5000, S = 256; 2D points in normalised crop coordinates uv = (pixel - (W/2, H/2)) / H.
-Images (B, 3, H, W) RGB in [0, 1], normalised inside with ImageNet mean and std.
+camera). HMR2.0's camera: the head predicts [s, tx, ty], t = [tx, ty, 2 f / (S s)], f = 5000, S = 256;
+2D points in normalised crop coordinates uv = (pixel - (W/2, H/2)) / H. Images (B, 3, H, W) RGB in [0, 1].
 
 NOTE(paper gap) list (each also stands at its spot):
-1. Tokenizer input is 6D (TokenHMR); the paper says only "pose parameters theta". Axis-angle is a
-   config value; camera-frame orientations sit near pi where axis-angle jumps.
+1. Tokenizer input 6D (TokenHMR); axis-angle (a config value) jumps near pi, where camera-frame roots sit.
 2. Tokenizer widths and resampling (24 joints -> 2L -> L tokens, L a multiple of 24): TokenHMR-like.
-3. lambda_alpha is not given and lambda_E has no effect with an EMA codebook: 0.02 weights the
-   commitment MSE (T2M-GPT/MMM); the norms of Eq. Lvq are taken squared.
-4. Tokenizer vertex/joint losses use beta = 0 and the global orientation; L_theta is L1 on rotation
-   matrices (no axis-angle wrap-around).
+3. lambda_alpha unstated, lambda_E moot with an EMA codebook: 0.02 weights the squared commitment error (T2M-GPT).
+4. Tokenizer L_V, L_J at beta = 0 with the global orientation; L_theta is L1 on rotation matrices.
 5. Tokenizer augmentation: random yaw and in-plane roll of the global orientation (ranges unstated).
-6. Reset candidates are broadcast from rank 0, EMA statistics all-reduced (sum) before the update.
-7. "N x" pyramid scales are per side of the patch grid; ConvTranspose(2, 2) + LayerNorm + GELU.
+6. EMA statistics all-reduced (sum) before the update; reset candidates broadcast from rank 0.
+7. Pyramid "N x" is per side of the patch grid; ConvTranspose(2, 2) + LayerNorm + GELU.
 8. Decoder width, heads, points, FFN, norm placement: Deformable-DETR defaults, pre-norm.
-9. Reference points: learnable per token, sigmoid(r) spread over the image at initialisation (not
-   Deformable DETR's sigmoid(Linear(pos)), which starts them all at the centre); no positional
-   encoding on the pyramid.
-10. beta/camera head: pooled 1x ViT map -> MLP -> residual on mean parameters (HMR2.0 means).
+9. Reference points: learnable sigmoid(r) per token spread over the image (Deformable DETR's start all at
+   the centre); no positional encoding on the pyramid.
+10. beta/camera head: pooled 1x ViT map -> MLP -> residual on HMR2.0's mean parameters.
 11. Masking: tau per sample, m clamped to [1, L], no random token replacement.
 12. Eq. 1 over all L positions (as printed); "masked" is a config value.
 13. Gumbel-ST sample at all positions; GT tokens at visible ones is a config value.
 14. Temperature held at tau_end after the anneal; the step count lives in a buffer.
-15. Loss forms and reductions: HMR2.0/TokenHMR's (L1 keypoints summed over joints, coordinates and
-    batch; MSE on rotation matrices and beta; CE averaged).
-16. Stage-2 schedule (steps, lr schedule) is unstated: constant lr, 100K steps (TokenHMR-like).
-17. UGS: confidence = probability of the chosen token; fixed tokens never re-masked; ties to the
-    lower index; re-mask ceil(gamma(t / T) L) after iteration t, so nothing is masked after T.
-18. Refinement optimises the code vectors fed to the frozen tokenizer decoder (no re-quantisation);
-    G = squared reprojection error in crop pixels + lambda ||R - R_0||^2; eta by per-sample
-    backtracking so G never rises; beta and camera stay fixed.
-19. Symbol clashes kept apart: L = tokens (MSDA's L = levels here n_levels); tau the mask variable
-    vs the Gumbel temperature; two different "cosines" (training cos(pi tau / 2), UGS
-    (1 + cos(pi t / T)) / 2).
-20. TINY only: the geometric weights are the paper's divided by the per-rank batch (16), since the
-    losses are sums over the batch; with the paper's values the Gumbel-ST gradient swamped L_mask.
+15. Loss forms: HMR2.0/TokenHMR's (L1 keypoints, MSE on R and beta, summed over joints, coordinates and
+    batch; CE averaged).
+16. Stage-2 schedule unstated: constant lr, 100K steps (TokenHMR-like).
+17. UGS: confidence = probability of the chosen token; fixed tokens stay fixed; ties to the lower index;
+    ceil(gamma(t / T) L) re-masked after iteration t, none after T.
+18. Refinement descends on the code vectors (no re-quantisation); G = squared reprojection error in
+    crop pixels + lambda ||R - R_0||^2; per-sample backtracking eta, so G never rises; beta, camera fixed.
+19. Symbols kept apart: L tokens vs n_levels (MSDA's L); tau the mask variable vs the Gumbel temperature;
+    training's cos(pi tau / 2) vs UGS's (1 + cos(pi t / T)) / 2.
+20. TINY only: geometric weights = the paper's / 16 (the per-rank batch its sums run over): with the
+    paper's, the Gumbel-ST gradient swamped L_mask.
 
 Symbols: B batch, J = 24 joints, V = 6890 vertices, L tokens, K codes, D code dimension, C ViT width,
 d decoder width, M heads, n_levels pyramid levels, P sampling points, T UGS iterations, theta pose,
@@ -68,6 +54,7 @@ import functools
 import math
 import time
 import types
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -77,12 +64,9 @@ import torch.nn.functional as F
 
 import bodymodels
 
-NUM_JOINTS = 24  # SMPL
-NUM_BETAS = 10
-PELVIS = 0
+NUM_JOINTS, NUM_BETAS, PELVIS = 24, 10, 0  # SMPL
 FOCAL_LENGTH, CROP_SIZE = 5000.0, 256.0  # HMR2.0's camera (FACTS "Rotations and cameras")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SCHEDULES = ("cosine", "linear", "cubic", "sqrt")
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +79,7 @@ class TokenizerConfig:
     num_tokens: int = 96  # L (Table 6: 96 chosen)
     codebook_size: int = 2048  # K (Table 5: 2048 x 256 chosen)
     code_dim: int = 256  # D
-    width: int = 512  # conv width. NOTE(paper gap): unstated; TokenHMR's
+    width: int = 512  # conv width. NOTE(paper gap) 2: unstated; TokenHMR's
     res_depth: int = 2  # ResBlocks per Resnet1D (TokenHMR)
     dilation_growth: int = 3  # dilations 1, 3, 9, ... (TokenHMR)
     input_rep: str = "rot6d"  # "rot6d" | "axis_angle". NOTE(paper gap) 1
@@ -190,10 +174,9 @@ class GenHMRConfig:
     data: str = "H36M, COCO, MPI-INF-3DHP, MPII (SD)"  # Experiments > Datasets
 
     def __post_init__(self):
-        _check_choice(self, "ce_on", ("all", "masked"))
-        _check_choice(self, "gumbel_positions", ("all", "masked"))
-        _check_choice(self, "schedule", SCHEDULES)
-        _check_choice(self, "lr_schedule", ("constant", "cosine"))
+        for name, allowed in (("ce_on", ("all", "masked")), ("gumbel_positions", ("all", "masked")),
+                              ("schedule", SCHEDULES), ("lr_schedule", ("constant", "cosine"))):
+            _check_choice(self, name, allowed)
         self.image_size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else self.image_size
         self.feature_scales = tuple(self.feature_scales)
         self.table_iterations, self.table_refine_steps = tuple(self.table_iterations), tuple(self.table_refine_steps)
@@ -219,13 +202,11 @@ PAPER = GenHMRConfig()
 TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 -> 8 x 6 grid, levels 1x, 2x, 4x
     image_size=(64, 48), patch_size=8, vit_width=128, vit_depth=4, vit_heads=4, vit_mlp_ratio=2.0, drop_path=0.0,
     feature_scales=(1, 2, 4), d_model=64, num_layers=3, num_heads=4, ffn_dim=128, dropout=0.0,
-    # 1000 steps: with the tokenizer stage (4 min), rendering and one evaluation (UGS table included)
-    # the default run takes 12 min on 2 cores. 2000 steps took 18.8 min and gave UGS MPJPE 263 mm
-    # against 271: both worse than the mean pose's 239 (README, "GenHMR")
+    # 1000 steps: the default run (tokenizer, rendering, evaluation) takes 12 min on 2 cores; 2000 took 18.8 min
+    # and scored UGS MPJPE 263 mm vs 271, both worse than the mean pose's 239 (README, "GenHMR")
     head_hidden=128, batch_size=32, lr=6e-4, max_steps=1000, warmup_steps=100, lr_schedule="cosine",
-    # NOTE(paper gap) 20: the paper's geometric weights over its per-sample SUMS, divided by the per-rank batch (16): measured
-    # with the paper's weights on this data, the Gumbel-ST gradient swamped L_mask (CE stayed at ln K for
-    # 300 steps); divided, CE and L_3D both fall from the first 100 steps
+    # NOTE(paper gap) 20: the paper's weights (on per-sample SUMS) / the per-rank batch 16. With the paper's, CE
+    # stayed at ln K for 300 steps; divided, CE and L_3D both fall from the first 100 steps
     w_pose=1e-3 / 16, w_betas=5e-4 / 16, w_3d=5e-2 / 16, w_2d=1e-2 / 16,
     weight_decay=0.0, grad_clip=1.0, gpus=0, reported_3dpw_mpjpe_mm=0.0, reported_ugs_3dpw_mpjpe_mm=0.0,
     data="data.SyntheticBodies")
@@ -248,18 +229,15 @@ def learning_rate(cfg, step):
 
 
 class SMPLLayer(nn.Module):
-    """SMPL from bodymodels.load_smpl: rotations R (B, 24, 3, 3), beta (B, 10) -> joints, vertices.
-
-    Buffers are non-persistent: they come from the model file, not from checkpoints.
-    """
+    """SMPL from bodymodels.load_smpl: R (B, 24, 3, 3), beta (B, 10) -> joints, vertices. Its buffers
+    are non-persistent: they come from the model file, not from checkpoints."""
 
     def __init__(self, smpl):
         super().__init__()
-        skin = bodymodels.Skinning(smpl, torch.float32, per_sample=False)  # J = J_template + J_shapedirs beta, precomputed
+        skin = bodymodels.Skinning(smpl, torch.float32, per_sample=False)  # J = J_template + J_shapedirs beta
         for name in ("v_template", "shapedirs", "posedirs", "J_regressor", "lbs_weights", "J_template", "J_shapedirs"):
             self.register_buffer(name, getattr(skin, name).clone(), persistent=False)
-        self.parents = skin.parents
-        self.faces = torch.as_tensor(smpl.faces.astype("int64"))
+        self.parents, self.faces = skin.parents, torch.as_tensor(smpl.faces.astype("int64"))
         self._subsets = {}  # vertex subsets for the losses, built on first use
 
     def rest_joints(self, betas):
@@ -270,19 +248,19 @@ class SMPLLayer(nn.Module):
         return bodymodels.forward_kinematics(R, self.rest_joints(betas), self.parents)[0]
 
     def _skin_buffers(self, count):
-        """(v_template, shapedirs, posedirs, lbs_weights) of all vertices, or of `vertex_subset(count)` (cached)."""
+        """(v_template, shapedirs, posedirs, lbs_weights) of all vertices, or of `count` evenly strided (cached)."""
         if not count:
             return self.v_template, self.shapedirs, self.posedirs, self.lbs_weights
         key = (count, self.v_template.device)
         if key not in self._subsets:
-            ids = vertex_subset(count, len(self.v_template)).to(self.v_template.device)
+            ids = torch.linspace(0, len(self.v_template) - 1, count).round().long().to(self.v_template.device)
             cols = (ids[:, None] * 3 + torch.arange(3, device=ids.device)).flatten()  # posedirs columns 3 v + c
             self._subsets[key] = (self.v_template[ids], self.shapedirs[ids], self.posedirs[:, cols].contiguous(),
                                   self.lbs_weights[ids])
         return self._subsets[key]
 
     def forward(self, R, betas, vertex_count=0):
-        """-> verts (B, V', 3) (all, or `vertex_subset(vertex_count)`), joints (B, 24, 3); no translation."""
+        """-> verts (B, V', 3) (all, or `vertex_count` evenly strided), joints (B, 24, 3); no translation."""
         vt, sd, pd, w = self._skin_buffers(vertex_count)
         return bodymodels.lbs(betas, R, vt, sd, pd, self.J_regressor, self.parents, w, pose2rot=False,
                               rest_joints=self.rest_joints(betas))
@@ -291,11 +269,6 @@ class SMPLLayer(nn.Module):
 @functools.lru_cache(maxsize=1)
 def _smpl():
     return bodymodels.load_smpl()
-
-
-def vertex_subset(count, num_verts=6890):
-    """count evenly strided vertex ids (count = 0: None, meaning all)."""
-    return None if not count else torch.linspace(0, num_verts - 1, count).round().long()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,12 +293,9 @@ def resnet1d(width, depth, growth, reverse=False):
 
 
 class QuantizeEMAReset(nn.Module):
-    """Nearest-code quantiser with an EMA codebook and dead-code reset (T2M-GPT / TokenHMR style).
-
-    Buffers (not parameters: no optimiser touches them): codebook (K, D), code_sum (K, D),
-    code_count (K,), initialised (). Under torch.distributed every rank ends each update with the
-    same codebook: batch statistics are all-reduced, init and reset candidates come from rank 0.
-    """
+    """Nearest-code quantiser, EMA codebook and dead-code reset (T2M-GPT / TokenHMR). Buffers, untouched
+    by the optimiser: codebook (K, D), code_sum (K, D), code_count (K,), initialised (). Under
+    torch.distributed every rank ends each update with the same codebook (NOTE(paper gap) 6)."""
 
     def __init__(self, num_codes, dim, decay):
         super().__init__()
@@ -354,20 +324,17 @@ class QuantizeEMAReset(nn.Module):
 
     @torch.no_grad()
     def update(self, z, ids):
-        """One EMA step from encoder outputs z (N, D) and their codes ids (N,); returns the batch perplexity.
-
-        code_sum <- mu code_sum + (1 - mu) sum_{i: id_i = k} z_i ; code_count <- mu code_count + (1 - mu) n_k;
-        codebook_k = code_sum_k / code_count_k if code_count_k >= 1, else a random encoder output.
-        """
+        """One EMA step (decay mu) from encoder outputs z (N, D) and their ids (N,) -> the batch perplexity."""
         onehot = F.one_hot(ids, self.num_codes).float()  # (N, K)
-        batch_sum, batch_count = onehot.T @ z, onehot.sum(0)  # (K, D), (K,)
+        batch_sum, batch_count = onehot.T @ z, onehot.sum(0)  # sum_{i: id_i = k} z_i (K, D), n_k (K,)
         if _distributed():  # NOTE(paper gap) 6: the references do not all-reduce; ranks must agree
             dist.all_reduce(batch_sum)
             dist.all_reduce(batch_count)
-        rand = self.candidates(z)
-        mu = self.decay
+        rand, mu = self.candidates(z), self.decay
+        # code_sum_k <- mu code_sum_k + (1 - mu) sum_{i: id_i = k} z_i ; code_count_k <- mu code_count_k + (1 - mu) n_k
         self.code_sum.mul_(mu).add_((1 - mu) * batch_sum)
         self.code_count.mul_(mu).add_((1 - mu) * batch_count)
+        # codebook_k = code_sum_k / code_count_k if code_count_k >= 1, else a random encoder output (reset)
         used = (self.code_count >= 1.0)[:, None]
         self.codebook.copy_(torch.where(used, self.code_sum / self.code_count.clamp_min(1e-12)[:, None], rand))
         p = batch_count / batch_count.sum()
@@ -403,8 +370,8 @@ class PoseTokenizer(nn.Module):
 
     Encoder: Conv(C_in -> w) -> nearest x (2 L / 24) -> Conv -> [Conv(k4, s2) -> Resnet1D] (2L -> L)
     -> Conv(w -> D). Decoder: Conv(D -> w) -> Resnet1D -> Conv(k = s = L / 24) (L -> 24) -> Conv -> 6D.
-    NOTE(paper gap) 2: widths and resampling are TokenHMR-like; the paper says "ResBlocks and 1D
-    convolutions for both encoder and decoder, with a single quantization layer".
+    NOTE(paper gap) 2: TokenHMR-like; the paper says "ResBlocks and 1D convolutions for both encoder and
+    decoder, with a single quantization layer".
     """
 
     def __init__(self, cfg, body=None):
@@ -432,9 +399,8 @@ class PoseTokenizer(nn.Module):
         return self.encoder(x.transpose(1, 2)).transpose(1, 2)  # (B, C_in, 24) -> (B, D, L) -> (B, L, D)
 
     def decode(self, e):
-        """Code vectors e (B, L, D) -> rotations R (B, 24, 3, 3) (6D -> Gram-Schmidt)."""
-        x = self.decoder(e.transpose(1, 2)).transpose(1, 2)  # (B, 24, 6)
-        return bodymodels.rot6d_to_matrix(x)
+        """Code vectors e (B, L, D) -> rotations R (B, 24, 3, 3) (6D (B, 24, 6) -> Gram-Schmidt)."""
+        return bodymodels.rot6d_to_matrix(self.decoder(e.transpose(1, 2)).transpose(1, 2))
 
     @torch.no_grad()
     def tokenize(self, pose):
@@ -456,36 +422,27 @@ def check_pose(pose):
                          f"got shape {tuple(pose.shape)}")
 
 
-def random_orientations(n, yaw_deg, roll_deg, device=None, generator=None):
-    """Rotations (n, 3, 3) = Rz(roll) Ry(yaw) in camera axes (y is vertical, z the optical axis)."""
-    u = torch.rand(n, 2, device=device, generator=generator) * 2 - 1
-    yaw, roll = torch.deg2rad(u[:, 0] * yaw_deg), torch.deg2rad(u[:, 1] * roll_deg)
+def augment_pose(pose, cfg):
+    """App. > Data Augmentation: the global orientation pre-multiplied by Rz(roll) Ry(yaw), in camera axes
+    (y vertical, z the optical axis), yaw ~ U(+-aug_yaw_deg), roll ~ U(+-aug_roll_deg) (NOTE(paper gap) 5)."""
+    if not (cfg.aug_yaw_deg or cfg.aug_roll_deg):
+        return pose
+    u = torch.rand(len(pose), 2, device=pose.device) * 2 - 1
+    yaw, roll = torch.deg2rad(u[:, 0] * cfg.aug_yaw_deg), torch.deg2rad(u[:, 1] * cfg.aug_roll_deg)
     zero = torch.zeros_like(yaw)
     Ry = bodymodels.axis_angle_to_matrix(torch.stack([zero, yaw, zero], -1))
     Rz = bodymodels.axis_angle_to_matrix(torch.stack([zero, zero, roll], -1))
-    return Rz @ Ry
-
-
-def augment_pose(pose, cfg):
-    """App. > Data Augmentation: pre-multiply the global orientation by a random rotation."""
-    if not (cfg.aug_yaw_deg or cfg.aug_roll_deg):
-        return pose
-    R0 = random_orientations(len(pose), cfg.aug_yaw_deg, cfg.aug_roll_deg, pose.device) @ \
-        bodymodels.axis_angle_to_matrix(pose[:, 0])
+    R0 = Rz @ Ry @ bodymodels.axis_angle_to_matrix(pose[:, 0])
     return torch.cat([bodymodels.matrix_to_axis_angle(R0)[:, None], pose[:, 1:]], 1)
 
 
 def tokenizer_training_loss(model, batch, cfg):
-    """Eq. Lvq: L = w_re (w_pose L_theta + w_verts L_V + w_joints L_J) + w_commit ||z - sg[c]||^2.
-
-    batch["smpl_pose"] (B, 24, 3). L1 losses on rotation matrices, vertices and joints of SMPL with
-    beta = 0 (NOTE(paper gap) 4). One forward through `model` (a DDP wrapper or the tokenizer).
-    """
+    """Eq. Lvq: L = w_re (w_pose L_theta + w_verts L_V + w_joints L_J) + w_commit ||z - sg[c]||^2, L1 on the
+    rotation matrices, vertices and joints of SMPL at beta = 0 (NOTE(paper gap) 4). batch["smpl_pose"]
+    (B, 24, 3); one forward through `model` (a DDP wrapper or the tokenizer)."""
     pose = augment_pose(batch["smpl_pose"].float(), cfg)
-    out = model(pose)
-    body = _unwrap(model).body
-    R_gt = bodymodels.axis_angle_to_matrix(pose)
-    zeros = pose.new_zeros(len(pose), NUM_BETAS)
+    out, body = model(pose), _unwrap(model).body
+    R_gt, zeros = bodymodels.axis_angle_to_matrix(pose), pose.new_zeros(len(pose), NUM_BETAS)
     with torch.no_grad():
         v_gt, j_gt = body(R_gt, zeros, cfg.loss_vertices)
     v, j = body(out["R"], zeros, cfg.loss_vertices)
@@ -510,8 +467,7 @@ def tokenizer_build_model(cfg, parent=None):
 def tokenizer_predict(model, batch, cfg):
     """Reconstruction through the codebook -> joints3d (B, 24, 3), verts (B, 6890, 3) (SMPL with the
     sample's beta, no translation, global orientation included), ids (B, L), num_codes (B,) = K."""
-    model = _unwrap(model)
-    pose = batch["smpl_pose"].float()
+    model, pose = _unwrap(model), batch["smpl_pose"].float()
     ids = model.tokenize(pose)
     betas = batch.get("smpl_shape", pose.new_zeros(len(pose), NUM_BETAS)).float()
     verts, joints = model.body(model.decode_ids(ids), betas)
@@ -526,15 +482,6 @@ TOKENIZER = types.SimpleNamespace(  # the trainer's stage "genhmr_tokenizer"
 
 # ---------------------------------------------------------------------------------------------
 # 4. Image encoder: ViT (HMR2.0/ViTPose names) and the ViTDet-style pyramid
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class Attention(nn.Module):
@@ -552,12 +499,13 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm ViT block with stochastic depth: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """Pre-norm ViT block with stochastic depth: x + attn(norm1(x)), then x + mlp(norm2(x)), mlp = fc2 GELU fc1."""
 
     def __init__(self, dim, heads, mlp_ratio, drop_path):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
-        self.attn, self.mlp = Attention(dim, heads), Mlp(dim, int(dim * mlp_ratio))
+        self.attn, hidden = Attention(dim, heads), int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
         self.drop_path = drop_path
 
     def _drop(self, x):
@@ -571,15 +519,6 @@ class Block(nn.Module):
         return x + self._drop(self.mlp(self.norm2(x)))
 
 
-class PatchEmbed(nn.Module):
-    def __init__(self, patch, padding, width):
-        super().__init__()
-        self.proj = nn.Conv2d(3, width, patch, stride=patch, padding=padding)
-
-    def forward(self, x):
-        return self.proj(x)  # (B, C, h, w)
-
-
 class ViT(nn.Module):
     """images (B, 3, H, W) -> feature map (B, C, H/p, W/p), HMR2.0's `ViT` (parameter names included:
     patch_embed.proj, pos_embed (1, 1 + h w, C) with a class-token slot, blocks.i.*, last_norm)."""
@@ -588,7 +527,8 @@ class ViT(nn.Module):
         super().__init__()
         H, W = cfg.image_hw
         self.grid = (H // cfg.patch_size, W // cfg.patch_size)
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.patch_padding, cfg.vit_width)
+        self.patch_embed = nn.ModuleDict(  # a dict only for HMR2.0's name patch_embed.proj
+            {"proj": nn.Conv2d(3, cfg.vit_width, cfg.patch_size, stride=cfg.patch_size, padding=cfg.patch_padding)})
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], cfg.vit_width))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         rates = [cfg.drop_path * i / max(1, cfg.vit_depth - 1) for i in range(cfg.vit_depth)]  # stochastic depth
@@ -596,7 +536,7 @@ class ViT(nn.Module):
         self.last_norm = nn.LayerNorm(cfg.vit_width, eps=1e-6)
 
     def forward(self, images):
-        x = self.patch_embed(images)  # (B, C, h, w)
+        x = self.patch_embed["proj"](images)  # (B, C, h, w)
         B, C, h, w = x.shape
         if (h, w) != self.grid:
             raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {h}x{w} patch grid, expected {self.grid}")
@@ -675,14 +615,13 @@ class MSDeformAttn(nn.Module):
         grid = grid[:, None, None] * torch.arange(1, self.points + 1)[None, None, :, None]  # (M, 1, P, 2)
         with torch.no_grad():
             self.sampling_offsets.bias.copy_(grid.expand(-1, self.levels, -1, -1).flatten())
-        for m in (self.attention_weights,):
-            nn.init.zeros_(m.weight), nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.attention_weights.weight), nn.init.zeros_(self.attention_weights.bias)
         for m in (self.value_proj, self.output_proj):
             nn.init.xavier_uniform_(m.weight), nn.init.zeros_(m.bias)
 
     def sampling(self, query, reference):
-        """query (B, Lq, d), reference (B or 1, Lq, 2) in [0, 1] ->
-        locations (B, Lq, M, n_levels, P, 2) before the level scaling, raw offsets and weights."""
+        """query (B, Lq, d) -> offsets (B, Lq, M, n_levels, P, 2) in pixels of each level, weights A
+        (B, Lq, M, n_levels, P). `reference` (B or 1, Lq, 2) is not read: forward adds it."""
         B, Lq, _ = query.shape
         offsets = self.sampling_offsets(query).view(B, Lq, self.heads, self.levels, self.points, 2)
         logits = self.attention_weights(query).view(B, Lq, self.heads, self.levels * self.points)
@@ -731,8 +670,8 @@ class MaskedTransformer(nn.Module):
         self.tok_emb = nn.Embedding(num_codes + 1, d)  # the last row is the learnable [MASK]
         self.pos_emb = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
         # learnable reference points p_y = sigmoid(r_y), r (L, 2), spread over the image at the start
-        # (NOTE(paper gap) 9: Deformable DETR's sigmoid(Linear(pos)) put all L points within a pixel
-        # of the centre with a 0.02-std position embedding: every token read the same place)
+        # (NOTE(paper gap) 9: Deformable DETR's sigmoid(Linear(pos)) with a 0.02-std position embedding
+        # put all L points within a pixel of the centre: every token read the same place)
         self.reference = nn.Parameter(torch.logit(torch.rand(num_tokens, 2) * 0.8 + 0.1))
         self.layers = nn.ModuleList(DecoderLayer(cfg, len(cfg.feature_scales)) for _ in range(cfg.num_layers))
         self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, num_codes)
@@ -769,8 +708,7 @@ class GenHMR(nn.Module):
     def __init__(self, cfg, tokenizer):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer.eval().requires_grad_(False)
-        tcfg = tokenizer.cfg
-        self.num_tokens, self.num_codes = tcfg.num_tokens, tcfg.codebook_size
+        self.num_tokens, self.num_codes = tokenizer.cfg.num_tokens, tokenizer.cfg.codebook_size
         self.backbone = ViT(cfg)
         self.pyramid = nn.ModuleList(pyramid_level(cfg.vit_width, s, cfg.d_model) for s in cfg.feature_scales)
         self.token_generator = MaskedTransformer(cfg, self.num_tokens, self.num_codes)
@@ -787,8 +725,7 @@ class GenHMR(nn.Module):
         """images (B, 3, H, W) in [0, 1] -> (pyramid: n_levels maps (B, d, s h, s w), beta, cam)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"GenHMR: expected images (B, 3, H, W), got {tuple(images.shape)}")
-        x = (images - self.mean_std[0]) / self.mean_std[1]
-        feature = self.backbone(x)  # (B, C, h, w)
+        feature = self.backbone((images - self.mean_std[0]) / self.mean_std[1])  # (B, C, h, w)
         betas, cam = self.shape_camera_head(feature)
         return [level(feature) for level in self.pyramid], betas, cam
 
@@ -923,9 +860,7 @@ def mask_schedule(name, r):
 
 def remask_counts(L, T, schedule="cosine"):
     """Tokens re-masked after iterations t = 1..T: ceil(gamma(t / T) L) (n_T = 0). NOTE(paper gap) 17.
-
-    The 1e-9 keeps exact products exact: cos, T = 3, t = 2 gives 0.25 x 96 = 24, not float's 24.000000000000007 -> 25.
-    """
+    The 1e-9 keeps exact products exact (cos, T = 3, t = 2: 0.25 x 96 = 24, not 24.000000000000007 -> 25)."""
     if T < 1:
         raise ValueError(f"UGS needs T >= 1 iterations, got {T}")
     return [min(L, math.ceil(mask_schedule(schedule, t / T) * L - 1e-9)) for t in range(1, T + 1)]
@@ -944,9 +879,7 @@ def sample_tokens(probs, top_k, generator=None):
 def uncertainty_guided_sampling(model, images, T=5, schedule="cosine", top_k=1, generator=None):
     """Inference Strategy > UGS: start all [MASK]; each iteration samples every masked token, then
     re-masks the ceil(gamma(t / T) L) least confident of them; the image encoder runs once.
-
-    -> {"ids" (B, L), "betas", "cam", "history": [(masked (B, L) bool after t, confidence (B, L))]}.
-    """
+    -> {"ids" (B, L), "betas", "cam", "history": [(masked (B, L) bool after t, confidence (B, L))]}."""
     model = _unwrap(model)
     levels, betas, cam = model.encode_image(images)  # once, whatever T is
     ids, history = sample_from_features(model, levels, T, schedule, top_k, generator)
@@ -982,16 +915,13 @@ def refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale):
 
 
 def refine(tokenizer, ids, betas, cam, targets, steps=20, lr=1.0, reg=10.0, scale=256.0, halvings=6, kept=None):
-    """Inference Strategy > 2D Pose-Guided Refinement, Eqs. (2)-(4), every network frozen.
-
-    The variable is the code vectors e = C[Y] (B, L, D) fed to the frozen tokenizer decoder (not
-    re-quantised); beta, camera and all parameters stay fixed. Eq. (4): e <- e - eta grad_e G, with
-    a per-sample eta that halves until G falls (at most `halvings` times; no move if it never does)
-    and doubles after an accepted step (NOTE(paper gap) 18), so G never rises.
-    targets: normalised 2D keypoints (B, 24, 2); scale: pixels per normalised unit (crop height).
-    -> (refined code vectors (B, L, D), G before (B,), G after (B,)). kept: {P: None} for P <= steps,
-    filled with the code vectors after P steps (one descent gives every shorter refinement too).
-    """
+    """Inference Strategy > 2D Pose-Guided Refinement, Eqs. (2)-(4), every network frozen: descent on the
+    code vectors e = C[Y] (B, L, D) fed to the frozen tokenizer decoder (not re-quantised); beta and the
+    camera stay fixed. Eq. (4): e <- e - eta grad_e G, eta per sample, halved until G falls (at most
+    `halvings` times, else no move) and doubled after an accepted step (NOTE(paper gap) 18).
+    targets: normalised 2D keypoints (B, 24, 2); scale: pixels per normalised unit (crop height); kept:
+    {P: None} for P <= steps, filled with e after P steps (one descent gives every shorter one).
+    -> (refined code vectors (B, L, D), G before (B,), G after (B,))."""
     e = tokenizer.quantizer.codebook[ids].detach().clone()
     with torch.no_grad():
         t = bodymodels.weak_perspective_to_translation(cam, FOCAL_LENGTH, CROP_SIZE)
@@ -1097,13 +1027,11 @@ def count_parameters(module):
 def parameter_table(cfg, tcfg):
     """(part, parameters) at a config pair, built on the meta device (no body model, no weights)."""
     with torch.device("meta"):
-        tok = PoseTokenizer(tcfg, body=nn.Module())
-        parts = [("tokenizer.encoder", tok.encoder), ("tokenizer.decoder", tok.decoder),
-                 ("backbone (ViT)", ViT(cfg)),
-                 ("pyramid", nn.ModuleList(pyramid_level(cfg.vit_width, s, cfg.d_model) for s in cfg.feature_scales)),
-                 ("token_generator", MaskedTransformer(cfg, tcfg.num_tokens, tcfg.codebook_size)),
-                 ("shape_camera_head", ShapeCameraHead(cfg.vit_width, cfg.head_hidden))]
-    rows = [(name, count_parameters(m)) for name, m in parts]
+        m = GenHMR(cfg, PoseTokenizer(tcfg, body=nn.Module()))
+    parts = [("tokenizer.encoder", m.tokenizer.encoder), ("tokenizer.decoder", m.tokenizer.decoder),
+             ("backbone (ViT)", m.backbone), ("pyramid", m.pyramid), ("token_generator", m.token_generator),
+             ("shape_camera_head", m.shape_camera_head)]
+    rows = [(name, count_parameters(module)) for name, module in parts]
     rows.insert(2, ("tokenizer codebook (buffer, EMA)", tcfg.codebook_size * tcfg.code_dim))
     return rows
 
@@ -1116,25 +1044,23 @@ def demo_models(name="tiny"):
 
 
 def benchmark(model, cfg, iterations=(1, 3, 5), refine_steps=(0, 5, 20), reps=3):
-    """AITI (seconds per image, batch 1): UGS for each T, then UGS-5 + refinement for each P."""
+    """AITI (seconds per image, batch 1, mean of `reps` calls after a warm-up): UGS for each T, then
+    UGS-5 + refinement for each P."""
     H, W = cfg.image_hw
     batch = {"image": torch.rand(1, 3, H, W), "joints2d": torch.rand(1, NUM_JOINTS, 2) * H, "index": torch.zeros(1)}
-    rows = []
-    for T in iterations:
-        rows.append((f"UGS T={T}", _time(lambda: uncertainty_guided_sampling(model, batch["image"], T), reps)))
+    runs = {f"UGS T={T}": functools.partial(uncertainty_guided_sampling, model, batch["image"], T) for T in iterations}
     for P in refine_steps:
         c = type(cfg)(**{**cfg.__dict__, "ugs_iterations": 5, "refine_steps": P, "table_iterations": (),
                          "table_refine_steps": ()})
-        rows.append((f"UGS T=5 + refine P={P}", _time(lambda: predict(model, batch, c), reps)))
+        runs[f"UGS T=5 + refine P={P}"] = functools.partial(predict, model, batch, c)
+    rows = []
+    for name, fn in runs.items():
+        fn()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        rows.append((name, (time.perf_counter() - t0) / reps))
     return rows
-
-
-def _time(fn, reps):
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
 
 
 def main():
@@ -1149,12 +1075,10 @@ def main():
         torch.set_num_threads(args.threads)
     if args.params:
         rows = parameter_table(PAPER, TOKENIZER_PAPER)
-        for name, n in rows:
+        for name, n in rows + [("total (trained in stage 2)", sum(n for _, n in rows[3:]))]:
             print(f"[paper] {name:34s} {n / 1e6:9.2f}M")
-        print(f"[paper] {'total (trained in stage 2)':34s} {sum(n for k, n in rows[3:]) / 1e6:9.2f}M")
     if args.bench:
-        _, model = demo_models(args.config)
-        for name, seconds in benchmark(model, CONFIGS[args.config]):
+        for name, seconds in benchmark(demo_models(args.config)[1], CONFIGS[args.config]):
             print(f"[{args.config}] {name:24s} {seconds * 1e3:8.1f} ms per image (untrained weights, CPU)")
     if not (args.params or args.bench):
         _demo(args.config)
@@ -1162,10 +1086,8 @@ def main():
 
 def _demo(name):
     """Untrained models, one random image: UGS step by step (which tokens stay masked), then refinement."""
-    tok, model = demo_models(name)
-    cfg = CONFIGS[name]
-    images = torch.rand(1, 3, *cfg.image_hw)
-    ugs = uncertainty_guided_sampling(model, images, cfg.ugs_iterations, cfg.schedule)
+    (tok, model), cfg = demo_models(name), CONFIGS[name]
+    ugs = uncertainty_guided_sampling(model, torch.rand(1, 3, *cfg.image_hw), cfg.ugs_iterations, cfg.schedule)
     print(f"GenHMR [{name}]: {count_parameters(model) / 1e6:.2f}M parameters "
           f"({count_parameters(tok) / 1e6:.2f}M in the frozen tokenizer); L={model.num_tokens} tokens, "
           f"K={model.num_codes} codes; re-mask counts {remask_counts(model.num_tokens, cfg.ugs_iterations)}")
