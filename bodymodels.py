@@ -271,6 +271,8 @@ SMPLX_PARENTS = (
 # HMR-Adapter's "arm joint group": pelvis -> spine -> collar -> shoulder -> elbow -> wrist
 SMPLX_LEFT_ARM = (0, 3, 6, 9, 13, 16, 18, 20)
 SMPLX_RIGHT_ARM = (0, 3, 6, 9, 14, 17, 19, 21)
+# SMPL-X joints of each hand in MANO's order (wrist, then the 15 finger joints)
+SMPLX_HAND_JOINTS = {"left": (20,) + tuple(range(25, 40)), "right": (21,) + tuple(range(40, 55))}
 
 
 def mano_to_freihand(joints, verts):

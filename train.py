@@ -83,6 +83,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import bodymodels
 import data
 import genhmr
+import hmr_adapter
 import metrics
 import simplehand
 
@@ -115,6 +116,12 @@ MODELS = {
     "genhmr": Stage(genhmr, data=data.body_dataset, metrics=metrics.body_metrics,
                     baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("", "refined_")),
                     picture=data.draw_body_predictions, starts_from="genhmr_tokenizer", train_samples=8192),
+    "hmr_adapter_bases": Stage(hmr_adapter.BASES, data=data.wholebody_dataset, metrics=hmr_adapter.evaluation_metrics,
+                               baseline=hmr_adapter.MeanPoseBaseline, picture=data.draw_wholebody_predictions,
+                               train_samples=3072),
+    "hmr_adapter": Stage(hmr_adapter, data=data.wholebody_dataset, metrics=hmr_adapter.evaluation_metrics,
+                         baseline=hmr_adapter.MeanPoseBaseline, picture=data.draw_wholebody_predictions,
+                         starts_from="hmr_adapter_bases", train_samples=3072),
 }
 
 
@@ -228,10 +235,11 @@ def build_dataset(name, cfg, split, num_samples, args, ranks):
         fail(f"--data {args.data}: {str(e).splitlines()[0]}")
     if kind != "synthetic":
         return dataset
-    # the cache name carries everything the samples depend on, data.py's source included
+    # the cache name carries everything the samples depend on, data.py's source included; stages
+    # reading the same data function with the same fields share it
     fields = {f: getattr(cfg, f) for f in stage.data_fields}
     version = hashlib.sha1((inspect.getsource(data) + repr(fields)).encode()).hexdigest()[:8]
-    cache = os.path.join(args.out, "cache", f"{name}-{split}-n{num_samples}-seed{args.seed}-{version}.pt")
+    cache = os.path.join(args.out, "cache", f"{stage.data.__name__}-{split}-n{num_samples}-seed{args.seed}-{version}.pt")
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     if ranks.master and not os.path.exists(cache):
         print(f"rendering {num_samples} {split} samples into {cache} ({ranks.world_size} rank(s))")
@@ -430,10 +438,40 @@ def evaluate(stage, model, cfg, eval_set, baseline, args, ranks):
 
 def format_metrics(result):
     """The evaluation metrics (not the report-only table_* rows: metrics.json has them), then the
-    baseline's headline metric."""
+    baseline's headline metric. Names with "/" (a paper's nested tables) print one line per group
+    of their first two parts."""
     first = next(iter(result))
-    shown = [f"{k} {v:.2f}" for k, v in result.items() if not k.startswith(("baseline_", "table_"))]
-    return " | ".join(shown + [f"baseline {first} {result['baseline_' + first]:.2f}"])
+    key = "baseline_" + first if "baseline_" + first in result else next(k for k in result if k.startswith("baseline_"))
+    flat, groups = [], {}
+    for k, v in result.items():
+        if k.startswith(("baseline_", "table_")):
+            continue
+        parts = k.split("/", 2)
+        if len(parts) < 3:
+            flat.append(f"{k} {v:.2f}")
+        else:
+            groups.setdefault("/".join(parts[:2]), []).append(f"{parts[2]} {v:.2f}")
+    lines = [" | ".join(flat + [f"baseline {key[len('baseline_'):]} {result[key]:.2f}"])]
+    return "\n  ".join(lines + [f"{g}: " + " | ".join(items) for g, items in groups.items()])
+
+
+def nest(result):
+    """{"a/b/c": x} -> {"a": {"b": {"c": x}}}; names without "/" stay as they are."""
+    out = {}
+    for k, v in result.items():
+        *path, leaf = k.split("/")
+        node = out
+        for p in path:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return out
+
+
+def lookup(summary, name):
+    """The value of metric `name` ("a/b/c" reads summary["a"]["b"]["c"]) in a metrics.json dict."""
+    for part in name.split("/"):
+        summary = summary[part]
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,7 +577,7 @@ def report(job, train_time, t_start, args, ranks):
     result = {**parent_metrics(job.stage, args), **result}
     summary = dict(model=job.name, config=job.config_name, data=args.data, steps=cfg.max_steps,
                    world_size=ranks.world_size, global_batch=cfg.batch_size, wall_time_s=wall_time,
-                   train_time_s=train_time, **result, metric_names=list(result),
+                   train_time_s=train_time, **nest(result), metric_names=list(result),
                    config_values=dataclasses.asdict(cfg), history=job.history)
     with open(os.path.join(job.out, "metrics.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -556,7 +594,7 @@ def parent_metrics(stage, args):
         return {}
     with open(path) as f:
         summary = json.load(f)
-    return {k: summary[k] for k in summary.get("metric_names", [])}
+    return {k: lookup(summary, k) for k in summary.get("metric_names", [])}
 
 
 def build_job(name, config_name, cfg, parent, sizes, args, ranks):

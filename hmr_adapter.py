@@ -1,0 +1,1144 @@
+"""HMR-Adapter: a lightweight adapter with dual-path cross augmentation for expressive human mesh
+recovery (anonymous ACM MM 2024 submission; ../shared/papers/hmr_adapter.txt), in one file.
+
+Two frozen pretrained models, adapted with few trainable parameters (Fig. 2):
+- the hand path: a HaMeR-style hand expert (ViT backbone on a hand crop + a transformer head with one
+  query token, Sec. 3.2.2) whose head gets, in every block, a new self-attention SA' and
+  cross-attention CA' copied from the frozen ones and attending to the arm chain's 6D rotations
+  (Eqs. 1-3: Z_new = CA(Q, K, V) + CA(Q', K', V'));
+- the body path: a SMPLer-X-style whole-body model (ViT with task tokens, body position net, body
+  regressor, hand boxes, hand RoI features, hand position net, Sec. 3.2.3) whose initial body pose
+  theta_0 gets an offset from a small transformer on the hand RoI features sampled at the 8 MCP
+  joints (Eq. 4: theta_hat = theta_0 + FFN(CA(Q'', K'', V''))).
+The pipeline (Sec. 3.1): whole-body model -> hand boxes -> hand crops (left flipped) -> hand expert
++ adapter conditioned on theta_hat's arm chain -> SMPL-X: body from theta_hat, fingers from the hand
+path, the wrist by inverse kinematics (the paper's baseline, Sec. 4.2), shape, face and camera
+from the whole-body model. `pipeline(..., adapted=False)` is that baseline: both frozen models + IK.
+Training (Sec. 3.5, Eqs. 5-8): both bases frozen and in eval mode; the hand adapter sees the true
+body pose, the body adapter samples at the true 2D hand keypoints; the two never share a parameter.
+
+Conventions: bodymodels' (column vectors, 6D = the first two COLUMNS of R as HaMeR, axis-angle into
+SMPL-X/MANO, metres; mm in reported metrics). Left hands are flipped into right hands before the hand
+expert sees them (HaMeR): a flipped crop shows the mirror image of the scene (x -> -x), so a left
+hand's MANO pose is the mirror of the right-hand pose the expert predicts, and its arm chain is
+mirrored the same way (R -> M R M, M = diag(-1, 1, 1)).
+
+Map: 1 configs (`BaseConfig`, `AdapterConfig`; PAPER and TINY of each) -> 2 geometry (crops, RoI,
+arm chains, IK) -> 3 ViT -> 4 hand expert -> 5 whole-body model -> 6 hand adapter -> 7 body adapter
+-> 8 the models the trainer trains (`Bases`, `Adapted`), losses -> 9 inference: the pipeline,
+`predict`, the evaluation protocol -> 10 `--params`, `--bench`, demo.
+train.py trains two rows: "hmr_adapter_bases" (`BASES`: the tiny bases, standing in for the
+pretrained HaMeR and SMPLer-X, trained briefly on the same synthetic world) and "hmr_adapter"
+(this module: both adapters and the Table 3 No.5 control on the frozen bases).
+
+NOTE(paper gap) list (each also stands at its spot; the paper's supplementary material is not public):
+ 1. Around SA'/CA' (Eq. 3): the residual stream follows the frozen path, SA' only forms CA''s query;
+    copies include the LayerNorms and CA's output projection (that is what gives "about 27M").
+    A scale lambda (default 1) multiplies CA' (lambda = 0 is exactly the frozen head).
+ 2. Attention cannot tell its keys apart: F^B and F^J get a learned per-token embedding.
+ 3. Left hands: the left arm chain is mirrored to match the flipped crop.
+ 4. The final wrist: IK as the paper's baseline (wrist local = elbow global^T hand global).
+ 5. The body pose given to the hand adapter at inference: theta_hat (the refined one).
+ 6. MCP coordinates at inference: the whole-body model's own hand position net.
+ 7. Body adapter widths (1024, 8 x 64 heads, MLP 1024, 6 blocks, 1x1 conv 1280 -> 512 without BN,
+    regressor 1024 -> 1024 -> 22 x 6 with its last layer zero, so theta_hat = theta_0 at start).
+ 8. Delta-theta is added in 6D to all 22 joints (root and wrists included).
+ 9. Eq. 6 is read as its formula: squared error on rotation matrices + (1 - cosine) per joint.
+10. Loss weights and optimiser: HaMeR's (hand) and SMPLer-X's (body) weights; AdamW 1e-4, cosine.
+    L_img and L_beta of Eq. 7 have no gradient with frozen bases and are left out.
+11. The tiny bases: the box net predicts box centres by heatmap soft-argmax from the image map and
+    sizes from the feature there (SMPLer-X's design without its deconvolutions); the hand RoI is
+    RoI-align written with grid_sample at a fixed sampling ratio.
+12. Hand-only training data ("zeros for hand-only datasets", Sec. 3.3): a share of the training
+    hands gets a zero body pose.
+
+Symbols: B batch, J joints, V vertices, C channels, L tokens, h x w ViT grid, R RoI side, S crop side,
+theta poses (6D unless named), beta shape, F^H hand image tokens, F^B arm-chain tokens, F^J MCP tokens.
+"""
+
+import argparse
+import copy
+import functools
+import math
+import time
+import types
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import bodymodels
+import metrics
+from bodymodels import (axis_angle_to_matrix, forward_kinematics, matrix_to_axis_angle, matrix_to_rot6d,
+                        mirror_rotation, rot6d_to_matrix)
+
+SIDES = ("left", "right")
+ARMS = {"left": bodymodels.SMPLX_LEFT_ARM, "right": bodymodels.SMPLX_RIGHT_ARM}  # Sec. 3.3 arm joint groups
+ELBOWS = {"left": 18, "right": 19}
+HAND_JOINTS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20)  # SMPLer-X's 20: FreiHAND without the wrist
+MCP = (4, 8, 12, 16)  # index, middle, ring, pinky knuckles among those 20 (SMPLer-X's L_MCP / R_MCP)
+NUM_BODY = 22  # theta_0: root + 21 body joints
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Configs
+
+
+@dataclass
+class BaseConfig:
+    """The two frozen bases (FACTS: HaMeR, SMPLer-X) and the recipe that trains the tiny stand-ins."""
+    image_size: tuple = (256, 192)  # the rendered person image (H, W); the hand crops come from it
+    # --- hand expert (HaMeR, FACTS) ---
+    hand_crop: int = 256  # I_h: 256 x 256 (Sec. 3.2.2); the ViT reads its centre 256 x 192
+    hand_patch: int = 16
+    hand_patch_padding: int = 2  # ViTPose's PatchEmbed (16 x 12 tokens from 256 x 192)
+    hand_width: int = 1280  # ViT-H
+    hand_depth: int = 32
+    hand_heads: int = 16
+    head_dim: int = 1024  # the transformer head: one zero token -> Linear(1 -> 1024)
+    head_depth: int = 6
+    head_heads: int = 8
+    head_dim_head: int = 64
+    head_mlp: int = 1024
+    # --- whole-body model (SMPLer-X-H32, FACTS) ---
+    body_image: tuple = (256, 192)  # its input (the image, resized)
+    body_patch: int = 16
+    body_patch_padding: int = 2
+    body_width: int = 1280
+    body_depth: int = 32
+    body_heads: int = 16
+    body_keypoints: int = 25  # body joints of the position net = body task tokens (31 tokens in all)
+    body_hm_depth: int = 16  # 3D heatmap depth bins (16 x 16 x 12 in SMPLer-X)
+    body_rot_hidden: int = 512  # Linear 1280 -> 512 per body token
+    hand_roi: int = 16  # RoI side
+    hand_roi_channels: tuple = (640, 320)  # deconvolutions before RoI-align (16 x 12 -> 64 x 48)
+    hand_hm_depth: int = 16
+    hand_box_scale: float = 2.0  # boxes squared and enlarged x 2 (SMPLer-X's restore_bbox)
+    roi_sampling: int = 2  # RoI-align samples per bin side. NOTE(paper gap) 11
+    # --- recipe of the stand-ins (the paper loads pretrained checkpoints instead) ---
+    batch_size: int = 32
+    max_steps: int = 0
+    lr: float = 1e-3
+    warmup_steps: int = 0
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.0
+    amp: bool = False
+
+
+@dataclass
+class AdapterConfig:
+    """The two adapters (Secs. 3.3, 3.4) and their recipe (Sec. 4.1)."""
+    image_size: tuple = (256, 192)  # as BaseConfig's (the same rendered set)
+    adapter_scale: float = 1.0  # lambda on CA' (1 in Eq. 3). NOTE(paper gap) 1
+    hand_only_prob: float = 0.0  # share of training hands with a zero body pose. NOTE(paper gap) 12
+    body_proj: int = 512  # 1x1 conv 1280 -> 512 (Sec. 3.4)
+    body_dim: int = 1024  # NOTE(paper gap) 7
+    body_depth: int = 6  # "6 attention layers" (Sec. 4.1)
+    body_heads: int = 8
+    body_dim_head: int = 64
+    body_mlp: int = 1024
+    # --- Eq. 5 (hand) and Eq. 7 (body) weights. NOTE(paper gap) 10: HaMeR's / SMPLer-X's ---
+    w_hand_3d: float = 0.05
+    w_hand_2d: float = 0.01
+    w_hand_verts: float = 0.05
+    w_hand_pose: float = 0.001
+    w_hand_betas: float = 0.0005
+    w_body_pose: float = 10.0
+    w_body_3d: float = 100.0
+    w_body_2d: float = 1.0
+    # --- recipe (Sec. 4.1: one machine, 4 V100, 10K steps, batch 32 per GPU, about 6 hours) ---
+    batch_size: int = 128  # 32 x 4
+    max_steps: int = 10_000
+    lr: float = 1e-4  # NOTE(paper gap) 10
+    warmup_steps: int = 500
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.0  # the adapters train together here, so no shared clipping norm
+    amp: bool = False
+    gpus: int = 4
+    gpu: str = "V100"
+    hours: float = 6.0
+
+
+BASES_PAPER = BaseConfig()  # HaMeR (ViT-H + 39.5M head) and SMPLer-X-H32 shapes
+BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 -> 8 x 6), body 64 x 48 (patch 8 -> 8 x 6)
+    hand_crop=32, hand_patch=4, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
+    head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128,
+    body_image=(64, 48), body_patch=8, body_patch_padding=0, body_width=64, body_depth=3, body_heads=4,
+    body_keypoints=22, body_hm_depth=8, body_rot_hidden=32, hand_roi=8, hand_roi_channels=(32,), hand_hm_depth=8,
+    hand_box_scale=1.5, batch_size=32, max_steps=3000, lr=1e-3, warmup_steps=100)
+PAPER = AdapterConfig()
+TINY = AdapterConfig(hand_only_prob=0.2, body_proj=32, body_dim=64, body_depth=3, body_heads=4, body_dim_head=16,
+                     body_mlp=128, batch_size=32, max_steps=1000, lr=5e-4, warmup_steps=50)
+CONFIGS = {"paper": PAPER, "tiny": TINY}
+BASE_CONFIGS = {"paper": BASES_PAPER, "tiny": BASES_TINY}
+
+
+def learning_rate(cfg, step):
+    """Linear warm-up, then cosine decay to 0 at max_steps (NOTE(paper gap) 10)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Geometry: boxes and crops, RoI-align, arm chains, inverse kinematics
+
+
+def scale_boxes(boxes, scale):
+    """Square boxes (..., 4) [x0, y0, x1, y1] enlarged `scale` times about their centres."""
+    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]).amax(-1, keepdim=True) / 2
+    return torch.cat([centre - scale * half, centre + scale * half], -1)
+
+
+def crop_grid(boxes, size, image_hw, flip):
+    """grid_sample grid (B, size, size, 2) that resamples boxes (B, 4) pixels of an image of
+    image_hw into size x size crops (pixel (i, j) covers [j, j + 1) x [i, i + 1)); flip (B,) bool
+    mirrors a crop left-right."""
+    H, W = image_hw
+    t = (torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5) / size  # (S,) bin centres
+    x = boxes[:, None, 0] + t * (boxes[:, None, 2] - boxes[:, None, 0])  # (B, S) pixels
+    y = boxes[:, None, 1] + t * (boxes[:, None, 3] - boxes[:, None, 1])
+    x = torch.where(flip[:, None], x.flip(-1), x)
+    gx, gy = 2 * x / W - 1, 2 * y / H - 1  # align_corners=False
+    return torch.stack([gx[:, None, :].expand(-1, size, -1), gy[:, :, None].expand(-1, -1, size)], -1)
+
+
+def crop_images(images, boxes, size, flip):
+    """Hand crops (B, 3, size, size) of images (B, 3, H, W) at boxes (B, 4); flip (B,) bool."""
+    grid = crop_grid(boxes, size, images.shape[-2:], flip)
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def to_crop(points, boxes, flip):
+    """Image pixels (B, N, 2) -> normalised crop coordinates in [-0.5, 0.5] (HaMeR's 2D keypoints)
+    of boxes (B, 4), mirrored (u -> -u) where flip (B,)."""
+    uv = (points - boxes[:, None, :2]) / (boxes[:, 2:] - boxes[:, :2])[:, None] - 0.5
+    sign = torch.stack([torch.where(flip, -1.0, 1.0), torch.ones(len(flip), device=flip.device)], -1)
+    return uv * sign.to(uv)[:, None]
+
+
+def roi_align(features, boxes, spatial_scale, size, sampling, flip):
+    """RoI-align (torchvision's roi_align, aligned=False, average of sampling x sampling bilinear
+    samples per bin) written with grid_sample, as SMPLer-X's hand RoI.
+
+    features (B, C, Hf, Wf); boxes (B, 4) image pixels, times spatial_scale in map pixels (pixel p at
+    coordinate p); flip (B,) bool mirrors the output left-right (left hands). -> (B, C, size, size).
+    NOTE(paper gap) 11: samples outside [-1, H] count as the border value (torchvision: 0).
+    """
+    B, C, Hf, Wf = features.shape
+    box = boxes * spatial_scale
+    n = size * sampling
+    t = (torch.arange(n, device=box.device, dtype=box.dtype) + 0.5) / n  # sample positions in the box, (n,)
+    x = box[:, None, 0] + t * (box[:, None, 2] - box[:, None, 0]).clamp(min=1)  # (B, n)
+    y = box[:, None, 1] + t * (box[:, None, 3] - box[:, None, 1]).clamp(min=1)
+    gx, gy = 2 * x / (Wf - 1) - 1, 2 * y / (Hf - 1) - 1  # align_corners=True: pixel p at coordinate p
+    grid = torch.stack([gx[:, None, :].expand(-1, n, -1), gy[:, :, None].expand(-1, -1, n)], -1)
+    samples = F.grid_sample(features, grid.to(features.dtype), mode="bilinear", padding_mode="border",
+                            align_corners=True)  # (B, C, n, n)
+    out = F.avg_pool2d(samples, sampling)  # (B, C, size, size)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
+def to_roi(points, boxes, size, flip):
+    """Image pixels (B, N, 2) -> the RoI heatmap frame of boxes (B, 4): the box's corners at 0 and
+    `size` (SMPLer-X's convention), x -> size - 1 - x where flip (B,)."""
+    p = (points - boxes[:, None, :2]) * size / (boxes[:, 2:] - boxes[:, :2])[:, None]
+    return torch.where(flip[:, None, None], torch.stack([size - 1 - p[..., 0], p[..., 1]], -1), p)
+
+
+def sample_points(features, points):
+    """Bilinear features (B, N, C) of maps (B, C, H, W) at points (B, N, 2) in map pixels (pixel p at
+    coordinate p, SMPLer-X's sample_joint_features); zero outside the map."""
+    H, W = features.shape[-2:]
+    grid = torch.stack([2 * points[..., 0] / (W - 1) - 1, 2 * points[..., 1] / (H - 1) - 1], -1)
+    out = F.grid_sample(features, grid[:, :, None].to(features.dtype), align_corners=True)  # (B, C, N, 1)
+    return out[..., 0].transpose(1, 2)
+
+
+def arm_chain(body_pose, side):
+    """theta_b (..., 8, 6): 6D local rotations of the arm chain root -> wrist (Sec. 3.3) from body
+    rotations (..., >= 22, 3, 3); the left chain mirrored to match the flipped crop. NOTE(paper gap) 3"""
+    R = body_pose[..., list(ARMS[side]), :, :]
+    return matrix_to_rot6d(mirror_rotation(R, matrix=True) if side == "left" else R)
+
+
+def hand_global_to_wrist(body_pose, hand_global, side, parents):
+    """Inverse kinematics of the paper's baseline (Sec. 4.2, NOTE(paper gap) 4): the wrist's local
+    rotation that gives the hand the global rotation hand_global (B, 3, 3) under the body's elbow:
+    R_wrist = W_elbow^T W_hand. body_pose (B, 22, 3, 3) local rotations."""
+    world = forward_kinematics(body_pose, torch.zeros(*body_pose.shape[:-2], 3).to(body_pose), parents[:NUM_BODY])[1]
+    return world[:, ELBOWS[side]].transpose(-1, -2) @ hand_global
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. ViT (ViTPose / HaMeR / SMPLer-X names: patch_embed.proj, pos_embed, blocks.i.*, last_norm)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, M, N, C/M)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn, self.mlp = Attention(dim, heads), Mlp(dim, 4 * dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch, padding, width):
+        super().__init__()
+        self.proj = nn.Conv2d(3, width, patch, stride=patch, padding=padding)
+
+
+class ViT(nn.Module):
+    """images (B, 3, H, W) and optional extra tokens (B, T, C) -> (tokens (B, h w, C), extra (B, T, C)).
+    SMPLer-X's encoder appends its learnable task tokens after the patch tokens."""
+
+    def __init__(self, image_hw, patch, padding, width, depth, heads, num_task_tokens=0):
+        super().__init__()
+        H, W = image_hw
+        self.grid = ((H + 2 * padding - patch) // patch + 1, (W + 2 * padding - patch) // patch + 1)
+        self.patch_embed = PatchEmbed(patch, padding, width)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], width))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.task_tokens = nn.Parameter(torch.randn(1, num_task_tokens, width) * 0.02) if num_task_tokens else None
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
+        self.last_norm = nn.LayerNorm(width, eps=1e-6)
+
+    def forward(self, images):
+        x = self.patch_embed.proj(images)  # (B, C, h, w)
+        if tuple(x.shape[-2:]) != self.grid:
+            raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {tuple(x.shape[-2:])} patch grid, "
+                             f"expected {self.grid}")
+        x = x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # (B, h w, C)
+        n = x.shape[1]
+        if self.task_tokens is not None:
+            x = torch.cat([x, self.task_tokens.expand(len(x), -1, -1)], 1)
+        for block in self.blocks:
+            x = block(x)
+        x = self.last_norm(x)
+        return x[:, :n], x[:, n:]
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Hand expert (HaMeR): ViT on the crop's centre, transformer head with one query token
+
+
+class PreNorm(nn.Module):
+    """HMR2.0/HaMeR's PreNorm: fn(norm(x), ...)."""
+
+    def __init__(self, dim, fn):
+        super().__init__()
+        self.norm, self.fn = nn.LayerNorm(dim), fn
+
+    def forward(self, x, *context):
+        return self.fn(self.norm(x), *context)
+
+
+class SelfAttention(nn.Module):
+    """HaMeR's Attention: to_qkv (no bias), heads x dim_head, to_out.0 (bias)."""
+
+    def __init__(self, dim, heads, dim_head):
+        super().__init__()
+        self.heads = heads
+        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim))
+
+    def forward(self, x):
+        q, k, v = self.to_qkv(x).chunk(3, -1)
+        return self.to_out(_attend(q, k, v, self.heads))
+
+
+class CrossAttention(nn.Module):
+    """HaMeR's CrossAttention: to_q (dim), to_kv (context_dim), no biases, to_out.0 (bias).
+    Eq. (1): CA(Q, K, V) = softmax(Q K^T / sqrt(d)) V with Q = x W_q, K = c W_k, V = c W_v."""
+
+    def __init__(self, dim, context_dim, heads, dim_head):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
+        self.to_kv = nn.Linear(context_dim, 2 * heads * dim_head, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim))
+
+    def forward(self, x, context):
+        k, v = self.to_kv(context).chunk(2, -1)
+        return self.to_out(_attend(self.to_q(x), k, v, self.heads))
+
+
+def _attend(q, k, v, heads):
+    """Multi-head softmax attention: q (B, Lq, M d), k and v (B, Lk, M d) -> (B, Lq, M d)."""
+    def split(t):
+        return t.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, M, L, d)
+    return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class DecoderBlocks(nn.Module):
+    """HaMeR's TransformerCrossAttn: layers.i = [PreNorm(SA), PreNorm(CA), PreNorm(FF)]."""
+
+    def __init__(self, dim, depth, heads, dim_head, mlp, context_dim):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.ModuleList([
+            PreNorm(dim, SelfAttention(dim, heads, dim_head)),
+            PreNorm(dim, CrossAttention(dim, context_dim, heads, dim_head)),
+            PreNorm(dim, FeedForward(dim, mlp))]) for _ in range(depth))
+
+
+class TransformerDecoder(nn.Module):
+    """HaMeR's TransformerDecoder: the zero token -> to_token_embedding -> + pos_embedding -> blocks."""
+
+    def __init__(self, dim, depth, heads, dim_head, mlp, context_dim, num_tokens=1):
+        super().__init__()
+        self.to_token_embedding = nn.Linear(1, dim)
+        self.pos_embedding = nn.Parameter(torch.randn(1, num_tokens, dim))
+        self.transformer = DecoderBlocks(dim, depth, heads, dim_head, mlp, context_dim)
+
+    def start(self, batch):
+        """The query token Z (B, 1, dim) before the first block."""
+        zero = self.pos_embedding.new_zeros(batch, 1, 1)
+        return self.to_token_embedding(zero) + self.pos_embedding
+
+    def forward(self, context):
+        z = self.start(len(context))
+        for sa, ca, ff in self.transformer.layers:
+            z = z + sa(z)
+            z = z + ca(z, context)
+            z = z + ff(z)
+        return z
+
+
+class MANOHead(nn.Module):
+    """HaMeR's MANOTransformerDecoderHead: readouts decpose (16 x 6D), decshape (10), deccam (3), each
+    added to its mean (one IEF iteration); the mean pose is the identity (flat hand)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.transformer = TransformerDecoder(cfg.head_dim, cfg.head_depth, cfg.head_heads, cfg.head_dim_head,
+                                              cfg.head_mlp, cfg.hand_width)
+        self.decpose, self.decshape, self.deccam = (nn.Linear(cfg.head_dim, n) for n in (16 * 6, 10, 3))
+        for layer in (self.decpose, self.decshape, self.deccam):
+            nn.init.xavier_uniform_(layer.weight, gain=0.01)
+        self.register_buffer("init_hand_pose", matrix_to_rot6d(torch.eye(3)).repeat(16)[None])  # (1, 96)
+        self.register_buffer("init_betas", torch.zeros(1, 10))
+        self.register_buffer("init_cam", torch.tensor([[0.9, 0.0, 0.0]]))
+
+    def readout(self, z):
+        """z (B, 1, dim) -> pose (B, 16, 6), betas (B, 10), cam (B, 3) [s, tx, ty]."""
+        z = z[:, 0]
+        pose = self.decpose(z) + self.init_hand_pose
+        return pose.view(-1, 16, 6), self.decshape(z) + self.init_betas, self.deccam(z) + self.init_cam
+
+    def forward(self, context):
+        return self.readout(self.transformer(context))
+
+
+class HandExpert(nn.Module):
+    """HaMeR (Sec. 3.2.2): crop (B, 3, S, S) of a right hand -> F^H (B, h w, C) -> MANO pose, betas, cam."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.crop = cfg.hand_crop
+        self.backbone = ViT((cfg.hand_crop, cfg.hand_crop * 3 // 4), cfg.hand_patch, cfg.hand_patch_padding,
+                            cfg.hand_width, cfg.hand_depth, cfg.hand_heads)
+        self.mano_head = MANOHead(cfg)
+
+    def features(self, crops):
+        """F^H: the ViT's tokens of the crop's centre S x 3S/4 (HaMeR drops S/8 columns each side)."""
+        S = crops.shape[-1]
+        if crops.shape[-2:] != (self.crop, self.crop):
+            raise ValueError(f"HandExpert: crops are {tuple(crops.shape[-2:])}, expected {self.crop} x {self.crop}")
+        return self.backbone(crops[..., S // 8: S - S // 8])[0]
+
+    def forward(self, crops):
+        return self.mano_head(self.features(crops))
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Whole-body model (SMPLer-X): task tokens, body joints, body regressor, boxes, hand RoI
+
+
+def soft_argmax(p):
+    """Expected position of heatmaps p (B, K, D, H, W) (each sums to 1) -> (B, K, 3) as (x, y, z) in
+    heatmap pixels (pixel p at coordinate p)."""
+    D, H, W = p.shape[-3:]
+    axes = [torch.arange(n, device=p.device, dtype=p.dtype) for n in (W, H, D)]
+    x, y, z = (p.sum(dims) @ a for dims, a in zip(((2, 3), (2, 4), (3, 4)), axes))
+    return torch.stack([x, y, z], -1)
+
+
+class PositionNet(nn.Module):
+    """SMPLer-X's position net: 1x1 conv -> K 3D heatmaps (depth x H x W) -> soft-argmax."""
+
+    def __init__(self, width, joints, depth):
+        super().__init__()
+        self.joints, self.depth = joints, depth
+        self.conv = nn.Conv2d(width, joints * depth, 1)
+
+    def heatmaps(self, feature_map):
+        """(B, C, H, W) -> probabilities (B, K, D, H, W)."""
+        B, _, H, W = feature_map.shape
+        return self.conv(feature_map).reshape(B, self.joints, -1).softmax(-1).view(B, self.joints, self.depth, H, W)
+
+    def forward(self, feature_map):
+        return soft_argmax(self.heatmaps(feature_map))  # (B, K, 3)
+
+
+class BodyRotationNet(nn.Module):
+    """SMPLer-X's body regressor (Sec. 3.2.3): Linear C -> hidden on each body token, concatenated with
+    the detached 3D joints, flattened -> root 6D and 21 x 6D (theta_0); shape and camera from their tokens."""
+
+    def __init__(self, width, joints, hidden):
+        super().__init__()
+        self.body_conv = nn.Linear(width, hidden)
+        self.root_pose_out = nn.Linear(joints * (hidden + 3), 6)
+        self.body_pose_out = nn.Linear(joints * (hidden + 3), 21 * 6)
+        self.shape_out, self.cam_out = nn.Linear(width, 10), nn.Linear(width, 3)
+        for layer in (self.root_pose_out, self.body_pose_out):
+            nn.init.zeros_(layer.weight)
+        with torch.no_grad():  # start from the identity pose and a camera that fills the image
+            self.root_pose_out.bias.copy_(matrix_to_rot6d(torch.eye(3)))
+            self.body_pose_out.bias.copy_(matrix_to_rot6d(torch.eye(3)).repeat(21))
+            self.cam_out.bias.copy_(torch.tensor([0.9, 0.0, 0.0]))
+
+    def forward(self, body_tokens, joints, shape_token, cam_token):
+        x = torch.cat([self.body_conv(body_tokens), joints.detach()], -1).flatten(1)
+        theta0 = torch.cat([self.root_pose_out(x), self.body_pose_out(x)], -1).view(-1, NUM_BODY, 6)
+        return theta0, self.shape_out(shape_token), self.cam_out(cam_token)
+
+
+class BoxNet(nn.Module):
+    """Hand boxes, as SMPLer-X's box net reads them: the image map concatenated with the body joints'
+    heatmaps (1280 + 25 x 16 channels) -> hand centre heatmaps (soft-argmax) and sizes from the
+    features at the centres. NOTE(paper gap) 11. -> (B, 2, 4) [x0, y0, x1, y1] image pixels (left, right)."""
+
+    def __init__(self, width, joints, depth):
+        super().__init__()
+        self.hand_heatmap = nn.Conv2d(width + joints * depth, 2, 1)
+        self.hand_size = nn.Sequential(nn.Linear(width + joints * depth, width), nn.GELU(), nn.Linear(width, 1))
+
+    def forward(self, feature_map, body_heatmaps, image_hw):
+        B, C, h, w = feature_map.shape
+        x = torch.cat([feature_map, body_heatmaps.flatten(1, 2)], 1)
+        centre = soft_argmax(self.hand_heatmap(x).flatten(2).softmax(-1).view(B, 2, 1, h, w))[..., :2]  # map pixels
+        size = torch.exp(self.hand_size(sample_points(x, centre)))  # (B, 2, 1), in image heights / 8
+        H, W = image_hw
+        centre = (centre + 0.5) * centre.new_tensor([W / w, H / h])  # map pixel p covers [p, p + 1) W / w
+        half = size * H / 16
+        return torch.cat([centre - half, centre + half], -1)
+
+
+class HandRoINet(nn.Module):
+    """SMPLer-X's hand RoI: deconvolutions upsample the image map, RoI-align at each hand box
+    (left flipped), 1x1 conv back to C: the 2D hand feature map (B, 2, C, R, R)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        layers, c = [], cfg.body_width
+        for out in cfg.hand_roi_channels:
+            layers += [nn.ConvTranspose2d(c, out, 4, stride=2, padding=1), nn.GroupNorm(1, out), nn.ReLU()]
+            c = out
+        self.deconv = nn.Sequential(*layers)
+        self.conv = nn.Sequential(nn.Conv2d(c, cfg.body_width, 1), nn.GroupNorm(1, cfg.body_width), nn.ReLU())
+        self.size, self.sampling, self.up = cfg.hand_roi, cfg.roi_sampling, 2 ** len(cfg.hand_roi_channels)
+
+    def forward(self, feature_map, boxes, image_hw):
+        up = self.deconv(feature_map)  # (B, c, h up, w up)
+        B = len(up)
+        flip = torch.tensor([True, False], device=up.device).repeat(B)
+        rois = roi_align(up.repeat_interleave(2, 0), boxes.reshape(2 * B, 4), up.shape[-1] / image_hw[1],
+                         self.size, self.sampling, flip)
+        return self.conv(rois).view(B, 2, -1, self.size, self.size)
+
+
+class WholeBody(nn.Module):
+    """SMPLer-X (Sec. 3.2.3): image (B, 3, H, W) -> theta_0, shape, camera, expression, jaw, body
+    joints, hand boxes; `hands(...)` -> the hand feature map and the hand joints in its frame."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.image_hw, K = tuple(cfg.body_image), cfg.body_keypoints
+        self.num_task_tokens = 6 + K  # shape, cam, expression, jaw, left hand, right hand, body x K
+        self.encoder = ViT(self.image_hw, cfg.body_patch, cfg.body_patch_padding, cfg.body_width, cfg.body_depth,
+                           cfg.body_heads, self.num_task_tokens)
+        self.body_position_net = PositionNet(cfg.body_width, K, cfg.body_hm_depth)
+        self.body_rotation_net = BodyRotationNet(cfg.body_width, K, cfg.body_rot_hidden)
+        self.box_net = BoxNet(cfg.body_width, K, cfg.body_hm_depth)
+        self.hand_roi_net = HandRoINet(cfg)
+        self.hand_position_net = PositionNet(cfg.body_width, len(HAND_JOINTS), cfg.hand_hm_depth)
+        self.face_regressor = nn.ModuleDict(dict(expr_out=nn.Linear(cfg.body_width, 10),
+                                                 jaw_pose_out=nn.Linear(cfg.body_width, 6)))
+        nn.init.zeros_(self.face_regressor.jaw_pose_out.weight)
+        with torch.no_grad():
+            self.face_regressor.jaw_pose_out.bias.copy_(matrix_to_rot6d(torch.eye(3)))
+
+    def forward(self, image):
+        """image (B, 3, H, W) in [0, 1] at any size (resized to the body input)."""
+        x = F.interpolate(image, self.image_hw, mode="area") if tuple(image.shape[-2:]) != self.image_hw else image
+        tokens, task = self.encoder(x)
+        B, (h, w) = len(x), self.encoder.grid
+        feature_map = tokens.transpose(1, 2).reshape(B, -1, h, w)
+        heatmaps = self.body_position_net.heatmaps(feature_map)  # (B, K, D, h, w)
+        joints = soft_argmax(heatmaps)  # (B, K, 3) heatmap pixels (x, y) and depth bin
+        theta0, shape, cam = self.body_rotation_net(task[:, 6:], joints, task[:, 0], task[:, 1])
+        face = self.face_regressor
+        return dict(feature_map=feature_map, body_joints=joints, theta0=theta0, shape=shape, cam=cam,
+                    expression=face.expr_out(task[:, 2]), jaw=face.jaw_pose_out(task[:, 3]),
+                    boxes=self.box_net(feature_map, heatmaps, image.shape[-2:]))
+
+    def hands(self, feature_map, boxes, image_hw):
+        """Hand feature map (B, 2, C, R, R) at boxes (B, 2, 4) (image pixels) and the 20 hand joints
+        (B, 2, 20, 3) in its frame (left hands flipped)."""
+        rois = self.hand_roi_net(feature_map, boxes, image_hw)
+        joints = self.hand_position_net(rois.flatten(0, 1)).view(len(rois), 2, len(HAND_JOINTS), 3)
+        return rois, joints
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Hand-path adapter (Sec. 3.3, Eqs. 1-3)
+
+
+class HandAdapter(nn.Module):
+    """New SA' and CA' for every block of a frozen hand head, copies of SA and CA (Sec. 3.3: "SA', W'_q,
+    W'_k and W'_v are initialized from SA, W_q, W_k and W_v"), and F^B = Linear(theta_b) + E.
+
+    body=True: CA' attends to the arm chain's tokens F^B (Eq. 2). body=False: the Table 3 No.5 control,
+    CA' attends to the hand image tokens F^H (no body information, no F^B parameters).
+    """
+
+    def __init__(self, head, body=True, scale=1.0):
+        super().__init__()
+        layers = head.transformer.transformer.layers
+        # NOTE(paper gap) 1: copies of the PreNorm modules, LayerNorm and output projection included
+        self.sa = nn.ModuleList(copy.deepcopy(sa) for sa, _, _ in layers)
+        self.ca = nn.ModuleList(copy.deepcopy(ca) for _, ca, _ in layers)
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self.scale, self.body = scale, body
+        if body:
+            context = layers[0][1].fn.to_kv.in_features
+            self.body_embed = nn.Linear(6, context)  # F^B = theta_b W_B ("a linear layer", Sec. 3.3)
+            self.joint_embed = nn.Parameter(torch.zeros(1, len(ARMS["left"]), context))  # NOTE(paper gap) 2
+            nn.init.trunc_normal_(self.joint_embed, std=0.02)
+
+    def forward(self, head, hand_tokens, theta_b=None):
+        """head: the frozen MANOHead; hand_tokens F^H (B, h w, C); theta_b (B, 8, 6) (zeros: no body
+        labels, Sec. 3.3). -> pose (B, 16, 6), betas, cam through the frozen readouts."""
+        context = self.body_embed(theta_b) + self.joint_embed if self.body else hand_tokens  # F^B or F^H
+        z = head.transformer.start(len(hand_tokens))
+        for (sa, ca, ff), sa2, ca2 in zip(head.transformer.transformer.layers, self.sa, self.ca):
+            z_a, z_b = z + sa(z), z + sa2(z)  # frozen path; the adapter's query path (SA')
+            # Eq. (3): Z_new = CA(Q, K, V) + CA(Q', K', V'), Q' = SA'(Z) W'_q, K' = F^B W'_k, V' = F^B W'_v
+            z = z_a + ca(z_a, hand_tokens) + self.scale * ca2(z_b, context)
+            z = z + ff(z)
+        return head.readout(z)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Body-path adapter (Sec. 3.4, Eq. 4)
+
+
+class BodyAdapter(nn.Module):
+    """theta_hat = theta_0 + FFN(CA(Q'', K'', V'')) (Eq. 4): a 1x1 conv C -> P on the hand feature map,
+    bilinear features at the 4 MCP joints of each hand (F^J, B x 8 x P), and transformer blocks on one
+    empty query token (SA'', CA'' to F^J, FF); the regressor's last layer starts at zero."""
+
+    def __init__(self, cfg, width):
+        super().__init__()
+        self.proj = nn.Conv2d(width, cfg.body_proj, 1)  # NOTE(paper gap) 7: no BN (the paper: "a 1-by-1 convolution")
+        self.token_embed = nn.Parameter(torch.zeros(1, 2 * len(MCP), cfg.body_proj))  # NOTE(paper gap) 2
+        nn.init.trunc_normal_(self.token_embed, std=0.02)
+        self.transformer = TransformerDecoder(cfg.body_dim, cfg.body_depth, cfg.body_heads, cfg.body_dim_head,
+                                              cfg.body_mlp, cfg.body_proj)
+        self.regressor = nn.Sequential(nn.Linear(cfg.body_dim, cfg.body_dim), nn.GELU(),
+                                       nn.Linear(cfg.body_dim, NUM_BODY * 6))  # NOTE(paper gap) 8
+        nn.init.zeros_(self.regressor[-1].weight)
+        nn.init.zeros_(self.regressor[-1].bias)
+
+    def forward(self, theta0, rois, mcp):
+        """theta0 (B, 22, 6); rois (B, 2, C, R, R); mcp (B, 2, 4, 2) in RoI pixels. -> theta_hat (B, 22, 6)."""
+        B = len(rois)
+        maps = self.proj(rois.flatten(0, 1))  # (2B, P, R, R)
+        tokens = sample_points(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1) + self.token_embed  # F^J
+        z = self.transformer(tokens)  # Z'' -> SA'' -> CA''(., F^J) -> FF, depth times
+        return theta0 + self.regressor(z[:, 0]).view(B, NUM_BODY, 6)  # Eq. (4)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. The models train.py trains, and their losses (Eqs. 5-8)
+
+
+@functools.lru_cache(maxsize=None)
+def body_models():
+    """MANO (right hand) and SMPL-X (bodymodels' loaders: $HMR_BODY_MODELS or the stand-ins) as
+    float32 Skinning, SMPL-X's parents, each hand's SMPL-X vertices (strongest skinning joint in the
+    hand), and R_off (3, 3): the rotation that turns MANO's rest hand onto SMPL-X's rest right hand
+    (a MANO pose's global rotation G is SMPL-X's wrist rotation G R_off^T, its fingers R_off aa)."""
+    mano, smplx = bodymodels.load_mano(), bodymodels.load_smplx()
+    with torch.no_grad():
+        mano_rest = mano().joints[0].double()
+        smplx_rest = smplx().joints[0].double()[list(bodymodels.SMPLX_HAND_JOINTS["right"])]
+    part = smplx.lbs_weights.argmax(1)
+    return types.SimpleNamespace(
+        mano=bodymodels.Skinning(mano, torch.float32, per_sample=False),
+        smplx=bodymodels.Skinning(smplx, torch.float32, per_sample=False), parents=smplx.parents.tolist(),
+        r_off=metrics.procrustes_transform(mano_rest[None], smplx_rest[None])[1][0].float(),
+        hand_verts={s: torch.isin(part, torch.tensor(bodymodels.SMPLX_HAND_JOINTS[s])).nonzero()[:, 0] for s in SIDES})
+
+
+def skin(model, R, betas):
+    """A Skinning's mesh from rotation matrices R (B, J, 3, 3) and betas (B, L) -> verts, joints."""
+    m = model
+    rest = m.J_template + (betas @ m.J_shapedirs.T.to(betas)).view(len(betas), -1, 3)
+    return bodymodels.lbs(betas, R, m.v_template.to(R), m.shapedirs.to(R), m.posedirs.to(R), m.J_regressor.to(R),
+                          m.parents, m.lbs_weights.to(R), pose2rot=False, rest_joints=rest)
+
+
+def mano_mesh(R, betas):
+    """MANO verts (B, 778, 3) and FreiHAND joints (B, 21, 3) of rotations R (B, 16, 3, 3), betas (B, 10)."""
+    verts, joints = skin(body_models().mano, R, betas)
+    return verts, bodymodels.mano_to_freihand(joints, verts)
+
+
+def body_joints(R, betas):
+    """SMPL-X's 22 body joints (B, 22, 3) of body rotations R (B, 22, 3, 3) by forward kinematics
+    (what its LBS gives them, without skinning 10475 vertices); betas (B, 10)."""
+    m = body_models().smplx
+    rest = m.J_template + (betas @ m.J_shapedirs[:, :10].T.to(betas)).view(len(betas), -1, 3)
+    return forward_kinematics(R, rest[:, :NUM_BODY], m.parents[:NUM_BODY])[0]
+
+
+def hand_targets(batch, boxes):
+    """What the hand path is scored against, both hands of each sample (2B, left first): MANO
+    rotations R* (2B, 16, 3, 3) in the right-hand (flipped) frame, its mesh with zero betas, the
+    2D keypoints in normalised coordinates of the (flipped) crops at boxes (B, 2, 4)."""
+    pose = torch.stack([batch[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)  # (2B, 16, 3)
+    R = axis_angle_to_matrix(pose)
+    verts, joints = mano_mesh(R, R.new_zeros(len(R), 10))
+    kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)  # (2B, 21, 2) image pixels
+    return dict(R=R, verts=verts, joints=joints, uv=to_crop(kp, boxes.flatten(0, 1), flip_pattern(len(batch["image"]), R.device)))
+
+
+def flip_pattern(batch, device):
+    """(2 batch,) bool: True for the left hand of each sample (hands ordered left, right)."""
+    return torch.tensor([True, False], device=device).repeat(batch)
+
+
+def gt_boxes(batch, scale):
+    return scale_boxes(torch.stack([batch[f"{s}_hand_box"] for s in SIDES], 1), scale)  # (B, 2, 4)
+
+
+def hand_loss(out, target, cfg):
+    """Eq. (5): lambda_2D L_2D + lambda_3D L_3D + lambda_v L_v + lambda_theta L_theta + lambda_beta L_beta.
+    out: (pose (N, 16, 6), betas, cam); target: `hand_targets`. 3D terms are wrist-relative (L1, m)."""
+    pose, betas, cam = out
+    R = rot6d_to_matrix(pose)
+    verts, joints = mano_mesh(R, betas)
+    wrist, wrist_gt = joints[:, :1], target["joints"][:, :1]
+    uv = bodymodels.project_to_crop(joints, bodymodels.weak_perspective_to_translation(cam))
+    # Eq. (6), NOTE(paper gap) 9: ||R - R*||^2 + (1 - cos(R, R*)) per joint, on rotation matrices
+    cos = F.cosine_similarity(R.flatten(-2), target["R"].flatten(-2), dim=-1)
+    terms = dict(hand_3d=(joints - wrist - target["joints"] + wrist_gt).abs().mean(),
+                 hand_2d=(uv - target["uv"]).abs().mean(),
+                 hand_verts=(verts - wrist - target["verts"] + wrist_gt).abs().mean(),
+                 hand_pose=((R - target["R"]) ** 2).sum((-1, -2)).mean() + (1 - cos).mean(),
+                 hand_betas=(betas ** 2).mean())
+    weights = (cfg.w_hand_3d, cfg.w_hand_2d, cfg.w_hand_verts, cfg.w_hand_pose, cfg.w_hand_betas)
+    return sum(w * t for w, t in zip(weights, terms.values())), terms
+
+
+def body_pose_loss(theta, shape, cam, batch, cfg):
+    """Eqs. (7, 8) on a body pose theta (B, 22, 6) with frozen shape and camera: lambda_theta L1 on
+    rotation matrices, lambda_3D L1 on pelvis-relative joints, lambda_2D L_proj on projected joints
+    (normalised by the image height). L_img and L_beta: no gradient here (NOTE(paper gap) 10)."""
+    R, R_gt = rot6d_to_matrix(theta), axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
+    joints, gt = body_joints(R, shape), batch["joints3d"][:, :NUM_BODY]
+    uv = bodymodels.project_to_crop(joints, bodymodels.weak_perspective_to_translation(cam))
+    terms = dict(body_pose=(R - R_gt).abs().mean(), body_3d=(joints - joints[:, :1] - gt + gt[:, :1]).abs().mean(),
+                 body_2d=(uv - image_normalised(batch)).abs().mean())
+    return cfg.w_body_pose * terms["body_pose"] + cfg.w_body_3d * terms["body_3d"] + cfg.w_body_2d * terms["body_2d"], terms
+
+
+def image_normalised(batch):
+    """The 22 body joints' pixels -> (u - W/2, v - H/2) / H: what a weak-perspective camera of the
+    image's focal length (5000 for a 256 high image) projects to."""
+    H, W = batch["image"].shape[-2:]
+    return (batch["joints2d"][:, :NUM_BODY] - batch["joints2d"].new_tensor([W / 2, H / 2])) / H
+
+
+class Bases(nn.Module):
+    """The two bases, trained together here only as the demo's stand-ins for the pretrained HaMeR and
+    SMPLer-X (their parameters are disjoint, so this is two separate trainings)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.hand_expert, self.whole_body = HandExpert(cfg), WholeBody(cfg)
+
+    def forward(self, batch):
+        """The training loss of both bases: (loss, terms)."""
+        cfg, image = self.cfg, batch["image"]
+        boxes = gt_boxes(batch, cfg.hand_box_scale)
+        # hand expert on ground-truth crops: HaMeR's losses are Eq. 5's terms with HaMeR's weights (PAPER's)
+        flip = flip_pattern(len(image), image.device)
+        crops = crop_images(image.repeat_interleave(2, 0), boxes.flatten(0, 1), cfg.hand_crop, flip)
+        hand, hand_terms = hand_loss(self.hand_expert(crops), hand_targets(batch, boxes), PAPER)
+        # whole-body model (SMPLer-X's L1 terms)
+        out = self.whole_body(image)
+        body, body_terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, PAPER)
+        terms = dict(hand_terms, **body_terms, joints_img=self._joint_img_loss(out, batch),
+                     boxes=self._box_loss(out["boxes"], batch),
+                     shape=(out["shape"] - batch["smplx_shape"]).abs().mean(),
+                     face=(out["expression"] - batch["smplx_expression"]).abs().mean() +
+                     (rot6d_to_matrix(out["jaw"]) - axis_angle_to_matrix(batch["smplx_pose"][:, 22])).abs().mean())
+        rois, hand_joints = self.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
+        terms["hand_joints_img"] = self._hand_joint_loss(hand_joints, batch, boxes)
+        return hand + body + sum(terms[k] for k in ("joints_img", "boxes", "shape", "face", "hand_joints_img")), terms
+
+    def _joint_img_loss(self, out, batch):
+        """L1 of the position net's body joints (heatmap pixels and depth bins, SMPLer-X's L_img)."""
+        H, W = batch["image"].shape[-2:]
+        (h, w), D = self.whole_body.encoder.grid, self.cfg.body_hm_depth
+        xy = batch["joints2d"][:, :NUM_BODY] * batch["joints2d"].new_tensor([w / W, h / H]) - 0.5
+        z = batch["joints3d"][:, :NUM_BODY, 2] - batch["joints3d"][:, :1, 2]  # pelvis-relative depth, +-1 m
+        target = torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)
+        return (out["body_joints"][:, :NUM_BODY] - target).abs().mean()
+
+    def _box_loss(self, boxes, batch):
+        gt = torch.stack([batch[f"{s}_hand_box"] for s in SIDES], 1)
+        H = batch["image"].shape[-2]
+        centre, size = (boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2] - boxes[..., 0]
+        gt_centre, gt_size = (gt[..., :2] + gt[..., 2:]) / 2, gt[..., 2] - gt[..., 0]
+        return ((centre - gt_centre) / H).abs().mean() + (size.log() - gt_size.clamp(min=1).log()).abs().mean()
+
+    def _hand_joint_loss(self, hand_joints, batch, boxes):
+        """L1 of the hand position net's 20 joints in the RoI frame (x, y; depth bins of +-0.15 m)."""
+        R, D = self.cfg.hand_roi, self.cfg.hand_hm_depth
+        flip = flip_pattern(len(boxes), boxes.device)
+        kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)[:, list(HAND_JOINTS)]
+        xy = to_roi(kp, boxes.flatten(0, 1), R, flip)
+        j3 = torch.stack([batch[f"{s}_hand_joints3d"] for s in SIDES], 1).flatten(0, 1)
+        z = (j3[:, list(HAND_JOINTS), 2] - j3[:, :1, 2]) / 0.15
+        target = torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)
+        return (hand_joints.flatten(0, 1) - target).abs().mean()
+
+
+class Adapted(nn.Module):
+    """The frozen bases (in eval mode whatever train() says) with the hand adapter, the Table 3 No.5
+    control (an adapter whose CA' attends to the hand image) and the body adapter. The three share no
+    parameter, so training them together is training them separately (Sec. 3.5)."""
+
+    def __init__(self, cfg, bases):
+        super().__init__()
+        self.cfg, self.bases = cfg, bases.requires_grad_(False).eval()
+        head = bases.hand_expert.mano_head
+        self.hand_adapter = HandAdapter(head, body=True, scale=cfg.adapter_scale)
+        self.no_body_adapter = HandAdapter(head, body=False, scale=cfg.adapter_scale)
+        self.body_adapter = BodyAdapter(cfg, bases.cfg.body_width)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.bases.eval()  # frozen: dropout off, normalisation statistics never move
+        return self
+
+    def forward(self, batch):
+        """The adapters' training losses: (loss, terms)."""
+        cfg, bcfg, image = self.cfg, self.bases.cfg, batch["image"]
+        B = len(image)
+        # hand path (Sec. 3.5.1): crops at the true boxes, the true body pose (zeros for "hand-only" samples)
+        boxes = gt_boxes(batch, bcfg.hand_box_scale)
+        flip = flip_pattern(B, image.device)
+        with torch.no_grad():
+            tokens = self.bases.hand_expert.features(crop_images(image.repeat_interleave(2, 0), boxes.flatten(0, 1),
+                                                                 bcfg.hand_crop, flip))
+        R_gt = axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
+        chain = torch.stack([arm_chain(R_gt, s) for s in SIDES], 1).flatten(0, 1)  # (2B, 8, 6)
+        keep = (torch.rand(2 * B, 1, 1, device=image.device) >= cfg.hand_only_prob).to(chain)
+        head, target = self.bases.hand_expert.mano_head, hand_targets(batch, boxes)
+        hand, terms = hand_loss(self.hand_adapter(head, tokens, chain * keep), target, cfg)
+        control, control_terms = hand_loss(self.no_body_adapter(head, tokens), target, cfg)
+        # body path (Sec. 3.5.2): features sampled at the true MCP joints in the predicted boxes' RoI frame
+        with torch.no_grad():
+            out = self.bases.whole_body(image)
+            pred_boxes = scale_boxes(out["boxes"], bcfg.hand_box_scale)
+            rois, _ = self.bases.whole_body.hands(out["feature_map"], pred_boxes, image.shape[-2:])
+        kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)[:, [HAND_JOINTS[i] for i in MCP]]
+        mcp = to_roi(kp, pred_boxes.flatten(0, 1), bcfg.hand_roi, flip).view(B, 2, len(MCP), 2)
+        theta_hat = self.body_adapter(out["theta0"], rois, mcp)
+        body, body_terms = body_pose_loss(theta_hat, out["shape"], out["cam"], batch, cfg)
+        terms = dict(terms, no_body=control, **body_terms)
+        return hand + control + body, terms
+
+
+def _build_bases(cfg, parent=None):
+    return Bases(cfg)
+
+
+def build_model(cfg, parent):
+    """The adapters on `parent`, the trained `Bases` (train.py's "hmr_adapter_bases" row)."""
+    if parent is None:
+        raise ValueError("hmr_adapter.build_model: needs the trained bases (train.py trains 'hmr_adapter_bases' first)")
+    return Adapted(cfg, parent)
+
+
+def training_loss(model, batch, cfg):
+    return model(batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Inference: the dual-path pipeline, predict, and the evaluation protocol
+
+
+def hand_path(bases, adapter, image, boxes, chain=None):
+    """Hand MANO rotations (B, 2, 16, 3, 3) in the right-hand frame: crops at boxes (B, 2, 4), the
+    frozen expert (adapter None) or an adapter on it, conditioned on arm chains (B, 2, 8, 6)."""
+    B, cfg = len(image), bases.cfg
+    flip = flip_pattern(B, image.device)
+    tokens = bases.hand_expert.features(crop_images(image.repeat_interleave(2, 0), boxes.flatten(0, 1), cfg.hand_crop, flip))
+    head = bases.hand_expert.mano_head
+    pose, betas, _ = head(tokens) if adapter is None else adapter(head, tokens, None if chain is None else chain.flatten(0, 1))
+    return rot6d_to_matrix(pose).view(B, 2, 16, 3, 3), betas.view(B, 2, 10)
+
+
+def assemble(body_R, hand_R, out):
+    """SMPL-X rotations (B, 55, 3, 3): body from body_R (B, 22, 3, 3); each hand's fingers and, by
+    IK, its wrist from the hand path's MANO rotations hand_R (B, 2, 16, 3, 3) (left mirrored back);
+    the jaw from the whole-body model; eyes at rest."""
+    m = body_models()
+    r_off = m.r_off.to(body_R)
+    R = torch.eye(3).to(body_R).repeat(len(body_R), 55, 1, 1)
+    R[:, :NUM_BODY], R[:, 22] = body_R, rot6d_to_matrix(out["jaw"])
+    for i, side in enumerate(SIDES):
+        H = r_off @ hand_R[:, i] @ r_off.T  # MANO frame -> SMPL-X's right-hand frame (fingers: R_off F R_off^T)
+        G = hand_R[:, i, 0] @ r_off.T  # the hand's global rotation as SMPL-X's wrist
+        if side == "left":
+            H, G = mirror_rotation(H, matrix=True), mirror_rotation(G, matrix=True)
+        joints = bodymodels.SMPLX_HAND_JOINTS[side]
+        R[:, list(joints[1:])] = H[:, 1:]
+        R[:, joints[0]] = hand_global_to_wrist(R[:, :NUM_BODY], G, side, m.parents)  # NOTE(paper gap) 4
+    return R
+
+
+def pipeline(model, image, adapted=True):
+    """Sec. 3.1: image (B, 3, H, W) -> SMPL-X verts (B, 10475, 3) and joints (B, 55, 3) in camera
+    coordinates, and the predicted hand boxes (B, 2, 4). adapted=False: the paper's baseline
+    (both frozen models + IK); True: theta_hat from the body adapter, hands from the hand adapter
+    conditioned on theta_hat's arm chains (NOTE(paper gap) 5), MCP joints from the whole-body
+    model's hand position net (NOTE(paper gap) 6)."""
+    bases = model.bases
+    out = bases.whole_body(image)
+    boxes = scale_boxes(out["boxes"], bases.cfg.hand_box_scale)
+    theta, chain, adapter = out["theta0"], None, None
+    if adapted:
+        rois, hand_joints = bases.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
+        theta = model.body_adapter(out["theta0"], rois, hand_joints[:, :, list(MCP), :2])
+        chain = torch.stack([arm_chain(rot6d_to_matrix(theta), s) for s in SIDES], 1)
+        adapter = model.hand_adapter
+    hand_R, _ = hand_path(bases, adapter, image, boxes, chain)
+    R = assemble(rot6d_to_matrix(theta), hand_R, out)
+    verts, joints = skin(body_models().smplx, R, torch.cat([out["shape"], out["expression"]], -1))
+    t = bodymodels.weak_perspective_to_translation(out["cam"])[:, None]
+    return verts + t, joints + t, boxes
+
+
+@torch.no_grad()
+def predict(model, batch, cfg):
+    """Held-out predictions (train.py's protocol): hand path at the true boxes (like Table 3) for
+    expert, no_body and adapter (the adapter sees the true body pose, as in training), as MANO meshes
+    {hand_M_verts (B, 2, 778, 3), hand_M_joints (B, 2, 21, 3)}; the pipeline at predicted boxes (like
+    Table 1) for baseline and adapted: {pipe_P_verts (B, 10475, 3), pipe_P_joints (B, 55, 3), pipe_P_boxes}."""
+    model, image = _unwrap(model), batch["image"]
+    adapted = isinstance(model, Adapted)
+    bases = model.bases if adapted else model
+    boxes = gt_boxes(batch, bases.cfg.hand_box_scale)
+    heads = {"expert": (None, None)}
+    if adapted:
+        R_gt = axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
+        chain = torch.stack([arm_chain(R_gt, s) for s in SIDES], 1)
+        heads.update(no_body=(model.no_body_adapter, None), adapter=(model.hand_adapter, chain))
+    out = {}
+    for name, (adapter, chain) in heads.items():
+        R, betas = hand_path(bases, adapter, image, boxes, chain)
+        verts, joints = mano_mesh(R.flatten(0, 1), betas.flatten(0, 1))
+        out[f"hand_{name}_verts"], out[f"hand_{name}_joints"] = verts.unflatten(0, (-1, 2)), joints.unflatten(0, (-1, 2))
+    for name in ("baseline", "adapted") if adapted else ("baseline",):
+        piped = model if name == "adapted" else types.SimpleNamespace(bases=bases)
+        out[f"pipe_{name}_verts"], out[f"pipe_{name}_joints"], out[f"pipe_{name}_boxes"] = pipeline(piped, image, name == "adapted")
+    return out
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _errors(pred_verts, gt_verts, pred_joints, gt_joints, root):
+    """PVE after moving joint `root` of each to the origin, PA-PVE, PA-MPJPE: (N,) each, input units."""
+    pve = (pred_verts - pred_joints[:, root:root + 1] - gt_verts + gt_joints[:, root:root + 1]).norm(dim=-1).mean(-1)
+    return dict(pve_mm=pve, pa_pve_mm=metrics.pa_mpvpe(pred_verts, gt_verts), pa_mpjpe_mm=metrics.pa_mpjpe(pred_joints, gt_joints))
+
+
+def evaluation_metrics(pred, gt):
+    """The paper's protocol (Sec. 4.1) in mm, as {"hand_path/M/{clean,occluded}/E": ...,
+    "pipeline/P/{all,hands,hands_occluded}/E": ...} (train.py nests the names at "/"). Hands are
+    wrist-aligned and averaged over the hands in each split; the whole body is pelvis-aligned."""
+    result = {}
+    occluded = torch.stack([gt[f"{s}_hand_occluded"] for s in SIDES], 1).flatten() > 0.5  # (2N,)
+    hand_names = [k[5:-6] for k in pred if k.startswith("hand_") and k.endswith("_verts")]
+    if hand_names:
+        pose = torch.stack([gt[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)
+        gt_verts, gt_joints = mano_mesh(axis_angle_to_matrix(pose), pose.new_zeros(len(pose), 10))
+    for name in hand_names:
+        e = _errors(pred[f"hand_{name}_verts"].flatten(0, 1), gt_verts, pred[f"hand_{name}_joints"].flatten(0, 1), gt_joints, 0)
+        for split, mask in (("clean", ~occluded), ("occluded", occluded)):
+            result.update({f"hand_path/{name}/{split}/{k}": 1000 * v[mask].mean() for k, v in e.items()})
+    m = body_models()
+    for name in [k[5:-6] for k in pred if k.startswith("pipe_") and k.endswith("_verts")]:
+        verts, joints = pred[f"pipe_{name}_verts"], pred[f"pipe_{name}_joints"]
+        e = _errors(verts, gt["verts"], joints, gt["joints3d"], 0)
+        result.update({f"pipeline/{name}/all/{k}": 1000 * v.mean() for k, v in e.items()})
+        per_hand = []
+        for side in SIDES:
+            ids, hj = m.hand_verts[side], list(bodymodels.SMPLX_HAND_JOINTS[side])
+            per_hand.append(_errors(verts[:, ids], gt["verts"][:, ids], joints[:, hj], gt["joints3d"][:, hj], 0))
+        hands = {k: torch.stack([h[k] for h in per_hand], 1).flatten() for k in per_hand[0]}  # (2N,) left, right
+        result.update({f"pipeline/{name}/hands/{k}": 1000 * v.mean() for k, v in hands.items()})
+        result.update({f"pipeline/{name}/hands_occluded/{k}": 1000 * v[occluded].mean() for k, v in hands.items()})
+    return {k: float(v) for k, v in result.items()}
+
+
+class MeanPoseBaseline:
+    """The constant baseline scored by the same protocol: the training set's mean MANO pose (per-joint
+    chordal mean, both hands in the right-hand frame) for the hand path, and its mean SMPL-X pose and
+    shape for the pipeline, placed at the true pelvis; labels: training labels (train.py)."""
+
+    def __init__(self, labels):
+        pose = torch.stack([labels[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)
+        self.hand_R = metrics.mean_rotations(axis_angle_to_matrix(pose.double())).float()  # (16, 3, 3)
+        self.body_R = metrics.mean_rotations(axis_angle_to_matrix(labels["smplx_pose"].double())).float()  # (55, 3, 3)
+        self.shape = torch.cat([labels["smplx_shape"].mean(0), labels["smplx_expression"].mean(0)])
+
+    def __call__(self, gt):
+        N = len(gt["smplx_pose"])
+        verts, joints = mano_mesh(self.hand_R.expand(2 * N, -1, -1, -1), torch.zeros(2 * N, 10))
+        bv, bj = skin(body_models().smplx, self.body_R[None], self.shape[None])
+        shift = gt["joints3d"][:, :1] - bj[:, :1]
+        return {"hand_constant_verts": verts.unflatten(0, (N, 2)), "hand_constant_joints": joints.unflatten(0, (N, 2)),
+                "pipe_constant_verts": bv + shift, "pipe_constant_joints": bj + shift}
+
+
+def _predict_bases(model, batch, cfg):
+    return predict(model, batch, cfg)
+
+
+BASES = types.SimpleNamespace(  # train.py's row "hmr_adapter_bases": the tiny stand-ins of the pretrained bases
+    CONFIGS=BASE_CONFIGS, build_model=_build_bases, training_loss=training_loss, predict=_predict_bases,
+    learning_rate=learning_rate)
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. Tools: parameter counts at the paper's size, latency, a demo
+
+
+PAPER_COUNTS = {"hand expert head": "39M (Tab. 3 No.3)", "hand adapter": "27M (Sec. 4.1)",
+                "whole-body neck + heads": "31M (Tab. 4 No.3)", "body adapter": "37M (Sec. 4.1)"}
+
+
+def parameter_table(base_cfg=BASES_PAPER, cfg=PAPER):
+    """{part: (trainable, frozen)} parameter counts, built on the meta device (no memory, no weights)."""
+    with torch.device("meta"):
+        model = Adapted(cfg, Bases(base_cfg))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    wb = model.bases.whole_body
+    return {"hand expert ViT": (0, count(model.bases.hand_expert.backbone)),
+            "hand expert head": (0, count(model.bases.hand_expert.mano_head)),
+            "hand adapter": (count(model.hand_adapter), 0),
+            "whole-body encoder": (0, count(wb.encoder)),
+            "whole-body neck + heads": (0, count(wb) - count(wb.encoder)),
+            "body adapter": (count(model.body_adapter), 0)}
+
+
+@torch.no_grad()
+def benchmark(base_cfg, cfg, device, batch=1, repeats=10):
+    """Mean seconds per image of the baseline pipeline (frozen models + IK) and the adapted one, on
+    random weights and a random image of the config's size."""
+    model = Adapted(cfg, Bases(base_cfg)).to(device).eval()
+    image = torch.rand(batch, 3, *base_cfg.image_size, device=device)
+    times = {}
+    for name, adapted in (("baseline", False), ("adapted", True)):
+        piped = model if adapted else types.SimpleNamespace(bases=model.bases)
+        pipeline(piped, image, adapted)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            pipeline(piped, image, adapted)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times[name] = (time.perf_counter() - t) / repeats / batch
+    return times
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="HMR-Adapter: parameter counts, latency, or a demo of the pipeline.")
+    p.add_argument("--params", action="store_true", help="trainable and frozen parameters per part at the paper's size")
+    p.add_argument("--bench", action="store_true", help="latency of the baseline and the adapted pipeline on this device")
+    p.add_argument("--config", default="tiny", help="tiny | paper (for --bench and the demo; default tiny)")
+    args = p.parse_args(argv)
+    if args.config not in CONFIGS:
+        raise SystemExit(f"hmr_adapter.py: unknown --config {args.config!r}; expected one of {', '.join(CONFIGS)}")
+    base_cfg, cfg = BASE_CONFIGS[args.config], CONFIGS[args.config]
+    if args.params:
+        for part, (trainable, frozen) in parameter_table().items():
+            print(f"{part:26s} trainable {trainable / 1e6:8.2f}M  frozen {frozen / 1e6:8.2f}M  paper: {PAPER_COUNTS.get(part, '-')}")
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.bench:
+        times = benchmark(base_cfg, cfg, device)
+        print(f"{args.config} on {device.type}: baseline {1e3 * times['baseline']:.1f} ms/image, adapted "
+              f"{1e3 * times['adapted']:.1f} ms/image (+{100 * (times['adapted'] / times['baseline'] - 1):.1f} %)")
+        return
+    # the demo: one image through both paths of an untrained model, what flows where
+    torch.manual_seed(0)
+    model = Adapted(cfg, Bases(base_cfg)).to(device).eval()
+    image = torch.rand(1, 3, *base_cfg.image_size, device=device)
+    with torch.no_grad():
+        out = model.bases.whole_body(image)
+        print({k: tuple(v.shape) for k, v in out.items()})
+        verts, joints, boxes = pipeline(model, image, adapted=True)
+    print(f"adapted pipeline: SMPL-X verts {tuple(verts.shape)}, joints {tuple(joints.shape)}, hand boxes {boxes[0].tolist()}")
+    print("train it: torchrun --standalone --nproc_per_node=2 train.py --model hmr_adapter")
+
+
+if __name__ == "__main__":
+    main()

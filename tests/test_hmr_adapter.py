@@ -1,0 +1,282 @@
+"""HMR-Adapter (hmr_adapter.py): the adapters' equivalences at initialisation, frozen bases, the
+geometry of crops, RoI-align, arm chains and IK, parameter counts at the paper's size, the
+evaluation protocol, and a one-batch overfit per adapter."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import bodymodels
+import data
+import hmr_adapter as ha
+from bodymodels import axis_angle_to_matrix, forward_kinematics, mirror_rotation
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def batch():
+    dataset = data.SyntheticWholeBody(4, image_size=(256, 192), occlusion_prob=0.5, seed=5)
+    return torch.utils.data.default_collate([dataset[i] for i in range(4)])
+
+
+@pytest.fixture(scope="module")
+def bases():
+    torch.manual_seed(0)
+    return ha.Bases(ha.BASES_TINY)
+
+
+def random_rotations(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return axis_angle_to_matrix(torch.randn(n, 3, generator=g, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# adapters at initialisation
+
+
+def test_hand_adapter_with_scale_zero_is_exactly_the_frozen_head(bases):
+    head = bases.hand_expert.mano_head
+    adapter = ha.HandAdapter(head, body=True, scale=0.0)
+    tokens, chain = torch.randn(3, 48, 64), torch.randn(3, 8, 6)
+    for got, want in zip(adapter(head, tokens, chain), head(tokens)):
+        assert torch.equal(got, want)
+
+
+def test_hand_adapter_copies_share_no_storage_and_differ_from_the_head_at_scale_one(bases):
+    head = bases.hand_expert.mano_head
+    adapter = ha.HandAdapter(head, body=True)
+    for (sa, ca, _), sa2, ca2 in zip(head.transformer.transformer.layers, adapter.sa, adapter.ca):
+        for frozen, copy in ((sa, sa2), (ca, ca2)):
+            for (name, p), (_, q) in zip(frozen.named_parameters(), copy.named_parameters()):
+                assert torch.equal(p, q) and p.data_ptr() != q.data_ptr(), name
+    tokens = torch.randn(2, 48, 64)
+    # Eq. 3 adds CA' on top of CA: with copied weights the output moves even for a zero body pose
+    assert not torch.allclose(adapter(head, tokens, torch.zeros(2, 8, 6))[0], head(tokens)[0])
+
+
+def test_no_body_control_at_init_doubles_each_blocks_cross_attention(bases):
+    """The Table 3 No.5 control: SA' = SA and CA' = CA at init, and CA' attends to F^H, so each
+    block's cross-attention update is exactly twice the frozen one."""
+    head = bases.hand_expert.mano_head
+    control = ha.HandAdapter(head, body=False)
+    tokens = torch.randn(2, 48, 64)
+    z = head.transformer.start(2)
+    for sa, ca, ff in head.transformer.transformer.layers:
+        z = z + sa(z)
+        z = z + 2 * ca(z, tokens)
+        z = z + ff(z)
+    for got, want in zip(control(head, tokens), head.readout(z)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_body_adapter_at_init_returns_theta0():
+    cfg = ha.TINY
+    adapter = ha.BodyAdapter(cfg, 64)
+    theta0 = torch.randn(2, 22, 6)
+    out = adapter(theta0, torch.randn(2, 2, 64, 8, 8), torch.rand(2, 2, 4, 2) * 7)
+    assert torch.equal(out, theta0)
+
+
+def test_arm_tokens_are_told_apart_by_the_joint_embedding(bases):
+    head = bases.hand_expert.mano_head
+    adapter = ha.HandAdapter(head, body=True)
+    tokens, chain = torch.randn(1, 48, 64), torch.randn(1, 8, 6)
+    assert not torch.allclose(adapter(head, tokens, chain)[0], adapter(head, tokens, chain.flip(1))[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# frozen bases
+
+
+def test_frozen_bases_get_no_gradient_and_do_not_move(bases, batch):
+    model = ha.Adapted(ha.TINY, bases)
+    before = {k: v.clone() for k, v in model.bases.state_dict().items()}
+    model.train()
+    assert not model.bases.training and model.hand_adapter.training
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    loss, _ = model(batch)
+    loss.backward()
+    assert all(p.grad is None for p in model.bases.parameters())
+    for name, p in model.named_parameters():
+        if p.requires_grad and not name.startswith("body_adapter.regressor.0"):  # behind the zero layer at step 0
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    optimizer.step()
+    assert all(torch.equal(v, before[k]) for k, v in model.bases.state_dict().items())
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == \
+        {"hand_adapter", "no_body_adapter", "body_adapter"}
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry
+
+
+def test_arm_chain_product_is_the_wrists_global_rotation():
+    smplx = bodymodels.load_smplx()
+    parents = smplx.parents.tolist()[:22]
+    R = random_rotations(22, 1)[None]  # (1, 22, 3, 3)
+    world = forward_kinematics(R, torch.zeros(1, 22, 3, dtype=R.dtype), parents)[1]
+    for side, wrist in (("left", 20), ("right", 21)):
+        chain = bodymodels.rot6d_to_matrix(ha.arm_chain(R, side))[0]  # (8, 3, 3)
+        product = torch.eye(3, dtype=R.dtype)
+        for r in chain:
+            product = product @ r
+        want = mirror_rotation(world[0, wrist], matrix=True) if side == "left" else world[0, wrist]
+        torch.testing.assert_close(product, want)  # mirroring commutes with the product
+
+
+def test_ik_gives_back_the_wrist_when_the_hand_has_the_wrists_global_rotation():
+    parents = bodymodels.load_smplx().parents.tolist()
+    R = random_rotations(22, 2)[None]
+    world = forward_kinematics(R, torch.zeros(1, 22, 3, dtype=R.dtype), parents[:22])[1]
+    for side, wrist in (("left", 20), ("right", 21)):
+        torch.testing.assert_close(ha.hand_global_to_wrist(R, world[:, wrist], side, parents), R[:, wrist])
+
+
+def test_assembled_hands_have_the_hand_paths_global_rotation_and_fingers():
+    m = ha.body_models()
+    body = random_rotations(22, 3).float()[None]
+    hand = random_rotations(32, 4).float().view(1, 2, 16, 3, 3)
+    out = {"jaw": bodymodels.matrix_to_rot6d(torch.eye(3))[None]}
+    R = ha.assemble(body, hand, out)
+    world = forward_kinematics(R, torch.zeros(1, 55, 3), m.parents)[1][0]
+    for i, side in enumerate(ha.SIDES):
+        G = hand[0, i, 0] @ m.r_off.T
+        G = mirror_rotation(G, matrix=True) if side == "left" else G
+        torch.testing.assert_close(world[bodymodels.SMPLX_HAND_JOINTS[side][0]], G, atol=1e-5, rtol=1e-5)
+
+
+def _reference_roi_align(feature, box, size, sampling):
+    """torchvision's roi_align (aligned=False, fixed sampling ratio) for one map (C, H, W), numpy."""
+    C, H, W = feature.shape
+    x0, y0, x1, y1 = box
+    bw, bh = max(x1 - x0, 1.0) / size, max(y1 - y0, 1.0) / size
+    out = np.zeros((C, size, size))
+    for i in range(size):
+        for j in range(size):
+            acc = np.zeros(C)
+            for a in range(sampling):
+                for b in range(sampling):
+                    y, x = y0 + (i + (a + 0.5) / sampling) * bh, x0 + (j + (b + 0.5) / sampling) * bw
+                    y, x = min(max(y, 0), H - 1), min(max(x, 0), W - 1)
+                    yl, xl = int(np.floor(y)), int(np.floor(x))
+                    yh, xh = min(yl + 1, H - 1), min(xl + 1, W - 1)
+                    ly, lx = y - yl, x - xl
+                    acc += ((1 - ly) * (1 - lx) * feature[:, yl, xl] + (1 - ly) * lx * feature[:, yl, xh]
+                            + ly * (1 - lx) * feature[:, yh, xl] + ly * lx * feature[:, yh, xh])
+            out[:, i, j] = acc / sampling ** 2
+    return out
+
+
+def test_roi_align_equals_a_reference_loop_and_flips_the_left_hand():
+    g = torch.Generator().manual_seed(0)
+    feature = torch.randn(2, 3, 12, 10, generator=g, dtype=torch.float64)
+    boxes = torch.tensor([[1.3, 2.2, 7.9, 9.1], [0.5, 0.4, 4.0, 3.9]], dtype=torch.float64)
+    flip = torch.tensor([True, False])
+    out = ha.roi_align(feature, boxes, 1.0, 4, 2, flip)
+    for k in range(2):
+        want = _reference_roi_align(feature[k].numpy(), boxes[k].tolist(), 4, 2)
+        got = out[k].flip(-1) if flip[k] else out[k]
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-9)
+
+
+def test_mcp_points_map_into_the_roi_frame_and_sample_a_linear_map_exactly():
+    R = 8
+    ys, xs = torch.meshgrid(torch.arange(R, dtype=torch.float64), torch.arange(R, dtype=torch.float64), indexing="ij")
+    linear = (2 * xs - 3 * ys + 1)[None, None]  # f(x, y) in RoI pixels
+    boxes = torch.tensor([[10.0, 20.0, 26.0, 36.0]], dtype=torch.float64)
+    points = torch.tensor([[[14.0, 25.0], [18.0, 30.0]]], dtype=torch.float64)
+    for flip in (False, True):
+        p = ha.to_roi(points, boxes, R, torch.tensor([flip]))
+        x = (points[..., 0] - 10) * R / 16
+        torch.testing.assert_close(p[..., 0], R - 1 - x if flip else x)
+        got = ha.sample_points(linear, p)[..., 0]
+        torch.testing.assert_close(got, 2 * p[..., 0] - 3 * p[..., 1] + 1)
+
+
+def test_a_flipped_crop_is_the_mirror_image_of_the_crop_and_keypoints_follow():
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 3, 40, 30, generator=g)
+    box = torch.tensor([[5.0, 8.0, 21.0, 24.0]])
+    plain = ha.crop_images(image, box, 16, torch.tensor([False]))
+    torch.testing.assert_close(ha.crop_images(image, box, 16, torch.tensor([True])), plain.flip(-1))
+    # a pixel centre maps to its crop pixel centre (crop side 16 = box side: one to one)
+    point = torch.tensor([[[12.5, 15.5]]])
+    uv = ha.to_crop(point, box, torch.tensor([False]))
+    col, row = ((uv[0, 0] + 0.5) * 16 - 0.5).round().long().tolist()
+    torch.testing.assert_close(plain[0, :, row, col], image[0, :, 15, 12])
+    assert torch.equal(ha.to_crop(point, box, torch.tensor([True]))[..., 0], -uv[..., 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# sizes at the paper's configuration (built on the meta device)
+
+
+def test_parameter_counts_at_paper_size():
+    with torch.device("meta"):
+        expert = ha.HandExpert(ha.BASES_PAPER)
+        hand_adapter = ha.HandAdapter(expert.mano_head)
+        body_adapter = ha.BodyAdapter(ha.PAPER, 1280)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(expert.mano_head) == 39_497_837  # HaMeR's head (Table 3 No.3: "39M")
+    assert count(expert.backbone) == 630_912_000  # ViT-H with pos_embed (1, 193, 1280)
+    # 6 x (SA + CA) copies with their LayerNorms and output projections + Linear(6 -> 1280) + 8 x 1280
+    assert count(hand_adapter) == 6 * (2_100_224 + 2_362_368) + 8_960 + 10_240  # about 27M (Sec. 4.1)
+    assert 35e6 < count(body_adapter) < 38e6  # about 37M (Sec. 4.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation protocol and training
+
+
+def test_perfect_predictions_score_zero_and_hands_are_wrist_aligned(batch):
+    pose = torch.stack([batch[f"{s}_hand_mano_pose"] for s in ha.SIDES], 1)
+    verts, joints = ha.mano_mesh(axis_angle_to_matrix(pose.flatten(0, 1)), torch.zeros(8, 10))
+    shift = torch.tensor([0.3, -0.2, 1.0])
+    pred = {"hand_x_verts": verts.unflatten(0, (4, 2)) + shift, "hand_x_joints": joints.unflatten(0, (4, 2)) + shift,
+            "pipe_y_verts": batch["verts"] + shift, "pipe_y_joints": batch["joints3d"] + shift}
+    result = ha.evaluation_metrics(pred, batch)
+    assert len(result) == 2 * 3 + 3 * 3 and all(abs(v) < 1e-3 for v in result.values() if v == v)
+
+
+def test_one_batch_overfit_of_each_adapter(bases, batch):
+    torch.manual_seed(0)
+    model = ha.Adapted(dataclasses.replace(ha.TINY, hand_only_prob=0.0), bases).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(100):
+        loss, terms = model(batch)
+        hand = sum(w * terms[k] for w, k in ((0.05, "hand_3d"), (0.05, "hand_verts"), (0.001, "hand_pose")))
+        body = 10 * terms["body_pose"] + 100 * terms["body_3d"] + terms["body_2d"]  # Eq. 7's weights (TINY)
+        if first is None:
+            first = dict(hand=hand.item(), no_body=terms["no_body"].item(), body=body.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert hand.item() < first["hand"] / 2
+    assert terms["no_body"].item() < first["no_body"] / 2
+    assert body.item() < first["body"] / 2
+
+
+def test_bad_input_gets_one_clear_error(bases):
+    with pytest.raises(ValueError, match="needs the trained bases"):
+        ha.build_model(ha.TINY, None)
+    with pytest.raises(ValueError, match="crops are .* expected 32 x 32"):
+        bases.hand_expert.features(torch.zeros(1, 3, 48, 48))
+
+
+def test_synthetic_whole_body_occluders_cover_the_hand_and_leave_the_scene_alone():
+    clean = data.SyntheticWholeBody(3, image_size=(128, 96), seed=2)
+    covered = data.SyntheticWholeBody(3, image_size=(128, 96), seed=2, occlusion_prob=1.0)
+    for i in range(3):
+        a, b = clean[i], covered[i]
+        assert all(torch.equal(a[k], b[k]) for k in a if k != "image" and not k.endswith("occluded"))
+        for side in ha.SIDES:
+            assert a[f"{side}_hand_occluded"] == 0 and b[f"{side}_hand_occluded"] == 1
+        changed = (a["image"] - b["image"]).abs().amax(0) > 0
+        for side in ha.SIDES:
+            x0, y0, x1, y1 = b[f"{side}_hand_box"].tolist()
+            inside = changed[max(0, int(y0) + 1):int(y1), max(0, int(x0) + 1):int(x1)]
+            assert inside.numel() == 0 or inside.float().mean() > 0.25  # the occluder covers 40-90 % of the box
