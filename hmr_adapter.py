@@ -811,9 +811,8 @@ class Bases(nn.Module):
         cfg, image = self.cfg, batch["image"]
         boxes = gt_boxes(batch, cfg.hand_box_scale)
         # hand expert on ground-truth crops: HaMeR's losses are Eq. 5's terms with HaMeR's weights (PAPER's)
-        flip = flip_pattern(len(image), image.device)
-        crops = crop_images(image.repeat_interleave(2, 0), boxes.flatten(0, 1), cfg.hand_crop, flip)
-        hand, hand_terms = hand_loss(self.hand_expert(crops), hand_targets(batch, boxes), PAPER)
+        tokens = hand_tokens(self, image, boxes)
+        hand, hand_terms = hand_loss(self.hand_expert.mano_head(tokens), hand_targets(batch, boxes), PAPER)
         # whole-body model (SMPLer-X's L1 terms)
         out = self.whole_body(image)
         body, body_terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, PAPER)
@@ -880,8 +879,7 @@ class Adapted(nn.Module):
         boxes = gt_boxes(batch, bcfg.hand_box_scale)
         flip = flip_pattern(B, image.device)
         with torch.no_grad():
-            tokens = self.bases.hand_expert.features(crop_images(image.repeat_interleave(2, 0), boxes.flatten(0, 1),
-                                                                 bcfg.hand_crop, flip))
+            tokens = hand_tokens(self.bases, image, boxes)
         R_gt = axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
         chain = torch.stack([arm_chain(R_gt, s) for s in SIDES], 1).flatten(0, 1)  # (2B, 8, 6)
         keep = (torch.rand(2 * B, 1, 1, device=image.device) >= cfg.hand_only_prob).to(chain)
@@ -920,15 +918,20 @@ def training_loss(model, batch, cfg):
 # 9. Inference: the dual-path pipeline, predict, and the evaluation protocol
 
 
-def hand_path(bases, adapter, image, boxes, chain=None):
-    """Hand MANO rotations (B, 2, 16, 3, 3) in the right-hand frame: crops at boxes (B, 2, 4), the
-    frozen expert (adapter None) or an adapter on it, conditioned on arm chains (B, 2, 8, 6)."""
-    B, cfg = len(image), bases.cfg
-    flip = flip_pattern(B, image.device)
-    tokens = bases.hand_expert.features(crop_images(image.repeat_interleave(2, 0), boxes.flatten(0, 1), cfg.hand_crop, flip))
+def hand_tokens(bases, image, boxes):
+    """F^H (2B, h w, C) of both hands' crops at boxes (B, 2, 4), left first and flipped."""
+    flip = flip_pattern(len(image), image.device)
+    crops = crop_images(image.repeat_interleave(2, 0), boxes.flatten(0, 1), bases.cfg.hand_crop, flip)
+    return bases.hand_expert.features(crops)
+
+
+def hand_path(bases, adapter, tokens, chain=None):
+    """Hand MANO rotations (B, 2, 16, 3, 3) in the right-hand frame and betas (B, 2, 10) from F^H
+    (`hand_tokens`): the frozen expert (adapter None) or an adapter on it, conditioned on arm chains
+    (B, 2, 8, 6)."""
     head = bases.hand_expert.mano_head
     pose, betas, _ = head(tokens) if adapter is None else adapter(head, tokens, None if chain is None else chain.flatten(0, 1))
-    return rot6d_to_matrix(pose).view(B, 2, 16, 3, 3), betas.view(B, 2, 10)
+    return rot6d_to_matrix(pose).view(-1, 2, 16, 3, 3), betas.view(-1, 2, 10)
 
 
 def assemble(body_R, hand_R, out):
@@ -965,7 +968,7 @@ def pipeline(model, image, adapted=True):
         theta = model.body_adapter(out["theta0"], rois, hand_joints[:, :, list(MCP), :2])
         chain = torch.stack([arm_chain(rot6d_to_matrix(theta), s) for s in SIDES], 1)
         adapter = model.hand_adapter
-    hand_R, _ = hand_path(bases, adapter, image, boxes, chain)
+    hand_R, _ = hand_path(bases, adapter, hand_tokens(bases, image, boxes), chain)
     R = assemble(rot6d_to_matrix(theta), hand_R, out)
     verts, joints = skin(body_models().smplx, R, torch.cat([out["shape"], out["expression"]], -1))
     t = bodymodels.weak_perspective_to_translation(out["cam"])[:, None]
@@ -987,9 +990,9 @@ def predict(model, batch, cfg):
         R_gt = axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
         chain = torch.stack([arm_chain(R_gt, s) for s in SIDES], 1)
         heads.update(no_body=(model.no_body_adapter, None), adapter=(model.hand_adapter, chain))
-    out = {}
+    out, tokens = {}, hand_tokens(bases, image, boxes)  # the backbone runs once for the three heads
     for name, (adapter, chain) in heads.items():
-        R, betas = hand_path(bases, adapter, image, boxes, chain)
+        R, betas = hand_path(bases, adapter, tokens, chain)
         verts, joints = mano_mesh(R.flatten(0, 1), betas.flatten(0, 1))
         out[f"hand_{name}_verts"], out[f"hand_{name}_joints"] = verts.unflatten(0, (-1, 2)), joints.unflatten(0, (-1, 2))
     for name in ("baseline", "adapted") if adapted else ("baseline",):
@@ -1057,12 +1060,8 @@ class MeanPoseBaseline:
                 "pipe_constant_verts": bv + shift, "pipe_constant_joints": bj + shift}
 
 
-def _predict_bases(model, batch, cfg):
-    return predict(model, batch, cfg)
-
-
 BASES = types.SimpleNamespace(  # train.py's row "hmr_adapter_bases": the tiny stand-ins of the pretrained bases
-    CONFIGS=BASE_CONFIGS, build_model=_build_bases, training_loss=training_loss, predict=_predict_bases,
+    CONFIGS=BASE_CONFIGS, build_model=_build_bases, training_loss=training_loss, predict=predict,
     learning_rate=learning_rate)
 
 
