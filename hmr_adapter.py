@@ -46,9 +46,9 @@ NOTE(paper gap) list (each also stands at its spot; the paper's supplementary ma
  9. Eq. 6 is read as its formula: squared error on rotation matrices + (1 - cosine) per joint.
 10. Loss weights and optimiser: HaMeR's (hand) and SMPLer-X's (body) weights; AdamW 1e-4, cosine.
     L_img and L_beta of Eq. 7 have no gradient with frozen bases and are left out.
-11. The tiny bases: the box net predicts box centres by heatmap soft-argmax from the image map and
-    sizes from the feature there (SMPLer-X's design without its deconvolutions); the hand RoI is
-    RoI-align written with grid_sample at a fixed sampling ratio.
+11. The whole-body model is SMPLer-X's (names, layers, conventions), except: the hand RoI is
+    RoI-align written with grid_sample at a fixed sampling ratio (SMPLer-X: mmcv's adaptive one);
+    its hand regressor and face box are left out (the hand expert replaces them, Sec. 3.1).
 12. Hand-only training data ("zeros for hand-only datasets", Sec. 3.3): a share of the training
     hands gets a zero body pose.
 
@@ -60,6 +60,7 @@ import argparse
 import copy
 import functools
 import math
+import os
 import time
 import types
 from dataclasses import dataclass
@@ -111,12 +112,16 @@ class BaseConfig:
     body_keypoints: int = 25  # body joints of the position net = body task tokens (31 tokens in all)
     body_hm_depth: int = 16  # 3D heatmap depth bins (16 x 16 x 12 in SMPLer-X)
     body_rot_hidden: int = 512  # Linear 1280 -> 512 per body token
+    box_channels: tuple = (256, 256, 256)  # box net deconvolutions (16 x 12 -> 128 x 96)
     hand_roi: int = 16  # RoI side
     hand_roi_channels: tuple = (640, 320)  # deconvolutions before RoI-align (16 x 12 -> 64 x 48)
     hand_hm_depth: int = 16
     hand_box_scale: float = 2.0  # boxes squared and enlarged x 2 (SMPLer-X's restore_bbox)
     roi_sampling: int = 2  # RoI-align samples per bin side. NOTE(paper gap) 11
-    # --- recipe of the stand-ins (the paper loads pretrained checkpoints instead) ---
+    # --- the released weights (FACTS: HaMeR, SMPLer-X), loaded by `load_pretrained`; "" for none ---
+    hamer_checkpoint: str = "checkpoints/hamer.ckpt"  # HaMeR's _DATA/hamer_ckpts/checkpoints/hamer.ckpt
+    smplerx_checkpoint: str = "checkpoints/smpler_x_h32.pth.tar"  # SMPLer-X-H32's snapshot
+    # --- recipe of the stand-ins (the paper loads the pretrained checkpoints instead: 0 steps) ---
     batch_size: int = 32
     max_steps: int = 0
     lr: float = 1e-3
@@ -161,12 +166,13 @@ class AdapterConfig:
 
 
 BASES_PAPER = BaseConfig()  # HaMeR (ViT-H + 39.5M head) and SMPLer-X-H32 shapes
-BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 -> 8 x 6), body 64 x 48 (patch 8 -> 8 x 6)
+BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 -> 8 x 6), body 128 x 96 (patch 16 -> 8 x 6)
     hand_crop=32, hand_patch=4, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
     head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128,
-    body_image=(64, 48), body_patch=8, body_patch_padding=0, body_width=64, body_depth=3, body_heads=4,
-    body_keypoints=22, body_hm_depth=8, body_rot_hidden=32, hand_roi=8, hand_roi_channels=(32,), hand_hm_depth=8,
-    hand_box_scale=1.5, batch_size=32, max_steps=3000, lr=1e-3, warmup_steps=100)
+    body_image=(128, 96), body_patch=16, body_patch_padding=0, body_width=64, body_depth=3, body_heads=4,
+    body_keypoints=22, body_hm_depth=8, body_rot_hidden=32, box_channels=(32, 32, 32), hand_roi=8,
+    hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, hamer_checkpoint="", smplerx_checkpoint="",
+    batch_size=32, max_steps=2500, lr=1e-3, warmup_steps=100)
 PAPER = AdapterConfig()
 TINY = AdapterConfig(hand_only_prob=0.2, body_proj=32, body_dim=64, body_depth=3, body_heads=4, body_dim_head=16,
                      body_mlp=128, batch_size=32, max_steps=1000, lr=5e-4, warmup_steps=50)
@@ -316,7 +322,7 @@ class PatchEmbed(nn.Module):
 
 class ViT(nn.Module):
     """images (B, 3, H, W) and optional extra tokens (B, T, C) -> (tokens (B, h w, C), extra (B, T, C)).
-    SMPLer-X's encoder appends its learnable task tokens after the patch tokens."""
+    SMPLer-X's encoder puts its learnable task tokens (no position embedding) before the patch tokens."""
 
     def __init__(self, image_hw, patch, padding, width, depth, heads, num_task_tokens=0):
         super().__init__()
@@ -335,13 +341,13 @@ class ViT(nn.Module):
             raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {tuple(x.shape[-2:])} patch grid, "
                              f"expected {self.grid}")
         x = x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # (B, h w, C)
-        n = x.shape[1]
-        if self.task_tokens is not None:
-            x = torch.cat([x, self.task_tokens.expand(len(x), -1, -1)], 1)
+        n = 0 if self.task_tokens is None else self.task_tokens.shape[1]
+        if n:
+            x = torch.cat([self.task_tokens.expand(len(x), -1, -1), x], 1)
         for block in self.blocks:
             x = block(x)
         x = self.last_norm(x)
-        return x[:, :n], x[:, n:]
+        return x[:, n:], x[:, :n]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,15 +493,41 @@ class HandExpert(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 # 5. Whole-body model (SMPLer-X): task tokens, body joints, body regressor, boxes, hand RoI
+#    Module names, layer indices and 6D/heatmap/camera conventions are SMPLer-X's (FACTS: SMPLer-X),
+#    so its released weights load after `smplerx_state_dict`.
 
 
 def soft_argmax(p):
     """Expected position of heatmaps p (B, K, D, H, W) (each sums to 1) -> (B, K, 3) as (x, y, z) in
-    heatmap pixels (pixel p at coordinate p)."""
+    heatmap pixels (pixel p at coordinate p, SMPLer-X's soft_argmax_3d)."""
     D, H, W = p.shape[-3:]
     axes = [torch.arange(n, device=p.device, dtype=p.dtype) for n in (W, H, D)]
     x, y, z = (p.sum(dims) @ a for dims, a in zip(((2, 3), (2, 4), (3, 4)), axes))
     return torch.stack([x, y, z], -1)
+
+
+def deconvs(channels):
+    """SMPLer-X's make_deconv_layers: per step ConvTranspose 4 x 4 stride 2 (x2, no bias), BatchNorm, ReLU."""
+    layers = []
+    for c_in, c_out in zip(channels[:-1], channels[1:]):
+        layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def linear(n_in, n_out):
+    return nn.Sequential(nn.Linear(n_in, n_out))  # SMPLer-X's make_linear_layers([n_in, n_out]): key `.0.`
+
+
+def smplerx_translation(cam, focal=5000.0, image_hw=(256, 192), size_3d=2.5):
+    """SMPLer-X's camera readout (B, 3) -> translation (cam_x, cam_y, k sigmoid(cam_z)) with
+    k = sqrt(f^2 2.5^2 / (H W)) (focal 5000, input 256 x 192, camera_3d_size 2.5; FACTS: SMPLer-X)."""
+    k = math.sqrt(focal * focal * size_3d ** 2 / (image_hw[0] * image_hw[1]))
+    return torch.cat([cam[..., :2], k * torch.sigmoid(cam[..., 2:])], -1)
+
+
+def smplerx_rot6d(x):
+    """SMPLer-X's 6D (rows of a 3 x 2 matrix, view(-1, 3, 2)) (..., 6) -> ours (its two columns)."""
+    return x[..., [0, 2, 4, 1, 3, 5]]
 
 
 class PositionNet(nn.Module):
@@ -504,7 +536,7 @@ class PositionNet(nn.Module):
     def __init__(self, width, joints, depth):
         super().__init__()
         self.joints, self.depth = joints, depth
-        self.conv = nn.Conv2d(width, joints * depth, 1)
+        self.conv = nn.Sequential(nn.Conv2d(width, joints * depth, 1))
 
     def heatmaps(self, feature_map):
         """(B, C, H, W) -> probabilities (B, K, D, H, W)."""
@@ -521,16 +553,15 @@ class BodyRotationNet(nn.Module):
 
     def __init__(self, width, joints, hidden):
         super().__init__()
-        self.body_conv = nn.Linear(width, hidden)
-        self.root_pose_out = nn.Linear(joints * (hidden + 3), 6)
-        self.body_pose_out = nn.Linear(joints * (hidden + 3), 21 * 6)
-        self.shape_out, self.cam_out = nn.Linear(width, 10), nn.Linear(width, 3)
-        for layer in (self.root_pose_out, self.body_pose_out):
+        self.body_conv = linear(width, hidden)
+        self.root_pose_out, self.body_pose_out = linear(joints * (hidden + 3), 6), linear(joints * (hidden + 3), 21 * 6)
+        self.shape_out, self.cam_out = linear(width, 10), linear(width, 3)
+        for layer in (self.root_pose_out[0], self.body_pose_out[0]):
             nn.init.zeros_(layer.weight)
-        with torch.no_grad():  # start from the identity pose and a camera that fills the image
-            self.root_pose_out.bias.copy_(matrix_to_rot6d(torch.eye(3)))
-            self.body_pose_out.bias.copy_(matrix_to_rot6d(torch.eye(3)).repeat(21))
-            self.cam_out.bias.copy_(torch.tensor([0.9, 0.0, 0.0]))
+        with torch.no_grad():  # the stand-ins start from the identity pose and a person filling 90% of the image
+            self.root_pose_out[0].bias.copy_(matrix_to_rot6d(torch.eye(3)))
+            self.body_pose_out[0].bias.copy_(matrix_to_rot6d(torch.eye(3)).repeat(21))
+            self.cam_out[0].bias.copy_(torch.tensor([0.0, 0.0, 1.2]))  # k sigmoid(1.2) = 43 m = 2 f / (256 x 0.9)
 
     def forward(self, body_tokens, joints, shape_token, cam_token):
         x = torch.cat([self.body_conv(body_tokens), joints.detach()], -1).flatten(1)
@@ -539,23 +570,27 @@ class BodyRotationNet(nn.Module):
 
 
 class BoxNet(nn.Module):
-    """Hand boxes, as SMPLer-X's box net reads them: the image map concatenated with the body joints'
-    heatmaps (1280 + 25 x 16 channels) -> hand centre heatmaps (soft-argmax) and sizes from the
-    features at the centres. NOTE(paper gap) 11. -> (B, 2, 4) [x0, y0, x1, y1] image pixels (left, right)."""
+    """SMPLer-X's box net: the image map and the body joints' (detached) heatmaps (C + K D channels)
+    upsampled x8 by deconvolutions -> hand centre heatmaps (soft-argmax) and each hand's (w, h) from
+    the features at its centre, in map units -> (B, 2, 4) [x0, y0, x1, y1] image pixels (left, right).
+    Its face box is not used by HMR-Adapter (`smplerx_state_dict` drops it)."""
 
-    def __init__(self, width, joints, depth):
+    def __init__(self, cfg):
         super().__init__()
-        self.hand_heatmap = nn.Conv2d(width + joints * depth, 2, 1)
-        self.hand_size = nn.Sequential(nn.Linear(width + joints * depth, width), nn.GELU(), nn.Linear(width, 1))
+        c = cfg.box_channels
+        self.deconv = deconvs((cfg.body_width + cfg.body_keypoints * cfg.body_hm_depth, *c))
+        self.bbox_center = nn.Sequential(nn.Conv2d(c[-1], 2, 1))
+        self.lhand_size, self.rhand_size = (nn.Sequential(nn.Linear(c[-1], c[-1]), nn.ReLU(), nn.Linear(c[-1], 2))
+                                            for _ in SIDES)
 
     def forward(self, feature_map, body_heatmaps, image_hw):
-        B, C, h, w = feature_map.shape
-        x = torch.cat([feature_map, body_heatmaps.flatten(1, 2)], 1)
-        centre = soft_argmax(self.hand_heatmap(x).flatten(2).softmax(-1).view(B, 2, 1, h, w))[..., :2]  # map pixels
-        size = torch.exp(self.hand_size(sample_points(x, centre)))  # (B, 2, 1), in image heights / 8
+        B, _, h, w = feature_map.shape
+        x = self.deconv(torch.cat([feature_map, body_heatmaps.detach().flatten(1, 2)], 1))  # (B, c, 8h, 8w)
+        centre = soft_argmax(self.bbox_center(x).flatten(2).softmax(-1).view(B, 2, 1, *x.shape[-2:]))[..., :2]
+        feats = sample_points(x, centre.detach())  # (B, 2, c)
+        size = torch.stack([self.lhand_size(feats[:, 0]), self.rhand_size(feats[:, 1])], 1)  # (w, h), map units
         H, W = image_hw
-        centre = (centre + 0.5) * centre.new_tensor([W / w, H / h])  # map pixel p covers [p, p + 1) W / w
-        half = size * H / 16
+        centre, half = centre * centre.new_tensor([W / x.shape[-1], H / x.shape[-2]]), size.abs() * centre.new_tensor([W / w, H / h]) / 2
         return torch.cat([centre - half, centre + half], -1)
 
 
@@ -565,26 +600,22 @@ class HandRoINet(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        layers, c = [], cfg.body_width
-        for out in cfg.hand_roi_channels:
-            layers += [nn.ConvTranspose2d(c, out, 4, stride=2, padding=1), nn.GroupNorm(1, out), nn.ReLU()]
-            c = out
-        self.deconv = nn.Sequential(*layers)
-        self.conv = nn.Sequential(nn.Conv2d(c, cfg.body_width, 1), nn.GroupNorm(1, cfg.body_width), nn.ReLU())
-        self.size, self.sampling, self.up = cfg.hand_roi, cfg.roi_sampling, 2 ** len(cfg.hand_roi_channels)
+        self.deconv = deconvs((cfg.body_width, *cfg.hand_roi_channels))
+        self.conv = nn.Sequential(nn.Conv2d(cfg.hand_roi_channels[-1], cfg.body_width, 1))
+        self.size, self.sampling = cfg.hand_roi, cfg.roi_sampling
 
     def forward(self, feature_map, boxes, image_hw):
         up = self.deconv(feature_map)  # (B, c, h up, w up)
         B = len(up)
-        flip = torch.tensor([True, False], device=up.device).repeat(B)
         rois = roi_align(up.repeat_interleave(2, 0), boxes.reshape(2 * B, 4), up.shape[-1] / image_hw[1],
-                         self.size, self.sampling, flip)
+                         self.size, self.sampling, flip_pattern(B, up.device))
         return self.conv(rois).view(B, 2, -1, self.size, self.size)
 
 
 class WholeBody(nn.Module):
     """SMPLer-X (Sec. 3.2.3): image (B, 3, H, W) -> theta_0, shape, camera, expression, jaw, body
-    joints, hand boxes; `hands(...)` -> the hand feature map and the hand joints in its frame."""
+    joints, hand boxes; `hands(...)` -> the hand feature map and the hand joints in its frame.
+    SMPLer-X's own hand regressor is replaced by the hand expert (Sec. 3.1) and left out."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -593,25 +624,26 @@ class WholeBody(nn.Module):
         self.encoder = ViT(self.image_hw, cfg.body_patch, cfg.body_patch_padding, cfg.body_width, cfg.body_depth,
                            cfg.body_heads, self.num_task_tokens)
         self.body_position_net = PositionNet(cfg.body_width, K, cfg.body_hm_depth)
-        self.body_rotation_net = BodyRotationNet(cfg.body_width, K, cfg.body_rot_hidden)
-        self.box_net = BoxNet(cfg.body_width, K, cfg.body_hm_depth)
+        self.body_regressor = BodyRotationNet(cfg.body_width, K, cfg.body_rot_hidden)
+        self.box_net = BoxNet(cfg)
         self.hand_roi_net = HandRoINet(cfg)
         self.hand_position_net = PositionNet(cfg.body_width, len(HAND_JOINTS), cfg.hand_hm_depth)
-        self.face_regressor = nn.ModuleDict(dict(expr_out=nn.Linear(cfg.body_width, 10),
-                                                 jaw_pose_out=nn.Linear(cfg.body_width, 6)))
-        nn.init.zeros_(self.face_regressor.jaw_pose_out.weight)
+        self.face_regressor = nn.ModuleDict(dict(expr_out=linear(cfg.body_width, 10), jaw_pose_out=linear(cfg.body_width, 6)))
+        nn.init.zeros_(self.face_regressor.jaw_pose_out[0].weight)
         with torch.no_grad():
-            self.face_regressor.jaw_pose_out.bias.copy_(matrix_to_rot6d(torch.eye(3)))
+            self.face_regressor.jaw_pose_out[0].bias.copy_(matrix_to_rot6d(torch.eye(3)))
 
     def forward(self, image):
-        """image (B, 3, H, W) in [0, 1] at any size (resized to the body input)."""
+        """image (B, 3, H, W) in [0, 1] at any size (resized to the body input). 6D outputs in our
+        column convention (`smplerx_state_dict` reorders SMPLer-X's rows); cam is SMPLer-X's
+        (`smplerx_translation`)."""
         x = F.interpolate(image, self.image_hw, mode="area") if tuple(image.shape[-2:]) != self.image_hw else image
         tokens, task = self.encoder(x)
         B, (h, w) = len(x), self.encoder.grid
         feature_map = tokens.transpose(1, 2).reshape(B, -1, h, w)
         heatmaps = self.body_position_net.heatmaps(feature_map)  # (B, K, D, h, w)
         joints = soft_argmax(heatmaps)  # (B, K, 3) heatmap pixels (x, y) and depth bin
-        theta0, shape, cam = self.body_rotation_net(task[:, 6:], joints, task[:, 0], task[:, 1])
+        theta0, shape, cam = self.body_regressor(task[:, 6:], joints, task[:, 0], task[:, 1])
         face = self.face_regressor
         return dict(feature_map=feature_map, body_joints=joints, theta0=theta0, shape=shape, cam=cam,
                     expression=face.expr_out(task[:, 2]), jaw=face.jaw_pose_out(task[:, 3]),
@@ -784,7 +816,7 @@ def body_pose_loss(theta, shape, cam, batch, cfg):
     (normalised by the image height). L_img and L_beta: no gradient here (NOTE(paper gap) 10)."""
     R, R_gt = rot6d_to_matrix(theta), axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
     joints, gt = body_joints(R, shape), batch["joints3d"][:, :NUM_BODY]
-    uv = bodymodels.project_to_crop(joints, bodymodels.weak_perspective_to_translation(cam))
+    uv = bodymodels.project_to_crop(joints, smplerx_translation(cam))
     terms = dict(body_pose=(R - R_gt).abs().mean(), body_3d=(joints - joints[:, :1] - gt + gt[:, :1]).abs().mean(),
                  body_2d=(uv - image_normalised(batch)).abs().mean())
     return cfg.w_body_pose * terms["body_pose"] + cfg.w_body_3d * terms["body_3d"] + cfg.w_body_2d * terms["body_2d"], terms
@@ -829,17 +861,19 @@ class Bases(nn.Module):
         """L1 of the position net's body joints (heatmap pixels and depth bins, SMPLer-X's L_img)."""
         H, W = batch["image"].shape[-2:]
         (h, w), D = self.whole_body.encoder.grid, self.cfg.body_hm_depth
-        xy = batch["joints2d"][:, :NUM_BODY] * batch["joints2d"].new_tensor([w / W, h / H]) - 0.5
+        xy = batch["joints2d"][:, :NUM_BODY] * batch["joints2d"].new_tensor([w / W, h / H])  # SMPLer-X's joint_img
         z = batch["joints3d"][:, :NUM_BODY, 2] - batch["joints3d"][:, :1, 2]  # pelvis-relative depth, +-1 m
         target = torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)
         return (out["body_joints"][:, :NUM_BODY] - target).abs().mean()
 
     def _box_loss(self, boxes, batch):
+        """SMPLer-X's L1 on the hand boxes' centres and sizes (w, h) in body-map units."""
+        H, W = batch["image"].shape[-2:]
+        (h, w) = self.whole_body.encoder.grid
+        unit = boxes.new_tensor([w / W, h / H]).repeat(2)
         gt = torch.stack([batch[f"{s}_hand_box"] for s in SIDES], 1)
-        H = batch["image"].shape[-2]
-        centre, size = (boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2] - boxes[..., 0]
-        gt_centre, gt_size = (gt[..., :2] + gt[..., 2:]) / 2, gt[..., 2] - gt[..., 0]
-        return ((centre - gt_centre) / H).abs().mean() + (size.log() - gt_size.clamp(min=1).log()).abs().mean()
+        centre_size = lambda b: torch.cat([b[..., :2] + b[..., 2:], 2 * (b[..., 2:] - b[..., :2])], -1) * unit / 2
+        return (centre_size(boxes) - centre_size(gt)).abs().mean()
 
     def _hand_joint_loss(self, hand_joints, batch, boxes):
         """L1 of the hand position net's 20 joints in the RoI frame (x, y; depth bins of +-0.15 m)."""
@@ -899,8 +933,72 @@ class Adapted(nn.Module):
         return hand + control + body, terms
 
 
+# The released weights. HaMeR's file is a Lightning checkpoint ({"state_dict": ...}, keys backbone.*,
+# mano_head.*, discriminator.*, mano.*, initialized); SMPLer-X's a snapshot ({"network": ...}, keys
+# module.<part>.*). The key lists with shapes, made from the official constructors, are in
+# tests/official_keys/ (FACTS: HaMeR, SMPLer-X).
+HAMER_SKIP = ("discriminator.", "mano.", "initialized")  # its adversary, MANO layer buffers, a flag
+SMPLERX_SKIP = ("hand_regressor.", "box_net.face_size.", "smplx_layer.")  # replaced by the hand expert; unused
+SMPLERX_6D = [0, 2, 4, 1, 3, 5]  # its 6D is the rows of a 3 x 2 matrix (view(-1, 3, 2)); ours the columns
+
+
+def hamer_state_dict(checkpoint):
+    """HaMeR's checkpoint dict -> `HandExpert`'s state dict: backbone.* and mano_head.* as they are
+    (the same names and 6D convention), the rest (`HAMER_SKIP`) dropped."""
+    state = checkpoint.get("state_dict", checkpoint)
+    return {k: v for k, v in state.items() if not k.startswith(HAMER_SKIP)}
+
+
+def smplerx_state_dict(checkpoint):
+    """SMPLer-X's snapshot dict -> `WholeBody`'s state dict: `module.` dropped; the old names SMPLer-X's
+    own loader renames (backbone, body_rotation_net, hand_rotation_net) renamed; its hand regressor and
+    face box dropped (`SMPLERX_SKIP`), and the face channel of bbox_center; the 6D readouts' rows
+    reordered to our convention (`SMPLERX_6D`)."""
+    state = {}
+    for k, v in checkpoint.get("network", checkpoint).items():
+        k = k.removeprefix("module.").replace("backbone.", "encoder.").replace("body_rotation_net.", "body_regressor.")
+        k = k.replace("hand_rotation_net.", "hand_regressor.")
+        if k.startswith(SMPLERX_SKIP):
+            continue
+        if k.startswith("box_net.bbox_center."):
+            v = v[:2]  # lhand, rhand, face -> lhand, rhand
+        if k.startswith(("body_regressor.root_pose_out.", "body_regressor.body_pose_out.", "face_regressor.jaw_pose_out.")):
+            v = v.unflatten(0, (-1, 6))[:, SMPLERX_6D].flatten(0, 1)
+        state[k] = v
+    return state
+
+
+def load_mapped(module, state, source):
+    """module.load_state_dict(state, strict=True), after one error that names every unknown, missing
+    and wrongly shaped key of `source`."""
+    own = module.state_dict()
+    unknown, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
+    shapes = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in state.items()
+              if k in own and v.shape != own[k].shape]
+    if unknown or missing or shapes:
+        raise ValueError(f"{source}: does not fit {type(module).__name__} (after the key mapping): " + "; ".join(
+            f"{what} {items}" for what, items in (("unknown keys", unknown), ("missing keys", missing),
+                                                  ("wrong shapes", shapes)) if items))
+    module.load_state_dict(state, strict=True)
+
+
+def load_pretrained(bases, cfg):
+    """The released HaMeR and SMPLer-X weights (cfg.hamer_checkpoint, cfg.smplerx_checkpoint) into
+    the bases. Trusted files only: Lightning checkpoints need torch.load(weights_only=False)."""
+    for module, path, mapping, field in ((bases.hand_expert, cfg.hamer_checkpoint, hamer_state_dict, "hamer_checkpoint"),
+                                         (bases.whole_body, cfg.smplerx_checkpoint, smplerx_state_dict, "smplerx_checkpoint")):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"base checkpoint {path!r} (BaseConfig.{field}) does not exist: the paper config "
+                                    "adapts the released HaMeR and SMPLer-X-H32 weights; put them there (README)")
+        load_mapped(module, mapping(torch.load(path, map_location="cpu", weights_only=False)), path)
+
+
 def _build_bases(cfg, parent=None):
-    return Bases(cfg)
+    """train.py's "hmr_adapter_bases": the tiny stand-ins to train, or (paper) the released weights."""
+    bases = Bases(cfg)
+    if cfg.hamer_checkpoint or cfg.smplerx_checkpoint:
+        load_pretrained(bases, cfg)
+    return bases
 
 
 def build_model(cfg, parent):
@@ -971,7 +1069,7 @@ def pipeline(model, image, adapted=True):
     hand_R, _ = hand_path(bases, adapter, hand_tokens(bases, image, boxes), chain)
     R = assemble(rot6d_to_matrix(theta), hand_R, out)
     verts, joints = skin(body_models().smplx, R, torch.cat([out["shape"], out["expression"]], -1))
-    t = bodymodels.weak_perspective_to_translation(out["cam"])[:, None]
+    t = smplerx_translation(out["cam"])[:, None]
     return verts + t, joints + t, boxes
 
 
@@ -1070,7 +1168,8 @@ BASES = types.SimpleNamespace(  # train.py's row "hmr_adapter_bases": the tiny s
 
 
 PAPER_COUNTS = {"hand expert head": "39M (Tab. 3 No.3)", "hand adapter": "27M (Sec. 4.1)",
-                "whole-body neck + heads": "31M (Tab. 4 No.3)", "body adapter": "37M (Sec. 4.1)"}
+                "whole-body neck + heads":
+                "31M (Tab. 4 No.3): SMPLer-X's 30.88M less its hand regressor and face box, 1.65M", "body adapter": "37M (Sec. 4.1)"}
 
 
 def parameter_table(base_cfg=BASES_PAPER, cfg=PAPER):

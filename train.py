@@ -562,6 +562,8 @@ def train(job, start_step, train_time, args, ranks):
             t_last = time.time()  # keep the evaluation out of samples/s
         if (args.ckpt_every and done % args.ckpt_every == 0) or done == cfg.max_steps:
             save_checkpoint(job, done, train_time + time.time() - t_begin, args, ranks)
+    if cfg.max_steps == 0:  # loaded, not trained (hmr_adapter's paper bases: the released weights)
+        save_checkpoint(job, 0, train_time, args, ranks)
     return train_time + time.time() - t_begin
 
 

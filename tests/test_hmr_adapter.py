@@ -260,11 +260,66 @@ def test_one_batch_overfit_of_each_adapter(bases, batch):
     assert body.item() < first["body"] / 2
 
 
-def test_bad_input_gets_one_clear_error(bases):
+def test_bad_input_gets_one_clear_error(bases, tmp_path):
     with pytest.raises(ValueError, match="needs the trained bases"):
         ha.build_model(ha.TINY, None)
     with pytest.raises(ValueError, match="crops are .* expected 32 x 32"):
         bases.hand_expert.features(torch.zeros(1, 3, 48, 48))
+    missing = dataclasses.replace(ha.BASES_TINY, hamer_checkpoint=str(tmp_path / "hamer.ckpt"))
+    with pytest.raises(FileNotFoundError, match="hamer.ckpt.*BaseConfig.hamer_checkpoint"):
+        ha.load_pretrained(bases, missing)
+    state = dict(bases.hand_expert.state_dict(), **{"backbone.extra.weight": torch.zeros(1)})
+    state["mano_head.decshape.weight"] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match=r"ckpt: .*unknown keys \['backbone.extra.weight'\].*"
+                                         r"mano_head.decshape.weight \(3, 3\) \(expected \(10, 64\)\)"):
+        ha.load_mapped(bases.hand_expert, state, "ckpt")
+
+
+# ---------------------------------------------------------------------------------------------
+# the released HaMeR and SMPLer-X weights
+
+
+def official_state(name):
+    """Meta tensors with the names, shapes and dtypes of a released checkpoint (tests/official_keys)."""
+    state = {}
+    for line in open(f"{__file__.rsplit('/', 1)[0]}/official_keys/{name}.txt"):
+        if not line.startswith("#"):
+            key, shape, dtype = line.rstrip("\n").split("\t")
+            state[key] = torch.empty(eval(shape), dtype=getattr(torch, dtype), device="meta")
+    return state
+
+
+def test_released_hamer_and_smplerx_weights_load_strictly_at_paper_size():
+    with torch.device("meta"):
+        bases = ha.Bases(ha.BASES_PAPER)
+    hamer = official_state("hamer")
+    ha.load_mapped(bases.hand_expert, ha.hamer_state_dict({"state_dict": hamer}), "hamer")
+    smplerx = official_state("smpler_x_h32")
+    mapped = ha.smplerx_state_dict({"network": smplerx})
+    ha.load_mapped(bases.whole_body, mapped, "smplerx")
+    # what the mappings leave out: HaMeR's adversary and MANO buffers; SMPLer-X's hand regressor and face box
+    assert {k.split(".")[0] for k in set(hamer) - set(ha.hamer_state_dict(hamer))} == {"discriminator", "mano", "initialized"}
+    dropped = {k.removeprefix("module.") for k in smplerx} - set(mapped)
+    assert {".".join(k.split(".")[:2]) for k in dropped} == {"hand_regressor.hand_conv", "hand_regressor.hand_pose_out",
+                                                            "box_net.face_size"}
+    assert mapped["box_net.bbox_center.0.weight"].shape == (2, 256, 1, 1)
+
+
+def test_smplerx_6d_rows_become_our_columns():
+    """SMPLer-X reads 6D as x.view(-1, 3, 2) (columns a1 = x[:, :, 0], a2 = x[:, :, 1]); reordered by
+    SMPLERX_6D it is the same rotation under our rot6d_to_matrix, and so are its readout weights."""
+    x = torch.randn(5, 6, dtype=torch.float64)
+    a = x.view(-1, 3, 2)
+    b1 = torch.nn.functional.normalize(a[:, :, 0], dim=-1)
+    b2 = torch.nn.functional.normalize(a[:, :, 1] - (b1 * a[:, :, 1]).sum(-1, keepdim=True) * b1, dim=-1)
+    theirs = torch.stack([b1, b2, torch.cross(b1, b2, dim=-1)], -1)
+    torch.testing.assert_close(bodymodels.rot6d_to_matrix(x[:, ha.SMPLERX_6D]), theirs)
+    layer = torch.nn.Linear(4, 12, dtype=torch.float64)  # two joints' 6D from one feature
+    state = ha.smplerx_state_dict({"module.body_regressor.root_pose_out.0.weight": layer.weight,
+                                   "module.body_regressor.root_pose_out.0.bias": layer.bias})
+    f = torch.randn(3, 4, dtype=torch.float64)
+    ours = f @ state["body_regressor.root_pose_out.0.weight"].T + state["body_regressor.root_pose_out.0.bias"]
+    torch.testing.assert_close(ours.view(3, 2, 6), layer(f).view(3, 2, 6)[..., ha.SMPLERX_6D])
 
 
 def test_synthetic_whole_body_occluders_cover_the_hand_and_leave_the_scene_alone():
