@@ -1188,22 +1188,24 @@ def parameter_table(base_cfg=BASES_PAPER, cfg=PAPER):
 
 @torch.no_grad()
 def benchmark(base_cfg, cfg, device, batch=1, repeats=10):
-    """Mean seconds per image of the baseline pipeline (frozen models + IK) and the adapted one, on
-    random weights and a random image of the config's size."""
+    """Median seconds per image of the baseline pipeline (frozen models + IK) and the adapted one, on
+    random weights and a random image of the config's size (the median: one stall is not the speed)."""
     model = Adapted(cfg, Bases(base_cfg)).to(device).eval()
     image = torch.rand(batch, 3, *base_cfg.image_size, device=device)
     times = {}
     for name, adapted in (("baseline", False), ("adapted", True)):
         piped = model if adapted else types.SimpleNamespace(bases=model.bases)
         pipeline(piped, image, adapted)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
+        runs = []
         for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
             pipeline(piped, image, adapted)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times[name] = (time.perf_counter() - t) / repeats / batch
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            runs.append((time.perf_counter() - t) / batch)
+        times[name] = sorted(runs)[len(runs) // 2]
     return times
 
 
@@ -1212,6 +1214,7 @@ def main(argv=None):
     p.add_argument("--params", action="store_true", help="trainable and frozen parameters per part at the paper's size")
     p.add_argument("--bench", action="store_true", help="latency of the baseline and the adapted pipeline on this device")
     p.add_argument("--config", default="tiny", help="tiny | paper (for --bench and the demo; default tiny)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per pipeline for --bench (default 10)")
     args = p.parse_args(argv)
     if args.config not in CONFIGS:
         raise SystemExit(f"hmr_adapter.py: unknown --config {args.config!r}; expected one of {', '.join(CONFIGS)}")
@@ -1222,7 +1225,7 @@ def main(argv=None):
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.bench:
-        times = benchmark(base_cfg, cfg, device)
+        times = benchmark(base_cfg, cfg, device, repeats=args.repeats)
         print(f"{args.config} on {device.type}: baseline {1e3 * times['baseline']:.1f} ms/image, adapted "
               f"{1e3 * times['adapted']:.1f} ms/image (+{100 * (times['adapted'] / times['baseline'] - 1):.1f} %)")
         return
