@@ -61,6 +61,7 @@ import copy
 import functools
 import math
 import os
+import pickle
 import time
 import types
 from dataclasses import dataclass
@@ -525,11 +526,6 @@ def smplerx_translation(cam, focal=5000.0, image_hw=(256, 192), size_3d=2.5):
     return torch.cat([cam[..., :2], k * torch.sigmoid(cam[..., 2:])], -1)
 
 
-def smplerx_rot6d(x):
-    """SMPLer-X's 6D (rows of a 3 x 2 matrix, view(-1, 3, 2)) (..., 6) -> ours (its two columns)."""
-    return x[..., [0, 2, 4, 1, 3, 5]]
-
-
 class PositionNet(nn.Module):
     """SMPLer-X's position net: 1x1 conv -> K 3D heatmaps (depth x H x W) -> soft-argmax."""
 
@@ -984,13 +980,19 @@ def load_mapped(module, state, source):
 
 def load_pretrained(bases, cfg):
     """The released HaMeR and SMPLer-X weights (cfg.hamer_checkpoint, cfg.smplerx_checkpoint) into
-    the bases. Trusted files only: Lightning checkpoints need torch.load(weights_only=False)."""
+    the bases. Read with torch.load(weights_only=True), so a checkpoint cannot run code."""
     for module, path, mapping, field in ((bases.hand_expert, cfg.hamer_checkpoint, hamer_state_dict, "hamer_checkpoint"),
                                          (bases.whole_body, cfg.smplerx_checkpoint, smplerx_state_dict, "smplerx_checkpoint")):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"base checkpoint {path!r} (BaseConfig.{field}) does not exist: the paper config "
                                     "adapts the released HaMeR and SMPLer-X-H32 weights; put them there (README)")
-        load_mapped(module, mapping(torch.load(path, map_location="cpu", weights_only=False)), path)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # e.g. a Lightning file's pickled hyper-parameters
+            raise ValueError(f"{path}: holds more than tensors, which torch.load(weights_only=True) refuses ({e}). "
+                             "Keep only its weights, from a file you trust: torch.save(torch.load(path, "
+                             "weights_only=False)['state_dict'], path)") from None
+        load_mapped(module, mapping(checkpoint), path)
 
 
 def _build_bases(cfg, parent=None):

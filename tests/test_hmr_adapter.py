@@ -306,6 +306,36 @@ def test_released_hamer_and_smplerx_weights_load_strictly_at_paper_size():
     assert mapped["box_net.bbox_center.0.weight"].shape == (2, 256, 1, 1)
 
 
+def test_released_files_round_trip_into_the_bases_and_pickled_objects_are_refused(bases, tmp_path):
+    """Tiny bases written in the released files' formats (HaMeR's Lightning dict with its extra keys,
+    SMPLer-X's `module.` snapshot with its face box and row-major 6D) load back exactly."""
+    hamer = dict(bases.hand_expert.state_dict(), initialized=torch.tensor(True), **{"discriminator.w": torch.zeros(1)})
+    smplerx = {}
+    for k, v in bases.whole_body.state_dict().items():
+        if k.startswith(("body_regressor.root_pose_out.", "body_regressor.body_pose_out.", "face_regressor.jaw_pose_out.")):
+            v = v.unflatten(0, (-1, 6))[:, [0, 3, 1, 4, 2, 5]].flatten(0, 1)  # the inverse of SMPLERX_6D
+        if k.startswith("box_net.bbox_center."):
+            v = torch.cat([v, torch.ones_like(v[:1])])  # + the face row
+        smplerx["module." + k] = v
+    smplerx["module.box_net.face_size.0.weight"] = torch.zeros(2, 2)
+    cfg = dataclasses.replace(ha.BASES_TINY, hamer_checkpoint=str(tmp_path / "hamer.ckpt"),
+                              smplerx_checkpoint=str(tmp_path / "smplerx.pth.tar"))
+    torch.save({"state_dict": hamer, "epoch": 1}, cfg.hamer_checkpoint)
+    torch.save({"network": smplerx, "epoch": 1}, cfg.smplerx_checkpoint)
+    torch.manual_seed(1)
+    loaded = ha.Bases(ha.BASES_TINY)
+    ha.load_pretrained(loaded, cfg)
+    for a, b in ((loaded.hand_expert, bases.hand_expert), (loaded.whole_body, bases.whole_body)):
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    torch.save({"state_dict": hamer, "hyper_parameters": Unsafe()}, cfg.hamer_checkpoint)
+    with pytest.raises(ValueError, match="hamer.ckpt: holds more than tensors"):
+        ha.load_pretrained(loaded, cfg)
+
+
+class Unsafe:  # any pickled class: what a Lightning checkpoint's hyper-parameters are
+    pass
+
+
 def test_smplerx_6d_rows_become_our_columns():
     """SMPLer-X reads 6D as x.view(-1, 3, 2) (columns a1 = x[:, :, 0], a2 = x[:, :, 1]); reordered by
     SMPLERX_6D it is the same rotation under our rot6d_to_matrix, and so are its readout weights."""
