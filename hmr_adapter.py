@@ -1053,22 +1053,30 @@ def assemble(body_R, hand_R, out):
     return R
 
 
-def pipeline(model, image, adapted=True):
+def frozen_front(bases, image):
+    """What both pipelines compute alike: the whole-body output, the hand boxes it predicts (scaled)
+    and the hand expert's tokens F^H of the crops there."""
+    out = bases.whole_body(image)
+    boxes = scale_boxes(out["boxes"], bases.cfg.hand_box_scale)
+    return out, boxes, hand_tokens(bases, image, boxes)
+
+
+def pipeline(model, image, adapted=True, front=None):
     """Sec. 3.1: image (B, 3, H, W) -> SMPL-X verts (B, 10475, 3) and joints (B, 55, 3) in camera
     coordinates, and the predicted hand boxes (B, 2, 4). adapted=False: the paper's baseline
     (both frozen models + IK); True: theta_hat from the body adapter, hands from the hand adapter
     conditioned on theta_hat's arm chains (NOTE(paper gap) 5), MCP joints from the whole-body
-    model's hand position net (NOTE(paper gap) 6)."""
+    model's hand position net (NOTE(paper gap) 6). front: `frozen_front(model.bases, image)` when
+    already computed."""
     bases = model.bases
-    out = bases.whole_body(image)
-    boxes = scale_boxes(out["boxes"], bases.cfg.hand_box_scale)
+    out, boxes, tokens = front or frozen_front(bases, image)
     theta, chain, adapter = out["theta0"], None, None
     if adapted:
         rois, hand_joints = bases.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
         theta = model.body_adapter(out["theta0"], rois, hand_joints[:, :, list(MCP), :2])
         chain = torch.stack([arm_chain(rot6d_to_matrix(theta), s) for s in SIDES], 1)
         adapter = model.hand_adapter
-    hand_R, _ = hand_path(bases, adapter, hand_tokens(bases, image, boxes), chain)
+    hand_R, _ = hand_path(bases, adapter, tokens, chain)
     R = assemble(rot6d_to_matrix(theta), hand_R, out)
     verts, joints = skin(body_models().smplx, R, torch.cat([out["shape"], out["expression"]], -1))
     t = smplerx_translation(out["cam"])[:, None]
@@ -1095,9 +1103,11 @@ def predict(model, batch, cfg):
         R, betas = hand_path(bases, adapter, tokens, chain)
         verts, joints = mano_mesh(R.flatten(0, 1), betas.flatten(0, 1))
         out[f"hand_{name}_verts"], out[f"hand_{name}_joints"] = verts.unflatten(0, (-1, 2)), joints.unflatten(0, (-1, 2))
+    front = frozen_front(bases, image)  # the same for both pipelines
     for name in ("baseline", "adapted") if adapted else ("baseline",):
         piped = model if name == "adapted" else types.SimpleNamespace(bases=bases)
-        out[f"pipe_{name}_verts"], out[f"pipe_{name}_joints"], out[f"pipe_{name}_boxes"] = pipeline(piped, image, name == "adapted")
+        out[f"pipe_{name}_verts"], out[f"pipe_{name}_joints"], out[f"pipe_{name}_boxes"] = pipeline(
+            piped, image, name == "adapted", front)
     return out
 
 
