@@ -990,8 +990,9 @@ def load_pretrained(bases, cfg):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:  # e.g. a Lightning file's pickled hyper-parameters
             raise ValueError(f"{path}: holds more than tensors, which torch.load(weights_only=True) refuses ({e}). "
-                             "Keep only its weights, from a file you trust: torch.save(torch.load(path, "
-                             "weights_only=False)['state_dict'], path)") from None
+                             "If you trust the file, keep only its weights once: load it inside `with "
+                             "torch.serialization.safe_globals([<the classes named above>]):` and "
+                             "torch.save(checkpoint['state_dict'], path)") from None
         load_mapped(module, mapping(checkpoint), path)
 
 
