@@ -770,6 +770,11 @@ class BodyPoseConfig:
     yaw_frontal_prob: float = 0.5  # share of people turned towards the camera (N(0, 35) degrees); the rest any way
     tilt_std: float = 8.0  # lean of the whole body out of upright
     max_tries: int = 20  # re-draws when the cheap self-intersection test fails
+    prior: str = "limbs"  # "limbs": `sample_plausible_body` (the fields above); "actions": `sample_action_body`
+
+    def __post_init__(self):
+        if self.prior not in ("limbs", "actions"):
+            raise ValueError(f"BodyPoseConfig.prior={self.prior!r}: expected 'limbs' or 'actions'")
 
 
 @dataclass
@@ -815,7 +820,10 @@ class _SyntheticBodyBase(torch.utils.data.Dataset):
     def _sample_smpl_pose(self, rng):
         """SMPL pose (24, 3) axis-angle (global orientation first) and shape (10,), float32."""
         self.model
-        R = sample_plausible_body(rng, self.rig["rest_joints"], self.rig["parents"], self.pose_config)
+        if self.pose_config.prior == "actions":
+            R = sample_action_body(rng)
+        else:
+            R = sample_plausible_body(rng, self.rig["rest_joints"], self.rig["parents"], self.pose_config)
         hands = torch.deg2rad(_normal(rng, 10.0, (2, 3)))  # SMPL's hand joints 22, 23: a little play
         pose = torch.cat([matrix_to_axis_angle(R), hands]).float()  # (24, 3)
         shape = torch.randn(10, generator=rng, dtype=torch.float64).clamp(-2.5, 2.5).float()
@@ -867,11 +875,14 @@ class SyntheticBodies(_SyntheticBodyBase):
     """
 
     def __init__(self, num_samples, image_size=256, seed=0, augment=False, focal_length=5000.0, vary_with_epoch=False,
-                 augment_config=None, pose_config=None, view_config=None, background="random", model_dir=None):
+                 augment_config=None, pose_config=None, view_config=None, background="random", colors="clothes",
+                 model_dir=None):
         super().__init__(num_samples, seed, vary_with_epoch, model_dir)
-        if background not in ("random", "black"):
-            raise ValueError(f"SyntheticBodies: background must be 'random' or 'black', got {background!r}")
-        self.background = background
+        if background not in ("random", "flat", "black"):
+            raise ValueError(f"SyntheticBodies: background must be 'random', 'flat' or 'black', got {background!r}")
+        if colors not in ("clothes", "suit"):
+            raise ValueError(f"SyntheticBodies: colors must be 'clothes' or 'suit', got {colors!r}")
+        self.background, self.colors = background, colors
         self.image_size, self.augment, self.focal_length = image_size, augment, focal_length
         self.augment_config = augment_config or AugmentConfig(flip_prob=0.0)
         self.pose_config, self.view_config = pose_config or BodyPoseConfig(), view_config or BodyViewConfig()
@@ -892,9 +903,12 @@ class SyntheticBodies(_SyntheticBodyBase):
         pose, shape = (torch.stack(x) for x in zip(*(self._sample_smpl_pose(rng) for rng in rngs)))
         verts, joints = skinning("smpl", self.model_dir, torch.float32)(pose, shape)  # (B, 6890, 3), (B, 24, 3)
         samples, looks = zip(*(self._labels(*args) for args in zip(rngs, indices, pose, shape, verts, joints)))
-        patterns = torch.from_numpy(background_patterns(Draws(rngs))).float()  # (B, 3, L, L), the last draws
-        for look, pattern in zip(looks, patterns):
-            look["background"] = pattern if self.background == "random" else None
+        if self.background == "random":
+            patterns = torch.from_numpy(background_patterns(Draws(rngs))).float()  # (B, 3, L, L), the last draws
+        else:  # one colour (the last draws): "flat" adds noise when rendered, "black" ignores it
+            patterns = torch.stack([_uniform(rng, 0.05, 0.95, (3, 1, 1)).float() for rng in rngs])
+        for look, pattern, rng in zip(looks, patterns, rngs):
+            look["background"], look["rng"] = pattern, rng
         for start in range(0, len(samples), self.render_chunk):
             chunk = slice(start, start + self.render_chunk)
             for sample, look, image in zip(samples[chunk], looks[chunk], self._images(samples[chunk], looks[chunk])):
@@ -928,8 +942,8 @@ class SyntheticBodies(_SyntheticBodyBase):
         sample = {key: value.float() for key, value in sample.items()}
         # 3. the look
         light, ambient = (torch.as_tensor(x[0]).float() for x in random_lights(Draws([rng])))
-        look.update(light=light, ambient=ambient,
-                    color=outfit_colors(rng, self.rig["part"], self.rig["hair"]))
+        look.update(light=light, ambient=ambient, color=suit_colors(self.rig["part"]) if self.colors == "suit"
+                    else outfit_colors(rng, self.rig["part"], self.rig["hair"]))
         return sample, look
 
     def _images(self, samples, looks):
@@ -938,6 +952,9 @@ class SyntheticBodies(_SyntheticBodyBase):
         backgrounds = None
         if self.background == "random":
             backgrounds = upsample_backgrounds(torch.stack([look["background"] for look in looks]), height, width)
+        elif self.background == "flat":  # the colour plus N(0, 0.03^2) per pixel (design notes, Sec. 7)
+            backgrounds = torch.stack([(look["background"] + 0.03 * torch.randn(3, height, width, generator=look["rng"]))
+                                       .clamp(0, 1) for look in looks])
         return _render(torch.stack([s["verts"] for s in samples]), self.rig["faces"],
                        torch.stack([s["K"] for s in samples]), (height, width),
                        *(torch.stack([look[key] for look in looks]) for key in ("color", "light", "ambient")),
@@ -1112,12 +1129,14 @@ def paint_occluder(image, box, rng, cover):
     image[:, inside] = paint[:, inside]
 
 
-# The synthetic demo's people (train.py's GenHMR stages): every person turned towards the camera
-# (yaw N(0, 35) degrees; BodyPoseConfig's default turns half of them any way). A 64 px crop
-# cannot tell a person's front from their back at every yaw, and two CPU cores have a few thousand
-# steps; the articulation keeps its full range, and the mean-pose baseline is fitted and scored
-# on the same distribution, so the bar is not lower.
-DEMO_BODY_POSE = BodyPoseConfig(yaw_frontal_prob=1.0)
+# The synthetic demo's people (train.py's GenHMR stages) follow the design notes' tiny setting
+# (shared/design/genhmr.md, Sec. 7): the actions prior (`sample_action_body`: four correlated modes,
+# facing the camera within a quarter turn), a suit coloured by body part, a flat background. A 64 x 48
+# crop of clothed people on busy backgrounds with freely moving limbs (BodyPoseConfig's "limbs" prior)
+# was not learnable by any image model in two CPU-core minutes (README, "GenHMR"). The mean-pose
+# baseline is fitted and scored on the same distribution, so the bar is not lower.
+DEMO_BODY_POSE = BodyPoseConfig(prior="actions")
+DEMO_BODY_LOOK = dict(colors="suit", background="flat")
 
 
 class Indexed(torch.utils.data.Dataset):
@@ -1165,13 +1184,13 @@ def body_pose_dataset(kind, path, split, cfg, seed, num_samples):
 
 
 def body_dataset(kind, path, split, cfg, seed, num_samples):
-    """Rendered SMPL people (GenHMR's images) at cfg.image_size, DEMO_BODY_POSE, HMR2.0's camera
+    """Rendered SMPL people (GenHMR's images) at cfg.image_size, DEMO_BODY_POSE and _LOOK, HMR2.0's camera
     (f = 5000 for a 256 crop), plus "index"; the training split drops "verts" (82 KB a sample that
     no loss reads), the held-out split (seed + 1_000_003) keeps them to score."""
     _synthetic_only(kind, "body_dataset")
     held_out = split == "evaluation"
     bodies = SyntheticBodies(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003,
-                             pose_config=DEMO_BODY_POSE)
+                             pose_config=DEMO_BODY_POSE, **DEMO_BODY_LOOK)
     return Indexed(bodies, drop=() if held_out else ("verts",))
 
 
@@ -1360,16 +1379,16 @@ def draw_wholebody_predictions(path, eval_set, pred, gt, count=6):
     return path
 
 
-def draw_body_predictions(path, eval_set, pred, gt, count=6):
+def draw_body_predictions(path, eval_set, pred, gt, count=6, prefix=""):
     """Save a PNG of `count` held-out people: per column the image, the true mesh over it, the
-    predicted mesh (pred["verts"], camera coordinates) and, when present, the refined one
+    predicted mesh (pred[prefix + "verts"], camera coordinates) and, when present, the refined one
     (pred["refined_verts"]); gt: K and verts of eval_set's samples."""
     from matplotlib.figure import Figure
 
     count, faces = min(count, len(eval_set)), _faces("smpl")
-    rows = [("image", None, None), ("true mesh", "verts", (0.35, 0.9, 0.35)), ("predicted", "verts", (0.95, 0.35, 0.3)),
-            ("refined with 2D keypoints", "refined_verts", (0.3, 0.5, 0.95))]
-    rows = [r for r in rows if r[1] is None or r[1] in pred]
+    rows = [("image", None, None), ("true mesh", "verts", (0.35, 0.9, 0.35)),
+            ("predicted", prefix + "verts", (0.95, 0.35, 0.3)), ("refined with 2D keypoints", "refined_verts", (0.3, 0.5, 0.95))]
+    rows = [r for r in rows if r[0] in ("image", "true mesh") or r[1] in pred]
     height, width = eval_set[0]["image"].shape[-2:]
     fig = Figure(figsize=(1.6 * count * width / height + 0.4, 1.7 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), count, squeeze=False)
@@ -1763,6 +1782,58 @@ def sample_plausible_body(rng, rest_joints, parents, cfg=BodyPoseConfig()):
     return R
 
 
+# The design notes' tiny prior (shared/design/genhmr.md, Sec. 7): four "actions", each a fixed mean
+# pose plus a rank-6 Gaussian, so that the joints move together (the correlated prior a pose tokenizer
+# exists to capture) and a mean-pose guess is far from most people. Means are axis-angle (radians) per
+# SMPL joint in the T-pose frame (y up, x the person's left, z their front): a shoulder about z raises
+# or lowers its arm, about y swings it forwards; a hip about x (negative) lifts the thigh forwards, a
+# knee about x (positive) bends it.
+ACTION_MODES = {
+    "neutral": {16: (0, 0, -1.25), 17: (0, 0, 1.25), 18: (0, -0.3, 0), 19: (0, 0.3, 0)},
+    "arms_up": {16: (0, 0, 1.1), 17: (0, 0, -1.1), 18: (0, -0.4, 0), 19: (0, 0.4, 0), 12: (-0.2, 0, 0)},
+    "squat": {1: (-1.4, 0, 0.15), 2: (-1.4, 0, -0.15), 4: (1.7, 0, 0), 5: (1.7, 0, 0), 7: (-0.3, 0, 0),
+              8: (-0.3, 0, 0), 3: (0.35, 0, 0), 16: (0, -1.2, 0), 17: (0, 1.2, 0)},
+    "stride": {1: (-0.6, 0, 0), 2: (0.4, 0, 0), 4: (0.3, 0, 0), 5: (0.7, 0, 0), 16: (0, 0.4, -1.2),
+               17: (0, 0.4, 1.2), 18: (0, -0.5, 0), 19: (0, 0.5, 0)},
+}
+ACTION_RANK, ACTION_STD, ACTION_NOISE, ACTION_MAX = 6, (0.15, 0.5), 0.05, 2.0  # radians
+
+
+@functools.lru_cache(maxsize=1)
+def action_prior():
+    """(means (4, 21, 3), bases (4, 6, 21, 3)) of the body joints 1-21, float64: fixed (seed 1234).
+    Each basis row is Gaussian, scaled so that each joint's rotation vector has a std (the root of
+    E ||theta_j - mean_j||^2) in ACTION_STD: s_j / sqrt(3) per component."""
+    g = torch.Generator().manual_seed(1234)
+    means = torch.zeros(len(ACTION_MODES), 21, 3, dtype=torch.float64)
+    for m, joints in enumerate(ACTION_MODES.values()):
+        for j, aa in joints.items():
+            means[m, j - 1] = torch.tensor(aa, dtype=torch.float64)
+    std = ACTION_STD[0] + (ACTION_STD[1] - ACTION_STD[0]) * torch.rand(len(ACTION_MODES), 1, 21, 1, generator=g, dtype=torch.float64)
+    bases = torch.randn(len(ACTION_MODES), ACTION_RANK, 21, 3, generator=g, dtype=torch.float64) * std / math.sqrt(3 * ACTION_RANK)
+    return means, bases
+
+
+def sample_action_body(rng):
+    """A pose of the actions prior: rotations (22, 3, 3) float64, joint 0 the global orientation.
+
+    Body: a mode drawn uniformly, theta = mean + basis^T z + n, z ~ N(0, I_6), n ~ N(0, 0.05^2) per
+    component, each joint's angle clamped to 2 rad. Orientation: the camera flip (180 degrees about x)
+    after pitch and roll N(0, 10) degrees after yaw U(-90, 90) degrees (the person faces the camera
+    turned by up to a quarter turn)."""
+    means, bases = action_prior()
+    mode = int(torch.randint(len(means), (), generator=rng))
+    z = torch.randn(ACTION_RANK, generator=rng, dtype=torch.float64)
+    theta = means[mode] + torch.einsum("k,kjc->jc", z, bases[mode]) + _normal(rng, ACTION_NOISE, (21, 3))
+    angle = theta.norm(dim=-1, keepdim=True)
+    theta = theta * (ACTION_MAX / angle.clamp_min(ACTION_MAX))  # |theta_j| <= 2
+    pitch_roll = _normal(rng, 10.0, (2,))
+    flip, pitch, roll, yaw = _rotation(torch.stack([X, X, Z, Y]), torch.stack(
+        [torch.tensor(180.0, dtype=torch.float64), pitch_roll[0], pitch_roll[1], _uniform(rng, -90.0, 90.0)]))
+    R = torch.cat([(flip @ pitch @ roll @ yaw)[None], axis_angle_to_matrix(theta)])
+    return R
+
+
 def place_in_crop(rng, verts, image_size, cfg, focal_length):
     """Translation t (3,) and intrinsics K (3, 3) (float64) that show verts (V, 3) + t centred in
     an H x W crop, the box's larger relative side filling cfg.fill of it.
@@ -1835,6 +1906,17 @@ def outfit_colors(rng, part, hair):
     colors = table[part]
     colors[hair] = _uniform(rng, 0.02, 0.5).float() * torch.tensor([1.0, 0.8, 0.6])
     return colors
+
+
+def suit_colors(part, num_parts=24):
+    """Per-vertex albedo (V, 3) of a body suit with one fixed colour per joint (the vertex's strongest,
+    part (V,)): hues spaced by the golden ratio, so that neighbours and left / right differ (the
+    design notes' tiny setting: a 64 px crop then shows which limb is where, and which side)."""
+    j = torch.arange(num_parts, dtype=torch.float64)
+    hue, sat, val = (j * 0.618034) % 1.0, 0.55 + 0.4 * ((j * 0.37) % 1.0), 0.6 + 0.35 * ((j * 0.71) % 1.0)
+    k = (torch.tensor([5.0, 3.0, 1.0], dtype=torch.float64) + hue[:, None] * 6) % 6  # HSV -> RGB
+    rgb = val[:, None] - val[:, None] * sat[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))
+    return rgb.float()[part]
 
 
 def _rig(model):

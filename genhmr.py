@@ -3,14 +3,17 @@
 One person crop in, an SMPL mesh out, through two trained stages and a two-step inference:
 
     stage 1  pose tokenizer (VQ-VAE):  theta (24 x 3) -> E -> z (L x D) -> nearest code -> ids (L) -> D -> theta
+    (init)   the image encoder starts from HMR2.0's (here: `PoseRegressor`, trained by SMPL regression)
     stage 2  image -> ViT -> pyramid {1x, 4x, 8x} ; [MASK]ed ids -> masked transformer (self-attn -> MSDA
              -> FFN) x 4 -> logits (L x K) ; beta, camera from the image features
     infer    uncertainty-guided sampling (T iterations, re-mask the least confident) -> ids
              -> 2D-pose-guided refinement (Eqs. 2-4: gradient descent on the code vectors) -> SMPL
 
 The module is train.py's image stage (`CONFIGS`, `build_model`, `training_loss`, `predict`,
-`learning_rate`; `TOKENIZER` is the tokenizer's): `torchrun --standalone --nproc_per_node=2 train.py --model
-genhmr` trains "genhmr_tokenizer", then "genhmr" on it, each scored against `metrics.MeanPoseBaseline`.
+`learning_rate`; `TOKENIZER` is the tokenizer's, `BACKBONE` the HMR2.0 stand-in's):
+`torchrun --standalone --nproc_per_node=2 train.py --model genhmr` trains "genhmr_tokenizer", then
+"genhmr_backbone" (holding the frozen tokenizer), then "genhmr" from it, each scored against
+`metrics.MeanPoseBaseline`.
 
 Conventions: bodymodels.py's (column vectors, 6D = first two COLUMNS, axis-angle, metres, OpenCV
 camera). HMR2.0's camera: the head predicts [s, tx, ty], t = [tx, ty, 2 f / (S s)], f = 5000, S = 256;
@@ -43,6 +46,10 @@ NOTE(paper gap) list (each also stands at its spot):
     training's cos(pi tau / 2) vs UGS's (1 + cos(pi t / T)) / 2.
 20. TINY only: geometric weights = the paper's / 16 (the per-rank batch its sums run over): with the
     paper's, the Gumbel-ST gradient swamped L_mask.
+21. Token head tied to the frozen codebook: logit_k = -exp(s) ||W h - c_k||^2 (the paper: "logits").
+22. TINY only: a conv stem instead of the linear 8 x 8 patch embedding.
+23. HMR2.0 stand-in (`PoseRegressor`, stage "genhmr_backbone"): GenHMR's ViT + flatten -> MLP pose head,
+    HMR2.0's losses; at paper size load HMR2.0's released backbone instead.
 
 Symbols: B batch, J = 24 joints, V = 6890 vertices, L tokens, K codes, D code dimension, C ViT width,
 d decoder width, M heads, n_levels pyramid levels, P sampling points, T UGS iterations, theta pose,
@@ -50,6 +57,7 @@ beta shape, R rotation matrices, e code vectors, Y token ids, tau Gumbel tempera
 """
 
 import argparse
+import dataclasses
 import functools
 import math
 import time
@@ -126,6 +134,7 @@ class GenHMRConfig:
     vit_heads: int = 16
     vit_mlp_ratio: float = 4.0
     drop_path: float = 0.55  # HMR2.0's backbone config
+    conv_stem: tuple = ()  # () = HMR2.0's patch_embed.proj; else the widths of a conv stem (TINY only, NOTE 22)
     feature_scales: tuple = (1, 4, 8)  # App. > Impl.; Table 15 adds 16. NOTE(paper gap) 7
     # --- masked transformer decoder (Method > Masked Transformer Decoder; Table 16) ---
     d_model: int = 256  # NOTE(paper gap) 8: unstated, Deformable-DETR default
@@ -135,6 +144,7 @@ class GenHMRConfig:
     ffn_dim: int = 1024
     dropout: float = 0.1
     head_hidden: int = 1024  # beta/camera MLP. NOTE(paper gap) 10
+    regressor_hidden: int = 512  # the backbone stage's pose MLP (PoseRegressor, NOTE(paper gap) 23)
     # --- training (Training Strategy; App. > Implementation Details; Tables 4, 8, 9) ---
     mask_tau_max: float = 1.0  # tau ~ U(0, mask_tau_max) (Table 4: U(0, 1))
     ce_on: str = "all"  # "all" (Eq. 1 as printed) | "masked". NOTE(paper gap) 12
@@ -178,7 +188,10 @@ class GenHMRConfig:
                               ("schedule", SCHEDULES), ("lr_schedule", ("constant", "cosine"))):
             _check_choice(self, name, allowed)
         self.image_size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else self.image_size
-        self.feature_scales = tuple(self.feature_scales)
+        self.feature_scales, self.conv_stem = tuple(self.feature_scales), tuple(self.conv_stem)
+        if self.conv_stem and 2 ** len(self.conv_stem) != self.patch_size:
+            raise ValueError(f"GenHMRConfig.conv_stem={self.conv_stem}: expected log2(patch_size={self.patch_size}) "
+                             f"stride-2 stages, one width each")
         self.table_iterations, self.table_refine_steps = tuple(self.table_iterations), tuple(self.table_refine_steps)
         if any(s < 1 or s & (s - 1) for s in self.feature_scales):
             raise ValueError(f"GenHMRConfig.feature_scales={self.feature_scales}: expected powers of two")
@@ -199,18 +212,23 @@ TOKENIZER_TINY = TokenizerConfig(  # 2 CPU cores, synthetic poses (design notes 
     aug_yaw_deg=20.0, aug_roll_deg=15.0,  # SyntheticPoses already spans every yaw
     batch_size=128, lr=1e-3, max_steps=1000, warmup_steps=50, lr_schedule="cosine")
 PAPER = GenHMRConfig()
-TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 -> 8 x 6 grid, levels 1x, 2x, 4x
+TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 -> 8 x 6 grid, levels 1x, 2x
     image_size=(64, 48), patch_size=8, vit_width=128, vit_depth=4, vit_heads=4, vit_mlp_ratio=2.0, drop_path=0.0,
-    feature_scales=(1, 2, 4), d_model=64, num_layers=3, num_heads=4, ffn_dim=128, dropout=0.0,
-    # 1000 steps: the default run (tokenizer, rendering, evaluation) takes 12 min on 2 cores; 2000 took 18.8 min
-    # and scored UGS MPJPE 263 mm vs 271, both worse than the mean pose's 239 (README, "GenHMR")
-    head_hidden=128, batch_size=32, lr=6e-4, max_steps=1000, warmup_steps=100, lr_schedule="cosine",
+    conv_stem=(32, 64, 128), feature_scales=(1, 2), d_model=64, num_layers=3, num_heads=4, ffn_dim=128, dropout=0.0,
+    # the image stage fine-tunes the backbone stage's ViT (the paper: HMR2.0's); levels (1, 2, 4) cost 27 % more
+    # time a step for no measured gain
+    head_hidden=128, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
     # NOTE(paper gap) 20: the paper's weights (on per-sample SUMS) / the per-rank batch 16. With the paper's, CE
     # stayed at ln K for 300 steps; divided, CE and L_3D both fall from the first 100 steps
     w_pose=1e-3 / 16, w_betas=5e-4 / 16, w_3d=5e-2 / 16, w_2d=1e-2 / 16,
     weight_decay=0.0, grad_clip=1.0, gpus=0, reported_3dpw_mpjpe_mm=0.0, reported_ugs_3dpw_mpjpe_mm=0.0,
     data="data.SyntheticBodies")
 CONFIGS = {"paper": PAPER, "tiny": TINY}
+# The backbone stage (PoseRegressor, the stand-in for HMR2.0) has the image stage's ViT fields and its own recipe.
+# NOTE(paper gap) 23: at paper size the paper loads HMR2.0's released weights (the ViT's names load strictly);
+# the values below are only a starting point for training it here (HMR2.0's own recipe is not in the paper).
+BACKBONE_CONFIGS = {"paper": dataclasses.replace(PAPER, lr=1e-5, weight_decay=1e-4, max_steps=100_000),
+                    "tiny": dataclasses.replace(TINY, max_steps=2000)}
 TOKENIZER_CONFIGS = {"paper": TOKENIZER_PAPER, "tiny": TOKENIZER_TINY}
 
 
@@ -528,6 +546,7 @@ class ViT(nn.Module):
         H, W = cfg.image_hw
         self.grid = (H // cfg.patch_size, W // cfg.patch_size)
         self.patch_embed = nn.ModuleDict(  # a dict only for HMR2.0's name patch_embed.proj
+            {"stem": conv_stem(cfg.conv_stem, cfg.vit_width)} if cfg.conv_stem else
             {"proj": nn.Conv2d(3, cfg.vit_width, cfg.patch_size, stride=cfg.patch_size, padding=cfg.patch_padding)})
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], cfg.vit_width))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -536,7 +555,7 @@ class ViT(nn.Module):
         self.last_norm = nn.LayerNorm(cfg.vit_width, eps=1e-6)
 
     def forward(self, images):
-        x = self.patch_embed["proj"](images)  # (B, C, h, w)
+        x = next(iter(self.patch_embed.values()))(images)  # (B, C, h, w)
         B, C, h, w = x.shape
         if (h, w) != self.grid:
             raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {h}x{w} patch grid, expected {self.grid}")
@@ -545,6 +564,19 @@ class ViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.last_norm(x).transpose(1, 2).reshape(B, C, h, w)
+
+
+def conv_stem(widths, out):
+    """NOTE(paper gap) 22 (TINY only): a convolutional patch embedding (Xiao et al. 2021, "Early
+    convolutions help transformers see better"): per width c, Conv3x3 stride 2 -> BN -> ReLU -> Conv3x3
+    -> BN -> ReLU, then Conv1x1 -> the ViT width; len(widths) = log2(patch) stages. A 64 x 48 crop's
+    8 x 8 patches through one linear map learned no body pose in two CPU-core minutes."""
+    layers, c_in = [], 3
+    for c in widths:
+        layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
+                   nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
+        c_in = c
+    return nn.Sequential(*layers, nn.Conv2d(c_in, out, 1))
 
 
 class LayerNorm2d(nn.Module):
@@ -662,9 +694,17 @@ class DecoderLayer(nn.Module):
 
 
 class MaskedTransformer(nn.Module):
-    """token_generator: ids Y_M (B, L) with [MASK] = K, pyramid -> logits (B, L, K) of p(y_i | Y_M, X)."""
+    """token_generator: ids Y_M (B, L) with [MASK] = K, pyramid, codebook C (K, D) -> logits (B, L, K) of
+    p(y_i | Y_M, X).
 
-    def __init__(self, cfg, num_tokens, num_codes):
+    NOTE(paper gap) 21: the output head is tied to the frozen codebook: logit_k = -exp(s) ||W h - c_k||^2,
+    h the normed last token state, W (D x d), s a learnable log-scale started at -log(mean squared
+    distance between nearest codes). The paper says only "logits over the codebook"; MaskGIT ties
+    its output to the token embedding. Tied, a code's logit rises with every step towards any code
+    near it, so the head learns the codebook's geometry instead of K unrelated classes (measured on
+    the tiny setting: an untied Linear(d, K) stayed at each position's most frequent code)."""
+
+    def __init__(self, cfg, num_tokens, num_codes, code_dim):
         super().__init__()
         d, self.mask_id = cfg.d_model, num_codes
         self.tok_emb = nn.Embedding(num_codes + 1, d)  # the last row is the learnable [MASK]
@@ -674,17 +714,30 @@ class MaskedTransformer(nn.Module):
         # put all L points within a pixel of the centre: every token read the same place)
         self.reference = nn.Parameter(torch.logit(torch.rand(num_tokens, 2) * 0.8 + 0.1))
         self.layers = nn.ModuleList(DecoderLayer(cfg, len(cfg.feature_scales)) for _ in range(cfg.num_layers))
-        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, num_codes)
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, code_dim)
+        self.log_scale = nn.Parameter(torch.zeros(()))  # set from the codebook by `init_scale`
+
+    @torch.no_grad()
+    def init_scale(self, codebook):
+        """s = -log(mean over codes of the squared distance to the nearest other code)."""
+        d2 = squared_distances(codebook, codebook) + torch.eye(len(codebook), device=codebook.device) * 1e30
+        self.log_scale.copy_(-d2.min(1)[0].clamp_min(1e-12).mean().log())
 
     def reference_points(self):
         return self.reference.sigmoid()[None]  # (1, L, 2) as (x, y) in [0, 1] of the image
 
-    def forward(self, ids, levels):
+    def forward(self, ids, levels, codebook):
         y = self.tok_emb(ids) + self.pos_emb  # (B, L, d)
         ref = self.reference_points()
         for layer in self.layers:
             y = layer(y, ref, levels)
-        return self.head(self.norm(y))  # (B, L, K)
+        return -self.log_scale.exp() * squared_distances(self.head(self.norm(y)), codebook)  # (B, L, K)
+
+
+def squared_distances(x, codebook):
+    """||x - c_k||^2 = ||x||^2 - 2 x.c_k + ||c_k||^2: x (..., D), codebook (K, D) -> (..., K)."""
+    x, codebook = x.float(), codebook.float()
+    return ((x * x).sum(-1, keepdim=True) - 2 * x @ codebook.T + (codebook * codebook).sum(-1)).clamp_min(0)
 
 
 class ShapeCameraHead(nn.Module):
@@ -711,7 +764,8 @@ class GenHMR(nn.Module):
         self.num_tokens, self.num_codes = tokenizer.cfg.num_tokens, tokenizer.cfg.codebook_size
         self.backbone = ViT(cfg)
         self.pyramid = nn.ModuleList(pyramid_level(cfg.vit_width, s, cfg.d_model) for s in cfg.feature_scales)
-        self.token_generator = MaskedTransformer(cfg, self.num_tokens, self.num_codes)
+        self.token_generator = MaskedTransformer(cfg, self.num_tokens, self.num_codes, tokenizer.cfg.code_dim)
+        self.token_generator.init_scale(tokenizer.quantizer.codebook)
         self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
         self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # training steps done (Eq. 5's t)
@@ -729,22 +783,75 @@ class GenHMR(nn.Module):
         betas, cam = self.shape_camera_head(feature)
         return [level(feature) for level in self.pyramid], betas, cam
 
+    def logits(self, ids, levels):
+        """masked ids (B, L), an encoded pyramid -> logits (B, L, K) over the frozen codebook."""
+        return self.token_generator(ids, levels, self.tokenizer.quantizer.codebook)
+
     def forward(self, images, ids):
         """images, masked ids (B, L) -> {"logits" (B, L, K), "betas" (B, 10), "cam" (B, 3)}."""
         levels, betas, cam = self.encode_image(images)
-        return {"logits": self.token_generator(ids, levels), "betas": betas, "cam": cam}
+        return {"logits": self.logits(ids, levels), "betas": betas, "cam": cam}
+
+
+class PoseRegressor(nn.Module):
+    """The stand-in for HMR2.0 (the paper's initialisation, App. > Implementation Details): GenHMR's ViT
+    and shape/camera head with a regression head, images -> SMPL pose (24 x 6D), beta, camera, trained
+    by HMR2.0's losses. The image stage starts from its ViT and head. The frozen pose tokenizer rides
+    along (its SMPL layer poses the predictions) to be handed on to the image stage.
+    NOTE(paper gap) 23: HMR2.0's head is a transformer decoder with one query; here flatten -> MLP, the
+    smallest head that keeps where things are in the map (pooled, the tiny ViT learned no articulation)."""
+
+    def __init__(self, cfg, tokenizer):
+        super().__init__()
+        self.cfg, self.tokenizer = cfg, tokenizer.eval().requires_grad_(False)
+        self.backbone = ViT(cfg)
+        self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
+        grid = self.backbone.grid
+        self.pose_head = nn.Sequential(nn.Flatten(), nn.Linear(cfg.vit_width * grid[0] * grid[1], cfg.regressor_hidden),
+                                       nn.ReLU(), nn.Linear(cfg.regressor_hidden, NUM_JOINTS * 6))
+        nn.init.xavier_uniform_(self.pose_head[-1].weight, gain=0.01), nn.init.zeros_(self.pose_head[-1].bias)
+        self.register_buffer("identity6d", bodymodels.matrix_to_rot6d(torch.eye(3)).repeat(NUM_JOINTS, 1))  # (24, 6)
+        self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.tokenizer.eval()
+        return self
+
+    def forward(self, images):
+        """images (B, 3, H, W) in [0, 1] -> {"R" (B, 24, 3, 3), "betas" (B, 10), "cam" (B, 3)}."""
+        feature = self.backbone((images - self.mean_std[0]) / self.mean_std[1])
+        betas, cam = self.shape_camera_head(feature)
+        rot6d = self.pose_head(feature).view(-1, NUM_JOINTS, 6) + self.identity6d  # residual on the rest pose
+        return {"R": bodymodels.rot6d_to_matrix(rot6d), "betas": betas, "cam": cam}
+
+
+VIT_FIELDS = ("image_size", "patch_size", "patch_padding", "vit_width", "vit_depth", "vit_heads", "vit_mlp_ratio",
+              "conv_stem", "head_hidden")
 
 
 def build_model(cfg, parent=None):
-    """The stage-2 model; `parent` is the TRAINED pose tokenizer (frozen here and held as a submodule)."""
+    """The stage-2 model. `parent`: the trained PoseRegressor of stage "genhmr_backbone" (the paper's
+    HMR2.0 initialisation: its frozen tokenizer is held as a submodule, its ViT and shape/camera head
+    are copied and fine-tuned), or a trained PoseTokenizer alone (the image encoder from scratch)."""
     if parent is None:
-        raise ValueError("GenHMR's image stage needs the trained pose tokenizer as its parent: train the "
-                         "stage 'genhmr_tokenizer' first (its checkpoint is missing)")
-    if not isinstance(parent, PoseTokenizer):
-        raise ValueError(f"GenHMR: parent must be a PoseTokenizer, got {type(parent).__name__}")
-    if not bool(parent.quantizer.initialised):
+        raise ValueError("GenHMR's image stage needs a trained parent: the stage 'genhmr_backbone' (or a pose "
+                         "tokenizer); train 'genhmr_tokenizer' and 'genhmr_backbone' first (a checkpoint is missing)")
+    regressor = parent if isinstance(parent, PoseRegressor) else None
+    tokenizer = regressor.tokenizer if regressor is not None else parent
+    if not isinstance(tokenizer, PoseTokenizer):
+        raise ValueError(f"GenHMR: parent must be a PoseRegressor or a PoseTokenizer, got {type(parent).__name__}")
+    if not bool(tokenizer.quantizer.initialised):
         raise ValueError("GenHMR: the parent pose tokenizer was never trained (its codebook is uninitialised)")
-    return GenHMR(cfg, parent)
+    model = GenHMR(cfg, tokenizer)
+    if regressor is not None:
+        for name in VIT_FIELDS:
+            if getattr(regressor.cfg, name) != getattr(cfg, name):
+                raise ValueError(f"GenHMR: the backbone stage's {name}={getattr(regressor.cfg, name)!r} differs from "
+                                 f"this config's {getattr(cfg, name)!r}; its ViT cannot start this one")
+        model.backbone.load_state_dict(regressor.backbone.state_dict())  # copies: fine-tuned here, parent untouched
+        model.shape_camera_head.load_state_dict(regressor.shape_camera_head.state_dict())
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -841,6 +948,38 @@ def smpl_losses(raw, R, betas, cam, batch, cfg):
             "joints2d": (uv - uv_gt).abs().sum()}
 
 
+def backbone_build_model(cfg, parent=None):
+    if not isinstance(parent, PoseTokenizer):
+        raise ValueError("GenHMR's backbone stage starts from the trained pose tokenizer (stage 'genhmr_tokenizer'), "
+                         f"got {type(parent).__name__}")
+    return PoseRegressor(cfg, parent)
+
+
+def backbone_training_loss(model, batch, cfg):
+    """HMR2.0's losses on the regressed SMPL: w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D
+    (`smpl_losses`, the weights of the image stage's SMPL terms)."""
+    check_pose(batch["smpl_pose"])
+    out = model(batch["image"])
+    terms = smpl_losses(_unwrap(model), out["R"], out["betas"].float(), out["cam"].float(), batch, cfg)
+    loss = (cfg.w_pose * terms["pose"] + cfg.w_betas * terms["betas"] + cfg.w_3d * terms["joints3d"]
+            + cfg.w_2d * terms["joints2d"])
+    return loss, terms
+
+
+@torch.no_grad()
+def backbone_predict(model, batch, cfg):
+    """-> regression_joints3d (B, 24, 3), regression_verts (B, 6890, 3) in the labels' camera frame."""
+    model = _unwrap(model)
+    out = model(batch["image"])
+    mesh = mesh_outputs(model.tokenizer, out["R"], out["betas"], out["cam"], "regression_")
+    return {key: mesh[key] for key in ("regression_joints3d", "regression_verts")}
+
+
+BACKBONE = types.SimpleNamespace(  # the trainer's stage "genhmr_backbone"
+    CONFIGS=BACKBONE_CONFIGS, build_model=backbone_build_model, training_loss=backbone_training_loss,
+    predict=backbone_predict, learning_rate=learning_rate)
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. Inference: uncertainty-guided sampling and 2D-pose-guided refinement
 
@@ -894,7 +1033,7 @@ def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generat
     masked = torch.ones(B, L, dtype=torch.bool, device=device)
     history = []
     for n in remask_counts(L, T, schedule):
-        probs = model.token_generator(ids, levels).float().softmax(-1)  # (B, L, K)
+        probs = model.logits(ids, levels).float().softmax(-1)  # (B, L, K)
         sampled = sample_tokens(probs, top_k, generator)
         confidence = probs.gather(-1, sampled[..., None])[..., 0]  # probability of the chosen token
         ids = torch.where(masked, sampled, ids)

@@ -631,6 +631,61 @@ def test_body_pose_prior_is_upright_with_natural_hinges(smpl):
     assert clear >= 38 and upright >= 36
 
 
+@given(st.integers(0, 10_000))
+@settings(max_examples=25, deadline=None)
+def test_action_prior_faces_the_camera_within_a_quarter_turn(seed):
+    """Design notes Sec. 7: flip (180 about x) after pitch / roll N(0, 10) after yaw U(-90, 90); every
+    body joint's angle at most 2 rad. The person's front (+z) then points at the camera (-z) within
+    90 degrees of yaw plus the small tilt, and up (+y) points up in the image (-y)."""
+    R = data.sample_action_body(torch.Generator().manual_seed(seed))
+    assert R.shape == (22, 3, 3)
+    torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(R))
+    front, up = R[0] @ torch.tensor([0.0, 0, 1], dtype=torch.float64), R[0] @ torch.tensor([0.0, 1, 0], dtype=torch.float64)
+    assert front[2] < math.sin(math.radians(50)) and up[1] < -math.cos(math.radians(50))
+    assert matrix_to_axis_angle(R[1:]).norm(dim=-1).max() <= 2.0 + 1e-9
+
+
+def test_action_prior_modes_and_their_spread():
+    """Four modes, each visited; around its mode a joint's rotation vector varies with a std near
+    its basis' (0.15-0.5 rad), and joints move together (rank 6: correlated, not independent)."""
+    means, bases = data.action_prior()
+    assert means.shape == (4, 21, 3) and bases.shape == (4, 6, 21, 3)
+    std = (bases ** 2).sum((1, 3)).sqrt()  # (4, 21) expected joint std without the iid noise
+    assert 0.08 < std.min() and std.max() < 0.7
+    rng = torch.Generator().manual_seed(0)
+    poses = torch.stack([matrix_to_axis_angle(data.sample_action_body(rng)[1:]) for _ in range(200)]).flatten(1)
+    # what a mode's six directions leave of (pose - its mean): the 0.05 rad noise alone for the right mode
+    residual = torch.stack([(poses - m.flatten()) - torch.linalg.lstsq(b.flatten(1).T, (poses - m.flatten()).T).solution.T
+                            @ b.flatten(1) for m, b in zip(means, bases)])  # (4, n, 63)
+    rms = residual.norm(dim=-1) / math.sqrt(63)
+    best = rms.min(0)
+    assert set(best.indices.tolist()) == {0, 1, 2, 3}
+    assert (best.values < 0.07).float().mean() > 0.95  # the noise (0.05 per component), save a few clamped joints
+    assert ((poses - means.flatten(1)[best.indices]).norm(dim=-1) / math.sqrt(63)).mean() > 3 * best.values.mean()
+
+
+def test_suit_colours_tell_parts_and_sides_apart():
+    part = torch.arange(24)
+    colors = data.suit_colors(part)
+    assert colors.shape == (24, 3) and 0 <= colors.min() and colors.max() <= 1
+    distance = torch.cdist(colors, colors) + torch.eye(24) * 10
+    assert distance.min() > 0.05
+    for left, right in ((1, 2), (4, 5), (7, 8), (13, 14), (16, 17), (18, 19), (20, 21)):
+        assert (colors[left] - colors[right]).norm() > 0.15, (left, right)
+
+
+def test_flat_background_is_one_colour_with_little_noise():
+    bodies = data.SyntheticBodies(2, (64, 48), background="flat", colors="suit")
+    masks = data.SyntheticBodies(2, (64, 48), background="black", colors="suit")
+    for i in range(2):
+        image, mask = bodies[i]["image"], masks[i]["image"].sum(0) == 0  # the person is never exactly black
+        background = image[:, mask]
+        assert background.shape[1] > 1000
+        assert (background.std(1) < 0.05).all() and (background.std(1) > 0.01).all()
+    with pytest.raises(ValueError, match="colors must be 'clothes' or 'suit'"):
+        data.SyntheticBodies(2, colors="paint")
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. synthetic whole bodies
 

@@ -299,14 +299,14 @@ def test_ugs_fixed_values_never_change_and_t1_is_one_argmax(model):
     levels, _, _ = model.encode_image(images)
     one = genhmr.uncertainty_guided_sampling(model, images, T=1)["ids"]
     full = torch.full((2, model.num_tokens), model.num_codes)
-    assert torch.equal(one, model.token_generator(full, levels).argmax(-1))
+    assert torch.equal(one, model.logits(full, levels).argmax(-1))
     seen = {}
     calls = []
     orig = model.token_generator.forward
 
-    def spy(ids, lv):
+    def spy(ids, lv, book):
         calls.append(ids.clone())
-        return orig(ids, lv)
+        return orig(ids, lv, book)
     model.token_generator.forward = spy
     try:
         genhmr.uncertainty_guided_sampling(model, images, T=4)
@@ -443,6 +443,67 @@ def test_learning_rate_is_a_pure_function_of_the_step():
     assert genhmr.learning_rate(genhmr.PAPER, 12345) == genhmr.PAPER.lr
 
 
+def test_token_head_is_the_scaled_distance_to_each_code(model):
+    """NOTE(paper gap) 21: logit_k = -exp(s) ||W h - c_k||^2 against a per-code loop; s starts at
+    -log(mean squared distance between nearest codes)."""
+    gen, book = model.token_generator, model.tokenizer.quantizer.codebook
+    levels, _, _ = model.encode_image(torch.rand(2, 3, 32, 32, generator=seeded(4)))
+    ids = torch.randint(0, model.num_codes + 1, (2, model.num_tokens), generator=seeded(5))
+    logits = model.logits(ids, levels)
+    captured = {}
+    handle = gen.head.register_forward_hook(lambda m, i, o: captured.update(h=o))
+    try:
+        model.logits(ids, levels)
+    finally:
+        handle.remove()
+    loop = torch.stack([-((captured["h"] - c) ** 2).sum(-1) for c in book], -1) * gen.log_scale.exp()
+    torch.testing.assert_close(logits, loop, rtol=1e-4, atol=1e-4)
+    nearest = min(((book[i] - book[j]) ** 2).sum() for i in range(len(book)) for j in range(len(book)) if i != j)
+    per_code = torch.stack([min(((book[i] - book[j]) ** 2).sum() for j in range(len(book)) if j != i)
+                            for i in range(len(book))])
+    assert nearest > 0 and gen.log_scale.item() == pytest.approx(-per_code.mean().log().item(), rel=1e-4)
+
+
+def test_backbone_stage_hands_its_vit_and_tokenizer_to_the_image_stage(tokenizer):
+    """The HMR2.0 stand-in (PoseRegressor): the image stage starts from a COPY of its ViT and shape/camera
+    head (equal values, no shared storage: the checkpoint of the image stage holds them) and shares its
+    frozen tokenizer."""
+    torch.manual_seed(0)
+    regressor = genhmr.BACKBONE.build_model(IMG, tokenizer).eval()
+    for p in regressor.backbone.parameters():
+        p.data.add_(0.1)  # "trained"
+    model = genhmr.build_model(IMG, regressor)
+    assert model.tokenizer is tokenizer
+    for part in ("backbone", "shape_camera_head"):
+        mine, theirs = getattr(model, part).state_dict(), getattr(regressor, part).state_dict()
+        for name, tensor in theirs.items():
+            assert torch.equal(mine[name], tensor) and mine[name].data_ptr() != tensor.data_ptr(), (part, name)
+    out = regressor(torch.rand(2, 3, 32, 32))
+    R = out["R"]
+    torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3).expand_as(R), atol=1e-5, rtol=0)
+    assert out["betas"].shape == (2, 10) and out["cam"].shape == (2, 3)
+
+
+def test_backbone_stage_overfits_one_batch(tokenizer):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(IMG, lr=2e-3, w_pose=1e-3 / 4, w_betas=5e-4 / 4, w_3d=5e-2 / 4, w_2d=1e-2 / 4)
+    regressor = genhmr.BACKBONE.build_model(cfg, tokenizer).train()
+    batch = body_batch(4, seed=11)  # its joints made those of its SMPL parameters, 20 m away
+    R = bodymodels.axis_angle_to_matrix(batch["smpl_pose"])
+    batch["joints3d"] = tokenizer.body.joints(R, batch["smpl_shape"]) + torch.tensor([0.0, 0.0, 20.0])
+    batch["joints2d"] = bodymodels.project_to_crop(batch["joints3d"], torch.zeros(4, 3)) * 32 + 16
+    losses = _overfit(genhmr.BACKBONE, regressor, cfg, batch, 60)
+    assert sum(losses[-5:]) / 5 < 0.3 * losses[0]
+    assert all(p.grad is None for p in regressor.tokenizer.parameters())
+
+
+def test_conv_stem_gives_the_patch_grid():
+    cfg = dataclasses.replace(IMG, conv_stem=(8, 16, 32))
+    vit = genhmr.ViT(cfg)
+    assert "stem" in vit.patch_embed and "proj" not in vit.patch_embed
+    assert vit(torch.rand(2, 3, 32, 32)).shape == (2, 32, 4, 4)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input
 
@@ -450,8 +511,15 @@ def test_learning_rate_is_a_pure_function_of_the_step():
 def test_bad_inputs_get_one_clear_error(tokenizer):
     with pytest.raises(ValueError, match=r"expected an SMPL pose \(B, 24, 3\)"):
         tokenizer.tokenize(torch.zeros(2, 23, 3))
-    with pytest.raises(ValueError, match="train the stage 'genhmr_tokenizer' first"):
+    with pytest.raises(ValueError, match="train 'genhmr_tokenizer' and 'genhmr_backbone' first"):
         genhmr.build_model(IMG, None)
+    with pytest.raises(ValueError, match="starts from the trained pose tokenizer"):
+        genhmr.BACKBONE.build_model(IMG, None)
+    with pytest.raises(ValueError, match=r"conv_stem=\(8, 16\): expected log2\(patch_size=8\)"):
+        dataclasses.replace(IMG, conv_stem=(8, 16))
+    regressor = genhmr.BACKBONE.build_model(IMG, tokenizer)
+    with pytest.raises(ValueError, match="the backbone stage's vit_width=32 differs from this config's 64"):
+        genhmr.build_model(dataclasses.replace(IMG, vit_width=64, d_model=32), regressor)
     with pytest.raises(ValueError, match="never trained"):
         genhmr.build_model(IMG, genhmr.PoseTokenizer(TOK))
     with pytest.raises(ValueError, match="multiple of 24"):

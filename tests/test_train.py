@@ -487,12 +487,14 @@ GENHMR_KEYS = ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "refined_mpjpe_mm", "refined
                "refine_2d_improved_fraction", "tokenizer_mpjpe_mm", "codebook_perplexity", "dead_codes")
 
 
-def test_genhmr_trains_its_tokenizer_then_the_image_stage_and_reports(tmp_path):
-    """The two GenHMR rows through train.py: the image stage finds its tokenizer's checkpoint, keeps it
-    frozen (the checkpoint holds no tokenizer tensor), and metrics.json has the issue's flat keys,
-    the baseline's, the tokenizer's and the report-only table."""
+def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(tmp_path):
+    """The three GenHMR rows through train.py: the backbone stage and the image stage find their parents'
+    checkpoints, keep the tokenizer frozen (no checkpoint after the first holds a tokenizer tensor; the
+    image stage's holds its own fine-tuned copy of the ViT), and metrics.json has the issue's flat keys,
+    the baseline's, the tokenizer's, the backbone's and the report-only table."""
     tiny = ["--out", str(tmp_path), "--log-every", "1", "--eval-samples", "6"]
     train.main(["--model", "genhmr_tokenizer", "--max-steps", "3", "--set", "batch_size=8", "--train-samples", "16"] + tiny)
+    train.main(["--model", "genhmr_backbone", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8"] + tiny)
     train.main(["--model", "genhmr", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8",
                 "--set", "refine_steps=3", "--set", "table_refine_steps=(0,3)"] + tiny)
     report = json.loads((tmp_path / "genhmr" / "metrics.json").read_text())
@@ -501,22 +503,29 @@ def test_genhmr_trains_its_tokenizer_then_the_image_stage_and_reports(tmp_path):
     assert 0 < report["baseline_mpjpe_mm"] < 1000 and report["baseline_refined_mpjpe_mm"] == report["baseline_mpjpe_mm"]
     assert {f"table_{s}_T{T}_mpjpe_mm" for s in ("cosine", "linear", "cubic", "sqrt") for T in (1, 3, 5, 10)} <= set(report)
     assert "table_refine_P3_mpjpe_mm" in report and report["table_refine_P3_mpjpe_mm"] == pytest.approx(report["refined_mpjpe_mm"], rel=1e-5)
-    for stage in ("genhmr_tokenizer", "genhmr"):
+    assert report["regression_mpjpe_mm"] >= 0 and report["baseline_regression_mpjpe_mm"] > 0
+    for stage in ("genhmr_tokenizer", "genhmr_backbone", "genhmr"):
         assert (tmp_path / stage / "predictions.png").stat().st_size > 10_000
-    ckpt = load(tmp_path / "genhmr" / "ckpt.pt")
-    assert ckpt["step"] == 2 and not any(k.startswith("tokenizer.") for k in ckpt["model"])
+    for stage in ("genhmr_backbone", "genhmr"):
+        ckpt = load(tmp_path / stage / "ckpt.pt")
+        assert ckpt["step"] == 2 and not any(k.startswith("tokenizer.") for k in ckpt["model"])
+    assert "backbone.blocks.0.attn.qkv.weight" in ckpt["model"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, steps, kill_at", [("genhmr_tokenizer", 12, 7), ("genhmr", 9, 6)])
+@pytest.mark.parametrize("stage, steps, kill_at", [("genhmr_tokenizer", 12, 7), ("genhmr_backbone", 9, 6),
+                                                   ("genhmr", 9, 6)])
 def test_genhmr_stages_resume_after_sigkill_bitwise(tmp_path, stage, steps, kill_at):
     """Each GenHMR stage on two ranks (the EMA codebook all-reduced, Gumbel noise and masking from the
     restored RNGs): killed and resumed, it ends with the weights and buffers of an uninterrupted run."""
     common = ["--max-steps", str(steps), "--ckpt-every", "5", "--log-every", "1", "--eval-samples", "4",
               "--train-samples", "16", "--set", "batch_size=4"]
-    if stage == "genhmr":  # its tokenizer first, the same in both folders
+    parents = {"genhmr_tokenizer": [], "genhmr_backbone": ["genhmr_tokenizer"],
+               "genhmr": ["genhmr_tokenizer", "genhmr_backbone"]}[stage]
+    for parent in parents:  # the same in both folders
         for out in ("straight", "killed"):
-            run_script(common + ["--out", out], tmp_path, nproc=2, model="genhmr_tokenizer")
+            run_script(common + ["--out", out], tmp_path, nproc=2, model=parent)
+    if stage == "genhmr":
         common += ["--set", "refine_steps=2", "--set", "table_iterations=()", "--set", "table_refine_steps=()"]
     run_script(common + ["--out", "straight"], tmp_path, nproc=2, model=stage)
     resumed = kill_and_resume(common + ["--out", "killed"], tmp_path, kill_at=kill_at, nproc=2, model=stage)
