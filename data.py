@@ -866,8 +866,10 @@ class SyntheticBodies(_SyntheticBodyBase):
     to [-2.5, 2.5]; the person centred in the crop (3% jitter), the box's larger relative side
     75-90% of the crop. focal_length=5000 (default) renders through HMR2.0's fixed camera (5000
     pixels for a 256 crop, principal point at the centre: nearly orthographic, what GenHMR's
-    camera head assumes); None, through a real camera 2.5-8 m away. Clothes: shirt (short or long
-    sleeves), trousers or shorts, shoes, hair, skin tone; light and background as SyntheticHands.
+    camera head assumes); None, through a real camera 2.5-8 m away. colors="clothes": shirt (short
+    or long sleeves), trousers or shorts, shoes, hair, skin tone; "suit": one fixed colour per body
+    part (`suit_colors`). Light as SyntheticHands; background "random" as SyntheticHands, "flat" one
+    colour plus N(0, 0.03^2) noise per pixel. pose_config.prior="actions": the design notes' tiny prior.
     augment=True moves the camera (rotation, zoom, shift; no flip: the pose distribution is
     already symmetric) before rendering and jitters colours after. background="black": masks.
     A DataLoader fetches a batch through `__getitems__` (meshes skinned together, images rendered
