@@ -880,10 +880,7 @@ class SyntheticBodies(_SyntheticBodyBase):
                  augment_config=None, pose_config=None, view_config=None, background="random", colors="clothes",
                  model_dir=None):
         super().__init__(num_samples, seed, vary_with_epoch, model_dir)
-        if background not in ("random", "flat", "black"):
-            raise ValueError(f"SyntheticBodies: background must be 'random', 'flat' or 'black', got {background!r}")
-        if colors not in ("clothes", "suit"):
-            raise ValueError(f"SyntheticBodies: colors must be 'clothes' or 'suit', got {colors!r}")
+        _check_look(type(self).__name__, colors, background, ("random", "flat", "black"))
         self.background, self.colors = background, colors
         self.image_size, self.augment, self.focal_length = image_size, augment, focal_length
         self.augment_config = augment_config or AugmentConfig(flip_prob=0.0)
@@ -905,12 +902,12 @@ class SyntheticBodies(_SyntheticBodyBase):
         pose, shape = (torch.stack(x) for x in zip(*(self._sample_smpl_pose(rng) for rng in rngs)))
         verts, joints = skinning("smpl", self.model_dir, torch.float32)(pose, shape)  # (B, 6890, 3), (B, 24, 3)
         samples, looks = zip(*(self._labels(*args) for args in zip(rngs, indices, pose, shape, verts, joints)))
-        if self.background == "random":
-            patterns = torch.from_numpy(background_patterns(Draws(rngs))).float()  # (B, 3, L, L), the last draws
-        else:  # one colour (the last draws): "flat" adds noise when rendered, "black" ignores it
-            patterns = torch.stack([_uniform(rng, 0.05, 0.95, (3, 1, 1)).float() for rng in rngs])
-        for look, pattern, rng in zip(looks, patterns, rngs):
-            look["background"], look["rng"] = pattern, rng
+        if self.background == "random":  # the last draws
+            patterns = torch.from_numpy(background_patterns(Draws(rngs))).float()  # (B, 3, L, L)
+        else:  # "black" ignores them
+            patterns = torch.stack([flat_background(rng, _image_hw(self.image_size)) for rng in rngs])
+        for look, pattern in zip(looks, patterns):
+            look["background"] = pattern
         for start in range(0, len(samples), self.render_chunk):
             chunk = slice(start, start + self.render_chunk)
             for sample, look, image in zip(samples[chunk], looks[chunk], self._images(samples[chunk], looks[chunk])):
@@ -954,9 +951,8 @@ class SyntheticBodies(_SyntheticBodyBase):
         backgrounds = None
         if self.background == "random":
             backgrounds = upsample_backgrounds(torch.stack([look["background"] for look in looks]), height, width)
-        elif self.background == "flat":  # the colour plus N(0, 0.03^2) per pixel (design notes, Sec. 7)
-            backgrounds = torch.stack([(look["background"] + 0.03 * torch.randn(3, height, width, generator=look["rng"]))
-                                       .clamp(0, 1) for look in looks])
+        elif self.background == "flat":
+            backgrounds = torch.stack([look["background"] for look in looks])
         return _render(torch.stack([s["verts"] for s in samples]), self.rig["faces"],
                        torch.stack([s["K"] for s in samples]), (height, width),
                        *(torch.stack([look[key] for look in looks]) for key in ("color", "light", "ambient")),
@@ -965,6 +961,7 @@ class SyntheticBodies(_SyntheticBodyBase):
 
 
 SMPLX_HAND_JOINTS = bodymodels.SMPLX_HAND_JOINTS
+SMPLX_JOINTS = 55
 # SMPL-X's fingertips among smplx's extra joints (thumb, index, middle, ring, pinky)
 SMPLX_FINGERTIPS = {"left": tuple(range(66, 71)), "right": tuple(range(71, 76))}
 
@@ -999,8 +996,11 @@ class SyntheticWholeBody(_SyntheticBodyBase):
 
     def __init__(self, num_samples, image_size=(256, 192), seed=0, augment=False, focal_length=5000.0,
                  vary_with_epoch=False, augment_config=None, pose_config=None, hand_pose_config=None,
-                 view_config=None, occlusion_prob=0.0, occlusion_cover=(0.4, 0.9), model_dir=None):
+                 view_config=None, occlusion_prob=0.0, occlusion_cover=(0.4, 0.9), colors="clothes", background="random",
+                 model_dir=None):
         super().__init__(num_samples, seed, vary_with_epoch, model_dir)
+        _check_look(type(self).__name__, colors, background, ("random", "flat"))
+        self.colors, self.background = colors, background
         self.image_size, self.augment, self.focal_length = image_size, augment, focal_length
         self.occlusion_prob, self.occlusion_cover = float(occlusion_prob), tuple(occlusion_cover)
         self.augment_config = augment_config or AugmentConfig(flip_prob=0.0)
@@ -1062,9 +1062,13 @@ class SyntheticWholeBody(_SyntheticBodyBase):
                   "smplx_pose": pose, "smplx_shape": shape, "smplx_expression": expression, "cam_t": cam_t}
         # 3. render the body, then paint the occluders over it
         light, ambient = (torch.from_numpy(x) for x in random_lights(Draws([rng])))
-        look = (outfit_colors(rng, self.rig["part"], self.rig["hair"])[None], light, ambient)
-        pattern = torch.from_numpy(background_patterns(Draws([rng]))).float()
-        background = upsample_backgrounds(pattern, *_image_hw(self.image_size))[0]
+        look = (suit_colors(self.rig["part"], SMPLX_JOINTS) if self.colors == "suit" else
+                outfit_colors(rng, self.rig["part"], self.rig["hair"]))[None], light, ambient
+        if self.background == "flat":
+            background = flat_background(rng, _image_hw(self.image_size))
+        else:
+            pattern = torch.from_numpy(background_patterns(Draws([rng]))).float()
+            background = upsample_backgrounds(pattern, *_image_hw(self.image_size))[0]
         image, _, face = _render(verts[None], self.rig["faces"], K[None], self.image_size, *look, background[None],
                                  True)
         world = forward_kinematics(axis_angle_to_matrix(pose[:22]), self.rig["rest_joints"][:22],
@@ -1197,12 +1201,14 @@ def body_dataset(kind, path, split, cfg, seed, num_samples):
 
 
 def wholebody_dataset(kind, path, split, cfg, seed, num_samples):
-    """Rendered SMPL-X people with both hands (HMR-Adapter) at cfg.image_size, half of the hands
-    under an occluder (so that body context matters), plus "index"; the training split drops
+    """Rendered SMPL-X people with both hands (HMR-Adapter) at cfg.image_size in DEMO_BODY_LOOK (a suit
+    coloured by body part and finger segment, a flat background: the design notes' tiny setting), half
+    of the hands under an occluder (so that body context matters), plus "index"; the training split drops
     "verts" (126 KB a sample that no loss reads), the held-out split (seed + 1_000_003) keeps them."""
     _synthetic_only(kind, "wholebody_dataset")
     held_out = split == "evaluation"
-    bodies = SyntheticWholeBody(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003, occlusion_prob=0.5)
+    bodies = SyntheticWholeBody(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003, occlusion_prob=0.5,
+                                **DEMO_BODY_LOOK)
     return Indexed(bodies, drop=() if held_out else ("verts",))
 
 
@@ -1984,6 +1990,19 @@ def random_lights(draws):
 
 # ---------------------------------------------------------------------------------------------
 # 10. Backgrounds
+
+
+def flat_background(rng, hw):
+    """(3, H, W) float32: one colour U(0.05, 0.95)^3 plus N(0, 0.03^2) per pixel (the design notes' tiny setting)."""
+    colour = _uniform(rng, 0.05, 0.95, (3, 1, 1)).float()
+    return (colour + 0.03 * torch.randn(3, *hw, generator=rng)).clamp(0, 1)
+
+
+def _check_look(who, colors, background, backgrounds):
+    if colors not in ("clothes", "suit"):
+        raise ValueError(f"{who}: colors must be 'clothes' or 'suit', got {colors!r}")
+    if background not in backgrounds:
+        raise ValueError(f"{who}: background must be one of {backgrounds}, got {background!r}")
 
 
 def background_patterns(draws, low_res=32):

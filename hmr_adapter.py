@@ -51,6 +51,7 @@ NOTE(paper gap) list (each also stands at its spot; the paper's supplementary ma
     its hand regressor and face box are left out (the hand expert replaces them, Sec. 3.1).
 12. Hand-only training data ("zeros for hand-only datasets", Sec. 3.3): a share of the training
     hands gets a zero body pose.
+13. TINY only: the whole-body ViT's patch embedding is a conv stem (`BaseConfig.body_stem`).
 
 Symbols: B batch, J joints, V vertices, C channels, L tokens, h x w ViT grid, R RoI side, S crop side,
 theta poses (6D unless named), beta shape, F^H hand image tokens, F^B arm-chain tokens, F^J MCP tokens.
@@ -110,6 +111,7 @@ class BaseConfig:
     body_width: int = 1280
     body_depth: int = 32
     body_heads: int = 16
+    body_stem: tuple = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE(paper gap) 13)
     body_keypoints: int = 25  # body joints of the position net = body task tokens (31 tokens in all)
     body_hm_depth: int = 16  # 3D heatmap depth bins (16 x 16 x 12 in SMPLer-X)
     body_rot_hidden: int = 512  # Linear 1280 -> 512 per body token
@@ -171,12 +173,13 @@ BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 
     hand_crop=32, hand_patch=4, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
     head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128,
     body_image=(128, 96), body_patch=16, body_patch_padding=0, body_width=64, body_depth=3, body_heads=4,
+    body_stem=(16, 32, 64, 64),
     body_keypoints=22, body_hm_depth=8, body_rot_hidden=32, box_channels=(32, 32, 32), hand_roi=8,
     hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, hamer_checkpoint="", smplerx_checkpoint="",
-    batch_size=32, max_steps=2500, lr=1e-3, warmup_steps=100)
+    batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100)
 PAPER = AdapterConfig()
 TINY = AdapterConfig(hand_only_prob=0.2, body_proj=32, body_dim=64, body_depth=3, body_heads=4, body_dim_head=16,
-                     body_mlp=128, batch_size=32, max_steps=1000, lr=5e-4, warmup_steps=50)
+                     body_mlp=128, batch_size=32, max_steps=2000, lr=5e-4, warmup_steps=50)
 CONFIGS = {"paper": PAPER, "tiny": TINY}
 BASE_CONFIGS = {"paper": BASES_PAPER, "tiny": BASES_TINY}
 
@@ -316,20 +319,38 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch, padding, width):
+    """ViTPose's linear patch embedding `proj`, or (stem = widths, TINY only) a convolutional stem: per
+    width Conv3x3 stride 2 -> GroupNorm -> ReLU, log2(patch) of them, then Conv1x1 -> the ViT width.
+    NOTE(paper gap) 13: at 128 x 96 one linear map per 16 x 16 patch left the tiny whole-body model's
+    hand boxes and arm chain near a constant's; the released models keep `proj` and load strictly."""
+
+    def __init__(self, patch, padding, width, stem=()):
         super().__init__()
-        self.proj = nn.Conv2d(3, width, patch, stride=patch, padding=padding)
+        if not stem:
+            self.proj = nn.Conv2d(3, width, patch, stride=patch, padding=padding)
+            return
+        if 2 ** len(stem) != patch or padding:
+            raise ValueError(f"PatchEmbed: a stem of {len(stem)} stride-2 convolutions gives patch {2 ** len(stem)}, "
+                             f"expected log2(patch={patch}) of them and no padding (got {padding})")
+        layers, c_in = [], 3
+        for c in stem:
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c // 4), c), nn.ReLU()]
+            c_in = c
+        self.stem = nn.Sequential(*layers, nn.Conv2d(c_in, width, 1))
+
+    def forward(self, images):
+        return self.stem(images) if hasattr(self, "stem") else self.proj(images)
 
 
 class ViT(nn.Module):
     """images (B, 3, H, W) and optional extra tokens (B, T, C) -> (tokens (B, h w, C), extra (B, T, C)).
     SMPLer-X's encoder puts its learnable task tokens (no position embedding) before the patch tokens."""
 
-    def __init__(self, image_hw, patch, padding, width, depth, heads, num_task_tokens=0):
+    def __init__(self, image_hw, patch, padding, width, depth, heads, num_task_tokens=0, stem=()):
         super().__init__()
         H, W = image_hw
         self.grid = ((H + 2 * padding - patch) // patch + 1, (W + 2 * padding - patch) // patch + 1)
-        self.patch_embed = PatchEmbed(patch, padding, width)
+        self.patch_embed = PatchEmbed(patch, padding, width, stem)
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], width))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.task_tokens = nn.Parameter(torch.randn(1, num_task_tokens, width) * 0.02) if num_task_tokens else None
@@ -337,7 +358,7 @@ class ViT(nn.Module):
         self.last_norm = nn.LayerNorm(width, eps=1e-6)
 
     def forward(self, images):
-        x = self.patch_embed.proj(images)  # (B, C, h, w)
+        x = self.patch_embed(images)  # (B, C, h, w)
         if tuple(x.shape[-2:]) != self.grid:
             raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {tuple(x.shape[-2:])} patch grid, "
                              f"expected {self.grid}")
@@ -618,7 +639,7 @@ class WholeBody(nn.Module):
         self.image_hw, K = tuple(cfg.body_image), cfg.body_keypoints
         self.num_task_tokens = 6 + K  # shape, cam, expression, jaw, left hand, right hand, body x K
         self.encoder = ViT(self.image_hw, cfg.body_patch, cfg.body_patch_padding, cfg.body_width, cfg.body_depth,
-                           cfg.body_heads, self.num_task_tokens)
+                           cfg.body_heads, self.num_task_tokens, cfg.body_stem)
         self.body_position_net = PositionNet(cfg.body_width, K, cfg.body_hm_depth)
         self.body_regressor = BodyRotationNet(cfg.body_width, K, cfg.body_rot_hidden)
         self.box_net = BoxNet(cfg)

@@ -684,6 +684,11 @@ def test_flat_background_is_one_colour_with_little_noise():
         assert (background.std(1) < 0.05).all() and (background.std(1) > 0.01).all()
     with pytest.raises(ValueError, match="colors must be 'clothes' or 'suit'"):
         data.SyntheticBodies(2, colors="paint")
+    whole = data.SyntheticWholeBody(1, (64, 48), colors="suit", background="flat")[0]["image"]
+    corner = whole[:, :6, :6].reshape(3, -1)  # the person is centred: the corners are background
+    assert (corner.std(1) < 0.05).all()
+    with pytest.raises(ValueError, match="SyntheticWholeBody: background must be one of"):
+        data.SyntheticWholeBody(1, background="black")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -353,6 +353,15 @@ def test_smplerx_6d_rows_become_our_columns():
     torch.testing.assert_close(ours.view(3, 2, 6), layer(f).view(3, 2, 6)[..., ha.SMPLERX_6D])
 
 
+def test_tiny_whole_body_conv_stem_gives_the_patch_grid():
+    """NOTE(paper gap) 13: TINY's stem of 4 stride-2 convolutions stands for the 16 x 16 patch embedding."""
+    embed = ha.PatchEmbed(16, 0, 64, ha.BASES_TINY.body_stem)
+    assert not hasattr(embed, "proj") and embed(torch.rand(2, 3, 128, 96)).shape == (2, 64, 8, 6)
+    assert hasattr(ha.PatchEmbed(16, 2, 64), "proj")  # the released models' name
+    with pytest.raises(ValueError, match=r"expected log2\(patch=16\) of them"):
+        ha.PatchEmbed(16, 0, 64, (16, 32))
+
+
 def test_synthetic_whole_body_occluders_cover_the_hand_and_leave_the_scene_alone():
     clean = data.SyntheticWholeBody(3, image_size=(128, 96), seed=2)
     covered = data.SyntheticWholeBody(3, image_size=(128, 96), seed=2, occlusion_prob=1.0)
