@@ -904,8 +904,9 @@ class SyntheticBodies(_SyntheticBodyBase):
         samples, looks = zip(*(self._labels(*args) for args in zip(rngs, indices, pose, shape, verts, joints)))
         if self.background == "random":  # the last draws
             patterns = torch.from_numpy(background_patterns(Draws(rngs))).float()  # (B, 3, L, L)
-        else:  # "black" ignores them
-            patterns = torch.stack([flat_background(rng, _image_hw(self.image_size)) for rng in rngs])
+        else:  # "black": none
+            patterns = [flat_background(rng, _image_hw(self.image_size)) if self.background == "flat" else None
+                        for rng in rngs]
         for look, pattern in zip(looks, patterns):
             look["background"] = pattern
         for start in range(0, len(samples), self.render_chunk):
@@ -961,7 +962,6 @@ class SyntheticBodies(_SyntheticBodyBase):
 
 
 SMPLX_HAND_JOINTS = bodymodels.SMPLX_HAND_JOINTS
-SMPLX_JOINTS = 55
 # SMPL-X's fingertips among smplx's extra joints (thumb, index, middle, ring, pinky)
 SMPLX_FINGERTIPS = {"left": tuple(range(66, 71)), "right": tuple(range(71, 76))}
 
@@ -1062,7 +1062,7 @@ class SyntheticWholeBody(_SyntheticBodyBase):
                   "smplx_pose": pose, "smplx_shape": shape, "smplx_expression": expression, "cam_t": cam_t}
         # 3. render the body, then paint the occluders over it
         light, ambient = (torch.from_numpy(x) for x in random_lights(Draws([rng])))
-        look = (suit_colors(self.rig["part"], SMPLX_JOINTS) if self.colors == "suit" else
+        look = (suit_colors(self.rig["part"]) if self.colors == "suit" else
                 outfit_colors(rng, self.rig["part"], self.rig["hair"]))[None], light, ambient
         if self.background == "flat":
             background = flat_background(rng, _image_hw(self.image_size))
@@ -1838,8 +1838,7 @@ def sample_action_body(rng):
     pitch_roll = _normal(rng, 10.0, (2,))
     flip, pitch, roll, yaw = _rotation(torch.stack([X, X, Z, Y]), torch.stack(
         [torch.tensor(180.0, dtype=torch.float64), pitch_roll[0], pitch_roll[1], _uniform(rng, -90.0, 90.0)]))
-    R = torch.cat([(flip @ pitch @ roll @ yaw)[None], axis_angle_to_matrix(theta)])
-    return R
+    return torch.cat([(flip @ pitch @ roll @ yaw)[None], axis_angle_to_matrix(theta)])
 
 
 def place_in_crop(rng, verts, image_size, cfg, focal_length):
@@ -1916,11 +1915,11 @@ def outfit_colors(rng, part, hair):
     return colors
 
 
-def suit_colors(part, num_parts=24):
+def suit_colors(part):
     """Per-vertex albedo (V, 3) of a body suit with one fixed colour per joint (the vertex's strongest,
     part (V,)): hues spaced by the golden ratio, so that neighbours and left / right differ (the
     design notes' tiny setting: a 64 px crop then shows which limb is where, and which side)."""
-    j = torch.arange(num_parts, dtype=torch.float64)
+    j = torch.arange(int(part.max()) + 1, dtype=torch.float64)
     hue, sat, val = (j * 0.618034) % 1.0, 0.55 + 0.4 * ((j * 0.37) % 1.0), 0.6 + 0.35 * ((j * 0.71) % 1.0)
     k = (torch.tensor([5.0, 3.0, 1.0], dtype=torch.float64) + hue[:, None] * 6) % 6  # HSV -> RGB
     rgb = val[:, None] - val[:, None] * sat[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))

@@ -325,10 +325,7 @@ class QuantizeEMAReset(nn.Module):
 
     def nearest(self, z):
         """z (..., D) -> ids (...,) of the nearest code in Euclidean distance (ties: lowest id)."""
-        flat = z.reshape(-1, self.dim).float()
-        # ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2
-        d2 = (flat * flat).sum(1, keepdim=True) - 2 * flat @ self.codebook.T + (self.codebook ** 2).sum(1)[None]
-        return d2.argmin(1).view(z.shape[:-1])
+        return squared_distances(z.reshape(-1, self.dim), self.codebook).argmin(1).view(z.shape[:-1])
 
     def candidates(self, flat):
         """K rows of flat (N, D), tiled with noise when N < K, in a random order; rank 0's under DDP."""
@@ -737,7 +734,7 @@ class MaskedTransformer(nn.Module):
 def squared_distances(x, codebook):
     """||x - c_k||^2 = ||x||^2 - 2 x.c_k + ||c_k||^2: x (..., D), codebook (K, D) -> (..., K)."""
     x, codebook = x.float(), codebook.float()
-    return ((x * x).sum(-1, keepdim=True) - 2 * x @ codebook.T + (codebook * codebook).sum(-1)).clamp_min(0)
+    return (x * x).sum(-1, keepdim=True) - 2 * x @ codebook.T + (codebook * codebook).sum(-1)
 
 
 class ShapeCameraHead(nn.Module):
