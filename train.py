@@ -122,10 +122,10 @@ MODELS = {
                     picture=data.draw_body_predictions, starts_from="genhmr_backbone", train_samples=16384),
     "hmr_adapter_bases": Stage(hmr_adapter.BASES, data=data.wholebody_dataset, metrics=hmr_adapter.evaluation_metrics,
                                baseline=hmr_adapter.MeanPoseBaseline, picture=data.draw_wholebody_predictions,
-                               train_samples=3072),
+                               train_samples=8192),
     "hmr_adapter": Stage(hmr_adapter, data=data.wholebody_dataset, metrics=hmr_adapter.evaluation_metrics,
                          baseline=hmr_adapter.MeanPoseBaseline, picture=data.draw_wholebody_predictions,
-                         starts_from="hmr_adapter_bases", train_samples=3072),
+                         starts_from="hmr_adapter_bases", train_samples=8192),
 }
 
 
