@@ -27,6 +27,10 @@ The protocol a paper offers (a module, or any object with these attributes)
   eval mode (an iterative inference runs here), in the units of the data's labels. Metrics whose
   names start with "table_" are report-only rows (ablation tables): metrics.json, not the log.
 - `learning_rate(cfg, step)` -> float: a pure function of the step (the whole scheduler state).
+- optional `param_groups(model, cfg)` -> [(lr_scale, [parameters]), ...]: parts that train at
+  their own rate, lr_scale x learning_rate(cfg, step) (HMR-Adapter's two adapters, trained apart in
+  the paper). Together the groups must hold every parameter that requires gradients, each once.
+  Without it, one group at scale 1.
 
 A stage (one row of MODELS) wires a paper to: its `data(kind, path, split, cfg, seed, n)` (a
 Dataset of dicts, data.py's key contract), `metrics(pred, gt)` -> {name: float} (the first name is
@@ -376,7 +380,10 @@ def restore(ckpt, model, parent, optimizer, ranks, path):
     """Load weights, optimiser state and this rank's RNG streams (when the number of ranks is
     unchanged; the data order never depends on it). Returns (step, history, training seconds)."""
     load_own_state(model, ckpt["model"], parent, path)
-    optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except ValueError as e:  # the paper's parameter groups changed since the checkpoint was written
+        fail(f"{path}: the optimiser state does not fit this model's parameter groups ({e}); use a new --out")
     if len(ckpt["rng"]) == ranks.world_size:
         set_rng_state(ckpt["rng"][ranks.rank], ranks.device)
     return ckpt["step"], ckpt["history"], ckpt["train_time_s"]
@@ -491,7 +498,8 @@ class Job:
     model: torch.nn.Module  # the DDP wrapper under torchrun
     raw_model: torch.nn.Module
     parent: typing.Optional[torch.nn.Module]
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer  # param_groups[i] trains at lr_scales[i] x learning_rate(cfg, step)
+    lr_scales: list
     train_set: torch.utils.data.Dataset
     eval_set: torch.utils.data.Dataset
     baseline: typing.Callable
@@ -547,8 +555,8 @@ def train(job, start_step, train_time, args, ranks):
     steps_since = 0
     for step, batch in enumerate(loader, start=start_step):
         lr = paper.learning_rate(cfg, step)
-        for group in job.optimizer.param_groups:
-            group["lr"] = lr
+        for group, scale in zip(job.optimizer.param_groups, job.lr_scales):
+            group["lr"] = lr * scale
         with amp:
             loss, terms = paper.training_loss(job.model, to_device(batch, device), cfg)
         job.optimizer.zero_grad(set_to_none=True)
@@ -603,6 +611,24 @@ def parent_metrics(stage, args):
     return {k: lookup(summary, k) for k in summary.get("metric_names", [])}
 
 
+def param_groups(paper, model, cfg):
+    """[(lr_scale, parameters)]: the paper's `param_groups`, checked to hold every trainable parameter
+    once and nothing frozen, or one group of all trainable parameters at scale 1."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not hasattr(paper, "param_groups"):
+        return [(1.0, trainable)]
+    groups = [(float(scale), list(params)) for scale, params in paper.param_groups(model, cfg)]
+    given = [id(p) for _, params in groups for p in params]
+    names = {id(p): n for n, p in model.named_parameters()}
+    if len(given) != len(set(given)) or set(given) != set(map(id, trainable)):
+        twice = sorted({names.get(i, "?") for i in given if given.count(i) > 1})
+        frozen = sorted(names.get(i, "?") for i in set(given) - set(map(id, trainable)))
+        left = sorted(names[id(p)] for p in trainable if id(p) not in set(given))
+        fail(f"param_groups: every trainable parameter must be in one group: in two {twice[:3]}, "
+             f"frozen or foreign {frozen[:3]}, in none {left[:3]}")
+    return groups
+
+
 def build_job(name, config_name, cfg, parent, sizes, args, ranks):
     """Model (identical initial weights on every rank), optimiser over the trainable parameters, data, baseline."""
     stage = MODELS[name]
@@ -615,14 +641,14 @@ def build_job(name, config_name, cfg, parent, sizes, args, ranks):
         model = model.to(memory_format=torch.channels_last)
     # fused: one kernel for all parameters (CPU and CUDA); on a 0.6M-parameter model 1.3 ms a step
     # on one core against 6.5 ms for the per-tensor loop
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    scales, groups = zip(*param_groups(stage.paper, model, cfg))
+    optimizer = torch.optim.AdamW([dict(params=g) for g in groups], lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     t0 = time.time()
     train_set = build_dataset(name, cfg, "training", sizes[0] or stage.train_samples, args, ranks)
     eval_set = build_dataset(name, cfg, "evaluation", sizes[1] or stage.eval_samples, args, ranks)
     baseline = stage.baseline(data.labels(train_set)) if ranks.master else None
     ranks.print0(f"data: {len(train_set)} training / {len(eval_set)} held-out samples ({args.data}), {time.time() - t0:.1f}s")
-    return Job(name, stage, cfg, model, model, parent, optimizer, train_set, eval_set, baseline,
+    return Job(name, stage, cfg, model, model, parent, optimizer, list(scales), train_set, eval_set, baseline,
                os.path.join(args.out, name), config_name)
 
 

@@ -368,6 +368,26 @@ def test_a_second_stage_trains_its_parent_first_and_keeps_it_frozen(tmp_path):
     assert load(tmp_path / "standin_head" / "ckpt.pt")["step"] == 12
 
 
+def test_param_groups_train_at_their_own_rate(tmp_path, monkeypatch):
+    """A paper's `param_groups` gives each group its own multiple of the schedule: at scale 0 the output
+    layer never moves (AdamW's decay is scaled by the lr too), the hidden layer trains at half the lr;
+    groups that miss a trainable parameter are refused, naming it."""
+    groups = lambda model, cfg: [(0.5, model.body.parameters()), (0.0, model.points.parameters())]
+    paper = types.SimpleNamespace(**dict(vars(STANDIN_PAPER), param_groups=groups))
+    monkeypatch.setitem(train.MODELS, "standin", dataclasses.replace(STANDINS["standin"], paper=paper))
+    args = ["--model", "standin", "--out", str(tmp_path), "--set", "dropout=0"]
+    train.main(args)
+    cfg, ckpt = StandInConfig(), load(tmp_path / "standin" / "ckpt.pt")
+    train.seed_everything(0)
+    initial = StandInModel(cfg).state_dict()
+    assert torch.equal(ckpt["model"]["points.weight"], initial["points.weight"])
+    assert not torch.equal(ckpt["model"]["body.1.weight"], initial["body.1.weight"])
+    lrs = [g["lr"] for g in ckpt["optimizer"]["param_groups"]]
+    assert lrs == [0.5 * standin_lr(cfg, cfg.max_steps - 1), 0.0]
+    paper.param_groups = lambda model, cfg: [(1.0, model.body.parameters())]
+    assert "in none ['points.bias', 'points.weight']" in error_of(args + ["--out", str(tmp_path / "b")])
+
+
 # ---------------------------------------------------------------------------------------------
 # DDP and resume (subprocesses)
 
