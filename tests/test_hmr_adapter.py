@@ -10,6 +10,7 @@ import torch
 import bodymodels
 import data
 import hmr_adapter as ha
+import train
 from bodymodels import axis_angle_to_matrix, forward_kinematics, mirror_rotation
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -95,8 +96,9 @@ def test_frozen_bases_get_no_gradient_and_do_not_move(bases, batch):
     before = {k: v.clone() for k, v in model.bases.state_dict().items()}
     model.train()
     assert not model.bases.training and model.hand_adapter.training
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    groups = train.param_groups(ha, model, ha.TINY)  # the trainer's check: every trainable parameter once
+    assert [scale for scale, _ in groups] == [1.0, ha.TINY.body_lr / ha.TINY.lr]
+    optimizer = torch.optim.AdamW([dict(params=params, lr=1e-2 * scale) for scale, params in groups])
     loss, _ = model(batch)
     loss.backward()
     assert all(p.grad is None for p in model.bases.parameters())
