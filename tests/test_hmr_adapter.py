@@ -244,6 +244,29 @@ def test_perfect_predictions_score_zero_and_hands_are_wrist_aligned(batch):
     assert len(result) == 2 * 3 + 3 * 3 and all(abs(v) < 1e-3 for v in result.values() if v == v)
 
 
+def test_frozen_cache_serves_each_sample_as_computed_alone(bases, batch):
+    """cache_frozen (TINY): the frozen bases run once per training index, on that sample alone (so its
+    bits do not depend on its batch), and later batches, in any order, are served from the cache
+    without running them; what is served matches the batched live computation."""
+    model = ha.Adapted(ha.TINY, bases)
+    indexed = dict(batch, index=torch.tensor([7, 3, 11, 5]))
+    live = model._frozen(batch)
+    first = model.frozen_inputs(indexed)
+    assert sorted(model.frozen_cache) == [3, 5, 7, 11]
+    for i in range(4):
+        alone = model._frozen({k: v[i:i + 1] for k, v in batch.items()})
+        for name, value in first.items():
+            assert torch.equal(value[i], alone[name][0]), name
+            torch.testing.assert_close(value[i], live[name][i], rtol=1e-4, atol=1e-5)
+    calls = []
+    hook = model.bases.whole_body.register_forward_hook(lambda *args: calls.append(1))
+    order = [2, 0, 3, 1]
+    again = model.frozen_inputs({k: v[order] for k, v in indexed.items()})
+    hook.remove()
+    assert not calls and all(torch.equal(again[name], first[name][order]) for name in first)
+    assert not ha.PAPER.cache_frozen and ha.Adapted(dataclasses.replace(ha.TINY, cache_frozen=False), bases).frozen_cache is None
+
+
 def test_one_batch_overfit_of_each_adapter(bases, batch):
     torch.manual_seed(0)
     model = ha.Adapted(dataclasses.replace(ha.TINY, hand_only_prob=0.0), bases).train()
