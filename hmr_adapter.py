@@ -189,8 +189,9 @@ PAPER = AdapterConfig()
 # body_lr: retraining the body adapter alone on the default run's frozen bases and hand adapter (4500 steps) gave a
 # whole-body / occluded-hand pipeline PVE of 118.5 / 80.5, 118.7 / 80.4, 118.9 / 79.6, 119.6 / 79.7 mm at 5e-4 / 7e-4 /
 # 1e-3 / 2e-3 (baseline 119.6 / 93.9; README): a body adapter that learns moves the arm chain the hand adapter reads.
-TINY = AdapterConfig(hand_only_prob=0.2, cache_frozen=True, body_proj=32, body_dim=64, body_depth=3, body_heads=4, body_dim_head=16,
-                     body_mlp=128, batch_size=32, max_steps=4500, lr=4e-3, body_lr=1e-3, warmup_steps=50)
+TINY = AdapterConfig(hand_only_prob=0.2, cache_frozen=True, body_proj=32, body_dim=64, body_depth=3, body_heads=4,
+                     body_dim_head=16, body_mlp=128, batch_size=32, max_steps=4500, lr=4e-3, body_lr=1e-3,
+                     warmup_steps=50)
 CONFIGS = {"paper": PAPER, "tiny": TINY}
 BASE_CONFIGS = {"paper": BASES_PAPER, "tiny": BASES_TINY}
 
