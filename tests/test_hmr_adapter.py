@@ -116,18 +116,22 @@ def test_frozen_bases_get_no_gradient_and_do_not_move(bases, batch):
 # geometry
 
 
-def test_arm_chain_product_is_the_wrists_global_rotation():
-    smplx = bodymodels.load_smplx()
-    parents = smplx.parents.tolist()[:22]
-    R = random_rotations(22, 1)[None]  # (1, 22, 3, 3)
-    world = forward_kinematics(R, torch.zeros(1, 22, 3, dtype=R.dtype), parents)[1]
+def test_arm_chain_is_the_products_of_the_local_rotations_and_ends_at_the_wrists_global_rotation():
+    import smplx.lbs
+    smplx_model = bodymodels.load_smplx()
+    R = random_rotations(22, 1)[None]  # (1, 22, 3, 3) local rotations
+    # the stand-in's global rotations by smplx's own forward kinematics (the rotation part of its transforms)
+    rest = (smplx_model.J_regressor @ smplx_model.v_template)[None, :22].to(R)  # rest joints (no effect on rotations)
+    world = smplx.lbs.batch_rigid_transform(R, rest, smplx_model.parents[:22], dtype=R.dtype)[1][..., :3, :3]
     for side, wrist in (("left", 20), ("right", 21)):
         chain = bodymodels.rot6d_to_matrix(ha.arm_chain(R, side))[0]  # (8, 3, 3)
         product = torch.eye(3, dtype=R.dtype)
-        for r in chain:
-            product = product @ r
+        for k, joint in enumerate(ha.ARMS[side]):  # root -> wrist: each joint's parent is the one before
+            product = product @ R[0, joint]
+            want = mirror_rotation(product, matrix=True) if side == "left" else product
+            torch.testing.assert_close(chain[k], want)  # mirroring commutes with the product
         want = mirror_rotation(world[0, wrist], matrix=True) if side == "left" else world[0, wrist]
-        torch.testing.assert_close(product, want)  # mirroring commutes with the product
+        torch.testing.assert_close(chain[-1], want)
 
 
 def test_ik_gives_back_the_wrist_when_the_hand_has_the_wrists_global_rotation():
