@@ -185,13 +185,9 @@ BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 
     hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, hamer_checkpoint="", smplerx_checkpoint="",
     batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100)
 PAPER = AdapterConfig()
-# TINY's lr: retraining the hand adapter alone on frozen tiny bases (2000 steps, local chains) gave an occluded-hand
-# pipeline PVE of 84.1 / 81.6 / 80.4 / 80.5 mm at lr 5e-4 / 2e-3 / 4e-3 / 8e-3 (README).
-# body_lr: retraining the body adapter alone on the default run's frozen bases and hand adapter (4500 steps) gave a
-# whole-body / occluded-hand pipeline PVE of 118.5 / 80.5, 118.7 / 80.4, 118.9 / 79.6, 119.6 / 79.7 mm at 5e-4 / 7e-4 /
-# 1e-3 / 2e-3 (baseline 119.6 / 93.9; README): a body adapter that learns moves the arm chain the hand adapter reads.
-# max_steps: with global chains (NOTE(paper gap) 14) the hand adapter retrained alone on the frozen bases of seeds 0
-# and 1 gave 0.842 / 0.840 x the baseline's occluded-hand pipeline PVE after 2500 steps, 0.849 / 0.845 x after 4500.
+# TINY's lr, body_lr and max_steps come from sweeps that retrained one adapter alone on the default run's frozen bases
+# (README, "HMR-Adapter"): the hand adapter at lr 4e-3, the body adapter at 1e-3 (faster moved theta_hat's arm chain
+# away from what the hand adapter reads); with global chains (NOTE(paper gap) 14) 2500 steps did as well as 4500.
 TINY = AdapterConfig(hand_only_prob=0.2, cache_frozen=True, body_proj=32, body_dim=64, body_depth=3, body_heads=4,
                      body_dim_head=16, body_mlp=128, batch_size=32, max_steps=2500, lr=4e-3, body_lr=1e-3,
                      warmup_steps=50)
@@ -282,11 +278,11 @@ def sample_points(features, points):
     return out[..., 0].transpose(1, 2)
 
 
-def arm_chain(body_pose, side):
-    """theta_b (..., 8, 6): the 6D global rotations (camera frame) of the arm chain's joints root -> wrist
-    (Sec. 3.3) from local body rotations (..., >= 22, 3, 3); the last is the wrist's, the hand's global
-    orientation. The left chain is mirrored to match the flipped crop (mirroring commutes with the
-    products). NOTE(paper gap) 3, 14
+def arm_chains(body_pose):
+    """theta_b of both arms (..., 2, 8, 6), left first: the 6D global rotations (camera frame) of each
+    arm chain's joints root -> wrist (Sec. 3.3) from local body rotations (..., >= 22, 3, 3); the last is
+    the wrist's, the hand's global orientation. The left chain is mirrored to match the flipped crop
+    (mirroring commutes with the products). NOTE(paper gap) 3, 14
 
     NOTE(paper gap) 14: the paper says "each joint's rotation"; we take the global one (the ordered
     product of the local rotations from the root, forward kinematics), not the local SMPL-X parameter.
@@ -295,10 +291,10 @@ def arm_chain(body_pose, side):
     run's hands came out 69 degrees off reading a chain whose own wrist is 50 degrees off. Retraining the
     hand adapter on the frozen bases of two seeds (README) gave an occluded-hand pipeline PVE of 0.849 /
     0.845 x the baseline with global rotations, against 0.847 / 0.969 x with local ones."""
-    world = forward_kinematics(body_pose[..., :NUM_BODY, :, :], body_pose.new_zeros(*body_pose.shape[:-3], NUM_BODY, 3),
-                               bodymodels.SMPLX_PARENTS[:NUM_BODY])[1]
-    R = world[..., list(ARMS[side]), :, :]
-    return matrix_to_rot6d(mirror_rotation(R, matrix=True) if side == "left" else R)
+    R = body_pose[..., :NUM_BODY, :, :]
+    world = forward_kinematics(R, R.new_zeros(*R.shape[:-2], 3), bodymodels.SMPLX_PARENTS[:NUM_BODY])[1]
+    left, right = world[..., list(ARMS["left"]), :, :], world[..., list(ARMS["right"]), :, :]
+    return matrix_to_rot6d(torch.stack([mirror_rotation(left, matrix=True), right], -4))
 
 
 def hand_global_to_wrist(body_pose, hand_global, side, parents):
@@ -989,7 +985,7 @@ class Adapted(nn.Module):
         flip = flip_pattern(B, image.device)
         tokens = front["tokens"].flatten(0, 1)
         R_gt = axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
-        chain = torch.stack([arm_chain(R_gt, s) for s in SIDES], 1).flatten(0, 1)  # (2B, 8, 6)
+        chain = arm_chains(R_gt).flatten(0, 1)  # (2B, 8, 6)
         keep = (torch.rand(2 * B, 1, 1, device=image.device) >= cfg.hand_only_prob).to(chain)
         head, target = self.bases.hand_expert.mano_head, hand_targets(batch, boxes)
         hand, terms = hand_loss(self.hand_adapter(head, tokens, chain * keep), target, cfg)
@@ -1155,7 +1151,7 @@ def pipeline(model, image, adapted=True, front=None):
     if adapted:
         rois, hand_joints = bases.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
         theta = model.body_adapter(out["theta0"], rois, hand_joints[:, :, list(MCP), :2])
-        chain = torch.stack([arm_chain(rot6d_to_matrix(theta), s) for s in SIDES], 1)
+        chain = arm_chains(rot6d_to_matrix(theta))
         adapter = model.hand_adapter
     hand_R, _ = hand_path(bases, adapter, tokens, chain)
     R = assemble(rot6d_to_matrix(theta), hand_R, out)
@@ -1177,7 +1173,7 @@ def predict(model, batch, cfg):
     heads = {"expert": (None, None)}
     if adapted:
         R_gt = axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
-        chain = torch.stack([arm_chain(R_gt, s) for s in SIDES], 1)
+        chain = arm_chains(R_gt)
         heads.update(no_body=(model.no_body_adapter, None), adapter=(model.hand_adapter, chain))
     out, tokens = {}, hand_tokens(bases, image, boxes)  # the backbone runs once for the three heads
     for name, (adapter, chain) in heads.items():

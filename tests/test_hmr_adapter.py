@@ -116,15 +116,16 @@ def test_frozen_bases_get_no_gradient_and_do_not_move(bases, batch):
 # geometry
 
 
-def test_arm_chain_is_the_products_of_the_local_rotations_and_ends_at_the_wrists_global_rotation():
+def test_arm_chains_are_the_products_of_the_local_rotations_and_end_at_the_wrists_global_rotation():
     import smplx.lbs
     smplx_model = bodymodels.load_smplx()
     R = random_rotations(22, 1)[None]  # (1, 22, 3, 3) local rotations
     # the stand-in's global rotations by smplx's own forward kinematics (the rotation part of its transforms)
     rest = (smplx_model.J_regressor @ smplx_model.v_template)[None, :22].to(R)  # rest joints (no effect on rotations)
     world = smplx.lbs.batch_rigid_transform(R, rest, smplx_model.parents[:22], dtype=R.dtype)[1][..., :3, :3]
-    for side, wrist in (("left", 20), ("right", 21)):
-        chain = bodymodels.rot6d_to_matrix(ha.arm_chain(R, side))[0]  # (8, 3, 3)
+    chains = bodymodels.rot6d_to_matrix(ha.arm_chains(R))[0]  # (2, 8, 3, 3), left first
+    assert chains.shape == (2, 8, 3, 3)
+    for (side, wrist), chain in zip((("left", 20), ("right", 21)), chains):
         product = torch.eye(3, dtype=R.dtype)
         for k, joint in enumerate(ha.ARMS[side]):  # root -> wrist: each joint's parent is the one before
             product = product @ R[0, joint]
