@@ -28,7 +28,8 @@ t = [tx, ty, tz] translation, b box size (pixels), (cx, cy) box centre, (W, H) i
 Map of the file. Part I, the reference:
 1. Rotations: axis-angle <-> matrix <-> 6D, and `mirror_rotation` (left hands <-> right hands).
 2. Cameras: perspective projection, weak perspective -> translation, crop -> full image.
-3. Kinematic trees and joint orders (MANO, SMPL, SMPL-X, FreiHAND) and `mano_to_freihand`.
+3. Kinematic trees and joint orders (MANO, SMPL, SMPL-X, FreiHAND); `hand_joints21` / `mano_to_freihand`
+   (fingertips by convention: FreiHAND's or smplx/HaMeR's).
 4. Forward kinematics and linear blend skinning: `forward_kinematics`, `lbs`, `Skinning`.
 5. Mesh normals: `face_normals`, `vertex_normals`.
 6. Loaders: `load_mano`, `load_smpl`, `load_smplx` (real files, or the stand-ins of Part II).
@@ -241,9 +242,13 @@ MANO_JOINT_NAMES = ("wrist",) + tuple(f"{f}{i}" for f in ("index", "middle", "pi
                                       for i in (1, 2, 3))
 MANO_PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14)
 MANO_MCP_JOINTS = {"index": 1, "middle": 4, "pinky": 7, "ring": 10, "thumb": 13}
-# Fingertip vertex ids (thumb, index, middle, ring, pinky) as smplx and HaMeR use them.
-# NOTE: FreiHAND's own annotation tool uses 744, 320, 443, 555, 672 and manopth 745, 317, 444, 556, 673.
-MANO_FINGERTIP_VERTS = (744, 320, 443, 554, 671)
+# Fingertip vertex ids (thumb, index, middle, ring, pinky), by the convention of the data joints
+# are compared with. FreiHAND's annotations and the official simpleHand (`mesh_to_joints`) take
+# 555 and 672 for ring and pinky; smplx and HaMeR (and so HMR-Adapter's hand expert) 554 and 671,
+# their neighbours: 4.2 and 3.0 mm apart on the real MANO template, a 0.68 mm PA-MPJPE floor when
+# a perfect mesh is scored with one convention against joints of the other. (manopth: 745, 317,
+# 444, 556, 673, not used here.) Pick one with `hand_joints21(..., convention)`.
+FINGERTIP_VERTS = {"freihand": (744, 320, 443, 555, 672), "hamer": (744, 320, 443, 554, 671)}
 
 # FreiHAND / OpenPose (21): wrist; thumb 1-4; index 5-8; middle 9-12; ring 13-16; pinky 17-20
 FREIHAND_JOINT_NAMES = ("wrist",) + tuple(f"{f}{i}" for f in ("thumb", "index", "middle", "ring", "pinky")
@@ -275,17 +280,28 @@ SMPLX_RIGHT_ARM = (0, 3, 6, 9, 14, 17, 19, 21)
 SMPLX_HAND_JOINTS = {"left": (20,) + tuple(range(25, 40)), "right": (21,) + tuple(range(40, 55))}
 
 
-def mano_to_freihand(joints, verts):
-    """MANO output -> 21 joints in FreiHAND order. joints (..., 16, 3), verts (..., 778, 3) -> (..., 21, 3).
+def hand_joints21(joints, verts, convention):
+    """MANO output -> 21 joints in FreiHAND / OpenPose order with the fingertips of `convention`.
 
-    smplx 0.1.28's MANO returns 16 joints (no fingertips); the tips are the vertices
-    MANO_FINGERTIP_VERTS, appended as rows 16-20 and then reordered by MANO_TO_FREIHAND.
+    joints (..., 16, 3), verts (..., 778, 3) -> (..., 21, 3). smplx 0.1.28's MANO returns 16
+    joints (no fingertips); the tips are the vertices FINGERTIP_VERTS[convention] ("freihand":
+    FreiHAND's annotations and the official simpleHand; "hamer": smplx and HaMeR), appended as
+    rows 16-20 and then reordered by MANO_TO_FREIHAND (HaMeR's OpenPose order is the same).
     """
+    if convention not in FINGERTIP_VERTS:
+        raise ValueError(f"hand_joints21: unknown fingertip convention {convention!r}; "
+                         f"expected one of {sorted(FINGERTIP_VERTS)}")
     if joints.shape[-2:] != (16, 3) or verts.shape[-2:] != (778, 3):
-        raise ValueError(f"mano_to_freihand: expected joints (..., 16, 3) and verts (..., 778, 3), "
+        raise ValueError(f"hand_joints21: expected joints (..., 16, 3) and verts (..., 778, 3), "
                          f"got {tuple(joints.shape)} and {tuple(verts.shape)}")
-    tips = verts[..., list(MANO_FINGERTIP_VERTS), :]  # (..., 5, 3)
+    tips = verts[..., list(FINGERTIP_VERTS[convention]), :]  # (..., 5, 3)
     return torch.cat([joints, tips], dim=-2)[..., list(MANO_TO_FREIHAND), :]
+
+
+def mano_to_freihand(joints, verts):
+    """FreiHAND's 21 joints from a MANO output: joints (..., 16, 3), verts (..., 778, 3) -> (..., 21, 3),
+    with FreiHAND's fingertips (744, 320, 443, 555, 672), as in its annotations."""
+    return hand_joints21(joints, verts, "freihand")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -812,7 +828,7 @@ def _generator_source(text):
     file's source), plus the Part I functions and constants it uses. Loaders, pictures and docs
     outside the markers may change freely."""
     used = (face_normals, vertex_normals, mirror_rotation)
-    constants = (MANO_PARENTS, MANO_FINGERTIP_VERTS, SMPL_PARENTS, SMPLX_PARENTS)
+    constants = (MANO_PARENTS, FINGERTIP_VERTS, SMPL_PARENTS, SMPLX_PARENTS)
     start, end = text.index(f"\n{_GENERATOR_START}\n"), text.index(f"\n{_GENERATOR_END}\n")  # the marker lines
     return (text[start:end]
             + "".join(inspect.getsource(fn) for fn in used) + repr(constants))
@@ -1188,7 +1204,7 @@ def _hand_layout():
 
     Returns a dict: points (N, 2); triangles (F, 3); chain (N,) = -1 on the palm, else the finger
     in MANO order (0 index, 1 middle, 2 pinky, 3 ring, 4 thumb); col (N,) the palm column (NaN off
-    the palm); thickness (N,); tips (5,) point ids in MANO_FINGERTIP_VERTS order (thumb, index,
+    the palm); thickness (N,); tips (5,) point ids in FINGERTIP_VERTS order (thumb, index,
     middle, ring, pinky); wrist (8, 2) the edges of the wrist opening; axes and joint arc
     lengths per chain.
     """
@@ -1394,8 +1410,14 @@ def _standin_hand():
     verts, faces, source = _pillow(layout)
     weights, member = _hand_weights(verts[:, [0, 2]], layout["chain"][source], layout["col"][source], layout)
     verts, faces, (weights, member) = _split_edges(verts, faces, 778, [weights, member])
-    # the tip points of the layout become the fingertip ids smplx uses
-    order = _relabel(len(verts), dict(zip(MANO_FINGERTIP_VERTS, layout["tips"])))
+    # the tip points of the layout become the fingertip ids smplx uses; as on the real template,
+    # FreiHAND's ring and pinky tips (555, 672) are the vertices nearest to smplx's (554, 671)
+    wanted = dict(zip(FINGERTIP_VERTS["hamer"], layout["tips"]))
+    for new, tip in zip(FINGERTIP_VERTS["freihand"][3:], layout["tips"][3:]):
+        distance = np.linalg.norm(verts - verts[tip], axis=1)
+        distance[list(wanted.values())] = np.inf
+        wanted[new] = int(distance.argmin())
+    order = _relabel(len(verts), wanted)
     new_id = np.argsort(order)
     verts, weights, member, faces = verts[order], weights[order], member[order], new_id[faces]
     (ring,) = _boundary_loops(faces)  # the wrist opening, 16 edges
@@ -2015,7 +2037,7 @@ def _standin_body(kind):
     targets = _keypoint_targets()
     keypoints = dict(zip(targets, _nearest_vertices(verts, list(targets.values()), np.flatnonzero(~on_hand))))
     for side, ids in zip("lr", hand_ids):
-        for name, tip in zip(("thumb", "index", "middle", "ring", "pinky"), MANO_FINGERTIP_VERTS):
+        for name, tip in zip(("thumb", "index", "middle", "ring", "pinky"), FINGERTIP_VERTS["hamer"]):  # smplx's
             keypoints[side + name] = ids[tip]
     extra = {}
     if is_x:  # 3. SMPL-X: face landmarks, then the eyeballs, whose pupils are the eye keypoints

@@ -799,9 +799,10 @@ def skin(model, R, betas):
 
 
 def mano_mesh(R, betas):
-    """MANO verts (B, 778, 3) and FreiHAND joints (B, 21, 3) of rotations R (B, 16, 3, 3), betas (B, 10)."""
+    """MANO verts (B, 778, 3) and 21 joints (B, 21, 3) in OpenPose order with HaMeR's (smplx's)
+    fingertips, of rotations R (B, 16, 3, 3), betas (B, 10)."""
     verts, joints = skin(body_models().mano, R, betas)
-    return verts, bodymodels.mano_to_freihand(joints, verts)
+    return verts, bodymodels.hand_joints21(joints, verts, "hamer")  # official (HaMeR mano_wrapper.py): smplx tips
 
 
 def body_joints(R, betas):

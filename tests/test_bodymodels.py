@@ -277,15 +277,20 @@ def test_cam_crop_to_full_is_the_crop_camera_when_the_box_is_the_whole_square_im
 
 
 @pytest.mark.parametrize("shape", [(), (1,), (3, 2)])
-def test_mano_to_freihand_picks_the_joint_and_fingertip_rows(shape):
+@pytest.mark.parametrize("convention, ring, pinky", [("freihand", 1555, 1672), ("hamer", 1554, 1671)])
+def test_hand_joints21_picks_the_joint_rows_and_the_convention_s_fingertips(shape, convention, ring, pinky):
     joints = torch.arange(16, **DOUBLE)[:, None].expand(*shape, 16, 3)  # row j holds j
     verts = (1000 + torch.arange(778, **DOUBLE))[:, None].expand(*shape, 778, 3)  # row v holds 1000 + v
-    out = bm.mano_to_freihand(joints, verts)
+    out = bm.hand_joints21(joints, verts, convention)
     assert out.shape == (*shape, 21, 3)
-    expected = [0, 13, 14, 15, 1744, 1, 2, 3, 1320, 4, 5, 6, 1443, 10, 11, 12, 1554, 7, 8, 9, 1671]
+    expected = [0, 13, 14, 15, 1744, 1, 2, 3, 1320, 4, 5, 6, 1443, 10, 11, 12, ring, 7, 8, 9, pinky]
     assert out[..., 0].reshape(-1, 21)[0].tolist() == expected
+    if convention == "freihand":
+        assert torch.equal(bm.mano_to_freihand(joints, verts), out)
     with pytest.raises(ValueError, match=r"verts \(\.\.\., 778, 3\)"):
-        bm.mano_to_freihand(joints, verts[..., :777, :])
+        bm.hand_joints21(joints, verts[..., :777, :], convention)
+    with pytest.raises(ValueError, match="unknown fingertip convention 'smpl'"):
+        bm.hand_joints21(joints, verts, "smpl")
 
 
 def test_freihand_names_follow_from_mano_names_and_the_reorder():
@@ -319,7 +324,8 @@ def test_kinematic_trees_agree_with_each_other():
     for chain, wrist in ((bm.SMPLX_LEFT_ARM, "left_wrist"), (bm.SMPLX_RIGHT_ARM, "right_wrist")):
         assert chain[0] == 0 and bm.SMPLX_JOINT_NAMES[chain[-1]] == wrist
         assert all(bm.SMPLX_PARENTS[c] == p for p, c in zip(chain, chain[1:]))
-    assert bm.MANO_FINGERTIP_VERTS == (744, 320, 443, 554, 671)
+    # FreiHAND's annotations / the official simpleHand (models/losses.py) vs smplx / HaMeR (vertex_ids['mano'])
+    assert bm.FINGERTIP_VERTS == {"freihand": (744, 320, 443, 555, 672), "hamer": (744, 320, 443, 554, 671)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -167,13 +167,18 @@ def test_fingertip_vertices_are_the_extremal_points_of_each_finger(standins):
     dominant = model.lbs_weights.numpy().argmax(1)
     # thumb, index, middle, ring, pinky: among the vertices that follow the finger's last joint,
     # the tip is the farthest from that joint and leads along the finger
-    for tip, (last, middle) in zip(bm.MANO_FINGERTIP_VERTS, [(15, 14), (3, 2), (6, 5), (12, 11), (9, 8)]):
+    for tip, (last, middle) in zip(bm.FINGERTIP_VERTS["hamer"], [(15, 14), (3, 2), (6, 5), (12, 11), (9, 8)]):
         finger = np.flatnonzero(dominant == last)
         assert tip in finger
         assert finger[np.argmax(np.linalg.norm(verts[finger] - joints[last], axis=1))] == tip
         direction = verts[tip] - joints[last]
         assert np.degrees(np.arccos(direction @ (joints[last] - joints[middle]) / np.linalg.norm(direction)
                                     / np.linalg.norm(joints[last] - joints[middle]))) < 20
+    # FreiHAND's ring and pinky tips are the vertices next to smplx's, as on the real template (4.2, 3.0 mm)
+    for a, b in zip(bm.FINGERTIP_VERTS["hamer"][3:], bm.FINGERTIP_VERTS["freihand"][3:]):
+        others = np.delete(np.arange(len(verts)), a)
+        assert others[np.argmin(np.linalg.norm(verts[others] - verts[a], axis=1))] == b
+        assert np.linalg.norm(verts[a] - verts[b]) < 0.005
 
 
 def test_the_body_keypoint_vertices_sit_where_their_names_say(standins):
@@ -210,7 +215,7 @@ def test_hand_pca_components_are_orthonormal_and_the_first_curls_the_fingers(sta
     # positive first component: every finger joint flexes (rotation about -z)
     assert (comps[0].reshape(15, 3)[:12, 2] < 0).all()
     verts, _ = forward(standins["mano"], hand_pose=2 * comps[0])
-    tips = list(bm.MANO_FINGERTIP_VERTS)
+    tips = list(bm.FINGERTIP_VERTS["hamer"])
     assert (verts[tips[1:], 1] < -0.02).all()  # fingertips curl towards the palm (-y)
 
 
