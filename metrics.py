@@ -22,9 +22,22 @@ The FreiHAND protocol (official `eval.py` + `utils/eval_util.py` of lmb-freiburg
    when its distance is strictly below the threshold, F = 2 p r / (p + r) (0 when p + r = 0).
 4. AUC: PCK (error <= threshold) at 100 thresholds np.linspace(0, 50 mm), trapezoid rule,
    divided by the trapezoid of ones (the range).
-NOTE(official vs here): the official alignment has no reflection check and can return a mirror
-image (det -1); `procrustes_align` always returns a proper rotation (det +1). On data where the
-official rotation is proper (any reasonable prediction) the two agree to float64 rounding.
+The official alignment has no reflection check: on a mirrored prediction it returns a mirror
+image (det -1), and `freihand_table` does the same, so that it equals the official script on every
+input (checked against a fixture of the official eval.py, tests/official/freihand).
+
+The body protocol (4D-Humans / HMR2.0 `hmr2/utils/pose_utils.py`, which scores 3DPW, EMDB and
+H36M there; HaMeR and SMPLer-X score the same way):
+1. MPJPE: both joint sets minus their own pelvis joint, mean Euclidean distance (`mpjpe`).
+2. PA-MPJPE ("reconstruction error"): `compute_similarity_transform`, Umeyama's similarity with
+   a PROPER rotation (det +1: D = diag(1, 1, sign det(U V^T))) and scale tr(R K) / |pred_c|^2,
+   then the mean distance (`pa_mpjpe`, `procrustes_align`, `procrustes_transform`). Scale and
+   rotation are the FreiHAND steps 1-3 with the reflection fixed; the official has no +1e-8 in the
+   norms, which changes a body-sized (>= 0.1 m) answer by less than 1e-7 relative.
+3. Which joints (H36M's 14 LSP joints via a J_regressor, 3DPW's, EMDB's) is the dataset's choice;
+   here `body_errors` scores the joints it is given. PVE: vertices minus the pelvis joint.
+Tables: `freihand_table` (FreiHAND, reflections allowed); `body_errors` / `body_metrics` /
+`tokenizer_metrics` and the HMR-Adapter tables (4D-Humans, proper rotations).
 """
 import argparse
 import math
@@ -140,46 +153,49 @@ def _moments(pred, gt):
     return [torch.cat(piece) for piece in zip(*pieces)]
 
 
-def _align(pred, gt):
-    """Procrustes pieces for checked pred, gt (B, N, 3): scale (B,), rotation (B, 3, 3), centroids (B, 1, 3) x2."""
+def _align(pred, gt, reflection=False):
+    """Procrustes pieces for checked pred, gt (B, N, 3): scale (B,), rotation (B, 3, 3), centroids (B, 1, 3) x2.
+    reflection=True: FreiHAND's official alignment, which may return a mirror (det -1)."""
     # 1.-3. centroids, norms, and a^T b of the centred, normalised sets a and b
     mu_pred, mu_gt, norm_pred, norm_gt, cross = _moments(pred, gt)
     # 4. orthogonal Procrustes (Umeyama): with a^T b = U S V^T, the rotation R = V D U^T maximises
-    #    tr(R a^T b) over rotations; D = diag(1, 1, det(U V^T)) makes det R = +1 (official: D = I)
+    #    tr(R a^T b); D = diag(1, 1, det(U V^T)) makes det R = +1 (4D-Humans); FreiHAND: D = I
     u, sigma, vh = torch.linalg.svd(cross)  # (B, 3, 3), (B, 3), (B, 3, 3)
     d = torch.ones_like(sigma)  # (B, 3), the diagonal of D
-    d[:, 2] = torch.where(torch.linalg.det(u @ vh) < 0, -1.0, 1.0)
+    if not reflection:
+        d[:, 2] = torch.where(torch.linalg.det(u @ vh) < 0, -1.0, 1.0)
     rotation = vh.transpose(1, 2) @ (d[:, :, None] * u.transpose(1, 2))  # (B, 3, 3)
     # 5. scale: the official s = tr(S D) of the normalised sets, back to gt units
     scale = (sigma * d).sum(-1) * norm_gt / norm_pred  # (B,)
     return scale, rotation, mu_pred, mu_gt
 
 
-def _aligned_tiles(pred, gt):
+def _aligned_tiles(pred, gt, reflection=False):
     """pred moved onto gt, one tile of samples at a time, for checked pred, gt (B, N, 3): yields
     (tile slice, aligned (b, N, 3)). In the official order: rotate the centred prediction, scale it
     (both in one product with s R^T), move it to the gt centroid."""
-    scale, rotation, mu_pred, mu_gt = _align(pred, gt)
+    scale, rotation, mu_pred, mu_gt = _align(pred, gt, reflection)
     scaled_rotation_t = scale[:, None, None] * rotation.transpose(1, 2)  # (B, 3, 3): row vectors x -> s x R^T
     for t in _tiles(*pred.shape[:2]):
         yield t, torch.baddbmm(mu_gt[t], pred[t] - mu_pred[t], scaled_rotation_t[t])  # (b, N, 3)
 
 
-def _aligned(pred, gt):
+def _aligned(pred, gt, reflection=False):
     """pred moved onto gt, for checked pred, gt (B, N, 3) -> (B, N, 3)."""
     out = torch.empty_like(pred)
-    for t, aligned in _aligned_tiles(pred, gt):
+    for t, aligned in _aligned_tiles(pred, gt, reflection):
         out[t] = aligned  # each tile is freed once copied: its memory serves the next one
     return out
 
 
-def _aligned_errors(pred, gt):
+def _aligned_errors(pred, gt, reflection=False):
     """Distances |aligned pred - gt| (B, N) for checked pred, gt (B, N, 3), with no (B, N, 3) temporaries."""
-    return torch.cat([_sq_norm(aligned - gt[t]).sqrt() for t, aligned in _aligned_tiles(pred, gt)])
+    return torch.cat([_sq_norm(aligned - gt[t]).sqrt() for t, aligned in _aligned_tiles(pred, gt, reflection)])
 
 
 def procrustes_transform(pred, gt):
-    """Similarity (s, R, t) with s R pred_n + t ~ gt_n in the least-squares sense (FreiHAND's align_w_scale).
+    """Similarity (s, R, t) with s R pred_n + t ~ gt_n in the least-squares sense, R a proper rotation
+    (4D-Humans' compute_similarity_transform; FreiHAND's align_w_scale where that one is proper).
 
     pred, gt (B, N, 3) -> scale (B,), rotation (B, 3, 3) with det +1, translation (B, 3).
     Degenerate sets (all points equal, collinear, N = 1) give finite numbers; an all-equal pred or
@@ -197,7 +213,8 @@ def procrustes_align(pred, gt):
 
 
 def pa_mpjpe(pred, gt):
-    """Mean per-joint error after `procrustes_align`: pred, gt (B, J, 3) -> (B,), input units."""
+    """Mean per-joint error after `procrustes_align` (4D-Humans' reconstruction_error): pred, gt (B, J, 3)
+    -> (B,), input units."""
     return _aligned_errors(*_pair(pred, gt)).mean(-1)
 
 
@@ -361,14 +378,14 @@ def f_score(pred, gt, threshold):
 
 def _freihand_joint_rows(pred_joints, gt_joints):
     """PA-MPJPE (mm) and AUC of aligned joints; checked float64 inputs in metres (B, J, 3)."""
-    errors = _aligned_errors(pred_joints, gt_joints)  # (B, J) metres
+    errors = _aligned_errors(pred_joints, gt_joints, reflection=True)  # (B, J) metres, official: mirrors allowed
     return {"pa_mpjpe_mm": 1000.0 * errors.mean().item(),
             "auc_joints": auc_pck(errors, max_threshold=AUC_MAX_MM / 1000.0).mean().item()}
 
 
 def _freihand_vertex_rows(pred_verts, gt_verts):
     """PA-MPVPE (mm), F@5 mm, F@15 mm and AUC of aligned vertices; checked float64 inputs in metres (B, V, 3)."""
-    aligned = _aligned(pred_verts, gt_verts)  # (B, V, 3)
+    aligned = _aligned(pred_verts, gt_verts, reflection=True)  # (B, V, 3), official: mirrors allowed
     errors = (aligned - gt_verts).norm(dim=-1)  # (B, V) metres
     f = _f_from(*_close_fractions(aligned, gt_verts, FREIHAND_F_THRESHOLDS))  # (B, 2)
     return {"pa_mpvpe_mm": 1000.0 * errors.mean().item(), "f5": f[:, 0].mean().item(),
@@ -377,7 +394,8 @@ def _freihand_vertex_rows(pred_verts, gt_verts):
 
 
 def freihand_table(pred_joints, gt_joints, pred_verts, gt_verts):
-    """The standard FreiHAND numbers, all after Procrustes alignment, averaged over the batch.
+    """The standard FreiHAND numbers, all after the official Procrustes alignment (a mirror image
+    allowed, as lmb-freiburg/freihand eval.py), averaged over the batch.
 
     pred_joints, gt_joints (B, J, 3) and pred_verts, gt_verts (B, V, 3) in metres (computed in
     float64). Returns floats: pa_mpjpe_mm, pa_mpvpe_mm (millimetres), f5, f15 (F-scores at 5 and
