@@ -3,14 +3,16 @@
 One person crop in, an SMPL mesh out, through two trained stages and a two-step inference:
 
     stage 1  pose tokenizer (VQ-VAE):  theta (24 x 3) -> E -> z (L x D) -> nearest code -> ids (L) -> D -> theta
-    (init)   the image encoder starts from HMR2.0's (here: `PoseRegressor`, trained by SMPL regression)
+    (init)   the paper does not say where its ViT-H starts; its neighbours HMR2.0 and TokenHMR start from
+             ViTPose-H. Here stage "genhmr_backbone" (`PoseRegressor`: the ViT + HMR2.0's SMPL head, HMR2.0's
+             losses) trains it by SMPL regression, from ViTPose-H or HMR2.0 weights if given (`load_backbone`)
     stage 2  image -> ViT -> pyramid {1x, 4x, 8x} ; [MASK]ed ids -> masked transformer (self-attn -> MSDA
              -> FFN) x 4 -> logits (L x K) ; beta, camera from the image features
     infer    uncertainty-guided sampling (T iterations, re-mask the least confident) -> ids
              -> 2D-pose-guided refinement (Eqs. 2-4: gradient descent on the code vectors) -> SMPL
 
 The module is train.py's image stage (`CONFIGS`, `build_model`, `training_loss`, `predict`,
-`learning_rate`; `TOKENIZER` is the tokenizer's, `BACKBONE` the HMR2.0 stand-in's):
+`learning_rate`; `TOKENIZER` is the tokenizer's, `BACKBONE` the backbone stage's):
 `torchrun --standalone --nproc_per_node=2 train.py --model genhmr` trains "genhmr_tokenizer", then
 "genhmr_backbone" (holding the frozen tokenizer), then "genhmr" from it, each scored against
 `metrics.MeanPoseBaseline`.
@@ -35,8 +37,9 @@ NOTE(paper gap) list (each also stands at its spot):
 12. Eq. 1 over all L positions (as printed); "masked" is a config value.
 13. Gumbel-ST sample at all positions; GT tokens at visible ones is a config value.
 14. Temperature held at tau_end after the anneal; the step count lives in a buffer.
-15. Loss forms: HMR2.0/TokenHMR's (L1 keypoints, MSE on R and beta, summed over joints, coordinates and
-    batch; CE averaged).
+15. Loss forms: HMR2.0/TokenHMR's (L1 keypoints, MSE on R and beta, summed over joints and coordinates; CE
+    averaged). They also sum over each GPU's 48 samples: here loss_batch (48) x the mean over samples, so a
+    loss means the same on any number of ranks.
 16. Stage-2 schedule unstated: constant lr, 100K steps (TokenHMR-like).
 17. UGS: confidence = probability of the chosen token; fixed tokens stay fixed; ties to the lower index;
     ceil(gamma(t / T) L) re-masked after iteration t, none after T.
@@ -44,12 +47,14 @@ NOTE(paper gap) list (each also stands at its spot):
     crop pixels + lambda ||R - R_0||^2; per-sample backtracking eta, so G never rises; beta, camera fixed.
 19. Symbols kept apart: L tokens vs n_levels (MSDA's L); tau the mask variable vs the Gumbel temperature;
     training's cos(pi tau / 2) vs UGS's (1 + cos(pi t / T)) / 2.
-20. TINY only: geometric weights = the paper's / 16 (the per-rank batch its sums run over): with the
-    paper's, the Gumbel-ST gradient swamped L_mask.
-21. Token head tied to the frozen codebook: logit_k = -exp(s) ||W h - c_k||^2 (the paper: "logits").
+20. TINY only: loss_batch = 1 (the geometric terms are per-sample means, not x 48): with the sums over a
+    rank's 16 samples, the Gumbel-ST gradient swamped L_mask.
+21. TINY only: token head tied to the frozen codebook: logit_k = -exp(s) ||W h - c_k||^2; PAPER has the
+    paper's plain logits, Linear(d, K).
 22. TINY only: a conv stem instead of the linear 8 x 8 patch embedding.
-23. HMR2.0 stand-in (`PoseRegressor`, stage "genhmr_backbone"): GenHMR's ViT + flatten -> MLP pose head,
-    HMR2.0's losses; at paper size load HMR2.0's released backbone instead.
+23. Backbone stage (`PoseRegressor`, "genhmr_backbone"), the paper's unstated initialisation: GenHMR's ViT
+    with HMR2.0's SMPL head and losses (TINY: flatten -> MLP pose head), from ViTPose-H or HMR2.0 weights
+    when given; the image stage starts from its ViT.
 
 Symbols: B batch, J = 24 joints, V = 6890 vertices, L tokens, K codes, D code dimension, C ViT width,
 d decoder width, M heads, n_levels pyramid levels, P sampling points, T UGS iterations, theta pose,
@@ -60,6 +65,8 @@ import argparse
 import dataclasses
 import functools
 import math
+import os
+import pickle
 import time
 import types
 from collections import OrderedDict
@@ -144,7 +151,12 @@ class GenHMRConfig:
     ffn_dim: int = 1024
     dropout: float = 0.1
     head_hidden: int = 1024  # beta/camera MLP. NOTE(paper gap) 10
-    regressor_hidden: int = 512  # the backbone stage's pose MLP (PoseRegressor, NOTE(paper gap) 23)
+    token_head: str = "linear"  # "linear": Linear(d, K), the paper's logits | "tied" to the codebook (TINY, NOTE 21)
+    # --- the backbone stage (PoseRegressor, NOTE(paper gap) 23): HMR2.0's SMPL head (its config) or TINY's MLP ---
+    regressor_head: str = "hmr2"  # "hmr2": HMR2.0's SMPL transformer decoder | "mlp": flatten -> MLP (TINY)
+    hmr2_head: tuple = (1024, 6, 8, 64, 1024)  # HMR2.0's (width, depth, heads, head width, MLP width)
+    regressor_hidden: int = 512  # the "mlp" head's hidden width
+    backbone_checkpoint: str = ""  # ViTPose-H or HMR2.0 weights the backbone stage starts from (`load_backbone`)
     # --- training (Training Strategy; App. > Implementation Details; Tables 4, 8, 9) ---
     mask_tau_max: float = 1.0  # tau ~ U(0, mask_tau_max) (Table 4: U(0, 1))
     ce_on: str = "all"  # "all" (Eq. 1 as printed) | "masked". NOTE(paper gap) 12
@@ -157,6 +169,8 @@ class GenHMRConfig:
     w_betas: float = 5e-4
     w_3d: float = 5e-2
     w_2d: float = 1e-2
+    loss_batch: int = 48  # the geometric terms' calibration: HMR2.0/TokenHMR sum them over a GPU's 48 samples
+    # (their configs' TRAIN.BATCH_SIZE); here loss_batch x the mean over samples, the same on any number of ranks
     # --- inference (App. > Impl.; Tables 2, 3, 11, 12) ---
     ugs_iterations: int = 5  # T
     schedule: str = "cosine"
@@ -185,10 +199,12 @@ class GenHMRConfig:
 
     def __post_init__(self):
         for name, allowed in (("ce_on", ("all", "masked")), ("gumbel_positions", ("all", "masked")),
-                              ("schedule", SCHEDULES), ("lr_schedule", ("constant", "cosine"))):
+                              ("schedule", SCHEDULES), ("lr_schedule", ("constant", "cosine")),
+                              ("token_head", ("linear", "tied")), ("regressor_head", ("hmr2", "mlp"))):
             _check_choice(self, name, allowed)
         self.image_size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else self.image_size
         self.feature_scales, self.conv_stem = tuple(self.feature_scales), tuple(self.conv_stem)
+        self.hmr2_head = tuple(self.hmr2_head)
         if self.conv_stem and 2 ** len(self.conv_stem) != self.patch_size:
             raise ValueError(f"GenHMRConfig.conv_stem={self.conv_stem}: expected log2(patch_size={self.patch_size}) "
                              f"stride-2 stages, one width each")
@@ -218,15 +234,16 @@ TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 ->
     # the image stage fine-tunes the backbone stage's ViT (the paper: HMR2.0's); levels (1, 2, 4) cost 27 % more
     # time a step for no measured gain
     head_hidden=128, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
-    # NOTE(paper gap) 20: the paper's weights (on per-sample SUMS) / the per-rank batch 16. With the paper's, CE
-    # stayed at ln K for 300 steps; divided, CE and L_3D both fall from the first 100 steps
-    w_pose=1e-3 / 16, w_betas=5e-4 / 16, w_3d=5e-2 / 16, w_2d=1e-2 / 16,
+    token_head="tied", regressor_head="mlp",  # NOTE(paper gap) 21, 23
+    # NOTE(paper gap) 20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48). Summed
+    # over 16 samples, CE stayed at ln K for 300 steps; averaged, CE and L_3D both fall from the first 100 steps
+    loss_batch=1,
     weight_decay=0.0, grad_clip=1.0, gpus=0, reported_3dpw_mpjpe_mm=0.0, reported_ugs_3dpw_mpjpe_mm=0.0,
     data="data.SyntheticBodies")
 CONFIGS = {"paper": PAPER, "tiny": TINY}
-# The backbone stage (PoseRegressor, the stand-in for HMR2.0) has the image stage's ViT fields and its own recipe.
-# NOTE(paper gap) 23: at paper size the paper loads HMR2.0's released weights (the ViT's names load strictly);
-# the values below are only a starting point for training it here (HMR2.0's own recipe is not in the paper).
+# The backbone stage (PoseRegressor) has the image stage's ViT fields and its own recipe. NOTE(paper gap) 23: the
+# paper states no initialisation; PAPER's recipe is HMR2.0's (lr 1e-5, weight decay 1e-4, batch 48), its
+# steps a starting point (HMR2.0 trains 1M); --set backbone_checkpoint=FILE starts from ViTPose-H or HMR2.0.
 BACKBONE_CONFIGS = {"paper": dataclasses.replace(PAPER, lr=1e-5, weight_decay=1e-4, max_steps=100_000),
                     "tiny": dataclasses.replace(TINY, max_steps=2000)}
 TOKENIZER_CONFIGS = {"paper": TOKENIZER_PAPER, "tiny": TOKENIZER_TINY}
@@ -453,7 +470,9 @@ def augment_pose(pose, cfg):
 
 def tokenizer_training_loss(model, batch, cfg):
     """Eq. Lvq: L = w_re (w_pose L_theta + w_verts L_V + w_joints L_J) + w_commit ||z - sg[c]||^2, L1 on the
-    rotation matrices, vertices and joints of SMPL at beta = 0 (NOTE(paper gap) 4). batch["smpl_pose"]
+    rotation matrices, vertices and joints of SMPL at beta = 0 (NOTE(paper gap) 4). Every term is a mean
+    over samples (and their elements), so equal shards on any number of ranks average to it; the EMA
+    codebook update sums its statistics over the ranks (NOTE(paper gap) 6). batch["smpl_pose"]
     (B, 24, 3); one forward through `model` (a DDP wrapper or the tokenizer)."""
     pose = augment_pose(batch["smpl_pose"].float(), cfg)
     out, body = model(pose), _unwrap(model).body
@@ -692,14 +711,15 @@ class DecoderLayer(nn.Module):
 
 class MaskedTransformer(nn.Module):
     """token_generator: ids Y_M (B, L) with [MASK] = K, pyramid, codebook C (K, D) -> logits (B, L, K) of
-    p(y_i | Y_M, X).
+    p(y_i | Y_M, X). Output head (cfg.token_head): "linear", the paper's logits, Linear(d, K) on the normed
+    last token state h; or "tied" (TINY only).
 
-    NOTE(paper gap) 21: the output head is tied to the frozen codebook: logit_k = -exp(s) ||W h - c_k||^2,
-    h the normed last token state, W (D x d), s a learnable log-scale started at -log(mean squared
-    distance between nearest codes). The paper says only "logits over the codebook"; MaskGIT ties
-    its output to the token embedding. Tied, a code's logit rises with every step towards any code
-    near it, so the head learns the codebook's geometry instead of K unrelated classes (measured on
-    the tiny setting: an untied Linear(d, K) stayed at each position's most frequent code)."""
+    NOTE(paper gap) 21 (TINY only): the output head is tied to the frozen codebook: logit_k = -exp(s)
+    ||W h - c_k||^2, W (D x d), s a learnable log-scale started at -log(mean squared distance between
+    nearest codes). The paper says only "logits over the codebook"; MaskGIT ties its output to the
+    token embedding. Tied, a code's logit rises with every step towards any code near it, so the head
+    learns the codebook's geometry instead of K unrelated classes (measured on the tiny setting: an
+    untied Linear(d, K) stayed at each position's most frequent code)."""
 
     def __init__(self, cfg, num_tokens, num_codes, code_dim):
         super().__init__()
@@ -711,12 +731,16 @@ class MaskedTransformer(nn.Module):
         # put all L points within a pixel of the centre: every token read the same place)
         self.reference = nn.Parameter(torch.logit(torch.rand(num_tokens, 2) * 0.8 + 0.1))
         self.layers = nn.ModuleList(DecoderLayer(cfg, len(cfg.feature_scales)) for _ in range(cfg.num_layers))
-        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, code_dim)
-        self.log_scale = nn.Parameter(torch.zeros(()))  # set from the codebook by `init_scale`
+        self.tied = cfg.token_head == "tied"
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, code_dim if self.tied else num_codes)
+        if self.tied:
+            self.log_scale = nn.Parameter(torch.zeros(()))  # set from the codebook by `init_scale`
 
     @torch.no_grad()
     def init_scale(self, codebook):
-        """s = -log(mean over codes of the squared distance to the nearest other code)."""
+        """Tied head: s = -log(mean over codes of the squared distance to the nearest other code)."""
+        if not self.tied:
+            return
         d2 = squared_distances(codebook, codebook) + torch.eye(len(codebook), device=codebook.device) * 1e30
         self.log_scale.copy_(-d2.min(1)[0].clamp_min(1e-12).mean().log())
 
@@ -728,6 +752,8 @@ class MaskedTransformer(nn.Module):
         ref = self.reference_points()
         for layer in self.layers:
             y = layer(y, ref, levels)
+        if not self.tied:
+            return self.head(self.norm(y))  # (B, L, K)
         return -self.log_scale.exp() * squared_distances(self.head(self.norm(y)), codebook)  # (B, L, K)
 
 
@@ -790,25 +816,122 @@ class GenHMR(nn.Module):
         return {"logits": self.logits(ids, levels), "betas": betas, "cam": cam}
 
 
+class HeadAttention(nn.Module):
+    """HMR2.0's pose_transformer attention (its names): softmax(q k^T / sqrt(c)) v per head, q from x, k and
+    v from x (to_qkv) or from a context (to_q, to_kv), no biases; to_out.0 with a bias."""
+
+    def __init__(self, dim, heads, dim_head, context_dim=None):
+        super().__init__()
+        inner, self.heads = heads * dim_head, heads
+        if context_dim is None:
+            self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        else:
+            self.to_kv, self.to_q = nn.Linear(context_dim, 2 * inner, bias=False), nn.Linear(dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim))
+
+    def forward(self, x, context=None):
+        q, k, v = self.to_qkv(x).chunk(3, -1) if context is None else (self.to_q(x), *self.to_kv(context).chunk(2, -1))
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # (B, M, N, c)
+        return self.to_out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+
+
+class PreNorm(nn.Module):
+    """x -> fn(LayerNorm(x)) (HMR2.0's names: norm, fn)."""
+
+    def __init__(self, dim, fn):
+        super().__init__()
+        self.norm, self.fn = nn.LayerNorm(dim), fn
+
+    def forward(self, x, **context):
+        return self.fn(self.norm(x), **context)
+
+
+class FeedForward(nn.Module):
+    """HMR2.0's net = Linear, GELU, Dropout, Linear, Dropout (dropout 0: names net.0, net.3)."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Identity(), nn.Linear(hidden, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class TokenDecoder(nn.Module):
+    """HMR2.0's TransformerDecoder: tokens (B, N, 1) -> Linear -> + pos_embedding -> depth x pre-norm
+    [self-attention, cross-attention to the context, MLP], each residual -> (B, N, width)."""
+
+    def __init__(self, width, depth, heads, dim_head, mlp, context_dim):
+        super().__init__()
+        self.to_token_embedding = nn.Linear(1, width)
+        self.pos_embedding = nn.Parameter(torch.randn(1, 1, width))
+        self.transformer = nn.ModuleDict({"layers": nn.ModuleList(nn.ModuleList([
+            PreNorm(width, HeadAttention(width, heads, dim_head)),
+            PreNorm(width, HeadAttention(width, heads, dim_head, context_dim)),
+            PreNorm(width, FeedForward(width, mlp))]) for _ in range(depth))})
+
+    def forward(self, tokens, context):
+        x = self.to_token_embedding(tokens) + self.pos_embedding
+        for self_attn, cross_attn, mlp in self.transformer["layers"]:
+            x = self_attn(x) + x
+            x = cross_attn(x, context=context) + x
+            x = mlp(x) + x
+        return x
+
+
+class HMR2Head(nn.Module):
+    """HMR2.0's SMPL head (`SMPLTransformerDecoderHead`, 4D-Humans `hmr2/models/heads/smpl_head.py`, names
+    included): ONE zero token cross-attends to the h w ViT tokens; its state reads out 6D pose (24 x 6,
+    our column convention), beta and camera as residuals on mean parameters, one iteration (IEF_ITERS 1).
+    The mean parameters are buffers: identity pose, beta = 0, cam [0.9, 0, 0] here; HMR2.0's
+    smpl_mean_params.npz values come with its checkpoint."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        width, depth, heads, dim_head, mlp = cfg.hmr2_head
+        self.transformer = TokenDecoder(width, depth, heads, dim_head, mlp, cfg.vit_width)
+        self.decpose, self.decshape = nn.Linear(width, NUM_JOINTS * 6), nn.Linear(width, NUM_BETAS)
+        self.deccam = nn.Linear(width, 3)
+        self.register_buffer("init_body_pose", bodymodels.matrix_to_rot6d(torch.eye(3)).repeat(1, NUM_JOINTS))  # (1, 144)
+        self.register_buffer("init_betas", torch.zeros(1, NUM_BETAS))
+        self.register_buffer("init_cam", torch.tensor([[0.9, 0.0, 0.0]]))
+
+    def forward(self, feature):
+        """feature (B, C, h, w) -> R (B, 24, 3, 3), beta (B, 10), cam [s, tx, ty] (B, 3)."""
+        B = len(feature)
+        context = feature.flatten(2).transpose(1, 2)  # (B, h w, C)
+        token = self.transformer(feature.new_zeros(B, 1, 1), context)[:, 0]  # (B, width)
+        pose = self.decpose(token) + self.init_body_pose
+        return bodymodels.rot6d_to_matrix(pose.view(B, NUM_JOINTS, 6)), self.decshape(token) + self.init_betas, \
+            self.deccam(token) + self.init_cam
+
+
 class PoseRegressor(nn.Module):
-    """The stand-in for HMR2.0 (the paper's initialisation, App. > Implementation Details): GenHMR's ViT
-    and shape/camera head with a regression head, images -> SMPL pose (24 x 6D), beta, camera, trained
-    by HMR2.0's losses. The image stage starts from its ViT and head. The frozen pose tokenizer rides
-    along (its SMPL layer poses the predictions) to be handed on to the image stage.
-    NOTE(paper gap) 23: HMR2.0's head is a transformer decoder with one query; here flatten -> MLP, the
-    smallest head that keeps where things are in the map (pooled, the tiny ViT learned no articulation)."""
+    """The stand-in for HMR2.0 (stage "genhmr_backbone"): GenHMR's ViT with a regression head, images ->
+    SMPL pose (24 x 6D), beta, camera, trained by HMR2.0's losses; the image stage starts from its ViT.
+    The paper's encoder is a ViT-H whose initialisation it does not state; HMR2.0 and TokenHMR start from
+    ViTPose-H. `load_backbone` reads ViTPose-H or HMR2.0 weights into it (cfg.backbone_checkpoint). The
+    frozen pose tokenizer rides along (its SMPL layer poses the predictions) to be handed on.
+    NOTE(paper gap) 23: head "hmr2" is HMR2.0's (`HMR2Head`); TINY's "mlp" is flatten -> MLP for the
+    pose and GenHMR's pooled shape/camera head, the smallest head that keeps where things are in the map
+    (pooled, the tiny ViT learned no articulation); the image stage starts from that head too."""
 
     def __init__(self, cfg, tokenizer):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer.eval().requires_grad_(False)
         self.backbone = ViT(cfg)
-        self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
-        grid = self.backbone.grid
-        self.pose_head = nn.Sequential(nn.Flatten(), nn.Linear(cfg.vit_width * grid[0] * grid[1], cfg.regressor_hidden),
-                                       nn.ReLU(), nn.Linear(cfg.regressor_hidden, NUM_JOINTS * 6))
-        nn.init.xavier_uniform_(self.pose_head[-1].weight, gain=0.01), nn.init.zeros_(self.pose_head[-1].bias)
-        self.register_buffer("identity6d", bodymodels.matrix_to_rot6d(torch.eye(3)).repeat(NUM_JOINTS, 1))  # (24, 6)
+        if cfg.regressor_head == "hmr2":
+            self.smpl_head = HMR2Head(cfg)
+        else:
+            self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
+            grid = self.backbone.grid
+            self.pose_head = nn.Sequential(nn.Flatten(), nn.Linear(cfg.vit_width * grid[0] * grid[1], cfg.regressor_hidden),
+                                           nn.ReLU(), nn.Linear(cfg.regressor_hidden, NUM_JOINTS * 6))
+            nn.init.xavier_uniform_(self.pose_head[-1].weight, gain=0.01), nn.init.zeros_(self.pose_head[-1].bias)
+            self.register_buffer("identity6d", bodymodels.matrix_to_rot6d(torch.eye(3)).repeat(NUM_JOINTS, 1))  # (24, 6)
         self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
+        if cfg.backbone_checkpoint:
+            load_backbone(self, cfg.backbone_checkpoint)
 
     def train(self, mode=True):
         super().train(mode)
@@ -817,10 +940,69 @@ class PoseRegressor(nn.Module):
 
     def forward(self, images):
         """images (B, 3, H, W) in [0, 1] -> {"R" (B, 24, 3, 3), "betas" (B, 10), "cam" (B, 3)}."""
+        # official (HMR2.0 vitdet_dataset.py): (pixel - 255 mean) / (255 std) on 0-255 RGB, = (x - mean) / std
         feature = self.backbone((images - self.mean_std[0]) / self.mean_std[1])
+        if self.cfg.regressor_head == "hmr2":
+            R, betas, cam = self.smpl_head(feature)
+            return {"R": R, "betas": betas, "cam": cam}
         betas, cam = self.shape_camera_head(feature)
         rot6d = self.pose_head(feature).view(-1, NUM_JOINTS, 6) + self.identity6d  # residual on the rest pose
         return {"R": bodymodels.rot6d_to_matrix(rot6d), "betas": betas, "cam": cam}
+
+
+# Released weights (A6: HMR2.0 and TokenHMR start their ViT-H from ViTPose-H). Three layouts, each a dict
+# with "state_dict" (tests/official_keys/ lists names and shapes, made from the official constructors):
+# HMR2.0's Lightning checkpoint (backbone.*, smpl_head.*, discriminator.*, smpl.*, initialized), ViTPose-H's
+# mmpose checkpoint (backbone.*, keypoint_head.*), HMR2.0's vitpose_backbone.pth (the ViT's own names).
+
+
+def load_backbone(model, path):
+    """ViTPose-H or HMR2.0 weights from `path` into model's ViT (model: a ViT, PoseRegressor or GenHMR; the
+    names are HMR2.0's and ViTPose's), and HMR2.0's smpl_head.* into a PoseRegressor with head "hmr2".
+    Each part loads strictly; the file's other parts (adversary, SMPL buffers, heatmap head) are left
+    out. Read with torch.load(weights_only=True), so the file cannot run code. -> the parts loaded."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist: expected ViTPose-H's or HMR2.0's "
+                                "weights (GenHMRConfig.backbone_checkpoint)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # e.g. HMR2.0's Lightning file pickles its yacs config
+        raise ValueError(f"{path}: holds more than tensors, which torch.load(weights_only=True) refuses ({e}). "
+                         "If you trust the file, keep only its weights once: load it inside `with "
+                         "torch.serialization.safe_globals([<the classes named above>]):` and "
+                         "torch.save({'state_dict': checkpoint['state_dict']}, path)") from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: expected a dict of tensors (or one under 'state_dict'), got {type(checkpoint).__name__}")
+    parts = backbone_state_dicts(checkpoint)
+    targets = {"backbone": model if isinstance(model, ViT) else model.backbone, "smpl_head": getattr(model, "smpl_head", None)}
+    loaded = [part for part in parts if parts[part] and targets[part] is not None]
+    for part in loaded:
+        load_strict(targets[part], parts[part], f"{path} ({part}.*)")
+    return loaded
+
+
+def backbone_state_dicts(checkpoint):
+    """A released checkpoint dict -> {"backbone": the ViT's state, "smpl_head": HMR2.0's head's ({} if none)}:
+    the prefixes backbone. and smpl_head. dropped (a file with no backbone.* key is the ViT's own)."""
+    state = checkpoint.get("state_dict", checkpoint)
+    if not any(k.startswith("backbone.") for k in state):  # HMR2.0's vitpose_backbone.pth
+        return {"backbone": dict(state), "smpl_head": {}}
+    return {part: {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
+            for part in ("backbone", "smpl_head")}
+
+
+def load_strict(module, state, source):
+    """module.load_state_dict(state, strict=True), after one error naming every unknown, missing and
+    wrongly shaped key of `source`."""
+    own = module.state_dict()
+    unknown, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
+    shapes = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in state.items()
+              if k in own and v.shape != own[k].shape]
+    if unknown or missing or shapes:
+        raise ValueError(f"{source}: does not fit {type(module).__name__}: " + "; ".join(
+            f"{what} {items}" for what, items in (("unknown keys", unknown), ("missing keys", missing),
+                                                  ("wrong shapes", shapes)) if items))
+    module.load_state_dict(state, strict=True)
 
 
 VIT_FIELDS = ("image_size", "patch_size", "patch_padding", "vit_width", "vit_depth", "vit_heads", "vit_mlp_ratio",
@@ -828,9 +1010,9 @@ VIT_FIELDS = ("image_size", "patch_size", "patch_padding", "vit_width", "vit_dep
 
 
 def build_model(cfg, parent=None):
-    """The stage-2 model. `parent`: the trained PoseRegressor of stage "genhmr_backbone" (the paper's
-    HMR2.0 initialisation: its frozen tokenizer is held as a submodule, its ViT and shape/camera head
-    are copied and fine-tuned), or a trained PoseTokenizer alone (the image encoder from scratch)."""
+    """The stage-2 model. `parent`: the trained PoseRegressor of stage "genhmr_backbone" (its frozen
+    tokenizer is held as a submodule; its ViT, and TINY's shape/camera head, are copied and fine-tuned),
+    or a trained PoseTokenizer alone (the image encoder from scratch, or from cfg.backbone_checkpoint)."""
     if parent is None:
         raise ValueError("GenHMR's image stage needs a trained parent: the stage 'genhmr_backbone' (or a pose "
                          "tokenizer); train 'genhmr_tokenizer' and 'genhmr_backbone' first (a checkpoint is missing)")
@@ -847,7 +1029,10 @@ def build_model(cfg, parent=None):
                 raise ValueError(f"GenHMR: the backbone stage's {name}={getattr(regressor.cfg, name)!r} differs from "
                                  f"this config's {getattr(cfg, name)!r}; its ViT cannot start this one")
         model.backbone.load_state_dict(regressor.backbone.state_dict())  # copies: fine-tuned here, parent untouched
-        model.shape_camera_head.load_state_dict(regressor.shape_camera_head.state_dict())
+        if hasattr(regressor, "shape_camera_head"):  # TINY's "mlp" head; HMR2.0's reads beta and camera from its token
+            model.shape_camera_head.load_state_dict(regressor.shape_camera_head.state_dict())
+    elif cfg.backbone_checkpoint:
+        load_backbone(model, cfg.backbone_checkpoint)
     return model
 
 
@@ -915,9 +1100,11 @@ def training_loss(model, batch, cfg):
     out = model(images, y_m)
     step = int(raw.step)
     raw.step += 1
-    # Eq. (1): L_mask = -sum_i log p(y_i | Y_M, X), averaged over positions and batch
+    # Eq. (1): L_mask = -E_Y [sum_i log p(y_i | Y_M, X)], the sum as a mean over the positions i of each
+    # sample ("all": the L positions; "masked": its m >= 1 [MASK]s), then a mean over samples: no
+    # sample's weight depends on the others', so equal shards on any number of ranks average to it
     ce = F.cross_entropy(out["logits"].float().flatten(0, 1), y_gt.flatten(), reduction="none").view_as(y_gt)
-    l_mask = ce.mean() if cfg.ce_on == "all" else (ce * masked).sum() / masked.sum()
+    l_mask = ce.mean() if cfg.ce_on == "all" else ((ce * masked).sum(1) / masked.sum(1)).mean()
     # Eq. (5), (6): one-hot tokens forward, soft gradient backward; e = y C through the frozen decoder
     tau = gumbel_temperature(cfg, step)
     y = gumbel_softmax_st(out["logits"], tau)
@@ -928,21 +1115,26 @@ def training_loss(model, batch, cfg):
     loss = (cfg.w_mask * terms["mask"] + cfg.w_pose * terms["pose"] + cfg.w_betas * terms["betas"]
             + cfg.w_3d * terms["joints3d"] + cfg.w_2d * terms["joints2d"])
     hits = (out["logits"].argmax(-1) == y_gt).float()
-    return loss, dict(terms, tau=torch.tensor(tau), masked_acc=(hits * masked).sum() / masked.sum())  # acc at [MASK]s
+    masked_acc = ((hits * masked).sum(1) / masked.sum(1)).mean()  # accuracy at the [MASK]s, per sample
+    return loss, dict(terms, tau=torch.tensor(tau), masked_acc=masked_acc)
 
 
 def smpl_losses(raw, R, betas, cam, batch, cfg):
-    """L_theta, L_beta (MSE summed), L_3D (pelvis-centred L1), L_2D (normalised L1), all summed over
-    joints, coordinates and batch (NOTE(paper gap) 15: HMR2.0/TokenHMR forms and reductions)."""
+    """L_theta, L_beta (MSE), L_3D (pelvis-centred L1), L_2D (normalised L1): each summed over joints and
+    coordinates per sample, as HMR2.0/TokenHMR, then loss_batch x the mean over samples (NOTE(paper gap)
+    15). They also sum over each GPU's batch, so their weights against L_mask held for its 48 samples
+    (`loss_batch`); a sum over the ranks' own samples would change meaning with the number of ranks."""
     R_gt = bodymodels.axis_angle_to_matrix(batch["smpl_pose"].float())
     joints = raw.tokenizer.body.joints(R, betas)  # (B, 24, 3), SMPL root at its rest position
     j3d_gt = batch["joints3d"].float()
     uv, _ = project(joints, cam)
     uv_gt = normalised_keypoints(batch["joints2d"].float(), batch["image"].shape[-2:])
-    return {"pose": ((R - R_gt) ** 2).sum(),
-            "betas": ((betas - batch["smpl_shape"].float()) ** 2).sum(),
-            "joints3d": ((joints - joints[:, PELVIS:PELVIS + 1]) - (j3d_gt - j3d_gt[:, PELVIS:PELVIS + 1])).abs().sum(),
-            "joints2d": (uv - uv_gt).abs().sum()}
+    per_sample = {"pose": ((R - R_gt) ** 2).sum((1, 2, 3)),  # (B,)
+                  "betas": ((betas - batch["smpl_shape"].float()) ** 2).sum(1),
+                  "joints3d": ((joints - joints[:, PELVIS:PELVIS + 1])
+                               - (j3d_gt - j3d_gt[:, PELVIS:PELVIS + 1])).abs().sum((1, 2)),
+                  "joints2d": (uv - uv_gt).abs().sum((1, 2))}
+    return {name: cfg.loss_batch * value.mean() for name, value in per_sample.items()}
 
 
 def backbone_build_model(cfg, parent=None):
