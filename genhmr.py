@@ -67,6 +67,7 @@ import functools
 import math
 import os
 import pickle
+import re
 import time
 import types
 from collections import OrderedDict
@@ -967,10 +968,11 @@ def load_backbone(model, path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # e.g. HMR2.0's Lightning file pickles its yacs config
-        raise ValueError(f"{path}: holds more than tensors, which torch.load(weights_only=True) refuses ({e}). "
-                         "If you trust the file, keep only its weights once: load it inside `with "
-                         "torch.serialization.safe_globals([<the classes named above>]):` and "
-                         "torch.save({'state_dict': checkpoint['state_dict']}, path)") from None
+        names = ", ".join(re.findall(r"Unsupported global: GLOBAL (\S+)", str(e))) or "its classes"
+        raise ValueError(f"{path}: holds pickled objects besides tensors ({names}), which torch.load(weights_only=True) "
+                         f"refuses. If you trust the file, keep only its weights once: torch.load it inside `with "
+                         f"torch.serialization.safe_globals([{names}]):` and torch.save({{'state_dict': "
+                         "checkpoint['state_dict']}, path)") from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: expected a dict of tensors (or one under 'state_dict'), got {type(checkpoint).__name__}")
     parts = backbone_state_dicts(checkpoint)

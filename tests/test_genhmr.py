@@ -601,29 +601,95 @@ def test_bad_inputs_get_one_clear_error(tokenizer):
 
 
 # ---------------------------------------------------------------------------------------------
-# The paper's ViT-H loads HMR2.0's backbone state dict with strict=True
+# Released weights: HMR2.0's and ViTPose-H's key lists (tests/official_keys) load strictly at paper size
 
 
-def official_vit_h_shapes():
-    """Names and shapes of HMR2.0's `hmr2/models/backbones/vit.py` ViT(img_size=(256, 192), patch 16,
-    embed 1280, depth 32, heads 16, mlp_ratio 4, qkv_bias=True), written out independently."""
-    C, hidden = 1280, 5120
-    shapes = {"patch_embed.proj.weight": (C, 3, 16, 16), "patch_embed.proj.bias": (C,),
-              "pos_embed": (1, 16 * 12 + 1, C), "last_norm.weight": (C,), "last_norm.bias": (C,)}
-    for i in range(32):
-        p = f"blocks.{i}."
-        shapes.update({p + "norm1.weight": (C,), p + "norm1.bias": (C,), p + "attn.qkv.weight": (3 * C, C),
-                       p + "attn.qkv.bias": (3 * C,), p + "attn.proj.weight": (C, C), p + "attn.proj.bias": (C,),
-                       p + "norm2.weight": (C,), p + "norm2.bias": (C,), p + "mlp.fc1.weight": (hidden, C),
-                       p + "mlp.fc1.bias": (hidden,), p + "mlp.fc2.weight": (C, hidden), p + "mlp.fc2.bias": (C,)})
-    return shapes
+def official_state(name):
+    """Meta tensors with the names, shapes and dtypes of a released checkpoint (tests/official_keys)."""
+    state = {}
+    for line in open(os.path.join(os.path.dirname(__file__), "official_keys", f"{name}.txt")):
+        if not line.startswith("#"):
+            key, shape, dtype = line.rstrip("\n").split("\t")
+            state[key] = torch.empty(eval(shape), dtype=getattr(torch, dtype), device="meta")
+    return state
 
 
-def test_paper_vit_h_loads_the_official_backbone_names_strictly():
+@pytest.mark.parametrize("name, parts, left_out", [("hmr2", {"backbone", "smpl_head"}, {"discriminator", "smpl", "initialized"}),
+                                                   ("vitpose_h", {"backbone"}, {"keypoint_head"})])
+def test_paper_backbone_stage_loads_the_released_key_lists_strictly(name, parts, left_out):
     with torch.device("meta"):
+        regressor = genhmr.PoseRegressor(genhmr.BACKBONE_CONFIGS["paper"], genhmr.PoseTokenizer(TOK, body=torch.nn.Module()))
+    state = official_state(name)
+    mapped = genhmr.backbone_state_dicts({"state_dict": state})
+    for part in parts:
+        genhmr.load_strict(getattr(regressor, part), mapped[part], name)  # every key and shape, both ways
+    assert {part for part, sub in mapped.items() if sub} == parts
+    assert {k.split(".")[0] for k in state if not k.startswith(tuple(p + "." for p in parts))} == left_out
+    assert regressor.backbone(torch.empty(1, 3, 256, 192, device="meta")).shape == (1, 1280, 16, 12)
+    with torch.device("meta"):  # the image stage's ViT is the same module
         vit = genhmr.ViT(genhmr.PAPER)
-        state = {k: torch.empty(s) for k, s in official_vit_h_shapes().items()}
-    vit.load_state_dict(state, strict=True, assign=True)
-    assert sum(p.numel() for p in vit.parameters()) == sum(math.prod(s) for s in official_vit_h_shapes().values())
-    x = torch.empty(1, 3, 256, 192, device="meta")
-    assert vit(x).shape == (1, 1280, 16, 12)
+    genhmr.load_strict(vit, mapped["backbone"], name)
+
+
+def test_load_backbone_reads_each_layout_and_names_what_does_not_fit(tmp_path):
+    """HMR2.0's Lightning layout (backbone.*, smpl_head.*, extras), ViTPose's (backbone.*, keypoint_head.*) and
+    vitpose_backbone.pth's (the ViT's own names) load exactly; a wrong file gets one line naming its keys."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(IMG, regressor_head="hmr2", patch_padding=0)
+    source = genhmr.PoseRegressor(cfg, genhmr.PoseTokenizer(TOK, body=torch.nn.Module()))
+    vit_state, head_state = source.backbone.state_dict(), source.smpl_head.state_dict()
+    layouts = {"hmr2.ckpt": {"state_dict": {**{"backbone." + k: v for k, v in vit_state.items()},
+                                            **{"smpl_head." + k: v for k, v in head_state.items()},
+                                            "discriminator.w": torch.zeros(1), "initialized": torch.tensor(True)}},
+               "vitpose.pth": {"state_dict": {**{"backbone." + k: v for k, v in vit_state.items()},
+                                              "keypoint_head.final_layer.weight": torch.zeros(1)}, "meta": {"epoch": 210}},
+               "vitpose_backbone.pth": {"state_dict": vit_state}}
+    for file, checkpoint in layouts.items():
+        torch.save(checkpoint, tmp_path / file)
+        target = genhmr.PoseRegressor(cfg, genhmr.PoseTokenizer(TOK, body=torch.nn.Module()))
+        parts = genhmr.load_backbone(target, str(tmp_path / file))
+        assert parts == (["backbone", "smpl_head"] if file == "hmr2.ckpt" else ["backbone"])
+        for part in parts:
+            assert all(torch.equal(v, getattr(source, part).state_dict()[k]) for k, v in getattr(target, part).state_dict().items())
+    del layouts["vitpose.pth"]["state_dict"]["backbone.blocks.0.attn.proj.bias"]
+    torch.save(layouts["vitpose.pth"], tmp_path / "vitpose.pth")
+    with pytest.raises(ValueError, match=r"vitpose.pth \(backbone.\*\): does not fit ViT: missing keys \['blocks.0.attn.proj.bias'"):
+        genhmr.load_backbone(genhmr.ViT(cfg), str(tmp_path / "vitpose.pth"))
+    with pytest.raises(ValueError, match=r"wrong shapes \['pos_embed \(1, 17, 32\) \(expected \(1, 5, 32\)\)'\]"):
+        genhmr.load_backbone(genhmr.ViT(dataclasses.replace(cfg, image_size=16)), str(tmp_path / "vitpose_backbone.pth"))
+    with pytest.raises(FileNotFoundError, match="backbone checkpoint 'nope.pth' does not exist"):
+        genhmr.load_backbone(source, "nope.pth")
+    torch.save({"state_dict": vit_state, "hyper_parameters": Unpicklable()}, tmp_path / "lightning.ckpt")
+    with pytest.raises(ValueError, match=r"lightning.ckpt: holds pickled objects besides tensors \(test_genhmr.Unpicklable\).*safe_globals\(\[test_genhmr.Unpicklable\]\)"):
+        genhmr.load_backbone(source, str(tmp_path / "lightning.ckpt"))
+
+
+def test_official_hmr2_vit_and_smpl_head_fixture_matches():
+    """4D-Humans' own ViT + SMPL transformer head (tests/official/hmr2, reduced size): its state dict loads
+    strictly through `backbone_state_dicts`; on the fixture's uint8 images / 255 our normalisation, ViT
+    features and SMPL head outputs match it to relative 1e-5."""
+    fx = torch.load(os.path.join(os.path.dirname(__file__), "official", "hmr2", "hmr2_vit_smpl_head.pt"), weights_only=True)
+    cfg = dataclasses.replace(genhmr.BACKBONE_CONFIGS["paper"], image_size=(64, 48), vit_width=32, vit_depth=2,
+                              vit_heads=2, hmr2_head=(32, 2, 2, 16, 64))
+    regressor = genhmr.PoseRegressor(cfg, genhmr.PoseTokenizer(TOK, body=torch.nn.Module())).eval()
+    parts = genhmr.backbone_state_dicts(fx)
+    for part in ("backbone", "smpl_head"):
+        genhmr.load_strict(getattr(regressor, part), parts[part], "fixture")
+    image = fx["image_uint8"].float() / 255  # our input: RGB in [0, 1]
+    normalised = (image - regressor.mean_std[0]) / regressor.mean_std[1]
+    captured = {}
+    regressor.backbone.register_forward_hook(lambda m, i, o: captured.update(input=i[0], feature=o))
+    with torch.no_grad():
+        out = regressor(image)
+    official = {"image_normalised": fx["image_normalised"], "feature": fx["feature"], "R": torch.cat([fx["global_orient"],
+                fx["body_pose"]], 1), "betas": fx["betas"], "cam": fx["cam"]}
+    ours = {"image_normalised": normalised, "feature": captured["feature"], **out}
+    assert torch.equal(captured["input"], normalised)
+    for key, theirs in official.items():
+        error = ((ours[key] - theirs).abs().max() / theirs.abs().max()).item()
+        print(f"{key}: max relative error {error:.2e}")
+        assert error < 1e-5, (key, error)
+
+
+class Unpicklable:
+    """Stands for HMR2.0's pickled yacs config: torch.load(weights_only=True) refuses it."""
