@@ -44,16 +44,22 @@ NOTE(paper gap) list (each also stands at its spot; the paper's supplementary ma
     regressor 1024 -> 1024 -> 22 x 6 with its last layer zero, so theta_hat = theta_0 at start).
  8. Delta-theta is added in 6D to all 22 joints (root and wrists included).
  9. Eq. 6 is read as its formula: squared error on rotation matrices + (1 - cosine) per joint.
-10. Loss weights and optimiser: HaMeR's (hand) and SMPLer-X's (body) weights; AdamW 1e-4, cosine;
-    each adapter has its own peak lr (`lr` hand, `body_lr` body: the paper trains them apart).
+10. Loss weights and optimiser: HaMeR's (hand) and SMPLer-X's (body) weights, calibrated as their code
+    applies them (HaMeR: sums over joints, coordinates and 8 crops a GPU; SMPLer-X: means); AdamW 1e-4,
+    cosine; each adapter has its own peak lr (`lr` hand, `body_lr` body: the paper trains them apart).
     L_img and L_beta of Eq. 7 have no gradient with frozen bases and are left out.
-11. The whole-body model is SMPLer-X's (names, layers, conventions), except: the hand RoI is
-    RoI-align written with grid_sample at a fixed sampling ratio (SMPLer-X: mmcv's adaptive one);
-    its hand regressor and face box are left out (the hand expert replaces them, Sec. 3.1).
+11. The whole-body model is SMPLer-X's (names, layers, conventions), except that its hand regressor and
+    face box are left out (the hand expert replaces them, Sec. 3.1).
 12. Hand-only training data ("zeros for hand-only datasets", Sec. 3.3): a share of the training
     hands gets a zero body pose.
 13. TINY only: the whole-body ViT's patch embedding is a conv stem (`BaseConfig.body_stem`).
 14. theta_b holds the arm joints' global rotations (forward kinematics), not their local ones.
+
+Paper configs feed the released networks what their official pipelines feed them (tests/official/):
+HaMeR's hand crops (`hamer_crops`: its box, blur, cv2 warp and ImageNet normalisation, to the bit) and
+SMPLer-X's body input (the 512 x 384 image / 255, resized by F.interpolate's nearest) and hand RoI
+(`roi_align`: mmcv's). TINY keeps its own simpler steps (crops of the [0, 1] image, "area" resizing,
+2 x 2 RoI samples clamped to the border, mean losses), each said at its config field.
 
 Symbols: B batch, J joints, V vertices, C channels, L tokens, h x w ViT grid, R RoI side, S crop side,
 theta poses (6D unless named), beta shape, F^H hand image tokens, F^B arm-chain tokens, F^J MCP tokens.
@@ -93,9 +99,13 @@ NUM_BODY = 22  # theta_0: root + 21 body joints
 @dataclass
 class BaseConfig:
     """The two frozen bases (FACTS: HaMeR, SMPLer-X) and the recipe that trains the tiny stand-ins."""
-    image_size: tuple = (256, 192)  # the rendered person image (H, W); the hand crops come from it
+    image_size: tuple = (512, 384)  # the person image (H, W): SMPLer-X's input_img_shape; the hand crops come from it
     # --- hand expert (HaMeR, FACTS) ---
     hand_crop: int = 256  # I_h: 256 x 256 (Sec. 3.2.2); the ViT reads its centre 256 x 192
+    # HaMeR's crop (vitdet_dataset.py; rescale_factor 2.0 of its demo.py): the square of side 2 max(4/3 w, h) about
+    # the hand box, cv2-warped, blurred when shrunk > 2.2 x, ImageNet-normalised 0-255 pixels: what its ViT was
+    # trained on. 0 (TINY): a grid_sample crop of the [0, 1] image at the box squared x hand_box_scale, fed as it is
+    hamer_rescale: float = 2.0
     hand_patch: int = 16
     hand_patch_padding: int = 2  # ViTPose's PatchEmbed (16 x 12 tokens from 256 x 192)
     hand_width: int = 1280  # ViT-H
@@ -108,6 +118,7 @@ class BaseConfig:
     head_mlp: int = 1024
     # --- whole-body model (SMPLer-X-H32, FACTS) ---
     body_image: tuple = (256, 192)  # its input (the image, resized)
+    body_resize: str = "nearest"  # SMPLer-X's F.interpolate default (main/SMPLer_X.py); TINY "area" (its own choice)
     body_patch: int = 16
     body_patch_padding: int = 2
     body_width: int = 1280
@@ -122,7 +133,9 @@ class BaseConfig:
     hand_roi_channels: tuple = (640, 320)  # deconvolutions before RoI-align (16 x 12 -> 64 x 48)
     hand_hm_depth: int = 16
     hand_box_scale: float = 2.0  # boxes squared and enlarged x 2 (SMPLer-X's restore_bbox)
-    roi_sampling: int = 2  # RoI-align samples per bin side. NOTE(paper gap) 11
+    # 0: mmcv's roi_align as SMPLer-X calls it (aligned=False, ceil(bin) samples a bin side, 0 outside [-1, H]);
+    # TINY 2: its own 2 x 2 samples a bin clamped to the border (`roi_align_grid`)
+    roi_sampling: int = 0
     # --- the released weights (FACTS: HaMeR, SMPLer-X), loaded by `load_pretrained`; "" for none ---
     hamer_checkpoint: str = "checkpoints/hamer.ckpt"  # HaMeR's _DATA/hamer_ckpts/checkpoints/hamer.ckpt
     smplerx_checkpoint: str = "checkpoints/smpler_x_h32.pth.tar"  # SMPLer-X-H32's snapshot
@@ -134,12 +147,13 @@ class BaseConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 0.0
     amp: bool = False
+    losses: str = "paper"  # the CONFIGS preset whose Eq. 5 / 7 weights (and calibration) the stand-ins train with
 
 
 @dataclass
 class AdapterConfig:
     """The two adapters (Secs. 3.3, 3.4) and their recipe (Sec. 4.1)."""
-    image_size: tuple = (256, 192)  # as BaseConfig's (the same rendered set)
+    image_size: tuple = (512, 384)  # as BaseConfig's (the same rendered set)
     adapter_scale: float = 1.0  # lambda on CA' (1 in Eq. 3). NOTE(paper gap) 1
     hand_only_prob: float = 0.0  # share of training hands with a zero body pose. NOTE(paper gap) 12
     # Keep what the frozen bases give each training sample (by its "index") instead of recomputing it
@@ -153,14 +167,20 @@ class AdapterConfig:
     body_dim_head: int = 64
     body_mlp: int = 1024
     # --- Eq. 5 (hand) and Eq. 7 (body) weights. NOTE(paper gap) 10: HaMeR's / SMPLer-X's ---
+    # HaMeR's weights act on SUMS over joints, coordinates and its per-GPU batch of 8 (hamer losses.py,
+    # hamer_vit_transformer.yaml): each Eq. 5 term is hamer_batch x the global batch's mean of one hand's sum (the
+    # same on any number of ranks). 0 (TINY): means over every element, which its weights were tuned on.
+    hamer_batch: int = 8
     w_hand_3d: float = 0.05
     w_hand_2d: float = 0.01
-    w_hand_verts: float = 0.05
+    w_hand_verts: float = 0.05 * 21 / 778  # not in HaMeR: lambda_3D per point (778 vertices weigh as its 21 joints)
     w_hand_pose: float = 0.001
     w_hand_betas: float = 0.0005
+    # SMPLer-X's weights act on means (its train.py: loss[k].mean()), as ours. Its 2D loss is in 16 x 12 heatmap
+    # units (1/16 of the image height), ours in image heights: x 16
     w_body_pose: float = 10.0
     w_body_3d: float = 100.0
-    w_body_2d: float = 1.0
+    w_body_2d: float = 16.0
     # --- recipe (Sec. 4.1: one machine, 4 V100, 10K steps, batch 32 per GPU, about 6 hours) ---
     batch_size: int = 128  # 32 x 4
     max_steps: int = 10_000
@@ -178,17 +198,18 @@ class AdapterConfig:
 BASES_PAPER = BaseConfig()  # HaMeR (ViT-H + 39.5M head) and SMPLer-X-H32 shapes
 BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 -> 8 x 6), body 128 x 96 (patch 16 -> 8 x 6)
     hand_crop=32, hand_patch=4, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
-    head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128,
-    body_image=(128, 96), body_patch=16, body_patch_padding=0, body_width=64, body_depth=3, body_heads=4,
-    body_stem=(16, 32, 64, 64),
+    head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128, image_size=(256, 192), hamer_rescale=0.0,
+    body_image=(128, 96), body_resize="area", body_patch=16, body_patch_padding=0, body_width=64, body_depth=3,
+    body_heads=4, body_stem=(16, 32, 64, 64),
     body_keypoints=22, body_hm_depth=8, body_rot_hidden=32, box_channels=(32, 32), hand_roi=8,
-    hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, hamer_checkpoint="", smplerx_checkpoint="",
-    batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100)
+    hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, roi_sampling=2, hamer_checkpoint="",
+    smplerx_checkpoint="", losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100)
 PAPER = AdapterConfig()
 # TINY's lr, body_lr and max_steps come from sweeps that retrained one adapter alone on the default run's frozen bases
 # (README, "HMR-Adapter"): the hand adapter at lr 4e-3, the body adapter at 1e-3 (faster moved theta_hat's arm chain
 # away from what the hand adapter reads); with global chains (NOTE(paper gap) 14) 2500 steps did as well as 4500.
-TINY = AdapterConfig(hand_only_prob=0.2, cache_frozen=True, body_proj=32, body_dim=64, body_depth=3, body_heads=4,
+TINY = AdapterConfig(image_size=(256, 192), hand_only_prob=0.2, cache_frozen=True, hamer_batch=0, w_hand_verts=0.05,
+                     w_body_2d=1.0, body_proj=32, body_dim=64, body_depth=3, body_heads=4,
                      body_dim_head=16, body_mlp=128, batch_size=32, max_steps=2500, lr=4e-3, body_lr=1e-3,
                      warmup_steps=50)
 CONFIGS = {"paper": PAPER, "tiny": TINY}
@@ -227,9 +248,111 @@ def crop_grid(boxes, size, image_hw, flip):
 
 
 def crop_images(images, boxes, size, flip):
-    """Hand crops (B, 3, size, size) of images (B, 3, H, W) at boxes (B, 4); flip (B,) bool."""
+    """Hand crops (B, 3, size, size) of images (B, 3, H, W) at boxes (B, 4); flip (B,) bool. TINY's crop."""
     grid = crop_grid(boxes, size, images.shape[-2:], flip)
     return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # HaMeR's IMAGE_MEAN, IMAGE_STD (RGB)
+
+
+def hamer_square(boxes, rescale):
+    """HaMeR's crop square of hand boxes (..., 4) [x0, y0, x1, y1]: centre (..., 2) and side (..., 1),
+    float32 as its numpy code. # official (hamer vitdet_dataset.py): side = rescale x max(4/3 w, h), the
+    box widened to its ViT's 192 x 256 (BBOX_SHAPE, expand_to_aspect_ratio), about the box centre."""
+    boxes = boxes.float()
+    wh = rescale * (boxes[..., 2:] - boxes[..., :2]) / 200 * 200  # its scale (x 200 px) and back
+    return (boxes[..., 2:] + boxes[..., :2]) / 2, torch.maximum(wh[..., :1] * 256 / 192, wh[..., 1:])
+
+
+def hamer_crops(images, boxes, size, flip, rescale):
+    """HaMeR's hand crops as its ViT reads them (N, 3, size, size), from images (N, 3, H, W) in [0, 1]
+    (8-bit values / 255) at hand boxes (N, 4) (`hamer_square`); flip (N,) bool for left hands.
+    # official (hamer vitdet_dataset.py, datasets/utils.py): 1. Gaussian blur (skimage) when the crop shrinks
+    the image more than 2.2 x; 2. a left hand's image is flipped and its centre moved to W - 1 - c_x (so its
+    crop is the mirror image shifted by one source pixel); 3. cv2.warpAffine, bilinear, black border; 4. RGB,
+    (pixel - 255 mean) / (255 std). The warp is cv2's fixed-point one (`cv2_warp`), so 8-bit crops are exact."""
+    mean, std = (255 * images.new_tensor(v, dtype=torch.float64)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+    pixels = (images.double() * 255).round()
+    crops = []
+    for image, centre, side, mirrored in zip(pixels, *hamer_square(boxes, rescale), flip.tolist()):
+        side = side[0]
+        shrink = side / size / 2
+        blurred = bool(shrink > 1.1)
+        if blurred:  # its anti-aliasing: skimage.filters.gaussian(sigma=(shrink - 1) / 2, preserve_range=True)
+            image = gaussian_blur(image, float((shrink - 1) / 2))
+        if mirrored:
+            image, centre = image.flip(-1), torch.stack([image.shape[-1] - centre[0] - 1, centre[1]])
+        crops.append(cv2_warp(image, centre, side, size, round_to_8bit=not blurred))
+    return ((torch.stack(crops) - mean) / std).to(images.dtype)
+
+
+def gaussian_blur(image, sigma):
+    """skimage.filters.gaussian of image (C, H, W) over H and W (float64): scipy's gaussian_filter, a
+    kernel of radius int(4 sigma + 0.5), edges repeated ('nearest')."""
+    r = int(4.0 * sigma + 0.5)
+    x = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 / (sigma * sigma) * x ** 2)
+    k = k / k.sum()
+    image = F.conv2d(F.pad(image[:, None], (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))  # rows
+    return F.conv2d(F.pad(image, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))[:, 0]  # then columns
+
+
+def affine_from_points(src, dst):
+    """cv2.getAffineTransform ((2, 3) nested lists) of three point pairs (x, y) given in float32: the 6 x 6
+    system solved as cv2 solves it (LU with partial pivoting in float64), so the last bits agree."""
+    A, y = [], []
+    for (sx, sy), (dx, dy) in zip(src, dst):
+        sx, sy = float(sx), float(sy)
+        A += [[sx, sy, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, sx, sy, 1.0]]
+        y += [float(dx), float(dy)]
+    for i in range(6):  # elimination
+        k = max(range(i, 6), key=lambda r: (abs(A[r][i]), -r))  # the first row of the largest pivot
+        A[i], A[k], y[i], y[k] = A[k], A[i], y[k], y[i]
+        d = -1 / A[i][i]
+        for r in range(i + 1, 6):
+            alpha = A[r][i] * d
+            A[r][i + 1:] = [v + alpha * w for v, w in zip(A[r][i + 1:], A[i][i + 1:])]
+            y[r] += alpha * y[i]
+    x = [0.0] * 6
+    for i in reversed(range(6)):  # back substitution
+        s = y[i]
+        for k in range(i + 1, 6):
+            s -= A[i][k] * x[k]
+        x[i] = s / A[i][i]
+    return [x[:3], x[3:]]
+
+
+def cv2_warp(image, centre, side, size, round_to_8bit):
+    """The size x size crop (C, size, size) float64 of image (C, H, W) (float64 pixel values) that HaMeR's
+    cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT 0) gives: crop pixel (j, i) samples the image at
+    centre + ((j, i) - size / 2) side / size (float32 centre (2,) and side, as its code computes them).
+    1. the map from gen_trans_from_patch_cv's float32 points (`affine_from_points`), inverted in float64
+       as warpAffine does; 2. source positions in fixed point, rounded to 1/32 pixel (INTER_BITS 5,
+       AB_BITS 10); 3. bilinear weights (32 - f)/32, f/32 per axis, 0 outside the image; 8-bit images:
+       integer weights x 32768 and rounding to 0..255, others (the blurred float64 image): exact weights.
+    OpenCV 4 (HaMeR's; 5.0 rewrote warpAffine): equal to cv2's crops, measured in the test's fixture."""
+    half, (cx, cy) = side * 0.5, centre  # float32
+    (m00, m01, m02), (m10, m11, m12) = affine_from_points([(cx, cy), (cx, cy + half), (cx + half, cy)],
+                                                          [(size / 2, size / 2), (size / 2, size), (size, size / 2)])
+    d = 1.0 / (m00 * m11 - m01 * m10)  # warpAffine's inverse
+    a, c, e, b = m11 * d, -m01 * d, -m10 * d, m00 * d  # x = a j + c i + tx, y = e j + b i + ty
+    tx, ty = -a * m02 - c * m12, -e * m02 - b * m12
+    j = torch.arange(size, dtype=torch.float64)
+    # warpAffine: per row i, round((c i + tx) 1024); per column j, round(a j 1024); + 16, then >> 5
+    X = (torch.round((c * j + tx) * 1024)[:, None] + torch.round(a * j * 1024)[None, :] + 16).long() // 32  # (i, j)
+    Y = (torch.round((b * j + ty) * 1024)[:, None] + torch.round(e * j * 1024)[None, :] + 16).long() // 32
+    x0, fx, y0, fy = X // 32, X % 32, Y // 32, Y % 32  # source pixel, 1/32 fraction
+    C, H, W = image.shape
+    out = 0
+    for dy, wy in ((0, 32 - fy), (1, fy)):
+        for dx, wx in ((0, 32 - fx), (1, fx)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+            v = image[:, yy.clamp(0, H - 1), xx.clamp(0, W - 1)] * inside  # (C, size, size)
+            w = wy * wx  # (size, size), in 1/1024
+            out = out + (v * (w * 32) if round_to_8bit else v * (w / 1024))
+    return torch.div(out + 16384, 32768, rounding_mode="floor").clamp(0, 255) if round_to_8bit else out
 
 
 def to_crop(points, boxes, flip):
@@ -240,14 +363,46 @@ def to_crop(points, boxes, flip):
     return uv * sign.to(uv)[:, None]
 
 
-def roi_align(features, boxes, spatial_scale, size, sampling, flip):
-    """RoI-align (torchvision's roi_align, aligned=False, average of sampling x sampling bilinear
-    samples per bin) written with grid_sample, as SMPLer-X's hand RoI.
-
-    features (B, C, Hf, Wf); boxes (B, 4) image pixels, times spatial_scale in map pixels (pixel p at
-    coordinate p); flip (B,) bool mirrors the output left-right (left hands). -> (B, C, size, size).
-    NOTE(paper gap) 11: samples outside [-1, H] count as the border value (torchvision: 0).
+def roi_align(features, boxes, spatial_scale, size, flip, sampling=0):
+    """SMPLer-X's hand RoI: # official (SMPLer-X smpler_x.py): mmcv's roi_align(features, rois, size, 1.0,
+    0, 'avg', False), in plain PyTorch. features (B, C, Hf, Wf); boxes (B, 4) image pixels, times
+    spatial_scale in map pixels (pixel p at coordinate p); flip (B,) bool mirrors the output left-right
+    (left hands). -> (B, C, size, size).
+    mmcv (aligned=False): the box's sides at least 1 pixel; each bin averages a grid of ceil(bin side)
+    samples per side (sampling 0; a fixed count otherwise) at (k + 0.5) / grid of the bin; a sample is
+    0 outside [-1, H] x [-1, W], else bilinear with its coordinates clamped into [0, H - 1] x [0, W - 1].
+    Bilinear weights and the validity test factor over y and x, so the bin averages are A_y F A_x^T
+    with A (B, size, H) the averaged 1D weights: no sample grid is ever built.
     """
+    box = boxes * spatial_scale
+    length = (box[:, 2:] - box[:, :2]).clamp(min=1)  # (B, 2) RoI w, h
+    grid = torch.ceil(length / size) if sampling == 0 else torch.full_like(length, sampling)  # samples a bin side
+    A_y = _roi_weights(box[:, 1], length[:, 1], grid[:, 1], size, features.shape[-2])  # (B, size, Hf)
+    A_x = _roi_weights(box[:, 0], length[:, 0], grid[:, 0], size, features.shape[-1])  # (B, size, Wf)
+    out = torch.einsum("bph,bchw,bqw->bcpq", A_y, features, A_x)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
+def _roi_weights(start, length, grid, size, n):
+    """A (B, size, n): row p = the mean over bin p's `grid` samples of their bilinear weights on the n
+    pixels of one axis (mmcv's bilinear_interpolate: 0 outside [-1, n], clamped into [0, n - 1])."""
+    k = torch.arange(int(grid.max()), device=start.device, dtype=start.dtype)  # (G,) samples, `grid` of them used
+    bin_ = (length / size)[:, None, None]
+    p = torch.arange(size, device=start.device, dtype=start.dtype)[None, :, None]
+    t = start[:, None, None] + p * bin_ + (k + 0.5) * bin_ / grid[:, None, None]  # (B, size, G)
+    valid = ((t >= -1) & (t <= n) & (k < grid[:, None, None])).to(t)
+    t = t.clamp(0, n - 1)
+    low = t.floor()
+    frac, low = t - low, low.long()
+    A = t.new_zeros(*t.shape[:2], n + 1)  # pixel n: where the weight 0 of the last pixel's "high" neighbour lands
+    A.scatter_add_(-1, low, (1 - frac) * valid).scatter_add_(-1, low + 1, frac * valid)
+    return A[..., :n] / grid[:, None, None]
+
+
+def roi_align_grid(features, boxes, spatial_scale, size, sampling, flip):
+    """TINY's RoI-align (`BaseConfig.roi_sampling` > 0): a sampling x sampling grid of bilinear samples
+    per bin, written with grid_sample; samples outside the map take the border value (mmcv's: 0).
+    Arguments and result as `roi_align`'s."""
     B, C, Hf, Wf = features.shape
     box = boxes * spatial_scale
     n = size * sampling
@@ -648,8 +803,12 @@ class HandRoINet(nn.Module):
     def forward(self, feature_map, boxes, image_hw):
         up = self.deconv(feature_map)  # (B, c, h up, w up)
         B = len(up)
-        rois = roi_align(up.repeat_interleave(2, 0), boxes.reshape(2 * B, 4), up.shape[-1] / image_hw[1],
-                         self.size, self.sampling, flip_pattern(B, up.device))
+        maps, boxes, flip = up.repeat_interleave(2, 0), boxes.reshape(2 * B, 4), flip_pattern(B, up.device)
+        scale = up.shape[-1] / image_hw[1]
+        if self.sampling:  # TINY's own
+            rois = roi_align_grid(maps, boxes, scale, self.size, self.sampling, flip)
+        else:
+            rois = roi_align(maps, boxes, scale, self.size, flip)
         return self.conv(rois).view(B, 2, -1, self.size, self.size)
 
 
@@ -660,7 +819,7 @@ class WholeBody(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.image_hw, K = tuple(cfg.body_image), cfg.body_keypoints
+        self.image_hw, self.resize, K = tuple(cfg.body_image), cfg.body_resize, cfg.body_keypoints
         self.num_task_tokens = 6 + K  # shape, cam, expression, jaw, left hand, right hand, body x K
         self.encoder = ViT(self.image_hw, cfg.body_patch, cfg.body_patch_padding, cfg.body_width, cfg.body_depth,
                            cfg.body_heads, self.num_task_tokens, cfg.body_stem)
@@ -678,7 +837,7 @@ class WholeBody(nn.Module):
         """image (B, 3, H, W) in [0, 1] at any size (resized to the body input). 6D outputs in our
         column convention (`smplerx_state_dict` reorders SMPLer-X's rows); cam is SMPLer-X's
         (`smplerx_translation`)."""
-        x = F.interpolate(image, self.image_hw, mode="area") if tuple(image.shape[-2:]) != self.image_hw else image
+        x = F.interpolate(image, self.image_hw, mode=self.resize) if tuple(image.shape[-2:]) != self.image_hw else image
         tokens, task = self.encoder(x)
         B, (h, w) = len(x), self.encoder.grid
         feature_map = tokens.transpose(1, 2).reshape(B, -1, h, w)
@@ -829,13 +988,16 @@ def flip_pattern(batch, device):
     return torch.tensor([True, False], device=device).repeat(batch)
 
 
-def gt_boxes(batch, scale):
-    return scale_boxes(torch.stack([batch[f"{s}_hand_box"] for s in SIDES], 1), scale)  # (B, 2, 4)
+def gt_boxes(batch):
+    return torch.stack([batch[f"{s}_hand_box"] for s in SIDES], 1)  # (B, 2, 4) the true hand boxes
 
 
 def hand_loss(out, target, cfg):
     """Eq. (5): lambda_2D L_2D + lambda_3D L_3D + lambda_v L_v + lambda_theta L_theta + lambda_beta L_beta.
-    out: (pose (N, 16, 6), betas, cam); target: `hand_targets`. 3D terms are wrist-relative (L1, m)."""
+    out: (pose (N, 16, 6), betas, cam); target: `hand_targets`. 3D terms are wrist-relative (L1, m).
+    Each term is a mean over every element; with cfg.hamer_batch (HaMeR's calibration) it is multiplied by
+    the number of elements a hand sums and by hamer_batch: # official (hamer losses.py): sums over joints,
+    coordinates (rotation matrix entries) and its per-GPU batch. A mean over the batch stays a mean under DDP."""
     pose, betas, cam = out
     R = rot6d_to_matrix(pose)
     verts, joints = mano_mesh(R, betas)
@@ -848,6 +1010,10 @@ def hand_loss(out, target, cfg):
                  hand_verts=(verts - wrist - target["verts"] + wrist_gt).abs().mean(),
                  hand_pose=((R - target["R"]) ** 2).sum((-1, -2)).mean() + (1 - cos).mean(),
                  hand_betas=(betas ** 2).mean())
+    if cfg.hamer_batch:  # per hand: 21 x 3, 21 x 2, 778 x 3, 16 joints (each a sum over its 9 entries), 10
+        per_hand = dict(hand_3d=joints[0].numel(), hand_2d=uv[0].numel(), hand_verts=verts[0].numel(),
+                        hand_pose=R.shape[1], hand_betas=betas.shape[1])
+        terms = {k: t * (per_hand[k] * cfg.hamer_batch) for k, t in terms.items()}
     weights = (cfg.w_hand_3d, cfg.w_hand_2d, cfg.w_hand_verts, cfg.w_hand_pose, cfg.w_hand_betas)
     return sum(w * t for w, t in zip(weights, terms.values())), terms
 
@@ -883,13 +1049,15 @@ class Bases(nn.Module):
     def forward(self, batch):
         """The training loss of both bases: (loss, terms)."""
         cfg, image = self.cfg, batch["image"]
-        boxes = gt_boxes(batch, cfg.hand_box_scale)
-        # hand expert on ground-truth crops: HaMeR's losses are Eq. 5's terms with HaMeR's weights (PAPER's)
-        tokens = hand_tokens(self, image, boxes)
-        hand, hand_terms = hand_loss(self.hand_expert.mano_head(tokens), hand_targets(batch, boxes), PAPER)
+        raw = gt_boxes(batch)
+        boxes = scale_boxes(raw, cfg.hand_box_scale)  # the RoI boxes
+        weights = CONFIGS[cfg.losses]
+        # hand expert on ground-truth crops: HaMeR's losses are Eq. 5's terms with HaMeR's weights
+        tokens = hand_tokens(self, image, raw)
+        hand, hand_terms = hand_loss(self.hand_expert.mano_head(tokens), hand_targets(batch, crop_boxes(cfg, raw)), weights)
         # whole-body model (SMPLer-X's L1 terms)
         out = self.whole_body(image)
-        body, body_terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, PAPER)
+        body, body_terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, weights)
         terms = dict(hand_terms, **body_terms, joints_img=self._joint_img_loss(out, batch),
                      boxes=self._box_loss(out["boxes"], batch),
                      shape=(out["shape"] - batch["smplx_shape"]).abs().mean(),
@@ -969,7 +1137,7 @@ class Adapted(nn.Module):
 
     def _frozen(self, batch):
         bcfg, image = self.bases.cfg, batch["image"]
-        tokens = hand_tokens(self.bases, image, gt_boxes(batch, bcfg.hand_box_scale))
+        tokens = hand_tokens(self.bases, image, gt_boxes(batch))
         out = self.bases.whole_body(image)
         pred_boxes = scale_boxes(out["boxes"], bcfg.hand_box_scale)
         rois = self.bases.whole_body.hand_roi_net(out["feature_map"], pred_boxes, image.shape[-2:])
@@ -982,7 +1150,7 @@ class Adapted(nn.Module):
         B = len(image)
         front = self.frozen_inputs(batch)
         # hand path (Sec. 3.5.1): crops at the true boxes, the true body pose (zeros for "hand-only" samples)
-        boxes = gt_boxes(batch, bcfg.hand_box_scale)
+        boxes = crop_boxes(bcfg, gt_boxes(batch))
         flip = flip_pattern(B, image.device)
         tokens = front["tokens"].flatten(0, 1)
         R_gt = axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
@@ -1096,11 +1264,26 @@ def param_groups(model, cfg):
 # 9. Inference: the dual-path pipeline, predict, and the evaluation protocol
 
 
+def hand_crops(cfg, image, boxes):
+    """The hand expert's crops (2B, 3, S, S) of both hands, left first and flipped, at hand boxes
+    (B, 2, 4) of image (B, 3, H, W) in [0, 1]: HaMeR's (`hamer_crops`) or TINY's (`crop_images`)."""
+    flip, images = flip_pattern(len(image), image.device), image.repeat_interleave(2, 0)
+    if cfg.hamer_rescale:
+        return hamer_crops(images, boxes.flatten(0, 1), cfg.hand_crop, flip, cfg.hamer_rescale)
+    return crop_images(images, crop_boxes(cfg, boxes).flatten(0, 1), cfg.hand_crop, flip)
+
+
+def crop_boxes(cfg, boxes):
+    """The squares (..., 4) the hand expert's crops of hand boxes (..., 4) show (`hand_crops`)."""
+    if cfg.hamer_rescale:
+        centre, side = hamer_square(boxes, cfg.hamer_rescale)
+        return torch.cat([centre - side / 2, centre + side / 2], -1).to(boxes.dtype)
+    return scale_boxes(boxes, cfg.hand_box_scale)
+
+
 def hand_tokens(bases, image, boxes):
-    """F^H (2B, h w, C) of both hands' crops at boxes (B, 2, 4), left first and flipped."""
-    flip = flip_pattern(len(image), image.device)
-    crops = crop_images(image.repeat_interleave(2, 0), boxes.flatten(0, 1), bases.cfg.hand_crop, flip)
-    return bases.hand_expert.features(crops)
+    """F^H (2B, h w, C) of both hands' crops at hand boxes (B, 2, 4), left first and flipped."""
+    return bases.hand_expert.features(hand_crops(bases.cfg, image, boxes))
 
 
 def hand_path(bases, adapter, tokens, chain=None):
@@ -1136,7 +1319,7 @@ def frozen_front(bases, image):
     and the hand expert's tokens F^H of the crops there."""
     out = bases.whole_body(image)
     boxes = scale_boxes(out["boxes"], bases.cfg.hand_box_scale)
-    return out, boxes, hand_tokens(bases, image, boxes)
+    return out, boxes, hand_tokens(bases, image, out["boxes"])
 
 
 def pipeline(model, image, adapted=True, front=None):
@@ -1170,7 +1353,7 @@ def predict(model, batch, cfg):
     model, image = _unwrap(model), batch["image"]
     adapted = isinstance(model, Adapted)
     bases = model.bases if adapted else model
-    boxes = gt_boxes(batch, bases.cfg.hand_box_scale)
+    boxes = gt_boxes(batch)
     heads = {"expert": (None, None)}
     if adapted:
         R_gt = axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])

@@ -1,6 +1,7 @@
 """HMR-Adapter (hmr_adapter.py): the adapters' equivalences at initialisation, frozen bases, the
 geometry of crops, RoI-align, arm chains and IK, parameter counts at the paper's size, the
 evaluation protocol, and a one-batch overfit per adapter."""
+import copy
 import dataclasses
 
 import numpy as np
@@ -183,11 +184,62 @@ def test_roi_align_equals_a_reference_loop_and_flips_the_left_hand():
     feature = torch.randn(2, 3, 12, 10, generator=g, dtype=torch.float64)
     boxes = torch.tensor([[1.3, 2.2, 7.9, 9.1], [0.5, 0.4, 4.0, 3.9]], dtype=torch.float64)
     flip = torch.tensor([True, False])
-    out = ha.roi_align(feature, boxes, 1.0, 4, 2, flip)
+    out = ha.roi_align_grid(feature, boxes, 1.0, 4, 2, flip)
     for k in range(2):
         want = _reference_roi_align(feature[k].numpy(), boxes[k].tolist(), 4, 2)
         got = out[k].flip(-1) if flip[k] else out[k]
         np.testing.assert_allclose(got.numpy(), want, atol=1e-9)
+
+
+def _mmcv_roi_align(feature, box, size, scale, sampling):
+    """mmcv's roi_align (aligned=False, avg) for one map (C, H, W), a loop over bins and samples written
+    from its C++ / CUDA kernels (roi_align_cuda_kernel.cuh, bilinear_interpolate), numpy float64."""
+    C, H, W = feature.shape
+    x0, y0, x1, y1 = (v * scale for v in box)
+    roi_h, roi_w = max(y1 - y0, 1.0), max(x1 - x0, 1.0)
+    bin_h, bin_w = roi_h / size, roi_w / size
+    grid_h, grid_w = sampling or int(np.ceil(roi_h / size)), sampling or int(np.ceil(roi_w / size))
+    out = np.zeros((C, size, size))
+    for ph in range(size):
+        for pw in range(size):
+            for iy in range(grid_h):
+                y = y0 + ph * bin_h + (iy + 0.5) * bin_h / grid_h
+                for ix in range(grid_w):
+                    x = x0 + pw * bin_w + (ix + 0.5) * bin_w / grid_w
+                    if y < -1 or y > H or x < -1 or x > W:
+                        continue  # this sample counts 0
+                    y, x = max(y, 0.0), max(x, 0.0)
+                    yl, xl = int(y), int(x)
+                    yh, xh = min(yl + 1, H - 1), min(xl + 1, W - 1)
+                    if yl >= H - 1:
+                        yl, y = H - 1, float(H - 1)
+                    if xl >= W - 1:
+                        xl, x = W - 1, float(W - 1)
+                    ly, lx = y - yl, x - xl
+                    out[:, ph, pw] += ((1 - ly) * (1 - lx) * feature[:, yl, xl] + (1 - ly) * lx * feature[:, yl, xh]
+                                       + ly * (1 - lx) * feature[:, yh, xl] + ly * lx * feature[:, yh, xh])
+            out[:, ph, pw] /= grid_h * grid_w
+    return out
+
+
+def test_roi_align_equals_mmcvs_definition_on_boxes_over_the_edge():
+    """SMPLer-X's RoI (BaseConfig.roi_sampling 0): mmcv's adaptive sampling (ceil(bin) samples a side)
+    and its out-of-range rule (0 beyond [-1, H], clamped inside), against a brute-force loop; left flipped."""
+    g = torch.Generator().manual_seed(0)
+    feature = torch.randn(6, 3, 12, 10, generator=g, dtype=torch.float64)
+    boxes = torch.tensor([[1.3, 2.2, 7.9, 9.1], [-5.5, -3.4, 4.0, 3.9], [6.0, 8.0, 14.5, 17.0],  # inside, 2 over edges
+                          [2.0, 3.0, 2.4, 3.3], [-20.0, -10.0, 30.0, 40.0], [0.0, 0.0, 20.0, 24.0]],  # < 1 px, huge
+                         dtype=torch.float64)
+    flip = torch.tensor([True, False, True, False, False, True])
+    for scale, sampling in ((1.0, 0), (0.5, 0), (1.0, 3)):
+        out = ha.roi_align(feature, boxes, scale, 4, flip, sampling)
+        for k in range(len(boxes)):
+            want = _mmcv_roi_align(feature[k].numpy(), boxes[k].tolist(), 4, scale, sampling)
+            got = out[k].flip(-1) if flip[k] else out[k]
+            np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-12)
+    # the rule TINY's grid_sample version does not follow: a box half over the edge reads 0 there, not the border
+    old = ha.roi_align_grid(feature[1:2], boxes[1:2], 1.0, 4, 2, flip[1:2])
+    assert (old - ha.roi_align(feature[1:2], boxes[1:2], 1.0, 4, flip[1:2])).abs().max() > 0.5
 
 
 def test_mcp_points_map_into_the_roi_frame_and_sample_a_linear_map_exactly():
@@ -270,6 +322,56 @@ def test_frozen_cache_serves_each_sample_as_computed_alone(bases, batch):
     hook.remove()
     assert not calls and all(torch.equal(again[name], first[name][order]) for name in first)
     assert not ha.PAPER.cache_frozen and ha.Adapted(dataclasses.replace(ha.TINY, cache_frozen=False), bases).frozen_cache is None
+
+
+@pytest.fixture(scope="module")
+def batch8():
+    dataset = data.SyntheticWholeBody(8, image_size=(256, 192), occlusion_prob=0.5, seed=6)
+    return {k: v.double() if v.is_floating_point() else v for k, v in
+            torch.utils.data.default_collate([dataset[i] for i in range(8)]).items()}
+
+
+def _gradients(model, batch):
+    model.zero_grad(set_to_none=True)
+    model(batch)[0].backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_every_loss_means_the_same_on_1_2_or_8_ranks(bases, batch8):
+    """DDP averages the ranks' gradients: the gradient of a batch must equal the mean of its k equal
+    shards' gradients (k ranks), for the adapters' loss and the bases' loss with HaMeR's calibration
+    (hamer_batch 8; TINY's 0 leaves the same means unscaled); float64, the bases' BatchNorms in eval
+    mode (no batch statistics). A loss summed over each rank's batch fails this for k > 1."""
+    cfg = dataclasses.replace(ha.TINY, hamer_batch=8, hand_only_prob=0.0, cache_frozen=False)
+    adapted = ha.Adapted(cfg, copy.deepcopy(bases)).double().train()
+    stand_ins = ha.Bases(dataclasses.replace(ha.BASES_TINY, losses="paper"))
+    stand_ins.load_state_dict(bases.state_dict())
+    for model in (adapted, stand_ins.double().eval()):
+        whole = _gradients(model, batch8)
+        for k in (1, 2, 8):
+            shards = [_gradients(model, {n: v[i::k] for n, v in batch8.items()}) for i in range(k)]
+            for name, g in whole.items():
+                torch.testing.assert_close(sum(s[name] for s in shards) / k, g, rtol=1e-7, atol=1e-12, msg=name)
+
+
+def test_hamer_calibration_gives_hamers_sums_on_one_gpus_batch(bases, batch):
+    """With hamer_batch = 8 and exactly 8 hands (HaMeR's per-GPU batch), each Eq. 5 term is HaMeR's
+    sum over hands, joints and coordinates (hamer losses.py: Keypoint3DLoss, Keypoint2DLoss, ParameterLoss)."""
+    head = bases.hand_expert.mano_head
+    out = head(torch.randn(8, 48, 64))  # 4 samples x 2 hands
+    target = ha.hand_targets(batch, ha.crop_boxes(ha.BASES_TINY, ha.gt_boxes(batch)))
+    _, terms = ha.hand_loss(out, target, dataclasses.replace(ha.TINY, hamer_batch=8))
+    pose, betas, cam = out
+    R = bodymodels.rot6d_to_matrix(pose)
+    verts, joints = ha.mano_mesh(R, betas)
+    uv = bodymodels.project_to_crop(joints, bodymodels.weak_perspective_to_translation(cam))
+    rel = lambda p, q: p - q[:, :1]  # noqa: E731  wrist-relative
+    cos = torch.nn.functional.cosine_similarity(R.flatten(-2), target["R"].flatten(-2), dim=-1)
+    sums = dict(hand_3d=(rel(joints, joints) - rel(target["joints"], target["joints"])).abs().sum(),
+                hand_2d=(uv - target["uv"]).abs().sum(),
+                hand_pose=((R - target["R"]) ** 2).sum() + (1 - cos).sum(), hand_betas=(betas ** 2).sum())
+    for name, want in sums.items():
+        torch.testing.assert_close(terms[name], want, rtol=1e-5, atol=0, msg=name)
 
 
 def test_one_batch_overfit_of_each_adapter(bases, batch):
@@ -405,3 +507,47 @@ def test_synthetic_whole_body_occluders_cover_the_hand_and_leave_the_scene_alone
             x0, y0, x1, y1 = b[f"{side}_hand_box"].tolist()
             inside = changed[max(0, int(y0) + 1):int(y1), max(0, int(x0) + 1):int(x1)]
             assert inside.numel() == 0 or inside.float().mean() > 0.25  # the occluder covers 40-90 % of the box
+
+
+# ---------------------------------------------------------------------------------------------
+# the official implementations' outputs (tests/official/*/README.md: how each fixture was made)
+
+
+def official_fixture(name):
+    return torch.load(f"{__file__.rsplit('/', 1)[0]}/official/{name}/fixture.pt", weights_only=True)
+
+
+def assert_relative(got, want, tol=1e-5):
+    """max |got - want| <= tol x max |want|: relative to the tensor's scale."""
+    assert got.shape == want.shape, (got.shape, want.shape)
+    err = float((got.double() - want.double()).abs().max() / want.double().abs().max())
+    assert err <= tol, err
+    return err
+
+
+def test_hamer_fixture_the_official_crop_and_outputs_through_the_mapping():
+    """HaMeR's ViT + MANO head at a reduced size, seeded, on its own preprocessing of a fixed uint8
+    image (a left hand: flipped): our paper-config crop equals its cv2 crop to the bit, and its weights
+    (through `hamer_state_dict`, strict) give its features, rotations, betas and camera."""
+    fx = official_fixture("hamer")
+    cfg = dataclasses.replace(ha.BASES_PAPER, hand_width=32, hand_depth=2, hand_heads=2, head_dim=32, head_depth=2,
+                              head_heads=2, head_dim_head=16, head_mlp=64)
+    expert = ha.HandExpert(cfg).eval()
+    ha.load_mapped(expert, ha.hamer_state_dict({"state_dict": fx["state_dict"]}), "hamer fixture")
+    mean = 255 * torch.tensor(ha.IMAGENET_MEAN, dtype=torch.float64)[:, None, None]
+    std = 255 * torch.tensor(ha.IMAGENET_STD, dtype=torch.float64)[:, None, None]
+    image = fx["image"][None].float() / 255  # (1, 3, 40, 50): data.py's convention, 8-bit values / 255
+    crop = ha.hamer_crops(image, fx["box"][None], 256, fx["right"][None] == 0, float(fx["rescale"]))
+    assert torch.equal((crop[0].double() * std + mean).round(), fx["crop"].double())  # cv2's 8-bit crop, exactly
+    torch.testing.assert_close(crop[0], ((fx["crop"] - mean) / std).float(), rtol=0, atol=1e-6)
+    for i in range(2):  # crops shrunk by more than 2.2 x: skimage's blur first, then a float warp
+        got = ha.hamer_crops(image, fx[f"blur{i}_box"][None], 64, fx[f"blur{i}_right"][None] == 0,
+                             float(fx[f"blur{i}_rescale"]))
+        torch.testing.assert_close(got[0], fx[f"blur{i}_crop"], rtol=0, atol=1e-5)
+    with torch.no_grad():
+        tokens = expert.features(crop)  # (1, 192, C)
+        pose, betas, cam = expert.mano_head(tokens)
+    assert_relative(tokens.transpose(1, 2).reshape(fx["features"].shape), fx["features"])
+    assert_relative(bodymodels.rot6d_to_matrix(pose), torch.cat([fx["global_orient"], fx["hand_pose"]], 1))
+    assert_relative(betas, fx["betas"])
+    assert_relative(cam, fx["cam"])
