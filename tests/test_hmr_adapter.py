@@ -551,3 +551,31 @@ def test_hamer_fixture_the_official_crop_and_outputs_through_the_mapping():
     assert_relative(bodymodels.rot6d_to_matrix(pose), torch.cat([fx["global_orient"], fx["hand_pose"]], 1))
     assert_relative(betas, fx["betas"])
     assert_relative(cam, fx["cam"])
+
+
+def test_smplerx_fixture_outputs_through_the_mapping():
+    """SMPLer-X's encoder (task tokens), position nets, body regressor, box net, hand RoI (mmcv's
+    roi_align) and face regressor at a reduced size, seeded, on its preprocessing of a fixed 320 x 240
+    uint8 image (/ 255, F.interpolate's nearest to 256 x 192): its snapshot through `smplerx_state_dict`
+    (strict) gives its outputs. Its boxes and joints are in its 256 x 192 input's frame, ours in the image's."""
+    fx = official_fixture("smplerx")
+    cfg = dataclasses.replace(ha.BASES_PAPER, image_size=(320, 240), body_width=32, body_depth=2, body_heads=2,
+                              body_hm_depth=4, body_rot_hidden=8, box_channels=(16, 16, 16), hand_roi=8,
+                              hand_roi_channels=(16, 8), hand_hm_depth=4)
+    wb = ha.WholeBody(cfg).eval()
+    ha.load_mapped(wb, ha.smplerx_state_dict({"network": fx["network"]}), "smplerx fixture")
+    image = fx["image"][None].float() / 255
+    with torch.no_grad():
+        out = wb(image)
+        boxes = ha.scale_boxes(out["boxes"], cfg.hand_box_scale)  # (1, 2, 4) in the 320 x 240 image
+        rois, hand_joints = wb.hands(out["feature_map"], boxes, image.shape[-2:])
+    assert_relative(out["feature_map"], fx["img_feat"])
+    assert_relative(out["body_joints"], fx["body_joint_img"])
+    assert_relative(out["theta0"], torch.cat([fx["root_pose"], fx["body_pose"]], 1).view(1, 22, 6)[..., ha.SMPLERX_6D])
+    assert_relative(bodymodels.rot6d_to_matrix(out["theta0"]), fx["body_rotmats"])
+    assert_relative(bodymodels.rot6d_to_matrix(out["jaw"]), fx["jaw_rotmat"])
+    for ours, theirs in ((out["shape"], "shape"), (out["cam"], "cam_param"), (out["expression"], "expr")):
+        assert_relative(ours, fx[theirs])
+    assert_relative(boxes[0] * 192 / 240, torch.cat([fx["lhand_bbox"], fx["rhand_bbox"]]))  # its 256 x 192 frame
+    assert_relative(rois[0], fx["hand_feat"])  # left flipped, right
+    assert_relative(hand_joints[0], fx["hand_joint_img"])
