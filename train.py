@@ -722,8 +722,8 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field of --model, parsed by its type (repeatable), e.g. --set lr=1e-3")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto, cuda when available)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank (default: 0)")
-    p.add_argument("--train-samples", type=int, default=None, help="size of the synthetic training set, rendered once (default: the stage's)")
-    p.add_argument("--eval-samples", type=int, default=None, help="size of the synthetic held-out set (default: the stage's)")
+    p.add_argument("--train-samples", type=int, default=None, help="size of the synthetic training set, rendered once, for --model and the stages it starts from that run here (default: each stage's)")
+    p.add_argument("--eval-samples", type=int, default=None, help="size of the synthetic held-out set, as --train-samples (default: each stage's)")
     return p.parse_args(argv)
 
 
@@ -777,11 +777,12 @@ def main(argv=None):
     ddp, ranks = setup_distributed(args)
 
     # -- the stages this one starts from, when their checkpoints are missing or unfinished, then it
-    # (with their presets and default sizes; a stage with a checkpoint is resumed)
+    # (with their presets, and the synthetic sizes given here, else their defaults; a stage with a
+    # checkpoint is resumed)
     for parent in stages_before(args.model, args):
         ranks.print0(f"== stage {parent}, which {args.model} starts from ==")
         exists = os.path.exists(os.path.join(args.out, parent, "ckpt.pt"))
-        run_stage(parent, args.config, [], exists, (None, None), args, ranks)
+        run_stage(parent, args.config, [], exists, (args.train_samples, args.eval_samples), args, ranks)
     overrides = ([f"max_steps={args.max_steps}"] if args.max_steps is not None else []) + args.set
     run_stage(args.model, args.config, overrides, args.resume, (args.train_samples, args.eval_samples), args, ranks)
 
