@@ -380,6 +380,100 @@ def _real_mano_hands_mean():
     return mano.hand_mean.detach().cpu().numpy().reshape(45)
 
 
+# FreiHAND test images as models see them (`FreiHAND(crop=...)`, SimpleHandConfig.eval_crop)
+FREIHAND_CROPS = {
+    "none": "FreiHAND's own 224 px crops",
+    "keypoints": "the official simpleHand re-crop: ground-truth 2D keypoint box x 1.25, camera turned to its centre",
+}
+KEYPOINT_CROP_ENLARGE = 1.25  # official simpleHand (cfg.py VAL.BMK): scale_enlarge of the evaluation
+
+
+def keypoint_crop(K, uv, image_hw, size, enlarge=KEYPOINT_CROP_ENLARGE):
+    """The official simpleHand evaluation crop (eval_datataset.py with kp_preprocess.py's
+    get_2d3d_perspective_transform): a virtual camera turned to look at the centre of the keypoints'
+    box, with its focal length scaled so that the box x `enlarge` fills `size` pixels.
+
+    K (3, 3) intrinsics, uv (J, 2) the keypoints in pixels of an image of image_hw = (h, w) ->
+    (R (3, 3) the camera's turn, K' (3, 3) the intrinsics of the size x size crop), float64:
+    3D points x' = R x, pixels p' ~ K' R K^-1 p, in FreiHAND's (and cv2's) pixel convention.
+    1. The box: over the keypoints strictly inside the image (all of them if at most one is); its
+       centre c and sides (not made square) times `enlarge`.
+    2. R: the shortest rotation taking the ray K^-1 (c, 1) onto the optical axis (identity on it).
+    3. K': focal lengths fx s, fy s and principal point (size / 2, size / 2), where s = size / the
+       larger side of the box's four corners seen through the turned camera (K's focal lengths).
+    """
+    K, uv = K.double(), uv.double()
+    h, w = image_hw
+    inside = (uv[:, 0] > 0) & (uv[:, 0] < w) & (uv[:, 1] > 0) & (uv[:, 1] < h)
+    points = uv[inside] if inside.sum() > 1 else uv
+    lo, hi = points.min(dim=0).values, points.max(dim=0).values
+    centre, half = (lo + hi) / 2, (hi - lo) * enlarge / 2  # (2,), (2,)
+    f, c = K[[0, 1], [0, 1]], K[:2, 2]  # (fx, fy), (cx, cy)
+
+    def rays(p):  # pixels (n, 2) -> camera rays (n, 3) with z = 1
+        return torch.cat([(p - c) / f, torch.ones(len(p), 1, dtype=p.dtype)], dim=1)
+
+    R = rotation_onto_z(rays(centre[None])[0])
+    signs = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]], dtype=torch.float64)
+    turned = rays(centre + signs * half) @ R.T  # (4, 3)
+    seen = turned[:, :2] / turned[:, 2:] * f  # (4, 2) pixels, up to the principal point
+    s = size / (seen.max(dim=0).values - seen.min(dim=0).values).max()
+    K_crop = torch.tensor([[0.0, 0, size / 2], [0, 0, size / 2], [0, 0, 1]], dtype=torch.float64)
+    K_crop[0, 0], K_crop[1, 1] = f * s
+    return R, K_crop
+
+
+def rotation_onto_z(d):
+    """The shortest rotation (3, 3) taking the direction d (3,) onto +z (Rodrigues); the identity on it."""
+    a = d / d.norm()
+    v = torch.linalg.cross(a, torch.tensor([0.0, 0.0, 1.0], dtype=a.dtype))  # axis x sin
+    sin2, cos = v.dot(v), a[2]
+    if sin2 < 1e-24:
+        return torch.eye(3, dtype=a.dtype)
+    V = torch.tensor([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]], dtype=a.dtype)
+    return torch.eye(3, dtype=a.dtype) + V + V @ V * (1 - cos) / sin2
+
+
+def warp_homography(image, A, size, steps=None):
+    """Resample image (3, h, w) so that input pixel p lands on output pixel ~ A p (A (3, 3), any
+    homography), at size (int or (H, W)). Bilinear, black outside, pixel centres at j + 0.5 as in
+    `warp_image` (its affine case). steps: read positions rounded to 1/steps pixel, as cv2's
+    INTER_LINEAR does with steps = 32 (a visible difference only where a bilinear read straddles
+    the black outside); None = exact."""
+    height, width = _image_hw(size)
+    h, w = image.shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
+                            torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
+    q = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)  # (H, W, 3) output pixel centres
+    p = q @ torch.linalg.inv(A.double()).T  # where each output pixel reads
+    p = p[..., :2] / p[..., 2:]
+    if steps:
+        p = torch.round(p * steps) / steps  # (p - 0.5) * steps is an integer shift away: cv2's grid too
+    grid = (p / torch.tensor([w, h], dtype=torch.float64) * 2 - 1).float()  # align_corners=False
+    return F.grid_sample(image[None], grid[None].to(image.device), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)[0]
+
+
+def crop_around_keypoints(image, labels, size):
+    """A FreiHAND sample (image (3, h, w), labels with K, joints3d, verts, mano_pose) -> the official
+    simpleHand evaluation crop (`keypoint_crop`) of size x size pixels and its labels: the 3D labels
+    turned by R (the global orientation too), K the crop's. joints2d follows from K in `_finish`."""
+    h, w = image.shape[-2:]
+    K = labels["K"].double()
+    R, K_crop = keypoint_crop(K, perspective_projection(labels["joints3d"].double(), K), (h, w), size)
+    # cv2's pixel p (centre at integers, FreiHAND's K) is our p + 0.5: the same pixels as the official
+    # cv2.warpPerspective, while the labels keep FreiHAND's convention as everywhere in this file
+    half = torch.tensor([[1.0, 0, 0.5], [0, 1, 0.5], [0, 0, 1]], dtype=torch.float64)
+    A = half @ K_crop @ R @ torch.linalg.inv(K) @ torch.linalg.inv(half)
+    crop = warp_homography(image, A, size, steps=32)  # official: cv2.warpPerspective, INTER_LINEAR
+    crop = (crop * 255).round() / 255  # of a uint8 image gives uint8
+    pose = labels["mano_pose"].clone()
+    pose[0] = matrix_to_axis_angle(R @ axis_angle_to_matrix(pose[0].double())).float()
+    Rf = R.float()
+    return crop, dict(labels, K=K_crop.float(), joints3d=labels["joints3d"] @ Rf.T, verts=labels["verts"] @ Rf.T,
+                      mano_pose=pose)
+
+
 class FreiHAND(_PhotoHands):
     """FreiHAND (Zimmermann et al., ICCV 2019) from its official folder, as hand samples.
 
@@ -396,15 +490,25 @@ class FreiHAND(_PhotoHands):
     real MANO_RIGHT.pkl when HMR_BODY_MODELS points to it; without the real file the numbers stay
     as in the file and self.pose_relative_to_mean is True (verts and joints never depend on this).
 
+    crop (FREIHAND_CROPS): "none" resizes FreiHAND's own crops to image_size; "keypoints" makes the
+    official simpleHand evaluation crop of each image (`crop_around_keypoints`: around the box of its
+    ground-truth 2D keypoints x 1.25, camera turned to the box centre), labels turned with it. Its
+    5.7 mm PA-MPJPE was measured on such crops. `self.crop_description` says which crop was used.
+
     Loading the json files takes about a minute and ~1 GB for the training split; `write_npz`
     turns any split into the faster `NpzHands` format.
     """
 
     def __init__(self, root, split="training", image_size=224, augment=False, seed=0, versions=(0, 1, 2, 3),
-                 augment_config=None, hands_mean=None):
+                 augment_config=None, hands_mean=None, crop="none"):
         super().__init__(image_size, augment, seed, augment_config)
         if split not in ("training", "evaluation"):
             raise ValueError(f"FreiHAND: split must be 'training' or 'evaluation', got {split!r}")
+        if crop not in FREIHAND_CROPS:
+            raise ValueError(f"FreiHAND: crop must be one of {sorted(FREIHAND_CROPS)}, got {crop!r}")
+        if crop == "keypoints" and len(set(_image_hw(image_size))) != 1:
+            raise ValueError(f"FreiHAND: the keypoint crop is square, got image_size={image_size}")
+        self.crop, self.crop_description = crop, FREIHAND_CROPS[crop]
         self.root, self.split = pathlib.Path(root), split
         self.versions = tuple(versions) if split == "training" else (0,)
         if not set(self.versions) <= set(range(len(FREIHAND_VERSIONS))):
@@ -436,6 +540,11 @@ class FreiHAND(_PhotoHands):
     def _image_path(self, index):
         version = self.versions[index // self.num_hands]
         return self.root / self.split / "rgb" / f"{index % self.num_hands + self.num_hands * version:08d}.jpg"
+
+    def _finish(self, image, labels, index):
+        if self.crop == "keypoints":
+            image, labels = crop_around_keypoints(image, labels, _image_hw(self.image_size)[0])
+        return super()._finish(image, labels, index)
 
 
 NPZ_LABEL_SHAPES = {"K": (3, 3), "joints3d": (21, 3), "verts": (778, 3), "mano_pose": (16, 3), "mano_shape": (10,)}
@@ -736,12 +845,14 @@ def hand_dataset(kind, path, split, cfg, seed, num_samples):
 
     kind "synthetic": SyntheticHands(num_samples) with DEMO_HAND_VIEW; the held-out split is the same
     generator under seed + 1_000_003. "freihand" / "npz": the folder at path, augmented for training.
+    FreiHAND's evaluation split is cropped as cfg.eval_crop says (FREIHAND_CROPS; "none" without the field).
     """
     if kind == "synthetic":
         return SyntheticHands(num_samples, cfg.image_size, seed=seed + (split == "evaluation") * 1_000_003,
                               view_config=DEMO_HAND_VIEW)
     if kind == "freihand":
-        return FreiHAND(path, split, cfg.image_size, augment=split == "training", seed=seed)
+        crop = getattr(cfg, "eval_crop", "none") if split == "evaluation" else "none"
+        return FreiHAND(path, split, cfg.image_size, augment=split == "training", seed=seed, crop=crop)
     if kind == "npz":
         return NpzHands(path, split, cfg.image_size, augment=split == "training", seed=seed)
     raise ValueError(f"hand_dataset: kind must be 'synthetic', 'freihand' or 'npz', got {kind!r}")

@@ -15,14 +15,25 @@ One image crop of a right hand in, the 778 MANO vertices and 21 joints out, thro
   number of tokens (U_k): 21 -> 84 -> 336 -> 778 tokens at widths 256 / 128 / 64; a final Linear
   gives each of the 778 tokens its xyz.
 - Losses (Sec. 3.4, Eq. 4-7): L1 on vertices, 3D joints and 2D joints, weights 10 / 10 / 1.
-- Configs: `paper` (HRNet-W64, Table 1-2), `paper_fastvit` (FastViT-MA36) and `tiny` (a small CNN
-  written here and a scaled-down decoder, for two CPU cores). The paper's backbones come from
-  timm; the decoder (everything but the backbone) is built from the channels and stride the
-  config declares, so it builds and counts without timm. Every ablation of Tables 5-8 is a config
-  field that changes the model. timm's HRNet features net computes four maps and returns the two
-  asked for; `prune_hrnet` deletes what only the other two need, so that every parameter gets a
-  gradient (DistributedDataParallel requires it). The recipe is stored once, in steps; epochs and
-  the per-GPU batch are derived properties.
+- Configs: `paper` (HRNet-W64, Table 1-2), `paper_fastvit` (FastViT-MA36), `official` (the official
+  code's `HandNet`, which its released weights need) and `tiny` (a small CNN written here and a
+  scaled-down decoder, for two CPU cores). The paper's backbones come from timm and start from
+  ImageNet weights read from a local file (`backbone_weights`; no hub here); the decoder
+  (everything but the backbone) is built from the channels and stride the config declares, so it
+  builds and counts without timm. Every ablation of Tables 5-8 is a config field that changes the
+  model. timm's HRNet features net computes four maps and returns the two asked for; `prune_hrnet`
+  deletes what only the other two need, so that every parameter gets a gradient
+  (DistributedDataParallel requires it). The recipe is stored once, in steps; epochs and the
+  per-GPU batch are derived properties.
+- The official implementation (github.com/patienceFromZhou/simpleHand, `hand_net.py` HandNet,
+  `models/modules.py` MeshHead): `official_state_dict` maps its state-dict keys to ours and
+  `load_official` reads a released `epoch_200_rerun*` file into the `official` config; a committed
+  fixture of the official code at a reduced size (tests/official/simplehand) holds the outputs to
+  a relative 1e-5. What `official` does differently from the paper configs, each a config field:
+  BGR input minus 0.5 (`input_norm`), raw 2D keypoints clamped only where sampled
+  (`keypoint_activation`), raw outputs that the evaluation makes root-relative (`subtract_root`),
+  stochastic depth in the backbone (`backbone_drop_path`), and FreiHAND evaluated on crops around
+  the ground-truth 2D keypoints (`eval_crop`, read by `data.hand_dataset`).
 - Trainer protocol (train.py): `build_model(cfg, parent=None)`, `training_loss(model, batch, cfg)`,
   `predict(model, batch, cfg)` and `learning_rate(cfg, step)`. The model takes channels_last input.
 - Inference and tools: `predict` (2D keypoints in pixels), `describe` (the tensor shape after every
@@ -31,22 +42,26 @@ One image crop of a right hand in, the 778 MANO vertices and 21 joints out, thro
   on CUDA also the fast path and the training throughput).
 
 Conventions
-- Input: images (B, 3, H, W), RGB in [0, 1]; the model normalises them with ImageNet mean and std.
+- Input: images (B, 3, H, W), RGB in [0, 1], for every config; the model normalises them itself
+  (`input_norm`: ImageNet mean and std, or the official BGR - 0.5).
 - 2D keypoints: (B, 21, 2) as (u, v) / (W, H), i.e. in [0, 1] of the crop (0 = left/top edge).
 - 3D: metres, camera axes (OpenCV: x right, y down, z forward), ROOT-RELATIVE to joint 9 of the
   FreiHAND order (middle-finger MCP), as in the official code's training data. The model subtracts
   its own joint 9 from its vertices and joints, so `joints3d[:, 9]` is exactly zero (and, as MANO's
   J_regressor rows sum to one, the joints stay J x vertices); the loss subtracts the ground
-  truth's joint 9 the same way.
+  truth's joint 9 the same way. `official` (subtract_root=False) returns the raw outputs, as
+  HandNet does, and `predict` subtracts joint 9 as the official evaluation does.
 - Joints: 21 in FreiHAND order (wrist; thumb 1-4; index 5-8; middle 9-12; ring 13-16; pinky 17-20)
-  = MANO's 16 regressed joints + 5 fingertip vertices (`bodymodels.mano_to_freihand`).
+  = MANO's 16 regressed joints + FreiHAND's 5 fingertip vertices (`bodymodels.mano_to_freihand`: 744,
+  320, 443, 555, 672, as FreiHAND's annotations and the official `mesh_to_joints`), in every config.
 
-Where we follow the official code (github.com/patienceFromZhou/simpleHand) rather than the paper,
-or neither, a `# NOTE(paper vs code):` comment sits at the spot. In short: sine position encoding on
-the sampled feature map, dropout / drop path 0.1, sigmoid on the 2D keypoints, ImageNet input
-normalisation, the explicit root subtraction, the fingertip vertex ids, and the training recipe
-(paper: 100 epochs; code: 200 x 256 iterations, i.e. 100.8 passes over FreiHAND, with warm-up,
-fp16 and gradient clipping).
+Where we follow the official code rather than the paper, or neither, a `# NOTE(paper vs code):`
+comment sits at the spot; where the `official` config reproduces the official code, an
+`# official (file): ...` comment. In short: sine position encoding on the sampled feature map,
+dropout / drop path 0.1, sigmoid on the 2D keypoints and ImageNet input normalisation (paper
+configs; `official` as the code), the explicit root subtraction, and the training recipe (paper:
+100 epochs; code: 200 x 256 iterations, i.e. 100.8 passes over FreiHAND, with warm-up, fp16 and
+gradient clipping).
 
 Symbols: B batch, C backbone channels, C_t token channels, h x w feature map, J = 21 joints,
 V = 778 vertices, N tokens, n_k / c_k token number / width of decoder layer k, K number of decoder
@@ -57,8 +72,11 @@ dimension-reduce Linear / MetaFormer block / token upsample Linear, J (the matri
 
 import argparse
 import copy
+import dataclasses
 import functools
 import math
+import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -88,13 +106,18 @@ class SimpleHandConfig:
     feature_stride: int = 8  # its stride: 8 for HRNet-style, 32 for classification backbones
     global_channels: int = 1024  # channels of the map the 2D keypoint head pools
     timm_out_indices: tuple = (2, 4)  # timm features_only indices (sample map, pooled map); () = forward_features
-    pretrained_backbone: bool = False  # the paper starts from ImageNet weights (Sec. 4.1); True downloads them
+    pretrained_backbone: bool = True  # start from ImageNet weights (Sec. 4.1), read from backbone_weights
+    backbone_weights: str = ""  # local file of timm's ImageNet weights (.pth/.bin/.safetensors): no hub here
+    backbone_drop_path: float = 0.0  # stochastic depth inside the timm backbone (the paper is silent)
+    input_norm: str = "imagenet"  # RGB, (x - mean) / std as ImageNet weights expect | "bgr_minus_half" (official)
     tiny_widths: tuple = (16, 32, 64, 128)  # tiny_cnn only: channels at strides 2, 4, 8, 32
+    official_checkpoint: str = ""  # a released epoch_200_rerun* file that build_model loads (`load_official`)
     # --- token generator (Sec. 3.1, Table 5) ---
     token_sampling: str = "point"  # "point" (keypoint-guided, 21 tokens) | "grid" (grid_size^2) | "global" (1)
     grid_size: int = 7  # "grid" sampling: a fixed grid_size x grid_size lattice (Table 5: 7x7)
     feature_upsample: int = 1  # transposed-conv factor: 1, 2, 4 (Table 5: 7x7, 14x14, 28x28 from stride 32)
     token_channels: int = 256  # C_t after the upsample (official deconv width 256)
+    keypoint_activation: str = "sigmoid"  # keeps the 2D keypoints in [0, 1] (ours) | "none": raw Linear (official)
     sine_encoding: bool = True  # sine position encoding added to the sampled map (official code)
     # --- mesh regressor (Sec. 3.2, Tables 6-8) ---
     token_nums: tuple = (21, 84, 336)  # n_k: input tokens of each decoder layer; the last outputs 778
@@ -110,6 +133,9 @@ class SimpleHandConfig:
     w_joints3d: float = 10.0
     w_joints2d: float = 1.0
     root_index: int = 9  # FreiHAND joint the 3D outputs are relative to (middle MCP, official code)
+    subtract_root: bool = True  # the model subtracts its own joint 9: root-relative outputs by construction
+    # --- evaluation data (read by data.hand_dataset) ---
+    eval_crop: str = "none"  # FreiHAND test images as they are | "keypoints": the official re-crop (data.py)
     # --- training recipe read by train.py (in optimisation steps; batch_size is the GLOBAL batch) ---
     batch_size: int = 256  # 8 GPUs x 32 (Sec. 4.1)
     lr: float = 5e-4  # AdamW (Sec. 4.1)
@@ -129,7 +155,8 @@ class SimpleHandConfig:
 
     def __post_init__(self):
         choices = {"token_sampling": ("point", "grid", "global"), "token_mixer": ("attention", "identity"),
-                   "lr_schedule": ("step", "cosine")}
+                   "lr_schedule": ("step", "cosine"), "input_norm": ("imagenet", "bgr_minus_half"),
+                   "keypoint_activation": ("sigmoid", "none"), "eval_crop": ("none", "keypoints")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SimpleHandConfig.{name}={getattr(self, name)!r}: expected one of {allowed}")
@@ -181,7 +208,8 @@ PAPER_FASTVIT = SimpleHandConfig(  # FastViT-MA36 + 4x deconvolution (Sec. 3.3);
     reported_hours=7.0, reported_fps=70.0, reported_pa_mpjpe_mm=5.7)  # "7 hours training with FastViT-MA36"
 TINY = SimpleHandConfig(  # 0.57M params (0.28M outside the backbone); train.py's CPU demo
     backbone="tiny_cnn", image_size=96, feature_channels=64, feature_stride=8, global_channels=128,
-    timm_out_indices=(), token_channels=64,  # = feature_channels: no projection, no BatchNorm
+    timm_out_indices=(), pretrained_backbone=False,  # written here: no ImageNet weights exist
+    token_channels=64,  # = feature_channels: no projection, no BatchNorm
     # Tables 6-7 scaled down for two CPU cores: 168 tokens in the last layer instead of 336 quarter
     # its attention, widths 96/48/24 instead of 256/128/64, MLP ratio 2 instead of 4. Measured on
     # this demo's data, each made a step 7-25% cheaper at the same PA-MPJPE (within 0.4 mm) after
@@ -192,7 +220,6 @@ TINY = SimpleHandConfig(  # 0.57M params (0.28M outside the backbone); train.py'
     batch_size=32, lr=2e-3, lr_final=2e-5, lr_schedule="cosine", lr_drop_step=0,
     warmup_steps=100, max_steps=6000, weight_decay=1e-2, grad_clip=1.0, amp=False,
     gpus=0, reported_hours=0.0, reported_fps=0.0, reported_pa_mpjpe_mm=0.0)  # not a paper run
-CONFIGS = {"paper": PAPER, "paper_fastvit": PAPER_FASTVIT, "tiny": TINY}
 
 # NOTE(paper vs code): the official code trains 200 "epochs" of 256 iterations (batch 32 per GPU on
 # 8 GPUs), drops the learning rate at "epoch" 100, warms up for 5, uses AdamW weight decay 1e-2, fp16
@@ -203,6 +230,18 @@ CONFIGS = {"paper": PAPER, "paper_fastvit": PAPER_FASTVIT, "tiny": TINY}
 OFFICIAL_CODE_RECIPE = dict(
     max_steps=200 * 256, lr_drop_step=100 * 256, warmup_steps=5 * 256,
     weight_decay=1e-2, grad_clip=1.0, amp=True)
+
+# The official code's HandNet (simpleHand cfg.py, hand_net.py): paper_fastvit's network (the same
+# state-dict shapes, so the released epoch_200_rerun* weights load: `load_official`) with the
+# official behaviours, and the official code's recipe. 50.6M params (6.54M outside the backbone).
+OFFICIAL = dataclasses.replace(
+    PAPER_FASTVIT, **OFFICIAL_CODE_RECIPE,
+    input_norm="bgr_minus_half",  # official (hand_net.py): cv2.imread's BGR, image / 255 - 0.5
+    keypoint_activation="none",  # official (hand_net.py): the raw Linear; clamped to the crop where sampled
+    subtract_root=False,  # official (hand_net.py): raw outputs, trained towards root-relative targets
+    backbone_drop_path=0.2,  # official (cfg.py): timm's drop_path_rate 0.2
+    eval_crop="keypoints")  # official (eval_datataset.py): FreiHAND test images re-cropped around their keypoints
+CONFIGS = {"paper": PAPER, "paper_fastvit": PAPER_FASTVIT, "official": OFFICIAL, "tiny": TINY}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,18 +286,23 @@ class TimmBackbone(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
+        pretrained = pretrained_weights(cfg)  # refuses before timm is imported
         try:
             import timm
         except ImportError as err:
             raise ImportError(f"backbone {cfg.backbone!r} needs timm (pip install timm); without it, "
                               f"count the decoder with non_backbone_parameters(cfg)") from err
         self.out_indices = tuple(cfg.timm_out_indices)
+        kwargs = dict(pretrained=pretrained is not None)
+        if pretrained:
+            kwargs["pretrained_cfg_overlay"] = dict(file=pretrained)  # timm reads the local file, no hub
+        if cfg.backbone_drop_path:
+            kwargs["drop_path_rate"] = cfg.backbone_drop_path
         if self.out_indices:
-            self.net = timm.create_model(cfg.backbone, pretrained=cfg.pretrained_backbone, features_only=True,
-                                         out_indices=self.out_indices)
+            self.net = timm.create_model(cfg.backbone, features_only=True, out_indices=self.out_indices, **kwargs)
             got = tuple(self.net.feature_info.channels())
         else:
-            self.net = timm.create_model(cfg.backbone, pretrained=cfg.pretrained_backbone, num_classes=0)
+            self.net = timm.create_model(cfg.backbone, num_classes=0, **kwargs)
             got = (self.net.num_features,) * 2
         if got != (cfg.feature_channels, cfg.global_channels):
             raise ValueError(f"timm {cfg.backbone!r} gives channels {got}, but the config declares "
@@ -279,6 +323,27 @@ class TimmBackbone(nn.Module):
             return feature, pooled
         feature = self.net.forward_features(x)
         return feature, feature
+
+
+def pretrained_weights(cfg):
+    """The ImageNet weights file the backbone starts from (Sec. 4.1), or None with pretrained_backbone=False.
+
+    No model hub is reachable here, so the file must be given; without it this refuses in one line
+    that says how to go on (train.py: --set backbone_weights=PATH or --set pretrained_backbone=false).
+    """
+    if not cfg.pretrained_backbone:
+        return None
+    if cfg.backbone == "tiny_cnn":
+        raise ValueError("backbone 'tiny_cnn' has no ImageNet weights: set pretrained_backbone=false")
+    if not cfg.backbone_weights:
+        raise ValueError(f"backbone {cfg.backbone!r} starts from ImageNet weights (Sec. 4.1), read from a local "
+                         f"file as no model hub is reachable: pass --set backbone_weights=PATH (timm's "
+                         f"{cfg.backbone} weights, .pth/.bin/.safetensors), or --set pretrained_backbone=false "
+                         f"to train it from scratch")
+    if not os.path.isfile(cfg.backbone_weights):
+        raise FileNotFoundError(f"backbone_weights={cfg.backbone_weights!r}: no such file (timm's {cfg.backbone} "
+                                f"ImageNet weights), or set pretrained_backbone=false")
+    return cfg.backbone_weights
 
 
 # timm's HighResolutionNetFeatures (timm/models/hrnet.py, read at 1.0.x): the stem conv1/bn1/act1
@@ -337,13 +402,14 @@ def hrnet_features(net, x, out_indices):
 def sine_position_encoding(h, w, channels, device=None, dtype=torch.float32, temperature=10000.0):
     """DETR's fixed 2D sine encoding -> (channels, h, w): half the channels encode y, half x.
 
-    Positions 1..h (1..w) are scaled to (0, 2 pi]; channel pair (2i, 2i+1) holds sin and cos of
+    Positions 1..h (1..w) are scaled to (0, 2 pi] as p / (h + 1e-6) * 2 pi (DETR's and the official
+    position_embedding.py's normalisation); channel pair (2i, 2i+1) holds sin and cos of
     position / temperature^(2i / (channels/2)).
     """
     half = channels // 2
     freq = temperature ** (2 * (torch.arange(half, device=device) // 2) / half)  # (half,)
-    ys = torch.arange(1, h + 1, device=device) / h * 2 * math.pi
-    xs = torch.arange(1, w + 1, device=device) / w * 2 * math.pi
+    ys = torch.arange(1, h + 1, device=device, dtype=torch.float32) / (h + 1e-6) * (2 * math.pi)
+    xs = torch.arange(1, w + 1, device=device, dtype=torch.float32) / (w + 1e-6) * (2 * math.pi)
 
     def encode(pos):  # (n,) -> (n, half): sin on even channels, cos on odd ones
         angles = pos[:, None] / freq  # (n, half)
@@ -354,13 +420,17 @@ def sine_position_encoding(h, w, channels, device=None, dtype=torch.float32, tem
     return torch.cat([pos_y, pos_x], dim=-1).permute(2, 0, 1).to(dtype)  # (channels, h, w)
 
 
-def sample_points(feature, uv):
+def sample_points(feature, uv, clamp=False):
     """Bilinear features at points: feature (B, C, h, w), uv (B, N, 2) in [0, 1] -> (B, N, C).
 
     `align_corners=True`: uv = 0 and 1 are the centres of the first and last cells (official code).
-    Differentiable in uv as well as in the feature.
+    Differentiable in uv as well as in the feature. clamp=True first moves points outside the crop
+    onto its border, where they also stop getting a gradient (official `remap_uv`).
     """
-    grid = (uv * 2 - 1).unsqueeze(2)  # (B, N, 1, 2) in [-1, 1], x first
+    grid = (uv - 0.5) * 2  # (B, N, 2) in [-1, 1], x first
+    if clamp:
+        grid = grid.clamp(-1, 1)  # official (models/modules.py remap_uv): clamp((uv - 0.5) * 2, -1, 1)
+    grid = grid.unsqueeze(2)  # (B, N, 1, 2)
     tokens = F.grid_sample(feature, grid, mode="bilinear", align_corners=True)  # (B, C, N, 1)
     return tokens.squeeze(-1).transpose(1, 2)  # (B, N, C)
 
@@ -443,7 +513,11 @@ class DecoderLayer(nn.Module):
 
 
 class TokenGenerator(nn.Module):
-    """T: backbone maps -> (joint tokens X_m (B, N, C_t), 2D keypoints (B, 21, 2) in [0, 1]). Sec. 3.1, Fig. 4."""
+    """T: backbone maps -> (joint tokens X_m (B, N, C_t), 2D keypoints (B, 21, 2)). Sec. 3.1, Fig. 4.
+
+    The keypoints are fractions of the crop: in [0, 1] through a sigmoid, or anywhere with the
+    official raw head (keypoint_activation "none"), which is clamped only where the map is read.
+    """
 
     def __init__(self, cfg):
         super().__init__()
@@ -467,15 +541,19 @@ class TokenGenerator(nn.Module):
     def forward(self, feature, pooled):
         """feature X_b (B, C, h, w), pooled (B, C_g, h', w') -> tokens (B, N, C_t), joints2d (B, 21, 2)."""
         B = feature.shape[0]
-        # NOTE(paper vs code): the official head is a bare Linear whose output is clamped to the
-        # image only inside the sampler; a sigmoid keeps the prediction in [0, 1] everywhere.
-        joints2d = torch.sigmoid(self.keypoint_head(pooled.mean(dim=(2, 3)))).reshape(B, NUM_JOINTS, 2)
+        # official (hand_net.py): AvgPool2d((7, 7)) of the 7 x 7 map, i.e. its mean at 224 px
+        joints2d = self.keypoint_head(pooled.mean(dim=(2, 3))).reshape(B, NUM_JOINTS, 2)
+        raw = self.cfg.keypoint_activation == "none"
+        if not raw:
+            # NOTE(paper vs code): the official head is a bare Linear whose output is clamped to the
+            # image only inside the sampler; a sigmoid keeps the prediction in [0, 1] everywhere.
+            joints2d = torch.sigmoid(joints2d)
         x = self.upsample(feature)  # (B, C_t, h*f, w*f)
         if self.cfg.sine_encoding:
             # NOTE(paper vs code): the sine encoding of the sampled map is in the official code only.
             x = x + sine_position_encoding(x.shape[2], x.shape[3], x.shape[1], x.device, x.dtype)
         if self.cfg.token_sampling == "point":  # Fig. 2c-d: keypoint-guided point sampling
-            tokens = sample_points(x, joints2d)  # (B, 21, C_t); gradients reach the keypoint head
+            tokens = sample_points(x, joints2d, clamp=raw)  # (B, 21, C_t); gradients reach the keypoint head
         elif self.cfg.token_sampling == "grid":  # Fig. 2b: a fixed lattice
             tokens = sample_points(x, self.grid_uv.to(x.dtype).expand(B, -1, -1))  # (B, G*G, C_t)
         else:  # Fig. 2a: one global feature
@@ -502,7 +580,11 @@ class MeshRegressor(nn.Module):
 
 
 class SimpleHand(nn.Module):
-    """images (B, 3, H, W) in [0, 1] -> dict(joints2d (B, 21, 2) in [0, 1], verts (B, 778, 3), joints3d (B, 21, 3))."""
+    """images (B, 3, H, W) RGB in [0, 1] -> dict(joints2d (B, 21, 2), verts (B, 778, 3), joints3d (B, 21, 3)).
+
+    joints2d are fractions of the crop, 3D outputs metres, root-relative unless cfg.subtract_root is
+    False (`official`: HandNet's raw outputs; `predict` makes them root-relative).
+    """
 
     def __init__(self, cfg, j_regressor):
         super().__init__()
@@ -514,26 +596,38 @@ class SimpleHand(nn.Module):
         self.mesh_regressor = MeshRegressor(cfg)
         # a buffer, so that a checkpoint carries the regressor it was trained with
         self.register_buffer("j_regressor", j_regressor.detach().clone().float())  # (16, 778)
-        # NOTE(paper vs code): the official code feeds image / 255 - 0.5; ImageNet statistics match
-        # the pretrained timm backbones.
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
+    def normalise(self, images):
+        """RGB in [0, 1] (B, 3, H, W) -> the backbone's input (B, 3, H, W), by cfg.input_norm."""
+        if self.cfg.input_norm == "bgr_minus_half":
+            # official (simpleHand hand_net.py): image / 255 - 0.5, BGR (cv2.imread's channel order)
+            return images.flip(1) - 0.5
+        # NOTE(paper vs code): ImageNet statistics, as the pretrained timm backbones expect
+        return (images - self.mean) / self.std
+
     def forward(self, images):
-        feature, pooled = self.backbone((images - self.mean) / self.std)  # X_b (B, C, H/s, W/s)
+        feature, pooled = self.backbone(self.normalise(images))  # X_b (B, C, H/s, W/s)
+        return self.from_features(feature, pooled)
+
+    def from_features(self, feature, pooled):
+        """Everything after the backbone: its maps X_b (B, C, h, w), pooled (B, C_g, h', w') -> the outputs."""
         tokens, joints2d = self.token_generator(feature, pooled)  # X_m (B, N, C_t), (B, 21, 2)
         verts = self.mesh_regressor(tokens)  # (B, 778, 3)
+        joints = self.regress_joints(verts)  # (B, 21, 3)
+        if not self.cfg.subtract_root:  # official (hand_net.py): the raw vertices and mesh_to_joints
+            return {"joints2d": joints2d, "verts": verts, "joints3d": joints}
         # NOTE(paper vs code): the official network is only trained towards root-relative targets;
         # we also subtract its own root joint, so the outputs are root-relative by construction.
-        joints = self.regress_joints(verts)  # (B, 21, 3)
         root = joints[:, self.cfg.root_index:self.cfg.root_index + 1]  # (B, 1, 3)
         return {"joints2d": joints2d, "verts": verts - root, "joints3d": joints - root}
 
     def regress_joints(self, verts):
         """Sec. 3.4: J_3d = J x V_3d, plus 5 fingertip vertices: (B, 778, 3) -> (B, 21, 3), FreiHAND order.
 
-        NOTE(paper vs code): the official code takes FreiHAND's tip ids (744, 320, 443, 555, 672);
-        bodymodels uses smplx/HaMeR's (744, 320, 443, 554, 671), neighbouring vertices.
+        official (simpleHand models/losses.py mesh_to_joints): MANO's J_regressor and FreiHAND's tip
+        vertices 744, 320, 443, 555, 672, which are `bodymodels.mano_to_freihand`'s, in every config.
         """
         joints = torch.einsum("jv,bvc->bjc", self.j_regressor.to(verts.dtype), verts)  # (B, 16, 3)
         return bodymodels.mano_to_freihand(joints, verts)  # (B, 21, 3)
@@ -565,11 +659,113 @@ def build_model(cfg, parent=None):
     if parent is not None:
         raise ValueError(f"SimpleHand trains in one stage and starts from no earlier model, "
                          f"but build_model got parent={type(parent).__name__}")
+    cfg = _config(cfg)
+    if cfg.official_checkpoint:  # the released weights replace every initialisation
+        return load_official(cfg.official_checkpoint, cfg)
+    return SimpleHand(cfg, _mano_j_regressor())
+
+
+def _config(cfg):
+    """A SimpleHandConfig, or the one CONFIGS names."""
     if isinstance(cfg, str):
         if cfg not in CONFIGS:
             raise ValueError(f"unknown SimpleHand config {cfg!r}: expected one of {sorted(CONFIGS)}")
-        cfg = CONFIGS[cfg]
-    return SimpleHand(cfg, _mano_j_regressor())
+        return CONFIGS[cfg]
+    return cfg
+
+
+# The official HandNet's state dict (hand_net.py, models/modules.py; FACTS: SimpleHand) -> ours:
+# (pattern at the start of an official key, our prefix); the rest of the key is kept, the first
+# pattern that matches wins, {layer} is our mesh_regressor.layers.(k - 1). for the official _k.
+OFFICIAL_PREFIXES = (
+    (r"backbone\.head\.fc\.", None),  # the 1000-class classifier, which forward_features never reaches
+    (r"backbone\.", "backbone.net."),  # timm fastvit_ma36: the same names and shapes in timm 0.9.12 and 1.0
+    (r"keypoints_2d_head\.", "token_generator.keypoint_head."),
+    (r"mesh_head\.deconv\.", "token_generator.upsample."),  # ConvTranspose2d, BatchNorm2d, ReLU
+    (r"mesh_head\.pos_emb_(\d)$", "{layer}pos_embedding"),  # emb_k
+    (r"mesh_head\.proj_(\d)\.", "{layer}reduce."),  # P_k
+    # nn.MultiheadAttention's in_proj stacks q, k, v as our qkv Linear does; timm Mlp's fc1, fc2
+    (r"mesh_head\.encoder_(\d)\.(\d+)\.token_mixer\.in_proj_", r"{layer}blocks.\2.mixer.qkv."),
+    (r"mesh_head\.encoder_(\d)\.(\d+)\.token_mixer\.out_proj\.", r"{layer}blocks.\2.mixer.proj."),
+    (r"mesh_head\.encoder_(\d)\.(\d+)\.mlp\.fc1\.", r"{layer}blocks.\2.mlp.0."),
+    (r"mesh_head\.encoder_(\d)\.(\d+)\.mlp\.fc2\.", r"{layer}blocks.\2.mlp.2."),
+    (r"mesh_head\.encoder_(\d)\.(\d+)\.(norm[12])\.", r"{layer}blocks.\2.\3."),
+    (r"mesh_head\.upsample_(\d)\.upsample\.", "{layer}upsample."),  # U_k
+    (r"mesh_head\.pred_final\.", "mesh_regressor.head."),
+)
+
+
+def official_key(key):
+    """Our name for an official HandNet state-dict key, None for a key we drop, False for an unknown one."""
+    for pattern, ours in OFFICIAL_PREFIXES:
+        m = re.match(pattern, key)
+        if m:
+            if ours is None:
+                return None
+            layer = f"mesh_regressor.layers.{int(m.group(1)) - 1}." if "{layer}" in ours else ""
+            return m.expand(ours).replace("{layer}", layer) + key[m.end():]
+    return False
+
+
+def official_state_dict(official_sd, j_regressor=None, source="official state dict"):
+    """The official HandNet's state dict (`backbone.*`, `keypoints_2d_head.*`, `mesh_head.*`) -> ours.
+
+    Keys are renamed by OFFICIAL_PREFIXES, tensors kept as they are. The official joints use MANO's
+    J_regressor, which its state dict does not hold: `j_regressor` (16, 778) is added, by default
+    `bodymodels.load_mano()`'s (the real MANO's where HMR_BODY_MODELS points to it). Raises a
+    ValueError naming `source` and every key no pattern knows.
+    """
+    state, unknown = {}, []
+    for key, value in official_sd.items():
+        name = official_key(key)
+        if name is False:
+            unknown.append(key)
+        elif name is not None:
+            state[name] = value
+    if unknown:
+        raise ValueError(f"{source}: keys that are not the official simpleHand HandNet's: {unknown}")
+    state["j_regressor"] = _mano_j_regressor() if j_regressor is None else j_regressor
+    return state
+
+
+def load_state_strict(model, state, source):
+    """model.load_state_dict(state, strict=True), after one ValueError naming `source` and every
+    unknown, missing and wrongly shaped key."""
+    own = model.state_dict()
+    unknown, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
+    shapes = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in state.items()
+              if k in own and v.shape != own[k].shape]
+    problems = [f"{what} {items}" for what, items in (("unknown keys", unknown), ("missing keys", missing),
+                                                      ("wrong shapes", shapes)) if items]
+    if problems:
+        raise ValueError(f"{source}: does not fit SimpleHand (after the key mapping): " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def load_official(path, cfg="official"):
+    """A released official checkpoint (`epoch_200_rerun1` / `epoch_200_rerun2`: a torch.save dict with
+    `state_dict`, `optimizer_state_dict`, `scaler_state_dict`) -> the SimpleHand of `cfg` in eval mode.
+
+    Read with torch.load(weights_only=True), so the file cannot run code; loaded with strict=True.
+    The `official` config gives the official HandNet's outputs.
+    """
+    cfg = dataclasses.replace(_config(cfg), pretrained_backbone=False, official_checkpoint="")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file (the official simpleHand's released epoch_200_rerun1 "
+                                f"or epoch_200_rerun2)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch.save file, or one holding more than tensors
+        raise ValueError(f"{path}: torch.load(weights_only=True) cannot read it: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0]}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"{path}: expected a dict with key 'state_dict' (the released epoch_200_rerun* "
+                         f"format), found {found}")
+    model = SimpleHand(cfg, _mano_j_regressor())
+    state = official_state_dict(checkpoint["state_dict"], model.j_regressor, source=path)
+    load_state_strict(model, state, path)
+    return model.eval()
 
 
 def count_parameters(module):
@@ -639,8 +835,12 @@ def predict(model, batch, cfg):
     out = model(batch["image"])
     H, W = batch["image"].shape[-2:]
     wh = torch.tensor([W, H], dtype=out["joints2d"].dtype, device=out["joints2d"].device)
+    joints3d, verts = out["joints3d"], out["verts"]
+    if not cfg.subtract_root:  # official (infer_to_json.py): joints and vertices minus the predicted joint 9
+        root = joints3d[:, cfg.root_index:cfg.root_index + 1]  # (B, 1, 3)
+        joints3d, verts = joints3d - root, verts - root
     return {"joints2d": out["joints2d"] * wh,  # [0, 1] of the crop -> (u, v) pixels
-            "joints3d": out["joints3d"], "verts": out["verts"]}
+            "joints3d": joints3d, "verts": verts}
 
 
 def describe(model, images):
@@ -771,7 +971,7 @@ def _print_bench(name, cfg, device, reps):
     if cfg.backbone != "tiny_cnn" and not _timm_available():
         print(f"[{name}] skipped: backbone {cfg.backbone!r} needs timm, which is not installed")
         return
-    model = build_model(cfg).to(device).eval()
+    model = build_model(dataclasses.replace(cfg, pretrained_backbone=False)).to(device).eval()  # speed only
     if device.type == "cpu" and cfg.backbone != "tiny_cnn":
         reps = max(2, reps // 10)  # the paper backbones take seconds per batch of 32 on a CPU
     paper = f"  (paper: {cfg.reported_fps:.0f} FPS on an RTX 2080 Ti)" if cfg.reported_fps else ""
@@ -819,7 +1019,7 @@ def main():
             _print_bench(name, CONFIGS[name], torch.device(args.device), args.reps)
     if not (args.params or args.bench):
         name = args.config or "tiny"
-        cfg = CONFIGS[name]
+        cfg = dataclasses.replace(CONFIGS[name], pretrained_backbone=False)  # shapes only: random weights
         model = build_model(cfg)
         print(f"SimpleHand [{name}]: {count_parameters(model) / 1e6:.2f}M parameters, "
               f"{non_backbone_parameters(cfg) / 1e6:.2f}M outside the backbone")

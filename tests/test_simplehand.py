@@ -102,7 +102,7 @@ def test_joints3d_equal_j_regressor_times_verts_plus_fingertips():
     out = model(torch.rand(3, 3, 128, 128))
     V = out["verts"].double()
     J16 = torch.stack([random_j_regressor().double() @ v for v in V])  # (3, 16, 3)
-    tips = V[:, [744, 320, 443, 554, 671]]  # thumb, index, middle, ring, pinky (smplx ids)
+    tips = V[:, [744, 320, 443, 555, 672]]  # thumb, index, middle, ring, pinky (FreiHAND's, the official code's)
     order = [0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20]  # FACTS.md
     expected = torch.cat([J16, tips], dim=1)[:, order]
     torch.testing.assert_close(out["joints3d"].double(), expected, atol=1e-6, rtol=1e-5)
@@ -443,10 +443,10 @@ def test_prune_hrnet_on_timms_own_hrnet():
 
 
 @needs_timm
-@pytest.mark.parametrize("name", ["paper", "paper_fastvit"])
+@pytest.mark.parametrize("name", ["paper", "paper_fastvit", "official"])
 def test_paper_models_give_every_parameter_a_gradient(name):
     """What DistributedDataParallel needs (without find_unused_parameters) from one training step."""
-    cfg = sh.CONFIGS[name]
+    cfg = dataclasses.replace(sh.CONFIGS[name], pretrained_backbone=False)
     model = sh.build_model(cfg)
     loss, _ = sh.training_loss(model, random_batch(2, 64), cfg)
     loss.backward()
@@ -455,7 +455,8 @@ def test_paper_models_give_every_parameter_a_gradient(name):
 
 @needs_timm
 def test_fastvit_reparameterisation_folds_branches_and_keeps_the_outputs():
-    cfg = dataclasses.replace(PAPER_FASTVIT, backbone="fastvit_t8", feature_channels=768, global_channels=768)
+    cfg = dataclasses.replace(PAPER_FASTVIT, backbone="fastvit_t8", feature_channels=768, global_channels=768,
+                              pretrained_backbone=False)
     model = sh.build_model(cfg).eval()
     folded, applied = sh.reparameterized(model)
     assert applied and sh.count_parameters(folded) < sh.count_parameters(model)
@@ -527,3 +528,326 @@ def test_one_batch_overfit_loss_falls_tenfold(one_thread):
         opt.step()
         losses.append(loss.item())
     assert min(losses[-10:]) < losses[0] / 10, (losses[0], losses[-10:])
+
+
+# ---------------------------------------------------------------------------------------------
+# The official implementation (patienceFromZhou/simpleHand): fixtures of its code, its key list,
+# the released-checkpoint loader, the official FreiHAND evaluation crop
+
+FIXTURES = ROOT / "tests" / "official" / "simplehand"
+
+
+def read_official_keys(name):
+    """Meta tensors with the names, shapes and dtypes of an official state dict (tests/official_keys)."""
+    state = {}
+    for line in open(ROOT / "tests" / "official_keys" / f"{name}.txt"):
+        if line.startswith("#"):
+            continue
+        key, shape, dtype = line.rstrip("\n").split("\t")
+        dims = tuple(int(d) for d in shape.strip("()").split(",") if d.strip())
+        state[key] = torch.empty(dims, dtype=getattr(torch, dtype), device="meta")
+    return state
+
+
+class PatchifyStub(nn.Module):
+    """The fixture's backbone stand-in (README): forward_features = one stride-8 patch convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv2d(3, 8, 8, stride=8)
+
+    def forward_features(self, x):
+        return self.proj(x)
+
+
+class ForwardFeatures(nn.Module):
+    """TimmBackbone's forward_features path around any `net`: images -> (map, the same map)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        feature = self.net.forward_features(x)
+        return feature, feature
+
+
+# the official HandNet as built for handnet_reduced.pt (its README): MeshHead(in_channels=8,
+# token_nums=[21, 32, 24], dims=[32, 16, 8]); the decoder reads only these fields
+OFFICIAL_REDUCED = dataclasses.replace(
+    sh.OFFICIAL, backbone="tiny_cnn", pretrained_backbone=False, image_size=56, feature_channels=8,
+    global_channels=8, feature_stride=8, tiny_widths=(8, 8, 8, 8), token_nums=(21, 32, 24), dims=(32, 16, 8))
+
+
+@pytest.fixture(scope="module")
+def handnet_fixture():
+    return torch.load(FIXTURES / "handnet_reduced.pt", weights_only=True)
+
+
+def reduced_official_model(fixture, cfg=OFFICIAL_REDUCED):
+    """Our model at the fixture's size, its weights loaded through official_state_dict (strict)."""
+    model = sh.SimpleHand(cfg, torch.zeros(16, 778))
+    model.backbone = ForwardFeatures(PatchifyStub())
+    state = sh.official_state_dict(fixture["state_dict"], fixture["j_regressor"])
+    sh.load_state_strict(model, state, "handnet_reduced.pt")
+    return model.eval()
+
+
+def assert_close_relative(got, expected, rtol=1e-5):
+    """Elementwise within rtol of the largest expected magnitude (the fixture's scale)."""
+    err = ((got.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+    assert got.shape == expected.shape and err <= rtol, err
+
+
+def test_official_handnet_fixture_outputs_are_reproduced_from_a_feature_map(handnet_fixture):
+    """The official keypoint head + MeshHead + mesh_to_joints on a fixed backbone map: raw keypoints
+    (25 of 42 outside the crop, clamped only where sampled), vertices and joints to 1e-5."""
+    fx = handnet_fixture
+    model = reduced_official_model(fx)
+    with torch.no_grad():
+        out = model.from_features(fx["feature"], fx["feature"])
+    assert_close_relative(out["joints2d"].reshape(2, 42), fx["feature_uv"])
+    assert_close_relative(out["verts"], fx["feature_vertices"])
+    assert_close_relative(out["joints3d"], fx["feature_joints"])
+    # the paper configs' sigmoid would sample elsewhere: the official behaviour is what matches
+    sigmoid = reduced_official_model(fx, dataclasses.replace(OFFICIAL_REDUCED, keypoint_activation="sigmoid"))
+    with torch.no_grad():
+        assert (sigmoid.from_features(fx["feature"], fx["feature"])["verts"] - fx["feature_vertices"]).abs().max() > 0.1
+
+
+def test_official_handnet_fixture_end_to_end_from_a_uint8_bgr_image(handnet_fixture):
+    """Our input (RGB in [0, 1]) -> the official network input (BGR, image / 255 - 0.5) bitwise, and
+    the official outputs to 1e-5."""
+    fx = handnet_fixture
+    model = reduced_official_model(fx)
+    rgb = fx["image_bgr"].flip(1).float() / 255  # what data.py gives for the same image file
+    assert torch.equal(model.normalise(rgb), fx["network_input"])
+    with torch.no_grad():
+        out = model(rgb)
+    assert_close_relative(out["joints2d"].reshape(1, 42), fx["uv"])
+    assert_close_relative(out["verts"], fx["vertices"])
+    assert_close_relative(out["joints3d"], fx["joints"])
+    # the paper configs normalise with ImageNet statistics, in RGB order
+    paper = sh.SimpleHand(dataclasses.replace(OFFICIAL_REDUCED, input_norm="imagenet"), torch.zeros(16, 778))
+    expected = (rgb - torch.tensor(sh.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(sh.IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(paper.normalise(rgb), expected)
+
+
+def test_official_predict_subtracts_the_predicted_root_as_the_official_evaluation_does(handnet_fixture):
+    fx = handnet_fixture
+    model = reduced_official_model(fx)
+    rgb = fx["image_bgr"].flip(1).float() / 255
+    with torch.no_grad():
+        pred = sh.predict(model, {"image": rgb}, OFFICIAL_REDUCED)
+    root = fx["joints"][:, 9:10]  # infer_to_json.py: joints - joints[:, ROOT_INDEX], vertices - the same
+    assert_close_relative(pred["joints3d"], fx["joints"] - root)
+    assert_close_relative(pred["verts"], fx["vertices"] - root)
+    assert_close_relative(pred["joints2d"], fx["uv"].reshape(1, 21, 2) * 56)  # pixels of the 56 px crop
+
+
+def test_clamped_sampling_reads_points_outside_the_crop_at_its_border():
+    g = torch.Generator().manual_seed(0)
+    feature = torch.randn(1, 4, 5, 6, generator=g)
+    outside = torch.tensor([[[1.3, -0.2], [-0.5, 0.5], [0.25, 2.0]]])
+    border = torch.tensor([[[1.0, 0.0], [0.0, 0.5], [0.25, 1.0]]])
+    torch.testing.assert_close(sh.sample_points(feature, outside, clamp=True), sh.sample_points(feature, border))
+    assert not torch.allclose(sh.sample_points(feature, outside), sh.sample_points(feature, border))
+
+
+def test_official_config_is_paper_fastvit_with_the_official_codes_behaviours():
+    o = sh.OFFICIAL
+    assert (o.backbone, o.feature_channels, o.feature_upsample, o.token_nums, o.dims) == \
+        ("fastvit_ma36", 1216, 4, (21, 84, 336), (256, 128, 64))  # cfg.py MESH_HEAD
+    assert (o.input_norm, o.keypoint_activation, o.subtract_root, o.eval_crop) == \
+        ("bgr_minus_half", "none", False, "keypoints")
+    assert (o.backbone_drop_path, o.dropout, o.num_heads, o.mlp_ratio) == (0.2, 0.1, 4, 4.0)
+    assert (o.max_steps, o.lr_drop_step, o.warmup_steps) == (200 * 256, 100 * 256, 5 * 256)  # cfg.py TRAIN
+    # the official HandNet has 6,539,999 parameters outside its backbone (counted on its own build)
+    assert sh.non_backbone_parameters(o) == 6_539_999
+    for name in ("paper", "paper_fastvit", "tiny"):  # the paper-faithful configs keep their choices
+        c = sh.CONFIGS[name]
+        assert (c.input_norm, c.keypoint_activation, c.subtract_root, c.eval_crop) == ("imagenet", "sigmoid", True, "none")
+
+
+def test_official_key_list_maps_exactly_onto_the_official_config():
+    """tests/official_keys/simplehand_handnet.txt (the official HandNet's state dict, names, shapes,
+    dtypes) through official_state_dict gives our `official` model's keys and shapes: the decoder
+    built here without timm, the backbone checked against the list (and against timm where it imports)."""
+    official = read_official_keys("simplehand_handnet")
+    assert len(official) == 1325
+    mapped = sh.official_state_dict(official, torch.empty(16, 778, device="meta"))
+    assert "backbone.net.head.fc.weight" not in mapped  # the unused 1000-class head is dropped
+    with torch.device("meta"):
+        tg, mr = sh.TokenGenerator(sh.OFFICIAL), sh.MeshRegressor(sh.OFFICIAL)
+    ours = {f"token_generator.{k}": v for k, v in tg.state_dict().items()}
+    ours.update({f"mesh_regressor.{k}": v for k, v in mr.state_dict().items()}, j_regressor=torch.empty(16, 778))
+    decoder = {k: v for k, v in mapped.items() if not k.startswith("backbone.")}
+    assert set(decoder) == set(ours)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in decoder.items()} == \
+        {k: (tuple(v.shape), v.dtype) for k, v in ours.items()}
+    backbone = {k[len("backbone.net."):]: v for k, v in mapped.items() if k.startswith("backbone.")}
+    assert set(backbone) == {k[len("backbone."):] for k in official if k.startswith("backbone.")} - \
+        {"head.fc.weight", "head.fc.bias"}
+    assert len(backbone) == 1262
+
+
+@needs_timm
+def test_official_key_list_maps_exactly_onto_timms_official_model():
+    official = read_official_keys("simplehand_handnet")
+    mapped = sh.official_state_dict(official, torch.empty(16, 778, device="meta"))
+    with torch.device("meta"):
+        model = sh.SimpleHand(dataclasses.replace(sh.OFFICIAL, pretrained_backbone=False), torch.empty(16, 778))
+    own = model.state_dict()
+    assert {k: (tuple(v.shape), v.dtype) for k, v in mapped.items()} == \
+        {k: (tuple(v.shape), v.dtype) for k, v in own.items()}
+
+
+def official_checkpoint(path, state_dict):
+    """A file in the released epoch_200_rerun* format."""
+    torch.save({"state_dict": state_dict, "optimizer_state_dict": {"state": {}, "param_groups": []},
+                "scaler_state_dict": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                                      "growth_interval": 2000, "_growth_tracker": 0}}, path)
+    return path
+
+
+def test_load_official_reads_the_released_format_strictly(handnet_fixture, tmp_path, monkeypatch):
+    """load_official on a file in the released format (the reduced fixture's weights): weights_only,
+    strict, eval mode, and the official outputs (keypoints and vertices do not depend on J)."""
+    fx = handnet_fixture
+    path = official_checkpoint(tmp_path / "epoch_200_rerun1", fx["state_dict"])
+    monkeypatch.setattr(sh, "build_backbone", lambda cfg: ForwardFeatures(PatchifyStub()))
+    model = sh.load_official(path, OFFICIAL_REDUCED)
+    assert not model.training
+    with torch.no_grad():
+        out = model.from_features(fx["feature"], fx["feature"])
+    assert_close_relative(out["joints2d"].reshape(2, 42), fx["feature_uv"])
+    assert_close_relative(out["verts"], fx["feature_vertices"])
+    # build_model loads it when the config names the file (train.py: --set official_checkpoint=PATH)
+    built = sh.build_model(dataclasses.replace(OFFICIAL_REDUCED, official_checkpoint=str(path)))
+    torch.testing.assert_close(built.state_dict(), model.state_dict())
+
+
+def test_load_official_errors_name_the_file_and_the_key(handnet_fixture, tmp_path, monkeypatch):
+    monkeypatch.setattr(sh, "build_backbone", lambda cfg: ForwardFeatures(PatchifyStub()))
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        sh.load_official(tmp_path / "nowhere.pt", OFFICIAL_REDUCED)
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="garbage: torch.load"):
+        sh.load_official(garbage, OFFICIAL_REDUCED)
+    bare = tmp_path / "bare.pt"
+    torch.save(dict(handnet_fixture["state_dict"]), bare)  # a state dict without the release's wrapper
+    with pytest.raises(ValueError, match=r"bare.pt: expected a dict with key 'state_dict'"):
+        sh.load_official(bare, OFFICIAL_REDUCED)
+    state = dict(handnet_fixture["state_dict"], **{"mesh_head.extra.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"unknown.pt: keys that are not .*mesh_head\.extra\.weight"):
+        sh.load_official(official_checkpoint(tmp_path / "unknown.pt", state), OFFICIAL_REDUCED)
+    state = {k: v for k, v in handnet_fixture["state_dict"].items() if k != "mesh_head.pred_final.bias"}
+    with pytest.raises(ValueError, match=r"missing.pt: .*missing keys \['mesh_regressor\.head\.bias'\]"):
+        sh.load_official(official_checkpoint(tmp_path / "missing.pt", state), OFFICIAL_REDUCED)
+    state = dict(handnet_fixture["state_dict"], **{"mesh_head.pred_final.bias": torch.zeros(4)})
+    with pytest.raises(ValueError, match=r"shape.pt: .*wrong shapes \['mesh_regressor\.head\.bias \(4,\)"):
+        sh.load_official(official_checkpoint(tmp_path / "shape.pt", state), OFFICIAL_REDUCED)
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet initialisation from a local file (Sec. 4.1)
+
+
+def test_paper_configs_refuse_in_one_line_to_start_without_imagenet_weights(tmp_path):
+    """Checked before timm is imported, so this holds without timm; train.py's --set reaches both ways out."""
+    import train
+
+    for name in ("paper", "paper_fastvit", "official"):
+        assert sh.CONFIGS[name].pretrained_backbone and not sh.CONFIGS[name].backbone_weights
+        with pytest.raises(ValueError) as err:
+            sh.build_model(name)
+        message = str(err.value)
+        assert "\n" not in message and "--set backbone_weights=PATH" in message
+        assert "--set pretrained_backbone=false" in message
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        sh.build_model(dataclasses.replace(PAPER, backbone_weights=str(tmp_path / "missing.pth")))
+    cfg = train.apply_overrides(PAPER, ["pretrained_backbone=false", f"backbone_weights={tmp_path}/w.safetensors"])
+    assert cfg.pretrained_backbone is False and cfg.backbone_weights == f"{tmp_path}/w.safetensors"
+    assert sh.pretrained_weights(cfg) is None and sh.pretrained_weights(TINY) is None
+
+
+@needs_timm
+def test_pretrained_backbone_starts_from_the_local_file(tmp_path):
+    import timm
+
+    torch.manual_seed(1)
+    weights = timm.create_model("fastvit_t8").state_dict()  # with the 1000-class head, as released
+    torch.save(weights, tmp_path / "fastvit_t8.pth")
+    cfg = dataclasses.replace(PAPER_FASTVIT, backbone="fastvit_t8", feature_channels=768, global_channels=768,
+                              backbone_weights=str(tmp_path / "fastvit_t8.pth"))
+    loaded = sh.build_model(cfg).backbone.net.state_dict()
+    assert set(loaded) == set(weights) - {"head.fc.weight", "head.fc.bias"}
+    for k, v in loaded.items():
+        torch.testing.assert_close(v, weights[k], msg=k)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss means the same on 1, 2 or 8 ranks (issue 24, finding 5)
+
+
+@pytest.mark.parametrize("k", [1, 2, 8])
+def test_loss_gradient_equals_the_mean_of_equal_shard_gradients(k, one_thread):
+    """DDP averages the ranks' gradients: the loss of a global batch of 8 must have the gradient
+    that k ranks of 8 / k samples each give on average (TINY: GroupNorm, no batch statistics)."""
+    model, batch = tiny_model(), random_batch(8, 64, seed=3)
+    model.train()
+
+    def gradients(b):
+        model.zero_grad()
+        sh.training_loss(model, b, TINY)[0].backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    whole = gradients(batch)
+    shards = [gradients({key: v[i::k] for key, v in batch.items()}) for i in range(k)]
+    for (name, _), g, *gs in zip(model.named_parameters(), whole, *shards):
+        torch.testing.assert_close(torch.stack(gs).mean(0), g, atol=1e-6, rtol=1e-4, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The official FreiHAND evaluation crop (data.py, FreiHAND(crop="keypoints"))
+
+
+def write_crop_fixture_as_freihand(root, fx):
+    """The crop fixture's two samples as a FreiHAND evaluation folder (images losslessly, as PNG bytes)."""
+    import json
+
+    from PIL import Image
+
+    n = len(fx["K"])
+    root.mkdir(parents=True)
+    for name, value in (("K", fx["K"]), ("xyz", fx["xyz"]), ("verts", fx["vertices"]), ("mano", torch.zeros(n, 61))):
+        (root / f"evaluation_{name}.json").write_text(json.dumps(value.tolist()))
+    (root / "evaluation" / "rgb").mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(fx["rgb"][i].numpy()).save(root / "evaluation" / "rgb" / f"{i:08d}.jpg", format="PNG")
+    return root
+
+
+def test_freihand_keypoint_crop_matches_the_official_evaluation_crop(tmp_path):
+    """Pixels within one grey level of the official cv2 crop; K, 2D and 3D labels as the official
+    eval_datataset.py gives them (float32 there)."""
+    import numpy as np
+
+    fx = torch.load(FIXTURES / "freihand_eval_crop.pt", weights_only=True)
+    root = write_crop_fixture_as_freihand(tmp_path / "FreiHAND", fx)
+    cfg = dataclasses.replace(sh.OFFICIAL, image_size=64)
+    dataset = data.hand_dataset("freihand", str(root), "evaluation", cfg, seed=0, num_samples=0)
+    assert dataset.crop == "keypoints" and "x 1.25" in dataset.crop_description
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        official = fx["crop_bgr"][i].flip(0).float()  # BGR -> RGB
+        assert (sample["image"] * 255 - official).abs().max() <= 1.0
+        torch.testing.assert_close(sample["K"].double(), fx["crop_K"][i], rtol=1e-6, atol=1e-4)
+        torch.testing.assert_close(sample["joints2d"].double(), fx["crop_uv"][i], rtol=0, atol=1e-4)
+        torch.testing.assert_close(sample["joints3d"].double(), fx["crop_xyz"][i], rtol=0, atol=1e-6)
+        torch.testing.assert_close(sample["verts"], fx["crop_vertices"][i], rtol=0, atol=1e-6)
+    # FreiHAND's own images for the other configs, and for training
+    assert data.hand_dataset("freihand", str(root), "evaluation", TINY, seed=0, num_samples=0).crop == "none"
+    plain = data.FreiHAND(root, "evaluation", image_size=128, hands_mean=np.zeros(45))[0]
+    torch.testing.assert_close(plain["image"], fx["rgb"][0].permute(2, 0, 1).float() / 255)
