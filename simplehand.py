@@ -233,7 +233,8 @@ OFFICIAL_CODE_RECIPE = dict(
 
 # The official code's HandNet (simpleHand cfg.py, hand_net.py): paper_fastvit's network (the same
 # state-dict shapes, so the released epoch_200_rerun* weights load: `load_official`) with the
-# official behaviours, and the official code's recipe. 50.6M params (6.54M outside the backbone).
+# official behaviours, and the official code's recipe. 49.39M params (6.54M outside the backbone; the
+# official 50.61M count timm's 1000-class head, which forward_features never uses and we do not build).
 OFFICIAL = dataclasses.replace(
     PAPER_FASTVIT, **OFFICIAL_CODE_RECIPE,
     input_norm="bgr_minus_half",  # official (hand_net.py): cv2.imread's BGR, image / 255 - 0.5
