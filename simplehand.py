@@ -795,6 +795,9 @@ def compute_loss(pred, batch, cfg):
     `verts (B, 778, 3)` (metres, camera coordinates) and `joints2d (B, 21, 2)` (pixels of the crop).
     The 3D ground truth is made relative to its joint `cfg.root_index`, the 2D one divided by (W, H).
     The returned terms are unweighted (metres and crop fractions); the total is weighted.
+    NOTE(official vs here): the official loss (hand_net.py) also zeroes the 2D term of keypoints
+    outside the crop and the 3D terms of hands whose joints 0 and 9 both are; not reproduced, as the
+    official training augmentation that moves keypoints out of the crop is not either.
     """
     missing = [k for k in ("image", "joints3d", "verts", "joints2d") if k not in batch]
     if missing:
