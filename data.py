@@ -252,23 +252,24 @@ def augment_hand_labels(sample, aug):
     return out
 
 
-def warp_image(image, A, image_size):
-    """Resample image (3, h, w) so that input pixel p lands on output pixel A p.
-
-    A (3, 3) affine pixel transform (last row 0, 0, 1); image_size int or (H, W) of the output.
-    Bilinear, black outside the input. Pixel centres follow the module's convention, which is
-    grid_sample's align_corners=False.
-    """
-    height, width = _image_hw(image_size)
+def warp_image(image, A, size, steps=None):
+    """Resample image (3, h, w) so that input pixel p lands on output pixel ~ A p (A (3, 3): an
+    affine transform or any homography), at size (int or (H, W)). Bilinear, black outside, pixel
+    centres at j + 0.5 (the module's convention: grid_sample's align_corners=False). steps: read
+    positions rounded to 1/steps pixel, as cv2's INTER_LINEAR does with steps = 32 (a visible
+    difference only where a bilinear read straddles the black outside); None = exact."""
+    height, width = _image_hw(size)
     h, w = image.shape[-2:]
-
-    def normalise(w_, h_):  # pixels -> [-1, 1]
-        return torch.tensor([[2 / w_, 0, -1], [0, 2 / h_, -1], [0, 0, 1]], dtype=torch.float64)
-
-    # grid_sample asks, for every output pixel, where to read: N_in A^-1 N_out^-1
-    theta = normalise(w, h) @ torch.linalg.inv(A.double()) @ torch.linalg.inv(normalise(width, height))
-    grid = F.affine_grid(theta[None, :2].to(image.device, torch.float32), (1, 3, height, width), align_corners=False)
-    return F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
+                            torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
+    q = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)  # (H, W, 3) output pixel centres
+    p = q @ torch.linalg.inv(A.double()).T  # where each output pixel reads
+    p = p[..., :2] / p[..., 2:]
+    if steps:
+        p = torch.round(p * steps) / steps  # (p - 0.5) * steps is an integer shift away: cv2's grid too
+    grid = (p / torch.tensor([w, h], dtype=torch.float64) * 2 - 1).float()  # align_corners=False
+    return F.grid_sample(image[None], grid[None].to(image.device), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)[0]
 
 
 def color_jitter(image, factors):
@@ -434,26 +435,6 @@ def rotation_onto_z(d):
     return torch.eye(3, dtype=a.dtype) + V + V @ V * (1 - cos) / sin2
 
 
-def warp_homography(image, A, size, steps=None):
-    """Resample image (3, h, w) so that input pixel p lands on output pixel ~ A p (A (3, 3), any
-    homography), at size (int or (H, W)). Bilinear, black outside, pixel centres at j + 0.5 as in
-    `warp_image` (its affine case). steps: read positions rounded to 1/steps pixel, as cv2's
-    INTER_LINEAR does with steps = 32 (a visible difference only where a bilinear read straddles
-    the black outside); None = exact."""
-    height, width = _image_hw(size)
-    h, w = image.shape[-2:]
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
-                            torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
-    q = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)  # (H, W, 3) output pixel centres
-    p = q @ torch.linalg.inv(A.double()).T  # where each output pixel reads
-    p = p[..., :2] / p[..., 2:]
-    if steps:
-        p = torch.round(p * steps) / steps  # (p - 0.5) * steps is an integer shift away: cv2's grid too
-    grid = (p / torch.tensor([w, h], dtype=torch.float64) * 2 - 1).float()  # align_corners=False
-    return F.grid_sample(image[None], grid[None].to(image.device), mode="bilinear", padding_mode="zeros",
-                         align_corners=False)[0]
-
-
 def crop_around_keypoints(image, labels, size):
     """A FreiHAND sample (image (3, h, w), labels with K, joints3d, verts, mano_pose) -> the official
     simpleHand evaluation crop (`keypoint_crop`) of size x size pixels and its labels: the 3D labels
@@ -465,7 +446,7 @@ def crop_around_keypoints(image, labels, size):
     # cv2.warpPerspective, while the labels keep FreiHAND's convention as everywhere in this file
     half = torch.tensor([[1.0, 0, 0.5], [0, 1, 0.5], [0, 0, 1]], dtype=torch.float64)
     A = half @ K_crop @ R @ torch.linalg.inv(K) @ torch.linalg.inv(half)
-    crop = warp_homography(image, A, size, steps=32)  # official: cv2.warpPerspective, INTER_LINEAR
+    crop = warp_image(image, A, size, steps=32)  # official: cv2.warpPerspective, INTER_LINEAR
     crop = (crop * 255).round() / 255  # of a uint8 image gives uint8
     pose = labels["mano_pose"].clone()
     pose[0] = matrix_to_axis_angle(R @ axis_angle_to_matrix(pose[0].double())).float()

@@ -586,11 +586,13 @@ def report(job, train_time, t_start, args, ranks):
     if not ranks.master:
         return
     wall_time = time.time() - t_start
-    print(f"final {job.name} ({cfg.max_steps} steps, {wall_time / 60:.1f} min): {format_metrics(result)}")
+    crop = getattr(job.eval_set, "crop_description", None)  # real hand data: which crop the table scored
+    print(f"final {job.name} ({cfg.max_steps} steps, {wall_time / 60:.1f} min): {format_metrics(result)}"
+          + (f" | held-out crop: {crop}" if crop else ""))
     # the stage's numbers, after those of the stages it starts from (each written by its own report)
     result = {**parent_metrics(job.stage, args), **result}
     summary = dict(model=job.name, config=job.config_name, data=args.data, steps=cfg.max_steps,
-                   world_size=ranks.world_size, global_batch=cfg.batch_size, wall_time_s=wall_time,
+                   eval_crop=crop, world_size=ranks.world_size, global_batch=cfg.batch_size, wall_time_s=wall_time,
                    train_time_s=train_time, **nest(result), metric_names=list(result),
                    config_values=dataclasses.asdict(cfg), history=job.history)
     with open(os.path.join(job.out, "metrics.json"), "w") as f:
@@ -635,8 +637,8 @@ def build_job(name, config_name, cfg, parent, sizes, args, ranks):
     seed_everything(args.seed)
     try:
         model = stage.paper.build_model(cfg, parent).to(ranks.device)
-    except ImportError as e:  # a paper backbone without timm, before any data is rendered
-        fail(f"--config {config_name}: {e}")
+    except (ImportError, ValueError, FileNotFoundError) as e:  # no timm, a refused config, a missing
+        fail(f"--config {config_name}: {str(e).splitlines()[0]}")  # weights file: one line, before any rendering
     if ranks.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     # fused: one kernel for all parameters (CPU and CUDA); on a 0.6M-parameter model 1.3 ms a step

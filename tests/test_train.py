@@ -236,6 +236,10 @@ def test_set_errors_name_the_field_and_what_was_expected(item, expected):
     (["--model", "standin_head", "--data", "other:/tmp"], "standin (which standin_head starts from) expects synthetic, npz:PATH"),
     (["--model", "simplehand", "--data", "freihand"], "simplehand expects synthetic, freihand:PATH, npz:PATH"),
     (["--model", "standin", "--set", "bogus=1"], "has no field 'bogus'"),
+    # a paper config without its ImageNet weights file is refused before timm is imported or data rendered
+    (["--model", "simplehand", "--config", "paper"], "--config paper: backbone 'hrnet_w64' starts from ImageNet weights (Sec. 4.1), read from a local file"),
+    (["--model", "simplehand", "--config", "paper", "--set", "backbone_weights=/no/such.pth"],
+     "backbone_weights='/no/such.pth': no such file"),
 ])
 def test_bad_input_gives_one_line_error(argv, expected, tmp_path):
     assert expected in error_of(argv + ["--out", str(tmp_path)])
