@@ -132,7 +132,7 @@ class BaseConfig:
     hand_roi: int = 16  # RoI side
     hand_roi_channels: tuple = (640, 320)  # deconvolutions before RoI-align (16 x 12 -> 64 x 48)
     hand_hm_depth: int = 16
-    hand_box_scale: float = 2.0  # boxes squared and enlarged x 2 (SMPLer-X's restore_bbox)
+    hand_box_scale: float = 2.0  # RoI boxes: squared and enlarged x 2 (SMPLer-X's restore_bbox); TINY's crops too
     # 0: mmcv's roi_align as SMPLer-X calls it (aligned=False, ceil(bin) samples a bin side, 0 outside [-1, H]);
     # TINY 2: its own 2 x 2 samples a bin clamped to the border (`roi_align_grid`)
     roi_sampling: int = 0
@@ -291,7 +291,7 @@ def gaussian_blur(image, sigma):
     """skimage.filters.gaussian of image (C, H, W) over H and W (float64): scipy's gaussian_filter, a
     kernel of radius int(4 sigma + 0.5), edges repeated ('nearest')."""
     r = int(4.0 * sigma + 0.5)
-    x = torch.arange(-r, r + 1, dtype=torch.float64)
+    x = torch.arange(-r, r + 1, dtype=torch.float64, device=image.device)
     k = torch.exp(-0.5 / (sigma * sigma) * x ** 2)
     k = k / k.sum()
     image = F.conv2d(F.pad(image[:, None], (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))  # rows
@@ -338,10 +338,10 @@ def cv2_warp(image, centre, side, size, round_to_8bit):
     d = 1.0 / (m00 * m11 - m01 * m10)  # warpAffine's inverse
     a, c, e, b = m11 * d, -m01 * d, -m10 * d, m00 * d  # x = a j + c i + tx, y = e j + b i + ty
     tx, ty = -a * m02 - c * m12, -e * m02 - b * m12
-    j = torch.arange(size, dtype=torch.float64)
+    i = j = torch.arange(size, dtype=torch.float64, device=image.device)  # crop rows, columns
     # warpAffine: per row i, round((c i + tx) 1024); per column j, round(a j 1024); + 16, then >> 5
-    X = (torch.round((c * j + tx) * 1024)[:, None] + torch.round(a * j * 1024)[None, :] + 16).long() // 32  # (i, j)
-    Y = (torch.round((b * j + ty) * 1024)[:, None] + torch.round(e * j * 1024)[None, :] + 16).long() // 32
+    X = (torch.round((c * i + tx) * 1024)[:, None] + torch.round(a * j * 1024)[None, :] + 16).long() // 32  # (i, j)
+    Y = (torch.round((b * i + ty) * 1024)[:, None] + torch.round(e * j * 1024)[None, :] + 16).long() // 32
     x0, fx, y0, fy = X // 32, X % 32, Y // 32, Y % 32  # source pixel, 1/32 fraction
     C, H, W = image.shape
     out = 0
@@ -1054,7 +1054,8 @@ class Bases(nn.Module):
         weights = CONFIGS[cfg.losses]
         # hand expert on ground-truth crops: HaMeR's losses are Eq. 5's terms with HaMeR's weights
         tokens = hand_tokens(self, image, raw)
-        hand, hand_terms = hand_loss(self.hand_expert.mano_head(tokens), hand_targets(batch, crop_boxes(cfg, raw)), weights)
+        target = hand_targets(batch, crop_boxes(cfg, raw))
+        hand, hand_terms = hand_loss(self.hand_expert.mano_head(tokens), target, weights)
         # whole-body model (SMPLer-X's L1 terms)
         out = self.whole_body(image)
         body, body_terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, weights)
@@ -1236,9 +1237,15 @@ def load_pretrained(bases, cfg):
 
 
 def _build_bases(cfg, parent=None):
-    """train.py's "hmr_adapter_bases": the tiny stand-ins to train, or (paper) the released weights."""
+    """train.py's "hmr_adapter_bases": the tiny stand-ins to train, or (paper) the released weights.
+    With neither released file present the paper bases keep their random weights, with a warning: a
+    run that checks sizes and memory on synthetic data (one file without the other is an error)."""
     bases = Bases(cfg)
-    if cfg.hamer_checkpoint or cfg.smplerx_checkpoint:
+    paths = [p for p in (cfg.hamer_checkpoint, cfg.smplerx_checkpoint) if p]
+    if paths and not any(os.path.isfile(p) for p in paths):
+        print(f"hmr_adapter: WARNING: no released weights at {' or '.join(paths)} (BaseConfig.hamer_checkpoint, "
+              "smplerx_checkpoint): the paper bases keep their RANDOM initialisation; a size check, not the paper")
+    elif paths:
         load_pretrained(bases, cfg)
     return bases
 
