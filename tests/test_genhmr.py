@@ -398,11 +398,30 @@ def test_image_stage_trains_every_parameter_once_and_nothing_frozen(tokenizer):
     assert set(terms) >= {"mask", "pose", "betas", "joints3d", "joints2d"}
 
 
+def test_paper_structure_gives_every_parameter_a_gradient(tokenizer):
+    """The paper's choices at a small width (the plain Linear token head, HMR2.0's SMPL head in the backbone
+    stage): each loss reaches every trainable parameter, as DDP requires."""
+    cfg = dataclasses.replace(IMG, token_head="linear", regressor_head="hmr2", loss_batch=48)
+    for protocol, model in ((genhmr.BACKBONE, genhmr.BACKBONE.build_model(cfg, tokenizer)),
+                            (genhmr, genhmr.build_model(cfg, tokenizer))):
+        loss, _ = protocol.training_loss(model.train(), body_batch(), cfg)
+        loss.backward()
+        # (some are exactly 0 at the start, as in the official code: HMR2.0's token embedding weight, which
+        # multiplies a zero token, and the first MSDA's input norm, whose zero-initialised Linears ignore it)
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert model.token_generator.head.out_features == model.num_codes and not hasattr(model.token_generator, "log_scale")
+
+
 def test_loss_weights_are_the_papers():
     w = (PAPER := genhmr.PAPER).w_mask, PAPER.w_pose, PAPER.w_betas, PAPER.w_3d, PAPER.w_2d
     assert w == (1.0, 1e-3, 5e-4, 5e-2, 1e-2)
     t = genhmr.TOKENIZER_PAPER
     assert (t.w_re, t.w_pose, t.w_verts, t.w_joints, t.w_commit, t.ema_decay) == (1.0, 1.0, 0.5, 0.3, 0.02, 0.99)
+    # HMR2.0 / TokenHMR sum the geometric terms over a GPU's 48 samples; TINY averages them (NOTE(paper gap) 20)
+    assert (PAPER.loss_batch, genhmr.TINY.loss_batch) == (48, 1)
+    assert (PAPER.token_head, PAPER.regressor_head, genhmr.TINY.token_head, genhmr.TINY.regressor_head) == (
+        "linear", "hmr2", "tied", "mlp")
+    assert w == tuple(getattr(genhmr.TINY, k) for k in ("w_mask", "w_pose", "w_betas", "w_3d", "w_2d"))
 
 
 # ---------------------------------------------------------------------------------------------
