@@ -769,7 +769,8 @@ class BoxNet(nn.Module):
     upsampled x2 per deconvolution (`box_channels`: x8 in SMPLer-X, x4 at TINY, where the third one
     cost a fifth of a training step) -> hand centre heatmaps (soft-argmax) and each hand's (w, h) from
     the features at its centre, in map units -> (B, 2, 4) [x0, y0, x1, y1] image pixels (left, right).
-    Its face box is not used by HMR-Adapter (`smplerx_state_dict` drops it)."""
+    Its face box is not used by HMR-Adapter (`smplerx_state_dict` drops it). The sizes are taken as
+    |size| (SMPLer-X: as they are; the same for the positive sizes a trained model gives)."""
 
     def __init__(self, cfg):
         super().__init__()
