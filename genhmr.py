@@ -232,7 +232,7 @@ PAPER = GenHMRConfig()
 TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 -> 8 x 6 grid, levels 1x, 2x
     image_size=(64, 48), patch_size=8, vit_width=128, vit_depth=4, vit_heads=4, vit_mlp_ratio=2.0, drop_path=0.0,
     conv_stem=(32, 64, 128), feature_scales=(1, 2), d_model=64, num_layers=3, num_heads=4, ffn_dim=128, dropout=0.0,
-    # the image stage fine-tunes the backbone stage's ViT (the paper: HMR2.0's); levels (1, 2, 4) cost 27 % more
+    # the image stage fine-tunes the backbone stage's ViT (the paper's start is unstated); levels (1, 2, 4) cost 27 % more
     # time a step for no measured gain
     head_hidden=128, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
     token_head="tied", regressor_head="mlp",  # NOTE(paper gap) 21, 23
@@ -555,8 +555,9 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-    """images (B, 3, H, W) -> feature map (B, C, H/p, W/p), HMR2.0's `ViT` (parameter names included:
-    patch_embed.proj, pos_embed (1, 1 + h w, C) with a class-token slot, blocks.i.*, last_norm)."""
+    """images (B, 3, H, W) -> feature map (B, C, H/p, W/p). official (4D-Humans backbones/vit.py, ViTPose's
+    mmpose ViT): HMR2.0's `ViT`, parameter names included (patch_embed.proj, pos_embed (1, 1 + h w, C) with a
+    class-token slot, blocks.i.*, last_norm); held to 4D-Humans' module by tests/official/hmr2."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -885,7 +886,7 @@ class HMR2Head(nn.Module):
     included): ONE zero token cross-attends to the h w ViT tokens; its state reads out 6D pose (24 x 6,
     our column convention), beta and camera as residuals on mean parameters, one iteration (IEF_ITERS 1).
     The mean parameters are buffers: identity pose, beta = 0, cam [0.9, 0, 0] here; HMR2.0's
-    smpl_mean_params.npz values come with its checkpoint."""
+    smpl_mean_params.npz values come with its checkpoint. Held to 4D-Humans' module by tests/official/hmr2."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -902,13 +903,13 @@ class HMR2Head(nn.Module):
         B = len(feature)
         context = feature.flatten(2).transpose(1, 2)  # (B, h w, C)
         token = self.transformer(feature.new_zeros(B, 1, 1), context)[:, 0]  # (B, width)
-        pose = self.decpose(token) + self.init_body_pose
-        return bodymodels.rot6d_to_matrix(pose.view(B, NUM_JOINTS, 6)), self.decshape(token) + self.init_betas, \
-            self.deccam(token) + self.init_cam
+        pose = self.decpose(token) + self.init_body_pose  # (B, 144)
+        betas, cam = self.decshape(token) + self.init_betas, self.deccam(token) + self.init_cam
+        return bodymodels.rot6d_to_matrix(pose.view(B, NUM_JOINTS, 6)), betas, cam
 
 
 class PoseRegressor(nn.Module):
-    """The stand-in for HMR2.0 (stage "genhmr_backbone"): GenHMR's ViT with a regression head, images ->
+    """The backbone stage ("genhmr_backbone"), HMR2.0 here: GenHMR's ViT with a regression head, images ->
     SMPL pose (24 x 6D), beta, camera, trained by HMR2.0's losses; the image stage starts from its ViT.
     The paper's encoder is a ViT-H whose initialisation it does not state; HMR2.0 and TokenHMR start from
     ViTPose-H. `load_backbone` reads ViTPose-H or HMR2.0 weights into it (cfg.backbone_checkpoint). The
