@@ -232,8 +232,8 @@ PAPER = GenHMRConfig()
 TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 -> 8 x 6 grid, levels 1x, 2x
     image_size=(64, 48), patch_size=8, vit_width=128, vit_depth=4, vit_heads=4, vit_mlp_ratio=2.0, drop_path=0.0,
     conv_stem=(32, 64, 128), feature_scales=(1, 2), d_model=64, num_layers=3, num_heads=4, ffn_dim=128, dropout=0.0,
-    # the image stage fine-tunes the backbone stage's ViT (the paper's start is unstated); levels (1, 2, 4) cost 27 % more
-    # time a step for no measured gain
+    # the image stage fine-tunes the backbone stage's ViT (the paper's start is unstated); levels (1, 2, 4) cost
+    # 27 % more time a step for no measured gain
     head_hidden=128, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
     token_head="tied", regressor_head="mlp",  # NOTE(paper gap) 21, 23
     # NOTE(paper gap) 20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48). Summed
@@ -894,7 +894,8 @@ class HMR2Head(nn.Module):
         self.transformer = TokenDecoder(width, depth, heads, dim_head, mlp, cfg.vit_width)
         self.decpose, self.decshape = nn.Linear(width, NUM_JOINTS * 6), nn.Linear(width, NUM_BETAS)
         self.deccam = nn.Linear(width, 3)
-        self.register_buffer("init_body_pose", bodymodels.matrix_to_rot6d(torch.eye(3)).repeat(1, NUM_JOINTS))  # (1, 144)
+        identity = bodymodels.matrix_to_rot6d(torch.eye(3))
+        self.register_buffer("init_body_pose", identity.repeat(1, NUM_JOINTS))  # (1, 144)
         self.register_buffer("init_betas", torch.zeros(1, NUM_BETAS))
         self.register_buffer("init_cam", torch.tensor([[0.9, 0.0, 0.0]]))
 
@@ -927,10 +928,12 @@ class PoseRegressor(nn.Module):
         else:
             self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
             grid = self.backbone.grid
-            self.pose_head = nn.Sequential(nn.Flatten(), nn.Linear(cfg.vit_width * grid[0] * grid[1], cfg.regressor_hidden),
+            self.pose_head = nn.Sequential(nn.Flatten(), nn.Linear(cfg.vit_width * grid[0] * grid[1],
+                                                                   cfg.regressor_hidden),
                                            nn.ReLU(), nn.Linear(cfg.regressor_hidden, NUM_JOINTS * 6))
             nn.init.xavier_uniform_(self.pose_head[-1].weight, gain=0.01), nn.init.zeros_(self.pose_head[-1].bias)
-            self.register_buffer("identity6d", bodymodels.matrix_to_rot6d(torch.eye(3)).repeat(NUM_JOINTS, 1))  # (24, 6)
+            identity = bodymodels.matrix_to_rot6d(torch.eye(3))
+            self.register_buffer("identity6d", identity.repeat(NUM_JOINTS, 1))  # (24, 6)
         self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
         if cfg.backbone_checkpoint:
             load_backbone(self, cfg.backbone_checkpoint)
@@ -970,14 +973,16 @@ def load_backbone(model, path):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # e.g. HMR2.0's Lightning file pickles its yacs config
         names = ", ".join(re.findall(r"Unsupported global: GLOBAL (\S+)", str(e))) or "its classes"
-        raise ValueError(f"{path}: holds pickled objects besides tensors ({names}), which torch.load(weights_only=True) "
-                         f"refuses. If you trust the file, keep only its weights once: torch.load it inside `with "
-                         f"torch.serialization.safe_globals([{names}]):` and torch.save({{'state_dict': "
-                         "checkpoint['state_dict']}, path)") from None
+        raise ValueError(f"{path}: holds pickled objects besides tensors ({names}), which "
+                         "torch.load(weights_only=True) refuses. If you trust the file, keep only its weights once: "
+                         f"torch.load it inside `with torch.serialization.safe_globals([{names}]):` and "
+                         "torch.save({'state_dict': checkpoint['state_dict']}, path)") from None
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a dict of tensors (or one under 'state_dict'), got {type(checkpoint).__name__}")
+        raise ValueError(f"{path}: expected a dict of tensors (or one under 'state_dict'), "
+                         f"got {type(checkpoint).__name__}")
     parts = backbone_state_dicts(checkpoint)
-    targets = {"backbone": model if isinstance(model, ViT) else model.backbone, "smpl_head": getattr(model, "smpl_head", None)}
+    targets = {"backbone": model if isinstance(model, ViT) else model.backbone,
+               "smpl_head": getattr(model, "smpl_head", None)}
     loaded = [part for part in parts if parts[part] and targets[part] is not None]
     for part in loaded:
         load_strict(targets[part], parts[part], f"{path} ({part}.*)")

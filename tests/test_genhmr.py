@@ -409,7 +409,8 @@ def test_paper_structure_gives_every_parameter_a_gradient(tokenizer):
         # (some are exactly 0 at the start, as in the official code: HMR2.0's token embedding weight, which
         # multiplies a zero token, and the first MSDA's input norm, whose zero-initialised Linears ignore it)
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    assert model.token_generator.head.out_features == model.num_codes and not hasattr(model.token_generator, "log_scale")
+    head = model.token_generator
+    assert head.head.out_features == model.num_codes and not hasattr(head, "log_scale")
 
 
 def test_loss_weights_are_the_papers():
@@ -633,11 +634,13 @@ def official_state(name):
     return state
 
 
-@pytest.mark.parametrize("name, parts, left_out", [("hmr2", {"backbone", "smpl_head"}, {"discriminator", "smpl", "initialized"}),
-                                                   ("vitpose_h", {"backbone"}, {"keypoint_head"})])
+@pytest.mark.parametrize("name, parts, left_out", [
+    ("hmr2", {"backbone", "smpl_head"}, {"discriminator", "smpl", "initialized"}),
+    ("vitpose_h", {"backbone"}, {"keypoint_head"})])
 def test_paper_backbone_stage_loads_the_released_key_lists_strictly(name, parts, left_out):
     with torch.device("meta"):
-        regressor = genhmr.PoseRegressor(genhmr.BACKBONE_CONFIGS["paper"], genhmr.PoseTokenizer(TOK, body=torch.nn.Module()))
+        tokenizer = genhmr.PoseTokenizer(TOK, body=torch.nn.Module())
+        regressor = genhmr.PoseRegressor(genhmr.BACKBONE_CONFIGS["paper"], tokenizer)
     state = official_state(name)
     mapped = genhmr.backbone_state_dicts({"state_dict": state})
     for part in parts:
@@ -661,7 +664,8 @@ def test_load_backbone_reads_each_layout_and_names_what_does_not_fit(tmp_path):
                                             **{"smpl_head." + k: v for k, v in head_state.items()},
                                             "discriminator.w": torch.zeros(1), "initialized": torch.tensor(True)}},
                "vitpose.pth": {"state_dict": {**{"backbone." + k: v for k, v in vit_state.items()},
-                                              "keypoint_head.final_layer.weight": torch.zeros(1)}, "meta": {"epoch": 210}},
+                                              "keypoint_head.final_layer.weight": torch.zeros(1)},
+                               "meta": {"epoch": 210}},
                "vitpose_backbone.pth": {"state_dict": vit_state}}
     for file, checkpoint in layouts.items():
         torch.save(checkpoint, tmp_path / file)
@@ -669,17 +673,21 @@ def test_load_backbone_reads_each_layout_and_names_what_does_not_fit(tmp_path):
         parts = genhmr.load_backbone(target, str(tmp_path / file))
         assert parts == (["backbone", "smpl_head"] if file == "hmr2.ckpt" else ["backbone"])
         for part in parts:
-            assert all(torch.equal(v, getattr(source, part).state_dict()[k]) for k, v in getattr(target, part).state_dict().items())
+            theirs = getattr(source, part).state_dict()
+            assert all(torch.equal(v, theirs[k]) for k, v in getattr(target, part).state_dict().items())
     del layouts["vitpose.pth"]["state_dict"]["backbone.blocks.0.attn.proj.bias"]
     torch.save(layouts["vitpose.pth"], tmp_path / "vitpose.pth")
-    with pytest.raises(ValueError, match=r"vitpose.pth \(backbone.\*\): does not fit ViT: missing keys \['blocks.0.attn.proj.bias'"):
+    with pytest.raises(ValueError, match=r"vitpose.pth \(backbone.\*\): does not fit ViT: "
+                                         r"missing keys \['blocks.0.attn.proj.bias'"):
         genhmr.load_backbone(genhmr.ViT(cfg), str(tmp_path / "vitpose.pth"))
     with pytest.raises(ValueError, match=r"wrong shapes \['pos_embed \(1, 17, 32\) \(expected \(1, 5, 32\)\)'\]"):
-        genhmr.load_backbone(genhmr.ViT(dataclasses.replace(cfg, image_size=16)), str(tmp_path / "vitpose_backbone.pth"))
+        genhmr.load_backbone(genhmr.ViT(dataclasses.replace(cfg, image_size=16)),
+                             str(tmp_path / "vitpose_backbone.pth"))
     with pytest.raises(FileNotFoundError, match="backbone checkpoint 'nope.pth' does not exist"):
         genhmr.load_backbone(source, "nope.pth")
     torch.save({"state_dict": vit_state, "hyper_parameters": Unpicklable()}, tmp_path / "lightning.ckpt")
-    with pytest.raises(ValueError, match=r"lightning.ckpt: holds pickled objects besides tensors \(test_genhmr.Unpicklable\).*safe_globals\(\[test_genhmr.Unpicklable\]\)"):
+    with pytest.raises(ValueError, match=r"lightning.ckpt: holds pickled objects besides tensors "
+                                         r"\(test_genhmr.Unpicklable\).*safe_globals\(\[test_genhmr.Unpicklable\]\)"):
         genhmr.load_backbone(source, str(tmp_path / "lightning.ckpt"))
 
 
@@ -687,7 +695,8 @@ def test_official_hmr2_vit_and_smpl_head_fixture_matches():
     """4D-Humans' own ViT + SMPL transformer head (tests/official/hmr2, reduced size): its state dict loads
     strictly through `backbone_state_dicts`; on the fixture's uint8 images / 255 our normalisation, ViT
     features and SMPL head outputs match it to relative 1e-5."""
-    fx = torch.load(os.path.join(os.path.dirname(__file__), "official", "hmr2", "hmr2_vit_smpl_head.pt"), weights_only=True)
+    path = os.path.join(os.path.dirname(__file__), "official", "hmr2", "hmr2_vit_smpl_head.pt")
+    fx = torch.load(path, weights_only=True)
     cfg = dataclasses.replace(genhmr.BACKBONE_CONFIGS["paper"], image_size=(64, 48), vit_width=32, vit_depth=2,
                               vit_heads=2, hmr2_head=(32, 2, 2, 16, 64))
     regressor = genhmr.PoseRegressor(cfg, genhmr.PoseTokenizer(TOK, body=torch.nn.Module())).eval()
@@ -700,8 +709,8 @@ def test_official_hmr2_vit_and_smpl_head_fixture_matches():
     regressor.backbone.register_forward_hook(lambda m, i, o: captured.update(input=i[0], feature=o))
     with torch.no_grad():
         out = regressor(image)
-    official = {"image_normalised": fx["image_normalised"], "feature": fx["feature"], "R": torch.cat([fx["global_orient"],
-                fx["body_pose"]], 1), "betas": fx["betas"], "cam": fx["cam"]}
+    official = {"image_normalised": fx["image_normalised"], "feature": fx["feature"],
+                "R": torch.cat([fx["global_orient"], fx["body_pose"]], 1), "betas": fx["betas"], "cam": fx["cam"]}
     ours = {"image_normalised": normalised, "feature": captured["feature"], **out}
     assert torch.equal(captured["input"], normalised)
     for key, theirs in official.items():
