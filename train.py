@@ -715,13 +715,13 @@ def parse_args(argv=None):
     p.add_argument("--config", default="tiny", help="preset in the paper's CONFIGS (default: tiny, the CPU demo)")
     p.add_argument("--data", default="synthetic", help="synthetic | KIND:PATH, the kinds the stage reads (default: synthetic)")
     p.add_argument("--out", default="out", help="output folder; each stage writes to OUT/<stage> (default: out)")
-    p.add_argument("--max-steps", type=int, default=None, help="optimisation steps (default: the config's max_steps)")
+    p.add_argument("--max-steps", type=int, default=None, help="optimisation steps of --model; also caps the stages it starts from that run here (default: each config's max_steps)")
     p.add_argument("--ckpt-every", type=int, default=200, help="write the checkpoint every this many steps, and at the end (default: 200)")
     p.add_argument("--eval-every", type=int, default=1000, help="evaluate on the held-out split every this many steps, and at the end (default: 1000; 0: only at the end)")
     p.add_argument("--log-every", type=int, default=20, help="one log line every this many steps (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order, the synthetic data and the initial weights (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue OUT/<model>/ckpt.pt: weights, optimiser, step, RNG states, data position")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field of --model, parsed by its type (repeatable), e.g. --set lr=1e-3")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field of --model (and of the stages it starts from that run here and have it), parsed by its type (repeatable), e.g. --set lr=1e-3")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto, cuda when available)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank (default: 0)")
     p.add_argument("--train-samples", type=int, default=None, help="size of the synthetic training set, rendered once, for --model and the stages it starts from that run here (default: each stage's)")
@@ -778,15 +778,22 @@ def main(argv=None):
     # -- torchrun block --------------------------------------------------------------------------
     ddp, ranks = setup_distributed(args)
 
-    # -- the stages this one starts from, when their checkpoints are missing or unfinished, then it
-    # (with their presets, and the synthetic sizes given here, else their defaults; a stage with a
-    # checkpoint is resumed)
+    # -- the stages this one starts from, when their checkpoints are missing or unfinished, then it.
+    # The --set fields a stage's config has and the synthetic sizes apply to every stage that runs in
+    # this command, and --max-steps caps them (a stage whose preset trains 0 steps stays at 0), so one
+    # command runs a short chain; a stage with a checkpoint is resumed
+    sizes = (args.train_samples, args.eval_samples)
     for parent in stages_before(args.model, args):
         ranks.print0(f"== stage {parent}, which {args.model} starts from ==")
         exists = os.path.exists(os.path.join(args.out, parent, "ckpt.pt"))
-        run_stage(parent, args.config, [], exists, (args.train_samples, args.eval_samples), args, ranks)
+        preset = MODELS[parent].paper.CONFIGS[args.config]
+        fields = {f.name for f in dataclasses.fields(preset)}
+        overrides = [o for o in args.set if o.partition("=")[0].strip() in fields]
+        if args.max_steps is not None:
+            overrides.append(f"max_steps={min(args.max_steps, preset.max_steps)}")
+        run_stage(parent, args.config, overrides, exists, sizes, args, ranks)
     overrides = ([f"max_steps={args.max_steps}"] if args.max_steps is not None else []) + args.set
-    run_stage(args.model, args.config, overrides, args.resume, (args.train_samples, args.eval_samples), args, ranks)
+    run_stage(args.model, args.config, overrides, args.resume, sizes, args, ranks)
 
     # -- clean exit: the DDP wrappers are released; a barrier, then the process group (FACTS)
     if ddp:

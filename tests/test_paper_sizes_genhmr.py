@@ -20,44 +20,47 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = ["--config", "paper", "--device", "cpu", "--max-steps", "2", "--train-samples", "8", "--eval-samples", "4",
           "--log-every", "1"]
 # the paper's batches are 512 poses (tokenizer) and 48 images; 48 ViT-H images are ~35 TFLOP and ~30 GB of
-# activations a step on a CPU, so the image stages take 2
+# activations a step on a CPU, so every stage takes 2
 SMALL_BATCH = ["--set", "batch_size=2"]
 
 
 def torchrun(model, args, out, nproc=1):
-    """train.py --model `model` under torchrun in a child process -> (stdout, seconds of step 2 (from the
-    step-1 log line to the step-2 one), peak resident memory of the largest process so far in GB)."""
+    """train.py --model `model` under torchrun in a child process -> (stdout, {stage: seconds of its step 2
+    (from its step-1 log line to its step-2 one)}, peak resident memory of the largest process so far in GB)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train.py",
            "--model", model, "--out", str(out)] + COMMON + args
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    lines, stamps = [], {}
+    lines, stamps, stage = [], {}, model
     for line in proc.stdout:
         lines.append(line)
+        if " (paper): " in line and "parameters" in line:  # each stage's header: "NAME (paper): ..."
+            stage = line.split(" (paper): ")[0]
         if line.startswith(("step     1/", "step     2/")):
-            stamps[line[9]] = time.perf_counter()
+            stamps[stage, line[9]] = time.perf_counter()
     assert proc.wait(timeout=1800) == 0, "".join(lines[-40:])
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # kB -> GB; the largest child so far
-    return "".join(lines), stamps["2"] - stamps["1"], peak_gb
+    step_s = {name: stamps[name, "2"] - stamps[name, "1"] for name, k in stamps if k == "2"}
+    return "".join(lines), step_s, peak_gb
 
 
 @pytest.mark.slow
 def test_paper_chain_trains_every_stage_two_steps_at_paper_size(tmp_path):
-    """genhmr_tokenizer -> genhmr_backbone -> genhmr at PAPER (8.7M, 679M, 655M parameters): 2 steps each
-    on one rank, then the held-out evaluation and the checkpoint. The last call is the issue's command;
-    train.py runs missing parent stages at their presets, so the parents run first with the same flags."""
+    """The issue's one command: genhmr_tokenizer -> genhmr_backbone -> genhmr at PAPER (8.7M, 679M, 655M
+    parameters), each stage 2 steps on one rank (--max-steps caps the stages it starts from, --set applies
+    to each stage that has the field), then its held-out evaluation and its checkpoint."""
     if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 20 * 2**30:
         pytest.skip("the image stage holds two ViT-H (one frozen, one with AdamW state): about 16 GB")
     out = tmp_path / "run"
     try:
-        for model, args, metric in (("genhmr_tokenizer", [], "tokenizer_mpjpe_mm"),
-                                    ("genhmr_backbone", SMALL_BATCH, "regression_mpjpe_mm"),
-                                    ("genhmr", SMALL_BATCH, "refined_mpjpe_mm")):
-            log, step_s, peak_gb = torchrun(model, args, out)
+        log, step_s, peak_gb = torchrun("genhmr", SMALL_BATCH, out)
+        print(f"\n[paper] genhmr chain, one process: peak memory {peak_gb:.1f} GB")
+        for model, metric in (("genhmr_tokenizer", "tokenizer_mpjpe_mm"), ("genhmr_backbone", "regression_mpjpe_mm"),
+                              ("genhmr", "refined_mpjpe_mm")):
             report = json.loads((out / model / "metrics.json").read_text())
             ckpt = torch.load(out / model / "ckpt.pt", weights_only=True, mmap=True)
-            print(f"\n[paper] {model}: {step_s:.1f} s/step (global batch {report['global_batch']}), peak memory of the "
-                  f"largest process so far {peak_gb:.1f} GB, {report['wall_time_s']:.0f} s for the stage")
+            print(f"[paper] {model}: {step_s[model]:.1f} s/step (global batch {report['global_batch']}), "
+                  f"{report['wall_time_s']:.0f} s for the stage")
             assert ckpt["step"] == 2 and ckpt["config_name"] == "paper" and report["steps"] == 2
             assert all(map(torch.isfinite, torch.tensor([h["loss"] for h in report["history"]] + [report[metric]])))
         assert "genhmr (paper): " in log and "global batch 2 (2 per rank)" in log

@@ -349,13 +349,14 @@ def test_a_stand_in_paper_trains_checkpoints_resumes_and_evaluates(tmp_path):
 
 
 def test_a_second_stage_trains_its_parent_first_and_keeps_it_frozen(tmp_path):
-    """--model standin_head first trains the missing stage it starts from, then a head on the frozen
-    parent: the optimiser holds only the head, the checkpoint only the head's tensors (the parent's
-    come back from the parent's checkpoint), and the parent's weights do not move."""
+    """--model standin_head first trains the missing stage it starts from (with this command's
+    --max-steps and the --set fields it has), then a head on the frozen parent: the optimiser holds
+    only the head, the checkpoint only the head's tensors (the parent's come back from the parent's
+    checkpoint), and the parent's weights do not move."""
     common = ["--out", str(tmp_path), "--log-every", "5", "--set", "dropout=0"]
     train.main(["--model", "standin_head", "--max-steps", "10"] + common)
     parent, head = load(tmp_path / "standin" / "ckpt.pt"), load(tmp_path / "standin_head" / "ckpt.pt")
-    assert parent["step"] == StandInConfig().max_steps and head["step"] == 10
+    assert parent["step"] == head["step"] == 10 != StandInConfig().max_steps and parent["config"]["dropout"] == 0
     assert set(head["model"]) == {"head.weight", "head.bias"}
     assert len(head["optimizer"]["param_groups"][0]["params"]) == 2
     model = StandInHead(StandInConfig(), StandInModel(StandInConfig()))
