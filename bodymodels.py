@@ -32,7 +32,8 @@ Map of the file. Part I, the reference:
    (fingertips by convention: FreiHAND's or smplx/HaMeR's).
 4. Forward kinematics and linear blend skinning: `forward_kinematics`, `lbs`, `Skinning`.
 5. Mesh normals: `face_normals`, `vertex_normals`.
-6. Loaders: `load_mano`, `load_smpl`, `load_smplx` (real files, or the stand-ins of Part II).
+6. Loaders: `load_mano`, `load_smpl`, `load_smplx` (real files, or the stand-ins of Part II), and
+   `load_state_strict` (a mapped checkpoint into a module, every wrong key named).
 7. Pictures: `plot_mesh_views` (a mesh from three views), `draw_skeleton` (2D keypoints and bones).
 Part II, the machinery: reading model files safely, `atomic_write`, and the procedural stand-ins.
 """
@@ -573,6 +574,22 @@ def _plain_npz(path):
         except ValueError:
             return False
     return True
+
+
+def load_state_strict(module, state, source):
+    """module.load_state_dict(state, strict=True), after one ValueError naming `source` (a file, or
+    what the state came from) and every unknown, missing and wrongly shaped key. The paper files
+    load released checkpoints through it, once their keys are mapped to the module's names."""
+    own = module.state_dict()
+    unknown, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
+    shapes = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in state.items()
+              if k in own and v.shape != own[k].shape]
+    problems = [f"{what} {items}" for what, items in (("unknown keys", unknown), ("missing keys", missing),
+                                                      ("wrong shapes", shapes)) if items]
+    if problems:
+        raise ValueError(f"{source}: does not fit {type(module).__name__} (after the key mapping): "
+                         + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
 
 
 # ---------------------------------------------------------------------------------------------

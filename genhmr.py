@@ -985,7 +985,7 @@ def load_backbone(model, path):
                "smpl_head": getattr(model, "smpl_head", None)}
     loaded = [part for part in parts if parts[part] and targets[part] is not None]
     for part in loaded:
-        load_strict(targets[part], parts[part], f"{path} ({part}.*)")
+        bodymodels.load_state_strict(targets[part], parts[part], f"{path} ({part}.*)")
     return loaded
 
 
@@ -997,20 +997,6 @@ def backbone_state_dicts(checkpoint):
         return {"backbone": dict(state), "smpl_head": {}}
     return {part: {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
             for part in ("backbone", "smpl_head")}
-
-
-def load_strict(module, state, source):
-    """module.load_state_dict(state, strict=True), after one error naming every unknown, missing and
-    wrongly shaped key of `source`."""
-    own = module.state_dict()
-    unknown, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
-    shapes = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in state.items()
-              if k in own and v.shape != own[k].shape]
-    if unknown or missing or shapes:
-        raise ValueError(f"{source}: does not fit {type(module).__name__}: " + "; ".join(
-            f"{what} {items}" for what, items in (("unknown keys", unknown), ("missing keys", missing),
-                                                  ("wrong shapes", shapes)) if items))
-    module.load_state_dict(state, strict=True)
 
 
 VIT_FIELDS = ("image_size", "patch_size", "patch_padding", "vit_width", "vit_depth", "vit_heads", "vit_mlp_ratio",

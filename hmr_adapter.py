@@ -1205,20 +1205,6 @@ def smplerx_state_dict(checkpoint):
     return state
 
 
-def load_mapped(module, state, source):
-    """module.load_state_dict(state, strict=True), after one error that names every unknown, missing
-    and wrongly shaped key of `source`."""
-    own = module.state_dict()
-    unknown, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
-    shapes = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in state.items()
-              if k in own and v.shape != own[k].shape]
-    if unknown or missing or shapes:
-        raise ValueError(f"{source}: does not fit {type(module).__name__} (after the key mapping): " + "; ".join(
-            f"{what} {items}" for what, items in (("unknown keys", unknown), ("missing keys", missing),
-                                                  ("wrong shapes", shapes)) if items))
-    module.load_state_dict(state, strict=True)
-
-
 def load_pretrained(bases, cfg):
     """The released HaMeR and SMPLer-X weights (cfg.hamer_checkpoint, cfg.smplerx_checkpoint) into
     the bases. Read with torch.load(weights_only=True), so a checkpoint cannot run code."""
@@ -1234,7 +1220,7 @@ def load_pretrained(bases, cfg):
                              "If you trust the file, keep only its weights once: load it inside `with "
                              "torch.serialization.safe_globals([<the classes named above>]):` and "
                              "torch.save(checkpoint['state_dict'], path)") from None
-        load_mapped(module, mapping(checkpoint), path)
+        bodymodels.load_state_strict(module, mapping(checkpoint), path)
 
 
 def _build_bases(cfg, parent=None):

@@ -729,20 +729,6 @@ def official_state_dict(official_sd, j_regressor=None, source="official state di
     return state
 
 
-def load_state_strict(model, state, source):
-    """model.load_state_dict(state, strict=True), after one ValueError naming `source` and every
-    unknown, missing and wrongly shaped key."""
-    own = model.state_dict()
-    unknown, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
-    shapes = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in state.items()
-              if k in own and v.shape != own[k].shape]
-    problems = [f"{what} {items}" for what, items in (("unknown keys", unknown), ("missing keys", missing),
-                                                      ("wrong shapes", shapes)) if items]
-    if problems:
-        raise ValueError(f"{source}: does not fit SimpleHand (after the key mapping): " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
-
-
 def load_official(path, cfg="official"):
     """A released official checkpoint (`epoch_200_rerun1` / `epoch_200_rerun2`: a torch.save dict with
     `state_dict`, `optimizer_state_dict`, `scaler_state_dict`) -> the SimpleHand of `cfg` in eval mode.
@@ -765,7 +751,7 @@ def load_official(path, cfg="official"):
                          f"format), found {found}")
     model = SimpleHand(cfg, _mano_j_regressor())
     state = official_state_dict(checkpoint["state_dict"], model.j_regressor, source=path)
-    load_state_strict(model, state, path)
+    bodymodels.load_state_strict(model, state, path)
     return model.eval()
 
 

@@ -644,13 +644,13 @@ def test_paper_backbone_stage_loads_the_released_key_lists_strictly(name, parts,
     state = official_state(name)
     mapped = genhmr.backbone_state_dicts({"state_dict": state})
     for part in parts:
-        genhmr.load_strict(getattr(regressor, part), mapped[part], name)  # every key and shape, both ways
+        bodymodels.load_state_strict(getattr(regressor, part), mapped[part], name)  # every key and shape, both ways
     assert {part for part, sub in mapped.items() if sub} == parts
     assert {k.split(".")[0] for k in state if not k.startswith(tuple(p + "." for p in parts))} == left_out
     assert regressor.backbone(torch.empty(1, 3, 256, 192, device="meta")).shape == (1, 1280, 16, 12)
     with torch.device("meta"):  # the image stage's ViT is the same module
         vit = genhmr.ViT(genhmr.PAPER)
-    genhmr.load_strict(vit, mapped["backbone"], name)
+    bodymodels.load_state_strict(vit, mapped["backbone"], name)
 
 
 def test_load_backbone_reads_each_layout_and_names_what_does_not_fit(tmp_path):
@@ -677,7 +677,7 @@ def test_load_backbone_reads_each_layout_and_names_what_does_not_fit(tmp_path):
             assert all(torch.equal(v, theirs[k]) for k, v in getattr(target, part).state_dict().items())
     del layouts["vitpose.pth"]["state_dict"]["backbone.blocks.0.attn.proj.bias"]
     torch.save(layouts["vitpose.pth"], tmp_path / "vitpose.pth")
-    with pytest.raises(ValueError, match=r"vitpose.pth \(backbone.\*\): does not fit ViT: "
+    with pytest.raises(ValueError, match=r"vitpose.pth \(backbone.\*\): does not fit ViT \(after the key mapping\): "
                                          r"missing keys \['blocks.0.attn.proj.bias'"):
         genhmr.load_backbone(genhmr.ViT(cfg), str(tmp_path / "vitpose.pth"))
     with pytest.raises(ValueError, match=r"wrong shapes \['pos_embed \(1, 17, 32\) \(expected \(1, 5, 32\)\)'\]"):
@@ -702,7 +702,7 @@ def test_official_hmr2_vit_and_smpl_head_fixture_matches():
     regressor = genhmr.PoseRegressor(cfg, genhmr.PoseTokenizer(TOK, body=torch.nn.Module())).eval()
     parts = genhmr.backbone_state_dicts(fx)
     for part in ("backbone", "smpl_head"):
-        genhmr.load_strict(getattr(regressor, part), parts[part], "fixture")
+        bodymodels.load_state_strict(getattr(regressor, part), parts[part], "fixture")
     image = fx["image_uint8"].float() / 255  # our input: RGB in [0, 1]
     normalised = (image - regressor.mean_std[0]) / regressor.mean_std[1]
     captured = {}

@@ -405,7 +405,7 @@ def test_bad_input_gets_one_clear_error(bases, tmp_path):
     state["mano_head.decshape.weight"] = torch.zeros(3, 3)
     with pytest.raises(ValueError, match=r"ckpt: .*unknown keys \['backbone.extra.weight'\].*"
                                          r"mano_head.decshape.weight \(3, 3\) \(expected \(10, 64\)\)"):
-        ha.load_mapped(bases.hand_expert, state, "ckpt")
+        bodymodels.load_state_strict(bases.hand_expert, state, "ckpt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,10 +426,10 @@ def test_released_hamer_and_smplerx_weights_load_strictly_at_paper_size():
     with torch.device("meta"):
         bases = ha.Bases(ha.BASES_PAPER)
     hamer = official_state("hamer")
-    ha.load_mapped(bases.hand_expert, ha.hamer_state_dict({"state_dict": hamer}), "hamer")
+    bodymodels.load_state_strict(bases.hand_expert, ha.hamer_state_dict({"state_dict": hamer}), "hamer")
     smplerx = official_state("smpler_x_h32")
     mapped = ha.smplerx_state_dict({"network": smplerx})
-    ha.load_mapped(bases.whole_body, mapped, "smplerx")
+    bodymodels.load_state_strict(bases.whole_body, mapped, "smplerx")
     # what the mappings leave out: HaMeR's adversary and MANO buffers; SMPLer-X's hand regressor and face box
     assert {k.split(".")[0] for k in set(hamer) - set(ha.hamer_state_dict(hamer))} == {"discriminator", "mano", "initialized"}
     dropped = {k.removeprefix("module.") for k in smplerx} - set(mapped)
@@ -533,7 +533,7 @@ def test_hamer_fixture_the_official_crop_and_outputs_through_the_mapping():
     cfg = dataclasses.replace(ha.BASES_PAPER, hand_width=32, hand_depth=2, hand_heads=2, head_dim=32, head_depth=2,
                               head_heads=2, head_dim_head=16, head_mlp=64)
     expert = ha.HandExpert(cfg).eval()
-    ha.load_mapped(expert, ha.hamer_state_dict({"state_dict": fx["state_dict"]}), "hamer fixture")
+    bodymodels.load_state_strict(expert, ha.hamer_state_dict({"state_dict": fx["state_dict"]}), "hamer fixture")
     mean = 255 * torch.tensor(ha.IMAGENET_MEAN, dtype=torch.float64)[:, None, None]
     std = 255 * torch.tensor(ha.IMAGENET_STD, dtype=torch.float64)[:, None, None]
     image = fx["image"][None].float() / 255  # (1, 3, 40, 50): data.py's convention, 8-bit values / 255
@@ -563,7 +563,7 @@ def test_smplerx_fixture_outputs_through_the_mapping():
                               body_hm_depth=4, body_rot_hidden=8, box_channels=(16, 16, 16), hand_roi=8,
                               hand_roi_channels=(16, 8), hand_hm_depth=4)
     wb = ha.WholeBody(cfg).eval()
-    ha.load_mapped(wb, ha.smplerx_state_dict({"network": fx["network"]}), "smplerx fixture")
+    bodymodels.load_state_strict(wb, ha.smplerx_state_dict({"network": fx["network"]}), "smplerx fixture")
     image = fx["image"][None].float() / 255
     with torch.no_grad():
         out = wb(image)

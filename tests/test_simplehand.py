@@ -589,7 +589,7 @@ def reduced_official_model(fixture, cfg=OFFICIAL_REDUCED):
     model = sh.SimpleHand(cfg, torch.zeros(16, 778))
     model.backbone = ForwardFeatures(PatchifyStub())
     state = sh.official_state_dict(fixture["state_dict"], fixture["j_regressor"])
-    sh.load_state_strict(model, state, "handnet_reduced.pt")
+    bodymodels.load_state_strict(model, state, "handnet_reduced.pt")
     return model.eval()
 
 
