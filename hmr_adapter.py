@@ -1205,14 +1205,29 @@ def smplerx_state_dict(checkpoint):
     return state
 
 
+def released_checkpoints(cfg):
+    """The released files the paper bases start from: [(path, BaseConfig field)]; [] when both fields
+    are "" (TINY's stand-ins, or random paper bases for a size check). A missing file is an error."""
+    fields = ("hamer_checkpoint", "smplerx_checkpoint")
+    if not any(getattr(cfg, f) for f in fields):
+        return []
+    for field in fields:
+        path = getattr(cfg, field)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"base checkpoint {path!r} (BaseConfig.{field}) does not exist: the paper config "
+                                    "adapts the released HaMeR and SMPLer-X-H32 weights; put them there (README), or "
+                                    "set both to '' (--set hamer_checkpoint= --set smplerx_checkpoint=) for random "
+                                    "bases: a size check, not the paper")
+    return [(getattr(cfg, f), f) for f in fields]
+
+
 def load_pretrained(bases, cfg):
     """The released HaMeR and SMPLer-X weights (cfg.hamer_checkpoint, cfg.smplerx_checkpoint) into
     the bases. Read with torch.load(weights_only=True), so a checkpoint cannot run code."""
-    for module, path, mapping, field in ((bases.hand_expert, cfg.hamer_checkpoint, hamer_state_dict, "hamer_checkpoint"),
-                                         (bases.whole_body, cfg.smplerx_checkpoint, smplerx_state_dict, "smplerx_checkpoint")):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"base checkpoint {path!r} (BaseConfig.{field}) does not exist: the paper config "
-                                    "adapts the released HaMeR and SMPLer-X-H32 weights; put them there (README)")
+    mappings = {"hamer_checkpoint": (bases.hand_expert, hamer_state_dict),
+                "smplerx_checkpoint": (bases.whole_body, smplerx_state_dict)}
+    for path, field in released_checkpoints(cfg):
+        module, mapping = mappings[field]
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:  # e.g. a Lightning file's pickled hyper-parameters
@@ -1224,16 +1239,11 @@ def load_pretrained(bases, cfg):
 
 
 def _build_bases(cfg, parent=None):
-    """train.py's "hmr_adapter_bases": the tiny stand-ins to train, or (paper) the released weights.
-    With neither released file present the paper bases keep their random weights, with a warning: a
-    run that checks sizes and memory on synthetic data (one file without the other is an error)."""
+    """train.py's "hmr_adapter_bases": the tiny stand-ins to train, or (paper) the released weights,
+    checked before the 1.3B parameters are built. Both paths "" keep the paper bases' random weights."""
+    released_checkpoints(cfg)  # a missing file fails here, in one line
     bases = Bases(cfg)
-    paths = [p for p in (cfg.hamer_checkpoint, cfg.smplerx_checkpoint) if p]
-    if paths and not any(os.path.isfile(p) for p in paths):
-        print(f"hmr_adapter: WARNING: no released weights at {' or '.join(paths)} (BaseConfig.hamer_checkpoint, "
-              "smplerx_checkpoint): the paper bases keep their RANDOM initialisation; a size check, not the paper")
-    elif paths:
-        load_pretrained(bases, cfg)
+    load_pretrained(bases, cfg)
     return bases
 
 

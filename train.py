@@ -693,6 +693,24 @@ def run_stage(name, config_name, overrides, resume, sizes, args, ranks):
     gc.collect()
 
 
+def lineage(name):
+    """name and the stages it starts from, newest first."""
+    chain = [name]
+    while MODELS[chain[-1]].starts_from is not None:
+        chain.append(MODELS[chain[-1]].starts_from)
+    return chain
+
+
+def config_fields(name, config_name):
+    """The field names of stage `name`'s config `config_name`."""
+    return {f.name for f in dataclasses.fields(MODELS[name].paper.CONFIGS[config_name])}
+
+
+def set_key(item):
+    """The field a --set KEY=VALUE item names."""
+    return item.partition("=")[0].strip()
+
+
 def stages_before(name, args):
     """The stages `name` starts from, oldest first, whose checkpoint is missing or unfinished: they run first."""
     chain, parent = [], MODELS[name].starts_from
@@ -721,7 +739,7 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=20, help="one log line every this many steps (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order, the synthetic data and the initial weights (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue OUT/<model>/ckpt.pt: weights, optimiser, step, RNG states, data position")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field of --model (and of the stages it starts from that run here and have it), parsed by its type (repeatable), e.g. --set lr=1e-3")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, parsed by its type (repeatable), e.g. --set lr=1e-3: for --model and each stage it starts from that runs here, where its config has the field")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto, cuda when available)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank (default: 0)")
     p.add_argument("--train-samples", type=int, default=None, help="size of the synthetic training set, rendered once, for --model and the stages it starts from that run here (default: each stage's)")
@@ -734,15 +752,13 @@ def check_args(args):
     if args.model not in MODELS:
         fail(f"unknown --model {args.model!r}; expected one of: {', '.join(MODELS)}")
     kind, sep, path = args.data.partition(":")
-    name = args.model
-    while name is not None:  # the stage, then the stages it starts from
+    for name in lineage(args.model):  # the stage, then the stages it starts from
         stage, which = MODELS[name], name if name == args.model else f"{name} (which {args.model} starts from)"
         if args.config not in stage.paper.CONFIGS:
             fail(f"unknown --config {args.config!r} for {which}; expected one of: {', '.join(stage.paper.CONFIGS)}")
         if kind not in stage.data_kinds or (kind == "synthetic") == bool(sep):
             fail(f"--data {args.data!r}: {which} expects " +
                  ", ".join(k if k == "synthetic" else f"{k}:PATH" for k in stage.data_kinds))
-        name = stage.starts_from
     if kind != "synthetic" and not os.path.isdir(path):
         fail(f"--data {args.data}: folder {path!r} does not exist; expected the dataset's root folder")
     if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
@@ -787,12 +803,14 @@ def main(argv=None):
         ranks.print0(f"== stage {parent}, which {args.model} starts from ==")
         exists = os.path.exists(os.path.join(args.out, parent, "ckpt.pt"))
         preset = MODELS[parent].paper.CONFIGS[args.config]
-        fields = {f.name for f in dataclasses.fields(preset)}
-        overrides = [o for o in args.set if o.partition("=")[0].strip() in fields]
+        overrides = [o for o in args.set if set_key(o) in config_fields(parent, args.config)]
         if args.max_steps is not None:
             overrides.append(f"max_steps={min(args.max_steps, preset.max_steps)}")
         run_stage(parent, args.config, overrides, exists, sizes, args, ranks)
-    overrides = ([f"max_steps={args.max_steps}"] if args.max_steps is not None else []) + args.set
+    # --model takes its own fields and any field no stage has (apply_overrides names it in one line)
+    parents_only = set().union(*(config_fields(p, args.config) for p in lineage(args.model)[1:]))
+    overrides = [o for o in args.set if set_key(o) in config_fields(args.model, args.config) or set_key(o) not in parents_only]
+    overrides = ([f"max_steps={args.max_steps}"] if args.max_steps is not None else []) + overrides
     run_stage(args.model, args.config, overrides, args.resume, sizes, args, ranks)
 
     # -- clean exit: the DDP wrappers are released; a barrier, then the process group (FACTS)
