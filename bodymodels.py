@@ -35,6 +35,10 @@ Map of the file. Part I, the reference:
 6. Loaders: `load_mano`, `load_smpl`, `load_smplx` (real files, or the stand-ins of Part II), and
    `load_state_strict` (a mapped checkpoint into a module, every wrong key named).
 7. Pictures: `plot_mesh_views` (a mesh from three views), `draw_skeleton` (2D keypoints and bones).
+8. An image in, meshes out (what every paper's `--image` command shares): `read_image`,
+   `read_keypoints` (COCO(-WholeBody), mmpose / ViTPose, OpenPose JSON), boxes and crops
+   (`crop_box`, `crop_matrix`, `warp_image`), `solve_translation`, `write_obj` / `read_obj`,
+   `write_npz`, `draw_demo`, reading train.py checkpoints (`load_trained`), and `run_demo`.
 Part II, the machinery: reading model files safely, `atomic_write`, and the procedural stand-ins.
 """
 
@@ -614,7 +618,6 @@ def plot_mesh_views(verts, faces, joints=None, parents=None, title=None):
     shading from a light at the viewer, which stays fast for SMPL-X's 20k faces.
     Returns a matplotlib Figure (not attached to pyplot, so nothing leaks between calls).
     """
-    from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
 
     verts, faces = _numpy(verts).astype(np.float64), _numpy(faces).astype(np.int64)
@@ -632,15 +635,9 @@ def plot_mesh_views(verts, faces, joints=None, parents=None, title=None):
     for ax, (name, rows) in zip(fig.subplots(1, 3), _VIEWS.items()):
         M = np.array(rows, dtype=np.float64)
         tri = ((verts - centre) @ M.T)[faces]  # (F, 3 corners, [right, up, towards viewer])
-        # 1. Lambert shading, light at the viewer: |cos| of the normal with the view axis
-        normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # (F, 3)
-        lambert = np.abs(normal[:, 2]) / np.maximum(np.linalg.norm(normal, axis=1), 1e-20)
-        # 2. painter's algorithm: far faces first
-        order = np.argsort(tri[:, :, 2].mean(1))
-        colors = np.array([0.62, 0.72, 0.85]) * (0.25 + 0.75 * lambert[order, None])
-        ax.add_collection(PolyCollection(tri[order, :, :2], facecolors=colors, edgecolors=colors,
-                                         linewidths=0.2))
-        # 3. joints and bones on top
+        # 1. faces far to near, shaded with the light at the viewer (`_paint`)
+        _paint(ax, tri[..., :2], -tri[..., 2], MESH_COLORS[0], normal_z=_lambert_to_viewer(tri))
+        # 2. joints and bones on top
         if joints is not None:
             q = (joints - centre) @ M.T  # (J, 3)
             draw_skeleton(ax, q[:, :2], parents, color="crimson", linewidth=1.5, size=10, dots=None)
@@ -686,6 +683,450 @@ def draw_skeleton(ax, points, parents, color="crimson", label=None, linewidth=1.
     edges = dict(edgecolors="black", linewidths=0.3) if dots is not None else {}
     ax.scatter(points[:, 0], points[:, 1], s=size, c=face, zorder=zorder + 1, **edges)
     return bones
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. An image in, meshes out: what every paper's `--image` command shares
+#
+# Each paper file reads its own checkpoint, crops the image its own way and predicts; the rest is
+# here once: reading images and 2D keypoint files, boxes and crops, placing a root-relative mesh
+# in the camera, the picture, and the .obj / .npz files. Bad input raises InputError, whose
+# message names the file, key, shape or box that is wrong; `run_demo` turns it into one line on
+# stderr and exit status 2, and writes every file atomically, after everything was computed.
+
+
+class InputError(ValueError):
+    """Bad input from the user (a file, a key, a shape, a box); the message says which and why."""
+
+
+MIN_IMAGE_SIDE = 16  # pixels: smaller is not a picture of a person or a hand
+MAX_IMAGE_PIXELS = 100_000_000  # 100 megapixels: larger is refused before its pixels are decoded
+
+
+def read_image(path):
+    """An image file of any mode -> (3, H, W) float32 RGB in [0, 1], upright.
+
+    Through Pillow: the EXIF orientation is applied (as cv2.imread does), grayscale is repeated
+    over the three channels, a palette is expanded, an alpha channel is dropped (the stored colour
+    is kept, as cv2.imread does), 16-bit images are divided by 65535 and 8-bit ones by 255.
+    Raises InputError naming the file if it is missing, not an image, truncated, or smaller than
+    MIN_IMAGE_SIDE or larger than MAX_IMAGE_PIXELS."""
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        with Image.open(path) as im:
+            W, H = im.size
+            if min(W, H) < MIN_IMAGE_SIDE or W * H > MAX_IMAGE_PIXELS:
+                raise InputError(f"{path}: an image of {W} x {H} pixels; expected sides of at least "
+                                 f"{MIN_IMAGE_SIDE} and at most {MAX_IMAGE_PIXELS // 1_000_000} megapixels")
+            im = ImageOps.exif_transpose(im)
+            array = _image_array(im)
+    except InputError:
+        raise
+    except Exception as e:  # Pillow raises several types for a file that is not an image or is cut short
+        raise InputError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def _image_array(im):
+    """A Pillow image -> (H, W, 3) float32 in [0, 1]."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit (PNG's 16-bit gray opens as I or I;16)
+        gray = np.asarray(im, dtype=np.float64) / 65535
+        return np.repeat(np.clip(gray, 0, 1)[..., None], 3, -1).astype(np.float32)
+    if im.mode == "F":
+        return np.repeat(np.clip(np.asarray(im, dtype=np.float32), 0, 1)[..., None], 3, -1)
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA")
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+
+
+# COCO's 17 body keypoints in the order of OpenPose's BODY_25 and COCO-18 models' outputs
+COCO17_FROM_OPENPOSE = {25: (0, 16, 15, 18, 17, 5, 2, 6, 3, 7, 4, 12, 9, 13, 10, 14, 11),
+                        18: (0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10)}
+COCO17_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+                "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+                "right_knee", "left_ankle", "right_ankle")
+# COCO-WholeBody's 133: body 17, feet 6, face 68, left hand 21, right hand 21. A hand's 21 follow
+# OpenPose's hand order, which is FreiHAND's (wrist, then thumb, index, middle, ring, pinky, base to tip).
+WHOLEBODY_PARTS = {"body": slice(0, 17), "feet": slice(17, 23), "face": slice(23, 91),
+                   "left_hand": slice(91, 112), "right_hand": slice(112, 133)}
+
+
+def read_keypoints(path):
+    """2D keypoints of people from a JSON file -> a list of people, each a dict of (N, 3) float64
+    arrays [x, y, confidence] in pixels: "body" (17, COCO order), and where the file has them
+    "feet" (6), "face" (68), "left_hand" and "right_hand" (21 each, FreiHAND's order); and "score".
+
+    Reads what pose detectors write: ViTPose / mmpose results (a list of {"keypoints": 17 or 133
+    [x, y, score] triples, flat or nested, optional "keypoint_scores", "score"}, also under
+    "instance_info" or "predictions"), COCO and COCO-WholeBody annotations ({"annotations": [...]},
+    with "lefthand_kpts", "righthand_kpts", "foot_kpts", "face_kpts"; visibility > 0 counts as
+    confidence 1), and OpenPose ({"people": [{"pose_keypoints_2d": BODY_25 or COCO-18,
+    "hand_left_keypoints_2d", "hand_right_keypoints_2d", "face_keypoints_2d"}]}). Raises InputError
+    naming the file and the key that does not fit."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        doc = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not a JSON file ({e})") from None
+    if isinstance(doc, dict) and "predictions" in doc:  # mmpose's inferencer: one list per frame
+        doc = doc["predictions"][0] if doc["predictions"] else []
+    if isinstance(doc, dict) and "people" in doc:
+        people = [_openpose_person(p, path) for p in doc["people"]]
+    else:
+        items = doc.get("instance_info", doc.get("annotations")) if isinstance(doc, dict) else doc
+        if not isinstance(items, list):
+            raise InputError(f"{path}: expected a list of people, or a dict with 'annotations', 'instance_info', "
+                             f"'predictions' or 'people' (COCO, mmpose / ViTPose or OpenPose JSON)")
+        coco = isinstance(doc, dict) and "annotations" in doc  # ground truth: visibility 0 / 1 / 2, not scores
+        people = [_coco_person(p, path, k, coco) for k, p in enumerate(items)]
+    if not people:
+        raise InputError(f"{path}: no people in the file")
+    return people
+
+
+def _triples(values, count, path, key):
+    """A flat or nested list of [x, y, c] (or [x, y] with scores elsewhere) -> (count, 3) float64."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 3 * count:
+        return a.reshape(count, 3)
+    raise InputError(f"{path}: '{key}' has {a.size} numbers; expected {count} keypoints x [x, y, confidence]")
+
+
+def _coco_person(p, path, k, visibility):
+    if not isinstance(p, dict) or "keypoints" not in p:
+        raise InputError(f"{path}: person {k} has no 'keypoints'")
+    kp = np.asarray(p["keypoints"], dtype=np.float64)
+    if "keypoint_scores" in p:  # mmpose 1.x: keypoints (N, 2) and scores (N,)
+        kp = np.concatenate([kp.reshape(-1, 2), np.asarray(p["keypoint_scores"], dtype=np.float64).reshape(-1, 1)], 1)
+    n = kp.size // 3
+    if n not in (17, 133):
+        raise InputError(f"{path}: person {k}: 'keypoints' has {kp.size} numbers; expected 17 (COCO) or 133 "
+                         "(COCO-WholeBody) keypoints x [x, y, confidence]")
+    kp = _triples(kp, n, path, "keypoints")
+    person = {part: kp[s] for part, s in WHOLEBODY_PARTS.items() if s.stop <= n}
+    extra = {"foot_kpts": ("feet", 6), "face_kpts": ("face", 68), "lefthand_kpts": ("left_hand", 21),
+             "righthand_kpts": ("right_hand", 21)}
+    for key, (part, count) in extra.items():
+        if key in p:
+            person[part] = _triples(p[key], count, path, key)
+    if visibility:
+        for part in person:
+            person[part][:, 2] = person[part][:, 2] > 0
+    person["score"] = float(np.asarray(p.get("score", 1.0)).mean())
+    return person
+
+
+def _openpose_person(p, path):
+    body = np.asarray(p.get("pose_keypoints_2d", []), dtype=np.float64)
+    if body.size // 3 not in COCO17_FROM_OPENPOSE:
+        raise InputError(f"{path}: 'pose_keypoints_2d' has {body.size} numbers; expected BODY_25 (75) or COCO-18 (54)")
+    body = _triples(body, body.size // 3, path, "pose_keypoints_2d")
+    person = {"body": body[list(COCO17_FROM_OPENPOSE[len(body)])]}
+    for key, part, count in (("hand_left_keypoints_2d", "left_hand", 21), ("hand_right_keypoints_2d", "right_hand", 21),
+                             ("face_keypoints_2d", "face", 70)):
+        if len(p.get(key, [])):
+            person[part] = _triples(p[key], count, path, key)[:68]
+    person["score"] = float(body[:, 2].mean())
+    return person
+
+
+def keypoint_box(points, min_confidence=0.3):
+    """The box (x0, y0, x1, y1) around the keypoints (N, 3) whose confidence is at least
+    min_confidence, or None if fewer than two are."""
+    points = np.asarray(points, dtype=np.float64)
+    good = points[points[:, 2] >= min_confidence, :2]
+    if len(good) < 2:
+        return None
+    return (*good.min(0), *good.max(0))
+
+
+def pick_person(people, box=None):
+    """The person to reconstruct: the one whose body keypoints' box overlaps `box` most (IoU), or
+    without a box the one with the highest score."""
+    if box is None:
+        return max(people, key=lambda p: p["score"])
+
+    def iou(p):
+        b = keypoint_box(np.concatenate([v for k, v in p.items() if k != "score"]))
+        if b is None:
+            return 0.0
+        w = max(0.0, min(b[2], box[2]) - max(b[0], box[0]))
+        h = max(0.0, min(b[3], box[3]) - max(b[1], box[1]))
+        union = (b[2] - b[0]) * (b[3] - b[1]) + (box[2] - box[0]) * (box[3] - box[1]) - w * h
+        return w * h / max(union, 1e-9)
+    return max(people, key=iou)
+
+
+def check_box(box, image_hw, what="--box"):
+    """box (x0, y0, x1, y1) pixels -> the same as a float tuple, after checking that it is finite,
+    not empty and overlaps the image of size image_hw = (H, W); raises InputError otherwise."""
+    H, W = image_hw
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(np.isfinite([x0, y0, x1, y1])) or x1 <= x0 or y1 <= y0:
+        raise InputError(f"{what} {x0:g} {y0:g} {x1:g} {y1:g}: empty; expected X0 Y0 X1 Y1 with X1 > X0 and Y1 > Y0")
+    if x1 <= 0 or y1 <= 0 or x0 >= W or y0 >= H:
+        raise InputError(f"{what} {x0:g} {y0:g} {x1:g} {y1:g}: outside the image of {W} x {H} pixels")
+    return x0, y0, x1, y1
+
+
+def crop_box(box, aspect_hw, enlarge=1.0):
+    """The crop around box (x0, y0, x1, y1): the smallest rectangle of aspect H:W = aspect_hw
+    centred on the box that covers it, times enlarge -> (centre (cx, cy), size (w, h)) in pixels."""
+    x0, y0, x1, y1 = box
+    ratio = aspect_hw[0] / aspect_hw[1]
+    w, h = x1 - x0, y1 - y0
+    w, h = max(w, h / ratio), max(h, w * ratio)
+    return ((x0 + x1) / 2, (y0 + y1) / 2), (w * enlarge, h * enlarge)
+
+
+def crop_matrix(centre, size, out_hw, flip=False):
+    """The pixel transform A (3, 3) of a crop: the rectangle of `size` (w, h) at `centre` (cx, cy) of
+    the full image onto an image of out_hw (H, W), mirrored left-right if flip. Pixel edges map to
+    pixel edges (the rectangle's corner (cx - w/2, cy - h/2) to (0, 0)), as `warp_image` reads them;
+    a camera K of the full image becomes A @ K for the crop (a mirror also mirrors x)."""
+    (cx, cy), (w, h), (H, W) = centre, size, out_hw
+    sx, sy = W / w, H / h
+    A = torch.tensor([[sx, 0.0, -sx * (cx - w / 2)], [0.0, sy, -sy * (cy - h / 2)], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    if flip:
+        A = torch.tensor([[-1.0, 0.0, W], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64) @ A
+    return A
+
+
+def warp_image(image, A, size, steps=None):
+    """Resample image (3, h, w) so that input pixel p lands on output pixel ~ A p (A (3, 3): an
+    affine transform or any homography), at size (int or (H, W)). Bilinear, black outside, pixel
+    centres at j + 0.5 (grid_sample's align_corners=False). steps: read positions rounded to
+    1/steps pixel, as cv2's INTER_LINEAR does with steps = 32 (a visible difference only where a
+    bilinear read straddles the black outside); None = exact."""
+    height, width = (size, size) if isinstance(size, int) else size
+    h, w = image.shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
+                            torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
+    q = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)  # (H, W, 3) output pixel centres
+    p = q @ torch.linalg.inv(torch.as_tensor(A).double()).T  # where each output pixel reads
+    p = p[..., :2] / p[..., 2:]
+    if steps:
+        p = torch.round(p * steps) / steps  # (p - 0.5) * steps is an integer shift away: cv2's grid too
+    grid = (p / torch.tensor([w, h], dtype=torch.float64) * 2 - 1).float()  # align_corners=False
+    return F.grid_sample(image[None], grid[None].to(image.device), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)[0]
+
+
+def solve_translation(points, uv, K, weights=None):
+    """The translation t (3,) that best puts root-relative points (N, 3) where they were seen:
+    perspective_projection(points + t, K) ~ uv (N, 2) pixels, in the least-squares sense of the
+    linear equations f_x (X + t_x) - (u - c_x)(Z + t_z) = 0 (and the same in y), weighted by
+    weights (N,). Exact when the points project exactly; no iteration, no initial guess."""
+    X, uv, K = points.double(), uv.double(), K.double()
+    w = torch.ones(len(X), dtype=torch.float64) if weights is None else torch.as_tensor(weights).double()
+    rows, rhs = [], []
+    for a in (0, 1):  # x, then y: f (X_a + t_a) = d (Z + t_z) with d = u_a - c_a
+        f, d = K[a, a], uv[:, a] - K[a, 2]
+        row = torch.zeros(len(X), 3, dtype=torch.float64)
+        row[:, a], row[:, 2] = f, -d
+        rows.append(row * w[:, None])
+        rhs.append((d * X[:, 2] - f * X[:, a]) * w)
+    t = torch.linalg.lstsq(torch.cat(rows), torch.cat(rhs)[:, None]).solution[:, 0]
+    return t.to(points.dtype)
+
+
+def mirror_mesh(verts, faces):
+    """A mesh mirrored x -> -x, with its faces' winding reversed so that they still face outwards
+    (a mirror turns counter-clockwise into clockwise): how a left hand comes from the right MANO."""
+    return verts * verts.new_tensor([-1.0, 1.0, 1.0]), faces[:, [0, 2, 1]]
+
+
+def write_obj(path, verts, faces):
+    """Write a triangle mesh as Wavefront .obj (atomically): verts (V, 3), faces (F, 3) 0-based."""
+    verts, faces = _numpy(verts).astype(np.float64), _numpy(faces).astype(np.int64)
+    lines = ["# metres, camera frame: x right, y down, z forward (OpenCV); faces counter-clockwise seen from outside"]
+    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in verts]
+    lines += [f"f {a} {b} {c}" for a, b, c in faces + 1]
+    return atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+
+
+def read_obj(path):
+    """A Wavefront .obj -> verts (V, 3) float64, faces (F, 3) int64 0-based (polygons fanned into
+    triangles; texture and normal indices dropped)."""
+    verts, faces = [], []
+    for line in Path(path).read_text().splitlines():
+        parts = line.split()
+        if parts[:1] == ["v"]:
+            verts.append([float(v) for v in parts[1:4]])
+        elif parts[:1] == ["f"]:
+            ids = [int(p.split("/")[0]) for p in parts[1:]]
+            ids = [i - 1 if i > 0 else len(verts) + i for i in ids]
+            faces += [[ids[0], ids[k], ids[k + 1]] for k in range(1, len(ids) - 1)]
+    return torch.tensor(verts, dtype=torch.float64).reshape(-1, 3), torch.tensor(faces, dtype=torch.int64).reshape(-1, 3)
+
+
+def write_npz(path, arrays, docs):
+    """Write arrays {key: tensor or array} to an .npz (atomically), with a "README" entry that lists
+    each key with docs[key] (shape, units, frame); every key must be documented."""
+    undocumented = sorted(set(arrays) - set(docs))
+    if undocumented:
+        raise ValueError(f"write_npz: keys without a description: {undocumented}")
+    out = {k: _numpy(v) for k, v in arrays.items()}
+    out["README"] = np.array("\n".join(f"{k} {out[k].shape}: {docs[k]}" for k in arrays))
+    return atomic_write(path, lambda f: np.savez(f, **out))
+
+
+def _paint(ax, tri, depth, color, **kwargs):
+    """Triangles tri (F, 3, 2) on a matplotlib axis, far first (painter's algorithm), shaded by
+    Lambert's law with the light at the viewer; depth (F, 3) per corner (larger = farther) and the
+    triangles' 3D corners give the shading through kwargs["normal_z"] (F,) in [0, 1]."""
+    from matplotlib.collections import PolyCollection
+
+    order = np.argsort(-depth.mean(1))
+    colors = np.asarray(color)[None] * (0.25 + 0.75 * kwargs.pop("normal_z")[order, None])
+    ax.add_collection(PolyCollection(tri[order], facecolors=colors, edgecolors=colors, linewidths=0.2, **kwargs))
+
+
+def _lambert_to_viewer(corners):
+    """|cos| between each triangle's normal and the viewing axis (z): corners (F, 3, 3) -> (F,)."""
+    normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    return np.abs(normal[:, 2]) / np.maximum(np.linalg.norm(normal, axis=1), 1e-20)
+
+
+MESH_COLORS = ((0.62, 0.72, 0.85), (0.90, 0.62, 0.45), (0.55, 0.80, 0.55))
+
+
+def draw_demo(path, image, meshes, K, keypoints=None):
+    """Save a PNG: the image, the meshes drawn over it through the camera K (3, 3) (pixels), and the
+    meshes from the side (turned 90 degrees about the vertical axis through their centre).
+    meshes: [(name, verts (V, 3) camera frame, faces (F, 3))]; keypoints (N, 2) pixels, or None."""
+    from matplotlib.figure import Figure
+
+    img = _numpy(image.permute(1, 2, 0)).clip(0, 1)
+    H, W = img.shape[:2]
+    fig = Figure(figsize=(12, 4.4 * max(H / W, 0.5)), layout="constrained")
+    ax_in, ax_over, ax_side = fig.subplots(1, 3)
+    for ax in (ax_in, ax_over):
+        ax.imshow(img, extent=(0, W, H, 0))
+        ax.set(xlim=(0, W), ylim=(H, 0))
+        ax.set_axis_off()
+    if keypoints is not None:
+        ax_in.scatter(*_numpy(keypoints)[:, :2].T, s=6, c="red")
+    K = _numpy(K).astype(np.float64)
+    arrays = [(_numpy(v).astype(np.float64), _numpy(f).astype(np.int64)) for _, v, f in meshes]
+    centre = np.concatenate([v for v, _ in arrays]).mean(0)
+    turn = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # seen from the camera's right
+    for k, (v, f) in enumerate(arrays):
+        uvw = v @ K.T
+        uv = uvw[:, :2] / uvw[:, 2:]
+        _paint(ax_over, uv[f], v[f][..., 2], MESH_COLORS[k % 3], normal_z=_lambert_to_viewer(v[f]))
+        s = (v - centre) @ turn.T
+        _paint(ax_side, s[f][..., :2], s[f][..., 2], MESH_COLORS[k % 3], normal_z=_lambert_to_viewer(s[f]))
+    side = np.concatenate([(v - centre) @ turn.T for v, _ in arrays])
+    r = 0.55 * (side.max(0) - side.min(0))[:2].max()
+    ax_side.set(xlim=(-r, r), ylim=(r, -r), aspect="equal", xticks=[], yticks=[])
+    ax_in.set_title("input", fontsize=9)
+    ax_over.set_title("predicted mesh", fontsize=9)
+    ax_side.set_title("side view (from the right)", fontsize=9)
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+def add_demo_arguments(parser, stage, hands=False):
+    """The arguments every paper's `--image` command takes (see run_demo)."""
+    parser.add_argument("--image", metavar="PATH", help="run the model on this image and write a picture, "
+                        ".obj and .npz (any Pillow-readable image: grayscale, RGBA and 16-bit included)")
+    parser.add_argument("--out", default="out/demo", help="folder for the files of --image (default out/demo)")
+    parser.add_argument("--checkpoint", default=f"out/{stage}/ckpt.pt",
+                        help=f"weights: a train.py checkpoint (default out/{stage}/ckpt.pt, the default run's)")
+    parser.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
+                        help="the region of the image to reconstruct, in pixels (default: the whole image)")
+    parser.add_argument("--keypoints", metavar="FILE", help="2D keypoints in COCO(-WholeBody), mmpose / ViTPose or "
+                        "OpenPose JSON: they give the box" + (" and the hands" if hands else ""))
+    if hands:
+        parser.add_argument("--left", action="store_true", help="the hand in --box is a left hand")
+
+
+def run_demo(args, infer, program):
+    """The `--image` command: read the image, the box and the keypoints, predict, write.
+
+    infer(image (3, H, W), box or None, people or None, args) -> dict with "meshes": [(suffix,
+    verts (V, 3) metres in the full image's camera frame, faces (F, 3) facing outwards)], "K" (3, 3)
+    that camera, "arrays" and "docs" (the .npz's keys and their descriptions), optional
+    "keypoints" (N, 2) pixels to mark. Writes OUT/NAME.png, OUT/NAME[_suffix].obj per mesh and
+    OUT/NAME.npz, printing one line per file; on InputError prints one line and exits with status 2."""
+    try:
+        image = read_image(args.image)
+        box = check_box(args.box, image.shape[-2:]) if args.box else None
+        people = read_keypoints(args.keypoints) if args.keypoints else None
+        result = infer(image, box, people, args)
+    except InputError as e:
+        print(f"{program}: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    stem = Path(args.out) / Path(args.image).stem
+    written = [draw_demo(f"{stem}.png", image, result["meshes"], result["K"], result.get("keypoints"))]
+    for suffix, verts, faces in result["meshes"]:
+        written.append(write_obj(f"{stem}{'_' + suffix if suffix else ''}.obj", verts, faces))
+    written.append(write_npz(f"{stem}.npz", result["arrays"], result["docs"]))
+    for p in written:
+        print(f"wrote {p}")
+    return written
+
+
+def read_train_checkpoint(path, stage):
+    """The dict train.py saved at `path` (weights_only), after checking it is a train.py checkpoint
+    of stage `stage`; raises InputError naming the file otherwise (missing, truncated, foreign,
+    another paper's or another stage's)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint; train one (torchrun train.py --model {stage}) or pass its path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which, without the unpickler's traceback
+        raise InputError(f"{path}: not a readable train.py checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or "model_name" not in ckpt:
+        raise InputError(f"{path}: not a train.py checkpoint (expected a dict with 'model_name', 'model', 'config', ...)")
+    if ckpt["model_name"] != stage:
+        raise InputError(f"{path}: holds a {ckpt['model_name']!r} model; expected a checkpoint of stage {stage!r}")
+    return ckpt
+
+
+def own_state(model, parent):
+    """The model's state_dict without the tensors it shares with `parent` (train.py saves a stage's
+    own state; the parent's weights live in the parent's checkpoint)."""
+    shared = {t.data_ptr() for t in parent.state_dict().values() if t.numel()} if parent is not None else set()
+    return {k: v for k, v in model.state_dict().items() if not (v.numel() and v.data_ptr() in shared)}
+
+
+def load_stage_state(model, state, parent, path):
+    """Load a train.py checkpoint's own state into `model`: every key the model has must come from
+    `state` or be shared with `parent` (whose weights its own checkpoint holds)."""
+    own = set(own_state(model, parent))
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    missing = sorted(own - set(state))
+    if missing or unexpected:
+        raise InputError(f"{path}: the weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.load_state_dict(state, strict=False)
+
+
+def load_trained(path, chain):
+    """A model trained by train.py, rebuilt from its checkpoint and its parents' -> (model in eval
+    mode, config). chain: [(stage, CONFIGS, build_model(cfg, parent))] from the first stage to the
+    one at `path` (OUT/<stage>/ckpt.pt); a parent's checkpoint is OUT/<parent stage>/ckpt.pt."""
+    path = Path(path)
+    parent = cfg = None
+    for k, (stage, configs, build) in enumerate(chain):
+        p = path if k == len(chain) - 1 else path.parent.parent / stage / "ckpt.pt"
+        ckpt = read_train_checkpoint(p, stage)
+        if ckpt["config_name"] not in configs:
+            raise InputError(f"{p}: config {ckpt['config_name']!r} is not one of {sorted(configs)}")
+        cfg = type(configs[ckpt["config_name"]])(**ckpt["config"])
+        model = build(cfg, parent)
+        load_stage_state(model, ckpt["model"], parent, p)
+        parent = model.eval().requires_grad_(False)
+    return parent, cfg
 
 
 # =============================================================================================

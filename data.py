@@ -37,7 +37,8 @@ transform, A pixel transform (3, 3) acting on homogeneous pixels.
 
 Map of the file. The reference:
 1. Randomness (`sample_rng`, `Draws`) and body models (`body_model`)
-2. Augmentation as a camera change: `AugmentConfig`, `sample_augmentation`, `warp_image`
+2. Augmentation as a camera change: `AugmentConfig`, `sample_augmentation` (images resampled by
+   `bodymodels.warp_image`)
 3. Real hands: `FreiHAND`, `NpzHands`, `write_npz`
 4. Synthetic hands: `SyntheticHands`, and the trainer's `hand_dataset`
 5. Synthetic bodies: `SyntheticPoses`, `SyntheticBodies`, `SyntheticWholeBody`, and the trainer's
@@ -66,7 +67,7 @@ import torch.nn.functional as F
 import bodymodels
 import metrics
 from bodymodels import (FREIHAND_PARENTS, axis_angle_to_matrix, draw_skeleton, forward_kinematics, mano_to_freihand,
-                        matrix_to_axis_angle, mirror_rotation, perspective_projection)
+                        matrix_to_axis_angle, mirror_rotation, perspective_projection, warp_image)
 
 # ---------------------------------------------------------------------------------------------
 # 1. Randomness and body models
@@ -252,26 +253,6 @@ def augment_hand_labels(sample, aug):
     return out
 
 
-def warp_image(image, A, size, steps=None):
-    """Resample image (3, h, w) so that input pixel p lands on output pixel ~ A p (A (3, 3): an
-    affine transform or any homography), at size (int or (H, W)). Bilinear, black outside, pixel
-    centres at j + 0.5 (the module's convention: grid_sample's align_corners=False). steps: read
-    positions rounded to 1/steps pixel, as cv2's INTER_LINEAR does with steps = 32 (a visible
-    difference only where a bilinear read straddles the black outside); None = exact."""
-    height, width = _image_hw(size)
-    h, w = image.shape[-2:]
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
-                            torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
-    q = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)  # (H, W, 3) output pixel centres
-    p = q @ torch.linalg.inv(A.double()).T  # where each output pixel reads
-    p = p[..., :2] / p[..., 2:]
-    if steps:
-        p = torch.round(p * steps) / steps  # (p - 0.5) * steps is an integer shift away: cv2's grid too
-    grid = (p / torch.tensor([w, h], dtype=torch.float64) * 2 - 1).float()  # align_corners=False
-    return F.grid_sample(image[None], grid[None].to(image.device), mode="bilinear", padding_mode="zeros",
-                         align_corners=False)[0]
-
-
 def color_jitter(image, factors):
     """image (3, H, W) in [0, 1]; factors (3,) = brightness, contrast, saturation multipliers."""
     brightness, contrast, saturation = (float(f) for f in factors)
@@ -291,15 +272,6 @@ HAND_KEYS = ("image", "K", "joints3d", "joints2d", "verts", "mano_pose", "mano_s
 
 
 _AUGMENT_STREAM = 1  # sample_rng(seed, epoch, index, stream): stream 0 draws the sample, 1 its augmentation
-
-
-def load_image(path):
-    """An image file -> (3, H, W) float32 RGB in [0, 1] (through Pillow, which matplotlib brings)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        array = np.asarray(im.convert("RGB"))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
 
 
 class _PhotoHands(torch.utils.data.Dataset):
@@ -327,7 +299,7 @@ class _PhotoHands(torch.utils.data.Dataset):
         path = self._image_path(index)
         if not path.is_file():
             raise FileNotFoundError(f"{type(self).__name__}: missing image {path}")
-        image = load_image(path)
+        image = bodymodels.read_image(path)
         i = self._label_index(index)
         labels = {"K": torch.from_numpy(self.K[i]).float(),
                   "joints3d": torch.from_numpy(self.joints3d[i]).float(),

@@ -348,32 +348,18 @@ def seed_everything(seed):
 
 def load_checkpoint(path, name, why="--resume"):
     """The checkpoint dict at `path`, after checking it was written by train.py for stage `name`."""
-    if not os.path.exists(path):
-        fail(f"{why}: no checkpoint at {path}; expected the ckpt.pt of an earlier run with this --out")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which, without the unpickler's traceback
-        fail(f"{why}: {path} is not a readable train.py checkpoint ({type(e).__name__}); "
-             "expected a file written by train.py with torch.save")
-    if not isinstance(ckpt, dict) or "model_name" not in ckpt:
-        fail(f"{why}: {path} is not a train.py checkpoint (expected a dict with 'model_name', 'model', 'optimizer', ...)")
-    if ckpt["model_name"] != name:
-        fail(f"{why}: {path} holds a {ckpt['model_name']!r} model; expected a checkpoint of --model {name}")
-    return ckpt
-
-
-def own_state(model, parent):
-    """The model's state_dict without the tensors it shares with `parent` (they live in the parent's checkpoint)."""
-    shared = {t.data_ptr() for t in parent.state_dict().values() if t.numel()} if parent is not None else set()
-    return {k: v for k, v in model.state_dict().items() if not (v.numel() and v.data_ptr() in shared)}
+        return bodymodels.read_train_checkpoint(path, name)
+    except bodymodels.InputError as e:
+        fail(f"{why}: {e}")
 
 
 def load_own_state(model, state, parent, path):
     """Load a checkpoint's own state; every key the model has must come from it or from `parent`."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = set(missing) - set(model.state_dict()).difference(own_state(model, parent))
-    if missing or unexpected:
-        fail(f"{path}: the weights do not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    try:
+        bodymodels.load_stage_state(model, state, parent, path)
+    except bodymodels.InputError as e:
+        fail(str(e))
 
 
 def restore(ckpt, model, parent, optimizer, ranks, path):
@@ -518,7 +504,7 @@ def save_checkpoint(job, step, train_time, args, ranks):
         n, seen = len(job.train_set), step * job.cfg.batch_size  # samples consumed: the data position
         save_file(dict(
             model_name=job.name, config_name=job.config_name, config=dataclasses.asdict(job.cfg),
-            model=own_state(job.raw_model, job.parent), optimizer=job.optimizer.state_dict(),
+            model=bodymodels.own_state(job.raw_model, job.parent), optimizer=job.optimizer.state_dict(),
             step=step,  # no scheduler state: the learning rate is learning_rate(cfg, step)
             rng=rng,  # one dict per rank
             data=dict(data=args.data, seed=args.seed, train_samples=n, samples_seen=seen, epoch=seen // n,

@@ -258,11 +258,11 @@ def test_resume_rejects_a_checkpoint_of_another_model(tmp_path):
     path = tmp_path / "standin" / "ckpt.pt"
     train.save_file(dict(model_name="simplehand", model={}), path)
     message = error_of(["--model", "standin", "--out", str(tmp_path), "--resume"])
-    assert "holds a 'simplehand' model; expected a checkpoint of --model standin" in message
+    assert "holds a 'simplehand' model; expected a checkpoint of stage 'standin'" in message
     path.write_bytes(b"not a checkpoint")
-    assert "is not a readable train.py checkpoint" in error_of(["--model", "standin", "--out", str(tmp_path), "--resume"])
+    assert "not a readable train.py checkpoint" in error_of(["--model", "standin", "--out", str(tmp_path), "--resume"])
     os.remove(path)
-    assert "no checkpoint at" in error_of(["--model", "standin", "--out", str(tmp_path), "--resume"])
+    assert "no such checkpoint" in error_of(["--model", "standin", "--out", str(tmp_path), "--resume"])
 
 
 def test_more_ranks_than_gpus_is_refused_in_one_line(monkeypatch, tmp_path):
