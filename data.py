@@ -1399,7 +1399,7 @@ def draw_hand_predictions(path, eval_set, pred, gt, count=6):
               "predicted mesh, moved to the true joints' centroid")
     for row, title in enumerate(titles):
         axes[row, 0].set_title(title, fontsize=8, loc="left")
-    fig.savefig(path, dpi=100)
+    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     return path
 
 
@@ -1447,7 +1447,7 @@ def draw_wholebody_predictions(path, eval_set, pred, gt, count=6):
     for r, name in enumerate(runs):
         axes[1 + r, 0].set_title(f"{name} pipeline", fontsize=8, loc="left")
         axes[1 + len(runs) + r, 0].set_title(f"{name}, the occluded hand", fontsize=8, loc="left")
-    fig.savefig(path, dpi=100)
+    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     return path
 
 
@@ -1471,7 +1471,7 @@ def draw_body_predictions(path, eval_set, pred, gt, count=6, prefix=""):
             show_image(axes[r, i], image if key is None else overlay_mesh(image, verts, faces, gt["K"][i], color))
             if i == 0:
                 axes[r, 0].set_title(title, fontsize=8, loc="left")
-    fig.savefig(path, dpi=120)
+    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     return path
 
 
@@ -1495,7 +1495,7 @@ def draw_pose_reconstructions(path, eval_set, pred, gt, count=8):
             show_image(axes[r, i], image)
             if i == 0:
                 axes[r, 0].set_title(f"{view}: true green, reconstructed red", fontsize=8, loc="left")
-    fig.savefig(path, dpi=110)
+    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     return path
 
 
@@ -1522,7 +1522,7 @@ def draw_samples(samples, parents, path, titles=None, columns=4, joints_key="joi
             ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="yellow", linewidth=1)
         if titles is not None:
             ax.set_title(titles[i], fontsize=7)
-    fig.savefig(path, dpi=90)
+    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90))
     return path
 
 

@@ -581,8 +581,7 @@ def report(job, train_time, t_start, args, ranks):
                    eval_crop=crop, world_size=ranks.world_size, global_batch=cfg.batch_size, wall_time_s=wall_time,
                    train_time_s=train_time, **nest(result), metric_names=list(result),
                    config_values=dataclasses.asdict(cfg), history=job.history)
-    with open(os.path.join(job.out, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    bodymodels.atomic_write(os.path.join(job.out, "metrics.json"), lambda f: f.write(json.dumps(summary, indent=1).encode()))
     job.stage.picture(os.path.join(job.out, "predictions.png"), job.eval_set, pred, gt)
     print(f"wrote {job.out}/metrics.json, {job.out}/predictions.png, {job.out}/ckpt.pt")
 
