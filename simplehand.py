@@ -40,6 +40,8 @@ One image crop of a right hand in, the 778 MANO vertices and 21 joints out, thro
   stage), `fast_inference` (FastViT re-parameterised, fp16, channels_last, CUDA graphs) and
   `python simplehand.py [--config NAME] [--params] [--bench]` (eager fp32 latency and throughput;
   on CUDA also the fast path and the training throughput).
+- `python simplehand.py --image PATH`: hand crops (left ones mirrored) -> `predict` -> each hand placed in
+  the full image's camera from its 2D keypoints (`place_hand`); a picture, an .obj per hand, an .npz.
 
 Conventions
 - Input: images (B, 3, H, W), RGB in [0, 1], for every config; the model normalises them itself
@@ -929,6 +931,140 @@ def benchmark_training(model, cfg, device, batch_size=256, steps=10, warmup=3):
     return steps * batch_size / (time.perf_counter() - t0)
 
 
+# --- `python simplehand.py --image PATH`: hands in a photograph -> placed meshes (bodymodels section 8)
+
+DEMO_KEYPOINT_ENLARGE = 1.25  # official simpleHand (cfg.py VAL.BMK scale_enlarge): the evaluation re-crop
+DEMO_DOCS = {  # the .npz of --image: N hands first (right, then left, with --keypoints)
+    "verts": "metres, the full image's camera frame (OpenCV axes: x right, y down, z forward); the .obj's vertices",
+    "joints3d": "metres, the same frame; 21 joints in FreiHAND order",
+    "joints2d": "the predicted 2D keypoints in full-image pixels (x, y; pixel edges at integers)",
+    "faces": "MANO's triangles, counter-clockwise from outside (reversed for left hands, which are mirrored)",
+    "translation": "metres: verts = (verts_rel, mirrored back for left hands) + translation, solved from joints2d",
+    "verts_rel": "as `predict` returned them: metres, root-relative (joint 9), the crop camera's axes, a right hand "
+                 "(left hands were predicted in a mirrored crop)",
+    "joints3d_rel": "as `predict` returned them: metres, root-relative (joint 9), as verts_rel",
+    "joints2d_crop": "as `predict` returned them: crop pixels (mirrored crop for left hands)",
+    "is_right": "True for a right hand",
+    "box": "the square crop x0, y0, x1, y1 in full-image pixels",
+    "crop_matrix": "A: full-image pixels -> crop pixels (with the mirror for left hands); the crop camera is A @ K",
+    "K": "the full image's camera assumed (HaMeR's demo): focal 5000 / 256 x max(W, H) pixels, principal point at the centre",
+}
+
+
+def _build_to_load(cfg, parent=None):
+    """build_model for weights a checkpoint replaces: neither ImageNet nor released weights are read first."""
+    return build_model(dataclasses.replace(cfg, pretrained_backbone=False, official_checkpoint=""), parent)
+
+
+def load_for_inference(path):
+    """A train.py checkpoint of SimpleHand, or a released official file (a dict with "state_dict" and
+    no "model_name": `load_official`, needs timm) -> (model in eval mode, config). Raises
+    bodymodels.InputError naming the file for anything else (missing, truncated, another stage's)."""
+    path = str(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        ckpt = None  # missing, truncated or foreign: load_trained says which
+    try:
+        if isinstance(ckpt, dict) and "state_dict" in ckpt and "model_name" not in ckpt:
+            model = load_official(path)
+            return model, model.cfg
+        return bodymodels.load_trained(path, [("simplehand", CONFIGS, _build_to_load)])
+    except bodymodels.InputError:
+        raise
+    except (ImportError, ValueError, TypeError) as e:  # no timm for a paper backbone; weights that do not fit
+        message = str(e).splitlines()[0]
+        raise bodymodels.InputError(message if message.startswith(path) else f"{path}: {message}") from None
+
+
+def hand_crops(image_hw, box=None, people=None, left=False, source="--keypoints"):
+    """Where the hands are -> [(is_right, centre (cx, cy), size (s, s))], square crops in pixels.
+
+    With 2D keypoints (people from bodymodels.read_keypoints): each hand of the person `box` picks
+    with at least two confident keypoints, around their box x DEMO_KEYPOINT_ENLARGE. Without: the
+    box (default the whole image) made square about its centre; a right hand unless `left`."""
+    if people is None:
+        H, W = image_hw
+        return [(not left, *bodymodels.crop_box(box or (0, 0, W, H), (1, 1)))]
+    person, crops = bodymodels.pick_person(people, box), []
+    for side in ("right", "left"):
+        hand_box = bodymodels.keypoint_box(person[f"{side}_hand"]) if f"{side}_hand" in person else None
+        if hand_box is not None:
+            hand_box = bodymodels.check_box(hand_box, image_hw, f"{source}: the {side} hand's keypoint box")
+            crops.append((side == "right", *bodymodels.crop_box(hand_box, (1, 1), DEMO_KEYPOINT_ENLARGE)))
+    if not crops:
+        raise bodymodels.InputError(f"{source}: no hand with two or more keypoints of confidence >= 0.3")
+    return crops
+
+
+@functools.lru_cache(maxsize=1)
+def _mano_faces():
+    return torch.as_tensor(bodymodels.load_mano().faces.astype("int64"))  # (1538, 3)
+
+
+def place_hand(joints3d, verts, joints2d, A, K, is_right=True):
+    """A root-relative right hand as the crop saw it -> the hand in the full image's camera.
+
+    joints3d (21, 3), verts (778, 3) root-relative metres in the crop camera's axes (which are the full
+    camera's: a crop only scales and shifts pixels); joints2d (21, 2) crop pixels; A (3, 3) full-image
+    pixels -> crop pixels; K (3, 3) the full image's camera. A left hand was seen in a mirrored crop
+    as a right one: mirrored back with bodymodels.mirror_mesh, so its faces still face outwards.
+    Returns verts, joints3d (camera frame), joints2d (full-image pixels), faces, translation."""
+    faces = _mano_faces()
+    if not is_right:
+        verts, faces = bodymodels.mirror_mesh(verts, faces)
+        joints3d = joints3d * joints3d.new_tensor([-1.0, 1.0, 1.0])
+    uv1 = torch.cat([joints2d.double(), joints2d.new_ones(len(joints2d), 1).double()], 1)
+    uv = uv1 @ torch.linalg.inv(A.double()).T  # crop pixels -> full-image pixels
+    uv = (uv[:, :2] / uv[:, 2:]).to(joints3d.dtype)
+    t = bodymodels.solve_translation(joints3d, uv, K)  # projection(joints3d + t, K) ~ uv
+    if (joints3d[:, 2] + t[2]).min() <= 0:
+        t = _translation_in_front(joints3d, uv, K)
+    return {"verts": verts + t, "joints3d": joints3d + t, "joints2d": uv, "faces": faces, "translation": t}
+
+
+def _translation_in_front(joints3d, uv, K):
+    """The translation when solve_translation's puts joints behind the camera (3D joints that
+    contradict their 2D keypoints, from a poorly trained model): the depth at which their spreads
+    agree (weak perspective), then the least-squares x, y at that depth.
+    TODO(shared): belongs in bodymodels.solve_translation, which can return such depths."""
+    X, uv, K = joints3d.double(), uv.double(), K.double()
+    spread = lambda p: (p - p.mean(0)).norm(dim=-1).mean()
+    tz = K[0, 0] * spread(X[:, :2]) / spread(uv).clamp_min(1e-6) - X[:, 2].mean()  # mean depth: f x 3D / 2D spread
+    tz = tz.clamp_min(0.01 - X[:, 2].min())  # every joint at least 1 cm in front
+    d = (uv - K[:2, 2]) / K[[0, 1], [0, 1]]  # (21, 2): rays (x / z, y / z)
+    t_xy = (d * (X[:, 2:] + tz) - X[:, :2]).mean(0)
+    return torch.cat([t_xy, tz[None]]).to(joints3d.dtype)
+
+
+def reconstruct_hand(model, cfg, image, crop, K):
+    """One hand: crop (is_right, centre, size) of image (3, H, W) -> the .npz keys of DEMO_DOCS but K."""
+    is_right, centre, size = crop
+    S = cfg.image_size
+    A = bodymodels.crop_matrix(centre, size, (S, S), flip=not is_right)
+    images = bodymodels.warp_image(image, A, S)[None]  # (1, 3, S, S) RGB in [0, 1], as training's crops
+    with torch.no_grad():
+        pred = {k: v[0] for k, v in predict(model, {"image": images}, cfg).items()}
+    placed = place_hand(pred["joints3d"], pred["verts"], pred["joints2d"], A, K, is_right)
+    (cx, cy), (w, h) = centre, size
+    return dict(placed, verts_rel=pred["verts"], joints3d_rel=pred["joints3d"], joints2d_crop=pred["joints2d"],
+                is_right=torch.tensor(is_right), box=torch.tensor([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]),
+                crop_matrix=A)
+
+
+def infer(image, box, people, args):
+    """bodymodels.run_demo's `infer`: image (3, H, W) -> the meshes, the camera and the .npz arrays."""
+    model, cfg = load_for_inference(args.checkpoint)
+    H, W = image.shape[-2:]
+    K = bodymodels.full_image_intrinsics((W, H))  # (3, 3)
+    crops = hand_crops((H, W), box, people, args.left, args.keypoints)
+    hands = [reconstruct_hand(model, cfg, image, crop, K) for crop in crops]
+    arrays = {key: torch.stack([h[key] for h in hands]) for key in DEMO_DOCS if key != "K"}
+    meshes = [("right" if h["is_right"] else "left", h["verts"], h["faces"]) for h in hands]
+    return {"meshes": meshes, "K": K, "arrays": dict(arrays, K=K), "docs": DEMO_DOCS,
+            "keypoints": arrays["joints2d"].reshape(-1, 2)}
+
+
 def _timm_available():
     try:
         import timm  # noqa: F401
@@ -985,8 +1121,10 @@ def _print_bench(name, cfg, device, reps):
           f"AdamW step): {ips:.0f} images/s")
 
 
-def main():
-    parser = argparse.ArgumentParser(description="SimpleHand: shapes, parameter counts, speed.")
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="SimpleHand: shapes, parameter counts, speed; with --image, "
+                                     "hand meshes from a picture (--checkpoint: a train.py checkpoint or the "
+                                     "released epoch_200_rerun* file, which needs timm).")
     parser.add_argument("--config", choices=sorted(CONFIGS), default=None,
                         help="config to use (default: tiny for shapes; every config for --params/--bench)")
     parser.add_argument("--params", action="store_true", help="print non-backbone parameter counts")
@@ -997,9 +1135,12 @@ def main():
                         help="device for --bench: cpu or cuda")
     parser.add_argument("--reps", type=int, default=20, help="timed repetitions per batch size for --bench")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
-    args = parser.parse_args()
+    bodymodels.add_demo_arguments(parser, "simplehand", hands=True)
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.image:
+        return bodymodels.run_demo(args, infer, "simplehand.py")
     names = [args.config] if args.config else list(CONFIGS)
     if args.params:
         for name in names:

@@ -851,3 +851,217 @@ def test_freihand_keypoint_crop_matches_the_official_evaluation_crop(tmp_path):
     assert data.hand_dataset("freihand", str(root), "evaluation", TINY, seed=0, num_samples=0).crop == "none"
     plain = data.FreiHAND(root, "evaluation", image_size=128, hands_mean=np.zeros(45))[0]
     torch.testing.assert_close(plain["image"], fx["rgb"][0].permute(2, 0, 1).float() / 255)
+
+
+# ---------------------------------------------------------------------------------------------
+# `python simplehand.py --image PATH` (bodymodels section 8 does the reading, errors and writing)
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoint(tmp_path_factory):
+    """A 2-step checkpoint of train.py's default SimpleHand run (tiny, synthetic data); without its
+    predictions.png (test_train checks that), which takes half the time on a busy CPU."""
+    import train
+
+    out = tmp_path_factory.mktemp("train")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(train.MODELS, "simplehand", dataclasses.replace(train.MODELS["simplehand"], picture=lambda *a: None))
+        train.main(["--model", "simplehand", "--out", str(out), "--max-steps", "2", "--set", "batch_size=4",
+                    "--train-samples", "8", "--eval-samples", "6", "--log-every", "1"])
+    torch.set_num_threads(before)
+    return out / "simplehand" / "ckpt.pt"
+
+
+@pytest.fixture(scope="module")
+def held_out_hands():
+    """Held-out synthetic renders, as train.py builds its evaluation set."""
+    return data.hand_dataset("synthetic", "", "evaluation", TINY, seed=0, num_samples=2)
+
+
+def save_png(path, image, mode="RGB"):
+    """image (3, H, W) in [0, 1] -> a PNG at path: 8-bit RGB, 8-bit grayscale "L", "RGBA" or 16-bit gray "I;16"."""
+    import numpy as np
+    from PIL import Image
+
+    hwc = image.permute(1, 2, 0).numpy()
+    if mode == "I;16":
+        Image.fromarray((hwc.mean(-1) * 65535).round().astype(np.uint16)).save(path)
+    elif mode == "L":  # the channels' mean (Pillow's convert("L") would weigh them)
+        Image.fromarray((hwc.mean(-1) * 255).round().astype(np.uint8)).save(path)
+    else:
+        Image.fromarray((hwc * 255).round().astype(np.uint8)).convert(mode).save(path)
+    return path
+
+
+def silhouette(verts, faces, K, size):
+    pix, _, _ = data.rasterize(torch.as_tensor(verts).float(), torch.as_tensor(faces), torch.as_tensor(K).float(), size)
+    mask = torch.zeros(size * size, dtype=torch.bool)
+    mask[pix] = True
+    return mask
+
+
+def iou(a, b):
+    return ((a & b).sum() / (a | b).sum()).item()
+
+
+def signed_volume(verts, faces):
+    """Sum over faces of det(v0, v1, v2) / 6 about the centroid: > 0 when faces wind counter-clockwise seen from outside."""
+    v = verts.double() - verts.double().mean(0)
+    tri = v[faces]
+    return torch.linalg.det(tri).sum().item() / 6
+
+
+def test_demo_command_writes_picture_obj_and_npz_of_the_checkpoints_prediction(demo_checkpoint, held_out_hands, tmp_path):
+    import numpy as np
+
+    sample = held_out_hands[0]
+    image_path = save_png(tmp_path / "hand.png", sample["image"])
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "simplehand.py", "--image", str(image_path), "--checkpoint",
+                          str(demo_checkpoint), "--out", str(out), "--threads", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    files = [out / "hand.png", out / "hand_right.obj", out / "hand.npz"]
+    assert run.stdout.splitlines() == [f"wrote {p}" for p in files]
+    assert sorted(out.iterdir()) == sorted(files)
+    z = np.load(out / "hand.npz")
+    # the npz's root-relative mesh is `predict` on the image the PNG holds (the whole 96 x 96 image is the crop)
+    model, cfg = sh.load_for_inference(demo_checkpoint)
+    quantised = (sample["image"] * 255).round() / 255
+    with torch.no_grad():
+        pred = sh.predict(model, {"image": quantised[None]}, cfg)
+    torch.testing.assert_close(torch.from_numpy(z["verts_rel"]), pred["verts"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(z["joints2d_crop"]), pred["joints2d"], rtol=0, atol=1e-4)
+    verts, faces = bodymodels.read_obj(out / "hand_right.obj")
+    torch.testing.assert_close(verts, torch.from_numpy(z["verts"][0]).double(), rtol=0, atol=1e-6)
+    assert torch.equal(faces, sh._mano_faces()) and (z["faces"][0] == faces.numpy()).all()
+    assert "verts (1, 778, 3): metres" in str(z["README"])
+    assert (z["verts"][0, :, 2] > 0).all()  # in front of the camera, even where 3D and 2D disagree
+    end_to_end = iou(silhouette(z["verts"][0], faces, z["K"], 96), silhouette(sample["verts"], faces, sample["K"], 96))
+    print(f"end-to-end silhouette IoU of a 2-step checkpoint: {end_to_end:.3f}")  # reported, not asserted
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["right", "left"])
+def test_demo_placement_from_ground_truth_reproduces_the_silhouette(held_out_hands, flip):
+    """place_hand fed the ground truth as `predict` would give it for an off-centre crop (mirrored for a
+    left hand): in the render's own camera the mesh lands exactly (IoU 1, the translation to 1e-4 m);
+    in the demo's assumed camera (focal 5000 / 256 x 96 px, not the render's 150-340 px) it covers most of it."""
+    for i in range(len(held_out_hands)):
+        s = held_out_hands[i]
+        root, mirror = s["joints3d"][9], torch.tensor([-1.0 if flip else 1.0, 1.0, 1.0])
+        _, centre, size = sh.hand_crops((96, 96), (20, 10, 70, 80), left=flip)[0]
+        A = bodymodels.crop_matrix(centre, size, (96, 96), flip=flip)
+        uv = (torch.cat([s["joints2d"].double(), torch.ones(21, 1, dtype=torch.float64)], 1) @ A.T)[:, :2].float()
+        truth = silhouette(s["verts"], sh._mano_faces(), s["K"], 96)
+        for K, floor in ((s["K"], 0.999), (bodymodels.full_image_intrinsics((96, 96)), 0.7)):
+            placed = sh.place_hand((s["joints3d"] - root) * mirror, (s["verts"] - root) * mirror, uv, A, K, is_right=not flip)
+            assert iou(silhouette(placed["verts"], placed["faces"], K, 96), truth) > floor
+        placed = sh.place_hand((s["joints3d"] - root) * mirror, (s["verts"] - root) * mirror, uv, A, s["K"], not flip)
+        torch.testing.assert_close(placed["translation"], root, rtol=0, atol=1e-4)
+        torch.testing.assert_close(placed["verts"], s["verts"], rtol=0, atol=1e-4)
+
+
+def test_demo_left_hand_is_the_mirrored_right_prediction_with_outward_faces(demo_checkpoint, held_out_hands, tmp_path,
+                                                                            one_thread, capsys):
+    import numpy as np
+
+    image = held_out_hands[1]["image"]
+    save_png(tmp_path / "right.png", image)
+    save_png(tmp_path / "left.png", image.flip(-1))  # the mirror image: a left hand
+    sh.main(["--image", str(tmp_path / "right.png"), "--checkpoint", str(demo_checkpoint), "--out", str(tmp_path / "o")])
+    sh.main(["--image", str(tmp_path / "left.png"), "--checkpoint", str(demo_checkpoint), "--out", str(tmp_path / "o"),
+             "--left"])
+    assert (tmp_path / "o" / "left_left.obj").is_file() and not (tmp_path / "o" / "left_right.obj").exists()
+    right, left = np.load(tmp_path / "o" / "right.npz"), np.load(tmp_path / "o" / "left.npz")
+    assert right["is_right"].tolist() == [True] and left["is_right"].tolist() == [False]
+    # the mirrored crop of the mirror image is the original crop: the same right-hand prediction ...
+    np.testing.assert_allclose(left["verts_rel"], right["verts_rel"], rtol=0, atol=1e-5)
+    # ... mirrored back through the camera's centre line (the principal point is the image centre)
+    np.testing.assert_allclose(left["verts"], right["verts"] * [-1, 1, 1], rtol=0, atol=1e-4)
+    verts, faces = bodymodels.read_obj(tmp_path / "o" / "left_left.obj")
+    # a mirror turns a mesh inside out (its signed volume changes sign): the reversed faces turn it back
+    right_volume = signed_volume(torch.from_numpy(right["verts"][0]), torch.from_numpy(right["faces"][0]))
+    assert signed_volume(verts, faces) == pytest.approx(right_volume, rel=1e-3)
+    truth = held_out_hands[1]["verts"]  # a 2-step model's mesh is no hand; MANO's faces face outwards on a real one
+    assert signed_volume(truth, sh._mano_faces()) > 0 and signed_volume(*bodymodels.mirror_mesh(truth, sh._mano_faces())) > 0
+    capsys.readouterr()
+
+
+def run_demo_in_process(argv, capsys):
+    """sh.main(argv) -> (exit status, stdout lines, stderr lines)."""
+    try:
+        sh.main(argv)
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    out, err = capsys.readouterr()
+    return status, out.splitlines(), err.splitlines()
+
+
+def bad_demo_input(case, tmp_path, good_image, checkpoint):
+    """The arguments of a bad-input case, and a word its message must contain."""
+    image, ckpt = str(good_image), str(checkpoint)
+    if case == "missing image":
+        return ["--image", str(tmp_path / "nope.png")], "no such file"
+    if case == "not an image":
+        (tmp_path / "notes.png").write_text("these are notes, not pixels")
+        return ["--image", str(tmp_path / "notes.png")], "not a readable image"
+    if case == "8x8 image":
+        return ["--image", str(save_png(tmp_path / "tiny.png", torch.rand(3, 8, 8)))], "8 x 8"
+    if case == "box outside":
+        return ["--image", image, "--box", "200", "200", "300", "300"], "outside the image"
+    if case == "empty box":
+        return ["--image", image, "--box", "50", "10", "40", "60"], "empty"
+    if case == "missing checkpoint":
+        return ["--image", image, "--checkpoint", str(tmp_path / "none.pt")], "no such checkpoint"
+    if case == "another stage":
+        torch.save({"model_name": "genhmr", "model": {}, "config": {}, "config_name": "tiny"}, tmp_path / "g.pt")
+        return ["--image", image, "--checkpoint", str(tmp_path / "g.pt")], "'genhmr'"
+    if case == "truncated checkpoint":
+        blob = pathlib.Path(ckpt).read_bytes()
+        (tmp_path / "cut.pt").write_bytes(blob[:len(blob) // 2])
+        return ["--image", image, "--checkpoint", str(tmp_path / "cut.pt")], "not a readable"
+    if case == "keypoints without hands":
+        import json
+        (tmp_path / "body.json").write_text(json.dumps([{"keypoints": [[40, 40, 0.9]] * 17, "score": 1.0}]))
+        return ["--image", image, "--keypoints", str(tmp_path / "body.json")], "no hand"
+    raise AssertionError(case)
+
+
+BAD_DEMO_INPUTS = ["missing image", "not an image", "8x8 image", "box outside", "empty box", "missing checkpoint",
+                   "another stage", "truncated checkpoint", "keypoints without hands"]
+
+
+def test_demo_bad_input_gives_one_line_exit_2_and_no_file(demo_checkpoint, held_out_hands, tmp_path, one_thread, capsys):
+    good = save_png(tmp_path / "good.png", held_out_hands[0]["image"])
+    for case in BAD_DEMO_INPUTS:
+        (tmp_path / case).mkdir()
+        argv, word = bad_demo_input(case, tmp_path / case, good, demo_checkpoint)
+        out = tmp_path / case / "out"
+        status, stdout, stderr = run_demo_in_process(argv + ["--out", str(out)] + (
+            [] if "--checkpoint" in argv else ["--checkpoint", str(demo_checkpoint)]), capsys)
+        assert (status, stdout, len(stderr)) == (2, [], 1), (case, stdout, stderr)
+        assert stderr[0].startswith("simplehand.py: ") and word in stderr[0], (case, stderr)
+        assert not out.exists(), case
+
+
+def test_demo_reads_grayscale_rgba_and_16_bit_images(demo_checkpoint, held_out_hands, tmp_path, one_thread, capsys):
+    import numpy as np
+
+    image = held_out_hands[0]["image"]
+    gray = image.mean(0, keepdim=True).expand(3, -1, -1)
+    for mode in ("L", "RGBA", "I;16"):
+        path = save_png(tmp_path / f"{mode.replace(';', '')}.png", image, mode)
+        status, stdout, stderr = run_demo_in_process(["--image", str(path), "--checkpoint", str(demo_checkpoint),
+                                                      "--out", str(tmp_path / "out")], capsys)
+        assert status == 0 and len(stdout) == 3 and stderr == [], (mode, stderr)
+    # what the model saw: the gray levels (L: 8-bit, I;16: 16-bit) and the colours under RGBA's opaque alpha
+    model, cfg = sh.load_for_inference(demo_checkpoint)
+    for mode, seen in (("L", (gray * 255).round() / 255), ("RGBA", (image * 255).round() / 255),
+                       ("I16", (gray * 65535).round() / 65535)):
+        with torch.no_grad():
+            expected = sh.predict(model, {"image": seen[None]}, cfg)["verts"]
+        got = torch.from_numpy(np.load(tmp_path / "out" / f"{mode}.npz")["verts_rel"])
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-5, msg=mode)
