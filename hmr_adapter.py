@@ -26,7 +26,8 @@ mirrored the same way (R -> M R M, M = diag(-1, 1, 1)).
 Map: 1 configs (`BaseConfig`, `AdapterConfig`; PAPER and TINY of each) -> 2 geometry (crops, RoI,
 arm chains, IK) -> 3 ViT -> 4 hand expert -> 5 whole-body model -> 6 hand adapter -> 7 body adapter
 -> 8 the models the trainer trains (`Bases`, `Adapted`), losses -> 9 inference: the pipeline,
-`predict`, the evaluation protocol -> 10 `--params`, `--bench`, demo.
+`predict`, the evaluation protocol -> 10 `--image` (a photograph in, picture, .obj, .npz out), `--params`,
+`--bench`, demo.
 train.py trains two rows: "hmr_adapter_bases" (`BASES`: the tiny bases, standing in for the
 pretrained HaMeR and SMPLer-X, trained briefly on the same synthetic world) and "hmr_adapter"
 (this module: both adapters and the Table 3 No.5 control on the frozen bases).
@@ -75,6 +76,7 @@ import time
 import types
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -946,6 +948,7 @@ def body_models():
     return types.SimpleNamespace(
         mano=bodymodels.Skinning(mano, torch.float32, per_sample=False),
         smplx=bodymodels.Skinning(smplx, torch.float32, per_sample=False), parents=smplx.parents.tolist(),
+        smplx_faces=smplx.faces_tensor.long(),
         r_off=metrics.procrustes_transform(mano_rest[None], smplx_rest[None])[1][0].float(),
         hand_verts={s: torch.isin(part, torch.tensor(bodymodels.SMPLX_HAND_JOINTS[s])).nonzero()[:, 0] for s in SIDES})
 
@@ -1318,23 +1321,28 @@ def assemble(body_R, hand_R, out):
     return R
 
 
-def frozen_front(bases, image):
+def frozen_front(bases, image, hand_boxes=None):
     """What both pipelines compute alike: the whole-body output, the hand boxes it predicts (scaled)
-    and the hand expert's tokens F^H of the crops there."""
+    and the hand expert's tokens F^H of the crops there. hand_boxes (B, 2, 4) image pixels: boxes to
+    use instead of the predicted ones (from 2D hand keypoints), a NaN row keeping the prediction."""
     out = bases.whole_body(image)
+    if hand_boxes is not None:
+        out["boxes"] = torch.where(hand_boxes.isnan(), out["boxes"], hand_boxes.to(out["boxes"]))
     boxes = scale_boxes(out["boxes"], bases.cfg.hand_box_scale)
     return out, boxes, hand_tokens(bases, image, out["boxes"])
 
 
-def pipeline(model, image, adapted=True, front=None):
+def pipeline(model, image, adapted=True, front=None, hand_boxes=None, details=False):
     """Sec. 3.1: image (B, 3, H, W) -> SMPL-X verts (B, 10475, 3) and joints (B, 55, 3) in camera
     coordinates, and the predicted hand boxes (B, 2, 4). adapted=False: the paper's baseline
     (both frozen models + IK); True: theta_hat from the body adapter, hands from the hand adapter
     conditioned on theta_hat's arm chains (NOTE(paper gap) 5), MCP joints from the whole-body
     model's hand position net (NOTE(paper gap) 6). front: `frozen_front(model.bases, image)` when
-    already computed."""
+    already computed; hand_boxes: `frozen_front`'s. details: a dict of the outputs and what made them:
+    verts, joints, boxes, R (B, 55, 3, 3), shape (B, 10), expression (B, 10), t (B, 3), hand_boxes
+    (B, 2, 4) before scaling."""
     bases = model.bases
-    out, boxes, tokens = front or frozen_front(bases, image)
+    out, boxes, tokens = front or frozen_front(bases, image, hand_boxes)
     theta, chain, adapter = out["theta0"], None, None
     if adapted:
         rois, hand_joints = bases.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
@@ -1345,6 +1353,9 @@ def pipeline(model, image, adapted=True, front=None):
     R = assemble(rot6d_to_matrix(theta), hand_R, out)
     verts, joints = skin(body_models().smplx, R, torch.cat([out["shape"], out["expression"]], -1))
     t = smplerx_translation(out["cam"])[:, None]
+    if details:
+        return dict(verts=verts + t, joints=joints + t, boxes=boxes, R=R, shape=out["shape"],
+                    expression=out["expression"], t=t[:, 0], hand_boxes=out["boxes"])
     return verts + t, joints + t, boxes
 
 
@@ -1441,7 +1452,7 @@ BASES = types.SimpleNamespace(  # train.py's row "hmr_adapter_bases": the tiny s
 
 
 # ---------------------------------------------------------------------------------------------
-# 10. Tools: parameter counts at the paper's size, latency, a demo
+# 10. Tools: `--image`, parameter counts at the paper's size, latency, a demo
 
 
 PAPER_COUNTS = {"hand expert head": "39M (Tab. 3 No.3)", "hand adapter": "27M (Sec. 4.1)",
@@ -1486,13 +1497,118 @@ def benchmark(base_cfg, cfg, device, batch=1, repeats=10):
     return times
 
 
+# --- `--image`: a photograph in; the picture, .obj and .npz out (bodymodels section 8 reads, checks and writes)
+# The crop is what the whole-body model was trained on: the person box grown to the input's aspect
+# (cfg.image_size), warped to that size, fed as [0, 1] RGB, so a render of the training set's size given
+# whole is exactly a training input. The crop's camera (SMPLer-X's: focal 5000 per 256 pixels of the
+# crop's height, principal point at its centre) becomes the full image's (`crop_to_full_translation`).
+PERSON_BOX_ENLARGE = 1.2 * 1.25  # official (SMPLer-X get_bbox, process_bbox): keypoints' box x 1.2, its crop x 1.25
+HAND_BOX_ENLARGE = 1.2  # a hand's box: the square of 1.2 x the larger side of its keypoints (as the training data's)
+
+
+def load_trained_model(path):
+    """The `Adapted` model of a train.py checkpoint of stage "hmr_adapter" (its bases: ../hmr_adapter_bases/)."""
+    # TODO(shared): load_trained reads the parents first, so a broken file at `path` would be blamed on its parent
+    bodymodels.read_train_checkpoint(path, "hmr_adapter")
+    chain = [("hmr_adapter_bases", BASE_CONFIGS, lambda cfg, parent: Bases(cfg)),  # its checkpoint holds every weight
+             ("hmr_adapter", CONFIGS, build_model)]
+    return bodymodels.load_trained(path, chain)[0]
+
+
+def person_crop(cfg, image_hw, box, person, source):
+    """(centre, size) of the whole-body crop: --box as given, else the person's keypoints' box
+    x PERSON_BOX_ENLARGE, else the whole image; each grown to the input's aspect."""
+    enlarge = 1.0
+    if box is None and person is not None:
+        kp = np.concatenate([v for k, v in person.items() if k != "score"])
+        box, enlarge = bodymodels.keypoint_box(kp), PERSON_BOX_ENLARGE
+        if box is None:
+            raise bodymodels.InputError(f"{source}: the person has fewer than two keypoints with confidence >= 0.3")
+        box = bodymodels.check_box(box, image_hw, f"{source}: the keypoints' box")
+    return bodymodels.crop_box(box or (0, 0, image_hw[1], image_hw[0]), cfg.image_size, enlarge)
+
+
+def keypoint_hand_boxes(person, A):
+    """(1, 2, 4) hand boxes (left, right) in crop pixels from the person's 2D hand keypoints (mapped by
+    the crop matrix A); NaN for a hand without two confident keypoints (the model's box then)."""
+    boxes = torch.full((1, 2, 4), float("nan"), dtype=torch.float64)
+    for i, side in enumerate(SIDES):
+        box = bodymodels.keypoint_box(person[f"{side}_hand"]) if person and f"{side}_hand" in person else None
+        if box is not None:
+            corners = torch.tensor([[box[0], box[1], 1.0], [box[2], box[3], 1.0]], dtype=torch.float64) @ A.T
+            boxes[0, i] = scale_boxes(corners[:, :2].flatten(), HAND_BOX_ENLARGE)
+    return None if boxes.isnan().all() else boxes
+
+
+def crop_to_full_translation(t, A, crop_hw, image_wh):
+    """SMPLer-X's translation t (..., 3) in the crop's camera -> the full image's camera
+    `full_image_intrinsics(image_wh)`, by CLIFF (`cam_crop_to_full`): the crop camera's focal is
+    5000 / 256 x the crop's height h, so depth tz is the weak-perspective scale s = 2 x 5000 / (256 tz) of
+    a box of size h at the crop's centre. Points at the root's depth project where the crop camera put
+    them; a point Z in front of that plane moves by (Z / z') ((k - 1) (u - c) - (c - c_full)) pixels (u: where
+    the crop camera put it, z': its depth now, k = f_full / f_crop, c and c_full the principal points), small as
+    Z / z' is at focal 5000 (a person about 40 m away). A whole image at least as tall as the input's aspect
+    (H / W >= 4 / 3) is its own crop: the same camera, t unchanged, nothing moves. (`solve_translation` of the
+    joints to the crop camera's pixels would trade the root's exact place for a least-squares fit of all.)"""
+    A = A.to(t)
+    h = crop_hw[0] / A[1, 1]  # the crop's height in image pixels
+    centre = torch.linalg.solve(A, A.new_tensor([crop_hw[1] / 2, crop_hw[0] / 2, 1.0]))[:2]
+    s = 2 * 5000.0 / (256 * t[..., 2])
+    return bodymodels.cam_crop_to_full(torch.stack([s, t[..., 0], t[..., 1]], -1), centre, h, image_wh)
+
+
+NPZ_DOCS = dict(
+    verts="SMPL-X vertices, metres, the full image's camera frame (x right, y down, z forward); faces: the .obj's",
+    joints3d="SMPL-X's 55 joints, metres, the full image's camera frame", joints2d="those joints' pixels in the image (K)",
+    pose="SMPL-X pose, axis-angle: global orientation (camera frame), body 1-21, jaw, eyes, left hand 25-39, right 40-54",
+    shape="SMPL-X betas", expression="SMPL-X expression coefficients",
+    translation="verts = SMPL-X(pose, shape, expression) + translation, metres",
+    hand_boxes="the hand boxes (left, right) [x0, y0, x1, y1] image pixels: from --keypoints, else the model's",
+    K="the full image's camera: focal 5000 / 256 x max(W, H), principal point at the image centre (HaMeR's demo)",
+    box="the whole-body crop [x0, y0, x1, y1] image pixels", crop_matrix="image pixels -> crop pixels (homogeneous)",
+    crop_K="the crop's camera (crop pixels): SMPLer-X's focal 5000 / 256 x the crop's height",
+    crop_verts="the pipeline's vertices in the crop's camera", crop_joints="the pipeline's joints in the crop's camera")
+
+
+@torch.no_grad()
+def infer(image, box, people, args):
+    """bodymodels.run_demo's `infer`: the adapted pipeline (Sec. 3.1) on the person's crop of image (3, H, W)."""
+    model = load_trained_model(args.checkpoint)
+    cfg, (H, W) = model.bases.cfg, image.shape[-2:]
+    person = bodymodels.pick_person(people, box) if people else None
+    centre, size = person_crop(cfg, (H, W), box, person, args.keypoints)
+    A, crop_hw = bodymodels.crop_matrix(centre, size, cfg.image_size), tuple(cfg.image_size)
+    whole = (A == torch.eye(3, dtype=A.dtype)).all() and tuple(image.shape[-2:]) == crop_hw
+    crop = image if whole else bodymodels.warp_image(image, A, crop_hw)  # whole: bit for bit a training input
+    out = pipeline(model, crop[None], adapted=True, hand_boxes=keypoint_hand_boxes(person, A), details=True)
+    t = crop_to_full_translation(out["t"][0].double(), A, crop_hw, (W, H))
+    verts, joints = (out[k][0].double() - out["t"][0].double() + t for k in ("verts", "joints"))
+    K = bodymodels.full_image_intrinsics((W, H), dtype=torch.float64)
+    to_image = lambda uv: (uv.double() - A[:2, 2]) / A[0, 0]  # noqa: E731  crop pixels -> image pixels
+    f = 5000.0 / 256 * crop_hw[0]  # the crop camera's focal (`crop_to_full_translation`)
+    centre, size = torch.tensor(centre), torch.tensor(size)
+    arrays = dict(verts=verts, joints3d=joints, joints2d=bodymodels.perspective_projection(joints, K),
+                  pose=matrix_to_axis_angle(out["R"][0]), shape=out["shape"][0], expression=out["expression"][0],
+                  translation=t, hand_boxes=to_image(out["hand_boxes"][0].reshape(4, 2)).reshape(2, 4), K=K,
+                  box=torch.cat([centre - size / 2, centre + size / 2]), crop_matrix=A,
+                  crop_K=torch.tensor([[f, 0, crop_hw[1] / 2], [0, f, crop_hw[0] / 2], [0, 0, 1.0]]),
+                  crop_verts=out["verts"][0], crop_joints=out["joints"][0])
+    marks = None if person is None else np.concatenate([v for k, v in person.items() if k != "score"])
+    return dict(meshes=[("", verts, body_models().smplx_faces)], K=K, arrays=arrays, docs=NPZ_DOCS,
+                keypoints=None if marks is None else marks[marks[:, 2] >= 0.3, :2])
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="HMR-Adapter: parameter counts, latency, or a demo of the pipeline.")
+    p = argparse.ArgumentParser(description="HMR-Adapter: a mesh from your image (--image), parameter counts, "
+                                "latency, or a demo of the pipeline.")
     p.add_argument("--params", action="store_true", help="trainable and frozen parameters per part at the paper's size")
     p.add_argument("--bench", action="store_true", help="latency of the baseline and the adapted pipeline on this device")
     p.add_argument("--config", default="tiny", help="tiny | paper (for --bench and the demo; default tiny)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per pipeline for --bench (default 10)")
+    bodymodels.add_demo_arguments(p, "hmr_adapter")
     args = p.parse_args(argv)
+    if args.image:
+        return bodymodels.run_demo(args, infer, "hmr_adapter.py")
     if args.config not in CONFIGS:
         raise SystemExit(f"hmr_adapter.py: unknown --config {args.config!r}; expected one of {', '.join(CONFIGS)}")
     base_cfg, cfg = BASE_CONFIGS[args.config], CONFIGS[args.config]

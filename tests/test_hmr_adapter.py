@@ -579,3 +579,174 @@ def test_smplerx_fixture_outputs_through_the_mapping():
     assert_relative(boxes[0] * 192 / 240, torch.cat([fx["lhand_bbox"], fx["rhand_bbox"]]))  # its 256 x 192 frame
     assert_relative(rois[0], fx["hand_feat"])  # left flipped, right
     assert_relative(hand_joints[0], fx["hand_joint_img"])
+
+
+# ---------------------------------------------------------------------------------------------
+# `python hmr_adapter.py --image PATH`: a short-trained chain, a held-out render, bad input
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """OUT/hmr_adapter_bases/ckpt.pt and OUT/hmr_adapter/ckpt.pt trained by train.py itself, 2 steps
+    each on 4 samples (the predictions picture skipped: seconds a stage, and not what is tested here)."""
+    out = tmp_path_factory.mktemp("chain")
+    common = ["--out", str(out), "--max-steps", "2", "--set", "batch_size=2", "--train-samples", "4",
+              "--eval-samples", "2", "--log-every", "0"]
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("hmr_adapter_bases", "hmr_adapter"):
+            mp.setitem(train.MODELS, name, dataclasses.replace(train.MODELS[name], picture=lambda *a: None))
+        train.main(["--model", "hmr_adapter_bases"] + common)
+        train.main(["--model", "hmr_adapter"] + common)
+    return out
+
+
+@pytest.fixture(scope="module")
+def render(trained, tmp_path_factory):
+    """A held-out render (train.py's evaluation set) as an 8-bit PNG, and its sample."""
+    sample = data.wholebody_dataset("synthetic", "", "evaluation", ha.BASES_TINY, 0, 1)[0]
+    path = tmp_path_factory.mktemp("render") / "person.png"
+    pixels = (sample["image"].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(path)
+    return path, sample
+
+
+def demo(argv, capsys):
+    """hmr_adapter.main(argv) in this process -> (exit status, stdout lines, stderr lines)."""
+    try:
+        ha.main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err.splitlines()
+
+
+def test_image_command_writes_the_pipelines_mesh_in_the_full_image_camera(trained, render, tmp_path):
+    image, sample = render
+    ckpt = trained / "hmr_adapter" / "ckpt.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    run = subprocess.run([sys.executable, "hmr_adapter.py", "--image", str(image), "--checkpoint", str(ckpt),
+                          "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    names = [f"person.{ext}" for ext in ("png", "obj", "npz")]
+    assert run.stdout.splitlines() == [f"wrote {tmp_path / n}" for n in names]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+    npz = np.load(tmp_path / "person.npz")
+    # the whole 256 x 192 render is exactly the training input, quantised to 8 bits
+    model = ha.load_trained_model(ckpt)
+    with torch.no_grad():
+        verts, joints, _ = ha.pipeline(model, ((sample["image"] * 255).round() / 255)[None], adapted=True)
+    np.testing.assert_allclose(npz["crop_verts"], verts[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(npz["crop_joints"], joints[0].numpy(), atol=1e-5)
+    # a crop of the whole image H >= W at the input's aspect has the full image's camera: nothing moves
+    np.testing.assert_allclose(npz["crop_matrix"], np.eye(3))
+    np.testing.assert_allclose(npz["K"], sample["K"].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(npz["verts"], npz["crop_verts"], atol=1e-5)
+    np.testing.assert_allclose(npz["joints2d"], bodymodels.perspective_projection(
+        torch.from_numpy(npz["joints3d"]), torch.from_numpy(npz["K"])).numpy(), atol=1e-6)
+    skinned, _ = bodymodels.Skinning(bodymodels.load_smplx())(torch.from_numpy(npz["pose"]), torch.from_numpy(npz["shape"]),
+                                                               torch.from_numpy(npz["expression"]))
+    np.testing.assert_allclose(npz["verts"], skinned.numpy() + npz["translation"], atol=1e-4)
+    v, f = bodymodels.read_obj(tmp_path / "person.obj")
+    np.testing.assert_allclose(v.numpy(), npz["verts"], atol=1e-6)
+    assert torch.equal(f, ha.body_models().smplx_faces)
+    # the short-trained mesh over the render: reported, not asserted (the placement test asserts it)
+    size = tuple(sample["image"].shape[-2:])
+    pred = data.rasterize(torch.from_numpy(npz["verts"]), f, torch.from_numpy(npz["K"]), size)[0]
+    gt = data.rasterize(sample["verts"], f, sample["K"], size)[0]
+    print(f"\nshort-trained silhouette IoU {len(np.intersect1d(pred, gt)) / len(np.union1d(pred, gt)):.3f}")
+
+
+@pytest.mark.parametrize("image_hw, box", [((600, 512), (140.0, 90.0, 330.0, 560.0)),
+                                            ((300, 900), (500.0, 20.0, 620.0, 290.0))])
+def test_ground_truth_mesh_placed_by_crop_to_full_covers_its_silhouette(render, image_hw, box):
+    """A true mesh in the crop's camera (the held-out sample's), seen by that crop of a larger image, moved into
+    the full image's camera by `crop_to_full_translation`, covers the silhouette the crop's camera draws there."""
+    _, sample = render
+    (H, W), crop_hw = image_hw, ha.BASES_TINY.image_size
+    A = bodymodels.crop_matrix(*bodymodels.crop_box(box, crop_hw), crop_hw)
+    root = sample["joints3d"][0].double()
+    t = ha.crop_to_full_translation(root, A, crop_hw, (W, H))
+    verts = sample["verts"].double() - root + t
+    K = bodymodels.full_image_intrinsics((W, H), dtype=torch.float64)
+    faces = ha.body_models().smplx_faces
+    want = data.rasterize(sample["verts"], faces, torch.linalg.inv(A) @ sample["K"].double(), (H, W))[0]
+    got = data.rasterize(verts, faces, K, (H, W))[0]
+    iou = len(np.intersect1d(got, want)) / len(np.union1d(got, want))
+    print(f"\nground-truth placement IoU {iou:.4f} ({W} x {H}, box {box})")
+    assert iou > 0.97
+    # the root projects exactly where the crop's camera put it
+    uv = bodymodels.perspective_projection(t[None], K)[0]
+    uv_crop = bodymodels.perspective_projection(root[None], torch.linalg.inv(A) @ sample["K"].double())[0]
+    torch.testing.assert_close(uv, uv_crop)
+
+
+def test_hand_keypoints_give_the_hand_boxes(trained, render, tmp_path, capsys):
+    image, sample = render
+    kp = {s: torch.cat([sample[f"{s}_hand_joints2d"], torch.ones(21, 1)], 1).flatten().tolist() for s in ("left", "right")}
+    person = {"keypoints": [0.0] * 51, "lefthand_kpts": kp["left"], "righthand_kpts": kp["right"]}
+    (tmp_path / "kp.json").write_text(__import__("json").dumps({"annotations": [person]}))
+    ckpt = trained / "hmr_adapter" / "ckpt.pt"
+    code, out, err = demo(["--image", str(image), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                           "--keypoints", str(tmp_path / "kp.json"), "--box", "0", "0", "192", "256"], capsys)
+    assert code == 0, err
+    npz = np.load(tmp_path / "o" / "person.npz")
+    boxes = torch.stack([ha.scale_boxes(torch.cat([kp.amin(0), kp.amax(0)]), ha.HAND_BOX_ENLARGE)
+                         for kp in (sample["left_hand_joints2d"], sample["right_hand_joints2d"])])
+    np.testing.assert_allclose(npz["hand_boxes"], boxes.numpy(), atol=1e-4)
+    with torch.no_grad():
+        verts, _, _ = ha.pipeline(ha.load_trained_model(ckpt), ((sample["image"] * 255).round() / 255)[None],
+                                  hand_boxes=boxes[None].double())
+    np.testing.assert_allclose(npz["crop_verts"], verts[0].numpy(), atol=1e-5)
+
+
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(trained, render, tmp_path, capsys):
+    image, _ = render
+    ckpt = trained / "hmr_adapter" / "ckpt.pt"
+    (tmp_path / "notes.png").write_text("not an image")
+    truncated = tmp_path / "cut" / "hmr_adapter" / "ckpt.pt"
+    truncated.parent.mkdir(parents=True)
+    truncated.write_bytes(ckpt.read_bytes()[:5000])
+    cases = [(["--image", str(tmp_path / "missing.png")], "missing.png: no such file"),
+             (["--image", str(tmp_path / "notes.png")], "notes.png: not a readable image"),
+             (["--image", str(image), "--box", "300", "10", "400", "100"], "outside the image of 192 x 256"),
+             (["--image", str(image), "--checkpoint", str(trained / "hmr_adapter_bases" / "ckpt.pt")],
+              "holds a 'hmr_adapter_bases' model; expected a checkpoint of stage 'hmr_adapter'"),
+             (["--image", str(image), "--checkpoint", str(truncated)], "cut/hmr_adapter/ckpt.pt: not a readable")]
+    for argv, expected in cases:
+        argv = argv + (["--checkpoint", str(ckpt)] if "--checkpoint" not in argv else []) + ["--out", str(tmp_path / "o")]
+        code, out, err = demo(argv, capsys)
+        assert (code, out, len(err)) == (2, [], 1), (argv, err)
+        assert err[0].startswith("hmr_adapter.py: ") and expected in err[0], err
+        assert not (tmp_path / "o").exists()
+
+
+def test_grayscale_rgba_and_16_bit_images_are_read(trained, render, tmp_path, capsys, monkeypatch):
+    """RGBA keeps its colour (the alpha dropped, as cv2.imread does): the RGB image's mesh; a 16-bit gray
+    image of the same values (x 257) gives the 8-bit gray one's. The picture is skipped (drawn above)."""
+    image, _ = render
+    monkeypatch.setattr(bodymodels, "draw_demo", lambda path, *a, **k: bodymodels.atomic_write(path, lambda f: None))
+    rgb = np.asarray(Image.open(image))
+    gray = np.round(rgb.mean(-1))
+    images = {"rgb.png": Image.fromarray(rgb), "gray.png": Image.fromarray(gray.astype(np.uint8)),
+              "rgba.png": Image.fromarray(np.concatenate([rgb, np.full_like(rgb[..., :1], 128)], -1)),
+              "deep.png": Image.fromarray((gray * 257).astype(np.uint16))}
+    verts = {}
+    for name, im in images.items():
+        im.save(tmp_path / name)
+        code, out, err = demo(["--image", str(tmp_path / name), "--checkpoint", str(trained / "hmr_adapter" / "ckpt.pt"),
+                               "--out", str(tmp_path / "o")], capsys)
+        assert code == 0 and len(out) == 3, (name, err)
+        verts[name] = np.load(tmp_path / "o" / name.replace(".png", ".npz"))["verts"]
+    np.testing.assert_allclose(verts["rgba.png"], verts["rgb.png"], atol=1e-6)
+    np.testing.assert_allclose(verts["deep.png"], verts["gray.png"], atol=1e-5)
+    assert np.abs(verts["gray.png"] - verts["rgb.png"]).max() > 1e-6  # gray is read as gray, not as the colour image
