@@ -908,6 +908,8 @@ def warp_image(image, A, size, steps=None):
     bilinear read straddles the black outside); None = exact."""
     height, width = (size, size) if isinstance(size, int) else size
     h, w = image.shape[-2:]
+    if (h, w) == (height, width) and torch.equal(torch.as_tensor(A, dtype=torch.float64), torch.eye(3, dtype=torch.float64)):
+        return image.clone()  # exactly the image (the resampling grid below is float32, off by ~1e-6)
     ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
                             torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
     q = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)  # (H, W, 3) output pixel centres
@@ -1116,6 +1118,7 @@ def load_trained(path, chain):
     mode, config). chain: [(stage, CONFIGS, build_model(cfg, parent))] from the first stage to the
     one at `path` (OUT/<stage>/ckpt.pt); a parent's checkpoint is OUT/<parent stage>/ckpt.pt."""
     path = Path(path)
+    read_train_checkpoint(path, chain[-1][0])  # the file asked for is named first if it is the wrong one
     parent = cfg = None
     for k, (stage, configs, build) in enumerate(chain):
         p = path if k == len(chain) - 1 else path.parent.parent / stage / "ckpt.pt"
