@@ -974,6 +974,8 @@ def load_for_inference(path):
         raise
     except (ImportError, ValueError, TypeError) as e:  # no timm for a paper backbone; weights that do not fit
         message = str(e).splitlines()[0]
+        if len(message) > 400:  # TODO(shared): load_state_strict lists every key (thousands for a foreign file)
+            message = message[:400] + " ..."
         raise bodymodels.InputError(message if message.startswith(path) else f"{path}: {message}") from None
 
 

@@ -1065,3 +1065,28 @@ def test_demo_reads_grayscale_rgba_and_16_bit_images(demo_checkpoint, held_out_h
             expected = sh.predict(model, {"image": seen[None]}, cfg)["verts"]
         got = torch.from_numpy(np.load(tmp_path / "out" / f"{mode}.npz")["verts_rel"])
         torch.testing.assert_close(got, expected, rtol=0, atol=2e-5, msg=mode)
+
+
+def test_demo_keypoints_give_both_hands_and_the_left_one_is_mirrored(demo_checkpoint, held_out_hands, tmp_path,
+                                                                     one_thread, capsys):
+    """A COCO-WholeBody person whose right hand is a render and left hand its mirror image, side by side:
+    two meshes, the left the right's mirror through the camera's centre line."""
+    import json
+
+    import numpy as np
+
+    s = held_out_hands[0]
+    save_png(tmp_path / "two.png", torch.cat([s["image"], s["image"].flip(-1)], -1))  # 96 x 192
+    uv = s["joints2d"].double().numpy()
+    kp = np.zeros((133, 3))
+    kp[112:133] = np.c_[uv, np.full(21, 0.9)]  # right hand
+    kp[91:112] = np.c_[192 - uv[:, 0], uv[:, 1], np.full(21, 0.9)]  # left hand
+    (tmp_path / "two.json").write_text(json.dumps([{"keypoints": kp.tolist(), "score": 0.9}]))
+    status, stdout, _ = run_demo_in_process(["--image", str(tmp_path / "two.png"), "--keypoints", str(tmp_path / "two.json"),
+                                             "--checkpoint", str(demo_checkpoint), "--out", str(tmp_path / "o")], capsys)
+    assert status == 0 and [line.rsplit("/", 1)[1] for line in stdout] == ["two.png", "two_right.obj", "two_left.obj", "two.npz"]
+    z = np.load(tmp_path / "o" / "two.npz")
+    assert z["is_right"].tolist() == [True, False] and z["verts"].shape == (2, 778, 3)
+    np.testing.assert_allclose(z["box"][1], [192 - z["box"][0][2], z["box"][0][1], 192 - z["box"][0][0], z["box"][0][3]],
+                               atol=1e-4)  # each the keypoint box x 1.25, made square
+    np.testing.assert_allclose(z["verts"][1], z["verts"][0] * [-1, 1, 1], rtol=0, atol=1e-4)
