@@ -1228,21 +1228,26 @@ def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generat
     return ids, history
 
 
-def refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale):
-    """Eq. (2)-(3) per sample: G = sum_j ||S (Pi(K(J'_3D + t)) - J_2D)||^2 + lambda ||R(e) - R_0||^2 -> (B,)."""
+def refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights=None):
+    """Eq. (2)-(3) per sample: G = sum_j w_j ||S (Pi(K(J'_3D + t)) - J_2D)||^2 + lambda ||R(e) - R_0||^2 -> (B,);
+    weights (B, 24) per joint (a detector's confidences, 0 where a joint has no keypoint), None = all 1 (Eq. 3)."""
     R = tokenizer.decode(e)
     joints = tokenizer.body.joints(R, betas)
     uv = bodymodels.project_to_crop(joints, t, FOCAL_LENGTH, CROP_SIZE)
-    return (((uv - targets) * scale) ** 2).sum((1, 2)) + reg * ((R - R0) ** 2).sum((1, 2, 3))
+    residual = (((uv - targets) * scale) ** 2).sum(2)  # (B, 24)
+    residual = residual if weights is None else residual * weights
+    return residual.sum(1) + reg * ((R - R0) ** 2).sum((1, 2, 3))
 
 
-def refine(tokenizer, ids, betas, cam, targets, steps=20, lr=1.0, reg=10.0, scale=256.0, halvings=6, kept=None):
+def refine(tokenizer, ids, betas, cam, targets, steps=20, lr=1.0, reg=10.0, scale=256.0, halvings=6, kept=None,
+           weights=None):
     """Inference Strategy > 2D Pose-Guided Refinement, Eqs. (2)-(4), every network frozen: descent on the
     code vectors e = C[Y] (B, L, D) fed to the frozen tokenizer decoder (not re-quantised); beta and the
     camera stay fixed. Eq. (4): e <- e - eta grad_e G, eta per sample, halved until G falls (at most
     `halvings` times, else no move) and doubled after an accepted step (NOTE(paper gap) 18).
     targets: normalised 2D keypoints (B, 24, 2); scale: pixels per normalised unit (crop height); kept:
-    {P: None} for P <= steps, filled with e after P steps (one descent gives every shorter one).
+    {P: None} for P <= steps, filled with e after P steps (one descent gives every shorter one); weights:
+    (B, 24) per-joint weights of the 2D term (None: every joint 1, as Eq. 3).
     -> (refined code vectors (B, L, D), G before (B,), G after (B,))."""
     e = tokenizer.quantizer.codebook[ids].detach().clone()
     with torch.no_grad():
@@ -1258,14 +1263,14 @@ def refine(tokenizer, ids, betas, cam, targets, steps=20, lr=1.0, reg=10.0, scal
             break
         with torch.enable_grad():
             e.requires_grad_(True)
-            G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale)
+            G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights)
             grad, = torch.autograd.grad(G.sum(), e)  # only e: no parameter receives a gradient
         e, G = e.detach(), G.detach()
         G_start = G if G_start is None else G_start
-        e, G, eta = _backtrack(tokenizer, e, G, grad, eta, (betas, t, targets, R0, reg, scale), halvings)
+        e, G, eta = _backtrack(tokenizer, e, G, grad, eta, (betas, t, targets, R0, reg, scale, weights), halvings)
     if G is None:
         with torch.no_grad():
-            G_start = G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale)
+            G_start = G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights)
     return e, G_start, G
 
 
@@ -1339,7 +1344,7 @@ def predict(model, batch, cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. Tools: parameter counts, timing, a visible demo
+# 8. Tools: parameter counts, timing, a visible demo, `--image`
 
 
 def count_parameters(module):
@@ -1385,16 +1390,122 @@ def benchmark(model, cfg, iterations=(1, 3, 5), refine_steps=(0, 5, 20), reps=3)
     return rows
 
 
-def main():
-    parser = argparse.ArgumentParser(description="GenHMR: parameter counts, inference time, a demo.")
+# `python genhmr.py --image PATH`: one photograph in, a picture, an .obj and an .npz out (bodymodels.run_demo
+# reads, checks and writes; here GenHMR's part: its three checkpoints, its crop, UGS, Eqs. 2-4, its camera).
+STAGES = (("genhmr_tokenizer", TOKENIZER_CONFIGS, tokenizer_build_model),
+          ("genhmr_backbone", BACKBONE_CONFIGS, backbone_build_model), ("genhmr", CONFIGS, build_model))
+KEYPOINT_BOX_ENLARGE = 1.2  # a box from 2D keypoints, enlarged as SPIN / HMR2.0's datasets do (scaleFactor 1.2)
+# COCO-17 keypoint -> SMPL joint of the same name (shoulders, elbows, wrists, hips, knees, ankles; the face has
+# none). NOTE(paper gap) 18: the paper's detector and joint matching are unstated; SMPL's hips sit inside COCO's
+COCO17_TO_SMPL = {i: bodymodels.SMPL_JOINT_NAMES.index(n) for i, n in enumerate(bodymodels.COCO17_NAMES)
+                  if n in bodymodels.SMPL_JOINT_NAMES}
+DEMO_DOCS = {
+    "verts": "SMPL vertices (UGS), metres, the full image's camera frame (K; x right, y down, z forward); the .obj "
+             "and the picture show refined_verts when there are keypoints, else these",
+    "joints3d": "SMPL joints (UGS), metres, the full image's camera frame",
+    "joints2d": "joints3d projected by K, pixels",
+    "pose": "SMPL pose (UGS), axis-angle, global orientation (camera frame) first", "betas": "SMPL shape",
+    "cam": "the crop's weak-perspective camera [s, tx, ty] (HMR2.0's, f = 5000 for a 256 crop)",
+    "cam_t": "translation of the SMPL mesh in the full image's camera (CLIFF's cam_crop_to_full of cam)",
+    "K": "the full image's camera: focal 5000 / 256 x max(W, H) pixels, principal point at the image centre",
+    "box": "the person's box x0, y0, x1, y1 (pixels): --box, the keypoints' box x 1.2, or the whole image",
+    "crop_matrix": "full-image pixels -> pixels of the model's crop (homogeneous, column vectors)",
+    "token_ids": "the pose tokens UGS chose (codebook indices)",
+    "crop_verts": "vertices in the crop's camera, as genhmr.predict returns them (metres)",
+    "crop_joints3d": "joints in the crop's camera, as genhmr.predict",
+    "crop_cam_t": "cam as a translation, crop camera",
+    "refined": "1: Eqs. 2-4 refined the pose towards --keypoints (refined_* keys); 0: no keypoints, no refinement",
+    "refined_verts": "verts after refinement", "refined_joints3d": "joints3d after refinement",
+    "refined_joints2d": "joints2d after refinement", "refined_pose": "pose after refinement",
+    "refined_crop_verts": "crop_verts after refinement",
+    "keypoints": "the person's COCO-17 keypoints x, y, confidence (pixels)",
+    "reproj_error_px": "confidence-weighted mean distance of joints2d to the matched keypoints, pixels",
+    "refined_reproj_error_px": "the same for refined_joints2d"}
+
+
+def demo_crop(image, box, person, image_hw):
+    """The person's crop: --box, else the body keypoints' box x KEYPOINT_BOX_ENLARGE, else the whole
+    image; widened to the model's aspect (the whole image of that aspect is the training crop)
+    -> (crop (3, H, W), box, centre (cx, cy), size (w, h), A (3, 3) full-image pixels -> crop pixels)."""
+    enlarge = 1.0
+    if box is None and person is not None and bodymodels.keypoint_box(person["body"]) is not None:
+        box, enlarge = bodymodels.keypoint_box(person["body"]), KEYPOINT_BOX_ENLARGE
+    box = box if box is not None else (0.0, 0.0, float(image.shape[-1]), float(image.shape[-2]))
+    centre, size = bodymodels.crop_box(box, image_hw, enlarge)
+    A = bodymodels.crop_matrix(centre, size, image_hw)
+    return bodymodels.warp_image(image, A, image_hw), box, centre, size, A
+
+
+def keypoint_targets(person, A, image_hw):
+    """COCO-17 keypoints (17, 3) full-image pixels -> refinement targets (1, 24, 2) in normalised crop
+    coordinates and weights (1, 24): the confidence at the SMPL joints with a COCO counterpart, else 0."""
+    kp = torch.as_tensor(person["body"], dtype=torch.float64)
+    crop_px = torch.cat([kp[:, :2], torch.ones(len(kp), 1, dtype=kp.dtype)], 1) @ A.T
+    targets, weights = torch.zeros(1, NUM_JOINTS, 2), torch.zeros(1, NUM_JOINTS)
+    coco, smpl = list(COCO17_TO_SMPL), list(COCO17_TO_SMPL.values())
+    targets[0, smpl] = normalised_keypoints(crop_px[coco, :2].float(), image_hw)
+    weights[0, smpl] = kp[coco, 2].float().clamp(0, 1)
+    return targets, weights
+
+
+def full_image_camera(cam, centre, size, image_hw):
+    """CLIFF (bodymodels.cam_crop_to_full): the crop's [s, tx, ty] (B, 3) -> the mesh's translation (B, 3) in
+    the full image's camera K (3, 3). GenHMR normalises 2D by the crop height (`normalised_keypoints`), so
+    HMR2.0's crop size S stands for the crop's height in full-image pixels, size[1]."""
+    (H, W), f, S = image_hw, FOCAL_LENGTH, CROP_SIZE
+    t = bodymodels.cam_crop_to_full(cam.double(), centre, size[1], (W, H), f, S).float()
+    return t, bodymodels.full_image_intrinsics((W, H), f, S, dtype=torch.float64).float()
+
+
+def infer(image, box, people, args):
+    """bodymodels.run_demo's `infer`: the crop, UGS, with --keypoints Eqs. 2-4, the mesh in the full image."""
+    model, cfg = bodymodels.load_trained(args.checkpoint, STAGES)
+    tok, person = model.tokenizer, bodymodels.pick_person(people, box) if people else None
+    crop, box, centre, size, A = demo_crop(image, box, person, cfg.image_hw)
+    ugs = uncertainty_guided_sampling(model, crop[None], cfg.ugs_iterations, cfg.schedule, cfg.top_k)
+    ids, betas, cam = ugs["ids"], ugs["betas"], ugs["cam"]
+    t, K = full_image_camera(cam, centre, size, image.shape[-2:])
+    arrays = {"cam": cam[0], "betas": betas[0], "K": K, "box": torch.tensor(box), "crop_matrix": A,
+              "token_ids": ids[0], "cam_t": t[0], "refined": torch.tensor(int(person is not None))}
+    poses = {"": tok.decode_ids(ids)}
+    if person is not None:  # Inference Strategy > 2D Pose-Guided Refinement, towards the detector's keypoints
+        targets, weights = keypoint_targets(person, A, cfg.image_hw)
+        e = refine(tok, ids, betas, cam, targets, cfg.refine_steps, cfg.refine_lr, cfg.refine_reg,
+                   float(cfg.image_hw[0]), weights=weights)[0]
+        poses["refined_"] = tok.decode(e).detach()
+        arrays["keypoints"] = torch.as_tensor(person["body"])
+    kp = torch.as_tensor(person["body"]).float()[list(COCO17_TO_SMPL)] if person is not None else None
+    for prefix, R in poses.items():
+        crop_mesh = mesh_outputs(tok, R, betas, cam)  # in the crop's camera, as `predict`
+        verts, joints = (crop_mesh[k][0] - crop_mesh["cam_t"] + t[0] for k in ("verts", "joints3d"))
+        uv = bodymodels.perspective_projection(joints, K)
+        arrays.update({f"{prefix}verts": verts, f"{prefix}joints3d": joints, f"{prefix}joints2d": uv,
+                       f"{prefix}pose": bodymodels.matrix_to_axis_angle(R[0]),
+                       f"{prefix}crop_verts": crop_mesh["verts"][0]})
+        if prefix == "":
+            arrays.update(crop_joints3d=crop_mesh["joints3d"][0], crop_cam_t=crop_mesh["cam_t"][0])
+        if kp is not None:  # confidence-weighted mean 2D distance to the keypoints
+            d = (uv[list(COCO17_TO_SMPL.values())] - kp[:, :2]).norm(dim=-1)
+            arrays[f"{prefix}reproj_error_px"] = (kp[:, 2] * d).sum() / kp[:, 2].sum().clamp_min(1e-9)
+    final = arrays["refined_verts" if person is not None else "verts"]
+    marks = person["body"][person["body"][:, 2] >= 0.3, :2] if person is not None else None
+    return {"meshes": [("", final, tok.body.faces)], "K": K, "keypoints": marks, "arrays": arrays, "docs": DEMO_DOCS}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="GenHMR: parameter counts, inference time, a demo; with --image, "
+                                                 "a trained model on your image (a picture, an .obj, an .npz).")
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="config for the demo and --bench")
     parser.add_argument("--params", action="store_true", help="print per-part parameter counts at PAPER")
     parser.add_argument("--bench", action="store_true", help="average inference time per image (AITI) on CPU "
                                                               "for T = 1, 3, 5 and 0, 5, 20 refinement steps")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = parser.parse_args()
+    bodymodels.add_demo_arguments(parser, "genhmr")
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.image:
+        return bodymodels.run_demo(args, infer, "genhmr.py")
     if args.params:
         rows = parameter_table(PAPER, TOKENIZER_PAPER)
         for name, n in rows + [("total (trained in stage 2)", sum(n for _, n in rows[3:]))]:

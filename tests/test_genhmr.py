@@ -2,15 +2,22 @@
 one-batch overfit per stage, the trainer protocol, and the official ViT-H names with strict=True."""
 
 import dataclasses
+import json
 import math
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 import bodymodels
 import genhmr
@@ -721,3 +728,186 @@ def test_official_hmr2_vit_and_smpl_head_fixture_matches():
 
 class Unpicklable:
     """Stands for HMR2.0's pickled yacs config: torch.load(weights_only=True) refuses it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# `python genhmr.py --image PATH` (issue 25): a short-trained chain through train.py, a held-out render
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The three stages through train.py itself (a few steps each) -> OUT folder; and the held-out
+    render (train.py's evaluation set) written as an 8-bit PNG, with its sample."""
+    import data
+    import train
+    out = tmp_path_factory.mktemp("genhmr_demo")
+    tiny = ["--out", str(out), "--log-every", "100", "--eval-samples", "2"]
+    train.main(["--model", "genhmr_tokenizer", "--max-steps", "3", "--set", "batch_size=8", "--train-samples", "16"]
+               + tiny)
+    train.main(["--model", "genhmr_backbone", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8"]
+               + tiny)
+    train.main(["--model", "genhmr", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8",
+                "--set", "refine_steps=3", "--set", "table_iterations=()", "--set", "table_refine_steps=()"] + tiny)
+    sample = data.body_dataset("synthetic", None, "evaluation", genhmr.TINY, 0, 2)[1]
+    pixels = (sample["image"] * 255).round().byte()
+    png = out / "person.png"
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(png)
+    return types.SimpleNamespace(out=out, ckpt=out / "genhmr" / "ckpt.pt", png=png, sample=sample,
+                                 image_8bit=pixels.float() / 255)
+
+
+def run_main(argv, capsys):
+    """genhmr.main(argv) in this process -> (exit status, stdout lines, stderr lines)."""
+    try:
+        genhmr.main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out.splitlines(), captured.err.splitlines()
+
+
+def silhouette(verts, K, hw):
+    import data
+    return set(data.rasterize(torch.as_tensor(verts).float(), genhmr._smpl().faces_tensor, torch.as_tensor(K),
+                              hw)[0].tolist())
+
+
+def iou(a, b):
+    return len(a & b) / max(1, len(a | b))
+
+
+def test_image_command_writes_the_picture_mesh_and_arrays_of_predict(trained, tmp_path):
+    """`python genhmr.py --image` in a subprocess: exit 0, one line per file; the .npz's crop-frame vertices
+    are `predict`'s UGS vertices on the 8-bit image; the .obj reads back to the .npz's vertices and SMPL's
+    faces; the overlay's silhouette against the render's (reported: a 2-step model is poor)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    run = subprocess.run([sys.executable, "genhmr.py", "--image", trained.png, "--checkpoint", trained.ckpt,
+                          "--out", tmp_path / "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    names = [f"wrote {tmp_path / 'demo' / 'person'}{ext}" for ext in (".png", ".obj", ".npz")]
+    assert run.stdout.splitlines() == names
+    npz = np.load(tmp_path / "demo" / "person.npz")
+    for key in ("verts", "joints3d", "joints2d", "pose", "betas", "cam", "cam_t", "K", "box", "crop_matrix",
+                "token_ids", "crop_verts", "crop_joints3d", "README"):
+        assert key in npz, key
+    assert int(npz["refined"]) == 0 and "refined_verts" not in npz
+    model, cfg = bodymodels.load_trained(trained.ckpt, genhmr.STAGES)
+    cfg = dataclasses.replace(cfg, refine_steps=0, table_iterations=(), table_refine_steps=())
+    batch = {"image": trained.image_8bit[None], "joints2d": trained.sample["joints2d"][None], "index": torch.zeros(1)}
+    ours = genhmr.predict(model, batch, cfg)
+    assert torch.equal(torch.as_tensor(npz["token_ids"]), ours["ids"][0])
+    torch.testing.assert_close(torch.as_tensor(npz["crop_verts"]), ours["verts"][0], atol=1e-5, rtol=0)
+    verts, faces = bodymodels.read_obj(tmp_path / "demo" / "person.obj")
+    torch.testing.assert_close(verts, torch.as_tensor(npz["verts"]).double(), atol=1e-6, rtol=0)
+    assert torch.equal(faces, genhmr._smpl().faces_tensor.long())
+    hw = trained.image_8bit.shape[-2:]
+    overlap = iou(silhouette(npz["verts"], npz["K"], hw), silhouette(trained.sample["verts"], trained.sample["K"], hw))
+    print(f"short-trained GenHMR: overlay silhouette IoU {overlap:.3f} with the render's")
+
+
+def test_ground_truth_camera_through_the_conversion_covers_the_render(trained):
+    """Placement with ground-truth inputs: the render's [s, tx, ty] through `demo_crop` and
+    `full_image_camera` puts its mesh on its silhouette, the render alone (the crop is the identity, K
+    the render's) and pasted into a larger photograph with --box."""
+    s = trained.sample
+    t = s["cam_t"].double()
+    cam = torch.stack([2 * genhmr.FOCAL_LENGTH / (genhmr.CROP_SIZE * t[2]), t[0], t[1]])[None]
+    root_relative = s["verts"] - s["cam_t"]
+    H, W = s["image"].shape[-2:]
+    truth = silhouette(s["verts"], s["K"], (H, W))
+    crop, box, centre, size, A = genhmr.demo_crop(s["image"], None, None, (H, W))
+    assert torch.equal(A, torch.eye(3, dtype=torch.float64)) and (crop - s["image"]).abs().max() < 1e-4
+    cam_t, K = genhmr.full_image_camera(cam, centre, size, (H, W))
+    torch.testing.assert_close(K, s["K"])
+    whole = iou(silhouette(root_relative + cam_t, K, (H, W)), truth)
+    photo, (x0, y0) = torch.zeros(3, 150, 230), (140, 40)
+    photo[:, y0:y0 + H, x0:x0 + W] = s["image"]
+    crop, box, centre, size, A = genhmr.demo_crop(photo, (x0, y0, x0 + W, y0 + H), None, (H, W))
+    assert (crop - s["image"]).abs().max() < 1e-4  # float32 grid
+    cam_t, K = genhmr.full_image_camera(cam, centre, size, (150, 230))
+    pasted = iou(silhouette(root_relative + cam_t, K, (150, 230)), {(p // W + y0) * 230 + p % W + x0 for p in truth})
+    print(f"ground-truth placement IoU: whole render {whole:.3f}, pasted into 230 x 150 {pasted:.3f}")
+    assert whole > 0.99 and pasted > 0.95
+
+
+def test_keypoints_file_runs_the_papers_refinement(trained, tmp_path, capsys):
+    """--keypoints (a COCO file of the render's projected joints, face points unlabelled): the box comes
+    from them, Eqs. 2-4 run (refined_* keys), and the 2D error to the keypoints falls."""
+    joints2d = trained.sample["joints2d"]
+    kp = np.zeros((17, 3))
+    for coco, smpl in genhmr.COCO17_TO_SMPL.items():
+        kp[coco] = [*joints2d[smpl].tolist(), 2]
+    path = tmp_path / "keypoints.json"
+    path.write_text(json.dumps({"annotations": [{"keypoints": kp.flatten().tolist()}]}))
+    code, out, err = run_main(["--image", trained.png, "--checkpoint", trained.ckpt, "--out", tmp_path / "demo",
+                               "--keypoints", path], capsys)
+    assert code == 0 and len(out) == 3, err
+    npz = np.load(tmp_path / "demo" / "person.npz")
+    assert int(npz["refined"]) == 1 and {"refined_verts", "refined_pose", "refined_joints2d", "keypoints"} <= set(npz)
+    print(f"2D error to the keypoints: {float(npz['reproj_error_px']):.2f} px -> "
+          f"{float(npz['refined_reproj_error_px']):.2f} px after refinement")
+    assert npz["refined_reproj_error_px"] < npz["reproj_error_px"]
+    torch.testing.assert_close(bodymodels.read_obj(tmp_path / "demo" / "person.obj")[0],
+                               torch.as_tensor(npz["refined_verts"]).double(), atol=1e-6, rtol=0)
+
+
+def bad_input(name, trained, tmp):
+    """argv pieces for one kind of bad input, and the words its one error line must hold."""
+    ckpts = tmp / "ckpts"
+    for stage in ("genhmr_tokenizer", "genhmr_backbone"):  # the parents, beside the bad checkpoints
+        (ckpts / stage).mkdir(parents=True, exist_ok=True)
+        shutil.copy(trained.out / stage / "ckpt.pt", ckpts / stage / "ckpt.pt")
+    (ckpts / "genhmr").mkdir(exist_ok=True)
+    if name == "missing image":
+        return ["--image", tmp / "nobody.png"], "no such file"
+    if name == "not an image":
+        (tmp / "notes.png").write_text("not a picture")
+        return ["--image", tmp / "notes.png"], "not a readable image"
+    if name == "box outside the image":
+        return ["--box", 500, 500, 600, 600], "outside the image"
+    if name == "empty box":
+        return ["--box", 10, 10, 10, 30], "empty"
+    if name == "tokenizer checkpoint":
+        return ["--checkpoint", trained.out / "genhmr_tokenizer" / "ckpt.pt"], "holds a 'genhmr_tokenizer' model"
+    if name == "another paper's checkpoint":
+        torch.save({"model_name": "hmr_adapter", "model": {}, "config": {}}, ckpts / "genhmr" / "ckpt.pt")
+        return ["--checkpoint", ckpts / "genhmr" / "ckpt.pt"], "holds a 'hmr_adapter' model"
+    blob = (trained.out / "genhmr" / "ckpt.pt").read_bytes()
+    (ckpts / "genhmr" / "ckpt.pt").write_bytes(blob[:len(blob) // 2])
+    return ["--checkpoint", ckpts / "genhmr" / "ckpt.pt"], "not a readable train.py checkpoint"
+
+
+@pytest.mark.parametrize("name", ["missing image", "not an image", "box outside the image", "empty box",
+                                  "tokenizer checkpoint", "another paper's checkpoint", "truncated checkpoint"])
+def test_bad_input_is_one_line_exit_2_and_no_file(trained, tmp_path, capsys, name):
+    args, words = bad_input(name, trained, tmp_path)
+    argv = ["--image", trained.png, "--checkpoint", trained.ckpt, "--out", tmp_path / "demo"] + args
+    code, out, err = run_main(argv, capsys)
+    assert code == 2 and out == [] and len(err) == 1 and words in err[0], err
+    assert err[0].startswith("genhmr.py: ")
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16"])
+def test_grayscale_rgba_and_16_bit_images_are_read(trained, tmp_path, capsys, mode):
+    """Any image mode runs; RGBA (alpha dropped) gives `predict`'s vertices on the RGB image."""
+    rgb = Image.open(trained.png)
+    if mode == "I;16":
+        image = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257))
+    else:
+        image = rgb.convert(mode)
+    image.save(tmp_path / "person.png")
+    code, out, err = run_main(["--image", tmp_path / "person.png", "--checkpoint", trained.ckpt,
+                               "--out", tmp_path / "demo"], capsys)
+    assert code == 0 and len(out) == 3, err
+    if mode == "RGBA":
+        model, cfg = bodymodels.load_trained(trained.ckpt, genhmr.STAGES)
+        ugs = genhmr.uncertainty_guided_sampling(model, trained.image_8bit[None], cfg.ugs_iterations)
+        verts = genhmr.mesh_outputs(model.tokenizer, model.tokenizer.decode_ids(ugs["ids"]), ugs["betas"],
+                                    ugs["cam"])["verts"][0]
+        torch.testing.assert_close(torch.as_tensor(np.load(tmp_path / "demo" / "person.npz")["crop_verts"]), verts,
+                                   atol=1e-5, rtol=0)
