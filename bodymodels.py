@@ -588,8 +588,8 @@ def load_state_strict(module, state, source):
     unknown, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
     shapes = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in state.items()
               if k in own and v.shape != own[k].shape]
-    problems = [f"{what} {items}" for what, items in (("unknown keys", unknown), ("missing keys", missing),
-                                                      ("wrong shapes", shapes)) if items]
+    problems = [f"{what} {items[:8]}" + (f" and {len(items) - 8} more" if len(items) > 8 else "")
+                for what, items in (("unknown keys", unknown), ("missing keys", missing), ("wrong shapes", shapes)) if items]
     if problems:
         raise ValueError(f"{source}: does not fit {type(module).__name__} (after the key mapping): "
                          + "; ".join(problems))
@@ -922,11 +922,14 @@ def warp_image(image, A, size, steps=None):
                          align_corners=False)[0]
 
 
-def solve_translation(points, uv, K, weights=None):
+def solve_translation(points, uv, K, weights=None, min_depth=0.01):
     """The translation t (3,) that best puts root-relative points (N, 3) where they were seen:
     perspective_projection(points + t, K) ~ uv (N, 2) pixels, in the least-squares sense of the
     linear equations f_x (X + t_x) - (u - c_x)(Z + t_z) = 0 (and the same in y), weighted by
-    weights (N,). Exact when the points project exactly; no iteration, no initial guess."""
+    weights (N,). Exact when the points project exactly; no iteration, no initial guess.
+    3D points that contradict their 2D ones (a poorly trained model) can put that solution behind
+    the camera; then t_z is where the 3D and 2D spreads agree (weak perspective), at least
+    min_depth in front for every point, and t_x, t_y the mean of the rays' offsets at that depth."""
     X, uv, K = points.double(), uv.double(), K.double()
     w = torch.ones(len(X), dtype=torch.float64) if weights is None else torch.as_tensor(weights).double()
     rows, rhs = [], []
@@ -937,6 +940,12 @@ def solve_translation(points, uv, K, weights=None):
         rows.append(row * w[:, None])
         rhs.append((d * X[:, 2] - f * X[:, a]) * w)
     t = torch.linalg.lstsq(torch.cat(rows), torch.cat(rhs)[:, None]).solution[:, 0]
+    if (X[:, 2] + t[2]).min() < min_depth:
+        spread = lambda p: (w[:, None] * (p - p.mean(0)).norm(dim=-1, keepdim=True)).sum() / w.sum()  # noqa: E731
+        tz = K[0, 0] * spread(X[:, :2]) / spread(uv).clamp_min(1e-9) - X[:, 2].mean()  # f x 3D spread / 2D spread
+        tz = tz.clamp_min(min_depth - X[:, 2].min())
+        rays = (uv - K[:2, 2]) / K[[0, 1], [0, 1]]  # (N, 2): (x / z, y / z) of each point's ray
+        t = torch.cat([(w[:, None] * (rays * (X[:, 2:] + tz) - X[:, :2])).sum(0) / w.sum(), tz[None]])
     return t.to(points.dtype)
 
 
@@ -1036,13 +1045,15 @@ def draw_demo(path, image, meshes, K, keypoints=None):
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
-def add_demo_arguments(parser, stage, hands=False):
-    """The arguments every paper's `--image` command takes (see run_demo)."""
+def add_demo_arguments(parser, stage, hands=False, released=""):
+    """The arguments every paper's `--image` command takes (see run_demo); released: what else
+    --checkpoint reads (a paper's released weights)."""
     parser.add_argument("--image", metavar="PATH", help="run the model on this image and write a picture, "
                         ".obj and .npz (any Pillow-readable image: grayscale, RGBA and 16-bit included)")
     parser.add_argument("--out", default="out/demo", help="folder for the files of --image (default out/demo)")
     parser.add_argument("--checkpoint", default=f"out/{stage}/ckpt.pt",
-                        help=f"weights: a train.py checkpoint (default out/{stage}/ckpt.pt, the default run's)")
+                        help=f"weights: a train.py checkpoint (default out/{stage}/ckpt.pt, the default run's)"
+                        + (f", or {released}" if released else ""))
     parser.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
                         help="the region of the image to reconstruct, in pixels (default: the whole image)")
     parser.add_argument("--keypoints", metavar="FILE", help="2D keypoints in COCO(-WholeBody), mmpose / ViTPose or "

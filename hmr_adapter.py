@@ -1508,8 +1508,6 @@ HAND_BOX_ENLARGE = 1.2  # a hand's box: the square of 1.2 x the larger side of i
 
 def load_trained_model(path):
     """The `Adapted` model of a train.py checkpoint of stage "hmr_adapter" (its bases: ../hmr_adapter_bases/)."""
-    # TODO(shared): load_trained reads the parents first, so a broken file at `path` would be blamed on its parent
-    bodymodels.read_train_checkpoint(path, "hmr_adapter")
     chain = [("hmr_adapter_bases", BASE_CONFIGS, lambda cfg, parent: Bases(cfg)),  # its checkpoint holds every weight
              ("hmr_adapter", CONFIGS, build_model)]
     return bodymodels.load_trained(path, chain)[0]

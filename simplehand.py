@@ -974,8 +974,6 @@ def load_for_inference(path):
         raise
     except (ImportError, ValueError, TypeError) as e:  # no timm for a paper backbone; weights that do not fit
         message = str(e).splitlines()[0]
-        if len(message) > 400:  # TODO(shared): load_state_strict lists every key (thousands for a foreign file)
-            message = message[:400] + " ..."
         raise bodymodels.InputError(message if message.startswith(path) else f"{path}: {message}") from None
 
 
@@ -1019,24 +1017,8 @@ def place_hand(joints3d, verts, joints2d, A, K, is_right=True):
     uv1 = torch.cat([joints2d.double(), joints2d.new_ones(len(joints2d), 1).double()], 1)
     uv = uv1 @ torch.linalg.inv(A.double()).T  # crop pixels -> full-image pixels
     uv = (uv[:, :2] / uv[:, 2:]).to(joints3d.dtype)
-    t = bodymodels.solve_translation(joints3d, uv, K)  # projection(joints3d + t, K) ~ uv
-    if (joints3d[:, 2] + t[2]).min() <= 0:
-        t = _translation_in_front(joints3d, uv, K)
+    t = bodymodels.solve_translation(joints3d, uv, K)  # projection(joints3d + t, K) ~ uv, in front of the camera
     return {"verts": verts + t, "joints3d": joints3d + t, "joints2d": uv, "faces": faces, "translation": t}
-
-
-def _translation_in_front(joints3d, uv, K):
-    """The translation when solve_translation's puts joints behind the camera (3D joints that
-    contradict their 2D keypoints, from a poorly trained model): the depth at which their spreads
-    agree (weak perspective), then the least-squares x, y at that depth.
-    TODO(shared): belongs in bodymodels.solve_translation, which can return such depths."""
-    X, uv, K = joints3d.double(), uv.double(), K.double()
-    spread = lambda p: (p - p.mean(0)).norm(dim=-1).mean()
-    tz = K[0, 0] * spread(X[:, :2]) / spread(uv).clamp_min(1e-6) - X[:, 2].mean()  # mean depth: f x 3D / 2D spread
-    tz = tz.clamp_min(0.01 - X[:, 2].min())  # every joint at least 1 cm in front
-    d = (uv - K[:2, 2]) / K[[0, 1], [0, 1]]  # (21, 2): rays (x / z, y / z)
-    t_xy = (d * (X[:, 2:] + tz) - X[:, :2]).mean(0)
-    return torch.cat([t_xy, tz[None]]).to(joints3d.dtype)
 
 
 def reconstruct_hand(model, cfg, image, crop, K):
@@ -1125,8 +1107,7 @@ def _print_bench(name, cfg, device, reps):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="SimpleHand: shapes, parameter counts, speed; with --image, "
-                                     "hand meshes from a picture (--checkpoint: a train.py checkpoint or the "
-                                     "released epoch_200_rerun* file, which needs timm).")
+                                     "hand meshes from a picture.")
     parser.add_argument("--config", choices=sorted(CONFIGS), default=None,
                         help="config to use (default: tiny for shapes; every config for --params/--bench)")
     parser.add_argument("--params", action="store_true", help="print non-backbone parameter counts")
@@ -1137,7 +1118,8 @@ def main(argv=None):
                         help="device for --bench: cpu or cuda")
     parser.add_argument("--reps", type=int, default=20, help="timed repetitions per batch size for --bench")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
-    bodymodels.add_demo_arguments(parser, "simplehand", hands=True)
+    bodymodels.add_demo_arguments(parser, "simplehand", hands=True,
+                                  released="a released official file (epoch_200_rerun1, needs timm)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -629,3 +629,15 @@ def test_run_demo_writes_the_picture_one_obj_per_mesh_and_the_npz(tmp_path, caps
     assert names == ["photo.png", "photo_right.obj", "photo_left.obj", "photo.npz"]
     assert capsys.readouterr().out.splitlines() == [f"wrote {p}" for p in written]
     assert written[0].stat().st_size > 10_000 and len(list((tmp_path / "out").iterdir())) == 4
+
+
+@given(seed=SEEDS)
+@FAST
+@example(seed=0)
+def test_solve_translation_keeps_every_point_in_front_when_3d_and_2d_disagree(seed):
+    g = torch.Generator().manual_seed(seed)
+    points = torch.randn(21, 3, generator=g, **DOUBLE) * 0.05
+    uv = torch.rand(21, 2, generator=g, **DOUBLE) * 200  # unrelated to the points
+    K = torch.tensor([[500.0, 0, 100.0], [0, 500.0, 100.0], [0, 0, 1]], **DOUBLE)
+    t = bm.solve_translation(points, uv, K, min_depth=0.01)
+    assert (points[:, 2] + t[2]).min() >= 0.01 - 1e-12 and torch.isfinite(t).all()
