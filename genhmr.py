@@ -15,7 +15,8 @@ The module is train.py's image stage (`CONFIGS`, `build_model`, `training_loss`,
 `learning_rate`; `TOKENIZER` is the tokenizer's, `BACKBONE` the backbone stage's):
 `torchrun --standalone --nproc_per_node=2 train.py --model genhmr` trains "genhmr_tokenizer", then
 "genhmr_backbone" (holding the frozen tokenizer), then "genhmr" from it, each scored against
-`metrics.MeanPoseBaseline`.
+`metrics.MeanPoseBaseline`. `python genhmr.py --image PATH [--keypoints FILE]` runs that trained chain on
+a photograph: UGS, with keypoints also refinement, the mesh placed in the full image (CLIFF's camera).
 
 Conventions: bodymodels.py's (column vectors, 6D = first two COLUMNS, axis-angle, metres, OpenCV
 camera). HMR2.0's camera: the head predicts [s, tx, ty], t = [tx, ty, 2 f / (S s)], f = 5000, S = 256;

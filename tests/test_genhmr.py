@@ -373,6 +373,23 @@ def test_refinement_changes_no_parameter_and_lowers_its_objective(model):
     assert all((b <= a + 1e-6).all() for a, b in zip(Gs, Gs[1:]))
 
 
+def test_refinement_ignores_joints_of_weight_zero_and_unit_weights_are_eq_3(model):
+    """P24: a joint of weight 0 (a keypoint the detector did not see) moves neither G nor the refined codes;
+    weights of 1 everywhere give the unweighted Eq. (3)."""
+    tok = model.tokenizer
+    ugs = genhmr.uncertainty_guided_sampling(model, torch.rand(2, 3, 32, 32, generator=seeded(8)), T=2)
+    args = (tok, ugs["ids"], ugs["betas"], ugs["cam"])
+    targets = torch.rand(2, 24, 2, generator=seeded(9)) * 0.4 - 0.2
+    weights = (torch.rand(2, 24, generator=seeded(10)) > 0.5).float()
+    moved = torch.where(weights[..., None] > 0, targets, targets + 0.3)  # unseen joints' targets elsewhere
+    e, G0, G1 = genhmr.refine(*args, targets, steps=3, weights=weights)
+    e_moved, G0_moved, G1_moved = genhmr.refine(*args, moved, steps=3, weights=weights)
+    assert torch.equal(e, e_moved) and torch.equal(G1, G1_moved) and (G1 < G0).all()
+    plain = genhmr.refine(*args, targets, steps=2)
+    ones = genhmr.refine(*args, targets, steps=2, weights=torch.ones(2, 24))
+    assert all(torch.equal(a, b) for a, b in zip(plain, ones))
+
+
 def test_predict_returns_refined_outputs_deterministically(model):
     batch = body_batch(3, seed=8)
     batch["index"] = torch.tensor([5, 6, 7])
