@@ -37,7 +37,8 @@ Map of the file. Part I, the reference:
 7. Pictures: `plot_mesh_views` (a mesh from three views), `draw_skeleton` (2D keypoints and bones).
 8. An image in, meshes out (what every paper's `--image` command shares): `read_image`,
    `read_keypoints` (COCO(-WholeBody), mmpose / ViTPose, OpenPose JSON), boxes and crops
-   (`crop_box`, `crop_matrix`, `warp_image`), `solve_translation`, `write_obj` / `read_obj`,
+   (`person_crop`, `crop_box`, `crop_matrix`, `warp_image`), placing a mesh in the full image
+   (`crop_translation_to_full`, `solve_translation`), `write_obj` / `read_obj`,
    `write_npz`, `draw_demo`, reading train.py checkpoints (`load_trained`), and `run_demo`.
 Part II, the machinery: reading model files safely, `atomic_write`, and the procedural stand-ins.
 """
@@ -887,6 +888,22 @@ def crop_box(box, aspect_hw, enlarge=1.0):
     return ((x0 + x1) / 2, (y0 + y1) / 2), (w * enlarge, h * enlarge)
 
 
+def person_crop(image_hw, out_hw, box=None, points=None, enlarge=1.0, source="--keypoints"):
+    """The crop a model sees: `box` as given, else the box of the confident keypoints `points` (N, 3)
+    times enlarge, else the whole image of size image_hw; grown to out_hw's aspect (`crop_box`)
+    -> (the box it was grown from (x0, y0, x1, y1), A (3, 3) full-image pixels -> crop pixels).
+    Raises InputError naming `source` if the keypoints give no box inside the image."""
+    if box is None and points is not None:
+        keypoints = keypoint_box(points)
+        if keypoints is None:
+            raise InputError(f"{source}: fewer than two keypoints with confidence >= 0.3")
+        box = check_box(keypoints, image_hw, f"{source}: the keypoints' box")
+    else:
+        enlarge = 1.0  # a box given by hand is the region itself
+    box = box if box is not None else (0.0, 0.0, float(image_hw[1]), float(image_hw[0]))
+    return box, crop_matrix(*crop_box(box, out_hw, enlarge), out_hw)
+
+
 def crop_matrix(centre, size, out_hw, flip=False):
     """The pixel transform A (3, 3) of a crop: the rectangle of `size` (w, h) at `centre` (cx, cy) of
     the full image onto an image of out_hw (H, W), mirrored left-right if flip. Pixel edges map to
@@ -947,6 +964,24 @@ def solve_translation(points, uv, K, weights=None, min_depth=0.01):
         rays = (uv - K[:2, 2]) / K[[0, 1], [0, 1]]  # (N, 2): (x / z, y / z) of each point's ray
         t = torch.cat([(w[:, None] * (rays * (X[:, 2:] + tz) - X[:, :2])).sum(0) / w.sum(), tz[None]])
     return t.to(points.dtype)
+
+
+def crop_translation_to_full(t, A, crop_hw, image_wh, crop_focal):
+    """CLIFF's crop -> full image move (`cam_crop_to_full`) for any crop camera. t (..., 3) places a
+    mesh in the camera of a crop (crop_matrix A, size crop_hw = (H, W), focal crop_focal in crop
+    pixels, principal point at the crop's centre) -> t' in the full image's camera
+    `full_image_intrinsics(image_wh)`. With F = crop_focal / A[1, 1] the crop camera's focal in image
+    pixels, c the crop's centre in the image and (f, c_full) the full camera's focal and centre:
+        tz' = tz f / F,   (tx', ty') = (tx, ty) + (c - c_full) tz / F,
+    so every point on the mesh root's depth plane lands on the pixel where the crop camera put it; a
+    point dZ off that plane moves by about dZ / tz' times its distance from that pixel's ray, which is
+    small at HMR2.0's focal 5000 per 256 pixels (a person seen from about 40 m)."""
+    A = torch.as_tensor(A).to(t)
+    F_crop = crop_focal / A[1, 1]
+    c = torch.linalg.solve(A, A.new_tensor([crop_hw[1] / 2, crop_hw[0] / 2, 1.0]))[:2]
+    K = full_image_intrinsics(image_wh, dtype=t.dtype).to(t.device)
+    tz = t[..., 2:]
+    return torch.cat([t[..., :2] + (c - K[:2, 2]) * tz / F_crop, tz * K[0, 0] / F_crop], -1)
 
 
 def mirror_mesh(verts, faces):

@@ -1424,19 +1424,6 @@ DEMO_DOCS = {
     "refined_reproj_error_px": "the same for refined_joints2d"}
 
 
-def demo_crop(image, box, person, image_hw):
-    """The person's crop: --box, else the body keypoints' box x KEYPOINT_BOX_ENLARGE, else the whole
-    image; widened to the model's aspect (the whole image of that aspect is the training crop)
-    -> (crop (3, H, W), box, centre (cx, cy), size (w, h), A (3, 3) full-image pixels -> crop pixels)."""
-    enlarge = 1.0
-    if box is None and person is not None and bodymodels.keypoint_box(person["body"]) is not None:
-        box, enlarge = bodymodels.keypoint_box(person["body"]), KEYPOINT_BOX_ENLARGE
-    box = box if box is not None else (0.0, 0.0, float(image.shape[-1]), float(image.shape[-2]))
-    centre, size = bodymodels.crop_box(box, image_hw, enlarge)
-    A = bodymodels.crop_matrix(centre, size, image_hw)
-    return bodymodels.warp_image(image, A, image_hw), box, centre, size, A
-
-
 def keypoint_targets(person, A, image_hw):
     """COCO-17 keypoints (17, 3) full-image pixels -> refinement targets (1, 24, 2) in normalised crop
     coordinates and weights (1, 24): the confidence at the SMPL joints with a COCO counterpart, else 0."""
@@ -1449,23 +1436,20 @@ def keypoint_targets(person, A, image_hw):
     return targets, weights
 
 
-def full_image_camera(cam, centre, size, image_hw):
-    """CLIFF (bodymodels.cam_crop_to_full): the crop's [s, tx, ty] (B, 3) -> the mesh's translation (B, 3) in
-    the full image's camera K (3, 3). GenHMR normalises 2D by the crop height (`normalised_keypoints`), so
-    HMR2.0's crop size S stands for the crop's height in full-image pixels, size[1]."""
-    (H, W), f, S = image_hw, FOCAL_LENGTH, CROP_SIZE
-    t = bodymodels.cam_crop_to_full(cam.double(), centre, size[1], (W, H), f, S).float()
-    return t, bodymodels.full_image_intrinsics((W, H), f, S, dtype=torch.float64).float()
-
-
 def infer(image, box, people, args):
     """bodymodels.run_demo's `infer`: the crop, UGS, with --keypoints Eqs. 2-4, the mesh in the full image."""
     model, cfg = bodymodels.load_trained(args.checkpoint, STAGES)
     tok, person = model.tokenizer, bodymodels.pick_person(people, box) if people else None
-    crop, box, centre, size, A = demo_crop(image, box, person, cfg.image_hw)
+    (H, W), hw = image.shape[-2:], cfg.image_hw
+    box, A = bodymodels.person_crop((H, W), hw, box, person["body"] if person else None, KEYPOINT_BOX_ENLARGE,
+                                    args.keypoints)  # the whole image of the model's aspect is the training crop
+    crop = bodymodels.warp_image(image, A, hw)
     ugs = uncertainty_guided_sampling(model, crop[None], cfg.ugs_iterations, cfg.schedule, cfg.top_k)
     ids, betas, cam = ugs["ids"], ugs["betas"], ugs["cam"]
-    t, K = full_image_camera(cam, centre, size, image.shape[-2:])
+    # the crop's camera: focal f / S per crop height (2D is normalised by H), principal point at its centre
+    crop_t = bodymodels.weak_perspective_to_translation(cam.double(), FOCAL_LENGTH, CROP_SIZE)
+    t = bodymodels.crop_translation_to_full(crop_t, A, hw, (W, H), FOCAL_LENGTH / CROP_SIZE * hw[0]).float()
+    K = bodymodels.full_image_intrinsics((W, H), FOCAL_LENGTH, CROP_SIZE)
     arrays = {"cam": cam[0], "betas": betas[0], "K": K, "box": torch.tensor(box), "crop_matrix": A,
               "token_ids": ids[0], "cam_t": t[0], "refined": torch.tensor(int(person is not None))}
     poses = {"": tok.decode_ids(ids)}

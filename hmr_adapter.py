@@ -1501,7 +1501,7 @@ def benchmark(base_cfg, cfg, device, batch=1, repeats=10):
 # The crop is what the whole-body model was trained on: the person box grown to the input's aspect
 # (cfg.image_size), warped to that size, fed as [0, 1] RGB, so a render of the training set's size given
 # whole is exactly a training input. The crop's camera (SMPLer-X's: focal 5000 per 256 pixels of the
-# crop's height, principal point at its centre) becomes the full image's (`crop_to_full_translation`).
+# crop's height, principal point at its centre) becomes the full image's (`bodymodels.crop_translation_to_full`).
 PERSON_BOX_ENLARGE = 1.2 * 1.25  # official (SMPLer-X get_bbox, process_bbox): keypoints' box x 1.2, its crop x 1.25
 HAND_BOX_ENLARGE = 1.2  # a hand's box: the square of 1.2 x the larger side of its keypoints (as the training data's)
 
@@ -1511,19 +1511,6 @@ def load_trained_model(path):
     chain = [("hmr_adapter_bases", BASE_CONFIGS, lambda cfg, parent: Bases(cfg)),  # its checkpoint holds every weight
              ("hmr_adapter", CONFIGS, build_model)]
     return bodymodels.load_trained(path, chain)[0]
-
-
-def person_crop(cfg, image_hw, box, person, source):
-    """(centre, size) of the whole-body crop: --box as given, else the person's keypoints' box
-    x PERSON_BOX_ENLARGE, else the whole image; each grown to the input's aspect."""
-    enlarge = 1.0
-    if box is None and person is not None:
-        kp = np.concatenate([v for k, v in person.items() if k != "score"])
-        box, enlarge = bodymodels.keypoint_box(kp), PERSON_BOX_ENLARGE
-        if box is None:
-            raise bodymodels.InputError(f"{source}: the person has fewer than two keypoints with confidence >= 0.3")
-        box = bodymodels.check_box(box, image_hw, f"{source}: the keypoints' box")
-    return bodymodels.crop_box(box or (0, 0, image_hw[1], image_hw[0]), cfg.image_size, enlarge)
 
 
 def keypoint_hand_boxes(person, A):
@@ -1536,23 +1523,6 @@ def keypoint_hand_boxes(person, A):
             corners = torch.tensor([[box[0], box[1], 1.0], [box[2], box[3], 1.0]], dtype=torch.float64) @ A.T
             boxes[0, i] = scale_boxes(corners[:, :2].flatten(), HAND_BOX_ENLARGE)
     return None if boxes.isnan().all() else boxes
-
-
-def crop_to_full_translation(t, A, crop_hw, image_wh):
-    """SMPLer-X's translation t (..., 3) in the crop's camera -> the full image's camera
-    `full_image_intrinsics(image_wh)`, by CLIFF (`cam_crop_to_full`): the crop camera's focal is
-    5000 / 256 x the crop's height h, so depth tz is the weak-perspective scale s = 2 x 5000 / (256 tz) of
-    a box of size h at the crop's centre. Points at the root's depth project where the crop camera put
-    them; a point Z in front of that plane moves by (Z / z') ((k - 1) (u - c) - (c - c_full)) pixels (u: where
-    the crop camera put it, z': its depth now, k = f_full / f_crop, c and c_full the principal points), small as
-    Z / z' is at focal 5000 (a person about 40 m away). A whole image at least as tall as the input's aspect
-    (H / W >= 4 / 3) is its own crop: the same camera, t unchanged, nothing moves. (`solve_translation` of the
-    joints to the crop camera's pixels would trade the root's exact place for a least-squares fit of all.)"""
-    A = A.to(t)
-    h = crop_hw[0] / A[1, 1]  # the crop's height in image pixels
-    centre = torch.linalg.solve(A, A.new_tensor([crop_hw[1] / 2, crop_hw[0] / 2, 1.0]))[:2]
-    s = 2 * 5000.0 / (256 * t[..., 2])
-    return bodymodels.cam_crop_to_full(torch.stack([s, t[..., 0], t[..., 1]], -1), centre, h, image_wh)
 
 
 NPZ_DOCS = dict(
@@ -1574,26 +1544,24 @@ def infer(image, box, people, args):
     model = load_trained_model(args.checkpoint)
     cfg, (H, W) = model.bases.cfg, image.shape[-2:]
     person = bodymodels.pick_person(people, box) if people else None
-    centre, size = person_crop(cfg, (H, W), box, person, args.keypoints)
-    A, crop_hw = bodymodels.crop_matrix(centre, size, cfg.image_size), tuple(cfg.image_size)
-    whole = (A == torch.eye(3, dtype=A.dtype)).all() and tuple(image.shape[-2:]) == crop_hw
-    crop = image if whole else bodymodels.warp_image(image, A, crop_hw)  # whole: bit for bit a training input
+    crop_hw = tuple(cfg.image_size)
+    points = np.concatenate([v for k, v in person.items() if k != "score"]) if person else None
+    box, A = bodymodels.person_crop((H, W), crop_hw, box, points, PERSON_BOX_ENLARGE, args.keypoints)
+    crop = bodymodels.warp_image(image, A, crop_hw)  # the whole image of the input's size: a training input
     out = pipeline(model, crop[None], adapted=True, hand_boxes=keypoint_hand_boxes(person, A), details=True)
-    t = crop_to_full_translation(out["t"][0].double(), A, crop_hw, (W, H))
+    f = 5000.0 / 256 * crop_hw[0]  # the crop camera's focal, SMPLer-X's (`smplerx_translation`)
+    t = bodymodels.crop_translation_to_full(out["t"][0].double(), A, crop_hw, (W, H), f)
     verts, joints = (out[k][0].double() - out["t"][0].double() + t for k in ("verts", "joints"))
     K = bodymodels.full_image_intrinsics((W, H), dtype=torch.float64)
     to_image = lambda uv: (uv.double() - A[:2, 2]) / A[0, 0]  # noqa: E731  crop pixels -> image pixels
-    f = 5000.0 / 256 * crop_hw[0]  # the crop camera's focal (`crop_to_full_translation`)
-    centre, size = torch.tensor(centre), torch.tensor(size)
     arrays = dict(verts=verts, joints3d=joints, joints2d=bodymodels.perspective_projection(joints, K),
                   pose=matrix_to_axis_angle(out["R"][0]), shape=out["shape"][0], expression=out["expression"][0],
                   translation=t, hand_boxes=to_image(out["hand_boxes"][0].reshape(4, 2)).reshape(2, 4), K=K,
-                  box=torch.cat([centre - size / 2, centre + size / 2]), crop_matrix=A,
+                  box=to_image(torch.tensor([[0.0, 0.0], crop_hw[::-1]])).flatten(), crop_matrix=A,
                   crop_K=torch.tensor([[f, 0, crop_hw[1] / 2], [0, f, crop_hw[0] / 2], [0, 0, 1.0]]),
                   crop_verts=out["verts"][0], crop_joints=out["joints"][0])
-    marks = None if person is None else np.concatenate([v for k, v in person.items() if k != "score"])
     return dict(meshes=[("", verts, body_models().smplx_faces)], K=K, arrays=arrays, docs=NPZ_DOCS,
-                keypoints=None if marks is None else marks[marks[:, 2] >= 0.3, :2])
+                keypoints=None if points is None else points[points[:, 2] >= 0.3, :2])
 
 
 def main(argv=None):

@@ -641,3 +641,24 @@ def test_solve_translation_keeps_every_point_in_front_when_3d_and_2d_disagree(se
     K = torch.tensor([[500.0, 0, 100.0], [0, 500.0, 100.0], [0, 0, 1]], **DOUBLE)
     t = bm.solve_translation(points, uv, K, min_depth=0.01)
     assert (points[:, 2] + t[2]).min() >= 0.01 - 1e-12 and torch.isfinite(t).all()
+
+
+@given(seed=SEEDS)
+@FAST
+@example(seed=0)
+def test_crop_translation_to_full_is_cliffs_cam_crop_to_full_for_hmr2_crops(seed):
+    """A square crop seen with HMR2.0's camera (focal 5000 per 256 crop pixels): the general move equals
+    CLIFF's `cam_crop_to_full` of the weak-perspective camera, and the root lands on the same pixel."""
+    g = torch.Generator().manual_seed(seed)
+    W, H = 300 + int(torch.randint(0, 700, (), generator=g)), 200 + int(torch.randint(0, 700, (), generator=g))
+    side = 40 + 200 * torch.rand((), generator=g, **DOUBLE)
+    centre = (torch.rand(2, generator=g, **DOUBLE) * torch.tensor([W, H], **DOUBLE)).tolist()
+    A = bm.crop_matrix(centre, (side, side), (256, 256))
+    t = torch.tensor([0.2, -0.1, 30.0], **DOUBLE) * (0.5 + torch.rand(3, generator=g, **DOUBLE))
+    full = bm.crop_translation_to_full(t, A, (256, 256), (W, H), 5000.0)
+    cam = torch.stack([2 * 5000.0 / (256 * t[2]), t[0], t[1]])
+    assert torch.allclose(full, bm.cam_crop_to_full(cam, centre, side, (W, H)), rtol=1e-9)
+    K_crop = torch.tensor([[5000.0, 0, 128], [0, 5000.0, 128], [0, 0, 1]], **DOUBLE)
+    root_px = bm.perspective_projection(t[None], torch.linalg.inv(A) @ K_crop)
+    assert torch.allclose(bm.perspective_projection(full[None], bm.full_image_intrinsics((W, H), dtype=torch.float64)),
+                          root_px, atol=1e-7)

@@ -827,26 +827,29 @@ def test_image_command_writes_the_picture_mesh_and_arrays_of_predict(trained, tm
 
 
 def test_ground_truth_camera_through_the_conversion_covers_the_render(trained):
-    """Placement with ground-truth inputs: the render's [s, tx, ty] through `demo_crop` and
-    `full_image_camera` puts its mesh on its silhouette, the render alone (the crop is the identity, K
-    the render's) and pasted into a larger photograph with --box."""
+    """Placement with ground-truth inputs: the render's crop-camera translation through
+    `bodymodels.person_crop` and `crop_translation_to_full` puts its mesh on its silhouette, the render
+    alone (the crop is the identity, K the render's) and pasted into a larger photograph with --box."""
     s = trained.sample
-    t = s["cam_t"].double()
-    cam = torch.stack([2 * genhmr.FOCAL_LENGTH / (genhmr.CROP_SIZE * t[2]), t[0], t[1]])[None]
     root_relative = s["verts"] - s["cam_t"]
     H, W = s["image"].shape[-2:]
+    focal = genhmr.FOCAL_LENGTH / genhmr.CROP_SIZE * H  # the crop camera's, in crop pixels
+
+    def placed(image_hw, box):
+        _, A = bodymodels.person_crop(image_hw, (H, W), box)
+        t = bodymodels.crop_translation_to_full(s["cam_t"].double(), A, (H, W), image_hw[::-1], focal)
+        return A, root_relative + t.float(), bodymodels.full_image_intrinsics(image_hw[::-1])
+
     truth = silhouette(s["verts"], s["K"], (H, W))
-    crop, box, centre, size, A = genhmr.demo_crop(s["image"], None, None, (H, W))
-    assert torch.equal(A, torch.eye(3, dtype=torch.float64)) and (crop - s["image"]).abs().max() < 1e-4
-    cam_t, K = genhmr.full_image_camera(cam, centre, size, (H, W))
+    A, verts, K = placed((H, W), None)
+    assert torch.equal(A, torch.eye(3, dtype=torch.float64))
     torch.testing.assert_close(K, s["K"])
-    whole = iou(silhouette(root_relative + cam_t, K, (H, W)), truth)
+    whole = iou(silhouette(verts, K, (H, W)), truth)
     photo, (x0, y0) = torch.zeros(3, 150, 230), (140, 40)
     photo[:, y0:y0 + H, x0:x0 + W] = s["image"]
-    crop, box, centre, size, A = genhmr.demo_crop(photo, (x0, y0, x0 + W, y0 + H), None, (H, W))
-    assert (crop - s["image"]).abs().max() < 1e-4  # float32 grid
-    cam_t, K = genhmr.full_image_camera(cam, centre, size, (150, 230))
-    pasted = iou(silhouette(root_relative + cam_t, K, (150, 230)), {(p // W + y0) * 230 + p % W + x0 for p in truth})
+    A, verts, K = placed((150, 230), (x0, y0, x0 + W, y0 + H))
+    assert (bodymodels.warp_image(photo, A, (H, W)) - s["image"]).abs().max() < 1e-4  # float32 grid
+    pasted = iou(silhouette(verts, K, (150, 230)), {(p // W + y0) * 230 + p % W + x0 for p in truth})
     print(f"ground-truth placement IoU: whole render {whole:.3f}, pasted into 230 x 150 {pasted:.3f}")
     assert whole > 0.99 and pasted > 0.95
 

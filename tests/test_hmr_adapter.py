@@ -668,14 +668,14 @@ def test_image_command_writes_the_pipelines_mesh_in_the_full_image_camera(traine
 
 @pytest.mark.parametrize("image_hw, box", [((600, 512), (140.0, 90.0, 330.0, 560.0)),
                                             ((300, 900), (500.0, 20.0, 620.0, 290.0))])
-def test_ground_truth_mesh_placed_by_crop_to_full_covers_its_silhouette(render, image_hw, box):
+def test_ground_truth_mesh_placed_in_the_full_image_covers_its_silhouette(render, image_hw, box):
     """A true mesh in the crop's camera (the held-out sample's), seen by that crop of a larger image, moved into
-    the full image's camera by `crop_to_full_translation`, covers the silhouette the crop's camera draws there."""
+    the full image's camera by `bodymodels.crop_translation_to_full`, covers the silhouette the crop's camera draws there."""
     _, sample = render
     (H, W), crop_hw = image_hw, ha.BASES_TINY.image_size
     A = bodymodels.crop_matrix(*bodymodels.crop_box(box, crop_hw), crop_hw)
     root = sample["joints3d"][0].double()
-    t = ha.crop_to_full_translation(root, A, crop_hw, (W, H))
+    t = bodymodels.crop_translation_to_full(root, A, crop_hw, (W, H), 5000.0 / 256 * crop_hw[0])
     verts = sample["verts"].double() - root + t
     K = bodymodels.full_image_intrinsics((W, H), dtype=torch.float64)
     faces = ha.body_models().smplx_faces
