@@ -534,7 +534,7 @@ def test_read_keypoints_reads_mmpose_coco_wholebody_and_openpose_files(tmp_path)
 def test_solve_translation_recovers_the_translation_of_exactly_projected_points(seed):
     g = torch.Generator().manual_seed(seed)
     points = torch.randn(21, 3, generator=g, **DOUBLE) * 0.05
-    t = torch.tensor([0.3, -0.2, 0.5], **DOUBLE) * torch.randn(3, generator=g, **DOUBLE) + torch.tensor([0, 0, 1.0])
+    t = torch.tensor([0.3, -0.2, 2.0], **DOUBLE) * torch.rand(3, generator=g, **DOUBLE) + torch.tensor([-0.1, 0.1, 0.3])
     f = 200 + 2000 * torch.rand((), generator=g, **DOUBLE)
     K = torch.tensor([[f, 0, 120.0], [0, f, 90.0], [0, 0, 1]], **DOUBLE)
     uv = bm.perspective_projection(points + t, K)
