@@ -1131,7 +1131,7 @@ def read_train_checkpoint(path, stage):
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint; train one (torchrun train.py --model {stage}) or pass its path")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: a ViT-H file is not read into memory twice
     except Exception as e:  # a truncated or foreign file: say which, without the unpickler's traceback
         raise InputError(f"{path}: not a readable train.py checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or "model_name" not in ckpt:
