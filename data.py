@@ -41,7 +41,8 @@ Map of the file. The reference:
    `bodymodels.warp_image`)
 3. Real hands: `FreiHAND`, `NpzHands`, `write_npz`
 4. Synthetic hands: `SyntheticHands`, and the trainer's `hand_dataset`
-5. Synthetic bodies: `SyntheticPoses`, `SyntheticBodies`, `SyntheticWholeBody`, and the trainer's
+5. Synthetic bodies: `SyntheticPoses`, `SyntheticBodies`, `SyntheticWholeBody`; 5b. real bodies
+   (4D-Humans' evaluation .npz of 3DPW / EMDB / H36M): `HMR2Npz`, `HMR2Poses`; and the trainer's
    `body_pose_dataset`, `body_dataset`
 6. The rendered cache: `render_once`, `RenderedSet`, `stack_samples`, `labels`
 7. Pictures and speed: `draw_samples`, `draw_hand_predictions`, `draw_body_predictions`,
@@ -1238,6 +1239,177 @@ class Indexed(torch.utils.data.Dataset):
                 for s, i in zip(samples, indices)]
 
 
+# ---------------------------------------------------------------------------------------------
+# 5b. Real bodies: 4D-Humans / HMR2.0's evaluation .npz
+#
+# The body benchmarks (3DPW, EMDB, H36M) come here in the format 4D-Humans' `hmr2/datasets/
+# image_dataset.py` reads: one .npz per benchmark, one row per person, images named relative to a
+# folder. GenHMR has no code of its own; its neighbours HMR2.0 and TokenHMR evaluate from these files.
+
+HMR2_SHAPES = {  # key: shape of one row (image_dataset.py; "pose" holds global orientation + 23 joints)
+    "center": (2,), "scale": (None,), "body_pose": (72,), "has_body_pose": (), "betas": (10,), "has_betas": (),
+    "body_keypoints_2d": (25, 3), "extra_keypoints_2d": (19, 3), "body_keypoints_3d": (25, 4),
+    "extra_keypoints_3d": (19, 4)}
+HMR2_REQUIRED = ("imgname", "center", "scale")  # image_dataset.py reads these without a fallback
+HMR2_PAIRS = (("body_pose", "has_body_pose"), ("betas", "has_betas"))  # a label and its mask come together
+HMR2_BOX_ASPECT = (192, 256)  # official MODEL.BBOX_SHAPE (w, h) of the ViT's 256 x 192 input
+# SMPL joint <- OpenPose-25 index, the 14 of smpl_wrapper.py's joint map (smpl_to_openpose) that are SMPL joints
+SMPL_FROM_OPENPOSE = {0: 8, 12: 1, 17: 2, 19: 3, 21: 4, 16: 5, 18: 6, 20: 7, 2: 9, 5: 10, 8: 11, 1: 12, 4: 13, 7: 14}
+# SMPL joint <- the 19 extra keypoints (LSP 14 + ...), where the OpenPose keypoint has no confidence
+SMPL_FROM_EXTRA = {8: 0, 5: 1, 2: 2, 1: 3, 4: 4, 7: 5, 21: 6, 19: 7, 17: 8, 16: 9, 18: 10, 20: 11, 12: 12, 0: 14}
+
+
+class HMR2Npz(torch.utils.data.Dataset):
+    """People listed in a 4D-Humans / HMR2.0 evaluation .npz (3DPW, EMDB, H36M, ...), as body samples.
+
+    The file (np.load(path, allow_pickle=False) must read it), N rows:
+        imgname (N,) str               image paths relative to the .npz's folder
+        center (N, 2), scale (N,) or (N, 2)   the person box: centre in pixels, size / 200 pixels
+        body_pose (N, 72), has_body_pose (N,)  SMPL axis-angle, global orientation first; 1 where known
+        betas (N, 10), has_betas (N,)
+        body_keypoints_2d (N, 25, 3), extra_keypoints_2d (N, 19, 3)   pixels + confidence (OpenPose 25,
+            then the 19 of SMPL_to_J19: LSP 14 (R ankle ... neck, head top), pelvis, thorax, spine, jaw, head)
+        body_keypoints_3d (N, 25, 4), extra_keypoints_3d (N, 19, 4)   metres + confidence
+    imgname, center and scale are required; the others are optional as in image_dataset.py (a missing
+    label counts as absent for every row), but a label comes with its mask (body_pose with has_body_pose).
+    A missing key of a pair, a wrong shape or a missing image raises one line naming the file and key.
+
+    The crop (official image_dataset.py + the ViT's x[..., 32:-32]): the box of scale x 200 px grown to
+    the ViT's aspect (`expand_to_aspect_ratio`, w:h = 192:256), its larger side b a square crop resized
+    to 256 x 256 of which the ViT reads the central 256 x 192: here, the rectangle b x b W/H around
+    `center` straight onto cfg.image_hw (H, W) (`bodymodels.crop_matrix`, bilinear, black outside).
+    NOTE(official vs here): no augmentation; cv2's pixel centres at integers are taken as ours (half a
+    pixel); the official resize is cv2.warpAffine, here bilinear `warp_image` (antialiasing aside).
+
+    Keys (those of SyntheticBodies that GenHMR reads, and the protocol's):
+        image (3, H, W) [0, 1]; K (3, 3) HMR2.0's crop camera (f = 5000 per 256 px of crop height)
+        smpl_pose (24, 3), smpl_shape (10,); has_smpl_pose (), has_smpl_shape () float 0/1
+        joints2d (24, 2) crop pixels of the SMPL joints with a 2D keypoint (`SMPL_FROM_OPENPOSE`, else
+            `SMPL_FROM_EXTRA`), joints2d_weight (24,) its confidence, 0 for the other ten joints
+        keypoints2d (44, 3) crop pixels + confidence; keypoints3d (44, 4) metres + confidence, with
+            the OpenPose body's 3D confidences 1-14 set to 0 as image_dataset.py does
+    `Indexed(mesh=True)` adds joints3d / verts (the labels' SMPL mesh, no translation) and
+    joints3d_weight follows has_smpl_pose: GenHMR's losses skip what a row lacks.
+    """
+
+    def __init__(self, path, image_hw, focal_length=5000.0):
+        self.path = pathlib.Path(path)
+        self.root, self.image_hw, self.focal_length = self.path.parent, _image_hw(image_hw), focal_length
+        if not self.path.is_file():
+            raise FileNotFoundError(f"HMR2Npz: missing {self.path} (expected a 4D-Humans evaluation .npz)")
+        with np.load(self.path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        for key in HMR2_REQUIRED:
+            if key not in arrays:
+                raise ValueError(f"HMR2Npz: {self.path} has no key {key!r} (it has {sorted(arrays)})")
+        for label, mask in HMR2_PAIRS:
+            if (label in arrays) != (mask in arrays):
+                have, lack = (label, mask) if label in arrays else (mask, label)
+                raise ValueError(f"HMR2Npz: {self.path} has {have!r} but no key {lack!r}")
+        self.imgname = arrays["imgname"].astype(str)
+        n = len(self.imgname)
+        if self.imgname.shape != (n,):
+            raise ValueError(f"HMR2Npz: {self.path} key 'imgname' has shape {arrays['imgname'].shape}, expected ({n},)")
+        for key, row in HMR2_SHAPES.items():
+            if key not in arrays:
+                continue
+            a = arrays[key]
+            ok = a.ndim >= 1 and len(a) == n and (a.shape[1:] in ((), (1,), (2,)) if key == "scale"
+                                                   else a.shape[1:] == row)
+            if not ok:
+                want = "(N,) or (N, 2)" if key == "scale" else str((n, *row))
+                raise ValueError(f"HMR2Npz: {self.path} key {key!r} has shape {a.shape}, expected {want}")
+        f32 = lambda key, shape: (arrays[key].astype(np.float32) if key in arrays  # noqa: E731
+                                  else np.zeros((n, *shape), np.float32))
+        self.center = f32("center", (2,))
+        scale = arrays["scale"].astype(np.float32).reshape(n, -1) * 200.0  # image_dataset.py: scale / 200 ... * 200
+        self.box_wh = np.tile(scale, (1, 2)) if scale.shape[1] == 1 else scale  # (N, 2) pixels
+        self.pose, self.has_pose = f32("body_pose", (72,)).reshape(n, 24, 3), f32("has_body_pose", ())
+        self.betas, self.has_betas = f32("betas", (10,)), f32("has_betas", ())
+        self.keypoints2d = np.concatenate([f32("body_keypoints_2d", (25, 3)), f32("extra_keypoints_2d", (19, 3))], 1)
+        body3d = f32("body_keypoints_3d", (25, 4))
+        body3d[:, 1:15, -1] = 0  # official image_dataset.py: body_keypoints_3d[:, [1..14], -1] = 0
+        self.keypoints3d = np.concatenate([body3d, f32("extra_keypoints_3d", (19, 4))], 1)
+
+    def __len__(self):
+        return len(self.imgname)
+
+    def set_epoch(self, epoch):
+        """No augmentation: every epoch sees the same crops."""
+
+    def box_size(self, index):
+        """bbox_size of image_dataset.py: the box grown to the ViT's aspect (expand_to_aspect_ratio), its larger side."""
+        w, h = self.box_wh[index]
+        H, W = self.image_hw
+        return float(max(w, h * W / H, h, w * H / W))
+
+    def crop(self, index):
+        """A (3, 3) full-image pixels -> crop pixels of row `index`: b W/H x b around its centre, onto (H, W)."""
+        H, W = self.image_hw
+        b = self.box_size(index)
+        return bodymodels.crop_matrix(tuple(map(float, self.center[index])), (b * W / H, b), (H, W))
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"HMR2Npz: index {index} out of range for {len(self)} samples")
+        path = self.root / self.imgname[index]
+        if not path.is_file():
+            raise FileNotFoundError(f"HMR2Npz: {self.path} row {index} key 'imgname': missing image {path}")
+        A, (H, W) = self.crop(index), self.image_hw
+        image = warp_image(bodymodels.read_image(path), A, (H, W)).clamp(0, 1)
+        kp2d = torch.from_numpy(self.keypoints2d[index]).double()  # (44, 3)
+        uv = torch.cat([kp2d[:, :2], torch.ones(44, 1, dtype=torch.float64)], 1) @ A.T
+        kp2d = torch.cat([uv[:, :2], kp2d[:, 2:]], 1).float()
+        joints2d, weight = torch.zeros(24, 2), torch.zeros(24)
+        for table, offset in ((SMPL_FROM_EXTRA, 25), (SMPL_FROM_OPENPOSE, 0)):  # OpenPose wins where it has one
+            for smpl, k in table.items():
+                if kp2d[offset + k, 2] > 0:
+                    joints2d[smpl], weight[smpl] = kp2d[offset + k, :2], kp2d[offset + k, 2]
+        f = self.focal_length / 256.0 * H
+        K = torch.tensor([[f, 0.0, W / 2], [0.0, f, H / 2], [0.0, 0.0, 1.0]])
+        has_pose = torch.tensor(float(self.has_pose[index]))
+        return {"image": image.contiguous(), "K": K, "smpl_pose": torch.from_numpy(self.pose[index]),
+                "smpl_shape": torch.from_numpy(self.betas[index]), "has_smpl_pose": has_pose,
+                "has_smpl_shape": torch.tensor(float(self.has_betas[index])), "joints2d": joints2d,
+                "joints2d_weight": weight, "joints3d_weight": has_pose.expand(24).clone(), "keypoints2d": kp2d,
+                "keypoints3d": torch.from_numpy(self.keypoints3d[index])}
+
+
+class HMR2Poses(torch.utils.data.Dataset):
+    """The SMPL poses of an HMR2.0 .npz's rows that have them (has_body_pose), for GenHMR's pose
+    tokenizer: {smpl_pose (24, 3), smpl_shape (10,) (zeros where has_betas is 0)}. No image is read."""
+
+    def __init__(self, path):
+        rows = HMR2Npz(path, 1)
+        keep = np.flatnonzero(rows.has_pose > 0)
+        if len(keep) == 0:
+            raise ValueError(f"HMR2Poses: {rows.path} has no row with has_body_pose = 1 (key 'body_pose')")
+        self.pose, self.betas = rows.pose[keep], rows.betas[keep] * (rows.has_betas[keep, None] > 0)
+
+    def __len__(self):
+        return len(self.pose)
+
+    def set_epoch(self, epoch):
+        """Fixed poses."""
+
+    def __getitem__(self, index):
+        return {"smpl_pose": torch.from_numpy(self.pose[index]), "smpl_shape": torch.from_numpy(self.betas[index])}
+
+
+def hmr2_files(path, split):
+    """--data hmr2:TRAIN.npz[,EVAL.npz] -> the file of `split`: one file serves both splits."""
+    files = [p for p in str(path).split(",") if p]
+    if not 1 <= len(files) <= 2:
+        raise ValueError(f"hmr2: expected FILE.npz or TRAIN.npz,EVAL.npz, got {path!r}")
+    return files[-1] if split == "evaluation" else files[0]
+
+
+def hmr2_protocol_check(split):
+    """The held-out split's protocol needs a keypoint regressor (metrics.hmr2_keypoints): fail before training."""
+    if split == "evaluation":
+        metrics.keypoint_regressor()
+
+
 def _synthetic_only(kind, who):
     if kind != "synthetic":
         raise ValueError(f"{who}: --data {kind!r} is not readable here; the body stages read only 'synthetic' "
@@ -1246,9 +1418,12 @@ def _synthetic_only(kind, who):
 
 def body_pose_dataset(kind, path, split, cfg, seed, num_samples):
     """SMPL poses standing in for AMASS (GenHMR's tokenizer), DEMO_BODY_POSE: SyntheticPoses plus
-    "index"; the held-out split (seed + 1_000_003) also carries its mesh (joints3d, verts) to score."""
-    _synthetic_only(kind, "body_pose_dataset")
+    "index"; the held-out split (seed + 1_000_003) also carries its mesh (joints3d, verts) to score.
+    kind "hmr2" (path TRAIN.npz[,EVAL.npz], `hmr2_files`): the file's SMPL poses (`HMR2Poses`)."""
     held_out = split == "evaluation"
+    if kind == "hmr2":
+        return Indexed(HMR2Poses(hmr2_files(path, split)), mesh=held_out)
+    _synthetic_only(kind, "body_pose_dataset")
     return Indexed(SyntheticPoses(num_samples, seed=seed + held_out * 1_000_003, pose_config=DEMO_BODY_POSE),
                    mesh=held_out)
 
@@ -1256,9 +1431,14 @@ def body_pose_dataset(kind, path, split, cfg, seed, num_samples):
 def body_dataset(kind, path, split, cfg, seed, num_samples):
     """Rendered SMPL people (GenHMR's images) at cfg.image_size, DEMO_BODY_POSE and _LOOK, HMR2.0's camera
     (f = 5000 for a 256 crop), plus "index"; the training split drops "verts" (82 KB a sample that
-    no loss reads), the held-out split (seed + 1_000_003) keeps them to score."""
-    _synthetic_only(kind, "body_dataset")
+    no loss reads), the held-out split (seed + 1_000_003) keeps them to score. kind "hmr2" (path
+    TRAIN.npz[,EVAL.npz], `hmr2_files`): every row of the file (`HMR2Npz`, num_samples unused), the held-out
+    split scored by the benchmarks' protocol (metrics.hmr2_protocol: $HMR_J_REGRESSOR is checked here)."""
     held_out = split == "evaluation"
+    if kind == "hmr2":  # every row of the file; the labels' SMPL mesh (joints3d for L_3D, verts to score)
+        hmr2_protocol_check(split)
+        return Indexed(HMR2Npz(hmr2_files(path, split), cfg.image_size), drop=() if held_out else ("verts",), mesh=True)
+    _synthetic_only(kind, "body_dataset")
     bodies = SyntheticBodies(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003,
                              pose_config=DEMO_BODY_POSE, **DEMO_BODY_LOOK)
     return Indexed(bodies, drop=() if held_out else ("verts",))

@@ -1099,7 +1099,9 @@ def training_loss(model, batch, cfg):
     # sample ("all": the L positions; "masked": its m >= 1 [MASK]s), then a mean over samples: no
     # sample's weight depends on the others', so equal shards on any number of ranks average to it
     ce = F.cross_entropy(out["logits"].float().flatten(0, 1), y_gt.flatten(), reduction="none").view_as(y_gt)
-    l_mask = ce.mean() if cfg.ce_on == "all" else ((ce * masked).sum(1) / masked.sum(1)).mean()
+    per_sample = ce.mean(1) if cfg.ce_on == "all" else (ce * masked).sum(1) / masked.sum(1)  # (B,)
+    # real data: a row without an SMPL pose label (data.HMR2Npz's has_smpl_pose 0) has no target tokens
+    l_mask = (per_sample * batch.get("has_smpl_pose", torch.ones_like(per_sample)).float()).mean()
     # Eq. (5), (6): one-hot tokens forward, soft gradient backward; e = y C through the frozen decoder
     tau = gumbel_temperature(cfg, step)
     y = gumbel_softmax_st(out["logits"], tau)
@@ -1124,11 +1126,15 @@ def smpl_losses(raw, R, betas, cam, batch, cfg):
     j3d_gt = batch["joints3d"].float()
     uv, _ = project(joints, cam)
     uv_gt = normalised_keypoints(batch["joints2d"].float(), batch["image"].shape[-2:])
-    per_sample = {"pose": ((R - R_gt) ** 2).sum((1, 2, 3)),  # (B,)
-                  "betas": ((betas - batch["smpl_shape"].float()) ** 2).sum(1),
-                  "joints3d": ((joints - joints[:, PELVIS:PELVIS + 1])
-                               - (j3d_gt - j3d_gt[:, PELVIS:PELVIS + 1])).abs().sum((1, 2)),
-                  "joints2d": (uv - uv_gt).abs().sum((1, 2))}
+    # real data (data.HMR2Npz) lacks some labels: optional masks, 1 where known (HMR2.0's has_smpl_params
+    # and keypoint confidences), each multiplying its term; synthetic samples have every label
+    ones = torch.ones(len(R), device=R.device)
+    w2d, w3d = (batch.get(k, ones[:, None].expand(-1, NUM_JOINTS)).float() for k in ("joints2d_weight", "joints3d_weight"))
+    per_sample = {"pose": ((R - R_gt) ** 2).sum((1, 2, 3)) * batch.get("has_smpl_pose", ones).float(),  # (B,)
+                  "betas": ((betas - batch["smpl_shape"].float()) ** 2).sum(1) * batch.get("has_smpl_shape", ones).float(),
+                  "joints3d": (((joints - joints[:, PELVIS:PELVIS + 1])
+                                - (j3d_gt - j3d_gt[:, PELVIS:PELVIS + 1])).abs().sum(2) * w3d).sum(1),
+                  "joints2d": ((uv - uv_gt).abs().sum(2) * w2d).sum(1)}
     return {name: cfg.loss_batch * value.mean() for name, value in per_sample.items()}
 
 
@@ -1328,12 +1334,16 @@ def predict(model, batch, cfg):
     targets_px = batch["joints2d"].float() + keypoint_noise(batch["index"], cfg.refine_noise_px, (NUM_JOINTS, 2))
     targets = normalised_keypoints(targets_px, (H, W))
     refined = dict.fromkeys((cfg.refine_steps, *cfg.table_refine_steps))  # one descent, every P read from it
-    refine(tok, ids, betas, cam, targets, max(refined), cfg.refine_lr, cfg.refine_reg, float(H), kept=refined)
+    weights = batch.get("joints2d_weight")  # real data: 0 for the joints without a 2D keypoint
+    refine(tok, ids, betas, cam, targets, max(refined), cfg.refine_lr, cfg.refine_reg, float(H), kept=refined,
+           weights=None if weights is None else weights.float())
     out.update(mesh_outputs(tok, tok.decode(refined[cfg.refine_steps]), betas, cam, "refined_"))
     for prefix in ("", "refined_"):
         uv = out.pop(f"{prefix}joints2d_norm")
         out[f"{prefix}joints2d"] = uv * H + uv.new_tensor([W / 2, H / 2])
-        out[f"{prefix}reproj_error_px"] = (out[f"{prefix}joints2d"] - targets_px).norm(dim=-1).mean(-1)
+        dist = (out[f"{prefix}joints2d"] - targets_px).norm(dim=-1)  # (B, 24)
+        out[f"{prefix}reproj_error_px"] = (dist.mean(-1) if weights is None
+                                           else (dist * (weights > 0)).sum(-1) / (weights > 0).sum(-1).clamp_min(1))
     out.update(ids=ids, betas=betas)
     for schedule in SCHEDULES if cfg.table_iterations else ():
         for T in cfg.table_iterations:

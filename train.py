@@ -110,20 +110,26 @@ class Stage:
     eval_samples: int = 512  # synthetic held-out set size
 
 
+# GenHMR's stages also read 4D-Humans' evaluation .npz: hmr2:FILE.npz (train and score on it) or
+# hmr2:TRAIN.npz,EVAL.npz; the tokenizer learns the file's SMPL poses (data.HMR2Poses), the image stages
+# its crops (data.HMR2Npz), scored by the benchmarks' protocol (metrics.hmr2_protocol, $HMR_J_REGRESSOR)
+BODY_KINDS = ("synthetic", "hmr2")
+
+
 MODELS = {
     "simplehand": Stage(simplehand, data=data.hand_dataset, metrics=metrics.freihand_metrics,
                         baseline=metrics.MeanShapeBaseline, picture=data.draw_hand_predictions,
                         data_kinds=("synthetic", "freihand", "npz")),
     "genhmr_tokenizer": Stage(genhmr.TOKENIZER, data=data.body_pose_dataset, metrics=metrics.tokenizer_metrics,
                               baseline=functools.partial(metrics.MeanPoseBaseline, own_shape=True),
-                              picture=data.draw_pose_reconstructions, data_fields=(), train_samples=8192),
+                              picture=data.draw_pose_reconstructions, data_fields=(), train_samples=8192, data_kinds=BODY_KINDS),
     "genhmr_backbone": Stage(genhmr.BACKBONE, data=data.body_dataset, metrics=metrics.body_metrics,
                              baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("regression_",)),
                              picture=functools.partial(data.draw_body_predictions, prefix="regression_"),
-                             starts_from="genhmr_tokenizer", train_samples=16384),
+                             starts_from="genhmr_tokenizer", train_samples=16384, data_kinds=BODY_KINDS),
     "genhmr": Stage(genhmr, data=data.body_dataset, metrics=metrics.body_metrics,
                     baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("", "refined_")),
-                    picture=data.draw_body_predictions, starts_from="genhmr_backbone", train_samples=16384),
+                    picture=data.draw_body_predictions, starts_from="genhmr_backbone", train_samples=16384, data_kinds=BODY_KINDS),
     "hmr_adapter_bases": Stage(hmr_adapter.BASES, data=data.wholebody_dataset, metrics=hmr_adapter.evaluation_metrics,
                                baseline=hmr_adapter.MeanPoseBaseline, picture=data.draw_wholebody_predictions,
                                train_samples=8192),
@@ -744,7 +750,11 @@ def check_args(args):
         if kind not in stage.data_kinds or (kind == "synthetic") == bool(sep):
             fail(f"--data {args.data!r}: {which} expects " +
                  ", ".join(k if k == "synthetic" else f"{k}:PATH" for k in stage.data_kinds))
-    if kind != "synthetic" and not os.path.isdir(path):
+    if kind == "hmr2":  # files, not a folder
+        for file in path.split(","):
+            if not os.path.isfile(file):
+                fail(f"--data {args.data}: file {file!r} does not exist; expected a 4D-Humans evaluation .npz")
+    elif kind != "synthetic" and not os.path.isdir(path):
         fail(f"--data {args.data}: folder {path!r} does not exist; expected the dataset's root folder")
     if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         fail(f"--device {args.device}: expected auto, cpu, or cuda on a machine with a GPU")

@@ -817,3 +817,90 @@ def test_draw_body_pictures_write_pngs(tmp_path):
     pred = {"verts": gt["verts"] + 0.02, "refined_verts": gt["verts"], "joints3d": gt["joints3d"]}
     assert os.path.getsize(data.draw_body_predictions(tmp_path / "a.png", eval_set, pred, gt)) > 5_000
     assert os.path.getsize(data.draw_pose_reconstructions(tmp_path / "b.png", eval_set, pred, gt)) > 5_000
+
+
+# ---------------------------------------------------------------------------------------------
+# 5b. real bodies: 4D-Humans / HMR2.0's evaluation .npz
+
+
+def write_hmr2_npz(folder, count=4, size=(120, 100), seed=0):
+    """An HMR2.0 evaluation .npz from the format's description (image_dataset.py): `count` people in
+    PNGs of `size` (H, W) under folder/images, a red dot at each OpenPose MidHip (keypoint 8), person
+    boxes of 60 x 80 px (scale (N, 2) / 200), SMPL labels on some rows (has_body_pose, has_betas)."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    center = np.stack([rng.uniform(40, 60, count), rng.uniform(50, 70, count)], 1)
+    kp2d = np.concatenate([center[:, None] + rng.uniform(-30, 30, (count, 44, 2)), np.ones((count, 44, 1))], 2)
+    kp2d[:, 8, :2] = center + rng.uniform(-8, 8, (count, 2))  # MidHip: the dot
+    kp2d[:, 3, 2] = 0  # a right elbow nobody saw (SMPL joint 19 falls back to the extra keypoints)
+    imgname = []
+    for i in range(count):
+        imgname.append(f"images/{i:03d}.png")
+        dot_image(folder / imgname[-1], kp2d[i, 8, :2], size)
+    arrays = dict(imgname=np.asarray(imgname), center=center, scale=np.tile([[0.3, 0.4]], (count, 1)),
+                  body_pose=rng.normal(0, 0.2, (count, 72)), has_body_pose=np.array([1, 1, 0, 1][:count], float),
+                  betas=rng.normal(0, 1, (count, 10)), has_betas=np.array([1, 0, 1, 1][:count], float),
+                  body_keypoints_2d=kp2d[:, :25], extra_keypoints_2d=kp2d[:, 25:],
+                  body_keypoints_3d=np.concatenate([rng.normal(0, 0.3, (count, 25, 3)), np.ones((count, 25, 1))], 2),
+                  extra_keypoints_3d=np.concatenate([rng.normal(0, 0.3, (count, 19, 3)), np.ones((count, 19, 1))], 2))
+    np.savez(folder / "bench.npz", **arrays)
+    return folder / "bench.npz", arrays
+
+
+def test_hmr2_npz_crops_the_box_and_moves_the_keypoints_with_it(tmp_path):
+    path, arrays = write_hmr2_npz(tmp_path)
+    dataset = data.HMR2Npz(path, (64, 48))
+    assert len(dataset) == 4
+    sample = dataset[1]
+    shapes = {"image": (3, 64, 48), "K": (3, 3), "smpl_pose": (24, 3), "smpl_shape": (10,), "has_smpl_pose": (),
+              "has_smpl_shape": (), "joints2d": (24, 2), "joints2d_weight": (24,), "joints3d_weight": (24,),
+              "keypoints2d": (44, 3), "keypoints3d": (44, 4)}
+    assert {k: tuple(v.shape) for k, v in sample.items()} == shapes
+    assert all(v.dtype == torch.float32 for v in sample.values())
+    # the box 60 x 80 px grown to 3:4 is 80 px high: 64 / 80 crop pixels per image pixel, centred
+    scale = 64 / 80
+    expected = (arrays["body_keypoints_2d"][1, :, :2] - arrays["center"][1]) * scale + np.array([24.0, 32.0])
+    np.testing.assert_allclose(sample["keypoints2d"][:25, :2].numpy(), expected, atol=1e-4)
+    u, v = sample["joints2d"][0].round().long().tolist()  # SMPL pelvis <- OpenPose MidHip: on the dot
+    assert sample["image"][0, v, u] > 0.7 and sample["image"][1, v, u] < 0.4
+    assert sample["joints2d_weight"][0] == 1 and sample["joints2d_weight"][19] == 1  # elbow from the extra 19
+    np.testing.assert_allclose(sample["joints2d"][19].numpy(), sample["keypoints2d"][25 + 7, :2].numpy())
+    assert sample["joints2d_weight"][3] == 0  # spine: no keypoint
+    assert sample["has_smpl_shape"] == 0 and dataset[2]["has_smpl_pose"] == 0
+    assert (sample["keypoints3d"][1:15, 3] == 0).all() and (sample["keypoints3d"][15:, 3] == 1).all()
+    np.testing.assert_allclose(sample["smpl_pose"].numpy().reshape(72), arrays["body_pose"][1], rtol=1e-6)
+
+
+def test_hmr2_npz_errors_name_the_file_and_key(tmp_path):
+    path, arrays = write_hmr2_npz(tmp_path)
+    np.savez(path, **{k: v for k, v in arrays.items() if k != "center"})
+    with pytest.raises(ValueError, match="bench.npz has no key 'center'"):
+        data.HMR2Npz(path, (64, 48))
+    np.savez(path, **{k: v for k, v in arrays.items() if k != "has_betas"})
+    with pytest.raises(ValueError, match="no key 'has_betas'"):
+        data.HMR2Npz(path, (64, 48))
+    np.savez(path, **dict(arrays, extra_keypoints_3d=arrays["extra_keypoints_3d"][:, :, :3]))
+    with pytest.raises(ValueError, match=r"key 'extra_keypoints_3d' has shape \(4, 19, 3\), expected \(4, 19, 4\)"):
+        data.HMR2Npz(path, (64, 48))
+    np.savez(path, **arrays)
+    (tmp_path / "images" / "002.png").unlink()
+    dataset = data.HMR2Npz(path, (64, 48))
+    with pytest.raises(FileNotFoundError, match="row 2 key 'imgname': missing image .*002.png"):
+        dataset[2]
+    with pytest.raises(FileNotFoundError, match="missing"):
+        data.HMR2Npz(tmp_path / "nothing.npz", (64, 48))
+
+
+def test_hmr2_datasets_for_the_genhmr_stages(tmp_path, monkeypatch):
+    """body_dataset / body_pose_dataset reach the file: the tokenizer gets the labelled poses, the image
+    stages every row with the labels' SMPL mesh; the held-out split needs the protocol's regressor."""
+    path, arrays = write_hmr2_npz(tmp_path)
+    cfg = types.SimpleNamespace(image_size=(64, 48))
+    poses = data.body_pose_dataset("hmr2", str(path), "training", cfg, 0, 99)
+    assert len(poses) == 3 and set(poses[0]) == {"smpl_pose", "smpl_shape", "index"}
+    monkeypatch.delenv("HMR_J_REGRESSOR", raising=False)
+    with pytest.raises(FileNotFoundError, match="HMR_J_REGRESSOR"):
+        data.body_dataset("hmr2", str(path), "evaluation", cfg, 0, 99)
+    train_set = data.body_dataset("hmr2", str(path), "training", cfg, 0, 99)
+    sample = train_set[3]
+    assert "verts" not in sample and sample["joints3d"].shape == (24, 3) and int(sample["index"]) == 3
