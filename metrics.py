@@ -653,9 +653,8 @@ def keypoint_regressor(path=None):
         with open(path, "rb") as f:
             R = pickle.load(f, encoding="latin1")
     else:
-        with np.load(path, allow_pickle=False) as loaded:
-            R = loaded if isinstance(loaded, np.ndarray) else loaded[loaded.files[0]]
-            R = np.array(R)
+        loaded = np.load(path, allow_pickle=False)
+        R = loaded if isinstance(loaded, np.ndarray) else loaded[loaded.files[0]]
     R = np.asarray(R.toarray() if hasattr(R, "toarray") else R, dtype=np.float64)
     if R.ndim != 2 or R.shape[0] not in (17, 19):
         raise ValueError(f"HMR_J_REGRESSOR={path}: shape {R.shape}, expected (19, V) or (17, V)")

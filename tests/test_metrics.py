@@ -628,3 +628,55 @@ def test_mean_pose_baseline_predicts_the_mean_pose_through_smpl():
     torch.testing.assert_close(own["verts"], skin(same[:2], shape[:2])[0], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match=r"smpl_pose \(n, 24, 3\)"):
         metrics.MeanPoseBaseline({"smpl_pose": pose[:, :5], "smpl_shape": shape})
+
+
+# -----------------------------------------------------------------------------
+# The body benchmarks' protocol (4D-Humans eval.py on 3DPW-TEST, H36M-VAL-P2, EMDB)
+
+
+def test_hmr2_protocol_equals_the_4d_humans_evaluator_fixture():
+    """hmr2_protocol on the fixture's 44 keypoints: the Evaluator's numbers, with its own keypoint list and pelvis."""
+    f = np.load(OFFICIAL / "4d_humans_eval" / "body_eval.npz")
+    assert tuple(f["keypoint_list"]) == metrics.HMR2_KEYPOINT_LIST and int(f["pelvis_index"]) == metrics.HMR2_PELVIS_INDEX
+    gt = np.concatenate([f["gt_joints"], np.ones((*f["gt_joints"].shape[:2], 1), np.float32)], -1)  # + confidence
+    e, pa = metrics.hmr2_protocol(f["pred_joints"], gt)
+    np.testing.assert_allclose(1000 * e.numpy(), f["mpjpe_mm"], rtol=1e-5)
+    np.testing.assert_allclose(1000 * pa.numpy(), f["pa_mpjpe_mm"], rtol=1e-5)
+
+
+def test_hmr2_protocol_by_hand_reads_only_its_14_joints_after_the_pelvis():
+    """A hand-made case: gt keypoints at 0; the prediction moved as a whole (the pelvis takes it away),
+    one scored joint 3 cm off (MPJPE = 30 / 14 mm), junk on every keypoint the protocol never reads."""
+    gt = torch.zeros(1, 44, 4, dtype=torch.float64)
+    pred = torch.full((1, 44, 3), 7.0, dtype=torch.float64)  # unscored keypoints: far away
+    scored = list(metrics.HMR2_KEYPOINT_LIST) + [metrics.HMR2_PELVIS_INDEX]
+    gt[0, scored, :3] = torch.randn(15, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pred[0, scored] = gt[0, scored, :3] + torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    pred[0, 27, 0] += 0.03
+    e, pa = metrics.hmr2_protocol(pred, gt)
+    assert e.item() == pytest.approx(0.03 / 14, rel=1e-9) and 0 < pa.item() < 0.03
+
+
+def test_hmr2_keypoints_from_j19_and_h36m_regressors(tmp_path):
+    """hmr2_keypoints puts J19's rows at 25-43 and J_regressor_h36m's joints at their slots; keypoint_regressor
+    reads .npy / .pkl and names a bad file."""
+    g = torch.Generator().manual_seed(1)
+    verts = torch.randn(2, 30, 3, generator=g, dtype=torch.float64)
+    j19 = torch.rand(19, 30, generator=g, dtype=torch.float64)
+    kp = metrics.hmr2_keypoints(verts, j19)
+    torch.testing.assert_close(kp[:, 25:], torch.einsum("jv,bvc->bjc", j19, verts))
+    assert kp[:, :25].isnan().all()
+    h36m = torch.rand(17, 30, generator=g, dtype=torch.float64)
+    kp = metrics.hmr2_keypoints(verts, h36m)
+    torch.testing.assert_close(kp[:, 25 + 14], h36m[0] @ verts)  # H36M pelvis -> the protocol's pelvis (39)
+    torch.testing.assert_close(kp[:, 25 + 12], h36m[8] @ verts)  # thorax -> neck
+    assert not kp[:, [*metrics.HMR2_KEYPOINT_LIST, metrics.HMR2_PELVIS_INDEX]].isnan().any()
+    np.save(tmp_path / "J_regressor_h36m.npy", h36m.numpy())
+    torch.testing.assert_close(metrics.keypoint_regressor(str(tmp_path / "J_regressor_h36m.npy")), h36m)
+    import pickle
+    with open(tmp_path / "SMPL_to_J19.pkl", "wb") as fh:
+        pickle.dump(j19.numpy(), fh)
+    torch.testing.assert_close(metrics.keypoint_regressor(str(tmp_path / "SMPL_to_J19.pkl")), j19)
+    np.save(tmp_path / "bad.npy", np.zeros((5, 30)))
+    with pytest.raises(ValueError, match=r"bad.npy: shape \(5, 30\)"):
+        metrics.keypoint_regressor(str(tmp_path / "bad.npy"))

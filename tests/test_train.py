@@ -576,3 +576,26 @@ if __name__ == "__main__":  # train.py with the stand-ins registered (used by th
         for stage in train.MODELS.values():
             stage.paper.learning_rate = killed_at(int(os.environ["SIGKILL_AT_STEP"]), stage.paper.learning_rate)
     train.main()
+
+
+def test_genhmr_trains_and_reports_the_benchmark_protocol_on_an_hmr2_npz(tmp_path, monkeypatch):
+    """--data hmr2:FILE.npz through the three GenHMR rows: the tokenizer on the file's labelled poses,
+    the image stages on its crops (rows without SMPL labels masked in the losses), metrics.json with
+    the protocol's numbers (14 keypoints from a J19 regressor, PVE where the file has SMPL labels)."""
+    from test_data import write_hmr2_npz
+
+    path, _ = write_hmr2_npz(tmp_path / "bench", count=4)
+    regressor = np.zeros((19, 6890))
+    regressor[np.arange(19).repeat(2), np.arange(38) * 181] = 0.5  # each keypoint: the mean of two vertices
+    np.save(tmp_path / "SMPL_to_J19.npy", regressor)
+    monkeypatch.setenv("HMR_J_REGRESSOR", str(tmp_path / "SMPL_to_J19.npy"))
+    train.main(["--model", "genhmr", "--data", f"hmr2:{path}", "--out", str(tmp_path / "out"), "--max-steps", "2",
+                "--set", "batch_size=2", "--set", "refine_steps=2", "--set", "table_refine_steps=(0,2)",
+                "--set", "table_iterations=()", "--log-every", "1"])
+    report = json.loads((tmp_path / "out" / "genhmr" / "metrics.json").read_text())
+    assert report["data"] == f"hmr2:{path}"
+    for key in ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "refined_mpjpe_mm", "refined_pve_mm", "regression_mpjpe_mm",
+                "tokenizer_mpjpe_mm", "baseline_mpjpe_mm", "baseline_pve_mm", "table_refine_P2_mpjpe_mm"):
+        assert np.isfinite(report[key]) and report[key] > 0, key
+    with pytest.raises(SystemExit):
+        train.main(["--model", "genhmr", "--data", f"hmr2:{tmp_path / 'none.npz'}", "--out", str(tmp_path / "out")])
