@@ -34,8 +34,11 @@ H36M there; HaMeR and SMPLer-X score the same way):
    then the mean distance (`pa_mpjpe`, `procrustes_align`, `procrustes_transform`). Scale and
    rotation are the FreiHAND steps 1-3 with the reflection fixed; the official has no +1e-8 in the
    norms, which changes a body-sized (>= 0.1 m) answer by less than 1e-7 relative.
-3. Which joints (H36M's 14 LSP joints via a J_regressor, 3DPW's, EMDB's) is the dataset's choice;
-   here `body_errors` scores the joints it is given. PVE: vertices minus the pelvis joint.
+3. Which joints is the benchmark's choice: `body_errors` scores the joints it is given (synthetic
+   data: SMPL's 24); the benchmarks' own files (data.HMR2Npz) are scored by `hmr2_protocol`: the
+   14 of KEYPOINT_LIST among 4D-Humans' 44 keypoints, pelvis 39, from a user-supplied regressor
+   ($HMR_J_REGRESSOR: SMPL_to_J19.pkl, or J_regressor_h36m.npy with NOTE(official vs here)).
+   PVE: vertices minus the pelvis joint.
 Tables: `freihand_table` (FreiHAND, reflections allowed); `body_errors` / `body_metrics` /
 `tokenizer_metrics` and the HMR-Adapter tables (4D-Humans, proper rotations).
 """

@@ -869,6 +869,9 @@ def test_hmr2_npz_crops_the_box_and_moves_the_keypoints_with_it(tmp_path):
     assert sample["has_smpl_shape"] == 0 and dataset[2]["has_smpl_pose"] == 0
     assert (sample["keypoints3d"][1:15, 3] == 0).all() and (sample["keypoints3d"][15:, 3] == 1).all()
     np.testing.assert_allclose(sample["smpl_pose"].numpy().reshape(72), arrays["body_pose"][1], rtol=1e-6)
+    # official expand_to_aspect_ratio(scale * 200, [192, 256]).max(): a square box grows by 4/3
+    dataset.box_wh[0] = (90.0, 90.0)
+    assert dataset.box_size(0) == pytest.approx(120.0)
 
 
 def test_hmr2_npz_errors_name_the_file_and_key(tmp_path):
