@@ -1319,8 +1319,9 @@ class HMR2Npz(torch.utils.data.Dataset):
             if not ok:
                 want = "(N,) or (N, 2)" if key == "scale" else str((n, *row))
                 raise ValueError(f"HMR2Npz: {self.path} key {key!r} has shape {a.shape}, expected {want}")
-        f32 = lambda key, shape: (arrays[key].astype(np.float32) if key in arrays  # noqa: E731
-                                  else np.zeros((n, *shape), np.float32))
+        def f32(key, shape):  # an optional key absent from the file: zeros, as image_dataset.py
+            return arrays[key].astype(np.float32) if key in arrays else np.zeros((n, *shape), np.float32)
+
         self.center = f32("center", (2,))
         scale = arrays["scale"].astype(np.float32).reshape(n, -1) * 200.0  # image_dataset.py: scale / 200 ... * 200
         self.box_wh = np.tile(scale, (1, 2)) if scale.shape[1] == 1 else scale  # (N, 2) pixels
