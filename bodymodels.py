@@ -40,6 +40,9 @@ Map of the file. Part I, the reference:
    (`person_crop`, `crop_box`, `crop_matrix`, `warp_image`), placing a mesh in the full image
    (`crop_translation_to_full`, `solve_translation`), `write_obj` / `read_obj`,
    `write_npz`, `draw_demo`, reading train.py checkpoints (`load_trained`), and `run_demo`.
+9. Hands on a body: `attach_hands` (MANO hand results, HaMeR's left-hand and hands_mean conventions
+   included, onto an SMPL-X body: fingers turned into SMPL-X's hand frame, wrists by IK),
+   `hand_frames` (what relates the two models' hands), `fit_mano` (MANO parameters from 778 vertices).
 Part II, the machinery: reading model files safely, `atomic_write`, and the procedural stand-ins.
 """
 
@@ -53,6 +56,7 @@ import pickle
 import sys
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -1176,6 +1180,268 @@ def load_trained(path, chain):
         load_stage_state(model, ckpt["model"], parent, p)
         parent = model.eval().requires_grad_(False)
     return parent, cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Hands on a body: MANO hand results onto an SMPL-X body, and MANO parameters from 778 vertices
+#
+# A hand expert (HaMeR) gives MANO parameters per hand: a global orientation G (camera frame), the
+# 15 finger rotations F_j and betas. A left hand comes as the RIGHT MANO hand that is its mirror
+# image (HaMeR flips the crop), so the left hand itself has the mirrored pose M G M, M F_j M with
+# M = diag(-1, 1, 1) (`mirror_rotation`). SMPL-X's hands carry the same fingers in their own rest
+# frame: R_off (3, 3) turns MANO's rest right hand onto SMPL-X's rest right hand (about the identity
+# for the official files; about a half turn about y for the stand-ins, whose right hand is MANO's
+# turned, see `_stitch_hands`), and SMPL-X's left hand is the mirror image of its right. A hand
+# posed by MANO then looks the same on SMPL-X when their world rotations agree up to R_off:
+#   W_j^X = W_j^MANO R_off^T  =>  wrist world G R_off^T;  finger j R_off F_j R_off^T (axis-angle R_off a_j)
+# and the wrist's LOCAL rotation follows by inverse kinematics under the body's elbow:
+#   R_wrist = W_elbow^T G R_off^T                          (HMR-Adapter's baseline, Sec. 4.2)
+# hands_mean: MANO and SMPL-X built with flat_hand_mean=False add a mean pose to their axis-angle
+# finger parameters (full = parameter + hands_mean); rotation matrices (smplx's *Layer classes,
+# HaMeR's output) are always the full rotations.
+
+
+@dataclass(frozen=True)
+class HandFrames:
+    """What relates MANO hands to an SMPL-X body's hands (`hand_frames` reads it from the files).
+
+    r_off (3, 3): MANO's rest right hand -> SMPL-X's rest right hand (SMPL-X's left: M r_off M).
+    mano_hands_mean (15, 3): the right MANO's hands_mean, axis-angle per finger joint.
+    smplx_hands_mean: {"left": (15, 3), "right": (15, 3)}: SMPL-X's hands_meanl, hands_meanr.
+    All float64.
+    """
+    r_off: torch.Tensor
+    mano_hands_mean: torch.Tensor
+    smplx_hands_mean: dict
+
+
+def hand_frames(model_dir=None):
+    """`HandFrames` of the MANO (right) and SMPL-X (neutral) files under model_dir (None:
+    $HMR_BODY_MODELS, else the stand-ins); cached per pair of files.
+
+    r_off is the rotation of the Procrustes fit (metrics.procrustes_transform) of MANO's 16 rest
+    joints onto SMPL-X's right wrist and finger joints, J = J_regressor v_template.
+    NOTE: on the stand-ins the fit is 0.7 degrees from the exact half turn diag(-1, 1, -1) of
+    `_stitch_hands` (SMPL-X's wrist joint is regressed from the forearm too, MANO's is not).
+    data.py's hand labels and HMR-Adapter use the same fit, so the synthetic world is
+    self-consistent; a MANO mesh and SMPL-X's hand agree to about a millimetre, not exactly.
+    """
+    mano = _model_file(model_dir, "mano", ("MANO_RIGHT.pkl",))
+    body = _model_file(model_dir, "smplx", ("SMPLX_NEUTRAL.npz", "SMPLX_NEUTRAL.pkl"))
+    return _hand_frames(mano, body)
+
+
+@functools.lru_cache(maxsize=None)
+def _hand_frames(mano_path, smplx_path):
+    from metrics import procrustes_transform  # the project's one Procrustes
+
+    def array(a, key):
+        return torch.from_numpy(np.asarray(a[key], np.float64))
+
+    mano, body = _checked_arrays(mano_path, "mano"), _checked_arrays(smplx_path, "smplx")
+    mano_rest = array(mano, "J_regressor") @ array(mano, "v_template")  # (16, 3)
+    body_rest = (array(body, "J_regressor") @ array(body, "v_template"))[list(SMPLX_HAND_JOINTS["right"])]
+    r_off = procrustes_transform(mano_rest[None], body_rest[None])[1][0]
+    means = {side: array(body, "hands_mean" + side[0]).view(15, 3) for side in ("left", "right")}
+    return HandFrames(r_off, array(mano, "hands_mean").view(15, 3), means)
+
+
+def _turn_hand(x, r_off, mirror):
+    """Finger rotations x (..., 3, 3) or axis-angle (..., 3) in MANO's right-hand frame -> SMPL-X's
+    hand: R_off x R_off^T (axis-angle: R_off a), then mirrored for a left hand (M . M)."""
+    matrix = x.shape[-2:] == (3, 3)
+    x = r_off @ x @ r_off.T if matrix else x @ r_off.T
+    return mirror_rotation(x, matrix=matrix) if mirror else x
+
+
+def attach_hands(body_pose, hands, frames=None, left_as_right=True, mano_flat_hand_mean=True,
+                 smplx_flat_hand_mean=True):
+    """An SMPL-X pose whose hands are MANO hand results: the fingers from MANO, each wrist by IK.
+
+    body_pose: the SMPL-X pose, global orientation first, axis-angle (..., J, 3) or rotation
+      matrices (..., J, 3, 3); J = 22 (global orientation and the 21 body joints) or 55 (a whole
+      SMPL-X pose: jaw and eyes are kept, the hands given replace its hands).
+    hands: {"left": hand, "right": hand}, either side optional (a missing side keeps body_pose's
+      hand when J = 55, else stays at rest). A hand is a dict of
+      "global_orient" (..., 3) or (..., 3, 3) (HaMeR's (..., 1, 3, 3) too): the hand's world rotation,
+        in the frame of body_pose's global orientation (both in the camera frame, say), and
+      "hand_pose" (..., 15, 3) axis-angle or (..., 15, 3, 3) rotations, as global_orient is
+        (HaMeR's pred_mano_params fit as they are; betas are not needed: the body shapes its hands).
+    frames: `HandFrames` (default `hand_frames()`: the files the loaders read).
+    left_as_right: a left hand's parameters are those of the RIGHT MANO hand that is its mirror image
+      (HaMeR, simpleHand on a flipped crop, `fit_mano(left=True)`); False: parameters of smplx's left
+      MANO (MANO_LEFT.pkl), the mirror of those.
+    mano_flat_hand_mean: False if axis-angle hand poses are relative to MANO's hands_mean
+      (smplx.MANO(flat_hand_mean=False), smplx's default).
+    smplx_flat_hand_mean: False to return axis-angle finger parameters relative to SMPL-X's hands_mean
+      (for smplx.SMPLX(flat_hand_mean=False), smplx's default; our loaders use True).
+      Both flags concern axis-angle only (rotation matrices are full rotations); with rotation
+      matrices a False flag is a ValueError.
+
+    Returns the SMPL-X pose (..., 55, 3) axis-angle, or (..., 55, 3, 3) if body_pose is rotations,
+    in body_pose's dtype and device: body, jaw and eyes from body_pose; fingers R_off F_j R_off^T
+    (left hands: mirrored, M R_off F_j R_off^T M); wrists R_wrist = W_elbow^T G R_off^T (mirrored
+    for the left: M G R_off^T M). Differentiable.
+    """
+    matrices = body_pose.shape[-2:] == (3, 3)
+    tail = (3, 3) if matrices else (3,)
+    J = body_pose.shape[-1 - len(tail)]
+    if J not in (22, 55):
+        raise ValueError(f"attach_hands: body_pose must have 22 or 55 joints, got shape {tuple(body_pose.shape)}")
+    if matrices and not smplx_flat_hand_mean:
+        raise ValueError("attach_hands: smplx_flat_hand_mean=False needs an axis-angle body_pose "
+                         "(hands_mean offsets axis-angle parameters; rotation matrices are full rotations)")
+    frames = frames or hand_frames()
+
+    def at(j):  # index of joint(s) j in a pose (..., 55, *tail)
+        return (..., j) + (slice(None),) * len(tail)
+
+    # 1. the output pose (rest beyond J), and the world rotations of the 22 body joints
+    rest = (torch.eye(3) if matrices else torch.zeros(3)).to(body_pose)
+    pose = torch.cat([body_pose, rest.expand(*body_pose.shape[:-1 - len(tail)], 55 - J, *tail)], -1 - len(tail))
+    R = body_pose[at(slice(22))] if matrices else axis_angle_to_matrix(body_pose[at(slice(22))])  # (..., 22, 3, 3)
+    world = forward_kinematics(R, R.new_zeros(R.shape[:-1]), SMPLX_PARENTS[:22])[1]  # (..., 22, 3, 3)
+    r_off = frames.r_off.to(R)
+    for side, hand in hands.items():
+        if hand is None:
+            continue
+        G, F_j = _right_mano_hand(hand, side == "left" and not left_as_right, frames, mano_flat_hand_mean, R)
+        # 2. the wrist: world rotation G R_off^T (mirrored for a left hand), local rotation by IK
+        wrist, *fingers = SMPLX_HAND_JOINTS[side]
+        W = G @ r_off.T
+        W = mirror_rotation(W, matrix=True) if side == "left" else W
+        R_wrist = world[..., SMPLX_PARENTS[wrist], :, :].transpose(-1, -2) @ W  # W_elbow^T W_wrist
+        pose[at(wrist)] = R_wrist if matrices else matrix_to_axis_angle(R_wrist)
+        # 3. the fingers in SMPL-X's hand frame, of the output's kind and hands_mean convention
+        F_j = _turn_hand(F_j, r_off, side == "left")
+        if matrices != (F_j.shape[-2:] == (3, 3)):
+            F_j = axis_angle_to_matrix(F_j) if matrices else matrix_to_axis_angle(F_j)
+        if not smplx_flat_hand_mean:
+            F_j = F_j - frames.smplx_hands_mean[side].to(F_j)
+        pose[at(fingers)] = F_j
+    return pose
+
+
+def _right_mano_hand(hand, mirror, frames, flat_hand_mean, like):
+    """A hand dict of `attach_hands` -> G (..., 3, 3) and finger rotations (..., 15, 3, 3) or full
+    axis-angle (..., 15, 3) of the right MANO hand (the mirror image of a MANO_LEFT pose if mirror)."""
+    F_j, G = hand["hand_pose"].to(like), hand["global_orient"].to(like)
+    matrix = F_j.shape[-2:] == (3, 3)
+    if not matrix and F_j.shape[-2:] != (15, 3) or matrix and F_j.shape[-3] != 15:
+        raise ValueError(f"attach_hands: hand_pose must be (..., 15, 3) or (..., 15, 3, 3), got {tuple(F_j.shape)}")
+    batch = F_j.shape[:-3] if matrix else F_j.shape[:-2]
+    G = G.reshape(*batch, 3, 3) if matrix else axis_angle_to_matrix(G.reshape(*batch, 3))
+    if not flat_hand_mean:
+        if matrix:
+            raise ValueError("attach_hands: mano_flat_hand_mean=False needs an axis-angle hand_pose "
+                             "(hands_mean offsets axis-angle parameters; rotation matrices are full rotations)")
+        F_j = F_j + frames.mano_hands_mean.to(F_j)  # smplx's MANO: full = parameter + hands_mean
+    if mirror:  # MANO_LEFT parameters -> the right hand that is their mirror image
+        G, F_j = mirror_rotation(G, matrix=True), mirror_rotation(F_j, matrix=matrix)
+    return G, F_j
+
+
+def fit_mano(verts, mano=None, left=False, steps=20):
+    """MANO parameters whose mesh is verts (..., 778, 3) (simpleHand predicts vertices, not
+    parameters; animation tools and `attach_hands` need parameters). Deterministic.
+
+    mano: a loaded right MANO (default `load_mano()`: flat_hand_mean, so hand_pose is the full
+    rotation). left: verts are a left hand; its parameters are those of the right hand that is its
+    mirror image (HaMeR's convention, `attach_hands(left_as_right=True)`): verts = mirror(MANO(pose,
+    betas)) + transl, as HaMeR's demo places a left hand.
+    Steps: 1. a left hand's verts mirrored; 2. an initial pose from each joint's own vertices
+    (`_pose_from_parts`); 3. betas and translation for it by linear least squares
+    (`_shape_and_translation`); 2.-3. once more from that shape; 4. `steps` Levenberg-Marquardt
+    iterations on the vertex residuals over pose, betas and translation. Float64 inside; each hand
+    is its own problem (its own damping), so a hand's fit does not depend on its batch.
+
+    Returns a dict: global_orient (..., 3), hand_pose (..., 15, 3) axis-angle, betas (..., 10),
+    transl (..., 3), verts (..., 778, 3) the fitted mesh (mirrored back for a left hand), and
+    error (...,) its mean vertex distance to verts, in verts' units (metres).
+    """
+    skin = Skinning(mano if mano is not None else load_mano(), torch.float64, per_sample=False)
+    batch = verts.shape[:-2]
+    target = verts.reshape(-1, 778, 3).detach().to(torch.float64)
+    if left:  # 1.
+        target = target * target.new_tensor([-1.0, 1.0, 1.0])
+    B, L = len(target), skin.shapedirs.shape[-1]
+    betas, transl = target.new_zeros(B, L), target.new_zeros(B, 3)
+    for _ in range(2):  # 2.-3., twice: the second Procrustes fit starts from the shaped hand
+        pose = _pose_from_parts(skin, target, betas)
+        betas, transl = _shape_and_translation(skin, pose, target)
+
+    # 4. Levenberg-Marquardt on the vertex residuals in mm, x = [pose, betas, translation in mm]
+    def residuals(x):  # (B, 48 + L + 3) -> (B, 3 V)
+        verts = skin(x[:, :48].view(-1, 16, 3), x[:, 48:48 + L])[0] * 1000 + x[:, None, 48 + L:]
+        return (verts - target * 1000).flatten(1)
+
+    x = torch.cat([pose.flatten(1), betas, transl * 1000], 1)
+    with torch.no_grad():
+        x = _levenberg_marquardt(residuals, x, steps)
+    pose, betas, transl = x[:, :48].view(-1, 16, 3), x[:, 48:48 + L], x[:, 48 + L:] / 1000
+    with torch.no_grad():
+        fitted = skin(pose, betas)[0] + transl[:, None]
+        error = (fitted - target).norm(dim=-1).mean(-1)
+        pose, betas, transl = pose.detach(), betas.detach(), transl.detach()
+        if left:
+            fitted = fitted * fitted.new_tensor([-1.0, 1.0, 1.0])
+            transl = transl * transl.new_tensor([-1.0, 1.0, 1.0])
+    dtype = verts.dtype if verts.is_floating_point() else torch.float64
+    out = dict(global_orient=pose[:, 0], hand_pose=pose[:, 1:], betas=betas, transl=transl, verts=fitted, error=error)
+    return {k: v.to(dtype).reshape(*batch, *v.shape[1:]) for k, v in out.items()}
+
+
+def _pose_from_parts(skin, target, betas):
+    """Step 2 of `fit_mano`: MANO axis-angle (B, 16, 3) from the vertices each joint moves most:
+    W_j = the Procrustes rotation of their shaped rest positions onto target (B, 778, 3), the local
+    rotation W_parent^T W_j (a joint with fewer than 3 vertices takes its parent's W)."""
+    from metrics import procrustes_transform  # the project's one Procrustes
+    rest = skin.v_template + torch.einsum("vkl,bl->bvk", skin.shapedirs, betas)  # (B, 778, 3)
+    part = skin.lbs_weights.argmax(1)  # (778,)
+    world = []
+    for j, p in enumerate(skin.parents):
+        ids = (part == j).nonzero()[:, 0]
+        world.append(procrustes_transform(rest[:, ids], target[:, ids])[1] if len(ids) >= 3 else world[p])
+    local = [world[0]] + [world[p].transpose(-1, -2) @ world[j] for j, p in enumerate(skin.parents) if p >= 0]
+    return matrix_to_axis_angle(torch.stack(local, 1))
+
+
+def _shape_and_translation(skin, pose, target):
+    """Step 3 of `fit_mano`: betas (B, L) and translation (B, 3) by linear least squares. With the
+    rotations fixed, LBS is affine in beta (shape blend shapes, rest joints and so each joint's
+    translation are linear in it): v(beta) = v(0) + sum_k (v(e_k) - v(0)) beta_k."""
+    B, L = pose.shape[0], skin.shapedirs.shape[-1]
+    basis = torch.cat([pose.new_zeros(1, L), torch.eye(L, dtype=pose.dtype)])  # (1 + L, L): 0, e_1 .. e_L
+    v = skin(pose[:, None].expand(-1, L + 1, -1, -1), basis.expand(B, -1, -1))[0]  # (B, 1 + L, 778, 3)
+    A = (v[:, 1:] - v[:, :1]).flatten(2).transpose(1, 2)  # (B, 3 V, L)
+    A = torch.cat([A, torch.eye(3, dtype=A.dtype).repeat(778, 1).expand(B, -1, -1)], -1)  # (B, 3 V, L + 3)
+    x = torch.linalg.lstsq(A, (target - v[:, 0]).flatten(1)[..., None]).solution[..., 0]  # (B, L + 3)
+    return x[:, :L], x[:, L:]
+
+
+
+def _levenberg_marquardt(residuals, x, steps, damping=1e-3):
+    """Minimise |residuals(x)|^2 for each row of x (B, P) independently: `steps` iterations of
+    (J^T J + lambda diag(J^T J)) dx = -J^T r, a step kept only where it lowers the cost (then
+    lambda / 3, else lambda x 4). J (B, N, P) by forward-mode differentiation, one tangent per
+    parameter for every row at once (rows do not interact)."""
+    from torch.func import jvp, vmap
+    P = x.shape[1]
+    lam = x.new_full((len(x), 1), damping)
+    r = residuals(x)
+    cost = r.square().sum(1)
+    tangents = torch.eye(P, dtype=x.dtype, device=x.device)[:, None].expand(P, len(x), P)
+    for _ in range(steps):
+        J = vmap(lambda t: jvp(residuals, (x,), (t,))[1])(tangents).permute(1, 2, 0)  # (B, N, P)
+        JtJ, Jtr = J.transpose(1, 2) @ J, (J.transpose(1, 2) @ r[..., None])[..., 0]
+        A = JtJ + lam[..., None] * torch.diag_embed(JtJ.diagonal(dim1=1, dim2=2).clamp_min(1e-9))
+        x_new = x - torch.linalg.solve(A, Jtr)
+        r_new = residuals(x_new)
+        cost_new = r_new.square().sum(1)
+        better = cost_new < cost
+        x, r = torch.where(better[:, None], x_new, x), torch.where(better[:, None], r_new, r)
+        cost, lam = torch.where(better, cost_new, cost), torch.where(better[:, None], lam / 3, lam * 4)
+    return x
 
 
 # =============================================================================================

@@ -454,14 +454,6 @@ def arm_chains(body_pose):
     return matrix_to_rot6d(torch.stack([mirror_rotation(left, matrix=True), right], -4))
 
 
-def hand_global_to_wrist(body_pose, hand_global, side, parents):
-    """Inverse kinematics of the paper's baseline (Sec. 4.2, NOTE(paper gap) 4): the wrist's local
-    rotation that gives the hand the global rotation hand_global (B, 3, 3) under the body's elbow:
-    R_wrist = W_elbow^T W_hand. body_pose (B, 22, 3, 3) local rotations."""
-    world = forward_kinematics(body_pose, torch.zeros(*body_pose.shape[:-2], 3).to(body_pose), parents[:NUM_BODY])[1]
-    return world[:, ELBOWS[side]].transpose(-1, -2) @ hand_global
-
-
 # ---------------------------------------------------------------------------------------------
 # 3. ViT (ViTPose / HaMeR / SMPLer-X names: patch_embed.proj, pos_embed, blocks.i.*, last_norm)
 
@@ -939,17 +931,15 @@ def body_models():
     """MANO (right hand) and SMPL-X (bodymodels' loaders: $HMR_BODY_MODELS or the stand-ins) as
     float32 Skinning, SMPL-X's parents, each hand's SMPL-X vertices (strongest skinning joint in the
     hand), and R_off (3, 3): the rotation that turns MANO's rest hand onto SMPL-X's rest right hand
-    (a MANO pose's global rotation G is SMPL-X's wrist rotation G R_off^T, its fingers R_off aa)."""
+    (a MANO pose's global rotation G is SMPL-X's wrist rotation G R_off^T, its fingers R_off aa;
+    bodymodels.hand_frames, whose `attach_hands` puts the hand path's hands on the body)."""
     mano, smplx = bodymodels.load_mano(), bodymodels.load_smplx()
-    with torch.no_grad():
-        mano_rest = mano().joints[0].double()
-        smplx_rest = smplx().joints[0].double()[list(bodymodels.SMPLX_HAND_JOINTS["right"])]
     part = smplx.lbs_weights.argmax(1)
     return types.SimpleNamespace(
         mano=bodymodels.Skinning(mano, torch.float32, per_sample=False),
         smplx=bodymodels.Skinning(smplx, torch.float32, per_sample=False), parents=smplx.parents.tolist(),
         smplx_faces=smplx.faces_tensor.long(),
-        r_off=metrics.procrustes_transform(mano_rest[None], smplx_rest[None])[1][0].float(),
+        r_off=bodymodels.hand_frames().r_off.float(),
         hand_verts={s: torch.isin(part, torch.tensor(bodymodels.SMPLX_HAND_JOINTS[s])).nonzero()[:, 0] for s in SIDES})
 
 
@@ -1304,20 +1294,11 @@ def hand_path(bases, adapter, tokens, chain=None):
 
 def assemble(body_R, hand_R, out):
     """SMPL-X rotations (B, 55, 3, 3): body from body_R (B, 22, 3, 3); each hand's fingers and, by
-    IK, its wrist from the hand path's MANO rotations hand_R (B, 2, 16, 3, 3) (left mirrored back);
-    the jaw from the whole-body model; eyes at rest."""
-    m = body_models()
-    r_off = m.r_off.to(body_R)
-    R = torch.eye(3).to(body_R).repeat(len(body_R), 55, 1, 1)
-    R[:, :NUM_BODY], R[:, 22] = body_R, rot6d_to_matrix(out["jaw"])
-    for i, side in enumerate(SIDES):
-        H = r_off @ hand_R[:, i] @ r_off.T  # MANO frame -> SMPL-X's right-hand frame (fingers: R_off F R_off^T)
-        G = hand_R[:, i, 0] @ r_off.T  # the hand's global rotation as SMPL-X's wrist
-        if side == "left":
-            H, G = mirror_rotation(H, matrix=True), mirror_rotation(G, matrix=True)
-        joints = bodymodels.SMPLX_HAND_JOINTS[side]
-        R[:, list(joints[1:])] = H[:, 1:]
-        R[:, joints[0]] = hand_global_to_wrist(R[:, :NUM_BODY], G, side, m.parents)  # NOTE(paper gap) 4
+    IK, its wrist from the hand path's MANO rotations hand_R (B, 2, 16, 3, 3) (left first, flipped:
+    HaMeR's convention), by `bodymodels.attach_hands`; the jaw from the whole-body model; eyes at rest."""
+    hands = {side: dict(global_orient=hand_R[:, i, 0], hand_pose=hand_R[:, i, 1:]) for i, side in enumerate(SIDES)}
+    R = bodymodels.attach_hands(body_R, hands)  # NOTE(paper gap) 4: wrists by IK
+    R[:, 22] = rot6d_to_matrix(out["jaw"])
     return R
 
 

@@ -136,14 +136,6 @@ def test_arm_chains_are_the_products_of_the_local_rotations_and_end_at_the_wrist
         torch.testing.assert_close(chain[-1], want)
 
 
-def test_ik_gives_back_the_wrist_when_the_hand_has_the_wrists_global_rotation():
-    parents = bodymodels.load_smplx().parents.tolist()
-    R = random_rotations(22, 2)[None]
-    world = forward_kinematics(R, torch.zeros(1, 22, 3, dtype=R.dtype), parents[:22])[1]
-    for side, wrist in (("left", 20), ("right", 21)):
-        torch.testing.assert_close(ha.hand_global_to_wrist(R, world[:, wrist], side, parents), R[:, wrist])
-
-
 def test_assembled_hands_have_the_hand_paths_global_rotation_and_fingers():
     m = ha.body_models()
     body = random_rotations(22, 3).float()[None]
