@@ -1331,13 +1331,13 @@ def _right_mano_hand(hand, mirror, frames, flat_hand_mean, like):
         raise ValueError(f"attach_hands: hand_pose must be (..., 15, 3) or (..., 15, 3, 3), got {tuple(F_j.shape)}")
     batch = F_j.shape[:-3] if matrix else F_j.shape[:-2]
     G = G.reshape(*batch, 3, 3) if matrix else axis_angle_to_matrix(G.reshape(*batch, 3))
+    if mirror:  # MANO_LEFT parameters -> the right hand that is their mirror image (so is its hands_mean)
+        G, F_j = mirror_rotation(G, matrix=True), mirror_rotation(F_j, matrix=matrix)
     if not flat_hand_mean:
         if matrix:
             raise ValueError("attach_hands: mano_flat_hand_mean=False needs an axis-angle hand_pose "
                              "(hands_mean offsets axis-angle parameters; rotation matrices are full rotations)")
         F_j = F_j + frames.mano_hands_mean.to(F_j)  # smplx's MANO: full = parameter + hands_mean
-    if mirror:  # MANO_LEFT parameters -> the right hand that is their mirror image
-        G, F_j = mirror_rotation(G, matrix=True), mirror_rotation(F_j, matrix=matrix)
     return G, F_j
 
 
