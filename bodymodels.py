@@ -1540,6 +1540,15 @@ def _read_model(path, keys):
     return {key: _as_array(data[key], key, path) for key in keys if key in data}
 
 
+def read_pickled_array(path):
+    """One array from a pickle (an official regressor such as 4D-Humans' SMPL_to_J19.pkl: a numpy
+    array, or a scipy sparse or chumpy one), read by the restricted unpickler: no code runs."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        data = _SafeUnpickler(f, path).load()
+    return _as_array(data, "the pickled array", path)
+
+
 # Expected shapes (None: any size). The first keys are required, the rest optional.
 _MODEL_KEYS = {
     "mano": dict(v_template=(778, 3), f=(1538, 3), J_regressor=(16, 778), weights=(778, 16),

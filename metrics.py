@@ -644,7 +644,7 @@ H36M17_TO_EXTRA = {0: 6, 1: 5, 2: 4, 3: 1, 4: 2, 5: 3, 6: 16, 7: 15, 8: 14, 9: 1
 
 def keypoint_regressor(path=None):
     """The protocol's regressor (19 or 17, V) float64 from `path` or $HMR_J_REGRESSOR: .npy, .npz
-    (its first array) or the official .pkl (pickle: trusted files only). Raises one line naming it."""
+    (its first array) or the official .pkl (read without running code). Raises one line naming it."""
     path = path or os.environ.get("HMR_J_REGRESSOR")
     if not path:
         raise FileNotFoundError("HMR_J_REGRESSOR is not set: the body benchmarks' protocol needs SMPL_to_J19.pkl "
@@ -652,9 +652,8 @@ def keypoint_regressor(path=None):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"HMR_J_REGRESSOR={path}: no such file")
     if path.endswith(".pkl"):
-        import pickle
-        with open(path, "rb") as f:
-            R = pickle.load(f, encoding="latin1")
+        import bodymodels  # its restricted unpickler: a pickle cannot run code
+        R = bodymodels.read_pickled_array(path)
     else:
         loaded = np.load(path, allow_pickle=False)
         R = loaded if isinstance(loaded, np.ndarray) else loaded[loaded.files[0]]

@@ -13,6 +13,7 @@ hold both protocols. Random inputs: a hypothesis-drawn seed feeding a torch.Gene
 """
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -680,3 +681,12 @@ def test_hmr2_keypoints_from_j19_and_h36m_regressors(tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((5, 30)))
     with pytest.raises(ValueError, match=r"bad.npy: shape \(5, 30\)"):
         metrics.keypoint_regressor(str(tmp_path / "bad.npy"))
+
+    class Payload:  # a pickle that would run a function when loaded
+        def __reduce__(self):
+            return (os.remove, (str(tmp_path / "SMPL_to_J19.pkl"),))
+    with open(tmp_path / "evil.pkl", "wb") as fh:
+        pickle.dump(Payload(), fh)
+    with pytest.raises(Exception, match="evil.pkl"):
+        metrics.keypoint_regressor(str(tmp_path / "evil.pkl"))
+    assert (tmp_path / "SMPL_to_J19.pkl").exists()  # nothing ran
