@@ -1322,6 +1322,46 @@ def attach_hands(body_pose, hands, frames=None, left_as_right=True, mano_flat_ha
     return pose
 
 
+def hands_of_body(pose, frames=None, left_as_right=True, mano_flat_hand_mean=True):
+    """The inverse of `attach_hands`: each hand of an SMPL-X pose as a MANO hand result, as HaMeR
+    would give it (the hand path's labels for a real whole-body annotation).
+
+    pose: SMPL-X pose (..., 55, 3) axis-angle or (..., 55, 3, 3) rotations, global orientation first,
+      full finger rotations (smplx.SMPLX(flat_hand_mean=True); add SMPL-X's hands_mean to parameters
+      of flat_hand_mean=False first).
+    Returns {"left": hand, "right": hand}, hand = {"global_orient" (..., 3), "hand_pose" (..., 15, 3)}
+    (rotations (..., 3, 3), (..., 15, 3, 3) for rotation input), in pose's dtype:
+      G = W_wrist R_off (W_wrist the wrist's world rotation in pose's frame), fingers R_off^T F_j R_off;
+      a left hand (left_as_right) as the right MANO hand that is its mirror image: G = M W M R_off,
+      fingers R_off^T M F_j M R_off (False: smplx's MANO_LEFT parameters, the mirror of those);
+      mano_flat_hand_mean False: axis-angle fingers relative to MANO's hands_mean (smplx's MANO default).
+    attach_hands(pose, hands_of_body(pose)) gives back pose (tests/test_bodymodels.py).
+    """
+    matrices = pose.shape[-2:] == (3, 3)
+    if pose.shape[-2 - matrices] != 55:
+        raise ValueError(f"hands_of_body: pose must have 55 joints, got shape {tuple(pose.shape)}")
+    if matrices and not mano_flat_hand_mean:
+        raise ValueError("hands_of_body: mano_flat_hand_mean=False needs an axis-angle pose")
+    frames = frames or hand_frames()
+    R = pose if matrices else axis_angle_to_matrix(pose)  # (..., 55, 3, 3)
+    world = forward_kinematics(R[..., :22, :, :], R.new_zeros(R.shape[:-3] + (22, 3)), SMPLX_PARENTS[:22])[1]
+    r_off = frames.r_off.to(R)
+    hands = {}
+    for side, (wrist, *fingers) in SMPLX_HAND_JOINTS.items():
+        W, F_j = world[..., wrist, :, :], R[..., fingers, :, :]
+        if side == "left":  # the right hand that is the left hand's mirror image
+            W, F_j = mirror_rotation(W, matrix=True), mirror_rotation(F_j, matrix=True)
+        G, F_j = W @ r_off, r_off.T @ F_j @ r_off
+        if not matrices:
+            G, F_j = matrix_to_axis_angle(G), matrix_to_axis_angle(F_j)
+            if not mano_flat_hand_mean:
+                F_j = F_j - frames.mano_hands_mean.to(F_j)
+        if side == "left" and not left_as_right:  # MANO_LEFT's parameters: the mirror (hands_mean's too)
+            G, F_j = mirror_rotation(G, matrix=matrices), mirror_rotation(F_j, matrix=matrices)
+        hands[side] = {"global_orient": G, "hand_pose": F_j}
+    return hands
+
+
 def _right_mano_hand(hand, mirror, frames, flat_hand_mean, like):
     """A hand dict of `attach_hands` -> G (..., 3, 3) and finger rotations (..., 15, 3, 3) or full
     axis-angle (..., 15, 3) of the right MANO hand (the mirror image of a MANO_LEFT pose if mirror)."""

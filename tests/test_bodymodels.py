@@ -669,24 +669,6 @@ def test_crop_translation_to_full_is_cliffs_cam_crop_to_full_for_hmr2_crops(seed
 STANDIN_R_OFF = torch.diag(torch.tensor([-1.0, 1.0, -1.0], **DOUBLE))  # `_stitch_hands`: the right hand turned about y
 
 
-def hamer_hands(R, frames, mano_flat_hand_mean):
-    """What HaMeR would give for the hands of an SMPL-X pose R (B, 55, 3, 3): per side the world
-    rotation G = W_wrist R_off and fingers R_off^T F R_off (axis-angle, minus MANO's hands_mean if
-    not flat), a left hand as the right hand that is its mirror image (M . M)."""
-    world = bm.forward_kinematics(R, torch.zeros(*R.shape[:-2], 3, **DOUBLE), bm.SMPLX_PARENTS)[1]
-    hands = {}
-    for side in ("left", "right"):
-        wrist, *fingers = bm.SMPLX_HAND_JOINTS[side]
-        W, F_j = world[:, wrist], R[:, fingers]
-        if side == "left":
-            W, F_j = bm.mirror_rotation(W, matrix=True), bm.mirror_rotation(F_j, matrix=True)
-        hand_pose = bm.matrix_to_axis_angle(frames.r_off.T @ F_j @ frames.r_off)
-        if not mano_flat_hand_mean:
-            hand_pose = hand_pose - frames.mano_hands_mean
-        hands[side] = dict(global_orient=bm.matrix_to_axis_angle(W @ frames.r_off), hand_pose=hand_pose)
-    return hands
-
-
 @given(seed=SEEDS, mano_flat=st.booleans(), smplx_flat=st.booleans(), left_as_right=st.booleans())
 @settings(deadline=None, max_examples=12)
 @example(seed=0, mano_flat=True, smplx_flat=True, left_as_right=True)
@@ -702,9 +684,12 @@ def test_attach_hands_gives_back_the_smplx_pose_whose_hands_hamer_would_see(seed
         for side, (_, *fingers) in bm.SMPLX_HAND_JOINTS.items():
             full[:, fingers] += frames.smplx_hands_mean[side]
     R = bm.axis_angle_to_matrix(full)
-    hands = hamer_hands(R, frames, mano_flat)
-    if not left_as_right:  # smplx's MANO_LEFT parameters: the mirror of HaMeR's
-        hands["left"] = {k: bm.mirror_rotation(v) for k, v in hands["left"].items()}
+    hands = bm.hands_of_body(bm.matrix_to_axis_angle(R), frames, left_as_right, mano_flat)  # what HaMeR would see
+    if mano_flat:  # from rotation matrices: the same hands
+        mats = bm.hands_of_body(R, frames, left_as_right)
+        for side, hand in hands.items():
+            torch.testing.assert_close(bm.axis_angle_to_matrix(hand["global_orient"]), mats[side]["global_orient"])
+            torch.testing.assert_close(bm.axis_angle_to_matrix(hand["hand_pose"]), mats[side]["hand_pose"])
     body = param.clone()
     for _, *fingers in bm.SMPLX_HAND_JOINTS.values():
         body[:, fingers] = 0.0  # attach_hands must replace them
