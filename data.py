@@ -42,8 +42,9 @@ Map of the file. The reference:
 3. Real hands: `FreiHAND`, `NpzHands`, `write_npz`
 4. Synthetic hands: `SyntheticHands`, and the trainer's `hand_dataset`
 5. Synthetic bodies: `SyntheticPoses`, `SyntheticBodies`, `SyntheticWholeBody`; 5b. real bodies
-   (4D-Humans' evaluation .npz of 3DPW / EMDB / H36M): `HMR2Npz`, `HMR2Poses`; and the trainer's
-   `body_pose_dataset`, `body_dataset`
+   (4D-Humans' evaluation .npz of 3DPW / EMDB / H36M): `HMR2Npz`, `HMR2Poses`; 5c. real whole bodies
+   (EHF / ARCTIC as one .npz): `WholeBodyNpz`; and the trainer's `body_pose_dataset`, `body_dataset`,
+   `wholebody_dataset`
 6. The rendered cache: `render_once`, `RenderedSet`, `stack_samples`, `labels`
 7. Pictures and speed: `draw_samples`, `draw_hand_predictions`, `draw_body_predictions`,
    `draw_pose_reconstructions`, `python data.py --grid OUT_DIR`,
@@ -1411,6 +1412,146 @@ def hmr2_protocol_check(split):
         metrics.keypoint_regressor()
 
 
+# ---------------------------------------------------------------------------------------------
+# 5c. Real whole bodies: EHF / ARCTIC as one .npz (HMR-Adapter's Table 1)
+#
+# SMPLer-X (and so HMR-Adapter) scores whole bodies on EHF and ARCTIC from their SMPL-X fits. Each
+# benchmark ships its own layout (EHF: meshes and a camera; ARCTIC: HumanData files), so this project
+# reads one neutral format that a short script converts either into: `WholeBodyNpz`'s docstring.
+
+WHOLEBODY_SHAPES = {  # key: shape of one row; the first six are required
+    "smplx_pose": (55, 3), "smplx_shape": (10,), "smplx_expression": (10,), "transl": (3,), "K": (3, 3),
+    "bbox": (4,), "left_hand_box": (4,), "right_hand_box": (4,), "hand_occluded": (2,)}
+WHOLEBODY_REQUIRED = ("imgname", "smplx_pose", "smplx_shape", "smplx_expression", "transl", "K")
+# official (SMPLer-X common/utils/preprocessing.py process_bbox): the person box grown to the input's
+# aspect, then x ratio = cfg.bbox_ratio, 1.25 by default (config_ft_arctic.py sets 1.2)
+WHOLEBODY_BOX_ENLARGE = 1.25
+
+
+class WholeBodyNpz(torch.utils.data.Dataset):
+    """People of a whole-body benchmark (EHF, ARCTIC, ...) in one .npz, as `SyntheticWholeBody` samples.
+
+    The file (np.load(path, allow_pickle=False) must read it), N rows, one person each:
+        imgname (N,) str            image paths relative to the .npz's folder
+        smplx_pose (N, 55, 3)       SMPL-X axis-angle in SMPL-X's joint order: global orientation IN THE
+                                    CAMERA FRAME, body 1-21, jaw, eyes, left hand 25-39, right hand 40-54;
+                                    full finger rotations (smplx.SMPLX(flat_hand_mean=True)): parameters of
+                                    smplx's default flat_hand_mean=False need SMPL-X's hands_meanl / hands_meanr
+                                    added (bodymodels.hand_frames().smplx_hands_mean)
+        smplx_shape (N, 10), smplx_expression (N, 10)   the neutral model's betas and expression
+        transl (N, 3) metres        the camera-frame mesh is SMPLX(pose, shape, expression) + transl
+        K (N, 3, 3)                 the image's intrinsics (pixels; pixel centres at j + 0.5, module docstring)
+      optional:
+        bbox (N, 4)                 the person box [x0, y0, x1, y1] in image pixels; absent: the box of
+                                    the projected mesh. Either is grown to cfg.image_size's aspect and
+                                    x WHOLEBODY_BOX_ENLARGE (1.25, SMPLer-X's process_bbox)
+        left_hand_box, right_hand_box (N, 4)  [x0, y0, x1, y1] image pixels (EHF's and ARCTIC's hand boxes,
+                                    xywh -> xyxy); absent: SyntheticWholeBody's rule, the square 1.2 x the
+                                    larger side of the hand's projected vertices
+        hand_occluded (N, 2)        [left, right] 1 where a hand is occluded (ARCTIC's objects), else 0; absent: 0
+    Converting: annotations in a world frame with extrinsics X_cam = R X_world + t fold into the root,
+    global orientation R R_g and transl R (transl_w + j0) + t - j0, j0 the pelvis of the rest pose
+    SMPLX(0, shape, expression) (SMPL-X turns the body about it). ARCTIC: leave out the egocentric view
+    as SMPLer-X and the paper (Sec. 4.1) do. A missing key, a wrong shape or a missing image raises one
+    line naming the file, the key and (for an image) the row.
+
+    Keys: those of SyntheticWholeBody, in the crop cfg.image_size that a camera change makes of the image
+    (`bodymodels.crop_matrix`: K_crop = A K, verts and joints stay in the camera frame): image, K, verts,
+    joints3d, joints2d, smplx_pose, smplx_shape, smplx_expression, cam_t (= transl); per side
+    S_hand_box (crop pixels), S_hand_joints3d / _joints2d, S_hand_mano_pose (`bodymodels.hands_of_body`,
+    the module's left-hand convention), S_hand_visible (the hand's pixels not hidden by the body's own
+    mesh: objects are not modelled), S_hand_occluded, S_arm_pose. The mesh comes from the SMPL-X file
+    under $HMR_BODY_MODELS (else the stand-in). NOTE(official vs here): no augmentation; the crop is
+    bilinear `warp_image` (SMPLer-X: cv2.warpAffine at 512 x 384, then resized to the ViT's input).
+    """
+
+    def __init__(self, path, image_hw, enlarge=WHOLEBODY_BOX_ENLARGE, model_dir=None):
+        self.path = pathlib.Path(path)
+        self.root, self.image_hw, self.enlarge, self.model_dir = self.path.parent, _image_hw(image_hw), enlarge, model_dir
+        if not self.path.is_file():
+            raise FileNotFoundError(f"WholeBodyNpz: missing {self.path} (expected a whole-body .npz, see data.WholeBodyNpz)")
+        with np.load(self.path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        for key in WHOLEBODY_REQUIRED:
+            if key not in arrays:
+                raise ValueError(f"WholeBodyNpz: {self.path} has no key {key!r} (it has {sorted(arrays)})")
+        self.imgname = arrays["imgname"].astype(str)
+        n = len(self.imgname)
+        if self.imgname.ndim != 1:
+            raise ValueError(f"WholeBodyNpz: {self.path} key 'imgname' has shape {arrays['imgname'].shape}, expected (N,)")
+        for key, row in WHOLEBODY_SHAPES.items():
+            if key in arrays and arrays[key].shape != (n, *row):
+                raise ValueError(f"WholeBodyNpz: {self.path} key {key!r} has shape {arrays[key].shape}, "
+                                 f"expected {(n, *row)}")
+        self.arrays = {key: torch.from_numpy(arrays[key].astype(np.float64)) for key in WHOLEBODY_SHAPES if key in arrays}
+        self.labeller = SyntheticWholeBody(1, self.image_hw, model_dir=model_dir)  # its model, rig and hand rules
+
+    def __len__(self):
+        return len(self.imgname)
+
+    def set_epoch(self, epoch):
+        """No augmentation: every epoch sees the same crops."""
+
+    def row(self, index):
+        """Row `index` in the camera frame: pose (55, 3), shape, expression, transl, K (full image),
+        verts (10475, 3) and joints (76, 3) (SMPL-X's 55 and smplx's 21 extra: fingertips, face), float64."""
+        a = {key: value[index] for key, value in self.arrays.items()}
+        self.labeller.model
+        verts, joints = skinning("smplx", self.model_dir, torch.float32)(a["smplx_pose"], a["smplx_shape"],
+                                                                        a["smplx_expression"])
+        joints = torch.cat([joints, verts[self.labeller.extra_joints]]).double()
+        return a, verts.double() + a["transl"], joints + a["transl"]
+
+    def crop(self, index, verts, K):
+        """A (3, 3) full-image pixels -> crop pixels: the person box (the file's, else the projected
+        mesh's) grown to the crop's aspect x enlarge (`bodymodels.crop_box`)."""
+        if "bbox" in self.arrays:
+            box = self.arrays["bbox"][index].tolist()
+        else:
+            uv = perspective_projection(verts, K)
+            box = (*uv.amin(0).tolist(), *uv.amax(0).tolist())
+        return bodymodels.crop_matrix(*bodymodels.crop_box(box, self.image_hw, self.enlarge), self.image_hw)
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"WholeBodyNpz: index {index} out of range for {len(self)} samples")
+        path = self.root / self.imgname[index]
+        if not path.is_file():
+            raise FileNotFoundError(f"WholeBodyNpz: {self.path} row {index} key 'imgname': missing image {path}")
+        a, verts, joints = self.row(index)
+        A = self.crop(index, verts, a["K"])
+        K = A @ a["K"]
+        sample = {"K": K, "verts": verts, "joints3d": joints[:55], "joints2d": perspective_projection(joints[:55], K),
+                  "smplx_pose": a["smplx_pose"], "smplx_shape": a["smplx_shape"],
+                  "smplx_expression": a["smplx_expression"], "cam_t": a["transl"]}
+        # the hands: SyntheticWholeBody's labels of the same mesh and crop (visibility from the faces in view)
+        rig = self.labeller.rig
+        _, face, _, _, (keep, *_) = _rasterize(verts.float()[None], rig["faces"], K.float()[None], *self.image_hw, True)
+        world = forward_kinematics(axis_angle_to_matrix(a["smplx_pose"][:22]), rig["rest_joints"][:22],
+                                   rig["parents"][:22])[1]
+        hands = bodymodels.hands_of_body(a["smplx_pose"])
+        for s, side in enumerate(("left", "right")):
+            sample.update(self.labeller._hand_labels(side, sample, joints, world, hands[side]["hand_pose"],
+                                                     keep.index_select(0, face)))
+            sample[f"{side}_hand_mano_pose"] = torch.cat([hands[side]["global_orient"][None], hands[side]["hand_pose"]])
+            if f"{side}_hand_box" in self.arrays:  # the file's box, into the crop (A scales and shifts)
+                corners = torch.cat([self.arrays[f"{side}_hand_box"][index].view(2, 2), torch.ones(2, 1, dtype=torch.float64)], 1)
+                sample[f"{side}_hand_box"] = (corners @ A.T)[:, :2].reshape(4)
+            occluded = self.arrays["hand_occluded"][index, s] if "hand_occluded" in self.arrays else 0.0
+            sample[f"{side}_hand_occluded"] = torch.as_tensor(float(occluded))
+        sample = {key: torch.as_tensor(value).float() for key, value in sample.items()}
+        sample["image"] = warp_image(bodymodels.read_image(path), A, self.image_hw).clamp(0, 1).contiguous()
+        return sample
+
+
+def wholebody_files(path, split):
+    """--data wholebody:TRAIN.npz[,EVAL.npz] -> the file of `split`: one file serves both splits."""
+    files = [p for p in str(path).split(",") if p]
+    if not 1 <= len(files) <= 2:
+        raise ValueError(f"wholebody: expected FILE.npz or TRAIN.npz,EVAL.npz, got {path!r}")
+    return files[-1] if split == "evaluation" else files[0]
+
+
 def _synthetic_only(kind, who):
     if kind != "synthetic":
         raise ValueError(f"{who}: --data {kind!r} is not readable here; the body stages read only 'synthetic' "
@@ -1449,9 +1590,15 @@ def wholebody_dataset(kind, path, split, cfg, seed, num_samples):
     """Rendered SMPL-X people with both hands (HMR-Adapter) at cfg.image_size in DEMO_BODY_LOOK (a suit
     coloured by body part and finger segment, a flat background: the design notes' tiny setting), half
     of the hands under an occluder (so that body context matters), plus "index"; the training split drops
-    "verts" (126 KB a sample that no loss reads), the held-out split (seed + 1_000_003) keeps them."""
-    _synthetic_only(kind, "wholebody_dataset")
+    "verts" (126 KB a sample that no loss reads), the held-out split (seed + 1_000_003) keeps them.
+    kind "wholebody" (path FILE.npz or TRAIN.npz,EVAL.npz, `wholebody_files`): every row of the file
+    (`WholeBodyNpz`, num_samples unused), the same keys, so it trains and scores alike."""
     held_out = split == "evaluation"
+    if kind == "wholebody":
+        return Indexed(WholeBodyNpz(wholebody_files(path, split), cfg.image_size), drop=() if held_out else ("verts",))
+    if kind != "synthetic":
+        raise ValueError(f"wholebody_dataset: --data {kind!r} is not readable here; expected 'synthetic' or "
+                         f"'wholebody:FILE.npz' (data.WholeBodyNpz)")
     bodies = SyntheticWholeBody(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003, occlusion_prob=0.5,
                                 **DEMO_BODY_LOOK)
     return Indexed(bodies, drop=() if held_out else ("verts",))

@@ -907,3 +907,98 @@ def test_hmr2_datasets_for_the_genhmr_stages(tmp_path, monkeypatch):
     train_set = data.body_dataset("hmr2", str(path), "training", cfg, 0, 99)
     sample = train_set[3]
     assert "verts" not in sample and sample["joints3d"].shape == (24, 3) and int(sample["index"]) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# 5c. real whole bodies: EHF / ARCTIC as one .npz (data.WholeBodyNpz)
+
+WHOLEBODY_OFFSET = (16, 20)  # (x, y): where the synthetic crop sits in the fixture's larger image
+
+
+def write_wholebody_npz(folder, count=3, size=(64, 48)):
+    """A whole-body .npz from WholeBodyNpz's description, built from SyntheticWholeBody people: each
+    rendered crop pasted at WHOLEBODY_OFFSET into a 100 x 80 PNG whose K is the crop's shifted there;
+    the person box so that the loader's crop (x 1.25) is the synthetic crop again; hand boxes in image
+    pixels, hand_occluded. Returns the path, the arrays and the synthetic samples."""
+    from PIL import Image
+
+    people = data.SyntheticWholeBody(count, image_size=size, seed=3)
+    samples = [people[i] for i in range(count)]
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (ox, oy), (H, W) = WHOLEBODY_OFFSET, size
+    shift = np.array([ox, oy, ox, oy], float)
+    imgname = []
+    for i, s in enumerate(samples):
+        canvas = np.zeros((100, 80, 3), np.uint8)
+        canvas[oy:oy + H, ox:ox + W] = (s["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        imgname.append(f"images/{i:03d}.png")
+        Image.fromarray(canvas).save(folder / imgname[-1])
+    K = np.stack([s["K"].double().numpy() for s in samples])
+    K[:, 0, 2] += ox
+    K[:, 1, 2] += oy
+    box = np.array([ox + W / 2 - W / 2.5, oy + H / 2 - H / 2.5, ox + W / 2 + W / 2.5, oy + H / 2 + H / 2.5])
+    stack = lambda key: np.stack([s[key].double().numpy() for s in samples])  # noqa: E731
+    arrays = dict(imgname=np.asarray(imgname), smplx_pose=stack("smplx_pose"), smplx_shape=stack("smplx_shape"),
+                  smplx_expression=stack("smplx_expression"), transl=stack("cam_t"), K=K, bbox=np.tile(box, (count, 1)),
+                  left_hand_box=stack("left_hand_box") + shift, right_hand_box=stack("right_hand_box") + shift,
+                  hand_occluded=np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])[:count])
+    np.savez(folder / "wholebody.npz", **arrays)
+    return folder / "wholebody.npz", arrays, samples
+
+
+def test_wholebody_npz_gives_back_the_synthetic_people_it_was_written_from(tmp_path):
+    """The oracle: SyntheticWholeBody's own labels. Written into the format (a larger image, its K, the
+    parameters), read back through the person crop: the same image, camera, mesh, joints, hand boxes,
+    MANO hand poses (bodymodels.hands_of_body against the sampled fingers), visibility and arm poses."""
+    path, arrays, samples = write_wholebody_npz(tmp_path)
+    dataset = data.WholeBodyNpz(path, (64, 48))
+    assert len(dataset) == 3
+    for i, want in enumerate(samples):
+        got = dataset[i]
+        assert set(got) == set(want) and all(got[k].shape == want[k].shape and got[k].dtype == torch.float32 for k in got)
+        assert (got["image"] - want["image"]).abs().max() < 1 / 255  # PNG: 8 bits
+        for key in set(want) - {"image", "left_hand_occluded", "right_hand_occluded"}:
+            torch.testing.assert_close(got[key], want[key], atol=2e-4, rtol=1e-4, msg=key)
+        assert [float(got[f"{s}_hand_occluded"]) for s in ("left", "right")] == arrays["hand_occluded"][i].tolist()
+    # no hand boxes or occlusion in the file: SyntheticWholeBody's box rule, 0; no person box: the mesh's, x 1.25
+    np.savez(path, **{k: v for k, v in arrays.items() if k not in ("left_hand_box", "right_hand_box", "hand_occluded")})
+    got = data.WholeBodyNpz(path, (64, 48))[1]
+    torch.testing.assert_close(got["right_hand_box"], samples[1]["right_hand_box"], atol=2e-4, rtol=0)
+    assert got["left_hand_occluded"] == 0 and got["right_hand_occluded"] == 0
+    np.savez(path, **{k: v for k, v in arrays.items() if k != "bbox"})
+    got = data.WholeBodyNpz(path, (64, 48))[1]
+    uv = got["joints2d"]
+    low, high = uv.amin(0), uv.amax(0)
+    assert (low > -1).all() and (high < torch.tensor([49.0, 65.0])).all()  # the person fills the crop ...
+    assert ((high - low) / torch.tensor([48.0, 64.0])).max() > 0.6  # ... about 1 / 1.25 of it
+
+
+def test_wholebody_npz_errors_name_the_file_key_and_row(tmp_path):
+    path, arrays, _ = write_wholebody_npz(tmp_path, count=2)
+    np.savez(path, **{k: v for k, v in arrays.items() if k != "smplx_expression"})
+    with pytest.raises(ValueError, match="wholebody.npz has no key 'smplx_expression'"):
+        data.WholeBodyNpz(path, (64, 48))
+    np.savez(path, **dict(arrays, smplx_pose=arrays["smplx_pose"][:, :22]))
+    with pytest.raises(ValueError, match=r"key 'smplx_pose' has shape \(2, 22, 3\), expected \(2, 55, 3\)"):
+        data.WholeBodyNpz(path, (64, 48))
+    np.savez(path, **dict(arrays, left_hand_box=arrays["left_hand_box"][:1]))
+    with pytest.raises(ValueError, match=r"key 'left_hand_box' has shape \(1, 4\), expected \(2, 4\)"):
+        data.WholeBodyNpz(path, (64, 48))
+    np.savez(path, **arrays)
+    (tmp_path / "images" / "001.png").unlink()
+    dataset = data.WholeBodyNpz(path, (64, 48))
+    with pytest.raises(FileNotFoundError, match="row 1 key 'imgname': missing image .*001.png"):
+        dataset[1]
+    with pytest.raises(FileNotFoundError, match="missing"):
+        data.WholeBodyNpz(tmp_path / "nothing.npz", (64, 48))
+
+
+def test_wholebody_dataset_reaches_the_file(tmp_path):
+    path, _, _ = write_wholebody_npz(tmp_path, count=2)
+    cfg = types.SimpleNamespace(image_size=(64, 48))
+    train_set = data.wholebody_dataset("wholebody", str(path), "training", cfg, 0, 99)
+    eval_set = data.wholebody_dataset("wholebody", f"{path},{path}", "evaluation", cfg, 0, 99)
+    assert len(train_set) == len(eval_set) == 2
+    assert "verts" not in train_set[1] and eval_set[1]["verts"].shape == (10475, 3) and int(eval_set[1]["index"]) == 1
+    with pytest.raises(ValueError, match="'freihand' is not readable"):
+        data.wholebody_dataset("freihand", str(path), "training", cfg, 0, 99)
