@@ -290,7 +290,41 @@ def test_perfect_predictions_score_zero_and_hands_are_wrist_aligned(batch):
     pred = {"hand_x_verts": verts.unflatten(0, (4, 2)) + shift, "hand_x_joints": joints.unflatten(0, (4, 2)) + shift,
             "pipe_y_verts": batch["verts"] + shift, "pipe_y_joints": batch["joints3d"] + shift}
     result = ha.evaluation_metrics(pred, batch)
-    assert len(result) == 2 * 3 + 3 * 3 and all(abs(v) < 1e-3 for v in result.values() if v == v)
+    occluded = torch.stack([batch[f"{s}_hand_occluded"] for s in ha.SIDES], 1) > 0.5
+    assert occluded.any() and not occluded.all()  # every split has hands: every key is there
+    errors = ("pve_mm", "pa_pve_mm", "pa_mpjpe_mm")
+    want = ([f"hand_path/x/{split}/{e}" for split in ("clean", "occluded") for e in errors]
+            + [f"pipeline/y/{part}/{e}" for part in ("all", "hands", "hands_occluded") for e in errors]
+            + ["pipeline/y/face/pve_mm", "pipeline/y/face/pa_pve_mm"])
+    assert list(result) == want and all(abs(v) < 1e-3 for v in result.values())
+
+
+def test_face_metrics_are_neck_aligned_and_read_the_flame_ids(batch, tmp_path, monkeypatch):
+    """Table 1's face numbers as SMPLer-X's evaluate: a face moved 10 mm off its neck is 10 mm PVE and
+    0 PA-PVE (a rigid move), the rest of the body does not count; the face is the stand-ins' head region
+    or the vertex ids of $HMR_FLAME_VERTEX_IDS (SMPL-X__FLAME_vertex_ids.npy); no hand split is empty
+    -> no NaN: a batch without occluded hands has no *_occluded keys."""
+    monkeypatch.delenv("HMR_FLAME_VERTEX_IDS", raising=False)
+    face = ha.face_vertex_ids()
+    assert 300 < len(face) < 5000 and not set(face.tolist()) & set(ha.body_models().hand_verts["left"].tolist())
+    gt = dict(batch, left_hand_occluded=torch.zeros(4), right_hand_occluded=torch.zeros(4))
+    verts = gt["verts"].clone()
+    verts[:, face] += torch.tensor([0.0, 0.006, 0.008])  # 10 mm
+    verts[:, ha.body_models().hand_verts["right"]] += 1.0  # a hand far off: not the face's business
+    result = ha.evaluation_metrics({"pipe_y_verts": verts, "pipe_y_joints": gt["joints3d"]}, gt)
+    assert result["pipeline/y/face/pve_mm"] == pytest.approx(10.0, abs=1e-3)
+    assert result["pipeline/y/face/pa_pve_mm"] == pytest.approx(0.0, abs=1e-2)  # float32 Procrustes
+    assert not any("occluded" in k for k in result) and result["pipeline/y/hands/pve_mm"] > 400
+    ids = np.array([3, 5, 7, 11])  # a FLAME id file: only these vertices are the face
+    np.save(tmp_path / "SMPL-X__FLAME_vertex_ids.npy", ids)
+    monkeypatch.setenv("HMR_FLAME_VERTEX_IDS", str(tmp_path / "SMPL-X__FLAME_vertex_ids.npy"))
+    verts = gt["verts"].clone()
+    verts[:, ids] += torch.tensor([0.0, 0.0, 0.02])
+    result = ha.evaluation_metrics({"pipe_y_verts": verts, "pipe_y_joints": gt["joints3d"]}, gt)
+    assert result["pipeline/y/face/pve_mm"] == pytest.approx(20.0, abs=1e-3)
+    np.save(tmp_path / "SMPL-X__FLAME_vertex_ids.npy", np.array([0.5, 2.0]))
+    with pytest.raises(ValueError, match="HMR_FLAME_VERTEX_IDS: .* must hold SMPL-X vertex ids"):
+        ha.face_vertex_ids()
 
 
 def test_frozen_cache_serves_each_sample_as_computed_alone(bases, batch):
