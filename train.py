@@ -114,6 +114,10 @@ class Stage:
 # hmr2:TRAIN.npz,EVAL.npz; the tokenizer learns the file's SMPL poses (data.HMR2Poses), the image stages
 # its crops (data.HMR2Npz), scored by the benchmarks' protocol (metrics.hmr2_protocol, $HMR_J_REGRESSOR)
 BODY_KINDS = ("synthetic", "hmr2")
+# HMR-Adapter's stages also read whole bodies (EHF, ARCTIC) in data.WholeBodyNpz's format: wholebody:FILE.npz
+# (train and score on it: the format gives every key the losses read) or wholebody:TRAIN.npz,EVAL.npz; scored
+# by Table 1's protocol (hmr_adapter.evaluation_metrics; the face on $HMR_FLAME_VERTEX_IDS when set)
+WHOLEBODY_KINDS = ("synthetic", "wholebody")
 
 
 MODELS = {
@@ -132,10 +136,10 @@ MODELS = {
                     picture=data.draw_body_predictions, starts_from="genhmr_backbone", train_samples=16384, data_kinds=BODY_KINDS),
     "hmr_adapter_bases": Stage(hmr_adapter.BASES, data=data.wholebody_dataset, metrics=hmr_adapter.evaluation_metrics,
                                baseline=hmr_adapter.MeanPoseBaseline, picture=data.draw_wholebody_predictions,
-                               train_samples=8192),
+                               train_samples=8192, data_kinds=WHOLEBODY_KINDS),
     "hmr_adapter": Stage(hmr_adapter, data=data.wholebody_dataset, metrics=hmr_adapter.evaluation_metrics,
                          baseline=hmr_adapter.MeanPoseBaseline, picture=data.draw_wholebody_predictions,
-                         starts_from="hmr_adapter_bases", train_samples=8192),
+                         starts_from="hmr_adapter_bases", train_samples=8192, data_kinds=WHOLEBODY_KINDS),
 }
 
 
@@ -750,12 +754,18 @@ def check_args(args):
         if kind not in stage.data_kinds or (kind == "synthetic") == bool(sep):
             fail(f"--data {args.data!r}: {which} expects " +
                  ", ".join(k if k == "synthetic" else f"{k}:PATH" for k in stage.data_kinds))
-    if kind == "hmr2":  # files, not a folder
+    if kind in ("hmr2", "wholebody"):  # files, not a folder
+        what = "a 4D-Humans evaluation .npz" if kind == "hmr2" else "a whole-body .npz (data.WholeBodyNpz)"
         for file in path.split(","):
             if not os.path.isfile(file):
-                fail(f"--data {args.data}: file {file!r} does not exist; expected a 4D-Humans evaluation .npz")
+                fail(f"--data {args.data}: file {file!r} does not exist; expected {what}")
     elif kind != "synthetic" and not os.path.isdir(path):
         fail(f"--data {args.data}: folder {path!r} does not exist; expected the dataset's root folder")
+    if args.model.startswith("hmr_adapter") and os.environ.get("HMR_FLAME_VERTEX_IDS"):
+        try:  # the face metrics' vertex ids: a bad file fails now, not after training
+            hmr_adapter.face_vertex_ids()
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e).splitlines()[0])
     if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         fail(f"--device {args.device}: expected auto, cpu, or cuda on a machine with a GPU")
 

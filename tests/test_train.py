@@ -235,6 +235,9 @@ def test_set_errors_name_the_field_and_what_was_expected(item, expected):
     (["--model", "standin", "--data", "npz"], "standin expects synthetic, npz:PATH"),
     (["--model", "standin_head", "--data", "other:/tmp"], "standin (which standin_head starts from) expects synthetic, npz:PATH"),
     (["--model", "simplehand", "--data", "freihand"], "simplehand expects synthetic, freihand:PATH, npz:PATH"),
+    (["--model", "hmr_adapter", "--data", "hmr2:/tmp/x.npz"], "hmr_adapter expects synthetic, wholebody:PATH"),
+    (["--model", "hmr_adapter", "--data", "wholebody:/nonexistent/ehf.npz"],
+     "file '/nonexistent/ehf.npz' does not exist; expected a whole-body .npz (data.WholeBodyNpz)"),
     (["--model", "standin", "--set", "bogus=1"], "has no field 'bogus'"),
     # a paper config without its ImageNet weights file is refused before timm is imported or data rendered
     (["--model", "simplehand", "--config", "paper"], "--config paper: backbone 'hrnet_w64' starts from ImageNet weights (Sec. 4.1), read from a local file"),
@@ -599,3 +602,30 @@ def test_genhmr_trains_and_reports_the_benchmark_protocol_on_an_hmr2_npz(tmp_pat
         assert np.isfinite(report[key]) and report[key] > 0, key
     with pytest.raises(SystemExit):
         train.main(["--model", "genhmr", "--data", f"hmr2:{tmp_path / 'none.npz'}", "--out", str(tmp_path / "out")])
+
+
+def test_hmr_adapter_trains_and_reports_table1_on_a_wholebody_npz(tmp_path, monkeypatch):
+    """--data wholebody:FILE.npz through both HMR-Adapter rows (the bases, then the adapters): trained on
+    the file's people and scored on them by Table 1's protocol: all, hands and face numbers in
+    metrics.json, no occluded split where the file has no occluded hand; a missing file fails at once."""
+    from test_data import write_wholebody_npz
+
+    path, arrays, _ = write_wholebody_npz(tmp_path / "bench", count=2)
+    np.savez(path, **{k: v for k, v in arrays.items() if k != "hand_occluded"})  # EHF: no occluded hands
+    monkeypatch.delenv("HMR_FLAME_VERTEX_IDS", raising=False)
+    train.main(["--model", "hmr_adapter", "--data", f"wholebody:{path}", "--out", str(tmp_path / "out"),
+                "--max-steps", "1", "--set", "batch_size=2", "--log-every", "1"])
+    report = json.loads((tmp_path / "out" / "hmr_adapter" / "metrics.json").read_text())
+    assert report["data"] == f"wholebody:{path}"
+    names = report["metric_names"]
+    for part in ("all", "hands", "face"):
+        for run in ("baseline", "adapted"):
+            value = report["pipeline"][run][part]["pve_mm"]
+            assert np.isfinite(value) and value > 0, (run, part)
+    assert "pipeline/adapted/face/pa_pve_mm" in names and not any("occluded" in k for k in names)
+    assert np.isfinite(report["hand_path"]["adapter"]["clean"]["pa_mpjpe_mm"])
+    with pytest.raises(SystemExit):
+        train.main(["--model", "hmr_adapter", "--data", f"wholebody:{tmp_path / 'none.npz'}", "--out", str(tmp_path / "out")])
+    monkeypatch.setenv("HMR_FLAME_VERTEX_IDS", str(tmp_path / "none.npy"))  # the face's ids: checked before training
+    with pytest.raises(SystemExit, match="HMR_FLAME_VERTEX_IDS: missing"):
+        train.main(["--model", "hmr_adapter", "--data", f"wholebody:{path}", "--out", str(tmp_path / "out2")])
