@@ -1469,7 +1469,7 @@ class WholeBodyNpz(torch.utils.data.Dataset):
         self.path = pathlib.Path(path)
         self.root, self.image_hw, self.enlarge, self.model_dir = self.path.parent, _image_hw(image_hw), enlarge, model_dir
         if not self.path.is_file():
-            raise FileNotFoundError(f"WholeBodyNpz: missing {self.path} (expected a whole-body .npz, see data.WholeBodyNpz)")
+            raise FileNotFoundError(f"WholeBodyNpz: missing {self.path} (expected a whole-body .npz: data.WholeBodyNpz)")
         with np.load(self.path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
         for key in WHOLEBODY_REQUIRED:
@@ -1529,14 +1529,14 @@ class WholeBodyNpz(torch.utils.data.Dataset):
         _, face, _, _, (keep, *_) = _rasterize(verts.float()[None], rig["faces"], K.float()[None], *self.image_hw, True)
         world = forward_kinematics(axis_angle_to_matrix(a["smplx_pose"][:22]), rig["rest_joints"][:22],
                                    rig["parents"][:22])[1]
-        hands = bodymodels.hands_of_body(a["smplx_pose"])
+        hands = bodymodels.hands_of_body(a["smplx_pose"], bodymodels.hand_frames(self.model_dir))
         for s, side in enumerate(("left", "right")):
             sample.update(self.labeller._hand_labels(side, sample, joints, world, hands[side]["hand_pose"],
                                                      keep.index_select(0, face)))
             sample[f"{side}_hand_mano_pose"] = torch.cat([hands[side]["global_orient"][None], hands[side]["hand_pose"]])
             if f"{side}_hand_box" in self.arrays:  # the file's box, into the crop (A scales and shifts)
-                corners = torch.cat([self.arrays[f"{side}_hand_box"][index].view(2, 2), torch.ones(2, 1, dtype=torch.float64)], 1)
-                sample[f"{side}_hand_box"] = (corners @ A.T)[:, :2].reshape(4)
+                corners = self.arrays[f"{side}_hand_box"][index].view(2, 2)  # (x0, y0), (x1, y1)
+                sample[f"{side}_hand_box"] = (corners @ A[:2, :2].T + A[:2, 2]).reshape(4)
             occluded = self.arrays["hand_occluded"][index, s] if "hand_occluded" in self.arrays else 0.0
             sample[f"{side}_hand_occluded"] = torch.as_tensor(float(occluded))
         sample = {key: torch.as_tensor(value).float() for key, value in sample.items()}

@@ -961,7 +961,8 @@ def face_vertex_ids():
         raise FileNotFoundError(f"HMR_FLAME_VERTEX_IDS: missing {path} (expected SMPL-X__FLAME_vertex_ids.npy)")
     ids = np.load(path, allow_pickle=False)
     num_verts = len(body_models().smplx.v_template)
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or len(ids) == 0 or ids.min() < 0 or ids.max() >= num_verts:
+    integers = ids.ndim == 1 and len(ids) > 0 and np.issubdtype(ids.dtype, np.integer)
+    if not integers or ids.min() < 0 or ids.max() >= num_verts:
         raise ValueError(f"HMR_FLAME_VERTEX_IDS: {path} must hold SMPL-X vertex ids (F,) in [0, {num_verts}), "
                          f"got {ids.dtype} {ids.shape}")
     return torch.from_numpy(ids.astype(np.int64))
