@@ -1580,13 +1580,18 @@ def _read_model(path, keys):
     return {key: _as_array(data[key], key, path) for key in keys if key in data}
 
 
-def read_pickled_array(path):
+def read_pickled_array(path, key=None):
     """One array from a pickle (an official regressor such as 4D-Humans' SMPL_to_J19.pkl: a numpy
-    array, or a scipy sparse or chumpy one), read by the restricted unpickler: no code runs."""
+    array, or a scipy sparse or chumpy one; with `key`, that entry of a pickled dict such as SMPL-X's
+    MANO_SMPLX_vertex_ids.pkl), read by the restricted unpickler: no code runs."""
     path = Path(path)
     with open(path, "rb") as f:
         data = _SafeUnpickler(f, path).load()
-    return _as_array(data, "the pickled array", path)
+    if key is not None:
+        if not isinstance(data, dict) or key not in data:
+            raise ValueError(f"{path}: expected a pickled dict with key '{key}'")
+        data = data[key]
+    return _as_array(data, key or "the pickled array", path)
 
 
 # Expected shapes (None: any size). The first keys are required, the rest optional.

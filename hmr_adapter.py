@@ -968,6 +968,23 @@ def face_vertex_ids():
     return torch.from_numpy(ids.astype(np.int64))
 
 
+def hand_vertex_ids():
+    """{side: SMPL-X vertex ids} of each hand for Table 1's hand metrics: SMPL-X's
+    `MANO_SMPLX_vertex_ids.pkl` ("left_hand", "right_hand": 778 each) where $HMR_MANO_SMPLX_VERTEX_IDS
+    names it, as SMPLer-X's evaluation reads it, else the vertices whose strongest skinning joint is a
+    hand joint. NOTE(official vs here): the stand-ins have no MANO correspondence file."""
+    path = os.environ.get("HMR_MANO_SMPLX_VERTEX_IDS")
+    if not path:
+        return body_models().hand_verts
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"HMR_MANO_SMPLX_VERTEX_IDS: missing {path} (expected MANO_SMPLX_vertex_ids.pkl)")
+    num_verts = len(body_models().smplx.v_template)
+    ids = {s: bodymodels.read_pickled_array(path, f"{s}_hand").astype(np.int64).ravel() for s in SIDES}
+    if any(len(i) == 0 or i.min() < 0 or i.max() >= num_verts for i in ids.values()):
+        raise ValueError(f"HMR_MANO_SMPLX_VERTEX_IDS: {path} must hold SMPL-X vertex ids in [0, {num_verts})")
+    return {s: torch.from_numpy(i) for s, i in ids.items()}
+
+
 def skin(model, R, betas):
     """A Skinning's mesh from rotation matrices R (B, J, 3, 3) and betas (B, L) -> verts, joints."""
     m = model
@@ -1430,14 +1447,14 @@ def evaluation_metrics(pred, gt):
             if not mask.any():
                 continue
             result.update({f"hand_path/{name}/{split}/{k}": 1000 * v[mask].mean() for k, v in e.items()})
-    m, face = body_models(), face_vertex_ids()
+    face, hand_ids = face_vertex_ids(), hand_vertex_ids()
     for name in [k[5:-6] for k in pred if k.startswith("pipe_") and k.endswith("_verts")]:
         verts, joints = pred[f"pipe_{name}_verts"], pred[f"pipe_{name}_joints"]
         e = _errors(verts, gt["verts"], joints, gt["joints3d"], 0)
         result.update({f"pipeline/{name}/all/{k}": 1000 * v.mean() for k, v in e.items()})
         per_hand = []
         for side in SIDES:
-            ids, hj = m.hand_verts[side], list(bodymodels.SMPLX_HAND_JOINTS[side])
+            ids, hj = hand_ids[side], list(bodymodels.SMPLX_HAND_JOINTS[side])
             per_hand.append(_errors(verts[:, ids], gt["verts"][:, ids], joints[:, hj], gt["joints3d"][:, hj], 0))
         hands = {k: torch.stack([h[k] for h in per_hand], 1).flatten() for k in per_hand[0]}  # (2N,) left, right
         result.update({f"pipeline/{name}/hands/{k}": 1000 * v.mean() for k, v in hands.items()})

@@ -761,9 +761,9 @@ def check_args(args):
                 fail(f"--data {args.data}: file {file!r} does not exist; expected {what}")
     elif kind != "synthetic" and not os.path.isdir(path):
         fail(f"--data {args.data}: folder {path!r} does not exist; expected the dataset's root folder")
-    if args.model.startswith("hmr_adapter") and os.environ.get("HMR_FLAME_VERTEX_IDS"):
-        try:  # the face metrics' vertex ids: a bad file fails now, not after training
-            hmr_adapter.face_vertex_ids()
+    if args.model.startswith("hmr_adapter"):
+        try:  # the face and hand metrics' vertex ids ($HMR_FLAME_VERTEX_IDS, ...): a bad file fails now, not after training
+            hmr_adapter.face_vertex_ids(), hmr_adapter.hand_vertex_ids()
         except (FileNotFoundError, ValueError) as e:
             fail(str(e).splitlines()[0])
     if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):

@@ -327,6 +327,28 @@ def test_face_metrics_are_neck_aligned_and_read_the_flame_ids(batch, tmp_path, m
         ha.face_vertex_ids()
 
 
+def test_hand_metrics_read_smplx_mano_vertex_ids_without_running_code(batch, tmp_path, monkeypatch):
+    """$HMR_MANO_SMPLX_VERTEX_IDS (SMPL-X's MANO_SMPLX_vertex_ids.pkl, a pickled dict, as SMPLer-X's evaluation
+    reads it) picks the hands' vertices: moving only those 10 mm gives 10 mm hand PVE; a bad file is refused."""
+    import pickle
+    monkeypatch.delenv("HMR_MANO_SMPLX_VERTEX_IDS", raising=False)
+    default = ha.hand_vertex_ids()
+    assert all(torch.equal(default[s], ha.body_models().hand_verts[s]) for s in ("left", "right"))
+    ids = {"left_hand": np.array([1, 2, 3]), "right_hand": np.array([4, 5, 6])}
+    with open(tmp_path / "MANO_SMPLX_vertex_ids.pkl", "wb") as fh:
+        pickle.dump(ids, fh)
+    monkeypatch.setenv("HMR_MANO_SMPLX_VERTEX_IDS", str(tmp_path / "MANO_SMPLX_vertex_ids.pkl"))
+    gt = dict(batch, left_hand_occluded=torch.zeros(4), right_hand_occluded=torch.zeros(4))
+    verts = gt["verts"].clone()
+    verts[:, [1, 2, 3, 4, 5, 6]] += torch.tensor([0.0, 0.006, 0.008])
+    result = ha.evaluation_metrics({"pipe_y_verts": verts, "pipe_y_joints": gt["joints3d"]}, gt)
+    assert result["pipeline/y/hands/pve_mm"] == pytest.approx(10.0, abs=1e-3)
+    with open(tmp_path / "MANO_SMPLX_vertex_ids.pkl", "wb") as fh:
+        pickle.dump({"left_hand": np.array([1]), "right_hand": np.array([10**6])}, fh)
+    with pytest.raises(ValueError, match="HMR_MANO_SMPLX_VERTEX_IDS: .* must hold SMPL-X vertex ids"):
+        ha.hand_vertex_ids()
+
+
 def test_frozen_cache_serves_each_sample_as_computed_alone(bases, batch):
     """cache_frozen (TINY): the frozen bases run once per training index, on that sample alone (so its
     bits do not depend on its batch), and later batches, in any order, are served from the cache
