@@ -1260,6 +1260,19 @@ SMPL_FROM_OPENPOSE = {0: 8, 12: 1, 17: 2, 19: 3, 21: 4, 16: 5, 18: 6, 20: 7, 2: 
 SMPL_FROM_EXTRA = {8: 0, 5: 1, 2: 2, 1: 3, 4: 4, 7: 5, 21: 6, 19: 7, 17: 8, 16: 9, 18: 10, 20: 11, 12: 12, 0: 14}
 
 
+def _label_arrays(path, who, required, expected):
+    """The arrays of a benchmark's label file (no pickles), after checking it exists and has the
+    required keys; one line naming the file and the key otherwise."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{who}: missing {path} (expected {expected})")
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    for key in required:
+        if key not in arrays:
+            raise ValueError(f"{who}: {path} has no key {key!r} (it has {sorted(arrays)})")
+    return arrays
+
+
 class HMR2Npz(torch.utils.data.Dataset):
     """People listed in a 4D-Humans / HMR2.0 evaluation .npz (3DPW, EMDB, H36M, ...), as body samples.
 
@@ -1296,13 +1309,7 @@ class HMR2Npz(torch.utils.data.Dataset):
     def __init__(self, path, image_hw, focal_length=5000.0):
         self.path = pathlib.Path(path)
         self.root, self.image_hw, self.focal_length = self.path.parent, _image_hw(image_hw), focal_length
-        if not self.path.is_file():
-            raise FileNotFoundError(f"HMR2Npz: missing {self.path} (expected a 4D-Humans evaluation .npz)")
-        with np.load(self.path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-        for key in HMR2_REQUIRED:
-            if key not in arrays:
-                raise ValueError(f"HMR2Npz: {self.path} has no key {key!r} (it has {sorted(arrays)})")
+        arrays = _label_arrays(self.path, "HMR2Npz", HMR2_REQUIRED, "a 4D-Humans evaluation .npz")
         for label, mask in HMR2_PAIRS:
             if (label in arrays) != (mask in arrays):
                 have, lack = (label, mask) if label in arrays else (mask, label)
@@ -1468,13 +1475,7 @@ class WholeBodyNpz(torch.utils.data.Dataset):
     def __init__(self, path, image_hw, enlarge=WHOLEBODY_BOX_ENLARGE, model_dir=None):
         self.path = pathlib.Path(path)
         self.root, self.image_hw, self.enlarge, self.model_dir = self.path.parent, _image_hw(image_hw), enlarge, model_dir
-        if not self.path.is_file():
-            raise FileNotFoundError(f"WholeBodyNpz: missing {self.path} (expected a whole-body .npz: data.WholeBodyNpz)")
-        with np.load(self.path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-        for key in WHOLEBODY_REQUIRED:
-            if key not in arrays:
-                raise ValueError(f"WholeBodyNpz: {self.path} has no key {key!r} (it has {sorted(arrays)})")
+        arrays = _label_arrays(self.path, "WholeBodyNpz", WHOLEBODY_REQUIRED, "a whole-body .npz: data.WholeBodyNpz")
         self.imgname = arrays["imgname"].astype(str)
         n = len(self.imgname)
         if self.imgname.ndim != 1:
