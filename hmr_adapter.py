@@ -4,7 +4,7 @@ recovery (anonymous ACM MM 2024 submission; ../shared/papers/hmr_adapter.txt), i
 Two frozen pretrained models, adapted with few trainable parameters (Fig. 2):
 - the hand path: a HaMeR-style hand expert (ViT backbone on a hand crop + a transformer head with one
   query token, Sec. 3.2.2) whose head gets, in every block, a new self-attention SA' and
-  cross-attention CA' copied from the frozen ones and attending to the arm chain's 6D (global) rotations
+  cross-attention CA' copied from the frozen ones and attending to the arm chain's 6D rotations
   (Eqs. 1-3: Z_new = CA(Q, K, V) + CA(Q', K', V'));
 - the body path: a SMPLer-X-style whole-body model (ViT with task tokens, body position net, body
   regressor, hand boxes, hand RoI features, hand position net, Sec. 3.2.3) whose initial body pose
@@ -54,7 +54,8 @@ NOTE(paper gap) list (each also stands at its spot; the paper's supplementary ma
 12. Hand-only training data ("zeros for hand-only datasets", Sec. 3.3): a share of the training
     hands gets a zero body pose.
 13. TINY only: the whole-body ViT's patch embedding is a conv stem (`BaseConfig.body_stem`).
-14. theta_b holds the arm joints' global rotations (forward kinematics), not their local ones.
+14. TINY only: theta_b holds the arm joints' global rotations (forward kinematics), not their local
+    ones (`AdapterConfig.chain`; PAPER: local, "each joint's rotation").
 
 Paper configs feed the released networks what their official pipelines feed them (tests/official/):
 HaMeR's hand crops (`hamer_crops`: its box, blur, cv2 warp and ImageNet normalisation, to the bit) and
@@ -74,6 +75,7 @@ import os
 import pickle
 import time
 import types
+import typing
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,6 +159,9 @@ class AdapterConfig:
     """The two adapters (Secs. 3.3, 3.4) and their recipe (Sec. 4.1)."""
     image_size: tuple = (512, 384)  # as BaseConfig's (the same rendered set)
     adapter_scale: float = 1.0  # lambda on CA' (1 in Eq. 3). NOTE(paper gap) 1
+    # theta_b's rotations (Sec. 3.3, "each joint's rotation"): "local", SMPL-X's own pose parameters of the arm
+    # joints (the paper's reading), or "global", their products from the root (TINY: NOTE(paper gap) 14)
+    chain: typing.Literal["local", "global"] = "local"
     hand_only_prob: float = 0.0  # share of training hands with a zero body pose. NOTE(paper gap) 12
     # Keep what the frozen bases give each training sample (by its "index") instead of recomputing it
     # every epoch. Only where a sample index is always the same image: the rendered synthetic set, not
@@ -213,7 +218,7 @@ PAPER = AdapterConfig()
 TINY = AdapterConfig(image_size=(256, 192), hand_only_prob=0.2, cache_frozen=True, hamer_batch=0, w_hand_verts=0.05,
                      w_body_2d=1.0, body_proj=32, body_dim=64, body_depth=3, body_heads=4,
                      body_dim_head=16, body_mlp=128, batch_size=32, max_steps=2500, lr=4e-3, body_lr=1e-3,
-                     warmup_steps=50)
+                     warmup_steps=50, chain="global")
 CONFIGS = {"paper": PAPER, "tiny": TINY}
 BASE_CONFIGS = {"paper": BASES_PAPER, "tiny": BASES_TINY}
 
@@ -435,22 +440,25 @@ def sample_points(features, points):
     return out[..., 0].transpose(1, 2)
 
 
-def arm_chains(body_pose):
-    """theta_b of both arms (..., 2, 8, 6), left first: the 6D global rotations (camera frame) of each
-    arm chain's joints root -> wrist (Sec. 3.3) from local body rotations (..., >= 22, 3, 3); the last is
-    the wrist's, the hand's global orientation. The left chain is mirrored to match the flipped crop
-    (mirroring commutes with the products). NOTE(paper gap) 3, 14
+def arm_chains(body_pose, chain="global"):
+    """theta_b of both arms (..., 2, 8, 6), left first: the 6D rotations of each arm chain's joints
+    root -> wrist (Sec. 3.3) from local body rotations (..., >= 22, 3, 3). chain "local": the joints'
+    own (SMPL-X parameter) rotations, the paper's "each joint's rotation"; "global": their products from
+    the root (camera frame, forward kinematics), whose last is the hand's global orientation. The left
+    chain is mirrored to match the flipped crop (mirroring commutes with the products). NOTE(paper gap) 3
 
-    NOTE(paper gap) 14: the paper says "each joint's rotation"; we take the global one (the ordered
-    product of the local rotations from the root, forward kinematics), not the local SMPL-X parameter.
-    With local rotations the adapter must compose eight rotations to find the hand's orientation. It
-    learns that on true chains only and did it poorly on theta_hat's at inference: at seed 1 the default
-    run's hands came out 69 degrees off reading a chain whose own wrist is 50 degrees off. Retraining the
-    hand adapter on the frozen bases of two seeds (README) gave an occluded-hand pipeline PVE of 0.849 /
-    0.845 x the baseline with global rotations, against 0.847 / 0.969 x with local ones."""
+    NOTE(paper gap) 14 (TINY takes "global"): with local rotations the adapter must compose eight
+    rotations to find the hand's orientation. It learns that on true chains only and did it poorly on
+    theta_hat's at inference: at seed 1 the default run's hands came out 69 degrees off reading a chain
+    whose own wrist is 50 degrees off. Retraining the hand adapter on the frozen bases of two seeds
+    (docs/hmr_adapter.md) gave an occluded-hand pipeline PVE of 0.849 / 0.845 x the baseline with global
+    rotations, against 0.847 / 0.969 x with local ones."""
+    if chain not in ("local", "global"):
+        raise ValueError(f"AdapterConfig.chain: 'local' or 'global', got {chain!r}")
     R = body_pose[..., :NUM_BODY, :, :]
-    world = forward_kinematics(R, R.new_zeros(*R.shape[:-2], 3), bodymodels.SMPLX_PARENTS[:NUM_BODY])[1]
-    left, right = world[..., list(ARMS["left"]), :, :], world[..., list(ARMS["right"]), :, :]
+    if chain == "global":
+        R = forward_kinematics(R, R.new_zeros(*R.shape[:-2], 3), bodymodels.SMPLX_PARENTS[:NUM_BODY])[1]
+    left, right = R[..., list(ARMS["left"]), :, :], R[..., list(ARMS["right"]), :, :]
     return matrix_to_rot6d(torch.stack([mirror_rotation(left, matrix=True), right], -4))
 
 
@@ -1191,7 +1199,7 @@ class Adapted(nn.Module):
         flip = flip_pattern(B, image.device)
         tokens = front["tokens"].flatten(0, 1)
         R_gt = axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
-        chain = arm_chains(R_gt).flatten(0, 1)  # (2B, 8, 6)
+        chain = arm_chains(R_gt, cfg.chain).flatten(0, 1)  # (2B, 8, 6)
         keep = (torch.rand(2 * B, 1, 1, device=image.device) >= cfg.hand_only_prob).to(chain)
         head, target = self.bases.hand_expert.mano_head, hand_targets(batch, boxes)
         hand, terms = hand_loss(self.hand_adapter(head, tokens, chain * keep), target, cfg)
@@ -1370,7 +1378,7 @@ def pipeline(model, image, adapted=True, front=None, hand_boxes=None, details=Fa
     if adapted:
         rois, hand_joints = bases.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
         theta = model.body_adapter(out["theta0"], rois, hand_joints[:, :, list(MCP), :2])
-        chain = arm_chains(rot6d_to_matrix(theta))
+        chain = arm_chains(rot6d_to_matrix(theta), model.cfg.chain)
         adapter = model.hand_adapter
     hand_R, _ = hand_path(bases, adapter, tokens, chain)
     R = assemble(rot6d_to_matrix(theta), hand_R, out)
@@ -1395,7 +1403,7 @@ def predict(model, batch, cfg):
     heads = {"expert": (None, None)}
     if adapted:
         R_gt = axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
-        chain = arm_chains(R_gt)
+        chain = arm_chains(R_gt, model.cfg.chain)
         heads.update(no_body=(model.no_body_adapter, None), adapter=(model.hand_adapter, chain))
     out, tokens = {}, hand_tokens(bases, image, boxes)  # the backbone runs once for the three heads
     for name, (adapter, chain) in heads.items():

@@ -117,7 +117,7 @@ def test_frozen_bases_get_no_gradient_and_do_not_move(bases, batch):
 # geometry
 
 
-def test_arm_chains_are_the_products_of_the_local_rotations_and_end_at_the_wrists_global_rotation():
+def test_arm_chains_local_are_the_joints_own_rotations_global_their_products_ending_at_the_wrist():
     import smplx.lbs
     smplx_model = bodymodels.load_smplx()
     R = random_rotations(22, 1)[None]  # (1, 22, 3, 3) local rotations
@@ -134,6 +134,29 @@ def test_arm_chains_are_the_products_of_the_local_rotations_and_end_at_the_wrist
             torch.testing.assert_close(chain[k], want)  # mirroring commutes with the product
         want = mirror_rotation(world[0, wrist], matrix=True) if side == "left" else world[0, wrist]
         torch.testing.assert_close(chain[-1], want)
+    # the paper's reading (PAPER's default): each joint's own SMPL-X rotation, mirrored for the left arm
+    local = bodymodels.rot6d_to_matrix(ha.arm_chains(R, "local"))[0]
+    for (side, joints), got in zip(ha.ARMS.items(), local):
+        want = R[0, list(joints)]
+        torch.testing.assert_close(got, mirror_rotation(want, matrix=True) if side == "left" else want)
+    torch.testing.assert_close(local[:, 0], chains[:, 0])  # the root is its own product ...
+    assert (local[:, 1:] - chains[:, 1:]).abs().amax((-1, -2)).min() > 1e-3  # ... no other joint is
+    with pytest.raises(ValueError, match="chain"):
+        ha.arm_chains(R, "world")
+
+
+def test_chain_field_builds_both_readings_and_paper_reads_local_rotations(bases, batch):
+    assert ha.PAPER.chain == "local" and ha.TINY.chain == "global"
+    cfg = train.apply_overrides(ha.TINY, ["chain=local"])
+    assert cfg.chain == "local"
+    losses = {}
+    for name in ("local", "global"):
+        torch.manual_seed(0)
+        model = ha.Adapted(dataclasses.replace(ha.TINY, chain=name, hand_only_prob=0.0), bases)
+        losses[name] = model(batch)[1]
+    # the hand adapter reads another chain; the control and the body adapter read none
+    assert not torch.allclose(losses["local"]["hand_3d"], losses["global"]["hand_3d"])
+    assert torch.equal(losses["local"]["no_body"], losses["global"]["no_body"])
 
 
 def test_assembled_hands_have_the_hand_paths_global_rotation_and_fingers():
