@@ -80,7 +80,9 @@ import math
 import os
 import re
 import time
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -111,21 +113,31 @@ class SimpleHandConfig:
     pretrained_backbone: bool = True  # start from ImageNet weights (Sec. 4.1), read from backbone_weights
     backbone_weights: str = ""  # local file of timm's ImageNet weights (.pth/.bin/.safetensors): no hub here
     backbone_drop_path: float = 0.0  # stochastic depth inside the timm backbone (the paper is silent)
-    input_norm: str = "imagenet"  # RGB, (x - mean) / std as ImageNet weights expect | "bgr_minus_half" (official)
+    input_norm: Literal["imagenet", "bgr_minus_half"] = "imagenet"  # RGB, (x - mean) / std as ImageNet
+    #   weights expect | "bgr_minus_half" (official)
     tiny_widths: tuple = (16, 32, 64, 128)  # tiny_cnn only: channels at strides 2, 4, 8, 32
     official_checkpoint: str = ""  # a released epoch_200_rerun* file that build_model loads (`load_official`)
-    # --- token generator (Sec. 3.1, Table 5) ---
-    token_sampling: str = "point"  # "point" (keypoint-guided, 21 tokens) | "grid" (grid_size^2) | "global" (1)
+    # --- token generator (Sec. 3.1, Tables 4-5, Fig. 2) ---
+    # Table 5 "point" (Fig. 2c-d), "grid" (2b: grid_size^2 tokens), "global" (2a: one pooled token),
+    # "coarse_mesh" (2f: 21 keypoints and coarse_vertices coarse-mesh points, FastMETRO)
+    token_sampling: Literal["point", "grid", "global", "coarse_mesh"] = "point"
+    token_map: Literal["feature", "pooled"] = "feature"  # map the tokens are read from: the stride-8 one
+    #   (feature_stride) or the stride-32 one the keypoint head pools (Table 5's 7x7: Hiera / FastViT's X_b)
     grid_size: int = 7  # "grid" sampling: a fixed grid_size x grid_size lattice (Table 5: 7x7)
+    coarse_vertices: int = 195  # "coarse_mesh": FastMETRO's coarse MANO mesh (195 of 778 vertices)
     feature_upsample: int = 1  # transposed-conv factor: 1, 2, 4 (Table 5: 7x7, 14x14, 28x28 from stride 32)
+    deconv_layers: Literal[1, 2] = 1  # the factor in one deconvolution, or two (Sec. 3.1: "double 2x upsampling")
+    feature_convs: int = 0  # 3x3 conv-BN-ReLU blocks after the upsample (Fig. 2e, Table 5 "enhanced")
     token_channels: int = 256  # C_t after the upsample (official deconv width 256)
-    keypoint_activation: str = "sigmoid"  # keeps the 2D keypoints in [0, 1] (ours) | "none": raw Linear (official)
+    keypoint_activation: Literal["sigmoid", "none"] = "sigmoid"  # keeps the 2D keypoints in [0, 1] (ours)
+    #   | "none": the raw Linear (official)
     sine_encoding: bool = True  # sine position encoding added to the sampled map (official code)
     # --- mesh regressor (Sec. 3.2, Tables 6-8) ---
     token_nums: tuple = (21, 84, 336)  # n_k: input tokens of each decoder layer; the last outputs 778
     dims: tuple = (256, 128, 64)  # c_k: block widths (Table 7: 256, 128, 64 best)
     depths: tuple = (1, 1, 1)  # blocks per layer (Table 7: 1, 1, 1 best)
-    token_mixer: str = "attention"  # "attention" | "identity" (Table 8)
+    mesh_regressor: Literal["decoder", "mlp"] = "decoder"  # Eq. 1-3 | Table 4's baseline: one hidden-layer MLP
+    token_mixer: Literal["attention", "identity"] = "attention"  # Table 8
     num_heads: int = 4  # official code
     mlp_ratio: float = 4.0  # official code
     pos_embedding: bool = True  # learned emb_k before each layer (Eq. 3, Table 8)
@@ -136,13 +148,17 @@ class SimpleHandConfig:
     w_joints2d: float = 1.0
     root_index: int = 9  # FreiHAND joint the 3D outputs are relative to (middle MCP, official code)
     subtract_root: bool = True  # the model subtracts its own joint 9: root-relative outputs by construction
-    # --- evaluation data (read by data.hand_dataset) ---
-    eval_crop: str = "none"  # FreiHAND test images as they are | "keypoints": the official re-crop (data.py)
+    # --- data (read by data.hand_dataset) ---
+    train_augment: Literal["default", "official"] = "official"  # real training data (FreiHAND, .npz): the
+    #   official code's augmentation (data.HAND_AUGMENTS; the paper is silent) | data.AugmentConfig()'s
+    eval_crop: Literal["none", "keypoints"] = "none"  # FreiHAND test images as they are | "keypoints": the
+    #   official re-crop (data.py)
     # --- training recipe read by train.py (in optimisation steps; batch_size is the GLOBAL batch) ---
     batch_size: int = 256  # 8 GPUs x 32 (Sec. 4.1)
     lr: float = 5e-4  # AdamW (Sec. 4.1)
     lr_final: float = 5e-5  # after the drop (Sec. 4.1)
-    lr_schedule: str = "step"  # "step": lr until lr_drop_step, then lr_final | "cosine": lr -> lr_final
+    lr_schedule: Literal["step", "cosine"] = "step"  # "step": lr until lr_drop_step, then lr_final
+    #   | "cosine": lr -> lr_final
     max_steps: int = 100 * STEPS_PER_EPOCH  # 100 epochs (Sec. 4.1)
     lr_drop_step: int = 50 * STEPS_PER_EPOCH  # the drop at epoch 50 (Sec. 4.1)
     warmup_steps: int = 5 * STEPS_PER_EPOCH  # linear warm-up, 5 epochs (official code; the paper is silent)
@@ -156,25 +172,35 @@ class SimpleHandConfig:
     reported_pa_mpjpe_mm: float = 5.8  # FreiHAND (Table 1)
 
     def __post_init__(self):
-        choices = {"token_sampling": ("point", "grid", "global"), "token_mixer": ("attention", "identity"),
-                   "lr_schedule": ("step", "cosine"), "input_norm": ("imagenet", "bgr_minus_half"),
-                   "keypoint_activation": ("sigmoid", "none"), "eval_crop": ("none", "keypoints")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"SimpleHandConfig.{name}={getattr(self, name)!r}: expected one of {allowed}")
+        for field in dataclasses.fields(self):  # every Literal field holds one of its choices
+            allowed = typing.get_args(field.type) if typing.get_origin(field.type) is Literal else None
+            if allowed and getattr(self, field.name) not in allowed:
+                raise ValueError(f"SimpleHandConfig.{field.name}={getattr(self, field.name)!r}: expected one of "
+                                 f"{allowed}")
         self.token_nums, self.dims, self.depths = tuple(self.token_nums), tuple(self.dims), tuple(self.depths)
         if not len(self.token_nums) == len(self.dims) == len(self.depths) >= 1:
             raise ValueError(f"SimpleHandConfig: token_nums {self.token_nums}, dims {self.dims} and depths "
                              f"{self.depths} must have the same length (one entry per decoder layer)")
-        if self.token_nums[0] != self.num_input_tokens:
+        # token_nums[0] is written 21 as Tables 6-7 write it whatever the sampling, or as the sampled count
+        if self.token_nums[0] not in (NUM_JOINTS, self.num_input_tokens):
             raise ValueError(f"SimpleHandConfig.token_nums[0]={self.token_nums[0]} but token_sampling="
                              f"{self.token_sampling!r} gives {self.num_input_tokens} tokens: set token_nums[0] "
-                             f"to {self.num_input_tokens}")
+                             f"to {self.num_input_tokens} (or {NUM_JOINTS}, which follows the sampling)")
+        if self.feature_upsample < 1 or (self.deconv_layers == 2 and self.feature_upsample != 4):
+            raise ValueError(f"SimpleHandConfig.feature_upsample={self.feature_upsample} with deconv_layers="
+                             f"{self.deconv_layers}: expected a factor >= 1 in one deconvolution, or 4 in two (2 x 2)")
 
     @property
     def num_input_tokens(self):
-        """Tokens the token generator emits: 21 joints, a grid_size^2 lattice, or one pooled vector."""
-        return {"point": NUM_JOINTS, "grid": self.grid_size ** 2, "global": 1}[self.token_sampling]
+        """Tokens the token generator emits: 21 joints, a grid_size^2 lattice, one pooled vector, or
+        21 joints and the coarse mesh's vertices; the first decoder layer reads this many."""
+        return {"point": NUM_JOINTS, "grid": self.grid_size ** 2, "global": 1,
+                "coarse_mesh": NUM_JOINTS + self.coarse_vertices}[self.token_sampling]
+
+    @property
+    def token_map_channels(self):
+        """Channels of the backbone map the tokens are read from (`token_map`)."""
+        return self.feature_channels if self.token_map == "feature" else self.global_channels
 
     # Derived, never stored: the trainer overrides the stored fields (`--set batch_size=...`) and
     # these follow. An "epoch" is one pass over FreiHAND's training set at this global batch.
@@ -219,6 +245,7 @@ TINY = SimpleHandConfig(  # 0.57M params (0.28M outside the backbone); train.py'
     token_nums=(21, 84, 168), dims=(96, 48, 24), mlp_ratio=2.0,
     num_heads=2,  # CPU attention with 8-wide heads costs 3x more than with 16-wide ones
     dropout=0.0,  # deterministic steps: two DDP ranks match one process exactly
+    train_augment="default",  # real data: data.AugmentConfig() (synthetic sets are rendered once, unaugmented)
     batch_size=32, lr=2e-3, lr_final=2e-5, lr_schedule="cosine", lr_drop_step=0,
     warmup_steps=100, max_steps=6000, weight_decay=1e-2, grad_clip=1.0, amp=False,
     gpus=0, reported_hours=0.0, reported_fps=0.0, reported_pa_mpjpe_mm=0.0)  # not a paper run
@@ -245,6 +272,65 @@ OFFICIAL = dataclasses.replace(
     backbone_drop_path=0.2,  # official (cfg.py): timm's drop_path_rate 0.2
     eval_crop="keypoints")  # official (eval_datataset.py): FreiHAND test images re-cropped around their keypoints
 CONFIGS = {"paper": PAPER, "paper_fastvit": PAPER_FASTVIT, "official": OFFICIAL, "tiny": TINY}
+
+# The paper's ablations (Sec. 4.5, Tables 4-8; Hiera-tiny on FreiHAND), as data for train.py's
+# `--ablation tableN`: each row's config overrides on top of the chosen config (TINY by default),
+# the paper's PA-MPJPE / PA-MPVPE in mm beside it. A row changes what the paper's row changes; the
+# row the paper chose is the config's own. At TINY and PAPER (HRNet) the sampled map is stride 8
+# (Table 5's 28x28), and `token_map="pooled"` reads the stride-32 one (7x7, 14x14 after 2x).
+_COLUMNS = (("pa_mpjpe_mm", "PA-MPJPE (mm), FreiHAND"), ("pa_mpvpe_mm", "PA-MPVPE (mm), FreiHAND"))
+_DIMS = (256, 128, 64)  # Table 7's best
+ABLATIONS = {
+    "table4": dict(
+        caption="Token generator and mesh regressor against a simple baseline (Table 4)",
+        columns=_COLUMNS,
+        rows=(("Simple Baseline (global feature, MLP)", {"token_sampling": "global", "mesh_regressor": "mlp"},
+               (6.9, 7.2)),
+              ("+ mesh regressor", {"token_sampling": "global"}, (6.5, 6.8)),
+              ("+ token generator", {"mesh_regressor": "mlp"}, (6.6, 7.1)),
+              ("+ both", {}, (6.2, 6.5))),
+        chosen="+ both"),
+    "table5": dict(
+        caption="Token generator: sampling and resolution of the sampled map (Table 5)",
+        columns=_COLUMNS,
+        rows=(("Global 1x1", {"token_sampling": "global"}, (6.5, 6.8)),
+              ("Grid 7x7", {"token_sampling": "grid", "token_map": "pooled"}, (6.3, 6.6)),
+              ("Point 7x7", {"token_map": "pooled"}, (6.3, 6.6)),
+              ("Point 14x14", {"token_map": "pooled", "feature_upsample": 2}, (6.3, 6.6)),
+              ("Point 28x28", {}, (6.2, 6.5)),
+              ("Point 28x28 enhanced", {"feature_convs": 2}, (6.2, 6.5)),
+              # Sec. 3.1 names it beside "enhanced" ("performance remains consistent"), Table 5 gives no figure
+              ("Point 28x28, two 2x deconvolutions (text only)",
+               {"token_map": "pooled", "feature_upsample": 4, "deconv_layers": 2}, (None, None)),
+              ("Coarse mesh 28x28", {"token_sampling": "coarse_mesh"}, (6.2, 6.5))),
+        chosen="Point 28x28"),
+    "table6": dict(
+        caption="Decoder layers and their token numbers (Table 6; widths: Table 7's best, halved per layer)",
+        columns=_COLUMNS,
+        rows=tuple((f"{len(n)} {list(n)}", {"token_nums": n, "dims": (_DIMS + (32,))[:len(n)], "depths": (1,) * len(n)},
+                    paper) for n, paper in (((21,), (6.6, 7.1)), ((21, 256), (6.3, 6.6)), ((21, 384), (6.3, 6.6)),
+                                            ((21, 256, 384), (6.2, 6.5)), ((21, 84, 336), (6.2, 6.5)),
+                                            ((21, 128, 256, 384), (6.2, 6.5)), ((21, 63, 126, 252), (6.3, 6.6)))),
+        chosen="3 [21, 84, 336]"),
+    "table7": dict(
+        caption="Decoder widths and blocks per layer (Table 7)",
+        columns=_COLUMNS,
+        rows=(("dims 64, 32, 16", {"dims": (64, 32, 16)}, (6.5, 6.9)),
+              ("dims 128, 64, 32", {"dims": (128, 64, 32)}, (6.3, 6.6)),
+              ("dims 256, 128, 64 (blocks 1, 1, 1)", {"dims": _DIMS}, (6.2, 6.5)),
+              ("dims 512, 256, 12 (sic: read 128)", {"dims": (512, 256, 128)}, (6.2, 6.5)),
+              ("dims 1024, 512, 256", {"dims": (1024, 512, 256)}, (6.4, 6.7)),
+              ("blocks 2, 2, 2", {"dims": _DIMS, "depths": (2, 2, 2)}, (6.2, 6.6)),
+              ("blocks 3, 3, 3", {"dims": _DIMS, "depths": (3, 3, 3)}, (6.3, 6.6))),
+        chosen="dims 256, 128, 64 (blocks 1, 1, 1)"),
+    "table8": dict(
+        caption="Token mixer and position embedding (Table 8)",
+        columns=_COLUMNS,
+        rows=(("hiera-tiny sota", {}, (6.2, 6.5)),
+              ("Identity mixer", {"token_mixer": "identity"}, (6.3, 6.6)),
+              ("w/o position emb", {"pos_embedding": False}, (6.3, 6.6))),
+        chosen="hiera-tiny sota"),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,11 +601,34 @@ class DecoderLayer(nn.Module):
 # 3. The model
 
 
-class TokenGenerator(nn.Module):
-    """T: backbone maps -> (joint tokens X_m (B, N, C_t), 2D keypoints (B, 21, 2)). Sec. 3.1, Fig. 4.
+def feature_upsampler(cfg):
+    """The map the tokens are read from (B, C, h, w) -> (B, C_t, h f, w f), f = cfg.feature_upsample.
 
-    The keypoints are fractions of the crop: in [0, 1] through a sigmoid, or anywhere with the
-    official raw head (keypoint_activation "none"), which is clamped only where the map is read.
+    Sec. 3.3: "for image classification style backbones like FastViT, we apply a 4x upsample
+    deconvolution"; k = stride = factor, no bias, BN, ReLU (official). Sec. 3.1's alternatives
+    (Table 5): two 2x deconvolutions instead of one 4x (deconv_layers=2), and 3x3 convolutions after
+    it (feature_convs, Fig. 2e "enhanced"). Factor 1 with equal widths and no convolutions: the map
+    is used as it is (HRNet, tiny); factor 1 with other widths: a 1x1 projection.
+    """
+    c_in, c, f = cfg.token_map_channels, cfg.token_channels, cfg.feature_upsample
+    layers = []
+    if f > 1 or c_in != c:
+        for k in ((2, 2) if cfg.deconv_layers == 2 else (f,)):
+            layers += [nn.ConvTranspose2d(c_in, c, k, stride=k, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            c_in = c
+    for _ in range(cfg.feature_convs):
+        # NOTE(paper vs code): Fig. 2e's "further improved by convolution" gives no layout; ours: 3x3, BN, ReLU
+        layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers) if layers else nn.Identity()
+
+
+class TokenGenerator(nn.Module):
+    """T: backbone maps -> (tokens X_m (B, N, C_t), guide points (B, P, 2)). Sec. 3.1, Fig. 2 and 4.
+
+    The guide points are the 21 2D keypoints, followed for "coarse_mesh" sampling by the 2D points of
+    the coarse mesh's vertices (P = 21 + coarse_vertices). They are fractions of the crop: in [0, 1]
+    through a sigmoid, or anywhere with the official raw head (keypoint_activation "none"), which is
+    clamped only where the map is read.
     """
 
     def __init__(self, cfg):
@@ -527,52 +636,53 @@ class TokenGenerator(nn.Module):
         self.cfg = cfg
         # 2D keypoints from the pooled global feature (Fig. 4: "Global Feature -> 2D Keypoints")
         self.keypoint_head = nn.Linear(cfg.global_channels, NUM_JOINTS * 2)
-        # Sec. 3.3: "for image classification style backbones like FastViT, we apply a 4x upsample
-        # deconvolution"; k = stride = factor, no bias, BN, ReLU (official). Factor 1 with equal widths:
-        # the map is used as it is (HRNet, tiny); factor 1 with other widths: a 1x1 projection.
-        f = cfg.feature_upsample
-        self.upsample = nn.Identity()
-        if f > 1 or cfg.feature_channels != cfg.token_channels:
-            self.upsample = nn.Sequential(
-                nn.ConvTranspose2d(cfg.feature_channels, cfg.token_channels, f, stride=f, bias=False),
-                nn.BatchNorm2d(cfg.token_channels), nn.ReLU(inplace=True))
+        self.upsample = feature_upsampler(cfg)
         if cfg.token_sampling == "grid":  # fixed lattice of grid_size^2 points over the map, (G*G, 2)
             g = torch.linspace(0, 1, cfg.grid_size)
             self.register_buffer("grid_uv", torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2),
                                  persistent=False)
+        if cfg.token_sampling == "coarse_mesh":  # Fig. 2f: the coarse mesh's 2D points, as the keypoints
+            self.coarse_head = nn.Linear(cfg.global_channels, cfg.coarse_vertices * 2)
 
     def forward(self, feature, pooled):
-        """feature X_b (B, C, h, w), pooled (B, C_g, h', w') -> tokens (B, N, C_t), joints2d (B, 21, 2)."""
+        """feature X_b (B, C, h, w), pooled (B, C_g, h', w') -> tokens (B, N, C_t), points (B, P, 2)."""
         B = feature.shape[0]
         # official (hand_net.py): AvgPool2d((7, 7)) of the 7 x 7 map, i.e. its mean at 224 px
-        joints2d = self.keypoint_head(pooled.mean(dim=(2, 3))).reshape(B, NUM_JOINTS, 2)
+        pooled_vector = pooled.mean(dim=(2, 3))  # (B, C_g)
+        points = self.keypoint_head(pooled_vector).reshape(B, NUM_JOINTS, 2)
+        if self.cfg.token_sampling == "coarse_mesh":
+            points = torch.cat([points, self.coarse_head(pooled_vector).reshape(B, -1, 2)], 1)  # (B, 21 + N_c, 2)
         raw = self.cfg.keypoint_activation == "none"
         if not raw:
             # NOTE(paper vs code): the official head is a bare Linear whose output is clamped to the
             # image only inside the sampler; a sigmoid keeps the prediction in [0, 1] everywhere.
-            joints2d = torch.sigmoid(joints2d)
-        x = self.upsample(feature)  # (B, C_t, h*f, w*f)
+            points = torch.sigmoid(points)
+        x = self.upsample(feature if self.cfg.token_map == "feature" else pooled)  # (B, C_t, h*f, w*f)
         if self.cfg.sine_encoding:
             # NOTE(paper vs code): the sine encoding of the sampled map is in the official code only.
             x = x + sine_position_encoding(x.shape[2], x.shape[3], x.shape[1], x.device, x.dtype)
-        if self.cfg.token_sampling == "point":  # Fig. 2c-d: keypoint-guided point sampling
-            tokens = sample_points(x, joints2d, clamp=raw)  # (B, 21, C_t); gradients reach the keypoint head
-        elif self.cfg.token_sampling == "grid":  # Fig. 2b: a fixed lattice
+        if self.cfg.token_sampling == "grid":  # Fig. 2b: a fixed lattice
             tokens = sample_points(x, self.grid_uv.to(x.dtype).expand(B, -1, -1))  # (B, G*G, C_t)
-        else:  # Fig. 2a: one global feature
+        elif self.cfg.token_sampling == "global":  # Fig. 2a: one global feature
             tokens = x.mean(dim=(2, 3)).unsqueeze(1)  # (B, 1, C_t)
-        return tokens, joints2d
+        else:  # Fig. 2c-d, f: keypoint-guided (and coarse-mesh-guided) point sampling
+            tokens = sample_points(x, points, clamp=raw)  # (B, P, C_t); gradients reach the heads
+        return tokens, points
 
 
 class MeshRegressor(nn.Module):
-    """R = H_{K-1} ... H_0 (Eq. 1), then a Linear c_{K-1} -> 3: tokens X_m (B, n_0, C_t) -> vertices (B, 778, 3)."""
+    """R = H_{K-1} ... H_0 (Eq. 1), then a Linear c_{K-1} -> 3: tokens X_m (B, n_0, C_t) -> vertices (B, 778, 3).
+
+    The first layer reads the tokens the generator gives (`num_input_tokens`; n_0 = 21 for points).
+    """
 
     def __init__(self, cfg):
         super().__init__()
+        n_in = (cfg.num_input_tokens,) + cfg.token_nums[1:]  # 21, 84, 336
         n_out = cfg.token_nums[1:] + (NUM_VERTS,)  # 84, 336, 778
         c_in = (cfg.token_channels,) + cfg.dims[:-1]  # 256, 256, 128
         self.layers = nn.ModuleList(DecoderLayer(n, m, ci, c, d, cfg) for n, m, ci, c, d
-                                    in zip(cfg.token_nums, n_out, c_in, cfg.dims, cfg.depths))
+                                    in zip(n_in, n_out, c_in, cfg.dims, cfg.depths))
         self.head = nn.Linear(cfg.dims[-1], 3)
 
     def forward(self, x):
@@ -582,23 +692,68 @@ class MeshRegressor(nn.Module):
         return self.head(x)  # (B, 778, 3)
 
 
+class MLPRegressor(nn.Module):
+    """Table 4's baseline regressor, "a Multilayer Perceptron": tokens (B, N, C_t), flattened ->
+    Linear -> GELU -> Linear -> vertices (B, 778, 3).
+
+    NOTE(paper vs code): the paper gives no widths; ours has one hidden layer of dims[0] (256 at
+    PAPER: 1.98M parameters on 21 tokens, 0.67M on one, about the decoder's 1.55M).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        hidden = cfg.dims[0]
+        self.layers = nn.ModuleList([nn.Sequential(nn.Linear(cfg.num_input_tokens * cfg.token_channels, hidden),
+                                                   nn.GELU())])
+        self.head = nn.Linear(hidden, NUM_VERTS * 3)
+
+    def forward(self, x):
+        return self.head(self.layers[0](x.flatten(1))).view(-1, NUM_VERTS, 3)  # (B, 778, 3)
+
+
+def build_mesh_regressor(cfg):
+    """R of the config: the decoder of Eq. 1-3, or Table 4's MLP."""
+    return MeshRegressor(cfg) if cfg.mesh_regressor == "decoder" else MLPRegressor(cfg)
+
+
+def farthest_points(points, n):
+    """Farthest-point sampling: points (V, 3) -> (n,) int64 indices, from point 0, each next the
+    point farthest from those already chosen. Picks an evenly spread coarse mesh from a template."""
+    if not 0 < n <= len(points):
+        raise ValueError(f"farthest_points: cannot choose {n} of {len(points)} points")
+    chosen, dist = [0], (points - points[0]).norm(dim=1)  # (V,) distance to the nearest chosen point
+    for _ in range(n - 1):
+        chosen.append(int(dist.argmax()))
+        dist = torch.minimum(dist, (points - points[chosen[-1]]).norm(dim=1))
+    return torch.tensor(chosen)
+
+
 class SimpleHand(nn.Module):
     """images (B, 3, H, W) RGB in [0, 1] -> dict(joints2d (B, 21, 2), verts (B, 778, 3), joints3d (B, 21, 3)).
 
     joints2d are fractions of the crop, 3D outputs metres, root-relative unless cfg.subtract_root is
-    False (`official`: HandNet's raw outputs; `predict` makes them root-relative).
+    False (`official`: HandNet's raw outputs; `predict` makes them root-relative). "coarse_mesh"
+    sampling adds coarse2d (B, N_c, 2), the predicted 2D points of the vertices `coarse_index`.
+    `template` (778, 3), MANO's rest vertices, is read only by "coarse_mesh" sampling.
     """
 
-    def __init__(self, cfg, j_regressor):
+    def __init__(self, cfg, j_regressor, template=None):
         super().__init__()
         if tuple(j_regressor.shape) != (16, NUM_VERTS):
             raise ValueError(f"j_regressor: expected MANO's (16, {NUM_VERTS}), got {tuple(j_regressor.shape)}")
         self.cfg = cfg
         self.backbone = build_backbone(cfg)
         self.token_generator = TokenGenerator(cfg)
-        self.mesh_regressor = MeshRegressor(cfg)
-        # a buffer, so that a checkpoint carries the regressor it was trained with
+        self.mesh_regressor = build_mesh_regressor(cfg)
+        # buffers, so that a checkpoint carries the regressor (and coarse mesh) it was trained with
         self.register_buffer("j_regressor", j_regressor.detach().clone().float())  # (16, 778)
+        if cfg.token_sampling == "coarse_mesh":
+            if template is None or tuple(template.shape) != (NUM_VERTS, 3):
+                raise ValueError(f"token_sampling='coarse_mesh' needs MANO's template (778, 3) to pick the coarse "
+                                 f"mesh from, got {None if template is None else tuple(template.shape)}")
+            # NOTE(paper vs code): FastMETRO's coarse mesh comes from precomputed mesh-sampling matrices
+            # (Ranjan et al.), not at hand; farthest-point sampling of the template spreads as many vertices
+            self.register_buffer("coarse_index", farthest_points(template.float(), cfg.coarse_vertices))  # (N_c,)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -616,15 +771,18 @@ class SimpleHand(nn.Module):
 
     def from_features(self, feature, pooled):
         """Everything after the backbone: its maps X_b (B, C, h, w), pooled (B, C_g, h', w') -> the outputs."""
-        tokens, joints2d = self.token_generator(feature, pooled)  # X_m (B, N, C_t), (B, 21, 2)
+        tokens, points = self.token_generator(feature, pooled)  # X_m (B, N, C_t), (B, 21 [+ N_c], 2)
         verts = self.mesh_regressor(tokens)  # (B, 778, 3)
         joints = self.regress_joints(verts)  # (B, 21, 3)
+        out = {"joints2d": points[:, :NUM_JOINTS]}
+        if self.cfg.token_sampling == "coarse_mesh":
+            out["coarse2d"] = points[:, NUM_JOINTS:]  # (B, N_c, 2)
         if not self.cfg.subtract_root:  # official (hand_net.py): the raw vertices and mesh_to_joints
-            return {"joints2d": joints2d, "verts": verts, "joints3d": joints}
+            return dict(out, verts=verts, joints3d=joints)
         # NOTE(paper vs code): the official network is only trained towards root-relative targets;
         # we also subtract its own root joint, so the outputs are root-relative by construction.
         root = joints[:, self.cfg.root_index:self.cfg.root_index + 1]  # (B, 1, 3)
-        return {"joints2d": joints2d, "verts": verts - root, "joints3d": joints - root}
+        return dict(out, verts=verts - root, joints3d=joints - root)
 
     def regress_joints(self, verts):
         """Sec. 3.4: J_3d = J x V_3d, plus 5 fingertip vertices: (B, 778, 3) -> (B, 21, 3), FreiHAND order.
@@ -665,7 +823,8 @@ def build_model(cfg, parent=None):
     cfg = _config(cfg)
     if cfg.official_checkpoint:  # the released weights replace every initialisation
         return load_official(cfg.official_checkpoint, cfg)
-    return SimpleHand(cfg, _mano_j_regressor())
+    template = bodymodels.load_mano().v_template.detach().float() if cfg.token_sampling == "coarse_mesh" else None
+    return SimpleHand(cfg, _mano_j_regressor(), template)
 
 
 def _config(cfg):
@@ -764,7 +923,7 @@ def count_parameters(module):
 def non_backbone_parameters(cfg):
     """Parameters of token generator + mesh regressor (Table 2's "#Params"), built on the meta device."""
     with torch.device("meta"):
-        return count_parameters(TokenGenerator(cfg)) + count_parameters(MeshRegressor(cfg))
+        return count_parameters(TokenGenerator(cfg)) + count_parameters(build_mesh_regressor(cfg))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -776,34 +935,44 @@ def l1_points(pred, target):
     return (pred - target).abs().sum(dim=-1).mean()
 
 
-def compute_loss(pred, batch, cfg):
+def compute_loss(pred, batch, cfg, coarse_index=None):
     """Eq. (7): L = w_3d L_J3d + w_2d L_J2d + w_vert L_vert -> (total, {"verts", "joints3d", "joints2d"}).
 
     pred: the model's dict. batch: data.py's keys `image (B, 3, H, W)`, `joints3d (B, 21, 3)`,
     `verts (B, 778, 3)` (metres, camera coordinates) and `joints2d (B, 21, 2)` (pixels of the crop).
     The 3D ground truth is made relative to its joint `cfg.root_index`, the 2D one divided by (W, H).
     The returned terms are unweighted (metres and crop fractions); the total is weighted.
+    "coarse_mesh" sampling (pred["coarse2d"]) adds a term "coarse2d", Eq. (5) on the vertices
+    `coarse_index` projected by batch["K"] (B, 3, 3), weighted as the 2D keypoints.
     NOTE(official vs here): the official loss (hand_net.py) also zeroes the 2D term of keypoints
-    outside the crop and the 3D terms of hands whose joints 0 and 9 both are; not reproduced, as the
-    official training augmentation that moves keypoints out of the crop is not either.
+    outside the crop and the 3D terms of hands whose joints 0 and 9 both are; not reproduced, also
+    not under the `official` augmentation recipe, which can move keypoints out of the crop.
     """
     missing = [k for k in ("image", "joints3d", "verts", "joints2d") if k not in batch]
     if missing:
         raise ValueError(f"compute_loss: batch lacks keys {missing} (expected data.py's hand sample keys)")
     root = batch["joints3d"][:, cfg.root_index:cfg.root_index + 1]  # (B, 1, 3)
     H, W = batch["image"].shape[-2:]
-    uv = batch["joints2d"] / torch.tensor([W, H], dtype=batch["joints2d"].dtype, device=root.device)  # (B, 21, 2)
+    wh = torch.tensor([W, H], dtype=batch["joints2d"].dtype, device=root.device)
     terms = {"verts": l1_points(pred["verts"], batch["verts"] - root),  # Eq. (6)
              "joints3d": l1_points(pred["joints3d"], batch["joints3d"] - root),  # Eq. (4)
-             "joints2d": l1_points(pred["joints2d"], uv)}  # Eq. (5)
+             "joints2d": l1_points(pred["joints2d"], batch["joints2d"] / wh)}  # Eq. (5)
     total = cfg.w_verts * terms["verts"] + cfg.w_joints3d * terms["joints3d"] + cfg.w_joints2d * terms["joints2d"]
+    if "coarse2d" in pred:  # Table 5 "coarse mesh": the coarse points are guided as the keypoints are
+        if coarse_index is None or "K" not in batch:
+            raise ValueError("compute_loss: token_sampling='coarse_mesh' needs the model's coarse_index and "
+                             "batch['K'] (B, 3, 3) to project the coarse mesh's ground truth")
+        uv = bodymodels.perspective_projection(batch["verts"][:, coarse_index], batch["K"]) / wh  # (B, N_c, 2)
+        terms["coarse2d"] = l1_points(pred["coarse2d"], uv)
+        total = total + cfg.w_joints2d * terms["coarse2d"]
     return total, terms
 
 
 def training_loss(model, batch, cfg):
     """The trainer protocol's loss: one forward of `model` (possibly a DDP wrapper) on batch["image"],
-    then Eq. (7) -> (total (), unweighted terms {"verts", "joints3d", "joints2d"})."""
-    return compute_loss(model(batch["image"]), batch, cfg)
+    then Eq. (7) -> (total (), unweighted terms {"verts", "joints3d", "joints2d"[, "coarse2d"]})."""
+    coarse_index = getattr(getattr(model, "module", model), "coarse_index", None)
+    return compute_loss(model(batch["image"]), batch, cfg, coarse_index)
 
 
 def learning_rate(cfg, step):
@@ -1061,7 +1230,7 @@ def _print_params(name, cfg):
     paper = f" (Table 2 reports {1.9:.1f}M for HRNet)" if name.startswith("paper") else ""
     print(f"[{name}] non-backbone parameters: {non_backbone_parameters(cfg) / 1e6:.2f}M{paper}")
     with torch.device("meta"):
-        tg, mr = TokenGenerator(cfg), MeshRegressor(cfg)
+        tg, mr = TokenGenerator(cfg), build_mesh_regressor(cfg)
     parts = [("token_generator", tg)] + [(f"mesh_regressor.layers[{k}]", m) for k, m in enumerate(mr.layers)]
     parts.append(("mesh_regressor.head", mr.head))
     if cfg.backbone == "tiny_cnn":

@@ -9,6 +9,7 @@ import io
 import pathlib
 import subprocess
 import sys
+import typing
 
 import pytest
 import torch
@@ -169,7 +170,9 @@ def test_token_sampling_switch_changes_the_tokens():
         assert tokens.shape == (2, n, 64)
         assert sh.non_backbone_parameters(cfg) != sh.non_backbone_parameters(TINY)
     with pytest.raises(ValueError, match="token_nums"):
-        dataclasses.replace(TINY, token_sampling="grid")  # 49 tokens, but token_nums[0] is still 21
+        dataclasses.replace(TINY, token_sampling="grid", token_nums=(30, 84, 168))  # 49 tokens, not 30
+    # token_nums[0] = 21, as Tables 6-7 write it, follows the sampling: a one-field ablation row
+    assert sh.MeshRegressor(dataclasses.replace(TINY, token_sampling="grid")).layers[0].upsample.in_features == 49
 
 
 def test_only_point_sampling_depends_on_the_keypoints():
@@ -205,6 +208,97 @@ def test_layer_count_token_numbers_widths_and_depths_change_the_regressor():
     deeper = dataclasses.replace(TINY, depths=(2, 2, 2))
     blocks = sum(sh.count_parameters(layer.blocks[0]) for layer in sh.MeshRegressor(TINY).layers)
     assert sh.non_backbone_parameters(deeper) == base + blocks
+
+
+def test_table4_mlp_regressor_flattens_the_tokens_with_one_hidden_layer():
+    """Table 4's baseline regressor at PAPER: 21 x 256 tokens -> 256 -> 778 x 3, counted by hand."""
+    for sampling, n in [("point", 21), ("global", 1)]:
+        cfg = dataclasses.replace(PAPER, mesh_regressor="mlp", token_sampling=sampling)
+        with torch.device("meta"):
+            mlp = sh.build_mesh_regressor(cfg)
+            assert mlp(torch.empty(2, n, 256)).shape == (2, 778, 3)
+        assert sh.count_parameters(mlp) == (n * 256 * 256 + 256) + (256 * 778 * 3 + 778 * 3)
+    model = tiny_model(dataclasses.replace(TINY, mesh_regressor="mlp")).eval()
+    tokens = torch.rand(1, 21, 64, requires_grad=True)
+    model.mesh_regressor(tokens)[0, 0, 0].backward()  # one vertex reads every token (no per-token path)
+    assert (tokens.grad.abs().sum(dim=-1) > 0).all()
+
+
+def test_table5_upsample_variants_reach_28x28_from_the_7x7_map():
+    """Point 7x7 / 14x14 read the stride-32 map (`token_map`), two 2x deconvolutions reach 28x28 as
+    one 4x does, and "enhanced" adds 3x3 convolutions at 28x28; parameters counted by hand."""
+    for overrides, hw, params in [
+            (dict(token_map="pooled"), 7, 1024 * 256 + 2 * 256),  # 1x1 projection 1024 -> 256 + BatchNorm
+            (dict(token_map="pooled", feature_upsample=2), 14, 1024 * 256 * 4 + 2 * 256),
+            (dict(token_map="pooled", feature_upsample=4), 28, 1024 * 256 * 16 + 2 * 256),
+            (dict(token_map="pooled", feature_upsample=4, deconv_layers=2), 28,
+             1024 * 256 * 4 + 2 * 256 + 256 * 256 * 4 + 2 * 256),
+            (dict(feature_convs=2), 28, 2 * (256 * 256 * 9 + 2 * 256))]:  # HRNet's 28x28 map + 2 convs
+        cfg = dataclasses.replace(PAPER, **overrides)
+        with torch.device("meta"):
+            tg, feature, pooled = sh.TokenGenerator(cfg), torch.empty(1, 256, 28, 28), torch.empty(1, 1024, 7, 7)
+            tokens, points = tg(feature, pooled)
+            x = tg.upsample(pooled if cfg.token_map == "pooled" else feature)
+        assert x.shape == (1, 256, hw, hw) and tokens.shape == (1, 21, 256) and points.shape == (1, 21, 2)
+        assert sh.count_parameters(tg.upsample) == params, overrides
+    with pytest.raises(ValueError, match="feature_upsample"):
+        dataclasses.replace(PAPER, feature_upsample=2, deconv_layers=2)
+
+
+def test_farthest_points_spreads_the_coarse_mesh():
+    line = torch.tensor([[float(i), 0.0, 0.0] for i in range(11)])
+    assert sh.farthest_points(line, 3).tolist() == [0, 10, 5]
+    template = torch.randn(778, 3, generator=torch.Generator().manual_seed(0))
+    index = sh.farthest_points(template, 195)
+    assert len(set(index.tolist())) == 195
+    # every template vertex is nearer to the coarse mesh than the coarse vertices are to each other
+    d = torch.cdist(template, template[index])
+    cover = d.min(dim=1).values.max()
+    spread = torch.cdist(template[index], template[index]).add(torch.eye(195) * 1e9).min()
+    assert cover <= spread + 1e-6
+
+
+def test_table5_coarse_mesh_samples_keypoints_and_coarse_points_and_supervises_both():
+    cfg = dataclasses.replace(TINY, token_sampling="coarse_mesh", coarse_vertices=30)
+    torch.manual_seed(0)
+    template = torch.randn(778, 3)
+    model = sh.SimpleHand(cfg, random_j_regressor(), template).eval()
+    tokens, points = model.token_generator(*model.backbone(torch.rand(2, 3, 64, 64)))
+    assert tokens.shape == (2, 51, 64) and points.shape == (2, 51, 2)
+    assert sh.count_parameters(sh.TokenGenerator(cfg)) == sh.count_parameters(sh.TokenGenerator(TINY)) + 128 * 60 + 60
+    assert sh.MeshRegressor(cfg).layers[0].upsample.in_features == 51
+    batch = random_batch(2, 64)
+    batch["K"] = torch.tensor([[100.0, 0, 32], [0, 100.0, 32], [0, 0, 1]]).expand(2, 3, 3)
+    out = model(batch["image"])
+    assert out["coarse2d"].shape == (2, 30, 2)
+    exact = bodymodels.perspective_projection(batch["verts"][:, model.coarse_index], batch["K"]) / 64
+    _, terms = sh.compute_loss(dict(out, coarse2d=exact), batch, cfg, model.coarse_index)
+    torch.testing.assert_close(terms["coarse2d"], torch.tensor(0.0))
+    _, terms = sh.compute_loss(dict(out, coarse2d=exact + 0.1), batch, cfg, model.coarse_index)
+    torch.testing.assert_close(terms["coarse2d"], torch.tensor(0.2))  # L1 over u, v: 0.1 + 0.1
+    with pytest.raises(ValueError, match="K"):
+        sh.compute_loss(out, {k: v for k, v in batch.items() if k != "K"}, cfg, model.coarse_index)
+    with pytest.raises(ValueError, match="template"):
+        sh.SimpleHand(cfg, random_j_regressor())
+
+
+def test_ablation_rows_are_fields_that_build_at_tiny_and_paper_and_round_trip_through_set():
+    train = pytest.importorskip("train")
+    hints = typing.get_type_hints(sh.SimpleHandConfig)
+    assert set(sh.ABLATIONS) == {"table4", "table5", "table6", "table7", "table8"}
+    for name, table in sh.ABLATIONS.items():
+        labels = [row[0] for row in table["rows"]]
+        assert table["chosen"] in labels and len(set(labels)) == len(labels), name
+        for label, overrides, paper in table["rows"]:
+            assert len(paper) == len(table["columns"]), label
+            for key, value in overrides.items():
+                text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+                assert train.parse_value(text, hints[key], getattr(TINY, key)) == value, (label, key)
+            for base in (TINY, PAPER, PAPER_FASTVIT):
+                assert sh.non_backbone_parameters(dataclasses.replace(base, **overrides)) > 0
+    # the paper's figures, copied: Table 5's global feature and the chosen 28x28 point sampling
+    rows = {label: paper for label, _, paper in sh.ABLATIONS["table5"]["rows"]}
+    assert rows["Global 1x1"] == (6.5, 6.8) and rows["Point 28x28"] == (6.2, 6.5)
 
 
 def test_identity_mixer_keeps_tokens_apart_and_attention_mixes_them():
