@@ -37,8 +37,9 @@ transform, A pixel transform (3, 3) acting on homogeneous pixels.
 
 Map of the file. The reference:
 1. Randomness (`sample_rng`, `Draws`) and body models (`body_model`)
-2. Augmentation as a camera change: `AugmentConfig`, `sample_augmentation` (images resampled by
-   `bodymodels.warp_image`)
+2. Augmentation as a camera change: `AugmentConfig`, `sample_augmentation`, the official simpleHand
+   recipe `OFFICIAL_HAND_AUGMENT` (`turned_keypoint_crop`, `official_color`); images resampled by
+   `bodymodels.warp_image`
 3. Real hands: `FreiHAND`, `NpzHands`, `write_npz`
 4. Synthetic hands: `SyntheticHands`, and the trainer's `hand_dataset`
 5. Synthetic bodies: `SyntheticPoses`, `SyntheticBodies`, `SyntheticWholeBody`; 5b. real bodies
@@ -172,8 +173,10 @@ def _rotations(aa):
 #   zoom s and shift t:        K' = Z K with Z = [[s, 0, (1 - s) cx + tx], [0, s, (1 - s) cy + ty], [0, 0, 1]]
 #   horizontal flip:           points x' = M x with M = diag(-1, 1, 1), K' = G K M with
 #                              G = [[-1, 0, W], [0, 1, 0], [0, 0, 1]] (u' = W - u); is_right toggles
+#   keypoint crop (official):  the camera turns to look at the keypoints, x' = Rz R_look x, and K' frames them
 # and an image drawn with the old camera maps to the new one by the pixel transform
-# A = K_new T K_old^-1 (affine here: T keeps z), which `warp_image` applies to real photographs.
+# A = K_new T K_old^-1 (affine when T keeps z, a homography after the keypoint crop's turn), which
+# `warp_image` applies to real photographs.
 # Synthetic samples are simply rendered with the new camera.
 
 
@@ -185,6 +188,34 @@ class AugmentConfig:
     shift: float = 0.05  # translation up to 5% of the crop side in x and y: detector jitter
     color: float = 0.3  # brightness, contrast and saturation factors uniform in [0.7, 1.3]
     flip_prob: float = 0.0  # 0: FreiHAND and SimpleHand are right-hand only; 0.5 trains both sides
+    crop: str = "centre"  # "centre": zoom and shift about the crop's centre | "keypoints": `turned_keypoint_crop`
+    box_scale: tuple = (1.0, 1.5)  # "keypoints": crop side / the larger side of the 2D keypoints' box
+    box_jitter: float = 0.1  # "keypoints": the box centre moves up to this fraction of the box width in x and y
+    color_style: str = "jitter"  # "jitter": `color_jitter` with `color` | "official": `official_color`
+    channel_noise: float = 0.4  # "official": each channel times U(1 - 0.4, 1 + 0.4)
+    contrast: float = 0.2  # "official": times U(1 - 0.2, 1 + 0.2)
+    brightness: tuple = (-0.4, 0.1)  # "official": plus U(-0.4, 0.1) (1 = white)
+
+    def __post_init__(self):
+        for name, allowed in (("crop", ("centre", "keypoints")), ("color_style", ("jitter", "official"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"AugmentConfig.{name}={getattr(self, name)!r}: expected one of {allowed}")
+
+
+# The official simpleHand training augmentation (cfg.py DATA.AUG, read by dataset.py HandDataset with
+# transforms.py and kp_preprocess.py): the keypoints' box, its centre jittered by U(-0.1, 0.1) x its
+# width (BBoxCenterJitter factor 0.1, uniform) and its size times U(1, 1.5) (GetRandomScaleRotation
+# min/max_scale_factor), seen by a camera turned to look at it (MeshPerspectiveTransform), rolled
+# by any angle, flipped with probability 0.5 (RandomHorizontalFlip), then each colour channel times
+# U(0.6, 1.4) (RandomChannelNoise 0.4) and albumentations' RandomBrightnessContrast (brightness
+# (-0.4, 0.1), its default contrast 0.2, always applied).
+# NOTE(official vs here): the official roll is clip(N(0, 90), -180, 180) DEGREES passed to np.cos /
+# np.sin as RADIANS (GetRandomScaleRotation rot_factor 90 -> get_2d3d_perspective_transform), an
+# angle that wraps round the circle many times, i.e. about uniform: here uniform in [-180, 180] degrees.
+OFFICIAL_HAND_AUGMENT = AugmentConfig(rotation_deg=180.0, crop="keypoints", box_scale=(1.0, 1.5), box_jitter=0.1,
+                                      flip_prob=0.5, color_style="official", channel_noise=0.4, contrast=0.2,
+                                      brightness=(-0.4, 0.1))
+HAND_AUGMENTS = {"default": AugmentConfig(), "official": OFFICIAL_HAND_AUGMENT}  # SimpleHandConfig.train_augment
 
 
 @dataclass
@@ -208,28 +239,87 @@ def rotation_z(angle):
     return torch.stack([c, -s, o, s, c, o, o, o, i]).view(3, 3)
 
 
-def sample_augmentation(rng, cfg, K, image_size):
-    """Draw an augmentation for an image of image_size (int or (H, W)) seen through K (3, 3)."""
+def sample_augmentation(rng, cfg, K, image_size, joints3d=None):
+    """Draw an augmentation for an image of image_size (int or (H, W)) seen through K (3, 3).
+    joints3d (21, 3), camera coordinates: the keypoints whose box cfg.crop="keypoints" crops around."""
     height, width = _image_hw(image_size)
     centre = torch.tensor([width / 2, height / 2], dtype=torch.float64)
     K = K.double().clone()
-    # 1. in-plane rotation: turn the points about the optical axis and the principal point about
-    #    the crop centre, so that the image turns about its centre
-    R = rotation_z(math.radians(cfg.rotation_deg) * _uniform(rng, -1, 1))
-    K[:2, 2] = centre + R[:2, :2] @ (K[:2, 2] - centre)
-    # 2. zoom about the centre, then shift
-    zoom, shift = _uniform(rng, *cfg.zoom), cfg.shift * _uniform(rng, -1, 1, (2,)) * torch.tensor([width, height])
-    Z = torch.eye(3, dtype=torch.float64)
-    Z[0, 0] = Z[1, 1] = zoom
-    Z[:2, 2] = (1 - zoom) * centre + shift
-    K = Z @ K
+    if cfg.crop == "keypoints":
+        if joints3d is None:
+            raise ValueError("sample_augmentation: AugmentConfig.crop='keypoints' needs the sample's joints3d")
+        R, K = turned_keypoint_crop(rng, cfg, K, joints3d, (height, width))
+    else:
+        # 1. in-plane rotation: turn the points about the optical axis and the principal point about
+        #    the crop centre, so that the image turns about its centre
+        R = rotation_z(math.radians(cfg.rotation_deg) * _uniform(rng, -1, 1))
+        K[:2, 2] = centre + R[:2, :2] @ (K[:2, 2] - centre)
+        # 2. zoom about the centre, then shift
+        zoom, shift = _uniform(rng, *cfg.zoom), cfg.shift * _uniform(rng, -1, 1, (2,)) * torch.tensor([width, height])
+        Z = torch.eye(3, dtype=torch.float64)
+        Z[0, 0] = Z[1, 1] = zoom
+        Z[:2, 2] = (1 - zoom) * centre + shift
+        K = Z @ K
     # 3. horizontal flip: K' = G K M
     flip = bool(torch.rand((), generator=rng) < cfg.flip_prob)
     if flip:
         G = torch.tensor([[-1.0, 0, width], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
         K = G @ K @ torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
-    color = _uniform(rng, 1 - cfg.color, 1 + cfg.color, (3,))
+    if cfg.color_style == "official":  # channel factors (3,), contrast, brightness
+        color = torch.cat([_uniform(rng, 1 - cfg.channel_noise, 1 + cfg.channel_noise, (3,)),
+                           _uniform(rng, 1 - cfg.contrast, 1 + cfg.contrast, (1,)),
+                           _uniform(rng, *cfg.brightness, (1,))])
+    else:
+        color = _uniform(rng, 1 - cfg.color, 1 + cfg.color, (3,))
     return Augmentation(rotation=R, flip=flip, K=K, color=color)
+
+
+def rotation_onto(a, b):
+    """The shortest rotation R (3, 3) float64 with R a / |a| = b / |b| (a, b (3,), not opposite)."""
+    a, b = a.double() / a.norm(), b.double() / b.norm()
+    v, c = torch.linalg.cross(a, b), torch.dot(a, b)
+    V = torch.tensor([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]], dtype=torch.float64)
+    return torch.eye(3, dtype=torch.float64) + V + V @ V / (1 + c)  # Rodrigues
+
+
+def turned_keypoint_crop(rng, cfg, K, joints3d, image_hw):
+    """The official crop (OFFICIAL_HAND_AUGMENT) -> (R (3, 3), K' (3, 3)) float64: points x' = R x are
+    seen through K' by a square crop of the image's size around the 2D keypoints.
+
+    official (simpleHand dataset.py, transforms.py, kp_preprocess.py get_2d3d_perspective_transform):
+    1. the box of the keypoints inside the image; its centre moves by U(-j, j) x its width in x and
+       y (clipped to the image), its sides grow by one factor U(box_scale);
+    2. the camera turns (R_look) until its optical axis goes through the moved centre;
+    3. the focal length is scaled so that the box, turned with the camera, spans the crop along its
+       larger side, and the principal point is the crop's centre;
+    4. the camera rolls about its new axis by U(-rotation_deg, rotation_deg): R = Rz R_look.
+    """
+    height, width = image_hw
+    uv = perspective_projection(joints3d.double(), K)  # (21, 2) pixels
+    inside = ((uv > 0) & (uv < torch.tensor([width, height]))).all(dim=1)
+    uv = uv[inside] if inside.any() else uv  # official: only keypoints inside the image
+    lo, hi = uv.amin(dim=0), uv.amax(dim=0)
+    box = hi - lo  # (2,) width, height
+    # 1. official BBoxCenterJitter: the box WIDTH sets the jitter in both directions
+    c = (lo + hi) / 2 + cfg.box_jitter * box[0] * _uniform(rng, -1, 1, (2,))
+    c = torch.minimum(c.clamp(min=0), torch.tensor([float(width), float(height)], dtype=torch.float64))
+    box = box * _uniform(rng, *cfg.box_scale)
+    # 2. the turn that takes the ray through c onto the optical axis
+    K_inv = torch.linalg.inv(K)
+    R_look = rotation_onto(K_inv @ torch.cat([c, c.new_ones(1)]), torch.tensor([0.0, 0.0, 1.0]))
+    # 3. the box's corners, turned with the camera and projected by K: their larger side fills the crop
+    corners = torch.stack([c + box * torch.tensor(s, dtype=torch.float64) / 2
+                           for s in ((-1, -1), (-1, 1), (1, -1), (1, 1))])  # (4, 2)
+    rays = torch.cat([corners, corners.new_ones(4, 1)], 1) @ K_inv.T @ R_look.T  # (4, 3)
+    turned = perspective_projection(rays, K)
+    side = (turned.amax(dim=0) - turned.amin(dim=0)).max()
+    size = torch.tensor([width, height], dtype=torch.float64)
+    K_new = torch.eye(3, dtype=torch.float64)
+    K_new[0, 0], K_new[1, 1] = K[0, 0] * width / side, K[1, 1] * height / side  # official: res / scale
+    K_new[:2, 2] = size / 2
+    # 4. the roll about the new optical axis (the principal point is the crop's centre)
+    R = rotation_z(math.radians(cfg.rotation_deg) * _uniform(rng, -1, 1)) @ R_look
+    return R, K_new
 
 
 def augment_hand_labels(sample, aug):
@@ -253,6 +343,20 @@ def augment_hand_labels(sample, aug):
     out["mano_pose"] = pose
     out["is_right"] = torch.tensor(bool(sample["is_right"]) != aug.flip)
     return out
+
+
+def official_color(image, factors):
+    """official (simpleHand transforms.py RandomChannelNoise, then albumentations RandomBrightnessContrast
+    on uint8): image (3, H, W) in [0, 1]; factors (5,) = 3 channel multipliers, contrast alpha,
+    brightness beta -> clamp(clamp(image x channel) x alpha + beta), clamped to [0, 1]."""
+    channels, alpha, beta = factors[:3].to(image), float(factors[3]), float(factors[4])
+    image = (image * channels[:, None, None]).clamp(0, 1)  # cv2.multiply saturates at 255
+    return (image * alpha + beta).clamp(0, 1)
+
+
+def recolor(image, factors, style):
+    """The colour change of an augmentation: AugmentConfig.color_style "jitter" or "official"."""
+    return official_color(image, factors) if style == "official" else color_jitter(image, factors)
 
 
 def color_jitter(image, factors):
@@ -323,9 +427,10 @@ class _PhotoHands(torch.utils.data.Dataset):
         labels = dict(labels, K=K.float(), joints2d=perspective_projection(labels["joints3d"].double(), K).float())
         if self.augment:
             rng = sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM)
-            aug = sample_augmentation(rng, self.augment_config, K, (height, width))
+            aug = sample_augmentation(rng, self.augment_config, K, (height, width), labels["joints3d"])
             labels = augment_hand_labels(labels, aug)
-            image = color_jitter(warp_image(image, aug.K @ aug.T @ torch.linalg.inv(K), (height, width)), aug.color)
+            image = warp_image(image, aug.K @ aug.T @ torch.linalg.inv(K), (height, width))  # a homography
+            image = recolor(image, aug.color, self.augment_config.color_style)
         return dict(labels, image=image.contiguous())
 
 
@@ -720,7 +825,7 @@ class SyntheticHands(torch.utils.data.Dataset):
             chunk = slice(start, start + self.render_chunk)
             images = self._images(samples[chunk], {key: value[chunk] for key, value in looks.items()})
             for sample, image, jitter in zip(samples[chunk], images, looks["jitter"][chunk]):
-                sample["image"] = color_jitter(image, jitter) if self.augment else image
+                sample["image"] = recolor(image, jitter, self.augment_config.color_style) if self.augment else image
         return samples
 
     # images per renderer pass: on one core 8 is about 1.5x faster per image than 32, whose
@@ -778,12 +883,12 @@ class SyntheticHands(torch.utils.data.Dataset):
         looks = {key: torch.from_numpy(value).float() for key, value in (
             ("light", light), ("ambient", ambient), ("skin", skin), ("forearm", forearm),
             ("background", background_patterns(draws)))}
-        looks["jitter"] = torch.ones(len(indices), 3)
+        looks["jitter"] = [None] * len(indices)  # the colour factors of each sample's augmentation
         # 4. augmentation moves the camera before rendering (and jitters colours after)
         if self.augment:
             for i, index in enumerate(indices):
                 aug = sample_augmentation(sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM),
-                                          self.augment_config, K[i], S)
+                                          self.augment_config, K[i], S, samples[i]["joints3d"])
                 samples[i], looks["jitter"][i] = augment_hand_labels(samples[i], aug), aug.color
         return samples, looks
 
@@ -799,17 +904,20 @@ def hand_dataset(kind, path, split, cfg, seed, num_samples):
     """The hand dataset for a split ("training" | "evaluation") of `--data kind[:path]` at cfg.image_size.
 
     kind "synthetic": SyntheticHands(num_samples) with DEMO_HAND_VIEW; the held-out split is the same
-    generator under seed + 1_000_003. "freihand" / "npz": the folder at path, augmented for training.
-    FreiHAND's evaluation split is cropped as cfg.eval_crop says (FREIHAND_CROPS; "none" without the field).
+    generator under seed + 1_000_003, not augmented (train.py renders it once). "freihand" / "npz": the
+    folder at path, augmented for training as cfg.train_augment names (HAND_AUGMENTS; "default" without
+    the field). FreiHAND's evaluation split is cropped as cfg.eval_crop says (FREIHAND_CROPS; "none" without the field).
     """
     if kind == "synthetic":
         return SyntheticHands(num_samples, cfg.image_size, seed=seed + (split == "evaluation") * 1_000_003,
                               view_config=DEMO_HAND_VIEW)
+    augment = HAND_AUGMENTS[getattr(cfg, "train_augment", "default")]
     if kind == "freihand":
         crop = getattr(cfg, "eval_crop", "none") if split == "evaluation" else "none"
-        return FreiHAND(path, split, cfg.image_size, augment=split == "training", seed=seed, crop=crop)
+        return FreiHAND(path, split, cfg.image_size, augment=split == "training", seed=seed, crop=crop,
+                        augment_config=augment)
     if kind == "npz":
-        return NpzHands(path, split, cfg.image_size, augment=split == "training", seed=seed)
+        return NpzHands(path, split, cfg.image_size, augment=split == "training", seed=seed, augment_config=augment)
     raise ValueError(f"hand_dataset: kind must be 'synthetic', 'freihand' or 'npz', got {kind!r}")
 
 

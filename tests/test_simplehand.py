@@ -6,6 +6,7 @@ overfit."""
 import copy
 import dataclasses
 import io
+import math
 import pathlib
 import subprocess
 import sys
@@ -921,6 +922,97 @@ def write_crop_fixture_as_freihand(root, fx):
     for i in range(n):
         Image.fromarray(fx["rgb"][i].numpy()).save(root / "evaluation" / "rgb" / f"{i:08d}.jpg", format="PNG")
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# The official training augmentation (data.OFFICIAL_HAND_AUGMENT, PAPER's train_augment)
+
+
+def _signed_volume(verts, faces):
+    """Signed volume of a closed-ish mesh: its sign flips under a mirror, never under a rotation."""
+    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    return (a * torch.linalg.cross(b, c)).sum() / 6
+
+
+def test_paper_trains_with_the_official_augmentation_and_tiny_keeps_the_default():
+    assert data.HAND_AUGMENTS[PAPER.train_augment] is data.OFFICIAL_HAND_AUGMENT
+    assert data.HAND_AUGMENTS[sh.OFFICIAL.train_augment] is data.OFFICIAL_HAND_AUGMENT
+    assert data.HAND_AUGMENTS[TINY.train_augment] == data.AugmentConfig()
+    o = data.OFFICIAL_HAND_AUGMENT  # official cfg.py DATA.AUG
+    assert (o.rotation_deg, o.box_scale, o.box_jitter, o.flip_prob) == (180.0, (1.0, 1.5), 0.1, 0.5)
+    assert (o.channel_noise, o.contrast, o.brightness) == (0.4, 0.2, (-0.4, 0.1))
+
+
+def test_official_augmentation_draws_full_rotations_flips_and_its_colour_ranges():
+    """Many draws for one hand: the roll about the axis through the box centre covers the circle
+    evenly, half the draws flip, the colour factors stay in the official ranges."""
+    hands = data.SyntheticHands(1, 96, seed=0, view_config=data.DEMO_HAND_VIEW)
+    sample = hands[0]
+    cfg = dataclasses.replace(data.OFFICIAL_HAND_AUGMENT, box_jitter=0.0)  # the turn R_look is then fixed
+    augs = [data.sample_augmentation(data.sample_rng(0, 0, i, 1), cfg, sample["K"], 96, sample["joints3d"])
+            for i in range(400)]
+    look = torch.linalg.solve(augs[0].rotation, torch.eye(3, dtype=torch.float64))  # R_0^-1 = R_look^-1 Rz_0^-1
+    rolls = torch.stack([torch.atan2(r[1, 0], r[0, 0]) for r in (a.rotation @ look for a in augs)])
+    rolls = torch.rad2deg(rolls - rolls[0] + math.pi) % 360 - 180  # each roll relative to the first draw's
+    counts = torch.histc(rolls, bins=4, min=-180, max=180)
+    assert (counts > 60).all(), counts  # about 100 in each quarter turn
+    flips = torch.tensor([a.flip for a in augs], dtype=torch.float64)
+    assert 0.4 < flips.mean() < 0.6
+    color = torch.stack([a.color for a in augs])  # channel x3, contrast, brightness
+    assert color[:, :3].min() >= 0.6 and color[:, :3].max() <= 1.4 and color[:, 3].min() >= 0.8
+    assert color[:, 3].max() <= 1.2 and color[:, 4].min() >= -0.4 and color[:, 4].max() <= 0.1
+    assert color[:, 4].max() > 0.05 and color[:, 4].min() < -0.35
+    default = [data.sample_augmentation(data.sample_rng(0, 0, i, 1), data.AugmentConfig(), sample["K"], 96)
+               for i in range(100)]
+    assert max(abs(math.degrees(math.atan2(a.rotation[1, 0], a.rotation[0, 0]))) for a in default) <= 30.0
+
+
+def test_official_crop_frames_the_keypoint_box_and_a_flip_toggles_handedness_with_the_labels():
+    cfg = dataclasses.replace(data.OFFICIAL_HAND_AUGMENT, color_style="jitter", color=0.0)
+    plain = data.SyntheticHands(24, 96, seed=5, view_config=data.DEMO_HAND_VIEW)
+    hands = data.SyntheticHands(24, 96, seed=5, augment=True, augment_config=cfg, view_config=data.DEMO_HAND_VIEW)
+    unrolled = data.SyntheticHands(24, 96, seed=5, augment=True, augment_config=dataclasses.replace(cfg, rotation_deg=0),
+                                   view_config=data.DEMO_HAND_VIEW)
+    faces = torch.as_tensor(bodymodels.load_mano().faces.astype("int64"))
+    right_sign = torch.sign(_signed_volume(plain[0]["verts"].double(), faces))
+    flipped = 0
+    for i in range(24):
+        s = hands[i]
+        torch.testing.assert_close(bodymodels.perspective_projection(s["joints3d"].double(), s["K"].double()),
+                                   s["joints2d"].double(), atol=1e-3, rtol=0)  # labels stay exact
+        # the mesh's chirality follows is_right: a flip mirrors the labels and toggles the side together
+        sign = torch.sign(_signed_volume(s["verts"].double(), faces))
+        assert (sign == right_sign) == bool(s["is_right"]), i
+        flipped += not bool(s["is_right"])
+        # without the roll: the crop side is the keypoint box's larger side x U(1, 1.5), centred up to 10 %
+        uv = unrolled[i]["joints2d"]
+        box = uv.amax(0) - uv.amin(0)
+        assert 1 / 1.5 * 0.95 <= box.max() / 96 <= 1.05, i  # 5 %: the turn bends the box
+        assert ((uv.amax(0) + uv.amin(0)) / 2 - 48).abs().max() <= 0.1 * box[0] * 1.5 + 1.5, i
+    assert 4 <= flipped <= 20  # about half
+
+
+def test_official_crop_warps_a_photograph_as_the_new_camera_sees_the_hand():
+    """The pixel transform A = K' T K^-1 (a homography: the camera turns) moves a rendered hand
+    where rendering it with the augmented camera puts it (black background: masks)."""
+    cfg = dataclasses.replace(data.OFFICIAL_HAND_AUGMENT, color_style="jitter", color=0.0)
+    plain = data.SyntheticHands(3, 96, seed=3, background="black", view_config=data.DEMO_HAND_VIEW)
+    moved = data.SyntheticHands(3, 96, seed=3, augment=True, augment_config=cfg, background="black",
+                                view_config=data.DEMO_HAND_VIEW)
+    for i in range(3):
+        a, b = plain[i], moved[i]
+        aug = data.sample_augmentation(data.sample_rng(3, 0, i, 1), cfg, a["K"], 96, a["joints3d"])
+        warped = bodymodels.warp_image(a["image"], aug.K @ aug.T @ torch.linalg.inv(a["K"].double()), 96)
+        m1, m2 = warped.sum(0) > 0.05, b["image"].sum(0) > 0.05
+        assert (m1 & m2).sum() / (m1 | m2).sum() > 0.85, i  # the forearm leaving the old image is the rest
+
+
+def test_official_colour_multiplies_channels_then_applies_contrast_and_brightness():
+    image = torch.full((3, 2, 2), 0.5)
+    out = data.official_color(image, torch.tensor([1.4, 1.0, 0.6, 1.2, -0.4]))
+    torch.testing.assert_close(out[:, 0, 0], torch.tensor([0.7 * 1.2 - 0.4, 0.5 * 1.2 - 0.4, 0.0]))
+    torch.testing.assert_close(data.official_color(torch.ones(3, 1, 1), torch.tensor([1.4, 1, 1, 1, 0.0])),
+                               torch.ones(3, 1, 1))  # saturates at white, as cv2.multiply on uint8
 
 
 def test_freihand_keypoint_crop_matches_the_official_evaluation_crop(tmp_path):
