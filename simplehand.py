@@ -20,8 +20,12 @@ One image crop of a right hand in, the 778 MANO vertices and 21 joints out, thro
   scaled-down decoder, for two CPU cores). The paper's backbones come from timm and start from
   ImageNet weights read from a local file (`backbone_weights`; no hub here); the decoder
   (everything but the backbone) is built from the channels and stride the config declares, so it
-  builds and counts without timm. Every ablation of Tables 5-8 is a config field that changes the
-  model. timm's HRNet features net computes four maps and returns the two asked for; `prune_hrnet`
+  builds and counts without timm. Every row of the paper's ablations (Sec. 4.5, Tables 4-8) is a
+  set of config fields, listed in `ABLATIONS` with the paper's figures (`train.py --ablation
+  table5`): Table 4's MLP regressor (`mesh_regressor`), Table 5's global / grid / point / coarse-mesh
+  sampling (`token_sampling`) of the stride-8 or stride-32 map (`token_map`) after one or two
+  deconvolutions (`feature_upsample`, `deconv_layers`) and convolutions (`feature_convs`), Tables 6-8's
+  decoder. timm's HRNet features net computes four maps and returns the two asked for; `prune_hrnet`
   deletes what only the other two need, so that every parameter gets a gradient
   (DistributedDataParallel requires it). The recipe is stored once, in steps; epochs and the
   per-GPU batch are derived properties.
@@ -63,7 +67,11 @@ comment sits at the spot; where the `official` config reproduces the official co
 dropout / drop path 0.1, sigmoid on the 2D keypoints and ImageNet input normalisation (paper
 configs; `official` as the code), the explicit root subtraction, and the training recipe (paper:
 100 epochs; code: 200 x 256 iterations, i.e. 100.8 passes over FreiHAND, with warm-up, fp16 and
-gradient clipping).
+gradient clipping). The paper says nothing of augmentation: the paper configs train real data with
+the official code's (`train_augment`, data.OFFICIAL_HAND_AUGMENT). Where the paper gives an ablation
+no layout: Table 4's MLP (one hidden layer of dims[0]), Fig. 2e's convolutions (3x3, BN, ReLU) and
+FastMETRO's coarse mesh (farthest-point sampling of the template, its 2D points supervised as the
+keypoints are).
 
 Symbols: B batch, C backbone channels, C_t token channels, h x w feature map, J = 21 joints,
 V = 778 vertices, N tokens, n_k / c_k token number / width of decoder layer k, K number of decoder
