@@ -25,7 +25,7 @@ mirrored the same way (R -> M R M, M = diag(-1, 1, 1)).
 
 Map: 1 configs (`BaseConfig`, `AdapterConfig`; PAPER and TINY of each) -> 2 geometry (crops, RoI,
 arm chains, IK) -> 3 ViT -> 4 hand expert -> 5 whole-body model -> 6 hand adapter -> 7 body adapter
--> 8 the models the trainer trains (`Bases`, `Adapted`), losses -> 9 inference: the pipeline,
+-> 7b the ablations' other ways (`ABLATIONS`: Tables 3-6, next to the configs) -> 8 the models the trainer trains (`Bases`, `Adapted`), losses -> 9 inference: the pipeline,
 `predict`, the evaluation protocol -> 10 `--image` (a photograph in, picture, .obj, .npz out), `--params`,
 `--bench`, demo.
 train.py trains two rows: "hmr_adapter_bases" (`BASES`: the tiny bases, standing in for the
@@ -56,6 +56,8 @@ NOTE(paper gap) list (each also stands at its spot; the paper's supplementary ma
 13. TINY only: the whole-body ViT's patch embedding is a conv stem (`BaseConfig.body_stem`).
 14. TINY only: theta_b holds the arm joints' global rotations (forward kinematics), not their local
     ones (`AdapterConfig.chain`; PAPER: local, "each joint's rotation").
+15. The ablations' other ways (Tables 3-6, section 7b): the paper names them in a line each; the
+    concatenation's zero-initialised new columns and the PIXIE-style moderators' inputs and widths are ours.
 
 Paper configs feed the released networks what their official pipelines feed them (tests/official/):
 HaMeR's hand crops (`hamer_crops`: its box, blur, cv2 warp and ImageNet normalisation, to the bit) and
@@ -160,8 +162,15 @@ class AdapterConfig:
     image_size: tuple = (512, 384)  # as BaseConfig's (the same rendered set)
     adapter_scale: float = 1.0  # lambda on CA' (1 in Eq. 3). NOTE(paper gap) 1
     # theta_b's rotations (Sec. 3.3, "each joint's rotation"): "local", SMPL-X's own pose parameters of the arm
-    # joints (the paper's reading), or "global", their products from the root (TINY: NOTE(paper gap) 14)
-    chain: typing.Literal["local", "global"] = "local"
+    # joints (the paper's reading: PAPER), or "global", their products from the root (TINY: NOTE(paper gap) 14).
+    # The default is what checkpoints written before this field were trained with
+    chain: typing.Literal["local", "global"] = "global"
+    # What trains in the hand path and in the body path: the adapters ("adapter", the paper's method) or one of the
+    # other ways the ablations compare (Tables 3-6, `ABLATIONS`; section 7b says each)
+    hand_method: typing.Literal["adapter", "whole_body_pose", "image", "concat", "weighted_sum", "head", "full",
+                                "scratch", "frozen"] = "adapter"
+    body_method: typing.Literal["adapter", "task_tokens", "concat", "weighted_sum", "head", "full", "scratch",
+                                "frozen"] = "adapter"
     hand_only_prob: float = 0.0  # share of training hands with a zero body pose. NOTE(paper gap) 12
     # Keep what the frozen bases give each training sample (by its "index") instead of recomputing it
     # every epoch. Only where a sample index is always the same image: the rendered synthetic set, not
@@ -188,6 +197,10 @@ class AdapterConfig:
     w_body_pose: float = 10.0
     w_body_3d: float = 100.0
     w_body_2d: float = 16.0
+    # Eq. 7's L_3D and L_proj over SMPL-X's 22 body joints (False) or also the hands' 30 finger joints (True), posed
+    # by theta's arms and wrists with the true fingers: SMPLer-X supervises its whole-body joints, hands included, and
+    # only these see the wrists' rotations (the body adapter's losses only; the bases train on the 22)
+    body_loss_hands: bool = False
     # --- recipe (Sec. 4.1: one machine, 4 V100, 10K steps, batch 32 per GPU, about 6 hours) ---
     batch_size: int = 128  # 32 x 4
     max_steps: int = 10_000
@@ -211,16 +224,70 @@ BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 
     body_keypoints=22, body_hm_depth=8, body_rot_hidden=32, box_channels=(32, 32), hand_roi=8,
     hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, roi_sampling=2, hamer_checkpoint="",
     smplerx_checkpoint="", losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100)
-PAPER = AdapterConfig()
+PAPER = AdapterConfig(chain="local")
 # TINY's lr, body_lr and max_steps come from sweeps that retrained one adapter alone on the default run's frozen bases
 # (README, "HMR-Adapter"): the hand adapter at lr 4e-3, the body adapter at 1e-3 (faster moved theta_hat's arm chain
 # away from what the hand adapter reads); with global chains (NOTE(paper gap) 14) 2500 steps did as well as 4500.
 TINY = AdapterConfig(image_size=(256, 192), hand_only_prob=0.2, cache_frozen=True, hamer_batch=0, w_hand_verts=0.05,
                      w_body_2d=1.0, body_proj=32, body_dim=64, body_depth=3, body_heads=4,
                      body_dim_head=16, body_mlp=128, batch_size=32, max_steps=2500, lr=4e-3, body_lr=1e-3,
-                     warmup_steps=50, chain="global")
+                     warmup_steps=50)
 CONFIGS = {"paper": PAPER, "tiny": TINY}
 BASE_CONFIGS = {"paper": BASES_PAPER, "tiny": BASES_TINY}
+
+# The paper's ablations (Sec. 4.3) as rows of `hand_method` / `body_method` (section 7b), each trained on the frozen
+# bases like the adapters, with the paper's figures beside them (train.py --ablation tableN; docs/hmr_adapter.md).
+# The paper scores Tables 3 and 5 on ARCTIC's hands at the true boxes (our hand path: its "adapter" is the row's
+# method, on the occluded hands, as ARCTIC's hands hold objects), Tables 4 and 6 on whole bodies (our pipeline).
+# The last column of Tables 3 and 5 is ours: the hand path above reads the TRUE body pose (whose wrist token is the
+# answer with global chains), the pipeline reads theta_hat's.
+_HAND_COLUMNS = (("hand_path/adapter/occluded/pa_pve_mm", "PA-PVE"), ("hand_path/adapter/occluded/pve_mm", "PVE"))
+_PIPE_HANDS = ("pipeline/adapted/hands_occluded/pve_mm", "pipeline PVE, occluded hands (not in the paper)")
+_BODY_COLUMNS = (("pipeline/adapted/all/pa_pve_mm", "PA-PVE"), ("pipeline/adapted/all/pve_mm", "PVE"),
+                 ("pipeline/adapted/all/pa_mpjpe_mm", "PA-MPJPE"))
+ABLATIONS = {
+    "table3": dict(
+        caption="Fine-tuning methods on HaMeR (Table 3, ARCTIC hands; No.2 trains twice TINY's steps)",
+        stage="hmr_adapter",
+        columns=(*_HAND_COLUMNS, ("hand_path/adapter/occluded/pa_mpjpe_mm", "PA-MPJPE"), _PIPE_HANDS),
+        rows=(("HaMeR (pre-trained)", {"hand_method": "frozen"}, (16.2, 38.5, 17.1, None)),
+              ("No.1 full fine-tuning", {"hand_method": "full"}, (13.9, 45.3, 15.0, None)),
+              ("No.2 from scratch", {"hand_method": "scratch", "max_steps": 2 * TINY.max_steps}, (15.1, 53.3, 16.3, None)),
+              ("No.3 decoder head", {"hand_method": "head"}, (14.1, 56.1, 15.1, None)),
+              ("No.4 concatenation", {"hand_method": "concat"}, (17.9, 36.7, 18.4, None)),
+              ("No.5 adapter, hand image input", {"hand_method": "image"}, (9.0, 30.9, 9.2, None)),
+              ("No.6 adapter, body pose input", {}, (8.4, 24.1, 8.5, None))),
+        chosen="No.6 adapter, body pose input"),
+    "table4": dict(
+        caption="Fine-tuning methods on SMPLer-X (Table 4, ARCTIC whole bodies; No.2 trains twice TINY's steps)",
+        stage="hmr_adapter",
+        columns=_BODY_COLUMNS,
+        rows=(("SMPLer-X (pre-trained)", {"body_method": "frozen"}, (29.3, 48.5, 28.9)),
+              ("No.1 full fine-tuning", {"body_method": "full"}, (19.5, 24.4, 21.1)),
+              ("No.2 from scratch", {"body_method": "scratch", "max_steps": 2 * TINY.max_steps}, (27.0, 35.0, 34.6)),
+              ("No.3 neck and heads", {"body_method": "head"}, (21.0, 25.1, 21.2)),
+              ("No.4 concatenation", {"body_method": "concat"}, (23.6, 29.9, 25.1)),
+              ("No.5 adapter, body task tokens input", {"body_method": "task_tokens"}, (20.8, 24.7, 21.2)),
+              ("No.6 adapter, MCP features input", {}, (20.7, 24.7, 21.0))),
+        chosen="No.6 adapter, MCP features input"),
+    "table5": dict(
+        caption="Ways to inject the body feature into HaMeR (Table 5, ARCTIC hands)",
+        stage="hmr_adapter",
+        columns=(*_HAND_COLUMNS, _PIPE_HANDS),
+        rows=(("Concatenation", {"hand_method": "concat"}, (15.2, 41.9, None)),
+              ("Weighted sum", {"hand_method": "weighted_sum"}, (12.1, 26.0, None)),
+              ("Whole-body pose", {"hand_method": "whole_body_pose"}, (13.4, 27.7, None)),
+              ("HMR-Adapter (Ours)", {}, (10.5, 23.6, None))),
+        chosen="HMR-Adapter (Ours)"),
+    "table6": dict(
+        caption="Ways to inject the hand joint feature into SMPLer-X (Table 6, EHF whole bodies)",
+        stage="hmr_adapter",
+        columns=_BODY_COLUMNS,
+        rows=(("Concatenation", {"body_method": "concat"}, (79.3, 95.4, 94.0)),
+              ("Weighted sum", {"body_method": "weighted_sum"}, (57.0, 74.5, 68.0)),
+              ("HMR-Adapter (Ours)", {}, (36.8, 57.1, 42.0))),
+        chosen="HMR-Adapter (Ours)"),
+}
 
 
 def learning_rate(cfg, step):
@@ -440,12 +507,17 @@ def sample_points(features, points):
     return out[..., 0].transpose(1, 2)
 
 
-def arm_chains(body_pose, chain="global"):
+MIRROR_BODY = (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20)  # SMPL-X's 22, left <-> right
+
+
+def arm_chains(body_pose, chain="global", whole_body=False):
     """theta_b of both arms (..., 2, 8, 6), left first: the 6D rotations of each arm chain's joints
     root -> wrist (Sec. 3.3) from local body rotations (..., >= 22, 3, 3). chain "local": the joints'
     own (SMPL-X parameter) rotations, the paper's "each joint's rotation"; "global": their products from
     the root (camera frame, forward kinematics), whose last is the hand's global orientation. The left
     chain is mirrored to match the flipped crop (mirroring commutes with the products). NOTE(paper gap) 3
+    whole_body: Table 5's "whole-body pose", all 22 joints (..., 2, 22, 6) instead of the arm; the left
+    hand's flipped crop sees the mirrored body, its left and right joints swapped (MIRROR_BODY).
 
     NOTE(paper gap) 14 (TINY takes "global"): with local rotations the adapter must compose eight
     rotations to find the hand's orientation. It learns that on true chains only and did it poorly on
@@ -458,7 +530,7 @@ def arm_chains(body_pose, chain="global"):
     R = body_pose[..., :NUM_BODY, :, :]
     if chain == "global":
         R = forward_kinematics(R, R.new_zeros(*R.shape[:-2], 3), bodymodels.SMPLX_PARENTS[:NUM_BODY])[1]
-    left, right = R[..., list(ARMS["left"]), :, :], R[..., list(ARMS["right"]), :, :]
+    left, right = (R[..., list(MIRROR_BODY), :, :], R) if whole_body else (R[..., list(ARMS[s]), :, :] for s in SIDES)
     return matrix_to_rot6d(torch.stack([mirror_rotation(left, matrix=True), right], -4))
 
 
@@ -848,7 +920,7 @@ class WholeBody(nn.Module):
         joints = soft_argmax(heatmaps)  # (B, K, 3) heatmap pixels (x, y) and depth bin
         theta0, shape, cam = self.body_regressor(task[:, 6:], joints, task[:, 0], task[:, 1])
         face = self.face_regressor
-        return dict(feature_map=feature_map, body_joints=joints, theta0=theta0, shape=shape, cam=cam,
+        return dict(feature_map=feature_map, body_joints=joints, body_tokens=task[:, 6:], theta0=theta0, shape=shape, cam=cam,
                     expression=face.expr_out(task[:, 2]), jaw=face.jaw_pose_out(task[:, 3]),
                     boxes=self.box_net(feature_map, heatmaps, image.shape[-2:]))
 
@@ -872,7 +944,7 @@ class HandAdapter(nn.Module):
     CA' attends to the hand image tokens F^H (no body information, no F^B parameters).
     """
 
-    def __init__(self, head, body=True, scale=1.0):
+    def __init__(self, head, body=True, scale=1.0, joints=len(ARMS["left"])):
         super().__init__()
         layers = head.transformer.transformer.layers
         # NOTE(paper gap) 1: copies of the PreNorm modules, LayerNorm and output projection included
@@ -884,11 +956,11 @@ class HandAdapter(nn.Module):
         if body:
             context = layers[0][1].fn.to_kv.in_features
             self.body_embed = nn.Linear(6, context)  # F^B = theta_b W_B ("a linear layer", Sec. 3.3)
-            self.joint_embed = nn.Parameter(torch.zeros(1, len(ARMS["left"]), context))  # NOTE(paper gap) 2
+            self.joint_embed = nn.Parameter(torch.zeros(1, joints, context))  # NOTE(paper gap) 2
             nn.init.trunc_normal_(self.joint_embed, std=0.02)
 
     def forward(self, head, hand_tokens, theta_b=None):
-        """head: the frozen MANOHead; hand_tokens F^H (B, h w, C); theta_b (B, 8, 6) (zeros: no body
+        """head: the frozen MANOHead; hand_tokens F^H (B, h w, C); theta_b (B, J, 6) (zeros: no body
         labels, Sec. 3.3). -> pose (B, 16, 6), betas, cam through the frozen readouts."""
         context = self.body_embed(theta_b) + self.joint_embed if self.body else hand_tokens  # F^B or F^H
         z = head.transformer.start(len(hand_tokens))
@@ -909,10 +981,11 @@ class BodyAdapter(nn.Module):
     bilinear features at the 4 MCP joints of each hand (F^J, B x 8 x P), and transformer blocks on one
     empty query token (SA'', CA'' to F^J, FF); the regressor's last layer starts at zero."""
 
-    def __init__(self, cfg, width):
+    def __init__(self, cfg, width, task_tokens=0):
         super().__init__()
         self.proj = nn.Conv2d(width, cfg.body_proj, 1)  # NOTE(paper gap) 7: no BN (the paper: "a 1-by-1 convolution")
-        self.token_embed = nn.Parameter(torch.zeros(1, 2 * len(MCP), cfg.body_proj))  # NOTE(paper gap) 2
+        self.task_tokens = task_tokens  # > 0: Table 4 No.5, F^J replaced by the K body task tokens (no hand input)
+        self.token_embed = nn.Parameter(torch.zeros(1, task_tokens or 2 * len(MCP), cfg.body_proj))  # NOTE(paper gap) 2
         nn.init.trunc_normal_(self.token_embed, std=0.02)
         self.transformer = TransformerDecoder(cfg.body_dim, cfg.body_depth, cfg.body_heads, cfg.body_dim_head,
                                               cfg.body_mlp, cfg.body_proj)
@@ -921,13 +994,159 @@ class BodyAdapter(nn.Module):
         nn.init.zeros_(self.regressor[-1].weight)
         nn.init.zeros_(self.regressor[-1].bias)
 
-    def forward(self, theta0, rois, mcp):
-        """theta0 (B, 22, 6); rois (B, 2, C, R, R); mcp (B, 2, 4, 2) in RoI pixels. -> theta_hat (B, 22, 6)."""
+    def forward(self, theta0, rois, mcp, body_tokens=None, body_joints=None):
+        """theta0 (B, 22, 6); rois (B, 2, C, R, R); mcp (B, 2, 4, 2) in RoI pixels; body_tokens (B, K, C):
+        the whole-body model's body task tokens (read by the No.5 variant only). -> theta_hat (B, 22, 6)."""
         B = len(rois)
-        maps = self.proj(rois.flatten(0, 1))  # (2B, P, R, R)
-        tokens = sample_points(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1) + self.token_embed  # F^J
+        if self.task_tokens:  # the 1x1 convolution on each token
+            tokens = F.linear(body_tokens, self.proj.weight[:, :, 0, 0], self.proj.bias) + self.token_embed
+        else:
+            maps = self.proj(rois.flatten(0, 1))  # (2B, P, R, R)
+            tokens = sample_points(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1) + self.token_embed  # F^J
         z = self.transformer(tokens)  # Z'' -> SA'' -> CA''(., F^J) -> FF, depth times
         return theta0 + self.regressor(z[:, 0]).view(B, NUM_BODY, 6)  # Eq. (4)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7b. The ablations' other ways (Tables 3-6): what a row trains instead of an adapter
+#     (`AdapterConfig.hand_method`, `body_method`; the rows themselves are `ABLATIONS`, at the end)
+
+
+class FusedHead(nn.Module):
+    """The body pose feature merged into the hand image feature F^H before a fine-tuned copy of the
+    hand head ("It fine-tunes HaMeR's original decoder head and learns an extra body feature projection
+    layer", Table 3 No.4; Table 5's first two rows):
+    - "concat" (Hand4Whole [24]): F^B = Linear(theta_b) + E (as the adapter's), appended to F^H as more tokens;
+    - "weighted_sum" (PIXIE's moderator [8]): f^B = Linear(theta_b, all joints) is one token's worth; an MLP
+      on [mean of F^H, f^B] gives two confidences (softmax) and every image token becomes w_H F^H + w_B f^B.
+    NOTE(paper gap) 15: the moderator's input (the mean image token) and widths (C -> C -> 2, ReLU) are ours."""
+
+    def __init__(self, head, joints, how):
+        super().__init__()
+        self.head, self.how = copy.deepcopy(head).requires_grad_(True), how
+        context = head.transformer.transformer.layers[0][1].fn.to_kv.in_features
+        if how == "concat":
+            self.body_embed = nn.Linear(6, context)
+            self.joint_embed = nn.Parameter(torch.zeros(1, joints, context))
+            nn.init.trunc_normal_(self.joint_embed, std=0.02)
+        else:
+            self.body_embed = nn.Linear(joints * 6, context)
+            self.moderator = nn.Sequential(nn.Linear(2 * context, context), nn.ReLU(), nn.Linear(context, 2))
+
+    def forward(self, head, hand_tokens, theta_b):
+        """As `HandAdapter.forward` (the frozen `head` is not used: this row fine-tunes its own copy)."""
+        if self.how == "concat":
+            context = torch.cat([hand_tokens, self.body_embed(theta_b) + self.joint_embed], 1)
+        else:
+            body = self.body_embed(theta_b.flatten(1))  # (B, C)
+            w = self.moderator(torch.cat([hand_tokens.mean(1), body], -1)).softmax(-1)  # (B, 2) confidences
+            context = w[:, :1, None] * hand_tokens + w[:, 1:, None] * body[:, None]
+        return self.head(context)
+
+
+class TunedHand(nn.Module):
+    """Table 3 No.1-3, no body input: "head" fine-tunes a copy of the hand head (No.3), "full" a copy of
+    the whole hand expert (No.1), "scratch" trains a new hand expert (No.2). `expert`: the hand expert
+    whose backbone gives F^H for this row (None: the frozen one's)."""
+
+    def __init__(self, expert, cfg, how):
+        super().__init__()
+        if how == "head":
+            self.expert, self.head = None, copy.deepcopy(expert.mano_head).requires_grad_(True)
+        else:
+            self.expert = (HandExpert(cfg) if how == "scratch" else copy.deepcopy(expert)).requires_grad_(True)
+            self.head = self.expert.mano_head
+
+    def forward(self, head, hand_tokens, theta_b=None):
+        return self.head(hand_tokens)
+
+
+class FusedRegressor(nn.Module):
+    """Table 4 No.4, Table 6's first two rows: the MCP features F^J (the body adapter's 1x1 convolution
+    and sampling) merged into the input of a fine-tuned copy of SMPLer-X's body regressor (its body_conv
+    and pose readouts; theta_0's inputs: the body task tokens and the 3D body joints):
+    - "concat" (Hand4Whole [24]): F^J (flattened) appended to the regressor's input; the readouts' new
+      columns start at zero, so the copy starts at theta_0;
+    - "weighted_sum" (PIXIE's moderator [8]): f^J = Linear(F^J) of the input's size; an MLP on [input,
+      f^J] gives two confidences (softmax) and the readouts read w_0 input + w_J f^J.
+    NOTE(paper gap) 15: the paper names the two ways only; these readings (zero columns, the moderator's
+    widths input -> body_dim -> 2) are ours. Shape and camera stay the frozen model's."""
+
+    def __init__(self, cfg, regressor, width, how):
+        super().__init__()
+        self.how = how
+        self.proj = nn.Conv2d(width, cfg.body_proj, 1)
+        self.token_embed = nn.Parameter(torch.zeros(1, 2 * len(MCP), cfg.body_proj))
+        nn.init.trunc_normal_(self.token_embed, std=0.02)
+        self.body_conv = copy.deepcopy(regressor.body_conv).requires_grad_(True)
+        frozen = (regressor.root_pose_out[0], regressor.body_pose_out[0])
+        n_in, n_hand = frozen[0].in_features, 2 * len(MCP) * cfg.body_proj
+        if how == "concat":
+            self.root_pose_out, self.body_pose_out = (nn.Linear(n_in + n_hand, f.out_features) for f in frozen)
+            with torch.no_grad():
+                for new, old in zip((self.root_pose_out, self.body_pose_out), frozen):
+                    new.weight.zero_()
+                    new.weight[:, :n_in].copy_(old.weight)
+                    new.bias.copy_(old.bias)
+        else:
+            self.root_pose_out, self.body_pose_out = (copy.deepcopy(f).requires_grad_(True) for f in frozen)
+            self.hand_embed = nn.Linear(n_hand, n_in)
+            self.moderator = nn.Sequential(nn.Linear(2 * n_in, cfg.body_dim), nn.ReLU(), nn.Linear(cfg.body_dim, 2))
+
+    def forward(self, theta0, rois, mcp, body_tokens, body_joints):
+        """As `BodyAdapter.forward`, with the whole-body model's body tokens (B, K, C) and joints (B, K, 3)."""
+        B = len(rois)
+        maps = self.proj(rois.flatten(0, 1))
+        hand = (sample_points(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1) + self.token_embed).flatten(1)
+        x = torch.cat([self.body_conv(body_tokens), body_joints.detach()], -1).flatten(1)  # SMPLer-X's input
+        if self.how == "concat":
+            x = torch.cat([x, hand], -1)
+        else:
+            hand = self.hand_embed(hand)
+            w = self.moderator(torch.cat([x, hand], -1)).softmax(-1)
+            x = w[:, :1] * x + w[:, 1:] * hand
+        return torch.cat([self.root_pose_out(x), self.body_pose_out(x)], -1).view(B, NUM_BODY, 6)
+
+
+class TunedBody(nn.Module):
+    """Table 4 No.1-3: "head" fine-tunes a copy of SMPLer-X's neck and heads, its encoder frozen (No.3,
+    "31M"), "full" a copy of the whole model (No.1), "scratch" trains a new one (No.2), each with its own
+    training loss (`whole_body_loss`); the row's pipeline reads this model instead of the frozen one."""
+
+    def __init__(self, whole_body, cfg, how):
+        super().__init__()
+        self.whole_body = (WholeBody(cfg) if how == "scratch" else copy.deepcopy(whole_body)).requires_grad_(True)
+        if how == "head":
+            self.whole_body.encoder.requires_grad_(False)
+
+
+def hand_method(cfg, bases):
+    """The module `Adapted.hand_adapter` is for cfg.hand_method (None: "frozen", the pre-trained HaMeR)."""
+    head, how = bases.hand_expert.mano_head, cfg.hand_method
+    joints = NUM_BODY if how == "whole_body_pose" else len(ARMS["left"])
+    if how in ("adapter", "whole_body_pose", "image"):
+        return HandAdapter(head, body=how != "image", scale=cfg.adapter_scale, joints=joints)
+    if how in ("concat", "weighted_sum"):
+        return FusedHead(head, joints, how)
+    if how in ("head", "full", "scratch"):
+        return TunedHand(bases.hand_expert, bases.cfg, how)
+    if how == "frozen":
+        return None
+    raise ValueError(f"AdapterConfig.hand_method: unknown {how!r}")
+
+
+def body_method(cfg, bases):
+    """The module `Adapted.body_adapter` is for cfg.body_method (None: "frozen", the pre-trained SMPLer-X)."""
+    how, width = cfg.body_method, bases.cfg.body_width
+    if how in ("adapter", "task_tokens"):
+        return BodyAdapter(cfg, width, task_tokens=bases.cfg.body_keypoints if how == "task_tokens" else 0)
+    if how in ("concat", "weighted_sum"):
+        return FusedRegressor(cfg, bases.whole_body.body_regressor, width, how)
+    if how in ("head", "full", "scratch"):
+        return TunedBody(bases.whole_body, bases.cfg, how)
+    if how == "frozen":
+        return None
+    raise ValueError(f"AdapterConfig.body_method: unknown {how!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1009,11 +1228,11 @@ def mano_mesh(R, betas):
 
 
 def body_joints(R, betas):
-    """SMPL-X's 22 body joints (B, 22, 3) of body rotations R (B, 22, 3, 3) by forward kinematics
-    (what its LBS gives them, without skinning 10475 vertices); betas (B, 10)."""
-    m = body_models().smplx
+    """SMPL-X's first J joints (B, J, 3) of rotations R (B, J, 3, 3) (J = 22: the body) by forward
+    kinematics (what its LBS gives them, without skinning 10475 vertices); betas (B, 10)."""
+    m, J = body_models().smplx, R.shape[1]
     rest = m.J_template + (betas @ m.J_shapedirs[:, :10].T.to(betas)).view(len(betas), -1, 3)
-    return forward_kinematics(R, rest[:, :NUM_BODY], m.parents[:NUM_BODY])[0]
+    return forward_kinematics(R, rest[:, :J], m.parents[:J])[0]
 
 
 def hand_targets(batch, boxes):
@@ -1062,23 +1281,73 @@ def hand_loss(out, target, cfg):
     return sum(w * t for w, t in zip(weights, terms.values())), terms
 
 
-def body_pose_loss(theta, shape, cam, batch, cfg):
+HAND_FINGER_JOINTS = tuple(range(25, 55))  # SMPL-X's 15 finger joints of each hand
+
+
+def body_pose_loss(theta, shape, cam, batch, cfg, hands=False):
     """Eqs. (7, 8) on a body pose theta (B, 22, 6) with frozen shape and camera: lambda_theta L1 on
     rotation matrices, lambda_3D L1 on pelvis-relative joints, lambda_2D L_proj on projected joints
-    (normalised by the image height). L_img and L_beta: no gradient here (NOTE(paper gap) 10)."""
+    (normalised by the image height). L_img and L_beta: no gradient here (NOTE(paper gap) 10).
+    Joints: the 22 body joints, and with `hands` the 30 finger joints too, posed with the true jaw, eyes and
+    fingers (`AdapterConfig.body_loss_hands`)."""
     R, R_gt = rot6d_to_matrix(theta), axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
-    joints, gt = body_joints(R, shape), batch["joints3d"][:, :NUM_BODY]
+    ids = list(range(NUM_BODY)) + (list(HAND_FINGER_JOINTS) if hands else [])
+    if hands:
+        R = torch.cat([R, axis_angle_to_matrix(batch["smplx_pose"][:, NUM_BODY:].to(R))], 1)
+    joints, gt = body_joints(R, shape)[:, ids], batch["joints3d"][:, ids]
     uv = bodymodels.project_to_crop(joints, smplerx_translation(cam))
-    terms = dict(body_pose=(R - R_gt).abs().mean(), body_3d=(joints - joints[:, :1] - gt + gt[:, :1]).abs().mean(),
-                 body_2d=(uv - image_normalised(batch)).abs().mean())
+    terms = dict(body_pose=(R[:, :NUM_BODY] - R_gt).abs().mean(), body_3d=(joints - joints[:, :1] - gt + gt[:, :1]).abs().mean(),
+                 body_2d=(uv - image_normalised(batch, ids)).abs().mean())
     return cfg.w_body_pose * terms["body_pose"] + cfg.w_body_3d * terms["body_3d"] + cfg.w_body_2d * terms["body_2d"], terms
 
 
-def image_normalised(batch):
-    """The 22 body joints' pixels -> (u - W/2, v - H/2) / H: what a weak-perspective camera of the
-    image's focal length (5000 for a 256 high image) projects to."""
+def image_normalised(batch, ids=tuple(range(NUM_BODY))):
+    """The joints' (ids, default the 22 body joints) pixels -> (u - W/2, v - H/2) / H: what a
+    weak-perspective camera of the image's focal length (5000 for a 256 high image) projects to."""
     H, W = batch["image"].shape[-2:]
-    return (batch["joints2d"][:, :NUM_BODY] - batch["joints2d"].new_tensor([W / 2, H / 2])) / H
+    return (batch["joints2d"][:, list(ids)] - batch["joints2d"].new_tensor([W / 2, H / 2])) / H
+
+
+SMPLERX_TERMS = ("joints_img", "boxes", "shape", "face", "hand_joints_img")  # SMPLer-X's terms besides Eq. 7's
+
+
+def hand_expert_loss(expert, bcfg, batch, weights):
+    """HaMeR's training loss of a hand expert on the crops at the true boxes: Eq. 5's terms with the
+    weights (an AdapterConfig) -> (loss, terms)."""
+    raw = gt_boxes(batch)
+    tokens = expert.features(hand_crops(bcfg, batch["image"], raw))
+    return hand_loss(expert.mano_head(tokens), hand_targets(batch, crop_boxes(bcfg, raw)), weights)
+
+
+def whole_body_loss(whole_body, bcfg, batch, weights, hands=False):
+    """SMPLer-X's training loss of a whole-body model (its L1 terms): Eq. 7's (`body_pose_loss`, with the
+    weights, an AdapterConfig) -> (that loss, terms), the terms holding SMPLERX_TERMS too, each weight 1."""
+    image = batch["image"]
+    boxes = scale_boxes(gt_boxes(batch), bcfg.hand_box_scale)  # the RoI boxes
+    out = whole_body(image)
+    body, terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, weights, hands)
+    H, W = image.shape[-2:]
+    (h, w), D = whole_body.encoder.grid, bcfg.body_hm_depth
+    # L_img: the position net's body joints (heatmap pixels and depth bins, SMPLer-X's joint_img)
+    xy = batch["joints2d"][:, :NUM_BODY] * batch["joints2d"].new_tensor([w / W, h / H])
+    z = batch["joints3d"][:, :NUM_BODY, 2] - batch["joints3d"][:, :1, 2]  # pelvis-relative depth, +-1 m
+    joints_img = (out["body_joints"][:, :NUM_BODY] - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
+    # the hand boxes' centres and sizes (w, h) in body-map units
+    unit = out["boxes"].new_tensor([w / W, h / H]).repeat(2)
+    centre_size = lambda b: torch.cat([b[..., :2] + b[..., 2:], 2 * (b[..., 2:] - b[..., :2])], -1) * unit / 2  # noqa: E731
+    terms.update(joints_img=joints_img, boxes=(centre_size(out["boxes"]) - centre_size(gt_boxes(batch))).abs().mean(),
+                 shape=(out["shape"] - batch["smplx_shape"]).abs().mean(),
+                 face=(out["expression"] - batch["smplx_expression"]).abs().mean() +
+                 (rot6d_to_matrix(out["jaw"]) - axis_angle_to_matrix(batch["smplx_pose"][:, 22])).abs().mean())
+    # the hand position net's 20 joints in the RoI frame (x, y; depth bins of +-0.15 m)
+    _, hand_joints = whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
+    R, D = bcfg.hand_roi, bcfg.hand_hm_depth
+    kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)[:, list(HAND_JOINTS)]
+    xy = to_roi(kp, boxes.flatten(0, 1), R, flip_pattern(len(boxes), boxes.device))
+    j3 = torch.stack([batch[f"{s}_hand_joints3d"] for s in SIDES], 1).flatten(0, 1)
+    z = (j3[:, list(HAND_JOINTS), 2] - j3[:, :1, 2]) / 0.15
+    terms["hand_joints_img"] = (hand_joints.flatten(0, 1) - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
+    return body, terms
 
 
 class Bases(nn.Module):
@@ -1091,70 +1360,51 @@ class Bases(nn.Module):
         self.hand_expert, self.whole_body = HandExpert(cfg), WholeBody(cfg)
 
     def forward(self, batch):
-        """The training loss of both bases: (loss, terms)."""
-        cfg, image = self.cfg, batch["image"]
-        raw = gt_boxes(batch)
-        boxes = scale_boxes(raw, cfg.hand_box_scale)  # the RoI boxes
-        weights = CONFIGS[cfg.losses]
-        # hand expert on ground-truth crops: HaMeR's losses are Eq. 5's terms with HaMeR's weights
-        tokens = hand_tokens(self, image, raw)
-        target = hand_targets(batch, crop_boxes(cfg, raw))
-        hand, hand_terms = hand_loss(self.hand_expert.mano_head(tokens), target, weights)
-        # whole-body model (SMPLer-X's L1 terms)
-        out = self.whole_body(image)
-        body, body_terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, weights)
-        terms = dict(hand_terms, **body_terms, joints_img=self._joint_img_loss(out, batch),
-                     boxes=self._box_loss(out["boxes"], batch),
-                     shape=(out["shape"] - batch["smplx_shape"]).abs().mean(),
-                     face=(out["expression"] - batch["smplx_expression"]).abs().mean() +
-                     (rot6d_to_matrix(out["jaw"]) - axis_angle_to_matrix(batch["smplx_pose"][:, 22])).abs().mean())
-        rois, hand_joints = self.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
-        terms["hand_joints_img"] = self._hand_joint_loss(hand_joints, batch, boxes)
-        return hand + body + sum(terms[k] for k in ("joints_img", "boxes", "shape", "face", "hand_joints_img")), terms
-
-    def _joint_img_loss(self, out, batch):
-        """L1 of the position net's body joints (heatmap pixels and depth bins, SMPLer-X's L_img)."""
-        H, W = batch["image"].shape[-2:]
-        (h, w), D = self.whole_body.encoder.grid, self.cfg.body_hm_depth
-        xy = batch["joints2d"][:, :NUM_BODY] * batch["joints2d"].new_tensor([w / W, h / H])  # SMPLer-X's joint_img
-        z = batch["joints3d"][:, :NUM_BODY, 2] - batch["joints3d"][:, :1, 2]  # pelvis-relative depth, +-1 m
-        target = torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)
-        return (out["body_joints"][:, :NUM_BODY] - target).abs().mean()
-
-    def _box_loss(self, boxes, batch):
-        """SMPLer-X's L1 on the hand boxes' centres and sizes (w, h) in body-map units."""
-        H, W = batch["image"].shape[-2:]
-        (h, w) = self.whole_body.encoder.grid
-        unit = boxes.new_tensor([w / W, h / H]).repeat(2)
-        gt = torch.stack([batch[f"{s}_hand_box"] for s in SIDES], 1)
-        centre_size = lambda b: torch.cat([b[..., :2] + b[..., 2:], 2 * (b[..., 2:] - b[..., :2])], -1) * unit / 2
-        return (centre_size(boxes) - centre_size(gt)).abs().mean()
-
-    def _hand_joint_loss(self, hand_joints, batch, boxes):
-        """L1 of the hand position net's 20 joints in the RoI frame (x, y; depth bins of +-0.15 m)."""
-        R, D = self.cfg.hand_roi, self.cfg.hand_hm_depth
-        flip = flip_pattern(len(boxes), boxes.device)
-        kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)[:, list(HAND_JOINTS)]
-        xy = to_roi(kp, boxes.flatten(0, 1), R, flip)
-        j3 = torch.stack([batch[f"{s}_hand_joints3d"] for s in SIDES], 1).flatten(0, 1)
-        z = (j3[:, list(HAND_JOINTS), 2] - j3[:, :1, 2]) / 0.15
-        target = torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)
-        return (hand_joints.flatten(0, 1) - target).abs().mean()
+        """The training loss of both bases: (loss, terms). HaMeR's and SMPLer-X's losses are Eqs. 5 and 7's
+        terms with the weights of the CONFIGS preset `cfg.losses`."""
+        weights = CONFIGS[self.cfg.losses]
+        hand, hand_terms = hand_expert_loss(self.hand_expert, self.cfg, batch, weights)
+        body, terms = whole_body_loss(self.whole_body, self.cfg, batch, weights)
+        return hand + body + sum(terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
 
 
 class Adapted(nn.Module):
     """The frozen bases (in eval mode whatever train() says) with the hand adapter, the Table 3 No.5
     control (an adapter whose CA' attends to the hand image) and the body adapter. The three share no
-    parameter, so training them together is training them separately (Sec. 3.5)."""
+    parameter, so training them together is training them separately (Sec. 3.5). An ablation row's
+    `hand_method` / `body_method` puts another way in the hand or body adapter's place (section 7b)."""
 
     def __init__(self, cfg, bases):
         super().__init__()
         self.cfg, self.bases = cfg, bases.requires_grad_(False).eval()
-        head = bases.hand_expert.mano_head
-        self.hand_adapter = HandAdapter(head, body=True, scale=cfg.adapter_scale)
-        self.no_body_adapter = HandAdapter(head, body=False, scale=cfg.adapter_scale)
-        self.body_adapter = BodyAdapter(cfg, bases.cfg.body_width)
+        self.hand_adapter = hand_method(cfg, bases)
+        self.no_body_adapter = HandAdapter(bases.hand_expert.mano_head, body=False, scale=cfg.adapter_scale)
+        self.body_adapter = body_method(cfg, bases)
         self.frozen_cache = {} if cfg.cache_frozen else None  # sample index -> `frozen_inputs` row
+
+    @property
+    def hand_expert(self):
+        """The hand expert whose backbone gives the hand path's F^H: the frozen one, or a row's own (No.1, 2)."""
+        own = getattr(self.hand_adapter, "expert", None)
+        return self.bases.hand_expert if own is None else own
+
+    @property
+    def whole_body(self):
+        """The whole-body model of the adapted pipeline: the frozen one, or a row's own (Table 4 No.1-3)."""
+        own = getattr(self.body_adapter, "whole_body", None)
+        return self.bases.whole_body if own is None else own
+
+    def refine(self, out, rois, mcp):
+        """theta_hat (B, 22, 6) from a whole-body output `out`, its hand feature maps rois (B, 2, C, R, R)
+        and MCP joints mcp (B, 2, 4, 2) in their frame: Eq. 4 (or a row's other way); theta_0 itself
+        where the row trains no body refinement ("frozen", or its own whole-body model)."""
+        if self.body_adapter is None or isinstance(self.body_adapter, TunedBody):
+            return out["theta0"]
+        return self.body_adapter(out["theta0"], rois, mcp, out["body_tokens"], out["body_joints"])
+
+    def chains(self, body_R):
+        """The hand path's theta_b (B, 2, J, 6) of body rotations (B, 22, 3, 3), as cfg asks."""
+        return arm_chains(body_R, self.cfg.chain, whole_body=self.cfg.hand_method == "whole_body_pose")
 
     def train(self, mode=True):
         super().train(mode)
@@ -1187,7 +1437,8 @@ class Adapted(nn.Module):
         pred_boxes = scale_boxes(out["boxes"], bcfg.hand_box_scale)
         rois = self.bases.whole_body.hand_roi_net(out["feature_map"], pred_boxes, image.shape[-2:])
         return dict(tokens=tokens.reshape(len(image), 2, *tokens.shape[1:]), theta0=out["theta0"],
-                    shape=out["shape"], cam=out["cam"], pred_boxes=pred_boxes, rois=rois)
+                    shape=out["shape"], cam=out["cam"], pred_boxes=pred_boxes, rois=rois,
+                    body_tokens=out["body_tokens"], body_joints=out["body_joints"])
 
     def forward(self, batch):
         """The adapters' training losses: (loss, terms)."""
@@ -1198,17 +1449,25 @@ class Adapted(nn.Module):
         boxes = crop_boxes(bcfg, gt_boxes(batch))
         flip = flip_pattern(B, image.device)
         tokens = front["tokens"].flatten(0, 1)
-        R_gt = axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
-        chain = arm_chains(R_gt, cfg.chain).flatten(0, 1)  # (2B, 8, 6)
-        keep = (torch.rand(2 * B, 1, 1, device=image.device) >= cfg.hand_only_prob).to(chain)
         head, target = self.bases.hand_expert.mano_head, hand_targets(batch, boxes)
-        hand, terms = hand_loss(self.hand_adapter(head, tokens, chain * keep), target, cfg)
+        hand, terms = torch.zeros((), device=image.device), {}
+        if self.hand_adapter is not None:
+            own = self.hand_expert is not self.bases.hand_expert  # Table 3 No.1, 2: its backbone trains too
+            chain = self.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])).flatten(0, 1)  # (2B, J, 6)
+            keep = (torch.rand(2 * B, 1, 1, device=image.device) >= cfg.hand_only_prob).to(chain)
+            x = self.hand_expert.features(hand_crops(bcfg, image, gt_boxes(batch))) if own else tokens
+            hand, terms = hand_loss(self.hand_adapter(head, x, chain * keep), target, cfg)
         control, control_terms = hand_loss(self.no_body_adapter(head, tokens), target, cfg)
         # body path (Sec. 3.5.2): features sampled at the true MCP joints in the predicted boxes' RoI frame
-        kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)[:, [HAND_JOINTS[i] for i in MCP]]
-        mcp = to_roi(kp, front["pred_boxes"].flatten(0, 1), bcfg.hand_roi, flip).view(B, 2, len(MCP), 2)
-        theta_hat = self.body_adapter(front["theta0"], front["rois"], mcp)
-        body, body_terms = body_pose_loss(theta_hat, front["shape"], front["cam"], batch, cfg)
+        body, body_terms = torch.zeros((), device=image.device), {}
+        if isinstance(self.body_adapter, TunedBody):  # Table 4 No.1-3: the whole-body model's own loss
+            body, body_terms = whole_body_loss(self.whole_body, bcfg, batch, cfg, cfg.body_loss_hands)
+            body = body + sum(body_terms[k] for k in SMPLERX_TERMS)
+        elif self.body_adapter is not None:
+            kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)[:, [HAND_JOINTS[i] for i in MCP]]
+            mcp = to_roi(kp, front["pred_boxes"].flatten(0, 1), bcfg.hand_roi, flip).view(B, 2, len(MCP), 2)
+            theta_hat = self.refine(front, front["rois"], mcp)
+            body, body_terms = body_pose_loss(theta_hat, front["shape"], front["cam"], batch, cfg, cfg.body_loss_hands)
         terms = dict(terms, no_body=control, **body_terms)
         return hand + control + body, terms
 
@@ -1303,8 +1562,9 @@ def training_loss(model, batch, cfg):
 
 def param_groups(model, cfg):
     """train.py's optimiser groups: the hand adapter and its control at lr, the body adapter at body_lr."""
-    hand = [*model.hand_adapter.parameters(), *model.no_body_adapter.parameters()]
-    return [(1.0, hand), (cfg.body_lr / cfg.lr, model.body_adapter.parameters())]
+    trainable = lambda m: [p for p in (m.parameters() if m is not None else ()) if p.requires_grad]  # noqa: E731
+    hand = [*trainable(model.hand_adapter), *trainable(model.no_body_adapter)]
+    return [(1.0, hand), (cfg.body_lr / cfg.lr, trainable(model.body_adapter))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1373,12 +1633,15 @@ def pipeline(model, image, adapted=True, front=None, hand_boxes=None, details=Fa
     verts, joints, boxes, R (B, 55, 3, 3), shape (B, 10), expression (B, 10), t (B, 3), hand_boxes
     (B, 2, 4) before scaling."""
     bases = model.bases
+    if adapted and (model.whole_body is not bases.whole_body or model.hand_expert is not bases.hand_expert):
+        # an ablation row's own fine-tuned models (Tables 3, 4 No.1-3) see the image themselves
+        bases, front = types.SimpleNamespace(cfg=bases.cfg, whole_body=model.whole_body, hand_expert=model.hand_expert), None
     out, boxes, tokens = front or frozen_front(bases, image, hand_boxes)
     theta, chain, adapter = out["theta0"], None, None
     if adapted:
         rois, hand_joints = bases.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
-        theta = model.body_adapter(out["theta0"], rois, hand_joints[:, :, list(MCP), :2])
-        chain = arm_chains(rot6d_to_matrix(theta), model.cfg.chain)
+        theta = model.refine(out, rois, hand_joints[:, :, list(MCP), :2])
+        chain = model.chains(rot6d_to_matrix(theta))
         adapter = model.hand_adapter
     hand_R, _ = hand_path(bases, adapter, tokens, chain)
     R = assemble(rot6d_to_matrix(theta), hand_R, out)
@@ -1402,12 +1665,14 @@ def predict(model, batch, cfg):
     boxes = gt_boxes(batch)
     heads = {"expert": (None, None)}
     if adapted:
-        R_gt = axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
-        chain = arm_chains(R_gt, model.cfg.chain)
+        chain = model.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY]))
         heads.update(no_body=(model.no_body_adapter, None), adapter=(model.hand_adapter, chain))
     out, tokens = {}, hand_tokens(bases, image, boxes)  # the backbone runs once for the three heads
     for name, (adapter, chain) in heads.items():
-        R, betas = hand_path(bases, adapter, tokens, chain)
+        x = tokens
+        if name == "adapter" and model.hand_expert is not bases.hand_expert:  # Table 3 No.1, 2: its own backbone
+            x = model.hand_expert.features(hand_crops(bases.cfg, image, boxes))
+        R, betas = hand_path(bases, adapter, x, chain)
         verts, joints = mano_mesh(R.flatten(0, 1), betas.flatten(0, 1))
         out[f"hand_{name}_verts"], out[f"hand_{name}_joints"] = verts.unflatten(0, (-1, 2)), joints.unflatten(0, (-1, 2))
     front = frozen_front(bases, image)  # the same for both pipelines

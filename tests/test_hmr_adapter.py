@@ -3,6 +3,7 @@ geometry of crops, RoI-align, arm chains and IK, parameter counts at the paper's
 evaluation protocol, and a one-batch overfit per adapter."""
 import copy
 import dataclasses
+import typing
 
 import numpy as np
 import pytest
@@ -300,6 +301,117 @@ def test_parameter_counts_at_paper_size():
     # 6 x (SA + CA) copies with their LayerNorms and output projections + Linear(6 -> 1280) + 8 x 1280
     assert count(hand_adapter) == 6 * (2_100_224 + 2_362_368) + 8_960 + 10_240  # about 27M (Sec. 4.1)
     assert 35e6 < count(body_adapter) < 38e6  # about 37M (Sec. 4.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the ablations' other ways (Tables 3-6, section 7b)
+
+
+HAND_METHODS = typing.get_args(ha.AdapterConfig.__annotations__["hand_method"])
+BODY_METHODS = typing.get_args(ha.AdapterConfig.__annotations__["body_method"])
+
+
+@pytest.mark.parametrize("field, method", [("hand_method", m) for m in HAND_METHODS] +
+                         [("body_method", m) for m in BODY_METHODS])
+def test_every_ablation_method_trains_what_it_says_and_predicts(bases, batch, field, method):
+    cfg = dataclasses.replace(ha.TINY, **{field: method})
+    torch.manual_seed(0)
+    model = ha.Adapted(cfg, bases).train()
+    groups = train.param_groups(ha, model, cfg)  # every trainable parameter in one group
+    loss, _ = model(batch)
+    loss.backward()
+    behind_zero = "body_adapter.regressor.0"  # the Eq. 4 adapter's layer before its zero one: no gradient at step 0
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and behind_zero not in n)
+    assert all(p.grad is None for p in model.bases.parameters())
+    own_hand = method in ("full", "scratch") and field == "hand_method"
+    own_body = method in ("head", "full", "scratch") and field == "body_method"
+    assert (model.hand_expert is not bases.hand_expert) == own_hand
+    assert (model.whole_body is not bases.whole_body) == own_body
+    if field == "body_method" and method == "head":  # No.3: the encoder stays as it is
+        assert not any(p.requires_grad for p in model.whole_body.encoder.parameters())
+    assert (len(groups[1][1]) == 0) == (field == "body_method" and method == "frozen")
+    model.eval()
+    pred = ha.predict(model, batch, cfg)
+    got = ha.evaluation_metrics(pred, batch)
+    assert all(np.isfinite(v) for v in got.values())
+    if method == "frozen" and field == "hand_method":  # the pre-trained HaMeR row: the expert's own hands
+        assert torch.equal(pred["hand_adapter_verts"], pred["hand_expert_verts"])
+
+
+def test_methods_trainable_parameters_at_paper_size_are_tables_3_and_4s():
+    """Table 3's and 4's "Trainable Params." column, counted on the meta device."""
+    def trainable(**method):
+        with torch.device("meta"):
+            model = ha.Adapted(dataclasses.replace(ha.PAPER, **method), ha.Bases(ha.BASES_PAPER))
+        groups = ha.param_groups(model, model.cfg)
+        control = sum(p.numel() for p in model.no_body_adapter.parameters())
+        return (sum(p.numel() for p in groups[0][1]) - control) / 1e6, sum(p.numel() for p in groups[1][1]) / 1e6
+    assert 670 < trainable(hand_method="full")[0] < 671  # No.1, No.2: 671M
+    assert trainable(hand_method="scratch")[0] == trainable(hand_method="full")[0]
+    assert 39 < trainable(hand_method="head")[0] < 40  # No.3: 39M
+    assert 39 < trainable(hand_method="concat")[0] < 40  # No.4: 39M (the head and a Linear(6 -> 1280))
+    assert 26 < trainable(hand_method="image")[0] < 28 and 26 < trainable()[0] < 28  # No.5, No.6: 27M
+    assert 660 < trainable(body_method="full")[1] < 663  # No.1, No.2: 662M (ours: SMPLer-X less its hand regressor, face box)
+    assert 29 < trainable(body_method="head")[1] < 31  # No.3: 31M (the same 1.65M less)
+    assert 35 < trainable(body_method="task_tokens")[1] < 38 and 35 < trainable()[1] < 38  # No.5, No.6: 37M
+
+
+def test_whole_body_pose_holds_each_arm_chain_where_the_right_arm_is():
+    R = random_rotations(22, 3)[None]
+    for chain in ("local", "global"):
+        whole, arm = ha.arm_chains(R, chain, whole_body=True), ha.arm_chains(R, chain)
+        assert whole.shape == (1, 2, 22, 6)
+        # the left hand sees the mirrored body with left and right swapped: its own arm where the right arm is
+        torch.testing.assert_close(whole[:, :, list(ha.ARMS["right"])], arm)
+
+
+def test_fine_tuned_copies_and_concatenation_start_at_the_frozen_models(bases, batch):
+    head, tokens, chain = bases.hand_expert.mano_head, torch.randn(3, 48, 64), torch.randn(3, 8, 6)
+    for how in ("head", "full"):
+        for got, want in zip(ha.TunedHand(bases.hand_expert, bases.cfg, how)(head, tokens), head(tokens)):
+            assert torch.equal(got, want)
+    out = bases.whole_body(batch["image"])
+    rois, joints = bases.whole_body.hands(out["feature_map"], out["boxes"], batch["image"].shape[-2:])
+    regressor = copy.deepcopy(bases.whole_body.body_regressor)  # readouts that read their input (the stand-ins' start at 0)
+    for layer in (regressor.root_pose_out[0], regressor.body_pose_out[0]):
+        torch.nn.init.normal_(layer.weight, std=0.01)
+    token = out["body_tokens"][:, 0]  # shape and camera tokens: not read by theta_0
+    theta0 = regressor(out["body_tokens"], out["body_joints"], token, token)[0]
+    inputs = (theta0, rois, joints[:, :, list(ha.MCP), :2], out["body_tokens"], out["body_joints"])
+    torch.testing.assert_close(ha.FusedRegressor(ha.TINY, regressor, 64, "concat")(*inputs), theta0)  # MCP columns at 0
+    assert not torch.allclose(ha.FusedRegressor(ha.TINY, regressor, 64, "weighted_sum")(*inputs), theta0)
+    for how in ("concat", "weighted_sum"):  # the body feature reaches the head
+        fused = ha.FusedHead(head, 8, how)
+        assert not torch.allclose(fused(head, tokens, chain)[0], fused(head, tokens, chain.flip(1))[0])
+
+
+def test_body_loss_over_the_hands_sees_the_wrists_rotation(batch):
+    """Eq. 7 over the 22 body joints cannot see a wrist's rotation (no body joint hangs below a wrist); with
+    body_loss_hands the finger joints, posed with the true fingers, move with it. The truth scores 0 either way."""
+    R = axis_angle_to_matrix(batch["smplx_pose"][:, :22])
+    theta = bodymodels.matrix_to_rot6d(R)
+    shape, cam = batch["smplx_shape"], torch.zeros(len(R), 3)
+    turned = R.clone()
+    turned[:, 21] = turned[:, 21] @ axis_angle_to_matrix(torch.tensor([0.0, 0.0, 0.8]))
+    for hands in (False, True):
+        _, truth = ha.body_pose_loss(theta, shape, cam, batch, ha.TINY, hands)
+        _, wrist = ha.body_pose_loss(bodymodels.matrix_to_rot6d(turned), shape, cam, batch, ha.TINY, hands)
+        assert truth["body_3d"] < 1e-5  # forward kinematics gives the data's joints (float32)
+        assert (wrist["body_3d"] > 1e-3) == hands and (abs(wrist["body_2d"] - truth["body_2d"]) > 1e-4) == hands
+
+
+def test_ablation_rows_name_fields_and_metrics_that_exist(bases, batch):
+    names = {f.name for f in dataclasses.fields(ha.AdapterConfig)}
+    columns = set()
+    for table in ha.ABLATIONS.values():
+        assert table["chosen"] in [label for label, _, _ in table["rows"]]
+        for label, overrides, paper in table["rows"]:
+            assert set(overrides) <= names and len(paper) == len(table["columns"]), label
+            cfg = train.apply_overrides(ha.TINY, [f"{k}={v}" for k, v in overrides.items()])  # --set round trip
+            assert all(getattr(cfg, k) == v for k, v in overrides.items())
+        columns |= {c for c, _ in table["columns"]}
+    model = ha.Adapted(ha.TINY, bases).eval()
+    assert columns <= set(ha.evaluation_metrics(ha.predict(model, batch, ha.TINY), batch))
 
 
 # ---------------------------------------------------------------------------------------------
