@@ -257,7 +257,7 @@ def build_dataset(name, cfg, split, num_samples, args, ranks):
     # reading the same data function with the same fields share it
     fields = {f: getattr(cfg, f) for f in stage.data_fields}
     version = hashlib.sha1((inspect.getsource(data) + repr(fields)).encode()).hexdigest()[:8]
-    cache = os.path.join(args.out, "cache", f"{stage.data.__name__}-{split}-n{num_samples}-seed{args.seed}-{version}.pt")
+    cache = os.path.join(getattr(args, "cache", None) or os.path.join(args.out, "cache"), f"{stage.data.__name__}-{split}-n{num_samples}-seed{args.seed}-{version}.pt")
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     if ranks.master and not os.path.exists(cache):
         print(f"rendering {num_samples} {split} samples into {cache} ({ranks.world_size} rank(s))")
@@ -356,6 +356,12 @@ def seed_everything(seed):
     random.seed(seed)
 
 
+def stage_dir(name, args):
+    """OUT/<name>: where stage `name` keeps its checkpoint and reports. An ablation row trains in its own
+    folder and reads the stages it reuses from OUT (args.reused: {stage: the folder holding it})."""
+    return os.path.join(getattr(args, "reused", {}).get(name, args.out), name)
+
+
 def load_checkpoint(path, name, why="--resume"):
     """The checkpoint dict at `path`, after checking it was written by train.py for stage `name`."""
     try:
@@ -397,7 +403,7 @@ def check_same_data(ckpt, args, num_train):
 def trained_model(name, args, device):
     """The final model of stage `name`, rebuilt from OUT/<name>/ckpt.pt (its own parents first), frozen."""
     stage = MODELS[name]
-    path = os.path.join(args.out, name, "ckpt.pt")
+    path = os.path.join(stage_dir(name, args), "ckpt.pt")
     ckpt = load_checkpoint(path, name, why=f"stage {name}")
     parent = trained_model(stage.starts_from, args, device) if stage.starts_from else None
     cfg = type(stage.paper.CONFIGS[ckpt["config_name"]])(**ckpt["config"])
@@ -430,7 +436,7 @@ def predict(paper, model, cfg, dataset, indices, batch_size, device, workers):
 
 def evaluate(stage, model, cfg, eval_set, baseline, args, ranks):
     """Metrics over the WHOLE held-out set (rank r predicts samples r, r + W, ...), and the same
-    metrics for the constant baseline. Returns (metrics, pred, gt) on rank 0, (None,) * 3 elsewhere."""
+    metrics for the constant baseline (unless `baseline` is None). Returns (metrics, pred, gt) on rank 0, (None,) * 3 elsewhere."""
     n, W = len(eval_set), ranks.world_size
     pred, gt = predict(stage.paper, model, cfg, eval_set, range(ranks.rank, n, W), max(1, cfg.batch_size // W),
                        ranks.device, args.workers)
@@ -439,16 +445,17 @@ def evaluate(stage, model, cfg, eval_set, baseline, args, ranks):
     if not ranks.master:
         return None, None, None
     result = dict(stage.metrics(pred, gt))
-    result.update({f"baseline_{k}": v for k, v in stage.metrics(baseline(gt), gt).items()})
+    if baseline is not None:
+        result.update({f"baseline_{k}": v for k, v in stage.metrics(baseline(gt), gt).items()})
     return {k: float(v) for k, v in result.items()}, pred, gt
 
 
 def format_metrics(result):
     """The evaluation metrics (not the report-only table_* rows: metrics.json has them), then the
-    baseline's headline metric. Names with "/" (a paper's nested tables) print one line per group
+    baseline's headline metric when there is one. Names with "/" (a paper's nested tables) print one line per group
     of their first two parts."""
     first = next(iter(result))
-    key = "baseline_" + first if "baseline_" + first in result else next(k for k in result if k.startswith("baseline_"))
+    key = "baseline_" + first if "baseline_" + first in result else next((k for k in result if k.startswith("baseline_")), None)
     flat, groups = [], {}
     for k, v in result.items():
         if k.startswith(("baseline_", "table_")):
@@ -458,7 +465,7 @@ def format_metrics(result):
             flat.append(f"{k} {v:.2f}")
         else:
             groups.setdefault("/".join(parts[:2]), []).append(f"{parts[2]} {v:.2f}")
-    lines = [" | ".join(flat + [f"baseline {key[len('baseline_'):]} {result[key]:.2f}"])]
+    lines = [" | ".join(flat + ([f"baseline {key[len('baseline_'):]} {result[key]:.2f}"] if key else []))]
     return "\n  ".join(lines + [f"{g}: " + " | ".join(items) for g, items in groups.items()])
 
 
@@ -600,7 +607,7 @@ def parent_metrics(stage, args):
     """The metrics in OUT/<parent>/metrics.json of the stage `stage` starts from ({} for none)."""
     if stage.starts_from is None:
         return {}
-    path = os.path.join(args.out, stage.starts_from, "metrics.json")
+    path = os.path.join(stage_dir(stage.starts_from, args), "metrics.json")
     if not os.path.exists(path):  # a parent checkpoint copied in without its report
         return {}
     with open(path) as f:
@@ -646,14 +653,14 @@ def build_job(name, config_name, cfg, parent, sizes, args, ranks):
     baseline = stage.baseline(data.labels(train_set)) if ranks.master else None
     ranks.print0(f"data: {len(train_set)} training / {len(eval_set)} held-out samples ({args.data}), {time.time() - t0:.1f}s")
     return Job(name, stage, cfg, model, model, parent, optimizer, list(scales), train_set, eval_set, baseline,
-               os.path.join(args.out, name), config_name)
+               stage_dir(name, args), config_name)
 
 
 def run_stage(name, config_name, overrides, resume, sizes, args, ranks):
     """Train stage `name` (its parent stages must be finished) and report it. sizes: (training, held-out)
     synthetic samples, None for the stage's defaults."""
     t_start, stage = time.time(), MODELS[name]
-    path = os.path.join(args.out, name, "ckpt.pt")
+    path = os.path.join(stage_dir(name, args), "ckpt.pt")
     ckpt = load_checkpoint(path, name) if resume else None
     cfg = stage.paper.CONFIGS[config_name]
     if ckpt is not None:
@@ -661,7 +668,7 @@ def run_stage(name, config_name, overrides, resume, sizes, args, ranks):
     cfg = apply_overrides(cfg, overrides)
     if cfg.batch_size % ranks.world_size:
         fail(f"batch_size {cfg.batch_size} is the global batch; expected a multiple of the {ranks.world_size} ranks")
-    os.makedirs(os.path.join(args.out, name), exist_ok=True)
+    os.makedirs(stage_dir(name, args), exist_ok=True)
     parent = trained_model(stage.starts_from, args, ranks.device) if stage.starts_from else None
     job = build_job(name, config_name, cfg, parent, sizes, args, ranks)
     start_step, train_time = 0, 0.0
@@ -710,12 +717,196 @@ def stages_before(name, args):
     """The stages `name` starts from, oldest first, whose checkpoint is missing or unfinished: they run first."""
     chain, parent = [], MODELS[name].starts_from
     while parent is not None:
-        path = os.path.join(args.out, parent, "ckpt.pt")
+        path = os.path.join(stage_dir(parent, args), "ckpt.pt")
         ckpt = load_checkpoint(path, parent, why=f"stage {parent}") if os.path.exists(path) else None
         if ckpt is None or ckpt["step"] < ckpt["config"]["max_steps"]:
             chain.insert(0, parent)
         parent = MODELS[parent].starts_from
     return chain
+
+
+def stage_overrides(name, items, args):
+    """{stage: its --set items} for `name` and each stage it starts from: a stage takes the items naming a
+    field of its config; `name` also takes the items no stage has (apply_overrides then names the bad key)."""
+    chain = lineage(name)
+    fields = {s: config_fields(s, args.config) for s in chain}
+    known = set().union(*fields.values())
+    given = {s: [o for o in items if set_key(o) in fields[s]] for s in chain}
+    given[name] = [o for o in items if set_key(o) in fields[name] or set_key(o) not in known]
+    return given
+
+
+def run_chain(name, overrides, resume, args, ranks):
+    """Train the stages `name` starts from whose checkpoints are missing or unfinished (resuming them), then
+    `name` (resumed when `resume`). overrides: {stage: --set items}. --max-steps caps the stages it starts
+    from that run here (a stage whose preset trains 0 steps stays at 0), so one command runs a short chain."""
+    sizes = (args.train_samples, args.eval_samples)
+    for parent in stages_before(name, args):
+        ranks.print0(f"== stage {parent}, which {name} starts from ==")
+        exists = os.path.exists(os.path.join(stage_dir(parent, args), "ckpt.pt"))
+        preset = MODELS[parent].paper.CONFIGS[args.config]
+        steps = [f"max_steps={min(args.max_steps, preset.max_steps)}"] if args.max_steps is not None else []
+        run_stage(parent, args.config, overrides.get(parent, []) + steps, exists, sizes, args, ranks)
+    steps = [f"max_steps={args.max_steps}"] if args.max_steps is not None else []
+    run_stage(name, args.config, steps + overrides.get(name, []), resume, sizes, args, ranks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablations: a paper's tables as data (its ABLATIONS), each row trained, or scored, and written beside
+# the paper's figure. The trainer knows no table: the paper module declares
+#   ABLATIONS = {"table5": dict(caption=..., columns=((metric name, paper's column), ...),
+#                               rows=((label, {config field: value}, (paper figure per column, None if not
+#                                      reported)), ...), chosen=label of the paper's choice,
+#                               stage=the row's stage (default --model), inference=False)}
+# A row's field sets the config of the table's stage when it has the field, else of the nearest stage it
+# starts from that has it. A training row trains, in OUT/<model>/ablation_<table>/<row>/, the oldest stage
+# it changes and every stage after it, and reuses the untouched stages from OUT. An inference table
+# (inference=True: only predict-time fields) scores the stage's own run in OUT with each row's config.
+
+
+def ablation_table(args):
+    """The ABLATIONS entry --ablation names, with its defaults (stage: --model, inference: False)."""
+    tables = getattr(MODELS[args.model].paper, "ABLATIONS", {})
+    if args.ablation not in tables:
+        fail(f"--ablation {args.ablation!r}: {args.model} has " +
+             (f"the tables {', '.join(tables)}" if tables else "no ablation tables"))
+    return dict(dict(stage=args.model, inference=False), **tables[args.ablation])
+
+
+def override_text(key, value):
+    """A row's {field: value} item as --set text: tuples as "a,b,c", None as "none"."""
+    if isinstance(value, (tuple, list)):
+        return f"{key}={','.join(map(str, value))}"
+    return f"{key}={'none' if value is None else value}"
+
+
+def field_owner(table, key, args):
+    """The stage a row's field sets: the table's stage when its config has the field, else the nearest
+    stage it starts from whose config does (None: no stage has it)."""
+    return next((s for s in lineage(table["stage"]) if key in config_fields(s, args.config)), None)
+
+
+def row_overrides(table, fields, args):
+    """{stage: --set items} of one row: --set's items, then the row's, each on its field_owner."""
+    given = stage_overrides(table["stage"], args.set, args)
+    for key, value in fields.items():
+        owner = field_owner(table, key, args)
+        given[owner] = given[owner] + [override_text(key, value)]
+    return given
+
+
+def check_ablation(args):
+    """Fail early, with one line, on a table whose rows name fields no config has (or, in an inference
+    table, fields the stage's own config lacks) or whose columns and figures disagree."""
+    table = ablation_table(args)
+    if table["stage"] not in lineage(args.model):
+        fail(f"--ablation {args.ablation}: its stage {table['stage']!r} is not {args.model} or a stage it starts from")
+    labels = [label for label, _, _ in table["rows"]]
+    if table["chosen"] not in labels:
+        fail(f"--ablation {args.ablation}: chosen row {table['chosen']!r} is not one of its rows {labels}")
+    own = config_fields(table["stage"], args.config)
+    for label, fields, paper in table["rows"]:
+        where = f"--ablation {args.ablation}, row {label!r}"
+        if len(paper) != len(table["columns"]):
+            fail(f"{where}: {len(paper)} paper figures for {len(table['columns'])} columns")
+        bad = sorted(set(fields) - own) if table["inference"] else [k for k in fields if field_owner(table, k, args) is None]
+        if bad:
+            fail(f"{where}: no config {'of ' + table['stage'] if table['inference'] else 'it trains'} has the "
+                 f"field(s) {', '.join(bad)}")
+
+
+def row_folder(index, label):
+    """The folder name of row `index`: "03-coarse-mesh-sampling"."""
+    slug = "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+    return f"{index:02d}-{'-'.join(filter(None, slug.split('-')))}"
+
+
+def finished(folder, name):
+    """Whether stage `name` in `folder` has its final checkpoint and its report."""
+    path = os.path.join(folder, name, "ckpt.pt")
+    if not os.path.exists(os.path.join(folder, name, "metrics.json")) or not os.path.exists(path):
+        return False
+    ckpt = load_checkpoint(path, name, why="--ablation")
+    return ckpt["step"] >= ckpt["config"]["max_steps"]
+
+
+def train_row(table, index, label, fields, args, ranks):
+    """Train one row in its folder (resuming a stopped one) and return its stage's metrics.json values."""
+    name, chain = table["stage"], lineage(table["stage"])[::-1]  # oldest first
+    given = row_overrides(table, fields, args)
+    first = min([chain.index(field_owner(table, k, args)) for k in fields], default=len(chain) - 1)  # {}: the stage alone
+    folder = os.path.join(args.out, args.model, f"ablation_{args.ablation}", row_folder(index, label))
+    row_args = argparse.Namespace(**{**vars(args), "out": folder, "reused": {s: args.out for s in chain[:first]}})
+    ranks.print0(f"== {args.ablation} row {index} {label!r}: {' '.join(sum(given.values(), [])) or 'the config as is'}"
+                 f" | trains {', '.join(chain[first:])} in {folder} ==")
+    if not finished(folder, name):
+        run_chain(name, given, os.path.exists(os.path.join(folder, name, "ckpt.pt")), row_args, ranks)
+    with open(os.path.join(folder, name, "metrics.json")) as f:
+        summary = json.load(f)
+    return {column: lookup(summary, column) for column, _ in table["columns"]}, os.path.join(folder, name)
+
+
+def score_rows(table, args, ranks):
+    """An inference table: the stage's own run in OUT (trained first when missing or unfinished), scored on
+    the held-out set with each row's config. Returns [{column: value}] on rank 0."""
+    name = table["stage"]
+    if not finished(args.out, name):
+        run_chain(name, stage_overrides(name, args.set, args), os.path.exists(os.path.join(args.out, name, "ckpt.pt")), args, ranks)
+    ckpt = load_checkpoint(os.path.join(args.out, name, "ckpt.pt"), name, why="--ablation")
+    cfg = type(MODELS[name].paper.CONFIGS[ckpt["config_name"]])(**ckpt["config"])
+    model = trained_model(name, args, ranks.device)
+    eval_set = build_dataset(name, cfg, "evaluation", args.eval_samples or MODELS[name].eval_samples, args, ranks)
+    scores = []
+    for index, (label, fields, _) in enumerate(table["rows"]):
+        row_cfg = apply_overrides(cfg, [override_text(k, v) for k, v in fields.items()])
+        result, _, _ = evaluate(MODELS[name], model, row_cfg, eval_set, None, args, ranks)
+        if ranks.master:
+            ranks.print0(f"{args.ablation} row {index} {label!r}: {format_metrics(result) if result else ''}")
+            scores.append({column: result[column] for column, _ in table["columns"]})
+    return scores, os.path.join(args.out, name)
+
+
+def run_ablation(args, ranks):
+    """Every row of --ablation's table, then OUT/<model>/ablation_<table>.md and .json (rank 0)."""
+    table = ablation_table(args)
+    if table["inference"]:
+        scores, source = score_rows(table, args, ranks)
+        sources = [source] * len(table["rows"])
+    else:
+        scores, sources = [], []
+        for index, (label, fields, _) in enumerate(table["rows"]):
+            score, source = train_row(table, index, label, fields, args, ranks)
+            scores.append(score)
+            sources.append(source)
+    if ranks.master:
+        write_ablation(table, scores, sources, args)
+
+
+def write_ablation(table, scores, sources, args):
+    """OUT/<model>/ablation_<table>.json (every row: overrides, our figures, the paper's) and .md (one table)."""
+    rows = [dict(label=label, overrides=fields, chosen=label == table["chosen"], folder=source,
+                 ours=score, paper=dict(zip([c for c, _ in table["columns"]], paper)))
+            for (label, fields, paper), score, source in zip(table["rows"], scores, sources)]
+    facts = dict(model=args.model, table=args.ablation, caption=table["caption"], stage=table["stage"],
+                 inference=table["inference"], config=args.config, set=args.set, max_steps=args.max_steps,
+                 data=args.data, seed=args.seed, columns=[dict(ours=c, paper=p) for c, p in table["columns"]])
+    base = os.path.join(args.out, args.model, f"ablation_{args.ablation}")
+    bodymodels.atomic_write(base + ".json", lambda f: f.write(json.dumps(dict(facts, rows=rows), indent=1).encode()))
+    steps = "each config's steps" if args.max_steps is None else f"{args.max_steps} steps"
+    how = "one trained model, each row's inference config" if table["inference"] else "each row trained"
+    lines = [f"# {args.model} {args.ablation}: {table['caption']}", "",
+             f"Ours: config `{args.config}`{' --set ' + ' '.join(args.set) if args.set else ''}, {steps}, "
+             f"seed {args.seed}, data `{args.data}` ({how}); the paper's figures as it reports them. "
+             "**Bold**: the paper's choice.", "",
+             "| row | overrides | " + " | ".join(f"ours: {c} | paper: {p}" for c, p in table["columns"]) + " |",
+             "|---|---|" + "---:|---:|" * len(table["columns"])]
+    for row in rows:
+        label = f"**{row['label']}**" if row["chosen"] else row["label"]
+        fields = ", ".join(override_text(k, v) for k, v in row["overrides"].items()) or "-"
+        cells = [f"{row['ours'][c]:.2f} | {'-' if row['paper'][c] is None else row['paper'][c]}" for c, _ in table["columns"]]
+        lines.append(f"| {label} | {fields} | " + " | ".join(cells) + " |")
+    bodymodels.atomic_write(base + ".md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    print(f"wrote {base}.md, {base}.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -739,6 +930,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank (default: 0)")
     p.add_argument("--train-samples", type=int, default=None, help="size of the synthetic training set, rendered once, for --model and the stages it starts from that run here (default: each stage's)")
     p.add_argument("--eval-samples", type=int, default=None, help="size of the synthetic held-out set, as --train-samples (default: each stage's)")
+    p.add_argument("--ablation", default=None, metavar="TABLE", help="train (or, for inference-only rows, score) each row of the paper's ablation table TABLE (its ABLATIONS, e.g. table5) and write OUT/<model>/ablation_TABLE.md and .json; a stopped run resumes where it was")
     return p.parse_args(argv)
 
 
@@ -766,6 +958,8 @@ def check_args(args):
             hmr_adapter.face_vertex_ids(), hmr_adapter.hand_vertex_ids()
         except (FileNotFoundError, ValueError) as e:
             fail(str(e).splitlines()[0])
+    if args.ablation is not None:
+        check_ablation(args)
     if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         fail(f"--device {args.device}: expected auto, cpu, or cuda on a machine with a GPU")
 
@@ -795,28 +989,17 @@ def setup_distributed(args):
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
+    args.cache = os.path.join(args.out, "cache")  # synthetic sets: shared by every stage and ablation row
 
     # -- torchrun block --------------------------------------------------------------------------
     ddp, ranks = setup_distributed(args)
 
-    # -- the stages this one starts from, when their checkpoints are missing or unfinished, then it.
-    # The --set fields a stage's config has and the synthetic sizes apply to every stage that runs in
-    # this command, and --max-steps caps them (a stage whose preset trains 0 steps stays at 0), so one
-    # command runs a short chain; a stage with a checkpoint is resumed
-    sizes = (args.train_samples, args.eval_samples)
-    for parent in stages_before(args.model, args):
-        ranks.print0(f"== stage {parent}, which {args.model} starts from ==")
-        exists = os.path.exists(os.path.join(args.out, parent, "ckpt.pt"))
-        preset = MODELS[parent].paper.CONFIGS[args.config]
-        overrides = [o for o in args.set if set_key(o) in config_fields(parent, args.config)]
-        if args.max_steps is not None:
-            overrides.append(f"max_steps={min(args.max_steps, preset.max_steps)}")
-        run_stage(parent, args.config, overrides, exists, sizes, args, ranks)
-    # --model takes its own fields and any field no stage has (apply_overrides names it in one line)
-    parents_only = set().union(*(config_fields(p, args.config) for p in lineage(args.model)[1:]))
-    overrides = [o for o in args.set if set_key(o) in config_fields(args.model, args.config) or set_key(o) not in parents_only]
-    overrides = ([f"max_steps={args.max_steps}"] if args.max_steps is not None else []) + overrides
-    run_stage(args.model, args.config, overrides, args.resume, sizes, args, ranks)
+    # -- the stages --model starts from, when their checkpoints are missing or unfinished, then it;
+    # or, with --ablation, every row of the paper's table
+    if args.ablation:
+        run_ablation(args, ranks)
+    else:
+        run_chain(args.model, stage_overrides(args.model, args.set, args), args.resume, args, ranks)
 
     # -- clean exit: the DDP wrappers are released; a barrier, then the process group (FACTS)
     if ddp:

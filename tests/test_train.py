@@ -573,6 +573,112 @@ def killed_at(step_to_die, learning_rate):
     return wrapped
 
 
+# ---------------------------------------------------------------------------------------------
+# --ablation: a paper's tables as data
+
+
+# the head stage with a config of its own, without `width` (it reads its parent's), so a row changing
+# the width can only mean the stage the head starts from
+HeadConfig = dataclasses.make_dataclass("HeadConfig", [(f.name, f.type, dataclasses.field(default=f.default))
+                                                     for f in dataclasses.fields(StandInConfig) if f.name != "width"])
+
+
+def build_head_of_own_config(cfg, parent):
+    return StandInHead(types.SimpleNamespace(width=parent.points.in_features), parent)
+
+
+def scaled_predict(model, batch, cfg):
+    """An inference-time field: the prediction times cfg.scale (None: 1)."""
+    return dict(points=model(batch["image"]) * (1.0 if cfg.scale is None else cfg.scale))
+
+
+STANDIN_TABLES = dict(
+    table1=dict(caption="Head learning rate and base width", stage="standin_head",
+                columns=(("error_mm", "error (mm)"), ("under50", "under 50 mm")),
+                rows=(("as is", {}, (1.0, None)), ("slower head", {"lr": 1e-3}, (2.0, 0.5)),
+                      ("narrow base", {"width": 16}, (3.0, None))),
+                chosen="as is"),
+    table2=dict(caption="Output scale", inference=True, columns=(("error_mm", "error (mm)"),),
+                rows=(("x1", {"scale": None}, (1.0,)), ("x2", {"scale": 2.0}, (None,))), chosen="x1"),
+)
+
+
+@pytest.fixture
+def ablation_stages(monkeypatch):
+    paper = types.SimpleNamespace(**dict(vars(STANDIN_PAPER), build_model=build_head_of_own_config, predict=scaled_predict,
+                                         CONFIGS={"tiny": HeadConfig()}, ABLATIONS=STANDIN_TABLES))
+    monkeypatch.setitem(train.MODELS, "standin_head", dataclasses.replace(STANDINS["standin_head"], paper=paper))
+
+
+def test_an_ablation_trains_each_row_reuses_untouched_stages_and_resumes(tmp_path, ablation_stages):
+    """Each row trains in its own folder: the empty row reproduces the normal run exactly, a head
+    field retrains the head on the shared parent, a field only the parent has retrains the parent
+    too; the table writes both figures with the paper's choice marked, and a second run trains nothing."""
+    common = ["--model", "standin_head", "--out", str(tmp_path), "--max-steps", "6", "--log-every", "3"]
+    train.main(common)  # the normal run: standin, then standin_head, in OUT
+    parent_mtime = (tmp_path / "standin" / "ckpt.pt").stat().st_mtime_ns
+    normal = json.loads((tmp_path / "standin_head" / "metrics.json").read_text())
+    train.main(common + ["--ablation", "table1"])
+    rows = json.loads((tmp_path / "standin_head" / "ablation_table1.json").read_text())["rows"]
+    folders = [tmp_path / "standin_head" / "ablation_table1" / f for f in ("00-as-is", "01-slower-head", "02-narrow-base")]
+    assert [r["label"] for r in rows] == ["as is", "slower head", "narrow base"] and [r["chosen"] for r in rows] == [True, False, False]
+    assert rows[0]["ours"]["error_mm"] == normal["error_mm"]  # same parent, config, seed and data: the same run
+    assert rows[1]["ours"]["error_mm"] != normal["error_mm"] and rows[1]["paper"] == dict(error_mm=2.0, under50=0.5)
+    assert not (folders[0] / "standin").exists() and not (folders[1] / "standin").exists()  # the shared parent
+    assert load(folders[1] / "standin_head" / "ckpt.pt")["config"]["lr"] == 1e-3
+    assert load(folders[2] / "standin" / "ckpt.pt")["config"]["width"] == 16  # retrained with the row's width
+    assert load(folders[2] / "standin_head" / "ckpt.pt")["model"]["head.weight"].shape == (NUM_POINTS * 3, 16)
+    assert (tmp_path / "standin" / "ckpt.pt").stat().st_mtime_ns == parent_mtime
+    table = (tmp_path / "standin_head" / "ablation_table1.md").read_text()
+    assert "| **as is** | - |" in table and "| slower head | lr=0.001 |" in table and "paper: under 50 mm" in table
+    # a finished table trains nothing again; a row without its report is reported again, not retrained
+    (folders[1] / "standin_head" / "metrics.json").unlink()
+    mtimes = [(f / "standin_head" / "ckpt.pt").stat().st_mtime_ns for f in folders]
+    train.main(common + ["--ablation", "table1"])
+    assert [(f / "standin_head" / "ckpt.pt").stat().st_mtime_ns for f in folders][::2] == mtimes[::2]
+    again = json.loads((tmp_path / "standin_head" / "ablation_table1.json").read_text())["rows"]
+    assert [r["ours"] for r in again] == [r["ours"] for r in rows]
+
+
+def test_an_inference_table_scores_one_trained_model_with_each_rows_config(tmp_path, ablation_stages):
+    common = ["--model", "standin_head", "--out", str(tmp_path), "--max-steps", "6"]
+    train.main(common + ["--ablation", "table2"])  # trains the stage (and its parent) in OUT first
+    normal = json.loads((tmp_path / "standin_head" / "metrics.json").read_text())
+    rows = json.loads((tmp_path / "standin_head" / "ablation_table2.json").read_text())["rows"]
+    assert rows[0]["ours"]["error_mm"] == pytest.approx(normal["error_mm"], rel=1e-6)
+    assert rows[1]["ours"]["error_mm"] != rows[0]["ours"]["error_mm"]
+    assert not (tmp_path / "standin_head" / "ablation_table2").exists()  # nothing trained per row
+
+
+@pytest.mark.parametrize("table, expected", [
+    (dict(rows=(("a", {"nope": 1}, (1.0,)),)), "--ablation t, row 'a': no config it trains has the field(s) nope"),
+    (dict(inference=True, rows=(("a", {"width": 1}, (1.0,)),)), "row 'a': no config of standin_head has the field(s) width"),
+    (dict(rows=(("a", {}, (1.0, 2.0)),)), "row 'a': 2 paper figures for 1 columns"),
+    (dict(rows=(("a", {}, (1.0,)),), chosen="b"), "chosen row 'b' is not one of its rows ['a']"),
+])
+def test_a_bad_ablation_table_is_refused_in_one_line(table, expected, tmp_path, ablation_stages):
+    t = dict(dict(caption="t", columns=(("error_mm", "e"),), chosen="a"), **table)
+    train.MODELS["standin_head"].paper.ABLATIONS = dict(t=t)
+    assert expected in error_of(["--model", "standin_head", "--ablation", "t", "--out", str(tmp_path)])
+    assert "has the tables t" in error_of(["--model", "standin_head", "--ablation", "nope", "--out", str(tmp_path)])
+
+
+PAPER_TABLES = [(name, table) for name in ("simplehand", "genhmr", "hmr_adapter")
+                for table in getattr(train.MODELS[name].paper, "ABLATIONS", {})]
+
+
+@pytest.mark.parametrize("model, table", PAPER_TABLES)
+def test_every_row_of_every_paper_table_trains_two_steps(model, table, tmp_path):
+    """The smoke run of a paper's table: every row builds, trains two steps (its changed stages too)
+    and is scored; the table is written with a finite figure for every row and column."""
+    train.main(["--model", model, "--ablation", table, "--out", str(tmp_path), "--max-steps", "2",
+                "--train-samples", "8", "--eval-samples", "4", "--log-every", "0", "--eval-every", "0"])
+    result = json.loads((tmp_path / model / f"ablation_{table}.json").read_text())
+    spec = train.MODELS[model].paper.ABLATIONS[table]
+    assert len(result["rows"]) == len(spec["rows"]) and sum(r["chosen"] for r in result["rows"]) == 1
+    assert all(np.isfinite(v) for r in result["rows"] for v in r["ours"].values()), result["rows"]
+
+
 if __name__ == "__main__":  # train.py with the stand-ins registered (used by the subprocess tests)
     train.MODELS.update(STANDINS)
     if "SIGKILL_AT_STEP" in os.environ:
