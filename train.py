@@ -2,6 +2,7 @@
 
     python train.py --model simplehand                                      # one process
     torchrun --standalone --nproc_per_node=2 train.py --model simplehand    # DDP: gloo on CPU, NCCL on GPU
+    python train.py --model simplehand --ablation table5                    # a paper's ablation table, row by row
 
 With no other flag this is the demo: the stage's CPU config ("tiny") on the synthetic data of
 data.py, a held-out evaluation next to a constant baseline scored by the same metrics,
@@ -27,6 +28,8 @@ The protocol a paper offers (a module, or any object with these attributes)
   eval mode (an iterative inference runs here), in the units of the data's labels. Metrics whose
   names start with "table_" are report-only rows (ablation tables): metrics.json, not the log.
 - `learning_rate(cfg, step)` -> float: a pure function of the step (the whole scheduler state).
+- optional `ABLATIONS`: {"table5": the paper's ablation table as data}, run by `--ablation table5` (see the
+  "Ablations" section below for its keys): each row's config overrides beside the paper's figures.
 - optional `param_groups(model, cfg)` -> [(lr_scale, [parameters]), ...]: parts that train at
   their own rate, lr_scale x learning_rate(cfg, step) (HMR-Adapter's two adapters, trained apart in
   the paper). Together the groups must hold every parameter that requires gradients, each once.
