@@ -154,6 +154,7 @@ class GenHMRConfig:
     dropout: float = 0.1
     head_hidden: int = 1024  # beta/camera MLP. NOTE(paper gap) 10
     token_head: str = "linear"  # "linear": Linear(d, K), the paper's logits | "tied" to the codebook (TINY, NOTE 21)
+    count_table: bool = False  # keep `NeighbourCounts` (a diagnostic baseline, 4 (L - 1) K^2 bytes: TINY only)
     # --- the backbone stage (PoseRegressor, NOTE(paper gap) 23): HMR2.0's SMPL head (its config) or TINY's MLP ---
     regressor_head: str = "hmr2"  # "hmr2": HMR2.0's SMPL transformer decoder | "mlp": flatten -> MLP (TINY)
     hmr2_head: tuple = (1024, 6, 8, 64, 1024)  # HMR2.0's (width, depth, heads, head width, MLP width)
@@ -178,7 +179,8 @@ class GenHMRConfig:
     schedule: str = "cosine"
     top_k: int = 1  # greedy
     refine_steps: int = 20  # P (Table 1 = Table 3's 20-iteration row)
-    refine_lr: float = 1.0  # initial eta of the backtracking. NOTE(paper gap) 18
+    refine_step: str = "fixed"  # Eq. (4): "fixed" eta = refine_lr (as printed) | "backtracking" (NOTE(paper gap) 18)
+    refine_lr: float = 1.0  # eta of Eq. (4) (unstated), the start of the backtracking's
     refine_reg: float = 10.0  # lambda_theta' (px^2 per unit ||R - R_0||^2)
     refine_noise_px: float = 1.0  # evaluation keypoints = GT projection + N(0, 1 px)
     table_iterations: tuple = (1, 3, 5, 10)  # report-only rows of `predict`: T x the four schedules (Tables 2, 11)
@@ -202,7 +204,8 @@ class GenHMRConfig:
     def __post_init__(self):
         for name, allowed in (("ce_on", ("all", "masked")), ("gumbel_positions", ("all", "masked")),
                               ("schedule", SCHEDULES), ("lr_schedule", ("constant", "cosine")),
-                              ("token_head", ("linear", "tied")), ("regressor_head", ("hmr2", "mlp"))):
+                              ("token_head", ("linear", "tied")), ("regressor_head", ("hmr2", "mlp")),
+                              ("refine_step", ("fixed", "backtracking"))):
             _check_choice(self, name, allowed)
         self.image_size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else self.image_size
         self.feature_scales, self.conv_stem = tuple(self.feature_scales), tuple(self.conv_stem)
@@ -236,10 +239,13 @@ TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 ->
     # the image stage fine-tunes the backbone stage's ViT (the paper's start is unstated); levels (1, 2, 4) cost
     # 27 % more time a step for no measured gain
     head_hidden=128, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
-    token_head="tied", regressor_head="mlp",  # NOTE(paper gap) 21, 23
+    token_head="tied", regressor_head="mlp", count_table=True,  # NOTE(paper gap) 21, 23
     # NOTE(paper gap) 20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48). Summed
     # over 16 samples, CE stayed at ln K for 300 steps; averaged, CE and L_3D both fall from the first 100 steps
     loss_batch=1,
+    # Eq. (4): the backtracking step (NOTE(paper gap) 18); the fixed eta = 1 raised UGS's 174.1 mm to 191.6 after 20 steps
+    # (a 500-step image stage, seed 0); docs/genhmr.md has the sweep of eta
+    refine_step="backtracking",
     weight_decay=0.0, grad_clip=1.0, gpus=0, reported_3dpw_mpjpe_mm=0.0, reported_ugs_3dpw_mpjpe_mm=0.0,
     data="data.SyntheticBodies")
 CONFIGS = {"paper": PAPER, "tiny": TINY}
@@ -249,6 +255,61 @@ CONFIGS = {"paper": PAPER, "tiny": TINY}
 BACKBONE_CONFIGS = {"paper": dataclasses.replace(PAPER, lr=1e-5, weight_decay=1e-4, max_steps=100_000),
                     "tiny": dataclasses.replace(TINY, max_steps=2000)}
 TOKENIZER_CONFIGS = {"paper": TOKENIZER_PAPER, "tiny": TOKENIZER_TINY}
+
+# The paper's ablation tables as train.py's --ablation data: rows of config overrides beside the paper's figures,
+# copied from its tables' 3DPW columns (MPJPE, MVE = our pve_mm) for the image stage, AMASS for the tokenizer's
+# Tables 5 and 6. Inference rows score one trained model; the others retrain from the first stage they change.
+# Tables 13 and 14 drop the count table (`NeighbourCounts`: (L - 1) K^2 counts, 1.6 GB at 96 x 2048).
+_3DPW = (("mpjpe_mm", "MPJPE (mm), 3DPW"), ("pve_mm", "MVE (mm), 3DPW"))
+_CODEBOOKS = ((1024, 256), (2048, 128), (2048, 256), (4096, 256))
+ABLATIONS = {
+    "table2": dict(caption="Iterations of uncertainty-guided sampling (Table 2)", inference=True, columns=_3DPW,
+                   rows=tuple((str(T), {"ugs_iterations": T}, f) for T, f in (
+                       (1, (73.5, 84.2)), (3, (70.2, 81.9)), (5, (68.1, 77.5)), (10, (67.8, 79.1)),
+                       (15, (67.6, 78.5)), (20, (67.4, 78.1)))), chosen="5"),
+    "table3": dict(caption="2D pose-guided refinement steps after UGS-5 (Table 3)", inference=True,
+                   columns=(("refined_mpjpe_mm", "MPJPE (mm), 3DPW"), ("refined_pve_mm", "MVE (mm), 3DPW")),
+                   rows=tuple((label, {"ugs_iterations": 5, "refine_steps": P}, f) for label, P, f in (
+                       ("UGS* (no refinement)", 0, (68.1, 77.5)), ("1", 1, (66.5, 77.0)), ("3", 3, (63.6, 73.5)),
+                       ("5", 5, (60.2, 70.4)), ("10", 10, (57.5, 68.5)), ("20", 20, (54.7, 67.5)))), chosen="20"),
+    "table4": dict(caption="Masking ratio during training, gamma(tau), tau ~ U(0, max) (Table 4)", columns=_3DPW,
+                   rows=tuple((f"U(0, {m})", {"mask_tau_max": m}, f) for m, f in (
+                       (1.0, (68.1, 77.5)), (0.3, (72.1, 84.2)), (0.5, (69.8, 81.7)), (0.7, (67.9, 77.1)))),
+                   chosen="U(0, 1.0)"),
+    "table5": dict(caption="Codebook size x code dimension, 96 tokens (Table 5, the tokenizer)", stage="genhmr_tokenizer",
+                   columns=(("tokenizer_mpjpe_mm", "MPJPE (mm), AMASS"), ("tokenizer_pve_mm", "MVE (mm), AMASS")),
+                   rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96}, f)
+                              for (K, D), f in zip(_CODEBOOKS, ((10.5, 9.2), (8.9, 8.1), (8.5, 7.8), (6.1, 5.9)))),
+                   chosen="2048x256"),
+    "table6": dict(caption="Number of pose tokens, codebook 2048 x 256 (Table 6, the tokenizer)", stage="genhmr_tokenizer",
+                   columns=(("tokenizer_mpjpe_mm", "MPJPE (mm), AMASS"), ("tokenizer_pve_mm", "MVE (mm), AMASS")),
+                   rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256}, f) for L, f in (
+                       (48, (11.1, 10.5)), (96, (8.5, 7.8)), (192, (7.8, 6.9)), (384, (7.1, 6.0)))), chosen="96"),
+    "table11": dict(caption="Mask scheduling functions x UGS iterations (Table 11)", inference=True, columns=_3DPW,
+                    rows=tuple((f"{name} T={T}", {"schedule": name, "ugs_iterations": T}, f) for name, T, f in (
+                        ("cosine", 1, (73.5, 84.2)), ("cosine", 3, (70.2, 81.9)), ("cosine", 5, (68.1, 77.5)),
+                        ("cosine", 10, (67.8, 79.1)), ("cosine", 15, (67.6, 78.5)), ("cosine", 20, (67.4, 78.1)),
+                        ("cubic", 5, (69.7, 78.9)), ("cubic", 10, (69.1, 79.1)), ("cubic", 15, (68.8, 79.0)),
+                        ("cubic", 20, (68.6, 79.2)), ("linear", 5, (71.6, 81.2)), ("linear", 10, (71.3, 80.7)),
+                        ("linear", 15, (71.0, 80.9)), ("linear", 20, (70.8, 81.1)), ("sqrt", 5, (73.4, 82.8)),
+                        ("sqrt", 10, (73.1, 83.0)), ("sqrt", 15, (73.3, 83.3)), ("sqrt", 20, (73.6, 83.5)))),
+                    chosen="cosine T=5"),
+    "table13": dict(caption="Codebook size x code dimension, 96 tokens, on GenHMR (Table 13)", columns=_3DPW,
+                    rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96, "count_table": False}, f)
+                               for (K, D), f in zip(_CODEBOOKS, ((70.1, 82.5), (69.9, 80.3), (68.1, 77.5), (69.5, 80.4)))),
+                    chosen="2048x256"),
+    "table14": dict(caption="Number of pose tokens, codebook 2048 x 256, on GenHMR (Table 14)", columns=_3DPW,
+                    rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256, "count_table": False}, f)
+                               for L, f in ((48, (68.5, 80.5)), (96, (68.1, 77.5)), (192, (72.5, 83.6)), (384, (82.5, 91.5)))), chosen="96"),
+    "table15": dict(caption="Feature-pyramid levels of the image encoder (Table 15)",
+                    columns=(("mpjpe_mm", "MPJPE (mm), 3DPW"),),
+                    rows=tuple((" ".join(f"{s}x" for s in scales), {"feature_scales": scales}, (f,)) for scales, f in (
+                        ((1, 4, 8, 16), 68.3), ((1,), 71.3), ((1, 4), 69.8), ((1, 4, 8), 68.8), ((4, 8, 16), 68.8),
+                        ((1, 8, 16), 69.3), ((1, 4, 16), 69.8))), chosen="1x 4x 8x"),
+    "table16": dict(caption="Deformable cross-attention layers of the masked transformer (Table 16)", columns=_3DPW,
+                    rows=tuple((str(n), {"num_layers": n}, f) for n, f in (
+                        (2, (70.5, 85.9)), (4, (68.1, 77.5)), (6, (69.5, 77.1)), (8, (70.9, 79.9)))), chosen="4"),
+}
 
 
 def learning_rate(cfg, step):
@@ -727,7 +788,11 @@ class MaskedTransformer(nn.Module):
     def __init__(self, cfg, num_tokens, num_codes, code_dim):
         super().__init__()
         d, self.mask_id = cfg.d_model, num_codes
+        # token and position embeddings at one scale, N(0, 0.02) (BERT / MaskGIT): nn.Embedding's N(0, 1) left
+        # the positions 1/50 of the tokens (1/20 after training), so self-attention could not find a token's
+        # neighbours and the trained generator ignored its context (docs/genhmr.md, "Why the context went unused")
         self.tok_emb = nn.Embedding(num_codes + 1, d)  # the last row is the learnable [MASK]
+        nn.init.normal_(self.tok_emb.weight, std=0.02)
         self.pos_emb = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
         # learnable reference points p_y = sigmoid(r_y), r (L, 2), spread over the image at the start
         # (NOTE(paper gap) 9: Deformable DETR's sigmoid(Linear(pos)) with a 0.02-std position embedding
@@ -766,6 +831,57 @@ def squared_distances(x, codebook):
     return (x * x).sum(-1, keepdim=True) - 2 * x @ codebook.T + (codebook * codebook).sum(-1)
 
 
+class NeighbourCounts(nn.Module):
+    """The token generator's yardstick (not the paper's): a table of neighbouring-token counts,
+    n[i, a, b] = how often training tokens i and i + 1 were (a, b), filled by `training_loss` from the
+    Y* of every training batch the image stage sees (all ranks' under DDP: each rank adds the gathered
+    batch, so every rank holds the same table). Given the visible tokens, a masked position i takes the
+    naive-Bayes argmax_k log n_i(k) + sum over its visible neighbours of log n(neighbour | k) (counts
+    + 0.1). Kept as the module's extra state, not a buffer: DDP would broadcast (L - 1) K^2 counts every step."""
+
+    def __init__(self, num_tokens, num_codes):
+        super().__init__()
+        self.pairs = torch.zeros(num_tokens - 1, num_codes, num_codes, dtype=torch.int32)
+
+    def get_extra_state(self):
+        return self.pairs
+
+    def set_extra_state(self, state):
+        self.pairs = state.to(self.pairs)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(device) moves the table too
+        self.pairs = fn(self.pairs)
+        return super()._apply(fn, *args, **kwargs)
+
+    @torch.no_grad()
+    def add(self, ids):
+        """Count the adjacent pairs of ids (B, L) (a DDP rank's: every rank's are gathered and counted)."""
+        if _distributed():
+            gathered = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, ids)
+            ids = torch.cat(gathered)
+        L, K = ids.shape[1], self.pairs.shape[-1]
+        flat = (torch.arange(L - 1, device=ids.device) * K + ids[:, :-1]) * K + ids[:, 1:]  # (B, L - 1)
+        self.pairs.view(-1).index_add_(0, flat.flatten(), torch.ones(flat.numel(), dtype=self.pairs.dtype,
+                                                                      device=ids.device))
+
+    @torch.no_grad()
+    def predict(self, ids, masked, alpha=0.1):
+        """ids (B, L) with the true tokens where ~masked -> the table's ids (B, L) (masked positions filled)."""
+        n = self.pairs.double() + alpha
+        K = n.shape[-1]
+        # n_i(k): position i's code counts, from the pair it starts (i < L - 1) or ends (the last)
+        unigram = torch.cat([n.sum(2), n[-1].sum(0)[None]]) - alpha * K  # (L, K)
+        log_n = (unigram + alpha).log()
+        score = log_n.expand(len(ids), -1, -1).clone()  # (B, L, K)
+        # left neighbour visible: + log n[i - 1, y_{i-1}, k] - log n_i(k); right: + log n[i, k, y_{i+1}] - log n_i(k)
+        left = n[torch.arange(1, ids.shape[1]) - 1, ids[:, :-1]].log() - log_n[1:]  # (B, L - 1, K)
+        right = n[torch.arange(ids.shape[1] - 1), :, ids[:, 1:]].log() - log_n[:-1]  # (B, L - 1, K)
+        score[:, 1:] += left * ~masked[:, :-1, None]
+        score[:, :-1] += right * ~masked[:, 1:, None]
+        return torch.where(masked, score.argmax(-1), ids)
+
+
 class ShapeCameraHead(nn.Module):
     """beta (B, 10) and weak-perspective camera [s, tx, ty] (B, 3) from the pooled 1x ViT map, as
     residuals on HMR2.0's mean parameters (beta = 0, cam = [0.9, 0, 0]). NOTE(paper gap) 10."""
@@ -793,6 +909,7 @@ class GenHMR(nn.Module):
         self.token_generator = MaskedTransformer(cfg, self.num_tokens, self.num_codes, tokenizer.cfg.code_dim)
         self.token_generator.init_scale(tokenizer.quantizer.codebook)
         self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
+        self.counts = NeighbourCounts(self.num_tokens, self.num_codes) if cfg.count_table else None
         self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # training steps done (Eq. 5's t)
 
@@ -1093,6 +1210,8 @@ def training_loss(model, batch, cfg):
     y_gt = raw.tokenizer.tokenize(pose)  # Y* on the fly (after any augmentation)
     y_m, masked = random_masking(y_gt, raw.num_codes, cfg.mask_tau_max)
     out = model(images, y_m)
+    if raw.counts is not None:  # the yardstick's table counts the same training tokens
+        raw.counts.add(y_gt)
     step = int(raw.step)
     raw.step += 1
     # Eq. (1): L_mask = -E_Y [sum_i log p(y_i | Y_M, X)], the sum as a mean over the positions i of each
@@ -1247,11 +1366,12 @@ def refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weight
 
 
 def refine(tokenizer, ids, betas, cam, targets, steps=20, lr=1.0, reg=10.0, scale=256.0, halvings=6, kept=None,
-           weights=None):
+           weights=None, step="backtracking"):
     """Inference Strategy > 2D Pose-Guided Refinement, Eqs. (2)-(4), every network frozen: descent on the
     code vectors e = C[Y] (B, L, D) fed to the frozen tokenizer decoder (not re-quantised); beta and the
-    camera stay fixed. Eq. (4): e <- e - eta grad_e G, eta per sample, halved until G falls (at most
-    `halvings` times, else no move) and doubled after an accepted step (NOTE(paper gap) 18).
+    camera stay fixed. Eq. (4): e <- e - eta grad_e G; step "fixed": eta = lr, as printed (one gradient a
+    step); "backtracking": eta per sample, halved until G falls (at most `halvings` times, else no move) and
+    doubled after an accepted step, so G never rises (up to 1 + halvings passes a step; NOTE(paper gap) 18).
     targets: normalised 2D keypoints (B, 24, 2); scale: pixels per normalised unit (crop height); kept:
     {P: None} for P <= steps, filled with e after P steps (one descent gives every shorter one); weights:
     (B, 24) per-joint weights of the 2D term (None: every joint 1, as Eq. 3).
@@ -1274,7 +1394,13 @@ def refine(tokenizer, ids, betas, cam, targets, steps=20, lr=1.0, reg=10.0, scal
             grad, = torch.autograd.grad(G.sum(), e)  # only e: no parameter receives a gradient
         e, G = e.detach(), G.detach()
         G_start = G if G_start is None else G_start
-        e, G, eta = _backtrack(tokenizer, e, G, grad, eta, (betas, t, targets, R0, reg, scale, weights), halvings)
+        if step == "fixed":  # Eq. (4) as printed; G is that of the step's start
+            e = e - eta * grad
+        else:
+            e, G, eta = _backtrack(tokenizer, e, G, grad, eta, (betas, t, targets, R0, reg, scale, weights), halvings)
+    if step == "fixed" and steps:
+        with torch.no_grad():
+            G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights)
     if G is None:
         with torch.no_grad():
             G_start = G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights)
@@ -1303,6 +1429,34 @@ def keypoint_noise(index, std_px, shape):
     index (B,): the same whichever rank or batch evaluates the sample."""
     noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(i))) for i in index.reshape(-1)]
     return torch.stack(noise).to(index.device) * std_px
+
+
+def context_masks(index, L, visible=0.75):
+    """(B, L) bool, True at the L - round(visible L) positions hidden from each sample: a permutation drawn
+    by a generator seeded by the sample's dataset index (the same on any rank or batch), its smallest values."""
+    hidden = L - round(visible * L)
+    return torch.stack([torch.randperm(L, generator=torch.Generator().manual_seed(int(i))) < hidden
+                        for i in index.reshape(-1)]).to(index.device)
+
+
+@torch.no_grad()
+def context_accuracies(model, levels, batch):
+    """Does the token generator use its context? Given 75 % of the true tokens Y* (the sample's pose
+    tokenized, `context_masks` hiding the rest), the share of the hidden tokens predicted right (argmax)
+    per sample: masked_token_accuracy_75 (B,), and the same for the training count table
+    (`NeighbourCounts`, when kept) as count_table_accuracy_75. NaN for a sample without a pose label."""
+    if "smpl_pose" not in batch:
+        return {}
+    y = model.tokenizer.tokenize(batch["smpl_pose"].float())
+    hidden = context_masks(batch["index"], y.shape[1])
+    labelled = batch.get("has_smpl_pose", torch.ones(len(y), device=y.device)) > 0
+    def accuracy(pred):
+        acc = ((pred == y) & hidden).sum(1) / hidden.sum(1)
+        return torch.where(labelled, acc.float(), torch.full_like(acc.float(), math.nan))
+    out = {"masked_token_accuracy_75": accuracy(model.logits(y.masked_fill(hidden, model.num_codes), levels).argmax(-1))}
+    if model.counts is not None:
+        out["count_table_accuracy_75"] = accuracy(model.counts.predict(y, hidden))
+    return out
 
 
 def mesh_outputs(tokenizer, R, betas, cam, prefix=""):
@@ -1336,7 +1490,7 @@ def predict(model, batch, cfg):
     refined = dict.fromkeys((cfg.refine_steps, *cfg.table_refine_steps))  # one descent, every P read from it
     weights = batch.get("joints2d_weight")  # real data: 0 for the joints without a 2D keypoint
     refine(tok, ids, betas, cam, targets, max(refined), cfg.refine_lr, cfg.refine_reg, float(H), kept=refined,
-           weights=None if weights is None else weights.float())
+           weights=None if weights is None else weights.float(), step=cfg.refine_step)
     out.update(mesh_outputs(tok, tok.decode(refined[cfg.refine_steps]), betas, cam, "refined_"))
     for prefix in ("", "refined_"):
         uv = out.pop(f"{prefix}joints2d_norm")
@@ -1344,7 +1498,7 @@ def predict(model, batch, cfg):
         dist = (out[f"{prefix}joints2d"] - targets_px).norm(dim=-1)  # (B, 24)
         out[f"{prefix}reproj_error_px"] = (dist.mean(-1) if weights is None
                                            else (dist * (weights > 0)).sum(-1) / (weights > 0).sum(-1).clamp_min(1))
-    out.update(ids=ids, betas=betas)
+    out.update(ids=ids, betas=betas, **context_accuracies(model, levels, batch))
     for schedule in SCHEDULES if cfg.table_iterations else ():
         for T in cfg.table_iterations:
             table_ids = sample_from_features(model, levels, T, schedule, cfg.top_k)[0]
@@ -1466,7 +1620,7 @@ def infer(image, box, people, args):
     if person is not None:  # Inference Strategy > 2D Pose-Guided Refinement, towards the detector's keypoints
         targets, weights = keypoint_targets(person, A, cfg.image_hw)
         e = refine(tok, ids, betas, cam, targets, cfg.refine_steps, cfg.refine_lr, cfg.refine_reg,
-                   float(cfg.image_hw[0]), weights=weights)[0]
+                   float(cfg.image_hw[0]), weights=weights, step=cfg.refine_step)[0]
         poses["refined_"] = tok.decode(e).detach()
         arrays["keypoints"] = torch.as_tensor(person["body"])
     kp = torch.as_tensor(person["body"]).float()[list(COCO17_TO_SMPL)] if person is not None else None
@@ -1523,7 +1677,8 @@ def _demo(name):
         row = "".join("#" if m else "." for m in masked[0].tolist())
         print(f"  UGS t={t}: {row}  ({int(masked.sum())} masked, mean confidence {conf.mean():.4f})")
     targets = torch.rand(1, NUM_JOINTS, 2) - 0.5
-    _, G0, G1 = refine(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, cfg.refine_steps)
+    _, G0, G1 = refine(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, cfg.refine_steps, cfg.refine_lr,
+                       step=cfg.refine_step)
     print(f"  refinement ({cfg.refine_steps} steps) against random keypoints: G {G0.item():.1f} -> {G1.item():.1f}")
 
 

@@ -406,6 +406,87 @@ def test_predict_returns_refined_outputs_deterministically(model):
         genhmr.predict(model, batch, IMG)
 
 
+def test_refinement_fixed_step_is_eq_4_as_printed(model):
+    """Eq. (4) with a fixed eta: one step moves the codes by exactly -eta grad G; backtracking never raises G."""
+    tok = model.tokenizer
+    ugs = genhmr.uncertainty_guided_sampling(model, torch.rand(2, 3, 32, 32, generator=seeded(11)), T=2)
+    targets = torch.rand(2, 24, 2, generator=seeded(12)) * 0.4 - 0.2
+    e0 = tok.quantizer.codebook[ugs["ids"]].clone().requires_grad_(True)
+    t = bodymodels.weak_perspective_to_translation(ugs["cam"], genhmr.FOCAL_LENGTH, genhmr.CROP_SIZE)
+    with torch.no_grad():
+        R0 = tok.decode(e0)
+    G = genhmr.refinement_objective(tok, e0, ugs["betas"], t, targets, R0, 10.0, 256.0)
+    grad, = torch.autograd.grad(G.sum(), e0)
+    e1, G_start, G_end = genhmr.refine(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, steps=1, lr=1e-3,
+                                       step="fixed")
+    assert torch.allclose(e1, e0.detach() - 1e-3 * grad, atol=1e-6) and torch.allclose(G_start, G.detach())
+    assert genhmr.PAPER.refine_step == "fixed" and genhmr.TINY.refine_step in ("fixed", "backtracking")
+    with pytest.raises(ValueError, match="refine_step"):
+        genhmr.GenHMRConfig(refine_step="adam")
+
+
+def test_count_table_counts_neighbours_and_fills_what_they_determine():
+    """NeighbourCounts: n[i, a, b] counts adjacent pairs; where y_{i+1} = y_i + 1 always, a hidden token with a
+    visible neighbour is recovered exactly; visible tokens are returned as given; the table is saved state."""
+    table = genhmr.NeighbourCounts(6, 10)
+    starts = torch.randint(0, 5, (40,), generator=seeded(0))
+    ids = starts[:, None] + torch.arange(6)  # (40, 6), codes 0..9
+    table.add(ids[:20]), table.add(ids[20:])
+    assert int(table.pairs.sum()) == 40 * 5 and int(table.pairs[2, 3, 4]) == int((starts == 1).sum())
+    hidden = torch.zeros(40, 6, dtype=torch.bool)
+    hidden[:, 1], hidden[:, 4] = True, True
+    assert torch.equal(table.predict(ids, hidden), ids)
+    copy = genhmr.NeighbourCounts(6, 10)
+    copy.load_state_dict(table.state_dict())
+    assert torch.equal(copy.pairs, table.pairs)
+
+
+def test_context_accuracies_follow_the_index_and_body_metrics_average_them(model, tokenizer):
+    """predict's masked_token_accuracy_75 / count_table_accuracy_75: a fixed quarter of the tokens hidden per
+    sample index; a generator told the true tokens everywhere (logits = one-hot Y*) scores 1; metrics average."""
+    import metrics
+    hidden = genhmr.context_masks(torch.tensor([3, 3, 4]), 48)
+    assert hidden.sum(1).tolist() == [12, 12, 12] and torch.equal(hidden[0], hidden[1])
+    assert not torch.equal(hidden[0], hidden[2])
+    m = genhmr.build_model(dataclasses.replace(IMG, count_table=True), tokenizer).eval()
+    batch = body_batch(3, seed=8)
+    batch["index"] = torch.tensor([5, 6, 7])
+    m.counts.add(tokenizer.tokenize(batch["smpl_pose"]))  # the table has seen these very poses
+    levels = m.encode_image(batch["image"])[0]
+    out = genhmr.context_accuracies(m, levels, batch)
+    assert out["masked_token_accuracy_75"].shape == (3,) and ((0 <= out["masked_token_accuracy_75"]) &
+                                                               (out["masked_token_accuracy_75"] <= 1)).all()
+    y = tokenizer.tokenize(batch["smpl_pose"])
+    m.logits = lambda ids, levels: F.one_hot(y, m.num_codes).float()
+    assert genhmr.context_accuracies(m, levels, batch)["masked_token_accuracy_75"].tolist() == [1.0, 1.0, 1.0]
+    batch["has_smpl_pose"] = torch.tensor([1.0, 0.0, 1.0])
+    out = genhmr.context_accuracies(m, levels, batch)
+    assert math.isnan(out["count_table_accuracy_75"][1]) and not math.isnan(out["count_table_accuracy_75"][0])
+    scored = metrics.body_metrics(dict(out, joints3d=torch.zeros(3, 24, 3)), {"joints3d": torch.zeros(3, 24, 3)})
+    assert scored["masked_token_accuracy_75"] == pytest.approx(1.0)
+    assert scored["count_table_accuracy_75"] == pytest.approx(float(out["count_table_accuracy_75"][[0, 2]].mean()))
+
+
+def test_every_ablation_row_sets_existing_fields_that_round_trip_through_set():
+    """ABLATIONS: each row's fields belong to a GenHMR stage's config, survive train.py's --set text, and
+    build; inference tables change only predict-time fields; one figure per column; the chosen row exists."""
+    import train
+    inference_fields = {"ugs_iterations", "schedule", "top_k", "refine_steps", "refine_step", "refine_lr"}
+    for name, table in genhmr.ABLATIONS.items():
+        labels = [row[0] for row in table["rows"]]
+        assert table["chosen"] in labels and len(set(labels)) == len(labels), name
+        for label, fields, figures in table["rows"]:
+            assert len(figures) == len(table["columns"]), (name, label)
+            if table.get("inference"):
+                assert set(fields) <= inference_fields, (name, label)
+            for cfg in (genhmr.TINY, genhmr.TOKENIZER_TINY):
+                own = {k: v for k, v in fields.items() if k in {f.name for f in dataclasses.fields(cfg)}}
+                text = [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in own.items()]
+                assert dataclasses.asdict(train.apply_overrides(cfg, text)) == dataclasses.asdict(
+                    dataclasses.replace(cfg, **own)), (name, label)
+            assert set(fields) <= {f.name for c in (genhmr.TINY, genhmr.TOKENIZER_TINY) for f in dataclasses.fields(c)}
+
+
 # ---------------------------------------------------------------------------------------------
 # Training: the protocol, frozen parts, overfit
 
