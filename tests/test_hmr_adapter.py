@@ -148,6 +148,7 @@ def test_arm_chains_local_are_the_joints_own_rotations_global_their_products_end
 
 def test_chain_field_builds_both_readings_and_paper_reads_local_rotations(bases, batch):
     assert ha.PAPER.chain == "local" and ha.TINY.chain == "global"
+    assert ha.PAPER.body_loss_hands and ha.TINY.body_loss_hands  # Eq. 7 over the whole-body joints, as SMPLer-X
     cfg = train.apply_overrides(ha.TINY, ["chain=local"])
     assert cfg.chain == "local"
     losses = {}
