@@ -12,7 +12,8 @@ One person crop in, an SMPL mesh out, through two trained stages and a two-step 
              -> 2D-pose-guided refinement (Eqs. 2-4: gradient descent on the code vectors) -> SMPL
 
 The module is train.py's image stage (`CONFIGS`, `build_model`, `training_loss`, `predict`,
-`learning_rate`; `TOKENIZER` is the tokenizer's, `BACKBONE` the backbone stage's):
+`learning_rate`; `TOKENIZER` is the tokenizer's, `BACKBONE` the backbone stage's; `ABLATIONS` the paper's
+Tables 2-6, 11, 13-16 as rows of config overrides for `train.py --ablation`):
 `torchrun --standalone --nproc_per_node=2 train.py --model genhmr` trains "genhmr_tokenizer", then
 "genhmr_backbone" (holding the frozen tokenizer), then "genhmr" from it, each scored against
 `metrics.MeanPoseBaseline`. `python genhmr.py --image PATH [--keypoints FILE]` runs that trained chain on
@@ -45,7 +46,8 @@ NOTE(paper gap) list (each also stands at its spot):
 17. UGS: confidence = probability of the chosen token; fixed tokens stay fixed; ties to the lower index;
     ceil(gamma(t / T) L) re-masked after iteration t, none after T.
 18. Refinement descends on the code vectors (no re-quantisation); G = squared reprojection error in
-    crop pixels + lambda ||R - R_0||^2; per-sample backtracking eta, so G never rises; beta, camera fixed.
+    crop pixels + lambda ||R - R_0||^2; Eq. (4)'s eta unstated (0.03, fixed); a per-sample backtracking eta
+    (G never rises; up to 7 passes a step, so not the paper's AITI) is an option; beta, camera fixed.
 19. Symbols kept apart: L tokens vs n_levels (MSDA's L); tau the mask variable vs the Gumbel temperature;
     training's cos(pi tau / 2) vs UGS's (1 + cos(pi t / T)) / 2.
 20. TINY only: loss_batch = 1 (the geometric terms are per-sample means, not x 48): with the sums over a
@@ -56,6 +58,7 @@ NOTE(paper gap) list (each also stands at its spot):
 23. Backbone stage (`PoseRegressor`, "genhmr_backbone"), the paper's unstated initialisation: GenHMR's ViT
     with HMR2.0's SMPL head and losses (TINY: flatten -> MLP pose head), from ViTPose-H or HMR2.0 weights
     when given; the image stage starts from its ViT.
+24. Token and position embeddings start at N(0, 0.02) (BERT / MaskGIT; the paper states no init).
 
 Symbols: B batch, J = 24 joints, V = 6890 vertices, L tokens, K codes, D code dimension, C ViT width,
 d decoder width, M heads, n_levels pyramid levels, P sampling points, T UGS iterations, theta pose,
@@ -180,7 +183,7 @@ class GenHMRConfig:
     top_k: int = 1  # greedy
     refine_steps: int = 20  # P (Table 1 = Table 3's 20-iteration row)
     refine_step: str = "fixed"  # Eq. (4): "fixed" eta = refine_lr (as printed) | "backtracking" (NOTE(paper gap) 18)
-    refine_lr: float = 1.0  # eta of Eq. (4) (unstated), the start of the backtracking's
+    refine_lr: float = 0.03  # eta of Eq. (4), unstated: the best of 0.003-1 at TINY (docs/genhmr.md); G is in crop px^2
     refine_reg: float = 10.0  # lambda_theta' (px^2 per unit ||R - R_0||^2)
     refine_noise_px: float = 1.0  # evaluation keypoints = GT projection + N(0, 1 px)
     table_iterations: tuple = (1, 3, 5, 10)  # report-only rows of `predict`: T x the four schedules (Tables 2, 11)
@@ -243,9 +246,8 @@ TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 ->
     # NOTE(paper gap) 20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48). Summed
     # over 16 samples, CE stayed at ln K for 300 steps; averaged, CE and L_3D both fall from the first 100 steps
     loss_batch=1,
-    # Eq. (4): the backtracking step (NOTE(paper gap) 18); the fixed eta = 1 raised UGS's 174.1 mm to 191.6 after 20 steps
-    # (a 500-step image stage, seed 0); docs/genhmr.md has the sweep of eta
-    refine_step="backtracking",
+    # Eq. (4)'s fixed eta = 0.03, as PAPER: after 20 steps 110.0 mm against the backtracking's 119.1 (1.8 vs 3.0 s for
+    # 128 crops; seed 0, UGS 154.4 mm); eta 0.01 / 0.1 / 0.3 / 1: 113.6 / 113.6 / 137.4 / 177.0 (docs/genhmr.md)
     weight_decay=0.0, grad_clip=1.0, gpus=0, reported_3dpw_mpjpe_mm=0.0, reported_ugs_3dpw_mpjpe_mm=0.0,
     data="data.SyntheticBodies")
 CONFIGS = {"paper": PAPER, "tiny": TINY}
@@ -788,7 +790,7 @@ class MaskedTransformer(nn.Module):
     def __init__(self, cfg, num_tokens, num_codes, code_dim):
         super().__init__()
         d, self.mask_id = cfg.d_model, num_codes
-        # token and position embeddings at one scale, N(0, 0.02) (BERT / MaskGIT): nn.Embedding's N(0, 1) left
+        # NOTE(paper gap) 24: token and position embeddings at one scale, N(0, 0.02) (BERT / MaskGIT): N(0, 1) left
         # the positions 1/50 of the tokens (1/20 after training), so self-attention could not find a token's
         # neighbours and the trained generator ignored its context (docs/genhmr.md, "Why the context went unused")
         self.tok_emb = nn.Embedding(num_codes + 1, d)  # the last row is the learnable [MASK]

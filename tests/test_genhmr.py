@@ -451,7 +451,9 @@ def test_context_accuracies_follow_the_index_and_body_metrics_average_them(model
     m = genhmr.build_model(dataclasses.replace(IMG, count_table=True), tokenizer).eval()
     batch = body_batch(3, seed=8)
     batch["index"] = torch.tensor([5, 6, 7])
-    m.counts.add(tokenizer.tokenize(batch["smpl_pose"]))  # the table has seen these very poses
+    genhmr.training_loss(m.train(), batch, dataclasses.replace(IMG, count_table=True))  # counts the batch's Y*
+    m.eval()
+    assert int(m.counts.pairs.sum()) == 3 * (m.num_tokens - 1)
     levels = m.encode_image(batch["image"])[0]
     out = genhmr.context_accuracies(m, levels, batch)
     assert out["masked_token_accuracy_75"].shape == (3,) and ((0 <= out["masked_token_accuracy_75"]) &
