@@ -663,8 +663,10 @@ def test_a_bad_ablation_table_is_refused_in_one_line(table, expected, tmp_path, 
     assert "has the tables t" in error_of(["--model", "standin_head", "--ablation", "nope", "--out", str(tmp_path)])
 
 
-PAPER_TABLES = [(name, table) for name in ("simplehand", "genhmr", "hmr_adapter")
-                for table in getattr(train.MODELS[name].paper, "ABLATIONS", {})]
+# tables whose rows each retrain a whole GenHMR chain (tokenizer or backbone first: 30-45 s each on a core) run with -m slow
+CHAIN_TABLES = {("genhmr", "table13"), ("genhmr", "table14"), ("genhmr", "table15")}
+PAPER_TABLES = [pytest.param(name, table, marks=[pytest.mark.slow] if (name, table) in CHAIN_TABLES else [])
+                for name in ("simplehand", "genhmr", "hmr_adapter") for table in getattr(train.MODELS[name].paper, "ABLATIONS", {})]
 
 
 @pytest.mark.parametrize("model, table", PAPER_TABLES)
