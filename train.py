@@ -78,6 +78,7 @@ import inspect
 import json
 import os
 import random
+import sys
 import time
 import typing
 from contextlib import nullcontext
@@ -1011,4 +1012,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as e:  # fail()'s one line: on stderr, exit status 2 (bad input), as argparse does
+        if not isinstance(e.code, str):
+            raise
+        print(e.code, file=sys.stderr)
+        raise SystemExit(2)

@@ -250,6 +250,13 @@ def test_bad_input_gives_one_line_error(argv, expected, tmp_path):
     assert expected in error_of(argv + ["--out", str(tmp_path)])
 
 
+def test_the_command_exits_2_with_its_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "simplehand", "--ablation", "table99",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("train.py: error: --ablation 'table99': simplehand has the tables table4, table5")
+
+
 @pytest.mark.parametrize("kind, expected", [("freihand", "FreiHAND: missing"), ("npz", "NpzHands: missing")])
 def test_empty_dataset_folder_names_the_missing_file(kind, expected, tmp_path):
     message = error_of(["--model", "simplehand", "--data", f"{kind}:{tmp_path}", "--out", str(tmp_path / "out")])
