@@ -761,7 +761,8 @@ def run_chain(name, overrides, resume, args, ranks):
 #   ABLATIONS = {"table5": dict(caption=..., columns=((metric name, paper's column), ...),
 #                               rows=((label, {config field: value}, (paper figure per column, None if not
 #                                      reported)), ...), chosen=label of the paper's choice,
-#                               stage=the row's stage (default --model), inference=False)}
+#                               stage=the row's stage (default --model), inference=False,
+#                               longer={label: factor} for rows the paper trains factor x as long)}
 # A row's field sets the config of the table's stage when it has the field, else of the nearest stage it
 # starts from that has it. A training row trains, in OUT/<model>/ablation_<table>/<row>/, the oldest stage
 # it changes and every stage after it, and reuses the untouched stages from OUT. An inference table
@@ -774,7 +775,7 @@ def ablation_table(args):
     if args.ablation not in tables:
         fail(f"--ablation {args.ablation!r}: {args.model} has " +
              (f"the tables {', '.join(tables)}" if tables else "no ablation tables"))
-    return dict(dict(stage=args.model, inference=False), **tables[args.ablation])
+    return dict(dict(stage=args.model, inference=False, longer={}), **tables[args.ablation])
 
 
 def override_text(key, value):
@@ -808,6 +809,9 @@ def check_ablation(args):
     labels = [label for label, _, _ in table["rows"]]
     if table["chosen"] not in labels:
         fail(f"--ablation {args.ablation}: chosen row {table['chosen']!r} is not one of its rows {labels}")
+    for label, factor in table["longer"].items():
+        if label not in labels or table["inference"] or not factor > 0:
+            fail(f"--ablation {args.ablation}: longer[{label!r}] = {factor!r} needs a training row of {labels} and a factor > 0")
     own = config_fields(table["stage"], args.config)
     for label, fields, paper in table["rows"]:
         where = f"--ablation {args.ablation}, row {label!r}"
@@ -838,6 +842,10 @@ def train_row(table, index, label, fields, args, ranks):
     """Train one row in its folder (resuming a stopped one) and return its stage's metrics.json values."""
     name, chain = table["stage"], lineage(table["stage"])[::-1]  # oldest first
     given = row_overrides(table, fields, args)
+    if label in table["longer"]:  # the paper trains this row longer: factor x the stage's steps, last so it wins
+        steps = [f"max_steps={args.max_steps}"] if args.max_steps is not None else []
+        cfg = apply_overrides(MODELS[name].paper.CONFIGS[args.config], steps + given[name])
+        given[name] = given[name] + [f"max_steps={round(table['longer'][label] * cfg.max_steps)}"]
     first = min([chain.index(field_owner(table, k, args)) for k in fields], default=len(chain) - 1)  # {}: the stage alone
     folder = os.path.join(args.out, args.model, f"ablation_{args.ablation}", row_folder(index, label))
     row_args = argparse.Namespace(**{**vars(args), "out": folder, "reused": {s: args.out for s in chain[:first]}})
@@ -888,8 +896,8 @@ def run_ablation(args, ranks):
 
 def write_ablation(table, scores, sources, args):
     """OUT/<model>/ablation_<table>.json (every row: overrides, our figures, the paper's) and .md (one table)."""
-    rows = [dict(label=label, overrides=fields, chosen=label == table["chosen"], folder=source,
-                 ours=score, paper=dict(zip([c for c, _ in table["columns"]], paper)))
+    rows = [dict(label=label, overrides=fields, steps_factor=table["longer"].get(label, 1), chosen=label == table["chosen"],
+                 folder=source, ours=score, paper=dict(zip([c for c, _ in table["columns"]], paper)))
             for (label, fields, paper), score, source in zip(table["rows"], scores, sources)]
     facts = dict(model=args.model, table=args.ablation, caption=table["caption"], stage=table["stage"],
                  inference=table["inference"], config=args.config, set=args.set, max_steps=args.max_steps,
@@ -906,7 +914,8 @@ def write_ablation(table, scores, sources, args):
              "|---|---|" + "---:|---:|" * len(table["columns"])]
     for row in rows:
         label = f"**{row['label']}**" if row["chosen"] else row["label"]
-        fields = ", ".join(override_text(k, v) for k, v in row["overrides"].items()) or "-"
+        fields = [override_text(k, v) for k, v in row["overrides"].items()]
+        fields = ", ".join(fields + [f"{row['steps_factor']} x the steps"] * (row["steps_factor"] != 1)) or "-"
         cells = [f"{row['ours'][c]:.2f} | {'-' if row['paper'][c] is None else row['paper'][c]}" for c, _ in table["columns"]]
         lines.append(f"| {label} | {fields} | " + " | ".join(cells) + " |")
     bodymodels.atomic_write(base + ".md", lambda f: f.write(("\n".join(lines) + "\n").encode()))

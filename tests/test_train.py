@@ -604,7 +604,7 @@ STANDIN_TABLES = dict(
                 columns=(("error_mm", "error (mm)"), ("under50", "under 50 mm")),
                 rows=(("as is", {}, (1.0, None)), ("slower head", {"lr": 1e-3}, (2.0, 0.5)),
                       ("narrow base", {"width": 16}, (3.0, None))),
-                chosen="as is"),
+                chosen="as is", longer={"slower head": 2}),
     table2=dict(caption="Output scale", inference=True, columns=(("error_mm", "error (mm)"),),
                 rows=(("x1", {"scale": None}, (1.0,)), ("x2", {"scale": 2.0}, (None,))), chosen="x1"),
 )
@@ -633,11 +633,13 @@ def test_an_ablation_trains_each_row_reuses_untouched_stages_and_resumes(tmp_pat
     assert rows[1]["ours"]["error_mm"] != normal["error_mm"] and rows[1]["paper"] == dict(error_mm=2.0, under50=0.5)
     assert not (folders[0] / "standin").exists() and not (folders[1] / "standin").exists()  # the shared parent
     assert load(folders[1] / "standin_head" / "ckpt.pt")["config"]["lr"] == 1e-3
+    assert load(folders[1] / "standin_head" / "ckpt.pt")["step"] == 12  # longer: twice --max-steps, its parent shared
+    assert load(folders[2] / "standin" / "ckpt.pt")["step"] == 6 == load(folders[2] / "standin_head" / "ckpt.pt")["step"]
     assert load(folders[2] / "standin" / "ckpt.pt")["config"]["width"] == 16  # retrained with the row's width
     assert load(folders[2] / "standin_head" / "ckpt.pt")["model"]["head.weight"].shape == (NUM_POINTS * 3, 16)
     assert (tmp_path / "standin" / "ckpt.pt").stat().st_mtime_ns == parent_mtime
     table = (tmp_path / "standin_head" / "ablation_table1.md").read_text()
-    assert "| **as is** | - |" in table and "| slower head | lr=0.001 |" in table and "paper: under 50 mm" in table
+    assert "| **as is** | - |" in table and "| slower head | lr=0.001, 2 x the steps |" in table and "paper: under 50 mm" in table
     # a finished table trains nothing again; a row without its report is reported again, not retrained
     (folders[1] / "standin_head" / "metrics.json").unlink()
     mtimes = [(f / "standin_head" / "ckpt.pt").stat().st_mtime_ns for f in folders]
@@ -662,6 +664,7 @@ def test_an_inference_table_scores_one_trained_model_with_each_rows_config(tmp_p
     (dict(inference=True, rows=(("a", {"width": 1}, (1.0,)),)), "row 'a': no config of standin_head has the field(s) width"),
     (dict(rows=(("a", {}, (1.0, 2.0)),)), "row 'a': 2 paper figures for 1 columns"),
     (dict(rows=(("a", {}, (1.0,)),), chosen="b"), "chosen row 'b' is not one of its rows ['a']"),
+    (dict(rows=(("a", {}, (1.0,)),), longer={"b": 2}), "longer['b'] = 2 needs a training row of ['a'] and a factor > 0"),
 ])
 def test_a_bad_ablation_table_is_refused_in_one_line(table, expected, tmp_path, ablation_stages):
     t = dict(dict(caption="t", columns=(("error_mm", "e"),), chosen="a"), **table)
@@ -670,7 +673,8 @@ def test_a_bad_ablation_table_is_refused_in_one_line(table, expected, tmp_path, 
     assert "has the tables t" in error_of(["--model", "standin_head", "--ablation", "nope", "--out", str(tmp_path)])
 
 
-# tables whose rows each retrain a whole GenHMR chain (tokenizer or backbone first: 30-45 s each on a core) run with -m slow
+# GenHMR tables that are slow at two steps run with -m slow: 13 and 14 retrain the tokenizer, backbone and image
+# stage in every row (30-45 s a row on a core), 15 has seven image-stage rows
 CHAIN_TABLES = {("genhmr", "table13"), ("genhmr", "table14"), ("genhmr", "table15")}
 PAPER_TABLES = [pytest.param(name, table, marks=[pytest.mark.slow] if (name, table) in CHAIN_TABLES else [])
                 for name in ("simplehand", "genhmr", "hmr_adapter") for table in getattr(train.MODELS[name].paper, "ABLATIONS", {})]
