@@ -1091,13 +1091,15 @@ class SyntheticBodies(_SyntheticBodyBase):
 
     render_chunk = 8  # images per renderer pass, as SyntheticHands
 
-    def _labels(self, rng, index, pose, shape, verts, joints):
+    def _labels(self, rng, index, pose, shape, verts, joints, frame=None):
         """One sample's labels (all keys but image) from its pose (24, 3) and shape (10,) and their
         mesh verts (6890, 3) and joints (24, 3), and its look: color (6890, 3), light (3,),
-        ambient (), jitter (3,) colour factors (the background comes after, for the whole batch)."""
+        ambient (), jitter (3,) colour factors (the background comes after, for the whole batch).
+        frame: the points (N, 3) the crop is placed around (default: verts)."""
         verts, joints = verts.double(), joints.double()
         # 1. the crop
-        cam_t, K = place_in_crop(rng, verts, self.image_size, self.view_config, self.focal_length)
+        cam_t, K = place_in_crop(rng, verts if frame is None else frame.double(), self.image_size, self.view_config,
+                                 self.focal_length)
         sample = {"K": K, "verts": verts + cam_t, "joints3d": joints + cam_t, "smpl_pose": pose, "smpl_shape": shape,
                   "cam_t": cam_t}
         # 2. augmentation: a rotation Rz about the optical axis turns the global orientation to Rz R
@@ -1133,6 +1135,81 @@ class SyntheticBodies(_SyntheticBodyBase):
                        *(torch.stack([look[key] for look in looks]) for key in ("color", "light", "ambient")),
                        backgrounds, cull_backfaces=True, draw_on_background=True,
                        zbuffer=_scratch_zbuffer(self, len(samples) * height * width))[0]
+
+
+# A controlled ambiguity (GenHMR's UGS, docs/genhmr.md "Where UGS must matter"): the right arm hangs
+# down or is raised, a fair coin deciding, and a flat occluder covers every pixel where the two readings
+# differ, so the image is the same for both and only the pose tokens' joint distribution can say that
+# the arm is one way or the other, never half of each. Readings: the right shoulder's (SMPL joint 17)
+# local rotation from the actions prior's "neutral" (down) and "arms_up" means, plus the same
+# N(0, 0.1^2) per component in both; the rest of the body is the actions prior's, shared.
+AMBIGUOUS_JOINT = 17  # SMPL right shoulder
+AMBIGUOUS_READINGS = ((0.0, 0.0, 1.25), (0.0, 0.0, -1.1))  # down, up (axis-angle, radians)
+AMBIGUOUS_MOVED = (19, 21, 23)  # the joints the two readings place differently: elbow, wrist, hand
+
+
+def ambiguous_arm(pose, rng):
+    """pose (24, 3) -> (the pose with the right arm in a reading drawn by a fair coin, the other reading's
+    pose, the index of the drawn reading (0 down, 1 up))."""
+    readings = torch.tensor(AMBIGUOUS_READINGS, dtype=pose.dtype)
+    noise = _normal(rng, 0.1, (3,)).to(pose.dtype)
+    true = int(torch.rand((), generator=rng) < 0.5)
+    poses = pose.clone().expand(2, -1, -1).clone()
+    poses[:, AMBIGUOUS_JOINT] = readings + noise
+    return poses[true], poses[1 - true], true
+
+
+class AmbiguousPoses(SyntheticPoses):
+    """SyntheticPoses with `ambiguous_arm`'s right arm (the tokenizer of the ambiguous experiment)."""
+
+    def __getitem__(self, index):
+        rng = self._rng(index)
+        pose, shape = self._sample_smpl_pose(rng)
+        return {"smpl_pose": ambiguous_arm(pose, rng)[0], "smpl_shape": shape}
+
+
+class AmbiguousBodies(SyntheticBodies):
+    """SyntheticBodies whose right arm is in one of two readings (`ambiguous_arm`) under an occluder that
+    covers every pixel where the readings differ: the crop is placed around both readings' meshes and the
+    occluder is the box of the projections of every vertex that moves between them (+ 1 px), one flat
+    colour. Extra keys: smpl_pose_other (24, 3), joints3d_other (24, 3) (the other reading, camera
+    coordinates), reading () int64 (0 down, 1 up), occluder (4,) [x0, y0, x1, y1] pixels."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.augment:
+            raise ValueError("AmbiguousBodies: augment=True would move the occluder off the arm; not supported")
+
+    def _sample_smpl_pose(self, rng):
+        pose, shape = super()._sample_smpl_pose(rng)
+        return ambiguous_arm(pose, rng)[0], shape
+
+    def _labels(self, rng, index, pose, shape, verts, joints, frame=None):
+        # the other reading from the drawn one: the same noise, the other mean
+        readings = torch.tensor(AMBIGUOUS_READINGS, dtype=pose.dtype)
+        true = int((pose[AMBIGUOUS_JOINT] - readings).norm(dim=-1).argmin())
+        other = pose.clone()
+        other[AMBIGUOUS_JOINT] = pose[AMBIGUOUS_JOINT] - readings[true] + readings[1 - true]
+        verts_o, joints_o = skinning("smpl", self.model_dir, torch.float32)(other[None], shape[None])
+        verts_o, joints_o = verts_o[0].double(), joints_o[0].double()
+        sample, look = super()._labels(rng, index, pose, shape, verts, joints, frame=torch.cat([verts.double(), verts_o]))
+        cam_t = sample["cam_t"].double()
+        moved = (verts.double() - verts_o).norm(dim=-1) > 1e-4
+        uv = perspective_projection(torch.cat([verts.double()[moved], verts_o[moved]]) + cam_t, sample["K"].double())
+        height, width = _image_hw(self.image_size)
+        box = torch.cat([(uv.amin(0) - 1).floor().clamp_min(0), (uv.amax(0) + 1).ceil()]).minimum(
+            torch.tensor([width, height, width, height], dtype=uv.dtype))
+        look["occluder"] = (box, _uniform(rng, 0.1, 0.9, (3,)).float())
+        sample.update(smpl_pose_other=other.float(), joints3d_other=(joints_o + cam_t).float(),
+                      reading=torch.tensor(true), occluder=box.float())
+        return sample, look
+
+    def _images(self, samples, looks):
+        images = super()._images(samples, looks)
+        for image, look in zip(images, looks):
+            (x0, y0, x1, y1), colour = look["occluder"]
+            image[:, int(y0):int(y1), int(x0):int(x1)] = colour[:, None, None]
+        return images
 
 
 SMPLX_HAND_JOINTS = bodymodels.SMPLX_HAND_JOINTS
@@ -1661,9 +1738,12 @@ def wholebody_files(path, split):
     return files[-1] if split == "evaluation" else files[0]
 
 
+RENDERED_KINDS = ("synthetic", "ambiguous")  # --data kinds made here (no path): rendered once into a cache
+
+
 def _synthetic_only(kind, who):
-    if kind != "synthetic":
-        raise ValueError(f"{who}: --data {kind!r} is not readable here; the body stages read only 'synthetic' "
+    if kind not in RENDERED_KINDS:
+        raise ValueError(f"{who}: --data {kind!r} is not readable here; the body stages read only 'synthetic' or 'ambiguous' "
                          f"(convert real data to SyntheticBodies' keys to add a loader)")
 
 
@@ -1675,8 +1755,8 @@ def body_pose_dataset(kind, path, split, cfg, seed, num_samples):
     if kind == "hmr2":
         return Indexed(HMR2Poses(hmr2_files(path, split)), mesh=held_out)
     _synthetic_only(kind, "body_pose_dataset")
-    return Indexed(SyntheticPoses(num_samples, seed=seed + held_out * 1_000_003, pose_config=DEMO_BODY_POSE),
-                   mesh=held_out)
+    poses = AmbiguousPoses if kind == "ambiguous" else SyntheticPoses
+    return Indexed(poses(num_samples, seed=seed + held_out * 1_000_003, pose_config=DEMO_BODY_POSE), mesh=held_out)
 
 
 def body_dataset(kind, path, split, cfg, seed, num_samples):
@@ -1690,7 +1770,7 @@ def body_dataset(kind, path, split, cfg, seed, num_samples):
         hmr2_protocol_check(split)
         return Indexed(HMR2Npz(hmr2_files(path, split), cfg.image_size), drop=() if held_out else ("verts",), mesh=True)
     _synthetic_only(kind, "body_dataset")
-    bodies = SyntheticBodies(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003,
+    bodies = (AmbiguousBodies if kind == "ambiguous" else SyntheticBodies)(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003,
                              pose_config=DEMO_BODY_POSE, **DEMO_BODY_LOOK)
     return Indexed(bodies, drop=() if held_out else ("verts",))
 

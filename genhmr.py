@@ -35,7 +35,7 @@ NOTE(paper gap) list (each also stands at its spot):
 9. Reference points: learnable sigmoid(r) per token spread over the image (Deformable DETR's start all at
    the centre); no positional encoding on the pyramid.
 10. beta/camera head: pooled 1x ViT map -> MLP -> residual on HMR2.0's mean parameters.
-11. Masking: tau per sample, m clamped to [1, L], no random token replacement.
+11. Masking: tau per sample, m clamped to [1, L]; visible tokens swapped for random codes w.p. 1 - pkeep (MMM).
 12. Eq. 1 over all L positions (as printed); "masked" is a config value.
 13. Gumbel-ST sample at all positions; GT tokens at visible ones is a config value.
 14. Temperature held at tau_end after the anneal; the step count lives in a buffer.
@@ -43,8 +43,9 @@ NOTE(paper gap) list (each also stands at its spot):
     averaged). They also sum over each GPU's 48 samples: here loss_batch (48) x the mean over samples, so a
     loss means the same on any number of ranks.
 16. Stage-2 schedule unstated: constant lr, 100K steps (TokenHMR-like).
-17. UGS: confidence = probability of the chosen token; fixed tokens stay fixed; ties to the lower index;
-    ceil(gamma(t / T) L) re-masked after iteration t, none after T.
+17. UGS: confidence = probability of the chosen token (+ MaskGIT's annealed Gumbel noise on its log when
+    choice_temperature > 0); fixed tokens stay fixed; ties to the lower index; ceil(gamma(t / T) L)
+    re-masked after iteration t, none after T.
 18. Refinement descends on the code vectors (no re-quantisation); G = squared reprojection error in
     crop pixels + lambda ||R - R_0||^2; Eq. (4)'s eta unstated (0.03, fixed); a per-sample backtracking eta
     (G never rises; up to 7 passes a step, so not the paper's AITI) is an option; beta, camera fixed.
@@ -165,6 +166,7 @@ class GenHMRConfig:
     backbone_checkpoint: str = ""  # ViTPose-H or HMR2.0 weights the backbone stage starts from (`load_backbone`)
     # --- training (Training Strategy; App. > Implementation Details; Tables 4, 8, 9) ---
     mask_tau_max: float = 1.0  # tau ~ U(0, mask_tau_max) (Table 4: U(0, 1))
+    pkeep: float = 0.5  # each visible token kept w.p. pkeep, else a uniform random code. NOTE(paper gap) 11
     ce_on: str = "all"  # "all" (Eq. 1 as printed) | "masked". NOTE(paper gap) 12
     gumbel_positions: str = "all"  # "all" | "masked" (GT one-hot at visible). NOTE(paper gap) 13
     tau_start: float = 1.0  # Table 8
@@ -181,16 +183,18 @@ class GenHMRConfig:
     ugs_iterations: int = 5  # T
     schedule: str = "cosine"
     top_k: int = 1  # greedy
+    choice_temperature: float = 0.0  # UGS re-masks by log p + c (1 - t / T) Gumbel (MaskGIT); 0 = by p alone. NOTE 17
     refine_steps: int = 20  # P (Table 1 = Table 3's 20-iteration row)
     refine_step: str = "fixed"  # Eq. (4): "fixed" eta = refine_lr (as printed) | "backtracking" (NOTE(paper gap) 18)
     refine_lr: float = 0.03  # eta of Eq. (4), unstated: the best of 0.003-1 at TINY (docs/genhmr.md); G is in crop px^2
     refine_reg: float = 10.0  # lambda_theta' (px^2 per unit ||R - R_0||^2)
     refine_noise_px: float = 1.0  # evaluation keypoints = GT projection + N(0, 1 px)
-    table_iterations: tuple = (1, 3, 5, 10)  # report-only rows of `predict`: T x the four schedules (Tables 2, 11)
+    table_iterations: tuple = (1, 2, 3, 5, 10)  # report-only rows of `predict`: T x the four schedules (Tables 2, 11)
     table_refine_steps: tuple = (0, 5, 20)  # and refinement steps P after UGS (Table 3)
     # --- recipe read by train.py (App. > Implementation Details) ---
     batch_size: int = 48  # "batch size of 48"; per GPU or global is unstated
     lr: float = 1e-5  # Adam
+    backbone_lr_scale: float = 1.0  # the image encoder's lr / lr (the paper and MEGA: one lr for all)
     max_steps: int = 100_000  # NOTE(paper gap) 16
     warmup_steps: int = 0
     lr_schedule: str = "constant"
@@ -243,6 +247,7 @@ TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 ->
     # 27 % more time a step for no measured gain
     head_hidden=128, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
     token_head="tied", regressor_head="mlp", count_table=True,  # NOTE(paper gap) 21, 23
+    pkeep=0.5, choice_temperature=4.5,  # MMM's input swap, MaskGIT's confidence noise (docs/genhmr.md, issue 34)
     # NOTE(paper gap) 20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48). Summed
     # over 16 samples, CE stayed at ln K for 300 steps; averaged, CE and L_3D both fall from the first 100 steps
     loss_batch=1,
@@ -1150,6 +1155,14 @@ def build_model(cfg, parent=None):
     return model
 
 
+def param_groups(model, cfg):
+    """train.py's optimiser groups of the image stage: the image encoder (ViT) at backbone_lr_scale x lr, the rest at lr."""
+    vit = {id(p) for p in model.backbone.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [(1.0, [p for p in trainable if id(p) not in vit]),
+            (cfg.backbone_lr_scale, [p for p in trainable if id(p) in vit])]
+
+
 # ---------------------------------------------------------------------------------------------
 # 6. Training: masking, Gumbel-softmax, losses (Eq. 1, 5, 6)
 
@@ -1167,6 +1180,18 @@ def random_masking(ids, mask_id, tau_max=1.0, generator=None):
     ranks = torch.rand(B, L, device=ids.device, generator=generator).argsort(1).argsort(1)  # random permutation
     mask = ranks < m[:, None]
     return torch.where(mask, torch.full_like(ids, mask_id), ids), mask
+
+
+def swap_visible(ids, masked, num_codes, pkeep, generator=None):
+    """MMM's input corruption (exitudio/MMM, `--pkeep`): each visible token kept with probability pkeep,
+    else replaced by a code drawn uniformly from the K; [MASK]ed positions untouched. NOTE(paper gap) 11.
+    The targets stay the true tokens, so the generator learns to doubt its context, as it must at
+    inference, where the context is its own earlier guesses."""
+    if pkeep >= 1:
+        return ids
+    swap = (torch.rand(ids.shape, device=ids.device, generator=generator) >= pkeep) & ~masked
+    random_ids = torch.randint(num_codes, ids.shape, device=ids.device, generator=generator)
+    return torch.where(swap, random_ids, ids)
 
 
 def gumbel_temperature(cfg, step):
@@ -1211,6 +1236,7 @@ def training_loss(model, batch, cfg):
     check_pose(pose)
     y_gt = raw.tokenizer.tokenize(pose)  # Y* on the fly (after any augmentation)
     y_m, masked = random_masking(y_gt, raw.num_codes, cfg.mask_tau_max)
+    y_m = swap_visible(y_m, masked, raw.num_codes, cfg.pkeep)
     out = model(images, y_m)
     if raw.counts is not None:  # the yardstick's table counts the same training tokens
         raw.counts.add(y_gt)
@@ -1326,34 +1352,64 @@ def sample_tokens(probs, top_k, generator=None):
 
 
 @torch.no_grad()
-def uncertainty_guided_sampling(model, images, T=5, schedule="cosine", top_k=1, generator=None):
+def uncertainty_guided_sampling(model, images, T=5, schedule="cosine", top_k=1, generator=None,
+                                choice_temperature=0.0, seeds=None):
     """Inference Strategy > UGS: start all [MASK]; each iteration samples every masked token, then
     re-masks the ceil(gamma(t / T) L) least confident of them; the image encoder runs once.
     -> {"ids" (B, L), "betas", "cam", "history": [(masked (B, L) bool after t, confidence (B, L))]}."""
     model = _unwrap(model)
     levels, betas, cam = model.encode_image(images)  # once, whatever T is
-    ids, history = sample_from_features(model, levels, T, schedule, top_k, generator)
+    ids, history = sample_from_features(model, levels, T, schedule, top_k, generator, choice_temperature, seeds)
     return {"ids": ids, "betas": betas, "cam": cam, "history": history}
 
 
+def gumbel_noise(shape, seeds=None, step=0, generator=None, device=None):
+    """Gumbel(0, 1) noise (B, *shape[1:]); with seeds (B,) one generator per sample seeded by (seed, step),
+    so a sample's draw is the same whichever rank or batch it is in."""
+    if seeds is None:
+        u = torch.rand(shape, generator=generator, device=device)
+    else:
+        u = torch.stack([torch.rand(shape[1:], generator=torch.Generator().manual_seed(int(i) * 1009 + step))
+                         for i in seeds.reshape(-1)]).to(device)
+    return -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
+
+
 @torch.no_grad()
-def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generator=None):
-    """UGS's iterations on an encoded image pyramid -> (ids (B, L), history)."""
+def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generator=None, choice_temperature=0.0,
+                         seeds=None):
+    """UGS's iterations on an encoded image pyramid -> (ids (B, L), history). choice_temperature c > 0 ranks
+    the masked tokens by log p + c (1 - t / T) g, g ~ Gumbel(0, 1) (MaskGIT's `mask_by_random_topk`): early
+    passes re-mask some confident tokens too, so one wrong early guess does not fix its neighbours."""
     B, L, device = len(levels[0]), model.num_tokens, levels[0].device
     ids = torch.full((B, L), model.num_codes, dtype=torch.long, device=device)
     masked = torch.ones(B, L, dtype=torch.bool, device=device)
     history = []
-    for n in remask_counts(L, T, schedule):
+    for t, n in enumerate(remask_counts(L, T, schedule), 1):
         probs = model.logits(ids, levels).float().softmax(-1)  # (B, L, K)
         sampled = sample_tokens(probs, top_k, generator)
         confidence = probs.gather(-1, sampled[..., None])[..., 0]  # probability of the chosen token
         ids = torch.where(masked, sampled, ids)
-        score = torch.where(masked, confidence, torch.full_like(confidence, math.inf))  # fixed stay fixed
+        score = confidence
+        if choice_temperature > 0 and n:
+            noise = gumbel_noise((B, L), seeds, t, generator, device)
+            score = confidence.clamp_min(1e-30).log() + choice_temperature * (1 - t / T) * noise
+        score = torch.where(masked, score, torch.full_like(score, math.inf))  # fixed stay fixed
         order = score.argsort(dim=1, stable=True)  # least confident first, ties to the lower index
         masked = torch.zeros_like(masked).scatter(1, order[:, :n], True)
         ids = torch.where(masked, torch.full_like(ids, model.num_codes), ids)
         history.append((masked.clone(), confidence))
     return ids, history
+
+
+@torch.no_grad()
+def soft_readout(model, levels):
+    """Not the paper's: one pass from all [MASK], each token's expected code vector sum_k p_k c_k decoded
+    (a yardstick beside UGS's argmax: a broad posterior averages instead of picking one far code)
+    -> rotations (B, 24, 3, 3)."""
+    B, L = len(levels[0]), model.num_tokens
+    ids = torch.full((B, L), model.num_codes, dtype=torch.long, device=levels[0].device)
+    probs = model.logits(ids, levels).float().softmax(-1)
+    return model.tokenizer.decode(probs @ model.tokenizer.quantizer.codebook.float())
 
 
 def refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights=None):
@@ -1471,22 +1527,25 @@ def mesh_outputs(tokenizer, R, betas, cam, prefix=""):
 
 @torch.no_grad()
 def predict(model, batch, cfg):
-    """UGS (cfg.ugs_iterations, schedule, top_k), then refinement (cfg.refine_steps) against
+    """UGS (cfg.ugs_iterations, schedule, top_k, choice_temperature: its noise seeded by batch["index"]), then refinement (cfg.refine_steps) against
     batch["joints2d"] + keypoint_noise -> per-sample tensors: joints3d (B, 24, 3), verts (B, 6890, 3)
     in metres in the labels' camera frame, joints2d (B, 24, 2) pixels, ids, betas; the same with
     prefix refined_; reproj_error_px and refined_reproj_error_px (B,): mean 2D distance to the
     keypoints refinement was given. And the report-only table (Tables 2, 3, 11): joints3d of UGS for
     every T in cfg.table_iterations x schedule (table_{schedule}_T{T}_joints3d) and of refinement for
-    every P in cfg.table_refine_steps (table_refine_P{P}_joints3d). The image is encoded once."""
+    every P in cfg.table_refine_steps (table_refine_P{P}_joints3d), and `soft_readout`'s (table_soft_T1_joints3d).
+    The image is encoded once."""
     model = _unwrap(model)
     images, tok = batch["image"], model.tokenizer
     H, W = images.shape[-2:]
     levels, betas, cam = model.encode_image(images)
-    ids = sample_from_features(model, levels, cfg.ugs_iterations, cfg.schedule, cfg.top_k)[0]
-    out = mesh_outputs(tok, tok.decode_ids(ids), betas, cam)
     if "index" not in batch:
         raise ValueError("genhmr.predict: the batch needs 'index' (B,), the samples' dataset indices that seed "
                          "the keypoint noise (data.Indexed adds it)")
+    ugs = functools.partial(sample_from_features, model, levels, schedule=cfg.schedule, top_k=cfg.top_k,
+                            choice_temperature=cfg.choice_temperature, seeds=batch["index"])
+    ids = ugs(T=cfg.ugs_iterations)[0]
+    out = mesh_outputs(tok, tok.decode_ids(ids), betas, cam)
     targets_px = batch["joints2d"].float() + keypoint_noise(batch["index"], cfg.refine_noise_px, (NUM_JOINTS, 2))
     targets = normalised_keypoints(targets_px, (H, W))
     refined = dict.fromkeys((cfg.refine_steps, *cfg.table_refine_steps))  # one descent, every P read from it
@@ -1503,8 +1562,10 @@ def predict(model, batch, cfg):
     out.update(ids=ids, betas=betas, **context_accuracies(model, levels, batch))
     for schedule in SCHEDULES if cfg.table_iterations else ():
         for T in cfg.table_iterations:
-            table_ids = sample_from_features(model, levels, T, schedule, cfg.top_k)[0]
+            table_ids = ugs(T=T, schedule=schedule)[0]
             out[f"table_{schedule}_T{T}_joints3d"] = tok.body.joints(tok.decode_ids(table_ids), betas)
+    if cfg.table_iterations:
+        out["table_soft_T1_joints3d"] = tok.body.joints(soft_readout(model, levels), betas)
     for P in cfg.table_refine_steps:
         out[f"table_refine_P{P}_joints3d"] = tok.body.joints(tok.decode(refined[P]), betas)
     return out
@@ -1610,7 +1671,8 @@ def infer(image, box, people, args):
     box, A = bodymodels.person_crop((H, W), hw, box, person["body"] if person else None, KEYPOINT_BOX_ENLARGE,
                                     args.keypoints)  # the whole image of the model's aspect is the training crop
     crop = bodymodels.warp_image(image, A, hw)
-    ugs = uncertainty_guided_sampling(model, crop[None], cfg.ugs_iterations, cfg.schedule, cfg.top_k)
+    ugs = uncertainty_guided_sampling(model, crop[None], cfg.ugs_iterations, cfg.schedule, cfg.top_k,
+                                      choice_temperature=cfg.choice_temperature, seeds=torch.zeros(1))
     ids, betas, cam = ugs["ids"], ugs["betas"], ugs["cam"]
     # the crop's camera: focal f / S per crop height (2D is normalised by H), principal point at its centre
     crop_t = bodymodels.weak_perspective_to_translation(cam.double(), FOCAL_LENGTH, CROP_SIZE)

@@ -533,6 +533,34 @@ def body_errors(pred_joints, gt_joints, pred_verts=None, gt_verts=None, prefix="
     return out
 
 
+def two_reading_errors(pred_joints, gt_joints, other_joints, prefix=""):
+    """GenHMR's controlled ambiguity (data.AmbiguousBodies): the image shows two readings of each person
+    equally well, the true one (gt_joints) and the other (other_joints), all (B, 24, 3) metres, pelvis at 0.
+    Each prediction is scored against the nearer reading, and the joints the readings place apart by more
+    than 1 cm (the hidden arm) are asked whether they commit to one: within a third of the readings'
+    separation from it (a prediction halfway between is a third of it from neither). -> {prefix}...
+    nearest_reading_mpjpe_mm (whole body, pelvis-aligned, mean over samples of the smaller MPJPE),
+    hidden_arm_mm (the hidden joints' mean error to the nearer reading), committed_fraction, and
+    true_reading_fraction (of the committed: the share on the true reading, 0.5 if the image tells nothing)."""
+    aligned = [j - j[:, :1] for j in (pred_joints, gt_joints, other_joints)]
+    p, a, b = aligned
+    hidden = ((a - b).norm(dim=-1) > 0.01).to(p.dtype)  # (B, 24)
+    count = hidden.sum(1).clamp_min(1)
+
+    def arm(x, y):
+        return ((x - y).norm(dim=-1) * hidden).sum(1) / count  # (B,)
+
+    to_a, to_b, separation = arm(p, a), arm(p, b), arm(a, b)
+    nearest = torch.minimum(to_a, to_b)
+    committed = nearest < separation / 3
+    full = torch.minimum(mpjpe(pred_joints, gt_joints, 0), mpjpe(pred_joints, other_joints, 0))
+    on_true = (to_a < to_b) & committed
+    return {f"{prefix}nearest_reading_mpjpe_mm": full.mean().item() * 1e3,
+            f"{prefix}hidden_arm_mm": nearest.mean().item() * 1e3,
+            f"{prefix}committed_fraction": committed.double().mean().item(),
+            f"{prefix}true_reading_fraction": (on_true.sum() / committed.sum().clamp_min(1)).item()}
+
+
 def body_metrics(pred, gt):
     """The body table train.py reports: `body_errors` of every prediction variant in pred (a prefix p
     with pred[p + "joints3d"]: "" first, then e.g. "refined_" or a table row's), against gt's
@@ -541,7 +569,8 @@ def body_metrics(pred, gt):
     pred["masked_token_accuracy_75"] / pred["count_table_accuracy_75"] (B,), their means over labelled rows.
     Real benchmarks (gt from data.HMR2Npz, with "keypoints3d"): a variant with meshes is scored by
     the benchmarks' protocol (`hmr2_errors`, regressor from $HMR_J_REGRESSOR), one without (a table
-    row's joints) by `body_errors` on the rows with SMPL labels."""
+    row's joints) by `body_errors` on the rows with SMPL labels. With gt["joints3d_other"]
+    (data.AmbiguousBodies), also `two_reading_errors` of each variant."""
     prefixes = [k[:-len("joints3d")] for k in pred if k.endswith("joints3d")]
     protocol, rows = "keypoints3d" in gt, _labelled(gt)
     regressor = keypoint_regressor() if protocol else None
@@ -553,6 +582,8 @@ def body_metrics(pred, gt):
             out.update(body_errors(pred[p + "joints3d"][rows], gt["joints3d"][rows],
                                    pred[p + "verts"][rows] if p + "verts" in pred else None,
                                    gt["verts"][rows] if "verts" in gt else None, p))
+        if "joints3d_other" in gt:  # data.AmbiguousBodies: which of two readings each prediction commits to
+            out.update(two_reading_errors(pred[p + "joints3d"], gt["joints3d"], gt["joints3d_other"], p))
     for key in ("masked_token_accuracy_75", "count_table_accuracy_75"):  # GenHMR: NaN on rows without a pose
         if key in pred and not torch.isnan(pred[key]).all():
             out[key] = torch.nanmean(pred[key].double()).item()

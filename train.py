@@ -117,7 +117,7 @@ class Stage:
 # GenHMR's stages also read 4D-Humans' evaluation .npz: hmr2:FILE.npz (train and score on it) or
 # hmr2:TRAIN.npz,EVAL.npz; the tokenizer learns the file's SMPL poses (data.HMR2Poses), the image stages
 # its crops (data.HMR2Npz), scored by the benchmarks' protocol (metrics.hmr2_protocol, $HMR_J_REGRESSOR)
-BODY_KINDS = ("synthetic", "hmr2")
+BODY_KINDS = ("synthetic", "ambiguous", "hmr2")  # ambiguous: data.AmbiguousBodies, UGS's controlled experiment
 # HMR-Adapter's stages also read whole bodies (EHF, ARCTIC) in data.WholeBodyNpz's format: wholebody:FILE.npz
 # (train and score on it: the format gives every key the losses read) or wholebody:TRAIN.npz,EVAL.npz; scored
 # by Table 1's protocol (hmr_adapter.evaluation_metrics; the face on $HMR_FLAME_VERTEX_IDS when set)
@@ -255,7 +255,7 @@ def build_dataset(name, cfg, split, num_samples, args, ranks):
         dataset = stage.data(kind, path, split, cfg, args.seed, num_samples)
     except (FileNotFoundError, ValueError) as e:  # the loaders name the missing file on their first line
         fail(f"--data {args.data}: {str(e).splitlines()[0]}")
-    if kind != "synthetic":
+    if kind not in data.RENDERED_KINDS:
         return dataset
     # the cache name carries everything the samples depend on, data.py's source included; stages
     # reading the same data function with the same fields share it
@@ -930,7 +930,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train a paper's stages (plain PyTorch; DDP under torchrun).")
     p.add_argument("--model", required=True, help=f"which stage to train: {' | '.join(MODELS)}")
     p.add_argument("--config", default="tiny", help="preset in the paper's CONFIGS (default: tiny, the CPU demo)")
-    p.add_argument("--data", default="synthetic", help="synthetic | KIND:PATH, the kinds the stage reads (default: synthetic)")
+    p.add_argument("--data", default="synthetic", help="synthetic | ambiguous (GenHMR) | KIND:PATH, the kinds the stage "
+                   "reads (default: synthetic)")
     p.add_argument("--out", default="out", help="output folder; each stage writes to OUT/<stage> (default: out)")
     p.add_argument("--max-steps", type=int, default=None, help="optimisation steps of --model; also caps the stages it starts from that run here (default: each config's max_steps)")
     p.add_argument("--ckpt-every", type=int, default=200, help="write the checkpoint every this many steps, and at the end (default: 200)")
@@ -956,15 +957,15 @@ def check_args(args):
         stage, which = MODELS[name], name if name == args.model else f"{name} (which {args.model} starts from)"
         if args.config not in stage.paper.CONFIGS:
             fail(f"unknown --config {args.config!r} for {which}; expected one of: {', '.join(stage.paper.CONFIGS)}")
-        if kind not in stage.data_kinds or (kind == "synthetic") == bool(sep):
+        if kind not in stage.data_kinds or (kind in data.RENDERED_KINDS) == bool(sep):
             fail(f"--data {args.data!r}: {which} expects " +
-                 ", ".join(k if k == "synthetic" else f"{k}:PATH" for k in stage.data_kinds))
+                 ", ".join(k if k in data.RENDERED_KINDS else f"{k}:PATH" for k in stage.data_kinds))
     if kind in ("hmr2", "wholebody"):  # files, not a folder
         what = "a 4D-Humans evaluation .npz" if kind == "hmr2" else "a whole-body .npz (data.WholeBodyNpz)"
         for file in path.split(","):
             if not os.path.isfile(file):
                 fail(f"--data {args.data}: file {file!r} does not exist; expected {what}")
-    elif kind != "synthetic" and not os.path.isdir(path):
+    elif kind not in data.RENDERED_KINDS and not os.path.isdir(path):
         fail(f"--data {args.data}: folder {path!r} does not exist; expected the dataset's root folder")
     if args.model.startswith("hmr_adapter"):
         try:  # the face and hand metrics' vertex ids ($HMR_FLAME_VERTEX_IDS, ...): a bad file fails now, not after training

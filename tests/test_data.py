@@ -1002,3 +1002,40 @@ def test_wholebody_dataset_reaches_the_file(tmp_path):
     assert "verts" not in train_set[1] and eval_set[1]["verts"].shape == (10475, 3) and int(eval_set[1]["index"]) == 1
     with pytest.raises(ValueError, match="'freihand' is not readable"):
         data.wholebody_dataset("freihand", str(path), "training", cfg, 0, 99)
+
+
+def test_ambiguous_bodies_show_both_readings_in_the_same_image():
+    """AmbiguousBodies: the image of a person is the same whichever reading of the right arm the coin
+    picked (the occluder covers every pixel where they differ), the other reading is the labelled pose with
+    only the shoulder's mean swapped, and its joints are SMPL's of that pose in the same camera."""
+    dataset = data.AmbiguousBodies(6, image_size=(64, 48), seed=5, pose_config=data.DEMO_BODY_POSE, **data.DEMO_BODY_LOOK)
+    drawn = dataset.__getitems__(list(range(6)))
+    original = data.ambiguous_arm
+
+    def swapped(pose, rng):  # the same draws, the coin's outcome reversed
+        mine, other, true = original(pose, rng)
+        return other, mine, 1 - true
+
+    data.ambiguous_arm = swapped
+    try:
+        flipped = dataset.__getitems__(list(range(6)))
+    finally:
+        data.ambiguous_arm = original
+    readings = torch.tensor(data.AMBIGUOUS_READINGS)
+    assert {int(s["reading"]) for s in drawn} == {0, 1}
+    for a, b in zip(drawn, flipped):
+        assert int(a["reading"]) == 1 - int(b["reading"])
+        assert torch.equal(a["image"], b["image"])  # nothing in the picture tells the readings apart
+        torch.testing.assert_close(a["smpl_pose_other"], b["smpl_pose"]) and torch.testing.assert_close(a["joints3d_other"], b["joints3d"])
+        moved = (a["smpl_pose"] - a["smpl_pose_other"]).abs().sum(1) > 0
+        assert moved.nonzero().flatten().tolist() == [data.AMBIGUOUS_JOINT]
+        torch.testing.assert_close(a["smpl_pose"][17] - a["smpl_pose_other"][17],
+                                   readings[int(a["reading"])] - readings[1 - int(a["reading"])])
+        apart = (a["joints3d"] - a["joints3d_other"]).norm(dim=-1) > 0.01
+        assert apart.nonzero().flatten().tolist() == list(data.AMBIGUOUS_MOVED)
+        x0, y0, x1, y1 = a["occluder"].long().tolist()
+        for joints in (a["joints3d"], a["joints3d_other"]):  # every hidden joint of both readings under the occluder
+            uv = bodymodels.perspective_projection(joints[list(data.AMBIGUOUS_MOVED)].double(), a["K"].double())
+            assert ((uv >= torch.tensor([x0, y0])) & (uv <= torch.tensor([x1, y1]))).all()
+    with pytest.raises(ValueError, match="augment"):
+        data.AmbiguousBodies(2, image_size=32, augment=True)

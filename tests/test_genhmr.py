@@ -1014,3 +1014,389 @@ def test_grayscale_rgba_and_16_bit_images_are_read(trained, tmp_path, capsys, mo
                                     ugs["cam"])["verts"][0]
         torch.testing.assert_close(torch.as_tensor(np.load(tmp_path / "demo" / "person.npz")["crop_verts"]), verts,
                                    atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-computed values: UGS on stub logits, swap_visible, training_loss, smpl_losses, the tokenizer loss,
+# the refinement objective (each expected value computed here from the definitions, not by the code under test)
+
+
+class _LogitsStub:
+    """A stand-in generator for `sample_from_features`: call t (1-based) returns table[t - 1] (B, L, K) (a callable
+    gets (ids, levels, t)); records the ids it was given."""
+
+    def __init__(self, num_tokens, num_codes, table):
+        self.num_tokens, self.num_codes, self.table, self.seen = num_tokens, num_codes, table, []
+
+    def logits(self, ids, levels):
+        self.seen.append(ids.clone())
+        t = len(self.seen)
+        return self.table(ids, levels, t) if callable(self.table) else self.table[t - 1]
+
+
+def _rows(strengths, codes, K):
+    """Logit rows: strength a at code c, 0 elsewhere (the chosen token's probability e^a / (e^a + K - 1))."""
+    return torch.stack([a * F.one_hot(torch.tensor(c), K).float() for a, c in zip(strengths, codes)])
+
+
+def _ugs_by_hand(logits_fn, B, L, K, T, c=0.0, seeds=None):
+    """Uncertainty-guided sampling written from its definition, per sample in plain Python: sample the argmax at
+    every [MASK]; keep fixed tokens; re-mask the n_t = ceil(gamma(t/T) L) still-masked tokens of lowest score
+    (score = p of the argmax, or log p + c (1 - t/T) g), ties to the lower index. -> (ids, masks, inputs)."""
+    ids = [[K] * L for _ in range(B)]
+    masked = [set(range(L)) for _ in range(B)]
+    masks, inputs = [], []
+    for t in range(1, T + 1):
+        n = math.ceil((1 + math.cos(math.pi * t / T)) / 2 * L - 1e-9)
+        inputs.append(torch.tensor(ids))
+        probs = logits_fn(torch.tensor(ids), t).float().softmax(-1)
+        g = genhmr.gumbel_noise((B, L), seeds, t) if c > 0 and n else None
+        for b in range(B):
+            score = {}
+            for i in range(L):
+                p = probs[b, i].tolist()
+                best = max(range(K), key=lambda k: (p[k], -k))  # argmax, first index on ties
+                if i in masked[b]:
+                    ids[b][i] = best
+                score[i] = probs[b, i, best]
+                if g is not None:
+                    score[i] = (score[i].clamp_min(1e-30).log() + c * (1 - t / T) * g[b, i]).item()
+                else:
+                    score[i] = score[i].item()
+            masked[b] = set(sorted(masked[b], key=lambda i: (score[i], i))[:n])
+            for i in masked[b]:
+                ids[b][i] = K
+        masks.append(torch.tensor([[i in masked[b] for i in range(L)] for b in range(B)]))
+    return torch.tensor(ids), masks, inputs
+
+
+def test_ugs_remasks_the_least_confident_still_masked_tokens_ties_to_the_lower_index():
+    """UGS (c = 0), known logits: masks, generator inputs and ids by hand; least confident masked first, ties low."""
+    # each history mask is the n_t least-confident STILL-MASKED tokens (fixed ones never re-masked, even when least
+    # confident), exact ties broken toward the lower index; confidence = p of the argmax; the final ids by hand
+    B, L, K, T = 2, 8, 4, 3
+    assert genhmr.remask_counts(L, T) == [6, 2, 0]
+    # sample 0, t = 1: strengths 2 (code 3) at 0, 2, 6 tie across the cut of 6: 5, 1, 3, 7, 0, 2 re-masked, 6, 4 fixed
+    s0 = [_rows([2, 1, 2, 1, 5, 0.5, 2, 1], [3, 1, 3, 1, 2, 0, 3, 1], K),
+          # t = 2: the fixed 4 and 6 are the least confident (uniform rows) but stay fixed; among the masked 2 (0.2)
+          # then the tie 1, 3, 5 (strength 1, code 2) -> 1: masked {1, 2}
+          _rows([4, 1, 0.2, 1, 0, 1, 0, 3], [0, 2, 1, 2, 0, 2, 0, 0], K),
+          _rows([1] * 8, [3] * 8, K)]
+    # sample 1: every row identical (one exact tie): the lowest indices are re-masked
+    s1 = [_rows([1.5] * 8, [2] * 8, K), _rows([1.5] * 8, [1] * 8, K), _rows([1.5] * 8, [3] * 8, K)]
+    table = [torch.stack([a, b]) for a, b in zip(s0, s1)]
+    stub = _LogitsStub(L, K, table)
+    ids, history = genhmr.sample_from_features(stub, [torch.zeros(B, 1)], T, schedule="cosine", choice_temperature=0.0)
+    expected_masks = [[{0, 1, 2, 3, 5, 7}, {0, 1, 2, 3, 4, 5}], [{1, 2}, {0, 1}], [set(), set()]]
+    for t, ((mask, confidence), sets) in enumerate(zip(history, expected_masks), 1):
+        assert [set(m.nonzero()[:, 0].tolist()) for m in mask] == sets, f"t={t}"
+        p = table[t - 1].softmax(-1).max(-1).values  # the probability of each position's argmax
+        torch.testing.assert_close(confidence, p, rtol=0, atol=0)
+    assert torch.equal(ids, torch.tensor([[0, 3, 3, 2, 2, 2, 3, 0], [3, 3, 1, 1, 1, 1, 2, 2]]))
+    M = K  # [MASK] id: what the generator is given at each call
+    assert torch.equal(stub.seen[0], torch.full((B, L), M))
+    assert torch.equal(stub.seen[1], torch.tensor([[M, M, M, M, 2, M, 3, M], [M, M, M, M, M, M, 2, 2]]))
+    assert torch.equal(stub.seen[2], torch.tensor([[0, M, M, 2, 2, 2, 3, 0], [M, M, 1, 1, 1, 1, 2, 2]]))
+    assert not history[-1][0].any() and len(history) == T
+
+
+@pytest.mark.parametrize("T", [1, 4, 7])
+def test_ugs_matches_a_hand_written_reference_on_tie_heavy_logits(T):
+    """UGS (c = 0) on tie-heavy integer logits equals the plain-Python reference `_ugs_by_hand` at every step."""
+    B, L, K = 3, 10, 3
+    table = torch.randint(0, 3, (T, B, L, K), generator=seeded(T)).float()
+    stub = _LogitsStub(L, K, table)
+    ids, history = genhmr.sample_from_features(stub, [torch.zeros(B, 1)], T, schedule="cosine", choice_temperature=0.0)
+    ref_ids, ref_masks, ref_inputs = _ugs_by_hand(lambda ids, t: table[t - 1], B, L, K, T)
+    assert len(history) == len(stub.seen) == T and all(torch.equal(a, b) for (a, _), b in zip(history, ref_masks))
+    assert all(torch.equal(a, b) for a, b in zip(stub.seen, ref_inputs)) and torch.equal(ids, ref_ids)
+
+
+def test_ugs_with_choice_temperature_is_per_sample_seeded_and_ranks_log_p_plus_gumbel():
+    """UGS, c > 0: per-sample seeded (alone = in a batch); masks rank log p + c (1 - t/T) gumbel_noise(seeds, t)."""
+    B, L, K, T, c = 3, 12, 30, 4, 2.0  # log p and the noise of comparable spread: neither alone gives these masks
+    base = torch.randn(B, T, L, K, generator=seeded(21)) * 1.5
+
+    def generator_logits(ids, levels, t):  # each row from its own sample's map and its own context only
+        return levels[0][:, t - 1] + 0.5 * F.one_hot(ids, K + 1)[..., :K].float()
+
+    seeds = torch.tensor([3, 7, 11])
+    run = lambda rows, temp: genhmr.sample_from_features(_LogitsStub(L, K, generator_logits), [base[rows]], T,
+                                                         schedule="cosine", choice_temperature=temp, seeds=seeds[rows])
+    ids, history = run(slice(None), c)
+    for b in range(B):
+        alone_ids, alone_history = run(slice(b, b + 1), c)
+        assert torch.equal(alone_ids[0], ids[b])
+        assert all(torch.equal(a[0], h[b]) for (a, _), (h, _) in zip(alone_history, history))
+    ref_ids, ref_masks, _ = _ugs_by_hand(lambda i, t: generator_logits(i, [base], t), B, L, K, T, c=c, seeds=seeds)
+    assert len(history) == T and all(torch.equal(m, r) for (m, _), r in zip(history, ref_masks))
+    assert torch.equal(ids, ref_ids)
+    _, plain = run(slice(None), 0.0)
+    assert any(not torch.equal(m, p) for (m, _), (p, _) in zip(history, plain))  # the test sees the noise
+
+
+def test_swap_visible_by_hand():
+    """swap_visible: pkeep 1 no-op; pkeep 0 = the seeded randint draw at visible tokens; 0.5 changes 0.5 (1 - 1/K)."""
+    K = 4
+    ids = torch.randint(0, K, (6, 9), generator=seeded(30))
+    masked = torch.rand(6, 9, generator=seeded(31)) < 0.3
+    y_m = torch.where(masked, K, ids)
+    assert torch.equal(genhmr.swap_visible(y_m, masked, K, 1.0, generator=seeded(32)), y_m)
+    out = genhmr.swap_visible(y_m, masked, K, 0.0, generator=seeded(33))
+    g = seeded(33)
+    torch.rand(y_m.shape, generator=g)  # the keep draw comes first
+    random_ids = torch.randint(K, y_m.shape, generator=g)
+    assert torch.equal(out[~masked], random_ids[~masked]) and torch.equal(out[masked], y_m[masked])
+    ids = torch.randint(0, K, (200, 100), generator=seeded(34))
+    masked = torch.rand(200, 100, generator=seeded(35)) < 0.25
+    y_m = torch.where(masked, K, ids)
+    out = genhmr.swap_visible(y_m, masked, K, 0.5, generator=seeded(36))
+    assert torch.equal(out[masked], y_m[masked])
+    n = int((~masked).sum())
+    changed = int((out != y_m)[~masked].sum())
+    p = 0.5 * (1 - 1 / K)  # swapped w.p. 1/2, and a uniform draw equals the old code w.p. 1/K
+    assert abs(changed - n * p) < 5 * math.sqrt(n * p * (1 - p)), (changed / n, p)
+
+
+class _FixedGenHMR:
+    """A stand-in image-stage model for `training_loss`: the real tokenizer, fixed logits / betas / cam."""
+
+    def __init__(self, tokenizer, logits, betas, cam, step):
+        self.tokenizer, self.num_codes = tokenizer, tokenizer.cfg.codebook_size
+        self.counts, self.step, self.seen = None, torch.tensor(step), []
+        self.out = {"logits": logits, "betas": betas, "cam": cam}
+
+    def __call__(self, images, ids):
+        self.seen.append(ids.clone())
+        return self.out
+
+
+@pytest.mark.parametrize("ce_on, gumbel_positions", [("all", "all"), ("masked", "masked")])
+def test_training_loss_mask_and_pose_terms_by_hand(tokenizer, monkeypatch, ce_on, gumbel_positions):
+    """training_loss, draws fixed: L_mask (CE over all / masked) and L_theta by hand, unlabelled rows 0 in the mean."""
+    # masks, swaps, logits and Gumbel codes fixed; also checked: the arguments handed along, tau and the step,
+    # masked_acc, and the total as the weighted sum of the terms
+    cfg = dataclasses.replace(IMG, ce_on=ce_on, gumbel_positions=gumbel_positions, loss_batch=3, pkeep=0.5,
+                              mask_tau_max=0.7, max_steps=100, anneal_fraction=0.5)
+    B, L, K = 3, tokenizer.cfg.num_tokens, tokenizer.cfg.codebook_size
+    batch = body_batch(B, seed=40)
+    batch["has_smpl_pose"] = torch.tensor([1.0, 0.0, 1.0])
+    y_gt = tokenizer.tokenize(batch["smpl_pose"])
+    mask = torch.zeros(B, L, dtype=torch.bool)
+    mask[0, :5], mask[1, 10:20], mask[2, [3, 7, 23]] = True, True, True
+    swapped = torch.where(mask, K, y_gt)
+    swapped[0, 6], swapped[2, 0] = (y_gt[0, 6] + 1) % K, (y_gt[2, 0] + 5) % K
+    logits = torch.randn(B, L, K, generator=seeded(41)) * 3
+    logits[0, 1] = F.one_hot(y_gt[0, 1], K) * 20.0  # one masked position predicted right for sure
+    gumbel_ids = torch.randint(0, K, (B, L), generator=seeded(42))
+    calls = {}
+
+    def fake_masking(ids, mask_id, tau_max=1.0):
+        calls["masking"] = (ids.clone(), mask_id, tau_max)
+        return torch.where(mask, mask_id, ids), mask
+
+    def fake_swap(ids, masked, num_codes, pkeep, generator=None):
+        calls["swap"] = (ids.clone(), masked.clone(), num_codes, pkeep)
+        return swapped
+
+    def fake_gumbel(l, tau, noise=None):
+        calls["gumbel"] = (l, tau)
+        return F.one_hot(gumbel_ids, K).float()
+    monkeypatch.setattr(genhmr, "random_masking", fake_masking)
+    monkeypatch.setattr(genhmr, "swap_visible", fake_swap)
+    monkeypatch.setattr(genhmr, "gumbel_softmax_st", fake_gumbel)
+    betas, cam = torch.randn(B, 10, generator=seeded(43)) * 0.3, torch.tensor([[0.9, 0.01, -0.02]] * B)
+    stub = _FixedGenHMR(tokenizer, logits, betas, cam, step=25)
+    loss, terms = genhmr.training_loss(stub, batch, cfg)
+    # the pieces handed along
+    assert torch.equal(calls["masking"][0], y_gt) and calls["masking"][1:] == (K, 0.7)
+    assert torch.equal(calls["swap"][0], torch.where(mask, K, y_gt)) and torch.equal(calls["swap"][1], mask)
+    assert calls["swap"][2:] == (K, 0.5) and torch.equal(stub.seen[0], swapped)
+    assert calls["gumbel"][1] == pytest.approx(0.01 + 0.5 * 0.99 * (1 + math.cos(math.pi * 25 / 50)))  # 0.505
+    assert int(stub.step) == 26 and terms["tau"].item() == pytest.approx(0.505)
+    # Eq. (1) by hand: -log softmax at the true code
+    l64 = logits.double()
+    ce = torch.log(torch.exp(l64).sum(-1)) - l64.gather(-1, y_gt[..., None])[..., 0]  # (B, L)
+    rows = [sum(ce[b, i] for i in range(L)) / L if ce_on == "all"
+            else sum(ce[b, i] for i in range(L) if mask[b, i]) / int(mask[b].sum()) for b in range(B)]
+    expected_mask = (rows[0] * 1 + rows[1] * 0 + rows[2] * 1) / 3  # row 1 has no pose label: 0, still counted
+    assert terms["mask"].item() == pytest.approx(float(expected_mask), rel=1e-5)
+    # L_theta by hand: R from the Gumbel codes (GT codes at visible positions when gumbel_positions = masked)
+    codes = torch.where(mask, gumbel_ids, y_gt) if gumbel_positions == "masked" else gumbel_ids
+    with torch.no_grad():
+        R = tokenizer.decode(tokenizer.quantizer.codebook[codes]).double()
+    R_gt = bodymodels.axis_angle_to_matrix(batch["smpl_pose"].double())
+    per_sample = [float(((R[b] - R_gt[b]) ** 2).sum()) * float(batch["has_smpl_pose"][b]) for b in range(B)]
+    assert terms["pose"].item() == pytest.approx(3 * sum(per_sample) / B, rel=1e-4)
+    assert per_sample[1] == 0 and min(per_sample[0], per_sample[2]) > 0
+    hits = [sum(int(logits[b, i].argmax() == y_gt[b, i]) for i in range(L) if mask[b, i]) / int(mask[b].sum())
+            for b in range(B)]
+    assert hits[0] > 0 and terms["masked_acc"].item() == pytest.approx(sum(hits) / B, rel=1e-6)
+    total = (cfg.w_mask * terms["mask"] + cfg.w_pose * terms["pose"] + cfg.w_betas * terms["betas"]
+             + cfg.w_3d * terms["joints3d"] + cfg.w_2d * terms["joints2d"])
+    assert loss.item() == pytest.approx(total.item(), rel=1e-6)
+
+
+def _rot_z(angle):
+    """R_z(angle) (..., 3, 3) written out."""
+    c, s, z, o = angle.cos(), angle.sin(), torch.zeros_like(angle), torch.ones_like(angle)
+    return torch.stack([torch.stack([c, -s, z], -1), torch.stack([s, c, z], -1), torch.stack([z, z, o], -1)], -2)
+
+
+class _FixedJoints:
+    """A stand-in SMPL layer for `smpl_losses`: joints(R, betas) returns fixed joints and records its inputs."""
+
+    def __init__(self, joints):
+        self.value, self.seen = joints, []
+
+    def joints(self, R, betas):
+        self.seen.append((R, betas))
+        return self.value
+
+
+def test_smpl_losses_by_hand():
+    """smpl_losses: each term by hand (closed-form L_theta, projection, H != W), weights, x loss_batch, sample mean."""
+    g = seeded(50)
+    B, H, W, f, S = 2, 40, 30, 5000.0, 256.0
+    a, b = torch.rand(B, 24, generator=g) * 4 - 2, torch.rand(B, 24, generator=g) * 4 - 2
+    joints = torch.randn(B, 24, 3, generator=g) * 0.3 + torch.tensor([0.0, 0.0, 1.0])
+    pose_about_z = torch.stack([torch.zeros_like(a), torch.zeros_like(a), a], -1)
+    batch = {"image": torch.zeros(B, 3, H, W), "smpl_pose": pose_about_z,
+             "smpl_shape": torch.randn(B, 10, generator=g), "joints3d": torch.randn(B, 24, 3, generator=g) + 5,
+             "joints2d": torch.rand(B, 24, 2, generator=g) * 40}
+    betas = torch.randn(B, 10, generator=g)
+    cam = torch.tensor([[0.8, 0.1, -0.05], [1.2, -0.2, 0.03]])
+    body = _FixedJoints(joints)
+    raw = types.SimpleNamespace(tokenizer=types.SimpleNamespace(body=body))
+    cfg = dataclasses.replace(IMG, loss_batch=5)
+    R = _rot_z(b)
+    # by hand, float64, per sample
+    pose = [sum(4 * (1 - math.cos(a[n, j] - b[n, j])) for j in range(24)) for n in range(B)]
+    shape = [float(((betas[n].double() - batch["smpl_shape"][n].double()) ** 2).sum()) for n in range(B)]
+    J, G = joints.double(), batch["joints3d"].double()
+    j3d = [[float(((J[n, j] - J[n, 0]) - (G[n, j] - G[n, 0])).abs().sum()) for j in range(24)] for n in range(B)]
+    j2d = []
+    for n in range(B):
+        s, tx, ty = cam[n].double().tolist()
+        tz = 2 * f / (S * s)
+        row = []
+        for j in range(24):
+            x, y, z = J[n, j].tolist()
+            u, v = f / S * (x + tx) / (z + tz), f / S * (y + ty) / (z + tz)
+            px, py = batch["joints2d"][n, j].double().tolist()
+            row.append(abs(u - (px - W / 2) / H) + abs(v - (py - H / 2) / H))
+        j2d.append(row)
+    out = genhmr.smpl_losses(raw, R, betas, cam, batch, cfg)
+    assert body.seen[0][0] is R and body.seen[0][1] is betas
+    expected = {"pose": pose, "betas": shape, "joints3d": [sum(r) for r in j3d], "joints2d": [sum(r) for r in j2d]}
+    for name, per_sample in expected.items():
+        assert float(out[name]) == pytest.approx(5 * sum(per_sample) / B, rel=1e-5), name
+    # with the optional labels: has_smpl_pose / has_smpl_shape per sample, per-joint weights of the L1 terms
+    w2d, w3d = (torch.rand(B, 24, generator=g).round() * 0.5 + 0.25 for _ in range(2))
+    batch.update(has_smpl_pose=torch.tensor([0.0, 1.0]), has_smpl_shape=torch.tensor([1.0, 0.0]),
+                 joints2d_weight=w2d, joints3d_weight=w3d)
+    out = genhmr.smpl_losses(raw, R, betas, cam, batch, cfg)
+    expected = {"pose": [0, pose[1]], "betas": [shape[0], 0],
+                "joints3d": [sum(w * e for w, e in zip(w3d[n].tolist(), j3d[n])) for n in range(B)],
+                "joints2d": [sum(w * e for w, e in zip(w2d[n].tolist(), j2d[n])) for n in range(B)]}
+    for name, per_sample in expected.items():
+        assert float(out[name]) == pytest.approx(5 * sum(per_sample) / B, rel=1e-5), name
+
+
+class _FixedTokenizerModel:
+    """A stand-in pose tokenizer for `tokenizer_training_loss`: fixed R, commitment and perplexity; its `body`
+    maps R linearly to 'vertices' and 'joints' (B, 5, 3), (B, 4, 3) and records its calls."""
+
+    def __init__(self, R, commit, perplexity, Mv, Mj):
+        self.out, self.seen = {"R": R, "commit": commit, "perplexity": perplexity}, []
+        self.Mv, self.Mj, self.body_calls = Mv, Mj, []
+        self.body = self._body
+
+    def __call__(self, pose):
+        self.seen.append(pose.clone())
+        return self.out
+
+    def _body(self, R, betas, vertex_count=0):
+        self.body_calls.append((R, betas, vertex_count))
+        flat = R.flatten(1)
+        return (flat @ self.Mv).view(len(R), 5, 3), (flat @ self.Mj).view(len(R), 4, 3)
+
+
+def test_tokenizer_training_loss_by_hand():
+    """tokenizer_training_loss: Eq. Lvq by hand from fixed model outputs and a linear body; the augmentation by hand."""
+    g = seeded(60)
+    B = 3
+    angles = torch.rand(B, 24, generator=g) * 4 - 2
+    pose = torch.stack([torch.zeros_like(angles), torch.zeros_like(angles), angles], -1)
+    R = _rot_z(torch.rand(B, 24, generator=g) * 4 - 2)
+    Mv, Mj = torch.randn(24 * 9, 15, generator=g), torch.randn(24 * 9, 12, generator=g)
+    model = _FixedTokenizerModel(R, torch.tensor(0.7), torch.tensor(12.0), Mv, Mj)
+    cfg = dataclasses.replace(TOK, w_re=2.0, w_pose=0.7, w_verts=0.5, w_joints=0.3, w_commit=0.02, loss_vertices=64)
+    loss, terms = genhmr.tokenizer_training_loss(model, {"smpl_pose": pose}, cfg)
+    R_gt = _rot_z(angles.double())
+    pose_term = (R.double() - R_gt).abs().sum() / (B * 24 * 9)
+    dv = (R.double().flatten(1) - R_gt.flatten(1)) @ Mv.double()
+    dj = (R.double().flatten(1) - R_gt.flatten(1)) @ Mj.double()
+    verts_term, joints_term = dv.abs().sum() / (B * 15), dj.abs().sum() / (B * 12)
+    for name, value in (("pose", pose_term), ("verts", verts_term), ("joints", joints_term), ("commit", 0.7),
+                        ("perplexity", 12.0)):
+        assert float(terms[name]) == pytest.approx(float(value), rel=1e-5), name
+    expected = 2.0 * (0.7 * pose_term + 0.5 * verts_term + 0.3 * joints_term) + 0.02 * 0.7
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert torch.equal(model.seen[0], pose)  # no augmentation at 0 degrees
+    for R_in, betas, count in model.body_calls:
+        assert torch.equal(betas, torch.zeros(B, 10)) and count == 64
+    torch.testing.assert_close(model.body_calls[0][0].double(), R_gt, rtol=0, atol=1e-6)
+    assert model.body_calls[1][0] is R
+    # augmentation: yaw about y, roll about z, pre-multiplying the root
+    aug = dataclasses.replace(cfg, aug_yaw_deg=40.0, aug_roll_deg=10.0)
+    torch.manual_seed(61)
+    u = torch.rand(B, 2) * 2 - 1
+    torch.manual_seed(61)
+    genhmr.tokenizer_training_loss(model, {"smpl_pose": pose}, aug)
+    seen = model.seen[-1]
+    assert torch.equal(seen[:, 1:], pose[:, 1:])
+    yaw, roll = torch.deg2rad(u[:, 0] * 40.0).double(), torch.deg2rad(u[:, 1] * 10.0).double()
+    cy, sy, z, o = yaw.cos(), yaw.sin(), torch.zeros(B, dtype=torch.float64), torch.ones(B, dtype=torch.float64)
+    Ry = torch.stack([torch.stack([cy, z, sy], -1), torch.stack([z, o, z], -1), torch.stack([-sy, z, cy], -1)], -2)
+    root = _rot_z(roll) @ Ry @ _rot_z(angles[:, 0].double())
+    torch.testing.assert_close(bodymodels.axis_angle_to_matrix(seen[:, 0].double()), root, rtol=0, atol=1e-5)
+
+
+def test_refinement_objective_by_hand(tokenizer):
+    """refinement_objective: G = sum_j w_j ||scale (uv_j - target_j)||^2 + reg ||R - R0||^2 by hand; None = ones."""
+    g = seeded(70)
+    B, L = 2, tokenizer.cfg.num_tokens
+    book = tokenizer.quantizer.codebook
+    ids = torch.randint(0, len(book), (B, L), generator=g)
+    e = book[ids] + 0.1 * torch.randn(B, L, book.shape[1], generator=g)
+    betas = torch.randn(B, 10, generator=g) * 0.5
+    t = torch.tensor([[0.05, -0.1, 40.0], [-0.02, 0.08, 25.0]])
+    targets = torch.rand(B, 24, 2, generator=g) * 0.4 - 0.2
+    with torch.no_grad():
+        R0 = tokenizer.decode(book[torch.randint(0, len(book), (B, L), generator=g)])
+        R = tokenizer.decode(e)
+        joints = tokenizer.body.joints(R, betas).double()
+    weights = torch.rand(B, 24, generator=g)
+    reg, scale, f, S = 7.0, 192.0, 5000.0, 256.0
+    expected = {}
+    for name, w in (("weighted", weights.double()), ("ones", torch.ones(B, 24, dtype=torch.float64))):
+        G = []
+        for n in range(B):
+            total = 0.0
+            for j in range(24):
+                X, Y, Z = joints[n, j].tolist()
+                u = f / S * (X + float(t[n, 0])) / (Z + float(t[n, 2]))
+                v = f / S * (Y + float(t[n, 1])) / (Z + float(t[n, 2]))
+                du, dv = scale * (u - float(targets[n, j, 0])), scale * (v - float(targets[n, j, 1]))
+                total += float(w[n, j]) * (du * du + dv * dv)
+            G.append(total + reg * float(((R[n].double() - R0[n].double()) ** 2).sum()))
+        expected[name] = torch.tensor(G, dtype=torch.float64)
+    with torch.no_grad():
+        weighted = genhmr.refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights)
+        plain = genhmr.refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale)
+        ones = genhmr.refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, torch.ones(B, 24))
+    torch.testing.assert_close(weighted.double(), expected["weighted"], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(plain.double(), expected["ones"], rtol=1e-5, atol=1e-4)
+    assert torch.equal(plain, ones)
+    assert (expected["ones"] - expected["weighted"]).abs().min() > 1  # the weights matter here

@@ -690,3 +690,26 @@ def test_hmr2_keypoints_from_j19_and_h36m_regressors(tmp_path):
     with pytest.raises(Exception, match="evil.pkl"):
         metrics.keypoint_regressor(str(tmp_path / "evil.pkl"))
     assert (tmp_path / "SMPL_to_J19.pkl").exists()  # nothing ran
+
+
+def test_two_reading_errors_score_the_nearer_reading_and_whether_the_hidden_arm_commits():
+    """Two readings apart in joints 19, 21, 23 only: a prediction on either scores 0 against the nearer
+    and commits; one halfway between commits to neither; a far one on the other reading counts as committed,
+    not true; the whole-body error is the smaller pelvis-aligned MPJPE."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 24, 3, generator=g)
+    a[:, 0] = 0
+    b = a.clone()
+    b[:, [19, 21, 23]] += torch.tensor([0.0, 0.6, 0.0])  # 0.6 m apart on the three hidden joints
+    pred = torch.stack([a[0], b[1], (a[2] + b[2]) / 2, b[3]])
+    pred[3, 1:] += torch.tensor([0.0, 0.05, 0.0])  # every joint but the pelvis 5 cm off
+    pred = pred + 1.0  # anywhere: pelvis-aligned
+    out = metrics.two_reading_errors(pred, a, b, "x_")
+    assert out["x_committed_fraction"] == 0.75  # the halfway one commits to neither (0.3 > 0.6 / 3)
+    assert out["x_true_reading_fraction"] == pytest.approx(1 / 3)  # of three committed, one on the true reading
+    arm = torch.tensor([0.0, 0.0, 0.3, 0.05])  # hidden-joint error to the nearer reading, per sample
+    assert out["x_hidden_arm_mm"] == pytest.approx(arm.mean().item() * 1e3, rel=1e-5)
+    whole = torch.tensor([0.0, 0.0, 0.3 * 3 / 24, 0.05 * 23 / 24])  # 3 of 24 joints 0.3 m off; 23 joints 5 cm off
+    assert out["x_nearest_reading_mpjpe_mm"] == pytest.approx(whole.mean().item() * 1e3, rel=1e-5)
+    both = metrics.body_metrics({"joints3d": pred}, {"joints3d": a, "joints3d_other": b})
+    assert both["committed_fraction"] == 0.75 and both["mpjpe_mm"] > both["nearest_reading_mpjpe_mm"]
