@@ -563,7 +563,7 @@ def test_each_stage_loss_is_the_mean_over_equal_shards_on_1_2_8_ranks(stage, mon
     """For one global batch of 8, the loss and its gradient equal the mean over k = 2 and 8 equal shards
     of the shards' (what k DDP ranks compute), at TINY. Batch-dependent parts are fixed: the EMA codebook
     is in eval mode (no update) and the pose augmentation off; the conv stem's BatchNorm in eval mode;
-    the masks and Gumbel noise drawn once for the whole batch, each shard reading its rows."""
+    the masks, the input swap and the Gumbel noise drawn once for the whole batch, each shard reading its rows."""
     torch.manual_seed(0)
     tcfg = dataclasses.replace(genhmr.TOKENIZER_TINY, aug_yaw_deg=0.0, aug_roll_deg=0.0)
     tok = genhmr.PoseTokenizer(tcfg).train()
@@ -594,6 +594,10 @@ def test_each_stage_loss_is_the_mean_over_equal_shards_on_1_2_8_ranks(stage, mon
         monkeypatch.setattr(genhmr, "random_masking", lambda ids, mask_id, tau_max=1.0: (
             torch.where(masks[rows], mask_id, ids), masks[rows]))
         monkeypatch.setattr(genhmr, "gumbel_softmax_st", lambda logits, tau: gumbel(logits, tau, noise[rows]))
+        swap = torch.rand(8, L, generator=seeded(15)) >= cfg.pkeep  # MMM's input swap, drawn once for the batch
+        codes = torch.randint(K, (8, L), generator=seeded(16))
+        monkeypatch.setattr(genhmr, "swap_visible", lambda ids, masked, num_codes, pkeep: (
+            torch.where(swap[rows] & ~masked, codes[rows], ids)))
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()
