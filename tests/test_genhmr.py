@@ -1013,7 +1013,8 @@ def test_grayscale_rgba_and_16_bit_images_are_read(trained, tmp_path, capsys, mo
     assert code == 0 and len(out) == 3, err
     if mode == "RGBA":
         model, cfg = bodymodels.load_trained(trained.ckpt, genhmr.STAGES)
-        ugs = genhmr.uncertainty_guided_sampling(model, trained.image_8bit[None], cfg.ugs_iterations)
+        ugs = genhmr.uncertainty_guided_sampling(model, trained.image_8bit[None], cfg.ugs_iterations,
+                                                 choice_temperature=cfg.choice_temperature, seeds=torch.zeros(1))
         verts = genhmr.mesh_outputs(model.tokenizer, model.tokenizer.decode_ids(ugs["ids"]), ugs["betas"],
                                     ugs["cam"])["verts"][0]
         torch.testing.assert_close(torch.as_tensor(np.load(tmp_path / "demo" / "person.npz")["crop_verts"]), verts,
