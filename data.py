@@ -1192,7 +1192,8 @@ class AmbiguousBodies(SyntheticBodies):
         other[AMBIGUOUS_JOINT] = pose[AMBIGUOUS_JOINT] - readings[true] + readings[1 - true]
         verts_o, joints_o = skinning("smpl", self.model_dir, torch.float32)(other[None], shape[None])
         verts_o, joints_o = verts_o[0].double(), joints_o[0].double()
-        sample, look = super()._labels(rng, index, pose, shape, verts, joints, frame=torch.cat([verts.double(), verts_o]))
+        both = torch.cat([verts.double(), verts_o])  # the crop is placed around both readings
+        sample, look = super()._labels(rng, index, pose, shape, verts, joints, frame=both)
         cam_t = sample["cam_t"].double()
         moved = (verts.double() - verts_o).norm(dim=-1) > 1e-4
         uv = perspective_projection(torch.cat([verts.double()[moved], verts_o[moved]]) + cam_t, sample["K"].double())
@@ -1743,7 +1744,8 @@ RENDERED_KINDS = ("synthetic", "ambiguous")  # --data kinds made here (no path):
 
 def _synthetic_only(kind, who):
     if kind not in RENDERED_KINDS:
-        raise ValueError(f"{who}: --data {kind!r} is not readable here; the body stages read only 'synthetic' or 'ambiguous' "
+        raise ValueError(f"{who}: --data {kind!r} is not readable here; the body stages read only 'synthetic' or "
+                         f"'ambiguous' "
                          f"(convert real data to SyntheticBodies' keys to add a loader)")
 
 
@@ -1770,7 +1772,8 @@ def body_dataset(kind, path, split, cfg, seed, num_samples):
         hmr2_protocol_check(split)
         return Indexed(HMR2Npz(hmr2_files(path, split), cfg.image_size), drop=() if held_out else ("verts",), mesh=True)
     _synthetic_only(kind, "body_dataset")
-    bodies = (AmbiguousBodies if kind == "ambiguous" else SyntheticBodies)(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003,
+    kind_class = AmbiguousBodies if kind == "ambiguous" else SyntheticBodies
+    bodies = kind_class(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003,
                              pose_config=DEMO_BODY_POSE, **DEMO_BODY_LOOK)
     return Indexed(bodies, drop=() if held_out else ("verts",))
 

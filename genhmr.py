@@ -1156,7 +1156,8 @@ def build_model(cfg, parent=None):
 
 
 def param_groups(model, cfg):
-    """train.py's optimiser groups of the image stage: the image encoder (ViT) at backbone_lr_scale x lr, the rest at lr."""
+    """train.py's optimiser groups of the image stage: the image encoder (ViT) at backbone_lr_scale x lr, the
+    rest at lr."""
     vit = {id(p) for p in model.backbone.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     return [(1.0, [p for p in trainable if id(p) not in vit]),
@@ -1527,7 +1528,8 @@ def mesh_outputs(tokenizer, R, betas, cam, prefix=""):
 
 @torch.no_grad()
 def predict(model, batch, cfg):
-    """UGS (cfg.ugs_iterations, schedule, top_k, choice_temperature: its noise seeded by batch["index"]), then refinement (cfg.refine_steps) against
+    """UGS (cfg.ugs_iterations, schedule, top_k, choice_temperature: its noise seeded by batch["index"]), then
+    refinement (cfg.refine_steps) against
     batch["joints2d"] + keypoint_noise -> per-sample tensors: joints3d (B, 24, 3), verts (B, 6890, 3)
     in metres in the labels' camera frame, joints2d (B, 24, 2) pixels, ids, betas; the same with
     prefix refined_; reproj_error_px and refined_reproj_error_px (B,): mean 2D distance to the

@@ -930,7 +930,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train a paper's stages (plain PyTorch; DDP under torchrun).")
     p.add_argument("--model", required=True, help=f"which stage to train: {' | '.join(MODELS)}")
     p.add_argument("--config", default="tiny", help="preset in the paper's CONFIGS (default: tiny, the CPU demo)")
-    p.add_argument("--data", default="synthetic", help="synthetic | ambiguous (GenHMR) | KIND:PATH, the kinds the stage "
+    p.add_argument("--data", default="synthetic",
+                   help="synthetic | ambiguous (GenHMR) | KIND:PATH, the kinds the stage "
                    "reads (default: synthetic)")
     p.add_argument("--out", default="out", help="output folder; each stage writes to OUT/<stage> (default: out)")
     p.add_argument("--max-steps", type=int, default=None, help="optimisation steps of --model; also caps the stages it starts from that run here (default: each config's max_steps)")

@@ -1008,7 +1008,8 @@ def test_ambiguous_bodies_show_both_readings_in_the_same_image():
     """AmbiguousBodies: the image of a person is the same whichever reading of the right arm the coin
     picked (the occluder covers every pixel where they differ), the other reading is the labelled pose with
     only the shoulder's mean swapped, and its joints are SMPL's of that pose in the same camera."""
-    dataset = data.AmbiguousBodies(6, image_size=(64, 48), seed=5, pose_config=data.DEMO_BODY_POSE, **data.DEMO_BODY_LOOK)
+    dataset = data.AmbiguousBodies(6, image_size=(64, 48), seed=5, pose_config=data.DEMO_BODY_POSE,
+                                   **data.DEMO_BODY_LOOK)
     drawn = dataset.__getitems__(list(range(6)))
     original = data.ambiguous_arm
 
@@ -1026,7 +1027,8 @@ def test_ambiguous_bodies_show_both_readings_in_the_same_image():
     for a, b in zip(drawn, flipped):
         assert int(a["reading"]) == 1 - int(b["reading"])
         assert torch.equal(a["image"], b["image"])  # nothing in the picture tells the readings apart
-        torch.testing.assert_close(a["smpl_pose_other"], b["smpl_pose"]) and torch.testing.assert_close(a["joints3d_other"], b["joints3d"])
+        torch.testing.assert_close(a["smpl_pose_other"], b["smpl_pose"])
+        torch.testing.assert_close(a["joints3d_other"], b["joints3d"])
         moved = (a["smpl_pose"] - a["smpl_pose_other"]).abs().sum(1) > 0
         assert moved.nonzero().flatten().tolist() == [data.AMBIGUOUS_JOINT]
         torch.testing.assert_close(a["smpl_pose"][17] - a["smpl_pose_other"][17],

@@ -4,7 +4,7 @@ with its outputs, so that a reader browsing the repository sees the pictures.
 The notebooks read HMR_NOTEBOOK_FAST=1 to pick their small settings; the cells carry real asserts,
 so a notebook whose numbers go wrong fails here, not only one that raises.
 
-    python tests/test_notebooks.py --full       # execute every notebook in its full setting and save it with its outputs
+    python tests/test_notebooks.py --full       # every notebook in its full setting, saved with its outputs
     python tests/test_notebooks.py NOTEBOOK     # the small setting, for a quick look (not what is committed)
 
 The method notebooks are committed in their full setting: with the default runs' checkpoints in out/
