@@ -199,9 +199,8 @@ class AdapterConfig:
     w_body_2d: float = 16.0
     # Eq. 7's L_3D and L_proj over SMPL-X's 22 body joints (False) or also the hands' 30 finger joints (True), posed
     # by theta's arms and wrists with the true fingers: SMPLer-X supervises its whole-body joints, hands included, and
-    # only these see a forearm's twist (the body adapter's losses only; the bases train on the 22). Retraining the body
-    # adapter alone on the TINY bases (docs/hmr_adapter.md): occluded-hand pipeline PVE 0.829 -> 0.840 x the baseline
-    # at seed 0, 1.066 -> 0.877 x at seed 1 (whose whole-body model twists both forearms by about 120 degrees)
+    # only these see a forearm's twist. The body adapter and the whole-body stand-in (`Bases`) both train on them
+    # (docs/hmr_adapter.md, issues 27 and 34)
     body_loss_hands: bool = True
     # --- recipe (Sec. 4.1: one machine, 4 V100, 10K steps, batch 32 per GPU, about 6 hours) ---
     batch_size: int = 128  # 32 x 4
@@ -1363,10 +1362,11 @@ class Bases(nn.Module):
 
     def forward(self, batch):
         """The training loss of both bases: (loss, terms). HaMeR's and SMPLer-X's losses are Eqs. 5 and 7's
-        terms with the weights of the CONFIGS preset `cfg.losses`."""
+        terms with the weights of the CONFIGS preset `cfg.losses`; Eq. 7 over the joints the preset's
+        `body_loss_hands` names (SMPLer-X supervises its whole-body joints, fingers included)."""
         weights = CONFIGS[self.cfg.losses]
         hand, hand_terms = hand_expert_loss(self.hand_expert, self.cfg, batch, weights)
-        body, terms = whole_body_loss(self.whole_body, self.cfg, batch, weights)
+        body, terms = whole_body_loss(self.whole_body, self.cfg, batch, weights, weights.body_loss_hands)
         return hand + body + sum(terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
 
 

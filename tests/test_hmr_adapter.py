@@ -401,6 +401,21 @@ def test_body_loss_over_the_hands_sees_the_wrists_rotation(batch):
         assert (wrist["body_3d"] > 1e-3) == hands and (abs(wrist["body_2d"] - truth["body_2d"]) > 1e-4) == hands
 
 
+def test_the_bases_train_the_whole_body_model_on_the_finger_joints_too(bases, batch):
+    """The whole-body stand-in learns Eq. 7 over the joints its preset's body_loss_hands names, as SMPLer-X its
+    whole-body keypoints. Moving the 30 finger joints' targets by s and by 2 s (s farther than any prediction):
+    each of their 90 coordinates' |error| grows by exactly s, so the 3D term (a mean over 52 joints x 3 axes)
+    by 90 s / 156, and nothing else of the loss moves."""
+    s, terms = 100.0, []
+    for shift in (s, 2 * s):
+        moved = dict(batch, joints3d=batch["joints3d"].clone())
+        moved["joints3d"][:, list(ha.HAND_FINGER_JOINTS)] += shift
+        with torch.no_grad():
+            terms.append(bases.eval()(moved)[1])
+    assert float(terms[1]["body_3d"] - terms[0]["body_3d"]) == pytest.approx(90 * s / 156, rel=1e-4)
+    assert all(torch.equal(terms[0][k], terms[1][k]) for k in terms[0] if k != "body_3d")
+
+
 def test_ablation_rows_name_fields_and_metrics_that_exist(bases, batch):
     names = {f.name for f in dataclasses.fields(ha.AdapterConfig)}
     columns = set()
