@@ -197,10 +197,9 @@ class AdapterConfig:
     w_body_pose: float = 10.0
     w_body_3d: float = 100.0
     w_body_2d: float = 16.0
-    # Eq. 7's L_3D and L_proj over SMPL-X's 22 body joints (False) or also the hands' 30 finger joints (True), posed
-    # by theta's arms and wrists with the true fingers: SMPLer-X supervises its whole-body joints, hands included, and
-    # only these see a forearm's twist. The body adapter and the whole-body stand-in (`Bases`) both train on them
-    # (docs/hmr_adapter.md, issues 27 and 34)
+    # Eq. 7's L_3D also on the hands' 30 finger joints relative to their wrists (True), posed by theta's arms and wrists
+    # with the true fingers, as SMPLer-X supervises its hand joints: only these see a forearm's twist. The body adapter
+    # and the whole-body stand-in (`Bases`) both train with it (docs/hmr_adapter.md, issues 27 and 34)
     body_loss_hands: bool = True
     # --- recipe (Sec. 4.1: one machine, 4 V100, 10K steps, batch 32 per GPU, about 6 hours) ---
     batch_size: int = 128  # 32 x 4
@@ -1283,23 +1282,33 @@ def hand_loss(out, target, cfg):
 
 
 HAND_FINGER_JOINTS = tuple(range(25, 55))  # SMPL-X's 15 finger joints of each hand
+FINGER_WRISTS = (20,) * 15 + (21,) * 15  # the wrist each of them hangs from (left, then right)
 
 
 def body_pose_loss(theta, shape, cam, batch, cfg, hands=False):
     """Eqs. (7, 8) on a body pose theta (B, 22, 6) with frozen shape and camera: lambda_theta L1 on
     rotation matrices, lambda_3D L1 on pelvis-relative joints, lambda_2D L_proj on projected joints
-    (normalised by the image height). L_img and L_beta: no gradient here (NOTE(paper gap) 10).
-    Joints: the 22 body joints, and with `hands` the 30 finger joints too, posed with the true jaw, eyes and
-    fingers (`AdapterConfig.body_loss_hands`)."""
+    (normalised by the image height), over the 22 body joints. L_img and L_beta: no gradient here (NOTE(paper gap) 10).
+    With `hands` (`AdapterConfig.body_loss_hands`) lambda_3D also on the 30 finger joints relative to their wrist,
+    posed by theta's arms and wrists with the true fingers: SMPLer-X's hand-root-relative joints
+    (main/SMPLer_X.py, get_coord and loss 'smplx_joint_cam'). No body joint hangs below a wrist, so only these see
+    a forearm's twist."""
     R, R_gt = rot6d_to_matrix(theta), axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
-    ids = list(range(NUM_BODY)) + (list(HAND_FINGER_JOINTS) if hands else [])
-    if hands:
+    body = list(range(NUM_BODY))
+    if hands:  # the true jaw, eyes and fingers below theta's joints
         R = torch.cat([R, axis_angle_to_matrix(batch["smplx_pose"][:, NUM_BODY:].to(R))], 1)
-    joints, gt = body_joints(R, shape)[:, ids], batch["joints3d"][:, ids]
-    uv = bodymodels.project_to_crop(joints, smplerx_translation(cam))
-    terms = dict(body_pose=(R[:, :NUM_BODY] - R_gt).abs().mean(), body_3d=(joints - joints[:, :1] - gt + gt[:, :1]).abs().mean(),
-                 body_2d=(uv - image_normalised(batch, ids)).abs().mean())
-    return cfg.w_body_pose * terms["body_pose"] + cfg.w_body_3d * terms["body_3d"] + cfg.w_body_2d * terms["body_2d"], terms
+    joints, gt = body_joints(R, shape), batch["joints3d"]
+    uv = bodymodels.project_to_crop(joints[:, body], smplerx_translation(cam))
+    terms = dict(body_pose=(R[:, :NUM_BODY] - R_gt).abs().mean(),
+                 body_3d=(joints[:, body] - joints[:, :1] - gt[:, body] + gt[:, :1]).abs().mean(),
+                 body_2d=(uv - image_normalised(batch)).abs().mean())
+    loss = cfg.w_body_pose * terms["body_pose"] + cfg.w_body_3d * terms["body_3d"] + cfg.w_body_2d * terms["body_2d"]
+    if hands:
+        fingers, wrists = list(HAND_FINGER_JOINTS), list(FINGER_WRISTS)
+        relative = lambda j: j[:, fingers] - j[:, wrists]  # noqa: E731
+        terms["fingers_3d"] = (relative(joints) - relative(gt)).abs().mean()
+        loss = loss + cfg.w_body_3d * terms["fingers_3d"]
+    return loss, terms
 
 
 def image_normalised(batch, ids=tuple(range(NUM_BODY))):

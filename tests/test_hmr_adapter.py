@@ -388,7 +388,8 @@ def test_fine_tuned_copies_and_concatenation_start_at_the_frozen_models(bases, b
 
 def test_body_loss_over_the_hands_sees_the_wrists_rotation(batch):
     """Eq. 7 over the 22 body joints cannot see a wrist's rotation (no body joint hangs below a wrist); with
-    body_loss_hands the finger joints, posed with the true fingers, move with it. The truth scores 0 either way."""
+    body_loss_hands the finger joints, posed with the true fingers, turn about their wrist with it. The truth scores 0
+    either way."""
     R = axis_angle_to_matrix(batch["smplx_pose"][:, :22])
     theta = bodymodels.matrix_to_rot6d(R)
     shape, cam = batch["smplx_shape"], torch.zeros(len(R), 3)
@@ -398,22 +399,26 @@ def test_body_loss_over_the_hands_sees_the_wrists_rotation(batch):
         _, truth = ha.body_pose_loss(theta, shape, cam, batch, ha.TINY, hands)
         _, wrist = ha.body_pose_loss(bodymodels.matrix_to_rot6d(turned), shape, cam, batch, ha.TINY, hands)
         assert truth["body_3d"] < 1e-5  # forward kinematics gives the data's joints (float32)
-        assert (wrist["body_3d"] > 1e-3) == hands and (abs(wrist["body_2d"] - truth["body_2d"]) > 1e-4) == hands
+        assert wrist["body_3d"] < 1e-5 and wrist["body_2d"] == truth["body_2d"]  # no body joint moved
+        assert ("fingers_3d" in wrist) == hands
+        if hands:
+            assert truth["fingers_3d"] < 1e-5 and wrist["fingers_3d"] > 1e-3
 
 
 def test_the_bases_train_the_whole_body_model_on_the_finger_joints_too(bases, batch):
-    """The whole-body stand-in learns Eq. 7 over the joints its preset's body_loss_hands names, as SMPLer-X its
-    whole-body keypoints. Moving the 30 finger joints' targets by s and by 2 s (s farther than any prediction):
-    each of their 90 coordinates' |error| grows by exactly s, so the 3D term (a mean over 52 joints x 3 axes)
-    by 90 s / 156, and nothing else of the loss moves."""
+    """The whole-body stand-in learns Eq. 7's finger term when its preset's body_loss_hands says so, as SMPLer-X its
+    wrist-relative hand joints. Moving the 30 finger joints' targets by s and by 2 s (s farther than any prediction):
+    each of their 90 wrist-relative coordinates' |error| grows by exactly s, so the finger term (their mean) by s,
+    and nothing else of the loss moves."""
     s, terms = 100.0, []
     for shift in (s, 2 * s):
         moved = dict(batch, joints3d=batch["joints3d"].clone())
         moved["joints3d"][:, list(ha.HAND_FINGER_JOINTS)] += shift
         with torch.no_grad():
             terms.append(bases.eval()(moved)[1])
-    assert float(terms[1]["body_3d"] - terms[0]["body_3d"]) == pytest.approx(90 * s / 156, rel=1e-4)
-    assert all(torch.equal(terms[0][k], terms[1][k]) for k in terms[0] if k != "body_3d")
+    assert ha.CONFIGS[bases.cfg.losses].body_loss_hands
+    assert float(terms[1]["fingers_3d"] - terms[0]["fingers_3d"]) == pytest.approx(s, rel=1e-4)
+    assert all(torch.equal(terms[0][k], terms[1][k]) for k in terms[0] if k != "fingers_3d")
 
 
 def test_ablation_rows_name_fields_and_metrics_that_exist(bases, batch):
@@ -581,7 +586,7 @@ def test_one_batch_overfit_of_each_adapter(bases, batch):
     for _ in range(100):
         loss, terms = model(batch)
         hand = sum(w * terms[k] for w, k in ((0.05, "hand_3d"), (0.05, "hand_verts"), (0.001, "hand_pose")))
-        body = 10 * terms["body_pose"] + 100 * terms["body_3d"] + terms["body_2d"]  # Eq. 7's weights (TINY)
+        body = 10 * terms["body_pose"] + 100 * (terms["body_3d"] + terms["fingers_3d"]) + terms["body_2d"]  # Eq. 7 (TINY)
         if first is None:
             first = dict(hand=hand.item(), no_body=terms["no_body"].item(), body=body.item())
         optimizer.zero_grad()
