@@ -180,7 +180,7 @@ def feature_upsampler(cfg):
             layers += [nn.ConvTranspose2d(c_in, c, k, stride=k, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
             c_in = c
     for _ in range(cfg.feature_convs):
-        # NOTE(paper vs code): Fig. 2e's "further improved by convolution" gives no layout; ours: 3x3, BN, ReLU
+        # NOTE(paper vs code) 9: Fig. 2e's convolutions have no layout in the paper; ours: 3x3, BN, ReLU
         layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers) if layers else nn.Identity()
 
@@ -217,12 +217,11 @@ class TokenGenerator(nn.Module):
             points = torch.cat([points, self.coarse_head(pooled_vector).reshape(B, -1, 2)], 1)  # (B, 21 + N_c, 2)
         raw = self.cfg.keypoint_activation == "none"
         if not raw:
-            # NOTE(paper vs code): the official head is a bare Linear whose output is clamped to the
-            # image only inside the sampler; a sigmoid keeps the prediction in [0, 1] everywhere.
+            # NOTE(paper vs code) 3: a sigmoid keeps the keypoints in [0, 1]; the official Linear is clamped where read
             points = torch.sigmoid(points)
         x = self.upsample(feature if self.cfg.token_map == "feature" else pooled)  # (B, C_t, h*f, w*f)
         if self.cfg.sine_encoding:
-            # NOTE(paper vs code): the sine encoding of the sampled map is in the official code only.
+            # NOTE(paper vs code) 1: the sine encoding of the sampled map is in the official code only
             x = x + sine_position_encoding(x.shape[2], x.shape[3], x.shape[1], x.device, x.dtype)
         if self.cfg.token_sampling == "grid":  # Fig. 2b: a fixed lattice
             tokens = sample_points(x, self.grid_uv.to(x.dtype).expand(B, -1, -1))  # (B, G*G, C_t)
@@ -283,8 +282,7 @@ class SimpleHand(nn.Module):
             if template is None or tuple(template.shape) != (NUM_VERTS, 3):
                 raise ValueError(f"token_sampling='coarse_mesh' needs MANO's template (778, 3) to pick the coarse "
                                  f"mesh from, got {None if template is None else tuple(template.shape)}")
-            # NOTE(paper vs code): FastMETRO's coarse mesh comes from precomputed mesh-sampling matrices
-            # (Ranjan et al.), not at hand; farthest-point sampling of the template spreads as many vertices
+            # NOTE(paper vs code) 10: farthest-point sampling of the template for FastMETRO's coarse mesh
             self.register_buffer("coarse_index", farthest_points(template.float(), cfg.coarse_vertices))  # (N_c,)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -294,7 +292,7 @@ class SimpleHand(nn.Module):
         if self.cfg.input_norm == "bgr_minus_half":
             # official (simpleHand hand_net.py): image / 255 - 0.5, BGR (cv2.imread's channel order)
             return images.flip(1) - 0.5
-        # NOTE(paper vs code): ImageNet statistics, as the pretrained timm backbones expect
+        # NOTE(paper vs code) 4: ImageNet statistics, as the pretrained timm backbones expect
         return (images - self.mean) / self.std
 
     def forward(self, images):
@@ -311,8 +309,7 @@ class SimpleHand(nn.Module):
             out["coarse2d"] = points[:, NUM_JOINTS:]  # (B, N_c, 2)
         if not self.cfg.subtract_root:  # official (hand_net.py): the raw vertices and mesh_to_joints
             return dict(out, verts=verts, joints3d=joints)
-        # NOTE(paper vs code): the official network is only trained towards root-relative targets;
-        # we also subtract its own root joint, so the outputs are root-relative by construction.
+        # NOTE(paper vs code) 5: we subtract the model's own root joint: root-relative outputs by construction
         root = joints[:, self.cfg.root_index:self.cfg.root_index + 1]  # (B, 1, 3)
         return dict(out, verts=verts - root, joints3d=joints - root)
 
@@ -344,9 +341,7 @@ def compute_loss(pred, batch, cfg, coarse_index=None):
     The returned terms are unweighted (metres and crop fractions); the total is weighted.
     "coarse_mesh" sampling (pred["coarse2d"]) adds a term "coarse2d", Eq. (5) on the vertices
     `coarse_index` projected by batch["K"] (B, 3, 3), weighted as the 2D keypoints.
-    NOTE(official vs here): the official loss (hand_net.py) also zeroes the 2D term of keypoints
-    outside the crop and the 3D terms of hands whose joints 0 and 9 both are; not reproduced, also
-    not under the `official` augmentation recipe, which can move keypoints out of the crop.
+    NOTE(official vs here) 11: the official loss masks keypoints (and hands) outside the crop; not reproduced.
     """
     missing = [k for k in ("image", "joints3d", "verts", "joints2d") if k not in batch]
     if missing:
@@ -441,7 +436,7 @@ class SimpleHandConfig:
     num_heads: int = 4  # official code
     mlp_ratio: float = 4.0  # official code
     pos_embedding: bool = True  # learned emb_k before each layer (Eq. 3, Table 8)
-    dropout: float = 0.1  # attention dropout and drop path (official code; the paper is silent)
+    dropout: float = 0.1  # attention dropout and drop path. NOTE(paper vs code) 2: official code, paper silent
     # --- losses (Sec. 3.4, Eq. 7) ---
     w_verts: float = 10.0
     w_joints3d: float = 10.0
@@ -450,7 +445,7 @@ class SimpleHandConfig:
     subtract_root: bool = True  # the model subtracts its own joint 9: root-relative outputs by construction
     # --- data (read by data.hand_dataset) ---
     train_augment: Literal["default", "official"] = "official"  # real training data (FreiHAND, .npz): the
-    #   official code's augmentation (data.HAND_AUGMENTS; the paper is silent) | data.AugmentConfig()'s
+    #   official code's augmentation (data.HAND_AUGMENTS; NOTE(paper vs code) 7) | data.AugmentConfig()'s
     eval_crop: Literal["none", "keypoints"] = "none"  # FreiHAND test images as they are | "keypoints": the
     #   official re-crop (data.py)
     # --- training recipe read by train.py (in optimisation steps; batch_size is the GLOBAL batch) ---
@@ -539,22 +534,17 @@ TINY = SimpleHandConfig(  # 0.57M params (0.28M outside the backbone); train.py'
     timm_out_indices=(), pretrained_backbone=False,  # written here: no ImageNet weights exist
     token_channels=64,  # = feature_channels: no projection, no BatchNorm
     # Tables 6-7 scaled down for two CPU cores: 168 tokens in the last layer instead of 336 quarter
-    # its attention, widths 96/48/24 instead of 256/128/64, MLP ratio 2 instead of 4. Measured on
-    # this demo's data, each made a step 7-25% cheaper at the same PA-MPJPE (within 0.4 mm) after
-    # 1000 steps, so more steps fit in the demo's 15 minutes.
+    # its attention, widths 96/48/24 instead of 256/128/64, MLP ratio 2 instead of 4. Each makes a
+    # step cheaper at about the same accuracy, so more steps fit in the demo's 15 minutes (docs/simplehand.md).
     token_nums=(21, 84, 168), dims=(96, 48, 24), mlp_ratio=2.0,
-    num_heads=2,  # CPU attention with 8-wide heads costs 3x more than with 16-wide ones
+    num_heads=2,  # CPU attention costs more with narrower heads (docs/simplehand.md)
     dropout=0.0,  # deterministic steps: two DDP ranks match one process exactly
     train_augment="default",  # real data: data.AugmentConfig() (synthetic sets are rendered once, unaugmented)
     batch_size=32, lr=2e-3, lr_final=2e-5, lr_schedule="cosine", lr_drop_step=0,
     warmup_steps=100, max_steps=6000, weight_decay=1e-2, grad_clip=1.0, amp=False,
     gpus=0, reported_hours=0.0, reported_fps=0.0, reported_pa_mpjpe_mm=0.0)  # not a paper run
 
-# NOTE(paper vs code): the official code trains 200 "epochs" of 256 iterations (batch 32 per GPU on
-# 8 GPUs), drops the learning rate at "epoch" 100, warms up for 5, uses AdamW weight decay 1e-2, fp16
-# and gradient clipping at 1.0; the paper says 100 epochs with the drop at 50. The code's "epoch"
-# is 256 iterations, not a pass over the data: its 51,200 steps of 256 images are 100.8 passes over
-# FreiHAND (`.epochs`), about the paper's 100. Apply with
+# NOTE(paper vs code) 6: the official code's recipe: 200 "epochs" of 256 iterations, the drop at 100; apply with
 # `dataclasses.replace(CONFIGS["paper"], **OFFICIAL_CODE_RECIPE)`.
 OFFICIAL_CODE_RECIPE = dict(
     max_steps=200 * 256, lr_drop_step=100 * 256, warmup_steps=5 * 256,
@@ -874,8 +864,7 @@ class MLPRegressor(nn.Module):
     """Table 4's baseline regressor, "a Multilayer Perceptron": tokens (B, N, C_t), flattened ->
     Linear -> GELU -> Linear -> vertices (B, 778, 3).
 
-    NOTE(paper vs code): the paper gives no widths; ours has one hidden layer of dims[0] (256 at
-    PAPER: 1.98M parameters on 21 tokens, 0.67M on one, about the decoder's 1.55M).
+    NOTE(paper vs code) 8: the paper gives no widths; ours has one hidden layer of dims[0].
     """
 
     def __init__(self, cfg):
@@ -1091,7 +1080,8 @@ DEMO_DOCS = {  # the .npz of --image: N hands first (right, then left, with --ke
     "is_right": "True for a right hand",
     "box": "the square crop x0, y0, x1, y1 in full-image pixels",
     "crop_matrix": "A: full-image pixels -> crop pixels (with the mirror for left hands); the crop camera is A @ K",
-    "K": "the full image's camera assumed (HaMeR's demo): focal 5000 / 256 x max(W, H) pixels, principal point at the centre",
+    "K": "the full image's camera assumed (HaMeR's demo): focal 5000 / 256 x max(W, H) pixels, "
+         "principal point at the centre",
 }
 
 
