@@ -3,10 +3,11 @@ Paper: http://simplehand.github.io; official code: github.com/patienceFromZhou/s
 
 A crop of a right hand in, the 778 MANO vertices and 21 joints out:
 
-    image (B, 3, H, W) -> backbone -> X_b -> token generator T: 2D keypoints from the pooled map, tokens read
-        there from the map (Sec. 3.1, 3.3) -> X_m (B, 21, C_t) -> mesh regressor R: decoder layers H_k,
-        21 -> 84 -> 336 -> 778 tokens (Sec. 3.2, Eq. 1-3) -> vertices (B, 778, 3) -> J x V -> joints (B, 21, 3)
-    loss: L1 on vertices, 3D and 2D joints, weights 10 / 10 / 1 (Sec. 3.4, Eq. 4-7)
+    image (B, 3, H, W) -> backbone (App. A) -> map X_b (stride 8 or 32), pooled map (stride 32)
+    T: pooled map -> mean -> Linear -> 2D keypoints (B, 21, 2)                                  Sec. 3.1, Fig. 4
+       X_b -> [4x deconv] -> read at the keypoints (grid_sample) -> tokens X_m (B, 21, C_t)     Sec. 3.1, 3.3
+    R: X_m -> H_0 -> H_1 -> H_2 (21 -> 84 -> 336 -> 778 tokens) -> Linear -> V (B, 778, 3)      Sec. 3.2, Eq. 1-3
+       joints (B, 21, 3) = J x V and 5 fingertip vertices; loss: L1 on V, 3D and 2D joints      Sec. 3.4, Eq. 4-7
 
 Conventions: images RGB in [0, 1]; 2D keypoints (u, v) / (W, H) of the crop; 3D in metres, OpenCV camera
 axes, relative to joint 9 (middle MCP) of 21 joints in FreiHAND order.
