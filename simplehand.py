@@ -1,83 +1,27 @@
 """SimpleHand: "A Simple Baseline for Efficient Hand Mesh Reconstruction" (Zhou et al., CVPR 2024).
+Paper: http://simplehand.github.io; official code: github.com/patienceFromZhou/simpleHand.
 
-One image crop of a right hand in, the 778 MANO vertices and 21 joints out, through three parts:
+A crop of a right hand in, the 778 MANO vertices and 21 joints out:
 
-    image -> backbone -> token generator T -> mesh regressor R -> vertices -> J x vertices = joints
+    image (B, 3, H, W) -> backbone (App. A) -> map X_b (stride 8 or 32), pooled map (stride 32)
+    T: pooled map -> mean -> Linear -> 2D keypoints (B, 21, 2)                                  Sec. 3.1, Fig. 4
+       X_b -> [4x deconv] -> read at the keypoints (grid_sample) -> tokens X_m (B, 21, C_t)     Sec. 3.1, 3.3
+    R: X_m -> H_0 -> H_1 -> H_2 (21 -> 84 -> 336 -> 778 tokens) -> Linear -> V (B, 778, 3)      Sec. 3.2, Eq. 1-3
+       joints (B, 21, 3) = J x V and 5 fingertip vertices; loss: L1 on V, 3D and 2D joints      Sec. 3.4, Eq. 4-7
 
-- Token generator (Sec. 3.1, 3.3, Fig. 4): a global average pool and one Linear predict the 21 2D
-  keypoints; the feature map is brought to H/8 x W/8 (a 4x transposed convolution for stride-32
-  backbones such as FastViT, nothing for stride-8 ones such as HRNet), and the 21 joint tokens are
-  read from it at the predicted keypoints with bilinear `grid_sample` ("keypoint-guided point
-  sampling"). The keypoints are not detached, so the 3D losses also move the keypoint head.
-- Mesh regressor (Sec. 3.2, Eq. 1-3): three decoder layers H_k = U_k(MF_k(P_k(X_k))), each a
-  learned position embedding (Eq. 3), a Linear that reduces the width (P_k), one pre-norm MetaFormer
-  block with an attention token mixer (MF_k) and a Linear over the TOKEN axis that multiplies the
-  number of tokens (U_k): 21 -> 84 -> 336 -> 778 tokens at widths 256 / 128 / 64; a final Linear
-  gives each of the 778 tokens its xyz.
-- Losses (Sec. 3.4, Eq. 4-7): L1 on vertices, 3D joints and 2D joints, weights 10 / 10 / 1.
-- Configs: `paper` (HRNet-W64, Table 1-2), `paper_fastvit` (FastViT-MA36), `official` (the official
-  code's `HandNet`, which its released weights need) and `tiny` (a small CNN written here and a
-  scaled-down decoder, for two CPU cores). The paper's backbones come from timm and start from
-  ImageNet weights read from a local file (`backbone_weights`; no hub here); the decoder
-  (everything but the backbone) is built from the channels and stride the config declares, so it
-  builds and counts without timm. Every row of the paper's ablations (Sec. 4.5, Tables 4-8) is a
-  set of config fields, listed in `ABLATIONS` with the paper's figures (`train.py --ablation
-  table5`): Table 4's MLP regressor (`mesh_regressor`), Table 5's global / grid / point / coarse-mesh
-  sampling (`token_sampling`) of the stride-8 or stride-32 map (`token_map`) after one or two
-  deconvolutions (`feature_upsample`, `deconv_layers`) and convolutions (`feature_convs`), Tables 6-8's
-  decoder. timm's HRNet features net computes four maps and returns the two asked for; `prune_hrnet`
-  deletes what only the other two need, so that every parameter gets a gradient
-  (DistributedDataParallel requires it). The recipe is stored once, in steps; epochs and the
-  per-GPU batch are derived properties.
-- The official implementation (github.com/patienceFromZhou/simpleHand, `hand_net.py` HandNet,
-  `models/modules.py` MeshHead): `official_state_dict` maps its state-dict keys to ours and
-  `load_official` reads a released `epoch_200_rerun*` file into the `official` config; a committed
-  fixture of the official code at a reduced size (tests/official/simplehand) holds the outputs to
-  a relative 1e-5. What `official` does differently from the paper configs, each a config field:
-  BGR input minus 0.5 (`input_norm`), raw 2D keypoints clamped only where sampled
-  (`keypoint_activation`), raw outputs that the evaluation makes root-relative (`subtract_root`),
-  stochastic depth in the backbone (`backbone_drop_path`), and FreiHAND evaluated on crops around
-  the ground-truth 2D keypoints (`eval_crop`, read by `data.hand_dataset`).
-- Trainer protocol (train.py): `build_model(cfg, parent=None)`, `training_loss(model, batch, cfg)`,
-  `predict(model, batch, cfg)` and `learning_rate(cfg, step)`. The model takes channels_last input.
-- Inference and tools: `predict` (2D keypoints in pixels), `describe` (the tensor shape after every
-  stage), `fast_inference` (FastViT re-parameterised, fp16, channels_last, CUDA graphs) and
-  `python simplehand.py [--config NAME] [--params] [--bench]` (eager fp32 latency and throughput;
-  on CUDA also the fast path and the training throughput).
-- `python simplehand.py --image PATH`: hand crops (left ones mirrored) -> `predict` -> each hand placed in
-  the full image's camera from its 2D keypoints (`place_hand`); a picture, an .obj per hand, an .npz.
+Conventions: images RGB in [0, 1]; 2D keypoints (u, v) / (W, H) of the crop; 3D in metres, OpenCV camera
+axes, relative to joint 9 (middle MCP) of 21 joints in FreiHAND order.
+Symbols: B batch, C / C_t backbone / token channels, J = 21 joints, V = 778 vertices, n_k / c_k tokens /
+width of decoder layer k, emb_k / P_k / MF_k / U_k its position embedding, width-reducing Linear,
+MetaFormer block and token-upsampling Linear, J (the matrix) MANO's 16 x 778 joint regressor.
 
-Conventions
-- Input: images (B, 3, H, W), RGB in [0, 1], for every config; the model normalises them itself
-  (`input_norm`: ImageNet mean and std, or the official BGR - 0.5).
-- 2D keypoints: (B, 21, 2) as (u, v) / (W, H), i.e. in [0, 1] of the crop (0 = left/top edge).
-- 3D: metres, camera axes (OpenCV: x right, y down, z forward), ROOT-RELATIVE to joint 9 of the
-  FreiHAND order (middle-finger MCP), as in the official code's training data. The model subtracts
-  its own joint 9 from its vertices and joints, so `joints3d[:, 9]` is exactly zero (and, as MANO's
-  J_regressor rows sum to one, the joints stay J x vertices); the loss subtracts the ground
-  truth's joint 9 the same way. `official` (subtract_root=False) returns the raw outputs, as
-  HandNet does, and `predict` subtracts joint 9 as the official evaluation does.
-- Joints: 21 in FreiHAND order (wrist; thumb 1-4; index 5-8; middle 9-12; ring 13-16; pinky 17-20)
-  = MANO's 16 regressed joints + FreiHAND's 5 fingertip vertices (`bodymodels.mano_to_freihand`: 744,
-  320, 443, 555, 672, as FreiHAND's annotations and the official `mesh_to_joints`), in every config.
+Sections: 1 building blocks, 2 the model, 3 losses, 4 inference, 5 configs (`paper`, `paper_fastvit`,
+`official`, `tiny`), `build_model` and the trainer protocol. Appendices: A backbones, B the official code
+(key map, `load_official`), C ablation-only modules and `ABLATIONS`, D diagnostics (`describe`, parameter
+counts, `fast_inference`, benchmarks), E running it (`python simplehand.py [--image PATH] [--params] [--bench]`).
 
-Where we follow the official code rather than the paper, or neither, a `# NOTE(paper vs code):`
-comment sits at the spot; where the `official` config reproduces the official code, an
-`# official (file): ...` comment. In short: sine position encoding on the sampled feature map,
-dropout / drop path 0.1, sigmoid on the 2D keypoints and ImageNet input normalisation (paper
-configs; `official` as the code), the explicit root subtraction, and the training recipe (paper:
-100 epochs; code: 200 x 256 iterations, i.e. 100.8 passes over FreiHAND, with warm-up, fp16 and
-gradient clipping). The paper says nothing of augmentation: the paper configs train real data with
-the official code's (`train_augment`, data.OFFICIAL_HAND_AUGMENT). Where the paper gives an ablation
-no layout: Table 4's MLP (one hidden layer of dims[0]), Fig. 2e's convolutions (3x3, BN, ReLU) and
-FastMETRO's coarse mesh (farthest-point sampling of the template, its 2D points supervised as the
-keypoints are).
-
-Symbols: B batch, C backbone channels, C_t token channels, h x w feature map, J = 21 joints,
-V = 778 vertices, N tokens, n_k / c_k token number / width of decoder layer k, K number of decoder
-layers, X_b backbone feature, X_m joint tokens, emb_k position embedding, P_k / MF_k / U_k the
-dimension-reduce Linear / MetaFormer block / token upsample Linear, J (the matrix) MANO's
-16 x 778 joint regressor.
+docs/simplehand.md: where this differs from the paper and the official code (the numbered NOTE list),
+conventions in full, results and their history.
 """
 
 import argparse
@@ -102,11 +46,355 @@ NUM_JOINTS = 21  # FreiHAND order
 NUM_VERTS = 778  # MANO
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-FREIHAND_TRAIN_SAMPLES = 130_240  # 32,560 x 4 versions (Sec. 4.2); one paper epoch
-STEPS_PER_EPOCH = FREIHAND_TRAIN_SAMPLES // 256  # 508 steps of the paper's global batch 256 (8 x 32, Sec. 4.1)
+
 
 # ---------------------------------------------------------------------------------------------
-# 1. Configs
+# 1. Building blocks: reading the map at points (Sec. 3.1), the decoder layer H_k (Sec. 3.2, Eq. 2-3)
+
+
+def sine_position_encoding(h, w, channels, device=None, dtype=torch.float32, temperature=10000.0):
+    """DETR's fixed 2D sine encoding -> (channels, h, w): half the channels encode y, half x.
+
+    Positions 1..h (1..w) are scaled to (0, 2 pi] as p / (h + 1e-6) * 2 pi (DETR's and the official
+    position_embedding.py's normalisation); channel pair (2i, 2i+1) holds sin and cos of
+    position / temperature^(2i / (channels/2)).
+    """
+    half = channels // 2
+    freq = temperature ** (2 * (torch.arange(half, device=device) // 2) / half)  # (half,)
+    ys = torch.arange(1, h + 1, device=device, dtype=torch.float32) / (h + 1e-6) * (2 * math.pi)
+    xs = torch.arange(1, w + 1, device=device, dtype=torch.float32) / (w + 1e-6) * (2 * math.pi)
+
+    def encode(pos):  # (n,) -> (n, half): sin on even channels, cos on odd ones
+        angles = pos[:, None] / freq  # (n, half)
+        return torch.stack([angles[:, 0::2].sin(), angles[:, 1::2].cos()], dim=-1).flatten(1)
+
+    pos_y = encode(ys)[:, None, :].expand(h, w, half)  # (h, w, half)
+    pos_x = encode(xs)[None, :, :].expand(h, w, half)  # (h, w, half)
+    return torch.cat([pos_y, pos_x], dim=-1).permute(2, 0, 1).to(dtype)  # (channels, h, w)
+
+
+def sample_points(feature, uv, clamp=False):
+    """Bilinear features at points: feature (B, C, h, w), uv (B, N, 2) in [0, 1] -> (B, N, C).
+
+    `align_corners=True`: uv = 0 and 1 are the centres of the first and last cells (official code).
+    Differentiable in uv as well as in the feature. clamp=True first moves points outside the crop
+    onto its border, where they also stop getting a gradient (official `remap_uv`).
+    """
+    grid = (uv - 0.5) * 2  # (B, N, 2) in [-1, 1], x first
+    if clamp:
+        grid = grid.clamp(-1, 1)  # official (models/modules.py remap_uv): clamp((uv - 0.5) * 2, -1, 1)
+    grid = grid.unsqueeze(2)  # (B, N, 1, 2)
+    tokens = F.grid_sample(feature, grid, mode="bilinear", align_corners=True)  # (B, C, N, 1)
+    return tokens.squeeze(-1).transpose(1, 2)  # (B, N, C)
+
+
+def drop_path(x, p, training):
+    """Stochastic depth: zero a residual branch for a random subset of samples, rescale the rest."""
+    if p == 0.0 or not training:
+        return x
+    keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype) >= p
+    return x * keep / (1 - p)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over tokens: (B, N, c) -> (B, N, c)."""
+
+    def __init__(self, dim, num_heads, dropout):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads, self.dropout = num_heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, c = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, nh, N, hs)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, N, c))  # (B, N, c)
+
+
+class MetaFormerBlock(nn.Module):
+    """MF_k: x + TokenMixer(LN(x)), then x + MLP(LN(x)) (pre-norm; MetaFormer, Yu et al. 2022).
+
+    token_mixer "identity" drops the mixing branch altogether (Table 8): tokens never see each other.
+    """
+
+    def __init__(self, dim, token_mixer, num_heads, mlp_ratio, dropout):
+        super().__init__()
+        self.dropout = dropout
+        self.mixer = None
+        if token_mixer == "attention":
+            self.norm1 = nn.LayerNorm(dim)
+            self.mixer = Attention(dim, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x):  # (B, N, c) -> (B, N, c)
+        if self.mixer is not None:
+            x = x + drop_path(self.mixer(self.norm1(x)), self.dropout, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.dropout, self.training)
+
+
+class DecoderLayer(nn.Module):
+    """H_k: (B, n_in, c_in) -> (B, n_out, c), Eq. (2) with the position embedding of Eq. (3)."""
+
+    def __init__(self, n_in, n_out, c_in, c, depth, cfg):
+        super().__init__()
+        self.pos_embedding = None
+        if cfg.pos_embedding:
+            self.pos_embedding = nn.Parameter(torch.zeros(1, n_in, c_in))  # emb_k
+            nn.init.trunc_normal_(self.pos_embedding, std=0.02)
+        self.reduce = nn.Linear(c_in, c)  # P_k: width c_in -> c
+        self.blocks = nn.Sequential(*[MetaFormerBlock(c, cfg.token_mixer, cfg.num_heads, cfg.mlp_ratio,
+                                                      cfg.dropout) for _ in range(depth)])  # MF_k
+        self.upsample = nn.Linear(n_in, n_out)  # U_k: tokens n_in -> n_out
+
+    def forward(self, x):
+        if self.pos_embedding is not None:
+            # Eq. (3): X_k = X_k + emb_k
+            x = x + self.pos_embedding  # (B, n_in, c_in)
+        # Eq. (2): H_k(X_k) = U_k(MF_k(P_k(X_k))); U_k acts on the token axis
+        x = self.blocks(self.reduce(x))  # (B, n_in, c)
+        return self.upsample(x.transpose(1, 2)).transpose(1, 2)  # (B, n_out, c)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The model: token generator T (Sec. 3.1, 3.3), mesh regressor R (Sec. 3.2, Eq. 1), SimpleHand
+
+
+def feature_upsampler(cfg):
+    """The map the tokens are read from (B, C, h, w) -> (B, C_t, h f, w f), f = cfg.feature_upsample.
+
+    Sec. 3.3: "for image classification style backbones like FastViT, we apply a 4x upsample
+    deconvolution"; k = stride = factor, no bias, BN, ReLU (official). Sec. 3.1's alternatives
+    (Table 5): two 2x deconvolutions instead of one 4x (deconv_layers=2), and 3x3 convolutions after
+    it (feature_convs, Fig. 2e "enhanced"). Factor 1 with equal widths and no convolutions: the map
+    is used as it is (HRNet, tiny); factor 1 with other widths: a 1x1 projection.
+    """
+    c_in, c, f = cfg.token_map_channels, cfg.token_channels, cfg.feature_upsample
+    layers = []
+    if f > 1 or c_in != c:
+        for k in ((2, 2) if cfg.deconv_layers == 2 else (f,)):
+            layers += [nn.ConvTranspose2d(c_in, c, k, stride=k, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            c_in = c
+    for _ in range(cfg.feature_convs):
+        # NOTE(paper vs code) 9: Fig. 2e's convolutions have no layout in the paper; ours: 3x3, BN, ReLU
+        layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers) if layers else nn.Identity()
+
+
+class TokenGenerator(nn.Module):
+    """T: backbone maps -> (tokens X_m (B, N, C_t), guide points (B, P, 2)). Sec. 3.1, Fig. 2 and 4.
+
+    The guide points are the 21 2D keypoints, followed for "coarse_mesh" sampling by the 2D points of
+    the coarse mesh's vertices (P = 21 + coarse_vertices). They are fractions of the crop: in [0, 1]
+    through a sigmoid, or anywhere with the official raw head (keypoint_activation "none"), which is
+    clamped only where the map is read.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        # 2D keypoints from the pooled global feature (Fig. 4: "Global Feature -> 2D Keypoints")
+        self.keypoint_head = nn.Linear(cfg.global_channels, NUM_JOINTS * 2)
+        self.upsample = feature_upsampler(cfg)
+        if cfg.token_sampling == "grid":  # fixed lattice of grid_size^2 points over the map, (G*G, 2)
+            g = torch.linspace(0, 1, cfg.grid_size)
+            self.register_buffer("grid_uv", torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2),
+                                 persistent=False)
+        if cfg.token_sampling == "coarse_mesh":  # Fig. 2f: the coarse mesh's 2D points, as the keypoints
+            self.coarse_head = nn.Linear(cfg.global_channels, cfg.coarse_vertices * 2)
+
+    def forward(self, feature, pooled):
+        """feature X_b (B, C, h, w), pooled (B, C_g, h', w') -> tokens (B, N, C_t), points (B, P, 2)."""
+        B = feature.shape[0]
+        # official (hand_net.py): AvgPool2d((7, 7)) of the 7 x 7 map, i.e. its mean at 224 px
+        pooled_vector = pooled.mean(dim=(2, 3))  # (B, C_g)
+        points = self.keypoint_head(pooled_vector).reshape(B, NUM_JOINTS, 2)
+        if self.cfg.token_sampling == "coarse_mesh":
+            points = torch.cat([points, self.coarse_head(pooled_vector).reshape(B, -1, 2)], 1)  # (B, 21 + N_c, 2)
+        raw = self.cfg.keypoint_activation == "none"
+        if not raw:
+            # NOTE(paper vs code) 3: a sigmoid keeps the keypoints in [0, 1]; the official Linear is clamped where read
+            points = torch.sigmoid(points)
+        x = self.upsample(feature if self.cfg.token_map == "feature" else pooled)  # (B, C_t, h*f, w*f)
+        if self.cfg.sine_encoding:
+            # NOTE(paper vs code) 1: the sine encoding of the sampled map is in the official code only
+            x = x + sine_position_encoding(x.shape[2], x.shape[3], x.shape[1], x.device, x.dtype)
+        if self.cfg.token_sampling == "grid":  # Fig. 2b: a fixed lattice
+            tokens = sample_points(x, self.grid_uv.to(x.dtype).expand(B, -1, -1))  # (B, G*G, C_t)
+        elif self.cfg.token_sampling == "global":  # Fig. 2a: one global feature
+            tokens = x.mean(dim=(2, 3)).unsqueeze(1)  # (B, 1, C_t)
+        else:  # Fig. 2c-d, f: keypoint-guided (and coarse-mesh-guided) point sampling
+            tokens = sample_points(x, points, clamp=raw)  # (B, P, C_t); gradients reach the heads
+        return tokens, points
+
+
+class MeshRegressor(nn.Module):
+    """R = H_{K-1} ... H_0 (Eq. 1), then a Linear c_{K-1} -> 3: tokens X_m (B, n_0, C_t) -> vertices (B, 778, 3).
+
+    The first layer reads the tokens the generator gives (`num_input_tokens`; n_0 = 21 for points).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        n_in = (cfg.num_input_tokens,) + cfg.token_nums[1:]  # 21, 84, 336
+        n_out = cfg.token_nums[1:] + (NUM_VERTS,)  # 84, 336, 778
+        c_in = (cfg.token_channels,) + cfg.dims[:-1]  # 256, 256, 128
+        self.layers = nn.ModuleList(DecoderLayer(n, m, ci, c, d, cfg) for n, m, ci, c, d
+                                    in zip(n_in, n_out, c_in, cfg.dims, cfg.depths))
+        self.head = nn.Linear(cfg.dims[-1], 3)
+
+    def forward(self, x):
+        for layer in self.layers:
+            # Eq. (1): X_{k+1} = H_k(X_k)
+            x = layer(x)  # (B, n_{k+1}, c_k)
+        return self.head(x)  # (B, 778, 3)
+
+
+def build_mesh_regressor(cfg):
+    """R of the config: the decoder of Eq. 1-3, or Table 4's MLP."""
+    return MeshRegressor(cfg) if cfg.mesh_regressor == "decoder" else MLPRegressor(cfg)
+
+
+class SimpleHand(nn.Module):
+    """images (B, 3, H, W) RGB in [0, 1] -> dict(joints2d (B, 21, 2), verts (B, 778, 3), joints3d (B, 21, 3)).
+
+    joints2d are fractions of the crop, 3D outputs metres, root-relative unless cfg.subtract_root is
+    False (`official`: HandNet's raw outputs; `predict` makes them root-relative). "coarse_mesh"
+    sampling adds coarse2d (B, N_c, 2), the predicted 2D points of the vertices `coarse_index`.
+    `template` (778, 3), MANO's rest vertices, is read only by "coarse_mesh" sampling.
+    """
+
+    def __init__(self, cfg, j_regressor, template=None):
+        super().__init__()
+        if tuple(j_regressor.shape) != (16, NUM_VERTS):
+            raise ValueError(f"j_regressor: expected MANO's (16, {NUM_VERTS}), got {tuple(j_regressor.shape)}")
+        self.cfg = cfg
+        self.backbone = build_backbone(cfg)
+        self.token_generator = TokenGenerator(cfg)
+        self.mesh_regressor = build_mesh_regressor(cfg)
+        # buffers, so that a checkpoint carries the regressor (and coarse mesh) it was trained with
+        self.register_buffer("j_regressor", j_regressor.detach().clone().float())  # (16, 778)
+        if cfg.token_sampling == "coarse_mesh":
+            if template is None or tuple(template.shape) != (NUM_VERTS, 3):
+                raise ValueError(f"token_sampling='coarse_mesh' needs MANO's template (778, 3) to pick the coarse "
+                                 f"mesh from, got {None if template is None else tuple(template.shape)}")
+            # NOTE(paper vs code) 10: farthest-point sampling of the template for FastMETRO's coarse mesh
+            self.register_buffer("coarse_index", farthest_points(template.float(), cfg.coarse_vertices))  # (N_c,)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def normalise(self, images):
+        """RGB in [0, 1] (B, 3, H, W) -> the backbone's input (B, 3, H, W), by cfg.input_norm."""
+        if self.cfg.input_norm == "bgr_minus_half":
+            # official (simpleHand hand_net.py): image / 255 - 0.5, BGR (cv2.imread's channel order)
+            return images.flip(1) - 0.5
+        # NOTE(paper vs code) 4: ImageNet statistics, as the pretrained timm backbones expect
+        return (images - self.mean) / self.std
+
+    def forward(self, images):
+        feature, pooled = self.backbone(self.normalise(images))  # X_b (B, C, H/s, W/s)
+        return self.from_features(feature, pooled)
+
+    def from_features(self, feature, pooled):
+        """Everything after the backbone: its maps X_b (B, C, h, w), pooled (B, C_g, h', w') -> the outputs."""
+        tokens, points = self.token_generator(feature, pooled)  # X_m (B, N, C_t), (B, 21 [+ N_c], 2)
+        verts = self.mesh_regressor(tokens)  # (B, 778, 3)
+        joints = self.regress_joints(verts)  # (B, 21, 3)
+        out = {"joints2d": points[:, :NUM_JOINTS]}
+        if self.cfg.token_sampling == "coarse_mesh":
+            out["coarse2d"] = points[:, NUM_JOINTS:]  # (B, N_c, 2)
+        if not self.cfg.subtract_root:  # official (hand_net.py): the raw vertices and mesh_to_joints
+            return dict(out, verts=verts, joints3d=joints)
+        # NOTE(paper vs code) 5: we subtract the model's own root joint: root-relative outputs by construction
+        root = joints[:, self.cfg.root_index:self.cfg.root_index + 1]  # (B, 1, 3)
+        return dict(out, verts=verts - root, joints3d=joints - root)
+
+    def regress_joints(self, verts):
+        """Sec. 3.4: J_3d = J x V_3d, plus 5 fingertip vertices: (B, 778, 3) -> (B, 21, 3), FreiHAND order.
+
+        official (simpleHand models/losses.py mesh_to_joints): MANO's J_regressor and FreiHAND's tip
+        vertices 744, 320, 443, 555, 672, which are `bodymodels.mano_to_freihand`'s, in every config.
+        """
+        joints = torch.einsum("jv,bvc->bjc", self.j_regressor.to(verts.dtype), verts)  # (B, 16, 3)
+        return bodymodels.mano_to_freihand(joints, verts)  # (B, 21, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Losses (Sec. 3.4, Eq. 4-7)
+
+
+def l1_points(pred, target):
+    """Eq. (4)-(6): L1 summed over coordinates, averaged over points and batch: (B, N, D) x 2 -> ()."""
+    return (pred - target).abs().sum(dim=-1).mean()
+
+
+def compute_loss(pred, batch, cfg, coarse_index=None):
+    """Eq. (7): L = w_3d L_J3d + w_2d L_J2d + w_vert L_vert -> (total, {"verts", "joints3d", "joints2d"}).
+
+    pred: the model's dict. batch: data.py's keys `image (B, 3, H, W)`, `joints3d (B, 21, 3)`,
+    `verts (B, 778, 3)` (metres, camera coordinates) and `joints2d (B, 21, 2)` (pixels of the crop).
+    The 3D ground truth is made relative to its joint `cfg.root_index`, the 2D one divided by (W, H).
+    The returned terms are unweighted (metres and crop fractions); the total is weighted.
+    "coarse_mesh" sampling (pred["coarse2d"]) adds a term "coarse2d", Eq. (5) on the vertices
+    `coarse_index` projected by batch["K"] (B, 3, 3), weighted as the 2D keypoints.
+    NOTE(official vs here) 11: the official loss masks keypoints (and hands) outside the crop; not reproduced.
+    """
+    missing = [k for k in ("image", "joints3d", "verts", "joints2d") if k not in batch]
+    if missing:
+        raise ValueError(f"compute_loss: batch lacks keys {missing} (expected data.py's hand sample keys)")
+    root = batch["joints3d"][:, cfg.root_index:cfg.root_index + 1]  # (B, 1, 3)
+    H, W = batch["image"].shape[-2:]
+    wh = torch.tensor([W, H], dtype=batch["joints2d"].dtype, device=root.device)
+    terms = {"verts": l1_points(pred["verts"], batch["verts"] - root),  # Eq. (6)
+             "joints3d": l1_points(pred["joints3d"], batch["joints3d"] - root),  # Eq. (4)
+             "joints2d": l1_points(pred["joints2d"], batch["joints2d"] / wh)}  # Eq. (5)
+    total = cfg.w_verts * terms["verts"] + cfg.w_joints3d * terms["joints3d"] + cfg.w_joints2d * terms["joints2d"]
+    if "coarse2d" in pred:  # Table 5 "coarse mesh": the coarse points are guided as the keypoints are
+        if coarse_index is None or "K" not in batch:
+            raise ValueError("compute_loss: token_sampling='coarse_mesh' needs the model's coarse_index and "
+                             "batch['K'] (B, 3, 3) to project the coarse mesh's ground truth")
+        uv = bodymodels.perspective_projection(batch["verts"][:, coarse_index], batch["K"]) / wh  # (B, N_c, 2)
+        terms["coarse2d"] = l1_points(pred["coarse2d"], uv)
+        total = total + cfg.w_joints2d * terms["coarse2d"]
+    return total, terms
+
+
+def training_loss(model, batch, cfg):
+    """The trainer protocol's loss: one forward of `model` (possibly a DDP wrapper) on batch["image"],
+    then Eq. (7) -> (total (), unweighted terms {"verts", "joints3d", "joints2d"[, "coarse2d"]})."""
+    coarse_index = getattr(getattr(model, "module", model), "coarse_index", None)
+    return compute_loss(model(batch["image"]), batch, cfg, coarse_index)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Inference
+
+
+def predict(model, batch, cfg):
+    """The trainer protocol's predictions (call under no_grad, model in eval mode) -> per-sample tensors:
+    joints2d (B, 21, 2) in PIXELS of the crop; joints3d (B, 21, 3), verts (B, 778, 3) root-relative metres."""
+    out = model(batch["image"])
+    H, W = batch["image"].shape[-2:]
+    wh = torch.tensor([W, H], dtype=out["joints2d"].dtype, device=out["joints2d"].device)
+    joints3d, verts = out["joints3d"], out["verts"]
+    if not cfg.subtract_root:  # official (infer_to_json.py): joints and vertices minus the predicted joint 9
+        root = joints3d[:, cfg.root_index:cfg.root_index + 1]  # (B, 1, 3)
+        joints3d, verts = joints3d - root, verts - root
+    return {"joints2d": out["joints2d"] * wh,  # [0, 1] of the crop -> (u, v) pixels
+            "joints3d": joints3d, "verts": verts}
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Configs (PAPER, PAPER_FASTVIT, OFFICIAL, TINY), build_model and the trainer protocol
+
+
+FREIHAND_TRAIN_SAMPLES = 130_240  # 32,560 x 4 versions (Sec. 4.2); one paper epoch
+STEPS_PER_EPOCH = FREIHAND_TRAIN_SAMPLES // 256  # 508 steps of the paper's global batch 256 (8 x 32, Sec. 4.1)
 
 
 @dataclass
@@ -149,7 +437,7 @@ class SimpleHandConfig:
     num_heads: int = 4  # official code
     mlp_ratio: float = 4.0  # official code
     pos_embedding: bool = True  # learned emb_k before each layer (Eq. 3, Table 8)
-    dropout: float = 0.1  # attention dropout and drop path (official code; the paper is silent)
+    dropout: float = 0.1  # attention dropout and drop path. NOTE(paper vs code) 2: official code, paper silent
     # --- losses (Sec. 3.4, Eq. 7) ---
     w_verts: float = 10.0
     w_joints3d: float = 10.0
@@ -158,7 +446,7 @@ class SimpleHandConfig:
     subtract_root: bool = True  # the model subtracts its own joint 9: root-relative outputs by construction
     # --- data (read by data.hand_dataset) ---
     train_augment: Literal["default", "official"] = "official"  # real training data (FreiHAND, .npz): the
-    #   official code's augmentation (data.HAND_AUGMENTS; the paper is silent) | data.AugmentConfig()'s
+    #   official code's augmentation (data.HAND_AUGMENTS; NOTE(paper vs code) 7) | data.AugmentConfig()'s
     eval_crop: Literal["none", "keypoints"] = "none"  # FreiHAND test images as they are | "keypoints": the
     #   official re-crop (data.py)
     # --- training recipe read by train.py (in optimisation steps; batch_size is the GLOBAL batch) ---
@@ -247,22 +535,17 @@ TINY = SimpleHandConfig(  # 0.57M params (0.28M outside the backbone); train.py'
     timm_out_indices=(), pretrained_backbone=False,  # written here: no ImageNet weights exist
     token_channels=64,  # = feature_channels: no projection, no BatchNorm
     # Tables 6-7 scaled down for two CPU cores: 168 tokens in the last layer instead of 336 quarter
-    # its attention, widths 96/48/24 instead of 256/128/64, MLP ratio 2 instead of 4. Measured on
-    # this demo's data, each made a step 7-25% cheaper at the same PA-MPJPE (within 0.4 mm) after
-    # 1000 steps, so more steps fit in the demo's 15 minutes.
+    # its attention, widths 96/48/24 instead of 256/128/64, MLP ratio 2 instead of 4. Each makes a
+    # step cheaper at about the same accuracy, so more steps fit in the demo's 15 minutes (docs/simplehand.md).
     token_nums=(21, 84, 168), dims=(96, 48, 24), mlp_ratio=2.0,
-    num_heads=2,  # CPU attention with 8-wide heads costs 3x more than with 16-wide ones
+    num_heads=2,  # CPU attention costs more with narrower heads (docs/simplehand.md)
     dropout=0.0,  # deterministic steps: two DDP ranks match one process exactly
     train_augment="default",  # real data: data.AugmentConfig() (synthetic sets are rendered once, unaugmented)
     batch_size=32, lr=2e-3, lr_final=2e-5, lr_schedule="cosine", lr_drop_step=0,
     warmup_steps=100, max_steps=6000, weight_decay=1e-2, grad_clip=1.0, amp=False,
     gpus=0, reported_hours=0.0, reported_fps=0.0, reported_pa_mpjpe_mm=0.0)  # not a paper run
 
-# NOTE(paper vs code): the official code trains 200 "epochs" of 256 iterations (batch 32 per GPU on
-# 8 GPUs), drops the learning rate at "epoch" 100, warms up for 5, uses AdamW weight decay 1e-2, fp16
-# and gradient clipping at 1.0; the paper says 100 epochs with the drop at 50. The code's "epoch"
-# is 256 iterations, not a pass over the data: its 51,200 steps of 256 images are 100.8 passes over
-# FreiHAND (`.epochs`), about the paper's 100. Apply with
+# NOTE(paper vs code) 6: the official code's recipe: 200 "epochs" of 256 iterations, the drop at 100; apply with
 # `dataclasses.replace(CONFIGS["paper"], **OFFICIAL_CODE_RECIPE)`.
 OFFICIAL_CODE_RECIPE = dict(
     max_steps=200 * 256, lr_drop_step=100 * 256, warmup_steps=5 * 256,
@@ -281,68 +564,62 @@ OFFICIAL = dataclasses.replace(
     eval_crop="keypoints")  # official (eval_datataset.py): FreiHAND test images re-cropped around their keypoints
 CONFIGS = {"paper": PAPER, "paper_fastvit": PAPER_FASTVIT, "official": OFFICIAL, "tiny": TINY}
 
-# The paper's ablations (Sec. 4.5, Tables 4-8; Hiera-tiny on FreiHAND), as data for train.py's
-# `--ablation tableN`: each row's config overrides on top of the chosen config (TINY by default),
-# the paper's PA-MPJPE / PA-MPVPE in mm beside it. A row changes what the paper's row changes; the
-# row the paper chose is the config's own. At TINY and PAPER (HRNet) the sampled map is stride 8
-# (Table 5's 28x28), and `token_map="pooled"` reads the stride-32 one (7x7, 14x14 after 2x).
-_COLUMNS = (("pa_mpjpe_mm", "PA-MPJPE (mm), FreiHAND"), ("pa_mpvpe_mm", "PA-MPVPE (mm), FreiHAND"))
-_DIMS = (256, 128, 64)  # Table 7's best
-ABLATIONS = {
-    "table4": dict(
-        caption="Token generator and mesh regressor against a simple baseline (Table 4)",
-        columns=_COLUMNS,
-        rows=(("Simple Baseline (global feature, MLP)", {"token_sampling": "global", "mesh_regressor": "mlp"},
-               (6.9, 7.2)),
-              ("+ mesh regressor", {"token_sampling": "global"}, (6.5, 6.8)),
-              ("+ token generator", {"mesh_regressor": "mlp"}, (6.6, 7.1)),
-              ("+ both", {}, (6.2, 6.5))),
-        chosen="+ both"),
-    "table5": dict(
-        caption="Token generator: sampling and resolution of the sampled map (Table 5)",
-        columns=_COLUMNS,
-        rows=(("Global 1x1", {"token_sampling": "global"}, (6.5, 6.8)),
-              ("Grid 7x7", {"token_sampling": "grid", "token_map": "pooled"}, (6.3, 6.6)),
-              ("Point 7x7", {"token_map": "pooled"}, (6.3, 6.6)),
-              ("Point 14x14", {"token_map": "pooled", "feature_upsample": 2}, (6.3, 6.6)),
-              ("Point 28x28", {}, (6.2, 6.5)),
-              ("Point 28x28 enhanced", {"feature_convs": 2}, (6.2, 6.5)),
-              # Sec. 3.1 names it beside "enhanced" ("performance remains consistent"), Table 5 gives no figure
-              ("Point 28x28, two 2x deconvolutions (text only)",
-               {"token_map": "pooled", "feature_upsample": 4, "deconv_layers": 2}, (None, None)),
-              ("Coarse mesh 28x28", {"token_sampling": "coarse_mesh"}, (6.2, 6.5))),
-        chosen="Point 28x28"),
-    "table6": dict(
-        caption="Decoder layers and their token numbers (Table 6; widths: Table 7's best, halved per layer)",
-        columns=_COLUMNS,
-        rows=tuple((f"{len(n)} {list(n)}", {"token_nums": n, "dims": (_DIMS + (32,))[:len(n)], "depths": (1,) * len(n)},
-                    paper) for n, paper in (((21,), (6.6, 7.1)), ((21, 256), (6.3, 6.6)), ((21, 384), (6.3, 6.6)),
-                                            ((21, 256, 384), (6.2, 6.5)), ((21, 84, 336), (6.2, 6.5)),
-                                            ((21, 128, 256, 384), (6.2, 6.5)), ((21, 63, 126, 252), (6.3, 6.6)))),
-        chosen="3 [21, 84, 336]"),
-    "table7": dict(
-        caption="Decoder widths and blocks per layer (Table 7)",
-        columns=_COLUMNS,
-        rows=(("dims 64, 32, 16", {"dims": (64, 32, 16)}, (6.5, 6.9)),
-              ("dims 128, 64, 32", {"dims": (128, 64, 32)}, (6.3, 6.6)),
-              ("dims 256, 128, 64 (blocks 1, 1, 1)", {"dims": _DIMS}, (6.2, 6.5)),
-              ("dims 512, 256, 12 (sic: read 128)", {"dims": (512, 256, 128)}, (6.2, 6.5)),
-              ("dims 1024, 512, 256", {"dims": (1024, 512, 256)}, (6.4, 6.7)),
-              ("blocks 2, 2, 2", {"dims": _DIMS, "depths": (2, 2, 2)}, (6.2, 6.6)),
-              ("blocks 3, 3, 3", {"dims": _DIMS, "depths": (3, 3, 3)}, (6.3, 6.6))),
-        chosen="dims 256, 128, 64 (blocks 1, 1, 1)"),
-    "table8": dict(
-        caption="Token mixer and position embedding (Table 8)",
-        columns=_COLUMNS,
-        rows=(("hiera-tiny sota", {}, (6.2, 6.5)),
-              ("Identity mixer", {"token_mixer": "identity"}, (6.3, 6.6)),
-              ("w/o position emb", {"pos_embedding": False}, (6.3, 6.6))),
-        chosen="hiera-tiny sota"),
-}
+
+@functools.lru_cache(maxsize=1)
+def _mano_j_regressor():
+    return bodymodels.load_mano().J_regressor.detach().clone().float()  # (16, 778)
+
+
+def build_model(cfg, parent=None):
+    """The SimpleHand of a config (a name from CONFIGS or a SimpleHandConfig), with MANO's J_regressor.
+
+    `parent` (the trainer protocol: a trained model of an earlier stage to start from) must be None:
+    SimpleHand trains in one stage, its backbone at most from ImageNet weights.
+    """
+    if parent is not None:
+        raise ValueError(f"SimpleHand trains in one stage and starts from no earlier model, "
+                         f"but build_model got parent={type(parent).__name__}")
+    cfg = _config(cfg)
+    if cfg.official_checkpoint:  # the released weights replace every initialisation
+        return load_official(cfg.official_checkpoint, cfg)
+    template = bodymodels.load_mano().v_template.detach().float() if cfg.token_sampling == "coarse_mesh" else None
+    return SimpleHand(cfg, _mano_j_regressor(), template)
+
+
+def _config(cfg):
+    """A SimpleHandConfig, or the one CONFIGS names."""
+    if isinstance(cfg, str):
+        if cfg not in CONFIGS:
+            raise ValueError(f"unknown SimpleHand config {cfg!r}: expected one of {sorted(CONFIGS)}")
+        return CONFIGS[cfg]
+    return cfg
+
+
+def learning_rate(cfg, step):
+    """The recipe's learning rate at optimisation step `step` (0-based): linear warm-up, then
+    "step" (lr until lr_drop_step, lr_final after; Sec. 4.1) or "cosine" (lr -> lr_final at max_steps)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "step":
+        return cfg.lr if step < cfg.lr_drop_step else cfg.lr_final
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Building blocks
+# Appendix A. Support architecture: the backbones (a small CNN written here; timm's HRNet and FastViT)
+
+
+def build_backbone(cfg):
+    """The config's backbone: images (B, 3, H, W) -> (sampled map X_b, map for the keypoint head)."""
+    if cfg.backbone != "tiny_cnn":
+        return TimmBackbone(cfg)
+    expected = dict(feature_channels=cfg.tiny_widths[2], global_channels=cfg.tiny_widths[3], feature_stride=8)
+    for name, value in expected.items():
+        if getattr(cfg, name) != value:
+            raise ValueError(f"tiny_cnn with tiny_widths={cfg.tiny_widths} gives {name}={value}, "
+                             f"but the config declares {getattr(cfg, name)}")
+    return TinyCNN(cfg.tiny_widths)
 
 
 class TinyCNN(nn.Module):
@@ -496,352 +773,8 @@ def hrnet_features(net, x, out_indices):
     return out
 
 
-def sine_position_encoding(h, w, channels, device=None, dtype=torch.float32, temperature=10000.0):
-    """DETR's fixed 2D sine encoding -> (channels, h, w): half the channels encode y, half x.
-
-    Positions 1..h (1..w) are scaled to (0, 2 pi] as p / (h + 1e-6) * 2 pi (DETR's and the official
-    position_embedding.py's normalisation); channel pair (2i, 2i+1) holds sin and cos of
-    position / temperature^(2i / (channels/2)).
-    """
-    half = channels // 2
-    freq = temperature ** (2 * (torch.arange(half, device=device) // 2) / half)  # (half,)
-    ys = torch.arange(1, h + 1, device=device, dtype=torch.float32) / (h + 1e-6) * (2 * math.pi)
-    xs = torch.arange(1, w + 1, device=device, dtype=torch.float32) / (w + 1e-6) * (2 * math.pi)
-
-    def encode(pos):  # (n,) -> (n, half): sin on even channels, cos on odd ones
-        angles = pos[:, None] / freq  # (n, half)
-        return torch.stack([angles[:, 0::2].sin(), angles[:, 1::2].cos()], dim=-1).flatten(1)
-
-    pos_y = encode(ys)[:, None, :].expand(h, w, half)  # (h, w, half)
-    pos_x = encode(xs)[None, :, :].expand(h, w, half)  # (h, w, half)
-    return torch.cat([pos_y, pos_x], dim=-1).permute(2, 0, 1).to(dtype)  # (channels, h, w)
-
-
-def sample_points(feature, uv, clamp=False):
-    """Bilinear features at points: feature (B, C, h, w), uv (B, N, 2) in [0, 1] -> (B, N, C).
-
-    `align_corners=True`: uv = 0 and 1 are the centres of the first and last cells (official code).
-    Differentiable in uv as well as in the feature. clamp=True first moves points outside the crop
-    onto its border, where they also stop getting a gradient (official `remap_uv`).
-    """
-    grid = (uv - 0.5) * 2  # (B, N, 2) in [-1, 1], x first
-    if clamp:
-        grid = grid.clamp(-1, 1)  # official (models/modules.py remap_uv): clamp((uv - 0.5) * 2, -1, 1)
-    grid = grid.unsqueeze(2)  # (B, N, 1, 2)
-    tokens = F.grid_sample(feature, grid, mode="bilinear", align_corners=True)  # (B, C, N, 1)
-    return tokens.squeeze(-1).transpose(1, 2)  # (B, N, C)
-
-
-def drop_path(x, p, training):
-    """Stochastic depth: zero a residual branch for a random subset of samples, rescale the rest."""
-    if p == 0.0 or not training:
-        return x
-    keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype) >= p
-    return x * keep / (1 - p)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention over tokens: (B, N, c) -> (B, N, c)."""
-
-    def __init__(self, dim, num_heads, dropout):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
-        self.num_heads, self.dropout = num_heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, N, c = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, nh, N, hs)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, N, c))  # (B, N, c)
-
-
-class MetaFormerBlock(nn.Module):
-    """MF_k: x + TokenMixer(LN(x)), then x + MLP(LN(x)) (pre-norm; MetaFormer, Yu et al. 2022).
-
-    token_mixer "identity" drops the mixing branch altogether (Table 8): tokens never see each other.
-    """
-
-    def __init__(self, dim, token_mixer, num_heads, mlp_ratio, dropout):
-        super().__init__()
-        self.dropout = dropout
-        self.mixer = None
-        if token_mixer == "attention":
-            self.norm1 = nn.LayerNorm(dim)
-            self.mixer = Attention(dim, num_heads, dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-    def forward(self, x):  # (B, N, c) -> (B, N, c)
-        if self.mixer is not None:
-            x = x + drop_path(self.mixer(self.norm1(x)), self.dropout, self.training)
-        return x + drop_path(self.mlp(self.norm2(x)), self.dropout, self.training)
-
-
-class DecoderLayer(nn.Module):
-    """H_k: (B, n_in, c_in) -> (B, n_out, c), Eq. (2) with the position embedding of Eq. (3)."""
-
-    def __init__(self, n_in, n_out, c_in, c, depth, cfg):
-        super().__init__()
-        self.pos_embedding = None
-        if cfg.pos_embedding:
-            self.pos_embedding = nn.Parameter(torch.zeros(1, n_in, c_in))  # emb_k
-            nn.init.trunc_normal_(self.pos_embedding, std=0.02)
-        self.reduce = nn.Linear(c_in, c)  # P_k: width c_in -> c
-        self.blocks = nn.Sequential(*[MetaFormerBlock(c, cfg.token_mixer, cfg.num_heads, cfg.mlp_ratio,
-                                                      cfg.dropout) for _ in range(depth)])  # MF_k
-        self.upsample = nn.Linear(n_in, n_out)  # U_k: tokens n_in -> n_out
-
-    def forward(self, x):
-        if self.pos_embedding is not None:
-            # Eq. (3): X_k = X_k + emb_k
-            x = x + self.pos_embedding  # (B, n_in, c_in)
-        # Eq. (2): H_k(X_k) = U_k(MF_k(P_k(X_k))); U_k acts on the token axis
-        x = self.blocks(self.reduce(x))  # (B, n_in, c)
-        return self.upsample(x.transpose(1, 2)).transpose(1, 2)  # (B, n_out, c)
-
-
 # ---------------------------------------------------------------------------------------------
-# 3. The model
-
-
-def feature_upsampler(cfg):
-    """The map the tokens are read from (B, C, h, w) -> (B, C_t, h f, w f), f = cfg.feature_upsample.
-
-    Sec. 3.3: "for image classification style backbones like FastViT, we apply a 4x upsample
-    deconvolution"; k = stride = factor, no bias, BN, ReLU (official). Sec. 3.1's alternatives
-    (Table 5): two 2x deconvolutions instead of one 4x (deconv_layers=2), and 3x3 convolutions after
-    it (feature_convs, Fig. 2e "enhanced"). Factor 1 with equal widths and no convolutions: the map
-    is used as it is (HRNet, tiny); factor 1 with other widths: a 1x1 projection.
-    """
-    c_in, c, f = cfg.token_map_channels, cfg.token_channels, cfg.feature_upsample
-    layers = []
-    if f > 1 or c_in != c:
-        for k in ((2, 2) if cfg.deconv_layers == 2 else (f,)):
-            layers += [nn.ConvTranspose2d(c_in, c, k, stride=k, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-            c_in = c
-    for _ in range(cfg.feature_convs):
-        # NOTE(paper vs code): Fig. 2e's "further improved by convolution" gives no layout; ours: 3x3, BN, ReLU
-        layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers) if layers else nn.Identity()
-
-
-class TokenGenerator(nn.Module):
-    """T: backbone maps -> (tokens X_m (B, N, C_t), guide points (B, P, 2)). Sec. 3.1, Fig. 2 and 4.
-
-    The guide points are the 21 2D keypoints, followed for "coarse_mesh" sampling by the 2D points of
-    the coarse mesh's vertices (P = 21 + coarse_vertices). They are fractions of the crop: in [0, 1]
-    through a sigmoid, or anywhere with the official raw head (keypoint_activation "none"), which is
-    clamped only where the map is read.
-    """
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.cfg = cfg
-        # 2D keypoints from the pooled global feature (Fig. 4: "Global Feature -> 2D Keypoints")
-        self.keypoint_head = nn.Linear(cfg.global_channels, NUM_JOINTS * 2)
-        self.upsample = feature_upsampler(cfg)
-        if cfg.token_sampling == "grid":  # fixed lattice of grid_size^2 points over the map, (G*G, 2)
-            g = torch.linspace(0, 1, cfg.grid_size)
-            self.register_buffer("grid_uv", torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2),
-                                 persistent=False)
-        if cfg.token_sampling == "coarse_mesh":  # Fig. 2f: the coarse mesh's 2D points, as the keypoints
-            self.coarse_head = nn.Linear(cfg.global_channels, cfg.coarse_vertices * 2)
-
-    def forward(self, feature, pooled):
-        """feature X_b (B, C, h, w), pooled (B, C_g, h', w') -> tokens (B, N, C_t), points (B, P, 2)."""
-        B = feature.shape[0]
-        # official (hand_net.py): AvgPool2d((7, 7)) of the 7 x 7 map, i.e. its mean at 224 px
-        pooled_vector = pooled.mean(dim=(2, 3))  # (B, C_g)
-        points = self.keypoint_head(pooled_vector).reshape(B, NUM_JOINTS, 2)
-        if self.cfg.token_sampling == "coarse_mesh":
-            points = torch.cat([points, self.coarse_head(pooled_vector).reshape(B, -1, 2)], 1)  # (B, 21 + N_c, 2)
-        raw = self.cfg.keypoint_activation == "none"
-        if not raw:
-            # NOTE(paper vs code): the official head is a bare Linear whose output is clamped to the
-            # image only inside the sampler; a sigmoid keeps the prediction in [0, 1] everywhere.
-            points = torch.sigmoid(points)
-        x = self.upsample(feature if self.cfg.token_map == "feature" else pooled)  # (B, C_t, h*f, w*f)
-        if self.cfg.sine_encoding:
-            # NOTE(paper vs code): the sine encoding of the sampled map is in the official code only.
-            x = x + sine_position_encoding(x.shape[2], x.shape[3], x.shape[1], x.device, x.dtype)
-        if self.cfg.token_sampling == "grid":  # Fig. 2b: a fixed lattice
-            tokens = sample_points(x, self.grid_uv.to(x.dtype).expand(B, -1, -1))  # (B, G*G, C_t)
-        elif self.cfg.token_sampling == "global":  # Fig. 2a: one global feature
-            tokens = x.mean(dim=(2, 3)).unsqueeze(1)  # (B, 1, C_t)
-        else:  # Fig. 2c-d, f: keypoint-guided (and coarse-mesh-guided) point sampling
-            tokens = sample_points(x, points, clamp=raw)  # (B, P, C_t); gradients reach the heads
-        return tokens, points
-
-
-class MeshRegressor(nn.Module):
-    """R = H_{K-1} ... H_0 (Eq. 1), then a Linear c_{K-1} -> 3: tokens X_m (B, n_0, C_t) -> vertices (B, 778, 3).
-
-    The first layer reads the tokens the generator gives (`num_input_tokens`; n_0 = 21 for points).
-    """
-
-    def __init__(self, cfg):
-        super().__init__()
-        n_in = (cfg.num_input_tokens,) + cfg.token_nums[1:]  # 21, 84, 336
-        n_out = cfg.token_nums[1:] + (NUM_VERTS,)  # 84, 336, 778
-        c_in = (cfg.token_channels,) + cfg.dims[:-1]  # 256, 256, 128
-        self.layers = nn.ModuleList(DecoderLayer(n, m, ci, c, d, cfg) for n, m, ci, c, d
-                                    in zip(n_in, n_out, c_in, cfg.dims, cfg.depths))
-        self.head = nn.Linear(cfg.dims[-1], 3)
-
-    def forward(self, x):
-        for layer in self.layers:
-            # Eq. (1): X_{k+1} = H_k(X_k)
-            x = layer(x)  # (B, n_{k+1}, c_k)
-        return self.head(x)  # (B, 778, 3)
-
-
-class MLPRegressor(nn.Module):
-    """Table 4's baseline regressor, "a Multilayer Perceptron": tokens (B, N, C_t), flattened ->
-    Linear -> GELU -> Linear -> vertices (B, 778, 3).
-
-    NOTE(paper vs code): the paper gives no widths; ours has one hidden layer of dims[0] (256 at
-    PAPER: 1.98M parameters on 21 tokens, 0.67M on one, about the decoder's 1.55M).
-    """
-
-    def __init__(self, cfg):
-        super().__init__()
-        hidden = cfg.dims[0]
-        self.layers = nn.ModuleList([nn.Sequential(nn.Linear(cfg.num_input_tokens * cfg.token_channels, hidden),
-                                                   nn.GELU())])
-        self.head = nn.Linear(hidden, NUM_VERTS * 3)
-
-    def forward(self, x):
-        return self.head(self.layers[0](x.flatten(1))).view(-1, NUM_VERTS, 3)  # (B, 778, 3)
-
-
-def build_mesh_regressor(cfg):
-    """R of the config: the decoder of Eq. 1-3, or Table 4's MLP."""
-    return MeshRegressor(cfg) if cfg.mesh_regressor == "decoder" else MLPRegressor(cfg)
-
-
-def farthest_points(points, n):
-    """Farthest-point sampling: points (V, 3) -> (n,) int64 indices, from point 0, each next the
-    point farthest from those already chosen. Picks an evenly spread coarse mesh from a template."""
-    if not 0 < n <= len(points):
-        raise ValueError(f"farthest_points: cannot choose {n} of {len(points)} points")
-    chosen, dist = [0], (points - points[0]).norm(dim=1)  # (V,) distance to the nearest chosen point
-    for _ in range(n - 1):
-        chosen.append(int(dist.argmax()))
-        dist = torch.minimum(dist, (points - points[chosen[-1]]).norm(dim=1))
-    return torch.tensor(chosen)
-
-
-class SimpleHand(nn.Module):
-    """images (B, 3, H, W) RGB in [0, 1] -> dict(joints2d (B, 21, 2), verts (B, 778, 3), joints3d (B, 21, 3)).
-
-    joints2d are fractions of the crop, 3D outputs metres, root-relative unless cfg.subtract_root is
-    False (`official`: HandNet's raw outputs; `predict` makes them root-relative). "coarse_mesh"
-    sampling adds coarse2d (B, N_c, 2), the predicted 2D points of the vertices `coarse_index`.
-    `template` (778, 3), MANO's rest vertices, is read only by "coarse_mesh" sampling.
-    """
-
-    def __init__(self, cfg, j_regressor, template=None):
-        super().__init__()
-        if tuple(j_regressor.shape) != (16, NUM_VERTS):
-            raise ValueError(f"j_regressor: expected MANO's (16, {NUM_VERTS}), got {tuple(j_regressor.shape)}")
-        self.cfg = cfg
-        self.backbone = build_backbone(cfg)
-        self.token_generator = TokenGenerator(cfg)
-        self.mesh_regressor = build_mesh_regressor(cfg)
-        # buffers, so that a checkpoint carries the regressor (and coarse mesh) it was trained with
-        self.register_buffer("j_regressor", j_regressor.detach().clone().float())  # (16, 778)
-        if cfg.token_sampling == "coarse_mesh":
-            if template is None or tuple(template.shape) != (NUM_VERTS, 3):
-                raise ValueError(f"token_sampling='coarse_mesh' needs MANO's template (778, 3) to pick the coarse "
-                                 f"mesh from, got {None if template is None else tuple(template.shape)}")
-            # NOTE(paper vs code): FastMETRO's coarse mesh comes from precomputed mesh-sampling matrices
-            # (Ranjan et al.), not at hand; farthest-point sampling of the template spreads as many vertices
-            self.register_buffer("coarse_index", farthest_points(template.float(), cfg.coarse_vertices))  # (N_c,)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def normalise(self, images):
-        """RGB in [0, 1] (B, 3, H, W) -> the backbone's input (B, 3, H, W), by cfg.input_norm."""
-        if self.cfg.input_norm == "bgr_minus_half":
-            # official (simpleHand hand_net.py): image / 255 - 0.5, BGR (cv2.imread's channel order)
-            return images.flip(1) - 0.5
-        # NOTE(paper vs code): ImageNet statistics, as the pretrained timm backbones expect
-        return (images - self.mean) / self.std
-
-    def forward(self, images):
-        feature, pooled = self.backbone(self.normalise(images))  # X_b (B, C, H/s, W/s)
-        return self.from_features(feature, pooled)
-
-    def from_features(self, feature, pooled):
-        """Everything after the backbone: its maps X_b (B, C, h, w), pooled (B, C_g, h', w') -> the outputs."""
-        tokens, points = self.token_generator(feature, pooled)  # X_m (B, N, C_t), (B, 21 [+ N_c], 2)
-        verts = self.mesh_regressor(tokens)  # (B, 778, 3)
-        joints = self.regress_joints(verts)  # (B, 21, 3)
-        out = {"joints2d": points[:, :NUM_JOINTS]}
-        if self.cfg.token_sampling == "coarse_mesh":
-            out["coarse2d"] = points[:, NUM_JOINTS:]  # (B, N_c, 2)
-        if not self.cfg.subtract_root:  # official (hand_net.py): the raw vertices and mesh_to_joints
-            return dict(out, verts=verts, joints3d=joints)
-        # NOTE(paper vs code): the official network is only trained towards root-relative targets;
-        # we also subtract its own root joint, so the outputs are root-relative by construction.
-        root = joints[:, self.cfg.root_index:self.cfg.root_index + 1]  # (B, 1, 3)
-        return dict(out, verts=verts - root, joints3d=joints - root)
-
-    def regress_joints(self, verts):
-        """Sec. 3.4: J_3d = J x V_3d, plus 5 fingertip vertices: (B, 778, 3) -> (B, 21, 3), FreiHAND order.
-
-        official (simpleHand models/losses.py mesh_to_joints): MANO's J_regressor and FreiHAND's tip
-        vertices 744, 320, 443, 555, 672, which are `bodymodels.mano_to_freihand`'s, in every config.
-        """
-        joints = torch.einsum("jv,bvc->bjc", self.j_regressor.to(verts.dtype), verts)  # (B, 16, 3)
-        return bodymodels.mano_to_freihand(joints, verts)  # (B, 21, 3)
-
-
-def build_backbone(cfg):
-    """The config's backbone: images (B, 3, H, W) -> (sampled map X_b, map for the keypoint head)."""
-    if cfg.backbone != "tiny_cnn":
-        return TimmBackbone(cfg)
-    expected = dict(feature_channels=cfg.tiny_widths[2], global_channels=cfg.tiny_widths[3], feature_stride=8)
-    for name, value in expected.items():
-        if getattr(cfg, name) != value:
-            raise ValueError(f"tiny_cnn with tiny_widths={cfg.tiny_widths} gives {name}={value}, "
-                             f"but the config declares {getattr(cfg, name)}")
-    return TinyCNN(cfg.tiny_widths)
-
-
-@functools.lru_cache(maxsize=1)
-def _mano_j_regressor():
-    return bodymodels.load_mano().J_regressor.detach().clone().float()  # (16, 778)
-
-
-def build_model(cfg, parent=None):
-    """The SimpleHand of a config (a name from CONFIGS or a SimpleHandConfig), with MANO's J_regressor.
-
-    `parent` (the trainer protocol: a trained model of an earlier stage to start from) must be None:
-    SimpleHand trains in one stage, its backbone at most from ImageNet weights.
-    """
-    if parent is not None:
-        raise ValueError(f"SimpleHand trains in one stage and starts from no earlier model, "
-                         f"but build_model got parent={type(parent).__name__}")
-    cfg = _config(cfg)
-    if cfg.official_checkpoint:  # the released weights replace every initialisation
-        return load_official(cfg.official_checkpoint, cfg)
-    template = bodymodels.load_mano().v_template.detach().float() if cfg.token_sampling == "coarse_mesh" else None
-    return SimpleHand(cfg, _mano_j_regressor(), template)
-
-
-def _config(cfg):
-    """A SimpleHandConfig, or the one CONFIGS names."""
-    if isinstance(cfg, str):
-        if cfg not in CONFIGS:
-            raise ValueError(f"unknown SimpleHand config {cfg!r}: expected one of {sorted(CONFIGS)}")
-        return CONFIGS[cfg]
-    return cfg
+# Appendix B. Agreement with the official code: its state-dict keys and released weights
 
 
 # The official HandNet's state dict (hand_net.py, models/modules.py; FACTS: SimpleHand) -> ours:
@@ -924,6 +857,104 @@ def load_official(path, cfg="official"):
     return model.eval()
 
 
+# ---------------------------------------------------------------------------------------------
+# Appendix C. Ablation-only modules (Table 4's MLP, Table 5's coarse mesh) and ABLATIONS
+
+
+class MLPRegressor(nn.Module):
+    """Table 4's baseline regressor, "a Multilayer Perceptron": tokens (B, N, C_t), flattened ->
+    Linear -> GELU -> Linear -> vertices (B, 778, 3).
+
+    NOTE(paper vs code) 8: the paper gives no widths; ours has one hidden layer of dims[0].
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        hidden = cfg.dims[0]
+        self.layers = nn.ModuleList([nn.Sequential(nn.Linear(cfg.num_input_tokens * cfg.token_channels, hidden),
+                                                   nn.GELU())])
+        self.head = nn.Linear(hidden, NUM_VERTS * 3)
+
+    def forward(self, x):
+        return self.head(self.layers[0](x.flatten(1))).view(-1, NUM_VERTS, 3)  # (B, 778, 3)
+
+
+def farthest_points(points, n):
+    """Farthest-point sampling: points (V, 3) -> (n,) int64 indices, from point 0, each next the
+    point farthest from those already chosen. Picks an evenly spread coarse mesh from a template."""
+    if not 0 < n <= len(points):
+        raise ValueError(f"farthest_points: cannot choose {n} of {len(points)} points")
+    chosen, dist = [0], (points - points[0]).norm(dim=1)  # (V,) distance to the nearest chosen point
+    for _ in range(n - 1):
+        chosen.append(int(dist.argmax()))
+        dist = torch.minimum(dist, (points - points[chosen[-1]]).norm(dim=1))
+    return torch.tensor(chosen)
+
+
+# The paper's ablations (Sec. 4.5, Tables 4-8; Hiera-tiny on FreiHAND), as data for train.py's
+# `--ablation tableN`: each row's config overrides on top of the chosen config (TINY by default),
+# the paper's PA-MPJPE / PA-MPVPE in mm beside it. A row changes what the paper's row changes; the
+# row the paper chose is the config's own. At TINY and PAPER (HRNet) the sampled map is stride 8
+# (Table 5's 28x28), and `token_map="pooled"` reads the stride-32 one (7x7, 14x14 after 2x).
+_COLUMNS = (("pa_mpjpe_mm", "PA-MPJPE (mm), FreiHAND"), ("pa_mpvpe_mm", "PA-MPVPE (mm), FreiHAND"))
+_DIMS = (256, 128, 64)  # Table 7's best
+ABLATIONS = {
+    "table4": dict(
+        caption="Token generator and mesh regressor against a simple baseline (Table 4)",
+        columns=_COLUMNS,
+        rows=(("Simple Baseline (global feature, MLP)", {"token_sampling": "global", "mesh_regressor": "mlp"},
+               (6.9, 7.2)),
+              ("+ mesh regressor", {"token_sampling": "global"}, (6.5, 6.8)),
+              ("+ token generator", {"mesh_regressor": "mlp"}, (6.6, 7.1)),
+              ("+ both", {}, (6.2, 6.5))),
+        chosen="+ both"),
+    "table5": dict(
+        caption="Token generator: sampling and resolution of the sampled map (Table 5)",
+        columns=_COLUMNS,
+        rows=(("Global 1x1", {"token_sampling": "global"}, (6.5, 6.8)),
+              ("Grid 7x7", {"token_sampling": "grid", "token_map": "pooled"}, (6.3, 6.6)),
+              ("Point 7x7", {"token_map": "pooled"}, (6.3, 6.6)),
+              ("Point 14x14", {"token_map": "pooled", "feature_upsample": 2}, (6.3, 6.6)),
+              ("Point 28x28", {}, (6.2, 6.5)),
+              ("Point 28x28 enhanced", {"feature_convs": 2}, (6.2, 6.5)),
+              # Sec. 3.1 names it beside "enhanced" ("performance remains consistent"), Table 5 gives no figure
+              ("Point 28x28, two 2x deconvolutions (text only)",
+               {"token_map": "pooled", "feature_upsample": 4, "deconv_layers": 2}, (None, None)),
+              ("Coarse mesh 28x28", {"token_sampling": "coarse_mesh"}, (6.2, 6.5))),
+        chosen="Point 28x28"),
+    "table6": dict(
+        caption="Decoder layers and their token numbers (Table 6; widths: Table 7's best, halved per layer)",
+        columns=_COLUMNS,
+        rows=tuple((f"{len(n)} {list(n)}", {"token_nums": n, "dims": (_DIMS + (32,))[:len(n)], "depths": (1,) * len(n)},
+                    paper) for n, paper in (((21,), (6.6, 7.1)), ((21, 256), (6.3, 6.6)), ((21, 384), (6.3, 6.6)),
+                                            ((21, 256, 384), (6.2, 6.5)), ((21, 84, 336), (6.2, 6.5)),
+                                            ((21, 128, 256, 384), (6.2, 6.5)), ((21, 63, 126, 252), (6.3, 6.6)))),
+        chosen="3 [21, 84, 336]"),
+    "table7": dict(
+        caption="Decoder widths and blocks per layer (Table 7)",
+        columns=_COLUMNS,
+        rows=(("dims 64, 32, 16", {"dims": (64, 32, 16)}, (6.5, 6.9)),
+              ("dims 128, 64, 32", {"dims": (128, 64, 32)}, (6.3, 6.6)),
+              ("dims 256, 128, 64 (blocks 1, 1, 1)", {"dims": _DIMS}, (6.2, 6.5)),
+              ("dims 512, 256, 12 (sic: read 128)", {"dims": (512, 256, 128)}, (6.2, 6.5)),
+              ("dims 1024, 512, 256", {"dims": (1024, 512, 256)}, (6.4, 6.7)),
+              ("blocks 2, 2, 2", {"dims": _DIMS, "depths": (2, 2, 2)}, (6.2, 6.6)),
+              ("blocks 3, 3, 3", {"dims": _DIMS, "depths": (3, 3, 3)}, (6.3, 6.6))),
+        chosen="dims 256, 128, 64 (blocks 1, 1, 1)"),
+    "table8": dict(
+        caption="Token mixer and position embedding (Table 8)",
+        columns=_COLUMNS,
+        rows=(("hiera-tiny sota", {}, (6.2, 6.5)),
+              ("Identity mixer", {"token_mixer": "identity"}, (6.3, 6.6)),
+              ("w/o position emb", {"pos_embedding": False}, (6.3, 6.6))),
+        chosen="hiera-tiny sota"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Appendix D. Diagnostics: stage shapes, parameter counts, the fast inference path, benchmarks
+
+
 def count_parameters(module):
     return sum(p.numel() for p in module.parameters())
 
@@ -932,84 +963,6 @@ def non_backbone_parameters(cfg):
     """Parameters of token generator + mesh regressor (Table 2's "#Params"), built on the meta device."""
     with torch.device("meta"):
         return count_parameters(TokenGenerator(cfg)) + count_parameters(build_mesh_regressor(cfg))
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. Losses
-
-
-def l1_points(pred, target):
-    """Eq. (4)-(6): L1 summed over coordinates, averaged over points and batch: (B, N, D) x 2 -> ()."""
-    return (pred - target).abs().sum(dim=-1).mean()
-
-
-def compute_loss(pred, batch, cfg, coarse_index=None):
-    """Eq. (7): L = w_3d L_J3d + w_2d L_J2d + w_vert L_vert -> (total, {"verts", "joints3d", "joints2d"}).
-
-    pred: the model's dict. batch: data.py's keys `image (B, 3, H, W)`, `joints3d (B, 21, 3)`,
-    `verts (B, 778, 3)` (metres, camera coordinates) and `joints2d (B, 21, 2)` (pixels of the crop).
-    The 3D ground truth is made relative to its joint `cfg.root_index`, the 2D one divided by (W, H).
-    The returned terms are unweighted (metres and crop fractions); the total is weighted.
-    "coarse_mesh" sampling (pred["coarse2d"]) adds a term "coarse2d", Eq. (5) on the vertices
-    `coarse_index` projected by batch["K"] (B, 3, 3), weighted as the 2D keypoints.
-    NOTE(official vs here): the official loss (hand_net.py) also zeroes the 2D term of keypoints
-    outside the crop and the 3D terms of hands whose joints 0 and 9 both are; not reproduced, also
-    not under the `official` augmentation recipe, which can move keypoints out of the crop.
-    """
-    missing = [k for k in ("image", "joints3d", "verts", "joints2d") if k not in batch]
-    if missing:
-        raise ValueError(f"compute_loss: batch lacks keys {missing} (expected data.py's hand sample keys)")
-    root = batch["joints3d"][:, cfg.root_index:cfg.root_index + 1]  # (B, 1, 3)
-    H, W = batch["image"].shape[-2:]
-    wh = torch.tensor([W, H], dtype=batch["joints2d"].dtype, device=root.device)
-    terms = {"verts": l1_points(pred["verts"], batch["verts"] - root),  # Eq. (6)
-             "joints3d": l1_points(pred["joints3d"], batch["joints3d"] - root),  # Eq. (4)
-             "joints2d": l1_points(pred["joints2d"], batch["joints2d"] / wh)}  # Eq. (5)
-    total = cfg.w_verts * terms["verts"] + cfg.w_joints3d * terms["joints3d"] + cfg.w_joints2d * terms["joints2d"]
-    if "coarse2d" in pred:  # Table 5 "coarse mesh": the coarse points are guided as the keypoints are
-        if coarse_index is None or "K" not in batch:
-            raise ValueError("compute_loss: token_sampling='coarse_mesh' needs the model's coarse_index and "
-                             "batch['K'] (B, 3, 3) to project the coarse mesh's ground truth")
-        uv = bodymodels.perspective_projection(batch["verts"][:, coarse_index], batch["K"]) / wh  # (B, N_c, 2)
-        terms["coarse2d"] = l1_points(pred["coarse2d"], uv)
-        total = total + cfg.w_joints2d * terms["coarse2d"]
-    return total, terms
-
-
-def training_loss(model, batch, cfg):
-    """The trainer protocol's loss: one forward of `model` (possibly a DDP wrapper) on batch["image"],
-    then Eq. (7) -> (total (), unweighted terms {"verts", "joints3d", "joints2d"[, "coarse2d"]})."""
-    coarse_index = getattr(getattr(model, "module", model), "coarse_index", None)
-    return compute_loss(model(batch["image"]), batch, cfg, coarse_index)
-
-
-def learning_rate(cfg, step):
-    """The recipe's learning rate at optimisation step `step` (0-based): linear warm-up, then
-    "step" (lr until lr_drop_step, lr_final after; Sec. 4.1) or "cosine" (lr -> lr_final at max_steps)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "step":
-        return cfg.lr if step < cfg.lr_drop_step else cfg.lr_final
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. Inference and tools
-
-
-def predict(model, batch, cfg):
-    """The trainer protocol's predictions (call under no_grad, model in eval mode) -> per-sample tensors:
-    joints2d (B, 21, 2) in PIXELS of the crop; joints3d (B, 21, 3), verts (B, 778, 3) root-relative metres."""
-    out = model(batch["image"])
-    H, W = batch["image"].shape[-2:]
-    wh = torch.tensor([W, H], dtype=out["joints2d"].dtype, device=out["joints2d"].device)
-    joints3d, verts = out["joints3d"], out["verts"]
-    if not cfg.subtract_root:  # official (infer_to_json.py): joints and vertices minus the predicted joint 9
-        root = joints3d[:, cfg.root_index:cfg.root_index + 1]  # (B, 1, 3)
-        joints3d, verts = joints3d - root, verts - root
-    return {"joints2d": out["joints2d"] * wh,  # [0, 1] of the crop -> (u, v) pixels
-            "joints3d": joints3d, "verts": verts}
 
 
 def describe(model, images):
@@ -1108,6 +1061,10 @@ def benchmark_training(model, cfg, device, batch_size=256, steps=10, warmup=3):
     return steps * batch_size / (time.perf_counter() - t0)
 
 
+# ---------------------------------------------------------------------------------------------
+# Appendix E. Running it: --image, --params, --bench, argparse and main
+
+
 # --- `python simplehand.py --image PATH`: hands in a photograph -> placed meshes (bodymodels section 8)
 
 DEMO_KEYPOINT_ENLARGE = 1.25  # official simpleHand (cfg.py VAL.BMK scale_enlarge): the evaluation re-crop
@@ -1124,7 +1081,8 @@ DEMO_DOCS = {  # the .npz of --image: N hands first (right, then left, with --ke
     "is_right": "True for a right hand",
     "box": "the square crop x0, y0, x1, y1 in full-image pixels",
     "crop_matrix": "A: full-image pixels -> crop pixels (with the mirror for left hands); the crop camera is A @ K",
-    "K": "the full image's camera assumed (HaMeR's demo): focal 5000 / 256 x max(W, H) pixels, principal point at the centre",
+    "K": "the full image's camera assumed (HaMeR's demo): focal 5000 / 256 x max(W, H) pixels, "
+         "principal point at the centre",
 }
 
 
