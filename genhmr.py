@@ -90,8 +90,784 @@ FOCAL_LENGTH, CROP_SIZE = 5000.0, 256.0  # HMR2.0's camera (FACTS "Rotations and
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SCHEDULES = ("cosine", "linear", "cubic", "sqrt")
 
+
 # ---------------------------------------------------------------------------------------------
-# 1. Configs
+# 1. Pose tokenizer (stage 1): VQ-VAE over the SMPL pose, its loss (Eq. Lvq) and reconstruction
+
+
+class ResBlock1D(nn.Module):
+    """x + Conv1x1(ReLU(Conv3(ReLU(x), dilation))), TokenHMR/T2M-GPT's ResConv1DBlock."""
+
+    def __init__(self, width, dilation):
+        super().__init__()
+        self.conv1 = nn.Conv1d(width, width, 3, padding=dilation, dilation=dilation)
+        self.conv2 = nn.Conv1d(width, width, 1)
+
+    def forward(self, x):
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+def resnet1d(width, depth, growth, reverse=False):
+    dilations = [growth ** i for i in range(depth)]
+    return nn.Sequential(*[ResBlock1D(width, d) for d in (dilations[::-1] if reverse else dilations)])
+
+
+def squared_distances(x, codebook):
+    """||x - c_k||^2 = ||x||^2 - 2 x.c_k + ||c_k||^2: x (..., D), codebook (K, D) -> (..., K)."""
+    x, codebook = x.float(), codebook.float()
+    return (x * x).sum(-1, keepdim=True) - 2 * x @ codebook.T + (codebook * codebook).sum(-1)
+
+
+class QuantizeEMAReset(nn.Module):
+    """Nearest-code quantiser, EMA codebook and dead-code reset (T2M-GPT / TokenHMR). Buffers, untouched
+    by the optimiser: codebook (K, D), code_sum (K, D), code_count (K,), initialised (). Under
+    torch.distributed every rank ends each update with the same codebook (NOTE(paper gap) 6)."""
+
+    def __init__(self, num_codes, dim, decay):
+        super().__init__()
+        self.num_codes, self.dim, self.decay = num_codes, dim, decay
+        self.register_buffer("codebook", torch.zeros(num_codes, dim))
+        self.register_buffer("code_sum", torch.zeros(num_codes, dim))
+        self.register_buffer("code_count", torch.zeros(num_codes))
+        self.register_buffer("initialised", torch.tensor(False))
+
+    def nearest(self, z):
+        """z (..., D) -> ids (...,) of the nearest code in Euclidean distance (ties: lowest id)."""
+        return squared_distances(z.reshape(-1, self.dim), self.codebook).argmin(1).view(z.shape[:-1])
+
+    def candidates(self, flat):
+        """K rows of flat (N, D), tiled with noise when N < K, in a random order; rank 0's under DDP."""
+        if len(flat) < self.num_codes:
+            reps = math.ceil(self.num_codes / len(flat))
+            flat = flat.repeat(reps, 1) + torch.randn(len(flat) * reps, self.dim, device=flat.device) * 0.01 / math.sqrt(self.dim)
+        out = flat[torch.randperm(len(flat), device=flat.device)[:self.num_codes]].contiguous()
+        if _distributed():
+            dist.broadcast(out, 0)
+        return out
+
+    @torch.no_grad()
+    def update(self, z, ids):
+        """One EMA step (decay mu) from encoder outputs z (N, D) and their ids (N,) -> the batch perplexity."""
+        onehot = F.one_hot(ids, self.num_codes).float()  # (N, K)
+        batch_sum, batch_count = onehot.T @ z, onehot.sum(0)  # sum_{i: id_i = k} z_i (K, D), n_k (K,)
+        if _distributed():  # NOTE(paper gap) 6: the references do not all-reduce; ranks must agree
+            dist.all_reduce(batch_sum)
+            dist.all_reduce(batch_count)
+        rand, mu = self.candidates(z), self.decay
+        # code_sum_k <- mu code_sum_k + (1 - mu) sum_{i: id_i = k} z_i ; code_count_k <- mu code_count_k + (1 - mu) n_k
+        self.code_sum.mul_(mu).add_((1 - mu) * batch_sum)
+        self.code_count.mul_(mu).add_((1 - mu) * batch_count)
+        # codebook_k = code_sum_k / code_count_k if code_count_k >= 1, else a random encoder output (reset)
+        used = (self.code_count >= 1.0)[:, None]
+        self.codebook.copy_(torch.where(used, self.code_sum / self.code_count.clamp_min(1e-12)[:, None], rand))
+        p = batch_count / batch_count.sum()
+        return torch.exp(-(p * torch.log(p + 1e-10)).sum())
+
+    @torch.no_grad()
+    def initialise(self, z):
+        """First training batch: the codebook is K encoder outputs (code_sum = them, code_count = 1)."""
+        self.codebook.copy_(self.candidates(z))
+        self.code_sum.copy_(self.codebook)
+        self.code_count.fill_(1.0)
+        self.initialised.fill_(True)
+
+    def forward(self, z):
+        """z (B, L, D) -> (z_q straight-through (B, L, D), ids (B, L), commitment loss (), perplexity ())."""
+        z = z.float()
+        flat = z.reshape(-1, self.dim)
+        if self.training and not bool(self.initialised):
+            self.initialise(flat.detach())
+        ids = self.nearest(z)
+        z_q = self.codebook[ids]  # the codebook before this step's update (T2M-GPT order)
+        perplexity = self.update(flat.detach(), ids.reshape(-1)) if self.training else z.new_zeros(())
+        commit = F.mse_loss(z, z_q.detach())  # ||z - sg[c]||^2
+        return z + (z_q - z).detach(), ids, commit, perplexity  # straight-through: dz_st / dz = I
+
+
+def _distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+class PoseTokenizer(nn.Module):
+    """theta (B, 24, 3) axis-angle -> E -> z (B, L, D) -> ids (B, L) -> D -> R (B, 24, 3, 3).
+
+    Encoder: Conv(C_in -> w) -> nearest x (2 L / 24) -> Conv -> [Conv(k4, s2) -> Resnet1D] (2L -> L)
+    -> Conv(w -> D). Decoder: Conv(D -> w) -> Resnet1D -> Conv(k = s = L / 24) (L -> 24) -> Conv -> 6D.
+    NOTE(paper gap) 2: TokenHMR-like; the paper says "ResBlocks and 1D convolutions for both encoder and
+    decoder, with a single quantization layer".
+    """
+
+    def __init__(self, cfg, body=None):
+        super().__init__()
+        self.cfg = cfg
+        w, L, D, r = cfg.width, cfg.num_tokens, cfg.code_dim, cfg.num_tokens // NUM_JOINTS
+        c_in = 6 if cfg.input_rep == "rot6d" else 3
+        self.encoder = nn.Sequential(
+            nn.Conv1d(c_in, w, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2 * r, mode="nearest"),
+            nn.Conv1d(w, w, 3, padding=1), nn.ReLU(),
+            nn.Conv1d(w, w, 4, stride=2, padding=1), resnet1d(w, cfg.res_depth, cfg.dilation_growth),
+            nn.Conv1d(w, D, 3, padding=1))
+        self.quantizer = QuantizeEMAReset(cfg.codebook_size, D, cfg.ema_decay)
+        self.decoder = nn.Sequential(
+            nn.Conv1d(D, w, 3, padding=1), nn.ReLU(), resnet1d(w, cfg.res_depth, cfg.dilation_growth, reverse=True),
+            nn.Conv1d(w, w, r, stride=r), nn.ReLU(), nn.Conv1d(w, w, 3, padding=1), nn.ReLU(),
+            nn.Conv1d(w, 6, 3, padding=1))
+        self.body = body if body is not None else SMPLLayer(_smpl())
+
+    def encode(self, pose):
+        """theta (B, 24, 3) axis-angle -> z (B, L, D)."""
+        check_pose(pose)
+        x = pose if self.cfg.input_rep == "axis_angle" else bodymodels.matrix_to_rot6d(
+            bodymodels.axis_angle_to_matrix(pose))
+        return self.encoder(x.transpose(1, 2)).transpose(1, 2)  # (B, C_in, 24) -> (B, D, L) -> (B, L, D)
+
+    def decode(self, e):
+        """Code vectors e (B, L, D) -> rotations R (B, 24, 3, 3) (6D (B, 24, 6) -> Gram-Schmidt)."""
+        return bodymodels.rot6d_to_matrix(self.decoder(e.transpose(1, 2)).transpose(1, 2))
+
+    @torch.no_grad()
+    def tokenize(self, pose):
+        """theta (B, 24, 3) -> ids (B, L); never updates the codebook."""
+        return self.quantizer.nearest(self.encode(pose))
+
+    def decode_ids(self, ids):
+        return self.decode(self.quantizer.codebook[ids])
+
+    def forward(self, pose):
+        """-> {"R" (B, 24, 3, 3), "ids" (B, L), "commit" (), "perplexity" ()}; EMA update in training mode."""
+        z_q, ids, commit, perplexity = self.quantizer(self.encode(pose))
+        return {"R": self.decode(z_q), "ids": ids, "commit": commit, "perplexity": perplexity}
+
+
+def check_pose(pose):
+    if pose.dim() != 3 or tuple(pose.shape[1:]) != (NUM_JOINTS, 3):
+        raise ValueError(f"GenHMR: expected an SMPL pose (B, 24, 3) axis-angle (global orientation first), "
+                         f"got shape {tuple(pose.shape)}")
+
+
+def augment_pose(pose, cfg):
+    """App. > Data Augmentation: the global orientation pre-multiplied by Rz(roll) Ry(yaw), in camera axes
+    (y vertical, z the optical axis), yaw ~ U(+-aug_yaw_deg), roll ~ U(+-aug_roll_deg) (NOTE(paper gap) 5)."""
+    if not (cfg.aug_yaw_deg or cfg.aug_roll_deg):
+        return pose
+    u = torch.rand(len(pose), 2, device=pose.device) * 2 - 1
+    yaw, roll = torch.deg2rad(u[:, 0] * cfg.aug_yaw_deg), torch.deg2rad(u[:, 1] * cfg.aug_roll_deg)
+    zero = torch.zeros_like(yaw)
+    Ry = bodymodels.axis_angle_to_matrix(torch.stack([zero, yaw, zero], -1))
+    Rz = bodymodels.axis_angle_to_matrix(torch.stack([zero, zero, roll], -1))
+    R0 = Rz @ Ry @ bodymodels.axis_angle_to_matrix(pose[:, 0])
+    return torch.cat([bodymodels.matrix_to_axis_angle(R0)[:, None], pose[:, 1:]], 1)
+
+
+def tokenizer_training_loss(model, batch, cfg):
+    """Eq. Lvq: L = w_re (w_pose L_theta + w_verts L_V + w_joints L_J) + w_commit ||z - sg[c]||^2, L1 on the
+    rotation matrices, vertices and joints of SMPL at beta = 0 (NOTE(paper gap) 4). Every term is a mean
+    over samples (and their elements), so equal shards on any number of ranks average to it; the EMA
+    codebook update sums its statistics over the ranks (NOTE(paper gap) 6). batch["smpl_pose"]
+    (B, 24, 3); one forward through `model` (a DDP wrapper or the tokenizer)."""
+    pose = augment_pose(batch["smpl_pose"].float(), cfg)
+    out, body = model(pose), _unwrap(model).body
+    R_gt, zeros = bodymodels.axis_angle_to_matrix(pose), pose.new_zeros(len(pose), NUM_BETAS)
+    with torch.no_grad():
+        v_gt, j_gt = body(R_gt, zeros, cfg.loss_vertices)
+    v, j = body(out["R"], zeros, cfg.loss_vertices)
+    terms = {"pose": (out["R"] - R_gt).abs().mean(), "verts": (v - v_gt).abs().mean(),
+             "joints": (j - j_gt).abs().mean(), "commit": out["commit"]}
+    recon = cfg.w_pose * terms["pose"] + cfg.w_verts * terms["verts"] + cfg.w_joints * terms["joints"]
+    loss = cfg.w_re * recon + cfg.w_commit * terms["commit"]
+    return loss, dict(terms, perplexity=out["perplexity"])
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+@torch.no_grad()
+def tokenizer_predict(model, batch, cfg):
+    """Reconstruction through the codebook -> joints3d (B, 24, 3), verts (B, 6890, 3) (SMPL with the
+    sample's beta, no translation, global orientation included), ids (B, L), num_codes (B,) = K."""
+    model, pose = _unwrap(model), batch["smpl_pose"].float()
+    ids = model.tokenize(pose)
+    betas = batch.get("smpl_shape", pose.new_zeros(len(pose), NUM_BETAS)).float()
+    verts, joints = model.body(model.decode_ids(ids), betas)
+    num_codes = torch.full((len(ids),), model.quantizer.num_codes, device=ids.device)  # for usage metrics
+    return {"joints3d": joints, "verts": verts, "ids": ids, "num_codes": num_codes}
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The image stage: feature pyramid, masked transformer with multi-scale deformable cross-attention, GenHMR
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of (B, C, H, W) (ViTDet)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x):
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def pyramid_level(width, scale, d_model):
+    """ViTDet simple feature pyramid, one level: log2(scale) x [ConvT(2, 2) halving the channels,
+    then LayerNorm2d + GELU between two], then Conv1x1 -> d_model + GroupNorm (NOTE(paper gap) 7)."""
+    layers, c = [], width
+    for i in range(int(math.log2(scale))):
+        if i:
+            layers += [LayerNorm2d(c), nn.GELU()]
+        layers.append(nn.ConvTranspose2d(c, c // 2, 2, stride=2))
+        c //= 2
+    layers += [nn.Conv2d(c, d_model, 1), nn.GroupNorm(min(32, d_model // 4), d_model)]
+    return nn.Sequential(*layers)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one qkv Linear (ViTPose names: qkv, proj)."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, M, N, C/M)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+
+
+def ms_deform_attn(values, locations, weights):
+    """Eq. MSDA's sum, plain PyTorch: sum_l sum_k A_lqk x^l(p_lqk) per head.
+
+    values: n_levels maps (B M, C/M, H_l, W_l); locations (B, Lq, M, n_levels, P, 2) as (x, y) in
+    [0, 1] of each map; weights (B, Lq, M, n_levels, P). Bilinear, zero outside, align_corners=False
+    (pixel i covers [i, i + 1) / W_l). -> (B, Lq, C).
+    """
+    B, Lq, M, nL, P, _ = locations.shape
+    grids = 2 * locations - 1
+    samples = [F.grid_sample(v, grids[:, :, :, l].transpose(1, 2).flatten(0, 1), mode="bilinear",
+                             padding_mode="zeros", align_corners=False)  # (B M, C/M, Lq, P)
+               for l, v in enumerate(values)]
+    s = torch.stack(samples, dim=-2)  # (B M, C/M, Lq, n_levels, P)
+    w = weights.transpose(1, 2).flatten(0, 1)[:, None]  # (B M, 1, Lq, n_levels, P)
+    out = (s * w).sum((-1, -2))  # (B M, C/M, Lq)
+    return out.view(B, M * out.shape[1], Lq).transpose(1, 2)
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention (Zhu et al. 2020), Eq. MSDA in multi-head form:
+    MSDA(Y, p, {x^l}) = sum_m W_m [sum_l sum_k A_mlqk W'_m x^l(phi_l(p_q) + dp_mlqk)]."""
+
+    def __init__(self, d, heads, levels, points):
+        super().__init__()
+        self.heads, self.levels, self.points = heads, levels, points
+        self.sampling_offsets = nn.Linear(d, heads * levels * points * 2)
+        self.attention_weights = nn.Linear(d, heads * levels * points)
+        self.value_proj, self.output_proj = nn.Linear(d, d), nn.Linear(d, d)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Deformable DETR: offsets start on a radial pattern (point k at k + 1 pixels along head m's
+        direction), attention weights uniform, value/output projections Xavier."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        theta = torch.arange(self.heads) * (2 * math.pi / self.heads)
+        grid = torch.stack([theta.cos(), theta.sin()], -1)
+        grid = grid / grid.abs().max(-1, keepdim=True)[0]  # (M, 2)
+        grid = grid[:, None, None] * torch.arange(1, self.points + 1)[None, None, :, None]  # (M, 1, P, 2)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.expand(-1, self.levels, -1, -1).flatten())
+        nn.init.zeros_(self.attention_weights.weight), nn.init.zeros_(self.attention_weights.bias)
+        for m in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(m.weight), nn.init.zeros_(m.bias)
+
+    def sampling(self, query, reference):
+        """query (B, Lq, d) -> offsets (B, Lq, M, n_levels, P, 2) in pixels of each level, weights A
+        (B, Lq, M, n_levels, P). `reference` (B or 1, Lq, 2) is not read: forward adds it."""
+        B, Lq, _ = query.shape
+        offsets = self.sampling_offsets(query).view(B, Lq, self.heads, self.levels, self.points, 2)
+        logits = self.attention_weights(query).view(B, Lq, self.heads, self.levels * self.points)
+        A = logits.softmax(-1).view(B, Lq, self.heads, self.levels, self.points)  # sums to 1 over (l, k)
+        return offsets, A
+
+    def forward(self, query, reference, levels):
+        """query (B, Lq, d), reference (B or 1, Lq, 2), levels: n_levels maps (B, d, H_l, W_l) -> (B, Lq, d)."""
+        B, Lq, d = query.shape
+        offsets, A = self.sampling(query, reference)
+        sizes = torch.tensor([[x.shape[-1], x.shape[-2]] for x in levels], dtype=query.dtype, device=query.device)
+        # p_mlqk = p_q + dp_mlqk / (W_l, H_l): offsets are in pixels of each level
+        loc = reference[:, :, None, None, None, :] + offsets / sizes[None, None, None, :, None, :]
+        # W' x^l as a 1x1 convolution on the (B, d, H_l, W_l) maps (the same Linear, no transposes)
+        weight = self.value_proj.weight[:, :, None, None]
+        values = [F.conv2d(x, weight, self.value_proj.bias).reshape(B * self.heads, d // self.heads, *x.shape[-2:])
+                  for x in levels]
+        return self.output_proj(ms_deform_attn(values, loc, A))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm: Y + SA(LN Y) -> Y + MSDA(LN Y, p, {x^l}) -> Y + FFN(LN Y). NOTE(paper gap) 8."""
+
+    def __init__(self, cfg, levels):
+        super().__init__()
+        d = cfg.d_model
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.self_attn = Attention(d, cfg.num_heads)
+        self.cross_attn = MSDeformAttn(d, cfg.num_heads, levels, cfg.num_points)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, d))
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, y, reference, levels):
+        y = y + self.dropout(self.self_attn(self.norm1(y)))  # inter-token dependencies
+        # Eq. MSDA: pose-token queries attend to a few points around p_y on every level
+        y = y + self.dropout(self.cross_attn(self.norm2(y), reference, levels))
+        return y + self.dropout(self.ffn(self.norm3(y)))
+
+
+class MaskedTransformer(nn.Module):
+    """token_generator: ids Y_M (B, L) with [MASK] = K, pyramid, codebook C (K, D) -> logits (B, L, K) of
+    p(y_i | Y_M, X). Output head (cfg.token_head): "linear", the paper's logits, Linear(d, K) on the normed
+    last token state h; or "tied" (TINY only).
+
+    NOTE(paper gap) 21 (TINY only): the output head is tied to the frozen codebook: logit_k = -exp(s)
+    ||W h - c_k||^2, W (D x d), s a learnable log-scale started at -log(mean squared distance between
+    nearest codes). The paper says only "logits over the codebook"; MaskGIT ties its output to the
+    token embedding. Tied, a code's logit rises with every step towards any code near it, so the head
+    learns the codebook's geometry instead of K unrelated classes (measured on the tiny setting: an
+    untied Linear(d, K) stayed at each position's most frequent code)."""
+
+    def __init__(self, cfg, num_tokens, num_codes, code_dim):
+        super().__init__()
+        d, self.mask_id = cfg.d_model, num_codes
+        # NOTE(paper gap) 24: token and position embeddings at one scale, N(0, 0.02) (BERT / MaskGIT): N(0, 1) left
+        # the positions 1/50 of the tokens (1/20 after training), so self-attention could not find a token's
+        # neighbours and the trained generator ignored its context (docs/genhmr.md, "Why the context went unused")
+        self.tok_emb = nn.Embedding(num_codes + 1, d)  # the last row is the learnable [MASK]
+        nn.init.normal_(self.tok_emb.weight, std=0.02)
+        self.pos_emb = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
+        # learnable reference points p_y = sigmoid(r_y), r (L, 2), spread over the image at the start
+        # (NOTE(paper gap) 9: Deformable DETR's sigmoid(Linear(pos)) with a 0.02-std position embedding
+        # put all L points within a pixel of the centre: every token read the same place)
+        self.reference = nn.Parameter(torch.logit(torch.rand(num_tokens, 2) * 0.8 + 0.1))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, len(cfg.feature_scales)) for _ in range(cfg.num_layers))
+        self.tied = cfg.token_head == "tied"
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, code_dim if self.tied else num_codes)
+        if self.tied:
+            self.log_scale = nn.Parameter(torch.zeros(()))  # set from the codebook by `init_scale`
+
+    @torch.no_grad()
+    def init_scale(self, codebook):
+        """Tied head: s = -log(mean over codes of the squared distance to the nearest other code)."""
+        if not self.tied:
+            return
+        d2 = squared_distances(codebook, codebook) + torch.eye(len(codebook), device=codebook.device) * 1e30
+        self.log_scale.copy_(-d2.min(1)[0].clamp_min(1e-12).mean().log())
+
+    def reference_points(self):
+        return self.reference.sigmoid()[None]  # (1, L, 2) as (x, y) in [0, 1] of the image
+
+    def forward(self, ids, levels, codebook):
+        y = self.tok_emb(ids) + self.pos_emb  # (B, L, d)
+        ref = self.reference_points()
+        for layer in self.layers:
+            y = layer(y, ref, levels)
+        if not self.tied:
+            return self.head(self.norm(y))  # (B, L, K)
+        return -self.log_scale.exp() * squared_distances(self.head(self.norm(y)), codebook)  # (B, L, K)
+
+
+class ShapeCameraHead(nn.Module):
+    """beta (B, 10) and weak-perspective camera [s, tx, ty] (B, 3) from the pooled 1x ViT map, as
+    residuals on HMR2.0's mean parameters (beta = 0, cam = [0.9, 0, 0]). NOTE(paper gap) 10."""
+
+    def __init__(self, width, hidden):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, NUM_BETAS + 3))
+        nn.init.xavier_uniform_(self.mlp[-1].weight, gain=0.01), nn.init.zeros_(self.mlp[-1].bias)
+        self.register_buffer("mean", torch.tensor([0.0] * NUM_BETAS + [0.9, 0.0, 0.0]))
+
+    def forward(self, feature):
+        out = self.mlp(feature.mean((-1, -2))) + self.mean  # (B, 13)
+        return out[:, :NUM_BETAS], out[:, NUM_BETAS:]
+
+
+class GenHMR(nn.Module):
+    """Image-conditioned masked transformer with the frozen pose tokenizer as a submodule."""
+
+    def __init__(self, cfg, tokenizer):
+        super().__init__()
+        self.cfg, self.tokenizer = cfg, tokenizer.eval().requires_grad_(False)
+        self.num_tokens, self.num_codes = tokenizer.cfg.num_tokens, tokenizer.cfg.codebook_size
+        self.backbone = ViT(cfg)
+        self.pyramid = nn.ModuleList(pyramid_level(cfg.vit_width, s, cfg.d_model) for s in cfg.feature_scales)
+        self.token_generator = MaskedTransformer(cfg, self.num_tokens, self.num_codes, tokenizer.cfg.code_dim)
+        self.token_generator.init_scale(tokenizer.quantizer.codebook)
+        self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
+        self.counts = NeighbourCounts(self.num_tokens, self.num_codes) if cfg.count_table else None
+        self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # training steps done (Eq. 5's t)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.tokenizer.eval()  # frozen: the codebook never updates here
+        return self
+
+    def encode_image(self, images):
+        """images (B, 3, H, W) in [0, 1] -> (pyramid: n_levels maps (B, d, s h, s w), beta, cam)."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"GenHMR: expected images (B, 3, H, W), got {tuple(images.shape)}")
+        feature = self.backbone((images - self.mean_std[0]) / self.mean_std[1])  # (B, C, h, w)
+        betas, cam = self.shape_camera_head(feature)
+        return [level(feature) for level in self.pyramid], betas, cam
+
+    def logits(self, ids, levels):
+        """masked ids (B, L), an encoded pyramid -> logits (B, L, K) over the frozen codebook."""
+        return self.token_generator(ids, levels, self.tokenizer.quantizer.codebook)
+
+    def forward(self, images, ids):
+        """images, masked ids (B, L) -> {"logits" (B, L, K), "betas" (B, 10), "cam" (B, 3)}."""
+        levels, betas, cam = self.encode_image(images)
+        return {"logits": self.logits(ids, levels), "betas": betas, "cam": cam}
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Training: masking, Gumbel-softmax, losses (Eq. 1, 5, 6)
+
+
+def num_masked(tau, L):
+    """Training Strategy: m = ceil(cos(pi tau / 2) L), clamped to [1, L] (NOTE(paper gap) 11)."""
+    return torch.ceil(torch.cos(math.pi * tau / 2) * L - 1e-6).clamp(1, L).long()
+
+
+def random_masking(ids, mask_id, tau_max=1.0, generator=None):
+    """ids (B, L) -> (Y_M with m per-sample random positions set to mask_id, mask (B, L) bool)."""
+    B, L = ids.shape
+    tau = torch.rand(B, device=ids.device, generator=generator) * tau_max
+    m = num_masked(tau, L)  # (B,)
+    ranks = torch.rand(B, L, device=ids.device, generator=generator).argsort(1).argsort(1)  # random permutation
+    mask = ranks < m[:, None]
+    return torch.where(mask, torch.full_like(ids, mask_id), ids), mask
+
+
+def swap_visible(ids, masked, num_codes, pkeep, generator=None):
+    """MMM's input corruption (exitudio/MMM, `--pkeep`): each visible token kept with probability pkeep,
+    else replaced by a code drawn uniformly from the K; [MASK]ed positions untouched. NOTE(paper gap) 11.
+    The targets stay the true tokens, so the generator learns to doubt its context, as it must at
+    inference, where the context is its own earlier guesses."""
+    if pkeep >= 1:
+        return ids
+    swap = (torch.rand(ids.shape, device=ids.device, generator=generator) >= pkeep) & ~masked
+    random_ids = torch.randint(num_codes, ids.shape, device=ids.device, generator=generator)
+    return torch.where(swap, random_ids, ids)
+
+
+def gumbel_temperature(cfg, step):
+    """Eq. (5) over the first anneal_fraction of max_steps, then held at tau_end (NOTE(paper gap) 14)."""
+    T = max(1.0, cfg.anneal_fraction * cfg.max_steps)
+    t = min(float(step), T)
+    return cfg.tau_end + 0.5 * (cfg.tau_start - cfg.tau_end) * (1 + math.cos(math.pi * t / T))
+
+
+def gumbel_softmax_st(logits, tau, noise=None):
+    """Straight-through Gumbel-softmax: forward one-hot(argmax(l + n)), backward d softmax((l + n) / tau).
+
+    Eq. (6): p_k = exp((l_k + n_k) / tau) / sum_j exp((l_j + n_j) / tau), n ~ Gumbel(0, 1).
+    """
+    if noise is None:
+        u = torch.rand_like(logits).clamp(1e-10, 1 - 1e-7)
+        noise = -torch.log(-torch.log(u))
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 under autocast -> fp32
+    soft = F.softmax((logits + noise) / tau, dim=-1)
+    hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
+    return hard - soft.detach() + soft
+
+
+def normalised_keypoints(joints2d, image_hw):
+    """Pixels (B, J, 2) of an H x W crop -> normalised crop coordinates (pixel - (W/2, H/2)) / H."""
+    H, W = image_hw
+    return (joints2d - joints2d.new_tensor([W / 2, H / 2])) / H
+
+
+def project(joints, cam):
+    """HMR2.0's camera: joints (B, J, 3), cam [s, tx, ty] (B, 3) -> normalised 2D (B, J, 2), t (B, 3)."""
+    t = bodymodels.weak_perspective_to_translation(cam, FOCAL_LENGTH, CROP_SIZE)
+    return bodymodels.project_to_crop(joints, t, FOCAL_LENGTH, CROP_SIZE), t
+
+
+def training_loss(model, batch, cfg):
+    """L_total = w_mask L_mask (Eq. 1) + w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D through
+    straight-through Gumbel-softmax (Eq. 5, 6). batch: SyntheticBodies keys image, smpl_pose,
+    smpl_shape, joints3d (camera coordinates), joints2d (pixels). One forward through `model`."""
+    raw = _unwrap(model)
+    pose, images = batch["smpl_pose"].float(), batch["image"]
+    check_pose(pose)
+    y_gt = raw.tokenizer.tokenize(pose)  # Y* on the fly (after any augmentation)
+    y_m, masked = random_masking(y_gt, raw.num_codes, cfg.mask_tau_max)
+    y_m = swap_visible(y_m, masked, raw.num_codes, cfg.pkeep)
+    out = model(images, y_m)
+    if raw.counts is not None:  # the yardstick's table counts the same training tokens
+        raw.counts.add(y_gt)
+    step = int(raw.step)
+    raw.step += 1
+    # Eq. (1): L_mask = -E_Y [sum_i log p(y_i | Y_M, X)], the sum as a mean over the positions i of each
+    # sample ("all": the L positions; "masked": its m >= 1 [MASK]s), then a mean over samples: no
+    # sample's weight depends on the others', so equal shards on any number of ranks average to it
+    ce = F.cross_entropy(out["logits"].float().flatten(0, 1), y_gt.flatten(), reduction="none").view_as(y_gt)
+    per_sample = ce.mean(1) if cfg.ce_on == "all" else (ce * masked).sum(1) / masked.sum(1)  # (B,)
+    # real data: a row without an SMPL pose label (data.HMR2Npz's has_smpl_pose 0) has no target tokens
+    l_mask = (per_sample * batch.get("has_smpl_pose", torch.ones_like(per_sample)).float()).mean()
+    # Eq. (5), (6): one-hot tokens forward, soft gradient backward; e = y C through the frozen decoder
+    tau = gumbel_temperature(cfg, step)
+    y = gumbel_softmax_st(out["logits"], tau)
+    if cfg.gumbel_positions == "masked":
+        y = torch.where(masked[..., None], y, F.one_hot(y_gt, raw.num_codes).to(y.dtype))
+    R = raw.tokenizer.decode(y @ raw.tokenizer.quantizer.codebook)  # (B, 24, 3, 3)
+    terms = {"mask": l_mask, **smpl_losses(raw, R, out["betas"].float(), out["cam"].float(), batch, cfg)}
+    loss = (cfg.w_mask * terms["mask"] + cfg.w_pose * terms["pose"] + cfg.w_betas * terms["betas"]
+            + cfg.w_3d * terms["joints3d"] + cfg.w_2d * terms["joints2d"])
+    hits = (out["logits"].argmax(-1) == y_gt).float()
+    masked_acc = ((hits * masked).sum(1) / masked.sum(1)).mean()  # accuracy at the [MASK]s, per sample
+    return loss, dict(terms, tau=torch.tensor(tau), masked_acc=masked_acc)
+
+
+def smpl_losses(raw, R, betas, cam, batch, cfg):
+    """L_theta, L_beta (MSE), L_3D (pelvis-centred L1), L_2D (normalised L1): each summed over joints and
+    coordinates per sample, as HMR2.0/TokenHMR, then loss_batch x the mean over samples (NOTE(paper gap)
+    15). They also sum over each GPU's batch, so their weights against L_mask held for its 48 samples
+    (`loss_batch`); a sum over the ranks' own samples would change meaning with the number of ranks."""
+    R_gt = bodymodels.axis_angle_to_matrix(batch["smpl_pose"].float())
+    joints = raw.tokenizer.body.joints(R, betas)  # (B, 24, 3), SMPL root at its rest position
+    j3d_gt = batch["joints3d"].float()
+    uv, _ = project(joints, cam)
+    uv_gt = normalised_keypoints(batch["joints2d"].float(), batch["image"].shape[-2:])
+    # real data (data.HMR2Npz) lacks some labels: optional masks, 1 where known (HMR2.0's has_smpl_params
+    # and keypoint confidences), each multiplying its term; synthetic samples have every label
+    ones = torch.ones(len(R), device=R.device)
+    w2d, w3d = (batch.get(k, ones[:, None].expand(-1, NUM_JOINTS)).float() for k in ("joints2d_weight", "joints3d_weight"))
+    per_sample = {"pose": ((R - R_gt) ** 2).sum((1, 2, 3)) * batch.get("has_smpl_pose", ones).float(),  # (B,)
+                  "betas": ((betas - batch["smpl_shape"].float()) ** 2).sum(1) * batch.get("has_smpl_shape", ones).float(),
+                  "joints3d": (((joints - joints[:, PELVIS:PELVIS + 1])
+                                - (j3d_gt - j3d_gt[:, PELVIS:PELVIS + 1])).abs().sum(2) * w3d).sum(1),
+                  "joints2d": ((uv - uv_gt).abs().sum(2) * w2d).sum(1)}
+    return {name: cfg.loss_batch * value.mean() for name, value in per_sample.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Inference: uncertainty-guided sampling, 2D-pose-guided refinement, evaluation (`predict`)
+
+
+def mask_schedule(name, r):
+    """gamma(t / T) of App. > Mask Scheduling Function; r = t / T in [0, 1]."""
+    if name == "cosine":
+        return (1 + math.cos(math.pi * r)) / 2
+    if name == "linear":
+        return 1 - r
+    if name == "cubic":
+        return 1 - r ** 3
+    if name == "sqrt":
+        return math.sqrt(max(0.0, 1 - r * r))
+    raise ValueError(f"unknown mask schedule {name!r}: expected one of {SCHEDULES}")
+
+
+def remask_counts(L, T, schedule="cosine"):
+    """Tokens re-masked after iterations t = 1..T: ceil(gamma(t / T) L) (n_T = 0). NOTE(paper gap) 17.
+    The 1e-9 keeps exact products exact (cos, T = 3, t = 2: 0.25 x 96 = 24, not 24.000000000000007 -> 25)."""
+    if T < 1:
+        raise ValueError(f"UGS needs T >= 1 iterations, got {T}")
+    return [min(L, math.ceil(mask_schedule(schedule, t / T) * L - 1e-9)) for t in range(1, T + 1)]
+
+
+def sample_tokens(probs, top_k, generator=None):
+    """probs (B, L, K) -> ids (B, L): argmax for top_k = 1, else a draw among each position's top k."""
+    if top_k == 1:
+        return probs.argmax(-1)
+    p, idx = probs.topk(top_k, dim=-1)  # (B, L, k)
+    choice = torch.multinomial(p.flatten(0, 1), 1, generator=generator).view(*p.shape[:2], 1)
+    return idx.gather(-1, choice)[..., 0]
+
+
+@torch.no_grad()
+def uncertainty_guided_sampling(model, images, T=5, schedule="cosine", top_k=1, generator=None,
+                                choice_temperature=0.0, seeds=None):
+    """Inference Strategy > UGS: start all [MASK]; each iteration samples every masked token, then
+    re-masks the ceil(gamma(t / T) L) least confident of them; the image encoder runs once.
+    -> {"ids" (B, L), "betas", "cam", "history": [(masked (B, L) bool after t, confidence (B, L))]}."""
+    model = _unwrap(model)
+    levels, betas, cam = model.encode_image(images)  # once, whatever T is
+    ids, history = sample_from_features(model, levels, T, schedule, top_k, generator, choice_temperature, seeds)
+    return {"ids": ids, "betas": betas, "cam": cam, "history": history}
+
+
+def gumbel_noise(shape, seeds=None, step=0, generator=None, device=None):
+    """Gumbel(0, 1) noise (B, *shape[1:]); with seeds (B,) one generator per sample seeded by (seed, step),
+    so a sample's draw is the same whichever rank or batch it is in."""
+    if seeds is None:
+        u = torch.rand(shape, generator=generator, device=device)
+    else:
+        u = torch.stack([torch.rand(shape[1:], generator=torch.Generator().manual_seed(int(i) * 1009 + step))
+                         for i in seeds.reshape(-1)]).to(device)
+    return -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
+
+
+@torch.no_grad()
+def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generator=None, choice_temperature=0.0,
+                         seeds=None):
+    """UGS's iterations on an encoded image pyramid -> (ids (B, L), history). choice_temperature c > 0 ranks
+    the masked tokens by log p + c (1 - t / T) g, g ~ Gumbel(0, 1) (MaskGIT's `mask_by_random_topk`): early
+    passes re-mask some confident tokens too, so one wrong early guess does not fix its neighbours."""
+    B, L, device = len(levels[0]), model.num_tokens, levels[0].device
+    ids = torch.full((B, L), model.num_codes, dtype=torch.long, device=device)
+    masked = torch.ones(B, L, dtype=torch.bool, device=device)
+    history = []
+    for t, n in enumerate(remask_counts(L, T, schedule), 1):
+        probs = model.logits(ids, levels).float().softmax(-1)  # (B, L, K)
+        sampled = sample_tokens(probs, top_k, generator)
+        confidence = probs.gather(-1, sampled[..., None])[..., 0]  # probability of the chosen token
+        ids = torch.where(masked, sampled, ids)
+        score = confidence
+        if choice_temperature > 0 and n:
+            noise = gumbel_noise((B, L), seeds, t, generator, device)
+            score = confidence.clamp_min(1e-30).log() + choice_temperature * (1 - t / T) * noise
+        score = torch.where(masked, score, torch.full_like(score, math.inf))  # fixed stay fixed
+        order = score.argsort(dim=1, stable=True)  # least confident first, ties to the lower index
+        masked = torch.zeros_like(masked).scatter(1, order[:, :n], True)
+        ids = torch.where(masked, torch.full_like(ids, model.num_codes), ids)
+        history.append((masked.clone(), confidence))
+    return ids, history
+
+
+def refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights=None):
+    """Eq. (2)-(3) per sample: G = sum_j w_j ||S (Pi(K(J'_3D + t)) - J_2D)||^2 + lambda ||R(e) - R_0||^2 -> (B,);
+    weights (B, 24) per joint (a detector's confidences, 0 where a joint has no keypoint), None = all 1 (Eq. 3)."""
+    R = tokenizer.decode(e)
+    joints = tokenizer.body.joints(R, betas)
+    uv = bodymodels.project_to_crop(joints, t, FOCAL_LENGTH, CROP_SIZE)
+    residual = (((uv - targets) * scale) ** 2).sum(2)  # (B, 24)
+    residual = residual if weights is None else residual * weights
+    return residual.sum(1) + reg * ((R - R0) ** 2).sum((1, 2, 3))
+
+
+def refine(tokenizer, ids, betas, cam, targets, steps=20, lr=1.0, reg=10.0, scale=256.0, halvings=6, kept=None,
+           weights=None, step="backtracking"):
+    """Inference Strategy > 2D Pose-Guided Refinement, Eqs. (2)-(4), every network frozen: descent on the
+    code vectors e = C[Y] (B, L, D) fed to the frozen tokenizer decoder (not re-quantised); beta and the
+    camera stay fixed. Eq. (4): e <- e - eta grad_e G; step "fixed": eta = lr, as printed (one gradient a
+    step); "backtracking": eta per sample, halved until G falls (at most `halvings` times, else no move) and
+    doubled after an accepted step, so G never rises (up to 1 + halvings passes a step; NOTE(paper gap) 18).
+    targets: normalised 2D keypoints (B, 24, 2); scale: pixels per normalised unit (crop height); kept:
+    {P: None} for P <= steps, filled with e after P steps (one descent gives every shorter one); weights:
+    (B, 24) per-joint weights of the 2D term (None: every joint 1, as Eq. 3).
+    -> (refined code vectors (B, L, D), G before (B,), G after (B,))."""
+    e = tokenizer.quantizer.codebook[ids].detach().clone()
+    with torch.no_grad():
+        t = bodymodels.weak_perspective_to_translation(cam, FOCAL_LENGTH, CROP_SIZE)
+        R0 = tokenizer.decode(e)
+    eta = torch.full((len(e), 1, 1), float(lr), device=e.device)
+    G_start = G = None
+    kept = {} if kept is None else kept
+    for done in range(steps + 1):
+        if done in kept:
+            kept[done] = e.detach()
+        if done == steps:
+            break
+        with torch.enable_grad():
+            e.requires_grad_(True)
+            G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights)
+            grad, = torch.autograd.grad(G.sum(), e)  # only e: no parameter receives a gradient
+        e, G = e.detach(), G.detach()
+        G_start = G if G_start is None else G_start
+        if step == "fixed":  # Eq. (4) as printed; G is that of the step's start
+            e = e - eta * grad
+        else:
+            e, G, eta = _backtrack(tokenizer, e, G, grad, eta, (betas, t, targets, R0, reg, scale, weights), halvings)
+    if step == "fixed" and steps:
+        with torch.no_grad():
+            G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights)
+    if G is None:
+        with torch.no_grad():
+            G_start = G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights)
+    return e, G_start, G
+
+
+@torch.no_grad()
+def _backtrack(tokenizer, e, G, grad, eta, args, halvings):
+    """One Eq. (4) step per sample with the largest eta / 2^i (i < halvings) that lowers G."""
+    done = torch.zeros(len(e), dtype=torch.bool, device=e.device)
+    for _ in range(halvings):
+        trial = e - eta * grad
+        G_trial = refinement_objective(tokenizer, trial, *args)
+        accept = (G_trial < G) & ~done
+        e = torch.where(accept[:, None, None], trial, e)
+        G = torch.where(accept, G_trial, G)
+        eta = torch.where((~done & ~accept)[:, None, None], eta / 2, eta)
+        done |= accept
+        if bool(done.all()):
+            break
+    return e, G, torch.where(done[:, None, None], eta * 2, eta)
+
+
+def mesh_outputs(tokenizer, R, betas, cam, prefix=""):
+    """SMPL mesh in the labels' camera frame -> {joints3d, verts, joints2d (normalised), cam_t}."""
+    verts, joints = tokenizer.body(R, betas)
+    uv, t = project(joints, cam)
+    return {f"{prefix}joints3d": joints + t[:, None], f"{prefix}verts": verts + t[:, None],
+            f"{prefix}joints2d_norm": uv, f"{prefix}cam_t": t}
+
+
+def keypoint_noise(index, std_px, shape):
+    """N(0, std_px^2) noise (B, *shape) in pixels, one generator per sample seeded by its dataset
+    index (B,): the same whichever rank or batch evaluates the sample."""
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(i))) for i in index.reshape(-1)]
+    return torch.stack(noise).to(index.device) * std_px
+
+
+@torch.no_grad()
+def predict(model, batch, cfg):
+    """UGS (cfg.ugs_iterations, schedule, top_k, choice_temperature: its noise seeded by batch["index"]), then
+    refinement (cfg.refine_steps) against
+    batch["joints2d"] + keypoint_noise -> per-sample tensors: joints3d (B, 24, 3), verts (B, 6890, 3)
+    in metres in the labels' camera frame, joints2d (B, 24, 2) pixels, ids, betas; the same with
+    prefix refined_; reproj_error_px and refined_reproj_error_px (B,): mean 2D distance to the
+    keypoints refinement was given. And the report-only table (Tables 2, 3, 11): joints3d of UGS for
+    every T in cfg.table_iterations x schedule (table_{schedule}_T{T}_joints3d) and of refinement for
+    every P in cfg.table_refine_steps (table_refine_P{P}_joints3d), and `soft_readout`'s (table_soft_T1_joints3d).
+    The image is encoded once."""
+    model = _unwrap(model)
+    images, tok = batch["image"], model.tokenizer
+    H, W = images.shape[-2:]
+    levels, betas, cam = model.encode_image(images)
+    if "index" not in batch:
+        raise ValueError("genhmr.predict: the batch needs 'index' (B,), the samples' dataset indices that seed "
+                         "the keypoint noise (data.Indexed adds it)")
+    ugs = functools.partial(sample_from_features, model, levels, schedule=cfg.schedule, top_k=cfg.top_k,
+                            choice_temperature=cfg.choice_temperature, seeds=batch["index"])
+    ids = ugs(T=cfg.ugs_iterations)[0]
+    out = mesh_outputs(tok, tok.decode_ids(ids), betas, cam)
+    targets_px = batch["joints2d"].float() + keypoint_noise(batch["index"], cfg.refine_noise_px, (NUM_JOINTS, 2))
+    targets = normalised_keypoints(targets_px, (H, W))
+    refined = dict.fromkeys((cfg.refine_steps, *cfg.table_refine_steps))  # one descent, every P read from it
+    weights = batch.get("joints2d_weight")  # real data: 0 for the joints without a 2D keypoint
+    refine(tok, ids, betas, cam, targets, max(refined), cfg.refine_lr, cfg.refine_reg, float(H), kept=refined,
+           weights=None if weights is None else weights.float(), step=cfg.refine_step)
+    out.update(mesh_outputs(tok, tok.decode(refined[cfg.refine_steps]), betas, cam, "refined_"))
+    for prefix in ("", "refined_"):
+        uv = out.pop(f"{prefix}joints2d_norm")
+        out[f"{prefix}joints2d"] = uv * H + uv.new_tensor([W / 2, H / 2])
+        dist = (out[f"{prefix}joints2d"] - targets_px).norm(dim=-1)  # (B, 24)
+        out[f"{prefix}reproj_error_px"] = (dist.mean(-1) if weights is None
+                                           else (dist * (weights > 0)).sum(-1) / (weights > 0).sum(-1).clamp_min(1))
+    out.update(ids=ids, betas=betas, **context_accuracies(model, levels, batch))
+    for schedule in SCHEDULES if cfg.table_iterations else ():
+        for T in cfg.table_iterations:
+            table_ids = ugs(T=T, schedule=schedule)[0]
+            out[f"table_{schedule}_T{T}_joints3d"] = tok.body.joints(tok.decode_ids(table_ids), betas)
+    if cfg.table_iterations:
+        out["table_soft_T1_joints3d"] = tok.body.joints(soft_readout(model, levels), betas)
+    for P in cfg.table_refine_steps:
+        out[f"table_refine_P{P}_joints3d"] = tok.body.joints(tok.decode(refined[P]), betas)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Configs (PAPER, TINY), build_model and train.py's stages
 
 
 @dataclass
@@ -263,61 +1039,6 @@ BACKBONE_CONFIGS = {"paper": dataclasses.replace(PAPER, lr=1e-5, weight_decay=1e
                     "tiny": dataclasses.replace(TINY, max_steps=2000)}
 TOKENIZER_CONFIGS = {"paper": TOKENIZER_PAPER, "tiny": TOKENIZER_TINY}
 
-# The paper's ablation tables as train.py's --ablation data: rows of config overrides beside the paper's figures,
-# copied from its tables' 3DPW columns (MPJPE, MVE = our pve_mm) for the image stage, AMASS for the tokenizer's
-# Tables 5 and 6. Inference rows score one trained model; the others retrain from the first stage they change.
-# Tables 13 and 14 drop the count table (`NeighbourCounts`: (L - 1) K^2 counts, 1.6 GB at 96 x 2048).
-_3DPW = (("mpjpe_mm", "MPJPE (mm), 3DPW"), ("pve_mm", "MVE (mm), 3DPW"))
-_CODEBOOKS = ((1024, 256), (2048, 128), (2048, 256), (4096, 256))
-ABLATIONS = {
-    "table2": dict(caption="Iterations of uncertainty-guided sampling (Table 2)", inference=True, columns=_3DPW,
-                   rows=tuple((str(T), {"ugs_iterations": T}, f) for T, f in (
-                       (1, (73.5, 84.2)), (3, (70.2, 81.9)), (5, (68.1, 77.5)), (10, (67.8, 79.1)),
-                       (15, (67.6, 78.5)), (20, (67.4, 78.1)))), chosen="5"),
-    "table3": dict(caption="2D pose-guided refinement steps after UGS-5 (Table 3)", inference=True,
-                   columns=(("refined_mpjpe_mm", "MPJPE (mm), 3DPW"), ("refined_pve_mm", "MVE (mm), 3DPW")),
-                   rows=tuple((label, {"ugs_iterations": 5, "refine_steps": P}, f) for label, P, f in (
-                       ("UGS* (no refinement)", 0, (68.1, 77.5)), ("1", 1, (66.5, 77.0)), ("3", 3, (63.6, 73.5)),
-                       ("5", 5, (60.2, 70.4)), ("10", 10, (57.5, 68.5)), ("20", 20, (54.7, 67.5)))), chosen="20"),
-    "table4": dict(caption="Masking ratio during training, gamma(tau), tau ~ U(0, max) (Table 4)", columns=_3DPW,
-                   rows=tuple((f"U(0, {m})", {"mask_tau_max": m}, f) for m, f in (
-                       (1.0, (68.1, 77.5)), (0.3, (72.1, 84.2)), (0.5, (69.8, 81.7)), (0.7, (67.9, 77.1)))),
-                   chosen="U(0, 1.0)"),
-    "table5": dict(caption="Codebook size x code dimension, 96 tokens (Table 5, the tokenizer)", stage="genhmr_tokenizer",
-                   columns=(("tokenizer_mpjpe_mm", "MPJPE (mm), AMASS"), ("tokenizer_pve_mm", "MVE (mm), AMASS")),
-                   rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96}, f)
-                              for (K, D), f in zip(_CODEBOOKS, ((10.5, 9.2), (8.9, 8.1), (8.5, 7.8), (6.1, 5.9)))),
-                   chosen="2048x256"),
-    "table6": dict(caption="Number of pose tokens, codebook 2048 x 256 (Table 6, the tokenizer)", stage="genhmr_tokenizer",
-                   columns=(("tokenizer_mpjpe_mm", "MPJPE (mm), AMASS"), ("tokenizer_pve_mm", "MVE (mm), AMASS")),
-                   rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256}, f) for L, f in (
-                       (48, (11.1, 10.5)), (96, (8.5, 7.8)), (192, (7.8, 6.9)), (384, (7.1, 6.0)))), chosen="96"),
-    "table11": dict(caption="Mask scheduling functions x UGS iterations (Table 11)", inference=True, columns=_3DPW,
-                    rows=tuple((f"{name} T={T}", {"schedule": name, "ugs_iterations": T}, f) for name, T, f in (
-                        ("cosine", 1, (73.5, 84.2)), ("cosine", 3, (70.2, 81.9)), ("cosine", 5, (68.1, 77.5)),
-                        ("cosine", 10, (67.8, 79.1)), ("cosine", 15, (67.6, 78.5)), ("cosine", 20, (67.4, 78.1)),
-                        ("cubic", 5, (69.7, 78.9)), ("cubic", 10, (69.1, 79.1)), ("cubic", 15, (68.8, 79.0)),
-                        ("cubic", 20, (68.6, 79.2)), ("linear", 5, (71.6, 81.2)), ("linear", 10, (71.3, 80.7)),
-                        ("linear", 15, (71.0, 80.9)), ("linear", 20, (70.8, 81.1)), ("sqrt", 5, (73.4, 82.8)),
-                        ("sqrt", 10, (73.1, 83.0)), ("sqrt", 15, (73.3, 83.3)), ("sqrt", 20, (73.6, 83.5)))),
-                    chosen="cosine T=5"),
-    "table13": dict(caption="Codebook size x code dimension, 96 tokens, on GenHMR (Table 13)", columns=_3DPW,
-                    rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96, "count_table": False}, f)
-                               for (K, D), f in zip(_CODEBOOKS, ((70.1, 82.5), (69.9, 80.3), (68.1, 77.5), (69.5, 80.4)))),
-                    chosen="2048x256"),
-    "table14": dict(caption="Number of pose tokens, codebook 2048 x 256, on GenHMR (Table 14)", columns=_3DPW,
-                    rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256, "count_table": False}, f)
-                               for L, f in ((48, (68.5, 80.5)), (96, (68.1, 77.5)), (192, (72.5, 83.6)), (384, (82.5, 91.5)))), chosen="96"),
-    "table15": dict(caption="Feature-pyramid levels of the image encoder (Table 15)",
-                    columns=(("mpjpe_mm", "MPJPE (mm), 3DPW"),),
-                    rows=tuple((" ".join(f"{s}x" for s in scales), {"feature_scales": scales}, (f,)) for scales, f in (
-                        ((1, 4, 8, 16), 68.3), ((1,), 71.3), ((1, 4), 69.8), ((1, 4, 8), 68.8), ((4, 8, 16), 68.8),
-                        ((1, 8, 16), 69.3), ((1, 4, 16), 69.8))), chosen="1x 4x 8x"),
-    "table16": dict(caption="Deformable cross-attention layers of the masked transformer (Table 16)", columns=_3DPW,
-                    rows=tuple((str(n), {"num_layers": n}, f) for n, f in (
-                        (2, (70.5, 85.9)), (4, (68.1, 77.5)), (6, (69.5, 77.1)), (8, (70.9, 79.9)))), chosen="4"),
-}
-
 
 def learning_rate(cfg, step):
     """Linear warm-up, then constant or cosine to lr / 100 at max_steps; a pure function of the step."""
@@ -329,8 +1050,59 @@ def learning_rate(cfg, step):
     return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def tokenizer_build_model(cfg, parent=None):
+    if parent is not None:
+        raise ValueError("the pose tokenizer is the first GenHMR stage and starts from no parent model")
+    return PoseTokenizer(cfg)
+
+
+TOKENIZER = types.SimpleNamespace(  # the trainer's stage "genhmr_tokenizer"
+    CONFIGS=TOKENIZER_CONFIGS, build_model=tokenizer_build_model, training_loss=tokenizer_training_loss,
+    predict=tokenizer_predict, learning_rate=learning_rate)
+
+
+VIT_FIELDS = ("image_size", "patch_size", "patch_padding", "vit_width", "vit_depth", "vit_heads", "vit_mlp_ratio",
+              "conv_stem", "head_hidden")
+
+
+def build_model(cfg, parent=None):
+    """The stage-2 model. `parent`: the trained PoseRegressor of stage "genhmr_backbone" (its frozen
+    tokenizer is held as a submodule; its ViT, and TINY's shape/camera head, are copied and fine-tuned),
+    or a trained PoseTokenizer alone (the image encoder from scratch, or from cfg.backbone_checkpoint)."""
+    if parent is None:
+        raise ValueError("GenHMR's image stage needs a trained parent: the stage 'genhmr_backbone' (or a pose "
+                         "tokenizer); train 'genhmr_tokenizer' and 'genhmr_backbone' first (a checkpoint is missing)")
+    regressor = parent if isinstance(parent, PoseRegressor) else None
+    tokenizer = regressor.tokenizer if regressor is not None else parent
+    if not isinstance(tokenizer, PoseTokenizer):
+        raise ValueError(f"GenHMR: parent must be a PoseRegressor or a PoseTokenizer, got {type(parent).__name__}")
+    if not bool(tokenizer.quantizer.initialised):
+        raise ValueError("GenHMR: the parent pose tokenizer was never trained (its codebook is uninitialised)")
+    model = GenHMR(cfg, tokenizer)
+    if regressor is not None:
+        for name in VIT_FIELDS:
+            if getattr(regressor.cfg, name) != getattr(cfg, name):
+                raise ValueError(f"GenHMR: the backbone stage's {name}={getattr(regressor.cfg, name)!r} differs from "
+                                 f"this config's {getattr(cfg, name)!r}; its ViT cannot start this one")
+        model.backbone.load_state_dict(regressor.backbone.state_dict())  # copies: fine-tuned here, parent untouched
+        if hasattr(regressor, "shape_camera_head"):  # TINY's "mlp" head; HMR2.0's reads beta and camera from its token
+            model.shape_camera_head.load_state_dict(regressor.shape_camera_head.state_dict())
+    elif cfg.backbone_checkpoint:
+        load_backbone(model, cfg.backbone_checkpoint)
+    return model
+
+
+def param_groups(model, cfg):
+    """train.py's optimiser groups of the image stage: the image encoder (ViT) at backbone_lr_scale x lr, the
+    rest at lr."""
+    vit = {id(p) for p in model.backbone.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [(1.0, [p for p in trainable if id(p) not in vit]),
+            (cfg.backbone_lr_scale, [p for p in trainable if id(p) in vit])]
+
+
 # ---------------------------------------------------------------------------------------------
-# 2. Body model: SMPL through bodymodels (frozen, never in a checkpoint)
+# Appendix A. Support architecture: SMPL, the ViT backbone, the backbone stage (HMR2.0's SMPL head)
 
 
 class SMPLLayer(nn.Module):
@@ -374,232 +1146,6 @@ class SMPLLayer(nn.Module):
 @functools.lru_cache(maxsize=1)
 def _smpl():
     return bodymodels.load_smpl()
-
-
-# ---------------------------------------------------------------------------------------------
-# 3. Pose tokenizer (stage 1)
-
-
-class ResBlock1D(nn.Module):
-    """x + Conv1x1(ReLU(Conv3(ReLU(x), dilation))), TokenHMR/T2M-GPT's ResConv1DBlock."""
-
-    def __init__(self, width, dilation):
-        super().__init__()
-        self.conv1 = nn.Conv1d(width, width, 3, padding=dilation, dilation=dilation)
-        self.conv2 = nn.Conv1d(width, width, 1)
-
-    def forward(self, x):
-        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
-
-
-def resnet1d(width, depth, growth, reverse=False):
-    dilations = [growth ** i for i in range(depth)]
-    return nn.Sequential(*[ResBlock1D(width, d) for d in (dilations[::-1] if reverse else dilations)])
-
-
-class QuantizeEMAReset(nn.Module):
-    """Nearest-code quantiser, EMA codebook and dead-code reset (T2M-GPT / TokenHMR). Buffers, untouched
-    by the optimiser: codebook (K, D), code_sum (K, D), code_count (K,), initialised (). Under
-    torch.distributed every rank ends each update with the same codebook (NOTE(paper gap) 6)."""
-
-    def __init__(self, num_codes, dim, decay):
-        super().__init__()
-        self.num_codes, self.dim, self.decay = num_codes, dim, decay
-        self.register_buffer("codebook", torch.zeros(num_codes, dim))
-        self.register_buffer("code_sum", torch.zeros(num_codes, dim))
-        self.register_buffer("code_count", torch.zeros(num_codes))
-        self.register_buffer("initialised", torch.tensor(False))
-
-    def nearest(self, z):
-        """z (..., D) -> ids (...,) of the nearest code in Euclidean distance (ties: lowest id)."""
-        return squared_distances(z.reshape(-1, self.dim), self.codebook).argmin(1).view(z.shape[:-1])
-
-    def candidates(self, flat):
-        """K rows of flat (N, D), tiled with noise when N < K, in a random order; rank 0's under DDP."""
-        if len(flat) < self.num_codes:
-            reps = math.ceil(self.num_codes / len(flat))
-            flat = flat.repeat(reps, 1) + torch.randn(len(flat) * reps, self.dim, device=flat.device) * 0.01 / math.sqrt(self.dim)
-        out = flat[torch.randperm(len(flat), device=flat.device)[:self.num_codes]].contiguous()
-        if _distributed():
-            dist.broadcast(out, 0)
-        return out
-
-    @torch.no_grad()
-    def update(self, z, ids):
-        """One EMA step (decay mu) from encoder outputs z (N, D) and their ids (N,) -> the batch perplexity."""
-        onehot = F.one_hot(ids, self.num_codes).float()  # (N, K)
-        batch_sum, batch_count = onehot.T @ z, onehot.sum(0)  # sum_{i: id_i = k} z_i (K, D), n_k (K,)
-        if _distributed():  # NOTE(paper gap) 6: the references do not all-reduce; ranks must agree
-            dist.all_reduce(batch_sum)
-            dist.all_reduce(batch_count)
-        rand, mu = self.candidates(z), self.decay
-        # code_sum_k <- mu code_sum_k + (1 - mu) sum_{i: id_i = k} z_i ; code_count_k <- mu code_count_k + (1 - mu) n_k
-        self.code_sum.mul_(mu).add_((1 - mu) * batch_sum)
-        self.code_count.mul_(mu).add_((1 - mu) * batch_count)
-        # codebook_k = code_sum_k / code_count_k if code_count_k >= 1, else a random encoder output (reset)
-        used = (self.code_count >= 1.0)[:, None]
-        self.codebook.copy_(torch.where(used, self.code_sum / self.code_count.clamp_min(1e-12)[:, None], rand))
-        p = batch_count / batch_count.sum()
-        return torch.exp(-(p * torch.log(p + 1e-10)).sum())
-
-    @torch.no_grad()
-    def initialise(self, z):
-        """First training batch: the codebook is K encoder outputs (code_sum = them, code_count = 1)."""
-        self.codebook.copy_(self.candidates(z))
-        self.code_sum.copy_(self.codebook)
-        self.code_count.fill_(1.0)
-        self.initialised.fill_(True)
-
-    def forward(self, z):
-        """z (B, L, D) -> (z_q straight-through (B, L, D), ids (B, L), commitment loss (), perplexity ())."""
-        z = z.float()
-        flat = z.reshape(-1, self.dim)
-        if self.training and not bool(self.initialised):
-            self.initialise(flat.detach())
-        ids = self.nearest(z)
-        z_q = self.codebook[ids]  # the codebook before this step's update (T2M-GPT order)
-        perplexity = self.update(flat.detach(), ids.reshape(-1)) if self.training else z.new_zeros(())
-        commit = F.mse_loss(z, z_q.detach())  # ||z - sg[c]||^2
-        return z + (z_q - z).detach(), ids, commit, perplexity  # straight-through: dz_st / dz = I
-
-
-def _distributed():
-    return dist.is_available() and dist.is_initialized()
-
-
-class PoseTokenizer(nn.Module):
-    """theta (B, 24, 3) axis-angle -> E -> z (B, L, D) -> ids (B, L) -> D -> R (B, 24, 3, 3).
-
-    Encoder: Conv(C_in -> w) -> nearest x (2 L / 24) -> Conv -> [Conv(k4, s2) -> Resnet1D] (2L -> L)
-    -> Conv(w -> D). Decoder: Conv(D -> w) -> Resnet1D -> Conv(k = s = L / 24) (L -> 24) -> Conv -> 6D.
-    NOTE(paper gap) 2: TokenHMR-like; the paper says "ResBlocks and 1D convolutions for both encoder and
-    decoder, with a single quantization layer".
-    """
-
-    def __init__(self, cfg, body=None):
-        super().__init__()
-        self.cfg = cfg
-        w, L, D, r = cfg.width, cfg.num_tokens, cfg.code_dim, cfg.num_tokens // NUM_JOINTS
-        c_in = 6 if cfg.input_rep == "rot6d" else 3
-        self.encoder = nn.Sequential(
-            nn.Conv1d(c_in, w, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2 * r, mode="nearest"),
-            nn.Conv1d(w, w, 3, padding=1), nn.ReLU(),
-            nn.Conv1d(w, w, 4, stride=2, padding=1), resnet1d(w, cfg.res_depth, cfg.dilation_growth),
-            nn.Conv1d(w, D, 3, padding=1))
-        self.quantizer = QuantizeEMAReset(cfg.codebook_size, D, cfg.ema_decay)
-        self.decoder = nn.Sequential(
-            nn.Conv1d(D, w, 3, padding=1), nn.ReLU(), resnet1d(w, cfg.res_depth, cfg.dilation_growth, reverse=True),
-            nn.Conv1d(w, w, r, stride=r), nn.ReLU(), nn.Conv1d(w, w, 3, padding=1), nn.ReLU(),
-            nn.Conv1d(w, 6, 3, padding=1))
-        self.body = body if body is not None else SMPLLayer(_smpl())
-
-    def encode(self, pose):
-        """theta (B, 24, 3) axis-angle -> z (B, L, D)."""
-        check_pose(pose)
-        x = pose if self.cfg.input_rep == "axis_angle" else bodymodels.matrix_to_rot6d(
-            bodymodels.axis_angle_to_matrix(pose))
-        return self.encoder(x.transpose(1, 2)).transpose(1, 2)  # (B, C_in, 24) -> (B, D, L) -> (B, L, D)
-
-    def decode(self, e):
-        """Code vectors e (B, L, D) -> rotations R (B, 24, 3, 3) (6D (B, 24, 6) -> Gram-Schmidt)."""
-        return bodymodels.rot6d_to_matrix(self.decoder(e.transpose(1, 2)).transpose(1, 2))
-
-    @torch.no_grad()
-    def tokenize(self, pose):
-        """theta (B, 24, 3) -> ids (B, L); never updates the codebook."""
-        return self.quantizer.nearest(self.encode(pose))
-
-    def decode_ids(self, ids):
-        return self.decode(self.quantizer.codebook[ids])
-
-    def forward(self, pose):
-        """-> {"R" (B, 24, 3, 3), "ids" (B, L), "commit" (), "perplexity" ()}; EMA update in training mode."""
-        z_q, ids, commit, perplexity = self.quantizer(self.encode(pose))
-        return {"R": self.decode(z_q), "ids": ids, "commit": commit, "perplexity": perplexity}
-
-
-def check_pose(pose):
-    if pose.dim() != 3 or tuple(pose.shape[1:]) != (NUM_JOINTS, 3):
-        raise ValueError(f"GenHMR: expected an SMPL pose (B, 24, 3) axis-angle (global orientation first), "
-                         f"got shape {tuple(pose.shape)}")
-
-
-def augment_pose(pose, cfg):
-    """App. > Data Augmentation: the global orientation pre-multiplied by Rz(roll) Ry(yaw), in camera axes
-    (y vertical, z the optical axis), yaw ~ U(+-aug_yaw_deg), roll ~ U(+-aug_roll_deg) (NOTE(paper gap) 5)."""
-    if not (cfg.aug_yaw_deg or cfg.aug_roll_deg):
-        return pose
-    u = torch.rand(len(pose), 2, device=pose.device) * 2 - 1
-    yaw, roll = torch.deg2rad(u[:, 0] * cfg.aug_yaw_deg), torch.deg2rad(u[:, 1] * cfg.aug_roll_deg)
-    zero = torch.zeros_like(yaw)
-    Ry = bodymodels.axis_angle_to_matrix(torch.stack([zero, yaw, zero], -1))
-    Rz = bodymodels.axis_angle_to_matrix(torch.stack([zero, zero, roll], -1))
-    R0 = Rz @ Ry @ bodymodels.axis_angle_to_matrix(pose[:, 0])
-    return torch.cat([bodymodels.matrix_to_axis_angle(R0)[:, None], pose[:, 1:]], 1)
-
-
-def tokenizer_training_loss(model, batch, cfg):
-    """Eq. Lvq: L = w_re (w_pose L_theta + w_verts L_V + w_joints L_J) + w_commit ||z - sg[c]||^2, L1 on the
-    rotation matrices, vertices and joints of SMPL at beta = 0 (NOTE(paper gap) 4). Every term is a mean
-    over samples (and their elements), so equal shards on any number of ranks average to it; the EMA
-    codebook update sums its statistics over the ranks (NOTE(paper gap) 6). batch["smpl_pose"]
-    (B, 24, 3); one forward through `model` (a DDP wrapper or the tokenizer)."""
-    pose = augment_pose(batch["smpl_pose"].float(), cfg)
-    out, body = model(pose), _unwrap(model).body
-    R_gt, zeros = bodymodels.axis_angle_to_matrix(pose), pose.new_zeros(len(pose), NUM_BETAS)
-    with torch.no_grad():
-        v_gt, j_gt = body(R_gt, zeros, cfg.loss_vertices)
-    v, j = body(out["R"], zeros, cfg.loss_vertices)
-    terms = {"pose": (out["R"] - R_gt).abs().mean(), "verts": (v - v_gt).abs().mean(),
-             "joints": (j - j_gt).abs().mean(), "commit": out["commit"]}
-    recon = cfg.w_pose * terms["pose"] + cfg.w_verts * terms["verts"] + cfg.w_joints * terms["joints"]
-    loss = cfg.w_re * recon + cfg.w_commit * terms["commit"]
-    return loss, dict(terms, perplexity=out["perplexity"])
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
-def tokenizer_build_model(cfg, parent=None):
-    if parent is not None:
-        raise ValueError("the pose tokenizer is the first GenHMR stage and starts from no parent model")
-    return PoseTokenizer(cfg)
-
-
-@torch.no_grad()
-def tokenizer_predict(model, batch, cfg):
-    """Reconstruction through the codebook -> joints3d (B, 24, 3), verts (B, 6890, 3) (SMPL with the
-    sample's beta, no translation, global orientation included), ids (B, L), num_codes (B,) = K."""
-    model, pose = _unwrap(model), batch["smpl_pose"].float()
-    ids = model.tokenize(pose)
-    betas = batch.get("smpl_shape", pose.new_zeros(len(pose), NUM_BETAS)).float()
-    verts, joints = model.body(model.decode_ids(ids), betas)
-    num_codes = torch.full((len(ids),), model.quantizer.num_codes, device=ids.device)  # for usage metrics
-    return {"joints3d": joints, "verts": verts, "ids": ids, "num_codes": num_codes}
-
-
-TOKENIZER = types.SimpleNamespace(  # the trainer's stage "genhmr_tokenizer"
-    CONFIGS=TOKENIZER_CONFIGS, build_model=tokenizer_build_model, training_loss=tokenizer_training_loss,
-    predict=tokenizer_predict, learning_rate=learning_rate)
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. Image encoder: ViT (HMR2.0/ViTPose names) and the ViTDet-style pyramid
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with one qkv Linear (ViTPose names: qkv, proj)."""
-
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads = heads
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, M, N, C/M)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
 
 
 class Block(nn.Module):
@@ -664,283 +1210,6 @@ def conv_stem(widths, out):
                    nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
         c_in = c
     return nn.Sequential(*layers, nn.Conv2d(c_in, out, 1))
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of (B, C, H, W) (ViTDet)."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.norm = nn.LayerNorm(channels)
-
-    def forward(self, x):
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-def pyramid_level(width, scale, d_model):
-    """ViTDet simple feature pyramid, one level: log2(scale) x [ConvT(2, 2) halving the channels,
-    then LayerNorm2d + GELU between two], then Conv1x1 -> d_model + GroupNorm (NOTE(paper gap) 7)."""
-    layers, c = [], width
-    for i in range(int(math.log2(scale))):
-        if i:
-            layers += [LayerNorm2d(c), nn.GELU()]
-        layers.append(nn.ConvTranspose2d(c, c // 2, 2, stride=2))
-        c //= 2
-    layers += [nn.Conv2d(c, d_model, 1), nn.GroupNorm(min(32, d_model // 4), d_model)]
-    return nn.Sequential(*layers)
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. Masked transformer decoder with multi-scale deformable cross-attention
-
-
-def ms_deform_attn(values, locations, weights):
-    """Eq. MSDA's sum, plain PyTorch: sum_l sum_k A_lqk x^l(p_lqk) per head.
-
-    values: n_levels maps (B M, C/M, H_l, W_l); locations (B, Lq, M, n_levels, P, 2) as (x, y) in
-    [0, 1] of each map; weights (B, Lq, M, n_levels, P). Bilinear, zero outside, align_corners=False
-    (pixel i covers [i, i + 1) / W_l). -> (B, Lq, C).
-    """
-    B, Lq, M, nL, P, _ = locations.shape
-    grids = 2 * locations - 1
-    samples = [F.grid_sample(v, grids[:, :, :, l].transpose(1, 2).flatten(0, 1), mode="bilinear",
-                             padding_mode="zeros", align_corners=False)  # (B M, C/M, Lq, P)
-               for l, v in enumerate(values)]
-    s = torch.stack(samples, dim=-2)  # (B M, C/M, Lq, n_levels, P)
-    w = weights.transpose(1, 2).flatten(0, 1)[:, None]  # (B M, 1, Lq, n_levels, P)
-    out = (s * w).sum((-1, -2))  # (B M, C/M, Lq)
-    return out.view(B, M * out.shape[1], Lq).transpose(1, 2)
-
-
-class MSDeformAttn(nn.Module):
-    """Multi-scale deformable attention (Zhu et al. 2020), Eq. MSDA in multi-head form:
-    MSDA(Y, p, {x^l}) = sum_m W_m [sum_l sum_k A_mlqk W'_m x^l(phi_l(p_q) + dp_mlqk)]."""
-
-    def __init__(self, d, heads, levels, points):
-        super().__init__()
-        self.heads, self.levels, self.points = heads, levels, points
-        self.sampling_offsets = nn.Linear(d, heads * levels * points * 2)
-        self.attention_weights = nn.Linear(d, heads * levels * points)
-        self.value_proj, self.output_proj = nn.Linear(d, d), nn.Linear(d, d)
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        """Deformable DETR: offsets start on a radial pattern (point k at k + 1 pixels along head m's
-        direction), attention weights uniform, value/output projections Xavier."""
-        nn.init.zeros_(self.sampling_offsets.weight)
-        theta = torch.arange(self.heads) * (2 * math.pi / self.heads)
-        grid = torch.stack([theta.cos(), theta.sin()], -1)
-        grid = grid / grid.abs().max(-1, keepdim=True)[0]  # (M, 2)
-        grid = grid[:, None, None] * torch.arange(1, self.points + 1)[None, None, :, None]  # (M, 1, P, 2)
-        with torch.no_grad():
-            self.sampling_offsets.bias.copy_(grid.expand(-1, self.levels, -1, -1).flatten())
-        nn.init.zeros_(self.attention_weights.weight), nn.init.zeros_(self.attention_weights.bias)
-        for m in (self.value_proj, self.output_proj):
-            nn.init.xavier_uniform_(m.weight), nn.init.zeros_(m.bias)
-
-    def sampling(self, query, reference):
-        """query (B, Lq, d) -> offsets (B, Lq, M, n_levels, P, 2) in pixels of each level, weights A
-        (B, Lq, M, n_levels, P). `reference` (B or 1, Lq, 2) is not read: forward adds it."""
-        B, Lq, _ = query.shape
-        offsets = self.sampling_offsets(query).view(B, Lq, self.heads, self.levels, self.points, 2)
-        logits = self.attention_weights(query).view(B, Lq, self.heads, self.levels * self.points)
-        A = logits.softmax(-1).view(B, Lq, self.heads, self.levels, self.points)  # sums to 1 over (l, k)
-        return offsets, A
-
-    def forward(self, query, reference, levels):
-        """query (B, Lq, d), reference (B or 1, Lq, 2), levels: n_levels maps (B, d, H_l, W_l) -> (B, Lq, d)."""
-        B, Lq, d = query.shape
-        offsets, A = self.sampling(query, reference)
-        sizes = torch.tensor([[x.shape[-1], x.shape[-2]] for x in levels], dtype=query.dtype, device=query.device)
-        # p_mlqk = p_q + dp_mlqk / (W_l, H_l): offsets are in pixels of each level
-        loc = reference[:, :, None, None, None, :] + offsets / sizes[None, None, None, :, None, :]
-        # W' x^l as a 1x1 convolution on the (B, d, H_l, W_l) maps (the same Linear, no transposes)
-        weight = self.value_proj.weight[:, :, None, None]
-        values = [F.conv2d(x, weight, self.value_proj.bias).reshape(B * self.heads, d // self.heads, *x.shape[-2:])
-                  for x in levels]
-        return self.output_proj(ms_deform_attn(values, loc, A))
-
-
-class DecoderLayer(nn.Module):
-    """Pre-norm: Y + SA(LN Y) -> Y + MSDA(LN Y, p, {x^l}) -> Y + FFN(LN Y). NOTE(paper gap) 8."""
-
-    def __init__(self, cfg, levels):
-        super().__init__()
-        d = cfg.d_model
-        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.self_attn = Attention(d, cfg.num_heads)
-        self.cross_attn = MSDeformAttn(d, cfg.num_heads, levels, cfg.num_points)
-        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, d))
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, y, reference, levels):
-        y = y + self.dropout(self.self_attn(self.norm1(y)))  # inter-token dependencies
-        # Eq. MSDA: pose-token queries attend to a few points around p_y on every level
-        y = y + self.dropout(self.cross_attn(self.norm2(y), reference, levels))
-        return y + self.dropout(self.ffn(self.norm3(y)))
-
-
-class MaskedTransformer(nn.Module):
-    """token_generator: ids Y_M (B, L) with [MASK] = K, pyramid, codebook C (K, D) -> logits (B, L, K) of
-    p(y_i | Y_M, X). Output head (cfg.token_head): "linear", the paper's logits, Linear(d, K) on the normed
-    last token state h; or "tied" (TINY only).
-
-    NOTE(paper gap) 21 (TINY only): the output head is tied to the frozen codebook: logit_k = -exp(s)
-    ||W h - c_k||^2, W (D x d), s a learnable log-scale started at -log(mean squared distance between
-    nearest codes). The paper says only "logits over the codebook"; MaskGIT ties its output to the
-    token embedding. Tied, a code's logit rises with every step towards any code near it, so the head
-    learns the codebook's geometry instead of K unrelated classes (measured on the tiny setting: an
-    untied Linear(d, K) stayed at each position's most frequent code)."""
-
-    def __init__(self, cfg, num_tokens, num_codes, code_dim):
-        super().__init__()
-        d, self.mask_id = cfg.d_model, num_codes
-        # NOTE(paper gap) 24: token and position embeddings at one scale, N(0, 0.02) (BERT / MaskGIT): N(0, 1) left
-        # the positions 1/50 of the tokens (1/20 after training), so self-attention could not find a token's
-        # neighbours and the trained generator ignored its context (docs/genhmr.md, "Why the context went unused")
-        self.tok_emb = nn.Embedding(num_codes + 1, d)  # the last row is the learnable [MASK]
-        nn.init.normal_(self.tok_emb.weight, std=0.02)
-        self.pos_emb = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
-        # learnable reference points p_y = sigmoid(r_y), r (L, 2), spread over the image at the start
-        # (NOTE(paper gap) 9: Deformable DETR's sigmoid(Linear(pos)) with a 0.02-std position embedding
-        # put all L points within a pixel of the centre: every token read the same place)
-        self.reference = nn.Parameter(torch.logit(torch.rand(num_tokens, 2) * 0.8 + 0.1))
-        self.layers = nn.ModuleList(DecoderLayer(cfg, len(cfg.feature_scales)) for _ in range(cfg.num_layers))
-        self.tied = cfg.token_head == "tied"
-        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, code_dim if self.tied else num_codes)
-        if self.tied:
-            self.log_scale = nn.Parameter(torch.zeros(()))  # set from the codebook by `init_scale`
-
-    @torch.no_grad()
-    def init_scale(self, codebook):
-        """Tied head: s = -log(mean over codes of the squared distance to the nearest other code)."""
-        if not self.tied:
-            return
-        d2 = squared_distances(codebook, codebook) + torch.eye(len(codebook), device=codebook.device) * 1e30
-        self.log_scale.copy_(-d2.min(1)[0].clamp_min(1e-12).mean().log())
-
-    def reference_points(self):
-        return self.reference.sigmoid()[None]  # (1, L, 2) as (x, y) in [0, 1] of the image
-
-    def forward(self, ids, levels, codebook):
-        y = self.tok_emb(ids) + self.pos_emb  # (B, L, d)
-        ref = self.reference_points()
-        for layer in self.layers:
-            y = layer(y, ref, levels)
-        if not self.tied:
-            return self.head(self.norm(y))  # (B, L, K)
-        return -self.log_scale.exp() * squared_distances(self.head(self.norm(y)), codebook)  # (B, L, K)
-
-
-def squared_distances(x, codebook):
-    """||x - c_k||^2 = ||x||^2 - 2 x.c_k + ||c_k||^2: x (..., D), codebook (K, D) -> (..., K)."""
-    x, codebook = x.float(), codebook.float()
-    return (x * x).sum(-1, keepdim=True) - 2 * x @ codebook.T + (codebook * codebook).sum(-1)
-
-
-class NeighbourCounts(nn.Module):
-    """The token generator's yardstick (not the paper's): a table of neighbouring-token counts,
-    n[i, a, b] = how often training tokens i and i + 1 were (a, b), filled by `training_loss` from the
-    Y* of every training batch the image stage sees (all ranks' under DDP: each rank adds the gathered
-    batch, so every rank holds the same table). Given the visible tokens, a masked position i takes the
-    naive-Bayes argmax_k log n_i(k) + sum over its visible neighbours of log n(neighbour | k) (counts
-    + 0.1). Kept as the module's extra state, not a buffer: DDP would broadcast (L - 1) K^2 counts every step."""
-
-    def __init__(self, num_tokens, num_codes):
-        super().__init__()
-        self.pairs = torch.zeros(num_tokens - 1, num_codes, num_codes, dtype=torch.int32)
-
-    def get_extra_state(self):
-        return self.pairs
-
-    def set_extra_state(self, state):
-        self.pairs = state.to(self.pairs)
-
-    def _apply(self, fn, *args, **kwargs):  # .to(device) moves the table too
-        self.pairs = fn(self.pairs)
-        return super()._apply(fn, *args, **kwargs)
-
-    @torch.no_grad()
-    def add(self, ids):
-        """Count the adjacent pairs of ids (B, L) (a DDP rank's: every rank's are gathered and counted)."""
-        if _distributed():
-            gathered = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
-            dist.all_gather(gathered, ids)
-            ids = torch.cat(gathered)
-        L, K = ids.shape[1], self.pairs.shape[-1]
-        flat = (torch.arange(L - 1, device=ids.device) * K + ids[:, :-1]) * K + ids[:, 1:]  # (B, L - 1)
-        self.pairs.view(-1).index_add_(0, flat.flatten(), torch.ones(flat.numel(), dtype=self.pairs.dtype,
-                                                                      device=ids.device))
-
-    @torch.no_grad()
-    def predict(self, ids, masked, alpha=0.1):
-        """ids (B, L) with the true tokens where ~masked -> the table's ids (B, L) (masked positions filled)."""
-        n = self.pairs.double() + alpha
-        K = n.shape[-1]
-        # n_i(k): position i's code counts, from the pair it starts (i < L - 1) or ends (the last)
-        unigram = torch.cat([n.sum(2), n[-1].sum(0)[None]]) - alpha * K  # (L, K)
-        log_n = (unigram + alpha).log()
-        score = log_n.expand(len(ids), -1, -1).clone()  # (B, L, K)
-        # left neighbour visible: + log n[i - 1, y_{i-1}, k] - log n_i(k); right: + log n[i, k, y_{i+1}] - log n_i(k)
-        left = n[torch.arange(1, ids.shape[1]) - 1, ids[:, :-1]].log() - log_n[1:]  # (B, L - 1, K)
-        right = n[torch.arange(ids.shape[1] - 1), :, ids[:, 1:]].log() - log_n[:-1]  # (B, L - 1, K)
-        score[:, 1:] += left * ~masked[:, :-1, None]
-        score[:, :-1] += right * ~masked[:, 1:, None]
-        return torch.where(masked, score.argmax(-1), ids)
-
-
-class ShapeCameraHead(nn.Module):
-    """beta (B, 10) and weak-perspective camera [s, tx, ty] (B, 3) from the pooled 1x ViT map, as
-    residuals on HMR2.0's mean parameters (beta = 0, cam = [0.9, 0, 0]). NOTE(paper gap) 10."""
-
-    def __init__(self, width, hidden):
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, NUM_BETAS + 3))
-        nn.init.xavier_uniform_(self.mlp[-1].weight, gain=0.01), nn.init.zeros_(self.mlp[-1].bias)
-        self.register_buffer("mean", torch.tensor([0.0] * NUM_BETAS + [0.9, 0.0, 0.0]))
-
-    def forward(self, feature):
-        out = self.mlp(feature.mean((-1, -2))) + self.mean  # (B, 13)
-        return out[:, :NUM_BETAS], out[:, NUM_BETAS:]
-
-
-class GenHMR(nn.Module):
-    """Image-conditioned masked transformer with the frozen pose tokenizer as a submodule."""
-
-    def __init__(self, cfg, tokenizer):
-        super().__init__()
-        self.cfg, self.tokenizer = cfg, tokenizer.eval().requires_grad_(False)
-        self.num_tokens, self.num_codes = tokenizer.cfg.num_tokens, tokenizer.cfg.codebook_size
-        self.backbone = ViT(cfg)
-        self.pyramid = nn.ModuleList(pyramid_level(cfg.vit_width, s, cfg.d_model) for s in cfg.feature_scales)
-        self.token_generator = MaskedTransformer(cfg, self.num_tokens, self.num_codes, tokenizer.cfg.code_dim)
-        self.token_generator.init_scale(tokenizer.quantizer.codebook)
-        self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
-        self.counts = NeighbourCounts(self.num_tokens, self.num_codes) if cfg.count_table else None
-        self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # training steps done (Eq. 5's t)
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.tokenizer.eval()  # frozen: the codebook never updates here
-        return self
-
-    def encode_image(self, images):
-        """images (B, 3, H, W) in [0, 1] -> (pyramid: n_levels maps (B, d, s h, s w), beta, cam)."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"GenHMR: expected images (B, 3, H, W), got {tuple(images.shape)}")
-        feature = self.backbone((images - self.mean_std[0]) / self.mean_std[1])  # (B, C, h, w)
-        betas, cam = self.shape_camera_head(feature)
-        return [level(feature) for level in self.pyramid], betas, cam
-
-    def logits(self, ids, levels):
-        """masked ids (B, L), an encoded pyramid -> logits (B, L, K) over the frozen codebook."""
-        return self.token_generator(ids, levels, self.tokenizer.quantizer.codebook)
-
-    def forward(self, images, ids):
-        """images, masked ids (B, L) -> {"logits" (B, L, K), "betas" (B, 10), "cam" (B, 3)}."""
-        levels, betas, cam = self.encode_image(images)
-        return {"logits": self.logits(ids, levels), "betas": betas, "cam": cam}
 
 
 class HeadAttention(nn.Module):
@@ -1080,6 +1349,42 @@ class PoseRegressor(nn.Module):
         return {"R": bodymodels.rot6d_to_matrix(rot6d), "betas": betas, "cam": cam}
 
 
+def backbone_build_model(cfg, parent=None):
+    if not isinstance(parent, PoseTokenizer):
+        raise ValueError("GenHMR's backbone stage starts from the trained pose tokenizer (stage 'genhmr_tokenizer'), "
+                         f"got {type(parent).__name__}")
+    return PoseRegressor(cfg, parent)
+
+
+def backbone_training_loss(model, batch, cfg):
+    """HMR2.0's losses on the regressed SMPL: w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D
+    (`smpl_losses`, the weights of the image stage's SMPL terms)."""
+    check_pose(batch["smpl_pose"])
+    out = model(batch["image"])
+    terms = smpl_losses(_unwrap(model), out["R"], out["betas"].float(), out["cam"].float(), batch, cfg)
+    loss = (cfg.w_pose * terms["pose"] + cfg.w_betas * terms["betas"] + cfg.w_3d * terms["joints3d"]
+            + cfg.w_2d * terms["joints2d"])
+    return loss, terms
+
+
+@torch.no_grad()
+def backbone_predict(model, batch, cfg):
+    """-> regression_joints3d (B, 24, 3), regression_verts (B, 6890, 3) in the labels' camera frame."""
+    model = _unwrap(model)
+    out = model(batch["image"])
+    mesh = mesh_outputs(model.tokenizer, out["R"], out["betas"], out["cam"], "regression_")
+    return {key: mesh[key] for key in ("regression_joints3d", "regression_verts")}
+
+
+BACKBONE = types.SimpleNamespace(  # the trainer's stage "genhmr_backbone"
+    CONFIGS=BACKBONE_CONFIGS, build_model=backbone_build_model, training_loss=backbone_training_loss,
+    predict=backbone_predict, learning_rate=learning_rate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Appendix B. Agreement with the official code: ViTPose-H and HMR2.0 checkpoints
+
+
 # Released weights (A6: HMR2.0 and TokenHMR start their ViT-H from ViTPose-H). Three layouts, each a dict
 # with "state_dict" (tests/official_keys/ lists names and shapes, made from the official constructors):
 # HMR2.0's Lightning checkpoint (backbone.*, smpl_head.*, discriminator.*, smpl.*, initialized), ViTPose-H's
@@ -1124,282 +1429,119 @@ def backbone_state_dicts(checkpoint):
             for part in ("backbone", "smpl_head")}
 
 
-VIT_FIELDS = ("image_size", "patch_size", "patch_padding", "vit_width", "vit_depth", "vit_heads", "vit_mlp_ratio",
-              "conv_stem", "head_hidden")
+# ---------------------------------------------------------------------------------------------
+# Appendix C. The paper's ablation tables as train.py --ablation data
 
 
-def build_model(cfg, parent=None):
-    """The stage-2 model. `parent`: the trained PoseRegressor of stage "genhmr_backbone" (its frozen
-    tokenizer is held as a submodule; its ViT, and TINY's shape/camera head, are copied and fine-tuned),
-    or a trained PoseTokenizer alone (the image encoder from scratch, or from cfg.backbone_checkpoint)."""
-    if parent is None:
-        raise ValueError("GenHMR's image stage needs a trained parent: the stage 'genhmr_backbone' (or a pose "
-                         "tokenizer); train 'genhmr_tokenizer' and 'genhmr_backbone' first (a checkpoint is missing)")
-    regressor = parent if isinstance(parent, PoseRegressor) else None
-    tokenizer = regressor.tokenizer if regressor is not None else parent
-    if not isinstance(tokenizer, PoseTokenizer):
-        raise ValueError(f"GenHMR: parent must be a PoseRegressor or a PoseTokenizer, got {type(parent).__name__}")
-    if not bool(tokenizer.quantizer.initialised):
-        raise ValueError("GenHMR: the parent pose tokenizer was never trained (its codebook is uninitialised)")
-    model = GenHMR(cfg, tokenizer)
-    if regressor is not None:
-        for name in VIT_FIELDS:
-            if getattr(regressor.cfg, name) != getattr(cfg, name):
-                raise ValueError(f"GenHMR: the backbone stage's {name}={getattr(regressor.cfg, name)!r} differs from "
-                                 f"this config's {getattr(cfg, name)!r}; its ViT cannot start this one")
-        model.backbone.load_state_dict(regressor.backbone.state_dict())  # copies: fine-tuned here, parent untouched
-        if hasattr(regressor, "shape_camera_head"):  # TINY's "mlp" head; HMR2.0's reads beta and camera from its token
-            model.shape_camera_head.load_state_dict(regressor.shape_camera_head.state_dict())
-    elif cfg.backbone_checkpoint:
-        load_backbone(model, cfg.backbone_checkpoint)
-    return model
-
-
-def param_groups(model, cfg):
-    """train.py's optimiser groups of the image stage: the image encoder (ViT) at backbone_lr_scale x lr, the
-    rest at lr."""
-    vit = {id(p) for p in model.backbone.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return [(1.0, [p for p in trainable if id(p) not in vit]),
-            (cfg.backbone_lr_scale, [p for p in trainable if id(p) in vit])]
+# The paper's ablation tables as train.py's --ablation data: rows of config overrides beside the paper's figures,
+# copied from its tables' 3DPW columns (MPJPE, MVE = our pve_mm) for the image stage, AMASS for the tokenizer's
+# Tables 5 and 6. Inference rows score one trained model; the others retrain from the first stage they change.
+# Tables 13 and 14 drop the count table (`NeighbourCounts`: (L - 1) K^2 counts, 1.6 GB at 96 x 2048).
+_3DPW = (("mpjpe_mm", "MPJPE (mm), 3DPW"), ("pve_mm", "MVE (mm), 3DPW"))
+_CODEBOOKS = ((1024, 256), (2048, 128), (2048, 256), (4096, 256))
+ABLATIONS = {
+    "table2": dict(caption="Iterations of uncertainty-guided sampling (Table 2)", inference=True, columns=_3DPW,
+                   rows=tuple((str(T), {"ugs_iterations": T}, f) for T, f in (
+                       (1, (73.5, 84.2)), (3, (70.2, 81.9)), (5, (68.1, 77.5)), (10, (67.8, 79.1)),
+                       (15, (67.6, 78.5)), (20, (67.4, 78.1)))), chosen="5"),
+    "table3": dict(caption="2D pose-guided refinement steps after UGS-5 (Table 3)", inference=True,
+                   columns=(("refined_mpjpe_mm", "MPJPE (mm), 3DPW"), ("refined_pve_mm", "MVE (mm), 3DPW")),
+                   rows=tuple((label, {"ugs_iterations": 5, "refine_steps": P}, f) for label, P, f in (
+                       ("UGS* (no refinement)", 0, (68.1, 77.5)), ("1", 1, (66.5, 77.0)), ("3", 3, (63.6, 73.5)),
+                       ("5", 5, (60.2, 70.4)), ("10", 10, (57.5, 68.5)), ("20", 20, (54.7, 67.5)))), chosen="20"),
+    "table4": dict(caption="Masking ratio during training, gamma(tau), tau ~ U(0, max) (Table 4)", columns=_3DPW,
+                   rows=tuple((f"U(0, {m})", {"mask_tau_max": m}, f) for m, f in (
+                       (1.0, (68.1, 77.5)), (0.3, (72.1, 84.2)), (0.5, (69.8, 81.7)), (0.7, (67.9, 77.1)))),
+                   chosen="U(0, 1.0)"),
+    "table5": dict(caption="Codebook size x code dimension, 96 tokens (Table 5, the tokenizer)", stage="genhmr_tokenizer",
+                   columns=(("tokenizer_mpjpe_mm", "MPJPE (mm), AMASS"), ("tokenizer_pve_mm", "MVE (mm), AMASS")),
+                   rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96}, f)
+                              for (K, D), f in zip(_CODEBOOKS, ((10.5, 9.2), (8.9, 8.1), (8.5, 7.8), (6.1, 5.9)))),
+                   chosen="2048x256"),
+    "table6": dict(caption="Number of pose tokens, codebook 2048 x 256 (Table 6, the tokenizer)", stage="genhmr_tokenizer",
+                   columns=(("tokenizer_mpjpe_mm", "MPJPE (mm), AMASS"), ("tokenizer_pve_mm", "MVE (mm), AMASS")),
+                   rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256}, f) for L, f in (
+                       (48, (11.1, 10.5)), (96, (8.5, 7.8)), (192, (7.8, 6.9)), (384, (7.1, 6.0)))), chosen="96"),
+    "table11": dict(caption="Mask scheduling functions x UGS iterations (Table 11)", inference=True, columns=_3DPW,
+                    rows=tuple((f"{name} T={T}", {"schedule": name, "ugs_iterations": T}, f) for name, T, f in (
+                        ("cosine", 1, (73.5, 84.2)), ("cosine", 3, (70.2, 81.9)), ("cosine", 5, (68.1, 77.5)),
+                        ("cosine", 10, (67.8, 79.1)), ("cosine", 15, (67.6, 78.5)), ("cosine", 20, (67.4, 78.1)),
+                        ("cubic", 5, (69.7, 78.9)), ("cubic", 10, (69.1, 79.1)), ("cubic", 15, (68.8, 79.0)),
+                        ("cubic", 20, (68.6, 79.2)), ("linear", 5, (71.6, 81.2)), ("linear", 10, (71.3, 80.7)),
+                        ("linear", 15, (71.0, 80.9)), ("linear", 20, (70.8, 81.1)), ("sqrt", 5, (73.4, 82.8)),
+                        ("sqrt", 10, (73.1, 83.0)), ("sqrt", 15, (73.3, 83.3)), ("sqrt", 20, (73.6, 83.5)))),
+                    chosen="cosine T=5"),
+    "table13": dict(caption="Codebook size x code dimension, 96 tokens, on GenHMR (Table 13)", columns=_3DPW,
+                    rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96, "count_table": False}, f)
+                               for (K, D), f in zip(_CODEBOOKS, ((70.1, 82.5), (69.9, 80.3), (68.1, 77.5), (69.5, 80.4)))),
+                    chosen="2048x256"),
+    "table14": dict(caption="Number of pose tokens, codebook 2048 x 256, on GenHMR (Table 14)", columns=_3DPW,
+                    rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256, "count_table": False}, f)
+                               for L, f in ((48, (68.5, 80.5)), (96, (68.1, 77.5)), (192, (72.5, 83.6)), (384, (82.5, 91.5)))), chosen="96"),
+    "table15": dict(caption="Feature-pyramid levels of the image encoder (Table 15)",
+                    columns=(("mpjpe_mm", "MPJPE (mm), 3DPW"),),
+                    rows=tuple((" ".join(f"{s}x" for s in scales), {"feature_scales": scales}, (f,)) for scales, f in (
+                        ((1, 4, 8, 16), 68.3), ((1,), 71.3), ((1, 4), 69.8), ((1, 4, 8), 68.8), ((4, 8, 16), 68.8),
+                        ((1, 8, 16), 69.3), ((1, 4, 16), 69.8))), chosen="1x 4x 8x"),
+    "table16": dict(caption="Deformable cross-attention layers of the masked transformer (Table 16)", columns=_3DPW,
+                    rows=tuple((str(n), {"num_layers": n}, f) for n, f in (
+                        (2, (70.5, 85.9)), (4, (68.1, 77.5)), (6, (69.5, 77.1)), (8, (70.9, 79.9)))), chosen="4"),
+}
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Training: masking, Gumbel-softmax, losses (Eq. 1, 5, 6)
+# Appendix D. Diagnostics (not the paper's): the neighbour-count yardstick, the soft readout, context accuracy
 
 
-def num_masked(tau, L):
-    """Training Strategy: m = ceil(cos(pi tau / 2) L), clamped to [1, L] (NOTE(paper gap) 11)."""
-    return torch.ceil(torch.cos(math.pi * tau / 2) * L - 1e-6).clamp(1, L).long()
+class NeighbourCounts(nn.Module):
+    """The token generator's yardstick (not the paper's): a table of neighbouring-token counts,
+    n[i, a, b] = how often training tokens i and i + 1 were (a, b), filled by `training_loss` from the
+    Y* of every training batch the image stage sees (all ranks' under DDP: each rank adds the gathered
+    batch, so every rank holds the same table). Given the visible tokens, a masked position i takes the
+    naive-Bayes argmax_k log n_i(k) + sum over its visible neighbours of log n(neighbour | k) (counts
+    + 0.1). Kept as the module's extra state, not a buffer: DDP would broadcast (L - 1) K^2 counts every step."""
 
+    def __init__(self, num_tokens, num_codes):
+        super().__init__()
+        self.pairs = torch.zeros(num_tokens - 1, num_codes, num_codes, dtype=torch.int32)
 
-def random_masking(ids, mask_id, tau_max=1.0, generator=None):
-    """ids (B, L) -> (Y_M with m per-sample random positions set to mask_id, mask (B, L) bool)."""
-    B, L = ids.shape
-    tau = torch.rand(B, device=ids.device, generator=generator) * tau_max
-    m = num_masked(tau, L)  # (B,)
-    ranks = torch.rand(B, L, device=ids.device, generator=generator).argsort(1).argsort(1)  # random permutation
-    mask = ranks < m[:, None]
-    return torch.where(mask, torch.full_like(ids, mask_id), ids), mask
+    def get_extra_state(self):
+        return self.pairs
 
+    def set_extra_state(self, state):
+        self.pairs = state.to(self.pairs)
 
-def swap_visible(ids, masked, num_codes, pkeep, generator=None):
-    """MMM's input corruption (exitudio/MMM, `--pkeep`): each visible token kept with probability pkeep,
-    else replaced by a code drawn uniformly from the K; [MASK]ed positions untouched. NOTE(paper gap) 11.
-    The targets stay the true tokens, so the generator learns to doubt its context, as it must at
-    inference, where the context is its own earlier guesses."""
-    if pkeep >= 1:
-        return ids
-    swap = (torch.rand(ids.shape, device=ids.device, generator=generator) >= pkeep) & ~masked
-    random_ids = torch.randint(num_codes, ids.shape, device=ids.device, generator=generator)
-    return torch.where(swap, random_ids, ids)
+    def _apply(self, fn, *args, **kwargs):  # .to(device) moves the table too
+        self.pairs = fn(self.pairs)
+        return super()._apply(fn, *args, **kwargs)
 
+    @torch.no_grad()
+    def add(self, ids):
+        """Count the adjacent pairs of ids (B, L) (a DDP rank's: every rank's are gathered and counted)."""
+        if _distributed():
+            gathered = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, ids)
+            ids = torch.cat(gathered)
+        L, K = ids.shape[1], self.pairs.shape[-1]
+        flat = (torch.arange(L - 1, device=ids.device) * K + ids[:, :-1]) * K + ids[:, 1:]  # (B, L - 1)
+        self.pairs.view(-1).index_add_(0, flat.flatten(), torch.ones(flat.numel(), dtype=self.pairs.dtype,
+                                                                      device=ids.device))
 
-def gumbel_temperature(cfg, step):
-    """Eq. (5) over the first anneal_fraction of max_steps, then held at tau_end (NOTE(paper gap) 14)."""
-    T = max(1.0, cfg.anneal_fraction * cfg.max_steps)
-    t = min(float(step), T)
-    return cfg.tau_end + 0.5 * (cfg.tau_start - cfg.tau_end) * (1 + math.cos(math.pi * t / T))
-
-
-def gumbel_softmax_st(logits, tau, noise=None):
-    """Straight-through Gumbel-softmax: forward one-hot(argmax(l + n)), backward d softmax((l + n) / tau).
-
-    Eq. (6): p_k = exp((l_k + n_k) / tau) / sum_j exp((l_j + n_j) / tau), n ~ Gumbel(0, 1).
-    """
-    if noise is None:
-        u = torch.rand_like(logits).clamp(1e-10, 1 - 1e-7)
-        noise = -torch.log(-torch.log(u))
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 under autocast -> fp32
-    soft = F.softmax((logits + noise) / tau, dim=-1)
-    hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
-    return hard - soft.detach() + soft
-
-
-def normalised_keypoints(joints2d, image_hw):
-    """Pixels (B, J, 2) of an H x W crop -> normalised crop coordinates (pixel - (W/2, H/2)) / H."""
-    H, W = image_hw
-    return (joints2d - joints2d.new_tensor([W / 2, H / 2])) / H
-
-
-def project(joints, cam):
-    """HMR2.0's camera: joints (B, J, 3), cam [s, tx, ty] (B, 3) -> normalised 2D (B, J, 2), t (B, 3)."""
-    t = bodymodels.weak_perspective_to_translation(cam, FOCAL_LENGTH, CROP_SIZE)
-    return bodymodels.project_to_crop(joints, t, FOCAL_LENGTH, CROP_SIZE), t
-
-
-def training_loss(model, batch, cfg):
-    """L_total = w_mask L_mask (Eq. 1) + w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D through
-    straight-through Gumbel-softmax (Eq. 5, 6). batch: SyntheticBodies keys image, smpl_pose,
-    smpl_shape, joints3d (camera coordinates), joints2d (pixels). One forward through `model`."""
-    raw = _unwrap(model)
-    pose, images = batch["smpl_pose"].float(), batch["image"]
-    check_pose(pose)
-    y_gt = raw.tokenizer.tokenize(pose)  # Y* on the fly (after any augmentation)
-    y_m, masked = random_masking(y_gt, raw.num_codes, cfg.mask_tau_max)
-    y_m = swap_visible(y_m, masked, raw.num_codes, cfg.pkeep)
-    out = model(images, y_m)
-    if raw.counts is not None:  # the yardstick's table counts the same training tokens
-        raw.counts.add(y_gt)
-    step = int(raw.step)
-    raw.step += 1
-    # Eq. (1): L_mask = -E_Y [sum_i log p(y_i | Y_M, X)], the sum as a mean over the positions i of each
-    # sample ("all": the L positions; "masked": its m >= 1 [MASK]s), then a mean over samples: no
-    # sample's weight depends on the others', so equal shards on any number of ranks average to it
-    ce = F.cross_entropy(out["logits"].float().flatten(0, 1), y_gt.flatten(), reduction="none").view_as(y_gt)
-    per_sample = ce.mean(1) if cfg.ce_on == "all" else (ce * masked).sum(1) / masked.sum(1)  # (B,)
-    # real data: a row without an SMPL pose label (data.HMR2Npz's has_smpl_pose 0) has no target tokens
-    l_mask = (per_sample * batch.get("has_smpl_pose", torch.ones_like(per_sample)).float()).mean()
-    # Eq. (5), (6): one-hot tokens forward, soft gradient backward; e = y C through the frozen decoder
-    tau = gumbel_temperature(cfg, step)
-    y = gumbel_softmax_st(out["logits"], tau)
-    if cfg.gumbel_positions == "masked":
-        y = torch.where(masked[..., None], y, F.one_hot(y_gt, raw.num_codes).to(y.dtype))
-    R = raw.tokenizer.decode(y @ raw.tokenizer.quantizer.codebook)  # (B, 24, 3, 3)
-    terms = {"mask": l_mask, **smpl_losses(raw, R, out["betas"].float(), out["cam"].float(), batch, cfg)}
-    loss = (cfg.w_mask * terms["mask"] + cfg.w_pose * terms["pose"] + cfg.w_betas * terms["betas"]
-            + cfg.w_3d * terms["joints3d"] + cfg.w_2d * terms["joints2d"])
-    hits = (out["logits"].argmax(-1) == y_gt).float()
-    masked_acc = ((hits * masked).sum(1) / masked.sum(1)).mean()  # accuracy at the [MASK]s, per sample
-    return loss, dict(terms, tau=torch.tensor(tau), masked_acc=masked_acc)
-
-
-def smpl_losses(raw, R, betas, cam, batch, cfg):
-    """L_theta, L_beta (MSE), L_3D (pelvis-centred L1), L_2D (normalised L1): each summed over joints and
-    coordinates per sample, as HMR2.0/TokenHMR, then loss_batch x the mean over samples (NOTE(paper gap)
-    15). They also sum over each GPU's batch, so their weights against L_mask held for its 48 samples
-    (`loss_batch`); a sum over the ranks' own samples would change meaning with the number of ranks."""
-    R_gt = bodymodels.axis_angle_to_matrix(batch["smpl_pose"].float())
-    joints = raw.tokenizer.body.joints(R, betas)  # (B, 24, 3), SMPL root at its rest position
-    j3d_gt = batch["joints3d"].float()
-    uv, _ = project(joints, cam)
-    uv_gt = normalised_keypoints(batch["joints2d"].float(), batch["image"].shape[-2:])
-    # real data (data.HMR2Npz) lacks some labels: optional masks, 1 where known (HMR2.0's has_smpl_params
-    # and keypoint confidences), each multiplying its term; synthetic samples have every label
-    ones = torch.ones(len(R), device=R.device)
-    w2d, w3d = (batch.get(k, ones[:, None].expand(-1, NUM_JOINTS)).float() for k in ("joints2d_weight", "joints3d_weight"))
-    per_sample = {"pose": ((R - R_gt) ** 2).sum((1, 2, 3)) * batch.get("has_smpl_pose", ones).float(),  # (B,)
-                  "betas": ((betas - batch["smpl_shape"].float()) ** 2).sum(1) * batch.get("has_smpl_shape", ones).float(),
-                  "joints3d": (((joints - joints[:, PELVIS:PELVIS + 1])
-                                - (j3d_gt - j3d_gt[:, PELVIS:PELVIS + 1])).abs().sum(2) * w3d).sum(1),
-                  "joints2d": ((uv - uv_gt).abs().sum(2) * w2d).sum(1)}
-    return {name: cfg.loss_batch * value.mean() for name, value in per_sample.items()}
-
-
-def backbone_build_model(cfg, parent=None):
-    if not isinstance(parent, PoseTokenizer):
-        raise ValueError("GenHMR's backbone stage starts from the trained pose tokenizer (stage 'genhmr_tokenizer'), "
-                         f"got {type(parent).__name__}")
-    return PoseRegressor(cfg, parent)
-
-
-def backbone_training_loss(model, batch, cfg):
-    """HMR2.0's losses on the regressed SMPL: w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D
-    (`smpl_losses`, the weights of the image stage's SMPL terms)."""
-    check_pose(batch["smpl_pose"])
-    out = model(batch["image"])
-    terms = smpl_losses(_unwrap(model), out["R"], out["betas"].float(), out["cam"].float(), batch, cfg)
-    loss = (cfg.w_pose * terms["pose"] + cfg.w_betas * terms["betas"] + cfg.w_3d * terms["joints3d"]
-            + cfg.w_2d * terms["joints2d"])
-    return loss, terms
-
-
-@torch.no_grad()
-def backbone_predict(model, batch, cfg):
-    """-> regression_joints3d (B, 24, 3), regression_verts (B, 6890, 3) in the labels' camera frame."""
-    model = _unwrap(model)
-    out = model(batch["image"])
-    mesh = mesh_outputs(model.tokenizer, out["R"], out["betas"], out["cam"], "regression_")
-    return {key: mesh[key] for key in ("regression_joints3d", "regression_verts")}
-
-
-BACKBONE = types.SimpleNamespace(  # the trainer's stage "genhmr_backbone"
-    CONFIGS=BACKBONE_CONFIGS, build_model=backbone_build_model, training_loss=backbone_training_loss,
-    predict=backbone_predict, learning_rate=learning_rate)
-
-
-# ---------------------------------------------------------------------------------------------
-# 7. Inference: uncertainty-guided sampling and 2D-pose-guided refinement
-
-
-def mask_schedule(name, r):
-    """gamma(t / T) of App. > Mask Scheduling Function; r = t / T in [0, 1]."""
-    if name == "cosine":
-        return (1 + math.cos(math.pi * r)) / 2
-    if name == "linear":
-        return 1 - r
-    if name == "cubic":
-        return 1 - r ** 3
-    if name == "sqrt":
-        return math.sqrt(max(0.0, 1 - r * r))
-    raise ValueError(f"unknown mask schedule {name!r}: expected one of {SCHEDULES}")
-
-
-def remask_counts(L, T, schedule="cosine"):
-    """Tokens re-masked after iterations t = 1..T: ceil(gamma(t / T) L) (n_T = 0). NOTE(paper gap) 17.
-    The 1e-9 keeps exact products exact (cos, T = 3, t = 2: 0.25 x 96 = 24, not 24.000000000000007 -> 25)."""
-    if T < 1:
-        raise ValueError(f"UGS needs T >= 1 iterations, got {T}")
-    return [min(L, math.ceil(mask_schedule(schedule, t / T) * L - 1e-9)) for t in range(1, T + 1)]
-
-
-def sample_tokens(probs, top_k, generator=None):
-    """probs (B, L, K) -> ids (B, L): argmax for top_k = 1, else a draw among each position's top k."""
-    if top_k == 1:
-        return probs.argmax(-1)
-    p, idx = probs.topk(top_k, dim=-1)  # (B, L, k)
-    choice = torch.multinomial(p.flatten(0, 1), 1, generator=generator).view(*p.shape[:2], 1)
-    return idx.gather(-1, choice)[..., 0]
-
-
-@torch.no_grad()
-def uncertainty_guided_sampling(model, images, T=5, schedule="cosine", top_k=1, generator=None,
-                                choice_temperature=0.0, seeds=None):
-    """Inference Strategy > UGS: start all [MASK]; each iteration samples every masked token, then
-    re-masks the ceil(gamma(t / T) L) least confident of them; the image encoder runs once.
-    -> {"ids" (B, L), "betas", "cam", "history": [(masked (B, L) bool after t, confidence (B, L))]}."""
-    model = _unwrap(model)
-    levels, betas, cam = model.encode_image(images)  # once, whatever T is
-    ids, history = sample_from_features(model, levels, T, schedule, top_k, generator, choice_temperature, seeds)
-    return {"ids": ids, "betas": betas, "cam": cam, "history": history}
-
-
-def gumbel_noise(shape, seeds=None, step=0, generator=None, device=None):
-    """Gumbel(0, 1) noise (B, *shape[1:]); with seeds (B,) one generator per sample seeded by (seed, step),
-    so a sample's draw is the same whichever rank or batch it is in."""
-    if seeds is None:
-        u = torch.rand(shape, generator=generator, device=device)
-    else:
-        u = torch.stack([torch.rand(shape[1:], generator=torch.Generator().manual_seed(int(i) * 1009 + step))
-                         for i in seeds.reshape(-1)]).to(device)
-    return -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
-
-
-@torch.no_grad()
-def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generator=None, choice_temperature=0.0,
-                         seeds=None):
-    """UGS's iterations on an encoded image pyramid -> (ids (B, L), history). choice_temperature c > 0 ranks
-    the masked tokens by log p + c (1 - t / T) g, g ~ Gumbel(0, 1) (MaskGIT's `mask_by_random_topk`): early
-    passes re-mask some confident tokens too, so one wrong early guess does not fix its neighbours."""
-    B, L, device = len(levels[0]), model.num_tokens, levels[0].device
-    ids = torch.full((B, L), model.num_codes, dtype=torch.long, device=device)
-    masked = torch.ones(B, L, dtype=torch.bool, device=device)
-    history = []
-    for t, n in enumerate(remask_counts(L, T, schedule), 1):
-        probs = model.logits(ids, levels).float().softmax(-1)  # (B, L, K)
-        sampled = sample_tokens(probs, top_k, generator)
-        confidence = probs.gather(-1, sampled[..., None])[..., 0]  # probability of the chosen token
-        ids = torch.where(masked, sampled, ids)
-        score = confidence
-        if choice_temperature > 0 and n:
-            noise = gumbel_noise((B, L), seeds, t, generator, device)
-            score = confidence.clamp_min(1e-30).log() + choice_temperature * (1 - t / T) * noise
-        score = torch.where(masked, score, torch.full_like(score, math.inf))  # fixed stay fixed
-        order = score.argsort(dim=1, stable=True)  # least confident first, ties to the lower index
-        masked = torch.zeros_like(masked).scatter(1, order[:, :n], True)
-        ids = torch.where(masked, torch.full_like(ids, model.num_codes), ids)
-        history.append((masked.clone(), confidence))
-    return ids, history
+    @torch.no_grad()
+    def predict(self, ids, masked, alpha=0.1):
+        """ids (B, L) with the true tokens where ~masked -> the table's ids (B, L) (masked positions filled)."""
+        n = self.pairs.double() + alpha
+        K = n.shape[-1]
+        # n_i(k): position i's code counts, from the pair it starts (i < L - 1) or ends (the last)
+        unigram = torch.cat([n.sum(2), n[-1].sum(0)[None]]) - alpha * K  # (L, K)
+        log_n = (unigram + alpha).log()
+        score = log_n.expand(len(ids), -1, -1).clone()  # (B, L, K)
+        # left neighbour visible: + log n[i - 1, y_{i-1}, k] - log n_i(k); right: + log n[i, k, y_{i+1}] - log n_i(k)
+        left = n[torch.arange(1, ids.shape[1]) - 1, ids[:, :-1]].log() - log_n[1:]  # (B, L - 1, K)
+        right = n[torch.arange(ids.shape[1] - 1), :, ids[:, 1:]].log() - log_n[:-1]  # (B, L - 1, K)
+        score[:, 1:] += left * ~masked[:, :-1, None]
+        score[:, :-1] += right * ~masked[:, 1:, None]
+        return torch.where(masked, score.argmax(-1), ids)
 
 
 @torch.no_grad()
@@ -1411,83 +1553,6 @@ def soft_readout(model, levels):
     ids = torch.full((B, L), model.num_codes, dtype=torch.long, device=levels[0].device)
     probs = model.logits(ids, levels).float().softmax(-1)
     return model.tokenizer.decode(probs @ model.tokenizer.quantizer.codebook.float())
-
-
-def refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights=None):
-    """Eq. (2)-(3) per sample: G = sum_j w_j ||S (Pi(K(J'_3D + t)) - J_2D)||^2 + lambda ||R(e) - R_0||^2 -> (B,);
-    weights (B, 24) per joint (a detector's confidences, 0 where a joint has no keypoint), None = all 1 (Eq. 3)."""
-    R = tokenizer.decode(e)
-    joints = tokenizer.body.joints(R, betas)
-    uv = bodymodels.project_to_crop(joints, t, FOCAL_LENGTH, CROP_SIZE)
-    residual = (((uv - targets) * scale) ** 2).sum(2)  # (B, 24)
-    residual = residual if weights is None else residual * weights
-    return residual.sum(1) + reg * ((R - R0) ** 2).sum((1, 2, 3))
-
-
-def refine(tokenizer, ids, betas, cam, targets, steps=20, lr=1.0, reg=10.0, scale=256.0, halvings=6, kept=None,
-           weights=None, step="backtracking"):
-    """Inference Strategy > 2D Pose-Guided Refinement, Eqs. (2)-(4), every network frozen: descent on the
-    code vectors e = C[Y] (B, L, D) fed to the frozen tokenizer decoder (not re-quantised); beta and the
-    camera stay fixed. Eq. (4): e <- e - eta grad_e G; step "fixed": eta = lr, as printed (one gradient a
-    step); "backtracking": eta per sample, halved until G falls (at most `halvings` times, else no move) and
-    doubled after an accepted step, so G never rises (up to 1 + halvings passes a step; NOTE(paper gap) 18).
-    targets: normalised 2D keypoints (B, 24, 2); scale: pixels per normalised unit (crop height); kept:
-    {P: None} for P <= steps, filled with e after P steps (one descent gives every shorter one); weights:
-    (B, 24) per-joint weights of the 2D term (None: every joint 1, as Eq. 3).
-    -> (refined code vectors (B, L, D), G before (B,), G after (B,))."""
-    e = tokenizer.quantizer.codebook[ids].detach().clone()
-    with torch.no_grad():
-        t = bodymodels.weak_perspective_to_translation(cam, FOCAL_LENGTH, CROP_SIZE)
-        R0 = tokenizer.decode(e)
-    eta = torch.full((len(e), 1, 1), float(lr), device=e.device)
-    G_start = G = None
-    kept = {} if kept is None else kept
-    for done in range(steps + 1):
-        if done in kept:
-            kept[done] = e.detach()
-        if done == steps:
-            break
-        with torch.enable_grad():
-            e.requires_grad_(True)
-            G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights)
-            grad, = torch.autograd.grad(G.sum(), e)  # only e: no parameter receives a gradient
-        e, G = e.detach(), G.detach()
-        G_start = G if G_start is None else G_start
-        if step == "fixed":  # Eq. (4) as printed; G is that of the step's start
-            e = e - eta * grad
-        else:
-            e, G, eta = _backtrack(tokenizer, e, G, grad, eta, (betas, t, targets, R0, reg, scale, weights), halvings)
-    if step == "fixed" and steps:
-        with torch.no_grad():
-            G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights)
-    if G is None:
-        with torch.no_grad():
-            G_start = G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights)
-    return e, G_start, G
-
-
-@torch.no_grad()
-def _backtrack(tokenizer, e, G, grad, eta, args, halvings):
-    """One Eq. (4) step per sample with the largest eta / 2^i (i < halvings) that lowers G."""
-    done = torch.zeros(len(e), dtype=torch.bool, device=e.device)
-    for _ in range(halvings):
-        trial = e - eta * grad
-        G_trial = refinement_objective(tokenizer, trial, *args)
-        accept = (G_trial < G) & ~done
-        e = torch.where(accept[:, None, None], trial, e)
-        G = torch.where(accept, G_trial, G)
-        eta = torch.where((~done & ~accept)[:, None, None], eta / 2, eta)
-        done |= accept
-        if bool(done.all()):
-            break
-    return e, G, torch.where(done[:, None, None], eta * 2, eta)
-
-
-def keypoint_noise(index, std_px, shape):
-    """N(0, std_px^2) noise (B, *shape) in pixels, one generator per sample seeded by its dataset
-    index (B,): the same whichever rank or batch evaluates the sample."""
-    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(i))) for i in index.reshape(-1)]
-    return torch.stack(noise).to(index.device) * std_px
 
 
 def context_masks(index, L, visible=0.75):
@@ -1518,63 +1583,8 @@ def context_accuracies(model, levels, batch):
     return out
 
 
-def mesh_outputs(tokenizer, R, betas, cam, prefix=""):
-    """SMPL mesh in the labels' camera frame -> {joints3d, verts, joints2d (normalised), cam_t}."""
-    verts, joints = tokenizer.body(R, betas)
-    uv, t = project(joints, cam)
-    return {f"{prefix}joints3d": joints + t[:, None], f"{prefix}verts": verts + t[:, None],
-            f"{prefix}joints2d_norm": uv, f"{prefix}cam_t": t}
-
-
-@torch.no_grad()
-def predict(model, batch, cfg):
-    """UGS (cfg.ugs_iterations, schedule, top_k, choice_temperature: its noise seeded by batch["index"]), then
-    refinement (cfg.refine_steps) against
-    batch["joints2d"] + keypoint_noise -> per-sample tensors: joints3d (B, 24, 3), verts (B, 6890, 3)
-    in metres in the labels' camera frame, joints2d (B, 24, 2) pixels, ids, betas; the same with
-    prefix refined_; reproj_error_px and refined_reproj_error_px (B,): mean 2D distance to the
-    keypoints refinement was given. And the report-only table (Tables 2, 3, 11): joints3d of UGS for
-    every T in cfg.table_iterations x schedule (table_{schedule}_T{T}_joints3d) and of refinement for
-    every P in cfg.table_refine_steps (table_refine_P{P}_joints3d), and `soft_readout`'s (table_soft_T1_joints3d).
-    The image is encoded once."""
-    model = _unwrap(model)
-    images, tok = batch["image"], model.tokenizer
-    H, W = images.shape[-2:]
-    levels, betas, cam = model.encode_image(images)
-    if "index" not in batch:
-        raise ValueError("genhmr.predict: the batch needs 'index' (B,), the samples' dataset indices that seed "
-                         "the keypoint noise (data.Indexed adds it)")
-    ugs = functools.partial(sample_from_features, model, levels, schedule=cfg.schedule, top_k=cfg.top_k,
-                            choice_temperature=cfg.choice_temperature, seeds=batch["index"])
-    ids = ugs(T=cfg.ugs_iterations)[0]
-    out = mesh_outputs(tok, tok.decode_ids(ids), betas, cam)
-    targets_px = batch["joints2d"].float() + keypoint_noise(batch["index"], cfg.refine_noise_px, (NUM_JOINTS, 2))
-    targets = normalised_keypoints(targets_px, (H, W))
-    refined = dict.fromkeys((cfg.refine_steps, *cfg.table_refine_steps))  # one descent, every P read from it
-    weights = batch.get("joints2d_weight")  # real data: 0 for the joints without a 2D keypoint
-    refine(tok, ids, betas, cam, targets, max(refined), cfg.refine_lr, cfg.refine_reg, float(H), kept=refined,
-           weights=None if weights is None else weights.float(), step=cfg.refine_step)
-    out.update(mesh_outputs(tok, tok.decode(refined[cfg.refine_steps]), betas, cam, "refined_"))
-    for prefix in ("", "refined_"):
-        uv = out.pop(f"{prefix}joints2d_norm")
-        out[f"{prefix}joints2d"] = uv * H + uv.new_tensor([W / 2, H / 2])
-        dist = (out[f"{prefix}joints2d"] - targets_px).norm(dim=-1)  # (B, 24)
-        out[f"{prefix}reproj_error_px"] = (dist.mean(-1) if weights is None
-                                           else (dist * (weights > 0)).sum(-1) / (weights > 0).sum(-1).clamp_min(1))
-    out.update(ids=ids, betas=betas, **context_accuracies(model, levels, batch))
-    for schedule in SCHEDULES if cfg.table_iterations else ():
-        for T in cfg.table_iterations:
-            table_ids = ugs(T=T, schedule=schedule)[0]
-            out[f"table_{schedule}_T{T}_joints3d"] = tok.body.joints(tok.decode_ids(table_ids), betas)
-    if cfg.table_iterations:
-        out["table_soft_T1_joints3d"] = tok.body.joints(soft_readout(model, levels), betas)
-    for P in cfg.table_refine_steps:
-        out[f"table_refine_P{P}_joints3d"] = tok.body.joints(tok.decode(refined[P]), betas)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
-# 8. Tools: parameter counts, timing, a visible demo, `--image`
+# Appendix E. Running it: parameter counts, timing, a visible demo, `--image` (argparse and main)
 
 
 def count_parameters(module):
