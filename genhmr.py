@@ -3,67 +3,24 @@
 One person crop in, an SMPL mesh out, through two trained stages and a two-step inference:
 
     stage 1  pose tokenizer (VQ-VAE):  theta (24 x 3) -> E -> z (L x D) -> nearest code -> ids (L) -> D -> theta
-    (init)   the paper does not say where its ViT-H starts; its neighbours HMR2.0 and TokenHMR start from
-             ViTPose-H. Here stage "genhmr_backbone" (`PoseRegressor`: the ViT + HMR2.0's SMPL head, HMR2.0's
-             losses) trains it by SMPL regression, from ViTPose-H or HMR2.0 weights if given (`load_backbone`)
+    (init)   stage "genhmr_backbone": the ViT trained by SMPL regression (the paper's start is unstated)
     stage 2  image -> ViT -> pyramid {1x, 4x, 8x} ; [MASK]ed ids -> masked transformer (self-attn -> MSDA
              -> FFN) x 4 -> logits (L x K) ; beta, camera from the image features
     infer    uncertainty-guided sampling (T iterations, re-mask the least confident) -> ids
              -> 2D-pose-guided refinement (Eqs. 2-4: gradient descent on the code vectors) -> SMPL
 
-The module is train.py's image stage (`CONFIGS`, `build_model`, `training_loss`, `predict`,
-`learning_rate`; `TOKENIZER` is the tokenizer's, `BACKBONE` the backbone stage's; `ABLATIONS` the paper's
-Tables 2-6, 11, 13-16 as rows of config overrides for `train.py --ablation`):
-`torchrun --standalone --nproc_per_node=2 train.py --model genhmr` trains "genhmr_tokenizer", then
-"genhmr_backbone" (holding the frozen tokenizer), then "genhmr" from it, each scored against
-`metrics.MeanPoseBaseline`. `python genhmr.py --image PATH [--keypoints FILE]` runs that trained chain on
-a photograph: UGS, with keypoints also refinement, the mesh placed in the full image (CLIFF's camera).
+Sections: 1 the pose tokenizer; 2 the image stage (pyramid, masked transformer, `GenHMR`); 3 training
+losses; 4 inference (UGS, refinement, `predict`); 5 configs (`PAPER`, `TINY`), `build_model`, train.py's
+stages. Appendices: A support architecture (SMPL, the ViT, the backbone stage with HMR2.0's SMPL head);
+B official checkpoints; C `ABLATIONS`; D diagnostics; E running it (`--image`, `--bench`, `--params`).
 
-Conventions: bodymodels.py's (column vectors, 6D = first two COLUMNS, axis-angle, metres, OpenCV
-camera). HMR2.0's camera: the head predicts [s, tx, ty], t = [tx, ty, 2 f / (S s)], f = 5000, S = 256;
-2D points in normalised crop coordinates uv = (pixel - (W/2, H/2)) / H. Images (B, 3, H, W) RGB in [0, 1].
-
-NOTE(paper gap) list (each also stands at its spot):
-1. Tokenizer input 6D (TokenHMR); axis-angle (a config value) jumps near pi, where camera-frame roots sit.
-2. Tokenizer widths and resampling (24 joints -> 2L -> L tokens, L a multiple of 24): TokenHMR-like.
-3. lambda_alpha unstated, lambda_E moot with an EMA codebook: 0.02 weights the squared commitment error (T2M-GPT).
-4. Tokenizer L_V, L_J at beta = 0 with the global orientation; L_theta is L1 on rotation matrices.
-5. Tokenizer augmentation: random yaw and in-plane roll of the global orientation (ranges unstated).
-6. EMA statistics all-reduced (sum) before the update; reset candidates broadcast from rank 0.
-7. Pyramid "N x" is per side of the patch grid; ConvTranspose(2, 2) + LayerNorm + GELU.
-8. Decoder width, heads, points, FFN, norm placement: Deformable-DETR defaults, pre-norm.
-9. Reference points: learnable sigmoid(r) per token spread over the image (Deformable DETR's start all at
-   the centre); no positional encoding on the pyramid.
-10. beta/camera head: pooled 1x ViT map -> MLP -> residual on HMR2.0's mean parameters.
-11. Masking: tau per sample, m clamped to [1, L]; visible tokens swapped for random codes w.p. 1 - pkeep (MMM).
-12. Eq. 1 over all L positions (as printed); "masked" is a config value.
-13. Gumbel-ST sample at all positions; GT tokens at visible ones is a config value.
-14. Temperature held at tau_end after the anneal; the step count lives in a buffer.
-15. Loss forms: HMR2.0/TokenHMR's (L1 keypoints, MSE on R and beta, summed over joints and coordinates; CE
-    averaged). They also sum over each GPU's 48 samples: here loss_batch (48) x the mean over samples, so a
-    loss means the same on any number of ranks.
-16. Stage-2 schedule unstated: constant lr, 100K steps (TokenHMR-like).
-17. UGS: confidence = probability of the chosen token (+ MaskGIT's annealed Gumbel noise on its log when
-    choice_temperature > 0); fixed tokens stay fixed; ties to the lower index; ceil(gamma(t / T) L)
-    re-masked after iteration t, none after T.
-18. Refinement descends on the code vectors (no re-quantisation); G = squared reprojection error in
-    crop pixels + lambda ||R - R_0||^2; Eq. (4)'s eta unstated (0.03, fixed); a per-sample backtracking eta
-    (G never rises; up to 7 passes a step, so not the paper's AITI) is an option; beta, camera fixed.
-19. Symbols kept apart: L tokens vs n_levels (MSDA's L); tau the mask variable vs the Gumbel temperature;
-    training's cos(pi tau / 2) vs UGS's (1 + cos(pi t / T)) / 2.
-20. TINY only: loss_batch = 1 (the geometric terms are per-sample means, not x 48): with the sums over a
-    rank's 16 samples, the Gumbel-ST gradient swamped L_mask.
-21. TINY only: token head tied to the frozen codebook: logit_k = -exp(s) ||W h - c_k||^2; PAPER has the
-    paper's plain logits, Linear(d, K).
-22. TINY only: a conv stem instead of the linear 8 x 8 patch embedding.
-23. Backbone stage (`PoseRegressor`, "genhmr_backbone"), the paper's unstated initialisation: GenHMR's ViT
-    with HMR2.0's SMPL head and losses (TINY: flatten -> MLP pose head), from ViTPose-H or HMR2.0 weights
-    when given; the image stage starts from its ViT.
-24. Token and position embeddings start at N(0, 0.02) (BERT / MaskGIT; the paper states no init).
-
-Symbols: B batch, J = 24 joints, V = 6890 vertices, L tokens, K codes, D code dimension, C ViT width,
-d decoder width, M heads, n_levels pyramid levels, P sampling points, T UGS iterations, theta pose,
-beta shape, R rotation matrices, e code vectors, Y token ids, tau Gumbel temperature.
+Conventions: bodymodels.py's (column vectors, 6D = first two COLUMNS, axis-angle, metres, OpenCV camera).
+HMR2.0's camera [s, tx, ty]: t = [tx, ty, 2 f / (S s)], f = 5000, S = 256; 2D points in normalised crop
+coordinates uv = (pixel - (W/2, H/2)) / H. Images (B, 3, H, W) RGB in [0, 1]. Symbols: B batch, J = 24
+joints, V = 6890 vertices, L tokens, K codes, D code dimension, C ViT width, d decoder width, M heads,
+n_levels pyramid levels, P sampling points, T UGS iterations, theta pose, beta shape, R rotation matrices,
+e code vectors, Y token ids, tau Gumbel temperature.
+Where this differs from the paper (`NOTE(paper gap) N` in the code), the stages and results: docs/genhmr.md.
 """
 
 import argparse
