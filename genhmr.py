@@ -150,8 +150,7 @@ class PoseTokenizer(nn.Module):
 
     Encoder: Conv(C_in -> w) -> nearest x (2 L / 24) -> Conv -> [Conv(k4, s2) -> Resnet1D] (2L -> L)
     -> Conv(w -> D). Decoder: Conv(D -> w) -> Resnet1D -> Conv(k = s = L / 24) (L -> 24) -> Conv -> 6D.
-    NOTE(paper gap) 2: TokenHMR-like; the paper says "ResBlocks and 1D convolutions for both encoder and
-    decoder, with a single quantization layer".
+    NOTE(paper gap) 2: TokenHMR-like; the paper names only ResBlocks, 1D convolutions and one quantizer.
     """
 
     def __init__(self, cfg, body=None):
@@ -382,27 +381,21 @@ class DecoderLayer(nn.Module):
 class MaskedTransformer(nn.Module):
     """token_generator: ids Y_M (B, L) with [MASK] = K, pyramid, codebook C (K, D) -> logits (B, L, K) of
     p(y_i | Y_M, X). Output head (cfg.token_head): "linear", the paper's logits, Linear(d, K) on the normed
-    last token state h; or "tied" (TINY only).
-
-    NOTE(paper gap) 21 (TINY only): the output head is tied to the frozen codebook: logit_k = -exp(s)
-    ||W h - c_k||^2, W (D x d), s a learnable log-scale started at -log(mean squared distance between
-    nearest codes). The paper says only "logits over the codebook"; MaskGIT ties its output to the
-    token embedding. Tied, a code's logit rises with every step towards any code near it, so the head
-    learns the codebook's geometry instead of K unrelated classes (measured on the tiny setting: an
-    untied Linear(d, K) stayed at each position's most frequent code)."""
+    last token state h; or "tied" to the frozen codebook (TINY only): logit_k = -exp(s) ||W h - c_k||^2,
+    W (D x d), s a learnable log-scale started at -log(mean squared distance between nearest codes).
+    NOTE(paper gap) 21: tied, a code's logit rises with every step towards any code near it (the codebook's
+    geometry is learned, not K unrelated classes)."""
 
     def __init__(self, cfg, num_tokens, num_codes, code_dim):
         super().__init__()
         d, self.mask_id = cfg.d_model, num_codes
-        # NOTE(paper gap) 24: token and position embeddings at one scale, N(0, 0.02) (BERT / MaskGIT): N(0, 1) left
-        # the positions 1/50 of the tokens (1/20 after training), so self-attention could not find a token's
-        # neighbours and the trained generator ignored its context (docs/genhmr.md, "Why the context went unused")
+        # NOTE(paper gap) 24: token and position embeddings at one scale, N(0, 0.02) (BERT / MaskGIT), so that
+        # self-attention can find a token's neighbours by position
         self.tok_emb = nn.Embedding(num_codes + 1, d)  # the last row is the learnable [MASK]
         nn.init.normal_(self.tok_emb.weight, std=0.02)
         self.pos_emb = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
         # learnable reference points p_y = sigmoid(r_y), r (L, 2), spread over the image at the start
-        # (NOTE(paper gap) 9: Deformable DETR's sigmoid(Linear(pos)) with a 0.02-std position embedding
-        # put all L points within a pixel of the centre: every token read the same place)
+        # NOTE(paper gap) 9: Deformable DETR's start puts all L points at the centre: every token reads one place
         self.reference = nn.Parameter(torch.logit(torch.rand(num_tokens, 2) * 0.8 + 0.1))
         self.layers = nn.ModuleList(DecoderLayer(cfg, len(cfg.feature_scales)) for _ in range(cfg.num_layers))
         self.tied = cfg.token_head == "tied"
@@ -919,7 +912,7 @@ class GenHMRConfig:
     choice_temperature: float = 0.0  # UGS re-masks by log p + c (1 - t / T) Gumbel (MaskGIT); 0 = by p alone. NOTE 17
     refine_steps: int = 20  # P (Table 1 = Table 3's 20-iteration row)
     refine_step: str = "fixed"  # Eq. (4): "fixed" eta = refine_lr (as printed) | "backtracking" (NOTE(paper gap) 18)
-    refine_lr: float = 0.03  # eta of Eq. (4), unstated: the best of 0.003-1 at TINY (docs/genhmr.md); G is in crop px^2
+    refine_lr: float = 0.03  # eta of Eq. (4), unstated: chosen at TINY (docs/genhmr.md); G is in crop px^2
     refine_reg: float = 10.0  # lambda_theta' (px^2 per unit ||R - R_0||^2)
     refine_noise_px: float = 1.0  # evaluation keypoints = GT projection + N(0, 1 px)
     table_iterations: tuple = (1, 2, 3, 5, 10)  # report-only rows of `predict`: T x the four schedules (Tables 2, 11)
@@ -977,15 +970,14 @@ TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 ->
     image_size=(64, 48), patch_size=8, vit_width=128, vit_depth=4, vit_heads=4, vit_mlp_ratio=2.0, drop_path=0.0,
     conv_stem=(32, 64, 128), feature_scales=(1, 2), d_model=64, num_layers=3, num_heads=4, ffn_dim=128, dropout=0.0,
     # the image stage fine-tunes the backbone stage's ViT (the paper's start is unstated); levels (1, 2, 4) cost
-    # 27 % more time a step for no measured gain
+    # more time a step for no gain (docs/genhmr.md)
     head_hidden=128, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
     token_head="tied", regressor_head="mlp", count_table=True,  # NOTE(paper gap) 21, 23
     pkeep=0.5, choice_temperature=4.5,  # MMM's input swap, MaskGIT's confidence noise (docs/genhmr.md, issue 34)
-    # NOTE(paper gap) 20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48). Summed
-    # over 16 samples, CE stayed at ln K for 300 steps; averaged, CE and L_3D both fall from the first 100 steps
+    # NOTE(paper gap) 20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48): summed,
+    # the Gumbel-ST gradient swamps L_mask
     loss_batch=1,
-    # Eq. (4)'s fixed eta = 0.03, as PAPER: after 20 steps 110.0 mm against the backtracking's 119.1 (1.8 vs 3.0 s for
-    # 128 crops; seed 0, UGS 154.4 mm); eta 0.01 / 0.1 / 0.3 / 1: 113.6 / 113.6 / 137.4 / 177.0 (docs/genhmr.md)
+    # Eq. (4)'s fixed eta = 0.03, as PAPER: nearer in 3D than the backtracking step, and cheaper (docs/genhmr.md)
     weight_decay=0.0, grad_clip=1.0, gpus=0, reported_3dpw_mpjpe_mm=0.0, reported_ugs_3dpw_mpjpe_mm=0.0,
     data="data.SyntheticBodies")
 CONFIGS = {"paper": PAPER, "tiny": TINY}
@@ -1159,8 +1151,8 @@ class ViT(nn.Module):
 def conv_stem(widths, out):
     """NOTE(paper gap) 22 (TINY only): a convolutional patch embedding (Xiao et al. 2021, "Early
     convolutions help transformers see better"): per width c, Conv3x3 stride 2 -> BN -> ReLU -> Conv3x3
-    -> BN -> ReLU, then Conv1x1 -> the ViT width; len(widths) = log2(patch) stages. A 64 x 48 crop's
-    8 x 8 patches through one linear map learned no body pose in two CPU-core minutes."""
+    -> BN -> ReLU, then Conv1x1 -> the ViT width; len(widths) = log2(patch) stages. One linear map of a
+    small crop's 8 x 8 patches learns body pose too slowly."""
     layers, c_in = [], 3
     for c in widths:
         layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
@@ -1268,7 +1260,7 @@ class PoseRegressor(nn.Module):
     frozen pose tokenizer rides along (its SMPL layer poses the predictions) to be handed on.
     NOTE(paper gap) 23: head "hmr2" is HMR2.0's (`HMR2Head`); TINY's "mlp" is flatten -> MLP for the
     pose and GenHMR's pooled shape/camera head, the smallest head that keeps where things are in the map
-    (pooled, the tiny ViT learned no articulation); the image stage starts from that head too."""
+    (pooling loses it); the image stage starts from that head too."""
 
     def __init__(self, cfg, tokenizer):
         super().__init__()
