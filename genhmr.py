@@ -96,7 +96,8 @@ class QuantizeEMAReset(nn.Module):
         """K rows of flat (N, D), tiled with noise when N < K, in a random order; rank 0's under DDP."""
         if len(flat) < self.num_codes:
             reps = math.ceil(self.num_codes / len(flat))
-            flat = flat.repeat(reps, 1) + torch.randn(len(flat) * reps, self.dim, device=flat.device) * 0.01 / math.sqrt(self.dim)
+            flat = (flat.repeat(reps, 1)
+                    + torch.randn(len(flat) * reps, self.dim, device=flat.device) * 0.01 / math.sqrt(self.dim))
         out = flat[torch.randperm(len(flat), device=flat.device)[:self.num_codes]].contiguous()
         if _distributed():
             dist.broadcast(out, 0)
@@ -368,7 +369,8 @@ class DecoderLayer(nn.Module):
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.self_attn = Attention(d, cfg.num_heads)
         self.cross_attn = MSDeformAttn(d, cfg.num_heads, levels, cfg.num_points)
-        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, d))
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                 nn.Linear(cfg.ffn_dim, d))
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, y, reference, levels):
@@ -591,9 +593,11 @@ def smpl_losses(raw, R, betas, cam, batch, cfg):
     # real data (data.HMR2Npz) lacks some labels: optional masks, 1 where known (HMR2.0's has_smpl_params
     # and keypoint confidences), each multiplying its term; synthetic samples have every label
     ones = torch.ones(len(R), device=R.device)
-    w2d, w3d = (batch.get(k, ones[:, None].expand(-1, NUM_JOINTS)).float() for k in ("joints2d_weight", "joints3d_weight"))
+    w2d, w3d = (batch.get(k, ones[:, None].expand(-1, NUM_JOINTS)).float()
+                for k in ("joints2d_weight", "joints3d_weight"))
     per_sample = {"pose": ((R - R_gt) ** 2).sum((1, 2, 3)) * batch.get("has_smpl_pose", ones).float(),  # (B,)
-                  "betas": ((betas - batch["smpl_shape"].float()) ** 2).sum(1) * batch.get("has_smpl_shape", ones).float(),
+                  "betas": (((betas - batch["smpl_shape"].float()) ** 2).sum(1)
+                            * batch.get("has_smpl_shape", ones).float()),
                   "joints3d": (((joints - joints[:, PELVIS:PELVIS + 1])
                                 - (j3d_gt - j3d_gt[:, PELVIS:PELVIS + 1])).abs().sum(2) * w3d).sum(1),
                   "joints2d": ((uv - uv_gt).abs().sum(2) * w2d).sum(1)}
@@ -1402,12 +1406,14 @@ ABLATIONS = {
                    rows=tuple((f"U(0, {m})", {"mask_tau_max": m}, f) for m, f in (
                        (1.0, (68.1, 77.5)), (0.3, (72.1, 84.2)), (0.5, (69.8, 81.7)), (0.7, (67.9, 77.1)))),
                    chosen="U(0, 1.0)"),
-    "table5": dict(caption="Codebook size x code dimension, 96 tokens (Table 5, the tokenizer)", stage="genhmr_tokenizer",
+    "table5": dict(caption="Codebook size x code dimension, 96 tokens (Table 5, the tokenizer)",
+                   stage="genhmr_tokenizer",
                    columns=(("tokenizer_mpjpe_mm", "MPJPE (mm), AMASS"), ("tokenizer_pve_mm", "MVE (mm), AMASS")),
                    rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96}, f)
                               for (K, D), f in zip(_CODEBOOKS, ((10.5, 9.2), (8.9, 8.1), (8.5, 7.8), (6.1, 5.9)))),
                    chosen="2048x256"),
-    "table6": dict(caption="Number of pose tokens, codebook 2048 x 256 (Table 6, the tokenizer)", stage="genhmr_tokenizer",
+    "table6": dict(caption="Number of pose tokens, codebook 2048 x 256 (Table 6, the tokenizer)",
+                   stage="genhmr_tokenizer",
                    columns=(("tokenizer_mpjpe_mm", "MPJPE (mm), AMASS"), ("tokenizer_pve_mm", "MVE (mm), AMASS")),
                    rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256}, f) for L, f in (
                        (48, (11.1, 10.5)), (96, (8.5, 7.8)), (192, (7.8, 6.9)), (384, (7.1, 6.0)))), chosen="96"),
@@ -1421,12 +1427,16 @@ ABLATIONS = {
                         ("sqrt", 10, (73.1, 83.0)), ("sqrt", 15, (73.3, 83.3)), ("sqrt", 20, (73.6, 83.5)))),
                     chosen="cosine T=5"),
     "table13": dict(caption="Codebook size x code dimension, 96 tokens, on GenHMR (Table 13)", columns=_3DPW,
-                    rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96, "count_table": False}, f)
-                               for (K, D), f in zip(_CODEBOOKS, ((70.1, 82.5), (69.9, 80.3), (68.1, 77.5), (69.5, 80.4)))),
+                    rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96,
+                                             "count_table": False}, f)
+                               for (K, D), f in zip(_CODEBOOKS, ((70.1, 82.5), (69.9, 80.3), (68.1, 77.5),
+                                                                 (69.5, 80.4)))),
                     chosen="2048x256"),
     "table14": dict(caption="Number of pose tokens, codebook 2048 x 256, on GenHMR (Table 14)", columns=_3DPW,
-                    rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256, "count_table": False}, f)
-                               for L, f in ((48, (68.5, 80.5)), (96, (68.1, 77.5)), (192, (72.5, 83.6)), (384, (82.5, 91.5)))), chosen="96"),
+                    rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256,
+                                         "count_table": False}, f)
+                               for L, f in ((48, (68.5, 80.5)), (96, (68.1, 77.5)), (192, (72.5, 83.6)),
+                                            (384, (82.5, 91.5)))), chosen="96"),
     "table15": dict(caption="Feature-pyramid levels of the image encoder (Table 15)",
                     columns=(("mpjpe_mm", "MPJPE (mm), 3DPW"),),
                     rows=tuple((" ".join(f"{s}x" for s in scales), {"feature_scales": scales}, (f,)) for scales, f in (
@@ -1526,7 +1536,8 @@ def context_accuracies(model, levels, batch):
     def accuracy(pred):
         acc = ((pred == y) & hidden).sum(1) / hidden.sum(1)
         return torch.where(labelled, acc.float(), torch.full_like(acc.float(), math.nan))
-    out = {"masked_token_accuracy_75": accuracy(model.logits(y.masked_fill(hidden, model.num_codes), levels).argmax(-1))}
+    out = {"masked_token_accuracy_75":
+           accuracy(model.logits(y.masked_fill(hidden, model.num_codes), levels).argmax(-1))}
     if model.counts is not None:
         out["count_table_accuracy_75"] = accuracy(model.counts.predict(y, hidden))
     return out
