@@ -3,67 +3,24 @@
 One person crop in, an SMPL mesh out, through two trained stages and a two-step inference:
 
     stage 1  pose tokenizer (VQ-VAE):  theta (24 x 3) -> E -> z (L x D) -> nearest code -> ids (L) -> D -> theta
-    (init)   the paper does not say where its ViT-H starts; its neighbours HMR2.0 and TokenHMR start from
-             ViTPose-H. Here stage "genhmr_backbone" (`PoseRegressor`: the ViT + HMR2.0's SMPL head, HMR2.0's
-             losses) trains it by SMPL regression, from ViTPose-H or HMR2.0 weights if given (`load_backbone`)
+    (init)   stage "genhmr_backbone": the ViT trained by SMPL regression (the paper's start is unstated)
     stage 2  image -> ViT -> pyramid {1x, 4x, 8x} ; [MASK]ed ids -> masked transformer (self-attn -> MSDA
              -> FFN) x 4 -> logits (L x K) ; beta, camera from the image features
     infer    uncertainty-guided sampling (T iterations, re-mask the least confident) -> ids
              -> 2D-pose-guided refinement (Eqs. 2-4: gradient descent on the code vectors) -> SMPL
 
-The module is train.py's image stage (`CONFIGS`, `build_model`, `training_loss`, `predict`,
-`learning_rate`; `TOKENIZER` is the tokenizer's, `BACKBONE` the backbone stage's; `ABLATIONS` the paper's
-Tables 2-6, 11, 13-16 as rows of config overrides for `train.py --ablation`):
-`torchrun --standalone --nproc_per_node=2 train.py --model genhmr` trains "genhmr_tokenizer", then
-"genhmr_backbone" (holding the frozen tokenizer), then "genhmr" from it, each scored against
-`metrics.MeanPoseBaseline`. `python genhmr.py --image PATH [--keypoints FILE]` runs that trained chain on
-a photograph: UGS, with keypoints also refinement, the mesh placed in the full image (CLIFF's camera).
+Sections: 1 the pose tokenizer; 2 the image stage (pyramid, masked transformer, `GenHMR`); 3 training
+losses; 4 inference (UGS, refinement, `predict`); 5 configs (`PAPER`, `TINY`), `build_model`, train.py's
+stages. Appendices: A support architecture (SMPL, the ViT, the backbone stage with HMR2.0's SMPL head);
+B official checkpoints; C `ABLATIONS`; D diagnostics; E running it (`--image`, `--bench`, `--params`).
 
-Conventions: bodymodels.py's (column vectors, 6D = first two COLUMNS, axis-angle, metres, OpenCV
-camera). HMR2.0's camera: the head predicts [s, tx, ty], t = [tx, ty, 2 f / (S s)], f = 5000, S = 256;
-2D points in normalised crop coordinates uv = (pixel - (W/2, H/2)) / H. Images (B, 3, H, W) RGB in [0, 1].
-
-NOTE(paper gap) list (each also stands at its spot):
-1. Tokenizer input 6D (TokenHMR); axis-angle (a config value) jumps near pi, where camera-frame roots sit.
-2. Tokenizer widths and resampling (24 joints -> 2L -> L tokens, L a multiple of 24): TokenHMR-like.
-3. lambda_alpha unstated, lambda_E moot with an EMA codebook: 0.02 weights the squared commitment error (T2M-GPT).
-4. Tokenizer L_V, L_J at beta = 0 with the global orientation; L_theta is L1 on rotation matrices.
-5. Tokenizer augmentation: random yaw and in-plane roll of the global orientation (ranges unstated).
-6. EMA statistics all-reduced (sum) before the update; reset candidates broadcast from rank 0.
-7. Pyramid "N x" is per side of the patch grid; ConvTranspose(2, 2) + LayerNorm + GELU.
-8. Decoder width, heads, points, FFN, norm placement: Deformable-DETR defaults, pre-norm.
-9. Reference points: learnable sigmoid(r) per token spread over the image (Deformable DETR's start all at
-   the centre); no positional encoding on the pyramid.
-10. beta/camera head: pooled 1x ViT map -> MLP -> residual on HMR2.0's mean parameters.
-11. Masking: tau per sample, m clamped to [1, L]; visible tokens swapped for random codes w.p. 1 - pkeep (MMM).
-12. Eq. 1 over all L positions (as printed); "masked" is a config value.
-13. Gumbel-ST sample at all positions; GT tokens at visible ones is a config value.
-14. Temperature held at tau_end after the anneal; the step count lives in a buffer.
-15. Loss forms: HMR2.0/TokenHMR's (L1 keypoints, MSE on R and beta, summed over joints and coordinates; CE
-    averaged). They also sum over each GPU's 48 samples: here loss_batch (48) x the mean over samples, so a
-    loss means the same on any number of ranks.
-16. Stage-2 schedule unstated: constant lr, 100K steps (TokenHMR-like).
-17. UGS: confidence = probability of the chosen token (+ MaskGIT's annealed Gumbel noise on its log when
-    choice_temperature > 0); fixed tokens stay fixed; ties to the lower index; ceil(gamma(t / T) L)
-    re-masked after iteration t, none after T.
-18. Refinement descends on the code vectors (no re-quantisation); G = squared reprojection error in
-    crop pixels + lambda ||R - R_0||^2; Eq. (4)'s eta unstated (0.03, fixed); a per-sample backtracking eta
-    (G never rises; up to 7 passes a step, so not the paper's AITI) is an option; beta, camera fixed.
-19. Symbols kept apart: L tokens vs n_levels (MSDA's L); tau the mask variable vs the Gumbel temperature;
-    training's cos(pi tau / 2) vs UGS's (1 + cos(pi t / T)) / 2.
-20. TINY only: loss_batch = 1 (the geometric terms are per-sample means, not x 48): with the sums over a
-    rank's 16 samples, the Gumbel-ST gradient swamped L_mask.
-21. TINY only: token head tied to the frozen codebook: logit_k = -exp(s) ||W h - c_k||^2; PAPER has the
-    paper's plain logits, Linear(d, K).
-22. TINY only: a conv stem instead of the linear 8 x 8 patch embedding.
-23. Backbone stage (`PoseRegressor`, "genhmr_backbone"), the paper's unstated initialisation: GenHMR's ViT
-    with HMR2.0's SMPL head and losses (TINY: flatten -> MLP pose head), from ViTPose-H or HMR2.0 weights
-    when given; the image stage starts from its ViT.
-24. Token and position embeddings start at N(0, 0.02) (BERT / MaskGIT; the paper states no init).
-
-Symbols: B batch, J = 24 joints, V = 6890 vertices, L tokens, K codes, D code dimension, C ViT width,
-d decoder width, M heads, n_levels pyramid levels, P sampling points, T UGS iterations, theta pose,
-beta shape, R rotation matrices, e code vectors, Y token ids, tau Gumbel temperature.
+Conventions: bodymodels.py's (column vectors, 6D = first two COLUMNS, axis-angle, metres, OpenCV camera).
+HMR2.0's camera [s, tx, ty]: t = [tx, ty, 2 f / (S s)], f = 5000, S = 256; 2D points in normalised crop
+coordinates uv = (pixel - (W/2, H/2)) / H. Images (B, 3, H, W) RGB in [0, 1]. Symbols: B batch, J = 24
+joints, V = 6890 vertices, L tokens, K codes, D code dimension, C ViT width, d decoder width, M heads,
+n_levels pyramid levels, P sampling points, T UGS iterations, theta pose, beta shape, R rotation matrices,
+e code vectors, Y token ids, tau Gumbel temperature.
+Where this differs from the paper (`NOTE(paper gap) N` in the code), the stages and results: docs/genhmr.md.
 """
 
 import argparse
@@ -90,294 +47,9 @@ FOCAL_LENGTH, CROP_SIZE = 5000.0, 256.0  # HMR2.0's camera (FACTS "Rotations and
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SCHEDULES = ("cosine", "linear", "cubic", "sqrt")
 
-# ---------------------------------------------------------------------------------------------
-# 1. Configs
-
-
-@dataclass
-class TokenizerConfig:
-    # --- architecture (App. > Implementation Details; Tables 5, 6) ---
-    num_tokens: int = 96  # L (Table 6: 96 chosen)
-    codebook_size: int = 2048  # K (Table 5: 2048 x 256 chosen)
-    code_dim: int = 256  # D
-    width: int = 512  # conv width. NOTE(paper gap) 2: unstated; TokenHMR's
-    res_depth: int = 2  # ResBlocks per Resnet1D (TokenHMR)
-    dilation_growth: int = 3  # dilations 1, 3, 9, ... (TokenHMR)
-    input_rep: str = "rot6d"  # "rot6d" | "axis_angle". NOTE(paper gap) 1
-    ema_decay: float = 0.99  # EMA codebook (Method: "exponential moving average and codebook reset")
-    # --- loss Eq. Lvq (App. > Implementation Details) ---
-    w_re: float = 1.0  # lambda_re
-    w_pose: float = 1.0  # lambda_theta
-    w_verts: float = 0.5  # lambda_V
-    w_joints: float = 0.3  # lambda_J
-    w_commit: float = 0.02  # lambda_E used as commitment weight. NOTE(paper gap) 3
-    loss_vertices: int = 0  # vertices in L_V, evenly strided (0 = all 6890)
-    # --- augmentation (App. > Data Augmentation: "we rotate the poses at varying degrees") ---
-    aug_yaw_deg: float = 180.0  # NOTE(paper gap) 5: ranges unstated
-    aug_roll_deg: float = 30.0
-    # --- recipe read by train.py (App. > Implementation Details) ---
-    batch_size: int = 512  # global batch
-    lr: float = 1e-4  # Adam
-    max_steps: int = 200_000  # "200K iterations"
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"  # "constant" | "cosine" (to lr * 0.01 at max_steps)
-    weight_decay: float = 0.0  # Adam
-    grad_clip: float = 0.0
-    amp: bool = False
-    # --- hardware and data as reported ---
-    gpus: int = 0  # not stated
-    data: str = "AMASS train + MOYO (SMPL-H -> SMPL)"  # Experiments > Datasets
-
-    def __post_init__(self):
-        _check_choice(self, "input_rep", ("rot6d", "axis_angle"))
-        _check_choice(self, "lr_schedule", ("constant", "cosine"))
-        if self.num_tokens % NUM_JOINTS:
-            raise ValueError(f"TokenizerConfig.num_tokens={self.num_tokens}: expected a multiple of "
-                             f"{NUM_JOINTS} (each joint owns num_tokens / 24 tokens)")
-
-
-@dataclass
-class GenHMRConfig:
-    # --- image encoder (Method > Image Encoder; FACTS: HMR2.0's ViT-H) ---
-    image_size: tuple = (256, 192)  # (H, W) crop, as HMR2.0. NOTE(paper gap): resolution unstated
-    patch_size: int = 16  # ViT-H/16
-    patch_padding: int = 2  # HMR2.0's PatchEmbed padding (4 + 2 (ratio // 2 - 1), ratio 1)
-    vit_width: int = 1280  # C
-    vit_depth: int = 32
-    vit_heads: int = 16
-    vit_mlp_ratio: float = 4.0
-    drop_path: float = 0.55  # HMR2.0's backbone config
-    conv_stem: tuple = ()  # () = HMR2.0's patch_embed.proj; else the widths of a conv stem (TINY only, NOTE 22)
-    feature_scales: tuple = (1, 4, 8)  # App. > Impl.; Table 15 adds 16. NOTE(paper gap) 7
-    # --- masked transformer decoder (Method > Masked Transformer Decoder; Table 16) ---
-    d_model: int = 256  # NOTE(paper gap) 8: unstated, Deformable-DETR default
-    num_layers: int = 4  # "4 deformable cross attention layers" (Table 16)
-    num_heads: int = 8  # self-attention and MSDA heads
-    num_points: int = 4  # MSDA sampling points per head and level
-    ffn_dim: int = 1024
-    dropout: float = 0.1
-    head_hidden: int = 1024  # beta/camera MLP. NOTE(paper gap) 10
-    token_head: str = "linear"  # "linear": Linear(d, K), the paper's logits | "tied" to the codebook (TINY, NOTE 21)
-    count_table: bool = False  # keep `NeighbourCounts` (a diagnostic baseline, 4 (L - 1) K^2 bytes: TINY only)
-    # --- the backbone stage (PoseRegressor, NOTE(paper gap) 23): HMR2.0's SMPL head (its config) or TINY's MLP ---
-    regressor_head: str = "hmr2"  # "hmr2": HMR2.0's SMPL transformer decoder | "mlp": flatten -> MLP (TINY)
-    hmr2_head: tuple = (1024, 6, 8, 64, 1024)  # HMR2.0's (width, depth, heads, head width, MLP width)
-    regressor_hidden: int = 512  # the "mlp" head's hidden width
-    backbone_checkpoint: str = ""  # ViTPose-H or HMR2.0 weights the backbone stage starts from (`load_backbone`)
-    # --- training (Training Strategy; App. > Implementation Details; Tables 4, 8, 9) ---
-    mask_tau_max: float = 1.0  # tau ~ U(0, mask_tau_max) (Table 4: U(0, 1))
-    pkeep: float = 0.5  # each visible token kept w.p. pkeep, else a uniform random code. NOTE(paper gap) 11
-    ce_on: str = "all"  # "all" (Eq. 1 as printed) | "masked". NOTE(paper gap) 12
-    gumbel_positions: str = "all"  # "all" | "masked" (GT one-hot at visible). NOTE(paper gap) 13
-    tau_start: float = 1.0  # Table 8
-    tau_end: float = 0.01
-    anneal_fraction: float = 0.5  # Table 9: 50 % of training
-    w_mask: float = 1.0
-    w_pose: float = 1e-3  # lambda_theta within lambda_SMPL = 1.5e-3
-    w_betas: float = 5e-4
-    w_3d: float = 5e-2
-    w_2d: float = 1e-2
-    loss_batch: int = 48  # the geometric terms' calibration: HMR2.0/TokenHMR sum them over a GPU's 48 samples
-    # (their configs' TRAIN.BATCH_SIZE); here loss_batch x the mean over samples, the same on any number of ranks
-    # --- inference (App. > Impl.; Tables 2, 3, 11, 12) ---
-    ugs_iterations: int = 5  # T
-    schedule: str = "cosine"
-    top_k: int = 1  # greedy
-    choice_temperature: float = 0.0  # UGS re-masks by log p + c (1 - t / T) Gumbel (MaskGIT); 0 = by p alone. NOTE 17
-    refine_steps: int = 20  # P (Table 1 = Table 3's 20-iteration row)
-    refine_step: str = "fixed"  # Eq. (4): "fixed" eta = refine_lr (as printed) | "backtracking" (NOTE(paper gap) 18)
-    refine_lr: float = 0.03  # eta of Eq. (4), unstated: the best of 0.003-1 at TINY (docs/genhmr.md); G is in crop px^2
-    refine_reg: float = 10.0  # lambda_theta' (px^2 per unit ||R - R_0||^2)
-    refine_noise_px: float = 1.0  # evaluation keypoints = GT projection + N(0, 1 px)
-    table_iterations: tuple = (1, 2, 3, 5, 10)  # report-only rows of `predict`: T x the four schedules (Tables 2, 11)
-    table_refine_steps: tuple = (0, 5, 20)  # and refinement steps P after UGS (Table 3)
-    # --- recipe read by train.py (App. > Implementation Details) ---
-    batch_size: int = 48  # "batch size of 48"; per GPU or global is unstated
-    lr: float = 1e-5  # Adam
-    backbone_lr_scale: float = 1.0  # the image encoder's lr / lr (the paper and MEGA: one lr for all)
-    max_steps: int = 100_000  # NOTE(paper gap) 16
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0
-    amp: bool = False
-    # --- hardware and results as reported ---
-    gpus: int = 2  # NVIDIA RTX A6000 (App. > Impl.)
-    timing_gpu: str = "1x RTX A5000"  # Table 3 footnote (AITI)
-    reported_3dpw_mpjpe_mm: float = 54.7  # Table 1 (UGS-5 + 20 refinement steps)
-    reported_ugs_3dpw_mpjpe_mm: float = 68.1  # Table 2, T = 5
-    data: str = "H36M, COCO, MPI-INF-3DHP, MPII (SD)"  # Experiments > Datasets
-
-    def __post_init__(self):
-        for name, allowed in (("ce_on", ("all", "masked")), ("gumbel_positions", ("all", "masked")),
-                              ("schedule", SCHEDULES), ("lr_schedule", ("constant", "cosine")),
-                              ("token_head", ("linear", "tied")), ("regressor_head", ("hmr2", "mlp")),
-                              ("refine_step", ("fixed", "backtracking"))):
-            _check_choice(self, name, allowed)
-        self.image_size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else self.image_size
-        self.feature_scales, self.conv_stem = tuple(self.feature_scales), tuple(self.conv_stem)
-        self.hmr2_head = tuple(self.hmr2_head)
-        if self.conv_stem and 2 ** len(self.conv_stem) != self.patch_size:
-            raise ValueError(f"GenHMRConfig.conv_stem={self.conv_stem}: expected log2(patch_size={self.patch_size}) "
-                             f"stride-2 stages, one width each")
-        self.table_iterations, self.table_refine_steps = tuple(self.table_iterations), tuple(self.table_refine_steps)
-        if any(s < 1 or s & (s - 1) for s in self.feature_scales):
-            raise ValueError(f"GenHMRConfig.feature_scales={self.feature_scales}: expected powers of two")
-
-    @property
-    def image_hw(self):
-        return (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
-
-
-def _check_choice(cfg, name, allowed):
-    if getattr(cfg, name) not in allowed:
-        raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r}: expected one of {allowed}")
-
-
-TOKENIZER_PAPER = TokenizerConfig()  # 96 tokens, 2048 x 256 codebook
-TOKENIZER_TINY = TokenizerConfig(  # 2 CPU cores, synthetic poses (design notes Sec. 7)
-    num_tokens=48, codebook_size=256, code_dim=32, width=64, loss_vertices=1024,
-    aug_yaw_deg=20.0, aug_roll_deg=15.0,  # SyntheticPoses already spans every yaw
-    batch_size=128, lr=1e-3, max_steps=1000, warmup_steps=50, lr_schedule="cosine")
-PAPER = GenHMRConfig()
-TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 -> 8 x 6 grid, levels 1x, 2x
-    image_size=(64, 48), patch_size=8, vit_width=128, vit_depth=4, vit_heads=4, vit_mlp_ratio=2.0, drop_path=0.0,
-    conv_stem=(32, 64, 128), feature_scales=(1, 2), d_model=64, num_layers=3, num_heads=4, ffn_dim=128, dropout=0.0,
-    # the image stage fine-tunes the backbone stage's ViT (the paper's start is unstated); levels (1, 2, 4) cost
-    # 27 % more time a step for no measured gain
-    head_hidden=128, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
-    token_head="tied", regressor_head="mlp", count_table=True,  # NOTE(paper gap) 21, 23
-    pkeep=0.5, choice_temperature=4.5,  # MMM's input swap, MaskGIT's confidence noise (docs/genhmr.md, issue 34)
-    # NOTE(paper gap) 20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48). Summed
-    # over 16 samples, CE stayed at ln K for 300 steps; averaged, CE and L_3D both fall from the first 100 steps
-    loss_batch=1,
-    # Eq. (4)'s fixed eta = 0.03, as PAPER: after 20 steps 110.0 mm against the backtracking's 119.1 (1.8 vs 3.0 s for
-    # 128 crops; seed 0, UGS 154.4 mm); eta 0.01 / 0.1 / 0.3 / 1: 113.6 / 113.6 / 137.4 / 177.0 (docs/genhmr.md)
-    weight_decay=0.0, grad_clip=1.0, gpus=0, reported_3dpw_mpjpe_mm=0.0, reported_ugs_3dpw_mpjpe_mm=0.0,
-    data="data.SyntheticBodies")
-CONFIGS = {"paper": PAPER, "tiny": TINY}
-# The backbone stage (PoseRegressor) has the image stage's ViT fields and its own recipe. NOTE(paper gap) 23: the
-# paper states no initialisation; PAPER's recipe is HMR2.0's (lr 1e-5, weight decay 1e-4, batch 48), its
-# steps a starting point (HMR2.0 trains 1M); --set backbone_checkpoint=FILE starts from ViTPose-H or HMR2.0.
-BACKBONE_CONFIGS = {"paper": dataclasses.replace(PAPER, lr=1e-5, weight_decay=1e-4, max_steps=100_000),
-                    "tiny": dataclasses.replace(TINY, max_steps=2000)}
-TOKENIZER_CONFIGS = {"paper": TOKENIZER_PAPER, "tiny": TOKENIZER_TINY}
-
-# The paper's ablation tables as train.py's --ablation data: rows of config overrides beside the paper's figures,
-# copied from its tables' 3DPW columns (MPJPE, MVE = our pve_mm) for the image stage, AMASS for the tokenizer's
-# Tables 5 and 6. Inference rows score one trained model; the others retrain from the first stage they change.
-# Tables 13 and 14 drop the count table (`NeighbourCounts`: (L - 1) K^2 counts, 1.6 GB at 96 x 2048).
-_3DPW = (("mpjpe_mm", "MPJPE (mm), 3DPW"), ("pve_mm", "MVE (mm), 3DPW"))
-_CODEBOOKS = ((1024, 256), (2048, 128), (2048, 256), (4096, 256))
-ABLATIONS = {
-    "table2": dict(caption="Iterations of uncertainty-guided sampling (Table 2)", inference=True, columns=_3DPW,
-                   rows=tuple((str(T), {"ugs_iterations": T}, f) for T, f in (
-                       (1, (73.5, 84.2)), (3, (70.2, 81.9)), (5, (68.1, 77.5)), (10, (67.8, 79.1)),
-                       (15, (67.6, 78.5)), (20, (67.4, 78.1)))), chosen="5"),
-    "table3": dict(caption="2D pose-guided refinement steps after UGS-5 (Table 3)", inference=True,
-                   columns=(("refined_mpjpe_mm", "MPJPE (mm), 3DPW"), ("refined_pve_mm", "MVE (mm), 3DPW")),
-                   rows=tuple((label, {"ugs_iterations": 5, "refine_steps": P}, f) for label, P, f in (
-                       ("UGS* (no refinement)", 0, (68.1, 77.5)), ("1", 1, (66.5, 77.0)), ("3", 3, (63.6, 73.5)),
-                       ("5", 5, (60.2, 70.4)), ("10", 10, (57.5, 68.5)), ("20", 20, (54.7, 67.5)))), chosen="20"),
-    "table4": dict(caption="Masking ratio during training, gamma(tau), tau ~ U(0, max) (Table 4)", columns=_3DPW,
-                   rows=tuple((f"U(0, {m})", {"mask_tau_max": m}, f) for m, f in (
-                       (1.0, (68.1, 77.5)), (0.3, (72.1, 84.2)), (0.5, (69.8, 81.7)), (0.7, (67.9, 77.1)))),
-                   chosen="U(0, 1.0)"),
-    "table5": dict(caption="Codebook size x code dimension, 96 tokens (Table 5, the tokenizer)", stage="genhmr_tokenizer",
-                   columns=(("tokenizer_mpjpe_mm", "MPJPE (mm), AMASS"), ("tokenizer_pve_mm", "MVE (mm), AMASS")),
-                   rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96}, f)
-                              for (K, D), f in zip(_CODEBOOKS, ((10.5, 9.2), (8.9, 8.1), (8.5, 7.8), (6.1, 5.9)))),
-                   chosen="2048x256"),
-    "table6": dict(caption="Number of pose tokens, codebook 2048 x 256 (Table 6, the tokenizer)", stage="genhmr_tokenizer",
-                   columns=(("tokenizer_mpjpe_mm", "MPJPE (mm), AMASS"), ("tokenizer_pve_mm", "MVE (mm), AMASS")),
-                   rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256}, f) for L, f in (
-                       (48, (11.1, 10.5)), (96, (8.5, 7.8)), (192, (7.8, 6.9)), (384, (7.1, 6.0)))), chosen="96"),
-    "table11": dict(caption="Mask scheduling functions x UGS iterations (Table 11)", inference=True, columns=_3DPW,
-                    rows=tuple((f"{name} T={T}", {"schedule": name, "ugs_iterations": T}, f) for name, T, f in (
-                        ("cosine", 1, (73.5, 84.2)), ("cosine", 3, (70.2, 81.9)), ("cosine", 5, (68.1, 77.5)),
-                        ("cosine", 10, (67.8, 79.1)), ("cosine", 15, (67.6, 78.5)), ("cosine", 20, (67.4, 78.1)),
-                        ("cubic", 5, (69.7, 78.9)), ("cubic", 10, (69.1, 79.1)), ("cubic", 15, (68.8, 79.0)),
-                        ("cubic", 20, (68.6, 79.2)), ("linear", 5, (71.6, 81.2)), ("linear", 10, (71.3, 80.7)),
-                        ("linear", 15, (71.0, 80.9)), ("linear", 20, (70.8, 81.1)), ("sqrt", 5, (73.4, 82.8)),
-                        ("sqrt", 10, (73.1, 83.0)), ("sqrt", 15, (73.3, 83.3)), ("sqrt", 20, (73.6, 83.5)))),
-                    chosen="cosine T=5"),
-    "table13": dict(caption="Codebook size x code dimension, 96 tokens, on GenHMR (Table 13)", columns=_3DPW,
-                    rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96, "count_table": False}, f)
-                               for (K, D), f in zip(_CODEBOOKS, ((70.1, 82.5), (69.9, 80.3), (68.1, 77.5), (69.5, 80.4)))),
-                    chosen="2048x256"),
-    "table14": dict(caption="Number of pose tokens, codebook 2048 x 256, on GenHMR (Table 14)", columns=_3DPW,
-                    rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256, "count_table": False}, f)
-                               for L, f in ((48, (68.5, 80.5)), (96, (68.1, 77.5)), (192, (72.5, 83.6)), (384, (82.5, 91.5)))), chosen="96"),
-    "table15": dict(caption="Feature-pyramid levels of the image encoder (Table 15)",
-                    columns=(("mpjpe_mm", "MPJPE (mm), 3DPW"),),
-                    rows=tuple((" ".join(f"{s}x" for s in scales), {"feature_scales": scales}, (f,)) for scales, f in (
-                        ((1, 4, 8, 16), 68.3), ((1,), 71.3), ((1, 4), 69.8), ((1, 4, 8), 68.8), ((4, 8, 16), 68.8),
-                        ((1, 8, 16), 69.3), ((1, 4, 16), 69.8))), chosen="1x 4x 8x"),
-    "table16": dict(caption="Deformable cross-attention layers of the masked transformer (Table 16)", columns=_3DPW,
-                    rows=tuple((str(n), {"num_layers": n}, f) for n, f in (
-                        (2, (70.5, 85.9)), (4, (68.1, 77.5)), (6, (69.5, 77.1)), (8, (70.9, 79.9)))), chosen="4"),
-}
-
-
-def learning_rate(cfg, step):
-    """Linear warm-up, then constant or cosine to lr / 100 at max_steps; a pure function of the step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
-
 
 # ---------------------------------------------------------------------------------------------
-# 2. Body model: SMPL through bodymodels (frozen, never in a checkpoint)
-
-
-class SMPLLayer(nn.Module):
-    """SMPL from bodymodels.load_smpl: R (B, 24, 3, 3), beta (B, 10) -> joints, vertices. Its buffers
-    are non-persistent: they come from the model file, not from checkpoints."""
-
-    def __init__(self, smpl):
-        super().__init__()
-        skin = bodymodels.Skinning(smpl, torch.float32, per_sample=False)  # J = J_template + J_shapedirs beta
-        for name in ("v_template", "shapedirs", "posedirs", "J_regressor", "lbs_weights", "J_template", "J_shapedirs"):
-            self.register_buffer(name, getattr(skin, name).clone(), persistent=False)
-        self.parents, self.faces = skin.parents, torch.as_tensor(smpl.faces.astype("int64"))
-        self._subsets = {}  # vertex subsets for the losses, built on first use
-
-    def rest_joints(self, betas):
-        return self.J_template + (betas @ self.J_shapedirs.T).view(len(betas), -1, 3)  # (B, 24, 3)
-
-    def joints(self, R, betas):
-        """Posed joints (B, 24, 3) by forward kinematics alone (no skinning)."""
-        return bodymodels.forward_kinematics(R, self.rest_joints(betas), self.parents)[0]
-
-    def _skin_buffers(self, count):
-        """(v_template, shapedirs, posedirs, lbs_weights) of all vertices, or of `count` evenly strided (cached)."""
-        if not count:
-            return self.v_template, self.shapedirs, self.posedirs, self.lbs_weights
-        key = (count, self.v_template.device)
-        if key not in self._subsets:
-            ids = torch.linspace(0, len(self.v_template) - 1, count).round().long().to(self.v_template.device)
-            cols = (ids[:, None] * 3 + torch.arange(3, device=ids.device)).flatten()  # posedirs columns 3 v + c
-            self._subsets[key] = (self.v_template[ids], self.shapedirs[ids], self.posedirs[:, cols].contiguous(),
-                                  self.lbs_weights[ids])
-        return self._subsets[key]
-
-    def forward(self, R, betas, vertex_count=0):
-        """-> verts (B, V', 3) (all, or `vertex_count` evenly strided), joints (B, 24, 3); no translation."""
-        vt, sd, pd, w = self._skin_buffers(vertex_count)
-        return bodymodels.lbs(betas, R, vt, sd, pd, self.J_regressor, self.parents, w, pose2rot=False,
-                              rest_joints=self.rest_joints(betas))
-
-
-@functools.lru_cache(maxsize=1)
-def _smpl():
-    return bodymodels.load_smpl()
-
-
-# ---------------------------------------------------------------------------------------------
-# 3. Pose tokenizer (stage 1)
+# 1. Pose tokenizer (stage 1): VQ-VAE over the SMPL pose, its loss (Eq. Lvq) and reconstruction
 
 
 class ResBlock1D(nn.Module):
@@ -395,6 +67,12 @@ class ResBlock1D(nn.Module):
 def resnet1d(width, depth, growth, reverse=False):
     dilations = [growth ** i for i in range(depth)]
     return nn.Sequential(*[ResBlock1D(width, d) for d in (dilations[::-1] if reverse else dilations)])
+
+
+def squared_distances(x, codebook):
+    """||x - c_k||^2 = ||x||^2 - 2 x.c_k + ||c_k||^2: x (..., D), codebook (K, D) -> (..., K)."""
+    x, codebook = x.float(), codebook.float()
+    return (x * x).sum(-1, keepdim=True) - 2 * x @ codebook.T + (codebook * codebook).sum(-1)
 
 
 class QuantizeEMAReset(nn.Module):
@@ -418,7 +96,8 @@ class QuantizeEMAReset(nn.Module):
         """K rows of flat (N, D), tiled with noise when N < K, in a random order; rank 0's under DDP."""
         if len(flat) < self.num_codes:
             reps = math.ceil(self.num_codes / len(flat))
-            flat = flat.repeat(reps, 1) + torch.randn(len(flat) * reps, self.dim, device=flat.device) * 0.01 / math.sqrt(self.dim)
+            flat = (flat.repeat(reps, 1)
+                    + torch.randn(len(flat) * reps, self.dim, device=flat.device) * 0.01 / math.sqrt(self.dim))
         out = flat[torch.randperm(len(flat), device=flat.device)[:self.num_codes]].contiguous()
         if _distributed():
             dist.broadcast(out, 0)
@@ -472,8 +151,7 @@ class PoseTokenizer(nn.Module):
 
     Encoder: Conv(C_in -> w) -> nearest x (2 L / 24) -> Conv -> [Conv(k4, s2) -> Resnet1D] (2L -> L)
     -> Conv(w -> D). Decoder: Conv(D -> w) -> Resnet1D -> Conv(k = s = L / 24) (L -> 24) -> Conv -> 6D.
-    NOTE(paper gap) 2: TokenHMR-like; the paper says "ResBlocks and 1D convolutions for both encoder and
-    decoder, with a single quantization layer".
+    NOTE(paper gap) 2: TokenHMR-like; the paper names only ResBlocks, 1D convolutions and one quantizer.
     """
 
     def __init__(self, cfg, body=None):
@@ -561,12 +239,6 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def tokenizer_build_model(cfg, parent=None):
-    if parent is not None:
-        raise ValueError("the pose tokenizer is the first GenHMR stage and starts from no parent model")
-    return PoseTokenizer(cfg)
-
-
 @torch.no_grad()
 def tokenizer_predict(model, batch, cfg):
     """Reconstruction through the codebook -> joints3d (B, 24, 3), verts (B, 6890, 3) (SMPL with the
@@ -579,91 +251,8 @@ def tokenizer_predict(model, batch, cfg):
     return {"joints3d": joints, "verts": verts, "ids": ids, "num_codes": num_codes}
 
 
-TOKENIZER = types.SimpleNamespace(  # the trainer's stage "genhmr_tokenizer"
-    CONFIGS=TOKENIZER_CONFIGS, build_model=tokenizer_build_model, training_loss=tokenizer_training_loss,
-    predict=tokenizer_predict, learning_rate=learning_rate)
-
-
 # ---------------------------------------------------------------------------------------------
-# 4. Image encoder: ViT (HMR2.0/ViTPose names) and the ViTDet-style pyramid
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with one qkv Linear (ViTPose names: qkv, proj)."""
-
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads = heads
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, M, N, C/M)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
-
-
-class Block(nn.Module):
-    """Pre-norm ViT block with stochastic depth: x + attn(norm1(x)), then x + mlp(norm2(x)), mlp = fc2 GELU fc1."""
-
-    def __init__(self, dim, heads, mlp_ratio, drop_path):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
-        self.attn, hidden = Attention(dim, heads), int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
-        self.drop_path = drop_path
-
-    def _drop(self, x):
-        if not self.training or self.drop_path == 0:
-            return x
-        keep = torch.rand(len(x), 1, 1, device=x.device) >= self.drop_path
-        return x * keep / (1 - self.drop_path)
-
-    def forward(self, x):
-        x = x + self._drop(self.attn(self.norm1(x)))
-        return x + self._drop(self.mlp(self.norm2(x)))
-
-
-class ViT(nn.Module):
-    """images (B, 3, H, W) -> feature map (B, C, H/p, W/p). official (4D-Humans backbones/vit.py, ViTPose's
-    mmpose ViT): HMR2.0's `ViT`, parameter names included (patch_embed.proj, pos_embed (1, 1 + h w, C) with a
-    class-token slot, blocks.i.*, last_norm); held to 4D-Humans' module by tests/official/hmr2."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        H, W = cfg.image_hw
-        self.grid = (H // cfg.patch_size, W // cfg.patch_size)
-        self.patch_embed = nn.ModuleDict(  # a dict only for HMR2.0's name patch_embed.proj
-            {"stem": conv_stem(cfg.conv_stem, cfg.vit_width)} if cfg.conv_stem else
-            {"proj": nn.Conv2d(3, cfg.vit_width, cfg.patch_size, stride=cfg.patch_size, padding=cfg.patch_padding)})
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], cfg.vit_width))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        rates = [cfg.drop_path * i / max(1, cfg.vit_depth - 1) for i in range(cfg.vit_depth)]  # stochastic depth
-        self.blocks = nn.ModuleList(Block(cfg.vit_width, cfg.vit_heads, cfg.vit_mlp_ratio, r) for r in rates)
-        self.last_norm = nn.LayerNorm(cfg.vit_width, eps=1e-6)
-
-    def forward(self, images):
-        x = next(iter(self.patch_embed.values()))(images)  # (B, C, h, w)
-        B, C, h, w = x.shape
-        if (h, w) != self.grid:
-            raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {h}x{w} patch grid, expected {self.grid}")
-        # HMR2.0: the class-token slot of pos_embed is added to every patch
-        x = x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # (B, h w, C)
-        for block in self.blocks:
-            x = block(x)
-        return self.last_norm(x).transpose(1, 2).reshape(B, C, h, w)
-
-
-def conv_stem(widths, out):
-    """NOTE(paper gap) 22 (TINY only): a convolutional patch embedding (Xiao et al. 2021, "Early
-    convolutions help transformers see better"): per width c, Conv3x3 stride 2 -> BN -> ReLU -> Conv3x3
-    -> BN -> ReLU, then Conv1x1 -> the ViT width; len(widths) = log2(patch) stages. A 64 x 48 crop's
-    8 x 8 patches through one linear map learned no body pose in two CPU-core minutes."""
-    layers, c_in = [], 3
-    for c in widths:
-        layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
-                   nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
-        c_in = c
-    return nn.Sequential(*layers, nn.Conv2d(c_in, out, 1))
+# 2. The image stage: feature pyramid, masked transformer with multi-scale deformable cross-attention, GenHMR
 
 
 class LayerNorm2d(nn.Module):
@@ -690,8 +279,18 @@ def pyramid_level(width, scale, d_model):
     return nn.Sequential(*layers)
 
 
-# ---------------------------------------------------------------------------------------------
-# 5. Masked transformer decoder with multi-scale deformable cross-attention
+class Attention(nn.Module):
+    """Multi-head self-attention with one qkv Linear (ViTPose names: qkv, proj)."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, M, N, C/M)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
 
 
 def ms_deform_attn(values, locations, weights):
@@ -770,7 +369,8 @@ class DecoderLayer(nn.Module):
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.self_attn = Attention(d, cfg.num_heads)
         self.cross_attn = MSDeformAttn(d, cfg.num_heads, levels, cfg.num_points)
-        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, d))
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                 nn.Linear(cfg.ffn_dim, d))
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, y, reference, levels):
@@ -783,27 +383,21 @@ class DecoderLayer(nn.Module):
 class MaskedTransformer(nn.Module):
     """token_generator: ids Y_M (B, L) with [MASK] = K, pyramid, codebook C (K, D) -> logits (B, L, K) of
     p(y_i | Y_M, X). Output head (cfg.token_head): "linear", the paper's logits, Linear(d, K) on the normed
-    last token state h; or "tied" (TINY only).
-
-    NOTE(paper gap) 21 (TINY only): the output head is tied to the frozen codebook: logit_k = -exp(s)
-    ||W h - c_k||^2, W (D x d), s a learnable log-scale started at -log(mean squared distance between
-    nearest codes). The paper says only "logits over the codebook"; MaskGIT ties its output to the
-    token embedding. Tied, a code's logit rises with every step towards any code near it, so the head
-    learns the codebook's geometry instead of K unrelated classes (measured on the tiny setting: an
-    untied Linear(d, K) stayed at each position's most frequent code)."""
+    last token state h; or "tied" to the frozen codebook (TINY only): logit_k = -exp(s) ||W h - c_k||^2,
+    W (D x d), s a learnable log-scale started at -log(mean squared distance between nearest codes).
+    NOTE(paper gap) 21: tied, a code's logit rises with every step towards any code near it (the codebook's
+    geometry is learned, not K unrelated classes)."""
 
     def __init__(self, cfg, num_tokens, num_codes, code_dim):
         super().__init__()
         d, self.mask_id = cfg.d_model, num_codes
-        # NOTE(paper gap) 24: token and position embeddings at one scale, N(0, 0.02) (BERT / MaskGIT): N(0, 1) left
-        # the positions 1/50 of the tokens (1/20 after training), so self-attention could not find a token's
-        # neighbours and the trained generator ignored its context (docs/genhmr.md, "Why the context went unused")
+        # NOTE(paper gap) 24: token and position embeddings at one scale, N(0, 0.02) (BERT / MaskGIT), so that
+        # self-attention can find a token's neighbours by position
         self.tok_emb = nn.Embedding(num_codes + 1, d)  # the last row is the learnable [MASK]
         nn.init.normal_(self.tok_emb.weight, std=0.02)
         self.pos_emb = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
         # learnable reference points p_y = sigmoid(r_y), r (L, 2), spread over the image at the start
-        # (NOTE(paper gap) 9: Deformable DETR's sigmoid(Linear(pos)) with a 0.02-std position embedding
-        # put all L points within a pixel of the centre: every token read the same place)
+        # NOTE(paper gap) 9: Deformable DETR's start puts all L points at the centre: every token reads one place
         self.reference = nn.Parameter(torch.logit(torch.rand(num_tokens, 2) * 0.8 + 0.1))
         self.layers = nn.ModuleList(DecoderLayer(cfg, len(cfg.feature_scales)) for _ in range(cfg.num_layers))
         self.tied = cfg.token_head == "tied"
@@ -830,63 +424,6 @@ class MaskedTransformer(nn.Module):
         if not self.tied:
             return self.head(self.norm(y))  # (B, L, K)
         return -self.log_scale.exp() * squared_distances(self.head(self.norm(y)), codebook)  # (B, L, K)
-
-
-def squared_distances(x, codebook):
-    """||x - c_k||^2 = ||x||^2 - 2 x.c_k + ||c_k||^2: x (..., D), codebook (K, D) -> (..., K)."""
-    x, codebook = x.float(), codebook.float()
-    return (x * x).sum(-1, keepdim=True) - 2 * x @ codebook.T + (codebook * codebook).sum(-1)
-
-
-class NeighbourCounts(nn.Module):
-    """The token generator's yardstick (not the paper's): a table of neighbouring-token counts,
-    n[i, a, b] = how often training tokens i and i + 1 were (a, b), filled by `training_loss` from the
-    Y* of every training batch the image stage sees (all ranks' under DDP: each rank adds the gathered
-    batch, so every rank holds the same table). Given the visible tokens, a masked position i takes the
-    naive-Bayes argmax_k log n_i(k) + sum over its visible neighbours of log n(neighbour | k) (counts
-    + 0.1). Kept as the module's extra state, not a buffer: DDP would broadcast (L - 1) K^2 counts every step."""
-
-    def __init__(self, num_tokens, num_codes):
-        super().__init__()
-        self.pairs = torch.zeros(num_tokens - 1, num_codes, num_codes, dtype=torch.int32)
-
-    def get_extra_state(self):
-        return self.pairs
-
-    def set_extra_state(self, state):
-        self.pairs = state.to(self.pairs)
-
-    def _apply(self, fn, *args, **kwargs):  # .to(device) moves the table too
-        self.pairs = fn(self.pairs)
-        return super()._apply(fn, *args, **kwargs)
-
-    @torch.no_grad()
-    def add(self, ids):
-        """Count the adjacent pairs of ids (B, L) (a DDP rank's: every rank's are gathered and counted)."""
-        if _distributed():
-            gathered = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
-            dist.all_gather(gathered, ids)
-            ids = torch.cat(gathered)
-        L, K = ids.shape[1], self.pairs.shape[-1]
-        flat = (torch.arange(L - 1, device=ids.device) * K + ids[:, :-1]) * K + ids[:, 1:]  # (B, L - 1)
-        self.pairs.view(-1).index_add_(0, flat.flatten(), torch.ones(flat.numel(), dtype=self.pairs.dtype,
-                                                                      device=ids.device))
-
-    @torch.no_grad()
-    def predict(self, ids, masked, alpha=0.1):
-        """ids (B, L) with the true tokens where ~masked -> the table's ids (B, L) (masked positions filled)."""
-        n = self.pairs.double() + alpha
-        K = n.shape[-1]
-        # n_i(k): position i's code counts, from the pair it starts (i < L - 1) or ends (the last)
-        unigram = torch.cat([n.sum(2), n[-1].sum(0)[None]]) - alpha * K  # (L, K)
-        log_n = (unigram + alpha).log()
-        score = log_n.expand(len(ids), -1, -1).clone()  # (B, L, K)
-        # left neighbour visible: + log n[i - 1, y_{i-1}, k] - log n_i(k); right: + log n[i, k, y_{i+1}] - log n_i(k)
-        left = n[torch.arange(1, ids.shape[1]) - 1, ids[:, :-1]].log() - log_n[1:]  # (B, L - 1, K)
-        right = n[torch.arange(ids.shape[1] - 1), :, ids[:, 1:]].log() - log_n[:-1]  # (B, L - 1, K)
-        score[:, 1:] += left * ~masked[:, :-1, None]
-        score[:, :-1] += right * ~masked[:, 1:, None]
-        return torch.where(masked, score.argmax(-1), ids)
 
 
 class ShapeCameraHead(nn.Module):
@@ -943,229 +480,8 @@ class GenHMR(nn.Module):
         return {"logits": self.logits(ids, levels), "betas": betas, "cam": cam}
 
 
-class HeadAttention(nn.Module):
-    """HMR2.0's pose_transformer attention (its names): softmax(q k^T / sqrt(c)) v per head, q from x, k and
-    v from x (to_qkv) or from a context (to_q, to_kv), no biases; to_out.0 with a bias."""
-
-    def __init__(self, dim, heads, dim_head, context_dim=None):
-        super().__init__()
-        inner, self.heads = heads * dim_head, heads
-        if context_dim is None:
-            self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
-        else:
-            self.to_kv, self.to_q = nn.Linear(context_dim, 2 * inner, bias=False), nn.Linear(dim, inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, dim))
-
-    def forward(self, x, context=None):
-        q, k, v = self.to_qkv(x).chunk(3, -1) if context is None else (self.to_q(x), *self.to_kv(context).chunk(2, -1))
-        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # (B, M, N, c)
-        return self.to_out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
-
-
-class PreNorm(nn.Module):
-    """x -> fn(LayerNorm(x)) (HMR2.0's names: norm, fn)."""
-
-    def __init__(self, dim, fn):
-        super().__init__()
-        self.norm, self.fn = nn.LayerNorm(dim), fn
-
-    def forward(self, x, **context):
-        return self.fn(self.norm(x), **context)
-
-
-class FeedForward(nn.Module):
-    """HMR2.0's net = Linear, GELU, Dropout, Linear, Dropout (dropout 0: names net.0, net.3)."""
-
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Identity(), nn.Linear(hidden, dim))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class TokenDecoder(nn.Module):
-    """HMR2.0's TransformerDecoder: tokens (B, N, 1) -> Linear -> + pos_embedding -> depth x pre-norm
-    [self-attention, cross-attention to the context, MLP], each residual -> (B, N, width)."""
-
-    def __init__(self, width, depth, heads, dim_head, mlp, context_dim):
-        super().__init__()
-        self.to_token_embedding = nn.Linear(1, width)
-        self.pos_embedding = nn.Parameter(torch.randn(1, 1, width))
-        self.transformer = nn.ModuleDict({"layers": nn.ModuleList(nn.ModuleList([
-            PreNorm(width, HeadAttention(width, heads, dim_head)),
-            PreNorm(width, HeadAttention(width, heads, dim_head, context_dim)),
-            PreNorm(width, FeedForward(width, mlp))]) for _ in range(depth))})
-
-    def forward(self, tokens, context):
-        x = self.to_token_embedding(tokens) + self.pos_embedding
-        for self_attn, cross_attn, mlp in self.transformer["layers"]:
-            x = self_attn(x) + x
-            x = cross_attn(x, context=context) + x
-            x = mlp(x) + x
-        return x
-
-
-class HMR2Head(nn.Module):
-    """HMR2.0's SMPL head (`SMPLTransformerDecoderHead`, 4D-Humans `hmr2/models/heads/smpl_head.py`, names
-    included): ONE zero token cross-attends to the h w ViT tokens; its state reads out 6D pose (24 x 6,
-    our column convention), beta and camera as residuals on mean parameters, one iteration (IEF_ITERS 1).
-    The mean parameters are buffers: identity pose, beta = 0, cam [0.9, 0, 0] here; HMR2.0's
-    smpl_mean_params.npz values come with its checkpoint. Held to 4D-Humans' module by tests/official/hmr2."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        width, depth, heads, dim_head, mlp = cfg.hmr2_head
-        self.transformer = TokenDecoder(width, depth, heads, dim_head, mlp, cfg.vit_width)
-        self.decpose, self.decshape = nn.Linear(width, NUM_JOINTS * 6), nn.Linear(width, NUM_BETAS)
-        self.deccam = nn.Linear(width, 3)
-        identity = bodymodels.matrix_to_rot6d(torch.eye(3))
-        self.register_buffer("init_body_pose", identity.repeat(1, NUM_JOINTS))  # (1, 144)
-        self.register_buffer("init_betas", torch.zeros(1, NUM_BETAS))
-        self.register_buffer("init_cam", torch.tensor([[0.9, 0.0, 0.0]]))
-
-    def forward(self, feature):
-        """feature (B, C, h, w) -> R (B, 24, 3, 3), beta (B, 10), cam [s, tx, ty] (B, 3)."""
-        B = len(feature)
-        context = feature.flatten(2).transpose(1, 2)  # (B, h w, C)
-        token = self.transformer(feature.new_zeros(B, 1, 1), context)[:, 0]  # (B, width)
-        pose = self.decpose(token) + self.init_body_pose  # (B, 144)
-        betas, cam = self.decshape(token) + self.init_betas, self.deccam(token) + self.init_cam
-        return bodymodels.rot6d_to_matrix(pose.view(B, NUM_JOINTS, 6)), betas, cam
-
-
-class PoseRegressor(nn.Module):
-    """The backbone stage ("genhmr_backbone"), HMR2.0 here: GenHMR's ViT with a regression head, images ->
-    SMPL pose (24 x 6D), beta, camera, trained by HMR2.0's losses; the image stage starts from its ViT.
-    The paper's encoder is a ViT-H whose initialisation it does not state; HMR2.0 and TokenHMR start from
-    ViTPose-H. `load_backbone` reads ViTPose-H or HMR2.0 weights into it (cfg.backbone_checkpoint). The
-    frozen pose tokenizer rides along (its SMPL layer poses the predictions) to be handed on.
-    NOTE(paper gap) 23: head "hmr2" is HMR2.0's (`HMR2Head`); TINY's "mlp" is flatten -> MLP for the
-    pose and GenHMR's pooled shape/camera head, the smallest head that keeps where things are in the map
-    (pooled, the tiny ViT learned no articulation); the image stage starts from that head too."""
-
-    def __init__(self, cfg, tokenizer):
-        super().__init__()
-        self.cfg, self.tokenizer = cfg, tokenizer.eval().requires_grad_(False)
-        self.backbone = ViT(cfg)
-        if cfg.regressor_head == "hmr2":
-            self.smpl_head = HMR2Head(cfg)
-        else:
-            self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
-            grid = self.backbone.grid
-            self.pose_head = nn.Sequential(nn.Flatten(), nn.Linear(cfg.vit_width * grid[0] * grid[1],
-                                                                   cfg.regressor_hidden),
-                                           nn.ReLU(), nn.Linear(cfg.regressor_hidden, NUM_JOINTS * 6))
-            nn.init.xavier_uniform_(self.pose_head[-1].weight, gain=0.01), nn.init.zeros_(self.pose_head[-1].bias)
-            identity = bodymodels.matrix_to_rot6d(torch.eye(3))
-            self.register_buffer("identity6d", identity.repeat(NUM_JOINTS, 1))  # (24, 6)
-        self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
-        if cfg.backbone_checkpoint:
-            load_backbone(self, cfg.backbone_checkpoint)
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.tokenizer.eval()
-        return self
-
-    def forward(self, images):
-        """images (B, 3, H, W) in [0, 1] -> {"R" (B, 24, 3, 3), "betas" (B, 10), "cam" (B, 3)}."""
-        # official (HMR2.0 vitdet_dataset.py): (pixel - 255 mean) / (255 std) on 0-255 RGB, = (x - mean) / std
-        feature = self.backbone((images - self.mean_std[0]) / self.mean_std[1])
-        if self.cfg.regressor_head == "hmr2":
-            R, betas, cam = self.smpl_head(feature)
-            return {"R": R, "betas": betas, "cam": cam}
-        betas, cam = self.shape_camera_head(feature)
-        rot6d = self.pose_head(feature).view(-1, NUM_JOINTS, 6) + self.identity6d  # residual on the rest pose
-        return {"R": bodymodels.rot6d_to_matrix(rot6d), "betas": betas, "cam": cam}
-
-
-# Released weights (A6: HMR2.0 and TokenHMR start their ViT-H from ViTPose-H). Three layouts, each a dict
-# with "state_dict" (tests/official_keys/ lists names and shapes, made from the official constructors):
-# HMR2.0's Lightning checkpoint (backbone.*, smpl_head.*, discriminator.*, smpl.*, initialized), ViTPose-H's
-# mmpose checkpoint (backbone.*, keypoint_head.*), HMR2.0's vitpose_backbone.pth (the ViT's own names).
-
-
-def load_backbone(model, path):
-    """ViTPose-H or HMR2.0 weights from `path` into model's ViT (model: a ViT, PoseRegressor or GenHMR; the
-    names are HMR2.0's and ViTPose's), and HMR2.0's smpl_head.* into a PoseRegressor with head "hmr2".
-    Each part loads strictly; the file's other parts (adversary, SMPL buffers, heatmap head) are left
-    out. Read with torch.load(weights_only=True), so the file cannot run code. -> the parts loaded."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist: expected ViTPose-H's or HMR2.0's "
-                                "weights (GenHMRConfig.backbone_checkpoint)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # e.g. HMR2.0's Lightning file pickles its yacs config
-        names = ", ".join(re.findall(r"Unsupported global: GLOBAL (\S+)", str(e))) or "its classes"
-        raise ValueError(f"{path}: holds pickled objects besides tensors ({names}), which "
-                         "torch.load(weights_only=True) refuses. If you trust the file, keep only its weights once: "
-                         f"torch.load it inside `with torch.serialization.safe_globals([{names}]):` and "
-                         "torch.save({'state_dict': checkpoint['state_dict']}, path)") from None
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a dict of tensors (or one under 'state_dict'), "
-                         f"got {type(checkpoint).__name__}")
-    parts = backbone_state_dicts(checkpoint)
-    targets = {"backbone": model if isinstance(model, ViT) else model.backbone,
-               "smpl_head": getattr(model, "smpl_head", None)}
-    loaded = [part for part in parts if parts[part] and targets[part] is not None]
-    for part in loaded:
-        bodymodels.load_state_strict(targets[part], parts[part], f"{path} ({part}.*)")
-    return loaded
-
-
-def backbone_state_dicts(checkpoint):
-    """A released checkpoint dict -> {"backbone": the ViT's state, "smpl_head": HMR2.0's head's ({} if none)}:
-    the prefixes backbone. and smpl_head. dropped (a file with no backbone.* key is the ViT's own)."""
-    state = checkpoint.get("state_dict", checkpoint)
-    if not any(k.startswith("backbone.") for k in state):  # HMR2.0's vitpose_backbone.pth
-        return {"backbone": dict(state), "smpl_head": {}}
-    return {part: {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
-            for part in ("backbone", "smpl_head")}
-
-
-VIT_FIELDS = ("image_size", "patch_size", "patch_padding", "vit_width", "vit_depth", "vit_heads", "vit_mlp_ratio",
-              "conv_stem", "head_hidden")
-
-
-def build_model(cfg, parent=None):
-    """The stage-2 model. `parent`: the trained PoseRegressor of stage "genhmr_backbone" (its frozen
-    tokenizer is held as a submodule; its ViT, and TINY's shape/camera head, are copied and fine-tuned),
-    or a trained PoseTokenizer alone (the image encoder from scratch, or from cfg.backbone_checkpoint)."""
-    if parent is None:
-        raise ValueError("GenHMR's image stage needs a trained parent: the stage 'genhmr_backbone' (or a pose "
-                         "tokenizer); train 'genhmr_tokenizer' and 'genhmr_backbone' first (a checkpoint is missing)")
-    regressor = parent if isinstance(parent, PoseRegressor) else None
-    tokenizer = regressor.tokenizer if regressor is not None else parent
-    if not isinstance(tokenizer, PoseTokenizer):
-        raise ValueError(f"GenHMR: parent must be a PoseRegressor or a PoseTokenizer, got {type(parent).__name__}")
-    if not bool(tokenizer.quantizer.initialised):
-        raise ValueError("GenHMR: the parent pose tokenizer was never trained (its codebook is uninitialised)")
-    model = GenHMR(cfg, tokenizer)
-    if regressor is not None:
-        for name in VIT_FIELDS:
-            if getattr(regressor.cfg, name) != getattr(cfg, name):
-                raise ValueError(f"GenHMR: the backbone stage's {name}={getattr(regressor.cfg, name)!r} differs from "
-                                 f"this config's {getattr(cfg, name)!r}; its ViT cannot start this one")
-        model.backbone.load_state_dict(regressor.backbone.state_dict())  # copies: fine-tuned here, parent untouched
-        if hasattr(regressor, "shape_camera_head"):  # TINY's "mlp" head; HMR2.0's reads beta and camera from its token
-            model.shape_camera_head.load_state_dict(regressor.shape_camera_head.state_dict())
-    elif cfg.backbone_checkpoint:
-        load_backbone(model, cfg.backbone_checkpoint)
-    return model
-
-
-def param_groups(model, cfg):
-    """train.py's optimiser groups of the image stage: the image encoder (ViT) at backbone_lr_scale x lr, the
-    rest at lr."""
-    vit = {id(p) for p in model.backbone.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return [(1.0, [p for p in trainable if id(p) not in vit]),
-            (cfg.backbone_lr_scale, [p for p in trainable if id(p) in vit])]
-
-
 # ---------------------------------------------------------------------------------------------
-# 6. Training: masking, Gumbel-softmax, losses (Eq. 1, 5, 6)
+# 3. Training: masking, Gumbel-softmax, losses (Eq. 1, 5, 6)
 
 
 def num_masked(tau, L):
@@ -1277,49 +593,19 @@ def smpl_losses(raw, R, betas, cam, batch, cfg):
     # real data (data.HMR2Npz) lacks some labels: optional masks, 1 where known (HMR2.0's has_smpl_params
     # and keypoint confidences), each multiplying its term; synthetic samples have every label
     ones = torch.ones(len(R), device=R.device)
-    w2d, w3d = (batch.get(k, ones[:, None].expand(-1, NUM_JOINTS)).float() for k in ("joints2d_weight", "joints3d_weight"))
+    w2d, w3d = (batch.get(k, ones[:, None].expand(-1, NUM_JOINTS)).float()
+                for k in ("joints2d_weight", "joints3d_weight"))
     per_sample = {"pose": ((R - R_gt) ** 2).sum((1, 2, 3)) * batch.get("has_smpl_pose", ones).float(),  # (B,)
-                  "betas": ((betas - batch["smpl_shape"].float()) ** 2).sum(1) * batch.get("has_smpl_shape", ones).float(),
+                  "betas": (((betas - batch["smpl_shape"].float()) ** 2).sum(1)
+                            * batch.get("has_smpl_shape", ones).float()),
                   "joints3d": (((joints - joints[:, PELVIS:PELVIS + 1])
                                 - (j3d_gt - j3d_gt[:, PELVIS:PELVIS + 1])).abs().sum(2) * w3d).sum(1),
                   "joints2d": ((uv - uv_gt).abs().sum(2) * w2d).sum(1)}
     return {name: cfg.loss_batch * value.mean() for name, value in per_sample.items()}
 
 
-def backbone_build_model(cfg, parent=None):
-    if not isinstance(parent, PoseTokenizer):
-        raise ValueError("GenHMR's backbone stage starts from the trained pose tokenizer (stage 'genhmr_tokenizer'), "
-                         f"got {type(parent).__name__}")
-    return PoseRegressor(cfg, parent)
-
-
-def backbone_training_loss(model, batch, cfg):
-    """HMR2.0's losses on the regressed SMPL: w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D
-    (`smpl_losses`, the weights of the image stage's SMPL terms)."""
-    check_pose(batch["smpl_pose"])
-    out = model(batch["image"])
-    terms = smpl_losses(_unwrap(model), out["R"], out["betas"].float(), out["cam"].float(), batch, cfg)
-    loss = (cfg.w_pose * terms["pose"] + cfg.w_betas * terms["betas"] + cfg.w_3d * terms["joints3d"]
-            + cfg.w_2d * terms["joints2d"])
-    return loss, terms
-
-
-@torch.no_grad()
-def backbone_predict(model, batch, cfg):
-    """-> regression_joints3d (B, 24, 3), regression_verts (B, 6890, 3) in the labels' camera frame."""
-    model = _unwrap(model)
-    out = model(batch["image"])
-    mesh = mesh_outputs(model.tokenizer, out["R"], out["betas"], out["cam"], "regression_")
-    return {key: mesh[key] for key in ("regression_joints3d", "regression_verts")}
-
-
-BACKBONE = types.SimpleNamespace(  # the trainer's stage "genhmr_backbone"
-    CONFIGS=BACKBONE_CONFIGS, build_model=backbone_build_model, training_loss=backbone_training_loss,
-    predict=backbone_predict, learning_rate=learning_rate)
-
-
 # ---------------------------------------------------------------------------------------------
-# 7. Inference: uncertainty-guided sampling and 2D-pose-guided refinement
+# 4. Inference: uncertainty-guided sampling, 2D-pose-guided refinement, evaluation (`predict`)
 
 
 def mask_schedule(name, r):
@@ -1402,17 +688,6 @@ def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generat
     return ids, history
 
 
-@torch.no_grad()
-def soft_readout(model, levels):
-    """Not the paper's: one pass from all [MASK], each token's expected code vector sum_k p_k c_k decoded
-    (a yardstick beside UGS's argmax: a broad posterior averages instead of picking one far code)
-    -> rotations (B, 24, 3, 3)."""
-    B, L = len(levels[0]), model.num_tokens
-    ids = torch.full((B, L), model.num_codes, dtype=torch.long, device=levels[0].device)
-    probs = model.logits(ids, levels).float().softmax(-1)
-    return model.tokenizer.decode(probs @ model.tokenizer.quantizer.codebook.float())
-
-
 def refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights=None):
     """Eq. (2)-(3) per sample: G = sum_j w_j ||S (Pi(K(J'_3D + t)) - J_2D)||^2 + lambda ||R(e) - R_0||^2 -> (B,);
     weights (B, 24) per joint (a detector's confidences, 0 where a joint has no keypoint), None = all 1 (Eq. 3)."""
@@ -1483,47 +758,19 @@ def _backtrack(tokenizer, e, G, grad, eta, args, halvings):
     return e, G, torch.where(done[:, None, None], eta * 2, eta)
 
 
-def keypoint_noise(index, std_px, shape):
-    """N(0, std_px^2) noise (B, *shape) in pixels, one generator per sample seeded by its dataset
-    index (B,): the same whichever rank or batch evaluates the sample."""
-    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(i))) for i in index.reshape(-1)]
-    return torch.stack(noise).to(index.device) * std_px
-
-
-def context_masks(index, L, visible=0.75):
-    """(B, L) bool, True at the L - round(visible L) positions hidden from each sample: a permutation drawn
-    by a generator seeded by the sample's dataset index (the same on any rank or batch), its smallest values."""
-    hidden = L - round(visible * L)
-    return torch.stack([torch.randperm(L, generator=torch.Generator().manual_seed(int(i))) < hidden
-                        for i in index.reshape(-1)]).to(index.device)
-
-
-@torch.no_grad()
-def context_accuracies(model, levels, batch):
-    """Does the token generator use its context? Given 75 % of the true tokens Y* (the sample's pose
-    tokenized, `context_masks` hiding the rest), the share of the hidden tokens predicted right (argmax)
-    per sample: masked_token_accuracy_75 (B,), and the same for the training count table
-    (`NeighbourCounts`, when kept) as count_table_accuracy_75. NaN for a sample without a pose label."""
-    if "smpl_pose" not in batch:
-        return {}
-    y = model.tokenizer.tokenize(batch["smpl_pose"].float())
-    hidden = context_masks(batch["index"], y.shape[1])
-    labelled = batch.get("has_smpl_pose", torch.ones(len(y), device=y.device)) > 0
-    def accuracy(pred):
-        acc = ((pred == y) & hidden).sum(1) / hidden.sum(1)
-        return torch.where(labelled, acc.float(), torch.full_like(acc.float(), math.nan))
-    out = {"masked_token_accuracy_75": accuracy(model.logits(y.masked_fill(hidden, model.num_codes), levels).argmax(-1))}
-    if model.counts is not None:
-        out["count_table_accuracy_75"] = accuracy(model.counts.predict(y, hidden))
-    return out
-
-
 def mesh_outputs(tokenizer, R, betas, cam, prefix=""):
     """SMPL mesh in the labels' camera frame -> {joints3d, verts, joints2d (normalised), cam_t}."""
     verts, joints = tokenizer.body(R, betas)
     uv, t = project(joints, cam)
     return {f"{prefix}joints3d": joints + t[:, None], f"{prefix}verts": verts + t[:, None],
             f"{prefix}joints2d_norm": uv, f"{prefix}cam_t": t}
+
+
+def keypoint_noise(index, std_px, shape):
+    """N(0, std_px^2) noise (B, *shape) in pixels, one generator per sample seeded by its dataset
+    index (B,): the same whichever rank or batch evaluates the sample."""
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(i))) for i in index.reshape(-1)]
+    return torch.stack(noise).to(index.device) * std_px
 
 
 @torch.no_grad()
@@ -1574,7 +821,730 @@ def predict(model, batch, cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. Tools: parameter counts, timing, a visible demo, `--image`
+# 5. Configs (PAPER, TINY), build_model and train.py's stages
+
+
+@dataclass
+class TokenizerConfig:
+    # --- architecture (App. > Implementation Details; Tables 5, 6) ---
+    num_tokens: int = 96  # L (Table 6: 96 chosen)
+    codebook_size: int = 2048  # K (Table 5: 2048 x 256 chosen)
+    code_dim: int = 256  # D
+    width: int = 512  # conv width. NOTE(paper gap) 2: unstated; TokenHMR's
+    res_depth: int = 2  # ResBlocks per Resnet1D (TokenHMR)
+    dilation_growth: int = 3  # dilations 1, 3, 9, ... (TokenHMR)
+    input_rep: str = "rot6d"  # "rot6d" | "axis_angle". NOTE(paper gap) 1
+    ema_decay: float = 0.99  # EMA codebook (Method: "exponential moving average and codebook reset")
+    # --- loss Eq. Lvq (App. > Implementation Details) ---
+    w_re: float = 1.0  # lambda_re
+    w_pose: float = 1.0  # lambda_theta
+    w_verts: float = 0.5  # lambda_V
+    w_joints: float = 0.3  # lambda_J
+    w_commit: float = 0.02  # lambda_E used as commitment weight. NOTE(paper gap) 3
+    loss_vertices: int = 0  # vertices in L_V, evenly strided (0 = all 6890)
+    # --- augmentation (App. > Data Augmentation: "we rotate the poses at varying degrees") ---
+    aug_yaw_deg: float = 180.0  # NOTE(paper gap) 5: ranges unstated
+    aug_roll_deg: float = 30.0
+    # --- recipe read by train.py (App. > Implementation Details) ---
+    batch_size: int = 512  # global batch
+    lr: float = 1e-4  # Adam
+    max_steps: int = 200_000  # "200K iterations"
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # "constant" | "cosine" (to lr * 0.01 at max_steps)
+    weight_decay: float = 0.0  # Adam
+    grad_clip: float = 0.0
+    amp: bool = False
+    # --- hardware and data as reported ---
+    gpus: int = 0  # not stated
+    data: str = "AMASS train + MOYO (SMPL-H -> SMPL)"  # Experiments > Datasets
+
+    def __post_init__(self):
+        _check_choice(self, "input_rep", ("rot6d", "axis_angle"))
+        _check_choice(self, "lr_schedule", ("constant", "cosine"))
+        if self.num_tokens % NUM_JOINTS:
+            raise ValueError(f"TokenizerConfig.num_tokens={self.num_tokens}: expected a multiple of "
+                             f"{NUM_JOINTS} (each joint owns num_tokens / 24 tokens)")
+
+
+@dataclass
+class GenHMRConfig:
+    # --- image encoder (Method > Image Encoder; FACTS: HMR2.0's ViT-H) ---
+    image_size: tuple = (256, 192)  # (H, W) crop, as HMR2.0. NOTE(paper gap): resolution unstated
+    patch_size: int = 16  # ViT-H/16
+    patch_padding: int = 2  # HMR2.0's PatchEmbed padding (4 + 2 (ratio // 2 - 1), ratio 1)
+    vit_width: int = 1280  # C
+    vit_depth: int = 32
+    vit_heads: int = 16
+    vit_mlp_ratio: float = 4.0
+    drop_path: float = 0.55  # HMR2.0's backbone config
+    conv_stem: tuple = ()  # () = HMR2.0's patch_embed.proj; else the widths of a conv stem (TINY only, NOTE 22)
+    feature_scales: tuple = (1, 4, 8)  # App. > Impl.; Table 15 adds 16. NOTE(paper gap) 7
+    # --- masked transformer decoder (Method > Masked Transformer Decoder; Table 16) ---
+    d_model: int = 256  # NOTE(paper gap) 8: unstated, Deformable-DETR default
+    num_layers: int = 4  # "4 deformable cross attention layers" (Table 16)
+    num_heads: int = 8  # self-attention and MSDA heads
+    num_points: int = 4  # MSDA sampling points per head and level
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    head_hidden: int = 1024  # beta/camera MLP. NOTE(paper gap) 10
+    token_head: str = "linear"  # "linear": Linear(d, K), the paper's logits | "tied" to the codebook (TINY, NOTE 21)
+    count_table: bool = False  # keep `NeighbourCounts` (a diagnostic baseline, 4 (L - 1) K^2 bytes: TINY only)
+    # --- the backbone stage (PoseRegressor, NOTE(paper gap) 23): HMR2.0's SMPL head (its config) or TINY's MLP ---
+    regressor_head: str = "hmr2"  # "hmr2": HMR2.0's SMPL transformer decoder | "mlp": flatten -> MLP (TINY)
+    hmr2_head: tuple = (1024, 6, 8, 64, 1024)  # HMR2.0's (width, depth, heads, head width, MLP width)
+    regressor_hidden: int = 512  # the "mlp" head's hidden width
+    backbone_checkpoint: str = ""  # ViTPose-H or HMR2.0 weights the backbone stage starts from (`load_backbone`)
+    # --- training (Training Strategy; App. > Implementation Details; Tables 4, 8, 9) ---
+    mask_tau_max: float = 1.0  # tau ~ U(0, mask_tau_max) (Table 4: U(0, 1))
+    pkeep: float = 0.5  # each visible token kept w.p. pkeep, else a uniform random code. NOTE(paper gap) 11
+    ce_on: str = "all"  # "all" (Eq. 1 as printed) | "masked". NOTE(paper gap) 12
+    gumbel_positions: str = "all"  # "all" | "masked" (GT one-hot at visible). NOTE(paper gap) 13
+    tau_start: float = 1.0  # Table 8
+    tau_end: float = 0.01
+    anneal_fraction: float = 0.5  # Table 9: 50 % of training
+    w_mask: float = 1.0
+    w_pose: float = 1e-3  # lambda_theta within lambda_SMPL = 1.5e-3
+    w_betas: float = 5e-4
+    w_3d: float = 5e-2
+    w_2d: float = 1e-2
+    loss_batch: int = 48  # the geometric terms' calibration: HMR2.0/TokenHMR sum them over a GPU's 48 samples
+    # (their configs' TRAIN.BATCH_SIZE); here loss_batch x the mean over samples, the same on any number of ranks
+    # --- inference (App. > Impl.; Tables 2, 3, 11, 12) ---
+    ugs_iterations: int = 5  # T
+    schedule: str = "cosine"
+    top_k: int = 1  # greedy
+    choice_temperature: float = 0.0  # UGS re-masks by log p + c (1 - t / T) Gumbel (MaskGIT); 0 = by p alone. NOTE 17
+    refine_steps: int = 20  # P (Table 1 = Table 3's 20-iteration row)
+    refine_step: str = "fixed"  # Eq. (4): "fixed" eta = refine_lr (as printed) | "backtracking" (NOTE(paper gap) 18)
+    refine_lr: float = 0.03  # eta of Eq. (4), unstated: chosen at TINY (docs/genhmr.md); G is in crop px^2
+    refine_reg: float = 10.0  # lambda_theta' (px^2 per unit ||R - R_0||^2)
+    refine_noise_px: float = 1.0  # evaluation keypoints = GT projection + N(0, 1 px)
+    table_iterations: tuple = (1, 2, 3, 5, 10)  # report-only rows of `predict`: T x the four schedules (Tables 2, 11)
+    table_refine_steps: tuple = (0, 5, 20)  # and refinement steps P after UGS (Table 3)
+    # --- recipe read by train.py (App. > Implementation Details) ---
+    batch_size: int = 48  # "batch size of 48"; per GPU or global is unstated
+    lr: float = 1e-5  # Adam
+    backbone_lr_scale: float = 1.0  # the image encoder's lr / lr (the paper and MEGA: one lr for all)
+    max_steps: int = 100_000  # NOTE(paper gap) 16
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    amp: bool = False
+    # --- hardware and results as reported ---
+    gpus: int = 2  # NVIDIA RTX A6000 (App. > Impl.)
+    timing_gpu: str = "1x RTX A5000"  # Table 3 footnote (AITI)
+    reported_3dpw_mpjpe_mm: float = 54.7  # Table 1 (UGS-5 + 20 refinement steps)
+    reported_ugs_3dpw_mpjpe_mm: float = 68.1  # Table 2, T = 5
+    data: str = "H36M, COCO, MPI-INF-3DHP, MPII (SD)"  # Experiments > Datasets
+
+    def __post_init__(self):
+        for name, allowed in (("ce_on", ("all", "masked")), ("gumbel_positions", ("all", "masked")),
+                              ("schedule", SCHEDULES), ("lr_schedule", ("constant", "cosine")),
+                              ("token_head", ("linear", "tied")), ("regressor_head", ("hmr2", "mlp")),
+                              ("refine_step", ("fixed", "backtracking"))):
+            _check_choice(self, name, allowed)
+        self.image_size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else self.image_size
+        self.feature_scales, self.conv_stem = tuple(self.feature_scales), tuple(self.conv_stem)
+        self.hmr2_head = tuple(self.hmr2_head)
+        if self.conv_stem and 2 ** len(self.conv_stem) != self.patch_size:
+            raise ValueError(f"GenHMRConfig.conv_stem={self.conv_stem}: expected log2(patch_size={self.patch_size}) "
+                             f"stride-2 stages, one width each")
+        self.table_iterations, self.table_refine_steps = tuple(self.table_iterations), tuple(self.table_refine_steps)
+        if any(s < 1 or s & (s - 1) for s in self.feature_scales):
+            raise ValueError(f"GenHMRConfig.feature_scales={self.feature_scales}: expected powers of two")
+
+    @property
+    def image_hw(self):
+        return (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
+
+
+def _check_choice(cfg, name, allowed):
+    if getattr(cfg, name) not in allowed:
+        raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r}: expected one of {allowed}")
+
+
+TOKENIZER_PAPER = TokenizerConfig()  # 96 tokens, 2048 x 256 codebook
+TOKENIZER_TINY = TokenizerConfig(  # 2 CPU cores, synthetic poses (design notes Sec. 7)
+    num_tokens=48, codebook_size=256, code_dim=32, width=64, loss_vertices=1024,
+    aug_yaw_deg=20.0, aug_roll_deg=15.0,  # SyntheticPoses already spans every yaw
+    batch_size=128, lr=1e-3, max_steps=1000, warmup_steps=50, lr_schedule="cosine")
+PAPER = GenHMRConfig()
+TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 -> 8 x 6 grid, levels 1x, 2x
+    image_size=(64, 48), patch_size=8, vit_width=128, vit_depth=4, vit_heads=4, vit_mlp_ratio=2.0, drop_path=0.0,
+    conv_stem=(32, 64, 128), feature_scales=(1, 2), d_model=64, num_layers=3, num_heads=4, ffn_dim=128, dropout=0.0,
+    # the image stage fine-tunes the backbone stage's ViT (the paper's start is unstated); levels (1, 2, 4) cost
+    # more time a step for no gain (docs/genhmr.md)
+    head_hidden=128, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
+    token_head="tied", regressor_head="mlp", count_table=True,  # NOTE(paper gap) 21, 23
+    pkeep=0.5, choice_temperature=4.5,  # MMM's input swap, MaskGIT's confidence noise (docs/genhmr.md, issue 34)
+    # NOTE(paper gap) 20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48): summed,
+    # the Gumbel-ST gradient swamps L_mask
+    loss_batch=1,
+    # Eq. (4)'s fixed eta = 0.03, as PAPER: nearer in 3D than the backtracking step, and cheaper (docs/genhmr.md)
+    weight_decay=0.0, grad_clip=1.0, gpus=0, reported_3dpw_mpjpe_mm=0.0, reported_ugs_3dpw_mpjpe_mm=0.0,
+    data="data.SyntheticBodies")
+CONFIGS = {"paper": PAPER, "tiny": TINY}
+# The backbone stage (PoseRegressor) has the image stage's ViT fields and its own recipe. NOTE(paper gap) 23: the
+# paper states no initialisation; PAPER's recipe is HMR2.0's (lr 1e-5, weight decay 1e-4, batch 48), its
+# steps a starting point (HMR2.0 trains 1M); --set backbone_checkpoint=FILE starts from ViTPose-H or HMR2.0.
+BACKBONE_CONFIGS = {"paper": dataclasses.replace(PAPER, lr=1e-5, weight_decay=1e-4, max_steps=100_000),
+                    "tiny": dataclasses.replace(TINY, max_steps=2000)}
+TOKENIZER_CONFIGS = {"paper": TOKENIZER_PAPER, "tiny": TOKENIZER_TINY}
+
+
+def learning_rate(cfg, step):
+    """Linear warm-up, then constant or cosine to lr / 100 at max_steps; a pure function of the step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def tokenizer_build_model(cfg, parent=None):
+    if parent is not None:
+        raise ValueError("the pose tokenizer is the first GenHMR stage and starts from no parent model")
+    return PoseTokenizer(cfg)
+
+
+TOKENIZER = types.SimpleNamespace(  # the trainer's stage "genhmr_tokenizer"
+    CONFIGS=TOKENIZER_CONFIGS, build_model=tokenizer_build_model, training_loss=tokenizer_training_loss,
+    predict=tokenizer_predict, learning_rate=learning_rate)
+
+
+VIT_FIELDS = ("image_size", "patch_size", "patch_padding", "vit_width", "vit_depth", "vit_heads", "vit_mlp_ratio",
+              "conv_stem", "head_hidden")
+
+
+def build_model(cfg, parent=None):
+    """The stage-2 model. `parent`: the trained PoseRegressor of stage "genhmr_backbone" (its frozen
+    tokenizer is held as a submodule; its ViT, and TINY's shape/camera head, are copied and fine-tuned),
+    or a trained PoseTokenizer alone (the image encoder from scratch, or from cfg.backbone_checkpoint)."""
+    if parent is None:
+        raise ValueError("GenHMR's image stage needs a trained parent: the stage 'genhmr_backbone' (or a pose "
+                         "tokenizer); train 'genhmr_tokenizer' and 'genhmr_backbone' first (a checkpoint is missing)")
+    regressor = parent if isinstance(parent, PoseRegressor) else None
+    tokenizer = regressor.tokenizer if regressor is not None else parent
+    if not isinstance(tokenizer, PoseTokenizer):
+        raise ValueError(f"GenHMR: parent must be a PoseRegressor or a PoseTokenizer, got {type(parent).__name__}")
+    if not bool(tokenizer.quantizer.initialised):
+        raise ValueError("GenHMR: the parent pose tokenizer was never trained (its codebook is uninitialised)")
+    model = GenHMR(cfg, tokenizer)
+    if regressor is not None:
+        for name in VIT_FIELDS:
+            if getattr(regressor.cfg, name) != getattr(cfg, name):
+                raise ValueError(f"GenHMR: the backbone stage's {name}={getattr(regressor.cfg, name)!r} differs from "
+                                 f"this config's {getattr(cfg, name)!r}; its ViT cannot start this one")
+        model.backbone.load_state_dict(regressor.backbone.state_dict())  # copies: fine-tuned here, parent untouched
+        if hasattr(regressor, "shape_camera_head"):  # TINY's "mlp" head; HMR2.0's reads beta and camera from its token
+            model.shape_camera_head.load_state_dict(regressor.shape_camera_head.state_dict())
+    elif cfg.backbone_checkpoint:
+        load_backbone(model, cfg.backbone_checkpoint)
+    return model
+
+
+def param_groups(model, cfg):
+    """train.py's optimiser groups of the image stage: the image encoder (ViT) at backbone_lr_scale x lr, the
+    rest at lr."""
+    vit = {id(p) for p in model.backbone.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [(1.0, [p for p in trainable if id(p) not in vit]),
+            (cfg.backbone_lr_scale, [p for p in trainable if id(p) in vit])]
+
+
+# ---------------------------------------------------------------------------------------------
+# Appendix A. Support architecture: SMPL, the ViT backbone, the backbone stage (HMR2.0's SMPL head)
+
+
+class SMPLLayer(nn.Module):
+    """SMPL from bodymodels.load_smpl: R (B, 24, 3, 3), beta (B, 10) -> joints, vertices. Its buffers
+    are non-persistent: they come from the model file, not from checkpoints."""
+
+    def __init__(self, smpl):
+        super().__init__()
+        skin = bodymodels.Skinning(smpl, torch.float32, per_sample=False)  # J = J_template + J_shapedirs beta
+        for name in ("v_template", "shapedirs", "posedirs", "J_regressor", "lbs_weights", "J_template", "J_shapedirs"):
+            self.register_buffer(name, getattr(skin, name).clone(), persistent=False)
+        self.parents, self.faces = skin.parents, torch.as_tensor(smpl.faces.astype("int64"))
+        self._subsets = {}  # vertex subsets for the losses, built on first use
+
+    def rest_joints(self, betas):
+        return self.J_template + (betas @ self.J_shapedirs.T).view(len(betas), -1, 3)  # (B, 24, 3)
+
+    def joints(self, R, betas):
+        """Posed joints (B, 24, 3) by forward kinematics alone (no skinning)."""
+        return bodymodels.forward_kinematics(R, self.rest_joints(betas), self.parents)[0]
+
+    def _skin_buffers(self, count):
+        """(v_template, shapedirs, posedirs, lbs_weights) of all vertices, or of `count` evenly strided (cached)."""
+        if not count:
+            return self.v_template, self.shapedirs, self.posedirs, self.lbs_weights
+        key = (count, self.v_template.device)
+        if key not in self._subsets:
+            ids = torch.linspace(0, len(self.v_template) - 1, count).round().long().to(self.v_template.device)
+            cols = (ids[:, None] * 3 + torch.arange(3, device=ids.device)).flatten()  # posedirs columns 3 v + c
+            self._subsets[key] = (self.v_template[ids], self.shapedirs[ids], self.posedirs[:, cols].contiguous(),
+                                  self.lbs_weights[ids])
+        return self._subsets[key]
+
+    def forward(self, R, betas, vertex_count=0):
+        """-> verts (B, V', 3) (all, or `vertex_count` evenly strided), joints (B, 24, 3); no translation."""
+        vt, sd, pd, w = self._skin_buffers(vertex_count)
+        return bodymodels.lbs(betas, R, vt, sd, pd, self.J_regressor, self.parents, w, pose2rot=False,
+                              rest_joints=self.rest_joints(betas))
+
+
+@functools.lru_cache(maxsize=1)
+def _smpl():
+    return bodymodels.load_smpl()
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block with stochastic depth: x + attn(norm1(x)), then x + mlp(norm2(x)), mlp = fc2 GELU fc1."""
+
+    def __init__(self, dim, heads, mlp_ratio, drop_path):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn, hidden = Attention(dim, heads), int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
+        self.drop_path = drop_path
+
+    def _drop(self, x):
+        if not self.training or self.drop_path == 0:
+            return x
+        keep = torch.rand(len(x), 1, 1, device=x.device) >= self.drop_path
+        return x * keep / (1 - self.drop_path)
+
+    def forward(self, x):
+        x = x + self._drop(self.attn(self.norm1(x)))
+        return x + self._drop(self.mlp(self.norm2(x)))
+
+
+class ViT(nn.Module):
+    """images (B, 3, H, W) -> feature map (B, C, H/p, W/p). official (4D-Humans backbones/vit.py, ViTPose's
+    mmpose ViT): HMR2.0's `ViT`, parameter names included (patch_embed.proj, pos_embed (1, 1 + h w, C) with a
+    class-token slot, blocks.i.*, last_norm); held to 4D-Humans' module by tests/official/hmr2."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        H, W = cfg.image_hw
+        self.grid = (H // cfg.patch_size, W // cfg.patch_size)
+        self.patch_embed = nn.ModuleDict(  # a dict only for HMR2.0's name patch_embed.proj
+            {"stem": conv_stem(cfg.conv_stem, cfg.vit_width)} if cfg.conv_stem else
+            {"proj": nn.Conv2d(3, cfg.vit_width, cfg.patch_size, stride=cfg.patch_size, padding=cfg.patch_padding)})
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], cfg.vit_width))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        rates = [cfg.drop_path * i / max(1, cfg.vit_depth - 1) for i in range(cfg.vit_depth)]  # stochastic depth
+        self.blocks = nn.ModuleList(Block(cfg.vit_width, cfg.vit_heads, cfg.vit_mlp_ratio, r) for r in rates)
+        self.last_norm = nn.LayerNorm(cfg.vit_width, eps=1e-6)
+
+    def forward(self, images):
+        x = next(iter(self.patch_embed.values()))(images)  # (B, C, h, w)
+        B, C, h, w = x.shape
+        if (h, w) != self.grid:
+            raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {h}x{w} patch grid, expected {self.grid}")
+        # HMR2.0: the class-token slot of pos_embed is added to every patch
+        x = x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # (B, h w, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.last_norm(x).transpose(1, 2).reshape(B, C, h, w)
+
+
+def conv_stem(widths, out):
+    """NOTE(paper gap) 22 (TINY only): a convolutional patch embedding (Xiao et al. 2021, "Early
+    convolutions help transformers see better"): per width c, Conv3x3 stride 2 -> BN -> ReLU -> Conv3x3
+    -> BN -> ReLU, then Conv1x1 -> the ViT width; len(widths) = log2(patch) stages. One linear map of a
+    small crop's 8 x 8 patches learns body pose too slowly."""
+    layers, c_in = [], 3
+    for c in widths:
+        layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
+                   nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
+        c_in = c
+    return nn.Sequential(*layers, nn.Conv2d(c_in, out, 1))
+
+
+class HeadAttention(nn.Module):
+    """HMR2.0's pose_transformer attention (its names): softmax(q k^T / sqrt(c)) v per head, q from x, k and
+    v from x (to_qkv) or from a context (to_q, to_kv), no biases; to_out.0 with a bias."""
+
+    def __init__(self, dim, heads, dim_head, context_dim=None):
+        super().__init__()
+        inner, self.heads = heads * dim_head, heads
+        if context_dim is None:
+            self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        else:
+            self.to_kv, self.to_q = nn.Linear(context_dim, 2 * inner, bias=False), nn.Linear(dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim))
+
+    def forward(self, x, context=None):
+        q, k, v = self.to_qkv(x).chunk(3, -1) if context is None else (self.to_q(x), *self.to_kv(context).chunk(2, -1))
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # (B, M, N, c)
+        return self.to_out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+
+
+class PreNorm(nn.Module):
+    """x -> fn(LayerNorm(x)) (HMR2.0's names: norm, fn)."""
+
+    def __init__(self, dim, fn):
+        super().__init__()
+        self.norm, self.fn = nn.LayerNorm(dim), fn
+
+    def forward(self, x, **context):
+        return self.fn(self.norm(x), **context)
+
+
+class FeedForward(nn.Module):
+    """HMR2.0's net = Linear, GELU, Dropout, Linear, Dropout (dropout 0: names net.0, net.3)."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Identity(), nn.Linear(hidden, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class TokenDecoder(nn.Module):
+    """HMR2.0's TransformerDecoder: tokens (B, N, 1) -> Linear -> + pos_embedding -> depth x pre-norm
+    [self-attention, cross-attention to the context, MLP], each residual -> (B, N, width)."""
+
+    def __init__(self, width, depth, heads, dim_head, mlp, context_dim):
+        super().__init__()
+        self.to_token_embedding = nn.Linear(1, width)
+        self.pos_embedding = nn.Parameter(torch.randn(1, 1, width))
+        self.transformer = nn.ModuleDict({"layers": nn.ModuleList(nn.ModuleList([
+            PreNorm(width, HeadAttention(width, heads, dim_head)),
+            PreNorm(width, HeadAttention(width, heads, dim_head, context_dim)),
+            PreNorm(width, FeedForward(width, mlp))]) for _ in range(depth))})
+
+    def forward(self, tokens, context):
+        x = self.to_token_embedding(tokens) + self.pos_embedding
+        for self_attn, cross_attn, mlp in self.transformer["layers"]:
+            x = self_attn(x) + x
+            x = cross_attn(x, context=context) + x
+            x = mlp(x) + x
+        return x
+
+
+class HMR2Head(nn.Module):
+    """HMR2.0's SMPL head (`SMPLTransformerDecoderHead`, 4D-Humans `hmr2/models/heads/smpl_head.py`, names
+    included): ONE zero token cross-attends to the h w ViT tokens; its state reads out 6D pose (24 x 6,
+    our column convention), beta and camera as residuals on mean parameters, one iteration (IEF_ITERS 1).
+    The mean parameters are buffers: identity pose, beta = 0, cam [0.9, 0, 0] here; HMR2.0's
+    smpl_mean_params.npz values come with its checkpoint. Held to 4D-Humans' module by tests/official/hmr2."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        width, depth, heads, dim_head, mlp = cfg.hmr2_head
+        self.transformer = TokenDecoder(width, depth, heads, dim_head, mlp, cfg.vit_width)
+        self.decpose, self.decshape = nn.Linear(width, NUM_JOINTS * 6), nn.Linear(width, NUM_BETAS)
+        self.deccam = nn.Linear(width, 3)
+        identity = bodymodels.matrix_to_rot6d(torch.eye(3))
+        self.register_buffer("init_body_pose", identity.repeat(1, NUM_JOINTS))  # (1, 144)
+        self.register_buffer("init_betas", torch.zeros(1, NUM_BETAS))
+        self.register_buffer("init_cam", torch.tensor([[0.9, 0.0, 0.0]]))
+
+    def forward(self, feature):
+        """feature (B, C, h, w) -> R (B, 24, 3, 3), beta (B, 10), cam [s, tx, ty] (B, 3)."""
+        B = len(feature)
+        context = feature.flatten(2).transpose(1, 2)  # (B, h w, C)
+        token = self.transformer(feature.new_zeros(B, 1, 1), context)[:, 0]  # (B, width)
+        pose = self.decpose(token) + self.init_body_pose  # (B, 144)
+        betas, cam = self.decshape(token) + self.init_betas, self.deccam(token) + self.init_cam
+        return bodymodels.rot6d_to_matrix(pose.view(B, NUM_JOINTS, 6)), betas, cam
+
+
+class PoseRegressor(nn.Module):
+    """The backbone stage ("genhmr_backbone"), HMR2.0 here: GenHMR's ViT with a regression head, images ->
+    SMPL pose (24 x 6D), beta, camera, trained by HMR2.0's losses; the image stage starts from its ViT.
+    The paper's encoder is a ViT-H whose initialisation it does not state; HMR2.0 and TokenHMR start from
+    ViTPose-H. `load_backbone` reads ViTPose-H or HMR2.0 weights into it (cfg.backbone_checkpoint). The
+    frozen pose tokenizer rides along (its SMPL layer poses the predictions) to be handed on.
+    NOTE(paper gap) 23: head "hmr2" is HMR2.0's (`HMR2Head`); TINY's "mlp" is flatten -> MLP for the
+    pose and GenHMR's pooled shape/camera head, the smallest head that keeps where things are in the map
+    (pooling loses it); the image stage starts from that head too."""
+
+    def __init__(self, cfg, tokenizer):
+        super().__init__()
+        self.cfg, self.tokenizer = cfg, tokenizer.eval().requires_grad_(False)
+        self.backbone = ViT(cfg)
+        if cfg.regressor_head == "hmr2":
+            self.smpl_head = HMR2Head(cfg)
+        else:
+            self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
+            grid = self.backbone.grid
+            self.pose_head = nn.Sequential(nn.Flatten(), nn.Linear(cfg.vit_width * grid[0] * grid[1],
+                                                                   cfg.regressor_hidden),
+                                           nn.ReLU(), nn.Linear(cfg.regressor_hidden, NUM_JOINTS * 6))
+            nn.init.xavier_uniform_(self.pose_head[-1].weight, gain=0.01), nn.init.zeros_(self.pose_head[-1].bias)
+            identity = bodymodels.matrix_to_rot6d(torch.eye(3))
+            self.register_buffer("identity6d", identity.repeat(NUM_JOINTS, 1))  # (24, 6)
+        self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
+        if cfg.backbone_checkpoint:
+            load_backbone(self, cfg.backbone_checkpoint)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.tokenizer.eval()
+        return self
+
+    def forward(self, images):
+        """images (B, 3, H, W) in [0, 1] -> {"R" (B, 24, 3, 3), "betas" (B, 10), "cam" (B, 3)}."""
+        # official (HMR2.0 vitdet_dataset.py): (pixel - 255 mean) / (255 std) on 0-255 RGB, = (x - mean) / std
+        feature = self.backbone((images - self.mean_std[0]) / self.mean_std[1])
+        if self.cfg.regressor_head == "hmr2":
+            R, betas, cam = self.smpl_head(feature)
+            return {"R": R, "betas": betas, "cam": cam}
+        betas, cam = self.shape_camera_head(feature)
+        rot6d = self.pose_head(feature).view(-1, NUM_JOINTS, 6) + self.identity6d  # residual on the rest pose
+        return {"R": bodymodels.rot6d_to_matrix(rot6d), "betas": betas, "cam": cam}
+
+
+def backbone_build_model(cfg, parent=None):
+    if not isinstance(parent, PoseTokenizer):
+        raise ValueError("GenHMR's backbone stage starts from the trained pose tokenizer (stage 'genhmr_tokenizer'), "
+                         f"got {type(parent).__name__}")
+    return PoseRegressor(cfg, parent)
+
+
+def backbone_training_loss(model, batch, cfg):
+    """HMR2.0's losses on the regressed SMPL: w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D
+    (`smpl_losses`, the weights of the image stage's SMPL terms)."""
+    check_pose(batch["smpl_pose"])
+    out = model(batch["image"])
+    terms = smpl_losses(_unwrap(model), out["R"], out["betas"].float(), out["cam"].float(), batch, cfg)
+    loss = (cfg.w_pose * terms["pose"] + cfg.w_betas * terms["betas"] + cfg.w_3d * terms["joints3d"]
+            + cfg.w_2d * terms["joints2d"])
+    return loss, terms
+
+
+@torch.no_grad()
+def backbone_predict(model, batch, cfg):
+    """-> regression_joints3d (B, 24, 3), regression_verts (B, 6890, 3) in the labels' camera frame."""
+    model = _unwrap(model)
+    out = model(batch["image"])
+    mesh = mesh_outputs(model.tokenizer, out["R"], out["betas"], out["cam"], "regression_")
+    return {key: mesh[key] for key in ("regression_joints3d", "regression_verts")}
+
+
+BACKBONE = types.SimpleNamespace(  # the trainer's stage "genhmr_backbone"
+    CONFIGS=BACKBONE_CONFIGS, build_model=backbone_build_model, training_loss=backbone_training_loss,
+    predict=backbone_predict, learning_rate=learning_rate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Appendix B. Agreement with the official code: ViTPose-H and HMR2.0 checkpoints
+
+
+# Released weights (A6: HMR2.0 and TokenHMR start their ViT-H from ViTPose-H). Three layouts, each a dict
+# with "state_dict" (tests/official_keys/ lists names and shapes, made from the official constructors):
+# HMR2.0's Lightning checkpoint (backbone.*, smpl_head.*, discriminator.*, smpl.*, initialized), ViTPose-H's
+# mmpose checkpoint (backbone.*, keypoint_head.*), HMR2.0's vitpose_backbone.pth (the ViT's own names).
+
+
+def load_backbone(model, path):
+    """ViTPose-H or HMR2.0 weights from `path` into model's ViT (model: a ViT, PoseRegressor or GenHMR; the
+    names are HMR2.0's and ViTPose's), and HMR2.0's smpl_head.* into a PoseRegressor with head "hmr2".
+    Each part loads strictly; the file's other parts (adversary, SMPL buffers, heatmap head) are left
+    out. Read with torch.load(weights_only=True), so the file cannot run code. -> the parts loaded."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist: expected ViTPose-H's or HMR2.0's "
+                                "weights (GenHMRConfig.backbone_checkpoint)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # e.g. HMR2.0's Lightning file pickles its yacs config
+        names = ", ".join(re.findall(r"Unsupported global: GLOBAL (\S+)", str(e))) or "its classes"
+        raise ValueError(f"{path}: holds pickled objects besides tensors ({names}), which "
+                         "torch.load(weights_only=True) refuses. If you trust the file, keep only its weights once: "
+                         f"torch.load it inside `with torch.serialization.safe_globals([{names}]):` and "
+                         "torch.save({'state_dict': checkpoint['state_dict']}, path)") from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: expected a dict of tensors (or one under 'state_dict'), "
+                         f"got {type(checkpoint).__name__}")
+    parts = backbone_state_dicts(checkpoint)
+    targets = {"backbone": model if isinstance(model, ViT) else model.backbone,
+               "smpl_head": getattr(model, "smpl_head", None)}
+    loaded = [part for part in parts if parts[part] and targets[part] is not None]
+    for part in loaded:
+        bodymodels.load_state_strict(targets[part], parts[part], f"{path} ({part}.*)")
+    return loaded
+
+
+def backbone_state_dicts(checkpoint):
+    """A released checkpoint dict -> {"backbone": the ViT's state, "smpl_head": HMR2.0's head's ({} if none)}:
+    the prefixes backbone. and smpl_head. dropped (a file with no backbone.* key is the ViT's own)."""
+    state = checkpoint.get("state_dict", checkpoint)
+    if not any(k.startswith("backbone.") for k in state):  # HMR2.0's vitpose_backbone.pth
+        return {"backbone": dict(state), "smpl_head": {}}
+    return {part: {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
+            for part in ("backbone", "smpl_head")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Appendix C. The paper's ablation tables as train.py --ablation data
+
+
+# The paper's ablation tables as train.py's --ablation data: rows of config overrides beside the paper's figures,
+# copied from its tables' 3DPW columns (MPJPE, MVE = our pve_mm) for the image stage, AMASS for the tokenizer's
+# Tables 5 and 6. Inference rows score one trained model; the others retrain from the first stage they change.
+# Tables 13 and 14 drop the count table (`NeighbourCounts`: (L - 1) K^2 counts, 1.6 GB at 96 x 2048).
+_3DPW = (("mpjpe_mm", "MPJPE (mm), 3DPW"), ("pve_mm", "MVE (mm), 3DPW"))
+_CODEBOOKS = ((1024, 256), (2048, 128), (2048, 256), (4096, 256))
+ABLATIONS = {
+    "table2": dict(caption="Iterations of uncertainty-guided sampling (Table 2)", inference=True, columns=_3DPW,
+                   rows=tuple((str(T), {"ugs_iterations": T}, f) for T, f in (
+                       (1, (73.5, 84.2)), (3, (70.2, 81.9)), (5, (68.1, 77.5)), (10, (67.8, 79.1)),
+                       (15, (67.6, 78.5)), (20, (67.4, 78.1)))), chosen="5"),
+    "table3": dict(caption="2D pose-guided refinement steps after UGS-5 (Table 3)", inference=True,
+                   columns=(("refined_mpjpe_mm", "MPJPE (mm), 3DPW"), ("refined_pve_mm", "MVE (mm), 3DPW")),
+                   rows=tuple((label, {"ugs_iterations": 5, "refine_steps": P}, f) for label, P, f in (
+                       ("UGS* (no refinement)", 0, (68.1, 77.5)), ("1", 1, (66.5, 77.0)), ("3", 3, (63.6, 73.5)),
+                       ("5", 5, (60.2, 70.4)), ("10", 10, (57.5, 68.5)), ("20", 20, (54.7, 67.5)))), chosen="20"),
+    "table4": dict(caption="Masking ratio during training, gamma(tau), tau ~ U(0, max) (Table 4)", columns=_3DPW,
+                   rows=tuple((f"U(0, {m})", {"mask_tau_max": m}, f) for m, f in (
+                       (1.0, (68.1, 77.5)), (0.3, (72.1, 84.2)), (0.5, (69.8, 81.7)), (0.7, (67.9, 77.1)))),
+                   chosen="U(0, 1.0)"),
+    "table5": dict(caption="Codebook size x code dimension, 96 tokens (Table 5, the tokenizer)",
+                   stage="genhmr_tokenizer",
+                   columns=(("tokenizer_mpjpe_mm", "MPJPE (mm), AMASS"), ("tokenizer_pve_mm", "MVE (mm), AMASS")),
+                   rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96}, f)
+                              for (K, D), f in zip(_CODEBOOKS, ((10.5, 9.2), (8.9, 8.1), (8.5, 7.8), (6.1, 5.9)))),
+                   chosen="2048x256"),
+    "table6": dict(caption="Number of pose tokens, codebook 2048 x 256 (Table 6, the tokenizer)",
+                   stage="genhmr_tokenizer",
+                   columns=(("tokenizer_mpjpe_mm", "MPJPE (mm), AMASS"), ("tokenizer_pve_mm", "MVE (mm), AMASS")),
+                   rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256}, f) for L, f in (
+                       (48, (11.1, 10.5)), (96, (8.5, 7.8)), (192, (7.8, 6.9)), (384, (7.1, 6.0)))), chosen="96"),
+    "table11": dict(caption="Mask scheduling functions x UGS iterations (Table 11)", inference=True, columns=_3DPW,
+                    rows=tuple((f"{name} T={T}", {"schedule": name, "ugs_iterations": T}, f) for name, T, f in (
+                        ("cosine", 1, (73.5, 84.2)), ("cosine", 3, (70.2, 81.9)), ("cosine", 5, (68.1, 77.5)),
+                        ("cosine", 10, (67.8, 79.1)), ("cosine", 15, (67.6, 78.5)), ("cosine", 20, (67.4, 78.1)),
+                        ("cubic", 5, (69.7, 78.9)), ("cubic", 10, (69.1, 79.1)), ("cubic", 15, (68.8, 79.0)),
+                        ("cubic", 20, (68.6, 79.2)), ("linear", 5, (71.6, 81.2)), ("linear", 10, (71.3, 80.7)),
+                        ("linear", 15, (71.0, 80.9)), ("linear", 20, (70.8, 81.1)), ("sqrt", 5, (73.4, 82.8)),
+                        ("sqrt", 10, (73.1, 83.0)), ("sqrt", 15, (73.3, 83.3)), ("sqrt", 20, (73.6, 83.5)))),
+                    chosen="cosine T=5"),
+    "table13": dict(caption="Codebook size x code dimension, 96 tokens, on GenHMR (Table 13)", columns=_3DPW,
+                    rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96,
+                                             "count_table": False}, f)
+                               for (K, D), f in zip(_CODEBOOKS, ((70.1, 82.5), (69.9, 80.3), (68.1, 77.5),
+                                                                 (69.5, 80.4)))),
+                    chosen="2048x256"),
+    "table14": dict(caption="Number of pose tokens, codebook 2048 x 256, on GenHMR (Table 14)", columns=_3DPW,
+                    rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256,
+                                         "count_table": False}, f)
+                               for L, f in ((48, (68.5, 80.5)), (96, (68.1, 77.5)), (192, (72.5, 83.6)),
+                                            (384, (82.5, 91.5)))), chosen="96"),
+    "table15": dict(caption="Feature-pyramid levels of the image encoder (Table 15)",
+                    columns=(("mpjpe_mm", "MPJPE (mm), 3DPW"),),
+                    rows=tuple((" ".join(f"{s}x" for s in scales), {"feature_scales": scales}, (f,)) for scales, f in (
+                        ((1, 4, 8, 16), 68.3), ((1,), 71.3), ((1, 4), 69.8), ((1, 4, 8), 68.8), ((4, 8, 16), 68.8),
+                        ((1, 8, 16), 69.3), ((1, 4, 16), 69.8))), chosen="1x 4x 8x"),
+    "table16": dict(caption="Deformable cross-attention layers of the masked transformer (Table 16)", columns=_3DPW,
+                    rows=tuple((str(n), {"num_layers": n}, f) for n, f in (
+                        (2, (70.5, 85.9)), (4, (68.1, 77.5)), (6, (69.5, 77.1)), (8, (70.9, 79.9)))), chosen="4"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Appendix D. Diagnostics (not the paper's): the neighbour-count yardstick, the soft readout, context accuracy
+
+
+class NeighbourCounts(nn.Module):
+    """The token generator's yardstick (not the paper's): a table of neighbouring-token counts,
+    n[i, a, b] = how often training tokens i and i + 1 were (a, b), filled by `training_loss` from the
+    Y* of every training batch the image stage sees (all ranks' under DDP: each rank adds the gathered
+    batch, so every rank holds the same table). Given the visible tokens, a masked position i takes the
+    naive-Bayes argmax_k log n_i(k) + sum over its visible neighbours of log n(neighbour | k) (counts
+    + 0.1). Kept as the module's extra state, not a buffer: DDP would broadcast (L - 1) K^2 counts every step."""
+
+    def __init__(self, num_tokens, num_codes):
+        super().__init__()
+        self.pairs = torch.zeros(num_tokens - 1, num_codes, num_codes, dtype=torch.int32)
+
+    def get_extra_state(self):
+        return self.pairs
+
+    def set_extra_state(self, state):
+        self.pairs = state.to(self.pairs)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(device) moves the table too
+        self.pairs = fn(self.pairs)
+        return super()._apply(fn, *args, **kwargs)
+
+    @torch.no_grad()
+    def add(self, ids):
+        """Count the adjacent pairs of ids (B, L) (a DDP rank's: every rank's are gathered and counted)."""
+        if _distributed():
+            gathered = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, ids)
+            ids = torch.cat(gathered)
+        L, K = ids.shape[1], self.pairs.shape[-1]
+        flat = (torch.arange(L - 1, device=ids.device) * K + ids[:, :-1]) * K + ids[:, 1:]  # (B, L - 1)
+        self.pairs.view(-1).index_add_(0, flat.flatten(), torch.ones(flat.numel(), dtype=self.pairs.dtype,
+                                                                      device=ids.device))
+
+    @torch.no_grad()
+    def predict(self, ids, masked, alpha=0.1):
+        """ids (B, L) with the true tokens where ~masked -> the table's ids (B, L) (masked positions filled)."""
+        n = self.pairs.double() + alpha
+        K = n.shape[-1]
+        # n_i(k): position i's code counts, from the pair it starts (i < L - 1) or ends (the last)
+        unigram = torch.cat([n.sum(2), n[-1].sum(0)[None]]) - alpha * K  # (L, K)
+        log_n = (unigram + alpha).log()
+        score = log_n.expand(len(ids), -1, -1).clone()  # (B, L, K)
+        # left neighbour visible: + log n[i - 1, y_{i-1}, k] - log n_i(k); right: + log n[i, k, y_{i+1}] - log n_i(k)
+        left = n[torch.arange(1, ids.shape[1]) - 1, ids[:, :-1]].log() - log_n[1:]  # (B, L - 1, K)
+        right = n[torch.arange(ids.shape[1] - 1), :, ids[:, 1:]].log() - log_n[:-1]  # (B, L - 1, K)
+        score[:, 1:] += left * ~masked[:, :-1, None]
+        score[:, :-1] += right * ~masked[:, 1:, None]
+        return torch.where(masked, score.argmax(-1), ids)
+
+
+@torch.no_grad()
+def soft_readout(model, levels):
+    """Not the paper's: one pass from all [MASK], each token's expected code vector sum_k p_k c_k decoded
+    (a yardstick beside UGS's argmax: a broad posterior averages instead of picking one far code)
+    -> rotations (B, 24, 3, 3)."""
+    B, L = len(levels[0]), model.num_tokens
+    ids = torch.full((B, L), model.num_codes, dtype=torch.long, device=levels[0].device)
+    probs = model.logits(ids, levels).float().softmax(-1)
+    return model.tokenizer.decode(probs @ model.tokenizer.quantizer.codebook.float())
+
+
+def context_masks(index, L, visible=0.75):
+    """(B, L) bool, True at the L - round(visible L) positions hidden from each sample: a permutation drawn
+    by a generator seeded by the sample's dataset index (the same on any rank or batch), its smallest values."""
+    hidden = L - round(visible * L)
+    return torch.stack([torch.randperm(L, generator=torch.Generator().manual_seed(int(i))) < hidden
+                        for i in index.reshape(-1)]).to(index.device)
+
+
+@torch.no_grad()
+def context_accuracies(model, levels, batch):
+    """Does the token generator use its context? Given 75 % of the true tokens Y* (the sample's pose
+    tokenized, `context_masks` hiding the rest), the share of the hidden tokens predicted right (argmax)
+    per sample: masked_token_accuracy_75 (B,), and the same for the training count table
+    (`NeighbourCounts`, when kept) as count_table_accuracy_75. NaN for a sample without a pose label."""
+    if "smpl_pose" not in batch:
+        return {}
+    y = model.tokenizer.tokenize(batch["smpl_pose"].float())
+    hidden = context_masks(batch["index"], y.shape[1])
+    labelled = batch.get("has_smpl_pose", torch.ones(len(y), device=y.device)) > 0
+    def accuracy(pred):
+        acc = ((pred == y) & hidden).sum(1) / hidden.sum(1)
+        return torch.where(labelled, acc.float(), torch.full_like(acc.float(), math.nan))
+    out = {"masked_token_accuracy_75":
+           accuracy(model.logits(y.masked_fill(hidden, model.num_codes), levels).argmax(-1))}
+    if model.counts is not None:
+        out["count_table_accuracy_75"] = accuracy(model.counts.predict(y, hidden))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Appendix E. Running it: parameter counts, timing, a visible demo, `--image` (argparse and main)
 
 
 def count_parameters(module):
