@@ -1,72 +1,25 @@
-"""HMR-Adapter: a lightweight adapter with dual-path cross augmentation for expressive human mesh
-recovery (anonymous ACM MM 2024 submission; ../shared/papers/hmr_adapter.txt), in one file.
+"""HMR-Adapter: a lightweight adapter with dual-path cross augmentation for expressive human mesh recovery
+(anonymous ACM MM 2024 submission; ../shared/papers/hmr_adapter.txt), in one file.
 
-Two frozen pretrained models, adapted with few trainable parameters (Fig. 2):
-- the hand path: a HaMeR-style hand expert (ViT backbone on a hand crop + a transformer head with one
-  query token, Sec. 3.2.2) whose head gets, in every block, a new self-attention SA' and
-  cross-attention CA' copied from the frozen ones and attending to the arm chain's 6D rotations
-  (Eqs. 1-3: Z_new = CA(Q, K, V) + CA(Q', K', V'));
-- the body path: a SMPLer-X-style whole-body model (ViT with task tokens, body position net, body
-  regressor, hand boxes, hand RoI features, hand position net, Sec. 3.2.3) whose initial body pose
-  theta_0 gets an offset from a small transformer on the hand RoI features sampled at the 8 MCP
-  joints (Eq. 4: theta_hat = theta_0 + FFN(CA(Q'', K'', V''))).
-The pipeline (Sec. 3.1): whole-body model -> hand boxes -> hand crops (left flipped) -> hand expert
-+ adapter conditioned on theta_hat's arm chain -> SMPL-X: body from theta_hat, fingers from the hand
-path, the wrist by inverse kinematics (the paper's baseline, Sec. 4.2), shape, face and camera
-from the whole-body model. `pipeline(..., adapted=False)` is that baseline: both frozen models + IK.
-Training (Sec. 3.5, Eqs. 5-8): both bases frozen and in eval mode; the hand adapter sees the true
-body pose, the body adapter samples at the true 2D hand keypoints; the two never share a parameter.
+Two frozen pretrained models, each adapted by a few trainable parameters that read the other path (Fig. 2):
 
-Conventions: bodymodels' (column vectors, 6D = the first two COLUMNS of R as HaMeR, axis-angle into
-SMPL-X/MANO, metres; mm in reported metrics). Left hands are flipped into right hands before the hand
-expert sees them (HaMeR): a flipped crop shows the mirror image of the scene (x -> -x), so a left
-hand's MANO pose is the mirror of the right-hand pose the expert predicts, and its arm chain is
-mirrored the same way (R -> M R M, M = diag(-1, 1, 1)).
+  image -> whole-body model (SMPLer-X) -> theta_0, hand boxes, hand RoI features F^J at the 8 MCP joints
+        -> body adapter (Eq. 4): theta_hat = theta_0 + FFN(CA(Q'', K'', V'')) -> arm chains theta_b (6D)
+  hand crops (left flipped) -> hand expert (HaMeR) + hand adapter on theta_b (Eqs. 1-3) -> MANO hands
+  -> SMPL-X (Sec. 3.1): body from theta_hat, fingers from the hand path, wrists by IK, shape, face, camera
+`pipeline(..., adapted=False)` is the paper's baseline: both frozen models + IK. Training (Sec. 3.5): bases frozen,
+the hand adapter reads the true body pose, the body adapter samples at the true 2D hand keypoints.
 
-Map: 1 configs (`BaseConfig`, `AdapterConfig`; PAPER and TINY of each) -> 2 geometry (crops, RoI,
-arm chains, IK) -> 3 ViT -> 4 hand expert -> 5 whole-body model -> 6 hand adapter -> 7 body adapter
--> 7b the ablations' other ways (`ABLATIONS`: Tables 3-6, next to the configs) -> 8 the models the trainer trains (`Bases`, `Adapted`), losses -> 9 inference: the pipeline,
-`predict`, the evaluation protocol -> 10 `--image` (a photograph in, picture, .obj, .npz out), `--params`,
-`--bench`, demo.
-train.py trains two rows: "hmr_adapter_bases" (`BASES`: the tiny bases, standing in for the
-pretrained HaMeR and SMPLer-X, trained briefly on the same synthetic world) and "hmr_adapter"
-(this module: both adapters and the Table 3 No.5 control on the frozen bases).
+Conventions: bodymodels' (column vectors, 6D = the first two COLUMNS of R as HaMeR, axis-angle, metres). Left
+hands are flipped into right hands (HaMeR), their arm chains mirrored (R -> M R M, M = diag(-1, 1, 1)).
+Symbols: B batch, J joints, V vertices, C channels, L tokens, h x w ViT grid, R RoI side, S crop side, theta
+poses (6D unless named), beta shape, F^H hand image tokens, F^B arm-chain tokens, F^J MCP tokens.
 
-NOTE(paper gap) list (each also stands at its spot; the paper's supplementary material is not public):
- 1. Around SA'/CA' (Eq. 3): the residual stream follows the frozen path, SA' only forms CA''s query;
-    copies include the LayerNorms and CA's output projection (that is what gives "about 27M").
-    A scale lambda (default 1) multiplies CA' (lambda = 0 is exactly the frozen head).
- 2. Attention cannot tell its keys apart: F^B and F^J get a learned per-token embedding.
- 3. Left hands: the left arm chain is mirrored to match the flipped crop.
- 4. The final wrist: IK as the paper's baseline (wrist local = elbow global^T hand global).
- 5. The body pose given to the hand adapter at inference: theta_hat (the refined one).
- 6. MCP coordinates at inference: the whole-body model's own hand position net.
- 7. Body adapter widths (1024, 8 x 64 heads, MLP 1024, 6 blocks, 1x1 conv 1280 -> 512 without BN,
-    regressor 1024 -> 1024 -> 22 x 6 with its last layer zero, so theta_hat = theta_0 at start).
- 8. Delta-theta is added in 6D to all 22 joints (root and wrists included).
- 9. Eq. 6 is read as its formula: squared error on rotation matrices + (1 - cosine) per joint.
-10. Loss weights and optimiser: HaMeR's (hand) and SMPLer-X's (body) weights, calibrated as their code
-    applies them (HaMeR: sums over joints, coordinates and 8 crops a GPU; SMPLer-X: means); AdamW 1e-4,
-    cosine; each adapter has its own peak lr (`lr` hand, `body_lr` body: the paper trains them apart).
-    L_img and L_beta of Eq. 7 have no gradient with frozen bases and are left out.
-11. The whole-body model is SMPLer-X's (names, layers, conventions), except that its hand regressor and
-    face box are left out (the hand expert replaces them, Sec. 3.1).
-12. Hand-only training data ("zeros for hand-only datasets", Sec. 3.3): a share of the training
-    hands gets a zero body pose.
-13. TINY only: the whole-body ViT's patch embedding is a conv stem (`BaseConfig.body_stem`).
-14. TINY only: theta_b holds the arm joints' global rotations (forward kinematics), not their local
-    ones (`AdapterConfig.chain`; PAPER: local, "each joint's rotation").
-15. The ablations' other ways (Tables 3-6, section 7b): the paper names them in a line each; the
-    concatenation's zero-initialised new columns and the PIXIE-style moderators' inputs and widths are ours.
-
-Paper configs feed the released networks what their official pipelines feed them (tests/official/):
-HaMeR's hand crops (`hamer_crops`: its box, blur, cv2 warp and ImageNet normalisation, to the bit) and
-SMPLer-X's body input (the 512 x 384 image / 255, resized by F.interpolate's nearest) and hand RoI
-(`roi_align`: mmcv's). TINY keeps its own simpler steps (crops of the [0, 1] image, "area" resizing,
-2 x 2 RoI samples clamped to the border, mean losses), each said at its config field.
-
-Symbols: B batch, J joints, V vertices, C channels, L tokens, h x w ViT grid, R RoI side, S crop side,
-theta poses (6D unless named), beta shape, F^H hand image tokens, F^B arm-chain tokens, F^J MCP tokens.
+Map: 1 building blocks (attention, arm chains, points in crops and RoIs) -> 2 hand adapter -> 3 body adapter
+-> 4 the model (`Adapted`) -> 5 losses (Eqs. 5-8) -> 6 inference (`pipeline`, `predict`, evaluation) -> 7 configs
+(PAPER, TINY), `build_model`. Appendices: A the bases (ViT, HaMeR, SMPLer-X, crops and warps, RoI-align, `Bases`),
+B the released weights, C the ablations (Tables 3-6, `ABLATIONS`), D parameter counts, E running it (`--image`,
+`--bench`, `--params`, demo). Where this differs from the paper (NOTE(paper gap) N), results: docs/hmr_adapter.md.
 """
 
 import argparse
@@ -520,12 +473,7 @@ def arm_chains(body_pose, chain="global", whole_body=False):
     whole_body: Table 5's "whole-body pose", all 22 joints (..., 2, 22, 6) instead of the arm; the left
     hand's flipped crop sees the mirrored body, its left and right joints swapped (MIRROR_BODY).
 
-    NOTE(paper gap) 14 (TINY takes "global"): with local rotations the adapter must compose eight
-    rotations to find the hand's orientation. It learns that on true chains only and did it poorly on
-    theta_hat's at inference: at seed 1 the default run's hands came out 69 degrees off reading a chain
-    whose own wrist is 50 degrees off. Retraining the hand adapter on the frozen bases of two seeds
-    (docs/hmr_adapter.md) gave an occluded-hand pipeline PVE of 0.849 / 0.845 x the baseline with global
-    rotations, against 0.847 / 0.969 x with local ones."""
+    NOTE(paper gap) 14: TINY takes "global", whose last token is the hand's orientation (local: eight to compose)."""
     if chain not in ("local", "global"):
         raise ValueError(f"AdapterConfig.chain: 'local' or 'global', got {chain!r}")
     R = body_pose[..., :NUM_BODY, :, :]
@@ -574,8 +522,8 @@ class Block(nn.Module):
 class PatchEmbed(nn.Module):
     """ViTPose's linear patch embedding `proj`, or (stem = widths, TINY only) a convolutional stem: per
     width Conv3x3 stride 2 -> GroupNorm -> ReLU, log2(patch) of them, then Conv1x1 -> the ViT width.
-    NOTE(paper gap) 13: at 128 x 96 one linear map per 16 x 16 patch left the tiny whole-body model's
-    hand boxes and arm chain near a constant's; the released models keep `proj` and load strictly."""
+    NOTE(paper gap) 13: a linear map per 16 x 16 patch is too weak for the tiny whole-body model at 128 x 96;
+    the released models keep `proj` and load strictly."""
 
     def __init__(self, patch, padding, width, stem=()):
         super().__init__()
@@ -891,7 +839,7 @@ class HandRoINet(nn.Module):
 class WholeBody(nn.Module):
     """SMPLer-X (Sec. 3.2.3): image (B, 3, H, W) -> theta_0, shape, camera, expression, jaw, body
     joints, hand boxes; `hands(...)` -> the hand feature map and the hand joints in its frame.
-    SMPLer-X's own hand regressor is replaced by the hand expert (Sec. 3.1) and left out."""
+    NOTE(paper gap) 11: SMPLer-X's hand regressor and face box are left out (the hand expert replaces them)."""
 
     def __init__(self, cfg):
         super().__init__()
