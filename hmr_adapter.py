@@ -153,7 +153,7 @@ class AdapterConfig:
     # Eq. 7's L_3D and L_proj over SMPL-X's 22 body joints (False) or also the hands' 30 finger joints (True), posed
     # by theta's arms and wrists with the true fingers: SMPLer-X supervises its whole-body joints, hands included, and
     # only these see a forearm's twist. The body adapter and the whole-body stand-in (`Bases`) both train on them
-    # (docs/hmr_adapter.md, issues 27 and 34)
+    # (docs/hmr_adapter.md)
     body_loss_hands: bool = True
     # --- recipe (Sec. 4.1: one machine, 4 V100, 10K steps, batch 32 per GPU, about 6 hours) ---
     batch_size: int = 128  # 32 x 4
@@ -179,9 +179,8 @@ BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 
     hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, roi_sampling=2, hamer_checkpoint="",
     smplerx_checkpoint="", losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100)
 PAPER = AdapterConfig(chain="local")
-# TINY's lr, body_lr and max_steps come from sweeps that retrained one adapter alone on the default run's frozen bases
-# (README, "HMR-Adapter"): the hand adapter at lr 4e-3, the body adapter at 1e-3 (faster moved theta_hat's arm chain
-# away from what the hand adapter reads); with global chains (NOTE(paper gap) 14) 2500 steps did as well as 4500.
+# TINY's lr, body_lr and max_steps: from retraining each adapter alone on the default run's frozen bases
+# (docs/hmr_adapter.md); a faster body adapter moves theta_hat's arm chain away from what the hand adapter reads.
 TINY = AdapterConfig(image_size=(256, 192), hand_only_prob=0.2, cache_frozen=True, hamer_batch=0, w_hand_verts=0.05,
                      w_body_2d=1.0, body_proj=32, body_dim=64, body_depth=3, body_heads=4,
                      body_dim_head=16, body_mlp=128, batch_size=32, max_steps=2500, lr=4e-3, body_lr=1e-3,
@@ -359,7 +358,7 @@ def cv2_warp(image, centre, side, size, round_to_8bit):
        as warpAffine does; 2. source positions in fixed point, rounded to 1/32 pixel (INTER_BITS 5,
        AB_BITS 10); 3. bilinear weights (32 - f)/32, f/32 per axis, 0 outside the image; 8-bit images:
        integer weights x 32768 and rounding to 0..255, others (the blurred float64 image): exact weights.
-    OpenCV 4 (HaMeR's; 5.0 rewrote warpAffine): equal to cv2's crops, measured in the test's fixture."""
+    OpenCV 4 (HaMeR's; 5.0 rewrote warpAffine): equal to cv2's crops (checked on the test's fixture)."""
     half, (cx, cy) = side * 0.5, centre  # float32
     (m00, m01, m02), (m10, m11, m12) = affine_from_points([(cx, cy), (cx, cy + half), (cx + half, cy)],
                                                           [(size / 2, size / 2), (size / 2, size), (size, size / 2)])
@@ -789,8 +788,8 @@ class BodyRotationNet(nn.Module):
 
 class BoxNet(nn.Module):
     """SMPLer-X's box net: the image map and the body joints' (detached) heatmaps (C + K D channels)
-    upsampled x2 per deconvolution (`box_channels`: x8 in SMPLer-X, x4 at TINY, where the third one
-    cost a fifth of a training step) -> hand centre heatmaps (soft-argmax) and each hand's (w, h) from
+    upsampled x2 per deconvolution (`box_channels`: x8 in SMPLer-X, x4 at TINY, where a third one
+    costs too much of a training step) -> hand centre heatmaps (soft-argmax) and each hand's (w, h) from
     the features at its centre, in map units -> (B, 2, 4) [x0, y0, x1, y1] image pixels (left, right).
     Its face box is not used by HMR-Adapter (`smplerx_state_dict` drops it). The sizes are taken as
     |size| (SMPLer-X: as they are; the same for the positive sizes a trained model gives)."""
@@ -1369,7 +1368,7 @@ class Adapted(nn.Module):
 
         With `cfg.cache_frozen` each training sample (its "index") is computed once, alone, and kept:
         a row's bits would otherwise depend on its place in the batch (BLAS blocks rows), so a resumed
-        run would drift from an uninterrupted one. On the tiny default this is 41 of a step's 87 ms."""
+        run would drift from an uninterrupted one. It also spares the frozen forward, much of a tiny step."""
         if self.frozen_cache is None or "index" not in batch:
             return self._frozen(batch)
         keys = batch["index"].tolist()
