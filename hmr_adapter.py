@@ -46,7 +46,8 @@ from bodymodels import (axis_angle_to_matrix, forward_kinematics, matrix_to_axis
 SIDES = ("left", "right")
 ARMS = {"left": bodymodels.SMPLX_LEFT_ARM, "right": bodymodels.SMPLX_RIGHT_ARM}  # Sec. 3.3 arm joint groups
 ELBOWS = {"left": 18, "right": 19}
-HAND_JOINTS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20)  # SMPLer-X's 20: FreiHAND without the wrist
+# SMPLer-X's 20 hand joints: FreiHAND's 21 without the wrist
+HAND_JOINTS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20)
 MCP = (4, 8, 12, 16)  # index, middle, ring, pinky knuckles among those 20 (SMPLer-X's L_MCP / R_MCP)
 NUM_BODY = 22  # theta_0: root + 21 body joints
 
@@ -170,7 +171,7 @@ class AdapterConfig:
 
 
 BASES_PAPER = BaseConfig()  # HaMeR (ViT-H + 39.5M head) and SMPLer-X-H32 shapes
-BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 -> 8 x 6), body 128 x 96 (patch 16 -> 8 x 6)
+BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 -> 8 x 6), body 128 x 96 (8 x 6)
     hand_crop=32, hand_patch=4, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
     head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128, image_size=(256, 192), hamer_rescale=0.0,
     body_image=(128, 96), body_resize="area", body_patch=16, body_patch_padding=0, body_width=64, body_depth=3,
@@ -212,7 +213,8 @@ ABLATIONS = {
               ("No.6 adapter, body pose input", {}, (8.4, 24.1, 8.5, None))),
         chosen="No.6 adapter, body pose input", longer={"No.2 from scratch": 2}),
     "table4": dict(
-        caption="Fine-tuning methods on SMPLer-X (Table 4, ARCTIC whole bodies; No.2 trains twice as long, as in the paper)",
+        caption="Fine-tuning methods on SMPLer-X (Table 4, ARCTIC whole bodies; No.2 trains twice as long, "
+                "as in the paper)",
         stage="hmr_adapter",
         columns=_BODY_COLUMNS,
         rows=(("SMPLer-X (pre-trained)", {"body_method": "frozen"}, (29.3, 48.5, 28.9)),
@@ -460,7 +462,7 @@ def sample_points(features, points):
     return out[..., 0].transpose(1, 2)
 
 
-MIRROR_BODY = (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20)  # SMPL-X's 22, left <-> right
+MIRROR_BODY = (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20)  # SMPL-X's 22, L <-> R
 
 
 def arm_chains(body_pose, chain="global", whole_body=False):
@@ -732,7 +734,8 @@ def deconvs(channels):
     """SMPLer-X's make_deconv_layers: per step ConvTranspose 4 x 4 stride 2 (x2, no bias), BatchNorm, ReLU."""
     layers = []
     for c_in, c_out in zip(channels[:-1], channels[1:]):
-        layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+        layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                   nn.ReLU()]
     return nn.Sequential(*layers)
 
 
@@ -809,7 +812,8 @@ class BoxNet(nn.Module):
         feats = sample_points(x, centre.detach())  # (B, 2, c)
         size = torch.stack([self.lhand_size(feats[:, 0]), self.rhand_size(feats[:, 1])], 1)  # (w, h), map units
         H, W = image_hw
-        centre, half = centre * centre.new_tensor([W / x.shape[-1], H / x.shape[-2]]), size.abs() * centre.new_tensor([W / w, H / h]) / 2
+        centre, half = (centre * centre.new_tensor([W / x.shape[-1], H / x.shape[-2]]),
+                        size.abs() * centre.new_tensor([W / w, H / h]) / 2)
         return torch.cat([centre - half, centre + half], -1)
 
 
@@ -851,7 +855,8 @@ class WholeBody(nn.Module):
         self.box_net = BoxNet(cfg)
         self.hand_roi_net = HandRoINet(cfg)
         self.hand_position_net = PositionNet(cfg.body_width, len(HAND_JOINTS), cfg.hand_hm_depth)
-        self.face_regressor = nn.ModuleDict(dict(expr_out=linear(cfg.body_width, 10), jaw_pose_out=linear(cfg.body_width, 6)))
+        self.face_regressor = nn.ModuleDict(dict(expr_out=linear(cfg.body_width, 10),
+                                                 jaw_pose_out=linear(cfg.body_width, 6)))
         nn.init.zeros_(self.face_regressor.jaw_pose_out[0].weight)
         with torch.no_grad():
             self.face_regressor.jaw_pose_out[0].bias.copy_(matrix_to_rot6d(torch.eye(3)))
@@ -868,8 +873,8 @@ class WholeBody(nn.Module):
         joints = soft_argmax(heatmaps)  # (B, K, 3) heatmap pixels (x, y) and depth bin
         theta0, shape, cam = self.body_regressor(task[:, 6:], joints, task[:, 0], task[:, 1])
         face = self.face_regressor
-        return dict(feature_map=feature_map, body_joints=joints, body_tokens=task[:, 6:], theta0=theta0, shape=shape, cam=cam,
-                    expression=face.expr_out(task[:, 2]), jaw=face.jaw_pose_out(task[:, 3]),
+        return dict(feature_map=feature_map, body_joints=joints, body_tokens=task[:, 6:], theta0=theta0, shape=shape,
+                    cam=cam, expression=face.expr_out(task[:, 2]), jaw=face.jaw_pose_out(task[:, 3]),
                     boxes=self.box_net(feature_map, heatmaps, image.shape[-2:]))
 
     def hands(self, feature_map, boxes, image_hw):
@@ -1191,7 +1196,8 @@ def hand_targets(batch, boxes):
     R = axis_angle_to_matrix(pose)
     verts, joints = mano_mesh(R, R.new_zeros(len(R), 10))
     kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)  # (2B, 21, 2) image pixels
-    return dict(R=R, verts=verts, joints=joints, uv=to_crop(kp, boxes.flatten(0, 1), flip_pattern(len(batch["image"]), R.device)))
+    return dict(R=R, verts=verts, joints=joints,
+                uv=to_crop(kp, boxes.flatten(0, 1), flip_pattern(len(batch["image"]), R.device)))
 
 
 def flip_pattern(batch, device):
@@ -1244,9 +1250,11 @@ def body_pose_loss(theta, shape, cam, batch, cfg, hands=False):
         R = torch.cat([R, axis_angle_to_matrix(batch["smplx_pose"][:, NUM_BODY:].to(R))], 1)
     joints, gt = body_joints(R, shape)[:, ids], batch["joints3d"][:, ids]
     uv = bodymodels.project_to_crop(joints, smplerx_translation(cam))
-    terms = dict(body_pose=(R[:, :NUM_BODY] - R_gt).abs().mean(), body_3d=(joints - joints[:, :1] - gt + gt[:, :1]).abs().mean(),
+    terms = dict(body_pose=(R[:, :NUM_BODY] - R_gt).abs().mean(),
+                 body_3d=(joints - joints[:, :1] - gt + gt[:, :1]).abs().mean(),
                  body_2d=(uv - image_normalised(batch, ids)).abs().mean())
-    return cfg.w_body_pose * terms["body_pose"] + cfg.w_body_3d * terms["body_3d"] + cfg.w_body_2d * terms["body_2d"], terms
+    return (cfg.w_body_pose * terms["body_pose"] + cfg.w_body_3d * terms["body_3d"]
+            + cfg.w_body_2d * terms["body_2d"]), terms
 
 
 def image_normalised(batch, ids=tuple(range(NUM_BODY))):
@@ -1279,10 +1287,12 @@ def whole_body_loss(whole_body, bcfg, batch, weights, hands=False):
     # L_img: the position net's body joints (heatmap pixels and depth bins, SMPLer-X's joint_img)
     xy = batch["joints2d"][:, :NUM_BODY] * batch["joints2d"].new_tensor([w / W, h / H])
     z = batch["joints3d"][:, :NUM_BODY, 2] - batch["joints3d"][:, :1, 2]  # pelvis-relative depth, +-1 m
-    joints_img = (out["body_joints"][:, :NUM_BODY] - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
+    joints_img = (out["body_joints"][:, :NUM_BODY]
+                  - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
     # the hand boxes' centres and sizes (w, h) in body-map units
     unit = out["boxes"].new_tensor([w / W, h / H]).repeat(2)
-    centre_size = lambda b: torch.cat([b[..., :2] + b[..., 2:], 2 * (b[..., 2:] - b[..., :2])], -1) * unit / 2  # noqa: E731
+    centre_size = lambda b: (  # noqa: E731
+        torch.cat([b[..., :2] + b[..., 2:], 2 * (b[..., 2:] - b[..., :2])], -1) * unit / 2)
     terms.update(joints_img=joints_img, boxes=(centre_size(out["boxes"]) - centre_size(gt_boxes(batch))).abs().mean(),
                  shape=(out["shape"] - batch["smplx_shape"]).abs().mean(),
                  face=(out["expression"] - batch["smplx_expression"]).abs().mean() +
@@ -1294,7 +1304,8 @@ def whole_body_loss(whole_body, bcfg, batch, weights, hands=False):
     xy = to_roi(kp, boxes.flatten(0, 1), R, flip_pattern(len(boxes), boxes.device))
     j3 = torch.stack([batch[f"{s}_hand_joints3d"] for s in SIDES], 1).flatten(0, 1)
     z = (j3[:, list(HAND_JOINTS), 2] - j3[:, :1, 2]) / 0.15
-    terms["hand_joints_img"] = (hand_joints.flatten(0, 1) - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
+    terms["hand_joints_img"] = (hand_joints.flatten(0, 1)
+                                - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
     return body, terms
 
 
@@ -1413,7 +1424,8 @@ class Adapted(nn.Module):
             body, body_terms = whole_body_loss(self.whole_body, bcfg, batch, cfg, cfg.body_loss_hands)
             body = body + sum(body_terms[k] for k in SMPLERX_TERMS)
         elif self.body_adapter is not None:
-            kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)[:, [HAND_JOINTS[i] for i in MCP]]
+            kp = (torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1)
+                  .flatten(0, 1)[:, [HAND_JOINTS[i] for i in MCP]])
             mcp = to_roi(kp, front["pred_boxes"].flatten(0, 1), bcfg.hand_roi, flip).view(B, 2, len(MCP), 2)
             theta_hat = self.refine(front, front["rois"], mcp)
             body, body_terms = body_pose_loss(theta_hat, front["shape"], front["cam"], batch, cfg, cfg.body_loss_hands)
@@ -1450,7 +1462,8 @@ def smplerx_state_dict(checkpoint):
             continue
         if k.startswith("box_net.bbox_center."):
             v = v[:2]  # lhand, rhand, face -> lhand, rhand
-        if k.startswith(("body_regressor.root_pose_out.", "body_regressor.body_pose_out.", "face_regressor.jaw_pose_out.")):
+        if k.startswith(("body_regressor.root_pose_out.", "body_regressor.body_pose_out.",
+                         "face_regressor.jaw_pose_out.")):
             v = v.unflatten(0, (-1, 6))[:, SMPLERX_6D].flatten(0, 1)
         state[k] = v
     return state
@@ -1547,7 +1560,8 @@ def hand_path(bases, adapter, tokens, chain=None):
     (`hand_tokens`): the frozen expert (adapter None) or an adapter on it, conditioned on arm chains
     (B, 2, 8, 6)."""
     head = bases.hand_expert.mano_head
-    pose, betas, _ = head(tokens) if adapter is None else adapter(head, tokens, None if chain is None else chain.flatten(0, 1))
+    pose, betas, _ = (head(tokens) if adapter is None
+                      else adapter(head, tokens, None if chain is None else chain.flatten(0, 1)))
     return rot6d_to_matrix(pose).view(-1, 2, 16, 3, 3), betas.view(-1, 2, 10)
 
 
@@ -1584,7 +1598,8 @@ def pipeline(model, image, adapted=True, front=None, hand_boxes=None, details=Fa
     bases = model.bases
     if adapted and (model.whole_body is not bases.whole_body or model.hand_expert is not bases.hand_expert):
         # an ablation row's own fine-tuned models (Tables 3, 4 No.1-3) see the image themselves
-        bases, front = types.SimpleNamespace(cfg=bases.cfg, whole_body=model.whole_body, hand_expert=model.hand_expert), None
+        bases, front = types.SimpleNamespace(cfg=bases.cfg, whole_body=model.whole_body,
+                                             hand_expert=model.hand_expert), None
     out, boxes, tokens = front or frozen_front(bases, image, hand_boxes)
     theta, chain, adapter = out["theta0"], None, None
     if adapted:
@@ -1623,7 +1638,8 @@ def predict(model, batch, cfg):
             x = model.hand_expert.features(hand_crops(bases.cfg, image, boxes))
         R, betas = hand_path(bases, adapter, x, chain)
         verts, joints = mano_mesh(R.flatten(0, 1), betas.flatten(0, 1))
-        out[f"hand_{name}_verts"], out[f"hand_{name}_joints"] = verts.unflatten(0, (-1, 2)), joints.unflatten(0, (-1, 2))
+        out[f"hand_{name}_verts"], out[f"hand_{name}_joints"] = (verts.unflatten(0, (-1, 2)),
+                                                                 joints.unflatten(0, (-1, 2)))
     front = frozen_front(bases, image)  # the same for both pipelines
     for name in ("baseline", "adapted") if adapted else ("baseline",):
         piped = model if name == "adapted" else types.SimpleNamespace(bases=bases)
@@ -1639,7 +1655,8 @@ def _unwrap(model):
 def _errors(pred_verts, gt_verts, pred_joints, gt_joints, root):
     """PVE after moving joint `root` of each to the origin, PA-PVE, PA-MPJPE: (N,) each, input units."""
     pve = (pred_verts - pred_joints[:, root:root + 1] - gt_verts + gt_joints[:, root:root + 1]).norm(dim=-1).mean(-1)
-    return dict(pve_mm=pve, pa_pve_mm=metrics.pa_mpvpe(pred_verts, gt_verts), pa_mpjpe_mm=metrics.pa_mpjpe(pred_joints, gt_joints))
+    return dict(pve_mm=pve, pa_pve_mm=metrics.pa_mpvpe(pred_verts, gt_verts),
+                pa_mpjpe_mm=metrics.pa_mpjpe(pred_joints, gt_joints))
 
 
 def _face_errors(pred_verts, gt_verts, pred_neck, gt_neck, ids):
@@ -1664,7 +1681,8 @@ def evaluation_metrics(pred, gt):
         pose = torch.stack([gt[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)
         gt_verts, gt_joints = mano_mesh(axis_angle_to_matrix(pose), pose.new_zeros(len(pose), 10))
     for name in hand_names:
-        e = _errors(pred[f"hand_{name}_verts"].flatten(0, 1), gt_verts, pred[f"hand_{name}_joints"].flatten(0, 1), gt_joints, 0)
+        e = _errors(pred[f"hand_{name}_verts"].flatten(0, 1), gt_verts, pred[f"hand_{name}_joints"].flatten(0, 1),
+                    gt_joints, 0)
         for split, mask in (("clean", ~occluded), ("occluded", occluded)):
             if not mask.any():
                 continue
@@ -1718,7 +1736,8 @@ BASES = types.SimpleNamespace(  # train.py's row "hmr_adapter_bases": the tiny s
 
 PAPER_COUNTS = {"hand expert head": "39M (Tab. 3 No.3)", "hand adapter": "27M (Sec. 4.1)",
                 "whole-body neck + heads":
-                "31M (Tab. 4 No.3): SMPLer-X's 30.88M less its hand regressor and face box, 1.65M", "body adapter": "37M (Sec. 4.1)"}
+                "31M (Tab. 4 No.3): SMPLer-X's 30.88M less its hand regressor and face box, 1.65M",
+                "body adapter": "37M (Sec. 4.1)"}
 
 
 def parameter_table(base_cfg=BASES_PAPER, cfg=PAPER):
@@ -1788,8 +1807,10 @@ def keypoint_hand_boxes(person, A):
 
 NPZ_DOCS = dict(
     verts="SMPL-X vertices, metres, the full image's camera frame (x right, y down, z forward); faces: the .obj's",
-    joints3d="SMPL-X's 55 joints, metres, the full image's camera frame", joints2d="those joints' pixels in the image (K)",
-    pose="SMPL-X pose, axis-angle: global orientation (camera frame), body 1-21, jaw, eyes, left hand 25-39, right 40-54",
+    joints3d="SMPL-X's 55 joints, metres, the full image's camera frame",
+    joints2d="those joints' pixels in the image (K)",
+    pose="SMPL-X pose, axis-angle: global orientation (camera frame), body 1-21, jaw, eyes, left hand 25-39, "
+         "right 40-54",
     shape="SMPL-X betas", expression="SMPL-X expression coefficients",
     translation="verts = SMPL-X(pose, shape, expression) + translation, metres",
     hand_boxes="the hand boxes (left, right) [x0, y0, x1, y1] image pixels: from --keypoints, else the model's",
@@ -1829,7 +1850,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="HMR-Adapter: a mesh from your image (--image), parameter counts, "
                                 "latency, or a demo of the pipeline.")
     p.add_argument("--params", action="store_true", help="trainable and frozen parameters per part at the paper's size")
-    p.add_argument("--bench", action="store_true", help="latency of the baseline and the adapted pipeline on this device")
+    p.add_argument("--bench", action="store_true",
+                   help="latency of the baseline and the adapted pipeline on this device")
     p.add_argument("--config", default="tiny", help="tiny | paper (for --bench and the demo; default tiny)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per pipeline for --bench (default 10)")
     bodymodels.add_demo_arguments(p, "hmr_adapter")
@@ -1841,7 +1863,8 @@ def main(argv=None):
     base_cfg, cfg = BASE_CONFIGS[args.config], CONFIGS[args.config]
     if args.params:
         for part, (trainable, frozen) in parameter_table().items():
-            print(f"{part:26s} trainable {trainable / 1e6:8.2f}M  frozen {frozen / 1e6:8.2f}M  paper: {PAPER_COUNTS.get(part, '-')}")
+            print(f"{part:26s} trainable {trainable / 1e6:8.2f}M  frozen {frozen / 1e6:8.2f}M  "
+                  f"paper: {PAPER_COUNTS.get(part, '-')}")
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.bench:
@@ -1857,7 +1880,8 @@ def main(argv=None):
         out = model.bases.whole_body(image)
         print({k: tuple(v.shape) for k, v in out.items()})
         verts, joints, boxes = pipeline(model, image, adapted=True)
-    print(f"adapted pipeline: SMPL-X verts {tuple(verts.shape)}, joints {tuple(joints.shape)}, hand boxes {boxes[0].tolist()}")
+    print(f"adapted pipeline: SMPL-X verts {tuple(verts.shape)}, joints {tuple(joints.shape)}, "
+          f"hand boxes {boxes[0].tolist()}")
     print("train it: torchrun --standalone --nproc_per_node=2 train.py --model hmr_adapter")
 
 
