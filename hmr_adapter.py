@@ -53,529 +53,8 @@ NUM_BODY = 22  # theta_0: root + 21 body joints
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. Configs
-
-
-@dataclass
-class BaseConfig:
-    """The two frozen bases (FACTS: HaMeR, SMPLer-X) and the recipe that trains the tiny stand-ins."""
-    image_size: tuple = (512, 384)  # the person image (H, W): SMPLer-X's input_img_shape; the hand crops come from it
-    # --- hand expert (HaMeR, FACTS) ---
-    hand_crop: int = 256  # I_h: 256 x 256 (Sec. 3.2.2); the ViT reads its centre 256 x 192
-    # HaMeR's crop (vitdet_dataset.py; rescale_factor 2.0 of its demo.py): the square of side 2 max(4/3 w, h) about
-    # the hand box, cv2-warped, blurred when shrunk > 2.2 x, ImageNet-normalised 0-255 pixels: what its ViT was
-    # trained on. 0 (TINY): a grid_sample crop of the [0, 1] image at the box squared x hand_box_scale, fed as it is
-    hamer_rescale: float = 2.0
-    hand_patch: int = 16
-    hand_patch_padding: int = 2  # ViTPose's PatchEmbed (16 x 12 tokens from 256 x 192)
-    hand_width: int = 1280  # ViT-H
-    hand_depth: int = 32
-    hand_heads: int = 16
-    head_dim: int = 1024  # the transformer head: one zero token -> Linear(1 -> 1024)
-    head_depth: int = 6
-    head_heads: int = 8
-    head_dim_head: int = 64
-    head_mlp: int = 1024
-    # --- whole-body model (SMPLer-X-H32, FACTS) ---
-    body_image: tuple = (256, 192)  # its input (the image, resized)
-    body_resize: str = "nearest"  # SMPLer-X's F.interpolate default (main/SMPLer_X.py); TINY "area" (its own choice)
-    body_patch: int = 16
-    body_patch_padding: int = 2
-    body_width: int = 1280
-    body_depth: int = 32
-    body_heads: int = 16
-    body_stem: tuple = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE(paper gap) 13)
-    body_keypoints: int = 25  # body joints of the position net = body task tokens (31 tokens in all)
-    body_hm_depth: int = 16  # 3D heatmap depth bins (16 x 16 x 12 in SMPLer-X)
-    body_rot_hidden: int = 512  # Linear 1280 -> 512 per body token
-    box_channels: tuple = (256, 256, 256)  # box net deconvolutions (16 x 12 -> 128 x 96)
-    hand_roi: int = 16  # RoI side
-    hand_roi_channels: tuple = (640, 320)  # deconvolutions before RoI-align (16 x 12 -> 64 x 48)
-    hand_hm_depth: int = 16
-    hand_box_scale: float = 2.0  # RoI boxes: squared and enlarged x 2 (SMPLer-X's restore_bbox); TINY's crops too
-    # 0: mmcv's roi_align as SMPLer-X calls it (aligned=False, ceil(bin) samples a bin side, 0 outside [-1, H]);
-    # TINY 2: its own 2 x 2 samples a bin clamped to the border (`roi_align_grid`)
-    roi_sampling: int = 0
-    # --- the released weights (FACTS: HaMeR, SMPLer-X), loaded by `load_pretrained`; "" for none ---
-    hamer_checkpoint: str = "checkpoints/hamer.ckpt"  # HaMeR's _DATA/hamer_ckpts/checkpoints/hamer.ckpt
-    smplerx_checkpoint: str = "checkpoints/smpler_x_h32.pth.tar"  # SMPLer-X-H32's snapshot
-    # --- recipe of the stand-ins (the paper loads the pretrained checkpoints instead: 0 steps) ---
-    batch_size: int = 32
-    max_steps: int = 0
-    lr: float = 1e-3
-    warmup_steps: int = 0
-    weight_decay: float = 1e-4
-    grad_clip: float = 0.0
-    amp: bool = False
-    losses: str = "paper"  # the CONFIGS preset whose Eq. 5 / 7 weights (and calibration) the stand-ins train with
-
-
-@dataclass
-class AdapterConfig:
-    """The two adapters (Secs. 3.3, 3.4) and their recipe (Sec. 4.1)."""
-    image_size: tuple = (512, 384)  # as BaseConfig's (the same rendered set)
-    adapter_scale: float = 1.0  # lambda on CA' (1 in Eq. 3). NOTE(paper gap) 1
-    # theta_b's rotations (Sec. 3.3, "each joint's rotation"): "local", SMPL-X's own pose parameters of the arm
-    # joints (the paper's reading: PAPER), or "global", their products from the root (TINY: NOTE(paper gap) 14).
-    # The default is what checkpoints written before this field were trained with
-    chain: typing.Literal["local", "global"] = "global"
-    # What trains in the hand path and in the body path: the adapters ("adapter", the paper's method) or one of the
-    # other ways the ablations compare (Tables 3-6, `ABLATIONS`; section 7b says each)
-    hand_method: typing.Literal["adapter", "whole_body_pose", "image", "concat", "weighted_sum", "head", "full",
-                                "scratch", "frozen"] = "adapter"
-    body_method: typing.Literal["adapter", "task_tokens", "concat", "weighted_sum", "head", "full", "scratch",
-                                "frozen"] = "adapter"
-    hand_only_prob: float = 0.0  # share of training hands with a zero body pose. NOTE(paper gap) 12
-    # Keep what the frozen bases give each training sample (by its "index") instead of recomputing it
-    # every epoch. Only where a sample index is always the same image: the rendered synthetic set, not
-    # data augmented on the fly. Off for the paper (and its datasets are far too big to keep).
-    cache_frozen: bool = False
-    body_proj: int = 512  # 1x1 conv 1280 -> 512 (Sec. 3.4)
-    body_dim: int = 1024  # NOTE(paper gap) 7
-    body_depth: int = 6  # "6 attention layers" (Sec. 4.1)
-    body_heads: int = 8
-    body_dim_head: int = 64
-    body_mlp: int = 1024
-    # --- Eq. 5 (hand) and Eq. 7 (body) weights. NOTE(paper gap) 10: HaMeR's / SMPLer-X's ---
-    # HaMeR's weights act on SUMS over joints, coordinates and its per-GPU batch of 8 (hamer losses.py,
-    # hamer_vit_transformer.yaml): each Eq. 5 term is hamer_batch x the global batch's mean of one hand's sum (the
-    # same on any number of ranks). 0 (TINY): means over every element, which its weights were tuned on.
-    hamer_batch: int = 8
-    w_hand_3d: float = 0.05
-    w_hand_2d: float = 0.01
-    w_hand_verts: float = 0.05 * 21 / 778  # not in HaMeR: lambda_3D per point (778 vertices weigh as its 21 joints)
-    w_hand_pose: float = 0.001
-    w_hand_betas: float = 0.0005
-    # SMPLer-X's weights act on means (its train.py: loss[k].mean()), as ours. Its 2D loss is in 16 x 12 heatmap
-    # units (1/16 of the image height), ours in image heights: x 16
-    w_body_pose: float = 10.0
-    w_body_3d: float = 100.0
-    w_body_2d: float = 16.0
-    # Eq. 7's L_3D and L_proj over SMPL-X's 22 body joints (False) or also the hands' 30 finger joints (True), posed
-    # by theta's arms and wrists with the true fingers: SMPLer-X supervises its whole-body joints, hands included, and
-    # only these see a forearm's twist. The body adapter and the whole-body stand-in (`Bases`) both train on them
-    # (docs/hmr_adapter.md)
-    body_loss_hands: bool = True
-    # --- recipe (Sec. 4.1: one machine, 4 V100, 10K steps, batch 32 per GPU, about 6 hours) ---
-    batch_size: int = 128  # 32 x 4
-    max_steps: int = 10_000
-    lr: float = 1e-4  # the hand adapter and the No.5 control. NOTE(paper gap) 10
-    body_lr: float = 1e-4  # the body adapter (its own run in Sec. 3.5, so its own rate)
-    warmup_steps: int = 500
-    weight_decay: float = 1e-4
-    grad_clip: float = 0.0  # the adapters train together here, so no shared clipping norm
-    amp: bool = False
-    gpus: int = 4
-    gpu: str = "V100"
-    hours: float = 6.0
-
-
-BASES_PAPER = BaseConfig()  # HaMeR (ViT-H + 39.5M head) and SMPLer-X-H32 shapes
-BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 -> 8 x 6), body 128 x 96 (8 x 6)
-    hand_crop=32, hand_patch=4, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
-    head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128, image_size=(256, 192), hamer_rescale=0.0,
-    body_image=(128, 96), body_resize="area", body_patch=16, body_patch_padding=0, body_width=64, body_depth=3,
-    body_heads=4, body_stem=(16, 32, 64, 64),
-    body_keypoints=22, body_hm_depth=8, body_rot_hidden=32, box_channels=(32, 32), hand_roi=8,
-    hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, roi_sampling=2, hamer_checkpoint="",
-    smplerx_checkpoint="", losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100)
-PAPER = AdapterConfig(chain="local")
-# TINY's lr, body_lr and max_steps: from retraining each adapter alone on the default run's frozen bases
-# (docs/hmr_adapter.md); a faster body adapter moves theta_hat's arm chain away from what the hand adapter reads.
-TINY = AdapterConfig(image_size=(256, 192), hand_only_prob=0.2, cache_frozen=True, hamer_batch=0, w_hand_verts=0.05,
-                     w_body_2d=1.0, body_proj=32, body_dim=64, body_depth=3, body_heads=4,
-                     body_dim_head=16, body_mlp=128, batch_size=32, max_steps=2500, lr=4e-3, body_lr=1e-3,
-                     warmup_steps=50)
-CONFIGS = {"paper": PAPER, "tiny": TINY}
-BASE_CONFIGS = {"paper": BASES_PAPER, "tiny": BASES_TINY}
-
-# The paper's ablations (Sec. 4.3) as rows of `hand_method` / `body_method` (section 7b), each trained on the frozen
-# bases like the adapters, with the paper's figures beside them (train.py --ablation tableN; docs/hmr_adapter.md).
-# The paper scores Tables 3 and 5 on ARCTIC's hands at the true boxes (our hand path: its "adapter" is the row's
-# method, on the occluded hands, as ARCTIC's hands hold objects), Tables 4 and 6 on whole bodies (our pipeline).
-# The last column of Tables 3 and 5 is ours: the hand path above reads the TRUE body pose (whose wrist token is the
-# answer with global chains), the pipeline reads theta_hat's.
-_HAND_COLUMNS = (("hand_path/adapter/occluded/pa_pve_mm", "PA-PVE"), ("hand_path/adapter/occluded/pve_mm", "PVE"))
-_PIPE_HANDS = ("pipeline/adapted/hands_occluded/pve_mm", "none (ours: the pipeline's occluded hands, PVE)")
-_BODY_COLUMNS = (("pipeline/adapted/all/pa_pve_mm", "PA-PVE"), ("pipeline/adapted/all/pve_mm", "PVE"),
-                 ("pipeline/adapted/all/pa_mpjpe_mm", "PA-MPJPE"))
-ABLATIONS = {
-    "table3": dict(
-        caption="Fine-tuning methods on HaMeR (Table 3, ARCTIC hands; No.2 trains twice as long, as in the paper)",
-        stage="hmr_adapter",
-        columns=(*_HAND_COLUMNS, ("hand_path/adapter/occluded/pa_mpjpe_mm", "PA-MPJPE"), _PIPE_HANDS),
-        rows=(("HaMeR (pre-trained)", {"hand_method": "frozen"}, (16.2, 38.5, 17.1, None)),
-              ("No.1 full fine-tuning", {"hand_method": "full"}, (13.9, 45.3, 15.0, None)),
-              ("No.2 from scratch", {"hand_method": "scratch"}, (15.1, 53.3, 16.3, None)),
-              ("No.3 decoder head", {"hand_method": "head"}, (14.1, 56.1, 15.1, None)),
-              ("No.4 concatenation", {"hand_method": "concat"}, (17.9, 36.7, 18.4, None)),
-              ("No.5 adapter, hand image input", {"hand_method": "image"}, (9.0, 30.9, 9.2, None)),
-              ("No.6 adapter, body pose input", {}, (8.4, 24.1, 8.5, None))),
-        chosen="No.6 adapter, body pose input", longer={"No.2 from scratch": 2}),
-    "table4": dict(
-        caption="Fine-tuning methods on SMPLer-X (Table 4, ARCTIC whole bodies; No.2 trains twice as long, "
-                "as in the paper)",
-        stage="hmr_adapter",
-        columns=_BODY_COLUMNS,
-        rows=(("SMPLer-X (pre-trained)", {"body_method": "frozen"}, (29.3, 48.5, 28.9)),
-              ("No.1 full fine-tuning", {"body_method": "full"}, (19.5, 24.4, 21.1)),
-              ("No.2 from scratch", {"body_method": "scratch"}, (27.0, 35.0, 34.6)),
-              ("No.3 neck and heads", {"body_method": "head"}, (21.0, 25.1, 21.2)),
-              ("No.4 concatenation", {"body_method": "concat"}, (23.6, 29.9, 25.1)),
-              ("No.5 adapter, body task tokens input", {"body_method": "task_tokens"}, (20.8, 24.7, 21.2)),
-              ("No.6 adapter, MCP features input", {}, (20.7, 24.7, 21.0))),
-        chosen="No.6 adapter, MCP features input", longer={"No.2 from scratch": 2}),
-    "table5": dict(
-        caption="Ways to inject the body feature into HaMeR (Table 5, ARCTIC hands)",
-        stage="hmr_adapter",
-        columns=(*_HAND_COLUMNS, _PIPE_HANDS),
-        rows=(("Concatenation", {"hand_method": "concat"}, (15.2, 41.9, None)),
-              ("Weighted sum", {"hand_method": "weighted_sum"}, (12.1, 26.0, None)),
-              ("Whole-body pose", {"hand_method": "whole_body_pose"}, (13.4, 27.7, None)),
-              ("HMR-Adapter (Ours)", {}, (10.5, 23.6, None))),
-        chosen="HMR-Adapter (Ours)"),
-    "table6": dict(
-        caption="Ways to inject the hand joint feature into SMPLer-X (Table 6, EHF whole bodies)",
-        stage="hmr_adapter",
-        columns=_BODY_COLUMNS,
-        rows=(("Concatenation", {"body_method": "concat"}, (79.3, 95.4, 94.0)),
-              ("Weighted sum", {"body_method": "weighted_sum"}, (57.0, 74.5, 68.0)),
-              ("HMR-Adapter (Ours)", {}, (36.8, 57.1, 42.0))),
-        chosen="HMR-Adapter (Ours)"),
-}
-
-
-def learning_rate(cfg, step):
-    """Linear warm-up, then cosine decay to 0 at max_steps (NOTE(paper gap) 10)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. Geometry: boxes and crops, RoI-align, arm chains, inverse kinematics
-
-
-def scale_boxes(boxes, scale):
-    """Square boxes (..., 4) [x0, y0, x1, y1] enlarged `scale` times about their centres."""
-    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]).amax(-1, keepdim=True) / 2
-    return torch.cat([centre - scale * half, centre + scale * half], -1)
-
-
-def crop_grid(boxes, size, image_hw, flip):
-    """grid_sample grid (B, size, size, 2) that resamples boxes (B, 4) pixels of an image of
-    image_hw into size x size crops (pixel (i, j) covers [j, j + 1) x [i, i + 1)); flip (B,) bool
-    mirrors a crop left-right."""
-    H, W = image_hw
-    t = (torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5) / size  # (S,) bin centres
-    x = boxes[:, None, 0] + t * (boxes[:, None, 2] - boxes[:, None, 0])  # (B, S) pixels
-    y = boxes[:, None, 1] + t * (boxes[:, None, 3] - boxes[:, None, 1])
-    x = torch.where(flip[:, None], x.flip(-1), x)
-    gx, gy = 2 * x / W - 1, 2 * y / H - 1  # align_corners=False
-    return torch.stack([gx[:, None, :].expand(-1, size, -1), gy[:, :, None].expand(-1, -1, size)], -1)
-
-
-def crop_images(images, boxes, size, flip):
-    """Hand crops (B, 3, size, size) of images (B, 3, H, W) at boxes (B, 4); flip (B,) bool. TINY's crop."""
-    grid = crop_grid(boxes, size, images.shape[-2:], flip)
-    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # HaMeR's IMAGE_MEAN, IMAGE_STD (RGB)
-
-
-def hamer_square(boxes, rescale):
-    """HaMeR's crop square of hand boxes (..., 4) [x0, y0, x1, y1]: centre (..., 2) and side (..., 1),
-    float32 as its numpy code. # official (hamer vitdet_dataset.py): side = rescale x max(4/3 w, h), the
-    box widened to its ViT's 192 x 256 (BBOX_SHAPE, expand_to_aspect_ratio), about the box centre."""
-    boxes = boxes.float()
-    wh = rescale * (boxes[..., 2:] - boxes[..., :2]) / 200 * 200  # its scale (x 200 px) and back
-    return (boxes[..., 2:] + boxes[..., :2]) / 2, torch.maximum(wh[..., :1] * 256 / 192, wh[..., 1:])
-
-
-def hamer_crops(images, boxes, size, flip, rescale):
-    """HaMeR's hand crops as its ViT reads them (N, 3, size, size), from images (N, 3, H, W) in [0, 1]
-    (8-bit values / 255) at hand boxes (N, 4) (`hamer_square`); flip (N,) bool for left hands.
-    # official (hamer vitdet_dataset.py, datasets/utils.py): 1. Gaussian blur (skimage) when the crop shrinks
-    the image more than 2.2 x; 2. a left hand's image is flipped and its centre moved to W - 1 - c_x (so its
-    crop is the mirror image shifted by one source pixel); 3. cv2.warpAffine, bilinear, black border; 4. RGB,
-    (pixel - 255 mean) / (255 std). The warp is cv2's fixed-point one (`cv2_warp`), so 8-bit crops are exact."""
-    mean, std = (255 * images.new_tensor(v, dtype=torch.float64)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
-    pixels = (images.double() * 255).round()
-    crops = []
-    for image, centre, side, mirrored in zip(pixels, *hamer_square(boxes, rescale), flip.tolist()):
-        side = side[0]
-        shrink = side / size / 2
-        blurred = bool(shrink > 1.1)
-        if blurred:  # its anti-aliasing: skimage.filters.gaussian(sigma=(shrink - 1) / 2, preserve_range=True)
-            image = gaussian_blur(image, float((shrink - 1) / 2))
-        if mirrored:
-            image, centre = image.flip(-1), torch.stack([image.shape[-1] - centre[0] - 1, centre[1]])
-        crops.append(cv2_warp(image, centre, side, size, round_to_8bit=not blurred))
-    return ((torch.stack(crops) - mean) / std).to(images.dtype)
-
-
-def gaussian_blur(image, sigma):
-    """skimage.filters.gaussian of image (C, H, W) over H and W (float64): scipy's gaussian_filter, a
-    kernel of radius int(4 sigma + 0.5), edges repeated ('nearest')."""
-    r = int(4.0 * sigma + 0.5)
-    x = torch.arange(-r, r + 1, dtype=torch.float64, device=image.device)
-    k = torch.exp(-0.5 / (sigma * sigma) * x ** 2)
-    k = k / k.sum()
-    image = F.conv2d(F.pad(image[:, None], (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))  # rows
-    return F.conv2d(F.pad(image, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))[:, 0]  # then columns
-
-
-def affine_from_points(src, dst):
-    """cv2.getAffineTransform ((2, 3) nested lists) of three point pairs (x, y) given in float32: the 6 x 6
-    system solved as cv2 solves it (LU with partial pivoting in float64), so the last bits agree."""
-    A, y = [], []
-    for (sx, sy), (dx, dy) in zip(src, dst):
-        sx, sy = float(sx), float(sy)
-        A += [[sx, sy, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, sx, sy, 1.0]]
-        y += [float(dx), float(dy)]
-    for i in range(6):  # elimination
-        k = max(range(i, 6), key=lambda r: (abs(A[r][i]), -r))  # the first row of the largest pivot
-        A[i], A[k], y[i], y[k] = A[k], A[i], y[k], y[i]
-        d = -1 / A[i][i]
-        for r in range(i + 1, 6):
-            alpha = A[r][i] * d
-            A[r][i + 1:] = [v + alpha * w for v, w in zip(A[r][i + 1:], A[i][i + 1:])]
-            y[r] += alpha * y[i]
-    x = [0.0] * 6
-    for i in reversed(range(6)):  # back substitution
-        s = y[i]
-        for k in range(i + 1, 6):
-            s -= A[i][k] * x[k]
-        x[i] = s / A[i][i]
-    return [x[:3], x[3:]]
-
-
-def cv2_warp(image, centre, side, size, round_to_8bit):
-    """The size x size crop (C, size, size) float64 of image (C, H, W) (float64 pixel values) that HaMeR's
-    cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT 0) gives: crop pixel (j, i) samples the image at
-    centre + ((j, i) - size / 2) side / size (float32 centre (2,) and side, as its code computes them).
-    1. the map from gen_trans_from_patch_cv's float32 points (`affine_from_points`), inverted in float64
-       as warpAffine does; 2. source positions in fixed point, rounded to 1/32 pixel (INTER_BITS 5,
-       AB_BITS 10); 3. bilinear weights (32 - f)/32, f/32 per axis, 0 outside the image; 8-bit images:
-       integer weights x 32768 and rounding to 0..255, others (the blurred float64 image): exact weights.
-    OpenCV 4 (HaMeR's; 5.0 rewrote warpAffine): equal to cv2's crops (checked on the test's fixture)."""
-    half, (cx, cy) = side * 0.5, centre  # float32
-    (m00, m01, m02), (m10, m11, m12) = affine_from_points([(cx, cy), (cx, cy + half), (cx + half, cy)],
-                                                          [(size / 2, size / 2), (size / 2, size), (size, size / 2)])
-    d = 1.0 / (m00 * m11 - m01 * m10)  # warpAffine's inverse
-    a, c, e, b = m11 * d, -m01 * d, -m10 * d, m00 * d  # x = a j + c i + tx, y = e j + b i + ty
-    tx, ty = -a * m02 - c * m12, -e * m02 - b * m12
-    i = j = torch.arange(size, dtype=torch.float64, device=image.device)  # crop rows, columns
-    # warpAffine: per row i, round((c i + tx) 1024); per column j, round(a j 1024); + 16, then >> 5
-    X = (torch.round((c * i + tx) * 1024)[:, None] + torch.round(a * j * 1024)[None, :] + 16).long() // 32  # (i, j)
-    Y = (torch.round((b * i + ty) * 1024)[:, None] + torch.round(e * j * 1024)[None, :] + 16).long() // 32
-    x0, fx, y0, fy = X // 32, X % 32, Y // 32, Y % 32  # source pixel, 1/32 fraction
-    C, H, W = image.shape
-    out = 0
-    for dy, wy in ((0, 32 - fy), (1, fy)):
-        for dx, wx in ((0, 32 - fx), (1, fx)):
-            yy, xx = y0 + dy, x0 + dx
-            inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-            v = image[:, yy.clamp(0, H - 1), xx.clamp(0, W - 1)] * inside  # (C, size, size)
-            w = wy * wx  # (size, size), in 1/1024
-            out = out + (v * (w * 32) if round_to_8bit else v * (w / 1024))
-    return torch.div(out + 16384, 32768, rounding_mode="floor").clamp(0, 255) if round_to_8bit else out
-
-
-def to_crop(points, boxes, flip):
-    """Image pixels (B, N, 2) -> normalised crop coordinates in [-0.5, 0.5] (HaMeR's 2D keypoints)
-    of boxes (B, 4), mirrored (u -> -u) where flip (B,)."""
-    uv = (points - boxes[:, None, :2]) / (boxes[:, 2:] - boxes[:, :2])[:, None] - 0.5
-    sign = torch.stack([torch.where(flip, -1.0, 1.0), torch.ones(len(flip), device=flip.device)], -1)
-    return uv * sign.to(uv)[:, None]
-
-
-def roi_align(features, boxes, spatial_scale, size, flip, sampling=0):
-    """SMPLer-X's hand RoI: # official (SMPLer-X smpler_x.py): mmcv's roi_align(features, rois, size, 1.0,
-    0, 'avg', False), in plain PyTorch. features (B, C, Hf, Wf); boxes (B, 4) image pixels, times
-    spatial_scale in map pixels (pixel p at coordinate p); flip (B,) bool mirrors the output left-right
-    (left hands). -> (B, C, size, size).
-    mmcv (aligned=False): the box's sides at least 1 pixel; each bin averages a grid of ceil(bin side)
-    samples per side (sampling 0; a fixed count otherwise) at (k + 0.5) / grid of the bin; a sample is
-    0 outside [-1, H] x [-1, W], else bilinear with its coordinates clamped into [0, H - 1] x [0, W - 1].
-    Bilinear weights and the validity test factor over y and x, so the bin averages are A_y F A_x^T
-    with A (B, size, H) the averaged 1D weights: no sample grid is ever built.
-    """
-    box = boxes * spatial_scale
-    length = (box[:, 2:] - box[:, :2]).clamp(min=1)  # (B, 2) RoI w, h
-    grid = torch.ceil(length / size) if sampling == 0 else torch.full_like(length, sampling)  # samples a bin side
-    A_y = _roi_weights(box[:, 1], length[:, 1], grid[:, 1], size, features.shape[-2])  # (B, size, Hf)
-    A_x = _roi_weights(box[:, 0], length[:, 0], grid[:, 0], size, features.shape[-1])  # (B, size, Wf)
-    out = torch.einsum("bph,bchw,bqw->bcpq", A_y, features, A_x)
-    return torch.where(flip[:, None, None, None], out.flip(-1), out)
-
-
-def _roi_weights(start, length, grid, size, n):
-    """A (B, size, n): row p = the mean over bin p's `grid` samples of their bilinear weights on the n
-    pixels of one axis (mmcv's bilinear_interpolate: 0 outside [-1, n], clamped into [0, n - 1])."""
-    k = torch.arange(int(grid.max()), device=start.device, dtype=start.dtype)  # (G,) samples, `grid` of them used
-    bin_ = (length / size)[:, None, None]
-    p = torch.arange(size, device=start.device, dtype=start.dtype)[None, :, None]
-    t = start[:, None, None] + p * bin_ + (k + 0.5) * bin_ / grid[:, None, None]  # (B, size, G)
-    valid = ((t >= -1) & (t <= n) & (k < grid[:, None, None])).to(t)
-    t = t.clamp(0, n - 1)
-    low = t.floor()
-    frac, low = t - low, low.long()
-    A = t.new_zeros(*t.shape[:2], n + 1)  # pixel n: where the weight 0 of the last pixel's "high" neighbour lands
-    A.scatter_add_(-1, low, (1 - frac) * valid).scatter_add_(-1, low + 1, frac * valid)
-    return A[..., :n] / grid[:, None, None]
-
-
-def roi_align_grid(features, boxes, spatial_scale, size, sampling, flip):
-    """TINY's RoI-align (`BaseConfig.roi_sampling` > 0): a sampling x sampling grid of bilinear samples
-    per bin, written with grid_sample; samples outside the map take the border value (mmcv's: 0).
-    Arguments and result as `roi_align`'s."""
-    B, C, Hf, Wf = features.shape
-    box = boxes * spatial_scale
-    n = size * sampling
-    t = (torch.arange(n, device=box.device, dtype=box.dtype) + 0.5) / n  # sample positions in the box, (n,)
-    x = box[:, None, 0] + t * (box[:, None, 2] - box[:, None, 0]).clamp(min=1)  # (B, n)
-    y = box[:, None, 1] + t * (box[:, None, 3] - box[:, None, 1]).clamp(min=1)
-    gx, gy = 2 * x / (Wf - 1) - 1, 2 * y / (Hf - 1) - 1  # align_corners=True: pixel p at coordinate p
-    grid = torch.stack([gx[:, None, :].expand(-1, n, -1), gy[:, :, None].expand(-1, -1, n)], -1)
-    samples = F.grid_sample(features, grid.to(features.dtype), mode="bilinear", padding_mode="border",
-                            align_corners=True)  # (B, C, n, n)
-    out = F.avg_pool2d(samples, sampling)  # (B, C, size, size)
-    return torch.where(flip[:, None, None, None], out.flip(-1), out)
-
-
-def to_roi(points, boxes, size, flip):
-    """Image pixels (B, N, 2) -> the RoI heatmap frame of boxes (B, 4): the box's corners at 0 and
-    `size` (SMPLer-X's convention), x -> size - 1 - x where flip (B,)."""
-    p = (points - boxes[:, None, :2]) * size / (boxes[:, 2:] - boxes[:, :2])[:, None]
-    return torch.where(flip[:, None, None], torch.stack([size - 1 - p[..., 0], p[..., 1]], -1), p)
-
-
-def sample_points(features, points):
-    """Bilinear features (B, N, C) of maps (B, C, H, W) at points (B, N, 2) in map pixels (pixel p at
-    coordinate p, SMPLer-X's sample_joint_features); zero outside the map."""
-    H, W = features.shape[-2:]
-    grid = torch.stack([2 * points[..., 0] / (W - 1) - 1, 2 * points[..., 1] / (H - 1) - 1], -1)
-    out = F.grid_sample(features, grid[:, :, None].to(features.dtype), align_corners=True)  # (B, C, N, 1)
-    return out[..., 0].transpose(1, 2)
-
-
-MIRROR_BODY = (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20)  # SMPL-X's 22, L <-> R
-
-
-def arm_chains(body_pose, chain="global", whole_body=False):
-    """theta_b of both arms (..., 2, 8, 6), left first: the 6D rotations of each arm chain's joints
-    root -> wrist (Sec. 3.3) from local body rotations (..., >= 22, 3, 3). chain "local": the joints'
-    own (SMPL-X parameter) rotations, the paper's "each joint's rotation"; "global": their products from
-    the root (camera frame, forward kinematics), whose last is the hand's global orientation. The left
-    chain is mirrored to match the flipped crop (mirroring commutes with the products). NOTE(paper gap) 3
-    whole_body: Table 5's "whole-body pose", all 22 joints (..., 2, 22, 6) instead of the arm; the left
-    hand's flipped crop sees the mirrored body, its left and right joints swapped (MIRROR_BODY).
-
-    NOTE(paper gap) 14: TINY takes "global", whose last token is the hand's orientation (local: eight to compose)."""
-    if chain not in ("local", "global"):
-        raise ValueError(f"AdapterConfig.chain: 'local' or 'global', got {chain!r}")
-    R = body_pose[..., :NUM_BODY, :, :]
-    if chain == "global":
-        R = forward_kinematics(R, R.new_zeros(*R.shape[:-2], 3), bodymodels.SMPLX_PARENTS[:NUM_BODY])[1]
-    left, right = (R[..., list(MIRROR_BODY), :, :], R) if whole_body else (R[..., list(ARMS[s]), :, :] for s in SIDES)
-    return matrix_to_rot6d(torch.stack([mirror_rotation(left, matrix=True), right], -4))
-
-
-# ---------------------------------------------------------------------------------------------
-# 3. ViT (ViTPose / HaMeR / SMPLer-X names: patch_embed.proj, pos_embed, blocks.i.*, last_norm)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads = heads
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, M, N, C/M)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
-        self.attn, self.mlp = Attention(dim, heads), Mlp(dim, 4 * dim)
-
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-class PatchEmbed(nn.Module):
-    """ViTPose's linear patch embedding `proj`, or (stem = widths, TINY only) a convolutional stem: per
-    width Conv3x3 stride 2 -> GroupNorm -> ReLU, log2(patch) of them, then Conv1x1 -> the ViT width.
-    NOTE(paper gap) 13: a linear map per 16 x 16 patch is too weak for the tiny whole-body model at 128 x 96;
-    the released models keep `proj` and load strictly."""
-
-    def __init__(self, patch, padding, width, stem=()):
-        super().__init__()
-        if not stem:
-            self.proj = nn.Conv2d(3, width, patch, stride=patch, padding=padding)
-            return
-        if 2 ** len(stem) != patch or padding:
-            raise ValueError(f"PatchEmbed: a stem of {len(stem)} stride-2 convolutions gives patch {2 ** len(stem)}, "
-                             f"expected log2(patch={patch}) of them and no padding (got {padding})")
-        layers, c_in = [], 3
-        for c in stem:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c // 4), c), nn.ReLU()]
-            c_in = c
-        self.stem = nn.Sequential(*layers, nn.Conv2d(c_in, width, 1))
-
-    def forward(self, images):
-        return self.stem(images) if hasattr(self, "stem") else self.proj(images)
-
-
-class ViT(nn.Module):
-    """images (B, 3, H, W) and optional extra tokens (B, T, C) -> (tokens (B, h w, C), extra (B, T, C)).
-    SMPLer-X's encoder puts its learnable task tokens (no position embedding) before the patch tokens."""
-
-    def __init__(self, image_hw, patch, padding, width, depth, heads, num_task_tokens=0, stem=()):
-        super().__init__()
-        H, W = image_hw
-        self.grid = ((H + 2 * padding - patch) // patch + 1, (W + 2 * padding - patch) // patch + 1)
-        self.patch_embed = PatchEmbed(patch, padding, width, stem)
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], width))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.task_tokens = nn.Parameter(torch.randn(1, num_task_tokens, width) * 0.02) if num_task_tokens else None
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
-        self.last_norm = nn.LayerNorm(width, eps=1e-6)
-
-    def forward(self, images):
-        x = self.patch_embed(images)  # (B, C, h, w)
-        if tuple(x.shape[-2:]) != self.grid:
-            raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {tuple(x.shape[-2:])} patch grid, "
-                             f"expected {self.grid}")
-        x = x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # (B, h w, C)
-        n = 0 if self.task_tokens is None else self.task_tokens.shape[1]
-        if n:
-            x = torch.cat([self.task_tokens.expand(len(x), -1, -1), x], 1)
-        for block in self.blocks:
-            x = block(x)
-        x = self.last_norm(x)
-        return x[:, n:], x[:, :n]
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. Hand expert (HaMeR): ViT on the crop's centre, transformer head with one query token
+# 1. Building blocks: the transformer blocks of HaMeR's head, which the hand adapter copies (SA', CA', Eqs. 1-3)
+#    and the body adapter stacks (Eq. 4); the arm chains theta_b (Sec. 3.3); points in crops and RoI maps
 
 
 class PreNorm(nn.Module):
@@ -669,6 +148,876 @@ class TransformerDecoder(nn.Module):
         return z
 
 
+MIRROR_BODY = (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20)  # SMPL-X's 22, L <-> R
+
+
+def arm_chains(body_pose, chain="global", whole_body=False):
+    """theta_b of both arms (..., 2, 8, 6), left first: the 6D rotations of each arm chain's joints
+    root -> wrist (Sec. 3.3) from local body rotations (..., >= 22, 3, 3). chain "local": the joints'
+    own (SMPL-X parameter) rotations, the paper's "each joint's rotation"; "global": their products from
+    the root (camera frame, forward kinematics), whose last is the hand's global orientation. The left
+    chain is mirrored to match the flipped crop (mirroring commutes with the products). NOTE(paper gap) 3
+    whole_body: Table 5's "whole-body pose", all 22 joints (..., 2, 22, 6) instead of the arm; the left
+    hand's flipped crop sees the mirrored body, its left and right joints swapped (MIRROR_BODY).
+
+    NOTE(paper gap) 14: TINY takes "global", whose last token is the hand's orientation (local: eight to compose)."""
+    if chain not in ("local", "global"):
+        raise ValueError(f"AdapterConfig.chain: 'local' or 'global', got {chain!r}")
+    R = body_pose[..., :NUM_BODY, :, :]
+    if chain == "global":
+        R = forward_kinematics(R, R.new_zeros(*R.shape[:-2], 3), bodymodels.SMPLX_PARENTS[:NUM_BODY])[1]
+    left, right = (R[..., list(MIRROR_BODY), :, :], R) if whole_body else (R[..., list(ARMS[s]), :, :] for s in SIDES)
+    return matrix_to_rot6d(torch.stack([mirror_rotation(left, matrix=True), right], -4))
+
+
+def scale_boxes(boxes, scale):
+    """Square boxes (..., 4) [x0, y0, x1, y1] enlarged `scale` times about their centres."""
+    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]).amax(-1, keepdim=True) / 2
+    return torch.cat([centre - scale * half, centre + scale * half], -1)
+
+
+def to_crop(points, boxes, flip):
+    """Image pixels (B, N, 2) -> normalised crop coordinates in [-0.5, 0.5] (HaMeR's 2D keypoints)
+    of boxes (B, 4), mirrored (u -> -u) where flip (B,)."""
+    uv = (points - boxes[:, None, :2]) / (boxes[:, 2:] - boxes[:, :2])[:, None] - 0.5
+    sign = torch.stack([torch.where(flip, -1.0, 1.0), torch.ones(len(flip), device=flip.device)], -1)
+    return uv * sign.to(uv)[:, None]
+
+
+def to_roi(points, boxes, size, flip):
+    """Image pixels (B, N, 2) -> the RoI heatmap frame of boxes (B, 4): the box's corners at 0 and
+    `size` (SMPLer-X's convention), x -> size - 1 - x where flip (B,)."""
+    p = (points - boxes[:, None, :2]) * size / (boxes[:, 2:] - boxes[:, :2])[:, None]
+    return torch.where(flip[:, None, None], torch.stack([size - 1 - p[..., 0], p[..., 1]], -1), p)
+
+
+def sample_points(features, points):
+    """Bilinear features (B, N, C) of maps (B, C, H, W) at points (B, N, 2) in map pixels (pixel p at
+    coordinate p, SMPLer-X's sample_joint_features); zero outside the map."""
+    H, W = features.shape[-2:]
+    grid = torch.stack([2 * points[..., 0] / (W - 1) - 1, 2 * points[..., 1] / (H - 1) - 1], -1)
+    out = F.grid_sample(features, grid[:, :, None].to(features.dtype), align_corners=True)  # (B, C, N, 1)
+    return out[..., 0].transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Hand-path adapter (Sec. 3.3, Eqs. 1-3)
+
+
+class HandAdapter(nn.Module):
+    """New SA' and CA' for every block of a frozen hand head, copies of SA and CA (Sec. 3.3: "SA', W'_q,
+    W'_k and W'_v are initialized from SA, W_q, W_k and W_v"), and F^B = Linear(theta_b) + E.
+
+    body=True: CA' attends to the arm chain's tokens F^B (Eq. 2). body=False: the Table 3 No.5 control,
+    CA' attends to the hand image tokens F^H (no body information, no F^B parameters).
+    """
+
+    def __init__(self, head, body=True, scale=1.0, joints=len(ARMS["left"])):
+        super().__init__()
+        layers = head.transformer.transformer.layers
+        # NOTE(paper gap) 1: copies of the PreNorm modules, LayerNorm and output projection included
+        self.sa = nn.ModuleList(copy.deepcopy(sa) for sa, _, _ in layers)
+        self.ca = nn.ModuleList(copy.deepcopy(ca) for _, ca, _ in layers)
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self.scale, self.body = scale, body
+        if body:
+            context = layers[0][1].fn.to_kv.in_features
+            self.body_embed = nn.Linear(6, context)  # F^B = theta_b W_B ("a linear layer", Sec. 3.3)
+            self.joint_embed = nn.Parameter(torch.zeros(1, joints, context))  # NOTE(paper gap) 2
+            nn.init.trunc_normal_(self.joint_embed, std=0.02)
+
+    def forward(self, head, hand_tokens, theta_b=None):
+        """head: the frozen MANOHead; hand_tokens F^H (B, h w, C); theta_b (B, J, 6) (zeros: no body
+        labels, Sec. 3.3). -> pose (B, 16, 6), betas, cam through the frozen readouts."""
+        context = self.body_embed(theta_b) + self.joint_embed if self.body else hand_tokens  # F^B or F^H
+        z = head.transformer.start(len(hand_tokens))
+        for (sa, ca, ff), sa2, ca2 in zip(head.transformer.transformer.layers, self.sa, self.ca):
+            z_a, z_b = z + sa(z), z + sa2(z)  # frozen path; the adapter's query path (SA')
+            # Eq. (3): Z_new = CA(Q, K, V) + CA(Q', K', V'), Q' = SA'(Z) W'_q, K' = F^B W'_k, V' = F^B W'_v
+            z = z_a + ca(z_a, hand_tokens) + self.scale * ca2(z_b, context)
+            z = z + ff(z)
+        return head.readout(z)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Body-path adapter (Sec. 3.4, Eq. 4)
+
+
+class BodyAdapter(nn.Module):
+    """theta_hat = theta_0 + FFN(CA(Q'', K'', V'')) (Eq. 4): a 1x1 conv C -> P on the hand feature map,
+    bilinear features at the 4 MCP joints of each hand (F^J, B x 8 x P), and transformer blocks on one
+    empty query token (SA'', CA'' to F^J, FF); the regressor's last layer starts at zero."""
+
+    def __init__(self, cfg, width, task_tokens=0):
+        super().__init__()
+        self.proj = nn.Conv2d(width, cfg.body_proj, 1)  # NOTE(paper gap) 7: no BN (the paper: "a 1-by-1 convolution")
+        self.task_tokens = task_tokens  # > 0: Table 4 No.5, F^J replaced by the K body task tokens (no hand input)
+        self.token_embed = nn.Parameter(torch.zeros(1, task_tokens or 2 * len(MCP), cfg.body_proj))  # NOTE(paper gap) 2
+        nn.init.trunc_normal_(self.token_embed, std=0.02)
+        self.transformer = TransformerDecoder(cfg.body_dim, cfg.body_depth, cfg.body_heads, cfg.body_dim_head,
+                                              cfg.body_mlp, cfg.body_proj)
+        self.regressor = nn.Sequential(nn.Linear(cfg.body_dim, cfg.body_dim), nn.GELU(),
+                                       nn.Linear(cfg.body_dim, NUM_BODY * 6))  # NOTE(paper gap) 8
+        nn.init.zeros_(self.regressor[-1].weight)
+        nn.init.zeros_(self.regressor[-1].bias)
+
+    def forward(self, theta0, rois, mcp, body_tokens=None, body_joints=None):
+        """theta0 (B, 22, 6); rois (B, 2, C, R, R); mcp (B, 2, 4, 2) in RoI pixels; body_tokens (B, K, C):
+        the whole-body model's body task tokens (read by the No.5 variant only). -> theta_hat (B, 22, 6)."""
+        B = len(rois)
+        if self.task_tokens:  # the 1x1 convolution on each token
+            tokens = F.linear(body_tokens, self.proj.weight[:, :, 0, 0], self.proj.bias) + self.token_embed
+        else:
+            maps = self.proj(rois.flatten(0, 1))  # (2B, P, R, R)
+            tokens = sample_points(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1) + self.token_embed  # F^J
+        z = self.transformer(tokens)  # Z'' -> SA'' -> CA''(., F^J) -> FF, depth times
+        return theta0 + self.regressor(z[:, 0]).view(B, NUM_BODY, 6)  # Eq. (4)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The model train.py trains: the adapters on the frozen bases (Sec. 3.5)
+
+
+class Adapted(nn.Module):
+    """The frozen bases (in eval mode whatever train() says) with the hand adapter, the Table 3 No.5
+    control (an adapter whose CA' attends to the hand image) and the body adapter. The three share no
+    parameter, so training them together is training them separately (Sec. 3.5). An ablation row's
+    `hand_method` / `body_method` puts another way in the hand or body adapter's place (appendix C)."""
+
+    def __init__(self, cfg, bases):
+        super().__init__()
+        self.cfg, self.bases = cfg, bases.requires_grad_(False).eval()
+        self.hand_adapter = hand_method(cfg, bases)
+        self.no_body_adapter = HandAdapter(bases.hand_expert.mano_head, body=False, scale=cfg.adapter_scale)
+        self.body_adapter = body_method(cfg, bases)
+        self.frozen_cache = {} if cfg.cache_frozen else None  # sample index -> `frozen_inputs` row
+
+    @property
+    def hand_expert(self):
+        """The hand expert whose backbone gives the hand path's F^H: the frozen one, or a row's own (No.1, 2)."""
+        own = getattr(self.hand_adapter, "expert", None)
+        return self.bases.hand_expert if own is None else own
+
+    @property
+    def whole_body(self):
+        """The whole-body model of the adapted pipeline: the frozen one, or a row's own (Table 4 No.1-3)."""
+        own = getattr(self.body_adapter, "whole_body", None)
+        return self.bases.whole_body if own is None else own
+
+    def refine(self, out, rois, mcp):
+        """theta_hat (B, 22, 6) from a whole-body output `out`, its hand feature maps rois (B, 2, C, R, R)
+        and MCP joints mcp (B, 2, 4, 2) in their frame: Eq. 4 (or a row's other way); theta_0 itself
+        where the row trains no body refinement ("frozen", or its own whole-body model)."""
+        if self.body_adapter is None or isinstance(self.body_adapter, TunedBody):
+            return out["theta0"]
+        return self.body_adapter(out["theta0"], rois, mcp, out["body_tokens"], out["body_joints"])
+
+    def chains(self, body_R):
+        """The hand path's theta_b (B, 2, J, 6) of body rotations (B, 22, 3, 3), as cfg asks."""
+        return arm_chains(body_R, self.cfg.chain, whole_body=self.cfg.hand_method == "whole_body_pose")
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.bases.eval()  # frozen: dropout off, normalisation statistics never move
+        return self
+
+    @torch.no_grad()
+    def frozen_inputs(self, batch):
+        """What the frozen bases give the adapters' losses, per sample: the hand tokens F^H of the crops
+        at the true boxes (B, 2, L, C), and the whole-body model's theta_0, shape, camera, predicted
+        hand boxes (B, 2, 4) and hand feature maps (B, 2, C, R, R).
+
+        With `cfg.cache_frozen` each training sample (its "index") is computed once, alone, and kept:
+        a row's bits would otherwise depend on its place in the batch (BLAS blocks rows), so a resumed
+        run would drift from an uninterrupted one. It also spares the frozen forward, much of a tiny step."""
+        if self.frozen_cache is None or "index" not in batch:
+            return self._frozen(batch)
+        keys = batch["index"].tolist()
+        for i, k in enumerate(keys):
+            if k not in self.frozen_cache:
+                row = self._frozen({key: value[i:i + 1] for key, value in batch.items()})
+                self.frozen_cache[k] = {name: value[0] for name, value in row.items()}
+        rows = [self.frozen_cache[k] for k in keys]
+        return {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
+
+    def _frozen(self, batch):
+        bcfg, image = self.bases.cfg, batch["image"]
+        tokens = hand_tokens(self.bases, image, gt_boxes(batch))
+        out = self.bases.whole_body(image)
+        pred_boxes = scale_boxes(out["boxes"], bcfg.hand_box_scale)
+        rois = self.bases.whole_body.hand_roi_net(out["feature_map"], pred_boxes, image.shape[-2:])
+        return dict(tokens=tokens.reshape(len(image), 2, *tokens.shape[1:]), theta0=out["theta0"],
+                    shape=out["shape"], cam=out["cam"], pred_boxes=pred_boxes, rois=rois,
+                    body_tokens=out["body_tokens"], body_joints=out["body_joints"])
+
+    def forward(self, batch):
+        """The adapters' training losses: (loss, terms)."""
+        cfg, bcfg, image = self.cfg, self.bases.cfg, batch["image"]
+        B = len(image)
+        front = self.frozen_inputs(batch)
+        # hand path (Sec. 3.5.1): crops at the true boxes, the true body pose (zeros for "hand-only" samples)
+        boxes = crop_boxes(bcfg, gt_boxes(batch))
+        flip = flip_pattern(B, image.device)
+        tokens = front["tokens"].flatten(0, 1)
+        head, target = self.bases.hand_expert.mano_head, hand_targets(batch, boxes)
+        hand, terms = torch.zeros((), device=image.device), {}
+        if self.hand_adapter is not None:
+            own = self.hand_expert is not self.bases.hand_expert  # Table 3 No.1, 2: its backbone trains too
+            chain = self.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])).flatten(0, 1)  # (2B, J, 6)
+            keep = (torch.rand(2 * B, 1, 1, device=image.device) >= cfg.hand_only_prob).to(chain)
+            x = self.hand_expert.features(hand_crops(bcfg, image, gt_boxes(batch))) if own else tokens
+            hand, terms = hand_loss(self.hand_adapter(head, x, chain * keep), target, cfg)
+        control, control_terms = hand_loss(self.no_body_adapter(head, tokens), target, cfg)
+        # body path (Sec. 3.5.2): features sampled at the true MCP joints in the predicted boxes' RoI frame
+        body, body_terms = torch.zeros((), device=image.device), {}
+        if isinstance(self.body_adapter, TunedBody):  # Table 4 No.1-3: the whole-body model's own loss
+            body, body_terms = whole_body_loss(self.whole_body, bcfg, batch, cfg, cfg.body_loss_hands)
+            body = body + sum(body_terms[k] for k in SMPLERX_TERMS)
+        elif self.body_adapter is not None:
+            kp = (torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1)
+                  .flatten(0, 1)[:, [HAND_JOINTS[i] for i in MCP]])
+            mcp = to_roi(kp, front["pred_boxes"].flatten(0, 1), bcfg.hand_roi, flip).view(B, 2, len(MCP), 2)
+            theta_hat = self.refine(front, front["rois"], mcp)
+            body, body_terms = body_pose_loss(theta_hat, front["shape"], front["cam"], batch, cfg, cfg.body_loss_hands)
+        terms = dict(terms, no_body=control, **body_terms)
+        return hand + control + body, terms
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Losses (Eqs. 5-8) and the meshes they compare
+
+
+@functools.lru_cache(maxsize=None)
+def body_models():
+    """MANO (right hand) and SMPL-X (bodymodels' loaders: $HMR_BODY_MODELS or the stand-ins) as
+    float32 Skinning, SMPL-X's parents, each hand's SMPL-X vertices (strongest skinning joint in the
+    hand), and R_off (3, 3): the rotation that turns MANO's rest hand onto SMPL-X's rest right hand
+    (a MANO pose's global rotation G is SMPL-X's wrist rotation G R_off^T, its fingers R_off aa;
+    bodymodels.hand_frames, whose `attach_hands` puts the hand path's hands on the body)."""
+    mano, smplx = bodymodels.load_mano(), bodymodels.load_smplx()
+    part = smplx.lbs_weights.argmax(1)
+    return types.SimpleNamespace(
+        mano=bodymodels.Skinning(mano, torch.float32, per_sample=False),
+        smplx=bodymodels.Skinning(smplx, torch.float32, per_sample=False), parents=smplx.parents.tolist(),
+        smplx_faces=smplx.faces_tensor.long(),
+        r_off=bodymodels.hand_frames().r_off.float(),
+        hand_verts={s: torch.isin(part, torch.tensor(bodymodels.SMPLX_HAND_JOINTS[s])).nonzero()[:, 0] for s in SIDES},
+        head_verts=torch.isin(part, torch.tensor(HEAD_JOINTS)).nonzero()[:, 0])
+
+
+def skin(model, R, betas):
+    """A Skinning's mesh from rotation matrices R (B, J, 3, 3) and betas (B, L) -> verts, joints."""
+    m = model
+    rest = m.J_template + (betas @ m.J_shapedirs.T.to(betas)).view(len(betas), -1, 3)
+    return bodymodels.lbs(betas, R, m.v_template.to(R), m.shapedirs.to(R), m.posedirs.to(R), m.J_regressor.to(R),
+                          m.parents, m.lbs_weights.to(R), pose2rot=False, rest_joints=rest)
+
+
+def mano_mesh(R, betas):
+    """MANO verts (B, 778, 3) and 21 joints (B, 21, 3) in OpenPose order with HaMeR's (smplx's)
+    fingertips, of rotations R (B, 16, 3, 3), betas (B, 10)."""
+    verts, joints = skin(body_models().mano, R, betas)
+    return verts, bodymodels.hand_joints21(joints, verts, "hamer")  # official (HaMeR mano_wrapper.py): smplx tips
+
+
+def body_joints(R, betas):
+    """SMPL-X's first J joints (B, J, 3) of rotations R (B, J, 3, 3) (J = 22: the body) by forward
+    kinematics (what its LBS gives them, without skinning 10475 vertices); betas (B, 10)."""
+    m, J = body_models().smplx, R.shape[1]
+    rest = m.J_template + (betas @ m.J_shapedirs[:, :10].T.to(betas)).view(len(betas), -1, 3)
+    return forward_kinematics(R, rest[:, :J], m.parents[:J])[0]
+
+
+def hand_targets(batch, boxes):
+    """What the hand path is scored against, both hands of each sample (2B, left first): MANO
+    rotations R* (2B, 16, 3, 3) in the right-hand (flipped) frame, its mesh with zero betas, the
+    2D keypoints in normalised coordinates of the (flipped) crops at boxes (B, 2, 4)."""
+    pose = torch.stack([batch[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)  # (2B, 16, 3)
+    R = axis_angle_to_matrix(pose)
+    verts, joints = mano_mesh(R, R.new_zeros(len(R), 10))
+    kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)  # (2B, 21, 2) image pixels
+    return dict(R=R, verts=verts, joints=joints,
+                uv=to_crop(kp, boxes.flatten(0, 1), flip_pattern(len(batch["image"]), R.device)))
+
+
+def flip_pattern(batch, device):
+    """(2 batch,) bool: True for the left hand of each sample (hands ordered left, right)."""
+    return torch.tensor([True, False], device=device).repeat(batch)
+
+
+def gt_boxes(batch):
+    return torch.stack([batch[f"{s}_hand_box"] for s in SIDES], 1)  # (B, 2, 4) the true hand boxes
+
+
+def hand_loss(out, target, cfg):
+    """Eq. (5): lambda_2D L_2D + lambda_3D L_3D + lambda_v L_v + lambda_theta L_theta + lambda_beta L_beta.
+    out: (pose (N, 16, 6), betas, cam); target: `hand_targets`. 3D terms are wrist-relative (L1, m).
+    Each term is a mean over every element; with cfg.hamer_batch (HaMeR's calibration) it is multiplied by
+    the number of elements a hand sums and by hamer_batch: # official (hamer losses.py): sums over joints,
+    coordinates (rotation matrix entries) and its per-GPU batch. A mean over the batch stays a mean under DDP."""
+    pose, betas, cam = out
+    R = rot6d_to_matrix(pose)
+    verts, joints = mano_mesh(R, betas)
+    wrist, wrist_gt = joints[:, :1], target["joints"][:, :1]
+    uv = bodymodels.project_to_crop(joints, bodymodels.weak_perspective_to_translation(cam))
+    # Eq. (6), NOTE(paper gap) 9: ||R - R*||^2 + (1 - cos(R, R*)) per joint, on rotation matrices
+    cos = F.cosine_similarity(R.flatten(-2), target["R"].flatten(-2), dim=-1)
+    terms = dict(hand_3d=(joints - wrist - target["joints"] + wrist_gt).abs().mean(),
+                 hand_2d=(uv - target["uv"]).abs().mean(),
+                 hand_verts=(verts - wrist - target["verts"] + wrist_gt).abs().mean(),
+                 hand_pose=((R - target["R"]) ** 2).sum((-1, -2)).mean() + (1 - cos).mean(),
+                 hand_betas=(betas ** 2).mean())
+    if cfg.hamer_batch:  # per hand: 21 x 3, 21 x 2, 778 x 3, 16 joints (each a sum over its 9 entries), 10
+        per_hand = dict(hand_3d=joints[0].numel(), hand_2d=uv[0].numel(), hand_verts=verts[0].numel(),
+                        hand_pose=R.shape[1], hand_betas=betas.shape[1])
+        terms = {k: t * (per_hand[k] * cfg.hamer_batch) for k, t in terms.items()}
+    weights = (cfg.w_hand_3d, cfg.w_hand_2d, cfg.w_hand_verts, cfg.w_hand_pose, cfg.w_hand_betas)
+    return sum(w * t for w, t in zip(weights, terms.values())), terms
+
+
+HAND_FINGER_JOINTS = tuple(range(25, 55))  # SMPL-X's 15 finger joints of each hand
+
+
+def body_pose_loss(theta, shape, cam, batch, cfg, hands=False):
+    """Eqs. (7, 8) on a body pose theta (B, 22, 6) with frozen shape and camera: lambda_theta L1 on
+    rotation matrices, lambda_3D L1 on pelvis-relative joints, lambda_2D L_proj on projected joints
+    (normalised by the image height). L_img and L_beta: no gradient here (NOTE(paper gap) 10).
+    Joints: the 22 body joints, and with `hands` the 30 finger joints too, posed with the true jaw, eyes and
+    fingers (`AdapterConfig.body_loss_hands`)."""
+    R, R_gt = rot6d_to_matrix(theta), axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
+    ids = list(range(NUM_BODY)) + (list(HAND_FINGER_JOINTS) if hands else [])
+    if hands:
+        R = torch.cat([R, axis_angle_to_matrix(batch["smplx_pose"][:, NUM_BODY:].to(R))], 1)
+    joints, gt = body_joints(R, shape)[:, ids], batch["joints3d"][:, ids]
+    uv = bodymodels.project_to_crop(joints, smplerx_translation(cam))
+    terms = dict(body_pose=(R[:, :NUM_BODY] - R_gt).abs().mean(),
+                 body_3d=(joints - joints[:, :1] - gt + gt[:, :1]).abs().mean(),
+                 body_2d=(uv - image_normalised(batch, ids)).abs().mean())
+    return (cfg.w_body_pose * terms["body_pose"] + cfg.w_body_3d * terms["body_3d"]
+            + cfg.w_body_2d * terms["body_2d"]), terms
+
+
+def image_normalised(batch, ids=tuple(range(NUM_BODY))):
+    """The joints' (ids, default the 22 body joints) pixels -> (u - W/2, v - H/2) / H: what a
+    weak-perspective camera of the image's focal length (5000 for a 256 high image) projects to."""
+    H, W = batch["image"].shape[-2:]
+    return (batch["joints2d"][:, list(ids)] - batch["joints2d"].new_tensor([W / 2, H / 2])) / H
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Inference: the dual-path pipeline, predict, and the evaluation protocol
+
+
+def hand_crops(cfg, image, boxes):
+    """The hand expert's crops (2B, 3, S, S) of both hands, left first and flipped, at hand boxes
+    (B, 2, 4) of image (B, 3, H, W) in [0, 1]: HaMeR's (`hamer_crops`) or TINY's (`crop_images`)."""
+    flip, images = flip_pattern(len(image), image.device), image.repeat_interleave(2, 0)
+    if cfg.hamer_rescale:
+        return hamer_crops(images, boxes.flatten(0, 1), cfg.hand_crop, flip, cfg.hamer_rescale)
+    return crop_images(images, crop_boxes(cfg, boxes).flatten(0, 1), cfg.hand_crop, flip)
+
+
+def crop_boxes(cfg, boxes):
+    """The squares (..., 4) the hand expert's crops of hand boxes (..., 4) show (`hand_crops`)."""
+    if cfg.hamer_rescale:
+        centre, side = hamer_square(boxes, cfg.hamer_rescale)
+        return torch.cat([centre - side / 2, centre + side / 2], -1).to(boxes.dtype)
+    return scale_boxes(boxes, cfg.hand_box_scale)
+
+
+def hand_tokens(bases, image, boxes):
+    """F^H (2B, h w, C) of both hands' crops at hand boxes (B, 2, 4), left first and flipped."""
+    return bases.hand_expert.features(hand_crops(bases.cfg, image, boxes))
+
+
+def hand_path(bases, adapter, tokens, chain=None):
+    """Hand MANO rotations (B, 2, 16, 3, 3) in the right-hand frame and betas (B, 2, 10) from F^H
+    (`hand_tokens`): the frozen expert (adapter None) or an adapter on it, conditioned on arm chains
+    (B, 2, 8, 6)."""
+    head = bases.hand_expert.mano_head
+    pose, betas, _ = (head(tokens) if adapter is None
+                      else adapter(head, tokens, None if chain is None else chain.flatten(0, 1)))
+    return rot6d_to_matrix(pose).view(-1, 2, 16, 3, 3), betas.view(-1, 2, 10)
+
+
+def assemble(body_R, hand_R, out):
+    """SMPL-X rotations (B, 55, 3, 3): body from body_R (B, 22, 3, 3); each hand's fingers and, by
+    IK, its wrist from the hand path's MANO rotations hand_R (B, 2, 16, 3, 3) (left first, flipped:
+    HaMeR's convention), by `bodymodels.attach_hands`; the jaw from the whole-body model; eyes at rest."""
+    hands = {side: dict(global_orient=hand_R[:, i, 0], hand_pose=hand_R[:, i, 1:]) for i, side in enumerate(SIDES)}
+    R = bodymodels.attach_hands(body_R, hands)  # NOTE(paper gap) 4: wrists by IK
+    R[:, 22] = rot6d_to_matrix(out["jaw"])
+    return R
+
+
+def frozen_front(bases, image, hand_boxes=None):
+    """What both pipelines compute alike: the whole-body output, the hand boxes it predicts (scaled)
+    and the hand expert's tokens F^H of the crops there. hand_boxes (B, 2, 4) image pixels: boxes to
+    use instead of the predicted ones (from 2D hand keypoints), a NaN row keeping the prediction."""
+    out = bases.whole_body(image)
+    if hand_boxes is not None:
+        out["boxes"] = torch.where(hand_boxes.isnan(), out["boxes"], hand_boxes.to(out["boxes"]))
+    boxes = scale_boxes(out["boxes"], bases.cfg.hand_box_scale)
+    return out, boxes, hand_tokens(bases, image, out["boxes"])
+
+
+def pipeline(model, image, adapted=True, front=None, hand_boxes=None, details=False):
+    """Sec. 3.1: image (B, 3, H, W) -> SMPL-X verts (B, 10475, 3) and joints (B, 55, 3) in camera
+    coordinates, and the predicted hand boxes (B, 2, 4). adapted=False: the paper's baseline
+    (both frozen models + IK); True: theta_hat from the body adapter, hands from the hand adapter
+    conditioned on theta_hat's arm chains (NOTE(paper gap) 5), MCP joints from the whole-body
+    model's hand position net (NOTE(paper gap) 6). front: `frozen_front(model.bases, image)` when
+    already computed; hand_boxes: `frozen_front`'s. details: a dict of the outputs and what made them:
+    verts, joints, boxes, R (B, 55, 3, 3), shape (B, 10), expression (B, 10), t (B, 3), hand_boxes
+    (B, 2, 4) before scaling."""
+    bases = model.bases
+    if adapted and (model.whole_body is not bases.whole_body or model.hand_expert is not bases.hand_expert):
+        # an ablation row's own fine-tuned models (Tables 3, 4 No.1-3) see the image themselves
+        bases, front = types.SimpleNamespace(cfg=bases.cfg, whole_body=model.whole_body,
+                                             hand_expert=model.hand_expert), None
+    out, boxes, tokens = front or frozen_front(bases, image, hand_boxes)
+    theta, chain, adapter = out["theta0"], None, None
+    if adapted:
+        rois, hand_joints = bases.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
+        theta = model.refine(out, rois, hand_joints[:, :, list(MCP), :2])
+        chain = model.chains(rot6d_to_matrix(theta))
+        adapter = model.hand_adapter
+    hand_R, _ = hand_path(bases, adapter, tokens, chain)
+    R = assemble(rot6d_to_matrix(theta), hand_R, out)
+    verts, joints = skin(body_models().smplx, R, torch.cat([out["shape"], out["expression"]], -1))
+    t = smplerx_translation(out["cam"])[:, None]
+    if details:
+        return dict(verts=verts + t, joints=joints + t, boxes=boxes, R=R, shape=out["shape"],
+                    expression=out["expression"], t=t[:, 0], hand_boxes=out["boxes"])
+    return verts + t, joints + t, boxes
+
+
+@torch.no_grad()
+def predict(model, batch, cfg):
+    """Held-out predictions (train.py's protocol): hand path at the true boxes (like Table 3) for
+    expert, no_body and adapter (the adapter sees the true body pose, as in training), as MANO meshes
+    {hand_M_verts (B, 2, 778, 3), hand_M_joints (B, 2, 21, 3)}; the pipeline at predicted boxes (like
+    Table 1) for baseline and adapted: {pipe_P_verts (B, 10475, 3), pipe_P_joints (B, 55, 3), pipe_P_boxes}."""
+    model, image = _unwrap(model), batch["image"]
+    adapted = isinstance(model, Adapted)
+    bases = model.bases if adapted else model
+    boxes = gt_boxes(batch)
+    heads = {"expert": (None, None)}
+    if adapted:
+        chain = model.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY]))
+        heads.update(no_body=(model.no_body_adapter, None), adapter=(model.hand_adapter, chain))
+    out, tokens = {}, hand_tokens(bases, image, boxes)  # the backbone runs once for the three heads
+    for name, (adapter, chain) in heads.items():
+        x = tokens
+        if name == "adapter" and model.hand_expert is not bases.hand_expert:  # Table 3 No.1, 2: its own backbone
+            x = model.hand_expert.features(hand_crops(bases.cfg, image, boxes))
+        R, betas = hand_path(bases, adapter, x, chain)
+        verts, joints = mano_mesh(R.flatten(0, 1), betas.flatten(0, 1))
+        out[f"hand_{name}_verts"], out[f"hand_{name}_joints"] = (verts.unflatten(0, (-1, 2)),
+                                                                 joints.unflatten(0, (-1, 2)))
+    front = frozen_front(bases, image)  # the same for both pipelines
+    for name in ("baseline", "adapted") if adapted else ("baseline",):
+        piped = model if name == "adapted" else types.SimpleNamespace(bases=bases)
+        out[f"pipe_{name}_verts"], out[f"pipe_{name}_joints"], out[f"pipe_{name}_boxes"] = pipeline(
+            piped, image, name == "adapted", front)
+    return out
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+HEAD_JOINTS = (15, 22, 23, 24)  # SMPL-X head, jaw, left and right eye: the stand-ins' face (see face_vertex_ids)
+NECK = 12  # official (SMPLer-X EHF.py / humandata.py evaluate): face vertices are aligned at the neck joint
+
+
+def face_vertex_ids():
+    """SMPL-X vertex ids (F,) of the face for Table 1's face metrics: the file that $HMR_FLAME_VERTEX_IDS
+    names, as SMPLer-X's evaluation reads it (`SMPL-X__FLAME_vertex_ids.npy`, SMPL-X's 5023 FLAME
+    vertices, distributed with SMPL-X), else the vertices whose strongest skinning joint is the head,
+    jaw or an eye (HEAD_JOINTS). NOTE(official vs here): the stand-ins have no FLAME correspondence,
+    so their face is that head region (the neck and back of the head included, as FLAME's are)."""
+    path = os.environ.get("HMR_FLAME_VERTEX_IDS")
+    if not path:
+        return body_models().head_verts
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"HMR_FLAME_VERTEX_IDS: missing {path} (expected SMPL-X__FLAME_vertex_ids.npy)")
+    ids = np.load(path, allow_pickle=False)
+    num_verts = len(body_models().smplx.v_template)
+    integers = ids.ndim == 1 and len(ids) > 0 and np.issubdtype(ids.dtype, np.integer)
+    if not integers or ids.min() < 0 or ids.max() >= num_verts:
+        raise ValueError(f"HMR_FLAME_VERTEX_IDS: {path} must hold SMPL-X vertex ids (F,) in [0, {num_verts}), "
+                         f"got {ids.dtype} {ids.shape}")
+    return torch.from_numpy(ids.astype(np.int64))
+
+
+def hand_vertex_ids():
+    """{side: SMPL-X vertex ids} of each hand for Table 1's hand metrics: SMPL-X's
+    `MANO_SMPLX_vertex_ids.pkl` ("left_hand", "right_hand": 778 each) where $HMR_MANO_SMPLX_VERTEX_IDS
+    names it, as SMPLer-X's evaluation reads it, else the vertices whose strongest skinning joint is a
+    hand joint. NOTE(official vs here): the stand-ins have no MANO correspondence file."""
+    path = os.environ.get("HMR_MANO_SMPLX_VERTEX_IDS")
+    if not path:
+        return body_models().hand_verts
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"HMR_MANO_SMPLX_VERTEX_IDS: missing {path} (expected MANO_SMPLX_vertex_ids.pkl)")
+    num_verts = len(body_models().smplx.v_template)
+    ids = {s: bodymodels.read_pickled_array(path, f"{s}_hand").astype(np.int64).ravel() for s in SIDES}
+    if any(len(i) == 0 or i.min() < 0 or i.max() >= num_verts for i in ids.values()):
+        raise ValueError(f"HMR_MANO_SMPLX_VERTEX_IDS: {path} must hold SMPL-X vertex ids in [0, {num_verts})")
+    return {s: torch.from_numpy(i) for s, i in ids.items()}
+
+
+def _errors(pred_verts, gt_verts, pred_joints, gt_joints, root):
+    """PVE after moving joint `root` of each to the origin, PA-PVE, PA-MPJPE: (N,) each, input units."""
+    pve = (pred_verts - pred_joints[:, root:root + 1] - gt_verts + gt_joints[:, root:root + 1]).norm(dim=-1).mean(-1)
+    return dict(pve_mm=pve, pa_pve_mm=metrics.pa_mpvpe(pred_verts, gt_verts),
+                pa_mpjpe_mm=metrics.pa_mpjpe(pred_joints, gt_joints))
+
+
+def _face_errors(pred_verts, gt_verts, pred_neck, gt_neck, ids):
+    """Face PVE after moving the neck (B, 3) of each onto the other, and PA-PVE, over vertices ids: (N,) each."""
+    pred_face, gt_face = pred_verts[:, ids], gt_verts[:, ids]
+    pve = (pred_face - pred_neck[:, None] - gt_face + gt_neck[:, None]).norm(dim=-1).mean(-1)
+    return dict(pve_mm=pve, pa_pve_mm=metrics.pa_mpvpe(pred_face, gt_face))
+
+
+def evaluation_metrics(pred, gt):
+    """The paper's protocol (Sec. 4.1, Table 1) in mm, as {"hand_path/M/{clean,occluded}/E": ...,
+    "pipeline/P/{all,hands,hands_occluded,face}/E": ...} (train.py nests the names at "/"); E is pve_mm,
+    pa_pve_mm, pa_mpjpe_mm. Alignment as SMPLer-X's evaluate (EHF.py, humandata.py, which the paper
+    follows): PVE after moving the pelvis (all), each wrist (hands; averaged over left and right) or
+    the neck (face) of the prediction onto the truth's; PA-PVE and PA-MPJPE after a Procrustes fit of
+    each part alone. Face: PVE and PA-PVE on `face_vertex_ids()` (SMPLer-X reports no face PA-MPJPE:
+    nor does this). A split with no hand in it (a file without occluded hands) is left out."""
+    result = {}
+    occluded = torch.stack([gt[f"{s}_hand_occluded"] for s in SIDES], 1).flatten() > 0.5  # (2N,)
+    hand_names = [k[5:-6] for k in pred if k.startswith("hand_") and k.endswith("_verts")]
+    if hand_names:
+        pose = torch.stack([gt[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)
+        gt_verts, gt_joints = mano_mesh(axis_angle_to_matrix(pose), pose.new_zeros(len(pose), 10))
+    for name in hand_names:
+        e = _errors(pred[f"hand_{name}_verts"].flatten(0, 1), gt_verts, pred[f"hand_{name}_joints"].flatten(0, 1),
+                    gt_joints, 0)
+        for split, mask in (("clean", ~occluded), ("occluded", occluded)):
+            if not mask.any():
+                continue
+            result.update({f"hand_path/{name}/{split}/{k}": 1000 * v[mask].mean() for k, v in e.items()})
+    face, hand_ids = face_vertex_ids(), hand_vertex_ids()
+    for name in [k[5:-6] for k in pred if k.startswith("pipe_") and k.endswith("_verts")]:
+        verts, joints = pred[f"pipe_{name}_verts"], pred[f"pipe_{name}_joints"]
+        e = _errors(verts, gt["verts"], joints, gt["joints3d"], 0)
+        result.update({f"pipeline/{name}/all/{k}": 1000 * v.mean() for k, v in e.items()})
+        per_hand = []
+        for side in SIDES:
+            ids, hj = hand_ids[side], list(bodymodels.SMPLX_HAND_JOINTS[side])
+            per_hand.append(_errors(verts[:, ids], gt["verts"][:, ids], joints[:, hj], gt["joints3d"][:, hj], 0))
+        hands = {k: torch.stack([h[k] for h in per_hand], 1).flatten() for k in per_hand[0]}  # (2N,) left, right
+        result.update({f"pipeline/{name}/hands/{k}": 1000 * v.mean() for k, v in hands.items()})
+        if occluded.any():
+            result.update({f"pipeline/{name}/hands_occluded/{k}": 1000 * v[occluded].mean() for k, v in hands.items()})
+        result.update({f"pipeline/{name}/face/{k}": 1000 * v.mean() for k, v in
+                       _face_errors(verts, gt["verts"], joints[:, NECK], gt["joints3d"][:, NECK], face).items()})
+    return {k: float(v) for k, v in result.items()}
+
+
+class MeanPoseBaseline:
+    """The constant baseline scored by the same protocol: the training set's mean MANO pose (per-joint
+    chordal mean, both hands in the right-hand frame) for the hand path, and its mean SMPL-X pose and
+    shape for the pipeline, placed at the true pelvis; labels: training labels (train.py)."""
+
+    def __init__(self, labels):
+        pose = torch.stack([labels[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)
+        self.hand_R = metrics.mean_rotations(axis_angle_to_matrix(pose.double())).float()  # (16, 3, 3)
+        self.body_R = metrics.mean_rotations(axis_angle_to_matrix(labels["smplx_pose"].double())).float()  # (55, 3, 3)
+        self.shape = torch.cat([labels["smplx_shape"].mean(0), labels["smplx_expression"].mean(0)])
+
+    def __call__(self, gt):
+        N = len(gt["smplx_pose"])
+        verts, joints = mano_mesh(self.hand_R.expand(2 * N, -1, -1, -1), torch.zeros(2 * N, 10))
+        bv, bj = skin(body_models().smplx, self.body_R[None], self.shape[None])
+        shift = gt["joints3d"][:, :1] - bj[:, :1]
+        return {"hand_constant_verts": verts.unflatten(0, (N, 2)), "hand_constant_joints": joints.unflatten(0, (N, 2)),
+                "pipe_constant_verts": bv + shift, "pipe_constant_joints": bj + shift}
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Configs: the bases and the adapters, PAPER (the paper's numbers) and TINY (2 CPU cores); build_model and
+#    train.py's protocol
+
+
+@dataclass
+class BaseConfig:
+    """The two frozen bases (FACTS: HaMeR, SMPLer-X) and the recipe that trains the tiny stand-ins."""
+    image_size: tuple = (512, 384)  # the person image (H, W): SMPLer-X's input_img_shape; the hand crops come from it
+    # --- hand expert (HaMeR, FACTS) ---
+    hand_crop: int = 256  # I_h: 256 x 256 (Sec. 3.2.2); the ViT reads its centre 256 x 192
+    # HaMeR's crop (vitdet_dataset.py; rescale_factor 2.0 of its demo.py): the square of side 2 max(4/3 w, h) about
+    # the hand box, cv2-warped, blurred when shrunk > 2.2 x, ImageNet-normalised 0-255 pixels: what its ViT was
+    # trained on. 0 (TINY): a grid_sample crop of the [0, 1] image at the box squared x hand_box_scale, fed as it is
+    hamer_rescale: float = 2.0
+    hand_patch: int = 16
+    hand_patch_padding: int = 2  # ViTPose's PatchEmbed (16 x 12 tokens from 256 x 192)
+    hand_width: int = 1280  # ViT-H
+    hand_depth: int = 32
+    hand_heads: int = 16
+    head_dim: int = 1024  # the transformer head: one zero token -> Linear(1 -> 1024)
+    head_depth: int = 6
+    head_heads: int = 8
+    head_dim_head: int = 64
+    head_mlp: int = 1024
+    # --- whole-body model (SMPLer-X-H32, FACTS) ---
+    body_image: tuple = (256, 192)  # its input (the image, resized)
+    body_resize: str = "nearest"  # SMPLer-X's F.interpolate default (main/SMPLer_X.py); TINY "area" (its own choice)
+    body_patch: int = 16
+    body_patch_padding: int = 2
+    body_width: int = 1280
+    body_depth: int = 32
+    body_heads: int = 16
+    body_stem: tuple = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE(paper gap) 13)
+    body_keypoints: int = 25  # body joints of the position net = body task tokens (31 tokens in all)
+    body_hm_depth: int = 16  # 3D heatmap depth bins (16 x 16 x 12 in SMPLer-X)
+    body_rot_hidden: int = 512  # Linear 1280 -> 512 per body token
+    box_channels: tuple = (256, 256, 256)  # box net deconvolutions (16 x 12 -> 128 x 96)
+    hand_roi: int = 16  # RoI side
+    hand_roi_channels: tuple = (640, 320)  # deconvolutions before RoI-align (16 x 12 -> 64 x 48)
+    hand_hm_depth: int = 16
+    hand_box_scale: float = 2.0  # RoI boxes: squared and enlarged x 2 (SMPLer-X's restore_bbox); TINY's crops too
+    # 0: mmcv's roi_align as SMPLer-X calls it (aligned=False, ceil(bin) samples a bin side, 0 outside [-1, H]);
+    # TINY 2: its own 2 x 2 samples a bin clamped to the border (`roi_align_grid`)
+    roi_sampling: int = 0
+    # --- the released weights (FACTS: HaMeR, SMPLer-X), loaded by `load_pretrained`; "" for none ---
+    hamer_checkpoint: str = "checkpoints/hamer.ckpt"  # HaMeR's _DATA/hamer_ckpts/checkpoints/hamer.ckpt
+    smplerx_checkpoint: str = "checkpoints/smpler_x_h32.pth.tar"  # SMPLer-X-H32's snapshot
+    # --- recipe of the stand-ins (the paper loads the pretrained checkpoints instead: 0 steps) ---
+    batch_size: int = 32
+    max_steps: int = 0
+    lr: float = 1e-3
+    warmup_steps: int = 0
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.0
+    amp: bool = False
+    losses: str = "paper"  # the CONFIGS preset whose Eq. 5 / 7 weights (and calibration) the stand-ins train with
+
+
+@dataclass
+class AdapterConfig:
+    """The two adapters (Secs. 3.3, 3.4) and their recipe (Sec. 4.1)."""
+    image_size: tuple = (512, 384)  # as BaseConfig's (the same rendered set)
+    adapter_scale: float = 1.0  # lambda on CA' (1 in Eq. 3). NOTE(paper gap) 1
+    # theta_b's rotations (Sec. 3.3, "each joint's rotation"): "local", SMPL-X's own pose parameters of the arm
+    # joints (the paper's reading: PAPER), or "global", their products from the root (TINY: NOTE(paper gap) 14).
+    # The default is what checkpoints written before this field were trained with
+    chain: typing.Literal["local", "global"] = "global"
+    # What trains in the hand path and in the body path: the adapters ("adapter", the paper's method) or one of the
+    # other ways the ablations compare (Tables 3-6, `ABLATIONS`; appendix C says each)
+    hand_method: typing.Literal["adapter", "whole_body_pose", "image", "concat", "weighted_sum", "head", "full",
+                                "scratch", "frozen"] = "adapter"
+    body_method: typing.Literal["adapter", "task_tokens", "concat", "weighted_sum", "head", "full", "scratch",
+                                "frozen"] = "adapter"
+    hand_only_prob: float = 0.0  # share of training hands with a zero body pose. NOTE(paper gap) 12
+    # Keep what the frozen bases give each training sample (by its "index") instead of recomputing it
+    # every epoch. Only where a sample index is always the same image: the rendered synthetic set, not
+    # data augmented on the fly. Off for the paper (and its datasets are far too big to keep).
+    cache_frozen: bool = False
+    body_proj: int = 512  # 1x1 conv 1280 -> 512 (Sec. 3.4)
+    body_dim: int = 1024  # NOTE(paper gap) 7
+    body_depth: int = 6  # "6 attention layers" (Sec. 4.1)
+    body_heads: int = 8
+    body_dim_head: int = 64
+    body_mlp: int = 1024
+    # --- Eq. 5 (hand) and Eq. 7 (body) weights. NOTE(paper gap) 10: HaMeR's / SMPLer-X's ---
+    # HaMeR's weights act on SUMS over joints, coordinates and its per-GPU batch of 8 (hamer losses.py,
+    # hamer_vit_transformer.yaml): each Eq. 5 term is hamer_batch x the global batch's mean of one hand's sum (the
+    # same on any number of ranks). 0 (TINY): means over every element, which its weights were tuned on.
+    hamer_batch: int = 8
+    w_hand_3d: float = 0.05
+    w_hand_2d: float = 0.01
+    w_hand_verts: float = 0.05 * 21 / 778  # not in HaMeR: lambda_3D per point (778 vertices weigh as its 21 joints)
+    w_hand_pose: float = 0.001
+    w_hand_betas: float = 0.0005
+    # SMPLer-X's weights act on means (its train.py: loss[k].mean()), as ours. Its 2D loss is in 16 x 12 heatmap
+    # units (1/16 of the image height), ours in image heights: x 16
+    w_body_pose: float = 10.0
+    w_body_3d: float = 100.0
+    w_body_2d: float = 16.0
+    # Eq. 7's L_3D and L_proj over SMPL-X's 22 body joints (False) or also the hands' 30 finger joints (True), posed
+    # by theta's arms and wrists with the true fingers: SMPLer-X supervises its whole-body joints, hands included, and
+    # only these see a forearm's twist. The body adapter and the whole-body stand-in (`Bases`) both train on them
+    # (docs/hmr_adapter.md)
+    body_loss_hands: bool = True
+    # --- recipe (Sec. 4.1: one machine, 4 V100, 10K steps, batch 32 per GPU, about 6 hours) ---
+    batch_size: int = 128  # 32 x 4
+    max_steps: int = 10_000
+    lr: float = 1e-4  # the hand adapter and the No.5 control. NOTE(paper gap) 10
+    body_lr: float = 1e-4  # the body adapter (its own run in Sec. 3.5, so its own rate)
+    warmup_steps: int = 500
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.0  # the adapters train together here, so no shared clipping norm
+    amp: bool = False
+    gpus: int = 4
+    gpu: str = "V100"
+    hours: float = 6.0
+
+
+BASES_PAPER = BaseConfig()  # HaMeR (ViT-H + 39.5M head) and SMPLer-X-H32 shapes
+BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 -> 8 x 6), body 128 x 96 (8 x 6)
+    hand_crop=32, hand_patch=4, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
+    head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128, image_size=(256, 192), hamer_rescale=0.0,
+    body_image=(128, 96), body_resize="area", body_patch=16, body_patch_padding=0, body_width=64, body_depth=3,
+    body_heads=4, body_stem=(16, 32, 64, 64),
+    body_keypoints=22, body_hm_depth=8, body_rot_hidden=32, box_channels=(32, 32), hand_roi=8,
+    hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, roi_sampling=2, hamer_checkpoint="",
+    smplerx_checkpoint="", losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100)
+PAPER = AdapterConfig(chain="local")
+# TINY's lr, body_lr and max_steps: from retraining each adapter alone on the default run's frozen bases
+# (docs/hmr_adapter.md); a faster body adapter moves theta_hat's arm chain away from what the hand adapter reads.
+TINY = AdapterConfig(image_size=(256, 192), hand_only_prob=0.2, cache_frozen=True, hamer_batch=0, w_hand_verts=0.05,
+                     w_body_2d=1.0, body_proj=32, body_dim=64, body_depth=3, body_heads=4,
+                     body_dim_head=16, body_mlp=128, batch_size=32, max_steps=2500, lr=4e-3, body_lr=1e-3,
+                     warmup_steps=50)
+CONFIGS = {"paper": PAPER, "tiny": TINY}
+BASE_CONFIGS = {"paper": BASES_PAPER, "tiny": BASES_TINY}
+
+
+def learning_rate(cfg, step):
+    """Linear warm-up, then cosine decay to 0 at max_steps (NOTE(paper gap) 10)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _build_bases(cfg, parent=None):
+    """train.py's "hmr_adapter_bases": the tiny stand-ins to train, or (paper) the released weights,
+    checked before the 1.3B parameters are built. Both paths "" keep the paper bases' random weights."""
+    released_checkpoints(cfg)  # a missing file fails here, in one line
+    bases = Bases(cfg)
+    load_pretrained(bases, cfg)
+    return bases
+
+
+def build_model(cfg, parent):
+    """The adapters on `parent`, the trained `Bases` (train.py's "hmr_adapter_bases" row)."""
+    if parent is None:
+        raise ValueError("hmr_adapter.build_model: needs the trained bases (train.py trains 'hmr_adapter_bases' first)")
+    return Adapted(cfg, parent)
+
+
+def training_loss(model, batch, cfg):
+    return model(batch)
+
+
+def param_groups(model, cfg):
+    """train.py's optimiser groups: the hand adapter and its control at lr, the body adapter at body_lr."""
+    trainable = lambda m: [p for p in (m.parameters() if m is not None else ()) if p.requires_grad]  # noqa: E731
+    hand = [*trainable(model.hand_adapter), *trainable(model.no_body_adapter)]
+    return [(1.0, hand), (cfg.body_lr / cfg.lr, trainable(model.body_adapter))]
+
+
+BASES = types.SimpleNamespace(  # train.py's row "hmr_adapter_bases": the tiny stand-ins of the pretrained bases
+    CONFIGS=BASE_CONFIGS, build_model=_build_bases, training_loss=training_loss, predict=predict,
+    learning_rate=learning_rate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Appendix A. The bases HMR-Adapter adapts (HaMeR, SMPLer-X): ViT, hand expert, whole-body model, crops and
+#             warps, RoI-align, and the training of their tiny stand-ins (`Bases`)
+
+
+# A.1 ViT (ViTPose / HaMeR / SMPLer-X names: patch_embed.proj, pos_embed, blocks.i.*, last_norm)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, M, N, C/M)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn, self.mlp = Attention(dim, heads), Mlp(dim, 4 * dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """ViTPose's linear patch embedding `proj`, or (stem = widths, TINY only) a convolutional stem: per
+    width Conv3x3 stride 2 -> GroupNorm -> ReLU, log2(patch) of them, then Conv1x1 -> the ViT width.
+    NOTE(paper gap) 13: a linear map per 16 x 16 patch is too weak for the tiny whole-body model at 128 x 96;
+    the released models keep `proj` and load strictly."""
+
+    def __init__(self, patch, padding, width, stem=()):
+        super().__init__()
+        if not stem:
+            self.proj = nn.Conv2d(3, width, patch, stride=patch, padding=padding)
+            return
+        if 2 ** len(stem) != patch or padding:
+            raise ValueError(f"PatchEmbed: a stem of {len(stem)} stride-2 convolutions gives patch {2 ** len(stem)}, "
+                             f"expected log2(patch={patch}) of them and no padding (got {padding})")
+        layers, c_in = [], 3
+        for c in stem:
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c // 4), c), nn.ReLU()]
+            c_in = c
+        self.stem = nn.Sequential(*layers, nn.Conv2d(c_in, width, 1))
+
+    def forward(self, images):
+        return self.stem(images) if hasattr(self, "stem") else self.proj(images)
+
+
+class ViT(nn.Module):
+    """images (B, 3, H, W) and optional extra tokens (B, T, C) -> (tokens (B, h w, C), extra (B, T, C)).
+    SMPLer-X's encoder puts its learnable task tokens (no position embedding) before the patch tokens."""
+
+    def __init__(self, image_hw, patch, padding, width, depth, heads, num_task_tokens=0, stem=()):
+        super().__init__()
+        H, W = image_hw
+        self.grid = ((H + 2 * padding - patch) // patch + 1, (W + 2 * padding - patch) // patch + 1)
+        self.patch_embed = PatchEmbed(patch, padding, width, stem)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], width))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.task_tokens = nn.Parameter(torch.randn(1, num_task_tokens, width) * 0.02) if num_task_tokens else None
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
+        self.last_norm = nn.LayerNorm(width, eps=1e-6)
+
+    def forward(self, images):
+        x = self.patch_embed(images)  # (B, C, h, w)
+        if tuple(x.shape[-2:]) != self.grid:
+            raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {tuple(x.shape[-2:])} patch grid, "
+                             f"expected {self.grid}")
+        x = x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # (B, h w, C)
+        n = 0 if self.task_tokens is None else self.task_tokens.shape[1]
+        if n:
+            x = torch.cat([self.task_tokens.expand(len(x), -1, -1), x], 1)
+        for block in self.blocks:
+            x = block(x)
+        x = self.last_norm(x)
+        return x[:, n:], x[:, :n]
+
+
+# A.2 Hand expert (HaMeR): ViT on the crop's centre, transformer head with one query token
+
+
 class MANOHead(nn.Module):
     """HaMeR's MANOTransformerDecoderHead: readouts decpose (16 x 6D), decshape (10), deccam (3), each
     added to its mean (one IEF iteration); the mean pose is the identity (flat hand)."""
@@ -715,10 +1064,9 @@ class HandExpert(nn.Module):
         return self.mano_head(self.features(crops))
 
 
-# ---------------------------------------------------------------------------------------------
-# 5. Whole-body model (SMPLer-X): task tokens, body joints, body regressor, boxes, hand RoI
-#    Module names, layer indices and 6D/heatmap/camera conventions are SMPLer-X's (FACTS: SMPLer-X),
-#    so its released weights load after `smplerx_state_dict`.
+# A.3 Whole-body model (SMPLer-X): task tokens, body joints, body regressor, boxes, hand RoI
+#     Module names, layer indices and 6D/heatmap/camera conventions are SMPLer-X's (FACTS: SMPLer-X),
+#     so its released weights load after `smplerx_state_dict`.
 
 
 def soft_argmax(p):
@@ -885,84 +1233,330 @@ class WholeBody(nn.Module):
         return rois, joints
 
 
-# ---------------------------------------------------------------------------------------------
-# 6. Hand-path adapter (Sec. 3.3, Eqs. 1-3)
+# A.4 Hand crops: TINY's (grid_sample) and HaMeR's (its box, blur, cv2 warp and normalisation, to the bit)
 
 
-class HandAdapter(nn.Module):
-    """New SA' and CA' for every block of a frozen hand head, copies of SA and CA (Sec. 3.3: "SA', W'_q,
-    W'_k and W'_v are initialized from SA, W_q, W_k and W_v"), and F^B = Linear(theta_b) + E.
+def crop_grid(boxes, size, image_hw, flip):
+    """grid_sample grid (B, size, size, 2) that resamples boxes (B, 4) pixels of an image of
+    image_hw into size x size crops (pixel (i, j) covers [j, j + 1) x [i, i + 1)); flip (B,) bool
+    mirrors a crop left-right."""
+    H, W = image_hw
+    t = (torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5) / size  # (S,) bin centres
+    x = boxes[:, None, 0] + t * (boxes[:, None, 2] - boxes[:, None, 0])  # (B, S) pixels
+    y = boxes[:, None, 1] + t * (boxes[:, None, 3] - boxes[:, None, 1])
+    x = torch.where(flip[:, None], x.flip(-1), x)
+    gx, gy = 2 * x / W - 1, 2 * y / H - 1  # align_corners=False
+    return torch.stack([gx[:, None, :].expand(-1, size, -1), gy[:, :, None].expand(-1, -1, size)], -1)
 
-    body=True: CA' attends to the arm chain's tokens F^B (Eq. 2). body=False: the Table 3 No.5 control,
-    CA' attends to the hand image tokens F^H (no body information, no F^B parameters).
+
+def crop_images(images, boxes, size, flip):
+    """Hand crops (B, 3, size, size) of images (B, 3, H, W) at boxes (B, 4); flip (B,) bool. TINY's crop."""
+    grid = crop_grid(boxes, size, images.shape[-2:], flip)
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # HaMeR's IMAGE_MEAN, IMAGE_STD (RGB)
+
+
+def hamer_square(boxes, rescale):
+    """HaMeR's crop square of hand boxes (..., 4) [x0, y0, x1, y1]: centre (..., 2) and side (..., 1),
+    float32 as its numpy code. # official (hamer vitdet_dataset.py): side = rescale x max(4/3 w, h), the
+    box widened to its ViT's 192 x 256 (BBOX_SHAPE, expand_to_aspect_ratio), about the box centre."""
+    boxes = boxes.float()
+    wh = rescale * (boxes[..., 2:] - boxes[..., :2]) / 200 * 200  # its scale (x 200 px) and back
+    return (boxes[..., 2:] + boxes[..., :2]) / 2, torch.maximum(wh[..., :1] * 256 / 192, wh[..., 1:])
+
+
+def hamer_crops(images, boxes, size, flip, rescale):
+    """HaMeR's hand crops as its ViT reads them (N, 3, size, size), from images (N, 3, H, W) in [0, 1]
+    (8-bit values / 255) at hand boxes (N, 4) (`hamer_square`); flip (N,) bool for left hands.
+    # official (hamer vitdet_dataset.py, datasets/utils.py): 1. Gaussian blur (skimage) when the crop shrinks
+    the image more than 2.2 x; 2. a left hand's image is flipped and its centre moved to W - 1 - c_x (so its
+    crop is the mirror image shifted by one source pixel); 3. cv2.warpAffine, bilinear, black border; 4. RGB,
+    (pixel - 255 mean) / (255 std). The warp is cv2's fixed-point one (`cv2_warp`), so 8-bit crops are exact."""
+    mean, std = (255 * images.new_tensor(v, dtype=torch.float64)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+    pixels = (images.double() * 255).round()
+    crops = []
+    for image, centre, side, mirrored in zip(pixels, *hamer_square(boxes, rescale), flip.tolist()):
+        side = side[0]
+        shrink = side / size / 2
+        blurred = bool(shrink > 1.1)
+        if blurred:  # its anti-aliasing: skimage.filters.gaussian(sigma=(shrink - 1) / 2, preserve_range=True)
+            image = gaussian_blur(image, float((shrink - 1) / 2))
+        if mirrored:
+            image, centre = image.flip(-1), torch.stack([image.shape[-1] - centre[0] - 1, centre[1]])
+        crops.append(cv2_warp(image, centre, side, size, round_to_8bit=not blurred))
+    return ((torch.stack(crops) - mean) / std).to(images.dtype)
+
+
+def gaussian_blur(image, sigma):
+    """skimage.filters.gaussian of image (C, H, W) over H and W (float64): scipy's gaussian_filter, a
+    kernel of radius int(4 sigma + 0.5), edges repeated ('nearest')."""
+    r = int(4.0 * sigma + 0.5)
+    x = torch.arange(-r, r + 1, dtype=torch.float64, device=image.device)
+    k = torch.exp(-0.5 / (sigma * sigma) * x ** 2)
+    k = k / k.sum()
+    image = F.conv2d(F.pad(image[:, None], (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))  # rows
+    return F.conv2d(F.pad(image, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))[:, 0]  # then columns
+
+
+def affine_from_points(src, dst):
+    """cv2.getAffineTransform ((2, 3) nested lists) of three point pairs (x, y) given in float32: the 6 x 6
+    system solved as cv2 solves it (LU with partial pivoting in float64), so the last bits agree."""
+    A, y = [], []
+    for (sx, sy), (dx, dy) in zip(src, dst):
+        sx, sy = float(sx), float(sy)
+        A += [[sx, sy, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, sx, sy, 1.0]]
+        y += [float(dx), float(dy)]
+    for i in range(6):  # elimination
+        k = max(range(i, 6), key=lambda r: (abs(A[r][i]), -r))  # the first row of the largest pivot
+        A[i], A[k], y[i], y[k] = A[k], A[i], y[k], y[i]
+        d = -1 / A[i][i]
+        for r in range(i + 1, 6):
+            alpha = A[r][i] * d
+            A[r][i + 1:] = [v + alpha * w for v, w in zip(A[r][i + 1:], A[i][i + 1:])]
+            y[r] += alpha * y[i]
+    x = [0.0] * 6
+    for i in reversed(range(6)):  # back substitution
+        s = y[i]
+        for k in range(i + 1, 6):
+            s -= A[i][k] * x[k]
+        x[i] = s / A[i][i]
+    return [x[:3], x[3:]]
+
+
+def cv2_warp(image, centre, side, size, round_to_8bit):
+    """The size x size crop (C, size, size) float64 of image (C, H, W) (float64 pixel values) that HaMeR's
+    cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT 0) gives: crop pixel (j, i) samples the image at
+    centre + ((j, i) - size / 2) side / size (float32 centre (2,) and side, as its code computes them).
+    1. the map from gen_trans_from_patch_cv's float32 points (`affine_from_points`), inverted in float64
+       as warpAffine does; 2. source positions in fixed point, rounded to 1/32 pixel (INTER_BITS 5,
+       AB_BITS 10); 3. bilinear weights (32 - f)/32, f/32 per axis, 0 outside the image; 8-bit images:
+       integer weights x 32768 and rounding to 0..255, others (the blurred float64 image): exact weights.
+    OpenCV 4 (HaMeR's; 5.0 rewrote warpAffine): equal to cv2's crops (checked on the test's fixture)."""
+    half, (cx, cy) = side * 0.5, centre  # float32
+    (m00, m01, m02), (m10, m11, m12) = affine_from_points([(cx, cy), (cx, cy + half), (cx + half, cy)],
+                                                          [(size / 2, size / 2), (size / 2, size), (size, size / 2)])
+    d = 1.0 / (m00 * m11 - m01 * m10)  # warpAffine's inverse
+    a, c, e, b = m11 * d, -m01 * d, -m10 * d, m00 * d  # x = a j + c i + tx, y = e j + b i + ty
+    tx, ty = -a * m02 - c * m12, -e * m02 - b * m12
+    i = j = torch.arange(size, dtype=torch.float64, device=image.device)  # crop rows, columns
+    # warpAffine: per row i, round((c i + tx) 1024); per column j, round(a j 1024); + 16, then >> 5
+    X = (torch.round((c * i + tx) * 1024)[:, None] + torch.round(a * j * 1024)[None, :] + 16).long() // 32  # (i, j)
+    Y = (torch.round((b * i + ty) * 1024)[:, None] + torch.round(e * j * 1024)[None, :] + 16).long() // 32
+    x0, fx, y0, fy = X // 32, X % 32, Y // 32, Y % 32  # source pixel, 1/32 fraction
+    C, H, W = image.shape
+    out = 0
+    for dy, wy in ((0, 32 - fy), (1, fy)):
+        for dx, wx in ((0, 32 - fx), (1, fx)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+            v = image[:, yy.clamp(0, H - 1), xx.clamp(0, W - 1)] * inside  # (C, size, size)
+            w = wy * wx  # (size, size), in 1/1024
+            out = out + (v * (w * 32) if round_to_8bit else v * (w / 1024))
+    return torch.div(out + 16384, 32768, rounding_mode="floor").clamp(0, 255) if round_to_8bit else out
+
+
+# A.5 RoI-align: SMPLer-X's (mmcv's) and TINY's
+
+
+def roi_align(features, boxes, spatial_scale, size, flip, sampling=0):
+    """SMPLer-X's hand RoI: # official (SMPLer-X smpler_x.py): mmcv's roi_align(features, rois, size, 1.0,
+    0, 'avg', False), in plain PyTorch. features (B, C, Hf, Wf); boxes (B, 4) image pixels, times
+    spatial_scale in map pixels (pixel p at coordinate p); flip (B,) bool mirrors the output left-right
+    (left hands). -> (B, C, size, size).
+    mmcv (aligned=False): the box's sides at least 1 pixel; each bin averages a grid of ceil(bin side)
+    samples per side (sampling 0; a fixed count otherwise) at (k + 0.5) / grid of the bin; a sample is
+    0 outside [-1, H] x [-1, W], else bilinear with its coordinates clamped into [0, H - 1] x [0, W - 1].
+    Bilinear weights and the validity test factor over y and x, so the bin averages are A_y F A_x^T
+    with A (B, size, H) the averaged 1D weights: no sample grid is ever built.
     """
+    box = boxes * spatial_scale
+    length = (box[:, 2:] - box[:, :2]).clamp(min=1)  # (B, 2) RoI w, h
+    grid = torch.ceil(length / size) if sampling == 0 else torch.full_like(length, sampling)  # samples a bin side
+    A_y = _roi_weights(box[:, 1], length[:, 1], grid[:, 1], size, features.shape[-2])  # (B, size, Hf)
+    A_x = _roi_weights(box[:, 0], length[:, 0], grid[:, 0], size, features.shape[-1])  # (B, size, Wf)
+    out = torch.einsum("bph,bchw,bqw->bcpq", A_y, features, A_x)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
-    def __init__(self, head, body=True, scale=1.0, joints=len(ARMS["left"])):
+
+def _roi_weights(start, length, grid, size, n):
+    """A (B, size, n): row p = the mean over bin p's `grid` samples of their bilinear weights on the n
+    pixels of one axis (mmcv's bilinear_interpolate: 0 outside [-1, n], clamped into [0, n - 1])."""
+    k = torch.arange(int(grid.max()), device=start.device, dtype=start.dtype)  # (G,) samples, `grid` of them used
+    bin_ = (length / size)[:, None, None]
+    p = torch.arange(size, device=start.device, dtype=start.dtype)[None, :, None]
+    t = start[:, None, None] + p * bin_ + (k + 0.5) * bin_ / grid[:, None, None]  # (B, size, G)
+    valid = ((t >= -1) & (t <= n) & (k < grid[:, None, None])).to(t)
+    t = t.clamp(0, n - 1)
+    low = t.floor()
+    frac, low = t - low, low.long()
+    A = t.new_zeros(*t.shape[:2], n + 1)  # pixel n: where the weight 0 of the last pixel's "high" neighbour lands
+    A.scatter_add_(-1, low, (1 - frac) * valid).scatter_add_(-1, low + 1, frac * valid)
+    return A[..., :n] / grid[:, None, None]
+
+
+def roi_align_grid(features, boxes, spatial_scale, size, sampling, flip):
+    """TINY's RoI-align (`BaseConfig.roi_sampling` > 0): a sampling x sampling grid of bilinear samples
+    per bin, written with grid_sample; samples outside the map take the border value (mmcv's: 0).
+    Arguments and result as `roi_align`'s."""
+    B, C, Hf, Wf = features.shape
+    box = boxes * spatial_scale
+    n = size * sampling
+    t = (torch.arange(n, device=box.device, dtype=box.dtype) + 0.5) / n  # sample positions in the box, (n,)
+    x = box[:, None, 0] + t * (box[:, None, 2] - box[:, None, 0]).clamp(min=1)  # (B, n)
+    y = box[:, None, 1] + t * (box[:, None, 3] - box[:, None, 1]).clamp(min=1)
+    gx, gy = 2 * x / (Wf - 1) - 1, 2 * y / (Hf - 1) - 1  # align_corners=True: pixel p at coordinate p
+    grid = torch.stack([gx[:, None, :].expand(-1, n, -1), gy[:, :, None].expand(-1, -1, n)], -1)
+    samples = F.grid_sample(features, grid.to(features.dtype), mode="bilinear", padding_mode="border",
+                            align_corners=True)  # (B, C, n, n)
+    out = F.avg_pool2d(samples, sampling)  # (B, C, size, size)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
+# A.6 The stand-ins of the pretrained bases and their training losses (train.py's "hmr_adapter_bases")
+
+
+SMPLERX_TERMS = ("joints_img", "boxes", "shape", "face", "hand_joints_img")  # SMPLer-X's terms besides Eq. 7's
+
+
+def hand_expert_loss(expert, bcfg, batch, weights):
+    """HaMeR's training loss of a hand expert on the crops at the true boxes: Eq. 5's terms with the
+    weights (an AdapterConfig) -> (loss, terms)."""
+    raw = gt_boxes(batch)
+    tokens = expert.features(hand_crops(bcfg, batch["image"], raw))
+    return hand_loss(expert.mano_head(tokens), hand_targets(batch, crop_boxes(bcfg, raw)), weights)
+
+
+def whole_body_loss(whole_body, bcfg, batch, weights, hands=False):
+    """SMPLer-X's training loss of a whole-body model (its L1 terms): Eq. 7's (`body_pose_loss`, with the
+    weights, an AdapterConfig) -> (that loss, terms), the terms holding SMPLERX_TERMS too, each weight 1."""
+    image = batch["image"]
+    boxes = scale_boxes(gt_boxes(batch), bcfg.hand_box_scale)  # the RoI boxes
+    out = whole_body(image)
+    body, terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, weights, hands)
+    H, W = image.shape[-2:]
+    (h, w), D = whole_body.encoder.grid, bcfg.body_hm_depth
+    # L_img: the position net's body joints (heatmap pixels and depth bins, SMPLer-X's joint_img)
+    xy = batch["joints2d"][:, :NUM_BODY] * batch["joints2d"].new_tensor([w / W, h / H])
+    z = batch["joints3d"][:, :NUM_BODY, 2] - batch["joints3d"][:, :1, 2]  # pelvis-relative depth, +-1 m
+    joints_img = (out["body_joints"][:, :NUM_BODY]
+                  - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
+    # the hand boxes' centres and sizes (w, h) in body-map units
+    unit = out["boxes"].new_tensor([w / W, h / H]).repeat(2)
+    centre_size = lambda b: (  # noqa: E731
+        torch.cat([b[..., :2] + b[..., 2:], 2 * (b[..., 2:] - b[..., :2])], -1) * unit / 2)
+    terms.update(joints_img=joints_img, boxes=(centre_size(out["boxes"]) - centre_size(gt_boxes(batch))).abs().mean(),
+                 shape=(out["shape"] - batch["smplx_shape"]).abs().mean(),
+                 face=(out["expression"] - batch["smplx_expression"]).abs().mean() +
+                 (rot6d_to_matrix(out["jaw"]) - axis_angle_to_matrix(batch["smplx_pose"][:, 22])).abs().mean())
+    # the hand position net's 20 joints in the RoI frame (x, y; depth bins of +-0.15 m)
+    _, hand_joints = whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
+    R, D = bcfg.hand_roi, bcfg.hand_hm_depth
+    kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)[:, list(HAND_JOINTS)]
+    xy = to_roi(kp, boxes.flatten(0, 1), R, flip_pattern(len(boxes), boxes.device))
+    j3 = torch.stack([batch[f"{s}_hand_joints3d"] for s in SIDES], 1).flatten(0, 1)
+    z = (j3[:, list(HAND_JOINTS), 2] - j3[:, :1, 2]) / 0.15
+    terms["hand_joints_img"] = (hand_joints.flatten(0, 1)
+                                - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
+    return body, terms
+
+
+class Bases(nn.Module):
+    """The two bases, trained together here only as the demo's stand-ins for the pretrained HaMeR and
+    SMPLer-X (their parameters are disjoint, so this is two separate trainings)."""
+
+    def __init__(self, cfg):
         super().__init__()
-        layers = head.transformer.transformer.layers
-        # NOTE(paper gap) 1: copies of the PreNorm modules, LayerNorm and output projection included
-        self.sa = nn.ModuleList(copy.deepcopy(sa) for sa, _, _ in layers)
-        self.ca = nn.ModuleList(copy.deepcopy(ca) for _, ca, _ in layers)
-        for p in self.parameters():
-            p.requires_grad_(True)
-        self.scale, self.body = scale, body
-        if body:
-            context = layers[0][1].fn.to_kv.in_features
-            self.body_embed = nn.Linear(6, context)  # F^B = theta_b W_B ("a linear layer", Sec. 3.3)
-            self.joint_embed = nn.Parameter(torch.zeros(1, joints, context))  # NOTE(paper gap) 2
-            nn.init.trunc_normal_(self.joint_embed, std=0.02)
+        self.cfg = cfg
+        self.hand_expert, self.whole_body = HandExpert(cfg), WholeBody(cfg)
 
-    def forward(self, head, hand_tokens, theta_b=None):
-        """head: the frozen MANOHead; hand_tokens F^H (B, h w, C); theta_b (B, J, 6) (zeros: no body
-        labels, Sec. 3.3). -> pose (B, 16, 6), betas, cam through the frozen readouts."""
-        context = self.body_embed(theta_b) + self.joint_embed if self.body else hand_tokens  # F^B or F^H
-        z = head.transformer.start(len(hand_tokens))
-        for (sa, ca, ff), sa2, ca2 in zip(head.transformer.transformer.layers, self.sa, self.ca):
-            z_a, z_b = z + sa(z), z + sa2(z)  # frozen path; the adapter's query path (SA')
-            # Eq. (3): Z_new = CA(Q, K, V) + CA(Q', K', V'), Q' = SA'(Z) W'_q, K' = F^B W'_k, V' = F^B W'_v
-            z = z_a + ca(z_a, hand_tokens) + self.scale * ca2(z_b, context)
-            z = z + ff(z)
-        return head.readout(z)
+    def forward(self, batch):
+        """The training loss of both bases: (loss, terms). HaMeR's and SMPLer-X's losses are Eqs. 5 and 7's
+        terms with the weights of the CONFIGS preset `cfg.losses`; Eq. 7 over the joints the preset's
+        `body_loss_hands` names (SMPLer-X supervises its whole-body joints, fingers included)."""
+        weights = CONFIGS[self.cfg.losses]
+        hand, hand_terms = hand_expert_loss(self.hand_expert, self.cfg, batch, weights)
+        body, terms = whole_body_loss(self.whole_body, self.cfg, batch, weights, weights.body_loss_hands)
+        return hand + body + sum(terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Body-path adapter (Sec. 3.4, Eq. 4)
+# Appendix B. Agreement with the official code: the released weights, their key maps and loading
 
 
-class BodyAdapter(nn.Module):
-    """theta_hat = theta_0 + FFN(CA(Q'', K'', V'')) (Eq. 4): a 1x1 conv C -> P on the hand feature map,
-    bilinear features at the 4 MCP joints of each hand (F^J, B x 8 x P), and transformer blocks on one
-    empty query token (SA'', CA'' to F^J, FF); the regressor's last layer starts at zero."""
+# The released weights. HaMeR's file is a Lightning checkpoint ({"state_dict": ...}, keys backbone.*,
+# mano_head.*, discriminator.*, mano.*, initialized); SMPLer-X's a snapshot ({"network": ...}, keys
+# module.<part>.*). The key lists with shapes, made from the official constructors, are in
+# tests/official_keys/ (FACTS: HaMeR, SMPLer-X).
+HAMER_SKIP = ("discriminator.", "mano.", "initialized")  # its adversary, MANO layer buffers, a flag
+SMPLERX_SKIP = ("hand_regressor.", "box_net.face_size.", "smplx_layer.")  # replaced by the hand expert; unused
+SMPLERX_6D = [0, 2, 4, 1, 3, 5]  # its 6D is the rows of a 3 x 2 matrix (view(-1, 3, 2)); ours the columns
 
-    def __init__(self, cfg, width, task_tokens=0):
-        super().__init__()
-        self.proj = nn.Conv2d(width, cfg.body_proj, 1)  # NOTE(paper gap) 7: no BN (the paper: "a 1-by-1 convolution")
-        self.task_tokens = task_tokens  # > 0: Table 4 No.5, F^J replaced by the K body task tokens (no hand input)
-        self.token_embed = nn.Parameter(torch.zeros(1, task_tokens or 2 * len(MCP), cfg.body_proj))  # NOTE(paper gap) 2
-        nn.init.trunc_normal_(self.token_embed, std=0.02)
-        self.transformer = TransformerDecoder(cfg.body_dim, cfg.body_depth, cfg.body_heads, cfg.body_dim_head,
-                                              cfg.body_mlp, cfg.body_proj)
-        self.regressor = nn.Sequential(nn.Linear(cfg.body_dim, cfg.body_dim), nn.GELU(),
-                                       nn.Linear(cfg.body_dim, NUM_BODY * 6))  # NOTE(paper gap) 8
-        nn.init.zeros_(self.regressor[-1].weight)
-        nn.init.zeros_(self.regressor[-1].bias)
 
-    def forward(self, theta0, rois, mcp, body_tokens=None, body_joints=None):
-        """theta0 (B, 22, 6); rois (B, 2, C, R, R); mcp (B, 2, 4, 2) in RoI pixels; body_tokens (B, K, C):
-        the whole-body model's body task tokens (read by the No.5 variant only). -> theta_hat (B, 22, 6)."""
-        B = len(rois)
-        if self.task_tokens:  # the 1x1 convolution on each token
-            tokens = F.linear(body_tokens, self.proj.weight[:, :, 0, 0], self.proj.bias) + self.token_embed
-        else:
-            maps = self.proj(rois.flatten(0, 1))  # (2B, P, R, R)
-            tokens = sample_points(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1) + self.token_embed  # F^J
-        z = self.transformer(tokens)  # Z'' -> SA'' -> CA''(., F^J) -> FF, depth times
-        return theta0 + self.regressor(z[:, 0]).view(B, NUM_BODY, 6)  # Eq. (4)
+def hamer_state_dict(checkpoint):
+    """HaMeR's checkpoint dict -> `HandExpert`'s state dict: backbone.* and mano_head.* as they are
+    (the same names and 6D convention), the rest (`HAMER_SKIP`) dropped."""
+    state = checkpoint.get("state_dict", checkpoint)
+    return {k: v for k, v in state.items() if not k.startswith(HAMER_SKIP)}
+
+
+def smplerx_state_dict(checkpoint):
+    """SMPLer-X's snapshot dict -> `WholeBody`'s state dict: `module.` dropped; the old names SMPLer-X's
+    own loader renames (backbone, body_rotation_net, hand_rotation_net) renamed; its hand regressor and
+    face box dropped (`SMPLERX_SKIP`), and the face channel of bbox_center; the 6D readouts' rows
+    reordered to our convention (`SMPLERX_6D`)."""
+    state = {}
+    for k, v in checkpoint.get("network", checkpoint).items():
+        k = k.removeprefix("module.").replace("backbone.", "encoder.").replace("body_rotation_net.", "body_regressor.")
+        k = k.replace("hand_rotation_net.", "hand_regressor.")
+        if k.startswith(SMPLERX_SKIP):
+            continue
+        if k.startswith("box_net.bbox_center."):
+            v = v[:2]  # lhand, rhand, face -> lhand, rhand
+        if k.startswith(("body_regressor.root_pose_out.", "body_regressor.body_pose_out.",
+                         "face_regressor.jaw_pose_out.")):
+            v = v.unflatten(0, (-1, 6))[:, SMPLERX_6D].flatten(0, 1)
+        state[k] = v
+    return state
+
+
+def released_checkpoints(cfg):
+    """The released files the paper bases start from: [(path, BaseConfig field)]; [] when both fields
+    are "" (TINY's stand-ins, or random paper bases for a size check). A missing file is an error."""
+    fields = ("hamer_checkpoint", "smplerx_checkpoint")
+    if not any(getattr(cfg, f) for f in fields):
+        return []
+    for field in fields:
+        path = getattr(cfg, field)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"base checkpoint {path!r} (BaseConfig.{field}) does not exist: the paper config "
+                                    "adapts the released HaMeR and SMPLer-X-H32 weights; put them there (README), or "
+                                    "set both to '' (--set hamer_checkpoint= --set smplerx_checkpoint=) for random "
+                                    "bases: a size check, not the paper")
+    return [(getattr(cfg, f), f) for f in fields]
+
+
+def load_pretrained(bases, cfg):
+    """The released HaMeR and SMPLer-X weights (cfg.hamer_checkpoint, cfg.smplerx_checkpoint) into
+    the bases. Read with torch.load(weights_only=True), so a checkpoint cannot run code."""
+    mappings = {"hamer_checkpoint": (bases.hand_expert, hamer_state_dict),
+                "smplerx_checkpoint": (bases.whole_body, smplerx_state_dict)}
+    for path, field in released_checkpoints(cfg):
+        module, mapping = mappings[field]
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # e.g. a Lightning file's pickled hyper-parameters
+            raise ValueError(f"{path}: holds more than tensors, which torch.load(weights_only=True) refuses ({e}). "
+                             "If you trust the file, keep only its weights once: load it inside `with "
+                             "torch.serialization.safe_globals([<the classes named above>]):` and "
+                             "torch.save(checkpoint['state_dict'], path)") from None
+        bodymodels.load_state_strict(module, mapping(checkpoint), path)
 
 
 # ---------------------------------------------------------------------------------------------
-# 7b. The ablations' other ways (Tables 3-6): what a row trains instead of an adapter
-#     (`AdapterConfig.hand_method`, `body_method`; the rows themselves are `ABLATIONS`, at the end)
+# Appendix C. The ablations' other ways (Tables 3-6): what a row trains instead of an adapter
+#             (`AdapterConfig.hand_method`, `body_method`), then the rows themselves, `ABLATIONS`
 
 
 class FusedHead(nn.Module):
@@ -1102,636 +1696,64 @@ def body_method(cfg, bases):
     raise ValueError(f"AdapterConfig.body_method: unknown {how!r}")
 
 
-# ---------------------------------------------------------------------------------------------
-# 8. The models train.py trains, and their losses (Eqs. 5-8)
-
-
-@functools.lru_cache(maxsize=None)
-def body_models():
-    """MANO (right hand) and SMPL-X (bodymodels' loaders: $HMR_BODY_MODELS or the stand-ins) as
-    float32 Skinning, SMPL-X's parents, each hand's SMPL-X vertices (strongest skinning joint in the
-    hand), and R_off (3, 3): the rotation that turns MANO's rest hand onto SMPL-X's rest right hand
-    (a MANO pose's global rotation G is SMPL-X's wrist rotation G R_off^T, its fingers R_off aa;
-    bodymodels.hand_frames, whose `attach_hands` puts the hand path's hands on the body)."""
-    mano, smplx = bodymodels.load_mano(), bodymodels.load_smplx()
-    part = smplx.lbs_weights.argmax(1)
-    return types.SimpleNamespace(
-        mano=bodymodels.Skinning(mano, torch.float32, per_sample=False),
-        smplx=bodymodels.Skinning(smplx, torch.float32, per_sample=False), parents=smplx.parents.tolist(),
-        smplx_faces=smplx.faces_tensor.long(),
-        r_off=bodymodels.hand_frames().r_off.float(),
-        hand_verts={s: torch.isin(part, torch.tensor(bodymodels.SMPLX_HAND_JOINTS[s])).nonzero()[:, 0] for s in SIDES},
-        head_verts=torch.isin(part, torch.tensor(HEAD_JOINTS)).nonzero()[:, 0])
-
-
-HEAD_JOINTS = (15, 22, 23, 24)  # SMPL-X head, jaw, left and right eye: the stand-ins' face (see face_vertex_ids)
-NECK = 12  # official (SMPLer-X EHF.py / humandata.py evaluate): face vertices are aligned at the neck joint
-
-
-def face_vertex_ids():
-    """SMPL-X vertex ids (F,) of the face for Table 1's face metrics: the file that $HMR_FLAME_VERTEX_IDS
-    names, as SMPLer-X's evaluation reads it (`SMPL-X__FLAME_vertex_ids.npy`, SMPL-X's 5023 FLAME
-    vertices, distributed with SMPL-X), else the vertices whose strongest skinning joint is the head,
-    jaw or an eye (HEAD_JOINTS). NOTE(official vs here): the stand-ins have no FLAME correspondence,
-    so their face is that head region (the neck and back of the head included, as FLAME's are)."""
-    path = os.environ.get("HMR_FLAME_VERTEX_IDS")
-    if not path:
-        return body_models().head_verts
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"HMR_FLAME_VERTEX_IDS: missing {path} (expected SMPL-X__FLAME_vertex_ids.npy)")
-    ids = np.load(path, allow_pickle=False)
-    num_verts = len(body_models().smplx.v_template)
-    integers = ids.ndim == 1 and len(ids) > 0 and np.issubdtype(ids.dtype, np.integer)
-    if not integers or ids.min() < 0 or ids.max() >= num_verts:
-        raise ValueError(f"HMR_FLAME_VERTEX_IDS: {path} must hold SMPL-X vertex ids (F,) in [0, {num_verts}), "
-                         f"got {ids.dtype} {ids.shape}")
-    return torch.from_numpy(ids.astype(np.int64))
-
-
-def hand_vertex_ids():
-    """{side: SMPL-X vertex ids} of each hand for Table 1's hand metrics: SMPL-X's
-    `MANO_SMPLX_vertex_ids.pkl` ("left_hand", "right_hand": 778 each) where $HMR_MANO_SMPLX_VERTEX_IDS
-    names it, as SMPLer-X's evaluation reads it, else the vertices whose strongest skinning joint is a
-    hand joint. NOTE(official vs here): the stand-ins have no MANO correspondence file."""
-    path = os.environ.get("HMR_MANO_SMPLX_VERTEX_IDS")
-    if not path:
-        return body_models().hand_verts
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"HMR_MANO_SMPLX_VERTEX_IDS: missing {path} (expected MANO_SMPLX_vertex_ids.pkl)")
-    num_verts = len(body_models().smplx.v_template)
-    ids = {s: bodymodels.read_pickled_array(path, f"{s}_hand").astype(np.int64).ravel() for s in SIDES}
-    if any(len(i) == 0 or i.min() < 0 or i.max() >= num_verts for i in ids.values()):
-        raise ValueError(f"HMR_MANO_SMPLX_VERTEX_IDS: {path} must hold SMPL-X vertex ids in [0, {num_verts})")
-    return {s: torch.from_numpy(i) for s, i in ids.items()}
-
-
-def skin(model, R, betas):
-    """A Skinning's mesh from rotation matrices R (B, J, 3, 3) and betas (B, L) -> verts, joints."""
-    m = model
-    rest = m.J_template + (betas @ m.J_shapedirs.T.to(betas)).view(len(betas), -1, 3)
-    return bodymodels.lbs(betas, R, m.v_template.to(R), m.shapedirs.to(R), m.posedirs.to(R), m.J_regressor.to(R),
-                          m.parents, m.lbs_weights.to(R), pose2rot=False, rest_joints=rest)
-
-
-def mano_mesh(R, betas):
-    """MANO verts (B, 778, 3) and 21 joints (B, 21, 3) in OpenPose order with HaMeR's (smplx's)
-    fingertips, of rotations R (B, 16, 3, 3), betas (B, 10)."""
-    verts, joints = skin(body_models().mano, R, betas)
-    return verts, bodymodels.hand_joints21(joints, verts, "hamer")  # official (HaMeR mano_wrapper.py): smplx tips
-
-
-def body_joints(R, betas):
-    """SMPL-X's first J joints (B, J, 3) of rotations R (B, J, 3, 3) (J = 22: the body) by forward
-    kinematics (what its LBS gives them, without skinning 10475 vertices); betas (B, 10)."""
-    m, J = body_models().smplx, R.shape[1]
-    rest = m.J_template + (betas @ m.J_shapedirs[:, :10].T.to(betas)).view(len(betas), -1, 3)
-    return forward_kinematics(R, rest[:, :J], m.parents[:J])[0]
-
-
-def hand_targets(batch, boxes):
-    """What the hand path is scored against, both hands of each sample (2B, left first): MANO
-    rotations R* (2B, 16, 3, 3) in the right-hand (flipped) frame, its mesh with zero betas, the
-    2D keypoints in normalised coordinates of the (flipped) crops at boxes (B, 2, 4)."""
-    pose = torch.stack([batch[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)  # (2B, 16, 3)
-    R = axis_angle_to_matrix(pose)
-    verts, joints = mano_mesh(R, R.new_zeros(len(R), 10))
-    kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)  # (2B, 21, 2) image pixels
-    return dict(R=R, verts=verts, joints=joints,
-                uv=to_crop(kp, boxes.flatten(0, 1), flip_pattern(len(batch["image"]), R.device)))
-
-
-def flip_pattern(batch, device):
-    """(2 batch,) bool: True for the left hand of each sample (hands ordered left, right)."""
-    return torch.tensor([True, False], device=device).repeat(batch)
-
-
-def gt_boxes(batch):
-    return torch.stack([batch[f"{s}_hand_box"] for s in SIDES], 1)  # (B, 2, 4) the true hand boxes
-
-
-def hand_loss(out, target, cfg):
-    """Eq. (5): lambda_2D L_2D + lambda_3D L_3D + lambda_v L_v + lambda_theta L_theta + lambda_beta L_beta.
-    out: (pose (N, 16, 6), betas, cam); target: `hand_targets`. 3D terms are wrist-relative (L1, m).
-    Each term is a mean over every element; with cfg.hamer_batch (HaMeR's calibration) it is multiplied by
-    the number of elements a hand sums and by hamer_batch: # official (hamer losses.py): sums over joints,
-    coordinates (rotation matrix entries) and its per-GPU batch. A mean over the batch stays a mean under DDP."""
-    pose, betas, cam = out
-    R = rot6d_to_matrix(pose)
-    verts, joints = mano_mesh(R, betas)
-    wrist, wrist_gt = joints[:, :1], target["joints"][:, :1]
-    uv = bodymodels.project_to_crop(joints, bodymodels.weak_perspective_to_translation(cam))
-    # Eq. (6), NOTE(paper gap) 9: ||R - R*||^2 + (1 - cos(R, R*)) per joint, on rotation matrices
-    cos = F.cosine_similarity(R.flatten(-2), target["R"].flatten(-2), dim=-1)
-    terms = dict(hand_3d=(joints - wrist - target["joints"] + wrist_gt).abs().mean(),
-                 hand_2d=(uv - target["uv"]).abs().mean(),
-                 hand_verts=(verts - wrist - target["verts"] + wrist_gt).abs().mean(),
-                 hand_pose=((R - target["R"]) ** 2).sum((-1, -2)).mean() + (1 - cos).mean(),
-                 hand_betas=(betas ** 2).mean())
-    if cfg.hamer_batch:  # per hand: 21 x 3, 21 x 2, 778 x 3, 16 joints (each a sum over its 9 entries), 10
-        per_hand = dict(hand_3d=joints[0].numel(), hand_2d=uv[0].numel(), hand_verts=verts[0].numel(),
-                        hand_pose=R.shape[1], hand_betas=betas.shape[1])
-        terms = {k: t * (per_hand[k] * cfg.hamer_batch) for k, t in terms.items()}
-    weights = (cfg.w_hand_3d, cfg.w_hand_2d, cfg.w_hand_verts, cfg.w_hand_pose, cfg.w_hand_betas)
-    return sum(w * t for w, t in zip(weights, terms.values())), terms
-
-
-HAND_FINGER_JOINTS = tuple(range(25, 55))  # SMPL-X's 15 finger joints of each hand
-
-
-def body_pose_loss(theta, shape, cam, batch, cfg, hands=False):
-    """Eqs. (7, 8) on a body pose theta (B, 22, 6) with frozen shape and camera: lambda_theta L1 on
-    rotation matrices, lambda_3D L1 on pelvis-relative joints, lambda_2D L_proj on projected joints
-    (normalised by the image height). L_img and L_beta: no gradient here (NOTE(paper gap) 10).
-    Joints: the 22 body joints, and with `hands` the 30 finger joints too, posed with the true jaw, eyes and
-    fingers (`AdapterConfig.body_loss_hands`)."""
-    R, R_gt = rot6d_to_matrix(theta), axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
-    ids = list(range(NUM_BODY)) + (list(HAND_FINGER_JOINTS) if hands else [])
-    if hands:
-        R = torch.cat([R, axis_angle_to_matrix(batch["smplx_pose"][:, NUM_BODY:].to(R))], 1)
-    joints, gt = body_joints(R, shape)[:, ids], batch["joints3d"][:, ids]
-    uv = bodymodels.project_to_crop(joints, smplerx_translation(cam))
-    terms = dict(body_pose=(R[:, :NUM_BODY] - R_gt).abs().mean(),
-                 body_3d=(joints - joints[:, :1] - gt + gt[:, :1]).abs().mean(),
-                 body_2d=(uv - image_normalised(batch, ids)).abs().mean())
-    return (cfg.w_body_pose * terms["body_pose"] + cfg.w_body_3d * terms["body_3d"]
-            + cfg.w_body_2d * terms["body_2d"]), terms
-
-
-def image_normalised(batch, ids=tuple(range(NUM_BODY))):
-    """The joints' (ids, default the 22 body joints) pixels -> (u - W/2, v - H/2) / H: what a
-    weak-perspective camera of the image's focal length (5000 for a 256 high image) projects to."""
-    H, W = batch["image"].shape[-2:]
-    return (batch["joints2d"][:, list(ids)] - batch["joints2d"].new_tensor([W / 2, H / 2])) / H
-
-
-SMPLERX_TERMS = ("joints_img", "boxes", "shape", "face", "hand_joints_img")  # SMPLer-X's terms besides Eq. 7's
-
-
-def hand_expert_loss(expert, bcfg, batch, weights):
-    """HaMeR's training loss of a hand expert on the crops at the true boxes: Eq. 5's terms with the
-    weights (an AdapterConfig) -> (loss, terms)."""
-    raw = gt_boxes(batch)
-    tokens = expert.features(hand_crops(bcfg, batch["image"], raw))
-    return hand_loss(expert.mano_head(tokens), hand_targets(batch, crop_boxes(bcfg, raw)), weights)
-
-
-def whole_body_loss(whole_body, bcfg, batch, weights, hands=False):
-    """SMPLer-X's training loss of a whole-body model (its L1 terms): Eq. 7's (`body_pose_loss`, with the
-    weights, an AdapterConfig) -> (that loss, terms), the terms holding SMPLERX_TERMS too, each weight 1."""
-    image = batch["image"]
-    boxes = scale_boxes(gt_boxes(batch), bcfg.hand_box_scale)  # the RoI boxes
-    out = whole_body(image)
-    body, terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, weights, hands)
-    H, W = image.shape[-2:]
-    (h, w), D = whole_body.encoder.grid, bcfg.body_hm_depth
-    # L_img: the position net's body joints (heatmap pixels and depth bins, SMPLer-X's joint_img)
-    xy = batch["joints2d"][:, :NUM_BODY] * batch["joints2d"].new_tensor([w / W, h / H])
-    z = batch["joints3d"][:, :NUM_BODY, 2] - batch["joints3d"][:, :1, 2]  # pelvis-relative depth, +-1 m
-    joints_img = (out["body_joints"][:, :NUM_BODY]
-                  - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
-    # the hand boxes' centres and sizes (w, h) in body-map units
-    unit = out["boxes"].new_tensor([w / W, h / H]).repeat(2)
-    centre_size = lambda b: (  # noqa: E731
-        torch.cat([b[..., :2] + b[..., 2:], 2 * (b[..., 2:] - b[..., :2])], -1) * unit / 2)
-    terms.update(joints_img=joints_img, boxes=(centre_size(out["boxes"]) - centre_size(gt_boxes(batch))).abs().mean(),
-                 shape=(out["shape"] - batch["smplx_shape"]).abs().mean(),
-                 face=(out["expression"] - batch["smplx_expression"]).abs().mean() +
-                 (rot6d_to_matrix(out["jaw"]) - axis_angle_to_matrix(batch["smplx_pose"][:, 22])).abs().mean())
-    # the hand position net's 20 joints in the RoI frame (x, y; depth bins of +-0.15 m)
-    _, hand_joints = whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
-    R, D = bcfg.hand_roi, bcfg.hand_hm_depth
-    kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)[:, list(HAND_JOINTS)]
-    xy = to_roi(kp, boxes.flatten(0, 1), R, flip_pattern(len(boxes), boxes.device))
-    j3 = torch.stack([batch[f"{s}_hand_joints3d"] for s in SIDES], 1).flatten(0, 1)
-    z = (j3[:, list(HAND_JOINTS), 2] - j3[:, :1, 2]) / 0.15
-    terms["hand_joints_img"] = (hand_joints.flatten(0, 1)
-                                - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
-    return body, terms
-
-
-class Bases(nn.Module):
-    """The two bases, trained together here only as the demo's stand-ins for the pretrained HaMeR and
-    SMPLer-X (their parameters are disjoint, so this is two separate trainings)."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.cfg = cfg
-        self.hand_expert, self.whole_body = HandExpert(cfg), WholeBody(cfg)
-
-    def forward(self, batch):
-        """The training loss of both bases: (loss, terms). HaMeR's and SMPLer-X's losses are Eqs. 5 and 7's
-        terms with the weights of the CONFIGS preset `cfg.losses`; Eq. 7 over the joints the preset's
-        `body_loss_hands` names (SMPLer-X supervises its whole-body joints, fingers included)."""
-        weights = CONFIGS[self.cfg.losses]
-        hand, hand_terms = hand_expert_loss(self.hand_expert, self.cfg, batch, weights)
-        body, terms = whole_body_loss(self.whole_body, self.cfg, batch, weights, weights.body_loss_hands)
-        return hand + body + sum(terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
-
-
-class Adapted(nn.Module):
-    """The frozen bases (in eval mode whatever train() says) with the hand adapter, the Table 3 No.5
-    control (an adapter whose CA' attends to the hand image) and the body adapter. The three share no
-    parameter, so training them together is training them separately (Sec. 3.5). An ablation row's
-    `hand_method` / `body_method` puts another way in the hand or body adapter's place (section 7b)."""
-
-    def __init__(self, cfg, bases):
-        super().__init__()
-        self.cfg, self.bases = cfg, bases.requires_grad_(False).eval()
-        self.hand_adapter = hand_method(cfg, bases)
-        self.no_body_adapter = HandAdapter(bases.hand_expert.mano_head, body=False, scale=cfg.adapter_scale)
-        self.body_adapter = body_method(cfg, bases)
-        self.frozen_cache = {} if cfg.cache_frozen else None  # sample index -> `frozen_inputs` row
-
-    @property
-    def hand_expert(self):
-        """The hand expert whose backbone gives the hand path's F^H: the frozen one, or a row's own (No.1, 2)."""
-        own = getattr(self.hand_adapter, "expert", None)
-        return self.bases.hand_expert if own is None else own
-
-    @property
-    def whole_body(self):
-        """The whole-body model of the adapted pipeline: the frozen one, or a row's own (Table 4 No.1-3)."""
-        own = getattr(self.body_adapter, "whole_body", None)
-        return self.bases.whole_body if own is None else own
-
-    def refine(self, out, rois, mcp):
-        """theta_hat (B, 22, 6) from a whole-body output `out`, its hand feature maps rois (B, 2, C, R, R)
-        and MCP joints mcp (B, 2, 4, 2) in their frame: Eq. 4 (or a row's other way); theta_0 itself
-        where the row trains no body refinement ("frozen", or its own whole-body model)."""
-        if self.body_adapter is None or isinstance(self.body_adapter, TunedBody):
-            return out["theta0"]
-        return self.body_adapter(out["theta0"], rois, mcp, out["body_tokens"], out["body_joints"])
-
-    def chains(self, body_R):
-        """The hand path's theta_b (B, 2, J, 6) of body rotations (B, 22, 3, 3), as cfg asks."""
-        return arm_chains(body_R, self.cfg.chain, whole_body=self.cfg.hand_method == "whole_body_pose")
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.bases.eval()  # frozen: dropout off, normalisation statistics never move
-        return self
-
-    @torch.no_grad()
-    def frozen_inputs(self, batch):
-        """What the frozen bases give the adapters' losses, per sample: the hand tokens F^H of the crops
-        at the true boxes (B, 2, L, C), and the whole-body model's theta_0, shape, camera, predicted
-        hand boxes (B, 2, 4) and hand feature maps (B, 2, C, R, R).
-
-        With `cfg.cache_frozen` each training sample (its "index") is computed once, alone, and kept:
-        a row's bits would otherwise depend on its place in the batch (BLAS blocks rows), so a resumed
-        run would drift from an uninterrupted one. It also spares the frozen forward, much of a tiny step."""
-        if self.frozen_cache is None or "index" not in batch:
-            return self._frozen(batch)
-        keys = batch["index"].tolist()
-        for i, k in enumerate(keys):
-            if k not in self.frozen_cache:
-                row = self._frozen({key: value[i:i + 1] for key, value in batch.items()})
-                self.frozen_cache[k] = {name: value[0] for name, value in row.items()}
-        rows = [self.frozen_cache[k] for k in keys]
-        return {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
-
-    def _frozen(self, batch):
-        bcfg, image = self.bases.cfg, batch["image"]
-        tokens = hand_tokens(self.bases, image, gt_boxes(batch))
-        out = self.bases.whole_body(image)
-        pred_boxes = scale_boxes(out["boxes"], bcfg.hand_box_scale)
-        rois = self.bases.whole_body.hand_roi_net(out["feature_map"], pred_boxes, image.shape[-2:])
-        return dict(tokens=tokens.reshape(len(image), 2, *tokens.shape[1:]), theta0=out["theta0"],
-                    shape=out["shape"], cam=out["cam"], pred_boxes=pred_boxes, rois=rois,
-                    body_tokens=out["body_tokens"], body_joints=out["body_joints"])
-
-    def forward(self, batch):
-        """The adapters' training losses: (loss, terms)."""
-        cfg, bcfg, image = self.cfg, self.bases.cfg, batch["image"]
-        B = len(image)
-        front = self.frozen_inputs(batch)
-        # hand path (Sec. 3.5.1): crops at the true boxes, the true body pose (zeros for "hand-only" samples)
-        boxes = crop_boxes(bcfg, gt_boxes(batch))
-        flip = flip_pattern(B, image.device)
-        tokens = front["tokens"].flatten(0, 1)
-        head, target = self.bases.hand_expert.mano_head, hand_targets(batch, boxes)
-        hand, terms = torch.zeros((), device=image.device), {}
-        if self.hand_adapter is not None:
-            own = self.hand_expert is not self.bases.hand_expert  # Table 3 No.1, 2: its backbone trains too
-            chain = self.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])).flatten(0, 1)  # (2B, J, 6)
-            keep = (torch.rand(2 * B, 1, 1, device=image.device) >= cfg.hand_only_prob).to(chain)
-            x = self.hand_expert.features(hand_crops(bcfg, image, gt_boxes(batch))) if own else tokens
-            hand, terms = hand_loss(self.hand_adapter(head, x, chain * keep), target, cfg)
-        control, control_terms = hand_loss(self.no_body_adapter(head, tokens), target, cfg)
-        # body path (Sec. 3.5.2): features sampled at the true MCP joints in the predicted boxes' RoI frame
-        body, body_terms = torch.zeros((), device=image.device), {}
-        if isinstance(self.body_adapter, TunedBody):  # Table 4 No.1-3: the whole-body model's own loss
-            body, body_terms = whole_body_loss(self.whole_body, bcfg, batch, cfg, cfg.body_loss_hands)
-            body = body + sum(body_terms[k] for k in SMPLERX_TERMS)
-        elif self.body_adapter is not None:
-            kp = (torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1)
-                  .flatten(0, 1)[:, [HAND_JOINTS[i] for i in MCP]])
-            mcp = to_roi(kp, front["pred_boxes"].flatten(0, 1), bcfg.hand_roi, flip).view(B, 2, len(MCP), 2)
-            theta_hat = self.refine(front, front["rois"], mcp)
-            body, body_terms = body_pose_loss(theta_hat, front["shape"], front["cam"], batch, cfg, cfg.body_loss_hands)
-        terms = dict(terms, no_body=control, **body_terms)
-        return hand + control + body, terms
-
-
-# The released weights. HaMeR's file is a Lightning checkpoint ({"state_dict": ...}, keys backbone.*,
-# mano_head.*, discriminator.*, mano.*, initialized); SMPLer-X's a snapshot ({"network": ...}, keys
-# module.<part>.*). The key lists with shapes, made from the official constructors, are in
-# tests/official_keys/ (FACTS: HaMeR, SMPLer-X).
-HAMER_SKIP = ("discriminator.", "mano.", "initialized")  # its adversary, MANO layer buffers, a flag
-SMPLERX_SKIP = ("hand_regressor.", "box_net.face_size.", "smplx_layer.")  # replaced by the hand expert; unused
-SMPLERX_6D = [0, 2, 4, 1, 3, 5]  # its 6D is the rows of a 3 x 2 matrix (view(-1, 3, 2)); ours the columns
-
-
-def hamer_state_dict(checkpoint):
-    """HaMeR's checkpoint dict -> `HandExpert`'s state dict: backbone.* and mano_head.* as they are
-    (the same names and 6D convention), the rest (`HAMER_SKIP`) dropped."""
-    state = checkpoint.get("state_dict", checkpoint)
-    return {k: v for k, v in state.items() if not k.startswith(HAMER_SKIP)}
-
-
-def smplerx_state_dict(checkpoint):
-    """SMPLer-X's snapshot dict -> `WholeBody`'s state dict: `module.` dropped; the old names SMPLer-X's
-    own loader renames (backbone, body_rotation_net, hand_rotation_net) renamed; its hand regressor and
-    face box dropped (`SMPLERX_SKIP`), and the face channel of bbox_center; the 6D readouts' rows
-    reordered to our convention (`SMPLERX_6D`)."""
-    state = {}
-    for k, v in checkpoint.get("network", checkpoint).items():
-        k = k.removeprefix("module.").replace("backbone.", "encoder.").replace("body_rotation_net.", "body_regressor.")
-        k = k.replace("hand_rotation_net.", "hand_regressor.")
-        if k.startswith(SMPLERX_SKIP):
-            continue
-        if k.startswith("box_net.bbox_center."):
-            v = v[:2]  # lhand, rhand, face -> lhand, rhand
-        if k.startswith(("body_regressor.root_pose_out.", "body_regressor.body_pose_out.",
-                         "face_regressor.jaw_pose_out.")):
-            v = v.unflatten(0, (-1, 6))[:, SMPLERX_6D].flatten(0, 1)
-        state[k] = v
-    return state
-
-
-def released_checkpoints(cfg):
-    """The released files the paper bases start from: [(path, BaseConfig field)]; [] when both fields
-    are "" (TINY's stand-ins, or random paper bases for a size check). A missing file is an error."""
-    fields = ("hamer_checkpoint", "smplerx_checkpoint")
-    if not any(getattr(cfg, f) for f in fields):
-        return []
-    for field in fields:
-        path = getattr(cfg, field)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"base checkpoint {path!r} (BaseConfig.{field}) does not exist: the paper config "
-                                    "adapts the released HaMeR and SMPLer-X-H32 weights; put them there (README), or "
-                                    "set both to '' (--set hamer_checkpoint= --set smplerx_checkpoint=) for random "
-                                    "bases: a size check, not the paper")
-    return [(getattr(cfg, f), f) for f in fields]
-
-
-def load_pretrained(bases, cfg):
-    """The released HaMeR and SMPLer-X weights (cfg.hamer_checkpoint, cfg.smplerx_checkpoint) into
-    the bases. Read with torch.load(weights_only=True), so a checkpoint cannot run code."""
-    mappings = {"hamer_checkpoint": (bases.hand_expert, hamer_state_dict),
-                "smplerx_checkpoint": (bases.whole_body, smplerx_state_dict)}
-    for path, field in released_checkpoints(cfg):
-        module, mapping = mappings[field]
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:  # e.g. a Lightning file's pickled hyper-parameters
-            raise ValueError(f"{path}: holds more than tensors, which torch.load(weights_only=True) refuses ({e}). "
-                             "If you trust the file, keep only its weights once: load it inside `with "
-                             "torch.serialization.safe_globals([<the classes named above>]):` and "
-                             "torch.save(checkpoint['state_dict'], path)") from None
-        bodymodels.load_state_strict(module, mapping(checkpoint), path)
-
-
-def _build_bases(cfg, parent=None):
-    """train.py's "hmr_adapter_bases": the tiny stand-ins to train, or (paper) the released weights,
-    checked before the 1.3B parameters are built. Both paths "" keep the paper bases' random weights."""
-    released_checkpoints(cfg)  # a missing file fails here, in one line
-    bases = Bases(cfg)
-    load_pretrained(bases, cfg)
-    return bases
-
-
-def build_model(cfg, parent):
-    """The adapters on `parent`, the trained `Bases` (train.py's "hmr_adapter_bases" row)."""
-    if parent is None:
-        raise ValueError("hmr_adapter.build_model: needs the trained bases (train.py trains 'hmr_adapter_bases' first)")
-    return Adapted(cfg, parent)
-
-
-def training_loss(model, batch, cfg):
-    return model(batch)
-
-
-def param_groups(model, cfg):
-    """train.py's optimiser groups: the hand adapter and its control at lr, the body adapter at body_lr."""
-    trainable = lambda m: [p for p in (m.parameters() if m is not None else ()) if p.requires_grad]  # noqa: E731
-    hand = [*trainable(model.hand_adapter), *trainable(model.no_body_adapter)]
-    return [(1.0, hand), (cfg.body_lr / cfg.lr, trainable(model.body_adapter))]
+# The paper's ablations (Sec. 4.3) as rows of `hand_method` / `body_method` (the ways above), each trained on the frozen
+# bases like the adapters, with the paper's figures beside them (train.py --ablation tableN; docs/hmr_adapter.md).
+# The paper scores Tables 3 and 5 on ARCTIC's hands at the true boxes (our hand path: its "adapter" is the row's
+# method, on the occluded hands, as ARCTIC's hands hold objects), Tables 4 and 6 on whole bodies (our pipeline).
+# The last column of Tables 3 and 5 is ours: the hand path above reads the TRUE body pose (whose wrist token is the
+# answer with global chains), the pipeline reads theta_hat's.
+_HAND_COLUMNS = (("hand_path/adapter/occluded/pa_pve_mm", "PA-PVE"), ("hand_path/adapter/occluded/pve_mm", "PVE"))
+_PIPE_HANDS = ("pipeline/adapted/hands_occluded/pve_mm", "none (ours: the pipeline's occluded hands, PVE)")
+_BODY_COLUMNS = (("pipeline/adapted/all/pa_pve_mm", "PA-PVE"), ("pipeline/adapted/all/pve_mm", "PVE"),
+                 ("pipeline/adapted/all/pa_mpjpe_mm", "PA-MPJPE"))
+ABLATIONS = {
+    "table3": dict(
+        caption="Fine-tuning methods on HaMeR (Table 3, ARCTIC hands; No.2 trains twice as long, as in the paper)",
+        stage="hmr_adapter",
+        columns=(*_HAND_COLUMNS, ("hand_path/adapter/occluded/pa_mpjpe_mm", "PA-MPJPE"), _PIPE_HANDS),
+        rows=(("HaMeR (pre-trained)", {"hand_method": "frozen"}, (16.2, 38.5, 17.1, None)),
+              ("No.1 full fine-tuning", {"hand_method": "full"}, (13.9, 45.3, 15.0, None)),
+              ("No.2 from scratch", {"hand_method": "scratch"}, (15.1, 53.3, 16.3, None)),
+              ("No.3 decoder head", {"hand_method": "head"}, (14.1, 56.1, 15.1, None)),
+              ("No.4 concatenation", {"hand_method": "concat"}, (17.9, 36.7, 18.4, None)),
+              ("No.5 adapter, hand image input", {"hand_method": "image"}, (9.0, 30.9, 9.2, None)),
+              ("No.6 adapter, body pose input", {}, (8.4, 24.1, 8.5, None))),
+        chosen="No.6 adapter, body pose input", longer={"No.2 from scratch": 2}),
+    "table4": dict(
+        caption="Fine-tuning methods on SMPLer-X (Table 4, ARCTIC whole bodies; No.2 trains twice as long, "
+                "as in the paper)",
+        stage="hmr_adapter",
+        columns=_BODY_COLUMNS,
+        rows=(("SMPLer-X (pre-trained)", {"body_method": "frozen"}, (29.3, 48.5, 28.9)),
+              ("No.1 full fine-tuning", {"body_method": "full"}, (19.5, 24.4, 21.1)),
+              ("No.2 from scratch", {"body_method": "scratch"}, (27.0, 35.0, 34.6)),
+              ("No.3 neck and heads", {"body_method": "head"}, (21.0, 25.1, 21.2)),
+              ("No.4 concatenation", {"body_method": "concat"}, (23.6, 29.9, 25.1)),
+              ("No.5 adapter, body task tokens input", {"body_method": "task_tokens"}, (20.8, 24.7, 21.2)),
+              ("No.6 adapter, MCP features input", {}, (20.7, 24.7, 21.0))),
+        chosen="No.6 adapter, MCP features input", longer={"No.2 from scratch": 2}),
+    "table5": dict(
+        caption="Ways to inject the body feature into HaMeR (Table 5, ARCTIC hands)",
+        stage="hmr_adapter",
+        columns=(*_HAND_COLUMNS, _PIPE_HANDS),
+        rows=(("Concatenation", {"hand_method": "concat"}, (15.2, 41.9, None)),
+              ("Weighted sum", {"hand_method": "weighted_sum"}, (12.1, 26.0, None)),
+              ("Whole-body pose", {"hand_method": "whole_body_pose"}, (13.4, 27.7, None)),
+              ("HMR-Adapter (Ours)", {}, (10.5, 23.6, None))),
+        chosen="HMR-Adapter (Ours)"),
+    "table6": dict(
+        caption="Ways to inject the hand joint feature into SMPLer-X (Table 6, EHF whole bodies)",
+        stage="hmr_adapter",
+        columns=_BODY_COLUMNS,
+        rows=(("Concatenation", {"body_method": "concat"}, (79.3, 95.4, 94.0)),
+              ("Weighted sum", {"body_method": "weighted_sum"}, (57.0, 74.5, 68.0)),
+              ("HMR-Adapter (Ours)", {}, (36.8, 57.1, 42.0))),
+        chosen="HMR-Adapter (Ours)"),
+}
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. Inference: the dual-path pipeline, predict, and the evaluation protocol
-
-
-def hand_crops(cfg, image, boxes):
-    """The hand expert's crops (2B, 3, S, S) of both hands, left first and flipped, at hand boxes
-    (B, 2, 4) of image (B, 3, H, W) in [0, 1]: HaMeR's (`hamer_crops`) or TINY's (`crop_images`)."""
-    flip, images = flip_pattern(len(image), image.device), image.repeat_interleave(2, 0)
-    if cfg.hamer_rescale:
-        return hamer_crops(images, boxes.flatten(0, 1), cfg.hand_crop, flip, cfg.hamer_rescale)
-    return crop_images(images, crop_boxes(cfg, boxes).flatten(0, 1), cfg.hand_crop, flip)
-
-
-def crop_boxes(cfg, boxes):
-    """The squares (..., 4) the hand expert's crops of hand boxes (..., 4) show (`hand_crops`)."""
-    if cfg.hamer_rescale:
-        centre, side = hamer_square(boxes, cfg.hamer_rescale)
-        return torch.cat([centre - side / 2, centre + side / 2], -1).to(boxes.dtype)
-    return scale_boxes(boxes, cfg.hand_box_scale)
-
-
-def hand_tokens(bases, image, boxes):
-    """F^H (2B, h w, C) of both hands' crops at hand boxes (B, 2, 4), left first and flipped."""
-    return bases.hand_expert.features(hand_crops(bases.cfg, image, boxes))
-
-
-def hand_path(bases, adapter, tokens, chain=None):
-    """Hand MANO rotations (B, 2, 16, 3, 3) in the right-hand frame and betas (B, 2, 10) from F^H
-    (`hand_tokens`): the frozen expert (adapter None) or an adapter on it, conditioned on arm chains
-    (B, 2, 8, 6)."""
-    head = bases.hand_expert.mano_head
-    pose, betas, _ = (head(tokens) if adapter is None
-                      else adapter(head, tokens, None if chain is None else chain.flatten(0, 1)))
-    return rot6d_to_matrix(pose).view(-1, 2, 16, 3, 3), betas.view(-1, 2, 10)
-
-
-def assemble(body_R, hand_R, out):
-    """SMPL-X rotations (B, 55, 3, 3): body from body_R (B, 22, 3, 3); each hand's fingers and, by
-    IK, its wrist from the hand path's MANO rotations hand_R (B, 2, 16, 3, 3) (left first, flipped:
-    HaMeR's convention), by `bodymodels.attach_hands`; the jaw from the whole-body model; eyes at rest."""
-    hands = {side: dict(global_orient=hand_R[:, i, 0], hand_pose=hand_R[:, i, 1:]) for i, side in enumerate(SIDES)}
-    R = bodymodels.attach_hands(body_R, hands)  # NOTE(paper gap) 4: wrists by IK
-    R[:, 22] = rot6d_to_matrix(out["jaw"])
-    return R
-
-
-def frozen_front(bases, image, hand_boxes=None):
-    """What both pipelines compute alike: the whole-body output, the hand boxes it predicts (scaled)
-    and the hand expert's tokens F^H of the crops there. hand_boxes (B, 2, 4) image pixels: boxes to
-    use instead of the predicted ones (from 2D hand keypoints), a NaN row keeping the prediction."""
-    out = bases.whole_body(image)
-    if hand_boxes is not None:
-        out["boxes"] = torch.where(hand_boxes.isnan(), out["boxes"], hand_boxes.to(out["boxes"]))
-    boxes = scale_boxes(out["boxes"], bases.cfg.hand_box_scale)
-    return out, boxes, hand_tokens(bases, image, out["boxes"])
-
-
-def pipeline(model, image, adapted=True, front=None, hand_boxes=None, details=False):
-    """Sec. 3.1: image (B, 3, H, W) -> SMPL-X verts (B, 10475, 3) and joints (B, 55, 3) in camera
-    coordinates, and the predicted hand boxes (B, 2, 4). adapted=False: the paper's baseline
-    (both frozen models + IK); True: theta_hat from the body adapter, hands from the hand adapter
-    conditioned on theta_hat's arm chains (NOTE(paper gap) 5), MCP joints from the whole-body
-    model's hand position net (NOTE(paper gap) 6). front: `frozen_front(model.bases, image)` when
-    already computed; hand_boxes: `frozen_front`'s. details: a dict of the outputs and what made them:
-    verts, joints, boxes, R (B, 55, 3, 3), shape (B, 10), expression (B, 10), t (B, 3), hand_boxes
-    (B, 2, 4) before scaling."""
-    bases = model.bases
-    if adapted and (model.whole_body is not bases.whole_body or model.hand_expert is not bases.hand_expert):
-        # an ablation row's own fine-tuned models (Tables 3, 4 No.1-3) see the image themselves
-        bases, front = types.SimpleNamespace(cfg=bases.cfg, whole_body=model.whole_body,
-                                             hand_expert=model.hand_expert), None
-    out, boxes, tokens = front or frozen_front(bases, image, hand_boxes)
-    theta, chain, adapter = out["theta0"], None, None
-    if adapted:
-        rois, hand_joints = bases.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
-        theta = model.refine(out, rois, hand_joints[:, :, list(MCP), :2])
-        chain = model.chains(rot6d_to_matrix(theta))
-        adapter = model.hand_adapter
-    hand_R, _ = hand_path(bases, adapter, tokens, chain)
-    R = assemble(rot6d_to_matrix(theta), hand_R, out)
-    verts, joints = skin(body_models().smplx, R, torch.cat([out["shape"], out["expression"]], -1))
-    t = smplerx_translation(out["cam"])[:, None]
-    if details:
-        return dict(verts=verts + t, joints=joints + t, boxes=boxes, R=R, shape=out["shape"],
-                    expression=out["expression"], t=t[:, 0], hand_boxes=out["boxes"])
-    return verts + t, joints + t, boxes
-
-
-@torch.no_grad()
-def predict(model, batch, cfg):
-    """Held-out predictions (train.py's protocol): hand path at the true boxes (like Table 3) for
-    expert, no_body and adapter (the adapter sees the true body pose, as in training), as MANO meshes
-    {hand_M_verts (B, 2, 778, 3), hand_M_joints (B, 2, 21, 3)}; the pipeline at predicted boxes (like
-    Table 1) for baseline and adapted: {pipe_P_verts (B, 10475, 3), pipe_P_joints (B, 55, 3), pipe_P_boxes}."""
-    model, image = _unwrap(model), batch["image"]
-    adapted = isinstance(model, Adapted)
-    bases = model.bases if adapted else model
-    boxes = gt_boxes(batch)
-    heads = {"expert": (None, None)}
-    if adapted:
-        chain = model.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY]))
-        heads.update(no_body=(model.no_body_adapter, None), adapter=(model.hand_adapter, chain))
-    out, tokens = {}, hand_tokens(bases, image, boxes)  # the backbone runs once for the three heads
-    for name, (adapter, chain) in heads.items():
-        x = tokens
-        if name == "adapter" and model.hand_expert is not bases.hand_expert:  # Table 3 No.1, 2: its own backbone
-            x = model.hand_expert.features(hand_crops(bases.cfg, image, boxes))
-        R, betas = hand_path(bases, adapter, x, chain)
-        verts, joints = mano_mesh(R.flatten(0, 1), betas.flatten(0, 1))
-        out[f"hand_{name}_verts"], out[f"hand_{name}_joints"] = (verts.unflatten(0, (-1, 2)),
-                                                                 joints.unflatten(0, (-1, 2)))
-    front = frozen_front(bases, image)  # the same for both pipelines
-    for name in ("baseline", "adapted") if adapted else ("baseline",):
-        piped = model if name == "adapted" else types.SimpleNamespace(bases=bases)
-        out[f"pipe_{name}_verts"], out[f"pipe_{name}_joints"], out[f"pipe_{name}_boxes"] = pipeline(
-            piped, image, name == "adapted", front)
-    return out
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
-def _errors(pred_verts, gt_verts, pred_joints, gt_joints, root):
-    """PVE after moving joint `root` of each to the origin, PA-PVE, PA-MPJPE: (N,) each, input units."""
-    pve = (pred_verts - pred_joints[:, root:root + 1] - gt_verts + gt_joints[:, root:root + 1]).norm(dim=-1).mean(-1)
-    return dict(pve_mm=pve, pa_pve_mm=metrics.pa_mpvpe(pred_verts, gt_verts),
-                pa_mpjpe_mm=metrics.pa_mpjpe(pred_joints, gt_joints))
-
-
-def _face_errors(pred_verts, gt_verts, pred_neck, gt_neck, ids):
-    """Face PVE after moving the neck (B, 3) of each onto the other, and PA-PVE, over vertices ids: (N,) each."""
-    pred_face, gt_face = pred_verts[:, ids], gt_verts[:, ids]
-    pve = (pred_face - pred_neck[:, None] - gt_face + gt_neck[:, None]).norm(dim=-1).mean(-1)
-    return dict(pve_mm=pve, pa_pve_mm=metrics.pa_mpvpe(pred_face, gt_face))
-
-
-def evaluation_metrics(pred, gt):
-    """The paper's protocol (Sec. 4.1, Table 1) in mm, as {"hand_path/M/{clean,occluded}/E": ...,
-    "pipeline/P/{all,hands,hands_occluded,face}/E": ...} (train.py nests the names at "/"); E is pve_mm,
-    pa_pve_mm, pa_mpjpe_mm. Alignment as SMPLer-X's evaluate (EHF.py, humandata.py, which the paper
-    follows): PVE after moving the pelvis (all), each wrist (hands; averaged over left and right) or
-    the neck (face) of the prediction onto the truth's; PA-PVE and PA-MPJPE after a Procrustes fit of
-    each part alone. Face: PVE and PA-PVE on `face_vertex_ids()` (SMPLer-X reports no face PA-MPJPE:
-    nor does this). A split with no hand in it (a file without occluded hands) is left out."""
-    result = {}
-    occluded = torch.stack([gt[f"{s}_hand_occluded"] for s in SIDES], 1).flatten() > 0.5  # (2N,)
-    hand_names = [k[5:-6] for k in pred if k.startswith("hand_") and k.endswith("_verts")]
-    if hand_names:
-        pose = torch.stack([gt[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)
-        gt_verts, gt_joints = mano_mesh(axis_angle_to_matrix(pose), pose.new_zeros(len(pose), 10))
-    for name in hand_names:
-        e = _errors(pred[f"hand_{name}_verts"].flatten(0, 1), gt_verts, pred[f"hand_{name}_joints"].flatten(0, 1),
-                    gt_joints, 0)
-        for split, mask in (("clean", ~occluded), ("occluded", occluded)):
-            if not mask.any():
-                continue
-            result.update({f"hand_path/{name}/{split}/{k}": 1000 * v[mask].mean() for k, v in e.items()})
-    face, hand_ids = face_vertex_ids(), hand_vertex_ids()
-    for name in [k[5:-6] for k in pred if k.startswith("pipe_") and k.endswith("_verts")]:
-        verts, joints = pred[f"pipe_{name}_verts"], pred[f"pipe_{name}_joints"]
-        e = _errors(verts, gt["verts"], joints, gt["joints3d"], 0)
-        result.update({f"pipeline/{name}/all/{k}": 1000 * v.mean() for k, v in e.items()})
-        per_hand = []
-        for side in SIDES:
-            ids, hj = hand_ids[side], list(bodymodels.SMPLX_HAND_JOINTS[side])
-            per_hand.append(_errors(verts[:, ids], gt["verts"][:, ids], joints[:, hj], gt["joints3d"][:, hj], 0))
-        hands = {k: torch.stack([h[k] for h in per_hand], 1).flatten() for k in per_hand[0]}  # (2N,) left, right
-        result.update({f"pipeline/{name}/hands/{k}": 1000 * v.mean() for k, v in hands.items()})
-        if occluded.any():
-            result.update({f"pipeline/{name}/hands_occluded/{k}": 1000 * v[occluded].mean() for k, v in hands.items()})
-        result.update({f"pipeline/{name}/face/{k}": 1000 * v.mean() for k, v in
-                       _face_errors(verts, gt["verts"], joints[:, NECK], gt["joints3d"][:, NECK], face).items()})
-    return {k: float(v) for k, v in result.items()}
-
-
-class MeanPoseBaseline:
-    """The constant baseline scored by the same protocol: the training set's mean MANO pose (per-joint
-    chordal mean, both hands in the right-hand frame) for the hand path, and its mean SMPL-X pose and
-    shape for the pipeline, placed at the true pelvis; labels: training labels (train.py)."""
-
-    def __init__(self, labels):
-        pose = torch.stack([labels[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)
-        self.hand_R = metrics.mean_rotations(axis_angle_to_matrix(pose.double())).float()  # (16, 3, 3)
-        self.body_R = metrics.mean_rotations(axis_angle_to_matrix(labels["smplx_pose"].double())).float()  # (55, 3, 3)
-        self.shape = torch.cat([labels["smplx_shape"].mean(0), labels["smplx_expression"].mean(0)])
-
-    def __call__(self, gt):
-        N = len(gt["smplx_pose"])
-        verts, joints = mano_mesh(self.hand_R.expand(2 * N, -1, -1, -1), torch.zeros(2 * N, 10))
-        bv, bj = skin(body_models().smplx, self.body_R[None], self.shape[None])
-        shift = gt["joints3d"][:, :1] - bj[:, :1]
-        return {"hand_constant_verts": verts.unflatten(0, (N, 2)), "hand_constant_joints": joints.unflatten(0, (N, 2)),
-                "pipe_constant_verts": bv + shift, "pipe_constant_joints": bj + shift}
-
-
-BASES = types.SimpleNamespace(  # train.py's row "hmr_adapter_bases": the tiny stand-ins of the pretrained bases
-    CONFIGS=BASE_CONFIGS, build_model=_build_bases, training_loss=training_loss, predict=predict,
-    learning_rate=learning_rate)
-
-
-# ---------------------------------------------------------------------------------------------
-# 10. Tools: `--image`, parameter counts at the paper's size, latency, a demo
+# Appendix D. Diagnostics: parameter counts at the paper's size
 
 
 PAPER_COUNTS = {"hand expert head": "39M (Tab. 3 No.3)", "hand adapter": "27M (Sec. 4.1)",
@@ -1752,6 +1774,10 @@ def parameter_table(base_cfg=BASES_PAPER, cfg=PAPER):
             "whole-body encoder": (0, count(wb.encoder)),
             "whole-body neck + heads": (0, count(wb) - count(wb.encoder)),
             "body adapter": (count(model.body_adapter), 0)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Appendix E. Running it: latency (`--bench`), a photograph in (`--image`), `--params`, a demo, main
 
 
 @torch.no_grad()
