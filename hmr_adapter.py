@@ -1,72 +1,25 @@
-"""HMR-Adapter: a lightweight adapter with dual-path cross augmentation for expressive human mesh
-recovery (anonymous ACM MM 2024 submission; ../shared/papers/hmr_adapter.txt), in one file.
+"""HMR-Adapter: a lightweight adapter with dual-path cross augmentation for expressive human mesh recovery
+(anonymous ACM MM 2024 submission; ../shared/papers/hmr_adapter.txt), in one file.
 
-Two frozen pretrained models, adapted with few trainable parameters (Fig. 2):
-- the hand path: a HaMeR-style hand expert (ViT backbone on a hand crop + a transformer head with one
-  query token, Sec. 3.2.2) whose head gets, in every block, a new self-attention SA' and
-  cross-attention CA' copied from the frozen ones and attending to the arm chain's 6D rotations
-  (Eqs. 1-3: Z_new = CA(Q, K, V) + CA(Q', K', V'));
-- the body path: a SMPLer-X-style whole-body model (ViT with task tokens, body position net, body
-  regressor, hand boxes, hand RoI features, hand position net, Sec. 3.2.3) whose initial body pose
-  theta_0 gets an offset from a small transformer on the hand RoI features sampled at the 8 MCP
-  joints (Eq. 4: theta_hat = theta_0 + FFN(CA(Q'', K'', V''))).
-The pipeline (Sec. 3.1): whole-body model -> hand boxes -> hand crops (left flipped) -> hand expert
-+ adapter conditioned on theta_hat's arm chain -> SMPL-X: body from theta_hat, fingers from the hand
-path, the wrist by inverse kinematics (the paper's baseline, Sec. 4.2), shape, face and camera
-from the whole-body model. `pipeline(..., adapted=False)` is that baseline: both frozen models + IK.
-Training (Sec. 3.5, Eqs. 5-8): both bases frozen and in eval mode; the hand adapter sees the true
-body pose, the body adapter samples at the true 2D hand keypoints; the two never share a parameter.
+Two frozen pretrained models, each adapted by a few trainable parameters that read the other path (Fig. 2):
 
-Conventions: bodymodels' (column vectors, 6D = the first two COLUMNS of R as HaMeR, axis-angle into
-SMPL-X/MANO, metres; mm in reported metrics). Left hands are flipped into right hands before the hand
-expert sees them (HaMeR): a flipped crop shows the mirror image of the scene (x -> -x), so a left
-hand's MANO pose is the mirror of the right-hand pose the expert predicts, and its arm chain is
-mirrored the same way (R -> M R M, M = diag(-1, 1, 1)).
+  image -> whole-body model (SMPLer-X) -> theta_0, hand boxes, hand RoI features F^J at the 8 MCP joints
+        -> body adapter (Eq. 4): theta_hat = theta_0 + FFN(CA(Q'', K'', V'')) -> arm chains theta_b (6D)
+  hand crops (left flipped) -> hand expert (HaMeR) + hand adapter on theta_b (Eqs. 1-3) -> MANO hands
+  -> SMPL-X (Sec. 3.1): body from theta_hat, fingers from the hand path, wrists by IK, shape, face, camera
+`pipeline(..., adapted=False)` is the paper's baseline: both frozen models + IK. Training (Sec. 3.5): bases frozen,
+the hand adapter reads the true body pose, the body adapter samples at the true 2D hand keypoints.
 
-Map: 1 configs (`BaseConfig`, `AdapterConfig`; PAPER and TINY of each) -> 2 geometry (crops, RoI,
-arm chains, IK) -> 3 ViT -> 4 hand expert -> 5 whole-body model -> 6 hand adapter -> 7 body adapter
--> 7b the ablations' other ways (`ABLATIONS`: Tables 3-6, next to the configs) -> 8 the models the trainer trains (`Bases`, `Adapted`), losses -> 9 inference: the pipeline,
-`predict`, the evaluation protocol -> 10 `--image` (a photograph in, picture, .obj, .npz out), `--params`,
-`--bench`, demo.
-train.py trains two rows: "hmr_adapter_bases" (`BASES`: the tiny bases, standing in for the
-pretrained HaMeR and SMPLer-X, trained briefly on the same synthetic world) and "hmr_adapter"
-(this module: both adapters and the Table 3 No.5 control on the frozen bases).
+Conventions: bodymodels' (column vectors, 6D = the first two COLUMNS of R as HaMeR, axis-angle, metres). Left
+hands are flipped into right hands (HaMeR), their arm chains mirrored (R -> M R M, M = diag(-1, 1, 1)).
+Symbols: B batch, J joints, V vertices, C channels, L tokens, h x w ViT grid, R RoI side, S crop side, theta
+poses (6D unless named), beta shape, F^H hand image tokens, F^B arm-chain tokens, F^J MCP tokens.
 
-NOTE(paper gap) list (each also stands at its spot; the paper's supplementary material is not public):
- 1. Around SA'/CA' (Eq. 3): the residual stream follows the frozen path, SA' only forms CA''s query;
-    copies include the LayerNorms and CA's output projection (that is what gives "about 27M").
-    A scale lambda (default 1) multiplies CA' (lambda = 0 is exactly the frozen head).
- 2. Attention cannot tell its keys apart: F^B and F^J get a learned per-token embedding.
- 3. Left hands: the left arm chain is mirrored to match the flipped crop.
- 4. The final wrist: IK as the paper's baseline (wrist local = elbow global^T hand global).
- 5. The body pose given to the hand adapter at inference: theta_hat (the refined one).
- 6. MCP coordinates at inference: the whole-body model's own hand position net.
- 7. Body adapter widths (1024, 8 x 64 heads, MLP 1024, 6 blocks, 1x1 conv 1280 -> 512 without BN,
-    regressor 1024 -> 1024 -> 22 x 6 with its last layer zero, so theta_hat = theta_0 at start).
- 8. Delta-theta is added in 6D to all 22 joints (root and wrists included).
- 9. Eq. 6 is read as its formula: squared error on rotation matrices + (1 - cosine) per joint.
-10. Loss weights and optimiser: HaMeR's (hand) and SMPLer-X's (body) weights, calibrated as their code
-    applies them (HaMeR: sums over joints, coordinates and 8 crops a GPU; SMPLer-X: means); AdamW 1e-4,
-    cosine; each adapter has its own peak lr (`lr` hand, `body_lr` body: the paper trains them apart).
-    L_img and L_beta of Eq. 7 have no gradient with frozen bases and are left out.
-11. The whole-body model is SMPLer-X's (names, layers, conventions), except that its hand regressor and
-    face box are left out (the hand expert replaces them, Sec. 3.1).
-12. Hand-only training data ("zeros for hand-only datasets", Sec. 3.3): a share of the training
-    hands gets a zero body pose.
-13. TINY only: the whole-body ViT's patch embedding is a conv stem (`BaseConfig.body_stem`).
-14. TINY only: theta_b holds the arm joints' global rotations (forward kinematics), not their local
-    ones (`AdapterConfig.chain`; PAPER: local, "each joint's rotation").
-15. The ablations' other ways (Tables 3-6, section 7b): the paper names them in a line each; the
-    concatenation's zero-initialised new columns and the PIXIE-style moderators' inputs and widths are ours.
-
-Paper configs feed the released networks what their official pipelines feed them (tests/official/):
-HaMeR's hand crops (`hamer_crops`: its box, blur, cv2 warp and ImageNet normalisation, to the bit) and
-SMPLer-X's body input (the 512 x 384 image / 255, resized by F.interpolate's nearest) and hand RoI
-(`roi_align`: mmcv's). TINY keeps its own simpler steps (crops of the [0, 1] image, "area" resizing,
-2 x 2 RoI samples clamped to the border, mean losses), each said at its config field.
-
-Symbols: B batch, J joints, V vertices, C channels, L tokens, h x w ViT grid, R RoI side, S crop side,
-theta poses (6D unless named), beta shape, F^H hand image tokens, F^B arm-chain tokens, F^J MCP tokens.
+Map: 1 building blocks (attention, arm chains, points in crops and RoIs) -> 2 hand adapter -> 3 body adapter
+-> 4 the model (`Adapted`) -> 5 losses (Eqs. 5-8) -> 6 inference (`pipeline`, `predict`, evaluation) -> 7 configs
+(PAPER, TINY), `build_model`. Appendices: A the bases (ViT, HaMeR, SMPLer-X, crops and warps, RoI-align, `Bases`),
+B the released weights, C the ablations (Tables 3-6, `ABLATIONS`), D parameter counts, E running it (`--image`,
+`--bench`, `--params`, demo). Where this differs from the paper (NOTE(paper gap) N), results: docs/hmr_adapter.md.
 """
 
 import argparse
@@ -93,13 +46,713 @@ from bodymodels import (axis_angle_to_matrix, forward_kinematics, matrix_to_axis
 SIDES = ("left", "right")
 ARMS = {"left": bodymodels.SMPLX_LEFT_ARM, "right": bodymodels.SMPLX_RIGHT_ARM}  # Sec. 3.3 arm joint groups
 ELBOWS = {"left": 18, "right": 19}
-HAND_JOINTS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20)  # SMPLer-X's 20: FreiHAND without the wrist
+# SMPLer-X's 20 hand joints: FreiHAND's 21 without the wrist
+HAND_JOINTS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20)
 MCP = (4, 8, 12, 16)  # index, middle, ring, pinky knuckles among those 20 (SMPLer-X's L_MCP / R_MCP)
 NUM_BODY = 22  # theta_0: root + 21 body joints
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. Configs
+# 1. Building blocks: the transformer blocks of HaMeR's head, which the hand adapter copies (SA', CA', Eqs. 1-3)
+#    and the body adapter stacks (Eq. 4); the arm chains theta_b (Sec. 3.3); points in crops and RoI maps
+
+
+class PreNorm(nn.Module):
+    """HMR2.0/HaMeR's PreNorm: fn(norm(x), ...)."""
+
+    def __init__(self, dim, fn):
+        super().__init__()
+        self.norm, self.fn = nn.LayerNorm(dim), fn
+
+    def forward(self, x, *context):
+        return self.fn(self.norm(x), *context)
+
+
+class SelfAttention(nn.Module):
+    """HaMeR's Attention: to_qkv (no bias), heads x dim_head, to_out.0 (bias)."""
+
+    def __init__(self, dim, heads, dim_head):
+        super().__init__()
+        self.heads = heads
+        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim))
+
+    def forward(self, x):
+        q, k, v = self.to_qkv(x).chunk(3, -1)
+        return self.to_out(_attend(q, k, v, self.heads))
+
+
+class CrossAttention(nn.Module):
+    """HaMeR's CrossAttention: to_q (dim), to_kv (context_dim), no biases, to_out.0 (bias).
+    Eq. (1): CA(Q, K, V) = softmax(Q K^T / sqrt(d)) V with Q = x W_q, K = c W_k, V = c W_v."""
+
+    def __init__(self, dim, context_dim, heads, dim_head):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
+        self.to_kv = nn.Linear(context_dim, 2 * heads * dim_head, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim))
+
+    def forward(self, x, context):
+        k, v = self.to_kv(context).chunk(2, -1)
+        return self.to_out(_attend(self.to_q(x), k, v, self.heads))
+
+
+def _attend(q, k, v, heads):
+    """Multi-head softmax attention: q (B, Lq, M d), k and v (B, Lk, M d) -> (B, Lq, M d)."""
+    def split(t):
+        return t.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, M, L, d)
+    return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class DecoderBlocks(nn.Module):
+    """HaMeR's TransformerCrossAttn: layers.i = [PreNorm(SA), PreNorm(CA), PreNorm(FF)]."""
+
+    def __init__(self, dim, depth, heads, dim_head, mlp, context_dim):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.ModuleList([
+            PreNorm(dim, SelfAttention(dim, heads, dim_head)),
+            PreNorm(dim, CrossAttention(dim, context_dim, heads, dim_head)),
+            PreNorm(dim, FeedForward(dim, mlp))]) for _ in range(depth))
+
+
+class TransformerDecoder(nn.Module):
+    """HaMeR's TransformerDecoder: the zero token -> to_token_embedding -> + pos_embedding -> blocks."""
+
+    def __init__(self, dim, depth, heads, dim_head, mlp, context_dim, num_tokens=1):
+        super().__init__()
+        self.to_token_embedding = nn.Linear(1, dim)
+        self.pos_embedding = nn.Parameter(torch.randn(1, num_tokens, dim))
+        self.transformer = DecoderBlocks(dim, depth, heads, dim_head, mlp, context_dim)
+
+    def start(self, batch):
+        """The query token Z (B, 1, dim) before the first block."""
+        zero = self.pos_embedding.new_zeros(batch, 1, 1)
+        return self.to_token_embedding(zero) + self.pos_embedding
+
+    def forward(self, context):
+        z = self.start(len(context))
+        for sa, ca, ff in self.transformer.layers:
+            z = z + sa(z)
+            z = z + ca(z, context)
+            z = z + ff(z)
+        return z
+
+
+MIRROR_BODY = (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20)  # SMPL-X's 22, L <-> R
+
+
+def arm_chains(body_pose, chain="global", whole_body=False):
+    """theta_b of both arms (..., 2, 8, 6), left first: the 6D rotations of each arm chain's joints
+    root -> wrist (Sec. 3.3) from local body rotations (..., >= 22, 3, 3). chain "local": the joints'
+    own (SMPL-X parameter) rotations, the paper's "each joint's rotation"; "global": their products from
+    the root (camera frame, forward kinematics), whose last is the hand's global orientation. The left
+    chain is mirrored to match the flipped crop (mirroring commutes with the products). NOTE(paper gap) 3
+    whole_body: Table 5's "whole-body pose", all 22 joints (..., 2, 22, 6) instead of the arm; the left
+    hand's flipped crop sees the mirrored body, its left and right joints swapped (MIRROR_BODY).
+
+    NOTE(paper gap) 14: TINY takes "global", whose last token is the hand's orientation (local: eight to compose)."""
+    if chain not in ("local", "global"):
+        raise ValueError(f"AdapterConfig.chain: 'local' or 'global', got {chain!r}")
+    R = body_pose[..., :NUM_BODY, :, :]
+    if chain == "global":
+        R = forward_kinematics(R, R.new_zeros(*R.shape[:-2], 3), bodymodels.SMPLX_PARENTS[:NUM_BODY])[1]
+    left, right = (R[..., list(MIRROR_BODY), :, :], R) if whole_body else (R[..., list(ARMS[s]), :, :] for s in SIDES)
+    return matrix_to_rot6d(torch.stack([mirror_rotation(left, matrix=True), right], -4))
+
+
+def scale_boxes(boxes, scale):
+    """Square boxes (..., 4) [x0, y0, x1, y1] enlarged `scale` times about their centres."""
+    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]).amax(-1, keepdim=True) / 2
+    return torch.cat([centre - scale * half, centre + scale * half], -1)
+
+
+def to_crop(points, boxes, flip):
+    """Image pixels (B, N, 2) -> normalised crop coordinates in [-0.5, 0.5] (HaMeR's 2D keypoints)
+    of boxes (B, 4), mirrored (u -> -u) where flip (B,)."""
+    uv = (points - boxes[:, None, :2]) / (boxes[:, 2:] - boxes[:, :2])[:, None] - 0.5
+    sign = torch.stack([torch.where(flip, -1.0, 1.0), torch.ones(len(flip), device=flip.device)], -1)
+    return uv * sign.to(uv)[:, None]
+
+
+def to_roi(points, boxes, size, flip):
+    """Image pixels (B, N, 2) -> the RoI heatmap frame of boxes (B, 4): the box's corners at 0 and
+    `size` (SMPLer-X's convention), x -> size - 1 - x where flip (B,)."""
+    p = (points - boxes[:, None, :2]) * size / (boxes[:, 2:] - boxes[:, :2])[:, None]
+    return torch.where(flip[:, None, None], torch.stack([size - 1 - p[..., 0], p[..., 1]], -1), p)
+
+
+def sample_points(features, points):
+    """Bilinear features (B, N, C) of maps (B, C, H, W) at points (B, N, 2) in map pixels (pixel p at
+    coordinate p, SMPLer-X's sample_joint_features); zero outside the map."""
+    H, W = features.shape[-2:]
+    grid = torch.stack([2 * points[..., 0] / (W - 1) - 1, 2 * points[..., 1] / (H - 1) - 1], -1)
+    out = F.grid_sample(features, grid[:, :, None].to(features.dtype), align_corners=True)  # (B, C, N, 1)
+    return out[..., 0].transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Hand-path adapter (Sec. 3.3, Eqs. 1-3)
+
+
+class HandAdapter(nn.Module):
+    """New SA' and CA' for every block of a frozen hand head, copies of SA and CA (Sec. 3.3: "SA', W'_q,
+    W'_k and W'_v are initialized from SA, W_q, W_k and W_v"), and F^B = Linear(theta_b) + E.
+
+    body=True: CA' attends to the arm chain's tokens F^B (Eq. 2). body=False: the Table 3 No.5 control,
+    CA' attends to the hand image tokens F^H (no body information, no F^B parameters).
+    """
+
+    def __init__(self, head, body=True, scale=1.0, joints=len(ARMS["left"])):
+        super().__init__()
+        layers = head.transformer.transformer.layers
+        # NOTE(paper gap) 1: copies of the PreNorm modules, LayerNorm and output projection included
+        self.sa = nn.ModuleList(copy.deepcopy(sa) for sa, _, _ in layers)
+        self.ca = nn.ModuleList(copy.deepcopy(ca) for _, ca, _ in layers)
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self.scale, self.body = scale, body
+        if body:
+            context = layers[0][1].fn.to_kv.in_features
+            self.body_embed = nn.Linear(6, context)  # F^B = theta_b W_B ("a linear layer", Sec. 3.3)
+            self.joint_embed = nn.Parameter(torch.zeros(1, joints, context))  # NOTE(paper gap) 2
+            nn.init.trunc_normal_(self.joint_embed, std=0.02)
+
+    def forward(self, head, hand_tokens, theta_b=None):
+        """head: the frozen MANOHead; hand_tokens F^H (B, h w, C); theta_b (B, J, 6) (zeros: no body
+        labels, Sec. 3.3). -> pose (B, 16, 6), betas, cam through the frozen readouts."""
+        context = self.body_embed(theta_b) + self.joint_embed if self.body else hand_tokens  # F^B or F^H
+        z = head.transformer.start(len(hand_tokens))
+        for (sa, ca, ff), sa2, ca2 in zip(head.transformer.transformer.layers, self.sa, self.ca):
+            z_a, z_b = z + sa(z), z + sa2(z)  # frozen path; the adapter's query path (SA')
+            # Eq. (3): Z_new = CA(Q, K, V) + CA(Q', K', V'), Q' = SA'(Z) W'_q, K' = F^B W'_k, V' = F^B W'_v
+            z = z_a + ca(z_a, hand_tokens) + self.scale * ca2(z_b, context)
+            z = z + ff(z)
+        return head.readout(z)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Body-path adapter (Sec. 3.4, Eq. 4)
+
+
+class BodyAdapter(nn.Module):
+    """theta_hat = theta_0 + FFN(CA(Q'', K'', V'')) (Eq. 4): a 1x1 conv C -> P on the hand feature map,
+    bilinear features at the 4 MCP joints of each hand (F^J, B x 8 x P), and transformer blocks on one
+    empty query token (SA'', CA'' to F^J, FF); the regressor's last layer starts at zero."""
+
+    def __init__(self, cfg, width, task_tokens=0):
+        super().__init__()
+        self.proj = nn.Conv2d(width, cfg.body_proj, 1)  # NOTE(paper gap) 7: no BN (the paper: "a 1-by-1 convolution")
+        self.task_tokens = task_tokens  # > 0: Table 4 No.5, F^J replaced by the K body task tokens (no hand input)
+        self.token_embed = nn.Parameter(torch.zeros(1, task_tokens or 2 * len(MCP), cfg.body_proj))  # NOTE(paper gap) 2
+        nn.init.trunc_normal_(self.token_embed, std=0.02)
+        self.transformer = TransformerDecoder(cfg.body_dim, cfg.body_depth, cfg.body_heads, cfg.body_dim_head,
+                                              cfg.body_mlp, cfg.body_proj)
+        self.regressor = nn.Sequential(nn.Linear(cfg.body_dim, cfg.body_dim), nn.GELU(),
+                                       nn.Linear(cfg.body_dim, NUM_BODY * 6))  # NOTE(paper gap) 8
+        nn.init.zeros_(self.regressor[-1].weight)
+        nn.init.zeros_(self.regressor[-1].bias)
+
+    def forward(self, theta0, rois, mcp, body_tokens=None, body_joints=None):
+        """theta0 (B, 22, 6); rois (B, 2, C, R, R); mcp (B, 2, 4, 2) in RoI pixels; body_tokens (B, K, C):
+        the whole-body model's body task tokens (read by the No.5 variant only). -> theta_hat (B, 22, 6)."""
+        B = len(rois)
+        if self.task_tokens:  # the 1x1 convolution on each token
+            tokens = F.linear(body_tokens, self.proj.weight[:, :, 0, 0], self.proj.bias) + self.token_embed
+        else:
+            maps = self.proj(rois.flatten(0, 1))  # (2B, P, R, R)
+            tokens = sample_points(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1) + self.token_embed  # F^J
+        z = self.transformer(tokens)  # Z'' -> SA'' -> CA''(., F^J) -> FF, depth times
+        return theta0 + self.regressor(z[:, 0]).view(B, NUM_BODY, 6)  # Eq. (4)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The model train.py trains: the adapters on the frozen bases (Sec. 3.5)
+
+
+class Adapted(nn.Module):
+    """The frozen bases (in eval mode whatever train() says) with the hand adapter, the Table 3 No.5
+    control (an adapter whose CA' attends to the hand image) and the body adapter. The three share no
+    parameter, so training them together is training them separately (Sec. 3.5). An ablation row's
+    `hand_method` / `body_method` puts another way in the hand or body adapter's place (appendix C)."""
+
+    def __init__(self, cfg, bases):
+        super().__init__()
+        self.cfg, self.bases = cfg, bases.requires_grad_(False).eval()
+        self.hand_adapter = hand_method(cfg, bases)
+        self.no_body_adapter = HandAdapter(bases.hand_expert.mano_head, body=False, scale=cfg.adapter_scale)
+        self.body_adapter = body_method(cfg, bases)
+        self.frozen_cache = {} if cfg.cache_frozen else None  # sample index -> `frozen_inputs` row
+
+    @property
+    def hand_expert(self):
+        """The hand expert whose backbone gives the hand path's F^H: the frozen one, or a row's own (No.1, 2)."""
+        own = getattr(self.hand_adapter, "expert", None)
+        return self.bases.hand_expert if own is None else own
+
+    @property
+    def whole_body(self):
+        """The whole-body model of the adapted pipeline: the frozen one, or a row's own (Table 4 No.1-3)."""
+        own = getattr(self.body_adapter, "whole_body", None)
+        return self.bases.whole_body if own is None else own
+
+    def refine(self, out, rois, mcp):
+        """theta_hat (B, 22, 6) from a whole-body output `out`, its hand feature maps rois (B, 2, C, R, R)
+        and MCP joints mcp (B, 2, 4, 2) in their frame: Eq. 4 (or a row's other way); theta_0 itself
+        where the row trains no body refinement ("frozen", or its own whole-body model)."""
+        if self.body_adapter is None or isinstance(self.body_adapter, TunedBody):
+            return out["theta0"]
+        return self.body_adapter(out["theta0"], rois, mcp, out["body_tokens"], out["body_joints"])
+
+    def chains(self, body_R):
+        """The hand path's theta_b (B, 2, J, 6) of body rotations (B, 22, 3, 3), as cfg asks."""
+        return arm_chains(body_R, self.cfg.chain, whole_body=self.cfg.hand_method == "whole_body_pose")
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.bases.eval()  # frozen: dropout off, normalisation statistics never move
+        return self
+
+    @torch.no_grad()
+    def frozen_inputs(self, batch):
+        """What the frozen bases give the adapters' losses, per sample: the hand tokens F^H of the crops
+        at the true boxes (B, 2, L, C), and the whole-body model's theta_0, shape, camera, predicted
+        hand boxes (B, 2, 4) and hand feature maps (B, 2, C, R, R).
+
+        With `cfg.cache_frozen` each training sample (its "index") is computed once, alone, and kept:
+        a row's bits would otherwise depend on its place in the batch (BLAS blocks rows), so a resumed
+        run would drift from an uninterrupted one. It also spares the frozen forward, much of a tiny step."""
+        if self.frozen_cache is None or "index" not in batch:
+            return self._frozen(batch)
+        keys = batch["index"].tolist()
+        for i, k in enumerate(keys):
+            if k not in self.frozen_cache:
+                row = self._frozen({key: value[i:i + 1] for key, value in batch.items()})
+                self.frozen_cache[k] = {name: value[0] for name, value in row.items()}
+        rows = [self.frozen_cache[k] for k in keys]
+        return {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
+
+    def _frozen(self, batch):
+        bcfg, image = self.bases.cfg, batch["image"]
+        tokens = hand_tokens(self.bases, image, gt_boxes(batch))
+        out = self.bases.whole_body(image)
+        pred_boxes = scale_boxes(out["boxes"], bcfg.hand_box_scale)
+        rois = self.bases.whole_body.hand_roi_net(out["feature_map"], pred_boxes, image.shape[-2:])
+        return dict(tokens=tokens.reshape(len(image), 2, *tokens.shape[1:]), theta0=out["theta0"],
+                    shape=out["shape"], cam=out["cam"], pred_boxes=pred_boxes, rois=rois,
+                    body_tokens=out["body_tokens"], body_joints=out["body_joints"])
+
+    def forward(self, batch):
+        """The adapters' training losses: (loss, terms)."""
+        cfg, bcfg, image = self.cfg, self.bases.cfg, batch["image"]
+        B = len(image)
+        front = self.frozen_inputs(batch)
+        # hand path (Sec. 3.5.1): crops at the true boxes, the true body pose (zeros for "hand-only" samples)
+        boxes = crop_boxes(bcfg, gt_boxes(batch))
+        flip = flip_pattern(B, image.device)
+        tokens = front["tokens"].flatten(0, 1)
+        head, target = self.bases.hand_expert.mano_head, hand_targets(batch, boxes)
+        hand, terms = torch.zeros((), device=image.device), {}
+        if self.hand_adapter is not None:
+            own = self.hand_expert is not self.bases.hand_expert  # Table 3 No.1, 2: its backbone trains too
+            chain = self.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])).flatten(0, 1)  # (2B, J, 6)
+            keep = (torch.rand(2 * B, 1, 1, device=image.device) >= cfg.hand_only_prob).to(chain)
+            x = self.hand_expert.features(hand_crops(bcfg, image, gt_boxes(batch))) if own else tokens
+            hand, terms = hand_loss(self.hand_adapter(head, x, chain * keep), target, cfg)
+        control, control_terms = hand_loss(self.no_body_adapter(head, tokens), target, cfg)
+        # body path (Sec. 3.5.2): features sampled at the true MCP joints in the predicted boxes' RoI frame
+        body, body_terms = torch.zeros((), device=image.device), {}
+        if isinstance(self.body_adapter, TunedBody):  # Table 4 No.1-3: the whole-body model's own loss
+            body, body_terms = whole_body_loss(self.whole_body, bcfg, batch, cfg, cfg.body_loss_hands)
+            body = body + sum(body_terms[k] for k in SMPLERX_TERMS)
+        elif self.body_adapter is not None:
+            kp = (torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1)
+                  .flatten(0, 1)[:, [HAND_JOINTS[i] for i in MCP]])
+            mcp = to_roi(kp, front["pred_boxes"].flatten(0, 1), bcfg.hand_roi, flip).view(B, 2, len(MCP), 2)
+            theta_hat = self.refine(front, front["rois"], mcp)
+            body, body_terms = body_pose_loss(theta_hat, front["shape"], front["cam"], batch, cfg, cfg.body_loss_hands)
+        terms = dict(terms, no_body=control, **body_terms)
+        return hand + control + body, terms
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Losses (Eqs. 5-8) and the meshes they compare
+
+
+@functools.lru_cache(maxsize=None)
+def body_models():
+    """MANO (right hand) and SMPL-X (bodymodels' loaders: $HMR_BODY_MODELS or the stand-ins) as
+    float32 Skinning, SMPL-X's parents, each hand's SMPL-X vertices (strongest skinning joint in the
+    hand), and R_off (3, 3): the rotation that turns MANO's rest hand onto SMPL-X's rest right hand
+    (a MANO pose's global rotation G is SMPL-X's wrist rotation G R_off^T, its fingers R_off aa;
+    bodymodels.hand_frames, whose `attach_hands` puts the hand path's hands on the body)."""
+    mano, smplx = bodymodels.load_mano(), bodymodels.load_smplx()
+    part = smplx.lbs_weights.argmax(1)
+    return types.SimpleNamespace(
+        mano=bodymodels.Skinning(mano, torch.float32, per_sample=False),
+        smplx=bodymodels.Skinning(smplx, torch.float32, per_sample=False), parents=smplx.parents.tolist(),
+        smplx_faces=smplx.faces_tensor.long(),
+        r_off=bodymodels.hand_frames().r_off.float(),
+        hand_verts={s: torch.isin(part, torch.tensor(bodymodels.SMPLX_HAND_JOINTS[s])).nonzero()[:, 0] for s in SIDES},
+        head_verts=torch.isin(part, torch.tensor(HEAD_JOINTS)).nonzero()[:, 0])
+
+
+def skin(model, R, betas):
+    """A Skinning's mesh from rotation matrices R (B, J, 3, 3) and betas (B, L) -> verts, joints."""
+    m = model
+    rest = m.J_template + (betas @ m.J_shapedirs.T.to(betas)).view(len(betas), -1, 3)
+    return bodymodels.lbs(betas, R, m.v_template.to(R), m.shapedirs.to(R), m.posedirs.to(R), m.J_regressor.to(R),
+                          m.parents, m.lbs_weights.to(R), pose2rot=False, rest_joints=rest)
+
+
+def mano_mesh(R, betas):
+    """MANO verts (B, 778, 3) and 21 joints (B, 21, 3) in OpenPose order with HaMeR's (smplx's)
+    fingertips, of rotations R (B, 16, 3, 3), betas (B, 10)."""
+    verts, joints = skin(body_models().mano, R, betas)
+    return verts, bodymodels.hand_joints21(joints, verts, "hamer")  # official (HaMeR mano_wrapper.py): smplx tips
+
+
+def body_joints(R, betas):
+    """SMPL-X's first J joints (B, J, 3) of rotations R (B, J, 3, 3) (J = 22: the body) by forward
+    kinematics (what its LBS gives them, without skinning 10475 vertices); betas (B, 10)."""
+    m, J = body_models().smplx, R.shape[1]
+    rest = m.J_template + (betas @ m.J_shapedirs[:, :10].T.to(betas)).view(len(betas), -1, 3)
+    return forward_kinematics(R, rest[:, :J], m.parents[:J])[0]
+
+
+def hand_targets(batch, boxes):
+    """What the hand path is scored against, both hands of each sample (2B, left first): MANO
+    rotations R* (2B, 16, 3, 3) in the right-hand (flipped) frame, its mesh with zero betas, the
+    2D keypoints in normalised coordinates of the (flipped) crops at boxes (B, 2, 4)."""
+    pose = torch.stack([batch[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)  # (2B, 16, 3)
+    R = axis_angle_to_matrix(pose)
+    verts, joints = mano_mesh(R, R.new_zeros(len(R), 10))
+    kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)  # (2B, 21, 2) image pixels
+    return dict(R=R, verts=verts, joints=joints,
+                uv=to_crop(kp, boxes.flatten(0, 1), flip_pattern(len(batch["image"]), R.device)))
+
+
+def flip_pattern(batch, device):
+    """(2 batch,) bool: True for the left hand of each sample (hands ordered left, right)."""
+    return torch.tensor([True, False], device=device).repeat(batch)
+
+
+def gt_boxes(batch):
+    return torch.stack([batch[f"{s}_hand_box"] for s in SIDES], 1)  # (B, 2, 4) the true hand boxes
+
+
+def hand_loss(out, target, cfg):
+    """Eq. (5): lambda_2D L_2D + lambda_3D L_3D + lambda_v L_v + lambda_theta L_theta + lambda_beta L_beta.
+    out: (pose (N, 16, 6), betas, cam); target: `hand_targets`. 3D terms are wrist-relative (L1, m).
+    Each term is a mean over every element; with cfg.hamer_batch (HaMeR's calibration) it is multiplied by
+    the number of elements a hand sums and by hamer_batch: # official (hamer losses.py): sums over joints,
+    coordinates (rotation matrix entries) and its per-GPU batch. A mean over the batch stays a mean under DDP."""
+    pose, betas, cam = out
+    R = rot6d_to_matrix(pose)
+    verts, joints = mano_mesh(R, betas)
+    wrist, wrist_gt = joints[:, :1], target["joints"][:, :1]
+    uv = bodymodels.project_to_crop(joints, bodymodels.weak_perspective_to_translation(cam))
+    # Eq. (6), NOTE(paper gap) 9: ||R - R*||^2 + (1 - cos(R, R*)) per joint, on rotation matrices
+    cos = F.cosine_similarity(R.flatten(-2), target["R"].flatten(-2), dim=-1)
+    terms = dict(hand_3d=(joints - wrist - target["joints"] + wrist_gt).abs().mean(),
+                 hand_2d=(uv - target["uv"]).abs().mean(),
+                 hand_verts=(verts - wrist - target["verts"] + wrist_gt).abs().mean(),
+                 hand_pose=((R - target["R"]) ** 2).sum((-1, -2)).mean() + (1 - cos).mean(),
+                 hand_betas=(betas ** 2).mean())
+    if cfg.hamer_batch:  # per hand: 21 x 3, 21 x 2, 778 x 3, 16 joints (each a sum over its 9 entries), 10
+        per_hand = dict(hand_3d=joints[0].numel(), hand_2d=uv[0].numel(), hand_verts=verts[0].numel(),
+                        hand_pose=R.shape[1], hand_betas=betas.shape[1])
+        terms = {k: t * (per_hand[k] * cfg.hamer_batch) for k, t in terms.items()}
+    weights = (cfg.w_hand_3d, cfg.w_hand_2d, cfg.w_hand_verts, cfg.w_hand_pose, cfg.w_hand_betas)
+    return sum(w * t for w, t in zip(weights, terms.values())), terms
+
+
+HAND_FINGER_JOINTS = tuple(range(25, 55))  # SMPL-X's 15 finger joints of each hand
+FINGER_WRISTS = (20,) * 15 + (21,) * 15  # the wrist each of them hangs from (left, then right)
+
+
+def body_pose_loss(theta, shape, cam, batch, cfg, hands=False):
+    """Eqs. (7, 8) on a body pose theta (B, 22, 6) with frozen shape and camera: lambda_theta L1 on
+    rotation matrices, lambda_3D L1 on pelvis-relative joints, lambda_2D L_proj on projected joints
+    (normalised by the image height), over the 22 body joints. L_img and L_beta: no gradient here
+    (NOTE(paper gap) 10). With `hands` (`AdapterConfig.body_loss_hands`) lambda_3D also on the 30 finger joints
+    relative to their wrist, posed by theta's arms and wrists with the true fingers: SMPLer-X's
+    hand-root-relative joints (main/SMPLer_X.py, get_coord and loss 'smplx_joint_cam'). No body joint hangs
+    below a wrist, so only these see a forearm's twist."""
+    R, R_gt = rot6d_to_matrix(theta), axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
+    body = list(range(NUM_BODY))
+    if hands:  # the true jaw, eyes and fingers below theta's joints
+        R = torch.cat([R, axis_angle_to_matrix(batch["smplx_pose"][:, NUM_BODY:].to(R))], 1)
+    joints, gt = body_joints(R, shape), batch["joints3d"]
+    uv = bodymodels.project_to_crop(joints[:, body], smplerx_translation(cam))
+    terms = dict(body_pose=(R[:, :NUM_BODY] - R_gt).abs().mean(),
+                 body_3d=(joints[:, body] - joints[:, :1] - gt[:, body] + gt[:, :1]).abs().mean(),
+                 body_2d=(uv - image_normalised(batch)).abs().mean())
+    loss = cfg.w_body_pose * terms["body_pose"] + cfg.w_body_3d * terms["body_3d"] + cfg.w_body_2d * terms["body_2d"]
+    if hands:
+        fingers, wrists = list(HAND_FINGER_JOINTS), list(FINGER_WRISTS)
+        relative = lambda j: j[:, fingers] - j[:, wrists]  # noqa: E731
+        terms["fingers_3d"] = (relative(joints) - relative(gt)).abs().mean()
+        loss = loss + cfg.w_body_3d * terms["fingers_3d"]
+    return loss, terms
+
+
+def image_normalised(batch, ids=tuple(range(NUM_BODY))):
+    """The joints' (ids, default the 22 body joints) pixels -> (u - W/2, v - H/2) / H: what a
+    weak-perspective camera of the image's focal length (5000 for a 256 high image) projects to."""
+    H, W = batch["image"].shape[-2:]
+    return (batch["joints2d"][:, list(ids)] - batch["joints2d"].new_tensor([W / 2, H / 2])) / H
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Inference: the dual-path pipeline, predict, and the evaluation protocol
+
+
+def hand_crops(cfg, image, boxes):
+    """The hand expert's crops (2B, 3, S, S) of both hands, left first and flipped, at hand boxes
+    (B, 2, 4) of image (B, 3, H, W) in [0, 1]: HaMeR's (`hamer_crops`) or TINY's (`crop_images`)."""
+    flip, images = flip_pattern(len(image), image.device), image.repeat_interleave(2, 0)
+    if cfg.hamer_rescale:
+        return hamer_crops(images, boxes.flatten(0, 1), cfg.hand_crop, flip, cfg.hamer_rescale)
+    return crop_images(images, crop_boxes(cfg, boxes).flatten(0, 1), cfg.hand_crop, flip)
+
+
+def crop_boxes(cfg, boxes):
+    """The squares (..., 4) the hand expert's crops of hand boxes (..., 4) show (`hand_crops`)."""
+    if cfg.hamer_rescale:
+        centre, side = hamer_square(boxes, cfg.hamer_rescale)
+        return torch.cat([centre - side / 2, centre + side / 2], -1).to(boxes.dtype)
+    return scale_boxes(boxes, cfg.hand_box_scale)
+
+
+def hand_tokens(bases, image, boxes):
+    """F^H (2B, h w, C) of both hands' crops at hand boxes (B, 2, 4), left first and flipped."""
+    return bases.hand_expert.features(hand_crops(bases.cfg, image, boxes))
+
+
+def hand_path(bases, adapter, tokens, chain=None):
+    """Hand MANO rotations (B, 2, 16, 3, 3) in the right-hand frame and betas (B, 2, 10) from F^H
+    (`hand_tokens`): the frozen expert (adapter None) or an adapter on it, conditioned on arm chains
+    (B, 2, 8, 6)."""
+    head = bases.hand_expert.mano_head
+    pose, betas, _ = (head(tokens) if adapter is None
+                      else adapter(head, tokens, None if chain is None else chain.flatten(0, 1)))
+    return rot6d_to_matrix(pose).view(-1, 2, 16, 3, 3), betas.view(-1, 2, 10)
+
+
+def assemble(body_R, hand_R, out):
+    """SMPL-X rotations (B, 55, 3, 3): body from body_R (B, 22, 3, 3); each hand's fingers and, by
+    IK, its wrist from the hand path's MANO rotations hand_R (B, 2, 16, 3, 3) (left first, flipped:
+    HaMeR's convention), by `bodymodels.attach_hands`; the jaw from the whole-body model; eyes at rest."""
+    hands = {side: dict(global_orient=hand_R[:, i, 0], hand_pose=hand_R[:, i, 1:]) for i, side in enumerate(SIDES)}
+    R = bodymodels.attach_hands(body_R, hands)  # NOTE(paper gap) 4: wrists by IK
+    R[:, 22] = rot6d_to_matrix(out["jaw"])
+    return R
+
+
+def frozen_front(bases, image, hand_boxes=None):
+    """What both pipelines compute alike: the whole-body output, the hand boxes it predicts (scaled)
+    and the hand expert's tokens F^H of the crops there. hand_boxes (B, 2, 4) image pixels: boxes to
+    use instead of the predicted ones (from 2D hand keypoints), a NaN row keeping the prediction."""
+    out = bases.whole_body(image)
+    if hand_boxes is not None:
+        out["boxes"] = torch.where(hand_boxes.isnan(), out["boxes"], hand_boxes.to(out["boxes"]))
+    boxes = scale_boxes(out["boxes"], bases.cfg.hand_box_scale)
+    return out, boxes, hand_tokens(bases, image, out["boxes"])
+
+
+def pipeline(model, image, adapted=True, front=None, hand_boxes=None, details=False):
+    """Sec. 3.1: image (B, 3, H, W) -> SMPL-X verts (B, 10475, 3) and joints (B, 55, 3) in camera
+    coordinates, and the predicted hand boxes (B, 2, 4). adapted=False: the paper's baseline
+    (both frozen models + IK); True: theta_hat from the body adapter, hands from the hand adapter
+    conditioned on theta_hat's arm chains (NOTE(paper gap) 5), MCP joints from the whole-body
+    model's hand position net (NOTE(paper gap) 6). front: `frozen_front(model.bases, image)` when
+    already computed; hand_boxes: `frozen_front`'s. details: a dict of the outputs and what made them:
+    verts, joints, boxes, R (B, 55, 3, 3), shape (B, 10), expression (B, 10), t (B, 3), hand_boxes
+    (B, 2, 4) before scaling."""
+    bases = model.bases
+    if adapted and (model.whole_body is not bases.whole_body or model.hand_expert is not bases.hand_expert):
+        # an ablation row's own fine-tuned models (Tables 3, 4 No.1-3) see the image themselves
+        bases, front = types.SimpleNamespace(cfg=bases.cfg, whole_body=model.whole_body,
+                                             hand_expert=model.hand_expert), None
+    out, boxes, tokens = front or frozen_front(bases, image, hand_boxes)
+    theta, chain, adapter = out["theta0"], None, None
+    if adapted:
+        rois, hand_joints = bases.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
+        theta = model.refine(out, rois, hand_joints[:, :, list(MCP), :2])
+        chain = model.chains(rot6d_to_matrix(theta))
+        adapter = model.hand_adapter
+    hand_R, _ = hand_path(bases, adapter, tokens, chain)
+    R = assemble(rot6d_to_matrix(theta), hand_R, out)
+    verts, joints = skin(body_models().smplx, R, torch.cat([out["shape"], out["expression"]], -1))
+    t = smplerx_translation(out["cam"])[:, None]
+    if details:
+        return dict(verts=verts + t, joints=joints + t, boxes=boxes, R=R, shape=out["shape"],
+                    expression=out["expression"], t=t[:, 0], hand_boxes=out["boxes"])
+    return verts + t, joints + t, boxes
+
+
+@torch.no_grad()
+def predict(model, batch, cfg):
+    """Held-out predictions (train.py's protocol): hand path at the true boxes (like Table 3) for
+    expert, no_body and adapter (the adapter sees the true body pose, as in training), as MANO meshes
+    {hand_M_verts (B, 2, 778, 3), hand_M_joints (B, 2, 21, 3)}; the pipeline at predicted boxes (like
+    Table 1) for baseline and adapted: {pipe_P_verts (B, 10475, 3), pipe_P_joints (B, 55, 3), pipe_P_boxes}."""
+    model, image = _unwrap(model), batch["image"]
+    adapted = isinstance(model, Adapted)
+    bases = model.bases if adapted else model
+    boxes = gt_boxes(batch)
+    heads = {"expert": (None, None)}
+    if adapted:
+        chain = model.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY]))
+        heads.update(no_body=(model.no_body_adapter, None), adapter=(model.hand_adapter, chain))
+    out, tokens = {}, hand_tokens(bases, image, boxes)  # the backbone runs once for the three heads
+    for name, (adapter, chain) in heads.items():
+        x = tokens
+        if name == "adapter" and model.hand_expert is not bases.hand_expert:  # Table 3 No.1, 2: its own backbone
+            x = model.hand_expert.features(hand_crops(bases.cfg, image, boxes))
+        R, betas = hand_path(bases, adapter, x, chain)
+        verts, joints = mano_mesh(R.flatten(0, 1), betas.flatten(0, 1))
+        out[f"hand_{name}_verts"], out[f"hand_{name}_joints"] = (verts.unflatten(0, (-1, 2)),
+                                                                 joints.unflatten(0, (-1, 2)))
+    front = frozen_front(bases, image)  # the same for both pipelines
+    for name in ("baseline", "adapted") if adapted else ("baseline",):
+        piped = model if name == "adapted" else types.SimpleNamespace(bases=bases)
+        out[f"pipe_{name}_verts"], out[f"pipe_{name}_joints"], out[f"pipe_{name}_boxes"] = pipeline(
+            piped, image, name == "adapted", front)
+    return out
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+HEAD_JOINTS = (15, 22, 23, 24)  # SMPL-X head, jaw, left and right eye: the stand-ins' face (see face_vertex_ids)
+NECK = 12  # official (SMPLer-X EHF.py / humandata.py evaluate): face vertices are aligned at the neck joint
+
+
+def face_vertex_ids():
+    """SMPL-X vertex ids (F,) of the face for Table 1's face metrics: the file that $HMR_FLAME_VERTEX_IDS
+    names, as SMPLer-X's evaluation reads it (`SMPL-X__FLAME_vertex_ids.npy`, SMPL-X's 5023 FLAME
+    vertices, distributed with SMPL-X), else the vertices whose strongest skinning joint is the head,
+    jaw or an eye (HEAD_JOINTS). NOTE(official vs here): the stand-ins have no FLAME correspondence,
+    so their face is that head region (the neck and back of the head included, as FLAME's are)."""
+    path = os.environ.get("HMR_FLAME_VERTEX_IDS")
+    if not path:
+        return body_models().head_verts
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"HMR_FLAME_VERTEX_IDS: missing {path} (expected SMPL-X__FLAME_vertex_ids.npy)")
+    ids = np.load(path, allow_pickle=False)
+    num_verts = len(body_models().smplx.v_template)
+    integers = ids.ndim == 1 and len(ids) > 0 and np.issubdtype(ids.dtype, np.integer)
+    if not integers or ids.min() < 0 or ids.max() >= num_verts:
+        raise ValueError(f"HMR_FLAME_VERTEX_IDS: {path} must hold SMPL-X vertex ids (F,) in [0, {num_verts}), "
+                         f"got {ids.dtype} {ids.shape}")
+    return torch.from_numpy(ids.astype(np.int64))
+
+
+def hand_vertex_ids():
+    """{side: SMPL-X vertex ids} of each hand for Table 1's hand metrics: SMPL-X's
+    `MANO_SMPLX_vertex_ids.pkl` ("left_hand", "right_hand": 778 each) where $HMR_MANO_SMPLX_VERTEX_IDS
+    names it, as SMPLer-X's evaluation reads it, else the vertices whose strongest skinning joint is a
+    hand joint. NOTE(official vs here): the stand-ins have no MANO correspondence file."""
+    path = os.environ.get("HMR_MANO_SMPLX_VERTEX_IDS")
+    if not path:
+        return body_models().hand_verts
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"HMR_MANO_SMPLX_VERTEX_IDS: missing {path} (expected MANO_SMPLX_vertex_ids.pkl)")
+    num_verts = len(body_models().smplx.v_template)
+    ids = {s: bodymodels.read_pickled_array(path, f"{s}_hand").astype(np.int64).ravel() for s in SIDES}
+    if any(len(i) == 0 or i.min() < 0 or i.max() >= num_verts for i in ids.values()):
+        raise ValueError(f"HMR_MANO_SMPLX_VERTEX_IDS: {path} must hold SMPL-X vertex ids in [0, {num_verts})")
+    return {s: torch.from_numpy(i) for s, i in ids.items()}
+
+
+def _errors(pred_verts, gt_verts, pred_joints, gt_joints, root):
+    """PVE after moving joint `root` of each to the origin, PA-PVE, PA-MPJPE: (N,) each, input units."""
+    pve = (pred_verts - pred_joints[:, root:root + 1] - gt_verts + gt_joints[:, root:root + 1]).norm(dim=-1).mean(-1)
+    return dict(pve_mm=pve, pa_pve_mm=metrics.pa_mpvpe(pred_verts, gt_verts),
+                pa_mpjpe_mm=metrics.pa_mpjpe(pred_joints, gt_joints))
+
+
+def _face_errors(pred_verts, gt_verts, pred_neck, gt_neck, ids):
+    """Face PVE after moving the neck (B, 3) of each onto the other, and PA-PVE, over vertices ids: (N,) each."""
+    pred_face, gt_face = pred_verts[:, ids], gt_verts[:, ids]
+    pve = (pred_face - pred_neck[:, None] - gt_face + gt_neck[:, None]).norm(dim=-1).mean(-1)
+    return dict(pve_mm=pve, pa_pve_mm=metrics.pa_mpvpe(pred_face, gt_face))
+
+
+def evaluation_metrics(pred, gt):
+    """The paper's protocol (Sec. 4.1, Table 1) in mm, as {"hand_path/M/{clean,occluded}/E": ...,
+    "pipeline/P/{all,hands,hands_occluded,face}/E": ...} (train.py nests the names at "/"); E is pve_mm,
+    pa_pve_mm, pa_mpjpe_mm. Alignment as SMPLer-X's evaluate (EHF.py, humandata.py, which the paper
+    follows): PVE after moving the pelvis (all), each wrist (hands; averaged over left and right) or
+    the neck (face) of the prediction onto the truth's; PA-PVE and PA-MPJPE after a Procrustes fit of
+    each part alone. Face: PVE and PA-PVE on `face_vertex_ids()` (SMPLer-X reports no face PA-MPJPE:
+    nor does this). A split with no hand in it (a file without occluded hands) is left out."""
+    result = {}
+    occluded = torch.stack([gt[f"{s}_hand_occluded"] for s in SIDES], 1).flatten() > 0.5  # (2N,)
+    hand_names = [k[5:-6] for k in pred if k.startswith("hand_") and k.endswith("_verts")]
+    if hand_names:
+        pose = torch.stack([gt[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)
+        gt_verts, gt_joints = mano_mesh(axis_angle_to_matrix(pose), pose.new_zeros(len(pose), 10))
+    for name in hand_names:
+        e = _errors(pred[f"hand_{name}_verts"].flatten(0, 1), gt_verts, pred[f"hand_{name}_joints"].flatten(0, 1),
+                    gt_joints, 0)
+        for split, mask in (("clean", ~occluded), ("occluded", occluded)):
+            if not mask.any():
+                continue
+            result.update({f"hand_path/{name}/{split}/{k}": 1000 * v[mask].mean() for k, v in e.items()})
+    face, hand_ids = face_vertex_ids(), hand_vertex_ids()
+    for name in [k[5:-6] for k in pred if k.startswith("pipe_") and k.endswith("_verts")]:
+        verts, joints = pred[f"pipe_{name}_verts"], pred[f"pipe_{name}_joints"]
+        e = _errors(verts, gt["verts"], joints, gt["joints3d"], 0)
+        result.update({f"pipeline/{name}/all/{k}": 1000 * v.mean() for k, v in e.items()})
+        per_hand = []
+        for side in SIDES:
+            ids, hj = hand_ids[side], list(bodymodels.SMPLX_HAND_JOINTS[side])
+            per_hand.append(_errors(verts[:, ids], gt["verts"][:, ids], joints[:, hj], gt["joints3d"][:, hj], 0))
+        hands = {k: torch.stack([h[k] for h in per_hand], 1).flatten() for k in per_hand[0]}  # (2N,) left, right
+        result.update({f"pipeline/{name}/hands/{k}": 1000 * v.mean() for k, v in hands.items()})
+        if occluded.any():
+            result.update({f"pipeline/{name}/hands_occluded/{k}": 1000 * v[occluded].mean() for k, v in hands.items()})
+        result.update({f"pipeline/{name}/face/{k}": 1000 * v.mean() for k, v in
+                       _face_errors(verts, gt["verts"], joints[:, NECK], gt["joints3d"][:, NECK], face).items()})
+    return {k: float(v) for k, v in result.items()}
+
+
+class MeanPoseBaseline:
+    """The constant baseline scored by the same protocol: the training set's mean MANO pose (per-joint
+    chordal mean, both hands in the right-hand frame) for the hand path, and its mean SMPL-X pose and
+    shape for the pipeline, placed at the true pelvis; labels: training labels (train.py)."""
+
+    def __init__(self, labels):
+        pose = torch.stack([labels[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)
+        self.hand_R = metrics.mean_rotations(axis_angle_to_matrix(pose.double())).float()  # (16, 3, 3)
+        self.body_R = metrics.mean_rotations(axis_angle_to_matrix(labels["smplx_pose"].double())).float()  # (55, 3, 3)
+        self.shape = torch.cat([labels["smplx_shape"].mean(0), labels["smplx_expression"].mean(0)])
+
+    def __call__(self, gt):
+        N = len(gt["smplx_pose"])
+        verts, joints = mano_mesh(self.hand_R.expand(2 * N, -1, -1, -1), torch.zeros(2 * N, 10))
+        bv, bj = skin(body_models().smplx, self.body_R[None], self.shape[None])
+        shift = gt["joints3d"][:, :1] - bj[:, :1]
+        return {"hand_constant_verts": verts.unflatten(0, (N, 2)), "hand_constant_joints": joints.unflatten(0, (N, 2)),
+                "pipe_constant_verts": bv + shift, "pipe_constant_joints": bj + shift}
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Configs: the bases and the adapters, PAPER (the paper's numbers) and TINY (2 CPU cores); build_model and
+#    train.py's protocol
 
 
 @dataclass
@@ -166,7 +819,7 @@ class AdapterConfig:
     # The default is what checkpoints written before this field were trained with
     chain: typing.Literal["local", "global"] = "global"
     # What trains in the hand path and in the body path: the adapters ("adapter", the paper's method) or one of the
-    # other ways the ablations compare (Tables 3-6, `ABLATIONS`; section 7b says each)
+    # other ways the ablations compare (Tables 3-6, `ABLATIONS`; appendix C says each)
     hand_method: typing.Literal["adapter", "whole_body_pose", "image", "concat", "weighted_sum", "head", "full",
                                 "scratch", "frozen"] = "adapter"
     body_method: typing.Literal["adapter", "task_tokens", "concat", "weighted_sum", "head", "full", "scratch",
@@ -199,7 +852,7 @@ class AdapterConfig:
     w_body_2d: float = 16.0
     # Eq. 7's L_3D also on the hands' 30 finger joints relative to their wrists (True), posed by theta's arms and wrists
     # with the true fingers, as SMPLer-X supervises its hand joints: only these see a forearm's twist. The body adapter
-    # and the whole-body stand-in (`Bases`) both train with it (docs/hmr_adapter.md, issues 27 and 34)
+    # and the whole-body stand-in (`Bases`) both train with it (docs/hmr_adapter.md)
     body_loss_hands: bool = True
     # --- recipe (Sec. 4.1: one machine, 4 V100, 10K steps, batch 32 per GPU, about 6 hours) ---
     batch_size: int = 128  # 32 x 4
@@ -216,7 +869,7 @@ class AdapterConfig:
 
 
 BASES_PAPER = BaseConfig()  # HaMeR (ViT-H + 39.5M head) and SMPLer-X-H32 shapes
-BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 -> 8 x 6), body 128 x 96 (patch 16 -> 8 x 6)
+BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 -> 8 x 6), body 128 x 96 (8 x 6)
     hand_crop=32, hand_patch=4, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
     head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128, image_size=(256, 192), hamer_rescale=0.0,
     body_image=(128, 96), body_resize="area", body_patch=16, body_patch_padding=0, body_width=64, body_depth=3,
@@ -225,69 +878,14 @@ BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 
     hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, roi_sampling=2, hamer_checkpoint="",
     smplerx_checkpoint="", losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100)
 PAPER = AdapterConfig(chain="local")
-# TINY's lr, body_lr and max_steps come from sweeps that retrained one adapter alone on the default run's frozen bases
-# (README, "HMR-Adapter"): the hand adapter at lr 4e-3, the body adapter at 1e-3 (faster moved theta_hat's arm chain
-# away from what the hand adapter reads); with global chains (NOTE(paper gap) 14) 2500 steps did as well as 4500.
+# TINY's lr, body_lr and max_steps: from retraining each adapter alone on the default run's frozen bases
+# (docs/hmr_adapter.md); a faster body adapter moves theta_hat's arm chain away from what the hand adapter reads.
 TINY = AdapterConfig(image_size=(256, 192), hand_only_prob=0.2, cache_frozen=True, hamer_batch=0, w_hand_verts=0.05,
                      w_body_2d=1.0, body_proj=32, body_dim=64, body_depth=3, body_heads=4,
                      body_dim_head=16, body_mlp=128, batch_size=32, max_steps=2500, lr=4e-3, body_lr=1e-3,
                      warmup_steps=50)
 CONFIGS = {"paper": PAPER, "tiny": TINY}
 BASE_CONFIGS = {"paper": BASES_PAPER, "tiny": BASES_TINY}
-
-# The paper's ablations (Sec. 4.3) as rows of `hand_method` / `body_method` (section 7b), each trained on the frozen
-# bases like the adapters, with the paper's figures beside them (train.py --ablation tableN; docs/hmr_adapter.md).
-# The paper scores Tables 3 and 5 on ARCTIC's hands at the true boxes (our hand path: its "adapter" is the row's
-# method, on the occluded hands, as ARCTIC's hands hold objects), Tables 4 and 6 on whole bodies (our pipeline).
-# The last column of Tables 3 and 5 is ours: the hand path above reads the TRUE body pose (whose wrist token is the
-# answer with global chains), the pipeline reads theta_hat's.
-_HAND_COLUMNS = (("hand_path/adapter/occluded/pa_pve_mm", "PA-PVE"), ("hand_path/adapter/occluded/pve_mm", "PVE"))
-_PIPE_HANDS = ("pipeline/adapted/hands_occluded/pve_mm", "none (ours: the pipeline's occluded hands, PVE)")
-_BODY_COLUMNS = (("pipeline/adapted/all/pa_pve_mm", "PA-PVE"), ("pipeline/adapted/all/pve_mm", "PVE"),
-                 ("pipeline/adapted/all/pa_mpjpe_mm", "PA-MPJPE"))
-ABLATIONS = {
-    "table3": dict(
-        caption="Fine-tuning methods on HaMeR (Table 3, ARCTIC hands; No.2 trains twice as long, as in the paper)",
-        stage="hmr_adapter",
-        columns=(*_HAND_COLUMNS, ("hand_path/adapter/occluded/pa_mpjpe_mm", "PA-MPJPE"), _PIPE_HANDS),
-        rows=(("HaMeR (pre-trained)", {"hand_method": "frozen"}, (16.2, 38.5, 17.1, None)),
-              ("No.1 full fine-tuning", {"hand_method": "full"}, (13.9, 45.3, 15.0, None)),
-              ("No.2 from scratch", {"hand_method": "scratch"}, (15.1, 53.3, 16.3, None)),
-              ("No.3 decoder head", {"hand_method": "head"}, (14.1, 56.1, 15.1, None)),
-              ("No.4 concatenation", {"hand_method": "concat"}, (17.9, 36.7, 18.4, None)),
-              ("No.5 adapter, hand image input", {"hand_method": "image"}, (9.0, 30.9, 9.2, None)),
-              ("No.6 adapter, body pose input", {}, (8.4, 24.1, 8.5, None))),
-        chosen="No.6 adapter, body pose input", longer={"No.2 from scratch": 2}),
-    "table4": dict(
-        caption="Fine-tuning methods on SMPLer-X (Table 4, ARCTIC whole bodies; No.2 trains twice as long, as in the paper)",
-        stage="hmr_adapter",
-        columns=_BODY_COLUMNS,
-        rows=(("SMPLer-X (pre-trained)", {"body_method": "frozen"}, (29.3, 48.5, 28.9)),
-              ("No.1 full fine-tuning", {"body_method": "full"}, (19.5, 24.4, 21.1)),
-              ("No.2 from scratch", {"body_method": "scratch"}, (27.0, 35.0, 34.6)),
-              ("No.3 neck and heads", {"body_method": "head"}, (21.0, 25.1, 21.2)),
-              ("No.4 concatenation", {"body_method": "concat"}, (23.6, 29.9, 25.1)),
-              ("No.5 adapter, body task tokens input", {"body_method": "task_tokens"}, (20.8, 24.7, 21.2)),
-              ("No.6 adapter, MCP features input", {}, (20.7, 24.7, 21.0))),
-        chosen="No.6 adapter, MCP features input", longer={"No.2 from scratch": 2}),
-    "table5": dict(
-        caption="Ways to inject the body feature into HaMeR (Table 5, ARCTIC hands)",
-        stage="hmr_adapter",
-        columns=(*_HAND_COLUMNS, _PIPE_HANDS),
-        rows=(("Concatenation", {"hand_method": "concat"}, (15.2, 41.9, None)),
-              ("Weighted sum", {"hand_method": "weighted_sum"}, (12.1, 26.0, None)),
-              ("Whole-body pose", {"hand_method": "whole_body_pose"}, (13.4, 27.7, None)),
-              ("HMR-Adapter (Ours)", {}, (10.5, 23.6, None))),
-        chosen="HMR-Adapter (Ours)"),
-    "table6": dict(
-        caption="Ways to inject the hand joint feature into SMPLer-X (Table 6, EHF whole bodies)",
-        stage="hmr_adapter",
-        columns=_BODY_COLUMNS,
-        rows=(("Concatenation", {"body_method": "concat"}, (79.3, 95.4, 94.0)),
-              ("Weighted sum", {"body_method": "weighted_sum"}, (57.0, 74.5, 68.0)),
-              ("HMR-Adapter (Ours)", {}, (36.8, 57.1, 42.0))),
-        chosen="HMR-Adapter (Ours)"),
-}
 
 
 def learning_rate(cfg, step):
@@ -298,14 +896,351 @@ def learning_rate(cfg, step):
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
+def _build_bases(cfg, parent=None):
+    """train.py's "hmr_adapter_bases": the tiny stand-ins to train, or (paper) the released weights,
+    checked before the 1.3B parameters are built. Both paths "" keep the paper bases' random weights."""
+    released_checkpoints(cfg)  # a missing file fails here, in one line
+    bases = Bases(cfg)
+    load_pretrained(bases, cfg)
+    return bases
+
+
+def build_model(cfg, parent):
+    """The adapters on `parent`, the trained `Bases` (train.py's "hmr_adapter_bases" row)."""
+    if parent is None:
+        raise ValueError("hmr_adapter.build_model: needs the trained bases (train.py trains 'hmr_adapter_bases' first)")
+    return Adapted(cfg, parent)
+
+
+def training_loss(model, batch, cfg):
+    return model(batch)
+
+
+def param_groups(model, cfg):
+    """train.py's optimiser groups: the hand adapter and its control at lr, the body adapter at body_lr."""
+    trainable = lambda m: [p for p in (m.parameters() if m is not None else ()) if p.requires_grad]  # noqa: E731
+    hand = [*trainable(model.hand_adapter), *trainable(model.no_body_adapter)]
+    return [(1.0, hand), (cfg.body_lr / cfg.lr, trainable(model.body_adapter))]
+
+
+BASES = types.SimpleNamespace(  # train.py's row "hmr_adapter_bases": the tiny stand-ins of the pretrained bases
+    CONFIGS=BASE_CONFIGS, build_model=_build_bases, training_loss=training_loss, predict=predict,
+    learning_rate=learning_rate)
+
+
 # ---------------------------------------------------------------------------------------------
-# 2. Geometry: boxes and crops, RoI-align, arm chains, inverse kinematics
+# Appendix A. The bases HMR-Adapter adapts (HaMeR, SMPLer-X): ViT, hand expert, whole-body model, crops and
+#             warps, RoI-align, and the training of their tiny stand-ins (`Bases`)
 
 
-def scale_boxes(boxes, scale):
-    """Square boxes (..., 4) [x0, y0, x1, y1] enlarged `scale` times about their centres."""
-    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]).amax(-1, keepdim=True) / 2
-    return torch.cat([centre - scale * half, centre + scale * half], -1)
+# A.1 ViT (ViTPose / HaMeR / SMPLer-X names: patch_embed.proj, pos_embed, blocks.i.*, last_norm)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, M, N, C/M)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn, self.mlp = Attention(dim, heads), Mlp(dim, 4 * dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """ViTPose's linear patch embedding `proj`, or (stem = widths, TINY only) a convolutional stem: per
+    width Conv3x3 stride 2 -> GroupNorm -> ReLU, log2(patch) of them, then Conv1x1 -> the ViT width.
+    NOTE(paper gap) 13: a linear map per 16 x 16 patch is too weak for the tiny whole-body model at 128 x 96;
+    the released models keep `proj` and load strictly."""
+
+    def __init__(self, patch, padding, width, stem=()):
+        super().__init__()
+        if not stem:
+            self.proj = nn.Conv2d(3, width, patch, stride=patch, padding=padding)
+            return
+        if 2 ** len(stem) != patch or padding:
+            raise ValueError(f"PatchEmbed: a stem of {len(stem)} stride-2 convolutions gives patch {2 ** len(stem)}, "
+                             f"expected log2(patch={patch}) of them and no padding (got {padding})")
+        layers, c_in = [], 3
+        for c in stem:
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c // 4), c), nn.ReLU()]
+            c_in = c
+        self.stem = nn.Sequential(*layers, nn.Conv2d(c_in, width, 1))
+
+    def forward(self, images):
+        return self.stem(images) if hasattr(self, "stem") else self.proj(images)
+
+
+class ViT(nn.Module):
+    """images (B, 3, H, W) and optional extra tokens (B, T, C) -> (tokens (B, h w, C), extra (B, T, C)).
+    SMPLer-X's encoder puts its learnable task tokens (no position embedding) before the patch tokens."""
+
+    def __init__(self, image_hw, patch, padding, width, depth, heads, num_task_tokens=0, stem=()):
+        super().__init__()
+        H, W = image_hw
+        self.grid = ((H + 2 * padding - patch) // patch + 1, (W + 2 * padding - patch) // patch + 1)
+        self.patch_embed = PatchEmbed(patch, padding, width, stem)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], width))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.task_tokens = nn.Parameter(torch.randn(1, num_task_tokens, width) * 0.02) if num_task_tokens else None
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
+        self.last_norm = nn.LayerNorm(width, eps=1e-6)
+
+    def forward(self, images):
+        x = self.patch_embed(images)  # (B, C, h, w)
+        if tuple(x.shape[-2:]) != self.grid:
+            raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {tuple(x.shape[-2:])} patch grid, "
+                             f"expected {self.grid}")
+        x = x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # (B, h w, C)
+        n = 0 if self.task_tokens is None else self.task_tokens.shape[1]
+        if n:
+            x = torch.cat([self.task_tokens.expand(len(x), -1, -1), x], 1)
+        for block in self.blocks:
+            x = block(x)
+        x = self.last_norm(x)
+        return x[:, n:], x[:, :n]
+
+
+# A.2 Hand expert (HaMeR): ViT on the crop's centre, transformer head with one query token
+
+
+class MANOHead(nn.Module):
+    """HaMeR's MANOTransformerDecoderHead: readouts decpose (16 x 6D), decshape (10), deccam (3), each
+    added to its mean (one IEF iteration); the mean pose is the identity (flat hand)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.transformer = TransformerDecoder(cfg.head_dim, cfg.head_depth, cfg.head_heads, cfg.head_dim_head,
+                                              cfg.head_mlp, cfg.hand_width)
+        self.decpose, self.decshape, self.deccam = (nn.Linear(cfg.head_dim, n) for n in (16 * 6, 10, 3))
+        for layer in (self.decpose, self.decshape, self.deccam):
+            nn.init.xavier_uniform_(layer.weight, gain=0.01)
+        self.register_buffer("init_hand_pose", matrix_to_rot6d(torch.eye(3)).repeat(16)[None])  # (1, 96)
+        self.register_buffer("init_betas", torch.zeros(1, 10))
+        self.register_buffer("init_cam", torch.tensor([[0.9, 0.0, 0.0]]))
+
+    def readout(self, z):
+        """z (B, 1, dim) -> pose (B, 16, 6), betas (B, 10), cam (B, 3) [s, tx, ty]."""
+        z = z[:, 0]
+        pose = self.decpose(z) + self.init_hand_pose
+        return pose.view(-1, 16, 6), self.decshape(z) + self.init_betas, self.deccam(z) + self.init_cam
+
+    def forward(self, context):
+        return self.readout(self.transformer(context))
+
+
+class HandExpert(nn.Module):
+    """HaMeR (Sec. 3.2.2): crop (B, 3, S, S) of a right hand -> F^H (B, h w, C) -> MANO pose, betas, cam."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.crop = cfg.hand_crop
+        self.backbone = ViT((cfg.hand_crop, cfg.hand_crop * 3 // 4), cfg.hand_patch, cfg.hand_patch_padding,
+                            cfg.hand_width, cfg.hand_depth, cfg.hand_heads)
+        self.mano_head = MANOHead(cfg)
+
+    def features(self, crops):
+        """F^H: the ViT's tokens of the crop's centre S x 3S/4 (HaMeR drops S/8 columns each side)."""
+        S = crops.shape[-1]
+        if crops.shape[-2:] != (self.crop, self.crop):
+            raise ValueError(f"HandExpert: crops are {tuple(crops.shape[-2:])}, expected {self.crop} x {self.crop}")
+        return self.backbone(crops[..., S // 8: S - S // 8])[0]
+
+    def forward(self, crops):
+        return self.mano_head(self.features(crops))
+
+
+# A.3 Whole-body model (SMPLer-X): task tokens, body joints, body regressor, boxes, hand RoI
+#     Module names, layer indices and 6D/heatmap/camera conventions are SMPLer-X's (FACTS: SMPLer-X),
+#     so its released weights load after `smplerx_state_dict`.
+
+
+def soft_argmax(p):
+    """Expected position of heatmaps p (B, K, D, H, W) (each sums to 1) -> (B, K, 3) as (x, y, z) in
+    heatmap pixels (pixel p at coordinate p, SMPLer-X's soft_argmax_3d)."""
+    D, H, W = p.shape[-3:]
+    axes = [torch.arange(n, device=p.device, dtype=p.dtype) for n in (W, H, D)]
+    x, y, z = (p.sum(dims) @ a for dims, a in zip(((2, 3), (2, 4), (3, 4)), axes))
+    return torch.stack([x, y, z], -1)
+
+
+def deconvs(channels):
+    """SMPLer-X's make_deconv_layers: per step ConvTranspose 4 x 4 stride 2 (x2, no bias), BatchNorm, ReLU."""
+    layers = []
+    for c_in, c_out in zip(channels[:-1], channels[1:]):
+        layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                   nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def linear(n_in, n_out):
+    return nn.Sequential(nn.Linear(n_in, n_out))  # SMPLer-X's make_linear_layers([n_in, n_out]): key `.0.`
+
+
+def smplerx_translation(cam, focal=5000.0, image_hw=(256, 192), size_3d=2.5):
+    """SMPLer-X's camera readout (B, 3) -> translation (cam_x, cam_y, k sigmoid(cam_z)) with
+    k = sqrt(f^2 2.5^2 / (H W)) (focal 5000, input 256 x 192, camera_3d_size 2.5; FACTS: SMPLer-X)."""
+    k = math.sqrt(focal * focal * size_3d ** 2 / (image_hw[0] * image_hw[1]))
+    return torch.cat([cam[..., :2], k * torch.sigmoid(cam[..., 2:])], -1)
+
+
+class PositionNet(nn.Module):
+    """SMPLer-X's position net: 1x1 conv -> K 3D heatmaps (depth x H x W) -> soft-argmax."""
+
+    def __init__(self, width, joints, depth):
+        super().__init__()
+        self.joints, self.depth = joints, depth
+        self.conv = nn.Sequential(nn.Conv2d(width, joints * depth, 1))
+
+    def heatmaps(self, feature_map):
+        """(B, C, H, W) -> probabilities (B, K, D, H, W)."""
+        B, _, H, W = feature_map.shape
+        return self.conv(feature_map).reshape(B, self.joints, -1).softmax(-1).view(B, self.joints, self.depth, H, W)
+
+    def forward(self, feature_map):
+        return soft_argmax(self.heatmaps(feature_map))  # (B, K, 3)
+
+
+class BodyRotationNet(nn.Module):
+    """SMPLer-X's body regressor (Sec. 3.2.3): Linear C -> hidden on each body token, concatenated with
+    the detached 3D joints, flattened -> root 6D and 21 x 6D (theta_0); shape and camera from their tokens."""
+
+    def __init__(self, width, joints, hidden):
+        super().__init__()
+        self.body_conv = linear(width, hidden)
+        self.root_pose_out, self.body_pose_out = linear(joints * (hidden + 3), 6), linear(joints * (hidden + 3), 21 * 6)
+        self.shape_out, self.cam_out = linear(width, 10), linear(width, 3)
+        for layer in (self.root_pose_out[0], self.body_pose_out[0]):
+            nn.init.zeros_(layer.weight)
+        with torch.no_grad():  # the stand-ins start from the identity pose and a person filling 90% of the image
+            self.root_pose_out[0].bias.copy_(matrix_to_rot6d(torch.eye(3)))
+            self.body_pose_out[0].bias.copy_(matrix_to_rot6d(torch.eye(3)).repeat(21))
+            self.cam_out[0].bias.copy_(torch.tensor([0.0, 0.0, 1.2]))  # k sigmoid(1.2) = 43 m = 2 f / (256 x 0.9)
+
+    def forward(self, body_tokens, joints, shape_token, cam_token):
+        x = torch.cat([self.body_conv(body_tokens), joints.detach()], -1).flatten(1)
+        theta0 = torch.cat([self.root_pose_out(x), self.body_pose_out(x)], -1).view(-1, NUM_BODY, 6)
+        return theta0, self.shape_out(shape_token), self.cam_out(cam_token)
+
+
+class BoxNet(nn.Module):
+    """SMPLer-X's box net: the image map and the body joints' (detached) heatmaps (C + K D channels)
+    upsampled x2 per deconvolution (`box_channels`: x8 in SMPLer-X, x4 at TINY, where a third one
+    costs too much of a training step) -> hand centre heatmaps (soft-argmax) and each hand's (w, h) from
+    the features at its centre, in map units -> (B, 2, 4) [x0, y0, x1, y1] image pixels (left, right).
+    Its face box is not used by HMR-Adapter (`smplerx_state_dict` drops it). The sizes are taken as
+    |size| (SMPLer-X: as they are; the same for the positive sizes a trained model gives)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        c = cfg.box_channels
+        self.deconv = deconvs((cfg.body_width + cfg.body_keypoints * cfg.body_hm_depth, *c))
+        self.bbox_center = nn.Sequential(nn.Conv2d(c[-1], 2, 1))
+        self.lhand_size, self.rhand_size = (nn.Sequential(nn.Linear(c[-1], c[-1]), nn.ReLU(), nn.Linear(c[-1], 2))
+                                            for _ in SIDES)
+
+    def forward(self, feature_map, body_heatmaps, image_hw):
+        B, _, h, w = feature_map.shape
+        x = self.deconv(torch.cat([feature_map, body_heatmaps.detach().flatten(1, 2)], 1))  # (B, c, 8h, 8w)
+        centre = soft_argmax(self.bbox_center(x).flatten(2).softmax(-1).view(B, 2, 1, *x.shape[-2:]))[..., :2]
+        feats = sample_points(x, centre.detach())  # (B, 2, c)
+        size = torch.stack([self.lhand_size(feats[:, 0]), self.rhand_size(feats[:, 1])], 1)  # (w, h), map units
+        H, W = image_hw
+        centre, half = (centre * centre.new_tensor([W / x.shape[-1], H / x.shape[-2]]),
+                        size.abs() * centre.new_tensor([W / w, H / h]) / 2)
+        return torch.cat([centre - half, centre + half], -1)
+
+
+class HandRoINet(nn.Module):
+    """SMPLer-X's hand RoI: deconvolutions upsample the image map, RoI-align at each hand box
+    (left flipped), 1x1 conv back to C: the 2D hand feature map (B, 2, C, R, R)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.deconv = deconvs((cfg.body_width, *cfg.hand_roi_channels))
+        self.conv = nn.Sequential(nn.Conv2d(cfg.hand_roi_channels[-1], cfg.body_width, 1))
+        self.size, self.sampling = cfg.hand_roi, cfg.roi_sampling
+
+    def forward(self, feature_map, boxes, image_hw):
+        up = self.deconv(feature_map)  # (B, c, h up, w up)
+        B = len(up)
+        maps, boxes, flip = up.repeat_interleave(2, 0), boxes.reshape(2 * B, 4), flip_pattern(B, up.device)
+        scale = up.shape[-1] / image_hw[1]
+        if self.sampling:  # TINY's own
+            rois = roi_align_grid(maps, boxes, scale, self.size, self.sampling, flip)
+        else:
+            rois = roi_align(maps, boxes, scale, self.size, flip)
+        return self.conv(rois).view(B, 2, -1, self.size, self.size)
+
+
+class WholeBody(nn.Module):
+    """SMPLer-X (Sec. 3.2.3): image (B, 3, H, W) -> theta_0, shape, camera, expression, jaw, body
+    joints, hand boxes; `hands(...)` -> the hand feature map and the hand joints in its frame.
+    NOTE(paper gap) 11: SMPLer-X's hand regressor and face box are left out (the hand expert replaces them)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.image_hw, self.resize, K = tuple(cfg.body_image), cfg.body_resize, cfg.body_keypoints
+        self.num_task_tokens = 6 + K  # shape, cam, expression, jaw, left hand, right hand, body x K
+        self.encoder = ViT(self.image_hw, cfg.body_patch, cfg.body_patch_padding, cfg.body_width, cfg.body_depth,
+                           cfg.body_heads, self.num_task_tokens, cfg.body_stem)
+        self.body_position_net = PositionNet(cfg.body_width, K, cfg.body_hm_depth)
+        self.body_regressor = BodyRotationNet(cfg.body_width, K, cfg.body_rot_hidden)
+        self.box_net = BoxNet(cfg)
+        self.hand_roi_net = HandRoINet(cfg)
+        self.hand_position_net = PositionNet(cfg.body_width, len(HAND_JOINTS), cfg.hand_hm_depth)
+        self.face_regressor = nn.ModuleDict(dict(expr_out=linear(cfg.body_width, 10),
+                                                 jaw_pose_out=linear(cfg.body_width, 6)))
+        nn.init.zeros_(self.face_regressor.jaw_pose_out[0].weight)
+        with torch.no_grad():
+            self.face_regressor.jaw_pose_out[0].bias.copy_(matrix_to_rot6d(torch.eye(3)))
+
+    def forward(self, image):
+        """image (B, 3, H, W) in [0, 1] at any size (resized to the body input). 6D outputs in our
+        column convention (`smplerx_state_dict` reorders SMPLer-X's rows); cam is SMPLer-X's
+        (`smplerx_translation`)."""
+        x = F.interpolate(image, self.image_hw, mode=self.resize) if tuple(image.shape[-2:]) != self.image_hw else image
+        tokens, task = self.encoder(x)
+        B, (h, w) = len(x), self.encoder.grid
+        feature_map = tokens.transpose(1, 2).reshape(B, -1, h, w)
+        heatmaps = self.body_position_net.heatmaps(feature_map)  # (B, K, D, h, w)
+        joints = soft_argmax(heatmaps)  # (B, K, 3) heatmap pixels (x, y) and depth bin
+        theta0, shape, cam = self.body_regressor(task[:, 6:], joints, task[:, 0], task[:, 1])
+        face = self.face_regressor
+        return dict(feature_map=feature_map, body_joints=joints, body_tokens=task[:, 6:], theta0=theta0, shape=shape,
+                    cam=cam, expression=face.expr_out(task[:, 2]), jaw=face.jaw_pose_out(task[:, 3]),
+                    boxes=self.box_net(feature_map, heatmaps, image.shape[-2:]))
+
+    def hands(self, feature_map, boxes, image_hw):
+        """Hand feature map (B, 2, C, R, R) at boxes (B, 2, 4) (image pixels) and the 20 hand joints
+        (B, 2, 20, 3) in its frame (left hands flipped)."""
+        rois = self.hand_roi_net(feature_map, boxes, image_hw)
+        joints = self.hand_position_net(rois.flatten(0, 1)).view(len(rois), 2, len(HAND_JOINTS), 3)
+        return rois, joints
+
+
+# A.4 Hand crops: TINY's (grid_sample) and HaMeR's (its box, blur, cv2 warp and normalisation, to the bit)
 
 
 def crop_grid(boxes, size, image_hw, flip):
@@ -405,7 +1340,7 @@ def cv2_warp(image, centre, side, size, round_to_8bit):
        as warpAffine does; 2. source positions in fixed point, rounded to 1/32 pixel (INTER_BITS 5,
        AB_BITS 10); 3. bilinear weights (32 - f)/32, f/32 per axis, 0 outside the image; 8-bit images:
        integer weights x 32768 and rounding to 0..255, others (the blurred float64 image): exact weights.
-    OpenCV 4 (HaMeR's; 5.0 rewrote warpAffine): equal to cv2's crops, measured in the test's fixture."""
+    OpenCV 4 (HaMeR's; 5.0 rewrote warpAffine): equal to cv2's crops (checked on the test's fixture)."""
     half, (cx, cy) = side * 0.5, centre  # float32
     (m00, m01, m02), (m10, m11, m12) = affine_from_points([(cx, cy), (cx, cy + half), (cx + half, cy)],
                                                           [(size / 2, size / 2), (size / 2, size), (size, size / 2)])
@@ -429,12 +1364,7 @@ def cv2_warp(image, centre, side, size, round_to_8bit):
     return torch.div(out + 16384, 32768, rounding_mode="floor").clamp(0, 255) if round_to_8bit else out
 
 
-def to_crop(points, boxes, flip):
-    """Image pixels (B, N, 2) -> normalised crop coordinates in [-0.5, 0.5] (HaMeR's 2D keypoints)
-    of boxes (B, 4), mirrored (u -> -u) where flip (B,)."""
-    uv = (points - boxes[:, None, :2]) / (boxes[:, 2:] - boxes[:, :2])[:, None] - 0.5
-    sign = torch.stack([torch.where(flip, -1.0, 1.0), torch.ones(len(flip), device=flip.device)], -1)
-    return uv * sign.to(uv)[:, None]
+# A.5 RoI-align: SMPLer-X's (mmcv's) and TINY's
 
 
 def roi_align(features, boxes, spatial_scale, size, flip, sampling=0):
@@ -491,525 +1421,149 @@ def roi_align_grid(features, boxes, spatial_scale, size, sampling, flip):
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
-def to_roi(points, boxes, size, flip):
-    """Image pixels (B, N, 2) -> the RoI heatmap frame of boxes (B, 4): the box's corners at 0 and
-    `size` (SMPLer-X's convention), x -> size - 1 - x where flip (B,)."""
-    p = (points - boxes[:, None, :2]) * size / (boxes[:, 2:] - boxes[:, :2])[:, None]
-    return torch.where(flip[:, None, None], torch.stack([size - 1 - p[..., 0], p[..., 1]], -1), p)
+# A.6 The stand-ins of the pretrained bases and their training losses (train.py's "hmr_adapter_bases")
 
 
-def sample_points(features, points):
-    """Bilinear features (B, N, C) of maps (B, C, H, W) at points (B, N, 2) in map pixels (pixel p at
-    coordinate p, SMPLer-X's sample_joint_features); zero outside the map."""
-    H, W = features.shape[-2:]
-    grid = torch.stack([2 * points[..., 0] / (W - 1) - 1, 2 * points[..., 1] / (H - 1) - 1], -1)
-    out = F.grid_sample(features, grid[:, :, None].to(features.dtype), align_corners=True)  # (B, C, N, 1)
-    return out[..., 0].transpose(1, 2)
+SMPLERX_TERMS = ("joints_img", "boxes", "shape", "face", "hand_joints_img")  # SMPLer-X's terms besides Eq. 7's
 
 
-MIRROR_BODY = (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20)  # SMPL-X's 22, left <-> right
+def hand_expert_loss(expert, bcfg, batch, weights):
+    """HaMeR's training loss of a hand expert on the crops at the true boxes: Eq. 5's terms with the
+    weights (an AdapterConfig) -> (loss, terms)."""
+    raw = gt_boxes(batch)
+    tokens = expert.features(hand_crops(bcfg, batch["image"], raw))
+    return hand_loss(expert.mano_head(tokens), hand_targets(batch, crop_boxes(bcfg, raw)), weights)
 
 
-def arm_chains(body_pose, chain="global", whole_body=False):
-    """theta_b of both arms (..., 2, 8, 6), left first: the 6D rotations of each arm chain's joints
-    root -> wrist (Sec. 3.3) from local body rotations (..., >= 22, 3, 3). chain "local": the joints'
-    own (SMPL-X parameter) rotations, the paper's "each joint's rotation"; "global": their products from
-    the root (camera frame, forward kinematics), whose last is the hand's global orientation. The left
-    chain is mirrored to match the flipped crop (mirroring commutes with the products). NOTE(paper gap) 3
-    whole_body: Table 5's "whole-body pose", all 22 joints (..., 2, 22, 6) instead of the arm; the left
-    hand's flipped crop sees the mirrored body, its left and right joints swapped (MIRROR_BODY).
-
-    NOTE(paper gap) 14 (TINY takes "global"): with local rotations the adapter must compose eight
-    rotations to find the hand's orientation. It learns that on true chains only and did it poorly on
-    theta_hat's at inference: at seed 1 the default run's hands came out 69 degrees off reading a chain
-    whose own wrist is 50 degrees off. Retraining the hand adapter on the frozen bases of two seeds
-    (docs/hmr_adapter.md) gave an occluded-hand pipeline PVE of 0.849 / 0.845 x the baseline with global
-    rotations, against 0.847 / 0.969 x with local ones."""
-    if chain not in ("local", "global"):
-        raise ValueError(f"AdapterConfig.chain: 'local' or 'global', got {chain!r}")
-    R = body_pose[..., :NUM_BODY, :, :]
-    if chain == "global":
-        R = forward_kinematics(R, R.new_zeros(*R.shape[:-2], 3), bodymodels.SMPLX_PARENTS[:NUM_BODY])[1]
-    left, right = (R[..., list(MIRROR_BODY), :, :], R) if whole_body else (R[..., list(ARMS[s]), :, :] for s in SIDES)
-    return matrix_to_rot6d(torch.stack([mirror_rotation(left, matrix=True), right], -4))
-
-
-# ---------------------------------------------------------------------------------------------
-# 3. ViT (ViTPose / HaMeR / SMPLer-X names: patch_embed.proj, pos_embed, blocks.i.*, last_norm)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads = heads
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, M, N, C/M)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+def whole_body_loss(whole_body, bcfg, batch, weights, hands=False):
+    """SMPLer-X's training loss of a whole-body model (its L1 terms): Eq. 7's (`body_pose_loss`, with the
+    weights, an AdapterConfig) -> (that loss, terms), the terms holding SMPLERX_TERMS too, each weight 1."""
+    image = batch["image"]
+    boxes = scale_boxes(gt_boxes(batch), bcfg.hand_box_scale)  # the RoI boxes
+    out = whole_body(image)
+    body, terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, weights, hands)
+    H, W = image.shape[-2:]
+    (h, w), D = whole_body.encoder.grid, bcfg.body_hm_depth
+    # L_img: the position net's body joints (heatmap pixels and depth bins, SMPLer-X's joint_img)
+    xy = batch["joints2d"][:, :NUM_BODY] * batch["joints2d"].new_tensor([w / W, h / H])
+    z = batch["joints3d"][:, :NUM_BODY, 2] - batch["joints3d"][:, :1, 2]  # pelvis-relative depth, +-1 m
+    joints_img = (out["body_joints"][:, :NUM_BODY]
+                  - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
+    # the hand boxes' centres and sizes (w, h) in body-map units
+    unit = out["boxes"].new_tensor([w / W, h / H]).repeat(2)
+    centre_size = lambda b: (  # noqa: E731
+        torch.cat([b[..., :2] + b[..., 2:], 2 * (b[..., 2:] - b[..., :2])], -1) * unit / 2)
+    terms.update(joints_img=joints_img, boxes=(centre_size(out["boxes"]) - centre_size(gt_boxes(batch))).abs().mean(),
+                 shape=(out["shape"] - batch["smplx_shape"]).abs().mean(),
+                 face=(out["expression"] - batch["smplx_expression"]).abs().mean() +
+                 (rot6d_to_matrix(out["jaw"]) - axis_angle_to_matrix(batch["smplx_pose"][:, 22])).abs().mean())
+    # the hand position net's 20 joints in the RoI frame (x, y; depth bins of +-0.15 m)
+    _, hand_joints = whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
+    R, D = bcfg.hand_roi, bcfg.hand_hm_depth
+    kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)[:, list(HAND_JOINTS)]
+    xy = to_roi(kp, boxes.flatten(0, 1), R, flip_pattern(len(boxes), boxes.device))
+    j3 = torch.stack([batch[f"{s}_hand_joints3d"] for s in SIDES], 1).flatten(0, 1)
+    z = (j3[:, list(HAND_JOINTS), 2] - j3[:, :1, 2]) / 0.15
+    terms["hand_joints_img"] = (hand_joints.flatten(0, 1)
+                                - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
+    return body, terms
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
-        self.attn, self.mlp = Attention(dim, heads), Mlp(dim, 4 * dim)
-
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-class PatchEmbed(nn.Module):
-    """ViTPose's linear patch embedding `proj`, or (stem = widths, TINY only) a convolutional stem: per
-    width Conv3x3 stride 2 -> GroupNorm -> ReLU, log2(patch) of them, then Conv1x1 -> the ViT width.
-    NOTE(paper gap) 13: at 128 x 96 one linear map per 16 x 16 patch left the tiny whole-body model's
-    hand boxes and arm chain near a constant's; the released models keep `proj` and load strictly."""
-
-    def __init__(self, patch, padding, width, stem=()):
-        super().__init__()
-        if not stem:
-            self.proj = nn.Conv2d(3, width, patch, stride=patch, padding=padding)
-            return
-        if 2 ** len(stem) != patch or padding:
-            raise ValueError(f"PatchEmbed: a stem of {len(stem)} stride-2 convolutions gives patch {2 ** len(stem)}, "
-                             f"expected log2(patch={patch}) of them and no padding (got {padding})")
-        layers, c_in = [], 3
-        for c in stem:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c // 4), c), nn.ReLU()]
-            c_in = c
-        self.stem = nn.Sequential(*layers, nn.Conv2d(c_in, width, 1))
-
-    def forward(self, images):
-        return self.stem(images) if hasattr(self, "stem") else self.proj(images)
-
-
-class ViT(nn.Module):
-    """images (B, 3, H, W) and optional extra tokens (B, T, C) -> (tokens (B, h w, C), extra (B, T, C)).
-    SMPLer-X's encoder puts its learnable task tokens (no position embedding) before the patch tokens."""
-
-    def __init__(self, image_hw, patch, padding, width, depth, heads, num_task_tokens=0, stem=()):
-        super().__init__()
-        H, W = image_hw
-        self.grid = ((H + 2 * padding - patch) // patch + 1, (W + 2 * padding - patch) // patch + 1)
-        self.patch_embed = PatchEmbed(patch, padding, width, stem)
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], width))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.task_tokens = nn.Parameter(torch.randn(1, num_task_tokens, width) * 0.02) if num_task_tokens else None
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
-        self.last_norm = nn.LayerNorm(width, eps=1e-6)
-
-    def forward(self, images):
-        x = self.patch_embed(images)  # (B, C, h, w)
-        if tuple(x.shape[-2:]) != self.grid:
-            raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {tuple(x.shape[-2:])} patch grid, "
-                             f"expected {self.grid}")
-        x = x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # (B, h w, C)
-        n = 0 if self.task_tokens is None else self.task_tokens.shape[1]
-        if n:
-            x = torch.cat([self.task_tokens.expand(len(x), -1, -1), x], 1)
-        for block in self.blocks:
-            x = block(x)
-        x = self.last_norm(x)
-        return x[:, n:], x[:, :n]
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. Hand expert (HaMeR): ViT on the crop's centre, transformer head with one query token
-
-
-class PreNorm(nn.Module):
-    """HMR2.0/HaMeR's PreNorm: fn(norm(x), ...)."""
-
-    def __init__(self, dim, fn):
-        super().__init__()
-        self.norm, self.fn = nn.LayerNorm(dim), fn
-
-    def forward(self, x, *context):
-        return self.fn(self.norm(x), *context)
-
-
-class SelfAttention(nn.Module):
-    """HaMeR's Attention: to_qkv (no bias), heads x dim_head, to_out.0 (bias)."""
-
-    def __init__(self, dim, heads, dim_head):
-        super().__init__()
-        self.heads = heads
-        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim))
-
-    def forward(self, x):
-        q, k, v = self.to_qkv(x).chunk(3, -1)
-        return self.to_out(_attend(q, k, v, self.heads))
-
-
-class CrossAttention(nn.Module):
-    """HaMeR's CrossAttention: to_q (dim), to_kv (context_dim), no biases, to_out.0 (bias).
-    Eq. (1): CA(Q, K, V) = softmax(Q K^T / sqrt(d)) V with Q = x W_q, K = c W_k, V = c W_v."""
-
-    def __init__(self, dim, context_dim, heads, dim_head):
-        super().__init__()
-        self.heads = heads
-        self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
-        self.to_kv = nn.Linear(context_dim, 2 * heads * dim_head, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim))
-
-    def forward(self, x, context):
-        k, v = self.to_kv(context).chunk(2, -1)
-        return self.to_out(_attend(self.to_q(x), k, v, self.heads))
-
-
-def _attend(q, k, v, heads):
-    """Multi-head softmax attention: q (B, Lq, M d), k and v (B, Lk, M d) -> (B, Lq, M d)."""
-    def split(t):
-        return t.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, M, L, d)
-    return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class DecoderBlocks(nn.Module):
-    """HaMeR's TransformerCrossAttn: layers.i = [PreNorm(SA), PreNorm(CA), PreNorm(FF)]."""
-
-    def __init__(self, dim, depth, heads, dim_head, mlp, context_dim):
-        super().__init__()
-        self.layers = nn.ModuleList(nn.ModuleList([
-            PreNorm(dim, SelfAttention(dim, heads, dim_head)),
-            PreNorm(dim, CrossAttention(dim, context_dim, heads, dim_head)),
-            PreNorm(dim, FeedForward(dim, mlp))]) for _ in range(depth))
-
-
-class TransformerDecoder(nn.Module):
-    """HaMeR's TransformerDecoder: the zero token -> to_token_embedding -> + pos_embedding -> blocks."""
-
-    def __init__(self, dim, depth, heads, dim_head, mlp, context_dim, num_tokens=1):
-        super().__init__()
-        self.to_token_embedding = nn.Linear(1, dim)
-        self.pos_embedding = nn.Parameter(torch.randn(1, num_tokens, dim))
-        self.transformer = DecoderBlocks(dim, depth, heads, dim_head, mlp, context_dim)
-
-    def start(self, batch):
-        """The query token Z (B, 1, dim) before the first block."""
-        zero = self.pos_embedding.new_zeros(batch, 1, 1)
-        return self.to_token_embedding(zero) + self.pos_embedding
-
-    def forward(self, context):
-        z = self.start(len(context))
-        for sa, ca, ff in self.transformer.layers:
-            z = z + sa(z)
-            z = z + ca(z, context)
-            z = z + ff(z)
-        return z
-
-
-class MANOHead(nn.Module):
-    """HaMeR's MANOTransformerDecoderHead: readouts decpose (16 x 6D), decshape (10), deccam (3), each
-    added to its mean (one IEF iteration); the mean pose is the identity (flat hand)."""
+class Bases(nn.Module):
+    """The two bases, trained together here only as the demo's stand-ins for the pretrained HaMeR and
+    SMPLer-X (their parameters are disjoint, so this is two separate trainings)."""
 
     def __init__(self, cfg):
         super().__init__()
-        self.transformer = TransformerDecoder(cfg.head_dim, cfg.head_depth, cfg.head_heads, cfg.head_dim_head,
-                                              cfg.head_mlp, cfg.hand_width)
-        self.decpose, self.decshape, self.deccam = (nn.Linear(cfg.head_dim, n) for n in (16 * 6, 10, 3))
-        for layer in (self.decpose, self.decshape, self.deccam):
-            nn.init.xavier_uniform_(layer.weight, gain=0.01)
-        self.register_buffer("init_hand_pose", matrix_to_rot6d(torch.eye(3)).repeat(16)[None])  # (1, 96)
-        self.register_buffer("init_betas", torch.zeros(1, 10))
-        self.register_buffer("init_cam", torch.tensor([[0.9, 0.0, 0.0]]))
+        self.cfg = cfg
+        self.hand_expert, self.whole_body = HandExpert(cfg), WholeBody(cfg)
 
-    def readout(self, z):
-        """z (B, 1, dim) -> pose (B, 16, 6), betas (B, 10), cam (B, 3) [s, tx, ty]."""
-        z = z[:, 0]
-        pose = self.decpose(z) + self.init_hand_pose
-        return pose.view(-1, 16, 6), self.decshape(z) + self.init_betas, self.deccam(z) + self.init_cam
-
-    def forward(self, context):
-        return self.readout(self.transformer(context))
-
-
-class HandExpert(nn.Module):
-    """HaMeR (Sec. 3.2.2): crop (B, 3, S, S) of a right hand -> F^H (B, h w, C) -> MANO pose, betas, cam."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.crop = cfg.hand_crop
-        self.backbone = ViT((cfg.hand_crop, cfg.hand_crop * 3 // 4), cfg.hand_patch, cfg.hand_patch_padding,
-                            cfg.hand_width, cfg.hand_depth, cfg.hand_heads)
-        self.mano_head = MANOHead(cfg)
-
-    def features(self, crops):
-        """F^H: the ViT's tokens of the crop's centre S x 3S/4 (HaMeR drops S/8 columns each side)."""
-        S = crops.shape[-1]
-        if crops.shape[-2:] != (self.crop, self.crop):
-            raise ValueError(f"HandExpert: crops are {tuple(crops.shape[-2:])}, expected {self.crop} x {self.crop}")
-        return self.backbone(crops[..., S // 8: S - S // 8])[0]
-
-    def forward(self, crops):
-        return self.mano_head(self.features(crops))
+    def forward(self, batch):
+        """The training loss of both bases: (loss, terms). HaMeR's and SMPLer-X's losses are Eqs. 5 and 7's
+        terms with the weights of the CONFIGS preset `cfg.losses`; Eq. 7 over the joints the preset's
+        `body_loss_hands` names (SMPLer-X supervises its whole-body joints, fingers included)."""
+        weights = CONFIGS[self.cfg.losses]
+        hand, hand_terms = hand_expert_loss(self.hand_expert, self.cfg, batch, weights)
+        body, terms = whole_body_loss(self.whole_body, self.cfg, batch, weights, weights.body_loss_hands)
+        return hand + body + sum(terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Whole-body model (SMPLer-X): task tokens, body joints, body regressor, boxes, hand RoI
-#    Module names, layer indices and 6D/heatmap/camera conventions are SMPLer-X's (FACTS: SMPLer-X),
-#    so its released weights load after `smplerx_state_dict`.
+# Appendix B. Agreement with the official code: the released weights, their key maps and loading
 
 
-def soft_argmax(p):
-    """Expected position of heatmaps p (B, K, D, H, W) (each sums to 1) -> (B, K, 3) as (x, y, z) in
-    heatmap pixels (pixel p at coordinate p, SMPLer-X's soft_argmax_3d)."""
-    D, H, W = p.shape[-3:]
-    axes = [torch.arange(n, device=p.device, dtype=p.dtype) for n in (W, H, D)]
-    x, y, z = (p.sum(dims) @ a for dims, a in zip(((2, 3), (2, 4), (3, 4)), axes))
-    return torch.stack([x, y, z], -1)
+# The released weights. HaMeR's file is a Lightning checkpoint ({"state_dict": ...}, keys backbone.*,
+# mano_head.*, discriminator.*, mano.*, initialized); SMPLer-X's a snapshot ({"network": ...}, keys
+# module.<part>.*). The key lists with shapes, made from the official constructors, are in
+# tests/official_keys/ (FACTS: HaMeR, SMPLer-X).
+HAMER_SKIP = ("discriminator.", "mano.", "initialized")  # its adversary, MANO layer buffers, a flag
+SMPLERX_SKIP = ("hand_regressor.", "box_net.face_size.", "smplx_layer.")  # replaced by the hand expert; unused
+SMPLERX_6D = [0, 2, 4, 1, 3, 5]  # its 6D is the rows of a 3 x 2 matrix (view(-1, 3, 2)); ours the columns
 
 
-def deconvs(channels):
-    """SMPLer-X's make_deconv_layers: per step ConvTranspose 4 x 4 stride 2 (x2, no bias), BatchNorm, ReLU."""
-    layers = []
-    for c_in, c_out in zip(channels[:-1], channels[1:]):
-        layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
-    return nn.Sequential(*layers)
+def hamer_state_dict(checkpoint):
+    """HaMeR's checkpoint dict -> `HandExpert`'s state dict: backbone.* and mano_head.* as they are
+    (the same names and 6D convention), the rest (`HAMER_SKIP`) dropped."""
+    state = checkpoint.get("state_dict", checkpoint)
+    return {k: v for k, v in state.items() if not k.startswith(HAMER_SKIP)}
 
 
-def linear(n_in, n_out):
-    return nn.Sequential(nn.Linear(n_in, n_out))  # SMPLer-X's make_linear_layers([n_in, n_out]): key `.0.`
+def smplerx_state_dict(checkpoint):
+    """SMPLer-X's snapshot dict -> `WholeBody`'s state dict: `module.` dropped; the old names SMPLer-X's
+    own loader renames (backbone, body_rotation_net, hand_rotation_net) renamed; its hand regressor and
+    face box dropped (`SMPLERX_SKIP`), and the face channel of bbox_center; the 6D readouts' rows
+    reordered to our convention (`SMPLERX_6D`)."""
+    state = {}
+    for k, v in checkpoint.get("network", checkpoint).items():
+        k = k.removeprefix("module.").replace("backbone.", "encoder.").replace("body_rotation_net.", "body_regressor.")
+        k = k.replace("hand_rotation_net.", "hand_regressor.")
+        if k.startswith(SMPLERX_SKIP):
+            continue
+        if k.startswith("box_net.bbox_center."):
+            v = v[:2]  # lhand, rhand, face -> lhand, rhand
+        if k.startswith(("body_regressor.root_pose_out.", "body_regressor.body_pose_out.",
+                         "face_regressor.jaw_pose_out.")):
+            v = v.unflatten(0, (-1, 6))[:, SMPLERX_6D].flatten(0, 1)
+        state[k] = v
+    return state
 
 
-def smplerx_translation(cam, focal=5000.0, image_hw=(256, 192), size_3d=2.5):
-    """SMPLer-X's camera readout (B, 3) -> translation (cam_x, cam_y, k sigmoid(cam_z)) with
-    k = sqrt(f^2 2.5^2 / (H W)) (focal 5000, input 256 x 192, camera_3d_size 2.5; FACTS: SMPLer-X)."""
-    k = math.sqrt(focal * focal * size_3d ** 2 / (image_hw[0] * image_hw[1]))
-    return torch.cat([cam[..., :2], k * torch.sigmoid(cam[..., 2:])], -1)
+def released_checkpoints(cfg):
+    """The released files the paper bases start from: [(path, BaseConfig field)]; [] when both fields
+    are "" (TINY's stand-ins, or random paper bases for a size check). A missing file is an error."""
+    fields = ("hamer_checkpoint", "smplerx_checkpoint")
+    if not any(getattr(cfg, f) for f in fields):
+        return []
+    for field in fields:
+        path = getattr(cfg, field)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"base checkpoint {path!r} (BaseConfig.{field}) does not exist: the paper config "
+                                    "adapts the released HaMeR and SMPLer-X-H32 weights; put them there (README), or "
+                                    "set both to '' (--set hamer_checkpoint= --set smplerx_checkpoint=) for random "
+                                    "bases: a size check, not the paper")
+    return [(getattr(cfg, f), f) for f in fields]
 
 
-class PositionNet(nn.Module):
-    """SMPLer-X's position net: 1x1 conv -> K 3D heatmaps (depth x H x W) -> soft-argmax."""
-
-    def __init__(self, width, joints, depth):
-        super().__init__()
-        self.joints, self.depth = joints, depth
-        self.conv = nn.Sequential(nn.Conv2d(width, joints * depth, 1))
-
-    def heatmaps(self, feature_map):
-        """(B, C, H, W) -> probabilities (B, K, D, H, W)."""
-        B, _, H, W = feature_map.shape
-        return self.conv(feature_map).reshape(B, self.joints, -1).softmax(-1).view(B, self.joints, self.depth, H, W)
-
-    def forward(self, feature_map):
-        return soft_argmax(self.heatmaps(feature_map))  # (B, K, 3)
-
-
-class BodyRotationNet(nn.Module):
-    """SMPLer-X's body regressor (Sec. 3.2.3): Linear C -> hidden on each body token, concatenated with
-    the detached 3D joints, flattened -> root 6D and 21 x 6D (theta_0); shape and camera from their tokens."""
-
-    def __init__(self, width, joints, hidden):
-        super().__init__()
-        self.body_conv = linear(width, hidden)
-        self.root_pose_out, self.body_pose_out = linear(joints * (hidden + 3), 6), linear(joints * (hidden + 3), 21 * 6)
-        self.shape_out, self.cam_out = linear(width, 10), linear(width, 3)
-        for layer in (self.root_pose_out[0], self.body_pose_out[0]):
-            nn.init.zeros_(layer.weight)
-        with torch.no_grad():  # the stand-ins start from the identity pose and a person filling 90% of the image
-            self.root_pose_out[0].bias.copy_(matrix_to_rot6d(torch.eye(3)))
-            self.body_pose_out[0].bias.copy_(matrix_to_rot6d(torch.eye(3)).repeat(21))
-            self.cam_out[0].bias.copy_(torch.tensor([0.0, 0.0, 1.2]))  # k sigmoid(1.2) = 43 m = 2 f / (256 x 0.9)
-
-    def forward(self, body_tokens, joints, shape_token, cam_token):
-        x = torch.cat([self.body_conv(body_tokens), joints.detach()], -1).flatten(1)
-        theta0 = torch.cat([self.root_pose_out(x), self.body_pose_out(x)], -1).view(-1, NUM_BODY, 6)
-        return theta0, self.shape_out(shape_token), self.cam_out(cam_token)
-
-
-class BoxNet(nn.Module):
-    """SMPLer-X's box net: the image map and the body joints' (detached) heatmaps (C + K D channels)
-    upsampled x2 per deconvolution (`box_channels`: x8 in SMPLer-X, x4 at TINY, where the third one
-    cost a fifth of a training step) -> hand centre heatmaps (soft-argmax) and each hand's (w, h) from
-    the features at its centre, in map units -> (B, 2, 4) [x0, y0, x1, y1] image pixels (left, right).
-    Its face box is not used by HMR-Adapter (`smplerx_state_dict` drops it). The sizes are taken as
-    |size| (SMPLer-X: as they are; the same for the positive sizes a trained model gives)."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        c = cfg.box_channels
-        self.deconv = deconvs((cfg.body_width + cfg.body_keypoints * cfg.body_hm_depth, *c))
-        self.bbox_center = nn.Sequential(nn.Conv2d(c[-1], 2, 1))
-        self.lhand_size, self.rhand_size = (nn.Sequential(nn.Linear(c[-1], c[-1]), nn.ReLU(), nn.Linear(c[-1], 2))
-                                            for _ in SIDES)
-
-    def forward(self, feature_map, body_heatmaps, image_hw):
-        B, _, h, w = feature_map.shape
-        x = self.deconv(torch.cat([feature_map, body_heatmaps.detach().flatten(1, 2)], 1))  # (B, c, 8h, 8w)
-        centre = soft_argmax(self.bbox_center(x).flatten(2).softmax(-1).view(B, 2, 1, *x.shape[-2:]))[..., :2]
-        feats = sample_points(x, centre.detach())  # (B, 2, c)
-        size = torch.stack([self.lhand_size(feats[:, 0]), self.rhand_size(feats[:, 1])], 1)  # (w, h), map units
-        H, W = image_hw
-        centre, half = centre * centre.new_tensor([W / x.shape[-1], H / x.shape[-2]]), size.abs() * centre.new_tensor([W / w, H / h]) / 2
-        return torch.cat([centre - half, centre + half], -1)
-
-
-class HandRoINet(nn.Module):
-    """SMPLer-X's hand RoI: deconvolutions upsample the image map, RoI-align at each hand box
-    (left flipped), 1x1 conv back to C: the 2D hand feature map (B, 2, C, R, R)."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.deconv = deconvs((cfg.body_width, *cfg.hand_roi_channels))
-        self.conv = nn.Sequential(nn.Conv2d(cfg.hand_roi_channels[-1], cfg.body_width, 1))
-        self.size, self.sampling = cfg.hand_roi, cfg.roi_sampling
-
-    def forward(self, feature_map, boxes, image_hw):
-        up = self.deconv(feature_map)  # (B, c, h up, w up)
-        B = len(up)
-        maps, boxes, flip = up.repeat_interleave(2, 0), boxes.reshape(2 * B, 4), flip_pattern(B, up.device)
-        scale = up.shape[-1] / image_hw[1]
-        if self.sampling:  # TINY's own
-            rois = roi_align_grid(maps, boxes, scale, self.size, self.sampling, flip)
-        else:
-            rois = roi_align(maps, boxes, scale, self.size, flip)
-        return self.conv(rois).view(B, 2, -1, self.size, self.size)
-
-
-class WholeBody(nn.Module):
-    """SMPLer-X (Sec. 3.2.3): image (B, 3, H, W) -> theta_0, shape, camera, expression, jaw, body
-    joints, hand boxes; `hands(...)` -> the hand feature map and the hand joints in its frame.
-    SMPLer-X's own hand regressor is replaced by the hand expert (Sec. 3.1) and left out."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.image_hw, self.resize, K = tuple(cfg.body_image), cfg.body_resize, cfg.body_keypoints
-        self.num_task_tokens = 6 + K  # shape, cam, expression, jaw, left hand, right hand, body x K
-        self.encoder = ViT(self.image_hw, cfg.body_patch, cfg.body_patch_padding, cfg.body_width, cfg.body_depth,
-                           cfg.body_heads, self.num_task_tokens, cfg.body_stem)
-        self.body_position_net = PositionNet(cfg.body_width, K, cfg.body_hm_depth)
-        self.body_regressor = BodyRotationNet(cfg.body_width, K, cfg.body_rot_hidden)
-        self.box_net = BoxNet(cfg)
-        self.hand_roi_net = HandRoINet(cfg)
-        self.hand_position_net = PositionNet(cfg.body_width, len(HAND_JOINTS), cfg.hand_hm_depth)
-        self.face_regressor = nn.ModuleDict(dict(expr_out=linear(cfg.body_width, 10), jaw_pose_out=linear(cfg.body_width, 6)))
-        nn.init.zeros_(self.face_regressor.jaw_pose_out[0].weight)
-        with torch.no_grad():
-            self.face_regressor.jaw_pose_out[0].bias.copy_(matrix_to_rot6d(torch.eye(3)))
-
-    def forward(self, image):
-        """image (B, 3, H, W) in [0, 1] at any size (resized to the body input). 6D outputs in our
-        column convention (`smplerx_state_dict` reorders SMPLer-X's rows); cam is SMPLer-X's
-        (`smplerx_translation`)."""
-        x = F.interpolate(image, self.image_hw, mode=self.resize) if tuple(image.shape[-2:]) != self.image_hw else image
-        tokens, task = self.encoder(x)
-        B, (h, w) = len(x), self.encoder.grid
-        feature_map = tokens.transpose(1, 2).reshape(B, -1, h, w)
-        heatmaps = self.body_position_net.heatmaps(feature_map)  # (B, K, D, h, w)
-        joints = soft_argmax(heatmaps)  # (B, K, 3) heatmap pixels (x, y) and depth bin
-        theta0, shape, cam = self.body_regressor(task[:, 6:], joints, task[:, 0], task[:, 1])
-        face = self.face_regressor
-        return dict(feature_map=feature_map, body_joints=joints, body_tokens=task[:, 6:], theta0=theta0, shape=shape, cam=cam,
-                    expression=face.expr_out(task[:, 2]), jaw=face.jaw_pose_out(task[:, 3]),
-                    boxes=self.box_net(feature_map, heatmaps, image.shape[-2:]))
-
-    def hands(self, feature_map, boxes, image_hw):
-        """Hand feature map (B, 2, C, R, R) at boxes (B, 2, 4) (image pixels) and the 20 hand joints
-        (B, 2, 20, 3) in its frame (left hands flipped)."""
-        rois = self.hand_roi_net(feature_map, boxes, image_hw)
-        joints = self.hand_position_net(rois.flatten(0, 1)).view(len(rois), 2, len(HAND_JOINTS), 3)
-        return rois, joints
+def load_pretrained(bases, cfg):
+    """The released HaMeR and SMPLer-X weights (cfg.hamer_checkpoint, cfg.smplerx_checkpoint) into
+    the bases. Read with torch.load(weights_only=True), so a checkpoint cannot run code."""
+    mappings = {"hamer_checkpoint": (bases.hand_expert, hamer_state_dict),
+                "smplerx_checkpoint": (bases.whole_body, smplerx_state_dict)}
+    for path, field in released_checkpoints(cfg):
+        module, mapping = mappings[field]
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # e.g. a Lightning file's pickled hyper-parameters
+            raise ValueError(f"{path}: holds more than tensors, which torch.load(weights_only=True) refuses ({e}). "
+                             "If you trust the file, keep only its weights once: load it inside `with "
+                             "torch.serialization.safe_globals([<the classes named above>]):` and "
+                             "torch.save(checkpoint['state_dict'], path)") from None
+        bodymodels.load_state_strict(module, mapping(checkpoint), path)
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Hand-path adapter (Sec. 3.3, Eqs. 1-3)
-
-
-class HandAdapter(nn.Module):
-    """New SA' and CA' for every block of a frozen hand head, copies of SA and CA (Sec. 3.3: "SA', W'_q,
-    W'_k and W'_v are initialized from SA, W_q, W_k and W_v"), and F^B = Linear(theta_b) + E.
-
-    body=True: CA' attends to the arm chain's tokens F^B (Eq. 2). body=False: the Table 3 No.5 control,
-    CA' attends to the hand image tokens F^H (no body information, no F^B parameters).
-    """
-
-    def __init__(self, head, body=True, scale=1.0, joints=len(ARMS["left"])):
-        super().__init__()
-        layers = head.transformer.transformer.layers
-        # NOTE(paper gap) 1: copies of the PreNorm modules, LayerNorm and output projection included
-        self.sa = nn.ModuleList(copy.deepcopy(sa) for sa, _, _ in layers)
-        self.ca = nn.ModuleList(copy.deepcopy(ca) for _, ca, _ in layers)
-        for p in self.parameters():
-            p.requires_grad_(True)
-        self.scale, self.body = scale, body
-        if body:
-            context = layers[0][1].fn.to_kv.in_features
-            self.body_embed = nn.Linear(6, context)  # F^B = theta_b W_B ("a linear layer", Sec. 3.3)
-            self.joint_embed = nn.Parameter(torch.zeros(1, joints, context))  # NOTE(paper gap) 2
-            nn.init.trunc_normal_(self.joint_embed, std=0.02)
-
-    def forward(self, head, hand_tokens, theta_b=None):
-        """head: the frozen MANOHead; hand_tokens F^H (B, h w, C); theta_b (B, J, 6) (zeros: no body
-        labels, Sec. 3.3). -> pose (B, 16, 6), betas, cam through the frozen readouts."""
-        context = self.body_embed(theta_b) + self.joint_embed if self.body else hand_tokens  # F^B or F^H
-        z = head.transformer.start(len(hand_tokens))
-        for (sa, ca, ff), sa2, ca2 in zip(head.transformer.transformer.layers, self.sa, self.ca):
-            z_a, z_b = z + sa(z), z + sa2(z)  # frozen path; the adapter's query path (SA')
-            # Eq. (3): Z_new = CA(Q, K, V) + CA(Q', K', V'), Q' = SA'(Z) W'_q, K' = F^B W'_k, V' = F^B W'_v
-            z = z_a + ca(z_a, hand_tokens) + self.scale * ca2(z_b, context)
-            z = z + ff(z)
-        return head.readout(z)
-
-
-# ---------------------------------------------------------------------------------------------
-# 7. Body-path adapter (Sec. 3.4, Eq. 4)
-
-
-class BodyAdapter(nn.Module):
-    """theta_hat = theta_0 + FFN(CA(Q'', K'', V'')) (Eq. 4): a 1x1 conv C -> P on the hand feature map,
-    bilinear features at the 4 MCP joints of each hand (F^J, B x 8 x P), and transformer blocks on one
-    empty query token (SA'', CA'' to F^J, FF); the regressor's last layer starts at zero."""
-
-    def __init__(self, cfg, width, task_tokens=0):
-        super().__init__()
-        self.proj = nn.Conv2d(width, cfg.body_proj, 1)  # NOTE(paper gap) 7: no BN (the paper: "a 1-by-1 convolution")
-        self.task_tokens = task_tokens  # > 0: Table 4 No.5, F^J replaced by the K body task tokens (no hand input)
-        self.token_embed = nn.Parameter(torch.zeros(1, task_tokens or 2 * len(MCP), cfg.body_proj))  # NOTE(paper gap) 2
-        nn.init.trunc_normal_(self.token_embed, std=0.02)
-        self.transformer = TransformerDecoder(cfg.body_dim, cfg.body_depth, cfg.body_heads, cfg.body_dim_head,
-                                              cfg.body_mlp, cfg.body_proj)
-        self.regressor = nn.Sequential(nn.Linear(cfg.body_dim, cfg.body_dim), nn.GELU(),
-                                       nn.Linear(cfg.body_dim, NUM_BODY * 6))  # NOTE(paper gap) 8
-        nn.init.zeros_(self.regressor[-1].weight)
-        nn.init.zeros_(self.regressor[-1].bias)
-
-    def forward(self, theta0, rois, mcp, body_tokens=None, body_joints=None):
-        """theta0 (B, 22, 6); rois (B, 2, C, R, R); mcp (B, 2, 4, 2) in RoI pixels; body_tokens (B, K, C):
-        the whole-body model's body task tokens (read by the No.5 variant only). -> theta_hat (B, 22, 6)."""
-        B = len(rois)
-        if self.task_tokens:  # the 1x1 convolution on each token
-            tokens = F.linear(body_tokens, self.proj.weight[:, :, 0, 0], self.proj.bias) + self.token_embed
-        else:
-            maps = self.proj(rois.flatten(0, 1))  # (2B, P, R, R)
-            tokens = sample_points(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1) + self.token_embed  # F^J
-        z = self.transformer(tokens)  # Z'' -> SA'' -> CA''(., F^J) -> FF, depth times
-        return theta0 + self.regressor(z[:, 0]).view(B, NUM_BODY, 6)  # Eq. (4)
-
-
-# ---------------------------------------------------------------------------------------------
-# 7b. The ablations' other ways (Tables 3-6): what a row trains instead of an adapter
-#     (`AdapterConfig.hand_method`, `body_method`; the rows themselves are `ABLATIONS`, at the end)
+# Appendix C. The ablations' other ways (Tables 3-6): what a row trains instead of an adapter
+#             (`AdapterConfig.hand_method`, `body_method`), then the rows themselves, `ABLATIONS`
 
 
 class FusedHead(nn.Module):
@@ -1149,638 +1703,70 @@ def body_method(cfg, bases):
     raise ValueError(f"AdapterConfig.body_method: unknown {how!r}")
 
 
-# ---------------------------------------------------------------------------------------------
-# 8. The models train.py trains, and their losses (Eqs. 5-8)
-
-
-@functools.lru_cache(maxsize=None)
-def body_models():
-    """MANO (right hand) and SMPL-X (bodymodels' loaders: $HMR_BODY_MODELS or the stand-ins) as
-    float32 Skinning, SMPL-X's parents, each hand's SMPL-X vertices (strongest skinning joint in the
-    hand), and R_off (3, 3): the rotation that turns MANO's rest hand onto SMPL-X's rest right hand
-    (a MANO pose's global rotation G is SMPL-X's wrist rotation G R_off^T, its fingers R_off aa;
-    bodymodels.hand_frames, whose `attach_hands` puts the hand path's hands on the body)."""
-    mano, smplx = bodymodels.load_mano(), bodymodels.load_smplx()
-    part = smplx.lbs_weights.argmax(1)
-    return types.SimpleNamespace(
-        mano=bodymodels.Skinning(mano, torch.float32, per_sample=False),
-        smplx=bodymodels.Skinning(smplx, torch.float32, per_sample=False), parents=smplx.parents.tolist(),
-        smplx_faces=smplx.faces_tensor.long(),
-        r_off=bodymodels.hand_frames().r_off.float(),
-        hand_verts={s: torch.isin(part, torch.tensor(bodymodels.SMPLX_HAND_JOINTS[s])).nonzero()[:, 0] for s in SIDES},
-        head_verts=torch.isin(part, torch.tensor(HEAD_JOINTS)).nonzero()[:, 0])
-
-
-HEAD_JOINTS = (15, 22, 23, 24)  # SMPL-X head, jaw, left and right eye: the stand-ins' face (see face_vertex_ids)
-NECK = 12  # official (SMPLer-X EHF.py / humandata.py evaluate): face vertices are aligned at the neck joint
-
-
-def face_vertex_ids():
-    """SMPL-X vertex ids (F,) of the face for Table 1's face metrics: the file that $HMR_FLAME_VERTEX_IDS
-    names, as SMPLer-X's evaluation reads it (`SMPL-X__FLAME_vertex_ids.npy`, SMPL-X's 5023 FLAME
-    vertices, distributed with SMPL-X), else the vertices whose strongest skinning joint is the head,
-    jaw or an eye (HEAD_JOINTS). NOTE(official vs here): the stand-ins have no FLAME correspondence,
-    so their face is that head region (the neck and back of the head included, as FLAME's are)."""
-    path = os.environ.get("HMR_FLAME_VERTEX_IDS")
-    if not path:
-        return body_models().head_verts
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"HMR_FLAME_VERTEX_IDS: missing {path} (expected SMPL-X__FLAME_vertex_ids.npy)")
-    ids = np.load(path, allow_pickle=False)
-    num_verts = len(body_models().smplx.v_template)
-    integers = ids.ndim == 1 and len(ids) > 0 and np.issubdtype(ids.dtype, np.integer)
-    if not integers or ids.min() < 0 or ids.max() >= num_verts:
-        raise ValueError(f"HMR_FLAME_VERTEX_IDS: {path} must hold SMPL-X vertex ids (F,) in [0, {num_verts}), "
-                         f"got {ids.dtype} {ids.shape}")
-    return torch.from_numpy(ids.astype(np.int64))
-
-
-def hand_vertex_ids():
-    """{side: SMPL-X vertex ids} of each hand for Table 1's hand metrics: SMPL-X's
-    `MANO_SMPLX_vertex_ids.pkl` ("left_hand", "right_hand": 778 each) where $HMR_MANO_SMPLX_VERTEX_IDS
-    names it, as SMPLer-X's evaluation reads it, else the vertices whose strongest skinning joint is a
-    hand joint. NOTE(official vs here): the stand-ins have no MANO correspondence file."""
-    path = os.environ.get("HMR_MANO_SMPLX_VERTEX_IDS")
-    if not path:
-        return body_models().hand_verts
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"HMR_MANO_SMPLX_VERTEX_IDS: missing {path} (expected MANO_SMPLX_vertex_ids.pkl)")
-    num_verts = len(body_models().smplx.v_template)
-    ids = {s: bodymodels.read_pickled_array(path, f"{s}_hand").astype(np.int64).ravel() for s in SIDES}
-    if any(len(i) == 0 or i.min() < 0 or i.max() >= num_verts for i in ids.values()):
-        raise ValueError(f"HMR_MANO_SMPLX_VERTEX_IDS: {path} must hold SMPL-X vertex ids in [0, {num_verts})")
-    return {s: torch.from_numpy(i) for s, i in ids.items()}
-
-
-def skin(model, R, betas):
-    """A Skinning's mesh from rotation matrices R (B, J, 3, 3) and betas (B, L) -> verts, joints."""
-    m = model
-    rest = m.J_template + (betas @ m.J_shapedirs.T.to(betas)).view(len(betas), -1, 3)
-    return bodymodels.lbs(betas, R, m.v_template.to(R), m.shapedirs.to(R), m.posedirs.to(R), m.J_regressor.to(R),
-                          m.parents, m.lbs_weights.to(R), pose2rot=False, rest_joints=rest)
-
-
-def mano_mesh(R, betas):
-    """MANO verts (B, 778, 3) and 21 joints (B, 21, 3) in OpenPose order with HaMeR's (smplx's)
-    fingertips, of rotations R (B, 16, 3, 3), betas (B, 10)."""
-    verts, joints = skin(body_models().mano, R, betas)
-    return verts, bodymodels.hand_joints21(joints, verts, "hamer")  # official (HaMeR mano_wrapper.py): smplx tips
-
-
-def body_joints(R, betas):
-    """SMPL-X's first J joints (B, J, 3) of rotations R (B, J, 3, 3) (J = 22: the body) by forward
-    kinematics (what its LBS gives them, without skinning 10475 vertices); betas (B, 10)."""
-    m, J = body_models().smplx, R.shape[1]
-    rest = m.J_template + (betas @ m.J_shapedirs[:, :10].T.to(betas)).view(len(betas), -1, 3)
-    return forward_kinematics(R, rest[:, :J], m.parents[:J])[0]
-
-
-def hand_targets(batch, boxes):
-    """What the hand path is scored against, both hands of each sample (2B, left first): MANO
-    rotations R* (2B, 16, 3, 3) in the right-hand (flipped) frame, its mesh with zero betas, the
-    2D keypoints in normalised coordinates of the (flipped) crops at boxes (B, 2, 4)."""
-    pose = torch.stack([batch[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)  # (2B, 16, 3)
-    R = axis_angle_to_matrix(pose)
-    verts, joints = mano_mesh(R, R.new_zeros(len(R), 10))
-    kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)  # (2B, 21, 2) image pixels
-    return dict(R=R, verts=verts, joints=joints, uv=to_crop(kp, boxes.flatten(0, 1), flip_pattern(len(batch["image"]), R.device)))
-
-
-def flip_pattern(batch, device):
-    """(2 batch,) bool: True for the left hand of each sample (hands ordered left, right)."""
-    return torch.tensor([True, False], device=device).repeat(batch)
-
-
-def gt_boxes(batch):
-    return torch.stack([batch[f"{s}_hand_box"] for s in SIDES], 1)  # (B, 2, 4) the true hand boxes
-
-
-def hand_loss(out, target, cfg):
-    """Eq. (5): lambda_2D L_2D + lambda_3D L_3D + lambda_v L_v + lambda_theta L_theta + lambda_beta L_beta.
-    out: (pose (N, 16, 6), betas, cam); target: `hand_targets`. 3D terms are wrist-relative (L1, m).
-    Each term is a mean over every element; with cfg.hamer_batch (HaMeR's calibration) it is multiplied by
-    the number of elements a hand sums and by hamer_batch: # official (hamer losses.py): sums over joints,
-    coordinates (rotation matrix entries) and its per-GPU batch. A mean over the batch stays a mean under DDP."""
-    pose, betas, cam = out
-    R = rot6d_to_matrix(pose)
-    verts, joints = mano_mesh(R, betas)
-    wrist, wrist_gt = joints[:, :1], target["joints"][:, :1]
-    uv = bodymodels.project_to_crop(joints, bodymodels.weak_perspective_to_translation(cam))
-    # Eq. (6), NOTE(paper gap) 9: ||R - R*||^2 + (1 - cos(R, R*)) per joint, on rotation matrices
-    cos = F.cosine_similarity(R.flatten(-2), target["R"].flatten(-2), dim=-1)
-    terms = dict(hand_3d=(joints - wrist - target["joints"] + wrist_gt).abs().mean(),
-                 hand_2d=(uv - target["uv"]).abs().mean(),
-                 hand_verts=(verts - wrist - target["verts"] + wrist_gt).abs().mean(),
-                 hand_pose=((R - target["R"]) ** 2).sum((-1, -2)).mean() + (1 - cos).mean(),
-                 hand_betas=(betas ** 2).mean())
-    if cfg.hamer_batch:  # per hand: 21 x 3, 21 x 2, 778 x 3, 16 joints (each a sum over its 9 entries), 10
-        per_hand = dict(hand_3d=joints[0].numel(), hand_2d=uv[0].numel(), hand_verts=verts[0].numel(),
-                        hand_pose=R.shape[1], hand_betas=betas.shape[1])
-        terms = {k: t * (per_hand[k] * cfg.hamer_batch) for k, t in terms.items()}
-    weights = (cfg.w_hand_3d, cfg.w_hand_2d, cfg.w_hand_verts, cfg.w_hand_pose, cfg.w_hand_betas)
-    return sum(w * t for w, t in zip(weights, terms.values())), terms
-
-
-HAND_FINGER_JOINTS = tuple(range(25, 55))  # SMPL-X's 15 finger joints of each hand
-FINGER_WRISTS = (20,) * 15 + (21,) * 15  # the wrist each of them hangs from (left, then right)
-
-
-def body_pose_loss(theta, shape, cam, batch, cfg, hands=False):
-    """Eqs. (7, 8) on a body pose theta (B, 22, 6) with frozen shape and camera: lambda_theta L1 on
-    rotation matrices, lambda_3D L1 on pelvis-relative joints, lambda_2D L_proj on projected joints
-    (normalised by the image height), over the 22 body joints. L_img and L_beta: no gradient here (NOTE(paper gap) 10).
-    With `hands` (`AdapterConfig.body_loss_hands`) lambda_3D also on the 30 finger joints relative to their wrist,
-    posed by theta's arms and wrists with the true fingers: SMPLer-X's hand-root-relative joints
-    (main/SMPLer_X.py, get_coord and loss 'smplx_joint_cam'). No body joint hangs below a wrist, so only these see
-    a forearm's twist."""
-    R, R_gt = rot6d_to_matrix(theta), axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
-    body = list(range(NUM_BODY))
-    if hands:  # the true jaw, eyes and fingers below theta's joints
-        R = torch.cat([R, axis_angle_to_matrix(batch["smplx_pose"][:, NUM_BODY:].to(R))], 1)
-    joints, gt = body_joints(R, shape), batch["joints3d"]
-    uv = bodymodels.project_to_crop(joints[:, body], smplerx_translation(cam))
-    terms = dict(body_pose=(R[:, :NUM_BODY] - R_gt).abs().mean(),
-                 body_3d=(joints[:, body] - joints[:, :1] - gt[:, body] + gt[:, :1]).abs().mean(),
-                 body_2d=(uv - image_normalised(batch)).abs().mean())
-    loss = cfg.w_body_pose * terms["body_pose"] + cfg.w_body_3d * terms["body_3d"] + cfg.w_body_2d * terms["body_2d"]
-    if hands:
-        fingers, wrists = list(HAND_FINGER_JOINTS), list(FINGER_WRISTS)
-        relative = lambda j: j[:, fingers] - j[:, wrists]  # noqa: E731
-        terms["fingers_3d"] = (relative(joints) - relative(gt)).abs().mean()
-        loss = loss + cfg.w_body_3d * terms["fingers_3d"]
-    return loss, terms
-
-
-def image_normalised(batch, ids=tuple(range(NUM_BODY))):
-    """The joints' (ids, default the 22 body joints) pixels -> (u - W/2, v - H/2) / H: what a
-    weak-perspective camera of the image's focal length (5000 for a 256 high image) projects to."""
-    H, W = batch["image"].shape[-2:]
-    return (batch["joints2d"][:, list(ids)] - batch["joints2d"].new_tensor([W / 2, H / 2])) / H
-
-
-SMPLERX_TERMS = ("joints_img", "boxes", "shape", "face", "hand_joints_img")  # SMPLer-X's terms besides Eq. 7's
-
-
-def hand_expert_loss(expert, bcfg, batch, weights):
-    """HaMeR's training loss of a hand expert on the crops at the true boxes: Eq. 5's terms with the
-    weights (an AdapterConfig) -> (loss, terms)."""
-    raw = gt_boxes(batch)
-    tokens = expert.features(hand_crops(bcfg, batch["image"], raw))
-    return hand_loss(expert.mano_head(tokens), hand_targets(batch, crop_boxes(bcfg, raw)), weights)
-
-
-def whole_body_loss(whole_body, bcfg, batch, weights, hands=False):
-    """SMPLer-X's training loss of a whole-body model (its L1 terms): Eq. 7's (`body_pose_loss`, with the
-    weights, an AdapterConfig) -> (that loss, terms), the terms holding SMPLERX_TERMS too, each weight 1."""
-    image = batch["image"]
-    boxes = scale_boxes(gt_boxes(batch), bcfg.hand_box_scale)  # the RoI boxes
-    out = whole_body(image)
-    body, terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, weights, hands)
-    H, W = image.shape[-2:]
-    (h, w), D = whole_body.encoder.grid, bcfg.body_hm_depth
-    # L_img: the position net's body joints (heatmap pixels and depth bins, SMPLer-X's joint_img)
-    xy = batch["joints2d"][:, :NUM_BODY] * batch["joints2d"].new_tensor([w / W, h / H])
-    z = batch["joints3d"][:, :NUM_BODY, 2] - batch["joints3d"][:, :1, 2]  # pelvis-relative depth, +-1 m
-    joints_img = (out["body_joints"][:, :NUM_BODY] - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
-    # the hand boxes' centres and sizes (w, h) in body-map units
-    unit = out["boxes"].new_tensor([w / W, h / H]).repeat(2)
-    centre_size = lambda b: torch.cat([b[..., :2] + b[..., 2:], 2 * (b[..., 2:] - b[..., :2])], -1) * unit / 2  # noqa: E731
-    terms.update(joints_img=joints_img, boxes=(centre_size(out["boxes"]) - centre_size(gt_boxes(batch))).abs().mean(),
-                 shape=(out["shape"] - batch["smplx_shape"]).abs().mean(),
-                 face=(out["expression"] - batch["smplx_expression"]).abs().mean() +
-                 (rot6d_to_matrix(out["jaw"]) - axis_angle_to_matrix(batch["smplx_pose"][:, 22])).abs().mean())
-    # the hand position net's 20 joints in the RoI frame (x, y; depth bins of +-0.15 m)
-    _, hand_joints = whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
-    R, D = bcfg.hand_roi, bcfg.hand_hm_depth
-    kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)[:, list(HAND_JOINTS)]
-    xy = to_roi(kp, boxes.flatten(0, 1), R, flip_pattern(len(boxes), boxes.device))
-    j3 = torch.stack([batch[f"{s}_hand_joints3d"] for s in SIDES], 1).flatten(0, 1)
-    z = (j3[:, list(HAND_JOINTS), 2] - j3[:, :1, 2]) / 0.15
-    terms["hand_joints_img"] = (hand_joints.flatten(0, 1) - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
-    return body, terms
-
-
-class Bases(nn.Module):
-    """The two bases, trained together here only as the demo's stand-ins for the pretrained HaMeR and
-    SMPLer-X (their parameters are disjoint, so this is two separate trainings)."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.cfg = cfg
-        self.hand_expert, self.whole_body = HandExpert(cfg), WholeBody(cfg)
-
-    def forward(self, batch):
-        """The training loss of both bases: (loss, terms). HaMeR's and SMPLer-X's losses are Eqs. 5 and 7's
-        terms with the weights of the CONFIGS preset `cfg.losses`; Eq. 7 over the joints the preset's
-        `body_loss_hands` names (SMPLer-X supervises its whole-body joints, fingers included)."""
-        weights = CONFIGS[self.cfg.losses]
-        hand, hand_terms = hand_expert_loss(self.hand_expert, self.cfg, batch, weights)
-        body, terms = whole_body_loss(self.whole_body, self.cfg, batch, weights, weights.body_loss_hands)
-        return hand + body + sum(terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
-
-
-class Adapted(nn.Module):
-    """The frozen bases (in eval mode whatever train() says) with the hand adapter, the Table 3 No.5
-    control (an adapter whose CA' attends to the hand image) and the body adapter. The three share no
-    parameter, so training them together is training them separately (Sec. 3.5). An ablation row's
-    `hand_method` / `body_method` puts another way in the hand or body adapter's place (section 7b)."""
-
-    def __init__(self, cfg, bases):
-        super().__init__()
-        self.cfg, self.bases = cfg, bases.requires_grad_(False).eval()
-        self.hand_adapter = hand_method(cfg, bases)
-        self.no_body_adapter = HandAdapter(bases.hand_expert.mano_head, body=False, scale=cfg.adapter_scale)
-        self.body_adapter = body_method(cfg, bases)
-        self.frozen_cache = {} if cfg.cache_frozen else None  # sample index -> `frozen_inputs` row
-
-    @property
-    def hand_expert(self):
-        """The hand expert whose backbone gives the hand path's F^H: the frozen one, or a row's own (No.1, 2)."""
-        own = getattr(self.hand_adapter, "expert", None)
-        return self.bases.hand_expert if own is None else own
-
-    @property
-    def whole_body(self):
-        """The whole-body model of the adapted pipeline: the frozen one, or a row's own (Table 4 No.1-3)."""
-        own = getattr(self.body_adapter, "whole_body", None)
-        return self.bases.whole_body if own is None else own
-
-    def refine(self, out, rois, mcp):
-        """theta_hat (B, 22, 6) from a whole-body output `out`, its hand feature maps rois (B, 2, C, R, R)
-        and MCP joints mcp (B, 2, 4, 2) in their frame: Eq. 4 (or a row's other way); theta_0 itself
-        where the row trains no body refinement ("frozen", or its own whole-body model)."""
-        if self.body_adapter is None or isinstance(self.body_adapter, TunedBody):
-            return out["theta0"]
-        return self.body_adapter(out["theta0"], rois, mcp, out["body_tokens"], out["body_joints"])
-
-    def chains(self, body_R):
-        """The hand path's theta_b (B, 2, J, 6) of body rotations (B, 22, 3, 3), as cfg asks."""
-        return arm_chains(body_R, self.cfg.chain, whole_body=self.cfg.hand_method == "whole_body_pose")
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.bases.eval()  # frozen: dropout off, normalisation statistics never move
-        return self
-
-    @torch.no_grad()
-    def frozen_inputs(self, batch):
-        """What the frozen bases give the adapters' losses, per sample: the hand tokens F^H of the crops
-        at the true boxes (B, 2, L, C), and the whole-body model's theta_0, shape, camera, predicted
-        hand boxes (B, 2, 4) and hand feature maps (B, 2, C, R, R).
-
-        With `cfg.cache_frozen` each training sample (its "index") is computed once, alone, and kept:
-        a row's bits would otherwise depend on its place in the batch (BLAS blocks rows), so a resumed
-        run would drift from an uninterrupted one. On the tiny default this is 41 of a step's 87 ms."""
-        if self.frozen_cache is None or "index" not in batch:
-            return self._frozen(batch)
-        keys = batch["index"].tolist()
-        for i, k in enumerate(keys):
-            if k not in self.frozen_cache:
-                row = self._frozen({key: value[i:i + 1] for key, value in batch.items()})
-                self.frozen_cache[k] = {name: value[0] for name, value in row.items()}
-        rows = [self.frozen_cache[k] for k in keys]
-        return {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
-
-    def _frozen(self, batch):
-        bcfg, image = self.bases.cfg, batch["image"]
-        tokens = hand_tokens(self.bases, image, gt_boxes(batch))
-        out = self.bases.whole_body(image)
-        pred_boxes = scale_boxes(out["boxes"], bcfg.hand_box_scale)
-        rois = self.bases.whole_body.hand_roi_net(out["feature_map"], pred_boxes, image.shape[-2:])
-        return dict(tokens=tokens.reshape(len(image), 2, *tokens.shape[1:]), theta0=out["theta0"],
-                    shape=out["shape"], cam=out["cam"], pred_boxes=pred_boxes, rois=rois,
-                    body_tokens=out["body_tokens"], body_joints=out["body_joints"])
-
-    def forward(self, batch):
-        """The adapters' training losses: (loss, terms)."""
-        cfg, bcfg, image = self.cfg, self.bases.cfg, batch["image"]
-        B = len(image)
-        front = self.frozen_inputs(batch)
-        # hand path (Sec. 3.5.1): crops at the true boxes, the true body pose (zeros for "hand-only" samples)
-        boxes = crop_boxes(bcfg, gt_boxes(batch))
-        flip = flip_pattern(B, image.device)
-        tokens = front["tokens"].flatten(0, 1)
-        head, target = self.bases.hand_expert.mano_head, hand_targets(batch, boxes)
-        hand, terms = torch.zeros((), device=image.device), {}
-        if self.hand_adapter is not None:
-            own = self.hand_expert is not self.bases.hand_expert  # Table 3 No.1, 2: its backbone trains too
-            chain = self.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])).flatten(0, 1)  # (2B, J, 6)
-            keep = (torch.rand(2 * B, 1, 1, device=image.device) >= cfg.hand_only_prob).to(chain)
-            x = self.hand_expert.features(hand_crops(bcfg, image, gt_boxes(batch))) if own else tokens
-            hand, terms = hand_loss(self.hand_adapter(head, x, chain * keep), target, cfg)
-        control, control_terms = hand_loss(self.no_body_adapter(head, tokens), target, cfg)
-        # body path (Sec. 3.5.2): features sampled at the true MCP joints in the predicted boxes' RoI frame
-        body, body_terms = torch.zeros((), device=image.device), {}
-        if isinstance(self.body_adapter, TunedBody):  # Table 4 No.1-3: the whole-body model's own loss
-            body, body_terms = whole_body_loss(self.whole_body, bcfg, batch, cfg, cfg.body_loss_hands)
-            body = body + sum(body_terms[k] for k in SMPLERX_TERMS)
-        elif self.body_adapter is not None:
-            kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)[:, [HAND_JOINTS[i] for i in MCP]]
-            mcp = to_roi(kp, front["pred_boxes"].flatten(0, 1), bcfg.hand_roi, flip).view(B, 2, len(MCP), 2)
-            theta_hat = self.refine(front, front["rois"], mcp)
-            body, body_terms = body_pose_loss(theta_hat, front["shape"], front["cam"], batch, cfg, cfg.body_loss_hands)
-        terms = dict(terms, no_body=control, **body_terms)
-        return hand + control + body, terms
-
-
-# The released weights. HaMeR's file is a Lightning checkpoint ({"state_dict": ...}, keys backbone.*,
-# mano_head.*, discriminator.*, mano.*, initialized); SMPLer-X's a snapshot ({"network": ...}, keys
-# module.<part>.*). The key lists with shapes, made from the official constructors, are in
-# tests/official_keys/ (FACTS: HaMeR, SMPLer-X).
-HAMER_SKIP = ("discriminator.", "mano.", "initialized")  # its adversary, MANO layer buffers, a flag
-SMPLERX_SKIP = ("hand_regressor.", "box_net.face_size.", "smplx_layer.")  # replaced by the hand expert; unused
-SMPLERX_6D = [0, 2, 4, 1, 3, 5]  # its 6D is the rows of a 3 x 2 matrix (view(-1, 3, 2)); ours the columns
-
-
-def hamer_state_dict(checkpoint):
-    """HaMeR's checkpoint dict -> `HandExpert`'s state dict: backbone.* and mano_head.* as they are
-    (the same names and 6D convention), the rest (`HAMER_SKIP`) dropped."""
-    state = checkpoint.get("state_dict", checkpoint)
-    return {k: v for k, v in state.items() if not k.startswith(HAMER_SKIP)}
-
-
-def smplerx_state_dict(checkpoint):
-    """SMPLer-X's snapshot dict -> `WholeBody`'s state dict: `module.` dropped; the old names SMPLer-X's
-    own loader renames (backbone, body_rotation_net, hand_rotation_net) renamed; its hand regressor and
-    face box dropped (`SMPLERX_SKIP`), and the face channel of bbox_center; the 6D readouts' rows
-    reordered to our convention (`SMPLERX_6D`)."""
-    state = {}
-    for k, v in checkpoint.get("network", checkpoint).items():
-        k = k.removeprefix("module.").replace("backbone.", "encoder.").replace("body_rotation_net.", "body_regressor.")
-        k = k.replace("hand_rotation_net.", "hand_regressor.")
-        if k.startswith(SMPLERX_SKIP):
-            continue
-        if k.startswith("box_net.bbox_center."):
-            v = v[:2]  # lhand, rhand, face -> lhand, rhand
-        if k.startswith(("body_regressor.root_pose_out.", "body_regressor.body_pose_out.", "face_regressor.jaw_pose_out.")):
-            v = v.unflatten(0, (-1, 6))[:, SMPLERX_6D].flatten(0, 1)
-        state[k] = v
-    return state
-
-
-def released_checkpoints(cfg):
-    """The released files the paper bases start from: [(path, BaseConfig field)]; [] when both fields
-    are "" (TINY's stand-ins, or random paper bases for a size check). A missing file is an error."""
-    fields = ("hamer_checkpoint", "smplerx_checkpoint")
-    if not any(getattr(cfg, f) for f in fields):
-        return []
-    for field in fields:
-        path = getattr(cfg, field)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"base checkpoint {path!r} (BaseConfig.{field}) does not exist: the paper config "
-                                    "adapts the released HaMeR and SMPLer-X-H32 weights; put them there (README), or "
-                                    "set both to '' (--set hamer_checkpoint= --set smplerx_checkpoint=) for random "
-                                    "bases: a size check, not the paper")
-    return [(getattr(cfg, f), f) for f in fields]
-
-
-def load_pretrained(bases, cfg):
-    """The released HaMeR and SMPLer-X weights (cfg.hamer_checkpoint, cfg.smplerx_checkpoint) into
-    the bases. Read with torch.load(weights_only=True), so a checkpoint cannot run code."""
-    mappings = {"hamer_checkpoint": (bases.hand_expert, hamer_state_dict),
-                "smplerx_checkpoint": (bases.whole_body, smplerx_state_dict)}
-    for path, field in released_checkpoints(cfg):
-        module, mapping = mappings[field]
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:  # e.g. a Lightning file's pickled hyper-parameters
-            raise ValueError(f"{path}: holds more than tensors, which torch.load(weights_only=True) refuses ({e}). "
-                             "If you trust the file, keep only its weights once: load it inside `with "
-                             "torch.serialization.safe_globals([<the classes named above>]):` and "
-                             "torch.save(checkpoint['state_dict'], path)") from None
-        bodymodels.load_state_strict(module, mapping(checkpoint), path)
-
-
-def _build_bases(cfg, parent=None):
-    """train.py's "hmr_adapter_bases": the tiny stand-ins to train, or (paper) the released weights,
-    checked before the 1.3B parameters are built. Both paths "" keep the paper bases' random weights."""
-    released_checkpoints(cfg)  # a missing file fails here, in one line
-    bases = Bases(cfg)
-    load_pretrained(bases, cfg)
-    return bases
-
-
-def build_model(cfg, parent):
-    """The adapters on `parent`, the trained `Bases` (train.py's "hmr_adapter_bases" row)."""
-    if parent is None:
-        raise ValueError("hmr_adapter.build_model: needs the trained bases (train.py trains 'hmr_adapter_bases' first)")
-    return Adapted(cfg, parent)
-
-
-def training_loss(model, batch, cfg):
-    return model(batch)
-
-
-def param_groups(model, cfg):
-    """train.py's optimiser groups: the hand adapter and its control at lr, the body adapter at body_lr."""
-    trainable = lambda m: [p for p in (m.parameters() if m is not None else ()) if p.requires_grad]  # noqa: E731
-    hand = [*trainable(model.hand_adapter), *trainable(model.no_body_adapter)]
-    return [(1.0, hand), (cfg.body_lr / cfg.lr, trainable(model.body_adapter))]
+# The paper's ablations (Sec. 4.3) as rows of `hand_method` / `body_method` (the ways above), each trained on the frozen
+# bases like the adapters, with the paper's figures beside them (train.py --ablation tableN; docs/hmr_adapter.md).
+# The paper scores Tables 3 and 5 on ARCTIC's hands at the true boxes (our hand path: its "adapter" is the row's
+# method, on the occluded hands, as ARCTIC's hands hold objects), Tables 4 and 6 on whole bodies (our pipeline).
+# The last column of Tables 3 and 5 is ours: the hand path above reads the TRUE body pose (whose wrist token is the
+# answer with global chains), the pipeline reads theta_hat's.
+_HAND_COLUMNS = (("hand_path/adapter/occluded/pa_pve_mm", "PA-PVE"), ("hand_path/adapter/occluded/pve_mm", "PVE"))
+_PIPE_HANDS = ("pipeline/adapted/hands_occluded/pve_mm", "none (ours: the pipeline's occluded hands, PVE)")
+_BODY_COLUMNS = (("pipeline/adapted/all/pa_pve_mm", "PA-PVE"), ("pipeline/adapted/all/pve_mm", "PVE"),
+                 ("pipeline/adapted/all/pa_mpjpe_mm", "PA-MPJPE"))
+ABLATIONS = {
+    "table3": dict(
+        caption="Fine-tuning methods on HaMeR (Table 3, ARCTIC hands; No.2 trains twice as long, as in the paper)",
+        stage="hmr_adapter",
+        columns=(*_HAND_COLUMNS, ("hand_path/adapter/occluded/pa_mpjpe_mm", "PA-MPJPE"), _PIPE_HANDS),
+        rows=(("HaMeR (pre-trained)", {"hand_method": "frozen"}, (16.2, 38.5, 17.1, None)),
+              ("No.1 full fine-tuning", {"hand_method": "full"}, (13.9, 45.3, 15.0, None)),
+              ("No.2 from scratch", {"hand_method": "scratch"}, (15.1, 53.3, 16.3, None)),
+              ("No.3 decoder head", {"hand_method": "head"}, (14.1, 56.1, 15.1, None)),
+              ("No.4 concatenation", {"hand_method": "concat"}, (17.9, 36.7, 18.4, None)),
+              ("No.5 adapter, hand image input", {"hand_method": "image"}, (9.0, 30.9, 9.2, None)),
+              ("No.6 adapter, body pose input", {}, (8.4, 24.1, 8.5, None))),
+        chosen="No.6 adapter, body pose input", longer={"No.2 from scratch": 2}),
+    "table4": dict(
+        caption="Fine-tuning methods on SMPLer-X (Table 4, ARCTIC whole bodies; No.2 trains twice as long, "
+                "as in the paper)",
+        stage="hmr_adapter",
+        columns=_BODY_COLUMNS,
+        rows=(("SMPLer-X (pre-trained)", {"body_method": "frozen"}, (29.3, 48.5, 28.9)),
+              ("No.1 full fine-tuning", {"body_method": "full"}, (19.5, 24.4, 21.1)),
+              ("No.2 from scratch", {"body_method": "scratch"}, (27.0, 35.0, 34.6)),
+              ("No.3 neck and heads", {"body_method": "head"}, (21.0, 25.1, 21.2)),
+              ("No.4 concatenation", {"body_method": "concat"}, (23.6, 29.9, 25.1)),
+              ("No.5 adapter, body task tokens input", {"body_method": "task_tokens"}, (20.8, 24.7, 21.2)),
+              ("No.6 adapter, MCP features input", {}, (20.7, 24.7, 21.0))),
+        chosen="No.6 adapter, MCP features input", longer={"No.2 from scratch": 2}),
+    "table5": dict(
+        caption="Ways to inject the body feature into HaMeR (Table 5, ARCTIC hands)",
+        stage="hmr_adapter",
+        columns=(*_HAND_COLUMNS, _PIPE_HANDS),
+        rows=(("Concatenation", {"hand_method": "concat"}, (15.2, 41.9, None)),
+              ("Weighted sum", {"hand_method": "weighted_sum"}, (12.1, 26.0, None)),
+              ("Whole-body pose", {"hand_method": "whole_body_pose"}, (13.4, 27.7, None)),
+              ("HMR-Adapter (Ours)", {}, (10.5, 23.6, None))),
+        chosen="HMR-Adapter (Ours)"),
+    "table6": dict(
+        caption="Ways to inject the hand joint feature into SMPLer-X (Table 6, EHF whole bodies)",
+        stage="hmr_adapter",
+        columns=_BODY_COLUMNS,
+        rows=(("Concatenation", {"body_method": "concat"}, (79.3, 95.4, 94.0)),
+              ("Weighted sum", {"body_method": "weighted_sum"}, (57.0, 74.5, 68.0)),
+              ("HMR-Adapter (Ours)", {}, (36.8, 57.1, 42.0))),
+        chosen="HMR-Adapter (Ours)"),
+}
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. Inference: the dual-path pipeline, predict, and the evaluation protocol
-
-
-def hand_crops(cfg, image, boxes):
-    """The hand expert's crops (2B, 3, S, S) of both hands, left first and flipped, at hand boxes
-    (B, 2, 4) of image (B, 3, H, W) in [0, 1]: HaMeR's (`hamer_crops`) or TINY's (`crop_images`)."""
-    flip, images = flip_pattern(len(image), image.device), image.repeat_interleave(2, 0)
-    if cfg.hamer_rescale:
-        return hamer_crops(images, boxes.flatten(0, 1), cfg.hand_crop, flip, cfg.hamer_rescale)
-    return crop_images(images, crop_boxes(cfg, boxes).flatten(0, 1), cfg.hand_crop, flip)
-
-
-def crop_boxes(cfg, boxes):
-    """The squares (..., 4) the hand expert's crops of hand boxes (..., 4) show (`hand_crops`)."""
-    if cfg.hamer_rescale:
-        centre, side = hamer_square(boxes, cfg.hamer_rescale)
-        return torch.cat([centre - side / 2, centre + side / 2], -1).to(boxes.dtype)
-    return scale_boxes(boxes, cfg.hand_box_scale)
-
-
-def hand_tokens(bases, image, boxes):
-    """F^H (2B, h w, C) of both hands' crops at hand boxes (B, 2, 4), left first and flipped."""
-    return bases.hand_expert.features(hand_crops(bases.cfg, image, boxes))
-
-
-def hand_path(bases, adapter, tokens, chain=None):
-    """Hand MANO rotations (B, 2, 16, 3, 3) in the right-hand frame and betas (B, 2, 10) from F^H
-    (`hand_tokens`): the frozen expert (adapter None) or an adapter on it, conditioned on arm chains
-    (B, 2, 8, 6)."""
-    head = bases.hand_expert.mano_head
-    pose, betas, _ = head(tokens) if adapter is None else adapter(head, tokens, None if chain is None else chain.flatten(0, 1))
-    return rot6d_to_matrix(pose).view(-1, 2, 16, 3, 3), betas.view(-1, 2, 10)
-
-
-def assemble(body_R, hand_R, out):
-    """SMPL-X rotations (B, 55, 3, 3): body from body_R (B, 22, 3, 3); each hand's fingers and, by
-    IK, its wrist from the hand path's MANO rotations hand_R (B, 2, 16, 3, 3) (left first, flipped:
-    HaMeR's convention), by `bodymodels.attach_hands`; the jaw from the whole-body model; eyes at rest."""
-    hands = {side: dict(global_orient=hand_R[:, i, 0], hand_pose=hand_R[:, i, 1:]) for i, side in enumerate(SIDES)}
-    R = bodymodels.attach_hands(body_R, hands)  # NOTE(paper gap) 4: wrists by IK
-    R[:, 22] = rot6d_to_matrix(out["jaw"])
-    return R
-
-
-def frozen_front(bases, image, hand_boxes=None):
-    """What both pipelines compute alike: the whole-body output, the hand boxes it predicts (scaled)
-    and the hand expert's tokens F^H of the crops there. hand_boxes (B, 2, 4) image pixels: boxes to
-    use instead of the predicted ones (from 2D hand keypoints), a NaN row keeping the prediction."""
-    out = bases.whole_body(image)
-    if hand_boxes is not None:
-        out["boxes"] = torch.where(hand_boxes.isnan(), out["boxes"], hand_boxes.to(out["boxes"]))
-    boxes = scale_boxes(out["boxes"], bases.cfg.hand_box_scale)
-    return out, boxes, hand_tokens(bases, image, out["boxes"])
-
-
-def pipeline(model, image, adapted=True, front=None, hand_boxes=None, details=False):
-    """Sec. 3.1: image (B, 3, H, W) -> SMPL-X verts (B, 10475, 3) and joints (B, 55, 3) in camera
-    coordinates, and the predicted hand boxes (B, 2, 4). adapted=False: the paper's baseline
-    (both frozen models + IK); True: theta_hat from the body adapter, hands from the hand adapter
-    conditioned on theta_hat's arm chains (NOTE(paper gap) 5), MCP joints from the whole-body
-    model's hand position net (NOTE(paper gap) 6). front: `frozen_front(model.bases, image)` when
-    already computed; hand_boxes: `frozen_front`'s. details: a dict of the outputs and what made them:
-    verts, joints, boxes, R (B, 55, 3, 3), shape (B, 10), expression (B, 10), t (B, 3), hand_boxes
-    (B, 2, 4) before scaling."""
-    bases = model.bases
-    if adapted and (model.whole_body is not bases.whole_body or model.hand_expert is not bases.hand_expert):
-        # an ablation row's own fine-tuned models (Tables 3, 4 No.1-3) see the image themselves
-        bases, front = types.SimpleNamespace(cfg=bases.cfg, whole_body=model.whole_body, hand_expert=model.hand_expert), None
-    out, boxes, tokens = front or frozen_front(bases, image, hand_boxes)
-    theta, chain, adapter = out["theta0"], None, None
-    if adapted:
-        rois, hand_joints = bases.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
-        theta = model.refine(out, rois, hand_joints[:, :, list(MCP), :2])
-        chain = model.chains(rot6d_to_matrix(theta))
-        adapter = model.hand_adapter
-    hand_R, _ = hand_path(bases, adapter, tokens, chain)
-    R = assemble(rot6d_to_matrix(theta), hand_R, out)
-    verts, joints = skin(body_models().smplx, R, torch.cat([out["shape"], out["expression"]], -1))
-    t = smplerx_translation(out["cam"])[:, None]
-    if details:
-        return dict(verts=verts + t, joints=joints + t, boxes=boxes, R=R, shape=out["shape"],
-                    expression=out["expression"], t=t[:, 0], hand_boxes=out["boxes"])
-    return verts + t, joints + t, boxes
-
-
-@torch.no_grad()
-def predict(model, batch, cfg):
-    """Held-out predictions (train.py's protocol): hand path at the true boxes (like Table 3) for
-    expert, no_body and adapter (the adapter sees the true body pose, as in training), as MANO meshes
-    {hand_M_verts (B, 2, 778, 3), hand_M_joints (B, 2, 21, 3)}; the pipeline at predicted boxes (like
-    Table 1) for baseline and adapted: {pipe_P_verts (B, 10475, 3), pipe_P_joints (B, 55, 3), pipe_P_boxes}."""
-    model, image = _unwrap(model), batch["image"]
-    adapted = isinstance(model, Adapted)
-    bases = model.bases if adapted else model
-    boxes = gt_boxes(batch)
-    heads = {"expert": (None, None)}
-    if adapted:
-        chain = model.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY]))
-        heads.update(no_body=(model.no_body_adapter, None), adapter=(model.hand_adapter, chain))
-    out, tokens = {}, hand_tokens(bases, image, boxes)  # the backbone runs once for the three heads
-    for name, (adapter, chain) in heads.items():
-        x = tokens
-        if name == "adapter" and model.hand_expert is not bases.hand_expert:  # Table 3 No.1, 2: its own backbone
-            x = model.hand_expert.features(hand_crops(bases.cfg, image, boxes))
-        R, betas = hand_path(bases, adapter, x, chain)
-        verts, joints = mano_mesh(R.flatten(0, 1), betas.flatten(0, 1))
-        out[f"hand_{name}_verts"], out[f"hand_{name}_joints"] = verts.unflatten(0, (-1, 2)), joints.unflatten(0, (-1, 2))
-    front = frozen_front(bases, image)  # the same for both pipelines
-    for name in ("baseline", "adapted") if adapted else ("baseline",):
-        piped = model if name == "adapted" else types.SimpleNamespace(bases=bases)
-        out[f"pipe_{name}_verts"], out[f"pipe_{name}_joints"], out[f"pipe_{name}_boxes"] = pipeline(
-            piped, image, name == "adapted", front)
-    return out
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
-def _errors(pred_verts, gt_verts, pred_joints, gt_joints, root):
-    """PVE after moving joint `root` of each to the origin, PA-PVE, PA-MPJPE: (N,) each, input units."""
-    pve = (pred_verts - pred_joints[:, root:root + 1] - gt_verts + gt_joints[:, root:root + 1]).norm(dim=-1).mean(-1)
-    return dict(pve_mm=pve, pa_pve_mm=metrics.pa_mpvpe(pred_verts, gt_verts), pa_mpjpe_mm=metrics.pa_mpjpe(pred_joints, gt_joints))
-
-
-def _face_errors(pred_verts, gt_verts, pred_neck, gt_neck, ids):
-    """Face PVE after moving the neck (B, 3) of each onto the other, and PA-PVE, over vertices ids: (N,) each."""
-    pred_face, gt_face = pred_verts[:, ids], gt_verts[:, ids]
-    pve = (pred_face - pred_neck[:, None] - gt_face + gt_neck[:, None]).norm(dim=-1).mean(-1)
-    return dict(pve_mm=pve, pa_pve_mm=metrics.pa_mpvpe(pred_face, gt_face))
-
-
-def evaluation_metrics(pred, gt):
-    """The paper's protocol (Sec. 4.1, Table 1) in mm, as {"hand_path/M/{clean,occluded}/E": ...,
-    "pipeline/P/{all,hands,hands_occluded,face}/E": ...} (train.py nests the names at "/"); E is pve_mm,
-    pa_pve_mm, pa_mpjpe_mm. Alignment as SMPLer-X's evaluate (EHF.py, humandata.py, which the paper
-    follows): PVE after moving the pelvis (all), each wrist (hands; averaged over left and right) or
-    the neck (face) of the prediction onto the truth's; PA-PVE and PA-MPJPE after a Procrustes fit of
-    each part alone. Face: PVE and PA-PVE on `face_vertex_ids()` (SMPLer-X reports no face PA-MPJPE:
-    nor does this). A split with no hand in it (a file without occluded hands) is left out."""
-    result = {}
-    occluded = torch.stack([gt[f"{s}_hand_occluded"] for s in SIDES], 1).flatten() > 0.5  # (2N,)
-    hand_names = [k[5:-6] for k in pred if k.startswith("hand_") and k.endswith("_verts")]
-    if hand_names:
-        pose = torch.stack([gt[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)
-        gt_verts, gt_joints = mano_mesh(axis_angle_to_matrix(pose), pose.new_zeros(len(pose), 10))
-    for name in hand_names:
-        e = _errors(pred[f"hand_{name}_verts"].flatten(0, 1), gt_verts, pred[f"hand_{name}_joints"].flatten(0, 1), gt_joints, 0)
-        for split, mask in (("clean", ~occluded), ("occluded", occluded)):
-            if not mask.any():
-                continue
-            result.update({f"hand_path/{name}/{split}/{k}": 1000 * v[mask].mean() for k, v in e.items()})
-    face, hand_ids = face_vertex_ids(), hand_vertex_ids()
-    for name in [k[5:-6] for k in pred if k.startswith("pipe_") and k.endswith("_verts")]:
-        verts, joints = pred[f"pipe_{name}_verts"], pred[f"pipe_{name}_joints"]
-        e = _errors(verts, gt["verts"], joints, gt["joints3d"], 0)
-        result.update({f"pipeline/{name}/all/{k}": 1000 * v.mean() for k, v in e.items()})
-        per_hand = []
-        for side in SIDES:
-            ids, hj = hand_ids[side], list(bodymodels.SMPLX_HAND_JOINTS[side])
-            per_hand.append(_errors(verts[:, ids], gt["verts"][:, ids], joints[:, hj], gt["joints3d"][:, hj], 0))
-        hands = {k: torch.stack([h[k] for h in per_hand], 1).flatten() for k in per_hand[0]}  # (2N,) left, right
-        result.update({f"pipeline/{name}/hands/{k}": 1000 * v.mean() for k, v in hands.items()})
-        if occluded.any():
-            result.update({f"pipeline/{name}/hands_occluded/{k}": 1000 * v[occluded].mean() for k, v in hands.items()})
-        result.update({f"pipeline/{name}/face/{k}": 1000 * v.mean() for k, v in
-                       _face_errors(verts, gt["verts"], joints[:, NECK], gt["joints3d"][:, NECK], face).items()})
-    return {k: float(v) for k, v in result.items()}
-
-
-class MeanPoseBaseline:
-    """The constant baseline scored by the same protocol: the training set's mean MANO pose (per-joint
-    chordal mean, both hands in the right-hand frame) for the hand path, and its mean SMPL-X pose and
-    shape for the pipeline, placed at the true pelvis; labels: training labels (train.py)."""
-
-    def __init__(self, labels):
-        pose = torch.stack([labels[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)
-        self.hand_R = metrics.mean_rotations(axis_angle_to_matrix(pose.double())).float()  # (16, 3, 3)
-        self.body_R = metrics.mean_rotations(axis_angle_to_matrix(labels["smplx_pose"].double())).float()  # (55, 3, 3)
-        self.shape = torch.cat([labels["smplx_shape"].mean(0), labels["smplx_expression"].mean(0)])
-
-    def __call__(self, gt):
-        N = len(gt["smplx_pose"])
-        verts, joints = mano_mesh(self.hand_R.expand(2 * N, -1, -1, -1), torch.zeros(2 * N, 10))
-        bv, bj = skin(body_models().smplx, self.body_R[None], self.shape[None])
-        shift = gt["joints3d"][:, :1] - bj[:, :1]
-        return {"hand_constant_verts": verts.unflatten(0, (N, 2)), "hand_constant_joints": joints.unflatten(0, (N, 2)),
-                "pipe_constant_verts": bv + shift, "pipe_constant_joints": bj + shift}
-
-
-BASES = types.SimpleNamespace(  # train.py's row "hmr_adapter_bases": the tiny stand-ins of the pretrained bases
-    CONFIGS=BASE_CONFIGS, build_model=_build_bases, training_loss=training_loss, predict=predict,
-    learning_rate=learning_rate)
-
-
-# ---------------------------------------------------------------------------------------------
-# 10. Tools: `--image`, parameter counts at the paper's size, latency, a demo
+# Appendix D. Diagnostics: parameter counts at the paper's size
 
 
 PAPER_COUNTS = {"hand expert head": "39M (Tab. 3 No.3)", "hand adapter": "27M (Sec. 4.1)",
                 "whole-body neck + heads":
-                "31M (Tab. 4 No.3): SMPLer-X's 30.88M less its hand regressor and face box, 1.65M", "body adapter": "37M (Sec. 4.1)"}
+                "31M (Tab. 4 No.3): SMPLer-X's 30.88M less its hand regressor and face box, 1.65M",
+                "body adapter": "37M (Sec. 4.1)"}
 
 
 def parameter_table(base_cfg=BASES_PAPER, cfg=PAPER):
@@ -1795,6 +1781,10 @@ def parameter_table(base_cfg=BASES_PAPER, cfg=PAPER):
             "whole-body encoder": (0, count(wb.encoder)),
             "whole-body neck + heads": (0, count(wb) - count(wb.encoder)),
             "body adapter": (count(model.body_adapter), 0)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Appendix E. Running it: latency (`--bench`), a photograph in (`--image`), `--params`, a demo, main
 
 
 @torch.no_grad()
@@ -1850,8 +1840,10 @@ def keypoint_hand_boxes(person, A):
 
 NPZ_DOCS = dict(
     verts="SMPL-X vertices, metres, the full image's camera frame (x right, y down, z forward); faces: the .obj's",
-    joints3d="SMPL-X's 55 joints, metres, the full image's camera frame", joints2d="those joints' pixels in the image (K)",
-    pose="SMPL-X pose, axis-angle: global orientation (camera frame), body 1-21, jaw, eyes, left hand 25-39, right 40-54",
+    joints3d="SMPL-X's 55 joints, metres, the full image's camera frame",
+    joints2d="those joints' pixels in the image (K)",
+    pose="SMPL-X pose, axis-angle: global orientation (camera frame), body 1-21, jaw, eyes, left hand 25-39, "
+         "right 40-54",
     shape="SMPL-X betas", expression="SMPL-X expression coefficients",
     translation="verts = SMPL-X(pose, shape, expression) + translation, metres",
     hand_boxes="the hand boxes (left, right) [x0, y0, x1, y1] image pixels: from --keypoints, else the model's",
@@ -1891,7 +1883,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="HMR-Adapter: a mesh from your image (--image), parameter counts, "
                                 "latency, or a demo of the pipeline.")
     p.add_argument("--params", action="store_true", help="trainable and frozen parameters per part at the paper's size")
-    p.add_argument("--bench", action="store_true", help="latency of the baseline and the adapted pipeline on this device")
+    p.add_argument("--bench", action="store_true",
+                   help="latency of the baseline and the adapted pipeline on this device")
     p.add_argument("--config", default="tiny", help="tiny | paper (for --bench and the demo; default tiny)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per pipeline for --bench (default 10)")
     bodymodels.add_demo_arguments(p, "hmr_adapter")
@@ -1903,7 +1896,8 @@ def main(argv=None):
     base_cfg, cfg = BASE_CONFIGS[args.config], CONFIGS[args.config]
     if args.params:
         for part, (trainable, frozen) in parameter_table().items():
-            print(f"{part:26s} trainable {trainable / 1e6:8.2f}M  frozen {frozen / 1e6:8.2f}M  paper: {PAPER_COUNTS.get(part, '-')}")
+            print(f"{part:26s} trainable {trainable / 1e6:8.2f}M  frozen {frozen / 1e6:8.2f}M  "
+                  f"paper: {PAPER_COUNTS.get(part, '-')}")
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.bench:
@@ -1919,7 +1913,8 @@ def main(argv=None):
         out = model.bases.whole_body(image)
         print({k: tuple(v.shape) for k, v in out.items()})
         verts, joints, boxes = pipeline(model, image, adapted=True)
-    print(f"adapted pipeline: SMPL-X verts {tuple(verts.shape)}, joints {tuple(joints.shape)}, hand boxes {boxes[0].tolist()}")
+    print(f"adapted pipeline: SMPL-X verts {tuple(verts.shape)}, joints {tuple(joints.shape)}, "
+          f"hand boxes {boxes[0].tolist()}")
     print("train it: torchrun --standalone --nproc_per_node=2 train.py --model hmr_adapter")
 
 
