@@ -352,7 +352,8 @@ def test_methods_trainable_parameters_at_paper_size_are_tables_3_and_4s():
     assert 39 < trainable(hand_method="head")[0] < 40  # No.3: 39M
     assert 39 < trainable(hand_method="concat")[0] < 40  # No.4: 39M (the head and a Linear(6 -> 1280))
     assert 26 < trainable(hand_method="image")[0] < 28 and 26 < trainable()[0] < 28  # No.5, No.6: 27M
-    assert 660 < trainable(body_method="full")[1] < 663  # No.1, No.2: 662M (ours: SMPLer-X less its hand regressor, face box)
+    # No.1, No.2: 662M (ours: SMPLer-X less its hand regressor, face box)
+    assert 660 < trainable(body_method="full")[1] < 663
     assert 29 < trainable(body_method="head")[1] < 31  # No.3: 31M (the same 1.65M less)
     assert 35 < trainable(body_method="task_tokens")[1] < 38 and 35 < trainable()[1] < 38  # No.5, No.6: 37M
 
@@ -373,7 +374,8 @@ def test_fine_tuned_copies_and_concatenation_start_at_the_frozen_models(bases, b
             assert torch.equal(got, want)
     out = bases.whole_body(batch["image"])
     rois, joints = bases.whole_body.hands(out["feature_map"], out["boxes"], batch["image"].shape[-2:])
-    regressor = copy.deepcopy(bases.whole_body.body_regressor)  # readouts that read their input (the stand-ins' start at 0)
+    # readouts that read their input (the stand-ins' start at 0)
+    regressor = copy.deepcopy(bases.whole_body.body_regressor)
     for layer in (regressor.root_pose_out[0], regressor.body_pose_out[0]):
         torch.nn.init.normal_(layer.weight, std=0.01)
     token = out["body_tokens"][:, 0]  # shape and camera tokens: not read by theta_0
@@ -520,7 +522,8 @@ def test_frozen_cache_serves_each_sample_as_computed_alone(bases, batch):
     again = model.frozen_inputs({k: v[order] for k, v in indexed.items()})
     hook.remove()
     assert not calls and all(torch.equal(again[name], first[name][order]) for name in first)
-    assert not ha.PAPER.cache_frozen and ha.Adapted(dataclasses.replace(ha.TINY, cache_frozen=False), bases).frozen_cache is None
+    assert not ha.PAPER.cache_frozen
+    assert ha.Adapted(dataclasses.replace(ha.TINY, cache_frozen=False), bases).frozen_cache is None
 
 
 @pytest.fixture(scope="module")
@@ -630,7 +633,8 @@ def test_released_hamer_and_smplerx_weights_load_strictly_at_paper_size():
     mapped = ha.smplerx_state_dict({"network": smplerx})
     bodymodels.load_state_strict(bases.whole_body, mapped, "smplerx")
     # what the mappings leave out: HaMeR's adversary and MANO buffers; SMPLer-X's hand regressor and face box
-    assert {k.split(".")[0] for k in set(hamer) - set(ha.hamer_state_dict(hamer))} == {"discriminator", "mano", "initialized"}
+    assert ({k.split(".")[0] for k in set(hamer) - set(ha.hamer_state_dict(hamer))}
+            == {"discriminator", "mano", "initialized"})
     dropped = {k.removeprefix("module.") for k in smplerx} - set(mapped)
     assert {".".join(k.split(".")[:2]) for k in dropped} == {"hand_regressor.hand_conv", "hand_regressor.hand_pose_out",
                                                             "box_net.face_size"}
@@ -643,7 +647,8 @@ def test_released_files_round_trip_into_the_bases_and_pickled_objects_are_refuse
     hamer = dict(bases.hand_expert.state_dict(), initialized=torch.tensor(True), **{"discriminator.w": torch.zeros(1)})
     smplerx = {}
     for k, v in bases.whole_body.state_dict().items():
-        if k.startswith(("body_regressor.root_pose_out.", "body_regressor.body_pose_out.", "face_regressor.jaw_pose_out.")):
+        if k.startswith(("body_regressor.root_pose_out.", "body_regressor.body_pose_out.",
+                         "face_regressor.jaw_pose_out.")):
             v = v.unflatten(0, (-1, 6))[:, [0, 3, 1, 4, 2, 5]].flatten(0, 1)  # the inverse of SMPLERX_6D
         if k.startswith("box_net.bbox_center."):
             v = torch.cat([v, torch.ones_like(v[:1])])  # + the face row
@@ -852,8 +857,8 @@ def test_image_command_writes_the_pipelines_mesh_in_the_full_image_camera(traine
     np.testing.assert_allclose(npz["verts"], npz["crop_verts"], atol=1e-5)
     np.testing.assert_allclose(npz["joints2d"], bodymodels.perspective_projection(
         torch.from_numpy(npz["joints3d"]), torch.from_numpy(npz["K"])).numpy(), atol=1e-6)
-    skinned, _ = bodymodels.Skinning(bodymodels.load_smplx())(torch.from_numpy(npz["pose"]), torch.from_numpy(npz["shape"]),
-                                                               torch.from_numpy(npz["expression"]))
+    skinned, _ = bodymodels.Skinning(bodymodels.load_smplx())(
+        torch.from_numpy(npz["pose"]), torch.from_numpy(npz["shape"]), torch.from_numpy(npz["expression"]))
     np.testing.assert_allclose(npz["verts"], skinned.numpy() + npz["translation"], atol=1e-4)
     v, f = bodymodels.read_obj(tmp_path / "person.obj")
     np.testing.assert_allclose(v.numpy(), npz["verts"], atol=1e-6)
@@ -869,7 +874,8 @@ def test_image_command_writes_the_pipelines_mesh_in_the_full_image_camera(traine
                                             ((300, 900), (500.0, 20.0, 620.0, 290.0))])
 def test_ground_truth_mesh_placed_in_the_full_image_covers_its_silhouette(render, image_hw, box):
     """A true mesh in the crop's camera (the held-out sample's), seen by that crop of a larger image, moved into
-    the full image's camera by `bodymodels.crop_translation_to_full`, covers the silhouette the crop's camera draws there."""
+    the full image's camera by `bodymodels.crop_translation_to_full`, covers the silhouette the crop's camera
+    draws there."""
     _, sample = render
     (H, W), crop_hw = image_hw, ha.BASES_TINY.image_size
     A = bodymodels.crop_matrix(*bodymodels.crop_box(box, crop_hw), crop_hw)
@@ -891,7 +897,8 @@ def test_ground_truth_mesh_placed_in_the_full_image_covers_its_silhouette(render
 
 def test_hand_keypoints_give_the_hand_boxes(trained, render, tmp_path, capsys):
     image, sample = render
-    kp = {s: torch.cat([sample[f"{s}_hand_joints2d"], torch.ones(21, 1)], 1).flatten().tolist() for s in ("left", "right")}
+    kp = {s: torch.cat([sample[f"{s}_hand_joints2d"], torch.ones(21, 1)], 1).flatten().tolist()
+          for s in ("left", "right")}
     person = {"keypoints": [0.0] * 51, "lefthand_kpts": kp["left"], "righthand_kpts": kp["right"]}
     (tmp_path / "kp.json").write_text(__import__("json").dumps({"annotations": [person]}))
     ckpt = trained / "hmr_adapter" / "ckpt.pt"
@@ -922,7 +929,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(trained, render, tmp
               "holds a 'hmr_adapter_bases' model; expected a checkpoint of stage 'hmr_adapter'"),
              (["--image", str(image), "--checkpoint", str(truncated)], "cut/hmr_adapter/ckpt.pt: not a readable")]
     for argv, expected in cases:
-        argv = argv + (["--checkpoint", str(ckpt)] if "--checkpoint" not in argv else []) + ["--out", str(tmp_path / "o")]
+        argv = (argv + (["--checkpoint", str(ckpt)] if "--checkpoint" not in argv else [])
+                + ["--out", str(tmp_path / "o")])
         code, out, err = demo(argv, capsys)
         assert (code, out, len(err)) == (2, [], 1), (argv, err)
         assert err[0].startswith("hmr_adapter.py: ") and expected in err[0], err
@@ -942,7 +950,8 @@ def test_grayscale_rgba_and_16_bit_images_are_read(trained, render, tmp_path, ca
     verts = {}
     for name, im in images.items():
         im.save(tmp_path / name)
-        code, out, err = demo(["--image", str(tmp_path / name), "--checkpoint", str(trained / "hmr_adapter" / "ckpt.pt"),
+        code, out, err = demo(["--image", str(tmp_path / name),
+                               "--checkpoint", str(trained / "hmr_adapter" / "ckpt.pt"),
                                "--out", str(tmp_path / "o")], capsys)
         assert code == 0 and len(out) == 3, (name, err)
         verts[name] = np.load(tmp_path / "o" / name.replace(".png", ".npz"))["verts"]

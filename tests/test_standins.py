@@ -137,7 +137,8 @@ def test_betas_change_bone_lengths_and_every_direction_changes_the_shape(standin
     betas[{"mano": 1, "smpl": 2, "smplx": 2}[kind]] = 2.0
     _, joints = forward(model, betas=betas)
     bone = {"mano": (2, 1), "smpl": (7, 4), "smplx": (7, 4)}[kind]  # index PIP-MCP, left ankle-knee
-    grown = np.linalg.norm(joints[bone[0]] - joints[bone[1]]) / np.linalg.norm(rest_joints[bone[0]] - rest_joints[bone[1]])
+    grown = (np.linalg.norm(joints[bone[0]] - joints[bone[1]])
+             / np.linalg.norm(rest_joints[bone[0]] - rest_joints[bone[1]]))
     assert grown > 1.05
 
 
