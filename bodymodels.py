@@ -966,7 +966,7 @@ def solve_translation(points, uv, K, weights=None, min_depth=0.01):
         rhs.append((d * X[:, 2] - f * X[:, a]) * w)
     t = torch.linalg.lstsq(torch.cat(rows), torch.cat(rhs)[:, None]).solution[:, 0]
     if (X[:, 2] + t[2]).min() < min_depth:
-        spread = lambda p: (w[:, None] * (p - p.mean(0)).norm(dim=-1, keepdim=True)).sum() / w.sum()  # noqa: E731
+        spread = lambda p: (w[:, None] * (p - p.mean(0)).norm(dim=-1, keepdim=True)).sum() / w.sum()
         tz = K[0, 0] * spread(X[:, :2]) / spread(uv).clamp_min(1e-9) - X[:, 2].mean()  # f x 3D spread / 2D spread
         tz = tz.clamp_min(min_depth - X[:, 2].min())
         rays = (uv - K[:2, 2]) / K[[0, 1], [0, 1]]  # (N, 2): (x / z, y / z) of each point's ray

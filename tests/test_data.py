@@ -939,7 +939,7 @@ def write_wholebody_npz(folder, count=3, size=(64, 48)):
     K[:, 0, 2] += ox
     K[:, 1, 2] += oy
     box = np.array([ox + W / 2 - W / 2.5, oy + H / 2 - H / 2.5, ox + W / 2 + W / 2.5, oy + H / 2 + H / 2.5])
-    stack = lambda key: np.stack([s[key].double().numpy() for s in samples])  # noqa: E731
+    stack = lambda key: np.stack([s[key].double().numpy() for s in samples])
     arrays = dict(imgname=np.asarray(imgname), smplx_pose=stack("smplx_pose"), smplx_shape=stack("smplx_shape"),
                   smplx_expression=stack("smplx_expression"), transl=stack("cam_t"), K=K, bbox=np.tile(box, (count, 1)),
                   left_hand_box=stack("left_hand_box") + shift, right_hand_box=stack("right_hand_box") + shift,

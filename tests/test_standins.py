@@ -210,7 +210,7 @@ def test_left_mano_is_the_mirror_image_of_the_right(standins):
 
 
 def test_hand_pca_components_are_orthonormal_and_the_first_curls_the_fingers(standins):
-    model = bm.load_mano(bm.write_standins(), use_pca=True, num_pca_comps=45, dtype=torch.float64)
+    bm.load_mano(bm.write_standins(), use_pca=True, num_pca_comps=45, dtype=torch.float64)  # smplx reads them
     comps = bm._standin_hand()["hands_components"]
     np.testing.assert_allclose(comps @ comps.T, np.eye(45), atol=1e-10)
     # positive first component: every finger joint flexes (rotation about -z)
