@@ -3,11 +3,17 @@ geometry of crops, RoI-align, arm chains and IK, parameter counts at the paper's
 evaluation protocol, and a one-batch overfit per adapter."""
 import copy
 import dataclasses
+import math
+import os
+import subprocess
+import sys
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import bodymodels
 import data
@@ -35,6 +41,17 @@ def random_rotations(n, seed):
     return axis_angle_to_matrix(torch.randn(n, 3, generator=g, dtype=torch.float64))
 
 
+def eq3_at_init(head, hand_tokens, context):
+    """Eq. 3 with SA' = SA and CA' = CA (the adapter's copies at initialisation), written with the
+    frozen head's own blocks: Z <- Z + SA(Z); Z <- Z + CA(Z, F^H) + CA(Z, context); Z <- Z + FF(Z)."""
+    z = head.transformer.start(len(hand_tokens))
+    for sa, ca, ff in head.transformer.transformer.layers:
+        z = z + sa(z)
+        z = z + ca(z, hand_tokens) + ca(z, context)
+        z = z + ff(z)
+    return head.readout(z)
+
+
 # ---------------------------------------------------------------------------------------------
 # adapters at initialisation
 
@@ -51,12 +68,15 @@ def test_hand_adapter_copies_share_no_storage_and_differ_from_the_head_at_scale_
     head = bases.hand_expert.mano_head
     adapter = ha.HandAdapter(head, body=True)
     for (sa, ca, _), sa2, ca2 in zip(head.transformer.transformer.layers, adapter.sa, adapter.ca):
-        for frozen, copy in ((sa, sa2), (ca, ca2)):
-            for (name, p), (_, q) in zip(frozen.named_parameters(), copy.named_parameters()):
+        for frozen, copied in ((sa, sa2), (ca, ca2)):
+            for (name, p), (_, q) in zip(frozen.named_parameters(), copied.named_parameters()):
                 assert torch.equal(p, q) and p.data_ptr() != q.data_ptr(), name
     tokens = torch.randn(2, 48, 64)
-    # Eq. 3 adds CA' on top of CA: with copied weights the output moves even for a zero body pose
-    assert not torch.allclose(adapter(head, tokens, torch.zeros(2, 8, 6))[0], head(tokens)[0])
+    # Eq. 3 adds CA' on top of CA: with copied weights even a zero body pose adds CA(Z, F^B), where
+    # F^B = 0 W_B + b + E = b + E
+    context = (adapter.body_embed.bias + adapter.joint_embed).expand(2, -1, -1)
+    for got, want in zip(adapter(head, tokens, torch.zeros(2, 8, 6)), eq3_at_init(head, tokens, context)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_no_body_control_at_init_doubles_each_blocks_cross_attention(bases):
@@ -86,7 +106,18 @@ def test_arm_tokens_are_told_apart_by_the_joint_embedding(bases):
     head = bases.hand_expert.mano_head
     adapter = ha.HandAdapter(head, body=True)
     tokens, chain = torch.randn(1, 48, 64), torch.randn(1, 8, 6)
-    assert not torch.allclose(adapter(head, tokens, chain)[0], adapter(head, tokens, chain.flip(1))[0])
+    E = adapter.joint_embed.detach().clone()
+    assert len({tuple(row.tolist()) for row in E[0]}) == 8  # each joint its own embedding E_j
+    # CA' has no positions of its own: without E a reversed chain is the same set of tokens, the same output
+    with torch.no_grad():
+        adapter.joint_embed.zero_()
+        for got, want in zip(adapter(head, tokens, chain.flip(1)), adapter(head, tokens, chain)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        adapter.joint_embed.copy_(E)
+    # with E, token j is theta_j W_B + b + E_j whatever the order: a reversed chain is read as such
+    reversed_tokens = adapter.body_embed(chain.flip(1)) + E
+    for got, want in zip(adapter(head, tokens, chain.flip(1)), eq3_at_init(head, tokens, reversed_tokens)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,18 +177,25 @@ def test_arm_chains_local_are_the_joints_own_rotations_global_their_products_end
         ha.arm_chains(R, "world")
 
 
-def test_chain_field_builds_both_readings_and_paper_reads_local_rotations(bases, batch):
+def test_chain_field_builds_both_readings_and_paper_reads_local_rotations(bases, batch, monkeypatch):
     assert ha.PAPER.chain == "local" and ha.TINY.chain == "global"
     assert ha.PAPER.body_loss_hands and ha.TINY.body_loss_hands  # Eq. 7 over the whole-body joints, as SMPLer-X
     cfg = train.apply_overrides(ha.TINY, ["chain=local"])
     assert cfg.chain == "local"
-    losses = {}
+    arm_chains, read = ha.arm_chains, []
+    monkeypatch.setattr(ha, "arm_chains",
+                        lambda R, chain="global", **kw: read.append(chain) or arm_chains(R, chain, **kw))
+    losses, models = {}, {}
     for name in ("local", "global"):
         torch.manual_seed(0)
-        model = ha.Adapted(dataclasses.replace(ha.TINY, chain=name, hand_only_prob=0.0), bases)
-        losses[name] = model(batch)[1]
-    # the hand adapter reads another chain; the control and the body adapter read none
-    assert not torch.allclose(losses["local"]["hand_3d"], losses["global"]["hand_3d"])
+        models[name] = ha.Adapted(dataclasses.replace(ha.TINY, chain=name, hand_only_prob=0.0), bases)
+        losses[name] = models[name](batch)[1]
+    assert read == ["local", "global"]  # the hand adapter reads the chain its config names ...
+    # ... and nothing else differs: the "global" model fed the local chains scores the "local" model's loss
+    monkeypatch.setattr(ha, "arm_chains", lambda R, chain="global", **kw: arm_chains(R, "local", **kw))
+    torch.manual_seed(0)
+    torch.testing.assert_close(models["global"](batch)[1]["hand_3d"], losses["local"]["hand_3d"])
+    # the control and the body adapter read no chain
     assert torch.equal(losses["local"]["no_body"], losses["global"]["no_body"])
 
 
@@ -296,7 +334,7 @@ def test_parameter_counts_at_paper_size():
         expert = ha.HandExpert(ha.BASES_PAPER)
         hand_adapter = ha.HandAdapter(expert.mano_head)
         body_adapter = ha.BodyAdapter(ha.PAPER, 1280)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(expert.mano_head) == 39_497_837  # HaMeR's head (Table 3 No.3: "39M")
     assert count(expert.backbone) == 630_912_000  # ViT-H with pos_embed (1, 193, 1280)
     # 6 x (SA + CA) copies with their LayerNorms and output projections + Linear(6 -> 1280) + 8 x 1280
@@ -382,10 +420,28 @@ def test_fine_tuned_copies_and_concatenation_start_at_the_frozen_models(bases, b
     theta0 = regressor(out["body_tokens"], out["body_joints"], token, token)[0]
     inputs = (theta0, rois, joints[:, :, list(ha.MCP), :2], out["body_tokens"], out["body_joints"])
     torch.testing.assert_close(ha.FusedRegressor(ha.TINY, regressor, 64, "concat")(*inputs), theta0)  # MCP columns at 0
-    assert not torch.allclose(ha.FusedRegressor(ha.TINY, regressor, 64, "weighted_sum")(*inputs), theta0)
-    for how in ("concat", "weighted_sum"):  # the body feature reaches the head
-        fused = ha.FusedHead(head, 8, how)
-        assert not torch.allclose(fused(head, tokens, chain)[0], fused(head, tokens, chain.flip(1))[0])
+    # the weighted sum: the readouts read w_0 x + w_J f^J. With f^J = 0 and the moderator at w = (3/4, 1/4),
+    # that is 3/4 x, and the affine readouts give 3/4 theta_0 + 1/4 their bias
+    fused = ha.FusedRegressor(ha.TINY, regressor, 64, "weighted_sum")
+    with torch.no_grad():
+        for p in (fused.hand_embed.weight, fused.hand_embed.bias, fused.moderator[-1].weight):
+            p.zero_()
+        fused.moderator[-1].bias.copy_(torch.tensor([math.log(3.0), 0.0]))
+    bias = torch.cat([regressor.root_pose_out[0].bias, regressor.body_pose_out[0].bias]).view(1, -1, 6)
+    torch.testing.assert_close(fused(*inputs), 0.75 * theta0 + 0.25 * bias)
+    # the body feature reaches the head: concat, its tokens F^B = theta_b W_B + b + E join F^H as context ...
+    fused = ha.FusedHead(head, 8, "concat")
+    body_tokens = fused.body_embed(chain) + fused.joint_embed
+    for got, want in zip(fused(head, tokens, chain), head(torch.cat([tokens, body_tokens], 1))):
+        torch.testing.assert_close(got, want)
+    # ... weighted sum, every image token becomes w_H F^H + w_B f^B (the moderator set to w = (3/4, 1/4))
+    fused = ha.FusedHead(head, 8, "weighted_sum")
+    with torch.no_grad():
+        fused.moderator[-1].weight.zero_()
+        fused.moderator[-1].bias.copy_(torch.tensor([math.log(3.0), 0.0]))
+    mixed = 0.75 * tokens + 0.25 * fused.body_embed(chain.flatten(1))[:, None]
+    for got, want in zip(fused(head, tokens, chain), head(mixed)):
+        torch.testing.assert_close(got, want)
 
 
 def test_body_loss_over_the_hands_sees_the_wrists_rotation(batch):
@@ -567,7 +623,7 @@ def test_hamer_calibration_gives_hamers_sums_on_one_gpus_batch(bases, batch):
     R = bodymodels.rot6d_to_matrix(pose)
     verts, joints = ha.mano_mesh(R, betas)
     uv = bodymodels.project_to_crop(joints, bodymodels.weak_perspective_to_translation(cam))
-    rel = lambda p, q: p - q[:, :1]  # noqa: E731  wrist-relative
+    rel = lambda p, q: p - q[:, :1]  # wrist-relative
     cos = torch.nn.functional.cosine_similarity(R.flatten(-2), target["R"].flatten(-2), dim=-1)
     sums = dict(hand_3d=(rel(joints, joints) - rel(target["joints"], target["joints"])).abs().sum(),
                 hand_2d=(uv - target["uv"]).abs().sum(),
@@ -787,13 +843,6 @@ def test_smplerx_fixture_outputs_through_the_mapping():
 
 # ---------------------------------------------------------------------------------------------
 # `python hmr_adapter.py --image PATH`: a short-trained chain, a held-out render, bad input
-
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 

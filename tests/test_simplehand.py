@@ -176,15 +176,26 @@ def test_token_sampling_switch_changes_the_tokens():
     assert sh.MeshRegressor(dataclasses.replace(TINY, token_sampling="grid")).layers[0].upsample.in_features == 49
 
 
-def test_only_point_sampling_depends_on_the_keypoints():
+def test_only_point_sampling_depends_on_the_keypoints(monkeypatch):
     x = torch.rand(2, 3, 64, 64)
-    for sampling, token_nums, depends in [("point", (21, 84, 336), True), ("grid", (49, 84, 336), False),
-                                          ("global", (1, 84, 336), False)]:
+    for sampling, token_nums in [("grid", (49, 84, 336)), ("global", (1, 84, 336))]:
         model = tiny_model(dataclasses.replace(TINY, token_sampling=sampling, token_nums=token_nums)).eval()
         before = model(x)["verts"]
         with torch.no_grad():
             model.token_generator.keypoint_head.bias.add_(0.3)
-        assert (not torch.allclose(before, model(x)["verts"])) == depends, sampling
+        assert torch.equal(before, model(x)["verts"]), sampling  # moved keypoints: the same mesh, bit for bit
+    # point sampling reads the map at the keypoints: moving them (the head's logits + 0.3, so the points
+    # sigmoid(logit + 0.3)) gives the mesh of the unmoved model reading its map at those points
+    model = tiny_model(dataclasses.replace(TINY, token_sampling="point", token_nums=(21, 84, 336))).eval()
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        moved.token_generator.keypoint_head.bias.add_(0.3)
+        got = moved(x)["verts"]
+        read = sh.sample_points
+        monkeypatch.setattr(sh, "sample_points",
+                            lambda feature, uv, clamp=False: read(feature, torch.sigmoid(torch.logit(uv) + 0.3), clamp))
+        want = model(x)["verts"]
+    torch.testing.assert_close(got, want)
 
 
 def test_feature_upsample_switch_sets_the_sampled_resolution():
@@ -320,12 +331,25 @@ def test_position_embedding_switches_change_the_model():
     no_emb = dataclasses.replace(TINY, pos_embedding=False)  # Table 8, "w/o position emb"
     # emb_k: (n_k, c_in)
     assert sh.non_backbone_parameters(TINY) - sh.non_backbone_parameters(no_emb) == 21 * 64 + 84 * 96 + 168 * 48
-    # the sine encoding of the sampled map has no parameters; it changes the output
+    # the sine encoding of the sampled map has no parameters: the model without it, its map given
+    # `sine_position_encoding` by hand, is the model with it
     model = tiny_model().eval()
     no_sine = tiny_model(dataclasses.replace(TINY, sine_encoding=False)).eval()
     no_sine.load_state_dict(model.state_dict())
+
+    class PlusSine(nn.Module):
+        def __init__(self, upsample):
+            super().__init__()
+            self.upsample = upsample
+
+        def forward(self, feature):
+            x = self.upsample(feature)
+            return x + sh.sine_position_encoding(x.shape[2], x.shape[3], x.shape[1], x.device, x.dtype)
+
+    no_sine.token_generator.upsample = PlusSine(no_sine.token_generator.upsample)
     x = torch.rand(1, 3, 64, 64)
-    assert not torch.allclose(model(x)["verts"], no_sine(x)["verts"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["verts"], no_sine(x)["verts"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -748,7 +772,9 @@ def test_clamped_sampling_reads_points_outside_the_crop_at_its_border():
     outside = torch.tensor([[[1.3, -0.2], [-0.5, 0.5], [0.25, 2.0]]])
     border = torch.tensor([[[1.0, 0.0], [0.0, 0.5], [0.25, 1.0]]])
     torch.testing.assert_close(sh.sample_points(feature, outside, clamp=True), sh.sample_points(feature, border))
-    assert not torch.allclose(sh.sample_points(feature, outside), sh.sample_points(feature, border))
+    # unclamped, the points lie more than a cell outside the 6 x 5 map (x = u (w - 1), y = v (h - 1)):
+    # bilinear reads of the zero padding
+    assert torch.equal(sh.sample_points(feature, outside), torch.zeros(1, 3, 4))
 
 
 def test_official_config_is_paper_fastvit_with_the_official_codes_behaviours():
