@@ -2401,12 +2401,14 @@ def _unique_edges(faces):
 
 def _face_normals(verts, faces):
     """`face_normals` of numpy arrays: (F, 3), length = twice the area."""
-    return face_normals(torch.from_numpy(np.ascontiguousarray(verts)), torch.from_numpy(np.ascontiguousarray(faces))).numpy()
+    return face_normals(torch.from_numpy(np.ascontiguousarray(verts)),
+                        torch.from_numpy(np.ascontiguousarray(faces))).numpy()
 
 
 def _vertex_normals(verts, faces):
     """`vertex_normals` of numpy arrays: (V, 3), unit length."""
-    return vertex_normals(torch.from_numpy(np.ascontiguousarray(verts)), torch.from_numpy(np.ascontiguousarray(faces))).numpy()
+    return vertex_normals(torch.from_numpy(np.ascontiguousarray(verts)),
+                          torch.from_numpy(np.ascontiguousarray(faces))).numpy()
 
 
 def _edge_opposites(faces):
