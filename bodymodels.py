@@ -415,7 +415,8 @@ class Skinning:
         self.pose_mean = buffer("pose_mean") if hasattr(model, "pose_mean") else torch.zeros((), dtype=dtype)
         # J = J_reg (T + S beta) = J_reg T + (J_reg S) beta
         self.J_template = self.J_regressor @ self.v_template  # (J, 3)
-        self.J_shapedirs = torch.einsum("jv,vkl->jkl", self.J_regressor, self.shapedirs).reshape(-1, self.shapedirs.shape[-1])
+        self.J_shapedirs = torch.einsum("jv,vkl->jkl", self.J_regressor, self.shapedirs).reshape(
+            -1, self.shapedirs.shape[-1])
 
     def __call__(self, pose, betas, expression=None):
         """pose (..., J, 3) axis-angle, global orientation first; betas (..., L); expression (..., E)
@@ -594,7 +595,8 @@ def load_state_strict(module, state, source):
     shapes = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in state.items()
               if k in own and v.shape != own[k].shape]
     problems = [f"{what} {items[:8]}" + (f" and {len(items) - 8} more" if len(items) > 8 else "")
-                for what, items in (("unknown keys", unknown), ("missing keys", missing), ("wrong shapes", shapes)) if items]
+                for what, items in (("unknown keys", unknown), ("missing keys", missing), ("wrong shapes", shapes))
+                if items]
     if problems:
         raise ValueError(f"{source}: does not fit {type(module).__name__} (after the key mapping): "
                          + "; ".join(problems))
@@ -915,7 +917,8 @@ def crop_matrix(centre, size, out_hw, flip=False):
     a camera K of the full image becomes A @ K for the crop (a mirror also mirrors x)."""
     (cx, cy), (w, h), (H, W) = centre, size, out_hw
     sx, sy = W / w, H / h
-    A = torch.tensor([[sx, 0.0, -sx * (cx - w / 2)], [0.0, sy, -sy * (cy - h / 2)], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    A = torch.tensor([[sx, 0.0, -sx * (cx - w / 2)], [0.0, sy, -sy * (cy - h / 2)], [0.0, 0.0, 1.0]],
+                     dtype=torch.float64)
     if flip:
         A = torch.tensor([[-1.0, 0.0, W], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64) @ A
     return A
@@ -929,7 +932,8 @@ def warp_image(image, A, size, steps=None):
     bilinear read straddles the black outside); None = exact."""
     height, width = (size, size) if isinstance(size, int) else size
     h, w = image.shape[-2:]
-    if (h, w) == (height, width) and torch.equal(torch.as_tensor(A, dtype=torch.float64), torch.eye(3, dtype=torch.float64)):
+    if (h, w) == (height, width) and torch.equal(torch.as_tensor(A, dtype=torch.float64),
+                                                 torch.eye(3, dtype=torch.float64)):
         return image.clone()  # exactly the image (the resampling grid below is float32, off by ~1e-6)
     ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
                             torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
@@ -962,7 +966,7 @@ def solve_translation(points, uv, K, weights=None, min_depth=0.01):
         rhs.append((d * X[:, 2] - f * X[:, a]) * w)
     t = torch.linalg.lstsq(torch.cat(rows), torch.cat(rhs)[:, None]).solution[:, 0]
     if (X[:, 2] + t[2]).min() < min_depth:
-        spread = lambda p: (w[:, None] * (p - p.mean(0)).norm(dim=-1, keepdim=True)).sum() / w.sum()  # noqa: E731
+        spread = lambda p: (w[:, None] * (p - p.mean(0)).norm(dim=-1, keepdim=True)).sum() / w.sum()
         tz = K[0, 0] * spread(X[:, :2]) / spread(uv).clamp_min(1e-9) - X[:, 2].mean()  # f x 3D spread / 2D spread
         tz = tz.clamp_min(min_depth - X[:, 2].min())
         rays = (uv - K[:2, 2]) / K[[0, 1], [0, 1]]  # (N, 2): (x / z, y / z) of each point's ray
@@ -1015,7 +1019,8 @@ def read_obj(path):
             ids = [int(p.split("/")[0]) for p in parts[1:]]
             ids = [i - 1 if i > 0 else len(verts) + i for i in ids]
             faces += [[ids[0], ids[k], ids[k + 1]] for k in range(1, len(ids) - 1)]
-    return torch.tensor(verts, dtype=torch.float64).reshape(-1, 3), torch.tensor(faces, dtype=torch.int64).reshape(-1, 3)
+    return (torch.tensor(verts, dtype=torch.float64).reshape(-1, 3),
+            torch.tensor(faces, dtype=torch.int64).reshape(-1, 3))
 
 
 def write_npz(path, arrays, docs):
@@ -1135,11 +1140,13 @@ def read_train_checkpoint(path, stage):
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint; train one (torchrun train.py --model {stage}) or pass its path")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: a ViT-H file is not read into memory twice
+        # mmap: a ViT-H file is not read into memory twice
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # a truncated or foreign file: say which, without the unpickler's traceback
         raise InputError(f"{path}: not a readable train.py checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or "model_name" not in ckpt:
-        raise InputError(f"{path}: not a train.py checkpoint (expected a dict with 'model_name', 'model', 'config', ...)")
+        raise InputError(f"{path}: not a train.py checkpoint "
+                         "(expected a dict with 'model_name', 'model', 'config', ...)")
     if ckpt["model_name"] != stage:
         raise InputError(f"{path}: holds a {ckpt['model_name']!r} model; expected a checkpoint of stage {stage!r}")
     return ckpt
@@ -1159,7 +1166,8 @@ def load_stage_state(model, state, parent, path):
     unexpected = sorted(set(state) - set(model.state_dict()))
     missing = sorted(own - set(state))
     if missing or unexpected:
-        raise InputError(f"{path}: the weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise InputError(f"{path}: the weights do not fit the model: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.load_state_dict(state, strict=False)
 
 
@@ -2393,12 +2401,14 @@ def _unique_edges(faces):
 
 def _face_normals(verts, faces):
     """`face_normals` of numpy arrays: (F, 3), length = twice the area."""
-    return face_normals(torch.from_numpy(np.ascontiguousarray(verts)), torch.from_numpy(np.ascontiguousarray(faces))).numpy()
+    return face_normals(torch.from_numpy(np.ascontiguousarray(verts)),
+                        torch.from_numpy(np.ascontiguousarray(faces))).numpy()
 
 
 def _vertex_normals(verts, faces):
     """`vertex_normals` of numpy arrays: (V, 3), unit length."""
-    return vertex_normals(torch.from_numpy(np.ascontiguousarray(verts)), torch.from_numpy(np.ascontiguousarray(faces))).numpy()
+    return vertex_normals(torch.from_numpy(np.ascontiguousarray(verts)),
+                          torch.from_numpy(np.ascontiguousarray(faces))).numpy()
 
 
 def _edge_opposites(faces):

@@ -846,7 +846,8 @@ class SyntheticHands(torch.utils.data.Dataset):
         mirrored = torch.tensor([not s["is_right"] for s in samples])
         return _render(verts, self.scene_faces, torch.stack([s["K"] for s in samples]), S, color, looks["light"],
                        looks["ambient"], backgrounds, cull_backfaces=True, mirrored=mirrored,
-                       draw_on_background=True, zbuffer=_scratch_zbuffer(self, len(samples) * S * S))[0]  # into backgrounds
+                       draw_on_background=True,  # into backgrounds
+                       zbuffer=_scratch_zbuffer(self, len(samples) * S * S))[0]
 
     def _labels(self, indices):
         """The labels (all keys but image) of samples `indices`, a list of dicts, and their looks,
@@ -1248,8 +1249,8 @@ class SyntheticWholeBody(_SyntheticBodyBase):
 
     def __init__(self, num_samples, image_size=(256, 192), seed=0, augment=False, focal_length=5000.0,
                  vary_with_epoch=False, augment_config=None, pose_config=None, hand_pose_config=None,
-                 view_config=None, occlusion_prob=0.0, occlusion_cover=(0.4, 0.9), colors="clothes", background="random",
-                 model_dir=None):
+                 view_config=None, occlusion_prob=0.0, occlusion_cover=(0.4, 0.9), colors="clothes",
+                 background="random", model_dir=None):
         super().__init__(num_samples, seed, vary_with_epoch, model_dir)
         _check_look(type(self).__name__, colors, background, ("random", "flat"))
         self.colors, self.background = colors, background
@@ -1533,7 +1534,8 @@ class HMR2Npz(torch.utils.data.Dataset):
         """No augmentation: every epoch sees the same crops."""
 
     def box_size(self, index):
-        """bbox_size of image_dataset.py: the box grown to the ViT's aspect (expand_to_aspect_ratio), its larger side."""
+        """bbox_size of image_dataset.py: the box grown to the ViT's aspect (expand_to_aspect_ratio), its larger
+        side."""
         w, h = self.box_wh[index]
         H, W = self.image_hw
         return float(max(w, h * W / H, h, w * H / W))
@@ -1660,17 +1662,20 @@ class WholeBodyNpz(torch.utils.data.Dataset):
 
     def __init__(self, path, image_hw, enlarge=WHOLEBODY_BOX_ENLARGE, model_dir=None):
         self.path = pathlib.Path(path)
-        self.root, self.image_hw, self.enlarge, self.model_dir = self.path.parent, _image_hw(image_hw), enlarge, model_dir
+        self.root, self.image_hw = self.path.parent, _image_hw(image_hw)
+        self.enlarge, self.model_dir = enlarge, model_dir
         arrays = _label_arrays(self.path, "WholeBodyNpz", WHOLEBODY_REQUIRED, "a whole-body .npz: data.WholeBodyNpz")
         self.imgname = arrays["imgname"].astype(str)
         n = len(self.imgname)
         if self.imgname.ndim != 1:
-            raise ValueError(f"WholeBodyNpz: {self.path} key 'imgname' has shape {arrays['imgname'].shape}, expected (N,)")
+            raise ValueError(f"WholeBodyNpz: {self.path} key 'imgname' has shape {arrays['imgname'].shape}, "
+                             "expected (N,)")
         for key, row in WHOLEBODY_SHAPES.items():
             if key in arrays and arrays[key].shape != (n, *row):
                 raise ValueError(f"WholeBodyNpz: {self.path} key {key!r} has shape {arrays[key].shape}, "
                                  f"expected {(n, *row)}")
-        self.arrays = {key: torch.from_numpy(arrays[key].astype(np.float64)) for key in WHOLEBODY_SHAPES if key in arrays}
+        self.arrays = {key: torch.from_numpy(arrays[key].astype(np.float64))
+                       for key in WHOLEBODY_SHAPES if key in arrays}
         self.labeller = SyntheticWholeBody(1, self.image_hw, model_dir=model_dir)  # its model, rig and hand rules
 
     def __len__(self):
@@ -1952,7 +1957,8 @@ def draw_wholebody_predictions(path, eval_set, pred, gt, count=6):
             axes[0, col].plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="lime", lw=1,
                               ls="--" if occluded[i, s] else "-")
             if runs:
-                x0, y0, x1, y1 = pred[f"pipe_{runs[0]}_boxes"][i, s].tolist() if f"pipe_{runs[0]}_boxes" in pred else (0,) * 4
+                box_key = f"pipe_{runs[0]}_boxes"
+                x0, y0, x1, y1 = pred[box_key][i, s].tolist() if box_key in pred else (0,) * 4
                 axes[0, col].plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="red", lw=0.8)
         box = gt[f"{('left', 'right')[side]}_hand_box"][i]
         centre, half = (box[:2] + box[2:]) / 2, float(box[2] - box[0])
@@ -1979,7 +1985,8 @@ def draw_body_predictions(path, eval_set, pred, gt, count=6, prefix=""):
 
     count, faces = min(count, len(eval_set)), _faces("smpl")
     rows = [("image", None, None), ("true mesh", "verts", (0.35, 0.9, 0.35)),
-            ("predicted", prefix + "verts", (0.95, 0.35, 0.3)), ("refined with 2D keypoints", "refined_verts", (0.3, 0.5, 0.95))]
+            ("predicted", prefix + "verts", (0.95, 0.35, 0.3)),
+            ("refined with 2D keypoints", "refined_verts", (0.3, 0.5, 0.95))]
     rows = [r for r in rows if r[0] in ("image", "true mesh") or r[1] in pred]
     height, width = eval_set[0]["image"].shape[-2:]
     fig = Figure(figsize=(1.6 * count * width / height + 0.4, 1.7 * len(rows)), layout="constrained")
@@ -2401,8 +2408,10 @@ def action_prior():
     for m, joints in enumerate(ACTION_MODES.values()):
         for j, aa in joints.items():
             means[m, j - 1] = torch.tensor(aa, dtype=torch.float64)
-    std = ACTION_STD[0] + (ACTION_STD[1] - ACTION_STD[0]) * torch.rand(len(ACTION_MODES), 1, 21, 1, generator=g, dtype=torch.float64)
-    bases = torch.randn(len(ACTION_MODES), ACTION_RANK, 21, 3, generator=g, dtype=torch.float64) * std / math.sqrt(3 * ACTION_RANK)
+    std = ACTION_STD[0] + (ACTION_STD[1] - ACTION_STD[0]) * torch.rand(
+        len(ACTION_MODES), 1, 21, 1, generator=g, dtype=torch.float64)
+    bases = (torch.randn(len(ACTION_MODES), ACTION_RANK, 21, 3, generator=g, dtype=torch.float64)
+             * std / math.sqrt(3 * ACTION_RANK))
     return means, bases
 
 
@@ -2847,7 +2856,8 @@ def reference_rasterize(verts, faces, K, image_size):
     l0, l1, l2 = cross(p, b, c) / area, cross(p, c, a) / area, cross(p, a, b) / area  # (P, F) barycentric
     inside = (l0 >= 0) & (l1 >= 0) & (l2 >= 0)
     z = verts[:, 2].double()[faces]  # (F, 3)
-    inv_z = torch.where(inside, l0 / z[:, 0] + l1 / z[:, 1] + l2 / z[:, 2], torch.full_like(l0, -1.0))  # nearest = largest
+    # nearest = largest
+    inv_z = torch.where(inside, l0 / z[:, 0] + l1 / z[:, 1] + l2 / z[:, 2], torch.full_like(l0, -1.0))
     best = inv_z.argmax(1)
     face = torch.where(inside.any(1), best, torch.full_like(best, -1))
     margin = torch.stack([l0, l1, l2]).abs().amin(0).amin(1)  # (P,)

@@ -635,7 +635,8 @@ class MeanPoseBaseline:
             if key not in labels or tuple(labels[key].shape[1:]) != shape:
                 raise ValueError(f"MeanPoseBaseline: labels need {key} (n, {', '.join(map(str, shape))}); "
                                  f"got {tuple(labels[key].shape) if key in labels else 'no such key'}")
-        if "has_smpl_pose" in labels and (torch.as_tensor(labels["has_smpl_pose"]) > 0).any():  # real data: labelled rows
+        # real data: its labelled rows
+        if "has_smpl_pose" in labels and (torch.as_tensor(labels["has_smpl_pose"]) > 0).any():
             keep = torch.as_tensor(labels["has_smpl_pose"]) > 0
             labels = {k: torch.as_tensor(labels[k])[keep] for k in ("smpl_pose", "smpl_shape")}
         R = mean_rotations(bodymodels.axis_angle_to_matrix(torch.as_tensor(labels["smpl_pose"]).double()))

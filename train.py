@@ -130,14 +130,16 @@ MODELS = {
                         data_kinds=("synthetic", "freihand", "npz")),
     "genhmr_tokenizer": Stage(genhmr.TOKENIZER, data=data.body_pose_dataset, metrics=metrics.tokenizer_metrics,
                               baseline=functools.partial(metrics.MeanPoseBaseline, own_shape=True),
-                              picture=data.draw_pose_reconstructions, data_fields=(), train_samples=8192, data_kinds=BODY_KINDS),
+                              picture=data.draw_pose_reconstructions, data_fields=(), train_samples=8192,
+                              data_kinds=BODY_KINDS),
     "genhmr_backbone": Stage(genhmr.BACKBONE, data=data.body_dataset, metrics=metrics.body_metrics,
                              baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("regression_",)),
                              picture=functools.partial(data.draw_body_predictions, prefix="regression_"),
                              starts_from="genhmr_tokenizer", train_samples=16384, data_kinds=BODY_KINDS),
     "genhmr": Stage(genhmr, data=data.body_dataset, metrics=metrics.body_metrics,
                     baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("", "refined_")),
-                    picture=data.draw_body_predictions, starts_from="genhmr_backbone", train_samples=16384, data_kinds=BODY_KINDS),
+                    picture=data.draw_body_predictions, starts_from="genhmr_backbone", train_samples=16384,
+                    data_kinds=BODY_KINDS),
     "hmr_adapter_bases": Stage(hmr_adapter.BASES, data=data.wholebody_dataset, metrics=hmr_adapter.evaluation_metrics,
                                baseline=hmr_adapter.MeanPoseBaseline, picture=data.draw_wholebody_predictions,
                                train_samples=8192, data_kinds=WHOLEBODY_KINDS),
@@ -162,12 +164,15 @@ def parse_value(text, kind, current):
     like the current items when the annotation is a bare `tuple`)."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if kind is bool:
-        words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+        words = {"1": True, "true": True, "yes": True, "on": True,
+                 "0": False, "false": False, "no": False, "off": False}
         if text.lower() not in words:
             raise ValueError
         return words[text.lower()]
     if origin is typing.Union:  # Optional[X]: "none" or an X
-        return None if text.lower() == "none" else parse_value(text, next(a for a in args if a is not type(None)), current)
+        if text.lower() == "none":
+            return None
+        return parse_value(text, next(a for a in args if a is not type(None)), current)
     if origin is typing.Literal:
         if text not in map(str, args):
             raise ValueError
@@ -261,7 +266,8 @@ def build_dataset(name, cfg, split, num_samples, args, ranks):
     # reading the same data function with the same fields share it
     fields = {f: getattr(cfg, f) for f in stage.data_fields}
     version = hashlib.sha1((inspect.getsource(data) + repr(fields)).encode()).hexdigest()[:8]
-    cache = os.path.join(getattr(args, "cache", None) or os.path.join(args.out, "cache"), f"{stage.data.__name__}-{split}-n{num_samples}-seed{args.seed}-{version}.pt")
+    cache = os.path.join(getattr(args, "cache", None) or os.path.join(args.out, "cache"),
+                         f"{stage.data.__name__}-{split}-n{num_samples}-seed{args.seed}-{version}.pt")
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     if ranks.master and not os.path.exists(cache):
         print(f"rendering {num_samples} {split} samples into {cache} ({ranks.world_size} rank(s))")
@@ -276,7 +282,8 @@ def is_image_key(key):
 def to_device(batch, device):
     """The batch on `device`; on CUDA, images in channels_last (the layout cuDNN's fast kernels want)."""
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    return {k: v.to(device, non_blocking=True, memory_format=layout) if v.dim() == 4 else v.to(device, non_blocking=True)
+    return {k: v.to(device, non_blocking=True, memory_format=layout) if v.dim() == 4
+            else v.to(device, non_blocking=True)
             for k, v in batch.items()}
 
 
@@ -318,7 +325,8 @@ def gather_rows(x, n, ranks):
         return x
     m = -(-n // W)  # rows per rank after padding
     dtype = x.dtype
-    x = torch.cat([x, x.new_zeros(m - len(x), *x.shape[1:])]).to(ranks.device, torch.float64 if dtype == torch.bool else dtype)
+    x = torch.cat([x, x.new_zeros(m - len(x), *x.shape[1:])]).to(ranks.device,
+                                                                 torch.float64 if dtype == torch.bool else dtype)
     parts = [torch.empty_like(x) for _ in range(W)]
     dist.all_gather(parts, x)
     return torch.stack(parts, 1).flatten(0, 1)[:n].to("cpu", dtype)  # (m, W, ...): row k W + r
@@ -422,7 +430,8 @@ def trained_model(name, args, device):
 
 @torch.no_grad()
 def predict(paper, model, cfg, dataset, indices, batch_size, device, workers):
-    """Predictions and labels for dataset[indices], concatenated: ({key: (n, ...)}, {key: (n, ...)}, images left out)."""
+    """Predictions and labels for dataset[indices], concatenated: ({key: (n, ...)}, {key: (n, ...)}, images left
+    out)."""
     was_training = model.training
     model.eval()
     subset = torch.utils.data.Subset(dataset, list(indices))
@@ -440,7 +449,8 @@ def predict(paper, model, cfg, dataset, indices, batch_size, device, workers):
 
 def evaluate(stage, model, cfg, eval_set, baseline, args, ranks):
     """Metrics over the WHOLE held-out set (rank r predicts samples r, r + W, ...), and the same
-    metrics for the constant baseline (unless `baseline` is None). Returns (metrics, pred, gt) on rank 0, (None,) * 3 elsewhere."""
+    metrics for the constant baseline (unless `baseline` is None). Returns (metrics, pred, gt) on rank 0, (None,) * 3
+    elsewhere."""
     n, W = len(eval_set), ranks.world_size
     pred, gt = predict(stage.paper, model, cfg, eval_set, range(ranks.rank, n, W), max(1, cfg.batch_size // W),
                        ranks.device, args.workers)
@@ -459,7 +469,8 @@ def format_metrics(result):
     baseline's headline metric when there is one. Names with "/" (a paper's nested tables) print one line per group
     of their first two parts."""
     first = next(iter(result))
-    key = "baseline_" + first if "baseline_" + first in result else next((k for k in result if k.startswith("baseline_")), None)
+    key = ("baseline_" + first if "baseline_" + first in result
+           else next((k for k in result if k.startswith("baseline_")), None))
     flat, groups = [], {}
     for k, v in result.items():
         if k.startswith(("baseline_", "table_")):
@@ -552,7 +563,8 @@ def train(job, start_step, train_time, args, ranks):
     """Optimise from start_step to cfg.max_steps with periodic logs, evaluations and checkpoints.
     Returns the training time in seconds, including the time before a resume."""
     cfg, device, paper = job.cfg, ranks.device, job.stage.paper
-    sampler = StepBatches(len(job.train_set), cfg.batch_size, ranks.rank, ranks.world_size, args.seed, start_step, cfg.max_steps)
+    sampler = StepBatches(len(job.train_set), cfg.batch_size, ranks.rank, ranks.world_size, args.seed, start_step,
+                          cfg.max_steps)
     loader = torch.utils.data.DataLoader(EpochIndexed(job.train_set), batch_sampler=sampler, num_workers=args.workers,
                                          pin_memory=device.type == "cuda",
                                          generator=torch.Generator().manual_seed(args.seed))  # not the global RNG
@@ -602,7 +614,8 @@ def report(job, train_time, t_start, args, ranks):
                    eval_crop=crop, world_size=ranks.world_size, global_batch=cfg.batch_size, wall_time_s=wall_time,
                    train_time_s=train_time, **nest(result), metric_names=list(result),
                    config_values=dataclasses.asdict(cfg), history=job.history)
-    bodymodels.atomic_write(os.path.join(job.out, "metrics.json"), lambda f: f.write(json.dumps(summary, indent=1).encode()))
+    bodymodels.atomic_write(os.path.join(job.out, "metrics.json"),
+                            lambda f: f.write(json.dumps(summary, indent=1).encode()))
     job.stage.picture(os.path.join(job.out, "predictions.png"), job.eval_set, pred, gt)
     print(f"wrote {job.out}/metrics.json, {job.out}/predictions.png, {job.out}/ckpt.pt")
 
@@ -650,12 +663,14 @@ def build_job(name, config_name, cfg, parent, sizes, args, ranks):
     # fused: one kernel for all parameters (CPU and CUDA); on a 0.6M-parameter model 1.3 ms a step
     # on one core against 6.5 ms for the per-tensor loop
     scales, groups = zip(*param_groups(stage.paper, model, cfg))
-    optimizer = torch.optim.AdamW([dict(params=g) for g in groups], lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW([dict(params=g) for g in groups], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=True)
     t0 = time.time()
     train_set = build_dataset(name, cfg, "training", sizes[0] or stage.train_samples, args, ranks)
     eval_set = build_dataset(name, cfg, "evaluation", sizes[1] or stage.eval_samples, args, ranks)
     baseline = stage.baseline(data.labels(train_set)) if ranks.master else None
-    ranks.print0(f"data: {len(train_set)} training / {len(eval_set)} held-out samples ({args.data}), {time.time() - t0:.1f}s")
+    ranks.print0(f"data: {len(train_set)} training / {len(eval_set)} held-out samples ({args.data}), "
+                 f"{time.time() - t0:.1f}s")
     return Job(name, stage, cfg, model, model, parent, optimizer, list(scales), train_set, eval_set, baseline,
                stage_dir(name, args), config_name)
 
@@ -681,18 +696,21 @@ def run_stage(name, config_name, overrides, resume, sizes, args, ranks):
     seed_everything(args.seed + ranks.rank)  # seed offset: per-rank randomness (dropout) differs
     if ckpt is not None:
         start_step, job.history, train_time = restore(ckpt, job.model, parent, job.optimizer, ranks, path)
-        ranks.print0(f"resumed from {path} at step {start_step} ({len(ckpt['rng'])} rank(s) then, {ranks.world_size} now)")
+        ranks.print0(f"resumed from {path} at step {start_step} "
+                     f"({len(ckpt['rng'])} rank(s) then, {ranks.world_size} now)")
     if ranks.world_size > 1:
         # On a CPU with one thread per rank, gloo's all-reduce overlapping the backward pass fights it
         # for the core: DDP's default buckets made a 2-rank tiny step 203 ms, one bucket reduced after
         # the backward pass 137 ms (measured on a 2-core machine). GPUs keep the default overlap.
         one_bucket = {} if ranks.device.type == "cuda" else {"bucket_cap_mb": 1024}
-        job.model = DDP(job.model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None, **one_bucket)
+        job.model = DDP(job.model, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None,
+                        **one_bucket)
     trainable = sum(p.numel() for p in job.raw_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in job.raw_model.parameters())
     ranks.print0(f"{name} ({config_name}): {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trained | "
                  f"{ranks.world_size} rank(s) on {ranks.device.type}, {torch.get_num_threads()} thread(s) each | "
-                 f"global batch {cfg.batch_size} ({cfg.batch_size // ranks.world_size} per rank) | {cfg.max_steps} steps")
+                 f"global batch {cfg.batch_size} ({cfg.batch_size // ranks.world_size} per rank) | "
+                 f"{cfg.max_steps} steps")
     train_time = train(job, start_step, train_time, args, ranks)
     report(job, train_time, t_start, args, ranks)
     job.model = None  # release the DDP wrapper before the process group (FACTS: gloo teardown abort)
@@ -811,13 +829,15 @@ def check_ablation(args):
         fail(f"--ablation {args.ablation}: chosen row {table['chosen']!r} is not one of its rows {labels}")
     for label, factor in table["longer"].items():
         if label not in labels or table["inference"] or not factor > 0:
-            fail(f"--ablation {args.ablation}: longer[{label!r}] = {factor!r} needs a training row of {labels} and a factor > 0")
+            fail(f"--ablation {args.ablation}: longer[{label!r}] = {factor!r} needs a training row of {labels} "
+                 "and a factor > 0")
     own = config_fields(table["stage"], args.config)
     for label, fields, paper in table["rows"]:
         where = f"--ablation {args.ablation}, row {label!r}"
         if len(paper) != len(table["columns"]):
             fail(f"{where}: {len(paper)} paper figures for {len(table['columns'])} columns")
-        bad = sorted(set(fields) - own) if table["inference"] else [k for k in fields if field_owner(table, k, args) is None]
+        bad = (sorted(set(fields) - own) if table["inference"]
+               else [k for k in fields if field_owner(table, k, args) is None])
         if bad:
             fail(f"{where}: no config {'of ' + table['stage'] if table['inference'] else 'it trains'} has the "
                  f"field(s) {', '.join(bad)}")
@@ -846,7 +866,8 @@ def train_row(table, index, label, fields, args, ranks):
         steps = [f"max_steps={args.max_steps}"] if args.max_steps is not None else []
         cfg = apply_overrides(MODELS[name].paper.CONFIGS[args.config], steps + given[name])
         given[name] = given[name] + [f"max_steps={round(table['longer'][label] * cfg.max_steps)}"]
-    first = min([chain.index(field_owner(table, k, args)) for k in fields], default=len(chain) - 1)  # {}: the stage alone
+    # {}: the stage alone
+    first = min([chain.index(field_owner(table, k, args)) for k in fields], default=len(chain) - 1)
     folder = os.path.join(args.out, args.model, f"ablation_{args.ablation}", row_folder(index, label))
     row_args = argparse.Namespace(**{**vars(args), "out": folder, "reused": {s: args.out for s in chain[:first]}})
     ranks.print0(f"== {args.ablation} row {index} {label!r}: {' '.join(sum(given.values(), [])) or 'the config as is'}"
@@ -863,7 +884,8 @@ def score_rows(table, args, ranks):
     the held-out set with each row's config. Returns [{column: value}] on rank 0."""
     name = table["stage"]
     if not finished(args.out, name):
-        run_chain(name, stage_overrides(name, args.set, args), os.path.exists(os.path.join(args.out, name, "ckpt.pt")), args, ranks)
+        run_chain(name, stage_overrides(name, args.set, args), os.path.exists(os.path.join(args.out, name, "ckpt.pt")),
+                  args, ranks)
     ckpt = load_checkpoint(os.path.join(args.out, name, "ckpt.pt"), name, why="--ablation")
     cfg = type(MODELS[name].paper.CONFIGS[ckpt["config_name"]])(**ckpt["config"])
     model = trained_model(name, args, ranks.device)
@@ -896,8 +918,9 @@ def run_ablation(args, ranks):
 
 def write_ablation(table, scores, sources, args):
     """OUT/<model>/ablation_<table>.json (every row: overrides, our figures, the paper's) and .md (one table)."""
-    rows = [dict(label=label, overrides=fields, steps_factor=table["longer"].get(label, 1), chosen=label == table["chosen"],
-                 folder=source, ours=score, paper=dict(zip([c for c, _ in table["columns"]], paper)))
+    rows = [dict(label=label, overrides=fields, steps_factor=table["longer"].get(label, 1),
+                 chosen=label == table["chosen"], folder=source, ours=score,
+                 paper=dict(zip([c for c, _ in table["columns"]], paper)))
             for (label, fields, paper), score, source in zip(table["rows"], scores, sources)]
     facts = dict(model=args.model, table=args.ablation, caption=table["caption"], stage=table["stage"],
                  inference=table["inference"], config=args.config, set=args.set, max_steps=args.max_steps,
@@ -916,7 +939,8 @@ def write_ablation(table, scores, sources, args):
         label = f"**{row['label']}**" if row["chosen"] else row["label"]
         fields = [override_text(k, v) for k, v in row["overrides"].items()]
         fields = ", ".join(fields + [f"{row['steps_factor']} x the steps"] * (row["steps_factor"] != 1)) or "-"
-        cells = [f"{row['ours'][c]:.2f} | {'-' if row['paper'][c] is None else row['paper'][c]}" for c, _ in table["columns"]]
+        cells = [f"{row['ours'][c]:.2f} | {'-' if row['paper'][c] is None else row['paper'][c]}"
+                 for c, _ in table["columns"]]
         lines.append(f"| {label} | {fields} | " + " | ".join(cells) + " |")
     bodymodels.atomic_write(base + ".md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     print(f"wrote {base}.md, {base}.json")
@@ -934,18 +958,33 @@ def parse_args(argv=None):
                    help="synthetic | ambiguous (GenHMR) | KIND:PATH, the kinds the stage "
                    "reads (default: synthetic)")
     p.add_argument("--out", default="out", help="output folder; each stage writes to OUT/<stage> (default: out)")
-    p.add_argument("--max-steps", type=int, default=None, help="optimisation steps of --model; also caps the stages it starts from that run here (default: each config's max_steps)")
-    p.add_argument("--ckpt-every", type=int, default=200, help="write the checkpoint every this many steps, and at the end (default: 200)")
-    p.add_argument("--eval-every", type=int, default=1000, help="evaluate on the held-out split every this many steps, and at the end (default: 1000; 0: only at the end)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="optimisation steps of --model; also caps the stages it starts from that run here "
+                   "(default: each config's max_steps)")
+    p.add_argument("--ckpt-every", type=int, default=200,
+                   help="write the checkpoint every this many steps, and at the end (default: 200)")
+    p.add_argument("--eval-every", type=int, default=1000,
+                   help="evaluate on the held-out split every this many steps, and at the end "
+                   "(default: 1000; 0: only at the end)")
     p.add_argument("--log-every", type=int, default=20, help="one log line every this many steps (default: 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data order, the synthetic data and the initial weights (default: 0)")
-    p.add_argument("--resume", action="store_true", help="continue OUT/<model>/ckpt.pt: weights, optimiser, step, RNG states, data position")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, parsed by its type (repeatable), e.g. --set lr=1e-3: for --model and each stage it starts from that runs here, where its config has the field")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the data order, the synthetic data and the initial weights (default: 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue OUT/<model>/ckpt.pt: weights, optimiser, step, RNG states, data position")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, parsed by its type (repeatable), e.g. --set lr=1e-3: for --model "
+                   "and each stage it starts from that runs here, where its config has the field")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto, cuda when available)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank (default: 0)")
-    p.add_argument("--train-samples", type=int, default=None, help="size of the synthetic training set, rendered once, for --model and the stages it starts from that run here (default: each stage's)")
-    p.add_argument("--eval-samples", type=int, default=None, help="size of the synthetic held-out set, as --train-samples (default: each stage's)")
-    p.add_argument("--ablation", default=None, metavar="TABLE", help="train (or, for inference-only rows, score) each row of the paper's ablation table TABLE (its ABLATIONS, e.g. table5) and write OUT/<model>/ablation_TABLE.md and .json; a stopped run resumes where it was")
+    p.add_argument("--train-samples", type=int, default=None,
+                   help="size of the synthetic training set, rendered once, for --model and the stages it starts "
+                   "from that run here (default: each stage's)")
+    p.add_argument("--eval-samples", type=int, default=None,
+                   help="size of the synthetic held-out set, as --train-samples (default: each stage's)")
+    p.add_argument("--ablation", default=None, metavar="TABLE",
+                   help="train (or, for inference-only rows, score) each row of the paper's ablation table TABLE "
+                   "(its ABLATIONS, e.g. table5) and write OUT/<model>/ablation_TABLE.md and .json; a stopped run "
+                   "resumes where it was")
     return p.parse_args(argv)
 
 
@@ -969,7 +1008,8 @@ def check_args(args):
     elif kind not in data.RENDERED_KINDS and not os.path.isdir(path):
         fail(f"--data {args.data}: folder {path!r} does not exist; expected the dataset's root folder")
     if args.model.startswith("hmr_adapter"):
-        try:  # the face and hand metrics' vertex ids ($HMR_FLAME_VERTEX_IDS, ...): a bad file fails now, not after training
+        # the face and hand metrics' vertex ids ($HMR_FLAME_VERTEX_IDS, ...): a bad file fails now, not after training
+        try:
             hmr_adapter.face_vertex_ids(), hmr_adapter.hand_vertex_ids()
         except (FileNotFoundError, ValueError) as e:
             fail(str(e).splitlines()[0])

@@ -298,7 +298,8 @@ def test_freihand_names_follow_from_mano_names_and_the_reorder():
     names = bm.MANO_JOINT_NAMES + tips
     assert tuple(names[i] for i in bm.MANO_TO_FREIHAND) == bm.FREIHAND_JOINT_NAMES
     assert sorted(bm.MANO_TO_FREIHAND) == list(range(21))
-    assert {f: bm.MANO_JOINT_NAMES[j] for f, j in bm.MANO_MCP_JOINTS.items()} == {f: f"{f}1" for f in bm.MANO_MCP_JOINTS}
+    assert ({f: bm.MANO_JOINT_NAMES[j] for f, j in bm.MANO_MCP_JOINTS.items()}
+            == {f: f"{f}1" for f in bm.MANO_MCP_JOINTS})
 
 
 @pytest.mark.parametrize("parents, names", [
@@ -371,7 +372,8 @@ def test_lbs_and_skinning_agree_with_smplx(kind, dtype, atol):
     assert torch.allclose(verts, out.vertices, atol=atol) and torch.allclose(joints, out.joints[:, :J], atol=atol)
     verts, joints = bm.Skinning(model, dtype)(pose.view(5, 1, J, 3), betas.view(5, 1, 10))  # leading dims (5, 1)
     assert verts.shape == (5, 1, model.v_template.shape[0], 3)
-    assert torch.allclose(verts[:, 0], out.vertices, atol=atol) and torch.allclose(joints[:, 0], out.joints[:, :J], atol=atol)
+    assert torch.allclose(verts[:, 0], out.vertices, atol=atol)
+    assert torch.allclose(joints[:, 0], out.joints[:, :J], atol=atol)
 
 
 def test_skinning_of_a_sample_does_not_depend_on_its_batch():
@@ -723,7 +725,8 @@ def test_attached_hands_are_the_mano_meshes_they_came_from():
     smplx = bm.Skinning(bm.load_smplx(), torch.float32, per_sample=False)
     hand_R = bm.axis_angle_to_matrix(0.5 * torch.randn(3, 2, 16, 3, generator=g)).float()  # (B, 2 sides, 16, 3, 3)
     body = bm.axis_angle_to_matrix(0.5 * torch.randn(3, 22, 3, generator=g)).float()
-    hands = {side: dict(global_orient=hand_R[:, i, :1], hand_pose=hand_R[:, i, 1:]) for i, side in enumerate(("left", "right"))}
+    hands = {side: dict(global_orient=hand_R[:, i, :1], hand_pose=hand_R[:, i, 1:])
+             for i, side in enumerate(("left", "right"))}
     R = bm.attach_hands(body, hands, frames)
     verts, joints = smplx(bm.matrix_to_axis_angle(R), torch.zeros(3, 10), torch.zeros(3, 10))
     mirror = torch.tensor([-1.0, 1.0, 1.0])
@@ -735,7 +738,8 @@ def test_attached_hands_are_the_mano_meshes_they_came_from():
         # at rest, SMPL-X's hand is MANO's turned by R_off and moved: find each MANO vertex in it
         mcp = bm.SMPLX_HAND_JOINTS[side][bm.MANO_MCP_JOINTS["middle"]]
         body_rest = smplx.J_template[mcp].double()
-        moved = (mano_rest - (mano.J_template[bm.MANO_MCP_JOINTS["middle"]].double() * (mirror if side == "left" else 1))) @ STANDIN_R_OFF.T + body_rest
+        middle_mcp = mano.J_template[bm.MANO_MCP_JOINTS["middle"]].double() * (mirror if side == "left" else 1)
+        moved = (mano_rest - middle_mcp) @ STANDIN_R_OFF.T + body_rest
         distance, match = torch.cdist(moved, smplx.v_template.double()).min(1)
         assert distance.max() < 1e-6
         # posed: the same vertices, relative to the middle finger's knuckle
@@ -755,7 +759,8 @@ def test_fit_mano_recovers_the_parameters_of_mano_meshes(seed, left):
     g = torch.Generator().manual_seed(seed)
     mano = bm.load_mano()
     skin = bm.Skinning(mano, per_sample=False)
-    pose = torch.cat([2 * torch.randn(3, 1, 3, generator=g, **DOUBLE), 0.6 * torch.randn(3, 15, 3, generator=g, **DOUBLE)], 1)
+    pose = torch.cat([2 * torch.randn(3, 1, 3, generator=g, **DOUBLE),
+                      0.6 * torch.randn(3, 15, 3, generator=g, **DOUBLE)], 1)
     betas, transl = torch.randn(3, 10, generator=g, **DOUBLE), 0.2 * torch.randn(3, 3, generator=g, **DOUBLE)
     verts = skin(pose, betas)[0]
     verts = verts * torch.tensor([-1.0, 1.0, 1.0], **DOUBLE) if left else verts
@@ -763,7 +768,9 @@ def test_fit_mano_recovers_the_parameters_of_mano_meshes(seed, left):
     fit = bm.fit_mano(verts.view(3, 1, 778, 3), mano, left=left)
     assert fit["hand_pose"].shape == (3, 1, 15, 3) and fit["error"].shape == (3, 1)
     assert fit["error"].max() < 1e-6 and (fit["verts"] - verts[:, None]).norm(dim=-1).mean() < 1e-6
-    torch.testing.assert_close(bm.axis_angle_to_matrix(fit["hand_pose"][:, 0]), bm.axis_angle_to_matrix(pose[:, 1:]), atol=1e-6, rtol=0)
-    torch.testing.assert_close(bm.axis_angle_to_matrix(fit["global_orient"][:, 0]), bm.axis_angle_to_matrix(pose[:, 0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(bm.axis_angle_to_matrix(fit["hand_pose"][:, 0]), bm.axis_angle_to_matrix(pose[:, 1:]),
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(bm.axis_angle_to_matrix(fit["global_orient"][:, 0]), bm.axis_angle_to_matrix(pose[:, 0]),
+                               atol=1e-6, rtol=0)
     torch.testing.assert_close(fit["betas"][:, 0], betas, atol=1e-6, rtol=0)
     torch.testing.assert_close(fit["transl"][:, 0], transl, atol=1e-9, rtol=0)

@@ -1,6 +1,6 @@
-"""Tests for data.py: the renderer against the brute-force z-buffer `data.reference_rasterize`, projection consistency of every
-dataset before and after augmentation, determinism by index, real-data loaders on fixture folders
-built here in the official layouts, and DataLoader / pickling behaviour."""
+"""Tests for data.py: the renderer against the brute-force z-buffer `data.reference_rasterize`, projection
+consistency of every dataset before and after augmentation, determinism by index, real-data loaders on
+fixture folders built here in the official layouts, and DataLoader / pickling behaviour."""
 import math
 import os
 import pickle
@@ -640,7 +640,8 @@ def test_action_prior_faces_the_camera_within_a_quarter_turn(seed):
     R = data.sample_action_body(torch.Generator().manual_seed(seed))
     assert R.shape == (22, 3, 3)
     torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(R))
-    front, up = R[0] @ torch.tensor([0.0, 0, 1], dtype=torch.float64), R[0] @ torch.tensor([0.0, 1, 0], dtype=torch.float64)
+    front = R[0] @ torch.tensor([0.0, 0, 1], dtype=torch.float64)
+    up = R[0] @ torch.tensor([0.0, 1, 0], dtype=torch.float64)
     assert front[2] < math.sin(math.radians(50)) and up[1] < -math.cos(math.radians(50))
     assert matrix_to_axis_angle(R[1:]).norm(dim=-1).max() <= 2.0 + 1e-9
 
@@ -655,8 +656,9 @@ def test_action_prior_modes_and_their_spread():
     rng = torch.Generator().manual_seed(0)
     poses = torch.stack([matrix_to_axis_angle(data.sample_action_body(rng)[1:]) for _ in range(200)]).flatten(1)
     # what a mode's six directions leave of (pose - its mean): the 0.05 rad noise alone for the right mode
-    residual = torch.stack([(poses - m.flatten()) - torch.linalg.lstsq(b.flatten(1).T, (poses - m.flatten()).T).solution.T
-                            @ b.flatten(1) for m, b in zip(means, bases)])  # (4, n, 63)
+    residual = torch.stack([(poses - m.flatten())
+                            - torch.linalg.lstsq(b.flatten(1).T, (poses - m.flatten()).T).solution.T @ b.flatten(1)
+                            for m, b in zip(means, bases)])  # (4, n, 63)
     rms = residual.norm(dim=-1) / math.sqrt(63)
     best = rms.min(0)
     assert set(best.indices.tolist()) == {0, 1, 2, 3}
@@ -937,7 +939,7 @@ def write_wholebody_npz(folder, count=3, size=(64, 48)):
     K[:, 0, 2] += ox
     K[:, 1, 2] += oy
     box = np.array([ox + W / 2 - W / 2.5, oy + H / 2 - H / 2.5, ox + W / 2 + W / 2.5, oy + H / 2 + H / 2.5])
-    stack = lambda key: np.stack([s[key].double().numpy() for s in samples])  # noqa: E731
+    stack = lambda key: np.stack([s[key].double().numpy() for s in samples])
     arrays = dict(imgname=np.asarray(imgname), smplx_pose=stack("smplx_pose"), smplx_shape=stack("smplx_shape"),
                   smplx_expression=stack("smplx_expression"), transl=stack("cam_t"), K=K, bbox=np.tile(box, (count, 1)),
                   left_hand_box=stack("left_hand_box") + shift, right_hand_box=stack("right_hand_box") + shift,
@@ -955,7 +957,8 @@ def test_wholebody_npz_gives_back_the_synthetic_people_it_was_written_from(tmp_p
     assert len(dataset) == 3
     for i, want in enumerate(samples):
         got = dataset[i]
-        assert set(got) == set(want) and all(got[k].shape == want[k].shape and got[k].dtype == torch.float32 for k in got)
+        assert set(got) == set(want)
+        assert all(got[k].shape == want[k].shape and got[k].dtype == torch.float32 for k in got)
         assert (got["image"] - want["image"]).abs().max() < 1 / 255  # PNG: 8 bits
         for key in set(want) - {"image", "left_hand_occluded", "right_hand_occluded"}:
             torch.testing.assert_close(got[key], want[key], atol=2e-4, rtol=1e-4, msg=key)

@@ -3,11 +3,17 @@ geometry of crops, RoI-align, arm chains and IK, parameter counts at the paper's
 evaluation protocol, and a one-batch overfit per adapter."""
 import copy
 import dataclasses
+import math
+import os
+import subprocess
+import sys
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import bodymodels
 import data
@@ -35,6 +41,17 @@ def random_rotations(n, seed):
     return axis_angle_to_matrix(torch.randn(n, 3, generator=g, dtype=torch.float64))
 
 
+def eq3_at_init(head, hand_tokens, context):
+    """Eq. 3 with SA' = SA and CA' = CA (the adapter's copies at initialisation), written with the
+    frozen head's own blocks: Z <- Z + SA(Z); Z <- Z + CA(Z, F^H) + CA(Z, context); Z <- Z + FF(Z)."""
+    z = head.transformer.start(len(hand_tokens))
+    for sa, ca, ff in head.transformer.transformer.layers:
+        z = z + sa(z)
+        z = z + ca(z, hand_tokens) + ca(z, context)
+        z = z + ff(z)
+    return head.readout(z)
+
+
 # ---------------------------------------------------------------------------------------------
 # adapters at initialisation
 
@@ -51,12 +68,15 @@ def test_hand_adapter_copies_share_no_storage_and_differ_from_the_head_at_scale_
     head = bases.hand_expert.mano_head
     adapter = ha.HandAdapter(head, body=True)
     for (sa, ca, _), sa2, ca2 in zip(head.transformer.transformer.layers, adapter.sa, adapter.ca):
-        for frozen, copy in ((sa, sa2), (ca, ca2)):
-            for (name, p), (_, q) in zip(frozen.named_parameters(), copy.named_parameters()):
+        for frozen, copied in ((sa, sa2), (ca, ca2)):
+            for (name, p), (_, q) in zip(frozen.named_parameters(), copied.named_parameters()):
                 assert torch.equal(p, q) and p.data_ptr() != q.data_ptr(), name
     tokens = torch.randn(2, 48, 64)
-    # Eq. 3 adds CA' on top of CA: with copied weights the output moves even for a zero body pose
-    assert not torch.allclose(adapter(head, tokens, torch.zeros(2, 8, 6))[0], head(tokens)[0])
+    # Eq. 3 adds CA' on top of CA: with copied weights even a zero body pose adds CA(Z, F^B), where
+    # F^B = 0 W_B + b + E = b + E
+    context = (adapter.body_embed.bias + adapter.joint_embed).expand(2, -1, -1)
+    for got, want in zip(adapter(head, tokens, torch.zeros(2, 8, 6)), eq3_at_init(head, tokens, context)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_no_body_control_at_init_doubles_each_blocks_cross_attention(bases):
@@ -86,7 +106,18 @@ def test_arm_tokens_are_told_apart_by_the_joint_embedding(bases):
     head = bases.hand_expert.mano_head
     adapter = ha.HandAdapter(head, body=True)
     tokens, chain = torch.randn(1, 48, 64), torch.randn(1, 8, 6)
-    assert not torch.allclose(adapter(head, tokens, chain)[0], adapter(head, tokens, chain.flip(1))[0])
+    E = adapter.joint_embed.detach().clone()
+    assert len({tuple(row.tolist()) for row in E[0]}) == 8  # each joint its own embedding E_j
+    # CA' has no positions of its own: without E a reversed chain is the same set of tokens, the same output
+    with torch.no_grad():
+        adapter.joint_embed.zero_()
+        for got, want in zip(adapter(head, tokens, chain.flip(1)), adapter(head, tokens, chain)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        adapter.joint_embed.copy_(E)
+    # with E, token j is theta_j W_B + b + E_j whatever the order: a reversed chain is read as such
+    reversed_tokens = adapter.body_embed(chain.flip(1)) + E
+    for got, want in zip(adapter(head, tokens, chain.flip(1)), eq3_at_init(head, tokens, reversed_tokens)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,18 +177,25 @@ def test_arm_chains_local_are_the_joints_own_rotations_global_their_products_end
         ha.arm_chains(R, "world")
 
 
-def test_chain_field_builds_both_readings_and_paper_reads_local_rotations(bases, batch):
+def test_chain_field_builds_both_readings_and_paper_reads_local_rotations(bases, batch, monkeypatch):
     assert ha.PAPER.chain == "local" and ha.TINY.chain == "global"
     assert ha.PAPER.body_loss_hands and ha.TINY.body_loss_hands  # Eq. 7 over the whole-body joints, as SMPLer-X
     cfg = train.apply_overrides(ha.TINY, ["chain=local"])
     assert cfg.chain == "local"
-    losses = {}
+    arm_chains, read = ha.arm_chains, []
+    monkeypatch.setattr(ha, "arm_chains",
+                        lambda R, chain="global", **kw: read.append(chain) or arm_chains(R, chain, **kw))
+    losses, models = {}, {}
     for name in ("local", "global"):
         torch.manual_seed(0)
-        model = ha.Adapted(dataclasses.replace(ha.TINY, chain=name, hand_only_prob=0.0), bases)
-        losses[name] = model(batch)[1]
-    # the hand adapter reads another chain; the control and the body adapter read none
-    assert not torch.allclose(losses["local"]["hand_3d"], losses["global"]["hand_3d"])
+        models[name] = ha.Adapted(dataclasses.replace(ha.TINY, chain=name, hand_only_prob=0.0), bases)
+        losses[name] = models[name](batch)[1]
+    assert read == ["local", "global"]  # the hand adapter reads the chain its config names ...
+    # ... and nothing else differs: the "global" model fed the local chains scores the "local" model's loss
+    monkeypatch.setattr(ha, "arm_chains", lambda R, chain="global", **kw: arm_chains(R, "local", **kw))
+    torch.manual_seed(0)
+    torch.testing.assert_close(models["global"](batch)[1]["hand_3d"], losses["local"]["hand_3d"])
+    # the control and the body adapter read no chain
     assert torch.equal(losses["local"]["no_body"], losses["global"]["no_body"])
 
 
@@ -296,7 +334,7 @@ def test_parameter_counts_at_paper_size():
         expert = ha.HandExpert(ha.BASES_PAPER)
         hand_adapter = ha.HandAdapter(expert.mano_head)
         body_adapter = ha.BodyAdapter(ha.PAPER, 1280)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(expert.mano_head) == 39_497_837  # HaMeR's head (Table 3 No.3: "39M")
     assert count(expert.backbone) == 630_912_000  # ViT-H with pos_embed (1, 193, 1280)
     # 6 x (SA + CA) copies with their LayerNorms and output projections + Linear(6 -> 1280) + 8 x 1280
@@ -352,7 +390,8 @@ def test_methods_trainable_parameters_at_paper_size_are_tables_3_and_4s():
     assert 39 < trainable(hand_method="head")[0] < 40  # No.3: 39M
     assert 39 < trainable(hand_method="concat")[0] < 40  # No.4: 39M (the head and a Linear(6 -> 1280))
     assert 26 < trainable(hand_method="image")[0] < 28 and 26 < trainable()[0] < 28  # No.5, No.6: 27M
-    assert 660 < trainable(body_method="full")[1] < 663  # No.1, No.2: 662M (ours: SMPLer-X less its hand regressor, face box)
+    # No.1, No.2: 662M (ours: SMPLer-X less its hand regressor, face box)
+    assert 660 < trainable(body_method="full")[1] < 663
     assert 29 < trainable(body_method="head")[1] < 31  # No.3: 31M (the same 1.65M less)
     assert 35 < trainable(body_method="task_tokens")[1] < 38 and 35 < trainable()[1] < 38  # No.5, No.6: 37M
 
@@ -373,17 +412,36 @@ def test_fine_tuned_copies_and_concatenation_start_at_the_frozen_models(bases, b
             assert torch.equal(got, want)
     out = bases.whole_body(batch["image"])
     rois, joints = bases.whole_body.hands(out["feature_map"], out["boxes"], batch["image"].shape[-2:])
-    regressor = copy.deepcopy(bases.whole_body.body_regressor)  # readouts that read their input (the stand-ins' start at 0)
+    # readouts that read their input (the stand-ins' start at 0)
+    regressor = copy.deepcopy(bases.whole_body.body_regressor)
     for layer in (regressor.root_pose_out[0], regressor.body_pose_out[0]):
         torch.nn.init.normal_(layer.weight, std=0.01)
     token = out["body_tokens"][:, 0]  # shape and camera tokens: not read by theta_0
     theta0 = regressor(out["body_tokens"], out["body_joints"], token, token)[0]
     inputs = (theta0, rois, joints[:, :, list(ha.MCP), :2], out["body_tokens"], out["body_joints"])
     torch.testing.assert_close(ha.FusedRegressor(ha.TINY, regressor, 64, "concat")(*inputs), theta0)  # MCP columns at 0
-    assert not torch.allclose(ha.FusedRegressor(ha.TINY, regressor, 64, "weighted_sum")(*inputs), theta0)
-    for how in ("concat", "weighted_sum"):  # the body feature reaches the head
-        fused = ha.FusedHead(head, 8, how)
-        assert not torch.allclose(fused(head, tokens, chain)[0], fused(head, tokens, chain.flip(1))[0])
+    # the weighted sum: the readouts read w_0 x + w_J f^J. With f^J = 0 and the moderator at w = (3/4, 1/4),
+    # that is 3/4 x, and the affine readouts give 3/4 theta_0 + 1/4 their bias
+    fused = ha.FusedRegressor(ha.TINY, regressor, 64, "weighted_sum")
+    with torch.no_grad():
+        for p in (fused.hand_embed.weight, fused.hand_embed.bias, fused.moderator[-1].weight):
+            p.zero_()
+        fused.moderator[-1].bias.copy_(torch.tensor([math.log(3.0), 0.0]))
+    bias = torch.cat([regressor.root_pose_out[0].bias, regressor.body_pose_out[0].bias]).view(1, -1, 6)
+    torch.testing.assert_close(fused(*inputs), 0.75 * theta0 + 0.25 * bias)
+    # the body feature reaches the head: concat, its tokens F^B = theta_b W_B + b + E join F^H as context ...
+    fused = ha.FusedHead(head, 8, "concat")
+    body_tokens = fused.body_embed(chain) + fused.joint_embed
+    for got, want in zip(fused(head, tokens, chain), head(torch.cat([tokens, body_tokens], 1))):
+        torch.testing.assert_close(got, want)
+    # ... weighted sum, every image token becomes w_H F^H + w_B f^B (the moderator set to w = (3/4, 1/4))
+    fused = ha.FusedHead(head, 8, "weighted_sum")
+    with torch.no_grad():
+        fused.moderator[-1].weight.zero_()
+        fused.moderator[-1].bias.copy_(torch.tensor([math.log(3.0), 0.0]))
+    mixed = 0.75 * tokens + 0.25 * fused.body_embed(chain.flatten(1))[:, None]
+    for got, want in zip(fused(head, tokens, chain), head(mixed)):
+        torch.testing.assert_close(got, want)
 
 
 def test_body_loss_over_the_hands_sees_the_wrists_rotation(batch):
@@ -525,7 +583,8 @@ def test_frozen_cache_serves_each_sample_as_computed_alone(bases, batch):
     again = model.frozen_inputs({k: v[order] for k, v in indexed.items()})
     hook.remove()
     assert not calls and all(torch.equal(again[name], first[name][order]) for name in first)
-    assert not ha.PAPER.cache_frozen and ha.Adapted(dataclasses.replace(ha.TINY, cache_frozen=False), bases).frozen_cache is None
+    assert not ha.PAPER.cache_frozen
+    assert ha.Adapted(dataclasses.replace(ha.TINY, cache_frozen=False), bases).frozen_cache is None
 
 
 @pytest.fixture(scope="module")
@@ -569,7 +628,7 @@ def test_hamer_calibration_gives_hamers_sums_on_one_gpus_batch(bases, batch):
     R = bodymodels.rot6d_to_matrix(pose)
     verts, joints = ha.mano_mesh(R, betas)
     uv = bodymodels.project_to_crop(joints, bodymodels.weak_perspective_to_translation(cam))
-    rel = lambda p, q: p - q[:, :1]  # noqa: E731  wrist-relative
+    rel = lambda p, q: p - q[:, :1]  # wrist-relative
     cos = torch.nn.functional.cosine_similarity(R.flatten(-2), target["R"].flatten(-2), dim=-1)
     sums = dict(hand_3d=(rel(joints, joints) - rel(target["joints"], target["joints"])).abs().sum(),
                 hand_2d=(uv - target["uv"]).abs().sum(),
@@ -635,7 +694,8 @@ def test_released_hamer_and_smplerx_weights_load_strictly_at_paper_size():
     mapped = ha.smplerx_state_dict({"network": smplerx})
     bodymodels.load_state_strict(bases.whole_body, mapped, "smplerx")
     # what the mappings leave out: HaMeR's adversary and MANO buffers; SMPLer-X's hand regressor and face box
-    assert {k.split(".")[0] for k in set(hamer) - set(ha.hamer_state_dict(hamer))} == {"discriminator", "mano", "initialized"}
+    assert ({k.split(".")[0] for k in set(hamer) - set(ha.hamer_state_dict(hamer))}
+            == {"discriminator", "mano", "initialized"})
     dropped = {k.removeprefix("module.") for k in smplerx} - set(mapped)
     assert {".".join(k.split(".")[:2]) for k in dropped} == {"hand_regressor.hand_conv", "hand_regressor.hand_pose_out",
                                                             "box_net.face_size"}
@@ -648,7 +708,8 @@ def test_released_files_round_trip_into_the_bases_and_pickled_objects_are_refuse
     hamer = dict(bases.hand_expert.state_dict(), initialized=torch.tensor(True), **{"discriminator.w": torch.zeros(1)})
     smplerx = {}
     for k, v in bases.whole_body.state_dict().items():
-        if k.startswith(("body_regressor.root_pose_out.", "body_regressor.body_pose_out.", "face_regressor.jaw_pose_out.")):
+        if k.startswith(("body_regressor.root_pose_out.", "body_regressor.body_pose_out.",
+                         "face_regressor.jaw_pose_out.")):
             v = v.unflatten(0, (-1, 6))[:, [0, 3, 1, 4, 2, 5]].flatten(0, 1)  # the inverse of SMPLERX_6D
         if k.startswith("box_net.bbox_center."):
             v = torch.cat([v, torch.ones_like(v[:1])])  # + the face row
@@ -788,13 +849,6 @@ def test_smplerx_fixture_outputs_through_the_mapping():
 # ---------------------------------------------------------------------------------------------
 # `python hmr_adapter.py --image PATH`: a short-trained chain, a held-out render, bad input
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-from PIL import Image
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -857,8 +911,8 @@ def test_image_command_writes_the_pipelines_mesh_in_the_full_image_camera(traine
     np.testing.assert_allclose(npz["verts"], npz["crop_verts"], atol=1e-5)
     np.testing.assert_allclose(npz["joints2d"], bodymodels.perspective_projection(
         torch.from_numpy(npz["joints3d"]), torch.from_numpy(npz["K"])).numpy(), atol=1e-6)
-    skinned, _ = bodymodels.Skinning(bodymodels.load_smplx())(torch.from_numpy(npz["pose"]), torch.from_numpy(npz["shape"]),
-                                                               torch.from_numpy(npz["expression"]))
+    skinned, _ = bodymodels.Skinning(bodymodels.load_smplx())(
+        torch.from_numpy(npz["pose"]), torch.from_numpy(npz["shape"]), torch.from_numpy(npz["expression"]))
     np.testing.assert_allclose(npz["verts"], skinned.numpy() + npz["translation"], atol=1e-4)
     v, f = bodymodels.read_obj(tmp_path / "person.obj")
     np.testing.assert_allclose(v.numpy(), npz["verts"], atol=1e-6)
@@ -874,7 +928,8 @@ def test_image_command_writes_the_pipelines_mesh_in_the_full_image_camera(traine
                                             ((300, 900), (500.0, 20.0, 620.0, 290.0))])
 def test_ground_truth_mesh_placed_in_the_full_image_covers_its_silhouette(render, image_hw, box):
     """A true mesh in the crop's camera (the held-out sample's), seen by that crop of a larger image, moved into
-    the full image's camera by `bodymodels.crop_translation_to_full`, covers the silhouette the crop's camera draws there."""
+    the full image's camera by `bodymodels.crop_translation_to_full`, covers the silhouette the crop's camera
+    draws there."""
     _, sample = render
     (H, W), crop_hw = image_hw, ha.BASES_TINY.image_size
     A = bodymodels.crop_matrix(*bodymodels.crop_box(box, crop_hw), crop_hw)
@@ -896,7 +951,8 @@ def test_ground_truth_mesh_placed_in_the_full_image_covers_its_silhouette(render
 
 def test_hand_keypoints_give_the_hand_boxes(trained, render, tmp_path, capsys):
     image, sample = render
-    kp = {s: torch.cat([sample[f"{s}_hand_joints2d"], torch.ones(21, 1)], 1).flatten().tolist() for s in ("left", "right")}
+    kp = {s: torch.cat([sample[f"{s}_hand_joints2d"], torch.ones(21, 1)], 1).flatten().tolist()
+          for s in ("left", "right")}
     person = {"keypoints": [0.0] * 51, "lefthand_kpts": kp["left"], "righthand_kpts": kp["right"]}
     (tmp_path / "kp.json").write_text(__import__("json").dumps({"annotations": [person]}))
     ckpt = trained / "hmr_adapter" / "ckpt.pt"
@@ -927,7 +983,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(trained, render, tmp
               "holds a 'hmr_adapter_bases' model; expected a checkpoint of stage 'hmr_adapter'"),
              (["--image", str(image), "--checkpoint", str(truncated)], "cut/hmr_adapter/ckpt.pt: not a readable")]
     for argv, expected in cases:
-        argv = argv + (["--checkpoint", str(ckpt)] if "--checkpoint" not in argv else []) + ["--out", str(tmp_path / "o")]
+        argv = (argv + (["--checkpoint", str(ckpt)] if "--checkpoint" not in argv else [])
+                + ["--out", str(tmp_path / "o")])
         code, out, err = demo(argv, capsys)
         assert (code, out, len(err)) == (2, [], 1), (argv, err)
         assert err[0].startswith("hmr_adapter.py: ") and expected in err[0], err
@@ -947,7 +1004,8 @@ def test_grayscale_rgba_and_16_bit_images_are_read(trained, render, tmp_path, ca
     verts = {}
     for name, im in images.items():
         im.save(tmp_path / name)
-        code, out, err = demo(["--image", str(tmp_path / name), "--checkpoint", str(trained / "hmr_adapter" / "ckpt.pt"),
+        code, out, err = demo(["--image", str(tmp_path / name),
+                               "--checkpoint", str(trained / "hmr_adapter" / "ckpt.pt"),
                                "--out", str(tmp_path / "o")], capsys)
         assert code == 0 and len(out) == 3, (name, err)
         verts[name] = np.load(tmp_path / "o" / name.replace(".png", ".npz"))["verts"]

@@ -41,7 +41,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def official_align_w_scale(gt, pred):
-    """(aligned pred (N, 3), det of its rotation): centre, divide by Frobenius norm + 1e-8, scipy Procrustes, rescale."""
+    """(aligned pred (N, 3), det of its rotation): centre, divide by Frobenius norm + 1e-8, scipy Procrustes,
+    rescale."""
     gt_c, pred_c = gt - gt.mean(0), pred - pred.mean(0)
     s_gt, s_pred = np.linalg.norm(gt_c) + 1e-8, np.linalg.norm(pred_c) + 1e-8
     rotation, s = orthogonal_procrustes(gt_c / s_gt, pred_c / s_pred)
@@ -586,7 +587,8 @@ def test_body_metrics_scores_every_variant_and_the_refinement_fraction():
     gt = {"joints3d": torch.randn(4, 24, 3, generator=g), "verts": torch.randn(4, 30, 3, generator=g)}
     pred = {"joints3d": gt["joints3d"] + 0.01, "verts": gt["verts"] + 0.01, "table_a_joints3d": gt["joints3d"] * 1.1,
             "refined_joints3d": gt["joints3d"], "refined_verts": gt["verts"],
-            "reproj_error_px": torch.tensor([2.0, 2.0, 2.0, 2.0]), "refined_reproj_error_px": torch.tensor([1.0, 3.0, 1.0, 1.0])}
+            "reproj_error_px": torch.tensor([2.0, 2.0, 2.0, 2.0]),
+            "refined_reproj_error_px": torch.tensor([1.0, 3.0, 1.0, 1.0])}
     out = metrics.body_metrics(pred, gt)
     assert next(iter(out)) == "mpjpe_mm" and out["mpjpe_mm"] == pytest.approx(0.0, abs=1e-4)  # a shift: pelvis-aligned
     assert out["refined_pve_mm"] == pytest.approx(0.0, abs=1e-4) and "table_a_pve_mm" not in out
@@ -595,7 +597,8 @@ def test_body_metrics_scores_every_variant_and_the_refinement_fraction():
 
 
 def test_codebook_usage_perplexity_and_dead_codes():
-    assert metrics.codebook_usage(torch.arange(8).repeat(3), 10) == pytest.approx({"codebook_perplexity": 8.0, "dead_codes": 2.0})
+    assert metrics.codebook_usage(torch.arange(8).repeat(3), 10) == pytest.approx({"codebook_perplexity": 8.0,
+                                                                                    "dead_codes": 2.0})
     assert metrics.codebook_usage(torch.zeros(5, 7, dtype=torch.long), 4)["codebook_perplexity"] == pytest.approx(1.0)
 
 
@@ -605,7 +608,8 @@ def test_mean_rotations_is_proper_and_recovers_a_concentrated_set(seed):
     g = torch.Generator().manual_seed(seed)
     centre = torch.linalg.qr(torch.randn(3, 3, 3, dtype=torch.float64, generator=g))[0]
     centre = centre * torch.sign(torch.det(centre))[:, None, None]  # (3 joints) proper rotations
-    small = torch.tensor(Rotation.from_rotvec(0.05 * torch.randn(40 * 3, 3, generator=g).numpy()).as_matrix()).view(40, 3, 3, 3)
+    small = torch.tensor(Rotation.from_rotvec(0.05 * torch.randn(40 * 3, 3, generator=g).numpy()).as_matrix())
+    small = small.view(40, 3, 3, 3)
     mean = metrics.mean_rotations(centre @ small)
     assert torch.allclose(torch.det(mean), torch.ones(3, dtype=torch.float64))
     assert (mean - centre).abs().max() < 0.05
@@ -638,7 +642,8 @@ def test_mean_pose_baseline_predicts_the_mean_pose_through_smpl():
 def test_hmr2_protocol_equals_the_4d_humans_evaluator_fixture():
     """hmr2_protocol on the fixture's 44 keypoints: the Evaluator's numbers, with its own keypoint list and pelvis."""
     f = np.load(OFFICIAL / "4d_humans_eval" / "body_eval.npz")
-    assert tuple(f["keypoint_list"]) == metrics.HMR2_KEYPOINT_LIST and int(f["pelvis_index"]) == metrics.HMR2_PELVIS_INDEX
+    assert tuple(f["keypoint_list"]) == metrics.HMR2_KEYPOINT_LIST
+    assert int(f["pelvis_index"]) == metrics.HMR2_PELVIS_INDEX
     gt = np.concatenate([f["gt_joints"], np.ones((*f["gt_joints"].shape[:2], 1), np.float32)], -1)  # + confidence
     e, pa = metrics.hmr2_protocol(f["pred_joints"], gt)
     np.testing.assert_allclose(1000 * e.numpy(), f["mpjpe_mm"], rtol=1e-5)

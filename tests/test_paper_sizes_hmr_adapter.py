@@ -45,7 +45,8 @@ def test_paper_sizes_run_the_bases_and_train_the_adapters_two_steps(tmp_path):
     bases stage (1331M parameters) checkpoints at step 0, the adapters (90M trained: hand adapter, No.5
     control, body adapter) train 2 steps on the frozen bases, evaluate and checkpoint."""
     if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 16 * 2**30:
-        pytest.skip("two ViT-H bases, loaded once more from their checkpoint, and the adapters' AdamW state: about 11 GB")
+        pytest.skip("two ViT-H bases, loaded once more from their checkpoint, and the adapters' AdamW state: "
+                    "about 11 GB")
     out = tmp_path / "run"
     try:
         random_bases = ["--set", "hamer_checkpoint=", "--set", "smplerx_checkpoint="]  # no released files here
@@ -71,9 +72,11 @@ def test_paper_structure_trains_under_two_rank_ddp(tmp_path):
     trained 2 steps as stand-ins) on 2 gloo ranks: HaMeR's crops, SMPLer-X's nearest resize and mmcv RoI,
     the calibrated Eq. 5; DDP fails on the second step if a trainable parameter got no gradient."""
     narrow_bases = ["--set", "hand_width=32", "--set", "hand_depth=2", "--set", "hand_heads=2", "--set", "head_dim=64",
-                    "--set", "head_depth=2", "--set", "head_heads=2", "--set", "head_dim_head=16", "--set", "head_mlp=64",
+                    "--set", "head_depth=2", "--set", "head_heads=2", "--set", "head_dim_head=16",
+                    "--set", "head_mlp=64",
                     "--set", "body_width=32", "--set", "body_depth=2", "--set", "body_heads=2",
-                    "--set", "body_rot_hidden=16", "--set", "box_channels=(16,16,16)", "--set", "hand_roi_channels=(16,8)",
+                    "--set", "body_rot_hidden=16", "--set", "box_channels=(16,16,16)",
+                    "--set", "hand_roi_channels=(16,8)",
                     "--set", "hamer_checkpoint=", "--set", "smplerx_checkpoint="]  # no released files: random bases
     narrow = ["--set", "body_proj=32", "--set", "body_dim=64", "--set", "body_depth=2", "--set", "body_heads=2",
               "--set", "body_dim_head=16", "--set", "body_mlp=64", "--set", "batch_size=4"]

@@ -176,15 +176,26 @@ def test_token_sampling_switch_changes_the_tokens():
     assert sh.MeshRegressor(dataclasses.replace(TINY, token_sampling="grid")).layers[0].upsample.in_features == 49
 
 
-def test_only_point_sampling_depends_on_the_keypoints():
+def test_only_point_sampling_depends_on_the_keypoints(monkeypatch):
     x = torch.rand(2, 3, 64, 64)
-    for sampling, token_nums, depends in [("point", (21, 84, 336), True), ("grid", (49, 84, 336), False),
-                                          ("global", (1, 84, 336), False)]:
+    for sampling, token_nums in [("grid", (49, 84, 336)), ("global", (1, 84, 336))]:
         model = tiny_model(dataclasses.replace(TINY, token_sampling=sampling, token_nums=token_nums)).eval()
         before = model(x)["verts"]
         with torch.no_grad():
             model.token_generator.keypoint_head.bias.add_(0.3)
-        assert (not torch.allclose(before, model(x)["verts"])) == depends, sampling
+        assert torch.equal(before, model(x)["verts"]), sampling  # moved keypoints: the same mesh, bit for bit
+    # point sampling reads the map at the keypoints: moving them (the head's logits + 0.3, so the points
+    # sigmoid(logit + 0.3)) gives the mesh of the unmoved model reading its map at those points
+    model = tiny_model(dataclasses.replace(TINY, token_sampling="point", token_nums=(21, 84, 336))).eval()
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        moved.token_generator.keypoint_head.bias.add_(0.3)
+        got = moved(x)["verts"]
+        read = sh.sample_points
+        monkeypatch.setattr(sh, "sample_points",
+                            lambda feature, uv, clamp=False: read(feature, torch.sigmoid(torch.logit(uv) + 0.3), clamp))
+        want = model(x)["verts"]
+    torch.testing.assert_close(got, want)
 
 
 def test_feature_upsample_switch_sets_the_sampled_resolution():
@@ -312,18 +323,33 @@ def test_identity_mixer_keeps_tokens_apart_and_attention_mixes_them():
         block = sh.MetaFormerBlock(32, mixer, num_heads=2, mlp_ratio=4.0, dropout=0.0)
         changed = (block(x2) - block(x)).abs().sum(dim=-1)[0]  # (6,)
         assert changed[0] > 0 and bool((changed[1:] > 1e-7).all()) == others_change, mixer
-    assert sh.non_backbone_parameters(dataclasses.replace(TINY, token_mixer="identity")) < sh.non_backbone_parameters(TINY)
+    assert (sh.non_backbone_parameters(dataclasses.replace(TINY, token_mixer="identity"))
+            < sh.non_backbone_parameters(TINY))
 
 
 def test_position_embedding_switches_change_the_model():
     no_emb = dataclasses.replace(TINY, pos_embedding=False)  # Table 8, "w/o position emb"
-    assert sh.non_backbone_parameters(TINY) - sh.non_backbone_parameters(no_emb) == 21 * 64 + 84 * 96 + 168 * 48  # emb_k: (n_k, c_in)
-    # the sine encoding of the sampled map has no parameters; it changes the output
+    # emb_k: (n_k, c_in)
+    assert sh.non_backbone_parameters(TINY) - sh.non_backbone_parameters(no_emb) == 21 * 64 + 84 * 96 + 168 * 48
+    # the sine encoding of the sampled map has no parameters: the model without it, its map given
+    # `sine_position_encoding` by hand, is the model with it
     model = tiny_model().eval()
     no_sine = tiny_model(dataclasses.replace(TINY, sine_encoding=False)).eval()
     no_sine.load_state_dict(model.state_dict())
+
+    class PlusSine(nn.Module):
+        def __init__(self, upsample):
+            super().__init__()
+            self.upsample = upsample
+
+        def forward(self, feature):
+            x = self.upsample(feature)
+            return x + sh.sine_position_encoding(x.shape[2], x.shape[3], x.shape[1], x.device, x.dtype)
+
+    no_sine.token_generator.upsample = PlusSine(no_sine.token_generator.upsample)
     x = torch.rand(1, 3, 64, 64)
-    assert not torch.allclose(model(x)["verts"], no_sine(x)["verts"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["verts"], no_sine(x)["verts"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -746,7 +772,9 @@ def test_clamped_sampling_reads_points_outside_the_crop_at_its_border():
     outside = torch.tensor([[[1.3, -0.2], [-0.5, 0.5], [0.25, 2.0]]])
     border = torch.tensor([[[1.0, 0.0], [0.0, 0.5], [0.25, 1.0]]])
     torch.testing.assert_close(sh.sample_points(feature, outside, clamp=True), sh.sample_points(feature, border))
-    assert not torch.allclose(sh.sample_points(feature, outside), sh.sample_points(feature, border))
+    # unclamped, the points lie more than a cell outside the 6 x 5 map (x = u (w - 1), y = v (h - 1)):
+    # bilinear reads of the zero padding
+    assert torch.equal(sh.sample_points(feature, outside), torch.zeros(1, 3, 4))
 
 
 def test_official_config_is_paper_fastvit_with_the_official_codes_behaviours():
@@ -761,7 +789,8 @@ def test_official_config_is_paper_fastvit_with_the_official_codes_behaviours():
     assert sh.non_backbone_parameters(o) == 6_539_999
     for name in ("paper", "paper_fastvit", "tiny"):  # the paper-faithful configs keep their choices
         c = sh.CONFIGS[name]
-        assert (c.input_norm, c.keypoint_activation, c.subtract_root, c.eval_crop) == ("imagenet", "sigmoid", True, "none")
+        assert ((c.input_norm, c.keypoint_activation, c.subtract_root, c.eval_crop)
+                == ("imagenet", "sigmoid", True, "none"))
 
 
 def test_official_key_list_maps_exactly_onto_the_official_config():
@@ -971,7 +1000,8 @@ def test_official_crop_frames_the_keypoint_box_and_a_flip_toggles_handedness_wit
     cfg = dataclasses.replace(data.OFFICIAL_HAND_AUGMENT, color_style="jitter", color=0.0)
     plain = data.SyntheticHands(24, 96, seed=5, view_config=data.DEMO_HAND_VIEW)
     hands = data.SyntheticHands(24, 96, seed=5, augment=True, augment_config=cfg, view_config=data.DEMO_HAND_VIEW)
-    unrolled = data.SyntheticHands(24, 96, seed=5, augment=True, augment_config=dataclasses.replace(cfg, rotation_deg=0),
+    unrolled = data.SyntheticHands(24, 96, seed=5, augment=True,
+                                   augment_config=dataclasses.replace(cfg, rotation_deg=0),
                                    view_config=data.DEMO_HAND_VIEW)
     faces = torch.as_tensor(bodymodels.load_mano().faces.astype("int64"))
     right_sign = torch.sign(_signed_volume(plain[0]["verts"].double(), faces))
@@ -1093,13 +1123,15 @@ def iou(a, b):
 
 
 def signed_volume(verts, faces):
-    """Sum over faces of det(v0, v1, v2) / 6 about the centroid: > 0 when faces wind counter-clockwise seen from outside."""
+    """Sum over faces of det(v0, v1, v2) / 6 about the centroid: > 0 when faces wind counter-clockwise seen
+    from outside."""
     v = verts.double() - verts.double().mean(0)
     tri = v[faces]
     return torch.linalg.det(tri).sum().item() / 6
 
 
-def test_demo_command_writes_picture_obj_and_npz_of_the_checkpoints_prediction(demo_checkpoint, held_out_hands, tmp_path):
+def test_demo_command_writes_picture_obj_and_npz_of_the_checkpoints_prediction(demo_checkpoint, held_out_hands,
+                                                                               tmp_path):
     import numpy as np
 
     sample = held_out_hands[0]
@@ -1142,7 +1174,8 @@ def test_demo_placement_from_ground_truth_reproduces_the_silhouette(held_out_han
         uv = (torch.cat([s["joints2d"].double(), torch.ones(21, 1, dtype=torch.float64)], 1) @ A.T)[:, :2].float()
         truth = silhouette(s["verts"], sh._mano_faces(), s["K"], 96)
         for K, floor in ((s["K"], 0.999), (bodymodels.full_image_intrinsics((96, 96)), 0.7)):
-            placed = sh.place_hand((s["joints3d"] - root) * mirror, (s["verts"] - root) * mirror, uv, A, K, is_right=not flip)
+            placed = sh.place_hand((s["joints3d"] - root) * mirror, (s["verts"] - root) * mirror, uv, A, K,
+                                   is_right=not flip)
             assert iou(silhouette(placed["verts"], placed["faces"], K, 96), truth) > floor
         placed = sh.place_hand((s["joints3d"] - root) * mirror, (s["verts"] - root) * mirror, uv, A, s["K"], not flip)
         torch.testing.assert_close(placed["translation"], root, rtol=0, atol=1e-4)
@@ -1156,7 +1189,8 @@ def test_demo_left_hand_is_the_mirrored_right_prediction_with_outward_faces(demo
     image = held_out_hands[1]["image"]
     save_png(tmp_path / "right.png", image)
     save_png(tmp_path / "left.png", image.flip(-1))  # the mirror image: a left hand
-    sh.main(["--image", str(tmp_path / "right.png"), "--checkpoint", str(demo_checkpoint), "--out", str(tmp_path / "o")])
+    sh.main(["--image", str(tmp_path / "right.png"), "--checkpoint", str(demo_checkpoint),
+             "--out", str(tmp_path / "o")])
     sh.main(["--image", str(tmp_path / "left.png"), "--checkpoint", str(demo_checkpoint), "--out", str(tmp_path / "o"),
              "--left"])
     assert (tmp_path / "o" / "left_left.obj").is_file() and not (tmp_path / "o" / "left_right.obj").exists()
@@ -1171,7 +1205,8 @@ def test_demo_left_hand_is_the_mirrored_right_prediction_with_outward_faces(demo
     right_volume = signed_volume(torch.from_numpy(right["verts"][0]), torch.from_numpy(right["faces"][0]))
     assert signed_volume(verts, faces) == pytest.approx(right_volume, rel=1e-3)
     truth = held_out_hands[1]["verts"]  # a 2-step model's mesh is no hand; MANO's faces face outwards on a real one
-    assert signed_volume(truth, sh._mano_faces()) > 0 and signed_volume(*bodymodels.mirror_mesh(truth, sh._mano_faces())) > 0
+    assert signed_volume(truth, sh._mano_faces()) > 0
+    assert signed_volume(*bodymodels.mirror_mesh(truth, sh._mano_faces())) > 0
     capsys.readouterr()
 
 
@@ -1220,7 +1255,8 @@ BAD_DEMO_INPUTS = ["missing image", "not an image", "8x8 image", "box outside", 
                    "another stage", "truncated checkpoint", "keypoints without hands"]
 
 
-def test_demo_bad_input_gives_one_line_exit_2_and_no_file(demo_checkpoint, held_out_hands, tmp_path, one_thread, capsys):
+def test_demo_bad_input_gives_one_line_exit_2_and_no_file(demo_checkpoint, held_out_hands, tmp_path, one_thread,
+                                                          capsys):
     good = save_png(tmp_path / "good.png", held_out_hands[0]["image"])
     for case in BAD_DEMO_INPUTS:
         (tmp_path / case).mkdir()
@@ -1268,11 +1304,15 @@ def test_demo_keypoints_give_both_hands_and_the_left_one_is_mirrored(demo_checkp
     kp[112:133] = np.c_[uv, np.full(21, 0.9)]  # right hand
     kp[91:112] = np.c_[192 - uv[:, 0], uv[:, 1], np.full(21, 0.9)]  # left hand
     (tmp_path / "two.json").write_text(json.dumps([{"keypoints": kp.tolist(), "score": 0.9}]))
-    status, stdout, _ = run_demo_in_process(["--image", str(tmp_path / "two.png"), "--keypoints", str(tmp_path / "two.json"),
-                                             "--checkpoint", str(demo_checkpoint), "--out", str(tmp_path / "o")], capsys)
-    assert status == 0 and [line.rsplit("/", 1)[1] for line in stdout] == ["two.png", "two_right.obj", "two_left.obj", "two.npz"]
+    status, stdout, _ = run_demo_in_process(["--image", str(tmp_path / "two.png"),
+                                             "--keypoints", str(tmp_path / "two.json"),
+                                             "--checkpoint", str(demo_checkpoint), "--out", str(tmp_path / "o")],
+                                            capsys)
+    assert status == 0
+    assert [line.rsplit("/", 1)[1] for line in stdout] == ["two.png", "two_right.obj", "two_left.obj", "two.npz"]
     z = np.load(tmp_path / "o" / "two.npz")
     assert z["is_right"].tolist() == [True, False] and z["verts"].shape == (2, 778, 3)
-    np.testing.assert_allclose(z["box"][1], [192 - z["box"][0][2], z["box"][0][1], 192 - z["box"][0][0], z["box"][0][3]],
+    np.testing.assert_allclose(z["box"][1],
+                               [192 - z["box"][0][2], z["box"][0][1], 192 - z["box"][0][0], z["box"][0][3]],
                                atol=1e-4)  # each the keypoint box x 1.25, made square
     np.testing.assert_allclose(z["verts"][1], z["verts"][0] * [-1, 1, 1], rtol=0, atol=1e-4)

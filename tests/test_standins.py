@@ -137,7 +137,8 @@ def test_betas_change_bone_lengths_and_every_direction_changes_the_shape(standin
     betas[{"mano": 1, "smpl": 2, "smplx": 2}[kind]] = 2.0
     _, joints = forward(model, betas=betas)
     bone = {"mano": (2, 1), "smpl": (7, 4), "smplx": (7, 4)}[kind]  # index PIP-MCP, left ankle-knee
-    grown = np.linalg.norm(joints[bone[0]] - joints[bone[1]]) / np.linalg.norm(rest_joints[bone[0]] - rest_joints[bone[1]])
+    grown = (np.linalg.norm(joints[bone[0]] - joints[bone[1]])
+             / np.linalg.norm(rest_joints[bone[0]] - rest_joints[bone[1]]))
     assert grown > 1.05
 
 
@@ -209,7 +210,7 @@ def test_left_mano_is_the_mirror_image_of_the_right(standins):
 
 
 def test_hand_pca_components_are_orthonormal_and_the_first_curls_the_fingers(standins):
-    model = bm.load_mano(bm.write_standins(), use_pca=True, num_pca_comps=45, dtype=torch.float64)
+    bm.load_mano(bm.write_standins(), use_pca=True, num_pca_comps=45, dtype=torch.float64)  # smplx reads them
     comps = bm._standin_hand()["hands_components"]
     np.testing.assert_allclose(comps @ comps.T, np.eye(45), atol=1e-10)
     # positive first component: every finger joint flexes (rotation about -z)

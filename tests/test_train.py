@@ -124,7 +124,8 @@ class StandInSet(torch.utils.data.Dataset):
         z = torch.randn(6, generator=torch.Generator().manual_seed(self.seed * 100_003 + i))
         image = torch.sigmoid(self.to_image @ z).view(3, self.size, self.size)
         if self.augment:
-            noise = torch.rand(image.shape, generator=torch.Generator().manual_seed((self.seed * 1009 + self.epoch) * 100_003 + i))
+            seed = (self.seed * 1009 + self.epoch) * 100_003 + i
+            noise = torch.rand(image.shape, generator=torch.Generator().manual_seed(seed))
             image = (image + 0.05 * noise).clamp(0, 1)
         return dict(image=image, points=(self.to_points @ z).view(NUM_POINTS, 3) * 0.1)
 
@@ -181,9 +182,11 @@ def register_standins(monkeypatch):
 def run_script(args, tmp_path, nproc=1, check=True, env=None, model="standin"):
     """This file as train.py with the stand-ins, in a subprocess (torchrun when nproc > 1). Several
     ranks run on the CPU (--device cpu): a machine with one GPU must pass these tests too."""
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    proc = subprocess.run(launcher + [__file__, "--model", model, "--device", "cpu"] + args, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+    launcher = ([sys.executable] if nproc == 1
+                else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"])
+    proc = subprocess.run(launcher + [__file__, "--model", model, "--device", "cpu"] + args, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
@@ -206,11 +209,13 @@ def error_of(argv):
 
 
 def test_set_parses_each_field_by_its_type():
-    cfg = train.apply_overrides(StandInConfig(), ["lr=0.5", "width=7", "widths=1, 2,3", "mode=b", "scale=2", "flag=yes"])
+    cfg = train.apply_overrides(StandInConfig(),
+                                ["lr=0.5", "width=7", "widths=1, 2,3", "mode=b", "scale=2", "flag=yes"])
     assert (cfg.lr, cfg.width, cfg.widths, cfg.mode, cfg.scale, cfg.flag) == (0.5, 7, (1, 2, 3), "b", 2.0, True)
     assert type(cfg.width) is int and all(type(w) is int for w in cfg.widths)
     assert train.apply_overrides(cfg, ["scale=None", "flag=0"]).scale is None
-    assert train.apply_overrides(cfg, ["widths=(5, 6)"]).widths == train.apply_overrides(cfg, ["widths=[5,6]"]).widths == (5, 6)
+    assert (train.apply_overrides(cfg, ["widths=(5, 6)"]).widths == train.apply_overrides(cfg, ["widths=[5,6]"]).widths
+            == (5, 6))
     assert StandInConfig().lr == 1e-2  # the preset itself is untouched
 
 
@@ -233,18 +238,21 @@ def test_set_errors_name_the_field_and_what_was_expected(item, expected):
     (["--model", "standin", "--data", "npz:/no/such/dir"], "folder '/no/such/dir' does not exist"),
     (["--model", "standin", "--data", "imagenet"], "--data 'imagenet': standin expects synthetic, npz:PATH"),
     (["--model", "standin", "--data", "npz"], "standin expects synthetic, npz:PATH"),
-    (["--model", "standin_head", "--data", "other:/tmp"], "standin (which standin_head starts from) expects synthetic, npz:PATH"),
+    (["--model", "standin_head", "--data", "other:/tmp"],
+     "standin (which standin_head starts from) expects synthetic, npz:PATH"),
     (["--model", "simplehand", "--data", "freihand"], "simplehand expects synthetic, freihand:PATH, npz:PATH"),
     (["--model", "hmr_adapter", "--data", "hmr2:/tmp/x.npz"], "hmr_adapter expects synthetic, wholebody:PATH"),
     (["--model", "hmr_adapter", "--data", "wholebody:/nonexistent/ehf.npz"],
      "file '/nonexistent/ehf.npz' does not exist; expected a whole-body .npz (data.WholeBodyNpz)"),
     (["--model", "standin", "--set", "bogus=1"], "has no field 'bogus'"),
     # a paper config without its ImageNet weights file is refused before timm is imported or data rendered
-    (["--model", "simplehand", "--config", "paper"], "--config paper: backbone 'hrnet_w64' starts from ImageNet weights (Sec. 4.1), read from a local file"),
+    (["--model", "simplehand", "--config", "paper"],
+     "--config paper: backbone 'hrnet_w64' starts from ImageNet weights (Sec. 4.1), read from a local file"),
     (["--model", "simplehand", "--config", "paper", "--set", "backbone_weights=/no/such.pth"],
      "backbone_weights='/no/such.pth': no such file"),
     # HMR-Adapter's paper bases without the released files: refused before 1.3B parameters are built
-    (["--model", "hmr_adapter", "--config", "paper"], "base checkpoint 'checkpoints/hamer.ckpt' (BaseConfig.hamer_checkpoint) does not exist"),
+    (["--model", "hmr_adapter", "--config", "paper"],
+     "base checkpoint 'checkpoints/hamer.ckpt' (BaseConfig.hamer_checkpoint) does not exist"),
 ])
 def test_bad_input_gives_one_line_error(argv, expected, tmp_path):
     assert expected in error_of(argv + ["--out", str(tmp_path)])
@@ -341,13 +349,15 @@ def test_a_stand_in_paper_trains_checkpoints_resumes_and_evaluates(tmp_path):
     """A paper registered through the protocol alone: it learns (beats its constant baseline), its
     finished checkpoint reloads with weights_only=True and holds what a resume needs, and a resume
     of a finished run trains no further and reproduces the same metrics."""
-    args = ["--model", "standin", "--out", str(tmp_path), "--train-samples", "64", "--eval-samples", "16", "--log-every", "20"]
+    args = ["--model", "standin", "--out", str(tmp_path), "--train-samples", "64", "--eval-samples", "16",
+            "--log-every", "20"]
     train.main(args + ["--max-steps", "200", "--ckpt-every", "50", "--set", "dropout=0"])
     out = tmp_path / "standin"
     ckpt = load(out / "ckpt.pt")
     assert ckpt["model_name"] == "standin" and ckpt["step"] == 200
     assert ckpt["config"] == dataclasses.asdict(StandInConfig(max_steps=200, dropout=0.0))
-    assert ckpt["data"] == dict(data="synthetic", seed=0, train_samples=64, samples_seen=1600, epoch=25, position_in_epoch=0)
+    assert ckpt["data"] == dict(data="synthetic", seed=0, train_samples=64, samples_seen=1600, epoch=25,
+                                position_in_epoch=0)
     assert len(ckpt["rng"]) == 1 and len(ckpt["history"]) == 10 and ckpt["optimizer"]["state"]
     model = StandInModel(StandInConfig())
     model.load_state_dict(ckpt["model"])  # every tensor, the right shapes
@@ -381,7 +391,8 @@ def test_a_second_stage_trains_its_parent_first_and_keeps_it_frozen(tmp_path):
     # a finished parent is not trained again; the second stage resumes on its own
     again = run_script(["--max-steps", "12", "--resume"] + common, tmp_path, model="standin_head")
     assert "stage standin" not in again.stdout and "resumed from" in again.stdout
-    assert torch.equal(load(tmp_path / "standin" / "ckpt.pt")["model"]["points.weight"], parent["model"]["points.weight"])
+    assert torch.equal(load(tmp_path / "standin" / "ckpt.pt")["model"]["points.weight"],
+                       parent["model"]["points.weight"])
     assert load(tmp_path / "standin_head" / "ckpt.pt")["step"] == 12
 
 
@@ -413,7 +424,8 @@ def test_two_ranks_take_the_same_first_step_as_one_rank(tmp_path):
     """Global batch 8: two gloo ranks with 4 samples each == one process with 8, after one AdamW step
     with gradient clipping. The two-rank run also renders the synthetic cache in two shards and
     gathers the held-out predictions from both ranks: both must match the single process."""
-    common = ["--max-steps", "1", "--set", "dropout=0", "--train-samples", "24", "--eval-samples", "10", "--device", "cpu"]
+    common = ["--max-steps", "1", "--set", "dropout=0", "--train-samples", "24", "--eval-samples", "10",
+              "--device", "cpu"]
     two = run_script(common + ["--out", "two"], tmp_path, nproc=2)
     assert "terminate called" not in two.stderr
     train.main(["--model", "standin", "--out", str(tmp_path / "one")] + common)
@@ -448,7 +460,8 @@ def assert_same_state(a, b):
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
     for i, state in a["optimizer"]["state"].items():
-        assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(b["optimizer"]["state"][i][k])) for k, v in state.items())
+        assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(b["optimizer"]["state"][i][k]))
+                   for k, v in state.items())
 
 
 def test_resume_after_sigkill_ends_with_bitwise_identical_weights(tmp_path):
@@ -461,16 +474,19 @@ def test_resume_after_sigkill_ends_with_bitwise_identical_weights(tmp_path):
     train.main(["--model", "standin", "--out", str(tmp_path / "straight")] + common)
     resumed = kill_and_resume(common + ["--out", "killed"], tmp_path, kill_at=13)
     assert "resumed from killed/standin/ckpt.pt at step 10 (1 rank(s) then, 1 now)" in resumed.stdout
-    assert_same_state(load(tmp_path / "straight" / "standin" / "ckpt.pt"), load(tmp_path / "killed" / "standin" / "ckpt.pt"))
+    assert_same_state(load(tmp_path / "straight" / "standin" / "ckpt.pt"),
+                      load(tmp_path / "killed" / "standin" / "ckpt.pt"))
 
 
 @pytest.mark.slow
 def test_two_rank_resume_after_sigkill_ends_with_bitwise_identical_weights(tmp_path):
-    common = ["--max-steps", "20", "--ckpt-every", "4", "--log-every", "1", "--train-samples", "30", "--eval-samples", "16"]
+    common = ["--max-steps", "20", "--ckpt-every", "4", "--log-every", "1", "--train-samples", "30",
+              "--eval-samples", "16"]
     run_script(common + ["--out", "straight"], tmp_path, nproc=2)
     resumed = kill_and_resume(common + ["--out", "killed"], tmp_path, kill_at=10, nproc=2)
     assert "resumed from killed/standin/ckpt.pt at step 8 (2 rank(s) then, 2 now)" in resumed.stdout
-    assert_same_state(load(tmp_path / "straight" / "standin" / "ckpt.pt"), load(tmp_path / "killed" / "standin" / "ckpt.pt"))
+    assert_same_state(load(tmp_path / "straight" / "standin" / "ckpt.pt"),
+                      load(tmp_path / "killed" / "standin" / "ckpt.pt"))
 
 
 @pytest.mark.slow
@@ -530,16 +546,20 @@ def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(t
     image stage's holds its own fine-tuned copy of the ViT), and metrics.json has the issue's flat keys,
     the baseline's, the tokenizer's, the backbone's and the report-only table."""
     tiny = ["--out", str(tmp_path), "--log-every", "1", "--eval-samples", "6"]
-    train.main(["--model", "genhmr_tokenizer", "--max-steps", "3", "--set", "batch_size=8", "--train-samples", "16"] + tiny)
-    train.main(["--model", "genhmr_backbone", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8"] + tiny)
+    train.main(["--model", "genhmr_tokenizer", "--max-steps", "3", "--set", "batch_size=8", "--train-samples", "16"]
+               + tiny)
+    train.main(["--model", "genhmr_backbone", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8"]
+               + tiny)
     train.main(["--model", "genhmr", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8",
                 "--set", "refine_steps=3", "--set", "table_refine_steps=(0,3)"] + tiny)
     report = json.loads((tmp_path / "genhmr" / "metrics.json").read_text())
     for key in GENHMR_KEYS + tuple(f"baseline_{k}" for k in GENHMR_KEYS[:6]) + ("baseline_tokenizer_mpjpe_mm",):
         assert np.isfinite(report[key]) and report[key] >= 0, key
     assert 0 < report["baseline_mpjpe_mm"] < 1000 and report["baseline_refined_mpjpe_mm"] == report["baseline_mpjpe_mm"]
-    assert {f"table_{s}_T{T}_mpjpe_mm" for s in ("cosine", "linear", "cubic", "sqrt") for T in (1, 3, 5, 10)} <= set(report)
-    assert "table_refine_P3_mpjpe_mm" in report and report["table_refine_P3_mpjpe_mm"] == pytest.approx(report["refined_mpjpe_mm"], rel=1e-5)
+    assert ({f"table_{s}_T{T}_mpjpe_mm" for s in ("cosine", "linear", "cubic", "sqrt") for T in (1, 3, 5, 10)}
+            <= set(report))
+    assert "table_refine_P3_mpjpe_mm" in report
+    assert report["table_refine_P3_mpjpe_mm"] == pytest.approx(report["refined_mpjpe_mm"], rel=1e-5)
     assert report["regression_mpjpe_mm"] >= 0 and report["baseline_regression_mpjpe_mm"] > 0
     for stage in ("genhmr_tokenizer", "genhmr_backbone", "genhmr"):
         assert (tmp_path / stage / "predictions.png").stat().st_size > 10_000
@@ -612,8 +632,9 @@ STANDIN_TABLES = dict(
 
 @pytest.fixture
 def ablation_stages(monkeypatch):
-    paper = types.SimpleNamespace(**dict(vars(STANDIN_PAPER), build_model=build_head_of_own_config, predict=scaled_predict,
-                                         CONFIGS={"tiny": HeadConfig()}, ABLATIONS=STANDIN_TABLES))
+    paper = types.SimpleNamespace(**dict(vars(STANDIN_PAPER), build_model=build_head_of_own_config,
+                                         predict=scaled_predict, CONFIGS={"tiny": HeadConfig()},
+                                         ABLATIONS=STANDIN_TABLES))
     monkeypatch.setitem(train.MODELS, "standin_head", dataclasses.replace(STANDINS["standin_head"], paper=paper))
 
 
@@ -627,19 +648,23 @@ def test_an_ablation_trains_each_row_reuses_untouched_stages_and_resumes(tmp_pat
     normal = json.loads((tmp_path / "standin_head" / "metrics.json").read_text())
     train.main(common + ["--ablation", "table1"])
     rows = json.loads((tmp_path / "standin_head" / "ablation_table1.json").read_text())["rows"]
-    folders = [tmp_path / "standin_head" / "ablation_table1" / f for f in ("00-as-is", "01-slower-head", "02-narrow-base")]
-    assert [r["label"] for r in rows] == ["as is", "slower head", "narrow base"] and [r["chosen"] for r in rows] == [True, False, False]
+    folders = [tmp_path / "standin_head" / "ablation_table1" / f
+               for f in ("00-as-is", "01-slower-head", "02-narrow-base")]
+    assert [r["label"] for r in rows] == ["as is", "slower head", "narrow base"]
+    assert [r["chosen"] for r in rows] == [True, False, False]
     assert rows[0]["ours"]["error_mm"] == normal["error_mm"]  # same parent, config, seed and data: the same run
     assert rows[1]["ours"]["error_mm"] != normal["error_mm"] and rows[1]["paper"] == dict(error_mm=2.0, under50=0.5)
     assert not (folders[0] / "standin").exists() and not (folders[1] / "standin").exists()  # the shared parent
     assert load(folders[1] / "standin_head" / "ckpt.pt")["config"]["lr"] == 1e-3
     assert load(folders[1] / "standin_head" / "ckpt.pt")["step"] == 12  # longer: twice --max-steps, its parent shared
-    assert load(folders[2] / "standin" / "ckpt.pt")["step"] == 6 == load(folders[2] / "standin_head" / "ckpt.pt")["step"]
+    assert (load(folders[2] / "standin" / "ckpt.pt")["step"] == 6
+            == load(folders[2] / "standin_head" / "ckpt.pt")["step"])
     assert load(folders[2] / "standin" / "ckpt.pt")["config"]["width"] == 16  # retrained with the row's width
     assert load(folders[2] / "standin_head" / "ckpt.pt")["model"]["head.weight"].shape == (NUM_POINTS * 3, 16)
     assert (tmp_path / "standin" / "ckpt.pt").stat().st_mtime_ns == parent_mtime
     table = (tmp_path / "standin_head" / "ablation_table1.md").read_text()
-    assert "| **as is** | - |" in table and "| slower head | lr=0.001, 2 x the steps |" in table and "paper: under 50 mm" in table
+    assert "| **as is** | - |" in table and "| slower head | lr=0.001, 2 x the steps |" in table
+    assert "paper: under 50 mm" in table
     # a finished table trains nothing again; a row without its report is reported again, not retrained
     (folders[1] / "standin_head" / "metrics.json").unlink()
     mtimes = [(f / "standin_head" / "ckpt.pt").stat().st_mtime_ns for f in folders]
@@ -661,10 +686,12 @@ def test_an_inference_table_scores_one_trained_model_with_each_rows_config(tmp_p
 
 @pytest.mark.parametrize("table, expected", [
     (dict(rows=(("a", {"nope": 1}, (1.0,)),)), "--ablation t, row 'a': no config it trains has the field(s) nope"),
-    (dict(inference=True, rows=(("a", {"width": 1}, (1.0,)),)), "row 'a': no config of standin_head has the field(s) width"),
+    (dict(inference=True, rows=(("a", {"width": 1}, (1.0,)),)),
+     "row 'a': no config of standin_head has the field(s) width"),
     (dict(rows=(("a", {}, (1.0, 2.0)),)), "row 'a': 2 paper figures for 1 columns"),
     (dict(rows=(("a", {}, (1.0,)),), chosen="b"), "chosen row 'b' is not one of its rows ['a']"),
-    (dict(rows=(("a", {}, (1.0,)),), longer={"b": 2}), "longer['b'] = 2 needs a training row of ['a'] and a factor > 0"),
+    (dict(rows=(("a", {}, (1.0,)),), longer={"b": 2}),
+     "longer['b'] = 2 needs a training row of ['a'] and a factor > 0"),
 ])
 def test_a_bad_ablation_table_is_refused_in_one_line(table, expected, tmp_path, ablation_stages):
     t = dict(dict(caption="t", columns=(("error_mm", "e"),), chosen="a"), **table)
@@ -677,7 +704,8 @@ def test_a_bad_ablation_table_is_refused_in_one_line(table, expected, tmp_path, 
 # stage in every row (30-45 s a row on a core), 15 has seven image-stage rows
 CHAIN_TABLES = {("genhmr", "table13"), ("genhmr", "table14"), ("genhmr", "table15")}
 PAPER_TABLES = [pytest.param(name, table, marks=[pytest.mark.slow] if (name, table) in CHAIN_TABLES else [])
-                for name in ("simplehand", "genhmr", "hmr_adapter") for table in getattr(train.MODELS[name].paper, "ABLATIONS", {})]
+                for name in ("simplehand", "genhmr", "hmr_adapter")
+                for table in getattr(train.MODELS[name].paper, "ABLATIONS", {})]
 
 
 @pytest.mark.parametrize("model, table", PAPER_TABLES)
@@ -744,7 +772,8 @@ def test_hmr_adapter_trains_and_reports_table1_on_a_wholebody_npz(tmp_path, monk
     assert "pipeline/adapted/face/pa_pve_mm" in names and not any("occluded" in k for k in names)
     assert np.isfinite(report["hand_path"]["adapter"]["clean"]["pa_mpjpe_mm"])
     with pytest.raises(SystemExit):
-        train.main(["--model", "hmr_adapter", "--data", f"wholebody:{tmp_path / 'none.npz'}", "--out", str(tmp_path / "out")])
+        train.main(["--model", "hmr_adapter", "--data", f"wholebody:{tmp_path / 'none.npz'}",
+                    "--out", str(tmp_path / "out")])
     monkeypatch.setenv("HMR_FLAME_VERTEX_IDS", str(tmp_path / "none.npy"))  # the face's ids: checked before training
     with pytest.raises(SystemExit, match="HMR_FLAME_VERTEX_IDS: missing"):
         train.main(["--model", "hmr_adapter", "--data", f"wholebody:{path}", "--out", str(tmp_path / "out2")])
