@@ -157,7 +157,7 @@ class PoseTokenizer(nn.Module):
     def __init__(self, cfg, body=None):
         super().__init__()
         self.cfg = cfg
-        w, L, D, r = cfg.width, cfg.num_tokens, cfg.code_dim, cfg.num_tokens // NUM_JOINTS
+        w, D, r = cfg.width, cfg.code_dim, cfg.num_tokens // NUM_JOINTS
         c_in = 6 if cfg.input_rep == "rot6d" else 3
         self.encoder = nn.Sequential(
             nn.Conv1d(c_in, w, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2 * r, mode="nearest"),

@@ -645,7 +645,8 @@ def test_one_batch_overfit_of_each_adapter(bases, batch):
     for _ in range(100):
         loss, terms = model(batch)
         hand = sum(w * terms[k] for w, k in ((0.05, "hand_3d"), (0.05, "hand_verts"), (0.001, "hand_pose")))
-        body = 10 * terms["body_pose"] + 100 * (terms["body_3d"] + terms["fingers_3d"]) + terms["body_2d"]  # Eq. 7 (TINY)
+        # Eq. 7's weights (TINY)
+        body = 10 * terms["body_pose"] + 100 * (terms["body_3d"] + terms["fingers_3d"]) + terms["body_2d"]
         if first is None:
             first = dict(hand=hand.item(), no_body=terms["no_body"].item(), body=body.item())
         optimizer.zero_grad()
