@@ -343,7 +343,7 @@ def test_parameter_counts_at_paper_size():
 
 
 # ---------------------------------------------------------------------------------------------
-# the ablations' other ways (Tables 3-6, section 7b)
+# the ablations' other ways (Tables 3-6, appendix C of hmr_adapter.py)
 
 
 HAND_METHODS = typing.get_args(ha.AdapterConfig.__annotations__["hand_method"])
