@@ -409,7 +409,7 @@ def body_models():
 def skin(model, R, betas):
     """A Skinning's mesh from rotation matrices R (B, J, 3, 3) and betas (B, L) -> verts, joints."""
     m = model
-    rest = m.J_template + (betas @ m.J_shapedirs.T.to(betas)).view(len(betas), -1, 3)
+    rest = m.J_template.to(betas) + (betas @ m.J_shapedirs.T.to(betas)).view(len(betas), -1, 3)
     return bodymodels.lbs(betas, R, m.v_template.to(R), m.shapedirs.to(R), m.posedirs.to(R), m.J_regressor.to(R),
                           m.parents, m.lbs_weights.to(R), pose2rot=False, rest_joints=rest)
 
@@ -425,7 +425,7 @@ def body_joints(R, betas):
     """SMPL-X's first J joints (B, J, 3) of rotations R (B, J, 3, 3) (J = 22: the body) by forward
     kinematics (what its LBS gives them, without skinning 10475 vertices); betas (B, 10)."""
     m, J = body_models().smplx, R.shape[1]
-    rest = m.J_template + (betas @ m.J_shapedirs[:, :10].T.to(betas)).view(len(betas), -1, 3)
+    rest = m.J_template.to(betas) + (betas @ m.J_shapedirs[:, :10].T.to(betas)).view(len(betas), -1, 3)
     return forward_kinematics(R, rest[:, :J], m.parents[:J])[0]
 
 

@@ -193,7 +193,7 @@ def run_script(args, tmp_path, nproc=1, check=True, env=None, model="standin"):
 
 
 def load(path):
-    return torch.load(path, weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +403,7 @@ def test_param_groups_train_at_their_own_rate(tmp_path, monkeypatch):
     groups = lambda model, cfg: [(0.5, model.body.parameters()), (0.0, model.points.parameters())]
     paper = types.SimpleNamespace(**dict(vars(STANDIN_PAPER), param_groups=groups))
     monkeypatch.setitem(train.MODELS, "standin", dataclasses.replace(STANDINS["standin"], paper=paper))
-    args = ["--model", "standin", "--out", str(tmp_path), "--set", "dropout=0"]
+    args = ["--model", "standin", "--out", str(tmp_path), "--set", "dropout=0", "--device", "cpu"]
     train.main(args)
     cfg, ckpt = StandInConfig(), load(tmp_path / "standin" / "ckpt.pt")
     train.seed_everything(0)
@@ -471,7 +471,8 @@ def test_resume_after_sigkill_ends_with_bitwise_identical_weights(tmp_path):
     npz.mkdir()
     common = ["--max-steps", "24", "--ckpt-every", "5", "--log-every", "1", "--eval-every", "6", "--data", f"npz:{npz}",
               "--train-samples", "30", "--workers", "2"]
-    train.main(["--model", "standin", "--out", str(tmp_path / "straight")] + common)
+    # both on the CPU (run_script's --device cpu): a GPU's kernels need not match the CPU's bit for bit
+    train.main(["--model", "standin", "--device", "cpu", "--out", str(tmp_path / "straight")] + common)
     resumed = kill_and_resume(common + ["--out", "killed"], tmp_path, kill_at=13)
     assert "resumed from killed/standin/ckpt.pt at step 10 (1 rank(s) then, 1 now)" in resumed.stdout
     assert_same_state(load(tmp_path / "straight" / "standin" / "ckpt.pt"),
