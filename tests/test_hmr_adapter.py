@@ -1013,3 +1013,13 @@ def test_grayscale_rgba_and_16_bit_images_are_read(trained, render, tmp_path, ca
     np.testing.assert_allclose(verts["rgba.png"], verts["rgb.png"], atol=1e-6)
     np.testing.assert_allclose(verts["deep.png"], verts["gray.png"], atol=1e-5)
     assert np.abs(verts["gray.png"] - verts["rgb.png"]).max() > 1e-6  # gray is read as gray, not as the colour image
+
+
+def test_the_meshes_are_made_on_the_batchs_device():
+    """The body models live on the CPU; a batch elsewhere (a GPU; here PyTorch's shape-only "meta" device,
+    which no CPU tensor may meet) gets its meshes and joints there."""
+    R, betas = torch.eye(3).expand(2, 16, 3, 3).to("meta"), torch.zeros(2, 10, device="meta")
+    verts, joints = ha.mano_mesh(R, betas)
+    assert verts.device.type == joints.device.type == "meta" and verts.shape == (2, 778, 3)
+    body = ha.body_joints(torch.eye(3).expand(2, 22, 3, 3).to("meta"), betas)
+    assert body.device.type == "meta" and body.shape == (2, 22, 3)
