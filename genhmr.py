@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import bodymodels
+import metrics
 
 NUM_JOINTS, NUM_BETAS, PELVIS = 24, 10, 0  # SMPL
 FOCAL_LENGTH, CROP_SIZE = 5000.0, 256.0  # HMR2.0's camera (FACTS "Rotations and cameras")
@@ -1045,6 +1046,16 @@ def build_model(cfg, parent=None):
     return model
 
 
+def check_inputs(cfg, kind, path):
+    """train.py's protocol, for both image stages, before any stage trains: --data hmr2 is scored by the
+    benchmarks' protocol, whose keypoint regressor ($HMR_J_REGRESSOR) must read; a backbone_checkpoint
+    the config names must exist. Raises in one line naming the variable or file."""
+    if kind == "hmr2":
+        metrics.keypoint_regressor()
+    if cfg.backbone_checkpoint:
+        check_backbone_file(cfg.backbone_checkpoint)
+
+
 def param_groups(model, cfg):
     """train.py's optimiser groups of the image stage: the image encoder (ViT) at backbone_lr_scale x lr, the
     rest at lr."""
@@ -1331,7 +1342,7 @@ def backbone_predict(model, batch, cfg):
 
 BACKBONE = types.SimpleNamespace(  # the trainer's stage "genhmr_backbone"
     CONFIGS=BACKBONE_CONFIGS, build_model=backbone_build_model, training_loss=backbone_training_loss,
-    predict=backbone_predict, learning_rate=learning_rate)
+    predict=backbone_predict, learning_rate=learning_rate, check_inputs=check_inputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1344,14 +1355,19 @@ BACKBONE = types.SimpleNamespace(  # the trainer's stage "genhmr_backbone"
 # mmpose checkpoint (backbone.*, keypoint_head.*), HMR2.0's vitpose_backbone.pth (the ViT's own names).
 
 
+def check_backbone_file(path):
+    """Raise in one line unless `path` is a file (ViTPose-H's or HMR2.0's weights)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist: expected ViTPose-H's or HMR2.0's "
+                                "weights (GenHMRConfig.backbone_checkpoint)")
+
+
 def load_backbone(model, path):
     """ViTPose-H or HMR2.0 weights from `path` into model's ViT (model: a ViT, PoseRegressor or GenHMR; the
     names are HMR2.0's and ViTPose's), and HMR2.0's smpl_head.* into a PoseRegressor with head "hmr2".
     Each part loads strictly; the file's other parts (adversary, SMPL buffers, heatmap head) are left
     out. Read with torch.load(weights_only=True), so the file cannot run code. -> the parts loaded."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist: expected ViTPose-H's or HMR2.0's "
-                                "weights (GenHMRConfig.backbone_checkpoint)")
+    check_backbone_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # e.g. HMR2.0's Lightning file pickles its yacs config

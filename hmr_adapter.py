@@ -916,6 +916,19 @@ def training_loss(model, batch, cfg):
     return model(batch)
 
 
+def check_inputs(cfg, kind, path):
+    """train.py's protocol, before any stage trains: Table 1's face and hand vertex ids
+    ($HMR_FLAME_VERTEX_IDS, $HMR_MANO_SMPLX_VERTEX_IDS) must read. Raises in one line naming the variable."""
+    face_vertex_ids(), hand_vertex_ids()
+
+
+def _check_bases_inputs(cfg, kind, path):
+    """The bases' preconditions: the released files the paper bases load (`released_checkpoints`), then the
+    vertex ids their evaluation reads (`check_inputs`)."""
+    released_checkpoints(cfg)
+    check_inputs(cfg, kind, path)
+
+
 def param_groups(model, cfg):
     """train.py's optimiser groups: the hand adapter and its control at lr, the body adapter at body_lr."""
     trainable = lambda m: [p for p in (m.parameters() if m is not None else ()) if p.requires_grad]  # noqa: E731
@@ -925,7 +938,7 @@ def param_groups(model, cfg):
 
 BASES = types.SimpleNamespace(  # train.py's row "hmr_adapter_bases": the tiny stand-ins of the pretrained bases
     CONFIGS=BASE_CONFIGS, build_model=_build_bases, training_loss=training_loss, predict=predict,
-    learning_rate=learning_rate)
+    learning_rate=learning_rate, check_inputs=_check_bases_inputs)
 
 
 # ---------------------------------------------------------------------------------------------
