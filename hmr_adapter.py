@@ -1057,8 +1057,11 @@ class ViT(nn.Module):
 
 
 class MANOHead(nn.Module):
-    """HaMeR's MANOTransformerDecoderHead: readouts decpose (16 x 6D), decshape (10), deccam (3), each
-    added to its mean (one IEF iteration); the mean pose is the identity (flat hand)."""
+    """HaMeR's MANO head (`MANOTransformerDecoderHead`, `hamer/models/heads/mano_head.py`, names included):
+    ONE zero token cross-attends to the h w ViT tokens; its state reads out 6D pose (16 x 6), betas (10) and
+    camera (3) as residuals on mean parameters, one iteration (IEF_ITERS 1). The mean parameters are buffers:
+    identity pose (a flat hand), betas = 0, cam [0.9, 0, 0] here; HaMeR's come with its checkpoint. Held to
+    HaMeR's module by tests/official/hamer."""
 
     def __init__(self, cfg):
         super().__init__()
