@@ -1021,17 +1021,20 @@ def check_args(args):
 
 
 def chain_configs(args):
-    """[(stage, config)] for --model and the stages it starts from, oldest first, as the run builds them: from
-    the checkpoint in OUT that it resumes or reuses (every stage --model starts from; --model with --resume),
-    else from the preset; then the stage's --set items."""
+    """[(stage, config)] for --model and the stages it starts from, oldest first, as run_chain builds them: a
+    finished stage in OUT with its checkpoint's config; one it resumes (an unfinished stage --model starts
+    from, or --model with --resume) with its checkpoint's config and the stage's --set items; any other with
+    the preset and its --set items."""
     overrides, configs = stage_overrides(args.model, args.set, args), []
     for name in lineage(args.model)[::-1]:
-        cfg = MODELS[name].paper.CONFIGS[args.config]
+        cfg, given = MODELS[name].paper.CONFIGS[args.config], overrides[name]
         path = os.path.join(stage_dir(name, args), "ckpt.pt")
         if os.path.exists(path) and (name != args.model or args.resume):
             ckpt = load_checkpoint(path, name, why="--resume" if name == args.model else f"stage {name}")
             cfg = type(cfg)(**ckpt["config"])
-        configs.append((name, apply_overrides(cfg, overrides[name])))
+            if name != args.model and ckpt["step"] >= ckpt["config"]["max_steps"]:
+                given = []  # reused as trained
+        configs.append((name, apply_overrides(cfg, given)))
     return configs
 
 

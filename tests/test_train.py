@@ -274,6 +274,25 @@ def test_every_stage_of_the_chain_is_checked_before_the_first_trains(tmp_path, m
     assert seen == [(7, "npz", "/tmp")] and not os.listdir(tmp_path)
 
 
+def test_a_finished_parent_is_checked_with_its_checkpoints_config(tmp_path, monkeypatch):
+    """A parent reused from OUT is checked with the config it was trained with (--set does not reach it), the
+    stage itself with the preset and --set."""
+    train.main(["--model", "standin", "--out", str(tmp_path), "--set", "width=7", "--max-steps", "1"])
+    seen = []
+
+    def check(cfg, kind, path):
+        seen.append(cfg.width)
+        if len(seen) == 2:
+            raise ValueError("stop here")
+
+    for name in STANDINS:
+        paper = types.SimpleNamespace(**dict(vars(STANDINS[name].paper), check_inputs=check))
+        monkeypatch.setitem(train.MODELS, name, dataclasses.replace(STANDINS[name], paper=paper))
+    assert error_of(["--model", "standin_head", "--out", str(tmp_path), "--set", "width=9"]).endswith(
+        "standin_head: stop here")
+    assert seen == [7, 9] and not (tmp_path / "standin_head").exists()
+
+
 def test_genhmr_on_hmr2_without_the_regressor_stops_before_the_tokenizer_trains(tmp_path):
     """The image stages score --data hmr2 by the benchmarks' protocol: without $HMR_J_REGRESSOR the whole chain
     is refused at once (exit 2, one line naming the variable), no stage folder or checkpoint written."""
