@@ -1022,9 +1022,9 @@ class PatchEmbed(nn.Module):
 class ViT(nn.Module):
     """images (B, 3, H, W) -> (patch tokens (B, h w, C), task tokens (B, T, C)). official (ViTPose's mmpose ViT
     as HaMeR and SMPLer-X use it): parameter names included (patch_embed.proj, pos_embed (1, 1 + h w, C) with a
-    class-token slot, blocks.i.*, last_norm; SMPLer-X's task_tokens); held to HaMeR's module by
-    tests/official/hamer. SMPLer-X's encoder puts its T learnable task tokens (no position embedding) before
-    the patch tokens; T = 0 for HaMeR's."""
+    class-token slot, blocks.i.*, last_norm; SMPLer-X's task_tokens); held to HaMeR's and SMPLer-X's modules
+    by tests/official/hamer and tests/official/smplerx. SMPLer-X's encoder puts its T learnable task tokens
+    (no position embedding) before the patch tokens; T = 0 for HaMeR's."""
 
     def __init__(self, image_hw, patch, padding, width, depth, heads, num_task_tokens=0, stem=()):
         super().__init__()
