@@ -32,7 +32,6 @@ import pickle
 import re
 import time
 import types
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import bodymodels
+import metrics
 
 NUM_JOINTS, NUM_BETAS, PELVIS = 24, 10, 0  # SMPL
 FOCAL_LENGTH, CROP_SIZE = 5000.0, 256.0  # HMR2.0's camera (FACTS "Rotations and cameras")
@@ -1045,6 +1045,16 @@ def build_model(cfg, parent=None):
     return model
 
 
+def check_inputs(cfg, kind, path):
+    """train.py's protocol, for both image stages, before any stage trains: --data hmr2 is scored by the
+    benchmarks' protocol, whose keypoint regressor ($HMR_J_REGRESSOR) must read; a backbone_checkpoint
+    the config names must exist. Raises in one line naming the variable or file."""
+    if kind == "hmr2":
+        metrics.keypoint_regressor()
+    if cfg.backbone_checkpoint:
+        check_backbone_file(cfg.backbone_checkpoint)
+
+
 def param_groups(model, cfg):
     """train.py's optimiser groups of the image stage: the image encoder (ViT) at backbone_lr_scale x lr, the
     rest at lr."""
@@ -1101,14 +1111,25 @@ def _smpl():
     return bodymodels.load_smpl()
 
 
+class Mlp(nn.Module):
+    """The ViT block's MLP: fc2(GELU(fc1(x))) (ViTPose names: fc1, fc2)."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
 class Block(nn.Module):
-    """Pre-norm ViT block with stochastic depth: x + attn(norm1(x)), then x + mlp(norm2(x)), mlp = fc2 GELU fc1."""
+    """Pre-norm ViT block: x + attn(norm1(x)), then x + mlp(norm2(x)) (ViTPose names: norm1, attn, norm2,
+    mlp). Here with stochastic depth: in training a sample's residual branch is dropped at rate drop_path."""
 
     def __init__(self, dim, heads, mlp_ratio, drop_path):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
-        self.attn, hidden = Attention(dim, heads), int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
+        self.attn, self.mlp = Attention(dim, heads), Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = drop_path
 
     def _drop(self, x):
@@ -1120,36 +1141,6 @@ class Block(nn.Module):
     def forward(self, x):
         x = x + self._drop(self.attn(self.norm1(x)))
         return x + self._drop(self.mlp(self.norm2(x)))
-
-
-class ViT(nn.Module):
-    """images (B, 3, H, W) -> feature map (B, C, H/p, W/p). official (4D-Humans backbones/vit.py, ViTPose's
-    mmpose ViT): HMR2.0's `ViT`, parameter names included (patch_embed.proj, pos_embed (1, 1 + h w, C) with a
-    class-token slot, blocks.i.*, last_norm); held to 4D-Humans' module by tests/official/hmr2."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        H, W = cfg.image_hw
-        self.grid = (H // cfg.patch_size, W // cfg.patch_size)
-        self.patch_embed = nn.ModuleDict(  # a dict only for HMR2.0's name patch_embed.proj
-            {"stem": conv_stem(cfg.conv_stem, cfg.vit_width)} if cfg.conv_stem else
-            {"proj": nn.Conv2d(3, cfg.vit_width, cfg.patch_size, stride=cfg.patch_size, padding=cfg.patch_padding)})
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], cfg.vit_width))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        rates = [cfg.drop_path * i / max(1, cfg.vit_depth - 1) for i in range(cfg.vit_depth)]  # stochastic depth
-        self.blocks = nn.ModuleList(Block(cfg.vit_width, cfg.vit_heads, cfg.vit_mlp_ratio, r) for r in rates)
-        self.last_norm = nn.LayerNorm(cfg.vit_width, eps=1e-6)
-
-    def forward(self, images):
-        x = next(iter(self.patch_embed.values()))(images)  # (B, C, h, w)
-        B, C, h, w = x.shape
-        if (h, w) != self.grid:
-            raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {h}x{w} patch grid, expected {self.grid}")
-        # HMR2.0: the class-token slot of pos_embed is added to every patch
-        x = x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # (B, h w, C)
-        for block in self.blocks:
-            x = block(x)
-        return self.last_norm(x).transpose(1, 2).reshape(B, C, h, w)
 
 
 def conv_stem(widths, out):
@@ -1165,67 +1156,140 @@ def conv_stem(widths, out):
     return nn.Sequential(*layers, nn.Conv2d(c_in, out, 1))
 
 
-class HeadAttention(nn.Module):
-    """HMR2.0's pose_transformer attention (its names): softmax(q k^T / sqrt(c)) v per head, q from x, k and
-    v from x (to_qkv) or from a context (to_q, to_kv), no biases; to_out.0 with a bias."""
+class PatchEmbed(nn.Module):
+    """ViTPose's linear patch embedding `proj`, or (stem = widths, TINY only) a convolutional stem
+    (`conv_stem`); the config checks that the stem gives the patch size."""
 
-    def __init__(self, dim, heads, dim_head, context_dim=None):
+    def __init__(self, patch, padding, width, stem=()):
         super().__init__()
-        inner, self.heads = heads * dim_head, heads
-        if context_dim is None:
-            self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
-        else:
-            self.to_kv, self.to_q = nn.Linear(context_dim, 2 * inner, bias=False), nn.Linear(dim, inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, dim))
+        if not stem:
+            self.proj = nn.Conv2d(3, width, patch, stride=patch, padding=padding)
+            return
+        self.stem = conv_stem(stem, width)
 
-    def forward(self, x, context=None):
-        q, k, v = self.to_qkv(x).chunk(3, -1) if context is None else (self.to_q(x), *self.to_kv(context).chunk(2, -1))
-        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # (B, M, N, c)
-        return self.to_out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+    def forward(self, images):
+        return self.stem(images) if hasattr(self, "stem") else self.proj(images)
+
+
+class ViT(nn.Module):
+    """images (B, 3, H, W) -> feature map (B, C, H/p, W/p). official (4D-Humans backbones/vit.py, ViTPose's
+    mmpose ViT): HMR2.0's `ViT`, parameter names included (patch_embed.proj, pos_embed (1, 1 + h w, C) with a
+    class-token slot, blocks.i.*, last_norm); held to 4D-Humans' module by tests/official/hmr2."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        H, W = cfg.image_hw
+        self.grid = (H // cfg.patch_size, W // cfg.patch_size)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.patch_padding, cfg.vit_width, cfg.conv_stem)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], cfg.vit_width))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        rates = [cfg.drop_path * i / max(1, cfg.vit_depth - 1) for i in range(cfg.vit_depth)]  # stochastic depth
+        self.blocks = nn.ModuleList(Block(cfg.vit_width, cfg.vit_heads, cfg.vit_mlp_ratio, r) for r in rates)
+        self.last_norm = nn.LayerNorm(cfg.vit_width, eps=1e-6)
+
+    def forward(self, images):
+        x = self.patch_embed(images)  # (B, C, h, w)
+        B, C, h, w = x.shape
+        if (h, w) != self.grid:
+            raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {h}x{w} patch grid, expected {self.grid}")
+        # ViTPose (HMR2.0, HaMeR, SMPLer-X): the class-token slot of pos_embed is added to every patch
+        x = x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # (B, h w, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.last_norm(x).transpose(1, 2).reshape(B, C, h, w)
 
 
 class PreNorm(nn.Module):
-    """x -> fn(LayerNorm(x)) (HMR2.0's names: norm, fn)."""
+    """HMR2.0/HaMeR's PreNorm: fn(norm(x), ...) (names: norm, fn)."""
 
     def __init__(self, dim, fn):
         super().__init__()
         self.norm, self.fn = nn.LayerNorm(dim), fn
 
-    def forward(self, x, **context):
-        return self.fn(self.norm(x), **context)
+    def forward(self, x, *context):
+        return self.fn(self.norm(x), *context)
+
+
+class SelfAttention(nn.Module):
+    """HMR2.0/HaMeR's Attention: to_qkv (no bias), heads x dim_head, to_out.0 (bias)."""
+
+    def __init__(self, dim, heads, dim_head):
+        super().__init__()
+        self.heads = heads
+        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim))
+
+    def forward(self, x):
+        q, k, v = self.to_qkv(x).chunk(3, -1)
+        return self.to_out(_attend(q, k, v, self.heads))
+
+
+class CrossAttention(nn.Module):
+    """HMR2.0/HaMeR's CrossAttention: to_q (dim), to_kv (context_dim), no biases, to_out.0 (bias).
+    softmax(Q K^T / sqrt(d)) V with Q = x W_q, K = c W_k, V = c W_v."""
+
+    def __init__(self, dim, context_dim, heads, dim_head):
+        super().__init__()
+        self.heads = heads
+        self.to_kv = nn.Linear(context_dim, 2 * heads * dim_head, bias=False)  # before to_q: this file's init order
+        self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim))
+
+    def forward(self, x, context):
+        k, v = self.to_kv(context).chunk(2, -1)
+        return self.to_out(_attend(self.to_q(x), k, v, self.heads))
+
+
+def _attend(q, k, v, heads):
+    """Multi-head softmax attention: q (B, Lq, M d), k and v (B, Lk, M d) -> (B, Lq, M d)."""
+    def split(t):
+        return t.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, M, L, d)
+    return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
 
 
 class FeedForward(nn.Module):
-    """HMR2.0's net = Linear, GELU, Dropout, Linear, Dropout (dropout 0: names net.0, net.3)."""
+    """HMR2.0/HaMeR's FeedForward: net = Linear, GELU, Dropout, Linear (dropout 0; names net.0, net.3)."""
 
     def __init__(self, dim, hidden):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Identity(), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim))
 
     def forward(self, x):
         return self.net(x)
 
 
-class TokenDecoder(nn.Module):
-    """HMR2.0's TransformerDecoder: tokens (B, N, 1) -> Linear -> + pos_embedding -> depth x pre-norm
-    [self-attention, cross-attention to the context, MLP], each residual -> (B, N, width)."""
+class DecoderBlocks(nn.Module):
+    """HMR2.0/HaMeR's TransformerCrossAttn: layers.i = [PreNorm(SA), PreNorm(CA), PreNorm(FF)]."""
 
-    def __init__(self, width, depth, heads, dim_head, mlp, context_dim):
+    def __init__(self, dim, depth, heads, dim_head, mlp, context_dim):
         super().__init__()
-        self.to_token_embedding = nn.Linear(1, width)
-        self.pos_embedding = nn.Parameter(torch.randn(1, 1, width))
-        self.transformer = nn.ModuleDict({"layers": nn.ModuleList(nn.ModuleList([
-            PreNorm(width, HeadAttention(width, heads, dim_head)),
-            PreNorm(width, HeadAttention(width, heads, dim_head, context_dim)),
-            PreNorm(width, FeedForward(width, mlp))]) for _ in range(depth))})
+        self.layers = nn.ModuleList(nn.ModuleList([
+            PreNorm(dim, SelfAttention(dim, heads, dim_head)),
+            PreNorm(dim, CrossAttention(dim, context_dim, heads, dim_head)),
+            PreNorm(dim, FeedForward(dim, mlp))]) for _ in range(depth))
 
-    def forward(self, tokens, context):
-        x = self.to_token_embedding(tokens) + self.pos_embedding
-        for self_attn, cross_attn, mlp in self.transformer["layers"]:
-            x = self_attn(x) + x
-            x = cross_attn(x, context=context) + x
-            x = mlp(x) + x
-        return x
+
+class TransformerDecoder(nn.Module):
+    """HMR2.0/HaMeR's TransformerDecoder: the zero token -> to_token_embedding -> + pos_embedding -> blocks."""
+
+    def __init__(self, dim, depth, heads, dim_head, mlp, context_dim, num_tokens=1):
+        super().__init__()
+        self.to_token_embedding = nn.Linear(1, dim)
+        self.pos_embedding = nn.Parameter(torch.randn(1, num_tokens, dim))
+        self.transformer = DecoderBlocks(dim, depth, heads, dim_head, mlp, context_dim)
+
+    def start(self, batch):
+        """The query token Z (B, 1, dim) before the first block."""
+        zero = self.pos_embedding.new_zeros(batch, 1, 1)
+        return self.to_token_embedding(zero) + self.pos_embedding
+
+    def forward(self, context):
+        z = self.start(len(context))
+        for sa, ca, ff in self.transformer.layers:
+            z = z + sa(z)
+            z = z + ca(z, context)
+            z = z + ff(z)
+        return z
 
 
 class HMR2Head(nn.Module):
@@ -1238,7 +1302,7 @@ class HMR2Head(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         width, depth, heads, dim_head, mlp = cfg.hmr2_head
-        self.transformer = TokenDecoder(width, depth, heads, dim_head, mlp, cfg.vit_width)
+        self.transformer = TransformerDecoder(width, depth, heads, dim_head, mlp, cfg.vit_width)
         self.decpose, self.decshape = nn.Linear(width, NUM_JOINTS * 6), nn.Linear(width, NUM_BETAS)
         self.deccam = nn.Linear(width, 3)
         identity = bodymodels.matrix_to_rot6d(torch.eye(3))
@@ -1250,7 +1314,7 @@ class HMR2Head(nn.Module):
         """feature (B, C, h, w) -> R (B, 24, 3, 3), beta (B, 10), cam [s, tx, ty] (B, 3)."""
         B = len(feature)
         context = feature.flatten(2).transpose(1, 2)  # (B, h w, C)
-        token = self.transformer(feature.new_zeros(B, 1, 1), context)[:, 0]  # (B, width)
+        token = self.transformer(context)[:, 0]  # (B, width): the one query token after the blocks
         pose = self.decpose(token) + self.init_body_pose  # (B, 144)
         betas, cam = self.decshape(token) + self.init_betas, self.deccam(token) + self.init_cam
         return bodymodels.rot6d_to_matrix(pose.view(B, NUM_JOINTS, 6)), betas, cam
@@ -1331,7 +1395,7 @@ def backbone_predict(model, batch, cfg):
 
 BACKBONE = types.SimpleNamespace(  # the trainer's stage "genhmr_backbone"
     CONFIGS=BACKBONE_CONFIGS, build_model=backbone_build_model, training_loss=backbone_training_loss,
-    predict=backbone_predict, learning_rate=learning_rate)
+    predict=backbone_predict, learning_rate=learning_rate, check_inputs=check_inputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1344,14 +1408,19 @@ BACKBONE = types.SimpleNamespace(  # the trainer's stage "genhmr_backbone"
 # mmpose checkpoint (backbone.*, keypoint_head.*), HMR2.0's vitpose_backbone.pth (the ViT's own names).
 
 
+def check_backbone_file(path):
+    """Raise in one line unless `path` is a file (ViTPose-H's or HMR2.0's weights)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist: expected ViTPose-H's or HMR2.0's "
+                                "weights (GenHMRConfig.backbone_checkpoint)")
+
+
 def load_backbone(model, path):
     """ViTPose-H or HMR2.0 weights from `path` into model's ViT (model: a ViT, PoseRegressor or GenHMR; the
     names are HMR2.0's and ViTPose's), and HMR2.0's smpl_head.* into a PoseRegressor with head "hmr2".
     Each part loads strictly; the file's other parts (adversary, SMPL buffers, heatmap head) are left
     out. Read with torch.load(weights_only=True), so the file cannot run code. -> the parts loaded."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist: expected ViTPose-H's or HMR2.0's "
-                                "weights (GenHMRConfig.backbone_checkpoint)")
+    check_backbone_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # e.g. HMR2.0's Lightning file pickles its yacs config

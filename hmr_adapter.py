@@ -58,7 +58,7 @@ NUM_BODY = 22  # theta_0: root + 21 body joints
 
 
 class PreNorm(nn.Module):
-    """HMR2.0/HaMeR's PreNorm: fn(norm(x), ...)."""
+    """HMR2.0/HaMeR's PreNorm: fn(norm(x), ...) (names: norm, fn)."""
 
     def __init__(self, dim, fn):
         super().__init__()
@@ -69,7 +69,7 @@ class PreNorm(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """HaMeR's Attention: to_qkv (no bias), heads x dim_head, to_out.0 (bias)."""
+    """HMR2.0/HaMeR's Attention: to_qkv (no bias), heads x dim_head, to_out.0 (bias)."""
 
     def __init__(self, dim, heads, dim_head):
         super().__init__()
@@ -83,7 +83,7 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """HaMeR's CrossAttention: to_q (dim), to_kv (context_dim), no biases, to_out.0 (bias).
+    """HMR2.0/HaMeR's CrossAttention: to_q (dim), to_kv (context_dim), no biases, to_out.0 (bias).
     Eq. (1): CA(Q, K, V) = softmax(Q K^T / sqrt(d)) V with Q = x W_q, K = c W_k, V = c W_v."""
 
     def __init__(self, dim, context_dim, heads, dim_head):
@@ -106,6 +106,8 @@ def _attend(q, k, v, heads):
 
 
 class FeedForward(nn.Module):
+    """HMR2.0/HaMeR's FeedForward: net = Linear, GELU, Dropout, Linear (dropout 0; names net.0, net.3)."""
+
     def __init__(self, dim, hidden):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim))
@@ -115,7 +117,7 @@ class FeedForward(nn.Module):
 
 
 class DecoderBlocks(nn.Module):
-    """HaMeR's TransformerCrossAttn: layers.i = [PreNorm(SA), PreNorm(CA), PreNorm(FF)]."""
+    """HMR2.0/HaMeR's TransformerCrossAttn: layers.i = [PreNorm(SA), PreNorm(CA), PreNorm(FF)]."""
 
     def __init__(self, dim, depth, heads, dim_head, mlp, context_dim):
         super().__init__()
@@ -126,7 +128,7 @@ class DecoderBlocks(nn.Module):
 
 
 class TransformerDecoder(nn.Module):
-    """HaMeR's TransformerDecoder: the zero token -> to_token_embedding -> + pos_embedding -> blocks."""
+    """HMR2.0/HaMeR's TransformerDecoder: the zero token -> to_token_embedding -> + pos_embedding -> blocks."""
 
     def __init__(self, dim, depth, heads, dim_head, mlp, context_dim, num_tokens=1):
         super().__init__()
@@ -916,6 +918,19 @@ def training_loss(model, batch, cfg):
     return model(batch)
 
 
+def check_inputs(cfg, kind, path):
+    """train.py's protocol, before any stage trains: Table 1's face and hand vertex ids
+    ($HMR_FLAME_VERTEX_IDS, $HMR_MANO_SMPLX_VERTEX_IDS) must read. Raises in one line naming the variable."""
+    face_vertex_ids(), hand_vertex_ids()
+
+
+def _check_bases_inputs(cfg, kind, path):
+    """The bases' preconditions: the released files the paper bases load (`released_checkpoints`), then the
+    vertex ids their evaluation reads (`check_inputs`)."""
+    released_checkpoints(cfg)
+    check_inputs(cfg, kind, path)
+
+
 def param_groups(model, cfg):
     """train.py's optimiser groups: the hand adapter and its control at lr, the body adapter at body_lr."""
     trainable = lambda m: [p for p in (m.parameters() if m is not None else ()) if p.requires_grad]  # noqa: E731
@@ -925,7 +940,7 @@ def param_groups(model, cfg):
 
 BASES = types.SimpleNamespace(  # train.py's row "hmr_adapter_bases": the tiny stand-ins of the pretrained bases
     CONFIGS=BASE_CONFIGS, build_model=_build_bases, training_loss=training_loss, predict=predict,
-    learning_rate=learning_rate)
+    learning_rate=learning_rate, check_inputs=_check_bases_inputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -937,6 +952,8 @@ BASES = types.SimpleNamespace(  # train.py's row "hmr_adapter_bases": the tiny s
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention with one qkv Linear (ViTPose names: qkv, proj)."""
+
     def __init__(self, dim, heads):
         super().__init__()
         self.heads = heads
@@ -949,6 +966,8 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """The ViT block's MLP: fc2(GELU(fc1(x))) (ViTPose names: fc1, fc2)."""
+
     def __init__(self, dim, hidden):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
@@ -958,6 +977,9 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm ViT block: x + attn(norm1(x)), then x + mlp(norm2(x)) (ViTPose names: norm1, attn, norm2,
+    mlp). The MLP is 4 x wide, as in every ViT these bases use."""
+
     def __init__(self, dim, heads):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
@@ -968,11 +990,20 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def conv_stem(widths, out):
+    """NOTE(paper gap) 13 (TINY only): a convolutional patch embedding: per width c, Conv3x3 stride 2 ->
+    GroupNorm -> ReLU, then Conv1x1 -> the ViT width; len(widths) = log2(patch) stages. A linear map per
+    16 x 16 patch is too weak for the tiny whole-body model at 128 x 96; the released models keep `proj`."""
+    layers, c_in = [], 3
+    for c in widths:
+        layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c // 4), c), nn.ReLU()]
+        c_in = c
+    return nn.Sequential(*layers, nn.Conv2d(c_in, out, 1))
+
+
 class PatchEmbed(nn.Module):
-    """ViTPose's linear patch embedding `proj`, or (stem = widths, TINY only) a convolutional stem: per
-    width Conv3x3 stride 2 -> GroupNorm -> ReLU, log2(patch) of them, then Conv1x1 -> the ViT width.
-    NOTE(paper gap) 13: a linear map per 16 x 16 patch is too weak for the tiny whole-body model at 128 x 96;
-    the released models keep `proj` and load strictly."""
+    """ViTPose's linear patch embedding `proj`, or (stem = widths, TINY only) a convolutional stem
+    (`conv_stem`), checked here to give the patch size."""
 
     def __init__(self, patch, padding, width, stem=()):
         super().__init__()
@@ -982,19 +1013,18 @@ class PatchEmbed(nn.Module):
         if 2 ** len(stem) != patch or padding:
             raise ValueError(f"PatchEmbed: a stem of {len(stem)} stride-2 convolutions gives patch {2 ** len(stem)}, "
                              f"expected log2(patch={patch}) of them and no padding (got {padding})")
-        layers, c_in = [], 3
-        for c in stem:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c // 4), c), nn.ReLU()]
-            c_in = c
-        self.stem = nn.Sequential(*layers, nn.Conv2d(c_in, width, 1))
+        self.stem = conv_stem(stem, width)
 
     def forward(self, images):
         return self.stem(images) if hasattr(self, "stem") else self.proj(images)
 
 
 class ViT(nn.Module):
-    """images (B, 3, H, W) and optional extra tokens (B, T, C) -> (tokens (B, h w, C), extra (B, T, C)).
-    SMPLer-X's encoder puts its learnable task tokens (no position embedding) before the patch tokens."""
+    """images (B, 3, H, W) -> (patch tokens (B, h w, C), task tokens (B, T, C)). official (ViTPose's mmpose ViT
+    as HaMeR and SMPLer-X use it): parameter names included (patch_embed.proj, pos_embed (1, 1 + h w, C) with a
+    class-token slot, blocks.i.*, last_norm; SMPLer-X's task_tokens); held to HaMeR's and SMPLer-X's modules
+    by tests/official/hamer and tests/official/smplerx. SMPLer-X's encoder puts its T learnable task tokens
+    (no position embedding) before the patch tokens; T = 0 for HaMeR's."""
 
     def __init__(self, image_hw, patch, padding, width, depth, heads, num_task_tokens=0, stem=()):
         super().__init__()
@@ -1012,6 +1042,7 @@ class ViT(nn.Module):
         if tuple(x.shape[-2:]) != self.grid:
             raise ValueError(f"ViT: images {tuple(images.shape[-2:])} give a {tuple(x.shape[-2:])} patch grid, "
                              f"expected {self.grid}")
+        # ViTPose (HMR2.0, HaMeR, SMPLer-X): the class-token slot of pos_embed is added to every patch
         x = x.flatten(2).transpose(1, 2) + self.pos_embed[:, 1:] + self.pos_embed[:, :1]  # (B, h w, C)
         n = 0 if self.task_tokens is None else self.task_tokens.shape[1]
         if n:
@@ -1026,8 +1057,11 @@ class ViT(nn.Module):
 
 
 class MANOHead(nn.Module):
-    """HaMeR's MANOTransformerDecoderHead: readouts decpose (16 x 6D), decshape (10), deccam (3), each
-    added to its mean (one IEF iteration); the mean pose is the identity (flat hand)."""
+    """HaMeR's MANO head (`MANOTransformerDecoderHead`, `hamer/models/heads/mano_head.py`, names included):
+    ONE zero token cross-attends to the h w ViT tokens; its state reads out 6D pose (16 x 6), betas (10) and
+    camera (3) as residuals on mean parameters, one iteration (IEF_ITERS 1). The mean parameters are buffers:
+    identity pose (a flat hand), betas = 0, cam [0.9, 0, 0] here; HaMeR's come with its checkpoint. Held to
+    HaMeR's module by tests/official/hamer."""
 
     def __init__(self, cfg):
         super().__init__()

@@ -586,6 +586,15 @@ def build_model(cfg, parent=None):
     return SimpleHand(cfg, _mano_j_regressor(), template)
 
 
+def check_inputs(cfg, kind, path):
+    """train.py's protocol: the files the config names (the released checkpoint, else the backbone's
+    ImageNet weights) must exist, checked before any stage trains; raises in one line as build_model would."""
+    if cfg.official_checkpoint:
+        check_official_file(cfg.official_checkpoint)
+    elif cfg.backbone != "tiny_cnn":
+        pretrained_weights(cfg)
+
+
 def _config(cfg):
     """A SimpleHandConfig, or the one CONFIGS names."""
     if isinstance(cfg, str):
@@ -831,6 +840,13 @@ def official_state_dict(official_sd, j_regressor=None, source="official state di
     return state
 
 
+def check_official_file(path):
+    """Raise in one line unless `path` is a file (a released official checkpoint)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file (the official simpleHand's released epoch_200_rerun1 "
+                                f"or epoch_200_rerun2)")
+
+
 def load_official(path, cfg="official"):
     """A released official checkpoint (`epoch_200_rerun1` / `epoch_200_rerun2`: a torch.save dict with
     `state_dict`, `optimizer_state_dict`, `scaler_state_dict`) -> the SimpleHand of `cfg` in eval mode.
@@ -839,9 +855,7 @@ def load_official(path, cfg="official"):
     The `official` config gives the official HandNet's outputs.
     """
     cfg = dataclasses.replace(_config(cfg), pretrained_backbone=False, official_checkpoint="")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file (the official simpleHand's released epoch_200_rerun1 "
-                                f"or epoch_200_rerun2)")
+    check_official_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a torch.save file, or one holding more than tensors

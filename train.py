@@ -1,8 +1,8 @@
 """Train and evaluate any paper's stages with plain PyTorch DDP, on one CPU process or many GPUs.
 
-    python train.py --model simplehand                                      # one process
-    torchrun --standalone --nproc_per_node=2 train.py --model simplehand    # DDP: gloo on CPU, NCCL on GPU
-    python train.py --model simplehand --ablation table5                    # a paper's ablation table, row by row
+    python train.py --model NAME                                      # one process; NAME: a row of MODELS
+    torchrun --standalone --nproc_per_node=2 train.py --model NAME    # DDP: gloo on CPU, NCCL on GPU
+    python train.py --model NAME --ablation TABLE                     # a paper's ablation table, row by row
 
 With no other flag this is the demo: the stage's CPU config ("tiny") on the synthetic data of
 data.py, a held-out evaluation next to a constant baseline scored by the same metrics,
@@ -31,9 +31,13 @@ The protocol a paper offers (a module, or any object with these attributes)
 - optional `ABLATIONS`: {"table5": the paper's ablation table as data}, run by `--ablation table5` (see the
   "Ablations" section below for its keys): each row's config overrides beside the paper's figures.
 - optional `param_groups(model, cfg)` -> [(lr_scale, [parameters]), ...]: parts that train at
-  their own rate, lr_scale x learning_rate(cfg, step) (HMR-Adapter's two adapters, trained apart in
-  the paper). Together the groups must hold every parameter that requires gradients, each once.
-  Without it, one group at scale 1.
+  their own rate, lr_scale x learning_rate(cfg, step) (e.g. two adapters that a paper trains apart).
+  Together the groups must hold every parameter that requires gradients, each once. Without it, one
+  group at scale 1.
+- optional `check_inputs(cfg, kind, path)`: raises FileNotFoundError or ValueError, its first line
+  naming what is missing (an environment variable, a file the config names), for an input the stage
+  will read besides --data's own files. Called for --model and every stage it starts from, with the
+  config each will be built with and --data's KIND and PATH, before the first stage trains.
 
 A stage (one row of MODELS) wires a paper to: its `data(kind, path, split, cfg, seed, n)` (a
 Dataset of dicts, data.py's key contract), `metrics(pred, gt)` -> {name: float} (the first name is
@@ -122,6 +126,8 @@ BODY_KINDS = ("synthetic", "ambiguous", "hmr2")  # ambiguous: data.AmbiguousBodi
 # (train and score on it: the format gives every key the losses read) or wholebody:TRAIN.npz,EVAL.npz; scored
 # by Table 1's protocol (hmr_adapter.evaluation_metrics; the face on $HMR_FLAME_VERTEX_IDS when set)
 WHOLEBODY_KINDS = ("synthetic", "wholebody")
+# the kinds whose PATH is one file or TRAIN,EVAL files (not a dataset's root folder): what each file holds
+FILE_KINDS = {"hmr2": "a 4D-Humans evaluation .npz", "wholebody": "a whole-body .npz (data.WholeBodyNpz)"}
 
 
 MODELS = {
@@ -593,7 +599,7 @@ def train(job, start_step, train_time, args, ranks):
             t_last = time.time()  # keep the evaluation out of samples/s
         if (args.ckpt_every and done % args.ckpt_every == 0) or done == cfg.max_steps:
             save_checkpoint(job, done, train_time + time.time() - t_begin, args, ranks)
-    if cfg.max_steps == 0:  # loaded, not trained (hmr_adapter's paper bases: the released weights)
+    if cfg.max_steps == 0:  # loaded, not trained (e.g. released weights that build_model read)
         save_checkpoint(job, 0, train_time, args, ranks)
     return train_time + time.time() - t_begin
 
@@ -954,9 +960,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train a paper's stages (plain PyTorch; DDP under torchrun).")
     p.add_argument("--model", required=True, help=f"which stage to train: {' | '.join(MODELS)}")
     p.add_argument("--config", default="tiny", help="preset in the paper's CONFIGS (default: tiny, the CPU demo)")
+    kinds = dict.fromkeys(k if k in data.RENDERED_KINDS else f"{k}:PATH" for s in MODELS.values() for k in s.data_kinds)
     p.add_argument("--data", default="synthetic",
-                   help="synthetic | ambiguous (GenHMR) | KIND:PATH, the kinds the stage "
-                   "reads (default: synthetic)")
+                   help=f"{' | '.join(kinds)}: one of the kinds the stage reads (its row's data_kinds; default: "
+                   "synthetic)")
     p.add_argument("--out", default="out", help="output folder; each stage writes to OUT/<stage> (default: out)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="optimisation steps of --model; also caps the stages it starts from that run here "
@@ -1000,23 +1007,49 @@ def check_args(args):
         if kind not in stage.data_kinds or (kind in data.RENDERED_KINDS) == bool(sep):
             fail(f"--data {args.data!r}: {which} expects " +
                  ", ".join(k if k in data.RENDERED_KINDS else f"{k}:PATH" for k in stage.data_kinds))
-    if kind in ("hmr2", "wholebody"):  # files, not a folder
-        what = "a 4D-Humans evaluation .npz" if kind == "hmr2" else "a whole-body .npz (data.WholeBodyNpz)"
+    if kind in FILE_KINDS:
         for file in path.split(","):
             if not os.path.isfile(file):
-                fail(f"--data {args.data}: file {file!r} does not exist; expected {what}")
+                fail(f"--data {args.data}: file {file!r} does not exist; expected {FILE_KINDS[kind]}")
     elif kind not in data.RENDERED_KINDS and not os.path.isdir(path):
         fail(f"--data {args.data}: folder {path!r} does not exist; expected the dataset's root folder")
-    if args.model.startswith("hmr_adapter"):
-        # the face and hand metrics' vertex ids ($HMR_FLAME_VERTEX_IDS, ...): a bad file fails now, not after training
-        try:
-            hmr_adapter.face_vertex_ids(), hmr_adapter.hand_vertex_ids()
-        except (FileNotFoundError, ValueError) as e:
-            fail(str(e).splitlines()[0])
     if args.ablation is not None:
         check_ablation(args)
     if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         fail(f"--device {args.device}: expected auto, cpu, or cuda on a machine with a GPU")
+    check_inputs(args)
+
+
+def chain_configs(args):
+    """[(stage, config)] for --model and the stages it starts from, oldest first, as run_chain builds them: a
+    finished stage in OUT with its checkpoint's config; one it resumes (an unfinished stage --model starts
+    from, or --model with --resume) with its checkpoint's config and the stage's --set items; any other with
+    the preset and its --set items."""
+    overrides, configs = stage_overrides(args.model, args.set, args), []
+    for name in lineage(args.model)[::-1]:
+        cfg, given = MODELS[name].paper.CONFIGS[args.config], overrides[name]
+        path = os.path.join(stage_dir(name, args), "ckpt.pt")
+        if os.path.exists(path) and (name != args.model or args.resume):
+            ckpt = load_checkpoint(path, name, why="--resume" if name == args.model else f"stage {name}")
+            cfg = type(cfg)(**ckpt["config"])
+            if name != args.model and ckpt["step"] >= ckpt["config"]["max_steps"]:
+                given = []  # reused as trained
+        configs.append((name, apply_overrides(cfg, given)))
+    return configs
+
+
+def check_inputs(args):
+    """Every stage's preconditions (the paper's `check_inputs`: environment variables, files its config names)
+    before the first stage trains: a chain never stops at a later stage for want of an input."""
+    kind, _, path = args.data.partition(":")
+    for name, cfg in chain_configs(args):
+        check = getattr(MODELS[name].paper, "check_inputs", None)
+        try:
+            if check is not None:
+                check(cfg, kind, path)
+        except (FileNotFoundError, ValueError) as e:
+            which = name if name == args.model else f"{name} (which {args.model} starts from)"
+            fail(f"{which}: {str(e).splitlines()[0]}")
 
 
 def setup_distributed(args):

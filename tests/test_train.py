@@ -247,7 +247,7 @@ def test_set_errors_name_the_field_and_what_was_expected(item, expected):
     (["--model", "standin", "--set", "bogus=1"], "has no field 'bogus'"),
     # a paper config without its ImageNet weights file is refused before timm is imported or data rendered
     (["--model", "simplehand", "--config", "paper"],
-     "--config paper: backbone 'hrnet_w64' starts from ImageNet weights (Sec. 4.1), read from a local file"),
+     "simplehand: backbone 'hrnet_w64' starts from ImageNet weights (Sec. 4.1), read from a local file"),
     (["--model", "simplehand", "--config", "paper", "--set", "backbone_weights=/no/such.pth"],
      "backbone_weights='/no/such.pth': no such file"),
     # HMR-Adapter's paper bases without the released files: refused before 1.3B parameters are built
@@ -256,6 +256,64 @@ def test_set_errors_name_the_field_and_what_was_expected(item, expected):
 ])
 def test_bad_input_gives_one_line_error(argv, expected, tmp_path):
     assert expected in error_of(argv + ["--out", str(tmp_path)])
+
+
+def test_every_stage_of_the_chain_is_checked_before_the_first_trains(tmp_path, monkeypatch):
+    """The protocol's check_inputs runs for --model and each stage it starts from, with the config each is
+    built with and --data's kind and path: a parent's missing input stops the run before anything trains."""
+    seen = []
+
+    def check(cfg, kind, path):
+        seen.append((cfg.width, kind, path))
+        raise FileNotFoundError("STANDIN_FILE: missing /no/such.npy\nsecond line")
+
+    paper = types.SimpleNamespace(**dict(vars(STANDIN_PAPER), check_inputs=check))
+    monkeypatch.setitem(train.MODELS, "standin", dataclasses.replace(STANDINS["standin"], paper=paper))
+    message = error_of(["--model", "standin_head", "--data", "npz:/tmp", "--set", "width=7", "--out", str(tmp_path)])
+    assert message == "train.py: error: standin (which standin_head starts from): STANDIN_FILE: missing /no/such.npy"
+    assert seen == [(7, "npz", "/tmp")] and not os.listdir(tmp_path)
+
+
+def test_a_finished_parent_is_checked_with_its_checkpoints_config(tmp_path, monkeypatch):
+    """A parent reused from OUT is checked with the config it was trained with (--set does not reach it), the
+    stage itself with the preset and --set."""
+    train.main(["--model", "standin", "--out", str(tmp_path), "--set", "width=7", "--max-steps", "1"])
+    seen = []
+
+    def check(cfg, kind, path):
+        seen.append(cfg.width)
+        if len(seen) == 2:
+            raise ValueError("stop here")
+
+    for name in STANDINS:
+        paper = types.SimpleNamespace(**dict(vars(STANDINS[name].paper), check_inputs=check))
+        monkeypatch.setitem(train.MODELS, name, dataclasses.replace(STANDINS[name], paper=paper))
+    assert error_of(["--model", "standin_head", "--out", str(tmp_path), "--set", "width=9"]).endswith(
+        "standin_head: stop here")
+    assert seen == [7, 9] and not (tmp_path / "standin_head").exists()
+
+
+def test_genhmr_on_hmr2_without_the_regressor_stops_before_the_tokenizer_trains(tmp_path):
+    """The image stages score --data hmr2 by the benchmarks' protocol: without $HMR_J_REGRESSOR the whole chain
+    is refused at once (exit 2, one line naming the variable), no stage folder or checkpoint written."""
+    (tmp_path / "bench.npz").write_bytes(b"")  # only its existence is checked before the stages' inputs
+    env = {k: v for k, v in os.environ.items() if k != "HMR_J_REGRESSOR"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "genhmr", "--data",
+                           f"hmr2:{tmp_path / 'bench.npz'}", "--out", str(tmp_path / "out"), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("train.py: error: genhmr_backbone (which genhmr starts from): HMR_J_REGRESSOR is "
+                                  "not set"), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_hmr_adapter_bases_check_the_vertex_ids_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("HMR_MANO_SMPLX_VERTEX_IDS", str(tmp_path / "none.pkl"))
+    monkeypatch.setenv("HMR_FLAME_VERTEX_IDS", str(tmp_path / "none.npy"))
+    message = error_of(["--model", "hmr_adapter_bases", "--out", str(tmp_path / "out")])
+    assert message == f"train.py: error: hmr_adapter_bases: HMR_FLAME_VERTEX_IDS: missing {tmp_path / 'none.npy'} " \
+                      "(expected SMPL-X__FLAME_vertex_ids.npy)"
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_command_exits_2_with_its_one_line_error(tmp_path):
