@@ -1210,6 +1210,26 @@ def load_trained(path, chain):
 # HaMeR's output) are always the full rotations.
 
 
+def kabsch_rotation(a, b):
+    """The proper rotation R (B, 3, 3), det +1, that best turns point set a onto b, both (B, N, 3):
+    R minimises sum_n |R (a_n - mean a) - (b_n - mean b)|^2 (Kabsch; Umeyama's without the scale).
+
+    The same steps, in the same order, as metrics.procrustes_transform's rotation (a test compares
+    the two), so that hand frames and fits are those the metrics would give.
+    """
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    a, b = a.to(dtype), b.to(dtype)
+    # 1. centre both sets and divide each by its Frobenius norm (+1e-8 keeps an all-equal set finite)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)  # (B, N, 3)
+    a = a / (a.flatten(1).norm(dim=1) + 1e-8)[:, None, None]
+    b = b / (b.flatten(1).norm(dim=1) + 1e-8)[:, None, None]
+    # 2. with a^T b = U S V^T, R = V D U^T maximises tr(R a^T b); D = diag(1, 1, det(U V^T)) keeps det R = +1
+    u, sigma, vh = torch.linalg.svd(a.transpose(1, 2) @ b)  # (B, 3, 3), (B, 3), (B, 3, 3)
+    d = torch.ones_like(sigma)  # (B, 3), the diagonal of D
+    d[:, 2] = torch.where(torch.linalg.det(u @ vh) < 0, -1.0, 1.0)
+    return vh.transpose(1, 2) @ (d[:, :, None] * u.transpose(1, 2))  # (B, 3, 3)
+
+
 @dataclass(frozen=True)
 class HandFrames:
     """What relates MANO hands to an SMPL-X body's hands (`hand_frames` reads it from the files).
@@ -1228,7 +1248,7 @@ def hand_frames(model_dir=None):
     """`HandFrames` of the MANO (right) and SMPL-X (neutral) files under model_dir (None:
     $HMR_BODY_MODELS, else the stand-ins); cached per pair of files.
 
-    r_off is the rotation of the Procrustes fit (metrics.procrustes_transform) of MANO's 16 rest
+    r_off is the rotation of the Procrustes fit (`kabsch_rotation`) of MANO's 16 rest
     joints onto SMPL-X's right wrist and finger joints, J = J_regressor v_template.
     NOTE: on the stand-ins the fit is 0.7 degrees from the exact half turn diag(-1, 1, -1) of
     `standins._stitch_hands` (SMPL-X's wrist joint is regressed from the forearm too, MANO's is not).
@@ -1242,15 +1262,13 @@ def hand_frames(model_dir=None):
 
 @functools.lru_cache(maxsize=None)
 def _hand_frames(mano_path, smplx_path):
-    from metrics import procrustes_transform  # the project's one Procrustes
-
     def array(a, key):
         return torch.from_numpy(np.asarray(a[key], np.float64))
 
     mano, body = _checked_arrays(mano_path, "mano"), _checked_arrays(smplx_path, "smplx")
     mano_rest = array(mano, "J_regressor") @ array(mano, "v_template")  # (16, 3)
     body_rest = (array(body, "J_regressor") @ array(body, "v_template"))[list(SMPLX_HAND_JOINTS["right"])]
-    r_off = procrustes_transform(mano_rest[None], body_rest[None])[1][0]
+    r_off = kabsch_rotation(mano_rest[None], body_rest[None])[0]
     means = {side: array(body, "hands_mean" + side[0]).view(15, 3) for side in ("left", "right")}
     return HandFrames(r_off, array(mano, "hands_mean").view(15, 3), means)
 
@@ -1444,13 +1462,12 @@ def _pose_from_parts(skin, target, betas):
     """Step 2 of `fit_mano`: MANO axis-angle (B, 16, 3) from the vertices each joint moves most:
     W_j = the Procrustes rotation of their shaped rest positions onto target (B, 778, 3), the local
     rotation W_parent^T W_j (a joint with fewer than 3 vertices takes its parent's W)."""
-    from metrics import procrustes_transform  # the project's one Procrustes
     rest = skin.v_template + torch.einsum("vkl,bl->bvk", skin.shapedirs, betas)  # (B, 778, 3)
     part = skin.lbs_weights.argmax(1)  # (778,)
     world = []
     for j, p in enumerate(skin.parents):
         ids = (part == j).nonzero()[:, 0]
-        world.append(procrustes_transform(rest[:, ids], target[:, ids])[1] if len(ids) >= 3 else world[p])
+        world.append(kabsch_rotation(rest[:, ids], target[:, ids]) if len(ids) >= 3 else world[p])
     local = [world[0]] + [world[p].transpose(-1, -2) @ world[j] for j, p in enumerate(skin.parents) if p >= 0]
     return matrix_to_axis_angle(torch.stack(local, 1))
 
