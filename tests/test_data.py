@@ -1,6 +1,7 @@
-"""Tests for data.py: the renderer against the brute-force z-buffer `data.reference_rasterize`, projection
-consistency of every dataset before and after augmentation, determinism by index, real-data loaders on
-fixture folders built here in the official layouts, and DataLoader / pickling behaviour."""
+"""Tests for data.py and synthetic.py: the renderer against the brute-force z-buffer
+`synthetic.reference_rasterize`, projection consistency of every dataset before and after augmentation,
+determinism by index, real-data loaders on fixture folders built here in the official layouts, and
+DataLoader / pickling behaviour."""
 import math
 import os
 import pickle
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 import bodymodels
 import data
+import synthetic
 from bodymodels import axis_angle_to_matrix, matrix_to_axis_angle, perspective_projection
 
 torch.set_num_threads(1)
@@ -51,8 +53,8 @@ def icosphere(subdivisions=2):
 
 def random_background(rng, image_size):
     """One sample's background as the datasets draw it: a pattern, upsampled to (H, W)."""
-    pattern = torch.from_numpy(data.background_patterns(data.Draws([rng]))).float()
-    return data.upsample_backgrounds(pattern, *image_size)[0]
+    pattern = torch.from_numpy(synthetic.background_patterns(synthetic.Draws([rng]))).float()
+    return synthetic.upsample_backgrounds(pattern, *image_size)[0]
 
 
 def random_triangle_soup(rng, count):
@@ -76,8 +78,8 @@ def test_rasterize_agrees_with_brute_force_zbuffer(seed, count):
     rng = torch.Generator().manual_seed(seed)
     verts, faces, K = random_triangle_soup(rng, count)
     height, width = 24, 32
-    pix, face, bary = data.rasterize(verts, faces, K, (height, width))
-    oracle, margin, gap = data.reference_rasterize(verts, faces, K, (height, width))
+    pix, face, bary = synthetic.rasterize(verts, faces, K, (height, width))
+    oracle, margin, gap = synthetic.reference_rasterize(verts, faces, K, (height, width))
     got = torch.full((height * width,), -1, dtype=torch.long)
     got[pix] = face
     clear = (margin > 1e-3) & (gap > 1e-4)  # pixels far from every edge and without a depth tie
@@ -95,7 +97,7 @@ def test_rasterize_sphere_covers_its_projected_disc_without_cracks():
     radius, depth, f = 0.1, 1.0, 400.0
     verts = (verts * radius + torch.tensor([0.0, 0.0, depth])).float()
     K = torch.tensor([[f, 0, 64], [0, f, 64], [0, 0, 1]])
-    _, mask = data.render_mesh(verts, faces, K, 128, return_mask=True)
+    _, mask = synthetic.render_mesh(verts, faces, K, 128, return_mask=True)
     ys, xs = torch.meshgrid(torch.arange(128) + 0.5, torch.arange(128) + 0.5, indexing="ij")
     r = ((xs - 64) ** 2 + (ys - 64) ** 2).sqrt()
     r_disc = f * radius / math.sqrt(depth**2 - radius**2)  # silhouette of a sphere seen in perspective
@@ -107,11 +109,11 @@ def test_backface_culling_changes_nothing_for_a_closed_outward_mesh():
     verts, faces = icosphere(2)
     verts = (verts * torch.tensor([0.1, 0.06, 0.08]) + torch.tensor([0.02, -0.01, 0.5])).float()
     K = torch.tensor([[300.0, 0, 40], [0, 300.0, 36], [0, 0, 1]])
-    both = data.render_mesh(verts, faces, K, (72, 80))
-    culled = data.render_mesh(verts, faces, K, (72, 80), cull_backfaces=True)
+    both = synthetic.render_mesh(verts, faces, K, (72, 80))
+    culled = synthetic.render_mesh(verts, faces, K, (72, 80), cull_backfaces=True)
     assert torch.allclose(both, culled, atol=1e-5) and both.max() > 0
     # culling with the winding reversed leaves only the inside of the far half: a different picture
-    inside = data.render_mesh(verts, faces.flip(1), K, (72, 80), cull_backfaces=True)
+    inside = synthetic.render_mesh(verts, faces.flip(1), K, (72, 80), cull_backfaces=True)
     assert not torch.allclose(both, inside, atol=1e-2)
 
 
@@ -121,8 +123,8 @@ def test_render_mesh_gives_the_same_image_on_the_gpu():
     verts = (verts * torch.tensor([0.1, 0.06, 0.08]) + torch.tensor([0.02, -0.01, 0.5])).float()
     K = torch.tensor([[300.0, 0, 40], [0, 300.0, 36], [0, 0, 1]])
     background = random_background(data.sample_rng(0, 0, 0), (72, 80))
-    cpu = data.render_mesh(verts, faces, K, (72, 80), background=background)
-    gpu = data.render_mesh(verts.cuda(), faces.cuda(), K.cuda(), (72, 80), background=background.cuda())
+    cpu = synthetic.render_mesh(verts, faces, K, (72, 80), background=background)
+    gpu = synthetic.render_mesh(verts.cuda(), faces.cuda(), K.cuda(), (72, 80), background=background.cuda())
     assert gpu.is_cuda and (gpu.cpu() - cpu).abs().max() < 1e-4
     zoom = torch.diag(torch.tensor([1.1, 1.1, 1.0], dtype=torch.float64))
     warped = data.warp_image(background.cuda(), zoom, (72, 80))
@@ -137,12 +139,12 @@ def test_render_mesh_lambert_shading_of_a_facing_square():
     color, ambient = torch.tensor([0.8, 0.5, 0.2]), 0.3
     tilt = math.radians(60)
     light = (0.0, math.sin(tilt), -math.cos(tilt))
-    image = data.render_mesh(verts, faces, K, 16, color=color, light=light, ambient=ambient)
+    image = synthetic.render_mesh(verts, faces, K, 16, color=color, light=light, ambient=ambient)
     expected = color * (ambient + (1 - ambient) * math.cos(tilt))
     assert torch.allclose(image[:, 8, 8], expected, atol=1e-5)
     assert torch.allclose(image[:, 0, 0], torch.zeros(3))  # outside: black background
     # winding does not matter
-    flipped = data.render_mesh(verts, faces.flip(1), K, 16, color=color, light=light, ambient=ambient)
+    flipped = synthetic.render_mesh(verts, faces.flip(1), K, 16, color=color, light=light, ambient=ambient)
     assert torch.allclose(image, flipped)
 
 
@@ -153,8 +155,8 @@ def test_random_background_is_deterministic_varied_and_in_range():
     assert a.shape == (3, 40, 60) and torch.equal(a, b) and not torch.allclose(a, c)
     assert a.min() >= 0 and a.max() <= 1 and a.std() > 0.01
     # drawn in a batch, a background is the one its generator gives alone
-    batch = data.background_patterns(data.Draws([data.sample_rng(0, 0, 4), data.sample_rng(0, 0, 3)]))
-    assert torch.equal(data.upsample_backgrounds(torch.from_numpy(batch).float(), 40, 60)[1], a)
+    batch = synthetic.background_patterns(synthetic.Draws([data.sample_rng(0, 0, 4), data.sample_rng(0, 0, 3)]))
+    assert torch.equal(synthetic.upsample_backgrounds(torch.from_numpy(batch).float(), 40, 60)[1], a)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,10 +416,11 @@ def test_synthetic_hand_image_shows_the_labelled_mesh(kwargs):
     dataset = data.SyntheticHands(6, image_size=96, background="black", **kwargs)
     for i in range(len(dataset)):
         sample = dataset[i]
-        _, mask = data.render_mesh(*dataset.scene(sample), sample["K"], 96, return_mask=True)  # hand and forearm
+        _, mask = synthetic.render_mesh(*dataset.scene(sample), sample["K"], 96, return_mask=True)  # hand and forearm
         drawn = sample["image"].sum(0) > 0
         assert (drawn == mask).float().mean() > 0.995
-        _, mask = data.render_mesh(sample["verts"], dataset.faces, sample["K"], 96, return_mask=True)  # the hand alone
+        _, mask = synthetic.render_mesh(sample["verts"], dataset.faces, sample["K"], 96,
+                                        return_mask=True)  # the hand alone
         u, v = sample["joints2d"].round().long().clamp(0, 95).T
         assert mask[v, u].float().mean() >= 0.8  # the joints lie on the hand
         if "augment" not in kwargs:  # a detector's crop: the hand's box fills 70-90% of the crop, centred
@@ -491,12 +494,13 @@ def test_set_epoch_changes_augmented_and_varying_samples_only():
 
 def test_hand_pose_prior_bends_fingers_within_their_ranges(mano):
     rest = mano().joints[0].detach().double()
-    cfg = data.HandPoseConfig()
-    flex, _ = data.hand_axes(rest)
+    cfg = synthetic.HandPoseConfig()
+    flex, _ = synthetic.hand_axes(rest)
     rng = torch.Generator().manual_seed(0)
     curls = []
     for _ in range(100):
-        pose = torch.from_numpy(data.hand_poses(data.Draws([rng]), (flex, data.hand_axes(rest)[1]), cfg)[0])
+        axes = (flex, synthetic.hand_axes(rest)[1])
+        pose = torch.from_numpy(synthetic.hand_poses(synthetic.Draws([rng]), axes, cfg)[0])
         pose = pose.view(5, 3, 3)  # (finger, joint, 3)
         for f in range(4):  # index, middle, pinky, ring: the two distal joints are pure flexions
             for joint, limits in ((1, cfg.pip_flex), (2, cfg.dip_flex)):
@@ -565,7 +569,7 @@ def test_synthetic_body_image_shows_the_labelled_mesh():
                                    augment_config=data.AugmentConfig(color=0.0))
     for i in range(len(dataset)):
         s = dataset[i]
-        _, mask = data.render_mesh(s["verts"], dataset.rig["faces"], s["K"], 64, return_mask=True)
+        _, mask = synthetic.render_mesh(s["verts"], dataset.rig["faces"], s["K"], 64, return_mask=True)
         assert ((s["image"].sum(0) > 0) == mask).float().mean() > 0.995
         assert s["image"].std() > 0.05
 
@@ -605,13 +609,13 @@ def test_batch_skinning_is_smpl_and_independent_of_the_batch(smpl):
 
 def test_self_intersects_flags_crossed_legs_and_arms_in_the_torso(smpl):
     rest = smpl().joints[0, :24].detach().double()
-    assert not data.self_intersects(rest)  # the T-pose is clear
+    assert not synthetic.self_intersects(rest)  # the T-pose is clear
     crossed = rest.clone()
     crossed[[4, 7]] = rest[[5, 8]] + torch.tensor([0.01, 0.0, 0.0], dtype=torch.float64)  # left shin on the right one
-    assert data.self_intersects(crossed)
+    assert synthetic.self_intersects(crossed)
     inside = rest.clone()
     inside[[18, 20]] = rest[[3, 6]]  # left forearm through the spine
-    assert data.self_intersects(inside)
+    assert synthetic.self_intersects(inside)
 
 
 def test_body_pose_prior_is_upright_with_natural_hinges(smpl):
@@ -619,9 +623,9 @@ def test_body_pose_prior_is_upright_with_natural_hinges(smpl):
     rng = torch.Generator().manual_seed(0)
     clear, upright = 0, 0
     for _ in range(40):
-        R = data.sample_plausible_body(rng, rest, parents)  # (22, 3, 3), joint 0 the global orientation
+        R = synthetic.sample_plausible_body(rng, rest, parents)  # (22, 3, 3), joint 0 the global orientation
         joints = bodymodels.forward_kinematics(R, rest[:22], parents[:22])[0]
-        clear += not data.self_intersects(joints)
+        clear += not synthetic.self_intersects(joints)
         upright += bool(joints[15, 1] < joints[0, 1])  # head above the pelvis in the image (y down)
         aa = matrix_to_axis_angle(R)
         for joint, hinge in ((4, (1.0, 0, 0)), (5, (1.0, 0, 0)), (18, (0, -1.0, 0)), (19, (0, 1.0, 0))):
@@ -637,7 +641,7 @@ def test_action_prior_faces_the_camera_within_a_quarter_turn(seed):
     """Design notes Sec. 7: flip (180 about x) after pitch / roll N(0, 10) after yaw U(-90, 90); every
     body joint's angle at most 2 rad. The person's front (+z) then points at the camera (-z) within
     90 degrees of yaw plus the small tilt, and up (+y) points up in the image (-y)."""
-    R = data.sample_action_body(torch.Generator().manual_seed(seed))
+    R = synthetic.sample_action_body(torch.Generator().manual_seed(seed))
     assert R.shape == (22, 3, 3)
     torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(R))
     front = R[0] @ torch.tensor([0.0, 0, 1], dtype=torch.float64)
@@ -649,12 +653,12 @@ def test_action_prior_faces_the_camera_within_a_quarter_turn(seed):
 def test_action_prior_modes_and_their_spread():
     """Four modes, each visited; around its mode a joint's rotation vector varies with a std near
     its basis' (0.15-0.5 rad), and joints move together (rank 6: correlated, not independent)."""
-    means, bases = data.action_prior()
+    means, bases = synthetic.action_prior()
     assert means.shape == (4, 21, 3) and bases.shape == (4, 6, 21, 3)
     std = (bases ** 2).sum((1, 3)).sqrt()  # (4, 21) expected joint std without the iid noise
     assert 0.08 < std.min() and std.max() < 0.7
     rng = torch.Generator().manual_seed(0)
-    poses = torch.stack([matrix_to_axis_angle(data.sample_action_body(rng)[1:]) for _ in range(200)]).flatten(1)
+    poses = torch.stack([matrix_to_axis_angle(synthetic.sample_action_body(rng)[1:]) for _ in range(200)]).flatten(1)
     # what a mode's six directions leave of (pose - its mean): the 0.05 rad noise alone for the right mode
     residual = torch.stack([(poses - m.flatten())
                             - torch.linalg.lstsq(b.flatten(1).T, (poses - m.flatten()).T).solution.T @ b.flatten(1)
@@ -668,7 +672,7 @@ def test_action_prior_modes_and_their_spread():
 
 def test_suit_colours_tell_parts_and_sides_apart():
     part = torch.arange(24)
-    colors = data.suit_colors(part)
+    colors = synthetic.suit_colors(part)
     assert colors.shape == (24, 3) and 0 <= colors.min() and colors.max() <= 1
     distance = torch.cdist(colors, colors) + torch.eye(24) * 10
     assert distance.min() > 0.05
