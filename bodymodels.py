@@ -1,4 +1,6 @@
-"""Body models, rotations and cameras shared by the three paper files.
+"""Body models, the ground floor of the three paper files: conventions, rotations, cameras, joint orders,
+skinning, model-file loaders, hands on a body. It imports no module of this project, except that its
+loaders call standins.py's generator where no model files exist.
 
 Conventions (every function in this file follows them; the paper files rely on them):
 
