@@ -98,6 +98,8 @@ import genhmr
 import hmr_adapter
 import metrics
 import simplehand
+import standins
+import synthetic
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,10 +270,13 @@ def build_dataset(name, cfg, split, num_samples, args, ranks):
         fail(f"--data {args.data}: {str(e).splitlines()[0]}")
     if kind not in data.RENDERED_KINDS:
         return dataset
-    # the cache name carries everything the samples depend on, data.py's source included; stages
-    # reading the same data function with the same fields share it
+    # the cache name carries everything the samples depend on: the source of every module a render
+    # runs, the body model folder and the data fields; stages reading the same data function with the
+    # same fields share it
     fields = {f: getattr(cfg, f) for f in stage.data_fields}
-    version = hashlib.sha1((inspect.getsource(data) + repr(fields)).encode()).hexdigest()[:8]
+    sources = "".join(inspect.getsource(m) for m in (data, synthetic, bodymodels, standins))
+    key = sources + repr(fields) + (os.environ.get("HMR_BODY_MODELS") or "")
+    version = hashlib.sha1(key.encode()).hexdigest()[:8]
     cache = os.path.join(getattr(args, "cache", None) or os.path.join(args.out, "cache"),
                          f"{stage.data.__name__}-{split}-n{num_samples}-seed{args.seed}-{version}.pt")
     os.makedirs(os.path.dirname(cache), exist_ok=True)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 import bodymodels as bm
+import metrics
 
 SEEDS = st.integers(0, 2**31 - 1)
 SHAPES = st.sampled_from([(), (1,), (3, 2)])
@@ -668,7 +669,36 @@ def test_crop_translation_to_full_is_cliffs_cam_crop_to_full_for_hmr2_crops(seed
 
 # --- 9. Hands on a body ----------------------------------------------------------------------
 
-STANDIN_R_OFF = torch.diag(torch.tensor([-1.0, 1.0, -1.0], **DOUBLE))  # `_stitch_hands`: the right hand turned about y
+
+@FAST
+@given(seed=SEEDS, kind=KINDS, batch=st.sampled_from([1, 2, 5]), points=st.sampled_from([1, 2, 3, 16]),
+       sets=st.sampled_from(["noisy", "mirrored", "collinear", "all_equal"]))
+@example(seed=0, kind="identity", batch=1, points=16, sets="noisy")
+@example(seed=0, kind="half_turn", batch=1, points=16, sets="noisy")
+def test_kabsch_rotation_is_the_rotation_of_metrics_procrustes(seed, kind, batch, points, sets):
+    """bodymodels' own Kabsch (it imports nothing of the project) gives metrics.procrustes_transform's
+    rotation bit for bit, degenerate and mirrored sets included; a proper rotation with det +1."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(batch, points, 3, generator=g, **DOUBLE)
+    if sets == "collinear":
+        a = torch.randn(batch, 1, 3, generator=g, **DOUBLE) * torch.randn(batch, points, 1, generator=g, **DOUBLE)
+    if sets == "all_equal":
+        a = a[:, :1].expand(batch, points, 3)
+    R = bm.axis_angle_to_matrix(random_axis_angle(seed, (batch,), kind))  # (B, 3, 3)
+    b = 1.7 * a @ R.transpose(1, 2) + torch.randn(batch, 1, 3, generator=g, **DOUBLE)
+    b = b + {"noisy": 0.1, "mirrored": 0.0}.get(sets, 0.0) * torch.randn(batch, points, 3, generator=g, **DOUBLE)
+    if sets == "mirrored":
+        b = b * torch.tensor([-1.0, 1.0, 1.0], **DOUBLE)
+    rotation = bm.kabsch_rotation(a, b)
+    assert torch.equal(rotation, metrics.procrustes_transform(a, b)[1])
+    torch.testing.assert_close(torch.linalg.det(rotation), torch.ones(batch, **DOUBLE))
+    if sets == "noisy" and points >= 16:  # enough points to pin the rotation down
+        torch.testing.assert_close(bm.kabsch_rotation(a, b.float()), metrics.procrustes_transform(a, b.float())[1])
+        exact = 1.7 * a @ R.transpose(1, 2) - 3.0
+        torch.testing.assert_close(bm.kabsch_rotation(a, exact), R, rtol=0, atol=1e-9)
+
+
+STANDIN_R_OFF = torch.diag(torch.tensor([-1.0, 1.0, -1.0], **DOUBLE))  # standins._stitch_hands: the hand turned
 
 
 @given(seed=SEEDS, mano_flat=st.booleans(), smplx_flat=st.booleans(), left_as_right=st.booleans())

@@ -888,9 +888,9 @@ def run_main(argv, capsys):
 
 
 def silhouette(verts, K, hw):
-    import data
-    return set(data.rasterize(torch.as_tensor(verts).float(), genhmr._smpl().faces_tensor, torch.as_tensor(K),
-                              hw)[0].tolist())
+    import synthetic
+    return set(synthetic.rasterize(torch.as_tensor(verts).float(), genhmr._smpl().faces_tensor,
+                                   torch.as_tensor(K), hw)[0].tolist())
 
 
 def iou(a, b):

@@ -18,6 +18,7 @@ from PIL import Image
 import bodymodels
 import data
 import hmr_adapter as ha
+import synthetic
 import train
 from bodymodels import axis_angle_to_matrix, forward_kinematics, mirror_rotation
 
@@ -920,8 +921,8 @@ def test_image_command_writes_the_pipelines_mesh_in_the_full_image_camera(traine
     assert torch.equal(f, ha.body_models().smplx_faces)
     # the short-trained mesh over the render: reported, not asserted (the placement test asserts it)
     size = tuple(sample["image"].shape[-2:])
-    pred = data.rasterize(torch.from_numpy(npz["verts"]), f, torch.from_numpy(npz["K"]), size)[0]
-    gt = data.rasterize(sample["verts"], f, sample["K"], size)[0]
+    pred = synthetic.rasterize(torch.from_numpy(npz["verts"]), f, torch.from_numpy(npz["K"]), size)[0]
+    gt = synthetic.rasterize(sample["verts"], f, sample["K"], size)[0]
     print(f"\nshort-trained silhouette IoU {len(np.intersect1d(pred, gt)) / len(np.union1d(pred, gt)):.3f}")
 
 
@@ -939,8 +940,8 @@ def test_ground_truth_mesh_placed_in_the_full_image_covers_its_silhouette(render
     verts = sample["verts"].double() - root + t
     K = bodymodels.full_image_intrinsics((W, H), dtype=torch.float64)
     faces = ha.body_models().smplx_faces
-    want = data.rasterize(sample["verts"], faces, torch.linalg.inv(A) @ sample["K"].double(), (H, W))[0]
-    got = data.rasterize(verts, faces, K, (H, W))[0]
+    want = synthetic.rasterize(sample["verts"], faces, torch.linalg.inv(A) @ sample["K"].double(), (H, W))[0]
+    got = synthetic.rasterize(verts, faces, K, (H, W))[0]
     iou = len(np.intersect1d(got, want)) / len(np.union1d(got, want))
     print(f"\nground-truth placement IoU {iou:.4f} ({W} x {H}, box {box})")
     assert iou > 0.97

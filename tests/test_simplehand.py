@@ -19,6 +19,7 @@ import torch.nn as nn
 import bodymodels
 import data
 import simplehand as sh
+import synthetic
 from simplehand import PAPER, PAPER_FASTVIT, TINY
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -1112,7 +1113,8 @@ def save_png(path, image, mode="RGB"):
 
 
 def silhouette(verts, faces, K, size):
-    pix, _, _ = data.rasterize(torch.as_tensor(verts).float(), torch.as_tensor(faces), torch.as_tensor(K).float(), size)
+    pix, _, _ = synthetic.rasterize(torch.as_tensor(verts).float(), torch.as_tensor(faces), torch.as_tensor(K).float(),
+                                    size)
     mask = torch.zeros(size * size, dtype=torch.bool)
     mask[pix] = True
     return mask

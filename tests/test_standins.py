@@ -1,4 +1,4 @@
-"""The procedural stand-in body models and the model-file loaders of bodymodels.py.
+"""The procedural stand-in body models of standins.py and the model-file loaders of bodymodels.py.
 
 The stand-ins are checked through smplx itself (the oracle for what a model file means): exact
 sizes, the template at zero pose and shape, skinning that moves what hangs below a joint and
@@ -18,6 +18,7 @@ import scipy.sparse as sp
 import torch
 
 import bodymodels as bm
+import standins as si
 
 SIZES = {"mano": (778, 1538, 16, 16), "smpl": (6890, 13776, 24, 45), "smplx": (10475, 20908, 55, 127)}
 PARENTS = {"mano": bm.MANO_PARENTS, "smpl": bm.SMPL_PARENTS, "smplx": bm.SMPLX_PARENTS}
@@ -27,7 +28,7 @@ LOADERS = {"mano": bm.load_mano, "smpl": bm.load_smpl, "smplx": bm.load_smplx}
 @pytest.fixture(scope="module")
 def standins():
     """The stand-in models, float64, loaded through smplx from the cache folder."""
-    root = bm.write_standins()
+    root = si.write_standins()
     models = {kind: LOADERS[kind](root, dtype=torch.float64) for kind in LOADERS}
     models["mano_left"] = bm.load_mano(root, side="left", dtype=torch.float64)
     return models
@@ -149,7 +150,7 @@ def test_joints_lie_inside_the_mesh(standins, kind):
     joints = model.J_regressor.numpy() @ verts
     check = np.arange(len(joints))
     if kind == "mano":  # close the wrist opening with a fan; the wrist joint sits in that opening
-        ring = bm._boundary_loops(faces)[0]
+        ring = si._boundary_loops(faces)[0]
         centre = verts[ring].mean(0)
         np.testing.assert_allclose(joints[0], centre, atol=1e-6)
         verts = np.concatenate([verts, centre[None]])
@@ -210,8 +211,8 @@ def test_left_mano_is_the_mirror_image_of_the_right(standins):
 
 
 def test_hand_pca_components_are_orthonormal_and_the_first_curls_the_fingers(standins):
-    bm.load_mano(bm.write_standins(), use_pca=True, num_pca_comps=45, dtype=torch.float64)  # smplx reads them
-    comps = bm._standin_hand()["hands_components"]
+    bm.load_mano(si.write_standins(), use_pca=True, num_pca_comps=45, dtype=torch.float64)  # smplx reads them
+    comps = si._standin_hand()["hands_components"]
     np.testing.assert_allclose(comps @ comps.T, np.eye(45), atol=1e-10)
     # positive first component: every finger joint flexes (rotation about -z)
     assert (comps[0].reshape(15, 3)[:12, 2] < 0).all()
@@ -256,7 +257,7 @@ def official_pickle(arrays, path, protocol=2):
 def standin_arrays(kind, side="right"):
     """The arrays of a stand-in model file, as plain numpy arrays."""
     name = {"mano": f"MANO_{side.upper()}.pkl", "smpl": "SMPL_NEUTRAL.pkl", "smplx": "SMPLX_NEUTRAL.npz"}[kind]
-    return bm._checked_arrays(bm.write_standins() / kind / name, kind)
+    return bm._checked_arrays(si.write_standins() / kind / name, kind)
 
 
 @pytest.mark.parametrize("protocol", [2, 4])
@@ -351,7 +352,7 @@ def test_the_official_left_hand_gets_its_shapedirs_fixed(tmp_path, fake_chumpy, 
 
 
 def test_two_processes_writing_the_standins_at_once_leave_complete_files(tmp_path):
-    code = f"import bodymodels; bodymodels.write_standins({str(tmp_path)!r}, kinds=('mano',))"
+    code = f"import standins; standins.write_standins({str(tmp_path)!r}, kinds=('mano',))"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
@@ -359,21 +360,20 @@ def test_two_processes_writing_the_standins_at_once_leave_complete_files(tmp_pat
     assert bm.load_mano(tmp_path, side="left").v_template.shape == (778, 3)
 
 
-def test_the_cache_key_hashes_the_generator_and_not_the_loaders():
-    """Editing a loader's docstring keeps the stand-ins' cache folder; editing the generator does not."""
-    text = open(bm.__file__).read()
-    base = bm._generator_source(text)
-    doc = '    """smplx.MANO for `side`'
-    assert text.count(doc) == 1
-    assert bm._generator_source(text.replace(doc, '    """The MANO hand for `side`')) == base
-    assert bm._generator_source(text.replace("def _pillow(layout):", "def _pillow(layout):  # edited")) != base
-    assert bm.standin_dir().name == f"{bm.STANDIN_VERSION}-{bm._generator_hash()}"
+def test_the_cache_key_hashes_the_generator_file_and_not_the_loaders():
+    """Editing the loaders keeps the stand-ins' cache folder; editing any line of standins.py does not."""
+    text = open(si.__file__).read()
+    base = si._generator_source(text)
+    assert "def load_mano" not in base  # the loaders are bodymodels', outside the hash
+    assert si._generator_source(text.replace("def _pillow(layout):", "def _pillow(layout):  # edited")) != base
+    assert si._generator_source(text.replace('"""Procedural stand-ins', '"""The stand-ins')) != base
+    assert si.standin_dir().name == f"{si.STANDIN_VERSION}-{si._generator_hash()}"
 
 
 def test_the_ten_shape_coefficients_warning_is_printed_at_most_once(capfd):
     """smplx prints it for every model with fewer than 300 shape columns; with the stand-ins' (and
     real MANO's) 10 it says nothing and is dropped; asked for more, it is printed once."""
-    root = bm.write_standins()
+    root = si.write_standins()
     capfd.readouterr()
     bm.load_mano(root)
     bm.load_smplx(root)
