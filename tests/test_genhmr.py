@@ -1419,3 +1419,29 @@ def test_refinement_objective_by_hand(tokenizer):
     torch.testing.assert_close(plain.double(), expected["ones"], rtol=1e-5, atol=1e-4)
     assert torch.equal(plain, ones)
     assert (expected["ones"] - expected["weighted"]).abs().min() > 1  # the weights matter here
+
+
+def test_intrinsics_place_the_same_prediction_in_the_given_camera(trained, tmp_path, capsys):
+    """`demo.py --intrinsics`: the same prediction (tokens, crop camera, crop-frame vertices); K the given one; the
+    mesh moved so that its root plane lands where the crop's camera saw it: the mesh origin (cam_t), and each
+    joint moved onto that plane, on the same pixel under both cameras (the joints themselves are off by their
+    depth off the plane, more so in the nearer camera)."""
+    argv = ["--image", trained.png, "--checkpoint", trained.ckpt]
+    assert run_main(argv + ["--out", tmp_path / "default"], capsys)[0] == 0
+    assert run_main(argv + ["--out", tmp_path / "given", "--intrinsics", "150", "150", "20.5", "35.25"], capsys)[0] == 0
+    d, g = np.load(tmp_path / "default" / "person.npz"), np.load(tmp_path / "given" / "person.npz")
+    K = np.array([[150.0, 0, 20.5], [0, 150, 35.25], [0, 0, 1]], dtype=np.float32)
+    assert np.array_equal(g["K"], K) and not np.array_equal(d["K"], K)
+    for key in ("token_ids", "cam", "crop_verts", "crop_cam_t", "box", "crop_matrix"):
+        assert np.array_equal(g[key], d[key]), key
+    project = lambda p, K: bodymodels.perspective_projection(torch.as_tensor(p).double(), torch.as_tensor(K).double())
+    torch.testing.assert_close(project(g["cam_t"][None], g["K"]), project(d["cam_t"][None], d["K"]), rtol=0, atol=1e-3)
+    torch.testing.assert_close(project(g["joints3d"], g["K"]), torch.as_tensor(g["joints2d"]).double(), rtol=0,
+                               atol=1e-3)
+    def on_plane(z):  # each joint moved onto the root's depth plane lands on the same pixel under both cameras
+        rel = torch.as_tensor(z["joints3d"] - z["cam_t"]).double()
+        return rel * torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64) + torch.as_tensor(z["cam_t"]).double()
+
+    torch.testing.assert_close(project(on_plane(g), g["K"]), project(on_plane(d), d["K"]), rtol=0, atol=1e-3)
+    off = (torch.as_tensor(g["joints2d"]) - torch.as_tensor(d["joints2d"])).norm(dim=-1)
+    print(f"joints off their default-camera pixels by at most {off.max():.3f} px (their depth off the root's plane)")

@@ -999,7 +999,7 @@ def test_grayscale_rgba_and_16_bit_images_are_read(trained, render, tmp_path, ca
     """RGBA keeps its colour (the alpha dropped, as cv2.imread does): the RGB image's mesh; a 16-bit gray
     image of the same values (x 257) gives the 8-bit gray one's. The picture is skipped (drawn above)."""
     image, _ = render
-    monkeypatch.setattr(bodymodels, "draw_demo", lambda path, *a, **k: bodymodels.atomic_write(path, lambda f: None))
+    monkeypatch.setattr(dm, "draw_demo", lambda path, *a, **k: bodymodels.atomic_write(path, lambda f: None))
     rgb = np.asarray(Image.open(image))
     gray = np.round(rgb.mean(-1))
     images = {"rgb.png": Image.fromarray(rgb), "gray.png": Image.fromarray(gray.astype(np.uint8)),
@@ -1016,3 +1016,20 @@ def test_grayscale_rgba_and_16_bit_images_are_read(trained, render, tmp_path, ca
     np.testing.assert_allclose(verts["rgba.png"], verts["rgb.png"], atol=1e-6)
     np.testing.assert_allclose(verts["deep.png"], verts["gray.png"], atol=1e-5)
     assert np.abs(verts["gray.png"] - verts["rgb.png"]).max() > 1e-6  # gray is read as gray, not as the colour image
+
+
+def test_intrinsics_place_the_same_prediction_in_the_given_camera(trained, render, tmp_path, capsys):
+    """`demo.py --intrinsics`: the same pipeline output in the crop, K the given one, and the mesh moved so that
+    its root plane lands where the crop's camera saw it (the translation on the same pixel under both cameras)."""
+    image, _ = render
+    argv = ["--image", str(image), "--checkpoint", str(trained / "hmr_adapter" / "ckpt.pt")]
+    assert demo(argv + ["--out", str(tmp_path / "default")], capsys)[0] == 0
+    assert demo(argv + ["--out", str(tmp_path / "given"), "--intrinsics", "400", "400", "90", "130.5"], capsys)[0] == 0
+    d, g = np.load(tmp_path / "default" / "person.npz"), np.load(tmp_path / "given" / "person.npz")
+    assert np.array_equal(g["K"], [[400.0, 0, 90], [0, 400, 130.5], [0, 0, 1]]) and "--intrinsics" in str(g["README"])
+    for key in ("crop_verts", "crop_joints", "pose", "shape", "hand_boxes", "crop_K"):
+        assert np.array_equal(g[key], d[key]), key
+    project = lambda p, K: bodymodels.perspective_projection(torch.as_tensor(p), torch.as_tensor(K))
+    torch.testing.assert_close(project(g["translation"][None], g["K"]), project(d["translation"][None], d["K"]),
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(project(g["joints3d"], g["K"]), torch.as_tensor(g["joints2d"]), rtol=0, atol=1e-6)

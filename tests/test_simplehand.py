@@ -1322,3 +1322,32 @@ def test_demo_keypoints_give_both_hands_and_the_left_one_is_mirrored(demo_checkp
                                [192 - z["box"][0][2], z["box"][0][1], 192 - z["box"][0][0], z["box"][0][3]],
                                atol=1e-4)  # each the keypoint box x 1.25, made square
     np.testing.assert_allclose(z["verts"][1], z["verts"][0] * [-1, 1, 1], rtol=0, atol=1e-4)
+
+
+def test_demo_with_the_renders_camera_places_a_true_prediction_exactly(demo_checkpoint, held_out_hands, tmp_path,
+                                                                      one_thread, monkeypatch):
+    """`demo.py --intrinsics` with the render's own camera: a model that predicts the truth (`predict` patched to
+    give the render's root-relative hand and its 2D keypoints, as the whole-image crop sees them) has its mesh
+    placed where the render has it, its joints projected by the given K onto its 2D keypoints; the .npz holds
+    that K. HaMeR's convention (the default, focal 1875 px against the render's 150-340) puts it elsewhere."""
+    import numpy as np
+
+    s = held_out_hands[0]
+    root = s["joints3d"][9]
+    truth = {"verts": (s["verts"] - root)[None], "joints3d": (s["joints3d"] - root)[None],
+             "joints2d": s["joints2d"][None]}
+    monkeypatch.setattr(sh, "predict", lambda model, batch, cfg: truth)
+    save_png(tmp_path / "hand.png", s["image"])
+    K = s["K"]
+    argv = ["--model", "simplehand", "--image", str(tmp_path / "hand.png"), "--checkpoint", str(demo_checkpoint)]
+    demo.main(argv + ["--out", str(tmp_path / "given"), "--intrinsics",
+                      *(str(K[i, j].item()) for i, j in ((0, 0), (1, 1), (0, 2), (1, 2)))])
+    demo.main(argv + ["--out", str(tmp_path / "default")])
+    given, default = np.load(tmp_path / "given" / "hand.npz"), np.load(tmp_path / "default" / "hand.npz")
+    assert np.array_equal(given["K"], K.numpy()) and "--intrinsics" in str(given["README"])
+    np.testing.assert_allclose(given["verts"][0], s["verts"].numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(given["joints3d"][0], s["joints3d"].numpy(), rtol=0, atol=1e-4)
+    uv = bodymodels.perspective_projection(torch.from_numpy(given["joints3d"][0]), K)
+    np.testing.assert_allclose(uv.numpy(), given["joints2d"][0], rtol=0, atol=1e-2)
+    assert np.array_equal(given["joints2d"], default["joints2d"])  # the 2D prediction does not depend on the camera
+    assert np.abs(default["verts"][0] - s["verts"].numpy()).max() > 0.05
