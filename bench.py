@@ -142,10 +142,6 @@ def genhmr_benchmark(model, cfg, iterations=(1, 3, 5), refine_steps=(0, 5, 20), 
     return rows
 
 
-# `python genhmr.py --image PATH`: one photograph in, a picture, an .obj and an .npz out (bodymodels.run_demo
-# reads, checks and writes; here GenHMR's part: its three checkpoints, its crop, UGS, Eqs. 2-4, its camera).
-
-
 def genhmr_shapes(name):
     """Untrained models, one random image: UGS step by step (which tokens stay masked), then refinement."""
     (tok, model), cfg = genhmr_models(name), genhmr.CONFIGS[name]
