@@ -1942,7 +1942,8 @@ _VIEWS = {"front": ((1, 0, 0), (0, 1, 0), (0, 0, 1)),
           "top": ((1, 0, 0), (0, 0, -1), (0, 1, 0))}
 
 
-def _numpy(x):
+def to_numpy(x):
+    """A tensor (any device, with or without grad) or array-like -> a numpy array."""
     return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 
 
@@ -1956,11 +1957,11 @@ def plot_mesh_views(verts, faces, joints=None, parents=None, title=None):
     """
     from matplotlib.figure import Figure
 
-    verts, faces = _numpy(verts).astype(np.float64), _numpy(faces).astype(np.int64)
+    verts, faces = to_numpy(verts).astype(np.float64), to_numpy(faces).astype(np.int64)
     if verts.ndim != 2 or verts.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
         raise ValueError(f"plot_mesh_views: expected verts (V, 3) and faces (F, 3), "
                          f"got {verts.shape} and {faces.shape}")
-    joints = None if joints is None else _numpy(joints).astype(np.float64).reshape(-1, 3)
+    joints = None if joints is None else to_numpy(joints).astype(np.float64).reshape(-1, 3)
     if parents is not None and (joints is None or len(parents) != len(joints)):
         raise ValueError(f"plot_mesh_views: parents needs one entry per joint, got {len(parents)} "
                          f"parents for {0 if joints is None else len(joints)} joints")
@@ -2006,7 +2007,7 @@ def draw_skeleton(ax, points, parents, color="crimson", label=None, linewidth=1.
     """
     from matplotlib.collections import LineCollection
 
-    points = _numpy(points).astype(np.float64).reshape(-1, 2)
+    points = to_numpy(points).astype(np.float64).reshape(-1, 2)
     colors = bone_colors(parents) if isinstance(color, str) and color == "bones" else color
     bones = None
     if parents is not None:
@@ -2047,7 +2048,7 @@ def draw_demo(path, image, meshes, K, keypoints=None):
     meshes: [(name, verts (V, 3) camera frame, faces (F, 3))]; keypoints (N, 2) pixels, or None."""
     from matplotlib.figure import Figure
 
-    img = _numpy(image.permute(1, 2, 0)).clip(0, 1)
+    img = to_numpy(image.permute(1, 2, 0)).clip(0, 1)
     H, W = img.shape[:2]
     fig = Figure(figsize=(12, 4.4 * max(H / W, 0.5)), layout="constrained")
     ax_in, ax_over, ax_side = fig.subplots(1, 3)
@@ -2056,9 +2057,9 @@ def draw_demo(path, image, meshes, K, keypoints=None):
         ax.set(xlim=(0, W), ylim=(H, 0))
         ax.set_axis_off()
     if keypoints is not None:
-        ax_in.scatter(*_numpy(keypoints)[:, :2].T, s=6, c="red")
-    K = _numpy(K).astype(np.float64)
-    arrays = [(_numpy(v).astype(np.float64), _numpy(f).astype(np.int64)) for _, v, f in meshes]
+        ax_in.scatter(*to_numpy(keypoints)[:, :2].T, s=6, c="red")
+    K = to_numpy(K).astype(np.float64)
+    arrays = [(to_numpy(v).astype(np.float64), to_numpy(f).astype(np.int64)) for _, v, f in meshes]
     centre = np.concatenate([v for v, _ in arrays]).mean(0)
     turn = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # seen from the camera's right
     for k, (v, f) in enumerate(arrays):

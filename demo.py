@@ -35,12 +35,8 @@ import genhmr
 import hmr_adapter
 import simplehand
 from bodymodels import crop_box, crop_matrix
-from data import InputError, draw_demo, read_image
+from data import InputError, draw_demo, read_image, to_numpy
 from train import load_trained
-
-
-def _numpy(x):
-    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +264,7 @@ def mirror_mesh(verts, faces):
 
 def write_obj(path, verts, faces):
     """Write a triangle mesh as Wavefront .obj (atomically): verts (V, 3), faces (F, 3) 0-based."""
-    verts, faces = _numpy(verts).astype(np.float64), _numpy(faces).astype(np.int64)
+    verts, faces = to_numpy(verts).astype(np.float64), to_numpy(faces).astype(np.int64)
     lines = ["# metres, camera frame: x right, y down, z forward (OpenCV); faces counter-clockwise seen from outside"]
     lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in verts]
     lines += [f"f {a} {b} {c}" for a, b, c in faces + 1]
@@ -297,7 +293,7 @@ def write_npz(path, arrays, docs):
     undocumented = sorted(set(arrays) - set(docs))
     if undocumented:
         raise ValueError(f"write_npz: keys without a description: {undocumented}")
-    out = {k: _numpy(v) for k, v in arrays.items()}
+    out = {k: to_numpy(v) for k, v in arrays.items()}
     out["README"] = np.array("\n".join(f"{k} {out[k].shape}: {docs[k]}" for k in arrays))
     return bodymodels.atomic_write(path, lambda f: np.savez(f, **out))
 
