@@ -41,14 +41,15 @@ Map of the file. The reference:
 2. Augmentation as a camera change: `AugmentConfig`, `sample_augmentation`, the official simpleHand
    recipe `OFFICIAL_HAND_AUGMENT` (`turned_keypoint_crop`, `official_color`); images resampled by
    `bodymodels.warp_image`
-3. Real hands: `FreiHAND`, `NpzHands`, `write_npz`
+3. Real hands: `FreiHAND`, `NpzHands`, `write_npz`; photographs as files: `read_image`, `InputError`
 4. Synthetic hands: `SyntheticHands`, and the trainer's `hand_dataset`
 5. Synthetic bodies: `SyntheticPoses`, `SyntheticBodies`, `SyntheticWholeBody`; 5b. real bodies
    (4D-Humans' evaluation .npz of 3DPW / EMDB / H36M): `HMR2Npz`, `HMR2Poses`; 5c. real whole bodies
    (EHF / ARCTIC as one .npz): `WholeBodyNpz`; and the trainer's `body_pose_dataset`, `body_dataset`,
    `wholebody_dataset`
 6. The rendered cache: `render_once`, `RenderedSet`, `stack_samples`, `labels`
-7. Pictures and speed: `draw_samples`, `draw_hand_predictions`, `draw_body_predictions`,
+7. Pictures (all of the project's drawing): `plot_mesh_views`, `draw_skeleton`, `bone_colors`,
+   `draw_demo` (demo.py's picture), `draw_samples`, `draw_hand_predictions`, `draw_body_predictions`,
    `draw_pose_reconstructions`, `python data.py --grid OUT_DIR`,
    `python data.py --bench`
 How a synthetic sample is made (pose priors, looks, backgrounds, the renderer): synthetic.py.
@@ -69,7 +70,7 @@ import torch.nn.functional as F
 
 import bodymodels
 import metrics
-from bodymodels import (FREIHAND_PARENTS, axis_angle_to_matrix, draw_skeleton, forward_kinematics, mano_to_freihand,
+from bodymodels import (FREIHAND_PARENTS, axis_angle_to_matrix, forward_kinematics, mano_to_freihand,
                         matrix_to_axis_angle, mirror_rotation, perspective_projection, warp_image)
 from synthetic import (BodyPoseConfig, BodyViewConfig, Draws, HandPoseConfig, HandViewConfig, X, _check_look, _image_hw,
                        _normal, _rasterize, _render, _rig, _scratch_zbuffer, _uniform, background_patterns,
@@ -321,6 +322,58 @@ def color_jitter(image, factors):
 # 3. Real hands
 
 
+# Photographs as files: `read_image` reads any image a user or a dataset gives; bad input raises
+# InputError, whose message names the file (demo.py turns it into one line and exit status 2).
+
+
+class InputError(ValueError):
+    """Bad input from the user (a file, a key, a shape, a box); the message says which and why."""
+
+
+MIN_IMAGE_SIDE = 16  # pixels: smaller is not a picture of a person or a hand
+MAX_IMAGE_PIXELS = 100_000_000  # 100 megapixels: larger is refused before its pixels are decoded
+
+
+def read_image(path):
+    """An image file of any mode -> (3, H, W) float32 RGB in [0, 1], upright.
+
+    Through Pillow: the EXIF orientation is applied (as cv2.imread does), grayscale is repeated
+    over the three channels, a palette is expanded, an alpha channel is dropped (the stored colour
+    is kept, as cv2.imread does), 16-bit images are divided by 65535 and 8-bit ones by 255.
+    Raises InputError naming the file if it is missing, not an image, truncated, or smaller than
+    MIN_IMAGE_SIDE or larger than MAX_IMAGE_PIXELS."""
+    from PIL import Image, ImageOps
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        with Image.open(path) as im:
+            W, H = im.size
+            if min(W, H) < MIN_IMAGE_SIDE or W * H > MAX_IMAGE_PIXELS:
+                raise InputError(f"{path}: an image of {W} x {H} pixels; expected sides of at least "
+                                 f"{MIN_IMAGE_SIDE} and at most {MAX_IMAGE_PIXELS // 1_000_000} megapixels")
+            im = ImageOps.exif_transpose(im)
+            array = _image_array(im)
+    except InputError:
+        raise
+    except Exception as e:  # Pillow raises several types for a file that is not an image or is cut short
+        raise InputError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def _image_array(im):
+    """A Pillow image -> (H, W, 3) float32 in [0, 1]."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit (PNG's 16-bit gray opens as I or I;16)
+        gray = np.asarray(im, dtype=np.float64) / 65535
+        return np.repeat(np.clip(gray, 0, 1)[..., None], 3, -1).astype(np.float32)
+    if im.mode == "F":
+        return np.repeat(np.clip(np.asarray(im, dtype=np.float32), 0, 1)[..., None], 3, -1)
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA")
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+
+
 HAND_KEYS = ("image", "K", "joints3d", "joints2d", "verts", "mano_pose", "mano_shape", "is_right")
 
 
@@ -352,7 +405,7 @@ class _PhotoHands(torch.utils.data.Dataset):
         path = self._image_path(index)
         if not path.is_file():
             raise FileNotFoundError(f"{type(self).__name__}: missing image {path}")
-        image = bodymodels.read_image(path)
+        image = read_image(path)
         i = self._label_index(index)
         labels = {"K": torch.from_numpy(self.K[i]).float(),
                   "joints3d": torch.from_numpy(self.joints3d[i]).float(),
@@ -1440,7 +1493,7 @@ class HMR2Npz(torch.utils.data.Dataset):
         if not path.is_file():
             raise FileNotFoundError(f"HMR2Npz: {self.path} row {index} key 'imgname': missing image {path}")
         A, (H, W) = self.crop(index), self.image_hw
-        image = warp_image(bodymodels.read_image(path), A, (H, W)).clamp(0, 1)
+        image = warp_image(read_image(path), A, (H, W)).clamp(0, 1)
         kp2d = torch.from_numpy(self.keypoints2d[index]).double()  # (44, 3)
         uv = torch.cat([kp2d[:, :2], torch.ones(44, 1, dtype=torch.float64)], 1) @ A.T
         kp2d = torch.cat([uv[:, :2], kp2d[:, 2:]], 1).float()
@@ -1619,7 +1672,7 @@ class WholeBodyNpz(torch.utils.data.Dataset):
             occluded = self.arrays["hand_occluded"][index, s] if "hand_occluded" in self.arrays else 0.0
             sample[f"{side}_hand_occluded"] = torch.as_tensor(float(occluded))
         sample = {key: torch.as_tensor(value).float() for key, value in sample.items()}
-        sample["image"] = warp_image(bodymodels.read_image(path), A, self.image_hw).clamp(0, 1).contiguous()
+        sample["image"] = warp_image(read_image(path), A, self.image_hw).clamp(0, 1).contiguous()
         return sample
 
 
@@ -1765,7 +1818,150 @@ def render_once(dataset, path, rank=0, world_size=1, barrier=lambda: None):
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Pictures: sample grids and predictions
+# 7. Pictures: a mesh from three views, skeletons, a demo's picture, sample grids and predictions
+#    (all of the project's drawing)
+
+
+# Each view: rows = screen right, screen up, towards the viewer, in model coordinates (y up,
+# the body faces +z). For OpenCV camera coordinates (y down) pass verts * [1, -1, -1].
+_VIEWS = {"front": ((1, 0, 0), (0, 1, 0), (0, 0, 1)),
+          "side": ((0, 0, -1), (0, 1, 0), (1, 0, 0)),
+          "top": ((1, 0, 0), (0, 0, -1), (0, 1, 0))}
+
+
+def to_numpy(x):
+    """A tensor (any device, with or without grad) or array-like -> a numpy array."""
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+
+def plot_mesh_views(verts, faces, joints=None, parents=None, title=None):
+    """A mesh from the front, the side and the top, with its joints and kinematic tree.
+
+    verts (V, 3), faces (F, 3), joints (J, 3), parents (J,) with -1 for the root; tensors or
+    arrays. Faces are drawn as 2D polygons sorted far to near (painter's algorithm) with Lambert
+    shading from a light at the viewer, which stays fast for SMPL-X's 20k faces.
+    Returns a matplotlib Figure (not attached to pyplot, so nothing leaks between calls).
+    """
+    from matplotlib.figure import Figure
+
+    verts, faces = to_numpy(verts).astype(np.float64), to_numpy(faces).astype(np.int64)
+    if verts.ndim != 2 or verts.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"plot_mesh_views: expected verts (V, 3) and faces (F, 3), "
+                         f"got {verts.shape} and {faces.shape}")
+    joints = None if joints is None else to_numpy(joints).astype(np.float64).reshape(-1, 3)
+    if parents is not None and (joints is None or len(parents) != len(joints)):
+        raise ValueError(f"plot_mesh_views: parents needs one entry per joint, got {len(parents)} "
+                         f"parents for {0 if joints is None else len(joints)} joints")
+    centre = (verts.max(0) + verts.min(0)) / 2
+    radius = 0.55 * (verts.max(0) - verts.min(0)).max()
+
+    fig = Figure(figsize=(12, 4.3), layout="constrained")
+    for ax, (name, rows) in zip(fig.subplots(1, 3), _VIEWS.items()):
+        M = np.array(rows, dtype=np.float64)
+        tri = ((verts - centre) @ M.T)[faces]  # (F, 3 corners, [right, up, towards viewer])
+        # 1. faces far to near, shaded with the light at the viewer (`_paint`)
+        _paint(ax, tri[..., :2], -tri[..., 2], MESH_COLORS[0], normal_z=_lambert_to_viewer(tri))
+        # 2. joints and bones on top
+        if joints is not None:
+            q = (joints - centre) @ M.T  # (J, 3)
+            draw_skeleton(ax, q[:, :2], parents, color="crimson", linewidth=1.5, size=10, dots=None)
+        ax.set(xlim=(-radius, radius), ylim=(-radius, radius), aspect="equal", title=name,
+               xticks=[], yticks=[])
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+FINGER_COLORS = ("#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd")  # thumb, index, middle, ring, pinky
+
+
+def bone_colors(parents):
+    """A colour per bone (bone j joins joint j to its parent): a FreiHAND hand's five fingers get
+    FINGER_COLORS, any other tree blue for the body's left side (SMPL / SMPL-X names) and red for the rest."""
+    if tuple(parents) == FREIHAND_PARENTS:
+        return [FINGER_COLORS[(j - 1) // 4] if j > 0 else "w" for j in range(21)]
+    left = {j for j, name in enumerate(bodymodels.SMPLX_JOINT_NAMES) if name.startswith("left")}
+    return ["#1f77b4" if j in left else "#d62728" for j in range(len(parents))]
+
+
+def draw_skeleton(ax, points, parents, color="crimson", label=None, linewidth=1.3, size=5, dots="white", zorder=3):
+    """Draw a skeleton on a matplotlib axis: the bones as one LineCollection, then the joints.
+
+    points (J, 2) tensor or array (pixels for an image drawn with imshow); parents (J,), -1 for a
+    root, or None for joints alone; color: one colour for everything, J colours (one per bone), or
+    "bones" for `bone_colors(parents)`; label: the bones' legend entry; dots: the joints' face
+    colour (None: the bones' colour), edged in black when given. Returns the LineCollection (or None).
+    """
+    from matplotlib.collections import LineCollection
+
+    points = to_numpy(points).astype(np.float64).reshape(-1, 2)
+    colors = bone_colors(parents) if isinstance(color, str) and color == "bones" else color
+    bones = None
+    if parents is not None:
+        pairs = [(j, p) for j, p in enumerate(parents) if p >= 0]
+        per_bone = colors if not isinstance(colors, str) else [colors] * len(parents)
+        bones = LineCollection([points[[p, j]] for j, p in pairs], colors=[per_bone[j] for j, _ in pairs],
+                               linewidths=linewidth, zorder=zorder, label=label)
+        ax.add_collection(bones)
+    face = dots if dots is not None else (colors if isinstance(colors, str) else "black")
+    edges = dict(edgecolors="black", linewidths=0.3) if dots is not None else {}
+    ax.scatter(points[:, 0], points[:, 1], s=size, c=face, zorder=zorder + 1, **edges)
+    return bones
+
+
+def _paint(ax, tri, depth, color, **kwargs):
+    """Triangles tri (F, 3, 2) on a matplotlib axis, far first (painter's algorithm), shaded by
+    Lambert's law with the light at the viewer; depth (F, 3) per corner (larger = farther) and the
+    triangles' 3D corners give the shading through kwargs["normal_z"] (F,) in [0, 1]."""
+    from matplotlib.collections import PolyCollection
+
+    order = np.argsort(-depth.mean(1))
+    colors = np.asarray(color)[None] * (0.25 + 0.75 * kwargs.pop("normal_z")[order, None])
+    ax.add_collection(PolyCollection(tri[order], facecolors=colors, edgecolors=colors, linewidths=0.2, **kwargs))
+
+
+def _lambert_to_viewer(corners):
+    """|cos| between each triangle's normal and the viewing axis (z): corners (F, 3, 3) -> (F,)."""
+    normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    return np.abs(normal[:, 2]) / np.maximum(np.linalg.norm(normal, axis=1), 1e-20)
+
+
+MESH_COLORS = ((0.62, 0.72, 0.85), (0.90, 0.62, 0.45), (0.55, 0.80, 0.55))
+
+
+def draw_demo(path, image, meshes, K, keypoints=None):
+    """Save a PNG: the image, the meshes drawn over it through the camera K (3, 3) (pixels), and the
+    meshes from the side (turned 90 degrees about the vertical axis through their centre).
+    meshes: [(name, verts (V, 3) camera frame, faces (F, 3))]; keypoints (N, 2) pixels, or None."""
+    from matplotlib.figure import Figure
+
+    img = to_numpy(image.permute(1, 2, 0)).clip(0, 1)
+    H, W = img.shape[:2]
+    fig = Figure(figsize=(12, 4.4 * max(H / W, 0.5)), layout="constrained")
+    ax_in, ax_over, ax_side = fig.subplots(1, 3)
+    for ax in (ax_in, ax_over):
+        ax.imshow(img, extent=(0, W, H, 0))
+        ax.set(xlim=(0, W), ylim=(H, 0))
+        ax.set_axis_off()
+    if keypoints is not None:
+        ax_in.scatter(*to_numpy(keypoints)[:, :2].T, s=6, c="red")
+    K = to_numpy(K).astype(np.float64)
+    arrays = [(to_numpy(v).astype(np.float64), to_numpy(f).astype(np.int64)) for _, v, f in meshes]
+    centre = np.concatenate([v for v, _ in arrays]).mean(0)
+    turn = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # seen from the camera's right
+    for k, (v, f) in enumerate(arrays):
+        uvw = v @ K.T
+        uv = uvw[:, :2] / uvw[:, 2:]
+        _paint(ax_over, uv[f], v[f][..., 2], MESH_COLORS[k % 3], normal_z=_lambert_to_viewer(v[f]))
+        s = (v - centre) @ turn.T
+        _paint(ax_side, s[f][..., :2], s[f][..., 2], MESH_COLORS[k % 3], normal_z=_lambert_to_viewer(s[f]))
+    side = np.concatenate([(v - centre) @ turn.T for v, _ in arrays])
+    r = 0.55 * (side.max(0) - side.min(0))[:2].max()
+    ax_side.set(xlim=(-r, r), ylim=(r, -r), aspect="equal", xticks=[], yticks=[])
+    ax_in.set_title("input", fontsize=9)
+    ax_over.set_title("predicted mesh", fontsize=9)
+    ax_side.set_title("side view (from the right)", fontsize=9)
+    return bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 def show_image(ax, image):

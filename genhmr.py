@@ -12,7 +12,8 @@ One person crop in, an SMPL mesh out, through two trained stages and a two-step 
 Sections: 1 the pose tokenizer; 2 the image stage (pyramid, masked transformer, `GenHMR`); 3 training
 losses; 4 inference (UGS, refinement, `predict`); 5 configs (`PAPER`, `TINY`), `build_model`, train.py's
 stages. Appendices: A support architecture (SMPL, the ViT, the backbone stage with HMR2.0's SMPL head);
-B official checkpoints; C `ABLATIONS`; D diagnostics; E running it (`--image`, `--bench`, `--params`).
+B official checkpoints; C `ABLATIONS`; D diagnostics (the neighbour counts, context accuracy, `parameter_table`).
+Running it: `demo.py --model genhmr --image PATH`, `bench.py --model genhmr [--params]`.
 
 Conventions: bodymodels.py's (column vectors, 6D = first two COLUMNS, axis-angle, metres, OpenCV camera).
 HMR2.0's camera [s, tx, ty]: t = [tx, ty, 2 f / (S s)], f = 5000, S = 256; 2D points in normalised crop
@@ -23,14 +24,12 @@ e code vectors, Y token ids, tau Gumbel temperature.
 Where this differs from the paper (`NOTE(paper gap) N` in the code), the stages and results: docs/genhmr.md.
 """
 
-import argparse
 import dataclasses
 import functools
 import math
 import os
 import pickle
 import re
-import time
 import types
 from dataclasses import dataclass
 
@@ -1518,7 +1517,8 @@ ABLATIONS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# Appendix D. Diagnostics (not the paper's): the neighbour-count yardstick, the soft readout, context accuracy
+# Appendix D. Diagnostics (not the paper's): the neighbour-count yardstick, the soft readout, context accuracy,
+#             parameter counts
 
 
 class NeighbourCounts(nn.Module):
@@ -1612,10 +1612,6 @@ def context_accuracies(model, levels, batch):
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Appendix E. Running it: parameter counts, timing, a visible demo, `--image` (argparse and main)
-
-
 def count_parameters(module):
     return sum(p.numel() for p in module.parameters())
 
@@ -1630,162 +1626,3 @@ def parameter_table(cfg, tcfg):
     rows = [(name, count_parameters(module)) for name, module in parts]
     rows.insert(2, ("tokenizer codebook (buffer, EMA)", tcfg.codebook_size * tcfg.code_dim))
     return rows
-
-
-def demo_models(name="tiny"):
-    """An untrained tokenizer (codebook initialised from one batch of random poses) and GenHMR."""
-    tok = PoseTokenizer(TOKENIZER_CONFIGS[name]).train()
-    tok(torch.randn(64, NUM_JOINTS, 3) * 0.3)  # initialises the codebook
-    return tok.eval(), build_model(CONFIGS[name], tok.eval()).eval()
-
-
-def benchmark(model, cfg, iterations=(1, 3, 5), refine_steps=(0, 5, 20), reps=3):
-    """AITI (seconds per image, batch 1, mean of `reps` calls after a warm-up): UGS for each T, then
-    UGS-5 + refinement for each P."""
-    H, W = cfg.image_hw
-    batch = {"image": torch.rand(1, 3, H, W), "joints2d": torch.rand(1, NUM_JOINTS, 2) * H, "index": torch.zeros(1)}
-    runs = {f"UGS T={T}": functools.partial(uncertainty_guided_sampling, model, batch["image"], T) for T in iterations}
-    for P in refine_steps:
-        c = type(cfg)(**{**cfg.__dict__, "ugs_iterations": 5, "refine_steps": P, "table_iterations": (),
-                         "table_refine_steps": ()})
-        runs[f"UGS T=5 + refine P={P}"] = functools.partial(predict, model, batch, c)
-    rows = []
-    for name, fn in runs.items():
-        fn()  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        rows.append((name, (time.perf_counter() - t0) / reps))
-    return rows
-
-
-# `python genhmr.py --image PATH`: one photograph in, a picture, an .obj and an .npz out (bodymodels.run_demo
-# reads, checks and writes; here GenHMR's part: its three checkpoints, its crop, UGS, Eqs. 2-4, its camera).
-STAGES = (("genhmr_tokenizer", TOKENIZER_CONFIGS, tokenizer_build_model),
-          ("genhmr_backbone", BACKBONE_CONFIGS, backbone_build_model), ("genhmr", CONFIGS, build_model))
-KEYPOINT_BOX_ENLARGE = 1.2  # a box from 2D keypoints, enlarged as SPIN / HMR2.0's datasets do (scaleFactor 1.2)
-# COCO-17 keypoint -> SMPL joint of the same name (shoulders, elbows, wrists, hips, knees, ankles; the face has
-# none). NOTE(paper gap) 18: the paper's detector and joint matching are unstated; SMPL's hips sit inside COCO's
-COCO17_TO_SMPL = {i: bodymodels.SMPL_JOINT_NAMES.index(n) for i, n in enumerate(bodymodels.COCO17_NAMES)
-                  if n in bodymodels.SMPL_JOINT_NAMES}
-DEMO_DOCS = {
-    "verts": "SMPL vertices (UGS), metres, the full image's camera frame (K; x right, y down, z forward); the .obj "
-             "and the picture show refined_verts when there are keypoints, else these",
-    "joints3d": "SMPL joints (UGS), metres, the full image's camera frame",
-    "joints2d": "joints3d projected by K, pixels",
-    "pose": "SMPL pose (UGS), axis-angle, global orientation (camera frame) first", "betas": "SMPL shape",
-    "cam": "the crop's weak-perspective camera [s, tx, ty] (HMR2.0's, f = 5000 for a 256 crop)",
-    "cam_t": "translation of the SMPL mesh in the full image's camera (CLIFF's cam_crop_to_full of cam)",
-    "K": "the full image's camera: focal 5000 / 256 x max(W, H) pixels, principal point at the image centre",
-    "box": "the person's box x0, y0, x1, y1 (pixels): --box, the keypoints' box x 1.2, or the whole image",
-    "crop_matrix": "full-image pixels -> pixels of the model's crop (homogeneous, column vectors)",
-    "token_ids": "the pose tokens UGS chose (codebook indices)",
-    "crop_verts": "vertices in the crop's camera, as genhmr.predict returns them (metres)",
-    "crop_joints3d": "joints in the crop's camera, as genhmr.predict",
-    "crop_cam_t": "cam as a translation, crop camera",
-    "refined": "1: Eqs. 2-4 refined the pose towards --keypoints (refined_* keys); 0: no keypoints, no refinement",
-    "refined_verts": "verts after refinement", "refined_joints3d": "joints3d after refinement",
-    "refined_joints2d": "joints2d after refinement", "refined_pose": "pose after refinement",
-    "refined_crop_verts": "crop_verts after refinement",
-    "keypoints": "the person's COCO-17 keypoints x, y, confidence (pixels)",
-    "reproj_error_px": "confidence-weighted mean distance of joints2d to the matched keypoints, pixels",
-    "refined_reproj_error_px": "the same for refined_joints2d"}
-
-
-def keypoint_targets(person, A, image_hw):
-    """COCO-17 keypoints (17, 3) full-image pixels -> refinement targets (1, 24, 2) in normalised crop
-    coordinates and weights (1, 24): the confidence at the SMPL joints with a COCO counterpart, else 0."""
-    kp = torch.as_tensor(person["body"], dtype=torch.float64)
-    crop_px = torch.cat([kp[:, :2], torch.ones(len(kp), 1, dtype=kp.dtype)], 1) @ A.T
-    targets, weights = torch.zeros(1, NUM_JOINTS, 2), torch.zeros(1, NUM_JOINTS)
-    coco, smpl = list(COCO17_TO_SMPL), list(COCO17_TO_SMPL.values())
-    targets[0, smpl] = normalised_keypoints(crop_px[coco, :2].float(), image_hw)
-    weights[0, smpl] = kp[coco, 2].float().clamp(0, 1)
-    return targets, weights
-
-
-def infer(image, box, people, args):
-    """bodymodels.run_demo's `infer`: the crop, UGS, with --keypoints Eqs. 2-4, the mesh in the full image."""
-    model, cfg = bodymodels.load_trained(args.checkpoint, STAGES)
-    tok, person = model.tokenizer, bodymodels.pick_person(people, box) if people else None
-    (H, W), hw = image.shape[-2:], cfg.image_hw
-    box, A = bodymodels.person_crop((H, W), hw, box, person["body"] if person else None, KEYPOINT_BOX_ENLARGE,
-                                    args.keypoints)  # the whole image of the model's aspect is the training crop
-    crop = bodymodels.warp_image(image, A, hw)
-    ugs = uncertainty_guided_sampling(model, crop[None], cfg.ugs_iterations, cfg.schedule, cfg.top_k,
-                                      choice_temperature=cfg.choice_temperature, seeds=torch.zeros(1))
-    ids, betas, cam = ugs["ids"], ugs["betas"], ugs["cam"]
-    # the crop's camera: focal f / S per crop height (2D is normalised by H), principal point at its centre
-    crop_t = bodymodels.weak_perspective_to_translation(cam.double(), FOCAL_LENGTH, CROP_SIZE)
-    t = bodymodels.crop_translation_to_full(crop_t, A, hw, (W, H), FOCAL_LENGTH / CROP_SIZE * hw[0]).float()
-    K = bodymodels.full_image_intrinsics((W, H), FOCAL_LENGTH, CROP_SIZE)
-    arrays = {"cam": cam[0], "betas": betas[0], "K": K, "box": torch.tensor(box), "crop_matrix": A,
-              "token_ids": ids[0], "cam_t": t[0], "refined": torch.tensor(int(person is not None))}
-    poses = {"": tok.decode_ids(ids)}
-    if person is not None:  # Inference Strategy > 2D Pose-Guided Refinement, towards the detector's keypoints
-        targets, weights = keypoint_targets(person, A, cfg.image_hw)
-        e = refine(tok, ids, betas, cam, targets, cfg.refine_steps, cfg.refine_lr, cfg.refine_reg,
-                   float(cfg.image_hw[0]), weights=weights, step=cfg.refine_step)[0]
-        poses["refined_"] = tok.decode(e).detach()
-        arrays["keypoints"] = torch.as_tensor(person["body"])
-    kp = torch.as_tensor(person["body"]).float()[list(COCO17_TO_SMPL)] if person is not None else None
-    for prefix, R in poses.items():
-        crop_mesh = mesh_outputs(tok, R, betas, cam)  # in the crop's camera, as `predict`
-        verts, joints = (crop_mesh[k][0] - crop_mesh["cam_t"] + t[0] for k in ("verts", "joints3d"))
-        uv = bodymodels.perspective_projection(joints, K)
-        arrays.update({f"{prefix}verts": verts, f"{prefix}joints3d": joints, f"{prefix}joints2d": uv,
-                       f"{prefix}pose": bodymodels.matrix_to_axis_angle(R[0]),
-                       f"{prefix}crop_verts": crop_mesh["verts"][0]})
-        if prefix == "":
-            arrays.update(crop_joints3d=crop_mesh["joints3d"][0], crop_cam_t=crop_mesh["cam_t"][0])
-        if kp is not None:  # confidence-weighted mean 2D distance to the keypoints
-            d = (uv[list(COCO17_TO_SMPL.values())] - kp[:, :2]).norm(dim=-1)
-            arrays[f"{prefix}reproj_error_px"] = (kp[:, 2] * d).sum() / kp[:, 2].sum().clamp_min(1e-9)
-    final = arrays["refined_verts" if person is not None else "verts"]
-    marks = person["body"][person["body"][:, 2] >= 0.3, :2] if person is not None else None
-    return {"meshes": [("", final, tok.body.faces)], "K": K, "keypoints": marks, "arrays": arrays, "docs": DEMO_DOCS}
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="GenHMR: parameter counts, inference time, a demo; with --image, "
-                                                 "a trained model on your image (a picture, an .obj, an .npz).")
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="config for the demo and --bench")
-    parser.add_argument("--params", action="store_true", help="print per-part parameter counts at PAPER")
-    parser.add_argument("--bench", action="store_true", help="average inference time per image (AITI) on CPU "
-                                                              "for T = 1, 3, 5 and 0, 5, 20 refinement steps")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    bodymodels.add_demo_arguments(parser, "genhmr")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.image:
-        return bodymodels.run_demo(args, infer, "genhmr.py")
-    if args.params:
-        rows = parameter_table(PAPER, TOKENIZER_PAPER)
-        for name, n in rows + [("total (trained in stage 2)", sum(n for _, n in rows[3:]))]:
-            print(f"[paper] {name:34s} {n / 1e6:9.2f}M")
-    if args.bench:
-        for name, seconds in benchmark(demo_models(args.config)[1], CONFIGS[args.config]):
-            print(f"[{args.config}] {name:24s} {seconds * 1e3:8.1f} ms per image (untrained weights, CPU)")
-    if not (args.params or args.bench):
-        _demo(args.config)
-
-
-def _demo(name):
-    """Untrained models, one random image: UGS step by step (which tokens stay masked), then refinement."""
-    (tok, model), cfg = demo_models(name), CONFIGS[name]
-    ugs = uncertainty_guided_sampling(model, torch.rand(1, 3, *cfg.image_hw), cfg.ugs_iterations, cfg.schedule)
-    print(f"GenHMR [{name}]: {count_parameters(model) / 1e6:.2f}M parameters "
-          f"({count_parameters(tok) / 1e6:.2f}M in the frozen tokenizer); L={model.num_tokens} tokens, "
-          f"K={model.num_codes} codes; re-mask counts {remask_counts(model.num_tokens, cfg.ugs_iterations)}")
-    for t, (masked, conf) in enumerate(ugs["history"], 1):
-        row = "".join("#" if m else "." for m in masked[0].tolist())
-        print(f"  UGS t={t}: {row}  ({int(masked.sum())} masked, mean confidence {conf.mean():.4f})")
-    targets = torch.rand(1, NUM_JOINTS, 2) - 0.5
-    _, G0, G1 = refine(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, cfg.refine_steps, cfg.refine_lr,
-                       step=cfg.refine_step)
-    print(f"  refinement ({cfg.refine_steps} steps) against random keypoints: G {G0.item():.1f} -> {G1.item():.1f}")
-
-
-if __name__ == "__main__":
-    main()

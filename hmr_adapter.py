@@ -18,17 +18,16 @@ poses (6D unless named), beta shape, F^H hand image tokens, F^B arm-chain tokens
 Map: 1 building blocks (attention, arm chains, points in crops and RoIs) -> 2 hand adapter -> 3 body adapter
 -> 4 the model (`Adapted`) -> 5 losses (Eqs. 5-8) -> 6 inference (`pipeline`, `predict`, evaluation) -> 7 configs
 (PAPER, TINY), `build_model`. Appendices: A the bases (ViT, HaMeR, SMPLer-X, crops and warps, RoI-align, `Bases`),
-B the released weights, C the ablations (Tables 3-6, `ABLATIONS`), D parameter counts, E running it (`--image`,
-`--bench`, `--params`, demo). Where this differs from the paper (NOTE(paper gap) N), results: docs/hmr_adapter.md.
+B the released weights, C the ablations (Tables 3-6, `ABLATIONS`), D parameter counts. Running it: `demo.py --model
+hmr_adapter --image PATH`, `bench.py --model hmr_adapter [--params]`. Where this differs from the paper (NOTE(paper
+gap) N), results: docs/hmr_adapter.md.
 """
 
-import argparse
 import copy
 import functools
 import math
 import os
 import pickle
-import time
 import types
 import typing
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 
 import bodymodels
 import metrics
-from bodymodels import (axis_angle_to_matrix, forward_kinematics, matrix_to_axis_angle, matrix_to_rot6d,
+from bodymodels import (axis_angle_to_matrix, forward_kinematics, matrix_to_rot6d,
                         mirror_rotation, rot6d_to_matrix)
 
 SIDES = ("left", "right")
@@ -1815,142 +1814,3 @@ def parameter_table(base_cfg=BASES_PAPER, cfg=PAPER):
             "whole-body encoder": (0, count(wb.encoder)),
             "whole-body neck + heads": (0, count(wb) - count(wb.encoder)),
             "body adapter": (count(model.body_adapter), 0)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Appendix E. Running it: latency (`--bench`), a photograph in (`--image`), `--params`, a demo, main
-
-
-@torch.no_grad()
-def benchmark(base_cfg, cfg, device, batch=1, repeats=10):
-    """Median seconds per image of the baseline pipeline (frozen models + IK) and the adapted one, on
-    random weights and a random image of the config's size (the median: one stall is not the speed)."""
-    model = Adapted(cfg, Bases(base_cfg)).to(device).eval()
-    image = torch.rand(batch, 3, *base_cfg.image_size, device=device)
-    times = {}
-    for name, adapted in (("baseline", False), ("adapted", True)):
-        piped = model if adapted else types.SimpleNamespace(bases=model.bases)
-        pipeline(piped, image, adapted)  # warm-up
-        runs = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            pipeline(piped, image, adapted)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            runs.append((time.perf_counter() - t) / batch)
-        times[name] = sorted(runs)[len(runs) // 2]
-    return times
-
-
-# --- `--image`: a photograph in; the picture, .obj and .npz out (bodymodels section 8 reads, checks and writes)
-# The crop is what the whole-body model was trained on: the person box grown to the input's aspect
-# (cfg.image_size), warped to that size, fed as [0, 1] RGB, so a render of the training set's size given
-# whole is exactly a training input. The crop's camera (SMPLer-X's: focal 5000 per 256 pixels of the
-# crop's height, principal point at its centre) becomes the full image's (`bodymodels.crop_translation_to_full`).
-PERSON_BOX_ENLARGE = 1.2 * 1.25  # official (SMPLer-X get_bbox, process_bbox): keypoints' box x 1.2, its crop x 1.25
-HAND_BOX_ENLARGE = 1.2  # a hand's box: the square of 1.2 x the larger side of its keypoints (as the training data's)
-
-
-def load_trained_model(path):
-    """The `Adapted` model of a train.py checkpoint of stage "hmr_adapter" (its bases: ../hmr_adapter_bases/)."""
-    chain = [("hmr_adapter_bases", BASE_CONFIGS, lambda cfg, parent: Bases(cfg)),  # its checkpoint holds every weight
-             ("hmr_adapter", CONFIGS, build_model)]
-    return bodymodels.load_trained(path, chain)[0]
-
-
-def keypoint_hand_boxes(person, A):
-    """(1, 2, 4) hand boxes (left, right) in crop pixels from the person's 2D hand keypoints (mapped by
-    the crop matrix A); NaN for a hand without two confident keypoints (the model's box then)."""
-    boxes = torch.full((1, 2, 4), float("nan"), dtype=torch.float64)
-    for i, side in enumerate(SIDES):
-        box = bodymodels.keypoint_box(person[f"{side}_hand"]) if person and f"{side}_hand" in person else None
-        if box is not None:
-            corners = torch.tensor([[box[0], box[1], 1.0], [box[2], box[3], 1.0]], dtype=torch.float64) @ A.T
-            boxes[0, i] = scale_boxes(corners[:, :2].flatten(), HAND_BOX_ENLARGE)
-    return None if boxes.isnan().all() else boxes
-
-
-NPZ_DOCS = dict(
-    verts="SMPL-X vertices, metres, the full image's camera frame (x right, y down, z forward); faces: the .obj's",
-    joints3d="SMPL-X's 55 joints, metres, the full image's camera frame",
-    joints2d="those joints' pixels in the image (K)",
-    pose="SMPL-X pose, axis-angle: global orientation (camera frame), body 1-21, jaw, eyes, left hand 25-39, "
-         "right 40-54",
-    shape="SMPL-X betas", expression="SMPL-X expression coefficients",
-    translation="verts = SMPL-X(pose, shape, expression) + translation, metres",
-    hand_boxes="the hand boxes (left, right) [x0, y0, x1, y1] image pixels: from --keypoints, else the model's",
-    K="the full image's camera: focal 5000 / 256 x max(W, H), principal point at the image centre (HaMeR's demo)",
-    box="the whole-body crop [x0, y0, x1, y1] image pixels", crop_matrix="image pixels -> crop pixels (homogeneous)",
-    crop_K="the crop's camera (crop pixels): SMPLer-X's focal 5000 / 256 x the crop's height",
-    crop_verts="the pipeline's vertices in the crop's camera", crop_joints="the pipeline's joints in the crop's camera")
-
-
-@torch.no_grad()
-def infer(image, box, people, args):
-    """bodymodels.run_demo's `infer`: the adapted pipeline (Sec. 3.1) on the person's crop of image (3, H, W)."""
-    model = load_trained_model(args.checkpoint)
-    cfg, (H, W) = model.bases.cfg, image.shape[-2:]
-    person = bodymodels.pick_person(people, box) if people else None
-    crop_hw = tuple(cfg.image_size)
-    points = np.concatenate([v for k, v in person.items() if k != "score"]) if person else None
-    box, A = bodymodels.person_crop((H, W), crop_hw, box, points, PERSON_BOX_ENLARGE, args.keypoints)
-    crop = bodymodels.warp_image(image, A, crop_hw)  # the whole image of the input's size: a training input
-    out = pipeline(model, crop[None], adapted=True, hand_boxes=keypoint_hand_boxes(person, A), details=True)
-    f = 5000.0 / 256 * crop_hw[0]  # the crop camera's focal, SMPLer-X's (`smplerx_translation`)
-    t = bodymodels.crop_translation_to_full(out["t"][0].double(), A, crop_hw, (W, H), f)
-    verts, joints = (out[k][0].double() - out["t"][0].double() + t for k in ("verts", "joints"))
-    K = bodymodels.full_image_intrinsics((W, H), dtype=torch.float64)
-    to_image = lambda uv: (uv.double() - A[:2, 2]) / A[0, 0]  # noqa: E731  crop pixels -> image pixels
-    arrays = dict(verts=verts, joints3d=joints, joints2d=bodymodels.perspective_projection(joints, K),
-                  pose=matrix_to_axis_angle(out["R"][0]), shape=out["shape"][0], expression=out["expression"][0],
-                  translation=t, hand_boxes=to_image(out["hand_boxes"][0].reshape(4, 2)).reshape(2, 4), K=K,
-                  box=to_image(torch.tensor([[0.0, 0.0], crop_hw[::-1]])).flatten(), crop_matrix=A,
-                  crop_K=torch.tensor([[f, 0, crop_hw[1] / 2], [0, f, crop_hw[0] / 2], [0, 0, 1.0]]),
-                  crop_verts=out["verts"][0], crop_joints=out["joints"][0])
-    return dict(meshes=[("", verts, body_models().smplx_faces)], K=K, arrays=arrays, docs=NPZ_DOCS,
-                keypoints=None if points is None else points[points[:, 2] >= 0.3, :2])
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="HMR-Adapter: a mesh from your image (--image), parameter counts, "
-                                "latency, or a demo of the pipeline.")
-    p.add_argument("--params", action="store_true", help="trainable and frozen parameters per part at the paper's size")
-    p.add_argument("--bench", action="store_true",
-                   help="latency of the baseline and the adapted pipeline on this device")
-    p.add_argument("--config", default="tiny", help="tiny | paper (for --bench and the demo; default tiny)")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per pipeline for --bench (default 10)")
-    bodymodels.add_demo_arguments(p, "hmr_adapter")
-    args = p.parse_args(argv)
-    if args.image:
-        return bodymodels.run_demo(args, infer, "hmr_adapter.py")
-    if args.config not in CONFIGS:
-        raise SystemExit(f"hmr_adapter.py: unknown --config {args.config!r}; expected one of {', '.join(CONFIGS)}")
-    base_cfg, cfg = BASE_CONFIGS[args.config], CONFIGS[args.config]
-    if args.params:
-        for part, (trainable, frozen) in parameter_table().items():
-            print(f"{part:26s} trainable {trainable / 1e6:8.2f}M  frozen {frozen / 1e6:8.2f}M  "
-                  f"paper: {PAPER_COUNTS.get(part, '-')}")
-        return
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.bench:
-        times = benchmark(base_cfg, cfg, device, repeats=args.repeats)
-        print(f"{args.config} on {device.type}: baseline {1e3 * times['baseline']:.1f} ms/image, adapted "
-              f"{1e3 * times['adapted']:.1f} ms/image (+{100 * (times['adapted'] / times['baseline'] - 1):.1f} %)")
-        return
-    # the demo: one image through both paths of an untrained model, what flows where
-    torch.manual_seed(0)
-    model = Adapted(cfg, Bases(base_cfg)).to(device).eval()
-    image = torch.rand(1, 3, *base_cfg.image_size, device=device)
-    with torch.no_grad():
-        out = model.bases.whole_body(image)
-        print({k: tuple(v.shape) for k, v in out.items()})
-        verts, joints, boxes = pipeline(model, image, adapted=True)
-    print(f"adapted pipeline: SMPL-X verts {tuple(verts.shape)}, joints {tuple(joints.shape)}, "
-          f"hand boxes {boxes[0].tolist()}")
-    print("train it: torchrun --standalone --nproc_per_node=2 train.py --model hmr_adapter")
-
-
-if __name__ == "__main__":
-    main()

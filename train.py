@@ -81,6 +81,7 @@ import hashlib
 import inspect
 import json
 import os
+import pathlib
 import random
 import sys
 import time
@@ -385,19 +386,82 @@ def stage_dir(name, args):
     return os.path.join(getattr(args, "reused", {}).get(name, args.out), name)
 
 
+# Reading them back (here and in demo.py, the notebooks): a stage's checkpoint, checked, and a trained model
+# rebuilt from its checkpoint and its parents'. Bad files raise data.InputError naming the file.
+
+
+def read_train_checkpoint(path, stage):
+    """The dict train.py saved at `path` (weights_only), after checking it is a train.py checkpoint
+    of stage `stage`; raises InputError naming the file otherwise (missing, truncated, foreign,
+    another paper's or another stage's)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise data.InputError(f"{path}: no such checkpoint; train one (torchrun train.py --model {stage}) "
+                              "or pass its path")
+    try:
+        # mmap: a ViT-H file is not read into memory twice
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # a truncated or foreign file: say which, without the unpickler's traceback
+        raise data.InputError(f"{path}: not a readable train.py checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or "model_name" not in ckpt:
+        raise data.InputError(f"{path}: not a train.py checkpoint "
+                         "(expected a dict with 'model_name', 'model', 'config', ...)")
+    if ckpt["model_name"] != stage:
+        raise data.InputError(f"{path}: holds a {ckpt['model_name']!r} model; expected a checkpoint of stage {stage!r}")
+    return ckpt
+
+
+def own_state(model, parent):
+    """The model's state_dict without the tensors it shares with `parent` (train.py saves a stage's
+    own state; the parent's weights live in the parent's checkpoint)."""
+    shared = {t.data_ptr() for t in parent.state_dict().values() if t.numel()} if parent is not None else set()
+    return {k: v for k, v in model.state_dict().items() if not (v.numel() and v.data_ptr() in shared)}
+
+
+def load_stage_state(model, state, parent, path):
+    """Load a train.py checkpoint's own state into `model`: every key the model has must come from
+    `state` or be shared with `parent` (whose weights its own checkpoint holds)."""
+    own = set(own_state(model, parent))
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    missing = sorted(own - set(state))
+    if missing or unexpected:
+        raise data.InputError(f"{path}: the weights do not fit the model: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.load_state_dict(state, strict=False)
+
+
+def load_trained(path, chain):
+    """A model trained by train.py, rebuilt from its checkpoint and its parents' -> (model in eval
+    mode, config). chain: [(stage, CONFIGS, build_model(cfg, parent))] from the first stage to the
+    one at `path` (OUT/<stage>/ckpt.pt); a parent's checkpoint is OUT/<parent stage>/ckpt.pt."""
+    path = pathlib.Path(path)
+    read_train_checkpoint(path, chain[-1][0])  # the file asked for is named first if it is the wrong one
+    parent = cfg = None
+    for k, (stage, configs, build) in enumerate(chain):
+        p = path if k == len(chain) - 1 else path.parent.parent / stage / "ckpt.pt"
+        ckpt = read_train_checkpoint(p, stage)
+        if ckpt["config_name"] not in configs:
+            raise data.InputError(f"{p}: config {ckpt['config_name']!r} is not one of {sorted(configs)}")
+        cfg = type(configs[ckpt["config_name"]])(**ckpt["config"])
+        model = build(cfg, parent)
+        load_stage_state(model, ckpt["model"], parent, p)
+        parent = model.eval().requires_grad_(False)
+    return parent, cfg
+
+
 def load_checkpoint(path, name, why="--resume"):
     """The checkpoint dict at `path`, after checking it was written by train.py for stage `name`."""
     try:
-        return bodymodels.read_train_checkpoint(path, name)
-    except bodymodels.InputError as e:
+        return read_train_checkpoint(path, name)
+    except data.InputError as e:
         fail(f"{why}: {e}")
 
 
 def load_own_state(model, state, parent, path):
     """Load a checkpoint's own state; every key the model has must come from it or from `parent`."""
     try:
-        bodymodels.load_stage_state(model, state, parent, path)
-    except bodymodels.InputError as e:
+        load_stage_state(model, state, parent, path)
+    except data.InputError as e:
         fail(str(e))
 
 
@@ -547,7 +611,7 @@ def save_checkpoint(job, step, train_time, args, ranks):
         n, seen = len(job.train_set), step * job.cfg.batch_size  # samples consumed: the data position
         save_file(dict(
             model_name=job.name, config_name=job.config_name, config=dataclasses.asdict(job.cfg),
-            model=bodymodels.own_state(job.raw_model, job.parent), optimizer=job.optimizer.state_dict(),
+            model=own_state(job.raw_model, job.parent), optimizer=job.optimizer.state_dict(),
             step=step,  # no scheduler state: the learning rate is learning_rate(cfg, step)
             rng=rng,  # one dict per rank
             data=dict(data=args.data, seed=args.seed, train_samples=n, samples_seen=seen, epoch=seen // n,

@@ -331,28 +331,6 @@ def test_kinematic_trees_agree_with_each_other():
 
 
 # ---------------------------------------------------------------------------------------------
-# Pictures
-
-
-def test_plot_mesh_views_draws_every_face_and_bone_in_three_views():
-    from matplotlib.collections import LineCollection, PolyCollection
-
-    verts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
-    faces = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
-    fig = bm.plot_mesh_views(verts, faces, joints=verts[:3], parents=(-1, 0, 1), title="tetrahedron")
-    assert [ax.get_title() for ax in fig.axes] == ["front", "side", "top"]
-    for ax in fig.axes:
-        polys = [c for c in ax.collections if isinstance(c, PolyCollection)]
-        bones = [c for c in ax.collections if isinstance(c, LineCollection)]
-        assert len(polys) == 1 and len(polys[0].get_paths()) == 4
-        assert len(bones) == 1 and len(bones[0].get_segments()) == 2
-    with pytest.raises(ValueError, match="faces"):
-        bm.plot_mesh_views(verts, faces[:, :2])
-    with pytest.raises(ValueError, match="parents"):
-        bm.plot_mesh_views(verts, faces, joints=verts, parents=(-1, 0))
-
-
-# ---------------------------------------------------------------------------------------------
 # forward kinematics and linear blend skinning, against smplx itself (the oracle)
 
 @pytest.mark.parametrize("kind", ["mano", "smpl"])
@@ -445,103 +423,8 @@ def test_atomic_write_replaces_whole_files_and_cleans_up_on_error(tmp_path):
     assert path.read_bytes() == b"one" and sorted(p.name for p in path.parent.iterdir()) == ["file.bin"]
 
 
-def test_draw_skeleton_draws_one_line_per_bone_in_the_given_colours():
-    from matplotlib.colors import to_rgba
-    from matplotlib.figure import Figure
-
-    ax = Figure().subplots()
-    points = torch.rand(21, 2)
-    bones = bm.draw_skeleton(ax, points, bm.FREIHAND_PARENTS, color="bones", label="truth")
-    assert len(bones.get_segments()) == 20 and bones.get_label() == "truth"
-    assert np.allclose(bones.get_colors()[0], to_rgba(bm.FINGER_COLORS[0]))  # bone 1: the thumb
-    assert np.allclose(bones.get_segments()[4], points[[0, 5]].numpy())  # bone 5: wrist -> index
-    assert bm.draw_skeleton(ax, points, None) is None
-
-
 # ---------------------------------------------------------------------------------------------
-# 8. An image in, meshes out: reading, crops, placement, export, errors
-
-
-def _save(tmp_path, name, array, mode=None, **kwargs):
-    from PIL import Image
-
-    path = tmp_path / name
-    Image.fromarray(array, mode).save(path, **kwargs) if mode else Image.fromarray(array).save(path, **kwargs)
-    return path
-
-
-def test_read_image_reads_gray_alpha_palette_and_16_bit_images_as_rgb_in_unit_range(tmp_path):
-    from PIL import Image
-
-    gray = np.tile(np.arange(32, dtype=np.uint8)[None] * 8, (20, 1))  # (20, 32)
-    rgb = np.stack([gray, 255 - gray, np.full_like(gray, 7)], -1)
-    rgba = np.concatenate([rgb, np.zeros_like(gray)[..., None]], -1)  # fully transparent: colour kept
-    expected_rgb = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
-    assert torch.equal(bm.read_image(_save(tmp_path, "rgb.png", rgb)), expected_rgb)
-    assert torch.equal(bm.read_image(_save(tmp_path, "rgba.png", rgba)), expected_rgb)
-    assert torch.equal(bm.read_image(_save(tmp_path, "gray.png", gray)), expected_rgb[:1].expand(3, -1, -1))
-    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(tmp_path / "p.png")
-    palette = bm.read_image(tmp_path / "p.png")
-    assert palette.shape == (3, 20, 32) and (palette - expected_rgb).abs().max() < 0.05
-    deep = (np.arange(20 * 32, dtype=np.uint16).reshape(20, 32) * 100)  # values up to 63900 of 65535
-    image16 = bm.read_image(_save(tmp_path, "deep.png", deep))
-    assert torch.allclose(image16[1], torch.from_numpy(deep / 65535).float(), atol=1e-7)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees clockwise to display
-    Image.fromarray(rgb).save(tmp_path / "turned.jpg", exif=exif)
-    assert bm.read_image(tmp_path / "turned.jpg").shape == (3, 32, 20)
-
-
-def test_read_image_errors_name_the_file_and_the_problem(tmp_path):
-    (tmp_path / "text.png").write_text("not an image")
-    good = _save(tmp_path, "good.png", np.zeros((40, 40, 3), np.uint8))
-    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:60])
-    cases = {tmp_path / "missing.png": "no such file", tmp_path / "text.png": "not a readable image",
-             tmp_path / "cut.png": "not a readable image",
-             _save(tmp_path, "tiny.png", np.zeros((8, 40, 3), np.uint8)): "40 x 8 pixels"}
-    for path, expected in cases.items():
-        with pytest.raises(bm.InputError) as e:
-            bm.read_image(path)
-        assert str(path) in str(e.value) and expected in str(e.value)
-
-
-def test_read_keypoints_reads_mmpose_coco_wholebody_and_openpose_files(tmp_path):
-    import json
-
-    rng = np.random.default_rng(0)
-    whole = rng.uniform(0, 100, (133, 3))
-    (tmp_path / "vitpose.json").write_text(json.dumps([{"keypoints": whole.ravel().tolist(), "score": 0.7},
-                                                       {"keypoints": whole[:17].tolist(), "score": 0.9}]))
-    a, b = bm.read_keypoints(tmp_path / "vitpose.json")
-    assert np.array_equal(a["right_hand"], whole[112:]) and np.array_equal(a["face"], whole[23:91])
-    assert set(b) == {"body", "score"} and bm.pick_person([a, b]) is b
-    ann = {"keypoints": [10, 20, 2] * 17, "lefthand_kpts": [5, 6, 1] * 21, "righthand_kpts": [0, 0, 0] * 21}
-    (tmp_path / "coco.json").write_text(json.dumps({"annotations": [ann]}))
-    (p,) = bm.read_keypoints(tmp_path / "coco.json")
-    assert (p["body"][:, 2] == 1).all() and (p["left_hand"][:, 2] == 1).all() and (p["right_hand"][:, 2] == 0).all()
-    body25 = np.arange(75, dtype=np.float64).reshape(25, 3)
-    (tmp_path / "openpose.json").write_text(json.dumps({"people": [{"pose_keypoints_2d": body25.ravel().tolist(),
-                                                                    "hand_left_keypoints_2d": [1.0] * 63}]}))
-    (p,) = bm.read_keypoints(tmp_path / "openpose.json")
-    # COCO's left shoulder (5) is OpenPose's LShoulder (5), its right hip (12) OpenPose's RHip (9)
-    assert np.array_equal(p["body"][5], body25[5]) and np.array_equal(p["body"][12], body25[9])
-    assert p["left_hand"].shape == (21, 3) and "right_hand" not in p
-    (tmp_path / "bad.json").write_text(json.dumps([{"keypoints": [1, 2, 3] * 20}]))
-    with pytest.raises(bm.InputError, match="bad.json: person 0: 'keypoints' has 60 numbers"):
-        bm.read_keypoints(tmp_path / "bad.json")
-
-
-@given(seed=SEEDS)
-@FAST
-@example(seed=0)
-def test_solve_translation_recovers_the_translation_of_exactly_projected_points(seed):
-    g = torch.Generator().manual_seed(seed)
-    points = torch.randn(21, 3, generator=g, **DOUBLE) * 0.05
-    t = torch.tensor([0.3, -0.2, 2.0], **DOUBLE) * torch.rand(3, generator=g, **DOUBLE) + torch.tensor([-0.1, 0.1, 0.3])
-    f = 200 + 2000 * torch.rand((), generator=g, **DOUBLE)
-    K = torch.tensor([[f, 0, 120.0], [0, f, 90.0], [0, 0, 1]], **DOUBLE)
-    uv = bm.perspective_projection(points + t, K)
-    assert torch.allclose(bm.solve_translation(points, uv, K), t, atol=1e-9)
+# 7. Crops: boxes, crop matrices, warps, a crop's camera in the full image
 
 
 def test_crop_matrix_maps_the_crop_onto_the_output_and_warp_image_reads_it_there():
@@ -557,93 +440,6 @@ def test_crop_matrix_maps_the_crop_onto_the_output_and_warp_image_reads_it_there
     flipped = bm.warp_image(image, bm.crop_matrix((50.0, 30.0), (20.0, 20.0), (40, 40), flip=True), (40, 40))
     assert torch.allclose(flipped, crop.flip(-1), atol=1e-6)
     assert bm.crop_box((0, 0, 40, 60), (256, 192)) == ((20.0, 30.0), (45.0, 60.0))  # 60 high: 45 wide at 4:3
-
-
-def test_check_box_refuses_empty_and_outside_boxes_naming_them():
-    assert bm.check_box([1, 2, 30, 40], (50, 60)) == (1.0, 2.0, 30.0, 40.0)
-    with pytest.raises(bm.InputError, match="--box 5 5 5 9: empty"):
-        bm.check_box([5, 5, 5, 9], (50, 60))
-    with pytest.raises(bm.InputError, match="outside the image of 60 x 50 pixels"):
-        bm.check_box([70, 0, 90, 10], (50, 60))
-
-
-def test_obj_round_trips_and_mirrored_meshes_still_face_outwards(tmp_path):
-    m = bm.load_smpl()
-    verts = torch.as_tensor(m.v_template, dtype=torch.float64) + torch.tensor([0.1, 0.2, 3.0], **DOUBLE)
-    faces = torch.as_tensor(np.asarray(m.faces, dtype=np.int64))
-
-    def signed_volume(v, f):  # > 0 for a closed mesh whose faces run counter-clockwise seen from outside
-        a, b, c = v[f].unbind(1)
-        return (a * torch.linalg.cross(b, c)).sum() / 6
-
-    assert signed_volume(verts, faces) > 0
-    mirrored, flipped = bm.mirror_mesh(verts, faces)
-    assert signed_volume(mirrored, flipped) > 0 and signed_volume(mirrored, faces) < 0
-    bm.write_obj(tmp_path / "m.obj", mirrored, flipped)
-    v, f = bm.read_obj(tmp_path / "m.obj")
-    assert torch.allclose(v, mirrored, atol=5e-7) and torch.equal(f, flipped)
-
-
-def test_write_npz_documents_every_key_and_refuses_undocumented_ones(tmp_path):
-    bm.write_npz(tmp_path / "a.npz", {"verts": torch.zeros(4, 3)}, {"verts": "metres, camera frame"})
-    with np.load(tmp_path / "a.npz") as npz:
-        assert npz["verts"].shape == (4, 3) and "verts (4, 3): metres, camera frame" in str(npz["README"])
-    with pytest.raises(ValueError, match="without a description: \\['K'\\]"):
-        bm.write_npz(tmp_path / "b.npz", {"K": torch.eye(3)}, {})
-    assert not (tmp_path / "b.npz").exists()
-
-
-def test_run_demo_stops_in_one_line_with_status_2_and_writes_nothing(tmp_path, capsys):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    bm.add_demo_arguments(parser, "stage", hands=True)
-    image = _save(tmp_path, "photo.png", np.zeros((40, 50, 3), np.uint8))
-    out = tmp_path / "out"
-    for argv, expected in (([str(tmp_path / "none.png")], "none.png: no such file"),
-                           ([str(image), "--box", "60", "0", "90", "10"], "outside the image of 50 x 40 pixels")):
-        args = parser.parse_args(["--image", *argv, "--out", str(out)])
-        with pytest.raises(SystemExit) as e:
-            bm.run_demo(args, lambda *a: pytest.fail("infer must not run"), "demo.py")
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and err.count("\n") == 1 and expected in err and err.startswith("demo.py: ")
-    assert not out.exists()
-
-
-def test_run_demo_writes_the_picture_one_obj_per_mesh_and_the_npz(tmp_path, capsys):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    bm.add_demo_arguments(parser, "stage", hands=True)
-    image = _save(tmp_path, "photo.png", np.full((40, 50, 3), 90, np.uint8))
-    m = bm.load_mano()
-    faces = np.asarray(m.faces, dtype=np.int64)
-    verts = torch.as_tensor(m.v_template, dtype=torch.float32) + torch.tensor([0.0, 0.0, 0.6])
-    K = bm.full_image_intrinsics((50, 40))
-
-    def infer(img, box, people, args):
-        assert img.shape == (3, 40, 50) and box is None and people is None
-        return {"meshes": [("right", verts, faces), ("left", *bm.mirror_mesh(verts, torch.as_tensor(faces)))],
-                "K": K, "arrays": {"verts": verts}, "docs": {"verts": "metres"}}
-
-    args = parser.parse_args(["--image", str(image), "--out", str(tmp_path / "out")])
-    written = bm.run_demo(args, infer, "demo.py")
-    names = [p.name for p in written]
-    assert names == ["photo.png", "photo_right.obj", "photo_left.obj", "photo.npz"]
-    assert capsys.readouterr().out.splitlines() == [f"wrote {p}" for p in written]
-    assert written[0].stat().st_size > 10_000 and len(list((tmp_path / "out").iterdir())) == 4
-
-
-@given(seed=SEEDS)
-@FAST
-@example(seed=0)
-def test_solve_translation_keeps_every_point_in_front_when_3d_and_2d_disagree(seed):
-    g = torch.Generator().manual_seed(seed)
-    points = torch.randn(21, 3, generator=g, **DOUBLE) * 0.05
-    uv = torch.rand(21, 2, generator=g, **DOUBLE) * 200  # unrelated to the points
-    K = torch.tensor([[500.0, 0, 100.0], [0, 500.0, 100.0], [0, 0, 1]], **DOUBLE)
-    t = bm.solve_translation(points, uv, K, min_depth=0.01)
-    assert (points[:, 2] + t[2]).min() >= 0.01 - 1e-12 and torch.isfinite(t).all()
 
 
 @given(seed=SEEDS)
@@ -667,7 +463,33 @@ def test_crop_translation_to_full_is_cliffs_cam_crop_to_full_for_hmr2_crops(seed
                           root_px, atol=1e-7)
 
 
-# --- 9. Hands on a body ----------------------------------------------------------------------
+@given(seed=SEEDS, focal=st.floats(0.2, 5.0))
+@FAST
+@example(seed=0, focal=1.0)
+def test_crop_translation_to_a_given_camera_puts_the_root_plane_where_the_crop_camera_saw_it(seed, focal):
+    """demo.py --intrinsics: with any full-image camera K (focal lengths equal), every point on the mesh root's
+    depth plane projects to the image pixel where the crop's camera put it (through the crop matrix)."""
+    g = torch.Generator().manual_seed(seed)
+    W, H = 200 + int(torch.randint(0, 800, (), generator=g)), 150 + int(torch.randint(0, 800, (), generator=g))
+    side = 40 + 150 * torch.rand((), generator=g, **DOUBLE)
+    centre = (torch.rand(2, generator=g, **DOUBLE) * torch.tensor([W, H], **DOUBLE)).tolist()
+    crop_hw, crop_focal = (256, 192), 5000.0
+    A = bm.crop_matrix(centre, (side * 0.75, side), crop_hw)
+    t = torch.tensor([0.3, -0.2, 40.0], **DOUBLE) * (0.5 + torch.rand(3, generator=g, **DOUBLE))
+    f = focal * max(W, H)
+    K = torch.tensor([[f, 0, W * torch.rand((), generator=g)], [0, f, H * torch.rand((), generator=g)], [0, 0, 1]],
+                     **DOUBLE)
+    full = bm.crop_translation_to_full(t, A, crop_hw, (W, H), crop_focal, K)
+    K_crop = torch.tensor([[crop_focal, 0, crop_hw[1] / 2], [0, crop_focal, crop_hw[0] / 2], [0, 0, 1]], **DOUBLE)
+    plane = torch.cat([torch.randn(5, 2, generator=g, **DOUBLE) * 0.3, torch.zeros(5, 1, **DOUBLE)], 1)
+    seen = bm.perspective_projection(plane + t, K_crop)  # crop pixels
+    seen = torch.cat([seen, torch.ones(5, 1, **DOUBLE)], 1) @ torch.linalg.inv(A).T  # image pixels
+    torch.testing.assert_close(bm.perspective_projection(plane + full, K), seen[:, :2], rtol=1e-9, atol=1e-7)
+    assert torch.equal(bm.crop_translation_to_full(t, A, crop_hw, (W, H), crop_focal),
+                       bm.crop_translation_to_full(t, A, crop_hw, (W, H), crop_focal, bm.full_image_intrinsics((W, H))))
+
+
+# --- 8. Hands on a body ----------------------------------------------------------------------
 
 
 @FAST

@@ -815,3 +815,82 @@ def test_ambiguous_bodies_show_both_readings_in_the_same_image():
             assert ((uv >= torch.tensor([x0, y0])) & (uv <= torch.tensor([x1, y1]))).all()
     with pytest.raises(ValueError, match="augment"):
         data.AmbiguousBodies(2, image_size=32, augment=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Pictures (moved from bodymodels) and photographs as files (`read_image`)
+
+
+def test_plot_mesh_views_draws_every_face_and_bone_in_three_views():
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    verts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    faces = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    fig = data.plot_mesh_views(verts, faces, joints=verts[:3], parents=(-1, 0, 1), title="tetrahedron")
+    assert [ax.get_title() for ax in fig.axes] == ["front", "side", "top"]
+    for ax in fig.axes:
+        polys = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        bones = [c for c in ax.collections if isinstance(c, LineCollection)]
+        assert len(polys) == 1 and len(polys[0].get_paths()) == 4
+        assert len(bones) == 1 and len(bones[0].get_segments()) == 2
+    with pytest.raises(ValueError, match="faces"):
+        data.plot_mesh_views(verts, faces[:, :2])
+    with pytest.raises(ValueError, match="parents"):
+        data.plot_mesh_views(verts, faces, joints=verts, parents=(-1, 0))
+
+
+
+def test_draw_skeleton_draws_one_line_per_bone_in_the_given_colours():
+    from matplotlib.colors import to_rgba
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    points = torch.rand(21, 2)
+    bones = data.draw_skeleton(ax, points, bodymodels.FREIHAND_PARENTS, color="bones", label="truth")
+    assert len(bones.get_segments()) == 20 and bones.get_label() == "truth"
+    assert np.allclose(bones.get_colors()[0], to_rgba(data.FINGER_COLORS[0]))  # bone 1: the thumb
+    assert np.allclose(bones.get_segments()[4], points[[0, 5]].numpy())  # bone 5: wrist -> index
+    assert data.draw_skeleton(ax, points, None) is None
+
+
+def _save_image(tmp_path, name, array, mode=None, **kwargs):
+    from PIL import Image
+
+    path = tmp_path / name
+    Image.fromarray(array, mode).save(path, **kwargs) if mode else Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+def test_read_image_reads_gray_alpha_palette_and_16_bit_images_as_rgb_in_unit_range(tmp_path):
+    from PIL import Image
+
+    gray = np.tile(np.arange(32, dtype=np.uint8)[None] * 8, (20, 1))  # (20, 32)
+    rgb = np.stack([gray, 255 - gray, np.full_like(gray, 7)], -1)
+    rgba = np.concatenate([rgb, np.zeros_like(gray)[..., None]], -1)  # fully transparent: colour kept
+    expected_rgb = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    assert torch.equal(data.read_image(_save_image(tmp_path, "rgb.png", rgb)), expected_rgb)
+    assert torch.equal(data.read_image(_save_image(tmp_path, "rgba.png", rgba)), expected_rgb)
+    assert torch.equal(data.read_image(_save_image(tmp_path, "gray.png", gray)), expected_rgb[:1].expand(3, -1, -1))
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(tmp_path / "p.png")
+    palette = data.read_image(tmp_path / "p.png")
+    assert palette.shape == (3, 20, 32) and (palette - expected_rgb).abs().max() < 0.05
+    deep = (np.arange(20 * 32, dtype=np.uint16).reshape(20, 32) * 100)  # values up to 63900 of 65535
+    image16 = data.read_image(_save_image(tmp_path, "deep.png", deep))
+    assert torch.allclose(image16[1], torch.from_numpy(deep / 65535).float(), atol=1e-7)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(rgb).save(tmp_path / "turned.jpg", exif=exif)
+    assert data.read_image(tmp_path / "turned.jpg").shape == (3, 32, 20)
+
+
+def test_read_image_errors_name_the_file_and_the_problem(tmp_path):
+    (tmp_path / "text.png").write_text("not an image")
+    good = _save_image(tmp_path, "good.png", np.zeros((40, 40, 3), np.uint8))
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:60])
+    cases = {tmp_path / "missing.png": "no such file", tmp_path / "text.png": "not a readable image",
+             tmp_path / "cut.png": "not a readable image",
+             _save_image(tmp_path, "tiny.png", np.zeros((8, 40, 3), np.uint8)): "40 x 8 pixels"}
+    for path, expected in cases.items():
+        with pytest.raises(data.InputError) as e:
+            data.read_image(path)
+        assert str(path) in str(e.value) and expected in str(e.value)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import bodymodels
+import demo
 import genhmr
 
 # Small configs: every part present, seconds on a CPU
@@ -848,7 +849,7 @@ class Unpicklable:
 
 
 # ---------------------------------------------------------------------------------------------
-# `python genhmr.py --image PATH` (issue 25): a short-trained chain through train.py, a held-out render
+# `python demo.py --model genhmr --image PATH` (issue 25): a short-trained chain through train.py, a held-out render
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -877,9 +878,9 @@ def trained(tmp_path_factory):
 
 
 def run_main(argv, capsys):
-    """genhmr.main(argv) in this process -> (exit status, stdout lines, stderr lines)."""
+    """demo.main(["--model", "genhmr", *argv]) in this process -> (exit status, stdout lines, stderr lines)."""
     try:
-        genhmr.main([str(a) for a in argv])
+        demo.main(["--model", "genhmr"] + [str(a) for a in argv])
         code = 0
     except SystemExit as e:
         code = e.code
@@ -898,12 +899,13 @@ def iou(a, b):
 
 
 def test_image_command_writes_the_picture_mesh_and_arrays_of_predict(trained, tmp_path):
-    """`python genhmr.py --image` in a subprocess: exit 0, one line per file; the .npz's crop-frame vertices
-    are `predict`'s UGS vertices on the 8-bit image; the .obj reads back to the .npz's vertices and SMPL's
-    faces; the overlay's silhouette against the render's (reported: a 2-step model is poor)."""
+    """`python demo.py --model genhmr --image` in a subprocess: exit 0, one line per file; the .npz's
+    crop-frame vertices are `predict`'s UGS vertices on the 8-bit image; the .obj reads back to the .npz's
+    vertices and SMPL's faces; the overlay's silhouette against the render's (reported: a 2-step model is poor)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    run = subprocess.run([sys.executable, "genhmr.py", "--image", trained.png, "--checkpoint", trained.ckpt,
-                          "--out", tmp_path / "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "demo.py", "--model", "genhmr", "--image", trained.png,
+                          "--checkpoint", trained.ckpt, "--out", tmp_path / "demo"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     names = [f"wrote {tmp_path / 'demo' / 'person'}{ext}" for ext in (".png", ".obj", ".npz")]
     assert run.stdout.splitlines() == names
@@ -912,13 +914,13 @@ def test_image_command_writes_the_picture_mesh_and_arrays_of_predict(trained, tm
                 "token_ids", "crop_verts", "crop_joints3d", "README"):
         assert key in npz, key
     assert int(npz["refined"]) == 0 and "refined_verts" not in npz
-    model, cfg = bodymodels.load_trained(trained.ckpt, genhmr.STAGES)
+    model, cfg = demo.load_trained(trained.ckpt, demo.GENHMR_STAGES)
     cfg = dataclasses.replace(cfg, refine_steps=0, table_iterations=(), table_refine_steps=())
     batch = {"image": trained.image_8bit[None], "joints2d": trained.sample["joints2d"][None], "index": torch.zeros(1)}
     ours = genhmr.predict(model, batch, cfg)
     assert torch.equal(torch.as_tensor(npz["token_ids"]), ours["ids"][0])
     torch.testing.assert_close(torch.as_tensor(npz["crop_verts"]), ours["verts"][0], atol=1e-5, rtol=0)
-    verts, faces = bodymodels.read_obj(tmp_path / "demo" / "person.obj")
+    verts, faces = demo.read_obj(tmp_path / "demo" / "person.obj")
     torch.testing.assert_close(verts, torch.as_tensor(npz["verts"]).double(), atol=1e-6, rtol=0)
     assert torch.equal(faces, genhmr._smpl().faces_tensor.long())
     hw = trained.image_8bit.shape[-2:]
@@ -928,7 +930,7 @@ def test_image_command_writes_the_picture_mesh_and_arrays_of_predict(trained, tm
 
 def test_ground_truth_camera_through_the_conversion_covers_the_render(trained):
     """Placement with ground-truth inputs: the render's crop-camera translation through
-    `bodymodels.person_crop` and `crop_translation_to_full` puts its mesh on its silhouette, the render
+    `demo.person_crop` and `crop_translation_to_full` puts its mesh on its silhouette, the render
     alone (the crop is the identity, K the render's) and pasted into a larger photograph with --box."""
     s = trained.sample
     root_relative = s["verts"] - s["cam_t"]
@@ -936,7 +938,7 @@ def test_ground_truth_camera_through_the_conversion_covers_the_render(trained):
     focal = genhmr.FOCAL_LENGTH / genhmr.CROP_SIZE * H  # the crop camera's, in crop pixels
 
     def placed(image_hw, box):
-        _, A = bodymodels.person_crop(image_hw, (H, W), box)
+        _, A = demo.person_crop(image_hw, (H, W), box)
         t = bodymodels.crop_translation_to_full(s["cam_t"].double(), A, (H, W), image_hw[::-1], focal)
         return A, root_relative + t.float(), bodymodels.full_image_intrinsics(image_hw[::-1])
 
@@ -959,7 +961,7 @@ def test_keypoints_file_runs_the_papers_refinement(trained, tmp_path, capsys):
     from them, Eqs. 2-4 run (refined_* keys), and the 2D error to the keypoints falls."""
     joints2d = trained.sample["joints2d"]
     kp = np.zeros((17, 3))
-    for coco, smpl in genhmr.COCO17_TO_SMPL.items():
+    for coco, smpl in demo.COCO17_TO_SMPL.items():
         kp[coco] = [*joints2d[smpl].tolist(), 2]
     path = tmp_path / "keypoints.json"
     path.write_text(json.dumps({"annotations": [{"keypoints": kp.flatten().tolist()}]}))
@@ -971,7 +973,7 @@ def test_keypoints_file_runs_the_papers_refinement(trained, tmp_path, capsys):
     print(f"2D error to the keypoints: {float(npz['reproj_error_px']):.2f} px -> "
           f"{float(npz['refined_reproj_error_px']):.2f} px after refinement")
     assert npz["refined_reproj_error_px"] < npz["reproj_error_px"]
-    torch.testing.assert_close(bodymodels.read_obj(tmp_path / "demo" / "person.obj")[0],
+    torch.testing.assert_close(demo.read_obj(tmp_path / "demo" / "person.obj")[0],
                                torch.as_tensor(npz["refined_verts"]).double(), atol=1e-6, rtol=0)
 
 
@@ -1008,7 +1010,7 @@ def test_bad_input_is_one_line_exit_2_and_no_file(trained, tmp_path, capsys, nam
     argv = ["--image", trained.png, "--checkpoint", trained.ckpt, "--out", tmp_path / "demo"] + args
     code, out, err = run_main(argv, capsys)
     assert code == 2 and out == [] and len(err) == 1 and words in err[0], err
-    assert err[0].startswith("genhmr.py: ")
+    assert err[0].startswith("demo.py: ")
     assert not (tmp_path / "demo").exists()
 
 
@@ -1025,7 +1027,7 @@ def test_grayscale_rgba_and_16_bit_images_are_read(trained, tmp_path, capsys, mo
                                "--out", tmp_path / "demo"], capsys)
     assert code == 0 and len(out) == 3, err
     if mode == "RGBA":
-        model, cfg = bodymodels.load_trained(trained.ckpt, genhmr.STAGES)
+        model, cfg = demo.load_trained(trained.ckpt, demo.GENHMR_STAGES)
         ugs = genhmr.uncertainty_guided_sampling(model, trained.image_8bit[None], cfg.ugs_iterations,
                                                  choice_temperature=cfg.choice_temperature, seeds=torch.zeros(1))
         verts = genhmr.mesh_outputs(model.tokenizer, model.tokenizer.decode_ids(ugs["ids"]), ugs["betas"],
@@ -1418,3 +1420,29 @@ def test_refinement_objective_by_hand(tokenizer):
     torch.testing.assert_close(plain.double(), expected["ones"], rtol=1e-5, atol=1e-4)
     assert torch.equal(plain, ones)
     assert (expected["ones"] - expected["weighted"]).abs().min() > 1  # the weights matter here
+
+
+def test_intrinsics_place_the_same_prediction_in_the_given_camera(trained, tmp_path, capsys):
+    """`demo.py --intrinsics`: the same prediction (tokens, crop camera, crop-frame vertices); K the given one; the
+    mesh moved so that its root plane lands where the crop's camera saw it: the mesh origin (cam_t), and each
+    joint moved onto that plane, on the same pixel under both cameras (the joints themselves are off by their
+    depth off the plane, more so in the nearer camera)."""
+    argv = ["--image", trained.png, "--checkpoint", trained.ckpt]
+    assert run_main(argv + ["--out", tmp_path / "default"], capsys)[0] == 0
+    assert run_main(argv + ["--out", tmp_path / "given", "--intrinsics", "150", "150", "20.5", "35.25"], capsys)[0] == 0
+    d, g = np.load(tmp_path / "default" / "person.npz"), np.load(tmp_path / "given" / "person.npz")
+    K = np.array([[150.0, 0, 20.5], [0, 150, 35.25], [0, 0, 1]], dtype=np.float32)
+    assert np.array_equal(g["K"], K) and not np.array_equal(d["K"], K)
+    for key in ("token_ids", "cam", "crop_verts", "crop_cam_t", "box", "crop_matrix"):
+        assert np.array_equal(g[key], d[key]), key
+    project = lambda p, K: bodymodels.perspective_projection(torch.as_tensor(p).double(), torch.as_tensor(K).double())
+    torch.testing.assert_close(project(g["cam_t"][None], g["K"]), project(d["cam_t"][None], d["K"]), rtol=0, atol=1e-3)
+    torch.testing.assert_close(project(g["joints3d"], g["K"]), torch.as_tensor(g["joints2d"]).double(), rtol=0,
+                               atol=1e-3)
+    def on_plane(z):  # each joint moved onto the root's depth plane lands on the same pixel under both cameras
+        rel = torch.as_tensor(z["joints3d"] - z["cam_t"]).double()
+        return rel * torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64) + torch.as_tensor(z["cam_t"]).double()
+
+    torch.testing.assert_close(project(on_plane(g), g["K"]), project(on_plane(d), d["K"]), rtol=0, atol=1e-3)
+    off = (torch.as_tensor(g["joints2d"]) - torch.as_tensor(d["joints2d"])).norm(dim=-1)
+    print(f"joints off their default-camera pixels by at most {off.max():.3f} px (their depth off the root's plane)")

@@ -5,6 +5,7 @@ timm's HRNet here, against timm itself where it is installed), the fast CUDA pat
 overfit."""
 import copy
 import dataclasses
+import importlib.util
 import io
 import math
 import pathlib
@@ -18,12 +19,14 @@ import torch.nn as nn
 
 import bodymodels
 import data
+import demo
 import simplehand as sh
 import synthetic
 from simplehand import PAPER, PAPER_FASTVIT, TINY
 
 ROOT = pathlib.Path(__file__).parent.parent
-needs_timm = pytest.mark.skipif(not sh._timm_available(), reason="needs timm (not installable on CPU machines)")
+needs_timm = pytest.mark.skipif(importlib.util.find_spec("timm") is None,
+                                reason="needs timm (not installable on CPU machines)")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
@@ -91,7 +94,8 @@ def test_paper_decoder_parameter_count_is_within_25_percent_of_table_2():
 
 
 def test_params_command_prints_the_non_backbone_count():
-    out = subprocess.run([sys.executable, "simplehand.py", "--config", "paper", "--params"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "bench.py", "--model", "simplehand", "--config", "paper", "--params"],
+                         cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert f"non-backbone parameters: {sh.non_backbone_parameters(PAPER) / 1e6:.2f}M" in out
 
@@ -603,7 +607,8 @@ def test_fast_inference_matches_eager_and_training_benchmark_runs_on_cuda():
 
 
 def test_bench_prints_labelled_lines_and_skips_the_cuda_ones_on_cpu():
-    out = subprocess.run([sys.executable, "simplehand.py", "--config", "tiny", "--bench", "--device", "cpu",
+    out = subprocess.run([sys.executable, "bench.py", "--model", "simplehand", "--config", "tiny", "--bench",
+                          "--device", "cpu",
                           "--reps", "2", "--threads", "1"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     assert "[tiny] eager fp32 inference, 96px on cpu: batch 1 latency" in out and "batch 32 throughput" in out
@@ -1071,7 +1076,7 @@ def test_freihand_keypoint_crop_matches_the_official_evaluation_crop(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# `python simplehand.py --image PATH` (bodymodels section 8 does the reading, errors and writing)
+# `python demo.py --model simplehand --image PATH` (demo.py does the reading, errors and writing)
 
 
 @pytest.fixture(scope="module")
@@ -1139,7 +1144,8 @@ def test_demo_command_writes_picture_obj_and_npz_of_the_checkpoints_prediction(d
     sample = held_out_hands[0]
     image_path = save_png(tmp_path / "hand.png", sample["image"])
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "simplehand.py", "--image", str(image_path), "--checkpoint",
+    run = subprocess.run([sys.executable, "demo.py", "--model", "simplehand", "--image", str(image_path),
+                          "--checkpoint",
                           str(demo_checkpoint), "--out", str(out), "--threads", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
@@ -1148,15 +1154,15 @@ def test_demo_command_writes_picture_obj_and_npz_of_the_checkpoints_prediction(d
     assert sorted(out.iterdir()) == sorted(files)
     z = np.load(out / "hand.npz")
     # the npz's root-relative mesh is `predict` on the image the PNG holds (the whole 96 x 96 image is the crop)
-    model, cfg = sh.load_for_inference(demo_checkpoint)
+    model, cfg = demo.load_simplehand(demo_checkpoint)
     quantised = (sample["image"] * 255).round() / 255
     with torch.no_grad():
         pred = sh.predict(model, {"image": quantised[None]}, cfg)
     torch.testing.assert_close(torch.from_numpy(z["verts_rel"]), pred["verts"], rtol=0, atol=1e-5)
     torch.testing.assert_close(torch.from_numpy(z["joints2d_crop"]), pred["joints2d"], rtol=0, atol=1e-4)
-    verts, faces = bodymodels.read_obj(out / "hand_right.obj")
+    verts, faces = demo.read_obj(out / "hand_right.obj")
     torch.testing.assert_close(verts, torch.from_numpy(z["verts"][0]).double(), rtol=0, atol=1e-6)
-    assert torch.equal(faces, sh._mano_faces()) and (z["faces"][0] == faces.numpy()).all()
+    assert torch.equal(faces, demo._mano_faces()) and (z["faces"][0] == faces.numpy()).all()
     assert "verts (1, 778, 3): metres" in str(z["README"])
     assert (z["verts"][0, :, 2] > 0).all()  # in front of the camera, even where 3D and 2D disagree
     end_to_end = iou(silhouette(z["verts"][0], faces, z["K"], 96), silhouette(sample["verts"], faces, sample["K"], 96))
@@ -1171,15 +1177,15 @@ def test_demo_placement_from_ground_truth_reproduces_the_silhouette(held_out_han
     for i in range(len(held_out_hands)):
         s = held_out_hands[i]
         root, mirror = s["joints3d"][9], torch.tensor([-1.0 if flip else 1.0, 1.0, 1.0])
-        _, centre, size = sh.hand_crops((96, 96), (20, 10, 70, 80), left=flip)[0]
+        _, centre, size = demo.hand_crops((96, 96), (20, 10, 70, 80), left=flip)[0]
         A = bodymodels.crop_matrix(centre, size, (96, 96), flip=flip)
         uv = (torch.cat([s["joints2d"].double(), torch.ones(21, 1, dtype=torch.float64)], 1) @ A.T)[:, :2].float()
-        truth = silhouette(s["verts"], sh._mano_faces(), s["K"], 96)
+        truth = silhouette(s["verts"], demo._mano_faces(), s["K"], 96)
         for K, floor in ((s["K"], 0.999), (bodymodels.full_image_intrinsics((96, 96)), 0.7)):
-            placed = sh.place_hand((s["joints3d"] - root) * mirror, (s["verts"] - root) * mirror, uv, A, K,
+            placed = demo.place_hand((s["joints3d"] - root) * mirror, (s["verts"] - root) * mirror, uv, A, K,
                                    is_right=not flip)
             assert iou(silhouette(placed["verts"], placed["faces"], K, 96), truth) > floor
-        placed = sh.place_hand((s["joints3d"] - root) * mirror, (s["verts"] - root) * mirror, uv, A, s["K"], not flip)
+        placed = demo.place_hand((s["joints3d"] - root) * mirror, (s["verts"] - root) * mirror, uv, A, s["K"], not flip)
         torch.testing.assert_close(placed["translation"], root, rtol=0, atol=1e-4)
         torch.testing.assert_close(placed["verts"], s["verts"], rtol=0, atol=1e-4)
 
@@ -1191,10 +1197,10 @@ def test_demo_left_hand_is_the_mirrored_right_prediction_with_outward_faces(demo
     image = held_out_hands[1]["image"]
     save_png(tmp_path / "right.png", image)
     save_png(tmp_path / "left.png", image.flip(-1))  # the mirror image: a left hand
-    sh.main(["--image", str(tmp_path / "right.png"), "--checkpoint", str(demo_checkpoint),
-             "--out", str(tmp_path / "o")])
-    sh.main(["--image", str(tmp_path / "left.png"), "--checkpoint", str(demo_checkpoint), "--out", str(tmp_path / "o"),
-             "--left"])
+    demo.main(["--model", "simplehand", "--image", str(tmp_path / "right.png"), "--checkpoint", str(demo_checkpoint),
+               "--out", str(tmp_path / "o")])
+    demo.main(["--model", "simplehand", "--image", str(tmp_path / "left.png"), "--checkpoint", str(demo_checkpoint),
+               "--out", str(tmp_path / "o"), "--left"])
     assert (tmp_path / "o" / "left_left.obj").is_file() and not (tmp_path / "o" / "left_right.obj").exists()
     right, left = np.load(tmp_path / "o" / "right.npz"), np.load(tmp_path / "o" / "left.npz")
     assert right["is_right"].tolist() == [True] and left["is_right"].tolist() == [False]
@@ -1202,20 +1208,20 @@ def test_demo_left_hand_is_the_mirrored_right_prediction_with_outward_faces(demo
     np.testing.assert_allclose(left["verts_rel"], right["verts_rel"], rtol=0, atol=1e-5)
     # ... mirrored back through the camera's centre line (the principal point is the image centre)
     np.testing.assert_allclose(left["verts"], right["verts"] * [-1, 1, 1], rtol=0, atol=1e-4)
-    verts, faces = bodymodels.read_obj(tmp_path / "o" / "left_left.obj")
+    verts, faces = demo.read_obj(tmp_path / "o" / "left_left.obj")
     # a mirror turns a mesh inside out (its signed volume changes sign): the reversed faces turn it back
     right_volume = signed_volume(torch.from_numpy(right["verts"][0]), torch.from_numpy(right["faces"][0]))
     assert signed_volume(verts, faces) == pytest.approx(right_volume, rel=1e-3)
     truth = held_out_hands[1]["verts"]  # a 2-step model's mesh is no hand; MANO's faces face outwards on a real one
-    assert signed_volume(truth, sh._mano_faces()) > 0
-    assert signed_volume(*bodymodels.mirror_mesh(truth, sh._mano_faces())) > 0
+    assert signed_volume(truth, demo._mano_faces()) > 0
+    assert signed_volume(*demo.mirror_mesh(truth, demo._mano_faces())) > 0
     capsys.readouterr()
 
 
 def run_demo_in_process(argv, capsys):
-    """sh.main(argv) -> (exit status, stdout lines, stderr lines)."""
+    """demo.main(["--model", "simplehand", *argv]) -> (exit status, stdout lines, stderr lines)."""
     try:
-        sh.main(argv)
+        demo.main(["--model", "simplehand", *argv])
         status = 0
     except SystemExit as e:
         status = e.code
@@ -1267,7 +1273,7 @@ def test_demo_bad_input_gives_one_line_exit_2_and_no_file(demo_checkpoint, held_
         status, stdout, stderr = run_demo_in_process(argv + ["--out", str(out)] + (
             [] if "--checkpoint" in argv else ["--checkpoint", str(demo_checkpoint)]), capsys)
         assert (status, stdout, len(stderr)) == (2, [], 1), (case, stdout, stderr)
-        assert stderr[0].startswith("simplehand.py: ") and word in stderr[0], (case, stderr)
+        assert stderr[0].startswith("demo.py: ") and word in stderr[0], (case, stderr)
         assert not out.exists(), case
 
 
@@ -1282,7 +1288,7 @@ def test_demo_reads_grayscale_rgba_and_16_bit_images(demo_checkpoint, held_out_h
                                                       "--out", str(tmp_path / "out")], capsys)
         assert status == 0 and len(stdout) == 3 and stderr == [], (mode, stderr)
     # what the model saw: the gray levels (L: 8-bit, I;16: 16-bit) and the colours under RGBA's opaque alpha
-    model, cfg = sh.load_for_inference(demo_checkpoint)
+    model, cfg = demo.load_simplehand(demo_checkpoint)
     for mode, seen in (("L", (gray * 255).round() / 255), ("RGBA", (image * 255).round() / 255),
                        ("I16", (gray * 65535).round() / 65535)):
         with torch.no_grad():
@@ -1318,3 +1324,32 @@ def test_demo_keypoints_give_both_hands_and_the_left_one_is_mirrored(demo_checkp
                                [192 - z["box"][0][2], z["box"][0][1], 192 - z["box"][0][0], z["box"][0][3]],
                                atol=1e-4)  # each the keypoint box x 1.25, made square
     np.testing.assert_allclose(z["verts"][1], z["verts"][0] * [-1, 1, 1], rtol=0, atol=1e-4)
+
+
+def test_demo_with_the_renders_camera_places_a_true_prediction_exactly(demo_checkpoint, held_out_hands, tmp_path,
+                                                                      one_thread, monkeypatch):
+    """`demo.py --intrinsics` with the render's own camera: a model that predicts the truth (`predict` patched to
+    give the render's root-relative hand and its 2D keypoints, as the whole-image crop sees them) has its mesh
+    placed where the render has it, its joints projected by the given K onto its 2D keypoints; the .npz holds
+    that K. HaMeR's convention (the default, focal 1875 px against the render's 150-340) puts it elsewhere."""
+    import numpy as np
+
+    s = held_out_hands[0]
+    root = s["joints3d"][9]
+    truth = {"verts": (s["verts"] - root)[None], "joints3d": (s["joints3d"] - root)[None],
+             "joints2d": s["joints2d"][None]}
+    monkeypatch.setattr(sh, "predict", lambda model, batch, cfg: truth)
+    save_png(tmp_path / "hand.png", s["image"])
+    K = s["K"]
+    argv = ["--model", "simplehand", "--image", str(tmp_path / "hand.png"), "--checkpoint", str(demo_checkpoint)]
+    demo.main(argv + ["--out", str(tmp_path / "given"), "--intrinsics",
+                      *(str(K[i, j].item()) for i, j in ((0, 0), (1, 1), (0, 2), (1, 2)))])
+    demo.main(argv + ["--out", str(tmp_path / "default")])
+    given, default = np.load(tmp_path / "given" / "hand.npz"), np.load(tmp_path / "default" / "hand.npz")
+    assert np.array_equal(given["K"], K.numpy()) and "--intrinsics" in str(given["README"])
+    np.testing.assert_allclose(given["verts"][0], s["verts"].numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(given["joints3d"][0], s["joints3d"].numpy(), rtol=0, atol=1e-4)
+    uv = bodymodels.perspective_projection(torch.from_numpy(given["joints3d"][0]), K)
+    np.testing.assert_allclose(uv.numpy(), given["joints2d"][0], rtol=0, atol=1e-2)
+    assert np.array_equal(given["joints2d"], default["joints2d"])  # the 2D prediction does not depend on the camera
+    assert np.abs(default["verts"][0] - s["verts"].numpy()).max() > 0.05
