@@ -215,7 +215,7 @@ def augment_pose(pose, cfg):
     return torch.cat([bodymodels.matrix_to_axis_angle(R0)[:, None], pose[:, 1:]], 1)
 
 
-def tokenizer_training_loss(model, batch, cfg):
+def tokenizer_training_loss(model, batch, cfg, step):
     """Eq. Lvq: L = w_re (w_pose L_theta + w_verts L_V + w_joints L_J) + w_commit ||z - sg[c]||^2, L1 on the
     rotation matrices, vertices and joints of SMPL at beta = 0 (NOTE(paper gap) 4). Every term is a mean
     over samples (and their elements), so equal shards on any number of ranks average to it; the EMA
@@ -543,7 +543,7 @@ def project(joints, cam):
     return bodymodels.project_to_crop(joints, t, FOCAL_LENGTH, CROP_SIZE), t
 
 
-def training_loss(model, batch, cfg):
+def training_loss(model, batch, cfg, step):
     """L_total = w_mask L_mask (Eq. 1) + w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D through
     straight-through Gumbel-softmax (Eq. 5, 6). batch: SyntheticBodies keys image, smpl_pose,
     smpl_shape, joints3d (camera coordinates), joints2d (pixels). One forward through `model`."""
@@ -556,8 +556,6 @@ def training_loss(model, batch, cfg):
     out = model(images, y_m)
     if raw.counts is not None:  # the yardstick's table counts the same training tokens
         raw.counts.add(y_gt)
-    step = int(raw.step)
-    raw.step += 1
     # Eq. (1): L_mask = -E_Y [sum_i log p(y_i | Y_M, X)], the sum as a mean over the positions i of each
     # sample ("all": the L positions; "masked": its m >= 1 [MASK]s), then a mean over samples: no
     # sample's weight depends on the others', so equal shards on any number of ranks average to it
@@ -1372,7 +1370,7 @@ def backbone_build_model(cfg, parent=None):
     return PoseRegressor(cfg, parent)
 
 
-def backbone_training_loss(model, batch, cfg):
+def backbone_training_loss(model, batch, cfg, step):
     """HMR2.0's losses on the regressed SMPL: w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D
     (`smpl_losses`, the weights of the image stage's SMPL terms)."""
     check_pose(batch["smpl_pose"])

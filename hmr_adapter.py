@@ -913,7 +913,7 @@ def build_model(cfg, parent):
     return Adapted(cfg, parent)
 
 
-def training_loss(model, batch, cfg):
+def training_loss(model, batch, cfg, step):
     return model(batch)
 
 

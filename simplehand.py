@@ -364,7 +364,7 @@ def compute_loss(pred, batch, cfg, coarse_index=None):
     return total, terms
 
 
-def training_loss(model, batch, cfg):
+def training_loss(model, batch, cfg, step):
     """The trainer protocol's loss: one forward of `model` (possibly a DDP wrapper) on batch["image"],
     then Eq. (7) -> (total (), unweighted terms {"verts", "joints3d", "joints2d"[, "coarse2d"]})."""
     coarse_index = getattr(getattr(model, "module", model), "coarse_index", None)
@@ -1067,7 +1067,7 @@ def benchmark_training(model, cfg, device, batch_size=256, steps=10, warmup=3):
             torch.cuda.synchronize()
             t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss, _ = training_loss(model, batch, cfg)
+            loss, _ = training_loss(model, batch, cfg, 0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -21,15 +21,20 @@ The protocol a paper offers (a module, or any object with these attributes)
   None. The paper freezes what it must (`requires_grad_(False)`); the optimiser takes only the
   parameters that still require gradients, and a checkpoint holds only the stage's own state: the
   tensors it shares with `parent` come back from the parent's checkpoint.
-- `training_loss(model, batch, cfg)` -> (loss, {name: scalar tensor}): one forward through
+- `training_loss(model, batch, cfg, step)` -> (loss, {name: scalar tensor}): one forward through
   `model(...)` (under DDP `model` is the wrapper, so call it, not its submodules), the total loss and
-  its terms for the log.
+  its terms for the log. `step` is the optimiser step about to be taken (a schedule inside the loss,
+  such as a temperature, reads it); the loss changes no state.
 - `predict(model, batch, cfg)` -> {key: (b, ...)}: per-sample predictions, called under no_grad in
   eval mode (an iterative inference runs here), in the units of the data's labels. Metrics whose
   names start with "table_" are report-only rows (ablation tables): metrics.json, not the log.
 - `learning_rate(cfg, step)` -> float: a pure function of the step (the whole scheduler state).
 - optional `ABLATIONS`: {"table5": the paper's ablation table as data}, run by `--ablation table5` (see the
   "Ablations" section below for its keys): each row's config overrides beside the paper's figures.
+- optional `diagnostics(model, cfg, train_labels)` -> a callable batch -> {key: (b, ...)}: figures that only a
+  table or a diagnostic needs (report-only "table_" rows, probes of what the model learned), computed at the
+  stage's final evaluation only, beside `predict`'s, under no_grad in eval mode. `train_labels`: {key: (n, ...)}
+  of the training set without images (`data.labels`), for yardsticks fitted on the training data.
 - optional `param_groups(model, cfg)` -> [(lr_scale, [parameters]), ...]: parts that train at
   their own rate, lr_scale x learning_rate(cfg, step) (e.g. two adapters that a paper trains apart).
   Together the groups must hold every parameter that requires gradients, each once. Without it, one
@@ -504,9 +509,9 @@ def trained_model(name, args, device):
 
 
 @torch.no_grad()
-def predict(paper, model, cfg, dataset, indices, batch_size, device, workers):
+def predict(paper, model, cfg, dataset, indices, batch_size, device, workers, diagnose=None):
     """Predictions and labels for dataset[indices], concatenated: ({key: (n, ...)}, {key: (n, ...)}, images left
-    out)."""
+    out). diagnose: the paper's `diagnostics` callable (final evaluation only), its keys joining the predictions."""
     was_training = model.training
     model.eval()
     subset = torch.utils.data.Subset(dataset, list(indices))
@@ -514,7 +519,10 @@ def predict(paper, model, cfg, dataset, indices, batch_size, device, workers):
                                          generator=torch.Generator())  # leaves the global RNG alone
     preds, gts = [], []
     for batch in loader:
-        out = paper.predict(model, to_device(batch, device), cfg)
+        batch = to_device(batch, device)
+        out = paper.predict(model, batch, cfg)
+        if diagnose is not None:
+            out.update(diagnose(batch))
         preds.append({k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()})
         gts.append({k: v for k, v in batch.items() if not is_image_key(k)})
     model.train(was_training)
@@ -522,13 +530,20 @@ def predict(paper, model, cfg, dataset, indices, batch_size, device, workers):
             {k: torch.cat([g[k] for g in gts]) for k in gts[0]})
 
 
-def evaluate(stage, model, cfg, eval_set, baseline, args, ranks):
+def evaluate(stage, model, cfg, eval_set, baseline, args, ranks, train_set=None):
     """Metrics over the WHOLE held-out set (rank r predicts samples r, r + W, ...), and the same
-    metrics for the constant baseline (unless `baseline` is None). Returns (metrics, pred, gt) on rank 0, (None,) * 3
+    metrics for the constant baseline (unless `baseline` is None). With `train_set` (the final evaluation), the
+    paper's optional `diagnostics` join the predictions. Returns (metrics, pred, gt) on rank 0, (None,) * 3
     elsewhere."""
     n, W = len(eval_set), ranks.world_size
+    diagnose = None
+    if train_set is not None and hasattr(stage.paper, "diagnostics"):
+        was_training = model.training
+        with torch.no_grad():
+            diagnose = stage.paper.diagnostics(model.eval(), cfg, data.labels(train_set))
+        model.train(was_training)
     pred, gt = predict(stage.paper, model, cfg, eval_set, range(ranks.rank, n, W), max(1, cfg.batch_size // W),
-                       ranks.device, args.workers)
+                       ranks.device, args.workers, diagnose)
     pred = {k: gather_rows(v, n, ranks) for k, v in pred.items()}
     gt = {k: gather_rows(v, n, ranks) for k, v in gt.items()}
     if not ranks.master:
@@ -652,7 +667,7 @@ def train(job, start_step, train_time, args, ranks):
         for group, scale in zip(job.optimizer.param_groups, job.lr_scales):
             group["lr"] = lr * scale
         with amp:
-            loss, terms = paper.training_loss(job.model, to_device(batch, device), cfg)
+            loss, terms = paper.training_loss(job.model, to_device(batch, device), cfg, step)
         job.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP averages the gradients over the ranks here
         if cfg.grad_clip > 0:
@@ -676,7 +691,8 @@ def train(job, start_step, train_time, args, ranks):
 def report(job, train_time, t_start, args, ranks):
     """Final held-out evaluation -> OUT/<stage>/metrics.json and predictions.png (rank 0 writes)."""
     cfg = job.cfg
-    result, pred, gt = evaluate(job.stage, job.raw_model, cfg, job.eval_set, job.baseline, args, ranks)
+    result, pred, gt = evaluate(job.stage, job.raw_model, cfg, job.eval_set, job.baseline, args, ranks,
+                                job.train_set)
     if not ranks.master:
         return
     wall_time = time.time() - t_start

@@ -464,7 +464,7 @@ def test_context_accuracies_follow_the_index_and_body_metrics_average_them(model
     m = genhmr.build_model(dataclasses.replace(IMG, count_table=True), tokenizer).eval()
     batch = body_batch(3, seed=8)
     batch["index"] = torch.tensor([5, 6, 7])
-    genhmr.training_loss(m.train(), batch, dataclasses.replace(IMG, count_table=True))  # counts the batch's Y*
+    genhmr.training_loss(m.train(), batch, dataclasses.replace(IMG, count_table=True), 0)  # counts the batch's Y*
     m.eval()
     assert int(m.counts.pairs.sum()) == 3 * (m.num_tokens - 1)
     levels = m.encode_image(batch["image"])[0]
@@ -509,7 +509,7 @@ def test_every_ablation_row_sets_existing_fields_that_round_trip_through_set():
 def test_image_stage_trains_every_parameter_once_and_nothing_frozen(tokenizer):
     model = genhmr.build_model(IMG, tokenizer).train()
     book = tokenizer.quantizer.codebook.clone()
-    loss, terms = genhmr.training_loss(model, body_batch(), IMG)
+    loss, terms = genhmr.training_loss(model, body_batch(), IMG, 0)
     loss.backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None for _, p in trainable)  # DDP: no unused parameters
@@ -524,7 +524,7 @@ def test_paper_structure_gives_every_parameter_a_gradient(tokenizer):
     cfg = dataclasses.replace(IMG, token_head="linear", regressor_head="hmr2", loss_batch=48)
     for protocol, model in ((genhmr.BACKBONE, genhmr.BACKBONE.build_model(cfg, tokenizer)),
                             (genhmr, genhmr.build_model(cfg, tokenizer))):
-        loss, _ = protocol.training_loss(model.train(), body_batch(), cfg)
+        loss, _ = protocol.training_loss(model.train(), body_batch(), cfg, 0)
         loss.backward()
         # (some are exactly 0 at the start, as in the official code: HMR2.0's token embedding weight, which
         # multiplies a zero token, and the first MSDA's input norm, whose zero-initialised Linears ignore it)
@@ -564,7 +564,7 @@ def _mean_of_shards(protocol, model, batch, cfg, k, before_each):
     for r in range(k):
         lo, hi = r * B // k, (r + 1) * B // k
         before_each(lo, hi)
-        loss, _ = protocol.training_loss(model, {key: v[lo:hi] for key, v in batch.items()}, cfg)
+        loss, _ = protocol.training_loss(model, {key: v[lo:hi] for key, v in batch.items()}, cfg, 0)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         grad_sum += torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
         loss_sum += loss.item()
@@ -626,7 +626,7 @@ def _overfit(protocol, model, cfg, batch, steps):
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     losses = []
     for _ in range(steps):
-        loss, _ = protocol.training_loss(model, batch, cfg)
+        loss, _ = protocol.training_loss(model, batch, cfg, 0)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -1227,7 +1227,7 @@ def test_training_loss_mask_and_pose_terms_by_hand(tokenizer, monkeypatch, ce_on
     monkeypatch.setattr(genhmr, "gumbel_softmax_st", fake_gumbel)
     betas, cam = torch.randn(B, 10, generator=seeded(43)) * 0.3, torch.tensor([[0.9, 0.01, -0.02]] * B)
     stub = _FixedGenHMR(tokenizer, logits, betas, cam, step=25)
-    loss, terms = genhmr.training_loss(stub, batch, cfg)
+    loss, terms = genhmr.training_loss(stub, batch, cfg, 0)
     # the pieces handed along
     assert torch.equal(calls["masking"][0], y_gt) and calls["masking"][1:] == (K, 0.7)
     assert torch.equal(calls["swap"][0], torch.where(mask, K, y_gt)) and torch.equal(calls["swap"][1], mask)
@@ -1352,7 +1352,7 @@ def test_tokenizer_training_loss_by_hand():
     Mv, Mj = torch.randn(24 * 9, 15, generator=g), torch.randn(24 * 9, 12, generator=g)
     model = _FixedTokenizerModel(R, torch.tensor(0.7), torch.tensor(12.0), Mv, Mj)
     cfg = dataclasses.replace(TOK, w_re=2.0, w_pose=0.7, w_verts=0.5, w_joints=0.3, w_commit=0.02, loss_vertices=64)
-    loss, terms = genhmr.tokenizer_training_loss(model, {"smpl_pose": pose}, cfg)
+    loss, terms = genhmr.tokenizer_training_loss(model, {"smpl_pose": pose}, cfg, 0)
     R_gt = _rot_z(angles.double())
     pose_term = (R.double() - R_gt).abs().sum() / (B * 24 * 9)
     dv = (R.double().flatten(1) - R_gt.flatten(1)) @ Mv.double()
@@ -1373,7 +1373,7 @@ def test_tokenizer_training_loss_by_hand():
     torch.manual_seed(61)
     u = torch.rand(B, 2) * 2 - 1
     torch.manual_seed(61)
-    genhmr.tokenizer_training_loss(model, {"smpl_pose": pose}, aug)
+    genhmr.tokenizer_training_loss(model, {"smpl_pose": pose}, aug, 0)
     seen = model.seen[-1]
     assert torch.equal(seen[:, 1:], pose[:, 1:])
     yaw, roll = torch.deg2rad(u[:, 0] * 40.0).double(), torch.deg2rad(u[:, 1] * 10.0).double()

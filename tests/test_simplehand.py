@@ -434,7 +434,7 @@ class CountingWrapper(nn.Module):
 def test_training_loss_runs_the_wrapped_model_once_and_gives_eq_7():
     model = tiny_model().eval()
     wrapped, batch = CountingWrapper(model), random_batch(2, 64)
-    loss, terms = sh.training_loss(wrapped, batch, TINY)
+    loss, terms = sh.training_loss(wrapped, batch, TINY, 0)
     assert wrapped.calls == 1
     expected, expected_terms = sh.compute_loss(model(batch["image"]), batch, TINY)
     torch.testing.assert_close(loss, expected)
@@ -466,7 +466,7 @@ def test_channels_last_model_and_images_give_the_same_loss_and_gradients(cfg):
     batch = random_batch(2, 64)
     loss, _ = sh.compute_loss(model(batch["image"]), batch, cfg)
     loss_cl, _ = sh.training_loss(model_cl, dict(batch, image=batch["image"].contiguous(
-        memory_format=torch.channels_last)), cfg)
+        memory_format=torch.channels_last)), cfg, 0)
     torch.testing.assert_close(loss_cl, loss)
     loss.backward()
     loss_cl.backward()
@@ -574,7 +574,7 @@ def test_paper_models_give_every_parameter_a_gradient(name):
     """What DistributedDataParallel needs (without find_unused_parameters) from one training step."""
     cfg = dataclasses.replace(sh.CONFIGS[name], pretrained_backbone=False)
     model = sh.build_model(cfg)
-    loss, _ = sh.training_loss(model, random_batch(2, 64), cfg)
+    loss, _ = sh.training_loss(model, random_batch(2, 64), cfg, 0)
     loss.backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
 
@@ -930,7 +930,7 @@ def test_loss_gradient_equals_the_mean_of_equal_shard_gradients(k, one_thread):
 
     def gradients(b):
         model.zero_grad()
-        sh.training_loss(model, b, TINY)[0].backward()
+        sh.training_loss(model, b, TINY, 0)[0].backward()
         return [p.grad.clone() for p in model.parameters()]
 
     whole = gradients(batch)

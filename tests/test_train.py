@@ -86,7 +86,7 @@ def build_standin_head(cfg, parent):
     return StandInHead(cfg, parent)
 
 
-def standin_loss(model, batch, cfg):
+def standin_loss(model, batch, cfg, step):
     """Squared errors, not L1: Adam's first step is lr g / (|g| + eps), and where L1's sign terms
     cancel exactly, g is 0 in one process but ~1e-9 after averaging two ranks' means, a step
     difference of a fraction of lr that is rounding, not DDP. A smooth loss avoids exact zeros."""
@@ -586,7 +586,7 @@ def test_simplehand_gradient_of_a_batch_is_the_mean_of_its_halves():
 
     def gradients(part):
         model.zero_grad()
-        train.simplehand.training_loss(model, part, cfg)[0].backward()
+        train.simplehand.training_loss(model, part, cfg, 0)[0].backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
     full = gradients(batch)
