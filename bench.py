@@ -1,6 +1,8 @@
 """bench.py: parameter counts, speed and shapes of each paper's model (what a paper file leaves to scripts).
 
     python bench.py --model simplehand|genhmr|hmr_adapter [--config C] [--params] [--bench] [--shapes]
+    python bench.py --data-grid OUT_DIR      # a PNG grid of samples of each synthetic dataset
+    python bench.py --data-bench [--count N] # samples per second of each synthetic dataset on one thread
 
 --params: parameter counts per part at the paper's size (next to the paper's figures); --bench (the default
 when neither --params nor --shapes is given): inference speed on random weights; --shapes: one random input
@@ -13,19 +15,26 @@ use stay in each paper file's diagnostics appendix (`simplehand.benchmark`, `sim
    refinement steps; UGS step by step and the refinement on an untrained model
 3. HMR-Adapter: trainable and frozen counts per part; the baseline's and the adapted pipeline's latency; one
    image through both paths of an untrained model
+4. Synthetic data (synthetic.py): sample grids with the keypoints drawn, and drawing speed
 """
 
 import argparse
 import dataclasses
 import functools
+import math
+import pathlib
 import time
 import types
 
 import torch
 
+import bodymodels
 import genhmr
 import hmr_adapter
 import simplehand
+from data import AugmentConfig
+from plots import draw_samples
+from synthetic import SyntheticBodies, SyntheticHands, SyntheticPoses, SyntheticWholeBody
 
 # ---------------------------------------------------------------------------------------------
 # 1. SimpleHand
@@ -229,6 +238,65 @@ def hmr_adapter_main(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# 4. Synthetic data
+
+
+def samples_per_second(dataset, count, batch=1):
+    """(wall-clock, CPU-time) samples per second of drawing count samples on this thread, batch at
+    a time through __getitems__ when batch > 1 (as a DataLoader does); model loading not timed."""
+    dataset[0]
+    count = batch * math.ceil(count / batch)  # whole batches: the samples actually drawn
+    wall, cpu = time.perf_counter(), time.process_time()
+    for start in range(0, count, batch):
+        indices = [i % len(dataset) for i in range(start + 1, start + 1 + batch)]
+        dataset.__getitems__(indices) if batch > 1 else dataset[indices[0]]
+    return count / (time.perf_counter() - wall), count / (time.process_time() - cpu)
+
+
+def data_grid(out_dir, count=16):
+    """Save one PNG grid per synthetic dataset into out_dir; returns their paths."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    hands = SyntheticHands(count, image_size=224, seed=0, left_hand_prob=0.25)
+    samples = [hands[i] for i in range(count)]
+    titles = [("right" if bool(s["is_right"]) else "left") for s in samples]
+    paths.append(draw_samples(samples, bodymodels.FREIHAND_PARENTS, out_dir / "synthetic_hands.png", titles))
+    augmented = SyntheticHands(count, image_size=128, seed=0, augment=True,
+                               augment_config=AugmentConfig(flip_prob=0.5))
+    samples = [augmented[i] for i in range(count)]
+    titles = [("right" if bool(s["is_right"]) else "left") + " (augmented, 128 px)" for s in samples]
+    paths.append(draw_samples(samples, bodymodels.FREIHAND_PARENTS, out_dir / "synthetic_hands_augmented.png", titles))
+    bodies = SyntheticBodies(count, seed=0)
+    paths.append(draw_samples([bodies[i] for i in range(count)], bodymodels.SMPL_PARENTS,
+                              out_dir / "synthetic_bodies.png"))
+    whole = SyntheticWholeBody(count // 2, seed=0, occlusion_prob=0.5)
+    samples = [whole[i] for i in range(count // 2)]
+    paths.append(draw_samples(samples, bodymodels.SMPLX_PARENTS, out_dir / "synthetic_wholebody.png",
+                              boxes_keys=("left_hand_box", "right_hand_box")))
+    return paths
+
+
+def data_bench(count):
+    """Print samples per second on one thread: wall-clock (what a training loop sees) and per
+    CPU-second (less sensitive to other processes on the machine)."""
+    torch.set_num_threads(1)
+    cases = (("SyntheticHands 224 px", SyntheticHands(1000, image_size=224), 1),
+             ("SyntheticHands 224 px, batches of 32", SyntheticHands(1000, image_size=224), 32),
+             ("SyntheticHands 224 px, augment", SyntheticHands(1000, image_size=224, augment=True), 1),
+             ("SyntheticHands 128 px", SyntheticHands(1000, image_size=128), 1),
+             ("SyntheticBodies 256 px", SyntheticBodies(1000, image_size=256), 1),
+             ("SyntheticBodies 256 px, batches of 32", SyntheticBodies(1000, image_size=256), 32),
+             ("SyntheticPoses", SyntheticPoses(1000), 1),
+             ("SyntheticWholeBody 256x192, half the hands occluded", SyntheticWholeBody(1000, occlusion_prob=0.5), 1))
+    print(f"torch {torch.__version__}, 1 thread; the numbers drop when other processes share the CPU")
+    for name, dataset, batch in cases:
+        n = max(count // 5, 5) if isinstance(dataset, SyntheticWholeBody) else count
+        wall, cpu = samples_per_second(dataset, n, batch)
+        print(f"{name:46s} {wall:7.1f} samples/s wall-clock, {cpu:7.1f} per CPU-second", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
 # main
 
 
@@ -238,8 +306,9 @@ MODELS = {"simplehand": (simplehand, simplehand_main), "genhmr": (genhmr, genhmr
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="bench.py", description="Parameter counts, speed and shapes of a paper's "
-                                     "model (random weights: no checkpoint is read).")
-    parser.add_argument("--model", required=True, choices=sorted(MODELS), help="which paper's model")
+                                     "model (random weights: no checkpoint is read); sample grids and speed of the "
+                                     "synthetic data.")
+    parser.add_argument("--model", choices=sorted(MODELS), help="which paper's model")
     parser.add_argument("--config", default=None, help="the paper's config name (default: tiny; simplehand's "
                         "--params and --bench: every config)")
     parser.add_argument("--params", action="store_true", help="parameter counts per part at the paper's size")
@@ -252,7 +321,21 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=20, help="simplehand: timed repetitions per batch size")
     parser.add_argument("--repeats", type=int, default=10, help="hmr_adapter: timed runs per pipeline")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    parser.add_argument("--data-grid", metavar="OUT_DIR", help="save a PNG grid of samples of each synthetic "
+                        "dataset here, the keypoints drawn")
+    parser.add_argument("--data-bench", action="store_true", help="print samples per second of each synthetic "
+                        "dataset on one thread")
+    parser.add_argument("--count", type=int, default=200, help="--data-bench: samples timed per dataset")
     args = parser.parse_args(argv)
+    if args.data_grid:
+        for path in data_grid(args.data_grid):
+            print(f"saved {path}")
+    if args.data_bench:
+        data_bench(args.count)
+    if args.model is None:
+        if not (args.data_grid or args.data_bench):
+            parser.error("expected --model, --data-grid or --data-bench")
+        return
     module, run = MODELS[args.model]
     if args.config is not None and args.config not in module.CONFIGS:
         parser.error(f"--config {args.config!r} is not one of {args.model}'s: {', '.join(module.CONFIGS)}")

@@ -1,10 +1,9 @@
-"""What a sample is: the datasets (synthetic and real), their keys and formats, augmentation, the rendered cache.
+"""What a sample is: the keys every dataset returns, augmentation, the real datasets' readers, the rendered cache.
 
-No dataset can be downloaded here, so the synthetic datasets render their own training images
-(with synthetic.py's pose priors, looks and renderer) from the stand-in body models of standins.py
-(or the real MANO/SMPL/SMPL-X files when HMR_BODY_MODELS points to them), and the real datasets
-read real data through the same interface when a path is given. A model never knows
-which one it got: the keys, shapes, units and conventions below are the same for every dataset.
+A model never knows which dataset it got: the keys, shapes, units and conventions below are the same
+for real data (the readers here, given a path) and for the synthetic sets that render their own
+images (synthetic.py, from the stand-in body models of standins.py or the real MANO/SMPL/SMPL-X
+files when HMR_BODY_MODELS points to them).
 
 Conventions (shared with bodymodels.py):
 - Camera coordinates are OpenCV's: x right, y down, z forward; metres; float32 samples.
@@ -12,13 +11,23 @@ Conventions (shared with bodymodels.py):
   a point X lands at uv = (K X)[:2] / (K X)[2] (`bodymodels.perspective_projection`). This is
   `grid_sample(align_corners=False)`'s convention; FreiHAND's K puts pixel centres at integers,
   half a pixel away, which no loss here can see.
-- A sample is a plain dict of tensors. Hands (`SyntheticHands`, `FreiHAND`, `NpzHands`):
+- A sample is a plain dict of tensors. Hands (`FreiHAND`, `NpzHands`, synthetic.SyntheticHands):
     image (3, H, W) float32 RGB in [0, 1]      K (3, 3) intrinsics of this image
     joints3d (21, 3) FreiHAND order, metres, camera coordinates
     joints2d (21, 2) pixels, = perspective_projection(joints3d, K) exactly
     verts (778, 3) camera coordinates          mano_pose (16, 3) axis-angle, global orientation first
     mano_shape (10,)                           is_right () bool
-  Bodies: see `SyntheticBodies`, `SyntheticWholeBody` and `SyntheticPoses`.
+  Bodies (synthetic.SyntheticBodies; `HMR2Npz` gives the labels its rows have): image, K; joints3d
+    (24, 3) SMPL joints; joints2d (24, 2) their pixels; verts (6890, 3); smpl_pose (24, 3) axis-angle,
+    global orientation (in camera coordinates) first; smpl_shape (10,); cam_t (3,) with
+    verts = SMPL(pose, shape) + cam_t (smplx's output, no transl).
+  Poses (synthetic.SyntheticPoses, `HMR2Poses`): smpl_pose (24, 3), smpl_shape (10,).
+  Whole bodies (synthetic.SyntheticWholeBody, `WholeBodyNpz`): image, K; verts (10475, 3) and joints3d
+    (55, 3) SMPL-X joints; joints2d (55, 2); smplx_pose (55, 3) axis-angle in SMPL-X joint order (global
+    orientation in camera coordinates, body 1-21, jaw, eyes, left hand 25-39, right hand 40-54);
+    smplx_shape (10,); smplx_expression (10,); cam_t (3,) with verts = SMPLX(pose, shape, expression) + cam_t;
+    and per side S in {left, right} the hand keys of `WholeBodyHands`, and S_hand_occluded () 1.0 where
+    an occluder covers the hand, else 0.0.
 - Left hands: `joints3d`, `verts`, `joints2d` and the image are those of the LEFT hand as seen by the
   camera; `mano_pose` and `mano_shape` are the parameters of the right-hand MANO whose mirror image
   (x -> -x in camera coordinates) is that hand, i.e. verts = MANO_right(pose, shape) * [-1, 1, 1]
@@ -30,39 +39,30 @@ Conventions (shared with bodymodels.py):
 - Randomness: every random number of a sample comes from a torch.Generator seeded by
   (seed, epoch, index) (`sample_rng`), never from global RNG state, so DataLoader workers, DDP
   ranks and resumed runs see the same sample for the same index, and different indices differ.
-  Batches are drawn together (`Draws`, `__getitems__`), and still a sample never depends on its batch.
+  Batches are drawn together (synthetic.Draws, `__getitems__`), and still a sample never depends on its batch.
 
-Symbols: B batch, V vertices, F faces, J joints, P covered pixels, M (face, row) pairs,
-N (face, pixel) candidates, K intrinsics, (H, W) image size, S crop size, R rotation, T point
-transform, A pixel transform (3, 3) acting on homogeneous pixels.
+Symbols: B batch, V vertices, F faces, J joints, K intrinsics, (H, W) image size, S crop size,
+R rotation, T point transform, A pixel transform (3, 3) acting on homogeneous pixels.
 
-Map of the file. The reference:
-1. Randomness (`sample_rng`; `Draws` is synthetic.py's) and body models (`body_model`)
+Map of the file:
+1. Randomness (`sample_rng`, `uniform`, `normal`) and body models (`body_model`, `skinning`, `body_rig`)
 2. Augmentation as a camera change: `AugmentConfig`, `sample_augmentation`, the official simpleHand
    recipe `OFFICIAL_HAND_AUGMENT` (`turned_keypoint_crop`, `official_color`); images resampled by
    `bodymodels.warp_image`
 3. Real hands: `FreiHAND`, `NpzHands`, `write_npz`; photographs as files: `read_image`, `InputError`
-4. Synthetic hands: `SyntheticHands`, and the trainer's `hand_dataset`
-5. Synthetic bodies: `SyntheticPoses`, `SyntheticBodies`, `SyntheticWholeBody`; 5b. real bodies
-   (4D-Humans' evaluation .npz of 3DPW / EMDB / H36M): `HMR2Npz`, `HMR2Poses`; 5c. real whole bodies
-   (EHF / ARCTIC as one .npz): `WholeBodyNpz`; and the trainer's `body_pose_dataset`, `body_dataset`,
-   `wholebody_dataset`
+4. Real bodies (4D-Humans' evaluation .npz of 3DPW / EMDB / H36M): `HMR2Npz`, `HMR2Poses`; `Indexed`
+5. Whole bodies: the hand keys (`WholeBodyHands`), real ones (EHF / ARCTIC as one .npz): `WholeBodyNpz`
 6. The rendered cache: `render_once`, `RenderedSet`, `stack_samples`, `labels`
-7. Pictures (all of the project's drawing): `plot_mesh_views`, `draw_skeleton`, `bone_colors`,
-   `draw_demo` (demo.py's picture), `draw_samples`, `draw_hand_predictions`, `draw_body_predictions`,
-   `draw_pose_reconstructions`, `python data.py --grid OUT_DIR`,
-   `python data.py --bench`
-How a synthetic sample is made (pose priors, looks, backgrounds, the renderer): synthetic.py.
+How a synthetic sample is made, and the trainer's datasets (`hand_dataset`, `body_dataset`, ...):
+synthetic.py. Pictures: plots.py. Speed and sample grids: `python bench.py --data-bench`, `--data-grid`.
 """
 
-import argparse
 import functools
 import json
 import math
 import os
 import pathlib
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -70,13 +70,9 @@ import torch.nn.functional as F
 
 import bodymodels
 import metrics
-from bodymodels import (FREIHAND_PARENTS, axis_angle_to_matrix, forward_kinematics, mano_to_freihand,
-                        matrix_to_axis_angle, mirror_rotation, perspective_projection, warp_image)
-from synthetic import (BodyPoseConfig, BodyViewConfig, Draws, HandPoseConfig, HandViewConfig, X, _check_look, _image_hw,
-                       _normal, _rasterize, _render, _rig, _scratch_zbuffer, _uniform, background_patterns,
-                       crop_intrinsics, flat_background, forearm_faces, forearm_verts, hand_axes, hand_orientations,
-                       hand_poses, open_loop, outfit_colors, place_in_crop, random_lights, render_mesh,
-                       sample_action_body, sample_plausible_body, skin_colors, suit_colors, upsample_backgrounds)
+import render
+from bodymodels import (axis_angle_to_matrix, forward_kinematics, matrix_to_axis_angle, mirror_rotation,
+                        perspective_projection, warp_image)
 
 # ---------------------------------------------------------------------------------------------
 # 1. Randomness and body models
@@ -90,6 +86,19 @@ def sample_rng(*keys):
     """
     state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+AUGMENT_STREAM = 1  # sample_rng(seed, epoch, index, stream): stream 0 draws the sample, 1 its augmentation
+
+
+def uniform(rng, low, high, shape=()):
+    """Uniform float64 samples in [low, high) of the given shape (a 0-d tensor by default)."""
+    return low + (high - low) * torch.rand(shape, generator=rng, dtype=torch.float64)
+
+
+def normal(rng, std, shape=()):
+    """N(0, std^2) float64 samples of the given shape (a 0-d tensor by default)."""
+    return std * torch.randn(shape, generator=rng, dtype=torch.float64)
 
 
 @functools.lru_cache(maxsize=None)
@@ -110,6 +119,19 @@ def skinning(kind, model_dir=None, dtype=torch.float64):
     """`bodymodels.Skinning` of body_model(kind, model_dir) in dtype, built once per process. It poses
     a batch sample by sample through the large products, so a sample never depends on its batch."""
     return bodymodels.Skinning(body_model(kind, model_dir), dtype)
+
+
+def body_rig(model):
+    """What a dataset needs from an smplx model, computed once: faces (F, 3), rest joints (J, 3)
+    float64, parents (J,), part (V,) strongest joint per vertex, hair (V,) bool (head top)."""
+    with torch.no_grad():
+        rest = model()
+    joints = rest.joints[0].double()
+    part = model.lbs_weights.argmax(1)
+    head = 15
+    hair = (part == head) & (rest.vertices[0, :, 1].double() > joints[head, 1] + 0.04)
+    faces = torch.as_tensor(np.asarray(model.faces, dtype=np.int64))
+    return {"faces": faces, "rest_joints": joints, "parents": model.parents.tolist(), "part": part, "hair": hair}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +212,7 @@ def rotation_z(angle):
 def sample_augmentation(rng, cfg, K, image_size, joints3d=None):
     """Draw an augmentation for an image of image_size (int or (H, W)) seen through K (3, 3).
     joints3d (21, 3), camera coordinates: the keypoints whose box cfg.crop="keypoints" crops around."""
-    height, width = _image_hw(image_size)
+    height, width = render.image_hw(image_size)
     centre = torch.tensor([width / 2, height / 2], dtype=torch.float64)
     K = K.double().clone()
     if cfg.crop == "keypoints":
@@ -200,10 +222,10 @@ def sample_augmentation(rng, cfg, K, image_size, joints3d=None):
     else:
         # 1. in-plane rotation: turn the points about the optical axis and the principal point about
         #    the crop centre, so that the image turns about its centre
-        R = rotation_z(math.radians(cfg.rotation_deg) * _uniform(rng, -1, 1))
+        R = rotation_z(math.radians(cfg.rotation_deg) * uniform(rng, -1, 1))
         K[:2, 2] = centre + R[:2, :2] @ (K[:2, 2] - centre)
         # 2. zoom about the centre, then shift
-        zoom, shift = _uniform(rng, *cfg.zoom), cfg.shift * _uniform(rng, -1, 1, (2,)) * torch.tensor([width, height])
+        zoom, shift = uniform(rng, *cfg.zoom), cfg.shift * uniform(rng, -1, 1, (2,)) * torch.tensor([width, height])
         Z = torch.eye(3, dtype=torch.float64)
         Z[0, 0] = Z[1, 1] = zoom
         Z[:2, 2] = (1 - zoom) * centre + shift
@@ -214,11 +236,11 @@ def sample_augmentation(rng, cfg, K, image_size, joints3d=None):
         G = torch.tensor([[-1.0, 0, width], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
         K = G @ K @ torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
     if cfg.color_style == "official":  # channel factors (3,), contrast, brightness
-        color = torch.cat([_uniform(rng, 1 - cfg.channel_noise, 1 + cfg.channel_noise, (3,)),
-                           _uniform(rng, 1 - cfg.contrast, 1 + cfg.contrast, (1,)),
-                           _uniform(rng, *cfg.brightness, (1,))])
+        color = torch.cat([uniform(rng, 1 - cfg.channel_noise, 1 + cfg.channel_noise, (3,)),
+                           uniform(rng, 1 - cfg.contrast, 1 + cfg.contrast, (1,)),
+                           uniform(rng, *cfg.brightness, (1,))])
     else:
-        color = _uniform(rng, 1 - cfg.color, 1 + cfg.color, (3,))
+        color = uniform(rng, 1 - cfg.color, 1 + cfg.color, (3,))
     return Augmentation(rotation=R, flip=flip, K=K, color=color)
 
 
@@ -249,9 +271,9 @@ def turned_keypoint_crop(rng, cfg, K, joints3d, image_hw):
     lo, hi = uv.amin(dim=0), uv.amax(dim=0)
     box = hi - lo  # (2,) width, height
     # 1. official BBoxCenterJitter: the box WIDTH sets the jitter in both directions
-    c = (lo + hi) / 2 + cfg.box_jitter * box[0] * _uniform(rng, -1, 1, (2,))
+    c = (lo + hi) / 2 + cfg.box_jitter * box[0] * uniform(rng, -1, 1, (2,))
     c = torch.minimum(c.clamp(min=0), torch.tensor([float(width), float(height)], dtype=torch.float64))
-    box = box * _uniform(rng, *cfg.box_scale)
+    box = box * uniform(rng, *cfg.box_scale)
     # 2. the turn that takes the ray through c onto the optical axis
     K_inv = torch.linalg.inv(K)
     R_look = rotation_onto(K_inv @ torch.cat([c, c.new_ones(1)]), torch.tensor([0.0, 0.0, 1.0]))
@@ -266,7 +288,7 @@ def turned_keypoint_crop(rng, cfg, K, joints3d, image_hw):
     K_new[0, 0], K_new[1, 1] = K[0, 0] * width / side, K[1, 1] * height / side  # official: res / scale
     K_new[:2, 2] = size / 2
     # 4. the roll about the new optical axis (the principal point is the crop's centre)
-    R = rotation_z(math.radians(cfg.rotation_deg) * _uniform(rng, -1, 1)) @ R_look
+    R = rotation_z(math.radians(cfg.rotation_deg) * uniform(rng, -1, 1)) @ R_look
     return R, K_new
 
 
@@ -377,9 +399,6 @@ def _image_array(im):
 HAND_KEYS = ("image", "K", "joints3d", "joints2d", "verts", "mano_pose", "mano_shape", "is_right")
 
 
-_AUGMENT_STREAM = 1  # sample_rng(seed, epoch, index, stream): stream 0 draws the sample, 1 its augmentation
-
-
 class _PhotoHands(torch.utils.data.Dataset):
     """What the real hand datasets share: resize to image_size, augmentation, set_epoch.
 
@@ -417,7 +436,7 @@ class _PhotoHands(torch.utils.data.Dataset):
 
     def _finish(self, image, labels, index):
         """Resize to image_size (K follows), then augment image and labels together."""
-        height, width = _image_hw(self.image_size)
+        height, width = render.image_hw(self.image_size)
         h, w = image.shape[-2:]
         scale = torch.diag(torch.tensor([width / w, height / h, 1.0], dtype=torch.float64))
         K = scale @ labels["K"].double()  # (3, 3): u' = u W / w for pixel edges at integers
@@ -426,7 +445,7 @@ class _PhotoHands(torch.utils.data.Dataset):
                                   align_corners=False)[0].clamp(0, 1)
         labels = dict(labels, K=K.float(), joints2d=perspective_projection(labels["joints3d"].double(), K).float())
         if self.augment:
-            rng = sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM)
+            rng = sample_rng(self.seed, self.epoch, index, AUGMENT_STREAM)
             aug = sample_augmentation(rng, self.augment_config, K, (height, width), labels["joints3d"])
             labels = augment_hand_labels(labels, aug)
             image = warp_image(image, aug.K @ aug.T @ torch.linalg.inv(K), (height, width))  # a homography
@@ -566,7 +585,7 @@ class FreiHAND(_PhotoHands):
             raise ValueError(f"FreiHAND: split must be 'training' or 'evaluation', got {split!r}")
         if crop not in FREIHAND_CROPS:
             raise ValueError(f"FreiHAND: crop must be one of {sorted(FREIHAND_CROPS)}, got {crop!r}")
-        if crop == "keypoints" and len(set(_image_hw(image_size))) != 1:
+        if crop == "keypoints" and len(set(render.image_hw(image_size))) != 1:
             raise ValueError(f"FreiHAND: the keypoint crop is square, got image_size={image_size}")
         self.crop, self.crop_description = crop, FREIHAND_CROPS[crop]
         self.root, self.split = pathlib.Path(root), split
@@ -603,7 +622,7 @@ class FreiHAND(_PhotoHands):
 
     def _finish(self, image, labels, index):
         if self.crop == "keypoints":
-            image, labels = crop_around_keypoints(image, labels, _image_hw(self.image_size)[0])
+            image, labels = crop_around_keypoints(image, labels, render.image_hw(self.image_size)[0])
         return super()._finish(image, labels, index)
 
 
@@ -642,7 +661,7 @@ class NpzHands(_PhotoHands):
         mano_pose (N, 16, 3)   axis-angle, global orientation first, flat_hand_mean=True (or (N, 48))
         mano_shape (N, 10)     MANO betas
         is_right (N,) bool     optional, default all True (left hands: see the module docstring)
-    Samples come out with the keys of SyntheticHands, resized to image_size (K follows).
+    Samples come out with the hand keys (module docstring), resized to image_size (K follows).
 
     Converting a dataset takes about twenty lines, e.g. one with a json record per hand crop:
 
@@ -704,671 +723,7 @@ class NpzHands(_PhotoHands):
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Synthetic hands
-
-
-class SyntheticHands(torch.utils.data.Dataset):
-    """Rendered hands with exact labels, as a hand detector's crops (keys: module docstring).
-
-    Distribution of a sample (drawn from its own sample_rng(seed, epoch or 0, index)):
-    - Shape: MANO betas ~ N(0, 1), clamped to [-2.5, 2.5].
-    - Fingers: `hand_poses` (HandPoseConfig): grasp-coupled curls and gestures within joint
-      ranges, never uniform over rotations.
-    - Orientation: `hand_orientations` (HandViewConfig): palm or back towards the camera
-      (1/2 each), tilted N(0, 35 deg), fingers up in the image on average with N(0, 60 deg) roll.
-    - Place: 0.35-0.9 m from the camera, up to 25 degrees off its axis; the crop then centres the
-      hand's box (Gaussian jitter of 3% of the crop) and scales its larger side to 70-90% of the
-      crop, which sets K (focal length and principal point).
-    - Side: a left hand with probability left_hand_prob (default 0: FreiHAND and SimpleHand's
-      benchmarks are right-hand only), made by mirroring (module docstring: left hands).
-    - Looks: skin tone (or one in ten, a glove colour), a forearm leaving the wrist (bare, or in
-      a sleeve of any colour half of the time), a light from the camera's side, ambient
-      0.25-0.55, and a random background (`background_patterns`). `scene(sample)` gives the mesh the image shows.
-    With augment=True, `AugmentConfig` changes the camera before rendering (labels stay exact) and
-    jitters colours after. background="black" renders on black (masks for tests and debugging).
-    A sample depends on (seed, index), its augmentation also on the epoch, and with
-    vary_with_epoch=True the hand too (every epoch sees new hands). A DataLoader fetches a batch
-    through `__getitems__`, which renders it `render_chunk` images per pass. Speed: `python data.py --bench`.
-    """
-
-    def __init__(self, num_samples, image_size=224, seed=0, augment=False, left_hand_prob=0.0,
-                 vary_with_epoch=False, augment_config=None, pose_config=None, view_config=None, background="random",
-                 model_dir=None):
-        if background not in ("random", "black"):
-            raise ValueError(f"SyntheticHands: background must be 'random' or 'black', got {background!r}")
-        self.num_samples, self.image_size, self.seed = int(num_samples), int(image_size), int(seed)
-        self.background = background
-        self.augment, self.left_hand_prob, self.vary_with_epoch = augment, float(left_hand_prob), vary_with_epoch
-        self.augment_config = augment_config or AugmentConfig()
-        self.pose_config = pose_config or HandPoseConfig()
-        self.view_config = view_config or HandViewConfig()
-        self.model_dir = model_dir
-        self.epoch = 0
-        self._mano = None  # loaded on first use in each process (see __getstate__)
-        self._scratch = None  # the renderer's z-buffer, likewise
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
-    def __len__(self):
-        return self.num_samples
-
-    def __getstate__(self):
-        # the body model is rebuilt in each DataLoader worker from the cache folder, not pickled
-        return dict(self.__dict__, _mano=None, _scratch=None)
-
-    @property
-    def mano(self):
-        if self._mano is None:
-            self._mano = body_model("mano", self.model_dir)
-            self.hand_axes = hand_axes(self._mano().joints[0].detach().double())  # from the flat mean hand
-            self.faces = torch.as_tensor(np.asarray(self._mano.faces, dtype=np.int64))  # (1538, 3)
-            self.wrist_loop = open_loop(self.faces)  # (L,) MANO's open wrist, where the forearm is glued
-            self.scene_faces = torch.cat([self.faces, forearm_faces(self.wrist_loop, len(self._mano.v_template))])
-        return self._mano
-
-    def scene(self, sample):
-        """The mesh a sample's image shows: verts (778 + 2 L + 1, 3), faces (F', 3): the hand and a
-        forearm leaving its wrist, wound counter-clockwise from outside (mirrored for left hands)."""
-        self.mano
-        arm = forearm_verts(sample["verts"], self.wrist_loop, sample["joints3d"][0], sample["joints3d"][9])
-        faces = self.scene_faces if bool(sample["is_right"]) else self.scene_faces[:, [0, 2, 1]]
-        return torch.cat([sample["verts"], arm]), faces
-
-    def sample_mano(self, draws):
-        """Draw B poses (B, 16, 3) float32 (global orientation first) and shapes (B, 10) float32 from
-        draws (`Draws`); pose the right hand. Returns pose, shape, verts (B, 778, 3) and joints
-        (B, 21, 3) FreiHAND order, float64, in MANO's frame."""
-        self.mano  # hand_axes
-        fingers = hand_poses(draws, self.hand_axes, self.pose_config)  # (B, 15, 3)
-        orient = matrix_to_axis_angle(torch.from_numpy(hand_orientations(draws, self.view_config)))  # (B, 3)
-        shape = torch.from_numpy(draws.normal(1.0, (10,)).clip(-2.5, 2.5)).float()
-        pose = torch.cat([orient[:, None], torch.from_numpy(fingers)], 1).float()  # (B, 16, 3)
-        verts, joints = skinning("mano", self.model_dir)(pose, shape)  # (B, 778, 3), (B, 16, 3) float64
-        return pose, shape, verts, mano_to_freihand(joints, verts)
-
-    def __getitem__(self, index):
-        return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices):
-        """The samples of a list of indices (DataLoader asks for a batch this way): labels drawn
-        for the whole batch at once, images rendered render_chunk at a time, which shares the
-        per-call costs. Each sample depends only on its own (seed, epoch, index) (see `Draws`):
-        __getitems__(indices)[k] is exactly self[indices[k]]."""
-        samples, looks = self._labels(indices)
-        for start in range(0, len(samples), self.render_chunk):
-            chunk = slice(start, start + self.render_chunk)
-            images = self._images(samples[chunk], {key: value[chunk] for key, value in looks.items()})
-            for sample, image, jitter in zip(samples[chunk], images, looks["jitter"][chunk]):
-                sample["image"] = recolor(image, jitter, self.augment_config.color_style) if self.augment else image
-        return samples
-
-    # images per renderer pass: on one core 8 is about 1.5x faster per image than 32, whose
-    # buffers (z-buffer, images, candidates) no longer fit in the cache, and than 1 (per-call costs)
-    render_chunk = 8
-
-    def _images(self, samples, looks):
-        """The images (B, 3, S, S) of samples (from `_labels`) with their looks, in one renderer pass."""
-        self.mano
-        S = self.image_size
-        verts = torch.stack([s["verts"] for s in samples])  # (B, 778, 3)
-        joints = torch.stack([s["joints3d"] for s in samples])
-        verts = torch.cat([verts, forearm_verts(verts, self.wrist_loop, joints[:, 0], joints[:, 9])], 1)  # (B, V', 3)
-        V = self.mano.v_template.shape[0]
-        color = torch.cat([looks["skin"][:, None].expand(-1, V, 3),
-                           looks["forearm"][:, None].expand(-1, verts.shape[1] - V, 3)], 1)  # (B, V', 3)
-        backgrounds = upsample_backgrounds(looks["background"], S, S) if self.background == "random" else None
-        mirrored = torch.tensor([not s["is_right"] for s in samples])
-        return _render(verts, self.scene_faces, torch.stack([s["K"] for s in samples]), S, color, looks["light"],
-                       looks["ambient"], backgrounds, cull_backfaces=True, mirrored=mirrored,
-                       draw_on_background=True,  # into backgrounds
-                       zbuffer=_scratch_zbuffer(self, len(samples) * S * S))[0]
-
-    def _labels(self, indices):
-        """The labels (all keys but image) of samples `indices`, a list of dicts, and their looks,
-        batched: skin and forearm (B, 3) albedos, light (B, 3), ambient (B,), background (B, 3, L, L)
-        patterns, jitter (B, 3) colour factors."""
-        for index in indices:
-            if not 0 <= index < self.num_samples:
-                raise IndexError(f"SyntheticHands: index {index} out of range for {self.num_samples} samples")
-        epoch = self.epoch if self.vary_with_epoch else 0
-        draws = Draws([sample_rng(self.seed, epoch, index) for index in indices], block=160)
-        view, S = self.view_config, self.image_size
-        # 1. posed right hands, mirrored into left hands (module docstring) where drawn
-        pose, shape, verts, joints = self.sample_mano(draws)
-        is_right = torch.from_numpy(~draws.chance(self.left_hand_prob))  # (B,)
-        mirror = torch.ones(len(indices), 1, 3, dtype=torch.float64)  # (B, 1, 3): x -> -x for left hands
-        mirror[~is_right, :, 0] = -1.0
-        verts, joints = verts * mirror, joints * mirror
-        # 2. place them in front of the camera, off the optical axis, and crop around them
-        distance = torch.from_numpy(draws.uniform(*view.distance))[:, None]  # (B, 1)
-        off_axis = torch.from_numpy(np.tan(np.deg2rad(draws.uniform(-view.off_axis_deg, view.off_axis_deg, (2,)))))
-        centre = (verts.amax(1) + verts.amin(1)) / 2  # (B, 3)
-        shift = (torch.cat([off_axis * distance, distance], 1) - centre)[:, None]  # (B, 1, 3)
-        verts, joints = verts + shift, joints + shift
-        K = crop_intrinsics(verts, S, torch.from_numpy(draws.uniform(*view.fill)),
-                            torch.from_numpy(draws.normal(view.centre_jitter * S, (2,))))  # (B, 3, 3)
-        batch = {"K": K.float(), "joints3d": joints.float(), "verts": verts.float(),
-                 "joints2d": perspective_projection(joints, K).float(), "mano_pose": pose, "mano_shape": shape,
-                 "is_right": is_right}
-        samples = [{key: value[i] for key, value in batch.items()} for i in range(len(indices))]
-        # 3. the looks: light, skin (and a sleeve from 4 cm past the wrist half of the time), background
-        light, ambient = random_lights(draws)
-        skin, sleeve = skin_colors(draws), draws.uniform(0.05, 0.95, (3,))
-        forearm = np.where(draws.chance(0.5)[:, None], sleeve, skin)
-        looks = {key: torch.from_numpy(value).float() for key, value in (
-            ("light", light), ("ambient", ambient), ("skin", skin), ("forearm", forearm),
-            ("background", background_patterns(draws)))}
-        looks["jitter"] = [None] * len(indices)  # the colour factors of each sample's augmentation
-        # 4. augmentation moves the camera before rendering (and jitters colours after)
-        if self.augment:
-            for i, index in enumerate(indices):
-                aug = sample_augmentation(sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM),
-                                          self.augment_config, K[i], S, samples[i]["joints3d"])
-                samples[i], looks["jitter"][i] = augment_hand_labels(samples[i], aug), aug.color
-        return samples, looks
-
-
-# The synthetic demo's camera (train.py): hands roughly upright with the palm or the back towards the
-# camera (HandViewConfig's default spreads roll and tilt three times wider). The PA metrics and the
-# mean-hand baseline ignore the global rotation, so this does not make the bar lower; it leaves a
-# two-core CPU's few thousand steps for the finger articulation, which is what the metrics measure.
-DEMO_HAND_VIEW = HandViewConfig(roll_std_deg=20.0, tilt_std_deg=20.0)
-
-
-def hand_dataset(kind, path, split, cfg, seed, num_samples):
-    """The hand dataset for a split ("training" | "evaluation") of `--data kind[:path]` at cfg.image_size.
-
-    kind "synthetic": SyntheticHands(num_samples) with DEMO_HAND_VIEW; the held-out split is the same
-    generator under seed + 1_000_003, not augmented (train.py renders it once). "freihand" / "npz": the
-    folder at path, augmented for training as cfg.train_augment names (HAND_AUGMENTS; "default" without
-    the field). FreiHAND's evaluation split is cropped as cfg.eval_crop says (FREIHAND_CROPS; "none" without the field).
-    """
-    if kind == "synthetic":
-        return SyntheticHands(num_samples, cfg.image_size, seed=seed + (split == "evaluation") * 1_000_003,
-                              view_config=DEMO_HAND_VIEW)
-    augment = HAND_AUGMENTS[getattr(cfg, "train_augment", "default")]
-    if kind == "freihand":
-        crop = getattr(cfg, "eval_crop", "none") if split == "evaluation" else "none"
-        return FreiHAND(path, split, cfg.image_size, augment=split == "training", seed=seed, crop=crop,
-                        augment_config=augment)
-    if kind == "npz":
-        return NpzHands(path, split, cfg.image_size, augment=split == "training", seed=seed, augment_config=augment)
-    raise ValueError(f"hand_dataset: kind must be 'synthetic', 'freihand' or 'npz', got {kind!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. Synthetic bodies (posed by synthetic.py's body priors, which explain the rest T-pose)
-
-
-class _SyntheticBodyBase(torch.utils.data.Dataset):
-    """Shared by the body datasets: the lazily loaded model, set_epoch, pickling, index checks."""
-
-    def __init__(self, num_samples, seed, vary_with_epoch, model_dir):
-        self.num_samples, self.seed = int(num_samples), int(seed)
-        self.vary_with_epoch, self.model_dir = vary_with_epoch, model_dir
-        self.epoch = 0
-        self._model = None
-        self._scratch = None  # the renderer's z-buffer (see `_rasterize`)
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
-    def __len__(self):
-        return self.num_samples
-
-    def __getstate__(self):
-        return dict(self.__dict__, _model=None, _scratch=None)  # rebuilt in each worker from the cache folder
-
-    @property
-    def model(self):
-        if self._model is None:
-            self._model = self._load_model()
-            self.rig = _rig(self._model)
-        return self._model
-
-    def _rng(self, index):
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"{type(self).__name__}: index {index} out of range for {self.num_samples} samples")
-        return sample_rng(self.seed, self.epoch if self.vary_with_epoch else 0, index)
-
-    def _sample_smpl_pose(self, rng):
-        """SMPL pose (24, 3) axis-angle (global orientation first) and shape (10,), float32."""
-        self.model
-        if self.pose_config.prior == "actions":
-            R = sample_action_body(rng)
-        else:
-            R = sample_plausible_body(rng, self.rig["rest_joints"], self.rig["parents"], self.pose_config)
-        hands = torch.deg2rad(_normal(rng, 10.0, (2, 3)))  # SMPL's hand joints 22, 23: a little play
-        pose = torch.cat([matrix_to_axis_angle(R), hands]).float()  # (24, 3)
-        shape = torch.randn(10, generator=rng, dtype=torch.float64).clamp(-2.5, 2.5).float()
-        return pose, shape
-
-
-class SyntheticPoses(_SyntheticBodyBase):
-    """SMPL poses only, standing in for AMASS (GenHMR's pose tokenizer): {smpl_pose (24, 3)
-    axis-angle, global orientation first; smpl_shape (10,)}.
-
-    The same distribution as SyntheticBodies, and the same draws: with equal seed (and no
-    augmentation there), SyntheticPoses(n, seed)[i] is the pose and shape of SyntheticBodies(n,
-    seed)[i]. See `sample_body_pose` (articulation, with a cheap self-intersection test) and
-    `sample_body_orientation` (global orientation in camera coordinates: upright, half of the
-    people turned towards the camera). Cheap: no rendering, about 2 ms a sample.
-    """
-
-    def __init__(self, num_samples, seed=0, vary_with_epoch=False, pose_config=None, model_dir=None):
-        super().__init__(num_samples, seed, vary_with_epoch, model_dir)
-        self.pose_config = pose_config or BodyPoseConfig()
-
-    def _load_model(self):
-        return body_model("smpl", self.model_dir)
-
-    def __getitem__(self, index):
-        pose, shape = self._sample_smpl_pose(self._rng(index))
-        return {"smpl_pose": pose, "smpl_shape": shape}
-
-
-class SyntheticBodies(_SyntheticBodyBase):
-    """Rendered SMPL people in person crops, HMR2.0 / GenHMR style.
-
-    Keys: image (3, H, W) float32 in [0, 1]; K (3, 3); joints3d (24, 3) SMPL joints, metres,
-    camera coordinates; joints2d (24, 2) pixels = perspective_projection(joints3d, K);
-    verts (6890, 3) camera coordinates; smpl_pose (24, 3) axis-angle, global orientation (in
-    camera coordinates) first; smpl_shape (10,); cam_t (3,) with verts = SMPL(pose, shape) + cam_t
-    (smplx's output, no transl).
-
-    Distribution: poses as `SyntheticPoses` (same draws for the same seed); betas N(0, 1) clamped
-    to [-2.5, 2.5]; the person centred in the crop (3% jitter), the box's larger relative side
-    75-90% of the crop. focal_length=5000 (default) renders through HMR2.0's fixed camera (5000
-    pixels for a 256 crop, principal point at the centre: nearly orthographic, what GenHMR's
-    camera head assumes); None, through a real camera 2.5-8 m away. colors="clothes": shirt (short
-    or long sleeves), trousers or shorts, shoes, hair, skin tone; "suit": one fixed colour per body
-    part (`suit_colors`). Light as SyntheticHands; background "random" as SyntheticHands, "flat" one
-    colour plus N(0, 0.03^2) noise per pixel. pose_config.prior="actions": the design notes' tiny prior.
-    augment=True moves the camera (rotation, zoom, shift; no flip: the pose distribution is
-    already symmetric) before rendering and jitters colours after. background="black": masks.
-    A DataLoader fetches a batch through `__getitems__` (meshes skinned together, images rendered
-    render_chunk per pass). Speed: `python data.py --bench`.
-    """
-
-    def __init__(self, num_samples, image_size=256, seed=0, augment=False, focal_length=5000.0, vary_with_epoch=False,
-                 augment_config=None, pose_config=None, view_config=None, background="random", colors="clothes",
-                 model_dir=None):
-        super().__init__(num_samples, seed, vary_with_epoch, model_dir)
-        _check_look(type(self).__name__, colors, background, ("random", "flat", "black"))
-        self.background, self.colors = background, colors
-        self.image_size, self.augment, self.focal_length = image_size, augment, focal_length
-        self.augment_config = augment_config or AugmentConfig(flip_prob=0.0)
-        self.pose_config, self.view_config = pose_config or BodyPoseConfig(), view_config or BodyViewConfig()
-
-    def _load_model(self):
-        return body_model("smpl", self.model_dir)
-
-    def __getitem__(self, index):
-        return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices):
-        """The samples of a list of indices (DataLoader asks for a batch this way): the meshes
-        skinned together (`skinning`), the images rendered render_chunk at a time. Each
-        sample depends only on its own (seed, epoch, index): __getitems__(indices)[k] is exactly
-        self[indices[k]]."""
-        self.model
-        rngs = [self._rng(index) for index in indices]
-        pose, shape = (torch.stack(x) for x in zip(*(self._sample_smpl_pose(rng) for rng in rngs)))
-        verts, joints = skinning("smpl", self.model_dir, torch.float32)(pose, shape)  # (B, 6890, 3), (B, 24, 3)
-        samples, looks = zip(*(self._labels(*args) for args in zip(rngs, indices, pose, shape, verts, joints)))
-        if self.background == "random":  # the last draws
-            patterns = torch.from_numpy(background_patterns(Draws(rngs))).float()  # (B, 3, L, L)
-        else:  # "black": none
-            patterns = [flat_background(rng, _image_hw(self.image_size)) if self.background == "flat" else None
-                        for rng in rngs]
-        for look, pattern in zip(looks, patterns):
-            look["background"] = pattern
-        for start in range(0, len(samples), self.render_chunk):
-            chunk = slice(start, start + self.render_chunk)
-            for sample, look, image in zip(samples[chunk], looks[chunk], self._images(samples[chunk], looks[chunk])):
-                sample["image"] = color_jitter(image, look["jitter"]) if self.augment else image
-        return list(samples)
-
-    render_chunk = 8  # images per renderer pass, as SyntheticHands
-
-    def _labels(self, rng, index, pose, shape, verts, joints, frame=None):
-        """One sample's labels (all keys but image) from its pose (24, 3) and shape (10,) and their
-        mesh verts (6890, 3) and joints (24, 3), and its look: color (6890, 3), light (3,),
-        ambient (), jitter (3,) colour factors (the background comes after, for the whole batch).
-        frame: the points (N, 3) the crop is placed around (default: verts)."""
-        verts, joints = verts.double(), joints.double()
-        # 1. the crop
-        cam_t, K = place_in_crop(rng, verts if frame is None else frame.double(), self.image_size, self.view_config,
-                                 self.focal_length)
-        sample = {"K": K, "verts": verts + cam_t, "joints3d": joints + cam_t, "smpl_pose": pose, "smpl_shape": shape,
-                  "cam_t": cam_t}
-        # 2. augmentation: a rotation Rz about the optical axis turns the global orientation to Rz R
-        #    and, since SMPL turns about its root joint J0, moves cam_t to Rz (J0 + cam_t) - J0
-        look = {"jitter": torch.ones(3)}
-        if self.augment:
-            aug = sample_augmentation(sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM),
-                                      replace(self.augment_config, flip_prob=0.0), K, self.image_size)
-            Rz = aug.rotation
-            sample["verts"], sample["joints3d"] = sample["verts"] @ Rz.T, sample["joints3d"] @ Rz.T
-            sample["cam_t"] = Rz @ (joints[0] + cam_t) - joints[0]
-            pose = pose.clone()
-            pose[0] = matrix_to_axis_angle(Rz @ axis_angle_to_matrix(pose[0].double())).float()
-            sample["smpl_pose"], sample["K"], look["jitter"] = pose, aug.K, aug.color
-        sample["joints2d"] = perspective_projection(sample["joints3d"], sample["K"])
-        sample = {key: value.float() for key, value in sample.items()}
-        # 3. the look
-        light, ambient = (torch.as_tensor(x[0]).float() for x in random_lights(Draws([rng])))
-        look.update(light=light, ambient=ambient, color=suit_colors(self.rig["part"]) if self.colors == "suit"
-                    else outfit_colors(rng, self.rig["part"], self.rig["hair"]))
-        return sample, look
-
-    def _images(self, samples, looks):
-        """The images (B, 3, H, W) of samples (from `_labels`) with their looks, in one renderer pass."""
-        height, width = _image_hw(self.image_size)
-        backgrounds = None
-        if self.background == "random":
-            backgrounds = upsample_backgrounds(torch.stack([look["background"] for look in looks]), height, width)
-        elif self.background == "flat":
-            backgrounds = torch.stack([look["background"] for look in looks])
-        return _render(torch.stack([s["verts"] for s in samples]), self.rig["faces"],
-                       torch.stack([s["K"] for s in samples]), (height, width),
-                       *(torch.stack([look[key] for look in looks]) for key in ("color", "light", "ambient")),
-                       backgrounds, cull_backfaces=True, draw_on_background=True,
-                       zbuffer=_scratch_zbuffer(self, len(samples) * height * width))[0]
-
-
-# A controlled ambiguity (GenHMR's UGS, docs/genhmr.md "Where UGS must matter"): the right arm hangs
-# down or is raised, a fair coin deciding, and a flat occluder covers every pixel where the two readings
-# differ, so the image is the same for both and only the pose tokens' joint distribution can say that
-# the arm is one way or the other, never half of each. Readings: the right shoulder's (SMPL joint 17)
-# local rotation from the actions prior's "neutral" (down) and "arms_up" means, plus the same
-# N(0, 0.1^2) per component in both; the rest of the body is the actions prior's, shared.
-AMBIGUOUS_JOINT = 17  # SMPL right shoulder
-AMBIGUOUS_READINGS = ((0.0, 0.0, 1.25), (0.0, 0.0, -1.1))  # down, up (axis-angle, radians)
-AMBIGUOUS_MOVED = (19, 21, 23)  # the joints the two readings place differently: elbow, wrist, hand
-
-
-def ambiguous_arm(pose, rng):
-    """pose (24, 3) -> (the pose with the right arm in a reading drawn by a fair coin, the other reading's
-    pose, the index of the drawn reading (0 down, 1 up))."""
-    readings = torch.tensor(AMBIGUOUS_READINGS, dtype=pose.dtype)
-    noise = _normal(rng, 0.1, (3,)).to(pose.dtype)
-    true = int(torch.rand((), generator=rng) < 0.5)
-    poses = pose.clone().expand(2, -1, -1).clone()
-    poses[:, AMBIGUOUS_JOINT] = readings + noise
-    return poses[true], poses[1 - true], true
-
-
-class AmbiguousPoses(SyntheticPoses):
-    """SyntheticPoses with `ambiguous_arm`'s right arm (the tokenizer of the ambiguous experiment)."""
-
-    def __getitem__(self, index):
-        rng = self._rng(index)
-        pose, shape = self._sample_smpl_pose(rng)
-        return {"smpl_pose": ambiguous_arm(pose, rng)[0], "smpl_shape": shape}
-
-
-class AmbiguousBodies(SyntheticBodies):
-    """SyntheticBodies whose right arm is in one of two readings (`ambiguous_arm`) under an occluder that
-    covers every pixel where the readings differ: the crop is placed around both readings' meshes and the
-    occluder is the box of the projections of every vertex that moves between them (+ 1 px), one flat
-    colour. Extra keys: smpl_pose_other (24, 3), joints3d_other (24, 3) (the other reading, camera
-    coordinates), reading () int64 (0 down, 1 up), occluder (4,) [x0, y0, x1, y1] pixels."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.augment:
-            raise ValueError("AmbiguousBodies: augment=True would move the occluder off the arm; not supported")
-
-    def _sample_smpl_pose(self, rng):
-        pose, shape = super()._sample_smpl_pose(rng)
-        return ambiguous_arm(pose, rng)[0], shape
-
-    def _labels(self, rng, index, pose, shape, verts, joints, frame=None):
-        # the other reading from the drawn one: the same noise, the other mean
-        readings = torch.tensor(AMBIGUOUS_READINGS, dtype=pose.dtype)
-        true = int((pose[AMBIGUOUS_JOINT] - readings).norm(dim=-1).argmin())
-        other = pose.clone()
-        other[AMBIGUOUS_JOINT] = pose[AMBIGUOUS_JOINT] - readings[true] + readings[1 - true]
-        verts_o, joints_o = skinning("smpl", self.model_dir, torch.float32)(other[None], shape[None])
-        verts_o, joints_o = verts_o[0].double(), joints_o[0].double()
-        both = torch.cat([verts.double(), verts_o])  # the crop is placed around both readings
-        sample, look = super()._labels(rng, index, pose, shape, verts, joints, frame=both)
-        cam_t = sample["cam_t"].double()
-        moved = (verts.double() - verts_o).norm(dim=-1) > 1e-4
-        uv = perspective_projection(torch.cat([verts.double()[moved], verts_o[moved]]) + cam_t, sample["K"].double())
-        height, width = _image_hw(self.image_size)
-        box = torch.cat([(uv.amin(0) - 1).floor().clamp_min(0), (uv.amax(0) + 1).ceil()]).minimum(
-            torch.tensor([width, height, width, height], dtype=uv.dtype))
-        look["occluder"] = (box, _uniform(rng, 0.1, 0.9, (3,)).float())
-        sample.update(smpl_pose_other=other.float(), joints3d_other=(joints_o + cam_t).float(),
-                      reading=torch.tensor(true), occluder=box.float())
-        return sample, look
-
-    def _images(self, samples, looks):
-        images = super()._images(samples, looks)
-        for image, look in zip(images, looks):
-            (x0, y0, x1, y1), colour = look["occluder"]
-            image[:, int(y0):int(y1), int(x0):int(x1)] = colour[:, None, None]
-        return images
-
-
-SMPLX_HAND_JOINTS = bodymodels.SMPLX_HAND_JOINTS
-# SMPL-X's fingertips among smplx's extra joints (thumb, index, middle, ring, pinky)
-SMPLX_FINGERTIPS = {"left": tuple(range(66, 71)), "right": tuple(range(71, 76))}
-
-
-class SyntheticWholeBody(_SyntheticBodyBase):
-    """Rendered SMPL-X people with both hands, for HMR-Adapter (a SMPLer-X-style body path and a
-    HaMeR-style hand path that crops the hands out of the same image).
-
-    Keys: image (3, H, W) (image_size, default 256 x 192, SMPLer-X's body input); K (3, 3);
-    verts (10475, 3) and joints3d (55, 3) SMPL-X joints, camera coordinates, metres; joints2d
-    (55, 2) pixels; smplx_pose (55, 3) axis-angle in SMPL-X joint order (global orientation in
-    camera coordinates, body 1-21, jaw, eyes, left hand 25-39, right hand 40-54); smplx_shape
-    (10,); smplx_expression (10,); cam_t (3,) with verts = SMPLX(pose, shape, expression) + cam_t.
-    Per side S in {left, right}:
-      S_hand_box (4,) [x0, y0, x1, y1] pixels: the square around the hand's projected vertices,
-        1.2 x their larger side (a hand detector's box; the model crops the image with it);
-      S_hand_joints3d (21, 3) FreiHAND order (SMPL-X's wrist and finger joints + fingertip
-        vertices), camera coordinates; S_hand_joints2d (21, 2) their pixels in the image;
-      S_hand_mano_pose (16, 3): the MANO-space pose, global orientation (camera frame) first, in
-        the module's left-hand convention (a left hand is the mirror image of the right MANO
-        hand with this pose); S_hand_visible (): share of the hand's pixels not hidden by the body;
-      S_hand_occluded (): 1.0 when an occluder was painted over the hand, else 0.0;
-      S_arm_pose (8, 3): SMPL-X's local rotations of the arm chain SMPLX_{LEFT,RIGHT}_ARM (pelvis,
-        spine 1-3, collar, shoulder, elbow, wrist), as in smplx_pose.
-    Distribution: bodies as `SyntheticBodies` but turned towards the camera four times in five
-    (so both hands show most of the time: see the test), fingers of both hands from
-    `hand_poses`, jaw N(0, 5 deg), expression N(0, 0.5), betas N(0, 1). With probability
-    occlusion_prob per hand, an occluder (a flat textured rectangle in front of everything, as an
-    object held or passing by) covers `occlusion_cover` (a range) of the hand's box; it is drawn
-    from its own random stream, so the scene is the same with and without it.
-    """
-
-    def __init__(self, num_samples, image_size=(256, 192), seed=0, augment=False, focal_length=5000.0,
-                 vary_with_epoch=False, augment_config=None, pose_config=None, hand_pose_config=None,
-                 view_config=None, occlusion_prob=0.0, occlusion_cover=(0.4, 0.9), colors="clothes",
-                 background="random", model_dir=None):
-        super().__init__(num_samples, seed, vary_with_epoch, model_dir)
-        _check_look(type(self).__name__, colors, background, ("random", "flat"))
-        self.colors, self.background = colors, background
-        self.image_size, self.augment, self.focal_length = image_size, augment, focal_length
-        self.occlusion_prob, self.occlusion_cover = float(occlusion_prob), tuple(occlusion_cover)
-        self.augment_config = augment_config or AugmentConfig(flip_prob=0.0)
-        self.pose_config = pose_config or BodyPoseConfig(yaw_frontal_prob=0.8, arm_azimuth=(-10.0, 110.0))
-        self.hand_pose_config = hand_pose_config or HandPoseConfig()
-        self.view_config = view_config or BodyViewConfig()
-
-    def _load_model(self):
-        return body_model("smplx", self.model_dir)
-
-    @property
-    def model(self):
-        if self._model is None:
-            super().model
-            # MANO's rest hand turned onto SMPL-X's rest right hand: finger poses are rotated by it
-            mano_rest = body_model("mano", self.model_dir)().joints[0].detach().double()
-            self.hand_axes = hand_axes(mano_rest)
-            smplx_hand = self.rig["rest_joints"][list(SMPLX_HAND_JOINTS["right"])]
-            self.mano_to_smplx = metrics.procrustes_transform(mano_rest[None], smplx_hand[None])[1][0]  # (3, 3)
-            self.extra_joints = self._model.vertex_joint_selector.extra_joints_idxs  # smplx's joints 55-75
-            # faces whose corners all belong to a hand (wrist and finger joints): (F,) masks
-            in_hand = {side: torch.isin(self.rig["part"], torch.tensor(ids)) for side, ids in SMPLX_HAND_JOINTS.items()}
-            self.hand_face_mask = {side: mask[self.rig["faces"]].all(1) for side, mask in in_hand.items()}
-            self.hand_vert_mask = in_hand
-        return self._model
-
-    def _sample_pose(self, rng):
-        """SMPL-X pose (55, 3) float64 and the right-convention MANO finger poses {side: (15, 3)}."""
-        R = sample_plausible_body(rng, self.rig["rest_joints"], self.rig["parents"], self.pose_config)
-        pose = torch.zeros(55, 3, dtype=torch.float64)
-        pose[:22] = matrix_to_axis_angle(R)
-        pose[22] = X * math.radians(abs(float(_normal(rng, 5.0))))  # the jaw opens a little
-        fingers = {side: torch.from_numpy(hand_poses(Draws([rng]), self.hand_axes, self.hand_pose_config)[0])
-                   for side in ("left", "right")}
-        pose[40:55] = fingers["right"] @ self.mano_to_smplx.T  # axis-angle turns with the frame: R aa
-        pose[25:40] = mirror_rotation(fingers["left"] @ self.mano_to_smplx.T)
-        return pose, fingers
-
-    def __getitem__(self, index):
-        rng = self._rng(index)
-        # 1. pose, shape, expression, mesh
-        self.model
-        pose, fingers = self._sample_pose(rng)
-        shape = torch.randn(10, generator=rng, dtype=torch.float64).clamp(-2.5, 2.5)
-        expression = _normal(rng, 0.5, (10,))
-        verts, joints = skinning("smplx", self.model_dir, torch.float32)(pose, shape, expression)
-        verts, joints = verts.double(), torch.cat([joints, verts[self.extra_joints]]).double()  # (10475, 3), (76, 3)
-        # 2. crop, then augmentation as for SyntheticBodies (turn about the optical axis, zoom, shift)
-        cam_t, K = place_in_crop(rng, verts, self.image_size, self.view_config, self.focal_length)
-        if self.augment:
-            aug = sample_augmentation(sample_rng(self.seed, self.epoch, index, _AUGMENT_STREAM),
-                                      replace(self.augment_config, flip_prob=0.0), K, self.image_size)
-            root = joints[0]
-            cam_t, K = aug.rotation @ (root + cam_t) - root, aug.K
-            pose[0] = matrix_to_axis_angle(aug.rotation @ axis_angle_to_matrix(pose[0]))
-            verts, joints = (verts - root) @ aug.rotation.T + root, (joints - root) @ aug.rotation.T + root
-        verts, joints = verts + cam_t, joints + cam_t
-        sample = {"K": K, "verts": verts, "joints3d": joints[:55], "joints2d": perspective_projection(joints[:55], K),
-                  "smplx_pose": pose, "smplx_shape": shape, "smplx_expression": expression, "cam_t": cam_t}
-        # 3. render the body, then paint the occluders over it
-        light, ambient = (torch.from_numpy(x) for x in random_lights(Draws([rng])))
-        look = (suit_colors(self.rig["part"]) if self.colors == "suit" else
-                outfit_colors(rng, self.rig["part"], self.rig["hair"]))[None], light, ambient
-        if self.background == "flat":
-            background = flat_background(rng, _image_hw(self.image_size))
-        else:
-            pattern = torch.from_numpy(background_patterns(Draws([rng]))).float()
-            background = upsample_backgrounds(pattern, *_image_hw(self.image_size))[0]
-        image, _, face = _render(verts[None], self.rig["faces"], K[None], self.image_size, *look, background[None],
-                                 True)
-        world = forward_kinematics(axis_angle_to_matrix(pose[:22]), self.rig["rest_joints"][:22],
-                                   self.rig["parents"][:22])[1]  # (22, 3, 3) world rotations
-        image = image[0]
-        occluder_rng = sample_rng(self.seed, self.epoch, index, _OCCLUDER_STREAM)
-        for side in ("left", "right"):
-            sample.update(self._hand_labels(side, sample, joints, world, fingers[side], face))
-            occluded = float(_uniform(occluder_rng, 0, 1)) < self.occlusion_prob
-            sample[f"{side}_hand_occluded"] = torch.tensor(float(occluded))
-            if occluded:
-                paint_occluder(image, sample[f"{side}_hand_box"], occluder_rng, self.occlusion_cover)
-        sample = {key: value.float() for key, value in sample.items()}
-        sample["image"] = color_jitter(image, aug.color) if self.augment else image
-        return sample
-
-    def _hand_labels(self, side, sample, joints, world, fingers, face):
-        """The keys of one hand but S_hand_occluded (see the class docstring). face (P,): the body
-        image's visible faces."""
-        hand_verts = sample["verts"][self.hand_vert_mask[side]]
-        uv = perspective_projection(hand_verts, sample["K"])
-        centre, half = (uv.amax(0) + uv.amin(0)) / 2, 0.6 * (uv.amax(0) - uv.amin(0)).max()
-        # visibility: the hand's pixels in the body image against the hand rendered alone
-        hand_faces = self.rig["faces"][self.hand_face_mask[side]]
-        alone = _rasterize(sample["verts"].float()[None], hand_faces, sample["K"].float()[None],
-                           *_image_hw(self.image_size), True)[0]
-        visible = self.hand_face_mask[side][face].sum() / max(len(alone), 1)
-        hand_joints = torch.cat([joints[list(SMPLX_HAND_JOINTS[side])], joints[list(SMPLX_FINGERTIPS[side])]])
-        hand_joints = hand_joints[list(bodymodels.MANO_TO_FREIHAND)]  # (21, 3) FreiHAND order
-        # MANO-space pose: right hand W R_off; left hand M W M R_off (module docstring: left hands)
-        wrist = world[SMPLX_HAND_JOINTS[side][0]]
-        if side == "left":
-            wrist = mirror_rotation(wrist, matrix=True)
-        orient = matrix_to_axis_angle(wrist @ self.mano_to_smplx)
-        arm = bodymodels.SMPLX_LEFT_ARM if side == "left" else bodymodels.SMPLX_RIGHT_ARM
-        return {f"{side}_hand_box": torch.cat([centre - half, centre + half]),
-                f"{side}_hand_joints3d": hand_joints,
-                f"{side}_hand_joints2d": perspective_projection(hand_joints, sample["K"]),
-                f"{side}_hand_mano_pose": torch.cat([orient[None], fingers]), f"{side}_hand_visible": visible,
-                f"{side}_arm_pose": sample["smplx_pose"][list(arm)]}
-
-
-_OCCLUDER_STREAM = 2  # sample_rng(seed, epoch, index, stream): the whole bodies' occluders
-
-
-def paint_occluder(image, box, rng, cover):
-    """Paint, in place, a flat rectangle over `cover` = (low, high) of the square box [x0, y0, x1,
-    y1] (pixels) of image (3, H, W): its area a U(low, high) share of the box's, its aspect ratio
-    U(1/2, 2) (clipped to the box), at a random place inside the box; one random colour, shaded
-    by a gradient at a random angle and speckled (an object, not a hole)."""
-    x0, y0, x1, y1 = box.tolist()
-    side = x1 - x0
-    area, aspect = float(_uniform(rng, *cover)) * side * side, math.exp(float(_uniform(rng, -0.69, 0.69)))
-    w, h = min(side, math.sqrt(area * aspect)), min(side, math.sqrt(area / aspect))
-    left, top = x0 + float(_uniform(rng, 0, side - w)), y0 + float(_uniform(rng, 0, side - h))
-    H, W = image.shape[-2:]
-    cols, rows = torch.arange(W) + 0.5, torch.arange(H) + 0.5  # pixel centres
-    inside = ((rows >= top) & (rows < top + h))[:, None] & ((cols >= left) & (cols < left + w))[None]
-    angle = float(_uniform(rng, 0, 2 * math.pi))
-    ramp = ((cols[None] - left) * math.cos(angle) + (rows[:, None] - top) * math.sin(angle)) / max(w, h, 1.0)
-    colour = _uniform(rng, 0.05, 0.95, (3,)).float()
-    noise = torch.rand(H, W, generator=rng) - 0.5
-    paint = (colour[:, None, None] * (0.8 + 0.3 * ramp.clamp(-1, 1)) + 0.08 * noise).clamp(0, 1)
-    image[:, inside] = paint[:, inside]
-
-
-# The synthetic demo's people (train.py's GenHMR stages) follow the design notes' tiny setting
-# (shared/design/genhmr.md, Sec. 7): the actions prior (`sample_action_body`: four correlated modes,
-# facing the camera within a quarter turn), a suit coloured by body part, a flat background. A 64 x 48
-# crop of clothed people on busy backgrounds with freely moving limbs (BodyPoseConfig's "limbs" prior)
-# was not learnable by any image model in two CPU-core minutes (README, "GenHMR"). The mean-pose
-# baseline is fitted and scored on the same distribution, so the bar is not lower.
-DEMO_BODY_POSE = BodyPoseConfig(prior="actions")
-DEMO_BODY_LOOK = dict(colors="suit", background="flat")
-
-
-class Indexed(torch.utils.data.Dataset):
-    """dataset's samples plus "index" () int64 (what a prediction may seed per-sample noise with,
-    the same whichever rank or batch evaluates it), minus the keys in `drop`; with `mesh`, plus the
-    SMPL mesh of (smpl_pose, smpl_shape) without translation: joints3d (24, 3), verts (6890, 3)."""
-
-    def __init__(self, dataset, drop=(), mesh=False, model_dir=None):
-        self.dataset, self.drop, self.mesh, self.model_dir = dataset, tuple(drop), mesh, model_dir
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def set_epoch(self, epoch):
-        self.dataset.set_epoch(epoch)
-
-    def __getitem__(self, index):
-        return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices):
-        many = getattr(self.dataset, "__getitems__", None)
-        samples = many(indices) if many else [self.dataset[i] for i in indices]
-        if self.mesh:
-            pose, shape = (torch.stack([s[k] for s in samples]) for k in ("smpl_pose", "smpl_shape"))
-            verts, joints = skinning("smpl", self.model_dir, torch.float32)(pose, shape)
-            for s, v, j in zip(samples, verts, joints):
-                s.update(verts=v, joints3d=j)
-        return [dict({k: v for k, v in s.items() if k not in self.drop}, index=torch.tensor(i))
-                for s, i in zip(samples, indices)]
-
-
-# ---------------------------------------------------------------------------------------------
-# 5b. Real bodies: 4D-Humans / HMR2.0's evaluation .npz
+# 4. Real bodies: 4D-Humans / HMR2.0's evaluation .npz
 #
 # The body benchmarks (3DPW, EMDB, H36M) come here in the format 4D-Humans' `hmr2/datasets/
 # image_dataset.py` reads: one .npz per benchmark, one row per person, images named relative to a
@@ -1422,7 +777,7 @@ class HMR2Npz(torch.utils.data.Dataset):
     NOTE(official vs here): no augmentation; cv2's pixel centres at integers are taken as ours (half a
     pixel); the official resize is cv2.warpAffine, here bilinear `warp_image` (antialiasing aside).
 
-    Keys (those of SyntheticBodies that GenHMR reads, and the protocol's):
+    Keys (the body keys that GenHMR reads, module docstring, and the protocol's):
         image (3, H, W) [0, 1]; K (3, 3) HMR2.0's crop camera (f = 5000 per 256 px of crop height)
         smpl_pose (24, 3), smpl_shape (10,); has_smpl_pose (), has_smpl_shape () float 0/1
         joints2d (24, 2) crop pixels of the SMPL joints with a 2D keypoint (`SMPL_FROM_OPENPOSE`, else
@@ -1435,7 +790,7 @@ class HMR2Npz(torch.utils.data.Dataset):
 
     def __init__(self, path, image_hw, focal_length=5000.0):
         self.path = pathlib.Path(path)
-        self.root, self.image_hw, self.focal_length = self.path.parent, _image_hw(image_hw), focal_length
+        self.root, self.image_hw, self.focal_length = self.path.parent, render.image_hw(image_hw), focal_length
         arrays = _label_arrays(self.path, "HMR2Npz", HMR2_REQUIRED, "a 4D-Humans evaluation .npz")
         for label, mask in HMR2_PAIRS:
             if (label in arrays) != (mask in arrays):
@@ -1547,12 +902,116 @@ def hmr2_protocol_check(split):
         metrics.keypoint_regressor()
 
 
+class Indexed(torch.utils.data.Dataset):
+    """dataset's samples plus "index" () int64 (what a prediction may seed per-sample noise with,
+    the same whichever rank or batch evaluates it), minus the keys in `drop`; with `mesh`, plus the
+    SMPL mesh of (smpl_pose, smpl_shape) without translation: joints3d (24, 3), verts (6890, 3)."""
+
+    def __init__(self, dataset, drop=(), mesh=False, model_dir=None):
+        self.dataset, self.drop, self.mesh, self.model_dir = dataset, tuple(drop), mesh, model_dir
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def set_epoch(self, epoch):
+        self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, index):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices):
+        many = getattr(self.dataset, "__getitems__", None)
+        samples = many(indices) if many else [self.dataset[i] for i in indices]
+        if self.mesh:
+            pose, shape = (torch.stack([s[k] for s in samples]) for k in ("smpl_pose", "smpl_shape"))
+            verts, joints = skinning("smpl", self.model_dir, torch.float32)(pose, shape)
+            for s, v, j in zip(samples, verts, joints):
+                s.update(verts=v, joints3d=j)
+        return [dict({k: v for k, v in s.items() if k not in self.drop}, index=torch.tensor(i))
+                for s, i in zip(samples, indices)]
+
+
 # ---------------------------------------------------------------------------------------------
-# 5c. Real whole bodies: EHF / ARCTIC as one .npz (HMR-Adapter's Table 1)
-#
-# SMPLer-X (and so HMR-Adapter) scores whole bodies on EHF and ARCTIC from their SMPL-X fits. Each
-# benchmark ships its own layout (EHF: meshes and a camera; ARCTIC: HumanData files), so this project
-# reads one neutral format that a short script converts either into: `WholeBodyNpz`'s docstring.
+# 5. Whole bodies: the hand keys of an SMPL-X person, and real whole bodies (EHF / ARCTIC as one
+#    .npz, HMR-Adapter's Table 1)
+
+SMPLX_HAND_JOINTS = bodymodels.SMPLX_HAND_JOINTS
+# SMPL-X's fingertips among smplx's extra joints (thumb, index, middle, ring, pinky)
+SMPLX_FINGERTIPS = {"left": tuple(range(66, 71)), "right": tuple(range(71, 76))}
+
+
+class WholeBodyHands:
+    """The keys a whole-body sample has for each hand, from its SMPL-X mesh: one rule for rendered
+    people (synthetic.SyntheticWholeBody) and real ones (`WholeBodyNpz`). Per side S in {left, right}:
+      S_hand_box (4,) [x0, y0, x1, y1] pixels: the square around the hand's projected vertices,
+        1.2 x their larger side (a hand detector's box; the model crops the image with it);
+      S_hand_joints3d (21, 3) FreiHAND order (SMPL-X's wrist and finger joints + fingertip
+        vertices), camera coordinates; S_hand_joints2d (21, 2) their pixels in the image;
+      S_hand_mano_pose (16, 3): the MANO-space pose, global orientation (camera frame) first, in
+        the module's left-hand convention (a left hand is the mirror image of the right MANO
+        hand with this pose); S_hand_visible (): share of the hand's pixels not hidden by the body;
+      S_arm_pose (8, 3): SMPL-X's local rotations of the arm chain SMPLX_{LEFT,RIGHT}_ARM (pelvis,
+        spine 1-3, collar, shoulder, elbow, wrist), as in smplx_pose.
+    SMPL-X (`model`), its rig and the hands' masks are built on first use in each process (not pickled).
+    """
+
+    def __init__(self, image_size, model_dir=None):
+        self.image_size, self.model_dir = image_size, model_dir
+        self._model = None
+
+    def __getstate__(self):
+        return dict(self.__dict__, _model=None)  # rebuilt in each worker from the cache folder
+
+    @property
+    def model(self):
+        """SMPL-X; its first use also sets rig (`body_rig`), mano_rest (MANO's rest joints (16, 3)),
+        mano_to_smplx (3, 3), extra_joints (smplx's joints 55-75 as vertex ids) and the hands' masks."""
+        if self._model is None:
+            self._model = body_model("smplx", self.model_dir)
+            self.rig = body_rig(self._model)
+            # MANO's rest hand turned onto SMPL-X's rest right hand: finger poses are rotated by it
+            self.mano_rest = body_model("mano", self.model_dir)().joints[0].detach().double()
+            smplx_hand = self.rig["rest_joints"][list(SMPLX_HAND_JOINTS["right"])]
+            self.mano_to_smplx = metrics.procrustes_transform(self.mano_rest[None], smplx_hand[None])[1][0]  # (3, 3)
+            self.extra_joints = self._model.vertex_joint_selector.extra_joints_idxs  # smplx's joints 55-75
+            # faces whose corners all belong to a hand (wrist and finger joints): (F,) masks
+            in_hand = {side: torch.isin(self.rig["part"], torch.tensor(ids)) for side, ids in SMPLX_HAND_JOINTS.items()}
+            self.face_mask = {side: mask[self.rig["faces"]].all(1) for side, mask in in_hand.items()}
+            self.vert_mask = in_hand
+        return self._model
+
+    def labels(self, side, sample, joints, world, fingers, face):
+        """The keys of one hand, from sample's verts (V, 3), K (3, 3) and smplx_pose (55, 3), joints
+        (76, 3) (SMPL-X's 55 and smplx's 21 extra, camera frame), world (22, 3, 3) the body's world
+        rotations, fingers (15, 3) the hand's MANO-space finger pose and face (P,) the faces the
+        body image shows (`render.rasterize`)."""
+        self.model
+        hand_verts = sample["verts"][self.vert_mask[side]]
+        uv = perspective_projection(hand_verts, sample["K"])
+        centre, half = (uv.amax(0) + uv.amin(0)) / 2, 0.6 * (uv.amax(0) - uv.amin(0)).max()
+        # visibility: the hand's pixels in the body image against the hand rendered alone
+        hand_faces = self.rig["faces"][self.face_mask[side]]
+        alone = render.rasterize(sample["verts"], hand_faces, sample["K"], self.image_size, True)[0]
+        visible = self.face_mask[side][face].sum() / max(len(alone), 1)
+        hand_joints = torch.cat([joints[list(SMPLX_HAND_JOINTS[side])], joints[list(SMPLX_FINGERTIPS[side])]])
+        hand_joints = hand_joints[list(bodymodels.MANO_TO_FREIHAND)]  # (21, 3) FreiHAND order
+        # MANO-space pose: right hand W R_off; left hand M W M R_off (module docstring: left hands)
+        wrist = world[SMPLX_HAND_JOINTS[side][0]]
+        if side == "left":
+            wrist = mirror_rotation(wrist, matrix=True)
+        orient = matrix_to_axis_angle(wrist @ self.mano_to_smplx)
+        arm = bodymodels.SMPLX_LEFT_ARM if side == "left" else bodymodels.SMPLX_RIGHT_ARM
+        return {f"{side}_hand_box": torch.cat([centre - half, centre + half]),
+                f"{side}_hand_joints3d": hand_joints,
+                f"{side}_hand_joints2d": perspective_projection(hand_joints, sample["K"]),
+                f"{side}_hand_mano_pose": torch.cat([orient[None], fingers]), f"{side}_hand_visible": visible,
+                f"{side}_arm_pose": sample["smplx_pose"][list(arm)]}
+
+
+# Real whole bodies: SMPLer-X (and so HMR-Adapter) scores whole bodies on EHF and ARCTIC from their
+# SMPL-X fits. Each benchmark ships its own layout (EHF: meshes and a camera; ARCTIC: HumanData
+# files), so this project reads one neutral format that a short script converts either into:
+# `WholeBodyNpz`'s docstring.
 
 WHOLEBODY_SHAPES = {  # key: shape of one row; the first six are required
     "smplx_pose": (55, 3), "smplx_shape": (10,), "smplx_expression": (10,), "transl": (3,), "K": (3, 3),
@@ -1564,7 +1023,7 @@ WHOLEBODY_BOX_ENLARGE = 1.25
 
 
 class WholeBodyNpz(torch.utils.data.Dataset):
-    """People of a whole-body benchmark (EHF, ARCTIC, ...) in one .npz, as `SyntheticWholeBody` samples.
+    """People of a whole-body benchmark (EHF, ARCTIC, ...) in one .npz, as whole-body samples (module docstring).
 
     The file (np.load(path, allow_pickle=False) must read it), N rows, one person each:
         imgname (N,) str            image paths relative to the .npz's folder
@@ -1581,7 +1040,7 @@ class WholeBodyNpz(torch.utils.data.Dataset):
                                     the projected mesh. Either is grown to cfg.image_size's aspect and
                                     x WHOLEBODY_BOX_ENLARGE (1.25, SMPLer-X's process_bbox)
         left_hand_box, right_hand_box (N, 4)  [x0, y0, x1, y1] image pixels (EHF's and ARCTIC's hand boxes,
-                                    xywh -> xyxy); absent: SyntheticWholeBody's rule, the square 1.2 x the
+                                    xywh -> xyxy); absent: `WholeBodyHands`' rule, the square 1.2 x the
                                     larger side of the hand's projected vertices
         hand_occluded (N, 2)        [left, right] 1 where a hand is occluded (ARCTIC's objects), else 0; absent: 0
     Converting: annotations in a world frame with extrinsics X_cam = R X_world + t fold into the root,
@@ -1590,7 +1049,7 @@ class WholeBodyNpz(torch.utils.data.Dataset):
     as SMPLer-X and the paper (Sec. 4.1) do. A missing key, a wrong shape or a missing image raises one
     line naming the file, the key and (for an image) the row.
 
-    Keys: those of SyntheticWholeBody, in the crop cfg.image_size that a camera change makes of the image
+    Keys: the whole-body keys (module docstring), in the crop cfg.image_size that a camera change makes of the image
     (`bodymodels.crop_matrix`: K_crop = A K, verts and joints stay in the camera frame): image, K, verts,
     joints3d, joints2d, smplx_pose, smplx_shape, smplx_expression, cam_t (= transl); per side
     S_hand_box (crop pixels), S_hand_joints3d / _joints2d, S_hand_mano_pose (`bodymodels.hands_of_body`,
@@ -1602,7 +1061,7 @@ class WholeBodyNpz(torch.utils.data.Dataset):
 
     def __init__(self, path, image_hw, enlarge=WHOLEBODY_BOX_ENLARGE, model_dir=None):
         self.path = pathlib.Path(path)
-        self.root, self.image_hw = self.path.parent, _image_hw(image_hw)
+        self.root, self.image_hw = self.path.parent, render.image_hw(image_hw)
         self.enlarge, self.model_dir = enlarge, model_dir
         arrays = _label_arrays(self.path, "WholeBodyNpz", WHOLEBODY_REQUIRED, "a whole-body .npz: data.WholeBodyNpz")
         self.imgname = arrays["imgname"].astype(str)
@@ -1616,7 +1075,7 @@ class WholeBodyNpz(torch.utils.data.Dataset):
                                  f"expected {(n, *row)}")
         self.arrays = {key: torch.from_numpy(arrays[key].astype(np.float64))
                        for key in WHOLEBODY_SHAPES if key in arrays}
-        self.labeller = SyntheticWholeBody(1, self.image_hw, model_dir=model_dir)  # its model, rig and hand rules
+        self.hand_labeller = WholeBodyHands(self.image_hw, model_dir)  # SMPL-X, its rig and the hand keys' rule
 
     def __len__(self):
         return len(self.imgname)
@@ -1628,10 +1087,10 @@ class WholeBodyNpz(torch.utils.data.Dataset):
         """Row `index` in the camera frame: pose (55, 3), shape, expression, transl, K (full image),
         verts (10475, 3) and joints (76, 3) (SMPL-X's 55 and smplx's 21 extra: fingertips, face), float64."""
         a = {key: value[index] for key, value in self.arrays.items()}
-        self.labeller.model
+        self.hand_labeller.model
         verts, joints = skinning("smplx", self.model_dir, torch.float32)(a["smplx_pose"], a["smplx_shape"],
                                                                         a["smplx_expression"])
-        joints = torch.cat([joints, verts[self.labeller.extra_joints]]).double()
+        joints = torch.cat([joints, verts[self.hand_labeller.extra_joints]]).double()
         return a, verts.double() + a["transl"], joints + a["transl"]
 
     def crop(self, index, verts, K):
@@ -1656,15 +1115,14 @@ class WholeBodyNpz(torch.utils.data.Dataset):
         sample = {"K": K, "verts": verts, "joints3d": joints[:55], "joints2d": perspective_projection(joints[:55], K),
                   "smplx_pose": a["smplx_pose"], "smplx_shape": a["smplx_shape"],
                   "smplx_expression": a["smplx_expression"], "cam_t": a["transl"]}
-        # the hands: SyntheticWholeBody's labels of the same mesh and crop (visibility from the faces in view)
-        rig = self.labeller.rig
-        _, face, _, _, (keep, *_) = _rasterize(verts.float()[None], rig["faces"], K.float()[None], *self.image_hw, True)
+        # the hands: the rule of the rendered people for the same mesh and crop (visibility from the faces in view)
+        rig = self.hand_labeller.rig
+        face = render.rasterize(verts, rig["faces"], K, self.image_hw, True)[1]
         world = forward_kinematics(axis_angle_to_matrix(a["smplx_pose"][:22]), rig["rest_joints"][:22],
                                    rig["parents"][:22])[1]
         hands = bodymodels.hands_of_body(a["smplx_pose"], bodymodels.hand_frames(self.model_dir))
         for s, side in enumerate(("left", "right")):
-            sample.update(self.labeller._hand_labels(side, sample, joints, world, hands[side]["hand_pose"],
-                                                     keep.index_select(0, face)))
+            sample.update(self.hand_labeller.labels(side, sample, joints, world, hands[side]["hand_pose"], face))
             sample[f"{side}_hand_mano_pose"] = torch.cat([hands[side]["global_orient"][None], hands[side]["hand_pose"]])
             if f"{side}_hand_box" in self.arrays:  # the file's box, into the crop (A scales and shifts)
                 corners = self.arrays[f"{side}_hand_box"][index].view(2, 2)  # (x0, y0), (x1, y1)
@@ -1684,68 +1142,14 @@ def wholebody_files(path, split):
     return files[-1] if split == "evaluation" else files[0]
 
 
-RENDERED_KINDS = ("synthetic", "ambiguous")  # --data kinds made here (no path): rendered once into a cache
-
-
-def _synthetic_only(kind, who):
-    if kind not in RENDERED_KINDS:
-        raise ValueError(f"{who}: --data {kind!r} is not readable here; the body stages read only 'synthetic' or "
-                         f"'ambiguous' "
-                         f"(convert real data to SyntheticBodies' keys to add a loader)")
-
-
-def body_pose_dataset(kind, path, split, cfg, seed, num_samples):
-    """SMPL poses standing in for AMASS (GenHMR's tokenizer), DEMO_BODY_POSE: SyntheticPoses plus
-    "index"; the held-out split (seed + 1_000_003) also carries its mesh (joints3d, verts) to score.
-    kind "hmr2" (path TRAIN.npz[,EVAL.npz], `hmr2_files`): the file's SMPL poses (`HMR2Poses`)."""
-    held_out = split == "evaluation"
-    if kind == "hmr2":
-        return Indexed(HMR2Poses(hmr2_files(path, split)), mesh=held_out)
-    _synthetic_only(kind, "body_pose_dataset")
-    poses = AmbiguousPoses if kind == "ambiguous" else SyntheticPoses
-    return Indexed(poses(num_samples, seed=seed + held_out * 1_000_003, pose_config=DEMO_BODY_POSE), mesh=held_out)
-
-
-def body_dataset(kind, path, split, cfg, seed, num_samples):
-    """Rendered SMPL people (GenHMR's images) at cfg.image_size, DEMO_BODY_POSE and _LOOK, HMR2.0's camera
-    (f = 5000 for a 256 crop), plus "index"; the training split drops "verts" (82 KB a sample that
-    no loss reads), the held-out split (seed + 1_000_003) keeps them to score. kind "hmr2" (path
-    TRAIN.npz[,EVAL.npz], `hmr2_files`): every row of the file (`HMR2Npz`, num_samples unused), the held-out
-    split scored by the benchmarks' protocol (metrics.hmr2_protocol: $HMR_J_REGRESSOR is checked here)."""
-    held_out = split == "evaluation"
-    if kind == "hmr2":  # every row of the file; the labels' SMPL mesh (joints3d for L_3D, verts to score)
-        hmr2_protocol_check(split)
-        return Indexed(HMR2Npz(hmr2_files(path, split), cfg.image_size), drop=() if held_out else ("verts",), mesh=True)
-    _synthetic_only(kind, "body_dataset")
-    kind_class = AmbiguousBodies if kind == "ambiguous" else SyntheticBodies
-    bodies = kind_class(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003,
-                             pose_config=DEMO_BODY_POSE, **DEMO_BODY_LOOK)
-    return Indexed(bodies, drop=() if held_out else ("verts",))
-
-
-def wholebody_dataset(kind, path, split, cfg, seed, num_samples):
-    """Rendered SMPL-X people with both hands (HMR-Adapter) at cfg.image_size in DEMO_BODY_LOOK (a suit
-    coloured by body part and finger segment, a flat background: the design notes' tiny setting), half
-    of the hands under an occluder (so that body context matters), plus "index"; the training split drops
-    "verts" (126 KB a sample that no loss reads), the held-out split (seed + 1_000_003) keeps them.
-    kind "wholebody" (path FILE.npz or TRAIN.npz,EVAL.npz, `wholebody_files`): every row of the file
-    (`WholeBodyNpz`, num_samples unused), the same keys, so it trains and scores alike."""
-    held_out = split == "evaluation"
-    if kind == "wholebody":
-        return Indexed(WholeBodyNpz(wholebody_files(path, split), cfg.image_size), drop=() if held_out else ("verts",))
-    if kind != "synthetic":
-        raise ValueError(f"wholebody_dataset: --data {kind!r} is not readable here; expected 'synthetic' or "
-                         f"'wholebody:FILE.npz' (data.WholeBodyNpz)")
-    bodies = SyntheticWholeBody(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003, occlusion_prob=0.5,
-                                **DEMO_BODY_LOOK)
-    return Indexed(bodies, drop=() if held_out else ("verts",))
-
-
 # ---------------------------------------------------------------------------------------------
 # 6. The rendered cache: draw a synthetic set once, keep it as stacked tensors
 #
 # Rendering costs milliseconds a sample; a training run that sees each sample many times renders
 # it once (`render_once`, every DDP rank a share) into a tensor file and reads it memory-mapped.
+
+
+RENDERED_KINDS = ("synthetic", "ambiguous")  # --data kinds made in synthetic.py (no path): rendered once into a cache
 
 
 class RenderedSet(torch.utils.data.Dataset):
@@ -1815,392 +1219,3 @@ def render_once(dataset, path, rank=0, world_size=1, barrier=lambda: None):
                 os.remove(f"{path}.part{r}")
         barrier()
     return RenderedSet(torch.load(path, weights_only=True, mmap=True))
-
-
-# ---------------------------------------------------------------------------------------------
-# 7. Pictures: a mesh from three views, skeletons, a demo's picture, sample grids and predictions
-#    (all of the project's drawing)
-
-
-# Each view: rows = screen right, screen up, towards the viewer, in model coordinates (y up,
-# the body faces +z). For OpenCV camera coordinates (y down) pass verts * [1, -1, -1].
-_VIEWS = {"front": ((1, 0, 0), (0, 1, 0), (0, 0, 1)),
-          "side": ((0, 0, -1), (0, 1, 0), (1, 0, 0)),
-          "top": ((1, 0, 0), (0, 0, -1), (0, 1, 0))}
-
-
-def to_numpy(x):
-    """A tensor (any device, with or without grad) or array-like -> a numpy array."""
-    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
-
-
-def plot_mesh_views(verts, faces, joints=None, parents=None, title=None):
-    """A mesh from the front, the side and the top, with its joints and kinematic tree.
-
-    verts (V, 3), faces (F, 3), joints (J, 3), parents (J,) with -1 for the root; tensors or
-    arrays. Faces are drawn as 2D polygons sorted far to near (painter's algorithm) with Lambert
-    shading from a light at the viewer, which stays fast for SMPL-X's 20k faces.
-    Returns a matplotlib Figure (not attached to pyplot, so nothing leaks between calls).
-    """
-    from matplotlib.figure import Figure
-
-    verts, faces = to_numpy(verts).astype(np.float64), to_numpy(faces).astype(np.int64)
-    if verts.ndim != 2 or verts.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
-        raise ValueError(f"plot_mesh_views: expected verts (V, 3) and faces (F, 3), "
-                         f"got {verts.shape} and {faces.shape}")
-    joints = None if joints is None else to_numpy(joints).astype(np.float64).reshape(-1, 3)
-    if parents is not None and (joints is None or len(parents) != len(joints)):
-        raise ValueError(f"plot_mesh_views: parents needs one entry per joint, got {len(parents)} "
-                         f"parents for {0 if joints is None else len(joints)} joints")
-    centre = (verts.max(0) + verts.min(0)) / 2
-    radius = 0.55 * (verts.max(0) - verts.min(0)).max()
-
-    fig = Figure(figsize=(12, 4.3), layout="constrained")
-    for ax, (name, rows) in zip(fig.subplots(1, 3), _VIEWS.items()):
-        M = np.array(rows, dtype=np.float64)
-        tri = ((verts - centre) @ M.T)[faces]  # (F, 3 corners, [right, up, towards viewer])
-        # 1. faces far to near, shaded with the light at the viewer (`_paint`)
-        _paint(ax, tri[..., :2], -tri[..., 2], MESH_COLORS[0], normal_z=_lambert_to_viewer(tri))
-        # 2. joints and bones on top
-        if joints is not None:
-            q = (joints - centre) @ M.T  # (J, 3)
-            draw_skeleton(ax, q[:, :2], parents, color="crimson", linewidth=1.5, size=10, dots=None)
-        ax.set(xlim=(-radius, radius), ylim=(-radius, radius), aspect="equal", title=name,
-               xticks=[], yticks=[])
-    if title:
-        fig.suptitle(title)
-    return fig
-
-
-FINGER_COLORS = ("#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd")  # thumb, index, middle, ring, pinky
-
-
-def bone_colors(parents):
-    """A colour per bone (bone j joins joint j to its parent): a FreiHAND hand's five fingers get
-    FINGER_COLORS, any other tree blue for the body's left side (SMPL / SMPL-X names) and red for the rest."""
-    if tuple(parents) == FREIHAND_PARENTS:
-        return [FINGER_COLORS[(j - 1) // 4] if j > 0 else "w" for j in range(21)]
-    left = {j for j, name in enumerate(bodymodels.SMPLX_JOINT_NAMES) if name.startswith("left")}
-    return ["#1f77b4" if j in left else "#d62728" for j in range(len(parents))]
-
-
-def draw_skeleton(ax, points, parents, color="crimson", label=None, linewidth=1.3, size=5, dots="white", zorder=3):
-    """Draw a skeleton on a matplotlib axis: the bones as one LineCollection, then the joints.
-
-    points (J, 2) tensor or array (pixels for an image drawn with imshow); parents (J,), -1 for a
-    root, or None for joints alone; color: one colour for everything, J colours (one per bone), or
-    "bones" for `bone_colors(parents)`; label: the bones' legend entry; dots: the joints' face
-    colour (None: the bones' colour), edged in black when given. Returns the LineCollection (or None).
-    """
-    from matplotlib.collections import LineCollection
-
-    points = to_numpy(points).astype(np.float64).reshape(-1, 2)
-    colors = bone_colors(parents) if isinstance(color, str) and color == "bones" else color
-    bones = None
-    if parents is not None:
-        pairs = [(j, p) for j, p in enumerate(parents) if p >= 0]
-        per_bone = colors if not isinstance(colors, str) else [colors] * len(parents)
-        bones = LineCollection([points[[p, j]] for j, p in pairs], colors=[per_bone[j] for j, _ in pairs],
-                               linewidths=linewidth, zorder=zorder, label=label)
-        ax.add_collection(bones)
-    face = dots if dots is not None else (colors if isinstance(colors, str) else "black")
-    edges = dict(edgecolors="black", linewidths=0.3) if dots is not None else {}
-    ax.scatter(points[:, 0], points[:, 1], s=size, c=face, zorder=zorder + 1, **edges)
-    return bones
-
-
-def _paint(ax, tri, depth, color, **kwargs):
-    """Triangles tri (F, 3, 2) on a matplotlib axis, far first (painter's algorithm), shaded by
-    Lambert's law with the light at the viewer; depth (F, 3) per corner (larger = farther) and the
-    triangles' 3D corners give the shading through kwargs["normal_z"] (F,) in [0, 1]."""
-    from matplotlib.collections import PolyCollection
-
-    order = np.argsort(-depth.mean(1))
-    colors = np.asarray(color)[None] * (0.25 + 0.75 * kwargs.pop("normal_z")[order, None])
-    ax.add_collection(PolyCollection(tri[order], facecolors=colors, edgecolors=colors, linewidths=0.2, **kwargs))
-
-
-def _lambert_to_viewer(corners):
-    """|cos| between each triangle's normal and the viewing axis (z): corners (F, 3, 3) -> (F,)."""
-    normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    return np.abs(normal[:, 2]) / np.maximum(np.linalg.norm(normal, axis=1), 1e-20)
-
-
-MESH_COLORS = ((0.62, 0.72, 0.85), (0.90, 0.62, 0.45), (0.55, 0.80, 0.55))
-
-
-def draw_demo(path, image, meshes, K, keypoints=None):
-    """Save a PNG: the image, the meshes drawn over it through the camera K (3, 3) (pixels), and the
-    meshes from the side (turned 90 degrees about the vertical axis through their centre).
-    meshes: [(name, verts (V, 3) camera frame, faces (F, 3))]; keypoints (N, 2) pixels, or None."""
-    from matplotlib.figure import Figure
-
-    img = to_numpy(image.permute(1, 2, 0)).clip(0, 1)
-    H, W = img.shape[:2]
-    fig = Figure(figsize=(12, 4.4 * max(H / W, 0.5)), layout="constrained")
-    ax_in, ax_over, ax_side = fig.subplots(1, 3)
-    for ax in (ax_in, ax_over):
-        ax.imshow(img, extent=(0, W, H, 0))
-        ax.set(xlim=(0, W), ylim=(H, 0))
-        ax.set_axis_off()
-    if keypoints is not None:
-        ax_in.scatter(*to_numpy(keypoints)[:, :2].T, s=6, c="red")
-    K = to_numpy(K).astype(np.float64)
-    arrays = [(to_numpy(v).astype(np.float64), to_numpy(f).astype(np.int64)) for _, v, f in meshes]
-    centre = np.concatenate([v for v, _ in arrays]).mean(0)
-    turn = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # seen from the camera's right
-    for k, (v, f) in enumerate(arrays):
-        uvw = v @ K.T
-        uv = uvw[:, :2] / uvw[:, 2:]
-        _paint(ax_over, uv[f], v[f][..., 2], MESH_COLORS[k % 3], normal_z=_lambert_to_viewer(v[f]))
-        s = (v - centre) @ turn.T
-        _paint(ax_side, s[f][..., :2], s[f][..., 2], MESH_COLORS[k % 3], normal_z=_lambert_to_viewer(s[f]))
-    side = np.concatenate([(v - centre) @ turn.T for v, _ in arrays])
-    r = 0.55 * (side.max(0) - side.min(0))[:2].max()
-    ax_side.set(xlim=(-r, r), ylim=(r, -r), aspect="equal", xticks=[], yticks=[])
-    ax_in.set_title("input", fontsize=9)
-    ax_over.set_title("predicted mesh", fontsize=9)
-    ax_side.set_title("side view (from the right)", fontsize=9)
-    return bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-
-
-def show_image(ax, image):
-    """Show an image (3, H, W) in [0, 1] on a matplotlib axis in pixel coordinates (pixel (i, j)
-    covers [j, j + 1) x [i, i + 1), as the module's convention), without axes."""
-    height, width = image.shape[-2:]
-    ax.imshow(image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy(), extent=(0, width, height, 0))
-    ax.set(xlim=(0, width), ylim=(height, 0))
-    ax.set_axis_off()
-
-
-def overlay_mesh(image, verts, faces, K, color, alpha=0.7):
-    """image (3, H, W) with the mesh verts (V, 3) (camera coordinates), faces (F, 3), seen through
-    K (3, 3), rendered in `color` (3,) and blended in at opacity alpha. -> (3, H, W)."""
-    rendered, mask = render_mesh(verts.float(), faces, K.float(), tuple(image.shape[-2:]), color=color,
-                                 return_mask=True)
-    return torch.where(mask, alpha * rendered + (1 - alpha) * image, image)
-
-
-def draw_hand_predictions(path, eval_set, pred, gt, count=6):
-    """Save a PNG of `count` held-out hands: per column, the image with the true (green) and
-    predicted (red) 2D skeletons; the true mesh over the image; the predicted mesh over it.
-
-    pred: joints2d (N, 21, 2) pixels, joints3d (N, 21, 3), verts (N, 778, 3); gt: the hand keys
-    (K, joints2d, joints3d, verts) of eval_set's first N samples. The predicted 3D may be
-    root-relative, so its mesh is moved to where its joints' centroid is the true joints' centroid.
-    """
-    from matplotlib.figure import Figure
-
-    count = min(count, len(eval_set))
-    faces = torch.as_tensor(np.asarray(body_model("mano").faces, dtype=np.int64))
-    fig = Figure(figsize=(2.2 * count, 6.9), layout="constrained")
-    axes = fig.subplots(3, count, squeeze=False)
-    for i in range(count):
-        image, K = eval_set[i]["image"], gt["K"][i]
-        show_image(axes[0, i], image)
-        draw_skeleton(axes[0, i], gt["joints2d"][i], FREIHAND_PARENTS, color="lime", size=4, dots=None)
-        draw_skeleton(axes[0, i], pred["joints2d"][i], FREIHAND_PARENTS, color="red", size=4, dots=None)
-        show_image(axes[1, i], overlay_mesh(image, gt["verts"][i], faces, K, color=(0.35, 0.9, 0.35)))
-        placed = pred["verts"][i] - pred["joints3d"][i].mean(0) + gt["joints3d"][i].mean(0)
-        show_image(axes[2, i], overlay_mesh(image, placed, faces, K, color=(0.95, 0.35, 0.3)))
-    titles = ("2D joints: green truth, red predicted", "true mesh",
-              "predicted mesh, moved to the true joints' centroid")
-    for row, title in enumerate(titles):
-        axes[row, 0].set_title(title, fontsize=8, loc="left")
-    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    return path
-
-
-def _faces(kind):
-    return torch.as_tensor(np.asarray(body_model(kind).faces, dtype=np.int64))
-
-
-def draw_wholebody_predictions(path, eval_set, pred, gt, count=6):
-    """Save a PNG of `count` held-out people with an occluded hand (HMR-Adapter): per column the
-    image with the true hand boxes (green, the occluded one dashed) and the predicted ones (red);
-    the SMPL-X mesh of each pipeline present (pred["pipe_P_verts"], camera coordinates; P baseline,
-    adapted) over it; and the same two zoomed on the occluded hand."""
-    from matplotlib.figure import Figure
-
-    occluded = torch.stack([gt["left_hand_occluded"], gt["right_hand_occluded"]], 1) > 0.5  # (N, 2)
-    chosen = (torch.nonzero(occluded.any(1))[:, 0].tolist() + list(range(len(occluded))))[:min(count, len(occluded))]
-    runs = [name for name in ("baseline", "adapted", "constant") if f"pipe_{name}_verts" in pred]
-    colors = {"baseline": (0.95, 0.55, 0.2), "adapted": (0.3, 0.5, 0.95), "constant": (0.6, 0.6, 0.6)}
-    faces = _faces("smplx")
-    height, width = eval_set[0]["image"].shape[-2:]
-    rows = 1 + 2 * len(runs)
-    fig = Figure(figsize=(1.7 * len(chosen) * width / height + 0.4, 1.8 * rows), layout="constrained")
-    axes = fig.subplots(rows, len(chosen), squeeze=False)
-    for col, i in enumerate(chosen):
-        image = eval_set[i]["image"]
-        show_image(axes[0, col], image)
-        side = int(occluded[i].float().argmax())  # the occluded hand (0 left, 1 right)
-        for s, name in enumerate(("left", "right")):
-            x0, y0, x1, y1 = gt[f"{name}_hand_box"][i].tolist()
-            axes[0, col].plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="lime", lw=1,
-                              ls="--" if occluded[i, s] else "-")
-            if runs:
-                box_key = f"pipe_{runs[0]}_boxes"
-                x0, y0, x1, y1 = pred[box_key][i, s].tolist() if box_key in pred else (0,) * 4
-                axes[0, col].plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="red", lw=0.8)
-        box = gt[f"{('left', 'right')[side]}_hand_box"][i]
-        centre, half = (box[:2] + box[2:]) / 2, float(box[2] - box[0])
-        for r, name in enumerate(runs):
-            shown = overlay_mesh(image, pred[f"pipe_{name}_verts"][i], faces, gt["K"][i], color=colors[name])
-            show_image(axes[1 + r, col], shown)
-            zoom = axes[1 + len(runs) + r, col]
-            show_image(zoom, shown)
-            zoom.set_xlim(float(centre[0]) - half, float(centre[0]) + half)
-            zoom.set_ylim(float(centre[1]) + half, float(centre[1]) - half)
-    axes[0, 0].set_title("hand boxes: green true (dashed: occluded), red predicted", fontsize=8, loc="left")
-    for r, name in enumerate(runs):
-        axes[1 + r, 0].set_title(f"{name} pipeline", fontsize=8, loc="left")
-        axes[1 + len(runs) + r, 0].set_title(f"{name}, the occluded hand", fontsize=8, loc="left")
-    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    return path
-
-
-def draw_body_predictions(path, eval_set, pred, gt, count=6, prefix=""):
-    """Save a PNG of `count` held-out people: per column the image, the true mesh over it, the
-    predicted mesh (pred[prefix + "verts"], camera coordinates) and, when present, the refined one
-    (pred["refined_verts"]); gt: K and verts of eval_set's samples."""
-    from matplotlib.figure import Figure
-
-    count, faces = min(count, len(eval_set)), _faces("smpl")
-    rows = [("image", None, None), ("true mesh", "verts", (0.35, 0.9, 0.35)),
-            ("predicted", prefix + "verts", (0.95, 0.35, 0.3)),
-            ("refined with 2D keypoints", "refined_verts", (0.3, 0.5, 0.95))]
-    rows = [r for r in rows if r[0] in ("image", "true mesh") or r[1] in pred]
-    height, width = eval_set[0]["image"].shape[-2:]
-    fig = Figure(figsize=(1.6 * count * width / height + 0.4, 1.7 * len(rows)), layout="constrained")
-    axes = fig.subplots(len(rows), count, squeeze=False)
-    for i in range(count):
-        image = eval_set[i]["image"]
-        for r, (title, key, color) in enumerate(rows):
-            verts = gt["verts"][i] if title == "true mesh" else pred[key][i] if key else None
-            show_image(axes[r, i], image if key is None else overlay_mesh(image, verts, faces, gt["K"][i], color))
-            if i == 0:
-                axes[r, 0].set_title(title, fontsize=8, loc="left")
-    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    return path
-
-
-def draw_pose_reconstructions(path, eval_set, pred, gt, count=8):
-    """Save a PNG of `count` held-out poses: the true SMPL mesh (green) and the reconstruction
-    (red, pred["verts"]) overlaid, seen from the front and from the side. No translation needed:
-    each mesh is centred on its own pelvis (joints3d[0])."""
-    from matplotlib.figure import Figure
-
-    count, faces, size = min(count, len(gt["verts"])), _faces("smpl"), 160
-    K = torch.tensor([[220.0, 0, size / 2], [0, 220.0, size / 2], [0, 0, 1]])
-    views = {"front": torch.eye(3), "side": bodymodels.axis_angle_to_matrix(torch.tensor([0.0, math.pi / 2, 0.0]))}
-    fig = Figure(figsize=(1.5 * count, 3.3), layout="constrained")
-    axes = fig.subplots(2, count, squeeze=False)
-    for i in range(count):
-        for r, (view, R) in enumerate(views.items()):
-            image = torch.ones(3, size, size)
-            for key, source, color in (("verts", gt, (0.35, 0.9, 0.35)), ("verts", pred, (0.95, 0.35, 0.3))):
-                centred = (source[key][i] - source["joints3d"][i][0]) @ R.T + torch.tensor([0.0, 0.0, 3.2])
-                image = overlay_mesh(image, centred, faces, K, color, alpha=0.55)
-            show_image(axes[r, i], image)
-            if i == 0:
-                axes[r, 0].set_title(f"{view}: true green, reconstructed red", fontsize=8, loc="left")
-    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    return path
-
-
-def draw_samples(samples, parents, path, titles=None, columns=4, joints_key="joints2d", boxes_keys=()):
-    """Save a grid of sample images with their 2D joints and bones drawn on top (a PNG at path).
-
-    samples: dicts with image (3, H, W) and joints_key (J, 2) pixels; parents (J,) the tree to draw;
-    boxes_keys: keys of (4,) boxes [x0, y0, x1, y1] in pixels to outline (e.g. hand boxes).
-    """
-    from matplotlib.figure import Figure
-
-    rows = math.ceil(len(samples) / columns)
-    fig = Figure(figsize=(2.6 * columns, 2.6 * rows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, columns)).reshape(-1)
-    for i, ax in enumerate(axes):
-        ax.set_axis_off()
-        if i >= len(samples):
-            continue
-        sample = samples[i]
-        show_image(ax, sample["image"])
-        draw_skeleton(ax, sample[joints_key], parents, color="bones")
-        for key in boxes_keys:
-            x0, y0, x1, y1 = sample[key].tolist()
-            ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="yellow", linewidth=1)
-        if titles is not None:
-            ax.set_title(titles[i], fontsize=7)
-    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90))
-    return path
-
-
-def _samples_per_second(dataset, count, batch=1):
-    """(wall-clock, CPU-time) samples per second of drawing count samples on this thread, batch at
-    a time through __getitems__ when batch > 1 (as a DataLoader does); model loading not timed."""
-    dataset[0]
-    count = batch * math.ceil(count / batch)  # whole batches: the samples actually drawn
-    wall, cpu = time.perf_counter(), time.process_time()
-    for start in range(0, count, batch):
-        indices = [i % len(dataset) for i in range(start + 1, start + 1 + batch)]
-        dataset.__getitems__(indices) if batch > 1 else dataset[indices[0]]
-    return count / (time.perf_counter() - wall), count / (time.process_time() - cpu)
-
-
-def _grid(out_dir, count=16):
-    """Save one PNG grid per synthetic dataset into out_dir; returns their paths."""
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    hands = SyntheticHands(count, image_size=224, seed=0, left_hand_prob=0.25)
-    samples = [hands[i] for i in range(count)]
-    titles = [("right" if bool(s["is_right"]) else "left") for s in samples]
-    paths.append(draw_samples(samples, FREIHAND_PARENTS, out_dir / "synthetic_hands.png", titles))
-    augmented = SyntheticHands(count, image_size=128, seed=0, augment=True,
-                               augment_config=AugmentConfig(flip_prob=0.5))
-    samples = [augmented[i] for i in range(count)]
-    titles = [("right" if bool(s["is_right"]) else "left") + " (augmented, 128 px)" for s in samples]
-    paths.append(draw_samples(samples, FREIHAND_PARENTS, out_dir / "synthetic_hands_augmented.png", titles))
-    bodies = SyntheticBodies(count, seed=0)
-    paths.append(draw_samples([bodies[i] for i in range(count)], bodymodels.SMPL_PARENTS,
-                              out_dir / "synthetic_bodies.png"))
-    whole = SyntheticWholeBody(count // 2, seed=0, occlusion_prob=0.5)
-    samples = [whole[i] for i in range(count // 2)]
-    paths.append(draw_samples(samples, bodymodels.SMPLX_PARENTS, out_dir / "synthetic_wholebody.png",
-                              boxes_keys=("left_hand_box", "right_hand_box")))
-    return paths
-
-
-def _bench(count):
-    """Print samples per second on one thread: wall-clock (what a training loop sees) and per
-    CPU-second (less sensitive to other processes on the machine)."""
-    torch.set_num_threads(1)
-    cases = (("SyntheticHands 224 px", SyntheticHands(1000, image_size=224), 1),
-             ("SyntheticHands 224 px, batches of 32", SyntheticHands(1000, image_size=224), 32),
-             ("SyntheticHands 224 px, augment", SyntheticHands(1000, image_size=224, augment=True), 1),
-             ("SyntheticHands 128 px", SyntheticHands(1000, image_size=128), 1),
-             ("SyntheticBodies 256 px", SyntheticBodies(1000, image_size=256), 1),
-             ("SyntheticBodies 256 px, batches of 32", SyntheticBodies(1000, image_size=256), 32),
-             ("SyntheticPoses", SyntheticPoses(1000), 1),
-             ("SyntheticWholeBody 256x192, half the hands occluded", SyntheticWholeBody(1000, occlusion_prob=0.5), 1))
-    print(f"torch {torch.__version__}, 1 thread; the numbers drop when other processes share the CPU")
-    for name, dataset, batch in cases:
-        n = max(count // 5, 5) if isinstance(dataset, SyntheticWholeBody) else count
-        wall, cpu = _samples_per_second(dataset, n, batch)
-        print(f"{name:46s} {wall:7.1f} samples/s wall-clock, {cpu:7.1f} per CPU-second", flush=True)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Synthetic data: save sample grids or measure speed.")
-    parser.add_argument("--grid", metavar="OUT_DIR", help="save a PNG grid of samples of each synthetic dataset here")
-    parser.add_argument("--bench", action="store_true", help="print samples per second of each dataset on one thread")
-    parser.add_argument("--count", type=int, default=200, help="samples timed per dataset by --bench")
-    args = parser.parse_args()
-    if args.grid:
-        for path in _grid(args.grid):
-            print(f"saved {path}")
-    if args.bench:
-        _bench(args.count)
-    if not (args.grid or args.bench):
-        parser.print_help()

@@ -5,7 +5,7 @@
 
     image --(--box, or the --keypoints' person)--> the paper's crop --> the model --> meshes in the crop's camera
           --> meshes in the full image's camera (HaMeR's demo convention, or --intrinsics)
-          --> OUT/NAME.png (the picture, data.draw_demo), OUT/NAME[_side].obj, OUT/NAME.npz (with a README entry)
+          --> OUT/NAME.png (the picture, plots.draw_demo), OUT/NAME[_side].obj, OUT/NAME.npz (with a README entry)
 
 Map of the file:
 1. Reading what the user gives: 2D keypoint files (COCO(-WholeBody), mmpose / ViTPose, OpenPose), boxes, the person
@@ -35,7 +35,8 @@ import genhmr
 import hmr_adapter
 import simplehand
 from bodymodels import crop_box, crop_matrix
-from data import InputError, draw_demo, read_image, to_numpy
+from data import InputError, read_image
+from plots import draw_demo, to_numpy
 from train import load_trained
 
 

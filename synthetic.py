@@ -1,8 +1,11 @@
-"""How a synthetic sample is made: pose priors, looks, backgrounds and the renderer.
+"""The synthetic datasets, and how their samples are made: pose priors, looks, backgrounds.
 
-data.py's Synthetic* datasets draw a pose, a camera and a look with these functions and render the
-posed mesh; the datasets, their keys and conventions are data.py's (see its docstring). Every random
-number comes from a caller's torch.Generator (`Draws` for a batch), never from global RNG state.
+No dataset can be downloaded here, so these render their own training images, with exact labels, from
+the stand-in body models of standins.py (or the real MANO/SMPL/SMPL-X files when HMR_BODY_MODELS points
+to them): each draws a pose, a camera and a look with the functions below and renders the posed mesh
+(render.py). Their keys, conventions and augmentation are data.py's (see its docstring), the same as
+the real datasets', so a model never knows which it got. Every random number comes from the sample's
+torch.Generator (`data.sample_rng`; `Draws` for a batch), never from global RNG state.
 
 Map of the file:
 1. Random numbers (`Draws`) and small helpers
@@ -11,31 +14,32 @@ Map of the file:
    `sample_action_body`, `place_in_crop`
 4. Looks: skin, clothes, forearm, light
 5. Backgrounds
-6. The renderer (`rasterize`, `render_mesh`) beside `reference_rasterize`
+6. Synthetic hands: `SyntheticHands` (and the demo's camera `DEMO_HAND_VIEW`)
+7. Synthetic bodies: `SyntheticPoses`, `SyntheticBodies`, GenHMR's controlled ambiguity (`AmbiguousPoses`,
+   `AmbiguousBodies`), `SyntheticWholeBody` (and the demo's people `DEMO_BODY_POSE`, `DEMO_BODY_LOOK`)
+8. The trainer's datasets: `hand_dataset`, `body_pose_dataset`, `body_dataset`, `wholebody_dataset`, each
+   a real reader of data.py for `--data KIND:PATH`, else a synthetic set
+Speed: `python bench.py --data-bench`; sample grids: `python bench.py --data-grid OUT_DIR`.
 """
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-import bodymodels
-from bodymodels import axis_angle_to_matrix, forward_kinematics, matrix_to_axis_angle
+from bodymodels import (axis_angle_to_matrix, forward_kinematics, mano_to_freihand, matrix_to_axis_angle,
+                        mirror_rotation, perspective_projection)
+from data import (AUGMENT_STREAM, HAND_AUGMENTS, RENDERED_KINDS, AugmentConfig, FreiHAND, HMR2Npz, HMR2Poses, Indexed,
+                  NpzHands, WholeBodyHands, WholeBodyNpz, augment_hand_labels, body_model, body_rig, color_jitter,
+                  hmr2_files, hmr2_protocol_check, normal, recolor, sample_augmentation, sample_rng, skinning,
+                  uniform, wholebody_files)
+from render import image_hw, render_batch, scratch_zbuffer
 
 # ---------------------------------------------------------------------------------------------
 # 1. Random numbers and small helpers
-
-
-def _uniform(rng, low, high, shape=()):
-    """Uniform float64 samples in [low, high) of the given shape (a 0-d tensor by default)."""
-    return low + (high - low) * torch.rand(shape, generator=rng, dtype=torch.float64)
-
-
-def _normal(rng, std, shape=()):
-    return std * torch.randn(shape, generator=rng, dtype=torch.float64)
 
 
 class Draws:
@@ -72,14 +76,6 @@ class Draws:
     def chance(self, p, shape=()):
         """True with probability p."""
         return self._take(torch.rand, math.prod(shape)).reshape(-1, *shape) < p
-
-
-def _image_hw(image_size):
-    """int or (H, W) -> (H, W)."""
-    if isinstance(image_size, int):
-        return image_size, image_size
-    height, width = image_size
-    return int(height), int(width)
 
 
 def _rotations(aa):
@@ -227,7 +223,7 @@ def crop_intrinsics(points, image_size, fill, centre_offset):
     principal point (so that the box centre lands at the crop centre + centre_offset (..., 2) pixels).
     fill: a number or (...,). Returns K (..., 3, 3) float64.
     """
-    height, width = _image_hw(image_size)
+    height, width = image_hw(image_size)
     size = torch.tensor([width, height], dtype=torch.float64)
     q = points[..., :2] / points[..., 2:]  # (..., N, 2) image coordinates at focal length 1
     low, high = q.amin(-2), q.amax(-2)
@@ -325,32 +321,32 @@ def sample_body_pose(rng, cfg=BodyPoseConfig()):
       neck and head N(0, head_std / sqrt 2) per axis.
     """
     def n(std, *shape):  # Gaussian angles in degrees
-        return _normal(rng, std, shape)
+        return normal(rng, std, shape)
 
     sides = torch.tensor([1.0, -1.0], dtype=torch.float64)  # left, right
     # 1. legs: thigh direction from flexion f (forwards) and abduction a (outwards), from -Y
     legs = _choose(rng, LEG_MODES)
     legs = legs if torch.rand((), generator=rng) < 0.5 else legs[::-1]
-    flex = torch.deg2rad(torch.stack([_uniform(rng, *leg[0]) for leg in legs]) + n(4.0, 2))
-    knee = torch.stack([_uniform(rng, *leg[1]) for leg in legs]) + n(4.0, 2)
-    abduct = torch.deg2rad(_uniform(rng, *cfg.abduction, (2,))) * sides
+    flex = torch.deg2rad(torch.stack([uniform(rng, *leg[0]) for leg in legs]) + n(4.0, 2))
+    knee = torch.stack([uniform(rng, *leg[1]) for leg in legs]) + n(4.0, 2)
+    abduct = torch.deg2rad(uniform(rng, *cfg.abduction, (2,))) * sides
     thigh = torch.stack([flex.cos() * abduct.sin(), -flex.cos() * abduct.cos(), flex.sin()], -1)  # (2, 3)
     # 2. arms: direction from the angle away from hanging down and the azimuth (0 sideways, 90 forwards)
-    down = torch.deg2rad(torch.stack([_uniform(rng, *_choose(rng, ARM_MODES)[0]) for _ in range(2)]))
-    azimuth = torch.deg2rad(_uniform(rng, *cfg.arm_azimuth, (2,)))
+    down = torch.deg2rad(torch.stack([uniform(rng, *_choose(rng, ARM_MODES)[0]) for _ in range(2)]))
+    azimuth = torch.deg2rad(uniform(rng, *cfg.arm_azimuth, (2,)))
     arm = torch.stack([sides * down.sin() * azimuth.cos(), -down.cos(), down.sin() * azimuth.sin()], -1)  # (2, 3)
-    elbow = _uniform(rng, *cfg.elbow, (2,)) * _uniform(rng, 0.3, 1.0, (2,))
+    elbow = uniform(rng, *cfg.elbow, (2,)) * uniform(rng, 0.3, 1.0, (2,))
     # 3. every elementary turn as an axis-angle row, converted in one batch
     rest_leg, rest_arm = -Y.expand(2, 3), X * sides[:, None]
     turns = torch.cat([
         _turn_to(rest_leg, thigh), rest_leg * torch.deg2rad(n(cfg.twist_std / 2, 2))[:, None],  # 0-3 hips
         X * torch.deg2rad(knee.clamp(0, 150))[:, None],  # 4-5 knees
-        X * torch.deg2rad(_uniform(rng, -20, 25, (2,)))[:, None], Z * torch.deg2rad(n(6.0, 2))[:, None],  # 6-9 ankles
+        X * torch.deg2rad(uniform(rng, -20, 25, (2,)))[:, None], Z * torch.deg2rad(n(6.0, 2))[:, None],  # 6-9 ankles
         _turn_to(rest_arm, arm), rest_arm * torch.deg2rad(n(cfg.twist_std, 2))[:, None],  # 10-13 shoulders
         -Y * (sides * torch.deg2rad(elbow))[:, None],  # 14-15 elbows: left about -Y, right about +Y
         Z * (sides * torch.deg2rad(n(5.0, 2)))[:, None], Y * torch.deg2rad(n(5.0, 2))[:, None],  # 16-19 collars
         torch.deg2rad(n(cfg.wrist_std, 2, 3)),  # 20-21 wrists
-        _euler_rows(torch.stack([_uniform(rng, *cfg.spine_flex, (3,)), n(cfg.spine_std, 3), n(cfg.spine_std, 3)], -1)),
+        _euler_rows(torch.stack([uniform(rng, *cfg.spine_flex, (3,)), n(cfg.spine_std, 3), n(cfg.spine_std, 3)], -1)),
         _euler_rows(n(cfg.head_std / math.sqrt(2), 2, 3)),  # 22-30 spine (3 x 3), 31-36 neck and head (2 x 3)
     ])
     T = axis_angle_to_matrix(turns)  # (37, 3, 3)
@@ -373,10 +369,10 @@ def sample_body_orientation(rng, cfg=BodyPoseConfig()):
     the image's up, -y), facing the camera turned by N(0, 35) degrees with probability
     cfg.yaw_frontal_prob, else any way, and leaning by N(0, cfg.tilt_std) degrees."""
     frontal = torch.rand((), generator=rng) < cfg.yaw_frontal_prob
-    yaw = _normal(rng, 35.0) if frontal else _uniform(rng, -180.0, 180.0)
-    lean_axis = _uniform(rng, 0, 2 * math.pi)
+    yaw = normal(rng, 35.0) if frontal else uniform(rng, -180.0, 180.0)
+    lean_axis = uniform(rng, 0, 2 * math.pi)
     axes = torch.stack([X, torch.stack([lean_axis.cos(), torch.zeros(()), lean_axis.sin()]).double(), Y])
-    upright, lean, turn = _rotation(axes, torch.stack([torch.tensor(180.0).double(), _normal(rng, cfg.tilt_std), yaw]))
+    upright, lean, turn = _rotation(axes, torch.stack([torch.tensor(180.0).double(), normal(rng, cfg.tilt_std), yaw]))
     return upright @ lean @ turn  # upright: +y (up) -> -y, +z (front) -> -z (towards the camera)
 
 
@@ -419,7 +415,7 @@ def sample_plausible_body(rng, rest_joints, parents, cfg=BodyPoseConfig()):
     return R
 
 
-# The design notes' tiny prior (shared/design/genhmr.md, Sec. 7): four "actions", each a fixed mean
+# GenHMR's tiny prior (docs/genhmr.md, "The default run"): four "actions", each a fixed mean
 # pose plus a rank-6 Gaussian, so that the joints move together (the correlated prior a pose tokenizer
 # exists to capture) and a mean-pose guess is far from most people. Means are axis-angle (radians) per
 # SMPL joint in the T-pose frame (y up, x the person's left, z their front): a shoulder about z raises
@@ -463,12 +459,12 @@ def sample_action_body(rng):
     means, bases = action_prior()
     mode = int(torch.randint(len(means), (), generator=rng))
     z = torch.randn(ACTION_RANK, generator=rng, dtype=torch.float64)
-    theta = means[mode] + torch.einsum("k,kjc->jc", z, bases[mode]) + _normal(rng, ACTION_NOISE, (21, 3))
+    theta = means[mode] + torch.einsum("k,kjc->jc", z, bases[mode]) + normal(rng, ACTION_NOISE, (21, 3))
     angle = theta.norm(dim=-1, keepdim=True)
     theta = theta * (ACTION_MAX / angle.clamp_min(ACTION_MAX))  # |theta_j| <= 2
-    pitch_roll = _normal(rng, 10.0, (2,))
+    pitch_roll = normal(rng, 10.0, (2,))
     flip, pitch, roll, yaw = _rotation(torch.stack([X, X, Z, Y]), torch.stack(
-        [torch.tensor(180.0, dtype=torch.float64), pitch_roll[0], pitch_roll[1], _uniform(rng, -90.0, 90.0)]))
+        [torch.tensor(180.0, dtype=torch.float64), pitch_roll[0], pitch_roll[1], uniform(rng, -90.0, 90.0)]))
     return torch.cat([(flip @ pitch @ roll @ yaw)[None], axis_angle_to_matrix(theta)])
 
 
@@ -481,13 +477,13 @@ def place_in_crop(rng, verts, image_size, cfg, focal_length):
     is solved for. None: the person stands cfg.distance away, off the optical axis, and K is
     the detector crop of a real camera (`crop_intrinsics`).
     """
-    height, width = _image_hw(image_size)
-    fill = _uniform(rng, *cfg.fill)
-    offset = _normal(rng, cfg.centre_jitter, (2,)) * torch.tensor([width, height])
+    height, width = image_hw(image_size)
+    fill = uniform(rng, *cfg.fill)
+    offset = normal(rng, cfg.centre_jitter, (2,)) * torch.tensor([width, height])
     centre = (verts.amax(0) + verts.amin(0)) / 2
     if focal_length is None:
-        distance = _uniform(rng, *cfg.distance)
-        off_axis = torch.tan(torch.deg2rad(_uniform(rng, -cfg.off_axis_deg, cfg.off_axis_deg, (2,))))
+        distance = uniform(rng, *cfg.distance)
+        off_axis = torch.tan(torch.deg2rad(uniform(rng, -cfg.off_axis_deg, cfg.off_axis_deg, (2,))))
         t = torch.cat([off_axis * distance, distance[None]]) - centre
         return t, crop_intrinsics(verts + t, (height, width), fill, offset)
     f = focal_length * height / 256
@@ -533,41 +529,28 @@ def outfit_colors(rng, part, hair):
     """Per-vertex albedo (V, 3) from part (V,) (each vertex's strongest joint) and hair (V,) bool:
     a skin tone, a shirt with short or long sleeves, long trousers or shorts, shoes, hair."""
     table = torch.from_numpy(skin_tones(Draws([rng]))).float().repeat(int(part.max()) + 1, 1)  # (J, 3)
-    shirt, trousers = _uniform(rng, 0.05, 0.95, (3,)).float(), _uniform(rng, 0.05, 0.7, (3,)).float()
+    shirt, trousers = uniform(rng, 0.05, 0.95, (3,)).float(), uniform(rng, 0.05, 0.7, (3,)).float()
     table[list(_SHIRT)] = shirt
     if torch.rand((), generator=rng) < 0.5:
         table[list(_SLEEVES)] = shirt
     table[list(_TROUSERS)] = trousers
     if torch.rand((), generator=rng) < 0.7:
         table[list(_SHINS)] = trousers
-    table[list(_SHOES)] = _uniform(rng, 0.02, 0.4, (3,)).float()
+    table[list(_SHOES)] = uniform(rng, 0.02, 0.4, (3,)).float()
     colors = table[part]
-    colors[hair] = _uniform(rng, 0.02, 0.5).float() * torch.tensor([1.0, 0.8, 0.6])
+    colors[hair] = uniform(rng, 0.02, 0.5).float() * torch.tensor([1.0, 0.8, 0.6])
     return colors
 
 
 def suit_colors(part):
     """Per-vertex albedo (V, 3) of a body suit with one fixed colour per joint (the vertex's strongest,
     part (V,)): hues spaced by the golden ratio, so that neighbours and left / right differ (the
-    design notes' tiny setting: a 64 px crop then shows which limb is where, and which side)."""
+    tiny setting, docs/genhmr.md: a 64 px crop then shows which limb is where, and which side)."""
     j = torch.arange(int(part.max()) + 1, dtype=torch.float64)
     hue, sat, val = (j * 0.618034) % 1.0, 0.55 + 0.4 * ((j * 0.37) % 1.0), 0.6 + 0.35 * ((j * 0.71) % 1.0)
     k = (torch.tensor([5.0, 3.0, 1.0], dtype=torch.float64) + hue[:, None] * 6) % 6  # HSV -> RGB
     rgb = val[:, None] - val[:, None] * sat[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))
     return rgb.float()[part]
-
-
-def _rig(model):
-    """What a dataset needs from an smplx model, computed once: faces (F, 3), rest joints (J, 3)
-    float64, parents (J,), part (V,) strongest joint per vertex, hair (V,) bool (head top)."""
-    with torch.no_grad():
-        rest = model()
-    joints = rest.joints[0].double()
-    part = model.lbs_weights.argmax(1)
-    head = 15
-    hair = (part == head) & (rest.vertices[0, :, 1].double() > joints[head, 1] + 0.04)
-    faces = torch.as_tensor(np.asarray(model.faces, dtype=np.int64))
-    return {"faces": faces, "rest_joints": joints, "parents": model.parents.tolist(), "part": part, "hair": hair}
 
 
 def open_loop(faces):
@@ -623,8 +606,8 @@ def random_lights(draws):
 
 
 def flat_background(rng, hw):
-    """(3, H, W) float32: one colour U(0.05, 0.95)^3 plus N(0, 0.03^2) per pixel (the design notes' tiny setting)."""
-    colour = _uniform(rng, 0.05, 0.95, (3, 1, 1)).float()
+    """(3, H, W) float32: one colour U(0.05, 0.95)^3 plus N(0, 0.03^2) per pixel (the tiny setting, docs/genhmr.md)."""
+    colour = uniform(rng, 0.05, 0.95, (3, 1, 1)).float()
     return (colour + 0.03 * torch.randn(3, *hw, generator=rng)).clamp(0, 1)
 
 
@@ -704,285 +687,644 @@ def _linear_upsampling(low, high):
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Renderer
-#
-# A z-buffer in plain PyTorch, vectorised over faces: every face enumerates the pixel rows its
-# screen-space box spans; every (face, row) pair gets the exact column span where the face's three
-# edge functions are >= 0; every pixel of a span becomes a (face, pixel) candidate with its inverse
-# depth 1/z (linear in screen space, so exact at the pixel centre); one scatter_reduce(amax) per
-# pixel keeps the nearest. No Python loop runs over faces or pixels.
-
-NEAR = 1e-3  # metres: faces with a vertex closer to the camera plane are dropped (there is no clipping)
+# 6. Synthetic hands
 
 
-EDGE_EPS = 1e-4  # pixels: spans are widened by this much so that shared edges leave no cracks
+class SyntheticHands(torch.utils.data.Dataset):
+    """Rendered hands with exact labels, as a hand detector's crops (keys: data.py's module docstring).
 
-
-def _expand(counts):
-    """Run-length expansion. counts (M,) int32 -> ids (N,) int32 with i repeated counts[i] times,
-    and local (N,) int32 = 0, 1, ..., counts[i] - 1 within each run (N = counts.sum()).
-
-    ids by a cumulative sum instead of repeat_interleave (several times faster on a CPU): with a
-    mark at every run's start s_i (empty runs too), the marks up to position k count the runs
-    that start at or before k, and the last of them holds k: ids[k] = cumsum(marks)[k] - 1.
+    Distribution of a sample (drawn from its own sample_rng(seed, epoch or 0, index)):
+    - Shape: MANO betas ~ N(0, 1), clamped to [-2.5, 2.5].
+    - Fingers: `hand_poses` (HandPoseConfig): grasp-coupled curls and gestures within joint
+      ranges, never uniform over rotations.
+    - Orientation: `hand_orientations` (HandViewConfig): palm or back towards the camera
+      (1/2 each), tilted N(0, 35 deg), fingers up in the image on average with N(0, 60 deg) roll.
+    - Place: 0.35-0.9 m from the camera, up to 25 degrees off its axis; the crop then centres the
+      hand's box (Gaussian jitter of 3% of the crop) and scales its larger side to 70-90% of the
+      crop, which sets K (focal length and principal point).
+    - Side: a left hand with probability left_hand_prob (default 0: FreiHAND and SimpleHand's
+      benchmarks are right-hand only), made by mirroring (data.py's module docstring: left hands).
+    - Looks: skin tone (or one in ten, a glove colour), a forearm leaving the wrist (bare, or in
+      a sleeve of any colour half of the time), a light from the camera's side, ambient
+      0.25-0.55, and a random background (`background_patterns`). `scene(sample)` gives the mesh the image shows.
+    With augment=True, `AugmentConfig` changes the camera before rendering (labels stay exact) and
+    jitters colours after. background="black" renders on black (masks for tests and debugging).
+    A sample depends on (seed, index), its augmentation also on the epoch, and with
+    vary_with_epoch=True the hand too (every epoch sees new hands). A DataLoader fetches a batch
+    through `__getitems__`, which renders it `render_chunk` images per pass. Speed: `python bench.py --data-bench`.
     """
-    end = counts.cumsum(0, dtype=torch.int32)
-    n = int(end[-1]) if len(counts) else 0
-    start = end - counts  # (M,) s_i
-    marks = torch.zeros(n + 1, dtype=torch.int32, device=counts.device)  # + 1: empty runs at the end
-    marks.index_add_(0, start, torch.ones_like(start))
-    ids = marks[:n].cumsum(0, dtype=torch.int32) - 1
-    return ids, torch.arange(n, dtype=torch.int32, device=counts.device) - start.index_select(0, ids)
+
+    def __init__(self, num_samples, image_size=224, seed=0, augment=False, left_hand_prob=0.0,
+                 vary_with_epoch=False, augment_config=None, pose_config=None, view_config=None, background="random",
+                 model_dir=None):
+        if background not in ("random", "black"):
+            raise ValueError(f"SyntheticHands: background must be 'random' or 'black', got {background!r}")
+        self.num_samples, self.image_size, self.seed = int(num_samples), int(image_size), int(seed)
+        self.background = background
+        self.augment, self.left_hand_prob, self.vary_with_epoch = augment, float(left_hand_prob), vary_with_epoch
+        self.augment_config = augment_config or AugmentConfig()
+        self.pose_config = pose_config or HandPoseConfig()
+        self.view_config = view_config or HandViewConfig()
+        self.model_dir = model_dir
+        self.epoch = 0
+        self._mano = None  # loaded on first use in each process (see __getstate__)
+        self._scratch = None  # the renderer's z-buffer, likewise
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return self.num_samples
+
+    def __getstate__(self):
+        # the body model is rebuilt in each DataLoader worker from the cache folder, not pickled
+        return dict(self.__dict__, _mano=None, _scratch=None)
+
+    @property
+    def mano(self):
+        if self._mano is None:
+            self._mano = body_model("mano", self.model_dir)
+            self.hand_axes = hand_axes(self._mano().joints[0].detach().double())  # from the flat mean hand
+            self.faces = torch.as_tensor(np.asarray(self._mano.faces, dtype=np.int64))  # (1538, 3)
+            self.wrist_loop = open_loop(self.faces)  # (L,) MANO's open wrist, where the forearm is glued
+            self.scene_faces = torch.cat([self.faces, forearm_faces(self.wrist_loop, len(self._mano.v_template))])
+        return self._mano
+
+    def scene(self, sample):
+        """The mesh a sample's image shows: verts (778 + 2 L + 1, 3), faces (F', 3): the hand and a
+        forearm leaving its wrist, wound counter-clockwise from outside (mirrored for left hands)."""
+        self.mano
+        arm = forearm_verts(sample["verts"], self.wrist_loop, sample["joints3d"][0], sample["joints3d"][9])
+        faces = self.scene_faces if bool(sample["is_right"]) else self.scene_faces[:, [0, 2, 1]]
+        return torch.cat([sample["verts"], arm]), faces
+
+    def sample_mano(self, draws):
+        """Draw B poses (B, 16, 3) float32 (global orientation first) and shapes (B, 10) float32 from
+        draws (`Draws`); pose the right hand. Returns pose, shape, verts (B, 778, 3) and joints
+        (B, 21, 3) FreiHAND order, float64, in MANO's frame."""
+        self.mano  # hand_axes
+        fingers = hand_poses(draws, self.hand_axes, self.pose_config)  # (B, 15, 3)
+        orient = matrix_to_axis_angle(torch.from_numpy(hand_orientations(draws, self.view_config)))  # (B, 3)
+        shape = torch.from_numpy(draws.normal(1.0, (10,)).clip(-2.5, 2.5)).float()
+        pose = torch.cat([orient[:, None], torch.from_numpy(fingers)], 1).float()  # (B, 16, 3)
+        verts, joints = skinning("mano", self.model_dir)(pose, shape)  # (B, 778, 3), (B, 16, 3) float64
+        return pose, shape, verts, mano_to_freihand(joints, verts)
+
+    def __getitem__(self, index):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices):
+        """The samples of a list of indices (DataLoader asks for a batch this way): labels drawn
+        for the whole batch at once, images rendered render_chunk at a time, which shares the
+        per-call costs. Each sample depends only on its own (seed, epoch, index) (see `Draws`):
+        __getitems__(indices)[k] is exactly self[indices[k]]."""
+        samples, looks = self._labels(indices)
+        for start in range(0, len(samples), self.render_chunk):
+            chunk = slice(start, start + self.render_chunk)
+            images = self._images(samples[chunk], {key: value[chunk] for key, value in looks.items()})
+            for sample, image, jitter in zip(samples[chunk], images, looks["jitter"][chunk]):
+                sample["image"] = recolor(image, jitter, self.augment_config.color_style) if self.augment else image
+        return samples
+
+    # images per renderer pass: on one core 8 is about 1.5x faster per image than 32, whose
+    # buffers (z-buffer, images, candidates) no longer fit in the cache, and than 1 (per-call costs)
+    render_chunk = 8
+
+    def _images(self, samples, looks):
+        """The images (B, 3, S, S) of samples (from `_labels`) with their looks, in one renderer pass."""
+        self.mano
+        S = self.image_size
+        verts = torch.stack([s["verts"] for s in samples])  # (B, 778, 3)
+        joints = torch.stack([s["joints3d"] for s in samples])
+        verts = torch.cat([verts, forearm_verts(verts, self.wrist_loop, joints[:, 0], joints[:, 9])], 1)  # (B, V', 3)
+        V = self.mano.v_template.shape[0]
+        color = torch.cat([looks["skin"][:, None].expand(-1, V, 3),
+                           looks["forearm"][:, None].expand(-1, verts.shape[1] - V, 3)], 1)  # (B, V', 3)
+        backgrounds = upsample_backgrounds(looks["background"], S, S) if self.background == "random" else None
+        mirrored = torch.tensor([not s["is_right"] for s in samples])
+        self._scratch = scratch_zbuffer(self._scratch, len(samples) * S * S)
+        return render_batch(verts, self.scene_faces, torch.stack([s["K"] for s in samples]), S, color, looks["light"],
+                       looks["ambient"], backgrounds, cull_backfaces=True, mirrored=mirrored,
+                       draw_on_background=True,  # into backgrounds
+                            zbuffer=self._scratch)[0]
+
+    def _labels(self, indices):
+        """The labels (all keys but image) of samples `indices`, a list of dicts, and their looks,
+        batched: skin and forearm (B, 3) albedos, light (B, 3), ambient (B,), background (B, 3, L, L)
+        patterns, jitter (B, 3) colour factors."""
+        for index in indices:
+            if not 0 <= index < self.num_samples:
+                raise IndexError(f"SyntheticHands: index {index} out of range for {self.num_samples} samples")
+        epoch = self.epoch if self.vary_with_epoch else 0
+        draws = Draws([sample_rng(self.seed, epoch, index) for index in indices], block=160)
+        view, S = self.view_config, self.image_size
+        # 1. posed right hands, mirrored into left hands (data.py's module docstring) where drawn
+        pose, shape, verts, joints = self.sample_mano(draws)
+        is_right = torch.from_numpy(~draws.chance(self.left_hand_prob))  # (B,)
+        mirror = torch.ones(len(indices), 1, 3, dtype=torch.float64)  # (B, 1, 3): x -> -x for left hands
+        mirror[~is_right, :, 0] = -1.0
+        verts, joints = verts * mirror, joints * mirror
+        # 2. place them in front of the camera, off the optical axis, and crop around them
+        distance = torch.from_numpy(draws.uniform(*view.distance))[:, None]  # (B, 1)
+        off_axis = torch.from_numpy(np.tan(np.deg2rad(draws.uniform(-view.off_axis_deg, view.off_axis_deg, (2,)))))
+        centre = (verts.amax(1) + verts.amin(1)) / 2  # (B, 3)
+        shift = (torch.cat([off_axis * distance, distance], 1) - centre)[:, None]  # (B, 1, 3)
+        verts, joints = verts + shift, joints + shift
+        K = crop_intrinsics(verts, S, torch.from_numpy(draws.uniform(*view.fill)),
+                            torch.from_numpy(draws.normal(view.centre_jitter * S, (2,))))  # (B, 3, 3)
+        batch = {"K": K.float(), "joints3d": joints.float(), "verts": verts.float(),
+                 "joints2d": perspective_projection(joints, K).float(), "mano_pose": pose, "mano_shape": shape,
+                 "is_right": is_right}
+        samples = [{key: value[i] for key, value in batch.items()} for i in range(len(indices))]
+        # 3. the looks: light, skin (and a sleeve from 4 cm past the wrist half of the time), background
+        light, ambient = random_lights(draws)
+        skin, sleeve = skin_colors(draws), draws.uniform(0.05, 0.95, (3,))
+        forearm = np.where(draws.chance(0.5)[:, None], sleeve, skin)
+        looks = {key: torch.from_numpy(value).float() for key, value in (
+            ("light", light), ("ambient", ambient), ("skin", skin), ("forearm", forearm),
+            ("background", background_patterns(draws)))}
+        looks["jitter"] = [None] * len(indices)  # the colour factors of each sample's augmentation
+        # 4. augmentation moves the camera before rendering (and jitters colours after)
+        if self.augment:
+            for i, index in enumerate(indices):
+                aug = sample_augmentation(sample_rng(self.seed, self.epoch, index, AUGMENT_STREAM),
+                                          self.augment_config, K[i], S, samples[i]["joints3d"])
+                samples[i], looks["jitter"][i] = augment_hand_labels(samples[i], aug), aug.color
+        return samples, looks
 
 
-def _flatnonzero(mask):
-    """Ids (P,) int64 of the True entries of a 1-D bool tensor; numpy's on a CPU (torch.nonzero is
-    several times slower there)."""
-    if mask.device.type == "cpu":
-        return torch.from_numpy(np.flatnonzero(mask.numpy()))
-    return mask.nonzero().squeeze(1)
+# The synthetic demo's camera (train.py): hands roughly upright with the palm or the back towards the
+# camera (HandViewConfig's default spreads roll and tilt three times wider). The PA metrics and the
+# mean-hand baseline ignore the global rotation, so this does not make the bar lower; it leaves a
+# two-core CPU's few thousand steps for the finger articulation, which is what the metrics measure.
+DEMO_HAND_VIEW = HandViewConfig(roll_std_deg=20.0, tilt_std_deg=20.0)
 
 
-# rows of the per-face table of `_face_setup` (one column per face, so a row is contiguous)
-_X0, _Y0, _FIRST, _INV_Z0, _DA, _DB = range(6)  # corner 0, first pixel row, 1/z at corner 0 and its slopes
 
 
-_P_LO, _Q_LO, _P_HI, _Q_HI = slice(6, 9), slice(9, 12), slice(12, 15), slice(15, 18)  # span bounds (3 each)
+# ---------------------------------------------------------------------------------------------
+# 7. Synthetic bodies (posed by the body priors of section 3, which explain the rest T-pose)
 
 
-def _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored=None):
-    """Screen-space set-up of the faces of B meshes that can cover a pixel centre of their image.
+class _SyntheticBodyBase(torch.utils.data.Dataset):
+    """Shared by the body datasets: the lazily loaded model, set_epoch, pickling, index checks."""
 
-    verts (B, V, 3), faces (F, 3) shared, K (B, 3, 3). Everything is relative to each face's
-    first corner (x0, y0), so float32 stays exact enough for sub-pixel faces. With du = u - x0 and
-    dv = v - y0 for a pixel centre (u, v), the barycentric coordinate of corner i is
-    l_i = a_i du + b_i dv + [i == 0], and the inverse depth, linear in screen space under
-    perspective, is 1/z = 1/z_0 + da du + db dv.
-    Returns keep (Fk,) int64, the ids of those faces among the B F faces (mesh-major); corners
-    (3, Fk) their corners' ids among the B V vertices; a and b (3, Fk) (corner-major: a row is
-    contiguous); table (18, Fk) float32, per face the rows [x0, y0, first row, 1/z_0, da, db]
-    and, per corner i, the bounds of l_i >= 0 along a row,
-    du >= lo_i(dv) = p_i + q_i dv (left edges) and du <= hi_i(dv) (right edges), as rows
-    [p_lo (3), q_lo (3), p_hi (3), q_hi (3)]; h (Fk,) int32 each face's row count; image (Fk,)
-    int32 the first pixel id of its image in the stacked B H W pixels. mirrored (B,) bool marks
-    meshes seen in a mirror (x -> -x), whose faces run the other way round.
+    def __init__(self, num_samples, seed, vary_with_epoch, model_dir):
+        self.num_samples, self.seed = int(num_samples), int(seed)
+        self.vary_with_epoch, self.model_dir = vary_with_epoch, model_dir
+        self.epoch = 0
+        self._model = None
+        self._scratch = None  # the renderer's z-buffer (`render.scratch_zbuffer`)
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return self.num_samples
+
+    def __getstate__(self):
+        return dict(self.__dict__, _model=None, _scratch=None)  # rebuilt in each worker from the cache folder
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = self._load_model()
+            self.rig = body_rig(self._model)
+        return self._model
+
+    def _rng(self, index):
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"{type(self).__name__}: index {index} out of range for {self.num_samples} samples")
+        return sample_rng(self.seed, self.epoch if self.vary_with_epoch else 0, index)
+
+    def _sample_smpl_pose(self, rng):
+        """SMPL pose (24, 3) axis-angle (global orientation first) and shape (10,), float32."""
+        self.model
+        if self.pose_config.prior == "actions":
+            R = sample_action_body(rng)
+        else:
+            R = sample_plausible_body(rng, self.rig["rest_joints"], self.rig["parents"], self.pose_config)
+        hands = torch.deg2rad(normal(rng, 10.0, (2, 3)))  # SMPL's hand joints 22, 23: a little play
+        pose = torch.cat([matrix_to_axis_angle(R), hands]).float()  # (24, 3)
+        shape = torch.randn(10, generator=rng, dtype=torch.float64).clamp(-2.5, 2.5).float()
+        return pose, shape
+
+
+class SyntheticPoses(_SyntheticBodyBase):
+    """SMPL poses only, standing in for AMASS (GenHMR's pose tokenizer): {smpl_pose (24, 3)
+    axis-angle, global orientation first; smpl_shape (10,)}.
+
+    The same distribution as SyntheticBodies, and the same draws: with equal seed (and no
+    augmentation there), SyntheticPoses(n, seed)[i] is the pose and shape of SyntheticBodies(n,
+    seed)[i]. See `sample_body_pose` (articulation, with a cheap self-intersection test) and
+    `sample_body_orientation` (global orientation in camera coordinates: upright, half of the
+    people turned towards the camera). Cheap: no rendering, about 2 ms a sample.
     """
-    B, V = verts.shape[:2]
-    z = verts[..., 2].reshape(-1)  # (B V,)
-    uv = (verts @ K.transpose(-1, -2))[..., :2].reshape(-1, 2) / z.clamp_min(NEAR)[:, None]  # (B V, 2)
-    corner_ids = _corner_ids(faces, B, V).view(-1)  # (3 B F,)
-    x, y = uv.T.contiguous().index_select(1, corner_ids).view(2, 3, -1)  # (3 corners, B F) each
-    dx1, dx2, dy1, dy2 = x[1] - x[0], x[2] - x[0], y[1] - y[0], y[2] - y[0]
-    area = dx1 * dy2 - dx2 * dy1  # (B F,) twice the signed area
-    # rows whose centre v = row + 0.5 lies inside the face's vertical extent
-    first = torch.ceil(y.amin(0) - 0.5).clamp_(0, height)
-    h = (torch.floor(y.amax(0) - 0.5).clamp_(-1, height - 1) - first + 1).clamp_min_(0)
-    # with y pointing down, a face whose corners run counter-clockwise seen from outside has area < 0
-    if cull_backfaces and mirrored is not None:
-        facing = area * (1 - 2 * mirrored.float()).repeat_interleave(len(faces)) < 0
-    else:
-        facing = area < 0 if cull_backfaces else area != 0
-    near = z.index_select(0, corner_ids).view(3, -1).amin(0) > NEAR
-    keep = _flatnonzero(facing & near & (h > 0) & (x.amax(0) > 0) & (x.amin(0) < width)).to(verts.device)
-    dx1, dx2, dy1, dy2, area, x0, y0 = (t.index_select(0, keep) for t in (dx1, dx2, dy1, dy2, area, x[0], y[0]))
-    # l_i = ((x_j - u)(y_k - v) - (x_k - u)(y_j - v)) / area for (i, j, k) cyclic, written in du, dv;
-    # l_0 = 1 - l_1 - l_2 keeps the three summing to 1 in float32
-    a1, a2, b1, b2 = dy2 / area, -dy1 / area, -dx2 / area, dx1 / area
-    a, b = torch.stack([-a1 - a2, a1, a2]), torch.stack([-b1 - b2, b1, b2])  # (3, Fk) each
-    # perspective: 1/z = sum_i l_i / z_i
-    corners = corner_ids.view(3, -1).index_select(1, keep)  # (3, Fk) vertex ids among the B V
-    inv_z = 1 / z.index_select(0, corners.view(-1)).view(3, -1)  # (3, Fk)
-    depth = torch.stack([inv_z[0], (a * inv_z).sum(0), (b * inv_z).sum(0)])  # (3, Fk)
-    # l_i >= 0 on a row: du >= -(b_i dv + [i == 0]) / a_i if a_i > 0, du <= ... if a_i < 0;
-    # a_i = 0 (a horizontal edge) never limits a row inside the face's vertical extent
-    safe_a = torch.where(a == 0, torch.ones_like(a), a)
-    p, q = -torch.eye(3, device=a.device)[:, :1] / safe_a, -b / safe_a  # (3, Fk) each
-    lower, upper = a > 0, a < 0
-    bounds = [p.masked_fill(~lower, -math.inf), q.masked_fill(~lower, 0),
-              p.masked_fill(~upper, math.inf), q.masked_fill(~upper, 0)]
-    table = torch.cat([x0[None], y0[None], first.index_select(0, keep)[None], depth] + bounds)  # (18, Fk)
-    image = (torch.div(keep, len(faces), rounding_mode="floor") * (height * width)).int()
-    return keep, corners, a, b, table, h.index_select(0, keep).int(), image
+
+    def __init__(self, num_samples, seed=0, vary_with_epoch=False, pose_config=None, model_dir=None):
+        super().__init__(num_samples, seed, vary_with_epoch, model_dir)
+        self.pose_config = pose_config or BodyPoseConfig()
+
+    def _load_model(self):
+        return body_model("smpl", self.model_dir)
+
+    def __getitem__(self, index):
+        pose, shape = self._sample_smpl_pose(self._rng(index))
+        return {"smpl_pose": pose, "smpl_shape": shape}
 
 
-def _rasterize(verts, faces, K, height, width, cull_backfaces=False, mirrored=None, zbuffer=None):
-    """The z-buffer of B meshes (see `rasterize`): verts (B, V, 3), faces (F, 3), K (B, 3, 3).
-    Returns pix (P,) int64 covered pixels (sorted) as ids into the stacked (B, H, W) images,
-    face (P,) the winner as an index into keep, du and dv (P,) its pixel centre relative to the
-    face origin, and keep, corners, a, b from `_face_setup`. zbuffer: None, or an int64 scratch
-    tensor of at least B H W entries, all -1, which is used and left so (on a CPU, allocating and
-    filling a fresh z-buffer per pass costs more than the scatter into it)."""
-    keep, corners, a, b, table, h, image = _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored)
-    # 1. (face, row) spans: the columns j0 ... j0 + n - 1 whose centre u = col + 0.5 is in [lo, hi]
-    face, r = _expand(h)  # (M,)
-    t = table.index_select(1, face)  # (18, M)
-    row = t[_FIRST] + r
-    dv = row + 0.5 - t[_Y0]
-    lo = (t[_P_LO] + t[_Q_LO] * dv).amax(0) + t[_X0]  # leftmost u with all l_i >= 0
-    hi = (t[_P_HI] + t[_Q_HI] * dv).amin(0) + t[_X0]
-    j0 = torch.ceil(lo - EDGE_EPS - 0.5).clamp_(0, width)
-    n = (torch.floor(hi + EDGE_EPS - 0.5).clamp_(-1, width - 1) - j0 + 1).clamp_min_(0).int()
-    du0 = j0 + 0.5 - t[_X0]
-    start = image.index_select(0, face) + (row * width + j0).int()  # (M,) first pixel id
-    inv_z0 = t[_INV_Z0] + t[_DA] * du0 + t[_DB] * dv  # (M,)
-    # 2. (span, pixel) candidates and their inverse depth 1/z = 1/z_0 + da du + db dv
-    span, k = _expand(n)  # (N,)
-    pix = (start.index_select(0, span) + k).long()
-    inv_z = (inv_z0.index_select(0, span) + t[_DA].index_select(0, span) * k).clamp_min_(0)
-    # 3. nearest per pixel: the bits of a positive float32 sort like the float, so packing them
-    #    above the span id makes one integer amax return the winner (ties: the larger id)
-    key = (inv_z.view(torch.int32).long() << 32) | span
-    size = len(verts) * height * width
-    reuse = zbuffer is not None and len(zbuffer) >= size
-    best = zbuffer[:size] if reuse else torch.full((size,), -1, dtype=torch.long, device=pix.device)
-    best.scatter_reduce_(0, pix, key, "amax")
-    pix = _flatnonzero(best >= 0).to(pix.device)  # (P,)
-    won = (best.index_select(0, pix) & 0xFFFFFFFF).int()  # (P,) the winners' spans
-    if reuse:
-        best.index_fill_(0, pix, -1)  # back to empty for the next pass
-    du = du0.index_select(0, won) + (pix.int() - start.index_select(0, won))
-    return pix, face.index_select(0, won), du, dv.index_select(0, won), (keep, corners, a, b)
+class SyntheticBodies(_SyntheticBodyBase):
+    """Rendered SMPL people in person crops, HMR2.0 / GenHMR style.
 
+    Keys: data.py's bodies (its module docstring): image, K, joints3d, joints2d, verts, smpl_pose,
+    smpl_shape, cam_t.
 
-def _scratch_zbuffer(owner, size):
-    """The z-buffer `owner._scratch` (a dataset's, not pickled, so rebuilt in each worker), grown
-    to at least `size` entries, all -1, for `_rasterize` to use and leave empty again."""
-    if owner._scratch is None or len(owner._scratch) < size:
-        owner._scratch = torch.full((size,), -1, dtype=torch.long)
-    return owner._scratch
-
-
-def rasterize(verts, faces, K, image_size, cull_backfaces=False):
-    """Z-buffer: the nearest face under every pixel centre.
-
-    verts (V, 3) camera coordinates, faces (F, 3) int, K (3, 3), image_size int or (H, W).
-    Returns pix (P,) flat ids row * W + col of the covered pixels (sorted), face (P,) the id of the
-    visible face there, and bary (P, 3) float32 barycentric weights in the image plane.
-    Faces with a vertex behind the near plane are dropped. Both windings are drawn unless
-    cull_backfaces, which drops faces whose corners run clockwise seen from the camera (the back
-    faces of a closed mesh with counter-clockwise outward winding, as SMPL's and MANO's).
+    Distribution: poses as `SyntheticPoses` (same draws for the same seed); betas N(0, 1) clamped
+    to [-2.5, 2.5]; the person centred in the crop (3% jitter), the box's larger relative side
+    75-90% of the crop. focal_length=5000 (default) renders through HMR2.0's fixed camera (5000
+    pixels for a 256 crop, principal point at the centre: nearly orthographic, what GenHMR's
+    camera head assumes); None, through a real camera 2.5-8 m away. colors="clothes": shirt (short
+    or long sleeves), trousers or shorts, shoes, hair, skin tone; "suit": one fixed colour per body
+    part (`suit_colors`). Light as SyntheticHands; background "random" as SyntheticHands, "flat" one
+    colour plus N(0, 0.03^2) noise per pixel. pose_config.prior="actions": GenHMR's tiny prior (`sample_action_body`).
+    augment=True moves the camera (rotation, zoom, shift; no flip: the pose distribution is
+    already symmetric) before rendering and jitters colours after. background="black": masks.
+    A DataLoader fetches a batch through `__getitems__` (meshes skinned together, images rendered
+    render_chunk per pass). Speed: `python bench.py --data-bench`.
     """
-    height, width = _image_hw(image_size)
-    pix, face, du, dv, (keep, _, a, b) = _rasterize(verts.float()[None], faces.long(), K.float()[None], height,
-                                                    width, cull_backfaces)
-    bary = a.index_select(1, face) * du + b.index_select(1, face) * dv  # (3, P)
-    bary[0] += 1
-    return pix, keep.index_select(0, face), bary.T.contiguous()
+
+    def __init__(self, num_samples, image_size=256, seed=0, augment=False, focal_length=5000.0, vary_with_epoch=False,
+                 augment_config=None, pose_config=None, view_config=None, background="random", colors="clothes",
+                 model_dir=None):
+        super().__init__(num_samples, seed, vary_with_epoch, model_dir)
+        _check_look(type(self).__name__, colors, background, ("random", "flat", "black"))
+        self.background, self.colors = background, colors
+        self.image_size, self.augment, self.focal_length = image_size, augment, focal_length
+        self.augment_config = augment_config or AugmentConfig(flip_prob=0.0)
+        self.pose_config, self.view_config = pose_config or BodyPoseConfig(), view_config or BodyViewConfig()
+
+    def _load_model(self):
+        return body_model("smpl", self.model_dir)
+
+    def __getitem__(self, index):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices):
+        """The samples of a list of indices (DataLoader asks for a batch this way): the meshes
+        skinned together (`skinning`), the images rendered render_chunk at a time. Each
+        sample depends only on its own (seed, epoch, index): __getitems__(indices)[k] is exactly
+        self[indices[k]]."""
+        self.model
+        rngs = [self._rng(index) for index in indices]
+        pose, shape = (torch.stack(x) for x in zip(*(self._sample_smpl_pose(rng) for rng in rngs)))
+        verts, joints = skinning("smpl", self.model_dir, torch.float32)(pose, shape)  # (B, 6890, 3), (B, 24, 3)
+        samples, looks = zip(*(self._labels(*args) for args in zip(rngs, indices, pose, shape, verts, joints)))
+        if self.background == "random":  # the last draws
+            patterns = torch.from_numpy(background_patterns(Draws(rngs))).float()  # (B, 3, L, L)
+        else:  # "black": none
+            patterns = [flat_background(rng, image_hw(self.image_size)) if self.background == "flat" else None
+                        for rng in rngs]
+        for look, pattern in zip(looks, patterns):
+            look["background"] = pattern
+        for start in range(0, len(samples), self.render_chunk):
+            chunk = slice(start, start + self.render_chunk)
+            for sample, look, image in zip(samples[chunk], looks[chunk], self._images(samples[chunk], looks[chunk])):
+                sample["image"] = color_jitter(image, look["jitter"]) if self.augment else image
+        return list(samples)
+
+    render_chunk = 8  # images per renderer pass, as SyntheticHands
+
+    def _labels(self, rng, index, pose, shape, verts, joints, frame=None):
+        """One sample's labels (all keys but image) from its pose (24, 3) and shape (10,) and their
+        mesh verts (6890, 3) and joints (24, 3), and its look: color (6890, 3), light (3,),
+        ambient (), jitter (3,) colour factors (the background comes after, for the whole batch).
+        frame: the points (N, 3) the crop is placed around (default: verts)."""
+        verts, joints = verts.double(), joints.double()
+        # 1. the crop
+        cam_t, K = place_in_crop(rng, verts if frame is None else frame.double(), self.image_size, self.view_config,
+                                 self.focal_length)
+        sample = {"K": K, "verts": verts + cam_t, "joints3d": joints + cam_t, "smpl_pose": pose, "smpl_shape": shape,
+                  "cam_t": cam_t}
+        # 2. augmentation: a rotation Rz about the optical axis turns the global orientation to Rz R
+        #    and, since SMPL turns about its root joint J0, moves cam_t to Rz (J0 + cam_t) - J0
+        look = {"jitter": torch.ones(3)}
+        if self.augment:
+            aug = sample_augmentation(sample_rng(self.seed, self.epoch, index, AUGMENT_STREAM),
+                                      replace(self.augment_config, flip_prob=0.0), K, self.image_size)
+            Rz = aug.rotation
+            sample["verts"], sample["joints3d"] = sample["verts"] @ Rz.T, sample["joints3d"] @ Rz.T
+            sample["cam_t"] = Rz @ (joints[0] + cam_t) - joints[0]
+            pose = pose.clone()
+            pose[0] = matrix_to_axis_angle(Rz @ axis_angle_to_matrix(pose[0].double())).float()
+            sample["smpl_pose"], sample["K"], look["jitter"] = pose, aug.K, aug.color
+        sample["joints2d"] = perspective_projection(sample["joints3d"], sample["K"])
+        sample = {key: value.float() for key, value in sample.items()}
+        # 3. the look
+        light, ambient = (torch.as_tensor(x[0]).float() for x in random_lights(Draws([rng])))
+        look.update(light=light, ambient=ambient, color=suit_colors(self.rig["part"]) if self.colors == "suit"
+                    else outfit_colors(rng, self.rig["part"], self.rig["hair"]))
+        return sample, look
+
+    def _images(self, samples, looks):
+        """The images (B, 3, H, W) of samples (from `_labels`) with their looks, in one renderer pass."""
+        height, width = image_hw(self.image_size)
+        backgrounds = None
+        if self.background == "random":
+            backgrounds = upsample_backgrounds(torch.stack([look["background"] for look in looks]), height, width)
+        elif self.background == "flat":
+            backgrounds = torch.stack([look["background"] for look in looks])
+        self._scratch = scratch_zbuffer(self._scratch, len(samples) * height * width)
+        return render_batch(torch.stack([s["verts"] for s in samples]), self.rig["faces"],
+                       torch.stack([s["K"] for s in samples]), (height, width),
+                       *(torch.stack([look[key] for look in looks]) for key in ("color", "light", "ambient")),
+                       backgrounds, cull_backfaces=True, draw_on_background=True,
+                            zbuffer=self._scratch)[0]
 
 
-def reference_rasterize(verts, faces, K, image_size):
-    """The z-buffer written the short way, to check `rasterize` against: every pixel centre tested
-    against every face (memory H W F), in float64.
+# A controlled ambiguity (GenHMR's UGS, docs/genhmr.md "Where UGS must matter"): the right arm hangs
+# down or is raised, a fair coin deciding, and a flat occluder covers every pixel where the two readings
+# differ, so the image is the same for both and only the pose tokens' joint distribution can say that
+# the arm is one way or the other, never half of each. Readings: the right shoulder's (SMPL joint 17)
+# local rotation from the actions prior's "neutral" (down) and "arms_up" means, plus the same
+# N(0, 0.1^2) per component in both; the rest of the body is the actions prior's, shared.
+AMBIGUOUS_JOINT = 17  # SMPL right shoulder
+AMBIGUOUS_READINGS = ((0.0, 0.0, 1.25), (0.0, 0.0, -1.1))  # down, up (axis-angle, radians)
+AMBIGUOUS_MOVED = (19, 21, 23)  # the joints the two readings place differently: elbow, wrist, hand
 
-    verts (V, 3) camera coordinates, faces (F, 3), K (3, 3), image_size int or (H, W). Returns
-    face (H W,) the nearest face under each pixel centre (-1 = empty), margin (H W,) the smallest
-    |barycentric weight| of that pixel over all faces (small: near an edge, where the two
-    renderers may round differently) and gap (H W,) the inverse-depth gap between the two nearest
-    faces (small: a depth tie).
+
+def ambiguous_arm(pose, rng):
+    """pose (24, 3) -> (the pose with the right arm in a reading drawn by a fair coin, the other reading's
+    pose, the index of the drawn reading (0 down, 1 up))."""
+    readings = torch.tensor(AMBIGUOUS_READINGS, dtype=pose.dtype)
+    noise = normal(rng, 0.1, (3,)).to(pose.dtype)
+    true = int(torch.rand((), generator=rng) < 0.5)
+    poses = pose.clone().expand(2, -1, -1).clone()
+    poses[:, AMBIGUOUS_JOINT] = readings + noise
+    return poses[true], poses[1 - true], true
+
+
+class AmbiguousPoses(SyntheticPoses):
+    """SyntheticPoses with `ambiguous_arm`'s right arm (the tokenizer of the ambiguous experiment)."""
+
+    def __getitem__(self, index):
+        rng = self._rng(index)
+        pose, shape = self._sample_smpl_pose(rng)
+        return {"smpl_pose": ambiguous_arm(pose, rng)[0], "smpl_shape": shape}
+
+
+class AmbiguousBodies(SyntheticBodies):
+    """SyntheticBodies whose right arm is in one of two readings (`ambiguous_arm`) under an occluder that
+    covers every pixel where the readings differ: the crop is placed around both readings' meshes and the
+    occluder is the box of the projections of every vertex that moves between them (+ 1 px), one flat
+    colour. Extra keys: smpl_pose_other (24, 3), joints3d_other (24, 3) (the other reading, camera
+    coordinates), reading () int64 (0 down, 1 up), occluder (4,) [x0, y0, x1, y1] pixels."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.augment:
+            raise ValueError("AmbiguousBodies: augment=True would move the occluder off the arm; not supported")
+
+    def _sample_smpl_pose(self, rng):
+        pose, shape = super()._sample_smpl_pose(rng)
+        return ambiguous_arm(pose, rng)[0], shape
+
+    def _labels(self, rng, index, pose, shape, verts, joints, frame=None):
+        # the other reading from the drawn one: the same noise, the other mean
+        readings = torch.tensor(AMBIGUOUS_READINGS, dtype=pose.dtype)
+        true = int((pose[AMBIGUOUS_JOINT] - readings).norm(dim=-1).argmin())
+        other = pose.clone()
+        other[AMBIGUOUS_JOINT] = pose[AMBIGUOUS_JOINT] - readings[true] + readings[1 - true]
+        verts_o, joints_o = skinning("smpl", self.model_dir, torch.float32)(other[None], shape[None])
+        verts_o, joints_o = verts_o[0].double(), joints_o[0].double()
+        both = torch.cat([verts.double(), verts_o])  # the crop is placed around both readings
+        sample, look = super()._labels(rng, index, pose, shape, verts, joints, frame=both)
+        cam_t = sample["cam_t"].double()
+        moved = (verts.double() - verts_o).norm(dim=-1) > 1e-4
+        uv = perspective_projection(torch.cat([verts.double()[moved], verts_o[moved]]) + cam_t, sample["K"].double())
+        height, width = image_hw(self.image_size)
+        box = torch.cat([(uv.amin(0) - 1).floor().clamp_min(0), (uv.amax(0) + 1).ceil()]).minimum(
+            torch.tensor([width, height, width, height], dtype=uv.dtype))
+        look["occluder"] = (box, uniform(rng, 0.1, 0.9, (3,)).float())
+        sample.update(smpl_pose_other=other.float(), joints3d_other=(joints_o + cam_t).float(),
+                      reading=torch.tensor(true), occluder=box.float())
+        return sample, look
+
+    def _images(self, samples, looks):
+        images = super()._images(samples, looks)
+        for image, look in zip(images, looks):
+            (x0, y0, x1, y1), colour = look["occluder"]
+            image[:, int(y0):int(y1), int(x0):int(x1)] = colour[:, None, None]
+        return images
+
+
+class SyntheticWholeBody(_SyntheticBodyBase):
+    """Rendered SMPL-X people with both hands, for HMR-Adapter (a SMPLer-X-style body path and a
+    HaMeR-style hand path that crops the hands out of the same image).
+
+    Keys: data.py's whole bodies (its module docstring; per hand, `data.WholeBodyHands`), the image
+    image_size (default 256 x 192, SMPLer-X's body input); S_hand_occluded () is 1.0 when an occluder
+    was painted over the hand, else 0.0.
+    Distribution: bodies as `SyntheticBodies` but turned towards the camera four times in five
+    (so both hands show most of the time: see the test), fingers of both hands from
+    `hand_poses`, jaw N(0, 5 deg), expression N(0, 0.5), betas N(0, 1). With probability
+    occlusion_prob per hand, an occluder (a flat textured rectangle in front of everything, as an
+    object held or passing by) covers `occlusion_cover` (a range) of the hand's box; it is drawn
+    from its own random stream, so the scene is the same with and without it.
     """
-    height, width = _image_hw(image_size)
-    uvw = verts.double() @ K.double().T
-    tri = (uvw[:, :2] / uvw[:, 2:])[faces]  # (F, 3, 2) image-plane corners
-    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
-    p = torch.stack([xs.flatten(), ys.flatten()], -1).double()[:, None, :]  # (P, 1, 2) pixel centres
-    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]  # (F, 2)
 
-    def cross(o, q, r):  # z of (q - o) x (r - o), broadcast to (P, F)
-        return (q[..., 0] - o[..., 0]) * (r[..., 1] - o[..., 1]) - (q[..., 1] - o[..., 1]) * (r[..., 0] - o[..., 0])
+    def __init__(self, num_samples, image_size=(256, 192), seed=0, augment=False, focal_length=5000.0,
+                 vary_with_epoch=False, augment_config=None, pose_config=None, hand_pose_config=None,
+                 view_config=None, occlusion_prob=0.0, occlusion_cover=(0.4, 0.9), colors="clothes",
+                 background="random", model_dir=None):
+        super().__init__(num_samples, seed, vary_with_epoch, model_dir)
+        _check_look(type(self).__name__, colors, background, ("random", "flat"))
+        self.colors, self.background = colors, background
+        self.image_size, self.augment, self.focal_length = image_size, augment, focal_length
+        self.occlusion_prob, self.occlusion_cover = float(occlusion_prob), tuple(occlusion_cover)
+        self.augment_config = augment_config or AugmentConfig(flip_prob=0.0)
+        self.pose_config = pose_config or BodyPoseConfig(yaw_frontal_prob=0.8, arm_azimuth=(-10.0, 110.0))
+        self.hand_pose_config = hand_pose_config or HandPoseConfig()
+        self.view_config = view_config or BodyViewConfig()
+        self.hand_labeller = WholeBodyHands(image_size, model_dir)
 
-    area = cross(a, b, c)  # (F,)
-    l0, l1, l2 = cross(p, b, c) / area, cross(p, c, a) / area, cross(p, a, b) / area  # (P, F) barycentric
-    inside = (l0 >= 0) & (l1 >= 0) & (l2 >= 0)
-    z = verts[:, 2].double()[faces]  # (F, 3)
-    # nearest = largest
-    inv_z = torch.where(inside, l0 / z[:, 0] + l1 / z[:, 1] + l2 / z[:, 2], torch.full_like(l0, -1.0))
-    best = inv_z.argmax(1)
-    face = torch.where(inside.any(1), best, torch.full_like(best, -1))
-    margin = torch.stack([l0, l1, l2]).abs().amin(0).amin(1)  # (P,)
-    top2 = inv_z.topk(2, dim=1).values if inv_z.shape[1] > 1 else torch.cat([inv_z, -inv_z], 1)
-    return face, margin, top2[:, 0] - top2[:, 1]
+    @property
+    def model(self):
+        """SMPL-X, its rig and the hand keys' rule (`data.WholeBodyHands`, shared with data.WholeBodyNpz)."""
+        if self._model is None:
+            self._model, self.rig = self.hand_labeller.model, self.hand_labeller.rig
+            self.hand_axes = hand_axes(self.hand_labeller.mano_rest)  # the finger prior in MANO's rest frame
+        return self._model
+
+    def _sample_pose(self, rng):
+        """SMPL-X pose (55, 3) float64 and the right-convention MANO finger poses {side: (15, 3)}."""
+        R = sample_plausible_body(rng, self.rig["rest_joints"], self.rig["parents"], self.pose_config)
+        pose = torch.zeros(55, 3, dtype=torch.float64)
+        pose[:22] = matrix_to_axis_angle(R)
+        pose[22] = X * math.radians(abs(float(normal(rng, 5.0))))  # the jaw opens a little
+        fingers = {side: torch.from_numpy(hand_poses(Draws([rng]), self.hand_axes, self.hand_pose_config)[0])
+                   for side in ("left", "right")}
+        mano_to_smplx = self.hand_labeller.mano_to_smplx  # MANO's rest hand turned onto SMPL-X's right hand
+        pose[40:55] = fingers["right"] @ mano_to_smplx.T  # axis-angle turns with the frame: R aa
+        pose[25:40] = mirror_rotation(fingers["left"] @ mano_to_smplx.T)
+        return pose, fingers
+
+    def __getitem__(self, index):
+        rng = self._rng(index)
+        # 1. pose, shape, expression, mesh
+        self.model
+        pose, fingers = self._sample_pose(rng)
+        shape = torch.randn(10, generator=rng, dtype=torch.float64).clamp(-2.5, 2.5)
+        expression = normal(rng, 0.5, (10,))
+        verts, joints = skinning("smplx", self.model_dir, torch.float32)(pose, shape, expression)
+        extra = verts[self.hand_labeller.extra_joints]  # smplx's joints 55-75: fingertips, face
+        verts, joints = verts.double(), torch.cat([joints, extra]).double()  # (10475, 3), (76, 3)
+        # 2. crop, then augmentation as for SyntheticBodies (turn about the optical axis, zoom, shift)
+        cam_t, K = place_in_crop(rng, verts, self.image_size, self.view_config, self.focal_length)
+        if self.augment:
+            aug = sample_augmentation(sample_rng(self.seed, self.epoch, index, AUGMENT_STREAM),
+                                      replace(self.augment_config, flip_prob=0.0), K, self.image_size)
+            root = joints[0]
+            cam_t, K = aug.rotation @ (root + cam_t) - root, aug.K
+            pose[0] = matrix_to_axis_angle(aug.rotation @ axis_angle_to_matrix(pose[0]))
+            verts, joints = (verts - root) @ aug.rotation.T + root, (joints - root) @ aug.rotation.T + root
+        verts, joints = verts + cam_t, joints + cam_t
+        sample = {"K": K, "verts": verts, "joints3d": joints[:55], "joints2d": perspective_projection(joints[:55], K),
+                  "smplx_pose": pose, "smplx_shape": shape, "smplx_expression": expression, "cam_t": cam_t}
+        # 3. render the body, then paint the occluders over it
+        light, ambient = (torch.from_numpy(x) for x in random_lights(Draws([rng])))
+        look = (suit_colors(self.rig["part"]) if self.colors == "suit" else
+                outfit_colors(rng, self.rig["part"], self.rig["hair"]))[None], light, ambient
+        if self.background == "flat":
+            background = flat_background(rng, image_hw(self.image_size))
+        else:
+            pattern = torch.from_numpy(background_patterns(Draws([rng]))).float()
+            background = upsample_backgrounds(pattern, *image_hw(self.image_size))[0]
+        image, _, face = render_batch(verts[None], self.rig["faces"], K[None], self.image_size, *look,
+                                      background[None], True)
+        world = forward_kinematics(axis_angle_to_matrix(pose[:22]), self.rig["rest_joints"][:22],
+                                   self.rig["parents"][:22])[1]  # (22, 3, 3) world rotations
+        image = image[0]
+        occluder_rng = sample_rng(self.seed, self.epoch, index, _OCCLUDER_STREAM)
+        for side in ("left", "right"):
+            sample.update(self.hand_labeller.labels(side, sample, joints, world, fingers[side], face))
+            occluded = float(uniform(occluder_rng, 0, 1)) < self.occlusion_prob
+            sample[f"{side}_hand_occluded"] = torch.tensor(float(occluded))
+            if occluded:
+                paint_occluder(image, sample[f"{side}_hand_box"], occluder_rng, self.occlusion_cover)
+        sample = {key: value.float() for key, value in sample.items()}
+        sample["image"] = color_jitter(image, aug.color) if self.augment else image
+        return sample
 
 
-def _corner_ids(faces, count, num_verts):
-    """(3 corners, count F) ids of the corners of faces (F, 3) in count stacked meshes of num_verts vertices."""
-    return (faces.T.contiguous()[:, None] + num_verts * torch.arange(count, device=faces.device)[:, None]).view(3, -1)
+_OCCLUDER_STREAM = 2  # sample_rng(seed, epoch, index, stream): the whole bodies' occluders
 
 
-def render_mesh(verts, faces, K, image_size, color=(0.85, 0.64, 0.52), light=(0.4, -0.6, -1.0),
-                ambient=0.35, background=None, return_mask=False, cull_backfaces=False):
-    """A shaded image of a triangle mesh through a pinhole camera.
+def paint_occluder(image, box, rng, cover):
+    """Paint, in place, a flat rectangle over `cover` = (low, high) of the square box [x0, y0, x1,
+    y1] (pixels) of image (3, H, W): its area a U(low, high) share of the box's, its aspect ratio
+    U(1/2, 2) (clipped to the box), at a random place inside the box; one random colour, shaded
+    by a gradient at a random angle and speckled (an object, not a hole)."""
+    x0, y0, x1, y1 = box.tolist()
+    side = x1 - x0
+    area, aspect = float(uniform(rng, *cover)) * side * side, math.exp(float(uniform(rng, -0.69, 0.69)))
+    w, h = min(side, math.sqrt(area * aspect)), min(side, math.sqrt(area / aspect))
+    left, top = x0 + float(uniform(rng, 0, side - w)), y0 + float(uniform(rng, 0, side - h))
+    H, W = image.shape[-2:]
+    cols, rows = torch.arange(W) + 0.5, torch.arange(H) + 0.5  # pixel centres
+    inside = ((rows >= top) & (rows < top + h))[:, None] & ((cols >= left) & (cols < left + w))[None]
+    angle = float(uniform(rng, 0, 2 * math.pi))
+    ramp = ((cols[None] - left) * math.cos(angle) + (rows[:, None] - top) * math.sin(angle)) / max(w, h, 1.0)
+    colour = uniform(rng, 0.05, 0.95, (3,)).float()
+    noise = torch.rand(H, W, generator=rng) - 0.5
+    paint = (colour[:, None, None] * (0.8 + 0.3 * ramp.clamp(-1, 1)) + 0.08 * noise).clamp(0, 1)
+    image[:, inside] = paint[:, inside]
 
-    verts (V, 3) camera coordinates (x right, y down, z forward), faces (F, 3), K (3, 3),
-    image_size int or (H, W). color (3,) or per-vertex (V, 3) albedo in [0, 1]; light (3,) the
-    direction from the surface towards the light in camera coordinates (the default lights from
-    the upper left, on the camera's side); ambient in [0, 1] the unlit share; background
-    (3, H, W) in [0, 1] or None for black; cull_backfaces as in `rasterize` (about twice as fast
-    for closed meshes). Returns image (3, H, W) float32 in [0, 1], and with return_mask=True
-    also mask (H, W) bool, True where the mesh covers the pixel. `render_meshes` draws a batch.
 
-    Shading is Lambert + ambient with per-vertex normals, interpolated over faces (Gouraud):
-        I = albedo * (ambient + (1 - ambient) * max(0, n . light))
-    Normals are turned towards the camera first, so either winding (and mirrored meshes) shade
-    the same.
+# The synthetic demo's people (train.py's GenHMR stages) follow the tiny setting (docs/genhmr.md,
+# "The default run"): the actions prior (`sample_action_body`: four correlated modes,
+# facing the camera within a quarter turn), a suit coloured by body part, a flat background. A 64 x 48
+# crop of clothed people on busy backgrounds with freely moving limbs (BodyPoseConfig's "limbs" prior)
+# was not learnable by any image model in two CPU-core minutes (README, "GenHMR"). The mean-pose
+# baseline is fitted and scored on the same distribution, so the bar is not lower.
+DEMO_BODY_POSE = BodyPoseConfig(prior="actions")
+DEMO_BODY_LOOK = dict(colors="suit", background="flat")
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. The trainer's datasets (train.py's MODELS): --data KIND[:PATH] -> a real reader of data.py, else a
+#    synthetic set
+
+
+def hand_dataset(kind, path, split, cfg, seed, num_samples):
+    """The hand dataset for a split ("training" | "evaluation") of `--data kind[:path]` at cfg.image_size.
+
+    kind "synthetic": SyntheticHands(num_samples) with DEMO_HAND_VIEW; the held-out split is the same
+    generator under seed + 1_000_003, not augmented (train.py renders it once). "freihand" / "npz": the
+    folder at path, augmented for training as cfg.train_augment names (HAND_AUGMENTS; "default" without
+    the field). FreiHAND's evaluation split is cropped as cfg.eval_crop says (FREIHAND_CROPS; "none" without the field).
     """
-    background = None if background is None else background[None]
-    images, pix, _ = _render(verts[None], faces, K[None], image_size, torch.as_tensor(color)[None],
-                             torch.as_tensor(light)[None], torch.as_tensor(ambient)[None], background, cull_backfaces)
-    if return_mask:
-        mask = torch.zeros(images[0, 0].numel(), dtype=torch.bool, device=images.device)
-        mask[pix] = True
-        return images[0], mask.view(images.shape[-2:])
-    return images[0]
+    if kind == "synthetic":
+        return SyntheticHands(num_samples, cfg.image_size, seed=seed + (split == "evaluation") * 1_000_003,
+                              view_config=DEMO_HAND_VIEW)
+    augment = HAND_AUGMENTS[getattr(cfg, "train_augment", "default")]
+    if kind == "freihand":
+        crop = getattr(cfg, "eval_crop", "none") if split == "evaluation" else "none"
+        return FreiHAND(path, split, cfg.image_size, augment=split == "training", seed=seed, crop=crop,
+                        augment_config=augment)
+    if kind == "npz":
+        return NpzHands(path, split, cfg.image_size, augment=split == "training", seed=seed, augment_config=augment)
+    raise ValueError(f"hand_dataset: kind must be 'synthetic', 'freihand' or 'npz', got {kind!r}")
 
 
-def render_meshes(verts, faces, K, image_size, color, light, ambient, background=None, cull_backfaces=False,
-                  mirrored=None):
-    """`render_mesh` for a batch of B meshes with one topology, in one pass (several times faster
-    per image on a CPU than one by one: the work is the same, the per-call overheads are shared).
-
-    verts (B, V, 3), faces (F, 3), K (B, 3, 3), color (B, 3) or (B, V, 3), light (B, 3),
-    ambient (B,), background (B, 3, H, W) or None; mirrored (B,) bool marks meshes mirrored
-    (x -> -x) from their faces' winding, for cull_backfaces. Returns images (B, 3, H, W).
-    """
-    return _render(verts, faces, K, image_size, color, light, ambient, background, cull_backfaces, mirrored)[0]
+def _synthetic_only(kind, who):
+    if kind not in RENDERED_KINDS:
+        raise ValueError(f"{who}: --data {kind!r} is not readable here; the body stages read only 'synthetic' or "
+                         f"'ambiguous' "
+                         f"(convert real data to SyntheticBodies' keys to add a loader)")
 
 
-def _render(verts, faces, K, image_size, color, light, ambient, background, cull_backfaces, mirrored=None,
-            draw_on_background=False, zbuffer=None):
-    """`render_meshes`, also returning pix (P,) the covered pixels as ids into the (B, H, W) stack
-    and face (P,) their faces as ids into the B F faces (mesh-major). draw_on_background=True
-    draws into background (contiguous float32 on verts' device, which the caller gives up) instead
-    of into a copy of it; zbuffer: a scratch buffer for `_rasterize`."""
-    height, width = _image_hw(image_size)
-    B, V = verts.shape[:2]
-    device = verts.device
-    verts, faces = verts.float(), faces.long().to(device)
-    # 1. per-vertex colour: albedo times the Lambert term, axis-major (3, B V) so rows are contiguous
-    xyz = verts.reshape(-1, 3).T  # (3, B V)
-    normals = bodymodels.vertex_normals(verts, faces).permute(2, 0, 1)  # (3, B, V), a view of an axis-major sum
-    light = F.normalize(torch.as_tensor(light, dtype=torch.float32, device=device), dim=-1).T[:, :, None]  # (3, B, 1)
-    ambient = torch.as_tensor(ambient, dtype=torch.float32, device=device).reshape(B, 1)
-    albedo = torch.as_tensor(color, dtype=torch.float32, device=device).reshape(B, -1, 3)  # (B, V or 1, 3)
-    albedo = albedo.permute(2, 0, 1)  # (3, B, V or 1)
-    # normals turned towards the camera (n . x < 0), so either winding shades the same
-    lambert = (normals * light).sum(0) * torch.where((normals * xyz.reshape(3, B, V)).sum(0) > 0, -1.0, 1.0)
-    shaded = (albedo * (ambient + (1 - ambient) * lambert.clamp_min_(0))).reshape(3, B * V)
-    # 2. visible faces; colour is linear over a face: c = c_0 + (sum_i a_i c_i) du + (sum_i b_i c_i) dv
-    pix, face, du, dv, (keep, corners, a, b) = _rasterize(verts, faces, K.float().to(device), height, width,
-                                                          cull_backfaces, mirrored, zbuffer)
-    corner = shaded.index_select(1, corners.reshape(-1)).view(3, 3, -1)  # (3 channels, 3 corners, Fk)
-    plane = torch.cat([corner[:, 0], (a * corner).sum(1), (b * corner).sum(1)])  # (9, Fk)
-    plane = plane.index_select(1, face)  # (9, P)
-    rgb = (plane[0:3] + plane[3:6] * du + plane[6:9] * dv).clamp_(0, 1)  # (3, P)
-    # 3. composite over the backgrounds: pixel g = b H W + p of channel c sits at (3 b + c) H W + p
-    if background is None:
-        images = torch.zeros(B, 3, height, width, device=device)
-    elif draw_on_background:
-        images = background.view(B, 3, height, width)  # the caller's scratch tensor, drawn into
-    else:
-        images = background.to(device, torch.float32, copy=True).reshape(B, 3, height, width)
-    HW = height * width
-    at = pix + 2 * HW * torch.div(pix, HW, rounding_mode="floor")  # channel 0 of each covered pixel
-    for c in range(3):  # channel c of those pixels: the same ids into the flat images shifted by c H W
-        images.view(-1)[c * HW:].index_copy_(0, at, rgb[c])
-    return images, pix, keep.index_select(0, face)
+def body_pose_dataset(kind, path, split, cfg, seed, num_samples):
+    """SMPL poses standing in for AMASS (GenHMR's tokenizer), DEMO_BODY_POSE: SyntheticPoses plus
+    "index"; the held-out split (seed + 1_000_003) also carries its mesh (joints3d, verts) to score.
+    kind "hmr2" (path TRAIN.npz[,EVAL.npz], `hmr2_files`): the file's SMPL poses (`HMR2Poses`)."""
+    held_out = split == "evaluation"
+    if kind == "hmr2":
+        return Indexed(HMR2Poses(hmr2_files(path, split)), mesh=held_out)
+    _synthetic_only(kind, "body_pose_dataset")
+    poses = AmbiguousPoses if kind == "ambiguous" else SyntheticPoses
+    return Indexed(poses(num_samples, seed=seed + held_out * 1_000_003, pose_config=DEMO_BODY_POSE), mesh=held_out)
+
+
+def body_dataset(kind, path, split, cfg, seed, num_samples):
+    """Rendered SMPL people (GenHMR's images) at cfg.image_size, DEMO_BODY_POSE and _LOOK, HMR2.0's camera
+    (f = 5000 for a 256 crop), plus "index"; the training split drops "verts" (82 KB a sample that
+    no loss reads), the held-out split (seed + 1_000_003) keeps them to score. kind "hmr2" (path
+    TRAIN.npz[,EVAL.npz], `hmr2_files`): every row of the file (`HMR2Npz`, num_samples unused), the held-out
+    split scored by the benchmarks' protocol (metrics.hmr2_protocol: $HMR_J_REGRESSOR is checked here)."""
+    held_out = split == "evaluation"
+    if kind == "hmr2":  # every row of the file; the labels' SMPL mesh (joints3d for L_3D, verts to score)
+        hmr2_protocol_check(split)
+        return Indexed(HMR2Npz(hmr2_files(path, split), cfg.image_size), drop=() if held_out else ("verts",), mesh=True)
+    _synthetic_only(kind, "body_dataset")
+    kind_class = AmbiguousBodies if kind == "ambiguous" else SyntheticBodies
+    bodies = kind_class(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003,
+                             pose_config=DEMO_BODY_POSE, **DEMO_BODY_LOOK)
+    return Indexed(bodies, drop=() if held_out else ("verts",))
+
+
+def wholebody_dataset(kind, path, split, cfg, seed, num_samples):
+    """Rendered SMPL-X people with both hands (HMR-Adapter) at cfg.image_size in DEMO_BODY_LOOK (a suit
+    coloured by body part and finger segment, a flat background: the tiny setting, docs/hmr_adapter.md), half
+    of the hands under an occluder (so that body context matters), plus "index"; the training split drops
+    "verts" (126 KB a sample that no loss reads), the held-out split (seed + 1_000_003) keeps them.
+    kind "wholebody" (path FILE.npz or TRAIN.npz,EVAL.npz, `wholebody_files`): every row of the file
+    (`WholeBodyNpz`, num_samples unused), the same keys, so it trains and scores alike."""
+    held_out = split == "evaluation"
+    if kind == "wholebody":
+        return Indexed(WholeBodyNpz(wholebody_files(path, split), cfg.image_size), drop=() if held_out else ("verts",))
+    if kind != "synthetic":
+        raise ValueError(f"wholebody_dataset: --data {kind!r} is not readable here; expected 'synthetic' or "
+                         f"'wholebody:FILE.npz' (data.WholeBodyNpz)")
+    bodies = SyntheticWholeBody(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003, occlusion_prob=0.5,
+                                **DEMO_BODY_LOOK)
+    return Indexed(bodies, drop=() if held_out else ("verts",))

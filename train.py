@@ -103,6 +103,8 @@ import data
 import genhmr
 import hmr_adapter
 import metrics
+import plots
+import render
 import simplehand
 import standins
 import synthetic
@@ -139,26 +141,27 @@ FILE_KINDS = {"hmr2": "a 4D-Humans evaluation .npz", "wholebody": "a whole-body 
 
 
 MODELS = {
-    "simplehand": Stage(simplehand, data=data.hand_dataset, metrics=metrics.freihand_metrics,
-                        baseline=metrics.MeanShapeBaseline, picture=data.draw_hand_predictions,
+    "simplehand": Stage(simplehand, data=synthetic.hand_dataset, metrics=metrics.freihand_metrics,
+                        baseline=metrics.MeanShapeBaseline, picture=plots.draw_hand_predictions,
                         data_kinds=("synthetic", "freihand", "npz")),
-    "genhmr_tokenizer": Stage(genhmr.TOKENIZER, data=data.body_pose_dataset, metrics=metrics.tokenizer_metrics,
+    "genhmr_tokenizer": Stage(genhmr.TOKENIZER, data=synthetic.body_pose_dataset, metrics=metrics.tokenizer_metrics,
                               baseline=functools.partial(metrics.MeanPoseBaseline, own_shape=True),
-                              picture=data.draw_pose_reconstructions, data_fields=(), train_samples=8192,
+                              picture=plots.draw_pose_reconstructions, data_fields=(), train_samples=8192,
                               data_kinds=BODY_KINDS),
-    "genhmr_backbone": Stage(genhmr.BACKBONE, data=data.body_dataset, metrics=metrics.body_metrics,
+    "genhmr_backbone": Stage(genhmr.BACKBONE, data=synthetic.body_dataset, metrics=metrics.body_metrics,
                              baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("regression_",)),
-                             picture=functools.partial(data.draw_body_predictions, prefix="regression_"),
+                             picture=functools.partial(plots.draw_body_predictions, prefix="regression_"),
                              starts_from="genhmr_tokenizer", train_samples=16384, data_kinds=BODY_KINDS),
-    "genhmr": Stage(genhmr, data=data.body_dataset, metrics=metrics.body_metrics,
+    "genhmr": Stage(genhmr, data=synthetic.body_dataset, metrics=metrics.body_metrics,
                     baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("", "refined_")),
-                    picture=data.draw_body_predictions, starts_from="genhmr_backbone", train_samples=16384,
+                    picture=plots.draw_body_predictions, starts_from="genhmr_backbone", train_samples=16384,
                     data_kinds=BODY_KINDS),
-    "hmr_adapter_bases": Stage(hmr_adapter.BASES, data=data.wholebody_dataset, metrics=hmr_adapter.evaluation_metrics,
-                               baseline=hmr_adapter.MeanPoseBaseline, picture=data.draw_wholebody_predictions,
-                               train_samples=8192, data_kinds=WHOLEBODY_KINDS),
-    "hmr_adapter": Stage(hmr_adapter, data=data.wholebody_dataset, metrics=hmr_adapter.evaluation_metrics,
-                         baseline=hmr_adapter.MeanPoseBaseline, picture=data.draw_wholebody_predictions,
+    "hmr_adapter_bases": Stage(hmr_adapter.BASES, data=synthetic.wholebody_dataset,
+                               metrics=hmr_adapter.evaluation_metrics, baseline=hmr_adapter.MeanPoseBaseline,
+                               picture=plots.draw_wholebody_predictions, train_samples=8192,
+                               data_kinds=WHOLEBODY_KINDS),
+    "hmr_adapter": Stage(hmr_adapter, data=synthetic.wholebody_dataset, metrics=hmr_adapter.evaluation_metrics,
+                         baseline=hmr_adapter.MeanPoseBaseline, picture=plots.draw_wholebody_predictions,
                          starts_from="hmr_adapter_bases", train_samples=8192, data_kinds=WHOLEBODY_KINDS),
 }
 
@@ -280,7 +283,7 @@ def build_dataset(name, cfg, split, num_samples, args, ranks):
     # runs, the body model folder and the data fields; stages reading the same data function with the
     # same fields share it
     fields = {f: getattr(cfg, f) for f in stage.data_fields}
-    sources = "".join(inspect.getsource(m) for m in (data, synthetic, bodymodels, standins))
+    sources = "".join(inspect.getsource(m) for m in (data, synthetic, render, bodymodels, standins))
     key = sources + repr(fields) + (os.environ.get("HMR_BODY_MODELS") or "")
     version = hashlib.sha1(key.encode()).hexdigest()[:8]
     cache = os.path.join(getattr(args, "cache", None) or os.path.join(args.out, "cache"),

@@ -1,8 +1,7 @@
-"""Tests for data.py: projection consistency of every dataset before and after augmentation, determinism
-by index, real-data loaders on fixture folders built here in the official layouts, and DataLoader /
-pickling behaviour. The renderer and the pose priors: test_synthetic.py."""
+"""Tests for data.py: projection consistency after augmentation, real-data loaders on fixture folders built
+here in the official layouts, DataLoader / pickling behaviour, batch skinning, the rendered cache and
+photographs as files. The synthetic datasets: test_synthetic.py; pictures: test_plots.py."""
 import math
-import os
 import pickle
 import types
 
@@ -109,7 +108,7 @@ def dot_image(path, uv, size=(224, 224)):
 
 
 def write_freihand(root, rng, train=3, evaluation=2):
-    """A FreiHAND folder in the official layout (FACTS.md), with `train` hands x 4 versions."""
+    """A FreiHAND folder in the official layout (`data.FreiHAND` lists it), with `train` hands x 4 versions."""
     import json
 
     root.mkdir(parents=True, exist_ok=True)
@@ -231,7 +230,7 @@ def test_npz_hands_round_trip(tmp_path):
 
 def test_synthetic_and_real_hands_have_identical_keys_shapes_and_dtypes(freihand_root, tmp_path):
     write_npz_fixture(tmp_path / "npz", torch.Generator().manual_seed(4))
-    datasets = (data.SyntheticHands(2, image_size=80), data.FreiHAND(freihand_root, "training", image_size=80),
+    datasets = (synthetic.SyntheticHands(2, image_size=80), data.FreiHAND(freihand_root, "training", image_size=80),
                 data.NpzHands(tmp_path / "npz", "val", image_size=80),
                 data.FreiHAND(freihand_root, "evaluation", image_size=80, augment=True))
     signatures = [{k: (tuple(v.shape), v.dtype) for k, v in d[1].items()} for d in datasets]
@@ -252,115 +251,13 @@ def test_npz_hands_errors_name_the_file_and_key(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. synthetic hands
-
-NO_COLOR = data.AugmentConfig(color=0.0, flip_prob=0.5, rotation_deg=60.0)
-
-
-@pytest.fixture(scope="module")
-def mano():
-    return bodymodels.load_mano()
-
-
-def test_synthetic_hands_keys_shapes_and_projection():
-    for kwargs in ({}, {"augment": True, "left_hand_prob": 0.5}, {"image_size": 96}):
-        dataset = data.SyntheticHands(4, **kwargs)
-        for i in range(len(dataset)):
-            assert_hand_sample(dataset[i], kwargs.get("image_size", 224))
-
-
-@pytest.mark.parametrize("kwargs", [{}, {"left_hand_prob": 1.0},
-                                    {"augment": True, "augment_config": NO_COLOR, "left_hand_prob": 0.5}])
-def test_synthetic_hand_image_shows_the_labelled_mesh(kwargs):
-    """On a black background, the rendered pixels are exactly the silhouette of (verts, K): the image
-    and the labels agree, for right and mirrored left hands and after augmentation."""
-    dataset = data.SyntheticHands(6, image_size=96, background="black", **kwargs)
-    for i in range(len(dataset)):
-        sample = dataset[i]
-        _, mask = synthetic.render_mesh(*dataset.scene(sample), sample["K"], 96, return_mask=True)  # hand and forearm
-        drawn = sample["image"].sum(0) > 0
-        assert (drawn == mask).float().mean() > 0.995
-        _, mask = synthetic.render_mesh(sample["verts"], dataset.faces, sample["K"], 96,
-                                        return_mask=True)  # the hand alone
-        u, v = sample["joints2d"].round().long().clamp(0, 95).T
-        assert mask[v, u].float().mean() >= 0.8  # the joints lie on the hand
-        if "augment" not in kwargs:  # a detector's crop: the hand's box fills 70-90% of the crop, centred
-            rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
-            size = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) / 96
-            assert 0.6 <= size <= 0.95
-            centre = torch.tensor([(cols.max() + cols.min() + 1) / 2, (rows.max() + rows.min() + 1) / 2])
-            assert (centre - 48).abs().max() < 0.15 * 96
-
-
-@pytest.mark.parametrize("left_hand_prob", [0.0, 1.0])
-def test_synthetic_hand_labels_are_mano_of_its_parameters(mano, left_hand_prob):
-    """verts = MANO_right(mano_pose, mano_shape) (mirrored for a left hand) + a translation, and
-    joints3d are its FreiHAND joints: the oracle is smplx's MANO itself."""
-    dataset = data.SyntheticHands(3, image_size=64, left_hand_prob=left_hand_prob, augment=True,
-                                  augment_config=data.AugmentConfig(flip_prob=0.5))
-    for i in range(len(dataset)):
-        s = dataset[i]
-        out = mano(betas=s["mano_shape"][None], global_orient=s["mano_pose"][None, 0],
-                   hand_pose=s["mano_pose"][None, 1:].reshape(1, 45))
-        verts = out.vertices[0]
-        joints = data.mano_to_freihand(out.joints[0], verts)
-        if not bool(s["is_right"]):
-            verts, joints = verts * torch.tensor([-1.0, 1, 1]), joints * torch.tensor([-1.0, 1, 1])
-        shift = (s["verts"] - verts).mean(0)
-        assert torch.allclose(verts + shift, s["verts"], atol=1e-4)
-        assert torch.allclose(joints + shift, s["joints3d"], atol=1e-4)
-
-
-def test_synthetic_hands_are_deterministic_by_index_and_differ_between_indices():
-    a, b = data.SyntheticHands(5, image_size=64, seed=3), data.SyntheticHands(5, image_size=64, seed=3)
-    for i in (0, 4):
-        x, y = a[i], b[i]
-        assert all(torch.equal(x[k], y[k]) for k in x)
-    x, y = a[0], a[1]
-    assert not torch.allclose(x["image"], y["image"], atol=0.05) and not torch.allclose(x["joints3d"], y["joints3d"])
-    assert x["image"].std() > 0.03  # not blank
-    assert not torch.equal(data.SyntheticHands(5, image_size=64, seed=4)[0]["joints3d"], x["joints3d"])
-
-
-def test_batched_getitems_gives_exactly_the_single_samples():
-    dataset = data.SyntheticHands(6, image_size=48, augment=True, left_hand_prob=0.5)
-    batch = dataset.__getitems__([5, 0, 3])
-    for index, sample in zip((5, 0, 3), batch):
-        single = dataset[index]
-        assert all(torch.equal(sample[k], single[k]) for k in single)
-    dataset.render_chunk = 2  # a batch split across renderer passes, the last one short
-    for index, sample in zip((4, 1, 5, 2, 0), dataset.__getitems__([4, 1, 5, 2, 0])):
-        single = dataset[index]
-        assert all(torch.equal(sample[k], single[k]) for k in single)
-    many = data.SyntheticHands(40, image_size=32, left_hand_prob=0.5)  # a DataLoader-sized batch
-    indices = list(range(39, 3, -3))
-    for index, sample in zip(indices, many.__getitems__(indices)):
-        single = many[index]
-        assert all(torch.equal(sample[k], single[k]) for k in single), index
-
-
-def test_set_epoch_changes_augmented_and_varying_samples_only():
-    fixed = data.SyntheticHands(2, image_size=64)
-    augmented = data.SyntheticHands(2, image_size=64, augment=True)
-    varying = data.SyntheticHands(2, image_size=64, vary_with_epoch=True)
-    before = [d[1] for d in (fixed, augmented, varying)]
-    for d in (fixed, augmented, varying):
-        d.set_epoch(7)
-    after = [d[1] for d in (fixed, augmented, varying)]
-    assert torch.equal(before[0]["image"], after[0]["image"])
-    assert not torch.equal(before[1]["image"], after[1]["image"])
-    assert torch.equal(before[1]["mano_shape"], after[1]["mano_shape"])  # same hand, new camera
-    assert not torch.equal(before[2]["mano_shape"], after[2]["mano_shape"])  # a new hand
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. data loading: pickling, workers, DDP sampling
+# 3. data loading: pickling, workers, DDP sampling; batch skinning
 
 def test_datasets_pickle_and_load_in_worker_processes(freihand_root):
     from torch.utils.data import DataLoader, DistributedSampler
 
-    for dataset in (data.SyntheticHands(4, image_size=64, augment=True), data.FreiHAND(freihand_root, "evaluation"),
-                    data.SyntheticPoses(4)):
+    for dataset in (synthetic.SyntheticHands(4, image_size=64, augment=True),
+                    data.FreiHAND(freihand_root, "evaluation"), synthetic.SyntheticPoses(4)):
         clone = pickle.loads(pickle.dumps(dataset))
         direct = [dataset[i] for i in range(len(dataset))]
         assert all(torch.equal(clone[1][k], direct[1][k]) for k in direct[1])
@@ -369,71 +266,14 @@ def test_datasets_pickle_and_load_in_worker_processes(freihand_root):
         for key in direct[0]:
             assert torch.equal(torch.cat([b[key] for b in batches]), torch.stack([d[key] for d in direct])), key
     # two DDP ranks draw disjoint indices; a sample is the same whichever rank draws it
-    dataset = data.SyntheticHands(6, image_size=32)
+    dataset = synthetic.SyntheticHands(6, image_size=32)
     seen = [list(DistributedSampler(dataset, num_replicas=2, rank=r, shuffle=True, seed=1)) for r in (0, 1)]
     assert sorted(seen[0] + seen[1]) == list(range(6))
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. synthetic bodies
-
-BODY_KEYS = {"image": (3, 64, 64), "K": (3, 3), "joints3d": (24, 3), "joints2d": (24, 2), "verts": (6890, 3),
-             "smpl_pose": (24, 3), "smpl_shape": (10,), "cam_t": (3,)}
 
 
 @pytest.fixture(scope="module")
 def smpl():
     return bodymodels.load_smpl()
-
-
-@pytest.mark.parametrize("kwargs", [{}, {"augment": True}, {"focal_length": None}])
-def test_synthetic_body_labels_are_smpl_of_its_parameters(smpl, kwargs):
-    """Keys and shapes; verts = SMPL(smpl_pose, smpl_shape) + cam_t and joints3d its joints (oracle: smplx's SMPL);
-    joints2d their projection; the person inside the crop."""
-    dataset = data.SyntheticBodies(3, image_size=64, **kwargs)
-    for i in range(len(dataset)):
-        s = dataset[i]
-        assert {k: tuple(v.shape) for k, v in s.items()} == BODY_KEYS
-        out = smpl(betas=s["smpl_shape"][None], global_orient=s["smpl_pose"][None, 0],
-                   body_pose=s["smpl_pose"][None, 1:].reshape(1, 69))
-        assert torch.allclose(out.vertices[0] + s["cam_t"], s["verts"], atol=1e-4)
-        assert torch.allclose(out.joints[0, :24] + s["cam_t"], s["joints3d"], atol=1e-4)
-        projected = perspective_projection(s["joints3d"].double(), s["K"].double())
-        assert (projected - s["joints2d"].double()).abs().max() < 0.5
-        inside = ((s["joints2d"] > -4) & (s["joints2d"] < 68)).all(1).float().mean()
-        assert inside > (0.8 if "augment" in kwargs else 0.99)
-
-
-def test_synthetic_body_image_shows_the_labelled_mesh():
-    dataset = data.SyntheticBodies(4, image_size=64, background="black", augment=True,
-                                   augment_config=data.AugmentConfig(color=0.0))
-    for i in range(len(dataset)):
-        s = dataset[i]
-        _, mask = synthetic.render_mesh(s["verts"], dataset.rig["faces"], s["K"], 64, return_mask=True)
-        assert ((s["image"].sum(0) > 0) == mask).float().mean() > 0.995
-        assert s["image"].std() > 0.05
-
-
-def test_synthetic_poses_are_the_poses_of_synthetic_bodies_and_deterministic():
-    poses, bodies = data.SyntheticPoses(4, seed=5), data.SyntheticBodies(4, image_size=32, seed=5)
-    for i in (0, 3):
-        p, b = poses[i], bodies[i]
-        assert set(p) == {"smpl_pose", "smpl_shape"}
-        assert torch.equal(p["smpl_pose"], b["smpl_pose"]) and torch.equal(p["smpl_shape"], b["smpl_shape"])
-        again = data.SyntheticBodies(4, image_size=32, seed=5)[i]
-        assert all(torch.equal(again[k], b[k]) for k in b)
-    assert not torch.allclose(poses[0]["smpl_pose"], poses[1]["smpl_pose"])
-    assert not torch.allclose(bodies[0]["image"], bodies[1]["image"], atol=0.05)
-
-
-@pytest.mark.parametrize("kwargs", [{}, {"augment": True, "focal_length": None}])
-def test_batched_body_getitems_gives_exactly_the_single_samples(kwargs):
-    dataset = data.SyntheticBodies(7, image_size=40, **kwargs)
-    dataset.render_chunk = 3  # a batch split across renderer passes, the last one short
-    indices = [6, 0, 3, 5, 1]
-    for index, sample in zip(indices, dataset.__getitems__(indices)):
-        single = dataset[index]
-        assert all(torch.equal(sample[k], single[k]) for k in single), index
 
 
 def test_batch_skinning_is_smpl_and_independent_of_the_batch(smpl):
@@ -447,67 +287,12 @@ def test_batch_skinning_is_smpl_and_independent_of_the_batch(smpl):
     assert torch.equal(alone[0][0], verts[4]) and torch.equal(alone[1][0], joints[4])
 
 
-def test_flat_background_is_one_colour_with_little_noise():
-    bodies = data.SyntheticBodies(2, (64, 48), background="flat", colors="suit")
-    masks = data.SyntheticBodies(2, (64, 48), background="black", colors="suit")
-    for i in range(2):
-        image, mask = bodies[i]["image"], masks[i]["image"].sum(0) == 0  # the person is never exactly black
-        background = image[:, mask]
-        assert background.shape[1] > 1000
-        assert (background.std(1) < 0.05).all() and (background.std(1) > 0.01).all()
-    with pytest.raises(ValueError, match="colors must be 'clothes' or 'suit'"):
-        data.SyntheticBodies(2, colors="paint")
-    whole = data.SyntheticWholeBody(1, (64, 48), colors="suit", background="flat")[0]["image"]
-    corner = whole[:, :6, :6].reshape(3, -1)  # the person is centred: the corners are background
-    assert (corner.std(1) < 0.05).all()
-    with pytest.raises(ValueError, match="SyntheticWholeBody: background must be one of"):
-        data.SyntheticWholeBody(1, background="black")
-
 
 # ---------------------------------------------------------------------------------------------
-# 6. synthetic whole bodies
-
-def test_synthetic_whole_body_keys_and_labels():
-    dataset = data.SyntheticWholeBody(6, image_size=(64, 48))
-    smplx_model, mano = bodymodels.load_smplx(), bodymodels.load_mano()
-    visible = 0
-    for i in range(len(dataset)):
-        s = dataset[i]
-        assert s["image"].shape == (3, 64, 48) and s["joints3d"].shape == (55, 3) and s["verts"].shape == (10475, 3)
-        p = s["smplx_pose"]
-        out = smplx_model(betas=s["smplx_shape"][None], expression=s["smplx_expression"][None],
-                          global_orient=p[None, 0],
-                          body_pose=p[None, 1:22].reshape(1, 63), jaw_pose=p[None, 22], leye_pose=p[None, 23],
-                          reye_pose=p[None, 24], left_hand_pose=p[None, 25:40].reshape(1, 45),
-                          right_hand_pose=p[None, 40:55].reshape(1, 45))
-        assert torch.allclose(out.vertices[0] + s["cam_t"], s["verts"], atol=1e-4)
-        assert (perspective_projection(s["joints3d"].double(), s["K"].double()) - s["joints2d"]).abs().max() < 0.5
-        for side, arm in (("left", bodymodels.SMPLX_LEFT_ARM), ("right", bodymodels.SMPLX_RIGHT_ARM)):
-            joints = s[f"{side}_hand_joints3d"].double()
-            uv, box = perspective_projection(joints, s["K"].double()), s[f"{side}_hand_box"]
-            assert (uv - s[f"{side}_hand_joints2d"]).abs().max() < 0.5 and s[f"{side}_hand_occluded"] == 0
-            # the box holds the hand's joints in the body image
-            assert ((uv >= box[:2] - 1) & (uv <= box[2:] + 1)).all()
-            assert torch.equal(s[f"{side}_arm_pose"], p[list(arm)])
-            # MANO posed by the MANO-space pose points its bones the same way as SMPL-X's hand
-            # (the two stand-ins' proportions differ a little, so compare directions, not positions)
-            mp = s[f"{side}_hand_mano_pose"]
-            m = mano(global_orient=mp[None, 0], hand_pose=mp[None, 1:].reshape(1, 45))
-            mj = data.mano_to_freihand(m.joints[0], m.vertices[0]).detach().double()
-            if side == "left":
-                mj = mj * torch.tensor([-1.0, 1, 1], dtype=torch.float64)
-            parents = torch.tensor(data.FREIHAND_PARENTS[1:])
-            bones = [torch.nn.functional.normalize(j[1:] - j[parents], dim=-1) for j in (mj, joints)]
-            assert torch.rad2deg(torch.acos((bones[0] * bones[1]).sum(-1).clamp(-1, 1))).mean() < 5
-            visible += float(s[f"{side}_hand_visible"]) > 0.5
-    assert visible >= 0.6 * 2 * len(dataset)  # both hands show most of the time
-
-
-# ---------------------------------------------------------------------------------------------
-# 7. the rendered cache and the trainer's helpers
+# 4. the rendered cache and the trainer's datasets
 
 def test_render_once_writes_a_rendered_set_equal_to_the_samples(tmp_path):
-    dataset = data.SyntheticHands(5, image_size=32, seed=2)
+    dataset = synthetic.SyntheticHands(5, image_size=32, seed=2)
     calls = []
     cached = data.render_once(dataset, tmp_path / "hands.pt", barrier=lambda: calls.append(1))
     assert len(calls) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["hands.pt"]  # parts removed
@@ -524,7 +309,7 @@ def test_render_once_writes_a_rendered_set_equal_to_the_samples(tmp_path):
 def test_render_once_shares_the_work_between_ranks(tmp_path):
     """Two ranks (run one after the other here, the barrier a no-op): rank 1 writes its part, rank 0
     its own and the joined file, which holds every sample in order."""
-    dataset = data.SyntheticPoses(5, seed=1)
+    dataset = synthetic.SyntheticPoses(5, seed=1)
     path = tmp_path / "poses.pt"
     torch.save(data.stack_samples(dataset, range(2, 5)), f"{path}.part1")  # rank 1's share, before the barrier
     cached = data.render_once(dataset, path, rank=0, world_size=2)
@@ -535,7 +320,7 @@ def test_render_once_shares_the_work_between_ranks(tmp_path):
 
 
 def test_labels_read_every_key_but_the_image_for_strided_samples(tmp_path):
-    dataset = data.SyntheticHands(9, image_size=24)
+    dataset = synthetic.SyntheticHands(9, image_size=24)
     direct = data.labels(dataset, limit=4)  # indices 0, 3, 6
     assert "image" not in direct and direct["joints3d"].shape == (3, 21, 3)
     assert torch.equal(direct["verts"][2], dataset[6]["verts"])
@@ -546,54 +331,18 @@ def test_labels_read_every_key_but_the_image_for_strided_samples(tmp_path):
 
 def test_hand_dataset_builds_each_kind(freihand_root):
     cfg = types.SimpleNamespace(image_size=40)
-    train, held_out = (data.hand_dataset("synthetic", "", split, cfg, 3, 4) for split in ("training", "evaluation"))
-    assert train.image_size == 40 and train.view_config == data.DEMO_HAND_VIEW
+    train, held_out = (synthetic.hand_dataset("synthetic", "", split, cfg, 3, 4)
+                       for split in ("training", "evaluation"))
+    assert train.image_size == 40 and train.view_config == synthetic.DEMO_HAND_VIEW
     assert held_out.seed == 3 + 1_000_003 and train.seed == 3
-    real = data.hand_dataset("freihand", freihand_root, "training", cfg, 0, None)
+    real = synthetic.hand_dataset("freihand", freihand_root, "training", cfg, 0, None)
     assert isinstance(real, data.FreiHAND) and real.augment and real[0]["image"].shape == (3, 40, 40)
     with pytest.raises(ValueError, match="kind"):
-        data.hand_dataset("video", "", "training", cfg, 0, 4)
-
-
-def test_draw_hand_predictions_writes_a_png(tmp_path):
-    eval_set = data.SyntheticHands(3, image_size=64, left_hand_prob=0.5)
-    gt = data.labels(eval_set)
-    pred = {"joints2d": gt["joints2d"] + 2.0, "joints3d": gt["joints3d"] - gt["joints3d"][:, :1],
-            "verts": gt["verts"] - gt["joints3d"][:, :1]}  # root-relative 3D
-    path = data.draw_hand_predictions(tmp_path / "predictions.png", eval_set, pred, gt, count=3)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    image = data.overlay_mesh(eval_set[0]["image"], gt["verts"][0], eval_set.faces, gt["K"][0], (0.0, 1.0, 0.0))
-    assert image.shape == (3, 64, 64) and not torch.equal(image, eval_set[0]["image"])
-
-
-def test_body_datasets_for_the_trainer_carry_index_and_the_meshes_they_are_scored_on():
-    cfg = types.SimpleNamespace(image_size=(32, 24))
-    poses = data.body_pose_dataset("synthetic", "", "evaluation", cfg, 0, 3)
-    sample = poses[2]
-    assert int(sample["index"]) == 2 and sample["verts"].shape == (6890, 3) and sample["joints3d"].shape == (24, 3)
-    verts, joints = data.skinning("smpl", None, torch.float32)(sample["smpl_pose"][None], sample["smpl_shape"][None])
-    torch.testing.assert_close(sample["joints3d"], joints[0])
-    assert "verts" not in data.body_pose_dataset("synthetic", "", "training", cfg, 0, 3)[0]
-    train_bodies = data.body_dataset("synthetic", "", "training", cfg, 0, 2)
-    held_out = data.body_dataset("synthetic", "", "evaluation", cfg, 0, 2)
-    assert "verts" not in train_bodies[0] and held_out[1]["verts"].shape == (6890, 3)
-    assert held_out[1]["image"].shape == (3, 32, 24) and int(held_out[1]["index"]) == 1
-    assert not torch.equal(train_bodies[0]["smpl_pose"], held_out[0]["smpl_pose"])  # another seed
-    with pytest.raises(ValueError, match="only 'synthetic'"):
-        data.body_dataset("npz", "/x", "training", cfg, 0, 2)
-
-
-def test_draw_body_pictures_write_pngs(tmp_path):
-    cfg = types.SimpleNamespace(image_size=(48, 36))
-    eval_set = data.body_dataset("synthetic", "", "evaluation", cfg, 0, 2)
-    gt = data.stack_samples(eval_set, range(2))
-    pred = {"verts": gt["verts"] + 0.02, "refined_verts": gt["verts"], "joints3d": gt["joints3d"]}
-    assert os.path.getsize(data.draw_body_predictions(tmp_path / "a.png", eval_set, pred, gt)) > 5_000
-    assert os.path.getsize(data.draw_pose_reconstructions(tmp_path / "b.png", eval_set, pred, gt)) > 5_000
+        synthetic.hand_dataset("video", "", "training", cfg, 0, 4)
 
 
 # ---------------------------------------------------------------------------------------------
-# 5b. real bodies: 4D-Humans / HMR2.0's evaluation .npz
+# 5. real bodies: 4D-Humans / HMR2.0's evaluation .npz
 
 
 def write_hmr2_npz(folder, count=4, size=(120, 100), seed=0):
@@ -672,18 +421,18 @@ def test_hmr2_datasets_for_the_genhmr_stages(tmp_path, monkeypatch):
     stages every row with the labels' SMPL mesh; the held-out split needs the protocol's regressor."""
     path, arrays = write_hmr2_npz(tmp_path)
     cfg = types.SimpleNamespace(image_size=(64, 48))
-    poses = data.body_pose_dataset("hmr2", str(path), "training", cfg, 0, 99)
+    poses = synthetic.body_pose_dataset("hmr2", str(path), "training", cfg, 0, 99)
     assert len(poses) == 3 and set(poses[0]) == {"smpl_pose", "smpl_shape", "index"}
     monkeypatch.delenv("HMR_J_REGRESSOR", raising=False)
     with pytest.raises(FileNotFoundError, match="HMR_J_REGRESSOR"):
-        data.body_dataset("hmr2", str(path), "evaluation", cfg, 0, 99)
-    train_set = data.body_dataset("hmr2", str(path), "training", cfg, 0, 99)
+        synthetic.body_dataset("hmr2", str(path), "evaluation", cfg, 0, 99)
+    train_set = synthetic.body_dataset("hmr2", str(path), "training", cfg, 0, 99)
     sample = train_set[3]
     assert "verts" not in sample and sample["joints3d"].shape == (24, 3) and int(sample["index"]) == 3
 
 
 # ---------------------------------------------------------------------------------------------
-# 5c. real whole bodies: EHF / ARCTIC as one .npz (data.WholeBodyNpz)
+# 6. real whole bodies: EHF / ARCTIC as one .npz (data.WholeBodyNpz)
 
 WHOLEBODY_OFFSET = (16, 20)  # (x, y): where the synthetic crop sits in the fixture's larger image
 
@@ -695,7 +444,7 @@ def write_wholebody_npz(folder, count=3, size=(64, 48)):
     pixels, hand_occluded. Returns the path, the arrays and the synthetic samples."""
     from PIL import Image
 
-    people = data.SyntheticWholeBody(count, image_size=size, seed=3)
+    people = synthetic.SyntheticWholeBody(count, image_size=size, seed=3)
     samples = [people[i] for i in range(count)]
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (ox, oy), (H, W) = WHOLEBODY_OFFSET, size
@@ -770,87 +519,17 @@ def test_wholebody_npz_errors_name_the_file_key_and_row(tmp_path):
 def test_wholebody_dataset_reaches_the_file(tmp_path):
     path, _, _ = write_wholebody_npz(tmp_path, count=2)
     cfg = types.SimpleNamespace(image_size=(64, 48))
-    train_set = data.wholebody_dataset("wholebody", str(path), "training", cfg, 0, 99)
-    eval_set = data.wholebody_dataset("wholebody", f"{path},{path}", "evaluation", cfg, 0, 99)
+    train_set = synthetic.wholebody_dataset("wholebody", str(path), "training", cfg, 0, 99)
+    eval_set = synthetic.wholebody_dataset("wholebody", f"{path},{path}", "evaluation", cfg, 0, 99)
     assert len(train_set) == len(eval_set) == 2
     assert "verts" not in train_set[1] and eval_set[1]["verts"].shape == (10475, 3) and int(eval_set[1]["index"]) == 1
     with pytest.raises(ValueError, match="'freihand' is not readable"):
-        data.wholebody_dataset("freihand", str(path), "training", cfg, 0, 99)
+        synthetic.wholebody_dataset("freihand", str(path), "training", cfg, 0, 99)
 
-
-def test_ambiguous_bodies_show_both_readings_in_the_same_image():
-    """AmbiguousBodies: the image of a person is the same whichever reading of the right arm the coin
-    picked (the occluder covers every pixel where they differ), the other reading is the labelled pose with
-    only the shoulder's mean swapped, and its joints are SMPL's of that pose in the same camera."""
-    dataset = data.AmbiguousBodies(6, image_size=(64, 48), seed=5, pose_config=data.DEMO_BODY_POSE,
-                                   **data.DEMO_BODY_LOOK)
-    drawn = dataset.__getitems__(list(range(6)))
-    original = data.ambiguous_arm
-
-    def swapped(pose, rng):  # the same draws, the coin's outcome reversed
-        mine, other, true = original(pose, rng)
-        return other, mine, 1 - true
-
-    data.ambiguous_arm = swapped
-    try:
-        flipped = dataset.__getitems__(list(range(6)))
-    finally:
-        data.ambiguous_arm = original
-    readings = torch.tensor(data.AMBIGUOUS_READINGS)
-    assert {int(s["reading"]) for s in drawn} == {0, 1}
-    for a, b in zip(drawn, flipped):
-        assert int(a["reading"]) == 1 - int(b["reading"])
-        assert torch.equal(a["image"], b["image"])  # nothing in the picture tells the readings apart
-        torch.testing.assert_close(a["smpl_pose_other"], b["smpl_pose"])
-        torch.testing.assert_close(a["joints3d_other"], b["joints3d"])
-        moved = (a["smpl_pose"] - a["smpl_pose_other"]).abs().sum(1) > 0
-        assert moved.nonzero().flatten().tolist() == [data.AMBIGUOUS_JOINT]
-        torch.testing.assert_close(a["smpl_pose"][17] - a["smpl_pose_other"][17],
-                                   readings[int(a["reading"])] - readings[1 - int(a["reading"])])
-        apart = (a["joints3d"] - a["joints3d_other"]).norm(dim=-1) > 0.01
-        assert apart.nonzero().flatten().tolist() == list(data.AMBIGUOUS_MOVED)
-        x0, y0, x1, y1 = a["occluder"].long().tolist()
-        for joints in (a["joints3d"], a["joints3d_other"]):  # every hidden joint of both readings under the occluder
-            uv = bodymodels.perspective_projection(joints[list(data.AMBIGUOUS_MOVED)].double(), a["K"].double())
-            assert ((uv >= torch.tensor([x0, y0])) & (uv <= torch.tensor([x1, y1]))).all()
-    with pytest.raises(ValueError, match="augment"):
-        data.AmbiguousBodies(2, image_size=32, augment=True)
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Pictures (moved from bodymodels) and photographs as files (`read_image`)
-
-
-def test_plot_mesh_views_draws_every_face_and_bone_in_three_views():
-    from matplotlib.collections import LineCollection, PolyCollection
-
-    verts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
-    faces = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
-    fig = data.plot_mesh_views(verts, faces, joints=verts[:3], parents=(-1, 0, 1), title="tetrahedron")
-    assert [ax.get_title() for ax in fig.axes] == ["front", "side", "top"]
-    for ax in fig.axes:
-        polys = [c for c in ax.collections if isinstance(c, PolyCollection)]
-        bones = [c for c in ax.collections if isinstance(c, LineCollection)]
-        assert len(polys) == 1 and len(polys[0].get_paths()) == 4
-        assert len(bones) == 1 and len(bones[0].get_segments()) == 2
-    with pytest.raises(ValueError, match="faces"):
-        data.plot_mesh_views(verts, faces[:, :2])
-    with pytest.raises(ValueError, match="parents"):
-        data.plot_mesh_views(verts, faces, joints=verts, parents=(-1, 0))
-
-
-
-def test_draw_skeleton_draws_one_line_per_bone_in_the_given_colours():
-    from matplotlib.colors import to_rgba
-    from matplotlib.figure import Figure
-
-    ax = Figure().subplots()
-    points = torch.rand(21, 2)
-    bones = data.draw_skeleton(ax, points, bodymodels.FREIHAND_PARENTS, color="bones", label="truth")
-    assert len(bones.get_segments()) == 20 and bones.get_label() == "truth"
-    assert np.allclose(bones.get_colors()[0], to_rgba(data.FINGER_COLORS[0]))  # bone 1: the thumb
-    assert np.allclose(bones.get_segments()[4], points[[0, 5]].numpy())  # bone 5: wrist -> index
-    assert data.draw_skeleton(ax, points, None) is None
+# 7. photographs as files (`read_image`)
 
 
 def _save_image(tmp_path, name, array, mode=None, **kwargs):

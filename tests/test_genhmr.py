@@ -859,7 +859,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def trained(tmp_path_factory):
     """The three stages through train.py itself (a few steps each) -> OUT folder; and the held-out
     render (train.py's evaluation set) written as an 8-bit PNG, with its sample."""
-    import data
+    import synthetic
     import train
     out = tmp_path_factory.mktemp("genhmr_demo")
     tiny = ["--out", str(out), "--log-every", "100", "--eval-samples", "2"]
@@ -869,7 +869,7 @@ def trained(tmp_path_factory):
                + tiny)
     train.main(["--model", "genhmr", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8",
                 "--set", "refine_steps=3", "--set", "table_iterations=()", "--set", "table_refine_steps=()"] + tiny)
-    sample = data.body_dataset("synthetic", None, "evaluation", genhmr.TINY, 0, 2)[1]
+    sample = synthetic.body_dataset("synthetic", None, "evaluation", genhmr.TINY, 0, 2)[1]
     pixels = (sample["image"] * 255).round().byte()
     png = out / "person.png"
     Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(png)
@@ -889,9 +889,9 @@ def run_main(argv, capsys):
 
 
 def silhouette(verts, K, hw):
-    import synthetic
-    return set(synthetic.rasterize(torch.as_tensor(verts).float(), genhmr._smpl().faces_tensor,
-                                   torch.as_tensor(K), hw)[0].tolist())
+    import render
+    return set(render.rasterize(torch.as_tensor(verts).float(), genhmr._smpl().faces_tensor,
+                                torch.as_tensor(K), hw)[0].tolist())
 
 
 def iou(a, b):

@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 
 import bodymodels
-import data
 import demo as dm
 import hmr_adapter as ha
 import synthetic
 import train
+from render import rasterize
 from bodymodels import axis_angle_to_matrix, forward_kinematics, mirror_rotation
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def batch():
-    dataset = data.SyntheticWholeBody(4, image_size=(256, 192), occlusion_prob=0.5, seed=5)
+    dataset = synthetic.SyntheticWholeBody(4, image_size=(256, 192), occlusion_prob=0.5, seed=5)
     return torch.utils.data.default_collate([dataset[i] for i in range(4)])
 
 
@@ -591,7 +591,7 @@ def test_frozen_cache_serves_each_sample_as_computed_alone(bases, batch):
 
 @pytest.fixture(scope="module")
 def batch8():
-    dataset = data.SyntheticWholeBody(8, image_size=(256, 192), occlusion_prob=0.5, seed=6)
+    dataset = synthetic.SyntheticWholeBody(8, image_size=(256, 192), occlusion_prob=0.5, seed=6)
     return {k: v.double() if v.is_floating_point() else v for k, v in
             torch.utils.data.default_collate([dataset[i] for i in range(8)]).items()}
 
@@ -763,8 +763,8 @@ def test_tiny_whole_body_conv_stem_gives_the_patch_grid():
 
 
 def test_synthetic_whole_body_occluders_cover_the_hand_and_leave_the_scene_alone():
-    clean = data.SyntheticWholeBody(3, image_size=(128, 96), seed=2)
-    covered = data.SyntheticWholeBody(3, image_size=(128, 96), seed=2, occlusion_prob=1.0)
+    clean = synthetic.SyntheticWholeBody(3, image_size=(128, 96), seed=2)
+    covered = synthetic.SyntheticWholeBody(3, image_size=(128, 96), seed=2, occlusion_prob=1.0)
     for i in range(3):
         a, b = clean[i], covered[i]
         assert all(torch.equal(a[k], b[k]) for k in a if k != "image" and not k.endswith("occluded"))
@@ -873,7 +873,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def render(trained, tmp_path_factory):
     """A held-out render (train.py's evaluation set) as an 8-bit PNG, and its sample."""
-    sample = data.wholebody_dataset("synthetic", "", "evaluation", ha.BASES_TINY, 0, 1)[0]
+    sample = synthetic.wholebody_dataset("synthetic", "", "evaluation", ha.BASES_TINY, 0, 1)[0]
     path = tmp_path_factory.mktemp("render") / "person.png"
     pixels = (sample["image"].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
     Image.fromarray(pixels).save(path)
@@ -924,8 +924,8 @@ def test_image_command_writes_the_pipelines_mesh_in_the_full_image_camera(traine
     assert torch.equal(f, ha.body_models().smplx_faces)
     # the short-trained mesh over the render: reported, not asserted (the placement test asserts it)
     size = tuple(sample["image"].shape[-2:])
-    pred = synthetic.rasterize(torch.from_numpy(npz["verts"]), f, torch.from_numpy(npz["K"]), size)[0]
-    gt = synthetic.rasterize(sample["verts"], f, sample["K"], size)[0]
+    pred = rasterize(torch.from_numpy(npz["verts"]), f, torch.from_numpy(npz["K"]), size)[0]
+    gt = rasterize(sample["verts"], f, sample["K"], size)[0]
     print(f"\nshort-trained silhouette IoU {len(np.intersect1d(pred, gt)) / len(np.union1d(pred, gt)):.3f}")
 
 
@@ -943,8 +943,8 @@ def test_ground_truth_mesh_placed_in_the_full_image_covers_its_silhouette(render
     verts = sample["verts"].double() - root + t
     K = bodymodels.full_image_intrinsics((W, H), dtype=torch.float64)
     faces = ha.body_models().smplx_faces
-    want = synthetic.rasterize(sample["verts"], faces, torch.linalg.inv(A) @ sample["K"].double(), (H, W))[0]
-    got = synthetic.rasterize(verts, faces, K, (H, W))[0]
+    want = rasterize(sample["verts"], faces, torch.linalg.inv(A) @ sample["K"].double(), (H, W))[0]
+    got = rasterize(verts, faces, K, (H, W))[0]
     iou = len(np.intersect1d(got, want)) / len(np.union1d(got, want))
     print(f"\nground-truth placement IoU {iou:.4f} ({W} x {H}, box {box})")
     assert iou > 0.97

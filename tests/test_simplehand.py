@@ -20,6 +20,7 @@ import torch.nn as nn
 import bodymodels
 import data
 import demo
+import render
 import simplehand as sh
 import synthetic
 from simplehand import PAPER, PAPER_FASTVIT, TINY
@@ -641,7 +642,7 @@ def test_build_model_carries_manos_j_regressor_in_its_checkpoint():
 def test_one_batch_overfit_loss_falls_tenfold(one_thread):
     """Four rendered synthetic hands at 64 px: the loss of Eq. (7) falls at least tenfold in 150
     AdamW steps (about 25x when written; it plateaus above 10x if any part stops learning)."""
-    samples = [data.SyntheticHands(4, image_size=64, seed=0)[i] for i in range(4)]
+    samples = [synthetic.SyntheticHands(4, image_size=64, seed=0)[i] for i in range(4)]
     batch = {k: torch.stack([s[k] for s in samples]) for k in ("image", "joints3d", "verts", "joints2d")}
     cfg = dataclasses.replace(TINY, image_size=64)
     torch.manual_seed(0)
@@ -981,7 +982,7 @@ def test_paper_trains_with_the_official_augmentation_and_tiny_keeps_the_default(
 def test_official_augmentation_draws_full_rotations_flips_and_its_colour_ranges():
     """Many draws for one hand: the roll about the axis through the box centre covers the circle
     evenly, half the draws flip, the colour factors stay in the official ranges."""
-    hands = data.SyntheticHands(1, 96, seed=0, view_config=data.DEMO_HAND_VIEW)
+    hands = synthetic.SyntheticHands(1, 96, seed=0, view_config=synthetic.DEMO_HAND_VIEW)
     sample = hands[0]
     cfg = dataclasses.replace(data.OFFICIAL_HAND_AUGMENT, box_jitter=0.0)  # the turn R_look is then fixed
     augs = [data.sample_augmentation(data.sample_rng(0, 0, i, 1), cfg, sample["K"], 96, sample["joints3d"])
@@ -1004,11 +1005,12 @@ def test_official_augmentation_draws_full_rotations_flips_and_its_colour_ranges(
 
 def test_official_crop_frames_the_keypoint_box_and_a_flip_toggles_handedness_with_the_labels():
     cfg = dataclasses.replace(data.OFFICIAL_HAND_AUGMENT, color_style="jitter", color=0.0)
-    plain = data.SyntheticHands(24, 96, seed=5, view_config=data.DEMO_HAND_VIEW)
-    hands = data.SyntheticHands(24, 96, seed=5, augment=True, augment_config=cfg, view_config=data.DEMO_HAND_VIEW)
-    unrolled = data.SyntheticHands(24, 96, seed=5, augment=True,
-                                   augment_config=dataclasses.replace(cfg, rotation_deg=0),
-                                   view_config=data.DEMO_HAND_VIEW)
+    plain = synthetic.SyntheticHands(24, 96, seed=5, view_config=synthetic.DEMO_HAND_VIEW)
+    hands = synthetic.SyntheticHands(24, 96, seed=5, augment=True, augment_config=cfg,
+                                     view_config=synthetic.DEMO_HAND_VIEW)
+    unrolled = synthetic.SyntheticHands(24, 96, seed=5, augment=True,
+                                        augment_config=dataclasses.replace(cfg, rotation_deg=0),
+                                        view_config=synthetic.DEMO_HAND_VIEW)
     faces = torch.as_tensor(bodymodels.load_mano().faces.astype("int64"))
     right_sign = torch.sign(_signed_volume(plain[0]["verts"].double(), faces))
     flipped = 0
@@ -1032,9 +1034,9 @@ def test_official_crop_warps_a_photograph_as_the_new_camera_sees_the_hand():
     """The pixel transform A = K' T K^-1 (a homography: the camera turns) moves a rendered hand
     where rendering it with the augmented camera puts it (black background: masks)."""
     cfg = dataclasses.replace(data.OFFICIAL_HAND_AUGMENT, color_style="jitter", color=0.0)
-    plain = data.SyntheticHands(3, 96, seed=3, background="black", view_config=data.DEMO_HAND_VIEW)
-    moved = data.SyntheticHands(3, 96, seed=3, augment=True, augment_config=cfg, background="black",
-                                view_config=data.DEMO_HAND_VIEW)
+    plain = synthetic.SyntheticHands(3, 96, seed=3, background="black", view_config=synthetic.DEMO_HAND_VIEW)
+    moved = synthetic.SyntheticHands(3, 96, seed=3, augment=True, augment_config=cfg, background="black",
+                                     view_config=synthetic.DEMO_HAND_VIEW)
     for i in range(3):
         a, b = plain[i], moved[i]
         aug = data.sample_augmentation(data.sample_rng(3, 0, i, 1), cfg, a["K"], 96, a["joints3d"])
@@ -1059,7 +1061,7 @@ def test_freihand_keypoint_crop_matches_the_official_evaluation_crop(tmp_path):
     fx = torch.load(FIXTURES / "freihand_eval_crop.pt", weights_only=True)
     root = write_crop_fixture_as_freihand(tmp_path / "FreiHAND", fx)
     cfg = dataclasses.replace(sh.OFFICIAL, image_size=64)
-    dataset = data.hand_dataset("freihand", str(root), "evaluation", cfg, seed=0, num_samples=0)
+    dataset = synthetic.hand_dataset("freihand", str(root), "evaluation", cfg, seed=0, num_samples=0)
     assert dataset.crop == "keypoints" and "x 1.25" in dataset.crop_description
     for i in range(len(dataset)):
         sample = dataset[i]
@@ -1070,7 +1072,7 @@ def test_freihand_keypoint_crop_matches_the_official_evaluation_crop(tmp_path):
         torch.testing.assert_close(sample["joints3d"].double(), fx["crop_xyz"][i], rtol=0, atol=1e-6)
         torch.testing.assert_close(sample["verts"], fx["crop_vertices"][i], rtol=0, atol=1e-6)
     # FreiHAND's own images for the other configs, and for training
-    assert data.hand_dataset("freihand", str(root), "evaluation", TINY, seed=0, num_samples=0).crop == "none"
+    assert synthetic.hand_dataset("freihand", str(root), "evaluation", TINY, seed=0, num_samples=0).crop == "none"
     plain = data.FreiHAND(root, "evaluation", image_size=128, hands_mean=np.zeros(45))[0]
     torch.testing.assert_close(plain["image"], fx["rgb"][0].permute(2, 0, 1).float() / 255)
 
@@ -1099,7 +1101,7 @@ def demo_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def held_out_hands():
     """Held-out synthetic renders, as train.py builds its evaluation set."""
-    return data.hand_dataset("synthetic", "", "evaluation", TINY, seed=0, num_samples=2)
+    return synthetic.hand_dataset("synthetic", "", "evaluation", TINY, seed=0, num_samples=2)
 
 
 def save_png(path, image, mode="RGB"):
@@ -1118,8 +1120,8 @@ def save_png(path, image, mode="RGB"):
 
 
 def silhouette(verts, faces, K, size):
-    pix, _, _ = synthetic.rasterize(torch.as_tensor(verts).float(), torch.as_tensor(faces), torch.as_tensor(K).float(),
-                                    size)
+    pix, _, _ = render.rasterize(torch.as_tensor(verts).float(), torch.as_tensor(faces), torch.as_tensor(K).float(),
+                                 size)
     mask = torch.zeros(size * size, dtype=torch.bool)
     mask[pix] = True
     return mask

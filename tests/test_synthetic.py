@@ -1,145 +1,33 @@
-"""Tests for synthetic.py: the renderer against the brute-force z-buffer `synthetic.reference_rasterize`,
-backgrounds, and the pose priors (hands, bodies, actions) and looks of the synthetic samples."""
+"""Tests for synthetic.py: backgrounds, the pose priors (hands, bodies, actions) and looks, and the synthetic
+datasets: every label against its oracle (smplx's MANO, SMPL and SMPL-X; the renderer's silhouette), projection
+consistency before and after augmentation, determinism by index, batches equal to single samples, GenHMR's
+controlled ambiguity and the trainer's synthetic datasets. The renderer: test_render.py."""
 import math
+import types
 
 import pytest
 import torch
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bodymodels
 import data
+import render
 import synthetic
-from bodymodels import matrix_to_axis_angle
+from bodymodels import matrix_to_axis_angle, perspective_projection
+from test_data import assert_hand_sample
 
 torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------------------------
-# helpers
-
-def icosphere(subdivisions=2):
-    """Unit sphere mesh: verts (V, 3) float64, faces (F, 3) with outward counter-clockwise winding."""
-    t = (1 + 5 ** 0.5) / 2
-    verts = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t), (0, -1, -t), (0, 1, -t),
-             (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
-    faces = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4), (11, 10, 2),
-             (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8), (3, 8, 9), (4, 9, 5), (2, 4, 11),
-             (6, 2, 10), (8, 6, 7), (9, 8, 1)]
-    verts = [tuple(c / math.sqrt(sum(x * x for x in v)) for c in v) for v in verts]
-    for _ in range(subdivisions):
-        midpoint, new_faces = {}, []
-
-        def mid(a, b):
-            if (a, b) not in midpoint:
-                p = [(x + y) / 2 for x, y in zip(verts[a], verts[b])]
-                norm = math.sqrt(sum(c * c for c in p))
-                verts.append(tuple(c / norm for c in p))
-                midpoint[(a, b)] = midpoint[(b, a)] = len(verts) - 1
-            return midpoint[(a, b)]
-
-        for a, b, c in faces:
-            ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
-            new_faces += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
-        faces = new_faces
-    return torch.tensor(verts, dtype=torch.float64), torch.tensor(faces)
-
+# 1. backgrounds
 
 def random_background(rng, image_size):
     """One sample's background as the datasets draw it: a pattern, upsampled to (H, W)."""
     pattern = torch.from_numpy(synthetic.background_patterns(synthetic.Draws([rng]))).float()
     return synthetic.upsample_backgrounds(pattern, *image_size)[0]
 
-
-def random_triangle_soup(rng, count):
-    """count random triangles in front of a camera K; -> verts (3 count, 3), faces (count, 3), K."""
-    centres = torch.stack([torch.empty(count).uniform_(-0.3, 0.3, generator=rng),
-                           torch.empty(count).uniform_(-0.3, 0.3, generator=rng),
-                           torch.empty(count).uniform_(1.0, 3.0, generator=rng)], -1)
-    verts = (centres[:, None, :] + 0.3 * torch.randn(count, 3, 3, generator=rng) * torch.tensor([1, 1, 0.3]))
-    verts = verts.reshape(-1, 3)
-    K = torch.tensor([[40.0, 0, 16], [0, 40.0, 12], [0, 0, 1]])
-    return verts.float(), torch.arange(3 * count).view(count, 3), K
-
-
-# ---------------------------------------------------------------------------------------------
-# 1. renderer
-
-@settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), count=st.integers(1, 40))
-@example(seed=0, count=1)
-def test_rasterize_agrees_with_brute_force_zbuffer(seed, count):
-    rng = torch.Generator().manual_seed(seed)
-    verts, faces, K = random_triangle_soup(rng, count)
-    height, width = 24, 32
-    pix, face, bary = synthetic.rasterize(verts, faces, K, (height, width))
-    oracle, margin, gap = synthetic.reference_rasterize(verts, faces, K, (height, width))
-    got = torch.full((height * width,), -1, dtype=torch.long)
-    got[pix] = face
-    clear = (margin > 1e-3) & (gap > 1e-4)  # pixels far from every edge and without a depth tie
-    assert torch.equal(got[clear], oracle[clear])
-    # the barycentric weights reproduce the pixel centre
-    uvw = verts.double() @ K.double().T
-    uv = (uvw[:, :2] / uvw[:, 2:])[faces[face]]  # (P, 3, 2)
-    centre = torch.stack([pix % width + 0.5, pix // width + 0.5], -1).double()
-    assert torch.allclose((bary.double()[:, :, None] * uv).sum(1), centre, atol=1e-3)
-    assert torch.allclose(bary.sum(1), torch.ones(len(pix)), atol=1e-5)
-
-
-def test_rasterize_sphere_covers_its_projected_disc_without_cracks():
-    verts, faces = icosphere(3)
-    radius, depth, f = 0.1, 1.0, 400.0
-    verts = (verts * radius + torch.tensor([0.0, 0.0, depth])).float()
-    K = torch.tensor([[f, 0, 64], [0, f, 64], [0, 0, 1]])
-    _, mask = synthetic.render_mesh(verts, faces, K, 128, return_mask=True)
-    ys, xs = torch.meshgrid(torch.arange(128) + 0.5, torch.arange(128) + 0.5, indexing="ij")
-    r = ((xs - 64) ** 2 + (ys - 64) ** 2).sqrt()
-    r_disc = f * radius / math.sqrt(depth**2 - radius**2)  # silhouette of a sphere seen in perspective
-    assert mask[r < r_disc - 1.5].all()  # no cracks inside
-    assert not mask[r > r_disc + 0.5].any()
-
-
-def test_backface_culling_changes_nothing_for_a_closed_outward_mesh():
-    verts, faces = icosphere(2)
-    verts = (verts * torch.tensor([0.1, 0.06, 0.08]) + torch.tensor([0.02, -0.01, 0.5])).float()
-    K = torch.tensor([[300.0, 0, 40], [0, 300.0, 36], [0, 0, 1]])
-    both = synthetic.render_mesh(verts, faces, K, (72, 80))
-    culled = synthetic.render_mesh(verts, faces, K, (72, 80), cull_backfaces=True)
-    assert torch.allclose(both, culled, atol=1e-5) and both.max() > 0
-    # culling with the winding reversed leaves only the inside of the far half: a different picture
-    inside = synthetic.render_mesh(verts, faces.flip(1), K, (72, 80), cull_backfaces=True)
-    assert not torch.allclose(both, inside, atol=1e-2)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_render_mesh_gives_the_same_image_on_the_gpu():
-    verts, faces = icosphere(3)
-    verts = (verts * torch.tensor([0.1, 0.06, 0.08]) + torch.tensor([0.02, -0.01, 0.5])).float()
-    K = torch.tensor([[300.0, 0, 40], [0, 300.0, 36], [0, 0, 1]])
-    background = random_background(data.sample_rng(0, 0, 0), (72, 80))
-    cpu = synthetic.render_mesh(verts, faces, K, (72, 80), background=background)
-    gpu = synthetic.render_mesh(verts.cuda(), faces.cuda(), K.cuda(), (72, 80), background=background.cuda())
-    assert gpu.is_cuda and (gpu.cpu() - cpu).abs().max() < 1e-4
-    zoom = torch.diag(torch.tensor([1.1, 1.1, 1.0], dtype=torch.float64))
-    warped = data.warp_image(background.cuda(), zoom, (72, 80))
-    assert warped.is_cuda
-
-
-def test_render_mesh_lambert_shading_of_a_facing_square():
-    # a square facing the camera, light from the camera: I = albedo (ambient + (1 - ambient) cos)
-    verts = torch.tensor([[-1.0, -1, 2], [1, -1, 2], [1, 1, 2], [-1, 1, 2]])
-    faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
-    K = torch.tensor([[8.0, 0, 8], [0, 8.0, 8], [0, 0, 1]])
-    color, ambient = torch.tensor([0.8, 0.5, 0.2]), 0.3
-    tilt = math.radians(60)
-    light = (0.0, math.sin(tilt), -math.cos(tilt))
-    image = synthetic.render_mesh(verts, faces, K, 16, color=color, light=light, ambient=ambient)
-    expected = color * (ambient + (1 - ambient) * math.cos(tilt))
-    assert torch.allclose(image[:, 8, 8], expected, atol=1e-5)
-    assert torch.allclose(image[:, 0, 0], torch.zeros(3))  # outside: black background
-    # winding does not matter
-    flipped = synthetic.render_mesh(verts, faces.flip(1), K, 16, color=color, light=light, ambient=ambient)
-    assert torch.allclose(image, flipped)
 
 
 def test_random_background_is_deterministic_varied_and_in_range():
@@ -217,9 +105,10 @@ def test_body_pose_prior_is_upright_with_natural_hinges(smpl):
 @given(st.integers(0, 10_000))
 @settings(max_examples=25, deadline=None)
 def test_action_prior_faces_the_camera_within_a_quarter_turn(seed):
-    """Design notes Sec. 7: flip (180 about x) after pitch / roll N(0, 10) after yaw U(-90, 90); every
-    body joint's angle at most 2 rad. The person's front (+z) then points at the camera (-z) within
-    90 degrees of yaw plus the small tilt, and up (+y) points up in the image (-y)."""
+    """GenHMR's tiny prior (docs/genhmr.md, "The default run"): flip (180 about x) after pitch / roll
+    N(0, 10) after yaw U(-90, 90); every body joint's angle at most 2 rad. The person's front (+z) then
+    points at the camera (-z) within 90 degrees of yaw plus the small tilt, and up (+y) points up in the
+    image (-y)."""
     R = synthetic.sample_action_body(torch.Generator().manual_seed(seed))
     assert R.shape == (22, 3, 3)
     torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(R))
@@ -257,3 +146,273 @@ def test_suit_colours_tell_parts_and_sides_apart():
     assert distance.min() > 0.05
     for left, right in ((1, 2), (4, 5), (7, 8), (13, 14), (16, 17), (18, 19), (20, 21)):
         assert (colors[left] - colors[right]).norm() > 0.15, (left, right)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. synthetic hands
+
+NO_COLOR = data.AugmentConfig(color=0.0, flip_prob=0.5, rotation_deg=60.0)
+
+
+def test_synthetic_hands_keys_shapes_and_projection():
+    for kwargs in ({}, {"augment": True, "left_hand_prob": 0.5}, {"image_size": 96}):
+        dataset = synthetic.SyntheticHands(4, **kwargs)
+        for i in range(len(dataset)):
+            assert_hand_sample(dataset[i], kwargs.get("image_size", 224))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"left_hand_prob": 1.0},
+                                    {"augment": True, "augment_config": NO_COLOR, "left_hand_prob": 0.5}])
+def test_synthetic_hand_image_shows_the_labelled_mesh(kwargs):
+    """On a black background, the rendered pixels are exactly the silhouette of (verts, K): the image
+    and the labels agree, for right and mirrored left hands and after augmentation."""
+    dataset = synthetic.SyntheticHands(6, image_size=96, background="black", **kwargs)
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        _, mask = render.render_mesh(*dataset.scene(sample), sample["K"], 96, return_mask=True)  # hand and forearm
+        drawn = sample["image"].sum(0) > 0
+        assert (drawn == mask).float().mean() > 0.995
+        _, mask = render.render_mesh(sample["verts"], dataset.faces, sample["K"], 96,
+                                     return_mask=True)  # the hand alone
+        u, v = sample["joints2d"].round().long().clamp(0, 95).T
+        assert mask[v, u].float().mean() >= 0.8  # the joints lie on the hand
+        if "augment" not in kwargs:  # a detector's crop: the hand's box fills 70-90% of the crop, centred
+            rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+            size = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) / 96
+            assert 0.6 <= size <= 0.95
+            centre = torch.tensor([(cols.max() + cols.min() + 1) / 2, (rows.max() + rows.min() + 1) / 2])
+            assert (centre - 48).abs().max() < 0.15 * 96
+
+
+@pytest.mark.parametrize("left_hand_prob", [0.0, 1.0])
+def test_synthetic_hand_labels_are_mano_of_its_parameters(mano, left_hand_prob):
+    """verts = MANO_right(mano_pose, mano_shape) (mirrored for a left hand) + a translation, and
+    joints3d are its FreiHAND joints: the oracle is smplx's MANO itself."""
+    dataset = synthetic.SyntheticHands(3, image_size=64, left_hand_prob=left_hand_prob, augment=True,
+                                       augment_config=data.AugmentConfig(flip_prob=0.5))
+    for i in range(len(dataset)):
+        s = dataset[i]
+        out = mano(betas=s["mano_shape"][None], global_orient=s["mano_pose"][None, 0],
+                   hand_pose=s["mano_pose"][None, 1:].reshape(1, 45))
+        verts = out.vertices[0]
+        joints = bodymodels.mano_to_freihand(out.joints[0], verts)
+        if not bool(s["is_right"]):
+            verts, joints = verts * torch.tensor([-1.0, 1, 1]), joints * torch.tensor([-1.0, 1, 1])
+        shift = (s["verts"] - verts).mean(0)
+        assert torch.allclose(verts + shift, s["verts"], atol=1e-4)
+        assert torch.allclose(joints + shift, s["joints3d"], atol=1e-4)
+
+
+def test_synthetic_hands_are_deterministic_by_index_and_differ_between_indices():
+    a, b = synthetic.SyntheticHands(5, image_size=64, seed=3), synthetic.SyntheticHands(5, image_size=64, seed=3)
+    for i in (0, 4):
+        x, y = a[i], b[i]
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    x, y = a[0], a[1]
+    assert not torch.allclose(x["image"], y["image"], atol=0.05) and not torch.allclose(x["joints3d"], y["joints3d"])
+    assert x["image"].std() > 0.03  # not blank
+    assert not torch.equal(synthetic.SyntheticHands(5, image_size=64, seed=4)[0]["joints3d"], x["joints3d"])
+
+
+def test_batched_getitems_gives_exactly_the_single_samples():
+    dataset = synthetic.SyntheticHands(6, image_size=48, augment=True, left_hand_prob=0.5)
+    batch = dataset.__getitems__([5, 0, 3])
+    for index, sample in zip((5, 0, 3), batch):
+        single = dataset[index]
+        assert all(torch.equal(sample[k], single[k]) for k in single)
+    dataset.render_chunk = 2  # a batch split across renderer passes, the last one short
+    for index, sample in zip((4, 1, 5, 2, 0), dataset.__getitems__([4, 1, 5, 2, 0])):
+        single = dataset[index]
+        assert all(torch.equal(sample[k], single[k]) for k in single)
+    many = synthetic.SyntheticHands(40, image_size=32, left_hand_prob=0.5)  # a DataLoader-sized batch
+    indices = list(range(39, 3, -3))
+    for index, sample in zip(indices, many.__getitems__(indices)):
+        single = many[index]
+        assert all(torch.equal(sample[k], single[k]) for k in single), index
+
+
+def test_set_epoch_changes_augmented_and_varying_samples_only():
+    fixed = synthetic.SyntheticHands(2, image_size=64)
+    augmented = synthetic.SyntheticHands(2, image_size=64, augment=True)
+    varying = synthetic.SyntheticHands(2, image_size=64, vary_with_epoch=True)
+    before = [d[1] for d in (fixed, augmented, varying)]
+    for d in (fixed, augmented, varying):
+        d.set_epoch(7)
+    after = [d[1] for d in (fixed, augmented, varying)]
+    assert torch.equal(before[0]["image"], after[0]["image"])
+    assert not torch.equal(before[1]["image"], after[1]["image"])
+    assert torch.equal(before[1]["mano_shape"], after[1]["mano_shape"])  # same hand, new camera
+    assert not torch.equal(before[2]["mano_shape"], after[2]["mano_shape"])  # a new hand
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. synthetic bodies
+
+BODY_KEYS = {"image": (3, 64, 64), "K": (3, 3), "joints3d": (24, 3), "joints2d": (24, 2), "verts": (6890, 3),
+             "smpl_pose": (24, 3), "smpl_shape": (10,), "cam_t": (3,)}
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"augment": True}, {"focal_length": None}])
+def test_synthetic_body_labels_are_smpl_of_its_parameters(smpl, kwargs):
+    """Keys and shapes; verts = SMPL(smpl_pose, smpl_shape) + cam_t and joints3d its joints (oracle: smplx's SMPL);
+    joints2d their projection; the person inside the crop."""
+    dataset = synthetic.SyntheticBodies(3, image_size=64, **kwargs)
+    for i in range(len(dataset)):
+        s = dataset[i]
+        assert {k: tuple(v.shape) for k, v in s.items()} == BODY_KEYS
+        out = smpl(betas=s["smpl_shape"][None], global_orient=s["smpl_pose"][None, 0],
+                   body_pose=s["smpl_pose"][None, 1:].reshape(1, 69))
+        assert torch.allclose(out.vertices[0] + s["cam_t"], s["verts"], atol=1e-4)
+        assert torch.allclose(out.joints[0, :24] + s["cam_t"], s["joints3d"], atol=1e-4)
+        projected = perspective_projection(s["joints3d"].double(), s["K"].double())
+        assert (projected - s["joints2d"].double()).abs().max() < 0.5
+        inside = ((s["joints2d"] > -4) & (s["joints2d"] < 68)).all(1).float().mean()
+        assert inside > (0.8 if "augment" in kwargs else 0.99)
+
+
+def test_synthetic_body_image_shows_the_labelled_mesh():
+    dataset = synthetic.SyntheticBodies(4, image_size=64, background="black", augment=True,
+                                        augment_config=data.AugmentConfig(color=0.0))
+    for i in range(len(dataset)):
+        s = dataset[i]
+        _, mask = render.render_mesh(s["verts"], dataset.rig["faces"], s["K"], 64, return_mask=True)
+        assert ((s["image"].sum(0) > 0) == mask).float().mean() > 0.995
+        assert s["image"].std() > 0.05
+
+
+def test_synthetic_poses_are_the_poses_of_synthetic_bodies_and_deterministic():
+    poses, bodies = synthetic.SyntheticPoses(4, seed=5), synthetic.SyntheticBodies(4, image_size=32, seed=5)
+    for i in (0, 3):
+        p, b = poses[i], bodies[i]
+        assert set(p) == {"smpl_pose", "smpl_shape"}
+        assert torch.equal(p["smpl_pose"], b["smpl_pose"]) and torch.equal(p["smpl_shape"], b["smpl_shape"])
+        again = synthetic.SyntheticBodies(4, image_size=32, seed=5)[i]
+        assert all(torch.equal(again[k], b[k]) for k in b)
+    assert not torch.allclose(poses[0]["smpl_pose"], poses[1]["smpl_pose"])
+    assert not torch.allclose(bodies[0]["image"], bodies[1]["image"], atol=0.05)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"augment": True, "focal_length": None}])
+def test_batched_body_getitems_gives_exactly_the_single_samples(kwargs):
+    dataset = synthetic.SyntheticBodies(7, image_size=40, **kwargs)
+    dataset.render_chunk = 3  # a batch split across renderer passes, the last one short
+    indices = [6, 0, 3, 5, 1]
+    for index, sample in zip(indices, dataset.__getitems__(indices)):
+        single = dataset[index]
+        assert all(torch.equal(sample[k], single[k]) for k in single), index
+
+
+def test_flat_background_is_one_colour_with_little_noise():
+    bodies = synthetic.SyntheticBodies(2, (64, 48), background="flat", colors="suit")
+    masks = synthetic.SyntheticBodies(2, (64, 48), background="black", colors="suit")
+    for i in range(2):
+        image, mask = bodies[i]["image"], masks[i]["image"].sum(0) == 0  # the person is never exactly black
+        background = image[:, mask]
+        assert background.shape[1] > 1000
+        assert (background.std(1) < 0.05).all() and (background.std(1) > 0.01).all()
+    with pytest.raises(ValueError, match="colors must be 'clothes' or 'suit'"):
+        synthetic.SyntheticBodies(2, colors="paint")
+    whole = synthetic.SyntheticWholeBody(1, (64, 48), colors="suit", background="flat")[0]["image"]
+    corner = whole[:, :6, :6].reshape(3, -1)  # the person is centred: the corners are background
+    assert (corner.std(1) < 0.05).all()
+    with pytest.raises(ValueError, match="SyntheticWholeBody: background must be one of"):
+        synthetic.SyntheticWholeBody(1, background="black")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. synthetic whole bodies
+
+def test_synthetic_whole_body_keys_and_labels():
+    dataset = synthetic.SyntheticWholeBody(6, image_size=(64, 48))
+    smplx_model, mano = bodymodels.load_smplx(), bodymodels.load_mano()
+    visible = 0
+    for i in range(len(dataset)):
+        s = dataset[i]
+        assert s["image"].shape == (3, 64, 48) and s["joints3d"].shape == (55, 3) and s["verts"].shape == (10475, 3)
+        p = s["smplx_pose"]
+        out = smplx_model(betas=s["smplx_shape"][None], expression=s["smplx_expression"][None],
+                          global_orient=p[None, 0],
+                          body_pose=p[None, 1:22].reshape(1, 63), jaw_pose=p[None, 22], leye_pose=p[None, 23],
+                          reye_pose=p[None, 24], left_hand_pose=p[None, 25:40].reshape(1, 45),
+                          right_hand_pose=p[None, 40:55].reshape(1, 45))
+        assert torch.allclose(out.vertices[0] + s["cam_t"], s["verts"], atol=1e-4)
+        assert (perspective_projection(s["joints3d"].double(), s["K"].double()) - s["joints2d"]).abs().max() < 0.5
+        for side, arm in (("left", bodymodels.SMPLX_LEFT_ARM), ("right", bodymodels.SMPLX_RIGHT_ARM)):
+            joints = s[f"{side}_hand_joints3d"].double()
+            uv, box = perspective_projection(joints, s["K"].double()), s[f"{side}_hand_box"]
+            assert (uv - s[f"{side}_hand_joints2d"]).abs().max() < 0.5 and s[f"{side}_hand_occluded"] == 0
+            # the box holds the hand's joints in the body image
+            assert ((uv >= box[:2] - 1) & (uv <= box[2:] + 1)).all()
+            assert torch.equal(s[f"{side}_arm_pose"], p[list(arm)])
+            # MANO posed by the MANO-space pose points its bones the same way as SMPL-X's hand
+            # (the two stand-ins' proportions differ a little, so compare directions, not positions)
+            mp = s[f"{side}_hand_mano_pose"]
+            m = mano(global_orient=mp[None, 0], hand_pose=mp[None, 1:].reshape(1, 45))
+            mj = bodymodels.mano_to_freihand(m.joints[0], m.vertices[0]).detach().double()
+            if side == "left":
+                mj = mj * torch.tensor([-1.0, 1, 1], dtype=torch.float64)
+            parents = torch.tensor(bodymodels.FREIHAND_PARENTS[1:])
+            bones = [torch.nn.functional.normalize(j[1:] - j[parents], dim=-1) for j in (mj, joints)]
+            assert torch.rad2deg(torch.acos((bones[0] * bones[1]).sum(-1).clamp(-1, 1))).mean() < 5
+            visible += float(s[f"{side}_hand_visible"]) > 0.5
+    assert visible >= 0.6 * 2 * len(dataset)  # both hands show most of the time
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. GenHMR's controlled ambiguity and the trainer's synthetic datasets
+
+def test_ambiguous_bodies_show_both_readings_in_the_same_image():
+    """AmbiguousBodies: the image of a person is the same whichever reading of the right arm the coin
+    picked (the occluder covers every pixel where they differ), the other reading is the labelled pose with
+    only the shoulder's mean swapped, and its joints are SMPL's of that pose in the same camera."""
+    dataset = synthetic.AmbiguousBodies(6, image_size=(64, 48), seed=5, pose_config=synthetic.DEMO_BODY_POSE,
+                                        **synthetic.DEMO_BODY_LOOK)
+    drawn = dataset.__getitems__(list(range(6)))
+    original = synthetic.ambiguous_arm
+
+    def swapped(pose, rng):  # the same draws, the coin's outcome reversed
+        mine, other, true = original(pose, rng)
+        return other, mine, 1 - true
+
+    synthetic.ambiguous_arm = swapped
+    try:
+        flipped = dataset.__getitems__(list(range(6)))
+    finally:
+        synthetic.ambiguous_arm = original
+    readings = torch.tensor(synthetic.AMBIGUOUS_READINGS)
+    assert {int(s["reading"]) for s in drawn} == {0, 1}
+    for a, b in zip(drawn, flipped):
+        assert int(a["reading"]) == 1 - int(b["reading"])
+        assert torch.equal(a["image"], b["image"])  # nothing in the picture tells the readings apart
+        torch.testing.assert_close(a["smpl_pose_other"], b["smpl_pose"])
+        torch.testing.assert_close(a["joints3d_other"], b["joints3d"])
+        moved = (a["smpl_pose"] - a["smpl_pose_other"]).abs().sum(1) > 0
+        assert moved.nonzero().flatten().tolist() == [synthetic.AMBIGUOUS_JOINT]
+        torch.testing.assert_close(a["smpl_pose"][17] - a["smpl_pose_other"][17],
+                                   readings[int(a["reading"])] - readings[1 - int(a["reading"])])
+        apart = (a["joints3d"] - a["joints3d_other"]).norm(dim=-1) > 0.01
+        assert apart.nonzero().flatten().tolist() == list(synthetic.AMBIGUOUS_MOVED)
+        x0, y0, x1, y1 = a["occluder"].long().tolist()
+        for joints in (a["joints3d"], a["joints3d_other"]):  # every hidden joint of both readings under the occluder
+            uv = bodymodels.perspective_projection(joints[list(synthetic.AMBIGUOUS_MOVED)].double(), a["K"].double())
+            assert ((uv >= torch.tensor([x0, y0])) & (uv <= torch.tensor([x1, y1]))).all()
+    with pytest.raises(ValueError, match="augment"):
+        synthetic.AmbiguousBodies(2, image_size=32, augment=True)
+
+
+
+def test_body_datasets_for_the_trainer_carry_index_and_the_meshes_they_are_scored_on():
+    cfg = types.SimpleNamespace(image_size=(32, 24))
+    poses = synthetic.body_pose_dataset("synthetic", "", "evaluation", cfg, 0, 3)
+    sample = poses[2]
+    assert int(sample["index"]) == 2 and sample["verts"].shape == (6890, 3) and sample["joints3d"].shape == (24, 3)
+    verts, joints = data.skinning("smpl", None, torch.float32)(sample["smpl_pose"][None], sample["smpl_shape"][None])
+    torch.testing.assert_close(sample["joints3d"], joints[0])
+    assert "verts" not in synthetic.body_pose_dataset("synthetic", "", "training", cfg, 0, 3)[0]
+    train_bodies = synthetic.body_dataset("synthetic", "", "training", cfg, 0, 2)
+    held_out = synthetic.body_dataset("synthetic", "", "evaluation", cfg, 0, 2)
+    assert "verts" not in train_bodies[0] and held_out[1]["verts"].shape == (6890, 3)
+    assert held_out[1]["image"].shape == (3, 32, 24) and int(held_out[1]["index"]) == 1
+    assert not torch.equal(train_bodies[0]["smpl_pose"], held_out[0]["smpl_pose"])  # another seed
+    with pytest.raises(ValueError, match="only 'synthetic'"):
+        synthetic.body_dataset("npz", "/x", "training", cfg, 0, 2)

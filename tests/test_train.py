@@ -581,7 +581,7 @@ def test_simplehand_gradient_of_a_batch_is_the_mean_of_its_halves():
     cfg = train.simplehand.CONFIGS["tiny"]
     torch.manual_seed(0)
     model = train.simplehand.build_model(cfg)
-    dataset = train.data.SyntheticHands(8, cfg.image_size, seed=3)
+    dataset = train.synthetic.SyntheticHands(8, cfg.image_size, seed=3)
     batch = torch.utils.data.default_collate([dataset[i] for i in range(8)])
 
     def gradients(part):
