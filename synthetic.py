@@ -1261,7 +1261,8 @@ def hand_dataset(kind, path, split, cfg, seed, num_samples):
     kind "synthetic": SyntheticHands(num_samples) with DEMO_HAND_VIEW; the held-out split is the same
     generator under seed + 1_000_003, not augmented (train.py renders it once). "freihand" / "npz": the
     folder at path, augmented for training as cfg.train_augment names (HAND_AUGMENTS; "default" without
-    the field). FreiHAND's evaluation split is cropped as cfg.eval_crop says (FREIHAND_CROPS; "none" without the field).
+    the field). FreiHAND's evaluation split is cropped as cfg.eval_crop says (data.FREIHAND_CROPS; "none"
+    without the field).
     """
     if kind == "synthetic":
         return SyntheticHands(num_samples, cfg.image_size, seed=seed + (split == "evaluation") * 1_000_003,
