@@ -16,10 +16,11 @@ width of decoder layer k, emb_k / P_k / MF_k / U_k its position embedding, width
 MetaFormer block and token-upsampling Linear, J (the matrix) MANO's 16 x 778 joint regressor.
 
 Sections: 1 building blocks, 2 the model, 3 losses, 4 inference, 5 configs (`paper`, `paper_fastvit`,
-`official`, `tiny`), `build_model` and the trainer protocol. Appendices: A backbones, B the official code
-(key map, `load_official`), C ablation-only modules and `ABLATIONS`, D diagnostics (`describe`, parameter
-counts, `fast_inference`, benchmarks). Running it: `demo.py --model simplehand --image PATH` (a photograph
-in, placed hand meshes out), `bench.py --model simplehand [--params]` (parameter counts, speed).
+`official`, `tiny`), `build_model` / `build_simplehand` and the trainer protocol. Appendices: A backbones,
+B the official code (its behaviours, key map, `load_official`), C ablation-only modules (Tables 4, 5, 8's
+alternatives to T and R) and `ABLATIONS`, D diagnostics (`describe`, parameter counts, `fast_inference`).
+Running it: `demo.py --model simplehand --image PATH` (a photograph in, placed hand meshes out),
+`bench.py --model simplehand [--params]` (parameter counts, speed).
 
 docs/simplehand.md: where this differs from the paper and the official code (the numbered NOTE list),
 conventions in full, results and their history.
