@@ -16,10 +16,11 @@ width of decoder layer k, emb_k / P_k / MF_k / U_k its position embedding, width
 MetaFormer block and token-upsampling Linear, J (the matrix) MANO's 16 x 778 joint regressor.
 
 Sections: 1 building blocks, 2 the model, 3 losses, 4 inference, 5 configs (`paper`, `paper_fastvit`,
-`official`, `tiny`), `build_model` and the trainer protocol. Appendices: A backbones, B the official code
-(key map, `load_official`), C ablation-only modules and `ABLATIONS`, D diagnostics (`describe`, parameter
-counts, `fast_inference`, benchmarks). Running it: `demo.py --model simplehand --image PATH` (a photograph
-in, placed hand meshes out), `bench.py --model simplehand [--params]` (parameter counts, speed).
+`official`, `tiny`), `build_model` / `build_simplehand` and the trainer protocol. Appendices: A backbones,
+B the official code (its behaviours, key map, `load_official`), C ablation-only modules (Tables 4, 5, 8's
+alternatives to T and R) and `ABLATIONS`, D diagnostics (`describe`, parameter counts, `fast_inference`).
+Running it: `demo.py --model simplehand --image PATH` (a photograph in, placed hand meshes out),
+`bench.py --model simplehand [--params]` (parameter counts, speed).
 
 docs/simplehand.md: where this differs from the paper and the official code (the numbered NOTE list),
 conventions in full, results and their history.
@@ -116,46 +117,39 @@ class Attention(nn.Module):
 
 
 class MetaFormerBlock(nn.Module):
-    """MF_k: x + TokenMixer(LN(x)), then x + MLP(LN(x)) (pre-norm; MetaFormer, Yu et al. 2022).
+    """MF_k: x + Attention(LN(x)), then x + MLP(LN(x)) (pre-norm; MetaFormer, Yu et al. 2022), (B, N, c) -> same."""
 
-    token_mixer "identity" drops the mixing branch altogether (Table 8): tokens never see each other.
-    """
-
-    def __init__(self, dim, token_mixer, num_heads, mlp_ratio, dropout):
+    def __init__(self, dim, num_heads, mlp_ratio, dropout):
         super().__init__()
         self.dropout = dropout
-        self.mixer = None
-        if token_mixer == "attention":
-            self.norm1 = nn.LayerNorm(dim)
-            self.mixer = Attention(dim, num_heads, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.mixer = Attention(dim, num_heads, dropout)  # the token mixer (Table 8: attention)
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x):  # (B, N, c) -> (B, N, c)
-        if self.mixer is not None:
-            x = x + drop_path(self.mixer(self.norm1(x)), self.dropout, self.training)
+        x = x + drop_path(self.mixer(self.norm1(x)), self.dropout, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.dropout, self.training)
 
 
 class DecoderLayer(nn.Module):
-    """H_k: (B, n_in, c_in) -> (B, n_out, c), Eq. (2) with the position embedding of Eq. (3)."""
+    """H_k: (B, n_in, c_in) -> (B, n_out, c), Eq. (2) with the position embedding of Eq. (3).
 
-    def __init__(self, n_in, n_out, c_in, c, depth, cfg):
+    `block` builds each of MF_k's `depth` blocks: block(c, num_heads, mlp_ratio, dropout).
+    """
+
+    def __init__(self, n_in, n_out, c_in, c, depth, cfg, block=MetaFormerBlock):
         super().__init__()
-        self.pos_embedding = None
-        if cfg.pos_embedding:
-            self.pos_embedding = nn.Parameter(torch.zeros(1, n_in, c_in))  # emb_k
-            nn.init.trunc_normal_(self.pos_embedding, std=0.02)
+        self.pos_embedding = nn.Parameter(torch.zeros(1, n_in, c_in))  # emb_k
+        nn.init.trunc_normal_(self.pos_embedding, std=0.02)
         self.reduce = nn.Linear(c_in, c)  # P_k: width c_in -> c
-        self.blocks = nn.Sequential(*[MetaFormerBlock(c, cfg.token_mixer, cfg.num_heads, cfg.mlp_ratio,
-                                                      cfg.dropout) for _ in range(depth)])  # MF_k
+        self.blocks = nn.Sequential(*[block(c, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(depth)])
         self.upsample = nn.Linear(n_in, n_out)  # U_k: tokens n_in -> n_out
 
     def forward(self, x):
-        if self.pos_embedding is not None:
-            # Eq. (3): X_k = X_k + emb_k
-            x = x + self.pos_embedding  # (B, n_in, c_in)
+        # Eq. (3): X_k = X_k + emb_k
+        x = x + self.pos_embedding  # (B, n_in, c_in)
         # Eq. (2): H_k(X_k) = U_k(MF_k(P_k(X_k))); U_k acts on the token axis
         x = self.blocks(self.reduce(x))  # (B, n_in, c)
         return self.upsample(x.transpose(1, 2)).transpose(1, 2)  # (B, n_out, c)
@@ -165,86 +159,74 @@ class DecoderLayer(nn.Module):
 # 2. The model: token generator T (Sec. 3.1, 3.3), mesh regressor R (Sec. 3.2, Eq. 1), SimpleHand
 
 
-def feature_upsampler(cfg):
-    """The map the tokens are read from (B, C, h, w) -> (B, C_t, h f, w f), f = cfg.feature_upsample.
+def deconv_bn_relu(c_in, c_out, k):
+    """A k x k transposed convolution of stride k (no bias), BatchNorm, ReLU: (B, c_in, h, w) -> (B, c_out, kh, kw)."""
+    return [nn.ConvTranspose2d(c_in, c_out, k, stride=k, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+def feature_upsampler(c_in, c, factor):
+    """The map the tokens are read from: (B, c_in, h, w) -> (B, c, h f, w f), f = `factor`.
 
     Sec. 3.3: "for image classification style backbones like FastViT, we apply a 4x upsample
-    deconvolution"; k = stride = factor, no bias, BN, ReLU (official). Sec. 3.1's alternatives
-    (Table 5): two 2x deconvolutions instead of one 4x (deconv_layers=2), and 3x3 convolutions after
-    it (feature_convs, Fig. 2e "enhanced"). Factor 1 with equal widths and no convolutions: the map
-    is used as it is (HRNet, tiny); factor 1 with other widths: a 1x1 projection.
+    deconvolution" (k = stride = f, no bias, BN, ReLU: official). HRNet's stride-8 map (and tiny's) is
+    used as it is; factor 1 with another width is a 1x1 projection.
     """
-    c_in, c, f = cfg.token_map_channels, cfg.token_channels, cfg.feature_upsample
-    layers = []
-    if f > 1 or c_in != c:
-        for k in ((2, 2) if cfg.deconv_layers == 2 else (f,)):
-            layers += [nn.ConvTranspose2d(c_in, c, k, stride=k, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-            c_in = c
-    for _ in range(cfg.feature_convs):
-        # NOTE(paper vs code) 9: Fig. 2e's convolutions have no layout in the paper; ours: 3x3, BN, ReLU
-        layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers) if layers else nn.Identity()
+    if factor == 1 and c_in == c:
+        return nn.Identity()
+    return nn.Sequential(*deconv_bn_relu(c_in, c, factor))
 
 
 class TokenGenerator(nn.Module):
-    """T: backbone maps -> (tokens X_m (B, N, C_t), guide points (B, P, 2)). Sec. 3.1, Fig. 2 and 4.
+    """T: backbone maps -> (tokens X_m (B, 21, C_t), 2D keypoints (B, 21, 2)). Sec. 3.1, Fig. 2d and 4.
 
-    The guide points are the 21 2D keypoints, followed for "coarse_mesh" sampling by the 2D points of
-    the coarse mesh's vertices (P = 21 + coarse_vertices). They are fractions of the crop: in [0, 1]
-    through a sigmoid, or anywhere with the official raw head (keypoint_activation "none"), which is
-    clamped only where the map is read.
+    Keypoint-guided point sampling: a Linear on the pooled map predicts the 21 2D keypoints (fractions
+    of the crop), and each joint's token is the upsampled map read at its keypoint. The keypoints are
+    not detached: the 3D losses move the keypoint head too.
     """
+
+    num_tokens = NUM_JOINTS  # n_0: one token a joint
 
     def __init__(self, cfg):
         super().__init__()
-        self.cfg = cfg
         # 2D keypoints from the pooled global feature (Fig. 4: "Global Feature -> 2D Keypoints")
         self.keypoint_head = nn.Linear(cfg.global_channels, NUM_JOINTS * 2)
-        self.upsample = feature_upsampler(cfg)
-        if cfg.token_sampling == "grid":  # fixed lattice of grid_size^2 points over the map, (G*G, 2)
-            g = torch.linspace(0, 1, cfg.grid_size)
-            self.register_buffer("grid_uv", torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2),
-                                 persistent=False)
-        if cfg.token_sampling == "coarse_mesh":  # Fig. 2f: the coarse mesh's 2D points, as the keypoints
-            self.coarse_head = nn.Linear(cfg.global_channels, cfg.coarse_vertices * 2)
+        # NOTE(paper vs code) 3: a sigmoid keeps the keypoints in [0, 1]; the official Linear is clamped where read
+        self.keypoint_activation = nn.Sigmoid()
+        self.upsample = feature_upsampler(cfg.feature_channels, cfg.token_channels, cfg.feature_upsample)
+
+    def keypoints(self, pooled):
+        """The pooled map (B, C_g, h', w') -> 2D keypoints (B, 21, 2), (u, v) / (W, H) of the crop."""
+        # official (hand_net.py): AvgPool2d((7, 7)) of the 7 x 7 map, i.e. its mean at 224 px
+        logits = self.keypoint_head(pooled.mean(dim=(2, 3)))  # (B, 42)
+        return self.keypoint_activation(logits.reshape(-1, NUM_JOINTS, 2))
+
+    def sampled_map(self, feature):
+        """X_b (B, C, h, w) -> the map the tokens are read from (B, C_t, h f, w f)."""
+        x = self.upsample(feature)
+        # NOTE(paper vs code) 1: the sine encoding of the sampled map is in the official code only
+        return x + sine_position_encoding(x.shape[2], x.shape[3], x.shape[1], x.device, x.dtype)
 
     def forward(self, feature, pooled):
-        """feature X_b (B, C, h, w), pooled (B, C_g, h', w') -> tokens (B, N, C_t), points (B, P, 2)."""
-        B = feature.shape[0]
-        # official (hand_net.py): AvgPool2d((7, 7)) of the 7 x 7 map, i.e. its mean at 224 px
-        pooled_vector = pooled.mean(dim=(2, 3))  # (B, C_g)
-        points = self.keypoint_head(pooled_vector).reshape(B, NUM_JOINTS, 2)
-        if self.cfg.token_sampling == "coarse_mesh":
-            points = torch.cat([points, self.coarse_head(pooled_vector).reshape(B, -1, 2)], 1)  # (B, 21 + N_c, 2)
-        raw = self.cfg.keypoint_activation == "none"
-        if not raw:
-            # NOTE(paper vs code) 3: a sigmoid keeps the keypoints in [0, 1]; the official Linear is clamped where read
-            points = torch.sigmoid(points)
-        x = self.upsample(feature if self.cfg.token_map == "feature" else pooled)  # (B, C_t, h*f, w*f)
-        if self.cfg.sine_encoding:
-            # NOTE(paper vs code) 1: the sine encoding of the sampled map is in the official code only
-            x = x + sine_position_encoding(x.shape[2], x.shape[3], x.shape[1], x.device, x.dtype)
-        if self.cfg.token_sampling == "grid":  # Fig. 2b: a fixed lattice
-            tokens = sample_points(x, self.grid_uv.to(x.dtype).expand(B, -1, -1))  # (B, G*G, C_t)
-        elif self.cfg.token_sampling == "global":  # Fig. 2a: one global feature
-            tokens = x.mean(dim=(2, 3)).unsqueeze(1)  # (B, 1, C_t)
-        else:  # Fig. 2c-d, f: keypoint-guided (and coarse-mesh-guided) point sampling
-            tokens = sample_points(x, points, clamp=raw)  # (B, P, C_t); gradients reach the heads
+        """feature X_b (B, C, h, w), pooled (B, C_g, h', w') -> tokens X_m (B, 21, C_t), keypoints (B, 21, 2)."""
+        points = self.keypoints(pooled)
+        # official (models/modules.py remap_uv): a keypoint outside the crop is read at its border
+        tokens = sample_points(self.sampled_map(feature), points, clamp=True)  # (B, 21, C_t)
         return tokens, points
 
 
 class MeshRegressor(nn.Module):
     """R = H_{K-1} ... H_0 (Eq. 1), then a Linear c_{K-1} -> 3: tokens X_m (B, n_0, C_t) -> vertices (B, 778, 3).
 
-    The first layer reads the tokens the generator gives (`num_input_tokens`; n_0 = 21 for points).
+    n_k = cfg.token_nums (21, 84, 336), c_k = cfg.dims, cfg.depths blocks a layer. `layer` builds each H_k and
+    `block` each block of its MF_k (DecoderLayer and MetaFormerBlock).
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, layer=DecoderLayer, block=MetaFormerBlock):
         super().__init__()
-        n_in = (cfg.num_input_tokens,) + cfg.token_nums[1:]  # 21, 84, 336
+        n_in = cfg.token_nums  # 21, 84, 336
         n_out = cfg.token_nums[1:] + (NUM_VERTS,)  # 84, 336, 778
         c_in = (cfg.token_channels,) + cfg.dims[:-1]  # 256, 256, 128
-        self.layers = nn.ModuleList(DecoderLayer(n, m, ci, c, d, cfg) for n, m, ci, c, d
+        self.layers = nn.ModuleList(layer(n, m, ci, c, d, cfg, block) for n, m, ci, c, d
                                     in zip(n_in, n_out, c_in, cfg.dims, cfg.depths))
         self.head = nn.Linear(cfg.dims[-1], 3)
 
@@ -255,46 +237,39 @@ class MeshRegressor(nn.Module):
         return self.head(x)  # (B, 778, 3)
 
 
-def build_mesh_regressor(cfg):
-    """R of the config: the decoder of Eq. 1-3, or Table 4's MLP."""
-    return MeshRegressor(cfg) if cfg.mesh_regressor == "decoder" else MLPRegressor(cfg)
+class ImageNetNormalise(nn.Module):
+    """RGB in [0, 1] (B, 3, H, W) -> (x - mean) / std with ImageNet's statistics (B, 3, H, W)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images):
+        return (images - self.mean) / self.std
 
 
 class SimpleHand(nn.Module):
     """images (B, 3, H, W) RGB in [0, 1] -> dict(joints2d (B, 21, 2), verts (B, 778, 3), joints3d (B, 21, 3)).
 
-    joints2d are fractions of the crop, 3D outputs metres, root-relative unless cfg.subtract_root is
-    False (`official`: HandNet's raw outputs; `predict` makes them root-relative). "coarse_mesh"
-    sampling adds coarse2d (B, N_c, 2), the predicted 2D points of the vertices `coarse_index`.
-    `template` (778, 3), MANO's rest vertices, is read only by "coarse_mesh" sampling.
+    The backbone (appendix A) gives the maps, T the tokens and keypoints, R the vertices, and the joints
+    are J x V and 5 fingertip vertices, J = `j_regressor` (MANO's, (16, 778)). joints2d are fractions of
+    the crop, 3D outputs metres, root-relative unless cfg.subtract_root is False (`official`: HandNet's
+    raw outputs, which `predict` makes root-relative). `build_simplehand` builds one from a config.
     """
 
-    def __init__(self, cfg, j_regressor, template=None):
+    def __init__(self, backbone, token_generator, mesh_regressor, j_regressor, cfg):
         super().__init__()
         if tuple(j_regressor.shape) != (16, NUM_VERTS):
             raise ValueError(f"j_regressor: expected MANO's (16, {NUM_VERTS}), got {tuple(j_regressor.shape)}")
         self.cfg = cfg
-        self.backbone = build_backbone(cfg)
-        self.token_generator = TokenGenerator(cfg)
-        self.mesh_regressor = build_mesh_regressor(cfg)
-        # buffers, so that a checkpoint carries the regressor (and coarse mesh) it was trained with
+        self.backbone = backbone  # images -> (X_b, the map the keypoint head pools)
+        self.token_generator = token_generator  # T
+        self.mesh_regressor = mesh_regressor  # R
+        # a buffer, so that a checkpoint carries the regressor it was trained with
         self.register_buffer("j_regressor", j_regressor.detach().clone().float())  # (16, 778)
-        if cfg.token_sampling == "coarse_mesh":
-            if template is None or tuple(template.shape) != (NUM_VERTS, 3):
-                raise ValueError(f"token_sampling='coarse_mesh' needs MANO's template (778, 3) to pick the coarse "
-                                 f"mesh from, got {None if template is None else tuple(template.shape)}")
-            # NOTE(paper vs code) 10: farthest-point sampling of the template for FastMETRO's coarse mesh
-            self.register_buffer("coarse_index", farthest_points(template.float(), cfg.coarse_vertices))  # (N_c,)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def normalise(self, images):
-        """RGB in [0, 1] (B, 3, H, W) -> the backbone's input (B, 3, H, W), by cfg.input_norm."""
-        if self.cfg.input_norm == "bgr_minus_half":
-            # official (simpleHand hand_net.py): image / 255 - 0.5, BGR (cv2.imread's channel order)
-            return images.flip(1) - 0.5
         # NOTE(paper vs code) 4: ImageNet statistics, as the pretrained timm backbones expect
-        return (images - self.mean) / self.std
+        self.normalise = ImageNetNormalise()
 
     def forward(self, images):
         feature, pooled = self.backbone(self.normalise(images))  # X_b (B, C, H/s, W/s)
@@ -302,17 +277,14 @@ class SimpleHand(nn.Module):
 
     def from_features(self, feature, pooled):
         """Everything after the backbone: its maps X_b (B, C, h, w), pooled (B, C_g, h', w') -> the outputs."""
-        tokens, points = self.token_generator(feature, pooled)  # X_m (B, N, C_t), (B, 21 [+ N_c], 2)
+        tokens, points = self.token_generator(feature, pooled)  # X_m (B, 21, C_t), (B, 21, 2)
         verts = self.mesh_regressor(tokens)  # (B, 778, 3)
         joints = self.regress_joints(verts)  # (B, 21, 3)
-        out = {"joints2d": points[:, :NUM_JOINTS]}
-        if self.cfg.token_sampling == "coarse_mesh":
-            out["coarse2d"] = points[:, NUM_JOINTS:]  # (B, N_c, 2)
         if not self.cfg.subtract_root:  # official (hand_net.py): the raw vertices and mesh_to_joints
-            return dict(out, verts=verts, joints3d=joints)
+            return {"joints2d": points, "verts": verts, "joints3d": joints}
         # NOTE(paper vs code) 5: we subtract the model's own root joint: root-relative outputs by construction
         root = joints[:, self.cfg.root_index:self.cfg.root_index + 1]  # (B, 1, 3)
-        return dict(out, verts=verts - root, joints3d=joints - root)
+        return {"joints2d": points, "verts": verts - root, "joints3d": joints - root}
 
     def regress_joints(self, verts):
         """Sec. 3.4: J_3d = J x V_3d, plus 5 fingertip vertices: (B, 778, 3) -> (B, 21, 3), FreiHAND order.
@@ -322,6 +294,10 @@ class SimpleHand(nn.Module):
         """
         joints = torch.einsum("jv,bvc->bjc", self.j_regressor.to(verts.dtype), verts)  # (B, 16, 3)
         return bodymodels.mano_to_freihand(joints, verts)  # (B, 21, 3)
+
+    def loss(self, pred, batch, cfg):
+        """Eq. (7) on this model's outputs `pred` -> (total, unweighted terms): `compute_loss`."""
+        return compute_loss(pred, batch, cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,15 +309,13 @@ def l1_points(pred, target):
     return (pred - target).abs().sum(dim=-1).mean()
 
 
-def compute_loss(pred, batch, cfg, coarse_index=None):
+def compute_loss(pred, batch, cfg):
     """Eq. (7): L = w_3d L_J3d + w_2d L_J2d + w_vert L_vert -> (total, {"verts", "joints3d", "joints2d"}).
 
     pred: the model's dict. batch: data.py's keys `image (B, 3, H, W)`, `joints3d (B, 21, 3)`,
     `verts (B, 778, 3)` (metres, camera coordinates) and `joints2d (B, 21, 2)` (pixels of the crop).
     The 3D ground truth is made relative to its joint `cfg.root_index`, the 2D one divided by (W, H).
     The returned terms are unweighted (metres and crop fractions); the total is weighted.
-    "coarse_mesh" sampling (pred["coarse2d"]) adds a term "coarse2d", Eq. (5) on the vertices
-    `coarse_index` projected by batch["K"] (B, 3, 3), weighted as the 2D keypoints.
     NOTE(official vs here) 11: the official loss masks keypoints (and hands) outside the crop; not reproduced.
     """
     missing = [k for k in ("image", "joints3d", "verts", "joints2d") if k not in batch]
@@ -354,21 +328,13 @@ def compute_loss(pred, batch, cfg, coarse_index=None):
              "joints3d": l1_points(pred["joints3d"], batch["joints3d"] - root),  # Eq. (4)
              "joints2d": l1_points(pred["joints2d"], batch["joints2d"] / wh)}  # Eq. (5)
     total = cfg.w_verts * terms["verts"] + cfg.w_joints3d * terms["joints3d"] + cfg.w_joints2d * terms["joints2d"]
-    if "coarse2d" in pred:  # Table 5 "coarse mesh": the coarse points are guided as the keypoints are
-        if coarse_index is None or "K" not in batch:
-            raise ValueError("compute_loss: token_sampling='coarse_mesh' needs the model's coarse_index and "
-                             "batch['K'] (B, 3, 3) to project the coarse mesh's ground truth")
-        uv = bodymodels.perspective_projection(batch["verts"][:, coarse_index], batch["K"]) / wh  # (B, N_c, 2)
-        terms["coarse2d"] = l1_points(pred["coarse2d"], uv)
-        total = total + cfg.w_joints2d * terms["coarse2d"]
     return total, terms
 
 
 def training_loss(model, batch, cfg, step):
     """The trainer protocol's loss: one forward of `model` (possibly a DDP wrapper) on batch["image"],
-    then Eq. (7) -> (total (), unweighted terms {"verts", "joints3d", "joints2d"[, "coarse2d"]})."""
-    coarse_index = getattr(getattr(model, "module", model), "coarse_index", None)
-    return compute_loss(model(batch["image"]), batch, cfg, coarse_index)
+    then the model's loss, Eq. (7) -> (total (), unweighted terms {"verts", "joints3d", "joints2d"})."""
+    return getattr(model, "module", model).loss(model(batch["image"]), batch, cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,30 +379,17 @@ class SimpleHandConfig:
     #   weights expect | "bgr_minus_half" (official)
     tiny_widths: tuple = (16, 32, 64, 128)  # tiny_cnn only: channels at strides 2, 4, 8, 32
     official_checkpoint: str = ""  # a released epoch_200_rerun* file that build_model loads (`load_official`)
-    # --- token generator (Sec. 3.1, Tables 4-5, Fig. 2) ---
-    # Table 5 "point" (Fig. 2c-d), "grid" (2b: grid_size^2 tokens), "global" (2a: one pooled token),
-    # "coarse_mesh" (2f: 21 keypoints and coarse_vertices coarse-mesh points, FastMETRO)
-    token_sampling: Literal["point", "grid", "global", "coarse_mesh"] = "point"
-    token_map: Literal["feature", "pooled"] = "feature"  # map the tokens are read from: the stride-8 one
-    #   (feature_stride) or the stride-32 one the keypoint head pools (Table 5's 7x7: Hiera / FastViT's X_b)
-    grid_size: int = 7  # "grid" sampling: a fixed grid_size x grid_size lattice (Table 5: 7x7)
-    coarse_vertices: int = 195  # "coarse_mesh": FastMETRO's coarse MANO mesh (195 of 778 vertices)
-    feature_upsample: int = 1  # transposed-conv factor: 1, 2, 4 (Table 5: 7x7, 14x14, 28x28 from stride 32)
-    deconv_layers: Literal[1, 2] = 1  # the factor in one deconvolution, or two (Sec. 3.1: "double 2x upsampling")
-    feature_convs: int = 0  # 3x3 conv-BN-ReLU blocks after the upsample (Fig. 2e, Table 5 "enhanced")
+    # --- token generator T (Sec. 3.1, 3.3) ---
+    feature_upsample: int = 1  # deconvolution factor of the sampled map: 4 for stride 32 (Sec. 3.3), 1 for stride 8
     token_channels: int = 256  # C_t after the upsample (official deconv width 256)
     keypoint_activation: Literal["sigmoid", "none"] = "sigmoid"  # keeps the 2D keypoints in [0, 1] (ours)
     #   | "none": the raw Linear (official)
-    sine_encoding: bool = True  # sine position encoding added to the sampled map (official code)
-    # --- mesh regressor (Sec. 3.2, Tables 6-8) ---
+    # --- mesh regressor R (Sec. 3.2) ---
     token_nums: tuple = (21, 84, 336)  # n_k: input tokens of each decoder layer; the last outputs 778
     dims: tuple = (256, 128, 64)  # c_k: block widths (Table 7: 256, 128, 64 best)
     depths: tuple = (1, 1, 1)  # blocks per layer (Table 7: 1, 1, 1 best)
-    mesh_regressor: Literal["decoder", "mlp"] = "decoder"  # Eq. 1-3 | Table 4's baseline: one hidden-layer MLP
-    token_mixer: Literal["attention", "identity"] = "attention"  # Table 8
     num_heads: int = 4  # official code
     mlp_ratio: float = 4.0  # official code
-    pos_embedding: bool = True  # learned emb_k before each layer (Eq. 3, Table 8)
     dropout: float = 0.1  # attention dropout and drop path. NOTE(paper vs code) 2: official code, paper silent
     # --- losses (Sec. 3.4, Eq. 7) ---
     w_verts: float = 10.0
@@ -461,6 +414,12 @@ class SimpleHandConfig:
     weight_decay: float = 1e-2  # official code (the paper is silent)
     grad_clip: float = 1.0  # max gradient norm, official code (the paper is silent); 0 = off
     amp: bool = True  # fp16 autocast, official code (the paper is silent)
+    # --- ablation rows (Sec. 4.5): the module build_model puts in the method's place (appendix C) ---
+    token_generator: Literal["point", "global", "grid", "point_stride32", "point_two_deconvolutions",
+                             "point_enhanced", "coarse_mesh"] = "point"  # T: keypoint-guided point sampling
+    #   (Sec. 3.1) | a Table 4-5 row's (TOKEN_GENERATORS)
+    mesh_regressor: Literal["decoder", "mlp", "identity_mixer", "no_position_embedding"] = "decoder"  # R: Eq. 1-3
+    #   | a Table 4 or 8 row's (MESH_REGRESSORS)
     # --- the paper's hardware and results, as reported (data, not read by train.py) ---
     gpus: int = 8  # RTX 2080 Ti (Sec. 4.1); 0 = not a paper run. batch_per_gpu and epochs are derived below
     reported_hours: float = 11.0  # "11 hours with HRNet" (Sec. 4.1)
@@ -477,26 +436,8 @@ class SimpleHandConfig:
         if not len(self.token_nums) == len(self.dims) == len(self.depths) >= 1:
             raise ValueError(f"SimpleHandConfig: token_nums {self.token_nums}, dims {self.dims} and depths "
                              f"{self.depths} must have the same length (one entry per decoder layer)")
-        # token_nums[0] is written 21 as Tables 6-7 write it whatever the sampling, or as the sampled count
-        if self.token_nums[0] not in (NUM_JOINTS, self.num_input_tokens):
-            raise ValueError(f"SimpleHandConfig.token_nums[0]={self.token_nums[0]} but token_sampling="
-                             f"{self.token_sampling!r} gives {self.num_input_tokens} tokens: set token_nums[0] "
-                             f"to {self.num_input_tokens} (or {NUM_JOINTS}, which follows the sampling)")
-        if self.feature_upsample < 1 or (self.deconv_layers == 2 and self.feature_upsample != 4):
-            raise ValueError(f"SimpleHandConfig.feature_upsample={self.feature_upsample} with deconv_layers="
-                             f"{self.deconv_layers}: expected a factor >= 1 in one deconvolution, or 4 in two (2 x 2)")
-
-    @property
-    def num_input_tokens(self):
-        """Tokens the token generator emits: 21 joints, a grid_size^2 lattice, one pooled vector, or
-        21 joints and the coarse mesh's vertices; the first decoder layer reads this many."""
-        return {"point": NUM_JOINTS, "grid": self.grid_size ** 2, "global": 1,
-                "coarse_mesh": NUM_JOINTS + self.coarse_vertices}[self.token_sampling]
-
-    @property
-    def token_map_channels(self):
-        """Channels of the backbone map the tokens are read from (`token_map`)."""
-        return self.feature_channels if self.token_map == "feature" else self.global_channels
+        if self.feature_upsample < 1:
+            raise ValueError(f"SimpleHandConfig.feature_upsample={self.feature_upsample}: expected a factor >= 1")
 
     # Derived, never stored: the trainer overrides the stored fields (`--set batch_size=...`) and
     # these follow. An "epoch" is one pass over FreiHAND's training set at this global batch.
@@ -582,8 +523,35 @@ def build_model(cfg, parent=None):
     cfg = _config(cfg)
     if cfg.official_checkpoint:  # the released weights replace every initialisation
         return load_official(cfg.official_checkpoint, cfg)
-    template = bodymodels.load_mano().v_template.detach().float() if cfg.token_sampling == "coarse_mesh" else None
-    return SimpleHand(cfg, _mano_j_regressor(), template)
+    return build_simplehand(cfg, _mano_j_regressor())
+
+
+def build_simplehand(cfg, j_regressor):
+    """SimpleHand from its parts as `cfg` names them, around `j_regressor` (16, 778): the backbone, then the
+    paper's T and R, or an ablation row's in their place (appendix C), then the official code's behaviours
+    where `cfg` asks for them (appendix B). Randomly initialised, in this order."""
+    if cfg.token_generator == "coarse_mesh":  # Table 5's coarse mesh adds outputs and a loss term: its own model
+        model = build_coarse_mesh_hand(cfg, j_regressor)
+    else:
+        model = SimpleHand(build_backbone(cfg), build_token_generator(cfg), build_mesh_regressor(cfg), j_regressor, cfg)
+    return with_official_behaviours(model, cfg)
+
+
+def build_token_generator(cfg):
+    """T of the config: the paper's TokenGenerator, or a Table 4-5 row's (appendix C's TOKEN_GENERATORS)."""
+    return TOKEN_GENERATORS[cfg.token_generator](cfg)
+
+
+def build_mesh_regressor(cfg):
+    """R of the config: the paper's decoder or a Table 4 / 8 row's (appendix C's MESH_REGRESSORS), its first
+    layer reading as many tokens as the config's T gives. token_nums[0] may be written 21, as Tables 6-7 write
+    it whatever the sampling, or as that count."""
+    n = TOKEN_GENERATORS[cfg.token_generator].num_tokens
+    if cfg.token_nums[0] not in (NUM_JOINTS, n):
+        raise ValueError(f"SimpleHandConfig.token_nums[0]={cfg.token_nums[0]} but token_generator="
+                         f"{cfg.token_generator!r} gives {n} tokens: set token_nums[0] to {n} (or {NUM_JOINTS}, "
+                         f"which follows the token generator)")
+    return MESH_REGRESSORS[cfg.mesh_regressor](dataclasses.replace(cfg, token_nums=(n,) + cfg.token_nums[1:]))
 
 
 def check_inputs(cfg, kind, path):
@@ -786,7 +754,24 @@ def hrnet_features(net, x, out_indices):
 # Appendix B. Agreement with the official code: its state-dict keys and released weights
 
 
-# The official HandNet's state dict (hand_net.py, models/modules.py; FACTS: SimpleHand) -> ours:
+class BGRMinusHalf(nn.Module):
+    """The official network's input: RGB in [0, 1] (B, 3, H, W) -> BGR minus 0.5 (B, 3, H, W)."""
+
+    def forward(self, images):
+        # official (simpleHand hand_net.py): image / 255 - 0.5, BGR (cv2.imread's channel order)
+        return images.flip(1) - 0.5
+
+
+def with_official_behaviours(model, cfg):
+    """`model` with the official HandNet's behaviours that `cfg` asks for in place of the paper configs' (in place)."""
+    if cfg.keypoint_activation == "none":  # official (hand_net.py): the raw Linear, clamped to the crop where read
+        model.token_generator.keypoint_activation = nn.Identity()
+    if cfg.input_norm == "bgr_minus_half":
+        model.normalise = BGRMinusHalf()
+    return model
+
+
+# The official HandNet's state dict (official simpleHand hand_net.py, models/modules.py) -> ours:
 # (pattern at the start of an official key, our prefix); the rest of the key is kept, the first
 # pattern that matches wins, {layer} is our mesh_regressor.layers.(k - 1). for the official _k.
 OFFICIAL_PREFIXES = (
@@ -865,32 +850,142 @@ def load_official(path, cfg="official"):
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ValueError(f"{path}: expected a dict with key 'state_dict' (the released epoch_200_rerun* "
                          f"format), found {found}")
-    model = SimpleHand(cfg, _mano_j_regressor())
+    model = build_simplehand(cfg, _mano_j_regressor())
     state = official_state_dict(checkpoint["state_dict"], model.j_regressor, source=path)
     bodymodels.load_state_strict(model, state, path)
     return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------
-# Appendix C. Ablation-only modules (Table 4's MLP, Table 5's coarse mesh) and ABLATIONS
+# Appendix C. Ablation-only modules (Tables 4, 5 and 8's alternatives to T and R) and ABLATIONS
+#
+# Each is a module with the forward of the one it replaces; `build_simplehand` puts it in the method's
+# place when the config's `token_generator` / `mesh_regressor` names it (TOKEN_GENERATORS, MESH_REGRESSORS).
 
 
-class MLPRegressor(nn.Module):
-    """Table 4's baseline regressor, "a Multilayer Perceptron": tokens (B, N, C_t), flattened ->
-    Linear -> GELU -> Linear -> vertices (B, 778, 3).
+GRID_SIZE = 7  # Table 5 "Grid 7x7": a fixed 7 x 7 lattice
+COARSE_VERTICES = 195  # FastMETRO's coarse MANO mesh: 195 of the 778 vertices
 
-    NOTE(paper vs code) 8: the paper gives no widths; ours has one hidden layer of dims[0].
-    """
+
+class GlobalTokens(TokenGenerator):
+    """Fig. 2a, Table 5 "Global 1x1": one token, the mean of the map the points would be read from ->
+    tokens (B, 1, C_t), keypoints (B, 21, 2) (supervised, but no token depends on them)."""
+
+    num_tokens = 1
+
+    def forward(self, feature, pooled):
+        points = self.keypoints(pooled)
+        return self.sampled_map(feature).mean(dim=(2, 3)).unsqueeze(1), points  # (B, 1, C_t), (B, 21, 2)
+
+
+class Stride32Tokens(TokenGenerator):
+    """Table 5 "Point 7x7" and "Point 14x14": keypoint-guided sampling of the stride-32 map the keypoint head
+    pools (Hiera's and FastViT's 7x7 map), through the config's feature_upsample (1: 7x7, 2: 14x14 at 224 px).
+    HRNet and tiny otherwise sample their stride-8 map (28x28 at 224 px)."""
 
     def __init__(self, cfg):
-        super().__init__()
-        hidden = cfg.dims[0]
-        self.layers = nn.ModuleList([nn.Sequential(nn.Linear(cfg.num_input_tokens * cfg.token_channels, hidden),
-                                                   nn.GELU())])
-        self.head = nn.Linear(hidden, NUM_VERTS * 3)
+        super().__init__(dataclasses.replace(cfg, feature_channels=cfg.global_channels))  # T of the pooled map
 
-    def forward(self, x):
-        return self.head(self.layers[0](x.flatten(1))).view(-1, NUM_VERTS, 3)  # (B, 778, 3)
+    def forward(self, feature, pooled):
+        return super().forward(pooled, pooled)
+
+
+class GridTokens(Stride32Tokens):
+    """Fig. 2b, Table 5 "Grid 7x7": tokens read at a fixed GRID_SIZE x GRID_SIZE lattice over the stride-32
+    map, whatever the keypoints -> tokens (B, 49, C_t), keypoints (B, 21, 2)."""
+
+    num_tokens = GRID_SIZE ** 2
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        g = torch.linspace(0, 1, GRID_SIZE)
+        lattice = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)  # (49, 2), (u, v)
+        self.register_buffer("grid_uv", lattice, persistent=False)
+
+    def forward(self, feature, pooled):
+        points = self.keypoints(pooled)
+        x = self.sampled_map(pooled)  # (B, C_t, h f, w f)
+        return sample_points(x, self.grid_uv.to(x.dtype).expand(len(x), -1, -1)), points  # (B, 49, C_t)
+
+
+class TwoDeconvolutionTokens(Stride32Tokens):
+    """Sec. 3.1's "double 2x upsampling" (no figure in Table 5): the stride-32 map through two k = s = 2
+    deconvolutions (BN, ReLU) instead of one 4x, whatever the config's feature_upsample."""
+
+    def __init__(self, cfg):
+        super().__init__(dataclasses.replace(cfg, feature_upsample=2))  # the first 2x
+        self.upsample.extend(deconv_bn_relu(cfg.token_channels, cfg.token_channels, 2))  # the second
+
+
+class EnhancedTokens(TokenGenerator):
+    """Fig. 2e, Table 5 "Point 28x28 enhanced": the sampled map "further improved by convolution" after the
+    upsample. NOTE(paper vs code) 9: no layout in the paper; ours: `convs` 3x3 conv-BN-ReLU blocks."""
+
+    def __init__(self, cfg, convs=2):
+        super().__init__(cfg)
+        c = cfg.token_channels
+        layers = [] if isinstance(self.upsample, nn.Identity) else list(self.upsample)
+        for _ in range(convs):
+            layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+        self.upsample = nn.Sequential(*layers)
+
+
+class CoarseMeshTokens(TokenGenerator):
+    """Fig. 2f, Table 5 "Coarse mesh 28x28" (FastMETRO): tokens at the 21 keypoints and at the 2D points of
+    `vertices` coarse-mesh vertices, which a second Linear predicts from the pooled feature ->
+    tokens (B, 21 + N_c, C_t), points (B, 21 + N_c, 2): the keypoints, then the coarse points."""
+
+    num_tokens = NUM_JOINTS + COARSE_VERTICES
+
+    def __init__(self, cfg, vertices=COARSE_VERTICES):
+        super().__init__(cfg)
+        self.vertices, self.num_tokens = vertices, NUM_JOINTS + vertices
+        self.coarse_head = nn.Linear(cfg.global_channels, vertices * 2)
+
+    def forward(self, feature, pooled):
+        pooled_vector = pooled.mean(dim=(2, 3))  # (B, C_g)
+        logits = torch.cat([self.keypoint_head(pooled_vector).reshape(len(pooled), NUM_JOINTS, 2),
+                            self.coarse_head(pooled_vector).reshape(len(pooled), -1, 2)], 1)  # (B, 21 + N_c, 2)
+        points = self.keypoint_activation(logits)
+        return sample_points(self.sampled_map(feature), points, clamp=True), points  # (B, 21 + N_c, C_t)
+
+
+class CoarseMeshHand(SimpleHand):
+    """SimpleHand with CoarseMeshTokens: also coarse2d (B, N_c, 2), the predicted 2D points of the template's
+    vertices `coarse_index`, supervised by Eq. (5) as the keypoints are (`loss`: the vertices projected by
+    batch["K"] (B, 3, 3)). `template` (778, 3): MANO's rest vertices, the coarse mesh is chosen from."""
+
+    def __init__(self, backbone, token_generator, mesh_regressor, j_regressor, cfg, template):
+        super().__init__(backbone, token_generator, mesh_regressor, j_regressor, cfg)
+        if template is None or tuple(template.shape) != (NUM_VERTS, 3):
+            raise ValueError(f"the coarse-mesh model needs MANO's template (778, 3) to pick the coarse mesh from, "
+                             f"got {None if template is None else tuple(template.shape)}")
+        # NOTE(paper vs code) 10: farthest-point sampling of the template for FastMETRO's coarse mesh
+        self.register_buffer("coarse_index", farthest_points(template.float(), token_generator.vertices))  # (N_c,)
+
+    def from_features(self, feature, pooled):
+        out = super().from_features(feature, pooled)
+        points = out["joints2d"]  # (B, 21 + N_c, 2)
+        return dict(out, joints2d=points[:, :NUM_JOINTS], coarse2d=points[:, NUM_JOINTS:])
+
+    def loss(self, pred, batch, cfg):
+        """Eq. (7) and the coarse points' Eq. (5) term "coarse2d", weighted as the keypoints'."""
+        total, terms = super().loss(pred, batch, cfg)
+        if "K" not in batch:
+            raise ValueError("the coarse-mesh loss needs batch['K'] (B, 3, 3) to project the coarse mesh's "
+                             "ground truth")
+        H, W = batch["image"].shape[-2:]
+        wh = torch.tensor([W, H], dtype=batch["joints2d"].dtype, device=total.device)
+        uv = bodymodels.perspective_projection(batch["verts"][:, self.coarse_index], batch["K"]) / wh  # (B, N_c, 2)
+        terms["coarse2d"] = l1_points(pred["coarse2d"], uv)
+        return total + cfg.w_joints2d * terms["coarse2d"], terms
+
+
+def build_coarse_mesh_hand(cfg, j_regressor):
+    """The coarse-mesh row's model (Table 5), its coarse mesh chosen from MANO's template."""
+    template = bodymodels.load_mano().v_template.detach().float()  # (778, 3)
+    return CoarseMeshHand(build_backbone(cfg), build_token_generator(cfg), build_mesh_regressor(cfg), j_regressor,
+                          cfg, template)
 
 
 def farthest_points(points, n):
@@ -905,36 +1000,102 @@ def farthest_points(points, n):
     return torch.tensor(chosen)
 
 
+class MLPRegressor(nn.Module):
+    """Table 4's baseline regressor, "a Multilayer Perceptron": tokens (B, n_0, C_t), flattened ->
+    Linear -> GELU -> Linear -> vertices (B, 778, 3).
+
+    NOTE(paper vs code) 8: the paper gives no widths; ours has one hidden layer of dims[0].
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        hidden = cfg.dims[0]
+        self.layers = nn.ModuleList([nn.Sequential(nn.Linear(cfg.token_nums[0] * cfg.token_channels, hidden),
+                                                   nn.GELU())])
+        self.head = nn.Linear(hidden, NUM_VERTS * 3)
+
+    def forward(self, x):
+        return self.head(self.layers[0](x.flatten(1))).view(-1, NUM_VERTS, 3)  # (B, 778, 3)
+
+
+class MixerFreeBlock(nn.Module):
+    """Table 8 "Identity mixer": MF_k without its token-mixing branch, x + MLP(LN(x)): tokens never see each
+    other. The signature of MetaFormerBlock (num_heads unused)."""
+
+    def __init__(self, dim, num_heads, mlp_ratio, dropout):
+        super().__init__()
+        self.dropout = dropout
+        self.norm = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x):  # (B, N, c) -> (B, N, c)
+        return x + drop_path(self.mlp(self.norm(x)), self.dropout, self.training)
+
+
+class LayerWithoutPositionEmbedding(nn.Module):
+    """Table 8 "w/o position emb": H_k without Eq. (3)'s emb_k, (B, n_in, c_in) -> (B, n_out, c). The
+    signature of DecoderLayer."""
+
+    def __init__(self, n_in, n_out, c_in, c, depth, cfg, block=MetaFormerBlock):
+        super().__init__()
+        self.reduce = nn.Linear(c_in, c)  # P_k
+        self.blocks = nn.Sequential(*[block(c, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(depth)])
+        self.upsample = nn.Linear(n_in, n_out)  # U_k
+
+    def forward(self, x):
+        x = self.blocks(self.reduce(x))  # Eq. (2) alone: (B, n_in, c)
+        return self.upsample(x.transpose(1, 2)).transpose(1, 2)  # (B, n_out, c)
+
+
+# What each config's `token_generator` / `mesh_regressor` names: the paper's module first
+TOKEN_GENERATORS = {
+    "point": TokenGenerator,  # Fig. 2d: keypoint-guided point sampling (the paper's)
+    "global": GlobalTokens,  # Fig. 2a
+    "grid": GridTokens,  # Fig. 2b
+    "point_stride32": Stride32Tokens,  # Table 5's Point 7x7 and 14x14
+    "point_two_deconvolutions": TwoDeconvolutionTokens,  # Sec. 3.1's double 2x upsampling
+    "point_enhanced": EnhancedTokens,  # Fig. 2e
+    "coarse_mesh": CoarseMeshTokens,  # Fig. 2f (its model: CoarseMeshHand)
+}
+MESH_REGRESSORS = {
+    "decoder": MeshRegressor,  # Eq. 1-3 (the paper's)
+    "mlp": MLPRegressor,  # Table 4's baseline
+    "identity_mixer": functools.partial(MeshRegressor, block=MixerFreeBlock),  # Table 8
+    "no_position_embedding": functools.partial(MeshRegressor, layer=LayerWithoutPositionEmbedding),  # Table 8
+}
+
+
 # The paper's ablations (Sec. 4.5, Tables 4-8; Hiera-tiny on FreiHAND), as data for train.py's
 # `--ablation tableN`: each row's config overrides on top of the chosen config (TINY by default),
-# the paper's PA-MPJPE / PA-MPVPE in mm beside it. A row changes what the paper's row changes; the
-# row the paper chose is the config's own. At TINY and PAPER (HRNet) the sampled map is stride 8
-# (Table 5's 28x28), and `token_map="pooled"` reads the stride-32 one (7x7, 14x14 after 2x).
+# the paper's PA-MPJPE / PA-MPVPE in mm beside it. A row changes what the paper's row changes (a module
+# above, or the decoder's sizes); the row the paper chose is the config's own. At TINY and PAPER (HRNet)
+# the sampled map is stride 8 (Table 5's 28x28); "point_stride32" reads the stride-32 one (7x7, 14x14 after 2x).
 _COLUMNS = (("pa_mpjpe_mm", "PA-MPJPE (mm), FreiHAND"), ("pa_mpvpe_mm", "PA-MPVPE (mm), FreiHAND"))
 _DIMS = (256, 128, 64)  # Table 7's best
 ABLATIONS = {
     "table4": dict(
         caption="Token generator and mesh regressor against a simple baseline (Table 4)",
         columns=_COLUMNS,
-        rows=(("Simple Baseline (global feature, MLP)", {"token_sampling": "global", "mesh_regressor": "mlp"},
+        rows=(("Simple Baseline (global feature, MLP)", {"token_generator": "global", "mesh_regressor": "mlp"},
                (6.9, 7.2)),
-              ("+ mesh regressor", {"token_sampling": "global"}, (6.5, 6.8)),
+              ("+ mesh regressor", {"token_generator": "global"}, (6.5, 6.8)),
               ("+ token generator", {"mesh_regressor": "mlp"}, (6.6, 7.1)),
               ("+ both", {}, (6.2, 6.5))),
         chosen="+ both"),
     "table5": dict(
         caption="Token generator: sampling and resolution of the sampled map (Table 5)",
         columns=_COLUMNS,
-        rows=(("Global 1x1", {"token_sampling": "global"}, (6.5, 6.8)),
-              ("Grid 7x7", {"token_sampling": "grid", "token_map": "pooled"}, (6.3, 6.6)),
-              ("Point 7x7", {"token_map": "pooled"}, (6.3, 6.6)),
-              ("Point 14x14", {"token_map": "pooled", "feature_upsample": 2}, (6.3, 6.6)),
+        rows=(("Global 1x1", {"token_generator": "global"}, (6.5, 6.8)),
+              ("Grid 7x7", {"token_generator": "grid"}, (6.3, 6.6)),
+              ("Point 7x7", {"token_generator": "point_stride32"}, (6.3, 6.6)),
+              ("Point 14x14", {"token_generator": "point_stride32", "feature_upsample": 2}, (6.3, 6.6)),
               ("Point 28x28", {}, (6.2, 6.5)),
-              ("Point 28x28 enhanced", {"feature_convs": 2}, (6.2, 6.5)),
+              ("Point 28x28 enhanced", {"token_generator": "point_enhanced"}, (6.2, 6.5)),
               # Sec. 3.1 names it beside "enhanced" ("performance remains consistent"), Table 5 gives no figure
-              ("Point 28x28, two 2x deconvolutions (text only)",
-               {"token_map": "pooled", "feature_upsample": 4, "deconv_layers": 2}, (None, None)),
-              ("Coarse mesh 28x28", {"token_sampling": "coarse_mesh"}, (6.2, 6.5))),
+              ("Point 28x28, two 2x deconvolutions (text only)", {"token_generator": "point_two_deconvolutions"},
+               (None, None)),
+              ("Coarse mesh 28x28", {"token_generator": "coarse_mesh"}, (6.2, 6.5))),
         chosen="Point 28x28"),
     "table6": dict(
         caption="Decoder layers and their token numbers (Table 6; widths: Table 7's best, halved per layer)",
@@ -959,8 +1120,8 @@ ABLATIONS = {
         caption="Token mixer and position embedding (Table 8)",
         columns=_COLUMNS,
         rows=(("hiera-tiny sota", {}, (6.2, 6.5)),
-              ("Identity mixer", {"token_mixer": "identity"}, (6.3, 6.6)),
-              ("w/o position emb", {"pos_embedding": False}, (6.3, 6.6))),
+              ("Identity mixer", {"mesh_regressor": "identity_mixer"}, (6.3, 6.6)),
+              ("w/o position emb", {"mesh_regressor": "no_position_embedding"}, (6.3, 6.6))),
         chosen="hiera-tiny sota"),
 }
 
@@ -976,7 +1137,7 @@ def count_parameters(module):
 def non_backbone_parameters(cfg):
     """Parameters of token generator + mesh regressor (Table 2's "#Params"), built on the meta device."""
     with torch.device("meta"):
-        return count_parameters(TokenGenerator(cfg)) + count_parameters(build_mesh_regressor(cfg))
+        return count_parameters(build_token_generator(cfg)) + count_parameters(build_mesh_regressor(cfg))
 
 
 def describe(model, images):

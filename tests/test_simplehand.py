@@ -1,4 +1,4 @@
-"""SimpleHand: shapes after every stage, parameter counts, the ablation switches, the joint
+"""SimpleHand: shapes after every stage, parameter counts, the ablation modules, the joint
 regressor against an independent oracle, gradient flow through the point sampling, the loss, the
 derived recipe, the trainer protocol, channels_last, the HRNet pruning (against a miniature of
 timm's HRNet here, against timm itself where it is installed), the fast CUDA paths, and a one-batch
@@ -39,7 +39,7 @@ def random_j_regressor(seed=0):
 
 def tiny_model(cfg=TINY, seed=0):
     torch.manual_seed(seed)
-    return sh.SimpleHand(cfg, random_j_regressor())
+    return sh.build_simplehand(cfg, random_j_regressor())
 
 
 def random_batch(B, size, seed=0):
@@ -88,7 +88,7 @@ def test_paper_decoder_shapes_on_meta_device(cfg, map_hw, token_width):
 def test_paper_decoder_parameter_count_is_within_25_percent_of_table_2():
     n = sh.non_backbone_parameters(PAPER)
     assert abs(n - 1.9e6) <= 0.25 * 1.9e6, n
-    # FastViT's 4x deconvolution (1216 -> 256, k = 4, no bias) is the "about 5M" of FACTS.md
+    # FastViT's 4x deconvolution (1216 -> 256, k = 4, no bias): about 5M of the official HandNet's 6.5M
     with torch.device("meta"):
         deconv = sh.TokenGenerator(PAPER_FASTVIT).upsample[0]
     assert sh.count_parameters(deconv) == 1216 * 256 * 4 * 4
@@ -111,7 +111,7 @@ def test_joints3d_equal_j_regressor_times_verts_plus_fingertips():
     V = out["verts"].double()
     J16 = torch.stack([random_j_regressor().double() @ v for v in V])  # (3, 16, 3)
     tips = V[:, [744, 320, 443, 555, 672]]  # thumb, index, middle, ring, pinky (FreiHAND's, the official code's)
-    order = [0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20]  # FACTS.md
+    order = [0, 13, 14, 15, 16, 1, 2, 3, 17, 4, 5, 6, 18, 10, 11, 12, 19, 7, 8, 9, 20]  # MANO 16 + tips -> FreiHAND
     expected = torch.cat([J16, tips], dim=1)[:, order]
     torch.testing.assert_close(out["joints3d"].double(), expected, atol=1e-6, rtol=1e-5)
     # root-relative to the middle MCP (FreiHAND joint 9): exactly zero as the rows sum to one
@@ -142,7 +142,7 @@ def test_keypoint_head_learns_through_the_point_sampling_alone():
     """With the 2D loss weight at zero, only the sampling positions connect the keypoint head to the
     3D losses: it gets a gradient with point sampling and none with global pooling."""
     for sampling, token_nums, connected in [("point", (21, 84, 336), True), ("global", (1, 84, 336), False)]:
-        cfg = dataclasses.replace(TINY, token_sampling=sampling, token_nums=token_nums, w_joints2d=0.0)
+        cfg = dataclasses.replace(TINY, token_generator=sampling, token_nums=token_nums, w_joints2d=0.0)
         model = tiny_model(cfg)
         loss, _ = sh.compute_loss(model(torch.rand(2, 3, 64, 64)), random_batch(2, 64), cfg)
         loss.backward()
@@ -166,33 +166,34 @@ def test_loss_is_l1_summed_over_xyz_and_averaged_over_points_and_batch():
 
 
 # ---------------------------------------------------------------------------------------------
-# Ablation switches (Tables 5-8): each changes the model as it claims
+# Ablation modules (Tables 4-8, appendix C): each changes the model as it claims
 
 
-def test_token_sampling_switch_changes_the_tokens():
+def test_token_generator_rows_change_the_tokens():
     x = torch.rand(2, 3, 64, 64)
     for sampling, token_nums, n in [("grid", (49, 84, 336), 49), ("global", (1, 84, 336), 1)]:
-        cfg = dataclasses.replace(TINY, token_sampling=sampling, token_nums=token_nums)
+        cfg = dataclasses.replace(TINY, token_generator=sampling, token_nums=token_nums)
         tokens, _ = tiny_model(cfg).token_generator(*tiny_model(cfg).backbone(x))
         assert tokens.shape == (2, n, 64)
         assert sh.non_backbone_parameters(cfg) != sh.non_backbone_parameters(TINY)
-    with pytest.raises(ValueError, match="token_nums"):
-        dataclasses.replace(TINY, token_sampling="grid", token_nums=(30, 84, 168))  # 49 tokens, not 30
-    # token_nums[0] = 21, as Tables 6-7 write it, follows the sampling: a one-field ablation row
-    assert sh.MeshRegressor(dataclasses.replace(TINY, token_sampling="grid")).layers[0].upsample.in_features == 49
+    with pytest.raises(ValueError, match="token_nums"):  # 49 tokens, not 30
+        sh.build_mesh_regressor(dataclasses.replace(TINY, token_generator="grid", token_nums=(30, 84, 168)))
+    # token_nums[0] = 21, as Tables 6-7 write it, follows the token generator: a one-field ablation row
+    grid = sh.build_mesh_regressor(dataclasses.replace(TINY, token_generator="grid"))
+    assert grid.layers[0].upsample.in_features == 49
 
 
 def test_only_point_sampling_depends_on_the_keypoints(monkeypatch):
     x = torch.rand(2, 3, 64, 64)
     for sampling, token_nums in [("grid", (49, 84, 336)), ("global", (1, 84, 336))]:
-        model = tiny_model(dataclasses.replace(TINY, token_sampling=sampling, token_nums=token_nums)).eval()
+        model = tiny_model(dataclasses.replace(TINY, token_generator=sampling, token_nums=token_nums)).eval()
         before = model(x)["verts"]
         with torch.no_grad():
             model.token_generator.keypoint_head.bias.add_(0.3)
         assert torch.equal(before, model(x)["verts"]), sampling  # moved keypoints: the same mesh, bit for bit
     # point sampling reads the map at the keypoints: moving them (the head's logits + 0.3, so the points
     # sigmoid(logit + 0.3)) gives the mesh of the unmoved model reading its map at those points
-    model = tiny_model(dataclasses.replace(TINY, token_sampling="point", token_nums=(21, 84, 336))).eval()
+    model = tiny_model(dataclasses.replace(TINY, token_nums=(21, 84, 336))).eval()
     moved = copy.deepcopy(model)
     with torch.no_grad():
         moved.token_generator.keypoint_head.bias.add_(0.3)
@@ -231,7 +232,7 @@ def test_layer_count_token_numbers_widths_and_depths_change_the_regressor():
 def test_table4_mlp_regressor_flattens_the_tokens_with_one_hidden_layer():
     """Table 4's baseline regressor at PAPER: 21 x 256 tokens -> 256 -> 778 x 3, counted by hand."""
     for sampling, n in [("point", 21), ("global", 1)]:
-        cfg = dataclasses.replace(PAPER, mesh_regressor="mlp", token_sampling=sampling)
+        cfg = dataclasses.replace(PAPER, mesh_regressor="mlp", token_generator=sampling)
         with torch.device("meta"):
             mlp = sh.build_mesh_regressor(cfg)
             assert mlp(torch.empty(2, n, 256)).shape == (2, 778, 3)
@@ -243,24 +244,28 @@ def test_table4_mlp_regressor_flattens_the_tokens_with_one_hidden_layer():
 
 
 def test_table5_upsample_variants_reach_28x28_from_the_7x7_map():
-    """Point 7x7 / 14x14 read the stride-32 map (`token_map`), two 2x deconvolutions reach 28x28 as
+    """Point 7x7 / 14x14 read the stride-32 map ("point_stride32"), two 2x deconvolutions reach 28x28 as
     one 4x does, and "enhanced" adds 3x3 convolutions at 28x28; parameters counted by hand."""
     for overrides, hw, params in [
-            (dict(token_map="pooled"), 7, 1024 * 256 + 2 * 256),  # 1x1 projection 1024 -> 256 + BatchNorm
-            (dict(token_map="pooled", feature_upsample=2), 14, 1024 * 256 * 4 + 2 * 256),
-            (dict(token_map="pooled", feature_upsample=4), 28, 1024 * 256 * 16 + 2 * 256),
-            (dict(token_map="pooled", feature_upsample=4, deconv_layers=2), 28,
+            (dict(token_generator="point_stride32"), 7, 1024 * 256 + 2 * 256),  # 1x1 projection 1024 -> 256 + BN
+            (dict(token_generator="point_stride32", feature_upsample=2), 14, 1024 * 256 * 4 + 2 * 256),
+            (dict(token_generator="point_stride32", feature_upsample=4), 28, 1024 * 256 * 16 + 2 * 256),
+            (dict(token_generator="point_two_deconvolutions"), 28,
              1024 * 256 * 4 + 2 * 256 + 256 * 256 * 4 + 2 * 256),
-            (dict(feature_convs=2), 28, 2 * (256 * 256 * 9 + 2 * 256))]:  # HRNet's 28x28 map + 2 convs
+            (dict(token_generator="point_enhanced"), 28, 2 * (256 * 256 * 9 + 2 * 256))]:  # HRNet's 28x28 + 2 convs
         cfg = dataclasses.replace(PAPER, **overrides)
         with torch.device("meta"):
-            tg, feature, pooled = sh.TokenGenerator(cfg), torch.empty(1, 256, 28, 28), torch.empty(1, 1024, 7, 7)
+            tg, feature, pooled = sh.build_token_generator(cfg), torch.empty(1, 256, 28, 28), torch.empty(1, 1024, 7, 7)
             tokens, points = tg(feature, pooled)
-            x = tg.upsample(pooled if cfg.token_map == "pooled" else feature)
+            x = tg.upsample(feature if cfg.token_generator == "point_enhanced" else pooled)
         assert x.shape == (1, 256, hw, hw) and tokens.shape == (1, 21, 256) and points.shape == (1, 21, 2)
         assert sh.count_parameters(tg.upsample) == params, overrides
     with pytest.raises(ValueError, match="feature_upsample"):
-        dataclasses.replace(PAPER, feature_upsample=2, deconv_layers=2)
+        dataclasses.replace(PAPER, feature_upsample=0)
+    # the two 2x deconvolutions are the row's whatever the config's factor (FastViT's is 4)
+    with torch.device("meta"):
+        tg = sh.build_token_generator(dataclasses.replace(PAPER_FASTVIT, token_generator="point_two_deconvolutions"))
+    assert [m.kernel_size for m in tg.upsample if isinstance(m, nn.ConvTranspose2d)] == [(2, 2), (2, 2)]
 
 
 def test_farthest_points_spreads_the_coarse_mesh():
@@ -276,28 +281,37 @@ def test_farthest_points_spreads_the_coarse_mesh():
     assert cover <= spread + 1e-6
 
 
+def coarse_mesh_model(cfg, template, vertices):
+    """The coarse-mesh row's model with `vertices` coarse vertices (the row's own: 195)."""
+    regressor_cfg = dataclasses.replace(cfg, token_nums=(21 + vertices,) + cfg.token_nums[1:])
+    return sh.CoarseMeshHand(sh.build_backbone(cfg), sh.CoarseMeshTokens(cfg, vertices),
+                             sh.MeshRegressor(regressor_cfg), random_j_regressor(), cfg, template)
+
+
 def test_table5_coarse_mesh_samples_keypoints_and_coarse_points_and_supervises_both():
-    cfg = dataclasses.replace(TINY, token_sampling="coarse_mesh", coarse_vertices=30)
+    cfg = dataclasses.replace(TINY, token_generator="coarse_mesh")
     torch.manual_seed(0)
     template = torch.randn(778, 3)
-    model = sh.SimpleHand(cfg, random_j_regressor(), template).eval()
+    model = coarse_mesh_model(cfg, template, 30).eval()
     tokens, points = model.token_generator(*model.backbone(torch.rand(2, 3, 64, 64)))
     assert tokens.shape == (2, 51, 64) and points.shape == (2, 51, 2)
-    assert sh.count_parameters(sh.TokenGenerator(cfg)) == sh.count_parameters(sh.TokenGenerator(TINY)) + 128 * 60 + 60
-    assert sh.MeshRegressor(cfg).layers[0].upsample.in_features == 51
+    assert (sh.count_parameters(sh.CoarseMeshTokens(cfg, 30))
+            == sh.count_parameters(sh.TokenGenerator(TINY)) + 128 * 60 + 60)
+    assert model.mesh_regressor.layers[0].upsample.in_features == 51
+    assert sh.build_mesh_regressor(cfg).layers[0].upsample.in_features == 21 + 195  # the row's, from the config
     batch = random_batch(2, 64)
     batch["K"] = torch.tensor([[100.0, 0, 32], [0, 100.0, 32], [0, 0, 1]]).expand(2, 3, 3)
     out = model(batch["image"])
     assert out["coarse2d"].shape == (2, 30, 2)
     exact = bodymodels.perspective_projection(batch["verts"][:, model.coarse_index], batch["K"]) / 64
-    _, terms = sh.compute_loss(dict(out, coarse2d=exact), batch, cfg, model.coarse_index)
+    _, terms = model.loss(dict(out, coarse2d=exact), batch, cfg)
     torch.testing.assert_close(terms["coarse2d"], torch.tensor(0.0))
-    _, terms = sh.compute_loss(dict(out, coarse2d=exact + 0.1), batch, cfg, model.coarse_index)
+    _, terms = model.loss(dict(out, coarse2d=exact + 0.1), batch, cfg)
     torch.testing.assert_close(terms["coarse2d"], torch.tensor(0.2))  # L1 over u, v: 0.1 + 0.1
     with pytest.raises(ValueError, match="K"):
-        sh.compute_loss(out, {k: v for k, v in batch.items() if k != "K"}, cfg, model.coarse_index)
+        model.loss(out, {k: v for k, v in batch.items() if k != "K"}, cfg)
     with pytest.raises(ValueError, match="template"):
-        sh.SimpleHand(cfg, random_j_regressor())
+        coarse_mesh_model(cfg, None, 30)
 
 
 def test_ablation_rows_are_fields_that_build_at_tiny_and_paper_and_round_trip_through_set():
@@ -324,24 +338,25 @@ def test_identity_mixer_keeps_tokens_apart_and_attention_mixes_them():
     x = torch.randn(1, 6, 32, generator=g)
     x2 = x.clone()
     x2[0, 0] += 1.0  # change token 0 only
-    for mixer, others_change in [("identity", False), ("attention", True)]:
+    for block_class, others_change in [(sh.MixerFreeBlock, False), (sh.MetaFormerBlock, True)]:
         torch.manual_seed(0)
-        block = sh.MetaFormerBlock(32, mixer, num_heads=2, mlp_ratio=4.0, dropout=0.0)
+        block = block_class(32, num_heads=2, mlp_ratio=4.0, dropout=0.0)
         changed = (block(x2) - block(x)).abs().sum(dim=-1)[0]  # (6,)
-        assert changed[0] > 0 and bool((changed[1:] > 1e-7).all()) == others_change, mixer
-    assert (sh.non_backbone_parameters(dataclasses.replace(TINY, token_mixer="identity"))
+        assert changed[0] > 0 and bool((changed[1:] > 1e-7).all()) == others_change, block_class.__name__
+    assert (sh.non_backbone_parameters(dataclasses.replace(TINY, mesh_regressor="identity_mixer"))
             < sh.non_backbone_parameters(TINY))
 
 
-def test_position_embedding_switches_change_the_model():
-    no_emb = dataclasses.replace(TINY, pos_embedding=False)  # Table 8, "w/o position emb"
+def test_position_embeddings_change_the_model_as_claimed(monkeypatch):
+    no_emb = dataclasses.replace(TINY, mesh_regressor="no_position_embedding")  # Table 8, "w/o position emb"
     # emb_k: (n_k, c_in)
     assert sh.non_backbone_parameters(TINY) - sh.non_backbone_parameters(no_emb) == 21 * 64 + 84 * 96 + 168 * 48
-    # the sine encoding of the sampled map has no parameters: the model without it, its map given
-    # `sine_position_encoding` by hand, is the model with it
+    # the sine encoding of the sampled map has no parameters: the model without it (its encoding zero),
+    # its map given `sine_position_encoding` by hand, is the model with it
     model = tiny_model().eval()
-    no_sine = tiny_model(dataclasses.replace(TINY, sine_encoding=False)).eval()
+    no_sine = tiny_model(seed=1).eval()
     no_sine.load_state_dict(model.state_dict())
+    sine = sh.sine_position_encoding
 
     class PlusSine(nn.Module):
         def __init__(self, upsample):
@@ -350,12 +365,15 @@ def test_position_embedding_switches_change_the_model():
 
         def forward(self, feature):
             x = self.upsample(feature)
-            return x + sh.sine_position_encoding(x.shape[2], x.shape[3], x.shape[1], x.device, x.dtype)
+            return x + sine(x.shape[2], x.shape[3], x.shape[1], x.device, x.dtype)
 
     no_sine.token_generator.upsample = PlusSine(no_sine.token_generator.upsample)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(model(x)["verts"], no_sine(x)["verts"])
+        expected = model(x)["verts"]
+        monkeypatch.setattr(sh, "sine_position_encoding", lambda h, w, c, device=None, dtype=torch.float32:
+                            torch.zeros(c, h, w, device=device, dtype=dtype))
+        torch.testing.assert_close(expected, no_sine(x)["verts"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,8 +421,8 @@ def test_learning_rate_warms_up_linearly_then_follows_the_cosine():
 
 
 def test_bad_config_values_raise_value_errors_naming_the_field():
-    with pytest.raises(ValueError, match="token_mixer"):
-        dataclasses.replace(TINY, token_mixer="pooling")
+    with pytest.raises(ValueError, match="mesh_regressor"):
+        dataclasses.replace(TINY, mesh_regressor="pooling")
     with pytest.raises(ValueError, match="dims"):
         dataclasses.replace(TINY, dims=(128, 64))
     with pytest.raises(ValueError, match="unknown SimpleHand config"):
@@ -458,7 +476,7 @@ def test_predict_gives_2d_keypoints_in_pixels_as_the_loss_reads_them():
 
 
 @pytest.mark.parametrize("cfg", [TINY, dataclasses.replace(TINY, feature_upsample=2, token_channels=32,
-                                                            token_sampling="grid", token_nums=(49, 84, 168))],
+                                                            token_generator="grid", token_nums=(49, 84, 168))],
                          ids=["tiny", "deconv_and_grid"])
 def test_channels_last_model_and_images_give_the_same_loss_and_gradients(cfg):
     """train.py converts the model and 4D images to channels_last on CUDA; nothing may depend on layout."""
@@ -629,7 +647,7 @@ def test_build_model_carries_manos_j_regressor_in_its_checkpoint():
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
     assert "j_regressor" in state
-    restored = sh.SimpleHand(TINY, torch.zeros(16, 778))
+    restored = sh.build_simplehand(TINY, torch.zeros(16, 778))
     restored.load_state_dict(state)
     restored.eval()
     x = torch.rand(2, 3, 128, 128)
@@ -714,7 +732,7 @@ def handnet_fixture():
 
 def reduced_official_model(fixture, cfg=OFFICIAL_REDUCED):
     """Our model at the fixture's size, its weights loaded through official_state_dict (strict)."""
-    model = sh.SimpleHand(cfg, torch.zeros(16, 778))
+    model = sh.build_simplehand(cfg, torch.zeros(16, 778))
     model.backbone = ForwardFeatures(PatchifyStub())
     state = sh.official_state_dict(fixture["state_dict"], fixture["j_regressor"])
     bodymodels.load_state_strict(model, state, "handnet_reduced.pt")
@@ -756,7 +774,7 @@ def test_official_handnet_fixture_end_to_end_from_a_uint8_bgr_image(handnet_fixt
     assert_close_relative(out["verts"], fx["vertices"])
     assert_close_relative(out["joints3d"], fx["joints"])
     # the paper configs normalise with ImageNet statistics, in RGB order
-    paper = sh.SimpleHand(dataclasses.replace(OFFICIAL_REDUCED, input_norm="imagenet"), torch.zeros(16, 778))
+    paper = sh.build_simplehand(dataclasses.replace(OFFICIAL_REDUCED, input_norm="imagenet"), torch.zeros(16, 778))
     expected = (rgb - torch.tensor(sh.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(sh.IMAGENET_STD).view(1, 3, 1, 1)
     torch.testing.assert_close(paper.normalise(rgb), expected)
 
@@ -827,7 +845,7 @@ def test_official_key_list_maps_exactly_onto_timms_official_model():
     official = read_official_keys("simplehand_handnet")
     mapped = sh.official_state_dict(official, torch.empty(16, 778, device="meta"))
     with torch.device("meta"):
-        model = sh.SimpleHand(dataclasses.replace(sh.OFFICIAL, pretrained_backbone=False), torch.empty(16, 778))
+        model = sh.build_simplehand(dataclasses.replace(sh.OFFICIAL, pretrained_backbone=False), torch.empty(16, 778))
     own = model.state_dict()
     assert {k: (tuple(v.shape), v.dtype) for k, v in mapped.items()} == \
         {k: (tuple(v.shape), v.dtype) for k, v in own.items()}
@@ -919,7 +937,7 @@ def test_pretrained_backbone_starts_from_the_local_file(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The loss means the same on 1, 2 or 8 ranks (issue 24, finding 5)
+# The loss means the same on 1, 2 or 8 ranks
 
 
 @pytest.mark.parametrize("k", [1, 2, 8])
