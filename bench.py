@@ -52,7 +52,7 @@ def simplehand_params(name, cfg):
     paper = f" (Table 2 reports {1.9:.1f}M for HRNet)" if name.startswith("paper") else ""
     print(f"[{name}] non-backbone parameters: {simplehand.non_backbone_parameters(cfg) / 1e6:.2f}M{paper}")
     with torch.device("meta"):
-        tg, mr = simplehand.TokenGenerator(cfg), simplehand.build_mesh_regressor(cfg)
+        tg, mr = simplehand.build_token_generator(cfg), simplehand.build_mesh_regressor(cfg)
     parts = [("token_generator", tg)] + [(f"mesh_regressor.layers[{k}]", m) for k, m in enumerate(mr.layers)]
     parts.append(("mesh_regressor.head", mr.head))
     if cfg.backbone == "tiny_cnn":

@@ -397,7 +397,7 @@ class SimpleHandConfig:
     w_joints2d: float = 1.0
     root_index: int = 9  # FreiHAND joint the 3D outputs are relative to (middle MCP, official code)
     subtract_root: bool = True  # the model subtracts its own joint 9: root-relative outputs by construction
-    # --- data (read by data.hand_dataset) ---
+    # --- data (read by synthetic.hand_dataset) ---
     train_augment: Literal["default", "official"] = "official"  # real training data (FreiHAND, .npz): the
     #   official code's augmentation (data.HAND_AUGMENTS; NOTE(paper vs code) 7) | data.AugmentConfig()'s
     eval_crop: Literal["none", "keypoints"] = "none"  # FreiHAND test images as they are | "keypoints": the
