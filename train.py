@@ -452,11 +452,10 @@ def param_groups(paper, model, cfg):
 
 
 def parent_metrics(stage, args):
-    """The metrics in OUT/<parent>/metrics.json of the stage `stage` starts from ({} for none)."""
-    if stage.starts_from is None:
-        return {}
-    path = os.path.join(stage_dir(stage.starts_from, args), "metrics.json")
-    if not os.path.exists(path):  # a parent checkpoint copied in without its report
+    """The metrics in OUT/<parent>/metrics.json of the stage `stage` starts from ({} for none, or for a parent
+    checkpoint copied in without its report)."""
+    path = os.path.join(stage_dir(stage.starts_from, args), "metrics.json") if stage.starts_from else ""
+    if not os.path.exists(path):
         return {}
     with open(path) as f:
         summary = json.load(f)
@@ -640,7 +639,7 @@ def plan_chain(name, overrides, resume, args):
     """What a run of `name` does with each stage, oldest first: [(stage, config name, config, checkpoint to
     resume from or None, whether it trains)]; overrides: {stage: --set items}. A stage `name` starts from is
     reused when its checkpoint in OUT is finished (as trained: --set does not reach it), else resumed or trained.
-    Each checkpoint is read once, here."""
+    Each checkpoint is read here once; a reused stage's weights again when the stage after it is built."""
     plan = []
     for stage in lineage(name)[::-1]:
         preset, path = MODELS[stage].paper.CONFIGS[args.config], os.path.join(stage_dir(stage, args), "ckpt.pt")
@@ -702,10 +701,9 @@ def build_parser(description="Train a paper's stages (plain PyTorch; DDP under t
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto, cuda when available)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank (default: 0)")
     p.add_argument("--train-samples", type=int, default=None,
-                   help="size of the synthetic training set, rendered once, for --model and the stages it starts "
-                   "from that run here (default: each stage's)")
+                   help="size of the synthetic training set (rendered once) of each stage that runs (default: its own)")
     p.add_argument("--eval-samples", type=int, default=None,
-                   help="size of the synthetic held-out set, as --train-samples (default: each stage's)")
+                   help="size of the synthetic held-out set, as --train-samples (default: each stage's own)")
     return p
 
 
