@@ -14,8 +14,9 @@ import types
 import numpy as np
 import pytest
 
-from test_train import (NUM_POINTS, ROOT, STANDIN_PAPER, STANDINS, StandInConfig, StandInHead, load,
-                        register_standins)  # noqa: F401 (register_standins: an autouse fixture)
+# first: test_train puts the repository root on sys.path (register_standins: its autouse fixture)
+from test_train import (NUM_POINTS, ROOT, STANDIN_PAPER, STANDINS, StandInConfig, StandInHead, load,  # noqa: F401
+                        register_standins)
 
 import ablate
 import train
