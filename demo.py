@@ -17,7 +17,7 @@ Map of the file:
 7. `main`
 Images are read by `data.read_image` (any Pillow mode), crops cut by `bodymodels.crop_matrix` / `warp_image`, a
 crop's camera moved to the full image's by `bodymodels.crop_translation_to_full`, and trained models rebuilt from
-train.py's checkpoints by `train.load_trained`. Bad input raises `data.InputError`, naming the file, key, shape
+train.py's checkpoints by `checkpoints.load_trained`. Bad input raises `data.InputError`, naming the file, key, shape
 or box that is wrong.
 """
 
@@ -35,9 +35,9 @@ import genhmr
 import hmr_adapter
 import simplehand
 from bodymodels import crop_box, crop_matrix
+from checkpoints import load_trained
 from data import InputError, read_image
 from plots import draw_demo, to_numpy
-from train import load_trained
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from hypothesis import given, settings, strategies as st
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import checkpoints  # noqa: E402
 import train  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +271,7 @@ def test_every_stage_of_the_chain_is_checked_before_the_first_trains(tmp_path, m
     paper = types.SimpleNamespace(**dict(vars(STANDIN_PAPER), check_inputs=check))
     monkeypatch.setitem(train.MODELS, "standin", dataclasses.replace(STANDINS["standin"], paper=paper))
     message = error_of(["--model", "standin_head", "--data", "npz:/tmp", "--set", "width=7", "--out", str(tmp_path)])
-    assert message == "train.py: error: standin (which standin_head starts from): STANDIN_FILE: missing /no/such.npy"
+    assert message == "standin (which standin_head starts from): STANDIN_FILE: missing /no/such.npy"
     assert seen == [(7, "npz", "/tmp")] and not os.listdir(tmp_path)
 
 
@@ -311,16 +312,9 @@ def test_hmr_adapter_bases_check_the_vertex_ids_before_training(tmp_path, monkey
     monkeypatch.setenv("HMR_MANO_SMPLX_VERTEX_IDS", str(tmp_path / "none.pkl"))
     monkeypatch.setenv("HMR_FLAME_VERTEX_IDS", str(tmp_path / "none.npy"))
     message = error_of(["--model", "hmr_adapter_bases", "--out", str(tmp_path / "out")])
-    assert message == f"train.py: error: hmr_adapter_bases: HMR_FLAME_VERTEX_IDS: missing {tmp_path / 'none.npy'} " \
+    assert message == f"hmr_adapter_bases: HMR_FLAME_VERTEX_IDS: missing {tmp_path / 'none.npy'} " \
                       "(expected SMPL-X__FLAME_vertex_ids.npy)"
     assert not (tmp_path / "out").exists()
-
-
-def test_the_command_exits_2_with_its_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "simplehand", "--ablation", "table99",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert proc.stderr.startswith("train.py: error: --ablation 'table99': simplehand has the tables table4, table5")
 
 
 @pytest.mark.parametrize("kind, expected", [("freihand", "FreiHAND: missing"), ("npz", "NpzHands: missing")])
@@ -332,7 +326,7 @@ def test_empty_dataset_folder_names_the_missing_file(kind, expected, tmp_path):
 def test_resume_rejects_a_checkpoint_of_another_model(tmp_path):
     (tmp_path / "standin").mkdir()
     path = tmp_path / "standin" / "ckpt.pt"
-    train.save_file(dict(model_name="simplehand", model={}), path)
+    checkpoints.save_file(dict(model_name="simplehand", model={}), path)
     message = error_of(["--model", "standin", "--out", str(tmp_path), "--resume"])
     assert "holds a 'simplehand' model; expected a checkpoint of stage 'standin'" in message
     path.write_bytes(b"not a checkpoint")
@@ -380,29 +374,6 @@ def test_step_batches_depend_on_the_seed():
 # Checkpoints
 
 
-def test_save_file_leaves_no_partial_file_on_error(tmp_path):
-    path = tmp_path / "ckpt.pt"
-    train.save_file(dict(step=1, w=torch.arange(3.0)), path)
-    with pytest.raises(Exception):
-        train.save_file(dict(step=2, w=torch.zeros(10**6), bad=lambda: 0), path)  # fails while pickling
-    assert os.listdir(tmp_path) == ["ckpt.pt"]
-    assert load(path)["step"] == 1 and torch.equal(load(path)["w"], torch.arange(3.0))
-
-
-def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
-    import random
-    import numpy as np
-    device = torch.device("cpu")
-    train.seed_everything(5)
-    torch.rand(3), np.random.rand(3), random.random(), np.random.randn()  # leaves numpy with a cached gaussian
-    train.save_file(dict(rng=[train.rng_state(device)]), tmp_path / "rng.pt")
-    expected = torch.rand(4), np.random.rand(4), np.random.randn(), random.random()
-    train.seed_everything(99)
-    train.set_rng_state(load(tmp_path / "rng.pt")["rng"][0], device)
-    got = torch.rand(4), np.random.rand(4), np.random.randn(), random.random()
-    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2:] == expected[2:]
-
-
 def test_a_stand_in_paper_trains_checkpoints_resumes_and_evaluates(tmp_path):
     """A paper registered through the protocol alone: it learns (beats its constant baseline), its
     finished checkpoint reloads with weights_only=True and holds what a resume needs, and a resume
@@ -443,7 +414,7 @@ def test_a_second_stage_trains_its_parent_first_and_keeps_it_frozen(tmp_path):
     model.base.load_state_dict(parent["model"])
     model.load_state_dict(head["model"], strict=False)
     # the head trained on top of the parent's final weights, which the second stage never changed
-    rebuilt = train.trained_model("standin_head", types.SimpleNamespace(out=str(tmp_path)), torch.device("cpu"))
+    rebuilt, _ = train.trained_model("standin_head", types.SimpleNamespace(out=str(tmp_path)), torch.device("cpu"))
     for name, value in model.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[name], value), name
     # a finished parent is not trained again; the second stage resumes on its own
@@ -550,7 +521,7 @@ def test_two_rank_resume_after_sigkill_ends_with_bitwise_identical_weights(tmp_p
 
 @pytest.mark.slow
 def test_two_rank_runs_exit_cleanly_every_time(tmp_path):
-    """FACTS: gloo sometimes aborted at exit while a DDP wrapper was alive (3 of ~50 runs)."""
+    """gloo sometimes aborted at exit while a DDP wrapper was alive (3 of ~50 two-rank runs on CPU)."""
     for i in range(12):
         proc = run_script(["--max-steps", "2", "--train-samples", "16", "--eval-samples", "8", "--out", f"run{i}"],
                           tmp_path, nproc=2, check=False)
@@ -657,126 +628,6 @@ def killed_at(step_to_die, learning_rate):
             os.kill(os.getpid(), signal.SIGKILL)
         return learning_rate(cfg, step)
     return wrapped
-
-
-# ---------------------------------------------------------------------------------------------
-# --ablation: a paper's tables as data
-
-
-# the head stage with a config of its own, without `width` (it reads its parent's), so a row changing
-# the width can only mean the stage the head starts from
-HeadConfig = dataclasses.make_dataclass("HeadConfig", [(f.name, f.type, dataclasses.field(default=f.default))
-                                                     for f in dataclasses.fields(StandInConfig) if f.name != "width"])
-
-
-def build_head_of_own_config(cfg, parent):
-    return StandInHead(types.SimpleNamespace(width=parent.points.in_features), parent)
-
-
-def scaled_predict(model, batch, cfg):
-    """An inference-time field: the prediction times cfg.scale (None: 1)."""
-    return dict(points=model(batch["image"]) * (1.0 if cfg.scale is None else cfg.scale))
-
-
-STANDIN_TABLES = dict(
-    table1=dict(caption="Head learning rate and base width", stage="standin_head",
-                columns=(("error_mm", "error (mm)"), ("under50", "under 50 mm")),
-                rows=(("as is", {}, (1.0, None)), ("slower head", {"lr": 1e-3}, (2.0, 0.5)),
-                      ("narrow base", {"width": 16}, (3.0, None))),
-                chosen="as is", longer={"slower head": 2}),
-    table2=dict(caption="Output scale", inference=True, columns=(("error_mm", "error (mm)"),),
-                rows=(("x1", {"scale": None}, (1.0,)), ("x2", {"scale": 2.0}, (None,))), chosen="x1"),
-)
-
-
-@pytest.fixture
-def ablation_stages(monkeypatch):
-    paper = types.SimpleNamespace(**dict(vars(STANDIN_PAPER), build_model=build_head_of_own_config,
-                                         predict=scaled_predict, CONFIGS={"tiny": HeadConfig()},
-                                         ABLATIONS=STANDIN_TABLES))
-    monkeypatch.setitem(train.MODELS, "standin_head", dataclasses.replace(STANDINS["standin_head"], paper=paper))
-
-
-def test_an_ablation_trains_each_row_reuses_untouched_stages_and_resumes(tmp_path, ablation_stages):
-    """Each row trains in its own folder: the empty row reproduces the normal run exactly, a head
-    field retrains the head on the shared parent, a field only the parent has retrains the parent
-    too; the table writes both figures with the paper's choice marked, and a second run trains nothing."""
-    common = ["--model", "standin_head", "--out", str(tmp_path), "--max-steps", "6", "--log-every", "3"]
-    train.main(common)  # the normal run: standin, then standin_head, in OUT
-    parent_mtime = (tmp_path / "standin" / "ckpt.pt").stat().st_mtime_ns
-    normal = json.loads((tmp_path / "standin_head" / "metrics.json").read_text())
-    train.main(common + ["--ablation", "table1"])
-    rows = json.loads((tmp_path / "standin_head" / "ablation_table1.json").read_text())["rows"]
-    folders = [tmp_path / "standin_head" / "ablation_table1" / f
-               for f in ("00-as-is", "01-slower-head", "02-narrow-base")]
-    assert [r["label"] for r in rows] == ["as is", "slower head", "narrow base"]
-    assert [r["chosen"] for r in rows] == [True, False, False]
-    assert rows[0]["ours"]["error_mm"] == normal["error_mm"]  # same parent, config, seed and data: the same run
-    assert rows[1]["ours"]["error_mm"] != normal["error_mm"] and rows[1]["paper"] == dict(error_mm=2.0, under50=0.5)
-    assert not (folders[0] / "standin").exists() and not (folders[1] / "standin").exists()  # the shared parent
-    assert load(folders[1] / "standin_head" / "ckpt.pt")["config"]["lr"] == 1e-3
-    assert load(folders[1] / "standin_head" / "ckpt.pt")["step"] == 12  # longer: twice --max-steps, its parent shared
-    assert (load(folders[2] / "standin" / "ckpt.pt")["step"] == 6
-            == load(folders[2] / "standin_head" / "ckpt.pt")["step"])
-    assert load(folders[2] / "standin" / "ckpt.pt")["config"]["width"] == 16  # retrained with the row's width
-    assert load(folders[2] / "standin_head" / "ckpt.pt")["model"]["head.weight"].shape == (NUM_POINTS * 3, 16)
-    assert (tmp_path / "standin" / "ckpt.pt").stat().st_mtime_ns == parent_mtime
-    table = (tmp_path / "standin_head" / "ablation_table1.md").read_text()
-    assert "| **as is** | - |" in table and "| slower head | lr=0.001, 2 x the steps |" in table
-    assert "paper: under 50 mm" in table
-    # a finished table trains nothing again; a row without its report is reported again, not retrained
-    (folders[1] / "standin_head" / "metrics.json").unlink()
-    mtimes = [(f / "standin_head" / "ckpt.pt").stat().st_mtime_ns for f in folders]
-    train.main(common + ["--ablation", "table1"])
-    assert [(f / "standin_head" / "ckpt.pt").stat().st_mtime_ns for f in folders][::2] == mtimes[::2]
-    again = json.loads((tmp_path / "standin_head" / "ablation_table1.json").read_text())["rows"]
-    assert [r["ours"] for r in again] == [r["ours"] for r in rows]
-
-
-def test_an_inference_table_scores_one_trained_model_with_each_rows_config(tmp_path, ablation_stages):
-    common = ["--model", "standin_head", "--out", str(tmp_path), "--max-steps", "6"]
-    train.main(common + ["--ablation", "table2"])  # trains the stage (and its parent) in OUT first
-    normal = json.loads((tmp_path / "standin_head" / "metrics.json").read_text())
-    rows = json.loads((tmp_path / "standin_head" / "ablation_table2.json").read_text())["rows"]
-    assert rows[0]["ours"]["error_mm"] == pytest.approx(normal["error_mm"], rel=1e-6)
-    assert rows[1]["ours"]["error_mm"] != rows[0]["ours"]["error_mm"]
-    assert not (tmp_path / "standin_head" / "ablation_table2").exists()  # nothing trained per row
-
-
-@pytest.mark.parametrize("table, expected", [
-    (dict(rows=(("a", {"nope": 1}, (1.0,)),)), "--ablation t, row 'a': no config it trains has the field(s) nope"),
-    (dict(inference=True, rows=(("a", {"width": 1}, (1.0,)),)),
-     "row 'a': no config of standin_head has the field(s) width"),
-    (dict(rows=(("a", {}, (1.0, 2.0)),)), "row 'a': 2 paper figures for 1 columns"),
-    (dict(rows=(("a", {}, (1.0,)),), chosen="b"), "chosen row 'b' is not one of its rows ['a']"),
-    (dict(rows=(("a", {}, (1.0,)),), longer={"b": 2}),
-     "longer['b'] = 2 needs a training row of ['a'] and a factor > 0"),
-])
-def test_a_bad_ablation_table_is_refused_in_one_line(table, expected, tmp_path, ablation_stages):
-    t = dict(dict(caption="t", columns=(("error_mm", "e"),), chosen="a"), **table)
-    train.MODELS["standin_head"].paper.ABLATIONS = dict(t=t)
-    assert expected in error_of(["--model", "standin_head", "--ablation", "t", "--out", str(tmp_path)])
-    assert "has the tables t" in error_of(["--model", "standin_head", "--ablation", "nope", "--out", str(tmp_path)])
-
-
-# The default run smokes one table of each paper (the quickest; the runner's machinery is the same for all);
-# every table runs with -m slow, which CI runs too (5-45 s a table on a 2-core machine)
-QUICK_TABLES = {("simplehand", "table8"), ("genhmr", "table5"), ("hmr_adapter", "table6")}
-PAPER_TABLES = [pytest.param(name, table, marks=[] if (name, table) in QUICK_TABLES else [pytest.mark.slow])
-                for name in ("simplehand", "genhmr", "hmr_adapter")
-                for table in getattr(train.MODELS[name].paper, "ABLATIONS", {})]
-
-
-@pytest.mark.parametrize("model, table", PAPER_TABLES)
-def test_every_row_of_every_paper_table_trains_two_steps(model, table, tmp_path):
-    """The smoke run of a paper's table: every row builds, trains two steps (its changed stages too)
-    and is scored; the table is written with a finite figure for every row and column."""
-    train.main(["--model", model, "--ablation", table, "--out", str(tmp_path), "--max-steps", "2",
-                "--train-samples", "8", "--eval-samples", "4", "--log-every", "0", "--eval-every", "0"])
-    result = json.loads((tmp_path / model / f"ablation_{table}.json").read_text())
-    spec = train.MODELS[model].paper.ABLATIONS[table]
-    assert len(result["rows"]) == len(spec["rows"]) and sum(r["chosen"] for r in result["rows"]) == 1
-    assert all(np.isfinite(v) for r in result["rows"] for v in r["ours"].values()), result["rows"]
 
 
 if __name__ == "__main__":  # train.py with the stand-ins registered (used by the subprocess tests)
