@@ -138,8 +138,7 @@ def genhmr_benchmark(model, cfg, iterations=(1, 3, 5), refine_steps=(0, 5, 20), 
     runs = {f"UGS T={T}": functools.partial(genhmr.uncertainty_guided_sampling, model, batch["image"], T)
             for T in iterations}
     for P in refine_steps:
-        c = type(cfg)(**{**cfg.__dict__, "ugs_iterations": 5, "refine_steps": P, "table_iterations": (),
-                         "table_refine_steps": ()})
+        c = type(cfg)(**{**cfg.__dict__, "ugs_iterations": 5, "refine_steps": P})
         runs[f"UGS T=5 + refine P={P}"] = functools.partial(genhmr.predict, model, batch, c)
     rows = []
     for name, fn in runs.items():
@@ -162,8 +161,8 @@ def genhmr_shapes(name):
         row = "".join("#" if m else "." for m in masked[0].tolist())
         print(f"  UGS t={t}: {row}  ({int(masked.sum())} masked, mean confidence {conf.mean():.4f})")
     targets = torch.rand(1, genhmr.NUM_JOINTS, 2) - 0.5
-    _, G0, G1 = genhmr.refine(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, cfg.refine_steps, cfg.refine_lr,
-                       step=cfg.refine_step)
+    G, e0 = genhmr.refinement_problem(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, cfg)
+    G0, G1 = G(e0), G(genhmr.refine(G, e0, cfg)[-1])
     print(f"  refinement ({cfg.refine_steps} steps) against random keypoints: G {G0.item():.1f} -> {G1.item():.1f}")
 
 

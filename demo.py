@@ -552,8 +552,7 @@ def infer_genhmr(image, box, people, args):
     poses = {"": tok.decode_ids(ids)}
     if person is not None:  # Inference Strategy > 2D Pose-Guided Refinement, towards the detector's keypoints
         targets, weights = keypoint_targets(person, A, cfg.image_hw)
-        e = genhmr.refine(tok, ids, betas, cam, targets, cfg.refine_steps, cfg.refine_lr, cfg.refine_reg,
-                   float(cfg.image_hw[0]), weights=weights, step=cfg.refine_step)[0]
+        e = genhmr.refine(*genhmr.refinement_problem(tok, ids, betas, cam, targets, cfg, weights), cfg)[-1]
         poses["refined_"] = tok.decode(e).detach()
         arrays["keypoints"] = torch.as_tensor(person["body"])
     kp = torch.as_tensor(person["body"]).float()[list(COCO17_TO_SMPL)] if person is not None else None

@@ -12,7 +12,8 @@ One person crop in, an SMPL mesh out, through two trained stages and a two-step 
 Sections: 1 the pose tokenizer; 2 the image stage (pyramid, masked transformer, `GenHMR`); 3 training
 losses; 4 inference (UGS, refinement, `predict`); 5 configs (`PAPER`, `TINY`), `build_model`, train.py's
 stages. Appendices: A support architecture (SMPL, the ViT, the backbone stage with HMR2.0's SMPL head);
-B official checkpoints; C `ABLATIONS`; D diagnostics (the neighbour counts, context accuracy, `parameter_table`).
+B official checkpoints; C `ABLATIONS`; D `diagnostics` (the report-only tables, context accuracy, the
+neighbour counts) and `parameter_table`.
 Running it: `demo.py --model genhmr --image PATH`, `bench.py --model genhmr [--params]`.
 
 Conventions: bodymodels.py's (column vectors, 6D = first two COLUMNS, axis-angle, metres, OpenCV camera).
@@ -42,9 +43,8 @@ import bodymodels
 import metrics
 
 NUM_JOINTS, NUM_BETAS, PELVIS = 24, 10, 0  # SMPL
-FOCAL_LENGTH, CROP_SIZE = 5000.0, 256.0  # HMR2.0's camera (FACTS "Rotations and cameras")
+FOCAL_LENGTH, CROP_SIZE = 5000.0, 256.0  # official (4D-Humans hmr2.py): EXTRA.FOCAL_LENGTH, MODEL.IMAGE_SIZE
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-SCHEDULES = ("cosine", "linear", "cubic", "sqrt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,15 +151,15 @@ class PoseTokenizer(nn.Module):
     Encoder: Conv(C_in -> w) -> nearest x (2 L / 24) -> Conv -> [Conv(k4, s2) -> Resnet1D] (2L -> L)
     -> Conv(w -> D). Decoder: Conv(D -> w) -> Resnet1D -> Conv(k = s = L / 24) (L -> 24) -> Conv -> 6D.
     NOTE(paper gap) 2: TokenHMR-like; the paper names only ResBlocks, 1D convolutions and one quantizer.
+    NOTE(paper gap) 1: the encoder reads 6D rotations (TokenHMR), C_in = 6.
     """
 
     def __init__(self, cfg, body=None):
         super().__init__()
         self.cfg = cfg
         w, D, r = cfg.width, cfg.code_dim, cfg.num_tokens // NUM_JOINTS
-        c_in = 6 if cfg.input_rep == "rot6d" else 3
         self.encoder = nn.Sequential(
-            nn.Conv1d(c_in, w, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2 * r, mode="nearest"),
+            nn.Conv1d(6, w, 3, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2 * r, mode="nearest"),
             nn.Conv1d(w, w, 3, padding=1), nn.ReLU(),
             nn.Conv1d(w, w, 4, stride=2, padding=1), resnet1d(w, cfg.res_depth, cfg.dilation_growth),
             nn.Conv1d(w, D, 3, padding=1))
@@ -173,9 +173,8 @@ class PoseTokenizer(nn.Module):
     def encode(self, pose):
         """theta (B, 24, 3) axis-angle -> z (B, L, D)."""
         check_pose(pose)
-        x = pose if self.cfg.input_rep == "axis_angle" else bodymodels.matrix_to_rot6d(
-            bodymodels.axis_angle_to_matrix(pose))
-        return self.encoder(x.transpose(1, 2)).transpose(1, 2)  # (B, C_in, 24) -> (B, D, L) -> (B, L, D)
+        x = bodymodels.matrix_to_rot6d(bodymodels.axis_angle_to_matrix(pose))  # (B, 24, 6)
+        return self.encoder(x.transpose(1, 2)).transpose(1, 2)  # (B, 6, 24) -> (B, D, L) -> (B, L, D)
 
     def decode(self, e):
         """Code vectors e (B, L, D) -> rotations R (B, 24, 3, 3) (6D (B, 24, 6) -> Gram-Schmidt)."""
@@ -234,10 +233,6 @@ def tokenizer_training_loss(model, batch, cfg, step):
     return loss, dict(terms, perplexity=out["perplexity"])
 
 
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
 @torch.no_grad()
 def tokenizer_predict(model, batch, cfg):
     """Reconstruction through the codebook -> joints3d (B, 24, 3), verts (B, 6890, 3) (SMPL with the
@@ -278,6 +273,13 @@ def pyramid_level(width, scale, d_model):
     return nn.Sequential(*layers)
 
 
+def _attend(q, k, v, heads):
+    """Multi-head softmax attention: q (B, Lq, M d), k and v (B, Lk, M d) -> (B, Lq, M d)."""
+    def split(t):
+        return t.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, M, L, d)
+    return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one qkv Linear (ViTPose names: qkv, proj)."""
 
@@ -287,9 +289,8 @@ class Attention(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
 
     def forward(self, x):
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, M, N, C/M)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+        q, k, v = self.qkv(x).chunk(3, -1)  # (B, N, C) each
+        return self.proj(_attend(q, k, v, self.heads))
 
 
 def ms_deform_attn(values, locations, weights):
@@ -381,36 +382,21 @@ class DecoderLayer(nn.Module):
 
 class MaskedTransformer(nn.Module):
     """token_generator: ids Y_M (B, L) with [MASK] = K, pyramid, codebook C (K, D) -> logits (B, L, K) of
-    p(y_i | Y_M, X). Output head (cfg.token_head): "linear", the paper's logits, Linear(d, K) on the normed
-    last token state h; or "tied" to the frozen codebook (TINY only): logit_k = -exp(s) ||W h - c_k||^2,
-    W (D x d), s a learnable log-scale started at -log(mean squared distance between nearest codes).
-    NOTE(paper gap) 21: tied, a code's logit rises with every step towards any code near it (the codebook's
-    geometry is learned, not K unrelated classes)."""
+    p(y_i | Y_M, X): Linear(d, K) on the normed last token state h (the paper's logits)."""
 
-    def __init__(self, cfg, num_tokens, num_codes, code_dim):
+    def __init__(self, cfg, num_tokens, codebook, head_width=None):
         super().__init__()
-        d, self.mask_id = cfg.d_model, num_codes
+        d, self.mask_id = cfg.d_model, len(codebook)
         # NOTE(paper gap) 24: token and position embeddings at one scale, N(0, 0.02) (BERT / MaskGIT), so that
         # self-attention can find a token's neighbours by position
-        self.tok_emb = nn.Embedding(num_codes + 1, d)  # the last row is the learnable [MASK]
+        self.tok_emb = nn.Embedding(len(codebook) + 1, d)  # the last row is the learnable [MASK]
         nn.init.normal_(self.tok_emb.weight, std=0.02)
         self.pos_emb = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
         # learnable reference points p_y = sigmoid(r_y), r (L, 2), spread over the image at the start
         # NOTE(paper gap) 9: Deformable DETR's start puts all L points at the centre: every token reads one place
         self.reference = nn.Parameter(torch.logit(torch.rand(num_tokens, 2) * 0.8 + 0.1))
         self.layers = nn.ModuleList(DecoderLayer(cfg, len(cfg.feature_scales)) for _ in range(cfg.num_layers))
-        self.tied = cfg.token_head == "tied"
-        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, code_dim if self.tied else num_codes)
-        if self.tied:
-            self.log_scale = nn.Parameter(torch.zeros(()))  # set from the codebook by `init_scale`
-
-    @torch.no_grad()
-    def init_scale(self, codebook):
-        """Tied head: s = -log(mean over codes of the squared distance to the nearest other code)."""
-        if not self.tied:
-            return
-        d2 = squared_distances(codebook, codebook) + torch.eye(len(codebook), device=codebook.device) * 1e30
-        self.log_scale.copy_(-d2.min(1)[0].clamp_min(1e-12).mean().log())
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, head_width or len(codebook))
 
     def reference_points(self):
         return self.reference.sigmoid()[None]  # (1, L, 2) as (x, y) in [0, 1] of the image
@@ -420,9 +406,27 @@ class MaskedTransformer(nn.Module):
         ref = self.reference_points()
         for layer in self.layers:
             y = layer(y, ref, levels)
-        if not self.tied:
-            return self.head(self.norm(y))  # (B, L, K)
-        return -self.log_scale.exp() * squared_distances(self.head(self.norm(y)), codebook)  # (B, L, K)
+        return self.readout(self.norm(y), codebook)
+
+    def readout(self, h, codebook):
+        return self.head(h)  # (B, L, K)
+
+
+class TiedMaskedTransformer(MaskedTransformer):
+    """NOTE(paper gap) 21 (TINY only): the token head tied to the frozen codebook, logit_k = -exp(s) ||W h - c_k||^2,
+    W (D x d), s a learnable log-scale started at -log(mean over codes of the squared distance to the nearest
+    other code). A code's logit rises with every step towards any code near it: the codebook's geometry is
+    learned, not K unrelated classes."""
+
+    def __init__(self, cfg, num_tokens, codebook):
+        super().__init__(cfg, num_tokens, codebook, head_width=codebook.shape[1])
+        self.log_scale = nn.Parameter(torch.zeros(()))
+        with torch.no_grad():
+            d2 = squared_distances(codebook, codebook) + torch.eye(len(codebook), device=codebook.device) * 1e30
+            self.log_scale.copy_(-d2.min(1)[0].clamp_min(1e-12).mean().log())
+
+    def readout(self, h, codebook):
+        return -self.log_scale.exp() * squared_distances(self.head(h), codebook)  # (B, L, K)
 
 
 class ShapeCameraHead(nn.Module):
@@ -441,20 +445,18 @@ class ShapeCameraHead(nn.Module):
 
 
 class GenHMR(nn.Module):
-    """Image-conditioned masked transformer with the frozen pose tokenizer as a submodule."""
+    """Image-conditioned masked transformer with the frozen pose tokenizer as a submodule. token_generator:
+    the class of its masked transformer (`build_model` passes TINY's `TiedMaskedTransformer`)."""
 
-    def __init__(self, cfg, tokenizer):
+    def __init__(self, cfg, tokenizer, token_generator=MaskedTransformer):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer.eval().requires_grad_(False)
         self.num_tokens, self.num_codes = tokenizer.cfg.num_tokens, tokenizer.cfg.codebook_size
-        self.backbone = ViT(cfg)
+        self.backbone = DropPathViT(cfg)
         self.pyramid = nn.ModuleList(pyramid_level(cfg.vit_width, s, cfg.d_model) for s in cfg.feature_scales)
-        self.token_generator = MaskedTransformer(cfg, self.num_tokens, self.num_codes, tokenizer.cfg.code_dim)
-        self.token_generator.init_scale(tokenizer.quantizer.codebook)
+        self.token_generator = token_generator(cfg, self.num_tokens, tokenizer.quantizer.codebook)
         self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
-        self.counts = NeighbourCounts(self.num_tokens, self.num_codes) if cfg.count_table else None
         self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # training steps done (Eq. 5's t)
 
     def train(self, mode=True):
         super().train(mode)
@@ -503,8 +505,6 @@ def swap_visible(ids, masked, num_codes, pkeep, generator=None):
     else replaced by a code drawn uniformly from the K; [MASK]ed positions untouched. NOTE(paper gap) 11.
     The targets stay the true tokens, so the generator learns to doubt its context, as it must at
     inference, where the context is its own earlier guesses."""
-    if pkeep >= 1:
-        return ids
     swap = (torch.rand(ids.shape, device=ids.device, generator=generator) >= pkeep) & ~masked
     random_ids = torch.randint(num_codes, ids.shape, device=ids.device, generator=generator)
     return torch.where(swap, random_ids, ids)
@@ -546,7 +546,8 @@ def project(joints, cam):
 def training_loss(model, batch, cfg, step):
     """L_total = w_mask L_mask (Eq. 1) + w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D through
     straight-through Gumbel-softmax (Eq. 5, 6). batch: SyntheticBodies keys image, smpl_pose,
-    smpl_shape, joints3d (camera coordinates), joints2d (pixels). One forward through `model`."""
+    smpl_shape, joints3d (camera coordinates), joints2d (pixels); step: the optimiser step, Eq. (5)'s t.
+    One forward through `model`; no state changes."""
     raw = _unwrap(model)
     pose, images = batch["smpl_pose"].float(), batch["image"]
     check_pose(pose)
@@ -554,19 +555,17 @@ def training_loss(model, batch, cfg, step):
     y_m, masked = random_masking(y_gt, raw.num_codes, cfg.mask_tau_max)
     y_m = swap_visible(y_m, masked, raw.num_codes, cfg.pkeep)
     out = model(images, y_m)
-    if raw.counts is not None:  # the yardstick's table counts the same training tokens
-        raw.counts.add(y_gt)
     # Eq. (1): L_mask = -E_Y [sum_i log p(y_i | Y_M, X)], the sum as a mean over the positions i of each
     # sample ("all": the L positions; "masked": its m >= 1 [MASK]s), then a mean over samples: no
     # sample's weight depends on the others', so equal shards on any number of ranks average to it
     ce = F.cross_entropy(out["logits"].float().flatten(0, 1), y_gt.flatten(), reduction="none").view_as(y_gt)
-    per_sample = ce.mean(1) if cfg.ce_on == "all" else (ce * masked).sum(1) / masked.sum(1)  # (B,)
+    per_sample = ce.mean(1) if cfg.ce_on == "all" else (ce * masked).sum(1) / masked.sum(1)  # (B,) NOTE 12
     # real data: a row without an SMPL pose label (data.HMR2Npz's has_smpl_pose 0) has no target tokens
     l_mask = (per_sample * batch.get("has_smpl_pose", torch.ones_like(per_sample)).float()).mean()
     # Eq. (5), (6): one-hot tokens forward, soft gradient backward; e = y C through the frozen decoder
     tau = gumbel_temperature(cfg, step)
     y = gumbel_softmax_st(out["logits"], tau)
-    if cfg.gumbel_positions == "masked":
+    if cfg.gumbel_positions == "masked":  # NOTE(paper gap) 13: the true codes at the visible positions
         y = torch.where(masked[..., None], y, F.one_hot(y_gt, raw.num_codes).to(y.dtype))
     R = raw.tokenizer.decode(y @ raw.tokenizer.quantizer.codebook)  # (B, 24, 3, 3)
     terms = {"mask": l_mask, **smpl_losses(raw, R, out["betas"].float(), out["cam"].float(), batch, cfg)}
@@ -605,17 +604,11 @@ def smpl_losses(raw, R, betas, cam, batch, cfg):
 # 4. Inference: uncertainty-guided sampling, 2D-pose-guided refinement, evaluation (`predict`)
 
 
-def mask_schedule(name, r):
-    """gamma(t / T) of App. > Mask Scheduling Function; r = t / T in [0, 1]."""
-    if name == "cosine":
-        return (1 + math.cos(math.pi * r)) / 2
-    if name == "linear":
-        return 1 - r
-    if name == "cubic":
-        return 1 - r ** 3
-    if name == "sqrt":
-        return math.sqrt(max(0.0, 1 - r * r))
-    raise ValueError(f"unknown mask schedule {name!r}: expected one of {SCHEDULES}")
+# gamma(r) of App. > Mask Scheduling Function, r = t / T in [0, 1] (the paper adopts the cosine; Table 11)
+SCHEDULES = {"cosine": lambda r: (1 + math.cos(math.pi * r)) / 2,
+             "linear": lambda r: 1 - r,
+             "cubic": lambda r: 1 - r ** 3,
+             "sqrt": lambda r: math.sqrt(max(0.0, 1 - r * r))}
 
 
 def remask_counts(L, T, schedule="cosine"):
@@ -623,7 +616,10 @@ def remask_counts(L, T, schedule="cosine"):
     The 1e-9 keeps exact products exact (cos, T = 3, t = 2: 0.25 x 96 = 24, not 24.000000000000007 -> 25)."""
     if T < 1:
         raise ValueError(f"UGS needs T >= 1 iterations, got {T}")
-    return [min(L, math.ceil(mask_schedule(schedule, t / T) * L - 1e-9)) for t in range(1, T + 1)]
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown mask schedule {schedule!r}: expected one of {tuple(SCHEDULES)}")
+    gamma = SCHEDULES[schedule]
+    return [min(L, math.ceil(gamma(t / T) * L - 1e-9)) for t in range(1, T + 1)]
 
 
 def sample_tokens(probs, top_k, generator=None):
@@ -696,63 +692,60 @@ def refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weight
     return residual.sum(1) + reg * ((R - R0) ** 2).sum((1, 2, 3))
 
 
-def refine(tokenizer, ids, betas, cam, targets, steps=20, lr=1.0, reg=10.0, scale=256.0, halvings=6, kept=None,
-           weights=None, step="backtracking"):
-    """Inference Strategy > 2D Pose-Guided Refinement, Eqs. (2)-(4), every network frozen: descent on the
-    code vectors e = C[Y] (B, L, D) fed to the frozen tokenizer decoder (not re-quantised); beta and the
-    camera stay fixed. Eq. (4): e <- e - eta grad_e G; step "fixed": eta = lr, as printed (one gradient a
-    step); "backtracking": eta per sample, halved until G falls (at most `halvings` times, else no move) and
-    doubled after an accepted step, so G never rises (up to 1 + halvings passes a step; NOTE(paper gap) 18).
-    targets: normalised 2D keypoints (B, 24, 2); scale: pixels per normalised unit (crop height); kept:
-    {P: None} for P <= steps, filled with e after P steps (one descent gives every shorter one); weights:
-    (B, 24) per-joint weights of the 2D term (None: every joint 1, as Eq. 3).
-    -> (refined code vectors (B, L, D), G before (B,), G after (B,))."""
-    e = tokenizer.quantizer.codebook[ids].detach().clone()
-    with torch.no_grad():
-        t = bodymodels.weak_perspective_to_translation(cam, FOCAL_LENGTH, CROP_SIZE)
-        R0 = tokenizer.decode(e)
-    eta = torch.full((len(e), 1, 1), float(lr), device=e.device)
-    G_start = G = None
-    kept = {} if kept is None else kept
-    for done in range(steps + 1):
-        if done in kept:
-            kept[done] = e.detach()
-        if done == steps:
-            break
-        with torch.enable_grad():
-            e.requires_grad_(True)
-            G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights)
-            grad, = torch.autograd.grad(G.sum(), e)  # only e: no parameter receives a gradient
-        e, G = e.detach(), G.detach()
-        G_start = G if G_start is None else G_start
-        if step == "fixed":  # Eq. (4) as printed; G is that of the step's start
-            e = e - eta * grad
-        else:
-            e, G, eta = _backtrack(tokenizer, e, G, grad, eta, (betas, t, targets, R0, reg, scale, weights), halvings)
-    if step == "fixed" and steps:
-        with torch.no_grad():
-            G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights)
-    if G is None:
-        with torch.no_grad():
-            G_start = G = refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights)
-    return e, G_start, G
+def fixed_step(objective, e, G, grad, eta):
+    """Eq. (4) as printed: the same eta (B, 1, 1) at every step -> (eta for this step, eta for the next)."""
+    return eta, eta
 
 
 @torch.no_grad()
-def _backtrack(tokenizer, e, G, grad, eta, args, halvings):
-    """One Eq. (4) step per sample with the largest eta / 2^i (i < halvings) that lowers G."""
-    done = torch.zeros(len(e), dtype=torch.bool, device=e.device)
+def backtracking_step(objective, e, G, grad, eta, halvings=6):
+    """NOTE(paper gap) 18: per sample, the largest of eta, eta / 2, ... (halvings tries) that lowers G, 0 where
+    none does; doubled for the next step after a success -> (eta for this step, eta for the next), (B, 1, 1)."""
+    step, done = torch.zeros_like(eta), torch.zeros(len(e), dtype=torch.bool, device=e.device)
     for _ in range(halvings):
-        trial = e - eta * grad
-        G_trial = refinement_objective(tokenizer, trial, *args)
-        accept = (G_trial < G) & ~done
-        e = torch.where(accept[:, None, None], trial, e)
-        G = torch.where(accept, G_trial, G)
+        accept = (objective(e - eta * grad) < G) & ~done
+        step = torch.where(accept[:, None, None], eta, step)
         eta = torch.where((~done & ~accept)[:, None, None], eta / 2, eta)
         done |= accept
         if bool(done.all()):
             break
-    return e, G, torch.where(done[:, None, None], eta * 2, eta)
+    return step, torch.where(done[:, None, None], eta * 2, eta)
+
+
+STEP_SIZES = {"fixed": fixed_step, "backtracking": backtracking_step}  # GenHMRConfig.refine_step
+
+
+def refinement_problem(tokenizer, ids, betas, cam, targets, cfg, weights=None):
+    """Inference Strategy > 2D Pose-Guided Refinement for the sampled tokens ids (B, L), beta (B, 10) and camera
+    (B, 3) (both fixed) -> (Eqs. (2)-(3)'s objective G: e (B, L, D) -> (B,), the start e_0 = C[Y] (B, L, D)), with
+    R_0 = D(e_0), targets: normalised 2D keypoints (B, 24, 2), weights (B, 24) or None, lambda = cfg.refine_reg,
+    the residual in crop pixels (scale: the crop height)."""
+    e = tokenizer.quantizer.codebook[ids]
+    with torch.no_grad():
+        t = bodymodels.weak_perspective_to_translation(cam, FOCAL_LENGTH, CROP_SIZE)
+        R0 = tokenizer.decode(e)
+    objective = functools.partial(refinement_objective, tokenizer, betas=betas, t=t, targets=targets, R0=R0,
+                                  reg=cfg.refine_reg, scale=float(cfg.image_hw[0]), weights=weights)
+    return objective, e
+
+
+def refine(objective, e, cfg):
+    """Eq. (4): P = cfg.refine_steps steps of gradient descent on the code vectors e (B, L, D), fed to the frozen
+    tokenizer decoder (not re-quantised); no network changes. eta: cfg.refine_lr, by the rule
+    STEP_SIZES[cfg.refine_step]. -> [e_0, e_1, ..., e_P], each (B, L, D)."""
+    step_size = STEP_SIZES[cfg.refine_step]
+    eta = torch.full((len(e), 1, 1), float(cfg.refine_lr), device=e.device)
+    trajectory = [e]
+    for _ in range(cfg.refine_steps):
+        with torch.enable_grad():
+            e = e.detach().requires_grad_(True)
+            G = objective(e)
+            grad, = torch.autograd.grad(G.sum(), e)  # only e: no parameter receives a gradient
+        e, G = e.detach(), G.detach()
+        eta_now, eta = step_size(objective, e, G, grad, eta)
+        e = e - eta_now * grad  # Eq. (4): e <- e - eta grad_e G
+        trajectory.append(e)
+    return trajectory
 
 
 def mesh_outputs(tokenizer, R, betas, cam, prefix=""):
@@ -770,51 +763,42 @@ def keypoint_noise(index, std_px, shape):
     return torch.stack(noise).to(index.device) * std_px
 
 
-@torch.no_grad()
-def predict(model, batch, cfg):
-    """UGS (cfg.ugs_iterations, schedule, top_k, choice_temperature: its noise seeded by batch["index"]), then
-    refinement (cfg.refine_steps) against
-    batch["joints2d"] + keypoint_noise -> per-sample tensors: joints3d (B, 24, 3), verts (B, 6890, 3)
-    in metres in the labels' camera frame, joints2d (B, 24, 2) pixels, ids, betas; the same with
-    prefix refined_; reproj_error_px and refined_reproj_error_px (B,): mean 2D distance to the
-    keypoints refinement was given. And the report-only table (Tables 2, 3, 11): joints3d of UGS for
-    every T in cfg.table_iterations x schedule (table_{schedule}_T{T}_joints3d) and of refinement for
-    every P in cfg.table_refine_steps (table_refine_P{P}_joints3d), and `soft_readout`'s (table_soft_T1_joints3d).
-    The image is encoded once."""
-    model = _unwrap(model)
-    images, tok = batch["image"], model.tokenizer
-    H, W = images.shape[-2:]
-    levels, betas, cam = model.encode_image(images)
+def keypoint_targets(batch, cfg):
+    """The keypoints refinement is given: batch["joints2d"] + `keypoint_noise` (refine_noise_px, seeded by
+    batch["index"]) -> pixels (B, 24, 2), and the per-joint weights batch["joints2d_weight"] (B, 24) or None."""
     if "index" not in batch:
         raise ValueError("genhmr.predict: the batch needs 'index' (B,), the samples' dataset indices that seed "
                          "the keypoint noise (data.Indexed adds it)")
-    ugs = functools.partial(sample_from_features, model, levels, schedule=cfg.schedule, top_k=cfg.top_k,
-                            choice_temperature=cfg.choice_temperature, seeds=batch["index"])
-    ids = ugs(T=cfg.ugs_iterations)[0]
-    out = mesh_outputs(tok, tok.decode_ids(ids), betas, cam)
     targets_px = batch["joints2d"].float() + keypoint_noise(batch["index"], cfg.refine_noise_px, (NUM_JOINTS, 2))
-    targets = normalised_keypoints(targets_px, (H, W))
-    refined = dict.fromkeys((cfg.refine_steps, *cfg.table_refine_steps))  # one descent, every P read from it
     weights = batch.get("joints2d_weight")  # real data: 0 for the joints without a 2D keypoint
-    refine(tok, ids, betas, cam, targets, max(refined), cfg.refine_lr, cfg.refine_reg, float(H), kept=refined,
-           weights=None if weights is None else weights.float(), step=cfg.refine_step)
-    out.update(mesh_outputs(tok, tok.decode(refined[cfg.refine_steps]), betas, cam, "refined_"))
+    return targets_px, None if weights is None else weights.float()
+
+
+@torch.no_grad()
+def predict(model, batch, cfg):
+    """The paper's inference: UGS (cfg.ugs_iterations, schedule, top_k, choice_temperature: its noise seeded by
+    batch["index"]), then refinement (cfg.refine_steps) against `keypoint_targets` -> per-sample tensors:
+    joints3d (B, 24, 3), verts (B, 6890, 3) in metres in the labels' camera frame, joints2d (B, 24, 2) pixels,
+    cam_t (B, 3), ids (B, L), betas (B, 10); the same refined with prefix refined_; reproj_error_px and
+    refined_reproj_error_px (B,): mean 2D distance to the keypoints refinement was given."""
+    model = _unwrap(model)
+    images, tok = batch["image"], model.tokenizer
+    H, W = images.shape[-2:]
+    targets_px, weights = keypoint_targets(batch, cfg)
+    levels, betas, cam = model.encode_image(images)
+    ids, _ = sample_from_features(model, levels, cfg.ugs_iterations, cfg.schedule, cfg.top_k,
+                                  choice_temperature=cfg.choice_temperature, seeds=batch["index"])
+    targets = normalised_keypoints(targets_px, (H, W))
+    e = refine(*refinement_problem(tok, ids, betas, cam, targets, cfg, weights), cfg)[-1]
+    out = mesh_outputs(tok, tok.decode_ids(ids), betas, cam)
+    out.update(mesh_outputs(tok, tok.decode(e), betas, cam, "refined_"))
     for prefix in ("", "refined_"):
         uv = out.pop(f"{prefix}joints2d_norm")
         out[f"{prefix}joints2d"] = uv * H + uv.new_tensor([W / 2, H / 2])
         dist = (out[f"{prefix}joints2d"] - targets_px).norm(dim=-1)  # (B, 24)
         out[f"{prefix}reproj_error_px"] = (dist.mean(-1) if weights is None
                                            else (dist * (weights > 0)).sum(-1) / (weights > 0).sum(-1).clamp_min(1))
-    out.update(ids=ids, betas=betas, **context_accuracies(model, levels, batch))
-    for schedule in SCHEDULES if cfg.table_iterations else ():
-        for T in cfg.table_iterations:
-            table_ids = ugs(T=T, schedule=schedule)[0]
-            out[f"table_{schedule}_T{T}_joints3d"] = tok.body.joints(tok.decode_ids(table_ids), betas)
-    if cfg.table_iterations:
-        out["table_soft_T1_joints3d"] = tok.body.joints(soft_readout(model, levels), betas)
-    for P in cfg.table_refine_steps:
-        out[f"table_refine_P{P}_joints3d"] = tok.body.joints(tok.decode(refined[P]), betas)
-    return out
+    return dict(out, ids=ids, betas=betas)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -830,7 +814,6 @@ class TokenizerConfig:
     width: int = 512  # conv width. NOTE(paper gap) 2: unstated; TokenHMR's
     res_depth: int = 2  # ResBlocks per Resnet1D (TokenHMR)
     dilation_growth: int = 3  # dilations 1, 3, 9, ... (TokenHMR)
-    input_rep: str = "rot6d"  # "rot6d" | "axis_angle". NOTE(paper gap) 1
     ema_decay: float = 0.99  # EMA codebook (Method: "exponential moving average and codebook reset")
     # --- loss Eq. Lvq (App. > Implementation Details) ---
     w_re: float = 1.0  # lambda_re
@@ -842,7 +825,7 @@ class TokenizerConfig:
     # --- augmentation (App. > Data Augmentation: "we rotate the poses at varying degrees") ---
     aug_yaw_deg: float = 180.0  # NOTE(paper gap) 5: ranges unstated
     aug_roll_deg: float = 30.0
-    # --- recipe read by train.py (App. > Implementation Details) ---
+    # --- recipe read by train.py (App. > Implementation Details; data: AMASS train + MOYO, SMPL-H -> SMPL) ---
     batch_size: int = 512  # global batch
     lr: float = 1e-4  # Adam
     max_steps: int = 200_000  # "200K iterations"
@@ -851,12 +834,8 @@ class TokenizerConfig:
     weight_decay: float = 0.0  # Adam
     grad_clip: float = 0.0
     amp: bool = False
-    # --- hardware and data as reported ---
-    gpus: int = 0  # not stated
-    data: str = "AMASS train + MOYO (SMPL-H -> SMPL)"  # Experiments > Datasets
 
     def __post_init__(self):
-        _check_choice(self, "input_rep", ("rot6d", "axis_angle"))
         _check_choice(self, "lr_schedule", ("constant", "cosine"))
         if self.num_tokens % NUM_JOINTS:
             raise ValueError(f"TokenizerConfig.num_tokens={self.num_tokens}: expected a multiple of "
@@ -865,7 +844,7 @@ class TokenizerConfig:
 
 @dataclass
 class GenHMRConfig:
-    # --- image encoder (Method > Image Encoder; FACTS: HMR2.0's ViT-H) ---
+    # --- image encoder (Method > Image Encoder: HMR2.0's ViT-H) ---
     image_size: tuple = (256, 192)  # (H, W) crop, as HMR2.0. NOTE(paper gap): resolution unstated
     patch_size: int = 16  # ViT-H/16
     patch_padding: int = 2  # HMR2.0's PatchEmbed padding (4 + 2 (ratio // 2 - 1), ratio 1)
@@ -885,7 +864,6 @@ class GenHMRConfig:
     dropout: float = 0.1
     head_hidden: int = 1024  # beta/camera MLP. NOTE(paper gap) 10
     token_head: str = "linear"  # "linear": Linear(d, K), the paper's logits | "tied" to the codebook (TINY, NOTE 21)
-    count_table: bool = False  # keep `NeighbourCounts` (a diagnostic baseline, 4 (L - 1) K^2 bytes: TINY only)
     # --- the backbone stage (PoseRegressor, NOTE(paper gap) 23): HMR2.0's SMPL head (its config) or TINY's MLP ---
     regressor_head: str = "hmr2"  # "hmr2": HMR2.0's SMPL transformer decoder | "mlp": flatten -> MLP (TINY)
     hmr2_head: tuple = (1024, 6, 8, 64, 1024)  # HMR2.0's (width, depth, heads, head width, MLP width)
@@ -908,7 +886,7 @@ class GenHMRConfig:
     # (their configs' TRAIN.BATCH_SIZE); here loss_batch x the mean over samples, the same on any number of ranks
     # --- inference (App. > Impl.; Tables 2, 3, 11, 12) ---
     ugs_iterations: int = 5  # T
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # gamma, one of SCHEDULES
     top_k: int = 1  # greedy
     choice_temperature: float = 0.0  # UGS re-masks by log p + c (1 - t / T) Gumbel (MaskGIT); 0 = by p alone. NOTE 17
     refine_steps: int = 20  # P (Table 1 = Table 3's 20-iteration row)
@@ -916,9 +894,7 @@ class GenHMRConfig:
     refine_lr: float = 0.03  # eta of Eq. (4), unstated: chosen at TINY (docs/genhmr.md); G is in crop px^2
     refine_reg: float = 10.0  # lambda_theta' (px^2 per unit ||R - R_0||^2)
     refine_noise_px: float = 1.0  # evaluation keypoints = GT projection + N(0, 1 px)
-    table_iterations: tuple = (1, 2, 3, 5, 10)  # report-only rows of `predict`: T x the four schedules (Tables 2, 11)
-    table_refine_steps: tuple = (0, 5, 20)  # and refinement steps P after UGS (Table 3)
-    # --- recipe read by train.py (App. > Implementation Details) ---
+    # --- recipe read by train.py (App. > Implementation Details; data: H36M, COCO, MPI-INF-3DHP, MPII) ---
     batch_size: int = 48  # "batch size of 48"; per GPU or global is unstated
     lr: float = 1e-5  # Adam
     backbone_lr_scale: float = 1.0  # the image encoder's lr / lr (the paper and MEGA: one lr for all)
@@ -928,18 +904,13 @@ class GenHMRConfig:
     weight_decay: float = 0.0
     grad_clip: float = 0.0
     amp: bool = False
-    # --- hardware and results as reported ---
     gpus: int = 2  # NVIDIA RTX A6000 (App. > Impl.)
-    timing_gpu: str = "1x RTX A5000"  # Table 3 footnote (AITI)
-    reported_3dpw_mpjpe_mm: float = 54.7  # Table 1 (UGS-5 + 20 refinement steps)
-    reported_ugs_3dpw_mpjpe_mm: float = 68.1  # Table 2, T = 5
-    data: str = "H36M, COCO, MPI-INF-3DHP, MPII (SD)"  # Experiments > Datasets
 
     def __post_init__(self):
         for name, allowed in (("ce_on", ("all", "masked")), ("gumbel_positions", ("all", "masked")),
-                              ("schedule", SCHEDULES), ("lr_schedule", ("constant", "cosine")),
+                              ("schedule", tuple(SCHEDULES)), ("lr_schedule", ("constant", "cosine")),
                               ("token_head", ("linear", "tied")), ("regressor_head", ("hmr2", "mlp")),
-                              ("refine_step", ("fixed", "backtracking"))):
+                              ("refine_step", tuple(STEP_SIZES))):
             _check_choice(self, name, allowed)
         self.image_size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else self.image_size
         self.feature_scales, self.conv_stem = tuple(self.feature_scales), tuple(self.conv_stem)
@@ -947,7 +918,6 @@ class GenHMRConfig:
         if self.conv_stem and 2 ** len(self.conv_stem) != self.patch_size:
             raise ValueError(f"GenHMRConfig.conv_stem={self.conv_stem}: expected log2(patch_size={self.patch_size}) "
                              f"stride-2 stages, one width each")
-        self.table_iterations, self.table_refine_steps = tuple(self.table_iterations), tuple(self.table_refine_steps)
         if any(s < 1 or s & (s - 1) for s in self.feature_scales):
             raise ValueError(f"GenHMRConfig.feature_scales={self.feature_scales}: expected powers of two")
 
@@ -962,7 +932,7 @@ def _check_choice(cfg, name, allowed):
 
 
 TOKENIZER_PAPER = TokenizerConfig()  # 96 tokens, 2048 x 256 codebook
-TOKENIZER_TINY = TokenizerConfig(  # 2 CPU cores, synthetic poses (design notes Sec. 7)
+TOKENIZER_TINY = TokenizerConfig(  # 2 CPU cores, synthetic poses (synthetic.body_pose_dataset)
     num_tokens=48, codebook_size=256, code_dim=32, width=64, loss_vertices=1024,
     aug_yaw_deg=20.0, aug_roll_deg=15.0,  # SyntheticPoses already spans every yaw
     batch_size=128, lr=1e-3, max_steps=1000, warmup_steps=50, lr_schedule="cosine")
@@ -973,14 +943,13 @@ TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 ->
     # the image stage fine-tunes the backbone stage's ViT (the paper's start is unstated); levels (1, 2, 4) cost
     # more time a step for no gain (docs/genhmr.md)
     head_hidden=128, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
-    token_head="tied", regressor_head="mlp", count_table=True,  # NOTE(paper gap) 21, 23
-    pkeep=0.5, choice_temperature=4.5,  # MMM's input swap, MaskGIT's confidence noise (docs/genhmr.md, issue 34)
+    token_head="tied", regressor_head="mlp",  # NOTE(paper gap) 21, 23
+    pkeep=0.5, choice_temperature=4.5,  # MMM's input swap, MaskGIT's confidence noise (docs/genhmr.md)
     # NOTE(paper gap) 20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48): summed,
     # the Gumbel-ST gradient swamps L_mask
     loss_batch=1,
     # Eq. (4)'s fixed eta = 0.03, as PAPER: nearer in 3D than the backtracking step, and cheaper (docs/genhmr.md)
-    weight_decay=0.0, grad_clip=1.0, gpus=0, reported_3dpw_mpjpe_mm=0.0, reported_ugs_3dpw_mpjpe_mm=0.0,
-    data="data.SyntheticBodies")
+    weight_decay=0.0, grad_clip=1.0, gpus=0)  # synthetic.body_dataset's synthetic bodies
 CONFIGS = {"paper": PAPER, "tiny": TINY}
 # The backbone stage (PoseRegressor) has the image stage's ViT fields and its own recipe. NOTE(paper gap) 23: the
 # paper states no initialisation; PAPER's recipe is HMR2.0's (lr 1e-5, weight decay 1e-4, batch 48), its
@@ -1028,7 +997,7 @@ def build_model(cfg, parent=None):
         raise ValueError(f"GenHMR: parent must be a PoseRegressor or a PoseTokenizer, got {type(parent).__name__}")
     if not bool(tokenizer.quantizer.initialised):
         raise ValueError("GenHMR: the parent pose tokenizer was never trained (its codebook is uninitialised)")
-    model = GenHMR(cfg, tokenizer)
+    model = GenHMR(cfg, tokenizer, token_generator_class(cfg))
     if regressor is not None:
         for name in VIT_FIELDS:
             if getattr(regressor.cfg, name) != getattr(cfg, name):
@@ -1040,6 +1009,15 @@ def build_model(cfg, parent=None):
     elif cfg.backbone_checkpoint:
         load_backbone(model, cfg.backbone_checkpoint)
     return model
+
+
+def token_generator_class(cfg):
+    """The masked transformer `build_model` puts in GenHMR: the paper's (Linear logits), or TINY's tied head."""
+    return TiedMaskedTransformer if cfg.token_head == "tied" else MaskedTransformer
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
 
 
 def check_inputs(cfg, kind, path):
@@ -1119,9 +1097,10 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
-class Block(nn.Module):
-    """Pre-norm ViT block: x + attn(norm1(x)), then x + mlp(norm2(x)) (ViTPose names: norm1, attn, norm2,
-    mlp). Here with stochastic depth: in training a sample's residual branch is dropped at rate drop_path."""
+class DropPathBlock(nn.Module):
+    """Pre-norm ViT block with stochastic depth and an MLP ratio (HMR2.0's): x + attn(norm1(x)), then
+    x + mlp(norm2(x)) (ViTPose names: norm1, attn, norm2, mlp); in training a sample's residual branch is
+    dropped at rate drop_path."""
 
     def __init__(self, dim, heads, mlp_ratio, drop_path):
         super().__init__()
@@ -1140,7 +1119,7 @@ class Block(nn.Module):
         return x + self._drop(self.mlp(self.norm2(x)))
 
 
-def conv_stem(widths, out):
+def conv_bn_stem(widths, out):
     """NOTE(paper gap) 22 (TINY only): a convolutional patch embedding (Xiao et al. 2021, "Early
     convolutions help transformers see better"): per width c, Conv3x3 stride 2 -> BN -> ReLU -> Conv3x3
     -> BN -> ReLU, then Conv1x1 -> the ViT width; len(widths) = log2(patch) stages. One linear map of a
@@ -1153,35 +1132,36 @@ def conv_stem(widths, out):
     return nn.Sequential(*layers, nn.Conv2d(c_in, out, 1))
 
 
-class PatchEmbed(nn.Module):
-    """ViTPose's linear patch embedding `proj`, or (stem = widths, TINY only) a convolutional stem
-    (`conv_stem`); the config checks that the stem gives the patch size."""
+class ConvBNPatchEmbed(nn.Module):
+    """ViTPose's linear patch embedding `proj`, or (stem = widths, TINY only) the convolutional stem with
+    BatchNorm (`conv_bn_stem`); the config checks that the stem gives the patch size."""
 
     def __init__(self, patch, padding, width, stem=()):
         super().__init__()
         if not stem:
             self.proj = nn.Conv2d(3, width, patch, stride=patch, padding=padding)
             return
-        self.stem = conv_stem(stem, width)
+        self.stem = conv_bn_stem(stem, width)
 
     def forward(self, images):
         return self.stem(images) if hasattr(self, "stem") else self.proj(images)
 
 
-class ViT(nn.Module):
-    """images (B, 3, H, W) -> feature map (B, C, H/p, W/p). official (4D-Humans backbones/vit.py, ViTPose's
-    mmpose ViT): HMR2.0's `ViT`, parameter names included (patch_embed.proj, pos_embed (1, 1 + h w, C) with a
-    class-token slot, blocks.i.*, last_norm); held to 4D-Humans' module by tests/official/hmr2."""
+class DropPathViT(nn.Module):
+    """images (B, 3, H, W) -> feature map (B, C, H/p, W/p), with stochastic depth. official (4D-Humans
+    backbones/vit.py, ViTPose's mmpose ViT): HMR2.0's `ViT`, parameter names included (patch_embed.proj,
+    pos_embed (1, 1 + h w, C) with a class-token slot, blocks.i.*, last_norm); held to 4D-Humans' module by
+    tests/official/hmr2."""
 
     def __init__(self, cfg):
         super().__init__()
         H, W = cfg.image_hw
         self.grid = (H // cfg.patch_size, W // cfg.patch_size)
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.patch_padding, cfg.vit_width, cfg.conv_stem)
+        self.patch_embed = ConvBNPatchEmbed(cfg.patch_size, cfg.patch_padding, cfg.vit_width, cfg.conv_stem)
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], cfg.vit_width))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         rates = [cfg.drop_path * i / max(1, cfg.vit_depth - 1) for i in range(cfg.vit_depth)]  # stochastic depth
-        self.blocks = nn.ModuleList(Block(cfg.vit_width, cfg.vit_heads, cfg.vit_mlp_ratio, r) for r in rates)
+        self.blocks = nn.ModuleList(DropPathBlock(cfg.vit_width, cfg.vit_heads, cfg.vit_mlp_ratio, r) for r in rates)
         self.last_norm = nn.LayerNorm(cfg.vit_width, eps=1e-6)
 
     def forward(self, images):
@@ -1223,25 +1203,18 @@ class SelfAttention(nn.Module):
 
 class CrossAttention(nn.Module):
     """HMR2.0/HaMeR's CrossAttention: to_q (dim), to_kv (context_dim), no biases, to_out.0 (bias).
-    softmax(Q K^T / sqrt(d)) V with Q = x W_q, K = c W_k, V = c W_v."""
+    softmax(Q K^T / sqrt(d)) V with Q = x W_q, K = c W_k, V = c W_v (HMR2.0's SMPL head)."""
 
     def __init__(self, dim, context_dim, heads, dim_head):
         super().__init__()
         self.heads = heads
-        self.to_kv = nn.Linear(context_dim, 2 * heads * dim_head, bias=False)  # before to_q: this file's init order
         self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
+        self.to_kv = nn.Linear(context_dim, 2 * heads * dim_head, bias=False)
         self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim))
 
     def forward(self, x, context):
         k, v = self.to_kv(context).chunk(2, -1)
         return self.to_out(_attend(self.to_q(x), k, v, self.heads))
-
-
-def _attend(q, k, v, heads):
-    """Multi-head softmax attention: q (B, Lq, M d), k and v (B, Lk, M d) -> (B, Lq, M d)."""
-    def split(t):
-        return t.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, M, L, d)
-    return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
 
 
 class FeedForward(nn.Module):
@@ -1330,7 +1303,7 @@ class PoseRegressor(nn.Module):
     def __init__(self, cfg, tokenizer):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer.eval().requires_grad_(False)
-        self.backbone = ViT(cfg)
+        self.backbone = DropPathViT(cfg)
         if cfg.regressor_head == "hmr2":
             self.smpl_head = HMR2Head(cfg)
         else:
@@ -1430,7 +1403,7 @@ def load_backbone(model, path):
         raise ValueError(f"{path}: expected a dict of tensors (or one under 'state_dict'), "
                          f"got {type(checkpoint).__name__}")
     parts = backbone_state_dicts(checkpoint)
-    targets = {"backbone": model if isinstance(model, ViT) else model.backbone,
+    targets = {"backbone": model if isinstance(model, DropPathViT) else model.backbone,
                "smpl_head": getattr(model, "smpl_head", None)}
     loaded = [part for part in parts if parts[part] and targets[part] is not None]
     for part in loaded:
@@ -1455,7 +1428,6 @@ def backbone_state_dicts(checkpoint):
 # The paper's ablation tables as train.py's --ablation data: rows of config overrides beside the paper's figures,
 # copied from its tables' 3DPW columns (MPJPE, MVE = our pve_mm) for the image stage, AMASS for the tokenizer's
 # Tables 5 and 6. Inference rows score one trained model; the others retrain from the first stage they change.
-# Tables 13 and 14 drop the count table (`NeighbourCounts`: (L - 1) K^2 counts, 1.6 GB at 96 x 2048).
 _3DPW = (("mpjpe_mm", "MPJPE (mm), 3DPW"), ("pve_mm", "MVE (mm), 3DPW"))
 _CODEBOOKS = ((1024, 256), (2048, 128), (2048, 256), (4096, 256))
 ABLATIONS = {
@@ -1493,14 +1465,12 @@ ABLATIONS = {
                         ("sqrt", 10, (73.1, 83.0)), ("sqrt", 15, (73.3, 83.3)), ("sqrt", 20, (73.6, 83.5)))),
                     chosen="cosine T=5"),
     "table13": dict(caption="Codebook size x code dimension, 96 tokens, on GenHMR (Table 13)", columns=_3DPW,
-                    rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96,
-                                             "count_table": False}, f)
+                    rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96}, f)
                                for (K, D), f in zip(_CODEBOOKS, ((70.1, 82.5), (69.9, 80.3), (68.1, 77.5),
                                                                  (69.5, 80.4)))),
                     chosen="2048x256"),
     "table14": dict(caption="Number of pose tokens, codebook 2048 x 256, on GenHMR (Table 14)", columns=_3DPW,
-                    rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256,
-                                         "count_table": False}, f)
+                    rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256}, f)
                                for L, f in ((48, (68.5, 80.5)), (96, (68.1, 77.5)), (192, (72.5, 83.6)),
                                             (384, (82.5, 91.5)))), chosen="96"),
     "table15": dict(caption="Feature-pyramid levels of the image encoder (Table 15)",
@@ -1515,17 +1485,60 @@ ABLATIONS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# Appendix D. Diagnostics (not the paper's): the neighbour-count yardstick, the soft readout, context accuracy,
-#             parameter counts
+# Appendix D. Diagnostics (not the paper's inference): the report-only tables, the soft readout, context
+#             accuracy against the neighbour-count yardstick (train.py's final evaluation); parameter counts
+
+
+TABLE_ITERATIONS = (1, 2, 3, 5, 10)  # UGS T, each under every schedule (Tables 2, 11)
+TABLE_REFINE_STEPS = (0, 5, 20)  # refinement steps P after UGS (Table 3)
+COUNT_TABLE_MAX_CELLS = 2 ** 26  # the neighbour counts' (L - 1) K^2 int32 cells: TINY 3.1M; none above 268 MB
+
+
+def diagnostics(model, cfg, train_labels):
+    """train.py's final-evaluation pass beside `predict` -> a callable batch -> {key: (B, ...)}: joints3d (B, 24, 3)
+    (root-relative) of UGS for every T in TABLE_ITERATIONS x schedule (table_{schedule}_T{T}_joints3d), of
+    `soft_readout` (table_soft_T1_joints3d), of refinement after UGS for every P in TABLE_REFINE_STEPS
+    (table_refine_P{P}_joints3d), and `context_accuracies` with the neighbour counts of train_labels["smpl_pose"]
+    (n, 24, 3) tokenized (count_table_accuracy_75, when the table has at most COUNT_TABLE_MAX_CELLS cells)."""
+    model = _unwrap(model)
+    tok, L, K = model.tokenizer, model.num_tokens, model.num_codes
+    counts = None
+    if "smpl_pose" in train_labels and (L - 1) * K * K <= COUNT_TABLE_MAX_CELLS:
+        poses = torch.as_tensor(train_labels["smpl_pose"]).float()
+        if "has_smpl_pose" in train_labels:  # real data: the rows with a pose label
+            poses = poses[torch.as_tensor(train_labels["has_smpl_pose"]) > 0]
+        device = tok.quantizer.codebook.device
+        counts = NeighbourCounts(L, K).to(device)
+        for chunk in poses.split(1024):
+            counts.add(tok.tokenize(chunk.to(device)))
+
+    @torch.no_grad()
+    def diagnose(batch):
+        levels, betas, cam = model.encode_image(batch["image"])
+        ugs = functools.partial(sample_from_features, model, levels, top_k=cfg.top_k,
+                                choice_temperature=cfg.choice_temperature, seeds=batch["index"])
+        out = context_accuracies(model, levels, batch, counts)
+        runs = {(schedule, T): ugs(T, schedule)[0] for schedule in SCHEDULES for T in TABLE_ITERATIONS}
+        for (schedule, T), ids in runs.items():
+            out[f"table_{schedule}_T{T}_joints3d"] = tok.body.joints(tok.decode_ids(ids), betas)
+        out["table_soft_T1_joints3d"] = tok.body.joints(soft_readout(model, levels), betas)
+        ids = runs.get((cfg.schedule, cfg.ugs_iterations))
+        ids = ugs(cfg.ugs_iterations, cfg.schedule)[0] if ids is None else ids
+        targets_px, weights = keypoint_targets(batch, cfg)
+        longest = dataclasses.replace(cfg, refine_steps=max(TABLE_REFINE_STEPS))
+        targets = normalised_keypoints(targets_px, batch["image"].shape[-2:])
+        e = refine(*refinement_problem(tok, ids, betas, cam, targets, cfg, weights), longest)  # every P in one
+        for P in TABLE_REFINE_STEPS:
+            out[f"table_refine_P{P}_joints3d"] = tok.body.joints(tok.decode(e[P]), betas)
+        return out
+    return diagnose
 
 
 class NeighbourCounts(nn.Module):
     """The token generator's yardstick (not the paper's): a table of neighbouring-token counts,
-    n[i, a, b] = how often training tokens i and i + 1 were (a, b), filled by `training_loss` from the
-    Y* of every training batch the image stage sees (all ranks' under DDP: each rank adds the gathered
-    batch, so every rank holds the same table). Given the visible tokens, a masked position i takes the
-    naive-Bayes argmax_k log n_i(k) + sum over its visible neighbours of log n(neighbour | k) (counts
-    + 0.1). Kept as the module's extra state, not a buffer: DDP would broadcast (L - 1) K^2 counts every step."""
+    n[i, a, b] = how often tokens i and i + 1 of the training poses were (a, b). Given the visible tokens, a
+    masked position i takes the naive-Bayes argmax_k log n_i(k) + sum over its visible neighbours of
+    log n(neighbour | k) (counts + 0.1). Its (L - 1) K^2 counts are the module's extra state."""
 
     def __init__(self, num_tokens, num_codes):
         super().__init__()
@@ -1543,11 +1556,7 @@ class NeighbourCounts(nn.Module):
 
     @torch.no_grad()
     def add(self, ids):
-        """Count the adjacent pairs of ids (B, L) (a DDP rank's: every rank's are gathered and counted)."""
-        if _distributed():
-            gathered = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
-            dist.all_gather(gathered, ids)
-            ids = torch.cat(gathered)
+        """Count the adjacent pairs of ids (B, L)."""
         L, K = ids.shape[1], self.pairs.shape[-1]
         flat = (torch.arange(L - 1, device=ids.device) * K + ids[:, :-1]) * K + ids[:, 1:]  # (B, L - 1)
         self.pairs.view(-1).index_add_(0, flat.flatten(), torch.ones(flat.numel(), dtype=self.pairs.dtype,
@@ -1590,11 +1599,11 @@ def context_masks(index, L, visible=0.75):
 
 
 @torch.no_grad()
-def context_accuracies(model, levels, batch):
+def context_accuracies(model, levels, batch, counts=None):
     """Does the token generator use its context? Given 75 % of the true tokens Y* (the sample's pose
     tokenized, `context_masks` hiding the rest), the share of the hidden tokens predicted right (argmax)
-    per sample: masked_token_accuracy_75 (B,), and the same for the training count table
-    (`NeighbourCounts`, when kept) as count_table_accuracy_75. NaN for a sample without a pose label."""
+    per sample: masked_token_accuracy_75 (B,), and the same for a table of the training tokens' neighbour
+    counts (`NeighbourCounts`, when given) as count_table_accuracy_75. NaN for a sample without a pose label."""
     if "smpl_pose" not in batch:
         return {}
     y = model.tokenizer.tokenize(batch["smpl_pose"].float())
@@ -1605,8 +1614,8 @@ def context_accuracies(model, levels, batch):
         return torch.where(labelled, acc.float(), torch.full_like(acc.float(), math.nan))
     out = {"masked_token_accuracy_75":
            accuracy(model.logits(y.masked_fill(hidden, model.num_codes), levels).argmax(-1))}
-    if model.counts is not None:
-        out["count_table_accuracy_75"] = accuracy(model.counts.predict(y, hidden))
+    if counts is not None:
+        out["count_table_accuracy_75"] = accuracy(counts.predict(y, hidden))
     return out
 
 
@@ -1617,7 +1626,7 @@ def count_parameters(module):
 def parameter_table(cfg, tcfg):
     """(part, parameters) at a config pair, built on the meta device (no body model, no weights)."""
     with torch.device("meta"):
-        m = GenHMR(cfg, PoseTokenizer(tcfg, body=nn.Module()))
+        m = GenHMR(cfg, PoseTokenizer(tcfg, body=nn.Module()), token_generator_class(cfg))
     parts = [("tokenizer.encoder", m.tokenizer.encoder), ("tokenizer.decoder", m.tokenizer.decoder),
              ("backbone (ViT)", m.backbone), ("pyramid", m.pyramid), ("token_generator", m.token_generator),
              ("shape_camera_head", m.shape_camera_head)]

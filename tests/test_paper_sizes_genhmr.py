@@ -46,7 +46,7 @@ def torchrun(model, args, out, nproc=1):
 
 @pytest.mark.slow
 def test_paper_chain_trains_every_stage_two_steps_at_paper_size(tmp_path):
-    """The issue's one command: genhmr_tokenizer -> genhmr_backbone -> genhmr at PAPER (8.7M, 679M, 655M
+    """One command: genhmr_tokenizer -> genhmr_backbone -> genhmr at PAPER (8.7M, 679M, 655M
     parameters), each stage 2 steps on one rank (--max-steps caps the stages it starts from, --set applies
     to each stage that has the field), then its held-out evaluation and its checkpoint."""
     if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 20 * 2**30:
@@ -78,6 +78,5 @@ def test_paper_structure_trains_under_two_rank_ddp(tmp_path):
               "--set", "hmr2_head=(64,2,2,16,64)", "--set", "batch_size=4"]
     torchrun("genhmr_tokenizer", ["--set", "width=64", "--set", "batch_size=32"], tmp_path, nproc=2)
     torchrun("genhmr_backbone", narrow, tmp_path, nproc=2)
-    log, _, _ = torchrun("genhmr", narrow + ["--set", "refine_steps=2", "--set", "table_iterations=1",
-                                             "--set", "table_refine_steps=0"], tmp_path, nproc=2)
+    log, _, _ = torchrun("genhmr", narrow + ["--set", "refine_steps=2"], tmp_path, nproc=2)
     assert "2 rank(s) on cpu" in log and "step     2/2" in log

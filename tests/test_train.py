@@ -581,15 +581,15 @@ def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(t
     train.main(["--model", "genhmr_backbone", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8"]
                + tiny)
     train.main(["--model", "genhmr", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8",
-                "--set", "refine_steps=3", "--set", "table_refine_steps=(0,3)"] + tiny)
+                "--set", "refine_steps=5"] + tiny)
     report = json.loads((tmp_path / "genhmr" / "metrics.json").read_text())
     for key in GENHMR_KEYS + tuple(f"baseline_{k}" for k in GENHMR_KEYS[:6]) + ("baseline_tokenizer_mpjpe_mm",):
         assert np.isfinite(report[key]) and report[key] >= 0, key
     assert 0 < report["baseline_mpjpe_mm"] < 1000 and report["baseline_refined_mpjpe_mm"] == report["baseline_mpjpe_mm"]
     assert ({f"table_{s}_T{T}_mpjpe_mm" for s in ("cosine", "linear", "cubic", "sqrt") for T in (1, 3, 5, 10)}
             <= set(report))
-    assert "table_refine_P3_mpjpe_mm" in report
-    assert report["table_refine_P3_mpjpe_mm"] == pytest.approx(report["refined_mpjpe_mm"], rel=1e-5)
+    assert "table_refine_P5_mpjpe_mm" in report
+    assert report["table_refine_P5_mpjpe_mm"] == pytest.approx(report["refined_mpjpe_mm"], rel=1e-5)
     assert report["regression_mpjpe_mm"] >= 0 and report["baseline_regression_mpjpe_mm"] > 0
     for stage in ("genhmr_tokenizer", "genhmr_backbone", "genhmr"):
         assert (tmp_path / stage / "predictions.png").stat().st_size > 10_000
@@ -613,7 +613,7 @@ def test_genhmr_stages_resume_after_sigkill_bitwise(tmp_path, stage, steps, kill
         for out in ("straight", "killed"):
             run_script(common + ["--out", out], tmp_path, nproc=2, model=parent)
     if stage == "genhmr":
-        common += ["--set", "refine_steps=2", "--set", "table_iterations=()", "--set", "table_refine_steps=()"]
+        common += ["--set", "refine_steps=2"]
     run_script(common + ["--out", "straight"], tmp_path, nproc=2, model=stage)
     resumed = kill_and_resume(common + ["--out", "killed"], tmp_path, kill_at=kill_at, nproc=2, model=stage)
     assert f"resumed from killed/{stage}/ckpt.pt at step 5 (2 rank(s) then, 2 now)" in resumed.stdout
@@ -650,12 +650,11 @@ def test_genhmr_trains_and_reports_the_benchmark_protocol_on_an_hmr2_npz(tmp_pat
     np.save(tmp_path / "SMPL_to_J19.npy", regressor)
     monkeypatch.setenv("HMR_J_REGRESSOR", str(tmp_path / "SMPL_to_J19.npy"))
     train.main(["--model", "genhmr", "--data", f"hmr2:{path}", "--out", str(tmp_path / "out"), "--max-steps", "2",
-                "--set", "batch_size=2", "--set", "refine_steps=2", "--set", "table_refine_steps=(0,2)",
-                "--set", "table_iterations=()", "--log-every", "1"])
+                "--set", "batch_size=2", "--set", "refine_steps=2", "--log-every", "1"])
     report = json.loads((tmp_path / "out" / "genhmr" / "metrics.json").read_text())
     assert report["data"] == f"hmr2:{path}"
     for key in ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "refined_mpjpe_mm", "refined_pve_mm", "regression_mpjpe_mm",
-                "tokenizer_mpjpe_mm", "baseline_mpjpe_mm", "baseline_pve_mm", "table_refine_P2_mpjpe_mm"):
+                "tokenizer_mpjpe_mm", "baseline_mpjpe_mm", "baseline_pve_mm", "table_refine_P5_mpjpe_mm"):
         assert np.isfinite(report[key]) and report[key] > 0, key
     with pytest.raises(SystemExit):
         train.main(["--model", "genhmr", "--data", f"hmr2:{tmp_path / 'none.npz'}", "--out", str(tmp_path / "out")])
