@@ -375,7 +375,7 @@ def evaluate(stage, model, cfg, eval_set, baseline, args, ranks, train_set=None)
         model.eval()
         diagnose = None
         if train_set is not None and hasattr(stage.paper, "diagnostics"):
-            diagnose = stage.paper.diagnostics(model, cfg, data.labels(train_set))
+            diagnose = stage.paper.diagnostics(model, cfg, data.labels(train_set, limit=16384))  # default sets whole
         for batch in loader:
             batch = to_device(batch, ranks.device)
             out = stage.paper.predict(model, batch, cfg)
