@@ -24,6 +24,7 @@ from hypothesis import given, settings, strategies as st
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import checkpoints  # noqa: E402
+import distributed  # noqa: E402
 import train  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
@@ -180,11 +181,13 @@ def register_standins(monkeypatch):
         monkeypatch.setitem(train.MODELS, name, stage)
 
 
-def run_script(args, tmp_path, nproc=1, check=True, env=None, model="standin"):
-    """This file as train.py with the stand-ins, in a subprocess (torchrun when nproc > 1). Several
-    ranks run on the CPU (--device cpu): a machine with one GPU must pass these tests too."""
+def run_script(args, tmp_path, nproc=1, check=True, env=None, model="standin", torchrun=()):
+    """This file as train.py with the stand-ins, in a subprocess (torchrun when nproc > 1, with the extra
+    `torchrun` flags). Several ranks run on the CPU (--device cpu): a machine with one GPU must pass these
+    tests too."""
     launcher = ([sys.executable] if nproc == 1
-                else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"])
+                else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                      *torchrun])
     proc = subprocess.run(launcher + [__file__, "--model", model, "--device", "cpu"] + args, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
@@ -620,21 +623,26 @@ def test_genhmr_stages_resume_after_sigkill_bitwise(tmp_path, stage, steps, kill
     assert_same_state(load(tmp_path / "straight" / stage / "ckpt.pt"), load(tmp_path / "killed" / stage / "ckpt.pt"))
 
 
-def killed_at(step_to_die, learning_rate):
-    """learning_rate, which SIGKILLs this process when asked for the step `step_to_die` (the crash
+def killed_at(step_to_die, learning_rate, signum=signal.SIGKILL):
+    """learning_rate, which sends this process `signum` when asked for the step `step_to_die` (the crash
     of the resume tests, at an exact step, before that step's update)."""
     def wrapped(cfg, step):
         if step == step_to_die:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signum)
         return learning_rate(cfg, step)
     return wrapped
 
 
 if __name__ == "__main__":  # train.py with the stand-ins registered (used by the subprocess tests)
     train.MODELS.update(STANDINS)
+    # SIGKILL_AT_STEP=S: every rank dies at step S; SIGNAL_AT_STEP=S:NAME:RANK: rank RANK gets signal NAME at step S
+    # on torchrun's first attempt only (a restarted group trains through)
+    at, name, rank = os.environ.get("SIGNAL_AT_STEP", "::").split(":")
     if "SIGKILL_AT_STEP" in os.environ:
+        at, name, rank = os.environ["SIGKILL_AT_STEP"], "SIGKILL", os.environ.get("RANK", "0")
+    if at and rank == os.environ.get("RANK", "0") and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
         for stage in train.MODELS.values():
-            stage.paper.learning_rate = killed_at(int(os.environ["SIGKILL_AT_STEP"]), stage.paper.learning_rate)
+            stage.paper.learning_rate = killed_at(int(at), stage.paper.learning_rate, getattr(signal, name))
     train.main()
 
 
