@@ -257,15 +257,15 @@ def build_dataset(name, cfg, split, num_samples, args, ranks):
         fail(f"--data {args.data}: {str(e).splitlines()[0]}")
     if kind not in data.RENDERED_KINDS:
         return dataset
-    # the cache name carries everything the samples depend on: the source of every module a render
-    # runs, the body model folder and the data fields; stages reading the same data function with the
-    # same fields share it
+    # the cache name carries everything the samples depend on: the data function and --data's kind, the split,
+    # size and seed, the data fields, the source of every module a render runs and the body model folder; stages
+    # reading the same data function and kind with the same fields share it
     fields = {f: getattr(cfg, f) for f in stage.data_fields}
     sources = "".join(inspect.getsource(m) for m in (data, synthetic, render, bodymodels, standins))
-    key = sources + repr(fields) + (os.environ.get("HMR_BODY_MODELS") or "")
+    key = sources + repr(dict(kind=kind, **fields)) + (os.environ.get("HMR_BODY_MODELS") or "")
     version = hashlib.sha1(key.encode()).hexdigest()[:8]
     cache = os.path.join(getattr(args, "cache", None) or os.path.join(args.out, "cache"),
-                         f"{stage.data.__name__}-{split}-n{num_samples}-seed{args.seed}-{version}.pt")
+                         f"{stage.data.__name__}-{kind}-{split}-n{num_samples}-seed{args.seed}-{version}.pt")
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     if ranks.master and not os.path.exists(cache):
         print(f"rendering {num_samples} {split} samples into {cache} ({ranks.world_size} rank(s))")

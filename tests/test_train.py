@@ -448,6 +448,19 @@ def test_param_groups_train_at_their_own_rate(tmp_path, monkeypatch):
     assert "in none ['points.bias', 'points.weight']" in error_of(args + ["--out", str(tmp_path / "b")])
 
 
+def test_two_data_kinds_in_one_out_render_their_own_images(tmp_path):
+    """--data ambiguous and --data synthetic of the same stage, seed and size in one OUT: two cache files, and
+    the second kind's images are its own, not the first's read back from the cache."""
+    cfg, ranks = train.MODELS["genhmr_backbone"].paper.CONFIGS["tiny"], distributed.Ranks(0, 1, torch.device("cpu"))
+    sets = {}
+    for kind in ("ambiguous", "synthetic"):
+        args = types.SimpleNamespace(data=kind, seed=0, out=str(tmp_path))
+        sets[kind] = train.build_dataset("genhmr_backbone", cfg, "training", 4, args, ranks)
+    assert sorted(p.name.split("-")[1] for p in (tmp_path / "cache").iterdir()) == ["ambiguous", "synthetic"]
+    for i in range(4):
+        assert not torch.equal(sets["ambiguous"][i]["image"], sets["synthetic"][i]["image"]), i
+
+
 # ---------------------------------------------------------------------------------------------
 # DDP and resume (subprocesses)
 
