@@ -108,9 +108,15 @@ _sigterm = threading.Event()
 
 
 def note_sigterm():
-    """From now on SIGTERM sets a flag (read by `preempted`) instead of ending the process. DataLoader workers forked
-    later inherit the handler, so a signal sent to every process of the job does not end them either."""
+    """From now on SIGTERM sets a flag (read by `preempted`) instead of ending the process."""
     signal.signal(signal.SIGTERM, lambda signum, frame: _sigterm.set())
+
+
+def ignore_sigterm(worker_id):
+    """A DataLoader's worker_init_fn: the worker leaves SIGTERM sent to every process of the job (SLURM, Kubernetes)
+    to the main process, which stops after the step and then ends its workers (torch's handler would end the worker
+    at once, and the main process with it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def preempted(ranks):

@@ -329,6 +329,7 @@ def evaluate(stage, model, cfg, eval_set, baseline, args, ranks, train_set=None)
     n, W, was_training = len(eval_set), ranks.world_size, model.training
     subset = torch.utils.data.Subset(eval_set, list(range(ranks.rank, n, W)))
     loader = torch.utils.data.DataLoader(subset, batch_size=max(1, cfg.batch_size // W), num_workers=args.workers,
+                                         worker_init_fn=distributed.ignore_sigterm,
                                          generator=torch.Generator())  # leaves the global RNG alone
     preds, gts = [], []
     with torch.no_grad():
@@ -515,6 +516,7 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
                           cfg.max_steps)
     loader = torch.utils.data.DataLoader(EpochIndexed(train_set), batch_sampler=sampler, num_workers=args.workers,
                                          pin_memory=ranks.device.type == "cuda",
+                                         worker_init_fn=distributed.ignore_sigterm,  # SIGTERM: the main process stops
                                          generator=torch.Generator().manual_seed(args.seed))  # not the global RNG
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if ranks.device.type == "cuda" and cfg.amp else nullcontext()
     params = [p for p in model.parameters() if p.requires_grad]

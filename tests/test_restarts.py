@@ -116,17 +116,20 @@ def test_a_frozen_rank_stops_the_other_at_the_timeout(tmp_path):
 
 
 def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_same_command_continues(tmp_path):
-    """One process, SIGTERM during step 11 (of 20; checkpoints every 4): the step finishes, the checkpoint of
-    step 11 is written, the exit status is distributed.PREEMPTED; the same command (--resume auto) continues and
-    ends with an uninterrupted run's weights."""
-    args = COMMON + ["--out", "out", "--resume", "auto"]
-    stopped = run_script(args, tmp_path, check=False, env=dict(SIGNAL_AT_STEP="10:SIGTERM:0"))
+    """One process with two DataLoader workers (augmentation read by (epoch, index)), SIGTERM to every process
+    of the job during step 11 (of 20; checkpoints every 4): the step finishes, the checkpoint of step 11 is
+    written, the exit status is distributed.PREEMPTED; the same command (--resume auto) continues and ends with
+    an uninterrupted run's weights."""
+    (tmp_path / "npz").mkdir()
+    common = COMMON + ["--workers", "2", "--data", f"npz:{tmp_path / 'npz'}"]
+    args = common + ["--out", "out", "--resume", "auto"]
+    stopped = run_script(args, tmp_path, check=False, env=dict(SIGNAL_AT_STEP="10:SIGTERM:0:group"), session=True)
     assert stopped.returncode == distributed.PREEMPTED, stopped.stderr[-3000:]
     assert "SIGTERM: stopped after step 11 with its checkpoint out/standin/ckpt.pt" in stopped.stdout
     assert nothing_half_written(tmp_path / "out")["step"] == 11
     resumed = run_script(args, tmp_path)
     assert "resumed from out/standin/ckpt.pt at step 11" in resumed.stdout
-    train.main(["--model", "standin", "--device", "cpu", "--out", str(tmp_path / "straight")] + COMMON)
+    train.main(["--model", "standin", "--device", "cpu", "--out", str(tmp_path / "straight")] + common)
     assert_same_state(*(load(tmp_path / d / "standin" / "ckpt.pt") for d in ("straight", "out")))
 
 
