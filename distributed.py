@@ -5,9 +5,9 @@ torchrun restarts and gives up after a stated timeout, the collectives the train
 
 1. Restarts. torchrun's agent keeps ONE TCPStore for every attempt of a job (TORCHELASTIC_USE_AGENT_STORE=True,
    the same MASTER_PORT), and init_process_group's keys (gloo's peer addresses, NCCL's unique id) do not name the
-   attempt: a restarted worker may read a dead worker's address and fail, or wait in gloo's connect until the
-   timeout. `init_process_group` forms the group in a namespace of that store which rank 0 draws afresh on every
-   start (TORCHELASTIC_RESTART_COUNT cannot name it: each node's agent counts its own restarts).
+   attempt: a restarted worker may read a dead worker's address and fail, or wait in gloo's connect for minutes.
+   `init_process_group` forms the group in a namespace of that store which rank 0 draws afresh on every start
+   (TORCHELASTIC_RESTART_COUNT cannot name it: each node's agent counts its own restarts).
 2. A dead peer. The group and its store give up after `timeout` (gloo; NCCL through its watchdog, which torchrun
    enables with TORCH_NCCL_ASYNC_ERROR_HANDLING); `peer_failure` turns the error into one line, the rank exits, and
    torchrun restarts the group or fails the job.

@@ -670,7 +670,7 @@ def build_parser(description="Train a paper's stages (plain PyTorch; DDP under t
                    "and each stage it starts from that runs here, where its config has the field")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto, cuda when available)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank (default: 0)")
-    p.add_argument("--pg-timeout", type=float, default=600,
+    p.add_argument("--pg-timeout", type=float, default=600, metavar="SECONDS",
                    help="seconds a rank waits for the others in a collective (the training step, evaluation, the "
                    "barriers around rendering and saving) before it exits naming the failure (default: 600)")
     p.add_argument("--train-samples", type=int, default=None,
@@ -760,7 +760,7 @@ def main(argv=None):
     check_inputs(plan, args)
 
     # -- torchrun block (distributed.py: restarts, a dead peer, preemption) -----------------------------------
-    ddp, preempted = int(os.environ.get("RANK", -1)) != -1, False
+    preempted = False
     if argv is None:  # the command owns its process: SIGTERM stops every rank after a step, with a checkpoint
         distributed.note_sigterm()
     try:
