@@ -5,10 +5,11 @@
 
 With no other flag this is the demo: the stage's CPU config ("tiny") on synthetic data, a held-out evaluation
 next to a constant baseline scored by the same metrics, OUT/<stage>/metrics.json and predictions.png (OUT = out).
-Top to bottom: the stage table, helpers (--set, data order, ranks, checkpoints, evaluation), one stage (model and
+Top to bottom: the stage table, helpers (--set, data order, checkpoints, evaluation), one stage (model and
 optimiser -> data -> resume -> training loop -> final report), the chain of stages, then `main`. ablate.py runs
-a paper's ablation tables with these pieces; checkpoints.py reads a trained model back. The script knows no
-paper: it speaks this protocol (a module, or any object with these attributes):
+a paper's ablation tables with these pieces; checkpoints.py reads a trained model back; distributed.py is the
+torchrun block (ranks, collectives, restarts, a dead peer, preemption). The script knows no paper: it speaks
+this protocol (a module, or any object with these attributes):
 - `CONFIGS`: {name: config dataclass}. "tiny" runs on two CPU cores; paper presets carry the paper's numbers.
   The trainer reads `batch_size` (the GLOBAL batch), `max_steps`, `lr`, `weight_decay`, `grad_clip` (max
   gradient norm, 0 = off), `amp` (bf16 autocast on CUDA) and the stage's `data_fields` (e.g. `image_size`).
@@ -46,6 +47,8 @@ Conventions
 - Synthetic data is rendered once into OUT/cache/*.pt (uint8 images), every rank rendering its share; real data
   is read on the fly. Evaluation covers the whole held-out split: rank r predicts samples r, r + W, ...
 - On CUDA the model and 4D inputs are channels_last (the layout cuDNN's fast convolution kernels want).
+- Failures: every collective gives up after --pg-timeout (exit status 1, one line); SIGTERM stops every rank after
+  the same step with its checkpoint (status 143); `--resume auto` continues whatever checkpoint a start finds.
 Outputs in OUT/<stage>: ckpt.pt (every --ckpt-every steps and at the end; its keys in checkpoints.py),
 metrics.json (its metrics, the baseline's as baseline_*, those of the stages it starts from, `metric_names`
 listing them, then the run's facts and history), predictions.png.
@@ -64,6 +67,7 @@ import sys
 import time
 import typing
 from contextlib import nullcontext
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -73,6 +77,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import bodymodels
 import checkpoints
 import data
+import distributed
 import genhmr
 import hmr_adapter
 import metrics
@@ -252,15 +257,15 @@ def build_dataset(name, cfg, split, num_samples, args, ranks):
         fail(f"--data {args.data}: {str(e).splitlines()[0]}")
     if kind not in data.RENDERED_KINDS:
         return dataset
-    # the cache name carries everything the samples depend on: the source of every module a render
-    # runs, the body model folder and the data fields; stages reading the same data function with the
-    # same fields share it
+    # the cache name carries everything the samples depend on: the data function and --data's kind, the split,
+    # size and seed, the data fields, the source of every module a render runs and the body model folder; stages
+    # reading the same data function and kind with the same fields share it
     fields = {f: getattr(cfg, f) for f in stage.data_fields}
     sources = "".join(inspect.getsource(m) for m in (data, synthetic, render, bodymodels, standins))
-    key = sources + repr(fields) + (os.environ.get("HMR_BODY_MODELS") or "")
+    key = sources + repr(dict(kind=kind, **fields)) + (os.environ.get("HMR_BODY_MODELS") or "")
     version = hashlib.sha1(key.encode()).hexdigest()[:8]
     cache = os.path.join(getattr(args, "cache", None) or os.path.join(args.out, "cache"),
-                         f"{stage.data.__name__}-{split}-n{num_samples}-seed{args.seed}-{version}.pt")
+                         f"{stage.data.__name__}-{kind}-{split}-n{num_samples}-seed{args.seed}-{version}.pt")
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     if ranks.master and not os.path.exists(cache):
         print(f"rendering {num_samples} {split} samples into {cache} ({ranks.world_size} rank(s))")
@@ -273,51 +278,6 @@ def to_device(batch, device):
     return {k: v.to(device, non_blocking=True, memory_format=layout) if v.dim() == 4
             else v.to(device, non_blocking=True)
             for k, v in batch.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Distributed helpers: the torchrun block's result, and collectives that are no-ops for one process
-
-
-@dataclasses.dataclass(frozen=True)
-class Ranks:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def master(self):
-        return self.rank == 0
-
-    def barrier(self):
-        if self.world_size > 1:
-            dist.barrier()
-
-    def print0(self, *args):
-        if self.master:
-            print(*args, flush=True)
-
-
-def mean_over_ranks(values, ranks):
-    """Average a list of floats over the ranks (gloo has no AVG: SUM then divide)."""
-    t = torch.tensor(values, dtype=torch.float64, device=ranks.device)
-    if ranks.world_size > 1:
-        dist.all_reduce(t)
-    return (t / ranks.world_size).tolist()
-
-
-def gather_rows(x, n, ranks):
-    """Rank r holds rows r, r + W, r + 2W, ... of an n-row tensor; return all n rows, in order, on every rank."""
-    W = ranks.world_size
-    if W == 1:
-        return x
-    m = -(-n // W)  # rows per rank after padding
-    dtype = x.dtype
-    x = torch.cat([x, x.new_zeros(m - len(x), *x.shape[1:])]).to(ranks.device,
-                                                                 torch.float64 if dtype == torch.bool else dtype)
-    parts = [torch.empty_like(x) for _ in range(W)]
-    dist.all_gather(parts, x)
-    return torch.stack(parts, 1).flatten(0, 1)[:n].to("cpu", dtype)  # (m, W, ...): row k W + r
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,6 +329,7 @@ def evaluate(stage, model, cfg, eval_set, baseline, args, ranks, train_set=None)
     n, W, was_training = len(eval_set), ranks.world_size, model.training
     subset = torch.utils.data.Subset(eval_set, list(range(ranks.rank, n, W)))
     loader = torch.utils.data.DataLoader(subset, batch_size=max(1, cfg.batch_size // W), num_workers=args.workers,
+                                         worker_init_fn=distributed.ignore_sigterm,
                                          generator=torch.Generator())  # leaves the global RNG alone
     preds, gts = [], []
     with torch.no_grad():
@@ -385,8 +346,8 @@ def evaluate(stage, model, cfg, eval_set, baseline, args, ranks, train_set=None)
             # data.py's contract: images are "image" or "<name>_image"; the labels are everything else
             gts.append({k: v for k, v in batch.items() if not (k == "image" or k.endswith("_image"))})
         model.train(was_training)
-    pred = {k: gather_rows(torch.cat([p[k] for p in preds]), n, ranks) for k in preds[0]}
-    gt = {k: gather_rows(torch.cat([g[k] for g in gts]), n, ranks) for k in gts[0]}
+    pred = {k: distributed.gather_rows(torch.cat([p[k] for p in preds]), n, ranks) for k in preds[0]}
+    gt = {k: distributed.gather_rows(torch.cat([g[k] for g in gts]), n, ranks) for k in gts[0]}
     if not ranks.master:
         return None, None, None
     result = dict(stage.metrics(pred, gt))
@@ -555,6 +516,7 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
                           cfg.max_steps)
     loader = torch.utils.data.DataLoader(EpochIndexed(train_set), batch_sampler=sampler, num_workers=args.workers,
                                          pin_memory=ranks.device.type == "cuda",
+                                         worker_init_fn=distributed.ignore_sigterm,  # SIGTERM: the main process stops
                                          generator=torch.Generator().manual_seed(args.seed))  # not the global RNG
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if ranks.device.type == "cuda" and cfg.amp else nullcontext()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -574,7 +536,7 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
         done, steps_since = step + 1, steps_since + 1
         if (args.log_every and done % args.log_every == 0) or done == cfg.max_steps:
             keys = list(terms)  # the loss and its terms, averaged over the ranks
-            values = mean_over_ranks([loss.item()] + [terms[k].item() for k in keys], ranks)
+            values = distributed.mean_over_ranks([loss.item()] + [terms[k].item() for k in keys], ranks)
             dt = time.time() - t_last
             parts = ", ".join(f"{k} {v:.4f}" for k, v in zip(keys, values[1:]))
             ranks.print0(f"step {done:5d}/{cfg.max_steps} | loss {values[0]:.4f} ({parts}) | lr {lr:.2e} | "
@@ -586,8 +548,13 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
             result, _, _ = evaluate(stage, raw_model, cfg, eval_set, baseline, args, ranks)
             ranks.print0(f"eval at step {done}: {format_metrics(result) if ranks.master else ''}")
             t_last = time.time()  # keep the evaluation out of samples/s
-        if (args.ckpt_every and done % args.ckpt_every == 0) or done == cfg.max_steps:
+        stop = distributed.preempted(ranks)  # SIGTERM on any rank: every rank stops after this step
+        if (args.ckpt_every and done % args.ckpt_every == 0) or done == cfg.max_steps or stop:
             save_checkpoint(done, train_time + time.time() - t_begin)
+        if stop:
+            ranks.print0(f"SIGTERM: stopped after step {done} with its checkpoint {path}; the same command with "
+                         "--resume continues")
+            raise distributed.Preempted
     if cfg.max_steps == 0:  # loaded, not trained (e.g. released weights that build_model read)
         save_checkpoint(0, train_time)
     train_time += time.time() - t_begin
@@ -703,6 +670,9 @@ def build_parser(description="Train a paper's stages (plain PyTorch; DDP under t
                    "and each stage it starts from that runs here, where its config has the field")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto, cuda when available)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank (default: 0)")
+    p.add_argument("--pg-timeout", type=float, default=600, metavar="SECONDS",
+                   help="seconds a rank waits for the others in a collective (the training step, evaluation, the "
+                   "barriers around rendering and saving) before it exits naming the failure (default: 600)")
     p.add_argument("--train-samples", type=int, default=None,
                    help="size of the synthetic training set (rendered once) of each stage that runs (default: its own)")
     p.add_argument("--eval-samples", type=int, default=None,
@@ -762,32 +732,60 @@ def setup_distributed(args):
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if ddp:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    cpu_group = None
+    if ddp:  # in a namespace of torchrun's store that no earlier attempt used (distributed.py)
+        cpu_group = distributed.init_process_group("nccl" if use_cuda else "gloo", timedelta(seconds=args.pg_timeout))
     # share the cores between the ranks on this machine (2 cores, 2 ranks: one thread each)
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_world))
-    return ddp, Ranks(rank, world_size, device)
+    return ddp, distributed.Ranks(rank, world_size, device, cpu_group)
 
 
 def main(argv=None):
     p = build_parser()
-    p.add_argument("--resume", action="store_true",
-                   help="continue OUT/<model>/ckpt.pt: weights, optimiser, step, RNG states, data position")
+    p.epilog = ("On a cluster: torchrun --nnodes=N --nproc_per_node=G --max-restarts=K train.py ... --resume auto. A "
+                "rank whose peer died exits within --pg-timeout, naming the failure (status 1); torchrun restarts the "
+                "group, which continues from the last checkpoint. SIGTERM (preemption) makes every rank finish its "
+                f"step, write the checkpoint and exit with status {distributed.PREEMPTED}; the same command continues.")
+    p.add_argument("--resume", nargs="?", const="yes", choices=("yes", "auto"), metavar="auto",
+                   help="continue OUT/<model>/ckpt.pt: weights, optimiser, step, RNG states, data position; "
+                   "--resume auto: continue it if it exists, else start from step 0 (for every start of a job that "
+                   "torchrun restarts or a scheduler requeues)")
     args = p.parse_args(argv)
     check_args(args)
     args.cache = os.path.join(args.out, "cache")  # synthetic sets: shared by every stage and ablation row
+    first_start = args.resume == "auto" and not os.path.exists(os.path.join(stage_dir(args.model, args), "ckpt.pt"))
+    resume = bool(args.resume) and not first_start
     # the stages --model starts from, when their checkpoints are missing or unfinished, then --model itself
-    plan = plan_chain(args.model, stage_overrides(args.model, args.set, args), args.resume, args)
+    plan = plan_chain(args.model, stage_overrides(args.model, args.set, args), resume, args)
     check_inputs(plan, args)
 
-    # -- torchrun block --------------------------------------------------------------------------
-    ddp, ranks = setup_distributed(args)
-    run_chain(plan, args, ranks)
+    # -- torchrun block (distributed.py: restarts, a dead peer, preemption) -----------------------------------
+    preempted = False
+    if argv is None:  # the command owns its process: SIGTERM stops every rank after a step, with a checkpoint
+        distributed.note_sigterm()
+    try:
+        ddp, ranks = setup_distributed(args)
+        if first_start:
+            ranks.print0(f"--resume auto: no checkpoint in {stage_dir(args.model, args)} yet; starting at step 0")
+        elif int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) and args.resume != "auto":
+            ranks.print0("warning: torchrun may restart this job (--max-restarts); without --resume auto a restart "
+                         "starts again from step 0")
+        run_chain(plan, args, ranks)
+    except distributed.Preempted:  # every rank has written its part of the checkpoint
+        preempted = True
+    except RuntimeError as e:  # a collective failed: one line, and no clean exit (the group is broken)
+        if (line := distributed.peer_failure(e, timedelta(seconds=args.pg_timeout))) is None:
+            raise
+        print(f"train.py: error: {line}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
 
     # -- clean exit: every rank done, then the process group
+    gc.collect()  # a preempted stage's DDP wrapper (see run_chain)
     if ddp:
         dist.barrier()
         dist.destroy_process_group()
+    if preempted:
+        raise SystemExit(distributed.PREEMPTED)
 
 
 if __name__ == "__main__":

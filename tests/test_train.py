@@ -24,6 +24,7 @@ from hypothesis import given, settings, strategies as st
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import checkpoints  # noqa: E402
+import distributed  # noqa: E402
 import train  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
@@ -180,13 +181,15 @@ def register_standins(monkeypatch):
         monkeypatch.setitem(train.MODELS, name, stage)
 
 
-def run_script(args, tmp_path, nproc=1, check=True, env=None, model="standin"):
-    """This file as train.py with the stand-ins, in a subprocess (torchrun when nproc > 1). Several
-    ranks run on the CPU (--device cpu): a machine with one GPU must pass these tests too."""
+def run_script(args, tmp_path, nproc=1, check=True, env=None, model="standin", torchrun=(), session=False):
+    """This file as train.py with the stand-ins, in a subprocess (torchrun when nproc > 1, with the extra
+    `torchrun` flags; in a session and process group of its own with `session`). Several ranks run on the CPU
+    (--device cpu): a machine with one GPU must pass these tests too."""
     launcher = ([sys.executable] if nproc == 1
-                else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"])
+                else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                      *torchrun])
     proc = subprocess.run(launcher + [__file__, "--model", model, "--device", "cpu"] + args, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300,
+                          capture_output=True, text=True, timeout=300, start_new_session=session,
                           env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -445,6 +448,19 @@ def test_param_groups_train_at_their_own_rate(tmp_path, monkeypatch):
     assert "in none ['points.bias', 'points.weight']" in error_of(args + ["--out", str(tmp_path / "b")])
 
 
+def test_two_data_kinds_in_one_out_render_their_own_images(tmp_path):
+    """--data ambiguous and --data synthetic of the same stage, seed and size in one OUT: two cache files, and
+    the second kind's images are its own, not the first's read back from the cache."""
+    cfg, ranks = train.MODELS["genhmr_backbone"].paper.CONFIGS["tiny"], distributed.Ranks(0, 1, torch.device("cpu"))
+    sets = {}
+    for kind in ("ambiguous", "synthetic"):
+        args = types.SimpleNamespace(data=kind, seed=0, out=str(tmp_path))
+        sets[kind] = train.build_dataset("genhmr_backbone", cfg, "training", 4, args, ranks)
+    assert sorted(p.name.split("-")[1] for p in (tmp_path / "cache").iterdir()) == ["ambiguous", "synthetic"]
+    for i in range(4):
+        assert not torch.equal(sets["ambiguous"][i]["image"], sets["synthetic"][i]["image"]), i
+
+
 # ---------------------------------------------------------------------------------------------
 # DDP and resume (subprocesses)
 
@@ -620,21 +636,27 @@ def test_genhmr_stages_resume_after_sigkill_bitwise(tmp_path, stage, steps, kill
     assert_same_state(load(tmp_path / "straight" / stage / "ckpt.pt"), load(tmp_path / "killed" / stage / "ckpt.pt"))
 
 
-def killed_at(step_to_die, learning_rate):
-    """learning_rate, which SIGKILLs this process when asked for the step `step_to_die` (the crash
-    of the resume tests, at an exact step, before that step's update)."""
+def killed_at(step_to_die, learning_rate, signum=signal.SIGKILL, group=False):
+    """learning_rate, which sends this process (or its whole process group: DataLoader workers too) `signum`
+    when asked for the step `step_to_die` (the crash of the resume tests, at an exact step, before that step's
+    update)."""
     def wrapped(cfg, step):
         if step == step_to_die:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.killpg(0, signum) if group else os.kill(os.getpid(), signum)
         return learning_rate(cfg, step)
     return wrapped
 
 
 if __name__ == "__main__":  # train.py with the stand-ins registered (used by the subprocess tests)
     train.MODELS.update(STANDINS)
+    # SIGKILL_AT_STEP=S: every rank dies at step S; SIGNAL_AT_STEP=S:NAME:RANK[:group]: rank RANK (and, with
+    # group, every process of its process group) gets signal NAME at step S, on torchrun's first attempt only
+    at, name, rank, *group = os.environ.get("SIGNAL_AT_STEP", "::").split(":")
     if "SIGKILL_AT_STEP" in os.environ:
+        at, name, rank = os.environ["SIGKILL_AT_STEP"], "SIGKILL", os.environ.get("RANK", "0")
+    if at and rank == os.environ.get("RANK", "0") and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
         for stage in train.MODELS.values():
-            stage.paper.learning_rate = killed_at(int(os.environ["SIGKILL_AT_STEP"]), stage.paper.learning_rate)
+            stage.paper.learning_rate = killed_at(int(at), stage.paper.learning_rate, getattr(signal, name), group)
     train.main()
 
 

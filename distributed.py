@@ -1,0 +1,157 @@
+"""The torchrun block of train.py and ablate.py: the ranks, a process group that forms on every attempt of a job
+torchrun restarts and gives up after a stated timeout, the collectives the trainer issues, and preemption.
+
+    torchrun --standalone --nproc_per_node=2 --max-restarts=3 train.py --model NAME --resume auto
+
+1. Restarts. torchrun's agent keeps ONE TCPStore for every attempt of a job (TORCHELASTIC_USE_AGENT_STORE=True,
+   the same MASTER_PORT), and init_process_group's keys (gloo's peer addresses, NCCL's unique id) do not name the
+   attempt: a restarted worker may read a dead worker's address and fail, or wait in gloo's connect for minutes.
+   `init_process_group` forms the group in a namespace of that store which rank 0 draws afresh on every start
+   (TORCHELASTIC_RESTART_COUNT cannot name it: each node's agent counts its own restarts).
+2. A dead peer. The group and its store give up after `timeout` (gloo; NCCL through its watchdog, which torchrun
+   enables with TORCH_NCCL_ASYNC_ERROR_HANDLING); `peer_failure` turns the error into one line, the rank exits, and
+   torchrun restarts the group or fails the job.
+3. Preemption. SIGTERM (what SLURM and Kubernetes send before SIGKILL; torchrun passes it on to its workers) only
+   sets a flag; the training loop asks `preempted` after every step, all ranks together, writes the checkpoint and
+   exits with status PREEMPTED.
+docs/reference.md ("Failures, restarts and preemption") has the cause in torch's code and the measured times.
+"""
+
+import dataclasses
+import os
+import re
+import signal
+import threading
+import time
+import uuid
+
+import torch
+import torch.distributed as dist
+
+PREEMPTED = 143  # exit status after SIGTERM: 128 + 15, what a shell reports for a process that SIGTERM ended
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranks:
+    """This process's place among the W ranks; collectives that are no-ops for one process."""
+    rank: int
+    world_size: int
+    device: torch.device
+    cpu_group: object = None  # the gloo group `preempted` reduces over (None: the default group, already gloo)
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world_size > 1:
+            dist.barrier()
+
+    def print0(self, *args):
+        if self.master:
+            print(*args, flush=True)
+
+
+def init_process_group(backend, timeout):
+    """The default process group of the ranks torchrun started (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), formed
+    in a namespace of torchrun's store that no earlier attempt used; every collective gives up after `timeout`
+    (a timedelta). Returns the process group `preempted` reduces over."""
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))  # torchrun's store (or one that rank 0 hosts)
+    store.set_timeout(timeout)
+    if rank == 0:  # 1. draw a name and publish it; 2. welcome each rank that wrote its token under that name
+        name = uuid.uuid4().hex
+        store.set("attempt", name)
+        fresh = dist.PrefixStore(f"attempt/{name}", store)
+        for r in range(1, world_size):
+            fresh.set(f"welcome/{fresh.get(f'hello/{r}').decode()}", "")  # get waits for rank r, up to `timeout`
+    else:  # 1. read the published name (a dead attempt's until rank 0 publishes), 2. write a token no one else has
+        token, deadline = uuid.uuid4().hex, time.monotonic() + timeout.total_seconds()
+        while True:
+            fresh = dist.PrefixStore(f"attempt/{store.get('attempt').decode()}", store)
+            fresh.set(f"hello/{rank}", token)
+            if appears(fresh, f"welcome/{token}", seconds=1):  # 3. a dead attempt's name never answers: read again
+                break
+            if time.monotonic() > deadline:
+                raise dist.DistStoreError(f"rank 0 of this attempt did not answer within {timeout}")
+    dist.init_process_group(backend, store=fresh, rank=rank, world_size=world_size, timeout=timeout)
+    # the SIGTERM flag goes through gloo on the CPU: an NCCL reduction would wait for the GPU after every step
+    return dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
+
+
+def appears(store, key, seconds):
+    """Whether `key` is in `store` within `seconds` (polled: a store's own wait prints a warning when it times out)."""
+    end = time.monotonic() + seconds
+    while not store.check([key]):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def peer_failure(error, timeout):
+    """One line naming a failed collective, or None when `error` is not one. gloo raises RuntimeError with its
+    transport's message ("Connection closed by peer", "Timed out waiting 600000ms for recv"), c10d a DistError."""
+    text = (str(error).strip() or type(error).__name__).splitlines()[0]
+    if not (isinstance(error, dist.DistError) or "gloo" in text.lower() or "pair closure" in text):
+        return None
+    text = re.sub(r"^\[[^\]]*\] ", "", text).split(". This is")[0]  # without gloo's source file and its advice
+    rank = os.environ.get("RANK", "0")
+    return (f"rank {rank}: a collective failed: another rank died or did not answer within --pg-timeout "
+            f"{timeout.total_seconds():.0f} s ({text})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Preemption: SIGTERM noted, acted on at a step boundary by every rank together
+
+_sigterm = threading.Event()
+
+
+def note_sigterm():
+    """From now on SIGTERM sets a flag (read by `preempted`) instead of ending the process."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: _sigterm.set())
+
+
+def ignore_sigterm(worker_id):
+    """A DataLoader's worker_init_fn: the worker leaves SIGTERM sent to every process of the job (SLURM, Kubernetes)
+    to the main process, which stops after the step and then ends its workers (torch's handler would end the worker
+    at once, and the main process with it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def preempted(ranks):
+    """Whether SIGTERM reached any rank: a collective, called by every rank after the same step."""
+    flag = torch.tensor([float(_sigterm.is_set())])
+    if ranks.world_size > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=ranks.cpu_group)
+    return bool(flag.item())
+
+
+class Preempted(Exception):
+    """Raised by the training loop after the checkpoint of a preempted run is written (exit status PREEMPTED)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Collectives of the trainer
+
+
+def mean_over_ranks(values, ranks):
+    """Average a list of floats over the ranks (gloo has no AVG: SUM then divide)."""
+    t = torch.tensor(values, dtype=torch.float64, device=ranks.device)
+    if ranks.world_size > 1:
+        dist.all_reduce(t)
+    return (t / ranks.world_size).tolist()
+
+
+def gather_rows(x, n, ranks):
+    """Rank r holds rows r, r + W, r + 2W, ... of an n-row tensor; return all n rows, in order, on every rank."""
+    W = ranks.world_size
+    if W == 1:
+        return x
+    m = -(-n // W)  # rows per rank after padding
+    dtype = x.dtype
+    x = torch.cat([x, x.new_zeros(m - len(x), *x.shape[1:])]).to(ranks.device,
+                                                                 torch.float64 if dtype == torch.bool else dtype)
+    parts = [torch.empty_like(x) for _ in range(W)]
+    dist.all_gather(parts, x)
+    return torch.stack(parts, 1).flatten(0, 1)[:n].to("cpu", dtype)  # (m, W, ...): row k W + r
