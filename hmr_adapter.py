@@ -1816,6 +1816,8 @@ class AblationRow(Adapted):
         return super().chains(body_R)
 
     def refine(self, out, rois, mcp):
+        if self.cfg.body_method == "adapter":
+            return super().refine(out, rois, mcp)
         return self.body_adapter(out["theta0"], rois, mcp, out["body_tokens"], out["body_joints"])
 
     def hand_path_loss(self, batch, front):
