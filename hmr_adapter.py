@@ -490,9 +490,9 @@ def body_pose_loss(theta, shape, cam, batch, cfg):
     """Eqs. (7, 8) on a body pose theta (B, 22, 6) with frozen shape and camera: lambda_theta L1 on
     rotation matrices, lambda_3D L1 on pelvis-relative joints, lambda_2D L_proj on projected joints
     (normalised by the image height), over the 22 body joints. L_img and L_beta: no gradient here
-    (NOTE(paper gap) 10). lambda_3D also weighs the 30 finger joints relative to their wrist, posed by theta's
-    arms and wrists with the true fingers: SMPLer-X's hand-root-relative joints (main/SMPLer_X.py, get_coord
-    and loss 'smplx_joint_cam'). No body joint hangs below a wrist, so only these see a forearm's twist."""
+    (NOTE(paper gap) 10). NOTE(paper gap) 16: lambda_3D also weighs the 30 finger joints relative to their wrist,
+    posed by theta's arms and wrists with the true fingers: SMPLer-X's hand-root-relative joints (main/SMPLer_X.py,
+    get_coord and loss 'smplx_joint_cam'). No body joint hangs below a wrist, so only these see a forearm's twist."""
     R, R_gt = rot6d_to_matrix(theta), axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
     body = list(range(NUM_BODY))
     R = torch.cat([R, axis_angle_to_matrix(batch["smplx_pose"][:, NUM_BODY:].to(R))], 1)  # the true jaw, eyes, fingers
@@ -604,8 +604,7 @@ def predict(model, batch, cfg):
     chain = model.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])).flatten(0, 1)
     pose, betas, _ = model.hand(tokens, chain)
     adapted = dict(zip(("pipe_adapted_verts", "pipe_adapted_joints", "pipe_adapted_boxes"), pipeline(model, image)))
-    hand_keys = ("hand_expert_verts", "hand_expert_joints")
-    return {**{k: baseline.pop(k) for k in hand_keys}, **hand_meshes("adapter", pose, betas), **baseline, **adapted}
+    return {**baseline, **hand_meshes("adapter", pose, betas), **adapted}
 
 
 @torch.no_grad()
