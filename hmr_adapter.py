@@ -1,5 +1,5 @@
 """HMR-Adapter: a lightweight adapter with dual-path cross augmentation for expressive human mesh recovery
-(anonymous ACM MM 2024 submission; ../shared/papers/hmr_adapter.txt), in one file.
+(anonymous ACM MM 2024 submission), in one file.
 
 Two frozen pretrained models, each adapted by a few trainable parameters that read the other path (Fig. 2):
 
@@ -18,9 +18,9 @@ poses (6D unless named), beta shape, F^H hand image tokens, F^B arm-chain tokens
 Map: 1 building blocks (attention, arm chains, points in crops and RoIs) -> 2 hand adapter -> 3 body adapter
 -> 4 the model (`Adapted`) -> 5 losses (Eqs. 5-8) -> 6 inference (`pipeline`, `predict`, evaluation) -> 7 configs
 (PAPER, TINY), `build_model`. Appendices: A the bases (ViT, HaMeR, SMPLer-X, crops and warps, RoI-align, `Bases`),
-B the released weights, C the ablations (Tables 3-6, `ABLATIONS`), D parameter counts. Running it: `demo.py --model
-hmr_adapter --image PATH`, `bench.py --model hmr_adapter [--params]`. Where this differs from the paper (NOTE(paper
-gap) N), results: docs/hmr_adapter.md.
+B the released weights, C the ablations (Tables 3-6: the other ways and the Table 3 No.5 control, `ABLATIONS`),
+D parameter counts. Running it: `demo.py --model hmr_adapter --image PATH`, `bench.py --model hmr_adapter
+[--params]`. Where this differs from the paper (NOTE(paper gap) N), results: docs/hmr_adapter.md.
 """
 
 import copy
@@ -149,26 +149,28 @@ class TransformerDecoder(nn.Module):
         return z
 
 
-MIRROR_BODY = (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20)  # SMPL-X's 22, L <-> R
-
-
-def arm_chains(body_pose, chain="global", whole_body=False):
+def arm_chains(body_pose, chain="global"):
     """theta_b of both arms (..., 2, 8, 6), left first: the 6D rotations of each arm chain's joints
     root -> wrist (Sec. 3.3) from local body rotations (..., >= 22, 3, 3). chain "local": the joints'
     own (SMPL-X parameter) rotations, the paper's "each joint's rotation"; "global": their products from
     the root (camera frame, forward kinematics), whose last is the hand's global orientation. The left
     chain is mirrored to match the flipped crop (mirroring commutes with the products). NOTE(paper gap) 3
-    whole_body: Table 5's "whole-body pose", all 22 joints (..., 2, 22, 6) instead of the arm; the left
-    hand's flipped crop sees the mirrored body, its left and right joints swapped (MIRROR_BODY).
 
     NOTE(paper gap) 14: TINY takes "global", whose last token is the hand's orientation (local: eight to compose)."""
+    R = body_rotations(body_pose, chain)
+    return matrix_to_rot6d(torch.stack([mirror_rotation(R[..., list(ARMS["left"]), :, :], matrix=True),
+                                        R[..., list(ARMS["right"]), :, :]], -4))
+
+
+def body_rotations(body_pose, chain):
+    """The 22 body joints' rotations (..., 22, 3, 3) that theta_b holds, of local ones (..., >= 22, 3, 3):
+    as they are ("local") or composed from the root ("global", forward kinematics)."""
     if chain not in ("local", "global"):
         raise ValueError(f"AdapterConfig.chain: 'local' or 'global', got {chain!r}")
     R = body_pose[..., :NUM_BODY, :, :]
     if chain == "global":
         R = forward_kinematics(R, R.new_zeros(*R.shape[:-2], 3), bodymodels.SMPLX_PARENTS[:NUM_BODY])[1]
-    left, right = (R[..., list(MIRROR_BODY), :, :], R) if whole_body else (R[..., list(ARMS[s]), :, :] for s in SIDES)
-    return matrix_to_rot6d(torch.stack([mirror_rotation(left, matrix=True), right], -4))
+    return R
 
 
 def scale_boxes(boxes, scale):
@@ -207,31 +209,26 @@ def sample_points(features, points):
 
 class HandAdapter(nn.Module):
     """New SA' and CA' for every block of a frozen hand head, copies of SA and CA (Sec. 3.3: "SA', W'_q,
-    W'_k and W'_v are initialized from SA, W_q, W_k and W_v"), and F^B = Linear(theta_b) + E.
+    W'_k and W'_v are initialized from SA, W_q, W_k and W_v"); CA' attends to the arm chain's tokens
+    F^B = Linear(theta_b) + E (Eq. 2). scale: lambda on CA' (1 in Eq. 3; 0 gives the frozen head exactly)."""
 
-    body=True: CA' attends to the arm chain's tokens F^B (Eq. 2). body=False: the Table 3 No.5 control,
-    CA' attends to the hand image tokens F^H (no body information, no F^B parameters).
-    """
-
-    def __init__(self, head, body=True, scale=1.0, joints=len(ARMS["left"])):
+    def __init__(self, head, scale=1.0, joints=len(ARMS["left"])):
         super().__init__()
-        layers = head.transformer.transformer.layers
-        # NOTE(paper gap) 1: copies of the PreNorm modules, LayerNorm and output projection included
-        self.sa = nn.ModuleList(copy.deepcopy(sa) for sa, _, _ in layers)
-        self.ca = nn.ModuleList(copy.deepcopy(ca) for _, ca, _ in layers)
-        for p in self.parameters():
-            p.requires_grad_(True)
-        self.scale, self.body = scale, body
-        if body:
-            context = layers[0][1].fn.to_kv.in_features
-            self.body_embed = nn.Linear(6, context)  # F^B = theta_b W_B ("a linear layer", Sec. 3.3)
-            self.joint_embed = nn.Parameter(torch.zeros(1, joints, context))  # NOTE(paper gap) 2
-            nn.init.trunc_normal_(self.joint_embed, std=0.02)
+        self.sa, self.ca = adapter_copies(head)
+        self.scale = scale
+        context = head.transformer.transformer.layers[0][1].fn.to_kv.in_features
+        self.body_embed = nn.Linear(6, context)  # F^B = theta_b W_B ("a linear layer", Sec. 3.3)
+        self.joint_embed = nn.Parameter(torch.zeros(1, joints, context))  # NOTE(paper gap) 2
+        nn.init.trunc_normal_(self.joint_embed, std=0.02)
 
-    def forward(self, head, hand_tokens, theta_b=None):
+    def context(self, hand_tokens, theta_b):
+        """CA''s keys and values: F^B (B, J, C) of theta_b (B, J, 6)."""
+        return self.body_embed(theta_b) + self.joint_embed
+
+    def forward(self, head, hand_tokens, theta_b):
         """head: the frozen MANOHead; hand_tokens F^H (B, h w, C); theta_b (B, J, 6) (zeros: no body
         labels, Sec. 3.3). -> pose (B, 16, 6), betas, cam through the frozen readouts."""
-        context = self.body_embed(theta_b) + self.joint_embed if self.body else hand_tokens  # F^B or F^H
+        context = self.context(hand_tokens, theta_b)
         z = head.transformer.start(len(hand_tokens))
         for (sa, ca, ff), sa2, ca2 in zip(head.transformer.transformer.layers, self.sa, self.ca):
             z_a, z_b = z + sa(z), z + sa2(z)  # frozen path; the adapter's query path (SA')
@@ -239,6 +236,14 @@ class HandAdapter(nn.Module):
             z = z_a + ca(z_a, hand_tokens) + self.scale * ca2(z_b, context)
             z = z + ff(z)
         return head.readout(z)
+
+
+def adapter_copies(head):
+    """SA' and CA' (two ModuleLists, trainable): copies of each block's SA and CA of a frozen head.
+    NOTE(paper gap) 1: copies of the PreNorm modules, LayerNorm and output projection included."""
+    layers = head.transformer.transformer.layers
+    return (nn.ModuleList(copy.deepcopy(sa) for sa, _, _ in layers).requires_grad_(True),
+            nn.ModuleList(copy.deepcopy(ca) for _, ca, _ in layers).requires_grad_(True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,11 +255,10 @@ class BodyAdapter(nn.Module):
     bilinear features at the 4 MCP joints of each hand (F^J, B x 8 x P), and transformer blocks on one
     empty query token (SA'', CA'' to F^J, FF); the regressor's last layer starts at zero."""
 
-    def __init__(self, cfg, width, task_tokens=0):
+    def __init__(self, cfg, width, tokens=2 * len(MCP)):
         super().__init__()
         self.proj = nn.Conv2d(width, cfg.body_proj, 1)  # NOTE(paper gap) 7: no BN (the paper: "a 1-by-1 convolution")
-        self.task_tokens = task_tokens  # > 0: Table 4 No.5, F^J replaced by the K body task tokens (no hand input)
-        self.token_embed = nn.Parameter(torch.zeros(1, task_tokens or 2 * len(MCP), cfg.body_proj))  # NOTE(paper gap) 2
+        self.token_embed = nn.Parameter(torch.zeros(1, tokens, cfg.body_proj))  # NOTE(paper gap) 2
         nn.init.trunc_normal_(self.token_embed, std=0.02)
         self.transformer = TransformerDecoder(cfg.body_dim, cfg.body_depth, cfg.body_heads, cfg.body_dim_head,
                                               cfg.body_mlp, cfg.body_proj)
@@ -263,17 +267,17 @@ class BodyAdapter(nn.Module):
         nn.init.zeros_(self.regressor[-1].weight)
         nn.init.zeros_(self.regressor[-1].bias)
 
-    def forward(self, theta0, rois, mcp, body_tokens=None, body_joints=None):
-        """theta0 (B, 22, 6); rois (B, 2, C, R, R); mcp (B, 2, 4, 2) in RoI pixels; body_tokens (B, K, C):
-        the whole-body model's body task tokens (read by the No.5 variant only). -> theta_hat (B, 22, 6)."""
+    def forward(self, theta0, rois, mcp):
+        """theta0 (B, 22, 6); rois (B, 2, C, R, R); mcp (B, 2, 4, 2) in RoI pixels. -> theta_hat (B, 22, 6)."""
         B = len(rois)
-        if self.task_tokens:  # the 1x1 convolution on each token
-            tokens = F.linear(body_tokens, self.proj.weight[:, :, 0, 0], self.proj.bias) + self.token_embed
-        else:
-            maps = self.proj(rois.flatten(0, 1))  # (2B, P, R, R)
-            tokens = sample_points(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1) + self.token_embed  # F^J
+        maps = self.proj(rois.flatten(0, 1))  # (2B, P, R, R)
+        tokens = sample_points(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1) + self.token_embed  # F^J
+        return self.refine(theta0, tokens)
+
+    def refine(self, theta0, tokens):
+        """Eq. 4 on tokens (B, 8, P) -> theta_hat (B, 22, 6)."""
         z = self.transformer(tokens)  # Z'' -> SA'' -> CA''(., F^J) -> FF, depth times
-        return theta0 + self.regressor(z[:, 0]).view(B, NUM_BODY, 6)  # Eq. (4)
+        return theta0 + self.regressor(z[:, 0]).view(len(theta0), NUM_BODY, 6)  # Eq. (4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,53 +285,60 @@ class BodyAdapter(nn.Module):
 
 
 class Adapted(nn.Module):
-    """The frozen bases (in eval mode whatever train() says) with the hand adapter, the Table 3 No.5
-    control (an adapter whose CA' attends to the hand image) and the body adapter. The three share no
-    parameter, so training them together is training them separately (Sec. 3.5). An ablation row's
-    `hand_method` / `body_method` puts another way in the hand or body adapter's place (appendix C)."""
+    """The frozen bases (in eval mode whatever train() says) with the hand adapter (Eq. 3) and the body
+    adapter (Eq. 4). The two share no parameter, so training them together is training them separately
+    (Sec. 3.5). `pipeline` and `predict` read the model through `hand_expert`, `whole_body`, `chains`,
+    `hand` and `refine`; the losses are `hand_path_loss` and `body_path_loss`."""
+
+    FROZEN_KEYS = ("theta0", "shape", "cam")  # what the body adapter's loss reads of the whole-body output
 
     def __init__(self, cfg, bases):
         super().__init__()
         self.cfg, self.bases = cfg, bases.requires_grad_(False).eval()
-        self.hand_adapter = hand_method(cfg, bases)
-        self.no_body_adapter = HandAdapter(bases.hand_expert.mano_head, body=False, scale=cfg.adapter_scale)
-        self.body_adapter = body_method(cfg, bases)
+        self.hand_adapter, self.body_adapter = self.adapters(cfg, bases)
         self.frozen_cache = {} if cfg.cache_frozen else None  # sample index -> `frozen_inputs` row
 
-    @property
-    def hand_expert(self):
-        """The hand expert whose backbone gives the hand path's F^H: the frozen one, or a row's own (No.1, 2)."""
-        own = getattr(self.hand_adapter, "expert", None)
-        return self.bases.hand_expert if own is None else own
-
-    @property
-    def whole_body(self):
-        """The whole-body model of the adapted pipeline: the frozen one, or a row's own (Table 4 No.1-3)."""
-        own = getattr(self.body_adapter, "whole_body", None)
-        return self.bases.whole_body if own is None else own
-
-    def refine(self, out, rois, mcp):
-        """theta_hat (B, 22, 6) from a whole-body output `out`, its hand feature maps rois (B, 2, C, R, R)
-        and MCP joints mcp (B, 2, 4, 2) in their frame: Eq. 4 (or a row's other way); theta_0 itself
-        where the row trains no body refinement ("frozen", or its own whole-body model)."""
-        if self.body_adapter is None or isinstance(self.body_adapter, TunedBody):
-            return out["theta0"]
-        return self.body_adapter(out["theta0"], rois, mcp, out["body_tokens"], out["body_joints"])
-
-    def chains(self, body_R):
-        """The hand path's theta_b (B, 2, J, 6) of body rotations (B, 22, 3, 3), as cfg asks."""
-        return arm_chains(body_R, self.cfg.chain, whole_body=self.cfg.hand_method == "whole_body_pose")
+    def adapters(self, cfg, bases):
+        """The hand adapter (Sec. 3.3) on the frozen hand head and the body adapter (Sec. 3.4)."""
+        return HandAdapter(bases.hand_expert.mano_head), BodyAdapter(cfg, bases.cfg.body_width)
 
     def train(self, mode=True):
         super().train(mode)
         self.bases.eval()  # frozen: dropout off, normalisation statistics never move
         return self
 
+    # --- what the adapted pipeline runs (Sec. 3.1)
+
+    @property
+    def hand_expert(self):
+        """The hand expert whose ViT gives F^H and whose head the hand adapter adapts: the frozen one."""
+        return self.bases.hand_expert
+
+    @property
+    def whole_body(self):
+        """The whole-body model that gives theta_0, the hand boxes and the hand feature maps: the frozen one."""
+        return self.bases.whole_body
+
+    def chains(self, body_R):
+        """theta_b (B, 2, 8, 6) of body rotations (B, >= 22, 3, 3) (Sec. 3.3)."""
+        return arm_chains(body_R, self.cfg.chain)
+
+    def hand(self, tokens, theta_b):
+        """The adapted hand head (Eq. 3) on F^H (N, h w, C) given theta_b (N, 8, 6) -> pose (N, 16, 6), betas, cam."""
+        return self.hand_adapter(self.hand_expert.mano_head, tokens, theta_b)
+
+    def refine(self, out, rois, mcp):
+        """theta_hat (B, 22, 6) (Eq. 4) of a whole-body output `out`, its hand feature maps rois
+        (B, 2, C, R, R) and the MCP joints mcp (B, 2, 4, 2) in their frame."""
+        return self.body_adapter(out["theta0"], rois, mcp)
+
+    # --- training (Sec. 3.5)
+
     @torch.no_grad()
     def frozen_inputs(self, batch):
         """What the frozen bases give the adapters' losses, per sample: the hand tokens F^H of the crops
-        at the true boxes (B, 2, L, C), and the whole-body model's theta_0, shape, camera, predicted
-        hand boxes (B, 2, 4) and hand feature maps (B, 2, C, R, R).
+        at the true boxes (B, 2, L, C), and the whole-body model's predicted hand boxes (B, 2, 4), hand
+        feature maps (B, 2, C, R, R) and `FROZEN_KEYS` (theta_0, shape, camera).
 
         With `cfg.cache_frozen` each training sample (its "index") is computed once, alone, and kept:
         a row's bits would otherwise depend on its place in the batch (BLAS blocks rows), so a resumed
@@ -348,41 +359,35 @@ class Adapted(nn.Module):
         out = self.bases.whole_body(image)
         pred_boxes = scale_boxes(out["boxes"], bcfg.hand_box_scale)
         rois = self.bases.whole_body.hand_roi_net(out["feature_map"], pred_boxes, image.shape[-2:])
-        return dict(tokens=tokens.reshape(len(image), 2, *tokens.shape[1:]), theta0=out["theta0"],
-                    shape=out["shape"], cam=out["cam"], pred_boxes=pred_boxes, rois=rois,
-                    body_tokens=out["body_tokens"], body_joints=out["body_joints"])
+        return dict(tokens=tokens.reshape(len(image), 2, *tokens.shape[1:]), pred_boxes=pred_boxes, rois=rois,
+                    **{k: out[k] for k in self.FROZEN_KEYS})
 
     def forward(self, batch):
         """The adapters' training losses: (loss, terms)."""
-        cfg, bcfg, image = self.cfg, self.bases.cfg, batch["image"]
-        B = len(image)
         front = self.frozen_inputs(batch)
-        # hand path (Sec. 3.5.1): crops at the true boxes, the true body pose (zeros for "hand-only" samples)
-        boxes = crop_boxes(bcfg, gt_boxes(batch))
-        flip = flip_pattern(B, image.device)
-        tokens = front["tokens"].flatten(0, 1)
-        head, target = self.bases.hand_expert.mano_head, hand_targets(batch, boxes)
-        hand, terms = torch.zeros((), device=image.device), {}
-        if self.hand_adapter is not None:
-            own = self.hand_expert is not self.bases.hand_expert  # Table 3 No.1, 2: its backbone trains too
-            chain = self.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])).flatten(0, 1)  # (2B, J, 6)
-            keep = (torch.rand(2 * B, 1, 1, device=image.device) >= cfg.hand_only_prob).to(chain)
-            x = self.hand_expert.features(hand_crops(bcfg, image, gt_boxes(batch))) if own else tokens
-            hand, terms = hand_loss(self.hand_adapter(head, x, chain * keep), target, cfg)
-        control, control_terms = hand_loss(self.no_body_adapter(head, tokens), target, cfg)
-        # body path (Sec. 3.5.2): features sampled at the true MCP joints in the predicted boxes' RoI frame
-        body, body_terms = torch.zeros((), device=image.device), {}
-        if isinstance(self.body_adapter, TunedBody):  # Table 4 No.1-3: the whole-body model's own loss
-            body, body_terms = whole_body_loss(self.whole_body, bcfg, batch, cfg, cfg.body_loss_hands)
-            body = body + sum(body_terms[k] for k in SMPLERX_TERMS)
-        elif self.body_adapter is not None:
-            kp = (torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1)
-                  .flatten(0, 1)[:, [HAND_JOINTS[i] for i in MCP]])
-            mcp = to_roi(kp, front["pred_boxes"].flatten(0, 1), bcfg.hand_roi, flip).view(B, 2, len(MCP), 2)
-            theta_hat = self.refine(front, front["rois"], mcp)
-            body, body_terms = body_pose_loss(theta_hat, front["shape"], front["cam"], batch, cfg, cfg.body_loss_hands)
-        terms = dict(terms, no_body=control, **body_terms)
-        return hand + control + body, terms
+        hand, hand_terms = self.hand_path_loss(batch, front)
+        body, body_terms = self.body_path_loss(batch, front)
+        return hand + body, dict(hand_terms, **body_terms)
+
+    def hand_path_loss(self, batch, front):
+        """Sec. 3.5.1: the hand adapter on F^H of the crops at the true boxes, given the true body pose
+        (zeros for a `cfg.hand_only_prob` share of the hands) -> Eq. 5's (loss, terms)."""
+        B = len(batch["image"])
+        chain = self.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])).flatten(0, 1)  # (2B, J, 6)
+        keep = (torch.rand(2 * B, 1, 1, device=chain.device) >= self.cfg.hand_only_prob).to(chain)
+        target = hand_targets(batch, crop_boxes(self.bases.cfg, gt_boxes(batch)))
+        return hand_loss(self.hand(front["tokens"].flatten(0, 1), chain * keep), target, self.cfg)
+
+    def body_path_loss(self, batch, front):
+        """Sec. 3.5.2: the body adapter on the hand feature maps at the predicted boxes, sampled at the true
+        MCP joints (their 2D keypoints in that RoI frame) -> Eqs. 7-8's (loss, terms)."""
+        B = len(batch["image"])
+        kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)  # (2B, 21, 2) pixels
+        kp = kp[:, [HAND_JOINTS[i] for i in MCP]]
+        flip = flip_pattern(B, kp.device)
+        mcp = to_roi(kp, front["pred_boxes"].flatten(0, 1), self.bases.cfg.hand_roi, flip).view(B, 2, len(MCP), 2)
+        theta_hat = self.refine(front, front["rois"], mcp)
+        return body_pose_loss(theta_hat, front["shape"], front["cam"], batch, self.cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,8 +459,8 @@ def gt_boxes(batch):
 def hand_loss(out, target, cfg):
     """Eq. (5): lambda_2D L_2D + lambda_3D L_3D + lambda_v L_v + lambda_theta L_theta + lambda_beta L_beta.
     out: (pose (N, 16, 6), betas, cam); target: `hand_targets`. 3D terms are wrist-relative (L1, m).
-    Each term is a mean over every element; with cfg.hamer_batch (HaMeR's calibration) it is multiplied by
-    the number of elements a hand sums and by hamer_batch: # official (hamer losses.py): sums over joints,
+    Each term is a mean over every element; with cfg.loss_batch (HaMeR's calibration) it is multiplied by
+    the number of elements a hand sums and by loss_batch: # official (hamer losses.py): sums over joints,
     coordinates (rotation matrix entries) and its per-GPU batch. A mean over the batch stays a mean under DDP."""
     pose, betas, cam = out
     R = rot6d_to_matrix(pose)
@@ -469,10 +474,10 @@ def hand_loss(out, target, cfg):
                  hand_verts=(verts - wrist - target["verts"] + wrist_gt).abs().mean(),
                  hand_pose=((R - target["R"]) ** 2).sum((-1, -2)).mean() + (1 - cos).mean(),
                  hand_betas=(betas ** 2).mean())
-    if cfg.hamer_batch:  # per hand: 21 x 3, 21 x 2, 778 x 3, 16 joints (each a sum over its 9 entries), 10
+    if cfg.loss_batch:  # per hand: 21 x 3, 21 x 2, 778 x 3, 16 joints (each a sum over its 9 entries), 10
         per_hand = dict(hand_3d=joints[0].numel(), hand_2d=uv[0].numel(), hand_verts=verts[0].numel(),
                         hand_pose=R.shape[1], hand_betas=betas.shape[1])
-        terms = {k: t * (per_hand[k] * cfg.hamer_batch) for k, t in terms.items()}
+        terms = {k: t * (per_hand[k] * cfg.loss_batch) for k, t in terms.items()}
     weights = (cfg.w_hand_3d, cfg.w_hand_2d, cfg.w_hand_verts, cfg.w_hand_pose, cfg.w_hand_betas)
     return sum(w * t for w, t in zip(weights, terms.values())), terms
 
@@ -481,30 +486,26 @@ HAND_FINGER_JOINTS = tuple(range(25, 55))  # SMPL-X's 15 finger joints of each h
 FINGER_WRISTS = (20,) * 15 + (21,) * 15  # the wrist each of them hangs from (left, then right)
 
 
-def body_pose_loss(theta, shape, cam, batch, cfg, hands=False):
+def body_pose_loss(theta, shape, cam, batch, cfg):
     """Eqs. (7, 8) on a body pose theta (B, 22, 6) with frozen shape and camera: lambda_theta L1 on
     rotation matrices, lambda_3D L1 on pelvis-relative joints, lambda_2D L_proj on projected joints
     (normalised by the image height), over the 22 body joints. L_img and L_beta: no gradient here
-    (NOTE(paper gap) 10). With `hands` (`AdapterConfig.body_loss_hands`) lambda_3D also on the 30 finger joints
-    relative to their wrist, posed by theta's arms and wrists with the true fingers: SMPLer-X's
-    hand-root-relative joints (main/SMPLer_X.py, get_coord and loss 'smplx_joint_cam'). No body joint hangs
-    below a wrist, so only these see a forearm's twist."""
+    (NOTE(paper gap) 10). NOTE(paper gap) 16: lambda_3D also weighs the 30 finger joints relative to their wrist,
+    posed by theta's arms and wrists with the true fingers: SMPLer-X's hand-root-relative joints (main/SMPLer_X.py,
+    get_coord and loss 'smplx_joint_cam'). No body joint hangs below a wrist, so only these see a forearm's twist."""
     R, R_gt = rot6d_to_matrix(theta), axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
     body = list(range(NUM_BODY))
-    if hands:  # the true jaw, eyes and fingers below theta's joints
-        R = torch.cat([R, axis_angle_to_matrix(batch["smplx_pose"][:, NUM_BODY:].to(R))], 1)
+    R = torch.cat([R, axis_angle_to_matrix(batch["smplx_pose"][:, NUM_BODY:].to(R))], 1)  # the true jaw, eyes, fingers
     joints, gt = body_joints(R, shape), batch["joints3d"]
     uv = bodymodels.project_to_crop(joints[:, body], smplerx_translation(cam))
+    fingers, wrists = list(HAND_FINGER_JOINTS), list(FINGER_WRISTS)
+    relative = lambda j: j[:, fingers] - j[:, wrists]  # noqa: E731
     terms = dict(body_pose=(R[:, :NUM_BODY] - R_gt).abs().mean(),
                  body_3d=(joints[:, body] - joints[:, :1] - gt[:, body] + gt[:, :1]).abs().mean(),
-                 body_2d=(uv - image_normalised(batch)).abs().mean())
+                 body_2d=(uv - image_normalised(batch)).abs().mean(),
+                 fingers_3d=(relative(joints) - relative(gt)).abs().mean())
     loss = cfg.w_body_pose * terms["body_pose"] + cfg.w_body_3d * terms["body_3d"] + cfg.w_body_2d * terms["body_2d"]
-    if hands:
-        fingers, wrists = list(HAND_FINGER_JOINTS), list(FINGER_WRISTS)
-        relative = lambda j: j[:, fingers] - j[:, wrists]  # noqa: E731
-        terms["fingers_3d"] = (relative(joints) - relative(gt)).abs().mean()
-        loss = loss + cfg.w_body_3d * terms["fingers_3d"]
-    return loss, terms
+    return loss + cfg.w_body_3d * terms["fingers_3d"], terms
 
 
 def image_normalised(batch, ids=tuple(range(NUM_BODY))):
@@ -518,36 +519,22 @@ def image_normalised(batch, ids=tuple(range(NUM_BODY))):
 # 6. Inference: the dual-path pipeline, predict, and the evaluation protocol
 
 
-def hand_crops(cfg, image, boxes):
-    """The hand expert's crops (2B, 3, S, S) of both hands, left first and flipped, at hand boxes
-    (B, 2, 4) of image (B, 3, H, W) in [0, 1]: HaMeR's (`hamer_crops`) or TINY's (`crop_images`)."""
-    flip, images = flip_pattern(len(image), image.device), image.repeat_interleave(2, 0)
-    if cfg.hamer_rescale:
-        return hamer_crops(images, boxes.flatten(0, 1), cfg.hand_crop, flip, cfg.hamer_rescale)
-    return crop_images(images, crop_boxes(cfg, boxes).flatten(0, 1), cfg.hand_crop, flip)
-
-
-def crop_boxes(cfg, boxes):
-    """The squares (..., 4) the hand expert's crops of hand boxes (..., 4) show (`hand_crops`)."""
-    if cfg.hamer_rescale:
-        centre, side = hamer_square(boxes, cfg.hamer_rescale)
-        return torch.cat([centre - side / 2, centre + side / 2], -1).to(boxes.dtype)
-    return scale_boxes(boxes, cfg.hand_box_scale)
-
-
 def hand_tokens(bases, image, boxes):
-    """F^H (2B, h w, C) of both hands' crops at hand boxes (B, 2, 4), left first and flipped."""
+    """F^H (2B, h w, C) of the frozen hand expert on both hands' crops at hand boxes (B, 2, 4), left first and
+    flipped (`hand_crops`)."""
     return bases.hand_expert.features(hand_crops(bases.cfg, image, boxes))
 
 
-def hand_path(bases, adapter, tokens, chain=None):
-    """Hand MANO rotations (B, 2, 16, 3, 3) in the right-hand frame and betas (B, 2, 10) from F^H
-    (`hand_tokens`): the frozen expert (adapter None) or an adapter on it, conditioned on arm chains
-    (B, 2, 8, 6)."""
-    head = bases.hand_expert.mano_head
-    pose, betas, _ = (head(tokens) if adapter is None
-                      else adapter(head, tokens, None if chain is None else chain.flatten(0, 1)))
-    return rot6d_to_matrix(pose).view(-1, 2, 16, 3, 3), betas.view(-1, 2, 10)
+def pipeline_front(models, cfg, image, hand_boxes=None):
+    """What a pipeline computes first with `models`' whole-body model and hand expert (the frozen `Bases`, or
+    an `Adapted` model's): the whole-body output, the hand boxes it predicts scaled by cfg.hand_box_scale (a
+    BaseConfig), and F^H of the crops there. hand_boxes (B, 2, 4) image pixels: boxes to use instead of the
+    predicted ones (from 2D hand keypoints), a NaN row keeping the prediction."""
+    out = models.whole_body(image)
+    if hand_boxes is not None:
+        out["boxes"] = torch.where(hand_boxes.isnan(), out["boxes"], hand_boxes.to(out["boxes"]))
+    boxes = scale_boxes(out["boxes"], cfg.hand_box_scale)
+    return out, boxes, models.hand_expert.features(hand_crops(cfg, image, out["boxes"]))
 
 
 def assemble(body_R, hand_R, out):
@@ -560,40 +547,35 @@ def assemble(body_R, hand_R, out):
     return R
 
 
-def frozen_front(bases, image, hand_boxes=None):
-    """What both pipelines compute alike: the whole-body output, the hand boxes it predicts (scaled)
-    and the hand expert's tokens F^H of the crops there. hand_boxes (B, 2, 4) image pixels: boxes to
-    use instead of the predicted ones (from 2D hand keypoints), a NaN row keeping the prediction."""
-    out = bases.whole_body(image)
-    if hand_boxes is not None:
-        out["boxes"] = torch.where(hand_boxes.isnan(), out["boxes"], hand_boxes.to(out["boxes"]))
-    boxes = scale_boxes(out["boxes"], bases.cfg.hand_box_scale)
-    return out, boxes, hand_tokens(bases, image, out["boxes"])
-
-
-def pipeline(model, image, adapted=True, front=None, hand_boxes=None, details=False):
+def pipeline(model, image, adapted=True, hand_boxes=None, details=False):
     """Sec. 3.1: image (B, 3, H, W) -> SMPL-X verts (B, 10475, 3) and joints (B, 55, 3) in camera
-    coordinates, and the predicted hand boxes (B, 2, 4). adapted=False: the paper's baseline
-    (both frozen models + IK); True: theta_hat from the body adapter, hands from the hand adapter
-    conditioned on theta_hat's arm chains (NOTE(paper gap) 5), MCP joints from the whole-body
-    model's hand position net (NOTE(paper gap) 6). front: `frozen_front(model.bases, image)` when
-    already computed; hand_boxes: `frozen_front`'s. details: a dict of the outputs and what made them:
-    verts, joints, boxes, R (B, 55, 3, 3), shape (B, 10), expression (B, 10), t (B, 3), hand_boxes
-    (B, 2, 4) before scaling."""
-    bases = model.bases
-    if adapted and (model.whole_body is not bases.whole_body or model.hand_expert is not bases.hand_expert):
-        # an ablation row's own fine-tuned models (Tables 3, 4 No.1-3) see the image themselves
-        bases, front = types.SimpleNamespace(cfg=bases.cfg, whole_body=model.whole_body,
-                                             hand_expert=model.hand_expert), None
-    out, boxes, tokens = front or frozen_front(bases, image, hand_boxes)
-    theta, chain, adapter = out["theta0"], None, None
-    if adapted:
-        rois, hand_joints = bases.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
-        theta = model.refine(out, rois, hand_joints[:, :, list(MCP), :2])
-        chain = model.chains(rot6d_to_matrix(theta))
-        adapter = model.hand_adapter
-    hand_R, _ = hand_path(bases, adapter, tokens, chain)
-    R = assemble(rot6d_to_matrix(theta), hand_R, out)
+    coordinates, and the predicted hand boxes (B, 2, 4). adapted=True: theta_hat from the body adapter,
+    hands from the hand adapter conditioned on theta_hat's arm chains (NOTE(paper gap) 5), MCP joints
+    from the whole-body model's hand position net (NOTE(paper gap) 6); False: the paper's baseline
+    (`baseline_pipeline` of model.bases). hand_boxes: `pipeline_front`'s. details: a dict of the outputs and what
+    made them (`mesh`)."""
+    if not adapted:
+        return baseline_pipeline(model.bases, image, hand_boxes, details)
+    out, boxes, tokens = pipeline_front(model, model.bases.cfg, image, hand_boxes)
+    rois, hand_joints = model.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
+    theta = model.refine(out, rois, hand_joints[:, :, list(MCP), :2])  # theta_hat (B, 22, 6)
+    pose, _, _ = model.hand(tokens, model.chains(rot6d_to_matrix(theta)).flatten(0, 1))
+    return mesh(out, boxes, theta, pose, details)
+
+
+def baseline_pipeline(bases, image, hand_boxes=None, details=False):
+    """The paper's baseline (Sec. 4.2): both frozen models + IK; arguments and result as `pipeline`'s."""
+    out, boxes, tokens = pipeline_front(bases, bases.cfg, image, hand_boxes)
+    pose, _, _ = bases.hand_expert.mano_head(tokens)
+    return mesh(out, boxes, out["theta0"], pose, details)
+
+
+def mesh(out, boxes, theta, hand_pose, details=False):
+    """SMPL-X of a body pose theta (B, 22, 6), the hand path's poses hand_pose (2B, 16, 6) (left first) and
+    the whole-body output `out` (shape, expression, jaw, camera) -> (verts, joints, boxes) in camera
+    coordinates; details: a dict of verts, joints, boxes, R (B, 55, 3, 3), shape (B, 10), expression
+    (B, 10), t (B, 3), hand_boxes (B, 2, 4) before scaling."""
+    R = assemble(rot6d_to_matrix(theta), rot6d_to_matrix(hand_pose).view(-1, 2, 16, 3, 3), out)
     verts, joints = skin(body_models().smplx, R, torch.cat([out["shape"], out["expression"]], -1))
     t = smplerx_translation(out["cam"])[:, None]
     if details:
@@ -602,39 +584,38 @@ def pipeline(model, image, adapted=True, front=None, hand_boxes=None, details=Fa
     return verts + t, joints + t, boxes
 
 
+def hand_meshes(name, pose, betas):
+    """{hand_<name>_verts (B, 2, 778, 3), hand_<name>_joints (B, 2, 21, 3)}: the MANO meshes of the hand
+    path's poses (2B, 16, 6) and betas (2B, 10), both hands of each sample, left first."""
+    verts, joints = mano_mesh(rot6d_to_matrix(pose), betas)
+    return {f"hand_{name}_verts": verts.unflatten(0, (-1, 2)), f"hand_{name}_joints": joints.unflatten(0, (-1, 2))}
+
+
 @torch.no_grad()
 def predict(model, batch, cfg):
-    """Held-out predictions (train.py's protocol): hand path at the true boxes (like Table 3) for
-    expert, no_body and adapter (the adapter sees the true body pose, as in training), as MANO meshes
-    {hand_M_verts (B, 2, 778, 3), hand_M_joints (B, 2, 21, 3)}; the pipeline at predicted boxes (like
-    Table 1) for baseline and adapted: {pipe_P_verts (B, 10475, 3), pipe_P_joints (B, 55, 3), pipe_P_boxes}."""
-    model, image = _unwrap(model), batch["image"]
-    adapted = isinstance(model, Adapted)
-    bases = model.bases if adapted else model
-    boxes = gt_boxes(batch)
-    heads = {"expert": (None, None)}
-    if adapted:
-        chain = model.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY]))
-        heads.update(no_body=(model.no_body_adapter, None), adapter=(model.hand_adapter, chain))
-    out, tokens = {}, hand_tokens(bases, image, boxes)  # the backbone runs once for the three heads
-    for name, (adapter, chain) in heads.items():
-        x = tokens
-        if name == "adapter" and model.hand_expert is not bases.hand_expert:  # Table 3 No.1, 2: its own backbone
-            x = model.hand_expert.features(hand_crops(bases.cfg, image, boxes))
-        R, betas = hand_path(bases, adapter, x, chain)
-        verts, joints = mano_mesh(R.flatten(0, 1), betas.flatten(0, 1))
-        out[f"hand_{name}_verts"], out[f"hand_{name}_joints"] = (verts.unflatten(0, (-1, 2)),
-                                                                 joints.unflatten(0, (-1, 2)))
-    front = frozen_front(bases, image)  # the same for both pipelines
-    for name in ("baseline", "adapted") if adapted else ("baseline",):
-        piped = model if name == "adapted" else types.SimpleNamespace(bases=bases)
-        out[f"pipe_{name}_verts"], out[f"pipe_{name}_joints"], out[f"pipe_{name}_boxes"] = pipeline(
-            piped, image, name == "adapted", front)
-    return out
+    """Held-out predictions (train.py's protocol): the hand path at the true boxes (like Table 3) of the
+    frozen expert and of the adapter (given the true body pose, as in training), as MANO meshes
+    {hand_M_verts (B, 2, 778, 3), hand_M_joints (B, 2, 21, 3)}; the pipeline at the predicted boxes (like
+    Table 1) of the baseline and the adapted model: {pipe_P_verts (B, 10475, 3), pipe_P_joints (B, 55, 3),
+    pipe_P_boxes}."""
+    image, boxes = batch["image"], gt_boxes(batch)
+    baseline = predict_baseline(model.bases, batch, cfg)
+    tokens = model.hand_expert.features(hand_crops(model.bases.cfg, image, boxes))
+    chain = model.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])).flatten(0, 1)
+    pose, betas, _ = model.hand(tokens, chain)
+    adapted = dict(zip(("pipe_adapted_verts", "pipe_adapted_joints", "pipe_adapted_boxes"), pipeline(model, image)))
+    return {**baseline, **hand_meshes("adapter", pose, betas), **adapted}
 
 
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
+@torch.no_grad()
+def predict_baseline(bases, batch, cfg=None):
+    """`predict`'s figures of the paper's baseline alone (the frozen bases; train.py's protocol for the
+    bases' stage): {hand_expert_verts, hand_expert_joints, pipe_baseline_verts, pipe_baseline_joints,
+    pipe_baseline_boxes}."""
+    pose, betas, _ = bases.hand_expert.mano_head(hand_tokens(bases, batch["image"], gt_boxes(batch)))
+    piped = baseline_pipeline(bases, batch["image"])
+    return dict(hand_meshes("expert", pose, betas),
+                **dict(zip(("pipe_baseline_verts", "pipe_baseline_joints", "pipe_baseline_boxes"), piped)))
 
 
 HEAD_JOINTS = (15, 22, 23, 24)  # SMPL-X head, jaw, left and right eye: the stand-ins' face (see face_vertex_ids)
@@ -758,9 +739,10 @@ class MeanPoseBaseline:
 
 @dataclass
 class BaseConfig:
-    """The two frozen bases (FACTS: HaMeR, SMPLer-X) and the recipe that trains the tiny stand-ins."""
+    """The two frozen bases (HaMeR's and SMPLer-X-H32's architectures) and the recipe that trains the tiny
+    stand-ins."""
     image_size: tuple = (512, 384)  # the person image (H, W): SMPLer-X's input_img_shape; the hand crops come from it
-    # --- hand expert (HaMeR, FACTS) ---
+    # --- hand expert (HaMeR's ViT-H and transformer head) ---
     hand_crop: int = 256  # I_h: 256 x 256 (Sec. 3.2.2); the ViT reads its centre 256 x 192
     # HaMeR's crop (vitdet_dataset.py; rescale_factor 2.0 of its demo.py): the square of side 2 max(4/3 w, h) about
     # the hand box, cv2-warped, blurred when shrunk > 2.2 x, ImageNet-normalised 0-255 pixels: what its ViT was
@@ -776,7 +758,7 @@ class BaseConfig:
     head_heads: int = 8
     head_dim_head: int = 64
     head_mlp: int = 1024
-    # --- whole-body model (SMPLer-X-H32, FACTS) ---
+    # --- whole-body model (SMPLer-X-H32) ---
     body_image: tuple = (256, 192)  # its input (the image, resized)
     body_resize: str = "nearest"  # SMPLer-X's F.interpolate default (main/SMPLer_X.py); TINY "area" (its own choice)
     body_patch: int = 16
@@ -796,7 +778,7 @@ class BaseConfig:
     # 0: mmcv's roi_align as SMPLer-X calls it (aligned=False, ceil(bin) samples a bin side, 0 outside [-1, H]);
     # TINY 2: its own 2 x 2 samples a bin clamped to the border (`roi_align_grid`)
     roi_sampling: int = 0
-    # --- the released weights (FACTS: HaMeR, SMPLer-X), loaded by `load_pretrained`; "" for none ---
+    # --- the released weights (HaMeR's and SMPLer-X-H32's files), loaded by `load_pretrained`; "" for none ---
     hamer_checkpoint: str = "checkpoints/hamer.ckpt"  # HaMeR's _DATA/hamer_ckpts/checkpoints/hamer.ckpt
     smplerx_checkpoint: str = "checkpoints/smpler_x_h32.pth.tar"  # SMPLer-X-H32's snapshot
     # --- recipe of the stand-ins (the paper loads the pretrained checkpoints instead: 0 steps) ---
@@ -814,17 +796,9 @@ class BaseConfig:
 class AdapterConfig:
     """The two adapters (Secs. 3.3, 3.4) and their recipe (Sec. 4.1)."""
     image_size: tuple = (512, 384)  # as BaseConfig's (the same rendered set)
-    adapter_scale: float = 1.0  # lambda on CA' (1 in Eq. 3). NOTE(paper gap) 1
     # theta_b's rotations (Sec. 3.3, "each joint's rotation"): "local", SMPL-X's own pose parameters of the arm
-    # joints (the paper's reading: PAPER), or "global", their products from the root (TINY: NOTE(paper gap) 14).
-    # The default is what checkpoints written before this field were trained with
-    chain: typing.Literal["local", "global"] = "global"
-    # What trains in the hand path and in the body path: the adapters ("adapter", the paper's method) or one of the
-    # other ways the ablations compare (Tables 3-6, `ABLATIONS`; appendix C says each)
-    hand_method: typing.Literal["adapter", "whole_body_pose", "image", "concat", "weighted_sum", "head", "full",
-                                "scratch", "frozen"] = "adapter"
-    body_method: typing.Literal["adapter", "task_tokens", "concat", "weighted_sum", "head", "full", "scratch",
-                                "frozen"] = "adapter"
+    # joints (the paper's reading), or "global", their products from the root (TINY: NOTE(paper gap) 14)
+    chain: typing.Literal["local", "global"] = "local"
     hand_only_prob: float = 0.0  # share of training hands with a zero body pose. NOTE(paper gap) 12
     # Keep what the frozen bases give each training sample (by its "index") instead of recomputing it
     # every epoch. Only where a sample index is always the same image: the rendered synthetic set, not
@@ -838,35 +812,35 @@ class AdapterConfig:
     body_mlp: int = 1024
     # --- Eq. 5 (hand) and Eq. 7 (body) weights. NOTE(paper gap) 10: HaMeR's / SMPLer-X's ---
     # HaMeR's weights act on SUMS over joints, coordinates and its per-GPU batch of 8 (hamer losses.py,
-    # hamer_vit_transformer.yaml): each Eq. 5 term is hamer_batch x the global batch's mean of one hand's sum (the
+    # hamer_vit_transformer.yaml): each Eq. 5 term is loss_batch x the global batch's mean of one hand's sum (the
     # same on any number of ranks). 0 (TINY): means over every element, which its weights were tuned on.
-    hamer_batch: int = 8
+    loss_batch: int = 8
     w_hand_3d: float = 0.05
     w_hand_2d: float = 0.01
     w_hand_verts: float = 0.05 * 21 / 778  # not in HaMeR: lambda_3D per point (778 vertices weigh as its 21 joints)
     w_hand_pose: float = 0.001
     w_hand_betas: float = 0.0005
     # SMPLer-X's weights act on means (its train.py: loss[k].mean()), as ours. Its 2D loss is in 16 x 12 heatmap
-    # units (1/16 of the image height), ours in image heights: x 16
+    # units (1/16 of the image height), ours in image heights: x 16. w_body_3d also weighs Eq. 7's finger term
+    # (`body_pose_loss`), as SMPLer-X supervises its wrist-relative hand joints
     w_body_pose: float = 10.0
     w_body_3d: float = 100.0
     w_body_2d: float = 16.0
-    # Eq. 7's L_3D also on the hands' 30 finger joints relative to their wrists (True), posed by theta's arms and wrists
-    # with the true fingers, as SMPLer-X supervises its hand joints: only these see a forearm's twist. The body adapter
-    # and the whole-body stand-in (`Bases`) both train with it (docs/hmr_adapter.md)
-    body_loss_hands: bool = True
     # --- recipe (Sec. 4.1: one machine, 4 V100, 10K steps, batch 32 per GPU, about 6 hours) ---
     batch_size: int = 128  # 32 x 4
     max_steps: int = 10_000
-    lr: float = 1e-4  # the hand adapter and the No.5 control. NOTE(paper gap) 10
+    lr: float = 1e-4  # the hand adapter. NOTE(paper gap) 10
     body_lr: float = 1e-4  # the body adapter (its own run in Sec. 3.5, so its own rate)
     warmup_steps: int = 500
     weight_decay: float = 1e-4
     grad_clip: float = 0.0  # the adapters train together here, so no shared clipping norm
     amp: bool = False
-    gpus: int = 4
-    gpu: str = "V100"
-    hours: float = 6.0
+    # --- an ablation row's other way in the hand or the body adapter's place (Tables 3-6): read by `build_model`
+    # alone, which builds appendix C's `AblationRow` for any value but "adapter"; `ABLATIONS` sets them ---
+    hand_method: typing.Literal["adapter", "whole_body_pose", "image", "concat", "weighted_sum", "head", "full",
+                                "scratch", "frozen"] = "adapter"
+    body_method: typing.Literal["adapter", "task_tokens", "concat", "weighted_sum", "head", "full", "scratch",
+                                "frozen"] = "adapter"
 
 
 BASES_PAPER = BaseConfig()  # HaMeR (ViT-H + 39.5M head) and SMPLer-X-H32 shapes
@@ -878,11 +852,11 @@ BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 
     body_keypoints=22, body_hm_depth=8, body_rot_hidden=32, box_channels=(32, 32), hand_roi=8,
     hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, roi_sampling=2, hamer_checkpoint="",
     smplerx_checkpoint="", losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100)
-PAPER = AdapterConfig(chain="local")
+PAPER = AdapterConfig()  # the adapters: hand 26.8M, body 36.5M (appendix D)
 # TINY's lr, body_lr and max_steps: from retraining each adapter alone on the default run's frozen bases
 # (docs/hmr_adapter.md); a faster body adapter moves theta_hat's arm chain away from what the hand adapter reads.
-TINY = AdapterConfig(image_size=(256, 192), hand_only_prob=0.2, cache_frozen=True, hamer_batch=0, w_hand_verts=0.05,
-                     w_body_2d=1.0, body_proj=32, body_dim=64, body_depth=3, body_heads=4,
+TINY = AdapterConfig(image_size=(256, 192), chain="global", hand_only_prob=0.2, cache_frozen=True, loss_batch=0,
+                     w_hand_verts=0.05, w_body_2d=1.0, body_proj=32, body_dim=64, body_depth=3, body_heads=4,
                      body_dim_head=16, body_mlp=128, batch_size=32, max_steps=2500, lr=4e-3, body_lr=1e-3,
                      warmup_steps=50)
 CONFIGS = {"paper": PAPER, "tiny": TINY}
@@ -907,10 +881,12 @@ def _build_bases(cfg, parent=None):
 
 
 def build_model(cfg, parent):
-    """The adapters on `parent`, the trained `Bases` (train.py's "hmr_adapter_bases" row)."""
+    """The adapters on `parent`, the trained `Bases` (train.py's "hmr_adapter_bases" row): `Adapted`, or for an
+    ablation row (cfg.hand_method / cfg.body_method other than "adapter") appendix C's `AblationRow`."""
     if parent is None:
         raise ValueError("hmr_adapter.build_model: needs the trained bases (train.py trains 'hmr_adapter_bases' first)")
-    return Adapted(cfg, parent)
+    paper = cfg.hand_method == cfg.body_method == "adapter"
+    return (Adapted if paper else AblationRow)(cfg, parent)
 
 
 def training_loss(model, batch, cfg, step):
@@ -931,14 +907,13 @@ def _check_bases_inputs(cfg, kind, path):
 
 
 def param_groups(model, cfg):
-    """train.py's optimiser groups: the hand adapter and its control at lr, the body adapter at body_lr."""
-    trainable = lambda m: [p for p in (m.parameters() if m is not None else ()) if p.requires_grad]  # noqa: E731
-    hand = [*trainable(model.hand_adapter), *trainable(model.no_body_adapter)]
-    return [(1.0, hand), (cfg.body_lr / cfg.lr, trainable(model.body_adapter))]
+    """train.py's optimiser groups: the hand adapter at lr, the body adapter at body_lr."""
+    trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
+    return [(1.0, trainable(model.hand_adapter)), (cfg.body_lr / cfg.lr, trainable(model.body_adapter))]
 
 
 BASES = types.SimpleNamespace(  # train.py's row "hmr_adapter_bases": the tiny stand-ins of the pretrained bases
-    CONFIGS=BASE_CONFIGS, build_model=_build_bases, training_loss=training_loss, predict=predict,
+    CONFIGS=BASE_CONFIGS, build_model=_build_bases, training_loss=training_loss, predict=predict_baseline,
     learning_rate=learning_rate, check_inputs=_check_bases_inputs)
 
 
@@ -959,9 +934,8 @@ class Attention(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
 
     def forward(self, x):
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, M, N, C/M)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+        q, k, v = self.qkv(x).chunk(3, -1)  # (B, N, C) each
+        return self.proj(_attend(q, k, v, self.heads))
 
 
 class Mlp(nn.Module):
@@ -1105,8 +1079,8 @@ class HandExpert(nn.Module):
 
 
 # A.3 Whole-body model (SMPLer-X): task tokens, body joints, body regressor, boxes, hand RoI
-#     Module names, layer indices and 6D/heatmap/camera conventions are SMPLer-X's (FACTS: SMPLer-X),
-#     so its released weights load after `smplerx_state_dict`.
+#     Module names, layer indices and 6D/heatmap/camera conventions are SMPLer-X's (official SMPLer-X
+#     main/SMPLer_X.py and the modules it builds), so its released weights load after `smplerx_state_dict`.
 
 
 def soft_argmax(p):
@@ -1133,7 +1107,7 @@ def linear(n_in, n_out):
 
 def smplerx_translation(cam, focal=5000.0, image_hw=(256, 192), size_3d=2.5):
     """SMPLer-X's camera readout (B, 3) -> translation (cam_x, cam_y, k sigmoid(cam_z)) with
-    k = sqrt(f^2 2.5^2 / (H W)) (focal 5000, input 256 x 192, camera_3d_size 2.5; FACTS: SMPLer-X)."""
+    k = sqrt(f^2 2.5^2 / (H W)) (focal 5000, input 256 x 192, camera_3d_size 2.5: SMPLer-X's config)."""
     k = math.sqrt(focal * focal * size_3d ** 2 / (image_hw[0] * image_hw[1]))
     return torch.cat([cam[..., :2], k * torch.sigmoid(cam[..., 2:])], -1)
 
@@ -1274,6 +1248,23 @@ class WholeBody(nn.Module):
 
 
 # A.4 Hand crops: TINY's (grid_sample) and HaMeR's (its box, blur, cv2 warp and normalisation, to the bit)
+
+
+def hand_crops(cfg, image, boxes):
+    """The hand expert's crops (2B, 3, S, S) of both hands, left first and flipped, at hand boxes
+    (B, 2, 4) of image (B, 3, H, W) in [0, 1]: HaMeR's (`hamer_crops`) or TINY's (`crop_images`)."""
+    flip, images = flip_pattern(len(image), image.device), image.repeat_interleave(2, 0)
+    if cfg.hamer_rescale:
+        return hamer_crops(images, boxes.flatten(0, 1), cfg.hand_crop, flip, cfg.hamer_rescale)
+    return crop_images(images, crop_boxes(cfg, boxes).flatten(0, 1), cfg.hand_crop, flip)
+
+
+def crop_boxes(cfg, boxes):
+    """The squares (..., 4) the hand expert's crops of hand boxes (..., 4) show (`hand_crops`)."""
+    if cfg.hamer_rescale:
+        centre, side = hamer_square(boxes, cfg.hamer_rescale)
+        return torch.cat([centre - side / 2, centre + side / 2], -1).to(boxes.dtype)
+    return scale_boxes(boxes, cfg.hand_box_scale)
 
 
 def crop_grid(boxes, size, image_hw, flip):
@@ -1468,13 +1459,13 @@ def hand_expert_loss(expert, bcfg, batch, weights):
     return hand_loss(expert.mano_head(tokens), hand_targets(batch, crop_boxes(bcfg, raw)), weights)
 
 
-def whole_body_loss(whole_body, bcfg, batch, weights, hands=False):
+def whole_body_loss(whole_body, bcfg, batch, weights):
     """SMPLer-X's training loss of a whole-body model (its L1 terms): Eq. 7's (`body_pose_loss`, with the
     weights, an AdapterConfig) -> (that loss, terms), the terms holding SMPLERX_TERMS too, each weight 1."""
     image = batch["image"]
     boxes = scale_boxes(gt_boxes(batch), bcfg.hand_box_scale)  # the RoI boxes
     out = whole_body(image)
-    body, terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, weights, hands)
+    body, terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, weights)
     H, W = image.shape[-2:]
     (h, w), D = whole_body.encoder.grid, bcfg.body_hm_depth
     # L_img: the position net's body joints (heatmap pixels and depth bins, SMPLer-X's joint_img)
@@ -1513,11 +1504,11 @@ class Bases(nn.Module):
 
     def forward(self, batch):
         """The training loss of both bases: (loss, terms). HaMeR's and SMPLer-X's losses are Eqs. 5 and 7's
-        terms with the weights of the CONFIGS preset `cfg.losses`; Eq. 7 over the joints the preset's
-        `body_loss_hands` names (SMPLer-X supervises its whole-body joints, fingers included)."""
+        terms with the weights of the CONFIGS preset `cfg.losses`; Eq. 7 with its finger term (SMPLer-X
+        supervises its whole-body joints, fingers included)."""
         weights = CONFIGS[self.cfg.losses]
         hand, hand_terms = hand_expert_loss(self.hand_expert, self.cfg, batch, weights)
-        body, terms = whole_body_loss(self.whole_body, self.cfg, batch, weights, weights.body_loss_hands)
+        body, terms = whole_body_loss(self.whole_body, self.cfg, batch, weights)
         return hand + body + sum(terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
 
 
@@ -1528,7 +1519,7 @@ class Bases(nn.Module):
 # The released weights. HaMeR's file is a Lightning checkpoint ({"state_dict": ...}, keys backbone.*,
 # mano_head.*, discriminator.*, mano.*, initialized); SMPLer-X's a snapshot ({"network": ...}, keys
 # module.<part>.*). The key lists with shapes, made from the official constructors, are in
-# tests/official_keys/ (FACTS: HaMeR, SMPLer-X).
+# tests/official_keys/.
 HAMER_SKIP = ("discriminator.", "mano.", "initialized")  # its adversary, MANO layer buffers, a flag
 SMPLERX_SKIP = ("hand_regressor.", "box_net.face_size.", "smplx_layer.")  # replaced by the hand expert; unused
 SMPLERX_6D = [0, 2, 4, 1, 3, 5]  # its 6D is the rows of a 3 x 2 matrix (view(-1, 3, 2)); ours the columns
@@ -1595,8 +1586,39 @@ def load_pretrained(bases, cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# Appendix C. The ablations' other ways (Tables 3-6): what a row trains instead of an adapter
-#             (`AdapterConfig.hand_method`, `body_method`), then the rows themselves, `ABLATIONS`
+# Appendix C. The ablations (Tables 3-6): the other ways a row trains in an adapter's place
+#             (`AdapterConfig.hand_method`, `body_method`), the row's model (`AblationRow`), the rows (`ABLATIONS`)
+
+
+class ImageAdapter(HandAdapter):
+    """Table 3 No.5, the control: the hand adapter with CA' attending to the hand image tokens F^H again,
+    Eq. 3's extra capacity without the body's information (no F^B parameters)."""
+
+    def __init__(self, head, scale=1.0):
+        nn.Module.__init__(self)  # HandAdapter's SA' and CA' without its F^B
+        self.sa, self.ca = adapter_copies(head)
+        self.scale = scale
+
+    def context(self, hand_tokens, theta_b):
+        return hand_tokens  # F^H
+
+
+MIRROR_BODY = (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20)  # SMPL-X's 22, L <-> R
+
+
+def whole_body_chains(body_pose, chain):
+    """Table 5's "whole-body pose": theta_b of all 22 body joints (..., 2, 22, 6), left first, instead of the
+    arm's (`arm_chains`); the left hand's flipped crop sees the mirrored body, its left and right joints
+    swapped (MIRROR_BODY)."""
+    R = body_rotations(body_pose, chain)
+    return matrix_to_rot6d(torch.stack([mirror_rotation(R[..., list(MIRROR_BODY), :, :], matrix=True), R], -4))
+
+
+class FrozenHand(nn.Module):
+    """Table 3 "HaMeR (pre-trained)": nothing trains in the hand path, the frozen head reads F^H."""
+
+    def forward(self, head, hand_tokens, theta_b):
+        return head(hand_tokens)
 
 
 class FusedHead(nn.Module):
@@ -1644,8 +1666,8 @@ class TunedHand(nn.Module):
             self.expert = (HandExpert(cfg) if how == "scratch" else copy.deepcopy(expert)).requires_grad_(True)
             self.head = self.expert.mano_head
 
-    def forward(self, head, hand_tokens, theta_b=None):
-        return self.head(hand_tokens)
+    def forward(self, head, hand_tokens, theta_b):
+        return self.head(hand_tokens)  # this row's own head; no body input
 
 
 class FusedRegressor(nn.Module):
@@ -1706,34 +1728,111 @@ class TunedBody(nn.Module):
         if how == "head":
             self.whole_body.encoder.requires_grad_(False)
 
+    def forward(self, theta0, rois, mcp, body_tokens, body_joints):
+        return theta0  # the row's own whole-body model's theta_0: no refinement
+
+
+class TaskTokenAdapter(BodyAdapter):
+    """Table 4 No.5: Eq. 4's adapter on the whole-body model's K body task tokens instead of F^J (no hand
+    input), through the same 1x1 convolution (as a Linear on each token)."""
+
+    def forward(self, theta0, rois, mcp, body_tokens, body_joints):
+        tokens = F.linear(body_tokens, self.proj.weight[:, :, 0, 0], self.proj.bias) + self.token_embed
+        return self.refine(theta0, tokens)
+
+
+class FrozenBody(nn.Module):
+    """Table 4 "SMPLer-X (pre-trained)": nothing trains in the body path, theta_hat = theta_0."""
+
+    def forward(self, theta0, rois, mcp, body_tokens, body_joints):
+        return theta0
+
 
 def hand_method(cfg, bases):
-    """The module `Adapted.hand_adapter` is for cfg.hand_method (None: "frozen", the pre-trained HaMeR)."""
+    """The module in the hand adapter's place for cfg.hand_method."""
     head, how = bases.hand_expert.mano_head, cfg.hand_method
-    joints = NUM_BODY if how == "whole_body_pose" else len(ARMS["left"])
-    if how in ("adapter", "whole_body_pose", "image"):
-        return HandAdapter(head, body=how != "image", scale=cfg.adapter_scale, joints=joints)
+    if how == "adapter":
+        return HandAdapter(head)
+    if how == "whole_body_pose":
+        return HandAdapter(head, joints=NUM_BODY)
+    if how == "image":
+        return ImageAdapter(head)
     if how in ("concat", "weighted_sum"):
-        return FusedHead(head, joints, how)
+        return FusedHead(head, len(ARMS["left"]), how)
     if how in ("head", "full", "scratch"):
         return TunedHand(bases.hand_expert, bases.cfg, how)
     if how == "frozen":
-        return None
+        return FrozenHand()
     raise ValueError(f"AdapterConfig.hand_method: unknown {how!r}")
 
 
 def body_method(cfg, bases):
-    """The module `Adapted.body_adapter` is for cfg.body_method (None: "frozen", the pre-trained SMPLer-X)."""
+    """The module in the body adapter's place for cfg.body_method."""
     how, width = cfg.body_method, bases.cfg.body_width
-    if how in ("adapter", "task_tokens"):
-        return BodyAdapter(cfg, width, task_tokens=bases.cfg.body_keypoints if how == "task_tokens" else 0)
+    if how == "adapter":
+        return BodyAdapter(cfg, width)
+    if how == "task_tokens":
+        return TaskTokenAdapter(cfg, width, tokens=bases.cfg.body_keypoints)
     if how in ("concat", "weighted_sum"):
         return FusedRegressor(cfg, bases.whole_body.body_regressor, width, how)
     if how in ("head", "full", "scratch"):
         return TunedBody(bases.whole_body, bases.cfg, how)
     if how == "frozen":
-        return None
+        return FrozenBody()
     raise ValueError(f"AdapterConfig.body_method: unknown {how!r}")
+
+
+class AblationRow(Adapted):
+    """A row of Tables 3-6: `Adapted` with cfg.hand_method's module in the hand adapter's place and
+    cfg.body_method's in the body adapter's (one of them "adapter", the paper's). What differs from the
+    method, and only here:
+    - the modules (`hand_method`, `body_method`); the body ways read the whole-body model's task tokens and
+      joints too; Table 5's whole-body pose reads all 22 body joints (`whole_body_chains`);
+    - Table 3 No.1, 2 bring their own hand expert, whose backbone trains and gives F^H; Table 4 No.1-3
+      their own whole-body model, trained on its own loss (`whole_body_loss`), whose theta_0 the row's
+      pipeline reads;
+    - a "frozen" path trains nothing: its loss is 0."""
+
+    FROZEN_KEYS = Adapted.FROZEN_KEYS + ("body_tokens", "body_joints")
+
+    def adapters(self, cfg, bases):
+        return hand_method(cfg, bases), body_method(cfg, bases)
+
+    @property
+    def hand_expert(self):
+        own = getattr(self.hand_adapter, "expert", None)  # TunedHand "full", "scratch"
+        return self.bases.hand_expert if own is None else own
+
+    @property
+    def whole_body(self):
+        own = getattr(self.body_adapter, "whole_body", None)  # TunedBody
+        return self.bases.whole_body if own is None else own
+
+    def chains(self, body_R):
+        if self.cfg.hand_method == "whole_body_pose":
+            return whole_body_chains(body_R, self.cfg.chain)
+        return super().chains(body_R)
+
+    def refine(self, out, rois, mcp):
+        if self.cfg.body_method == "adapter":
+            return super().refine(out, rois, mcp)
+        return self.body_adapter(out["theta0"], rois, mcp, out["body_tokens"], out["body_joints"])
+
+    def hand_path_loss(self, batch, front):
+        if self.cfg.hand_method == "frozen":
+            return torch.zeros((), device=batch["image"].device), {}
+        if self.hand_expert is not self.bases.hand_expert:  # its own backbone gives F^H, and trains
+            tokens = self.hand_expert.features(hand_crops(self.bases.cfg, batch["image"], gt_boxes(batch)))
+            front = dict(front, tokens=tokens.unflatten(0, (-1, 2)))
+        return super().hand_path_loss(batch, front)
+
+    def body_path_loss(self, batch, front):
+        if self.cfg.body_method == "frozen":
+            return torch.zeros((), device=batch["image"].device), {}
+        if self.whole_body is not self.bases.whole_body:  # its own model on its own loss
+            body, terms = whole_body_loss(self.whole_body, self.bases.cfg, batch, self.cfg)
+            return body + sum(terms[k] for k in SMPLERX_TERMS), terms
+        return super().body_path_loss(batch, front)
 
 
 # The paper's ablations (Sec. 4.3) as rows of `hand_method` / `body_method` (the ways above), each trained on the frozen

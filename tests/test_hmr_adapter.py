@@ -60,7 +60,7 @@ def eq3_at_init(head, hand_tokens, context):
 
 def test_hand_adapter_with_scale_zero_is_exactly_the_frozen_head(bases):
     head = bases.hand_expert.mano_head
-    adapter = ha.HandAdapter(head, body=True, scale=0.0)
+    adapter = ha.HandAdapter(head, scale=0.0)
     tokens, chain = torch.randn(3, 48, 64), torch.randn(3, 8, 6)
     for got, want in zip(adapter(head, tokens, chain), head(tokens)):
         assert torch.equal(got, want)
@@ -68,7 +68,7 @@ def test_hand_adapter_with_scale_zero_is_exactly_the_frozen_head(bases):
 
 def test_hand_adapter_copies_share_no_storage_and_differ_from_the_head_at_scale_one(bases):
     head = bases.hand_expert.mano_head
-    adapter = ha.HandAdapter(head, body=True)
+    adapter = ha.HandAdapter(head)
     for (sa, ca, _), sa2, ca2 in zip(head.transformer.transformer.layers, adapter.sa, adapter.ca):
         for frozen, copied in ((sa, sa2), (ca, ca2)):
             for (name, p), (_, q) in zip(frozen.named_parameters(), copied.named_parameters()):
@@ -82,17 +82,18 @@ def test_hand_adapter_copies_share_no_storage_and_differ_from_the_head_at_scale_
 
 
 def test_no_body_control_at_init_doubles_each_blocks_cross_attention(bases):
-    """The Table 3 No.5 control: SA' = SA and CA' = CA at init, and CA' attends to F^H, so each
-    block's cross-attention update is exactly twice the frozen one."""
+    """The Table 3 No.5 control (appendix C): SA' = SA and CA' = CA at init, and CA' attends to F^H, so each
+    block's cross-attention update is exactly twice the frozen one; it has no F^B parameters."""
     head = bases.hand_expert.mano_head
-    control = ha.HandAdapter(head, body=False)
+    control = ha.ImageAdapter(head)
+    assert not hasattr(control, "body_embed") and not hasattr(control, "joint_embed")
     tokens = torch.randn(2, 48, 64)
     z = head.transformer.start(2)
     for sa, ca, ff in head.transformer.transformer.layers:
         z = z + sa(z)
         z = z + 2 * ca(z, tokens)
         z = z + ff(z)
-    for got, want in zip(control(head, tokens), head.readout(z)):
+    for got, want in zip(control(head, tokens, None), head.readout(z)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -106,7 +107,7 @@ def test_body_adapter_at_init_returns_theta0():
 
 def test_arm_tokens_are_told_apart_by_the_joint_embedding(bases):
     head = bases.hand_expert.mano_head
-    adapter = ha.HandAdapter(head, body=True)
+    adapter = ha.HandAdapter(head)
     tokens, chain = torch.randn(1, 48, 64), torch.randn(1, 8, 6)
     E = adapter.joint_embed.detach().clone()
     assert len({tuple(row.tolist()) for row in E[0]}) == 8  # each joint its own embedding E_j
@@ -143,8 +144,9 @@ def test_frozen_bases_get_no_gradient_and_do_not_move(bases, batch):
     optimizer.step()
     assert sum("running_mean" in k for k in before) == 3  # BatchNorms: box net 2, hand RoI 1 (TINY)
     assert all(torch.equal(v, before[k]) for k, v in model.bases.state_dict().items())  # weights and BN statistics
-    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == \
-        {"hand_adapter", "no_body_adapter", "body_adapter"}
+    # the paper's model trains exactly the two adapters (Table 3 No.5's control trains in its own row)
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"hand_adapter", "body_adapter"}
+    assert type(ha.build_model(ha.TINY, bases)) is ha.Adapted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +183,6 @@ def test_arm_chains_local_are_the_joints_own_rotations_global_their_products_end
 
 def test_chain_field_builds_both_readings_and_paper_reads_local_rotations(bases, batch, monkeypatch):
     assert ha.PAPER.chain == "local" and ha.TINY.chain == "global"
-    assert ha.PAPER.body_loss_hands and ha.TINY.body_loss_hands  # Eq. 7 over the whole-body joints, as SMPLer-X
     cfg = train.apply_overrides(ha.TINY, ["chain=local"])
     assert cfg.chain == "local"
     arm_chains, read = ha.arm_chains, []
@@ -193,12 +194,19 @@ def test_chain_field_builds_both_readings_and_paper_reads_local_rotations(bases,
         models[name] = ha.Adapted(dataclasses.replace(ha.TINY, chain=name, hand_only_prob=0.0), bases)
         losses[name] = models[name](batch)[1]
     assert read == ["local", "global"]  # the hand adapter reads the chain its config names ...
+    assert all("fingers_3d" in terms for terms in losses.values())  # Eq. 7 over the whole-body joints, as SMPLer-X
+    # the body adapter reads no chain, nor does Table 3 No.5's control (its own row's model)
+    assert all(torch.equal(losses["local"][k], losses["global"][k]) for k in ("body_pose", "body_3d", "fingers_3d"))
+    control = {}
+    for name in ("local", "global"):
+        torch.manual_seed(0)
+        row = ha.build_model(dataclasses.replace(ha.TINY, chain=name, hand_only_prob=0.0, hand_method="image"), bases)
+        control[name] = row(batch)[1]["hand_3d"]
+    assert torch.equal(control["local"], control["global"])
     # ... and nothing else differs: the "global" model fed the local chains scores the "local" model's loss
     monkeypatch.setattr(ha, "arm_chains", lambda R, chain="global", **kw: arm_chains(R, "local", **kw))
     torch.manual_seed(0)
     torch.testing.assert_close(models["global"](batch)[1]["hand_3d"], losses["local"]["hand_3d"])
-    # the control and the body adapter read no chain
-    assert torch.equal(losses["local"]["no_body"], losses["global"]["no_body"])
 
 
 def test_assembled_hands_have_the_hand_paths_global_rotation_and_fingers():
@@ -357,7 +365,8 @@ BODY_METHODS = typing.get_args(ha.AdapterConfig.__annotations__["body_method"])
 def test_every_ablation_method_trains_what_it_says_and_predicts(bases, batch, field, method):
     cfg = dataclasses.replace(ha.TINY, **{field: method})
     torch.manual_seed(0)
-    model = ha.Adapted(cfg, bases).train()
+    model = ha.build_model(cfg, bases).train()
+    assert type(model) is (ha.Adapted if method == "adapter" else ha.AblationRow)
     groups = train.param_groups(ha, model, cfg)  # every trainable parameter in one group
     loss, _ = model(batch)
     loss.backward()
@@ -383,10 +392,9 @@ def test_methods_trainable_parameters_at_paper_size_are_tables_3_and_4s():
     """Table 3's and 4's "Trainable Params." column, counted on the meta device."""
     def trainable(**method):
         with torch.device("meta"):
-            model = ha.Adapted(dataclasses.replace(ha.PAPER, **method), ha.Bases(ha.BASES_PAPER))
+            model = ha.build_model(dataclasses.replace(ha.PAPER, **method), ha.Bases(ha.BASES_PAPER))
         groups = ha.param_groups(model, model.cfg)
-        control = sum(p.numel() for p in model.no_body_adapter.parameters())
-        return (sum(p.numel() for p in groups[0][1]) - control) / 1e6, sum(p.numel() for p in groups[1][1]) / 1e6
+        return sum(p.numel() for p in groups[0][1]) / 1e6, sum(p.numel() for p in groups[1][1]) / 1e6
     assert 670 < trainable(hand_method="full")[0] < 671  # No.1, No.2: 671M
     assert trainable(hand_method="scratch")[0] == trainable(hand_method="full")[0]
     assert 39 < trainable(hand_method="head")[0] < 40  # No.3: 39M
@@ -401,7 +409,7 @@ def test_methods_trainable_parameters_at_paper_size_are_tables_3_and_4s():
 def test_whole_body_pose_holds_each_arm_chain_where_the_right_arm_is():
     R = random_rotations(22, 3)[None]
     for chain in ("local", "global"):
-        whole, arm = ha.arm_chains(R, chain, whole_body=True), ha.arm_chains(R, chain)
+        whole, arm = ha.whole_body_chains(R, chain), ha.arm_chains(R, chain)
         assert whole.shape == (1, 2, 22, 6)
         # the left hand sees the mirrored body with left and right swapped: its own arm where the right arm is
         torch.testing.assert_close(whole[:, :, list(ha.ARMS["right"])], arm)
@@ -410,7 +418,7 @@ def test_whole_body_pose_holds_each_arm_chain_where_the_right_arm_is():
 def test_fine_tuned_copies_and_concatenation_start_at_the_frozen_models(bases, batch):
     head, tokens, chain = bases.hand_expert.mano_head, torch.randn(3, 48, 64), torch.randn(3, 8, 6)
     for how in ("head", "full"):
-        for got, want in zip(ha.TunedHand(bases.hand_expert, bases.cfg, how)(head, tokens), head(tokens)):
+        for got, want in zip(ha.TunedHand(bases.hand_expert, bases.cfg, how)(head, tokens, chain), head(tokens)):
             assert torch.equal(got, want)
     out = bases.whole_body(batch["image"])
     rois, joints = bases.whole_body.hands(out["feature_map"], out["boxes"], batch["image"].shape[-2:])
@@ -447,36 +455,31 @@ def test_fine_tuned_copies_and_concatenation_start_at_the_frozen_models(bases, b
 
 
 def test_body_loss_over_the_hands_sees_the_wrists_rotation(batch):
-    """Eq. 7 over the 22 body joints cannot see a wrist's rotation (no body joint hangs below a wrist); with
-    body_loss_hands the finger joints, posed with the true fingers, turn about their wrist with it. The truth scores 0
-    either way."""
+    """Eq. 7's terms over the 22 body joints cannot see a wrist's rotation (no body joint hangs below a wrist); its
+    finger term's joints, posed with the true fingers, turn about their wrist with it. The truth scores 0 on both."""
     R = axis_angle_to_matrix(batch["smplx_pose"][:, :22])
     theta = bodymodels.matrix_to_rot6d(R)
     shape, cam = batch["smplx_shape"], torch.zeros(len(R), 3)
     turned = R.clone()
     turned[:, 21] = turned[:, 21] @ axis_angle_to_matrix(torch.tensor([0.0, 0.0, 0.8]))
-    for hands in (False, True):
-        _, truth = ha.body_pose_loss(theta, shape, cam, batch, ha.TINY, hands)
-        _, wrist = ha.body_pose_loss(bodymodels.matrix_to_rot6d(turned), shape, cam, batch, ha.TINY, hands)
-        assert truth["body_3d"] < 1e-5  # forward kinematics gives the data's joints (float32)
-        assert wrist["body_3d"] < 1e-5 and wrist["body_2d"] == truth["body_2d"]  # no body joint moved
-        assert ("fingers_3d" in wrist) == hands
-        if hands:
-            assert truth["fingers_3d"] < 1e-5 and wrist["fingers_3d"] > 1e-3
+    _, truth = ha.body_pose_loss(theta, shape, cam, batch, ha.TINY)
+    _, wrist = ha.body_pose_loss(bodymodels.matrix_to_rot6d(turned), shape, cam, batch, ha.TINY)
+    assert truth["body_3d"] < 1e-5  # forward kinematics gives the data's joints (float32)
+    assert wrist["body_3d"] < 1e-5 and wrist["body_2d"] == truth["body_2d"]  # no body joint moved
+    assert truth["fingers_3d"] < 1e-5 and wrist["fingers_3d"] > 1e-3
 
 
 def test_the_bases_train_the_whole_body_model_on_the_finger_joints_too(bases, batch):
-    """The whole-body stand-in learns Eq. 7's finger term when its preset's body_loss_hands says so, as SMPLer-X its
-    wrist-relative hand joints. Moving the 30 finger joints' targets by s and by 2 s (s farther than any prediction):
-    each of their 90 wrist-relative coordinates' |error| grows by exactly s, so the finger term (their mean) by s,
-    and nothing else of the loss moves."""
+    """The whole-body stand-in learns Eq. 7's finger term, as SMPLer-X its wrist-relative hand joints. Moving the 30
+    finger joints' targets by s and by 2 s (s farther than any prediction): each of their 90 wrist-relative
+    coordinates' |error| grows by exactly s, so the finger term (their mean) by s, and nothing else of the loss
+    moves."""
     s, terms = 100.0, []
     for shift in (s, 2 * s):
         moved = dict(batch, joints3d=batch["joints3d"].clone())
         moved["joints3d"][:, list(ha.HAND_FINGER_JOINTS)] += shift
         with torch.no_grad():
             terms.append(bases.eval()(moved)[1])
-    assert ha.CONFIGS[bases.cfg.losses].body_loss_hands
     assert float(terms[1]["fingers_3d"] - terms[0]["fingers_3d"]) == pytest.approx(s, rel=1e-4)
     assert all(torch.equal(terms[0][k], terms[1][k]) for k in terms[0] if k != "fingers_3d")
 
@@ -605,9 +608,9 @@ def _gradients(model, batch):
 def test_every_loss_means_the_same_on_1_2_or_8_ranks(bases, batch8):
     """DDP averages the ranks' gradients: the gradient of a batch must equal the mean of its k equal
     shards' gradients (k ranks), for the adapters' loss and the bases' loss with HaMeR's calibration
-    (hamer_batch 8; TINY's 0 leaves the same means unscaled); float64, the bases' BatchNorms in eval
+    (loss_batch 8; TINY's 0 leaves the same means unscaled); float64, the bases' BatchNorms in eval
     mode (no batch statistics). A loss summed over each rank's batch fails this for k > 1."""
-    cfg = dataclasses.replace(ha.TINY, hamer_batch=8, hand_only_prob=0.0, cache_frozen=False)
+    cfg = dataclasses.replace(ha.TINY, loss_batch=8, hand_only_prob=0.0, cache_frozen=False)
     adapted = ha.Adapted(cfg, copy.deepcopy(bases)).double().train()
     stand_ins = ha.Bases(dataclasses.replace(ha.BASES_TINY, losses="paper"))
     stand_ins.load_state_dict(bases.state_dict())
@@ -620,12 +623,12 @@ def test_every_loss_means_the_same_on_1_2_or_8_ranks(bases, batch8):
 
 
 def test_hamer_calibration_gives_hamers_sums_on_one_gpus_batch(bases, batch):
-    """With hamer_batch = 8 and exactly 8 hands (HaMeR's per-GPU batch), each Eq. 5 term is HaMeR's
+    """With loss_batch = 8 and exactly 8 hands (HaMeR's per-GPU batch), each Eq. 5 term is HaMeR's
     sum over hands, joints and coordinates (hamer losses.py: Keypoint3DLoss, Keypoint2DLoss, ParameterLoss)."""
     head = bases.hand_expert.mano_head
     out = head(torch.randn(8, 48, 64))  # 4 samples x 2 hands
     target = ha.hand_targets(batch, ha.crop_boxes(ha.BASES_TINY, ha.gt_boxes(batch)))
-    _, terms = ha.hand_loss(out, target, dataclasses.replace(ha.TINY, hamer_batch=8))
+    _, terms = ha.hand_loss(out, target, dataclasses.replace(ha.TINY, loss_batch=8))
     pose, betas, cam = out
     R = bodymodels.rot6d_to_matrix(pose)
     verts, joints = ha.mano_mesh(R, betas)
@@ -640,22 +643,30 @@ def test_hamer_calibration_gives_hamers_sums_on_one_gpus_batch(bases, batch):
 
 
 def test_one_batch_overfit_of_each_adapter(bases, batch):
+    """The hand and body adapters of the paper's model, and the hand adapter of Table 3 No.5's control row, each
+    halve their loss on one batch."""
     torch.manual_seed(0)
-    model = ha.Adapted(dataclasses.replace(ha.TINY, hand_only_prob=0.0), bases).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    cfg = dataclasses.replace(ha.TINY, hand_only_prob=0.0)
+    model = ha.Adapted(cfg, bases).train()
+    control = ha.build_model(dataclasses.replace(cfg, hand_method="image"), bases).train()
+    params = [p for m in (model, control.hand_adapter) for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    eq5 = ("hand_3d", "hand_2d", "hand_verts", "hand_pose", "hand_betas")
     first = None
     for _ in range(100):
         loss, terms = model(batch)
         hand = sum(w * terms[k] for w, k in ((0.05, "hand_3d"), (0.05, "hand_verts"), (0.001, "hand_pose")))
         # Eq. 7's weights (TINY)
         body = 10 * terms["body_pose"] + 100 * (terms["body_3d"] + terms["fingers_3d"]) + terms["body_2d"]
+        control_terms = control.hand_path_loss(batch, control.frozen_inputs(batch))[1]
+        no_body = sum(getattr(cfg, f"w_{k}") * control_terms[k] for k in eq5)  # its Eq. 5
         if first is None:
-            first = dict(hand=hand.item(), no_body=terms["no_body"].item(), body=body.item())
+            first = dict(hand=hand.item(), no_body=no_body.item(), body=body.item())
         optimizer.zero_grad()
-        loss.backward()
+        (loss + no_body).backward()
         optimizer.step()
     assert hand.item() < first["hand"] / 2
-    assert terms["no_body"].item() < first["no_body"] / 2
+    assert no_body.item() < first["no_body"] / 2
     assert body.item() < first["body"] / 2
 
 
