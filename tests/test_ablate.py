@@ -17,6 +17,7 @@ import pytest
 # first: test_train puts the repository root on sys.path (register_standins: its autouse fixture)
 from test_train import (NUM_POINTS, ROOT, STANDIN_PAPER, STANDINS, StandInConfig, StandInHead, load,  # noqa: F401
                         register_standins)
+from test_train import error_of as train_error_of
 
 import ablate
 import train
@@ -62,11 +63,7 @@ def ablation_stages(monkeypatch):
 
 
 def error_of(argv):
-    with pytest.raises(SystemExit) as info:
-        ablate.main(argv)
-    message = str(info.value.code)
-    assert "\n" not in message, message
-    return message
+    return train_error_of(argv, ablate.main)
 
 
 def test_an_ablation_trains_each_row_reuses_untouched_stages_and_resumes(tmp_path, ablation_stages):

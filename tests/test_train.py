@@ -204,9 +204,10 @@ def load(path):
 # --set, and one-line errors
 
 
-def error_of(argv):
+def error_of(argv, main=train.main):
+    """The one-line message `main(argv)` stops with (train.py's, or another script's that shares its errors)."""
     with pytest.raises(SystemExit) as info:
-        train.main(argv)
+        main(argv)
     message = str(info.value.code)
     assert "\n" not in message, message
     return message
