@@ -109,11 +109,11 @@ def load_trained(path, chain, parent_path=None):
     (OUT/<last stage>/ckpt.pt)."""
     path = pathlib.Path(path)
     parent_path = parent_path or (lambda stage: path.parent.parent / stage / "ckpt.pt")
-    load_checkpoint(path, chain[-1][0])  # the file asked for is named first if it is the wrong one
+    last = load_checkpoint(path, chain[-1][0])  # read first: the file asked for is named if it is the wrong one
     model = cfg = None
     for k, (stage, configs, build) in enumerate(chain):
         p = path if k == len(chain) - 1 else parent_path(stage)
-        ckpt = load_checkpoint(p, stage)
+        ckpt = last if p == path else load_checkpoint(p, stage)
         cfg = saved_config(ckpt, configs, p)
         parent, model = model, build(cfg, model)
         load_own_state(model, ckpt["model"], parent, p)
