@@ -53,12 +53,25 @@ def field_owner(table, key, args):
     return next((s for s in lineage(table["stage"]) if key in train.config_fields(s, args.config)), None)
 
 
+def field_stages(table, key, args):
+    """The stages a row's field sets: its field_owner, and each stage before it that shares the field with the
+    stage after it (its row's `shares_fields` in train.MODELS, e.g. GenHMR's prior stage: its masked transformer)."""
+    owner = field_owner(table, key, args)
+    chain = lineage(table["stage"])
+    stages = [owner]
+    for stage in chain[chain.index(owner) + 1:] if owner is not None else ():
+        if key not in MODELS[stage].shares_fields:
+            break
+        stages.append(stage)
+    return stages
+
+
 def row_overrides(table, fields, args):
-    """{stage: --set items} of one row: --set's items, then the row's, each on its field_owner."""
+    """{stage: --set items} of one row: --set's items, then the row's, each on its `field_stages`."""
     given = train.stage_overrides(table["stage"], args.set, args)
     for key, value in fields.items():
-        owner = field_owner(table, key, args)
-        given[owner] = given[owner] + [override_text(key, value)]
+        for stage in field_stages(table, key, args):
+            given[stage] = given[stage] + [override_text(key, value)]
     return given
 
 
@@ -111,7 +124,7 @@ def train_row(table, index, label, fields, args, ranks):
         cfg = train.apply_overrides(MODELS[name].paper.CONFIGS[args.config], steps + given[name])
         given[name] = given[name] + [f"max_steps={round(table['longer'][label] * cfg.max_steps)}"]
     # {}: the stage alone
-    first = min([chain.index(field_owner(table, k, args)) for k in fields], default=len(chain) - 1)
+    first = min([chain.index(s) for k in fields for s in field_stages(table, k, args)], default=len(chain) - 1)
     folder = os.path.join(args.out, args.model, f"ablation_{args.table}", row_folder(index, label))
     row_args = argparse.Namespace(**{**vars(args), "out": folder, "reused": {s: args.out for s in chain[:first]}})
     ranks.print0(f"== {args.table} row {index} {label!r}: {' '.join(sum(given.values(), [])) or 'the config as is'}"

@@ -12,7 +12,7 @@ Map of the file:
 2. The full image's camera (`--intrinsics`), placing a root-relative mesh in it, writing .obj and .npz
 3. The command every paper shares: `add_demo_arguments`, `run_demo` (bad input: one line on stderr, exit status 2)
 4. SimpleHand: its checkpoint (or the released file), one square crop per hand, the hand placed from its 2D keypoints
-5. GenHMR: its three checkpoints, the person crop, UGS, with --keypoints the 2D-pose-guided refinement (Eqs. 2-4)
+5. GenHMR: its four checkpoints, the person crop, UGS, with --keypoints the 2D-pose-guided refinement (Eqs. 2-4)
 6. HMR-Adapter: its checkpoint and bases, the person crop, the adapted pipeline, hand boxes from --keypoints
 7. `main`
 Images are read by `data.read_image` (any Pillow mode), crops cut by `bodymodels.crop_matrix` / `warp_image`, a
@@ -482,13 +482,14 @@ def infer_simplehand(image, box, people, args):
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. GenHMR: one person -> an SMPL mesh. Its three checkpoints (tokenizer, backbone, image stage), the person's crop
-#    of the model's aspect, UGS, with --keypoints the 2D-pose-guided refinement (Eqs. 2-4), the crop's camera
-#    (HMR2.0's: focal 5000 per 256 pixels of the crop's height) moved to the full image's.
+# 5. GenHMR: one person -> an SMPL mesh. Its four checkpoints (tokenizer, backbone, prior, image stage), the
+#    person's crop of the model's aspect, UGS, with --keypoints the 2D-pose-guided refinement (Eqs. 2-4), the
+#    crop's camera (HMR2.0's: focal 5000 per 256 pixels of the crop's height) moved to the full image's.
 
 
 GENHMR_STAGES = (("genhmr_tokenizer", genhmr.TOKENIZER_CONFIGS, genhmr.tokenizer_build_model),
                  ("genhmr_backbone", genhmr.BACKBONE_CONFIGS, genhmr.backbone_build_model),
+                 ("genhmr_prior", genhmr.PRIOR_CONFIGS, genhmr.prior_build_model),
                  ("genhmr", genhmr.CONFIGS, genhmr.build_model))
 GENHMR_BOX_ENLARGE = 1.2  # a box from 2D keypoints, enlarged as SPIN / HMR2.0's datasets do (scaleFactor 1.2)
 # COCO-17 keypoint -> SMPL joint of the same name (shoulders, elbows, wrists, hips, knees, ankles; the face has

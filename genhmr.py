@@ -374,10 +374,22 @@ class DecoderLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, y, reference, levels):
+        """levels None: no image, no cross-attention (the pose-prior stage, `TokenPrior`)."""
         y = y + self.dropout(self.self_attn(self.norm1(y)))  # inter-token dependencies
         # Eq. MSDA: pose-token queries attend to a few points around p_y on every level
-        y = y + self.dropout(self.cross_attn(self.norm2(y), reference, levels))
+        if levels is not None:
+            y = y + self.dropout(self.cross_attn(self.norm2(y), reference, levels))
         return y + self.dropout(self.ffn(self.norm3(y)))
+
+
+def code_embedding(codebook, d):
+    """codebook C (K, D) -> (K, d): C centred, through a random map P (d x D, orthonormal rows or columns), scaled
+    to unit std per element: distances between codes kept up to one scale."""
+    K, D = codebook.shape
+    P = torch.linalg.qr(torch.randn(max(d, D), min(d, D), device=codebook.device))[0]  # orthonormal columns
+    P = P if d >= D else P.T  # (d, D)
+    E = (codebook - codebook.mean(0)) @ P.T
+    return E / E.std().clamp_min(1e-12)
 
 
 class MaskedTransformer(nn.Module):
@@ -387,10 +399,13 @@ class MaskedTransformer(nn.Module):
     def __init__(self, cfg, num_tokens, codebook, head_width=None):
         super().__init__()
         d, self.mask_id = cfg.d_model, len(codebook)
-        # NOTE(paper gap) 24: token and position embeddings at one scale, N(0, 0.02) (BERT / MaskGIT), so that
-        # self-attention can find a token's neighbours by position
+        # NOTE(paper gap) 24: token and position embeddings at one scale, std 0.02 (BERT / MaskGIT), so that
+        # self-attention can find a token's neighbours by position; a code's embedding starts as its code vector
+        # through a random orthonormal map to d dims (NOTE(paper gap) 26): near codes start near
         self.tok_emb = nn.Embedding(len(codebook) + 1, d)  # the last row is the learnable [MASK]
         nn.init.normal_(self.tok_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.tok_emb.weight[:-1] = code_embedding(codebook, d) * 0.02
         self.pos_emb = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
         # learnable reference points p_y = sigmoid(r_y), r (L, 2), spread over the image at the start
         # NOTE(paper gap) 9: Deformable DETR's start puts all L points at the centre: every token reads one place
@@ -552,14 +567,11 @@ def training_loss(model, batch, cfg, step):
     pose, images = batch["smpl_pose"].float(), batch["image"]
     check_pose(pose)
     y_gt = raw.tokenizer.tokenize(pose)  # Y* on the fly (after any augmentation)
-    y_m, masked = random_masking(y_gt, raw.num_codes, cfg.mask_tau_max)
-    y_m = swap_visible(y_m, masked, raw.num_codes, cfg.pkeep)
+    y_m, masked = corrupt_tokens(y_gt, raw.num_codes, cfg)
     out = model(images, y_m)
-    # Eq. (1): L_mask = -E_Y [sum_i log p(y_i | Y_M, X)], the sum as a mean over the positions i of each
-    # sample ("all": the L positions; "masked": its m >= 1 [MASK]s), then a mean over samples: no
-    # sample's weight depends on the others', so equal shards on any number of ranks average to it
-    ce = F.cross_entropy(out["logits"].float().flatten(0, 1), y_gt.flatten(), reduction="none").view_as(y_gt)
-    per_sample = ce.mean(1) if cfg.ce_on == "all" else (ce * masked).sum(1) / masked.sum(1)  # (B,) NOTE 12
+    # Eq. (1): L_mask = -E_Y [sum_i log p(y_i | Y_M, X)], a mean over samples: no sample's weight depends on the
+    # others', so equal shards on any number of ranks average to it
+    per_sample = token_cross_entropy(out["logits"], y_gt, masked, cfg)
     # real data: a row without an SMPL pose label (data.HMR2Npz's has_smpl_pose 0) has no target tokens
     l_mask = (per_sample * batch.get("has_smpl_pose", torch.ones_like(per_sample)).float()).mean()
     # Eq. (5), (6): one-hot tokens forward, soft gradient backward; e = y C through the frozen decoder
@@ -571,9 +583,27 @@ def training_loss(model, batch, cfg, step):
     terms = {"mask": l_mask, **smpl_losses(raw, R, out["betas"].float(), out["cam"].float(), batch, cfg)}
     loss = (cfg.w_mask * terms["mask"] + cfg.w_pose * terms["pose"] + cfg.w_betas * terms["betas"]
             + cfg.w_3d * terms["joints3d"] + cfg.w_2d * terms["joints2d"])
-    hits = (out["logits"].argmax(-1) == y_gt).float()
-    masked_acc = ((hits * masked).sum(1) / masked.sum(1)).mean()  # accuracy at the [MASK]s, per sample
-    return loss, dict(terms, tau=torch.tensor(tau), masked_acc=masked_acc)
+    return loss, dict(terms, tau=torch.tensor(tau), masked_acc=masked_accuracy(out["logits"], y_gt, masked))
+
+
+def corrupt_tokens(y_gt, num_codes, cfg):
+    """The training input: Y* (B, L) [MASK]ed (`random_masking`), its visible tokens swapped (`swap_visible`)
+    -> (Y_M, masked (B, L) bool)."""
+    y_m, masked = random_masking(y_gt, num_codes, cfg.mask_tau_max)
+    return swap_visible(y_m, masked, num_codes, cfg.pkeep), masked
+
+
+def token_cross_entropy(logits, y_gt, masked, cfg):
+    """Eq. (1) per sample: -sum_i log p(y_i | Y_M, X), the sum as a mean over the positions i of each sample
+    ("all": the L positions; "masked": its m >= 1 [MASK]s) -> (B,). NOTE(paper gap) 12."""
+    ce = F.cross_entropy(logits.float().flatten(0, 1), y_gt.flatten(), reduction="none").view_as(y_gt)
+    return ce.mean(1) if cfg.ce_on == "all" else (ce * masked).sum(1) / masked.sum(1)
+
+
+def masked_accuracy(logits, y_gt, masked):
+    """The share of [MASK]ed tokens whose argmax is right, per sample, averaged (the training log's)."""
+    hits = (logits.argmax(-1) == y_gt).float()
+    return ((hits * masked).sum(1) / masked.sum(1)).mean()
 
 
 def smpl_losses(raw, R, betas, cam, batch, cfg):
@@ -598,6 +628,77 @@ def smpl_losses(raw, R, betas, cam, batch, cfg):
                                 - (j3d_gt - j3d_gt[:, PELVIS:PELVIS + 1])).abs().sum(2) * w3d).sum(1),
                   "joints2d": ((uv - uv_gt).abs().sum(2) * w2d).sum(1)}
     return {name: cfg.loss_batch * value.mean() for name, value in per_sample.items()}
+
+
+class TokenPrior(nn.Module):
+    """NOTE(paper gap) 25 (TINY): the stage "genhmr_prior", MEGA's pretraining (g-fiche/MEGA pretrain_mega.py,
+    then train_mega.py loads it): the image stage's masked transformer trained first on the tokens of poses
+    alone, with no image and so no cross-attention, by Eq. (1) with the image stage's masking and swap. It
+    learns p(y_i | Y_M), the prior the pose tokens live in, from poses, which cost nothing to draw next to
+    rendered images; `build_model` starts the image stage's transformer from it. parent: the trained backbone
+    stage, frozen, handed on to the image stage (its tokenizer gives the tokens)."""
+
+    def __init__(self, cfg, parent):
+        super().__init__()
+        self.cfg, self.parent = cfg, parent.eval().requires_grad_(False)
+        self.tokenizer = parent.tokenizer  # the same module (a checkpoint holds it once, with the parent's)
+        self.num_tokens, self.num_codes = self.tokenizer.cfg.num_tokens, self.tokenizer.cfg.codebook_size
+        self.token_generator = token_generator_class(cfg)(cfg, self.num_tokens, self.tokenizer.quantizer.codebook)
+        for layer in self.token_generator.layers:  # what reads the image waits, untrained, for the image stage
+            layer.norm2.requires_grad_(False), layer.cross_attn.requires_grad_(False)
+        self.token_generator.reference.requires_grad_(False)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.parent.eval()
+        return self
+
+    def logits(self, ids, levels=None):
+        """masked ids (B, L) -> logits (B, L, K) of p(y_i | Y_M); levels: unread (no image here)."""
+        return self.token_generator(ids, None, self.tokenizer.quantizer.codebook)
+
+    def forward(self, ids):
+        return self.logits(ids)
+
+
+def prior_training_loss(model, batch, cfg, step):
+    """The prior stage's loss: Eq. (1) on the tokens of batch["smpl_pose"] (B, 24, 3), no image."""
+    raw = _unwrap(model)
+    check_pose(batch["smpl_pose"])
+    y_gt = raw.tokenizer.tokenize(batch["smpl_pose"].float())
+    y_m, masked = corrupt_tokens(y_gt, raw.num_codes, cfg)
+    logits = model(y_m)
+    loss = token_cross_entropy(logits, y_gt, masked, cfg).mean()
+    return loss, {"mask": loss, "masked_acc": masked_accuracy(logits, y_gt, masked)}
+
+
+@torch.no_grad()
+def prior_predict(model, batch, cfg):
+    """The prior stage's held-out figures, per pose batch["smpl_pose"] (B, 24, 3) with its smpl_shape and index:
+    its tokens with a quarter hidden (`context_masks`) filled by the prior's argmax -> prior_masked_token_accuracy_75
+    (B,) and the filled pose's prior_joints3d (B, 24, 3), prior_verts (B, 6890, 3) (SMPL's frame); the pose UGS
+    draws from all [MASK] with no image (cfg's T, schedule and confidence noise, seeded by index) ->
+    prior_generated_verts (B, 6890, 3), centred on its pelvis."""
+    model, tok = _unwrap(model), _unwrap(model).tokenizer
+    y, betas = tok.tokenize(batch["smpl_pose"].float()), batch["smpl_shape"].float()
+    hidden = context_masks(batch["index"], y.shape[1])
+    filled = torch.where(hidden, model.logits(y.masked_fill(hidden, model.num_codes)).argmax(-1), y)
+    verts, joints = tok.body(tok.decode_ids(filled), betas)
+    ids, _ = sample_from_features(model, None, cfg.ugs_iterations, cfg.schedule, cfg.top_k,
+                                  choice_temperature=cfg.choice_temperature, seeds=batch["index"])
+    generated, generated_joints = tok.body(tok.decode_ids(ids), betas)
+    return {"prior_joints3d": joints, "prior_verts": verts,
+            "prior_generated_verts": generated - generated_joints[:, PELVIS:PELVIS + 1],
+            "prior_masked_token_accuracy_75": (((filled == y) & hidden).sum(1) / hidden.sum(1)).float()}
+
+
+def prior_diagnostics(model, cfg, train_labels):
+    """The prior stage's yardstick at its final evaluation: the neighbour-count table of the training poses
+    (`neighbour_counts`) given the same 75 % of each held-out pose's tokens -> prior_count_table_accuracy_75 (B,)."""
+    model = _unwrap(model)
+    counts = neighbour_counts(model, train_labels)
+    return lambda batch: {} if counts is None else {
+        "prior_count_table_accuracy_75": context_accuracies(model, None, batch, counts)["count_table_accuracy_75"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,7 +761,8 @@ def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generat
     """UGS's iterations on an encoded image pyramid -> (ids (B, L), history). choice_temperature c > 0 ranks
     the masked tokens by log p + c (1 - t / T) g, g ~ Gumbel(0, 1) (MaskGIT's `mask_by_random_topk`): early
     passes re-mask some confident tokens too, so one wrong early guess does not fix its neighbours."""
-    B, L, device = len(levels[0]), model.num_tokens, levels[0].device
+    B = len(seeds) if levels is None else len(levels[0])  # levels None: no image (`TokenPrior`)
+    L, device = model.num_tokens, model.tokenizer.quantizer.codebook.device
     ids = torch.full((B, L), model.num_codes, dtype=torch.long, device=device)
     masked = torch.ones(B, L, dtype=torch.bool, device=device)
     history = []
@@ -957,6 +1059,13 @@ CONFIGS = {"paper": PAPER, "tiny": TINY}
 BACKBONE_CONFIGS = {"paper": dataclasses.replace(PAPER, lr=1e-5, weight_decay=1e-4, max_steps=100_000),
                     "tiny": dataclasses.replace(TINY, max_steps=2000)}
 TOKENIZER_CONFIGS = {"paper": TOKENIZER_PAPER, "tiny": TOKENIZER_TINY}
+# The prior stage (TokenPrior, NOTE(paper gap) 25) builds the image stage's masked transformer (PRIOR_FIELDS) with
+# its own recipe: PAPER none (0 steps: the paper trains its transformer with the image from the start), TINY poses
+# alone first, a larger batch (no image to render or encode)
+PRIOR_CONFIGS = {"paper": dataclasses.replace(PAPER, max_steps=0),
+                 "tiny": dataclasses.replace(TINY, batch_size=128, lr=1e-2, weight_decay=0.3, max_steps=2000, warmup_steps=100,
+                                             pkeep=0.9)}
+PRIOR_FIELDS = ("d_model", "num_layers", "num_heads", "num_points", "ffn_dim", "feature_scales", "token_head")
 
 
 def learning_rate(cfg, step):
@@ -985,12 +1094,16 @@ VIT_FIELDS = ("image_size", "patch_size", "patch_padding", "vit_width", "vit_dep
 
 
 def build_model(cfg, parent=None):
-    """The stage-2 model. `parent`: the trained PoseRegressor of stage "genhmr_backbone" (its frozen
-    tokenizer is held as a submodule; its ViT, and TINY's shape/camera head, are copied and fine-tuned),
-    or a trained PoseTokenizer alone (the image encoder from scratch, or from cfg.backbone_checkpoint)."""
+    """The stage-2 model. `parent`: the trained TokenPrior of stage "genhmr_prior" (its masked transformer is
+    copied and fine-tuned; its parent is the backbone stage's), the trained PoseRegressor of stage
+    "genhmr_backbone" (its frozen tokenizer is held as a submodule; its ViT, and TINY's shape/camera head, are
+    copied and fine-tuned), or a trained PoseTokenizer alone (the image encoder from scratch, or from
+    cfg.backbone_checkpoint)."""
     if parent is None:
-        raise ValueError("GenHMR's image stage needs a trained parent: the stage 'genhmr_backbone' (or a pose "
-                         "tokenizer); train 'genhmr_tokenizer' and 'genhmr_backbone' first (a checkpoint is missing)")
+        raise ValueError("GenHMR's image stage needs a trained parent: the stage 'genhmr_prior' (or 'genhmr_backbone' "
+                         "or a pose tokenizer); train the stages before it first (a checkpoint is missing)")
+    prior = parent if isinstance(parent, TokenPrior) else None
+    parent = prior.parent if prior is not None else parent
     regressor = parent if isinstance(parent, PoseRegressor) else None
     tokenizer = regressor.tokenizer if regressor is not None else parent
     if not isinstance(tokenizer, PoseTokenizer):
@@ -1008,7 +1121,25 @@ def build_model(cfg, parent=None):
             model.shape_camera_head.load_state_dict(regressor.shape_camera_head.state_dict())
     elif cfg.backbone_checkpoint:
         load_backbone(model, cfg.backbone_checkpoint)
+    if prior is not None:
+        for name in PRIOR_FIELDS:
+            if getattr(prior.cfg, name) != getattr(cfg, name):
+                raise ValueError(f"GenHMR: the prior stage's {name}={getattr(prior.cfg, name)!r} differs from this "
+                                 f"config's {getattr(cfg, name)!r}; its masked transformer cannot start this one")
+        model.token_generator.load_state_dict(prior.token_generator.state_dict())
     return model
+
+
+def prior_build_model(cfg, parent=None):
+    if not isinstance(parent, PoseRegressor):
+        raise ValueError("GenHMR's prior stage starts from the trained backbone stage ('genhmr_backbone'), "
+                         f"got {type(parent).__name__}")
+    return TokenPrior(cfg, parent)
+
+
+PRIOR = types.SimpleNamespace(  # the trainer's stage "genhmr_prior" (NOTE(paper gap) 25)
+    CONFIGS=PRIOR_CONFIGS, build_model=prior_build_model, training_loss=prior_training_loss,
+    predict=prior_predict, learning_rate=learning_rate, diagnostics=prior_diagnostics)
 
 
 def token_generator_class(cfg):
@@ -1501,16 +1632,7 @@ def diagnostics(model, cfg, train_labels):
     (table_refine_P{P}_joints3d), and `context_accuracies` with the neighbour counts of train_labels["smpl_pose"]
     (n, 24, 3) tokenized (count_table_accuracy_75, when the table has at most COUNT_TABLE_MAX_CELLS cells)."""
     model = _unwrap(model)
-    tok, L, K = model.tokenizer, model.num_tokens, model.num_codes
-    counts = None
-    if "smpl_pose" in train_labels and (L - 1) * K * K <= COUNT_TABLE_MAX_CELLS:
-        poses = torch.as_tensor(train_labels["smpl_pose"]).float()
-        if "has_smpl_pose" in train_labels:  # real data: the rows with a pose label
-            poses = poses[torch.as_tensor(train_labels["has_smpl_pose"]) > 0]
-        device = tok.quantizer.codebook.device
-        counts = NeighbourCounts(L, K).to(device)
-        for chunk in poses.split(1024):
-            counts.add(tok.tokenize(chunk.to(device)))
+    tok, counts = model.tokenizer, neighbour_counts(model, train_labels)
 
     @torch.no_grad()
     def diagnose(batch):
@@ -1532,6 +1654,22 @@ def diagnostics(model, cfg, train_labels):
             out[f"table_refine_P{P}_joints3d"] = tok.body.joints(tok.decode(e[P]), betas)
         return out
     return diagnose
+
+
+def neighbour_counts(model, train_labels):
+    """`NeighbourCounts` of train_labels["smpl_pose"] (n, 24, 3) (its rows with a pose label) tokenized by the
+    model's tokenizer; None without poses or when the table would exceed COUNT_TABLE_MAX_CELLS cells."""
+    tok, L, K = model.tokenizer, model.num_tokens, model.num_codes
+    if "smpl_pose" not in train_labels or (L - 1) * K * K > COUNT_TABLE_MAX_CELLS:
+        return None
+    poses = torch.as_tensor(train_labels["smpl_pose"]).float()
+    if "has_smpl_pose" in train_labels:  # real data: the rows with a pose label
+        poses = poses[torch.as_tensor(train_labels["has_smpl_pose"]) > 0]
+    device = tok.quantizer.codebook.device
+    counts = NeighbourCounts(L, K).to(device)
+    for chunk in poses.split(1024):
+        counts.add(tok.tokenize(chunk.to(device)))
+    return counts
 
 
 class NeighbourCounts(nn.Module):

@@ -566,7 +566,7 @@ def body_metrics(pred, gt):
     with pred[p + "joints3d"]: "" first, then e.g. "refined_" or a table row's), against gt's
     joints3d and verts; with pred["reproj_error_px"] and pred["refined_reproj_error_px"] (B,), their
     means and refine_2d_improved_fraction, the share of samples whose 2D error fell; with
-    pred["masked_token_accuracy_75"] / pred["count_table_accuracy_75"] (B,), their means over labelled rows.
+    pred[p + "masked_token_accuracy_75"] / pred[p + "count_table_accuracy_75"] (B,), their means over labelled rows.
     Real benchmarks (gt from data.HMR2Npz, with "keypoints3d"): a variant with meshes is scored by
     the benchmarks' protocol (`hmr2_errors`, regressor from $HMR_J_REGRESSOR), one without (a table
     row's joints) by `body_errors` on the rows with SMPL labels. With gt["joints3d_other"]
@@ -584,8 +584,8 @@ def body_metrics(pred, gt):
                                    gt["verts"][rows] if "verts" in gt else None, p))
         if "joints3d_other" in gt:  # data.AmbiguousBodies: which of two readings each prediction commits to
             out.update(two_reading_errors(pred[p + "joints3d"], gt["joints3d"], gt["joints3d_other"], p))
-    for key in ("masked_token_accuracy_75", "count_table_accuracy_75"):  # GenHMR: NaN on rows without a pose
-        if key in pred and not torch.isnan(pred[key]).all():
+    for key in [k for k in pred if k.endswith("_accuracy_75")]:  # GenHMR's: NaN on rows without a pose
+        if not torch.isnan(pred[key]).all():
             out[key] = torch.nanmean(pred[key].double()).item()
     if "reproj_error_px" in pred and "refined_reproj_error_px" in pred:
         before, after = pred["reproj_error_px"], pred["refined_reproj_error_px"]

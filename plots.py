@@ -315,6 +315,38 @@ def draw_pose_reconstructions(path, eval_set, pred, gt, count=8):
     return path
 
 
+def draw_token_prior(path, eval_set, pred, gt, count=8):
+    """Save a PNG of GenHMR's pose prior (genhmr.prior_predict): `count` held-out poses, true (green) and with a
+    quarter of their tokens filled in by the prior (red, pred["prior_verts"]), front and side; below, poses the
+    prior drew from an all-[MASK] start with no image (blue, pred["prior_generated_verts"]), front and side."""
+    from matplotlib.figure import Figure
+
+    count, faces, size = min(count, len(gt["verts"])), _faces("smpl"), 160
+    K = torch.tensor([[220.0, 0, size / 2], [0, 220.0, size / 2], [0, 0, 1]])
+    views = {"front": torch.eye(3), "side": bodymodels.axis_angle_to_matrix(torch.tensor([0.0, math.pi / 2, 0.0]))}
+    green, red, blue = (0.35, 0.9, 0.35), (0.95, 0.35, 0.3), (0.3, 0.45, 0.95)
+    rows = [(f"{view}: true green, a quarter of its tokens filled by the prior red", R,
+             [(gt["verts"][i] - gt["joints3d"][i][0], green) for i in range(count)],
+             [(pred["prior_verts"][i] - pred["prior_joints3d"][i][0], red) for i in range(count)])
+            for view, R in views.items()]
+    rows += [(f"{view}: drawn by UGS from all [MASK], no image", R,
+              [(pred["prior_generated_verts"][i], blue) for i in range(count)], [None] * count)
+             for view, R in views.items()]
+    fig = Figure(figsize=(1.5 * count, 6.4), layout="constrained")
+    axes = fig.subplots(len(rows), count, squeeze=False)
+    for r, (title, R, first, second) in enumerate(rows):
+        for i in range(count):
+            image = torch.ones(3, size, size)
+            for layer in (first[i], second[i]):
+                if layer is not None:
+                    image = overlay_mesh(image, layer[0] @ R.T + torch.tensor([0.0, 0.0, 3.2]), faces, K, layer[1],
+                                         alpha=0.55)
+            show_image(axes[r, i], image)
+        axes[r, 0].set_title(title, fontsize=8, loc="left")
+    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    return path
+
+
 def draw_samples(samples, parents, path, titles=None, columns=4, joints_key="joints2d", boxes_keys=()):
     """Save a grid of sample images with their 2D joints and bones drawn on top (a PNG at path).
 

@@ -100,6 +100,7 @@ class Stage:
     baseline: typing.Callable  # (labels) -> callable gt -> constant prediction
     picture: typing.Callable  # (path, eval_set, pred, gt) -> writes a PNG
     starts_from: typing.Optional[str] = None  # the row whose final checkpoint build_model gets as parent
+    shares_fields: tuple = ()  # config fields the stage built on this one must have alike (ablate.py sets both)
     data_kinds: tuple = ("synthetic",)  # --data KIND[:PATH] this stage reads; "synthetic" takes no path
     data_fields: tuple = ("image_size",)  # config fields the data depends on (part of the cache key)
     train_samples: int = 16384  # synthetic training set size (rendered once)
@@ -130,9 +131,13 @@ MODELS = {
                              baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("regression_",)),
                              picture=functools.partial(plots.draw_body_predictions, prefix="regression_"),
                              starts_from="genhmr_tokenizer", train_samples=16384, data_kinds=BODY_KINDS),
+    "genhmr_prior": Stage(genhmr.PRIOR, data=synthetic.body_pose_dataset, metrics=metrics.body_metrics,
+                          baseline=functools.partial(metrics.MeanPoseBaseline, own_shape=True, prefixes=("prior_",)),
+                          picture=plots.draw_token_prior, starts_from="genhmr_backbone", data_fields=(),
+                          shares_fields=genhmr.PRIOR_FIELDS, train_samples=16384, data_kinds=BODY_KINDS),
     "genhmr": Stage(genhmr, data=synthetic.body_dataset, metrics=metrics.body_metrics,
                     baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("", "refined_")),
-                    picture=plots.draw_body_predictions, starts_from="genhmr_backbone", train_samples=16384,
+                    picture=plots.draw_body_predictions, starts_from="genhmr_prior", train_samples=16384,
                     data_kinds=BODY_KINDS),
     "hmr_adapter_bases": Stage(hmr_adapter.BASES, data=synthetic.wholebody_dataset,
                                metrics=hmr_adapter.evaluation_metrics, baseline=hmr_adapter.MeanPoseBaseline,

@@ -644,7 +644,7 @@ def _mean_of_shards(protocol, model, batch, cfg, k, before_each):
     return loss_sum / k, grad_sum / k
 
 
-@pytest.mark.parametrize("stage", ["tokenizer", "backbone", "backbone_hmr2", "image_all", "image_masked"])
+@pytest.mark.parametrize("stage", ["tokenizer", "backbone", "backbone_hmr2", "prior", "image_all", "image_masked"])
 def test_each_stage_loss_is_the_mean_over_equal_shards_on_1_2_8_ranks(stage, monkeypatch):
     """For one global batch of 8, the loss and its gradient equal the mean over k = 2 and 8 equal shards
     of the shards' (what k DDP ranks compute), at TINY. Batch-dependent parts are fixed: the EMA codebook
@@ -669,8 +669,13 @@ def test_each_stage_loss_is_the_mean_over_equal_shards_on_1_2_8_ranks(stage, mon
             cfg = dataclasses.replace(cfg, regressor_head="hmr2", hmr2_head=(32, 2, 2, 16, 64), loss_batch=48)
         protocol, model = genhmr.BACKBONE, genhmr.BACKBONE.build_model(cfg, tok).train()
     else:
-        cfg = dataclasses.replace(genhmr.TINY, ce_on=stage.removeprefix("image_"))
-        protocol, model = genhmr, genhmr.build_model(cfg, tok).train()
+        if stage == "prior":
+            cfg = genhmr.PRIOR_CONFIGS["tiny"]
+            regressor = genhmr.BACKBONE.build_model(genhmr.BACKBONE_CONFIGS["tiny"], tok)
+            protocol, model = genhmr.PRIOR, genhmr.PRIOR.build_model(cfg, regressor).train()
+        else:
+            cfg = dataclasses.replace(genhmr.TINY, ce_on=stage.removeprefix("image_"))
+            protocol, model = genhmr, genhmr.build_model(cfg, tok).train()
         L, K = model.num_tokens, model.num_codes
         _, masks = genhmr.random_masking(torch.zeros(8, L, dtype=torch.long), K, generator=seeded(13))
         assert len(set(masks.sum(1).tolist())) > 1  # the samples' mask counts differ
@@ -772,6 +777,71 @@ def test_backbone_stage_hands_its_vit_and_tokenizer_to_the_image_stage(tokenizer
     assert out["betas"].shape == (2, 10) and out["cam"].shape == (2, 3)
 
 
+def test_prior_stage_trains_the_transformer_on_poses_alone_and_hands_a_copy_on(tokenizer):
+    """NOTE(paper gap) 25: TokenPrior holds the backbone stage frozen and trains, by Eq. (1) on pose tokens, only
+    the parts of the masked transformer that read no image; the image stage starts from a COPY of its whole
+    transformer (all of it trainable there) and its ViT from the backbone stage's, and refuses a prior of
+    another architecture, naming the field."""
+    torch.manual_seed(0)
+    regressor = genhmr.BACKBONE.build_model(IMG, tokenizer).eval()
+    prior = genhmr.PRIOR.build_model(IMG, regressor).train()
+    assert prior.tokenizer is tokenizer and not any(p.requires_grad for p in prior.parent.parameters())
+    trainable = [n for n, p in prior.named_parameters() if p.requires_grad]
+    reads_image = (".cross_attn.", ".norm2.", "token_generator.reference")
+    assert trainable and all(n.startswith("token_generator.") and not any(r in n for r in reads_image)
+                             for n in trainable)
+    loss, terms = genhmr.PRIOR.training_loss(prior, {"smpl_pose": torch.randn(4, 24, 3, generator=seeded(3)) * 0.3},
+                                             IMG, 0)
+    loss.backward()
+    assert set(terms) == {"mask", "masked_acc"} and all(
+        p.grad is not None and p.grad.norm() > 0 for p in prior.parameters() if p.requires_grad)
+    for p in prior.token_generator.parameters():
+        p.data.add_(0.1)  # "trained"
+    model = genhmr.build_model(IMG, prior)
+    assert model.tokenizer is tokenizer and all(p.requires_grad for p in model.token_generator.parameters())
+    mine = model.token_generator.state_dict()
+    for name, tensor in prior.token_generator.state_dict().items():
+        assert torch.equal(mine[name], tensor) and mine[name].data_ptr() != tensor.data_ptr(), name
+    for name, tensor in regressor.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="the prior stage's num_layers=2 differs from this config's 1"):
+        genhmr.build_model(IMG, genhmr.PRIOR.build_model(dataclasses.replace(IMG, num_layers=2), regressor))
+    with pytest.raises(ValueError, match="prior stage starts from the trained backbone stage"):
+        genhmr.PRIOR.build_model(IMG, tokenizer)
+
+
+def test_prior_stage_overfits_one_batch(tokenizer):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(IMG, lr=3e-3)
+    prior = genhmr.PRIOR.build_model(cfg, genhmr.BACKBONE.build_model(cfg, tokenizer)).train()
+    losses = _overfit(genhmr.PRIOR, prior, cfg, {"smpl_pose": torch.randn(8, 24, 3, generator=seeded(4)) * 0.4}, 80)
+    assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
+
+
+def test_prior_predict_fills_the_hidden_quarter_per_sample_whatever_the_batch(tokenizer):
+    """prior_predict: each pose's tokens with a quarter hidden by its index, filled by the prior's argmax (the
+    visible ones kept); its accuracy is context_accuracies' with no image; every output, the poses UGS draws
+    from all [MASK] included, is the same for a sample in any batch."""
+    torch.manual_seed(0)
+    prior = genhmr.PRIOR.build_model(IMG, genhmr.BACKBONE.build_model(IMG, tokenizer)).eval()
+    batch = {"smpl_pose": torch.randn(4, 24, 3, generator=seeded(5)) * 0.3, "smpl_shape": torch.zeros(4, 10),
+             "index": torch.tensor([3, 7, 11, 12])}
+    out = genhmr.PRIOR.predict(prior, batch, IMG)
+    assert out["prior_verts"].shape == out["prior_generated_verts"].shape == (4, 6890, 3)
+    halves = [genhmr.PRIOR.predict(prior, {k: v[rows] for k, v in batch.items()}, IMG)
+              for rows in (slice(0, 1), slice(1, 4))]
+    for key, value in out.items():
+        torch.testing.assert_close(torch.cat([h[key] for h in halves]), value, rtol=0, atol=1e-6)
+    y = tokenizer.tokenize(batch["smpl_pose"])
+    hidden = genhmr.context_masks(batch["index"], y.shape[1])
+    assert hidden.sum(1).tolist() == [6] * 4  # 24 tokens, 18 shown
+    filled = torch.where(hidden, prior.logits(y.masked_fill(hidden, prior.num_codes)).argmax(-1), y)
+    torch.testing.assert_close(out["prior_joints3d"],
+                               tokenizer.body.joints(tokenizer.decode_ids(filled), batch["smpl_shape"]))
+    torch.testing.assert_close(out["prior_masked_token_accuracy_75"],
+                               genhmr.context_accuracies(prior, None, batch)["masked_token_accuracy_75"])
+
+
 def test_backbone_stage_overfits_one_batch(tokenizer):
     torch.manual_seed(0)
     cfg = dataclasses.replace(IMG, lr=2e-3)
@@ -800,7 +870,7 @@ def test_conv_stem_gives_the_patch_grid():
 def test_bad_inputs_get_one_clear_error(tokenizer):
     with pytest.raises(ValueError, match=r"expected an SMPL pose \(B, 24, 3\)"):
         tokenizer.tokenize(torch.zeros(2, 23, 3))
-    with pytest.raises(ValueError, match="train 'genhmr_tokenizer' and 'genhmr_backbone' first"):
+    with pytest.raises(ValueError, match="the stage 'genhmr_prior' .* train the stages before it first"):
         genhmr.build_model(IMG, None)
     with pytest.raises(ValueError, match="starts from the trained pose tokenizer"):
         genhmr.BACKBONE.build_model(IMG, None)
@@ -1109,7 +1179,7 @@ def test_keypoints_file_runs_the_papers_refinement(trained, tmp_path, capsys):
 def bad_input(name, trained, tmp):
     """argv pieces for one kind of bad input, and the words its one error line must hold."""
     ckpts = tmp / "ckpts"
-    for stage in ("genhmr_tokenizer", "genhmr_backbone"):  # the parents, beside the bad checkpoints
+    for stage in ("genhmr_tokenizer", "genhmr_backbone", "genhmr_prior"):  # the parents, beside the bad checkpoints
         (ckpts / stage).mkdir(parents=True, exist_ok=True)
         shutil.copy(trained.out / stage / "ckpt.pt", ckpts / stage / "ckpt.pt")
     (ckpts / "genhmr").mkdir(exist_ok=True)

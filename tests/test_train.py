@@ -608,24 +608,32 @@ def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(t
     assert "table_refine_P5_mpjpe_mm" in report
     assert report["table_refine_P5_mpjpe_mm"] == pytest.approx(report["refined_mpjpe_mm"], rel=1e-5)
     assert report["regression_mpjpe_mm"] >= 0 and report["baseline_regression_mpjpe_mm"] > 0
-    for stage in ("genhmr_tokenizer", "genhmr_backbone", "genhmr"):
+    for stage in ("genhmr_tokenizer", "genhmr_backbone", "genhmr_prior", "genhmr"):
         assert (tmp_path / stage / "predictions.png").stat().st_size > 10_000
-    for stage in ("genhmr_backbone", "genhmr"):
+    for stage in ("genhmr_backbone", "genhmr_prior", "genhmr"):
         ckpt = load(tmp_path / stage / "ckpt.pt")
         assert ckpt["step"] == 2 and not any(k.startswith("tokenizer.") for k in ckpt["model"])
+        if stage == "genhmr_prior":  # the prior's own state is its masked transformer; the parent is not in it
+            assert {k.split(".")[0] for k in ckpt["model"]} == {"token_generator"}
     assert "backbone.blocks.0.attn.qkv.weight" in ckpt["model"]
+    prior = json.loads((tmp_path / "genhmr_prior" / "metrics.json").read_text())
+    for key in ("prior_mpjpe_mm", "prior_masked_token_accuracy_75", "prior_count_table_accuracy_75",
+                "baseline_prior_mpjpe_mm"):
+        assert np.isfinite(prior[key]) and prior[key] >= 0, key
+    assert prior["prior_mpjpe_mm"] == report["prior_mpjpe_mm"]  # the image stage's report carries its parents'
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage, steps, kill_at", [("genhmr_tokenizer", 12, 7), ("genhmr_backbone", 9, 6),
-                                                   ("genhmr", 9, 6)])
+                                                   ("genhmr_prior", 9, 6), ("genhmr", 9, 6)])
 def test_genhmr_stages_resume_after_sigkill_bitwise(tmp_path, stage, steps, kill_at):
     """Each GenHMR stage on two ranks (the EMA codebook all-reduced, Gumbel noise and masking from the
     restored RNGs): killed and resumed, it ends with the weights and buffers of an uninterrupted run."""
     common = ["--max-steps", str(steps), "--ckpt-every", "5", "--log-every", "1", "--eval-samples", "4",
               "--train-samples", "16", "--set", "batch_size=4"]
     parents = {"genhmr_tokenizer": [], "genhmr_backbone": ["genhmr_tokenizer"],
-               "genhmr": ["genhmr_tokenizer", "genhmr_backbone"]}[stage]
+               "genhmr_prior": ["genhmr_tokenizer", "genhmr_backbone"],
+               "genhmr": ["genhmr_tokenizer", "genhmr_backbone", "genhmr_prior"]}[stage]
     for parent in parents:  # the same in both folders
         for out in ("straight", "killed"):
             run_script(common + ["--out", out], tmp_path, nproc=2, model=parent)
