@@ -176,3 +176,16 @@ if __name__ == "__main__":  # ablate.py with the stand-ins registered (the torch
     train.MODELS.update(STANDINS)
     train.MODELS["standin_head"] = head_of_own_config()
     ablate.main()
+
+
+def test_a_row_changing_the_masked_transformer_retrains_the_prior_stage_too():
+    """GenHMR's prior stage builds the image stage's masked transformer: a row of Table 16 (num_layers) or 15
+    (feature_scales) sets the field on both stages, so both retrain; Table 4's masking ratio only the image stage."""
+    args = types.SimpleNamespace(config="tiny", set=[], model="genhmr")
+    table = dict(stage="genhmr")
+    assert ablate.field_stages(table, "num_layers", args) == ["genhmr", "genhmr_prior"]
+    assert ablate.field_stages(table, "feature_scales", args) == ["genhmr", "genhmr_prior"]
+    assert ablate.field_stages(table, "mask_tau_max", args) == ["genhmr"]
+    assert ablate.field_stages(table, "codebook_size", args) == ["genhmr_tokenizer"]
+    given = ablate.row_overrides(table, {"num_layers": 2}, args)
+    assert given["genhmr"] == given["genhmr_prior"] == ["num_layers=2"] and given["genhmr_backbone"] == []

@@ -46,9 +46,10 @@ def torchrun(model, args, out, nproc=1):
 
 @pytest.mark.slow
 def test_paper_chain_trains_every_stage_two_steps_at_paper_size(tmp_path):
-    """One command: genhmr_tokenizer -> genhmr_backbone -> genhmr at PAPER (8.7M, 679M, 655M
-    parameters), each stage 2 steps on one rank (--max-steps caps the stages it starts from, --set applies
-    to each stage that has the field), then its held-out evaluation and its checkpoint."""
+    """One command: genhmr_tokenizer -> genhmr_backbone -> genhmr_prior -> genhmr at PAPER (8.7M, 679M, the
+    prior 0 steps as the paper, 655M parameters), each other stage 2 steps on one rank (--max-steps caps the
+    stages it starts from, --set applies to each stage that has the field), then its held-out evaluation and
+    its checkpoint."""
     if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 20 * 2**30:
         pytest.skip("the image stage holds two ViT-H (one frozen, one with AdamW state): about 16 GB")
     out = tmp_path / "run"
@@ -64,6 +65,7 @@ def test_paper_chain_trains_every_stage_two_steps_at_paper_size(tmp_path):
             assert ckpt["step"] == 2 and ckpt["config_name"] == "paper" and report["steps"] == 2
             assert all(map(torch.isfinite, torch.tensor([h["loss"] for h in report["history"]] + [report[metric]])))
         assert "genhmr (paper): " in log and "global batch 2 (2 per rank)" in log
+        assert torch.load(out / "genhmr_prior" / "ckpt.pt", weights_only=True, mmap=True)["step"] == 0
         assert tuple(ckpt["config"]["image_size"]) == (256, 192) and ckpt["config"]["token_head"] == "linear"
         assert ckpt["model"]["token_generator.head.weight"].shape == (2048, 256)  # the paper's logits
     finally:

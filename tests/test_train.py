@@ -612,7 +612,9 @@ def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(t
         assert (tmp_path / stage / "predictions.png").stat().st_size > 10_000
     for stage in ("genhmr_backbone", "genhmr_prior", "genhmr"):
         ckpt = load(tmp_path / stage / "ckpt.pt")
-        assert ckpt["step"] == 2 and not any(k.startswith("tokenizer.") for k in ckpt["model"])
+        # TINY trains the prior 0 steps (--max-steps caps a stage it starts from, never raises it)
+        assert ckpt["step"] == (0 if stage == "genhmr_prior" else 2)
+        assert not any(k.startswith("tokenizer.") for k in ckpt["model"])
         if stage == "genhmr_prior":  # the prior's own state is its masked transformer; the parent is not in it
             assert {k.split(".")[0] for k in ckpt["model"]} == {"token_generator"}
     assert "backbone.blocks.0.attn.qkv.weight" in ckpt["model"]
