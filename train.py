@@ -782,6 +782,9 @@ def main(argv=None):
         if (line := distributed.peer_failure(e, timedelta(seconds=args.pg_timeout))) is None:
             raise
         print(f"train.py: error: {line}", file=sys.stderr, flush=True)
+        if argv is None:  # the broken group's threads can abort the interpreter's teardown (SIGABRT): leave now
+            sys.stdout.flush()
+            os._exit(1)
         raise SystemExit(1)
 
     # -- clean exit: every rank done, then the process group
