@@ -1038,11 +1038,11 @@ def _check_choice(cfg, name, allowed):
 
 TOKENIZER_PAPER = TokenizerConfig()  # 96 tokens, 2048 x 256 codebook
 TOKENIZER_TINY = TokenizerConfig(  # 2 CPU cores, synthetic poses (synthetic.body_pose_dataset)
-    # 48 tokens: the paper's 96 reconstruct 2.5 mm nearer, but UGS T = 5 is then 13 mm further (docs/genhmr.md)
+    # 48 tokens: the paper's 96 reconstruct nearer, but UGS is then further from the truth (docs/genhmr.md)
     num_tokens=48, codebook_size=256, code_dim=32, width=64, loss_vertices=1024,
     aug_yaw_deg=20.0, aug_roll_deg=15.0,  # SyntheticPoses already spans every yaw
-    # lr 1e-3: at 3e-3 the tokenizer is nearer (43.0 mm against 52.2) and UGS 6 mm nearer on three seeds, but one
-    # pass then commits the controlled ambiguity's arm and iterating loses there (docs/genhmr.md, "tokenizer's floor")
+    # lr 1e-3: 3e-3 reconstructs nearer and brings UGS nearer, but iterating then loses on the controlled
+    # ambiguity (docs/genhmr.md, "the tokenizer's floor")
     batch_size=128, lr=1e-3, max_steps=1000, warmup_steps=50, lr_schedule="cosine")
 PAPER = GenHMRConfig()
 TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 -> 8 x 6 grid, levels 1x, 2x
