@@ -112,7 +112,8 @@ def finished(folder, name):
     if not os.path.exists(os.path.join(folder, name, "metrics.json")) or not os.path.exists(path):
         return False
     ckpt = train.read_checkpoint(path, name, why="--table")
-    return ckpt["step"] >= ckpt["config"]["max_steps"]
+    preset = MODELS[name].paper.CONFIGS[ckpt["config_name"]]
+    return ckpt["step"] >= train.recipe_of(train.config_from_dict(type(preset), ckpt["config"])).max_steps
 
 
 def train_row(table, index, label, fields, args, ranks):

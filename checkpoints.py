@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from bodymodels import atomic_write
+from configs import config_from_dict
 from data import InputError
 
 
@@ -82,7 +83,7 @@ def saved_config(ckpt, configs, path):
     """The config dataclass a checkpoint was trained with; configs: the paper's {preset name: config}."""
     if ckpt["config_name"] not in configs:
         raise InputError(f"{path}: config {ckpt['config_name']!r} is not one of {sorted(configs)}")
-    return type(configs[ckpt["config_name"]])(**ckpt["config"])
+    return config_from_dict(type(configs[ckpt["config_name"]]), ckpt["config"])
 
 
 def own_state(model, parent):

@@ -10,9 +10,11 @@ optimiser -> data -> resume -> training loop -> final report), the chain of stag
 a paper's ablation tables with these pieces; checkpoints.py reads a trained model back; distributed.py is the
 torchrun block (ranks, collectives, restarts, a dead peer, preemption). The script knows no paper: it speaks
 this protocol (a module, or any object with these attributes):
-- `CONFIGS`: {name: config dataclass}. "tiny" runs on two CPU cores; paper presets carry the paper's numbers.
-  The trainer reads `batch_size` (the GLOBAL batch), `max_steps`, `lr`, `weight_decay`, `grad_clip` (max
-  gradient norm, 0 = off), `amp` (bf16 autocast on CUDA) and the stage's `data_fields` (e.g. `image_size`).
+- `CONFIGS`: {name: preset}. "tiny" runs on two CPU cores; paper presets carry the paper's numbers. A preset is
+  a dataclass of config dataclasses (the model's, the recipe, ...) whose leaves have distinct names: --set,
+  ablation rows and the trainer name them so. The trainer reads `batch_size` (the GLOBAL batch), `max_steps`,
+  `lr`, `weight_decay`, `grad_clip` (max gradient norm, 0 = off), `amp` (bf16 autocast on CUDA) and the stage's
+  `data_fields` (e.g. `image_size`).
 - `build_model(cfg, parent)` -> nn.Module. `parent`: the trained model of the stage this one starts from (its
   row's `starts_from`, e.g. a frozen pose tokenizer), or None. The paper freezes what it must; the optimiser
   takes the parameters that still require gradients, and a checkpoint holds only the stage's own state.
@@ -37,7 +39,7 @@ data.py's key contract), `metrics(pred, gt)` -> {name: float} (the first is the 
 first trains the stages X starts from whose checkpoints are missing or unfinished (resuming them), then X.
 
 Conventions
-- `cfg.batch_size` is the GLOBAL batch B; each of the W ranks takes b = B / W samples of every step. The loss
+- `batch_size` is the GLOBAL batch B; each of the W ranks takes b = B / W samples of every step. The loss
   is a mean over the rank's samples and DDP averages the gradients, so one step on W ranks equals one step of
   one process on all B (for models without batch statistics; tests/test_train.py checks it).
 - Data order is a pure function of (seed, step): per-epoch permutations of the N training indices, epoch e's
@@ -86,6 +88,7 @@ import render
 import simplehand
 import standins
 import synthetic
+from configs import config_from_dict, config_leaves, leaf_paths, recipe_of, with_fields
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,21 +188,25 @@ def parse_value(text, kind, current):
 
 
 def apply_overrides(cfg, overrides):
-    """A copy of the config dataclass `cfg` with each "key=value" of `overrides` parsed by the field's type."""
-    types = typing.get_type_hints(type(cfg))
+    """A copy of the config `cfg` with each "key=value" of `overrides` (a leaf name or a dotted path) parsed by
+    the field's type."""
+    paths = leaf_paths(cfg)
+    paths |= {".".join(p): p for p in paths.values() if len(p) > 1}
     changes = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
             fail(f"--set {item!r}: expected KEY=VALUE")
-        if key not in types:
-            fail(f"--set {key}: {type(cfg).__name__} has no field {key!r}; valid fields: {', '.join(types)}")
+        if key not in paths:
+            fail(f"--set {key}: {type(cfg).__name__} has no field {key!r}; valid fields: {', '.join(leaf_paths(cfg))}")
+        owner = functools.reduce(getattr, paths[key][:-1], cfg)
+        kind = typing.get_type_hints(type(owner))[paths[key][-1]]
         try:
-            changes[key] = parse_value(text, types[key], getattr(cfg, key))
+            changes[key] = parse_value(text, kind, getattr(owner, paths[key][-1]))
         except (ValueError, TypeError):
-            fail(f"--set {item}: expected a value of type {getattr(types[key], '__name__', types[key])}")
+            fail(f"--set {item}: expected a value of type {getattr(kind, '__name__', kind)}")
     try:
-        return dataclasses.replace(cfg, **changes)
+        return with_fields(cfg, **changes)
     except ValueError as e:  # the config's own checks (__post_init__)
         fail(f"--set {' '.join(overrides)}: {e}")
 
@@ -265,7 +272,7 @@ def build_dataset(name, cfg, split, num_samples, args, ranks):
     # the cache name carries everything the samples depend on: the data function and --data's kind, the split,
     # size and seed, the data fields, the source of every module a render runs and the body model folder; stages
     # reading the same data function and kind with the same fields share it
-    fields = {f: getattr(cfg, f) for f in stage.data_fields}
+    fields = {f: config_leaves(cfg)[f] for f in stage.data_fields}
     sources = "".join(inspect.getsource(m) for m in (data, synthetic, render, bodymodels, standins))
     key = sources + repr(dict(kind=kind, **fields)) + (os.environ.get("HMR_BODY_MODELS") or "")
     version = hashlib.sha1(key.encode()).hexdigest()[:8]
@@ -331,9 +338,9 @@ def evaluate(stage, model, cfg, eval_set, baseline, args, ranks, train_set=None)
     constant baseline (unless `baseline` is None). With `train_set` (the final evaluation), the paper's optional
     `diagnostics` join the predictions. Returns (metrics, pred, gt) on rank 0, (None,) * 3 elsewhere: pred and gt
     {key: (n, ...)} in the held-out order, gt without images."""
-    n, W, was_training = len(eval_set), ranks.world_size, model.training
+    n, W, was_training, recipe = len(eval_set), ranks.world_size, model.training, recipe_of(cfg)
     subset = torch.utils.data.Subset(eval_set, list(range(ranks.rank, n, W)))
-    loader = torch.utils.data.DataLoader(subset, batch_size=max(1, cfg.batch_size // W), num_workers=args.workers,
+    loader = torch.utils.data.DataLoader(subset, batch_size=max(1, recipe.batch_size // W), num_workers=args.workers,
                                          worker_init_fn=distributed.ignore_sigterm,
                                          generator=torch.Generator())  # leaves the global RNG alone
     preds, gts = [], []
@@ -434,10 +441,10 @@ def parent_metrics(stage, args):
 def run_stage(name, config_name, cfg, ckpt, args, ranks):
     """Train stage `name` with config `cfg` (preset `config_name`), from scratch or, given its checkpoint
     `ckpt`, from where it stopped, then report it. The stages it starts from must be finished."""
-    t_start, stage, out = time.time(), MODELS[name], stage_dir(name, args)
+    t_start, stage, out, recipe = time.time(), MODELS[name], stage_dir(name, args), recipe_of(cfg)
     path = os.path.join(out, "ckpt.pt")
-    if cfg.batch_size % ranks.world_size:
-        fail(f"batch_size {cfg.batch_size} is the global batch; expected a multiple of the {ranks.world_size} ranks")
+    if recipe.batch_size % ranks.world_size:
+        fail(f"batch_size {recipe.batch_size} is the global batch; expected a multiple of the {ranks.world_size} ranks")
     os.makedirs(out, exist_ok=True)
     parent = trained_model(stage.starts_from, args, ranks.device)[0] if stage.starts_from else None
 
@@ -451,7 +458,7 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
         model = model.to(memory_format=torch.channels_last)
     # fused: one kernel for all parameters (CPU and CUDA), much faster than the per-tensor loop on small models
     scales, groups = zip(*param_groups(stage.paper, model, cfg))
-    optimizer = torch.optim.AdamW([dict(params=g) for g in groups], lr=cfg.lr, weight_decay=cfg.weight_decay,
+    optimizer = torch.optim.AdamW([dict(params=g) for g in groups], lr=recipe.lr, weight_decay=recipe.weight_decay,
                                   fused=True)
 
     # -- data: the training and held-out sets, and the constant baseline fitted on the training labels
@@ -495,8 +502,8 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
     total = sum(p.numel() for p in raw_model.parameters())
     ranks.print0(f"{name} ({config_name}): {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trained | "
                  f"{ranks.world_size} rank(s) on {ranks.device.type}, {torch.get_num_threads()} thread(s) each | "
-                 f"global batch {cfg.batch_size} ({cfg.batch_size // ranks.world_size} per rank) | "
-                 f"{cfg.max_steps} steps")
+                 f"global batch {recipe.batch_size} ({recipe.batch_size // ranks.world_size} per rank) | "
+                 f"{recipe.max_steps} steps")
 
     def save_checkpoint(steps_done, seconds):  # collective: every rank sends its RNG states, rank 0 writes
         rng = [checkpoints.rng_state(ranks.device)]
@@ -504,7 +511,7 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
             rng = [None] * ranks.world_size
             dist.all_gather_object(rng, checkpoints.rng_state(ranks.device))
         if ranks.master:
-            n, seen = len(train_set), steps_done * cfg.batch_size  # samples consumed: the data position
+            n, seen = len(train_set), steps_done * recipe.batch_size  # samples consumed: the data position
             checkpoints.save_file(dict(
                 model_name=name, config_name=config_name, config=dataclasses.asdict(cfg),
                 model=checkpoints.own_state(raw_model, parent), optimizer=optimizer.state_dict(),
@@ -517,13 +524,13 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
         ranks.barrier()
 
     # -- the training loop: steps start_step .. max_steps, with logs, evaluations and checkpoints
-    sampler = StepBatches(len(train_set), cfg.batch_size, ranks.rank, ranks.world_size, args.seed, start_step,
-                          cfg.max_steps)
+    sampler = StepBatches(len(train_set), recipe.batch_size, ranks.rank, ranks.world_size, args.seed, start_step,
+                          recipe.max_steps)
     loader = torch.utils.data.DataLoader(EpochIndexed(train_set), batch_sampler=sampler, num_workers=args.workers,
                                          pin_memory=ranks.device.type == "cuda",
                                          worker_init_fn=distributed.ignore_sigterm,  # SIGTERM: the main process stops
                                          generator=torch.Generator().manual_seed(args.seed))  # not the global RNG
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if ranks.device.type == "cuda" and cfg.amp else nullcontext()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if ranks.device.type == "cuda" and recipe.amp else nullcontext()
     params = [p for p in model.parameters() if p.requires_grad]
     t_begin = t_last = time.time()
     steps_since = 0
@@ -535,32 +542,32 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
             loss, terms = stage.paper.training_loss(model, to_device(batch, ranks.device), cfg, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP averages the gradients over the ranks here
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if recipe.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
         optimizer.step()
         done, steps_since = step + 1, steps_since + 1
-        if (args.log_every and done % args.log_every == 0) or done == cfg.max_steps:
+        if (args.log_every and done % args.log_every == 0) or done == recipe.max_steps:
             keys = list(terms)  # the loss and its terms, averaged over the ranks
             values = distributed.mean_over_ranks([loss.item()] + [terms[k].item() for k in keys], ranks)
             dt = time.time() - t_last
             parts = ", ".join(f"{k} {v:.4f}" for k, v in zip(keys, values[1:]))
-            ranks.print0(f"step {done:5d}/{cfg.max_steps} | loss {values[0]:.4f} ({parts}) | lr {lr:.2e} | "
-                         f"{steps_since * cfg.batch_size / dt:.0f} samples/s | "
-                         f"ETA {(cfg.max_steps - done) * dt / steps_since / 60:.1f} min")
+            ranks.print0(f"step {done:5d}/{recipe.max_steps} | loss {values[0]:.4f} ({parts}) | lr {lr:.2e} | "
+                         f"{steps_since * recipe.batch_size / dt:.0f} samples/s | "
+                         f"ETA {(recipe.max_steps - done) * dt / steps_since / 60:.1f} min")
             history.append(dict(step=done, lr=lr, loss=values[0], **dict(zip(keys, values[1:]))))
             t_last, steps_since = time.time(), 0
-        if args.eval_every and done % args.eval_every == 0 and done < cfg.max_steps:
+        if args.eval_every and done % args.eval_every == 0 and done < recipe.max_steps:
             result, _, _ = evaluate(stage, raw_model, cfg, eval_set, baseline, args, ranks)
             ranks.print0(f"eval at step {done}: {format_metrics(result) if ranks.master else ''}")
             t_last = time.time()  # keep the evaluation out of samples/s
         stop = distributed.preempted(ranks)  # SIGTERM on any rank: every rank stops after this step
-        if (args.ckpt_every and done % args.ckpt_every == 0) or done == cfg.max_steps or stop:
+        if (args.ckpt_every and done % args.ckpt_every == 0) or done == recipe.max_steps or stop:
             save_checkpoint(done, train_time + time.time() - t_begin)
         if stop:
             ranks.print0(f"SIGTERM: stopped after step {done} with its checkpoint {path}; the same command with "
                          "--resume continues")
             raise distributed.Preempted
-    if cfg.max_steps == 0:  # loaded, not trained (e.g. released weights that build_model read)
+    if recipe.max_steps == 0:  # loaded, not trained (e.g. released weights that build_model read)
         save_checkpoint(0, train_time)
     train_time += time.time() - t_begin
 
@@ -569,11 +576,11 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
     if ranks.master:
         wall_time = time.time() - t_start
         crop = getattr(eval_set, "crop_description", None)  # real hand data: which crop the table scored
-        print(f"final {name} ({cfg.max_steps} steps, {wall_time / 60:.1f} min): {format_metrics(result)}"
+        print(f"final {name} ({recipe.max_steps} steps, {wall_time / 60:.1f} min): {format_metrics(result)}"
               + (f" | held-out crop: {crop}" if crop else ""))
         result = {**parent_metrics(stage, args), **result}  # after those of the stages it starts from
-        summary = dict(model=name, config=config_name, data=args.data, steps=cfg.max_steps, eval_crop=crop,
-                       world_size=ranks.world_size, global_batch=cfg.batch_size, wall_time_s=wall_time,
+        summary = dict(model=name, config=config_name, data=args.data, steps=recipe.max_steps, eval_crop=crop,
+                       world_size=ranks.world_size, global_batch=recipe.batch_size, wall_time_s=wall_time,
                        train_time_s=train_time, **nest(result), metric_names=list(result),
                        config_values=dataclasses.asdict(cfg), history=history)
         bodymodels.atomic_write(os.path.join(out, "metrics.json"),
@@ -595,8 +602,9 @@ def lineage(name):
 
 
 def config_fields(name, config_name):
-    """The field names of stage `name`'s config `config_name`."""
-    return {f.name for f in dataclasses.fields(MODELS[name].paper.CONFIGS[config_name])}
+    """The field names of stage `name`'s config `config_name`: its leaves, by name and by dotted path."""
+    paths = leaf_paths(MODELS[name].paper.CONFIGS[config_name])
+    return set(paths) | {".".join(p) for p in paths.values()}
 
 
 def stage_overrides(name, items, args):
@@ -623,12 +631,13 @@ def plan_chain(name, overrides, resume, args):
             ckpt = read_checkpoint(path, stage, why="--resume")
         elif stage != name and os.path.exists(path):
             ckpt = read_checkpoint(path, stage, why=f"stage {stage}")
-        cfg = preset if ckpt is None else type(preset)(**ckpt["config"])
+        cfg = preset if ckpt is None else config_from_dict(type(preset), ckpt["config"])
         config_name = args.config if ckpt is None else ckpt["config_name"]
-        if stage != name and ckpt is not None and ckpt["step"] >= cfg.max_steps:  # finished: reused as trained
+        if stage != name and ckpt is not None and ckpt["step"] >= recipe_of(cfg).max_steps:  # finished: reused
             plan.append((stage, config_name, cfg, None, False))
         elif stage != name:  # --max-steps caps it (a preset of 0 steps stays at 0)
-            cap = [f"max_steps={min(args.max_steps, preset.max_steps)}"] if args.max_steps is not None else []
+            steps = None if args.max_steps is None else min(args.max_steps, recipe_of(preset).max_steps)
+            cap = [f"max_steps={steps}"] if steps is not None else []
             plan.append((stage, config_name, apply_overrides(cfg, overrides.get(stage, []) + cap), ckpt, True))
         else:  # --max-steps, then --set (whose max_steps wins)
             steps = [f"max_steps={args.max_steps}"] if args.max_steps is not None else []

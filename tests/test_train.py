@@ -224,6 +224,56 @@ def test_set_parses_each_field_by_its_type():
     assert StandInConfig().lr == 1e-2  # the preset itself is untouched
 
 
+@dataclasses.dataclass
+class NestedModel:
+    width: int = 4
+    widths: tuple = (1, 2)
+
+
+@dataclasses.dataclass
+class NestedRecipe:
+    lr: float = 1e-2
+    max_steps: int = 5
+
+
+@dataclasses.dataclass
+class NestedPreset:
+    model: NestedModel = dataclasses.field(default_factory=NestedModel)
+    recipe: NestedRecipe = dataclasses.field(default_factory=NestedRecipe)
+
+
+def test_set_reaches_a_nested_leaf_by_name_or_path_and_leaves_the_rest():
+    cfg = train.apply_overrides(NestedPreset(), ["lr=0.5", "model.widths=3,4", "max_steps=7"])
+    assert cfg == NestedPreset(NestedModel(widths=(3, 4)), NestedRecipe(lr=0.5, max_steps=7))
+    assert train.config_leaves(cfg) == dict(width=4, widths=(3, 4), lr=0.5, max_steps=7)
+    assert train.recipe_of(cfg).max_steps == 7 and NestedPreset().recipe.lr == 1e-2  # the preset is untouched
+    assert "valid fields: width, widths, lr, max_steps" in error_of(["x"], lambda _: train.apply_overrides(
+        NestedPreset(), ["nope=1"]))
+
+
+def test_a_checkpoints_config_dict_rebuilds_the_nested_preset():
+    cfg = train.with_fields(NestedPreset(), lr=0.25, width=9)
+    assert train.config_from_dict(NestedPreset, dataclasses.asdict(cfg)) == cfg
+
+
+def test_a_leaf_named_twice_in_a_preset_is_refused():
+    @dataclasses.dataclass
+    class Twice:
+        model: NestedModel = dataclasses.field(default_factory=NestedModel)
+        other: NestedModel = dataclasses.field(default_factory=NestedModel)
+    with pytest.raises(ValueError, match="leaf 'width' is both model.width and other.width"):
+        train.config_leaves(Twice())
+
+
+@pytest.mark.parametrize("stage", list(train.MODELS))
+def test_every_preset_names_each_leaf_once_and_survives_a_checkpoint(stage):
+    for name, preset in train.MODELS[stage].paper.CONFIGS.items():
+        leaves = train.config_leaves(preset)  # raises on a name used twice
+        assert {"batch_size", "lr", "weight_decay", "max_steps", "grad_clip", "amp"} <= set(leaves), (stage, name)
+        assert set(train.MODELS[stage].data_fields) | set(train.MODELS[stage].shares_fields) <= set(leaves)
+        assert train.config_from_dict(type(preset), dataclasses.asdict(preset)) == preset, (stage, name)
+
+
 @pytest.mark.parametrize("item, expected", [
     ("nope=1", "StandInConfig has no field 'nope'; valid fields: image_size, width, dropout, batch_size, lr"),
     ("width=abc", "--set width=abc: expected a value of type int"),

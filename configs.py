@@ -1,0 +1,66 @@
+"""Presets: how train.py, ablate.py, checkpoints.py, the tests and the notebooks read a paper's configs.
+
+A paper's preset (an entry of its CONFIGS) is a dataclass whose fields are config dataclasses: the model's
+(what building the model reads), the recipe (what the trainer reads), and whatever else the paper needs (the
+data's). Its leaves, the fields that are values, have distinct names across the whole preset, so `--set lr=...`,
+an ablation row's {field: value} and the trainer name a leaf without its path ("recipe.lr" works too). A plain
+dataclass of values is a preset with one level.
+"""
+
+import dataclasses
+import functools
+import types
+import typing
+
+
+def leaf_paths(cfg):
+    """{leaf name: its path of attribute names} of a config: a dataclass whose fields are values (the leaves) or
+    config dataclasses (a paper's preset: model, recipe, ...). Raises ValueError when two leaves share a name."""
+    paths = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        inner = {k: (f.name,) + p for k, p in leaf_paths(value).items()} if dataclasses.is_dataclass(value) else {
+            f.name: (f.name,)}
+        for name, path in inner.items():
+            if name in paths:
+                raise ValueError(f"{type(cfg).__name__}: leaf {name!r} is both {'.'.join(paths[name])} and "
+                                 f"{'.'.join(path)}; a preset names each field once")
+            paths[name] = path
+    return paths
+
+
+def config_leaves(cfg):
+    """{leaf name: value} of a config (see leaf_paths): what --set, ablation rows and the trainer read by name."""
+    return {name: functools.reduce(getattr, path, cfg) for name, path in leaf_paths(cfg).items()}
+
+
+def with_fields(cfg, **changes):
+    """A copy of the config with the named leaves replaced (nested dataclasses.replace); a key is a leaf name
+    or a dotted path ("recipe.lr"). Raises KeyError naming an unknown key; the configs' own checks may raise."""
+    paths = leaf_paths(cfg)
+    paths |= {".".join(p): p for p in paths.values()}
+    nested = {}
+    for key, value in changes.items():
+        if key not in paths:
+            raise KeyError(key)
+        node = nested
+        for part in paths[key][:-1]:
+            node = node.setdefault(part, {})
+        node[paths[key][-1]] = value
+
+    def replace(obj, tree):
+        return dataclasses.replace(obj, **{k: replace(getattr(obj, k), v) if isinstance(v, dict) and
+                                           dataclasses.is_dataclass(getattr(obj, k)) else v for k, v in tree.items()})
+    return replace(cfg, nested)
+
+
+def recipe_of(cfg):
+    """The leaves train.py reads by name (batch_size, lr, weight_decay, max_steps, grad_clip, amp), as attributes."""
+    return types.SimpleNamespace(**config_leaves(cfg))
+
+
+def config_from_dict(cls, values):
+    """The config dataclass `cls` rebuilt from `dataclasses.asdict` of one (a checkpoint's "config")."""
+    types = typing.get_type_hints(cls)
+    return cls(**{k: config_from_dict(types[k], v) if dataclasses.is_dataclass(types.get(k)) else v
+                  for k, v in values.items()})
