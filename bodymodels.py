@@ -497,7 +497,15 @@ def _model_file(model_dir, kind, names):
     """The model file under model_dir/kind: the first of `names` that exists (real files), or the
     stand-in written on demand when model_dir and $HMR_BODY_MODELS are both unset."""
     if model_dir is None and not os.environ.get("HMR_BODY_MODELS"):
-        import standins  # the one project import here: the generator builds on this file's geometry
+        try:
+            import standins  # the one project import here: the generator builds on this file's geometry
+        except ModuleNotFoundError as e:  # this file copied without it: name what to set instead
+            if e.name != "standins":
+                raise
+            raise FileNotFoundError(
+                f"no {kind.upper()} model file: set HMR_BODY_MODELS to a folder laid out as {_LAYOUT} (the "
+                "licensed files, or procedural stand-ins, which this project's standins.py writes: "
+                "standins.write_standins(DIR)), or pass model_dir") from None
         model_dir = standins.write_standins(kinds=(kind,))
     elif model_dir is None:
         model_dir = os.environ["HMR_BODY_MODELS"]
