@@ -743,7 +743,7 @@ def hand_frames(model_dir=None):
 
     r_off is the rotation of the Procrustes fit (`kabsch_rotation`) of MANO's 16 rest
     joints onto SMPL-X's right wrist and finger joints, J = J_regressor v_template.
-    NOTE: on the stand-ins the fit is 0.7 degrees from the exact half turn diag(-1, 1, -1) of
+    NOTE 1: on the stand-ins the fit is 0.7 degrees from the exact half turn diag(-1, 1, -1) of
     `standins._stitch_hands` (SMPL-X's wrist joint is regressed from the forearm too, MANO's is not).
     data.py's hand labels and HMR-Adapter use the same fit, so the synthetic world is
     self-consistent; a MANO mesh and SMPL-X's hand agree to about a millimetre, not exactly.
