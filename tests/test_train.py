@@ -648,7 +648,7 @@ def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(t
     train.main(["--model", "genhmr_backbone", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8"]
                + tiny)
     train.main(["--model", "genhmr", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8",
-                "--set", "refine_steps=5"] + tiny)
+                "--set", "refine_iterations=5"] + tiny)
     report = json.loads((tmp_path / "genhmr" / "metrics.json").read_text())
     for key in GENHMR_KEYS + tuple(f"baseline_{k}" for k in GENHMR_KEYS[:6]) + ("baseline_tokenizer_mpjpe_mm",):
         assert np.isfinite(report[key]) and report[key] >= 0, key
@@ -666,7 +666,7 @@ def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(t
         assert ckpt["step"] == (0 if stage == "genhmr_prior" else 2)
         assert not any(k.startswith("tokenizer.") for k in ckpt["model"])
         if stage == "genhmr_prior":  # the prior's own state is its masked transformer; the parent is not in it
-            assert {k.split(".")[0] for k in ckpt["model"]} == {"token_generator"}
+            assert {k.split(".")[0] for k in ckpt["model"]} == {"masked_transformer"}
     assert "backbone.blocks.0.attn.qkv.weight" in ckpt["model"]
     prior = json.loads((tmp_path / "genhmr_prior" / "metrics.json").read_text())
     for key in ("prior_mpjpe_mm", "prior_masked_token_accuracy_75", "prior_count_table_accuracy_75",
@@ -690,7 +690,7 @@ def test_genhmr_stages_resume_after_sigkill_bitwise(tmp_path, stage, steps, kill
         for out in ("straight", "killed"):
             run_script(common + ["--out", out], tmp_path, nproc=2, model=parent)
     if stage == "genhmr":
-        common += ["--set", "refine_steps=2"]
+        common += ["--set", "refine_iterations=2"]
     run_script(common + ["--out", "straight"], tmp_path, nproc=2, model=stage)
     resumed = kill_and_resume(common + ["--out", "killed"], tmp_path, kill_at=kill_at, nproc=2, model=stage)
     assert f"resumed from killed/{stage}/ckpt.pt at step 5 (2 rank(s) then, 2 now)" in resumed.stdout
