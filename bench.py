@@ -129,7 +129,7 @@ def genhmr_models(name="tiny"):
     return tok.eval(), genhmr.build_model(genhmr.CONFIGS[name], tok.eval()).eval()
 
 
-def genhmr_benchmark(model, cfg, iterations=(1, 3, 5), refine_steps=(0, 5, 20), reps=3):
+def genhmr_benchmark(model, cfg, iterations=(1, 3, 5), refine_iterations=(0, 5, 20), reps=3):
     """AITI (seconds per image, batch 1, mean of `reps` calls after a warm-up): UGS for each T, then
     UGS-5 + refinement for each P."""
     H, W = cfg.model.image_hw
@@ -137,7 +137,7 @@ def genhmr_benchmark(model, cfg, iterations=(1, 3, 5), refine_steps=(0, 5, 20), 
              "index": torch.zeros(1)}
     runs = {f"UGS T={T}": functools.partial(genhmr.uncertainty_guided_sampling, model, batch["image"], T)
             for T in iterations}
-    for P in refine_steps:
+    for P in refine_iterations:
         inference = dataclasses.replace(cfg.inference, ugs_iterations=5, refine_iterations=P)
         c = dataclasses.replace(cfg, inference=inference)
         runs[f"UGS T=5 + refine P={P}"] = functools.partial(genhmr.predict, model, batch, c)

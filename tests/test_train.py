@@ -733,7 +733,7 @@ def test_genhmr_trains_and_reports_the_benchmark_protocol_on_an_hmr2_npz(tmp_pat
     np.save(tmp_path / "SMPL_to_J19.npy", regressor)
     monkeypatch.setenv("HMR_J_REGRESSOR", str(tmp_path / "SMPL_to_J19.npy"))
     train.main(["--model", "genhmr", "--data", f"hmr2:{path}", "--out", str(tmp_path / "out"), "--max-steps", "2",
-                "--set", "batch_size=2", "--set", "refine_steps=2", "--log-every", "1"])
+                "--set", "batch_size=2", "--set", "refine_iterations=2", "--log-every", "1"])
     report = json.loads((tmp_path / "out" / "genhmr" / "metrics.json").read_text())
     assert report["data"] == f"hmr2:{path}"
     for key in ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "refined_mpjpe_mm", "refined_pve_mm", "regression_mpjpe_mm",
