@@ -654,7 +654,7 @@ def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(t
     train.main(["--model", "genhmr_backbone", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8"]
                + tiny)
     train.main(["--model", "genhmr", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8",
-                "--set", "refine_steps=5"] + tiny)
+                "--set", "refine_iterations=5"] + tiny)
     report = json.loads((tmp_path / "genhmr" / "metrics.json").read_text())
     for key in GENHMR_KEYS + tuple(f"baseline_{k}" for k in GENHMR_KEYS[:6]) + ("baseline_tokenizer_mpjpe_mm",):
         assert np.isfinite(report[key]) and report[key] >= 0, key
@@ -672,7 +672,7 @@ def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(t
         assert ckpt["step"] == (0 if stage == "genhmr_prior" else 2)
         assert not any(k.startswith("tokenizer.") for k in ckpt["model"])
         if stage == "genhmr_prior":  # the prior's own state is its masked transformer; the parent is not in it
-            assert {k.split(".")[0] for k in ckpt["model"]} == {"token_generator"}
+            assert {k.split(".")[0] for k in ckpt["model"]} == {"masked_transformer"}
     assert "backbone.blocks.0.attn.qkv.weight" in ckpt["model"]
     prior = json.loads((tmp_path / "genhmr_prior" / "metrics.json").read_text())
     for key in ("prior_mpjpe_mm", "prior_masked_token_accuracy_75", "prior_count_table_accuracy_75",
@@ -696,7 +696,7 @@ def test_genhmr_stages_resume_after_sigkill_bitwise(tmp_path, stage, steps, kill
         for out in ("straight", "killed"):
             run_script(common + ["--out", out], tmp_path, nproc=2, model=parent)
     if stage == "genhmr":
-        common += ["--set", "refine_steps=2"]
+        common += ["--set", "refine_iterations=2"]
     run_script(common + ["--out", "straight"], tmp_path, nproc=2, model=stage)
     resumed = kill_and_resume(common + ["--out", "killed"], tmp_path, kill_at=kill_at, nproc=2, model=stage)
     assert f"resumed from killed/{stage}/ckpt.pt at step 5 (2 rank(s) then, 2 now)" in resumed.stdout
@@ -769,3 +769,53 @@ if __name__ == "__main__":  # train.py with the stand-ins registered (used by th
     if rank == os.environ.get("RANK", "0"):
         sys.argv[sys.argv.index("--out") + 1] = path
     train.main()
+
+
+def test_genhmr_trains_and_reports_the_benchmark_protocol_on_an_hmr2_npz(tmp_path, monkeypatch):
+    """--data hmr2:FILE.npz through the three GenHMR rows: the tokenizer on the file's labelled poses,
+    the image stages on its crops (rows without SMPL labels masked in the losses), metrics.json with
+    the protocol's numbers (14 keypoints from a J19 regressor, PVE where the file has SMPL labels)."""
+    from test_data import write_hmr2_npz
+
+    path, _ = write_hmr2_npz(tmp_path / "bench", count=4)
+    regressor = np.zeros((19, 6890))
+    regressor[np.arange(19).repeat(2), np.arange(38) * 181] = 0.5  # each keypoint: the mean of two vertices
+    np.save(tmp_path / "SMPL_to_J19.npy", regressor)
+    monkeypatch.setenv("HMR_J_REGRESSOR", str(tmp_path / "SMPL_to_J19.npy"))
+    train.main(["--model", "genhmr", "--data", f"hmr2:{path}", "--out", str(tmp_path / "out"), "--max-steps", "2",
+                "--set", "batch_size=2", "--set", "refine_iterations=2", "--log-every", "1"])
+    report = json.loads((tmp_path / "out" / "genhmr" / "metrics.json").read_text())
+    assert report["data"] == f"hmr2:{path}"
+    for key in ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "refined_mpjpe_mm", "refined_pve_mm", "regression_mpjpe_mm",
+                "tokenizer_mpjpe_mm", "baseline_mpjpe_mm", "baseline_pve_mm", "table_refine_P5_mpjpe_mm"):
+        assert np.isfinite(report[key]) and report[key] > 0, key
+    with pytest.raises(SystemExit):
+        train.main(["--model", "genhmr", "--data", f"hmr2:{tmp_path / 'none.npz'}", "--out", str(tmp_path / "out")])
+
+
+def test_hmr_adapter_trains_and_reports_table1_on_a_wholebody_npz(tmp_path, monkeypatch):
+    """--data wholebody:FILE.npz through both HMR-Adapter rows (the bases, then the adapters): trained on
+    the file's people and scored on them by Table 1's protocol: all, hands and face numbers in
+    metrics.json, no occluded split where the file has no occluded hand; a missing file fails at once."""
+    from test_data import write_wholebody_npz
+
+    path, arrays, _ = write_wholebody_npz(tmp_path / "bench", count=2)
+    np.savez(path, **{k: v for k, v in arrays.items() if k != "hand_occluded"})  # EHF: no occluded hands
+    monkeypatch.delenv("HMR_FLAME_VERTEX_IDS", raising=False)
+    train.main(["--model", "hmr_adapter", "--data", f"wholebody:{path}", "--out", str(tmp_path / "out"),
+                "--max-steps", "1", "--set", "batch_size=2", "--log-every", "1"])
+    report = json.loads((tmp_path / "out" / "hmr_adapter" / "metrics.json").read_text())
+    assert report["data"] == f"wholebody:{path}"
+    names = report["metric_names"]
+    for part in ("all", "hands", "face"):
+        for run in ("baseline", "adapted"):
+            value = report["pipeline"][run][part]["pve_mm"]
+            assert np.isfinite(value) and value > 0, (run, part)
+    assert "pipeline/adapted/face/pa_pve_mm" in names and not any("occluded" in k for k in names)
+    assert np.isfinite(report["hand_path"]["adapter"]["clean"]["pa_mpjpe_mm"])
+    with pytest.raises(SystemExit):
+        train.main(["--model", "hmr_adapter", "--data", f"wholebody:{tmp_path / 'none.npz'}",
+                    "--out", str(tmp_path / "out")])
+    monkeypatch.setenv("HMR_FLAME_VERTEX_IDS", str(tmp_path / "none.npy"))  # the face's ids: checked before training
+    with pytest.raises(SystemExit, match="HMR_FLAME_VERTEX_IDS: missing"):
+        train.main(["--model", "hmr_adapter", "--data", f"wholebody:{path}", "--out", str(tmp_path / "out2")])
