@@ -515,7 +515,7 @@ def test_predict_gives_2d_keypoints_in_pixels_as_the_loss_reads_them():
 
 
 @pytest.mark.parametrize("cfg", [TINY, with_fields(TINY, feature_upsample=2, token_channels=32,
-                                                            token_generator="grid", num_tokens=(49, 84, 168))],
+                                                   token_generator="grid", num_tokens=(49, 84, 168))],
                          ids=["tiny", "deconv_and_grid"])
 def test_channels_last_model_and_images_give_the_same_loss_and_gradients(cfg):
     """train.py converts the model and 4D images to channels_last on CUDA; nothing may depend on layout."""
@@ -640,7 +640,7 @@ def test_paper_models_give_every_parameter_a_gradient(name):
 @needs_timm
 def test_fastvit_reparameterisation_folds_branches_and_keeps_the_outputs():
     cfg = with_fields(PAPER_FASTVIT, backbone="fastvit_t8", feature_channels=768, global_channels=768,
-                              pretrained_backbone=False)
+                      pretrained_backbone=False)
     model = sh.build_model(cfg).eval()
     folded, applied = sh.reparameterized(model)
     assert applied and sh.count_parameters(folded) < sh.count_parameters(model)
@@ -969,7 +969,7 @@ def test_pretrained_backbone_starts_from_the_local_file(tmp_path):
     weights = timm.create_model("fastvit_t8").state_dict()  # with the 1000-class head, as released
     torch.save(weights, tmp_path / "fastvit_t8.pth")
     cfg = with_fields(PAPER_FASTVIT, backbone="fastvit_t8", feature_channels=768, global_channels=768,
-                              backbone_weights=str(tmp_path / "fastvit_t8.pth"))
+                      backbone_weights=str(tmp_path / "fastvit_t8.pth"))
     loaded = sh.build_model(cfg).backbone.net.state_dict()
     assert set(loaded) == set(weights) - {"head.fc.weight", "head.fc.bias"}
     for k, v in loaded.items():
