@@ -123,7 +123,7 @@ def train_row(table, index, label, fields, args, ranks):
     if label in table["longer"]:  # the paper trains this row longer: factor x the stage's steps, last so it wins
         steps = [f"max_steps={args.max_steps}"] if args.max_steps is not None else []
         cfg = train.apply_overrides(MODELS[name].paper.CONFIGS[args.config], steps + given[name])
-        given[name] = given[name] + [f"max_steps={round(table['longer'][label] * cfg.max_steps)}"]
+        given[name] = given[name] + [f"max_steps={round(table['longer'][label] * train.recipe_of(cfg).max_steps)}"]
     # {}: the stage alone
     first = min([chain.index(s) for k in fields for s in field_stages(table, k, args)], default=len(chain) - 1)
     folder = os.path.join(args.out, args.model, f"ablation_{args.table}", row_folder(index, label))

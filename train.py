@@ -78,6 +78,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import bodymodels
 import checkpoints
+import configs
 import data
 import distributed
 import genhmr
@@ -88,7 +89,7 @@ import render
 import simplehand
 import standins
 import synthetic
-from configs import config_from_dict, config_leaves, leaf_paths, recipe_of, with_fields
+from configs import config_from_dict, config_leaves, leaf_paths, recipe_of, with_fields  # noqa: F401 (train.X)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,53 +163,13 @@ def fail(message):
 # Configuration: the paper's dataclass, overridden field by field with --set key=value
 
 
-def parse_value(text, kind, current):
-    """Parse `text` as a value of the dataclass field type `kind` whose value is now `current`:
-    bool, int, float, str, Optional[X], Literal[...], and tuples/lists written "1,2,3" or "(1,2,3)" (items typed
-    like the current items when the annotation is a bare `tuple`)."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if kind is bool:
-        words = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(("0", "false", "no", "off"), False)
-        if text.lower() not in words:
-            raise ValueError
-        return words[text.lower()]
-    if origin is typing.Union:  # Optional[X]: "none" or an X
-        if text.lower() == "none":
-            return None
-        return parse_value(text, next(a for a in args if a is not type(None)), current)
-    if origin is typing.Literal:
-        if text not in map(str, args):
-            raise ValueError
-        return next(a for a in args if str(a) == text)
-    if origin in (tuple, list) or kind in (tuple, list):
-        item = args[0] if args else (type(current[0]) if current else str)
-        items = text.strip().strip("()[]").split(",")
-        return (origin or kind)(parse_value(t.strip(), item, None) for t in items if t.strip())
-    return kind(text)
-
-
 def apply_overrides(cfg, overrides):
-    """A copy of the config `cfg` with each "key=value" of `overrides` (a leaf name or a dotted path) parsed by
-    the field's type."""
-    paths = leaf_paths(cfg)
-    paths |= {".".join(p): p for p in paths.values() if len(p) > 1}
-    changes = {}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            fail(f"--set {item!r}: expected KEY=VALUE")
-        if key not in paths:
-            fail(f"--set {key}: {type(cfg).__name__} has no field {key!r}; valid fields: {', '.join(leaf_paths(cfg))}")
-        owner = functools.reduce(getattr, paths[key][:-1], cfg)
-        kind = typing.get_type_hints(type(owner))[paths[key][-1]]
-        try:
-            changes[key] = parse_value(text, kind, getattr(owner, paths[key][-1]))
-        except (ValueError, TypeError):
-            fail(f"--set {item}: expected a value of type {getattr(kind, '__name__', kind)}")
+    """A copy of the preset `cfg` with each "key=value" of `overrides` (--set's items) applied; a bad item stops
+    the command in one line naming it (configs.apply_overrides)."""
     try:
-        return with_fields(cfg, **changes)
-    except ValueError as e:  # the config's own checks (__post_init__)
-        fail(f"--set {' '.join(overrides)}: {e}")
+        return configs.apply_overrides(cfg, overrides)
+    except ValueError as e:
+        fail(str(e))
 
 
 # ---------------------------------------------------------------------------------------------

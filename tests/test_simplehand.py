@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 import bodymodels
+import configs
 import data
 import demo
 import render
@@ -352,7 +353,6 @@ def test_table5_coarse_mesh_samples_keypoints_and_coarse_points_and_supervises_b
 
 
 def test_ablation_rows_are_fields_that_build_at_tiny_and_paper_and_round_trip_through_set():
-    train = pytest.importorskip("train")
     hints = {k: v for c in (sh.SimpleHandConfig, sh.SimpleHandVariant) for k, v in typing.get_type_hints(c).items()}
     leaves = config_leaves(TINY)
     assert set(sh.ABLATIONS) == {"table4", "table5", "table6", "table7", "table8"}
@@ -363,7 +363,7 @@ def test_ablation_rows_are_fields_that_build_at_tiny_and_paper_and_round_trip_th
             assert len(paper) == len(table["columns"]), label
             for key, value in overrides.items():
                 text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-                assert train.parse_value(text, hints[key], leaves[key]) == value, (label, key)
+                assert configs.parse_value(text, hints[key], leaves[key]) == value, (label, key)
             for base in (TINY, PAPER, PAPER_FASTVIT):
                 assert sh.non_backbone_parameters(with_fields(base, **overrides)) > 0
     # the paper's figures, copied: Table 5's global feature and the chosen 28x28 point sampling
