@@ -19,7 +19,6 @@ use stay in each paper file's diagnostics appendix (`simplehand.benchmark`, `sim
 """
 
 import argparse
-import dataclasses
 import functools
 import math
 import pathlib
@@ -32,6 +31,7 @@ import bodymodels
 import genhmr
 import hmr_adapter
 import simplehand
+from configs import with_fields
 from data import AugmentConfig
 from plots import draw_samples
 from synthetic import SyntheticBodies, SyntheticHands, SyntheticPoses, SyntheticWholeBody
@@ -55,8 +55,8 @@ def simplehand_params(name, cfg):
         tg, mr = simplehand.build_token_generator(cfg), simplehand.build_mesh_regressor(cfg)
     parts = [("token_generator", tg)] + [(f"mesh_regressor.layers[{k}]", m) for k, m in enumerate(mr.layers)]
     parts.append(("mesh_regressor.head", mr.head))
-    if cfg.backbone == "tiny_cnn":
-        parts.append(("backbone (tiny_cnn, not counted)", simplehand.TinyCNN(cfg.tiny_widths)))
+    if cfg.model.backbone == "tiny_cnn":
+        parts.append(("backbone (tiny_cnn, not counted)", simplehand.TinyCNN(cfg.model.tiny_widths)))
     for part, m in parts:
         print(f"    {part:34s} {simplehand.count_parameters(m):>10,d}")
 
@@ -69,22 +69,23 @@ def _speed(t):
 def simplehand_bench(name, cfg, device, reps):
     """One labelled line each: eager fp32 inference (any device); on CUDA also the fastest inference
     path and training throughput. Measures and prints only."""
-    if cfg.backbone != "tiny_cnn" and not timm_available():
-        print(f"[{name}] skipped: backbone {cfg.backbone!r} needs timm, which is not installed")
+    size, fps = cfg.model.image_size, simplehand.REPORTED.get(name, {}).get("fps")
+    if cfg.model.backbone != "tiny_cnn" and not timm_available():
+        print(f"[{name}] skipped: backbone {cfg.model.backbone!r} needs timm, which is not installed")
         return
-    model = simplehand.build_model(dataclasses.replace(cfg, pretrained_backbone=False)).to(device).eval()  # speed only
-    if device.type == "cpu" and cfg.backbone != "tiny_cnn":
+    model = simplehand.build_model(with_fields(cfg, pretrained_backbone=False)).to(device).eval()  # speed only
+    if device.type == "cpu" and cfg.model.backbone != "tiny_cnn":
         reps = max(2, reps // 10)  # the paper backbones take seconds per batch of 32 on a CPU
-    paper = f"  (paper: {cfg.reported_fps:.0f} FPS on an RTX 2080 Ti)" if cfg.reported_fps else ""
-    t = simplehand.benchmark(model, cfg.image_size, device, reps=reps)
-    print(f"[{name}] eager fp32 inference, {cfg.image_size}px on {device}: {_speed(t)}{paper}")
+    paper = f"  (paper: {fps:.0f} FPS on an RTX 2080 Ti)" if fps else ""
+    t = simplehand.benchmark(model, size, device, reps=reps)
+    print(f"[{name}] eager fp32 inference, {size}px on {device}: {_speed(t)}{paper}")
     if device.type != "cuda":
         print(f"[{name}] fastest inference: skipped: needs CUDA")
         print(f"[{name}] training throughput: skipped: needs CUDA")
         return
     run, applied = simplehand.fast_inference(model)
-    t = simplehand.benchmark(run, cfg.image_size, device, reps=reps)
-    x = torch.rand(1, 3, cfg.image_size, cfg.image_size, device=device)
+    t = simplehand.benchmark(run, size, device, reps=reps)
+    x = torch.rand(1, 3, size, size, device=device)
     with torch.no_grad():
         fast = run(x)["verts"].float().clone()  # read before the next replay overwrites it
         diff_mm = (fast - model(x)["verts"]).abs().max().item() * 1e3
@@ -98,11 +99,12 @@ def simplehand_bench(name, cfg, device, reps):
 
 def simplehand_shapes(name):
     """Stage shapes of a randomly initialised model (no ImageNet weights) on two random images."""
-    cfg = dataclasses.replace(simplehand.CONFIGS[name], pretrained_backbone=False)  # shapes only: random weights
+    cfg = with_fields(simplehand.CONFIGS[name], pretrained_backbone=False)  # shapes only: random weights
     model = simplehand.build_model(cfg)
     print(f"SimpleHand [{name}]: {simplehand.count_parameters(model) / 1e6:.2f}M parameters, "
           f"{simplehand.non_backbone_parameters(cfg) / 1e6:.2f}M outside the backbone")
-    for stage, shape in simplehand.describe(model, torch.rand(2, 3, cfg.image_size, cfg.image_size)):
+    size = cfg.model.image_size
+    for stage, shape in simplehand.describe(model, torch.rand(2, 3, size, size)):
         print(f"  {stage:28s} {shape}")
 
 

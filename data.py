@@ -185,7 +185,7 @@ class AugmentConfig:
 OFFICIAL_HAND_AUGMENT = AugmentConfig(rotation_deg=180.0, crop="keypoints", box_scale=(1.0, 1.5), box_jitter=0.1,
                                       flip_prob=0.5, color_style="official", channel_noise=0.4, contrast=0.2,
                                       brightness=(-0.4, 0.1))
-HAND_AUGMENTS = {"default": AugmentConfig(), "official": OFFICIAL_HAND_AUGMENT}  # SimpleHandConfig.train_augment
+HAND_AUGMENTS = {"default": AugmentConfig(), "official": OFFICIAL_HAND_AUGMENT}  # SimpleHandData.train_augment
 
 
 @dataclass
@@ -479,7 +479,7 @@ def _real_mano_hands_mean():
     return mano.hand_mean.detach().cpu().numpy().reshape(45)
 
 
-# FreiHAND test images as models see them (`FreiHAND(crop=...)`, SimpleHandConfig.eval_crop)
+# FreiHAND test images as models see them (`FreiHAND(crop=...)`, SimpleHandData.eval_crop)
 FREIHAND_CROPS = {
     "none": "FreiHAND's own 224 px crops",
     "keypoints": "the official simpleHand re-crop: ground-truth 2D keypoint box x 1.25, camera turned to its centre",

@@ -22,7 +22,6 @@ or box that is wrong.
 """
 
 import argparse
-import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -36,6 +35,7 @@ import hmr_adapter
 import simplehand
 from bodymodels import crop_box, crop_matrix
 from checkpoints import load_trained
+from configs import with_fields
 from data import InputError, read_image
 from plots import draw_demo, to_numpy
 
@@ -385,7 +385,7 @@ SIMPLEHAND_DOCS = {  # the .npz of --image: N hands first (right, then left, wit
 
 def _simplehand_build(cfg, parent=None):
     """build_model for weights a checkpoint replaces: neither ImageNet nor released weights are read first."""
-    return simplehand.build_model(dataclasses.replace(cfg, pretrained_backbone=False, official_checkpoint=""), parent)
+    return simplehand.build_model(with_fields(cfg, pretrained_backbone=False, official_checkpoint=""), parent)
 
 
 def load_simplehand(path):
@@ -399,8 +399,7 @@ def load_simplehand(path):
         ckpt = None  # missing, truncated or foreign: load_trained says which
     try:
         if isinstance(ckpt, dict) and "state_dict" in ckpt and "model_name" not in ckpt:
-            model = simplehand.load_official(path)
-            return model, model.cfg
+            return simplehand.load_official(path), simplehand.CONFIGS["official"]
         return load_trained(path, [("simplehand", simplehand.CONFIGS, _simplehand_build)])
     except InputError:
         raise
@@ -456,7 +455,7 @@ def place_hand(joints3d, verts, joints2d, A, K, is_right=True):
 def reconstruct_hand(model, cfg, image, crop, K):
     """One hand: crop (is_right, centre, size) of image (3, H, W) -> the .npz keys of SIMPLEHAND_DOCS but K."""
     is_right, centre, size = crop
-    S = cfg.image_size
+    S = cfg.model.image_size
     A = crop_matrix(centre, size, (S, S), flip=not is_right)
     images = bodymodels.warp_image(image, A, S)[None]  # (1, 3, S, S) RGB in [0, 1], as training's crops
     with torch.no_grad():

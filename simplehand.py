@@ -4,26 +4,23 @@ Paper: http://simplehand.github.io; official code: github.com/patienceFromZhou/s
 A crop of a right hand in, the 778 MANO vertices and 21 joints out:
 
     image (B, 3, H, W) -> backbone (App. A) -> map X_b (stride 8 or 32), pooled map (stride 32)
-    T: pooled map -> mean -> Linear -> 2D keypoints (B, 21, 2)                                  Sec. 3.1, Fig. 4
-       X_b -> [4x deconv] -> read at the keypoints (grid_sample) -> tokens X_m (B, 21, C_t)     Sec. 3.1, 3.3
+    T: pooled map -> mean -> Linear -> 2D joints (B, 21, 2)                                     Sec. 3.1, Fig. 4
+       X_b -> [4x deconv] -> read at the 2D joints (grid_sample) -> tokens X_m (B, 21, C_t)     Sec. 3.1, 3.3
     R: X_m -> H_0 -> H_1 -> H_2 (21 -> 84 -> 336 -> 778 tokens) -> Linear -> V (B, 778, 3)      Sec. 3.2, Eq. 1-3
        joints (B, 21, 3) = J x V and 5 fingertip vertices; loss: L1 on V, 3D and 2D joints      Sec. 3.4, Eq. 4-7
 
-Conventions: images RGB in [0, 1]; 2D keypoints (u, v) / (W, H) of the crop; 3D in metres, OpenCV camera
+Conventions: images RGB in [0, 1]; 2D joints (u, v) / (W, H) of the crop; 3D in metres, OpenCV camera
 axes, relative to joint 9 (middle MCP) of 21 joints in FreiHAND order.
 Symbols: B batch, C / C_t backbone / token channels, J = 21 joints, V = 778 vertices, n_k / c_k tokens /
 width of decoder layer k, emb_k / P_k / MF_k / U_k its position embedding, width-reducing Linear,
 MetaFormer block and token-upsampling Linear, J (the matrix) MANO's 16 x 778 joint regressor.
 
-Sections: 1 building blocks, 2 the model, 3 losses, 4 inference, 5 configs (`paper`, `paper_fastvit`,
-`official`, `tiny`), `build_model` / `build_simplehand` and the trainer protocol. Appendices: A backbones,
-B the official code (its behaviours, key map, `load_official`), C ablation-only modules (Tables 4, 5, 8's
-alternatives to T and R) and `ABLATIONS`, D diagnostics (`describe`, parameter counts, `fast_inference`).
-Running it: `demo.py --model simplehand --image PATH` (a photograph in, placed hand meshes out),
-`bench.py --model simplehand [--params]` (parameter counts, speed).
-
-docs/simplehand.md: where this differs from the paper and the official code (the numbered NOTE list),
-conventions in full, results and their history.
+Sections: 1 building blocks, 2 the model (`SimpleHand(cfg)`: start from its docstring), 3 the loss
+(`compute_loss`), 4 configs (`paper`, `paper_fastvit`, `official`, `tiny`: presets of a model config, its
+variant, recipe and data), `build_model` and the trainer protocol. Appendices: A backbones, B the official
+code (its behaviours, key map, `load_official`), C ablation-only modules (Tables 4, 5, 8) and `ABLATIONS`,
+`REPORTED`, D diagnostics. Running it: `demo.py --model simplehand --image PATH`, `bench.py --model simplehand`.
+docs/simplehand.md: where this differs from the paper and the official code (the NOTE N list), results.
 """
 
 import copy
@@ -51,27 +48,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # ---------------------------------------------------------------------------------------------
 # 1. Building blocks: reading the map at points (Sec. 3.1), the decoder layer H_k (Sec. 3.2, Eq. 2-3)
-
-
-def sine_position_encoding(h, w, channels, device=None, dtype=torch.float32, temperature=10000.0):
-    """DETR's fixed 2D sine encoding -> (channels, h, w): half the channels encode y, half x.
-
-    Positions 1..h (1..w) are scaled to (0, 2 pi] as p / (h + 1e-6) * 2 pi (DETR's and the official
-    position_embedding.py's normalisation); channel pair (2i, 2i+1) holds sin and cos of
-    position / temperature^(2i / (channels/2)).
-    """
-    half = channels // 2
-    freq = temperature ** (2 * (torch.arange(half, device=device) // 2) / half)  # (half,)
-    ys = torch.arange(1, h + 1, device=device, dtype=torch.float32) / (h + 1e-6) * (2 * math.pi)
-    xs = torch.arange(1, w + 1, device=device, dtype=torch.float32) / (w + 1e-6) * (2 * math.pi)
-
-    def encode(pos):  # (n,) -> (n, half): sin on even channels, cos on odd ones
-        angles = pos[:, None] / freq  # (n, half)
-        return torch.stack([angles[:, 0::2].sin(), angles[:, 1::2].cos()], dim=-1).flatten(1)
-
-    pos_y = encode(ys)[:, None, :].expand(h, w, half)  # (h, w, half)
-    pos_x = encode(xs)[None, :, :].expand(h, w, half)  # (h, w, half)
-    return torch.cat([pos_y, pos_x], dim=-1).permute(2, 0, 1).to(dtype)  # (channels, h, w)
 
 
 def sample_points(feature, uv, clamp=False):
@@ -134,10 +110,8 @@ class MetaFormerBlock(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """H_k: (B, n_in, c_in) -> (B, n_out, c), Eq. (2) with the position embedding of Eq. (3).
-
-    `block` builds each of MF_k's `depth` blocks: block(c, num_heads, mlp_ratio, dropout).
-    """
+    """H_k: (B, n_in, c_in) -> (B, n_out, c), Eq. (2) with the position embedding of Eq. (3). `block` builds
+    each of MF_k's `depth` blocks: block(c, num_heads, mlp_ratio, dropout)."""
 
     def __init__(self, n_in, n_out, c_in, c, depth, cfg, block=MetaFormerBlock):
         super().__init__()
@@ -165,66 +139,57 @@ def deconv_bn_relu(c_in, c_out, k):
 
 
 def feature_upsampler(c_in, c, factor):
-    """The map the tokens are read from: (B, c_in, h, w) -> (B, c, h f, w f), f = `factor`.
-
-    Sec. 3.3: "for image classification style backbones like FastViT, we apply a 4x upsample
-    deconvolution" (k = stride = f, no bias, BN, ReLU: official). HRNet's stride-8 map (and tiny's) is
-    used as it is; factor 1 with another width is a 1x1 projection.
-    """
+    """The map the tokens are read from: (B, c_in, h, w) -> (B, c, h f, w f), f = `factor`. Sec. 3.3: "for image
+    classification style backbones like FastViT, we apply a 4x upsample deconvolution" (k = stride = f, no bias,
+    BN, ReLU: official). HRNet's stride-8 map (and tiny's) is used as it is; factor 1 with another width: 1x1."""
     if factor == 1 and c_in == c:
         return nn.Identity()
     return nn.Sequential(*deconv_bn_relu(c_in, c, factor))
 
 
 class TokenGenerator(nn.Module):
-    """T: backbone maps -> (tokens X_m (B, 21, C_t), 2D keypoints (B, 21, 2)). Sec. 3.1, Fig. 2d and 4.
+    """T: backbone maps -> (tokens X_m (B, 21, C_t), 2D joints (B, 21, 2)). Sec. 3.1, Fig. 2d and 4.
 
-    Keypoint-guided point sampling: a Linear on the pooled map predicts the 21 2D keypoints (fractions
-    of the crop), and each joint's token is the upsampled map read at its keypoint. The keypoints are
-    not detached: the 3D losses move the keypoint head too.
+    Keypoint-guided point sampling: a Linear on the pooled map predicts the 21 2D joints (fractions of
+    the crop), and each joint's token is the upsampled map read there. The 2D joints are not detached:
+    the 3D losses move the keypoint head too.
     """
 
     num_tokens = NUM_JOINTS  # n_0: one token a joint
 
     def __init__(self, cfg):
         super().__init__()
-        # 2D keypoints from the pooled global feature (Fig. 4: "Global Feature -> 2D Keypoints")
+        # 2D joints from the pooled global feature (Fig. 4: "Global Feature -> 2D Keypoints")
         self.keypoint_head = nn.Linear(cfg.global_channels, NUM_JOINTS * 2)
-        # NOTE(paper vs code) 3: a sigmoid keeps the keypoints in [0, 1]; the official Linear is clamped where read
+        # NOTE 3: a sigmoid keeps the 2D joints in [0, 1]; the official Linear is clamped where read
         self.keypoint_activation = nn.Sigmoid()
         self.upsample = feature_upsampler(cfg.feature_channels, cfg.token_channels, cfg.feature_upsample)
 
-    def keypoints(self, pooled):
-        """The pooled map (B, C_g, h', w') -> 2D keypoints (B, 21, 2), (u, v) / (W, H) of the crop."""
+    def predict_joints2d(self, pooled):
+        """The pooled map (B, C_g, h', w') -> 2D joints (B, 21, 2), (u, v) / (W, H) of the crop."""
         # official (hand_net.py): AvgPool2d((7, 7)) of the 7 x 7 map, i.e. its mean at 224 px
         logits = self.keypoint_head(pooled.mean(dim=(2, 3)))  # (B, 42)
         return self.keypoint_activation(logits.reshape(-1, NUM_JOINTS, 2))
 
-    def sampled_map(self, feature):
-        """X_b (B, C, h, w) -> the map the tokens are read from (B, C_t, h f, w f)."""
-        x = self.upsample(feature)
-        # NOTE(paper vs code) 1: the sine encoding of the sampled map is in the official code only
-        return x + sine_position_encoding(x.shape[2], x.shape[3], x.shape[1], x.device, x.dtype)
-
     def forward(self, feature, pooled):
-        """feature X_b (B, C, h, w), pooled (B, C_g, h', w') -> tokens X_m (B, 21, C_t), keypoints (B, 21, 2)."""
-        points = self.keypoints(pooled)
-        # official (models/modules.py remap_uv): a keypoint outside the crop is read at its border
-        tokens = sample_points(self.sampled_map(feature), points, clamp=True)  # (B, 21, C_t)
-        return tokens, points
+        """feature X_b (B, C, h, w), pooled (B, C_g, h', w') -> tokens X_m (B, 21, C_t), joints2d (B, 21, 2)."""
+        joints2d = self.predict_joints2d(pooled)
+        # official (models/modules.py remap_uv): a 2D joint outside the crop is read at its border
+        tokens = sample_points(self.upsample(feature), joints2d, clamp=True)  # (B, 21, C_t)
+        return tokens, joints2d
 
 
 class MeshRegressor(nn.Module):
     """R = H_{K-1} ... H_0 (Eq. 1), then a Linear c_{K-1} -> 3: tokens X_m (B, n_0, C_t) -> vertices (B, 778, 3).
 
-    n_k = cfg.token_nums (21, 84, 336), c_k = cfg.dims, cfg.depths blocks a layer. `layer` builds each H_k and
+    n_k = cfg.num_tokens (21, 84, 336), c_k = cfg.dims, cfg.depths blocks a layer. `layer` builds each H_k and
     `block` each block of its MF_k (DecoderLayer and MetaFormerBlock).
     """
 
     def __init__(self, cfg, layer=DecoderLayer, block=MetaFormerBlock):
         super().__init__()
-        n_in = cfg.token_nums  # 21, 84, 336
-        n_out = cfg.token_nums[1:] + (NUM_VERTS,)  # 84, 336, 778
+        n_in = cfg.num_tokens  # 21, 84, 336
+        n_out = cfg.num_tokens[1:] + (NUM_VERTS,)  # 84, 336, 778
         c_in = (cfg.token_channels,) + cfg.dims[:-1]  # 256, 256, 128
         self.layers = nn.ModuleList(layer(n, m, ci, c, d, cfg, block) for n, m, ci, c, d
                                     in zip(n_in, n_out, c_in, cfg.dims, cfg.depths))
@@ -237,39 +202,59 @@ class MeshRegressor(nn.Module):
         return self.head(x)  # (B, 778, 3)
 
 
-class ImageNetNormalise(nn.Module):
-    """RGB in [0, 1] (B, 3, H, W) -> (x - mean) / std with ImageNet's statistics (B, 3, H, W)."""
+class RootRelative(nn.Module):
+    """NOTE 5: vertices (B, 778, 3), joints (B, 21, 3) -> both minus joint `root` (9, the middle MCP)."""
 
-    def __init__(self):
+    def __init__(self, root):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.root = root
 
-    def forward(self, images):
-        return (images - self.mean) / self.std
+    def forward(self, verts, joints3d):
+        root = joints3d[:, self.root:self.root + 1]  # (B, 1, 3)
+        return verts - root, joints3d - root
 
 
 class SimpleHand(nn.Module):
     """images (B, 3, H, W) RGB in [0, 1] -> dict(joints2d (B, 21, 2), verts (B, 778, 3), joints3d (B, 21, 3)).
 
-    The backbone (appendix A) gives the maps, T the tokens and keypoints, R the vertices, and the joints
-    are J x V and 5 fingertip vertices, J = `j_regressor` (MANO's, (16, 778)). joints2d are fractions of
-    the crop, 3D outputs metres, root-relative unless cfg.subtract_root is False (`official`: HandNet's
-    raw outputs, which `predict` makes root-relative). `build_simplehand` builds one from a config.
+    Built from the model config alone: the backbone (appendix A) gives the maps, T the tokens and 2D
+    joints, R the vertices; the joints are J x V and 5 fingertip vertices, J = `j_regressor` (MANO's
+    (16, 778); by default `bodymodels.load_mano()`'s, from HMR_BODY_MODELS). joints2d are fractions of the
+    crop, 3D outputs root-relative metres. `build_model` may put other parts in (a preset's `variant`).
+
+    >>> cfg = TINY.model  # the CPU preset's model config: a small CNN backbone, a scaled-down decoder
+    >>> cfg.image_size, cfg.num_tokens, cfg.dims
+    (96, (21, 84, 168), (96, 48, 24))
+    >>> model = SimpleHand(cfg)
+    >>> images = torch.rand(2, 3, cfg.image_size, cfg.image_size)
+    >>> pred = model(images)
+    >>> {k: tuple(v.shape) for k, v in pred.items()}
+    {'joints2d': (2, 21, 2), 'verts': (2, 778, 3), 'joints3d': (2, 21, 3)}
+    >>> verts = torch.randn(2, 778, 3) * 0.03 + torch.tensor([0.0, 0.0, 0.5])  # targets: metres, camera axes
+    >>> joints3d, joints2d = model.regress_joints(verts), torch.rand(2, 21, 2)  # 2D: fractions of the crop
+    >>> opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    >>> total, terms = compute_loss(model(images), verts, joints3d, joints2d, cfg)  # one step of Eq. (7)
+    >>> total.backward(); opt.step()
+    >>> sorted(terms), total.item() > 0
+    (['joints2d', 'joints3d', 'verts'], True)
+    >>> with torch.no_grad(): mesh = model.eval()(images)["verts"]  # inference is the forward
+    >>> mesh.shape
+    torch.Size([2, 778, 3])
     """
 
-    def __init__(self, backbone, token_generator, mesh_regressor, j_regressor, cfg):
+    def __init__(self, cfg, j_regressor=None, backbone=None, token_generator=None, mesh_regressor=None):
         super().__init__()
+        j_regressor = bodymodels.load_mano().J_regressor if j_regressor is None else j_regressor
         if tuple(j_regressor.shape) != (16, NUM_VERTS):
             raise ValueError(f"j_regressor: expected MANO's (16, {NUM_VERTS}), got {tuple(j_regressor.shape)}")
         self.cfg = cfg
-        self.backbone = backbone  # images -> (X_b, the map the keypoint head pools)
-        self.token_generator = token_generator  # T
-        self.mesh_regressor = mesh_regressor  # R
+        self.backbone = build_backbone(cfg) if backbone is None else backbone  # images -> (X_b, map to pool)
+        self.token_generator = TokenGenerator(cfg) if token_generator is None else token_generator  # T
+        self.mesh_regressor = MeshRegressor(cfg) if mesh_regressor is None else mesh_regressor  # R
         # a buffer, so that a checkpoint carries the regressor it was trained with
         self.register_buffer("j_regressor", j_regressor.detach().clone().float())  # (16, 778)
-        # NOTE(paper vs code) 4: ImageNet statistics, as the pretrained timm backbones expect
-        self.normalise = ImageNetNormalise()
+        self.normalise = ImageNetNormalise()  # NOTE 4: what the ImageNet-pretrained backbones expect (appendix B)
+        self.root_relative = RootRelative(cfg.root_index)  # NOTE 5
 
     def forward(self, images):
         feature, pooled = self.backbone(self.normalise(images))  # X_b (B, C, H/s, W/s)
@@ -277,14 +262,10 @@ class SimpleHand(nn.Module):
 
     def from_features(self, feature, pooled):
         """Everything after the backbone: its maps X_b (B, C, h, w), pooled (B, C_g, h', w') -> the outputs."""
-        tokens, points = self.token_generator(feature, pooled)  # X_m (B, 21, C_t), (B, 21, 2)
+        tokens, joints2d = self.token_generator(feature, pooled)  # X_m (B, 21, C_t), (B, 21, 2)
         verts = self.mesh_regressor(tokens)  # (B, 778, 3)
-        joints = self.regress_joints(verts)  # (B, 21, 3)
-        if not self.cfg.subtract_root:  # official (hand_net.py): the raw vertices and mesh_to_joints
-            return {"joints2d": points, "verts": verts, "joints3d": joints}
-        # NOTE(paper vs code) 5: we subtract the model's own root joint: root-relative outputs by construction
-        root = joints[:, self.cfg.root_index:self.cfg.root_index + 1]  # (B, 1, 3)
-        return {"joints2d": points, "verts": verts - root, "joints3d": joints - root}
+        verts, joints3d = self.root_relative(verts, self.regress_joints(verts))  # (B, 778, 3), (B, 21, 3)
+        return {"joints2d": joints2d, "verts": verts, "joints3d": joints3d}
 
     def regress_joints(self, verts):
         """Sec. 3.4: J_3d = J x V_3d, plus 5 fingertip vertices: (B, 778, 3) -> (B, 21, 3), FreiHAND order.
@@ -295,76 +276,56 @@ class SimpleHand(nn.Module):
         joints = torch.einsum("jv,bvc->bjc", self.j_regressor.to(verts.dtype), verts)  # (B, 16, 3)
         return bodymodels.mano_to_freihand(joints, verts)  # (B, 21, 3)
 
-    def loss(self, pred, batch, cfg):
-        """Eq. (7) on this model's outputs `pred` -> (total, unweighted terms): `compute_loss`."""
-        return compute_loss(pred, batch, cfg)
-
 
 # ---------------------------------------------------------------------------------------------
-# 3. Losses (Sec. 3.4, Eq. 4-7)
+# 3. The loss (Sec. 3.4, Eq. 4-7)
 
 
-def l1_points(pred, target):
+def l1_distance(pred, target):
     """Eq. (4)-(6): L1 summed over coordinates, averaged over points and batch: (B, N, D) x 2 -> ()."""
     return (pred - target).abs().sum(dim=-1).mean()
 
 
-def compute_loss(pred, batch, cfg):
+def compute_loss(pred, verts, joints3d, joints2d, cfg):
     """Eq. (7): L = w_3d L_J3d + w_2d L_J2d + w_vert L_vert -> (total, {"verts", "joints3d", "joints2d"}).
 
-    pred: the model's dict. batch: data.py's keys `image (B, 3, H, W)`, `joints3d (B, 21, 3)`,
-    `verts (B, 778, 3)` (metres, camera coordinates) and `joints2d (B, 21, 2)` (pixels of the crop).
-    The 3D ground truth is made relative to its joint `cfg.root_index`, the 2D one divided by (W, H).
-    The returned terms are unweighted (metres and crop fractions); the total is weighted.
-    NOTE(official vs here) 11: the official loss masks keypoints (and hands) outside the crop; not reproduced.
+    pred: SimpleHand's outputs. Targets: verts (B, 778, 3) and joints3d (B, 21, 3) in metres (camera
+    coordinates; made relative to joints3d[:, cfg.root_index] here), joints2d (B, 21, 2) fractions of the
+    crop. The returned terms are unweighted (metres and crop fractions); the total is weighted.
+    NOTE 11: the official loss masks 2D joints (and hands) outside the crop; not reproduced.
     """
-    missing = [k for k in ("image", "joints3d", "verts", "joints2d") if k not in batch]
-    if missing:
-        raise ValueError(f"compute_loss: batch lacks keys {missing} (expected data.py's hand sample keys)")
-    root = batch["joints3d"][:, cfg.root_index:cfg.root_index + 1]  # (B, 1, 3)
-    H, W = batch["image"].shape[-2:]
-    wh = torch.tensor([W, H], dtype=batch["joints2d"].dtype, device=root.device)
-    terms = {"verts": l1_points(pred["verts"], batch["verts"] - root),  # Eq. (6)
-             "joints3d": l1_points(pred["joints3d"], batch["joints3d"] - root),  # Eq. (4)
-             "joints2d": l1_points(pred["joints2d"], batch["joints2d"] / wh)}  # Eq. (5)
+    root = joints3d[:, cfg.root_index:cfg.root_index + 1]  # (B, 1, 3)
+    terms = {"verts": l1_distance(pred["verts"], verts - root),  # Eq. (6)
+             "joints3d": l1_distance(pred["joints3d"], joints3d - root),  # Eq. (4)
+             "joints2d": l1_distance(pred["joints2d"], joints2d)}  # Eq. (5)
     total = cfg.w_verts * terms["verts"] + cfg.w_joints3d * terms["joints3d"] + cfg.w_joints2d * terms["joints2d"]
     return total, terms
 
 
-def training_loss(model, batch, cfg, step):
-    """The trainer protocol's loss: one forward of `model` (possibly a DDP wrapper) on batch["image"],
-    then the model's loss, Eq. (7) -> (total (), unweighted terms {"verts", "joints3d", "joints2d"})."""
-    return getattr(model, "module", model).loss(model(batch["image"]), batch, cfg)
-
-
 # ---------------------------------------------------------------------------------------------
-# 4. Inference
-
-
-def predict(model, batch, cfg):
-    """The trainer protocol's predictions (call under no_grad, model in eval mode) -> per-sample tensors:
-    joints2d (B, 21, 2) in PIXELS of the crop; joints3d (B, 21, 3), verts (B, 778, 3) root-relative metres."""
-    out = model(batch["image"])
-    H, W = batch["image"].shape[-2:]
-    wh = torch.tensor([W, H], dtype=out["joints2d"].dtype, device=out["joints2d"].device)
-    joints3d, verts = out["joints3d"], out["verts"]
-    if not cfg.subtract_root:  # official (infer_to_json.py): joints and vertices minus the predicted joint 9
-        root = joints3d[:, cfg.root_index:cfg.root_index + 1]  # (B, 1, 3)
-        joints3d, verts = joints3d - root, verts - root
-    return {"joints2d": out["joints2d"] * wh,  # [0, 1] of the crop -> (u, v) pixels
-            "joints3d": joints3d, "verts": verts}
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. Configs (PAPER, PAPER_FASTVIT, OFFICIAL, TINY), build_model and the trainer protocol
+# 4. Configs (PAPER, PAPER_FASTVIT, OFFICIAL, TINY), build_model and the trainer protocol
+#
+# A preset is the model config (what `SimpleHand(cfg.model)` reads), the variant (what `build_model` puts in
+# the method's place: an ablation row's module, appendix C, or the official code's behaviours, appendix B),
+# the recipe and the data. Every field name is unique in a preset (train.py's --set finds it by name).
 
 
 FREIHAND_TRAIN_SAMPLES = 130_240  # 32,560 x 4 versions (Sec. 4.2); one paper epoch
 STEPS_PER_EPOCH = FREIHAND_TRAIN_SAMPLES // 256  # 508 steps of the paper's global batch 256 (8 x 32, Sec. 4.1)
 
 
+def check_choices(cfg):
+    """Raise ValueError naming the field unless every Literal field of the dataclass `cfg` holds one of its choices."""
+    for field in dataclasses.fields(cfg):
+        allowed = typing.get_args(field.type) if typing.get_origin(field.type) is Literal else None
+        if allowed and getattr(cfg, field.name) not in allowed:
+            raise ValueError(f"{type(cfg).__name__}.{field.name}={getattr(cfg, field.name)!r}: expected one of "
+                             f"{allowed}")
+
+
 @dataclass
 class SimpleHandConfig:
+    """The model: what building `SimpleHand` reads (the backbone, T, R) and the loss weights."""
     # --- backbone (Sec. 4.1) ---
     backbone: str = "hrnet_w64"  # "tiny_cnn" (written below) or a timm model name
     image_size: int = 224  # square crop, pixels (FreiHAND images are 224 x 224)
@@ -375,34 +336,57 @@ class SimpleHandConfig:
     pretrained_backbone: bool = True  # start from ImageNet weights (Sec. 4.1), read from backbone_weights
     backbone_weights: str = ""  # local file of timm's ImageNet weights (.pth/.bin/.safetensors): no hub here
     backbone_drop_path: float = 0.0  # stochastic depth inside the timm backbone (the paper is silent)
-    input_norm: Literal["imagenet", "bgr_minus_half"] = "imagenet"  # RGB, (x - mean) / std as ImageNet
-    #   weights expect | "bgr_minus_half" (official)
     tiny_widths: tuple = (16, 32, 64, 128)  # tiny_cnn only: channels at strides 2, 4, 8, 32
-    official_checkpoint: str = ""  # a released epoch_200_rerun* file that build_model loads (`load_official`)
     # --- token generator T (Sec. 3.1, 3.3) ---
     feature_upsample: int = 1  # deconvolution factor of the sampled map: 4 for stride 32 (Sec. 3.3), 1 for stride 8
     token_channels: int = 256  # C_t after the upsample (official deconv width 256)
-    keypoint_activation: Literal["sigmoid", "none"] = "sigmoid"  # keeps the 2D keypoints in [0, 1] (ours)
-    #   | "none": the raw Linear (official)
     # --- mesh regressor R (Sec. 3.2) ---
-    token_nums: tuple = (21, 84, 336)  # n_k: input tokens of each decoder layer; the last outputs 778
+    num_tokens: tuple = (21, 84, 336)  # n_k: input tokens of each decoder layer; the last outputs 778
     dims: tuple = (256, 128, 64)  # c_k: block widths (Table 7: 256, 128, 64 best)
     depths: tuple = (1, 1, 1)  # blocks per layer (Table 7: 1, 1, 1 best)
     num_heads: int = 4  # official code
     mlp_ratio: float = 4.0  # official code
-    dropout: float = 0.1  # attention dropout and drop path. NOTE(paper vs code) 2: official code, paper silent
+    dropout: float = 0.1  # attention dropout and drop path. NOTE 2: official code, paper silent
     # --- losses (Sec. 3.4, Eq. 7) ---
     w_verts: float = 10.0
     w_joints3d: float = 10.0
     w_joints2d: float = 1.0
     root_index: int = 9  # FreiHAND joint the 3D outputs are relative to (middle MCP, official code)
+
+    def __post_init__(self):
+        self.num_tokens, self.dims, self.depths = tuple(self.num_tokens), tuple(self.dims), tuple(self.depths)
+        if not len(self.num_tokens) == len(self.dims) == len(self.depths) >= 1:
+            raise ValueError(f"SimpleHandConfig: num_tokens {self.num_tokens}, dims {self.dims} and depths "
+                             f"{self.depths} must have the same length (one entry per decoder layer)")
+        if self.feature_upsample < 1:
+            raise ValueError(f"SimpleHandConfig.feature_upsample={self.feature_upsample}: expected a factor >= 1")
+
+
+@dataclass
+class SimpleHandVariant:
+    """What `build_model` puts in the method's place: an ablation row's T or R (Sec. 4.5, appendix C), the official
+    code's behaviours (appendix B), or its released weights."""
+    token_generator: Literal["point", "global", "grid", "point_stride32", "point_two_deconvolutions",
+                             "point_enhanced", "coarse_mesh"] = "point"  # T: keypoint-guided point sampling
+    #   (Sec. 3.1) | a Table 4-5 row's (TOKEN_GENERATORS)
+    mesh_regressor: Literal["decoder", "mlp", "identity_mixer", "no_position_embedding"] = "decoder"  # R: Eq. 1-3
+    #   | a Table 4 or 8 row's (MESH_REGRESSORS)
+    position_encoding: Literal["sine", "none"] = "sine"  # NOTE 1: the official sine encoding of the sampled map
+    input_norm: Literal["imagenet", "bgr_minus_half"] = "imagenet"  # RGB, (x - mean) / std as ImageNet
+    #   weights expect | "bgr_minus_half" (official)
+    keypoint_activation: Literal["sigmoid", "none"] = "sigmoid"  # keeps the 2D joints in [0, 1] (ours)
+    #   | "none": the raw Linear (official)
     subtract_root: bool = True  # the model subtracts its own joint 9: root-relative outputs by construction
-    # --- data (read by synthetic.hand_dataset) ---
-    train_augment: Literal["default", "official"] = "official"  # real training data (FreiHAND, .npz): the
-    #   official code's augmentation (data.HAND_AUGMENTS; NOTE(paper vs code) 7) | data.AugmentConfig()'s
-    eval_crop: Literal["none", "keypoints"] = "none"  # FreiHAND test images as they are | "keypoints": the
-    #   official re-crop (data.py)
-    # --- training recipe read by train.py (in optimisation steps; batch_size is the GLOBAL batch) ---
+    official_checkpoint: str = ""  # a released epoch_200_rerun* file that build_model loads (`load_official`)
+
+    def __post_init__(self):
+        check_choices(self)
+
+
+@dataclass
+class SimpleHandRecipe:
+    """The training recipe read by train.py, in optimisation steps (batch_size is the GLOBAL batch), and the
+    paper's hardware. Epochs and the per-GPU batch are derived properties: they follow `--set batch_size=...`."""
     batch_size: int = 256  # 8 GPUs x 32 (Sec. 4.1)
     lr: float = 5e-4  # AdamW (Sec. 4.1)
     lr_final: float = 5e-5  # after the drop (Sec. 4.1)
@@ -414,33 +398,11 @@ class SimpleHandConfig:
     weight_decay: float = 1e-2  # official code (the paper is silent)
     grad_clip: float = 1.0  # max gradient norm, official code (the paper is silent); 0 = off
     amp: bool = True  # fp16 autocast, official code (the paper is silent)
-    # --- ablation rows (Sec. 4.5): the module build_model puts in the method's place (appendix C) ---
-    token_generator: Literal["point", "global", "grid", "point_stride32", "point_two_deconvolutions",
-                             "point_enhanced", "coarse_mesh"] = "point"  # T: keypoint-guided point sampling
-    #   (Sec. 3.1) | a Table 4-5 row's (TOKEN_GENERATORS)
-    mesh_regressor: Literal["decoder", "mlp", "identity_mixer", "no_position_embedding"] = "decoder"  # R: Eq. 1-3
-    #   | a Table 4 or 8 row's (MESH_REGRESSORS)
-    # --- the paper's hardware and results, as reported (data, not read by train.py) ---
-    gpus: int = 8  # RTX 2080 Ti (Sec. 4.1); 0 = not a paper run. batch_per_gpu and epochs are derived below
-    reported_hours: float = 11.0  # "11 hours with HRNet" (Sec. 4.1)
-    reported_fps: float = 33.0  # batch 1, RTX 2080 Ti, no TensorRT (Table 1)
-    reported_pa_mpjpe_mm: float = 5.8  # FreiHAND (Table 1)
+    gpus: int = 8  # RTX 2080 Ti (Sec. 4.1); 0 = not a paper run
 
     def __post_init__(self):
-        for field in dataclasses.fields(self):  # every Literal field holds one of its choices
-            allowed = typing.get_args(field.type) if typing.get_origin(field.type) is Literal else None
-            if allowed and getattr(self, field.name) not in allowed:
-                raise ValueError(f"SimpleHandConfig.{field.name}={getattr(self, field.name)!r}: expected one of "
-                                 f"{allowed}")
-        self.token_nums, self.dims, self.depths = tuple(self.token_nums), tuple(self.dims), tuple(self.depths)
-        if not len(self.token_nums) == len(self.dims) == len(self.depths) >= 1:
-            raise ValueError(f"SimpleHandConfig: token_nums {self.token_nums}, dims {self.dims} and depths "
-                             f"{self.depths} must have the same length (one entry per decoder layer)")
-        if self.feature_upsample < 1:
-            raise ValueError(f"SimpleHandConfig.feature_upsample={self.feature_upsample}: expected a factor >= 1")
+        check_choices(self)
 
-    # Derived, never stored: the trainer overrides the stored fields (`--set batch_size=...`) and
-    # these follow. An "epoch" is one pass over FreiHAND's training set at this global batch.
     @property
     def iters_per_epoch(self):
         """Optimisation steps per pass over FreiHAND's 130,240 training images: 508 at batch 256."""
@@ -466,28 +428,50 @@ class SimpleHandConfig:
         return None
 
 
-PAPER = SimpleHandConfig()  # HRNet-W64, stride-8 feature used directly (Sec. 4.1); decoder 1.55M params
-PAPER_FASTVIT = SimpleHandConfig(  # FastViT-MA36 + 4x deconvolution (Sec. 3.3); decoder 6.54M params
-    backbone="fastvit_ma36", feature_channels=1216, feature_stride=32, global_channels=1216,
-    timm_out_indices=(), feature_upsample=4,
-    reported_hours=7.0, reported_fps=70.0, reported_pa_mpjpe_mm=5.7)  # "7 hours training with FastViT-MA36"
-TINY = SimpleHandConfig(  # 0.57M params (0.28M outside the backbone); train.py's CPU demo
-    backbone="tiny_cnn", image_size=96, feature_channels=64, feature_stride=8, global_channels=128,
-    timm_out_indices=(), pretrained_backbone=False,  # written here: no ImageNet weights exist
-    token_channels=64,  # = feature_channels: no projection, no BatchNorm
-    # Tables 6-7 scaled down for two CPU cores: 168 tokens in the last layer instead of 336 quarter
-    # its attention, widths 96/48/24 instead of 256/128/64, MLP ratio 2 instead of 4. Each makes a
-    # step cheaper at about the same accuracy, so more steps fit in the demo's 15 minutes (docs/simplehand.md).
-    token_nums=(21, 84, 168), dims=(96, 48, 24), mlp_ratio=2.0,
-    num_heads=2,  # CPU attention costs more with narrower heads (docs/simplehand.md)
-    dropout=0.0,  # deterministic steps: two DDP ranks match one process exactly
-    train_augment="default",  # real data: data.AugmentConfig() (synthetic sets are rendered once, unaugmented)
-    batch_size=32, lr=2e-3, lr_final=2e-5, lr_schedule="cosine", lr_drop_step=0,
-    warmup_steps=100, max_steps=6000, weight_decay=1e-2, grad_clip=1.0, amp=False,
-    gpus=0, reported_hours=0.0, reported_fps=0.0, reported_pa_mpjpe_mm=0.0)  # not a paper run
+@dataclass
+class SimpleHandData:
+    """What the data functions read (synthetic.hand_dataset) besides the model's image_size."""
+    train_augment: Literal["default", "official"] = "official"  # real training data (FreiHAND, .npz): the
+    #   official code's augmentation (data.HAND_AUGMENTS; NOTE 7) | data.AugmentConfig()'s
+    eval_crop: Literal["none", "keypoints"] = "none"  # FreiHAND test images as they are | "keypoints": the
+    #   official re-crop (data.py)
 
-# NOTE(paper vs code) 6: the official code's recipe: 200 "epochs" of 256 iterations, the drop at 100; apply with
-# `dataclasses.replace(CONFIGS["paper"], **OFFICIAL_CODE_RECIPE)`.
+    def __post_init__(self):
+        check_choices(self)
+
+
+@dataclass
+class SimpleHandPreset:
+    """A preset: the model config, the variant build_model builds, the recipe and the data."""
+    model: SimpleHandConfig = dataclasses.field(default_factory=SimpleHandConfig)
+    variant: SimpleHandVariant = dataclasses.field(default_factory=SimpleHandVariant)
+    recipe: SimpleHandRecipe = dataclasses.field(default_factory=SimpleHandRecipe)
+    data: SimpleHandData = dataclasses.field(default_factory=SimpleHandData)
+
+
+PAPER = SimpleHandPreset()  # HRNet-W64, stride-8 feature used directly (Sec. 4.1); decoder 1.55M params
+PAPER_FASTVIT = SimpleHandPreset(SimpleHandConfig(  # FastViT-MA36 + 4x deconvolution (Sec. 3.3); decoder 6.54M params
+    backbone="fastvit_ma36", feature_channels=1216, feature_stride=32, global_channels=1216,
+    timm_out_indices=(), feature_upsample=4))
+TINY = SimpleHandPreset(  # 0.57M params (0.28M outside the backbone); train.py's CPU demo
+    SimpleHandConfig(
+        backbone="tiny_cnn", image_size=96, feature_channels=64, feature_stride=8, global_channels=128,
+        timm_out_indices=(), pretrained_backbone=False,  # written here: no ImageNet weights exist
+        token_channels=64,  # = feature_channels: no projection, no BatchNorm
+        # Tables 6-7 scaled down for two CPU cores: 168 tokens in the last layer instead of 336 quarter
+        # its attention, widths 96/48/24 instead of 256/128/64, MLP ratio 2 instead of 4. Each makes a
+        # step cheaper at about the same accuracy, so more steps fit in the demo's 15 minutes (docs/simplehand.md).
+        num_tokens=(21, 84, 168), dims=(96, 48, 24), mlp_ratio=2.0,
+        num_heads=2,  # CPU attention costs more with narrower heads (docs/simplehand.md)
+        dropout=0.0),  # deterministic steps: two DDP ranks match one process exactly
+    recipe=SimpleHandRecipe(batch_size=32, lr=2e-3, lr_final=2e-5, lr_schedule="cosine", lr_drop_step=0,
+                            warmup_steps=100, max_steps=6000, weight_decay=1e-2, grad_clip=1.0, amp=False,
+                            gpus=0),  # not a paper run
+    data=SimpleHandData(train_augment="default"))  # real data: data.AugmentConfig() (synthetic sets are rendered
+#   once, unaugmented)
+
+# NOTE 6: the official code's recipe: 200 "epochs" of 256 iterations, the drop at 100; apply with
+# `dataclasses.replace(PAPER, recipe=dataclasses.replace(PAPER.recipe, **OFFICIAL_CODE_RECIPE))`.
 OFFICIAL_CODE_RECIPE = dict(
     max_steps=200 * 256, lr_drop_step=100 * 256, warmup_steps=5 * 256,
     weight_decay=1e-2, grad_clip=1.0, amp=True)
@@ -496,13 +480,15 @@ OFFICIAL_CODE_RECIPE = dict(
 # state-dict shapes, so the released epoch_200_rerun* weights load: `load_official`) with the
 # official behaviours, and the official code's recipe. 49.39M params (6.54M outside the backbone; the
 # official 50.61M count timm's 1000-class head, which forward_features never uses and we do not build).
-OFFICIAL = dataclasses.replace(
-    PAPER_FASTVIT, **OFFICIAL_CODE_RECIPE,
-    input_norm="bgr_minus_half",  # official (hand_net.py): cv2.imread's BGR, image / 255 - 0.5
-    keypoint_activation="none",  # official (hand_net.py): the raw Linear; clamped to the crop where sampled
-    subtract_root=False,  # official (hand_net.py): raw outputs, trained towards root-relative targets
-    backbone_drop_path=0.2,  # official (cfg.py): timm's drop_path_rate 0.2
-    eval_crop="keypoints")  # official (eval_datataset.py): FreiHAND test images re-cropped around their keypoints
+OFFICIAL = SimpleHandPreset(
+    dataclasses.replace(PAPER_FASTVIT.model, backbone_drop_path=0.2),  # official (cfg.py): timm's drop_path_rate 0.2
+    SimpleHandVariant(
+        input_norm="bgr_minus_half",  # official (hand_net.py): cv2.imread's BGR, image / 255 - 0.5
+        keypoint_activation="none",  # official (hand_net.py): the raw Linear; clamped to the crop where sampled
+        subtract_root=False),  # official (hand_net.py): raw outputs, trained towards root-relative targets
+    dataclasses.replace(PAPER_FASTVIT.recipe, **OFFICIAL_CODE_RECIPE),
+    SimpleHandData(eval_crop="keypoints"))  # official (eval_datataset.py): FreiHAND test images re-cropped around
+#   their keypoints
 CONFIGS = {"paper": PAPER, "paper_fastvit": PAPER_FASTVIT, "official": OFFICIAL, "tiny": TINY}
 
 
@@ -512,7 +498,7 @@ def _mano_j_regressor():
 
 
 def build_model(cfg, parent=None):
-    """The SimpleHand of a config (a name from CONFIGS or a SimpleHandConfig), with MANO's J_regressor.
+    """The SimpleHand of a preset (a name from CONFIGS or a SimpleHandPreset), with MANO's J_regressor.
 
     `parent` (the trainer protocol: a trained model of an earlier stage to start from) must be None:
     SimpleHand trains in one stage, its backbone at most from ImageNet weights.
@@ -521,50 +507,52 @@ def build_model(cfg, parent=None):
         raise ValueError(f"SimpleHand trains in one stage and starts from no earlier model, "
                          f"but build_model got parent={type(parent).__name__}")
     cfg = _config(cfg)
-    if cfg.official_checkpoint:  # the released weights replace every initialisation
-        return load_official(cfg.official_checkpoint, cfg)
+    if cfg.variant.official_checkpoint:  # the released weights replace every initialisation
+        return load_official(cfg.variant.official_checkpoint, cfg)
     return build_simplehand(cfg, _mano_j_regressor())
 
 
 def build_simplehand(cfg, j_regressor):
-    """SimpleHand from its parts as `cfg` names them, around `j_regressor` (16, 778): the backbone, then the
-    paper's T and R, or an ablation row's in their place (appendix C), then the official code's behaviours
-    where `cfg` asks for them (appendix B). Randomly initialised, in this order."""
-    if cfg.token_generator == "coarse_mesh":  # Table 5's coarse mesh adds outputs and a loss term: its own model
+    """The SimpleHand of a preset around `j_regressor` (16, 778): the backbone, then the paper's T and R or an
+    ablation row's in their place (appendix C), then the official code's behaviours the variant names
+    (appendix B). Randomly initialised, in this order."""
+    if cfg.variant.token_generator == "coarse_mesh":  # Table 5's coarse mesh adds outputs and a loss term
         model = build_coarse_mesh_hand(cfg, j_regressor)
     else:
-        model = SimpleHand(build_backbone(cfg), build_token_generator(cfg), build_mesh_regressor(cfg), j_regressor, cfg)
-    return with_official_behaviours(model, cfg)
+        model = SimpleHand(cfg.model, j_regressor, build_backbone(cfg.model), build_token_generator(cfg),
+                           build_mesh_regressor(cfg))
+    return with_official_behaviours(model, cfg.variant)
 
 
 def build_token_generator(cfg):
-    """T of the config: the paper's TokenGenerator, or a Table 4-5 row's (appendix C's TOKEN_GENERATORS)."""
-    return TOKEN_GENERATORS[cfg.token_generator](cfg)
+    """T of a preset: the paper's TokenGenerator, or a Table 4-5 row's (appendix C's TOKEN_GENERATORS)."""
+    return TOKEN_GENERATORS[cfg.variant.token_generator](cfg.model)
 
 
 def build_mesh_regressor(cfg):
-    """R of the config: the paper's decoder or a Table 4 / 8 row's (appendix C's MESH_REGRESSORS), its first
-    layer reading as many tokens as the config's T gives. token_nums[0] may be written 21, as Tables 6-7 write
+    """R of a preset: the paper's decoder or a Table 4 / 8 row's (appendix C's MESH_REGRESSORS), its first
+    layer reading as many tokens as the preset's T gives. num_tokens[0] may be written 21, as Tables 6-7 write
     it whatever the sampling, or as that count."""
-    n = TOKEN_GENERATORS[cfg.token_generator].num_tokens
-    if cfg.token_nums[0] not in (NUM_JOINTS, n):
-        raise ValueError(f"SimpleHandConfig.token_nums[0]={cfg.token_nums[0]} but token_generator="
-                         f"{cfg.token_generator!r} gives {n} tokens: set token_nums[0] to {n} (or {NUM_JOINTS}, "
-                         f"which follows the token generator)")
-    return MESH_REGRESSORS[cfg.mesh_regressor](dataclasses.replace(cfg, token_nums=(n,) + cfg.token_nums[1:]))
+    n, model = TOKEN_GENERATORS[cfg.variant.token_generator].num_tokens, cfg.model
+    if model.num_tokens[0] not in (NUM_JOINTS, n):
+        raise ValueError(f"SimpleHandConfig.num_tokens[0]={model.num_tokens[0]} but token_generator="
+                         f"{cfg.variant.token_generator!r} gives {n} tokens: set num_tokens[0] to {n} (or "
+                         f"{NUM_JOINTS}, which follows the token generator)")
+    return MESH_REGRESSORS[cfg.variant.mesh_regressor](
+        dataclasses.replace(model, num_tokens=(n,) + model.num_tokens[1:]))
 
 
 def check_inputs(cfg, kind, path):
-    """train.py's protocol: the files the config names (the released checkpoint, else the backbone's
+    """train.py's protocol: the files the preset names (the released checkpoint, else the backbone's
     ImageNet weights) must exist, checked before any stage trains; raises in one line as build_model would."""
-    if cfg.official_checkpoint:
-        check_official_file(cfg.official_checkpoint)
-    elif cfg.backbone != "tiny_cnn":
-        pretrained_weights(cfg)
+    if cfg.variant.official_checkpoint:
+        check_official_file(cfg.variant.official_checkpoint)
+    elif cfg.model.backbone != "tiny_cnn":
+        pretrained_weights(cfg.model)
 
 
 def _config(cfg):
-    """A SimpleHandConfig, or the one CONFIGS names."""
+    """A SimpleHandPreset, or the one CONFIGS names."""
     if isinstance(cfg, str):
         if cfg not in CONFIGS:
             raise ValueError(f"unknown SimpleHand config {cfg!r}: expected one of {sorted(CONFIGS)}")
@@ -575,15 +563,52 @@ def _config(cfg):
 def learning_rate(cfg, step):
     """The recipe's learning rate at optimisation step `step` (0-based): linear warm-up, then
     "step" (lr until lr_drop_step, lr_final after; Sec. 4.1) or "cosine" (lr -> lr_final at max_steps)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "step":
-        return cfg.lr if step < cfg.lr_drop_step else cfg.lr_final
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
+    r = cfg.recipe
+    if step < r.warmup_steps:
+        return r.lr * (step + 1) / r.warmup_steps
+    if r.lr_schedule == "step":
+        return r.lr if step < r.lr_drop_step else r.lr_final
+    t = min(1.0, (step - r.warmup_steps) / max(1, r.max_steps - r.warmup_steps))
+    return r.lr_final + (r.lr - r.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-# ---------------------------------------------------------------------------------------------
+def crop_size(images, dtype):
+    """(W, H) of a batch of crops (B, 3, H, W) as a tensor: pixels <-> fractions of the crop."""
+    H, W = images.shape[-2:]
+    return torch.tensor([W, H], dtype=dtype, device=images.device)
+
+
+def training_loss(model, batch, cfg, step):
+    """The trainer protocol's loss: one forward of `model` (possibly a DDP wrapper) on batch["image"], then
+    Eq. (7) on data.py's keys joints3d (B, 21, 3), verts (B, 778, 3) (metres, camera coordinates) and joints2d
+    (B, 21, 2) (pixels of the crop) -> (total (), unweighted terms {"verts", "joints3d", "joints2d"})."""
+    missing = [k for k in ("image", "joints3d", "verts", "joints2d") if k not in batch]
+    if missing:
+        raise ValueError(f"training_loss: batch lacks keys {missing} (expected data.py's hand sample keys)")
+    pred = model(batch["image"])
+    wh = crop_size(batch["image"], batch["joints2d"].dtype)
+    total, terms = compute_loss(pred, batch["verts"], batch["joints3d"], batch["joints2d"] / wh, cfg.model)
+    if "coarse2d" in pred:  # Table 5's coarse-mesh row (appendix C): its points' Eq. (5) term, weighted as 2D joints
+        if "K" not in batch:
+            raise ValueError("the coarse-mesh loss needs batch['K'] (B, 3, 3) to project the coarse mesh's "
+                             "ground truth")
+        coarse_loss = getattr(model, "module", model).coarse_loss
+        terms["coarse2d"] = coarse_loss(pred["coarse2d"], batch["verts"], batch["K"], wh)
+        total = total + cfg.model.w_joints2d * terms["coarse2d"]
+    return total, terms
+
+
+def predict(model, batch, cfg):
+    """The trainer protocol's predictions (call under no_grad, model in eval mode) -> per-sample tensors:
+    joints2d (B, 21, 2) in PIXELS of the crop; joints3d (B, 21, 3), verts (B, 778, 3) root-relative metres."""
+    out = model(batch["image"])
+    # official (infer_to_json.py): joints and vertices minus the predicted joint 9 (the paper configs' outputs
+    # already are root-relative: it subtracts zeros)
+    root = out["joints3d"][:, cfg.model.root_index:cfg.model.root_index + 1]  # (B, 1, 3)
+    return {"joints2d": out["joints2d"] * crop_size(batch["image"], out["joints2d"].dtype),  # -> (u, v) pixels
+            "joints3d": out["joints3d"] - root, "verts": out["verts"] - root}
+
+
 # Appendix A. Support architecture: the backbones (a small CNN written here; timm's HRNet and FastViT)
 
 
@@ -751,7 +776,20 @@ def hrnet_features(net, x, out_indices):
 
 
 # ---------------------------------------------------------------------------------------------
-# Appendix B. Agreement with the official code: its state-dict keys and released weights
+# Appendix B. Agreement with the official code: its behaviours, state-dict keys and released weights
+
+
+class ImageNetNormalise(nn.Module):
+    """NOTE 4: RGB in [0, 1] (B, 3, H, W) -> (x - mean) / std with ImageNet's statistics (B, 3, H, W), as the
+    ImageNet-pretrained timm backbones expect (the paper and the official code feed BGR minus 0.5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images):
+        return (images - self.mean) / self.std
 
 
 class BGRMinusHalf(nn.Module):
@@ -762,12 +800,54 @@ class BGRMinusHalf(nn.Module):
         return images.flip(1) - 0.5
 
 
+def sine_position_encoding(h, w, channels, device=None, dtype=torch.float32, temperature=10000.0):
+    """DETR's fixed 2D sine encoding -> (channels, h, w): half the channels encode y, half x.
+
+    Positions 1..h (1..w) are scaled to (0, 2 pi] as p / (h + 1e-6) * 2 pi (DETR's and the official
+    position_embedding.py's normalisation); channel pair (2i, 2i+1) holds sin and cos of
+    position / temperature^(2i / (channels/2)).
+    """
+    half = channels // 2
+    freq = temperature ** (2 * (torch.arange(half, device=device) // 2) / half)  # (half,)
+    ys = torch.arange(1, h + 1, device=device, dtype=torch.float32) / (h + 1e-6) * (2 * math.pi)
+    xs = torch.arange(1, w + 1, device=device, dtype=torch.float32) / (w + 1e-6) * (2 * math.pi)
+
+    def encode(pos):  # (n,) -> (n, half): sin on even channels, cos on odd ones
+        angles = pos[:, None] / freq  # (n, half)
+        return torch.stack([angles[:, 0::2].sin(), angles[:, 1::2].cos()], dim=-1).flatten(1)
+
+    pos_y = encode(ys)[:, None, :].expand(h, w, half)  # (h, w, half)
+    pos_x = encode(xs)[None, :, :].expand(h, w, half)  # (h, w, half)
+    return torch.cat([pos_y, pos_x], dim=-1).permute(2, 0, 1).to(dtype)  # (channels, h, w)
+
+
+class SinePositionEncoding(nn.Module):
+    """NOTE 1: the sampled map plus `sine_position_encoding`, (B, C, h, w) -> same: in the official code only
+    (models/modules.py MeshHead), where every config has it; no parameters."""
+
+    def forward(self, x):
+        return x + sine_position_encoding(x.shape[2], x.shape[3], x.shape[1], x.device, x.dtype)
+
+
+class RawOutputs(nn.Module):
+    """In SimpleHand.root_relative's place: the official HandNet's raw outputs, (verts, joints3d) -> the same."""
+
+    def forward(self, verts, joints3d):
+        return verts, joints3d  # official (hand_net.py): the raw vertices and mesh_to_joints
+
+
 def with_official_behaviours(model, cfg):
-    """`model` with the official HandNet's behaviours that `cfg` asks for in place of the paper configs' (in place)."""
+    """`model` with the official code's behaviours that the variant `cfg` asks for in place of the method's (in
+    place). Modules without parameters: the state-dict keys do not change."""
+    if cfg.position_encoding == "sine":  # after the upsample, before the tokens are read
+        t = model.token_generator
+        t.upsample = nn.Sequential(*([] if isinstance(t.upsample, nn.Identity) else t.upsample), SinePositionEncoding())
     if cfg.keypoint_activation == "none":  # official (hand_net.py): the raw Linear, clamped to the crop where read
         model.token_generator.keypoint_activation = nn.Identity()
     if cfg.input_norm == "bgr_minus_half":
         model.normalise = BGRMinusHalf()
+    if not cfg.subtract_root:  # official (hand_net.py): raw outputs, trained towards root-relative targets
+        model.root_relative = RawOutputs()
     return model
 
 
@@ -834,12 +914,14 @@ def check_official_file(path):
 
 def load_official(path, cfg="official"):
     """A released official checkpoint (`epoch_200_rerun1` / `epoch_200_rerun2`: a torch.save dict with
-    `state_dict`, `optimizer_state_dict`, `scaler_state_dict`) -> the SimpleHand of `cfg` in eval mode.
+    `state_dict`, `optimizer_state_dict`, `scaler_state_dict`) -> the SimpleHand of the preset `cfg` in eval mode.
 
     Read with torch.load(weights_only=True), so the file cannot run code; loaded with strict=True.
-    The `official` config gives the official HandNet's outputs.
+    The `official` preset gives the official HandNet's outputs.
     """
-    cfg = dataclasses.replace(_config(cfg), pretrained_backbone=False, official_checkpoint="")
+    cfg = _config(cfg)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained_backbone=False),
+                              variant=dataclasses.replace(cfg.variant, official_checkpoint=""))
     check_official_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -860,7 +942,7 @@ def load_official(path, cfg="official"):
 # Appendix C. Ablation-only modules (Tables 4, 5 and 8's alternatives to T and R) and ABLATIONS
 #
 # Each is a module with the forward of the one it replaces; `build_simplehand` puts it in the method's
-# place when the config's `token_generator` / `mesh_regressor` names it (TOKEN_GENERATORS, MESH_REGRESSORS).
+# place when the variant's `token_generator` / `mesh_regressor` names it (TOKEN_GENERATORS, MESH_REGRESSORS).
 
 
 GRID_SIZE = 7  # Table 5 "Grid 7x7": a fixed 7 x 7 lattice
@@ -869,13 +951,13 @@ COARSE_VERTICES = 195  # FastMETRO's coarse MANO mesh: 195 of the 778 vertices
 
 class GlobalTokens(TokenGenerator):
     """Fig. 2a, Table 5 "Global 1x1": one token, the mean of the map the points would be read from ->
-    tokens (B, 1, C_t), keypoints (B, 21, 2) (supervised, but no token depends on them)."""
+    tokens (B, 1, C_t), joints2d (B, 21, 2) (supervised, but no token depends on them)."""
 
     num_tokens = 1
 
     def forward(self, feature, pooled):
-        points = self.keypoints(pooled)
-        return self.sampled_map(feature).mean(dim=(2, 3)).unsqueeze(1), points  # (B, 1, C_t), (B, 21, 2)
+        joints2d = self.predict_joints2d(pooled)
+        return self.upsample(feature).mean(dim=(2, 3)).unsqueeze(1), joints2d  # (B, 1, C_t), (B, 21, 2)
 
 
 class Stride32Tokens(TokenGenerator):
@@ -892,7 +974,7 @@ class Stride32Tokens(TokenGenerator):
 
 class GridTokens(Stride32Tokens):
     """Fig. 2b, Table 5 "Grid 7x7": tokens read at a fixed GRID_SIZE x GRID_SIZE lattice over the stride-32
-    map, whatever the keypoints -> tokens (B, 49, C_t), keypoints (B, 21, 2)."""
+    map, whatever the 2D joints -> tokens (B, 49, C_t), joints2d (B, 21, 2)."""
 
     num_tokens = GRID_SIZE ** 2
 
@@ -903,9 +985,9 @@ class GridTokens(Stride32Tokens):
         self.register_buffer("grid_uv", lattice, persistent=False)
 
     def forward(self, feature, pooled):
-        points = self.keypoints(pooled)
-        x = self.sampled_map(pooled)  # (B, C_t, h f, w f)
-        return sample_points(x, self.grid_uv.to(x.dtype).expand(len(x), -1, -1)), points  # (B, 49, C_t)
+        joints2d = self.predict_joints2d(pooled)
+        x = self.upsample(pooled)  # (B, C_t, h f, w f)
+        return sample_points(x, self.grid_uv.to(x.dtype).expand(len(x), -1, -1)), joints2d  # (B, 49, C_t)
 
 
 class TwoDeconvolutionTokens(Stride32Tokens):
@@ -919,7 +1001,7 @@ class TwoDeconvolutionTokens(Stride32Tokens):
 
 class EnhancedTokens(TokenGenerator):
     """Fig. 2e, Table 5 "Point 28x28 enhanced": the sampled map "further improved by convolution" after the
-    upsample. NOTE(paper vs code) 9: no layout in the paper; ours: `convs` 3x3 conv-BN-ReLU blocks."""
+    upsample. NOTE 9: no layout in the paper; ours: `convs` 3x3 conv-BN-ReLU blocks."""
 
     def __init__(self, cfg, convs=2):
         super().__init__(cfg)
@@ -931,9 +1013,9 @@ class EnhancedTokens(TokenGenerator):
 
 
 class CoarseMeshTokens(TokenGenerator):
-    """Fig. 2f, Table 5 "Coarse mesh 28x28" (FastMETRO): tokens at the 21 keypoints and at the 2D points of
+    """Fig. 2f, Table 5 "Coarse mesh 28x28" (FastMETRO): tokens at the 21 2D joints and at the 2D points of
     `vertices` coarse-mesh vertices, which a second Linear predicts from the pooled feature ->
-    tokens (B, 21 + N_c, C_t), points (B, 21 + N_c, 2): the keypoints, then the coarse points."""
+    tokens (B, 21 + N_c, C_t), points (B, 21 + N_c, 2): the 2D joints, then the coarse points."""
 
     num_tokens = NUM_JOINTS + COARSE_VERTICES
 
@@ -947,20 +1029,20 @@ class CoarseMeshTokens(TokenGenerator):
         logits = torch.cat([self.keypoint_head(pooled_vector).reshape(len(pooled), NUM_JOINTS, 2),
                             self.coarse_head(pooled_vector).reshape(len(pooled), -1, 2)], 1)  # (B, 21 + N_c, 2)
         points = self.keypoint_activation(logits)
-        return sample_points(self.sampled_map(feature), points, clamp=True), points  # (B, 21 + N_c, C_t)
+        return sample_points(self.upsample(feature), points, clamp=True), points  # (B, 21 + N_c, C_t)
 
 
 class CoarseMeshHand(SimpleHand):
     """SimpleHand with CoarseMeshTokens: also coarse2d (B, N_c, 2), the predicted 2D points of the template's
-    vertices `coarse_index`, supervised by Eq. (5) as the keypoints are (`loss`: the vertices projected by
-    batch["K"] (B, 3, 3)). `template` (778, 3): MANO's rest vertices, the coarse mesh is chosen from."""
+    vertices `coarse_index`, supervised by Eq. (5) as the 2D joints are (`coarse_loss`). `template` (778, 3):
+    MANO's rest vertices, the coarse mesh is chosen from; the parts as SimpleHand's (token_generator given)."""
 
-    def __init__(self, backbone, token_generator, mesh_regressor, j_regressor, cfg, template):
-        super().__init__(backbone, token_generator, mesh_regressor, j_regressor, cfg)
+    def __init__(self, cfg, j_regressor, template, backbone=None, token_generator=None, mesh_regressor=None):
+        super().__init__(cfg, j_regressor, backbone, token_generator, mesh_regressor)
         if template is None or tuple(template.shape) != (NUM_VERTS, 3):
             raise ValueError(f"the coarse-mesh model needs MANO's template (778, 3) to pick the coarse mesh from, "
                              f"got {None if template is None else tuple(template.shape)}")
-        # NOTE(paper vs code) 10: farthest-point sampling of the template for FastMETRO's coarse mesh
+        # NOTE 10: farthest-point sampling of the template for FastMETRO's coarse mesh
         self.register_buffer("coarse_index", farthest_points(template.float(), token_generator.vertices))  # (N_c,)
 
     def from_features(self, feature, pooled):
@@ -968,24 +1050,18 @@ class CoarseMeshHand(SimpleHand):
         points = out["joints2d"]  # (B, 21 + N_c, 2)
         return dict(out, joints2d=points[:, :NUM_JOINTS], coarse2d=points[:, NUM_JOINTS:])
 
-    def loss(self, pred, batch, cfg):
-        """Eq. (7) and the coarse points' Eq. (5) term "coarse2d", weighted as the keypoints'."""
-        total, terms = super().loss(pred, batch, cfg)
-        if "K" not in batch:
-            raise ValueError("the coarse-mesh loss needs batch['K'] (B, 3, 3) to project the coarse mesh's "
-                             "ground truth")
-        H, W = batch["image"].shape[-2:]
-        wh = torch.tensor([W, H], dtype=batch["joints2d"].dtype, device=total.device)
-        uv = bodymodels.perspective_projection(batch["verts"][:, self.coarse_index], batch["K"]) / wh  # (B, N_c, 2)
-        terms["coarse2d"] = l1_points(pred["coarse2d"], uv)
-        return total + cfg.w_joints2d * terms["coarse2d"], terms
+    def coarse_loss(self, coarse2d, verts, K, wh):
+        """Eq. (5) on the coarse points: coarse2d (B, N_c, 2) crop fractions against the ground-truth vertices
+        (B, 778, 3) projected by K (B, 3, 3), divided by the crop's (W, H) `wh` -> ()."""
+        uv = bodymodels.perspective_projection(verts[:, self.coarse_index], K) / wh  # (B, N_c, 2)
+        return l1_distance(coarse2d, uv)
 
 
 def build_coarse_mesh_hand(cfg, j_regressor):
-    """The coarse-mesh row's model (Table 5), its coarse mesh chosen from MANO's template."""
+    """The coarse-mesh row's model (Table 5) of a preset, its coarse mesh chosen from MANO's template."""
     template = bodymodels.load_mano().v_template.detach().float()  # (778, 3)
-    return CoarseMeshHand(build_backbone(cfg), build_token_generator(cfg), build_mesh_regressor(cfg), j_regressor,
-                          cfg, template)
+    return CoarseMeshHand(cfg.model, j_regressor, template, build_backbone(cfg.model), build_token_generator(cfg),
+                          build_mesh_regressor(cfg))
 
 
 def farthest_points(points, n):
@@ -1004,13 +1080,13 @@ class MLPRegressor(nn.Module):
     """Table 4's baseline regressor, "a Multilayer Perceptron": tokens (B, n_0, C_t), flattened ->
     Linear -> GELU -> Linear -> vertices (B, 778, 3).
 
-    NOTE(paper vs code) 8: the paper gives no widths; ours has one hidden layer of dims[0].
+    NOTE 8: the paper gives no widths; ours has one hidden layer of dims[0].
     """
 
     def __init__(self, cfg):
         super().__init__()
         hidden = cfg.dims[0]
-        self.layers = nn.ModuleList([nn.Sequential(nn.Linear(cfg.token_nums[0] * cfg.token_channels, hidden),
+        self.layers = nn.ModuleList([nn.Sequential(nn.Linear(cfg.num_tokens[0] * cfg.token_channels, hidden),
                                                    nn.GELU())])
         self.head = nn.Linear(hidden, NUM_VERTS * 3)
 
@@ -1048,7 +1124,7 @@ class LayerWithoutPositionEmbedding(nn.Module):
         return self.upsample(x.transpose(1, 2)).transpose(1, 2)  # (B, n_out, c)
 
 
-# What each config's `token_generator` / `mesh_regressor` names: the paper's module first
+# What each variant's `token_generator` / `mesh_regressor` names: the paper's module first
 TOKEN_GENERATORS = {
     "point": TokenGenerator,  # Fig. 2d: keypoint-guided point sampling (the paper's)
     "global": GlobalTokens,  # Fig. 2a
@@ -1100,7 +1176,7 @@ ABLATIONS = {
     "table6": dict(
         caption="Decoder layers and their token numbers (Table 6; widths: Table 7's best, halved per layer)",
         columns=_COLUMNS,
-        rows=tuple((f"{len(n)} {list(n)}", {"token_nums": n, "dims": (_DIMS + (32,))[:len(n)], "depths": (1,) * len(n)},
+        rows=tuple((f"{len(n)} {list(n)}", {"num_tokens": n, "dims": (_DIMS + (32,))[:len(n)], "depths": (1,) * len(n)},
                     paper) for n, paper in (((21,), (6.6, 7.1)), ((21, 256), (6.3, 6.6)), ((21, 384), (6.3, 6.6)),
                                             ((21, 256, 384), (6.2, 6.5)), ((21, 84, 336), (6.2, 6.5)),
                                             ((21, 128, 256, 384), (6.2, 6.5)), ((21, 63, 126, 252), (6.3, 6.6)))),
@@ -1125,6 +1201,13 @@ ABLATIONS = {
         chosen="hiera-tiny sota"),
 }
 
+# The paper's reported figures for its presets (Sec. 4.1, Table 1): training hours ("11 hours with HRNet",
+# "7 hours training with FastViT-MA36" on 8 RTX 2080 Ti), FPS at batch 1 on an RTX 2080 Ti without TensorRT,
+# and FreiHAND PA-MPJPE (mm). `official` is paper_fastvit's network; `tiny` is not a paper run.
+REPORTED = {"paper": dict(hours=11.0, fps=33.0, pa_mpjpe_mm=5.8),
+            "paper_fastvit": dict(hours=7.0, fps=70.0, pa_mpjpe_mm=5.7),
+            "official": dict(hours=7.0, fps=70.0, pa_mpjpe_mm=5.7)}
+
 
 # ---------------------------------------------------------------------------------------------
 # Appendix D. Diagnostics: stage shapes, parameter counts, the fast inference path, benchmarks
@@ -1135,7 +1218,7 @@ def count_parameters(module):
 
 
 def non_backbone_parameters(cfg):
-    """Parameters of token generator + mesh regressor (Table 2's "#Params"), built on the meta device."""
+    """Parameters of token generator + mesh regressor of a preset (Table 2's "#Params"), built on the meta device."""
     with torch.device("meta"):
         return count_parameters(build_token_generator(cfg)) + count_parameters(build_mesh_regressor(cfg))
 
@@ -1217,8 +1300,8 @@ def benchmark_training(model, cfg, device, batch_size=256, steps=10, warmup=3):
     """Training images per second on CUDA, as train.py runs on a GPU: a copy of the model and the
     images in channels_last, bf16 autocast, forward + `training_loss` + backward + fused AdamW step."""
     model = copy.deepcopy(model).to(device).train().to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    S = cfg.image_size
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.recipe.lr, weight_decay=cfg.recipe.weight_decay, fused=True)
+    S = cfg.model.image_size
     batch = {"image": torch.rand(batch_size, 3, S, S, device=device).contiguous(memory_format=torch.channels_last),
              "verts": torch.randn(batch_size, NUM_VERTS, 3, device=device) * 0.03,  # metres
              "joints3d": torch.randn(batch_size, NUM_JOINTS, 3, device=device) * 0.03,

@@ -1256,24 +1256,24 @@ DEMO_BODY_LOOK = dict(colors="suit", background="flat")
 
 
 def hand_dataset(kind, path, split, cfg, seed, num_samples):
-    """The hand dataset for a split ("training" | "evaluation") of `--data kind[:path]` at cfg.image_size.
+    """The hand dataset for a split ("training" | "evaluation") of `--data kind[:path]` at cfg.model.image_size.
 
     kind "synthetic": SyntheticHands(num_samples) with DEMO_HAND_VIEW; the held-out split is the same
     generator under seed + 1_000_003, not augmented (train.py renders it once). "freihand" / "npz": the
-    folder at path, augmented for training as cfg.train_augment names (HAND_AUGMENTS; "default" without
-    the field). FreiHAND's evaluation split is cropped as cfg.eval_crop says (data.FREIHAND_CROPS; "none"
+    folder at path, augmented for training as cfg.data.train_augment names (HAND_AUGMENTS; "default" without
+    the field). FreiHAND's evaluation split is cropped as cfg.data.eval_crop says (data.FREIHAND_CROPS; "none"
     without the field).
     """
+    size, data_cfg = cfg.model.image_size, getattr(cfg, "data", None)
     if kind == "synthetic":
-        return SyntheticHands(num_samples, cfg.image_size, seed=seed + (split == "evaluation") * 1_000_003,
+        return SyntheticHands(num_samples, size, seed=seed + (split == "evaluation") * 1_000_003,
                               view_config=DEMO_HAND_VIEW)
-    augment = HAND_AUGMENTS[getattr(cfg, "train_augment", "default")]
+    augment = HAND_AUGMENTS[getattr(data_cfg, "train_augment", "default")]
     if kind == "freihand":
-        crop = getattr(cfg, "eval_crop", "none") if split == "evaluation" else "none"
-        return FreiHAND(path, split, cfg.image_size, augment=split == "training", seed=seed, crop=crop,
-                        augment_config=augment)
+        crop = getattr(data_cfg, "eval_crop", "none") if split == "evaluation" else "none"
+        return FreiHAND(path, split, size, augment=split == "training", seed=seed, crop=crop, augment_config=augment)
     if kind == "npz":
-        return NpzHands(path, split, cfg.image_size, augment=split == "training", seed=seed, augment_config=augment)
+        return NpzHands(path, split, size, augment=split == "training", seed=seed, augment_config=augment)
     raise ValueError(f"hand_dataset: kind must be 'synthetic', 'freihand' or 'npz', got {kind!r}")
 
 

@@ -330,7 +330,7 @@ def test_labels_read_every_key_but_the_image_for_strided_samples(tmp_path):
 
 
 def test_hand_dataset_builds_each_kind(freihand_root):
-    cfg = types.SimpleNamespace(image_size=40)
+    cfg = types.SimpleNamespace(model=types.SimpleNamespace(image_size=40))  # a preset's path to the crop size
     train, held_out = (synthetic.hand_dataset("synthetic", "", split, cfg, 3, 4)
                        for split in ("training", "evaluation"))
     assert train.image_size == 40 and train.view_config == synthetic.DEMO_HAND_VIEW

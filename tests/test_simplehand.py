@@ -24,6 +24,7 @@ import demo
 import render
 import simplehand as sh
 import synthetic
+from configs import config_leaves, with_fields
 from simplehand import PAPER, PAPER_FASTVIT, TINY
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -43,6 +44,13 @@ def tiny_model(cfg=TINY, seed=0):
     return sh.build_simplehand(cfg, random_j_regressor())
 
 
+def hand_loss(pred, batch, cfg):
+    """Eq. (7) on a batch of data.py's keys (2D joints in pixels), as training_loss computes it from its forward."""
+    H, W = batch["image"].shape[-2:]
+    wh = torch.tensor([W, H], dtype=batch["joints2d"].dtype)
+    return sh.compute_loss(pred, batch["verts"], batch["joints3d"], batch["joints2d"] / wh, cfg.model)
+
+
 def random_batch(B, size, seed=0):
     """A batch with data.py's hand keys: random vertex clouds 0.5 m in front of the camera, their
     joints by the same regressor as the model's, 2D joints anywhere in the crop."""
@@ -51,6 +59,32 @@ def random_batch(B, size, seed=0):
     joints3d = bodymodels.mano_to_freihand(random_j_regressor() @ verts, verts)  # (B, 21, 3)
     return {"image": torch.rand(B, 3, size, size, generator=g), "verts": verts, "joints3d": joints3d,
             "joints2d": torch.rand(B, 21, 2, generator=g) * size}
+
+
+# ---------------------------------------------------------------------------------------------
+# The copier's API: the file with bodymodels.py and metrics.py alone, its doctests
+
+
+def test_doctests_run_with_the_file_copied_alone_and_name_hmr_body_models_without_it(tmp_path):
+    """`python -m doctest simplehand.py` in a folder holding only the paper file, bodymodels.py and metrics.py:
+    MANO's stand-ins written there through HMR_BODY_MODELS, the examples end in a mesh of 778 vertices; without
+    HMR_BODY_MODELS the first body-model load stops in one line naming it."""
+    import shutil
+
+    import standins
+
+    for name in ("simplehand.py", "bodymodels.py", "metrics.py"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    standins.write_standins(tmp_path / "models", kinds=("mano",))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "2"}
+    run = subprocess.run([sys.executable, "-m", "doctest", "-v", "simplehand.py"], cwd=tmp_path, capture_output=True,
+                         text=True, env=dict(env, HMR_BODY_MODELS=str(tmp_path / "models")), timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    passed = int(run.stdout.splitlines()[-2].split()[0])  # "N passed and 0 failed."
+    assert passed >= 6 and "torch.Size([2, 778, 3])" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "doctest", "simplehand.py"], cwd=tmp_path, capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert run.returncode != 0 and "HMR_BODY_MODELS" in run.stdout and "standins.py" in run.stdout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,9 +106,9 @@ def test_tiny_shapes_after_every_stage():
                          ids=["paper_hrnet", "paper_fastvit"])
 def test_paper_decoder_shapes_on_meta_device(cfg, map_hw, token_width):
     with torch.device("meta"):
-        tg, mr = sh.TokenGenerator(cfg), sh.MeshRegressor(cfg)
-        feature = torch.empty(2, cfg.feature_channels, map_hw, map_hw)
-        pooled = torch.empty(2, cfg.global_channels, 224 // 32, 224 // 32)
+        tg, mr = sh.TokenGenerator(cfg.model), sh.MeshRegressor(cfg.model)
+        feature = torch.empty(2, cfg.model.feature_channels, map_hw, map_hw)
+        pooled = torch.empty(2, cfg.model.global_channels, 224 // 32, 224 // 32)
         assert tg.upsample(feature).shape == (2, token_width, 28, 28)  # H/8 either way (Sec. 3.3)
         tokens, joints2d = tg(feature, pooled)
         assert tokens.shape == (2, 21, token_width) and joints2d.shape == (2, 21, 2)
@@ -91,7 +125,7 @@ def test_paper_decoder_parameter_count_is_within_25_percent_of_table_2():
     assert abs(n - 1.9e6) <= 0.25 * 1.9e6, n
     # FastViT's 4x deconvolution (1216 -> 256, k = 4, no bias): about 5M of the official HandNet's 6.5M
     with torch.device("meta"):
-        deconv = sh.TokenGenerator(PAPER_FASTVIT).upsample[0]
+        deconv = sh.TokenGenerator(PAPER_FASTVIT.model).upsample[0]
     assert sh.count_parameters(deconv) == 1216 * 256 * 4 * 4
 
 
@@ -142,10 +176,10 @@ def test_sine_encoding_matches_the_formula():
 def test_keypoint_head_learns_through_the_point_sampling_alone():
     """With the 2D loss weight at zero, only the sampling positions connect the keypoint head to the
     3D losses: it gets a gradient with point sampling and none with global pooling."""
-    for sampling, token_nums, connected in [("point", (21, 84, 336), True), ("global", (1, 84, 336), False)]:
-        cfg = dataclasses.replace(TINY, token_generator=sampling, token_nums=token_nums, w_joints2d=0.0)
+    for sampling, num_tokens, connected in [("point", (21, 84, 336), True), ("global", (1, 84, 336), False)]:
+        cfg = with_fields(TINY, token_generator=sampling, num_tokens=num_tokens, w_joints2d=0.0)
         model = tiny_model(cfg)
-        loss, _ = sh.compute_loss(model(torch.rand(2, 3, 64, 64)), random_batch(2, 64), cfg)
+        loss, _ = hand_loss(model(torch.rand(2, 3, 64, 64)), random_batch(2, 64), cfg)
         loss.backward()
         grad = model.token_generator.keypoint_head.weight.grad
         assert (grad is not None and grad.abs().sum() > 0) == connected, sampling
@@ -157,13 +191,13 @@ def test_loss_is_l1_summed_over_xyz_and_averaged_over_points_and_batch():
     pred = {"verts": batch["verts"] - root + torch.tensor([0.01, -0.02, 0.0]),  # 0.03 per vertex
             "joints3d": batch["joints3d"] - root,  # exact
             "joints2d": batch["joints2d"] / 64 + 0.1}  # 0.2 per joint
-    total, terms = sh.compute_loss(pred, batch, TINY)
+    total, terms = hand_loss(pred, batch, TINY)
     torch.testing.assert_close(terms["verts"], torch.tensor(0.03))
     torch.testing.assert_close(terms["joints3d"], torch.tensor(0.0))
     torch.testing.assert_close(terms["joints2d"], torch.tensor(0.2))
     torch.testing.assert_close(total, torch.tensor(10 * 0.03 + 1 * 0.2))  # Eq. (7): weights 10 / 10 / 1
     with pytest.raises(ValueError, match="verts"):
-        sh.compute_loss(pred, {k: v for k, v in batch.items() if k != "verts"}, TINY)
+        sh.training_loss(None, {k: v for k, v in batch.items() if k != "verts"}, TINY, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,29 +206,29 @@ def test_loss_is_l1_summed_over_xyz_and_averaged_over_points_and_batch():
 
 def test_token_generator_rows_change_the_tokens():
     x = torch.rand(2, 3, 64, 64)
-    for sampling, token_nums, n in [("grid", (49, 84, 336), 49), ("global", (1, 84, 336), 1)]:
-        cfg = dataclasses.replace(TINY, token_generator=sampling, token_nums=token_nums)
+    for sampling, num_tokens, n in [("grid", (49, 84, 336), 49), ("global", (1, 84, 336), 1)]:
+        cfg = with_fields(TINY, token_generator=sampling, num_tokens=num_tokens)
         tokens, _ = tiny_model(cfg).token_generator(*tiny_model(cfg).backbone(x))
         assert tokens.shape == (2, n, 64)
         assert sh.non_backbone_parameters(cfg) != sh.non_backbone_parameters(TINY)
-    with pytest.raises(ValueError, match="token_nums"):  # 49 tokens, not 30
-        sh.build_mesh_regressor(dataclasses.replace(TINY, token_generator="grid", token_nums=(30, 84, 168)))
-    # token_nums[0] = 21, as Tables 6-7 write it, follows the token generator: a one-field ablation row
-    grid = sh.build_mesh_regressor(dataclasses.replace(TINY, token_generator="grid"))
+    with pytest.raises(ValueError, match="num_tokens"):  # 49 tokens, not 30
+        sh.build_mesh_regressor(with_fields(TINY, token_generator="grid", num_tokens=(30, 84, 168)))
+    # num_tokens[0] = 21, as Tables 6-7 write it, follows the token generator: a one-field ablation row
+    grid = sh.build_mesh_regressor(with_fields(TINY, token_generator="grid"))
     assert grid.layers[0].upsample.in_features == 49
 
 
 def test_only_point_sampling_depends_on_the_keypoints(monkeypatch):
     x = torch.rand(2, 3, 64, 64)
-    for sampling, token_nums in [("grid", (49, 84, 336)), ("global", (1, 84, 336))]:
-        model = tiny_model(dataclasses.replace(TINY, token_generator=sampling, token_nums=token_nums)).eval()
+    for sampling, num_tokens in [("grid", (49, 84, 336)), ("global", (1, 84, 336))]:
+        model = tiny_model(with_fields(TINY, token_generator=sampling, num_tokens=num_tokens)).eval()
         before = model(x)["verts"]
         with torch.no_grad():
             model.token_generator.keypoint_head.bias.add_(0.3)
         assert torch.equal(before, model(x)["verts"]), sampling  # moved keypoints: the same mesh, bit for bit
     # point sampling reads the map at the keypoints: moving them (the head's logits + 0.3, so the points
     # sigmoid(logit + 0.3)) gives the mesh of the unmoved model reading its map at those points
-    model = tiny_model(dataclasses.replace(TINY, token_nums=(21, 84, 336))).eval()
+    model = tiny_model(with_fields(TINY, num_tokens=(21, 84, 336))).eval()
     moved = copy.deepcopy(model)
     with torch.no_grad():
         moved.token_generator.keypoint_head.bias.add_(0.3)
@@ -208,37 +242,37 @@ def test_only_point_sampling_depends_on_the_keypoints(monkeypatch):
 
 def test_feature_upsample_switch_sets_the_sampled_resolution():
     for f, hw in [(1, 7), (2, 14), (4, 28)]:  # Table 5: 7x7, 14x14, 28x28
-        cfg = dataclasses.replace(PAPER_FASTVIT, feature_upsample=f)
+        cfg = with_fields(PAPER_FASTVIT, feature_upsample=f)
         with torch.device("meta"):
-            tg = sh.TokenGenerator(cfg)
+            tg = sh.TokenGenerator(cfg.model)
             assert tg.upsample(torch.empty(1, 1216, 7, 7)).shape == (1, 256, hw, hw)
         assert sh.count_parameters(tg.upsample) == 1216 * 256 * f * f + 2 * 256  # deconv + BatchNorm
 
 
 def test_layer_count_token_numbers_widths_and_depths_change_the_regressor():
     base = sh.non_backbone_parameters(TINY)
-    one_layer = dataclasses.replace(TINY, token_nums=(21,), dims=(128,), depths=(1,))  # Table 6, row 1
-    assert len(sh.MeshRegressor(one_layer).layers) == 1
+    one_layer = with_fields(TINY, num_tokens=(21,), dims=(128,), depths=(1,))  # Table 6, row 1
+    assert len(sh.MeshRegressor(one_layer.model).layers) == 1
     assert tiny_model(one_layer)(torch.rand(1, 3, 64, 64))["verts"].shape == (1, 778, 3)
-    four_layers = dataclasses.replace(TINY, token_nums=(21, 128, 256, 384), dims=(128, 64, 32, 32), depths=(1,) * 4)
-    assert len(sh.MeshRegressor(four_layers).layers) == 4
+    four_layers = with_fields(TINY, num_tokens=(21, 128, 256, 384), dims=(128, 64, 32, 32), depths=(1,) * 4)
+    assert len(sh.MeshRegressor(four_layers.model).layers) == 4
     assert len({base, sh.non_backbone_parameters(one_layer), sh.non_backbone_parameters(four_layers)}) == 3
     # Table 7: wider blocks have more parameters; a second block per layer adds exactly one block each
-    assert sh.non_backbone_parameters(dataclasses.replace(TINY, dims=(256, 128, 64))) > base
-    deeper = dataclasses.replace(TINY, depths=(2, 2, 2))
-    blocks = sum(sh.count_parameters(layer.blocks[0]) for layer in sh.MeshRegressor(TINY).layers)
+    assert sh.non_backbone_parameters(with_fields(TINY, dims=(256, 128, 64))) > base
+    deeper = with_fields(TINY, depths=(2, 2, 2))
+    blocks = sum(sh.count_parameters(layer.blocks[0]) for layer in sh.MeshRegressor(TINY.model).layers)
     assert sh.non_backbone_parameters(deeper) == base + blocks
 
 
 def test_table4_mlp_regressor_flattens_the_tokens_with_one_hidden_layer():
     """Table 4's baseline regressor at PAPER: 21 x 256 tokens -> 256 -> 778 x 3, counted by hand."""
     for sampling, n in [("point", 21), ("global", 1)]:
-        cfg = dataclasses.replace(PAPER, mesh_regressor="mlp", token_generator=sampling)
+        cfg = with_fields(PAPER, mesh_regressor="mlp", token_generator=sampling)
         with torch.device("meta"):
             mlp = sh.build_mesh_regressor(cfg)
             assert mlp(torch.empty(2, n, 256)).shape == (2, 778, 3)
         assert sh.count_parameters(mlp) == (n * 256 * 256 + 256) + (256 * 778 * 3 + 778 * 3)
-    model = tiny_model(dataclasses.replace(TINY, mesh_regressor="mlp")).eval()
+    model = tiny_model(with_fields(TINY, mesh_regressor="mlp")).eval()
     tokens = torch.rand(1, 21, 64, requires_grad=True)
     model.mesh_regressor(tokens)[0, 0, 0].backward()  # one vertex reads every token (no per-token path)
     assert (tokens.grad.abs().sum(dim=-1) > 0).all()
@@ -254,18 +288,18 @@ def test_table5_upsample_variants_reach_28x28_from_the_7x7_map():
             (dict(token_generator="point_two_deconvolutions"), 28,
              1024 * 256 * 4 + 2 * 256 + 256 * 256 * 4 + 2 * 256),
             (dict(token_generator="point_enhanced"), 28, 2 * (256 * 256 * 9 + 2 * 256))]:  # HRNet's 28x28 + 2 convs
-        cfg = dataclasses.replace(PAPER, **overrides)
+        cfg = with_fields(PAPER, **overrides)
         with torch.device("meta"):
             tg, feature, pooled = sh.build_token_generator(cfg), torch.empty(1, 256, 28, 28), torch.empty(1, 1024, 7, 7)
             tokens, points = tg(feature, pooled)
-            x = tg.upsample(feature if cfg.token_generator == "point_enhanced" else pooled)
+            x = tg.upsample(feature if cfg.variant.token_generator == "point_enhanced" else pooled)
         assert x.shape == (1, 256, hw, hw) and tokens.shape == (1, 21, 256) and points.shape == (1, 21, 2)
         assert sh.count_parameters(tg.upsample) == params, overrides
     with pytest.raises(ValueError, match="feature_upsample"):
-        dataclasses.replace(PAPER, feature_upsample=0)
+        with_fields(PAPER, feature_upsample=0)
     # the two 2x deconvolutions are the row's whatever the config's factor (FastViT's is 4)
     with torch.device("meta"):
-        tg = sh.build_token_generator(dataclasses.replace(PAPER_FASTVIT, token_generator="point_two_deconvolutions"))
+        tg = sh.build_token_generator(with_fields(PAPER_FASTVIT, token_generator="point_two_deconvolutions"))
     assert [m.kernel_size for m in tg.upsample if isinstance(m, nn.ConvTranspose2d)] == [(2, 2), (2, 2)]
 
 
@@ -284,20 +318,21 @@ def test_farthest_points_spreads_the_coarse_mesh():
 
 def coarse_mesh_model(cfg, template, vertices):
     """The coarse-mesh row's model with `vertices` coarse vertices (the row's own: 195)."""
-    regressor_cfg = dataclasses.replace(cfg, token_nums=(21 + vertices,) + cfg.token_nums[1:])
-    return sh.CoarseMeshHand(sh.build_backbone(cfg), sh.CoarseMeshTokens(cfg, vertices),
-                             sh.MeshRegressor(regressor_cfg), random_j_regressor(), cfg, template)
+    m = cfg.model
+    regressor_cfg = dataclasses.replace(m, num_tokens=(21 + vertices,) + m.num_tokens[1:])
+    return sh.CoarseMeshHand(m, random_j_regressor(), template, sh.build_backbone(m), sh.CoarseMeshTokens(m, vertices),
+                             sh.MeshRegressor(regressor_cfg))
 
 
 def test_table5_coarse_mesh_samples_keypoints_and_coarse_points_and_supervises_both():
-    cfg = dataclasses.replace(TINY, token_generator="coarse_mesh")
+    cfg = with_fields(TINY, token_generator="coarse_mesh")
     torch.manual_seed(0)
     template = torch.randn(778, 3)
     model = coarse_mesh_model(cfg, template, 30).eval()
     tokens, points = model.token_generator(*model.backbone(torch.rand(2, 3, 64, 64)))
     assert tokens.shape == (2, 51, 64) and points.shape == (2, 51, 2)
-    assert (sh.count_parameters(sh.CoarseMeshTokens(cfg, 30))
-            == sh.count_parameters(sh.TokenGenerator(TINY)) + 128 * 60 + 60)
+    assert (sh.count_parameters(sh.CoarseMeshTokens(cfg.model, 30))
+            == sh.count_parameters(sh.TokenGenerator(TINY.model)) + 128 * 60 + 60)
     assert model.mesh_regressor.layers[0].upsample.in_features == 51
     assert sh.build_mesh_regressor(cfg).layers[0].upsample.in_features == 21 + 195  # the row's, from the config
     batch = random_batch(2, 64)
@@ -305,18 +340,21 @@ def test_table5_coarse_mesh_samples_keypoints_and_coarse_points_and_supervises_b
     out = model(batch["image"])
     assert out["coarse2d"].shape == (2, 30, 2)
     exact = bodymodels.perspective_projection(batch["verts"][:, model.coarse_index], batch["K"]) / 64
-    _, terms = model.loss(dict(out, coarse2d=exact), batch, cfg)
-    torch.testing.assert_close(terms["coarse2d"], torch.tensor(0.0))
-    _, terms = model.loss(dict(out, coarse2d=exact + 0.1), batch, cfg)
-    torch.testing.assert_close(terms["coarse2d"], torch.tensor(0.2))  # L1 over u, v: 0.1 + 0.1
+    wh = torch.tensor([64.0, 64.0])
+    torch.testing.assert_close(model.coarse_loss(exact, batch["verts"], batch["K"], wh), torch.tensor(0.0))
+    # L1 over u, v: 0.1 + 0.1
+    torch.testing.assert_close(model.coarse_loss(exact + 0.1, batch["verts"], batch["K"], wh), torch.tensor(0.2))
+    total, terms = sh.training_loss(model, batch, cfg, 0)  # Eq. (7) and the coarse term, weighted as the 2D joints'
+    torch.testing.assert_close(total, hand_loss(model(batch["image"]), batch, cfg)[0] + terms["coarse2d"])
     with pytest.raises(ValueError, match="K"):
-        model.loss(out, {k: v for k, v in batch.items() if k != "K"}, cfg)
+        sh.training_loss(model, {k: v for k, v in batch.items() if k != "K"}, cfg, 0)
     with pytest.raises(ValueError, match="template"):
         coarse_mesh_model(cfg, None, 30)
 
 
 def test_ablation_rows_are_fields_that_build_at_tiny_and_paper_and_round_trip_through_set():
-    hints = typing.get_type_hints(sh.SimpleHandConfig)
+    hints = {k: v for c in (sh.SimpleHandConfig, sh.SimpleHandVariant) for k, v in typing.get_type_hints(c).items()}
+    leaves = config_leaves(TINY)
     assert set(sh.ABLATIONS) == {"table4", "table5", "table6", "table7", "table8"}
     for name, table in sh.ABLATIONS.items():
         labels = [row[0] for row in table["rows"]]
@@ -325,9 +363,9 @@ def test_ablation_rows_are_fields_that_build_at_tiny_and_paper_and_round_trip_th
             assert len(paper) == len(table["columns"]), label
             for key, value in overrides.items():
                 text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-                assert configs.parse_value(text, hints[key], getattr(TINY, key)) == value, (label, key)
+                assert configs.parse_value(text, hints[key], leaves[key]) == value, (label, key)
             for base in (TINY, PAPER, PAPER_FASTVIT):
-                assert sh.non_backbone_parameters(dataclasses.replace(base, **overrides)) > 0
+                assert sh.non_backbone_parameters(with_fields(base, **overrides)) > 0
     # the paper's figures, copied: Table 5's global feature and the chosen 28x28 point sampling
     rows = {label: paper for label, _, paper in sh.ABLATIONS["table5"]["rows"]}
     assert rows["Global 1x1"] == (6.5, 6.8) and rows["Point 28x28"] == (6.2, 6.5)
@@ -343,12 +381,12 @@ def test_identity_mixer_keeps_tokens_apart_and_attention_mixes_them():
         block = block_class(32, num_heads=2, mlp_ratio=4.0, dropout=0.0)
         changed = (block(x2) - block(x)).abs().sum(dim=-1)[0]  # (6,)
         assert changed[0] > 0 and bool((changed[1:] > 1e-7).all()) == others_change, block_class.__name__
-    assert (sh.non_backbone_parameters(dataclasses.replace(TINY, mesh_regressor="identity_mixer"))
+    assert (sh.non_backbone_parameters(with_fields(TINY, mesh_regressor="identity_mixer"))
             < sh.non_backbone_parameters(TINY))
 
 
 def test_position_embeddings_change_the_model_as_claimed(monkeypatch):
-    no_emb = dataclasses.replace(TINY, mesh_regressor="no_position_embedding")  # Table 8, "w/o position emb"
+    no_emb = with_fields(TINY, mesh_regressor="no_position_embedding")  # Table 8, "w/o position emb"
     # emb_k: (n_k, c_in)
     assert sh.non_backbone_parameters(TINY) - sh.non_backbone_parameters(no_emb) == 21 * 64 + 84 * 96 + 168 * 48
     # the sine encoding of the sampled map has no parameters: the model without it (its encoding zero),
@@ -381,50 +419,51 @@ def test_position_embeddings_change_the_model_as_claimed(monkeypatch):
 
 
 def test_paper_recipe_is_stated_in_steps_and_derives_sec_4_1s_epochs():
-    assert PAPER.batch_size == 256 and PAPER.gpus == 8 and PAPER.batch_per_gpu == 32  # 8 GPUs x 32
-    assert PAPER.iters_per_epoch == sh.STEPS_PER_EPOCH == 130_240 // 256 == 508
-    assert (PAPER.epochs, PAPER.lr_drop_epoch, PAPER.warmup_epochs) == (100, 50, 5)  # Sec. 4.1; code's warm-up
-    assert sh.learning_rate(PAPER, PAPER.lr_drop_step - 1) == 5e-4
-    assert sh.learning_rate(PAPER, PAPER.lr_drop_step) == 5e-5
+    r = PAPER.recipe
+    assert r.batch_size == 256 and r.gpus == 8 and r.batch_per_gpu == 32  # 8 GPUs x 32
+    assert r.iters_per_epoch == sh.STEPS_PER_EPOCH == 130_240 // 256 == 508
+    assert (r.epochs, r.lr_drop_epoch, r.warmup_epochs) == (100, 50, 5)  # Sec. 4.1; code's warm-up
+    assert sh.learning_rate(PAPER, PAPER.recipe.lr_drop_step - 1) == 5e-4
+    assert sh.learning_rate(PAPER, PAPER.recipe.lr_drop_step) == 5e-5
 
 
 def test_derived_recipe_values_follow_an_override_of_the_stored_ones():
-    half = dataclasses.replace(PAPER, batch_size=128)  # what train.py's --set batch_size=128 does
-    assert half.iters_per_epoch == 1017 and half.batch_per_gpu == 16
-    assert half.epochs == PAPER.max_steps / 1017
-    assert dataclasses.replace(PAPER, batch_size=20).batch_per_gpu is None  # 20 does not split over 8
-    assert TINY.batch_per_gpu is None  # not a paper run: gpus = 0
+    half = with_fields(PAPER, batch_size=128)  # what train.py's --set batch_size=128 does
+    assert half.recipe.iters_per_epoch == 1017 and half.recipe.batch_per_gpu == 16
+    assert half.recipe.epochs == PAPER.recipe.max_steps / 1017
+    assert with_fields(PAPER, batch_size=20).recipe.batch_per_gpu is None  # 20 does not split over 8
+    assert TINY.recipe.batch_per_gpu is None  # not a paper run: gpus = 0
     # derived values are properties, not fields: the trainer can neither set nor desynchronise them
-    fields = {f.name for f in dataclasses.fields(sh.SimpleHandConfig)}
+    fields = set(config_leaves(PAPER))
     derived = {"epochs", "iters_per_epoch", "batch_per_gpu", "warmup_epochs", "lr_drop_epoch"}
     assert derived.isdisjoint(fields)
     assert {"batch_size", "max_steps", "lr", "weight_decay", "grad_clip", "amp", "image_size", "warmup_steps",
             "lr_drop_step", "gpus"} <= fields
     with pytest.raises(TypeError):
-        dataclasses.replace(PAPER, epochs=3)
+        dataclasses.replace(PAPER.recipe, epochs=3)
 
 
 def test_official_code_recipe_sets_only_stored_fields_and_is_about_the_papers_100_epochs():
-    assert set(sh.OFFICIAL_CODE_RECIPE) <= {f.name for f in dataclasses.fields(sh.SimpleHandConfig)}
-    code = dataclasses.replace(PAPER, **sh.OFFICIAL_CODE_RECIPE)
-    assert code.max_steps == 200 * 256 and sh.learning_rate(code, 100 * 256) == 5e-5
-    assert code.epochs == 51_200 / 508 == pytest.approx(100.79, abs=0.01)  # its 200 "epochs" of 256 steps
+    assert set(sh.OFFICIAL_CODE_RECIPE) <= {f.name for f in dataclasses.fields(sh.SimpleHandRecipe)}
+    code = with_fields(PAPER, **sh.OFFICIAL_CODE_RECIPE)
+    assert code.recipe.max_steps == 200 * 256 and sh.learning_rate(code, 100 * 256) == 5e-5
+    assert code.recipe.epochs == 51_200 / 508 == pytest.approx(100.79, abs=0.01)  # its 200 "epochs" of 256 steps
 
 
 def test_learning_rate_warms_up_linearly_then_follows_the_cosine():
-    assert sh.learning_rate(TINY, 0) == pytest.approx(TINY.lr / TINY.warmup_steps)
-    assert sh.learning_rate(TINY, TINY.warmup_steps - 1) == pytest.approx(TINY.lr)
-    assert sh.learning_rate(TINY, TINY.warmup_steps) == pytest.approx(TINY.lr)
-    middle = (TINY.warmup_steps + TINY.max_steps) // 2
-    assert sh.learning_rate(TINY, middle) == pytest.approx((TINY.lr + TINY.lr_final) / 2, rel=1e-2)
-    assert sh.learning_rate(TINY, TINY.max_steps) == pytest.approx(TINY.lr_final)
+    assert sh.learning_rate(TINY, 0) == pytest.approx(TINY.recipe.lr / TINY.recipe.warmup_steps)
+    assert sh.learning_rate(TINY, TINY.recipe.warmup_steps - 1) == pytest.approx(TINY.recipe.lr)
+    assert sh.learning_rate(TINY, TINY.recipe.warmup_steps) == pytest.approx(TINY.recipe.lr)
+    middle = (TINY.recipe.warmup_steps + TINY.recipe.max_steps) // 2
+    assert sh.learning_rate(TINY, middle) == pytest.approx((TINY.recipe.lr + TINY.recipe.lr_final) / 2, rel=1e-2)
+    assert sh.learning_rate(TINY, TINY.recipe.max_steps) == pytest.approx(TINY.recipe.lr_final)
 
 
 def test_bad_config_values_raise_value_errors_naming_the_field():
     with pytest.raises(ValueError, match="mesh_regressor"):
-        dataclasses.replace(TINY, mesh_regressor="pooling")
+        with_fields(TINY, mesh_regressor="pooling")
     with pytest.raises(ValueError, match="dims"):
-        dataclasses.replace(TINY, dims=(128, 64))
+        with_fields(TINY, dims=(128, 64))
     with pytest.raises(ValueError, match="unknown SimpleHand config"):
         sh.build_model("large")
 
@@ -455,7 +494,7 @@ def test_training_loss_runs_the_wrapped_model_once_and_gives_eq_7():
     wrapped, batch = CountingWrapper(model), random_batch(2, 64)
     loss, terms = sh.training_loss(wrapped, batch, TINY, 0)
     assert wrapped.calls == 1
-    expected, expected_terms = sh.compute_loss(model(batch["image"]), batch, TINY)
+    expected, expected_terms = hand_loss(model(batch["image"]), batch, TINY)
     torch.testing.assert_close(loss, expected)
     assert set(terms) == {"verts", "joints3d", "joints2d"} and all(t.dim() == 0 for t in terms.values())
     torch.testing.assert_close(loss, 10 * terms["verts"] + 10 * terms["joints3d"] + terms["joints2d"])
@@ -471,19 +510,19 @@ def test_predict_gives_2d_keypoints_in_pixels_as_the_loss_reads_them():
     torch.testing.assert_close(pred["joints3d"], out["joints3d"])
     torch.testing.assert_close(pred["verts"], out["verts"])
     # compute_loss turns pixels into crop fractions the same way: the predictions as targets cost nothing
-    _, terms = sh.compute_loss(out, dict(batch, joints2d=pred["joints2d"]), TINY)
+    _, terms = hand_loss(out, dict(batch, joints2d=pred["joints2d"]), TINY)
     assert terms["joints2d"] < 1e-6
 
 
-@pytest.mark.parametrize("cfg", [TINY, dataclasses.replace(TINY, feature_upsample=2, token_channels=32,
-                                                            token_generator="grid", token_nums=(49, 84, 168))],
+@pytest.mark.parametrize("cfg", [TINY, with_fields(TINY, feature_upsample=2, token_channels=32,
+                                                   token_generator="grid", num_tokens=(49, 84, 168))],
                          ids=["tiny", "deconv_and_grid"])
 def test_channels_last_model_and_images_give_the_same_loss_and_gradients(cfg):
     """train.py converts the model and 4D images to channels_last on CUDA; nothing may depend on layout."""
     model = tiny_model(cfg)
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     batch = random_batch(2, 64)
-    loss, _ = sh.compute_loss(model(batch["image"]), batch, cfg)
+    loss, _ = hand_loss(model(batch["image"]), batch, cfg)
     loss_cl, _ = sh.training_loss(model_cl, dict(batch, image=batch["image"].contiguous(
         memory_format=torch.channels_last)), cfg, 0)
     torch.testing.assert_close(loss_cl, loss)
@@ -591,7 +630,7 @@ def test_prune_hrnet_on_timms_own_hrnet():
 @pytest.mark.parametrize("name", ["paper", "paper_fastvit", "official"])
 def test_paper_models_give_every_parameter_a_gradient(name):
     """What DistributedDataParallel needs (without find_unused_parameters) from one training step."""
-    cfg = dataclasses.replace(sh.CONFIGS[name], pretrained_backbone=False)
+    cfg = with_fields(sh.CONFIGS[name], pretrained_backbone=False)
     model = sh.build_model(cfg)
     loss, _ = sh.training_loss(model, random_batch(2, 64), cfg, 0)
     loss.backward()
@@ -600,8 +639,8 @@ def test_paper_models_give_every_parameter_a_gradient(name):
 
 @needs_timm
 def test_fastvit_reparameterisation_folds_branches_and_keeps_the_outputs():
-    cfg = dataclasses.replace(PAPER_FASTVIT, backbone="fastvit_t8", feature_channels=768, global_channels=768,
-                              pretrained_backbone=False)
+    cfg = with_fields(PAPER_FASTVIT, backbone="fastvit_t8", feature_channels=768, global_channels=768,
+                      pretrained_backbone=False)
     model = sh.build_model(cfg).eval()
     folded, applied = sh.reparameterized(model)
     assert applied and sh.count_parameters(folded) < sh.count_parameters(model)
@@ -662,13 +701,13 @@ def test_one_batch_overfit_loss_falls_tenfold(one_thread):
     AdamW steps (about 25x when written; it plateaus above 10x if any part stops learning)."""
     samples = [synthetic.SyntheticHands(4, image_size=64, seed=0)[i] for i in range(4)]
     batch = {k: torch.stack([s[k] for s in samples]) for k in ("image", "joints3d", "verts", "joints2d")}
-    cfg = dataclasses.replace(TINY, image_size=64)
+    cfg = with_fields(TINY, image_size=64)
     torch.manual_seed(0)
     model = sh.build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     losses = []
     for _ in range(150):
-        loss, _ = sh.compute_loss(model(batch["image"]), batch, cfg)
+        loss, _ = hand_loss(model(batch["image"]), batch, cfg)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -719,10 +758,10 @@ class ForwardFeatures(nn.Module):
 
 
 # the official HandNet as built for handnet_reduced.pt (its README): MeshHead(in_channels=8,
-# token_nums=[21, 32, 24], dims=[32, 16, 8]); the decoder reads only these fields
-OFFICIAL_REDUCED = dataclasses.replace(
+# num_tokens=[21, 32, 24], dims=[32, 16, 8]); the decoder reads only these fields
+OFFICIAL_REDUCED = with_fields(
     sh.OFFICIAL, backbone="tiny_cnn", pretrained_backbone=False, image_size=56, feature_channels=8,
-    global_channels=8, feature_stride=8, tiny_widths=(8, 8, 8, 8), token_nums=(21, 32, 24), dims=(32, 16, 8))
+    global_channels=8, feature_stride=8, tiny_widths=(8, 8, 8, 8), num_tokens=(21, 32, 24), dims=(32, 16, 8))
 
 
 @pytest.fixture(scope="module")
@@ -756,7 +795,7 @@ def test_official_handnet_fixture_outputs_are_reproduced_from_a_feature_map(hand
     assert_close_relative(out["verts"], fx["feature_vertices"])
     assert_close_relative(out["joints3d"], fx["feature_joints"])
     # the paper configs' sigmoid would sample elsewhere: the official behaviour is what matches
-    sigmoid = reduced_official_model(fx, dataclasses.replace(OFFICIAL_REDUCED, keypoint_activation="sigmoid"))
+    sigmoid = reduced_official_model(fx, with_fields(OFFICIAL_REDUCED, keypoint_activation="sigmoid"))
     with torch.no_grad():
         assert (sigmoid.from_features(fx["feature"], fx["feature"])["verts"] - fx["feature_vertices"]).abs().max() > 0.1
 
@@ -774,7 +813,7 @@ def test_official_handnet_fixture_end_to_end_from_a_uint8_bgr_image(handnet_fixt
     assert_close_relative(out["verts"], fx["vertices"])
     assert_close_relative(out["joints3d"], fx["joints"])
     # the paper configs normalise with ImageNet statistics, in RGB order
-    paper = sh.build_simplehand(dataclasses.replace(OFFICIAL_REDUCED, input_norm="imagenet"), torch.zeros(16, 778))
+    paper = sh.build_simplehand(with_fields(OFFICIAL_REDUCED, input_norm="imagenet"), torch.zeros(16, 778))
     expected = (rgb - torch.tensor(sh.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(sh.IMAGENET_STD).view(1, 3, 1, 1)
     torch.testing.assert_close(paper.normalise(rgb), expected)
 
@@ -804,17 +843,18 @@ def test_clamped_sampling_reads_points_outside_the_crop_at_its_border():
 
 def test_official_config_is_paper_fastvit_with_the_official_codes_behaviours():
     o = sh.OFFICIAL
-    assert (o.backbone, o.feature_channels, o.feature_upsample, o.token_nums, o.dims) == \
+    m, v, r, d = o.model, o.variant, o.recipe, o.data
+    assert (m.backbone, m.feature_channels, m.feature_upsample, m.num_tokens, m.dims) == \
         ("fastvit_ma36", 1216, 4, (21, 84, 336), (256, 128, 64))  # cfg.py MESH_HEAD
-    assert (o.input_norm, o.keypoint_activation, o.subtract_root, o.eval_crop) == \
+    assert (v.input_norm, v.keypoint_activation, v.subtract_root, d.eval_crop) == \
         ("bgr_minus_half", "none", False, "keypoints")
-    assert (o.backbone_drop_path, o.dropout, o.num_heads, o.mlp_ratio) == (0.2, 0.1, 4, 4.0)
-    assert (o.max_steps, o.lr_drop_step, o.warmup_steps) == (200 * 256, 100 * 256, 5 * 256)  # cfg.py TRAIN
+    assert (m.backbone_drop_path, m.dropout, m.num_heads, m.mlp_ratio) == (0.2, 0.1, 4, 4.0)
+    assert (r.max_steps, r.lr_drop_step, r.warmup_steps) == (200 * 256, 100 * 256, 5 * 256)  # cfg.py TRAIN
     # the official HandNet has 6,539,999 parameters outside its backbone (counted on its own build)
     assert sh.non_backbone_parameters(o) == 6_539_999
     for name in ("paper", "paper_fastvit", "tiny"):  # the paper-faithful configs keep their choices
         c = sh.CONFIGS[name]
-        assert ((c.input_norm, c.keypoint_activation, c.subtract_root, c.eval_crop)
+        assert ((c.variant.input_norm, c.variant.keypoint_activation, c.variant.subtract_root, c.data.eval_crop)
                 == ("imagenet", "sigmoid", True, "none"))
 
 
@@ -827,7 +867,7 @@ def test_official_key_list_maps_exactly_onto_the_official_config():
     mapped = sh.official_state_dict(official, torch.empty(16, 778, device="meta"))
     assert "backbone.net.head.fc.weight" not in mapped  # the unused 1000-class head is dropped
     with torch.device("meta"):
-        tg, mr = sh.TokenGenerator(sh.OFFICIAL), sh.MeshRegressor(sh.OFFICIAL)
+        tg, mr = sh.TokenGenerator(sh.OFFICIAL.model), sh.MeshRegressor(sh.OFFICIAL.model)
     ours = {f"token_generator.{k}": v for k, v in tg.state_dict().items()}
     ours.update({f"mesh_regressor.{k}": v for k, v in mr.state_dict().items()}, j_regressor=torch.empty(16, 778))
     decoder = {k: v for k, v in mapped.items() if not k.startswith("backbone.")}
@@ -845,7 +885,7 @@ def test_official_key_list_maps_exactly_onto_timms_official_model():
     official = read_official_keys("simplehand_handnet")
     mapped = sh.official_state_dict(official, torch.empty(16, 778, device="meta"))
     with torch.device("meta"):
-        model = sh.build_simplehand(dataclasses.replace(sh.OFFICIAL, pretrained_backbone=False), torch.empty(16, 778))
+        model = sh.build_simplehand(with_fields(sh.OFFICIAL, pretrained_backbone=False), torch.empty(16, 778))
     own = model.state_dict()
     assert {k: (tuple(v.shape), v.dtype) for k, v in mapped.items()} == \
         {k: (tuple(v.shape), v.dtype) for k, v in own.items()}
@@ -872,7 +912,7 @@ def test_load_official_reads_the_released_format_strictly(handnet_fixture, tmp_p
     assert_close_relative(out["joints2d"].reshape(2, 42), fx["feature_uv"])
     assert_close_relative(out["verts"], fx["feature_vertices"])
     # build_model loads it when the config names the file (train.py: --set official_checkpoint=PATH)
-    built = sh.build_model(dataclasses.replace(OFFICIAL_REDUCED, official_checkpoint=str(path)))
+    built = sh.build_model(with_fields(OFFICIAL_REDUCED, official_checkpoint=str(path)))
     torch.testing.assert_close(built.state_dict(), model.state_dict())
 
 
@@ -908,17 +948,17 @@ def test_paper_configs_refuse_in_one_line_to_start_without_imagenet_weights(tmp_
     import train
 
     for name in ("paper", "paper_fastvit", "official"):
-        assert sh.CONFIGS[name].pretrained_backbone and not sh.CONFIGS[name].backbone_weights
+        assert sh.CONFIGS[name].model.pretrained_backbone and not sh.CONFIGS[name].model.backbone_weights
         with pytest.raises(ValueError) as err:
             sh.build_model(name)
         message = str(err.value)
         assert "\n" not in message and "--set backbone_weights=PATH" in message
         assert "--set pretrained_backbone=false" in message
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        sh.build_model(dataclasses.replace(PAPER, backbone_weights=str(tmp_path / "missing.pth")))
+        sh.build_model(with_fields(PAPER, backbone_weights=str(tmp_path / "missing.pth")))
     cfg = train.apply_overrides(PAPER, ["pretrained_backbone=false", f"backbone_weights={tmp_path}/w.safetensors"])
-    assert cfg.pretrained_backbone is False and cfg.backbone_weights == f"{tmp_path}/w.safetensors"
-    assert sh.pretrained_weights(cfg) is None and sh.pretrained_weights(TINY) is None
+    assert cfg.model.pretrained_backbone is False and cfg.model.backbone_weights == f"{tmp_path}/w.safetensors"
+    assert sh.pretrained_weights(cfg.model) is None and sh.pretrained_weights(TINY.model) is None
 
 
 @needs_timm
@@ -928,8 +968,8 @@ def test_pretrained_backbone_starts_from_the_local_file(tmp_path):
     torch.manual_seed(1)
     weights = timm.create_model("fastvit_t8").state_dict()  # with the 1000-class head, as released
     torch.save(weights, tmp_path / "fastvit_t8.pth")
-    cfg = dataclasses.replace(PAPER_FASTVIT, backbone="fastvit_t8", feature_channels=768, global_channels=768,
-                              backbone_weights=str(tmp_path / "fastvit_t8.pth"))
+    cfg = with_fields(PAPER_FASTVIT, backbone="fastvit_t8", feature_channels=768, global_channels=768,
+                      backbone_weights=str(tmp_path / "fastvit_t8.pth"))
     loaded = sh.build_model(cfg).backbone.net.state_dict()
     assert set(loaded) == set(weights) - {"head.fc.weight", "head.fc.bias"}
     for k, v in loaded.items():
@@ -989,9 +1029,9 @@ def _signed_volume(verts, faces):
 
 
 def test_paper_trains_with_the_official_augmentation_and_tiny_keeps_the_default():
-    assert data.HAND_AUGMENTS[PAPER.train_augment] is data.OFFICIAL_HAND_AUGMENT
-    assert data.HAND_AUGMENTS[sh.OFFICIAL.train_augment] is data.OFFICIAL_HAND_AUGMENT
-    assert data.HAND_AUGMENTS[TINY.train_augment] == data.AugmentConfig()
+    assert data.HAND_AUGMENTS[PAPER.data.train_augment] is data.OFFICIAL_HAND_AUGMENT
+    assert data.HAND_AUGMENTS[sh.OFFICIAL.data.train_augment] is data.OFFICIAL_HAND_AUGMENT
+    assert data.HAND_AUGMENTS[TINY.data.train_augment] == data.AugmentConfig()
     o = data.OFFICIAL_HAND_AUGMENT  # official cfg.py DATA.AUG
     assert (o.rotation_deg, o.box_scale, o.box_jitter, o.flip_prob) == (180.0, (1.0, 1.5), 0.1, 0.5)
     assert (o.channel_noise, o.contrast, o.brightness) == (0.4, 0.2, (-0.4, 0.1))
@@ -1078,7 +1118,7 @@ def test_freihand_keypoint_crop_matches_the_official_evaluation_crop(tmp_path):
 
     fx = torch.load(FIXTURES / "freihand_eval_crop.pt", weights_only=True)
     root = write_crop_fixture_as_freihand(tmp_path / "FreiHAND", fx)
-    cfg = dataclasses.replace(sh.OFFICIAL, image_size=64)
+    cfg = with_fields(sh.OFFICIAL, image_size=64)
     dataset = synthetic.hand_dataset("freihand", str(root), "evaluation", cfg, seed=0, num_samples=0)
     assert dataset.crop == "keypoints" and "x 1.25" in dataset.crop_description
     for i in range(len(dataset)):

@@ -614,8 +614,8 @@ def test_simplehand_runs_end_to_end_and_reports(tmp_path):
     assert report["baseline_pa_mpjpe_mm"] > 1  # the training hands are not all the same
     assert (tmp_path / "simplehand" / "predictions.png").stat().st_size > 10_000
     ckpt = load(tmp_path / "simplehand" / "ckpt.pt")
-    assert ckpt["step"] == 2 and ckpt["config"]["batch_size"] == 4
-    model = train.simplehand.build_model(train.simplehand.SimpleHandConfig(**ckpt["config"]))
+    assert ckpt["step"] == 2 and ckpt["config"]["recipe"]["batch_size"] == 4
+    model = train.simplehand.build_model(train.config_from_dict(train.simplehand.SimpleHandPreset, ckpt["config"]))
     model.load_state_dict(ckpt["model"])
 
 
@@ -625,7 +625,7 @@ def test_simplehand_gradient_of_a_batch_is_the_mean_of_its_halves():
     cfg = train.simplehand.CONFIGS["tiny"]
     torch.manual_seed(0)
     model = train.simplehand.build_model(cfg)
-    dataset = train.synthetic.SyntheticHands(8, cfg.image_size, seed=3)
+    dataset = train.synthetic.SyntheticHands(8, cfg.model.image_size, seed=3)
     batch = torch.utils.data.default_collate([dataset[i] for i in range(8)])
 
     def gradients(part):
