@@ -182,7 +182,7 @@ def test_ranks_that_read_different_checkpoints_stop_together_and_equal_copies_re
     (tmp_path / "disk1").mkdir()
     apart = run_script(args, tmp_path, nproc=2, check=False, env=dict(OUT_OF_RANK="1:disk1"))
     assert apart.returncode != 0
-    assert ("train.py: error: ranks 1 would continue another run than rank 0 (standin at step 8 on rank 0, from "
+    assert ("ranks 1 would continue another run than rank 0 (standin at step 8 on rank 0, from "
             "step 0 on rank 1)") in apart.stderr, apart.stderr[-3000:]
     assert not (tmp_path / "disk1" / "standin").exists()  # nothing trained, nothing written
     shutil.copytree(tmp_path / "out", tmp_path / "disk1", dirs_exist_ok=True)
