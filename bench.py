@@ -140,8 +140,7 @@ def genhmr_benchmark(model, cfg, iterations=(1, 3, 5), refine_iterations=(0, 5, 
     runs = {f"UGS T={T}": functools.partial(genhmr.uncertainty_guided_sampling, model, batch["image"], T)
             for T in iterations}
     for P in refine_iterations:
-        inference = dataclasses.replace(cfg.inference, ugs_iterations=5, refine_iterations=P)
-        c = dataclasses.replace(cfg, inference=inference)
+        c = with_fields(cfg, ugs_iterations=5, refine_iterations=P)
         runs[f"UGS T=5 + refine P={P}"] = functools.partial(genhmr.predict, model, batch, c)
     rows = []
     for name, fn in runs.items():
