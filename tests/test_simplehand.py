@@ -62,32 +62,6 @@ def random_batch(B, size, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------
-# The copier's API: the file with bodymodels.py and metrics.py alone, its doctests
-
-
-def test_doctests_run_with_the_file_copied_alone_and_name_hmr_body_models_without_it(tmp_path):
-    """`python -m doctest simplehand.py` in a folder holding only the paper file, bodymodels.py and metrics.py:
-    MANO's stand-ins written there through HMR_BODY_MODELS, the examples end in a mesh of 778 vertices; without
-    HMR_BODY_MODELS the first body-model load stops in one line naming it."""
-    import shutil
-
-    import standins
-
-    for name in ("simplehand.py", "bodymodels.py", "metrics.py"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    standins.write_standins(tmp_path / "models", kinds=("mano",))
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "2"}
-    run = subprocess.run([sys.executable, "-m", "doctest", "-v", "simplehand.py"], cwd=tmp_path, capture_output=True,
-                         text=True, env=dict(env, HMR_BODY_MODELS=str(tmp_path / "models")), timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    passed = int(run.stdout.splitlines()[-2].split()[0])  # "N passed and 0 failed."
-    assert passed >= 6 and "torch.Size([2, 778, 3])" in run.stdout
-    run = subprocess.run([sys.executable, "-m", "doctest", "simplehand.py"], cwd=tmp_path, capture_output=True,
-                         text=True, env=env, timeout=300)
-    assert run.returncode != 0 and "HMR_BODY_MODELS" in run.stdout and "standins.py" in run.stdout
-
-
-# ---------------------------------------------------------------------------------------------
 # Shapes
 
 
