@@ -647,7 +647,7 @@ def agree(plan, args, ranks):
         return
     everyone = [None] * ranks.world_size
     dist.all_gather_object(everyone, mine, group=ranks.cpu_group)
-    others = [r for r in range(1, ranks.world_size) if everyone[r] != mine and everyone[r] != everyone[0]]
+    others = [r for r in range(1, ranks.world_size) if everyone[r] != everyone[0]]
     if not others:
         return
     first, theirs = everyone[0], everyone[others[0]]
