@@ -217,9 +217,9 @@ def main(argv=None):
     args.cache = os.path.join(args.out, "cache")  # synthetic sets: shared by every row and train.py's runs in OUT
     train.check_inputs(train.plan_chain(args.model, train.stage_overrides(args.model, args.set, args), False, args),
                        args)
-    # the torchrun block, as train.py's: a dead peer in one line, SIGTERM after the step with its checkpoint (a
+    # the torchrun block, train.py's: a dead peer in one line, SIGTERM after the step with its checkpoint (a
     # stopped table resumes where it stopped)
-    train.run_job(lambda ranks: run_ablation(args, ranks), args, argv is None, script="ablate.py")
+    distributed.run_job(lambda ranks: run_ablation(args, ranks), args, argv is None, script="ablate.py")
 
 
 if __name__ == "__main__":

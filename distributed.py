@@ -1,5 +1,6 @@
-"""The torchrun block of train.py and ablate.py: the ranks, a process group that forms on every attempt of a job
-torchrun restarts and gives up after a stated timeout, the collectives the trainer issues, and preemption.
+"""The torchrun block of train.py and ablate.py (`setup`, `run_job`, `fail`): the ranks, a process group that
+forms on every attempt of a job torchrun restarts and gives up after a stated timeout, the collectives the trainer
+issues, and preemption.
 
     torchrun --standalone --nproc_per_node=2 --max-restarts=3 train.py --model NAME --resume auto
 
@@ -21,12 +22,15 @@ docs/reference.md ("Failures, restarts and preemption") has the cause in torch's
 
 import contextlib
 import dataclasses
+import gc
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import uuid
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -162,6 +166,71 @@ def preempted(ranks):
     if ranks.world_size > 1:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=ranks.cpu_group)
     return bool(flag.item())
+
+
+# ---------------------------------------------------------------------------------------------
+# The torchrun block of train.py and ablate.py: form the group, run, leave together
+
+
+def fail(message):
+    """Stop with a one-line error (no traceback): the command prints "SCRIPT: error: MESSAGE" on stderr and
+    exits with status 2, as argparse does; under torchrun only rank 0 prints it."""
+    raise SystemExit(message if int(os.environ.get("RANK", 0)) == 0 else 1)
+
+
+def setup(args):
+    """-> (ddp, Ranks): one process per device when torchrun set RANK, else a single process; args.device
+    (auto | cpu | cuda) and args.pg_timeout (seconds) from the command line."""
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if use_cuda and local_world > torch.cuda.device_count():
+        fail(f"{local_world} ranks on this node but {torch.cuda.device_count()} GPU(s): "
+             "pass --nproc_per_node <= the GPU count, or --device cpu")
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    cpu_group = None
+    if ddp:  # in a namespace of torchrun's store that no earlier attempt used (section 1)
+        cpu_group = init_process_group("nccl" if use_cuda else "gloo", timedelta(seconds=args.pg_timeout))
+    # share the cores between the ranks on this machine (2 cores, 2 ranks: one thread each)
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_world))
+    return ddp, Ranks(rank, world_size, device, cpu_group)
+
+
+def run_job(job, args, own_process, script="train.py"):
+    """The torchrun block around `job(ranks)`: form the group, run, leave together. A rank whose collective failed
+    says so in one line and exits with status 1, or with PREEMPTED when SIGTERM reached it too (its peer left,
+    preempted); SIGTERM ends it with PREEMPTED (section 3). own_process: the command owns the process (it leaves
+    with os._exit; a test calling main() gets SystemExit)."""
+    try:
+        ddp, ranks = setup(args)
+        job(ranks)
+        gc.collect()  # a stage's DDP wrapper (train.run_chain)
+        if ddp:
+            dist.barrier()
+            dist.destroy_process_group()
+        return
+    except Preempted:  # at a step boundary every rank has written its part of the checkpoint
+        message = None
+    except RuntimeError as e:  # a collective failed: one line, and no clean exit (the group is broken)
+        if (message := peer_failure(e, timedelta(seconds=args.pg_timeout))) is None:
+            raise
+        message = None if sigterm_received() else message
+    if message is not None:
+        print(f"{script}: error: {message}", file=sys.stderr, flush=True)
+    status = 1 if message is not None else PREEMPTED
+    if own_process:  # the group's threads can abort the interpreter's teardown (SIGABRT): leave now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    raise SystemExit(status)
 
 
 # ---------------------------------------------------------------------------------------------

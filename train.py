@@ -69,7 +69,6 @@ import sys
 import time
 import typing
 from contextlib import nullcontext
-from datetime import timedelta
 
 import numpy as np
 import torch
@@ -90,6 +89,7 @@ import simplehand
 import standins
 import synthetic
 from configs import config_from_dict, config_leaves, leaf_paths, recipe_of, with_fields  # noqa: F401 (train.X)
+from distributed import fail
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,12 +152,6 @@ MODELS = {
                          baseline=hmr_adapter.MeanPoseBaseline, picture=plots.draw_wholebody_predictions,
                          starts_from="hmr_adapter_bases", train_samples=8192, data_kinds=WHOLEBODY_KINDS),
 }
-
-
-def fail(message):
-    """Stop with a one-line error (no traceback): the command prints "train.py: error: MESSAGE" on stderr and
-    exits with status 2, as argparse does; under torchrun only rank 0 prints it."""
-    raise SystemExit(message if int(os.environ.get("RANK", 0)) == 0 else 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -749,29 +743,6 @@ def check_inputs(plan, args):
             fail(f"{which}: {str(e).splitlines()[0]}")
 
 
-def setup_distributed(args):
-    """The torchrun block: one process per device when RANK is set, else a single process."""
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    if use_cuda and local_world > torch.cuda.device_count():
-        fail(f"{local_world} ranks on this node but {torch.cuda.device_count()} GPU(s): "
-             "pass --nproc_per_node <= the GPU count, or --device cpu")
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    cpu_group = None
-    if ddp:  # in a namespace of torchrun's store that no earlier attempt used (distributed.py)
-        cpu_group = distributed.init_process_group("nccl" if use_cuda else "gloo", timedelta(seconds=args.pg_timeout))
-    # share the cores between the ranks on this machine (2 cores, 2 ranks: one thread each)
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_world))
-    return ddp, distributed.Ranks(rank, world_size, device, cpu_group)
-
-
 def main(argv=None):
     own_process = argv is None  # the command: SIGTERM stops it (distributed.py), a broken group ends it at once
     if own_process:
@@ -810,37 +781,7 @@ def main(argv=None):
             ranks.print0("warning: torchrun may restart this job (--max-restarts); without --resume auto a restart "
                          "starts again from step 0")
         run_chain(plan, args, ranks)
-    run_job(job, args, own_process)
-
-
-def run_job(job, args, own_process, script="train.py"):
-    """The torchrun block around `job(ranks)` (train.py's and ablate.py's): form the group, run, leave together.
-    A rank whose collective failed says so in one line and exits with status 1, or with PREEMPTED when SIGTERM
-    reached it too (its peer left preempted); SIGTERM ends it with PREEMPTED (distributed.py)."""
-    try:
-        ddp, ranks = setup_distributed(args)
-        job(ranks)
-        gc.collect()  # a stage's DDP wrapper (see run_chain)
-        if ddp:
-            dist.barrier()
-            dist.destroy_process_group()
-        return
-    except distributed.Preempted:  # at a step boundary every rank has written its part of the checkpoint
-        message = None
-    except RuntimeError as e:  # a collective failed: one line, and no clean exit (the group is broken)
-        if (message := distributed.peer_failure(e, timedelta(seconds=args.pg_timeout))) is None:
-            raise
-        message = None if distributed.sigterm_received() else message
-    if message is not None:
-        print(f"{script}: error: {message}", file=sys.stderr, flush=True)
-    status = 1 if message is not None else distributed.PREEMPTED
-    if own_process:  # the group's threads can abort the interpreter's teardown (SIGABRT): leave now
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    raise SystemExit(status)
+    distributed.run_job(job, args, own_process)
 
 
 if __name__ == "__main__":
