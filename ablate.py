@@ -24,9 +24,8 @@ import json
 import os
 import sys
 
-import torch.distributed as dist
-
 import bodymodels
+import distributed
 import train
 from train import MODELS, fail, lineage
 
@@ -123,7 +122,7 @@ def train_row(table, index, label, fields, args, ranks):
     if label in table["longer"]:  # the paper trains this row longer: factor x the stage's steps, last so it wins
         steps = [f"max_steps={args.max_steps}"] if args.max_steps is not None else []
         cfg = train.apply_overrides(MODELS[name].paper.CONFIGS[args.config], steps + given[name])
-        given[name] = given[name] + [f"max_steps={round(table['longer'][label] * cfg.max_steps)}"]
+        given[name] = given[name] + [f"max_steps={round(table['longer'][label] * train.recipe_of(cfg).max_steps)}"]
     # {}: the stage alone
     first = min([chain.index(s) for k in fields for s in field_stages(table, k, args)], default=len(chain) - 1)
     folder = os.path.join(args.out, args.model, f"ablation_{args.table}", row_folder(index, label))
@@ -205,6 +204,8 @@ def write_ablation(table, scores, sources, args):
 
 
 def main(argv=None):
+    if argv is None:  # the command owns its process: SIGTERM stops it as it stops train.py (distributed.py)
+        distributed.note_sigterm()
     p = train.build_parser("Train (or, for inference-only rows, score) each row of a paper's ablation table and "
                            "write it beside the paper's figures (plain PyTorch; DDP under torchrun).")
     p.add_argument("--table", required=True, metavar="TABLE",
@@ -216,20 +217,16 @@ def main(argv=None):
     args.cache = os.path.join(args.out, "cache")  # synthetic sets: shared by every row and train.py's runs in OUT
     train.check_inputs(train.plan_chain(args.model, train.stage_overrides(args.model, args.set, args), False, args),
                        args)
-
-    # -- torchrun block --------------------------------------------------------------------------
-    ddp, ranks = train.setup_distributed(args)
-    run_ablation(args, ranks)
-
-    # -- clean exit: every rank done, then the process group
-    if ddp:
-        dist.barrier()
-        dist.destroy_process_group()
+    # the torchrun block, as train.py's: a dead peer in one line, SIGTERM after the step with its checkpoint (a
+    # stopped table resumes where it stopped)
+    train.run_job(lambda ranks: run_ablation(args, ranks), args, argv is None, script="ablate.py")
 
 
 if __name__ == "__main__":
     try:
         main()
+    except distributed.Preempted:  # SIGTERM before the job began: nothing to save
+        raise SystemExit(distributed.PREEMPTED)
     except SystemExit as e:  # train.fail()'s one line: on stderr, exit status 2 (bad input), as argparse does
         if not isinstance(e.code, str):
             raise

@@ -124,21 +124,22 @@ def simplehand_main(args):
 
 def genhmr_models(name="tiny"):
     """An untrained tokenizer (codebook initialised from one batch of random poses) and GenHMR."""
-    tok = genhmr.PoseTokenizer(genhmr.TOKENIZER_CONFIGS[name]).train()
+    tok = genhmr.PoseTokenizer(genhmr.TOKENIZER_CONFIGS[name].model).train()
     tok(torch.randn(64, genhmr.NUM_JOINTS, 3) * 0.3)  # initialises the codebook
     return tok.eval(), genhmr.build_model(genhmr.CONFIGS[name], tok.eval()).eval()
 
 
-def genhmr_benchmark(model, cfg, iterations=(1, 3, 5), refine_steps=(0, 5, 20), reps=3):
+def genhmr_benchmark(model, cfg, iterations=(1, 3, 5), refine_iterations=(0, 5, 20), reps=3):
     """AITI (seconds per image, batch 1, mean of `reps` calls after a warm-up): UGS for each T, then
     UGS-5 + refinement for each P."""
-    H, W = cfg.image_hw
+    H, W = cfg.model.image_hw
     batch = {"image": torch.rand(1, 3, H, W), "joints2d": torch.rand(1, genhmr.NUM_JOINTS, 2) * H,
              "index": torch.zeros(1)}
     runs = {f"UGS T={T}": functools.partial(genhmr.uncertainty_guided_sampling, model, batch["image"], T)
             for T in iterations}
-    for P in refine_steps:
-        c = type(cfg)(**{**cfg.__dict__, "ugs_iterations": 5, "refine_steps": P})
+    for P in refine_iterations:
+        inference = dataclasses.replace(cfg.inference, ugs_iterations=5, refine_iterations=P)
+        c = dataclasses.replace(cfg, inference=inference)
         runs[f"UGS T=5 + refine P={P}"] = functools.partial(genhmr.predict, model, batch, c)
     rows = []
     for name, fn in runs.items():
@@ -153,17 +154,22 @@ def genhmr_benchmark(model, cfg, iterations=(1, 3, 5), refine_steps=(0, 5, 20), 
 def genhmr_shapes(name):
     """Untrained models, one random image: UGS step by step (which tokens stay masked), then refinement."""
     (tok, model), cfg = genhmr_models(name), genhmr.CONFIGS[name]
-    ugs = genhmr.uncertainty_guided_sampling(model, torch.rand(1, 3, *cfg.image_hw), cfg.ugs_iterations, cfg.schedule)
+    inference = cfg.inference
+    ugs = genhmr.uncertainty_guided_sampling(model, torch.rand(1, 3, *cfg.model.image_hw), inference.ugs_iterations,
+                                             inference.schedule)
     print(f"GenHMR [{name}]: {genhmr.count_parameters(model) / 1e6:.2f}M parameters "
           f"({genhmr.count_parameters(tok) / 1e6:.2f}M in the frozen tokenizer); L={model.num_tokens} tokens, "
-          f"K={model.num_codes} codes; re-mask counts {genhmr.remask_counts(model.num_tokens, cfg.ugs_iterations)}")
+          f"K={model.num_codes} codes; re-mask counts "
+          f"{genhmr.remask_counts(model.num_tokens, inference.ugs_iterations)}")
     for t, (masked, conf) in enumerate(ugs["history"], 1):
         row = "".join("#" if m else "." for m in masked[0].tolist())
         print(f"  UGS t={t}: {row}  ({int(masked.sum())} masked, mean confidence {conf.mean():.4f})")
     targets = torch.rand(1, genhmr.NUM_JOINTS, 2) - 0.5
-    G, e0 = genhmr.refinement_problem(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, cfg)
-    G0, G1 = G(e0), G(genhmr.refine(G, e0, cfg)[-1])
-    print(f"  refinement ({cfg.refine_steps} steps) against random keypoints: G {G0.item():.1f} -> {G1.item():.1f}")
+    G, e0 = genhmr.refinement_problem(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, inference.refine_reg,
+                                      cfg.model.image_hw[0])
+    G0, G1 = G(e0), G(genhmr.refine(G, e0, inference)[-1])
+    print(f"  refinement ({inference.refine_iterations} steps) against random joints2d: G {G0.item():.1f} -> "
+          f"{G1.item():.1f}")
 
 
 def genhmr_main(args):

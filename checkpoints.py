@@ -35,6 +35,13 @@ def save_file(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def sweep_temporaries(folder):
+    """Remove the temporary files a write killed midway left in `folder` (atomic_write's NAME.XXXX.tmp): the file
+    it was writing is still the last whole one. Called by rank 0 before a run, when nothing writes there."""
+    for path in pathlib.Path(folder).glob("*.tmp"):
+        path.unlink(missing_ok=True)
+
+
 def rng_state(device):
     """This process's torch, numpy, python (and cuda) RNG states, as tensors and plain values."""
     _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()

@@ -4,7 +4,8 @@ A paper's preset (an entry of its CONFIGS) is a dataclass whose fields are confi
 (what building the model reads), the recipe (what the trainer reads), and whatever else the paper needs (the
 data's). Its leaves, the fields that are values, have distinct names across the whole preset, so `--set lr=...`,
 an ablation row's {field: value} and the trainer name a leaf without its path ("recipe.lr" works too). A plain
-dataclass of values is a preset with one level.
+dataclass of values is a preset with one level. `apply_overrides` parses --set's "key=value" items by the field's
+type; `config_from_dict` rebuilds a preset from a checkpoint's `dataclasses.asdict`.
 """
 
 import dataclasses
@@ -64,3 +65,53 @@ def config_from_dict(cls, values):
     types = typing.get_type_hints(cls)
     return cls(**{k: config_from_dict(types[k], v) if dataclasses.is_dataclass(types.get(k)) else v
                   for k, v in values.items()})
+
+
+def parse_value(text, kind, current):
+    """Parse `text` as a value of the dataclass field type `kind` whose value is now `current`:
+    bool, int, float, str, Optional[X], Literal[...], and tuples/lists written "1,2,3" or "(1,2,3)" (items typed
+    like the current items when the annotation is a bare `tuple`)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is bool:
+        words = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(("0", "false", "no", "off"), False)
+        if text.lower() not in words:
+            raise ValueError
+        return words[text.lower()]
+    if origin is typing.Union:  # Optional[X]: "none" or an X
+        if text.lower() == "none":
+            return None
+        return parse_value(text, next(a for a in args if a is not type(None)), current)
+    if origin is typing.Literal:
+        if text not in map(str, args):
+            raise ValueError
+        return next(a for a in args if str(a) == text)
+    if origin in (tuple, list) or kind in (tuple, list):
+        item = args[0] if args else (type(current[0]) if current else str)
+        items = text.strip().strip("()[]").split(",")
+        return (origin or kind)(parse_value(t.strip(), item, None) for t in items if t.strip())
+    return kind(text)
+
+
+def apply_overrides(cfg, overrides):
+    """A copy of the config `cfg` with each "key=value" of `overrides` (a leaf name or a dotted path) parsed by
+    the field's type."""
+    paths = leaf_paths(cfg)
+    paths |= {".".join(p): p for p in paths.values() if len(p) > 1}
+    changes = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        if key not in paths:
+            raise ValueError(f"--set {key}: {type(cfg).__name__} has no field {key!r}; valid fields: "
+                             f"{', '.join(leaf_paths(cfg))}")
+        owner = functools.reduce(getattr, paths[key][:-1], cfg)
+        kind = typing.get_type_hints(type(owner))[paths[key][-1]]
+        try:
+            changes[key] = parse_value(text, kind, getattr(owner, paths[key][-1]))
+        except (ValueError, TypeError):
+            raise ValueError(f"--set {item}: expected a value of type {getattr(kind, '__name__', kind)}") from None
+    try:
+        return with_fields(cfg, **changes)
+    except ValueError as e:  # the config's own checks (__post_init__)
+        raise ValueError(f"--set {' '.join(overrides)}: {e}") from None

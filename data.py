@@ -1172,11 +1172,12 @@ class RenderedSet(torch.utils.data.Dataset):
         """The set was drawn once: every epoch sees the same samples (no per-epoch randomness)."""
 
 
-def stack_samples(dataset, indices, workers=0):
-    """{key: (len(indices), ...)} of the samples at `indices`, read by `workers` processes; "image"
-    (if any) as uint8."""
+def stack_samples(dataset, indices, workers=0, worker_init_fn=None):
+    """{key: (len(indices), ...)} of the samples at `indices`, read by `workers` processes (each started
+    with `worker_init_fn`); "image" (if any) as uint8."""
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(indices)), batch_size=64,
-                                         num_workers=workers, generator=torch.Generator())
+                                         num_workers=workers, worker_init_fn=worker_init_fn,
+                                         generator=torch.Generator())
     batches = list(loader)
     tensors = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
     if "image" in tensors:
@@ -1194,21 +1195,22 @@ def labels(dataset, limit=4096):
     return {k: v for k, v in stack_samples(dataset, indices).items() if k != "image"}
 
 
-def render_once(dataset, path, rank=0, world_size=1, barrier=lambda: None):
+def render_once(dataset, path, rank=0, world_size=1, barrier=lambda: None, worker_init_fn=None):
     """Draw `dataset` into the tensor file `path` unless it exists, and load it memory-mapped (the
     ranks share its pages) as a RenderedSet.
 
     Each of world_size ranks draws one contiguous share into path.part{rank}, then rank 0 joins
     them; barrier() (e.g. torch.distributed.barrier; a no-op for one process) is called twice by
     every rank. Files are written with `bodymodels.atomic_write`, so a crash never leaves a
-    half-written cache. The caller names the file after everything the samples depend on.
+    half-written cache. The caller names the file after everything the samples depend on;
+    `worker_init_fn` starts each rendering process (train.py's: they leave SIGTERM to the rank).
     """
     path = str(path)
     if not os.path.exists(path):  # all ranks agree: the file appears only after the barrier below
         n = len(dataset)
         share = range(n * rank // world_size, n * (rank + 1) // world_size)
         workers = torch.get_num_threads() if torch.get_num_threads() > 1 else 0  # one renderer per core of this rank
-        part = stack_samples(dataset, share, workers)
+        part = stack_samples(dataset, share, workers, worker_init_fn)
         bodymodels.atomic_write(f"{path}.part{rank}", lambda f: torch.save(part, f))
         barrier()
         if rank == 0:

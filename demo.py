@@ -487,13 +487,13 @@ def infer_simplehand(image, box, people, args):
 #    crop's camera (HMR2.0's: focal 5000 per 256 pixels of the crop's height) moved to the full image's.
 
 
-GENHMR_STAGES = (("genhmr_tokenizer", genhmr.TOKENIZER_CONFIGS, genhmr.tokenizer_build_model),
-                 ("genhmr_backbone", genhmr.BACKBONE_CONFIGS, genhmr.backbone_build_model),
-                 ("genhmr_prior", genhmr.PRIOR_CONFIGS, genhmr.prior_build_model),
+GENHMR_STAGES = (("genhmr_tokenizer", genhmr.TOKENIZER_CONFIGS, genhmr.TokenizerStage.build_model),
+                 ("genhmr_backbone", genhmr.BACKBONE_CONFIGS, genhmr.BackboneStage.build_model),
+                 ("genhmr_prior", genhmr.PRIOR_CONFIGS, genhmr.PriorStage.build_model),
                  ("genhmr", genhmr.CONFIGS, genhmr.build_model))
 GENHMR_BOX_ENLARGE = 1.2  # a box from 2D keypoints, enlarged as SPIN / HMR2.0's datasets do (scaleFactor 1.2)
 # COCO-17 keypoint -> SMPL joint of the same name (shoulders, elbows, wrists, hips, knees, ankles; the face has
-# none). NOTE(paper gap) 18: the paper's detector and joint matching are unstated; SMPL's hips sit inside COCO's
+# none). NOTE 18 (docs/genhmr.md): the paper's detector and joint matching are unstated; SMPL's hips sit inside COCO's
 COCO17_TO_SMPL = {i: bodymodels.SMPL_JOINT_NAMES.index(n) for i, n in enumerate(COCO17_NAMES)
                   if n in bodymodels.SMPL_JOINT_NAMES}
 GENHMR_DOCS = {
@@ -527,7 +527,7 @@ def keypoint_targets(person, A, image_hw):
     crop_px = torch.cat([kp[:, :2], torch.ones(len(kp), 1, dtype=kp.dtype)], 1) @ A.T
     targets, weights = torch.zeros(1, genhmr.NUM_JOINTS, 2), torch.zeros(1, genhmr.NUM_JOINTS)
     coco, smpl = list(COCO17_TO_SMPL), list(COCO17_TO_SMPL.values())
-    targets[0, smpl] = genhmr.normalised_keypoints(crop_px[coco, :2].float(), image_hw)
+    targets[0, smpl] = genhmr.normalise_joints2d(crop_px[coco, :2].float(), image_hw)
     weights[0, smpl] = kp[coco, 2].float().clamp(0, 1)
     return targets, weights
 
@@ -536,12 +536,13 @@ def infer_genhmr(image, box, people, args):
     """run_demo's `infer` for GenHMR: the crop, UGS, with --keypoints Eqs. 2-4, the mesh in the full image."""
     model, cfg = load_trained(args.checkpoint, GENHMR_STAGES)
     tok, person = model.tokenizer, pick_person(people, box) if people else None
-    (H, W), hw = image.shape[-2:], cfg.image_hw
+    (H, W), hw, inference = image.shape[-2:], cfg.model.image_hw, cfg.inference
     box, A = person_crop((H, W), hw, box, person["body"] if person else None, GENHMR_BOX_ENLARGE,
                          args.keypoints)  # the whole image of the model's aspect is the training crop
     crop = bodymodels.warp_image(image, A, hw)
-    ugs = genhmr.uncertainty_guided_sampling(model, crop[None], cfg.ugs_iterations, cfg.schedule, cfg.top_k,
-                                             choice_temperature=cfg.choice_temperature, seeds=torch.zeros(1))
+    ugs = genhmr.uncertainty_guided_sampling(model, crop[None], inference.ugs_iterations, inference.schedule,
+                                             inference.top_k, choice_temperature=inference.choice_temperature,
+                                             seeds=torch.zeros(1))
     ids, betas, cam = ugs["ids"], ugs["betas"], ugs["cam"]
     # the crop's camera: focal f / S per crop height (2D is normalised by H), principal point at its centre
     crop_t = bodymodels.weak_perspective_to_translation(cam.double(), genhmr.FOCAL_LENGTH, genhmr.CROP_SIZE)
@@ -552,13 +553,14 @@ def infer_genhmr(image, box, people, args):
               "token_ids": ids[0], "cam_t": t[0], "refined": torch.tensor(int(person is not None))}
     poses = {"": tok.decode_ids(ids)}
     if person is not None:  # Inference Strategy > 2D Pose-Guided Refinement, towards the detector's keypoints
-        targets, weights = keypoint_targets(person, A, cfg.image_hw)
-        e = genhmr.refine(*genhmr.refinement_problem(tok, ids, betas, cam, targets, cfg, weights), cfg)[-1]
+        targets, weights = keypoint_targets(person, A, hw)
+        problem = genhmr.refinement_problem(tok, ids, betas, cam, targets, inference.refine_reg, hw[0], weights)
+        e = genhmr.refine(*problem, inference)[-1]
         poses["refined_"] = tok.decode(e).detach()
         arrays["keypoints"] = torch.as_tensor(person["body"])
     kp = torch.as_tensor(person["body"]).float()[list(COCO17_TO_SMPL)] if person is not None else None
     for prefix, R in poses.items():
-        crop_mesh = genhmr.mesh_outputs(tok, R, betas, cam)  # in the crop's camera, as `predict`
+        crop_mesh = genhmr.mesh_outputs(tok, R, betas, cam, hw)  # in the crop's camera, as `predict`
         verts, joints = (crop_mesh[k][0] - crop_mesh["cam_t"] + t[0] for k in ("verts", "joints3d"))
         uv = bodymodels.perspective_projection(joints, K)
         arrays.update({f"{prefix}verts": verts, f"{prefix}joints3d": joints, f"{prefix}joints2d": uv,

@@ -11,12 +11,15 @@ torchrun restarts and gives up after a stated timeout, the collectives the train
 2. A dead peer. The group and its store give up after `timeout` (gloo; NCCL through its watchdog, which torchrun
    enables with TORCH_NCCL_ASYNC_ERROR_HANDLING); `peer_failure` turns the error into one line, the rank exits, and
    torchrun restarts the group or fails the job.
-3. Preemption. SIGTERM (what SLURM and Kubernetes send before SIGKILL; torchrun passes it on to its workers) only
-   sets a flag; the training loop asks `preempted` after every step, all ranks together, writes the checkpoint and
-   exits with status PREEMPTED.
+3. Preemption. SIGTERM (what SLURM and Kubernetes send before SIGKILL; torchrun passes it on to its workers) sets
+   a flag. Inside a training step (`steps_finish`) nothing else happens: the loop asks `preempted` after the step,
+   all ranks together, writes that step's checkpoint and exits with status PREEMPTED. Anywhere else (rendering,
+   evaluation, loading, the handshake) nothing is left to save, so the handler raises `Preempted` at once; a rank
+   whose peer left that way sees its collective fail and, having had SIGTERM too, also exits with PREEMPTED.
 docs/reference.md ("Failures, restarts and preemption") has the cause in torch's code and the measured times.
 """
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -105,17 +108,51 @@ def peer_failure(error, timeout):
 # Preemption: SIGTERM noted, acted on at a step boundary by every rank together
 
 _sigterm = threading.Event()
+_in_step = threading.Event()  # set while a training step runs: SIGTERM waits for its end and its checkpoint
+
+
+class Preempted(BaseException):
+    """SIGTERM: raised by the handler outside a step, by the training loop after a step's checkpoint (exit status
+    PREEMPTED). A BaseException, as KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
+
+
+def _on_sigterm(signum, frame):
+    _sigterm.set()
+    if not _in_step.is_set():
+        raise Preempted
 
 
 def note_sigterm():
-    """From now on SIGTERM sets a flag (read by `preempted`) instead of ending the process."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: _sigterm.set())
+    """From now on SIGTERM stops the process with `Preempted`: at once, or after the training step that runs."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def sigterm_received():
+    """Whether SIGTERM reached this process (a failed collective after it is a peer that was preempted too)."""
+    return _sigterm.is_set()
+
+
+@contextlib.contextmanager
+def steps_finish():
+    """Within this block SIGTERM only sets the flag that `preempted` reads after the step."""
+    _in_step.set()
+    try:
+        yield
+    finally:
+        _in_step.clear()
+
+
+def stop_if_preempted():
+    """Raise Preempted if SIGTERM came while a step ran and the step's checkpoint is written (before a phase with
+    nothing to save, such as an evaluation, which the handler would otherwise interrupt)."""
+    if _sigterm.is_set():
+        raise Preempted
 
 
 def ignore_sigterm(worker_id):
     """A DataLoader's worker_init_fn: the worker leaves SIGTERM sent to every process of the job (SLURM, Kubernetes)
-    to the main process, which stops after the step and then ends its workers (torch's handler would end the worker
-    at once, and the main process with it)."""
+    to the main process, which stops and then ends its workers (torch's handler would end the worker at once, and
+    the main process with a traceback)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
@@ -125,10 +162,6 @@ def preempted(ranks):
     if ranks.world_size > 1:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=ranks.cpu_group)
     return bool(flag.item())
-
-
-class Preempted(Exception):
-    """Raised by the training loop after the checkpoint of a preempted run is written (exit status PREEMPTED)."""
 
 
 # ---------------------------------------------------------------------------------------------

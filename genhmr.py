@@ -10,12 +10,11 @@ One person crop in, an SMPL mesh out, through two trained stages and a two-step 
     infer    uncertainty-guided sampling (T iterations, re-mask the least confident) -> ids
              -> 2D-pose-guided refinement (Eqs. 2-4: gradient descent on the code vectors) -> SMPL
 
-Sections: 1 the pose tokenizer; 2 the image stage (pyramid, masked transformer, `GenHMR`); 3 training
-losses, and the prior stage (`TokenPrior`, not the paper's: MEGA's pretraining on poses alone); 4 inference
-(UGS, refinement, `predict`); 5 configs (`PAPER`, `TINY`), `build_model`, train.py's stages. Appendices: A
-support architecture (SMPL, the ViT, the backbone stage with HMR2.0's SMPL head); B official checkpoints;
-C `ABLATIONS`; D `diagnostics` (the report-only tables, context accuracy, the neighbour counts) and
-`parameter_table`.
+Sections: 1 the pose tokenizer (`PoseTokenizer`); 2 the image stage (`GenHMR`: the copier's start, its doctest);
+3 training (masking, Gumbel-softmax, `compute_loss`); 4 inference (UGS, refinement; `GenHMR.generate`); 5 configs
+(presets `PAPER`, `TINY` of `GenHMRConfig`, `InferenceConfig`, ...), `build_model` and train.py's protocol.
+Appendices: A support architecture (SMPL, the ViT, the backbone stage `PoseRegressor`); B official checkpoints;
+C `ABLATIONS`; D `diagnostics` and `parameter_table`; E the project's additions (TINY's tied head, the prior stage).
 Running it: `demo.py --model genhmr --image PATH`, `bench.py --model genhmr [--params]`.
 
 Conventions: bodymodels.py's (column vectors, 6D = first two COLUMNS, axis-angle, metres, OpenCV camera).
@@ -23,8 +22,8 @@ HMR2.0's camera [s, tx, ty]: t = [tx, ty, 2 f / (S s)], f = 5000, S = 256; 2D po
 coordinates uv = (pixel - (W/2, H/2)) / H. Images (B, 3, H, W) RGB in [0, 1]. Symbols: B batch, J = 24
 joints, V = 6890 vertices, L tokens, K codes, D code dimension, C ViT width, d decoder width, M heads,
 n_levels pyramid levels, P sampling points, T UGS iterations, theta pose, beta shape, R rotation matrices,
-e code vectors, Y token ids, tau Gumbel temperature.
-Where this differs from the paper (`NOTE(paper gap) N` in the code), the stages and results: docs/genhmr.md.
+e code vectors, Y token ids; tau: the masking variable (`mask_tau`) or Eq. 5-6's Gumbel `temperature`.
+Where this differs from the paper (`NOTE N:` in the code, item N of its list), stages, results: docs/genhmr.md.
 """
 
 import dataclasses
@@ -33,7 +32,6 @@ import math
 import os
 import pickle
 import re
-import types
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +77,7 @@ def squared_distances(x, codebook):
 class QuantizeEMAReset(nn.Module):
     """Nearest-code quantiser, EMA codebook and dead-code reset (T2M-GPT / TokenHMR). Buffers, untouched
     by the optimiser: codebook (K, D), code_sum (K, D), code_count (K,), initialised (). Under
-    torch.distributed every rank ends each update with the same codebook (NOTE(paper gap) 6)."""
+    torch.distributed every rank ends each update with the same codebook (NOTE 6)."""
 
     def __init__(self, num_codes, dim, decay):
         super().__init__()
@@ -109,7 +107,7 @@ class QuantizeEMAReset(nn.Module):
         """One EMA step (decay mu) from encoder outputs z (N, D) and their ids (N,) -> the batch perplexity."""
         onehot = F.one_hot(ids, self.num_codes).float()  # (N, K)
         batch_sum, batch_count = onehot.T @ z, onehot.sum(0)  # sum_{i: id_i = k} z_i (K, D), n_k (K,)
-        if _distributed():  # NOTE(paper gap) 6: the references do not all-reduce; ranks must agree
+        if _distributed():  # NOTE 6: the references do not all-reduce; ranks must agree
             dist.all_reduce(batch_sum)
             dist.all_reduce(batch_count)
         rand, mu = self.candidates(z), self.decay
@@ -152,8 +150,11 @@ class PoseTokenizer(nn.Module):
 
     Encoder: Conv(C_in -> w) -> nearest x (2 L / 24) -> Conv -> [Conv(k4, s2) -> Resnet1D] (2L -> L)
     -> Conv(w -> D). Decoder: Conv(D -> w) -> Resnet1D -> Conv(k = s = L / 24) (L -> 24) -> Conv -> 6D.
-    NOTE(paper gap) 2: TokenHMR-like; the paper names only ResBlocks, 1D convolutions and one quantizer.
-    NOTE(paper gap) 1: the encoder reads 6D rotations (TokenHMR), C_in = 6.
+    NOTE 2: TokenHMR-like; the paper names only ResBlocks, 1D convolutions and one quantizer.
+    NOTE 1: the encoder reads 6D rotations (TokenHMR), C_in = 6.
+    Built from its config alone, untrained: the codebook starts from the encoder outputs of the first batch it
+    sees in training mode (`tok.train()(poses)`, as `compute_loss`'s step does); body: SMPL (default the file
+    under $HMR_BODY_MODELS, bodymodels.load_smpl).
     """
 
     def __init__(self, cfg, body=None):
@@ -195,6 +196,20 @@ class PoseTokenizer(nn.Module):
         z_q, ids, commit, perplexity = self.quantizer(self.encode(pose))
         return {"R": self.decode(z_q), "ids": ids, "commit": commit, "perplexity": perplexity}
 
+    def compute_loss(self, pred, pose):
+        """Eq. Lvq on `forward`'s pred and the target pose (B, 24, 3) -> (loss, {term: ()}): L = w_re (w_pose L_theta
+        + w_verts L_V + w_joints L_J) + w_commit ||z - sg[c]||^2, L1 on the rotation matrices, vertices and joints of
+        SMPL at beta = 0 (NOTE 4). Each term is a mean over samples, so equal shards on any number of ranks average
+        to it; the EMA codebook update sums its statistics over the ranks (NOTE 6)."""
+        cfg, R_gt, zeros = self.cfg, bodymodels.axis_angle_to_matrix(pose), pose.new_zeros(len(pose), NUM_BETAS)
+        with torch.no_grad():
+            v_gt, j_gt = self.body(R_gt, zeros, cfg.loss_vertices)
+        v, j = self.body(pred["R"], zeros, cfg.loss_vertices)
+        terms = {"pose": (pred["R"] - R_gt).abs().mean(), "verts": (v - v_gt).abs().mean(),
+                 "joints": (j - j_gt).abs().mean(), "commit": pred["commit"]}
+        recon = cfg.w_pose * terms["pose"] + cfg.w_verts * terms["verts"] + cfg.w_joints * terms["joints"]
+        return cfg.w_re * recon + cfg.w_commit * terms["commit"], dict(terms, perplexity=pred["perplexity"])
+
 
 def check_pose(pose):
     if pose.dim() != 3 or tuple(pose.shape[1:]) != (NUM_JOINTS, 3):
@@ -204,7 +219,7 @@ def check_pose(pose):
 
 def augment_pose(pose, cfg):
     """App. > Data Augmentation: the global orientation pre-multiplied by Rz(roll) Ry(yaw), in camera axes
-    (y vertical, z the optical axis), yaw ~ U(+-aug_yaw_deg), roll ~ U(+-aug_roll_deg) (NOTE(paper gap) 5)."""
+    (y vertical, z the optical axis), yaw ~ U(+-aug_yaw_deg), roll ~ U(+-aug_roll_deg) (NOTE 5)."""
     if not (cfg.aug_yaw_deg or cfg.aug_roll_deg):
         return pose
     u = torch.rand(len(pose), 2, device=pose.device) * 2 - 1
@@ -214,37 +229,6 @@ def augment_pose(pose, cfg):
     Rz = bodymodels.axis_angle_to_matrix(torch.stack([zero, zero, roll], -1))
     R0 = Rz @ Ry @ bodymodels.axis_angle_to_matrix(pose[:, 0])
     return torch.cat([bodymodels.matrix_to_axis_angle(R0)[:, None], pose[:, 1:]], 1)
-
-
-def tokenizer_training_loss(model, batch, cfg, step):
-    """Eq. Lvq: L = w_re (w_pose L_theta + w_verts L_V + w_joints L_J) + w_commit ||z - sg[c]||^2, L1 on the
-    rotation matrices, vertices and joints of SMPL at beta = 0 (NOTE(paper gap) 4). Every term is a mean
-    over samples (and their elements), so equal shards on any number of ranks average to it; the EMA
-    codebook update sums its statistics over the ranks (NOTE(paper gap) 6). batch["smpl_pose"]
-    (B, 24, 3); one forward through `model` (a DDP wrapper or the tokenizer)."""
-    pose = augment_pose(batch["smpl_pose"].float(), cfg)
-    out, body = model(pose), _unwrap(model).body
-    R_gt, zeros = bodymodels.axis_angle_to_matrix(pose), pose.new_zeros(len(pose), NUM_BETAS)
-    with torch.no_grad():
-        v_gt, j_gt = body(R_gt, zeros, cfg.loss_vertices)
-    v, j = body(out["R"], zeros, cfg.loss_vertices)
-    terms = {"pose": (out["R"] - R_gt).abs().mean(), "verts": (v - v_gt).abs().mean(),
-             "joints": (j - j_gt).abs().mean(), "commit": out["commit"]}
-    recon = cfg.w_pose * terms["pose"] + cfg.w_verts * terms["verts"] + cfg.w_joints * terms["joints"]
-    loss = cfg.w_re * recon + cfg.w_commit * terms["commit"]
-    return loss, dict(terms, perplexity=out["perplexity"])
-
-
-@torch.no_grad()
-def tokenizer_predict(model, batch, cfg):
-    """Reconstruction through the codebook -> joints3d (B, 24, 3), verts (B, 6890, 3) (SMPL with the
-    sample's beta, no translation, global orientation included), ids (B, L), num_codes (B,) = K."""
-    model, pose = _unwrap(model), batch["smpl_pose"].float()
-    ids = model.tokenize(pose)
-    betas = batch.get("smpl_shape", pose.new_zeros(len(pose), NUM_BETAS)).float()
-    verts, joints = model.body(model.decode_ids(ids), betas)
-    num_codes = torch.full((len(ids),), model.quantizer.num_codes, device=ids.device)  # for usage metrics
-    return {"joints3d": joints, "verts": verts, "ids": ids, "num_codes": num_codes}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +248,7 @@ class LayerNorm2d(nn.Module):
 
 def pyramid_level(width, scale, d_model):
     """ViTDet simple feature pyramid, one level: log2(scale) x [ConvT(2, 2) halving the channels,
-    then LayerNorm2d + GELU between two], then Conv1x1 -> d_model + GroupNorm (NOTE(paper gap) 7)."""
+    then LayerNorm2d + GELU between two], then Conv1x1 -> d_model + GroupNorm (NOTE 7)."""
     layers, c = [], width
     for i in range(int(math.log2(scale))):
         if i:
@@ -363,7 +347,7 @@ class MSDeformAttn(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm: Y + SA(LN Y) -> Y + MSDA(LN Y, p, {x^l}) -> Y + FFN(LN Y). NOTE(paper gap) 8."""
+    """Pre-norm: Y + SA(LN Y) -> Y + MSDA(LN Y, p, {x^l}) -> Y + FFN(LN Y). NOTE 8."""
 
     def __init__(self, cfg, levels):
         super().__init__()
@@ -376,41 +360,31 @@ class DecoderLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, y, reference, levels):
-        """levels None: no image, no cross-attention (the pose-prior stage, `TokenPrior`)."""
         y = y + self.dropout(self.self_attn(self.norm1(y)))  # inter-token dependencies
-        # Eq. MSDA: pose-token queries attend to a few points around p_y on every level
+        # Eq. MSDA: pose-token queries attend to a few points around p_y on every level (levels None: `TokenPrior`)
         if levels is not None:
             y = y + self.dropout(self.cross_attn(self.norm2(y), reference, levels))
         return y + self.dropout(self.ffn(self.norm3(y)))
 
 
-def code_embedding(codebook, d):
-    """codebook C (K, D) -> (K, d): C centred, through a random map P (d x D, orthonormal rows or columns), scaled
-    to unit std per element: distances between codes kept up to one scale."""
-    K, D = codebook.shape
-    P = torch.linalg.qr(torch.randn(max(d, D), min(d, D), device=codebook.device))[0]  # orthonormal columns
-    P = P if d >= D else P.T  # (d, D)
-    E = (codebook - codebook.mean(0)) @ P.T
-    return E / E.std().clamp_min(1e-12)
-
-
 class MaskedTransformer(nn.Module):
-    """token_generator: ids Y_M (B, L) with [MASK] = K, pyramid, codebook C (K, D) -> logits (B, L, K) of
-    p(y_i | Y_M, X): Linear(d, K) on the normed last token state h (the paper's logits)."""
+    """The masked transformer decoder: ids Y_M (B, L) with [MASK] = K, pyramid, codebook C (K, D) -> logits (B, L, K)
+    of p(y_i | Y_M, X): Linear(d, K) on the normed last token state h (the paper's logits). code_init: None (a fresh
+    table) or f(C, d) -> (K, d), the codes' rows of the token embedding at unit std (build_model's, NOTE 26)."""
 
-    def __init__(self, cfg, num_tokens, codebook, head_width=None):
+    def __init__(self, cfg, num_tokens, codebook, head_width=None, code_init=None):
         super().__init__()
         d, self.mask_id = cfg.d_model, len(codebook)
-        # NOTE(paper gap) 24: token and position embeddings at one scale, std 0.02 (BERT / MaskGIT), so that
-        # self-attention can find a token's neighbours by position; a code's embedding starts as its code vector
-        # through a random orthonormal map to d dims (NOTE(paper gap) 26): near codes start near
+        # NOTE 24: token and position embeddings at one scale, std 0.02 (BERT / MaskGIT), so that self-attention
+        # can find a token's neighbours by position
         self.tok_emb = nn.Embedding(len(codebook) + 1, d)  # the last row is the learnable [MASK]
         nn.init.normal_(self.tok_emb.weight, std=0.02)
-        with torch.no_grad():
-            self.tok_emb.weight[:-1] = code_embedding(codebook, d) * 0.02
+        if code_init is not None:
+            with torch.no_grad():
+                self.tok_emb.weight[:-1] = code_init(codebook, d) * 0.02
         self.pos_emb = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
         # learnable reference points p_y = sigmoid(r_y), r (L, 2), spread over the image at the start
-        # NOTE(paper gap) 9: Deformable DETR's start puts all L points at the centre: every token reads one place
+        # NOTE 9: Deformable DETR's start puts all L points at the centre: every token reads one place
         self.reference = nn.Parameter(torch.logit(torch.rand(num_tokens, 2) * 0.8 + 0.1))
         self.layers = nn.ModuleList(DecoderLayer(cfg, len(cfg.feature_scales)) for _ in range(cfg.num_layers))
         self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, head_width or len(codebook))
@@ -429,26 +403,9 @@ class MaskedTransformer(nn.Module):
         return self.head(h)  # (B, L, K)
 
 
-class TiedMaskedTransformer(MaskedTransformer):
-    """NOTE(paper gap) 21 (TINY only): the token head tied to the frozen codebook, logit_k = -exp(s) ||W h - c_k||^2,
-    W (D x d), s a learnable log-scale started at -log(mean over codes of the squared distance to the nearest
-    other code). A code's logit rises with every step towards any code near it: the codebook's geometry is
-    learned, not K unrelated classes."""
-
-    def __init__(self, cfg, num_tokens, codebook):
-        super().__init__(cfg, num_tokens, codebook, head_width=codebook.shape[1])
-        self.log_scale = nn.Parameter(torch.zeros(()))
-        with torch.no_grad():
-            d2 = squared_distances(codebook, codebook) + torch.eye(len(codebook), device=codebook.device) * 1e30
-            self.log_scale.copy_(-d2.min(1)[0].clamp_min(1e-12).mean().log())
-
-    def readout(self, h, codebook):
-        return -self.log_scale.exp() * squared_distances(self.head(h), codebook)  # (B, L, K)
-
-
 class ShapeCameraHead(nn.Module):
     """beta (B, 10) and weak-perspective camera [s, tx, ty] (B, 3) from the pooled 1x ViT map, as
-    residuals on HMR2.0's mean parameters (beta = 0, cam = [0.9, 0, 0]). NOTE(paper gap) 10."""
+    residuals on HMR2.0's mean parameters (beta = 0, cam = [0.9, 0, 0]). NOTE 10."""
 
     def __init__(self, width, hidden):
         super().__init__()
@@ -462,16 +419,40 @@ class ShapeCameraHead(nn.Module):
 
 
 class GenHMR(nn.Module):
-    """Image-conditioned masked transformer with the frozen pose tokenizer as a submodule. token_generator:
-    the class of its masked transformer (`build_model` passes TINY's `TiedMaskedTransformer`)."""
+    """The image stage: images -> ViT -> pyramid; [MASK]ed pose tokens -> masked transformer -> logits over the frozen
+    tokenizer's codebook; beta and camera from the ViT map. `forward`: training's pass, its loss `compute_loss`;
+    `generate`: the paper's inference. tokenizer: a PoseTokenizer, trained or not (frozen here); masked_transformer:
+    its class (build_model puts TINY's additions in its place, appendix E).
 
-    def __init__(self, cfg, tokenizer, token_generator=MaskedTransformer):
+    >>> tok = PoseTokenizer(TOKENIZER_TINY.model)  # SMPL from $HMR_BODY_MODELS
+    >>> poses = torch.randn(8, 24, 3) * 0.3
+    >>> loss, terms = tok.compute_loss(tok.train()(poses), poses)  # Eq. Lvq; this first batch starts the codebook
+    >>> loss.backward()
+    >>> model = GenHMR(TINY.model, tok.eval())
+    >>> images, ids = torch.rand(2, 3, *TINY.model.image_hw), tok.tokenize(poses[:2])  # crops; Y* (2, L)
+    >>> masked_ids, masked = random_masking(ids, model.num_codes)
+    >>> pred = model(images, masked_ids, temperature=1.0)  # logits, and the pose they imply (Gumbel-ST)
+    >>> pred["logits"].shape
+    torch.Size([2, 48, 256])
+    >>> targets = dict(ids=ids, masked=masked, smpl_pose=poses[:2], smpl_shape=torch.zeros(2, 10),
+    ...                joints3d=torch.randn(2, 24, 3), joints2d=torch.rand(2, 24, 2) - 0.5)
+    >>> loss, terms = compute_loss(pred, targets, TINY.model)
+    >>> loss.backward()
+    >>> out = model.eval().generate(images)  # UGS (T = 5) -> SMPL
+    >>> out["verts"].shape
+    torch.Size([2, 6890, 3])
+    >>> out = model.generate(images, joints2d=out["joints2d"] + 1.0)  # + refinement to detected 2D joints (pixels)
+    >>> out["refined_verts"].shape
+    torch.Size([2, 6890, 3])
+    """
+
+    def __init__(self, cfg, tokenizer, masked_transformer=MaskedTransformer):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer.eval().requires_grad_(False)
         self.num_tokens, self.num_codes = tokenizer.cfg.num_tokens, tokenizer.cfg.codebook_size
         self.backbone = DropPathViT(cfg)
         self.pyramid = nn.ModuleList(pyramid_level(cfg.vit_width, s, cfg.d_model) for s in cfg.feature_scales)
-        self.token_generator = token_generator(cfg, self.num_tokens, tokenizer.quantizer.codebook)
+        self.masked_transformer = masked_transformer(cfg, self.num_tokens, tokenizer.quantizer.codebook)
         self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
         self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
 
@@ -490,65 +471,92 @@ class GenHMR(nn.Module):
 
     def logits(self, ids, levels):
         """masked ids (B, L), an encoded pyramid -> logits (B, L, K) over the frozen codebook."""
-        return self.token_generator(ids, levels, self.tokenizer.quantizer.codebook)
+        return self.masked_transformer(ids, levels, self.tokenizer.quantizer.codebook)
 
-    def forward(self, images, ids):
-        """images, masked ids (B, L) -> {"logits" (B, L, K), "betas" (B, 10), "cam" (B, 3)}."""
+    def forward(self, images, ids, temperature=1.0, true_ids=None):
+        """Training's pass: images (B, 3, H, W) in [0, 1], ids Y_M (B, L) with [MASK] = K -> {"logits" (B, L, K), and
+        the pose they imply through straight-through Gumbel-softmax at `temperature` (Eq. 5, 6): "R" (B, 24, 3, 3),
+        "betas" (B, 10), "cam" (B, 3), "joints3d" (B, 24, 3) (SMPL's frame), "joints2d" (B, 24, 2) (normalised)}.
+        true_ids (B, L): NOTE 13's variant, the true codes replace the draw at the visible positions."""
         levels, betas, cam = self.encode_image(images)
-        return {"logits": self.logits(ids, levels), "betas": betas, "cam": cam}
+        logits = self.logits(ids, levels)
+        y = gumbel_softmax_st(logits, temperature)  # one-hot tokens forward, soft gradient backward
+        if true_ids is not None:
+            y = torch.where((ids == self.num_codes)[..., None], y, F.one_hot(true_ids, self.num_codes).to(y.dtype))
+        R = self.tokenizer.decode(y @ self.tokenizer.quantizer.codebook)  # e = y C through the frozen decoder
+        return {"logits": logits, **smpl_prediction(self.tokenizer.body, R, betas, cam)}
+
+    @torch.no_grad()
+    def generate(self, images, joints2d=None, joints2d_weight=None, cfg=None, seeds=None, generator=None):
+        """The paper's inference: UGS (cfg: InferenceConfig, default the paper's), then, given detected 2D joints
+        (B, 24, 2) in pixels of the images (joints2d_weight (B, 24): e.g. confidences, 0 without a keypoint), the
+        2D pose-guided refinement (Eqs. 2-4), then SMPL. seeds (B,): UGS's choice noise drawn per sample from
+        generators seeded by them (else from `generator`). -> {ids (B, L), betas (B, 10), cam (B, 3), joints3d
+        (B, 24, 3), verts (B, 6890, 3) in metres in the crop's camera, joints2d (B, 24, 2) pixels, cam_t (B, 3)},
+        and with joints2d the same refined, prefixed refined_ (the paper's answer)."""
+        cfg, image_hw = cfg or InferenceConfig(), images.shape[-2:]
+        ugs = uncertainty_guided_sampling(self, images, cfg.ugs_iterations, cfg.schedule, cfg.top_k, generator,
+                                          cfg.choice_temperature, seeds)
+        tok, ids, betas, cam = self.tokenizer, ugs["ids"], ugs["betas"], ugs["cam"]
+        poses = {"": tok.decode_ids(ids)}
+        if joints2d is not None:
+            targets = normalise_joints2d(joints2d.float(), image_hw)
+            problem = refinement_problem(tok, ids, betas, cam, targets, cfg.refine_reg, image_hw[0], joints2d_weight)
+            poses["refined_"] = tok.decode(refine(*problem, cfg)[-1])
+        out = {}
+        for prefix, R in poses.items():
+            out.update(mesh_outputs(tok, R, betas, cam, image_hw, prefix))
+        return dict(out, ids=ids, betas=betas, cam=cam)
 
 
 # ---------------------------------------------------------------------------------------------
 # 3. Training: masking, Gumbel-softmax, losses (Eq. 1, 5, 6)
 
 
-def num_masked(tau, L):
-    """Training Strategy: m = ceil(cos(pi tau / 2) L), clamped to [1, L] (NOTE(paper gap) 11)."""
-    return torch.ceil(torch.cos(math.pi * tau / 2) * L - 1e-6).clamp(1, L).long()
+def num_masked(mask_tau, L):
+    """Training Strategy: m = ceil(cos(pi tau / 2) L), clamped to [1, L] (NOTE 11); tau: the masking variable."""
+    return torch.ceil(torch.cos(math.pi * mask_tau / 2) * L - 1e-6).clamp(1, L).long()
 
 
-def random_masking(ids, mask_id, tau_max=1.0, generator=None):
-    """ids (B, L) -> (Y_M with m per-sample random positions set to mask_id, mask (B, L) bool)."""
+def random_masking(ids, mask_id, mask_tau_max=1.0, generator=None):
+    """ids (B, L) -> (Y_M with m per-sample random positions set to mask_id, mask (B, L) bool), tau ~ U(0, max)."""
     B, L = ids.shape
-    tau = torch.rand(B, device=ids.device, generator=generator) * tau_max
-    m = num_masked(tau, L)  # (B,)
+    mask_tau = torch.rand(B, device=ids.device, generator=generator) * mask_tau_max
+    m = num_masked(mask_tau, L)  # (B,)
     ranks = torch.rand(B, L, device=ids.device, generator=generator).argsort(1).argsort(1)  # random permutation
     mask = ranks < m[:, None]
     return torch.where(mask, torch.full_like(ids, mask_id), ids), mask
 
 
-def swap_visible(ids, masked, num_codes, pkeep, generator=None):
-    """MMM's input corruption (exitudio/MMM, `--pkeep`): each visible token kept with probability pkeep,
-    else replaced by a code drawn uniformly from the K; [MASK]ed positions untouched. NOTE(paper gap) 11.
-    The targets stay the true tokens, so the generator learns to doubt its context, as it must at
-    inference, where the context is its own earlier guesses."""
-    swap = (torch.rand(ids.shape, device=ids.device, generator=generator) >= pkeep) & ~masked
-    random_ids = torch.randint(num_codes, ids.shape, device=ids.device, generator=generator)
-    return torch.where(swap, random_ids, ids)
+def corrupt_tokens(y_gt, num_codes, cfg):
+    """The training input: Y* (B, L) [MASK]ed (`random_masking`), its visible tokens swapped (`swap_visible`)
+    -> (Y_M, masked (B, L) bool); cfg: the recipe (mask_tau_max, pkeep)."""
+    y_m, masked = random_masking(y_gt, num_codes, cfg.mask_tau_max)
+    return swap_visible(y_m, masked, num_codes, cfg.pkeep), masked
 
 
 def gumbel_temperature(cfg, step):
-    """Eq. (5) over the first anneal_fraction of max_steps, then held at tau_end (NOTE(paper gap) 14)."""
+    """Eq. (5) over the first anneal_fraction of max_steps, then held at temperature_end (NOTE 14); cfg: the recipe."""
     T = max(1.0, cfg.anneal_fraction * cfg.max_steps)
     t = min(float(step), T)
-    return cfg.tau_end + 0.5 * (cfg.tau_start - cfg.tau_end) * (1 + math.cos(math.pi * t / T))
+    return cfg.temperature_end + 0.5 * (cfg.temperature_start - cfg.temperature_end) * (1 + math.cos(math.pi * t / T))
 
 
-def gumbel_softmax_st(logits, tau, noise=None):
-    """Straight-through Gumbel-softmax: forward one-hot(argmax(l + n)), backward d softmax((l + n) / tau).
+def gumbel_softmax_st(logits, temperature, noise=None):
+    """Straight-through Gumbel-softmax: forward one-hot(argmax(l + n)), backward d softmax((l + n) / temperature).
 
-    Eq. (6): p_k = exp((l_k + n_k) / tau) / sum_j exp((l_j + n_j) / tau), n ~ Gumbel(0, 1).
+    Eq. (6): p_k = exp((l_k + n_k) / tau) / sum_j exp((l_j + n_j) / tau), n ~ Gumbel(0, 1), tau the temperature.
     """
     if noise is None:
         u = torch.rand_like(logits).clamp(1e-10, 1 - 1e-7)
         noise = -torch.log(-torch.log(u))
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 under autocast -> fp32
-    soft = F.softmax((logits + noise) / tau, dim=-1)
+    soft = F.softmax((logits + noise) / temperature, dim=-1)
     hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
     return hard - soft.detach() + soft
 
 
-def normalised_keypoints(joints2d, image_hw):
+def normalise_joints2d(joints2d, image_hw):
     """Pixels (B, J, 2) of an H x W crop -> normalised crop coordinates (pixel - (W/2, H/2)) / H."""
     H, W = image_hw
     return (joints2d - joints2d.new_tensor([W / 2, H / 2])) / H
@@ -560,162 +568,69 @@ def project(joints, cam):
     return bodymodels.project_to_crop(joints, t, FOCAL_LENGTH, CROP_SIZE), t
 
 
-def training_loss(model, batch, cfg, step):
-    """L_total = w_mask L_mask (Eq. 1) + w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D through
-    straight-through Gumbel-softmax (Eq. 5, 6). batch: SyntheticBodies keys image, smpl_pose,
-    smpl_shape, joints3d (camera coordinates), joints2d (pixels); step: the optimiser step, Eq. (5)'s t.
-    One forward through `model`; no state changes."""
-    raw = _unwrap(model)
-    pose, images = batch["smpl_pose"].float(), batch["image"]
-    check_pose(pose)
-    y_gt = raw.tokenizer.tokenize(pose)  # Y* on the fly (after any augmentation)
-    y_m, masked = corrupt_tokens(y_gt, raw.num_codes, cfg)
-    out = model(images, y_m)
+def smpl_prediction(body, R, betas, cam):
+    """What the SMPL losses read: {R (B, 24, 3, 3), betas (B, 10), cam (B, 3), joints3d (B, 24, 3) (SMPL's frame, no
+    translation), joints2d (B, 24, 2) (normalised crop coordinates)}."""
+    betas, cam = betas.float(), cam.float()
+    joints = body.joints(R, betas)  # SMPL root at its rest position
+    return {"R": R, "betas": betas, "cam": cam, "joints3d": joints, "joints2d": project(joints, cam)[0]}
+
+
+def compute_loss(pred, targets, cfg):
+    """L_total = w_mask L_mask (Eq. 1) + w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D -> (loss, {term: ()}).
+    pred: GenHMR.forward's; cfg: GenHMRConfig; targets: ids Y* (B, L), masked (B, L) bool (the [MASK]ed positions),
+    smpl_pose (B, 24, 3), smpl_shape (B, 10), joints3d (B, 24, 3) (any frame), joints2d (B, 24, 2) normalised,
+    optional 1-where-known masks (real data): has_smpl_pose, has_smpl_shape (B,), joints2d_weight, joints3d_weight
+    (B, 24). No state changes."""
     # Eq. (1): L_mask = -E_Y [sum_i log p(y_i | Y_M, X)], a mean over samples: no sample's weight depends on the
     # others', so equal shards on any number of ranks average to it
-    per_sample = token_cross_entropy(out["logits"], y_gt, masked, cfg)
-    # real data: a row without an SMPL pose label (data.HMR2Npz's has_smpl_pose 0) has no target tokens
-    l_mask = (per_sample * batch.get("has_smpl_pose", torch.ones_like(per_sample)).float()).mean()
-    # Eq. (5), (6): one-hot tokens forward, soft gradient backward; e = y C through the frozen decoder
-    tau = gumbel_temperature(cfg, step)
-    y = gumbel_softmax_st(out["logits"], tau)
-    if cfg.gumbel_positions == "masked":  # NOTE(paper gap) 13: the true codes at the visible positions
-        y = torch.where(masked[..., None], y, F.one_hot(y_gt, raw.num_codes).to(y.dtype))
-    R = raw.tokenizer.decode(y @ raw.tokenizer.quantizer.codebook)  # (B, 24, 3, 3)
-    terms = {"mask": l_mask, **smpl_losses(raw, R, out["betas"].float(), out["cam"].float(), batch, cfg)}
+    per_sample = token_cross_entropy(pred["logits"], targets["ids"], targets["masked"], cfg.ce_on)
+    l_mask = (per_sample * targets.get("has_smpl_pose", torch.ones_like(per_sample)).float()).mean()
+    terms = {"mask": l_mask, **smpl_losses(pred, targets, cfg)}
     loss = (cfg.w_mask * terms["mask"] + cfg.w_pose * terms["pose"] + cfg.w_betas * terms["betas"]
             + cfg.w_3d * terms["joints3d"] + cfg.w_2d * terms["joints2d"])
-    return loss, dict(terms, tau=torch.tensor(tau), masked_acc=masked_accuracy(out["logits"], y_gt, masked))
+    return loss, terms
 
 
-def corrupt_tokens(y_gt, num_codes, cfg):
-    """The training input: Y* (B, L) [MASK]ed (`random_masking`), its visible tokens swapped (`swap_visible`)
-    -> (Y_M, masked (B, L) bool)."""
-    y_m, masked = random_masking(y_gt, num_codes, cfg.mask_tau_max)
-    return swap_visible(y_m, masked, num_codes, cfg.pkeep), masked
-
-
-def token_cross_entropy(logits, y_gt, masked, cfg):
+def token_cross_entropy(logits, y_gt, masked, ce_on="all"):
     """Eq. (1) per sample: -sum_i log p(y_i | Y_M, X), the sum as a mean over the positions i of each sample
-    ("all": the L positions; "masked": its m >= 1 [MASK]s) -> (B,). NOTE(paper gap) 12."""
+    ("all": the L positions; "masked": its m >= 1 [MASK]s) -> (B,). NOTE 12."""
     ce = F.cross_entropy(logits.float().flatten(0, 1), y_gt.flatten(), reduction="none").view_as(y_gt)
-    return ce.mean(1) if cfg.ce_on == "all" else (ce * masked).sum(1) / masked.sum(1)
+    return ce.mean(1) if ce_on == "all" else (ce * masked).sum(1) / masked.sum(1)
 
 
-def masked_accuracy(logits, y_gt, masked):
-    """The share of [MASK]ed tokens whose argmax is right, per sample, averaged (the training log's)."""
-    hits = (logits.argmax(-1) == y_gt).float()
-    return ((hits * masked).sum(1) / masked.sum(1)).mean()
-
-
-def smpl_losses(raw, R, betas, cam, batch, cfg):
-    """L_theta, L_beta (MSE), L_3D (pelvis-centred L1), L_2D (normalised L1): each summed over joints and
-    coordinates per sample, as HMR2.0/TokenHMR, then loss_batch x the mean over samples (NOTE(paper gap)
-    15). They also sum over each GPU's batch, so their weights against L_mask held for its 48 samples
-    (`loss_batch`); a sum over the ranks' own samples would change meaning with the number of ranks."""
-    R_gt = bodymodels.axis_angle_to_matrix(batch["smpl_pose"].float())
-    joints = raw.tokenizer.body.joints(R, betas)  # (B, 24, 3), SMPL root at its rest position
-    j3d_gt = batch["joints3d"].float()
-    uv, _ = project(joints, cam)
-    uv_gt = normalised_keypoints(batch["joints2d"].float(), batch["image"].shape[-2:])
+def smpl_losses(pred, targets, cfg):
+    """L_theta, L_beta (MSE), L_3D (pelvis-centred L1), L_2D (normalised L1) of `smpl_prediction`'s pred against
+    targets (`compute_loss`'s): each summed over joints and coordinates per sample, as HMR2.0/TokenHMR, then
+    loss_batch x the mean over samples (NOTE 15: their sums over a GPU's 48 samples, the same on any ranks)."""
+    R, joints, uv = pred["R"], pred["joints3d"], pred["joints2d"]
+    R_gt = bodymodels.axis_angle_to_matrix(targets["smpl_pose"].float())
+    j3d_gt, uv_gt = targets["joints3d"].float(), targets["joints2d"].float()
     # real data (data.HMR2Npz) lacks some labels: optional masks, 1 where known (HMR2.0's has_smpl_params
     # and keypoint confidences), each multiplying its term; synthetic samples have every label
     ones = torch.ones(len(R), device=R.device)
-    w2d, w3d = (batch.get(k, ones[:, None].expand(-1, NUM_JOINTS)).float()
+    w2d, w3d = (targets.get(k, ones[:, None].expand(-1, NUM_JOINTS)).float()
                 for k in ("joints2d_weight", "joints3d_weight"))
-    per_sample = {"pose": ((R - R_gt) ** 2).sum((1, 2, 3)) * batch.get("has_smpl_pose", ones).float(),  # (B,)
-                  "betas": (((betas - batch["smpl_shape"].float()) ** 2).sum(1)
-                            * batch.get("has_smpl_shape", ones).float()),
+    per_sample = {"pose": ((R - R_gt) ** 2).sum((1, 2, 3)) * targets.get("has_smpl_pose", ones).float(),  # (B,)
+                  "betas": (((pred["betas"] - targets["smpl_shape"].float()) ** 2).sum(1)
+                            * targets.get("has_smpl_shape", ones).float()),
                   "joints3d": (((joints - joints[:, PELVIS:PELVIS + 1])
                                 - (j3d_gt - j3d_gt[:, PELVIS:PELVIS + 1])).abs().sum(2) * w3d).sum(1),
                   "joints2d": ((uv - uv_gt).abs().sum(2) * w2d).sum(1)}
     return {name: cfg.loss_batch * value.mean() for name, value in per_sample.items()}
 
 
-class TokenPrior(nn.Module):
-    """NOTE(paper gap) 25 (TINY): the stage "genhmr_prior", MEGA's pretraining (g-fiche/MEGA pretrain_mega.py,
-    then train_mega.py loads it): the image stage's masked transformer trained first on the tokens of poses
-    alone, with no image and so no cross-attention, by Eq. (1) with the image stage's masking and swap. It
-    learns p(y_i | Y_M), the prior the pose tokens live in, from poses, which cost nothing to draw next to
-    rendered images; `build_model` starts the image stage's transformer from it. parent: the trained backbone
-    stage, frozen, handed on to the image stage (its tokenizer gives the tokens)."""
-
-    def __init__(self, cfg, parent):
-        super().__init__()
-        self.cfg, self.parent = cfg, parent.eval().requires_grad_(False)
-        self.tokenizer = parent.tokenizer  # the same module (a checkpoint holds it once, with the parent's)
-        self.num_tokens, self.num_codes = self.tokenizer.cfg.num_tokens, self.tokenizer.cfg.codebook_size
-        self.token_generator = token_generator_class(cfg)(cfg, self.num_tokens, self.tokenizer.quantizer.codebook)
-        for layer in self.token_generator.layers:  # what reads the image waits, untrained, for the image stage
-            layer.norm2.requires_grad_(False), layer.cross_attn.requires_grad_(False)
-        self.token_generator.reference.requires_grad_(False)
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.parent.eval()
-        return self
-
-    def logits(self, ids, levels=None):
-        """masked ids (B, L) -> logits (B, L, K) of p(y_i | Y_M); levels: unread (no image here)."""
-        return self.token_generator(ids, None, self.tokenizer.quantizer.codebook)
-
-    def forward(self, ids):
-        return self.logits(ids)
-
-
-def prior_training_loss(model, batch, cfg, step):
-    """The prior stage's loss: Eq. (1) on the tokens of batch["smpl_pose"] (B, 24, 3), no image."""
-    raw = _unwrap(model)
-    check_pose(batch["smpl_pose"])
-    y_gt = raw.tokenizer.tokenize(batch["smpl_pose"].float())
-    y_m, masked = corrupt_tokens(y_gt, raw.num_codes, cfg)
-    logits = model(y_m)
-    loss = token_cross_entropy(logits, y_gt, masked, cfg).mean()
-    return loss, {"mask": loss, "masked_acc": masked_accuracy(logits, y_gt, masked)}
-
-
-@torch.no_grad()
-def prior_predict(model, batch, cfg):
-    """The prior stage's held-out figures, per pose batch["smpl_pose"] (B, 24, 3) with its smpl_shape and index:
-    its tokens with a quarter hidden (`context_masks`) filled by the prior's argmax -> prior_masked_token_accuracy_75
-    (B,) and the filled pose's prior_joints3d (B, 24, 3), prior_verts (B, 6890, 3) (SMPL's frame); the pose UGS
-    draws from all [MASK] with no image (cfg's T, schedule and confidence noise, seeded by index) ->
-    prior_generated_verts (B, 6890, 3), centred on its pelvis."""
-    model, tok = _unwrap(model), _unwrap(model).tokenizer
-    y, betas = tok.tokenize(batch["smpl_pose"].float()), batch["smpl_shape"].float()
-    hidden = context_masks(batch["index"], y.shape[1])
-    filled = torch.where(hidden, model.logits(y.masked_fill(hidden, model.num_codes)).argmax(-1), y)
-    verts, joints = tok.body(tok.decode_ids(filled), betas)
-    ids, _ = sample_from_features(model, None, cfg.ugs_iterations, cfg.schedule, cfg.top_k,
-                                  choice_temperature=cfg.choice_temperature, seeds=batch["index"])
-    generated, generated_joints = tok.body(tok.decode_ids(ids), betas)
-    return {"prior_joints3d": joints, "prior_verts": verts,
-            "prior_generated_verts": generated - generated_joints[:, PELVIS:PELVIS + 1],
-            "prior_masked_token_accuracy_75": (((filled == y) & hidden).sum(1) / hidden.sum(1)).float()}
-
-
-def prior_diagnostics(model, cfg, train_labels):
-    """The prior stage's yardstick at its final evaluation: the neighbour-count table of the training poses
-    (`neighbour_counts`) given the same 75 % of each held-out pose's tokens -> prior_count_table_accuracy_75 (B,)."""
-    model = _unwrap(model)
-    counts = neighbour_counts(model, train_labels)
-    return lambda batch: {} if counts is None else {
-        "prior_count_table_accuracy_75": context_accuracies(model, None, batch, counts)["count_table_accuracy_75"]}
-
-
 # ---------------------------------------------------------------------------------------------
-# 4. Inference: uncertainty-guided sampling, 2D-pose-guided refinement, evaluation (`predict`)
+# 4. Inference: uncertainty-guided sampling, 2D-pose-guided refinement (`GenHMR.generate` runs them)
 
 
 # gamma(r) of App. > Mask Scheduling Function, r = t / T in [0, 1] (the paper adopts the cosine; Table 11)
-SCHEDULES = {"cosine": lambda r: (1 + math.cos(math.pi * r)) / 2,
-             "linear": lambda r: 1 - r,
-             "cubic": lambda r: 1 - r ** 3,
-             "sqrt": lambda r: math.sqrt(max(0.0, 1 - r * r))}
+SCHEDULES = {"cosine": lambda r: (1 + math.cos(math.pi * r)) / 2, "linear": lambda r: 1 - r,
+             "cubic": lambda r: 1 - r ** 3, "sqrt": lambda r: math.sqrt(max(0.0, 1 - r * r))}
 
 
 def remask_counts(L, T, schedule="cosine"):
-    """Tokens re-masked after iterations t = 1..T: ceil(gamma(t / T) L) (n_T = 0). NOTE(paper gap) 17.
+    """Tokens re-masked after iterations t = 1..T: ceil(gamma(t / T) L) (n_T = 0). NOTE 17.
     The 1e-9 keeps exact products exact (cos, T = 3, t = 2: 0.25 x 96 = 24, not 24.000000000000007 -> 25)."""
     if T < 1:
         raise ValueError(f"UGS needs T >= 1 iterations, got {T}")
@@ -746,23 +661,11 @@ def uncertainty_guided_sampling(model, images, T=5, schedule="cosine", top_k=1, 
     return {"ids": ids, "betas": betas, "cam": cam, "history": history}
 
 
-def gumbel_noise(shape, seeds=None, step=0, generator=None, device=None):
-    """Gumbel(0, 1) noise (B, *shape[1:]); with seeds (B,) one generator per sample seeded by (seed, step),
-    so a sample's draw is the same whichever rank or batch it is in."""
-    if seeds is None:
-        u = torch.rand(shape, generator=generator, device=device)
-    else:
-        u = torch.stack([torch.rand(shape[1:], generator=torch.Generator().manual_seed(int(i) * 1009 + step))
-                         for i in seeds.reshape(-1)]).to(device)
-    return -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
-
-
 @torch.no_grad()
 def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generator=None, choice_temperature=0.0,
                          seeds=None):
-    """UGS's iterations on an encoded image pyramid -> (ids (B, L), history). choice_temperature c > 0 ranks
-    the masked tokens by log p + c (1 - t / T) g, g ~ Gumbel(0, 1) (MaskGIT's `mask_by_random_topk`): early
-    passes re-mask some confident tokens too, so one wrong early guess does not fix its neighbours."""
+    """UGS's iterations on an encoded image pyramid -> (ids (B, L), history). choice_temperature c > 0 ranks the
+    masked tokens by log p + c (1 - t / T) g, g ~ Gumbel(0, 1) (MaskGIT's, NOTE 17: `gumbel_noise`, appendix E)."""
     # levels None: no image (`TokenPrior`); the batch size and device then come from seeds
     B, device = (len(levels[0]), levels[0].device) if levels is not None else (len(seeds), seeds.device)
     L = model.num_tokens
@@ -802,46 +705,28 @@ def fixed_step(objective, e, G, grad, eta):
     return eta, eta
 
 
-@torch.no_grad()
-def backtracking_step(objective, e, G, grad, eta, halvings=6):
-    """NOTE(paper gap) 18: per sample, the largest of eta, eta / 2, ... (halvings tries) that lowers G, 0 where
-    none does; doubled for the next step after a success -> (eta for this step, eta for the next), (B, 1, 1)."""
-    step, done = torch.zeros_like(eta), torch.zeros(len(e), dtype=torch.bool, device=e.device)
-    for _ in range(halvings):
-        accept = (objective(e - eta * grad) < G) & ~done
-        step = torch.where(accept[:, None, None], eta, step)
-        eta = torch.where((~done & ~accept)[:, None, None], eta / 2, eta)
-        done |= accept
-        if bool(done.all()):
-            break
-    return step, torch.where(done[:, None, None], eta * 2, eta)
-
-
-STEP_SIZES = {"fixed": fixed_step, "backtracking": backtracking_step}  # GenHMRConfig.refine_step
-
-
-def refinement_problem(tokenizer, ids, betas, cam, targets, cfg, weights=None):
+def refinement_problem(tokenizer, ids, betas, cam, targets, reg, scale, weights=None):
     """Inference Strategy > 2D Pose-Guided Refinement for the sampled tokens ids (B, L), beta (B, 10) and camera
     (B, 3) (both fixed) -> (Eqs. (2)-(3)'s objective G: e (B, L, D) -> (B,), the start e_0 = C[Y] (B, L, D)), with
-    R_0 = D(e_0), targets: normalised 2D keypoints (B, 24, 2), weights (B, 24) or None, lambda = cfg.refine_reg,
-    the residual in crop pixels (scale: the crop height)."""
+    R_0 = D(e_0), targets: normalised 2D joints (B, 24, 2), weights (B, 24) or None, lambda = reg, the residual in
+    crop pixels (scale: the crop height)."""
     e = tokenizer.quantizer.codebook[ids]
     with torch.no_grad():
         t = bodymodels.weak_perspective_to_translation(cam, FOCAL_LENGTH, CROP_SIZE)
         R0 = tokenizer.decode(e)
     objective = functools.partial(refinement_objective, tokenizer, betas=betas, t=t, targets=targets, R0=R0,
-                                  reg=cfg.refine_reg, scale=float(cfg.image_hw[0]), weights=weights)
+                                  reg=reg, scale=float(scale), weights=weights)
     return objective, e
 
 
 def refine(objective, e, cfg):
-    """Eq. (4): P = cfg.refine_steps steps of gradient descent on the code vectors e (B, L, D), fed to the frozen
+    """Eq. (4): P = cfg.refine_iterations steps of gradient descent on the code vectors e (B, L, D), fed to the frozen
     tokenizer decoder (not re-quantised); no network changes. eta: cfg.refine_lr, by the rule
-    STEP_SIZES[cfg.refine_step]. -> [e_0, e_1, ..., e_P], each (B, L, D)."""
-    step_size = STEP_SIZES[cfg.refine_step]
+    STEP_SIZES[cfg.refine_eta_rule]. -> [e_0, e_1, ..., e_P], each (B, L, D)."""
+    step_size = STEP_SIZES[cfg.refine_eta_rule]
     eta = torch.full((len(e), 1, 1), float(cfg.refine_lr), device=e.device)
     trajectory = [e]
-    for _ in range(cfg.refine_steps):
+    for _ in range(cfg.refine_iterations):
         with torch.enable_grad():
             e = e.detach().requires_grad_(True)
             G = objective(e)
@@ -853,70 +738,27 @@ def refine(objective, e, cfg):
     return trajectory
 
 
-def mesh_outputs(tokenizer, R, betas, cam, prefix=""):
-    """SMPL mesh in the labels' camera frame -> {joints3d, verts, joints2d (normalised), cam_t}."""
+def mesh_outputs(tokenizer, R, betas, cam, image_hw, prefix=""):
+    """SMPL mesh in the crop's camera (HMR2.0's) -> {joints3d, verts, joints2d (pixels of the H x W crop), cam_t}."""
     verts, joints = tokenizer.body(R, betas)
     uv, t = project(joints, cam)
+    H, W = image_hw
     return {f"{prefix}joints3d": joints + t[:, None], f"{prefix}verts": verts + t[:, None],
-            f"{prefix}joints2d_norm": uv, f"{prefix}cam_t": t}
-
-
-def keypoint_noise(index, std_px, shape):
-    """N(0, std_px^2) noise (B, *shape) in pixels, one generator per sample seeded by its dataset
-    index (B,): the same whichever rank or batch evaluates the sample."""
-    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(i))) for i in index.reshape(-1)]
-    return torch.stack(noise).to(index.device) * std_px
-
-
-def keypoint_targets(batch, cfg):
-    """The keypoints refinement is given: batch["joints2d"] + `keypoint_noise` (refine_noise_px, seeded by
-    batch["index"]) -> pixels (B, 24, 2), and the per-joint weights batch["joints2d_weight"] (B, 24) or None."""
-    if "index" not in batch:
-        raise ValueError("genhmr.predict: the batch needs 'index' (B,), the samples' dataset indices that seed "
-                         "the keypoint noise (data.Indexed adds it)")
-    targets_px = batch["joints2d"].float() + keypoint_noise(batch["index"], cfg.refine_noise_px, (NUM_JOINTS, 2))
-    weights = batch.get("joints2d_weight")  # real data: 0 for the joints without a 2D keypoint
-    return targets_px, None if weights is None else weights.float()
-
-
-@torch.no_grad()
-def predict(model, batch, cfg):
-    """The paper's inference: UGS (cfg.ugs_iterations, schedule, top_k, choice_temperature: its noise seeded by
-    batch["index"]), then refinement (cfg.refine_steps) against `keypoint_targets` -> per-sample tensors:
-    joints3d (B, 24, 3), verts (B, 6890, 3) in metres in the labels' camera frame, joints2d (B, 24, 2) pixels,
-    cam_t (B, 3), ids (B, L), betas (B, 10); the same refined with prefix refined_; reproj_error_px and
-    refined_reproj_error_px (B,): mean 2D distance to the keypoints refinement was given."""
-    model = _unwrap(model)
-    images, tok = batch["image"], model.tokenizer
-    H, W = images.shape[-2:]
-    targets_px, weights = keypoint_targets(batch, cfg)
-    levels, betas, cam = model.encode_image(images)
-    ids, _ = sample_from_features(model, levels, cfg.ugs_iterations, cfg.schedule, cfg.top_k,
-                                  choice_temperature=cfg.choice_temperature, seeds=batch["index"])
-    targets = normalised_keypoints(targets_px, (H, W))
-    e = refine(*refinement_problem(tok, ids, betas, cam, targets, cfg, weights), cfg)[-1]
-    out = mesh_outputs(tok, tok.decode_ids(ids), betas, cam)
-    out.update(mesh_outputs(tok, tok.decode(e), betas, cam, "refined_"))
-    for prefix in ("", "refined_"):
-        uv = out.pop(f"{prefix}joints2d_norm")
-        out[f"{prefix}joints2d"] = uv * H + uv.new_tensor([W / 2, H / 2])
-        dist = (out[f"{prefix}joints2d"] - targets_px).norm(dim=-1)  # (B, 24)
-        out[f"{prefix}reproj_error_px"] = (dist.mean(-1) if weights is None
-                                           else (dist * (weights > 0)).sum(-1) / (weights > 0).sum(-1).clamp_min(1))
-    return dict(out, ids=ids, betas=betas)
+            f"{prefix}joints2d": uv * H + uv.new_tensor([W / 2, H / 2]), f"{prefix}cam_t": t}
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Configs (PAPER, TINY), build_model and train.py's stages
+# 5. Configs (PAPER, TINY): a preset per stage of sub-configs (the model's, inference, the recipe); build_model and
+#    train.py's protocol, the thin layer from its dict batches to the classes above
 
 
 @dataclass
 class TokenizerConfig:
-    # --- architecture (App. > Implementation Details; Tables 5, 6) ---
+    """What building the pose tokenizer reads, and its loss (App. > Implementation Details; Tables 5, 6)."""
     num_tokens: int = 96  # L (Table 6: 96 chosen)
     codebook_size: int = 2048  # K (Table 5: 2048 x 256 chosen)
     code_dim: int = 256  # D
-    width: int = 512  # conv width. NOTE(paper gap) 2: unstated; TokenHMR's
+    width: int = 512  # conv width. NOTE 2: unstated; TokenHMR's
     res_depth: int = 2  # ResBlocks per Resnet1D (TokenHMR)
     dilation_growth: int = 3  # dilations 1, 3, 9, ... (TokenHMR)
     ema_decay: float = 0.99  # EMA codebook (Method: "exponential moving average and codebook reset")
@@ -925,12 +767,21 @@ class TokenizerConfig:
     w_pose: float = 1.0  # lambda_theta
     w_verts: float = 0.5  # lambda_V
     w_joints: float = 0.3  # lambda_J
-    w_commit: float = 0.02  # lambda_E used as commitment weight. NOTE(paper gap) 3
+    w_commit: float = 0.02  # lambda_E used as commitment weight. NOTE 3
     loss_vertices: int = 0  # vertices in L_V, evenly strided (0 = all 6890)
-    # --- augmentation (App. > Data Augmentation: "we rotate the poses at varying degrees") ---
-    aug_yaw_deg: float = 180.0  # NOTE(paper gap) 5: ranges unstated
+
+    def __post_init__(self):
+        if self.num_tokens % NUM_JOINTS:
+            raise ValueError(f"TokenizerConfig.num_tokens={self.num_tokens}: expected a multiple of "
+                             f"{NUM_JOINTS} (each joint owns num_tokens / 24 tokens)")
+
+
+@dataclass
+class TokenizerRecipe:
+    """What train.py reads for the tokenizer (App. > Implementation Details; data: AMASS + MOYO, SMPL-H -> SMPL)."""
+    # App. > Data Augmentation: "we rotate the poses at varying degrees"
+    aug_yaw_deg: float = 180.0  # NOTE 5: ranges unstated
     aug_roll_deg: float = 30.0
-    # --- recipe read by train.py (App. > Implementation Details; data: AMASS train + MOYO, SMPL-H -> SMPL) ---
     batch_size: int = 512  # global batch
     lr: float = 1e-4  # Adam
     max_steps: int = 200_000  # "200K iterations"
@@ -942,15 +793,19 @@ class TokenizerConfig:
 
     def __post_init__(self):
         _check_choice(self, "lr_schedule", ("constant", "cosine"))
-        if self.num_tokens % NUM_JOINTS:
-            raise ValueError(f"TokenizerConfig.num_tokens={self.num_tokens}: expected a multiple of "
-                             f"{NUM_JOINTS} (each joint owns num_tokens / 24 tokens)")
+
+
+@dataclass
+class TokenizerPreset:
+    model: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    recipe: TokenizerRecipe = dataclasses.field(default_factory=TokenizerRecipe)
 
 
 @dataclass
 class GenHMRConfig:
+    """What building the image stage reads (GenHMR, and the backbone stage's ViT), and its loss."""
     # --- image encoder (Method > Image Encoder: HMR2.0's ViT-H) ---
-    image_size: tuple = (256, 192)  # (H, W) crop, as HMR2.0. NOTE(paper gap): resolution unstated
+    image_size: tuple = (256, 192)  # (H, W) crop, as HMR2.0; the paper states no resolution
     patch_size: int = 16  # ViT-H/16
     patch_padding: int = 2  # HMR2.0's PatchEmbed padding (4 + 2 (ratio // 2 - 1), ratio 1)
     vit_width: int = 1280  # C
@@ -959,29 +814,19 @@ class GenHMRConfig:
     vit_mlp_ratio: float = 4.0
     drop_path: float = 0.55  # HMR2.0's backbone config
     conv_stem: tuple = ()  # () = HMR2.0's patch_embed.proj; else the widths of a conv stem (TINY only, NOTE 22)
-    feature_scales: tuple = (1, 4, 8)  # App. > Impl.; Table 15 adds 16. NOTE(paper gap) 7
+    feature_scales: tuple = (1, 4, 8)  # App. > Impl.; Table 15 adds 16. NOTE 7
     # --- masked transformer decoder (Method > Masked Transformer Decoder; Table 16) ---
-    d_model: int = 256  # NOTE(paper gap) 8: unstated, Deformable-DETR default
+    d_model: int = 256  # NOTE 8: unstated, Deformable-DETR default
     num_layers: int = 4  # "4 deformable cross attention layers" (Table 16)
     num_heads: int = 8  # self-attention and MSDA heads
     num_points: int = 4  # MSDA sampling points per head and level
     ffn_dim: int = 1024
     dropout: float = 0.1
-    head_hidden: int = 1024  # beta/camera MLP. NOTE(paper gap) 10
+    head_hidden: int = 1024  # beta/camera MLP. NOTE 10
     token_head: str = "linear"  # "linear": Linear(d, K), the paper's logits | "tied" to the codebook (TINY, NOTE 21)
-    # --- the backbone stage (PoseRegressor, NOTE(paper gap) 23): HMR2.0's SMPL head (its config) or TINY's MLP ---
-    regressor_head: str = "hmr2"  # "hmr2": HMR2.0's SMPL transformer decoder | "mlp": flatten -> MLP (TINY)
-    hmr2_head: tuple = (1024, 6, 8, 64, 1024)  # HMR2.0's (width, depth, heads, head width, MLP width)
-    regressor_hidden: int = 512  # the "mlp" head's hidden width
-    backbone_checkpoint: str = ""  # ViTPose-H or HMR2.0 weights the backbone stage starts from (`load_backbone`)
-    # --- training (Training Strategy; App. > Implementation Details; Tables 4, 8, 9) ---
-    mask_tau_max: float = 1.0  # tau ~ U(0, mask_tau_max) (Table 4: U(0, 1))
-    pkeep: float = 0.5  # each visible token kept w.p. pkeep, else a uniform random code. NOTE(paper gap) 11
-    ce_on: str = "all"  # "all" (Eq. 1 as printed) | "masked". NOTE(paper gap) 12
-    gumbel_positions: str = "all"  # "all" | "masked" (GT one-hot at visible). NOTE(paper gap) 13
-    tau_start: float = 1.0  # Table 8
-    tau_end: float = 0.01
-    anneal_fraction: float = 0.5  # Table 9: 50 % of training
+    # --- loss (Training Strategy; App. > Implementation Details) ---
+    ce_on: str = "all"  # "all" (Eq. 1 as printed) | "masked". NOTE 12
+    gumbel_positions: str = "all"  # "all" | "masked" (GT one-hot at visible). NOTE 13
     w_mask: float = 1.0
     w_pose: float = 1e-3  # lambda_theta within lambda_SMPL = 1.5e-3
     w_betas: float = 5e-4
@@ -989,37 +834,13 @@ class GenHMRConfig:
     w_2d: float = 1e-2
     loss_batch: int = 48  # the geometric terms' calibration: HMR2.0/TokenHMR sum them over a GPU's 48 samples
     # (their configs' TRAIN.BATCH_SIZE); here loss_batch x the mean over samples, the same on any number of ranks
-    # --- inference (App. > Impl.; Tables 2, 3, 11, 12) ---
-    ugs_iterations: int = 5  # T
-    schedule: str = "cosine"  # gamma, one of SCHEDULES
-    top_k: int = 1  # greedy
-    choice_temperature: float = 0.0  # UGS re-masks by log p + c (1 - t / T) Gumbel (MaskGIT); 0 = by p alone. NOTE 17
-    refine_steps: int = 20  # P (Table 1 = Table 3's 20-iteration row)
-    refine_step: str = "fixed"  # Eq. (4): "fixed" eta = refine_lr (as printed) | "backtracking" (NOTE(paper gap) 18)
-    refine_lr: float = 0.03  # eta of Eq. (4), unstated: chosen at TINY (docs/genhmr.md); G is in crop px^2
-    refine_reg: float = 10.0  # lambda_theta' (px^2 per unit ||R - R_0||^2)
-    refine_noise_px: float = 1.0  # evaluation keypoints = GT projection + N(0, 1 px)
-    # --- recipe read by train.py (App. > Implementation Details; data: H36M, COCO, MPI-INF-3DHP, MPII) ---
-    batch_size: int = 48  # "batch size of 48"; per GPU or global is unstated
-    lr: float = 1e-5  # Adam
-    backbone_lr_scale: float = 1.0  # the image encoder's lr / lr (the paper and MEGA: one lr for all)
-    max_steps: int = 100_000  # NOTE(paper gap) 16
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0
-    amp: bool = False
-    gpus: int = 2  # NVIDIA RTX A6000 (App. > Impl.)
 
     def __post_init__(self):
         for name, allowed in (("ce_on", ("all", "masked")), ("gumbel_positions", ("all", "masked")),
-                              ("schedule", tuple(SCHEDULES)), ("lr_schedule", ("constant", "cosine")),
-                              ("token_head", ("linear", "tied")), ("regressor_head", ("hmr2", "mlp")),
-                              ("refine_step", tuple(STEP_SIZES))):
+                              ("token_head", ("linear", "tied"))):
             _check_choice(self, name, allowed)
         self.image_size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else self.image_size
         self.feature_scales, self.conv_stem = tuple(self.feature_scales), tuple(self.conv_stem)
-        self.hmr2_head = tuple(self.hmr2_head)
         if self.conv_stem and 2 ** len(self.conv_stem) != self.patch_size:
             raise ValueError(f"GenHMRConfig.conv_stem={self.conv_stem}: expected log2(patch_size={self.patch_size}) "
                              f"stride-2 stages, one width each")
@@ -1031,83 +852,173 @@ class GenHMRConfig:
         return (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
 
 
+@dataclass
+class InferenceConfig:
+    """What `GenHMR.generate` reads: UGS and the refinement (App. > Impl.; Tables 2, 3, 11, 12)."""
+    ugs_iterations: int = 5  # T
+    schedule: str = "cosine"  # gamma, one of SCHEDULES
+    top_k: int = 1  # greedy
+    choice_temperature: float = 0.0  # UGS re-masks by log p + c (1 - t / T) Gumbel (MaskGIT); 0 = by p alone. NOTE 17
+    refine_iterations: int = 20  # P (Table 1 = Table 3's 20-iteration row)
+    refine_eta_rule: str = "fixed"  # Eq. (4): "fixed" eta = refine_lr (as printed) | "backtracking" (NOTE 18)
+    refine_lr: float = 0.03  # eta of Eq. (4), unstated: chosen at TINY (docs/genhmr.md); G is in crop px^2
+    refine_reg: float = 10.0  # lambda_theta' (px^2 per unit ||R - R_0||^2)
+
+    def __post_init__(self):
+        _check_choice(self, "schedule", tuple(SCHEDULES))
+        _check_choice(self, "refine_eta_rule", ("fixed", "backtracking"))  # STEP_SIZES (appendix C)
+
+
+@dataclass
+class RegressorConfig:
+    """The backbone stage's head (PoseRegressor, NOTE 23): HMR2.0's SMPL head (its config) or TINY's MLP."""
+    regressor_head: str = "hmr2"  # "hmr2": HMR2.0's SMPL transformer decoder | "mlp": flatten -> MLP (TINY)
+    hmr2_head: tuple = (1024, 6, 8, 64, 1024)  # HMR2.0's (width, depth, heads, head width, MLP width)
+    regressor_hidden: int = 512  # the "mlp" head's hidden width
+    backbone_checkpoint: str = ""  # ViTPose-H or HMR2.0 weights the backbone stage starts from (`load_backbone`)
+
+    def __post_init__(self):
+        _check_choice(self, "regressor_head", ("hmr2", "mlp"))
+        self.hmr2_head = tuple(self.hmr2_head)
+
+
+@dataclass
+class GenHMRRecipe:
+    """What train.py reads for the image stages (App. > Implementation Details; data: H36M, COCO, MPI-INF-3DHP,
+    MPII)."""
+    # --- masking and Gumbel-softmax (Training Strategy; Tables 4, 8, 9) ---
+    mask_tau_max: float = 1.0  # tau ~ U(0, mask_tau_max) (Table 4: U(0, 1))
+    pkeep: float = 0.5  # each visible token kept w.p. pkeep, else a uniform random code. NOTE 11
+    temperature_start: float = 1.0  # Gumbel temperature (Table 8)
+    temperature_end: float = 0.01
+    anneal_fraction: float = 0.5  # Table 9: 50 % of training
+    refine_noise_px: float = 1.0  # evaluation: the detected 2D joints = the labels + N(0, 1 px)
+    batch_size: int = 48  # "batch size of 48"; per GPU or global is unstated
+    lr: float = 1e-5  # Adam
+    backbone_lr_scale: float = 1.0  # the image encoder's lr / lr (the paper and MEGA: one lr for all)
+    max_steps: int = 100_000  # NOTE 16
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    amp: bool = False
+    gpus: int = 2  # NVIDIA RTX A6000 (App. > Impl.)
+
+    def __post_init__(self):
+        _check_choice(self, "lr_schedule", ("constant", "cosine"))
+
+
+@dataclass
+class GenHMRPreset:
+    model: GenHMRConfig = dataclasses.field(default_factory=GenHMRConfig)
+    inference: InferenceConfig = dataclasses.field(default_factory=InferenceConfig)
+    regressor: RegressorConfig = dataclasses.field(default_factory=RegressorConfig)
+    recipe: GenHMRRecipe = dataclasses.field(default_factory=GenHMRRecipe)
+
+
 def _check_choice(cfg, name, allowed):
     if getattr(cfg, name) not in allowed:
         raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r}: expected one of {allowed}")
 
 
-TOKENIZER_PAPER = TokenizerConfig()  # 96 tokens, 2048 x 256 codebook
-TOKENIZER_TINY = TokenizerConfig(  # 2 CPU cores, synthetic poses (synthetic.body_pose_dataset)
+def _with_recipe(preset, **changes):
+    return dataclasses.replace(preset, recipe=dataclasses.replace(preset.recipe, **changes))
+
+
+TOKENIZER_PAPER = TokenizerPreset()  # 96 tokens, 2048 x 256 codebook
+TOKENIZER_TINY = TokenizerPreset(  # 2 CPU cores, synthetic poses (synthetic.body_pose_dataset)
     # 48 tokens: the paper's 96 reconstruct nearer, but UGS is then further from the truth (docs/genhmr.md)
-    num_tokens=48, codebook_size=256, code_dim=32, width=64, loss_vertices=1024,
-    aug_yaw_deg=20.0, aug_roll_deg=15.0,  # SyntheticPoses already spans every yaw
-    # lr 1e-3: 3e-3 reconstructs nearer and brings UGS nearer, but iterating then loses on the controlled
-    # ambiguity (docs/genhmr.md, "the tokenizer's floor")
-    batch_size=128, lr=1e-3, max_steps=1000, warmup_steps=50, lr_schedule="cosine")
-PAPER = GenHMRConfig()
-TINY = GenHMRConfig(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 -> 8 x 6 grid, levels 1x, 2x
-    image_size=(64, 48), patch_size=8, vit_width=128, vit_depth=4, vit_heads=4, vit_mlp_ratio=2.0, drop_path=0.0,
-    conv_stem=(32, 64, 128), feature_scales=(1, 2), d_model=64, num_layers=3, num_heads=4, ffn_dim=128, dropout=0.0,
-    # the image stage fine-tunes the backbone stage's ViT (the paper's start is unstated); levels (1, 2, 4) cost
-    # more time a step for no gain (docs/genhmr.md)
-    head_hidden=128, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
-    token_head="tied", regressor_head="mlp",  # NOTE(paper gap) 21, 23
-    pkeep=0.5, choice_temperature=4.5,  # MMM's input swap, MaskGIT's confidence noise (docs/genhmr.md)
-    # NOTE(paper gap) 20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48): summed,
-    # the Gumbel-ST gradient swamps L_mask
-    loss_batch=1,
-    # Eq. (4)'s fixed eta = 0.03, as PAPER: nearer in 3D than the backtracking step, and cheaper (docs/genhmr.md)
-    weight_decay=0.0, grad_clip=1.0, gpus=0)  # synthetic.body_dataset's synthetic bodies
+    model=TokenizerConfig(num_tokens=48, codebook_size=256, code_dim=32, width=64, loss_vertices=1024),
+    recipe=TokenizerRecipe(aug_yaw_deg=20.0, aug_roll_deg=15.0,  # SyntheticPoses already spans every yaw
+                           # lr 1e-3: 3e-3 reconstructs nearer and brings UGS nearer, but iterating then loses on
+                           # the controlled ambiguity (docs/genhmr.md, "the tokenizer's floor")
+                           batch_size=128, lr=1e-3, max_steps=1000, warmup_steps=50, lr_schedule="cosine"))
+PAPER = GenHMRPreset()
+TINY = GenHMRPreset(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 -> 8 x 6 grid, levels 1x, 2x
+    model=GenHMRConfig(
+        image_size=(64, 48), patch_size=8, vit_width=128, vit_depth=4, vit_heads=4, vit_mlp_ratio=2.0, drop_path=0.0,
+        conv_stem=(32, 64, 128), feature_scales=(1, 2), d_model=64, num_layers=3, num_heads=4, ffn_dim=128,
+        # levels (1, 2, 4) cost more time a step for no gain (docs/genhmr.md)
+        dropout=0.0, head_hidden=128, token_head="tied",  # NOTE 21
+        # NOTE 20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48): summed, the
+        # Gumbel-ST gradient swamps L_mask
+        loss_batch=1),
+    # MaskGIT's confidence noise (docs/genhmr.md); Eq. (4)'s fixed eta = 0.03, as PAPER: nearer in 3D than the
+    # backtracking step, and cheaper (docs/genhmr.md)
+    inference=InferenceConfig(choice_temperature=4.5),
+    regressor=RegressorConfig(regressor_head="mlp"),  # NOTE 23
+    # the image stage fine-tunes the backbone stage's ViT (the paper's start is unstated); MMM's input swap pkeep
+    recipe=GenHMRRecipe(pkeep=0.5, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
+                        weight_decay=0.0, grad_clip=1.0, gpus=0))  # synthetic.body_dataset's synthetic bodies
 CONFIGS = {"paper": PAPER, "tiny": TINY}
-# The backbone stage (PoseRegressor) has the image stage's ViT fields and its own recipe. NOTE(paper gap) 23: the
-# paper states no initialisation; PAPER's recipe is HMR2.0's (lr 1e-5, weight decay 1e-4, batch 48), its
-# steps a starting point (HMR2.0 trains 1M); --set backbone_checkpoint=FILE starts from ViTPose-H or HMR2.0.
-BACKBONE_CONFIGS = {"paper": dataclasses.replace(PAPER, lr=1e-5, weight_decay=1e-4, max_steps=100_000),
-                    "tiny": dataclasses.replace(TINY, max_steps=2000)}
+# The backbone stage (PoseRegressor) has the image stage's ViT fields and its own recipe. NOTE 23: the paper states
+# no initialisation; PAPER's recipe is HMR2.0's (lr 1e-5, weight decay 1e-4, batch 48), its steps a starting point
+# (HMR2.0 trains 1M); --set backbone_checkpoint=FILE starts from ViTPose-H or HMR2.0.
+BACKBONE_CONFIGS = {"paper": _with_recipe(PAPER, lr=1e-5, weight_decay=1e-4, max_steps=100_000),
+                    "tiny": _with_recipe(TINY, max_steps=2000)}
 TOKENIZER_CONFIGS = {"paper": TOKENIZER_PAPER, "tiny": TOKENIZER_TINY}
-# The prior stage (TokenPrior, NOTE(paper gap) 25) builds the image stage's masked transformer (PRIOR_FIELDS) with
-# its own recipe: PAPER none (0 steps: the paper trains its transformer with the image from the start). TINY's recipe
-# (a larger batch and lr, weight decay, fewer swapped tokens) learns the context in 2000 steps (0.21 of the hidden
+# The prior stage (TokenPrior, NOTE 25) builds the image stage's masked transformer (PRIOR_FIELDS) with its own
+# recipe: PAPER none (0 steps: the paper trains its transformer with the image from the start). TINY's recipe (a
+# larger batch and lr, weight decay, fewer swapped tokens) learns the context in 2000 steps (0.21 of the hidden
 # quarter right, the neighbour counts' 0.21), but its 1500-step image stage then reads the image less well and UGS
 # drifts (docs/genhmr.md, "The pose prior stage"): TINY trains it 0 steps; --set max_steps=2000 on
 # --model genhmr_prior turns it on
-PRIOR_CONFIGS = {"paper": dataclasses.replace(PAPER, max_steps=0),
-                 "tiny": dataclasses.replace(TINY, batch_size=128, lr=1e-2, weight_decay=0.3, warmup_steps=100,
-                                             pkeep=0.9, max_steps=0)}
+PRIOR_CONFIGS = {"paper": _with_recipe(PAPER, max_steps=0),
+                 "tiny": _with_recipe(TINY, batch_size=128, lr=1e-2, weight_decay=0.3, warmup_steps=100, pkeep=0.9,
+                                      max_steps=0)}
 PRIOR_FIELDS = ("d_model", "num_layers", "num_heads", "num_points", "ffn_dim", "feature_scales", "token_head")
-
-
-def learning_rate(cfg, step):
-    """Linear warm-up, then constant or cosine to lr / 100 at max_steps; a pure function of the step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def tokenizer_build_model(cfg, parent=None):
-    if parent is not None:
-        raise ValueError("the pose tokenizer is the first GenHMR stage and starts from no parent model")
-    return PoseTokenizer(cfg)
-
-
-TOKENIZER = types.SimpleNamespace(  # the trainer's stage "genhmr_tokenizer"
-    CONFIGS=TOKENIZER_CONFIGS, build_model=tokenizer_build_model, training_loss=tokenizer_training_loss,
-    predict=tokenizer_predict, learning_rate=learning_rate)
-
-
 VIT_FIELDS = ("image_size", "patch_size", "patch_padding", "vit_width", "vit_depth", "vit_heads", "vit_mlp_ratio",
               "conv_stem", "head_hidden")
 
 
+def learning_rate(cfg, step):
+    """Linear warm-up, then constant or cosine to lr / 100 at max_steps; a pure function of the step (cfg: a preset)."""
+    r = cfg.recipe
+    if step < r.warmup_steps:
+        return r.lr * (step + 1) / r.warmup_steps
+    if r.lr_schedule == "constant":
+        return r.lr
+    t = min(1.0, (step - r.warmup_steps) / max(1, r.max_steps - r.warmup_steps))
+    return r.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+class TokenizerStage:
+    """train.py's stage "genhmr_tokenizer": the pose tokenizer on batches {smpl_pose (B, 24, 3), smpl_shape (B, 10)}."""
+    CONFIGS = TOKENIZER_CONFIGS
+    learning_rate = staticmethod(learning_rate)
+
+    @staticmethod
+    def build_model(cfg, parent=None):
+        if parent is not None:
+            raise ValueError("the pose tokenizer is the first GenHMR stage and starts from no parent model")
+        return PoseTokenizer(cfg.model)
+
+    @staticmethod
+    def training_loss(model, batch, cfg, step):
+        """Eq. Lvq (`PoseTokenizer.compute_loss`) on the augmented poses; one forward through `model` (DDP or not)."""
+        pose = augment_pose(batch["smpl_pose"].float(), cfg.recipe)
+        return _unwrap(model).compute_loss(model(pose), pose)
+
+    @staticmethod
+    @torch.no_grad()
+    def predict(model, batch, cfg):
+        """Reconstruction through the codebook -> joints3d (B, 24, 3), verts (B, 6890, 3) (SMPL with the sample's
+        beta, no translation, global orientation included), ids (B, L), num_codes (B,) = K."""
+        model, pose = _unwrap(model), batch["smpl_pose"].float()
+        ids = model.tokenize(pose)
+        betas = batch.get("smpl_shape", pose.new_zeros(len(pose), NUM_BETAS)).float()
+        verts, joints = model.body(model.decode_ids(ids), betas)
+        num_codes = torch.full((len(ids),), model.quantizer.num_codes, device=ids.device)  # for usage metrics
+        return {"joints3d": joints, "verts": verts, "ids": ids, "num_codes": num_codes}
+
+
 def build_model(cfg, parent=None):
-    """The stage-2 model. `parent`: the trained TokenPrior of stage "genhmr_prior" (its masked transformer is
-    copied and fine-tuned; its parent is the backbone stage's), the trained PoseRegressor of stage
-    "genhmr_backbone" (its frozen tokenizer is held as a submodule; its ViT, and TINY's shape/camera head, are
+    """train.py's image stage (cfg: a GenHMRPreset). `parent`: the trained TokenPrior of stage "genhmr_prior" (its
+    masked transformer is copied and fine-tuned; its parent is the backbone stage's), the trained PoseRegressor of
+    stage "genhmr_backbone" (its frozen tokenizer is held as a submodule; its ViT, and TINY's shape/camera head, are
     copied and fine-tuned), or a trained PoseTokenizer alone (the image encoder from scratch, or from
-    cfg.backbone_checkpoint)."""
+    backbone_checkpoint). The masked transformer is `masked_transformer_class`'s (appendix E). A copier builds
+    `GenHMR(cfg.model, tokenizer)` directly."""
     if parent is None:
         raise ValueError("GenHMR's image stage needs a trained parent: the stage 'genhmr_prior' (or 'genhmr_backbone' "
                          "or a pose tokenizer); train the stages before it first (a checkpoint is missing)")
@@ -1119,41 +1030,83 @@ def build_model(cfg, parent=None):
         raise ValueError(f"GenHMR: parent must be a PoseRegressor or a PoseTokenizer, got {type(parent).__name__}")
     if not bool(tokenizer.quantizer.initialised):
         raise ValueError("GenHMR: the parent pose tokenizer was never trained (its codebook is uninitialised)")
-    model = GenHMR(cfg, tokenizer, token_generator_class(cfg))
+    model = GenHMR(cfg.model, tokenizer, masked_transformer_class(cfg.model))
     if regressor is not None:
         for name in VIT_FIELDS:
-            if getattr(regressor.cfg, name) != getattr(cfg, name):
+            if getattr(regressor.cfg, name) != getattr(cfg.model, name):
                 raise ValueError(f"GenHMR: the backbone stage's {name}={getattr(regressor.cfg, name)!r} differs from "
-                                 f"this config's {getattr(cfg, name)!r}; its ViT cannot start this one")
+                                 f"this config's {getattr(cfg.model, name)!r}; its ViT cannot start this one")
         model.backbone.load_state_dict(regressor.backbone.state_dict())  # copies: fine-tuned here, parent untouched
         if hasattr(regressor, "shape_camera_head"):  # TINY's "mlp" head; HMR2.0's reads beta and camera from its token
             model.shape_camera_head.load_state_dict(regressor.shape_camera_head.state_dict())
-    elif cfg.backbone_checkpoint:
-        load_backbone(model, cfg.backbone_checkpoint)
+    elif cfg.regressor.backbone_checkpoint:
+        load_backbone(model, cfg.regressor.backbone_checkpoint)
     if prior is not None:
         for name in PRIOR_FIELDS:
-            if getattr(prior.cfg, name) != getattr(cfg, name):
+            if getattr(prior.cfg, name) != getattr(cfg.model, name):
                 raise ValueError(f"GenHMR: the prior stage's {name}={getattr(prior.cfg, name)!r} differs from this "
-                                 f"config's {getattr(cfg, name)!r}; its masked transformer cannot start this one")
-        model.token_generator.load_state_dict(prior.token_generator.state_dict())
+                                 f"config's {getattr(cfg.model, name)!r}; its masked transformer cannot start this one")
+        model.masked_transformer.load_state_dict(prior.masked_transformer.state_dict())
     return model
 
 
-def prior_build_model(cfg, parent=None):
-    if not isinstance(parent, PoseRegressor):
-        raise ValueError("GenHMR's prior stage starts from the trained backbone stage ('genhmr_backbone'), "
-                         f"got {type(parent).__name__}")
-    return TokenPrior(cfg, parent)
+def training_loss(model, batch, cfg, step):
+    """train.py's image stage: `compute_loss` on a batch of SyntheticBodies keys (image, smpl_pose, smpl_shape,
+    joints3d in camera coordinates, joints2d in pixels; data.HMR2Npz's label masks), Y* tokenized on the fly
+    (after any augmentation), masked and swapped (`corrupt_tokens`), the Gumbel temperature of Eq. (5) at the
+    optimiser step. One forward through `model` (DDP or not); no state changes."""
+    raw, pose, images = _unwrap(model), batch["smpl_pose"].float(), batch["image"]
+    check_pose(pose)
+    y_gt = raw.tokenizer.tokenize(pose)
+    y_m, masked = corrupt_tokens(y_gt, raw.num_codes, cfg.recipe)
+    temperature = gumbel_temperature(cfg.recipe, step)
+    pred = model(images, y_m, temperature, y_gt if cfg.model.gumbel_positions == "masked" else None)
+    joints2d = normalise_joints2d(batch["joints2d"].float(), images.shape[-2:])
+    loss, terms = compute_loss(pred, dict(batch, ids=y_gt, masked=masked, joints2d=joints2d), cfg.model)
+    return loss, dict(terms, temperature=torch.tensor(temperature),
+                      masked_acc=masked_accuracy(pred["logits"], y_gt, masked))
 
 
-PRIOR = types.SimpleNamespace(  # the trainer's stage "genhmr_prior" (NOTE(paper gap) 25)
-    CONFIGS=PRIOR_CONFIGS, build_model=prior_build_model, training_loss=prior_training_loss,
-    predict=prior_predict, learning_rate=learning_rate, diagnostics=prior_diagnostics)
+def masked_accuracy(logits, y_gt, masked):
+    """The share of [MASK]ed tokens whose argmax is right, per sample, averaged (the training log's)."""
+    hits = (logits.argmax(-1) == y_gt).float()
+    return ((hits * masked).sum(1) / masked.sum(1)).mean()
 
 
-def token_generator_class(cfg):
-    """The masked transformer `build_model` puts in GenHMR: the paper's (Linear logits), or TINY's tied head."""
-    return TiedMaskedTransformer if cfg.token_head == "tied" else MaskedTransformer
+def joints2d_noise(index, std_px, shape):
+    """N(0, std_px^2) noise (B, *shape) in pixels, one generator per sample seeded by its dataset
+    index (B,): the same whichever rank or batch evaluates the sample."""
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(i))) for i in index.reshape(-1)]
+    return torch.stack(noise).to(index.device) * std_px
+
+
+def detected_joints2d(batch, cfg):
+    """The 2D joints `predict` gives the refinement, standing in for a detector's: batch["joints2d"] +
+    `joints2d_noise` (refine_noise_px, seeded by batch["index"]) -> pixels (B, 24, 2), and the per-joint weights
+    batch["joints2d_weight"] (B, 24) or None."""
+    if "index" not in batch:
+        raise ValueError("genhmr.predict: the batch needs 'index' (B,), the samples' dataset indices that seed "
+                         "the 2D joints' noise (data.Indexed adds it)")
+    joints2d = batch["joints2d"].float() + joints2d_noise(batch["index"], cfg.recipe.refine_noise_px, (NUM_JOINTS, 2))
+    weights = batch.get("joints2d_weight")  # real data: 0 for the joints without a 2D keypoint
+    return joints2d, None if weights is None else weights.float()
+
+
+@torch.no_grad()
+def predict(model, batch, cfg):
+    """train.py's image stage: `GenHMR.generate` (cfg.inference) on batch["image"], given `detected_joints2d`, UGS's
+    choice noise seeded by batch["index"] -> per-sample tensors: joints3d (B, 24, 3), verts (B, 6890, 3) in metres
+    in the labels' camera frame, joints2d (B, 24, 2) pixels, cam_t (B, 3), ids (B, L), betas (B, 10); the same
+    refined with prefix refined_; reproj_error_px and refined_reproj_error_px (B,): mean 2D distance to the joints
+    refinement was given."""
+    joints2d, weights = detected_joints2d(batch, cfg)
+    out = _unwrap(model).generate(batch["image"], joints2d, weights, cfg.inference, seeds=batch["index"])
+    del out["cam"]
+    for prefix in ("", "refined_"):
+        dist = (out[f"{prefix}joints2d"] - joints2d).norm(dim=-1)  # (B, 24)
+        out[f"{prefix}reproj_error_px"] = (dist.mean(-1) if weights is None
+                                           else (dist * (weights > 0)).sum(-1) / (weights > 0).sum(-1).clamp_min(1))
+    return out
 
 
 def _unwrap(model):
@@ -1166,8 +1119,8 @@ def check_inputs(cfg, kind, path):
     the config names must exist. Raises in one line naming the variable or file."""
     if kind == "hmr2":
         metrics.keypoint_regressor()
-    if cfg.backbone_checkpoint:
-        check_backbone_file(cfg.backbone_checkpoint)
+    if cfg.regressor.backbone_checkpoint:
+        check_backbone_file(cfg.regressor.backbone_checkpoint)
 
 
 def param_groups(model, cfg):
@@ -1176,7 +1129,41 @@ def param_groups(model, cfg):
     vit = {id(p) for p in model.backbone.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     return [(1.0, [p for p in trainable if id(p) not in vit]),
-            (cfg.backbone_lr_scale, [p for p in trainable if id(p) in vit])]
+            (cfg.recipe.backbone_lr_scale, [p for p in trainable if id(p) in vit])]
+
+
+class BackboneStage:
+    """train.py's stage "genhmr_backbone" (`PoseRegressor`, appendix A): batches as the image stage's."""
+    CONFIGS = BACKBONE_CONFIGS
+    learning_rate, check_inputs = staticmethod(learning_rate), staticmethod(check_inputs)
+
+    @staticmethod
+    def build_model(cfg, parent=None):
+        if not isinstance(parent, PoseTokenizer):
+            raise ValueError("GenHMR's backbone stage starts from the trained pose tokenizer (stage "
+                             f"'genhmr_tokenizer'), got {type(parent).__name__}")
+        return PoseRegressor(cfg.model, cfg.regressor, parent)
+
+    @staticmethod
+    def training_loss(model, batch, cfg, step):
+        """HMR2.0's losses on the regressed SMPL: w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D
+        (`smpl_losses`, the weights of the image stage's SMPL terms)."""
+        check_pose(batch["smpl_pose"])
+        pred = smpl_prediction(_unwrap(model).tokenizer.body, **model(batch["image"]))
+        joints2d = normalise_joints2d(batch["joints2d"].float(), batch["image"].shape[-2:])
+        terms = smpl_losses(pred, dict(batch, joints2d=joints2d), cfg.model)
+        m = cfg.model
+        return (m.w_pose * terms["pose"] + m.w_betas * terms["betas"] + m.w_3d * terms["joints3d"]
+                + m.w_2d * terms["joints2d"]), terms
+
+    @staticmethod
+    @torch.no_grad()
+    def predict(model, batch, cfg):
+        """-> regression_joints3d (B, 24, 3), regression_verts (B, 6890, 3) in the labels' camera frame."""
+        model, image_hw = _unwrap(model), batch["image"].shape[-2:]
+        out = model(batch["image"])
+        mesh = mesh_outputs(model.tokenizer, out["R"], out["betas"], out["cam"], image_hw, "regression_")
+        return {key: mesh[key] for key in ("regression_joints3d", "regression_verts")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1260,7 +1247,7 @@ class DropPathBlock(nn.Module):
 
 
 def conv_bn_stem(widths, out):
-    """NOTE(paper gap) 22 (TINY only): a convolutional patch embedding (Xiao et al. 2021, "Early
+    """NOTE 22 (TINY only): a convolutional patch embedding (Xiao et al. 2021, "Early
     convolutions help transformers see better"): per width c, Conv3x3 stride 2 -> BN -> ReLU -> Conv3x3
     -> BN -> ReLU, then Conv1x1 -> the ViT width; len(widths) = log2(patch) stages. One linear map of a
     small crop's 8 x 8 patches learns body pose too slowly."""
@@ -1409,10 +1396,10 @@ class HMR2Head(nn.Module):
     The mean parameters are buffers: identity pose, beta = 0, cam [0.9, 0, 0] here; HMR2.0's
     smpl_mean_params.npz values come with its checkpoint. Held to 4D-Humans' module by tests/official/hmr2."""
 
-    def __init__(self, cfg):
+    def __init__(self, hmr2_head, vit_width):
         super().__init__()
-        width, depth, heads, dim_head, mlp = cfg.hmr2_head
-        self.transformer = TransformerDecoder(width, depth, heads, dim_head, mlp, cfg.vit_width)
+        width, depth, heads, dim_head, mlp = hmr2_head  # RegressorConfig.hmr2_head
+        self.transformer = TransformerDecoder(width, depth, heads, dim_head, mlp, vit_width)
         self.decpose, self.decshape = nn.Linear(width, NUM_JOINTS * 6), nn.Linear(width, NUM_BETAS)
         self.deccam = nn.Linear(width, 3)
         identity = bodymodels.matrix_to_rot6d(torch.eye(3))
@@ -1436,28 +1423,29 @@ class PoseRegressor(nn.Module):
     The paper's encoder is a ViT-H whose initialisation it does not state; HMR2.0 and TokenHMR start from
     ViTPose-H. `load_backbone` reads ViTPose-H or HMR2.0 weights into it (cfg.backbone_checkpoint). The
     frozen pose tokenizer rides along (its SMPL layer poses the predictions) to be handed on.
-    NOTE(paper gap) 23: head "hmr2" is HMR2.0's (`HMR2Head`); TINY's "mlp" is flatten -> MLP for the
+    NOTE 23: head "hmr2" is HMR2.0's (`HMR2Head`); TINY's "mlp" is flatten -> MLP for the
     pose and GenHMR's pooled shape/camera head, the smallest head that keeps where things are in the map
-    (pooling loses it); the image stage starts from that head too."""
+    (pooling loses it); the image stage starts from that head too. cfg: GenHMRConfig (the ViT); head:
+    RegressorConfig."""
 
-    def __init__(self, cfg, tokenizer):
+    def __init__(self, cfg, head, tokenizer):
         super().__init__()
-        self.cfg, self.tokenizer = cfg, tokenizer.eval().requires_grad_(False)
+        self.cfg, self.head, self.tokenizer = cfg, head, tokenizer.eval().requires_grad_(False)
         self.backbone = DropPathViT(cfg)
-        if cfg.regressor_head == "hmr2":
-            self.smpl_head = HMR2Head(cfg)
+        if head.regressor_head == "hmr2":
+            self.smpl_head = HMR2Head(head.hmr2_head, cfg.vit_width)
         else:
             self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
             grid = self.backbone.grid
             self.pose_head = nn.Sequential(nn.Flatten(), nn.Linear(cfg.vit_width * grid[0] * grid[1],
-                                                                   cfg.regressor_hidden),
-                                           nn.ReLU(), nn.Linear(cfg.regressor_hidden, NUM_JOINTS * 6))
+                                                                   head.regressor_hidden),
+                                           nn.ReLU(), nn.Linear(head.regressor_hidden, NUM_JOINTS * 6))
             nn.init.xavier_uniform_(self.pose_head[-1].weight, gain=0.01), nn.init.zeros_(self.pose_head[-1].bias)
             identity = bodymodels.matrix_to_rot6d(torch.eye(3))
             self.register_buffer("identity6d", identity.repeat(NUM_JOINTS, 1))  # (24, 6)
         self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
-        if cfg.backbone_checkpoint:
-            load_backbone(self, cfg.backbone_checkpoint)
+        if head.backbone_checkpoint:
+            load_backbone(self, head.backbone_checkpoint)
 
     def train(self, mode=True):
         super().train(mode)
@@ -1468,52 +1456,21 @@ class PoseRegressor(nn.Module):
         """images (B, 3, H, W) in [0, 1] -> {"R" (B, 24, 3, 3), "betas" (B, 10), "cam" (B, 3)}."""
         # official (HMR2.0 vitdet_dataset.py): (pixel - 255 mean) / (255 std) on 0-255 RGB, = (x - mean) / std
         feature = self.backbone((images - self.mean_std[0]) / self.mean_std[1])
-        if self.cfg.regressor_head == "hmr2":
+        if self.head.regressor_head == "hmr2":
             R, betas, cam = self.smpl_head(feature)
-            return {"R": R, "betas": betas, "cam": cam}
-        betas, cam = self.shape_camera_head(feature)
-        rot6d = self.pose_head(feature).view(-1, NUM_JOINTS, 6) + self.identity6d  # residual on the rest pose
-        return {"R": bodymodels.rot6d_to_matrix(rot6d), "betas": betas, "cam": cam}
-
-
-def backbone_build_model(cfg, parent=None):
-    if not isinstance(parent, PoseTokenizer):
-        raise ValueError("GenHMR's backbone stage starts from the trained pose tokenizer (stage 'genhmr_tokenizer'), "
-                         f"got {type(parent).__name__}")
-    return PoseRegressor(cfg, parent)
-
-
-def backbone_training_loss(model, batch, cfg, step):
-    """HMR2.0's losses on the regressed SMPL: w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D
-    (`smpl_losses`, the weights of the image stage's SMPL terms)."""
-    check_pose(batch["smpl_pose"])
-    out = model(batch["image"])
-    terms = smpl_losses(_unwrap(model), out["R"], out["betas"].float(), out["cam"].float(), batch, cfg)
-    loss = (cfg.w_pose * terms["pose"] + cfg.w_betas * terms["betas"] + cfg.w_3d * terms["joints3d"]
-            + cfg.w_2d * terms["joints2d"])
-    return loss, terms
-
-
-@torch.no_grad()
-def backbone_predict(model, batch, cfg):
-    """-> regression_joints3d (B, 24, 3), regression_verts (B, 6890, 3) in the labels' camera frame."""
-    model = _unwrap(model)
-    out = model(batch["image"])
-    mesh = mesh_outputs(model.tokenizer, out["R"], out["betas"], out["cam"], "regression_")
-    return {key: mesh[key] for key in ("regression_joints3d", "regression_verts")}
-
-
-BACKBONE = types.SimpleNamespace(  # the trainer's stage "genhmr_backbone"
-    CONFIGS=BACKBONE_CONFIGS, build_model=backbone_build_model, training_loss=backbone_training_loss,
-    predict=backbone_predict, learning_rate=learning_rate, check_inputs=check_inputs)
+        else:
+            betas, cam = self.shape_camera_head(feature)
+            rot6d = self.pose_head(feature).view(-1, NUM_JOINTS, 6) + self.identity6d  # residual on the rest pose
+            R = bodymodels.rot6d_to_matrix(rot6d)
+        return {"R": R, "betas": betas, "cam": cam}
 
 
 # ---------------------------------------------------------------------------------------------
 # Appendix B. Agreement with the official code: ViTPose-H and HMR2.0 checkpoints
 
 
-# Released weights (A6: HMR2.0 and TokenHMR start their ViT-H from ViTPose-H). Three layouts, each a dict
-# with "state_dict" (tests/official_keys/ lists names and shapes, made from the official constructors):
+# Released weights (HMR2.0 and TokenHMR start their ViT-H from ViTPose-H; docs/genhmr.md, NOTE 23). Three layouts,
+# each a dict with "state_dict" (tests/official_keys/ lists names and shapes, made from the official constructors):
 # HMR2.0's Lightning checkpoint (backbone.*, smpl_head.*, discriminator.*, smpl.*, initialized), ViTPose-H's
 # mmpose checkpoint (backbone.*, keypoint_head.*), HMR2.0's vitpose_backbone.pth (the ViT's own names).
 
@@ -1522,7 +1479,7 @@ def check_backbone_file(path):
     """Raise in one line unless `path` is a file (ViTPose-H's or HMR2.0's weights)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist: expected ViTPose-H's or HMR2.0's "
-                                "weights (GenHMRConfig.backbone_checkpoint)")
+                                "weights (RegressorConfig.backbone_checkpoint)")
 
 
 def load_backbone(model, path):
@@ -1562,7 +1519,7 @@ def backbone_state_dicts(checkpoint):
 
 
 # ---------------------------------------------------------------------------------------------
-# Appendix C. The paper's ablation tables as train.py --ablation data
+# Appendix C. The paper's ablation tables as train.py --ablation data; an alternative only a config uses
 
 
 # The paper's ablation tables as train.py's --ablation data: rows of config overrides beside the paper's figures,
@@ -1577,7 +1534,7 @@ ABLATIONS = {
                        (15, (67.6, 78.5)), (20, (67.4, 78.1)))), chosen="5"),
     "table3": dict(caption="2D pose-guided refinement steps after UGS-5 (Table 3)", inference=True,
                    columns=(("refined_mpjpe_mm", "MPJPE (mm), 3DPW"), ("refined_pve_mm", "MVE (mm), 3DPW")),
-                   rows=tuple((label, {"ugs_iterations": 5, "refine_steps": P}, f) for label, P, f in (
+                   rows=tuple((label, {"ugs_iterations": 5, "refine_iterations": P}, f) for label, P, f in (
                        ("UGS* (no refinement)", 0, (68.1, 77.5)), ("1", 1, (66.5, 77.0)), ("3", 3, (63.6, 73.5)),
                        ("5", 5, (60.2, 70.4)), ("10", 10, (57.5, 68.5)), ("20", 20, (54.7, 67.5)))), chosen="20"),
     "table4": dict(caption="Masking ratio during training, gamma(tau), tau ~ U(0, max) (Table 4)", columns=_3DPW,
@@ -1624,6 +1581,25 @@ ABLATIONS = {
 }
 
 
+@torch.no_grad()
+def backtracking_step(objective, e, G, grad, eta, halvings=6):
+    """NOTE 18: per sample, the largest of eta, eta / 2, ... (halvings tries) that lowers G, 0 where
+    none does; doubled for the next step after a success -> (eta for this step, eta for the next), (B, 1, 1)."""
+    step, done = torch.zeros_like(eta), torch.zeros(len(e), dtype=torch.bool, device=e.device)
+    for _ in range(halvings):
+        accept = (objective(e - eta * grad) < G) & ~done
+        step = torch.where(accept[:, None, None], eta, step)
+        eta = torch.where((~done & ~accept)[:, None, None], eta / 2, eta)
+        done |= accept
+        if bool(done.all()):
+            break
+    return step, torch.where(done[:, None, None], eta * 2, eta)
+
+
+STEP_SIZES = {"fixed": fixed_step, "backtracking": backtracking_step}  # InferenceConfig.refine_eta_rule
+
+
+
 # ---------------------------------------------------------------------------------------------
 # Appendix D. Diagnostics (not the paper's inference): the report-only tables, the soft readout, context
 #             accuracy against the neighbour-count yardstick (train.py's final evaluation); parameter counts
@@ -1645,20 +1621,22 @@ def diagnostics(model, cfg, train_labels):
 
     @torch.no_grad()
     def diagnose(batch):
+        inf, image_hw = cfg.inference, batch["image"].shape[-2:]
         levels, betas, cam = model.encode_image(batch["image"])
-        ugs = functools.partial(sample_from_features, model, levels, top_k=cfg.top_k,
-                                choice_temperature=cfg.choice_temperature, seeds=batch["index"])
+        ugs = functools.partial(sample_from_features, model, levels, top_k=inf.top_k,
+                                choice_temperature=inf.choice_temperature, seeds=batch["index"])
         out = context_accuracies(model, levels, batch, counts)
         runs = {(schedule, T): ugs(T, schedule)[0] for schedule in SCHEDULES for T in TABLE_ITERATIONS}
         for (schedule, T), ids in runs.items():
             out[f"table_{schedule}_T{T}_joints3d"] = tok.body.joints(tok.decode_ids(ids), betas)
         out["table_soft_T1_joints3d"] = tok.body.joints(soft_readout(model, levels), betas)
-        ids = runs.get((cfg.schedule, cfg.ugs_iterations))
-        ids = ugs(cfg.ugs_iterations, cfg.schedule)[0] if ids is None else ids
-        targets_px, weights = keypoint_targets(batch, cfg)
-        longest = dataclasses.replace(cfg, refine_steps=max(TABLE_REFINE_STEPS))
-        targets = normalised_keypoints(targets_px, batch["image"].shape[-2:])
-        e = refine(*refinement_problem(tok, ids, betas, cam, targets, cfg, weights), longest)  # every P in one
+        ids = runs.get((inf.schedule, inf.ugs_iterations))
+        ids = ugs(inf.ugs_iterations, inf.schedule)[0] if ids is None else ids
+        joints2d, weights = detected_joints2d(batch, cfg)
+        longest = dataclasses.replace(inf, refine_iterations=max(TABLE_REFINE_STEPS))
+        targets = normalise_joints2d(joints2d, image_hw)
+        problem = refinement_problem(tok, ids, betas, cam, targets, inf.refine_reg, image_hw[0], weights)
+        e = refine(*problem, longest)  # every P in one
         for P in TABLE_REFINE_STEPS:
             out[f"table_refine_P{P}_joints3d"] = tok.body.joints(tok.decode(e[P]), betas)
         return out
@@ -1771,12 +1749,161 @@ def count_parameters(module):
 
 
 def parameter_table(cfg, tcfg):
-    """(part, parameters) at a config pair, built on the meta device (no body model, no weights)."""
+    """(part, parameters) at a preset pair (GenHMRPreset, TokenizerPreset), built on the meta device (no body
+    model, no weights)."""
+    cfg, tcfg = cfg.model, tcfg.model
     with torch.device("meta"):
-        m = GenHMR(cfg, PoseTokenizer(tcfg, body=nn.Module()), token_generator_class(cfg))
+        m = GenHMR(cfg, PoseTokenizer(tcfg, body=nn.Module()), masked_transformer_class(cfg))
     parts = [("tokenizer.encoder", m.tokenizer.encoder), ("tokenizer.decoder", m.tokenizer.decoder),
-             ("backbone (ViT)", m.backbone), ("pyramid", m.pyramid), ("token_generator", m.token_generator),
+             ("backbone (ViT)", m.backbone), ("pyramid", m.pyramid), ("masked_transformer", m.masked_transformer),
              ("shape_camera_head", m.shape_camera_head)]
     rows = [(name, count_parameters(module)) for name, module in parts]
     rows.insert(2, ("tokenizer codebook (buffer, EMA)", tcfg.codebook_size * tcfg.code_dim))
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Appendix E. The project's additions (not the paper's): the token embedding's start and TINY's tied token head
+#             (build_model's), MMM's input swap, MaskGIT's choice noise, the prior stage (`TokenPrior`)
+
+
+def code_embedding(codebook, d):
+    """NOTE 26: codebook C (K, D) -> (K, d): C centred, through a random map P (d x D, orthonormal rows or
+    columns), scaled to unit std per element: distances between codes kept up to one scale."""
+    K, D = codebook.shape
+    P = torch.linalg.qr(torch.randn(max(d, D), min(d, D), device=codebook.device))[0]  # orthonormal columns
+    P = P if d >= D else P.T  # (d, D)
+    E = (codebook - codebook.mean(0)) @ P.T
+    return E / E.std().clamp_min(1e-12)
+
+
+class TiedMaskedTransformer(MaskedTransformer):
+    """NOTE 21: (TINY only) the token head tied to the frozen codebook, logit_k = -exp(s) ||W h - c_k||^2,
+    W (D x d), s a learnable log-scale started at -log(mean over codes of the squared distance to the nearest
+    other code). A code's logit rises with every step towards any code near it: the codebook's geometry is
+    learned, not K unrelated classes."""
+
+    def __init__(self, cfg, num_tokens, codebook, code_init=None):
+        super().__init__(cfg, num_tokens, codebook, head_width=codebook.shape[1], code_init=code_init)
+        self.log_scale = nn.Parameter(torch.zeros(()))
+        with torch.no_grad():
+            d2 = squared_distances(codebook, codebook) + torch.eye(len(codebook), device=codebook.device) * 1e30
+            self.log_scale.copy_(-d2.min(1)[0].clamp_min(1e-12).mean().log())
+
+    def readout(self, h, codebook):
+        return -self.log_scale.exp() * squared_distances(self.head(h), codebook)  # (B, L, K)
+
+
+def masked_transformer_class(cfg):
+    """The masked transformer build_model puts in GenHMR (and TokenPrior): the paper's, its codes' embeddings started
+    from the codebook (NOTE 26), with TINY's tied head (NOTE 21) when cfg.token_head is "tied"."""
+    return functools.partial(TiedMaskedTransformer if cfg.token_head == "tied" else MaskedTransformer,
+                             code_init=code_embedding)
+
+
+def swap_visible(ids, masked, num_codes, pkeep, generator=None):
+    """MMM's input corruption (exitudio/MMM, `--pkeep`): each visible token kept with probability pkeep,
+    else replaced by a code drawn uniformly from the K; [MASK]ed positions untouched. NOTE 11.
+    The targets stay the true tokens, so the generator learns to doubt its context, as it must at
+    inference, where the context is its own earlier guesses."""
+    swap = (torch.rand(ids.shape, device=ids.device, generator=generator) >= pkeep) & ~masked
+    random_ids = torch.randint(num_codes, ids.shape, device=ids.device, generator=generator)
+    return torch.where(swap, random_ids, ids)
+
+
+
+def gumbel_noise(shape, seeds=None, step=0, generator=None, device=None):
+    """Gumbel(0, 1) noise (B, *shape[1:]); with seeds (B,) one generator per sample seeded by (seed, step),
+    so a sample's draw is the same whichever rank or batch it is in."""
+    if seeds is None:
+        u = torch.rand(shape, generator=generator, device=device)
+    else:
+        u = torch.stack([torch.rand(shape[1:], generator=torch.Generator().manual_seed(int(i) * 1009 + step))
+                         for i in seeds.reshape(-1)]).to(device)
+    return -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
+
+
+
+class TokenPrior(nn.Module):
+    """NOTE 25: the stage "genhmr_prior", MEGA's pretraining (g-fiche/MEGA pretrain_mega.py,
+    then train_mega.py loads it): the image stage's masked transformer trained first on the tokens of poses
+    alone, with no image and so no cross-attention, by Eq. (1) with the image stage's masking and swap. It
+    learns p(y_i | Y_M), the prior the pose tokens live in, from poses, which cost nothing to draw next to
+    rendered images; `build_model` starts the image stage's transformer from it. parent: the trained backbone
+    stage, frozen, handed on to the image stage (its tokenizer gives the tokens)."""
+
+    def __init__(self, cfg, parent):
+        super().__init__()
+        self.cfg, self.parent = cfg, parent.eval().requires_grad_(False)
+        self.tokenizer = parent.tokenizer  # the same module (a checkpoint holds it once, with the parent's)
+        self.num_tokens, self.num_codes = self.tokenizer.cfg.num_tokens, self.tokenizer.cfg.codebook_size
+        self.masked_transformer = masked_transformer_class(cfg)(cfg, self.num_tokens, self.tokenizer.quantizer.codebook)
+        for layer in self.masked_transformer.layers:  # what reads the image waits, untrained, for the image stage
+            layer.norm2.requires_grad_(False), layer.cross_attn.requires_grad_(False)
+        self.masked_transformer.reference.requires_grad_(False)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.parent.eval()
+        return self
+
+    def logits(self, ids, levels=None):
+        """masked ids (B, L) -> logits (B, L, K) of p(y_i | Y_M); levels: unread (no image here)."""
+        return self.masked_transformer(ids, None, self.tokenizer.quantizer.codebook)
+
+    def forward(self, ids):
+        return self.logits(ids)
+
+
+class PriorStage:
+    """train.py's stage "genhmr_prior" (`TokenPrior`): batches {smpl_pose (B, 24, 3), smpl_shape (B, 10), index}."""
+    CONFIGS = PRIOR_CONFIGS
+    learning_rate = staticmethod(learning_rate)
+
+    @staticmethod
+    def build_model(cfg, parent=None):
+        if not isinstance(parent, PoseRegressor):
+            raise ValueError("GenHMR's prior stage starts from the trained backbone stage ('genhmr_backbone'), "
+                             f"got {type(parent).__name__}")
+        return TokenPrior(cfg.model, parent)
+
+    @staticmethod
+    def training_loss(model, batch, cfg, step):
+        """The prior stage's loss: Eq. (1) on the tokens of batch["smpl_pose"] (B, 24, 3), no image."""
+        raw = _unwrap(model)
+        check_pose(batch["smpl_pose"])
+        y_gt = raw.tokenizer.tokenize(batch["smpl_pose"].float())
+        y_m, masked = corrupt_tokens(y_gt, raw.num_codes, cfg.recipe)
+        logits = model(y_m)
+        loss = token_cross_entropy(logits, y_gt, masked, cfg.model.ce_on).mean()
+        return loss, {"mask": loss, "masked_acc": masked_accuracy(logits, y_gt, masked)}
+
+    @staticmethod
+    @torch.no_grad()
+    def predict(model, batch, cfg):
+        """The prior stage's held-out figures, per pose batch["smpl_pose"] (B, 24, 3) with its smpl_shape and index:
+        its tokens with a quarter hidden (`context_masks`) filled by the prior's argmax ->
+        prior_masked_token_accuracy_75 (B,) and the filled pose's prior_joints3d (B, 24, 3), prior_verts (B, 6890, 3)
+        (SMPL's frame); the pose UGS draws from all [MASK] with no image (cfg.inference's T, schedule and confidence
+        noise, seeded by index) -> prior_generated_verts (B, 6890, 3), centred on its pelvis."""
+        model, tok, inf = _unwrap(model), _unwrap(model).tokenizer, cfg.inference
+        y, betas = tok.tokenize(batch["smpl_pose"].float()), batch["smpl_shape"].float()
+        hidden = context_masks(batch["index"], y.shape[1])
+        filled = torch.where(hidden, model.logits(y.masked_fill(hidden, model.num_codes)).argmax(-1), y)
+        verts, joints = tok.body(tok.decode_ids(filled), betas)
+        ids, _ = sample_from_features(model, None, inf.ugs_iterations, inf.schedule, inf.top_k,
+                                      choice_temperature=inf.choice_temperature, seeds=batch["index"])
+        generated, generated_joints = tok.body(tok.decode_ids(ids), betas)
+        return {"prior_joints3d": joints, "prior_verts": verts,
+                "prior_generated_verts": generated - generated_joints[:, PELVIS:PELVIS + 1],
+                "prior_masked_token_accuracy_75": (((filled == y) & hidden).sum(1) / hidden.sum(1)).float()}
+
+    @staticmethod
+    def diagnostics(model, cfg, train_labels):
+        """The prior stage's yardstick at its final evaluation: the neighbour-count table of the training poses
+        (`neighbour_counts`) given the same 75 % of each held-out pose's tokens -> prior_count_table_accuracy_75
+        (B,)."""
+        model = _unwrap(model)
+        counts = neighbour_counts(model, train_labels)
+        return lambda batch: {} if counts is None else {
+            "prior_count_table_accuracy_75": context_accuracies(model, None, batch, counts)["count_table_accuracy_75"]}

@@ -316,7 +316,7 @@ def draw_pose_reconstructions(path, eval_set, pred, gt, count=8):
 
 
 def draw_token_prior(path, eval_set, pred, gt, count=8):
-    """Save a PNG of GenHMR's pose prior (genhmr.prior_predict): `count` held-out poses, true (green) and with a
+    """Save a PNG of GenHMR's pose prior (genhmr.PriorStage.predict): `count` held-out poses, true (green) and with a
     quarter of their tokens filled in by the prior (red, pred["prior_verts"]), front and side; below, poses the
     prior drew from an all-[MASK] start with no image (blue, pred["prior_generated_verts"]), front and side."""
     from matplotlib.figure import Figure

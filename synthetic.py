@@ -1297,7 +1297,7 @@ def body_pose_dataset(kind, path, split, cfg, seed, num_samples):
 
 
 def body_dataset(kind, path, split, cfg, seed, num_samples):
-    """Rendered SMPL people (GenHMR's images) at cfg.image_size, DEMO_BODY_POSE and _LOOK, HMR2.0's camera
+    """Rendered SMPL people (GenHMR's images) at cfg.model.image_size, DEMO_BODY_POSE and _LOOK, HMR2.0's camera
     (f = 5000 for a 256 crop), plus "index"; the training split drops "verts" (82 KB a sample that
     no loss reads), the held-out split (seed + 1_000_003) keeps them to score. kind "hmr2" (path
     TRAIN.npz[,EVAL.npz], `hmr2_files`): every row of the file (`HMR2Npz`, num_samples unused), the held-out
@@ -1305,10 +1305,11 @@ def body_dataset(kind, path, split, cfg, seed, num_samples):
     held_out = split == "evaluation"
     if kind == "hmr2":  # every row of the file; the labels' SMPL mesh (joints3d for L_3D, verts to score)
         hmr2_protocol_check(split)
-        return Indexed(HMR2Npz(hmr2_files(path, split), cfg.image_size), drop=() if held_out else ("verts",), mesh=True)
+        return Indexed(HMR2Npz(hmr2_files(path, split), cfg.model.image_size), drop=() if held_out else ("verts",),
+                       mesh=True)
     _synthetic_only(kind, "body_dataset")
     kind_class = AmbiguousBodies if kind == "ambiguous" else SyntheticBodies
-    bodies = kind_class(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003,
+    bodies = kind_class(num_samples, cfg.model.image_size, seed=seed + held_out * 1_000_003,
                              pose_config=DEMO_BODY_POSE, **DEMO_BODY_LOOK)
     return Indexed(bodies, drop=() if held_out else ("verts",))
 

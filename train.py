@@ -78,6 +78,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import bodymodels
 import checkpoints
+import configs
 import data
 import distributed
 import genhmr
@@ -88,7 +89,7 @@ import render
 import simplehand
 import standins
 import synthetic
-from configs import config_from_dict, config_leaves, leaf_paths, recipe_of, with_fields
+from configs import config_from_dict, config_leaves, leaf_paths, recipe_of, with_fields  # noqa: F401 (train.X)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,15 +127,16 @@ MODELS = {
     "simplehand": Stage(simplehand, data=synthetic.hand_dataset, metrics=metrics.freihand_metrics,
                         baseline=metrics.MeanShapeBaseline, picture=plots.draw_hand_predictions,
                         data_kinds=("synthetic", "freihand", "npz")),
-    "genhmr_tokenizer": Stage(genhmr.TOKENIZER, data=synthetic.body_pose_dataset, metrics=metrics.tokenizer_metrics,
+    "genhmr_tokenizer": Stage(genhmr.TokenizerStage, data=synthetic.body_pose_dataset,
+                              metrics=metrics.tokenizer_metrics,
                               baseline=functools.partial(metrics.MeanPoseBaseline, own_shape=True),
                               picture=plots.draw_pose_reconstructions, data_fields=(), train_samples=8192,
                               data_kinds=BODY_KINDS),
-    "genhmr_backbone": Stage(genhmr.BACKBONE, data=synthetic.body_dataset, metrics=metrics.body_metrics,
+    "genhmr_backbone": Stage(genhmr.BackboneStage, data=synthetic.body_dataset, metrics=metrics.body_metrics,
                              baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("regression_",)),
                              picture=functools.partial(plots.draw_body_predictions, prefix="regression_"),
                              starts_from="genhmr_tokenizer", train_samples=16384, data_kinds=BODY_KINDS),
-    "genhmr_prior": Stage(genhmr.PRIOR, data=synthetic.body_pose_dataset, metrics=metrics.body_metrics,
+    "genhmr_prior": Stage(genhmr.PriorStage, data=synthetic.body_pose_dataset, metrics=metrics.body_metrics,
                           baseline=functools.partial(metrics.MeanPoseBaseline, own_shape=True, prefixes=("prior_",)),
                           picture=plots.draw_token_prior, starts_from="genhmr_backbone", data_fields=(),
                           shares_fields=genhmr.PRIOR_FIELDS, train_samples=16384, data_kinds=BODY_KINDS),
@@ -162,53 +164,13 @@ def fail(message):
 # Configuration: the paper's dataclass, overridden field by field with --set key=value
 
 
-def parse_value(text, kind, current):
-    """Parse `text` as a value of the dataclass field type `kind` whose value is now `current`:
-    bool, int, float, str, Optional[X], Literal[...], and tuples/lists written "1,2,3" or "(1,2,3)" (items typed
-    like the current items when the annotation is a bare `tuple`)."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if kind is bool:
-        words = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(("0", "false", "no", "off"), False)
-        if text.lower() not in words:
-            raise ValueError
-        return words[text.lower()]
-    if origin is typing.Union:  # Optional[X]: "none" or an X
-        if text.lower() == "none":
-            return None
-        return parse_value(text, next(a for a in args if a is not type(None)), current)
-    if origin is typing.Literal:
-        if text not in map(str, args):
-            raise ValueError
-        return next(a for a in args if str(a) == text)
-    if origin in (tuple, list) or kind in (tuple, list):
-        item = args[0] if args else (type(current[0]) if current else str)
-        items = text.strip().strip("()[]").split(",")
-        return (origin or kind)(parse_value(t.strip(), item, None) for t in items if t.strip())
-    return kind(text)
-
-
 def apply_overrides(cfg, overrides):
-    """A copy of the config `cfg` with each "key=value" of `overrides` (a leaf name or a dotted path) parsed by
-    the field's type."""
-    paths = leaf_paths(cfg)
-    paths |= {".".join(p): p for p in paths.values() if len(p) > 1}
-    changes = {}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            fail(f"--set {item!r}: expected KEY=VALUE")
-        if key not in paths:
-            fail(f"--set {key}: {type(cfg).__name__} has no field {key!r}; valid fields: {', '.join(leaf_paths(cfg))}")
-        owner = functools.reduce(getattr, paths[key][:-1], cfg)
-        kind = typing.get_type_hints(type(owner))[paths[key][-1]]
-        try:
-            changes[key] = parse_value(text, kind, getattr(owner, paths[key][-1]))
-        except (ValueError, TypeError):
-            fail(f"--set {item}: expected a value of type {getattr(kind, '__name__', kind)}")
+    """A copy of the preset `cfg` with each "key=value" of `overrides` (--set's items) applied; a bad item stops
+    the command in one line naming it (configs.apply_overrides)."""
     try:
-        return with_fields(cfg, **changes)
-    except ValueError as e:  # the config's own checks (__post_init__)
-        fail(f"--set {' '.join(overrides)}: {e}")
+        return configs.apply_overrides(cfg, overrides)
+    except ValueError as e:
+        fail(str(e))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +243,7 @@ def build_dataset(name, cfg, split, num_samples, args, ranks):
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     if ranks.master and not os.path.exists(cache):
         print(f"rendering {num_samples} {split} samples into {cache} ({ranks.world_size} rank(s))")
-    return data.render_once(dataset, cache, ranks.rank, ranks.world_size, ranks.barrier)
+    return data.render_once(dataset, cache, ranks.rank, ranks.world_size, ranks.barrier, distributed.ignore_sigterm)
 
 
 def to_device(batch, device):
@@ -338,6 +300,7 @@ def evaluate(stage, model, cfg, eval_set, baseline, args, ranks, train_set=None)
     constant baseline (unless `baseline` is None). With `train_set` (the final evaluation), the paper's optional
     `diagnostics` join the predictions. Returns (metrics, pred, gt) on rank 0, (None,) * 3 elsewhere: pred and gt
     {key: (n, ...)} in the held-out order, gt without images."""
+    distributed.stop_if_preempted()  # SIGTERM came during the step before: its checkpoint is written
     n, W, was_training, recipe = len(eval_set), ranks.world_size, model.training, recipe_of(cfg)
     subset = torch.utils.data.Subset(eval_set, list(range(ranks.rank, n, W)))
     loader = torch.utils.data.DataLoader(subset, batch_size=max(1, recipe.batch_size // W), num_workers=args.workers,
@@ -534,39 +497,46 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
     params = [p for p in model.parameters() if p.requires_grad]
     t_begin = t_last = time.time()
     steps_since = 0
-    for step, batch in enumerate(loader, start=start_step):
-        lr = stage.paper.learning_rate(cfg, step)
-        for group, scale in zip(optimizer.param_groups, scales):
-            group["lr"] = lr * scale
-        with amp:
-            loss, terms = stage.paper.training_loss(model, to_device(batch, ranks.device), cfg, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # DDP averages the gradients over the ranks here
-        if recipe.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-        optimizer.step()
-        done, steps_since = step + 1, steps_since + 1
-        if (args.log_every and done % args.log_every == 0) or done == recipe.max_steps:
-            keys = list(terms)  # the loss and its terms, averaged over the ranks
-            values = distributed.mean_over_ranks([loss.item()] + [terms[k].item() for k in keys], ranks)
-            dt = time.time() - t_last
-            parts = ", ".join(f"{k} {v:.4f}" for k, v in zip(keys, values[1:]))
-            ranks.print0(f"step {done:5d}/{recipe.max_steps} | loss {values[0]:.4f} ({parts}) | lr {lr:.2e} | "
-                         f"{steps_since * recipe.batch_size / dt:.0f} samples/s | "
-                         f"ETA {(recipe.max_steps - done) * dt / steps_since / 60:.1f} min")
-            history.append(dict(step=done, lr=lr, loss=values[0], **dict(zip(keys, values[1:]))))
-            t_last, steps_since = time.time(), 0
-        if args.eval_every and done % args.eval_every == 0 and done < recipe.max_steps:
+    batches = enumerate(loader, start=start_step)
+    while True:
+        with distributed.steps_finish():  # SIGTERM waits for the step and its checkpoint
+            step, batch = next(batches, (None, None))
+            if step is None:
+                break
+            lr = stage.paper.learning_rate(cfg, step)
+            for group, scale in zip(optimizer.param_groups, scales):
+                group["lr"] = lr * scale
+            with amp:
+                loss, terms = stage.paper.training_loss(model, to_device(batch, ranks.device), cfg, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # DDP averages the gradients over the ranks here
+            if recipe.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+            optimizer.step()
+            done, steps_since = step + 1, steps_since + 1
+            if (args.log_every and done % args.log_every == 0) or done == recipe.max_steps:
+                keys = list(terms)  # the loss and its terms, averaged over the ranks
+                values = distributed.mean_over_ranks([loss.item()] + [terms[k].item() for k in keys], ranks)
+                dt = time.time() - t_last
+                parts = ", ".join(f"{k} {v:.4f}" for k, v in zip(keys, values[1:]))
+                ranks.print0(f"step {done:5d}/{recipe.max_steps} | loss {values[0]:.4f} ({parts}) | lr {lr:.2e} | "
+                             f"{steps_since * recipe.batch_size / dt:.0f} samples/s | "
+                             f"ETA {(recipe.max_steps - done) * dt / steps_since / 60:.1f} min")
+                history.append(dict(step=done, lr=lr, loss=values[0], **dict(zip(keys, values[1:]))))
+                t_last, steps_since = time.time(), 0
+            stop = distributed.preempted(ranks)  # SIGTERM on any rank: every rank stops after this step
+            evaluates = args.eval_every and done % args.eval_every == 0 and done < recipe.max_steps
+            # before an evaluation too: SIGTERM during it then loses nothing
+            if (args.ckpt_every and done % args.ckpt_every == 0) or done == recipe.max_steps or stop or evaluates:
+                save_checkpoint(done, train_time + time.time() - t_begin)
+            if stop:
+                ranks.print0(f"SIGTERM: stopped after step {done} with its checkpoint {path}; the same command with "
+                             "--resume continues")
+                raise distributed.Preempted
+        if evaluates:
             result, _, _ = evaluate(stage, raw_model, cfg, eval_set, baseline, args, ranks)
             ranks.print0(f"eval at step {done}: {format_metrics(result) if ranks.master else ''}")
             t_last = time.time()  # keep the evaluation out of samples/s
-        stop = distributed.preempted(ranks)  # SIGTERM on any rank: every rank stops after this step
-        if (args.ckpt_every and done % args.ckpt_every == 0) or done == recipe.max_steps or stop:
-            save_checkpoint(done, train_time + time.time() - t_begin)
-        if stop:
-            ranks.print0(f"SIGTERM: stopped after step {done} with its checkpoint {path}; the same command with "
-                         "--resume continues")
-            raise distributed.Preempted
     if recipe.max_steps == 0:  # loaded, not trained (e.g. released weights that build_model read)
         save_checkpoint(0, train_time)
     train_time += time.time() - t_begin
@@ -631,18 +601,66 @@ def plan_chain(name, overrides, resume, args):
             ckpt = read_checkpoint(path, stage, why="--resume")
         elif stage != name and os.path.exists(path):
             ckpt = read_checkpoint(path, stage, why=f"stage {stage}")
-        cfg = preset if ckpt is None else config_from_dict(type(preset), ckpt["config"])
-        config_name = args.config if ckpt is None else ckpt["config_name"]
-        if stage != name and ckpt is not None and ckpt["step"] >= recipe_of(cfg).max_steps:  # finished: reused
-            plan.append((stage, config_name, cfg, None, False))
-        elif stage != name:  # --max-steps caps it (a preset of 0 steps stays at 0)
-            steps = None if args.max_steps is None else min(args.max_steps, recipe_of(preset).max_steps)
-            cap = [f"max_steps={steps}"] if steps is not None else []
-            plan.append((stage, config_name, apply_overrides(cfg, overrides.get(stage, []) + cap), ckpt, True))
-        else:  # --max-steps, then --set (whose max_steps wins)
-            steps = [f"max_steps={args.max_steps}"] if args.max_steps is not None else []
-            plan.append((stage, config_name, apply_overrides(cfg, steps + overrides.get(stage, [])), ckpt, True))
+        # --max-steps caps the stages before `name` (a preset of 0 steps stays at 0); --set's max_steps wins
+        steps = None if args.max_steps is None else (
+            args.max_steps if stage == name else min(args.max_steps, recipe_of(preset).max_steps))
+        cap = [f"max_steps={steps}"] if steps is not None else []
+        asked = apply_overrides(preset, cap + overrides.get(stage, []))
+        if ckpt is None:
+            plan.append((stage, args.config, asked, None, True))
+            continue
+        cfg = config_from_dict(type(preset), ckpt["config"])
+        if stage != name and ckpt["step"] >= recipe_of(cfg).max_steps:  # finished: reused as trained
+            plan.append((stage, ckpt["config_name"], cfg, None, False))
+            continue
+        same_run(path, ckpt, cfg, asked, args)
+        given = steps is not None or any(item.partition("=")[0].split(".")[-1] == "max_steps"
+                                         for item in overrides.get(stage, []))
+        cfg = with_fields(cfg, max_steps=recipe_of(asked).max_steps) if given else cfg
+        plan.append((stage, ckpt["config_name"], cfg, ckpt, True))
     return plan
+
+
+RESUMABLE = ("max_steps",)  # the fields a run may change when it continues a checkpoint (train longer or shorter)
+
+
+def same_run(path, ckpt, saved, asked, args):
+    """Stop in one line when the checkpoint at `path` (config `saved`) was not written by the run the command asks
+    for (`asked`: --set on --config's preset): a continued run is the same run (run_stage checks the data)."""
+    then, now = config_leaves(saved), config_leaves(asked)
+    differ = [f"{k} {then[k]!r} then, {now[k]!r} now" for k in now if k not in RESUMABLE and then.get(k) != now[k]]
+    if ckpt["config_name"] != args.config:
+        differ.insert(0, f"--config {ckpt['config_name']} then, {args.config} now")
+    if differ:
+        fail(f"{path} continues another run: {'; '.join(differ)}. Only {', '.join(RESUMABLE)} may change when a run "
+             "continues: pass the run's own --config and --set, or a new --out")
+
+
+def agree(plan, args, ranks):
+    """Every rank continues the same run: the same stages, configs, steps and data positions, whatever each read
+    from its own disk. Otherwise every rank stops at once, in one line naming the ranks and what differs."""
+    mine = [dict(stage=stage, config_name=config_name, config=dataclasses.asdict(cfg), trains=trains,
+                 checkpoint=None if ckpt is None else dict(step=ckpt["step"], data=ckpt["data"],
+                                                            train_time_s=ckpt["train_time_s"]))
+            for stage, config_name, cfg, ckpt, trains in plan]
+    if ranks.world_size == 1:
+        return
+    everyone = [None] * ranks.world_size
+    dist.all_gather_object(everyone, mine, group=ranks.cpu_group)
+    others = [r for r in range(1, ranks.world_size) if everyone[r] != mine and everyone[r] != everyone[0]]
+    if not others:
+        return
+    first, theirs = everyone[0], everyone[others[0]]
+
+    def state(entry):
+        return ("reused as trained" if not entry["trains"] else "from step 0" if entry["checkpoint"] is None
+                else f"at step {entry['checkpoint']['step']}")
+    what = next((f"{a['stage']} {state(a)} on rank 0, {state(b)} on rank {others[0]}"
+                 for a, b in zip(first, theirs) if state(a) != state(b)), None)
+    what = what or next((f"{a['stage']}'s {k} differs" for a, b in zip(first, theirs) for k in a if a[k] != b[k]),
+                        "their stages differ")
+    fail(f"ranks {', '.join(map(str, others))} would continue another run than rank 0 ({what}): on a cluster --out "
+         "must be one folder every node reads and writes (a shared filesystem)")
 
 
 def run_chain(plan, args, ranks):
@@ -755,59 +773,81 @@ def setup_distributed(args):
 
 
 def main(argv=None):
+    own_process = argv is None  # the command: SIGTERM stops it (distributed.py), a broken group ends it at once
+    if own_process:
+        distributed.note_sigterm()
     p = build_parser()
-    p.epilog = ("On a cluster: torchrun --nnodes=N --nproc_per_node=G --max-restarts=K train.py ... --resume auto. A "
-                "rank whose peer died exits within --pg-timeout, naming the failure (status 1); torchrun restarts the "
-                "group, which continues from the last checkpoint. SIGTERM (preemption) makes every rank finish its "
-                f"step, write the checkpoint and exit with status {distributed.PREEMPTED}; the same command continues.")
+    p.epilog = ("On a cluster: torchrun --nnodes=N --nproc_per_node=G --max-restarts=K train.py ... --resume auto, "
+                "with --out one folder that every node reads and writes. A rank whose peer died exits within "
+                "--pg-timeout, naming the failure (status 1); torchrun restarts the group, which continues from the "
+                f"last checkpoint. SIGTERM (preemption) ends every rank with status {distributed.PREEMPTED}, after the "
+                "step that runs and its checkpoint; the same command continues.")
     p.add_argument("--resume", nargs="?", const="yes", choices=("yes", "auto"), metavar="auto",
-                   help="continue OUT/<model>/ckpt.pt: weights, optimiser, step, RNG states, data position; "
-                   "--resume auto: continue it if it exists, else start from step 0 (for every start of a job that "
-                   "torchrun restarts or a scheduler requeues)")
+                   help="continue OUT/<model>/ckpt.pt: weights, optimiser, step, RNG states, data position, with the "
+                   "same --config, --set, --data and --seed (only max_steps may change); --resume auto: continue it "
+                   "if it exists, else start from step 0 (for every start of a job that torchrun restarts or a "
+                   "scheduler requeues)")
     args = p.parse_args(argv)
     check_args(args)
     args.cache = os.path.join(args.out, "cache")  # synthetic sets: shared by every stage and ablation row
-    first_start = args.resume == "auto" and not os.path.exists(os.path.join(stage_dir(args.model, args), "ckpt.pt"))
+    path = os.path.join(stage_dir(args.model, args), "ckpt.pt")
+    if not args.resume and os.path.exists(path):
+        fail(f"{path} exists: --resume continues it; a new run needs another --out (or the file removed)")
+    first_start = args.resume == "auto" and not os.path.exists(path)
     resume = bool(args.resume) and not first_start
     # the stages --model starts from, when their checkpoints are missing or unfinished, then --model itself
     plan = plan_chain(args.model, stage_overrides(args.model, args.set, args), resume, args)
     check_inputs(plan, args)
+    if int(os.environ.get("RANK", 0)) == 0:  # what a write killed midway left (the other ranks wait for rank 0)
+        for folder in [stage_dir(stage, args) for stage, *_ in plan] + [args.cache]:
+            checkpoints.sweep_temporaries(folder)
 
-    # -- torchrun block (distributed.py: restarts, a dead peer, preemption) -----------------------------------
-    preempted = False
-    if argv is None:  # the command owns its process: SIGTERM stops every rank after a step, with a checkpoint
-        distributed.note_sigterm()
-    try:
-        ddp, ranks = setup_distributed(args)
+    def job(ranks):
+        agree(plan, args, ranks)
         if first_start:
             ranks.print0(f"--resume auto: no checkpoint in {stage_dir(args.model, args)} yet; starting at step 0")
         elif int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) and args.resume != "auto":
             ranks.print0("warning: torchrun may restart this job (--max-restarts); without --resume auto a restart "
                          "starts again from step 0")
         run_chain(plan, args, ranks)
-    except distributed.Preempted:  # every rank has written its part of the checkpoint
-        preempted = True
-    except RuntimeError as e:  # a collective failed: one line, and no clean exit (the group is broken)
-        if (line := distributed.peer_failure(e, timedelta(seconds=args.pg_timeout))) is None:
-            raise
-        print(f"train.py: error: {line}", file=sys.stderr, flush=True)
-        if argv is None:  # the broken group's threads can abort the interpreter's teardown (SIGABRT): leave now
-            sys.stdout.flush()
-            os._exit(1)
-        raise SystemExit(1)
+    run_job(job, args, own_process)
 
-    # -- clean exit: every rank done, then the process group
-    gc.collect()  # a preempted stage's DDP wrapper (see run_chain)
-    if ddp:
-        dist.barrier()
+
+def run_job(job, args, own_process, script="train.py"):
+    """The torchrun block around `job(ranks)` (train.py's and ablate.py's): form the group, run, leave together.
+    A rank whose collective failed says so in one line and exits with status 1, or with PREEMPTED when SIGTERM
+    reached it too (its peer left preempted); SIGTERM ends it with PREEMPTED (distributed.py)."""
+    try:
+        ddp, ranks = setup_distributed(args)
+        job(ranks)
+        gc.collect()  # a stage's DDP wrapper (see run_chain)
+        if ddp:
+            dist.barrier()
+            dist.destroy_process_group()
+        return
+    except distributed.Preempted:  # at a step boundary every rank has written its part of the checkpoint
+        message = None
+    except RuntimeError as e:  # a collective failed: one line, and no clean exit (the group is broken)
+        if (message := distributed.peer_failure(e, timedelta(seconds=args.pg_timeout))) is None:
+            raise
+        message = None if distributed.sigterm_received() else message
+    if message is not None:
+        print(f"{script}: error: {message}", file=sys.stderr, flush=True)
+    status = 1 if message is not None else distributed.PREEMPTED
+    if own_process:  # the group's threads can abort the interpreter's teardown (SIGABRT): leave now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    if dist.is_initialized():
         dist.destroy_process_group()
-    if preempted:
-        raise SystemExit(distributed.PREEMPTED)
+    raise SystemExit(status)
 
 
 if __name__ == "__main__":
     try:
         main()
+    except distributed.Preempted:  # SIGTERM before the job began: nothing to save
+        raise SystemExit(distributed.PREEMPTED)
     except SystemExit as e:  # fail()'s one line: on stderr, exit status 2 (bad input), as argparse does
         if not isinstance(e.code, str):
             raise

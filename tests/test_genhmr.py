@@ -24,14 +24,15 @@ from PIL import Image
 import bodymodels
 import demo
 import genhmr
+from configs import config_leaves, recipe_of, with_fields
 
 # Small configs: every part present, seconds on a CPU
-TOK = genhmr.TokenizerConfig(num_tokens=24, codebook_size=32, code_dim=8, width=16, loss_vertices=64,
-                             aug_yaw_deg=0.0, aug_roll_deg=0.0, batch_size=16, lr=3e-3, max_steps=100)
-IMG = genhmr.GenHMRConfig(image_size=32, patch_size=8, vit_width=32, vit_depth=1, vit_heads=2, drop_path=0.0,
-                          feature_scales=(1, 2), d_model=32, num_layers=1, num_heads=2, num_points=2, ffn_dim=64,
-                          dropout=0.0, head_hidden=32, batch_size=4, lr=1e-3, max_steps=100, refine_steps=5,
-                          token_head="tied", regressor_head="mlp", hmr2_head=(32, 2, 2, 16, 64), loss_batch=1)
+TOK = with_fields(genhmr.TOKENIZER_PAPER, num_tokens=24, codebook_size=32, code_dim=8, width=16, loss_vertices=64,
+                  aug_yaw_deg=0.0, aug_roll_deg=0.0, batch_size=16, lr=3e-3, max_steps=100)
+IMG = with_fields(genhmr.PAPER, image_size=32, patch_size=8, vit_width=32, vit_depth=1, vit_heads=2, drop_path=0.0,
+                  feature_scales=(1, 2), d_model=32, num_layers=1, num_heads=2, num_points=2, ffn_dim=64,
+                  dropout=0.0, head_hidden=32, batch_size=4, lr=1e-3, max_steps=100, refine_iterations=5,
+                  token_head="tied", regressor_head="mlp", hmr2_head=(32, 2, 2, 16, 64), loss_batch=1)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -44,7 +45,7 @@ def seeded(seed):
 @pytest.fixture(scope="module")
 def tokenizer():
     torch.manual_seed(0)
-    tok = genhmr.PoseTokenizer(TOK).train()
+    tok = genhmr.PoseTokenizer(TOK.model).train()
     tok(torch.randn(16, 24, 3) * 0.3)  # initialises the codebook
     return tok.eval()
 
@@ -109,7 +110,7 @@ def test_unknown_schedule_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown mask schedule 'exp'"):
         genhmr.remask_counts(96, 5, "exp")
     with pytest.raises(ValueError, match="schedule"):
-        dataclasses.replace(IMG, schedule="exp")
+        with_fields(IMG, schedule="exp")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def test_unknown_schedule_is_a_clear_error():
 
 
 def test_gumbel_temperature_schedule_values():
-    cfg = dataclasses.replace(IMG, max_steps=1000)
+    cfg = with_fields(IMG, max_steps=1000).recipe
     taus = [genhmr.gumbel_temperature(cfg, s) for s in range(0, 1001, 10)]
     assert genhmr.gumbel_temperature(cfg, 0) == pytest.approx(1.0)
     assert genhmr.gumbel_temperature(cfg, 250) == pytest.approx(0.505)
@@ -324,16 +325,16 @@ def test_ugs_fixed_values_never_change_and_t1_is_one_argmax(model):
     assert torch.equal(one, model.logits(full, levels).argmax(-1))
     seen = {}
     calls = []
-    orig = model.token_generator.forward
+    orig = model.masked_transformer.forward
 
     def spy(ids, lv, book):
         calls.append(ids.clone())
         return orig(ids, lv, book)
-    model.token_generator.forward = spy
+    model.masked_transformer.forward = spy
     try:
         genhmr.uncertainty_guided_sampling(model, images, T=4)
     finally:
-        del model.token_generator.forward
+        del model.masked_transformer.forward
     for ids in calls:  # a token, once visible in the input, keeps its value
         visible = ids != model.num_codes
         for key, value in zip(visible.nonzero().tolist(), ids[visible].tolist()):
@@ -367,8 +368,8 @@ def _state_hash(module):
     return {k: v.clone() for k, v in module.state_dict().items()}
 
 
-# NOTE(paper gap) 18's step rule, from eta = 1: G never rises
-BACKTRACKING = dataclasses.replace(IMG, refine_step="backtracking", refine_lr=1.0)
+# NOTE 18's step rule, from eta = 1: G never rises
+BACKTRACKING = with_fields(IMG, refine_eta_rule="backtracking", refine_lr=1.0)
 
 
 def test_refinement_changes_no_parameter_and_lowers_its_objective(model):
@@ -377,13 +378,13 @@ def test_refinement_changes_no_parameter_and_lowers_its_objective(model):
     ugs = genhmr.uncertainty_guided_sampling(model, images, T=2)
     before = _state_hash(model)
     targets = torch.rand(3, 24, 2, generator=seeded(7)) * 0.4 - 0.2
-    G, e0 = genhmr.refinement_problem(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, BACKTRACKING)
-    kept = genhmr.refine(G, e0, dataclasses.replace(BACKTRACKING, refine_steps=4))
+    G, e0 = genhmr.refinement_problem(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, 10.0, 32)
+    kept = genhmr.refine(G, e0, with_fields(BACKTRACKING, refine_iterations=4).inference)
     with torch.no_grad():
         assert (G(kept[4]) < G(kept[0])).all() and len(kept) == 5
     assert torch.equal(kept[0], tok.quantizer.codebook[ugs["ids"]])  # the start: the sampled codes
     with torch.no_grad():  # a shorter refinement is the start of a longer one
-        assert torch.equal(kept[2], genhmr.refine(G, e0, dataclasses.replace(BACKTRACKING, refine_steps=2))[-1])
+        assert torch.equal(kept[2], genhmr.refine(G, e0, with_fields(BACKTRACKING, refine_iterations=2).inference)[-1])
     after = _state_hash(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in model.parameters())
@@ -404,8 +405,8 @@ def test_refinement_ignores_joints_of_weight_zero_and_unit_weights_are_eq_3(mode
 
     def run(targets, steps, weights=None):
         """-> (e after `steps`, G at the start, G at the end)"""
-        G, e0 = genhmr.refinement_problem(*args, targets, BACKTRACKING, weights)
-        e = genhmr.refine(G, e0, dataclasses.replace(BACKTRACKING, refine_steps=steps))[-1]
+        G, e0 = genhmr.refinement_problem(*args, targets, 10.0, 32, weights)
+        e = genhmr.refine(G, e0, with_fields(BACKTRACKING, refine_iterations=steps).inference)[-1]
         with torch.no_grad():
             return e, G(e0), G(e)
     e, G0, G1 = run(targets, 3, weights)
@@ -437,7 +438,7 @@ def test_predict_is_the_papers_inference_and_diagnostics_hold_the_tables(model, 
     readout and the context accuracies, and its rows at predict's own T, schedule and P are predict's meshes."""
     batch = body_batch(3, seed=8)
     batch["index"] = torch.tensor([5, 6, 7])
-    cfg = dataclasses.replace(IMG, ugs_iterations=3, refine_steps=5)
+    cfg = with_fields(IMG, ugs_iterations=3, refine_iterations=5)
     out = genhmr.predict(model, batch, cfg)
     assert set(out) == {f"{p}{k}" for p in ("", "refined_") for k in ("joints3d", "verts", "joints2d", "cam_t",
                                                                        "reproj_error_px")} | {"ids", "betas"}
@@ -468,19 +469,20 @@ def test_refinement_fixed_step_is_eq_4_as_printed(model):
         R0 = tok.decode(e0)
     G = genhmr.refinement_objective(tok, e0, ugs["betas"], t, targets, R0, 10.0, 32.0)
     grad, = torch.autograd.grad(G.sum(), e0)
-    cfg = dataclasses.replace(IMG, refine_steps=1, refine_lr=1e-3, refine_step="fixed", refine_reg=10.0)
-    objective, start = genhmr.refinement_problem(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, cfg)
-    e1 = genhmr.refine(objective, start, cfg)[-1]
+    cfg = with_fields(IMG, refine_iterations=1, refine_lr=1e-3, refine_eta_rule="fixed", refine_reg=10.0)
+    objective, start = genhmr.refinement_problem(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, 10.0, 32)
+    e1 = genhmr.refine(objective, start, cfg.inference)[-1]
     with torch.no_grad():
         G_start = objective(start)
     assert torch.allclose(e1, e0.detach() - 1e-3 * grad, atol=1e-6) and torch.allclose(G_start, G.detach())
-    assert genhmr.PAPER.refine_step == "fixed" and genhmr.TINY.refine_step in ("fixed", "backtracking")
-    with pytest.raises(ValueError, match="refine_step"):
-        genhmr.GenHMRConfig(refine_step="adam")
+    assert genhmr.PAPER.inference.refine_eta_rule == "fixed"
+    assert genhmr.TINY.inference.refine_eta_rule in ("fixed", "backtracking")
+    with pytest.raises(ValueError, match="refine_eta_rule"):
+        genhmr.InferenceConfig(refine_eta_rule="adam")
 
 
 def test_backtracking_takes_the_largest_halving_that_lowers_g_per_sample():
-    """NOTE(paper gap) 18's rule on a quadratic G(e) = a ||e||^2 per sample, by hand: from eta, the first of eta,
+    """NOTE 18's rule on a quadratic G(e) = a ||e||^2 per sample, by hand: from eta, the first of eta,
     eta / 2, ... whose step lowers G (0 when none of `halvings` does), doubled for the next step."""
     a = torch.tensor([0.25, 4.0, 100.0])
     objective = lambda e: a * (e ** 2).sum((1, 2))
@@ -544,7 +546,7 @@ def test_every_ablation_row_sets_existing_fields_that_round_trip_through_set():
     """ABLATIONS: each row's fields belong to a GenHMR stage's config, survive train.py's --set text, and
     build; inference tables change only predict-time fields; one figure per column; the chosen row exists."""
     import train
-    inference_fields = {"ugs_iterations", "schedule", "top_k", "refine_steps", "refine_step", "refine_lr"}
+    inference_fields = {"ugs_iterations", "schedule", "top_k", "refine_iterations", "refine_eta_rule", "refine_lr"}
     for name, table in genhmr.ABLATIONS.items():
         labels = [row[0] for row in table["rows"]]
         assert table["chosen"] in labels and len(set(labels)) == len(labels), name
@@ -553,11 +555,11 @@ def test_every_ablation_row_sets_existing_fields_that_round_trip_through_set():
             if table.get("inference"):
                 assert set(fields) <= inference_fields, (name, label)
             for cfg in (genhmr.TINY, genhmr.TOKENIZER_TINY):
-                own = {k: v for k, v in fields.items() if k in {f.name for f in dataclasses.fields(cfg)}}
+                own = {k: v for k, v in fields.items() if k in config_leaves(cfg)}
                 text = [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in own.items()]
                 assert dataclasses.asdict(train.apply_overrides(cfg, text)) == dataclasses.asdict(
-                    dataclasses.replace(cfg, **own)), (name, label)
-            assert set(fields) <= {f.name for c in (genhmr.TINY, genhmr.TOKENIZER_TINY) for f in dataclasses.fields(c)}
+                    with_fields(cfg, **own)), (name, label)
+            assert set(fields) <= {f for c in (genhmr.TINY, genhmr.TOKENIZER_TINY) for f in config_leaves(c)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,35 +589,36 @@ def test_training_loss_changes_no_state(tokenizer):
         results.append(genhmr.training_loss(model, body_batch(), IMG, 7))
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    assert results[0][1]["tau"].item() == pytest.approx(genhmr.gumbel_temperature(IMG, 7))
+    assert results[0][1]["temperature"].item() == pytest.approx(genhmr.gumbel_temperature(IMG.recipe, 7))
     assert not any(name.endswith("step") for name in model.state_dict())
 
 
 def test_paper_structure_gives_every_parameter_a_gradient(tokenizer):
     """The paper's choices at a small width (the plain Linear token head, HMR2.0's SMPL head in the backbone
     stage): each loss reaches every trainable parameter, as DDP requires."""
-    cfg = dataclasses.replace(IMG, token_head="linear", regressor_head="hmr2", loss_batch=48)
-    for protocol, model in ((genhmr.BACKBONE, genhmr.BACKBONE.build_model(cfg, tokenizer)),
+    cfg = with_fields(IMG, token_head="linear", regressor_head="hmr2", loss_batch=48)
+    for protocol, model in ((genhmr.BackboneStage, genhmr.BackboneStage.build_model(cfg, tokenizer)),
                             (genhmr, genhmr.build_model(cfg, tokenizer))):
         loss, _ = protocol.training_loss(model.train(), body_batch(), cfg, 0)
         loss.backward()
         # (some are exactly 0 at the start, as in the official code: HMR2.0's token embedding weight, which
         # multiplies a zero token, and the first MSDA's input norm, whose zero-initialised Linears ignore it)
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    head = model.token_generator
+    head = model.masked_transformer
     assert head.head.out_features == model.num_codes and not hasattr(head, "log_scale")
 
 
 def test_loss_weights_are_the_papers():
-    w = (PAPER := genhmr.PAPER).w_mask, PAPER.w_pose, PAPER.w_betas, PAPER.w_3d, PAPER.w_2d
+    w = (PAPER := recipe_of(genhmr.PAPER)).w_mask, PAPER.w_pose, PAPER.w_betas, PAPER.w_3d, PAPER.w_2d
     assert w == (1.0, 1e-3, 5e-4, 5e-2, 1e-2)
-    t = genhmr.TOKENIZER_PAPER
+    t = genhmr.TOKENIZER_PAPER.model
     assert (t.w_re, t.w_pose, t.w_verts, t.w_joints, t.w_commit, t.ema_decay) == (1.0, 1.0, 0.5, 0.3, 0.02, 0.99)
-    # HMR2.0 / TokenHMR sum the geometric terms over a GPU's 48 samples; TINY averages them (NOTE(paper gap) 20)
-    assert (PAPER.loss_batch, genhmr.TINY.loss_batch) == (48, 1)
-    assert (PAPER.token_head, PAPER.regressor_head, genhmr.TINY.token_head, genhmr.TINY.regressor_head) == (
+    # HMR2.0 / TokenHMR sum the geometric terms over a GPU's 48 samples; TINY averages them (NOTE 20)
+    TINY = recipe_of(genhmr.TINY)
+    assert (PAPER.loss_batch, TINY.loss_batch) == (48, 1)
+    assert (PAPER.token_head, PAPER.regressor_head, TINY.token_head, TINY.regressor_head) == (
         "linear", "hmr2", "tied", "mlp")
-    assert w == tuple(getattr(genhmr.TINY, k) for k in ("w_mask", "w_pose", "w_betas", "w_3d", "w_2d"))
+    assert w == tuple(getattr(TINY, k) for k in ("w_mask", "w_pose", "w_betas", "w_3d", "w_2d"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,8 +655,8 @@ def test_each_stage_loss_is_the_mean_over_equal_shards_on_1_2_8_ranks(stage, mon
     the masks, the input swap and the Gumbel noise drawn once for the whole batch, each shard reading its rows;
     every call at step 0 (the same Gumbel temperature)."""
     torch.manual_seed(0)
-    tcfg = dataclasses.replace(genhmr.TOKENIZER_TINY, aug_yaw_deg=0.0, aug_roll_deg=0.0)
-    tok = genhmr.PoseTokenizer(tcfg).train()
+    tcfg = with_fields(genhmr.TOKENIZER_TINY, aug_yaw_deg=0.0, aug_roll_deg=0.0)
+    tok = genhmr.PoseTokenizer(tcfg.model).train()
     tok(torch.randn(64, 24, 3) * 0.4)  # initialises the codebook
     tok.eval()
     batch, rows = tiny_body_batch(8, seed=12), slice(0, 8)
@@ -662,29 +665,29 @@ def test_each_stage_loss_is_the_mean_over_equal_shards_on_1_2_8_ranks(stage, mon
         nonlocal rows
         rows = slice(lo, hi)
     if stage == "tokenizer":
-        protocol, cfg, model = genhmr.TOKENIZER, tcfg, tok
+        protocol, cfg, model = genhmr.TokenizerStage, tcfg, tok
     elif stage.startswith("backbone"):
         cfg = genhmr.BACKBONE_CONFIGS["tiny"]
         if stage == "backbone_hmr2":  # HMR2.0's head and calibration (loss_batch 48)
-            cfg = dataclasses.replace(cfg, regressor_head="hmr2", hmr2_head=(32, 2, 2, 16, 64), loss_batch=48)
-        protocol, model = genhmr.BACKBONE, genhmr.BACKBONE.build_model(cfg, tok).train()
+            cfg = with_fields(cfg, regressor_head="hmr2", hmr2_head=(32, 2, 2, 16, 64), loss_batch=48)
+        protocol, model = genhmr.BackboneStage, genhmr.BackboneStage.build_model(cfg, tok).train()
     else:
         if stage == "prior":
             cfg = genhmr.PRIOR_CONFIGS["tiny"]
-            regressor = genhmr.BACKBONE.build_model(genhmr.BACKBONE_CONFIGS["tiny"], tok)
-            protocol, model = genhmr.PRIOR, genhmr.PRIOR.build_model(cfg, regressor).train()
+            regressor = genhmr.BackboneStage.build_model(genhmr.BACKBONE_CONFIGS["tiny"], tok)
+            protocol, model = genhmr.PriorStage, genhmr.PriorStage.build_model(cfg, regressor).train()
         else:
-            cfg = dataclasses.replace(genhmr.TINY, ce_on=stage.removeprefix("image_"))
+            cfg = with_fields(genhmr.TINY, ce_on=stage.removeprefix("image_"))
             protocol, model = genhmr, genhmr.build_model(cfg, tok).train()
         L, K = model.num_tokens, model.num_codes
         _, masks = genhmr.random_masking(torch.zeros(8, L, dtype=torch.long), K, generator=seeded(13))
         assert len(set(masks.sum(1).tolist())) > 1  # the samples' mask counts differ
         noise = -torch.log(-torch.log(torch.rand(8, L, K, generator=seeded(14)).clamp(1e-10, 1 - 1e-7)))
         gumbel = genhmr.gumbel_softmax_st
-        monkeypatch.setattr(genhmr, "random_masking", lambda ids, mask_id, tau_max=1.0: (
+        monkeypatch.setattr(genhmr, "random_masking", lambda ids, mask_id, mask_tau_max=1.0: (
             torch.where(masks[rows], mask_id, ids), masks[rows]))
-        monkeypatch.setattr(genhmr, "gumbel_softmax_st", lambda logits, tau: gumbel(logits, tau, noise[rows]))
-        swap = torch.rand(8, L, generator=seeded(15)) >= cfg.pkeep  # MMM's input swap, drawn once for the batch
+        monkeypatch.setattr(genhmr, "gumbel_softmax_st", lambda logits, t: gumbel(logits, t, noise[rows]))
+        swap = torch.rand(8, L, generator=seeded(15)) >= cfg.recipe.pkeep  # MMM's input swap, drawn once for the batch
         codes = torch.randint(K, (8, L), generator=seeded(16))
         monkeypatch.setattr(genhmr, "swap_visible", lambda ids, masked, num_codes, pkeep: (
             torch.where(swap[rows] & ~masked, codes[rows], ids)))
@@ -700,7 +703,7 @@ def test_each_stage_loss_is_the_mean_over_equal_shards_on_1_2_8_ranks(stage, mon
 
 
 def _overfit(protocol, model, cfg, batch, steps):
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.recipe.lr)
     losses = []
     for _ in range(steps):
         loss, _ = protocol.training_loss(model, batch, cfg, 0)
@@ -713,33 +716,33 @@ def _overfit(protocol, model, cfg, batch, steps):
 
 def test_tokenizer_overfits_one_batch():
     torch.manual_seed(0)
-    tok = genhmr.TOKENIZER.build_model(TOK, None).train()
+    tok = genhmr.TokenizerStage.build_model(TOK, None).train()
     batch = {"smpl_pose": torch.randn(8, 24, 3, generator=seeded(9)) * 0.4}
-    losses = _overfit(genhmr.TOKENIZER, tok, TOK, batch, 120)
+    losses = _overfit(genhmr.TokenizerStage, tok, TOK, batch, 120)
     assert losses[-1] < 0.4 * losses[0]  # measured: 0.98 -> 0.30
     assert all(p.grad is not None for p in tok.parameters())
 
 
 def test_image_stage_overfits_one_batch(tokenizer):
     torch.manual_seed(0)
-    cfg = dataclasses.replace(IMG, lr=2e-3, max_steps=60)  # the paper's weights on per-sample means (loss_batch 1)
+    cfg = with_fields(IMG, lr=2e-3, max_steps=60)  # the paper's weights on per-sample means (loss_batch 1)
     model = genhmr.build_model(cfg, tokenizer).train()
     losses = _overfit(genhmr, model, cfg, body_batch(4, seed=10), 60)
     assert sum(losses[-5:]) / 5 < 0.6 * losses[0]  # measured: 5.45 -> 2.5
 
 
 def test_learning_rate_is_a_pure_function_of_the_step():
-    cfg = dataclasses.replace(genhmr.TINY, warmup_steps=10, max_steps=110)
-    assert genhmr.learning_rate(cfg, 0) == pytest.approx(cfg.lr / 10)
-    assert genhmr.learning_rate(cfg, 10) == pytest.approx(cfg.lr)
-    assert genhmr.learning_rate(cfg, 110) == pytest.approx(cfg.lr * 0.01)
-    assert genhmr.learning_rate(genhmr.PAPER, 12345) == genhmr.PAPER.lr
+    cfg = with_fields(genhmr.TINY, warmup_steps=10, max_steps=110)
+    assert genhmr.learning_rate(cfg, 0) == pytest.approx(cfg.recipe.lr / 10)
+    assert genhmr.learning_rate(cfg, 10) == pytest.approx(cfg.recipe.lr)
+    assert genhmr.learning_rate(cfg, 110) == pytest.approx(cfg.recipe.lr * 0.01)
+    assert genhmr.learning_rate(genhmr.PAPER, 12345) == genhmr.PAPER.recipe.lr
 
 
 def test_token_head_is_the_scaled_distance_to_each_code(model):
-    """NOTE(paper gap) 21: logit_k = -exp(s) ||W h - c_k||^2 against a per-code loop; s starts at
+    """NOTE 21: logit_k = -exp(s) ||W h - c_k||^2 against a per-code loop; s starts at
     -log(mean squared distance between nearest codes)."""
-    gen, book = model.token_generator, model.tokenizer.quantizer.codebook
+    gen, book = model.masked_transformer, model.tokenizer.quantizer.codebook
     levels, _, _ = model.encode_image(torch.rand(2, 3, 32, 32, generator=seeded(4)))
     ids = torch.randint(0, model.num_codes + 1, (2, model.num_tokens), generator=seeded(5))
     logits = model.logits(ids, levels)
@@ -762,7 +765,7 @@ def test_backbone_stage_hands_its_vit_and_tokenizer_to_the_image_stage(tokenizer
     head (equal values, no shared storage: the checkpoint of the image stage holds them) and shares its
     frozen tokenizer."""
     torch.manual_seed(0)
-    regressor = genhmr.BACKBONE.build_model(IMG, tokenizer).eval()
+    regressor = genhmr.BackboneStage.build_model(IMG, tokenizer).eval()
     for p in regressor.backbone.parameters():
         p.data.add_(0.1)  # "trained"
     model = genhmr.build_model(IMG, regressor)
@@ -778,43 +781,45 @@ def test_backbone_stage_hands_its_vit_and_tokenizer_to_the_image_stage(tokenizer
 
 
 def test_prior_stage_trains_the_transformer_on_poses_alone_and_hands_a_copy_on(tokenizer):
-    """NOTE(paper gap) 25: TokenPrior holds the backbone stage frozen and trains, by Eq. (1) on pose tokens, only
+    """NOTE 25: TokenPrior holds the backbone stage frozen and trains, by Eq. (1) on pose tokens, only
     the parts of the masked transformer that read no image; the image stage starts from a COPY of its whole
     transformer (all of it trainable there) and its ViT from the backbone stage's, and refuses a prior of
     another architecture, naming the field."""
     torch.manual_seed(0)
-    regressor = genhmr.BACKBONE.build_model(IMG, tokenizer).eval()
-    prior = genhmr.PRIOR.build_model(IMG, regressor).train()
+    regressor = genhmr.BackboneStage.build_model(IMG, tokenizer).eval()
+    prior = genhmr.PriorStage.build_model(IMG, regressor).train()
     assert prior.tokenizer is tokenizer and not any(p.requires_grad for p in prior.parent.parameters())
     trainable = [n for n, p in prior.named_parameters() if p.requires_grad]
-    reads_image = (".cross_attn.", ".norm2.", "token_generator.reference")
-    assert trainable and all(n.startswith("token_generator.") and not any(r in n for r in reads_image)
+    reads_image = (".cross_attn.", ".norm2.", "masked_transformer.reference")
+    assert trainable and all(n.startswith("masked_transformer.") and not any(r in n for r in reads_image)
                              for n in trainable)
-    loss, terms = genhmr.PRIOR.training_loss(prior, {"smpl_pose": torch.randn(4, 24, 3, generator=seeded(3)) * 0.3},
+    poses = {"smpl_pose": torch.randn(4, 24, 3, generator=seeded(3)) * 0.3}
+    loss, terms = genhmr.PriorStage.training_loss(prior, poses,
                                              IMG, 0)
     loss.backward()
     assert set(terms) == {"mask", "masked_acc"} and all(
         p.grad is not None and p.grad.norm() > 0 for p in prior.parameters() if p.requires_grad)
-    for p in prior.token_generator.parameters():
+    for p in prior.masked_transformer.parameters():
         p.data.add_(0.1)  # "trained"
     model = genhmr.build_model(IMG, prior)
-    assert model.tokenizer is tokenizer and all(p.requires_grad for p in model.token_generator.parameters())
-    mine = model.token_generator.state_dict()
-    for name, tensor in prior.token_generator.state_dict().items():
+    assert model.tokenizer is tokenizer and all(p.requires_grad for p in model.masked_transformer.parameters())
+    mine = model.masked_transformer.state_dict()
+    for name, tensor in prior.masked_transformer.state_dict().items():
         assert torch.equal(mine[name], tensor) and mine[name].data_ptr() != tensor.data_ptr(), name
     for name, tensor in regressor.backbone.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[name], tensor), name
     with pytest.raises(ValueError, match="the prior stage's num_layers=2 differs from this config's 1"):
-        genhmr.build_model(IMG, genhmr.PRIOR.build_model(dataclasses.replace(IMG, num_layers=2), regressor))
+        genhmr.build_model(IMG, genhmr.PriorStage.build_model(with_fields(IMG, num_layers=2), regressor))
     with pytest.raises(ValueError, match="prior stage starts from the trained backbone stage"):
-        genhmr.PRIOR.build_model(IMG, tokenizer)
+        genhmr.PriorStage.build_model(IMG, tokenizer)
 
 
 def test_prior_stage_overfits_one_batch(tokenizer):
     torch.manual_seed(0)
-    cfg = dataclasses.replace(IMG, lr=3e-3)
-    prior = genhmr.PRIOR.build_model(cfg, genhmr.BACKBONE.build_model(cfg, tokenizer)).train()
-    losses = _overfit(genhmr.PRIOR, prior, cfg, {"smpl_pose": torch.randn(8, 24, 3, generator=seeded(4)) * 0.4}, 80)
+    cfg = with_fields(IMG, lr=3e-3)
+    prior = genhmr.PriorStage.build_model(cfg, genhmr.BackboneStage.build_model(cfg, tokenizer)).train()
+    poses = {"smpl_pose": torch.randn(8, 24, 3, generator=seeded(4)) * 0.4}
+    losses = _overfit(genhmr.PriorStage, prior, cfg, poses, 80)
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
 
 
@@ -823,12 +828,12 @@ def test_prior_predict_fills_the_hidden_quarter_per_sample_whatever_the_batch(to
     visible ones kept); its accuracy is context_accuracies' with no image; every output, the poses UGS draws
     from all [MASK] included, is the same for a sample in any batch."""
     torch.manual_seed(0)
-    prior = genhmr.PRIOR.build_model(IMG, genhmr.BACKBONE.build_model(IMG, tokenizer)).eval()
+    prior = genhmr.PriorStage.build_model(IMG, genhmr.BackboneStage.build_model(IMG, tokenizer)).eval()
     batch = {"smpl_pose": torch.randn(4, 24, 3, generator=seeded(5)) * 0.3, "smpl_shape": torch.zeros(4, 10),
              "index": torch.tensor([3, 7, 11, 12])}
-    out = genhmr.PRIOR.predict(prior, batch, IMG)
+    out = genhmr.PriorStage.predict(prior, batch, IMG)
     assert out["prior_verts"].shape == out["prior_generated_verts"].shape == (4, 6890, 3)
-    halves = [genhmr.PRIOR.predict(prior, {k: v[rows] for k, v in batch.items()}, IMG)
+    halves = [genhmr.PriorStage.predict(prior, {k: v[rows] for k, v in batch.items()}, IMG)
               for rows in (slice(0, 1), slice(1, 4))]
     for key, value in out.items():
         torch.testing.assert_close(torch.cat([h[key] for h in halves]), value, rtol=0, atol=1e-6)
@@ -844,22 +849,22 @@ def test_prior_predict_fills_the_hidden_quarter_per_sample_whatever_the_batch(to
 
 def test_backbone_stage_overfits_one_batch(tokenizer):
     torch.manual_seed(0)
-    cfg = dataclasses.replace(IMG, lr=2e-3)
-    regressor = genhmr.BACKBONE.build_model(cfg, tokenizer).train()
+    cfg = with_fields(IMG, lr=2e-3)
+    regressor = genhmr.BackboneStage.build_model(cfg, tokenizer).train()
     batch = body_batch(4, seed=11)  # its joints made those of its SMPL parameters, 20 m away
     R = bodymodels.axis_angle_to_matrix(batch["smpl_pose"])
     batch["joints3d"] = tokenizer.body.joints(R, batch["smpl_shape"]) + torch.tensor([0.0, 0.0, 20.0])
     batch["joints2d"] = bodymodels.project_to_crop(batch["joints3d"], torch.zeros(4, 3)) * 32 + 16
-    losses = _overfit(genhmr.BACKBONE, regressor, cfg, batch, 60)
+    losses = _overfit(genhmr.BackboneStage, regressor, cfg, batch, 60)
     assert sum(losses[-5:]) / 5 < 0.3 * losses[0]
     assert all(p.grad is None for p in regressor.tokenizer.parameters())
 
 
 def test_conv_stem_gives_the_patch_grid():
-    cfg = dataclasses.replace(IMG, conv_stem=(8, 16, 32))
-    vit = genhmr.DropPathViT(cfg)
+    cfg = with_fields(IMG, conv_stem=(8, 16, 32))
+    vit = genhmr.DropPathViT(cfg.model)
     assert hasattr(vit.patch_embed, "stem") and not hasattr(vit.patch_embed, "proj")
-    assert hasattr(genhmr.DropPathViT(IMG).patch_embed, "proj")  # HMR2.0's name
+    assert hasattr(genhmr.DropPathViT(IMG.model).patch_embed, "proj")  # HMR2.0's name
     assert vit(torch.rand(2, 3, 32, 32)).shape == (2, 32, 4, 4)
 
 
@@ -873,18 +878,18 @@ def test_bad_inputs_get_one_clear_error(tokenizer):
     with pytest.raises(ValueError, match="the stage 'genhmr_prior' .* train the stages before it first"):
         genhmr.build_model(IMG, None)
     with pytest.raises(ValueError, match="starts from the trained pose tokenizer"):
-        genhmr.BACKBONE.build_model(IMG, None)
+        genhmr.BackboneStage.build_model(IMG, None)
     with pytest.raises(ValueError, match=r"conv_stem=\(8, 16\): expected log2\(patch_size=8\)"):
-        dataclasses.replace(IMG, conv_stem=(8, 16))
-    regressor = genhmr.BACKBONE.build_model(IMG, tokenizer)
+        with_fields(IMG, conv_stem=(8, 16))
+    regressor = genhmr.BackboneStage.build_model(IMG, tokenizer)
     with pytest.raises(ValueError, match="the backbone stage's vit_width=32 differs from this config's 64"):
-        genhmr.build_model(dataclasses.replace(IMG, vit_width=64, d_model=32), regressor)
+        genhmr.build_model(with_fields(IMG, vit_width=64, d_model=32), regressor)
     with pytest.raises(ValueError, match="never trained"):
-        genhmr.build_model(IMG, genhmr.PoseTokenizer(TOK))
+        genhmr.build_model(IMG, genhmr.PoseTokenizer(TOK.model))
     with pytest.raises(ValueError, match="multiple of 24"):
         genhmr.TokenizerConfig(num_tokens=50)
     with pytest.raises(ValueError, match="starts from no parent"):
-        genhmr.TOKENIZER.build_model(TOK, tokenizer)
+        genhmr.TokenizerStage.build_model(TOK, tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -906,8 +911,9 @@ def official_state(name):
     ("vitpose_h", {"backbone"}, {"keypoint_head"})])
 def test_paper_backbone_stage_loads_the_released_key_lists_strictly(name, parts, left_out):
     with torch.device("meta"):
-        tokenizer = genhmr.PoseTokenizer(TOK, body=torch.nn.Module())
-        regressor = genhmr.PoseRegressor(genhmr.BACKBONE_CONFIGS["paper"], tokenizer)
+        tokenizer = genhmr.PoseTokenizer(TOK.model, body=torch.nn.Module())
+        paper = genhmr.BACKBONE_CONFIGS["paper"]
+        regressor = genhmr.PoseRegressor(paper.model, paper.regressor, tokenizer)
     state = official_state(name)
     mapped = genhmr.backbone_state_dicts({"state_dict": state})
     for part in parts:
@@ -916,7 +922,7 @@ def test_paper_backbone_stage_loads_the_released_key_lists_strictly(name, parts,
     assert {k.split(".")[0] for k in state if not k.startswith(tuple(p + "." for p in parts))} == left_out
     assert regressor.backbone(torch.empty(1, 3, 256, 192, device="meta")).shape == (1, 1280, 16, 12)
     with torch.device("meta"):  # the image stage's ViT is the same module
-        vit = genhmr.DropPathViT(genhmr.PAPER)
+        vit = genhmr.DropPathViT(genhmr.PAPER.model)
     bodymodels.load_state_strict(vit, mapped["backbone"], name)
 
 
@@ -924,8 +930,8 @@ def test_load_backbone_reads_each_layout_and_names_what_does_not_fit(tmp_path):
     """HMR2.0's Lightning layout (backbone.*, smpl_head.*, extras), ViTPose's (backbone.*, keypoint_head.*) and
     vitpose_backbone.pth's (the ViT's own names) load exactly; a wrong file gets one line naming its keys."""
     torch.manual_seed(0)
-    cfg = dataclasses.replace(IMG, regressor_head="hmr2", patch_padding=0)
-    source = genhmr.PoseRegressor(cfg, genhmr.PoseTokenizer(TOK, body=torch.nn.Module()))
+    cfg = with_fields(IMG, regressor_head="hmr2", patch_padding=0)
+    source = genhmr.PoseRegressor(cfg.model, cfg.regressor, genhmr.PoseTokenizer(TOK.model, body=torch.nn.Module()))
     vit_state, head_state = source.backbone.state_dict(), source.smpl_head.state_dict()
     layouts = {"hmr2.ckpt": {"state_dict": {**{"backbone." + k: v for k, v in vit_state.items()},
                                             **{"smpl_head." + k: v for k, v in head_state.items()},
@@ -936,7 +942,7 @@ def test_load_backbone_reads_each_layout_and_names_what_does_not_fit(tmp_path):
                "vitpose_backbone.pth": {"state_dict": vit_state}}
     for file, checkpoint in layouts.items():
         torch.save(checkpoint, tmp_path / file)
-        target = genhmr.PoseRegressor(cfg, genhmr.PoseTokenizer(TOK, body=torch.nn.Module()))
+        target = genhmr.PoseRegressor(cfg.model, cfg.regressor, genhmr.PoseTokenizer(TOK.model, body=torch.nn.Module()))
         parts = genhmr.load_backbone(target, str(tmp_path / file))
         assert parts == (["backbone", "smpl_head"] if file == "hmr2.ckpt" else ["backbone"])
         for part in parts:
@@ -947,9 +953,9 @@ def test_load_backbone_reads_each_layout_and_names_what_does_not_fit(tmp_path):
     with pytest.raises(ValueError, match=r"vitpose.pth \(backbone.\*\): does not fit DropPathViT \(after the key "
                                          r"mapping\): "
                                          r"missing keys \['blocks.0.attn.proj.bias'"):
-        genhmr.load_backbone(genhmr.DropPathViT(cfg), str(tmp_path / "vitpose.pth"))
+        genhmr.load_backbone(genhmr.DropPathViT(cfg.model), str(tmp_path / "vitpose.pth"))
     with pytest.raises(ValueError, match=r"wrong shapes \['pos_embed \(1, 17, 32\) \(expected \(1, 5, 32\)\)'\]"):
-        genhmr.load_backbone(genhmr.DropPathViT(dataclasses.replace(cfg, image_size=16)),
+        genhmr.load_backbone(genhmr.DropPathViT(with_fields(cfg, image_size=16).model),
                              str(tmp_path / "vitpose_backbone.pth"))
     with pytest.raises(FileNotFoundError, match="backbone checkpoint 'nope.pth' does not exist"):
         genhmr.load_backbone(source, "nope.pth")
@@ -965,9 +971,10 @@ def test_official_hmr2_vit_and_smpl_head_fixture_matches():
     features and SMPL head outputs match it to relative 1e-5."""
     path = os.path.join(os.path.dirname(__file__), "official", "hmr2", "hmr2_vit_smpl_head.pt")
     fx = torch.load(path, weights_only=True)
-    cfg = dataclasses.replace(genhmr.BACKBONE_CONFIGS["paper"], image_size=(64, 48), vit_width=32, vit_depth=2,
+    cfg = with_fields(genhmr.BACKBONE_CONFIGS["paper"], image_size=(64, 48), vit_width=32, vit_depth=2,
                               vit_heads=2, hmr2_head=(32, 2, 2, 16, 64))
-    regressor = genhmr.PoseRegressor(cfg, genhmr.PoseTokenizer(TOK, body=torch.nn.Module())).eval()
+    tokenizer = genhmr.PoseTokenizer(TOK.model, body=torch.nn.Module())
+    regressor = genhmr.PoseRegressor(cfg.model, cfg.regressor, tokenizer).eval()
     parts = genhmr.backbone_state_dicts(fx)
     for part in ("backbone", "smpl_head"):
         bodymodels.load_state_strict(getattr(regressor, part), parts[part], "fixture")
@@ -990,7 +997,7 @@ def test_official_hmr2_vit_and_smpl_head_fixture_matches():
 # Names defined in both genhmr.py and hmr_adapter.py are the same code (docstrings and comments aside); the
 # trainer's protocol names are each paper's own by design
 PROTOCOL = {"build_model", "training_loss", "predict", "learning_rate", "check_inputs", "param_groups", "diagnostics",
-            "parameter_table", "CONFIGS", "PAPER", "TINY", "ABLATIONS"}
+            "parameter_table", "CONFIGS", "PAPER", "TINY", "ABLATIONS", "compute_loss"}
 
 
 def _top_level(module):
@@ -1067,7 +1074,7 @@ def trained(tmp_path_factory):
     train.main(["--model", "genhmr_backbone", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8"]
                + tiny)
     train.main(["--model", "genhmr", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8",
-                "--set", "refine_steps=3"] + tiny)
+                "--set", "refine_iterations=3"] + tiny)
     sample = synthetic.body_dataset("synthetic", None, "evaluation", genhmr.TINY, 0, 2)[1]
     pixels = (sample["image"] * 255).round().byte()
     png = out / "person.png"
@@ -1114,7 +1121,7 @@ def test_image_command_writes_the_picture_mesh_and_arrays_of_predict(trained, tm
         assert key in npz, key
     assert int(npz["refined"]) == 0 and "refined_verts" not in npz
     model, cfg = demo.load_trained(trained.ckpt, demo.GENHMR_STAGES)
-    cfg = dataclasses.replace(cfg, refine_steps=0)
+    cfg = with_fields(cfg, refine_iterations=0)
     batch = {"image": trained.image_8bit[None], "joints2d": trained.sample["joints2d"][None], "index": torch.zeros(1)}
     ours = genhmr.predict(model, batch, cfg)
     assert torch.equal(torch.as_tensor(npz["token_ids"]), ours["ids"][0])
@@ -1227,10 +1234,11 @@ def test_grayscale_rgba_and_16_bit_images_are_read(trained, tmp_path, capsys, mo
     assert code == 0 and len(out) == 3, err
     if mode == "RGBA":
         model, cfg = demo.load_trained(trained.ckpt, demo.GENHMR_STAGES)
-        ugs = genhmr.uncertainty_guided_sampling(model, trained.image_8bit[None], cfg.ugs_iterations,
-                                                 choice_temperature=cfg.choice_temperature, seeds=torch.zeros(1))
+        ugs = genhmr.uncertainty_guided_sampling(model, trained.image_8bit[None], cfg.inference.ugs_iterations,
+                                                 choice_temperature=cfg.inference.choice_temperature,
+                                                 seeds=torch.zeros(1))
         verts = genhmr.mesh_outputs(model.tokenizer, model.tokenizer.decode_ids(ugs["ids"]), ugs["betas"],
-                                    ugs["cam"])["verts"][0]
+                                    ugs["cam"], cfg.model.image_hw)["verts"][0]
         torch.testing.assert_close(torch.as_tensor(np.load(tmp_path / "demo" / "person.npz")["crop_verts"]), verts,
                                    atol=1e-5, rtol=0)
 
@@ -1378,16 +1386,23 @@ def test_swap_visible_by_hand():
 
 
 class _FixedGenHMR:
-    """A stand-in image-stage model for `training_loss`: the real tokenizer, fixed logits / betas / cam."""
+    """A stand-in image-stage model for `training_loss`: the real tokenizer and `GenHMR.forward`, fixed logits /
+    betas / cam."""
 
     def __init__(self, tokenizer, logits, betas, cam):
         self.tokenizer, self.num_codes = tokenizer, tokenizer.cfg.codebook_size
         self.seen = []
-        self.out = {"logits": logits, "betas": betas, "cam": cam}
+        self.fixed_logits, self.betas, self.cam = logits, betas, cam
 
-    def __call__(self, images, ids):
+    def encode_image(self, images):
+        return None, self.betas, self.cam
+
+    def logits(self, ids, levels):
         self.seen.append(ids.clone())
-        return self.out
+        return self.fixed_logits
+
+    def __call__(self, images, ids, temperature=1.0, true_ids=None):
+        return genhmr.GenHMR.forward(self, images, ids, temperature, true_ids)
 
 
 @pytest.mark.parametrize("ce_on, gumbel_positions", [("all", "all"), ("masked", "masked")])
@@ -1395,7 +1410,7 @@ def test_training_loss_mask_and_pose_terms_by_hand(tokenizer, monkeypatch, ce_on
     """training_loss, draws fixed: L_mask (CE over all / masked) and L_theta by hand, unlabelled rows 0 in the mean."""
     # masks, swaps, logits and Gumbel codes fixed; also checked: the arguments handed along, tau and the step,
     # masked_acc, and the total as the weighted sum of the terms
-    cfg = dataclasses.replace(IMG, ce_on=ce_on, gumbel_positions=gumbel_positions, loss_batch=3, pkeep=0.5,
+    cfg = with_fields(IMG, ce_on=ce_on, gumbel_positions=gumbel_positions, loss_batch=3, pkeep=0.5,
                               mask_tau_max=0.7, max_steps=100, anneal_fraction=0.5)
     B, L, K = 3, tokenizer.cfg.num_tokens, tokenizer.cfg.codebook_size
     batch = body_batch(B, seed=40)
@@ -1410,16 +1425,16 @@ def test_training_loss_mask_and_pose_terms_by_hand(tokenizer, monkeypatch, ce_on
     gumbel_ids = torch.randint(0, K, (B, L), generator=seeded(42))
     calls = {}
 
-    def fake_masking(ids, mask_id, tau_max=1.0):
-        calls["masking"] = (ids.clone(), mask_id, tau_max)
+    def fake_masking(ids, mask_id, mask_tau_max=1.0):
+        calls["masking"] = (ids.clone(), mask_id, mask_tau_max)
         return torch.where(mask, mask_id, ids), mask
 
     def fake_swap(ids, masked, num_codes, pkeep, generator=None):
         calls["swap"] = (ids.clone(), masked.clone(), num_codes, pkeep)
         return swapped
 
-    def fake_gumbel(l, tau, noise=None):
-        calls["gumbel"] = (l, tau)
+    def fake_gumbel(l, temperature, noise=None):
+        calls["gumbel"] = (l, temperature)
         return F.one_hot(gumbel_ids, K).float()
     monkeypatch.setattr(genhmr, "random_masking", fake_masking)
     monkeypatch.setattr(genhmr, "swap_visible", fake_swap)
@@ -1432,7 +1447,7 @@ def test_training_loss_mask_and_pose_terms_by_hand(tokenizer, monkeypatch, ce_on
     assert torch.equal(calls["swap"][0], torch.where(mask, K, y_gt)) and torch.equal(calls["swap"][1], mask)
     assert calls["swap"][2:] == (K, 0.5) and torch.equal(stub.seen[0], swapped)
     assert calls["gumbel"][1] == pytest.approx(0.01 + 0.5 * 0.99 * (1 + math.cos(math.pi * 25 / 50)))  # 0.505
-    assert terms["tau"].item() == pytest.approx(0.505)  # the trainer's step, not one the model keeps
+    assert terms["temperature"].item() == pytest.approx(0.505)  # the trainer's step, not one the model keeps
     # Eq. (1) by hand: -log softmax at the true code
     l64 = logits.double()
     ce = torch.log(torch.exp(l64).sum(-1)) - l64.gather(-1, y_gt[..., None])[..., 0]  # (B, L)
@@ -1451,8 +1466,9 @@ def test_training_loss_mask_and_pose_terms_by_hand(tokenizer, monkeypatch, ce_on
     hits = [sum(int(logits[b, i].argmax() == y_gt[b, i]) for i in range(L) if mask[b, i]) / int(mask[b].sum())
             for b in range(B)]
     assert hits[0] > 0 and terms["masked_acc"].item() == pytest.approx(sum(hits) / B, rel=1e-6)
-    total = (cfg.w_mask * terms["mask"] + cfg.w_pose * terms["pose"] + cfg.w_betas * terms["betas"]
-             + cfg.w_3d * terms["joints3d"] + cfg.w_2d * terms["joints2d"])
+    m = cfg.model
+    total = (m.w_mask * terms["mask"] + m.w_pose * terms["pose"] + m.w_betas * terms["betas"]
+             + m.w_3d * terms["joints3d"] + m.w_2d * terms["joints2d"])
     assert loss.item() == pytest.approx(total.item(), rel=1e-6)
 
 
@@ -1486,8 +1502,7 @@ def test_smpl_losses_by_hand():
     betas = torch.randn(B, 10, generator=g)
     cam = torch.tensor([[0.8, 0.1, -0.05], [1.2, -0.2, 0.03]])
     body = _FixedJoints(joints)
-    raw = types.SimpleNamespace(tokenizer=types.SimpleNamespace(body=body))
-    cfg = dataclasses.replace(IMG, loss_batch=5)
+    cfg = with_fields(IMG, loss_batch=5).model
     R = _rot_z(b)
     # by hand, float64, per sample
     pose = [sum(4 * (1 - math.cos(a[n, j] - b[n, j])) for j in range(24)) for n in range(B)]
@@ -1505,7 +1520,9 @@ def test_smpl_losses_by_hand():
             px, py = batch["joints2d"][n, j].double().tolist()
             row.append(abs(u - (px - W / 2) / H) + abs(v - (py - H / 2) / H))
         j2d.append(row)
-    out = genhmr.smpl_losses(raw, R, betas, cam, batch, cfg)
+    pred = genhmr.smpl_prediction(body, R, betas, cam)
+    targets = dict(batch, joints2d=genhmr.normalise_joints2d(batch["joints2d"], (H, W)))
+    out = genhmr.smpl_losses(pred, targets, cfg)
     assert body.seen[0][0] is R and body.seen[0][1] is betas
     expected = {"pose": pose, "betas": shape, "joints3d": [sum(r) for r in j3d], "joints2d": [sum(r) for r in j2d]}
     for name, per_sample in expected.items():
@@ -1514,7 +1531,8 @@ def test_smpl_losses_by_hand():
     w2d, w3d = (torch.rand(B, 24, generator=g).round() * 0.5 + 0.25 for _ in range(2))
     batch.update(has_smpl_pose=torch.tensor([0.0, 1.0]), has_smpl_shape=torch.tensor([1.0, 0.0]),
                  joints2d_weight=w2d, joints3d_weight=w3d)
-    out = genhmr.smpl_losses(raw, R, betas, cam, batch, cfg)
+    targets = dict(batch, joints2d=genhmr.normalise_joints2d(batch["joints2d"], (H, W)))
+    out = genhmr.smpl_losses(pred, targets, cfg)
     expected = {"pose": [0, pose[1]], "betas": [shape[0], 0],
                 "joints3d": [sum(w * e for w, e in zip(w3d[n].tolist(), j3d[n])) for n in range(B)],
                 "joints2d": [sum(w * e for w, e in zip(w2d[n].tolist(), j2d[n])) for n in range(B)]}
@@ -1523,11 +1541,13 @@ def test_smpl_losses_by_hand():
 
 
 class _FixedTokenizerModel:
-    """A stand-in pose tokenizer for `tokenizer_training_loss`: fixed R, commitment and perplexity; its `body`
-    maps R linearly to 'vertices' and 'joints' (B, 5, 3), (B, 4, 3) and records its calls."""
+    """A stand-in pose tokenizer for the tokenizer stage's training_loss: fixed R, commitment and perplexity, the
+    real `PoseTokenizer.compute_loss`; its `body` maps R linearly to 'vertices' and 'joints' (B, 5, 3), (B, 4, 3)
+    and records its calls."""
+    compute_loss = genhmr.PoseTokenizer.compute_loss
 
-    def __init__(self, R, commit, perplexity, Mv, Mj):
-        self.out, self.seen = {"R": R, "commit": commit, "perplexity": perplexity}, []
+    def __init__(self, R, commit, perplexity, Mv, Mj, cfg):
+        self.out, self.seen, self.cfg = {"R": R, "commit": commit, "perplexity": perplexity}, [], cfg
         self.Mv, self.Mj, self.body_calls = Mv, Mj, []
         self.body = self._body
 
@@ -1549,9 +1569,9 @@ def test_tokenizer_training_loss_by_hand():
     pose = torch.stack([torch.zeros_like(angles), torch.zeros_like(angles), angles], -1)
     R = _rot_z(torch.rand(B, 24, generator=g) * 4 - 2)
     Mv, Mj = torch.randn(24 * 9, 15, generator=g), torch.randn(24 * 9, 12, generator=g)
-    model = _FixedTokenizerModel(R, torch.tensor(0.7), torch.tensor(12.0), Mv, Mj)
-    cfg = dataclasses.replace(TOK, w_re=2.0, w_pose=0.7, w_verts=0.5, w_joints=0.3, w_commit=0.02, loss_vertices=64)
-    loss, terms = genhmr.tokenizer_training_loss(model, {"smpl_pose": pose}, cfg, 0)
+    cfg = with_fields(TOK, w_re=2.0, w_pose=0.7, w_verts=0.5, w_joints=0.3, w_commit=0.02, loss_vertices=64)
+    model = _FixedTokenizerModel(R, torch.tensor(0.7), torch.tensor(12.0), Mv, Mj, cfg.model)
+    loss, terms = genhmr.TokenizerStage.training_loss(model, {"smpl_pose": pose}, cfg, 0)
     R_gt = _rot_z(angles.double())
     pose_term = (R.double() - R_gt).abs().sum() / (B * 24 * 9)
     dv = (R.double().flatten(1) - R_gt.flatten(1)) @ Mv.double()
@@ -1568,11 +1588,11 @@ def test_tokenizer_training_loss_by_hand():
     torch.testing.assert_close(model.body_calls[0][0].double(), R_gt, rtol=0, atol=1e-6)
     assert model.body_calls[1][0] is R
     # augmentation: yaw about y, roll about z, pre-multiplying the root
-    aug = dataclasses.replace(cfg, aug_yaw_deg=40.0, aug_roll_deg=10.0)
+    aug = with_fields(cfg, aug_yaw_deg=40.0, aug_roll_deg=10.0)
     torch.manual_seed(61)
     u = torch.rand(B, 2) * 2 - 1
     torch.manual_seed(61)
-    genhmr.tokenizer_training_loss(model, {"smpl_pose": pose}, aug, 0)
+    genhmr.TokenizerStage.training_loss(model, {"smpl_pose": pose}, aug, 0)
     seen = model.seen[-1]
     assert torch.equal(seen[:, 1:], pose[:, 1:])
     yaw, roll = torch.deg2rad(u[:, 0] * 40.0).double(), torch.deg2rad(u[:, 1] * 10.0).double()

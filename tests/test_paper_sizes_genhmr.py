@@ -67,7 +67,7 @@ def test_paper_chain_trains_every_stage_two_steps_at_paper_size(tmp_path):
         assert "genhmr (paper): " in log and "global batch 2 (2 per rank)" in log
         assert torch.load(out / "genhmr_prior" / "ckpt.pt", weights_only=True, mmap=True)["step"] == 0
         assert tuple(ckpt["config"]["image_size"]) == (256, 192) and ckpt["config"]["token_head"] == "linear"
-        assert ckpt["model"]["token_generator.head.weight"].shape == (2048, 256)  # the paper's logits
+        assert ckpt["model"]["masked_transformer.head.weight"].shape == (2048, 256)  # the paper's logits
     finally:
         shutil.rmtree(out, ignore_errors=True)  # about 16 GB of checkpoints (weights and AdamW state)
 
@@ -80,5 +80,5 @@ def test_paper_structure_trains_under_two_rank_ddp(tmp_path):
               "--set", "hmr2_head=(64,2,2,16,64)", "--set", "batch_size=4"]
     torchrun("genhmr_tokenizer", ["--set", "width=64", "--set", "batch_size=32"], tmp_path, nproc=2)
     torchrun("genhmr_backbone", narrow, tmp_path, nproc=2)
-    log, _, _ = torchrun("genhmr", narrow + ["--set", "refine_steps=2"], tmp_path, nproc=2)
+    log, _, _ = torchrun("genhmr", narrow + ["--set", "refine_iterations=2"], tmp_path, nproc=2)
     assert "2 rank(s) on cpu" in log and "step     2/2" in log

@@ -7,6 +7,8 @@ an exact step (SIGNAL_AT_STEP=STEP:NAME:RANK, on torchrun's first attempt only).
 """
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -162,3 +164,68 @@ def test_peer_failure_names_collective_errors_only():
     assert "\n" not in line
     assert distributed.peer_failure(dist.DistStoreError("wait timeout after 7000ms"), timeout)
     assert distributed.peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), timeout) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Many nodes: every rank continues the same run; SIGTERM anywhere; a write killed midway
+
+
+@pytest.mark.slow
+def test_ranks_that_read_different_checkpoints_stop_together_and_equal_copies_resume_together(tmp_path,
+                                                                                            straight_two_ranks):
+    """--out on each node's own disk (OUT_OF_RANK: rank 1 reads another folder): rank 0 holds the checkpoint of
+    step 8, rank 1 none. Both stop at once, in one line naming rank 1 and the steps; with a copy of the folder on
+    rank 1's disk they resume together and end as the uninterrupted run."""
+    args = COMMON + ["--out", "out", "--resume", "auto"]
+    stopped = run_script(args, tmp_path, nproc=2, check=False, env=dict(SIGKILL_AT_STEP="10"))
+    assert nothing_half_written(tmp_path / "out")["step"] == 8, stopped.stderr[-2000:]
+    (tmp_path / "disk1").mkdir()
+    apart = run_script(args, tmp_path, nproc=2, check=False, env=dict(OUT_OF_RANK="1:disk1"))
+    assert apart.returncode != 0
+    assert ("train.py: error: ranks 1 would continue another run than rank 0 (standin at step 8 on rank 0, from "
+            "step 0 on rank 1)") in apart.stderr, apart.stderr[-3000:]
+    assert not (tmp_path / "disk1" / "standin").exists()  # nothing trained, nothing written
+    shutil.copytree(tmp_path / "out", tmp_path / "disk1", dirs_exist_ok=True)
+    together = run_script(args, tmp_path, nproc=2, env=dict(OUT_OF_RANK="1:disk1"))
+    assert "resumed from out/standin/ckpt.pt at step 8 (2 rank(s) then, 2 now)" in together.stdout
+    assert_same_state(straight_two_ranks, load(tmp_path / "out" / "standin" / "ckpt.pt"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase, hook", [("evaluation", "SIGNAL_AT_PREDICT"), ("rendering", "SIGNAL_AT_SAMPLE")])
+def test_sigterm_during_evaluation_or_rendering_ends_every_rank_at_once_with_nothing_half_written(
+        tmp_path, straight_two_ranks, phase, hook):
+    """SIGTERM to both ranks in the middle of an evaluation (the one at step 12, after its checkpoint) or of the
+    training set's rendering (nothing to save): every rank exits with PREEMPTED within the 30 s grace torchrun
+    and SLURM give, no temporary file is left, and the same command continues to the uninterrupted run's end."""
+    args = COMMON + ["--out", "out", "--resume", "auto", "--eval-every", "12"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "tests" / "test_train.py"), "--model", "standin", "--device", "cpu"] + args
+    when = "1:SIGTERM" if phase == "evaluation" else "3:SIGTERM"  # the first predict call; the third sample drawn
+    returncode, stdout, stderr, seconds = watch(command, tmp_path, {hook: when}, until="SIGTERM now")
+    assert returncode != 0 and stderr.count(f"exitcode  : {distributed.PREEMPTED}") == 2, stderr[-3000:]
+    assert seconds < 30, seconds
+    left = [p for p in (tmp_path / "out").rglob("*") if p.name.endswith(".tmp")]
+    assert not left, left
+    if phase == "evaluation":
+        assert "eval at step 12" not in stdout and load(tmp_path / "out" / "standin" / "ckpt.pt")["step"] == 12
+    else:
+        assert not (tmp_path / "out" / "standin" / "ckpt.pt").exists() and "step     1/" not in stdout
+    resumed = run_script(args, tmp_path, nproc=2)
+    assert ("resumed from out/standin/ckpt.pt at step 12" in resumed.stdout) == (phase == "evaluation")
+    assert_same_state(straight_two_ranks, load(tmp_path / "out" / "standin" / "ckpt.pt"))
+
+
+def test_a_checkpoint_write_killed_midway_leaves_the_last_whole_one_and_resume_continues_it(tmp_path):
+    """SIGKILL halfway through writing step 8's checkpoint: ckpt.pt is still step 4's, whole; --resume auto
+    sweeps the half-written temporary file and continues from step 4 to the uninterrupted run's end."""
+    args = COMMON + ["--out", "out", "--resume", "auto"]
+    killed = run_script(args, tmp_path, check=False, env=dict(SIGKILL_IN_CHECKPOINT="8"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert [p.name.startswith("ckpt.pt.") for p in (tmp_path / "out" / "standin").glob("*.tmp")] == [True]
+    assert load(tmp_path / "out" / "standin" / "ckpt.pt")["step"] == 4
+    resumed = run_script(args, tmp_path)
+    assert "resumed from out/standin/ckpt.pt at step 4" in resumed.stdout
+    assert nothing_half_written(tmp_path / "out")["step"] == 20
+    run_script(COMMON + ["--out", "straight"], tmp_path)
+    assert_same_state(*(load(tmp_path / d / "standin" / "ckpt.pt") for d in ("straight", "out")))

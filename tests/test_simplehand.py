@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 import bodymodels
+import configs
 import data
 import demo
 import render
@@ -315,7 +316,6 @@ def test_table5_coarse_mesh_samples_keypoints_and_coarse_points_and_supervises_b
 
 
 def test_ablation_rows_are_fields_that_build_at_tiny_and_paper_and_round_trip_through_set():
-    train = pytest.importorskip("train")
     hints = typing.get_type_hints(sh.SimpleHandConfig)
     assert set(sh.ABLATIONS) == {"table4", "table5", "table6", "table7", "table8"}
     for name, table in sh.ABLATIONS.items():
@@ -325,7 +325,7 @@ def test_ablation_rows_are_fields_that_build_at_tiny_and_paper_and_round_trip_th
             assert len(paper) == len(table["columns"]), label
             for key, value in overrides.items():
                 text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-                assert train.parse_value(text, hints[key], getattr(TINY, key)) == value, (label, key)
+                assert configs.parse_value(text, hints[key], getattr(TINY, key)) == value, (label, key)
             for base in (TINY, PAPER, PAPER_FASTVIT):
                 assert sh.non_backbone_parameters(dataclasses.replace(base, **overrides)) > 0
     # the paper's figures, copied: Table 5's global feature and the chosen 28x28 point sampling

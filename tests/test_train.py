@@ -6,6 +6,7 @@ Run as a script, this file is train.py with the stand-in registered, which is ho
 tests start it (`python tests/test_train.py --model standin ...` or under torchrun).
 """
 import dataclasses
+import io
 import json
 import os
 import pathlib
@@ -23,6 +24,7 @@ from hypothesis import given, settings, strategies as st
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import bodymodels  # noqa: E402
 import checkpoints  # noqa: E402
 import distributed  # noqa: E402
 import train  # noqa: E402
@@ -448,9 +450,12 @@ def test_a_stand_in_paper_trains_checkpoints_resumes_and_evaluates(tmp_path):
     assert report["steps"] == 200 and {"error_mm", "under50", "baseline_error_mm", "wall_time_s"} <= set(report)
     assert report["error_mm"] < 0.5 * report["baseline_error_mm"], report  # it learned
     assert (out / "predictions.png").stat().st_size > 5_000
-    train.main(args + ["--resume"])
+    train.main(args + ["--resume", "--set", "dropout=0"])
     assert json.loads((out / "metrics.json").read_text())["error_mm"] == report["error_mm"]
-    assert "pass the same values" in error_of(args + ["--resume", "--seed", "3"])
+    assert "pass the same values" in error_of(args + ["--resume", "--seed", "3", "--set", "dropout=0"])
+    # the run continued is the run that wrote the checkpoint: another config is refused, naming the field
+    assert "continues another run: dropout 0.0 then, 0.1 now" in error_of(args + ["--resume"])
+    assert f"{out / 'ckpt.pt'} exists: --resume continues it" in error_of(args)  # never overwritten unasked
 
 
 def test_a_second_stage_trains_its_parent_first_and_keeps_it_frozen(tmp_path):
@@ -570,7 +575,8 @@ def test_resume_after_sigkill_ends_with_bitwise_identical_weights(tmp_path):
     # both on the CPU (run_script's --device cpu): a GPU's kernels need not match the CPU's bit for bit
     train.main(["--model", "standin", "--device", "cpu", "--out", str(tmp_path / "straight")] + common)
     resumed = kill_and_resume(common + ["--out", "killed"], tmp_path, kill_at=13)
-    assert "resumed from killed/standin/ckpt.pt at step 10 (1 rank(s) then, 1 now)" in resumed.stdout
+    # the checkpoint of step 12, written before its evaluation (step 10's is the last --ckpt-every one)
+    assert "resumed from killed/standin/ckpt.pt at step 12 (1 rank(s) then, 1 now)" in resumed.stdout
     assert_same_state(load(tmp_path / "straight" / "standin" / "ckpt.pt"),
                       load(tmp_path / "killed" / "standin" / "ckpt.pt"))
 
@@ -648,7 +654,7 @@ def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(t
     train.main(["--model", "genhmr_backbone", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8"]
                + tiny)
     train.main(["--model", "genhmr", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8",
-                "--set", "refine_steps=5"] + tiny)
+                "--set", "refine_iterations=5"] + tiny)
     report = json.loads((tmp_path / "genhmr" / "metrics.json").read_text())
     for key in GENHMR_KEYS + tuple(f"baseline_{k}" for k in GENHMR_KEYS[:6]) + ("baseline_tokenizer_mpjpe_mm",):
         assert np.isfinite(report[key]) and report[key] >= 0, key
@@ -666,7 +672,7 @@ def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(t
         assert ckpt["step"] == (0 if stage == "genhmr_prior" else 2)
         assert not any(k.startswith("tokenizer.") for k in ckpt["model"])
         if stage == "genhmr_prior":  # the prior's own state is its masked transformer; the parent is not in it
-            assert {k.split(".")[0] for k in ckpt["model"]} == {"token_generator"}
+            assert {k.split(".")[0] for k in ckpt["model"]} == {"masked_transformer"}
     assert "backbone.blocks.0.attn.qkv.weight" in ckpt["model"]
     prior = json.loads((tmp_path / "genhmr_prior" / "metrics.json").read_text())
     for key in ("prior_mpjpe_mm", "prior_masked_token_accuracy_75", "prior_count_table_accuracy_75",
@@ -690,7 +696,7 @@ def test_genhmr_stages_resume_after_sigkill_bitwise(tmp_path, stage, steps, kill
         for out in ("straight", "killed"):
             run_script(common + ["--out", out], tmp_path, nproc=2, model=parent)
     if stage == "genhmr":
-        common += ["--set", "refine_steps=2"]
+        common += ["--set", "refine_iterations=2"]
     run_script(common + ["--out", "straight"], tmp_path, nproc=2, model=stage)
     resumed = kill_and_resume(common + ["--out", "killed"], tmp_path, kill_at=kill_at, nproc=2, model=stage)
     assert f"resumed from killed/{stage}/ckpt.pt at step 5 (2 rank(s) then, 2 now)" in resumed.stdout
@@ -708,16 +714,60 @@ def killed_at(step_to_die, learning_rate, signum=signal.SIGKILL, group=False):
     return wrapped
 
 
+def signalled_at(count, function, signum):
+    """function, which sends this process `signum` on its `count`-th call (after a line saying so)."""
+    calls = [0]
+
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == count:
+            print(f"rank {os.environ.get('RANK', '0')}: {signal.Signals(signum).name} now", flush=True)
+            os.kill(os.getpid(), signum)
+        return function(*args, **kwargs)
+    return wrapped
+
+
+def killed_while_writing(step, save_file):
+    """checkpoints.save_file, which writes half of step `step`'s checkpoint and then SIGKILLs this process."""
+    def wrapped(obj, path):
+        if obj["step"] != step:
+            return save_file(obj, path)
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+
+        def half_then_die(f):
+            f.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        bodymodels.atomic_write(path, half_then_die)
+    return wrapped
+
+
 if __name__ == "__main__":  # train.py with the stand-ins registered (used by the subprocess tests)
     train.MODELS.update(STANDINS)
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     # SIGKILL_AT_STEP=S: every rank dies at step S; SIGNAL_AT_STEP=S:NAME:RANK[:group]: rank RANK (and, with
     # group, every process of its process group) gets signal NAME at step S, on torchrun's first attempt only
     at, name, rank, *group = os.environ.get("SIGNAL_AT_STEP", "::").split(":")
     if "SIGKILL_AT_STEP" in os.environ:
         at, name, rank = os.environ["SIGKILL_AT_STEP"], "SIGKILL", os.environ.get("RANK", "0")
-    if at and rank == os.environ.get("RANK", "0") and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+    if at and rank == os.environ.get("RANK", "0") and first_attempt:
         for stage in train.MODELS.values():
             stage.paper.learning_rate = killed_at(int(at), stage.paper.learning_rate, getattr(signal, name), group)
+    # SIGNAL_AT_PREDICT=K:NAME / SIGNAL_AT_SAMPLE=K:NAME: every rank gets NAME at its K-th predict call (an
+    # evaluation) / its K-th sample drawn (rendering); SIGKILL_IN_CHECKPOINT=S: step S's checkpoint write dies
+    # midway; OUT_OF_RANK=R:PATH: rank R reads and writes --out PATH (another node's disk)
+    if first_attempt and "SIGNAL_AT_PREDICT" in os.environ:
+        k, name = os.environ["SIGNAL_AT_PREDICT"].split(":")
+        STANDIN_PAPER.predict = signalled_at(int(k), STANDIN_PAPER.predict, getattr(signal, name))
+    if first_attempt and "SIGNAL_AT_SAMPLE" in os.environ:
+        k, name = os.environ["SIGNAL_AT_SAMPLE"].split(":")
+        StandInSet.__getitem__ = signalled_at(int(k), StandInSet.__getitem__, getattr(signal, name))
+    if "SIGKILL_IN_CHECKPOINT" in os.environ:
+        checkpoints.save_file = killed_while_writing(int(os.environ["SIGKILL_IN_CHECKPOINT"]), checkpoints.save_file)
+    rank, _, path = os.environ.get("OUT_OF_RANK", "::").partition(":")
+    if rank == os.environ.get("RANK", "0"):
+        sys.argv[sys.argv.index("--out") + 1] = path
     train.main()
 
 
@@ -733,7 +783,7 @@ def test_genhmr_trains_and_reports_the_benchmark_protocol_on_an_hmr2_npz(tmp_pat
     np.save(tmp_path / "SMPL_to_J19.npy", regressor)
     monkeypatch.setenv("HMR_J_REGRESSOR", str(tmp_path / "SMPL_to_J19.npy"))
     train.main(["--model", "genhmr", "--data", f"hmr2:{path}", "--out", str(tmp_path / "out"), "--max-steps", "2",
-                "--set", "batch_size=2", "--set", "refine_steps=2", "--log-every", "1"])
+                "--set", "batch_size=2", "--set", "refine_iterations=2", "--log-every", "1"])
     report = json.loads((tmp_path / "out" / "genhmr" / "metrics.json").read_text())
     assert report["data"] == f"hmr2:{path}"
     for key in ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "refined_mpjpe_mm", "refined_pve_mm", "regression_mpjpe_mm",
