@@ -657,7 +657,7 @@ def targets_of(batch):
 
 
 @torch.no_grad()
-def frozen_inputs(model, batch):
+def cached_frozen_inputs(model, batch):
     """`HMRAdapter.frozen_inputs` at a batch's true boxes. With the model's `frozen_cache` each training sample
     (its "index") is computed once, alone, and kept: a row's bits would otherwise depend on its place in the batch
     (BLAS blocks rows), so a resumed run would drift from an uninterrupted one. It also spares the frozen forward,
@@ -679,7 +679,7 @@ def training_loss(model, batch, cfg, step):
     recipe.hand_only_prob share of the hands gets no body pose. model: the `HMRAdapter` or its DDP wrapper."""
     net = getattr(model, "module", model)
     image = batch["image"]
-    front = frozen_inputs(net, batch)
+    front = cached_frozen_inputs(net, batch)
     known = torch.rand(2 * len(image), 1, 1, device=image.device) >= cfg.recipe.hand_only_prob
     pred = model(image, gt_boxes(batch), batch["smplx_pose"], sides(batch, "hand_joints2d"),
                  body_known=known.view(-1, 2), frozen=front)

@@ -582,7 +582,7 @@ def test_frozen_cache_serves_each_sample_as_computed_alone(bases, batch):
     model = ha.build_model(ha.TINY, bases)
     indexed = dict(batch, index=torch.tensor([7, 3, 11, 5]))
     live = model.frozen_inputs(batch["image"], ha.gt_boxes(batch))
-    first = ha.frozen_inputs(model, indexed)
+    first = ha.cached_frozen_inputs(model, indexed)
     assert sorted(model.frozen_cache) == [3, 5, 7, 11]
     for i in range(4):
         alone = model.frozen_inputs(batch["image"][i:i + 1], ha.gt_boxes(batch)[i:i + 1])
@@ -592,7 +592,7 @@ def test_frozen_cache_serves_each_sample_as_computed_alone(bases, batch):
     calls = []
     hook = model.bases.whole_body.register_forward_hook(lambda *args: calls.append(1))
     order = [2, 0, 3, 1]
-    again = ha.frozen_inputs(model, {k: v[order] for k, v in indexed.items()})
+    again = ha.cached_frozen_inputs(model, {k: v[order] for k, v in indexed.items()})
     hook.remove()
     assert not calls and all(torch.equal(again[name], first[name][order]) for name in first)
     assert not ha.PAPER.recipe.cache_frozen
@@ -777,8 +777,8 @@ def test_smplerx_6d_rows_become_our_columns():
 
 
 def test_tiny_whole_body_conv_stem_gives_the_patch_grid():
-    """NOTE(paper gap) 13: TINY's stem of 4 stride-2 convolutions stands for the 16 x 16 patch embedding."""
-    embed = ha.PatchEmbed(16, 0, 64, ha.BASES_TINY.body_stem)
+    """NOTE 13: TINY's stem of 4 stride-2 convolutions stands for the 16 x 16 patch embedding."""
+    embed = ha.PatchEmbed(16, 0, 64, ha.BASES_TINY.model.body_stem)
     assert not hasattr(embed, "proj") and embed(torch.rand(2, 3, 128, 96)).shape == (2, 64, 8, 6)
     assert hasattr(ha.PatchEmbed(16, 2, 64), "proj")  # the released models' name
     with pytest.raises(ValueError, match=r"expected log2\(patch=16\) of them"):
