@@ -194,8 +194,8 @@ def genhmr_main(args):
 def hmr_adapter_benchmark(base_cfg, cfg, device, batch=1, repeats=10):
     """Median seconds per image of the baseline pipeline (frozen models + IK) and the adapted one, on
     random weights and a random image of the config's size (the median: one stall is not the speed)."""
-    model = hmr_adapter.Adapted(cfg, hmr_adapter.Bases(base_cfg)).to(device).eval()
-    image = torch.rand(batch, 3, *base_cfg.image_size, device=device)
+    model = hmr_adapter.HMRAdapter(cfg.model, hmr_adapter.Bases(base_cfg.model)).to(device).eval()
+    image = torch.rand(batch, 3, *base_cfg.data.image_size, device=device)
     times = {}
     for name, adapted in (("baseline", False), ("adapted", True)):
         piped = model if adapted else types.SimpleNamespace(bases=model.bases)
@@ -216,8 +216,8 @@ def hmr_adapter_benchmark(base_cfg, cfg, device, batch=1, repeats=10):
 def hmr_adapter_shapes(base_cfg, cfg, device):
     """One image through both paths of an untrained model: what flows where."""
     torch.manual_seed(0)
-    model = hmr_adapter.Adapted(cfg, hmr_adapter.Bases(base_cfg)).to(device).eval()
-    image = torch.rand(1, 3, *base_cfg.image_size, device=device)
+    model = hmr_adapter.HMRAdapter(cfg.model, hmr_adapter.Bases(base_cfg.model)).to(device).eval()
+    image = torch.rand(1, 3, *base_cfg.data.image_size, device=device)
     with torch.no_grad():
         out = model.bases.whole_body(image)
         print({k: tuple(v.shape) for k, v in out.items()})

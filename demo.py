@@ -588,12 +588,14 @@ PERSON_BOX_ENLARGE = 1.2 * 1.25  # official (SMPLer-X get_bbox, process_bbox): k
 HAND_BOX_ENLARGE = 1.2  # a hand's box: the square of 1.2 x the larger side of its keypoints (as the training data's)
 
 
-def load_hmr_adapter(path):
-    """The `Adapted` model of a train.py checkpoint of stage "hmr_adapter" (its bases: ../hmr_adapter_bases/)."""
+def load_hmr_adapter(path, with_config=False):
+    """The `HMRAdapter` model of a train.py checkpoint of stage "hmr_adapter" (its bases: ../hmr_adapter_bases/),
+    and with_config its preset."""
     chain = [("hmr_adapter_bases", hmr_adapter.BASE_CONFIGS,  # its checkpoint holds every weight
-              lambda cfg, parent: hmr_adapter.Bases(cfg)),
+              lambda cfg, parent: hmr_adapter.Bases(cfg.model)),
              ("hmr_adapter", hmr_adapter.CONFIGS, hmr_adapter.build_model)]
-    return load_trained(path, chain)[0]
+    model, cfg = load_trained(path, chain)
+    return (model, cfg) if with_config else model
 
 
 def keypoint_hand_boxes(person, A):
@@ -626,10 +628,10 @@ HMR_ADAPTER_DOCS = dict(
 @torch.no_grad()
 def infer_hmr_adapter(image, box, people, args):
     """run_demo's `infer` for HMR-Adapter: the adapted pipeline (Sec. 3.1) on the person's crop of image (3, H, W)."""
-    model = load_hmr_adapter(args.checkpoint)
-    cfg, (H, W) = model.bases.cfg, image.shape[-2:]
+    model, cfg = load_hmr_adapter(args.checkpoint, with_config=True)
+    H, W = image.shape[-2:]
     person = pick_person(people, box) if people else None
-    crop_hw = tuple(cfg.image_size)
+    crop_hw = tuple(cfg.data.image_size)
     points = np.concatenate([v for k, v in person.items() if k != "score"]) if person else None
     box, A = person_crop((H, W), crop_hw, box, points, PERSON_BOX_ENLARGE, args.keypoints)
     crop = bodymodels.warp_image(image, A, crop_hw)  # the whole image of the input's size: a training input

@@ -15,12 +15,13 @@ hands are flipped into right hands (HaMeR), their arm chains mirrored (R -> M R 
 Symbols: B batch, J joints, V vertices, C channels, L tokens, h x w ViT grid, R RoI side, S crop side, theta
 poses (6D unless named), beta shape, F^H hand image tokens, F^B arm-chain tokens, F^J MCP tokens.
 
-Map: 1 building blocks (attention, arm chains, points in crops and RoIs) -> 2 hand adapter -> 3 body adapter
--> 4 the model (`Adapted`) -> 5 losses (Eqs. 5-8) -> 6 inference (`pipeline`, `predict`, evaluation) -> 7 configs
-(PAPER, TINY), `build_model`. Appendices: A the bases (ViT, HaMeR, SMPLer-X, crops and warps, RoI-align, `Bases`),
-B the released weights, C the ablations (Tables 3-6: the other ways and the Table 3 No.5 control, `ABLATIONS`),
-D parameter counts. Running it: `demo.py --model hmr_adapter --image PATH`, `bench.py --model hmr_adapter
-[--params]`. Where this differs from the paper (NOTE(paper gap) N), results: docs/hmr_adapter.md.
+Map: 1 arm chains, points in crops and RoIs -> 2 hand adapter -> 3 body adapter -> 4 the model (`HMRAdapter`,
+start here: its doctests) -> 5 losses (Eqs. 5-8, `compute_loss`) -> 6 inference (`pipeline`) -> 7 configs (PAPER,
+TINY) and train.py's protocol. Appendices: A the body models and the bases (HaMeR's head blocks, ViT, HaMeR,
+SMPLer-X, crops and warps, RoI-align, `Bases`), B the released weights, C the paper's baseline and ablations
+(Tables 3-6, `ABLATIONS`), D parameter counts. Table 1's evaluation is metrics.py's `wholebody_metrics`. Running
+it: `demo.py --model hmr_adapter --image PATH`, `bench.py --model hmr_adapter [--params]`. Where this differs
+from the paper (NOTE N), results: docs/hmr_adapter.md.
 """
 
 import copy
@@ -30,9 +31,8 @@ import os
 import pickle
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,16 +44,778 @@ from bodymodels import (axis_angle_to_matrix, forward_kinematics, matrix_to_rot6
 
 SIDES = ("left", "right")
 ARMS = {"left": bodymodels.SMPLX_LEFT_ARM, "right": bodymodels.SMPLX_RIGHT_ARM}  # Sec. 3.3 arm joint groups
-ELBOWS = {"left": 18, "right": 19}
 # SMPLer-X's 20 hand joints: FreiHAND's 21 without the wrist
 HAND_JOINTS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20)
 MCP = (4, 8, 12, 16)  # index, middle, ring, pinky knuckles among those 20 (SMPLer-X's L_MCP / R_MCP)
 NUM_BODY = 22  # theta_0: root + 21 body joints
+HAND_FINGER_JOINTS = tuple(range(25, 55))  # SMPL-X's 15 finger joints of each hand
+FINGER_WRISTS = (20,) * 15 + (21,) * 15  # the wrist each of them hangs from (left, then right)
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. Building blocks: the transformer blocks of HaMeR's head, which the hand adapter copies (SA', CA', Eqs. 1-3)
-#    and the body adapter stacks (Eq. 4); the arm chains theta_b (Sec. 3.3); points in crops and RoI maps
+# 1. Building blocks: the arm chains theta_b (Sec. 3.3); points in crops and RoI maps. The transformer blocks
+#    of HaMeR's head, which the hand adapter copies (SA', CA', Eqs. 1-3) and the body adapter stacks (Eq. 4),
+#    are the hand expert's: appendix A.2
+
+
+def arm_chains(body_pose, chain="global"):
+    """theta_b of both arms (..., 2, 8, 6), left first: the 6D rotations of each arm chain's joints
+    root -> wrist (Sec. 3.3) from local body rotations (..., >= 22, 3, 3). chain "local": the joints'
+    own (SMPL-X parameter) rotations, the paper's "each joint's rotation"; "global": their products from
+    the root (camera frame, forward kinematics), whose last is the hand's global orientation. The left
+    chain is mirrored to match the flipped crop (mirroring commutes with the products): NOTE 3.
+
+    NOTE 14: TINY takes "global", whose last token is the hand's orientation (local: eight to compose)."""
+    R = body_rotations(body_pose, chain)
+    return matrix_to_rot6d(torch.stack([mirror_rotation(R[..., list(ARMS["left"]), :, :], matrix=True),
+                                        R[..., list(ARMS["right"]), :, :]], -4))
+
+
+def body_rotations(body_pose, chain):
+    """The 22 body joints' rotations (..., 22, 3, 3) that theta_b holds, of local ones (..., >= 22, 3, 3):
+    as they are ("local") or composed from the root ("global", forward kinematics)."""
+    if chain not in ("local", "global"):
+        raise ValueError(f"AdapterConfig.chain: 'local' or 'global', got {chain!r}")
+    R = body_pose[..., :NUM_BODY, :, :]
+    if chain == "global":
+        R = forward_kinematics(R, R.new_zeros(*R.shape[:-2], 3), bodymodels.SMPLX_PARENTS[:NUM_BODY])[1]
+    return R
+
+
+def scale_boxes(boxes, scale):
+    """Square boxes (..., 4) [x0, y0, x1, y1] enlarged `scale` times about their centres."""
+    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]).amax(-1, keepdim=True) / 2
+    return torch.cat([centre - scale * half, centre + scale * half], -1)
+
+
+def to_crop(points, boxes, flip):
+    """Image pixels (B, N, 2) -> normalised crop coordinates in [-0.5, 0.5] (HaMeR's 2D keypoints)
+    of boxes (B, 4), mirrored (u -> -u) where flip (B,)."""
+    uv = (points - boxes[:, None, :2]) / (boxes[:, 2:] - boxes[:, :2])[:, None] - 0.5
+    sign = torch.stack([torch.where(flip, -1.0, 1.0), torch.ones(len(flip), device=flip.device)], -1)
+    return uv * sign.to(uv)[:, None]
+
+
+def to_roi(points, boxes, size, flip):
+    """Image pixels (B, N, 2) -> the RoI heatmap frame of boxes (B, 4): the box's corners at 0 and
+    `size` (SMPLer-X's convention), x -> size - 1 - x where flip (B,)."""
+    p = (points - boxes[:, None, :2]) * size / (boxes[:, 2:] - boxes[:, :2])[:, None]
+    return torch.where(flip[:, None, None], torch.stack([size - 1 - p[..., 0], p[..., 1]], -1), p)
+
+
+def sample_joint_features(features, points):
+    """Bilinear features (B, N, C) of maps (B, C, H, W) at points (B, N, 2) in map pixels (pixel p at
+    coordinate p, as SMPLer-X's own sample_joint_features); zero outside the map."""
+    H, W = features.shape[-2:]
+    grid = torch.stack([2 * points[..., 0] / (W - 1) - 1, 2 * points[..., 1] / (H - 1) - 1], -1)
+    out = F.grid_sample(features, grid[:, :, None].to(features.dtype), align_corners=True)  # (B, C, N, 1)
+    return out[..., 0].transpose(1, 2)
+
+
+def flip_pattern(batch, device):
+    """(2 batch,) bool: True for the left hand of each sample (hands ordered left, right)."""
+    return torch.tensor([True, False], device=device).repeat(batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Hand-path adapter (Sec. 3.3, Eqs. 1-3)
+
+
+class HandAdapter(nn.Module):
+    """New SA' and CA' for every block of a frozen hand head, copies of SA and CA (Sec. 3.3: "SA', W'_q,
+    W'_k and W'_v are initialized from SA, W_q, W_k and W_v"); CA' attends to the arm chain's tokens
+    F^B = Linear(theta_b) + E (Eq. 2). scale: lambda on CA' (1 in Eq. 3; 0 gives the frozen head exactly)."""
+
+    def __init__(self, head, scale=1.0, joints=len(ARMS["left"])):
+        super().__init__()
+        self.sa, self.ca = adapter_copies(head)
+        self.scale = scale
+        context = head.transformer.transformer.layers[0][1].fn.to_kv.in_features
+        self.body_embed = nn.Linear(6, context)  # F^B = theta_b W_B ("a linear layer", Sec. 3.3)
+        self.joint_embed = nn.Parameter(torch.zeros(1, joints, context))  # NOTE 2
+        nn.init.trunc_normal_(self.joint_embed, std=0.02)
+
+    def context(self, hand_tokens, theta_b):
+        """CA''s keys and values: F^B (B, J, C) of theta_b (B, J, 6)."""
+        return self.body_embed(theta_b) + self.joint_embed
+
+    def forward(self, head, hand_tokens, theta_b):
+        """head: the frozen MANOHead; hand_tokens F^H (B, h w, C); theta_b (B, J, 6) (zeros: no body
+        labels, Sec. 3.3). -> pose (B, 16, 6), betas, cam through the frozen readouts."""
+        context = self.context(hand_tokens, theta_b)
+        z = head.transformer.start(len(hand_tokens))
+        for (sa, ca, ff), sa2, ca2 in zip(head.transformer.transformer.layers, self.sa, self.ca):
+            z_a, z_b = z + sa(z), z + sa2(z)  # frozen path; the adapter's query path (SA')
+            # Eq. (3): Z_new = CA(Q, K, V) + CA(Q', K', V'), Q' = SA'(Z) W'_q, K' = F^B W'_k, V' = F^B W'_v
+            z = z_a + ca(z_a, hand_tokens) + self.scale * ca2(z_b, context)
+            z = z + ff(z)
+        return head.readout(z)
+
+
+def adapter_copies(head):
+    """SA' and CA' (two ModuleLists, trainable): copies of each block's SA and CA of a frozen head.
+    NOTE 1: copies of the PreNorm modules, LayerNorm and output projection included."""
+    layers = head.transformer.transformer.layers
+    return (nn.ModuleList(copy.deepcopy(sa) for sa, _, _ in layers).requires_grad_(True),
+            nn.ModuleList(copy.deepcopy(ca) for _, ca, _ in layers).requires_grad_(True))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Body-path adapter (Sec. 3.4, Eq. 4)
+
+
+class BodyAdapter(nn.Module):
+    """theta_hat = theta_0 + FFN(CA(Q'', K'', V'')) (Eq. 4): a 1x1 conv C -> P on the hand feature map,
+    bilinear features at the 4 MCP joints of each hand (F^J, B x 8 x P), and transformer blocks on one
+    empty query token (SA'', CA'' to F^J, FF); the regressor's last layer starts at zero."""
+
+    def __init__(self, cfg, width, tokens=2 * len(MCP)):
+        super().__init__()
+        self.proj = nn.Conv2d(width, cfg.body_proj, 1)  # NOTE 7: no BN (the paper: "a 1-by-1 convolution")
+        self.token_embed = nn.Parameter(torch.zeros(1, tokens, cfg.body_proj))  # NOTE 2
+        nn.init.trunc_normal_(self.token_embed, std=0.02)
+        self.transformer = TransformerDecoder(cfg.body_dim, cfg.body_depth, cfg.body_heads, cfg.body_dim_head,
+                                              cfg.body_mlp, cfg.body_proj)
+        self.regressor = nn.Sequential(nn.Linear(cfg.body_dim, cfg.body_dim), nn.GELU(),
+                                       nn.Linear(cfg.body_dim, NUM_BODY * 6))  # NOTE 8
+        nn.init.zeros_(self.regressor[-1].weight)
+        nn.init.zeros_(self.regressor[-1].bias)
+
+    def forward(self, theta0, rois, mcp):
+        """theta0 (B, 22, 6); rois (B, 2, C, R, R); mcp (B, 2, 4, 2) in RoI pixels. -> theta_hat (B, 22, 6)."""
+        B = len(rois)
+        maps = self.proj(rois.flatten(0, 1))  # (2B, P, R, R)
+        tokens = sample_joint_features(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1) + self.token_embed  # F^J
+        return self.regress(theta0, tokens)
+
+    def regress(self, theta0, tokens):
+        """Eq. 4 on tokens (B, 8, P) -> theta_hat (B, 22, 6)."""
+        z = self.transformer(tokens)  # Z'' -> SA'' -> CA''(., F^J) -> FF, depth times
+        return theta0 + self.regressor(z[:, 0]).view(len(theta0), NUM_BODY, 6)  # Eq. (4)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The model: the adapters on the frozen bases (Sec. 3.5)
+
+
+class HMRAdapter(nn.Module):
+    """HMR-Adapter (Fig. 2): frozen bases (eval mode whatever train() says), the hand adapter (Eq. 3) and the body
+    adapter (Eq. 4), which share no parameter (Sec. 3.5), from an `AdapterConfig` and `Bases` (appendix A)
+    untrained, trained here, or released (`load_pretrained`). The small config, on untrained bases:
+
+    >>> _ = torch.manual_seed(0)
+    >>> model = HMRAdapter(TINY.model, Bases(BASES_TINY.model))
+    >>> sum(p.numel() for p in model.parameters() if p.requires_grad)  # the two adapters; the bases are frozen
+    252964
+
+    A training step (`forward`, `compute_loss`): person images, the true hand boxes (left first), SMPL-X pose and
+    2D hand keypoints:
+
+    >>> image = torch.rand(2, 3, 256, 192)
+    >>> hand_boxes = torch.tensor([[40.0, 120, 72, 152], [120, 120, 152, 152]]).expand(2, 2, 4)
+    >>> smplx_pose, hand_joints2d = 0.2 * torch.randn(2, 55, 3), 120 + 32 * torch.rand(2, 2, 21, 2)
+    >>> pred = model(image, hand_boxes, smplx_pose, hand_joints2d)
+    >>> pred["hand_pose"].shape, pred["theta_hat"].shape
+    (torch.Size([2, 2, 16, 6]), torch.Size([2, 22, 6]))
+    >>> targets = dict(hand_pose=0.2 * torch.randn(2, 2, 16, 3), hand_joints2d=hand_joints2d, smplx_pose=smplx_pose,
+    ...                joints3d=torch.randn(2, 55, 3), joints2d=256 * torch.rand(2, 55, 2))
+    >>> loss, terms = compute_loss(pred, targets, TINY.model)
+    >>> loss.backward()
+    >>> torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3).step()
+    >>> all(p.grad is None for p in model.bases.parameters())
+    True
+
+    Inference (`pipeline`, Sec. 3.1) from the images (and, if at hand, a detector's hand boxes): SMPL-X in metres
+
+    >>> verts, joints, boxes = pipeline(model.eval(), image)
+    >>> verts.shape, joints.shape, boxes.shape
+    (torch.Size([2, 10475, 3]), torch.Size([2, 55, 3]), torch.Size([2, 2, 4]))
+    """
+
+    FROZEN_KEYS = ("theta0", "shape", "cam")  # what the body adapter's loss reads of the whole-body output
+    def __init__(self, cfg, bases):
+        super().__init__()
+        self.cfg, self.bases = cfg, bases.requires_grad_(False).eval()
+        self.hand_adapter, self.body_adapter = self.adapters(cfg, bases)
+
+    def adapters(self, cfg, bases):  # the hand adapter (Sec. 3.3) on the frozen hand head, the body adapter (3.4)
+        return HandAdapter(bases.hand_expert.mano_head), BodyAdapter(cfg, bases.cfg.body_width)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.bases.eval()  # frozen: dropout off, normalisation statistics never move
+        return self
+
+    # --- what the pipeline runs (Sec. 3.1)
+
+    @property
+    def hand_expert(self):  # whose ViT gives F^H and whose head the hand adapter adapts: the frozen one
+        return self.bases.hand_expert
+
+    @property
+    def whole_body(self):  # which gives theta_0, the hand boxes and the hand feature maps: the frozen one
+        return self.bases.whole_body
+
+    def chains(self, body_R):  # theta_b (B, 2, 8, 6) of body rotations (B, >= 22, 3, 3) (Sec. 3.3)
+        return arm_chains(body_R, self.cfg.chain)
+
+    def hand(self, tokens, theta_b):  # Eq. 3 on F^H (N, h w, C) given theta_b (N, 8, 6) -> pose (N, 16, 6), betas, cam
+        return self.hand_adapter(self.hand_expert.mano_head, tokens, theta_b)
+
+    def body(self, out, rois, mcp):  # theta_hat (Eq. 4) of a whole-body output, its hand maps, MCP joints in them
+        return self.body_adapter(out["theta0"], rois, mcp)
+
+    # --- training (Sec. 3.5)
+
+    @torch.no_grad()
+    def frozen_inputs(self, image, hand_boxes):
+        """What the frozen bases give the adapters in training: F^H of the crops at the true hand boxes (B, 2, L, C),
+        the predicted hand boxes (B, 2, 4), hand feature maps (B, 2, C, R, R), `FROZEN_KEYS`."""
+        tokens = hand_tokens(self.bases, image, hand_boxes)
+        out = self.bases.whole_body(image)
+        pred_boxes = scale_boxes(out["boxes"], self.bases.cfg.hand_box_scale)
+        rois = self.bases.whole_body.hand_roi_net(out["feature_map"], pred_boxes, image.shape[-2:])
+        return dict(tokens=tokens.reshape(len(image), 2, *tokens.shape[1:]), pred_boxes=pred_boxes, rois=rois,
+                    **{k: out[k] for k in self.FROZEN_KEYS})
+
+    def forward(self, image, hand_boxes, smplx_pose, hand_joints2d, body_known=None, frozen=None):
+        """The training pass (Sec. 3.5). image (B, 3, H, W) in [0, 1]; hand_boxes (B, 2, 4) the true boxes
+        [x0, y0, x1, y1] (pixels, left first: the crops, Sec. 4.1); smplx_pose (B, >= 22, 3) the true pose
+        (axis-angle), whose arm chains the hand adapter reads; hand_joints2d (B, 2, 21, 2) the true hand
+        keypoints (pixels, OpenPose order), whose MCP joints place F^J in the predicted boxes' RoIs; body_known
+        (B, 2) bool: False for a hand without a body label (theta_b = 0, Sec. 3.3); frozen: `frozen_inputs`'s,
+        if at hand. -> {hand_pose (B, 2, 16, 6), hand_betas (B, 2, 10), hand_cam (B, 2, 3); crop_boxes (B, 2, 4)
+        what the crops show; theta_hat (B, 22, 6) with the frozen shape (B, 10), cam (B, 3); image_hw}."""
+        front = self.frozen_inputs(image, hand_boxes) if frozen is None else frozen
+        return dict(**self.hand_path(image, front, hand_boxes, smplx_pose, body_known),
+                    **self.body_path(image, front, hand_boxes, hand_joints2d), image_hw=tuple(image.shape[-2:]))
+
+    def hand_path(self, image, front, hand_boxes, smplx_pose, body_known):
+        """Sec. 3.5.1: the hand adapter on F^H of the crops at the true boxes, given the true arm chains."""
+        chain = self.chains(axis_angle_to_matrix(smplx_pose[:, :NUM_BODY])).flatten(0, 1)  # (2B, J, 6)
+        if body_known is not None:
+            chain = chain * body_known.reshape(-1, 1, 1).to(chain)
+        pose, betas, cam = self.hand(front["tokens"].flatten(0, 1), chain)
+        return dict(hand_pose=pose.unflatten(0, (-1, 2)), hand_betas=betas.unflatten(0, (-1, 2)),
+                    hand_cam=cam.unflatten(0, (-1, 2)), crop_boxes=crop_boxes(self.bases.cfg, hand_boxes))
+
+    def body_path(self, image, front, hand_boxes, hand_joints2d):
+        """Sec. 3.5.2: the body adapter on the hand feature maps at the predicted boxes, at the true MCP joints."""
+        B = len(image)
+        kp = hand_joints2d.flatten(0, 1)[:, [HAND_JOINTS[i] for i in MCP]]  # (2B, 4, 2) pixels
+        mcp = to_roi(kp, front["pred_boxes"].flatten(0, 1), self.bases.cfg.hand_roi, flip_pattern(B, kp.device))
+        theta_hat = self.body(front, front["rois"], mcp.view(B, 2, len(MCP), 2))
+        return dict(theta_hat=theta_hat, shape=front["shape"], cam=front["cam"])
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Losses (Eqs. 5-8); the body models that pose their meshes: appendix A.1
+
+
+def hand_targets(hand_pose, hand_joints2d, boxes):
+    """What the hand path is scored against (2B hands, left first) of `compute_loss`'s hand targets: rotations R*
+    (2B, 16, 3, 3), the mesh with zero betas, the 2D keypoints in the (flipped) crops at boxes (B, 2, 4)."""
+    R = axis_angle_to_matrix(hand_pose.flatten(0, 1))
+    verts, joints = mano_mesh(R, R.new_zeros(len(R), 10))
+    uv = to_crop(hand_joints2d.flatten(0, 1), boxes.flatten(0, 1), flip_pattern(len(boxes), R.device))
+    return dict(R=R, verts=verts, joints=joints, uv=uv)
+
+
+def hand_loss(out, target, cfg):
+    """Eq. (5): lambda_2D L_2D + lambda_3D L_3D + lambda_v L_v + lambda_theta L_theta + lambda_beta L_beta.
+    out: (pose (N, 16, 6), betas, cam); target: `hand_targets`. 3D terms are wrist-relative (L1, m).
+    Each term is a mean over every element; with cfg.loss_batch (HaMeR's calibration) it is multiplied by
+    the number of elements a hand sums and by loss_batch: # official (hamer losses.py): sums over joints,
+    coordinates (rotation matrix entries) and its per-GPU batch. A mean over the batch stays a mean under DDP."""
+    pose, betas, cam = out
+    R = rot6d_to_matrix(pose)
+    verts, joints = mano_mesh(R, betas)
+    wrist, wrist_gt = joints[:, :1], target["joints"][:, :1]
+    uv = bodymodels.project_to_crop(joints, bodymodels.weak_perspective_to_translation(cam))
+    # Eq. (6), NOTE 9: ||R - R*||^2 + (1 - cos(R, R*)) per joint, on rotation matrices
+    cos = F.cosine_similarity(R.flatten(-2), target["R"].flatten(-2), dim=-1)
+    terms = dict(hand_3d=(joints - wrist - target["joints"] + wrist_gt).abs().mean(),
+                 hand_2d=(uv - target["uv"]).abs().mean(),
+                 hand_verts=(verts - wrist - target["verts"] + wrist_gt).abs().mean(),
+                 hand_pose=((R - target["R"]) ** 2).sum((-1, -2)).mean() + (1 - cos).mean(),
+                 hand_betas=(betas ** 2).mean())
+    if cfg.loss_batch:  # per hand: 21 x 3, 21 x 2, 778 x 3, 16 joints (each a sum over its 9 entries), 10
+        per_hand = dict(hand_3d=joints[0].numel(), hand_2d=uv[0].numel(), hand_verts=verts[0].numel(),
+                        hand_pose=R.shape[1], hand_betas=betas.shape[1])
+        terms = {k: t * (per_hand[k] * cfg.loss_batch) for k, t in terms.items()}
+    weights = (cfg.w_hand_3d, cfg.w_hand_2d, cfg.w_hand_verts, cfg.w_hand_pose, cfg.w_hand_betas)
+    return sum(w * t for w, t in zip(weights, terms.values())), terms
+
+
+def body_pose_loss(theta, shape, cam, targets, image_hw, cfg):
+    """Eqs. (7, 8) on a body pose theta (B, 22, 6) with frozen shape and camera: lambda_theta L1 on rotation
+    matrices, lambda_3D L1 on pelvis-relative joints, lambda_2D L_proj on projected joints (normalised by the
+    image height), over the 22 body joints; targets: smplx_pose (B, 55, 3), joints3d (B, 55, 3), joints2d
+    (B, 55, 2) pixels of an image_hw image. L_img and L_beta: no gradient here (NOTE 10). NOTE 16: lambda_3D also
+    weighs the 30 finger joints relative to their wrist, posed by theta's arms and wrists with the true fingers:
+    SMPLer-X's hand-root-relative joints (main/SMPLer_X.py, get_coord and loss 'smplx_joint_cam'). No body joint
+    hangs below a wrist, so only these see a forearm's twist."""
+    R, R_gt = rot6d_to_matrix(theta), axis_angle_to_matrix(targets["smplx_pose"][:, :NUM_BODY])
+    body = list(range(NUM_BODY))
+    R = torch.cat([R, axis_angle_to_matrix(targets["smplx_pose"][:, NUM_BODY:].to(R))], 1)  # true jaw, eyes, fingers
+    joints, gt = body_joints(R, shape), targets["joints3d"]
+    uv = bodymodels.project_to_crop(joints[:, body], smplerx_translation(cam))
+    (H, W), j2d = image_hw, targets["joints2d"]
+    uv_gt = (j2d[:, body] - j2d.new_tensor([W / 2, H / 2])) / H  # what a camera of focal 5000 / 256 H projects to
+    fingers, wrists = list(HAND_FINGER_JOINTS), list(FINGER_WRISTS)
+    relative = lambda j: j[:, fingers] - j[:, wrists]  # noqa: E731
+    terms = dict(body_pose=(R[:, :NUM_BODY] - R_gt).abs().mean(),
+                 body_3d=(joints[:, body] - joints[:, :1] - gt[:, body] + gt[:, :1]).abs().mean(),
+                 body_2d=(uv - uv_gt).abs().mean(),
+                 fingers_3d=(relative(joints) - relative(gt)).abs().mean())
+    loss = cfg.w_body_pose * terms["body_pose"] + cfg.w_body_3d * terms["body_3d"] + cfg.w_body_2d * terms["body_2d"]
+    return loss + cfg.w_body_3d * terms["fingers_3d"], terms
+
+
+def hand_path_loss(pred, targets, cfg):  # Eq. 5 on `HMRAdapter.forward`'s hand path -> (loss, terms)
+    out = tuple(pred[k].flatten(0, 1) for k in ("hand_pose", "hand_betas", "hand_cam"))
+    return hand_loss(out, hand_targets(targets["hand_pose"], targets["hand_joints2d"], pred["crop_boxes"]), cfg)
+
+
+def body_path_loss(pred, targets, cfg):  # Eqs. 7-8 on `HMRAdapter.forward`'s theta_hat -> (loss, terms)
+    return body_pose_loss(pred["theta_hat"], pred["shape"], pred["cam"], targets, pred["image_hw"], cfg)
+
+
+def compute_loss(pred, targets, cfg):
+    """The adapters' loss (Sec. 3.5): Eq. 5 on the hand path plus Eqs. 7-8 on the body path -> (loss, {term:
+    scalar}). pred: `HMRAdapter.forward`'s; targets: {hand_pose (B, 2, 16, 3) MANO axis-angle, left hands in
+    the flipped (right-hand) frame; hand_joints2d (B, 2, 21, 2) pixels; smplx_pose (B, 55, 3) axis-angle;
+    joints3d (B, 55, 3) metres; joints2d (B, 55, 2) pixels}; cfg: an AdapterConfig (the weights)."""
+    hand, hand_terms = hand_path_loss(pred, targets, cfg)
+    body, body_terms = body_path_loss(pred, targets, cfg)
+    return hand + body, dict(hand_terms, **body_terms)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Inference: the dual-path pipeline (Sec. 3.1)
+
+
+def pipeline_front(models, cfg, image, hand_boxes=None):
+    """What a pipeline computes first with `models`' whole-body model and hand expert (the frozen `Bases`, or
+    an `HMRAdapter`'s): the whole-body output, the hand boxes it predicts scaled by cfg.hand_box_scale (a
+    BaseConfig), and F^H of the crops there. hand_boxes (B, 2, 4) image pixels: boxes to use instead of the
+    predicted ones (from a detector or 2D hand keypoints), a NaN row keeping the prediction."""
+    out = models.whole_body(image)
+    if hand_boxes is not None:
+        out["boxes"] = torch.where(hand_boxes.isnan(), out["boxes"], hand_boxes.to(out["boxes"]))
+    boxes = scale_boxes(out["boxes"], cfg.hand_box_scale)
+    return out, boxes, models.hand_expert.features(hand_crops(cfg, image, out["boxes"]))
+
+
+def assemble(body_R, hand_R, out):
+    """SMPL-X rotations (B, 55, 3, 3): body from body_R (B, 22, 3, 3); each hand's fingers and, by
+    IK, its wrist from the hand path's MANO rotations hand_R (B, 2, 16, 3, 3) (left first, flipped:
+    HaMeR's convention), by `bodymodels.attach_hands`; the jaw from the whole-body model; eyes at rest."""
+    hands = {side: dict(global_orient=hand_R[:, i, 0], hand_pose=hand_R[:, i, 1:]) for i, side in enumerate(SIDES)}
+    R = bodymodels.attach_hands(body_R, hands)  # NOTE 4: wrists by IK
+    R[:, 22] = rot6d_to_matrix(out["jaw"])
+    return R
+
+
+def pipeline(model, image, adapted=True, hand_boxes=None, details=False):
+    """Sec. 3.1: image (B, 3, H, W) in [0, 1], the person -> SMPL-X verts (B, 10475, 3) and joints (B, 55, 3)
+    in camera coordinates, and the hand boxes (B, 2, 4) used. adapted=True: theta_hat from the body adapter,
+    hands from the hand adapter conditioned on theta_hat's arm chains (NOTE 5), MCP joints from the whole-body
+    model's hand position net (NOTE 6); False: the paper's baseline (`baseline_pipeline` of model.bases).
+    hand_boxes: `pipeline_front`'s. details: a dict of the outputs and what made them (`mesh`)."""
+    if not adapted:
+        return baseline_pipeline(model.bases, image, hand_boxes, details)
+    out, boxes, tokens = pipeline_front(model, model.bases.cfg, image, hand_boxes)
+    rois, hand_joints = model.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
+    theta = model.body(out, rois, hand_joints[:, :, list(MCP), :2])  # theta_hat (B, 22, 6)
+    pose, _, _ = model.hand(tokens, model.chains(rot6d_to_matrix(theta)).flatten(0, 1))
+    return mesh(out, boxes, theta, pose, details)
+
+
+def mesh(out, boxes, theta, hand_pose, details=False):
+    """SMPL-X of a body pose theta (B, 22, 6), the hand path's poses hand_pose (2B, 16, 6) (left first) and
+    the whole-body output `out` (shape, expression, jaw, camera) -> (verts, joints, boxes) in camera
+    coordinates; details: a dict of verts, joints, boxes, R (B, 55, 3, 3), shape (B, 10), expression
+    (B, 10), t (B, 3), hand_boxes (B, 2, 4) before scaling."""
+    R = assemble(rot6d_to_matrix(theta), rot6d_to_matrix(hand_pose).view(-1, 2, 16, 3, 3), out)
+    verts, joints = skin(body_models().smplx, R, torch.cat([out["shape"], out["expression"]], -1))
+    t = smplerx_translation(out["cam"])[:, None]
+    if details:
+        return dict(verts=verts + t, joints=joints + t, boxes=boxes, R=R, shape=out["shape"],
+                    expression=out["expression"], t=t[:, 0], hand_boxes=out["boxes"])
+    return verts + t, joints + t, boxes
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Configs: the bases and the adapters, PAPER (the paper's numbers) and TINY (2 CPU cores), each a preset of
+#    the model's config (what building reads), the recipe and the data; then train.py's protocol
+
+
+@dataclass
+class BaseConfig:
+    """The two frozen bases: HaMeR's and SMPLer-X-H32's architectures (what `Bases` reads)."""
+    # --- hand expert (HaMeR's ViT-H and transformer head) ---
+    hand_crop: int = 256  # I_h: 256 x 256 (Sec. 3.2.2); the ViT reads its centre 256 x 192
+    # HaMeR's crop (vitdet_dataset.py; rescale_factor 2.0 of its demo.py): the square of side 2 max(4/3 w, h) about
+    # the hand box, cv2-warped, blurred when shrunk > 2.2 x, ImageNet-normalised 0-255 pixels: what its ViT was
+    # trained on. 0 (TINY): a grid_sample crop of the [0, 1] image at the box squared x hand_box_scale, fed as it is
+    hamer_rescale: float = 2.0
+    hand_patch: int = 16
+    hand_patch_padding: int = 2  # ViTPose's PatchEmbed (16 x 12 tokens from 256 x 192)
+    hand_width: int = 1280  # ViT-H
+    hand_depth: int = 32
+    hand_heads: int = 16
+    head_dim: int = 1024  # the transformer head: one zero token -> Linear(1 -> 1024)
+    head_depth: int = 6
+    head_heads: int = 8
+    head_dim_head: int = 64
+    head_mlp: int = 1024
+    # --- whole-body model (SMPLer-X-H32) ---
+    body_image: tuple = (256, 192)  # its input (the image, resized)
+    body_resize: str = "nearest"  # SMPLer-X's F.interpolate default (main/SMPLer_X.py); TINY "area" (its own choice)
+    body_patch: int = 16
+    body_patch_padding: int = 2
+    body_width: int = 1280
+    body_depth: int = 32
+    body_heads: int = 16
+    body_stem: tuple = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE 13)
+    body_keypoints: int = 25  # body joints of the position net = body task tokens (31 tokens in all)
+    body_hm_depth: int = 16  # 3D heatmap depth bins (16 x 16 x 12 in SMPLer-X)
+    body_rot_hidden: int = 512  # Linear 1280 -> 512 per body token
+    box_channels: tuple = (256, 256, 256)  # box net deconvolutions (16 x 12 -> 128 x 96)
+    hand_roi: int = 16  # RoI side
+    hand_roi_channels: tuple = (640, 320)  # deconvolutions before RoI-align (16 x 12 -> 64 x 48)
+    hand_hm_depth: int = 16
+    hand_box_scale: float = 2.0  # RoI boxes: squared and enlarged x 2 (SMPLer-X's restore_bbox); TINY's crops too
+    # 0: mmcv's roi_align as SMPLer-X calls it (aligned=False, ceil(bin) samples a bin side, 0 outside [-1, H]);
+    # TINY 2: its own 2 x 2 samples a bin clamped to the border (`roi_align_grid`)
+    roi_sampling: int = 0
+
+
+@dataclass
+class ReleasedWeights:
+    """The released weights the paper's bases start from (HaMeR's and SMPLer-X-H32's files), loaded by
+    `load_pretrained`; "" for none."""
+    hamer_checkpoint: str = "checkpoints/hamer.ckpt"  # HaMeR's _DATA/hamer_ckpts/checkpoints/hamer.ckpt
+    smplerx_checkpoint: str = "checkpoints/smpler_x_h32.pth.tar"  # SMPLer-X-H32's snapshot
+
+
+@dataclass
+class BasesRecipe:
+    """How train.py trains the tiny stand-ins of the bases (the paper loads the released checkpoints: 0 steps)."""
+    batch_size: int = 32
+    max_steps: int = 0
+    lr: float = 1e-3
+    warmup_steps: int = 0
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.0
+    amp: bool = False
+    losses: str = "paper"  # the CONFIGS preset whose Eq. 5 / 7 weights (and calibration) the stand-ins train with
+
+
+@dataclass
+class WholeBodyData:
+    """The person images both stages train and score on (synthetic.wholebody_dataset, data.WholeBodyNpz)."""
+    image_size: tuple = (512, 384)  # (H, W): SMPLer-X's input_img_shape; the hand crops come from it
+
+
+@dataclass
+class BasesPreset:
+    """train.py's "hmr_adapter_bases" presets."""
+    model: BaseConfig = field(default_factory=BaseConfig)
+    weights: ReleasedWeights = field(default_factory=ReleasedWeights)
+    recipe: BasesRecipe = field(default_factory=BasesRecipe)
+    data: WholeBodyData = field(default_factory=WholeBodyData)
+
+
+@dataclass
+class AdapterConfig:
+    """The two adapters (Secs. 3.3, 3.4) and their losses' weights (Eqs. 5, 7)."""
+    # theta_b's rotations (Sec. 3.3, "each joint's rotation"): "local", SMPL-X's own pose parameters of the arm
+    # joints (the paper's reading), or "global", their products from the root (TINY: NOTE 14)
+    chain: typing.Literal["local", "global"] = "local"
+    body_proj: int = 512  # 1x1 conv 1280 -> 512 (Sec. 3.4)
+    body_dim: int = 1024  # NOTE 7
+    body_depth: int = 6  # "6 attention layers" (Sec. 4.1)
+    body_heads: int = 8
+    body_dim_head: int = 64
+    body_mlp: int = 1024
+    # --- Eq. 5 (hand) and Eq. 7 (body) weights. NOTE 10: HaMeR's / SMPLer-X's ---
+    # HaMeR's weights act on SUMS over joints, coordinates and its per-GPU batch of 8 (hamer losses.py,
+    # hamer_vit_transformer.yaml): each Eq. 5 term is loss_batch x the global batch's mean of one hand's sum (the
+    # same on any number of ranks). 0 (TINY): means over every element, which its weights were tuned on.
+    loss_batch: int = 8
+    w_hand_3d: float = 0.05
+    w_hand_2d: float = 0.01
+    w_hand_verts: float = 0.05 * 21 / 778  # not in HaMeR: lambda_3D per point (778 vertices weigh as its 21 joints)
+    w_hand_pose: float = 0.001
+    w_hand_betas: float = 0.0005
+    # SMPLer-X's weights act on means (its train.py: loss[k].mean()), as ours. Its 2D loss is in 16 x 12 heatmap
+    # units (1/16 of the image height), ours in image heights: x 16. w_body_3d also weighs Eq. 7's finger term
+    # (`body_pose_loss`), as SMPLer-X supervises its wrist-relative hand joints
+    w_body_pose: float = 10.0
+    w_body_3d: float = 100.0
+    w_body_2d: float = 16.0
+    # --- an ablation row's other way in the hand or the body adapter's place (Tables 3-6): read by `build_model`
+    # alone, which builds appendix C's `AblationRow` for any value but "adapter"; `ABLATIONS` sets them ---
+    hand_method: typing.Literal["adapter", "whole_body_pose", "image", "concat", "weighted_sum", "head", "full",
+                                "scratch", "frozen"] = "adapter"
+    body_method: typing.Literal["adapter", "task_tokens", "concat", "weighted_sum", "head", "full", "scratch",
+                                "frozen"] = "adapter"
+
+
+@dataclass
+class AdapterRecipe:
+    """How the adapters train (Sec. 4.1: one machine, 4 V100, 10K steps, batch 32 per GPU, about 6 hours)."""
+    batch_size: int = 128  # 32 x 4
+    max_steps: int = 10_000
+    lr: float = 1e-4  # the hand adapter. NOTE 10
+    body_lr: float = 1e-4  # the body adapter (its own run in Sec. 3.5, so its own rate)
+    warmup_steps: int = 500
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.0  # the adapters train together here, so no shared clipping norm
+    amp: bool = False
+    hand_only_prob: float = 0.0  # share of training hands with a zero body pose. NOTE 12
+    # Keep what the frozen bases give each training sample (by its "index") instead of recomputing it
+    # every epoch. Only where a sample index is always the same image: the rendered synthetic set, not
+    # data augmented on the fly. Off for the paper (and its datasets are far too big to keep).
+    cache_frozen: bool = False
+    gpus: int = 4  # the paper's training hardware: 4 V100 on one machine (TINY: 0, two CPU cores)
+
+
+@dataclass
+class AdapterPreset:
+    """train.py's "hmr_adapter" presets."""
+    model: AdapterConfig = field(default_factory=AdapterConfig)
+    recipe: AdapterRecipe = field(default_factory=AdapterRecipe)
+    data: WholeBodyData = field(default_factory=WholeBodyData)
+
+
+BASES_PAPER = BasesPreset()  # HaMeR (ViT-H + 39.5M head) and SMPLer-X-H32 shapes, their released weights
+BASES_TINY = BasesPreset(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 -> 8 x 6), body 128 x 96 (8 x 6)
+    model=BaseConfig(
+        hand_crop=32, hand_patch=4, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
+        head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128, hamer_rescale=0.0,
+        body_image=(128, 96), body_resize="area", body_patch=16, body_patch_padding=0, body_width=64, body_depth=3,
+        body_heads=4, body_stem=(16, 32, 64, 64),
+        body_keypoints=22, body_hm_depth=8, body_rot_hidden=32, box_channels=(32, 32), hand_roi=8,
+        hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, roi_sampling=2),
+    weights=ReleasedWeights(hamer_checkpoint="", smplerx_checkpoint=""),
+    recipe=BasesRecipe(losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100),
+    data=WholeBodyData(image_size=(256, 192)))
+PAPER = AdapterPreset()  # the adapters: hand 26.8M, body 36.5M (appendix D)
+# TINY's lr, body_lr and max_steps: from retraining each adapter alone on the default run's frozen bases
+# (docs/hmr_adapter.md); a faster body adapter moves theta_hat's arm chain away from what the hand adapter reads.
+TINY = AdapterPreset(
+    model=AdapterConfig(chain="global", loss_batch=0, w_hand_verts=0.05, w_body_2d=1.0, body_proj=32, body_dim=64,
+                        body_depth=3, body_heads=4, body_dim_head=16, body_mlp=128),
+    recipe=AdapterRecipe(hand_only_prob=0.2, cache_frozen=True, batch_size=32, max_steps=2500, lr=4e-3, body_lr=1e-3,
+                         warmup_steps=50, gpus=0),
+    data=WholeBodyData(image_size=(256, 192)))
+CONFIGS = {"paper": PAPER, "tiny": TINY}
+BASE_CONFIGS = {"paper": BASES_PAPER, "tiny": BASES_TINY}
+
+
+# --- train.py's protocol (train.py's docstring): its dict batches (data.py's whole-body keys) onto the API above
+
+
+def learning_rate(cfg, step):
+    """Linear warm-up, then cosine decay to 0 at max_steps (NOTE 10)."""
+    r = cfg.recipe
+    if step < r.warmup_steps:
+        return r.lr * (step + 1) / r.warmup_steps
+    t = (step - r.warmup_steps) / max(1, r.max_steps - r.warmup_steps)
+    return r.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def build_model(cfg, parent):
+    """The adapters on `parent`, the trained `Bases` (train.py's "hmr_adapter_bases" row): `HMRAdapter`, or for
+    an ablation row (cfg.model.hand_method / body_method other than "adapter") appendix C's `AblationRow`. With
+    the recipe's cache_frozen, `frozen_cache` keeps the frozen bases' outputs per training sample."""
+    if parent is None:
+        raise ValueError("hmr_adapter.build_model: needs the trained bases (train.py trains 'hmr_adapter_bases' "
+                         "first); outside train.py: HMRAdapter(AdapterConfig(), Bases(BaseConfig()))")
+    paper = cfg.model.hand_method == cfg.model.body_method == "adapter"
+    model = (HMRAdapter if paper else AblationRow)(cfg.model, parent)
+    model.frozen_cache = {} if cfg.recipe.cache_frozen else None  # sample index -> `frozen_inputs` row
+    return model
+
+
+def gt_boxes(batch):
+    return sides(batch, "hand_box")  # (B, 2, 4) the true hand boxes
+
+
+def sides(batch, key):
+    """A batch's left and right hand entries `left_<key>`, `right_<key>` stacked (B, 2, ...)."""
+    return torch.stack([batch[f"{s}_{key}"] for s in SIDES], 1)
+
+
+def targets_of(batch):
+    """`compute_loss`'s targets of a batch."""
+    return dict(hand_pose=sides(batch, "hand_mano_pose"), hand_joints2d=sides(batch, "hand_joints2d"),
+                smplx_pose=batch["smplx_pose"], joints3d=batch["joints3d"], joints2d=batch["joints2d"])
+
+
+@torch.no_grad()
+def cached_frozen_inputs(model, batch):
+    """`HMRAdapter.frozen_inputs` at a batch's true boxes. With the model's `frozen_cache` each training sample
+    (its "index") is computed once, alone, and kept: a row's bits would otherwise depend on its place in the batch
+    (BLAS blocks rows), so a resumed run would drift from an uninterrupted one. It also spares the frozen forward,
+    much of a tiny step."""
+    cache = getattr(model, "frozen_cache", None)
+    if cache is None or "index" not in batch:
+        return model.frozen_inputs(batch["image"], gt_boxes(batch))
+    keys = batch["index"].tolist()
+    for i, k in enumerate(keys):
+        if k not in cache:
+            row = model.frozen_inputs(batch["image"][i:i + 1], gt_boxes(batch)[i:i + 1])
+            cache[k] = {name: value[0] for name, value in row.items()}
+    rows = [cache[k] for k in keys]
+    return {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
+
+
+def training_loss(model, batch, cfg, step):
+    """`compute_loss` of the model's training pass on a batch (an ablation row: `AblationRow.row_loss`); a
+    recipe.hand_only_prob share of the hands gets no body pose. model: the `HMRAdapter` or its DDP wrapper."""
+    net = getattr(model, "module", model)
+    image = batch["image"]
+    front = cached_frozen_inputs(net, batch)
+    known = torch.rand(2 * len(image), 1, 1, device=image.device) >= cfg.recipe.hand_only_prob
+    pred = model(image, gt_boxes(batch), batch["smplx_pose"], sides(batch, "hand_joints2d"),
+                 body_known=known.view(-1, 2), frozen=front)
+    if isinstance(net, AblationRow):
+        return net.row_loss(pred, batch, cfg.model)
+    return compute_loss(pred, targets_of(batch), cfg.model)
+
+
+def hand_meshes(name, pose, betas):
+    """{hand_<name>_verts (B, 2, 778, 3), hand_<name>_joints (B, 2, 21, 3)}: the MANO meshes of the hand
+    path's poses (2B, 16, 6) and betas (2B, 10), both hands of each sample, left first."""
+    verts, joints = mano_mesh(rot6d_to_matrix(pose), betas)
+    return {f"hand_{name}_verts": verts.unflatten(0, (-1, 2)), f"hand_{name}_joints": joints.unflatten(0, (-1, 2))}
+
+
+@torch.no_grad()
+def predict(model, batch, cfg):
+    """Held-out predictions for metrics.wholebody_metrics: the hand path at the true boxes (like Table 3) of the
+    frozen expert and of the adapter (given the true body pose, as in training), as MANO meshes
+    {hand_M_verts (B, 2, 778, 3), hand_M_joints (B, 2, 21, 3)}; the pipeline at the predicted boxes (like
+    Table 1) of the baseline and the adapted model: {pipe_P_verts (B, 10475, 3), pipe_P_joints (B, 55, 3),
+    pipe_P_boxes}."""
+    image, boxes = batch["image"], gt_boxes(batch)
+    baseline = predict_baseline(model.bases, batch, cfg)
+    tokens = model.hand_expert.features(hand_crops(model.bases.cfg, image, boxes))
+    chain = model.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])).flatten(0, 1)
+    pose, betas, _ = model.hand(tokens, chain)
+    adapted = dict(zip(("pipe_adapted_verts", "pipe_adapted_joints", "pipe_adapted_boxes"), pipeline(model, image)))
+    return {**baseline, **hand_meshes("adapter", pose, betas), **adapted}
+
+
+@torch.no_grad()
+def predict_baseline(bases, batch, cfg=None):
+    """`predict`'s figures of the paper's baseline alone (the frozen bases; train.py's protocol for the
+    bases' stage): {hand_expert_verts, hand_expert_joints, pipe_baseline_verts, pipe_baseline_joints,
+    pipe_baseline_boxes}."""
+    pose, betas, _ = bases.hand_expert.mano_head(hand_tokens(bases, batch["image"], gt_boxes(batch)))
+    piped = baseline_pipeline(bases, batch["image"])
+    return dict(hand_meshes("expert", pose, betas),
+                **dict(zip(("pipe_baseline_verts", "pipe_baseline_joints", "pipe_baseline_boxes"), piped)))
+
+
+def check_inputs(cfg, kind, path):
+    """Before any stage trains: Table 1's face and hand vertex ids ($HMR_FLAME_VERTEX_IDS,
+    $HMR_MANO_SMPLX_VERTEX_IDS) must read. Raises in one line naming the variable."""
+    metrics.face_vertex_ids(), metrics.hand_vertex_ids()
+
+
+def param_groups(model, cfg):
+    """The optimiser's groups: the hand adapter at lr, the body adapter at body_lr."""
+    trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
+    return [(1.0, trainable(model.hand_adapter)), (cfg.recipe.body_lr / cfg.recipe.lr, trainable(model.body_adapter))]
+
+
+class BasesStage:
+    """train.py's row "hmr_adapter_bases": the tiny stand-ins of the pretrained bases, trained on HaMeR's and
+    SMPLer-X's own losses (`bases_loss`), or (paper) the released weights, checked before the 1.3B parameters are
+    built. Both paths "" keep the paper bases' random weights."""
+    CONFIGS = BASE_CONFIGS
+
+    @staticmethod
+    def build_model(cfg, parent=None):
+        released_checkpoints(cfg.weights)  # a missing file fails here, in one line
+        bases = Bases(cfg.model)
+        load_pretrained(bases, cfg.weights)
+        return bases
+
+    @staticmethod
+    def training_loss(model, batch, cfg, step):
+        return bases_loss(model(batch["image"], gt_boxes(batch)), batch, cfg.model, CONFIGS[cfg.recipe.losses].model)
+
+    @staticmethod
+    def predict(model, batch, cfg):
+        return predict_baseline(model, batch, cfg)
+
+    @staticmethod
+    def learning_rate(cfg, step):
+        return learning_rate(cfg, step)
+
+    @staticmethod
+    def check_inputs(cfg, kind, path):
+        """The released files the paper bases load (`released_checkpoints`), then the vertex ids their
+        evaluation reads (`check_inputs`)."""
+        released_checkpoints(cfg.weights)
+        check_inputs(cfg, kind, path)
+
+
+BASES = BasesStage()
+
+
+# ---------------------------------------------------------------------------------------------
+# Appendix A. The body models, and the bases HMR-Adapter adapts (HaMeR, SMPLer-X): HaMeR's head blocks, ViT, hand
+#             expert, whole-body model, crops and warps, RoI-align, and the training of their tiny stand-ins (`Bases`)
+
+
+# A.1 The body models (bodymodels' MANO and SMPL-X), posed by rotation matrices: the losses' meshes
+
+
+@functools.lru_cache(maxsize=None)
+def body_models():
+    """MANO (right hand) and SMPL-X (bodymodels' loaders: $HMR_BODY_MODELS or the stand-ins) as
+    float32 Skinning, SMPL-X's parents and faces, and R_off (3, 3): the rotation that turns MANO's rest hand onto
+    SMPL-X's rest right hand (a MANO pose's global rotation G is SMPL-X's wrist rotation G R_off^T, its
+    fingers R_off aa; bodymodels.hand_frames, whose `attach_hands` puts the hand path's hands on the body)."""
+    mano, smplx = bodymodels.load_mano(), bodymodels.load_smplx()
+    return types.SimpleNamespace(
+        mano=bodymodels.Skinning(mano, torch.float32, per_sample=False),
+        smplx=bodymodels.Skinning(smplx, torch.float32, per_sample=False), parents=smplx.parents.tolist(),
+        smplx_faces=smplx.faces_tensor.long(), r_off=bodymodels.hand_frames().r_off.float())
+
+
+def skin(model, R, betas):
+    """A Skinning's mesh from rotation matrices R (B, J, 3, 3) and betas (B, L) -> verts, joints."""
+    m = model
+    rest = m.J_template.to(betas) + (betas @ m.J_shapedirs.T.to(betas)).view(len(betas), -1, 3)
+    return bodymodels.lbs(betas, R, m.v_template.to(R), m.shapedirs.to(R), m.posedirs.to(R), m.J_regressor.to(R),
+                          m.parents, m.lbs_weights.to(R), pose2rot=False, rest_joints=rest)
+
+
+def mano_mesh(R, betas):
+    """MANO verts (B, 778, 3) and 21 joints (B, 21, 3) in OpenPose order with HaMeR's (smplx's)
+    fingertips, of rotations R (B, 16, 3, 3), betas (B, 10)."""
+    verts, joints = skin(body_models().mano, R, betas)
+    return verts, bodymodels.hand_joints21(joints, verts, "hamer")  # official (HaMeR mano_wrapper.py): smplx tips
+
+
+def body_joints(R, betas):
+    """SMPL-X's first J joints (B, J, 3) of rotations R (B, J, 3, 3) (J = 22: the body) by forward
+    kinematics (what its LBS gives them, without skinning 10475 vertices); betas (B, 10)."""
+    m, J = body_models().smplx, R.shape[1]
+    rest = m.J_template.to(betas) + (betas @ m.J_shapedirs[:, :10].T.to(betas)).view(len(betas), -1, 3)
+    return forward_kinematics(R, rest[:, :J], m.parents[:J])[0]
+
+
+# A.2 The transformer blocks of HaMeR's head (HMR2.0's names), which the hand adapter copies (SA', CA') and the body
+#     adapter stacks
 
 
 class PreNorm(nn.Module):
@@ -149,780 +911,7 @@ class TransformerDecoder(nn.Module):
         return z
 
 
-def arm_chains(body_pose, chain="global"):
-    """theta_b of both arms (..., 2, 8, 6), left first: the 6D rotations of each arm chain's joints
-    root -> wrist (Sec. 3.3) from local body rotations (..., >= 22, 3, 3). chain "local": the joints'
-    own (SMPL-X parameter) rotations, the paper's "each joint's rotation"; "global": their products from
-    the root (camera frame, forward kinematics), whose last is the hand's global orientation. The left
-    chain is mirrored to match the flipped crop (mirroring commutes with the products). NOTE(paper gap) 3
-
-    NOTE(paper gap) 14: TINY takes "global", whose last token is the hand's orientation (local: eight to compose)."""
-    R = body_rotations(body_pose, chain)
-    return matrix_to_rot6d(torch.stack([mirror_rotation(R[..., list(ARMS["left"]), :, :], matrix=True),
-                                        R[..., list(ARMS["right"]), :, :]], -4))
-
-
-def body_rotations(body_pose, chain):
-    """The 22 body joints' rotations (..., 22, 3, 3) that theta_b holds, of local ones (..., >= 22, 3, 3):
-    as they are ("local") or composed from the root ("global", forward kinematics)."""
-    if chain not in ("local", "global"):
-        raise ValueError(f"AdapterConfig.chain: 'local' or 'global', got {chain!r}")
-    R = body_pose[..., :NUM_BODY, :, :]
-    if chain == "global":
-        R = forward_kinematics(R, R.new_zeros(*R.shape[:-2], 3), bodymodels.SMPLX_PARENTS[:NUM_BODY])[1]
-    return R
-
-
-def scale_boxes(boxes, scale):
-    """Square boxes (..., 4) [x0, y0, x1, y1] enlarged `scale` times about their centres."""
-    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]).amax(-1, keepdim=True) / 2
-    return torch.cat([centre - scale * half, centre + scale * half], -1)
-
-
-def to_crop(points, boxes, flip):
-    """Image pixels (B, N, 2) -> normalised crop coordinates in [-0.5, 0.5] (HaMeR's 2D keypoints)
-    of boxes (B, 4), mirrored (u -> -u) where flip (B,)."""
-    uv = (points - boxes[:, None, :2]) / (boxes[:, 2:] - boxes[:, :2])[:, None] - 0.5
-    sign = torch.stack([torch.where(flip, -1.0, 1.0), torch.ones(len(flip), device=flip.device)], -1)
-    return uv * sign.to(uv)[:, None]
-
-
-def to_roi(points, boxes, size, flip):
-    """Image pixels (B, N, 2) -> the RoI heatmap frame of boxes (B, 4): the box's corners at 0 and
-    `size` (SMPLer-X's convention), x -> size - 1 - x where flip (B,)."""
-    p = (points - boxes[:, None, :2]) * size / (boxes[:, 2:] - boxes[:, :2])[:, None]
-    return torch.where(flip[:, None, None], torch.stack([size - 1 - p[..., 0], p[..., 1]], -1), p)
-
-
-def sample_points(features, points):
-    """Bilinear features (B, N, C) of maps (B, C, H, W) at points (B, N, 2) in map pixels (pixel p at
-    coordinate p, SMPLer-X's sample_joint_features); zero outside the map."""
-    H, W = features.shape[-2:]
-    grid = torch.stack([2 * points[..., 0] / (W - 1) - 1, 2 * points[..., 1] / (H - 1) - 1], -1)
-    out = F.grid_sample(features, grid[:, :, None].to(features.dtype), align_corners=True)  # (B, C, N, 1)
-    return out[..., 0].transpose(1, 2)
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. Hand-path adapter (Sec. 3.3, Eqs. 1-3)
-
-
-class HandAdapter(nn.Module):
-    """New SA' and CA' for every block of a frozen hand head, copies of SA and CA (Sec. 3.3: "SA', W'_q,
-    W'_k and W'_v are initialized from SA, W_q, W_k and W_v"); CA' attends to the arm chain's tokens
-    F^B = Linear(theta_b) + E (Eq. 2). scale: lambda on CA' (1 in Eq. 3; 0 gives the frozen head exactly)."""
-
-    def __init__(self, head, scale=1.0, joints=len(ARMS["left"])):
-        super().__init__()
-        self.sa, self.ca = adapter_copies(head)
-        self.scale = scale
-        context = head.transformer.transformer.layers[0][1].fn.to_kv.in_features
-        self.body_embed = nn.Linear(6, context)  # F^B = theta_b W_B ("a linear layer", Sec. 3.3)
-        self.joint_embed = nn.Parameter(torch.zeros(1, joints, context))  # NOTE(paper gap) 2
-        nn.init.trunc_normal_(self.joint_embed, std=0.02)
-
-    def context(self, hand_tokens, theta_b):
-        """CA''s keys and values: F^B (B, J, C) of theta_b (B, J, 6)."""
-        return self.body_embed(theta_b) + self.joint_embed
-
-    def forward(self, head, hand_tokens, theta_b):
-        """head: the frozen MANOHead; hand_tokens F^H (B, h w, C); theta_b (B, J, 6) (zeros: no body
-        labels, Sec. 3.3). -> pose (B, 16, 6), betas, cam through the frozen readouts."""
-        context = self.context(hand_tokens, theta_b)
-        z = head.transformer.start(len(hand_tokens))
-        for (sa, ca, ff), sa2, ca2 in zip(head.transformer.transformer.layers, self.sa, self.ca):
-            z_a, z_b = z + sa(z), z + sa2(z)  # frozen path; the adapter's query path (SA')
-            # Eq. (3): Z_new = CA(Q, K, V) + CA(Q', K', V'), Q' = SA'(Z) W'_q, K' = F^B W'_k, V' = F^B W'_v
-            z = z_a + ca(z_a, hand_tokens) + self.scale * ca2(z_b, context)
-            z = z + ff(z)
-        return head.readout(z)
-
-
-def adapter_copies(head):
-    """SA' and CA' (two ModuleLists, trainable): copies of each block's SA and CA of a frozen head.
-    NOTE(paper gap) 1: copies of the PreNorm modules, LayerNorm and output projection included."""
-    layers = head.transformer.transformer.layers
-    return (nn.ModuleList(copy.deepcopy(sa) for sa, _, _ in layers).requires_grad_(True),
-            nn.ModuleList(copy.deepcopy(ca) for _, ca, _ in layers).requires_grad_(True))
-
-
-# ---------------------------------------------------------------------------------------------
-# 3. Body-path adapter (Sec. 3.4, Eq. 4)
-
-
-class BodyAdapter(nn.Module):
-    """theta_hat = theta_0 + FFN(CA(Q'', K'', V'')) (Eq. 4): a 1x1 conv C -> P on the hand feature map,
-    bilinear features at the 4 MCP joints of each hand (F^J, B x 8 x P), and transformer blocks on one
-    empty query token (SA'', CA'' to F^J, FF); the regressor's last layer starts at zero."""
-
-    def __init__(self, cfg, width, tokens=2 * len(MCP)):
-        super().__init__()
-        self.proj = nn.Conv2d(width, cfg.body_proj, 1)  # NOTE(paper gap) 7: no BN (the paper: "a 1-by-1 convolution")
-        self.token_embed = nn.Parameter(torch.zeros(1, tokens, cfg.body_proj))  # NOTE(paper gap) 2
-        nn.init.trunc_normal_(self.token_embed, std=0.02)
-        self.transformer = TransformerDecoder(cfg.body_dim, cfg.body_depth, cfg.body_heads, cfg.body_dim_head,
-                                              cfg.body_mlp, cfg.body_proj)
-        self.regressor = nn.Sequential(nn.Linear(cfg.body_dim, cfg.body_dim), nn.GELU(),
-                                       nn.Linear(cfg.body_dim, NUM_BODY * 6))  # NOTE(paper gap) 8
-        nn.init.zeros_(self.regressor[-1].weight)
-        nn.init.zeros_(self.regressor[-1].bias)
-
-    def forward(self, theta0, rois, mcp):
-        """theta0 (B, 22, 6); rois (B, 2, C, R, R); mcp (B, 2, 4, 2) in RoI pixels. -> theta_hat (B, 22, 6)."""
-        B = len(rois)
-        maps = self.proj(rois.flatten(0, 1))  # (2B, P, R, R)
-        tokens = sample_points(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1) + self.token_embed  # F^J
-        return self.refine(theta0, tokens)
-
-    def refine(self, theta0, tokens):
-        """Eq. 4 on tokens (B, 8, P) -> theta_hat (B, 22, 6)."""
-        z = self.transformer(tokens)  # Z'' -> SA'' -> CA''(., F^J) -> FF, depth times
-        return theta0 + self.regressor(z[:, 0]).view(len(theta0), NUM_BODY, 6)  # Eq. (4)
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. The model train.py trains: the adapters on the frozen bases (Sec. 3.5)
-
-
-class Adapted(nn.Module):
-    """The frozen bases (in eval mode whatever train() says) with the hand adapter (Eq. 3) and the body
-    adapter (Eq. 4). The two share no parameter, so training them together is training them separately
-    (Sec. 3.5). `pipeline` and `predict` read the model through `hand_expert`, `whole_body`, `chains`,
-    `hand` and `refine`; the losses are `hand_path_loss` and `body_path_loss`."""
-
-    FROZEN_KEYS = ("theta0", "shape", "cam")  # what the body adapter's loss reads of the whole-body output
-
-    def __init__(self, cfg, bases):
-        super().__init__()
-        self.cfg, self.bases = cfg, bases.requires_grad_(False).eval()
-        self.hand_adapter, self.body_adapter = self.adapters(cfg, bases)
-        self.frozen_cache = {} if cfg.cache_frozen else None  # sample index -> `frozen_inputs` row
-
-    def adapters(self, cfg, bases):
-        """The hand adapter (Sec. 3.3) on the frozen hand head and the body adapter (Sec. 3.4)."""
-        return HandAdapter(bases.hand_expert.mano_head), BodyAdapter(cfg, bases.cfg.body_width)
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.bases.eval()  # frozen: dropout off, normalisation statistics never move
-        return self
-
-    # --- what the adapted pipeline runs (Sec. 3.1)
-
-    @property
-    def hand_expert(self):
-        """The hand expert whose ViT gives F^H and whose head the hand adapter adapts: the frozen one."""
-        return self.bases.hand_expert
-
-    @property
-    def whole_body(self):
-        """The whole-body model that gives theta_0, the hand boxes and the hand feature maps: the frozen one."""
-        return self.bases.whole_body
-
-    def chains(self, body_R):
-        """theta_b (B, 2, 8, 6) of body rotations (B, >= 22, 3, 3) (Sec. 3.3)."""
-        return arm_chains(body_R, self.cfg.chain)
-
-    def hand(self, tokens, theta_b):
-        """The adapted hand head (Eq. 3) on F^H (N, h w, C) given theta_b (N, 8, 6) -> pose (N, 16, 6), betas, cam."""
-        return self.hand_adapter(self.hand_expert.mano_head, tokens, theta_b)
-
-    def refine(self, out, rois, mcp):
-        """theta_hat (B, 22, 6) (Eq. 4) of a whole-body output `out`, its hand feature maps rois
-        (B, 2, C, R, R) and the MCP joints mcp (B, 2, 4, 2) in their frame."""
-        return self.body_adapter(out["theta0"], rois, mcp)
-
-    # --- training (Sec. 3.5)
-
-    @torch.no_grad()
-    def frozen_inputs(self, batch):
-        """What the frozen bases give the adapters' losses, per sample: the hand tokens F^H of the crops
-        at the true boxes (B, 2, L, C), and the whole-body model's predicted hand boxes (B, 2, 4), hand
-        feature maps (B, 2, C, R, R) and `FROZEN_KEYS` (theta_0, shape, camera).
-
-        With `cfg.cache_frozen` each training sample (its "index") is computed once, alone, and kept:
-        a row's bits would otherwise depend on its place in the batch (BLAS blocks rows), so a resumed
-        run would drift from an uninterrupted one. It also spares the frozen forward, much of a tiny step."""
-        if self.frozen_cache is None or "index" not in batch:
-            return self._frozen(batch)
-        keys = batch["index"].tolist()
-        for i, k in enumerate(keys):
-            if k not in self.frozen_cache:
-                row = self._frozen({key: value[i:i + 1] for key, value in batch.items()})
-                self.frozen_cache[k] = {name: value[0] for name, value in row.items()}
-        rows = [self.frozen_cache[k] for k in keys]
-        return {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
-
-    def _frozen(self, batch):
-        bcfg, image = self.bases.cfg, batch["image"]
-        tokens = hand_tokens(self.bases, image, gt_boxes(batch))
-        out = self.bases.whole_body(image)
-        pred_boxes = scale_boxes(out["boxes"], bcfg.hand_box_scale)
-        rois = self.bases.whole_body.hand_roi_net(out["feature_map"], pred_boxes, image.shape[-2:])
-        return dict(tokens=tokens.reshape(len(image), 2, *tokens.shape[1:]), pred_boxes=pred_boxes, rois=rois,
-                    **{k: out[k] for k in self.FROZEN_KEYS})
-
-    def forward(self, batch):
-        """The adapters' training losses: (loss, terms)."""
-        front = self.frozen_inputs(batch)
-        hand, hand_terms = self.hand_path_loss(batch, front)
-        body, body_terms = self.body_path_loss(batch, front)
-        return hand + body, dict(hand_terms, **body_terms)
-
-    def hand_path_loss(self, batch, front):
-        """Sec. 3.5.1: the hand adapter on F^H of the crops at the true boxes, given the true body pose
-        (zeros for a `cfg.hand_only_prob` share of the hands) -> Eq. 5's (loss, terms)."""
-        B = len(batch["image"])
-        chain = self.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])).flatten(0, 1)  # (2B, J, 6)
-        keep = (torch.rand(2 * B, 1, 1, device=chain.device) >= self.cfg.hand_only_prob).to(chain)
-        target = hand_targets(batch, crop_boxes(self.bases.cfg, gt_boxes(batch)))
-        return hand_loss(self.hand(front["tokens"].flatten(0, 1), chain * keep), target, self.cfg)
-
-    def body_path_loss(self, batch, front):
-        """Sec. 3.5.2: the body adapter on the hand feature maps at the predicted boxes, sampled at the true
-        MCP joints (their 2D keypoints in that RoI frame) -> Eqs. 7-8's (loss, terms)."""
-        B = len(batch["image"])
-        kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)  # (2B, 21, 2) pixels
-        kp = kp[:, [HAND_JOINTS[i] for i in MCP]]
-        flip = flip_pattern(B, kp.device)
-        mcp = to_roi(kp, front["pred_boxes"].flatten(0, 1), self.bases.cfg.hand_roi, flip).view(B, 2, len(MCP), 2)
-        theta_hat = self.refine(front, front["rois"], mcp)
-        return body_pose_loss(theta_hat, front["shape"], front["cam"], batch, self.cfg)
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. Losses (Eqs. 5-8) and the meshes they compare
-
-
-@functools.lru_cache(maxsize=None)
-def body_models():
-    """MANO (right hand) and SMPL-X (bodymodels' loaders: $HMR_BODY_MODELS or the stand-ins) as
-    float32 Skinning, SMPL-X's parents, each hand's SMPL-X vertices (strongest skinning joint in the
-    hand), and R_off (3, 3): the rotation that turns MANO's rest hand onto SMPL-X's rest right hand
-    (a MANO pose's global rotation G is SMPL-X's wrist rotation G R_off^T, its fingers R_off aa;
-    bodymodels.hand_frames, whose `attach_hands` puts the hand path's hands on the body)."""
-    mano, smplx = bodymodels.load_mano(), bodymodels.load_smplx()
-    part = smplx.lbs_weights.argmax(1)
-    return types.SimpleNamespace(
-        mano=bodymodels.Skinning(mano, torch.float32, per_sample=False),
-        smplx=bodymodels.Skinning(smplx, torch.float32, per_sample=False), parents=smplx.parents.tolist(),
-        smplx_faces=smplx.faces_tensor.long(),
-        r_off=bodymodels.hand_frames().r_off.float(),
-        hand_verts={s: torch.isin(part, torch.tensor(bodymodels.SMPLX_HAND_JOINTS[s])).nonzero()[:, 0] for s in SIDES},
-        head_verts=torch.isin(part, torch.tensor(HEAD_JOINTS)).nonzero()[:, 0])
-
-
-def skin(model, R, betas):
-    """A Skinning's mesh from rotation matrices R (B, J, 3, 3) and betas (B, L) -> verts, joints."""
-    m = model
-    rest = m.J_template.to(betas) + (betas @ m.J_shapedirs.T.to(betas)).view(len(betas), -1, 3)
-    return bodymodels.lbs(betas, R, m.v_template.to(R), m.shapedirs.to(R), m.posedirs.to(R), m.J_regressor.to(R),
-                          m.parents, m.lbs_weights.to(R), pose2rot=False, rest_joints=rest)
-
-
-def mano_mesh(R, betas):
-    """MANO verts (B, 778, 3) and 21 joints (B, 21, 3) in OpenPose order with HaMeR's (smplx's)
-    fingertips, of rotations R (B, 16, 3, 3), betas (B, 10)."""
-    verts, joints = skin(body_models().mano, R, betas)
-    return verts, bodymodels.hand_joints21(joints, verts, "hamer")  # official (HaMeR mano_wrapper.py): smplx tips
-
-
-def body_joints(R, betas):
-    """SMPL-X's first J joints (B, J, 3) of rotations R (B, J, 3, 3) (J = 22: the body) by forward
-    kinematics (what its LBS gives them, without skinning 10475 vertices); betas (B, 10)."""
-    m, J = body_models().smplx, R.shape[1]
-    rest = m.J_template.to(betas) + (betas @ m.J_shapedirs[:, :10].T.to(betas)).view(len(betas), -1, 3)
-    return forward_kinematics(R, rest[:, :J], m.parents[:J])[0]
-
-
-def hand_targets(batch, boxes):
-    """What the hand path is scored against, both hands of each sample (2B, left first): MANO
-    rotations R* (2B, 16, 3, 3) in the right-hand (flipped) frame, its mesh with zero betas, the
-    2D keypoints in normalised coordinates of the (flipped) crops at boxes (B, 2, 4)."""
-    pose = torch.stack([batch[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)  # (2B, 16, 3)
-    R = axis_angle_to_matrix(pose)
-    verts, joints = mano_mesh(R, R.new_zeros(len(R), 10))
-    kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)  # (2B, 21, 2) image pixels
-    return dict(R=R, verts=verts, joints=joints,
-                uv=to_crop(kp, boxes.flatten(0, 1), flip_pattern(len(batch["image"]), R.device)))
-
-
-def flip_pattern(batch, device):
-    """(2 batch,) bool: True for the left hand of each sample (hands ordered left, right)."""
-    return torch.tensor([True, False], device=device).repeat(batch)
-
-
-def gt_boxes(batch):
-    return torch.stack([batch[f"{s}_hand_box"] for s in SIDES], 1)  # (B, 2, 4) the true hand boxes
-
-
-def hand_loss(out, target, cfg):
-    """Eq. (5): lambda_2D L_2D + lambda_3D L_3D + lambda_v L_v + lambda_theta L_theta + lambda_beta L_beta.
-    out: (pose (N, 16, 6), betas, cam); target: `hand_targets`. 3D terms are wrist-relative (L1, m).
-    Each term is a mean over every element; with cfg.loss_batch (HaMeR's calibration) it is multiplied by
-    the number of elements a hand sums and by loss_batch: # official (hamer losses.py): sums over joints,
-    coordinates (rotation matrix entries) and its per-GPU batch. A mean over the batch stays a mean under DDP."""
-    pose, betas, cam = out
-    R = rot6d_to_matrix(pose)
-    verts, joints = mano_mesh(R, betas)
-    wrist, wrist_gt = joints[:, :1], target["joints"][:, :1]
-    uv = bodymodels.project_to_crop(joints, bodymodels.weak_perspective_to_translation(cam))
-    # Eq. (6), NOTE(paper gap) 9: ||R - R*||^2 + (1 - cos(R, R*)) per joint, on rotation matrices
-    cos = F.cosine_similarity(R.flatten(-2), target["R"].flatten(-2), dim=-1)
-    terms = dict(hand_3d=(joints - wrist - target["joints"] + wrist_gt).abs().mean(),
-                 hand_2d=(uv - target["uv"]).abs().mean(),
-                 hand_verts=(verts - wrist - target["verts"] + wrist_gt).abs().mean(),
-                 hand_pose=((R - target["R"]) ** 2).sum((-1, -2)).mean() + (1 - cos).mean(),
-                 hand_betas=(betas ** 2).mean())
-    if cfg.loss_batch:  # per hand: 21 x 3, 21 x 2, 778 x 3, 16 joints (each a sum over its 9 entries), 10
-        per_hand = dict(hand_3d=joints[0].numel(), hand_2d=uv[0].numel(), hand_verts=verts[0].numel(),
-                        hand_pose=R.shape[1], hand_betas=betas.shape[1])
-        terms = {k: t * (per_hand[k] * cfg.loss_batch) for k, t in terms.items()}
-    weights = (cfg.w_hand_3d, cfg.w_hand_2d, cfg.w_hand_verts, cfg.w_hand_pose, cfg.w_hand_betas)
-    return sum(w * t for w, t in zip(weights, terms.values())), terms
-
-
-HAND_FINGER_JOINTS = tuple(range(25, 55))  # SMPL-X's 15 finger joints of each hand
-FINGER_WRISTS = (20,) * 15 + (21,) * 15  # the wrist each of them hangs from (left, then right)
-
-
-def body_pose_loss(theta, shape, cam, batch, cfg):
-    """Eqs. (7, 8) on a body pose theta (B, 22, 6) with frozen shape and camera: lambda_theta L1 on
-    rotation matrices, lambda_3D L1 on pelvis-relative joints, lambda_2D L_proj on projected joints
-    (normalised by the image height), over the 22 body joints. L_img and L_beta: no gradient here
-    (NOTE(paper gap) 10). NOTE(paper gap) 16: lambda_3D also weighs the 30 finger joints relative to their wrist,
-    posed by theta's arms and wrists with the true fingers: SMPLer-X's hand-root-relative joints (main/SMPLer_X.py,
-    get_coord and loss 'smplx_joint_cam'). No body joint hangs below a wrist, so only these see a forearm's twist."""
-    R, R_gt = rot6d_to_matrix(theta), axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])
-    body = list(range(NUM_BODY))
-    R = torch.cat([R, axis_angle_to_matrix(batch["smplx_pose"][:, NUM_BODY:].to(R))], 1)  # the true jaw, eyes, fingers
-    joints, gt = body_joints(R, shape), batch["joints3d"]
-    uv = bodymodels.project_to_crop(joints[:, body], smplerx_translation(cam))
-    fingers, wrists = list(HAND_FINGER_JOINTS), list(FINGER_WRISTS)
-    relative = lambda j: j[:, fingers] - j[:, wrists]  # noqa: E731
-    terms = dict(body_pose=(R[:, :NUM_BODY] - R_gt).abs().mean(),
-                 body_3d=(joints[:, body] - joints[:, :1] - gt[:, body] + gt[:, :1]).abs().mean(),
-                 body_2d=(uv - image_normalised(batch)).abs().mean(),
-                 fingers_3d=(relative(joints) - relative(gt)).abs().mean())
-    loss = cfg.w_body_pose * terms["body_pose"] + cfg.w_body_3d * terms["body_3d"] + cfg.w_body_2d * terms["body_2d"]
-    return loss + cfg.w_body_3d * terms["fingers_3d"], terms
-
-
-def image_normalised(batch, ids=tuple(range(NUM_BODY))):
-    """The joints' (ids, default the 22 body joints) pixels -> (u - W/2, v - H/2) / H: what a
-    weak-perspective camera of the image's focal length (5000 for a 256 high image) projects to."""
-    H, W = batch["image"].shape[-2:]
-    return (batch["joints2d"][:, list(ids)] - batch["joints2d"].new_tensor([W / 2, H / 2])) / H
-
-
-# ---------------------------------------------------------------------------------------------
-# 6. Inference: the dual-path pipeline, predict, and the evaluation protocol
-
-
-def hand_tokens(bases, image, boxes):
-    """F^H (2B, h w, C) of the frozen hand expert on both hands' crops at hand boxes (B, 2, 4), left first and
-    flipped (`hand_crops`)."""
-    return bases.hand_expert.features(hand_crops(bases.cfg, image, boxes))
-
-
-def pipeline_front(models, cfg, image, hand_boxes=None):
-    """What a pipeline computes first with `models`' whole-body model and hand expert (the frozen `Bases`, or
-    an `Adapted` model's): the whole-body output, the hand boxes it predicts scaled by cfg.hand_box_scale (a
-    BaseConfig), and F^H of the crops there. hand_boxes (B, 2, 4) image pixels: boxes to use instead of the
-    predicted ones (from 2D hand keypoints), a NaN row keeping the prediction."""
-    out = models.whole_body(image)
-    if hand_boxes is not None:
-        out["boxes"] = torch.where(hand_boxes.isnan(), out["boxes"], hand_boxes.to(out["boxes"]))
-    boxes = scale_boxes(out["boxes"], cfg.hand_box_scale)
-    return out, boxes, models.hand_expert.features(hand_crops(cfg, image, out["boxes"]))
-
-
-def assemble(body_R, hand_R, out):
-    """SMPL-X rotations (B, 55, 3, 3): body from body_R (B, 22, 3, 3); each hand's fingers and, by
-    IK, its wrist from the hand path's MANO rotations hand_R (B, 2, 16, 3, 3) (left first, flipped:
-    HaMeR's convention), by `bodymodels.attach_hands`; the jaw from the whole-body model; eyes at rest."""
-    hands = {side: dict(global_orient=hand_R[:, i, 0], hand_pose=hand_R[:, i, 1:]) for i, side in enumerate(SIDES)}
-    R = bodymodels.attach_hands(body_R, hands)  # NOTE(paper gap) 4: wrists by IK
-    R[:, 22] = rot6d_to_matrix(out["jaw"])
-    return R
-
-
-def pipeline(model, image, adapted=True, hand_boxes=None, details=False):
-    """Sec. 3.1: image (B, 3, H, W) -> SMPL-X verts (B, 10475, 3) and joints (B, 55, 3) in camera
-    coordinates, and the predicted hand boxes (B, 2, 4). adapted=True: theta_hat from the body adapter,
-    hands from the hand adapter conditioned on theta_hat's arm chains (NOTE(paper gap) 5), MCP joints
-    from the whole-body model's hand position net (NOTE(paper gap) 6); False: the paper's baseline
-    (`baseline_pipeline` of model.bases). hand_boxes: `pipeline_front`'s. details: a dict of the outputs and what
-    made them (`mesh`)."""
-    if not adapted:
-        return baseline_pipeline(model.bases, image, hand_boxes, details)
-    out, boxes, tokens = pipeline_front(model, model.bases.cfg, image, hand_boxes)
-    rois, hand_joints = model.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
-    theta = model.refine(out, rois, hand_joints[:, :, list(MCP), :2])  # theta_hat (B, 22, 6)
-    pose, _, _ = model.hand(tokens, model.chains(rot6d_to_matrix(theta)).flatten(0, 1))
-    return mesh(out, boxes, theta, pose, details)
-
-
-def baseline_pipeline(bases, image, hand_boxes=None, details=False):
-    """The paper's baseline (Sec. 4.2): both frozen models + IK; arguments and result as `pipeline`'s."""
-    out, boxes, tokens = pipeline_front(bases, bases.cfg, image, hand_boxes)
-    pose, _, _ = bases.hand_expert.mano_head(tokens)
-    return mesh(out, boxes, out["theta0"], pose, details)
-
-
-def mesh(out, boxes, theta, hand_pose, details=False):
-    """SMPL-X of a body pose theta (B, 22, 6), the hand path's poses hand_pose (2B, 16, 6) (left first) and
-    the whole-body output `out` (shape, expression, jaw, camera) -> (verts, joints, boxes) in camera
-    coordinates; details: a dict of verts, joints, boxes, R (B, 55, 3, 3), shape (B, 10), expression
-    (B, 10), t (B, 3), hand_boxes (B, 2, 4) before scaling."""
-    R = assemble(rot6d_to_matrix(theta), rot6d_to_matrix(hand_pose).view(-1, 2, 16, 3, 3), out)
-    verts, joints = skin(body_models().smplx, R, torch.cat([out["shape"], out["expression"]], -1))
-    t = smplerx_translation(out["cam"])[:, None]
-    if details:
-        return dict(verts=verts + t, joints=joints + t, boxes=boxes, R=R, shape=out["shape"],
-                    expression=out["expression"], t=t[:, 0], hand_boxes=out["boxes"])
-    return verts + t, joints + t, boxes
-
-
-def hand_meshes(name, pose, betas):
-    """{hand_<name>_verts (B, 2, 778, 3), hand_<name>_joints (B, 2, 21, 3)}: the MANO meshes of the hand
-    path's poses (2B, 16, 6) and betas (2B, 10), both hands of each sample, left first."""
-    verts, joints = mano_mesh(rot6d_to_matrix(pose), betas)
-    return {f"hand_{name}_verts": verts.unflatten(0, (-1, 2)), f"hand_{name}_joints": joints.unflatten(0, (-1, 2))}
-
-
-@torch.no_grad()
-def predict(model, batch, cfg):
-    """Held-out predictions (train.py's protocol): the hand path at the true boxes (like Table 3) of the
-    frozen expert and of the adapter (given the true body pose, as in training), as MANO meshes
-    {hand_M_verts (B, 2, 778, 3), hand_M_joints (B, 2, 21, 3)}; the pipeline at the predicted boxes (like
-    Table 1) of the baseline and the adapted model: {pipe_P_verts (B, 10475, 3), pipe_P_joints (B, 55, 3),
-    pipe_P_boxes}."""
-    image, boxes = batch["image"], gt_boxes(batch)
-    baseline = predict_baseline(model.bases, batch, cfg)
-    tokens = model.hand_expert.features(hand_crops(model.bases.cfg, image, boxes))
-    chain = model.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])).flatten(0, 1)
-    pose, betas, _ = model.hand(tokens, chain)
-    adapted = dict(zip(("pipe_adapted_verts", "pipe_adapted_joints", "pipe_adapted_boxes"), pipeline(model, image)))
-    return {**baseline, **hand_meshes("adapter", pose, betas), **adapted}
-
-
-@torch.no_grad()
-def predict_baseline(bases, batch, cfg=None):
-    """`predict`'s figures of the paper's baseline alone (the frozen bases; train.py's protocol for the
-    bases' stage): {hand_expert_verts, hand_expert_joints, pipe_baseline_verts, pipe_baseline_joints,
-    pipe_baseline_boxes}."""
-    pose, betas, _ = bases.hand_expert.mano_head(hand_tokens(bases, batch["image"], gt_boxes(batch)))
-    piped = baseline_pipeline(bases, batch["image"])
-    return dict(hand_meshes("expert", pose, betas),
-                **dict(zip(("pipe_baseline_verts", "pipe_baseline_joints", "pipe_baseline_boxes"), piped)))
-
-
-HEAD_JOINTS = (15, 22, 23, 24)  # SMPL-X head, jaw, left and right eye: the stand-ins' face (see face_vertex_ids)
-NECK = 12  # official (SMPLer-X EHF.py / humandata.py evaluate): face vertices are aligned at the neck joint
-
-
-def face_vertex_ids():
-    """SMPL-X vertex ids (F,) of the face for Table 1's face metrics: the file that $HMR_FLAME_VERTEX_IDS
-    names, as SMPLer-X's evaluation reads it (`SMPL-X__FLAME_vertex_ids.npy`, SMPL-X's 5023 FLAME
-    vertices, distributed with SMPL-X), else the vertices whose strongest skinning joint is the head,
-    jaw or an eye (HEAD_JOINTS). NOTE(official vs here): the stand-ins have no FLAME correspondence,
-    so their face is that head region (the neck and back of the head included, as FLAME's are)."""
-    path = os.environ.get("HMR_FLAME_VERTEX_IDS")
-    if not path:
-        return body_models().head_verts
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"HMR_FLAME_VERTEX_IDS: missing {path} (expected SMPL-X__FLAME_vertex_ids.npy)")
-    ids = np.load(path, allow_pickle=False)
-    num_verts = len(body_models().smplx.v_template)
-    integers = ids.ndim == 1 and len(ids) > 0 and np.issubdtype(ids.dtype, np.integer)
-    if not integers or ids.min() < 0 or ids.max() >= num_verts:
-        raise ValueError(f"HMR_FLAME_VERTEX_IDS: {path} must hold SMPL-X vertex ids (F,) in [0, {num_verts}), "
-                         f"got {ids.dtype} {ids.shape}")
-    return torch.from_numpy(ids.astype(np.int64))
-
-
-def hand_vertex_ids():
-    """{side: SMPL-X vertex ids} of each hand for Table 1's hand metrics: SMPL-X's
-    `MANO_SMPLX_vertex_ids.pkl` ("left_hand", "right_hand": 778 each) where $HMR_MANO_SMPLX_VERTEX_IDS
-    names it, as SMPLer-X's evaluation reads it, else the vertices whose strongest skinning joint is a
-    hand joint. NOTE(official vs here): the stand-ins have no MANO correspondence file."""
-    path = os.environ.get("HMR_MANO_SMPLX_VERTEX_IDS")
-    if not path:
-        return body_models().hand_verts
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"HMR_MANO_SMPLX_VERTEX_IDS: missing {path} (expected MANO_SMPLX_vertex_ids.pkl)")
-    num_verts = len(body_models().smplx.v_template)
-    ids = {s: bodymodels.read_pickled_array(path, f"{s}_hand").astype(np.int64).ravel() for s in SIDES}
-    if any(len(i) == 0 or i.min() < 0 or i.max() >= num_verts for i in ids.values()):
-        raise ValueError(f"HMR_MANO_SMPLX_VERTEX_IDS: {path} must hold SMPL-X vertex ids in [0, {num_verts})")
-    return {s: torch.from_numpy(i) for s, i in ids.items()}
-
-
-def _errors(pred_verts, gt_verts, pred_joints, gt_joints, root):
-    """PVE after moving joint `root` of each to the origin, PA-PVE, PA-MPJPE: (N,) each, input units."""
-    pve = (pred_verts - pred_joints[:, root:root + 1] - gt_verts + gt_joints[:, root:root + 1]).norm(dim=-1).mean(-1)
-    return dict(pve_mm=pve, pa_pve_mm=metrics.pa_mpvpe(pred_verts, gt_verts),
-                pa_mpjpe_mm=metrics.pa_mpjpe(pred_joints, gt_joints))
-
-
-def _face_errors(pred_verts, gt_verts, pred_neck, gt_neck, ids):
-    """Face PVE after moving the neck (B, 3) of each onto the other, and PA-PVE, over vertices ids: (N,) each."""
-    pred_face, gt_face = pred_verts[:, ids], gt_verts[:, ids]
-    pve = (pred_face - pred_neck[:, None] - gt_face + gt_neck[:, None]).norm(dim=-1).mean(-1)
-    return dict(pve_mm=pve, pa_pve_mm=metrics.pa_mpvpe(pred_face, gt_face))
-
-
-def evaluation_metrics(pred, gt):
-    """The paper's protocol (Sec. 4.1, Table 1) in mm, as {"hand_path/M/{clean,occluded}/E": ...,
-    "pipeline/P/{all,hands,hands_occluded,face}/E": ...} (train.py nests the names at "/"); E is pve_mm,
-    pa_pve_mm, pa_mpjpe_mm. Alignment as SMPLer-X's evaluate (EHF.py, humandata.py, which the paper
-    follows): PVE after moving the pelvis (all), each wrist (hands; averaged over left and right) or
-    the neck (face) of the prediction onto the truth's; PA-PVE and PA-MPJPE after a Procrustes fit of
-    each part alone. Face: PVE and PA-PVE on `face_vertex_ids()` (SMPLer-X reports no face PA-MPJPE:
-    nor does this). A split with no hand in it (a file without occluded hands) is left out."""
-    result = {}
-    occluded = torch.stack([gt[f"{s}_hand_occluded"] for s in SIDES], 1).flatten() > 0.5  # (2N,)
-    hand_names = [k[5:-6] for k in pred if k.startswith("hand_") and k.endswith("_verts")]
-    if hand_names:
-        pose = torch.stack([gt[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)
-        gt_verts, gt_joints = mano_mesh(axis_angle_to_matrix(pose), pose.new_zeros(len(pose), 10))
-    for name in hand_names:
-        e = _errors(pred[f"hand_{name}_verts"].flatten(0, 1), gt_verts, pred[f"hand_{name}_joints"].flatten(0, 1),
-                    gt_joints, 0)
-        for split, mask in (("clean", ~occluded), ("occluded", occluded)):
-            if not mask.any():
-                continue
-            result.update({f"hand_path/{name}/{split}/{k}": 1000 * v[mask].mean() for k, v in e.items()})
-    face, hand_ids = face_vertex_ids(), hand_vertex_ids()
-    for name in [k[5:-6] for k in pred if k.startswith("pipe_") and k.endswith("_verts")]:
-        verts, joints = pred[f"pipe_{name}_verts"], pred[f"pipe_{name}_joints"]
-        e = _errors(verts, gt["verts"], joints, gt["joints3d"], 0)
-        result.update({f"pipeline/{name}/all/{k}": 1000 * v.mean() for k, v in e.items()})
-        per_hand = []
-        for side in SIDES:
-            ids, hj = hand_ids[side], list(bodymodels.SMPLX_HAND_JOINTS[side])
-            per_hand.append(_errors(verts[:, ids], gt["verts"][:, ids], joints[:, hj], gt["joints3d"][:, hj], 0))
-        hands = {k: torch.stack([h[k] for h in per_hand], 1).flatten() for k in per_hand[0]}  # (2N,) left, right
-        result.update({f"pipeline/{name}/hands/{k}": 1000 * v.mean() for k, v in hands.items()})
-        if occluded.any():
-            result.update({f"pipeline/{name}/hands_occluded/{k}": 1000 * v[occluded].mean() for k, v in hands.items()})
-        result.update({f"pipeline/{name}/face/{k}": 1000 * v.mean() for k, v in
-                       _face_errors(verts, gt["verts"], joints[:, NECK], gt["joints3d"][:, NECK], face).items()})
-    return {k: float(v) for k, v in result.items()}
-
-
-class MeanPoseBaseline:
-    """The constant baseline scored by the same protocol: the training set's mean MANO pose (per-joint
-    chordal mean, both hands in the right-hand frame) for the hand path, and its mean SMPL-X pose and
-    shape for the pipeline, placed at the true pelvis; labels: training labels (train.py)."""
-
-    def __init__(self, labels):
-        pose = torch.stack([labels[f"{s}_hand_mano_pose"] for s in SIDES], 1).flatten(0, 1)
-        self.hand_R = metrics.mean_rotations(axis_angle_to_matrix(pose.double())).float()  # (16, 3, 3)
-        self.body_R = metrics.mean_rotations(axis_angle_to_matrix(labels["smplx_pose"].double())).float()  # (55, 3, 3)
-        self.shape = torch.cat([labels["smplx_shape"].mean(0), labels["smplx_expression"].mean(0)])
-
-    def __call__(self, gt):
-        N = len(gt["smplx_pose"])
-        verts, joints = mano_mesh(self.hand_R.expand(2 * N, -1, -1, -1), torch.zeros(2 * N, 10))
-        bv, bj = skin(body_models().smplx, self.body_R[None], self.shape[None])
-        shift = gt["joints3d"][:, :1] - bj[:, :1]
-        return {"hand_constant_verts": verts.unflatten(0, (N, 2)), "hand_constant_joints": joints.unflatten(0, (N, 2)),
-                "pipe_constant_verts": bv + shift, "pipe_constant_joints": bj + shift}
-
-
-# ---------------------------------------------------------------------------------------------
-# 7. Configs: the bases and the adapters, PAPER (the paper's numbers) and TINY (2 CPU cores); build_model and
-#    train.py's protocol
-
-
-@dataclass
-class BaseConfig:
-    """The two frozen bases (HaMeR's and SMPLer-X-H32's architectures) and the recipe that trains the tiny
-    stand-ins."""
-    image_size: tuple = (512, 384)  # the person image (H, W): SMPLer-X's input_img_shape; the hand crops come from it
-    # --- hand expert (HaMeR's ViT-H and transformer head) ---
-    hand_crop: int = 256  # I_h: 256 x 256 (Sec. 3.2.2); the ViT reads its centre 256 x 192
-    # HaMeR's crop (vitdet_dataset.py; rescale_factor 2.0 of its demo.py): the square of side 2 max(4/3 w, h) about
-    # the hand box, cv2-warped, blurred when shrunk > 2.2 x, ImageNet-normalised 0-255 pixels: what its ViT was
-    # trained on. 0 (TINY): a grid_sample crop of the [0, 1] image at the box squared x hand_box_scale, fed as it is
-    hamer_rescale: float = 2.0
-    hand_patch: int = 16
-    hand_patch_padding: int = 2  # ViTPose's PatchEmbed (16 x 12 tokens from 256 x 192)
-    hand_width: int = 1280  # ViT-H
-    hand_depth: int = 32
-    hand_heads: int = 16
-    head_dim: int = 1024  # the transformer head: one zero token -> Linear(1 -> 1024)
-    head_depth: int = 6
-    head_heads: int = 8
-    head_dim_head: int = 64
-    head_mlp: int = 1024
-    # --- whole-body model (SMPLer-X-H32) ---
-    body_image: tuple = (256, 192)  # its input (the image, resized)
-    body_resize: str = "nearest"  # SMPLer-X's F.interpolate default (main/SMPLer_X.py); TINY "area" (its own choice)
-    body_patch: int = 16
-    body_patch_padding: int = 2
-    body_width: int = 1280
-    body_depth: int = 32
-    body_heads: int = 16
-    body_stem: tuple = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE(paper gap) 13)
-    body_keypoints: int = 25  # body joints of the position net = body task tokens (31 tokens in all)
-    body_hm_depth: int = 16  # 3D heatmap depth bins (16 x 16 x 12 in SMPLer-X)
-    body_rot_hidden: int = 512  # Linear 1280 -> 512 per body token
-    box_channels: tuple = (256, 256, 256)  # box net deconvolutions (16 x 12 -> 128 x 96)
-    hand_roi: int = 16  # RoI side
-    hand_roi_channels: tuple = (640, 320)  # deconvolutions before RoI-align (16 x 12 -> 64 x 48)
-    hand_hm_depth: int = 16
-    hand_box_scale: float = 2.0  # RoI boxes: squared and enlarged x 2 (SMPLer-X's restore_bbox); TINY's crops too
-    # 0: mmcv's roi_align as SMPLer-X calls it (aligned=False, ceil(bin) samples a bin side, 0 outside [-1, H]);
-    # TINY 2: its own 2 x 2 samples a bin clamped to the border (`roi_align_grid`)
-    roi_sampling: int = 0
-    # --- the released weights (HaMeR's and SMPLer-X-H32's files), loaded by `load_pretrained`; "" for none ---
-    hamer_checkpoint: str = "checkpoints/hamer.ckpt"  # HaMeR's _DATA/hamer_ckpts/checkpoints/hamer.ckpt
-    smplerx_checkpoint: str = "checkpoints/smpler_x_h32.pth.tar"  # SMPLer-X-H32's snapshot
-    # --- recipe of the stand-ins (the paper loads the pretrained checkpoints instead: 0 steps) ---
-    batch_size: int = 32
-    max_steps: int = 0
-    lr: float = 1e-3
-    warmup_steps: int = 0
-    weight_decay: float = 1e-4
-    grad_clip: float = 0.0
-    amp: bool = False
-    losses: str = "paper"  # the CONFIGS preset whose Eq. 5 / 7 weights (and calibration) the stand-ins train with
-
-
-@dataclass
-class AdapterConfig:
-    """The two adapters (Secs. 3.3, 3.4) and their recipe (Sec. 4.1)."""
-    image_size: tuple = (512, 384)  # as BaseConfig's (the same rendered set)
-    # theta_b's rotations (Sec. 3.3, "each joint's rotation"): "local", SMPL-X's own pose parameters of the arm
-    # joints (the paper's reading), or "global", their products from the root (TINY: NOTE(paper gap) 14)
-    chain: typing.Literal["local", "global"] = "local"
-    hand_only_prob: float = 0.0  # share of training hands with a zero body pose. NOTE(paper gap) 12
-    # Keep what the frozen bases give each training sample (by its "index") instead of recomputing it
-    # every epoch. Only where a sample index is always the same image: the rendered synthetic set, not
-    # data augmented on the fly. Off for the paper (and its datasets are far too big to keep).
-    cache_frozen: bool = False
-    body_proj: int = 512  # 1x1 conv 1280 -> 512 (Sec. 3.4)
-    body_dim: int = 1024  # NOTE(paper gap) 7
-    body_depth: int = 6  # "6 attention layers" (Sec. 4.1)
-    body_heads: int = 8
-    body_dim_head: int = 64
-    body_mlp: int = 1024
-    # --- Eq. 5 (hand) and Eq. 7 (body) weights. NOTE(paper gap) 10: HaMeR's / SMPLer-X's ---
-    # HaMeR's weights act on SUMS over joints, coordinates and its per-GPU batch of 8 (hamer losses.py,
-    # hamer_vit_transformer.yaml): each Eq. 5 term is loss_batch x the global batch's mean of one hand's sum (the
-    # same on any number of ranks). 0 (TINY): means over every element, which its weights were tuned on.
-    loss_batch: int = 8
-    w_hand_3d: float = 0.05
-    w_hand_2d: float = 0.01
-    w_hand_verts: float = 0.05 * 21 / 778  # not in HaMeR: lambda_3D per point (778 vertices weigh as its 21 joints)
-    w_hand_pose: float = 0.001
-    w_hand_betas: float = 0.0005
-    # SMPLer-X's weights act on means (its train.py: loss[k].mean()), as ours. Its 2D loss is in 16 x 12 heatmap
-    # units (1/16 of the image height), ours in image heights: x 16. w_body_3d also weighs Eq. 7's finger term
-    # (`body_pose_loss`), as SMPLer-X supervises its wrist-relative hand joints
-    w_body_pose: float = 10.0
-    w_body_3d: float = 100.0
-    w_body_2d: float = 16.0
-    # --- recipe (Sec. 4.1: one machine, 4 V100, 10K steps, batch 32 per GPU, about 6 hours) ---
-    batch_size: int = 128  # 32 x 4
-    max_steps: int = 10_000
-    lr: float = 1e-4  # the hand adapter. NOTE(paper gap) 10
-    body_lr: float = 1e-4  # the body adapter (its own run in Sec. 3.5, so its own rate)
-    warmup_steps: int = 500
-    weight_decay: float = 1e-4
-    grad_clip: float = 0.0  # the adapters train together here, so no shared clipping norm
-    amp: bool = False
-    # --- an ablation row's other way in the hand or the body adapter's place (Tables 3-6): read by `build_model`
-    # alone, which builds appendix C's `AblationRow` for any value but "adapter"; `ABLATIONS` sets them ---
-    hand_method: typing.Literal["adapter", "whole_body_pose", "image", "concat", "weighted_sum", "head", "full",
-                                "scratch", "frozen"] = "adapter"
-    body_method: typing.Literal["adapter", "task_tokens", "concat", "weighted_sum", "head", "full", "scratch",
-                                "frozen"] = "adapter"
-
-
-BASES_PAPER = BaseConfig()  # HaMeR (ViT-H + 39.5M head) and SMPLer-X-H32 shapes
-BASES_TINY = BaseConfig(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 -> 8 x 6), body 128 x 96 (8 x 6)
-    hand_crop=32, hand_patch=4, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
-    head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128, image_size=(256, 192), hamer_rescale=0.0,
-    body_image=(128, 96), body_resize="area", body_patch=16, body_patch_padding=0, body_width=64, body_depth=3,
-    body_heads=4, body_stem=(16, 32, 64, 64),
-    body_keypoints=22, body_hm_depth=8, body_rot_hidden=32, box_channels=(32, 32), hand_roi=8,
-    hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, roi_sampling=2, hamer_checkpoint="",
-    smplerx_checkpoint="", losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100)
-PAPER = AdapterConfig()  # the adapters: hand 26.8M, body 36.5M (appendix D)
-# TINY's lr, body_lr and max_steps: from retraining each adapter alone on the default run's frozen bases
-# (docs/hmr_adapter.md); a faster body adapter moves theta_hat's arm chain away from what the hand adapter reads.
-TINY = AdapterConfig(image_size=(256, 192), chain="global", hand_only_prob=0.2, cache_frozen=True, loss_batch=0,
-                     w_hand_verts=0.05, w_body_2d=1.0, body_proj=32, body_dim=64, body_depth=3, body_heads=4,
-                     body_dim_head=16, body_mlp=128, batch_size=32, max_steps=2500, lr=4e-3, body_lr=1e-3,
-                     warmup_steps=50)
-CONFIGS = {"paper": PAPER, "tiny": TINY}
-BASE_CONFIGS = {"paper": BASES_PAPER, "tiny": BASES_TINY}
-
-
-def learning_rate(cfg, step):
-    """Linear warm-up, then cosine decay to 0 at max_steps (NOTE(paper gap) 10)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-
-def _build_bases(cfg, parent=None):
-    """train.py's "hmr_adapter_bases": the tiny stand-ins to train, or (paper) the released weights,
-    checked before the 1.3B parameters are built. Both paths "" keep the paper bases' random weights."""
-    released_checkpoints(cfg)  # a missing file fails here, in one line
-    bases = Bases(cfg)
-    load_pretrained(bases, cfg)
-    return bases
-
-
-def build_model(cfg, parent):
-    """The adapters on `parent`, the trained `Bases` (train.py's "hmr_adapter_bases" row): `Adapted`, or for an
-    ablation row (cfg.hand_method / cfg.body_method other than "adapter") appendix C's `AblationRow`."""
-    if parent is None:
-        raise ValueError("hmr_adapter.build_model: needs the trained bases (train.py trains 'hmr_adapter_bases' first)")
-    paper = cfg.hand_method == cfg.body_method == "adapter"
-    return (Adapted if paper else AblationRow)(cfg, parent)
-
-
-def training_loss(model, batch, cfg, step):
-    return model(batch)
-
-
-def check_inputs(cfg, kind, path):
-    """train.py's protocol, before any stage trains: Table 1's face and hand vertex ids
-    ($HMR_FLAME_VERTEX_IDS, $HMR_MANO_SMPLX_VERTEX_IDS) must read. Raises in one line naming the variable."""
-    face_vertex_ids(), hand_vertex_ids()
-
-
-def _check_bases_inputs(cfg, kind, path):
-    """The bases' preconditions: the released files the paper bases load (`released_checkpoints`), then the
-    vertex ids their evaluation reads (`check_inputs`)."""
-    released_checkpoints(cfg)
-    check_inputs(cfg, kind, path)
-
-
-def param_groups(model, cfg):
-    """train.py's optimiser groups: the hand adapter at lr, the body adapter at body_lr."""
-    trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
-    return [(1.0, trainable(model.hand_adapter)), (cfg.body_lr / cfg.lr, trainable(model.body_adapter))]
-
-
-BASES = types.SimpleNamespace(  # train.py's row "hmr_adapter_bases": the tiny stand-ins of the pretrained bases
-    CONFIGS=BASE_CONFIGS, build_model=_build_bases, training_loss=training_loss, predict=predict_baseline,
-    learning_rate=learning_rate, check_inputs=_check_bases_inputs)
-
-
-# ---------------------------------------------------------------------------------------------
-# Appendix A. The bases HMR-Adapter adapts (HaMeR, SMPLer-X): ViT, hand expert, whole-body model, crops and
-#             warps, RoI-align, and the training of their tiny stand-ins (`Bases`)
-
-
-# A.1 ViT (ViTPose / HaMeR / SMPLer-X names: patch_embed.proj, pos_embed, blocks.i.*, last_norm)
+# A.3 ViT (ViTPose / HaMeR / SMPLer-X names: patch_embed.proj, pos_embed, blocks.i.*, last_norm)
 
 
 class Attention(nn.Module):
@@ -964,7 +953,7 @@ class Block(nn.Module):
 
 
 def conv_stem(widths, out):
-    """NOTE(paper gap) 13 (TINY only): a convolutional patch embedding: per width c, Conv3x3 stride 2 ->
+    """NOTE 13 (TINY only): a convolutional patch embedding: per width c, Conv3x3 stride 2 ->
     GroupNorm -> ReLU, then Conv1x1 -> the ViT width; len(widths) = log2(patch) stages. A linear map per
     16 x 16 patch is too weak for the tiny whole-body model at 128 x 96; the released models keep `proj`."""
     layers, c_in = [], 3
@@ -1026,7 +1015,7 @@ class ViT(nn.Module):
         return x[:, n:], x[:, :n]
 
 
-# A.2 Hand expert (HaMeR): ViT on the crop's centre, transformer head with one query token
+# A.4 Hand expert (HaMeR): ViT on the crop's centre, transformer head with one query token
 
 
 class MANOHead(nn.Module):
@@ -1078,7 +1067,13 @@ class HandExpert(nn.Module):
         return self.mano_head(self.features(crops))
 
 
-# A.3 Whole-body model (SMPLer-X): task tokens, body joints, body regressor, boxes, hand RoI
+def hand_tokens(bases, image, boxes):
+    """F^H (2B, h w, C) of the frozen hand expert on both hands' crops at hand boxes (B, 2, 4), left first and
+    flipped (`hand_crops`)."""
+    return bases.hand_expert.features(hand_crops(bases.cfg, image, boxes))
+
+
+# A.5 Whole-body model (SMPLer-X): task tokens, body joints, body regressor, boxes, hand RoI
 #     Module names, layer indices and 6D/heatmap/camera conventions are SMPLer-X's (official SMPLer-X
 #     main/SMPLer_X.py and the modules it builds), so its released weights load after `smplerx_state_dict`.
 
@@ -1171,7 +1166,7 @@ class BoxNet(nn.Module):
         B, _, h, w = feature_map.shape
         x = self.deconv(torch.cat([feature_map, body_heatmaps.detach().flatten(1, 2)], 1))  # (B, c, 8h, 8w)
         centre = soft_argmax(self.bbox_center(x).flatten(2).softmax(-1).view(B, 2, 1, *x.shape[-2:]))[..., :2]
-        feats = sample_points(x, centre.detach())  # (B, 2, c)
+        feats = sample_joint_features(x, centre.detach())  # (B, 2, c)
         size = torch.stack([self.lhand_size(feats[:, 0]), self.rhand_size(feats[:, 1])], 1)  # (w, h), map units
         H, W = image_hw
         centre, half = (centre * centre.new_tensor([W / x.shape[-1], H / x.shape[-2]]),
@@ -1204,7 +1199,7 @@ class HandRoINet(nn.Module):
 class WholeBody(nn.Module):
     """SMPLer-X (Sec. 3.2.3): image (B, 3, H, W) -> theta_0, shape, camera, expression, jaw, body
     joints, hand boxes; `hands(...)` -> the hand feature map and the hand joints in its frame.
-    NOTE(paper gap) 11: SMPLer-X's hand regressor and face box are left out (the hand expert replaces them)."""
+    NOTE 11: SMPLer-X's hand regressor and face box are left out (the hand expert replaces them)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -1247,7 +1242,7 @@ class WholeBody(nn.Module):
         return rois, joints
 
 
-# A.4 Hand crops: TINY's (grid_sample) and HaMeR's (its box, blur, cv2 warp and normalisation, to the bit)
+# A.6 Hand crops: TINY's (grid_sample) and HaMeR's (its box, blur, cv2 warp and normalisation, to the bit)
 
 
 def hand_crops(cfg, image, boxes):
@@ -1388,7 +1383,7 @@ def cv2_warp(image, centre, side, size, round_to_8bit):
     return torch.div(out + 16384, 32768, rounding_mode="floor").clamp(0, 255) if round_to_8bit else out
 
 
-# A.5 RoI-align: SMPLer-X's (mmcv's) and TINY's
+# A.7 RoI-align: SMPLer-X's (mmcv's) and TINY's
 
 
 def roi_align(features, boxes, spatial_scale, size, flip, sampling=0):
@@ -1445,29 +1440,30 @@ def roi_align_grid(features, boxes, spatial_scale, size, sampling, flip):
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
-# A.6 The stand-ins of the pretrained bases and their training losses (train.py's "hmr_adapter_bases")
+# A.8 The stand-ins of the pretrained bases and their training losses (train.py's "hmr_adapter_bases")
 
 
 SMPLERX_TERMS = ("joints_img", "boxes", "shape", "face", "hand_joints_img")  # SMPLer-X's terms besides Eq. 7's
 
 
-def hand_expert_loss(expert, bcfg, batch, weights):
-    """HaMeR's training loss of a hand expert on the crops at the true boxes: Eq. 5's terms with the
-    weights (an AdapterConfig) -> (loss, terms)."""
-    raw = gt_boxes(batch)
-    tokens = expert.features(hand_crops(bcfg, batch["image"], raw))
-    return hand_loss(expert.mano_head(tokens), hand_targets(batch, crop_boxes(bcfg, raw)), weights)
+def whole_body_outputs(whole_body, bcfg, image, hand_boxes):
+    """A whole-body model's outputs on images (B, 3, H, W) with its 20 hand joints `hand_joints` (B, 2, 20, 3)
+    in the RoIs of the true hand boxes (B, 2, 4): what `whole_body_loss` reads."""
+    out = whole_body(image)
+    boxes = scale_boxes(hand_boxes, bcfg.hand_box_scale)  # the RoI boxes
+    out["hand_joints"] = whole_body.hands(out["feature_map"], boxes, image.shape[-2:])[1]
+    return out
 
 
-def whole_body_loss(whole_body, bcfg, batch, weights):
-    """SMPLer-X's training loss of a whole-body model (its L1 terms): Eq. 7's (`body_pose_loss`, with the
-    weights, an AdapterConfig) -> (that loss, terms), the terms holding SMPLERX_TERMS too, each weight 1."""
+def whole_body_loss(out, bcfg, batch, weights):
+    """SMPLer-X's training loss of a whole-body model's outputs (`whole_body_outputs`; its L1 terms): Eq. 7's
+    (`body_pose_loss`, with the weights, an AdapterConfig) -> (that loss, terms), the terms holding SMPLERX_TERMS
+    too, each weight 1."""
     image = batch["image"]
     boxes = scale_boxes(gt_boxes(batch), bcfg.hand_box_scale)  # the RoI boxes
-    out = whole_body(image)
-    body, terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, weights)
+    body, terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, image.shape[-2:], weights)
     H, W = image.shape[-2:]
-    (h, w), D = whole_body.encoder.grid, bcfg.body_hm_depth
+    (h, w), D = out["feature_map"].shape[-2:], bcfg.body_hm_depth
     # L_img: the position net's body joints (heatmap pixels and depth bins, SMPLer-X's joint_img)
     xy = batch["joints2d"][:, :NUM_BODY] * batch["joints2d"].new_tensor([w / W, h / H])
     z = batch["joints3d"][:, :NUM_BODY, 2] - batch["joints3d"][:, :1, 2]  # pelvis-relative depth, +-1 m
@@ -1482,7 +1478,7 @@ def whole_body_loss(whole_body, bcfg, batch, weights):
                  face=(out["expression"] - batch["smplx_expression"]).abs().mean() +
                  (rot6d_to_matrix(out["jaw"]) - axis_angle_to_matrix(batch["smplx_pose"][:, 22])).abs().mean())
     # the hand position net's 20 joints in the RoI frame (x, y; depth bins of +-0.15 m)
-    _, hand_joints = whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
+    hand_joints = out["hand_joints"]
     R, D = bcfg.hand_roi, bcfg.hand_hm_depth
     kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)[:, list(HAND_JOINTS)]
     xy = to_roi(kp, boxes.flatten(0, 1), R, flip_pattern(len(boxes), boxes.device))
@@ -1494,22 +1490,33 @@ def whole_body_loss(whole_body, bcfg, batch, weights):
 
 
 class Bases(nn.Module):
-    """The two bases, trained together here only as the demo's stand-ins for the pretrained HaMeR and
-    SMPLer-X (their parameters are disjoint, so this is two separate trainings)."""
+    """The two bases of a `BaseConfig`: HaMeR's hand expert and SMPLer-X's whole-body model, untrained, holding
+    the released weights (`load_pretrained`), or trained together here as the demo's stand-ins for them (their
+    parameters are disjoint, so this is two separate trainings)."""
 
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
         self.hand_expert, self.whole_body = HandExpert(cfg), WholeBody(cfg)
 
-    def forward(self, batch):
-        """The training loss of both bases: (loss, terms). HaMeR's and SMPLer-X's losses are Eqs. 5 and 7's
-        terms with the weights of the CONFIGS preset `cfg.losses`; Eq. 7 with its finger term (SMPLer-X
-        supervises its whole-body joints, fingers included)."""
-        weights = CONFIGS[self.cfg.losses]
-        hand, hand_terms = hand_expert_loss(self.hand_expert, self.cfg, batch, weights)
-        body, terms = whole_body_loss(self.whole_body, self.cfg, batch, weights)
-        return hand + body + sum(terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
+    def forward(self, image, hand_boxes):
+        """Both bases on images (B, 3, H, W) and the true hand boxes (B, 2, 4), what their training loss reads
+        (`bases_loss`): the hand expert's (pose, betas, cam) of both hands' crops (2B, ...), left first, and
+        `whole_body_outputs`."""
+        return (self.hand_expert(hand_crops(self.cfg, image, hand_boxes)),
+                whole_body_outputs(self.whole_body, self.cfg, image, hand_boxes))
+
+
+def bases_loss(pred, batch, bcfg, weights):
+    """The bases' training loss of their outputs `pred` (`Bases.forward`): HaMeR's and SMPLer-X's losses are
+    Eqs. 5 and 7's terms with the weights (an AdapterConfig: the recipe's `losses` preset); Eq. 7 with its finger
+    term (SMPLer-X supervises its whole-body joints, fingers included), plus SMPLERX_TERMS -> (loss, terms)."""
+    hand_out, out = pred
+    boxes = crop_boxes(bcfg, gt_boxes(batch))
+    target = hand_targets(sides(batch, "hand_mano_pose"), sides(batch, "hand_joints2d"), boxes)
+    hand, hand_terms = hand_loss(hand_out, target, weights)
+    body, terms = whole_body_loss(out, bcfg, batch, weights)
+    return hand + body + sum(terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1553,28 +1560,28 @@ def smplerx_state_dict(checkpoint):
 
 
 def released_checkpoints(cfg):
-    """The released files the paper bases start from: [(path, BaseConfig field)]; [] when both fields
-    are "" (TINY's stand-ins, or random paper bases for a size check). A missing file is an error."""
+    """The released files the paper bases start from, of a `ReleasedWeights`: [(path, field)]; [] when both
+    fields are "" (TINY's stand-ins, or random paper bases for a size check). A missing file is an error."""
     fields = ("hamer_checkpoint", "smplerx_checkpoint")
     if not any(getattr(cfg, f) for f in fields):
         return []
-    for field in fields:
-        path = getattr(cfg, field)
+    for name in fields:
+        path = getattr(cfg, name)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"base checkpoint {path!r} (BaseConfig.{field}) does not exist: the paper config "
-                                    "adapts the released HaMeR and SMPLer-X-H32 weights; put them there (README), or "
-                                    "set both to '' (--set hamer_checkpoint= --set smplerx_checkpoint=) for random "
-                                    "bases: a size check, not the paper")
+            raise FileNotFoundError(f"base checkpoint {path!r} (ReleasedWeights.{name}) does not exist: the paper "
+                                    "config adapts the released HaMeR and SMPLer-X-H32 weights; put them there "
+                                    "(README), or set both to '' (--set hamer_checkpoint= --set smplerx_checkpoint=) "
+                                    "for random bases: a size check, not the paper")
     return [(getattr(cfg, f), f) for f in fields]
 
 
 def load_pretrained(bases, cfg):
-    """The released HaMeR and SMPLer-X weights (cfg.hamer_checkpoint, cfg.smplerx_checkpoint) into
+    """The released HaMeR and SMPLer-X weights (a `ReleasedWeights`' hamer_checkpoint, smplerx_checkpoint) into
     the bases. Read with torch.load(weights_only=True), so a checkpoint cannot run code."""
     mappings = {"hamer_checkpoint": (bases.hand_expert, hamer_state_dict),
                 "smplerx_checkpoint": (bases.whole_body, smplerx_state_dict)}
-    for path, field in released_checkpoints(cfg):
-        module, mapping = mappings[field]
+    for path, name in released_checkpoints(cfg):
+        module, mapping = mappings[name]
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:  # e.g. a Lightning file's pickled hyper-parameters
@@ -1586,8 +1593,15 @@ def load_pretrained(bases, cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# Appendix C. The ablations (Tables 3-6): the other ways a row trains in an adapter's place
-#             (`AdapterConfig.hand_method`, `body_method`), the row's model (`AblationRow`), the rows (`ABLATIONS`)
+# Appendix C. The paper's baseline (Sec. 4.2) and ablations (Tables 3-6): the other ways a row trains in an adapter's
+#             place (`AdapterConfig.hand_method`, `body_method`), a row's model (`AblationRow`), the rows (`ABLATIONS`)
+
+
+def baseline_pipeline(bases, image, hand_boxes=None, details=False):
+    """The paper's baseline (Sec. 4.2): both frozen models + IK; arguments and result as `pipeline`'s."""
+    out, boxes, tokens = pipeline_front(bases, bases.cfg, image, hand_boxes)
+    pose, _, _ = bases.hand_expert.mano_head(tokens)
+    return mesh(out, boxes, out["theta0"], pose, details)
 
 
 class ImageAdapter(HandAdapter):
@@ -1628,7 +1642,7 @@ class FusedHead(nn.Module):
     - "concat" (Hand4Whole [24]): F^B = Linear(theta_b) + E (as the adapter's), appended to F^H as more tokens;
     - "weighted_sum" (PIXIE's moderator [8]): f^B = Linear(theta_b, all joints) is one token's worth; an MLP
       on [mean of F^H, f^B] gives two confidences (softmax) and every image token becomes w_H F^H + w_B f^B.
-    NOTE(paper gap) 15: the moderator's input (the mean image token) and widths (C -> C -> 2, ReLU) are ours."""
+    NOTE 15: the moderator's input (the mean image token) and widths (C -> C -> 2, ReLU) are ours."""
 
     def __init__(self, head, joints, how):
         super().__init__()
@@ -1678,7 +1692,7 @@ class FusedRegressor(nn.Module):
       columns start at zero, so the copy starts at theta_0;
     - "weighted_sum" (PIXIE's moderator [8]): f^J = Linear(F^J) of the input's size; an MLP on [input,
       f^J] gives two confidences (softmax) and the readouts read w_0 input + w_J f^J.
-    NOTE(paper gap) 15: the paper names the two ways only; these readings (zero columns, the moderator's
+    NOTE 15: the paper names the two ways only; these readings (zero columns, the moderator's
     widths input -> body_dim -> 2) are ours. Shape and camera stay the frozen model's."""
 
     def __init__(self, cfg, regressor, width, how):
@@ -1706,7 +1720,8 @@ class FusedRegressor(nn.Module):
         """As `BodyAdapter.forward`, with the whole-body model's body tokens (B, K, C) and joints (B, K, 3)."""
         B = len(rois)
         maps = self.proj(rois.flatten(0, 1))
-        hand = (sample_points(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1) + self.token_embed).flatten(1)
+        hand = sample_joint_features(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1)
+        hand = (hand + self.token_embed).flatten(1)
         x = torch.cat([self.body_conv(body_tokens), body_joints.detach()], -1).flatten(1)  # SMPLer-X's input
         if self.how == "concat":
             x = torch.cat([x, hand], -1)
@@ -1738,7 +1753,7 @@ class TaskTokenAdapter(BodyAdapter):
 
     def forward(self, theta0, rois, mcp, body_tokens, body_joints):
         tokens = F.linear(body_tokens, self.proj.weight[:, :, 0, 0], self.proj.bias) + self.token_embed
-        return self.refine(theta0, tokens)
+        return self.regress(theta0, tokens)
 
 
 class FrozenBody(nn.Module):
@@ -1782,8 +1797,8 @@ def body_method(cfg, bases):
     raise ValueError(f"AdapterConfig.body_method: unknown {how!r}")
 
 
-class AblationRow(Adapted):
-    """A row of Tables 3-6: `Adapted` with cfg.hand_method's module in the hand adapter's place and
+class AblationRow(HMRAdapter):
+    """A row of Tables 3-6: `HMRAdapter` with cfg.hand_method's module in the hand adapter's place and
     cfg.body_method's in the body adapter's (one of them "adapter", the paper's). What differs from the
     method, and only here:
     - the modules (`hand_method`, `body_method`); the body ways read the whole-body model's task tokens and
@@ -1791,9 +1806,9 @@ class AblationRow(Adapted):
     - Table 3 No.1, 2 bring their own hand expert, whose backbone trains and gives F^H; Table 4 No.1-3
       their own whole-body model, trained on its own loss (`whole_body_loss`), whose theta_0 the row's
       pipeline reads;
-    - a "frozen" path trains nothing: its loss is 0."""
+    - a "frozen" path trains nothing: its loss is 0 (`row_loss`, the row's training loss)."""
 
-    FROZEN_KEYS = Adapted.FROZEN_KEYS + ("body_tokens", "body_joints")
+    FROZEN_KEYS = HMRAdapter.FROZEN_KEYS + ("body_tokens", "body_joints")
 
     def adapters(self, cfg, bases):
         return hand_method(cfg, bases), body_method(cfg, bases)
@@ -1813,26 +1828,39 @@ class AblationRow(Adapted):
             return whole_body_chains(body_R, self.cfg.chain)
         return super().chains(body_R)
 
-    def refine(self, out, rois, mcp):
+    def body(self, out, rois, mcp):
         if self.cfg.body_method == "adapter":
-            return super().refine(out, rois, mcp)
+            return super().body(out, rois, mcp)
         return self.body_adapter(out["theta0"], rois, mcp, out["body_tokens"], out["body_joints"])
 
-    def hand_path_loss(self, batch, front):
+    def hand_path(self, image, front, hand_boxes, smplx_pose, body_known):
         if self.cfg.hand_method == "frozen":
-            return torch.zeros((), device=batch["image"].device), {}
+            return {}
         if self.hand_expert is not self.bases.hand_expert:  # its own backbone gives F^H, and trains
-            tokens = self.hand_expert.features(hand_crops(self.bases.cfg, batch["image"], gt_boxes(batch)))
+            tokens = self.hand_expert.features(hand_crops(self.bases.cfg, image, hand_boxes))
             front = dict(front, tokens=tokens.unflatten(0, (-1, 2)))
-        return super().hand_path_loss(batch, front)
+        return super().hand_path(image, front, hand_boxes, smplx_pose, body_known)
 
-    def body_path_loss(self, batch, front):
+    def body_path(self, image, front, hand_boxes, hand_joints2d):
         if self.cfg.body_method == "frozen":
-            return torch.zeros((), device=batch["image"].device), {}
-        if self.whole_body is not self.bases.whole_body:  # its own model on its own loss
-            body, terms = whole_body_loss(self.whole_body, self.bases.cfg, batch, self.cfg)
-            return body + sum(terms[k] for k in SMPLERX_TERMS), terms
-        return super().body_path_loss(batch, front)
+            return {}
+        if self.whole_body is not self.bases.whole_body:  # its own model, on its own loss
+            return dict(own_whole_body=whole_body_outputs(self.whole_body, self.bases.cfg, image, hand_boxes))
+        return super().body_path(image, front, hand_boxes, hand_joints2d)
+
+    def row_loss(self, pred, batch, cfg):
+        """The row's training loss of its `forward`'s pred: `compute_loss`'s part for a path trained the paper's
+        way, 0 for a frozen one, `whole_body_loss` for its own whole-body model -> (loss, terms)."""
+        zero, targets = torch.zeros((), device=batch["image"].device), targets_of(batch)
+        hand, hand_terms = hand_path_loss(pred, targets, cfg) if "hand_pose" in pred else (zero, {})
+        if "own_whole_body" in pred:
+            body, terms = whole_body_loss(pred["own_whole_body"], self.bases.cfg, batch, cfg)
+            body = body + sum(terms[k] for k in SMPLERX_TERMS)
+        elif "theta_hat" in pred:
+            body, terms = body_path_loss(pred, targets, cfg)
+        else:
+            body, terms = zero, {}
+        return hand + body, dict(hand_terms, **terms)
 
 
 # The paper's ablations (Sec. 4.3) as rows of `hand_method` / `body_method` (the ways above), each trained on the frozen
@@ -1904,7 +1932,7 @@ PAPER_COUNTS = {"hand expert head": "39M (Tab. 3 No.3)", "hand adapter": "27M (S
 def parameter_table(base_cfg=BASES_PAPER, cfg=PAPER):
     """{part: (trainable, frozen)} parameter counts, built on the meta device (no memory, no weights)."""
     with torch.device("meta"):
-        model = Adapted(cfg, Bases(base_cfg))
+        model = HMRAdapter(cfg.model, Bases(base_cfg.model))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     wb = model.bases.whole_body
     return {"hand expert ViT": (0, count(model.bases.hand_expert.backbone)),

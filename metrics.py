@@ -40,9 +40,11 @@ H36M there; HaMeR and SMPLer-X score the same way):
    ($HMR_J_REGRESSOR: SMPL_to_J19.pkl, or J_regressor_h36m.npy: NOTE 3).
    PVE: vertices minus the pelvis joint.
 Tables: `freihand_table` (FreiHAND, reflections allowed); `body_errors` / `body_metrics` /
-`tokenizer_metrics` and the HMR-Adapter tables (4D-Humans, proper rotations).
+`tokenizer_metrics` and HMR-Adapter's `wholebody_metrics` with `WholeBodyMeanPoseBaseline` (4D-Humans, proper
+rotations).
 """
 import argparse
+import functools
 import math
 import os
 import time
@@ -650,6 +652,165 @@ class MeanPoseBaseline:
         shape = torch.as_tensor(gt["smpl_shape"]).float() if self.own_shape else self.shape.expand(n, -1)
         verts, joints = self.skin(self.pose.expand(n, -1, -1), shape)
         return {f"{p}{k}": v for p in self.prefixes for k, v in (("joints3d", joints), ("verts", verts))}
+
+
+# -----------------------------------------------------------------------------
+# HMR-Adapter's whole-body protocol (Table 1; SMPLer-X's evaluate, EHF.py and humandata.py, which the paper follows)
+#
+# The hand path at the true boxes (Table 3) is scored on MANO meshes, wrist-aligned; the pipeline (Table 1) on
+# SMPL-X meshes: all (pelvis-aligned), each hand (wrist-aligned, left and right averaged) and the face
+# (neck-aligned), on the vertex ids SMPL-X's files give (SMPL-X__FLAME_vertex_ids.npy, MANO_SMPLX_vertex_ids.pkl)
+# or, without them, the stand-ins' parts. `WholeBodyMeanPoseBaseline` is the constant prediction it is read against.
+
+WHOLEBODY_HEAD_JOINTS = (15, 22, 23, 24)  # SMPL-X head, jaw, left and right eye: the stand-ins' face
+WHOLEBODY_NECK = 12  # official (SMPLer-X EHF.py / humandata.py evaluate): face vertices are aligned at the neck joint
+WHOLEBODY_SIDES = ("left", "right")
+
+
+@functools.lru_cache(maxsize=None)
+def _wholebody_models():
+    """MANO (right hand) and SMPL-X (bodymodels' loaders: $HMR_BODY_MODELS or the stand-ins) as float32
+    Skinning, each hand's SMPL-X vertices and the head's (the strongest skinning joint in the part)."""
+    import bodymodels
+    mano, smplx = bodymodels.load_mano(), bodymodels.load_smplx()
+    part = smplx.lbs_weights.argmax(1)
+    ids = lambda joints: torch.isin(part, torch.tensor(joints)).nonzero()[:, 0]  # noqa: E731
+    return dict(mano=bodymodels.Skinning(mano, torch.float32, per_sample=False),
+                smplx=bodymodels.Skinning(smplx, torch.float32, per_sample=False),
+                hand_verts={s: ids(bodymodels.SMPLX_HAND_JOINTS[s]) for s in WHOLEBODY_SIDES},
+                head_verts=ids(WHOLEBODY_HEAD_JOINTS), num_verts=len(smplx.v_template))
+
+
+def _skin_rotations(model, R, betas):
+    """A Skinning's mesh from rotation matrices R (B, J, 3, 3) and betas (B, L) -> verts, joints."""
+    import bodymodels
+    m = model
+    rest = m.J_template.to(betas) + (betas @ m.J_shapedirs.T.to(betas)).view(len(betas), -1, 3)
+    return bodymodels.lbs(betas, R, m.v_template.to(R), m.shapedirs.to(R), m.posedirs.to(R), m.J_regressor.to(R),
+                          m.parents, m.lbs_weights.to(R), pose2rot=False, rest_joints=rest)
+
+
+def _mano_rotations_mesh(R, betas):
+    """MANO verts (B, 778, 3) and 21 joints (B, 21, 3) in OpenPose order with HaMeR's (smplx's) fingertips."""
+    import bodymodels
+    verts, joints = _skin_rotations(_wholebody_models()["mano"], R, betas)
+    return verts, bodymodels.hand_joints21(joints, verts, "hamer")
+
+
+def face_vertex_ids():
+    """SMPL-X vertex ids (F,) of the face for Table 1's face metrics: the file that $HMR_FLAME_VERTEX_IDS
+    names, as SMPLer-X's evaluation reads it (`SMPL-X__FLAME_vertex_ids.npy`, SMPL-X's 5023 FLAME
+    vertices, distributed with SMPL-X), else the vertices whose strongest skinning joint is the head,
+    jaw or an eye (WHOLEBODY_HEAD_JOINTS): the stand-ins have no FLAME correspondence, so their face is that head
+    region (the neck and back of the head included, as FLAME's are)."""
+    path = os.environ.get("HMR_FLAME_VERTEX_IDS")
+    if not path:
+        return _wholebody_models()["head_verts"]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"HMR_FLAME_VERTEX_IDS: missing {path} (expected SMPL-X__FLAME_vertex_ids.npy)")
+    ids = np.load(path, allow_pickle=False)
+    num_verts = _wholebody_models()["num_verts"]
+    integers = ids.ndim == 1 and len(ids) > 0 and np.issubdtype(ids.dtype, np.integer)
+    if not integers or ids.min() < 0 or ids.max() >= num_verts:
+        raise ValueError(f"HMR_FLAME_VERTEX_IDS: {path} must hold SMPL-X vertex ids (F,) in [0, {num_verts}), "
+                         f"got {ids.dtype} {ids.shape}")
+    return torch.from_numpy(ids.astype(np.int64))
+
+
+def hand_vertex_ids():
+    """{side: SMPL-X vertex ids} of each hand for Table 1's hand metrics: SMPL-X's
+    `MANO_SMPLX_vertex_ids.pkl` ("left_hand", "right_hand": 778 each) where $HMR_MANO_SMPLX_VERTEX_IDS
+    names it, as SMPLer-X's evaluation reads it, else the vertices whose strongest skinning joint is a
+    hand joint (the stand-ins have no MANO correspondence file)."""
+    import bodymodels
+    path = os.environ.get("HMR_MANO_SMPLX_VERTEX_IDS")
+    if not path:
+        return _wholebody_models()["hand_verts"]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"HMR_MANO_SMPLX_VERTEX_IDS: missing {path} (expected MANO_SMPLX_vertex_ids.pkl)")
+    num_verts = _wholebody_models()["num_verts"]
+    ids = {s: bodymodels.read_pickled_array(path, f"{s}_hand").astype(np.int64).ravel() for s in WHOLEBODY_SIDES}
+    if any(len(i) == 0 or i.min() < 0 or i.max() >= num_verts for i in ids.values()):
+        raise ValueError(f"HMR_MANO_SMPLX_VERTEX_IDS: {path} must hold SMPL-X vertex ids in [0, {num_verts})")
+    return {s: torch.from_numpy(i) for s, i in ids.items()}
+
+
+def _wholebody_errors(pred_verts, gt_verts, pred_joints, gt_joints, root):
+    """PVE after moving joint `root` of each to the origin, PA-PVE, PA-MPJPE: (N,) each, input units."""
+    pve = (pred_verts - pred_joints[:, root:root + 1] - gt_verts + gt_joints[:, root:root + 1]).norm(dim=-1).mean(-1)
+    return dict(pve_mm=pve, pa_pve_mm=pa_mpvpe(pred_verts, gt_verts), pa_mpjpe_mm=pa_mpjpe(pred_joints, gt_joints))
+
+
+def _face_errors(pred_verts, gt_verts, pred_neck, gt_neck, ids):
+    """Face PVE after moving the neck (B, 3) of each onto the other, and PA-PVE, over vertices ids: (N,) each."""
+    pred_face, gt_face = pred_verts[:, ids], gt_verts[:, ids]
+    pve = (pred_face - pred_neck[:, None] - gt_face + gt_neck[:, None]).norm(dim=-1).mean(-1)
+    return dict(pve_mm=pve, pa_pve_mm=pa_mpvpe(pred_face, gt_face))
+
+
+def wholebody_metrics(pred, gt):
+    """HMR-Adapter's protocol (Sec. 4.1, Table 1) in mm, as {"hand_path/M/{clean,occluded}/E": ...,
+    "pipeline/P/{all,hands,hands_occluded,face}/E": ...} (train.py nests the names at "/"); E is pve_mm,
+    pa_pve_mm, pa_mpjpe_mm. pred: hand_M_verts (N, 2, 778, 3), hand_M_joints (N, 2, 21, 3) (left first, left
+    hands flipped), pipe_P_verts (N, 10475, 3), pipe_P_joints (N, 55, 3); gt: {left,right}_hand_mano_pose,
+    {left,right}_hand_occluded, verts, joints3d (data.py's whole-body keys). Alignment as SMPLer-X's evaluate
+    (EHF.py, humandata.py, which the paper follows): PVE after moving the pelvis (all), each wrist (hands;
+    averaged over left and right) or the neck (face) of the prediction onto the truth's; PA-PVE and PA-MPJPE
+    after a Procrustes fit of each part alone. Face: PVE and PA-PVE on `face_vertex_ids()` (SMPLer-X reports
+    no face PA-MPJPE: nor does this). A split with no hand in it (a file without occluded hands) is left out."""
+    import bodymodels
+    result = {}
+    occluded = torch.stack([gt[f"{s}_hand_occluded"] for s in WHOLEBODY_SIDES], 1).flatten() > 0.5  # (2N,)
+    hand_names = [k[5:-6] for k in pred if k.startswith("hand_") and k.endswith("_verts")]
+    if hand_names:
+        pose = torch.stack([gt[f"{s}_hand_mano_pose"] for s in WHOLEBODY_SIDES], 1).flatten(0, 1)
+        gt_verts, gt_joints = _mano_rotations_mesh(bodymodels.axis_angle_to_matrix(pose), pose.new_zeros(len(pose), 10))
+    for name in hand_names:
+        e = _wholebody_errors(pred[f"hand_{name}_verts"].flatten(0, 1), gt_verts,
+                              pred[f"hand_{name}_joints"].flatten(0, 1), gt_joints, 0)
+        for split, mask in (("clean", ~occluded), ("occluded", occluded)):
+            if not mask.any():
+                continue
+            result.update({f"hand_path/{name}/{split}/{k}": 1000 * v[mask].mean() for k, v in e.items()})
+    face, hand_ids = face_vertex_ids(), hand_vertex_ids()
+    for name in [k[5:-6] for k in pred if k.startswith("pipe_") and k.endswith("_verts")]:
+        verts, joints = pred[f"pipe_{name}_verts"], pred[f"pipe_{name}_joints"]
+        e = _wholebody_errors(verts, gt["verts"], joints, gt["joints3d"], 0)
+        result.update({f"pipeline/{name}/all/{k}": 1000 * v.mean() for k, v in e.items()})
+        per_hand = []
+        for side in WHOLEBODY_SIDES:
+            ids, hj = hand_ids[side], list(bodymodels.SMPLX_HAND_JOINTS[side])
+            per_hand.append(_wholebody_errors(verts[:, ids], gt["verts"][:, ids], joints[:, hj], gt["joints3d"][:, hj],
+                                              0))
+        hands = {k: torch.stack([h[k] for h in per_hand], 1).flatten() for k in per_hand[0]}  # (2N,) left, right
+        result.update({f"pipeline/{name}/hands/{k}": 1000 * v.mean() for k, v in hands.items()})
+        if occluded.any():
+            result.update({f"pipeline/{name}/hands_occluded/{k}": 1000 * v[occluded].mean() for k, v in hands.items()})
+        neck = WHOLEBODY_NECK
+        result.update({f"pipeline/{name}/face/{k}": 1000 * v.mean() for k, v in
+                       _face_errors(verts, gt["verts"], joints[:, neck], gt["joints3d"][:, neck], face).items()})
+    return {k: float(v) for k, v in result.items()}
+
+
+class WholeBodyMeanPoseBaseline:
+    """The constant baseline `wholebody_metrics` scores: the training set's mean MANO pose (per-joint chordal
+    mean, both hands in the right-hand frame) for the hand path, and its mean SMPL-X pose and shape for the
+    pipeline, placed at the true pelvis; labels: training labels (train.py)."""
+
+    def __init__(self, labels):
+        import bodymodels
+        pose = torch.stack([labels[f"{s}_hand_mano_pose"] for s in WHOLEBODY_SIDES], 1).flatten(0, 1)
+        self.hand_R = mean_rotations(bodymodels.axis_angle_to_matrix(pose.double())).float()  # (16, 3, 3)
+        self.body_R = mean_rotations(bodymodels.axis_angle_to_matrix(labels["smplx_pose"].double())).float()  # (55,3,3)
+        self.shape = torch.cat([labels["smplx_shape"].mean(0), labels["smplx_expression"].mean(0)])
+
+    def __call__(self, gt):
+        N = len(gt["smplx_pose"])
+        verts, joints = _mano_rotations_mesh(self.hand_R.expand(2 * N, -1, -1, -1), torch.zeros(2 * N, 10))
+        bv, bj = _skin_rotations(_wholebody_models()["smplx"], self.body_R[None], self.shape[None])
+        shift = gt["joints3d"][:, :1] - bj[:, :1]
+        return {"hand_constant_verts": verts.unflatten(0, (N, 2)), "hand_constant_joints": joints.unflatten(0, (N, 2)),
+                "pipe_constant_verts": bv + shift, "pipe_constant_joints": bj + shift}
 
 
 # -----------------------------------------------------------------------------

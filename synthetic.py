@@ -1315,7 +1315,7 @@ def body_dataset(kind, path, split, cfg, seed, num_samples):
 
 
 def wholebody_dataset(kind, path, split, cfg, seed, num_samples):
-    """Rendered SMPL-X people with both hands (HMR-Adapter) at cfg.image_size in DEMO_BODY_LOOK (a suit
+    """Rendered SMPL-X people with both hands (HMR-Adapter) at cfg.data.image_size in DEMO_BODY_LOOK (a suit
     coloured by body part and finger segment, a flat background: the tiny setting, docs/hmr_adapter.md), half
     of the hands under an occluder (so that body context matters), plus "index"; the training split drops
     "verts" (126 KB a sample that no loss reads), the held-out split (seed + 1_000_003) keeps them.
@@ -1323,10 +1323,11 @@ def wholebody_dataset(kind, path, split, cfg, seed, num_samples):
     (`WholeBodyNpz`, num_samples unused), the same keys, so it trains and scores alike."""
     held_out = split == "evaluation"
     if kind == "wholebody":
-        return Indexed(WholeBodyNpz(wholebody_files(path, split), cfg.image_size), drop=() if held_out else ("verts",))
+        return Indexed(WholeBodyNpz(wholebody_files(path, split), cfg.data.image_size),
+                       drop=() if held_out else ("verts",))
     if kind != "synthetic":
         raise ValueError(f"wholebody_dataset: --data {kind!r} is not readable here; expected 'synthetic' or "
                          f"'wholebody:FILE.npz' (data.WholeBodyNpz)")
-    bodies = SyntheticWholeBody(num_samples, cfg.image_size, seed=seed + held_out * 1_000_003, occlusion_prob=0.5,
-                                **DEMO_BODY_LOOK)
+    bodies = SyntheticWholeBody(num_samples, cfg.data.image_size, seed=seed + held_out * 1_000_003,
+                                occlusion_prob=0.5, **DEMO_BODY_LOOK)
     return Indexed(bodies, drop=() if held_out else ("verts",))

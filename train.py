@@ -117,7 +117,7 @@ class Stage:
 BODY_KINDS = ("synthetic", "ambiguous", "hmr2")  # ambiguous: data.AmbiguousBodies, UGS's controlled experiment
 # HMR-Adapter's stages also read whole bodies (EHF, ARCTIC) in data.WholeBodyNpz's format: wholebody:FILE.npz
 # (train and score on it: the format gives every key the losses read) or wholebody:TRAIN.npz,EVAL.npz; scored
-# by Table 1's protocol (hmr_adapter.evaluation_metrics; the face on $HMR_FLAME_VERTEX_IDS when set)
+# by Table 1's protocol (metrics.wholebody_metrics; the face on $HMR_FLAME_VERTEX_IDS when set)
 WHOLEBODY_KINDS = ("synthetic", "wholebody")
 # the kinds whose PATH is one file or TRAIN,EVAL files (not a dataset's root folder): what each file holds
 FILE_KINDS = {"hmr2": "a 4D-Humans evaluation .npz", "wholebody": "a whole-body .npz (data.WholeBodyNpz)"}
@@ -145,11 +145,11 @@ MODELS = {
                     picture=plots.draw_body_predictions, starts_from="genhmr_prior", train_samples=16384,
                     data_kinds=BODY_KINDS),
     "hmr_adapter_bases": Stage(hmr_adapter.BASES, data=synthetic.wholebody_dataset,
-                               metrics=hmr_adapter.evaluation_metrics, baseline=hmr_adapter.MeanPoseBaseline,
+                               metrics=metrics.wholebody_metrics, baseline=metrics.WholeBodyMeanPoseBaseline,
                                picture=plots.draw_wholebody_predictions, train_samples=8192,
                                data_kinds=WHOLEBODY_KINDS),
-    "hmr_adapter": Stage(hmr_adapter, data=synthetic.wholebody_dataset, metrics=hmr_adapter.evaluation_metrics,
-                         baseline=hmr_adapter.MeanPoseBaseline, picture=plots.draw_wholebody_predictions,
+    "hmr_adapter": Stage(hmr_adapter, data=synthetic.wholebody_dataset, metrics=metrics.wholebody_metrics,
+                         baseline=metrics.WholeBodyMeanPoseBaseline, picture=plots.draw_wholebody_predictions,
                          starts_from="hmr_adapter_bases", train_samples=8192, data_kinds=WHOLEBODY_KINDS),
 }
 

@@ -18,6 +18,7 @@ from PIL import Image
 import bodymodels
 import demo as dm
 import hmr_adapter as ha
+import metrics
 import synthetic
 import train
 from render import rasterize
@@ -35,7 +36,7 @@ def batch():
 @pytest.fixture(scope="module")
 def bases():
     torch.manual_seed(0)
-    return ha.Bases(ha.BASES_TINY)
+    return ha.Bases(ha.BASES_TINY.model)
 
 
 def random_rotations(n, seed):
@@ -98,7 +99,7 @@ def test_no_body_control_at_init_doubles_each_blocks_cross_attention(bases):
 
 
 def test_body_adapter_at_init_returns_theta0():
-    cfg = ha.TINY
+    cfg = ha.TINY.model
     adapter = ha.BodyAdapter(cfg, 64)
     theta0 = torch.randn(2, 22, 6)
     out = adapter(theta0, torch.randn(2, 2, 64, 8, 8), torch.rand(2, 2, 4, 2) * 7)
@@ -128,14 +129,14 @@ def test_arm_tokens_are_told_apart_by_the_joint_embedding(bases):
 
 
 def test_frozen_bases_get_no_gradient_and_do_not_move(bases, batch):
-    model = ha.Adapted(ha.TINY, bases)
+    model = ha.build_model(ha.TINY, bases)
     before = {k: v.clone() for k, v in model.bases.state_dict().items()}
     model.train()
     assert not model.bases.training and model.hand_adapter.training
     groups = train.param_groups(ha, model, ha.TINY)  # the trainer's check: every trainable parameter once
-    assert [scale for scale, _ in groups] == [1.0, ha.TINY.body_lr / ha.TINY.lr]
+    assert [scale for scale, _ in groups] == [1.0, ha.TINY.recipe.body_lr / ha.TINY.recipe.lr]
     optimizer = torch.optim.AdamW([dict(params=params, lr=1e-2 * scale) for scale, params in groups])
-    loss, _ = model(batch)
+    loss, _ = ha.training_loss(model, batch, ha.TINY, 0)
     loss.backward()
     assert all(p.grad is None for p in model.bases.parameters())
     for name, p in model.named_parameters():
@@ -146,7 +147,7 @@ def test_frozen_bases_get_no_gradient_and_do_not_move(bases, batch):
     assert all(torch.equal(v, before[k]) for k, v in model.bases.state_dict().items())  # weights and BN statistics
     # the paper's model trains exactly the two adapters (Table 3 No.5's control trains in its own row)
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"hand_adapter", "body_adapter"}
-    assert type(ha.build_model(ha.TINY, bases)) is ha.Adapted
+    assert type(ha.build_model(ha.TINY, bases)) is ha.HMRAdapter
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,17 +183,18 @@ def test_arm_chains_local_are_the_joints_own_rotations_global_their_products_end
 
 
 def test_chain_field_builds_both_readings_and_paper_reads_local_rotations(bases, batch, monkeypatch):
-    assert ha.PAPER.chain == "local" and ha.TINY.chain == "global"
+    assert ha.PAPER.model.chain == "local" and ha.TINY.model.chain == "global"
     cfg = train.apply_overrides(ha.TINY, ["chain=local"])
-    assert cfg.chain == "local"
+    assert cfg.model.chain == "local"
     arm_chains, read = ha.arm_chains, []
     monkeypatch.setattr(ha, "arm_chains",
                         lambda R, chain="global", **kw: read.append(chain) or arm_chains(R, chain, **kw))
-    losses, models = {}, {}
+    losses, models, cfgs = {}, {}, {}
     for name in ("local", "global"):
         torch.manual_seed(0)
-        models[name] = ha.Adapted(dataclasses.replace(ha.TINY, chain=name, hand_only_prob=0.0), bases)
-        losses[name] = models[name](batch)[1]
+        cfgs[name] = train.with_fields(ha.TINY, chain=name, hand_only_prob=0.0)
+        models[name] = ha.build_model(cfgs[name], bases)
+        losses[name] = ha.training_loss(models[name], batch, cfgs[name], 0)[1]
     assert read == ["local", "global"]  # the hand adapter reads the chain its config names ...
     assert all("fingers_3d" in terms for terms in losses.values())  # Eq. 7 over the whole-body joints, as SMPLer-X
     # the body adapter reads no chain, nor does Table 3 No.5's control (its own row's model)
@@ -200,13 +202,14 @@ def test_chain_field_builds_both_readings_and_paper_reads_local_rotations(bases,
     control = {}
     for name in ("local", "global"):
         torch.manual_seed(0)
-        row = ha.build_model(dataclasses.replace(ha.TINY, chain=name, hand_only_prob=0.0, hand_method="image"), bases)
-        control[name] = row(batch)[1]["hand_3d"]
+        row_cfg = train.with_fields(ha.TINY, chain=name, hand_only_prob=0.0, hand_method="image")
+        control[name] = ha.training_loss(ha.build_model(row_cfg, bases), batch, row_cfg, 0)[1]["hand_3d"]
     assert torch.equal(control["local"], control["global"])
     # ... and nothing else differs: the "global" model fed the local chains scores the "local" model's loss
     monkeypatch.setattr(ha, "arm_chains", lambda R, chain="global", **kw: arm_chains(R, "local", **kw))
     torch.manual_seed(0)
-    torch.testing.assert_close(models["global"](batch)[1]["hand_3d"], losses["local"]["hand_3d"])
+    torch.testing.assert_close(ha.training_loss(models["global"], batch, cfgs["global"], 0)[1]["hand_3d"],
+                               losses["local"]["hand_3d"])
 
 
 def test_assembled_hands_have_the_hand_paths_global_rotation_and_fingers():
@@ -317,7 +320,7 @@ def test_mcp_points_map_into_the_roi_frame_and_sample_a_linear_map_exactly():
         p = ha.to_roi(points, boxes, R, torch.tensor([flip]))
         x = (points[..., 0] - 10) * R / 16
         torch.testing.assert_close(p[..., 0], R - 1 - x if flip else x)
-        got = ha.sample_points(linear, p)[..., 0]
+        got = ha.sample_joint_features(linear, p)[..., 0]
         torch.testing.assert_close(got, 2 * p[..., 0] - 3 * p[..., 1] + 1)
 
 
@@ -341,9 +344,9 @@ def test_a_flipped_crop_is_the_mirror_image_of_the_crop_and_keypoints_follow():
 
 def test_parameter_counts_at_paper_size():
     with torch.device("meta"):
-        expert = ha.HandExpert(ha.BASES_PAPER)
+        expert = ha.HandExpert(ha.BASES_PAPER.model)
         hand_adapter = ha.HandAdapter(expert.mano_head)
-        body_adapter = ha.BodyAdapter(ha.PAPER, 1280)
+        body_adapter = ha.BodyAdapter(ha.PAPER.model, 1280)
     count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(expert.mano_head) == 39_497_837  # HaMeR's head (Table 3 No.3: "39M")
     assert count(expert.backbone) == 630_912_000  # ViT-H with pos_embed (1, 193, 1280)
@@ -363,12 +366,12 @@ BODY_METHODS = typing.get_args(ha.AdapterConfig.__annotations__["body_method"])
 @pytest.mark.parametrize("field, method", [("hand_method", m) for m in HAND_METHODS] +
                          [("body_method", m) for m in BODY_METHODS])
 def test_every_ablation_method_trains_what_it_says_and_predicts(bases, batch, field, method):
-    cfg = dataclasses.replace(ha.TINY, **{field: method})
+    cfg = train.with_fields(ha.TINY, **{field: method})
     torch.manual_seed(0)
     model = ha.build_model(cfg, bases).train()
-    assert type(model) is (ha.Adapted if method == "adapter" else ha.AblationRow)
+    assert type(model) is (ha.HMRAdapter if method == "adapter" else ha.AblationRow)
     groups = train.param_groups(ha, model, cfg)  # every trainable parameter in one group
-    loss, _ = model(batch)
+    loss, _ = ha.training_loss(model, batch, cfg, 0)
     loss.backward()
     behind_zero = "body_adapter.regressor.0"  # the Eq. 4 adapter's layer before its zero one: no gradient at step 0
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and behind_zero not in n)
@@ -382,7 +385,7 @@ def test_every_ablation_method_trains_what_it_says_and_predicts(bases, batch, fi
     assert (len(groups[1][1]) == 0) == (field == "body_method" and method == "frozen")
     model.eval()
     pred = ha.predict(model, batch, cfg)
-    got = ha.evaluation_metrics(pred, batch)
+    got = metrics.wholebody_metrics(pred, batch)
     assert all(np.isfinite(v) for v in got.values())
     if method == "frozen" and field == "hand_method":  # the pre-trained HaMeR row: the expert's own hands
         assert torch.equal(pred["hand_adapter_verts"], pred["hand_expert_verts"])
@@ -392,8 +395,9 @@ def test_methods_trainable_parameters_at_paper_size_are_tables_3_and_4s():
     """Table 3's and 4's "Trainable Params." column, counted on the meta device."""
     def trainable(**method):
         with torch.device("meta"):
-            model = ha.build_model(dataclasses.replace(ha.PAPER, **method), ha.Bases(ha.BASES_PAPER))
-        groups = ha.param_groups(model, model.cfg)
+            cfg = train.with_fields(ha.PAPER, **method)
+            model = ha.build_model(cfg, ha.Bases(ha.BASES_PAPER.model))
+        groups = ha.param_groups(model, cfg)
         return sum(p.numel() for p in groups[0][1]) / 1e6, sum(p.numel() for p in groups[1][1]) / 1e6
     assert 670 < trainable(hand_method="full")[0] < 671  # No.1, No.2: 671M
     assert trainable(hand_method="scratch")[0] == trainable(hand_method="full")[0]
@@ -429,10 +433,11 @@ def test_fine_tuned_copies_and_concatenation_start_at_the_frozen_models(bases, b
     token = out["body_tokens"][:, 0]  # shape and camera tokens: not read by theta_0
     theta0 = regressor(out["body_tokens"], out["body_joints"], token, token)[0]
     inputs = (theta0, rois, joints[:, :, list(ha.MCP), :2], out["body_tokens"], out["body_joints"])
-    torch.testing.assert_close(ha.FusedRegressor(ha.TINY, regressor, 64, "concat")(*inputs), theta0)  # MCP columns at 0
+    concat = ha.FusedRegressor(ha.TINY.model, regressor, 64, "concat")
+    torch.testing.assert_close(concat(*inputs), theta0)  # MCP columns at 0
     # the weighted sum: the readouts read w_0 x + w_J f^J. With f^J = 0 and the moderator at w = (3/4, 1/4),
     # that is 3/4 x, and the affine readouts give 3/4 theta_0 + 1/4 their bias
-    fused = ha.FusedRegressor(ha.TINY, regressor, 64, "weighted_sum")
+    fused = ha.FusedRegressor(ha.TINY.model, regressor, 64, "weighted_sum")
     with torch.no_grad():
         for p in (fused.hand_embed.weight, fused.hand_embed.bias, fused.moderator[-1].weight):
             p.zero_()
@@ -462,8 +467,9 @@ def test_body_loss_over_the_hands_sees_the_wrists_rotation(batch):
     shape, cam = batch["smplx_shape"], torch.zeros(len(R), 3)
     turned = R.clone()
     turned[:, 21] = turned[:, 21] @ axis_angle_to_matrix(torch.tensor([0.0, 0.0, 0.8]))
-    _, truth = ha.body_pose_loss(theta, shape, cam, batch, ha.TINY)
-    _, wrist = ha.body_pose_loss(bodymodels.matrix_to_rot6d(turned), shape, cam, batch, ha.TINY)
+    hw = batch["image"].shape[-2:]
+    _, truth = ha.body_pose_loss(theta, shape, cam, batch, hw, ha.TINY.model)
+    _, wrist = ha.body_pose_loss(bodymodels.matrix_to_rot6d(turned), shape, cam, batch, hw, ha.TINY.model)
     assert truth["body_3d"] < 1e-5  # forward kinematics gives the data's joints (float32)
     assert wrist["body_3d"] < 1e-5 and wrist["body_2d"] == truth["body_2d"]  # no body joint moved
     assert truth["fingers_3d"] < 1e-5 and wrist["fingers_3d"] > 1e-3
@@ -479,23 +485,23 @@ def test_the_bases_train_the_whole_body_model_on_the_finger_joints_too(bases, ba
         moved = dict(batch, joints3d=batch["joints3d"].clone())
         moved["joints3d"][:, list(ha.HAND_FINGER_JOINTS)] += shift
         with torch.no_grad():
-            terms.append(bases.eval()(moved)[1])
+            terms.append(ha.BASES.training_loss(bases.eval(), moved, ha.BASES_TINY, 0)[1])
     assert float(terms[1]["fingers_3d"] - terms[0]["fingers_3d"]) == pytest.approx(s, rel=1e-4)
     assert all(torch.equal(terms[0][k], terms[1][k]) for k in terms[0] if k != "fingers_3d")
 
 
 def test_ablation_rows_name_fields_and_metrics_that_exist(bases, batch):
-    names = {f.name for f in dataclasses.fields(ha.AdapterConfig)}
+    names = set(train.config_leaves(ha.TINY))
     columns = set()
     for table in ha.ABLATIONS.values():
         assert table["chosen"] in [label for label, _, _ in table["rows"]]
         for label, overrides, paper in table["rows"]:
             assert set(overrides) <= names and len(paper) == len(table["columns"]), label
             cfg = train.apply_overrides(ha.TINY, [f"{k}={v}" for k, v in overrides.items()])  # --set round trip
-            assert all(getattr(cfg, k) == v for k, v in overrides.items())
+            assert all(train.config_leaves(cfg)[k] == v for k, v in overrides.items())
         columns |= {c for c, _ in table["columns"]}
-    model = ha.Adapted(ha.TINY, bases).eval()
-    assert columns <= set(ha.evaluation_metrics(ha.predict(model, batch, ha.TINY), batch))
+    model = ha.build_model(ha.TINY, bases).eval()
+    assert columns <= set(metrics.wholebody_metrics(ha.predict(model, batch, ha.TINY), batch))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,7 +514,7 @@ def test_perfect_predictions_score_zero_and_hands_are_wrist_aligned(batch):
     shift = torch.tensor([0.3, -0.2, 1.0])
     pred = {"hand_x_verts": verts.unflatten(0, (4, 2)) + shift, "hand_x_joints": joints.unflatten(0, (4, 2)) + shift,
             "pipe_y_verts": batch["verts"] + shift, "pipe_y_joints": batch["joints3d"] + shift}
-    result = ha.evaluation_metrics(pred, batch)
+    result = metrics.wholebody_metrics(pred, batch)
     occluded = torch.stack([batch[f"{s}_hand_occluded"] for s in ha.SIDES], 1) > 0.5
     assert occluded.any() and not occluded.all()  # every split has hands: every key is there
     errors = ("pve_mm", "pa_pve_mm", "pa_mpjpe_mm")
@@ -524,13 +530,14 @@ def test_face_metrics_are_neck_aligned_and_read_the_flame_ids(batch, tmp_path, m
     or the vertex ids of $HMR_FLAME_VERTEX_IDS (SMPL-X__FLAME_vertex_ids.npy); no hand split is empty
     -> no NaN: a batch without occluded hands has no *_occluded keys."""
     monkeypatch.delenv("HMR_FLAME_VERTEX_IDS", raising=False)
-    face = ha.face_vertex_ids()
-    assert 300 < len(face) < 5000 and not set(face.tolist()) & set(ha.body_models().hand_verts["left"].tolist())
+    face = metrics.face_vertex_ids()
+    hand_verts = metrics._wholebody_models()["hand_verts"]
+    assert 300 < len(face) < 5000 and not set(face.tolist()) & set(hand_verts["left"].tolist())
     gt = dict(batch, left_hand_occluded=torch.zeros(4), right_hand_occluded=torch.zeros(4))
     verts = gt["verts"].clone()
     verts[:, face] += torch.tensor([0.0, 0.006, 0.008])  # 10 mm
-    verts[:, ha.body_models().hand_verts["right"]] += 1.0  # a hand far off: not the face's business
-    result = ha.evaluation_metrics({"pipe_y_verts": verts, "pipe_y_joints": gt["joints3d"]}, gt)
+    verts[:, hand_verts["right"]] += 1.0  # a hand far off: not the face's business
+    result = metrics.wholebody_metrics({"pipe_y_verts": verts, "pipe_y_joints": gt["joints3d"]}, gt)
     assert result["pipeline/y/face/pve_mm"] == pytest.approx(10.0, abs=1e-3)
     assert result["pipeline/y/face/pa_pve_mm"] == pytest.approx(0.0, abs=1e-2)  # float32 Procrustes
     assert not any("occluded" in k for k in result) and result["pipeline/y/hands/pve_mm"] > 400
@@ -539,11 +546,11 @@ def test_face_metrics_are_neck_aligned_and_read_the_flame_ids(batch, tmp_path, m
     monkeypatch.setenv("HMR_FLAME_VERTEX_IDS", str(tmp_path / "SMPL-X__FLAME_vertex_ids.npy"))
     verts = gt["verts"].clone()
     verts[:, ids] += torch.tensor([0.0, 0.0, 0.02])
-    result = ha.evaluation_metrics({"pipe_y_verts": verts, "pipe_y_joints": gt["joints3d"]}, gt)
+    result = metrics.wholebody_metrics({"pipe_y_verts": verts, "pipe_y_joints": gt["joints3d"]}, gt)
     assert result["pipeline/y/face/pve_mm"] == pytest.approx(20.0, abs=1e-3)
     np.save(tmp_path / "SMPL-X__FLAME_vertex_ids.npy", np.array([0.5, 2.0]))
     with pytest.raises(ValueError, match="HMR_FLAME_VERTEX_IDS: .* must hold SMPL-X vertex ids"):
-        ha.face_vertex_ids()
+        metrics.face_vertex_ids()
 
 
 def test_hand_metrics_read_smplx_mano_vertex_ids_without_running_code(batch, tmp_path, monkeypatch):
@@ -551,8 +558,8 @@ def test_hand_metrics_read_smplx_mano_vertex_ids_without_running_code(batch, tmp
     reads it) picks the hands' vertices: moving only those 10 mm gives 10 mm hand PVE; a bad file is refused."""
     import pickle
     monkeypatch.delenv("HMR_MANO_SMPLX_VERTEX_IDS", raising=False)
-    default = ha.hand_vertex_ids()
-    assert all(torch.equal(default[s], ha.body_models().hand_verts[s]) for s in ("left", "right"))
+    default = metrics.hand_vertex_ids()
+    assert all(torch.equal(default[s], metrics._wholebody_models()["hand_verts"][s]) for s in ("left", "right"))
     ids = {"left_hand": np.array([1, 2, 3]), "right_hand": np.array([4, 5, 6])}
     with open(tmp_path / "MANO_SMPLX_vertex_ids.pkl", "wb") as fh:
         pickle.dump(ids, fh)
@@ -560,36 +567,36 @@ def test_hand_metrics_read_smplx_mano_vertex_ids_without_running_code(batch, tmp
     gt = dict(batch, left_hand_occluded=torch.zeros(4), right_hand_occluded=torch.zeros(4))
     verts = gt["verts"].clone()
     verts[:, [1, 2, 3, 4, 5, 6]] += torch.tensor([0.0, 0.006, 0.008])
-    result = ha.evaluation_metrics({"pipe_y_verts": verts, "pipe_y_joints": gt["joints3d"]}, gt)
+    result = metrics.wholebody_metrics({"pipe_y_verts": verts, "pipe_y_joints": gt["joints3d"]}, gt)
     assert result["pipeline/y/hands/pve_mm"] == pytest.approx(10.0, abs=1e-3)
     with open(tmp_path / "MANO_SMPLX_vertex_ids.pkl", "wb") as fh:
         pickle.dump({"left_hand": np.array([1]), "right_hand": np.array([10**6])}, fh)
     with pytest.raises(ValueError, match="HMR_MANO_SMPLX_VERTEX_IDS: .* must hold SMPL-X vertex ids"):
-        ha.hand_vertex_ids()
+        metrics.hand_vertex_ids()
 
 
 def test_frozen_cache_serves_each_sample_as_computed_alone(bases, batch):
     """cache_frozen (TINY): the frozen bases run once per training index, on that sample alone (so its
     bits do not depend on its batch), and later batches, in any order, are served from the cache
     without running them; what is served matches the batched live computation."""
-    model = ha.Adapted(ha.TINY, bases)
+    model = ha.build_model(ha.TINY, bases)
     indexed = dict(batch, index=torch.tensor([7, 3, 11, 5]))
-    live = model._frozen(batch)
-    first = model.frozen_inputs(indexed)
+    live = model.frozen_inputs(batch["image"], ha.gt_boxes(batch))
+    first = ha.cached_frozen_inputs(model, indexed)
     assert sorted(model.frozen_cache) == [3, 5, 7, 11]
     for i in range(4):
-        alone = model._frozen({k: v[i:i + 1] for k, v in batch.items()})
+        alone = model.frozen_inputs(batch["image"][i:i + 1], ha.gt_boxes(batch)[i:i + 1])
         for name, value in first.items():
             assert torch.equal(value[i], alone[name][0]), name
             torch.testing.assert_close(value[i], live[name][i], rtol=1e-4, atol=1e-5)
     calls = []
     hook = model.bases.whole_body.register_forward_hook(lambda *args: calls.append(1))
     order = [2, 0, 3, 1]
-    again = model.frozen_inputs({k: v[order] for k, v in indexed.items()})
+    again = ha.cached_frozen_inputs(model, {k: v[order] for k, v in indexed.items()})
     hook.remove()
     assert not calls and all(torch.equal(again[name], first[name][order]) for name in first)
-    assert not ha.PAPER.cache_frozen
-    assert ha.Adapted(dataclasses.replace(ha.TINY, cache_frozen=False), bases).frozen_cache is None
+    assert not ha.PAPER.recipe.cache_frozen
+    assert ha.build_model(train.with_fields(ha.TINY, cache_frozen=False), bases).frozen_cache is None
 
 
 @pytest.fixture(scope="module")
@@ -599,9 +606,9 @@ def batch8():
             torch.utils.data.default_collate([dataset[i] for i in range(8)]).items()}
 
 
-def _gradients(model, batch):
+def _gradients(model, batch, loss):
     model.zero_grad(set_to_none=True)
-    model(batch)[0].backward()
+    loss(model, batch)[0].backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -610,14 +617,16 @@ def test_every_loss_means_the_same_on_1_2_or_8_ranks(bases, batch8):
     shards' gradients (k ranks), for the adapters' loss and the bases' loss with HaMeR's calibration
     (loss_batch 8; TINY's 0 leaves the same means unscaled); float64, the bases' BatchNorms in eval
     mode (no batch statistics). A loss summed over each rank's batch fails this for k > 1."""
-    cfg = dataclasses.replace(ha.TINY, loss_batch=8, hand_only_prob=0.0, cache_frozen=False)
-    adapted = ha.Adapted(cfg, copy.deepcopy(bases)).double().train()
-    stand_ins = ha.Bases(dataclasses.replace(ha.BASES_TINY, losses="paper"))
+    cfg = train.with_fields(ha.TINY, loss_batch=8, hand_only_prob=0.0, cache_frozen=False)
+    adapted = ha.build_model(cfg, copy.deepcopy(bases)).double().train()
+    bases_cfg = train.with_fields(ha.BASES_TINY, losses="paper")
+    stand_ins = ha.Bases(bases_cfg.model)
     stand_ins.load_state_dict(bases.state_dict())
-    for model in (adapted, stand_ins.double().eval()):
-        whole = _gradients(model, batch8)
+    for model, loss in ((adapted, lambda m, b: ha.training_loss(m, b, cfg, 0)),
+                        (stand_ins.double().eval(), lambda m, b: ha.BASES.training_loss(m, b, bases_cfg, 0))):
+        whole = _gradients(model, batch8, loss)
         for k in (1, 2, 8):
-            shards = [_gradients(model, {n: v[i::k] for n, v in batch8.items()}) for i in range(k)]
+            shards = [_gradients(model, {n: v[i::k] for n, v in batch8.items()}, loss) for i in range(k)]
             for name, g in whole.items():
                 torch.testing.assert_close(sum(s[name] for s in shards) / k, g, rtol=1e-7, atol=1e-12, msg=name)
 
@@ -627,8 +636,9 @@ def test_hamer_calibration_gives_hamers_sums_on_one_gpus_batch(bases, batch):
     sum over hands, joints and coordinates (hamer losses.py: Keypoint3DLoss, Keypoint2DLoss, ParameterLoss)."""
     head = bases.hand_expert.mano_head
     out = head(torch.randn(8, 48, 64))  # 4 samples x 2 hands
-    target = ha.hand_targets(batch, ha.crop_boxes(ha.BASES_TINY, ha.gt_boxes(batch)))
-    _, terms = ha.hand_loss(out, target, dataclasses.replace(ha.TINY, loss_batch=8))
+    boxes = ha.crop_boxes(ha.BASES_TINY.model, ha.gt_boxes(batch))
+    target = ha.hand_targets(ha.sides(batch, "hand_mano_pose"), ha.sides(batch, "hand_joints2d"), boxes)
+    _, terms = ha.hand_loss(out, target, dataclasses.replace(ha.TINY.model, loss_batch=8))
     pose, betas, cam = out
     R = bodymodels.rot6d_to_matrix(pose)
     verts, joints = ha.mano_mesh(R, betas)
@@ -646,20 +656,22 @@ def test_one_batch_overfit_of_each_adapter(bases, batch):
     """The hand and body adapters of the paper's model, and the hand adapter of Table 3 No.5's control row, each
     halve their loss on one batch."""
     torch.manual_seed(0)
-    cfg = dataclasses.replace(ha.TINY, hand_only_prob=0.0)
-    model = ha.Adapted(cfg, bases).train()
-    control = ha.build_model(dataclasses.replace(cfg, hand_method="image"), bases).train()
+    cfg = train.with_fields(ha.TINY, hand_only_prob=0.0)
+    model = ha.build_model(cfg, bases).train()
+    control = ha.build_model(train.with_fields(cfg, hand_method="image"), bases).train()
     params = [p for m in (model, control.hand_adapter) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     eq5 = ("hand_3d", "hand_2d", "hand_verts", "hand_pose", "hand_betas")
     first = None
     for _ in range(100):
-        loss, terms = model(batch)
+        loss, terms = ha.training_loss(model, batch, cfg, 0)
         hand = sum(w * terms[k] for w, k in ((0.05, "hand_3d"), (0.05, "hand_verts"), (0.001, "hand_pose")))
         # Eq. 7's weights (TINY)
         body = 10 * terms["body_pose"] + 100 * (terms["body_3d"] + terms["fingers_3d"]) + terms["body_2d"]
-        control_terms = control.hand_path_loss(batch, control.frozen_inputs(batch))[1]
-        no_body = sum(getattr(cfg, f"w_{k}") * control_terms[k] for k in eq5)  # its Eq. 5
+        control_pred = control(batch["image"], ha.gt_boxes(batch), batch["smplx_pose"],
+                               ha.sides(batch, "hand_joints2d"))
+        control_terms = ha.hand_path_loss(control_pred, ha.targets_of(batch), cfg.model)[1]
+        no_body = sum(getattr(cfg.model, f"w_{k}") * control_terms[k] for k in eq5)  # its Eq. 5
         if first is None:
             first = dict(hand=hand.item(), no_body=no_body.item(), body=body.item())
         optimizer.zero_grad()
@@ -675,8 +687,8 @@ def test_bad_input_gets_one_clear_error(bases, tmp_path):
         ha.build_model(ha.TINY, None)
     with pytest.raises(ValueError, match="crops are .* expected 32 x 32"):
         bases.hand_expert.features(torch.zeros(1, 3, 48, 48))
-    missing = dataclasses.replace(ha.BASES_TINY, hamer_checkpoint=str(tmp_path / "hamer.ckpt"))
-    with pytest.raises(FileNotFoundError, match="hamer.ckpt.*BaseConfig.hamer_checkpoint"):
+    missing = dataclasses.replace(ha.BASES_TINY.weights, hamer_checkpoint=str(tmp_path / "hamer.ckpt"))
+    with pytest.raises(FileNotFoundError, match="hamer.ckpt.*ReleasedWeights.hamer_checkpoint"):
         ha.load_pretrained(bases, missing)
     state = dict(bases.hand_expert.state_dict(), **{"backbone.extra.weight": torch.zeros(1)})
     state["mano_head.decshape.weight"] = torch.zeros(3, 3)
@@ -701,7 +713,7 @@ def official_state(name):
 
 def test_released_hamer_and_smplerx_weights_load_strictly_at_paper_size():
     with torch.device("meta"):
-        bases = ha.Bases(ha.BASES_PAPER)
+        bases = ha.Bases(ha.BASES_PAPER.model)
     hamer = official_state("hamer")
     bodymodels.load_state_strict(bases.hand_expert, ha.hamer_state_dict({"state_dict": hamer}), "hamer")
     smplerx = official_state("smpler_x_h32")
@@ -729,12 +741,12 @@ def test_released_files_round_trip_into_the_bases_and_pickled_objects_are_refuse
             v = torch.cat([v, torch.ones_like(v[:1])])  # + the face row
         smplerx["module." + k] = v
     smplerx["module.box_net.face_size.0.weight"] = torch.zeros(2, 2)
-    cfg = dataclasses.replace(ha.BASES_TINY, hamer_checkpoint=str(tmp_path / "hamer.ckpt"),
+    cfg = dataclasses.replace(ha.BASES_TINY.weights, hamer_checkpoint=str(tmp_path / "hamer.ckpt"),
                               smplerx_checkpoint=str(tmp_path / "smplerx.pth.tar"))
     torch.save({"state_dict": hamer, "epoch": 1}, cfg.hamer_checkpoint)
     torch.save({"network": smplerx, "epoch": 1}, cfg.smplerx_checkpoint)
     torch.manual_seed(1)
-    loaded = ha.Bases(ha.BASES_TINY)
+    loaded = ha.Bases(ha.BASES_TINY.model)
     ha.load_pretrained(loaded, cfg)
     for a, b in ((loaded.hand_expert, bases.hand_expert), (loaded.whole_body, bases.whole_body)):
         assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
@@ -765,8 +777,8 @@ def test_smplerx_6d_rows_become_our_columns():
 
 
 def test_tiny_whole_body_conv_stem_gives_the_patch_grid():
-    """NOTE(paper gap) 13: TINY's stem of 4 stride-2 convolutions stands for the 16 x 16 patch embedding."""
-    embed = ha.PatchEmbed(16, 0, 64, ha.BASES_TINY.body_stem)
+    """NOTE 13: TINY's stem of 4 stride-2 convolutions stands for the 16 x 16 patch embedding."""
+    embed = ha.PatchEmbed(16, 0, 64, ha.BASES_TINY.model.body_stem)
     assert not hasattr(embed, "proj") and embed(torch.rand(2, 3, 128, 96)).shape == (2, 64, 8, 6)
     assert hasattr(ha.PatchEmbed(16, 2, 64), "proj")  # the released models' name
     with pytest.raises(ValueError, match=r"expected log2\(patch=16\) of them"):
@@ -809,8 +821,8 @@ def test_hamer_fixture_the_official_crop_and_outputs_through_the_mapping():
     image (a left hand: flipped): our paper-config crop equals its cv2 crop to the bit, and its weights
     (through `hamer_state_dict`, strict) give its features, rotations, betas and camera."""
     fx = official_fixture("hamer")
-    cfg = dataclasses.replace(ha.BASES_PAPER, hand_width=32, hand_depth=2, hand_heads=2, head_dim=32, head_depth=2,
-                              head_heads=2, head_dim_head=16, head_mlp=64)
+    cfg = dataclasses.replace(ha.BASES_PAPER.model, hand_width=32, hand_depth=2, hand_heads=2, head_dim=32,
+                              head_depth=2, head_heads=2, head_dim_head=16, head_mlp=64)
     expert = ha.HandExpert(cfg).eval()
     bodymodels.load_state_strict(expert, ha.hamer_state_dict({"state_dict": fx["state_dict"]}), "hamer fixture")
     mean = 255 * torch.tensor(ha.IMAGENET_MEAN, dtype=torch.float64)[:, None, None]
@@ -838,8 +850,8 @@ def test_smplerx_fixture_outputs_through_the_mapping():
     uint8 image (/ 255, F.interpolate's nearest to 256 x 192): its snapshot through `smplerx_state_dict`
     (strict) gives its outputs. Its boxes and joints are in its 256 x 192 input's frame, ours in the image's."""
     fx = official_fixture("smplerx")
-    cfg = dataclasses.replace(ha.BASES_PAPER, image_size=(320, 240), body_width=32, body_depth=2, body_heads=2,
-                              body_hm_depth=4, body_rot_hidden=8, box_channels=(16, 16, 16), hand_roi=8,
+    cfg = dataclasses.replace(ha.BASES_PAPER.model, body_width=32, body_depth=2, body_heads=2, body_hm_depth=4,
+                              body_rot_hidden=8, box_channels=(16, 16, 16), hand_roi=8,
                               hand_roi_channels=(16, 8), hand_hm_depth=4)
     wb = ha.WholeBody(cfg).eval()
     bodymodels.load_state_strict(wb, ha.smplerx_state_dict({"network": fx["network"]}), "smplerx fixture")
@@ -947,7 +959,7 @@ def test_ground_truth_mesh_placed_in_the_full_image_covers_its_silhouette(render
     the full image's camera by `bodymodels.crop_translation_to_full`, covers the silhouette the crop's camera
     draws there."""
     _, sample = render
-    (H, W), crop_hw = image_hw, ha.BASES_TINY.image_size
+    (H, W), crop_hw = image_hw, ha.BASES_TINY.data.image_size
     A = bodymodels.crop_matrix(*bodymodels.crop_box(box, crop_hw), crop_hw)
     root = sample["joints3d"][0].double()
     t = bodymodels.crop_translation_to_full(root, A, crop_hw, (W, H), 5000.0 / 256 * crop_hw[0])

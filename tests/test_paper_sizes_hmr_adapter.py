@@ -58,7 +58,8 @@ def test_paper_sizes_run_the_bases_and_train_the_adapters_two_steps(tmp_path):
               f"{report['wall_time_s']:.0f} s for the adapters' stage")
         assert "hmr_adapter (paper): " in log
         assert bases["step"] == 0 and adapters["step"] == 2 and report["steps"] == 2
-        assert tuple(adapters["config"]["image_size"]) == (512, 384) and bases["config"]["hamer_rescale"] == 2.0
+        assert tuple(adapters["config"]["data"]["image_size"]) == (512, 384)
+        assert bases["config"]["model"]["hamer_rescale"] == 2.0
         assert {k.split(".")[0] for k in adapters["model"]} == {"hand_adapter", "body_adapter"}
         values = [h["loss"] for h in report["history"]] + [report["pipeline"]["adapted"]["hands"]["pve_mm"]]
         assert all(map(torch.isfinite, torch.tensor(values)))

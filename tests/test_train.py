@@ -309,7 +309,7 @@ def test_set_errors_name_the_field_and_what_was_expected(item, expected):
      "backbone_weights='/no/such.pth': no such file"),
     # HMR-Adapter's paper bases without the released files: refused before 1.3B parameters are built
     (["--model", "hmr_adapter", "--config", "paper"],
-     "base checkpoint 'checkpoints/hamer.ckpt' (BaseConfig.hamer_checkpoint) does not exist"),
+     "base checkpoint 'checkpoints/hamer.ckpt' (ReleasedWeights.hamer_checkpoint) does not exist"),
 ])
 def test_bad_input_gives_one_line_error(argv, expected, tmp_path):
     assert expected in error_of(argv + ["--out", str(tmp_path)])
