@@ -25,6 +25,7 @@ import os
 import sys
 
 import bodymodels
+import configs
 import distributed
 import train
 from train import MODELS, fail, lineage
@@ -112,7 +113,7 @@ def finished(folder, name):
         return False
     ckpt = train.read_checkpoint(path, name, why="--table")
     preset = MODELS[name].paper.CONFIGS[ckpt["config_name"]]
-    return ckpt["step"] >= train.recipe_of(train.config_from_dict(type(preset), ckpt["config"])).max_steps
+    return ckpt["step"] >= configs.recipe_of(configs.config_from_dict(type(preset), ckpt["config"])).max_steps
 
 
 def train_row(table, index, label, fields, args, ranks):
@@ -122,7 +123,7 @@ def train_row(table, index, label, fields, args, ranks):
     if label in table["longer"]:  # the paper trains this row longer: factor x the stage's steps, last so it wins
         steps = [f"max_steps={args.max_steps}"] if args.max_steps is not None else []
         cfg = train.apply_overrides(MODELS[name].paper.CONFIGS[args.config], steps + given[name])
-        given[name] = given[name] + [f"max_steps={round(table['longer'][label] * train.recipe_of(cfg).max_steps)}"]
+        given[name] = given[name] + [f"max_steps={round(table['longer'][label] * configs.recipe_of(cfg).max_steps)}"]
     # {}: the stage alone
     first = min([chain.index(s) for k in fields for s in field_stages(table, k, args)], default=len(chain) - 1)
     folder = os.path.join(args.out, args.model, f"ablation_{args.table}", row_folder(index, label))

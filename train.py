@@ -88,7 +88,7 @@ import render
 import simplehand
 import standins
 import synthetic
-from configs import config_from_dict, config_leaves, leaf_paths, recipe_of, with_fields  # noqa: F401 (train.X)
+from configs import config_from_dict, config_leaves, leaf_paths, recipe_of, with_fields
 from distributed import fail
 
 

@@ -20,6 +20,7 @@ import demo as dm
 import hmr_adapter as ha
 import metrics
 import synthetic
+import configs
 import train
 from render import rasterize
 from bodymodels import axis_angle_to_matrix, forward_kinematics, mirror_rotation
@@ -192,7 +193,7 @@ def test_chain_field_builds_both_readings_and_paper_reads_local_rotations(bases,
     losses, models, cfgs = {}, {}, {}
     for name in ("local", "global"):
         torch.manual_seed(0)
-        cfgs[name] = train.with_fields(ha.TINY, chain=name, hand_only_prob=0.0)
+        cfgs[name] = configs.with_fields(ha.TINY, chain=name, hand_only_prob=0.0)
         models[name] = ha.build_model(cfgs[name], bases)
         losses[name] = ha.training_loss(models[name], batch, cfgs[name], 0)[1]
     assert read == ["local", "global"]  # the hand adapter reads the chain its config names ...
@@ -202,7 +203,7 @@ def test_chain_field_builds_both_readings_and_paper_reads_local_rotations(bases,
     control = {}
     for name in ("local", "global"):
         torch.manual_seed(0)
-        row_cfg = train.with_fields(ha.TINY, chain=name, hand_only_prob=0.0, hand_method="image")
+        row_cfg = configs.with_fields(ha.TINY, chain=name, hand_only_prob=0.0, hand_method="image")
         control[name] = ha.training_loss(ha.build_model(row_cfg, bases), batch, row_cfg, 0)[1]["hand_3d"]
     assert torch.equal(control["local"], control["global"])
     # ... and nothing else differs: the "global" model fed the local chains scores the "local" model's loss
@@ -366,7 +367,7 @@ BODY_METHODS = typing.get_args(ha.AdapterConfig.__annotations__["body_method"])
 @pytest.mark.parametrize("field, method", [("hand_method", m) for m in HAND_METHODS] +
                          [("body_method", m) for m in BODY_METHODS])
 def test_every_ablation_method_trains_what_it_says_and_predicts(bases, batch, field, method):
-    cfg = train.with_fields(ha.TINY, **{field: method})
+    cfg = configs.with_fields(ha.TINY, **{field: method})
     torch.manual_seed(0)
     model = ha.build_model(cfg, bases).train()
     assert type(model) is (ha.HMRAdapter if method == "adapter" else ha.AblationRow)
@@ -395,7 +396,7 @@ def test_methods_trainable_parameters_at_paper_size_are_tables_3_and_4s():
     """Table 3's and 4's "Trainable Params." column, counted on the meta device."""
     def trainable(**method):
         with torch.device("meta"):
-            cfg = train.with_fields(ha.PAPER, **method)
+            cfg = configs.with_fields(ha.PAPER, **method)
             model = ha.build_model(cfg, ha.Bases(ha.BASES_PAPER.model))
         groups = ha.param_groups(model, cfg)
         return sum(p.numel() for p in groups[0][1]) / 1e6, sum(p.numel() for p in groups[1][1]) / 1e6
@@ -491,14 +492,14 @@ def test_the_bases_train_the_whole_body_model_on_the_finger_joints_too(bases, ba
 
 
 def test_ablation_rows_name_fields_and_metrics_that_exist(bases, batch):
-    names = set(train.config_leaves(ha.TINY))
+    names = set(configs.config_leaves(ha.TINY))
     columns = set()
     for table in ha.ABLATIONS.values():
         assert table["chosen"] in [label for label, _, _ in table["rows"]]
         for label, overrides, paper in table["rows"]:
             assert set(overrides) <= names and len(paper) == len(table["columns"]), label
             cfg = train.apply_overrides(ha.TINY, [f"{k}={v}" for k, v in overrides.items()])  # --set round trip
-            assert all(train.config_leaves(cfg)[k] == v for k, v in overrides.items())
+            assert all(configs.config_leaves(cfg)[k] == v for k, v in overrides.items())
         columns |= {c for c, _ in table["columns"]}
     model = ha.build_model(ha.TINY, bases).eval()
     assert columns <= set(metrics.wholebody_metrics(ha.predict(model, batch, ha.TINY), batch))
@@ -596,7 +597,7 @@ def test_frozen_cache_serves_each_sample_as_computed_alone(bases, batch):
     hook.remove()
     assert not calls and all(torch.equal(again[name], first[name][order]) for name in first)
     assert not ha.PAPER.recipe.cache_frozen
-    assert ha.build_model(train.with_fields(ha.TINY, cache_frozen=False), bases).frozen_cache is None
+    assert ha.build_model(configs.with_fields(ha.TINY, cache_frozen=False), bases).frozen_cache is None
 
 
 @pytest.fixture(scope="module")
@@ -617,9 +618,9 @@ def test_every_loss_means_the_same_on_1_2_or_8_ranks(bases, batch8):
     shards' gradients (k ranks), for the adapters' loss and the bases' loss with HaMeR's calibration
     (loss_batch 8; TINY's 0 leaves the same means unscaled); float64, the bases' BatchNorms in eval
     mode (no batch statistics). A loss summed over each rank's batch fails this for k > 1."""
-    cfg = train.with_fields(ha.TINY, loss_batch=8, hand_only_prob=0.0, cache_frozen=False)
+    cfg = configs.with_fields(ha.TINY, loss_batch=8, hand_only_prob=0.0, cache_frozen=False)
     adapted = ha.build_model(cfg, copy.deepcopy(bases)).double().train()
-    bases_cfg = train.with_fields(ha.BASES_TINY, losses="paper")
+    bases_cfg = configs.with_fields(ha.BASES_TINY, losses="paper")
     stand_ins = ha.Bases(bases_cfg.model)
     stand_ins.load_state_dict(bases.state_dict())
     for model, loss in ((adapted, lambda m, b: ha.training_loss(m, b, cfg, 0)),
@@ -656,9 +657,9 @@ def test_one_batch_overfit_of_each_adapter(bases, batch):
     """The hand and body adapters of the paper's model, and the hand adapter of Table 3 No.5's control row, each
     halve their loss on one batch."""
     torch.manual_seed(0)
-    cfg = train.with_fields(ha.TINY, hand_only_prob=0.0)
+    cfg = configs.with_fields(ha.TINY, hand_only_prob=0.0)
     model = ha.build_model(cfg, bases).train()
-    control = ha.build_model(train.with_fields(cfg, hand_method="image"), bases).train()
+    control = ha.build_model(configs.with_fields(cfg, hand_method="image"), bases).train()
     params = [p for m in (model, control.hand_adapter) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     eq5 = ("hand_3d", "hand_2d", "hand_verts", "hand_pose", "hand_betas")

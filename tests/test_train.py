@@ -26,6 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import bodymodels  # noqa: E402
 import checkpoints  # noqa: E402
+import configs  # noqa: E402
 import distributed  # noqa: E402
 import train  # noqa: E402
 
@@ -247,15 +248,15 @@ class NestedPreset:
 def test_set_reaches_a_nested_leaf_by_name_or_path_and_leaves_the_rest():
     cfg = train.apply_overrides(NestedPreset(), ["lr=0.5", "model.widths=3,4", "max_steps=7"])
     assert cfg == NestedPreset(NestedModel(widths=(3, 4)), NestedRecipe(lr=0.5, max_steps=7))
-    assert train.config_leaves(cfg) == dict(width=4, widths=(3, 4), lr=0.5, max_steps=7)
-    assert train.recipe_of(cfg).max_steps == 7 and NestedPreset().recipe.lr == 1e-2  # the preset is untouched
+    assert configs.config_leaves(cfg) == dict(width=4, widths=(3, 4), lr=0.5, max_steps=7)
+    assert configs.recipe_of(cfg).max_steps == 7 and NestedPreset().recipe.lr == 1e-2  # the preset is untouched
     assert "valid fields: width, widths, lr, max_steps" in error_of(["x"], lambda _: train.apply_overrides(
         NestedPreset(), ["nope=1"]))
 
 
 def test_a_checkpoints_config_dict_rebuilds_the_nested_preset():
-    cfg = train.with_fields(NestedPreset(), lr=0.25, width=9)
-    assert train.config_from_dict(NestedPreset, dataclasses.asdict(cfg)) == cfg
+    cfg = configs.with_fields(NestedPreset(), lr=0.25, width=9)
+    assert configs.config_from_dict(NestedPreset, dataclasses.asdict(cfg)) == cfg
 
 
 def test_a_leaf_named_twice_in_a_preset_is_refused():
@@ -264,16 +265,16 @@ def test_a_leaf_named_twice_in_a_preset_is_refused():
         model: NestedModel = dataclasses.field(default_factory=NestedModel)
         other: NestedModel = dataclasses.field(default_factory=NestedModel)
     with pytest.raises(ValueError, match="leaf 'width' is both model.width and other.width"):
-        train.config_leaves(Twice())
+        configs.config_leaves(Twice())
 
 
 @pytest.mark.parametrize("stage", list(train.MODELS))
 def test_every_preset_names_each_leaf_once_and_survives_a_checkpoint(stage):
     for name, preset in train.MODELS[stage].paper.CONFIGS.items():
-        leaves = train.config_leaves(preset)  # raises on a name used twice
+        leaves = configs.config_leaves(preset)  # raises on a name used twice
         assert {"batch_size", "lr", "weight_decay", "max_steps", "grad_clip", "amp"} <= set(leaves), (stage, name)
         assert set(train.MODELS[stage].data_fields) | set(train.MODELS[stage].shares_fields) <= set(leaves)
-        assert train.config_from_dict(type(preset), dataclasses.asdict(preset)) == preset, (stage, name)
+        assert configs.config_from_dict(type(preset), dataclasses.asdict(preset)) == preset, (stage, name)
 
 
 @pytest.mark.parametrize("item, expected", [
@@ -615,7 +616,7 @@ def test_simplehand_runs_end_to_end_and_reports(tmp_path):
     assert (tmp_path / "simplehand" / "predictions.png").stat().st_size > 10_000
     ckpt = load(tmp_path / "simplehand" / "ckpt.pt")
     assert ckpt["step"] == 2 and ckpt["config"]["recipe"]["batch_size"] == 4
-    model = train.simplehand.build_model(train.config_from_dict(train.simplehand.SimpleHandPreset, ckpt["config"]))
+    model = train.simplehand.build_model(configs.config_from_dict(train.simplehand.SimpleHandPreset, ckpt["config"]))
     model.load_state_dict(ckpt["model"])
 
 
