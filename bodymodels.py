@@ -427,6 +427,13 @@ class Skinning:
         return lbs(betas, pose, self.v_template, self.shapedirs, self.posedirs, self.J_regressor, self.parents,
                    self.lbs_weights, rest_joints=rest, per_sample=self.per_sample)
 
+    def from_rotations(self, R, betas):
+        """The mesh of rotation matrices R (B, J, 3, 3) (no pose_mean added) and betas (B, L), in R's dtype
+        (the losses' differentiable meshes) -> verts (B, V, 3), joints (B, J, 3)."""
+        rest = self.J_template.to(betas) + (betas @ self.J_shapedirs.T.to(betas)).view(len(betas), -1, 3)
+        return lbs(betas, R, self.v_template.to(R), self.shapedirs.to(R), self.posedirs.to(R), self.J_regressor.to(R),
+                   self.parents, self.lbs_weights.to(R), pose2rot=False, rest_joints=rest)
+
 
 # ---------------------------------------------------------------------------------------------
 # 5. Mesh normals

@@ -438,7 +438,7 @@ def mesh(out, boxes, theta, hand_pose, details=False):
     coordinates; details: a dict of verts, joints, boxes, R (B, 55, 3, 3), shape (B, 10), expression
     (B, 10), t (B, 3), hand_boxes (B, 2, 4) before scaling."""
     R = assemble(rot6d_to_matrix(theta), rot6d_to_matrix(hand_pose).view(-1, 2, 16, 3, 3), out)
-    verts, joints = skin(body_models().smplx, R, torch.cat([out["shape"], out["expression"]], -1))
+    verts, joints = body_models().smplx.from_rotations(R, torch.cat([out["shape"], out["expression"]], -1))
     t = smplerx_translation(out["cam"])[:, None]
     if details:
         return dict(verts=verts + t, joints=joints + t, boxes=boxes, R=R, shape=out["shape"],
@@ -791,18 +791,11 @@ def body_models():
         smplx_faces=smplx.faces_tensor.long(), r_off=bodymodels.hand_frames().r_off.float())
 
 
-def skin(model, R, betas):
-    """A Skinning's mesh from rotation matrices R (B, J, 3, 3) and betas (B, L) -> verts, joints."""
-    m = model
-    rest = m.J_template.to(betas) + (betas @ m.J_shapedirs.T.to(betas)).view(len(betas), -1, 3)
-    return bodymodels.lbs(betas, R, m.v_template.to(R), m.shapedirs.to(R), m.posedirs.to(R), m.J_regressor.to(R),
-                          m.parents, m.lbs_weights.to(R), pose2rot=False, rest_joints=rest)
-
 
 def mano_mesh(R, betas):
     """MANO verts (B, 778, 3) and 21 joints (B, 21, 3) in OpenPose order with HaMeR's (smplx's)
     fingertips, of rotations R (B, 16, 3, 3), betas (B, 10)."""
-    verts, joints = skin(body_models().mano, R, betas)
+    verts, joints = body_models().mano.from_rotations(R, betas)
     return verts, bodymodels.hand_joints21(joints, verts, "hamer")  # official (HaMeR mano_wrapper.py): smplx tips
 
 

@@ -681,19 +681,10 @@ def _wholebody_models():
                 head_verts=ids(WHOLEBODY_HEAD_JOINTS), num_verts=len(smplx.v_template))
 
 
-def _skin_rotations(model, R, betas):
-    """A Skinning's mesh from rotation matrices R (B, J, 3, 3) and betas (B, L) -> verts, joints."""
-    import bodymodels
-    m = model
-    rest = m.J_template.to(betas) + (betas @ m.J_shapedirs.T.to(betas)).view(len(betas), -1, 3)
-    return bodymodels.lbs(betas, R, m.v_template.to(R), m.shapedirs.to(R), m.posedirs.to(R), m.J_regressor.to(R),
-                          m.parents, m.lbs_weights.to(R), pose2rot=False, rest_joints=rest)
-
-
 def _mano_rotations_mesh(R, betas):
     """MANO verts (B, 778, 3) and 21 joints (B, 21, 3) in OpenPose order with HaMeR's (smplx's) fingertips."""
     import bodymodels
-    verts, joints = _skin_rotations(_wholebody_models()["mano"], R, betas)
+    verts, joints = _wholebody_models()["mano"].from_rotations(R, betas)
     return verts, bodymodels.hand_joints21(joints, verts, "hamer")
 
 
@@ -807,7 +798,7 @@ class WholeBodyMeanPoseBaseline:
     def __call__(self, gt):
         N = len(gt["smplx_pose"])
         verts, joints = _mano_rotations_mesh(self.hand_R.expand(2 * N, -1, -1, -1), torch.zeros(2 * N, 10))
-        bv, bj = _skin_rotations(_wholebody_models()["smplx"], self.body_R[None], self.shape[None])
+        bv, bj = _wholebody_models()["smplx"].from_rotations(self.body_R[None], self.shape[None])
         shift = gt["joints3d"][:, :1] - bj[:, :1]
         return {"hand_constant_verts": verts.unflatten(0, (N, 2)), "hand_constant_joints": joints.unflatten(0, (N, 2)),
                 "pipe_constant_verts": bv + shift, "pipe_constant_joints": bj + shift}

@@ -420,7 +420,7 @@ def test_hmr2_datasets_for_the_genhmr_stages(tmp_path, monkeypatch):
     """body_dataset / body_pose_dataset reach the file: the tokenizer gets the labelled poses, the image
     stages every row with the labels' SMPL mesh; the held-out split needs the protocol's regressor."""
     path, arrays = write_hmr2_npz(tmp_path)
-    cfg = types.SimpleNamespace(image_size=(64, 48))
+    cfg = types.SimpleNamespace(model=types.SimpleNamespace(image_size=(64, 48)))  # a GenHMR preset's path
     poses = synthetic.body_pose_dataset("hmr2", str(path), "training", cfg, 0, 99)
     assert len(poses) == 3 and set(poses[0]) == {"smpl_pose", "smpl_shape", "index"}
     monkeypatch.delenv("HMR_J_REGRESSOR", raising=False)
@@ -518,7 +518,7 @@ def test_wholebody_npz_errors_name_the_file_key_and_row(tmp_path):
 
 def test_wholebody_dataset_reaches_the_file(tmp_path):
     path, _, _ = write_wholebody_npz(tmp_path, count=2)
-    cfg = types.SimpleNamespace(image_size=(64, 48))
+    cfg = types.SimpleNamespace(data=types.SimpleNamespace(image_size=(64, 48)))  # an HMR-Adapter preset's path
     train_set = synthetic.wholebody_dataset("wholebody", str(path), "training", cfg, 0, 99)
     eval_set = synthetic.wholebody_dataset("wholebody", f"{path},{path}", "evaluation", cfg, 0, 99)
     assert len(train_set) == len(eval_set) == 2

@@ -66,7 +66,7 @@ def test_draw_hand_predictions_writes_a_png(tmp_path):
 
 
 def test_draw_body_pictures_write_pngs(tmp_path):
-    cfg = types.SimpleNamespace(image_size=(48, 36))
+    cfg = types.SimpleNamespace(model=types.SimpleNamespace(image_size=(48, 36)))  # a GenHMR preset's path
     eval_set = synthetic.body_dataset("synthetic", "", "evaluation", cfg, 0, 2)
     gt = data.stack_samples(eval_set, range(2))
     pred = {"verts": gt["verts"] + 0.02, "refined_verts": gt["verts"], "joints3d": gt["joints3d"]}

@@ -402,7 +402,7 @@ def test_ambiguous_bodies_show_both_readings_in_the_same_image():
 
 
 def test_body_datasets_for_the_trainer_carry_index_and_the_meshes_they_are_scored_on():
-    cfg = types.SimpleNamespace(image_size=(32, 24))
+    cfg = types.SimpleNamespace(model=types.SimpleNamespace(image_size=(32, 24)))  # a GenHMR preset's path
     poses = synthetic.body_pose_dataset("synthetic", "", "evaluation", cfg, 0, 3)
     sample = poses[2]
     assert int(sample["index"]) == 2 and sample["verts"].shape == (6890, 3) and sample["joints3d"].shape == (24, 3)
