@@ -66,7 +66,8 @@ def test_paper_chain_trains_every_stage_two_steps_at_paper_size(tmp_path):
             assert all(map(torch.isfinite, torch.tensor([h["loss"] for h in report["history"]] + [report[metric]])))
         assert "genhmr (paper): " in log and "global batch 2 (2 per rank)" in log
         assert torch.load(out / "genhmr_prior" / "ckpt.pt", weights_only=True, mmap=True)["step"] == 0
-        assert tuple(ckpt["config"]["image_size"]) == (256, 192) and ckpt["config"]["token_head"] == "linear"
+        model_cfg = ckpt["config"]["model"]  # the preset's model config (GenHMRConfig)
+        assert tuple(model_cfg["image_size"]) == (256, 192) and model_cfg["token_head"] == "linear"
         assert ckpt["model"]["masked_transformer.head.weight"].shape == (2048, 256)  # the paper's logits
     finally:
         shutil.rmtree(out, ignore_errors=True)  # about 16 GB of checkpoints (weights and AdamW state)
