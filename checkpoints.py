@@ -36,8 +36,8 @@ def save_file(obj, path):
 
 
 def sweep_temporaries(folder):
-    """Remove the temporary files a write killed midway left in `folder` (atomic_write's NAME.XXXX.tmp): the file
-    it was writing is still the last whole one. Called by rank 0 before a run, when nothing writes there."""
+    """Remove the temporary files that a SIGKILLed write left in `folder` (atomic_write names them NAME.<random>.tmp);
+    the file it was replacing is still the last whole one. Rank 0 calls this before a run, when nothing writes."""
     for path in pathlib.Path(folder).glob("*.tmp"):
         path.unlink(missing_ok=True)
 
