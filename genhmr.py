@@ -490,23 +490,29 @@ class GenHMR(nn.Module):
     def generate(self, images, joints2d=None, joints2d_weight=None, cfg=None, seeds=None, generator=None):
         """The paper's inference: UGS (cfg: InferenceConfig, default the paper's), then, given detected 2D joints
         (B, 24, 2) in pixels of the images (joints2d_weight (B, 24): e.g. confidences, 0 without a keypoint), the
-        2D pose-guided refinement (Eqs. 2-4), then SMPL. seeds (B,): UGS's choice noise drawn per sample from
-        generators seeded by them (else from `generator`). -> {ids (B, L), betas (B, 10), cam (B, 3), joints3d
-        (B, 24, 3), verts (B, 6890, 3) in metres in the crop's camera, joints2d (B, 24, 2) pixels, cam_t (B, 3)},
-        and with joints2d the same refined, prefixed refined_ (the paper's answer)."""
+        2D pose-guided refinement (Eqs. 2-4, `refine_towards`), then SMPL. seeds (B,): UGS's choice noise drawn per
+        sample from generators seeded by them (else from `generator`). -> {ids (B, L), betas (B, 10), cam (B, 3),
+        joints3d (B, 24, 3), verts (B, 6890, 3) in metres in the crop's camera, joints2d (B, 24, 2) pixels, cam_t
+        (B, 3)}, and with joints2d the same refined, prefixed refined_ (the paper's answer)."""
         cfg, image_hw = cfg or InferenceConfig(), images.shape[-2:]
         ugs = uncertainty_guided_sampling(self, images, cfg.ugs_iterations, cfg.schedule, cfg.top_k, generator,
                                           cfg.choice_temperature, seeds)
-        tok, ids, betas, cam = self.tokenizer, ugs["ids"], ugs["betas"], ugs["cam"]
-        poses = {"": tok.decode_ids(ids)}
+        ids, betas, cam = ugs["ids"], ugs["betas"], ugs["cam"]
+        out = dict(mesh_outputs(self.tokenizer, self.tokenizer.decode_ids(ids), betas, cam, image_hw),
+                   ids=ids, betas=betas, cam=cam)
         if joints2d is not None:
-            targets = normalise_joints2d(joints2d.float(), image_hw)
-            problem = refinement_problem(tok, ids, betas, cam, targets, cfg.refine_reg, image_hw[0], joints2d_weight)
-            poses["refined_"] = tok.decode(refine(*problem, cfg)[-1])
-        out = {}
-        for prefix, R in poses.items():
-            out.update(mesh_outputs(tok, R, betas, cam, image_hw, prefix))
-        return dict(out, ids=ids, betas=betas, cam=cam)
+            out.update(self.refine_towards(out, joints2d, joints2d_weight, cfg, image_hw))
+        return out
+
+    @torch.no_grad()
+    def refine_towards(self, sampled, joints2d, joints2d_weight, cfg, image_hw, prefix="refined_"):
+        """Sec. 3.3: the sampled tokens (sampled: ids, betas, cam from `generate`) refined towards 2D joints (B, 24, 2)
+        in pixels of the H x W crop -> the refined mesh's keys (`mesh_outputs`), prefixed."""
+        tok, betas, cam = self.tokenizer, sampled["betas"], sampled["cam"]
+        targets = normalise_joints2d(joints2d.float(), image_hw)
+        problem = refinement_problem(tok, sampled["ids"], betas, cam, targets, cfg.refine_reg, image_hw[0],
+                                     joints2d_weight)
+        return mesh_outputs(tok, tok.decode(refine(*problem, cfg)[-1]), betas, cam, image_hw, prefix)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -892,7 +898,11 @@ class GenHMRRecipe:
     temperature_start: float = 1.0  # Gumbel temperature (Table 8)
     temperature_end: float = 0.01
     anneal_fraction: float = 0.5  # Table 9: 50 % of training
-    refine_noise_px: float = 1.0  # evaluation: the detected 2D joints = the labels + N(0, 1 px)
+    # evaluation: the refinement's 2D joints err as a published detector's (`detector_joints2d`, NOTE 27): HRNet-W32
+    # (256 x 256) on MPII val, PCKh@0.1 and PCKh@0.5 (mmpose, configs/body/2d_kpt_sview_rgb_img/topdown_heatmap/mpii/
+    # hrnet_mpii.md); the oracle row refines towards the labels + N(0, oracle_noise_px^2) instead (refined_oracle_*)
+    detector_pckh: tuple = (0.334, 0.900)
+    oracle_noise_px: float = 1.0
     batch_size: int = 48  # "batch size of 48"; per GPU or global is unstated
     lr: float = 1e-5  # Adam
     backbone_lr_scale: float = 1.0  # the image encoder's lr / lr (the paper and MEGA: one lr for all)
@@ -1080,33 +1090,98 @@ def joints2d_noise(index, std_px, shape):
     return torch.stack(noise).to(index.device) * std_px
 
 
-def detected_joints2d(batch, cfg):
-    """The 2D joints `predict` gives the refinement, standing in for a detector's: batch["joints2d"] +
-    `joints2d_noise` (refine_noise_px, seeded by batch["index"]) -> pixels (B, 24, 2), and the per-joint weights
-    batch["joints2d_weight"] (B, 24) or None."""
-    if "index" not in batch:
-        raise ValueError("genhmr.predict: the batch needs 'index' (B,), the samples' dataset indices that seed "
-                         "the 2D joints' noise (data.Indexed adds it)")
-    joints2d = batch["joints2d"].float() + joints2d_noise(batch["index"], cfg.recipe.refine_noise_px, (NUM_JOINTS, 2))
+# NOTE 27: the refinement's 2D joints at evaluation. The paper refines towards "2D pose clues from off-the-shelf 2D
+# pose detectors such as OpenPose" (Sec. 3.3); the renders come with none, so `predict` draws joints that err as a
+# published detector errs on MPII: a share `miss` of the joints lands anywhere in the crop, the rest within an
+# isotropic Gaussian, both fitted to the detector's PCKh at 0.1 and 0.5 head segments (recipe.detector_pckh).
+
+
+def detector_error_model(pckh_01, pckh_05):
+    """(sigma, miss) such that a joint lies within r head segments of the truth with probability
+    (1 - miss) (1 - exp(-r^2 / 2 sigma^2)): pckh_01 at r = 0.1, pckh_05 at r = 0.5 (sigma per axis, in head
+    segments; the misses' chance of landing near the truth is left out)."""
+    def within(r, sigma):
+        return 1 - math.exp(-r * r / (2 * sigma * sigma))
+    lo, hi = 1e-3, 10.0  # within(0.1) / within(0.5) falls from 1 to 0.04 as sigma grows: bisect for the ratio
+    for _ in range(200):
+        sigma = math.sqrt(lo * hi)
+        lo, hi = (sigma, hi) if within(0.1, sigma) / within(0.5, sigma) > pckh_01 / pckh_05 else (lo, sigma)
+    return sigma, 1 - pckh_05 / within(0.5, sigma)
+
+
+def head_segment_m(body):
+    """MPII's head segment (PCKh's unit, "60 % of the diagonal of the head bounding box"), in metres: 0.6 x the
+    diagonal of the front-view (x, y) box of body's (`SMPLLayer`) template vertices skinned mostly to the head (15)."""
+    head = body.v_template[body.lbs_weights.argmax(1) == 15]
+    w, h = (head[:, :2].amax(0) - head[:, :2].amin(0)).tolist()
+    return 0.6 * math.hypot(w, h)
+
+
+def detector_joints2d(joints2d, head_px, index, pckh, image_hw):
+    """NOTE 27: detector-like 2D joints (B, J, 2) in pixels of the H x W crop from the true ones: N(0, (sigma
+    head_px)^2) per axis, or with probability miss anywhere in the crop (`detector_error_model` of pckh); head_px
+    (B,): the head segment in pixels; one generator per sample seeded by its dataset index (B,)."""
+    sigma, miss = detector_error_model(*pckh)
+    (H, W), out = image_hw, []
+    for uv, scale, i in zip(joints2d.detach().cpu().float(), head_px.detach().cpu().float(), index.reshape(-1)):
+        g = torch.Generator().manual_seed(int(i))
+        near = uv + torch.randn(uv.shape, generator=g) * sigma * scale
+        missed = torch.rand(len(uv), generator=g) < miss
+        anywhere = torch.rand(uv.shape, generator=g) * torch.tensor([float(W), float(H)])
+        out.append(torch.where(missed[:, None], anywhere, near))
+    return torch.stack(out).to(joints2d.device)
+
+
+def evaluation_joints2d(batch, cfg, body):
+    """The 2D joints `predict` refines towards, from the labels (NOTE 27): {"refined_": detector-like
+    (`detector_joints2d`; the head segment in pixels from the labels' camera: f / depth of the pelvis),
+    "refined_oracle_": the labels + `joints2d_noise` (oracle_noise_px)} -> pixels (B, 24, 2), seeded by
+    batch["index"]; and the per-joint weights batch["joints2d_weight"] (B, 24) or None."""
+    for key in ("index", "K", "joints3d"):
+        if key not in batch:
+            raise ValueError(f"genhmr.predict: the batch needs {key!r} (index: the samples' dataset indices that seed "
+                             "the 2D joints' errors, data.Indexed adds it; K and joints3d: the labels' camera)")
+    joints2d, index = batch["joints2d"].float(), batch["index"]
+    detected = detector_joints2d(joints2d, head_pixels(batch, body), index, cfg.recipe.detector_pckh, batch["image"].shape[-2:])
+    oracle = joints2d + joints2d_noise(index, cfg.recipe.oracle_noise_px, (NUM_JOINTS, 2))
     weights = batch.get("joints2d_weight")  # real data: 0 for the joints without a 2D keypoint
-    return joints2d, None if weights is None else weights.float()
+    return {"refined_": detected, "refined_oracle_": oracle}, None if weights is None else weights.float()
 
 
 @torch.no_grad()
 def predict(model, batch, cfg):
-    """train.py's image stage: `GenHMR.generate` (cfg.inference) on batch["image"], given `detected_joints2d`, UGS's
-    choice noise seeded by batch["index"] -> per-sample tensors: joints3d (B, 24, 3), verts (B, 6890, 3) in metres
-    in the labels' camera frame, joints2d (B, 24, 2) pixels, cam_t (B, 3), ids (B, L), betas (B, 10); the same
-    refined with prefix refined_; reproj_error_px and refined_reproj_error_px (B,): mean 2D distance to the joints
-    refinement was given."""
-    joints2d, weights = detected_joints2d(batch, cfg)
-    out = _unwrap(model).generate(batch["image"], joints2d, weights, cfg.inference, seeds=batch["index"])
+    """train.py's image stage: `GenHMR.generate` (cfg.inference) on batch["image"] towards detector-like 2D joints
+    (`evaluation_joints2d`), UGS's choice noise seeded by batch["index"], and the same samples refined towards the
+    oracle's joints -> per-sample tensors: joints3d (B, 24, 3), verts (B, 6890, 3) in metres in the labels' camera
+    frame, joints2d (B, 24, 2) pixels, cam_t (B, 3), ids (B, L), betas (B, 10); the same refined with prefixes
+    refined_ and refined_oracle_; reproj_error_px and refined_reproj_error_px (B,): mean 2D distance to the detected
+    joints; detected_error_px, detected_pckh_01 and detected_pckh_05 (B,): the detected joints against the labels."""
+    raw, image_hw = _unwrap(model), batch["image"].shape[-2:]
+    targets, weights = evaluation_joints2d(batch, cfg, raw.tokenizer.body)
+    out = raw.generate(batch["image"], targets["refined_"], weights, cfg.inference, seeds=batch["index"])
+    out.update(raw.refine_towards(out, targets["refined_oracle_"], weights, cfg.inference, image_hw,
+                                  "refined_oracle_"))
     del out["cam"]
+    seen = None if weights is None else (weights > 0).float()
     for prefix in ("", "refined_"):
-        dist = (out[f"{prefix}joints2d"] - joints2d).norm(dim=-1)  # (B, 24)
-        out[f"{prefix}reproj_error_px"] = (dist.mean(-1) if weights is None
-                                           else (dist * (weights > 0)).sum(-1) / (weights > 0).sum(-1).clamp_min(1))
+        out[f"{prefix}reproj_error_px"] = _joint_mean((out[f"{prefix}joints2d"] - targets["refined_"]).norm(dim=-1),
+                                                      seen)
+    error = (targets["refined_"] - batch["joints2d"].float()).norm(dim=-1)  # (B, 24)
+    head_px = head_pixels(batch, raw.tokenizer.body)[:, None]
+    out.update(detected_error_px=_joint_mean(error, seen),
+               detected_pckh_01=_joint_mean((error < 0.1 * head_px).float(), seen),
+               detected_pckh_05=_joint_mean((error < 0.5 * head_px).float(), seen))
     return out
+
+
+def head_pixels(batch, body):
+    """The head segment (`head_segment_m`) in pixels of each crop (B,): f / depth of the labels' pelvis."""
+    return head_segment_m(body) * batch["K"][:, 0, 0].float() / batch["joints3d"][:, 0, 2].float()
+
+
+def _joint_mean(x, seen):
+    """Per-sample mean (B,) of x (B, J) over the joints, or over those with seen (B, J) 1."""
+    return x.mean(-1) if seen is None else (x * seen).sum(-1) / seen.sum(-1).clamp_min(1)
 
 
 def _unwrap(model):
@@ -1632,7 +1707,8 @@ def diagnostics(model, cfg, train_labels):
         out["table_soft_T1_joints3d"] = tok.body.joints(soft_readout(model, levels), betas)
         ids = runs.get((inf.schedule, inf.ugs_iterations))
         ids = ugs(inf.ugs_iterations, inf.schedule)[0] if ids is None else ids
-        joints2d, weights = detected_joints2d(batch, cfg)
+        targets, weights = evaluation_joints2d(batch, cfg, tok.body)
+        joints2d = targets["refined_"]
         longest = dataclasses.replace(inf, refine_iterations=max(TABLE_REFINE_STEPS))
         targets = normalise_joints2d(joints2d, image_hw)
         problem = refinement_problem(tok, ids, betas, cam, targets, inf.refine_reg, image_hw[0], weights)

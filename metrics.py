@@ -567,7 +567,8 @@ def body_metrics(pred, gt):
     """The body table train.py reports: `body_errors` of every prediction variant in pred (a prefix p
     with pred[p + "joints3d"]: "" first, then e.g. "refined_" or a table row's), against gt's
     joints3d and verts; with pred["reproj_error_px"] and pred["refined_reproj_error_px"] (B,), their
-    means and refine_2d_improved_fraction, the share of samples whose 2D error fell; with
+    means and refine_2d_improved_fraction, the share of samples whose 2D error fell; with pred["detected_*"] (B,)
+    (the 2D joints refinement was given, against the labels), their means; with
     pred[p + "masked_token_accuracy_75"] / pred[p + "count_table_accuracy_75"] (B,), their means over labelled rows.
     Real benchmarks (gt from data.HMR2Npz, with "keypoints3d"): a variant with meshes is scored by
     the benchmarks' protocol (`hmr2_errors`, regressor from $HMR_J_REGRESSOR), one without (a table
@@ -589,6 +590,8 @@ def body_metrics(pred, gt):
     for key in [k for k in pred if k.endswith("_accuracy_75")]:  # GenHMR's: NaN on rows without a pose
         if not torch.isnan(pred[key]).all():
             out[key] = torch.nanmean(pred[key].double()).item()
+    for key in [k for k in pred if k.startswith("detected_")]:  # GenHMR's: the 2D joints its refinement was given
+        out[key] = pred[key].double().mean().item()
     if "reproj_error_px" in pred and "refined_reproj_error_px" in pred:
         before, after = pred["reproj_error_px"], pred["refined_reproj_error_px"]
         out.update(refine_2d_improved_fraction=(after < before).float().mean().item(),

@@ -141,7 +141,7 @@ MODELS = {
                           picture=plots.draw_token_prior, starts_from="genhmr_backbone", data_fields=(),
                           shares_fields=genhmr.PRIOR_FIELDS, train_samples=16384, data_kinds=BODY_KINDS),
     "genhmr": Stage(genhmr, data=synthetic.body_dataset, metrics=metrics.body_metrics,
-                    baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("", "refined_")),
+                    baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("", "refined_", "refined_oracle_")),
                     picture=plots.draw_body_predictions, starts_from="genhmr_prior", train_samples=16384,
                     data_kinds=BODY_KINDS),
     "hmr_adapter_bases": Stage(hmr_adapter.BASES, data=synthetic.wholebody_dataset,
