@@ -301,9 +301,10 @@ class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention (Zhu et al. 2020), Eq. MSDA in multi-head form:
     MSDA(Y, p, {x^l}) = sum_m W_m [sum_l sum_k A_mlqk W'_m x^l(phi_l(p_q) + dp_mlqk)]."""
 
-    def __init__(self, d, heads, levels, points):
+    def __init__(self, d, heads, levels, points, level_sizes=None):
         super().__init__()
         self.heads, self.levels, self.points = heads, levels, points
+        self.level_sizes = level_sizes  # ((H_l, W_l), ...) or None: where the offsets start (`reset_parameters`)
         self.sampling_offsets = nn.Linear(d, heads * levels * points * 2)
         self.attention_weights = nn.Linear(d, heads * levels * points)
         self.value_proj, self.output_proj = nn.Linear(d, d), nn.Linear(d, d)
@@ -311,14 +312,18 @@ class MSDeformAttn(nn.Module):
 
     def reset_parameters(self):
         """Deformable DETR: offsets start on a radial pattern (point k at k + 1 pixels along head m's
-        direction), attention weights uniform, value/output projections Xavier."""
+        direction), attention weights uniform, value/output projections Xavier. With level_sizes, each level's
+        pattern is scaled by `offset_scale` (NOTE 28)."""
         nn.init.zeros_(self.sampling_offsets.weight)
         theta = torch.arange(self.heads) * (2 * math.pi / self.heads)
         grid = torch.stack([theta.cos(), theta.sin()], -1)
         grid = grid / grid.abs().max(-1, keepdim=True)[0]  # (M, 2)
         grid = grid[:, None, None] * torch.arange(1, self.points + 1)[None, None, :, None]  # (M, 1, P, 2)
+        grid = grid.expand(-1, self.levels, -1, -1)  # (M, n_levels, P, 2)
+        if self.level_sizes is not None:
+            grid = grid * torch.tensor([offset_scale(*hw) for hw in self.level_sizes])[None, :, None, None]
         with torch.no_grad():
-            self.sampling_offsets.bias.copy_(grid.expand(-1, self.levels, -1, -1).flatten())
+            self.sampling_offsets.bias.copy_(grid.flatten())
         nn.init.zeros_(self.attention_weights.weight), nn.init.zeros_(self.attention_weights.bias)
         for m in (self.value_proj, self.output_proj):
             nn.init.xavier_uniform_(m.weight), nn.init.zeros_(m.bias)
@@ -346,6 +351,22 @@ class MSDeformAttn(nn.Module):
         return self.output_proj(ms_deform_attn(values, loc, A))
 
 
+REFERENCE_MARGIN = 0.1  # the reference points start in [0.1, 0.9] of the image (`MaskedTransformer`)
+
+
+def offset_scale(H, W):
+    """NOTE 28: the factor on Deformable DETR's start offsets for an H x W map, min(1, 0.1 min(H, W)): each head's
+    first point (1 pixel out) then stays within the reference points' starting margin, so inside the map; at
+    least 10 pixels a side (every level at the paper's size) it is Deformable DETR's own start."""
+    return min(1.0, REFERENCE_MARGIN * min(H, W))
+
+
+def level_sizes(cfg):
+    """The pyramid's (H_l, W_l) per level: the ViT grid (H / patch, W / patch) x each of cfg.feature_scales."""
+    H, W = cfg.image_hw
+    return tuple((H // cfg.patch_size * s, W // cfg.patch_size * s) for s in cfg.feature_scales)
+
+
 class DecoderLayer(nn.Module):
     """Pre-norm: Y + SA(LN Y) -> Y + MSDA(LN Y, p, {x^l}) -> Y + FFN(LN Y). NOTE 8."""
 
@@ -354,7 +375,8 @@ class DecoderLayer(nn.Module):
         d = cfg.d_model
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.self_attn = Attention(d, cfg.num_heads)
-        self.cross_attn = MSDeformAttn(d, cfg.num_heads, levels, cfg.num_points)
+        self.cross_attn = MSDeformAttn(d, cfg.num_heads, levels, cfg.num_points,
+                                       level_sizes(cfg) if cfg.offset_start == "map" else None)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.ReLU(), nn.Dropout(cfg.dropout),
                                  nn.Linear(cfg.ffn_dim, d))
         self.dropout = nn.Dropout(cfg.dropout)
@@ -385,7 +407,8 @@ class MaskedTransformer(nn.Module):
         self.pos_emb = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
         # learnable reference points p_y = sigmoid(r_y), r (L, 2), spread over the image at the start
         # NOTE 9: Deformable DETR's start puts all L points at the centre: every token reads one place
-        self.reference = nn.Parameter(torch.logit(torch.rand(num_tokens, 2) * 0.8 + 0.1))
+        self.reference = nn.Parameter(torch.logit(torch.rand(num_tokens, 2) * (1 - 2 * REFERENCE_MARGIN)
+                                                  + REFERENCE_MARGIN))
         self.layers = nn.ModuleList(DecoderLayer(cfg, len(cfg.feature_scales)) for _ in range(cfg.num_layers))
         self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, head_width or len(codebook))
 
@@ -660,7 +683,7 @@ def uncertainty_guided_sampling(model, images, T=5, schedule="cosine", top_k=1, 
                                 choice_temperature=0.0, seeds=None):
     """Inference Strategy > UGS: start all [MASK]; each iteration samples every masked token, then
     re-masks the ceil(gamma(t / T) L) least confident of them; the image encoder runs once.
-    -> {"ids" (B, L), "betas", "cam", "history": [(masked (B, L) bool after t, confidence (B, L))]}."""
+    -> {"ids" (B, L), "betas", "cam", "history": [(masked (B, L) bool after t, confidence (B, L), ids (B, L))]}."""
     model = _unwrap(model)
     levels, betas, cam = model.encode_image(images)  # once, whatever T is
     ids, history = sample_from_features(model, levels, T, schedule, top_k, generator, choice_temperature, seeds)
@@ -670,8 +693,10 @@ def uncertainty_guided_sampling(model, images, T=5, schedule="cosine", top_k=1, 
 @torch.no_grad()
 def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generator=None, choice_temperature=0.0,
                          seeds=None):
-    """UGS's iterations on an encoded image pyramid -> (ids (B, L), history). choice_temperature c > 0 ranks the
-    masked tokens by log p + c (1 - t / T) g, g ~ Gumbel(0, 1) (MaskGIT's, NOTE 17: `gumbel_noise`, appendix E)."""
+    """UGS's iterations on an encoded image pyramid -> (ids (B, L), history: per iteration t, (masked (B, L) after t,
+    confidence (B, L) of the sampled tokens, ids (B, L) sampled or fixed at t, before re-masking)).
+    choice_temperature c > 0 ranks the masked tokens by log p + c (1 - t / T) g, g ~ Gumbel(0, 1) (MaskGIT's,
+    NOTE 17: `gumbel_noise`, appendix E)."""
     # levels None: no image (`TokenPrior`); the batch size and device then come from seeds
     B, device = (len(levels[0]), levels[0].device) if levels is not None else (len(seeds), seeds.device)
     L = model.num_tokens
@@ -690,8 +715,8 @@ def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generat
         score = torch.where(masked, score, torch.full_like(score, math.inf))  # fixed stay fixed
         order = score.argsort(dim=1, stable=True)  # least confident first, ties to the lower index
         masked = torch.zeros_like(masked).scatter(1, order[:, :n], True)
+        history.append((masked.clone(), confidence, ids))  # ids: every position sampled or fixed, before re-masking
         ids = torch.where(masked, torch.full_like(ids, model.num_codes), ids)
-        history.append((masked.clone(), confidence))
     return ids, history
 
 
@@ -826,6 +851,9 @@ class GenHMRConfig:
     num_layers: int = 4  # "4 deformable cross attention layers" (Table 16)
     num_heads: int = 8  # self-attention and MSDA heads
     num_points: int = 4  # MSDA sampling points per head and level
+    # where the sampling offsets start: "detr", Deformable DETR's radial pattern in pixels of every level, or "map",
+    # that pattern scaled to each map (`offset_scale`, NOTE 28: the same at the paper's size)
+    offset_start: str = "detr"
     ffn_dim: int = 1024
     dropout: float = 0.1
     head_hidden: int = 1024  # beta/camera MLP. NOTE 10
@@ -843,7 +871,7 @@ class GenHMRConfig:
 
     def __post_init__(self):
         for name, allowed in (("ce_on", ("all", "masked")), ("gumbel_positions", ("all", "masked")),
-                              ("token_head", ("linear", "tied"))):
+                              ("token_head", ("linear", "tied")), ("offset_start", ("detr", "map"))):
             _check_choice(self, name, allowed)
         self.image_size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else self.image_size
         self.feature_scales, self.conv_stem = tuple(self.feature_scales), tuple(self.conv_stem)
@@ -1142,7 +1170,8 @@ def evaluation_joints2d(batch, cfg, body):
             raise ValueError(f"genhmr.predict: the batch needs {key!r} (index: the samples' dataset indices that seed "
                              "the 2D joints' errors, data.Indexed adds it; K and joints3d: the labels' camera)")
     joints2d, index = batch["joints2d"].float(), batch["index"]
-    detected = detector_joints2d(joints2d, head_pixels(batch, body), index, cfg.recipe.detector_pckh, batch["image"].shape[-2:])
+    detected = detector_joints2d(joints2d, head_pixels(batch, body), index, cfg.recipe.detector_pckh,
+                                 batch["image"].shape[-2:])
     oracle = joints2d + joints2d_noise(index, cfg.recipe.oracle_noise_px, (NUM_JOINTS, 2))
     weights = batch.get("joints2d_weight")  # real data: 0 for the joints without a 2D keypoint
     return {"refined_": detected, "refined_oracle_": oracle}, None if weights is None else weights.float()
@@ -1689,8 +1718,9 @@ def diagnostics(model, cfg, train_labels):
     """train.py's final-evaluation pass beside `predict` -> a callable batch -> {key: (B, ...)}: joints3d (B, 24, 3)
     (root-relative) of UGS for every T in TABLE_ITERATIONS x schedule (table_{schedule}_T{T}_joints3d), of
     `soft_readout` (table_soft_T1_joints3d), of refinement after UGS for every P in TABLE_REFINE_STEPS
-    (table_refine_P{P}_joints3d), and `context_accuracies` with the neighbour counts of train_labels["smpl_pose"]
-    (n, 24, 3) tokenized (count_table_accuracy_75, when the table has at most COUNT_TABLE_MAX_CELLS cells)."""
+    (table_refine_P{P}_joints3d), `context_accuracies` with the neighbour counts of train_labels["smpl_pose"]
+    (n, 24, 3) tokenized (count_table_accuracy_75, when the table has at most COUNT_TABLE_MAX_CELLS cells), and
+    `ugs_commits` of UGS at the inference config's T and schedule."""
     model = _unwrap(model)
     tok, counts = model.tokenizer, neighbour_counts(model, train_labels)
 
@@ -1701,6 +1731,7 @@ def diagnostics(model, cfg, train_labels):
         ugs = functools.partial(sample_from_features, model, levels, top_k=inf.top_k,
                                 choice_temperature=inf.choice_temperature, seeds=batch["index"])
         out = context_accuracies(model, levels, batch, counts)
+        out.update(ugs_commits(tok, ugs(inf.ugs_iterations, inf.schedule)[1], betas, batch))
         runs = {(schedule, T): ugs(T, schedule)[0] for schedule in SCHEDULES for T in TABLE_ITERATIONS}
         for (schedule, T), ids in runs.items():
             out[f"table_{schedule}_T{T}_joints3d"] = tok.body.joints(tok.decode_ids(ids), betas)
@@ -1800,6 +1831,24 @@ def context_masks(index, L, visible=0.75):
 
 
 @torch.no_grad()
+def ugs_commits(tokenizer, history, betas, batch):
+    """What UGS commits, per iteration t of its history (`sample_from_features`): ugs_t{t}_commit_precision (B,), the
+    share of the tokens fixed at t (masked before t, not after) that are the true pose's tokens (batch["smpl_pose"]
+    tokenized; NaN where none was fixed or the sample has no pose label), and ugs_t{t}_joints3d (B, 24, 3)
+    (root-relative), the pose decoded from every position's token at t (the fixed ones and this iteration's samples)."""
+    out, before = {}, torch.ones_like(history[0][0])
+    y = tokenizer.tokenize(batch["smpl_pose"].float()) if "smpl_pose" in batch else None
+    labelled = batch.get("has_smpl_pose", torch.ones(len(betas), device=betas.device)) > 0
+    for t, (masked, _, ids) in enumerate(history, 1):
+        out[f"ugs_t{t}_joints3d"] = tokenizer.body.joints(tokenizer.decode_ids(ids), betas)
+        if y is not None:
+            fixed = before & ~masked  # (B, L) committed at t
+            precision = ((ids == y) & fixed).sum(1) / fixed.sum(1)  # NaN where nothing was fixed
+            out[f"ugs_t{t}_commit_precision"] = torch.where(labelled, precision.float(), math.nan)
+        before = masked
+    return out
+
+
 def context_accuracies(model, levels, batch, counts=None):
     """Does the token generator use its context? Given 75 % of the true tokens Y* (the sample's pose
     tokenized, `context_masks` hiding the rest), the share of the hidden tokens predicted right (argmax)

@@ -62,7 +62,8 @@ def body_batch(B=4, seed=0, size=32):
     return {"image": torch.rand(B, 3, size, size, generator=g), "smpl_pose": torch.randn(B, 24, 3, generator=g) * 0.3,
             "smpl_shape": torch.randn(B, 10, generator=g), "joints3d": joints3d,
             "joints2d": bodymodels.project_to_crop(joints3d, torch.zeros(B, 3)) * size + size / 2,
-            "K": torch.tensor([[5000.0 * size / 256, 0, size / 2], [0, 5000.0 * size / 256, size / 2], [0, 0, 1]]).expand(B, 3, 3)}
+            "K": torch.tensor([[5000.0 * size / 256, 0, size / 2], [0, 5000.0 * size / 256, size / 2],
+                               [0, 0, 1]]).expand(B, 3, 3)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,9 +312,9 @@ def test_ugs_fixed_tokens_stay_fixed_and_no_mask_is_left(model):
     images = torch.rand(3, 3, 32, 32, generator=seeded(1))
     out = genhmr.uncertainty_guided_sampling(model, images, T=5)
     L = model.num_tokens
-    counts = [int(m.sum()) // 3 for m, _ in out["history"]]
+    counts = [int(m.sum()) // 3 for m, *_ in out["history"]]
     assert counts == genhmr.remask_counts(L, 5)
-    for (before, _), (after, _) in zip(out["history"], out["history"][1:]):
+    for (before, *_), (after, *_) in zip(out["history"], out["history"][1:]):
         assert not (after & ~before).any()  # a fixed position is never masked again
     assert not (out["ids"] == model.num_codes).any() and out["ids"].max() < model.num_codes
 
@@ -478,6 +479,7 @@ def test_predict_is_the_papers_inference_and_diagnostics_hold_the_tables(model, 
     expected = {f"table_{s}_T{T}_joints3d" for s in genhmr.SCHEDULES for T in genhmr.TABLE_ITERATIONS}
     expected |= {f"table_refine_P{P}_joints3d" for P in genhmr.TABLE_REFINE_STEPS}
     expected |= {"table_soft_T1_joints3d", "masked_token_accuracy_75", "count_table_accuracy_75"}
+    expected |= {f"ugs_t{t}_{k}" for t in range(1, 4) for k in ("joints3d", "commit_precision")}
     assert set(diag) == expected and not expected & set(out)
     for key, prefix in (("table_cosine_T3_joints3d", ""), ("table_refine_P5_joints3d", "refined_")):
         torch.testing.assert_close(diag[key] + out[prefix + "cam_t"][:, None], out[prefix + "joints3d"], atol=1e-5,
@@ -1347,7 +1349,7 @@ def test_ugs_remasks_the_least_confident_still_masked_tokens_ties_to_the_lower_i
     stub = _LogitsStub(L, K, table)
     ids, history = genhmr.sample_from_features(stub, [torch.zeros(B, 1)], T, schedule="cosine", choice_temperature=0.0)
     expected_masks = [[{0, 1, 2, 3, 5, 7}, {0, 1, 2, 3, 4, 5}], [{1, 2}, {0, 1}], [set(), set()]]
-    for t, ((mask, confidence), sets) in enumerate(zip(history, expected_masks), 1):
+    for t, ((mask, confidence, _), sets) in enumerate(zip(history, expected_masks), 1):
         assert [set(m.nonzero()[:, 0].tolist()) for m in mask] == sets, f"t={t}"
         p = table[t - 1].softmax(-1).max(-1).values  # the probability of each position's argmax
         torch.testing.assert_close(confidence, p, rtol=0, atol=0)
@@ -1357,6 +1359,50 @@ def test_ugs_remasks_the_least_confident_still_masked_tokens_ties_to_the_lower_i
     assert torch.equal(stub.seen[1], torch.tensor([[M, M, M, M, 2, M, 3, M], [M, M, M, M, M, M, 2, 2]]))
     assert torch.equal(stub.seen[2], torch.tensor([[0, M, M, 2, 2, 2, 3, 0], [M, M, 1, 1, 1, 1, 2, 2]]))
     assert not history[-1][0].any() and len(history) == T
+    for t in range(1, T):  # each iteration's ids: what the next call is given, before [MASK] is put back
+        assert torch.equal(history[t - 1][2].masked_fill(history[t - 1][0], M), stub.seen[t])
+    assert torch.equal(history[-1][2], ids)
+
+
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 6))
+@settings(max_examples=40, deadline=None)
+@example(8, 6, 4)  # TINY's 1x level
+@example(16, 12, 4)  # the paper's 1x level: Deformable DETR's own start
+def test_map_offsets_start_each_heads_first_point_inside_any_map(H, W, points):
+    """NOTE 28: with offset_start "map", the first point of every head, seen from any reference point the reference
+    points can start at ([0.1, 0.9] of the image), lies inside the H x W map; from 10 pixels a side up the offsets
+    are Deformable DETR's own."""
+    attn = genhmr.MSDeformAttn(16, 8, 2, points, level_sizes=((H, W), (2 * H, 2 * W)))
+    detr = genhmr.MSDeformAttn(16, 8, 2, points)
+    offsets = attn.sampling_offsets.bias.view(8, 2, points, 2)  # (M, levels, P, 2) pixels of each level
+    sizes = torch.tensor([[W, H], [2 * W, 2 * H]], dtype=torch.float32)[None, :, None]
+    first = offsets[:, :, 0] / sizes[:, :, 0]  # (M, levels, 2) fractions of the map
+    for corner in (0.1, 0.9):
+        loc = corner + first
+        assert ((loc >= -1e-6) & (loc <= 1 + 1e-6)).all()
+    for level, side in enumerate((min(H, W), 2 * min(H, W))):
+        same = torch.equal(offsets[:, level], detr.sampling_offsets.bias.view(8, 2, points, 2)[:, level])
+        assert same == (side >= 10)
+
+
+def test_ugs_commits_scores_only_the_tokens_fixed_at_each_iteration():
+    """Appendix D's `ugs_commits`: at t, the precision of the tokens masked before t and fixed after it against the
+    true pose's tokens (NaN without a pose label), and the pose decoded from every position's token at t."""
+    y = torch.tensor([[1, 2, 3, 0], [1, 2, 3, 0]])  # the true pose's tokens
+
+    class Tokenizer:
+        tokenize = staticmethod(lambda pose: y)
+        decode_ids = staticmethod(lambda ids: ids.float())
+        body = type("Body", (), {"joints": staticmethod(lambda R, betas: R[..., None].expand(-1, -1, 3))})
+
+    history = [(torch.tensor([[True, True, False, False]] * 2), None, torch.tensor([[0, 2, 3, 1]] * 2)),
+               (torch.zeros(2, 4, dtype=torch.bool), None, torch.tensor([[1, 2, 3, 1]] * 2))]
+    batch = {"smpl_pose": torch.zeros(2, 24, 3), "has_smpl_pose": torch.tensor([1.0, 0.0])}
+    out = genhmr.ugs_commits(Tokenizer(), history, torch.zeros(2, 10), batch)
+    assert out["ugs_t1_commit_precision"][0] == 0.5  # fixed at t = 1: positions 2 (right) and 3 (wrong)
+    assert out["ugs_t2_commit_precision"][0] == 1.0  # fixed at t = 2: positions 0 and 1, both right
+    assert out["ugs_t1_commit_precision"][1].isnan() and out["ugs_t2_commit_precision"][1].isnan()
+    assert torch.equal(out["ugs_t2_joints3d"][0, :, 0], torch.tensor([1.0, 2.0, 3.0, 1.0]))
 
 
 @pytest.mark.parametrize("T", [1, 4, 7])
@@ -1367,7 +1413,7 @@ def test_ugs_matches_a_hand_written_reference_on_tie_heavy_logits(T):
     stub = _LogitsStub(L, K, table)
     ids, history = genhmr.sample_from_features(stub, [torch.zeros(B, 1)], T, schedule="cosine", choice_temperature=0.0)
     ref_ids, ref_masks, ref_inputs = _ugs_by_hand(lambda ids, t: table[t - 1], B, L, K, T)
-    assert len(history) == len(stub.seen) == T and all(torch.equal(a, b) for (a, _), b in zip(history, ref_masks))
+    assert len(history) == len(stub.seen) == T and all(torch.equal(a, b) for (a, *_), b in zip(history, ref_masks))
     assert all(torch.equal(a, b) for a, b in zip(stub.seen, ref_inputs)) and torch.equal(ids, ref_ids)
 
 
@@ -1386,12 +1432,12 @@ def test_ugs_with_choice_temperature_is_per_sample_seeded_and_ranks_log_p_plus_g
     for b in range(B):
         alone_ids, alone_history = run(slice(b, b + 1), c)
         assert torch.equal(alone_ids[0], ids[b])
-        assert all(torch.equal(a[0], h[b]) for (a, _), (h, _) in zip(alone_history, history))
+        assert all(torch.equal(a[0], h[b]) for (a, *_), (h, *_) in zip(alone_history, history))
     ref_ids, ref_masks, _ = _ugs_by_hand(lambda i, t: generator_logits(i, [base], t), B, L, K, T, c=c, seeds=seeds)
-    assert len(history) == T and all(torch.equal(m, r) for (m, _), r in zip(history, ref_masks))
+    assert len(history) == T and all(torch.equal(m, r) for (m, *_), r in zip(history, ref_masks))
     assert torch.equal(ids, ref_ids)
     _, plain = run(slice(None), 0.0)
-    assert any(not torch.equal(m, p) for (m, _), (p, _) in zip(history, plain))  # the test sees the noise
+    assert any(not torch.equal(m, p) for (m, *_), (p, *_) in zip(history, plain))  # the test sees the noise
 
 
 def test_swap_visible_by_hand():
