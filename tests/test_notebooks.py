@@ -2,7 +2,10 @@
 with its outputs, so that a reader browsing the repository sees the pictures.
 
 The notebooks read HMR_NOTEBOOK_FAST=1 to pick their small settings; the cells carry real asserts,
-so a notebook whose numbers go wrong fails here, not only one that raises.
+so a notebook whose numbers go wrong fails here, not only one that raises. Notebook 03 reads two more:
+HMR_NOTEBOOK_OUT, the folder train.py and ablate.py wrote (their --out; the repository's out/ if unset),
+and HMR_NOTEBOOK_TRAINED=1, which makes its small setting read the default run found there too (the full
+setting always does), so that a test checks the notebook on a tiny default run without its ablation rows.
 
     python tests/test_notebooks.py --full       # every notebook in its full setting, saved with its outputs
     python tests/test_notebooks.py NOTEBOOK     # the small setting, for a quick look (not what is committed)
@@ -13,13 +16,15 @@ The method notebooks are committed in their full setting: with the default runs'
 """
 import os
 import pathlib
+import subprocess
 import sys
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+ROOT = pathlib.Path(__file__).parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 METHODS = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03")]  # one per paper: they print `result:` lines
@@ -49,9 +54,37 @@ def outputs(nb):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes_without_error(path, monkeypatch):
     monkeypatch.setenv("HMR_NOTEBOOK_FAST", "1")
+    monkeypatch.delenv("HMR_NOTEBOOK_TRAINED", raising=False)  # no default run read: CI's small setting
+    monkeypatch.delenv("HMR_NOTEBOOK_OUT", raising=False)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     errors = [o for o in outputs(execute(path)) if o.get("output_type") == "error"]
     assert not errors, f"{path.name}: {errors[0]['ename']}: {errors[0]['evalue']}"
+
+
+def test_notebook_03_reads_a_default_run_that_has_no_ablation_row(tmp_path, monkeypatch):
+    """A reader who ran train.py but not ablate.py: notebook 03 loads the default run (a tiny one here, 2 + 2
+    steps) and, without Table 3 No.5's row, trains the control on the loaded bases, so that every cell holds
+    (the control's frozen expert is the model's, which section 5 asserts bit for bit)."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--model", "hmr_adapter", "--out", str(out),
+                           "--max-steps", "2", "--train-samples", "16", "--eval-samples", "8", "--set", "batch_size=4",
+                           "--log-every", "0", "--eval-every", "0", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (out / "hmr_adapter" / "ckpt.pt").exists() and not list(out.glob("hmr_adapter/ablation_*"))
+    monkeypatch.setenv("HMR_NOTEBOOK_FAST", "1")
+    monkeypatch.setenv("HMR_NOTEBOOK_OUT", str(out))
+    monkeypatch.setenv("HMR_NOTEBOOK_TRAINED", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = execute(ROOT / "notebooks" / "03_hmr_adapter.ipynb")
+    errors = [o for o in outputs(nb) if o.get("output_type") == "error"]
+    assert not errors, f"{errors[0]['ename']}: {errors[0]['evalue']}"
+    text = printed(nb)
+    assert "FAST = True, TRAINED = True" in text
+    line = next(line for line in text.splitlines() if line.startswith("sections 3 on: "))
+    assert "the default run (out/hmr_adapter/ckpt.pt: 2 base steps, 2 adapter steps" in line, line
+    assert "trained here on the default run's bases" in line, line
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
