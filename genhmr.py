@@ -983,7 +983,9 @@ TINY = GenHMRPreset(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 ->
         loss_batch=1),
     # MaskGIT's confidence noise (docs/genhmr.md); Eq. (4)'s fixed eta = 0.03, as PAPER: nearer in 3D than the
     # backtracking step, and cheaper (docs/genhmr.md)
-    inference=InferenceConfig(choice_temperature=4.5),
+    # lambda_theta' = 3000: the refinement's regulariser, chosen for detector-like joints (NOTE 27) on renders of
+    # another held-out seed (docs/genhmr.md); the oracle's joints would take a weaker one
+    inference=InferenceConfig(choice_temperature=4.5, refine_reg=3000.0),
     regressor=RegressorConfig(regressor_head="mlp"),  # NOTE 23
     # the image stage fine-tunes the backbone stage's ViT (the paper's start is unstated); MMM's input swap pkeep
     recipe=GenHMRRecipe(pkeep=0.5, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
