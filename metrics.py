@@ -737,6 +737,12 @@ def _wholebody_errors(pred_verts, gt_verts, pred_joints, gt_joints, root):
     return dict(pve_mm=pve, pa_pve_mm=pa_mpvpe(pred_verts, gt_verts), pa_mpjpe_mm=pa_mpjpe(pred_joints, gt_joints))
 
 
+def rotation_angle_deg(R):
+    """The angle (...,) in degrees of rotation matrices R (..., 3, 3): acos((trace R - 1) / 2)."""
+    cos = ((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+    return torch.rad2deg(torch.acos(cos))
+
+
 def _face_errors(pred_verts, gt_verts, pred_neck, gt_neck, ids):
     """Face PVE after moving the neck (B, 3) of each onto the other, and PA-PVE, over vertices ids: (N,) each."""
     pred_face, gt_face = pred_verts[:, ids], gt_verts[:, ids]
@@ -747,7 +753,8 @@ def _face_errors(pred_verts, gt_verts, pred_neck, gt_neck, ids):
 def wholebody_metrics(pred, gt):
     """HMR-Adapter's protocol (Sec. 4.1, Table 1) in mm, as {"hand_path/M/{clean,occluded}/E": ...,
     "pipeline/P/{all,hands,hands_occluded,face}/E": ...} (train.py nests the names at "/"); E is pve_mm,
-    pa_pve_mm, pa_mpjpe_mm. pred: hand_M_verts (N, 2, 778, 3), hand_M_joints (N, 2, 21, 3) (left first, left
+    pa_pve_mm, pa_mpjpe_mm, and for the hand path rot_deg, the angle of the rotation in the Procrustes fit of the
+    hand mesh (its global orientation's error: with PA-PVE, the articulation's, it splits the wrist-aligned PVE). pred: hand_M_verts (N, 2, 778, 3), hand_M_joints (N, 2, 21, 3) (left first, left
     hands flipped), pipe_P_verts (N, 10475, 3), pipe_P_joints (N, 55, 3); gt: {left,right}_hand_mano_pose,
     {left,right}_hand_occluded, verts, joints3d (data.py's whole-body keys). Alignment as SMPLer-X's evaluate
     (EHF.py, humandata.py, which the paper follows): PVE after moving the pelvis (all), each wrist (hands;
@@ -762,12 +769,14 @@ def wholebody_metrics(pred, gt):
         pose = torch.stack([gt[f"{s}_hand_mano_pose"] for s in WHOLEBODY_SIDES], 1).flatten(0, 1)
         gt_verts, gt_joints = _mano_rotations_mesh(bodymodels.axis_angle_to_matrix(pose), pose.new_zeros(len(pose), 10))
     for name in hand_names:
-        e = _wholebody_errors(pred[f"hand_{name}_verts"].flatten(0, 1), gt_verts,
-                              pred[f"hand_{name}_joints"].flatten(0, 1), gt_joints, 0)
+        verts = pred[f"hand_{name}_verts"].flatten(0, 1)
+        e = {k: 1000 * v for k, v in _wholebody_errors(verts, gt_verts, pred[f"hand_{name}_joints"].flatten(0, 1),
+                                                        gt_joints, 0).items()}  # mm
+        e["rot_deg"] = rotation_angle_deg(procrustes_transform(verts.double(), gt_verts.double())[1])
         for split, mask in (("clean", ~occluded), ("occluded", occluded)):
             if not mask.any():
                 continue
-            result.update({f"hand_path/{name}/{split}/{k}": 1000 * v[mask].mean() for k, v in e.items()})
+            result.update({f"hand_path/{name}/{split}/{k}": v[mask].mean() for k, v in e.items()})
     face, hand_ids = face_vertex_ids(), hand_vertex_ids()
     for name in [k[5:-6] for k in pred if k.startswith("pipe_") and k.endswith("_verts")]:
         verts, joints = pred[f"pipe_{name}_verts"], pred[f"pipe_{name}_joints"]

@@ -519,10 +519,25 @@ def test_perfect_predictions_score_zero_and_hands_are_wrist_aligned(batch):
     occluded = torch.stack([batch[f"{s}_hand_occluded"] for s in ha.SIDES], 1) > 0.5
     assert occluded.any() and not occluded.all()  # every split has hands: every key is there
     errors = ("pve_mm", "pa_pve_mm", "pa_mpjpe_mm")
-    want = ([f"hand_path/x/{split}/{e}" for split in ("clean", "occluded") for e in errors]
+    want = ([f"hand_path/x/{split}/{e}" for split in ("clean", "occluded") for e in errors + ("rot_deg",)]
             + [f"pipeline/y/{part}/{e}" for part in ("all", "hands", "hands_occluded") for e in errors]
             + ["pipeline/y/face/pve_mm", "pipeline/y/face/pa_pve_mm"])
     assert list(result) == want and all(abs(v) < 1e-3 for v in result.values())
+
+
+def test_a_hand_turned_about_its_wrist_is_global_error_only(batch):
+    """The hand path's split: a hand turned 30 degrees about its wrist has rot_deg 30 and no PA error (articulation
+    untouched), while its wrist-aligned PVE grows."""
+    pose = torch.stack([batch[f"{s}_hand_mano_pose"] for s in ha.SIDES], 1)
+    verts, joints = ha.mano_mesh(axis_angle_to_matrix(pose.flatten(0, 1)), torch.zeros(8, 10))
+    R = axis_angle_to_matrix(torch.tensor([0.0, math.radians(30), 0.0]))
+    wrist = joints[:, :1]
+    turned = {"hand_x_verts": ((verts - wrist) @ R.T + wrist).unflatten(0, (4, 2)),
+              "hand_x_joints": ((joints - wrist) @ R.T + wrist).unflatten(0, (4, 2))}
+    result = metrics.wholebody_metrics(turned, batch)
+    for split in ("clean", "occluded"):
+        assert abs(result[f"hand_path/x/{split}/rot_deg"] - 30) < 1e-3
+        assert result[f"hand_path/x/{split}/pa_pve_mm"] < 1e-3 and result[f"hand_path/x/{split}/pve_mm"] > 10
 
 
 def test_face_metrics_are_neck_aligned_and_read_the_flame_ids(batch, tmp_path, monkeypatch):
