@@ -754,7 +754,8 @@ def wholebody_metrics(pred, gt):
     """HMR-Adapter's protocol (Sec. 4.1, Table 1) in mm, as {"hand_path/M/{clean,occluded}/E": ...,
     "pipeline/P/{all,hands,hands_occluded,face}/E": ...} (train.py nests the names at "/"); E is pve_mm,
     pa_pve_mm, pa_mpjpe_mm, and for the hand path rot_deg, the angle of the rotation in the Procrustes fit of the
-    hand mesh (its global orientation's error: with PA-PVE, the articulation's, it splits the wrist-aligned PVE). pred: hand_M_verts (N, 2, 778, 3), hand_M_joints (N, 2, 21, 3) (left first, left
+    hand mesh (its global orientation's error: with PA-PVE, the articulation's, it splits the wrist-aligned PVE).
+    pred: hand_M_verts (N, 2, 778, 3), hand_M_joints (N, 2, 21, 3) (left first, left
     hands flipped), pipe_P_verts (N, 10475, 3), pipe_P_joints (N, 55, 3); gt: {left,right}_hand_mano_pose,
     {left,right}_hand_occluded, verts, joints3d (data.py's whole-body keys). Alignment as SMPLer-X's evaluate
     (EHF.py, humandata.py, which the paper follows): PVE after moving the pelvis (all), each wrist (hands;
