@@ -990,20 +990,28 @@ TINY = GenHMRPreset(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 ->
     # the image stage fine-tunes the backbone stage's ViT (the paper's start is unstated); MMM's input swap pkeep
     recipe=GenHMRRecipe(pkeep=0.5, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
                         weight_decay=0.0, grad_clip=1.0, gpus=0))  # synthetic.body_dataset's synthetic bodies
-CONFIGS = {"paper": PAPER, "tiny": TINY}
+# Between TINY and PAPER, to see whether the generative path closes on its regression as compute grows
+# (docs/genhmr.md, "GenHMR as it scales"): renders of twice TINY's side (128 x 96; patch 16 keeps the 8 x 6 grid),
+# the masked transformer at d_model 256, twice TINY's steps here and twice its samples (train.py --train-samples);
+# the backbone stage (the regression it is compared with) trains at the same scale
+SMALL = dataclasses.replace(
+    TINY, model=dataclasses.replace(TINY.model, image_size=(128, 96), patch_size=16, conv_stem=(32, 64, 128, 128),
+                                    d_model=256, num_heads=8, ffn_dim=512),
+    recipe=dataclasses.replace(TINY.recipe, max_steps=3000, warmup_steps=200))
+CONFIGS = {"paper": PAPER, "small": SMALL, "tiny": TINY}
 # The backbone stage (PoseRegressor) has the image stage's ViT fields and its own recipe. NOTE 23: the paper states
 # no initialisation; PAPER's recipe is HMR2.0's (lr 1e-5, weight decay 1e-4, batch 48), its steps a starting point
 # (HMR2.0 trains 1M); --set backbone_checkpoint=FILE starts from ViTPose-H or HMR2.0.
 BACKBONE_CONFIGS = {"paper": _with_recipe(PAPER, lr=1e-5, weight_decay=1e-4, max_steps=100_000),
-                    "tiny": _with_recipe(TINY, max_steps=2000)}
-TOKENIZER_CONFIGS = {"paper": TOKENIZER_PAPER, "tiny": TOKENIZER_TINY}
+                    "small": _with_recipe(SMALL, max_steps=4000), "tiny": _with_recipe(TINY, max_steps=2000)}
+TOKENIZER_CONFIGS = {"paper": TOKENIZER_PAPER, "small": TOKENIZER_TINY, "tiny": TOKENIZER_TINY}  # poses: no image
 # The prior stage (TokenPrior, NOTE 25) builds the image stage's masked transformer (PRIOR_FIELDS) with its own
 # recipe: PAPER none (0 steps: the paper trains its transformer with the image from the start). TINY's recipe (a
 # larger batch and lr, weight decay, fewer swapped tokens) learns the context in 2000 steps (0.21 of the hidden
 # quarter right, the neighbour counts' 0.21), but its 1500-step image stage then reads the image less well and UGS
 # drifts (docs/genhmr.md, "The pose prior stage"): TINY trains it 0 steps; --set max_steps=2000 on
 # --model genhmr_prior turns it on
-PRIOR_CONFIGS = {"paper": _with_recipe(PAPER, max_steps=0),
+PRIOR_CONFIGS = {"paper": _with_recipe(PAPER, max_steps=0), "small": _with_recipe(SMALL, max_steps=0),
                  "tiny": _with_recipe(TINY, batch_size=128, lr=1e-2, weight_decay=0.3, warmup_steps=100, pkeep=0.9,
                                       max_steps=0)}
 PRIOR_FIELDS = ("d_model", "num_layers", "num_heads", "num_points", "ffn_dim", "feature_scales", "token_head")

@@ -1743,3 +1743,29 @@ def test_intrinsics_place_the_same_prediction_in_the_given_camera(trained, tmp_p
     torch.testing.assert_close(project(on_plane(g), g["K"]), project(on_plane(d), d["K"]), rtol=0, atol=1e-3)
     off = (torch.as_tensor(g["joints2d"]) - torch.as_tensor(d["joints2d"])).norm(dim=-1)
     print(f"joints off their default-camera pixels by at most {off.max():.3f} px (their depth off the root's plane)")
+
+
+def test_small_preset_builds_every_stage_and_each_image_stage_takes_a_step(tokenizer):
+    """The `small` preset between TINY and PAPER (docs/genhmr.md, "GenHMR as it scales"): every stage has it, its
+    renders are twice TINY's side on TINY's grid, and the backbone stage and the image stage built from it each take
+    one AdamW step on CPU that moves their weights, with finite losses."""
+    for configs_of_stage in (genhmr.TOKENIZER_CONFIGS, genhmr.BACKBONE_CONFIGS, genhmr.PRIOR_CONFIGS, genhmr.CONFIGS):
+        assert "small" in configs_of_stage
+    small, tiny = genhmr.CONFIGS["small"].model, genhmr.TINY.model
+    assert small.image_hw == tuple(2 * s for s in tiny.image_hw) and small.d_model == 256
+    assert genhmr.level_sizes(small) == genhmr.level_sizes(tiny)
+    batch = body_batch(2, size=128)
+    batch["image"] = batch["image"][..., :96]
+    torch.manual_seed(0)
+    stages = ((genhmr.BackboneStage, genhmr.BACKBONE_CONFIGS["small"]), (genhmr, genhmr.CONFIGS["small"]))
+    parent = tokenizer
+    for protocol, cfg in stages:
+        model = protocol.build_model(cfg, parent).train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        before = [p.detach().clone() for p in trainable]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+        loss, _ = protocol.training_loss(model, batch, cfg, 0)
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss) and any(not torch.equal(a, p) for a, p in zip(before, trainable))
+        parent = model.eval()
