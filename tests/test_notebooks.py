@@ -61,6 +61,7 @@ def test_notebook_executes_without_error(path, monkeypatch):
     assert not errors, f"{path.name}: {errors[0]['ename']}: {errors[0]['evalue']}"
 
 
+@pytest.mark.slow  # about 3 minutes on two cores: a tiny default run, then the notebook (CI runs it with -m slow)
 def test_notebook_03_reads_a_default_run_that_has_no_ablation_row(tmp_path, monkeypatch):
     """A reader who ran train.py but not ablate.py: notebook 03 loads the default run (a tiny one here, 2 + 2
     steps) and, without Table 3 No.5's row, trains the control on the loaded bases, so that every cell holds
