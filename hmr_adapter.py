@@ -592,9 +592,9 @@ class AdapterPreset:
 
 
 BASES_PAPER = BasesPreset()  # HaMeR (ViT-H + 39.5M head) and SMPLer-X-H32 shapes, their released weights
-BASES_TINY = BasesPreset(  # 2 CPU cores: crops 64 x 64 (ViT on 64 x 48, patch 8 -> 8 x 6), body 128 x 96 (8 x 6)
+BASES_TINY = BasesPreset(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4 -> 8 x 6), body 128 x 96 (8 x 6)
     model=BaseConfig(
-        hand_crop=64, hand_patch=8, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
+        hand_crop=32, hand_patch=4, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
         head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128, hamer_rescale=0.0,
         body_image=(128, 96), body_resize="area", body_patch=16, body_patch_padding=0, body_width=64, body_depth=3,
         body_heads=4, body_stem=(16, 32, 64, 64),
@@ -602,7 +602,7 @@ BASES_TINY = BasesPreset(  # 2 CPU cores: crops 64 x 64 (ViT on 64 x 48, patch 8
         hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, roi_sampling=2),
     weights=ReleasedWeights(hamer_checkpoint="", smplerx_checkpoint=""),
     recipe=BasesRecipe(losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100),
-    data=WholeBodyData())  # 512 x 384, as SMPLer-X: the hand crops see a hand at its own resolution
+    data=WholeBodyData(image_size=(256, 192)))
 PAPER = AdapterPreset()  # the adapters: hand 26.8M, body 36.5M (appendix D)
 # TINY's lr, body_lr and max_steps: from retraining each adapter alone on the default run's frozen bases
 # (docs/hmr_adapter.md); a faster body adapter moves theta_hat's arm chain away from what the hand adapter reads.
@@ -611,7 +611,7 @@ TINY = AdapterPreset(
                         body_depth=3, body_heads=4, body_dim_head=16, body_mlp=128),
     recipe=AdapterRecipe(hand_only_prob=0.2, cache_frozen=True, batch_size=32, max_steps=2500, lr=4e-3, body_lr=1e-3,
                          warmup_steps=50, gpus=0),
-    data=WholeBodyData())
+    data=WholeBodyData(image_size=(256, 192)))
 CONFIGS = {"paper": PAPER, "tiny": TINY}
 BASE_CONFIGS = {"paper": BASES_PAPER, "tiny": BASES_TINY}
 
