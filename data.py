@@ -1178,11 +1178,12 @@ def stack_samples(dataset, indices, workers=0, worker_init_fn=None):
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(indices)), batch_size=64,
                                          num_workers=workers, worker_init_fn=worker_init_fn,
                                          generator=torch.Generator())
-    batches = list(loader)
-    tensors = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
-    if "image" in tensors:
-        tensors["image"] = (tensors["image"] * 255).round().to(torch.uint8)
-    return tensors
+    batches = []
+    for b in loader:  # images to uint8 batch by batch: a set of float32 images is 4 x as large
+        if "image" in b:
+            b["image"] = (b["image"] * 255).round().to(torch.uint8)
+        batches.append(b)
+    return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
 
 
 def labels(dataset, limit=4096):
