@@ -1014,7 +1014,10 @@ TOKENIZER_CONFIGS = {"paper": TOKENIZER_PAPER, "small": TOKENIZER_TINY, "tiny": 
 PRIOR_CONFIGS = {"paper": _with_recipe(PAPER, max_steps=0), "small": _with_recipe(SMALL, max_steps=0),
                  "tiny": _with_recipe(TINY, batch_size=128, lr=1e-2, weight_decay=0.3, warmup_steps=100, pkeep=0.9,
                                       max_steps=0)}
-PRIOR_FIELDS = ("d_model", "num_layers", "num_heads", "num_points", "ffn_dim", "feature_scales", "token_head")
+# offset_start too: the prior's transformer carries its cross-attention's start offsets into the image stage, so
+# an image stage set to other offsets than its prior's would silently train from the prior's
+PRIOR_FIELDS = ("d_model", "num_layers", "num_heads", "num_points", "ffn_dim", "feature_scales", "token_head",
+                "offset_start")
 VIT_FIELDS = ("image_size", "patch_size", "patch_padding", "vit_width", "vit_depth", "vit_heads", "vit_mlp_ratio",
               "conv_stem", "head_hidden")
 

@@ -843,6 +843,9 @@ def test_prior_stage_trains_the_transformer_on_poses_alone_and_hands_a_copy_on(t
         assert torch.equal(model.backbone.state_dict()[name], tensor), name
     with pytest.raises(ValueError, match="the prior stage's num_layers=2 differs from this config's 1"):
         genhmr.build_model(IMG, genhmr.PriorStage.build_model(with_fields(IMG, num_layers=2), regressor))
+    # the start offsets come with the prior's transformer: an image stage set to others must not train from them
+    with pytest.raises(ValueError, match="the prior stage's offset_start='detr' differs from this config's 'map'"):
+        genhmr.build_model(with_fields(IMG, offset_start="map"), genhmr.PriorStage.build_model(IMG, regressor))
     with pytest.raises(ValueError, match="prior stage starts from the trained backbone stage"):
         genhmr.PriorStage.build_model(IMG, tokenizer)
 
