@@ -459,6 +459,16 @@ def test_a_stand_in_paper_trains_checkpoints_resumes_and_evaluates(tmp_path):
     assert f"{out / 'ckpt.pt'} exists: --resume continues it" in error_of(args)  # never overwritten unasked
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_one_rank_on_cuda_trains_and_scores_a_stage(tmp_path):
+    """One process on a GPU: the labels scored beside the predictions come back to the CPU with them (a
+    single-rank CUDA run once stopped at its first evaluation, "found at least two devices, cuda:0 and cpu")."""
+    train.main(["--model", "standin", "--out", str(tmp_path), "--train-samples", "64", "--eval-samples", "16",
+                "--max-steps", "20", "--device", "cuda"])
+    report = json.loads((tmp_path / "standin" / "metrics.json").read_text())
+    assert report["world_size"] == 1 and report["error_mm"] < report["baseline_error_mm"], report
+
+
 def test_a_second_stage_trains_its_parent_first_and_keeps_it_frozen(tmp_path):
     """--model standin_head first trains the missing stage it starts from (with this command's
     --max-steps and the --set fields it has), then a head on the frozen parent: the optimiser holds
