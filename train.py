@@ -307,13 +307,14 @@ def evaluate(stage, model, cfg, eval_set, baseline, args, ranks, train_set=None)
         if train_set is not None and hasattr(stage.paper, "diagnostics"):
             diagnose = stage.paper.diagnostics(model, cfg, data.labels(train_set, limit=16384))  # default sets whole
         for batch in loader:
+            # data.py's contract: images are "image" or "<name>_image"; the labels are everything else, kept
+            # from the loader's CPU batch beside the predictions brought back to the CPU
+            gts.append({k: v for k, v in batch.items() if not (k == "image" or k.endswith("_image"))})
             batch = to_device(batch, ranks.device)
             out = stage.paper.predict(model, batch, cfg)
             if diagnose is not None:
                 out.update(diagnose(batch))
             preds.append({k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()})
-            # data.py's contract: images are "image" or "<name>_image"; the labels are everything else
-            gts.append({k: v.cpu() for k, v in batch.items() if not (k == "image" or k.endswith("_image"))})
         model.train(was_training)
     pred = {k: distributed.gather_rows(torch.cat([p[k] for p in preds]), n, ranks) for k in preds[0]}
     gt = {k: distributed.gather_rows(torch.cat([g[k] for g in gts]), n, ranks) for k in gts[0]}
