@@ -31,7 +31,7 @@ import os
 import pickle
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -470,6 +470,13 @@ class BaseConfig:
     head_heads: int = 8
     head_dim_head: int = 64
     head_mlp: int = 1024
+    hand_stem: tuple = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE 13)
+    # NOTE 17 (TINY only): a keypoint head on the expert's tokens (`KeypointHead`, its width; 0 = none), trained with
+    # it, as HaMeR's ViT starts from ViTPose's 2D-keypoint weights; its L1 weight, and the expert's own rotation
+    # weight (0 = the losses preset's w_hand_pose)
+    hand_keypoint_channels: int = 0
+    w_hand_keypoints: float = 0.0
+    w_expert_hand_pose: float = 0.0
     # --- whole-body model (SMPLer-X-H32) ---
     body_image: tuple = (256, 192)  # its input (the image, resized)
     body_resize: str = "nearest"  # SMPLer-X's F.interpolate default (main/SMPLer_X.py); TINY "area" (its own choice)
@@ -596,6 +603,7 @@ BASES_TINY = BasesPreset(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4
     model=BaseConfig(
         hand_crop=32, hand_patch=4, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
         head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128, hamer_rescale=0.0,
+        hand_stem=(32, 64), hand_keypoint_channels=32, w_hand_keypoints=0.3, w_expert_hand_pose=0.01,
         body_image=(128, 96), body_resize="area", body_patch=16, body_patch_padding=0, body_width=64, body_depth=3,
         body_heads=4, body_stem=(16, 32, 64, 64),
         body_keypoints=22, body_hm_depth=8, body_rot_hidden=32, box_channels=(32, 32), hand_roi=8,
@@ -1046,7 +1054,7 @@ class HandExpert(nn.Module):
         super().__init__()
         self.crop = cfg.hand_crop
         self.backbone = ViT((cfg.hand_crop, cfg.hand_crop * 3 // 4), cfg.hand_patch, cfg.hand_patch_padding,
-                            cfg.hand_width, cfg.hand_depth, cfg.hand_heads)
+                            cfg.hand_width, cfg.hand_depth, cfg.hand_heads, stem=cfg.hand_stem)
         self.mano_head = MANOHead(cfg)
 
     def features(self, crops):
@@ -1058,6 +1066,29 @@ class HandExpert(nn.Module):
 
     def forward(self, crops):
         return self.mano_head(self.features(crops))
+
+
+class KeypointHead(nn.Module):
+    """NOTE 17 (TINY only): ViTPose's simple decoder on the expert's tokens (B, h w, C): two 4 x 4 stride-2
+    deconvolutions (BatchNorm, ReLU) and a 1 x 1 convolution to 21 maps of 4h x 4w, read by a soft-argmax -> the 21
+    2D keypoints (B, 21, 2) in the crop's [-0.5, 0.5] frame (`to_crop`), the ViT reading the crop's centre columns."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        c, self.crop = cfg.hand_keypoint_channels, cfg.hand_crop
+        self.grid = tuple((n + 2 * cfg.hand_patch_padding - cfg.hand_patch) // cfg.hand_patch + 1
+                          for n in (cfg.hand_crop, cfg.hand_crop * 3 // 4))  # the expert ViT's token grid
+        self.net = nn.Sequential(nn.ConvTranspose2d(cfg.hand_width, c, 4, 2, 1), nn.BatchNorm2d(c), nn.ReLU(),
+                                 nn.ConvTranspose2d(c, c, 4, 2, 1), nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, 21, 1))
+
+    def forward(self, tokens):
+        maps = self.net(tokens.transpose(1, 2).unflatten(2, self.grid))  # (B, 21, 4h, 4w)
+        p = torch.softmax(maps.flatten(2), -1).view_as(maps)
+        H, W = maps.shape[-2:]
+        margin = self.crop // 8  # the columns `HandExpert.features` drops each side
+        x = (p.sum(-2) * (torch.arange(W, device=p.device) + 0.5)).sum(-1) * (self.crop - 2 * margin) / W + margin
+        y = (p.sum(-1) * (torch.arange(H, device=p.device) + 0.5)).sum(-1) * self.crop / H
+        return torch.stack([x, y], -1) / self.crop - 0.5
 
 
 def hand_tokens(bases, image, boxes):
@@ -1491,23 +1522,30 @@ class Bases(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.hand_expert, self.whole_body = HandExpert(cfg), WholeBody(cfg)
+        self.hand_keypoints = KeypointHead(cfg) if cfg.hand_keypoint_channels else None
 
     def forward(self, image, hand_boxes):
         """Both bases on images (B, 3, H, W) and the true hand boxes (B, 2, 4), what their training loss reads
-        (`bases_loss`): the hand expert's (pose, betas, cam) of both hands' crops (2B, ...), left first, and
-        `whole_body_outputs`."""
-        return (self.hand_expert(hand_crops(self.cfg, image, hand_boxes)),
-                whole_body_outputs(self.whole_body, self.cfg, image, hand_boxes))
+        (`bases_loss`): the hand expert's (pose, betas, cam) of both hands' crops (2B, ...), left first,
+        `whole_body_outputs`, and the keypoint head's 2D keypoints (2B, 21, 2) (None without one)."""
+        tokens = self.hand_expert.features(hand_crops(self.cfg, image, hand_boxes))
+        keypoints = self.hand_keypoints(tokens) if self.hand_keypoints is not None else None
+        return (self.hand_expert.mano_head(tokens), whole_body_outputs(self.whole_body, self.cfg, image, hand_boxes),
+                keypoints)
 
 
 def bases_loss(pred, batch, bcfg, weights):
     """The bases' training loss of their outputs `pred` (`Bases.forward`): HaMeR's and SMPLer-X's losses are
     Eqs. 5 and 7's terms with the weights (an AdapterConfig: the recipe's `losses` preset); Eq. 7 with its finger
     term (SMPLer-X supervises its whole-body joints, fingers included), plus SMPLERX_TERMS -> (loss, terms)."""
-    hand_out, out = pred
+    hand_out, out, keypoints = pred
     boxes = crop_boxes(bcfg, gt_boxes(batch))
     target = hand_targets(sides(batch, "hand_mano_pose"), sides(batch, "hand_joints2d"), boxes)
-    hand, hand_terms = hand_loss(hand_out, target, weights)
+    hand_weights = replace(weights, w_hand_pose=bcfg.w_expert_hand_pose or weights.w_hand_pose)
+    hand, hand_terms = hand_loss(hand_out, target, hand_weights)
+    if keypoints is not None:  # TINY's keypoint head (`KeypointHead`): L1 in the crop's frame
+        hand_terms["hand_keypoints"] = (keypoints - target["uv"]).abs().mean()
+        hand = hand + bcfg.w_hand_keypoints * hand_terms["hand_keypoints"]
     body, terms = whole_body_loss(out, bcfg, batch, weights)
     return hand + body + sum(terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
 

@@ -144,7 +144,7 @@ def test_frozen_bases_get_no_gradient_and_do_not_move(bases, batch):
         if p.requires_grad and not name.startswith("body_adapter.regressor.0"):  # behind the zero layer at step 0
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
     optimizer.step()
-    assert sum("running_mean" in k for k in before) == 3  # BatchNorms: box net 2, hand RoI 1 (TINY)
+    assert sum("running_mean" in k for k in before) == 5  # BatchNorms: box net 2, hand RoI 1, keypoint head 2 (TINY)
     assert all(torch.equal(v, before[k]) for k, v in model.bases.state_dict().items())  # weights and BN statistics
     # the paper's model trains exactly the two adapters (Table 3 No.5's control trains in its own row)
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"hand_adapter", "body_adapter"}
@@ -1083,3 +1083,16 @@ def test_intrinsics_place_the_same_prediction_in_the_given_camera(trained, rende
     torch.testing.assert_close(project(g["translation"][None], g["K"]), project(d["translation"][None], d["K"]),
                                rtol=0, atol=1e-6)
     torch.testing.assert_close(project(g["joints3d"], g["K"]), torch.as_tensor(g["joints2d"]), rtol=0, atol=1e-6)
+
+
+def test_keypoint_head_reads_a_peaked_map_at_that_cells_crop_pixel():
+    head = ha.KeypointHead(ha.BASES_TINY.model)  # 32-px crop, the ViT on its centre 32 x 24: maps of 32 x 24
+    S, margin = ha.BASES_TINY.model.hand_crop, ha.BASES_TINY.model.hand_crop // 8
+    maps = torch.full((1, 21, 32, 24), -1e4)
+    rows, cols = torch.arange(21) % 32, (torch.arange(21) * 5) % 24
+    maps[0, torch.arange(21), rows, cols] = 0.0
+    del head.net  # a fixed map in place of the decoder
+    head.net = lambda x: maps
+    pixels = torch.stack([margin + cols + 0.5, rows + 0.5], -1)[None].float()  # crop pixels of the cells' centres
+    want = ha.to_crop(pixels, torch.tensor([[0.0, 0.0, S, S]]), torch.zeros(1, dtype=torch.bool))
+    torch.testing.assert_close(head(torch.zeros(1, 48, 64)), want)
