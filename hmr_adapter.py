@@ -472,11 +472,8 @@ class BaseConfig:
     head_mlp: int = 1024
     hand_stem: tuple = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE 13)
     # NOTE 17 (TINY only): a keypoint head on the expert's tokens (`KeypointHead`, its width; 0 = none), trained with
-    # it, as HaMeR's ViT starts from ViTPose's 2D-keypoint weights; its L1 weight, and the expert's own rotation
-    # weight (0 = the losses preset's w_hand_pose)
+    # it, as HaMeR's ViT starts from ViTPose's 2D-keypoint weights (its loss weight: BasesRecipe.w_hand_keypoints)
     hand_keypoint_channels: int = 0
-    w_hand_keypoints: float = 0.0
-    w_expert_hand_pose: float = 0.0
     # --- whole-body model (SMPLer-X-H32) ---
     body_image: tuple = (256, 192)  # its input (the image, resized)
     body_resize: str = "nearest"  # SMPLer-X's F.interpolate default (main/SMPLer_X.py); TINY "area" (its own choice)
@@ -518,6 +515,10 @@ class BasesRecipe:
     grad_clip: float = 0.0
     amp: bool = False
     losses: str = "paper"  # the CONFIGS preset whose Eq. 5 / 7 weights (and calibration) the stand-ins train with
+    # NOTE 17 (TINY only): the keypoint head's L1 weight, and the expert's own rotation weight (0 = the losses
+    # preset's w_hand_pose)
+    w_hand_keypoints: float = 0.0
+    w_expert_hand_pose: float = 0.0
 
 
 @dataclass
@@ -603,13 +604,14 @@ BASES_TINY = BasesPreset(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4
     model=BaseConfig(
         hand_crop=32, hand_patch=4, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
         head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128, hamer_rescale=0.0,
-        hand_stem=(32, 64), hand_keypoint_channels=32, w_hand_keypoints=0.3, w_expert_hand_pose=0.01,
+        hand_stem=(32, 64), hand_keypoint_channels=32,
         body_image=(128, 96), body_resize="area", body_patch=16, body_patch_padding=0, body_width=64, body_depth=3,
         body_heads=4, body_stem=(16, 32, 64, 64),
         body_keypoints=22, body_hm_depth=8, body_rot_hidden=32, box_channels=(32, 32), hand_roi=8,
         hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, roi_sampling=2),
     weights=ReleasedWeights(hamer_checkpoint="", smplerx_checkpoint=""),
-    recipe=BasesRecipe(losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100),
+    recipe=BasesRecipe(losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100, w_hand_keypoints=0.3,
+                       w_expert_hand_pose=0.01),
     data=WholeBodyData(image_size=(256, 192)))
 PAPER = AdapterPreset()  # the adapters: hand 26.8M, body 36.5M (appendix D)
 # TINY's lr, body_lr and max_steps: from retraining each adapter alone on the default run's frozen bases
@@ -757,7 +759,8 @@ class BasesStage:
 
     @staticmethod
     def training_loss(model, batch, cfg, step):
-        return bases_loss(model(batch["image"], gt_boxes(batch)), batch, cfg.model, CONFIGS[cfg.recipe.losses].model)
+        return bases_loss(model(batch["image"], gt_boxes(batch)), batch, cfg.model, CONFIGS[cfg.recipe.losses].model,
+                          cfg.recipe)
 
     @staticmethod
     def predict(model, batch, cfg):
@@ -1073,11 +1076,9 @@ class KeypointHead(nn.Module):
     deconvolutions (BatchNorm, ReLU) and a 1 x 1 convolution to 21 maps of 4h x 4w, read by a soft-argmax -> the 21
     2D keypoints (B, 21, 2) in the crop's [-0.5, 0.5] frame (`to_crop`), the ViT reading the crop's centre columns."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, grid):
         super().__init__()
-        c, self.crop = cfg.hand_keypoint_channels, cfg.hand_crop
-        self.grid = tuple((n + 2 * cfg.hand_patch_padding - cfg.hand_patch) // cfg.hand_patch + 1
-                          for n in (cfg.hand_crop, cfg.hand_crop * 3 // 4))  # the expert ViT's token grid
+        c, self.crop, self.grid = cfg.hand_keypoint_channels, cfg.hand_crop, grid  # grid: the expert ViT's (h, w)
         self.net = nn.Sequential(nn.ConvTranspose2d(cfg.hand_width, c, 4, 2, 1), nn.BatchNorm2d(c), nn.ReLU(),
                                  nn.ConvTranspose2d(c, c, 4, 2, 1), nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, 21, 1))
 
@@ -1522,7 +1523,8 @@ class Bases(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.hand_expert, self.whole_body = HandExpert(cfg), WholeBody(cfg)
-        self.hand_keypoints = KeypointHead(cfg) if cfg.hand_keypoint_channels else None
+        self.hand_keypoints = (KeypointHead(cfg, self.hand_expert.backbone.grid) if cfg.hand_keypoint_channels
+                               else None)
 
     def forward(self, image, hand_boxes):
         """Both bases on images (B, 3, H, W) and the true hand boxes (B, 2, 4), what their training loss reads
@@ -1534,18 +1536,19 @@ class Bases(nn.Module):
                 keypoints)
 
 
-def bases_loss(pred, batch, bcfg, weights):
+def bases_loss(pred, batch, bcfg, weights, recipe):
     """The bases' training loss of their outputs `pred` (`Bases.forward`): HaMeR's and SMPLer-X's losses are
     Eqs. 5 and 7's terms with the weights (an AdapterConfig: the recipe's `losses` preset); Eq. 7 with its finger
-    term (SMPLer-X supervises its whole-body joints, fingers included), plus SMPLERX_TERMS -> (loss, terms)."""
+    term (SMPLer-X supervises its whole-body joints, fingers included), plus SMPLERX_TERMS, and (TINY, NOTE 17) the
+    keypoint head's term with the recipe's (a BasesRecipe) weights -> (loss, terms)."""
     hand_out, out, keypoints = pred
     boxes = crop_boxes(bcfg, gt_boxes(batch))
     target = hand_targets(sides(batch, "hand_mano_pose"), sides(batch, "hand_joints2d"), boxes)
-    hand_weights = replace(weights, w_hand_pose=bcfg.w_expert_hand_pose or weights.w_hand_pose)
+    hand_weights = replace(weights, w_hand_pose=recipe.w_expert_hand_pose or weights.w_hand_pose)
     hand, hand_terms = hand_loss(hand_out, target, hand_weights)
     if keypoints is not None:  # TINY's keypoint head (`KeypointHead`): L1 in the crop's frame
         hand_terms["hand_keypoints"] = (keypoints - target["uv"]).abs().mean()
-        hand = hand + bcfg.w_hand_keypoints * hand_terms["hand_keypoints"]
+        hand = hand + recipe.w_hand_keypoints * hand_terms["hand_keypoints"]
     body, terms = whole_body_loss(out, bcfg, batch, weights)
     return hand + body + sum(terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
 

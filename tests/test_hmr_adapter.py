@@ -1086,8 +1086,9 @@ def test_intrinsics_place_the_same_prediction_in_the_given_camera(trained, rende
 
 
 def test_keypoint_head_reads_a_peaked_map_at_that_cells_crop_pixel():
-    head = ha.KeypointHead(ha.BASES_TINY.model)  # 32-px crop, the ViT on its centre 32 x 24: maps of 32 x 24
-    S, margin = ha.BASES_TINY.model.hand_crop, ha.BASES_TINY.model.hand_crop // 8
+    cfg = ha.BASES_TINY.model  # 32-px crop, the ViT on its centre 32 x 24 (8 x 6 tokens): maps of 32 x 24
+    head = ha.KeypointHead(cfg, ha.HandExpert(cfg).backbone.grid)
+    S, margin = cfg.hand_crop, cfg.hand_crop // 8
     maps = torch.full((1, 21, 32, 24), -1e4)
     rows, cols = torch.arange(21) % 32, (torch.arange(21) * 5) % 24
     maps[0, torch.arange(21), rows, cols] = 0.0
