@@ -49,6 +49,7 @@ import functools
 import io
 import os
 import pickle
+import re
 import sys
 import tempfile
 import warnings
@@ -617,8 +618,53 @@ def load_state_strict(module, state, source):
     module.load_state_dict(state, strict=True)
 
 
+def read_checkpoint(path, what, container=None):
+    """The dict of tensors in the released checkpoint at `path`, read with torch.load(weights_only=True) (so the
+    file cannot run code); `what` names the file in errors (e.g. "the official simpleHand's epoch_200_rerun1").
+    container: the key the weights sit under ("state_dict", "network"), taken when present. Every failure is one
+    ValueError or FileNotFoundError naming the path."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file (expected {what})")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # e.g. a Lightning file's pickled hyper-parameters or yacs config
+        names = ", ".join(sorted(set(re.findall(r"GLOBAL (\S+)", str(e))))) or "its classes"
+        raise ValueError(f"{path}: holds pickled objects besides tensors ({names}), which torch.load(weights_only="
+                         "True) refuses. If you trust the file, keep only its weights once: torch.load it inside "
+                         f"`with torch.serialization.safe_globals([{names}]):` and torch.save its weights") from None
+    except Exception as e:  # not a torch.save file, or a truncated one
+        raise ValueError(f"{path}: torch.load(weights_only=True) cannot read it as {what}: {type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0]}") from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: expected {what}, a dict of tensors, found {type(checkpoint).__name__}")
+    return checkpoint.get(container, checkpoint) if container else checkpoint
+
+
+def rename_keys(state, table=(), skip=()):
+    """A checkpoint's state dict in a module's names: keys starting with a prefix in `skip` dropped, then each
+    (old, new) of `table` replaced in turn in every key (str.replace; a prefix to strip is (prefix, ""))."""
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith(tuple(skip)):
+            continue
+        for old, new in table:
+            key = key.replace(old, new)
+        renamed[key] = value
+    return renamed
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. Crops: a box grown to an aspect, the crop's pixel transform, warping, a crop's camera in the full image
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, in [0, 1]: timm's, ViTPose's, HaMeR's IMAGE_MEAN / 255
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalise(images):
+    """images (B, 3, H, W) RGB in [0, 1] -> (images - mean) / std with ImageNet's per-channel mean and std."""
+    mean, std = (images.new_tensor(v)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+    return (images - mean) / std
 
 
 def crop_box(box, aspect_hw, enlarge=1.0):

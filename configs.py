@@ -61,10 +61,23 @@ def recipe_of(cfg):
 
 
 def config_from_dict(cls, values):
-    """The config dataclass `cls` rebuilt from `dataclasses.asdict` of one (a checkpoint's "config")."""
-    types = typing.get_type_hints(cls)
-    return cls(**{k: config_from_dict(types[k], v) if dataclasses.is_dataclass(types.get(k)) else v
-                  for k, v in values.items()})
+    """The config dataclass `cls` rebuilt from `dataclasses.asdict` of one (a checkpoint's "config"). Leaves are
+    placed by name, so a checkpoint written before a leaf moved to another sub-config still loads; a leaf `cls`
+    no longer has raises ValueError naming it, and a leaf the checkpoint lacks keeps its default."""
+    def flat(tree):
+        return {k: w for key, v in tree.items() for k, w in (flat(v) if isinstance(v, dict) else {key: v}).items()}
+
+    leaves = flat(values)
+
+    def build(kind):
+        hints = typing.get_type_hints(kind)
+        nested = {f.name for f in dataclasses.fields(kind) if dataclasses.is_dataclass(hints[f.name])}
+        return kind(**{f.name: build(hints[f.name]) if f.name in nested else leaves.pop(f.name)
+                       for f in dataclasses.fields(kind) if f.name in nested or f.name in leaves})
+    cfg = build(cls)
+    if leaves:
+        raise ValueError(f"{cls.__name__} has no field {sorted(leaves)}")
+    return cfg
 
 
 def parse_value(text, kind, current):
