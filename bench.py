@@ -7,10 +7,12 @@
 --params: parameter counts per part at the paper's size (next to the paper's figures); --bench (the default
 when neither --params nor --shapes is given): inference speed on random weights; --shapes: one random input
 through an untrained model, printing what flows where. The measuring functions the tests and notebooks also
-use stay in each paper file's diagnostics appendix (`simplehand.benchmark`, `simplehand.fast_inference`,
-`genhmr.parameter_table`, `hmr_adapter.parameter_table`); here is what only this script runs, one part per paper:
+use stay in each paper's experiments file (`simplehand_experiments.non_backbone_parameters`, `.describe`,
+`genhmr_experiments.parameter_table`, `hmr_adapter_experiments.parameter_table`); here is what only this
+script runs, one part per paper:
 1. SimpleHand: non-backbone parameter counts (Table 2); eager fp32 latency and throughput, on CUDA also the
-   fastest inference path and training throughput (paper configs need timm); stage shapes
+   fastest inference path and training throughput (paper configs need timm); stage shapes. Its measuring
+   functions live here: `benchmark`, `reparameterized`, `fast_inference`, `benchmark_training`
 2. GenHMR: per-part counts at PAPER; average inference time per image (AITI) for T = 1, 3, 5 and 0, 5, 20
    refinement steps; UGS step by step and the refinement on an untrained model
 3. HMR-Adapter: trainable and frozen counts per part; the baseline's and the adapted pipeline's latency; one
@@ -19,6 +21,7 @@ use stay in each paper file's diagnostics appendix (`simplehand.benchmark`, `sim
 """
 
 import argparse
+import copy
 import functools
 import math
 import pathlib
@@ -29,8 +32,11 @@ import torch
 
 import bodymodels
 import genhmr
+import genhmr_experiments
 import hmr_adapter
+import hmr_adapter_experiments
 import simplehand
+import simplehand_experiments
 from configs import with_fields
 from data import AugmentConfig
 from plots import draw_samples
@@ -50,15 +56,90 @@ def timm_available():
 
 def simplehand_params(name, cfg):
     paper = f" (Table 2 reports {1.9:.1f}M for HRNet)" if name.startswith("paper") else ""
-    print(f"[{name}] non-backbone parameters: {simplehand.non_backbone_parameters(cfg) / 1e6:.2f}M{paper}")
+    n = simplehand_experiments.non_backbone_parameters(cfg)
+    print(f"[{name}] non-backbone parameters: {n / 1e6:.2f}M{paper}")
     with torch.device("meta"):
-        tg, mr = simplehand.build_token_generator(cfg), simplehand.build_mesh_regressor(cfg)
+        tg = simplehand_experiments.build_token_generator(cfg)
+        mr = simplehand_experiments.build_mesh_regressor(cfg)
     parts = [("token_generator", tg)] + [(f"mesh_regressor.layers[{k}]", m) for k, m in enumerate(mr.layers)]
     parts.append(("mesh_regressor.head", mr.head))
     if cfg.model.backbone == "tiny_cnn":
         parts.append(("backbone (tiny_cnn, not counted)", simplehand.TinyCNN(cfg.model.tiny_widths)))
     for part, m in parts:
-        print(f"    {part:34s} {simplehand.count_parameters(m):>10,d}")
+        print(f"    {part:34s} {simplehand_experiments.count_parameters(m):>10,d}")
+
+
+def benchmark(run, image_size, device, batch_sizes=(1, 32), warmup=5, reps=20):
+    """Seconds per call of `run` (a model in eval mode, or `fast_inference`'s function) on random
+    images (B, 3, S, S) in [0, 1] on `device`, without grad -> {batch size: seconds}."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = {}
+    with torch.no_grad():
+        for b in batch_sizes:
+            x = torch.rand(b, 3, image_size, image_size, device=device)
+            for _ in range(warmup):  # CUDA graphs are recorded in the first calls of each shape
+                run(x)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                run(x)
+            sync()
+            times[b] = (time.perf_counter() - t0) / reps
+    return times
+
+
+def reparameterized(model):
+    """A copy of the model (eval mode) with FastViT's train-time branches folded into single
+    convolutions by timm's `reparameterize_model` (exact up to rounding, using BatchNorm's running
+    statistics) -> (copy, applied: bool). Backbones without such branches (HRNet, tiny) are copied as they are."""
+    model = copy.deepcopy(model).eval()
+    if not any(hasattr(m, "reparameterize") for m in model.backbone.modules()):
+        return model, False
+    from timm.utils.model import reparameterize_model
+    with torch.no_grad():
+        reparameterize_model(model.backbone, inplace=True)
+    return model, True
+
+
+def fast_inference(model):
+    """The fastest inference path we trust, on CUDA -> (run: fp32 images -> outputs, [what was applied]).
+
+    `reparameterized` (FastViT), then fp16 weights and activations, channels_last, and CUDA graphs
+    through `torch.compile(mode="reduce-overhead")`, one static graph per batch size.
+    """
+    model, folded = reparameterized(model)
+    applied = ["FastViT re-parameterised (timm reparameterize_model)"] if folded else []
+    model = model.half().to(memory_format=torch.channels_last)
+    compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
+    applied += ["fp16", "channels_last", 'CUDA graphs (torch.compile mode="reduce-overhead")']
+
+    def run(images):
+        torch.compiler.cudagraph_mark_step_begin()  # a new replay: it may overwrite earlier outputs
+        return compiled(images.half().contiguous(memory_format=torch.channels_last))
+    return run, applied
+
+
+def benchmark_training(model, cfg, device, batch_size=256, steps=10, warmup=3):
+    """Training images per second on CUDA, as train.py runs on a GPU: a copy of the model and the
+    images in channels_last, bf16 autocast, forward + `training_loss` + backward + fused AdamW step."""
+    model = copy.deepcopy(model).to(device).train().to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.recipe.lr, weight_decay=cfg.recipe.weight_decay, fused=True)
+    S = cfg.model.image_size
+    batch = {"image": torch.rand(batch_size, 3, S, S, device=device).contiguous(memory_format=torch.channels_last),
+             "verts": torch.randn(batch_size, simplehand.NUM_VERTS, 3, device=device) * 0.03,  # metres
+             "joints3d": torch.randn(batch_size, simplehand.NUM_JOINTS, 3, device=device) * 0.03,
+             "joints2d": torch.rand(batch_size, simplehand.NUM_JOINTS, 2, device=device) * S}  # pixels
+    for step in range(warmup + steps):
+        if step == warmup:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _ = simplehand_experiments.training_loss(model, batch, cfg, 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - t0)
 
 
 def _speed(t):
@@ -69,22 +150,22 @@ def _speed(t):
 def simplehand_bench(name, cfg, device, reps):
     """One labelled line each: eager fp32 inference (any device); on CUDA also the fastest inference
     path and training throughput. Measures and prints only."""
-    size, fps = cfg.model.image_size, simplehand.REPORTED.get(name, {}).get("fps")
+    size, fps = cfg.model.image_size, simplehand_experiments.REPORTED.get(name, {}).get("fps")
     if cfg.model.backbone != "tiny_cnn" and not timm_available():
         print(f"[{name}] skipped: backbone {cfg.model.backbone!r} needs timm, which is not installed")
         return
-    model = simplehand.build_model(with_fields(cfg, pretrained_backbone=False)).to(device).eval()  # speed only
+    model = simplehand_experiments.build_model(with_fields(cfg, pretrained_backbone=False)).to(device).eval()
     if device.type == "cpu" and cfg.model.backbone != "tiny_cnn":
         reps = max(2, reps // 10)  # the paper backbones take seconds per batch of 32 on a CPU
     paper = f"  (paper: {fps:.0f} FPS on an RTX 2080 Ti)" if fps else ""
-    t = simplehand.benchmark(model, size, device, reps=reps)
+    t = benchmark(model, size, device, reps=reps)
     print(f"[{name}] eager fp32 inference, {size}px on {device}: {_speed(t)}{paper}")
     if device.type != "cuda":
         print(f"[{name}] fastest inference: skipped: needs CUDA")
         print(f"[{name}] training throughput: skipped: needs CUDA")
         return
-    run, applied = simplehand.fast_inference(model)
-    t = simplehand.benchmark(run, size, device, reps=reps)
+    run, applied = fast_inference(model)
+    t = benchmark(run, size, device, reps=reps)
     x = torch.rand(1, 3, size, size, device=device)
     with torch.no_grad():
         fast = run(x)["verts"].float().clone()  # read before the next replay overwrites it
@@ -92,30 +173,30 @@ def simplehand_bench(name, cfg, device, reps):
     print(f"[{name}] fastest inference ({', '.join(applied)}): {_speed(t)}; "
           f"max |verts - eager fp32| {diff_mm:.2f} mm")
     del run
-    ips = simplehand.benchmark_training(model, cfg, device)
+    ips = benchmark_training(model, cfg, device)
     print(f"[{name}] training throughput (batch 256, bf16 autocast, channels_last, forward + backward + "
           f"AdamW step): {ips:.0f} images/s")
 
 
 def simplehand_shapes(name):
     """Stage shapes of a randomly initialised model (no ImageNet weights) on two random images."""
-    cfg = with_fields(simplehand.CONFIGS[name], pretrained_backbone=False)  # shapes only: random weights
-    model = simplehand.build_model(cfg)
-    print(f"SimpleHand [{name}]: {simplehand.count_parameters(model) / 1e6:.2f}M parameters, "
-          f"{simplehand.non_backbone_parameters(cfg) / 1e6:.2f}M outside the backbone")
+    cfg = with_fields(simplehand_experiments.CONFIGS[name], pretrained_backbone=False)  # shapes: random weights
+    model = simplehand_experiments.build_model(cfg)
+    print(f"SimpleHand [{name}]: {simplehand_experiments.count_parameters(model) / 1e6:.2f}M parameters, "
+          f"{simplehand_experiments.non_backbone_parameters(cfg) / 1e6:.2f}M outside the backbone")
     size = cfg.model.image_size
-    for stage, shape in simplehand.describe(model, torch.rand(2, 3, size, size)):
+    for stage, shape in simplehand_experiments.describe(model, torch.rand(2, 3, size, size)):
         print(f"  {stage:28s} {shape}")
 
 
 def simplehand_main(args):
-    names = [args.config] if args.config else list(simplehand.CONFIGS)
+    names = [args.config] if args.config else list(simplehand_experiments.CONFIGS)
     if args.params:
         for name in names:
-            simplehand_params(name, simplehand.CONFIGS[name])
+            simplehand_params(name, simplehand_experiments.CONFIGS[name])
     if args.bench:
         for name in names:
-            simplehand_bench(name, simplehand.CONFIGS[name], torch.device(args.device), args.reps)
+            simplehand_bench(name, simplehand_experiments.CONFIGS[name], torch.device(args.device), args.reps)
     if args.shapes:
         simplehand_shapes(args.config or "tiny")
 
@@ -126,9 +207,9 @@ def simplehand_main(args):
 
 def genhmr_models(name="tiny"):
     """An untrained tokenizer (codebook initialised from one batch of random poses) and GenHMR."""
-    tok = genhmr.PoseTokenizer(genhmr.TOKENIZER_CONFIGS[name].model).train()
+    tok = genhmr.PoseTokenizer(genhmr_experiments.TOKENIZER_CONFIGS[name].model).train()
     tok(torch.randn(64, genhmr.NUM_JOINTS, 3) * 0.3)  # initialises the codebook
-    return tok.eval(), genhmr.build_model(genhmr.CONFIGS[name], tok.eval()).eval()
+    return tok.eval(), genhmr_experiments.build_model(genhmr_experiments.CONFIGS[name], tok.eval()).eval()
 
 
 def genhmr_benchmark(model, cfg, iterations=(1, 3, 5), refine_iterations=(0, 5, 20), reps=3):
@@ -141,7 +222,7 @@ def genhmr_benchmark(model, cfg, iterations=(1, 3, 5), refine_iterations=(0, 5, 
             for T in iterations}
     for P in refine_iterations:
         c = with_fields(cfg, ugs_iterations=5, refine_iterations=P)
-        runs[f"UGS T=5 + refine P={P}"] = functools.partial(genhmr.predict, model, batch, c)
+        runs[f"UGS T=5 + refine P={P}"] = functools.partial(genhmr_experiments.predict, model, batch, c)
     rows = []
     for name, fn in runs.items():
         fn()  # warm-up
@@ -154,15 +235,16 @@ def genhmr_benchmark(model, cfg, iterations=(1, 3, 5), refine_iterations=(0, 5, 
 
 def genhmr_shapes(name):
     """Untrained models, one random image: UGS step by step (which tokens stay masked), then refinement."""
-    (tok, model), cfg = genhmr_models(name), genhmr.CONFIGS[name]
+    (tok, model), cfg = genhmr_models(name), genhmr_experiments.CONFIGS[name]
     inference = cfg.inference
     ugs = genhmr.uncertainty_guided_sampling(model, torch.rand(1, 3, *cfg.model.image_hw), inference.ugs_iterations,
                                              inference.schedule)
-    print(f"GenHMR [{name}]: {genhmr.count_parameters(model) / 1e6:.2f}M parameters "
-          f"({genhmr.count_parameters(tok) / 1e6:.2f}M in the frozen tokenizer); L={model.num_tokens} tokens, "
+    count = genhmr_experiments.count_parameters
+    print(f"GenHMR [{name}]: {count(model) / 1e6:.2f}M parameters "
+          f"({count(tok) / 1e6:.2f}M in the frozen tokenizer); L={model.num_tokens} tokens, "
           f"K={model.num_codes} codes; re-mask counts "
           f"{genhmr.remask_counts(model.num_tokens, inference.ugs_iterations)}")
-    for t, (masked, conf) in enumerate(ugs["history"], 1):
+    for t, (masked, conf, _) in enumerate(ugs["history"], 1):
         row = "".join("#" if m else "." for m in masked[0].tolist())
         print(f"  UGS t={t}: {row}  ({int(masked.sum())} masked, mean confidence {conf.mean():.4f})")
     targets = torch.rand(1, genhmr.NUM_JOINTS, 2) - 0.5
@@ -176,11 +258,11 @@ def genhmr_shapes(name):
 def genhmr_main(args):
     name = args.config or "tiny"
     if args.params:
-        rows = genhmr.parameter_table(genhmr.PAPER, genhmr.TOKENIZER_PAPER)
+        rows = genhmr_experiments.parameter_table(genhmr.PAPER, genhmr.TOKENIZER_PAPER)
         for part, n in rows + [("total (trained in stage 2)", sum(n for _, n in rows[3:]))]:
             print(f"[paper] {part:34s} {n / 1e6:9.2f}M")
     if args.bench:
-        for run, seconds in genhmr_benchmark(genhmr_models(name)[1], genhmr.CONFIGS[name]):
+        for run, seconds in genhmr_benchmark(genhmr_models(name)[1], genhmr_experiments.CONFIGS[name]):
             print(f"[{name}] {run:24s} {seconds * 1e3:8.1f} ms per image (untrained weights, CPU)")
     if args.shapes:
         genhmr_shapes(name)
@@ -229,12 +311,12 @@ def hmr_adapter_shapes(base_cfg, cfg, device):
 
 def hmr_adapter_main(args):
     name = args.config or "tiny"
-    base_cfg, cfg = hmr_adapter.BASE_CONFIGS[name], hmr_adapter.CONFIGS[name]
+    base_cfg, cfg = hmr_adapter_experiments.BASE_CONFIGS[name], hmr_adapter_experiments.CONFIGS[name]
     device = torch.device(args.device)
     if args.params:
-        for part, (trainable, frozen) in hmr_adapter.parameter_table().items():
+        for part, (trainable, frozen) in hmr_adapter_experiments.parameter_table().items():
             print(f"{part:26s} trainable {trainable / 1e6:8.2f}M  frozen {frozen / 1e6:8.2f}M  "
-                  f"paper: {hmr_adapter.PAPER_COUNTS.get(part, '-')}")
+                  f"paper: {hmr_adapter_experiments.PAPER_COUNTS.get(part, '-')}")
     if args.bench:
         times = hmr_adapter_benchmark(base_cfg, cfg, device, repeats=args.repeats)
         print(f"{name} on {device.type}: baseline {1e3 * times['baseline']:.1f} ms/image, adapted "
@@ -306,8 +388,8 @@ def data_bench(count):
 # main
 
 
-MODELS = {"simplehand": (simplehand, simplehand_main), "genhmr": (genhmr, genhmr_main),
-          "hmr_adapter": (hmr_adapter, hmr_adapter_main)}
+MODELS = {"simplehand": (simplehand_experiments, simplehand_main), "genhmr": (genhmr_experiments, genhmr_main),
+          "hmr_adapter": (hmr_adapter_experiments, hmr_adapter_main)}
 
 
 def main(argv=None):

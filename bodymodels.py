@@ -37,7 +37,8 @@ Map of the file. Part I, the reference:
 6. Loaders: `load_mano`, `load_smpl`, `load_smplx` (real files, or standins.py's stand-ins), and
    `load_state_strict` (a mapped checkpoint into a module, every wrong key named).
 7. Crops: `crop_box` (a box grown to an aspect), `crop_matrix` (a crop's pixel transform),
-   `warp_image`, `crop_translation_to_full` (a crop's camera moved to the full image's, CLIFF's).
+   `warp_image`, `crop_translation_to_full` (a crop's camera moved to the full image's, CLIFF's); hand crops:
+   `crop_images` (grid_sample) and `hamer_crops` (HaMeR's, to the bit: `hamer_square`, `gaussian_blur`, `cv2_warp`).
 8. Hands on a body: `attach_hands` (MANO hand results, HaMeR's left-hand and hands_mean conventions
    included, onto an SMPL-X body: fingers turned into SMPL-X's hand frame, wrists by IK),
    `hand_frames` (what relates the two models' hands), `fit_mano` (MANO parameters from 778 vertices).
@@ -628,7 +629,9 @@ def read_checkpoint(path, what, container=None):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # e.g. a Lightning file's pickled hyper-parameters or yacs config
-        names = ", ".join(sorted(set(re.findall(r"GLOBAL (\S+)", str(e))))) or "its classes"
+        names = ", ".join(sorted(set(re.findall(r"GLOBAL (\S+)", str(e)))))
+        if not names:  # not a pickle at all: garbage or a truncated file
+            raise ValueError(f"{path}: torch.load(weights_only=True) cannot read it as {what}: {e}") from None
         raise ValueError(f"{path}: holds pickled objects besides tensors ({names}), which torch.load(weights_only="
                          "True) refuses. If you trust the file, keep only its weights once: torch.load it inside "
                          f"`with torch.serialization.safe_globals([{names}]):` and torch.save its weights") from None
@@ -654,7 +657,8 @@ def rename_keys(state, table=(), skip=()):
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Crops: a box grown to an aspect, the crop's pixel transform, warping, a crop's camera in the full image
+# 7. Crops: a box grown to an aspect, the crop's pixel transform, warping, a crop's camera in the full image;
+#    hand crops (grid_sample's, HaMeR's)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, in [0, 1]: timm's, ViTPose's, HaMeR's IMAGE_MEAN / 255
@@ -735,6 +739,129 @@ def crop_translation_to_full(t, A, crop_hw, image_wh, crop_focal, K=None):
     f = K[0, 0] if K[0, 0] == K[1, 1] else (K[0, 0] * K[1, 1]).sqrt()
     tz = t[..., 2:]
     return torch.cat([t[..., :2] + (c - K[:2, 2]) * tz / F_crop, tz * f / F_crop], -1)
+
+
+# Hand crops of a person image: a grid_sample crop of boxes (HMR-Adapter TINY's), and HaMeR's as its ViT was trained
+# on (its box, skimage's blur, cv2's fixed-point warp and ImageNet normalisation, to the bit: tests/official/hamer).
+
+
+def crop_grid(boxes, size, image_hw, flip):
+    """grid_sample grid (B, size, size, 2) that resamples boxes (B, 4) pixels of an image of
+    image_hw into size x size crops (pixel (i, j) covers [j, j + 1) x [i, i + 1)); flip (B,) bool
+    mirrors a crop left-right."""
+    H, W = image_hw
+    t = (torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5) / size  # (S,) bin centres
+    x = boxes[:, None, 0] + t * (boxes[:, None, 2] - boxes[:, None, 0])  # (B, S) pixels
+    y = boxes[:, None, 1] + t * (boxes[:, None, 3] - boxes[:, None, 1])
+    x = torch.where(flip[:, None], x.flip(-1), x)
+    gx, gy = 2 * x / W - 1, 2 * y / H - 1  # align_corners=False
+    return torch.stack([gx[:, None, :].expand(-1, size, -1), gy[:, :, None].expand(-1, -1, size)], -1)
+
+
+def crop_images(images, boxes, size, flip):
+    """Square crops (B, 3, size, size) of images (B, 3, H, W) at boxes (B, 4), bilinear (`crop_grid`), black
+    outside; flip (B,) bool mirrors a crop. HMR-Adapter TINY's hand crops."""
+    grid = crop_grid(boxes, size, images.shape[-2:], flip)
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def hamer_square(boxes, rescale):
+    """HaMeR's crop square of hand boxes (..., 4) [x0, y0, x1, y1]: centre (..., 2) and side (..., 1),
+    float32 as its numpy code. # official (hamer vitdet_dataset.py): side = rescale x max(4/3 w, h), the
+    box widened to its ViT's 192 x 256 (BBOX_SHAPE, expand_to_aspect_ratio), about the box centre."""
+    boxes = boxes.float()
+    wh = rescale * (boxes[..., 2:] - boxes[..., :2]) / 200 * 200  # its scale (x 200 px) and back
+    return (boxes[..., 2:] + boxes[..., :2]) / 2, torch.maximum(wh[..., :1] * 256 / 192, wh[..., 1:])
+
+
+def hamer_crops(images, boxes, size, flip, rescale):
+    """HaMeR's hand crops as its ViT reads them (N, 3, size, size), from images (N, 3, H, W) in [0, 1]
+    (8-bit values / 255) at hand boxes (N, 4) (`hamer_square`); flip (N,) bool for left hands.
+    # official (hamer vitdet_dataset.py, datasets/utils.py): 1. Gaussian blur (skimage) when the crop shrinks
+    the image more than 2.2 x; 2. a left hand's image is flipped and its centre moved to W - 1 - c_x (so its
+    crop is the mirror image shifted by one source pixel); 3. cv2.warpAffine, bilinear, black border; 4. RGB,
+    (pixel - 255 mean) / (255 std). The warp is cv2's fixed-point one (`cv2_warp`), so 8-bit crops are exact."""
+    mean, std = (255 * images.new_tensor(v, dtype=torch.float64)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+    pixels = (images.double() * 255).round()
+    crops = []
+    for image, centre, side, mirrored in zip(pixels, *hamer_square(boxes, rescale), flip.tolist()):
+        side = side[0]
+        shrink = side / size / 2
+        blurred = bool(shrink > 1.1)
+        if blurred:  # its anti-aliasing: skimage.filters.gaussian(sigma=(shrink - 1) / 2, preserve_range=True)
+            image = gaussian_blur(image, float((shrink - 1) / 2))
+        if mirrored:
+            image, centre = image.flip(-1), torch.stack([image.shape[-1] - centre[0] - 1, centre[1]])
+        crops.append(cv2_warp(image, centre, side, size, round_to_8bit=not blurred))
+    return ((torch.stack(crops) - mean) / std).to(images.dtype)
+
+
+def gaussian_blur(image, sigma):
+    """skimage.filters.gaussian of image (C, H, W) over H and W (float64): scipy's gaussian_filter, a
+    kernel of radius int(4 sigma + 0.5), edges repeated ('nearest')."""
+    r = int(4.0 * sigma + 0.5)
+    x = torch.arange(-r, r + 1, dtype=torch.float64, device=image.device)
+    k = torch.exp(-0.5 / (sigma * sigma) * x ** 2)
+    k = k / k.sum()
+    image = F.conv2d(F.pad(image[:, None], (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))  # rows
+    return F.conv2d(F.pad(image, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))[:, 0]  # then columns
+
+
+def affine_from_points(src, dst):
+    """cv2.getAffineTransform ((2, 3) nested lists) of three point pairs (x, y) given in float32: the 6 x 6
+    system solved as cv2 solves it (LU with partial pivoting in float64), so the last bits agree."""
+    A, y = [], []
+    for (sx, sy), (dx, dy) in zip(src, dst):
+        sx, sy = float(sx), float(sy)
+        A += [[sx, sy, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, sx, sy, 1.0]]
+        y += [float(dx), float(dy)]
+    for i in range(6):  # elimination
+        k = max(range(i, 6), key=lambda r: (abs(A[r][i]), -r))  # the first row of the largest pivot
+        A[i], A[k], y[i], y[k] = A[k], A[i], y[k], y[i]
+        d = -1 / A[i][i]
+        for r in range(i + 1, 6):
+            alpha = A[r][i] * d
+            A[r][i + 1:] = [v + alpha * w for v, w in zip(A[r][i + 1:], A[i][i + 1:])]
+            y[r] += alpha * y[i]
+    x = [0.0] * 6
+    for i in reversed(range(6)):  # back substitution
+        s = y[i]
+        for k in range(i + 1, 6):
+            s -= A[i][k] * x[k]
+        x[i] = s / A[i][i]
+    return [x[:3], x[3:]]
+
+
+def cv2_warp(image, centre, side, size, round_to_8bit):
+    """The size x size crop (C, size, size) float64 of image (C, H, W) (float64 pixel values) that HaMeR's
+    cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT 0) gives: crop pixel (j, i) samples the image at
+    centre + ((j, i) - size / 2) side / size (float32 centre (2,) and side, as its code computes them).
+    1. the map from gen_trans_from_patch_cv's float32 points (`affine_from_points`), inverted in float64
+       as warpAffine does; 2. source positions in fixed point, rounded to 1/32 pixel (INTER_BITS 5,
+       AB_BITS 10); 3. bilinear weights (32 - f)/32, f/32 per axis, 0 outside the image; 8-bit images:
+       integer weights x 32768 and rounding to 0..255, others (the blurred float64 image): exact weights.
+    OpenCV 4 (HaMeR's; 5.0 rewrote warpAffine): equal to cv2's crops (checked on the test's fixture)."""
+    half, (cx, cy) = side * 0.5, centre  # float32
+    (m00, m01, m02), (m10, m11, m12) = affine_from_points([(cx, cy), (cx, cy + half), (cx + half, cy)],
+                                                          [(size / 2, size / 2), (size / 2, size), (size, size / 2)])
+    d = 1.0 / (m00 * m11 - m01 * m10)  # warpAffine's inverse
+    a, c, e, b = m11 * d, -m01 * d, -m10 * d, m00 * d  # x = a j + c i + tx, y = e j + b i + ty
+    tx, ty = -a * m02 - c * m12, -e * m02 - b * m12
+    i = j = torch.arange(size, dtype=torch.float64, device=image.device)  # crop rows, columns
+    # warpAffine: per row i, round((c i + tx) 1024); per column j, round(a j 1024); + 16, then >> 5
+    X = (torch.round((c * i + tx) * 1024)[:, None] + torch.round(a * j * 1024)[None, :] + 16).long() // 32  # (i, j)
+    Y = (torch.round((b * i + ty) * 1024)[:, None] + torch.round(e * j * 1024)[None, :] + 16).long() // 32
+    x0, fx, y0, fy = X // 32, X % 32, Y // 32, Y % 32  # source pixel, 1/32 fraction
+    C, H, W = image.shape
+    out = 0
+    for dy, wy in ((0, 32 - fy), (1, fy)):
+        for dx, wx in ((0, 32 - fx), (1, fx)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+            v = image[:, yy.clamp(0, H - 1), xx.clamp(0, W - 1)] * inside  # (C, size, size)
+            w = wy * wx  # (size, size), in 1/1024
+            out = out + (v * (w * 32) if round_to_8bit else v * (w / 1024))
+    return torch.div(out + 16384, 32768, rounding_mode="floor").clamp(0, 255) if round_to_8bit else out
 
 
 # ---------------------------------------------------------------------------------------------

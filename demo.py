@@ -31,8 +31,11 @@ import torch
 
 import bodymodels
 import genhmr
+import genhmr_experiments
 import hmr_adapter
+import hmr_adapter_experiments
 import simplehand
+import simplehand_experiments
 from bodymodels import crop_box, crop_matrix
 from checkpoints import load_trained
 from configs import with_fields
@@ -360,8 +363,8 @@ def run_demo(args, infer, program):
 
 # ---------------------------------------------------------------------------------------------
 # 4. SimpleHand: hands in a photograph -> placed meshes. Its checkpoint (or the released official file), a square
-#    crop per hand (the box, or each hand of the --keypoints' person), `simplehand.predict` on it, and the hand
-#    placed in the full image's camera from its predicted 2D keypoints (`solve_translation`).
+#    crop per hand (the box, or each hand of the --keypoints' person), `simplehand_experiments.predict` on it, and
+#    the hand placed in the full image's camera from its predicted 2D keypoints (`solve_translation`).
 
 
 SIMPLEHAND_KEYPOINT_ENLARGE = 1.25  # official simpleHand (cfg.py VAL.BMK scale_enlarge): the evaluation re-crop
@@ -385,7 +388,8 @@ SIMPLEHAND_DOCS = {  # the .npz of --image: N hands first (right, then left, wit
 
 def _simplehand_build(cfg, parent=None):
     """build_model for weights a checkpoint replaces: neither ImageNet nor released weights are read first."""
-    return simplehand.build_model(with_fields(cfg, pretrained_backbone=False, official_checkpoint=""), parent)
+    return simplehand_experiments.build_model(with_fields(cfg, pretrained_backbone=False, official_checkpoint=""),
+                                              parent)
 
 
 def load_simplehand(path):
@@ -399,8 +403,8 @@ def load_simplehand(path):
         ckpt = None  # missing, truncated or foreign: load_trained says which
     try:
         if isinstance(ckpt, dict) and "state_dict" in ckpt and "model_name" not in ckpt:
-            return simplehand.load_official(path), simplehand.CONFIGS["official"]
-        return load_trained(path, [("simplehand", simplehand.CONFIGS, _simplehand_build)])
+            return simplehand.load_official(path), simplehand_experiments.CONFIGS["official"]
+        return load_trained(path, [("simplehand", simplehand_experiments.CONFIGS, _simplehand_build)])
     except InputError:
         raise
     except (ImportError, ValueError, TypeError) as e:  # no timm for a paper backbone; weights that do not fit
@@ -459,7 +463,7 @@ def reconstruct_hand(model, cfg, image, crop, K):
     A = crop_matrix(centre, size, (S, S), flip=not is_right)
     images = bodymodels.warp_image(image, A, S)[None]  # (1, 3, S, S) RGB in [0, 1], as training's crops
     with torch.no_grad():
-        pred = {k: v[0] for k, v in simplehand.predict(model, {"image": images}, cfg).items()}
+        pred = {k: v[0] for k, v in simplehand_experiments.predict(model, {"image": images}, cfg).items()}
     placed = place_hand(pred["joints3d"], pred["verts"], pred["joints2d"], A, K, is_right)
     (cx, cy), (w, h) = centre, size
     return dict(placed, verts_rel=pred["verts"], joints3d_rel=pred["joints3d"], joints2d_crop=pred["joints2d"],
@@ -486,10 +490,9 @@ def infer_simplehand(image, box, people, args):
 #    crop's camera (HMR2.0's: focal 5000 per 256 pixels of the crop's height) moved to the full image's.
 
 
-GENHMR_STAGES = (("genhmr_tokenizer", genhmr.TOKENIZER_CONFIGS, genhmr.TokenizerStage.build_model),
-                 ("genhmr_backbone", genhmr.BACKBONE_CONFIGS, genhmr.BackboneStage.build_model),
-                 ("genhmr_prior", genhmr.PRIOR_CONFIGS, genhmr.PriorStage.build_model),
-                 ("genhmr", genhmr.CONFIGS, genhmr.build_model))
+GENHMR_STAGES = tuple((name, protocol.CONFIGS, protocol.build_model) for name, protocol in (
+    ("genhmr_tokenizer", genhmr_experiments.TokenizerStage), ("genhmr_backbone", genhmr_experiments.BackboneStage),
+    ("genhmr_prior", genhmr_experiments.PriorStage), ("genhmr", genhmr_experiments)))
 GENHMR_BOX_ENLARGE = 1.2  # a box from 2D keypoints, enlarged as SPIN / HMR2.0's datasets do (scaleFactor 1.2)
 # COCO-17 keypoint -> SMPL joint of the same name (shoulders, elbows, wrists, hips, knees, ankles; the face has
 # none). NOTE 18 (docs/genhmr.md): the paper's detector and joint matching are unstated; SMPL's hips sit inside COCO's
@@ -507,8 +510,8 @@ GENHMR_DOCS = {
     "box": "the person's box x0, y0, x1, y1 (pixels): --box, the keypoints' box x 1.2, or the whole image",
     "crop_matrix": "full-image pixels -> pixels of the model's crop (homogeneous, column vectors)",
     "token_ids": "the pose tokens UGS chose (codebook indices)",
-    "crop_verts": "vertices in the crop's camera, as genhmr.predict returns them (metres)",
-    "crop_joints3d": "joints in the crop's camera, as genhmr.predict",
+    "crop_verts": "vertices in the crop's camera, as genhmr_experiments.predict returns them (metres)",
+    "crop_joints3d": "joints in the crop's camera, as genhmr_experiments.predict",
     "crop_cam_t": "cam as a translation, crop camera",
     "refined": "1: Eqs. 2-4 refined the pose towards --keypoints (refined_* keys); 0: no keypoints, no refinement",
     "refined_verts": "verts after refinement", "refined_joints3d": "joints3d after refinement",
@@ -554,7 +557,7 @@ def infer_genhmr(image, box, people, args):
     if person is not None:  # Inference Strategy > 2D Pose-Guided Refinement, towards the detector's keypoints
         targets, weights = keypoint_targets(person, A, hw)
         problem = genhmr.refinement_problem(tok, ids, betas, cam, targets, inference.refine_reg, hw[0], weights)
-        e = genhmr.refine(*problem, inference)[-1]
+        e = genhmr.refine(*problem, inference, genhmr_experiments.STEP_SIZES[cfg.recipe.refine_eta_rule])[-1]
         poses["refined_"] = tok.decode(e).detach()
         arrays["keypoints"] = torch.as_tensor(person["body"])
     kp = torch.as_tensor(person["body"]).float()[list(COCO17_TO_SMPL)] if person is not None else None
@@ -591,9 +594,9 @@ HAND_BOX_ENLARGE = 1.2  # a hand's box: the square of 1.2 x the larger side of i
 def load_hmr_adapter(path, with_config=False):
     """The `HMRAdapter` model of a train.py checkpoint of stage "hmr_adapter" (its bases: ../hmr_adapter_bases/),
     and with_config its preset."""
-    chain = [("hmr_adapter_bases", hmr_adapter.BASE_CONFIGS,  # its checkpoint holds every weight
-              lambda cfg, parent: hmr_adapter.Bases(cfg.model)),
-             ("hmr_adapter", hmr_adapter.CONFIGS, hmr_adapter.build_model)]
+    chain = [("hmr_adapter_bases", hmr_adapter_experiments.BASE_CONFIGS,  # its checkpoint holds every weight
+              lambda cfg, parent: hmr_adapter_experiments.build_bases(cfg)),
+             ("hmr_adapter", hmr_adapter_experiments.CONFIGS, hmr_adapter_experiments.build_model)]
     model, cfg = load_trained(path, chain)
     return (model, cfg) if with_config else model
 
@@ -635,7 +638,8 @@ def infer_hmr_adapter(image, box, people, args):
     points = np.concatenate([v for k, v in person.items() if k != "score"]) if person else None
     box, A = person_crop((H, W), crop_hw, box, points, PERSON_BOX_ENLARGE, args.keypoints)
     crop = bodymodels.warp_image(image, A, crop_hw)  # the whole image of the input's size: a training input
-    out = hmr_adapter.pipeline(model, crop[None], adapted=True, hand_boxes=keypoint_hand_boxes(person, A), details=True)
+    out = hmr_adapter_experiments.adapted_pipeline(model, crop[None], hand_boxes=keypoint_hand_boxes(person, A),
+                                                   details=True)
     f = 5000.0 / 256 * crop_hw[0]  # the crop camera's focal, SMPLer-X's (`smplerx_translation`)
     K = image_camera(args, bodymodels.full_image_intrinsics((W, H), dtype=torch.float64))
     t = bodymodels.crop_translation_to_full(out["t"][0].double(), A, crop_hw, (W, H), f, K)

@@ -3,8 +3,6 @@
 One person crop in, an SMPL mesh out, through two trained stages and a two-step inference:
 
     stage 1  pose tokenizer (VQ-VAE):  theta (24 x 3) -> E -> z (L x D) -> nearest code -> ids (L) -> D -> theta
-    (init)   stage "genhmr_backbone": the ViT trained by SMPL regression (the paper's start is unstated)
-    (init)   stage "genhmr_prior": the masked transformer on pose tokens alone (not the paper's; 0 steps by default)
     stage 2  image -> ViT -> pyramid {1x, 4x, 8x} ; [MASK]ed ids -> masked transformer (self-attn -> MSDA
              -> FFN) x 4 -> logits (L x K) ; beta, camera from the image features
     infer    uncertainty-guided sampling (T iterations, re-mask the least confident) -> ids
@@ -12,10 +10,9 @@ One person crop in, an SMPL mesh out, through two trained stages and a two-step 
 
 Sections: 1 the pose tokenizer (`PoseTokenizer`); 2 the image stage (`GenHMR`: the copier's start, its doctest);
 3 training (masking, Gumbel-softmax, `compute_loss`); 4 inference (UGS, refinement; `GenHMR.generate`); 5 configs
-(presets `PAPER`, `TINY` of `GenHMRConfig`, `InferenceConfig`, ...), `build_model` and train.py's protocol.
-Appendices: A support architecture (SMPL, the ViT, the backbone stage `PoseRegressor`); B official checkpoints;
-C `ABLATIONS`; D `diagnostics` and `parameter_table`; E the project's additions (TINY's tied head, the prior stage).
-Running it: `demo.py --model genhmr --image PATH`, `bench.py --model genhmr [--params]`.
+(presets `PAPER`, `TINY` of `GenHMRConfig`, `InferenceConfig`, ...). Appendices: A support architecture (SMPL, the
+ViT, TINY's tied token head and the project's other additions); B official checkpoints (ViTPose-H, HMR2.0).
+How this project trains, evaluates and ablates it (train.py's stages, `ABLATIONS`, diagnostics): genhmr_experiments.py.
 
 Conventions: bodymodels.py's (column vectors, 6D = first two COLUMNS, axis-angle, metres, OpenCV camera).
 HMR2.0's camera [s, tx, ty]: t = [tx, ty, 2 f / (S s)], f = 5000, S = 256; 2D points in normalised crop
@@ -29,9 +26,6 @@ Where this differs from the paper (`NOTE N:` in the code, item N of its list), s
 import dataclasses
 import functools
 import math
-import os
-import pickle
-import re
 from dataclasses import dataclass
 
 import torch
@@ -40,11 +34,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import bodymodels
-import metrics
 
 NUM_JOINTS, NUM_BETAS, PELVIS = 24, 10, 0  # SMPL
 FOCAL_LENGTH, CROP_SIZE = 5000.0, 256.0  # official (4D-Humans hmr2.py): EXTRA.FOCAL_LENGTH, MODEL.IMAGE_SIZE
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,20 +209,6 @@ def check_pose(pose):
                          f"got shape {tuple(pose.shape)}")
 
 
-def augment_pose(pose, cfg):
-    """App. > Data Augmentation: the global orientation pre-multiplied by Rz(roll) Ry(yaw), in camera axes
-    (y vertical, z the optical axis), yaw ~ U(+-aug_yaw_deg), roll ~ U(+-aug_roll_deg) (NOTE 5)."""
-    if not (cfg.aug_yaw_deg or cfg.aug_roll_deg):
-        return pose
-    u = torch.rand(len(pose), 2, device=pose.device) * 2 - 1
-    yaw, roll = torch.deg2rad(u[:, 0] * cfg.aug_yaw_deg), torch.deg2rad(u[:, 1] * cfg.aug_roll_deg)
-    zero = torch.zeros_like(yaw)
-    Ry = bodymodels.axis_angle_to_matrix(torch.stack([zero, yaw, zero], -1))
-    Rz = bodymodels.axis_angle_to_matrix(torch.stack([zero, zero, roll], -1))
-    R0 = Rz @ Ry @ bodymodels.axis_angle_to_matrix(pose[:, 0])
-    return torch.cat([bodymodels.matrix_to_axis_angle(R0)[:, None], pose[:, 1:]], 1)
-
-
 # ---------------------------------------------------------------------------------------------
 # 2. The image stage: feature pyramid, masked transformer with multi-scale deformable cross-attention, GenHMR
 
@@ -255,28 +233,11 @@ def pyramid_level(width, scale, d_model):
             layers += [LayerNorm2d(c), nn.GELU()]
         layers.append(nn.ConvTranspose2d(c, c // 2, 2, stride=2))
         c //= 2
-    layers += [nn.Conv2d(c, d_model, 1), nn.GroupNorm(min(32, d_model // 4), d_model)]
+    # the map comes channels-last (the ViT's tokens (B, h w, C) viewed as (B, C, h, w), ConvT keeps that): the 1x1
+    # conv's weight too (for a 1x1 kernel the same memory order), so its gradient comes in the parameter's layout
+    conv = nn.Conv2d(c, d_model, 1).to(memory_format=torch.channels_last)
+    layers += [conv, nn.GroupNorm(min(32, d_model // 4), d_model)]
     return nn.Sequential(*layers)
-
-
-def _attend(q, k, v, heads):
-    """Multi-head softmax attention: q (B, Lq, M d), k and v (B, Lk, M d) -> (B, Lq, M d)."""
-    def split(t):
-        return t.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, M, L, d)
-    return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with one qkv Linear (ViTPose names: qkv, proj)."""
-
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads = heads
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x):
-        q, k, v = self.qkv(x).chunk(3, -1)  # (B, N, C) each
-        return self.proj(_attend(q, k, v, self.heads))
 
 
 def ms_deform_attn(values, locations, weights):
@@ -354,19 +315,6 @@ class MSDeformAttn(nn.Module):
 REFERENCE_MARGIN = 0.1  # the reference points start in [0.1, 0.9] of the image (`MaskedTransformer`)
 
 
-def offset_scale(H, W):
-    """NOTE 28: the factor on Deformable DETR's start offsets for an H x W map, min(1, 0.1 min(H, W)): each head's
-    first point (1 pixel out) then stays within the reference points' starting margin, so inside the map; at
-    least 10 pixels a side (every level at the paper's size) it is Deformable DETR's own start."""
-    return min(1.0, REFERENCE_MARGIN * min(H, W))
-
-
-def level_sizes(cfg):
-    """The pyramid's (H_l, W_l) per level: the ViT grid (H / patch, W / patch) x each of cfg.feature_scales."""
-    H, W = cfg.image_hw
-    return tuple((H // cfg.patch_size * s, W // cfg.patch_size * s) for s in cfg.feature_scales)
-
-
 class DecoderLayer(nn.Module):
     """Pre-norm: Y + SA(LN Y) -> Y + MSDA(LN Y, p, {x^l}) -> Y + FFN(LN Y). NOTE 8."""
 
@@ -383,7 +331,7 @@ class DecoderLayer(nn.Module):
 
     def forward(self, y, reference, levels):
         y = y + self.dropout(self.self_attn(self.norm1(y)))  # inter-token dependencies
-        # Eq. MSDA: pose-token queries attend to a few points around p_y on every level (levels None: `TokenPrior`)
+        # Eq. MSDA: pose-token queries attend to a few points around p_y on every level (levels None: no image)
         if levels is not None:
             y = y + self.dropout(self.cross_attn(self.norm2(y), reference, levels))
         return y + self.dropout(self.ffn(self.norm3(y)))
@@ -392,7 +340,7 @@ class DecoderLayer(nn.Module):
 class MaskedTransformer(nn.Module):
     """The masked transformer decoder: ids Y_M (B, L) with [MASK] = K, pyramid, codebook C (K, D) -> logits (B, L, K)
     of p(y_i | Y_M, X): Linear(d, K) on the normed last token state h (the paper's logits). code_init: None (a fresh
-    table) or f(C, d) -> (K, d), the codes' rows of the token embedding at unit std (build_model's, NOTE 26)."""
+    table) or f(C, d) -> (K, d), the codes' rows of the token embedding at unit std (`code_embedding`, NOTE 26)."""
 
     def __init__(self, cfg, num_tokens, codebook, head_width=None, code_init=None):
         super().__init__()
@@ -445,7 +393,7 @@ class GenHMR(nn.Module):
     """The image stage: images -> ViT -> pyramid; [MASK]ed pose tokens -> masked transformer -> logits over the frozen
     tokenizer's codebook; beta and camera from the ViT map. `forward`: training's pass, its loss `compute_loss`;
     `generate`: the paper's inference. tokenizer: a PoseTokenizer, trained or not (frozen here); masked_transformer:
-    its class (build_model puts TINY's additions in its place, appendix E).
+    its class, default cfg.token_head's (`masked_transformer_class`, appendix A).
 
     >>> tok = PoseTokenizer(TOKENIZER_TINY.model)  # SMPL from $HMR_BODY_MODELS
     >>> poses = torch.randn(8, 24, 3) * 0.3
@@ -469,15 +417,17 @@ class GenHMR(nn.Module):
     torch.Size([2, 6890, 3])
     """
 
-    def __init__(self, cfg, tokenizer, masked_transformer=MaskedTransformer):
+    def __init__(self, cfg, tokenizer, masked_transformer=None):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer.eval().requires_grad_(False)
         self.num_tokens, self.num_codes = tokenizer.cfg.num_tokens, tokenizer.cfg.codebook_size
         self.backbone = DropPathViT(cfg)
         self.pyramid = nn.ModuleList(pyramid_level(cfg.vit_width, s, cfg.d_model) for s in cfg.feature_scales)
+        masked_transformer = masked_transformer or masked_transformer_class(cfg)
         self.masked_transformer = masked_transformer(cfg, self.num_tokens, tokenizer.quantizer.codebook)
         self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
-        self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
+        imagenet = torch.tensor([bodymodels.IMAGENET_MEAN, bodymodels.IMAGENET_STD])[..., None, None]
+        self.register_buffer("mean_std", imagenet)  # (2, 3, 1, 1): (x - mean) / std
 
     def train(self, mode=True):
         super().train(mode)
@@ -528,14 +478,14 @@ class GenHMR(nn.Module):
         return out
 
     @torch.no_grad()
-    def refine_towards(self, sampled, joints2d, joints2d_weight, cfg, image_hw, prefix="refined_"):
+    def refine_towards(self, sampled, joints2d, joints2d_weight, cfg, image_hw, prefix="refined_", step_size=None):
         """Sec. 3.3: the sampled tokens (sampled: ids, betas, cam from `generate`) refined towards 2D joints (B, 24, 2)
-        in pixels of the H x W crop -> the refined mesh's keys (`mesh_outputs`), prefixed."""
+        in pixels of the H x W crop -> the refined mesh's keys (`mesh_outputs`), prefixed. step_size: `refine`'s."""
         tok, betas, cam = self.tokenizer, sampled["betas"], sampled["cam"]
         targets = normalise_joints2d(joints2d.float(), image_hw)
         problem = refinement_problem(tok, sampled["ids"], betas, cam, targets, cfg.refine_reg, image_hw[0],
                                      joints2d_weight)
-        return mesh_outputs(tok, tok.decode(refine(*problem, cfg)[-1]), betas, cam, image_hw, prefix)
+        return mesh_outputs(tok, tok.decode(refine(*problem, cfg, step_size)[-1]), betas, cam, image_hw, prefix)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,11 +507,6 @@ def random_masking(ids, mask_id, mask_tau_max=1.0, generator=None):
     return torch.where(mask, torch.full_like(ids, mask_id), ids), mask
 
 
-def corrupt_tokens(y_gt, num_codes, cfg):
-    """The training input: Y* (B, L) [MASK]ed (`random_masking`), its visible tokens swapped (`swap_visible`)
-    -> (Y_M, masked (B, L) bool); cfg: the recipe (mask_tau_max, pkeep)."""
-    y_m, masked = random_masking(y_gt, num_codes, cfg.mask_tau_max)
-    return swap_visible(y_m, masked, num_codes, cfg.pkeep), masked
 
 
 def gumbel_temperature(cfg, step):
@@ -635,8 +580,7 @@ def smpl_losses(pred, targets, cfg):
     R, joints, uv = pred["R"], pred["joints3d"], pred["joints2d"]
     R_gt = bodymodels.axis_angle_to_matrix(targets["smpl_pose"].float())
     j3d_gt, uv_gt = targets["joints3d"].float(), targets["joints2d"].float()
-    # real data (data.HMR2Npz) lacks some labels: optional masks, 1 where known (HMR2.0's has_smpl_params
-    # and keypoint confidences), each multiplying its term; synthetic samples have every label
+    # optional masks for real data's missing labels, 1 where known (HMR2.0's has_smpl_params, keypoint confidences)
     ones = torch.ones(len(R), device=R.device)
     w2d, w3d = (targets.get(k, ones[:, None].expand(-1, NUM_JOINTS)).float()
                 for k in ("joints2d_weight", "joints3d_weight"))
@@ -684,7 +628,6 @@ def uncertainty_guided_sampling(model, images, T=5, schedule="cosine", top_k=1, 
     """Inference Strategy > UGS: start all [MASK]; each iteration samples every masked token, then
     re-masks the ceil(gamma(t / T) L) least confident of them; the image encoder runs once.
     -> {"ids" (B, L), "betas", "cam", "history": [(masked (B, L) bool after t, confidence (B, L), ids (B, L))]}."""
-    model = _unwrap(model)
     levels, betas, cam = model.encode_image(images)  # once, whatever T is
     ids, history = sample_from_features(model, levels, T, schedule, top_k, generator, choice_temperature, seeds)
     return {"ids": ids, "betas": betas, "cam": cam, "history": history}
@@ -696,8 +639,8 @@ def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generat
     """UGS's iterations on an encoded image pyramid -> (ids (B, L), history: per iteration t, (masked (B, L) after t,
     confidence (B, L) of the sampled tokens, ids (B, L) sampled or fixed at t, before re-masking)).
     choice_temperature c > 0 ranks the masked tokens by log p + c (1 - t / T) g, g ~ Gumbel(0, 1) (MaskGIT's,
-    NOTE 17: `gumbel_noise`, appendix E)."""
-    # levels None: no image (`TokenPrior`); the batch size and device then come from seeds
+    NOTE 17: `gumbel_noise`, appendix A)."""
+    # levels None: no image (a pose prior); the batch size and device then come from seeds
     B, device = (len(levels[0]), levels[0].device) if levels is not None else (len(seeds), seeds.device)
     L = model.num_tokens
     ids = torch.full((B, L), model.num_codes, dtype=torch.long, device=device)
@@ -750,11 +693,12 @@ def refinement_problem(tokenizer, ids, betas, cam, targets, reg, scale, weights=
     return objective, e
 
 
-def refine(objective, e, cfg):
+def refine(objective, e, cfg, step_size=None):
     """Eq. (4): P = cfg.refine_iterations steps of gradient descent on the code vectors e (B, L, D), fed to the frozen
-    tokenizer decoder (not re-quantised); no network changes. eta: cfg.refine_lr, by the rule
-    STEP_SIZES[cfg.refine_eta_rule]. -> [e_0, e_1, ..., e_P], each (B, L, D)."""
-    step_size = STEP_SIZES[cfg.refine_eta_rule]
+    tokenizer decoder (not re-quantised); no network changes. eta: cfg.refine_lr, held (`fixed_step`, Eq. (4) as
+    printed) unless step_size, a rule (objective, e, G, grad, eta) -> (eta now, eta next), replaces it.
+    -> [e_0, e_1, ..., e_P], each (B, L, D)."""
+    step_size = step_size or fixed_step
     eta = torch.full((len(e), 1, 1), float(cfg.refine_lr), device=e.device)
     trajectory = [e]
     for _ in range(cfg.refine_iterations):
@@ -779,8 +723,7 @@ def mesh_outputs(tokenizer, R, betas, cam, image_hw, prefix=""):
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Configs (PAPER, TINY): a preset per stage of sub-configs (the model's, inference, the recipe); build_model and
-#    train.py's protocol, the thin layer from its dict batches to the classes above
+# 5. Configs (PAPER, TINY): a preset per stage of sub-configs (the model's, inference, the recipe)
 
 
 @dataclass
@@ -894,18 +837,16 @@ class InferenceConfig:
     top_k: int = 1  # greedy
     choice_temperature: float = 0.0  # UGS re-masks by log p + c (1 - t / T) Gumbel (MaskGIT); 0 = by p alone. NOTE 17
     refine_iterations: int = 20  # P (Table 1 = Table 3's 20-iteration row)
-    refine_eta_rule: str = "fixed"  # Eq. (4): "fixed" eta = refine_lr (as printed) | "backtracking" (NOTE 18)
     refine_lr: float = 0.03  # eta of Eq. (4), unstated: chosen at TINY (docs/genhmr.md); G is in crop px^2
     refine_reg: float = 10.0  # lambda_theta' (px^2 per unit ||R - R_0||^2)
 
     def __post_init__(self):
         _check_choice(self, "schedule", tuple(SCHEDULES))
-        _check_choice(self, "refine_eta_rule", ("fixed", "backtracking"))  # STEP_SIZES (appendix C)
 
 
 @dataclass
 class RegressorConfig:
-    """The backbone stage's head (PoseRegressor, NOTE 23): HMR2.0's SMPL head (its config) or TINY's MLP."""
+    """The backbone stage's head (genhmr_experiments.PoseRegressor, NOTE 23): HMR2.0's SMPL head or TINY's MLP."""
     regressor_head: str = "hmr2"  # "hmr2": HMR2.0's SMPL transformer decoder | "mlp": flatten -> MLP (TINY)
     hmr2_head: tuple = (1024, 6, 8, 64, 1024)  # HMR2.0's (width, depth, heads, head width, MLP width)
     regressor_hidden: int = 512  # the "mlp" head's hidden width
@@ -931,6 +872,8 @@ class GenHMRRecipe:
     # hrnet_mpii.md); the oracle row refines towards the labels + N(0, oracle_noise_px^2) instead (refined_oracle_*)
     detector_pckh: tuple = (0.334, 0.900)
     oracle_noise_px: float = 1.0
+    # Eq. (4)'s eta at evaluation: "fixed" (as printed) | "backtracking" (genhmr_experiments.STEP_SIZES, NOTE 18)
+    refine_eta_rule: str = "fixed"
     batch_size: int = 48  # "batch size of 48"; per GPU or global is unstated
     lr: float = 1e-5  # Adam
     backbone_lr_scale: float = 1.0  # the image encoder's lr / lr (the paper and MEGA: one lr for all)
@@ -944,6 +887,7 @@ class GenHMRRecipe:
 
     def __post_init__(self):
         _check_choice(self, "lr_schedule", ("constant", "cosine"))
+        _check_choice(self, "refine_eta_rule", ("fixed", "backtracking"))
 
 
 @dataclass
@@ -959,332 +903,39 @@ def _check_choice(cfg, name, allowed):
         raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r}: expected one of {allowed}")
 
 
-def _with_recipe(preset, **changes):
-    return dataclasses.replace(preset, recipe=dataclasses.replace(preset.recipe, **changes))
-
 
 TOKENIZER_PAPER = TokenizerPreset()  # 96 tokens, 2048 x 256 codebook
 TOKENIZER_TINY = TokenizerPreset(  # 2 CPU cores, synthetic poses (synthetic.body_pose_dataset)
-    # 48 tokens: the paper's 96 reconstruct nearer, but UGS is then further from the truth (docs/genhmr.md)
+    # 48 tokens: UGS lands nearer the truth than with the paper's 96 (docs/genhmr.md)
     model=TokenizerConfig(num_tokens=48, codebook_size=256, code_dim=32, width=64, loss_vertices=1024),
     recipe=TokenizerRecipe(aug_yaw_deg=20.0, aug_roll_deg=15.0,  # SyntheticPoses already spans every yaw
-                           # lr 1e-3: 3e-3 reconstructs nearer and brings UGS nearer, but iterating then loses on
-                           # the controlled ambiguity (docs/genhmr.md, "the tokenizer's floor")
+                           # lr 1e-3: UGS's iterations keep their gain on the controlled ambiguity (docs/genhmr.md)
                            batch_size=128, lr=1e-3, max_steps=1000, warmup_steps=50, lr_schedule="cosine"))
 PAPER = GenHMRPreset()
 TINY = GenHMRPreset(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 -> 8 x 6 grid, levels 1x, 2x
     model=GenHMRConfig(
         image_size=(64, 48), patch_size=8, vit_width=128, vit_depth=4, vit_heads=4, vit_mlp_ratio=2.0, drop_path=0.0,
         conv_stem=(32, 64, 128), feature_scales=(1, 2), d_model=64, num_layers=3, num_heads=4, ffn_dim=128,
-        # levels (1, 2, 4) cost more time a step for no gain (docs/genhmr.md)
         dropout=0.0, head_hidden=128, token_head="tied",  # NOTE 21
         # NOTE 20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48): summed, the
         # Gumbel-ST gradient swamps L_mask
         loss_batch=1),
-    # MaskGIT's confidence noise (docs/genhmr.md); Eq. (4)'s fixed eta = 0.03, as PAPER: nearer in 3D than the
-    # backtracking step, and cheaper (docs/genhmr.md)
-    # lambda_theta' = 3000: the refinement's regulariser, chosen for detector-like joints (NOTE 27) on renders of
-    # another held-out seed (docs/genhmr.md); the oracle's joints would take a weaker one
+    # MaskGIT's confidence noise (NOTE 17); lambda_theta' for detector-like joints (NOTE 27, docs/genhmr.md)
     inference=InferenceConfig(choice_temperature=4.5, refine_reg=3000.0),
     regressor=RegressorConfig(regressor_head="mlp"),  # NOTE 23
     # the image stage fine-tunes the backbone stage's ViT (the paper's start is unstated); MMM's input swap pkeep
     recipe=GenHMRRecipe(pkeep=0.5, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
                         weight_decay=0.0, grad_clip=1.0, gpus=0))  # synthetic.body_dataset's synthetic bodies
-# Between TINY and PAPER, to see whether the generative path closes on its regression as compute grows
-# (docs/genhmr.md, "GenHMR as it scales"): renders of twice TINY's side (128 x 96; patch 16 keeps the 8 x 6 grid),
-# the masked transformer at d_model 256, twice TINY's steps here and twice its samples (train.py --train-samples);
-# the backbone stage (the regression it is compared with) trains at the same scale
+# Between TINY and PAPER (docs/genhmr.md, "GenHMR as it scales"): renders of twice TINY's side (128 x 96; patch 16
+# keeps the 8 x 6 grid), the masked transformer at d_model 256, twice TINY's steps
 SMALL = dataclasses.replace(
     TINY, model=dataclasses.replace(TINY.model, image_size=(128, 96), patch_size=16, conv_stem=(32, 64, 128, 128),
                                     d_model=256, num_heads=8, ffn_dim=512),
     recipe=dataclasses.replace(TINY.recipe, max_steps=3000, warmup_steps=200))
-CONFIGS = {"paper": PAPER, "small": SMALL, "tiny": TINY}
-# The backbone stage (PoseRegressor) has the image stage's ViT fields and its own recipe. NOTE 23: the paper states
-# no initialisation; PAPER's recipe is HMR2.0's (lr 1e-5, weight decay 1e-4, batch 48), its steps a starting point
-# (HMR2.0 trains 1M); --set backbone_checkpoint=FILE starts from ViTPose-H or HMR2.0.
-BACKBONE_CONFIGS = {"paper": _with_recipe(PAPER, lr=1e-5, weight_decay=1e-4, max_steps=100_000),
-                    "small": _with_recipe(SMALL, max_steps=4000), "tiny": _with_recipe(TINY, max_steps=2000)}
-TOKENIZER_CONFIGS = {"paper": TOKENIZER_PAPER, "small": TOKENIZER_TINY, "tiny": TOKENIZER_TINY}  # poses: no image
-# The prior stage (TokenPrior, NOTE 25) builds the image stage's masked transformer (PRIOR_FIELDS) with its own
-# recipe: PAPER none (0 steps: the paper trains its transformer with the image from the start). TINY's recipe (a
-# larger batch and lr, weight decay, fewer swapped tokens) learns the context in 2000 steps (0.21 of the hidden
-# quarter right, the neighbour counts' 0.21), but its 1500-step image stage then reads the image less well and UGS
-# drifts (docs/genhmr.md, "The pose prior stage"): TINY trains it 0 steps; --set max_steps=2000 on
-# --model genhmr_prior turns it on
-PRIOR_CONFIGS = {"paper": _with_recipe(PAPER, max_steps=0), "small": _with_recipe(SMALL, max_steps=0),
-                 "tiny": _with_recipe(TINY, batch_size=128, lr=1e-2, weight_decay=0.3, warmup_steps=100, pkeep=0.9,
-                                      max_steps=0)}
-# offset_start too: the prior's transformer carries its cross-attention's start offsets into the image stage, so
-# an image stage set to other offsets than its prior's would silently train from the prior's
-PRIOR_FIELDS = ("d_model", "num_layers", "num_heads", "num_points", "ffn_dim", "feature_scales", "token_head",
-                "offset_start")
-VIT_FIELDS = ("image_size", "patch_size", "patch_padding", "vit_width", "vit_depth", "vit_heads", "vit_mlp_ratio",
-              "conv_stem", "head_hidden")
-
-
-def learning_rate(cfg, step):
-    """Linear warm-up, then constant or cosine to lr / 100 at max_steps; a pure function of the step (cfg: a preset)."""
-    r = cfg.recipe
-    if step < r.warmup_steps:
-        return r.lr * (step + 1) / r.warmup_steps
-    if r.lr_schedule == "constant":
-        return r.lr
-    t = min(1.0, (step - r.warmup_steps) / max(1, r.max_steps - r.warmup_steps))
-    return r.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-class TokenizerStage:
-    """train.py's stage "genhmr_tokenizer": the pose tokenizer on batches {smpl_pose (B, 24, 3), smpl_shape (B, 10)}."""
-    CONFIGS = TOKENIZER_CONFIGS
-    learning_rate = staticmethod(learning_rate)
-
-    @staticmethod
-    def build_model(cfg, parent=None):
-        if parent is not None:
-            raise ValueError("the pose tokenizer is the first GenHMR stage and starts from no parent model")
-        return PoseTokenizer(cfg.model)
-
-    @staticmethod
-    def training_loss(model, batch, cfg, step):
-        """Eq. Lvq (`PoseTokenizer.compute_loss`) on the augmented poses; one forward through `model` (DDP or not)."""
-        pose = augment_pose(batch["smpl_pose"].float(), cfg.recipe)
-        return _unwrap(model).compute_loss(model(pose), pose)
-
-    @staticmethod
-    @torch.no_grad()
-    def predict(model, batch, cfg):
-        """Reconstruction through the codebook -> joints3d (B, 24, 3), verts (B, 6890, 3) (SMPL with the sample's
-        beta, no translation, global orientation included), ids (B, L), num_codes (B,) = K."""
-        model, pose = _unwrap(model), batch["smpl_pose"].float()
-        ids = model.tokenize(pose)
-        betas = batch.get("smpl_shape", pose.new_zeros(len(pose), NUM_BETAS)).float()
-        verts, joints = model.body(model.decode_ids(ids), betas)
-        num_codes = torch.full((len(ids),), model.quantizer.num_codes, device=ids.device)  # for usage metrics
-        return {"joints3d": joints, "verts": verts, "ids": ids, "num_codes": num_codes}
-
-
-def build_model(cfg, parent=None):
-    """train.py's image stage (cfg: a GenHMRPreset). `parent`: the trained TokenPrior of stage "genhmr_prior" (its
-    masked transformer is copied and fine-tuned; its parent is the backbone stage's), the trained PoseRegressor of
-    stage "genhmr_backbone" (its frozen tokenizer is held as a submodule; its ViT, and TINY's shape/camera head, are
-    copied and fine-tuned), or a trained PoseTokenizer alone (the image encoder from scratch, or from
-    backbone_checkpoint). The masked transformer is `masked_transformer_class`'s (appendix E). A copier builds
-    `GenHMR(cfg.model, tokenizer)` directly."""
-    if parent is None:
-        raise ValueError("GenHMR's image stage needs a trained parent: the stage 'genhmr_prior' (or 'genhmr_backbone' "
-                         "or a pose tokenizer); train the stages before it first (a checkpoint is missing)")
-    prior = parent if isinstance(parent, TokenPrior) else None
-    parent = prior.parent if prior is not None else parent
-    regressor = parent if isinstance(parent, PoseRegressor) else None
-    tokenizer = regressor.tokenizer if regressor is not None else parent
-    if not isinstance(tokenizer, PoseTokenizer):
-        raise ValueError(f"GenHMR: parent must be a PoseRegressor or a PoseTokenizer, got {type(parent).__name__}")
-    if not bool(tokenizer.quantizer.initialised):
-        raise ValueError("GenHMR: the parent pose tokenizer was never trained (its codebook is uninitialised)")
-    model = GenHMR(cfg.model, tokenizer, masked_transformer_class(cfg.model))
-    if regressor is not None:
-        for name in VIT_FIELDS:
-            if getattr(regressor.cfg, name) != getattr(cfg.model, name):
-                raise ValueError(f"GenHMR: the backbone stage's {name}={getattr(regressor.cfg, name)!r} differs from "
-                                 f"this config's {getattr(cfg.model, name)!r}; its ViT cannot start this one")
-        model.backbone.load_state_dict(regressor.backbone.state_dict())  # copies: fine-tuned here, parent untouched
-        if hasattr(regressor, "shape_camera_head"):  # TINY's "mlp" head; HMR2.0's reads beta and camera from its token
-            model.shape_camera_head.load_state_dict(regressor.shape_camera_head.state_dict())
-    elif cfg.regressor.backbone_checkpoint:
-        load_backbone(model, cfg.regressor.backbone_checkpoint)
-    if prior is not None:
-        for name in PRIOR_FIELDS:
-            if getattr(prior.cfg, name) != getattr(cfg.model, name):
-                raise ValueError(f"GenHMR: the prior stage's {name}={getattr(prior.cfg, name)!r} differs from this "
-                                 f"config's {getattr(cfg.model, name)!r}; its masked transformer cannot start this one")
-        model.masked_transformer.load_state_dict(prior.masked_transformer.state_dict())
-    return model
-
-
-def training_loss(model, batch, cfg, step):
-    """train.py's image stage: `compute_loss` on a batch of SyntheticBodies keys (image, smpl_pose, smpl_shape,
-    joints3d in camera coordinates, joints2d in pixels; data.HMR2Npz's label masks), Y* tokenized on the fly
-    (after any augmentation), masked and swapped (`corrupt_tokens`), the Gumbel temperature of Eq. (5) at the
-    optimiser step. One forward through `model` (DDP or not); no state changes."""
-    raw, pose, images = _unwrap(model), batch["smpl_pose"].float(), batch["image"]
-    check_pose(pose)
-    y_gt = raw.tokenizer.tokenize(pose)
-    y_m, masked = corrupt_tokens(y_gt, raw.num_codes, cfg.recipe)
-    temperature = gumbel_temperature(cfg.recipe, step)
-    pred = model(images, y_m, temperature, y_gt if cfg.model.gumbel_positions == "masked" else None)
-    joints2d = normalise_joints2d(batch["joints2d"].float(), images.shape[-2:])
-    loss, terms = compute_loss(pred, dict(batch, ids=y_gt, masked=masked, joints2d=joints2d), cfg.model)
-    return loss, dict(terms, temperature=torch.tensor(temperature),
-                      masked_acc=masked_accuracy(pred["logits"], y_gt, masked))
-
-
-def masked_accuracy(logits, y_gt, masked):
-    """The share of [MASK]ed tokens whose argmax is right, per sample, averaged (the training log's)."""
-    hits = (logits.argmax(-1) == y_gt).float()
-    return ((hits * masked).sum(1) / masked.sum(1)).mean()
-
-
-def joints2d_noise(index, std_px, shape):
-    """N(0, std_px^2) noise (B, *shape) in pixels, one generator per sample seeded by its dataset
-    index (B,): the same whichever rank or batch evaluates the sample."""
-    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(i))) for i in index.reshape(-1)]
-    return torch.stack(noise).to(index.device) * std_px
-
-
-# NOTE 27: the refinement's 2D joints at evaluation. The paper refines towards "2D pose clues from off-the-shelf 2D
-# pose detectors such as OpenPose" (Sec. 3.3); the renders come with none, so `predict` draws joints that err as a
-# published detector errs on MPII: a share `miss` of the joints lands anywhere in the crop, the rest within an
-# isotropic Gaussian, both fitted to the detector's PCKh at 0.1 and 0.5 head segments (recipe.detector_pckh).
-
-
-def detector_error_model(pckh_01, pckh_05):
-    """(sigma, miss) such that a joint lies within r head segments of the truth with probability
-    (1 - miss) (1 - exp(-r^2 / 2 sigma^2)): pckh_01 at r = 0.1, pckh_05 at r = 0.5 (sigma per axis, in head
-    segments; the misses' chance of landing near the truth is left out)."""
-    def within(r, sigma):
-        return 1 - math.exp(-r * r / (2 * sigma * sigma))
-    lo, hi = 1e-3, 10.0  # within(0.1) / within(0.5) falls from 1 to 0.04 as sigma grows: bisect for the ratio
-    for _ in range(200):
-        sigma = math.sqrt(lo * hi)
-        lo, hi = (sigma, hi) if within(0.1, sigma) / within(0.5, sigma) > pckh_01 / pckh_05 else (lo, sigma)
-    return sigma, 1 - pckh_05 / within(0.5, sigma)
-
-
-def head_segment_m(body):
-    """MPII's head segment (PCKh's unit, "60 % of the diagonal of the head bounding box"), in metres: 0.6 x the
-    diagonal of the front-view (x, y) box of body's (`SMPLLayer`) template vertices skinned mostly to the head (15)."""
-    head = body.v_template[body.lbs_weights.argmax(1) == 15]
-    w, h = (head[:, :2].amax(0) - head[:, :2].amin(0)).tolist()
-    return 0.6 * math.hypot(w, h)
-
-
-def detector_joints2d(joints2d, head_px, index, pckh, image_hw):
-    """NOTE 27: detector-like 2D joints (B, J, 2) in pixels of the H x W crop from the true ones: N(0, (sigma
-    head_px)^2) per axis, or with probability miss anywhere in the crop (`detector_error_model` of pckh); head_px
-    (B,): the head segment in pixels; one generator per sample seeded by its dataset index (B,)."""
-    sigma, miss = detector_error_model(*pckh)
-    (H, W), out = image_hw, []
-    for uv, scale, i in zip(joints2d.detach().cpu().float(), head_px.detach().cpu().float(), index.reshape(-1)):
-        g = torch.Generator().manual_seed(int(i))
-        near = uv + torch.randn(uv.shape, generator=g) * sigma * scale
-        missed = torch.rand(len(uv), generator=g) < miss
-        anywhere = torch.rand(uv.shape, generator=g) * torch.tensor([float(W), float(H)])
-        out.append(torch.where(missed[:, None], anywhere, near))
-    return torch.stack(out).to(joints2d.device)
-
-
-def evaluation_joints2d(batch, cfg, body):
-    """The 2D joints `predict` refines towards, from the labels (NOTE 27): {"refined_": detector-like
-    (`detector_joints2d`; the head segment in pixels from the labels' camera: f / depth of the pelvis),
-    "refined_oracle_": the labels + `joints2d_noise` (oracle_noise_px)} -> pixels (B, 24, 2), seeded by
-    batch["index"]; and the per-joint weights batch["joints2d_weight"] (B, 24) or None."""
-    for key in ("index", "K", "joints3d"):
-        if key not in batch:
-            raise ValueError(f"genhmr.predict: the batch needs {key!r} (index: the samples' dataset indices that seed "
-                             "the 2D joints' errors, data.Indexed adds it; K and joints3d: the labels' camera)")
-    joints2d, index = batch["joints2d"].float(), batch["index"]
-    detected = detector_joints2d(joints2d, head_pixels(batch, body), index, cfg.recipe.detector_pckh,
-                                 batch["image"].shape[-2:])
-    oracle = joints2d + joints2d_noise(index, cfg.recipe.oracle_noise_px, (NUM_JOINTS, 2))
-    weights = batch.get("joints2d_weight")  # real data: 0 for the joints without a 2D keypoint
-    return {"refined_": detected, "refined_oracle_": oracle}, None if weights is None else weights.float()
-
-
-@torch.no_grad()
-def predict(model, batch, cfg):
-    """train.py's image stage: `GenHMR.generate` (cfg.inference) on batch["image"] towards detector-like 2D joints
-    (`evaluation_joints2d`), UGS's choice noise seeded by batch["index"], and the same samples refined towards the
-    oracle's joints -> per-sample tensors: joints3d (B, 24, 3), verts (B, 6890, 3) in metres in the labels' camera
-    frame, joints2d (B, 24, 2) pixels, cam_t (B, 3), ids (B, L), betas (B, 10); the same refined with prefixes
-    refined_ and refined_oracle_; reproj_error_px and refined_reproj_error_px (B,): mean 2D distance to the detected
-    joints; detected_error_px, detected_pckh_01 and detected_pckh_05 (B,): the detected joints against the labels."""
-    raw, image_hw = _unwrap(model), batch["image"].shape[-2:]
-    targets, weights = evaluation_joints2d(batch, cfg, raw.tokenizer.body)
-    out = raw.generate(batch["image"], targets["refined_"], weights, cfg.inference, seeds=batch["index"])
-    out.update(raw.refine_towards(out, targets["refined_oracle_"], weights, cfg.inference, image_hw,
-                                  "refined_oracle_"))
-    del out["cam"]
-    seen = None if weights is None else (weights > 0).float()
-    for prefix in ("", "refined_"):
-        out[f"{prefix}reproj_error_px"] = _joint_mean((out[f"{prefix}joints2d"] - targets["refined_"]).norm(dim=-1),
-                                                      seen)
-    error = (targets["refined_"] - batch["joints2d"].float()).norm(dim=-1)  # (B, 24)
-    head_px = head_pixels(batch, raw.tokenizer.body)[:, None]
-    out.update(detected_error_px=_joint_mean(error, seen),
-               detected_pckh_01=_joint_mean((error < 0.1 * head_px).float(), seen),
-               detected_pckh_05=_joint_mean((error < 0.5 * head_px).float(), seen))
-    return out
-
-
-def head_pixels(batch, body):
-    """The head segment (`head_segment_m`) in pixels of each crop (B,): f / depth of the labels' pelvis."""
-    return head_segment_m(body) * batch["K"][:, 0, 0].float() / batch["joints3d"][:, 0, 2].float()
-
-
-def _joint_mean(x, seen):
-    """Per-sample mean (B,) of x (B, J) over the joints, or over those with seen (B, J) 1."""
-    return x.mean(-1) if seen is None else (x * seen).sum(-1) / seen.sum(-1).clamp_min(1)
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
-def check_inputs(cfg, kind, path):
-    """train.py's protocol, for both image stages, before any stage trains: --data hmr2 is scored by the
-    benchmarks' protocol, whose keypoint regressor ($HMR_J_REGRESSOR) must read; a backbone_checkpoint
-    the config names must exist. Raises in one line naming the variable or file."""
-    if kind == "hmr2":
-        metrics.keypoint_regressor()
-    if cfg.regressor.backbone_checkpoint:
-        check_backbone_file(cfg.regressor.backbone_checkpoint)
-
-
-def param_groups(model, cfg):
-    """train.py's optimiser groups of the image stage: the image encoder (ViT) at backbone_lr_scale x lr, the
-    rest at lr."""
-    vit = {id(p) for p in model.backbone.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return [(1.0, [p for p in trainable if id(p) not in vit]),
-            (cfg.recipe.backbone_lr_scale, [p for p in trainable if id(p) in vit])]
-
-
-class BackboneStage:
-    """train.py's stage "genhmr_backbone" (`PoseRegressor`, appendix A): batches as the image stage's."""
-    CONFIGS = BACKBONE_CONFIGS
-    learning_rate, check_inputs = staticmethod(learning_rate), staticmethod(check_inputs)
-
-    @staticmethod
-    def build_model(cfg, parent=None):
-        if not isinstance(parent, PoseTokenizer):
-            raise ValueError("GenHMR's backbone stage starts from the trained pose tokenizer (stage "
-                             f"'genhmr_tokenizer'), got {type(parent).__name__}")
-        return PoseRegressor(cfg.model, cfg.regressor, parent)
-
-    @staticmethod
-    def training_loss(model, batch, cfg, step):
-        """HMR2.0's losses on the regressed SMPL: w_theta L_theta + w_beta L_beta + w_3D L_3D + w_2D L_2D
-        (`smpl_losses`, the weights of the image stage's SMPL terms)."""
-        check_pose(batch["smpl_pose"])
-        pred = smpl_prediction(_unwrap(model).tokenizer.body, **model(batch["image"]))
-        joints2d = normalise_joints2d(batch["joints2d"].float(), batch["image"].shape[-2:])
-        terms = smpl_losses(pred, dict(batch, joints2d=joints2d), cfg.model)
-        m = cfg.model
-        return (m.w_pose * terms["pose"] + m.w_betas * terms["betas"] + m.w_3d * terms["joints3d"]
-                + m.w_2d * terms["joints2d"]), terms
-
-    @staticmethod
-    @torch.no_grad()
-    def predict(model, batch, cfg):
-        """-> regression_joints3d (B, 24, 3), regression_verts (B, 6890, 3) in the labels' camera frame."""
-        model, image_hw = _unwrap(model), batch["image"].shape[-2:]
-        out = model(batch["image"])
-        mesh = mesh_outputs(model.tokenizer, out["R"], out["betas"], out["cam"], image_hw, "regression_")
-        return {key: mesh[key] for key in ("regression_joints3d", "regression_verts")}
 
 
 # ---------------------------------------------------------------------------------------------
-# Appendix A. Support architecture: SMPL, the ViT backbone, the backbone stage (HMR2.0's SMPL head)
+# Appendix A. Support architecture: SMPL, the ViT backbone; the project's additions (TINY's token head)
 
 
 class SMPLLayer(nn.Module):
@@ -1328,6 +979,26 @@ class SMPLLayer(nn.Module):
 @functools.lru_cache(maxsize=1)
 def _smpl():
     return bodymodels.load_smpl()
+
+
+def _attend(q, k, v, heads):
+    """Multi-head softmax attention: q (B, Lq, M d), k and v (B, Lk, M d) -> (B, Lq, M d)."""
+    def split(t):
+        return t.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, M, L, d)
+    return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one qkv Linear (ViTPose names: qkv, proj)."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, -1)  # (B, N, C) each
+        return self.proj(_attend(q, k, v, self.heads))
 
 
 class Mlp(nn.Module):
@@ -1420,489 +1091,9 @@ class DropPathViT(nn.Module):
         return self.last_norm(x).transpose(1, 2).reshape(B, C, h, w)
 
 
-class PreNorm(nn.Module):
-    """HMR2.0/HaMeR's PreNorm: fn(norm(x), ...) (names: norm, fn)."""
 
-    def __init__(self, dim, fn):
-        super().__init__()
-        self.norm, self.fn = nn.LayerNorm(dim), fn
-
-    def forward(self, x, *context):
-        return self.fn(self.norm(x), *context)
-
-
-class SelfAttention(nn.Module):
-    """HMR2.0/HaMeR's Attention: to_qkv (no bias), heads x dim_head, to_out.0 (bias)."""
-
-    def __init__(self, dim, heads, dim_head):
-        super().__init__()
-        self.heads = heads
-        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim))
-
-    def forward(self, x):
-        q, k, v = self.to_qkv(x).chunk(3, -1)
-        return self.to_out(_attend(q, k, v, self.heads))
-
-
-class CrossAttention(nn.Module):
-    """HMR2.0/HaMeR's CrossAttention: to_q (dim), to_kv (context_dim), no biases, to_out.0 (bias).
-    softmax(Q K^T / sqrt(d)) V with Q = x W_q, K = c W_k, V = c W_v (HMR2.0's SMPL head)."""
-
-    def __init__(self, dim, context_dim, heads, dim_head):
-        super().__init__()
-        self.heads = heads
-        self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
-        self.to_kv = nn.Linear(context_dim, 2 * heads * dim_head, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim))
-
-    def forward(self, x, context):
-        k, v = self.to_kv(context).chunk(2, -1)
-        return self.to_out(_attend(self.to_q(x), k, v, self.heads))
-
-
-class FeedForward(nn.Module):
-    """HMR2.0/HaMeR's FeedForward: net = Linear, GELU, Dropout, Linear (dropout 0; names net.0, net.3)."""
-
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class DecoderBlocks(nn.Module):
-    """HMR2.0/HaMeR's TransformerCrossAttn: layers.i = [PreNorm(SA), PreNorm(CA), PreNorm(FF)]."""
-
-    def __init__(self, dim, depth, heads, dim_head, mlp, context_dim):
-        super().__init__()
-        self.layers = nn.ModuleList(nn.ModuleList([
-            PreNorm(dim, SelfAttention(dim, heads, dim_head)),
-            PreNorm(dim, CrossAttention(dim, context_dim, heads, dim_head)),
-            PreNorm(dim, FeedForward(dim, mlp))]) for _ in range(depth))
-
-
-class TransformerDecoder(nn.Module):
-    """HMR2.0/HaMeR's TransformerDecoder: the zero token -> to_token_embedding -> + pos_embedding -> blocks."""
-
-    def __init__(self, dim, depth, heads, dim_head, mlp, context_dim, num_tokens=1):
-        super().__init__()
-        self.to_token_embedding = nn.Linear(1, dim)
-        self.pos_embedding = nn.Parameter(torch.randn(1, num_tokens, dim))
-        self.transformer = DecoderBlocks(dim, depth, heads, dim_head, mlp, context_dim)
-
-    def start(self, batch):
-        """The query token Z (B, 1, dim) before the first block."""
-        zero = self.pos_embedding.new_zeros(batch, 1, 1)
-        return self.to_token_embedding(zero) + self.pos_embedding
-
-    def forward(self, context):
-        z = self.start(len(context))
-        for sa, ca, ff in self.transformer.layers:
-            z = z + sa(z)
-            z = z + ca(z, context)
-            z = z + ff(z)
-        return z
-
-
-class HMR2Head(nn.Module):
-    """HMR2.0's SMPL head (`SMPLTransformerDecoderHead`, 4D-Humans `hmr2/models/heads/smpl_head.py`, names
-    included): ONE zero token cross-attends to the h w ViT tokens; its state reads out 6D pose (24 x 6,
-    our column convention), beta and camera as residuals on mean parameters, one iteration (IEF_ITERS 1).
-    The mean parameters are buffers: identity pose, beta = 0, cam [0.9, 0, 0] here; HMR2.0's
-    smpl_mean_params.npz values come with its checkpoint. Held to 4D-Humans' module by tests/official/hmr2."""
-
-    def __init__(self, hmr2_head, vit_width):
-        super().__init__()
-        width, depth, heads, dim_head, mlp = hmr2_head  # RegressorConfig.hmr2_head
-        self.transformer = TransformerDecoder(width, depth, heads, dim_head, mlp, vit_width)
-        self.decpose, self.decshape = nn.Linear(width, NUM_JOINTS * 6), nn.Linear(width, NUM_BETAS)
-        self.deccam = nn.Linear(width, 3)
-        identity = bodymodels.matrix_to_rot6d(torch.eye(3))
-        self.register_buffer("init_body_pose", identity.repeat(1, NUM_JOINTS))  # (1, 144)
-        self.register_buffer("init_betas", torch.zeros(1, NUM_BETAS))
-        self.register_buffer("init_cam", torch.tensor([[0.9, 0.0, 0.0]]))
-
-    def forward(self, feature):
-        """feature (B, C, h, w) -> R (B, 24, 3, 3), beta (B, 10), cam [s, tx, ty] (B, 3)."""
-        B = len(feature)
-        context = feature.flatten(2).transpose(1, 2)  # (B, h w, C)
-        token = self.transformer(context)[:, 0]  # (B, width): the one query token after the blocks
-        pose = self.decpose(token) + self.init_body_pose  # (B, 144)
-        betas, cam = self.decshape(token) + self.init_betas, self.deccam(token) + self.init_cam
-        return bodymodels.rot6d_to_matrix(pose.view(B, NUM_JOINTS, 6)), betas, cam
-
-
-class PoseRegressor(nn.Module):
-    """The backbone stage ("genhmr_backbone"), HMR2.0 here: GenHMR's ViT with a regression head, images ->
-    SMPL pose (24 x 6D), beta, camera, trained by HMR2.0's losses; the image stage starts from its ViT.
-    The paper's encoder is a ViT-H whose initialisation it does not state; HMR2.0 and TokenHMR start from
-    ViTPose-H. `load_backbone` reads ViTPose-H or HMR2.0 weights into it (cfg.backbone_checkpoint). The
-    frozen pose tokenizer rides along (its SMPL layer poses the predictions) to be handed on.
-    NOTE 23: head "hmr2" is HMR2.0's (`HMR2Head`); TINY's "mlp" is flatten -> MLP for the
-    pose and GenHMR's pooled shape/camera head, the smallest head that keeps where things are in the map
-    (pooling loses it); the image stage starts from that head too. cfg: GenHMRConfig (the ViT); head:
-    RegressorConfig."""
-
-    def __init__(self, cfg, head, tokenizer):
-        super().__init__()
-        self.cfg, self.head, self.tokenizer = cfg, head, tokenizer.eval().requires_grad_(False)
-        self.backbone = DropPathViT(cfg)
-        if head.regressor_head == "hmr2":
-            self.smpl_head = HMR2Head(head.hmr2_head, cfg.vit_width)
-        else:
-            self.shape_camera_head = ShapeCameraHead(cfg.vit_width, cfg.head_hidden)
-            grid = self.backbone.grid
-            self.pose_head = nn.Sequential(nn.Flatten(), nn.Linear(cfg.vit_width * grid[0] * grid[1],
-                                                                   head.regressor_hidden),
-                                           nn.ReLU(), nn.Linear(head.regressor_hidden, NUM_JOINTS * 6))
-            nn.init.xavier_uniform_(self.pose_head[-1].weight, gain=0.01), nn.init.zeros_(self.pose_head[-1].bias)
-            identity = bodymodels.matrix_to_rot6d(torch.eye(3))
-            self.register_buffer("identity6d", identity.repeat(NUM_JOINTS, 1))  # (24, 6)
-        self.register_buffer("mean_std", torch.tensor([IMAGENET_MEAN, IMAGENET_STD])[..., None, None])
-        if head.backbone_checkpoint:
-            load_backbone(self, head.backbone_checkpoint)
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.tokenizer.eval()
-        return self
-
-    def forward(self, images):
-        """images (B, 3, H, W) in [0, 1] -> {"R" (B, 24, 3, 3), "betas" (B, 10), "cam" (B, 3)}."""
-        # official (HMR2.0 vitdet_dataset.py): (pixel - 255 mean) / (255 std) on 0-255 RGB, = (x - mean) / std
-        feature = self.backbone((images - self.mean_std[0]) / self.mean_std[1])
-        if self.head.regressor_head == "hmr2":
-            R, betas, cam = self.smpl_head(feature)
-        else:
-            betas, cam = self.shape_camera_head(feature)
-            rot6d = self.pose_head(feature).view(-1, NUM_JOINTS, 6) + self.identity6d  # residual on the rest pose
-            R = bodymodels.rot6d_to_matrix(rot6d)
-        return {"R": R, "betas": betas, "cam": cam}
-
-
-# ---------------------------------------------------------------------------------------------
-# Appendix B. Agreement with the official code: ViTPose-H and HMR2.0 checkpoints
-
-
-# Released weights (HMR2.0 and TokenHMR start their ViT-H from ViTPose-H; docs/genhmr.md, NOTE 23). Three layouts,
-# each a dict with "state_dict" (tests/official_keys/ lists names and shapes, made from the official constructors):
-# HMR2.0's Lightning checkpoint (backbone.*, smpl_head.*, discriminator.*, smpl.*, initialized), ViTPose-H's
-# mmpose checkpoint (backbone.*, keypoint_head.*), HMR2.0's vitpose_backbone.pth (the ViT's own names).
-
-
-def check_backbone_file(path):
-    """Raise in one line unless `path` is a file (ViTPose-H's or HMR2.0's weights)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist: expected ViTPose-H's or HMR2.0's "
-                                "weights (RegressorConfig.backbone_checkpoint)")
-
-
-def load_backbone(model, path):
-    """ViTPose-H or HMR2.0 weights from `path` into model's ViT (model: a ViT, PoseRegressor or GenHMR; the
-    names are HMR2.0's and ViTPose's), and HMR2.0's smpl_head.* into a PoseRegressor with head "hmr2".
-    Each part loads strictly; the file's other parts (adversary, SMPL buffers, heatmap head) are left
-    out. Read with torch.load(weights_only=True), so the file cannot run code. -> the parts loaded."""
-    check_backbone_file(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # e.g. HMR2.0's Lightning file pickles its yacs config
-        names = ", ".join(re.findall(r"Unsupported global: GLOBAL (\S+)", str(e))) or "its classes"
-        raise ValueError(f"{path}: holds pickled objects besides tensors ({names}), which "
-                         "torch.load(weights_only=True) refuses. If you trust the file, keep only its weights once: "
-                         f"torch.load it inside `with torch.serialization.safe_globals([{names}]):` and "
-                         "torch.save({'state_dict': checkpoint['state_dict']}, path)") from None
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a dict of tensors (or one under 'state_dict'), "
-                         f"got {type(checkpoint).__name__}")
-    parts = backbone_state_dicts(checkpoint)
-    targets = {"backbone": model if isinstance(model, DropPathViT) else model.backbone,
-               "smpl_head": getattr(model, "smpl_head", None)}
-    loaded = [part for part in parts if parts[part] and targets[part] is not None]
-    for part in loaded:
-        bodymodels.load_state_strict(targets[part], parts[part], f"{path} ({part}.*)")
-    return loaded
-
-
-def backbone_state_dicts(checkpoint):
-    """A released checkpoint dict -> {"backbone": the ViT's state, "smpl_head": HMR2.0's head's ({} if none)}:
-    the prefixes backbone. and smpl_head. dropped (a file with no backbone.* key is the ViT's own)."""
-    state = checkpoint.get("state_dict", checkpoint)
-    if not any(k.startswith("backbone.") for k in state):  # HMR2.0's vitpose_backbone.pth
-        return {"backbone": dict(state), "smpl_head": {}}
-    return {part: {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
-            for part in ("backbone", "smpl_head")}
-
-
-# ---------------------------------------------------------------------------------------------
-# Appendix C. The paper's ablation tables as train.py --ablation data; an alternative only a config uses
-
-
-# The paper's ablation tables as train.py's --ablation data: rows of config overrides beside the paper's figures,
-# copied from its tables' 3DPW columns (MPJPE, MVE = our pve_mm) for the image stage, AMASS for the tokenizer's
-# Tables 5 and 6. Inference rows score one trained model; the others retrain from the first stage they change.
-_3DPW = (("mpjpe_mm", "MPJPE (mm), 3DPW"), ("pve_mm", "MVE (mm), 3DPW"))
-_CODEBOOKS = ((1024, 256), (2048, 128), (2048, 256), (4096, 256))
-ABLATIONS = {
-    "table2": dict(caption="Iterations of uncertainty-guided sampling (Table 2)", inference=True, columns=_3DPW,
-                   rows=tuple((str(T), {"ugs_iterations": T}, f) for T, f in (
-                       (1, (73.5, 84.2)), (3, (70.2, 81.9)), (5, (68.1, 77.5)), (10, (67.8, 79.1)),
-                       (15, (67.6, 78.5)), (20, (67.4, 78.1)))), chosen="5"),
-    "table3": dict(caption="2D pose-guided refinement steps after UGS-5 (Table 3)", inference=True,
-                   columns=(("refined_mpjpe_mm", "MPJPE (mm), 3DPW"), ("refined_pve_mm", "MVE (mm), 3DPW")),
-                   rows=tuple((label, {"ugs_iterations": 5, "refine_iterations": P}, f) for label, P, f in (
-                       ("UGS* (no refinement)", 0, (68.1, 77.5)), ("1", 1, (66.5, 77.0)), ("3", 3, (63.6, 73.5)),
-                       ("5", 5, (60.2, 70.4)), ("10", 10, (57.5, 68.5)), ("20", 20, (54.7, 67.5)))), chosen="20"),
-    "table4": dict(caption="Masking ratio during training, gamma(tau), tau ~ U(0, max) (Table 4)", columns=_3DPW,
-                   rows=tuple((f"U(0, {m})", {"mask_tau_max": m}, f) for m, f in (
-                       (1.0, (68.1, 77.5)), (0.3, (72.1, 84.2)), (0.5, (69.8, 81.7)), (0.7, (67.9, 77.1)))),
-                   chosen="U(0, 1.0)"),
-    "table5": dict(caption="Codebook size x code dimension, 96 tokens (Table 5, the tokenizer)",
-                   stage="genhmr_tokenizer",
-                   columns=(("tokenizer_mpjpe_mm", "MPJPE (mm), AMASS"), ("tokenizer_pve_mm", "MVE (mm), AMASS")),
-                   rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96}, f)
-                              for (K, D), f in zip(_CODEBOOKS, ((10.5, 9.2), (8.9, 8.1), (8.5, 7.8), (6.1, 5.9)))),
-                   chosen="2048x256"),
-    "table6": dict(caption="Number of pose tokens, codebook 2048 x 256 (Table 6, the tokenizer)",
-                   stage="genhmr_tokenizer",
-                   columns=(("tokenizer_mpjpe_mm", "MPJPE (mm), AMASS"), ("tokenizer_pve_mm", "MVE (mm), AMASS")),
-                   rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256}, f) for L, f in (
-                       (48, (11.1, 10.5)), (96, (8.5, 7.8)), (192, (7.8, 6.9)), (384, (7.1, 6.0)))), chosen="96"),
-    "table11": dict(caption="Mask scheduling functions x UGS iterations (Table 11)", inference=True, columns=_3DPW,
-                    rows=tuple((f"{name} T={T}", {"schedule": name, "ugs_iterations": T}, f) for name, T, f in (
-                        ("cosine", 1, (73.5, 84.2)), ("cosine", 3, (70.2, 81.9)), ("cosine", 5, (68.1, 77.5)),
-                        ("cosine", 10, (67.8, 79.1)), ("cosine", 15, (67.6, 78.5)), ("cosine", 20, (67.4, 78.1)),
-                        ("cubic", 5, (69.7, 78.9)), ("cubic", 10, (69.1, 79.1)), ("cubic", 15, (68.8, 79.0)),
-                        ("cubic", 20, (68.6, 79.2)), ("linear", 5, (71.6, 81.2)), ("linear", 10, (71.3, 80.7)),
-                        ("linear", 15, (71.0, 80.9)), ("linear", 20, (70.8, 81.1)), ("sqrt", 5, (73.4, 82.8)),
-                        ("sqrt", 10, (73.1, 83.0)), ("sqrt", 15, (73.3, 83.3)), ("sqrt", 20, (73.6, 83.5)))),
-                    chosen="cosine T=5"),
-    "table13": dict(caption="Codebook size x code dimension, 96 tokens, on GenHMR (Table 13)", columns=_3DPW,
-                    rows=tuple((f"{K}x{D}", {"codebook_size": K, "code_dim": D, "num_tokens": 96}, f)
-                               for (K, D), f in zip(_CODEBOOKS, ((70.1, 82.5), (69.9, 80.3), (68.1, 77.5),
-                                                                 (69.5, 80.4)))),
-                    chosen="2048x256"),
-    "table14": dict(caption="Number of pose tokens, codebook 2048 x 256, on GenHMR (Table 14)", columns=_3DPW,
-                    rows=tuple((str(L), {"num_tokens": L, "codebook_size": 2048, "code_dim": 256}, f)
-                               for L, f in ((48, (68.5, 80.5)), (96, (68.1, 77.5)), (192, (72.5, 83.6)),
-                                            (384, (82.5, 91.5)))), chosen="96"),
-    "table15": dict(caption="Feature-pyramid levels of the image encoder (Table 15)",
-                    columns=(("mpjpe_mm", "MPJPE (mm), 3DPW"),),
-                    rows=tuple((" ".join(f"{s}x" for s in scales), {"feature_scales": scales}, (f,)) for scales, f in (
-                        ((1, 4, 8, 16), 68.3), ((1,), 71.3), ((1, 4), 69.8), ((1, 4, 8), 68.8), ((4, 8, 16), 68.8),
-                        ((1, 8, 16), 69.3), ((1, 4, 16), 69.8))), chosen="1x 4x 8x"),
-    "table16": dict(caption="Deformable cross-attention layers of the masked transformer (Table 16)", columns=_3DPW,
-                    rows=tuple((str(n), {"num_layers": n}, f) for n, f in (
-                        (2, (70.5, 85.9)), (4, (68.1, 77.5)), (6, (69.5, 77.1)), (8, (70.9, 79.9)))), chosen="4"),
-}
-
-
-@torch.no_grad()
-def backtracking_step(objective, e, G, grad, eta, halvings=6):
-    """NOTE 18: per sample, the largest of eta, eta / 2, ... (halvings tries) that lowers G, 0 where
-    none does; doubled for the next step after a success -> (eta for this step, eta for the next), (B, 1, 1)."""
-    step, done = torch.zeros_like(eta), torch.zeros(len(e), dtype=torch.bool, device=e.device)
-    for _ in range(halvings):
-        accept = (objective(e - eta * grad) < G) & ~done
-        step = torch.where(accept[:, None, None], eta, step)
-        eta = torch.where((~done & ~accept)[:, None, None], eta / 2, eta)
-        done |= accept
-        if bool(done.all()):
-            break
-    return step, torch.where(done[:, None, None], eta * 2, eta)
-
-
-STEP_SIZES = {"fixed": fixed_step, "backtracking": backtracking_step}  # InferenceConfig.refine_eta_rule
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Appendix D. Diagnostics (not the paper's inference): the report-only tables, the soft readout, context
-#             accuracy against the neighbour-count yardstick (train.py's final evaluation); parameter counts
-
-
-TABLE_ITERATIONS = (1, 2, 3, 5, 10)  # UGS T, each under every schedule (Tables 2, 11)
-TABLE_REFINE_STEPS = (0, 5, 20)  # refinement steps P after UGS (Table 3)
-COUNT_TABLE_MAX_CELLS = 2 ** 26  # the neighbour counts' (L - 1) K^2 int32 cells: TINY 3.1M; none above 268 MB
-
-
-def diagnostics(model, cfg, train_labels):
-    """train.py's final-evaluation pass beside `predict` -> a callable batch -> {key: (B, ...)}: joints3d (B, 24, 3)
-    (root-relative) of UGS for every T in TABLE_ITERATIONS x schedule (table_{schedule}_T{T}_joints3d), of
-    `soft_readout` (table_soft_T1_joints3d), of refinement after UGS for every P in TABLE_REFINE_STEPS
-    (table_refine_P{P}_joints3d), `context_accuracies` with the neighbour counts of train_labels["smpl_pose"]
-    (n, 24, 3) tokenized (count_table_accuracy_75, when the table has at most COUNT_TABLE_MAX_CELLS cells), and
-    `ugs_commits` of UGS at the inference config's T and schedule."""
-    model = _unwrap(model)
-    tok, counts = model.tokenizer, neighbour_counts(model, train_labels)
-
-    @torch.no_grad()
-    def diagnose(batch):
-        inf, image_hw = cfg.inference, batch["image"].shape[-2:]
-        levels, betas, cam = model.encode_image(batch["image"])
-        ugs = functools.partial(sample_from_features, model, levels, top_k=inf.top_k,
-                                choice_temperature=inf.choice_temperature, seeds=batch["index"])
-        out = context_accuracies(model, levels, batch, counts)
-        out.update(ugs_commits(tok, ugs(inf.ugs_iterations, inf.schedule)[1], betas, batch))
-        runs = {(schedule, T): ugs(T, schedule)[0] for schedule in SCHEDULES for T in TABLE_ITERATIONS}
-        for (schedule, T), ids in runs.items():
-            out[f"table_{schedule}_T{T}_joints3d"] = tok.body.joints(tok.decode_ids(ids), betas)
-        out["table_soft_T1_joints3d"] = tok.body.joints(soft_readout(model, levels), betas)
-        ids = runs.get((inf.schedule, inf.ugs_iterations))
-        ids = ugs(inf.ugs_iterations, inf.schedule)[0] if ids is None else ids
-        targets, weights = evaluation_joints2d(batch, cfg, tok.body)
-        joints2d = targets["refined_"]
-        longest = dataclasses.replace(inf, refine_iterations=max(TABLE_REFINE_STEPS))
-        targets = normalise_joints2d(joints2d, image_hw)
-        problem = refinement_problem(tok, ids, betas, cam, targets, inf.refine_reg, image_hw[0], weights)
-        e = refine(*problem, longest)  # every P in one
-        for P in TABLE_REFINE_STEPS:
-            out[f"table_refine_P{P}_joints3d"] = tok.body.joints(tok.decode(e[P]), betas)
-        return out
-    return diagnose
-
-
-def neighbour_counts(model, train_labels):
-    """`NeighbourCounts` of train_labels["smpl_pose"] (n, 24, 3) (its rows with a pose label) tokenized by the
-    model's tokenizer; None without poses or when the table would exceed COUNT_TABLE_MAX_CELLS cells."""
-    tok, L, K = model.tokenizer, model.num_tokens, model.num_codes
-    if "smpl_pose" not in train_labels or (L - 1) * K * K > COUNT_TABLE_MAX_CELLS:
-        return None
-    poses = torch.as_tensor(train_labels["smpl_pose"]).float()
-    if "has_smpl_pose" in train_labels:  # real data: the rows with a pose label
-        poses = poses[torch.as_tensor(train_labels["has_smpl_pose"]) > 0]
-    device = tok.quantizer.codebook.device
-    counts = NeighbourCounts(L, K).to(device)
-    for chunk in poses.split(1024):
-        counts.add(tok.tokenize(chunk.to(device)))
-    return counts
-
-
-class NeighbourCounts(nn.Module):
-    """The token generator's yardstick (not the paper's): a table of neighbouring-token counts,
-    n[i, a, b] = how often tokens i and i + 1 of the training poses were (a, b). Given the visible tokens, a
-    masked position i takes the naive-Bayes argmax_k log n_i(k) + sum over its visible neighbours of
-    log n(neighbour | k) (counts + 0.1). Its (L - 1) K^2 counts are the module's extra state."""
-
-    def __init__(self, num_tokens, num_codes):
-        super().__init__()
-        self.pairs = torch.zeros(num_tokens - 1, num_codes, num_codes, dtype=torch.int32)
-
-    def get_extra_state(self):
-        return self.pairs
-
-    def set_extra_state(self, state):
-        self.pairs = state.to(self.pairs)
-
-    def _apply(self, fn, *args, **kwargs):  # .to(device) moves the table too
-        self.pairs = fn(self.pairs)
-        return super()._apply(fn, *args, **kwargs)
-
-    @torch.no_grad()
-    def add(self, ids):
-        """Count the adjacent pairs of ids (B, L)."""
-        L, K = ids.shape[1], self.pairs.shape[-1]
-        flat = (torch.arange(L - 1, device=ids.device) * K + ids[:, :-1]) * K + ids[:, 1:]  # (B, L - 1)
-        self.pairs.view(-1).index_add_(0, flat.flatten(), torch.ones(flat.numel(), dtype=self.pairs.dtype,
-                                                                      device=ids.device))
-
-    @torch.no_grad()
-    def predict(self, ids, masked, alpha=0.1):
-        """ids (B, L) with the true tokens where ~masked -> the table's ids (B, L) (masked positions filled)."""
-        n = self.pairs.double() + alpha
-        K = n.shape[-1]
-        # n_i(k): position i's code counts, from the pair it starts (i < L - 1) or ends (the last)
-        unigram = torch.cat([n.sum(2), n[-1].sum(0)[None]]) - alpha * K  # (L, K)
-        log_n = (unigram + alpha).log()
-        score = log_n.expand(len(ids), -1, -1).clone()  # (B, L, K)
-        # left neighbour visible: + log n[i - 1, y_{i-1}, k] - log n_i(k); right: + log n[i, k, y_{i+1}] - log n_i(k)
-        left = n[torch.arange(1, ids.shape[1]) - 1, ids[:, :-1]].log() - log_n[1:]  # (B, L - 1, K)
-        right = n[torch.arange(ids.shape[1] - 1), :, ids[:, 1:]].log() - log_n[:-1]  # (B, L - 1, K)
-        score[:, 1:] += left * ~masked[:, :-1, None]
-        score[:, :-1] += right * ~masked[:, 1:, None]
-        return torch.where(masked, score.argmax(-1), ids)
-
-
-@torch.no_grad()
-def soft_readout(model, levels):
-    """Not the paper's: one pass from all [MASK], each token's expected code vector sum_k p_k c_k decoded
-    (a yardstick beside UGS's argmax: a broad posterior averages instead of picking one far code)
-    -> rotations (B, 24, 3, 3)."""
-    B, L = len(levels[0]), model.num_tokens
-    ids = torch.full((B, L), model.num_codes, dtype=torch.long, device=levels[0].device)
-    probs = model.logits(ids, levels).float().softmax(-1)
-    return model.tokenizer.decode(probs @ model.tokenizer.quantizer.codebook.float())
-
-
-def context_masks(index, L, visible=0.75):
-    """(B, L) bool, True at the L - round(visible L) positions hidden from each sample: a permutation drawn
-    by a generator seeded by the sample's dataset index (the same on any rank or batch), its smallest values."""
-    hidden = L - round(visible * L)
-    return torch.stack([torch.randperm(L, generator=torch.Generator().manual_seed(int(i))) < hidden
-                        for i in index.reshape(-1)]).to(index.device)
-
-
-@torch.no_grad()
-def ugs_commits(tokenizer, history, betas, batch):
-    """What UGS commits, per iteration t of its history (`sample_from_features`): ugs_t{t}_commit_precision (B,), the
-    share of the tokens fixed at t (masked before t, not after) that are the true pose's tokens (batch["smpl_pose"]
-    tokenized; NaN where none was fixed or the sample has no pose label), and ugs_t{t}_joints3d (B, 24, 3)
-    (root-relative), the pose decoded from every position's token at t (the fixed ones and this iteration's samples)."""
-    out, before = {}, torch.ones_like(history[0][0])
-    y = tokenizer.tokenize(batch["smpl_pose"].float()) if "smpl_pose" in batch else None
-    labelled = batch.get("has_smpl_pose", torch.ones(len(betas), device=betas.device)) > 0
-    for t, (masked, _, ids) in enumerate(history, 1):
-        out[f"ugs_t{t}_joints3d"] = tokenizer.body.joints(tokenizer.decode_ids(ids), betas)
-        if y is not None:
-            fixed = before & ~masked  # (B, L) committed at t
-            precision = ((ids == y) & fixed).sum(1) / fixed.sum(1)  # NaN where nothing was fixed
-            out[f"ugs_t{t}_commit_precision"] = torch.where(labelled, precision.float(), math.nan)
-        before = masked
-    return out
-
-
-def context_accuracies(model, levels, batch, counts=None):
-    """Does the token generator use its context? Given 75 % of the true tokens Y* (the sample's pose
-    tokenized, `context_masks` hiding the rest), the share of the hidden tokens predicted right (argmax)
-    per sample: masked_token_accuracy_75 (B,), and the same for a table of the training tokens' neighbour
-    counts (`NeighbourCounts`, when given) as count_table_accuracy_75. NaN for a sample without a pose label."""
-    if "smpl_pose" not in batch:
-        return {}
-    y = model.tokenizer.tokenize(batch["smpl_pose"].float())
-    hidden = context_masks(batch["index"], y.shape[1])
-    labelled = batch.get("has_smpl_pose", torch.ones(len(y), device=y.device)) > 0
-    def accuracy(pred):
-        acc = ((pred == y) & hidden).sum(1) / hidden.sum(1)
-        return torch.where(labelled, acc.float(), torch.full_like(acc.float(), math.nan))
-    out = {"masked_token_accuracy_75":
-           accuracy(model.logits(y.masked_fill(hidden, model.num_codes), levels).argmax(-1))}
-    if counts is not None:
-        out["count_table_accuracy_75"] = accuracy(counts.predict(y, hidden))
-    return out
-
-
-def count_parameters(module):
-    return sum(p.numel() for p in module.parameters())
-
-
-def parameter_table(cfg, tcfg):
-    """(part, parameters) at a preset pair (GenHMRPreset, TokenizerPreset), built on the meta device (no body
-    model, no weights)."""
-    cfg, tcfg = cfg.model, tcfg.model
-    with torch.device("meta"):
-        m = GenHMR(cfg, PoseTokenizer(tcfg, body=nn.Module()), masked_transformer_class(cfg))
-    parts = [("tokenizer.encoder", m.tokenizer.encoder), ("tokenizer.decoder", m.tokenizer.decoder),
-             ("backbone (ViT)", m.backbone), ("pyramid", m.pyramid), ("masked_transformer", m.masked_transformer),
-             ("shape_camera_head", m.shape_camera_head)]
-    rows = [(name, count_parameters(module)) for name, module in parts]
-    rows.insert(2, ("tokenizer codebook (buffer, EMA)", tcfg.codebook_size * tcfg.code_dim))
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Appendix E. The project's additions (not the paper's): the token embedding's start and TINY's tied token head
-#             (build_model's), MMM's input swap, MaskGIT's choice noise, the prior stage (`TokenPrior`)
+# A.2 The project's additions (not the paper's): the code embedding's start (NOTE 26), TINY's tied token head
+#     (NOTE 21), MSDA's start offsets for small maps (NOTE 28), MaskGIT's choice noise for UGS (NOTE 17)
 
 
 def code_embedding(codebook, d):
@@ -1933,21 +1124,23 @@ class TiedMaskedTransformer(MaskedTransformer):
 
 
 def masked_transformer_class(cfg):
-    """The masked transformer build_model puts in GenHMR (and TokenPrior): the paper's, its codes' embeddings started
-    from the codebook (NOTE 26), with TINY's tied head (NOTE 21) when cfg.token_head is "tied"."""
+    """The masked transformer class for cfg (GenHMRConfig): the paper's, its codes' embeddings started from the
+    codebook (NOTE 26), with TINY's tied head (NOTE 21) when cfg.token_head is "tied"."""
     return functools.partial(TiedMaskedTransformer if cfg.token_head == "tied" else MaskedTransformer,
                              code_init=code_embedding)
 
 
-def swap_visible(ids, masked, num_codes, pkeep, generator=None):
-    """MMM's input corruption (exitudio/MMM, `--pkeep`): each visible token kept with probability pkeep,
-    else replaced by a code drawn uniformly from the K; [MASK]ed positions untouched. NOTE 11.
-    The targets stay the true tokens, so the generator learns to doubt its context, as it must at
-    inference, where the context is its own earlier guesses."""
-    swap = (torch.rand(ids.shape, device=ids.device, generator=generator) >= pkeep) & ~masked
-    random_ids = torch.randint(num_codes, ids.shape, device=ids.device, generator=generator)
-    return torch.where(swap, random_ids, ids)
+def offset_scale(H, W):
+    """NOTE 28: the factor on Deformable DETR's start offsets for an H x W map, min(1, 0.1 min(H, W)): each head's
+    first point (1 pixel out) then stays within the reference points' starting margin, so inside the map; at
+    least 10 pixels a side (every level at the paper's size) it is Deformable DETR's own start."""
+    return min(1.0, REFERENCE_MARGIN * min(H, W))
 
+
+def level_sizes(cfg):
+    """The pyramid's (H_l, W_l) per level: the ViT grid (H / patch, W / patch) x each of cfg.feature_scales."""
+    H, W = cfg.image_hw
+    return tuple((H // cfg.patch_size * s, W // cfg.patch_size * s) for s in cfg.feature_scales)
 
 
 def gumbel_noise(shape, seeds=None, step=0, generator=None, device=None):
@@ -1961,87 +1154,37 @@ def gumbel_noise(shape, seeds=None, step=0, generator=None, device=None):
     return -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
 
 
-
-class TokenPrior(nn.Module):
-    """NOTE 25: the stage "genhmr_prior", MEGA's pretraining (g-fiche/MEGA pretrain_mega.py,
-    then train_mega.py loads it): the image stage's masked transformer trained first on the tokens of poses
-    alone, with no image and so no cross-attention, by Eq. (1) with the image stage's masking and swap. It
-    learns p(y_i | Y_M), the prior the pose tokens live in, from poses, which cost nothing to draw next to
-    rendered images; `build_model` starts the image stage's transformer from it. parent: the trained backbone
-    stage, frozen, handed on to the image stage (its tokenizer gives the tokens)."""
-
-    def __init__(self, cfg, parent):
-        super().__init__()
-        self.cfg, self.parent = cfg, parent.eval().requires_grad_(False)
-        self.tokenizer = parent.tokenizer  # the same module (a checkpoint holds it once, with the parent's)
-        self.num_tokens, self.num_codes = self.tokenizer.cfg.num_tokens, self.tokenizer.cfg.codebook_size
-        self.masked_transformer = masked_transformer_class(cfg)(cfg, self.num_tokens, self.tokenizer.quantizer.codebook)
-        for layer in self.masked_transformer.layers:  # what reads the image waits, untrained, for the image stage
-            layer.norm2.requires_grad_(False), layer.cross_attn.requires_grad_(False)
-        self.masked_transformer.reference.requires_grad_(False)
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.parent.eval()
-        return self
-
-    def logits(self, ids, levels=None):
-        """masked ids (B, L) -> logits (B, L, K) of p(y_i | Y_M); levels: unread (no image here)."""
-        return self.masked_transformer(ids, None, self.tokenizer.quantizer.codebook)
-
-    def forward(self, ids):
-        return self.logits(ids)
+# ---------------------------------------------------------------------------------------------
+# Appendix B. Agreement with the official code: ViTPose-H and HMR2.0 checkpoints
 
 
-class PriorStage:
-    """train.py's stage "genhmr_prior" (`TokenPrior`): batches {smpl_pose (B, 24, 3), smpl_shape (B, 10), index}."""
-    CONFIGS = PRIOR_CONFIGS
-    learning_rate = staticmethod(learning_rate)
+# Released weights (HMR2.0 and TokenHMR start their ViT-H from ViTPose-H; docs/genhmr.md, NOTE 23). Three layouts,
+# each a dict with "state_dict" (tests/official_keys/ lists names and shapes, made from the official constructors):
+# HMR2.0's Lightning checkpoint (backbone.*, smpl_head.*, discriminator.*, smpl.*, initialized), ViTPose-H's
+# mmpose checkpoint (backbone.*, keypoint_head.*), HMR2.0's vitpose_backbone.pth (the ViT's own names).
 
-    @staticmethod
-    def build_model(cfg, parent=None):
-        if not isinstance(parent, PoseRegressor):
-            raise ValueError("GenHMR's prior stage starts from the trained backbone stage ('genhmr_backbone'), "
-                             f"got {type(parent).__name__}")
-        return TokenPrior(cfg.model, parent)
 
-    @staticmethod
-    def training_loss(model, batch, cfg, step):
-        """The prior stage's loss: Eq. (1) on the tokens of batch["smpl_pose"] (B, 24, 3), no image."""
-        raw = _unwrap(model)
-        check_pose(batch["smpl_pose"])
-        y_gt = raw.tokenizer.tokenize(batch["smpl_pose"].float())
-        y_m, masked = corrupt_tokens(y_gt, raw.num_codes, cfg.recipe)
-        logits = model(y_m)
-        loss = token_cross_entropy(logits, y_gt, masked, cfg.model.ce_on).mean()
-        return loss, {"mask": loss, "masked_acc": masked_accuracy(logits, y_gt, masked)}
+def load_backbone(model, path):
+    """ViTPose-H or HMR2.0 weights from `path` into model's ViT (model: a DropPathViT, or a module with one as
+    `backbone`: GenHMR, the backbone stage's regressor; the names are HMR2.0's and ViTPose's), and HMR2.0's
+    smpl_head.* into a module that has a `smpl_head` (the backbone stage's, genhmr_experiments.HMR2Head). Each part
+    loads strictly; the file's other parts (adversary, SMPL buffers, heatmap head) are left out. Read with
+    torch.load(weights_only=True), so the file cannot run code. -> the parts loaded."""
+    checkpoint = bodymodels.read_checkpoint(path, "ViTPose-H's or HMR2.0's weights (backbone_checkpoint)")
+    parts = backbone_state_dicts(checkpoint)
+    targets = {"backbone": model if isinstance(model, DropPathViT) else model.backbone,
+               "smpl_head": getattr(model, "smpl_head", None)}
+    loaded = [part for part in parts if parts[part] and targets[part] is not None]
+    for part in loaded:
+        bodymodels.load_state_strict(targets[part], parts[part], f"{path} ({part}.*)")
+    return loaded
 
-    @staticmethod
-    @torch.no_grad()
-    def predict(model, batch, cfg):
-        """The prior stage's held-out figures, per pose batch["smpl_pose"] (B, 24, 3) with its smpl_shape and index:
-        its tokens with a quarter hidden (`context_masks`) filled by the prior's argmax ->
-        prior_masked_token_accuracy_75 (B,) and the filled pose's prior_joints3d (B, 24, 3), prior_verts (B, 6890, 3)
-        (SMPL's frame); the pose UGS draws from all [MASK] with no image (cfg.inference's T, schedule and confidence
-        noise, seeded by index) -> prior_generated_verts (B, 6890, 3), centred on its pelvis."""
-        model, tok, inf = _unwrap(model), _unwrap(model).tokenizer, cfg.inference
-        y, betas = tok.tokenize(batch["smpl_pose"].float()), batch["smpl_shape"].float()
-        hidden = context_masks(batch["index"], y.shape[1])
-        filled = torch.where(hidden, model.logits(y.masked_fill(hidden, model.num_codes)).argmax(-1), y)
-        verts, joints = tok.body(tok.decode_ids(filled), betas)
-        ids, _ = sample_from_features(model, None, inf.ugs_iterations, inf.schedule, inf.top_k,
-                                      choice_temperature=inf.choice_temperature, seeds=batch["index"])
-        generated, generated_joints = tok.body(tok.decode_ids(ids), betas)
-        return {"prior_joints3d": joints, "prior_verts": verts,
-                "prior_generated_verts": generated - generated_joints[:, PELVIS:PELVIS + 1],
-                "prior_masked_token_accuracy_75": (((filled == y) & hidden).sum(1) / hidden.sum(1)).float()}
 
-    @staticmethod
-    def diagnostics(model, cfg, train_labels):
-        """The prior stage's yardstick at its final evaluation: the neighbour-count table of the training poses
-        (`neighbour_counts`) given the same 75 % of each held-out pose's tokens -> prior_count_table_accuracy_75
-        (B,)."""
-        model = _unwrap(model)
-        counts = neighbour_counts(model, train_labels)
-        return lambda batch: {} if counts is None else {
-            "prior_count_table_accuracy_75": context_accuracies(model, None, batch, counts)["count_table_accuracy_75"]}
+def backbone_state_dicts(checkpoint):
+    """A released checkpoint dict -> {"backbone": the ViT's state, "smpl_head": HMR2.0's head's ({} if none)}:
+    the prefixes backbone. and smpl_head. dropped (a file with no backbone.* key is the ViT's own)."""
+    state = checkpoint.get("state_dict", checkpoint)
+    if not any(k.startswith("backbone.") for k in state):  # HMR2.0's vitpose_backbone.pth
+        return {"backbone": dict(state), "smpl_head": {}}
+    return {part: {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
+            for part in ("backbone", "smpl_head")}

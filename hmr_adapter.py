@@ -17,28 +17,26 @@ poses (6D unless named), beta shape, F^H hand image tokens, F^B arm-chain tokens
 
 Map: 1 arm chains, points in crops and RoIs -> 2 hand adapter -> 3 body adapter -> 4 the model (`HMRAdapter`,
 start here: its doctests) -> 5 losses (Eqs. 5-8, `compute_loss`) -> 6 inference (`pipeline`) -> 7 configs (PAPER,
-TINY) and train.py's protocol. Appendices: A the body models and the bases (HaMeR's head blocks, ViT, HaMeR,
-SMPLer-X, crops and warps, RoI-align, `Bases`), B the released weights, C the paper's baseline and ablations
-(Tables 3-6, `ABLATIONS`), D parameter counts. Table 1's evaluation is metrics.py's `wholebody_metrics`. Running
-it: `demo.py --model hmr_adapter --image PATH`, `bench.py --model hmr_adapter [--params]`. Where this differs
-from the paper (NOTE N), results: docs/hmr_adapter.md.
+TINY). Appendices: A the body models and the bases (HaMeR's head blocks, ViT, HaMeR, SMPLer-X, hand crops,
+RoI-align, `Bases`), B the released weights. How this project trains, evaluates and ablates it (train.py's
+protocol, the bases' tiny stand-ins, Tables 3-6's rows, parameter counts): hmr_adapter_experiments.py. Running it:
+`demo.py --model hmr_adapter --image PATH`, `bench.py --model hmr_adapter`. Where this differs from the paper
+(NOTE N), results: docs/hmr_adapter.md.
 """
 
 import copy
 import functools
 import math
 import os
-import pickle
 import types
 import typing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import bodymodels
-import metrics
 from bodymodels import (axis_angle_to_matrix, forward_kinematics, matrix_to_rot6d,
                         mirror_rotation, rot6d_to_matrix)
 
@@ -101,6 +99,14 @@ def to_roi(points, boxes, size, flip):
     `size` (SMPLer-X's convention), x -> size - 1 - x where flip (B,)."""
     p = (points - boxes[:, None, :2]) * size / (boxes[:, 2:] - boxes[:, :2])[:, None]
     return torch.where(flip[:, None, None], torch.stack([size - 1 - p[..., 0], p[..., 1]], -1), p)
+
+
+def mcp_in_rois(hand_joints2d, boxes, size):
+    """The 4 MCP joints (B, 2, 4, 2) of both hands' 2D keypoints (B, 2, 21, 2) (pixels, OpenPose order) in the RoI
+    frame of hand boxes (B, 2, 4) (`to_roi`, left hands flipped)."""
+    B = len(hand_joints2d)
+    kp = hand_joints2d.flatten(0, 1)[:, [HAND_JOINTS[i] for i in MCP]]  # (2B, 4, 2) pixels
+    return to_roi(kp, boxes.flatten(0, 1), size, flip_pattern(B, kp.device)).view(B, 2, len(MCP), 2)
 
 
 def sample_joint_features(features, points):
@@ -200,8 +206,8 @@ class BodyAdapter(nn.Module):
 
 class HMRAdapter(nn.Module):
     """HMR-Adapter (Fig. 2): frozen bases (eval mode whatever train() says), the hand adapter (Eq. 3) and the body
-    adapter (Eq. 4), which share no parameter (Sec. 3.5), from an `AdapterConfig` and `Bases` (appendix A)
-    untrained, trained here, or released (`load_pretrained`). The small config, on untrained bases:
+    adapter (Eq. 4), which share no parameter (Sec. 3.5), from an `AdapterConfig` and `Bases` (appendix A):
+    untrained, released (`load_pretrained`), or trained stand-ins. The small config, on untrained bases:
 
     >>> _ = torch.manual_seed(0)
     >>> model = HMRAdapter(TINY.model, Bases(BASES_TINY.model))
@@ -233,37 +239,17 @@ class HMRAdapter(nn.Module):
     """
 
     FROZEN_KEYS = ("theta0", "shape", "cam")  # what the body adapter's loss reads of the whole-body output
+
     def __init__(self, cfg, bases):
         super().__init__()
         self.cfg, self.bases = cfg, bases.requires_grad_(False).eval()
-        self.hand_adapter, self.body_adapter = self.adapters(cfg, bases)
-
-    def adapters(self, cfg, bases):  # the hand adapter (Sec. 3.3) on the frozen hand head, the body adapter (3.4)
-        return HandAdapter(bases.hand_expert.mano_head), BodyAdapter(cfg, bases.cfg.body_width)
+        self.hand_adapter = HandAdapter(bases.hand_expert.mano_head)  # Sec. 3.3, on the frozen hand head
+        self.body_adapter = BodyAdapter(cfg, bases.cfg.body_width)  # Sec. 3.4
 
     def train(self, mode=True):
         super().train(mode)
         self.bases.eval()  # frozen: dropout off, normalisation statistics never move
         return self
-
-    # --- what the pipeline runs (Sec. 3.1)
-
-    @property
-    def hand_expert(self):  # whose ViT gives F^H and whose head the hand adapter adapts: the frozen one
-        return self.bases.hand_expert
-
-    @property
-    def whole_body(self):  # which gives theta_0, the hand boxes and the hand feature maps: the frozen one
-        return self.bases.whole_body
-
-    def chains(self, body_R):  # theta_b (B, 2, 8, 6) of body rotations (B, >= 22, 3, 3) (Sec. 3.3)
-        return arm_chains(body_R, self.cfg.chain)
-
-    def hand(self, tokens, theta_b):  # Eq. 3 on F^H (N, h w, C) given theta_b (N, 8, 6) -> pose (N, 16, 6), betas, cam
-        return self.hand_adapter(self.hand_expert.mano_head, tokens, theta_b)
-
-    def body(self, out, rois, mcp):  # theta_hat (Eq. 4) of a whole-body output, its hand maps, MCP joints in them
-        return self.body_adapter(out["theta0"], rois, mcp)
 
     # --- training (Sec. 3.5)
 
@@ -292,19 +278,17 @@ class HMRAdapter(nn.Module):
 
     def hand_path(self, image, front, hand_boxes, smplx_pose, body_known):
         """Sec. 3.5.1: the hand adapter on F^H of the crops at the true boxes, given the true arm chains."""
-        chain = self.chains(axis_angle_to_matrix(smplx_pose[:, :NUM_BODY])).flatten(0, 1)  # (2B, J, 6)
+        chain = arm_chains(axis_angle_to_matrix(smplx_pose[:, :NUM_BODY]), self.cfg.chain).flatten(0, 1)  # (2B, J, 6)
         if body_known is not None:
             chain = chain * body_known.reshape(-1, 1, 1).to(chain)
-        pose, betas, cam = self.hand(front["tokens"].flatten(0, 1), chain)
+        pose, betas, cam = self.hand_adapter(self.bases.hand_expert.mano_head, front["tokens"].flatten(0, 1), chain)
         return dict(hand_pose=pose.unflatten(0, (-1, 2)), hand_betas=betas.unflatten(0, (-1, 2)),
                     hand_cam=cam.unflatten(0, (-1, 2)), crop_boxes=crop_boxes(self.bases.cfg, hand_boxes))
 
     def body_path(self, image, front, hand_boxes, hand_joints2d):
         """Sec. 3.5.2: the body adapter on the hand feature maps at the predicted boxes, at the true MCP joints."""
-        B = len(image)
-        kp = hand_joints2d.flatten(0, 1)[:, [HAND_JOINTS[i] for i in MCP]]  # (2B, 4, 2) pixels
-        mcp = to_roi(kp, front["pred_boxes"].flatten(0, 1), self.bases.cfg.hand_roi, flip_pattern(B, kp.device))
-        theta_hat = self.body(front, front["rois"], mcp.view(B, 2, len(MCP), 2))
+        mcp = mcp_in_rois(hand_joints2d, front["pred_boxes"], self.bases.cfg.hand_roi)
+        theta_hat = self.body_adapter(front["theta0"], front["rois"], mcp)  # Eq. (4)
         return dict(theta_hat=theta_hat, shape=front["shape"], cam=front["cam"])
 
 
@@ -396,10 +380,10 @@ def compute_loss(pred, targets, cfg):
 
 
 def pipeline_front(models, cfg, image, hand_boxes=None):
-    """What a pipeline computes first with `models`' whole-body model and hand expert (the frozen `Bases`, or
-    an `HMRAdapter`'s): the whole-body output, the hand boxes it predicts scaled by cfg.hand_box_scale (a
-    BaseConfig), and F^H of the crops there. hand_boxes (B, 2, 4) image pixels: boxes to use instead of the
-    predicted ones (from a detector or 2D hand keypoints), a NaN row keeping the prediction."""
+    """What a pipeline computes first with `models`' whole-body model and hand expert (the frozen `Bases`): the
+    whole-body output, the hand boxes it predicts scaled by cfg.hand_box_scale (a BaseConfig), and F^H of the crops
+    there. hand_boxes (B, 2, 4) image pixels: boxes to use instead of the predicted ones (from a detector or 2D
+    hand keypoints), a NaN row keeping the prediction."""
     out = models.whole_body(image)
     if hand_boxes is not None:
         out["boxes"] = torch.where(hand_boxes.isnan(), out["boxes"], hand_boxes.to(out["boxes"]))
@@ -423,13 +407,22 @@ def pipeline(model, image, adapted=True, hand_boxes=None, details=False):
     hands from the hand adapter conditioned on theta_hat's arm chains (NOTE 5), MCP joints from the whole-body
     model's hand position net (NOTE 6); False: the paper's baseline (`baseline_pipeline` of model.bases).
     hand_boxes: `pipeline_front`'s. details: a dict of the outputs and what made them (`mesh`)."""
+    bases = model.bases
     if not adapted:
-        return baseline_pipeline(model.bases, image, hand_boxes, details)
-    out, boxes, tokens = pipeline_front(model, model.bases.cfg, image, hand_boxes)
-    rois, hand_joints = model.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
-    theta = model.body(out, rois, hand_joints[:, :, list(MCP), :2])  # theta_hat (B, 22, 6)
-    pose, _, _ = model.hand(tokens, model.chains(rot6d_to_matrix(theta)).flatten(0, 1))
+        return baseline_pipeline(bases, image, hand_boxes, details)
+    out, boxes, tokens = pipeline_front(bases, bases.cfg, image, hand_boxes)
+    rois, hand_joints = bases.whole_body.hands(out["feature_map"], boxes, image.shape[-2:])
+    theta = model.body_adapter(out["theta0"], rois, hand_joints[:, :, list(MCP), :2])  # theta_hat (B, 22, 6), Eq. 4
+    chain = arm_chains(rot6d_to_matrix(theta), model.cfg.chain).flatten(0, 1)  # theta_b of theta_hat (2B, J, 6)
+    pose, _, _ = model.hand_adapter(bases.hand_expert.mano_head, tokens, chain)  # Eq. 3
     return mesh(out, boxes, theta, pose, details)
+
+
+def baseline_pipeline(bases, image, hand_boxes=None, details=False):
+    """The paper's baseline (Sec. 4.2): both frozen models + IK; arguments and result as `pipeline`'s."""
+    out, boxes, tokens = pipeline_front(bases, bases.cfg, image, hand_boxes)
+    pose, _, _ = bases.hand_expert.mano_head(tokens)
+    return mesh(out, boxes, out["theta0"], pose, details)
 
 
 def mesh(out, boxes, theta, hand_pose, details=False):
@@ -448,7 +441,7 @@ def mesh(out, boxes, theta, hand_pose, details=False):
 
 # ---------------------------------------------------------------------------------------------
 # 7. Configs: the bases and the adapters, PAPER (the paper's numbers) and TINY (2 CPU cores), each a preset of
-#    the model's config (what building reads), the recipe and the data; then train.py's protocol
+#    the model's config (what building reads), the recipe and the data
 
 
 @dataclass
@@ -471,9 +464,6 @@ class BaseConfig:
     head_dim_head: int = 64
     head_mlp: int = 1024
     hand_stem: tuple = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE 13)
-    # NOTE 17 (TINY only): a keypoint head on the expert's tokens (`KeypointHead`, its width; 0 = none), trained with
-    # it, as HaMeR's ViT starts from ViTPose's 2D-keypoint weights (its loss weight: BasesRecipe.w_hand_keypoints)
-    hand_keypoint_channels: int = 0
     # --- whole-body model (SMPLer-X-H32) ---
     body_image: tuple = (256, 192)  # its input (the image, resized)
     body_resize: str = "nearest"  # SMPLer-X's F.interpolate default (main/SMPLer_X.py); TINY "area" (its own choice)
@@ -514,9 +504,11 @@ class BasesRecipe:
     weight_decay: float = 1e-4
     grad_clip: float = 0.0
     amp: bool = False
-    losses: str = "paper"  # the CONFIGS preset whose Eq. 5 / 7 weights (and calibration) the stand-ins train with
-    # NOTE 17 (TINY only): the keypoint head's L1 weight, and the expert's own rotation weight (0 = the losses
-    # preset's w_hand_pose)
+    losses: str = "paper"  # the adapters' preset whose Eq. 5 / 7 weights (and calibration) the stand-ins train with
+    # NOTE 17 (TINY only): a keypoint head on the expert's tokens trained with it, as HaMeR's ViT starts from
+    # ViTPose's 2D-keypoint weights (hmr_adapter_experiments.KeypointHead: its width, 0 = none; its L1 weight), and
+    # the expert's own rotation weight (0 = the losses preset's w_hand_pose)
+    hand_keypoint_channels: int = 0
     w_hand_keypoints: float = 0.0
     w_expert_hand_pose: float = 0.0
 
@@ -564,8 +556,8 @@ class AdapterConfig:
     w_body_pose: float = 10.0
     w_body_3d: float = 100.0
     w_body_2d: float = 16.0
-    # --- an ablation row's other way in the hand or the body adapter's place (Tables 3-6): read by `build_model`
-    # alone, which builds appendix C's `AblationRow` for any value but "adapter"; `ABLATIONS` sets them ---
+    # --- an ablation row's other way in the hand or the body adapter's place (Tables 3-6): nothing here reads them;
+    # hmr_adapter_experiments.build_model builds its `AblationRow` for any value but "adapter" (its `ABLATIONS`) ---
     hand_method: typing.Literal["adapter", "whole_body_pose", "image", "concat", "weighted_sum", "head", "full",
                                 "scratch", "frozen"] = "adapter"
     body_method: typing.Literal["adapter", "task_tokens", "concat", "weighted_sum", "head", "full", "scratch",
@@ -604,186 +596,29 @@ BASES_TINY = BasesPreset(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4
     model=BaseConfig(
         hand_crop=32, hand_patch=4, hand_patch_padding=0, hand_width=64, hand_depth=3, hand_heads=4,
         head_dim=64, head_depth=3, head_heads=4, head_dim_head=16, head_mlp=128, hamer_rescale=0.0,
-        hand_stem=(32, 64), hand_keypoint_channels=32,
+        hand_stem=(32, 64),
         body_image=(128, 96), body_resize="area", body_patch=16, body_patch_padding=0, body_width=64, body_depth=3,
         body_heads=4, body_stem=(16, 32, 64, 64),
         body_keypoints=22, body_hm_depth=8, body_rot_hidden=32, box_channels=(32, 32), hand_roi=8,
         hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, roi_sampling=2),
     weights=ReleasedWeights(hamer_checkpoint="", smplerx_checkpoint=""),
-    recipe=BasesRecipe(losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100, w_hand_keypoints=0.3,
-                       w_expert_hand_pose=0.01),
+    recipe=BasesRecipe(losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100,
+                       hand_keypoint_channels=32, w_hand_keypoints=0.3, w_expert_hand_pose=0.01),
     data=WholeBodyData(image_size=(256, 192)))
-PAPER = AdapterPreset()  # the adapters: hand 26.8M, body 36.5M (appendix D)
-# TINY's lr, body_lr and max_steps: from retraining each adapter alone on the default run's frozen bases
-# (docs/hmr_adapter.md); a faster body adapter moves theta_hat's arm chain away from what the hand adapter reads.
+PAPER = AdapterPreset()  # the adapters: hand 26.8M, body 36.5M (hmr_adapter_experiments.parameter_table)
+# TINY's lr, body_lr and max_steps: each adapter's own (docs/hmr_adapter.md, "TINY's recipe"); a faster body adapter
+# moves theta_hat's arm chain away from what the hand adapter reads
 TINY = AdapterPreset(
     model=AdapterConfig(chain="global", loss_batch=0, w_hand_verts=0.05, w_body_2d=1.0, body_proj=32, body_dim=64,
                         body_depth=3, body_heads=4, body_dim_head=16, body_mlp=128),
     recipe=AdapterRecipe(hand_only_prob=0.2, cache_frozen=True, batch_size=32, max_steps=2500, lr=4e-3, body_lr=1e-3,
                          warmup_steps=50, gpus=0),
     data=WholeBodyData(image_size=(256, 192)))
-CONFIGS = {"paper": PAPER, "tiny": TINY}
-BASE_CONFIGS = {"paper": BASES_PAPER, "tiny": BASES_TINY}
-
-
-# --- train.py's protocol (train.py's docstring): its dict batches (data.py's whole-body keys) onto the API above
-
-
-def learning_rate(cfg, step):
-    """Linear warm-up, then cosine decay to 0 at max_steps (NOTE 10)."""
-    r = cfg.recipe
-    if step < r.warmup_steps:
-        return r.lr * (step + 1) / r.warmup_steps
-    t = (step - r.warmup_steps) / max(1, r.max_steps - r.warmup_steps)
-    return r.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-
-def build_model(cfg, parent):
-    """The adapters on `parent`, the trained `Bases` (train.py's "hmr_adapter_bases" row): `HMRAdapter`, or for
-    an ablation row (cfg.model.hand_method / body_method other than "adapter") appendix C's `AblationRow`. With
-    the recipe's cache_frozen, `frozen_cache` keeps the frozen bases' outputs per training sample."""
-    if parent is None:
-        raise ValueError("hmr_adapter.build_model: needs the trained bases (train.py trains 'hmr_adapter_bases' "
-                         "first); outside train.py: HMRAdapter(AdapterConfig(), Bases(BaseConfig()))")
-    paper = cfg.model.hand_method == cfg.model.body_method == "adapter"
-    model = (HMRAdapter if paper else AblationRow)(cfg.model, parent)
-    model.frozen_cache = {} if cfg.recipe.cache_frozen else None  # sample index -> `frozen_inputs` row
-    return model
-
-
-def gt_boxes(batch):
-    return sides(batch, "hand_box")  # (B, 2, 4) the true hand boxes
-
-
-def sides(batch, key):
-    """A batch's left and right hand entries `left_<key>`, `right_<key>` stacked (B, 2, ...)."""
-    return torch.stack([batch[f"{s}_{key}"] for s in SIDES], 1)
-
-
-def targets_of(batch):
-    """`compute_loss`'s targets of a batch."""
-    return dict(hand_pose=sides(batch, "hand_mano_pose"), hand_joints2d=sides(batch, "hand_joints2d"),
-                smplx_pose=batch["smplx_pose"], joints3d=batch["joints3d"], joints2d=batch["joints2d"])
-
-
-@torch.no_grad()
-def cached_frozen_inputs(model, batch):
-    """`HMRAdapter.frozen_inputs` at a batch's true boxes. With the model's `frozen_cache` each training sample
-    (its "index") is computed once, alone, and kept: a row's bits would otherwise depend on its place in the batch
-    (BLAS blocks rows), so a resumed run would drift from an uninterrupted one. It also spares the frozen forward,
-    much of a tiny step."""
-    cache = getattr(model, "frozen_cache", None)
-    if cache is None or "index" not in batch:
-        return model.frozen_inputs(batch["image"], gt_boxes(batch))
-    keys = batch["index"].tolist()
-    for i, k in enumerate(keys):
-        if k not in cache:
-            row = model.frozen_inputs(batch["image"][i:i + 1], gt_boxes(batch)[i:i + 1])
-            cache[k] = {name: value[0] for name, value in row.items()}
-    rows = [cache[k] for k in keys]
-    return {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
-
-
-def training_loss(model, batch, cfg, step):
-    """`compute_loss` of the model's training pass on a batch (an ablation row: `AblationRow.row_loss`); a
-    recipe.hand_only_prob share of the hands gets no body pose. model: the `HMRAdapter` or its DDP wrapper."""
-    net = getattr(model, "module", model)
-    image = batch["image"]
-    front = cached_frozen_inputs(net, batch)
-    known = torch.rand(2 * len(image), 1, 1, device=image.device) >= cfg.recipe.hand_only_prob
-    pred = model(image, gt_boxes(batch), batch["smplx_pose"], sides(batch, "hand_joints2d"),
-                 body_known=known.view(-1, 2), frozen=front)
-    if isinstance(net, AblationRow):
-        return net.row_loss(pred, batch, cfg.model)
-    return compute_loss(pred, targets_of(batch), cfg.model)
-
-
-def hand_meshes(name, pose, betas):
-    """{hand_<name>_verts (B, 2, 778, 3), hand_<name>_joints (B, 2, 21, 3)}: the MANO meshes of the hand
-    path's poses (2B, 16, 6) and betas (2B, 10), both hands of each sample, left first."""
-    verts, joints = mano_mesh(rot6d_to_matrix(pose), betas)
-    return {f"hand_{name}_verts": verts.unflatten(0, (-1, 2)), f"hand_{name}_joints": joints.unflatten(0, (-1, 2))}
-
-
-@torch.no_grad()
-def predict(model, batch, cfg):
-    """Held-out predictions for metrics.wholebody_metrics: the hand path at the true boxes (like Table 3) of the
-    frozen expert and of the adapter (given the true body pose, as in training), as MANO meshes
-    {hand_M_verts (B, 2, 778, 3), hand_M_joints (B, 2, 21, 3)}; the pipeline at the predicted boxes (like
-    Table 1) of the baseline and the adapted model: {pipe_P_verts (B, 10475, 3), pipe_P_joints (B, 55, 3),
-    pipe_P_boxes}."""
-    image, boxes = batch["image"], gt_boxes(batch)
-    baseline = predict_baseline(model.bases, batch, cfg)
-    tokens = model.hand_expert.features(hand_crops(model.bases.cfg, image, boxes))
-    chain = model.chains(axis_angle_to_matrix(batch["smplx_pose"][:, :NUM_BODY])).flatten(0, 1)
-    pose, betas, _ = model.hand(tokens, chain)
-    adapted = dict(zip(("pipe_adapted_verts", "pipe_adapted_joints", "pipe_adapted_boxes"), pipeline(model, image)))
-    return {**baseline, **hand_meshes("adapter", pose, betas), **adapted}
-
-
-@torch.no_grad()
-def predict_baseline(bases, batch, cfg=None):
-    """`predict`'s figures of the paper's baseline alone (the frozen bases; train.py's protocol for the
-    bases' stage): {hand_expert_verts, hand_expert_joints, pipe_baseline_verts, pipe_baseline_joints,
-    pipe_baseline_boxes}."""
-    pose, betas, _ = bases.hand_expert.mano_head(hand_tokens(bases, batch["image"], gt_boxes(batch)))
-    piped = baseline_pipeline(bases, batch["image"])
-    return dict(hand_meshes("expert", pose, betas),
-                **dict(zip(("pipe_baseline_verts", "pipe_baseline_joints", "pipe_baseline_boxes"), piped)))
-
-
-def check_inputs(cfg, kind, path):
-    """Before any stage trains: Table 1's face and hand vertex ids ($HMR_FLAME_VERTEX_IDS,
-    $HMR_MANO_SMPLX_VERTEX_IDS) must read. Raises in one line naming the variable."""
-    metrics.face_vertex_ids(), metrics.hand_vertex_ids()
-
-
-def param_groups(model, cfg):
-    """The optimiser's groups: the hand adapter at lr, the body adapter at body_lr."""
-    trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
-    return [(1.0, trainable(model.hand_adapter)), (cfg.recipe.body_lr / cfg.recipe.lr, trainable(model.body_adapter))]
-
-
-class BasesStage:
-    """train.py's row "hmr_adapter_bases": the tiny stand-ins of the pretrained bases, trained on HaMeR's and
-    SMPLer-X's own losses (`bases_loss`), or (paper) the released weights, checked before the 1.3B parameters are
-    built. Both paths "" keep the paper bases' random weights."""
-    CONFIGS = BASE_CONFIGS
-
-    @staticmethod
-    def build_model(cfg, parent=None):
-        released_checkpoints(cfg.weights)  # a missing file fails here, in one line
-        bases = Bases(cfg.model)
-        load_pretrained(bases, cfg.weights)
-        return bases
-
-    @staticmethod
-    def training_loss(model, batch, cfg, step):
-        return bases_loss(model(batch["image"], gt_boxes(batch)), batch, cfg.model, CONFIGS[cfg.recipe.losses].model,
-                          cfg.recipe)
-
-    @staticmethod
-    def predict(model, batch, cfg):
-        return predict_baseline(model, batch, cfg)
-
-    @staticmethod
-    def learning_rate(cfg, step):
-        return learning_rate(cfg, step)
-
-    @staticmethod
-    def check_inputs(cfg, kind, path):
-        """The released files the paper bases load (`released_checkpoints`), then the vertex ids their
-        evaluation reads (`check_inputs`)."""
-        released_checkpoints(cfg.weights)
-        check_inputs(cfg, kind, path)
-
-
-BASES = BasesStage()
 
 
 # ---------------------------------------------------------------------------------------------
 # Appendix A. The body models, and the bases HMR-Adapter adapts (HaMeR, SMPLer-X): HaMeR's head blocks, ViT, hand
-#             expert, whole-body model, crops and warps, RoI-align, and the training of their tiny stand-ins (`Bases`)
+#             expert, whole-body model, hand crops, RoI-align, `Bases`
 
 
 # A.1 The body models (bodymodels' MANO and SMPL-X), posed by rotation matrices: the losses' meshes
@@ -800,7 +635,6 @@ def body_models():
         mano=bodymodels.Skinning(mano, torch.float32, per_sample=False),
         smplx=bodymodels.Skinning(smplx, torch.float32, per_sample=False), parents=smplx.parents.tolist(),
         smplx_faces=smplx.faces_tensor.long(), r_off=bodymodels.hand_frames().r_off.float())
-
 
 
 def mano_mesh(R, betas):
@@ -1071,27 +905,6 @@ class HandExpert(nn.Module):
         return self.mano_head(self.features(crops))
 
 
-class KeypointHead(nn.Module):
-    """NOTE 17 (TINY only): ViTPose's simple decoder on the expert's tokens (B, h w, C): two 4 x 4 stride-2
-    deconvolutions (BatchNorm, ReLU) and a 1 x 1 convolution to 21 maps of 4h x 4w, read by a soft-argmax -> the 21
-    2D keypoints (B, 21, 2) in the crop's [-0.5, 0.5] frame (`to_crop`), the ViT reading the crop's centre columns."""
-
-    def __init__(self, cfg, grid):
-        super().__init__()
-        c, self.crop, self.grid = cfg.hand_keypoint_channels, cfg.hand_crop, grid  # grid: the expert ViT's (h, w)
-        self.net = nn.Sequential(nn.ConvTranspose2d(cfg.hand_width, c, 4, 2, 1), nn.BatchNorm2d(c), nn.ReLU(),
-                                 nn.ConvTranspose2d(c, c, 4, 2, 1), nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, 21, 1))
-
-    def forward(self, tokens):
-        maps = self.net(tokens.transpose(1, 2).unflatten(2, self.grid))  # (B, 21, 4h, 4w)
-        p = torch.softmax(maps.flatten(2), -1).view_as(maps)
-        H, W = maps.shape[-2:]
-        margin = self.crop // 8  # the columns `HandExpert.features` drops each side
-        x = (p.sum(-2) * (torch.arange(W, device=p.device) + 0.5)).sum(-1) * (self.crop - 2 * margin) / W + margin
-        y = (p.sum(-1) * (torch.arange(H, device=p.device) + 0.5)).sum(-1) * self.crop / H
-        return torch.stack([x, y], -1) / self.crop - 0.5
-
-
 def hand_tokens(bases, image, boxes):
     """F^H (2B, h w, C) of the frozen hand expert on both hands' crops at hand boxes (B, 2, 4), left first and
     flipped (`hand_crops`)."""
@@ -1138,7 +951,9 @@ class PositionNet(nn.Module):
     def __init__(self, width, joints, depth):
         super().__init__()
         self.joints, self.depth = joints, depth
-        self.conv = nn.Sequential(nn.Conv2d(width, joints * depth, 1))
+        # its 1x1 weight channels-last, as its input (the ViT's tokens viewed as a map): the gradient then has the
+        # weight's strides (no DDP layout warning, no copy); for a 1x1 kernel the same memory order
+        self.conv = nn.Sequential(nn.Conv2d(width, joints * depth, 1).to(memory_format=torch.channels_last))
 
     def heatmaps(self, feature_map):
         """(B, C, H, W) -> probabilities (B, K, D, H, W)."""
@@ -1250,7 +1065,7 @@ class WholeBody(nn.Module):
         x = F.interpolate(image, self.image_hw, mode=self.resize) if tuple(image.shape[-2:]) != self.image_hw else image
         tokens, task = self.encoder(x)
         B, (h, w) = len(x), self.encoder.grid
-        feature_map = tokens.transpose(1, 2).reshape(B, -1, h, w)
+        feature_map = tokens.transpose(1, 2).reshape(B, -1, h, w)  # a channels-last view of the tokens
         heatmaps = self.body_position_net.heatmaps(feature_map)  # (B, K, D, h, w)
         joints = soft_argmax(heatmaps)  # (B, K, 3) heatmap pixels (x, y) and depth bin
         theta0, shape, cam = self.body_regressor(task[:, 6:], joints, task[:, 0], task[:, 1])
@@ -1267,145 +1082,25 @@ class WholeBody(nn.Module):
         return rois, joints
 
 
-# A.6 Hand crops: TINY's (grid_sample) and HaMeR's (its box, blur, cv2 warp and normalisation, to the bit)
+# A.6 Hand crops: HaMeR's (its box, blur, cv2 warp and normalisation, to the bit; bodymodels.hamer_crops) or
+#     TINY's (grid_sample, bodymodels.crop_images)
 
 
 def hand_crops(cfg, image, boxes):
     """The hand expert's crops (2B, 3, S, S) of both hands, left first and flipped, at hand boxes
-    (B, 2, 4) of image (B, 3, H, W) in [0, 1]: HaMeR's (`hamer_crops`) or TINY's (`crop_images`)."""
+    (B, 2, 4) of image (B, 3, H, W) in [0, 1]: HaMeR's or TINY's (cfg.hamer_rescale)."""
     flip, images = flip_pattern(len(image), image.device), image.repeat_interleave(2, 0)
     if cfg.hamer_rescale:
-        return hamer_crops(images, boxes.flatten(0, 1), cfg.hand_crop, flip, cfg.hamer_rescale)
-    return crop_images(images, crop_boxes(cfg, boxes).flatten(0, 1), cfg.hand_crop, flip)
+        return bodymodels.hamer_crops(images, boxes.flatten(0, 1), cfg.hand_crop, flip, cfg.hamer_rescale)
+    return bodymodels.crop_images(images, crop_boxes(cfg, boxes).flatten(0, 1), cfg.hand_crop, flip)
 
 
 def crop_boxes(cfg, boxes):
     """The squares (..., 4) the hand expert's crops of hand boxes (..., 4) show (`hand_crops`)."""
     if cfg.hamer_rescale:
-        centre, side = hamer_square(boxes, cfg.hamer_rescale)
+        centre, side = bodymodels.hamer_square(boxes, cfg.hamer_rescale)
         return torch.cat([centre - side / 2, centre + side / 2], -1).to(boxes.dtype)
     return scale_boxes(boxes, cfg.hand_box_scale)
-
-
-def crop_grid(boxes, size, image_hw, flip):
-    """grid_sample grid (B, size, size, 2) that resamples boxes (B, 4) pixels of an image of
-    image_hw into size x size crops (pixel (i, j) covers [j, j + 1) x [i, i + 1)); flip (B,) bool
-    mirrors a crop left-right."""
-    H, W = image_hw
-    t = (torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5) / size  # (S,) bin centres
-    x = boxes[:, None, 0] + t * (boxes[:, None, 2] - boxes[:, None, 0])  # (B, S) pixels
-    y = boxes[:, None, 1] + t * (boxes[:, None, 3] - boxes[:, None, 1])
-    x = torch.where(flip[:, None], x.flip(-1), x)
-    gx, gy = 2 * x / W - 1, 2 * y / H - 1  # align_corners=False
-    return torch.stack([gx[:, None, :].expand(-1, size, -1), gy[:, :, None].expand(-1, -1, size)], -1)
-
-
-def crop_images(images, boxes, size, flip):
-    """Hand crops (B, 3, size, size) of images (B, 3, H, W) at boxes (B, 4); flip (B,) bool. TINY's crop."""
-    grid = crop_grid(boxes, size, images.shape[-2:], flip)
-    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # HaMeR's IMAGE_MEAN, IMAGE_STD (RGB)
-
-
-def hamer_square(boxes, rescale):
-    """HaMeR's crop square of hand boxes (..., 4) [x0, y0, x1, y1]: centre (..., 2) and side (..., 1),
-    float32 as its numpy code. # official (hamer vitdet_dataset.py): side = rescale x max(4/3 w, h), the
-    box widened to its ViT's 192 x 256 (BBOX_SHAPE, expand_to_aspect_ratio), about the box centre."""
-    boxes = boxes.float()
-    wh = rescale * (boxes[..., 2:] - boxes[..., :2]) / 200 * 200  # its scale (x 200 px) and back
-    return (boxes[..., 2:] + boxes[..., :2]) / 2, torch.maximum(wh[..., :1] * 256 / 192, wh[..., 1:])
-
-
-def hamer_crops(images, boxes, size, flip, rescale):
-    """HaMeR's hand crops as its ViT reads them (N, 3, size, size), from images (N, 3, H, W) in [0, 1]
-    (8-bit values / 255) at hand boxes (N, 4) (`hamer_square`); flip (N,) bool for left hands.
-    # official (hamer vitdet_dataset.py, datasets/utils.py): 1. Gaussian blur (skimage) when the crop shrinks
-    the image more than 2.2 x; 2. a left hand's image is flipped and its centre moved to W - 1 - c_x (so its
-    crop is the mirror image shifted by one source pixel); 3. cv2.warpAffine, bilinear, black border; 4. RGB,
-    (pixel - 255 mean) / (255 std). The warp is cv2's fixed-point one (`cv2_warp`), so 8-bit crops are exact."""
-    mean, std = (255 * images.new_tensor(v, dtype=torch.float64)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
-    pixels = (images.double() * 255).round()
-    crops = []
-    for image, centre, side, mirrored in zip(pixels, *hamer_square(boxes, rescale), flip.tolist()):
-        side = side[0]
-        shrink = side / size / 2
-        blurred = bool(shrink > 1.1)
-        if blurred:  # its anti-aliasing: skimage.filters.gaussian(sigma=(shrink - 1) / 2, preserve_range=True)
-            image = gaussian_blur(image, float((shrink - 1) / 2))
-        if mirrored:
-            image, centre = image.flip(-1), torch.stack([image.shape[-1] - centre[0] - 1, centre[1]])
-        crops.append(cv2_warp(image, centre, side, size, round_to_8bit=not blurred))
-    return ((torch.stack(crops) - mean) / std).to(images.dtype)
-
-
-def gaussian_blur(image, sigma):
-    """skimage.filters.gaussian of image (C, H, W) over H and W (float64): scipy's gaussian_filter, a
-    kernel of radius int(4 sigma + 0.5), edges repeated ('nearest')."""
-    r = int(4.0 * sigma + 0.5)
-    x = torch.arange(-r, r + 1, dtype=torch.float64, device=image.device)
-    k = torch.exp(-0.5 / (sigma * sigma) * x ** 2)
-    k = k / k.sum()
-    image = F.conv2d(F.pad(image[:, None], (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))  # rows
-    return F.conv2d(F.pad(image, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))[:, 0]  # then columns
-
-
-def affine_from_points(src, dst):
-    """cv2.getAffineTransform ((2, 3) nested lists) of three point pairs (x, y) given in float32: the 6 x 6
-    system solved as cv2 solves it (LU with partial pivoting in float64), so the last bits agree."""
-    A, y = [], []
-    for (sx, sy), (dx, dy) in zip(src, dst):
-        sx, sy = float(sx), float(sy)
-        A += [[sx, sy, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, sx, sy, 1.0]]
-        y += [float(dx), float(dy)]
-    for i in range(6):  # elimination
-        k = max(range(i, 6), key=lambda r: (abs(A[r][i]), -r))  # the first row of the largest pivot
-        A[i], A[k], y[i], y[k] = A[k], A[i], y[k], y[i]
-        d = -1 / A[i][i]
-        for r in range(i + 1, 6):
-            alpha = A[r][i] * d
-            A[r][i + 1:] = [v + alpha * w for v, w in zip(A[r][i + 1:], A[i][i + 1:])]
-            y[r] += alpha * y[i]
-    x = [0.0] * 6
-    for i in reversed(range(6)):  # back substitution
-        s = y[i]
-        for k in range(i + 1, 6):
-            s -= A[i][k] * x[k]
-        x[i] = s / A[i][i]
-    return [x[:3], x[3:]]
-
-
-def cv2_warp(image, centre, side, size, round_to_8bit):
-    """The size x size crop (C, size, size) float64 of image (C, H, W) (float64 pixel values) that HaMeR's
-    cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT 0) gives: crop pixel (j, i) samples the image at
-    centre + ((j, i) - size / 2) side / size (float32 centre (2,) and side, as its code computes them).
-    1. the map from gen_trans_from_patch_cv's float32 points (`affine_from_points`), inverted in float64
-       as warpAffine does; 2. source positions in fixed point, rounded to 1/32 pixel (INTER_BITS 5,
-       AB_BITS 10); 3. bilinear weights (32 - f)/32, f/32 per axis, 0 outside the image; 8-bit images:
-       integer weights x 32768 and rounding to 0..255, others (the blurred float64 image): exact weights.
-    OpenCV 4 (HaMeR's; 5.0 rewrote warpAffine): equal to cv2's crops (checked on the test's fixture)."""
-    half, (cx, cy) = side * 0.5, centre  # float32
-    (m00, m01, m02), (m10, m11, m12) = affine_from_points([(cx, cy), (cx, cy + half), (cx + half, cy)],
-                                                          [(size / 2, size / 2), (size / 2, size), (size, size / 2)])
-    d = 1.0 / (m00 * m11 - m01 * m10)  # warpAffine's inverse
-    a, c, e, b = m11 * d, -m01 * d, -m10 * d, m00 * d  # x = a j + c i + tx, y = e j + b i + ty
-    tx, ty = -a * m02 - c * m12, -e * m02 - b * m12
-    i = j = torch.arange(size, dtype=torch.float64, device=image.device)  # crop rows, columns
-    # warpAffine: per row i, round((c i + tx) 1024); per column j, round(a j 1024); + 16, then >> 5
-    X = (torch.round((c * i + tx) * 1024)[:, None] + torch.round(a * j * 1024)[None, :] + 16).long() // 32  # (i, j)
-    Y = (torch.round((b * i + ty) * 1024)[:, None] + torch.round(e * j * 1024)[None, :] + 16).long() // 32
-    x0, fx, y0, fy = X // 32, X % 32, Y // 32, Y % 32  # source pixel, 1/32 fraction
-    C, H, W = image.shape
-    out = 0
-    for dy, wy in ((0, 32 - fy), (1, fy)):
-        for dx, wx in ((0, 32 - fx), (1, fx)):
-            yy, xx = y0 + dy, x0 + dx
-            inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-            v = image[:, yy.clamp(0, H - 1), xx.clamp(0, W - 1)] * inside  # (C, size, size)
-            w = wy * wx  # (size, size), in 1/1024
-            out = out + (v * (w * 32) if round_to_8bit else v * (w / 1024))
-    return torch.div(out + 16384, 32768, rounding_mode="floor").clamp(0, 255) if round_to_8bit else out
 
 
 # A.7 RoI-align: SMPLer-X's (mmcv's) and TINY's
@@ -1465,92 +1160,18 @@ def roi_align_grid(features, boxes, spatial_scale, size, sampling, flip):
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
-# A.8 The stand-ins of the pretrained bases and their training losses (train.py's "hmr_adapter_bases")
-
-
-SMPLERX_TERMS = ("joints_img", "boxes", "shape", "face", "hand_joints_img")  # SMPLer-X's terms besides Eq. 7's
-
-
-def whole_body_outputs(whole_body, bcfg, image, hand_boxes):
-    """A whole-body model's outputs on images (B, 3, H, W) with its 20 hand joints `hand_joints` (B, 2, 20, 3)
-    in the RoIs of the true hand boxes (B, 2, 4): what `whole_body_loss` reads."""
-    out = whole_body(image)
-    boxes = scale_boxes(hand_boxes, bcfg.hand_box_scale)  # the RoI boxes
-    out["hand_joints"] = whole_body.hands(out["feature_map"], boxes, image.shape[-2:])[1]
-    return out
-
-
-def whole_body_loss(out, bcfg, batch, weights):
-    """SMPLer-X's training loss of a whole-body model's outputs (`whole_body_outputs`; its L1 terms): Eq. 7's
-    (`body_pose_loss`, with the weights, an AdapterConfig) -> (that loss, terms), the terms holding SMPLERX_TERMS
-    too, each weight 1."""
-    image = batch["image"]
-    boxes = scale_boxes(gt_boxes(batch), bcfg.hand_box_scale)  # the RoI boxes
-    body, terms = body_pose_loss(out["theta0"], out["shape"], out["cam"], batch, image.shape[-2:], weights)
-    H, W = image.shape[-2:]
-    (h, w), D = out["feature_map"].shape[-2:], bcfg.body_hm_depth
-    # L_img: the position net's body joints (heatmap pixels and depth bins, SMPLer-X's joint_img)
-    xy = batch["joints2d"][:, :NUM_BODY] * batch["joints2d"].new_tensor([w / W, h / H])
-    z = batch["joints3d"][:, :NUM_BODY, 2] - batch["joints3d"][:, :1, 2]  # pelvis-relative depth, +-1 m
-    joints_img = (out["body_joints"][:, :NUM_BODY]
-                  - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
-    # the hand boxes' centres and sizes (w, h) in body-map units
-    unit = out["boxes"].new_tensor([w / W, h / H]).repeat(2)
-    centre_size = lambda b: (  # noqa: E731
-        torch.cat([b[..., :2] + b[..., 2:], 2 * (b[..., 2:] - b[..., :2])], -1) * unit / 2)
-    terms.update(joints_img=joints_img, boxes=(centre_size(out["boxes"]) - centre_size(gt_boxes(batch))).abs().mean(),
-                 shape=(out["shape"] - batch["smplx_shape"]).abs().mean(),
-                 face=(out["expression"] - batch["smplx_expression"]).abs().mean() +
-                 (rot6d_to_matrix(out["jaw"]) - axis_angle_to_matrix(batch["smplx_pose"][:, 22])).abs().mean())
-    # the hand position net's 20 joints in the RoI frame (x, y; depth bins of +-0.15 m)
-    hand_joints = out["hand_joints"]
-    R, D = bcfg.hand_roi, bcfg.hand_hm_depth
-    kp = torch.stack([batch[f"{s}_hand_joints2d"] for s in SIDES], 1).flatten(0, 1)[:, list(HAND_JOINTS)]
-    xy = to_roi(kp, boxes.flatten(0, 1), R, flip_pattern(len(boxes), boxes.device))
-    j3 = torch.stack([batch[f"{s}_hand_joints3d"] for s in SIDES], 1).flatten(0, 1)
-    z = (j3[:, list(HAND_JOINTS), 2] - j3[:, :1, 2]) / 0.15
-    terms["hand_joints_img"] = (hand_joints.flatten(0, 1)
-                                - torch.cat([xy, ((z + 1) / 2 * D - 0.5)[..., None]], -1)).abs().mean()
-    return body, terms
+# A.8 The two bases
 
 
 class Bases(nn.Module):
-    """The two bases of a `BaseConfig`: HaMeR's hand expert and SMPLer-X's whole-body model, untrained, holding
-    the released weights (`load_pretrained`), or trained together here as the demo's stand-ins for them (their
-    parameters are disjoint, so this is two separate trainings)."""
+    """The two bases of a `BaseConfig`: HaMeR's hand expert and SMPLer-X's whole-body model, untrained or holding the
+    released weights (`load_pretrained`); hmr_adapter_experiments trains tiny stand-ins of them (their parameters
+    are disjoint: two separate trainings). `HMRAdapter` freezes them."""
 
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
         self.hand_expert, self.whole_body = HandExpert(cfg), WholeBody(cfg)
-        self.hand_keypoints = (KeypointHead(cfg, self.hand_expert.backbone.grid) if cfg.hand_keypoint_channels
-                               else None)
-
-    def forward(self, image, hand_boxes):
-        """Both bases on images (B, 3, H, W) and the true hand boxes (B, 2, 4), what their training loss reads
-        (`bases_loss`): the hand expert's (pose, betas, cam) of both hands' crops (2B, ...), left first,
-        `whole_body_outputs`, and the keypoint head's 2D keypoints (2B, 21, 2) (None without one)."""
-        tokens = self.hand_expert.features(hand_crops(self.cfg, image, hand_boxes))
-        keypoints = self.hand_keypoints(tokens) if self.hand_keypoints is not None else None
-        return (self.hand_expert.mano_head(tokens), whole_body_outputs(self.whole_body, self.cfg, image, hand_boxes),
-                keypoints)
-
-
-def bases_loss(pred, batch, bcfg, weights, recipe):
-    """The bases' training loss of their outputs `pred` (`Bases.forward`): HaMeR's and SMPLer-X's losses are
-    Eqs. 5 and 7's terms with the weights (an AdapterConfig: the recipe's `losses` preset); Eq. 7 with its finger
-    term (SMPLer-X supervises its whole-body joints, fingers included), plus SMPLERX_TERMS, and (TINY, NOTE 17) the
-    keypoint head's term with the recipe's (a BasesRecipe) weights -> (loss, terms)."""
-    hand_out, out, keypoints = pred
-    boxes = crop_boxes(bcfg, gt_boxes(batch))
-    target = hand_targets(sides(batch, "hand_mano_pose"), sides(batch, "hand_joints2d"), boxes)
-    hand_weights = replace(weights, w_hand_pose=recipe.w_expert_hand_pose or weights.w_hand_pose)
-    hand, hand_terms = hand_loss(hand_out, target, hand_weights)
-    if keypoints is not None:  # TINY's keypoint head (`KeypointHead`): L1 in the crop's frame
-        hand_terms["hand_keypoints"] = (keypoints - target["uv"]).abs().mean()
-        hand = hand + recipe.w_hand_keypoints * hand_terms["hand_keypoints"]
-    body, terms = whole_body_loss(out, bcfg, batch, weights)
-    return hand + body + sum(terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1562,34 +1183,30 @@ def bases_loss(pred, batch, bcfg, weights, recipe):
 # module.<part>.*). The key lists with shapes, made from the official constructors, are in
 # tests/official_keys/.
 HAMER_SKIP = ("discriminator.", "mano.", "initialized")  # its adversary, MANO layer buffers, a flag
+SMPLERX_RENAMES = (("module.", ""), ("backbone.", "encoder."), ("body_rotation_net.", "body_regressor."),
+                   ("hand_rotation_net.", "hand_regressor."))
 SMPLERX_SKIP = ("hand_regressor.", "box_net.face_size.", "smplx_layer.")  # replaced by the hand expert; unused
 SMPLERX_6D = [0, 2, 4, 1, 3, 5]  # its 6D is the rows of a 3 x 2 matrix (view(-1, 3, 2)); ours the columns
 
 
-def hamer_state_dict(checkpoint):
-    """HaMeR's checkpoint dict -> `HandExpert`'s state dict: backbone.* and mano_head.* as they are
+def hamer_state_dict(state):
+    """HaMeR's state dict (its checkpoint's "state_dict") -> `HandExpert`'s: backbone.* and mano_head.* as they are
     (the same names and 6D convention), the rest (`HAMER_SKIP`) dropped."""
-    state = checkpoint.get("state_dict", checkpoint)
-    return {k: v for k, v in state.items() if not k.startswith(HAMER_SKIP)}
+    return bodymodels.rename_keys(state, skip=HAMER_SKIP)
 
 
-def smplerx_state_dict(checkpoint):
-    """SMPLer-X's snapshot dict -> `WholeBody`'s state dict: `module.` dropped; the old names SMPLer-X's
-    own loader renames (backbone, body_rotation_net, hand_rotation_net) renamed; its hand regressor and
-    face box dropped (`SMPLERX_SKIP`), and the face channel of bbox_center; the 6D readouts' rows
+def smplerx_state_dict(state):
+    """SMPLer-X's state dict (its snapshot's "network") -> `WholeBody`'s: `module.` dropped; the old names SMPLer-X's
+    own loader renames (backbone, body_rotation_net, hand_rotation_net) renamed (`SMPLERX_RENAMES`); its hand
+    regressor and face box dropped (`SMPLERX_SKIP`), and the face channel of bbox_center; the 6D readouts' rows
     reordered to our convention (`SMPLERX_6D`)."""
-    state = {}
-    for k, v in checkpoint.get("network", checkpoint).items():
-        k = k.removeprefix("module.").replace("backbone.", "encoder.").replace("body_rotation_net.", "body_regressor.")
-        k = k.replace("hand_rotation_net.", "hand_regressor.")
-        if k.startswith(SMPLERX_SKIP):
-            continue
+    state = bodymodels.rename_keys(bodymodels.rename_keys(state, SMPLERX_RENAMES), skip=SMPLERX_SKIP)
+    for k, v in state.items():
         if k.startswith("box_net.bbox_center."):
-            v = v[:2]  # lhand, rhand, face -> lhand, rhand
+            state[k] = v[:2]  # lhand, rhand, face -> lhand, rhand
         if k.startswith(("body_regressor.root_pose_out.", "body_regressor.body_pose_out.",
                          "face_regressor.jaw_pose_out.")):
-            v = v.unflatten(0, (-1, 6))[:, SMPLERX_6D].flatten(0, 1)
-        state[k] = v
+            state[k] = v.unflatten(0, (-1, 6))[:, SMPLERX_6D].flatten(0, 1)
     return state
 
 
@@ -1611,367 +1228,9 @@ def released_checkpoints(cfg):
 
 def load_pretrained(bases, cfg):
     """The released HaMeR and SMPLer-X weights (a `ReleasedWeights`' hamer_checkpoint, smplerx_checkpoint) into
-    the bases. Read with torch.load(weights_only=True), so a checkpoint cannot run code."""
-    mappings = {"hamer_checkpoint": (bases.hand_expert, hamer_state_dict),
-                "smplerx_checkpoint": (bases.whole_body, smplerx_state_dict)}
+    the bases, read by `bodymodels.read_checkpoint` (weights only: a checkpoint cannot run code), strictly."""
+    loads = {"hamer_checkpoint": (bases.hand_expert, "HaMeR's Lightning checkpoint", "state_dict", hamer_state_dict),
+             "smplerx_checkpoint": (bases.whole_body, "SMPLer-X's snapshot", "network", smplerx_state_dict)}
     for path, name in released_checkpoints(cfg):
-        module, mapping = mappings[name]
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:  # e.g. a Lightning file's pickled hyper-parameters
-            raise ValueError(f"{path}: holds more than tensors, which torch.load(weights_only=True) refuses ({e}). "
-                             "If you trust the file, keep only its weights once: load it inside `with "
-                             "torch.serialization.safe_globals([<the classes named above>]):` and "
-                             "torch.save(checkpoint['state_dict'], path)") from None
-        bodymodels.load_state_strict(module, mapping(checkpoint), path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Appendix C. The paper's baseline (Sec. 4.2) and ablations (Tables 3-6): the other ways a row trains in an adapter's
-#             place (`AdapterConfig.hand_method`, `body_method`), a row's model (`AblationRow`), the rows (`ABLATIONS`)
-
-
-def baseline_pipeline(bases, image, hand_boxes=None, details=False):
-    """The paper's baseline (Sec. 4.2): both frozen models + IK; arguments and result as `pipeline`'s."""
-    out, boxes, tokens = pipeline_front(bases, bases.cfg, image, hand_boxes)
-    pose, _, _ = bases.hand_expert.mano_head(tokens)
-    return mesh(out, boxes, out["theta0"], pose, details)
-
-
-class ImageAdapter(HandAdapter):
-    """Table 3 No.5, the control: the hand adapter with CA' attending to the hand image tokens F^H again,
-    Eq. 3's extra capacity without the body's information (no F^B parameters)."""
-
-    def __init__(self, head, scale=1.0):
-        nn.Module.__init__(self)  # HandAdapter's SA' and CA' without its F^B
-        self.sa, self.ca = adapter_copies(head)
-        self.scale = scale
-
-    def context(self, hand_tokens, theta_b):
-        return hand_tokens  # F^H
-
-
-MIRROR_BODY = (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20)  # SMPL-X's 22, L <-> R
-
-
-def whole_body_chains(body_pose, chain):
-    """Table 5's "whole-body pose": theta_b of all 22 body joints (..., 2, 22, 6), left first, instead of the
-    arm's (`arm_chains`); the left hand's flipped crop sees the mirrored body, its left and right joints
-    swapped (MIRROR_BODY)."""
-    R = body_rotations(body_pose, chain)
-    return matrix_to_rot6d(torch.stack([mirror_rotation(R[..., list(MIRROR_BODY), :, :], matrix=True), R], -4))
-
-
-class FrozenHand(nn.Module):
-    """Table 3 "HaMeR (pre-trained)": nothing trains in the hand path, the frozen head reads F^H."""
-
-    def forward(self, head, hand_tokens, theta_b):
-        return head(hand_tokens)
-
-
-class FusedHead(nn.Module):
-    """The body pose feature merged into the hand image feature F^H before a fine-tuned copy of the
-    hand head ("It fine-tunes HaMeR's original decoder head and learns an extra body feature projection
-    layer", Table 3 No.4; Table 5's first two rows):
-    - "concat" (Hand4Whole [24]): F^B = Linear(theta_b) + E (as the adapter's), appended to F^H as more tokens;
-    - "weighted_sum" (PIXIE's moderator [8]): f^B = Linear(theta_b, all joints) is one token's worth; an MLP
-      on [mean of F^H, f^B] gives two confidences (softmax) and every image token becomes w_H F^H + w_B f^B.
-    NOTE 15: the moderator's input (the mean image token) and widths (C -> C -> 2, ReLU) are ours."""
-
-    def __init__(self, head, joints, how):
-        super().__init__()
-        self.head, self.how = copy.deepcopy(head).requires_grad_(True), how
-        context = head.transformer.transformer.layers[0][1].fn.to_kv.in_features
-        if how == "concat":
-            self.body_embed = nn.Linear(6, context)
-            self.joint_embed = nn.Parameter(torch.zeros(1, joints, context))
-            nn.init.trunc_normal_(self.joint_embed, std=0.02)
-        else:
-            self.body_embed = nn.Linear(joints * 6, context)
-            self.moderator = nn.Sequential(nn.Linear(2 * context, context), nn.ReLU(), nn.Linear(context, 2))
-
-    def forward(self, head, hand_tokens, theta_b):
-        """As `HandAdapter.forward` (the frozen `head` is not used: this row fine-tunes its own copy)."""
-        if self.how == "concat":
-            context = torch.cat([hand_tokens, self.body_embed(theta_b) + self.joint_embed], 1)
-        else:
-            body = self.body_embed(theta_b.flatten(1))  # (B, C)
-            w = self.moderator(torch.cat([hand_tokens.mean(1), body], -1)).softmax(-1)  # (B, 2) confidences
-            context = w[:, :1, None] * hand_tokens + w[:, 1:, None] * body[:, None]
-        return self.head(context)
-
-
-class TunedHand(nn.Module):
-    """Table 3 No.1-3, no body input: "head" fine-tunes a copy of the hand head (No.3), "full" a copy of
-    the whole hand expert (No.1), "scratch" trains a new hand expert (No.2). `expert`: the hand expert
-    whose backbone gives F^H for this row (None: the frozen one's)."""
-
-    def __init__(self, expert, cfg, how):
-        super().__init__()
-        if how == "head":
-            self.expert, self.head = None, copy.deepcopy(expert.mano_head).requires_grad_(True)
-        else:
-            self.expert = (HandExpert(cfg) if how == "scratch" else copy.deepcopy(expert)).requires_grad_(True)
-            self.head = self.expert.mano_head
-
-    def forward(self, head, hand_tokens, theta_b):
-        return self.head(hand_tokens)  # this row's own head; no body input
-
-
-class FusedRegressor(nn.Module):
-    """Table 4 No.4, Table 6's first two rows: the MCP features F^J (the body adapter's 1x1 convolution
-    and sampling) merged into the input of a fine-tuned copy of SMPLer-X's body regressor (its body_conv
-    and pose readouts; theta_0's inputs: the body task tokens and the 3D body joints):
-    - "concat" (Hand4Whole [24]): F^J (flattened) appended to the regressor's input; the readouts' new
-      columns start at zero, so the copy starts at theta_0;
-    - "weighted_sum" (PIXIE's moderator [8]): f^J = Linear(F^J) of the input's size; an MLP on [input,
-      f^J] gives two confidences (softmax) and the readouts read w_0 input + w_J f^J.
-    NOTE 15: the paper names the two ways only; these readings (zero columns, the moderator's
-    widths input -> body_dim -> 2) are ours. Shape and camera stay the frozen model's."""
-
-    def __init__(self, cfg, regressor, width, how):
-        super().__init__()
-        self.how = how
-        self.proj = nn.Conv2d(width, cfg.body_proj, 1)
-        self.token_embed = nn.Parameter(torch.zeros(1, 2 * len(MCP), cfg.body_proj))
-        nn.init.trunc_normal_(self.token_embed, std=0.02)
-        self.body_conv = copy.deepcopy(regressor.body_conv).requires_grad_(True)
-        frozen = (regressor.root_pose_out[0], regressor.body_pose_out[0])
-        n_in, n_hand = frozen[0].in_features, 2 * len(MCP) * cfg.body_proj
-        if how == "concat":
-            self.root_pose_out, self.body_pose_out = (nn.Linear(n_in + n_hand, f.out_features) for f in frozen)
-            with torch.no_grad():
-                for new, old in zip((self.root_pose_out, self.body_pose_out), frozen):
-                    new.weight.zero_()
-                    new.weight[:, :n_in].copy_(old.weight)
-                    new.bias.copy_(old.bias)
-        else:
-            self.root_pose_out, self.body_pose_out = (copy.deepcopy(f).requires_grad_(True) for f in frozen)
-            self.hand_embed = nn.Linear(n_hand, n_in)
-            self.moderator = nn.Sequential(nn.Linear(2 * n_in, cfg.body_dim), nn.ReLU(), nn.Linear(cfg.body_dim, 2))
-
-    def forward(self, theta0, rois, mcp, body_tokens, body_joints):
-        """As `BodyAdapter.forward`, with the whole-body model's body tokens (B, K, C) and joints (B, K, 3)."""
-        B = len(rois)
-        maps = self.proj(rois.flatten(0, 1))
-        hand = sample_joint_features(maps, mcp.flatten(0, 1)).reshape(B, 2 * len(MCP), -1)
-        hand = (hand + self.token_embed).flatten(1)
-        x = torch.cat([self.body_conv(body_tokens), body_joints.detach()], -1).flatten(1)  # SMPLer-X's input
-        if self.how == "concat":
-            x = torch.cat([x, hand], -1)
-        else:
-            hand = self.hand_embed(hand)
-            w = self.moderator(torch.cat([x, hand], -1)).softmax(-1)
-            x = w[:, :1] * x + w[:, 1:] * hand
-        return torch.cat([self.root_pose_out(x), self.body_pose_out(x)], -1).view(B, NUM_BODY, 6)
-
-
-class TunedBody(nn.Module):
-    """Table 4 No.1-3: "head" fine-tunes a copy of SMPLer-X's neck and heads, its encoder frozen (No.3,
-    "31M"), "full" a copy of the whole model (No.1), "scratch" trains a new one (No.2), each with its own
-    training loss (`whole_body_loss`); the row's pipeline reads this model instead of the frozen one."""
-
-    def __init__(self, whole_body, cfg, how):
-        super().__init__()
-        self.whole_body = (WholeBody(cfg) if how == "scratch" else copy.deepcopy(whole_body)).requires_grad_(True)
-        if how == "head":
-            self.whole_body.encoder.requires_grad_(False)
-
-    def forward(self, theta0, rois, mcp, body_tokens, body_joints):
-        return theta0  # the row's own whole-body model's theta_0: no refinement
-
-
-class TaskTokenAdapter(BodyAdapter):
-    """Table 4 No.5: Eq. 4's adapter on the whole-body model's K body task tokens instead of F^J (no hand
-    input), through the same 1x1 convolution (as a Linear on each token)."""
-
-    def forward(self, theta0, rois, mcp, body_tokens, body_joints):
-        tokens = F.linear(body_tokens, self.proj.weight[:, :, 0, 0], self.proj.bias) + self.token_embed
-        return self.regress(theta0, tokens)
-
-
-class FrozenBody(nn.Module):
-    """Table 4 "SMPLer-X (pre-trained)": nothing trains in the body path, theta_hat = theta_0."""
-
-    def forward(self, theta0, rois, mcp, body_tokens, body_joints):
-        return theta0
-
-
-def hand_method(cfg, bases):
-    """The module in the hand adapter's place for cfg.hand_method."""
-    head, how = bases.hand_expert.mano_head, cfg.hand_method
-    if how == "adapter":
-        return HandAdapter(head)
-    if how == "whole_body_pose":
-        return HandAdapter(head, joints=NUM_BODY)
-    if how == "image":
-        return ImageAdapter(head)
-    if how in ("concat", "weighted_sum"):
-        return FusedHead(head, len(ARMS["left"]), how)
-    if how in ("head", "full", "scratch"):
-        return TunedHand(bases.hand_expert, bases.cfg, how)
-    if how == "frozen":
-        return FrozenHand()
-    raise ValueError(f"AdapterConfig.hand_method: unknown {how!r}")
-
-
-def body_method(cfg, bases):
-    """The module in the body adapter's place for cfg.body_method."""
-    how, width = cfg.body_method, bases.cfg.body_width
-    if how == "adapter":
-        return BodyAdapter(cfg, width)
-    if how == "task_tokens":
-        return TaskTokenAdapter(cfg, width, tokens=bases.cfg.body_keypoints)
-    if how in ("concat", "weighted_sum"):
-        return FusedRegressor(cfg, bases.whole_body.body_regressor, width, how)
-    if how in ("head", "full", "scratch"):
-        return TunedBody(bases.whole_body, bases.cfg, how)
-    if how == "frozen":
-        return FrozenBody()
-    raise ValueError(f"AdapterConfig.body_method: unknown {how!r}")
-
-
-class AblationRow(HMRAdapter):
-    """A row of Tables 3-6: `HMRAdapter` with cfg.hand_method's module in the hand adapter's place and
-    cfg.body_method's in the body adapter's (one of them "adapter", the paper's). What differs from the
-    method, and only here:
-    - the modules (`hand_method`, `body_method`); the body ways read the whole-body model's task tokens and
-      joints too; Table 5's whole-body pose reads all 22 body joints (`whole_body_chains`);
-    - Table 3 No.1, 2 bring their own hand expert, whose backbone trains and gives F^H; Table 4 No.1-3
-      their own whole-body model, trained on its own loss (`whole_body_loss`), whose theta_0 the row's
-      pipeline reads;
-    - a "frozen" path trains nothing: its loss is 0 (`row_loss`, the row's training loss)."""
-
-    FROZEN_KEYS = HMRAdapter.FROZEN_KEYS + ("body_tokens", "body_joints")
-
-    def adapters(self, cfg, bases):
-        return hand_method(cfg, bases), body_method(cfg, bases)
-
-    @property
-    def hand_expert(self):
-        own = getattr(self.hand_adapter, "expert", None)  # TunedHand "full", "scratch"
-        return self.bases.hand_expert if own is None else own
-
-    @property
-    def whole_body(self):
-        own = getattr(self.body_adapter, "whole_body", None)  # TunedBody
-        return self.bases.whole_body if own is None else own
-
-    def chains(self, body_R):
-        if self.cfg.hand_method == "whole_body_pose":
-            return whole_body_chains(body_R, self.cfg.chain)
-        return super().chains(body_R)
-
-    def body(self, out, rois, mcp):
-        if self.cfg.body_method == "adapter":
-            return super().body(out, rois, mcp)
-        return self.body_adapter(out["theta0"], rois, mcp, out["body_tokens"], out["body_joints"])
-
-    def hand_path(self, image, front, hand_boxes, smplx_pose, body_known):
-        if self.cfg.hand_method == "frozen":
-            return {}
-        if self.hand_expert is not self.bases.hand_expert:  # its own backbone gives F^H, and trains
-            tokens = self.hand_expert.features(hand_crops(self.bases.cfg, image, hand_boxes))
-            front = dict(front, tokens=tokens.unflatten(0, (-1, 2)))
-        return super().hand_path(image, front, hand_boxes, smplx_pose, body_known)
-
-    def body_path(self, image, front, hand_boxes, hand_joints2d):
-        if self.cfg.body_method == "frozen":
-            return {}
-        if self.whole_body is not self.bases.whole_body:  # its own model, on its own loss
-            return dict(own_whole_body=whole_body_outputs(self.whole_body, self.bases.cfg, image, hand_boxes))
-        return super().body_path(image, front, hand_boxes, hand_joints2d)
-
-    def row_loss(self, pred, batch, cfg):
-        """The row's training loss of its `forward`'s pred: `compute_loss`'s part for a path trained the paper's
-        way, 0 for a frozen one, `whole_body_loss` for its own whole-body model -> (loss, terms)."""
-        zero, targets = torch.zeros((), device=batch["image"].device), targets_of(batch)
-        hand, hand_terms = hand_path_loss(pred, targets, cfg) if "hand_pose" in pred else (zero, {})
-        if "own_whole_body" in pred:
-            body, terms = whole_body_loss(pred["own_whole_body"], self.bases.cfg, batch, cfg)
-            body = body + sum(terms[k] for k in SMPLERX_TERMS)
-        elif "theta_hat" in pred:
-            body, terms = body_path_loss(pred, targets, cfg)
-        else:
-            body, terms = zero, {}
-        return hand + body, dict(hand_terms, **terms)
-
-
-# The paper's ablations (Sec. 4.3) as rows of `hand_method` / `body_method` (the ways above), each trained on the frozen
-# bases like the adapters, with the paper's figures beside them (train.py --ablation tableN; docs/hmr_adapter.md).
-# The paper scores Tables 3 and 5 on ARCTIC's hands at the true boxes (our hand path: its "adapter" is the row's
-# method, on the occluded hands, as ARCTIC's hands hold objects), Tables 4 and 6 on whole bodies (our pipeline).
-# The last column of Tables 3 and 5 is ours: the hand path above reads the TRUE body pose (whose wrist token is the
-# answer with global chains), the pipeline reads theta_hat's.
-_HAND_COLUMNS = (("hand_path/adapter/occluded/pa_pve_mm", "PA-PVE"), ("hand_path/adapter/occluded/pve_mm", "PVE"))
-_PIPE_HANDS = ("pipeline/adapted/hands_occluded/pve_mm", "none (ours: the pipeline's occluded hands, PVE)")
-_BODY_COLUMNS = (("pipeline/adapted/all/pa_pve_mm", "PA-PVE"), ("pipeline/adapted/all/pve_mm", "PVE"),
-                 ("pipeline/adapted/all/pa_mpjpe_mm", "PA-MPJPE"))
-ABLATIONS = {
-    "table3": dict(
-        caption="Fine-tuning methods on HaMeR (Table 3, ARCTIC hands; No.2 trains twice as long, as in the paper)",
-        stage="hmr_adapter",
-        columns=(*_HAND_COLUMNS, ("hand_path/adapter/occluded/pa_mpjpe_mm", "PA-MPJPE"), _PIPE_HANDS),
-        rows=(("HaMeR (pre-trained)", {"hand_method": "frozen"}, (16.2, 38.5, 17.1, None)),
-              ("No.1 full fine-tuning", {"hand_method": "full"}, (13.9, 45.3, 15.0, None)),
-              ("No.2 from scratch", {"hand_method": "scratch"}, (15.1, 53.3, 16.3, None)),
-              ("No.3 decoder head", {"hand_method": "head"}, (14.1, 56.1, 15.1, None)),
-              ("No.4 concatenation", {"hand_method": "concat"}, (17.9, 36.7, 18.4, None)),
-              ("No.5 adapter, hand image input", {"hand_method": "image"}, (9.0, 30.9, 9.2, None)),
-              ("No.6 adapter, body pose input", {}, (8.4, 24.1, 8.5, None))),
-        chosen="No.6 adapter, body pose input", longer={"No.2 from scratch": 2}),
-    "table4": dict(
-        caption="Fine-tuning methods on SMPLer-X (Table 4, ARCTIC whole bodies; No.2 trains twice as long, "
-                "as in the paper)",
-        stage="hmr_adapter",
-        columns=_BODY_COLUMNS,
-        rows=(("SMPLer-X (pre-trained)", {"body_method": "frozen"}, (29.3, 48.5, 28.9)),
-              ("No.1 full fine-tuning", {"body_method": "full"}, (19.5, 24.4, 21.1)),
-              ("No.2 from scratch", {"body_method": "scratch"}, (27.0, 35.0, 34.6)),
-              ("No.3 neck and heads", {"body_method": "head"}, (21.0, 25.1, 21.2)),
-              ("No.4 concatenation", {"body_method": "concat"}, (23.6, 29.9, 25.1)),
-              ("No.5 adapter, body task tokens input", {"body_method": "task_tokens"}, (20.8, 24.7, 21.2)),
-              ("No.6 adapter, MCP features input", {}, (20.7, 24.7, 21.0))),
-        chosen="No.6 adapter, MCP features input", longer={"No.2 from scratch": 2}),
-    "table5": dict(
-        caption="Ways to inject the body feature into HaMeR (Table 5, ARCTIC hands)",
-        stage="hmr_adapter",
-        columns=(*_HAND_COLUMNS, _PIPE_HANDS),
-        rows=(("Concatenation", {"hand_method": "concat"}, (15.2, 41.9, None)),
-              ("Weighted sum", {"hand_method": "weighted_sum"}, (12.1, 26.0, None)),
-              ("Whole-body pose", {"hand_method": "whole_body_pose"}, (13.4, 27.7, None)),
-              ("HMR-Adapter (Ours)", {}, (10.5, 23.6, None))),
-        chosen="HMR-Adapter (Ours)"),
-    "table6": dict(
-        caption="Ways to inject the hand joint feature into SMPLer-X (Table 6, EHF whole bodies)",
-        stage="hmr_adapter",
-        columns=_BODY_COLUMNS,
-        rows=(("Concatenation", {"body_method": "concat"}, (79.3, 95.4, 94.0)),
-              ("Weighted sum", {"body_method": "weighted_sum"}, (57.0, 74.5, 68.0)),
-              ("HMR-Adapter (Ours)", {}, (36.8, 57.1, 42.0))),
-        chosen="HMR-Adapter (Ours)"),
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# Appendix D. Diagnostics: parameter counts at the paper's size
-
-
-PAPER_COUNTS = {"hand expert head": "39M (Tab. 3 No.3)", "hand adapter": "27M (Sec. 4.1)",
-                "whole-body neck + heads":
-                "31M (Tab. 4 No.3): SMPLer-X's 30.88M less its hand regressor and face box, 1.65M",
-                "body adapter": "37M (Sec. 4.1)"}
-
-
-def parameter_table(base_cfg=BASES_PAPER, cfg=PAPER):
-    """{part: (trainable, frozen)} parameter counts, built on the meta device (no memory, no weights)."""
-    with torch.device("meta"):
-        model = HMRAdapter(cfg.model, Bases(base_cfg.model))
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    wb = model.bases.whole_body
-    return {"hand expert ViT": (0, count(model.bases.hand_expert.backbone)),
-            "hand expert head": (0, count(model.bases.hand_expert.mano_head)),
-            "hand adapter": (count(model.hand_adapter), 0),
-            "whole-body encoder": (0, count(wb.encoder)),
-            "whole-body neck + heads": (0, count(wb) - count(wb.encoder)),
-            "body adapter": (count(model.body_adapter), 0)}
+        module, what, container, mapping = loads[name]
+        bodymodels.load_state_strict(module, mapping(bodymodels.read_checkpoint(path, what, container)), path)

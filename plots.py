@@ -316,9 +316,9 @@ def draw_pose_reconstructions(path, eval_set, pred, gt, count=8):
 
 
 def draw_token_prior(path, eval_set, pred, gt, count=8):
-    """Save a PNG of GenHMR's pose prior (genhmr.PriorStage.predict): `count` held-out poses, true (green) and with a
-    quarter of their tokens filled in by the prior (red, pred["prior_verts"]), front and side; below, poses the
-    prior drew from an all-[MASK] start with no image (blue, pred["prior_generated_verts"]), front and side."""
+    """Save a PNG of GenHMR's pose prior (genhmr_experiments.PriorStage.predict): `count` held-out poses, true (green)
+    and with a quarter of their tokens filled in by the prior (red, pred["prior_verts"]), front and side; below, poses
+    the prior drew from an all-[MASK] start with no image (blue, pred["prior_generated_verts"]), front and side."""
     from matplotlib.figure import Figure
 
     count, faces, size = min(count, len(gt["verts"])), _faces("smpl"), 160

@@ -16,20 +16,17 @@ width of decoder layer k, emb_k / P_k / MF_k / U_k its position embedding, width
 MetaFormer block and token-upsampling Linear, J (the matrix) MANO's 16 x 778 joint regressor.
 
 Sections: 1 building blocks, 2 the model (`SimpleHand(cfg)`: start from its docstring), 3 the loss
-(`compute_loss`), 4 configs (`paper`, `paper_fastvit`, `official`, `tiny`: presets of a model config, its
-variant, recipe and data), `build_model` and the trainer protocol. Appendices: A backbones, B the official
-code (its behaviours, key map, `load_official`), C ablation-only modules (Tables 4, 5, 8) and `ABLATIONS`,
-`REPORTED`, D diagnostics. Running it: `demo.py --model simplehand --image PATH`, `bench.py --model simplehand`.
-docs/simplehand.md: where this differs from the paper and the official code (the NOTE N list), results.
+(`compute_loss`), 4 configs (PAPER, PAPER_FASTVIT, OFFICIAL, TINY: presets of a model config, the official
+code's behaviours it keeps, a recipe and data). Appendices: A backbones, B the official code (its behaviours,
+key map, `load_official`). How this project trains, evaluates and ablates it (train.py's protocol, Tables 4-8):
+simplehand_experiments.py. docs/simplehand.md: where this differs from the paper and the official code (the
+NOTE N list), results.
 """
 
-import copy
 import dataclasses
-import functools
 import math
 import os
 import re
-import time
 import typing
 from dataclasses import dataclass
 from typing import Literal
@@ -42,8 +39,6 @@ import bodymodels
 
 NUM_JOINTS = 21  # FreiHAND order
 NUM_VERTS = 778  # MANO
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,10 +212,10 @@ class RootRelative(nn.Module):
 class SimpleHand(nn.Module):
     """images (B, 3, H, W) RGB in [0, 1] -> dict(joints2d (B, 21, 2), verts (B, 778, 3), joints3d (B, 21, 3)).
 
-    Built from the model config alone: the backbone (appendix A) gives the maps, T the tokens and 2D
-    joints, R the vertices; the joints are J x V and 5 fingertip vertices, J = `j_regressor` (MANO's
-    (16, 778); by default `bodymodels.load_mano()`'s, from HMR_BODY_MODELS). joints2d are fractions of the
-    crop, 3D outputs root-relative metres. `build_model` may put other parts in (a preset's `variant`).
+    Built from the model config alone: the backbone (appendix A) gives the maps, T the tokens and 2D joints, R the
+    vertices; the joints are J x V and 5 fingertip vertices, J = `j_regressor` (MANO's (16, 778); by default
+    `bodymodels.load_mano()`'s, from HMR_BODY_MODELS). joints2d are fractions of the crop, 3D outputs root-relative
+    metres. A part given replaces the config's. A preset p's: with_official_behaviours(SimpleHand(p.model), p.variant).
 
     >>> cfg = TINY.model  # the CPU preset's model config: a small CNN backbone, a scaled-down decoder
     >>> cfg.image_size, cfg.num_tokens, cfg.dims
@@ -303,11 +298,10 @@ def compute_loss(pred, verts, joints3d, joints2d, cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Configs (PAPER, PAPER_FASTVIT, OFFICIAL, TINY), build_model and the trainer protocol
+# 4. Configs: the model, the official code's behaviours, the recipe, the data; PAPER, PAPER_FASTVIT, OFFICIAL, TINY
 #
-# A preset is the model config (what `SimpleHand(cfg.model)` reads), the variant (what `build_model` puts in
-# the method's place: an ablation row's module, appendix C, or the official code's behaviours, appendix B),
-# the recipe and the data. Every field name is unique in a preset (train.py's --set finds it by name).
+# A preset is the model config (what `SimpleHand(cfg.model)` reads), the variant (the official code's behaviours
+# in the method's place, appendix B), the recipe and the data. Every field name is unique in a preset.
 
 
 FREIHAND_TRAIN_SAMPLES = 130_240  # 32,560 x 4 versions (Sec. 4.2); one paper epoch
@@ -364,20 +358,13 @@ class SimpleHandConfig:
 
 @dataclass
 class SimpleHandVariant:
-    """What `build_model` puts in the method's place: an ablation row's T or R (Sec. 4.5, appendix C), the official
-    code's behaviours (appendix B), or its released weights."""
-    token_generator: Literal["point", "global", "grid", "point_stride32", "point_two_deconvolutions",
-                             "point_enhanced", "coarse_mesh"] = "point"  # T: keypoint-guided point sampling
-    #   (Sec. 3.1) | a Table 4-5 row's (TOKEN_GENERATORS)
-    mesh_regressor: Literal["decoder", "mlp", "identity_mixer", "no_position_embedding"] = "decoder"  # R: Eq. 1-3
-    #   | a Table 4 or 8 row's (MESH_REGRESSORS)
+    """The official code's behaviours in the method's place (appendix B's `with_official_behaviours` reads it)."""
     position_encoding: Literal["sine", "none"] = "sine"  # NOTE 1: the official sine encoding of the sampled map
     input_norm: Literal["imagenet", "bgr_minus_half"] = "imagenet"  # RGB, (x - mean) / std as ImageNet
     #   weights expect | "bgr_minus_half" (official)
     keypoint_activation: Literal["sigmoid", "none"] = "sigmoid"  # keeps the 2D joints in [0, 1] (ours)
     #   | "none": the raw Linear (official)
     subtract_root: bool = True  # the model subtracts its own joint 9: root-relative outputs by construction
-    official_checkpoint: str = ""  # a released epoch_200_rerun* file that build_model loads (`load_official`)
 
     def __post_init__(self):
         check_choices(self)
@@ -442,7 +429,7 @@ class SimpleHandData:
 
 @dataclass
 class SimpleHandPreset:
-    """A preset: the model config, the variant build_model builds, the recipe and the data."""
+    """A preset: the model config, the official code's behaviours it keeps, the recipe and the data."""
     model: SimpleHandConfig = dataclasses.field(default_factory=SimpleHandConfig)
     variant: SimpleHandVariant = dataclasses.field(default_factory=SimpleHandVariant)
     recipe: SimpleHandRecipe = dataclasses.field(default_factory=SimpleHandRecipe)
@@ -458,9 +445,7 @@ TINY = SimpleHandPreset(  # 0.57M params (0.28M outside the backbone); train.py'
         backbone="tiny_cnn", image_size=96, feature_channels=64, feature_stride=8, global_channels=128,
         timm_out_indices=(), pretrained_backbone=False,  # written here: no ImageNet weights exist
         token_channels=64,  # = feature_channels: no projection, no BatchNorm
-        # Tables 6-7 scaled down for two CPU cores: 168 tokens in the last layer instead of 336 quarter
-        # its attention, widths 96/48/24 instead of 256/128/64, MLP ratio 2 instead of 4. Each makes a
-        # step cheaper at about the same accuracy, so more steps fit in the demo's 15 minutes (docs/simplehand.md).
+        # Tables 6-7 scaled down for two CPU cores (docs/simplehand.md): cheaper steps, so more of them fit
         num_tokens=(21, 84, 168), dims=(96, 48, 24), mlp_ratio=2.0,
         num_heads=2,  # CPU attention costs more with narrower heads (docs/simplehand.md)
         dropout=0.0),  # deterministic steps: two DDP ranks match one process exactly
@@ -489,126 +474,9 @@ OFFICIAL = SimpleHandPreset(
     dataclasses.replace(PAPER_FASTVIT.recipe, **OFFICIAL_CODE_RECIPE),
     SimpleHandData(eval_crop="keypoints"))  # official (eval_datataset.py): FreiHAND test images re-cropped around
 #   their keypoints
-CONFIGS = {"paper": PAPER, "paper_fastvit": PAPER_FASTVIT, "official": OFFICIAL, "tiny": TINY}
 
 
-@functools.lru_cache(maxsize=1)
-def _mano_j_regressor():
-    return bodymodels.load_mano().J_regressor.detach().clone().float()  # (16, 778)
-
-
-def build_model(cfg, parent=None):
-    """The SimpleHand of a preset (a name from CONFIGS or a SimpleHandPreset), with MANO's J_regressor.
-
-    `parent` (the trainer protocol: a trained model of an earlier stage to start from) must be None:
-    SimpleHand trains in one stage, its backbone at most from ImageNet weights.
-    """
-    if parent is not None:
-        raise ValueError(f"SimpleHand trains in one stage and starts from no earlier model, "
-                         f"but build_model got parent={type(parent).__name__}")
-    cfg = _config(cfg)
-    if cfg.variant.official_checkpoint:  # the released weights replace every initialisation
-        return load_official(cfg.variant.official_checkpoint, cfg)
-    return build_simplehand(cfg, _mano_j_regressor())
-
-
-def build_simplehand(cfg, j_regressor):
-    """The SimpleHand of a preset around `j_regressor` (16, 778): the backbone, then the paper's T and R or an
-    ablation row's in their place (appendix C), then the official code's behaviours the variant names
-    (appendix B). Randomly initialised, in this order."""
-    if cfg.variant.token_generator == "coarse_mesh":  # Table 5's coarse mesh adds outputs and a loss term
-        model = build_coarse_mesh_hand(cfg, j_regressor)
-    else:
-        model = SimpleHand(cfg.model, j_regressor, build_backbone(cfg.model), build_token_generator(cfg),
-                           build_mesh_regressor(cfg))
-    return with_official_behaviours(model, cfg.variant)
-
-
-def build_token_generator(cfg):
-    """T of a preset: the paper's TokenGenerator, or a Table 4-5 row's (appendix C's TOKEN_GENERATORS)."""
-    return TOKEN_GENERATORS[cfg.variant.token_generator](cfg.model)
-
-
-def build_mesh_regressor(cfg):
-    """R of a preset: the paper's decoder or a Table 4 / 8 row's (appendix C's MESH_REGRESSORS), its first
-    layer reading as many tokens as the preset's T gives. num_tokens[0] may be written 21, as Tables 6-7 write
-    it whatever the sampling, or as that count."""
-    n, model = TOKEN_GENERATORS[cfg.variant.token_generator].num_tokens, cfg.model
-    if model.num_tokens[0] not in (NUM_JOINTS, n):
-        raise ValueError(f"SimpleHandConfig.num_tokens[0]={model.num_tokens[0]} but token_generator="
-                         f"{cfg.variant.token_generator!r} gives {n} tokens: set num_tokens[0] to {n} (or "
-                         f"{NUM_JOINTS}, which follows the token generator)")
-    return MESH_REGRESSORS[cfg.variant.mesh_regressor](
-        dataclasses.replace(model, num_tokens=(n,) + model.num_tokens[1:]))
-
-
-def check_inputs(cfg, kind, path):
-    """train.py's protocol: the files the preset names (the released checkpoint, else the backbone's
-    ImageNet weights) must exist, checked before any stage trains; raises in one line as build_model would."""
-    if cfg.variant.official_checkpoint:
-        check_official_file(cfg.variant.official_checkpoint)
-    elif cfg.model.backbone != "tiny_cnn":
-        pretrained_weights(cfg.model)
-
-
-def _config(cfg):
-    """A SimpleHandPreset, or the one CONFIGS names."""
-    if isinstance(cfg, str):
-        if cfg not in CONFIGS:
-            raise ValueError(f"unknown SimpleHand config {cfg!r}: expected one of {sorted(CONFIGS)}")
-        return CONFIGS[cfg]
-    return cfg
-
-
-def learning_rate(cfg, step):
-    """The recipe's learning rate at optimisation step `step` (0-based): linear warm-up, then
-    "step" (lr until lr_drop_step, lr_final after; Sec. 4.1) or "cosine" (lr -> lr_final at max_steps)."""
-    r = cfg.recipe
-    if step < r.warmup_steps:
-        return r.lr * (step + 1) / r.warmup_steps
-    if r.lr_schedule == "step":
-        return r.lr if step < r.lr_drop_step else r.lr_final
-    t = min(1.0, (step - r.warmup_steps) / max(1, r.max_steps - r.warmup_steps))
-    return r.lr_final + (r.lr - r.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def crop_size(images, dtype):
-    """(W, H) of a batch of crops (B, 3, H, W) as a tensor: pixels <-> fractions of the crop."""
-    H, W = images.shape[-2:]
-    return torch.tensor([W, H], dtype=dtype, device=images.device)
-
-
-def training_loss(model, batch, cfg, step):
-    """The trainer protocol's loss: one forward of `model` (possibly a DDP wrapper) on batch["image"], then
-    Eq. (7) on data.py's keys joints3d (B, 21, 3), verts (B, 778, 3) (metres, camera coordinates) and joints2d
-    (B, 21, 2) (pixels of the crop) -> (total (), unweighted terms {"verts", "joints3d", "joints2d"})."""
-    missing = [k for k in ("image", "joints3d", "verts", "joints2d") if k not in batch]
-    if missing:
-        raise ValueError(f"training_loss: batch lacks keys {missing} (expected data.py's hand sample keys)")
-    pred = model(batch["image"])
-    wh = crop_size(batch["image"], batch["joints2d"].dtype)
-    total, terms = compute_loss(pred, batch["verts"], batch["joints3d"], batch["joints2d"] / wh, cfg.model)
-    if "coarse2d" in pred:  # Table 5's coarse-mesh row (appendix C): its points' Eq. (5) term, weighted as 2D joints
-        if "K" not in batch:
-            raise ValueError("the coarse-mesh loss needs batch['K'] (B, 3, 3) to project the coarse mesh's "
-                             "ground truth")
-        coarse_loss = getattr(model, "module", model).coarse_loss
-        terms["coarse2d"] = coarse_loss(pred["coarse2d"], batch["verts"], batch["K"], wh)
-        total = total + cfg.model.w_joints2d * terms["coarse2d"]
-    return total, terms
-
-
-def predict(model, batch, cfg):
-    """The trainer protocol's predictions (call under no_grad, model in eval mode) -> per-sample tensors:
-    joints2d (B, 21, 2) in PIXELS of the crop; joints3d (B, 21, 3), verts (B, 778, 3) root-relative metres."""
-    out = model(batch["image"])
-    # official (infer_to_json.py): joints and vertices minus the predicted joint 9 (the paper configs' outputs
-    # already are root-relative: it subtracts zeros)
-    root = out["joints3d"][:, cfg.model.root_index:cfg.model.root_index + 1]  # (B, 1, 3)
-    return {"joints2d": out["joints2d"] * crop_size(batch["image"], out["joints2d"].dtype),  # -> (u, v) pixels
-            "joints3d": out["joints3d"] - root, "verts": out["verts"] - root}
-
-
+# ---------------------------------------------------------------------------------------------
 # Appendix A. Support architecture: the backbones (a small CNN written here; timm's HRNet and FastViT)
 
 
@@ -667,7 +535,7 @@ class TimmBackbone(nn.Module):
             import timm
         except ImportError as err:
             raise ImportError(f"backbone {cfg.backbone!r} needs timm (pip install timm); without it, "
-                              f"count the decoder with non_backbone_parameters(cfg)") from err
+                              f"TokenGenerator(cfg) and MeshRegressor(cfg) still build") from err
         self.out_indices = tuple(cfg.timm_out_indices)
         kwargs = dict(pretrained=pretrained is not None)
         if pretrained:
@@ -785,8 +653,8 @@ class ImageNetNormalise(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(bodymodels.IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(bodymodels.IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images):
         return (images - self.mean) / self.std
@@ -901,419 +769,22 @@ def official_state_dict(official_sd, j_regressor=None, source="official state di
             state[name] = value
     if unknown:
         raise ValueError(f"{source}: keys that are not the official simpleHand HandNet's: {unknown}")
-    state["j_regressor"] = _mano_j_regressor() if j_regressor is None else j_regressor
+    state["j_regressor"] = bodymodels.load_mano().J_regressor.float() if j_regressor is None else j_regressor
     return state
 
 
-def check_official_file(path):
-    """Raise in one line unless `path` is a file (a released official checkpoint)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file (the official simpleHand's released epoch_200_rerun1 "
-                                f"or epoch_200_rerun2)")
+RELEASED = "the official simpleHand's released epoch_200_rerun1 or epoch_200_rerun2"  # what load_official reads
 
 
-def load_official(path, cfg="official"):
+def load_official(path, cfg=OFFICIAL):
     """A released official checkpoint (`epoch_200_rerun1` / `epoch_200_rerun2`: a torch.save dict with
     `state_dict`, `optimizer_state_dict`, `scaler_state_dict`) -> the SimpleHand of the preset `cfg` in eval mode.
 
-    Read with torch.load(weights_only=True), so the file cannot run code; loaded with strict=True.
-    The `official` preset gives the official HandNet's outputs.
+    Read by `bodymodels.read_checkpoint` (torch.load(weights_only=True): the file cannot run code), loaded
+    strictly. The `OFFICIAL` preset gives the official HandNet's outputs.
     """
-    cfg = _config(cfg)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained_backbone=False),
-                              variant=dataclasses.replace(cfg.variant, official_checkpoint=""))
-    check_official_file(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch.save file, or one holding more than tensors
-        raise ValueError(f"{path}: torch.load(weights_only=True) cannot read it: {type(err).__name__}: "
-                         f"{str(err).splitlines()[0]}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"{path}: expected a dict with key 'state_dict' (the released epoch_200_rerun* "
-                         f"format), found {found}")
-    model = build_simplehand(cfg, _mano_j_regressor())
-    state = official_state_dict(checkpoint["state_dict"], model.j_regressor, source=path)
-    bodymodels.load_state_strict(model, state, path)
+    state = bodymodels.read_checkpoint(path, RELEASED, container="state_dict")
+    model = SimpleHand(dataclasses.replace(cfg.model, pretrained_backbone=False))  # the file holds every weight
+    model = with_official_behaviours(model, cfg.variant)
+    bodymodels.load_state_strict(model, official_state_dict(state, model.j_regressor, source=path), path)
     return model.eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# Appendix C. Ablation-only modules (Tables 4, 5 and 8's alternatives to T and R) and ABLATIONS
-#
-# Each is a module with the forward of the one it replaces; `build_simplehand` puts it in the method's
-# place when the variant's `token_generator` / `mesh_regressor` names it (TOKEN_GENERATORS, MESH_REGRESSORS).
-
-
-GRID_SIZE = 7  # Table 5 "Grid 7x7": a fixed 7 x 7 lattice
-COARSE_VERTICES = 195  # FastMETRO's coarse MANO mesh: 195 of the 778 vertices
-
-
-class GlobalTokens(TokenGenerator):
-    """Fig. 2a, Table 5 "Global 1x1": one token, the mean of the map the points would be read from ->
-    tokens (B, 1, C_t), joints2d (B, 21, 2) (supervised, but no token depends on them)."""
-
-    num_tokens = 1
-
-    def forward(self, feature, pooled):
-        joints2d = self.predict_joints2d(pooled)
-        return self.upsample(feature).mean(dim=(2, 3)).unsqueeze(1), joints2d  # (B, 1, C_t), (B, 21, 2)
-
-
-class Stride32Tokens(TokenGenerator):
-    """Table 5 "Point 7x7" and "Point 14x14": keypoint-guided sampling of the stride-32 map the keypoint head
-    pools (Hiera's and FastViT's 7x7 map), through the config's feature_upsample (1: 7x7, 2: 14x14 at 224 px).
-    HRNet and tiny otherwise sample their stride-8 map (28x28 at 224 px)."""
-
-    def __init__(self, cfg):
-        super().__init__(dataclasses.replace(cfg, feature_channels=cfg.global_channels))  # T of the pooled map
-
-    def forward(self, feature, pooled):
-        return super().forward(pooled, pooled)
-
-
-class GridTokens(Stride32Tokens):
-    """Fig. 2b, Table 5 "Grid 7x7": tokens read at a fixed GRID_SIZE x GRID_SIZE lattice over the stride-32
-    map, whatever the 2D joints -> tokens (B, 49, C_t), joints2d (B, 21, 2)."""
-
-    num_tokens = GRID_SIZE ** 2
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        g = torch.linspace(0, 1, GRID_SIZE)
-        lattice = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)  # (49, 2), (u, v)
-        self.register_buffer("grid_uv", lattice, persistent=False)
-
-    def forward(self, feature, pooled):
-        joints2d = self.predict_joints2d(pooled)
-        x = self.upsample(pooled)  # (B, C_t, h f, w f)
-        return sample_points(x, self.grid_uv.to(x.dtype).expand(len(x), -1, -1)), joints2d  # (B, 49, C_t)
-
-
-class TwoDeconvolutionTokens(Stride32Tokens):
-    """Sec. 3.1's "double 2x upsampling" (no figure in Table 5): the stride-32 map through two k = s = 2
-    deconvolutions (BN, ReLU) instead of one 4x, whatever the config's feature_upsample."""
-
-    def __init__(self, cfg):
-        super().__init__(dataclasses.replace(cfg, feature_upsample=2))  # the first 2x
-        self.upsample.extend(deconv_bn_relu(cfg.token_channels, cfg.token_channels, 2))  # the second
-
-
-class EnhancedTokens(TokenGenerator):
-    """Fig. 2e, Table 5 "Point 28x28 enhanced": the sampled map "further improved by convolution" after the
-    upsample. NOTE 9: no layout in the paper; ours: `convs` 3x3 conv-BN-ReLU blocks."""
-
-    def __init__(self, cfg, convs=2):
-        super().__init__(cfg)
-        c = cfg.token_channels
-        layers = [] if isinstance(self.upsample, nn.Identity) else list(self.upsample)
-        for _ in range(convs):
-            layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-        self.upsample = nn.Sequential(*layers)
-
-
-class CoarseMeshTokens(TokenGenerator):
-    """Fig. 2f, Table 5 "Coarse mesh 28x28" (FastMETRO): tokens at the 21 2D joints and at the 2D points of
-    `vertices` coarse-mesh vertices, which a second Linear predicts from the pooled feature ->
-    tokens (B, 21 + N_c, C_t), points (B, 21 + N_c, 2): the 2D joints, then the coarse points."""
-
-    num_tokens = NUM_JOINTS + COARSE_VERTICES
-
-    def __init__(self, cfg, vertices=COARSE_VERTICES):
-        super().__init__(cfg)
-        self.vertices, self.num_tokens = vertices, NUM_JOINTS + vertices
-        self.coarse_head = nn.Linear(cfg.global_channels, vertices * 2)
-
-    def forward(self, feature, pooled):
-        pooled_vector = pooled.mean(dim=(2, 3))  # (B, C_g)
-        logits = torch.cat([self.keypoint_head(pooled_vector).reshape(len(pooled), NUM_JOINTS, 2),
-                            self.coarse_head(pooled_vector).reshape(len(pooled), -1, 2)], 1)  # (B, 21 + N_c, 2)
-        points = self.keypoint_activation(logits)
-        return sample_points(self.upsample(feature), points, clamp=True), points  # (B, 21 + N_c, C_t)
-
-
-class CoarseMeshHand(SimpleHand):
-    """SimpleHand with CoarseMeshTokens: also coarse2d (B, N_c, 2), the predicted 2D points of the template's
-    vertices `coarse_index`, supervised by Eq. (5) as the 2D joints are (`coarse_loss`). `template` (778, 3):
-    MANO's rest vertices, the coarse mesh is chosen from; the parts as SimpleHand's (token_generator given)."""
-
-    def __init__(self, cfg, j_regressor, template, backbone=None, token_generator=None, mesh_regressor=None):
-        super().__init__(cfg, j_regressor, backbone, token_generator, mesh_regressor)
-        if template is None or tuple(template.shape) != (NUM_VERTS, 3):
-            raise ValueError(f"the coarse-mesh model needs MANO's template (778, 3) to pick the coarse mesh from, "
-                             f"got {None if template is None else tuple(template.shape)}")
-        # NOTE 10: farthest-point sampling of the template for FastMETRO's coarse mesh
-        self.register_buffer("coarse_index", farthest_points(template.float(), token_generator.vertices))  # (N_c,)
-
-    def from_features(self, feature, pooled):
-        out = super().from_features(feature, pooled)
-        points = out["joints2d"]  # (B, 21 + N_c, 2)
-        return dict(out, joints2d=points[:, :NUM_JOINTS], coarse2d=points[:, NUM_JOINTS:])
-
-    def coarse_loss(self, coarse2d, verts, K, wh):
-        """Eq. (5) on the coarse points: coarse2d (B, N_c, 2) crop fractions against the ground-truth vertices
-        (B, 778, 3) projected by K (B, 3, 3), divided by the crop's (W, H) `wh` -> ()."""
-        uv = bodymodels.perspective_projection(verts[:, self.coarse_index], K) / wh  # (B, N_c, 2)
-        return l1_distance(coarse2d, uv)
-
-
-def build_coarse_mesh_hand(cfg, j_regressor):
-    """The coarse-mesh row's model (Table 5) of a preset, its coarse mesh chosen from MANO's template."""
-    template = bodymodels.load_mano().v_template.detach().float()  # (778, 3)
-    return CoarseMeshHand(cfg.model, j_regressor, template, build_backbone(cfg.model), build_token_generator(cfg),
-                          build_mesh_regressor(cfg))
-
-
-def farthest_points(points, n):
-    """Farthest-point sampling: points (V, 3) -> (n,) int64 indices, from point 0, each next the
-    point farthest from those already chosen. Picks an evenly spread coarse mesh from a template."""
-    if not 0 < n <= len(points):
-        raise ValueError(f"farthest_points: cannot choose {n} of {len(points)} points")
-    chosen, dist = [0], (points - points[0]).norm(dim=1)  # (V,) distance to the nearest chosen point
-    for _ in range(n - 1):
-        chosen.append(int(dist.argmax()))
-        dist = torch.minimum(dist, (points - points[chosen[-1]]).norm(dim=1))
-    return torch.tensor(chosen)
-
-
-class MLPRegressor(nn.Module):
-    """Table 4's baseline regressor, "a Multilayer Perceptron": tokens (B, n_0, C_t), flattened ->
-    Linear -> GELU -> Linear -> vertices (B, 778, 3).
-
-    NOTE 8: the paper gives no widths; ours has one hidden layer of dims[0].
-    """
-
-    def __init__(self, cfg):
-        super().__init__()
-        hidden = cfg.dims[0]
-        self.layers = nn.ModuleList([nn.Sequential(nn.Linear(cfg.num_tokens[0] * cfg.token_channels, hidden),
-                                                   nn.GELU())])
-        self.head = nn.Linear(hidden, NUM_VERTS * 3)
-
-    def forward(self, x):
-        return self.head(self.layers[0](x.flatten(1))).view(-1, NUM_VERTS, 3)  # (B, 778, 3)
-
-
-class MixerFreeBlock(nn.Module):
-    """Table 8 "Identity mixer": MF_k without its token-mixing branch, x + MLP(LN(x)): tokens never see each
-    other. The signature of MetaFormerBlock (num_heads unused)."""
-
-    def __init__(self, dim, num_heads, mlp_ratio, dropout):
-        super().__init__()
-        self.dropout = dropout
-        self.norm = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-    def forward(self, x):  # (B, N, c) -> (B, N, c)
-        return x + drop_path(self.mlp(self.norm(x)), self.dropout, self.training)
-
-
-class LayerWithoutPositionEmbedding(nn.Module):
-    """Table 8 "w/o position emb": H_k without Eq. (3)'s emb_k, (B, n_in, c_in) -> (B, n_out, c). The
-    signature of DecoderLayer."""
-
-    def __init__(self, n_in, n_out, c_in, c, depth, cfg, block=MetaFormerBlock):
-        super().__init__()
-        self.reduce = nn.Linear(c_in, c)  # P_k
-        self.blocks = nn.Sequential(*[block(c, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(depth)])
-        self.upsample = nn.Linear(n_in, n_out)  # U_k
-
-    def forward(self, x):
-        x = self.blocks(self.reduce(x))  # Eq. (2) alone: (B, n_in, c)
-        return self.upsample(x.transpose(1, 2)).transpose(1, 2)  # (B, n_out, c)
-
-
-# What each variant's `token_generator` / `mesh_regressor` names: the paper's module first
-TOKEN_GENERATORS = {
-    "point": TokenGenerator,  # Fig. 2d: keypoint-guided point sampling (the paper's)
-    "global": GlobalTokens,  # Fig. 2a
-    "grid": GridTokens,  # Fig. 2b
-    "point_stride32": Stride32Tokens,  # Table 5's Point 7x7 and 14x14
-    "point_two_deconvolutions": TwoDeconvolutionTokens,  # Sec. 3.1's double 2x upsampling
-    "point_enhanced": EnhancedTokens,  # Fig. 2e
-    "coarse_mesh": CoarseMeshTokens,  # Fig. 2f (its model: CoarseMeshHand)
-}
-MESH_REGRESSORS = {
-    "decoder": MeshRegressor,  # Eq. 1-3 (the paper's)
-    "mlp": MLPRegressor,  # Table 4's baseline
-    "identity_mixer": functools.partial(MeshRegressor, block=MixerFreeBlock),  # Table 8
-    "no_position_embedding": functools.partial(MeshRegressor, layer=LayerWithoutPositionEmbedding),  # Table 8
-}
-
-
-# The paper's ablations (Sec. 4.5, Tables 4-8; Hiera-tiny on FreiHAND), as data for train.py's
-# `--ablation tableN`: each row's config overrides on top of the chosen config (TINY by default),
-# the paper's PA-MPJPE / PA-MPVPE in mm beside it. A row changes what the paper's row changes (a module
-# above, or the decoder's sizes); the row the paper chose is the config's own. At TINY and PAPER (HRNet)
-# the sampled map is stride 8 (Table 5's 28x28); "point_stride32" reads the stride-32 one (7x7, 14x14 after 2x).
-_COLUMNS = (("pa_mpjpe_mm", "PA-MPJPE (mm), FreiHAND"), ("pa_mpvpe_mm", "PA-MPVPE (mm), FreiHAND"))
-_DIMS = (256, 128, 64)  # Table 7's best
-ABLATIONS = {
-    "table4": dict(
-        caption="Token generator and mesh regressor against a simple baseline (Table 4)",
-        columns=_COLUMNS,
-        rows=(("Simple Baseline (global feature, MLP)", {"token_generator": "global", "mesh_regressor": "mlp"},
-               (6.9, 7.2)),
-              ("+ mesh regressor", {"token_generator": "global"}, (6.5, 6.8)),
-              ("+ token generator", {"mesh_regressor": "mlp"}, (6.6, 7.1)),
-              ("+ both", {}, (6.2, 6.5))),
-        chosen="+ both"),
-    "table5": dict(
-        caption="Token generator: sampling and resolution of the sampled map (Table 5)",
-        columns=_COLUMNS,
-        rows=(("Global 1x1", {"token_generator": "global"}, (6.5, 6.8)),
-              ("Grid 7x7", {"token_generator": "grid"}, (6.3, 6.6)),
-              ("Point 7x7", {"token_generator": "point_stride32"}, (6.3, 6.6)),
-              ("Point 14x14", {"token_generator": "point_stride32", "feature_upsample": 2}, (6.3, 6.6)),
-              ("Point 28x28", {}, (6.2, 6.5)),
-              ("Point 28x28 enhanced", {"token_generator": "point_enhanced"}, (6.2, 6.5)),
-              # Sec. 3.1 names it beside "enhanced" ("performance remains consistent"), Table 5 gives no figure
-              ("Point 28x28, two 2x deconvolutions (text only)", {"token_generator": "point_two_deconvolutions"},
-               (None, None)),
-              ("Coarse mesh 28x28", {"token_generator": "coarse_mesh"}, (6.2, 6.5))),
-        chosen="Point 28x28"),
-    "table6": dict(
-        caption="Decoder layers and their token numbers (Table 6; widths: Table 7's best, halved per layer)",
-        columns=_COLUMNS,
-        rows=tuple((f"{len(n)} {list(n)}", {"num_tokens": n, "dims": (_DIMS + (32,))[:len(n)], "depths": (1,) * len(n)},
-                    paper) for n, paper in (((21,), (6.6, 7.1)), ((21, 256), (6.3, 6.6)), ((21, 384), (6.3, 6.6)),
-                                            ((21, 256, 384), (6.2, 6.5)), ((21, 84, 336), (6.2, 6.5)),
-                                            ((21, 128, 256, 384), (6.2, 6.5)), ((21, 63, 126, 252), (6.3, 6.6)))),
-        chosen="3 [21, 84, 336]"),
-    "table7": dict(
-        caption="Decoder widths and blocks per layer (Table 7)",
-        columns=_COLUMNS,
-        rows=(("dims 64, 32, 16", {"dims": (64, 32, 16)}, (6.5, 6.9)),
-              ("dims 128, 64, 32", {"dims": (128, 64, 32)}, (6.3, 6.6)),
-              ("dims 256, 128, 64 (blocks 1, 1, 1)", {"dims": _DIMS}, (6.2, 6.5)),
-              ("dims 512, 256, 12 (sic: read 128)", {"dims": (512, 256, 128)}, (6.2, 6.5)),
-              ("dims 1024, 512, 256", {"dims": (1024, 512, 256)}, (6.4, 6.7)),
-              ("blocks 2, 2, 2", {"dims": _DIMS, "depths": (2, 2, 2)}, (6.2, 6.6)),
-              ("blocks 3, 3, 3", {"dims": _DIMS, "depths": (3, 3, 3)}, (6.3, 6.6))),
-        chosen="dims 256, 128, 64 (blocks 1, 1, 1)"),
-    "table8": dict(
-        caption="Token mixer and position embedding (Table 8)",
-        columns=_COLUMNS,
-        rows=(("hiera-tiny sota", {}, (6.2, 6.5)),
-              ("Identity mixer", {"mesh_regressor": "identity_mixer"}, (6.3, 6.6)),
-              ("w/o position emb", {"mesh_regressor": "no_position_embedding"}, (6.3, 6.6))),
-        chosen="hiera-tiny sota"),
-}
-
-# The paper's reported figures for its presets (Sec. 4.1, Table 1): training hours ("11 hours with HRNet",
-# "7 hours training with FastViT-MA36" on 8 RTX 2080 Ti), FPS at batch 1 on an RTX 2080 Ti without TensorRT,
-# and FreiHAND PA-MPJPE (mm). `official` is paper_fastvit's network; `tiny` is not a paper run.
-REPORTED = {"paper": dict(hours=11.0, fps=33.0, pa_mpjpe_mm=5.8),
-            "paper_fastvit": dict(hours=7.0, fps=70.0, pa_mpjpe_mm=5.7),
-            "official": dict(hours=7.0, fps=70.0, pa_mpjpe_mm=5.7)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Appendix D. Diagnostics: stage shapes, parameter counts, the fast inference path, benchmarks
-
-
-def count_parameters(module):
-    return sum(p.numel() for p in module.parameters())
-
-
-def non_backbone_parameters(cfg):
-    """Parameters of token generator + mesh regressor of a preset (Table 2's "#Params"), built on the meta device."""
-    with torch.device("meta"):
-        return count_parameters(build_token_generator(cfg)) + count_parameters(build_mesh_regressor(cfg))
-
-
-def describe(model, images):
-    """Run the model once and list (stage name, output shape) for every stage, in order."""
-    rows = [("images", tuple(images.shape))]
-    stages = [("backbone", model.backbone), ("token_generator", model.token_generator)]
-    stages += [(f"mesh_regressor.layers[{k}]", m) for k, m in enumerate(model.mesh_regressor.layers)]
-    stages += [("mesh_regressor.head", model.mesh_regressor.head)]
-
-    def hook(name):
-        def record(module, args, out):
-            outs = out if isinstance(out, tuple) else (out,)
-            rows.append((name, tuple(tuple(o.shape) for o in outs) if len(outs) > 1 else tuple(out.shape)))
-        return record
-
-    handles = [m.register_forward_hook(hook(name)) for name, m in stages]
-    try:
-        with torch.no_grad():
-            out = model(images)
-    finally:
-        for h in handles:
-            h.remove()
-    return rows + [(f"output {k}", tuple(v.shape)) for k, v in out.items()]
-
-
-def benchmark(run, image_size, device, batch_sizes=(1, 32), warmup=5, reps=20):
-    """Seconds per call of `run` (a model in eval mode, or `fast_inference`'s function) on random
-    images (B, 3, S, S) in [0, 1] on `device`, without grad -> {batch size: seconds}."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {}
-    with torch.no_grad():
-        for b in batch_sizes:
-            x = torch.rand(b, 3, image_size, image_size, device=device)
-            for _ in range(warmup):  # CUDA graphs are recorded in the first calls of each shape
-                run(x)
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                run(x)
-            sync()
-            times[b] = (time.perf_counter() - t0) / reps
-    return times
-
-
-def reparameterized(model):
-    """A copy of the model (eval mode) with FastViT's train-time branches folded into single
-    convolutions by timm's `reparameterize_model` (exact up to rounding, using BatchNorm's running
-    statistics) -> (copy, applied: bool). Backbones without such branches (HRNet, tiny) are copied as they are."""
-    model = copy.deepcopy(model).eval()
-    if not any(hasattr(m, "reparameterize") for m in model.backbone.modules()):
-        return model, False
-    from timm.utils.model import reparameterize_model
-    with torch.no_grad():
-        reparameterize_model(model.backbone, inplace=True)
-    return model, True
-
-
-def fast_inference(model):
-    """The fastest inference path we trust, on CUDA -> (run: fp32 images -> outputs, [what was applied]).
-
-    `reparameterized` (FastViT), then fp16 weights and activations, channels_last, and CUDA graphs
-    through `torch.compile(mode="reduce-overhead")`, one static graph per batch size.
-    """
-    model, folded = reparameterized(model)
-    applied = ["FastViT re-parameterised (timm reparameterize_model)"] if folded else []
-    model = model.half().to(memory_format=torch.channels_last)
-    compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
-    applied += ["fp16", "channels_last", 'CUDA graphs (torch.compile mode="reduce-overhead")']
-
-    def run(images):
-        torch.compiler.cudagraph_mark_step_begin()  # a new replay: it may overwrite earlier outputs
-        return compiled(images.half().contiguous(memory_format=torch.channels_last))
-    return run, applied
-
-
-def benchmark_training(model, cfg, device, batch_size=256, steps=10, warmup=3):
-    """Training images per second on CUDA, as train.py runs on a GPU: a copy of the model and the
-    images in channels_last, bf16 autocast, forward + `training_loss` + backward + fused AdamW step."""
-    model = copy.deepcopy(model).to(device).train().to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.recipe.lr, weight_decay=cfg.recipe.weight_decay, fused=True)
-    S = cfg.model.image_size
-    batch = {"image": torch.rand(batch_size, 3, S, S, device=device).contiguous(memory_format=torch.channels_last),
-             "verts": torch.randn(batch_size, NUM_VERTS, 3, device=device) * 0.03,  # metres
-             "joints3d": torch.randn(batch_size, NUM_JOINTS, 3, device=device) * 0.03,
-             "joints2d": torch.rand(batch_size, NUM_JOINTS, 2, device=device) * S}  # pixels
-    for step in range(warmup + steps):
-        if step == warmup:
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss, _ = training_loss(model, batch, cfg, 0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    torch.cuda.synchronize()
-    return steps * batch_size / (time.perf_counter() - t0)

@@ -80,12 +80,12 @@ import checkpoints
 import configs
 import data
 import distributed
-import genhmr
-import hmr_adapter
+import genhmr_experiments
+import hmr_adapter_experiments
 import metrics
 import plots
 import render
-import simplehand
+import simplehand_experiments
 import standins
 import synthetic
 from configs import config_from_dict, config_leaves, leaf_paths, recipe_of, with_fields
@@ -124,33 +124,37 @@ FILE_KINDS = {"hmr2": "a 4D-Humans evaluation .npz", "wholebody": "a whole-body 
 
 
 MODELS = {
-    "simplehand": Stage(simplehand, data=synthetic.hand_dataset, metrics=metrics.freihand_metrics,
+    "simplehand": Stage(simplehand_experiments, data=synthetic.hand_dataset, metrics=metrics.freihand_metrics,
                         baseline=metrics.MeanShapeBaseline, picture=plots.draw_hand_predictions,
                         data_kinds=("synthetic", "freihand", "npz")),
-    "genhmr_tokenizer": Stage(genhmr.TokenizerStage, data=synthetic.body_pose_dataset,
+    "genhmr_tokenizer": Stage(genhmr_experiments.TokenizerStage, data=synthetic.body_pose_dataset,
                               metrics=metrics.tokenizer_metrics,
                               baseline=functools.partial(metrics.MeanPoseBaseline, own_shape=True),
                               picture=plots.draw_pose_reconstructions, data_fields=(), train_samples=8192,
                               data_kinds=BODY_KINDS),
-    "genhmr_backbone": Stage(genhmr.BackboneStage, data=synthetic.body_dataset, metrics=metrics.body_metrics,
+    "genhmr_backbone": Stage(genhmr_experiments.BackboneStage, data=synthetic.body_dataset,
+                             metrics=metrics.body_metrics,
                              baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("regression_",)),
                              picture=functools.partial(plots.draw_body_predictions, prefix="regression_"),
                              starts_from="genhmr_tokenizer", train_samples=16384, data_kinds=BODY_KINDS),
-    "genhmr_prior": Stage(genhmr.PriorStage, data=synthetic.body_pose_dataset, metrics=metrics.body_metrics,
+    "genhmr_prior": Stage(genhmr_experiments.PriorStage, data=synthetic.body_pose_dataset,
+                          metrics=metrics.body_metrics,
                           baseline=functools.partial(metrics.MeanPoseBaseline, own_shape=True, prefixes=("prior_",)),
                           picture=plots.draw_token_prior, starts_from="genhmr_backbone", data_fields=(),
-                          shares_fields=genhmr.PRIOR_FIELDS, train_samples=16384, data_kinds=BODY_KINDS),
-    "genhmr": Stage(genhmr, data=synthetic.body_dataset, metrics=metrics.body_metrics,
+                          shares_fields=genhmr_experiments.PRIOR_FIELDS, train_samples=16384,
+                          data_kinds=BODY_KINDS),
+    "genhmr": Stage(genhmr_experiments, data=synthetic.body_dataset, metrics=metrics.body_metrics,
                     baseline=functools.partial(metrics.MeanPoseBaseline, prefixes=("", "refined_", "refined_oracle_")),
                     picture=plots.draw_body_predictions, starts_from="genhmr_prior", train_samples=16384,
                     data_kinds=BODY_KINDS),
-    "hmr_adapter_bases": Stage(hmr_adapter.BASES, data=synthetic.wholebody_dataset,
+    "hmr_adapter_bases": Stage(hmr_adapter_experiments.BASES, data=synthetic.wholebody_dataset,
                                metrics=metrics.wholebody_metrics, baseline=metrics.WholeBodyMeanPoseBaseline,
                                picture=plots.draw_wholebody_predictions, train_samples=8192,
                                data_kinds=WHOLEBODY_KINDS),
-    "hmr_adapter": Stage(hmr_adapter, data=synthetic.wholebody_dataset, metrics=metrics.wholebody_metrics,
-                         baseline=metrics.WholeBodyMeanPoseBaseline, picture=plots.draw_wholebody_predictions,
-                         starts_from="hmr_adapter_bases", train_samples=8192, data_kinds=WHOLEBODY_KINDS),
+    "hmr_adapter": Stage(hmr_adapter_experiments, data=synthetic.wholebody_dataset,
+                         metrics=metrics.wholebody_metrics, baseline=metrics.WholeBodyMeanPoseBaseline,
+                         picture=plots.draw_wholebody_predictions, starts_from="hmr_adapter_bases", train_samples=8192,
+                         data_kinds=WHOLEBODY_KINDS),
 }
 
 

@@ -17,7 +17,8 @@ import bench
 import bodymodels as bm
 import demo
 import genhmr
-import hmr_adapter
+import genhmr_experiments
+import hmr_adapter_experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = st.integers(0, 2**31 - 1)
@@ -216,11 +217,11 @@ def _bench(argv, capsys):
 
 
 def test_bench_params_prints_each_papers_table(capsys):
-    rows = genhmr.parameter_table(genhmr.PAPER, genhmr.TOKENIZER_PAPER)
+    rows = genhmr_experiments.parameter_table(genhmr.PAPER, genhmr.TOKENIZER_PAPER)
     lines = _bench(["--model", "genhmr", "--params"], capsys)
     assert lines[0] == f"[paper] {rows[0][0]:34s} {rows[0][1] / 1e6:9.2f}M" and len(lines) == len(rows) + 1
     assert lines[-1].startswith("[paper] total (trained in stage 2)")
-    table = hmr_adapter.parameter_table()
+    table = hmr_adapter_experiments.parameter_table()
     lines = _bench(["--model", "hmr_adapter", "--params"], capsys)
     assert len(lines) == len(table) and lines[2].startswith("hand adapter") and "paper: 27M (Sec. 4.1)" in lines[2]
 

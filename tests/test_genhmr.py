@@ -24,6 +24,7 @@ from PIL import Image
 import bodymodels
 import demo
 import genhmr
+import genhmr_experiments
 from configs import config_leaves, recipe_of, with_fields
 
 # Small configs: every part present, seconds on a CPU
@@ -53,7 +54,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def model(tokenizer):
     torch.manual_seed(0)
-    return genhmr.build_model(IMG, tokenizer).eval()
+    return genhmr_experiments.build_model(IMG, tokenizer).eval()
 
 
 def body_batch(B=4, seed=0, size=32):
@@ -370,8 +371,13 @@ def _state_hash(module):
     return {k: v.clone() for k, v in module.state_dict().items()}
 
 
-# NOTE 18's step rule, from eta = 1: G never rises
-BACKTRACKING = with_fields(IMG, refine_eta_rule="backtracking", refine_lr=1.0)
+# NOTE 18's step rule (genhmr_experiments' alternative to Eq. (4)'s fixed eta), from eta = 1: G never rises
+BACKTRACKING = with_fields(IMG, refine_lr=1.0)
+
+
+def backtracking_refine(G, e0, steps):
+    return genhmr.refine(G, e0, with_fields(BACKTRACKING, refine_iterations=steps).inference,
+                         genhmr_experiments.backtracking_step)
 
 
 def test_refinement_changes_no_parameter_and_lowers_its_objective(model):
@@ -381,12 +387,12 @@ def test_refinement_changes_no_parameter_and_lowers_its_objective(model):
     before = _state_hash(model)
     targets = torch.rand(3, 24, 2, generator=seeded(7)) * 0.4 - 0.2
     G, e0 = genhmr.refinement_problem(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, 10.0, 32)
-    kept = genhmr.refine(G, e0, with_fields(BACKTRACKING, refine_iterations=4).inference)
+    kept = backtracking_refine(G, e0, 4)
     with torch.no_grad():
         assert (G(kept[4]) < G(kept[0])).all() and len(kept) == 5
     assert torch.equal(kept[0], tok.quantizer.codebook[ugs["ids"]])  # the start: the sampled codes
     with torch.no_grad():  # a shorter refinement is the start of a longer one
-        assert torch.equal(kept[2], genhmr.refine(G, e0, with_fields(BACKTRACKING, refine_iterations=2).inference)[-1])
+        assert torch.equal(kept[2], backtracking_refine(G, e0, 2)[-1])
     after = _state_hash(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in model.parameters())
@@ -408,7 +414,7 @@ def test_refinement_ignores_joints_of_weight_zero_and_unit_weights_are_eq_3(mode
     def run(targets, steps, weights=None):
         """-> (e after `steps`, G at the start, G at the end)"""
         G, e0 = genhmr.refinement_problem(*args, targets, 10.0, 32, weights)
-        e = genhmr.refine(G, e0, with_fields(BACKTRACKING, refine_iterations=steps).inference)[-1]
+        e = backtracking_refine(G, e0, steps)[-1]
         with torch.no_grad():
             return e, G(e0), G(e)
     e, G0, G1 = run(targets, 3, weights)
@@ -422,17 +428,17 @@ def test_refinement_ignores_joints_of_weight_zero_and_unit_weights_are_eq_3(mode
 def test_predict_returns_refined_outputs_deterministically(model):
     batch = body_batch(3, seed=8)
     batch["index"] = torch.tensor([5, 6, 7])
-    a, b = genhmr.predict(model, batch, IMG), genhmr.predict(model, batch, IMG)
+    a, b = genhmr_experiments.predict(model, batch, IMG), genhmr_experiments.predict(model, batch, IMG)
     for key in ("joints3d", "verts", "refined_joints3d", "refined_verts", "reproj_error_px", "refined_reproj_error_px"):
         assert torch.equal(a[key], b[key])
     assert a["verts"].shape == (3, 6890, 3) and a["refined_joints3d"].shape == (3, 24, 3)
     assert (a["refined_reproj_error_px"] <= a["reproj_error_px"] + 1e-6).all()
     # a sample's keypoint noise follows its index, not its place in the batch
-    c = genhmr.predict(model, {k: v[[2, 0, 1]] for k, v in batch.items()}, IMG)
+    c = genhmr_experiments.predict(model, {k: v[[2, 0, 1]] for k, v in batch.items()}, IMG)
     assert torch.allclose(c["refined_joints3d"], a["refined_joints3d"][[2, 0, 1]], atol=1e-5)
     del batch["index"]
     with pytest.raises(ValueError, match="needs 'index'"):
-        genhmr.predict(model, batch, IMG)
+        genhmr_experiments.predict(model, batch, IMG)
 
 
 @given(st.floats(0.05, 0.6), st.floats(0.65, 0.98), st.integers(0, 2**31 - 1))
@@ -443,7 +449,7 @@ def test_detector_like_joints_have_the_detectors_pckh(pckh_01, pckh_05, seed):
     the detector's published PCKh says (4800 joints: binomial std <= 0.8 %), whatever the head's size in pixels."""
     n, head = 200, 3 + 40 * torch.rand(200, generator=seeded(seed))
     truth = 20 + 60 * torch.rand(n, 24, 2, generator=seeded(seed + 1))
-    drawn = genhmr.detector_joints2d(truth, head, torch.arange(n) + seed, (pckh_01, pckh_05), (400, 400))
+    drawn = genhmr_experiments.detector_joints2d(truth, head, torch.arange(n) + seed, (pckh_01, pckh_05), (400, 400))
     within = (drawn - truth).norm(dim=-1) / head[:, None]
     assert abs((within < 0.1).float().mean().item() - pckh_01) < 0.035
     assert abs((within < 0.5).float().mean().item() - pckh_05) < 0.035
@@ -456,10 +462,10 @@ def test_predict_refines_towards_detector_like_joints_and_reports_the_oracle_apa
     (labels + 1 px) under refined_oracle_; both refinements start from the same UGS tokens."""
     batch = body_batch(6, seed=8)
     batch["index"] = torch.arange(6)
-    out = genhmr.predict(model, batch, IMG)
+    out = genhmr_experiments.predict(model, batch, IMG)
     assert 0.6 < out["detected_pckh_05"].mean() < 1.0 and out["detected_error_px"].mean() > 1.0
     assert not torch.allclose(out["refined_joints3d"], out["refined_oracle_joints3d"])
-    head = genhmr.head_segment_m(model.tokenizer.body)
+    head = genhmr_experiments.head_segment_m(model.tokenizer.body)
     assert 0.1 < head < 0.3  # metres: an adult's MPII head segment is about 0.2 m
 
 
@@ -469,26 +475,26 @@ def test_predict_is_the_papers_inference_and_diagnostics_hold_the_tables(model, 
     batch = body_batch(3, seed=8)
     batch["index"] = torch.tensor([5, 6, 7])
     cfg = with_fields(IMG, ugs_iterations=3, refine_iterations=5)
-    out = genhmr.predict(model, batch, cfg)
+    out = genhmr_experiments.predict(model, batch, cfg)
     assert set(out) == ({f"{p}{k}" for p in ("", "refined_", "refined_oracle_") for k in ("joints3d", "verts",
                                                                                           "joints2d", "cam_t")}
                         | {"reproj_error_px", "refined_reproj_error_px", "ids", "betas", "detected_error_px",
                            "detected_pckh_01", "detected_pckh_05"})
     labels = {"smpl_pose": torch.randn(20, 24, 3, generator=seeded(3)) * 0.3}
-    diag = genhmr.diagnostics(model, cfg, labels)(batch)
-    expected = {f"table_{s}_T{T}_joints3d" for s in genhmr.SCHEDULES for T in genhmr.TABLE_ITERATIONS}
-    expected |= {f"table_refine_P{P}_joints3d" for P in genhmr.TABLE_REFINE_STEPS}
+    diag = genhmr_experiments.diagnostics(model, cfg, labels)(batch)
+    expected = {f"table_{s}_T{T}_joints3d" for s in genhmr.SCHEDULES for T in genhmr_experiments.TABLE_ITERATIONS}
+    expected |= {f"table_refine_P{P}_joints3d" for P in genhmr_experiments.TABLE_REFINE_STEPS}
     expected |= {"table_soft_T1_joints3d", "masked_token_accuracy_75", "count_table_accuracy_75"}
     expected |= {f"ugs_t{t}_{k}" for t in range(1, 4) for k in ("joints3d", "commit_precision")}
     assert set(diag) == expected and not expected & set(out)
     for key, prefix in (("table_cosine_T3_joints3d", ""), ("table_refine_P5_joints3d", "refined_")):
         torch.testing.assert_close(diag[key] + out[prefix + "cam_t"][:, None], out[prefix + "joints3d"], atol=1e-5,
                                    rtol=0)
-    table = genhmr.NeighbourCounts(model.num_tokens, model.num_codes)
+    table = genhmr_experiments.NeighbourCounts(model.num_tokens, model.num_codes)
     table.add(tokenizer.tokenize(labels["smpl_pose"]))  # the training poses' tokens, as diagnostics counts them
     levels = model.encode_image(batch["image"])[0]
     assert torch.equal(diag["count_table_accuracy_75"],
-                       genhmr.context_accuracies(model, levels, batch, table)["count_table_accuracy_75"])
+                       genhmr_experiments.context_accuracies(model, levels, batch, table)["count_table_accuracy_75"])
 
 
 def test_refinement_fixed_step_is_eq_4_as_printed(model):
@@ -502,16 +508,16 @@ def test_refinement_fixed_step_is_eq_4_as_printed(model):
         R0 = tok.decode(e0)
     G = genhmr.refinement_objective(tok, e0, ugs["betas"], t, targets, R0, 10.0, 32.0)
     grad, = torch.autograd.grad(G.sum(), e0)
-    cfg = with_fields(IMG, refine_iterations=1, refine_lr=1e-3, refine_eta_rule="fixed", refine_reg=10.0)
+    cfg = with_fields(IMG, refine_iterations=1, refine_lr=1e-3, refine_reg=10.0)
     objective, start = genhmr.refinement_problem(tok, ugs["ids"], ugs["betas"], ugs["cam"], targets, 10.0, 32)
     e1 = genhmr.refine(objective, start, cfg.inference)[-1]
     with torch.no_grad():
         G_start = objective(start)
     assert torch.allclose(e1, e0.detach() - 1e-3 * grad, atol=1e-6) and torch.allclose(G_start, G.detach())
-    assert genhmr.PAPER.inference.refine_eta_rule == "fixed"
-    assert genhmr.TINY.inference.refine_eta_rule in ("fixed", "backtracking")
+    assert genhmr.PAPER.recipe.refine_eta_rule == genhmr.TINY.recipe.refine_eta_rule == "fixed"
+    assert genhmr_experiments.STEP_SIZES["fixed"] is genhmr.fixed_step
     with pytest.raises(ValueError, match="refine_eta_rule"):
-        genhmr.InferenceConfig(refine_eta_rule="adam")
+        genhmr.GenHMRRecipe(refine_eta_rule="adam")
 
 
 def test_backtracking_takes_the_largest_halving_that_lowers_g_per_sample():
@@ -522,7 +528,7 @@ def test_backtracking_takes_the_largest_halving_that_lowers_g_per_sample():
     e = torch.ones(3, 2, 2)
     grad = 2 * a[:, None, None] * e
     eta = torch.full((3, 1, 1), 1.0)
-    step, following = genhmr.backtracking_step(objective, e, objective(e), grad, eta, halvings=4)
+    step, following = genhmr_experiments.backtracking_step(objective, e, objective(e), grad, eta, halvings=4)
     # G(e - eta grad) = a (1 - 2 a eta)^2 ||e||^2 < a ||e||^2 iff 0 < eta < 1 / a: eta 1 for a = 1/4;
     # 1 / 2^3 for a = 4 (1, 1/2 and 1/4 fail); none of 1 .. 1/8 for a = 100 (below 1/100 needed)
     assert step.flatten().tolist() == [1.0, 0.125, 0.0]
@@ -533,7 +539,7 @@ def test_backtracking_takes_the_largest_halving_that_lowers_g_per_sample():
 def test_count_table_counts_neighbours_and_fills_what_they_determine():
     """NeighbourCounts: n[i, a, b] counts adjacent pairs; where y_{i+1} = y_i + 1 always, a hidden token with a
     visible neighbour is recovered exactly; visible tokens are returned as given; the table is saved state."""
-    table = genhmr.NeighbourCounts(6, 10)
+    table = genhmr_experiments.NeighbourCounts(6, 10)
     starts = torch.randint(0, 5, (40,), generator=seeded(0))
     ids = starts[:, None] + torch.arange(6)  # (40, 6), codes 0..9
     table.add(ids[:20]), table.add(ids[20:])
@@ -541,7 +547,7 @@ def test_count_table_counts_neighbours_and_fills_what_they_determine():
     hidden = torch.zeros(40, 6, dtype=torch.bool)
     hidden[:, 1], hidden[:, 4] = True, True
     assert torch.equal(table.predict(ids, hidden), ids)
-    copy = genhmr.NeighbourCounts(6, 10)
+    copy = genhmr_experiments.NeighbourCounts(6, 10)
     copy.load_state_dict(table.state_dict())
     assert torch.equal(copy.pairs, table.pairs)
 
@@ -550,25 +556,26 @@ def test_context_accuracies_follow_the_index_and_body_metrics_average_them(model
     """masked_token_accuracy_75 / count_table_accuracy_75: a fixed quarter of the tokens hidden per sample
     index; a generator told the true tokens everywhere (logits = one-hot Y*) scores 1; metrics average."""
     import metrics
-    hidden = genhmr.context_masks(torch.tensor([3, 3, 4]), 48)
+    hidden = genhmr_experiments.context_masks(torch.tensor([3, 3, 4]), 48)
     # each row: the 12 smallest of a permutation of 48 drawn by a generator seeded by the row's index
     for row, index in zip(hidden, (3, 3, 4)):
         assert torch.equal(row, torch.randperm(48, generator=torch.Generator().manual_seed(index)) < 12)
-    m = genhmr.build_model(IMG, tokenizer).eval()
+    m = genhmr_experiments.build_model(IMG, tokenizer).eval()
     batch = body_batch(3, seed=8)
     batch["index"] = torch.tensor([5, 6, 7])
-    counts = genhmr.NeighbourCounts(m.num_tokens, m.num_codes)
+    counts = genhmr_experiments.NeighbourCounts(m.num_tokens, m.num_codes)
     counts.add(tokenizer.tokenize(batch["smpl_pose"]))  # the table of these very poses' tokens
     assert int(counts.pairs.sum()) == 3 * (m.num_tokens - 1)
     levels = m.encode_image(batch["image"])[0]
-    out = genhmr.context_accuracies(m, levels, batch, counts)
+    out = genhmr_experiments.context_accuracies(m, levels, batch, counts)
     assert out["masked_token_accuracy_75"].shape == (3,) and ((0 <= out["masked_token_accuracy_75"]) &
                                                                (out["masked_token_accuracy_75"] <= 1)).all()
     y = tokenizer.tokenize(batch["smpl_pose"])
     m.logits = lambda ids, levels: F.one_hot(y, m.num_codes).float()
-    assert genhmr.context_accuracies(m, levels, batch)["masked_token_accuracy_75"].tolist() == [1.0, 1.0, 1.0]
+    accuracy = genhmr_experiments.context_accuracies(m, levels, batch)["masked_token_accuracy_75"]
+    assert accuracy.tolist() == [1.0, 1.0, 1.0]
     batch["has_smpl_pose"] = torch.tensor([1.0, 0.0, 1.0])
-    out = genhmr.context_accuracies(m, levels, batch, counts)
+    out = genhmr_experiments.context_accuracies(m, levels, batch, counts)
     assert math.isnan(out["count_table_accuracy_75"][1]) and not math.isnan(out["count_table_accuracy_75"][0])
     scored = metrics.body_metrics(dict(out, joints3d=torch.zeros(3, 24, 3)), {"joints3d": torch.zeros(3, 24, 3)})
     assert scored["masked_token_accuracy_75"] == pytest.approx(1.0)
@@ -580,7 +587,7 @@ def test_every_ablation_row_sets_existing_fields_that_round_trip_through_set():
     build; inference tables change only predict-time fields; one figure per column; the chosen row exists."""
     import train
     inference_fields = {"ugs_iterations", "schedule", "top_k", "refine_iterations", "refine_eta_rule", "refine_lr"}
-    for name, table in genhmr.ABLATIONS.items():
+    for name, table in genhmr_experiments.ABLATIONS.items():
         labels = [row[0] for row in table["rows"]]
         assert table["chosen"] in labels and len(set(labels)) == len(labels), name
         for label, fields, figures in table["rows"]:
@@ -600,9 +607,9 @@ def test_every_ablation_row_sets_existing_fields_that_round_trip_through_set():
 
 
 def test_image_stage_trains_every_parameter_once_and_nothing_frozen(tokenizer):
-    model = genhmr.build_model(IMG, tokenizer).train()
+    model = genhmr_experiments.build_model(IMG, tokenizer).train()
     book = tokenizer.quantizer.codebook.clone()
-    loss, terms = genhmr.training_loss(model, body_batch(), IMG, 0)
+    loss, terms = genhmr_experiments.training_loss(model, body_batch(), IMG, 0)
     loss.backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None for _, p in trainable)  # DDP: no unused parameters
@@ -614,12 +621,12 @@ def test_image_stage_trains_every_parameter_once_and_nothing_frozen(tokenizer):
 def test_training_loss_changes_no_state(tokenizer):
     """The loss is a function of (model, batch, step): two calls under the same seed give the same loss and
     gradient-free state (every parameter and buffer) equal before and after; the temperature follows the step."""
-    model = genhmr.build_model(IMG, tokenizer).train()
+    model = genhmr_experiments.build_model(IMG, tokenizer).train()
     before = _state_hash(model)
     results = []
     for _ in range(2):
         torch.manual_seed(3)
-        results.append(genhmr.training_loss(model, body_batch(), IMG, 7))
+        results.append(genhmr_experiments.training_loss(model, body_batch(), IMG, 7))
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert results[0][1]["temperature"].item() == pytest.approx(genhmr.gumbel_temperature(IMG.recipe, 7))
@@ -630,8 +637,9 @@ def test_paper_structure_gives_every_parameter_a_gradient(tokenizer):
     """The paper's choices at a small width (the plain Linear token head, HMR2.0's SMPL head in the backbone
     stage): each loss reaches every trainable parameter, as DDP requires."""
     cfg = with_fields(IMG, token_head="linear", regressor_head="hmr2", loss_batch=48)
-    for protocol, model in ((genhmr.BackboneStage, genhmr.BackboneStage.build_model(cfg, tokenizer)),
-                            (genhmr, genhmr.build_model(cfg, tokenizer))):
+    backbone = genhmr_experiments.BackboneStage
+    for protocol, model in ((backbone, backbone.build_model(cfg, tokenizer)),
+                            (genhmr_experiments, genhmr_experiments.build_model(cfg, tokenizer))):
         loss, _ = protocol.training_loss(model.train(), body_batch(), cfg, 0)
         loss.backward()
         # (some are exactly 0 at the start, as in the official code: HMR2.0's token embedding weight, which
@@ -698,20 +706,22 @@ def test_each_stage_loss_is_the_mean_over_equal_shards_on_1_2_8_ranks(stage, mon
         nonlocal rows
         rows = slice(lo, hi)
     if stage == "tokenizer":
-        protocol, cfg, model = genhmr.TokenizerStage, tcfg, tok
+        protocol, cfg, model = genhmr_experiments.TokenizerStage, tcfg, tok
     elif stage.startswith("backbone"):
-        cfg = genhmr.BACKBONE_CONFIGS["tiny"]
+        cfg = genhmr_experiments.BACKBONE_CONFIGS["tiny"]
         if stage == "backbone_hmr2":  # HMR2.0's head and calibration (loss_batch 48)
             cfg = with_fields(cfg, regressor_head="hmr2", hmr2_head=(32, 2, 2, 16, 64), loss_batch=48)
-        protocol, model = genhmr.BackboneStage, genhmr.BackboneStage.build_model(cfg, tok).train()
+        protocol = genhmr_experiments.BackboneStage
+        model = protocol.build_model(cfg, tok).train()
     else:
         if stage == "prior":
-            cfg = genhmr.PRIOR_CONFIGS["tiny"]
-            regressor = genhmr.BackboneStage.build_model(genhmr.BACKBONE_CONFIGS["tiny"], tok)
-            protocol, model = genhmr.PriorStage, genhmr.PriorStage.build_model(cfg, regressor).train()
+            cfg = genhmr_experiments.PRIOR_CONFIGS["tiny"]
+            regressor = genhmr_experiments.BackboneStage.build_model(genhmr_experiments.BACKBONE_CONFIGS["tiny"], tok)
+            protocol = genhmr_experiments.PriorStage
+            model = protocol.build_model(cfg, regressor).train()
         else:
             cfg = with_fields(genhmr.TINY, ce_on=stage.removeprefix("image_"))
-            protocol, model = genhmr, genhmr.build_model(cfg, tok).train()
+            protocol, model = genhmr_experiments, genhmr_experiments.build_model(cfg, tok).train()
         L, K = model.num_tokens, model.num_codes
         _, masks = genhmr.random_masking(torch.zeros(8, L, dtype=torch.long), K, generator=seeded(13))
         assert len(set(masks.sum(1).tolist())) > 1  # the samples' mask counts differ
@@ -722,7 +732,7 @@ def test_each_stage_loss_is_the_mean_over_equal_shards_on_1_2_8_ranks(stage, mon
         monkeypatch.setattr(genhmr, "gumbel_softmax_st", lambda logits, t: gumbel(logits, t, noise[rows]))
         swap = torch.rand(8, L, generator=seeded(15)) >= cfg.recipe.pkeep  # MMM's input swap, drawn once for the batch
         codes = torch.randint(K, (8, L), generator=seeded(16))
-        monkeypatch.setattr(genhmr, "swap_visible", lambda ids, masked, num_codes, pkeep: (
+        monkeypatch.setattr(genhmr_experiments, "swap_visible", lambda ids, masked, num_codes, pkeep: (
             torch.where(swap[rows] & ~masked, codes[rows], ids)))
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -749,9 +759,9 @@ def _overfit(protocol, model, cfg, batch, steps):
 
 def test_tokenizer_overfits_one_batch():
     torch.manual_seed(0)
-    tok = genhmr.TokenizerStage.build_model(TOK, None).train()
+    tok = genhmr_experiments.TokenizerStage.build_model(TOK, None).train()
     batch = {"smpl_pose": torch.randn(8, 24, 3, generator=seeded(9)) * 0.4}
-    losses = _overfit(genhmr.TokenizerStage, tok, TOK, batch, 120)
+    losses = _overfit(genhmr_experiments.TokenizerStage, tok, TOK, batch, 120)
     assert losses[-1] < 0.4 * losses[0]  # measured: 0.98 -> 0.30
     assert all(p.grad is not None for p in tok.parameters())
 
@@ -759,17 +769,17 @@ def test_tokenizer_overfits_one_batch():
 def test_image_stage_overfits_one_batch(tokenizer):
     torch.manual_seed(0)
     cfg = with_fields(IMG, lr=2e-3, max_steps=60)  # the paper's weights on per-sample means (loss_batch 1)
-    model = genhmr.build_model(cfg, tokenizer).train()
-    losses = _overfit(genhmr, model, cfg, body_batch(4, seed=10), 60)
+    model = genhmr_experiments.build_model(cfg, tokenizer).train()
+    losses = _overfit(genhmr_experiments, model, cfg, body_batch(4, seed=10), 60)
     assert sum(losses[-5:]) / 5 < 0.6 * losses[0]  # measured: 5.45 -> 2.5
 
 
 def test_learning_rate_is_a_pure_function_of_the_step():
     cfg = with_fields(genhmr.TINY, warmup_steps=10, max_steps=110)
-    assert genhmr.learning_rate(cfg, 0) == pytest.approx(cfg.recipe.lr / 10)
-    assert genhmr.learning_rate(cfg, 10) == pytest.approx(cfg.recipe.lr)
-    assert genhmr.learning_rate(cfg, 110) == pytest.approx(cfg.recipe.lr * 0.01)
-    assert genhmr.learning_rate(genhmr.PAPER, 12345) == genhmr.PAPER.recipe.lr
+    assert genhmr_experiments.learning_rate(cfg, 0) == pytest.approx(cfg.recipe.lr / 10)
+    assert genhmr_experiments.learning_rate(cfg, 10) == pytest.approx(cfg.recipe.lr)
+    assert genhmr_experiments.learning_rate(cfg, 110) == pytest.approx(cfg.recipe.lr * 0.01)
+    assert genhmr_experiments.learning_rate(genhmr.PAPER, 12345) == genhmr.PAPER.recipe.lr
 
 
 def test_token_head_is_the_scaled_distance_to_each_code(model):
@@ -798,10 +808,10 @@ def test_backbone_stage_hands_its_vit_and_tokenizer_to_the_image_stage(tokenizer
     head (equal values, no shared storage: the checkpoint of the image stage holds them) and shares its
     frozen tokenizer."""
     torch.manual_seed(0)
-    regressor = genhmr.BackboneStage.build_model(IMG, tokenizer).eval()
+    regressor = genhmr_experiments.BackboneStage.build_model(IMG, tokenizer).eval()
     for p in regressor.backbone.parameters():
         p.data.add_(0.1)  # "trained"
-    model = genhmr.build_model(IMG, regressor)
+    model = genhmr_experiments.build_model(IMG, regressor)
     assert model.tokenizer is tokenizer
     for part in ("backbone", "shape_camera_head"):
         mine, theirs = getattr(model, part).state_dict(), getattr(regressor, part).state_dict()
@@ -819,22 +829,23 @@ def test_prior_stage_trains_the_transformer_on_poses_alone_and_hands_a_copy_on(t
     transformer (all of it trainable there) and its ViT from the backbone stage's, and refuses a prior of
     another architecture, naming the field."""
     torch.manual_seed(0)
-    regressor = genhmr.BackboneStage.build_model(IMG, tokenizer).eval()
-    prior = genhmr.PriorStage.build_model(IMG, regressor).train()
+    prior_stage = genhmr_experiments.PriorStage
+    regressor = genhmr_experiments.BackboneStage.build_model(IMG, tokenizer).eval()
+    prior = prior_stage.build_model(IMG, regressor).train()
     assert prior.tokenizer is tokenizer and not any(p.requires_grad for p in prior.parent.parameters())
     trainable = [n for n, p in prior.named_parameters() if p.requires_grad]
     reads_image = (".cross_attn.", ".norm2.", "masked_transformer.reference")
     assert trainable and all(n.startswith("masked_transformer.") and not any(r in n for r in reads_image)
                              for n in trainable)
     poses = {"smpl_pose": torch.randn(4, 24, 3, generator=seeded(3)) * 0.3}
-    loss, terms = genhmr.PriorStage.training_loss(prior, poses,
+    loss, terms = genhmr_experiments.PriorStage.training_loss(prior, poses,
                                              IMG, 0)
     loss.backward()
     assert set(terms) == {"mask", "masked_acc"} and all(
         p.grad is not None and p.grad.norm() > 0 for p in prior.parameters() if p.requires_grad)
     for p in prior.masked_transformer.parameters():
         p.data.add_(0.1)  # "trained"
-    model = genhmr.build_model(IMG, prior)
+    model = genhmr_experiments.build_model(IMG, prior)
     assert model.tokenizer is tokenizer and all(p.requires_grad for p in model.masked_transformer.parameters())
     mine = model.masked_transformer.state_dict()
     for name, tensor in prior.masked_transformer.state_dict().items():
@@ -842,20 +853,21 @@ def test_prior_stage_trains_the_transformer_on_poses_alone_and_hands_a_copy_on(t
     for name, tensor in regressor.backbone.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[name], tensor), name
     with pytest.raises(ValueError, match="the prior stage's num_layers=2 differs from this config's 1"):
-        genhmr.build_model(IMG, genhmr.PriorStage.build_model(with_fields(IMG, num_layers=2), regressor))
+        genhmr_experiments.build_model(IMG, prior_stage.build_model(with_fields(IMG, num_layers=2), regressor))
     # the start offsets come with the prior's transformer: an image stage set to others must not train from them
     with pytest.raises(ValueError, match="the prior stage's offset_start='detr' differs from this config's 'map'"):
-        genhmr.build_model(with_fields(IMG, offset_start="map"), genhmr.PriorStage.build_model(IMG, regressor))
+        genhmr_experiments.build_model(with_fields(IMG, offset_start="map"), prior_stage.build_model(IMG, regressor))
     with pytest.raises(ValueError, match="prior stage starts from the trained backbone stage"):
-        genhmr.PriorStage.build_model(IMG, tokenizer)
+        genhmr_experiments.PriorStage.build_model(IMG, tokenizer)
 
 
 def test_prior_stage_overfits_one_batch(tokenizer):
     torch.manual_seed(0)
     cfg = with_fields(IMG, lr=3e-3)
-    prior = genhmr.PriorStage.build_model(cfg, genhmr.BackboneStage.build_model(cfg, tokenizer)).train()
+    regressor = genhmr_experiments.BackboneStage.build_model(cfg, tokenizer)
+    prior = genhmr_experiments.PriorStage.build_model(cfg, regressor).train()
     poses = {"smpl_pose": torch.randn(8, 24, 3, generator=seeded(4)) * 0.4}
-    losses = _overfit(genhmr.PriorStage, prior, cfg, poses, 80)
+    losses = _overfit(genhmr_experiments.PriorStage, prior, cfg, poses, 80)
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
 
 
@@ -864,34 +876,35 @@ def test_prior_predict_fills_the_hidden_quarter_per_sample_whatever_the_batch(to
     visible ones kept); its accuracy is context_accuracies' with no image; every output, the poses UGS draws
     from all [MASK] included, is the same for a sample in any batch."""
     torch.manual_seed(0)
-    prior = genhmr.PriorStage.build_model(IMG, genhmr.BackboneStage.build_model(IMG, tokenizer)).eval()
+    regressor = genhmr_experiments.BackboneStage.build_model(IMG, tokenizer)
+    prior = genhmr_experiments.PriorStage.build_model(IMG, regressor).eval()
     batch = {"smpl_pose": torch.randn(4, 24, 3, generator=seeded(5)) * 0.3, "smpl_shape": torch.zeros(4, 10),
              "index": torch.tensor([3, 7, 11, 12])}
-    out = genhmr.PriorStage.predict(prior, batch, IMG)
+    out = genhmr_experiments.PriorStage.predict(prior, batch, IMG)
     assert out["prior_verts"].shape == out["prior_generated_verts"].shape == (4, 6890, 3)
-    halves = [genhmr.PriorStage.predict(prior, {k: v[rows] for k, v in batch.items()}, IMG)
+    halves = [genhmr_experiments.PriorStage.predict(prior, {k: v[rows] for k, v in batch.items()}, IMG)
               for rows in (slice(0, 1), slice(1, 4))]
     for key, value in out.items():
         torch.testing.assert_close(torch.cat([h[key] for h in halves]), value, rtol=0, atol=1e-6)
     y = tokenizer.tokenize(batch["smpl_pose"])
-    hidden = genhmr.context_masks(batch["index"], y.shape[1])
+    hidden = genhmr_experiments.context_masks(batch["index"], y.shape[1])
     assert hidden.sum(1).tolist() == [6] * 4  # 24 tokens, 18 shown
     filled = torch.where(hidden, prior.logits(y.masked_fill(hidden, prior.num_codes)).argmax(-1), y)
     torch.testing.assert_close(out["prior_joints3d"],
                                tokenizer.body.joints(tokenizer.decode_ids(filled), batch["smpl_shape"]))
     torch.testing.assert_close(out["prior_masked_token_accuracy_75"],
-                               genhmr.context_accuracies(prior, None, batch)["masked_token_accuracy_75"])
+                               genhmr_experiments.context_accuracies(prior, None, batch)["masked_token_accuracy_75"])
 
 
 def test_backbone_stage_overfits_one_batch(tokenizer):
     torch.manual_seed(0)
     cfg = with_fields(IMG, lr=2e-3)
-    regressor = genhmr.BackboneStage.build_model(cfg, tokenizer).train()
+    regressor = genhmr_experiments.BackboneStage.build_model(cfg, tokenizer).train()
     batch = body_batch(4, seed=11)  # its joints made those of its SMPL parameters, 20 m away
     R = bodymodels.axis_angle_to_matrix(batch["smpl_pose"])
     batch["joints3d"] = tokenizer.body.joints(R, batch["smpl_shape"]) + torch.tensor([0.0, 0.0, 20.0])
     batch["joints2d"] = bodymodels.project_to_crop(batch["joints3d"], torch.zeros(4, 3)) * 32 + 16
-    losses = _overfit(genhmr.BackboneStage, regressor, cfg, batch, 60)
+    losses = _overfit(genhmr_experiments.BackboneStage, regressor, cfg, batch, 60)
     assert sum(losses[-5:]) / 5 < 0.3 * losses[0]
     assert all(p.grad is None for p in regressor.tokenizer.parameters())
 
@@ -912,20 +925,20 @@ def test_bad_inputs_get_one_clear_error(tokenizer):
     with pytest.raises(ValueError, match=r"expected an SMPL pose \(B, 24, 3\)"):
         tokenizer.tokenize(torch.zeros(2, 23, 3))
     with pytest.raises(ValueError, match="the stage 'genhmr_prior' .* train the stages before it first"):
-        genhmr.build_model(IMG, None)
+        genhmr_experiments.build_model(IMG, None)
     with pytest.raises(ValueError, match="starts from the trained pose tokenizer"):
-        genhmr.BackboneStage.build_model(IMG, None)
+        genhmr_experiments.BackboneStage.build_model(IMG, None)
     with pytest.raises(ValueError, match=r"conv_stem=\(8, 16\): expected log2\(patch_size=8\)"):
         with_fields(IMG, conv_stem=(8, 16))
-    regressor = genhmr.BackboneStage.build_model(IMG, tokenizer)
+    regressor = genhmr_experiments.BackboneStage.build_model(IMG, tokenizer)
     with pytest.raises(ValueError, match="the backbone stage's vit_width=32 differs from this config's 64"):
-        genhmr.build_model(with_fields(IMG, vit_width=64, d_model=32), regressor)
+        genhmr_experiments.build_model(with_fields(IMG, vit_width=64, d_model=32), regressor)
     with pytest.raises(ValueError, match="never trained"):
-        genhmr.build_model(IMG, genhmr.PoseTokenizer(TOK.model))
+        genhmr_experiments.build_model(IMG, genhmr.PoseTokenizer(TOK.model))
     with pytest.raises(ValueError, match="multiple of 24"):
         genhmr.TokenizerConfig(num_tokens=50)
     with pytest.raises(ValueError, match="starts from no parent"):
-        genhmr.TokenizerStage.build_model(TOK, tokenizer)
+        genhmr_experiments.TokenizerStage.build_model(TOK, tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -948,8 +961,8 @@ def official_state(name):
 def test_paper_backbone_stage_loads_the_released_key_lists_strictly(name, parts, left_out):
     with torch.device("meta"):
         tokenizer = genhmr.PoseTokenizer(TOK.model, body=torch.nn.Module())
-        paper = genhmr.BACKBONE_CONFIGS["paper"]
-        regressor = genhmr.PoseRegressor(paper.model, paper.regressor, tokenizer)
+        paper = genhmr_experiments.BACKBONE_CONFIGS["paper"]
+        regressor = genhmr_experiments.PoseRegressor(paper.model, paper.regressor, tokenizer)
     state = official_state(name)
     mapped = genhmr.backbone_state_dicts({"state_dict": state})
     for part in parts:
@@ -967,7 +980,8 @@ def test_load_backbone_reads_each_layout_and_names_what_does_not_fit(tmp_path):
     vitpose_backbone.pth's (the ViT's own names) load exactly; a wrong file gets one line naming its keys."""
     torch.manual_seed(0)
     cfg = with_fields(IMG, regressor_head="hmr2", patch_padding=0)
-    source = genhmr.PoseRegressor(cfg.model, cfg.regressor, genhmr.PoseTokenizer(TOK.model, body=torch.nn.Module()))
+    untrained = genhmr.PoseTokenizer(TOK.model, body=torch.nn.Module())
+    source = genhmr_experiments.PoseRegressor(cfg.model, cfg.regressor, untrained)
     vit_state, head_state = source.backbone.state_dict(), source.smpl_head.state_dict()
     layouts = {"hmr2.ckpt": {"state_dict": {**{"backbone." + k: v for k, v in vit_state.items()},
                                             **{"smpl_head." + k: v for k, v in head_state.items()},
@@ -978,7 +992,7 @@ def test_load_backbone_reads_each_layout_and_names_what_does_not_fit(tmp_path):
                "vitpose_backbone.pth": {"state_dict": vit_state}}
     for file, checkpoint in layouts.items():
         torch.save(checkpoint, tmp_path / file)
-        target = genhmr.PoseRegressor(cfg.model, cfg.regressor, genhmr.PoseTokenizer(TOK.model, body=torch.nn.Module()))
+        target = genhmr_experiments.PoseRegressor(cfg.model, cfg.regressor, untrained)
         parts = genhmr.load_backbone(target, str(tmp_path / file))
         assert parts == (["backbone", "smpl_head"] if file == "hmr2.ckpt" else ["backbone"])
         for part in parts:
@@ -993,8 +1007,10 @@ def test_load_backbone_reads_each_layout_and_names_what_does_not_fit(tmp_path):
     with pytest.raises(ValueError, match=r"wrong shapes \['pos_embed \(1, 17, 32\) \(expected \(1, 5, 32\)\)'\]"):
         genhmr.load_backbone(genhmr.DropPathViT(with_fields(cfg, image_size=16).model),
                              str(tmp_path / "vitpose_backbone.pth"))
-    with pytest.raises(FileNotFoundError, match="backbone checkpoint 'nope.pth' does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"nope.pth: no such file \(expected ViTPose-H's or HMR2.0's"):
         genhmr.load_backbone(source, "nope.pth")
+    with pytest.raises(FileNotFoundError, match="backbone checkpoint 'nope.pth' does not exist"):
+        genhmr_experiments.check_inputs(with_fields(cfg, backbone_checkpoint="nope.pth"), "synthetic", "")
     torch.save({"state_dict": vit_state, "hyper_parameters": Unpicklable()}, tmp_path / "lightning.ckpt")
     with pytest.raises(ValueError, match=r"lightning.ckpt: holds pickled objects besides tensors "
                                          r"\(test_genhmr.Unpicklable\).*safe_globals\(\[test_genhmr.Unpicklable\]\)"):
@@ -1007,10 +1023,10 @@ def test_official_hmr2_vit_and_smpl_head_fixture_matches():
     features and SMPL head outputs match it to relative 1e-5."""
     path = os.path.join(os.path.dirname(__file__), "official", "hmr2", "hmr2_vit_smpl_head.pt")
     fx = torch.load(path, weights_only=True)
-    cfg = with_fields(genhmr.BACKBONE_CONFIGS["paper"], image_size=(64, 48), vit_width=32, vit_depth=2,
+    cfg = with_fields(genhmr_experiments.BACKBONE_CONFIGS["paper"], image_size=(64, 48), vit_width=32, vit_depth=2,
                               vit_heads=2, hmr2_head=(32, 2, 2, 16, 64))
     tokenizer = genhmr.PoseTokenizer(TOK.model, body=torch.nn.Module())
-    regressor = genhmr.PoseRegressor(cfg.model, cfg.regressor, tokenizer).eval()
+    regressor = genhmr_experiments.PoseRegressor(cfg.model, cfg.regressor, tokenizer).eval()
     parts = genhmr.backbone_state_dicts(fx)
     for part in ("backbone", "smpl_head"):
         bodymodels.load_state_strict(getattr(regressor, part), parts[part], "fixture")
@@ -1060,11 +1076,13 @@ def _without_docstrings(node):
 
 def test_names_in_both_paper_files_are_the_same_code():
     """Twins: every name genhmr.py and hmr_adapter.py both define (the protocol's aside) is identical source
-    once docstrings are dropped; where the two must differ the names say how (`DropPathViT`, `conv_bn_stem`)."""
+    once docstrings are dropped; where the two must differ the names say how (`DropPathViT`, `conv_bn_stem`).
+    HMR2.0's SMPL head (the backbone stage's) is HaMeR's head's decoder: genhmr_experiments imports hmr_adapter's."""
     import hmr_adapter
     ours, theirs = _top_level(genhmr), _top_level(hmr_adapter)
     shared = sorted(set(ours) & set(theirs) - PROTOCOL)
-    assert {"Attention", "_attend", "CrossAttention", "TransformerDecoder"} <= set(shared)
+    assert {"Attention", "_attend", "Mlp"} <= set(shared)
+    assert genhmr_experiments.TransformerDecoder is hmr_adapter.TransformerDecoder
     differ = [name for name in shared if _without_docstrings(ours[name]) != _without_docstrings(theirs[name])]
     assert not differ, f"defined in both with different code: {differ}"
 
@@ -1160,7 +1178,7 @@ def test_image_command_writes_the_picture_mesh_and_arrays_of_predict(trained, tm
     cfg = with_fields(cfg, refine_iterations=0)
     batch = {"image": trained.image_8bit[None], "index": torch.zeros(1),
              **{k: trained.sample[k][None] for k in ("joints2d", "joints3d", "K")}}
-    ours = genhmr.predict(model, batch, cfg)
+    ours = genhmr_experiments.predict(model, batch, cfg)
     assert torch.equal(torch.as_tensor(npz["token_ids"]), ours["ids"][0])
     torch.testing.assert_close(torch.as_tensor(npz["crop_verts"]), ours["verts"][0], atol=1e-5, rtol=0)
     verts, faces = demo.read_obj(tmp_path / "demo" / "person.obj")
@@ -1401,7 +1419,7 @@ def test_ugs_commits_scores_only_the_tokens_fixed_at_each_iteration():
     history = [(torch.tensor([[True, True, False, False]] * 2), None, torch.tensor([[0, 2, 3, 1]] * 2)),
                (torch.zeros(2, 4, dtype=torch.bool), None, torch.tensor([[1, 2, 3, 1]] * 2))]
     batch = {"smpl_pose": torch.zeros(2, 24, 3), "has_smpl_pose": torch.tensor([1.0, 0.0])}
-    out = genhmr.ugs_commits(Tokenizer(), history, torch.zeros(2, 10), batch)
+    out = genhmr_experiments.ugs_commits(Tokenizer(), history, torch.zeros(2, 10), batch)
     assert out["ugs_t1_commit_precision"][0] == 0.5  # fixed at t = 1: positions 2 (right) and 3 (wrong)
     assert out["ugs_t2_commit_precision"][0] == 1.0  # fixed at t = 2: positions 0 and 1, both right
     assert out["ugs_t1_commit_precision"][1].isnan() and out["ugs_t2_commit_precision"][1].isnan()
@@ -1449,8 +1467,8 @@ def test_swap_visible_by_hand():
     ids = torch.randint(0, K, (6, 9), generator=seeded(30))
     masked = torch.rand(6, 9, generator=seeded(31)) < 0.3
     y_m = torch.where(masked, K, ids)
-    assert torch.equal(genhmr.swap_visible(y_m, masked, K, 1.0, generator=seeded(32)), y_m)
-    out = genhmr.swap_visible(y_m, masked, K, 0.0, generator=seeded(33))
+    assert torch.equal(genhmr_experiments.swap_visible(y_m, masked, K, 1.0, generator=seeded(32)), y_m)
+    out = genhmr_experiments.swap_visible(y_m, masked, K, 0.0, generator=seeded(33))
     g = seeded(33)
     torch.rand(y_m.shape, generator=g)  # the keep draw comes first
     random_ids = torch.randint(K, y_m.shape, generator=g)
@@ -1458,7 +1476,7 @@ def test_swap_visible_by_hand():
     ids = torch.randint(0, K, (200, 100), generator=seeded(34))
     masked = torch.rand(200, 100, generator=seeded(35)) < 0.25
     y_m = torch.where(masked, K, ids)
-    out = genhmr.swap_visible(y_m, masked, K, 0.5, generator=seeded(36))
+    out = genhmr_experiments.swap_visible(y_m, masked, K, 0.5, generator=seeded(36))
     assert torch.equal(out[masked], y_m[masked])
     n = int((~masked).sum())
     changed = int((out != y_m)[~masked].sum())
@@ -1518,11 +1536,11 @@ def test_training_loss_mask_and_pose_terms_by_hand(tokenizer, monkeypatch, ce_on
         calls["gumbel"] = (l, temperature)
         return F.one_hot(gumbel_ids, K).float()
     monkeypatch.setattr(genhmr, "random_masking", fake_masking)
-    monkeypatch.setattr(genhmr, "swap_visible", fake_swap)
+    monkeypatch.setattr(genhmr_experiments, "swap_visible", fake_swap)
     monkeypatch.setattr(genhmr, "gumbel_softmax_st", fake_gumbel)
     betas, cam = torch.randn(B, 10, generator=seeded(43)) * 0.3, torch.tensor([[0.9, 0.01, -0.02]] * B)
     stub = _FixedGenHMR(tokenizer, logits, betas, cam)
-    loss, terms = genhmr.training_loss(stub, batch, cfg, 25)
+    loss, terms = genhmr_experiments.training_loss(stub, batch, cfg, 25)
     # the pieces handed along
     assert torch.equal(calls["masking"][0], y_gt) and calls["masking"][1:] == (K, 0.7)
     assert torch.equal(calls["swap"][0], torch.where(mask, K, y_gt)) and torch.equal(calls["swap"][1], mask)
@@ -1652,7 +1670,7 @@ def test_tokenizer_training_loss_by_hand():
     Mv, Mj = torch.randn(24 * 9, 15, generator=g), torch.randn(24 * 9, 12, generator=g)
     cfg = with_fields(TOK, w_re=2.0, w_pose=0.7, w_verts=0.5, w_joints=0.3, w_commit=0.02, loss_vertices=64)
     model = _FixedTokenizerModel(R, torch.tensor(0.7), torch.tensor(12.0), Mv, Mj, cfg.model)
-    loss, terms = genhmr.TokenizerStage.training_loss(model, {"smpl_pose": pose}, cfg, 0)
+    loss, terms = genhmr_experiments.TokenizerStage.training_loss(model, {"smpl_pose": pose}, cfg, 0)
     R_gt = _rot_z(angles.double())
     pose_term = (R.double() - R_gt).abs().sum() / (B * 24 * 9)
     dv = (R.double().flatten(1) - R_gt.flatten(1)) @ Mv.double()
@@ -1673,7 +1691,7 @@ def test_tokenizer_training_loss_by_hand():
     torch.manual_seed(61)
     u = torch.rand(B, 2) * 2 - 1
     torch.manual_seed(61)
-    genhmr.TokenizerStage.training_loss(model, {"smpl_pose": pose}, aug, 0)
+    genhmr_experiments.TokenizerStage.training_loss(model, {"smpl_pose": pose}, aug, 0)
     seen = model.seen[-1]
     assert torch.equal(seen[:, 1:], pose[:, 1:])
     yaw, roll = torch.deg2rad(u[:, 0] * 40.0).double(), torch.deg2rad(u[:, 1] * 10.0).double()
@@ -1752,15 +1770,17 @@ def test_small_preset_builds_every_stage_and_each_image_stage_takes_a_step(token
     """The `small` preset between TINY and PAPER (docs/genhmr.md, "GenHMR as it scales"): every stage has it, its
     renders are twice TINY's side on TINY's grid, and the backbone stage and the image stage built from it each take
     one AdamW step on CPU that moves their weights, with finite losses."""
-    for configs_of_stage in (genhmr.TOKENIZER_CONFIGS, genhmr.BACKBONE_CONFIGS, genhmr.PRIOR_CONFIGS, genhmr.CONFIGS):
+    for configs_of_stage in (genhmr_experiments.TOKENIZER_CONFIGS, genhmr_experiments.BACKBONE_CONFIGS,
+                             genhmr_experiments.PRIOR_CONFIGS, genhmr_experiments.CONFIGS):
         assert "small" in configs_of_stage
-    small, tiny = genhmr.CONFIGS["small"].model, genhmr.TINY.model
+    small, tiny = genhmr_experiments.CONFIGS["small"].model, genhmr.TINY.model
     assert small.image_hw == tuple(2 * s for s in tiny.image_hw) and small.d_model == 256
     assert genhmr.level_sizes(small) == genhmr.level_sizes(tiny)
     batch = body_batch(2, size=128)
     batch["image"] = batch["image"][..., :96]
     torch.manual_seed(0)
-    stages = ((genhmr.BackboneStage, genhmr.BACKBONE_CONFIGS["small"]), (genhmr, genhmr.CONFIGS["small"]))
+    stages = ((genhmr_experiments.BackboneStage, genhmr_experiments.BACKBONE_CONFIGS["small"]),
+              (genhmr_experiments, genhmr_experiments.CONFIGS["small"]))
     parent = tokenizer
     for protocol, cfg in stages:
         model = protocol.build_model(cfg, parent).train()

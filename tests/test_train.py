@@ -626,22 +626,23 @@ def test_simplehand_runs_end_to_end_and_reports(tmp_path):
     assert (tmp_path / "simplehand" / "predictions.png").stat().st_size > 10_000
     ckpt = load(tmp_path / "simplehand" / "ckpt.pt")
     assert ckpt["step"] == 2 and ckpt["config"]["recipe"]["batch_size"] == 4
-    model = train.simplehand.build_model(configs.config_from_dict(train.simplehand.SimpleHandPreset, ckpt["config"]))
+    model = train.simplehand_experiments.build_model(
+        configs.config_from_dict(train.simplehand_experiments.SimpleHandExperiment, ckpt["config"]))
     model.load_state_dict(ckpt["model"])
 
 
 def test_simplehand_gradient_of_a_batch_is_the_mean_of_its_halves():
     """What the DDP equivalence needs from the model: no coupling between the samples of a batch
     (no BatchNorm, no dropout in `tiny`), so two ranks' averaged gradients equal one process's."""
-    cfg = train.simplehand.CONFIGS["tiny"]
+    cfg = train.simplehand_experiments.CONFIGS["tiny"]
     torch.manual_seed(0)
-    model = train.simplehand.build_model(cfg)
+    model = train.simplehand_experiments.build_model(cfg)
     dataset = train.synthetic.SyntheticHands(8, cfg.model.image_size, seed=3)
     batch = torch.utils.data.default_collate([dataset[i] for i in range(8)])
 
     def gradients(part):
         model.zero_grad()
-        train.simplehand.training_loss(model, part, cfg, 0)[0].backward()
+        train.simplehand_experiments.training_loss(model, part, cfg, 0)[0].backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
     full = gradients(batch)
