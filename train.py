@@ -9,7 +9,8 @@ Top to bottom: the stage table, helpers (--set, data order, checkpoints, evaluat
 optimiser -> data -> resume -> training loop -> final report), the chain of stages, then `main`. ablate.py runs
 a paper's ablation tables with these pieces; checkpoints.py reads a trained model back; distributed.py is the
 torchrun block (ranks, collectives, restarts, a dead peer, preemption). The script knows no paper: it speaks
-this protocol (a module, or any object with these attributes):
+this protocol to a paper's experiments file (`<paper>_experiments.py`, or an object in it with these attributes),
+which maps the trainer's dict batches onto the reference file's tensor API:
 - `CONFIGS`: {name: preset}. "tiny" runs on two CPU cores; paper presets carry the paper's numbers. A preset is
   a dataclass of config dataclasses (the model's, the recipe, ...) whose leaves have distinct names: --set,
   ablation rows and the trainer name them so. The trainer reads `batch_size` (the GLOBAL batch), `max_steps`,
@@ -98,7 +99,7 @@ from distributed import fail
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    paper: typing.Any  # the paper module (or object) offering the protocol of the docstring
+    paper: typing.Any  # the paper's experiments module (or an object in it) offering the docstring's protocol
     data: typing.Callable  # (kind, path, split, cfg, seed, n) -> Dataset of dicts
     metrics: typing.Callable  # (pred, gt) -> {name: float}; the first is the headline
     baseline: typing.Callable  # (labels) -> callable gt -> constant prediction
