@@ -64,6 +64,9 @@ def config_from_dict(cls, values):
     """The config dataclass `cls` rebuilt from `dataclasses.asdict` of one (a checkpoint's "config"). Leaves are
     placed by name, so a checkpoint written before a leaf moved to another sub-config still loads; a leaf `cls`
     no longer has raises ValueError naming it, and a leaf the checkpoint lacks keeps its default."""
+    if not dataclasses.is_dataclass(cls):  # a preset of another type (a dict): its saved fields as they are
+        return cls(**values)
+
     def flat(tree):
         return {k: w for key, v in tree.items() for k, w in (flat(v) if isinstance(v, dict) else {key: v}).items()}
 
