@@ -632,9 +632,10 @@ def read_checkpoint(path, what, container=None):
         names = ", ".join(sorted(set(re.findall(r"GLOBAL (\S+)", str(e)))))
         if not names:  # not a pickle at all: garbage or a truncated file
             raise ValueError(f"{path}: torch.load(weights_only=True) cannot read it as {what}: {e}") from None
-        raise ValueError(f"{path}: holds pickled objects besides tensors ({names}), which torch.load(weights_only="
-                         "True) refuses. If you trust the file, keep only its weights once: torch.load it inside "
-                         f"`with torch.serialization.safe_globals([{names}]):` and torch.save its weights") from None
+        raise ValueError(f"{path}: holds pickled objects besides tensors ({names}), which "
+                         "torch.load(weights_only=True) refuses. If you trust the file, keep only its weights once: "
+                         f"torch.load it inside `with torch.serialization.safe_globals([{names}]):` and "
+                         "torch.save its weights") from None
     except Exception as e:  # not a torch.save file, or a truncated one
         raise ValueError(f"{path}: torch.load(weights_only=True) cannot read it as {what}: {type(e).__name__}: "
                          f"{(str(e).splitlines() or [''])[0]}") from None
