@@ -10,11 +10,15 @@ OUT/<stage>/ckpt.pt is one dict of tensors and plain Python values, so torch.loa
                  OUT/<parent stage>/ckpt.pt
     optimizer, step, rng (each rank's RNG states: `rng_state`), data (--data, --seed, the data position),
     history, train_time_s: what a resume needs
+    parents      {stage: SHA-256 of its ckpt.pt} for every stage this one starts from (its parent, the parent's
+                 parent, ...): `load_trained` refuses a parent file that differs from the one trained from
+                 (checkpoints written before 2026-11-28 have none, and their parents are not checked)
 
 A stage that starts from another is rebuilt oldest first: build the parent from its checkpoint, then
 `build_model(cfg, parent)` and the stage's own tensors. Bad files raise `data.InputError` naming the file.
 """
 
+import hashlib
 import pathlib
 import random
 
@@ -86,6 +90,26 @@ def load_checkpoint(path, stage):
     return ckpt
 
 
+def file_hash(path):
+    """The SHA-256 of a file's bytes, as hex (what a checkpoint's `parents` records of each parent's ckpt.pt)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_parents(ckpt, path, parent_path):
+    """Raise InputError naming the files if a parent that the checkpoint at `path` records is not, byte for byte,
+    the one at parent_path(stage) (retrained or replaced since: the stage's own weights would not fit it)."""
+    for stage, digest in ckpt.get("parents", {}).items():
+        p = pathlib.Path(parent_path(stage))
+        if not p.is_file() or file_hash(p) != digest:
+            raise InputError(f"{path}: was trained from a {stage!r} checkpoint with SHA-256 {digest[:12]}..., but "
+                             f"{p} {'is missing' if not p.is_file() else 'differs (retrained or replaced since)'}; "
+                             "retrain this stage on it or put the original back")
+
+
 def saved_config(ckpt, configs, path):
     """The config dataclass a checkpoint was trained with; configs: the paper's {preset name: config}."""
     if ckpt["config_name"] not in configs:
@@ -122,6 +146,7 @@ def load_trained(path, chain, parent_path=None):
     for k, (stage, configs, build) in enumerate(chain):
         p = path if k == len(chain) - 1 else parent_path(stage)
         ckpt = last if p == path else load_checkpoint(p, stage)
+        check_parents(ckpt, p, parent_path)
         cfg = saved_config(ckpt, configs, p)
         parent, model = model, build(cfg, model)
         load_own_state(model, ckpt["model"], parent, p)

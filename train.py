@@ -410,6 +410,8 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
         fail(f"batch_size {recipe.batch_size} is the global batch; expected a multiple of the {ranks.world_size} ranks")
     os.makedirs(out, exist_ok=True)
     parent = trained_model(stage.starts_from, args, ranks.device)[0] if stage.starts_from else None
+    # the files of the stages it starts from, by content: load_trained refuses this stage on any other
+    parents = {s: checkpoints.file_hash(os.path.join(stage_dir(s, args), "ckpt.pt")) for s in lineage(name)[1:]}
 
     # -- model (the same initial weights on every rank) and optimiser over the parameters that train
     seed_everything(args.seed)
@@ -443,6 +445,7 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
     seed_everything(args.seed + ranks.rank)  # seed offset: per-rank randomness (dropout) differs
     if ckpt is not None:  # weights, optimiser, step and (when the number of ranks is unchanged) this rank's RNGs
         try:
+            checkpoints.check_parents(ckpt, path, lambda s: os.path.join(stage_dir(s, args), "ckpt.pt"))
             checkpoints.load_own_state(model, ckpt["model"], parent, path)
         except data.InputError as e:
             fail(str(e))
@@ -482,7 +485,7 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
                 rng=rng,  # one dict per rank
                 data=dict(data=args.data, seed=args.seed, train_samples=n, samples_seen=seen, epoch=seen // n,
                           position_in_epoch=seen % n),
-                history=history, train_time_s=seconds,
+                history=history, train_time_s=seconds, parents=parents,
             ), path)
         ranks.barrier()
 

@@ -73,3 +73,28 @@ def test_load_trained_rebuilds_the_chain_and_names_the_missing_parent(tmp_path):
     os.remove(tmp_path / "base" / "ckpt.pt")
     with pytest.raises(InputError, match=f"{tmp_path / 'base' / 'ckpt.pt'}: no such checkpoint"):
         checkpoints.load_trained(tmp_path / "head" / "ckpt.pt", chain)
+
+
+def test_load_trained_refuses_a_parent_other_than_the_one_trained_from(tmp_path):
+    """A stage records its parents' content (train.py's `parents`): a parent retrained or replaced since is named,
+    not silently combined with weights that were fitted to another one."""
+    configs = {"tiny": dict(width=4)}
+    torch.manual_seed(0)
+    base = build_base(configs["tiny"], None)
+    model = Head(base)
+    (tmp_path / "base").mkdir(), (tmp_path / "head").mkdir()
+    base_path, head_path = tmp_path / "base" / "ckpt.pt", tmp_path / "head" / "ckpt.pt"
+    checkpoints.save_file(dict(model_name="base", config_name="tiny", config=dict(width=4),
+                               model=checkpoints.own_state(base, None)), base_path)
+    checkpoints.save_file(dict(model_name="head", config_name="tiny", config=dict(width=4),
+                               model=checkpoints.own_state(model, base),
+                               parents={"base": checkpoints.file_hash(base_path)}), head_path)
+    chain = [("base", configs, build_base), ("head", configs, lambda cfg, parent: Head(parent))]
+    checkpoints.load_trained(head_path, chain)  # the same parent: loads
+    with torch.no_grad():
+        base.weight.add_(1e-3)  # the parent retrained: other weights in the same place
+    checkpoints.save_file(dict(model_name="base", config_name="tiny", config=dict(width=4),
+                               model=checkpoints.own_state(base, None)), base_path)
+    with pytest.raises(InputError, match=rf"{head_path}: was trained from a 'base' checkpoint .* but {base_path} "
+                                         r"differs \(retrained or replaced since\)"):
+        checkpoints.load_trained(head_path, chain)
