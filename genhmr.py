@@ -635,11 +635,12 @@ def uncertainty_guided_sampling(model, images, T=5, schedule="cosine", top_k=1, 
 
 @torch.no_grad()
 def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generator=None, choice_temperature=0.0,
-                         seeds=None):
+                         seeds=None, rank_by=None):
     """UGS's iterations on an encoded image pyramid -> (ids (B, L), history: per iteration t, (masked (B, L) after t,
     confidence (B, L) of the sampled tokens, ids (B, L) sampled or fixed at t, before re-masking)).
     choice_temperature c > 0 ranks the masked tokens by log p + c (1 - t / T) g, g ~ Gumbel(0, 1) (MaskGIT's,
-    NOTE 17: `gumbel_noise`, appendix A)."""
+    NOTE 17: `gumbel_noise`, appendix A). rank_by(t, sampled, confidence) -> (B, L), not the paper's: another
+    ranking (lower re-masked first) in place of the confidence, for the diagnostics' re-masking orders."""
     # levels None: no image (a pose prior); the batch size and device then come from seeds
     B, device = (len(levels[0]), levels[0].device) if levels is not None else (len(seeds), seeds.device)
     L = model.num_tokens
@@ -651,8 +652,8 @@ def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generat
         sampled = sample_tokens(probs, top_k, generator)
         confidence = probs.gather(-1, sampled[..., None])[..., 0]  # probability of the chosen token
         ids = torch.where(masked, sampled, ids)
-        score = confidence
-        if choice_temperature > 0 and n:
+        score = confidence if rank_by is None else rank_by(t, sampled, confidence)
+        if choice_temperature > 0 and n and rank_by is None:
             noise = gumbel_noise((B, L), seeds, t, generator, device)
             score = confidence.clamp_min(1e-30).log() + choice_temperature * (1 - t / T) * noise
         score = torch.where(masked, score, torch.full_like(score, math.inf))  # fixed stay fixed

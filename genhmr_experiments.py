@@ -622,8 +622,8 @@ def diagnostics(model, cfg, train_labels):
     (root-relative) of UGS for every T in TABLE_ITERATIONS x schedule (table_{schedule}_T{T}_joints3d), of
     `soft_readout` (table_soft_T1_joints3d), of refinement after UGS for every P in TABLE_REFINE_STEPS
     (table_refine_P{P}_joints3d), `context_accuracies` with the neighbour counts of train_labels["smpl_pose"]
-    (n, 24, 3) tokenized (count_table_accuracy_75, when the table has at most COUNT_TABLE_MAX_CELLS cells), and
-    `ugs_commits` of UGS at the inference config's T and schedule."""
+    (n, 24, 3) tokenized (count_table_accuracy_75, when the table has at most COUNT_TABLE_MAX_CELLS cells),
+    `ugs_commits` of UGS at the inference config's T and schedule, and `context_use`."""
     model = _unwrap(model)
     tok, counts = model.tokenizer, neighbour_counts(model, train_labels)
 
@@ -634,6 +634,7 @@ def diagnostics(model, cfg, train_labels):
         ugs = functools.partial(genhmr.sample_from_features, model, levels, top_k=inf.top_k,
                                 choice_temperature=inf.choice_temperature, seeds=batch["index"])
         out = context_accuracies(model, levels, batch, counts)
+        out.update(context_use(model, levels, betas, batch, inf.choice_temperature))
         out.update(ugs_commits(tok, ugs(inf.ugs_iterations, inf.schedule)[1], betas, batch))
         runs = {(schedule, T): ugs(T, schedule)[0] for schedule in genhmr.SCHEDULES for T in TABLE_ITERATIONS}
         for (schedule, T), ids in runs.items():
@@ -769,6 +770,49 @@ def context_accuracies(model, levels, batch, counts=None):
            accuracy(model.logits(y.masked_fill(hidden, model.num_codes), levels).argmax(-1))}
     if counts is not None:
         out["count_table_accuracy_75"] = accuracy(counts.predict(y, hidden))
+    return out
+
+
+REMASK_ORDERS = ("confidence", "noise", "random", "oracle")  # `context_use`'s UGS re-masking orders
+
+
+@torch.no_grad()
+def context_use(model, levels, betas, batch, choice_temperature, T=5):
+    """Why iterating UGS does or does not pay: how much the transformer uses the tokens it is shown. A quarter of
+    the L positions is shown (`context_masks(visible=0.25)`), filled with nothing ([MASK]), the true tokens Y*
+    (batch["smpl_pose"] tokenized) or the model's own one-pass argmax; the hidden three quarters are predicted in
+    one pass. -> per sample (B,): context_{none,true25,own25}_hidden_accuracy (the hidden tokens right),
+    context_true25_overruled (the shown true tokens whose own prediction differs: Eq. 1's loss runs over every
+    position, so the logits there can overrule what they are given), and (B, 24, 3) root-relative joints
+    context_{none,true25,own25}_joints3d (the hidden tokens replaced, the shown ones kept from the one pass: only the
+    context's effect differs; `none` is UGS T = 1), and remask_{order}_T{T}_joints3d of UGS T under each of
+    REMASK_ORDERS: the least confident first (the paper's, choice temperature 0), MaskGIT's noise (log p plus
+    c (1 - t / T) Gumbel, c = choice_temperature), a random order, and an oracle that commits the right tokens
+    first (then by confidence). {} for a batch without poses."""
+    if "smpl_pose" not in batch:
+        return {}
+    tok, K = model.tokenizer, model.num_codes
+    y = tok.tokenize(batch["smpl_pose"].float())
+    hidden = context_masks(batch["index"], y.shape[1], visible=0.25)
+    labelled = batch.get("has_smpl_pose", torch.ones(len(y), device=y.device)) > 0
+    def share(right, where):
+        value = ((right & where).sum(1) / where.sum(1)).float()
+        return torch.where(labelled, value, torch.full_like(value, math.nan))
+    one_pass = model.logits(torch.full_like(y, K), levels).argmax(-1)  # UGS T = 1
+    out = {}
+    for name, shown in (("none", torch.full_like(y, K)), ("true25", y), ("own25", one_pass)):
+        pred = model.logits(torch.where(hidden, torch.full_like(y, K), shown), levels).argmax(-1)
+        out[f"context_{name}_hidden_accuracy"] = share(pred == y, hidden)
+        out[f"context_{name}_joints3d"] = tok.body.joints(tok.decode_ids(torch.where(hidden, pred, one_pass)), betas)
+        if name == "true25":
+            out["context_true25_overruled"] = share(pred != y, ~hidden)
+    seeds = batch["index"]
+    orders = {"confidence": dict(), "noise": dict(choice_temperature=choice_temperature),
+              "random": dict(rank_by=lambda t, sampled, p: genhmr.gumbel_noise(p.shape, seeds, t, device=p.device)),
+              "oracle": dict(rank_by=lambda t, sampled, p: (sampled == y).float() * 2 + p)}  # p <= 1 < 2
+    for order, kw in orders.items():
+        ids = genhmr.sample_from_features(model, levels, T, seeds=seeds, **kw)[0]
+        out[f"remask_{order}_T{T}_joints3d"] = tok.body.joints(tok.decode_ids(ids), betas)
     return out
 
 

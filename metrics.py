@@ -569,8 +569,8 @@ def body_metrics(pred, gt):
     joints3d and verts; with pred["reproj_error_px"] and pred["refined_reproj_error_px"] (B,), their
     means and refine_2d_improved_fraction, the share of samples whose 2D error fell; with pred["detected_*"] (B,)
     (the 2D joints refinement was given, against the labels), their means; with
-    pred[p + "masked_token_accuracy_75"] / pred[p + "count_table_accuracy_75"] / pred["ugs_t{t}_commit_precision"] (B,),
-    their means over the rows that have them.
+    pred[p + "masked_token_accuracy_75"] / pred[p + "count_table_accuracy_75"] / pred["ugs_t{t}_commit_precision"] /
+    pred["context_*_hidden_accuracy"] / pred["context_true25_overruled"] (B,), their means over the rows that have them.
     Real benchmarks (gt from data.HMR2Npz, with "keypoints3d"): a variant with meshes is scored by
     the benchmarks' protocol (`hmr2_errors`, regressor from $HMR_J_REGRESSOR), one without (a table
     row's joints) by `body_errors` on the rows with SMPL labels. With gt["joints3d_other"]
@@ -589,7 +589,7 @@ def body_metrics(pred, gt):
         if "joints3d_other" in gt:  # data.AmbiguousBodies: which of two readings each prediction commits to
             out.update(two_reading_errors(pred[p + "joints3d"], gt["joints3d"], gt["joints3d_other"], p))
     # GenHMR's: NaN on rows without a pose
-    for key in [k for k in pred if k.endswith(("_accuracy_75", "_commit_precision"))]:
+    for key in [k for k in pred if k.endswith(("_accuracy_75", "_commit_precision", "_hidden_accuracy", "_overruled"))]:
         if not torch.isnan(pred[key]).all():
             out[key] = torch.nanmean(pred[key].double()).item()
     for key in [k for k in pred if k.startswith("detected_")]:  # GenHMR's: the 2D joints its refinement was given

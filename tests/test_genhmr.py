@@ -486,6 +486,8 @@ def test_predict_is_the_papers_inference_and_diagnostics_hold_the_tables(model, 
     expected |= {f"table_refine_P{P}_joints3d" for P in genhmr_experiments.TABLE_REFINE_STEPS}
     expected |= {"table_soft_T1_joints3d", "masked_token_accuracy_75", "count_table_accuracy_75"}
     expected |= {f"ugs_t{t}_{k}" for t in range(1, 4) for k in ("joints3d", "commit_precision")}
+    expected |= {f"context_{c}_{k}" for c in ("none", "true25", "own25") for k in ("hidden_accuracy", "joints3d")}
+    expected |= {"context_true25_overruled"} | {f"remask_{o}_T5_joints3d" for o in genhmr_experiments.REMASK_ORDERS}
     assert set(diag) == expected and not expected & set(out)
     for key, prefix in (("table_cosine_T3_joints3d", ""), ("table_refine_P5_joints3d", "refined_")):
         torch.testing.assert_close(diag[key] + out[prefix + "cam_t"][:, None], out[prefix + "joints3d"], atol=1e-5,
@@ -580,6 +582,50 @@ def test_context_accuracies_follow_the_index_and_body_metrics_average_them(model
     scored = metrics.body_metrics(dict(out, joints3d=torch.zeros(3, 24, 3)), {"joints3d": torch.zeros(3, 24, 3)})
     assert scored["masked_token_accuracy_75"] == pytest.approx(1.0)
     assert scored["count_table_accuracy_75"] == pytest.approx(float(out["count_table_accuracy_75"][[0, 2]].mean()))
+
+
+def test_context_use_measures_the_context_and_the_remasking_orders(model, tokenizer):
+    """context_use: with no context the hidden tokens are the one pass's (T = 1); a generator that copies what it is
+    shown and knows nothing else overrules nothing and gets the hidden tokens of the one pass; one told the true
+    tokens everywhere gets every hidden token right; the confidence order is the paper's UGS (c = 0) and the
+    oracle order commits only right tokens while any is left."""
+    import metrics
+    batch = body_batch(3, seed=8)
+    batch["index"] = torch.tensor([5, 6, 7])
+    levels, betas, _ = model.encode_image(batch["image"])
+    out = genhmr_experiments.context_use(model, levels, betas, batch, choice_temperature=0.0)
+    ugs1 = genhmr.sample_from_features(model, levels, 1)[0]
+    torch.testing.assert_close(out["context_none_joints3d"], tokenizer.body.joints(tokenizer.decode_ids(ugs1), betas))
+    ugs5 = genhmr.sample_from_features(model, levels, 5, seeds=batch["index"])[0]
+    torch.testing.assert_close(out["remask_confidence_T5_joints3d"],
+                               tokenizer.body.joints(tokenizer.decode_ids(ugs5), betas))
+    torch.testing.assert_close(out["remask_noise_T5_joints3d"], out["remask_confidence_T5_joints3d"])  # c = 0
+    y = tokenizer.tokenize(batch["smpl_pose"])
+    hidden = genhmr_experiments.context_masks(batch["index"], y.shape[1], visible=0.25)
+    assert hidden.sum(1).tolist() == [round(0.75 * y.shape[1])] * 3  # a quarter shown
+    m = genhmr_experiments.build_model(IMG, tokenizer).eval()
+    m.logits = lambda ids, levels: F.one_hot(y, m.num_codes).float()  # knows the answer everywhere
+    told = genhmr_experiments.context_use(m, levels, betas, batch, choice_temperature=0.0)
+    assert [told[f"context_{c}_hidden_accuracy"].tolist() for c in ("none", "true25")] == [[1.0] * 3] * 2
+    assert told["context_true25_overruled"].tolist() == [0.0] * 3
+    guess = (y + 1) % m.num_codes  # a fixed wrong answer wherever it is not shown a token
+    m.logits = lambda ids, levels: F.one_hot(torch.where(ids < m.num_codes, ids, guess), m.num_codes).float()
+    copier = genhmr_experiments.context_use(m, levels, betas, batch, choice_temperature=0.0)
+    assert copier["context_true25_overruled"].tolist() == [0.0] * 3
+    assert copier["context_true25_hidden_accuracy"].tolist() == [0.0] * 3
+    scored = metrics.body_metrics(dict(copier, joints3d=torch.zeros(3, 24, 3)), {"joints3d": torch.zeros(3, 24, 3)})
+    assert scored["context_true25_overruled"] == 0.0 and "context_own25_mpjpe_mm" in scored
+    # the oracle: a generator right on a third of the positions, surest where it is wrong
+    right = torch.arange(y.shape[1]) % 3 == 0
+    probs = torch.where(right, 0.4, 0.9)[None, :, None]
+    wrong_logits = lambda ids, levels: (probs * F.one_hot(torch.where(right, y, guess), m.num_codes)).log1p()
+    m.logits = wrong_logits
+    for order in ("oracle", "confidence"):
+        rank_by = (lambda t, sampled, p: (sampled == y).float() * 2 + p) if order == "oracle" else None
+        _, history = genhmr.sample_from_features(m, levels, 5, rank_by=rank_by)
+        fixed_first = ~history[0][0]  # committed at t = 1
+        precision = float((history[0][2] == y)[fixed_first].float().mean())
+        assert precision == (1.0 if order == "oracle" else 0.0), order
 
 
 def test_every_ablation_row_sets_existing_fields_that_round_trip_through_set():
