@@ -1,0 +1,113 @@
+"""records.py: one committed record per default run, the single source of every figure the README, docs/ and the
+notebooks quote (docs/runs/NAME.json).
+
+    python records.py run NAME -- torchrun --standalone --nproc_per_node=2 train.py --model simplehand
+    python records.py write NAME --wall-s 803 -- torchrun ... train.py --model simplehand --out out   # after the run
+
+`run` times the command and then writes the record; `write` records a run that has finished (its wall time given).
+A record holds the command, the code's commit (and whether the tree had uncommitted changes), the machine, the
+start and end, the wall time and, for each stage of the chain --model trains, that stage's metrics.json as
+train.py wrote it (its metrics, its baseline's, its training history). `load(NAME)` reads one back;
+`figure(record, stage, key)` is one metric.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+from bodymodels import atomic_write
+
+RUNS = pathlib.Path(__file__).resolve().parent / "docs" / "runs"
+
+
+def load(name, folder=RUNS):
+    """The record docs/runs/NAME.json (a dict)."""
+    return json.loads((pathlib.Path(folder) / f"{name}.json").read_text())
+
+
+def figure(record, stage, key):
+    """A metric of a record: stage's metrics.json value at `key` ("a/b/c" walks nested dicts, as train.py names
+    them), e.g. figure(load("simplehand"), "simplehand", "pa_mpjpe_mm")."""
+    value = record["stages"][stage]
+    for part in key.split("/") if key not in value else [key]:
+        value = value[part]
+    return value
+
+
+def _git(*args):
+    out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=RUNS.parent.parent)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _option(command, flag, default):
+    """The value of `flag` in an argv list (`--flag V` or `--flag=V`)."""
+    for i, word in enumerate(command):
+        if word == flag and i + 1 < len(command):
+            return command[i + 1]
+        if word.startswith(flag + "="):
+            return word.split("=", 1)[1]
+    return default
+
+
+def machine():
+    import torch
+    return dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                cpus=os.cpu_count(), python=platform.python_version(), torch=torch.__version__,
+                gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+
+
+def write(name, command, wall_s, started, folder=RUNS):
+    """Write docs/runs/NAME.json (atomically) for the finished run of `command` (argv list)."""
+    import train  # the chain of stages --model trains
+    model, out = _option(command, "--model", None), _option(command, "--out", "out")
+    if model not in train.MODELS:
+        raise SystemExit(f"records.py: the command names no train.py --model (got {model!r})")
+    stages = {}
+    for stage in train.lineage(model)[::-1]:  # oldest first
+        path = pathlib.Path(out) / stage / "metrics.json"
+        if not path.is_file():
+            raise SystemExit(f"records.py: {path} is missing: did the run finish?")
+        stages[stage] = json.loads(path.read_text())
+    record = dict(name=name, command=shlex.join(command), commit=_git("rev-parse", "HEAD"),
+                  uncommitted_changes=bool(_git("status", "--porcelain", "--untracked-files=no")),
+                  machine=machine(), started=started, wall_s=round(wall_s, 1),
+                  finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), stages=stages)
+    path = pathlib.Path(folder) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(json.dumps(record, indent=1).encode()))
+    print(f"wrote {path}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Run and record a default run (docs/runs/NAME.json).")
+    p.add_argument("action", choices=("run", "write"))
+    p.add_argument("name", help="the record's name (docs/runs/NAME.json)")
+    p.add_argument("--wall-s", type=float, help="write: the run's measured wall time in seconds")
+    p.add_argument("--started", help="write: when the run started (ISO 8601)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- the train.py command (torchrun ...)")
+    args = p.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        p.error("give the command after --")
+    if args.action == "write":
+        if args.wall_s is None or not args.wall_s > 0:
+            p.error("write needs --wall-s, the run's wall time in seconds (> 0)")
+        return write(args.name, command, args.wall_s, args.started)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    t0 = time.time()
+    status = subprocess.run(command).returncode
+    if status:
+        print(f"records.py: the command exited with status {status}; nothing recorded", file=sys.stderr)
+        raise SystemExit(status)
+    write(args.name, command, time.time() - t0, started)
+
+
+if __name__ == "__main__":
+    main()
