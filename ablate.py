@@ -22,7 +22,6 @@ row: its overrides, our figures, the paper's, the folder it was trained in).
 import argparse
 import json
 import os
-import sys
 
 import bodymodels
 import configs
@@ -224,12 +223,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except distributed.Preempted:  # SIGTERM before the job began: nothing to save
-        raise SystemExit(distributed.PREEMPTED)
-    except SystemExit as e:  # train.fail()'s one line: on stderr, exit status 2 (bad input), as argparse does
-        if not isinstance(e.code, str):
-            raise
-        print(f"ablate.py: error: {e.code}", file=sys.stderr)
-        raise SystemExit(2)
+    distributed.command(main, "ablate.py")

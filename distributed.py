@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 PREEMPTED = 143  # exit status after SIGTERM: 128 + 15, what a shell reports for a process that SIGTERM ended
+DIVERGED = 3  # exit status of a run whose loss or gradient norm turned non-finite (train.py keeps its last checkpoint)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +169,11 @@ def preempted(ranks):
     return bool(flag.item())
 
 
+class Diverged(Exception):
+    """Raised by every rank together when a step's loss or gradient norm is not finite (train.py, before the
+    optimiser step): its one-line message names the step, the terms and the checkpoint kept; exit status DIVERGED."""
+
+
 # ---------------------------------------------------------------------------------------------
 # The torchrun block of train.py and ablate.py: form the group, run, leave together
 
@@ -176,6 +182,20 @@ def fail(message):
     """Stop with a one-line error (no traceback): the command prints "SCRIPT: error: MESSAGE" on stderr and
     exits with status 2, as argparse does; under torchrun only rank 0 prints it."""
     raise SystemExit(message if int(os.environ.get("RANK", 0)) == 0 else 1)
+
+
+def command(main, script):
+    """Run `main()` as the command `script`: fail()'s one line on stderr with exit status 2 (bad input), as argparse
+    does; SIGTERM before the job began (nothing to save) with PREEMPTED."""
+    try:
+        main()
+    except Preempted:
+        raise SystemExit(PREEMPTED)
+    except SystemExit as e:
+        if not isinstance(e.code, str):
+            raise
+        print(f"{script}: error: {e.code}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def setup(args):
@@ -205,8 +225,8 @@ def setup(args):
 def run_job(job, args, own_process, script="train.py"):
     """The torchrun block around `job(ranks)`: form the group, run, leave together. A rank whose collective failed
     says so in one line and exits with status 1, or with PREEMPTED when SIGTERM reached it too (its peer left,
-    preempted); SIGTERM ends it with PREEMPTED (section 3). own_process: the command owns the process (it leaves
-    with os._exit; a test calling main() gets SystemExit)."""
+    preempted); SIGTERM ends it with PREEMPTED (section 3); a diverged run with DIVERGED, rank 0 saying why.
+    own_process: the command owns the process (it leaves with os._exit; a test calling main() gets SystemExit)."""
     try:
         ddp, ranks = setup(args)
         job(ranks)
@@ -216,14 +236,17 @@ def run_job(job, args, own_process, script="train.py"):
             dist.destroy_process_group()
         return
     except Preempted:  # at a step boundary every rank has written its part of the checkpoint
-        message = None
+        message, status = None, PREEMPTED
+    except Diverged as e:  # every rank, at the same step (rank 0 says why)
+        message = str(e) if int(os.environ.get("RANK", 0)) == 0 else None
+        status = DIVERGED
     except RuntimeError as e:  # a collective failed: one line, and no clean exit (the group is broken)
         if (message := peer_failure(e, timedelta(seconds=args.pg_timeout))) is None:
             raise
         message = None if sigterm_received() else message
+        status = 1 if message is not None else PREEMPTED
     if message is not None:
         print(f"{script}: error: {message}", file=sys.stderr, flush=True)
-    status = 1 if message is not None else PREEMPTED
     if own_process:  # the group's threads can abort the interpreter's teardown (SIGABRT): leave now
         sys.stdout.flush()
         sys.stderr.flush()
@@ -235,6 +258,15 @@ def run_job(job, args, own_process, script="train.py"):
 
 # ---------------------------------------------------------------------------------------------
 # Collectives of the trainer
+
+
+def any_over_ranks(flags, ranks):
+    """[bool]: which of `flags` (a bool tensor, the same length on every rank) is set on any rank (a collective,
+    through gloo on the CPU as `preempted`'s)."""
+    flags = flags.to("cpu", torch.float32)
+    if ranks.world_size > 1:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=ranks.cpu_group)
+    return flags.bool().tolist()
 
 
 def mean_over_ranks(values, ranks):

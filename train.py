@@ -66,7 +66,6 @@ import inspect
 import json
 import os
 import random
-import sys
 import time
 import typing
 from contextlib import nullcontext
@@ -435,7 +434,7 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
                  f"{time.time() - t0:.1f}s")
 
     # -- resume: the same data stream (--data, --seed, training samples), then the checkpoint's state; then DDP
-    start_step, history, train_time = 0, [], 0.0
+    start_step, history, train_time, changes = 0, [], 0.0, []
     if ckpt is not None:
         saved = {k: ckpt["data"][k] for k in ("data", "seed", "train_samples")}
         given = dict(data=args.data, seed=args.seed, train_samples=len(train_set))
@@ -456,6 +455,7 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
         if len(ckpt["rng"]) == ranks.world_size:
             checkpoints.set_rng_state(ckpt["rng"][ranks.rank], ranks.device)
         start_step, history, train_time = ckpt["step"], ckpt["history"], ckpt["train_time_s"]
+        changes = ckpt.get("changes", [])
         ranks.print0(f"resumed from {path} at step {start_step} ({len(ckpt['rng'])} rank(s) then, "
                      f"{ranks.world_size} now)")
     raw_model = model
@@ -471,11 +471,27 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
                  f"global batch {recipe.batch_size} ({recipe.batch_size // ranks.world_size} per rank) | "
                  f"{recipe.max_steps} steps")
 
+    kept = start_step if ckpt is not None else None  # the step of the last whole checkpoint in `path`
+
+    def diverged(why):
+        where = (f"kept {path}, the checkpoint of step {kept}, as it was; continue from it with a lower learning rate: "
+                 "--resume --set lr=..." if kept is not None else
+                 f"no checkpoint was written yet (the first at step {args.ckpt_every or recipe.max_steps})")
+        return distributed.Diverged(f"{name}: {why}; {where}")
+
     def save_checkpoint(steps_done, seconds):  # collective: every rank sends its RNG states, rank 0 writes
-        rng = [checkpoints.rng_state(ranks.device)]
+        nonlocal kept
+        # a checkpoint never holds non-finite weights: every rank looks at its own (the same under DDP)
+        weights = [v for v in checkpoints.own_state(raw_model, parent).values() if v.is_floating_point()]
+        mine = (checkpoints.rng_state(ranks.device), bool(torch.stack([v.isfinite().all() for v in weights]).all())
+                if weights else True)
+        gathered = [mine]
         if ranks.world_size > 1:
-            rng = [None] * ranks.world_size
-            dist.all_gather_object(rng, checkpoints.rng_state(ranks.device))
+            gathered = [None] * ranks.world_size
+            dist.all_gather_object(gathered, mine)
+        rng = [state for state, _ in gathered]
+        if not all(finite for _, finite in gathered):
+            raise diverged(f"the weights after step {steps_done} are not finite, so its checkpoint is not written")
         if ranks.master:
             n, seen = len(train_set), steps_done * recipe.batch_size  # samples consumed: the data position
             checkpoints.save_file(dict(
@@ -486,8 +502,10 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
                 data=dict(data=args.data, seed=args.seed, train_samples=n, samples_seen=seen, epoch=seen // n,
                           position_in_epoch=seen % n),
                 history=history, train_time_s=seconds, parents=parents,
+                **({"changes": changes} if changes else {}),  # what a --resume changed (--set lr=...)
             ), path)
         ranks.barrier()
+        kept = steps_done
 
     # -- the training loop: steps start_step .. max_steps, with logs, evaluations and checkpoints
     sampler = StepBatches(len(train_set), recipe.batch_size, ranks.rank, ranks.world_size, args.seed, start_step,
@@ -514,7 +532,18 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the gradients over the ranks here
             if recipe.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+            else:  # measured alone (clipping would scale the gradients by 1.0: the same numbers, another path)
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            # divergence: a non-finite loss or gradient norm on any rank stops every rank before this update (there is
+            # no GradScaler to skip steps: AMP is bf16 autocast), so the last checkpoint stays the last good one
+            values = torch.stack([torch.as_tensor(v).detach().float().reshape(()).to(loss.device)
+                                  for v in (loss, norm, *terms.values())])
+            bad = distributed.any_over_ranks(~values.isfinite(), ranks)
+            if bad[0] or bad[1]:
+                names = [n for n, b in zip(["loss", "gradient norm", *terms], bad) if b]
+                raise diverged(f"step {step + 1} of {recipe.max_steps} is not finite ({', '.join(names)}): every rank "
+                               "stopped before its optimiser step")
             optimizer.step()
             done, steps_since = step + 1, steps_since + 1
             if (args.log_every and done % args.log_every == 0) or done == recipe.max_steps:
@@ -617,14 +646,24 @@ def plan_chain(name, overrides, resume, args):
             plan.append((stage, ckpt["config_name"], cfg, None, False))
             continue
         same_run(path, ckpt, cfg, asked, args)
-        given = steps is not None or any(item.partition("=")[0].split(".")[-1] == "max_steps"
-                                         for item in overrides.get(stage, []))
-        cfg = with_fields(cfg, max_steps=recipe_of(asked).max_steps) if given else cfg
+        # the RESUMABLE fields the command gives take their new values; the others keep the checkpoint's
+        given = {item.partition("=")[0].split(".")[-1] for item in overrides.get(stage, [])} | (
+            {"max_steps"} if steps is not None else set())
+        then = recipe_of(cfg).lr
+        cfg = with_fields(cfg, **{k: getattr(recipe_of(asked), k) for k in RESUMABLE if k in given})
+        if recipe_of(cfg).lr != then:  # a deliberate change (after a divergence): said now, kept in the checkpoint
+            now = recipe_of(cfg).lr
+            if int(os.environ.get("RANK", 0)) == 0:
+                print(f"--resume {path} at step {ckpt['step']}: lr {then:g} then, {now:g} now (--set lr: recorded in "
+                      "the checkpoint's 'changes')", flush=True)
+            ckpt = dict(ckpt, changes=ckpt.get("changes", []) + [dict(step=ckpt["step"], lr=[then, now])])
         plan.append((stage, ckpt["config_name"], cfg, ckpt, True))
     return plan
 
 
-RESUMABLE = ("max_steps",)  # the fields a run may change when it continues a checkpoint (train longer or shorter)
+# the fields a run may change when it continues a checkpoint: train longer or shorter, or on at a lower learning rate
+# after a divergence (--resume --set lr=...)
+RESUMABLE = ("max_steps", "lr")
 
 
 def same_run(path, ckpt, saved, asked, args):
@@ -794,12 +833,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except distributed.Preempted:  # SIGTERM before the job began: nothing to save
-        raise SystemExit(distributed.PREEMPTED)
-    except SystemExit as e:  # fail()'s one line: on stderr, exit status 2 (bad input), as argparse does
-        if not isinstance(e.code, str):
-            raise
-        print(f"train.py: error: {e.code}", file=sys.stderr)
-        raise SystemExit(2)
+    distributed.command(main, "train.py")
