@@ -2,7 +2,7 @@
 notebooks quote (docs/runs/NAME.json).
 
     python records.py run NAME -- torchrun --standalone --nproc_per_node=2 train.py --model simplehand
-    python records.py write NAME --wall-s 803 -- torchrun ... train.py --model simplehand --out out   # after the run
+    python records.py write NAME --wall-s 803 [--started T] [--commit C] -- torchrun ... train.py ... --out out
 
 `run` times the command and then writes the record; `write` records a run that has finished (its wall time given).
 A record holds the command, the code's commit (and whether the tree had uncommitted changes), the machine, the
@@ -41,6 +41,12 @@ def figure(record, stage, key):
     return value
 
 
+def fail(message):
+    """One line on stderr and exit status 2 (bad input), as argparse does."""
+    print(f"records.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _git(*args):
     out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=RUNS.parent.parent)
     return out.stdout.strip() if out.returncode == 0 else None
@@ -58,27 +64,34 @@ def _option(command, flag, default):
 
 def machine():
     import torch
-    return dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):  # the CPU's model name, where Linux tells it
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return dict(platform=platform.platform(), processor=cpu,
                 cpus=os.cpu_count(), python=platform.python_version(), torch=torch.__version__,
                 gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
 
-def write(name, command, wall_s, started, folder=RUNS):
-    """Write docs/runs/NAME.json (atomically) for the finished run of `command` (argv list)."""
+def write(name, command, wall_s, started, commit=None, folder=RUNS):
+    """Write docs/runs/NAME.json (atomically) for the finished run of `command` (argv list); commit: the code's
+    commit when the run was made from another (default: this tree's HEAD, with its uncommitted changes noted)."""
     import train  # the chain of stages --model trains
     model, out = _option(command, "--model", None), _option(command, "--out", "out")
     if model not in train.MODELS:
-        raise SystemExit(f"records.py: the command names no train.py --model (got {model!r})")
+        fail(f"the command names no train.py --model (got {model!r})")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    finished = (datetime.datetime.fromisoformat(started) + datetime.timedelta(seconds=wall_s) if started else now)
+    finished = finished.isoformat(timespec="seconds")
     stages = {}
     for stage in train.lineage(model)[::-1]:  # oldest first
         path = pathlib.Path(out) / stage / "metrics.json"
         if not path.is_file():
-            raise SystemExit(f"records.py: {path} is missing: did the run finish?")
+            fail(f"{path} is missing: did the run finish?")
         stages[stage] = json.loads(path.read_text())
-    record = dict(name=name, command=shlex.join(command), commit=_git("rev-parse", "HEAD"),
-                  uncommitted_changes=bool(_git("status", "--porcelain", "--untracked-files=no")),
-                  machine=machine(), started=started, wall_s=round(wall_s, 1),
-                  finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), stages=stages)
+    record = dict(name=name, command=shlex.join(command), commit=commit or _git("rev-parse", "HEAD"),
+                  uncommitted_changes=None if commit else bool(_git("status", "--porcelain", "--untracked-files=no")),
+                  machine=machine(), started=started, wall_s=round(wall_s, 1), finished=finished, stages=stages)
     path = pathlib.Path(folder) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(json.dumps(record, indent=1).encode()))
@@ -91,15 +104,16 @@ def main(argv=None):
     p.add_argument("name", help="the record's name (docs/runs/NAME.json)")
     p.add_argument("--wall-s", type=float, help="write: the run's measured wall time in seconds")
     p.add_argument("--started", help="write: when the run started (ISO 8601)")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- the train.py command (torchrun ...)")
-    args = p.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        p.error("give the command after --")
+    p.add_argument("--commit", help="write: the commit the run's code was at (default: HEAD)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--" not in argv or argv.index("--") == len(argv) - 1:
+        p.error("give the train.py command after --, e.g. -- torchrun --standalone --nproc_per_node=2 train.py ...")
+    split = argv.index("--")
+    args, command = p.parse_args(argv[:split]), argv[split + 1:]
     if args.action == "write":
         if args.wall_s is None or not args.wall_s > 0:
             p.error("write needs --wall-s, the run's wall time in seconds (> 0)")
-        return write(args.name, command, args.wall_s, args.started)
+        return write(args.name, command, args.wall_s, args.started, args.commit)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     t0 = time.time()
     status = subprocess.run(command).returncode
