@@ -6,10 +6,20 @@ data's). Its leaves, the fields that are values, have distinct names across the 
 an ablation row's {field: value} and the trainer name a leaf without its path ("recipe.lr" works too). A plain
 dataclass of values is a preset with one level. `apply_overrides` parses --set's "key=value" items by the field's
 type; `config_from_dict` rebuilds a preset from a checkpoint's `dataclasses.asdict`.
+
+Ranges live on the field that declares them, in its annotation: `batch_size: Annotated[int, "[1, inf)"] = 32`, an
+interval of the number (of each item, for a tuple). `check_ranges` refuses a value outside it, a non-finite float,
+a value of the wrong type and a Literal field's value outside its choices, in one line naming the field;
+`apply_overrides` calls it, so --set and an ablation row's fields are checked before any work. A command's numeric
+flags declare theirs the same way, where the flag is declared: `add_argument("--max-steps", type=number(int,
+"[0, inf)"))`, in a `Parser` (argparse's, whose errors are one line).
 """
 
+import argparse
 import dataclasses
 import functools
+import math
+import re
 import types
 import typing
 
@@ -108,6 +118,86 @@ def parse_value(text, kind, current):
     return kind(text)
 
 
+def interval(spec):
+    """(low, high, low closed, high closed) of a range written as an interval: "[1, inf)", "[0, 1]", "(0, inf)"."""
+    m = re.fullmatch(r"\s*([\[(])\s*(-?inf|[-+\d.e]+)\s*,\s*(-?inf|[-+\d.e]+)\s*([\])])\s*", spec)
+    if not m:
+        raise TypeError(f"range {spec!r}: expected an interval such as '[1, inf)' or '[0, 1]'")
+    return float(m[2]), float(m[3]), m[1] == "[", m[4] == "]"
+
+
+def check_value(where, value, kind, spec):
+    """Raise ValueError naming `where` unless `value` is a `kind` (int, float, or a tuple of them) inside the
+    interval `spec` (None: any finite number); floats must be finite."""
+    items, number = (value if isinstance(value, (tuple, list)) and kind in (tuple, list) else (value,)), None
+    for item in items:
+        number = type(item) in (int, float) or (kind is float and type(item) is int)
+        if not number or (kind is int and type(item) is not int):
+            want = "a tuple of numbers" if kind in (tuple, list) else f"{'an' if kind is int else 'a'} {kind.__name__}"
+            raise ValueError(f"{where}={value!r}: expected {want}" + (f" in {spec}" if spec else ""))
+        low, high, low_in, high_in = interval(spec) if spec else (-math.inf, math.inf, False, False)
+        inside = (low <= item if low_in else low < item) and (item <= high if high_in else item < high)
+        if not math.isfinite(item) or not inside:
+            what = "each item" if kind in (tuple, list) else "a finite number" if spec is None else "a value"
+            raise ValueError(f"{where}={value!r}: expected {what} in {spec or '(-inf, inf)'}")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line ("PROG: error: argument --x: ..."), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def number(kind, spec):
+    """An argparse `type` for a flag whose values are `kind` (int or float) in the interval `spec`."""
+    def parse(text):
+        want = f"{'an integer' if kind is int else 'a number'} in {spec}"
+        try:
+            value = kind(text)
+            check_value("", value, kind, spec)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {want}") from None
+        return value
+    return parse
+
+
+def check_ranges(cfg):
+    """Raise ValueError, in one line naming the field, the value and what it accepts, unless every leaf of the
+    config is inside the range its annotation declares (`Annotated[int, "[1, inf)"]`), every float leaf without
+    one is finite, and every Literal leaf holds one of its choices."""
+    for f in dataclasses.fields(cfg):
+        value, where = getattr(cfg, f.name), f"{type(cfg).__name__}.{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_ranges(value)
+            continue
+        hint = typing.get_type_hints(type(cfg), include_extras=True)[f.name]
+        spec = None
+        if typing.get_origin(hint) is typing.Annotated:
+            hint, spec = typing.get_args(hint)[:2]
+        if typing.get_origin(hint) is typing.Literal and value not in typing.get_args(hint):
+            raise ValueError(f"{where}={value!r}: expected one of {', '.join(map(repr, typing.get_args(hint)))}")
+        kind = typing.get_origin(hint) or hint
+        if spec is not None or (kind is float and value is not None):
+            check_value(where, value, kind, spec)
+
+
+def numeric_leaves(cfg):
+    """{leaf name: its range or None} of the config's int, float and tuple leaves (those check_ranges can bound)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out |= numeric_leaves(value)
+            continue
+        hint = typing.get_type_hints(type(cfg), include_extras=True)[f.name]
+        spec = typing.get_args(hint)[1] if typing.get_origin(hint) is typing.Annotated else None
+        kind = typing.get_origin(typing.get_type_hints(type(cfg))[f.name]) or typing.get_type_hints(type(cfg))[f.name]
+        if kind in (int, float, tuple, list):
+            out[f.name] = spec
+    return out
+
+
 def apply_overrides(cfg, overrides):
     """A copy of the config `cfg` with each "key=value" of `overrides` (a leaf name or a dotted path) parsed by
     the field's type."""
@@ -126,8 +216,13 @@ def apply_overrides(cfg, overrides):
         try:
             changes[key] = parse_value(text, kind, getattr(owner, paths[key][-1]))
         except (ValueError, TypeError):
-            raise ValueError(f"--set {item}: expected a value of type {getattr(kind, '__name__', kind)}") from None
+            want = (f"one of {', '.join(map(str, typing.get_args(kind)))}" if typing.get_origin(kind) is typing.Literal
+                    else f"a value of type {getattr(kind, '__name__', kind)}")
+            raise ValueError(f"--set {item}: expected {want}") from None
     try:
-        return with_fields(cfg, **changes)
-    except ValueError as e:  # the config's own checks (__post_init__)
+        cfg = with_fields(cfg, **changes)  # the config's own checks (__post_init__)
+        if dataclasses.is_dataclass(cfg):
+            check_ranges(cfg)  # the ranges its fields declare
+        return cfg
+    except ValueError as e:
         raise ValueError(f"--set {' '.join(overrides)}: {e}") from None

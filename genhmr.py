@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.distributed as dist
@@ -727,23 +728,32 @@ def mesh_outputs(tokenizer, R, betas, cam, image_hw, prefix=""):
 # 5. Configs (PAPER, TINY): a preset per stage of sub-configs (the model's, inference, the recipe)
 
 
+# The range of each numeric field, an interval (configs.check_ranges: train.py refuses a value outside it)
+AtLeast1 = Annotated[int, "[1, inf)"]  # sizes, counts, widths
+AtLeast0 = Annotated[int, "[0, inf)"]  # steps, and counts whose 0 the field's comment explains
+NonNegative = Annotated[float, "[0, inf)"]  # loss weights, learning rates, decays
+Positive = Annotated[float, "(0, inf)"]
+Fraction = Annotated[float, "[0, 1]"]  # probabilities, dropout
+Sizes = Annotated[tuple, "[1, inf)"]  # each item a size
+
+
 @dataclass
 class TokenizerConfig:
     """What building the pose tokenizer reads, and its loss (App. > Implementation Details; Tables 5, 6)."""
-    num_tokens: int = 96  # L (Table 6: 96 chosen)
-    codebook_size: int = 2048  # K (Table 5: 2048 x 256 chosen)
-    code_dim: int = 256  # D
-    width: int = 512  # conv width. NOTE 2: unstated; TokenHMR's
-    res_depth: int = 2  # ResBlocks per Resnet1D (TokenHMR)
-    dilation_growth: int = 3  # dilations 1, 3, 9, ... (TokenHMR)
-    ema_decay: float = 0.99  # EMA codebook (Method: "exponential moving average and codebook reset")
+    num_tokens: AtLeast1 = 96  # L (Table 6: 96 chosen)
+    codebook_size: AtLeast1 = 2048  # K (Table 5: 2048 x 256 chosen)
+    code_dim: AtLeast1 = 256  # D
+    width: AtLeast1 = 512  # conv width. NOTE 2: unstated; TokenHMR's
+    res_depth: AtLeast1 = 2  # ResBlocks per Resnet1D (TokenHMR)
+    dilation_growth: AtLeast1 = 3  # dilations 1, 3, 9, ... (TokenHMR)
+    ema_decay: Fraction = 0.99  # EMA codebook (Method: "exponential moving average and codebook reset")
     # --- loss Eq. Lvq (App. > Implementation Details) ---
-    w_re: float = 1.0  # lambda_re
-    w_pose: float = 1.0  # lambda_theta
-    w_verts: float = 0.5  # lambda_V
-    w_joints: float = 0.3  # lambda_J
-    w_commit: float = 0.02  # lambda_E used as commitment weight. NOTE 3
-    loss_vertices: int = 0  # vertices in L_V, evenly strided (0 = all 6890)
+    w_re: NonNegative = 1.0  # lambda_re
+    w_pose: NonNegative = 1.0  # lambda_theta
+    w_verts: NonNegative = 0.5  # lambda_V
+    w_joints: NonNegative = 0.3  # lambda_J
+    w_commit: NonNegative = 0.02  # lambda_E used as commitment weight. NOTE 3
+    loss_vertices: AtLeast0 = 0  # vertices in L_V, evenly strided (0 = all 6890)
 
     def __post_init__(self):
         if self.num_tokens % NUM_JOINTS:
@@ -755,15 +765,15 @@ class TokenizerConfig:
 class TokenizerRecipe:
     """What train.py reads for the tokenizer (App. > Implementation Details; data: AMASS + MOYO, SMPL-H -> SMPL)."""
     # App. > Data Augmentation: "we rotate the poses at varying degrees"
-    aug_yaw_deg: float = 180.0  # NOTE 5: ranges unstated
-    aug_roll_deg: float = 30.0
-    batch_size: int = 512  # global batch
-    lr: float = 1e-4  # Adam
-    max_steps: int = 200_000  # "200K iterations"
-    warmup_steps: int = 0
+    aug_yaw_deg: Annotated[float, "[0, 180]"] = 180.0  # NOTE 5: ranges unstated
+    aug_roll_deg: Annotated[float, "[0, 180]"] = 30.0
+    batch_size: AtLeast1 = 512  # global batch
+    lr: NonNegative = 1e-4  # Adam
+    max_steps: AtLeast0 = 200_000  # "200K iterations"
+    warmup_steps: AtLeast0 = 0
     lr_schedule: str = "constant"  # "constant" | "cosine" (to lr * 0.01 at max_steps)
-    weight_decay: float = 0.0  # Adam
-    grad_clip: float = 0.0
+    weight_decay: NonNegative = 0.0  # Adam
+    grad_clip: NonNegative = 0.0
     amp: bool = False
 
     def __post_init__(self):
@@ -780,37 +790,37 @@ class TokenizerPreset:
 class GenHMRConfig:
     """What building the image stage reads (GenHMR, and the backbone stage's ViT), and its loss."""
     # --- image encoder (Method > Image Encoder: HMR2.0's ViT-H) ---
-    image_size: tuple = (256, 192)  # (H, W) crop, as HMR2.0; the paper states no resolution
-    patch_size: int = 16  # ViT-H/16
-    patch_padding: int = 2  # HMR2.0's PatchEmbed padding (4 + 2 (ratio // 2 - 1), ratio 1)
-    vit_width: int = 1280  # C
-    vit_depth: int = 32
-    vit_heads: int = 16
-    vit_mlp_ratio: float = 4.0
-    drop_path: float = 0.55  # HMR2.0's backbone config
-    conv_stem: tuple = ()  # () = HMR2.0's patch_embed.proj; else the widths of a conv stem (TINY only, NOTE 22)
-    feature_scales: tuple = (1, 4, 8)  # App. > Impl.; Table 15 adds 16. NOTE 7
+    image_size: Sizes = (256, 192)  # (H, W) crop, as HMR2.0; the paper states no resolution
+    patch_size: AtLeast1 = 16  # ViT-H/16
+    patch_padding: AtLeast0 = 2  # HMR2.0's PatchEmbed padding (4 + 2 (ratio // 2 - 1), ratio 1)
+    vit_width: AtLeast1 = 1280  # C
+    vit_depth: AtLeast1 = 32
+    vit_heads: AtLeast1 = 16
+    vit_mlp_ratio: Positive = 4.0
+    drop_path: Fraction = 0.55  # HMR2.0's backbone config
+    conv_stem: Sizes = ()  # () = HMR2.0's patch_embed.proj; else the widths of a conv stem (TINY only, NOTE 22)
+    feature_scales: Sizes = (1, 4, 8)  # App. > Impl.; Table 15 adds 16. NOTE 7
     # --- masked transformer decoder (Method > Masked Transformer Decoder; Table 16) ---
-    d_model: int = 256  # NOTE 8: unstated, Deformable-DETR default
-    num_layers: int = 4  # "4 deformable cross attention layers" (Table 16)
-    num_heads: int = 8  # self-attention and MSDA heads
-    num_points: int = 4  # MSDA sampling points per head and level
+    d_model: AtLeast1 = 256  # NOTE 8: unstated, Deformable-DETR default
+    num_layers: AtLeast1 = 4  # "4 deformable cross attention layers" (Table 16)
+    num_heads: AtLeast1 = 8  # self-attention and MSDA heads
+    num_points: AtLeast1 = 4  # MSDA sampling points per head and level
     # where the sampling offsets start: "detr", Deformable DETR's radial pattern in pixels of every level, or "map",
     # that pattern scaled to each map (`offset_scale`, NOTE 28: the same at the paper's size)
     offset_start: str = "detr"
-    ffn_dim: int = 1024
-    dropout: float = 0.1
-    head_hidden: int = 1024  # beta/camera MLP. NOTE 10
+    ffn_dim: AtLeast1 = 1024
+    dropout: Fraction = 0.1
+    head_hidden: AtLeast1 = 1024  # beta/camera MLP. NOTE 10
     token_head: str = "linear"  # "linear": Linear(d, K), the paper's logits | "tied" to the codebook (TINY, NOTE 21)
     # --- loss (Training Strategy; App. > Implementation Details) ---
     ce_on: str = "all"  # "all" (Eq. 1 as printed) | "masked". NOTE 12
     gumbel_positions: str = "all"  # "all" | "masked" (GT one-hot at visible). NOTE 13
-    w_mask: float = 1.0
-    w_pose: float = 1e-3  # lambda_theta within lambda_SMPL = 1.5e-3
-    w_betas: float = 5e-4
-    w_3d: float = 5e-2
-    w_2d: float = 1e-2
-    loss_batch: int = 48  # the geometric terms' calibration: HMR2.0/TokenHMR sum them over a GPU's 48 samples
+    w_mask: NonNegative = 1.0
+    w_pose: NonNegative = 1e-3  # lambda_theta within lambda_SMPL = 1.5e-3
+    w_betas: NonNegative = 5e-4
+    w_3d: NonNegative = 5e-2
+    w_2d: NonNegative = 1e-2
+    loss_batch: AtLeast0 = 48  # the geometric terms' calibration: HMR2.0/TokenHMR sum them over a GPU's 48 samples
     # (their configs' TRAIN.BATCH_SIZE); here loss_batch x the mean over samples, the same on any number of ranks
 
     def __post_init__(self):
@@ -833,13 +843,14 @@ class GenHMRConfig:
 @dataclass
 class InferenceConfig:
     """What `GenHMR.generate` reads: UGS and the refinement (App. > Impl.; Tables 2, 3, 11, 12)."""
-    ugs_iterations: int = 5  # T
+    ugs_iterations: AtLeast1 = 5  # T
     schedule: str = "cosine"  # gamma, one of SCHEDULES
-    top_k: int = 1  # greedy
-    choice_temperature: float = 0.0  # UGS re-masks by log p + c (1 - t / T) Gumbel (MaskGIT); 0 = by p alone. NOTE 17
-    refine_iterations: int = 20  # P (Table 1 = Table 3's 20-iteration row)
-    refine_lr: float = 0.03  # eta of Eq. (4), unstated: chosen at TINY (docs/genhmr.md); G is in crop px^2
-    refine_reg: float = 10.0  # lambda_theta' (px^2 per unit ||R - R_0||^2)
+    top_k: AtLeast1 = 1  # greedy
+    choice_temperature: NonNegative = 0.0  # UGS re-masks by log p + c (1 - t / T) Gumbel (MaskGIT); 0 = by p
+    #   alone. NOTE 17
+    refine_iterations: AtLeast0 = 20  # P (Table 1 = Table 3's 20-iteration row)
+    refine_lr: NonNegative = 0.03  # eta of Eq. (4), unstated: chosen at TINY (docs/genhmr.md); G is in crop px^2
+    refine_reg: NonNegative = 10.0  # lambda_theta' (px^2 per unit ||R - R_0||^2)
 
     def __post_init__(self):
         _check_choice(self, "schedule", tuple(SCHEDULES))
@@ -849,8 +860,8 @@ class InferenceConfig:
 class RegressorConfig:
     """The backbone stage's head (genhmr_experiments.PoseRegressor, NOTE 23): HMR2.0's SMPL head or TINY's MLP."""
     regressor_head: str = "hmr2"  # "hmr2": HMR2.0's SMPL transformer decoder | "mlp": flatten -> MLP (TINY)
-    hmr2_head: tuple = (1024, 6, 8, 64, 1024)  # HMR2.0's (width, depth, heads, head width, MLP width)
-    regressor_hidden: int = 512  # the "mlp" head's hidden width
+    hmr2_head: Sizes = (1024, 6, 8, 64, 1024)  # HMR2.0's (width, depth, heads, head width, MLP width)
+    regressor_hidden: AtLeast1 = 512  # the "mlp" head's hidden width
     backbone_checkpoint: str = ""  # ViTPose-H or HMR2.0 weights the backbone stage starts from (`load_backbone`)
 
     def __post_init__(self):
@@ -863,28 +874,28 @@ class GenHMRRecipe:
     """What train.py reads for the image stages (App. > Implementation Details; data: H36M, COCO, MPI-INF-3DHP,
     MPII)."""
     # --- masking and Gumbel-softmax (Training Strategy; Tables 4, 8, 9) ---
-    mask_tau_max: float = 1.0  # tau ~ U(0, mask_tau_max) (Table 4: U(0, 1))
-    pkeep: float = 0.5  # each visible token kept w.p. pkeep, else a uniform random code. NOTE 11
-    temperature_start: float = 1.0  # Gumbel temperature (Table 8)
-    temperature_end: float = 0.01
-    anneal_fraction: float = 0.5  # Table 9: 50 % of training
+    mask_tau_max: Fraction = 1.0  # tau ~ U(0, mask_tau_max) (Table 4: U(0, 1))
+    pkeep: Fraction = 0.5  # each visible token kept w.p. pkeep, else a uniform random code. NOTE 11
+    temperature_start: Positive = 1.0  # Gumbel temperature (Table 8)
+    temperature_end: Positive = 0.01
+    anneal_fraction: Fraction = 0.5  # Table 9: 50 % of training
     # evaluation: the refinement's 2D joints err as a published detector's (`detector_joints2d`, NOTE 27): HRNet-W32
     # (256 x 256) on MPII val, PCKh@0.1 and PCKh@0.5 (mmpose, configs/body/2d_kpt_sview_rgb_img/topdown_heatmap/mpii/
     # hrnet_mpii.md); the oracle row refines towards the labels + N(0, oracle_noise_px^2) instead (refined_oracle_*)
-    detector_pckh: tuple = (0.334, 0.900)
-    oracle_noise_px: float = 1.0
+    detector_pckh: Annotated[tuple, "[0, 1]"] = (0.334, 0.900)
+    oracle_noise_px: NonNegative = 1.0
     # Eq. (4)'s eta at evaluation: "fixed" (as printed) | "backtracking" (genhmr_experiments.STEP_SIZES, NOTE 18)
     refine_eta_rule: str = "fixed"
-    batch_size: int = 48  # "batch size of 48"; per GPU or global is unstated
-    lr: float = 1e-5  # Adam
-    backbone_lr_scale: float = 1.0  # the image encoder's lr / lr (the paper and MEGA: one lr for all)
-    max_steps: int = 100_000  # NOTE 16
-    warmup_steps: int = 0
+    batch_size: AtLeast1 = 48  # "batch size of 48"; per GPU or global is unstated
+    lr: NonNegative = 1e-5  # Adam
+    backbone_lr_scale: NonNegative = 1.0  # the image encoder's lr / lr (the paper and MEGA: one lr for all)
+    max_steps: AtLeast0 = 100_000  # NOTE 16
+    warmup_steps: AtLeast0 = 0
     lr_schedule: str = "constant"
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0
+    weight_decay: NonNegative = 0.0
+    grad_clip: NonNegative = 0.0
     amp: bool = False
-    gpus: int = 2  # NVIDIA RTX A6000 (App. > Impl.)
+    gpus: AtLeast0 = 2  # NVIDIA RTX A6000 (App. > Impl.)
 
     def __post_init__(self):
         _check_choice(self, "lr_schedule", ("constant", "cosine"))

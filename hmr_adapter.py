@@ -444,46 +444,56 @@ def mesh(out, boxes, theta, hand_pose, details=False):
 #    the model's config (what building reads), the recipe and the data
 
 
+# The range of each numeric field, an interval (configs.check_ranges: train.py refuses a value outside it)
+AtLeast1 = typing.Annotated[int, "[1, inf)"]  # sizes, counts, widths
+AtLeast0 = typing.Annotated[int, "[0, inf)"]  # steps, and counts whose 0 the field's comment explains
+NonNegative = typing.Annotated[float, "[0, inf)"]  # loss weights, learning rates, decays
+Positive = typing.Annotated[float, "(0, inf)"]
+Fraction = typing.Annotated[float, "[0, 1]"]  # probabilities, dropout
+Sizes = typing.Annotated[tuple, "[1, inf)"]  # each item a size
+
+
 @dataclass
 class BaseConfig:
     """The two frozen bases: HaMeR's and SMPLer-X-H32's architectures (what `Bases` reads)."""
     # --- hand expert (HaMeR's ViT-H and transformer head) ---
-    hand_crop: int = 256  # I_h: 256 x 256 (Sec. 3.2.2); the ViT reads its centre 256 x 192
+    hand_crop: AtLeast1 = 256  # I_h: 256 x 256 (Sec. 3.2.2); the ViT reads its centre 256 x 192
     # HaMeR's crop (vitdet_dataset.py; rescale_factor 2.0 of its demo.py): the square of side 2 max(4/3 w, h) about
     # the hand box, cv2-warped, blurred when shrunk > 2.2 x, ImageNet-normalised 0-255 pixels: what its ViT was
     # trained on. 0 (TINY): a grid_sample crop of the [0, 1] image at the box squared x hand_box_scale, fed as it is
-    hamer_rescale: float = 2.0
-    hand_patch: int = 16
-    hand_patch_padding: int = 2  # ViTPose's PatchEmbed (16 x 12 tokens from 256 x 192)
-    hand_width: int = 1280  # ViT-H
-    hand_depth: int = 32
-    hand_heads: int = 16
-    head_dim: int = 1024  # the transformer head: one zero token -> Linear(1 -> 1024)
-    head_depth: int = 6
-    head_heads: int = 8
-    head_dim_head: int = 64
-    head_mlp: int = 1024
-    hand_stem: tuple = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE 13)
+    hamer_rescale: NonNegative = 2.0
+    hand_patch: AtLeast1 = 16
+    hand_patch_padding: AtLeast0 = 2  # ViTPose's PatchEmbed (16 x 12 tokens from 256 x 192)
+    hand_width: AtLeast1 = 1280  # ViT-H
+    hand_depth: AtLeast1 = 32
+    hand_heads: AtLeast1 = 16
+    head_dim: AtLeast1 = 1024  # the transformer head: one zero token -> Linear(1 -> 1024)
+    head_depth: AtLeast1 = 6
+    head_heads: AtLeast1 = 8
+    head_dim_head: AtLeast1 = 64
+    head_mlp: AtLeast1 = 1024
+    hand_stem: Sizes = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE 13)
     # --- whole-body model (SMPLer-X-H32) ---
-    body_image: tuple = (256, 192)  # its input (the image, resized)
-    body_resize: str = "nearest"  # SMPLer-X's F.interpolate default (main/SMPLer_X.py); TINY "area" (its own choice)
-    body_patch: int = 16
-    body_patch_padding: int = 2
-    body_width: int = 1280
-    body_depth: int = 32
-    body_heads: int = 16
-    body_stem: tuple = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE 13)
-    body_keypoints: int = 25  # body joints of the position net = body task tokens (31 tokens in all)
-    body_hm_depth: int = 16  # 3D heatmap depth bins (16 x 16 x 12 in SMPLer-X)
-    body_rot_hidden: int = 512  # Linear 1280 -> 512 per body token
-    box_channels: tuple = (256, 256, 256)  # box net deconvolutions (16 x 12 -> 128 x 96)
-    hand_roi: int = 16  # RoI side
-    hand_roi_channels: tuple = (640, 320)  # deconvolutions before RoI-align (16 x 12 -> 64 x 48)
-    hand_hm_depth: int = 16
-    hand_box_scale: float = 2.0  # RoI boxes: squared and enlarged x 2 (SMPLer-X's restore_bbox); TINY's crops too
+    body_image: Sizes = (256, 192)  # its input (the image, resized)
+    # SMPLer-X's F.interpolate default (main/SMPLer_X.py); TINY "area" (its own choice)
+    body_resize: typing.Literal["nearest", "area", "bilinear", "bicubic", "nearest-exact"] = "nearest"
+    body_patch: AtLeast1 = 16
+    body_patch_padding: AtLeast0 = 2
+    body_width: AtLeast1 = 1280
+    body_depth: AtLeast1 = 32
+    body_heads: AtLeast1 = 16
+    body_stem: Sizes = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE 13)
+    body_keypoints: AtLeast1 = 25  # body joints of the position net = body task tokens (31 tokens in all)
+    body_hm_depth: AtLeast1 = 16  # 3D heatmap depth bins (16 x 16 x 12 in SMPLer-X)
+    body_rot_hidden: AtLeast1 = 512  # Linear 1280 -> 512 per body token
+    box_channels: Sizes = (256, 256, 256)  # box net deconvolutions (16 x 12 -> 128 x 96)
+    hand_roi: AtLeast1 = 16  # RoI side
+    hand_roi_channels: Sizes = (640, 320)  # deconvolutions before RoI-align (16 x 12 -> 64 x 48)
+    hand_hm_depth: AtLeast1 = 16
+    hand_box_scale: Positive = 2.0  # RoI boxes: squared and enlarged x 2 (SMPLer-X's restore_bbox); TINY's crops too
     # 0: mmcv's roi_align as SMPLer-X calls it (aligned=False, ceil(bin) samples a bin side, 0 outside [-1, H]);
     # TINY 2: its own 2 x 2 samples a bin clamped to the border (`roi_align_grid`)
-    roi_sampling: int = 0
+    roi_sampling: AtLeast0 = 0
 
 
 @dataclass
@@ -497,26 +507,27 @@ class ReleasedWeights:
 @dataclass
 class BasesRecipe:
     """How train.py trains the tiny stand-ins of the bases (the paper loads the released checkpoints: 0 steps)."""
-    batch_size: int = 32
-    max_steps: int = 0
-    lr: float = 1e-3
-    warmup_steps: int = 0
-    weight_decay: float = 1e-4
-    grad_clip: float = 0.0
+    batch_size: AtLeast1 = 32
+    max_steps: AtLeast0 = 0
+    lr: NonNegative = 1e-3
+    warmup_steps: AtLeast0 = 0
+    weight_decay: NonNegative = 1e-4
+    grad_clip: NonNegative = 0.0
     amp: bool = False
-    losses: str = "paper"  # the adapters' preset whose Eq. 5 / 7 weights (and calibration) the stand-ins train with
+    losses: typing.Literal["paper", "tiny"] = "paper"  # the adapters' preset whose Eq. 5 / 7 weights (and
+    #   calibration) the stand-ins train with
     # NOTE 17 (TINY only): a keypoint head on the expert's tokens trained with it, as HaMeR's ViT starts from
     # ViTPose's 2D-keypoint weights (hmr_adapter_experiments.KeypointHead: its width, 0 = none; its L1 weight), and
     # the expert's own rotation weight (0 = the losses preset's w_hand_pose)
-    hand_keypoint_channels: int = 0
-    w_hand_keypoints: float = 0.0
-    w_expert_hand_pose: float = 0.0
+    hand_keypoint_channels: AtLeast0 = 0
+    w_hand_keypoints: NonNegative = 0.0
+    w_expert_hand_pose: NonNegative = 0.0
 
 
 @dataclass
 class WholeBodyData:
     """The person images both stages train and score on (synthetic.wholebody_dataset, data.WholeBodyNpz)."""
-    image_size: tuple = (512, 384)  # (H, W): SMPLer-X's input_img_shape; the hand crops come from it
+    image_size: Sizes = (512, 384)  # (H, W): SMPLer-X's input_img_shape; the hand crops come from it
 
 
 @dataclass
@@ -534,28 +545,29 @@ class AdapterConfig:
     # theta_b's rotations (Sec. 3.3, "each joint's rotation"): "local", SMPL-X's own pose parameters of the arm
     # joints (the paper's reading), or "global", their products from the root (TINY: NOTE 14)
     chain: typing.Literal["local", "global"] = "local"
-    body_proj: int = 512  # 1x1 conv 1280 -> 512 (Sec. 3.4)
-    body_dim: int = 1024  # NOTE 7
-    body_depth: int = 6  # "6 attention layers" (Sec. 4.1)
-    body_heads: int = 8
-    body_dim_head: int = 64
-    body_mlp: int = 1024
+    body_proj: AtLeast1 = 512  # 1x1 conv 1280 -> 512 (Sec. 3.4)
+    body_dim: AtLeast1 = 1024  # NOTE 7
+    body_depth: AtLeast1 = 6  # "6 attention layers" (Sec. 4.1)
+    body_heads: AtLeast1 = 8
+    body_dim_head: AtLeast1 = 64
+    body_mlp: AtLeast1 = 1024
     # --- Eq. 5 (hand) and Eq. 7 (body) weights. NOTE 10: HaMeR's / SMPLer-X's ---
     # HaMeR's weights act on SUMS over joints, coordinates and its per-GPU batch of 8 (hamer losses.py,
     # hamer_vit_transformer.yaml): each Eq. 5 term is loss_batch x the global batch's mean of one hand's sum (the
     # same on any number of ranks). 0 (TINY): means over every element, which its weights were tuned on.
-    loss_batch: int = 8
-    w_hand_3d: float = 0.05
-    w_hand_2d: float = 0.01
-    w_hand_verts: float = 0.05 * 21 / 778  # not in HaMeR: lambda_3D per point (778 vertices weigh as its 21 joints)
-    w_hand_pose: float = 0.001
-    w_hand_betas: float = 0.0005
+    loss_batch: AtLeast0 = 8
+    w_hand_3d: NonNegative = 0.05
+    w_hand_2d: NonNegative = 0.01
+    w_hand_verts: NonNegative = 0.05 * 21 / 778  # not in HaMeR: lambda_3D per point (778 vertices weigh as its 21
+    #   joints)
+    w_hand_pose: NonNegative = 0.001
+    w_hand_betas: NonNegative = 0.0005
     # SMPLer-X's weights act on means (its train.py: loss[k].mean()), as ours. Its 2D loss is in 16 x 12 heatmap
     # units (1/16 of the image height), ours in image heights: x 16. w_body_3d also weighs Eq. 7's finger term
     # (`body_pose_loss`), as SMPLer-X supervises its wrist-relative hand joints
-    w_body_pose: float = 10.0
-    w_body_3d: float = 100.0
-    w_body_2d: float = 16.0
+    w_body_pose: NonNegative = 10.0
+    w_body_3d: NonNegative = 100.0
+    w_body_2d: NonNegative = 16.0
     # --- an ablation row's other way in the hand or the body adapter's place (Tables 3-6): nothing here reads them;
     # hmr_adapter_experiments.build_model builds its `AblationRow` for any value but "adapter" (its `ABLATIONS`) ---
     hand_method: typing.Literal["adapter", "whole_body_pose", "image", "concat", "weighted_sum", "head", "full",
@@ -567,20 +579,20 @@ class AdapterConfig:
 @dataclass
 class AdapterRecipe:
     """How the adapters train (Sec. 4.1: one machine, 4 V100, 10K steps, batch 32 per GPU, about 6 hours)."""
-    batch_size: int = 128  # 32 x 4
-    max_steps: int = 10_000
-    lr: float = 1e-4  # the hand adapter. NOTE 10
-    body_lr: float = 1e-4  # the body adapter (its own run in Sec. 3.5, so its own rate)
-    warmup_steps: int = 500
-    weight_decay: float = 1e-4
-    grad_clip: float = 0.0  # the adapters train together here, so no shared clipping norm
+    batch_size: AtLeast1 = 128  # 32 x 4
+    max_steps: AtLeast0 = 10_000
+    lr: NonNegative = 1e-4  # the hand adapter. NOTE 10
+    body_lr: NonNegative = 1e-4  # the body adapter (its own run in Sec. 3.5, so its own rate)
+    warmup_steps: AtLeast0 = 500
+    weight_decay: NonNegative = 1e-4
+    grad_clip: NonNegative = 0.0  # the adapters train together here, so no shared clipping norm
     amp: bool = False
-    hand_only_prob: float = 0.0  # share of training hands with a zero body pose. NOTE 12
+    hand_only_prob: Fraction = 0.0  # share of training hands with a zero body pose. NOTE 12
     # Keep what the frozen bases give each training sample (by its "index") instead of recomputing it
     # every epoch. Only where a sample index is always the same image: the rendered synthetic set, not
     # data augmented on the fly. Off for the paper (and its datasets are far too big to keep).
     cache_frozen: bool = False
-    gpus: int = 4  # the paper's training hardware: 4 V100 on one machine (TINY: 0, two CPU cores)
+    gpus: AtLeast0 = 4  # the paper's training hardware: 4 V100 on one machine (TINY: 0, two CPU cores)
 
 
 @dataclass

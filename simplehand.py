@@ -29,7 +29,7 @@ import os
 import re
 import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
@@ -308,6 +308,15 @@ FREIHAND_TRAIN_SAMPLES = 130_240  # 32,560 x 4 versions (Sec. 4.2); one paper ep
 STEPS_PER_EPOCH = FREIHAND_TRAIN_SAMPLES // 256  # 508 steps of the paper's global batch 256 (8 x 32, Sec. 4.1)
 
 
+# The range of each numeric field, an interval (configs.check_ranges: train.py refuses a value outside it)
+AtLeast1 = Annotated[int, "[1, inf)"]  # sizes, counts, widths
+AtLeast0 = Annotated[int, "[0, inf)"]  # steps, and counts whose 0 the field's comment explains
+NonNegative = Annotated[float, "[0, inf)"]  # loss weights, learning rates, decays
+Positive = Annotated[float, "(0, inf)"]
+Fraction = Annotated[float, "[0, 1]"]  # probabilities, dropout
+Sizes = Annotated[tuple, "[1, inf)"]  # each item a size
+
+
 def check_choices(cfg):
     """Raise ValueError naming the field unless every Literal field of the dataclass `cfg` holds one of its choices."""
     for field in dataclasses.fields(cfg):
@@ -322,30 +331,33 @@ class SimpleHandConfig:
     """The model: what building `SimpleHand` reads (the backbone, T, R) and the loss weights."""
     # --- backbone (Sec. 4.1) ---
     backbone: str = "hrnet_w64"  # "tiny_cnn" (written below) or a timm model name
-    image_size: int = 224  # square crop, pixels (FreiHAND images are 224 x 224)
-    feature_channels: int = 256  # C of the map the tokens are sampled from
-    feature_stride: int = 8  # its stride: 8 for HRNet-style, 32 for classification backbones
-    global_channels: int = 1024  # channels of the map the 2D keypoint head pools
-    timm_out_indices: tuple = (2, 4)  # timm features_only indices (sample map, pooled map); () = forward_features
+    image_size: AtLeast1 = 224  # square crop, pixels (FreiHAND images are 224 x 224)
+    feature_channels: AtLeast1 = 256  # C of the map the tokens are sampled from
+    feature_stride: AtLeast1 = 8  # its stride: 8 for HRNet-style, 32 for classification backbones
+    global_channels: AtLeast1 = 1024  # channels of the map the 2D keypoint head pools
+    timm_out_indices: Annotated[tuple, "[0, inf)"] = (2, 4)  # timm features_only indices (sample map, pooled
+    #   map); () = forward_features
     pretrained_backbone: bool = True  # start from ImageNet weights (Sec. 4.1), read from backbone_weights
     backbone_weights: str = ""  # local file of timm's ImageNet weights (.pth/.bin/.safetensors): no hub here
-    backbone_drop_path: float = 0.0  # stochastic depth inside the timm backbone (the paper is silent)
-    tiny_widths: tuple = (16, 32, 64, 128)  # tiny_cnn only: channels at strides 2, 4, 8, 32
+    backbone_drop_path: Fraction = 0.0  # stochastic depth inside the timm backbone (the paper is silent)
+    tiny_widths: Sizes = (16, 32, 64, 128)  # tiny_cnn only: channels at strides 2, 4, 8, 32
     # --- token generator T (Sec. 3.1, 3.3) ---
-    feature_upsample: int = 1  # deconvolution factor of the sampled map: 4 for stride 32 (Sec. 3.3), 1 for stride 8
-    token_channels: int = 256  # C_t after the upsample (official deconv width 256)
+    feature_upsample: AtLeast1 = 1  # deconvolution factor of the sampled map: 4 for stride 32 (Sec. 3.3), 1 for
+    #   stride 8
+    token_channels: AtLeast1 = 256  # C_t after the upsample (official deconv width 256)
     # --- mesh regressor R (Sec. 3.2) ---
-    num_tokens: tuple = (21, 84, 336)  # n_k: input tokens of each decoder layer; the last outputs 778
-    dims: tuple = (256, 128, 64)  # c_k: block widths (Table 7: 256, 128, 64 best)
-    depths: tuple = (1, 1, 1)  # blocks per layer (Table 7: 1, 1, 1 best)
-    num_heads: int = 4  # official code
-    mlp_ratio: float = 4.0  # official code
-    dropout: float = 0.1  # attention dropout and drop path. NOTE 2: official code, paper silent
+    num_tokens: Sizes = (21, 84, 336)  # n_k: input tokens of each decoder layer; the last outputs 778
+    dims: Sizes = (256, 128, 64)  # c_k: block widths (Table 7: 256, 128, 64 best)
+    depths: Sizes = (1, 1, 1)  # blocks per layer (Table 7: 1, 1, 1 best)
+    num_heads: AtLeast1 = 4  # official code
+    mlp_ratio: Positive = 4.0  # official code
+    dropout: Fraction = 0.1  # attention dropout and drop path. NOTE 2: official code, paper silent
     # --- losses (Sec. 3.4, Eq. 7) ---
-    w_verts: float = 10.0
-    w_joints3d: float = 10.0
-    w_joints2d: float = 1.0
-    root_index: int = 9  # FreiHAND joint the 3D outputs are relative to (middle MCP, official code)
+    w_verts: NonNegative = 10.0
+    w_joints3d: NonNegative = 10.0
+    w_joints2d: NonNegative = 1.0
+    root_index: Annotated[int, "[0, 20]"] = 9  # FreiHAND joint the 3D outputs are relative to (middle MCP,
+    #   official code)
 
     def __post_init__(self):
         self.num_tokens, self.dims, self.depths = tuple(self.num_tokens), tuple(self.dims), tuple(self.depths)
@@ -374,18 +386,18 @@ class SimpleHandVariant:
 class SimpleHandRecipe:
     """The training recipe read by train.py, in optimisation steps (batch_size is the GLOBAL batch), and the
     paper's hardware. Epochs and the per-GPU batch are derived properties: they follow `--set batch_size=...`."""
-    batch_size: int = 256  # 8 GPUs x 32 (Sec. 4.1)
-    lr: float = 5e-4  # AdamW (Sec. 4.1)
-    lr_final: float = 5e-5  # after the drop (Sec. 4.1)
+    batch_size: AtLeast1 = 256  # 8 GPUs x 32 (Sec. 4.1)
+    lr: NonNegative = 5e-4  # AdamW (Sec. 4.1)
+    lr_final: NonNegative = 5e-5  # after the drop (Sec. 4.1)
     lr_schedule: Literal["step", "cosine"] = "step"  # "step": lr until lr_drop_step, then lr_final
     #   | "cosine": lr -> lr_final
-    max_steps: int = 100 * STEPS_PER_EPOCH  # 100 epochs (Sec. 4.1)
-    lr_drop_step: int = 50 * STEPS_PER_EPOCH  # the drop at epoch 50 (Sec. 4.1)
-    warmup_steps: int = 5 * STEPS_PER_EPOCH  # linear warm-up, 5 epochs (official code; the paper is silent)
-    weight_decay: float = 1e-2  # official code (the paper is silent)
-    grad_clip: float = 1.0  # max gradient norm, official code (the paper is silent); 0 = off
+    max_steps: AtLeast0 = 100 * STEPS_PER_EPOCH  # 100 epochs (Sec. 4.1)
+    lr_drop_step: AtLeast0 = 50 * STEPS_PER_EPOCH  # the drop at epoch 50 (Sec. 4.1)
+    warmup_steps: AtLeast0 = 5 * STEPS_PER_EPOCH  # linear warm-up, 5 epochs (official code; the paper is silent)
+    weight_decay: NonNegative = 1e-2  # official code (the paper is silent)
+    grad_clip: NonNegative = 1.0  # max gradient norm, official code (the paper is silent); 0 = off
     amp: bool = True  # fp16 autocast, official code (the paper is silent)
-    gpus: int = 8  # RTX 2080 Ti (Sec. 4.1); 0 = not a paper run
+    gpus: AtLeast0 = 8  # RTX 2080 Ti (Sec. 4.1); 0 = not a paper run
 
     def __post_init__(self):
         check_choices(self)

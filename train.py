@@ -57,7 +57,6 @@ metrics.json (its metrics, the baseline's as baseline_*, those of the stages it 
 listing them, then the run's facts and history), predictions.png.
 """
 
-import argparse
 import dataclasses
 import functools
 import gc
@@ -723,33 +722,35 @@ def run_chain(plan, args, ranks):
 
 def build_parser(description="Train a paper's stages (plain PyTorch; DDP under torchrun)."):
     """The command's flags (ablate.py adds its own to these)."""
-    p = argparse.ArgumentParser(description=description)
+    p = configs.Parser(description=description)
+    whole, positive = configs.number(int, "[0, inf)"), configs.number(int, "[1, inf)")
     p.add_argument("--model", required=True, help=f"which stage to train: {' | '.join(MODELS)}")
     p.add_argument("--config", default="tiny", help="preset in the paper's CONFIGS (default: tiny, the CPU demo)")
     kinds = dict.fromkeys(k if k in data.RENDERED_KINDS else f"{k}:PATH" for s in MODELS.values() for k in s.data_kinds)
     p.add_argument("--data", default="synthetic",
                    help=f"{' | '.join(kinds)}: a kind the stage reads (its row's data_kinds; default: synthetic)")
     p.add_argument("--out", default="out", help="output folder; each stage writes to OUT/<stage> (default: out)")
-    p.add_argument("--max-steps", type=int, default=None,
+    p.add_argument("--max-steps", type=whole, default=None,
                    help="steps of --model; also caps the stages it starts from that run here (default: the configs')")
-    p.add_argument("--ckpt-every", type=int, default=200,
-                   help="write the checkpoint every this many steps, and at the end (default: 200)")
-    p.add_argument("--eval-every", type=int, default=1000,
+    p.add_argument("--ckpt-every", type=whole, default=200,
+                   help="write the checkpoint every this many steps, and at the end (default: 200; 0: at the end)")
+    p.add_argument("--eval-every", type=whole, default=1000,
                    help="evaluate the held-out set every this many steps and at the end (default: 1000; 0: at the end)")
-    p.add_argument("--log-every", type=int, default=20, help="one log line every this many steps (default: 20)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--log-every", type=whole, default=20,
+                   help="one log line every this many steps, and at the end (default: 20; 0: at the end)")
+    p.add_argument("--seed", type=configs.number(int, "[0, 2147483647]"), default=0,
                    help="seed of the data order, the synthetic data and the initial weights (default: 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, parsed by its type (repeatable), e.g. --set lr=1e-3: for --model "
                    "and each stage it starts from that runs here, where its config has the field")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto, cuda when available)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank (default: 0)")
-    p.add_argument("--pg-timeout", type=float, default=600, metavar="SECONDS",
+    p.add_argument("--workers", type=whole, default=0, help="DataLoader worker processes per rank (default: 0)")
+    p.add_argument("--pg-timeout", type=configs.number(float, "(0, inf)"), default=600, metavar="SECONDS",
                    help="seconds a rank waits for the others in a collective (the training step, evaluation, the "
                    "barriers around rendering and saving) before it exits naming the failure (default: 600)")
-    p.add_argument("--train-samples", type=int, default=None,
+    p.add_argument("--train-samples", type=positive, default=None,
                    help="size of the synthetic training set (rendered once) of each stage that runs (default: its own)")
-    p.add_argument("--eval-samples", type=int, default=None,
+    p.add_argument("--eval-samples", type=positive, default=None,
                    help="size of the synthetic held-out set, as --train-samples (default: each stage's own)")
     return p
 
@@ -769,9 +770,13 @@ def check_args(args):
     if kind in FILE_KINDS:
         for file in path.split(","):
             if not os.path.isfile(file):
-                fail(f"--data {args.data}: file {file!r} does not exist; expected {FILE_KINDS[kind]}")
+                fail(f"--data {args.data}: " + (f"{file!r} is a folder" if os.path.isdir(file) else
+                                                 f"file {file!r} does not exist") + f"; expected {FILE_KINDS[kind]}")
     elif kind not in data.RENDERED_KINDS and not os.path.isdir(path):
-        fail(f"--data {args.data}: folder {path!r} does not exist; expected the dataset's root folder")
+        fail(f"--data {args.data}: {'folder ' if not os.path.exists(path) else ''}{path!r} "
+             f"{'is a file' if os.path.exists(path) else 'does not exist'}; expected the dataset's root folder")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        fail(f"--out {args.out}: is a file; expected a folder (made if missing)")
     if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         fail(f"--device {args.device}: expected auto, cpu, or cuda on a machine with a GPU")
 
@@ -817,6 +822,11 @@ def main(argv=None):
     # the stages --model starts from, when their checkpoints are missing or unfinished, then --model itself
     plan = plan_chain(args.model, stage_overrides(args.model, args.set, args), resume, args)
     check_inputs(plan, args)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))  # known before the group forms
+    for stage, _, cfg, _, trains in plan:
+        if trains and recipe_of(cfg).batch_size % world_size:
+            fail(f"{stage}: batch_size {recipe_of(cfg).batch_size} is the global batch; expected a multiple of the "
+                 f"{world_size} ranks")
     if int(os.environ.get("RANK", 0)) == 0:  # what a write killed midway left (the other ranks wait for rank 0)
         for folder in [stage_dir(stage, args) for stage, *_ in plan] + [args.cache]:
             checkpoints.sweep_temporaries(folder)

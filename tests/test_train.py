@@ -281,7 +281,7 @@ def test_every_preset_names_each_leaf_once_and_survives_a_checkpoint(stage):
     ("nope=1", "StandInConfig has no field 'nope'; valid fields: image_size, width, dropout, batch_size, lr"),
     ("width=abc", "--set width=abc: expected a value of type int"),
     ("flag=maybe", "expected a value of type bool"),
-    ("mode=c", "--set mode=c: expected a value of type"),
+    ("mode=c", "--set mode=c: expected one of a, b"),
     ("lr", "--set 'lr': expected KEY=VALUE"),
 ])
 def test_set_errors_name_the_field_and_what_was_expected(item, expected):
