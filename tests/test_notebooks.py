@@ -16,6 +16,7 @@ The method notebooks are committed in their full setting: with the default runs'
 """
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -103,6 +104,82 @@ def test_method_notebook_is_committed_in_its_full_setting_with_its_results(path)
     assert "FAST = False, TRAINED = True" in text, f"{path.name}: commit it as `python {__file__} --full` writes it"
     results = [line for line in text.splitlines() if line.startswith("result: ")]
     assert results and text.rstrip().endswith(results[-1]), f"{path.name}: its `result:` lines must come last"
+
+
+# A figure in a notebook's prose: a decimal, or a number with a unit (%, mm, px, min, s, ms, x, deg); not in code
+# (`...` or a fenced block), not a section, table, equation, figure or version number, and not the paper's
+# (marked with a dagger right after it: 5.7†).
+PROSE_FIGURE = re.compile(r"(?<![\w.†/-])(\d[\d,]*(?:\.\d+)?)(\s?(?:%|mm\b|px\b|min\b|ms\b|s\b|x\b(?!\s?\d)|deg\b|°))?(†)?")
+NOT_A_FIGURE = re.compile(r"(?:Sec\.|Section|Table|Tables|Eq\.|Eqs\.|Fig\.|No\.|Appendix|v|§|stride|step|steps)\s?\(?$")
+OUTPUT_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def prose_figures(markdown):
+    """(text, value, decimals, is_percent) of each figure in a markdown cell's prose that a cell must print."""
+    text = re.sub(r"```.*?```", " ", markdown, flags=re.S)
+    text = re.sub(r"`[^`]*`", " ", text)
+    text = re.sub(r"\(https?://[^)]*\)|\[[^\]]*\]\([^)]*\)", " ", text)  # links
+    found = []
+    for m in PROSE_FIGURE.finditer(text):
+        number, unit, paper = m.group(1).rstrip(","), (m.group(2) or "").strip(), m.group(3)
+        if paper or NOT_A_FIGURE.search(text[max(0, m.start() - 12):m.start()]):
+            continue
+        if re.match(r"\d+\.\d+\.\d+", text[m.start():]):  # a version (0.1.28)
+            continue
+        if "." not in number and not unit:
+            continue  # an integer without a unit: a count or a config value, not a measured figure
+        digits = number.replace(",", "")
+        decimals = len(digits.split(".")[1]) if "." in digits else 0
+        found.append((m.group(0).strip(), float(digits), decimals, unit == "%"))
+    return found
+
+
+def printed_numbers(nb):
+    """Every number a code cell's outputs show (printed text, tables displayed as Markdown or plain text)."""
+    texts = []
+    for o in outputs(nb):
+        texts.append(o.get("text", ""))
+        for kind in ("text/plain", "text/markdown"):
+            value = o.get("data", {}).get(kind, "")
+            texts.append("".join(value) if isinstance(value, list) else value)
+    return [float(x) for x in OUTPUT_NUMBER.findall(" ".join(texts).replace(",", ""))]
+
+
+def unprinted_figures(nb):
+    """The prose figures of `nb` that no output shows, allowing for rounding to the prose's digits (a percentage
+    may be printed as a fraction)."""
+    shown = printed_numbers(nb)
+    missing = []
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        for text, value, decimals, percent in prose_figures(cell.source):
+            half = 0.5 * 10 ** -decimals + 1e-9
+            candidates = shown + ([100 * u for u in shown] if percent else [])
+            if not any(abs(abs(u) - value) <= half for u in candidates):
+                missing.append(text)
+    return missing
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_every_figure_in_the_prose_is_printed_by_a_cell(path):
+    """A notebook's text claims only what its committed outputs show: each figure of its markdown (not the paper's,
+    marked †) is a number some cell printed, to the digits the text gives."""
+    missing = unprinted_figures(nbformat.read(path, as_version=4))
+    assert not missing, f"{path.name}: the prose quotes figures no cell prints: {missing}"
+
+
+def test_the_prose_check_finds_a_figure_changed_by_hand():
+    """The check above on a made-up notebook: a printed figure passes, one changed by hand does not, the paper's
+    (†) and code are exempt, and a percentage may be printed as a fraction."""
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print(...)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="PA-MPJPE 9.478 mm; improved 0.383\n")]
+    prose = "We get 9.48 mm (the paper 5.7†), 38 % better, in Sec. 4.1 with `lr 2.5` on 24 x 24 maps."
+    nb.cells = [nbformat.v4.new_markdown_cell(prose), cell]
+    assert unprinted_figures(nb) == []
+    nb.cells[0].source = nb.cells[0].source.replace("9.48 mm", "9.38 mm")
+    assert unprinted_figures(nb) == ["9.38 mm"]
 
 
 if __name__ == "__main__":
