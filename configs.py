@@ -126,9 +126,13 @@ def interval(spec):
     return float(m[2]), float(m[3]), m[1] == "[", m[4] == "]"
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # a config's floats meet float32 tensors: a larger one is inf there
+INT64_MAX = 2 ** 63 - 1  # and its ints int64 ones
+
+
 def check_value(where, value, kind, spec):
     """Raise ValueError naming `where` unless `value` is a `kind` (int, float, or a tuple of them) inside the
-    interval `spec` (None: any finite number); floats must be finite."""
+    interval `spec` (None: any finite number); floats must be finite in float32, ints fit int64."""
     items, number = (value if isinstance(value, (tuple, list)) and kind in (tuple, list) else (value,)), None
     for item in items:
         number = type(item) in (int, float) or (kind is float and type(item) is int)
@@ -137,9 +141,11 @@ def check_value(where, value, kind, spec):
             raise ValueError(f"{where}={value!r}: expected {want}" + (f" in {spec}" if spec else ""))
         low, high, low_in, high_in = interval(spec) if spec else (-math.inf, math.inf, False, False)
         inside = (low <= item if low_in else low < item) and (item <= high if high_in else item < high)
-        if not math.isfinite(item) or not inside:
+        too_big = math.isfinite(item) and abs(item) > (INT64_MAX if type(item) is int else FLOAT32_MAX)
+        if not math.isfinite(item) or too_big or not inside:
             what = "each item" if kind in (tuple, list) else "a finite number" if spec is None else "a value"
-            raise ValueError(f"{where}={value!r}: expected {what} in {spec or '(-inf, inf)'}")
+            bits = f" that {'int64' if type(item) is int else 'float32'} holds" if too_big else ""
+            raise ValueError(f"{where}={value!r}: expected {what} in {spec or '(-inf, inf)'}{bits}")
 
 
 class Parser(argparse.ArgumentParser):

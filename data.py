@@ -464,11 +464,21 @@ _FREIHAND_LAYOUT = """expected FreiHAND's official layout:
   ROOT/evaluation/rgb/00000000.jpg ... 00003959.jpg"""
 
 
-def _read_json(path):
+def _read_json(path, shape):
+    """A FreiHAND label file as a float32 array of `shape` (-1: its number of hands), checked (numbers, finite)."""
     if not path.is_file():
-        raise FileNotFoundError(f"FreiHAND: missing {path}\n{_FREIHAND_LAYOUT}")
-    with open(path) as f:
-        return json.load(f)
+        raise FileNotFoundError(f"FreiHAND: {'folder' if path.is_dir() else 'missing'} {path}\n{_FREIHAND_LAYOUT}")
+    try:
+        with open(path) as f:
+            a = np.asarray(json.load(f))
+    except ValueError as e:  # a truncated file (JSONDecodeError) or ragged lists
+        raise ValueError(f"FreiHAND: {path} is not readable JSON of numbers ({str(e).splitlines()[0]})") from None
+    check_numbers("FreiHAND", path, "(the file)", a)
+    try:
+        return a.astype(np.float32).reshape(shape)
+    except ValueError:
+        raise ValueError(f"FreiHAND: {path} holds an array of shape {a.shape}, expected {shape} (-1: the hands)") \
+            from None
 
 
 def _real_mano_hands_mean():
@@ -592,12 +602,11 @@ class FreiHAND(_PhotoHands):
         self.versions = tuple(versions) if split == "training" else (0,)
         if not set(self.versions) <= set(range(len(FREIHAND_VERSIONS))):
             raise ValueError(f"FreiHAND: versions must be indices into {FREIHAND_VERSIONS}, got {versions}")
-        read = {name: _read_json(self.root / f"{split}_{name}.json") for name in ("K", "xyz", "verts", "mano")}
-        self.K = np.asarray(read["K"], dtype=np.float32).reshape(-1, 3, 3)
+        self.K = _read_json(self.root / f"{split}_K.json", (-1, 3, 3))
         n = len(self.K)
-        self.joints3d = np.asarray(read["xyz"], dtype=np.float32).reshape(n, 21, 3)
-        self.verts = np.asarray(read["verts"], dtype=np.float32).reshape(n, 778, 3)
-        mano = np.asarray(read["mano"], dtype=np.float32).reshape(n, 61)  # pose 48, shape 10, uv_root 2, scale 1
+        self.joints3d = _read_json(self.root / f"{split}_xyz.json", (n, 21, 3))
+        self.verts = _read_json(self.root / f"{split}_verts.json", (n, 778, 3))
+        mano = _read_json(self.root / f"{split}_mano.json", (n, 61))  # pose 48, shape 10, uv_root 2, scale 1
         if hands_mean is None:
             hands_mean = _real_mano_hands_mean()
         self.pose_relative_to_mean = hands_mean is None
@@ -607,7 +616,7 @@ class FreiHAND(_PhotoHands):
         self.mano_shape = mano[:, 48:58].copy()
         self.is_right = np.ones(n, dtype=bool)
         scale_path = self.root / f"{split}_scale.json"
-        self.scale = np.asarray(_read_json(scale_path), dtype=np.float32).reshape(n) if scale_path.is_file() else None
+        self.scale = _read_json(scale_path, (n,)) if scale_path.is_file() else None
         self.num_hands = n
 
     def __len__(self):
@@ -691,11 +700,8 @@ class NpzHands(_PhotoHands):
         super().__init__(image_size, augment, seed, augment_config)
         self.root, self.split = pathlib.Path(root), split
         path = self.root / f"{split}.npz"
-        if not path.is_file():
-            raise FileNotFoundError(f"NpzHands: missing {path} (expected ROOT/{{split}}.npz with the keys "
-                                    f"image_files, {', '.join(NPZ_LABEL_SHAPES)}[, is_right]; see NpzHands)")
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
+        arrays = _read_npz(path, "NpzHands", f"ROOT/{{split}}.npz with the keys image_files, "
+                           f"{', '.join(NPZ_LABEL_SHAPES)}[, is_right]; see NpzHands")
         for key in ("image_files",) + tuple(NPZ_LABEL_SHAPES):
             if key not in arrays:
                 raise ValueError(f"NpzHands: {path} has no array {key!r} (it has {sorted(arrays)})")
@@ -707,6 +713,7 @@ class NpzHands(_PhotoHands):
             if arrays[key].shape != (n, *shape):
                 raise ValueError(f"NpzHands: {path} key {key!r} has shape {arrays[key].shape}, "
                                  f"expected {(n, *shape)}")
+            check_numbers("NpzHands", path, key, arrays[key])
             setattr(self, key, arrays[key].astype(np.float32))
         self.is_right = arrays["is_right"].astype(bool) if "is_right" in arrays else np.ones(n, dtype=bool)
         if self.is_right.shape != (n,):
@@ -742,13 +749,34 @@ SMPL_FROM_OPENPOSE = {0: 8, 12: 1, 17: 2, 19: 3, 21: 4, 16: 5, 18: 6, 20: 7, 2: 
 SMPL_FROM_EXTRA = {8: 0, 5: 1, 2: 2, 1: 3, 4: 4, 7: 5, 21: 6, 19: 7, 17: 8, 16: 9, 18: 10, 20: 11, 12: 12, 0: 14}
 
 
-def _label_arrays(path, who, required, expected):
-    """The arrays of a benchmark's label file (no pickles), after checking it exists and has the
-    required keys; one line naming the file and the key otherwise."""
+def _read_npz(path, who, expected):
+    """{key: array} of an .npz label file (no pickles), read whole now: a missing, truncated or foreign file, or
+    a folder, raises one line naming it."""
     if not path.is_file():
-        raise FileNotFoundError(f"{who}: missing {path} (expected {expected})")
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = {key: npz[key] for key in npz.files}
+        raise FileNotFoundError(f"{who}: {path} is a folder (expected {expected})" if path.is_dir() else
+                                f"{who}: missing {path} (expected {expected})")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except Exception as e:  # zipfile, numpy and pickle refusals of a truncated or foreign file: say which file
+        raise ValueError(f"{who}: {path} is not a readable .npz ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'truncated?'})") from None
+
+
+def check_numbers(who, path, key, a):
+    """Raise ValueError naming the file, the key and the first bad index unless the array `a` holds finite
+    numbers (a label read at load time, so a bad value stops the run before its first step)."""
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise ValueError(f"{who}: {path} key {key!r} has dtype {a.dtype}; expected numbers")
+    if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+        index = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+        raise ValueError(f"{who}: {path} key {key!r} is not finite at index {index}: {a[index]}")
+
+
+def _label_arrays(path, who, required, expected):
+    """The arrays of a benchmark's label file (no pickles), after checking it exists, reads whole and has the
+    required keys; one line naming the file and the key otherwise."""
+    arrays = _read_npz(path, who, expected)
     for key in required:
         if key not in arrays:
             raise ValueError(f"{who}: {path} has no key {key!r} (it has {sorted(arrays)})")
@@ -809,6 +837,7 @@ class HMR2Npz(torch.utils.data.Dataset):
             if not ok:
                 want = "(N,) or (N, 2)" if key == "scale" else str((n, *row))
                 raise ValueError(f"HMR2Npz: {self.path} key {key!r} has shape {a.shape}, expected {want}")
+            check_numbers("HMR2Npz", self.path, key, a)
         def f32(key, shape):  # an optional key absent from the file: zeros, as image_dataset.py
             return arrays[key].astype(np.float32) if key in arrays else np.zeros((n, *shape), np.float32)
 
@@ -1073,6 +1102,8 @@ class WholeBodyNpz(torch.utils.data.Dataset):
             if key in arrays and arrays[key].shape != (n, *row):
                 raise ValueError(f"WholeBodyNpz: {self.path} key {key!r} has shape {arrays[key].shape}, "
                                  f"expected {(n, *row)}")
+            if key in arrays:
+                check_numbers("WholeBodyNpz", self.path, key, arrays[key])
         self.arrays = {key: torch.from_numpy(arrays[key].astype(np.float64))
                        for key in WHOLEBODY_SHAPES if key in arrays}
         self.hand_labeller = WholeBodyHands(self.image_hw, model_dir)  # SMPL-X, its rig and the hand keys' rule

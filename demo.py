@@ -38,7 +38,7 @@ import simplehand
 import simplehand_experiments
 from bodymodels import crop_box, crop_matrix
 from checkpoints import load_trained
-from configs import with_fields
+from configs import Parser, number, with_fields
 from data import InputError, read_image
 from plots import draw_demo, to_numpy
 
@@ -671,10 +671,11 @@ MODELS = {  # --model -> (its `infer`, what add_demo_arguments adds for it)
 
 def build_parser(model=None):
     """The command's arguments for `model` (its --checkpoint default and its own flags; None: the shared ones)."""
-    parser = argparse.ArgumentParser(prog="demo.py", description="A trained model on your image: a picture, an .obj "
+    parser = Parser(prog="demo.py", description="A trained model on your image: a picture, an .obj "
                                      "per mesh and an .npz of everything it predicted (keys described in its README).")
     parser.add_argument("--model", required=True, choices=sorted(MODELS), help="which paper's model")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    parser.add_argument("--threads", type=number(int, "[0, inf)"), default=0,
+                        help="torch CPU threads (0: leave torch's default)")
     add_demo_arguments(parser, model or "MODEL", **MODELS[model][1] if model in MODELS else {})
     return parser
 

@@ -115,8 +115,8 @@ def check_inputs(cfg, kind, path):
     ImageNet weights) must exist, checked before any stage trains; raises in one line as build_model would."""
     if cfg.build.official_checkpoint:
         if not os.path.isfile(cfg.build.official_checkpoint):
-            raise FileNotFoundError(f"{cfg.build.official_checkpoint}: no such file (expected "
-                                    f"{simplehand.RELEASED})")
+            raise FileNotFoundError(f"official_checkpoint={cfg.build.official_checkpoint!r}: no such file "
+                                    f"(expected {simplehand.RELEASED})")
     elif cfg.model.backbone != "tiny_cnn":
         simplehand.pretrained_weights(cfg.model)
 

@@ -415,8 +415,10 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
     seed_everything(args.seed)
     try:
         model = stage.paper.build_model(cfg, parent).to(ranks.device)
-    except (ImportError, ValueError, FileNotFoundError) as e:  # no timm, a refused config, a missing
-        fail(f"--config {config_name}: {str(e).splitlines()[0]}")  # weights file: one line, before any rendering
+    except (ImportError, ValueError, FileNotFoundError, OverflowError, MemoryError) as e:  # no timm, a refused
+        # config, a missing weights file, sizes beyond this machine: one line, before any rendering
+        given = " --set " + " ".join(args.set) if args.set and isinstance(e, (OverflowError, MemoryError)) else ""
+        fail(f"--config {config_name}{given}: {str(e).splitlines()[0] or type(e).__name__}")
     if ranks.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     # fused: one kernel for all parameters (CPU and CUDA), much faster than the per-tensor loop on small models
