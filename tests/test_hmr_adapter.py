@@ -304,19 +304,28 @@ def test_body_loss_over_the_hands_sees_the_wrists_rotation(batch):
 
 
 def test_perfect_predictions_score_zero_and_hands_are_wrist_aligned(batch):
+    """Predictions equal to the truth up to a translation score 0 on every key. In float64: a float32 Procrustes
+    fit of a 10,475-vertex body a metre away leaves residuals of about 1e-3 mm, whose size depends on the order of
+    the sums (threads, BLAS kernels), so float32 inputs made this test pass or fail by machine and test order."""
     pose = torch.stack([batch[f"{s}_hand_mano_pose"] for s in ha.SIDES], 1)
     verts, joints = ha.mano_mesh(axis_angle_to_matrix(pose.flatten(0, 1)), torch.zeros(8, 10))
-    shift = torch.tensor([0.3, -0.2, 1.0])
-    pred = {"hand_x_verts": verts.unflatten(0, (4, 2)) + shift, "hand_x_joints": joints.unflatten(0, (4, 2)) + shift,
-            "pipe_y_verts": batch["verts"] + shift, "pipe_y_joints": batch["joints3d"] + shift}
-    result = metrics.wholebody_metrics(pred, batch)
+    shift = torch.tensor([0.3, -0.2, 1.0], dtype=torch.float64)
+    gt = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
+    pred = {"hand_x_verts": verts.unflatten(0, (4, 2)).double() + shift,
+            "hand_x_joints": joints.unflatten(0, (4, 2)).double() + shift,
+            "pipe_y_verts": gt["verts"] + shift, "pipe_y_joints": gt["joints3d"] + shift}
+    result = metrics.wholebody_metrics(pred, gt)
     occluded = torch.stack([batch[f"{s}_hand_occluded"] for s in ha.SIDES], 1) > 0.5
     assert occluded.any() and not occluded.all()  # every split has hands: every key is there
     errors = ("pve_mm", "pa_pve_mm", "pa_mpjpe_mm")
     want = ([f"hand_path/x/{split}/{e}" for split in ("clean", "occluded") for e in errors + ("rot_deg",)]
             + [f"pipeline/y/{part}/{e}" for part in ("all", "hands", "hands_occluded") for e in errors]
             + ["pipeline/y/face/pve_mm", "pipeline/y/face/pa_pve_mm"])
-    assert list(result) == want and all(abs(v) < 1e-3 for v in result.values())
+    assert list(result) == want, list(result)
+    # the metrics rebuild the true hands (MANO) and the joints they score in float32: ~1e-5 mm of rounding remains,
+    # 100 x below the float32 Procrustes residual that made this test depend on the machine
+    tolerance = {k: 1e-4 for k in result}
+    assert all(abs(v) < tolerance[k] for k, v in result.items()), {k: v for k, v in result.items() if abs(v) >= tolerance[k]}
 
 
 def test_a_hand_turned_about_its_wrist_is_global_error_only(batch):
