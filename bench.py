@@ -3,6 +3,8 @@
     python bench.py --model simplehand|genhmr|hmr_adapter [--config C] [--params] [--bench] [--shapes]
     python bench.py --data-grid OUT_DIR      # a PNG grid of samples of each synthetic dataset
     python bench.py --data-bench [--count N] # samples per second of each synthetic dataset on one thread
+    python bench.py --compare-official simplehand|hmr_adapter|genhmr|all [--official-simplehand PATH]
+                    [--official-hamer PATH]  # ours against the official code (docs/reference.md, issue 62)
 
 --params: parameter counts per part at the paper's size (next to the paper's figures); --bench (the default
 when neither --params nor --shapes is given): inference speed on random weights; --shapes: one random input
@@ -18,6 +20,9 @@ script runs, one part per paper:
 3. HMR-Adapter: trainable and frozen counts per part; the baseline's and the adapted pipeline's latency; one
    image through both paths of an untrained model
 4. Synthetic data (synthetic.py): sample grids with the keypoints drawn, and drawing speed
+5. Against the official code: the same training steps and forwards through ours and the official simpleHand
+   HandNet / HaMeR expert (imported at run time from a checkout the user names), GenHMR and the adapters beside the
+   papers' figures; median time, peak memory, ratio, MFU; a reduced size off CUDA
 """
 
 import argparse
