@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 import types
 import warnings
 
@@ -946,8 +947,16 @@ def compare_official(which, run):
           "ratio = ours / official")
     print(f"{'paper':12s} {'work':40s} {'batch':>5s} {'dtype':>5s} {'ours ms':>10s} {'official':>10s} {'ratio':>6s} "
           f"{'mem':>7s} {'off mem':>7s} {'MFU':>6s} {'off MFU':>6s} {'GFLOP':>9s}  note", flush=True)
+    failed = []
     for name in (COMPARISONS if which == "all" else (which,)):
-        COMPARISONS[name](run)
+        try:
+            COMPARISONS[name](run)
+        except Exception:  # one paper's failure must not cost the other papers' rows of a short GPU lease
+            traceback.print_exc()
+            failed.append(name)
+    if failed:
+        raise SystemExit(f"bench.py: --compare-official {', '.join(failed)} failed (traceback above); the other rows "
+                         "stand")
     return run.rows
 
 

@@ -146,6 +146,19 @@ def test_cuda_without_a_device_is_refused(capsys):
     assert "--device cuda: no CUDA device here" in _refused(["--compare-official", "all", "--device", "cuda"], capsys)
 
 
+def test_a_failing_paper_keeps_the_other_papers_rows_and_the_command_fails(monkeypatch, capsys):
+    """One short GPU lease: a paper that raises prints its traceback, the next paper still runs, and the command
+    exits non-zero naming the failed one."""
+    def broken(run):
+        raise RuntimeError("planted")
+    monkeypatch.setattr(bench, "COMPARISONS", {"simplehand": broken, "genhmr": lambda run: print("genhmr row")})
+    with pytest.raises(SystemExit) as e:
+        bench.compare_official("all", bench.CompareRun(torch.device("cpu"), True, 1, 0))
+    out, err = capsys.readouterr()
+    assert "genhmr row" in out and "RuntimeError: planted" in err
+    assert "--compare-official simplehand failed" in str(e.value.code)
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. The command at the reduced size: our side always, the official side where its checkout is named
 
