@@ -424,8 +424,7 @@ OFFICIAL = {  # flag: (what it names, files read, packages their imports need be
     "hamer": ("geopavlakos/hamer", ("hamer/models/backbones/vit.py", "hamer/models/heads/mano_head.py",
               "hamer/models/components/pose_transformer.py", "hamer/models/components/t_cond_mlp.py",
               "hamer/utils/geometry.py"), ("timm", "einops"))}
-PAPER_FIGURES = {  # what each paper reports for the work of a row (the issue's list)
-    "SimpleHand FPS": "70 FPS (FastViT-MA36, RTX 2080 Ti)",
+PAPER_FIGURES = {  # what each paper reports for the work of a row (the issue's list; SimpleHand's FPS: REPORTED)
     "HaMeR forward": "32 ms per crop (RTX 3090, hamer issue #1)",
     "GenHMR UGS T=1": "0.032 s", "GenHMR UGS T=5": "0.102 s", "GenHMR refine P=1": "0.154 s",
     "GenHMR refine P=5": "0.253 s"}  # GenHMR: AITI, RTX A5000
@@ -500,6 +499,11 @@ class ForwardFeatures(nn.Module):
     def forward(self, x):
         feature = self.net.forward_features(x)
         return feature, feature
+
+
+def batches(x):
+    """The inference inputs of a row pair: the first sample alone, and the whole batch (if more than one)."""
+    return [x[:1]] + ([x] if len(x) > 1 else [])
 
 
 def free(device):
@@ -728,7 +732,7 @@ def compare_simplehand(run):
         model = ours()
         loss_of = lambda: simplehand_experiments.training_loss(model, dict(labels, image=rgb), cfg, 0)[0]  # noqa: E731
         mine = side_figures(model, loss_of, project_optimizer(simplehand_experiments, model, cfg),
-                            run.train_precision, cfg.recipe.grad_clip, model, [rgb[:1], rgb], run)
+                            run.train_precision, cfg.recipe.grad_clip, model, batches(rgb), run)
         del model, loss_of
         free(dev)
         theirs = {}
@@ -739,14 +743,15 @@ def compare_simplehand(run):
                           xyz_valid=torch.ones(batch, device=dev))
             loss_of = lambda: model(bgr255, target)["total_loss"]  # noqa: E731
             theirs = side_figures(model, loss_of, official_optimizer_simplehand(model, cfg.recipe),
-                                  run.train_precision, cfg.recipe.grad_clip, model, [bgr255[:1], bgr255], run)
+                                  run.train_precision, cfg.recipe.grad_clip, model, batches(bgr255), run)
             del model, loss_of
             free(dev)
         label = f"[{name}] {cfg.model.backbone if not run.small else 'Patchify'}"
         run.row("SimpleHand", f"{label} training step", batch, run.train_precision, mine["train"],
                 theirs.get("train"), note)
-        for b in (1, batch):
-            fps = f"FPS ours {1 / mine[('infer', 1)][0]:.0f}; paper {PAPER_FIGURES['SimpleHand FPS']}" if b == 1 else ""
+        paper = simplehand_experiments.REPORTED[name]["fps"]  # at batch 1 on an RTX 2080 Ti (Sec. 4.1, Table 1)
+        for b in dict.fromkeys((1, batch)):
+            fps = f"FPS ours {1 / mine[('infer', 1)][0]:.0f}; paper {paper:.0f} (RTX 2080 Ti)" if b == 1 else ""
             run.row("SimpleHand", f"{label} inference", b, "fp32", mine[("infer", b)], theirs.get(("infer", b)),
                     fps)
 
@@ -833,7 +838,7 @@ def compare_hamer(run):
             pose, betas, _ = model(crops)
             return hamer_parameter_loss(bodymodels.rot6d_to_matrix(pose.float()), betas.float(), targets)
         opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, fused=True)
-        mine = side_figures(model, loss_of, opt, run.train_precision, 0.0, model, [crops[:1], crops], run)
+        mine = side_figures(model, loss_of, opt, run.train_precision, 0.0, model, batches(crops), run)
         del model, loss_of, opt
         free(dev)
         theirs = {}
@@ -846,13 +851,13 @@ def compare_hamer(run):
                 return hamer_parameter_loss(R.float(), params["betas"].float(), targets)
             opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
             theirs = side_figures(model, loss_of, opt, run.train_precision, 0.0,
-                                  functools.partial(official_forward, model), [crops[:1], crops], run)
+                                  functools.partial(official_forward, model), batches(crops), run)
             del model, loss_of, opt
             free(dev)
     size = "reduced" if run.small else "ViT-H + head"
     run.row("HaMeR", f"expert ({size}) training step", batch, run.train_precision, mine["train"],
             theirs.get("train"), note)
-    for b in (1, batch):
+    for b in dict.fromkeys((1, batch)):
         run.row("HaMeR", f"expert ({size}) forward", b, "fp32", mine[("infer", b)], theirs.get(("infer", b)),
                 f"paper: {PAPER_FIGURES['HaMeR forward']}" if b == 1 else "")
 
