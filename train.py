@@ -415,9 +415,11 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
     seed_everything(args.seed)
     try:
         model = stage.paper.build_model(cfg, parent).to(ranks.device)
-    except (ImportError, ValueError, FileNotFoundError, OverflowError, MemoryError) as e:  # no timm, a refused
-        # config, a missing weights file, sizes beyond this machine: one line, before any rendering
-        given = " --set " + " ".join(args.set) if args.set and isinstance(e, (OverflowError, MemoryError)) else ""
+    except (ImportError, ValueError, FileNotFoundError, OverflowError, MemoryError, RuntimeError, TypeError) as e:
+        # no timm, a refused config, a missing weights file, sizes beyond this machine (a failed allocation is
+        # torch's RuntimeError, a size beyond int64 its TypeError): one line, before any rendering
+        big = isinstance(e, (OverflowError, MemoryError, RuntimeError, TypeError))
+        given = " --set " + " ".join(args.set) if args.set and big else ""
         fail(f"--config {config_name}{given}: {str(e).splitlines()[0] or type(e).__name__}")
     if ranks.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
