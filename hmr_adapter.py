@@ -30,6 +30,7 @@ import math
 import os
 import types
 import typing
+from typing import Annotated
 from dataclasses import dataclass, field
 
 import torch
@@ -445,12 +446,12 @@ def mesh(out, boxes, theta, hand_pose, details=False):
 
 
 # The range of each numeric field, an interval (configs.check_ranges: train.py refuses a value outside it)
-AtLeast1 = typing.Annotated[int, "[1, inf)"]  # sizes, counts, widths
-AtLeast0 = typing.Annotated[int, "[0, inf)"]  # steps, and counts whose 0 the field's comment explains
-NonNegative = typing.Annotated[float, "[0, inf)"]  # loss weights, learning rates, decays
-Positive = typing.Annotated[float, "(0, inf)"]
-Fraction = typing.Annotated[float, "[0, 1]"]  # probabilities, dropout
-Sizes = typing.Annotated[tuple, "[1, inf)"]  # each item a size
+AtLeast1 = Annotated[int, "[1, inf)"]  # sizes, counts, widths
+AtLeast0 = Annotated[int, "[0, inf)"]  # steps, and counts whose 0 the field's comment explains
+NonNegative = Annotated[float, "[0, inf)"]  # loss weights, learning rates, decays
+Positive = Annotated[float, "(0, inf)"]
+Fraction = Annotated[float, "[0, 1]"]  # probabilities, dropout
+Sizes = Annotated[tuple, "[1, inf)"]  # each item a size
 
 
 @dataclass

@@ -299,6 +299,9 @@ def evaluate(stage, model, cfg, eval_set, baseline, args, ranks, train_set=None)
     {key: (n, ...)} in the held-out order, gt without images."""
     distributed.stop_if_preempted()  # SIGTERM came during the step before: its checkpoint is written
     n, W, was_training, recipe = len(eval_set), ranks.world_size, model.training, recipe_of(cfg)
+    if W > 1:  # every rank scores rank 0's model, the one its checkpoint holds: DDP syncs the buffers at the start of
+        for buffer in model.buffers():  # each forward, so after the last step each rank kept its own BatchNorm stats
+            dist.broadcast(buffer.data, 0)
     subset = torch.utils.data.Subset(eval_set, list(range(ranks.rank, n, W)))
     loader = torch.utils.data.DataLoader(subset, batch_size=max(1, recipe.batch_size // W), num_workers=args.workers,
                                          worker_init_fn=distributed.ignore_sigterm,

@@ -109,13 +109,15 @@ def test_method_notebook_is_committed_in_its_full_setting_with_its_results(path)
 # A figure in a notebook's prose: a decimal, or a number with a unit (%, mm, px, min, s, ms, x, deg); not in code
 # (`...` or a fenced block), not a section, table, equation, figure or version number, and not the paper's
 # (marked with a dagger right after it: 5.7†).
-PROSE_FIGURE = re.compile(r"(?<![\w.†/-])(\d[\d,]*(?:\.\d+)?)(\s?(?:%|mm\b|px\b|min\b|ms\b|s\b|x\b(?!\s?\d)|deg\b|°))?(†)?")
+PROSE_FIGURE = re.compile(r"(?<![\w.†/-])(\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?)"
+                          r"(\s?(?:%|mm\b|px\b|min\b|ms\b|s\b|x\b(?!\s?\d)|deg\b|°))?(†)?")
 NOT_A_FIGURE = re.compile(r"(?:Sec\.|Section|Table|Tables|Eq\.|Eqs\.|Fig\.|No\.|Appendix|v|§|stride|step|steps)\s?\(?$")
 OUTPUT_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
 def prose_figures(markdown):
-    """(text, value, decimals, is_percent) of each figure in a markdown cell's prose that a cell must print."""
+    """(text, value, half a unit of its last digit, is_percent) of each figure in a markdown cell's prose that a cell
+    must print."""
     text = re.sub(r"```.*?```", " ", markdown, flags=re.S)
     text = re.sub(r"`[^`]*`", " ", text)
     text = re.sub(r"\(https?://[^)]*\)|\[[^\]]*\]\([^)]*\)", " ", text)  # links
@@ -129,8 +131,10 @@ def prose_figures(markdown):
         if "." not in number and not unit:
             continue  # an integer without a unit: a count or a config value, not a measured figure
         digits = number.replace(",", "")
-        decimals = len(digits.split(".")[1]) if "." in digits else 0
-        found.append((m.group(0).strip(), float(digits), decimals, unit == "%"))
+        mantissa, _, exponent = digits.partition("e")
+        decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+        half = 0.5 * 10 ** (int(exponent or 0) - decimals) + 1e-9  # half a unit of the last digit given
+        found.append((m.group(0).strip(), float(digits), half, unit == "%"))
     return found
 
 
@@ -153,8 +157,7 @@ def unprinted_figures(nb):
     for cell in nb.cells:
         if cell.cell_type != "markdown":
             continue
-        for text, value, decimals, percent in prose_figures(cell.source):
-            half = 0.5 * 10 ** -decimals + 1e-9
+        for text, value, half, percent in prose_figures(cell.source):
             candidates = shown + ([100 * u for u in shown] if percent else [])
             if not any(abs(abs(u) - value) <= half for u in candidates):
                 missing.append(text)
