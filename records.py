@@ -73,7 +73,7 @@ def machine():
                 gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
 
-def write(name, command, wall_s, started, commit=None, folder=RUNS):
+def write(name, command, wall_s, started, commit=None, note=None, folder=RUNS):
     """Write docs/runs/NAME.json (atomically) for the finished run of `command` (argv list); commit: the code's
     commit when the run was made from another (default: this tree's HEAD, with its uncommitted changes noted)."""
     import train  # the chain of stages --model trains
@@ -92,6 +92,8 @@ def write(name, command, wall_s, started, commit=None, folder=RUNS):
     record = dict(name=name, command=shlex.join(command), commit=commit or _git("rev-parse", "HEAD"),
                   uncommitted_changes=None if commit else bool(_git("status", "--porcelain", "--untracked-files=no")),
                   machine=machine(), started=started, wall_s=round(wall_s, 1), finished=finished, stages=stages)
+    if note:
+        record["note"] = note
     path = pathlib.Path(folder) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(json.dumps(record, indent=1).encode()))
@@ -105,6 +107,7 @@ def main(argv=None):
     p.add_argument("--wall-s", type=float, help="write: the run's measured wall time in seconds")
     p.add_argument("--started", help="write: when the run started (ISO 8601)")
     p.add_argument("--commit", help="write: the commit the run's code was at (default: HEAD)")
+    p.add_argument("--note", help="write: a sentence on how the run was made, kept in the record")
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--" not in argv or argv.index("--") == len(argv) - 1:
         p.error("give the train.py command after --, e.g. -- torchrun --standalone --nproc_per_node=2 train.py ...")
@@ -113,7 +116,7 @@ def main(argv=None):
     if args.action == "write":
         if args.wall_s is None or not args.wall_s > 0:
             p.error("write needs --wall-s, the run's wall time in seconds (> 0)")
-        return write(args.name, command, args.wall_s, args.started, args.commit)
+        return write(args.name, command, args.wall_s, args.started, args.commit, args.note)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     t0 = time.time()
     status = subprocess.run(command).returncode
