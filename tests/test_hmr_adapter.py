@@ -325,7 +325,8 @@ def test_perfect_predictions_score_zero_and_hands_are_wrist_aligned(batch):
     # the metrics rebuild the true hands (MANO) and the joints they score in float32: ~1e-5 mm of rounding remains,
     # 100 x below the float32 Procrustes residual that made this test depend on the machine
     tolerance = {k: 1e-4 for k in result}
-    assert all(abs(v) < tolerance[k] for k, v in result.items()), {k: v for k, v in result.items() if abs(v) >= tolerance[k]}
+    too_far = {k: v for k, v in result.items() if abs(v) >= tolerance[k]}
+    assert not too_far, too_far
 
 
 def test_a_hand_turned_about_its_wrist_is_global_error_only(batch):

@@ -111,7 +111,8 @@ def test_method_notebook_is_committed_in_its_full_setting_with_its_results(path)
 # (marked with a dagger right after it: 5.7†).
 PROSE_FIGURE = re.compile(r"(?<![\w.†/-])(\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?)"
                           r"(\s?(?:%|mm\b|px\b|min\b|ms\b|s\b|x\b(?!\s?\d)|deg\b|°))?(†)?")
-NOT_A_FIGURE = re.compile(r"(?:Sec\.|Section|Table|Tables|Eq\.|Eqs\.|Fig\.|No\.|Appendix|v|§|stride|step|steps)\s?\(?$")
+NOT_A_FIGURE = re.compile(r"(?:Sec\.|Section|Table|Tables|Eq\.|Eqs\.|Fig\.|No\.|Appendix|v|§|stride|step|steps)"
+                          r"\s?\(?$")
 OUTPUT_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
