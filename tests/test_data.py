@@ -16,7 +16,6 @@ import data
 import synthetic
 from bodymodels import axis_angle_to_matrix, perspective_projection
 
-torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ IMG = with_fields(genhmr.PAPER, image_size=32, patch_size=8, vit_width=32, vit_d
                   token_head="tied", regressor_head="mlp", hmr2_head=(32, 2, 2, 16, 64), loss_batch=1)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def seeded(seed):

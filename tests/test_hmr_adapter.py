@@ -24,7 +24,6 @@ import train
 from render import rasterize
 from bodymodels import axis_angle_to_matrix, forward_kinematics, mirror_rotation
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

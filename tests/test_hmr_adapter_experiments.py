@@ -18,7 +18,6 @@ import synthetic
 import train
 from test_hmr_adapter import random_rotations
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

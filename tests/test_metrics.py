@@ -33,7 +33,6 @@ DOUBLE = dict(dtype=torch.float64)
 FAST = settings(deadline=None, max_examples=25)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # -----------------------------------------------------------------------------

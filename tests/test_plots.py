@@ -11,7 +11,6 @@ import data
 import plots
 import synthetic
 
-torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------------------------

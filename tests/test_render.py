@@ -11,7 +11,6 @@ import data
 import render
 from test_synthetic import random_background
 
-torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -351,7 +351,7 @@ def test_build_model_carries_manos_j_regressor_in_its_checkpoint():
     assert out["joints3d"][:, 9].abs().max() < 1e-6  # root-relative with MANO's own regressor
 
 
-def test_one_batch_overfit_loss_falls_tenfold(one_thread):
+def test_one_batch_overfit_loss_falls_tenfold():
     """Four rendered synthetic hands at 64 px: the loss of Eq. (7) falls at least tenfold in 150
     AdamW steps (about 25x when written; it plateaus above 10x if any part stops learning)."""
     samples = [synthetic.SyntheticHands(4, image_size=64, seed=0)[i] for i in range(4)]
@@ -890,7 +890,7 @@ def test_demo_placement_from_ground_truth_reproduces_the_silhouette(held_out_han
 
 
 def test_demo_left_hand_is_the_mirrored_right_prediction_with_outward_faces(demo_checkpoint, held_out_hands, tmp_path,
-                                                                            one_thread, capsys):
+                                                                            capsys):
     import numpy as np
 
     image = held_out_hands[1]["image"]
@@ -962,7 +962,7 @@ BAD_DEMO_INPUTS = ["missing image", "not an image", "8x8 image", "box outside", 
                    "another stage", "truncated checkpoint", "keypoints without hands"]
 
 
-def test_demo_bad_input_gives_one_line_exit_2_and_no_file(demo_checkpoint, held_out_hands, tmp_path, one_thread,
+def test_demo_bad_input_gives_one_line_exit_2_and_no_file(demo_checkpoint, held_out_hands, tmp_path,
                                                           capsys):
     good = save_png(tmp_path / "good.png", held_out_hands[0]["image"])
     for case in BAD_DEMO_INPUTS:
@@ -976,7 +976,7 @@ def test_demo_bad_input_gives_one_line_exit_2_and_no_file(demo_checkpoint, held_
         assert not out.exists(), case
 
 
-def test_demo_reads_grayscale_rgba_and_16_bit_images(demo_checkpoint, held_out_hands, tmp_path, one_thread, capsys):
+def test_demo_reads_grayscale_rgba_and_16_bit_images(demo_checkpoint, held_out_hands, tmp_path, capsys):
     import numpy as np
 
     image = held_out_hands[0]["image"]
@@ -996,8 +996,7 @@ def test_demo_reads_grayscale_rgba_and_16_bit_images(demo_checkpoint, held_out_h
         torch.testing.assert_close(got, expected, rtol=0, atol=2e-5, msg=mode)
 
 
-def test_demo_keypoints_give_both_hands_and_the_left_one_is_mirrored(demo_checkpoint, held_out_hands, tmp_path,
-                                                                     one_thread, capsys):
+def test_demo_keypoints_give_both_hands_and_the_left_one_is_mirrored(demo_checkpoint, held_out_hands, tmp_path, capsys):
     """A COCO-WholeBody person whose right hand is a render and left hand its mirror image, side by side:
     two meshes, the left the right's mirror through the camera's centre line."""
     import json
@@ -1026,7 +1025,7 @@ def test_demo_keypoints_give_both_hands_and_the_left_one_is_mirrored(demo_checkp
 
 
 def test_demo_with_the_renders_camera_places_a_true_prediction_exactly(demo_checkpoint, held_out_hands, tmp_path,
-                                                                      one_thread, monkeypatch):
+                                                                      monkeypatch):
     """`demo.py --intrinsics` with the render's own camera: a model that predicts the truth (`predict` patched to
     give the render's root-relative hand and its 2D keypoints, as the whole-image crop sees them) has its mesh
     placed where the render has it, its joints projected by the given K onto its 2D keypoints; the .npz holds

@@ -368,7 +368,7 @@ def test_bench_prints_labelled_lines_and_skips_the_cuda_ones_on_cpu():
 
 
 @pytest.mark.parametrize("k", [1, 2, 8])
-def test_loss_gradient_equals_the_mean_of_equal_shard_gradients(k, one_thread):
+def test_loss_gradient_equals_the_mean_of_equal_shard_gradients(k):
     """DDP averages the ranks' gradients: the loss of a global batch of 8 must have the gradient
     that k ranks of 8 / k samples each give on average (TINY: GroupNorm, no batch statistics)."""
     model, batch = tiny_model(), random_batch(8, 64, seed=3)

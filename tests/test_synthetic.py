@@ -17,7 +17,6 @@ import synthetic
 from bodymodels import matrix_to_axis_angle, perspective_projection
 from test_data import assert_hand_sample
 
-torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------------------------
