@@ -106,6 +106,87 @@ def test_method_notebook_is_committed_in_its_full_setting_with_its_results(path)
     assert results and text.rstrip().endswith(results[-1]), f"{path.name}: its `result:` lines must come last"
 
 
+# Each method notebook's committed `result:` figures: {notebook: {(paper, name): (record, stage, key)}} where the
+# figure comes from (docs/runs/*.json, records.py), and the paper's claim each must show, stated on those names.
+RESULT_SOURCES = {
+    "01_simplehand.ipynb": {("simplehand", "pa_mpjpe_mm"): ("simplehand", "simplehand", "pa_mpjpe_mm"),
+                            ("simplehand", "baseline"): ("simplehand", "simplehand", "baseline_pa_mpjpe_mm")},
+    "02_genhmr.ipynb": {("genhmr", "mpjpe_mm"): ("genhmr", "genhmr", "mpjpe_mm"),
+                        ("genhmr", "baseline"): ("genhmr", "genhmr", "baseline_mpjpe_mm"),
+                        ("genhmr", "refined_mpjpe_mm"): ("genhmr", "genhmr", "refined_mpjpe_mm"),
+                        ("genhmr", "refined_oracle_mpjpe_mm"): ("genhmr", "genhmr", "refined_oracle_mpjpe_mm"),
+                        ("genhmr", "ugs_T1"): ("genhmr", "genhmr", "ugs_t1_mpjpe_mm"),
+                        ("genhmr", "ugs_T5"): ("genhmr", "genhmr", "ugs_t5_mpjpe_mm"),
+                        ("genhmr", "regression"): ("genhmr", "genhmr_backbone", "regression_mpjpe_mm"),
+                        ("genhmr", "ambiguous_T1"): ("genhmr_ambiguous", "genhmr", "table_cosine_T1_hidden_arm_mm"),
+                        ("genhmr", "ambiguous_T5"): ("genhmr_ambiguous", "genhmr", "table_cosine_T5_hidden_arm_mm")},
+    "03_hmr_adapter.ipynb": {("hmr_adapter", "occluded_hand_pve_mm"): ("hmr_adapter", "hmr_adapter",
+                                                                      "pipeline/adapted/hands_occluded/pve_mm"),
+                             ("hmr_adapter", "baseline"): ("hmr_adapter", "hmr_adapter",
+                                                          "pipeline/baseline/hands_occluded/pve_mm")},
+}
+RESULT_CLAIMS = {  # what each paper claims that our default run shows (docs/<paper>.md say what it does not)
+    "01_simplehand.ipynb": [("PA-MPJPE <= 0.7 x the mean hand's", lambda r: r["pa_mpjpe_mm"] <= 0.7 * r["baseline"])],
+    "02_genhmr.ipynb": [
+        ("MPJPE <= 0.7 x the mean pose's", lambda r: r["mpjpe_mm"] <= 0.7 * r["baseline"]),
+        ("2D-pose-guided refinement (Sec. 3.3) lowers MPJPE", lambda r: r["refined_mpjpe_mm"] < r["mpjpe_mm"]),
+        ("refining on the true 2D pose is better still",
+         lambda r: r["refined_oracle_mpjpe_mm"] < r["refined_mpjpe_mm"]),
+        # UGS (Sec. 3.2) on an ambiguous arm: iterating commits to one reading and lowers its error; on the default
+        # data T = 5 does not beat T = 1 at our scale (docs/genhmr.md says why), so that is not asserted
+        ("UGS's iterations lower the ambiguous arm's error", lambda r: r["ambiguous_T5"] < r["ambiguous_T1"])],
+    "03_hmr_adapter.ipynb": [("the adapter lowers occluded hands' PVE to <= 0.9 x the frozen expert's",
+                              lambda r: r["occluded_hand_pve_mm"] <= 0.9 * r["baseline"])],
+}
+RESULT_FIGURE = re.compile(r"(\w+) (-?\d+\.\d+)")
+
+
+def committed_results(path):
+    """{(paper, name): the text of the figure} of the `result:` lines a committed notebook printed."""
+    out = {}
+    for line in printed(nbformat.read(path, as_version=4)).splitlines():
+        if line.startswith("result: "):
+            paper, rest = line[len("result: "):].split(" ", 1)
+            out.update({(paper, name): text for name, text in RESULT_FIGURE.findall(rest.split(" (", 1)[0])})
+    return out
+
+
+def result_mismatches(path, results):
+    """What is wrong with a notebook's committed results: a figure that is not its record's at the digits printed,
+    a figure without a source, a source without a figure, a claim the figures do not show."""
+    import records
+    sources, wrong = RESULT_SOURCES[path.name], []
+    for key in sorted(set(sources) ^ set(results)):
+        wrong.append(f"{key}: {'no `result:` figure' if key in sources else 'printed, but has no record here'}")
+    for key in sorted(set(sources) & set(results)):
+        name, stage, metric = sources[key]
+        value, text = records.figure(records.load(name), stage, metric), results[key]
+        if abs(float(text) - value) > 0.5 * 10 ** -len(text.split(".")[1]) + 1e-9:
+            wrong.append(f"{key[1]} {text}: docs/runs/{name}.json {stage} {metric} is {value:.4f}")
+    figures = {name: float(text) for (_, name), text in results.items()}
+    wrong += [f"the claim '{claim}' does not hold: {figures}" for claim, holds in RESULT_CLAIMS[path.name]
+              if set(figures) >= set(n for _, n in sources) and not holds(figures)]
+    return wrong
+
+
+@pytest.mark.parametrize("path", METHODS, ids=[p.name for p in METHODS])
+def test_committed_results_are_the_records_and_show_the_papers_claims(path):
+    """Each committed `result:` figure equals its run record (docs/runs/, the figures the README quotes) at the
+    digits it prints, and together they show what the paper claims (RESULT_CLAIMS): a regressed committed number,
+    or a notebook re-executed on another run without its record, fails here."""
+    assert result_mismatches(path, committed_results(path)) == []
+
+
+def test_the_results_check_fails_on_a_changed_or_regressed_figure():
+    path = ROOT / "notebooks" / "01_simplehand.ipynb"
+    results = committed_results(path)
+    assert results[("simplehand", "pa_mpjpe_mm")] == f"{float(results[('simplehand', 'pa_mpjpe_mm')]):.2f}"
+    changed = {**results, ("simplehand", "pa_mpjpe_mm"): "9.58"}  # not the record's 9.48
+    assert result_mismatches(path, changed)[0].startswith("pa_mpjpe_mm 9.58: docs/runs/simplehand.json")
+    regressed = {**results, ("simplehand", "baseline"): "10.00"}  # the record's 19.51, and now no better
+    assert any("0.7 x the mean hand" in m for m in result_mismatches(path, regressed))
+
+
 # A figure in a notebook's prose: a decimal, or a number with a unit (%, mm, px, min, s, ms, x, deg); not in code
 # (`...` or a fenced block), not a section, table, equation, figure or version number, and not the paper's
 # (marked with a dagger right after it: 5.7†).
