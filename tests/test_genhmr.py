@@ -1262,12 +1262,23 @@ def test_ground_truth_camera_through_the_conversion_covers_the_render(trained):
     assert whole > 0.99 and pasted > 0.95
 
 
+# COCO-17 keypoint (open-mmlab/mmpose configs/_base_/datasets/coco.py ids) -> the SMPL joint (vchoutas/smplx
+# joint_names.py SMPL_JOINT_NAMES) at the same body point, typed here so the file does not come from demo's table
+COCO_AT_SMPL = {5: 16, 6: 17,  # left_shoulder, right_shoulder
+                7: 18, 8: 19,  # left_elbow, right_elbow
+                9: 20, 10: 21,  # left_wrist, right_wrist
+                11: 1, 12: 2,  # left_hip, right_hip
+                13: 4, 14: 5,  # left_knee, right_knee
+                15: 7, 16: 8}  # left_ankle, right_ankle
+
+
 def test_keypoints_file_runs_the_papers_refinement(trained, tmp_path, capsys):
     """--keypoints (a COCO file of the render's projected joints, face points unlabelled): the box comes
-    from them, Eqs. 2-4 run (refined_* keys), and the 2D error to the keypoints falls."""
+    from them, Eqs. 2-4 run (refined_* keys), and the 2D error to the keypoints falls; the errors demo reports
+    are those at the SMPL joints of the keypoints' names (a left/right swap in demo's matching changes them)."""
     joints2d = trained.sample["joints2d"]
     kp = np.zeros((17, 3))
-    for coco, smpl in demo.COCO17_TO_SMPL.items():
+    for coco, smpl in COCO_AT_SMPL.items():
         kp[coco] = [*joints2d[smpl].tolist(), 2]
     path = tmp_path / "keypoints.json"
     path.write_text(json.dumps({"annotations": [{"keypoints": kp.flatten().tolist()}]}))
@@ -1279,6 +1290,14 @@ def test_keypoints_file_runs_the_papers_refinement(trained, tmp_path, capsys):
     print(f"2D error to the keypoints: {float(npz['reproj_error_px']):.2f} px -> "
           f"{float(npz['refined_reproj_error_px']):.2f} px after refinement")
     assert npz["refined_reproj_error_px"] < npz["reproj_error_px"]
+
+    # the errors demo reports are those of the joints of the keypoints' names (its matching is COCO_AT_SMPL's)
+    for prefix in ("", "refined_"):
+        error = np.mean([np.linalg.norm(npz[f"{prefix}joints2d"][smpl] - kp[coco, :2])
+                         for coco, smpl in COCO_AT_SMPL.items()])
+        assert error == pytest.approx(float(npz[f"{prefix}reproj_error_px"]), rel=1e-4), \
+            f"{prefix}reproj_error_px {float(npz[f'{prefix}reproj_error_px']):.3f} px is not the error at the " \
+            f"joints named as the keypoints ({error:.3f} px): demo matches COCO keypoints to other SMPL joints"
     torch.testing.assert_close(demo.read_obj(tmp_path / "demo" / "person.obj")[0],
                                torch.as_tensor(npz["refined_verts"]).double(), atol=1e-6, rtol=0)
 
