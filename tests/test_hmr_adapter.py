@@ -556,8 +556,9 @@ def test_hamer_fixture_the_official_crop_and_outputs_through_the_mapping():
                               head_depth=2, head_heads=2, head_dim_head=16, head_mlp=64)
     expert = ha.HandExpert(cfg).eval()
     bodymodels.load_state_strict(expert, ha.hamer_state_dict(fx["state_dict"]), "hamer fixture")
-    mean = 255 * torch.tensor(bodymodels.IMAGENET_MEAN, dtype=torch.float64)[:, None, None]
-    std = 255 * torch.tensor(bodymodels.IMAGENET_STD, dtype=torch.float64)[:, None, None]
+    # HaMeR's DEFAULT_MEAN / DEFAULT_STD (hamer/datasets/vitdet_dataset.py: 255 x ImageNet's), typed, not ours
+    mean = torch.tensor([0.485 * 255, 0.456 * 255, 0.406 * 255], dtype=torch.float64)[:, None, None]
+    std = torch.tensor([0.229 * 255, 0.224 * 255, 0.225 * 255], dtype=torch.float64)[:, None, None]
     image = fx["image"][None].float() / 255  # (1, 3, 40, 50): data.py's convention, 8-bit values / 255
     crop = bodymodels.hamer_crops(image, fx["box"][None], 256, fx["right"][None] == 0, float(fx["rescale"]))
     assert torch.equal((crop[0].double() * std + mean).round(), fx["crop"].double())  # cv2's 8-bit crop, exactly
