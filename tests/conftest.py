@@ -37,3 +37,11 @@ def same_global_state():
     reset_global_state()
     yield
     reset_global_state()
+
+
+@pytest.fixture(scope="session")
+def genhmr_chain(tmp_path_factory):
+    """One short GenHMR chain through train.py for the whole session (support.train_genhmr_chain): test_train checks
+    what it reports, test_genhmr runs demo.py on it. Read it, do not write into it."""
+    import support
+    return support.train_genhmr_chain(tmp_path_factory.mktemp("genhmr_chain"))

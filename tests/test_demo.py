@@ -19,6 +19,7 @@ import demo
 import genhmr
 import genhmr_experiments
 import hmr_adapter_experiments
+import support
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = st.integers(0, 2**31 - 1)
@@ -102,13 +103,9 @@ def test_obj_round_trips_and_mirrored_meshes_still_face_outwards(tmp_path):
     verts = torch.as_tensor(m.v_template, dtype=torch.float64) + torch.tensor([0.1, 0.2, 3.0], **DOUBLE)
     faces = torch.as_tensor(np.asarray(m.faces, dtype=np.int64))
 
-    def signed_volume(v, f):  # > 0 for a closed mesh whose faces run counter-clockwise seen from outside
-        a, b, c = v[f].unbind(1)
-        return (a * torch.linalg.cross(b, c)).sum() / 6
-
-    assert signed_volume(verts, faces) > 0
+    assert support.signed_volume(verts, faces) > 0
     mirrored, flipped = demo.mirror_mesh(verts, faces)
-    assert signed_volume(mirrored, flipped) > 0 and signed_volume(mirrored, faces) < 0
+    assert support.signed_volume(mirrored, flipped) > 0 and support.signed_volume(mirrored, faces) < 0
     demo.write_obj(tmp_path / "m.obj", mirrored, flipped)
     v, f = demo.read_obj(tmp_path / "m.obj")
     assert torch.allclose(v, mirrored, atol=5e-7) and torch.equal(f, flipped)

@@ -25,6 +25,7 @@ import bodymodels
 import demo
 import genhmr
 import genhmr_experiments
+import support
 from configs import config_leaves, recipe_of, with_fields
 
 # Small configs: every part present, seconds on a CPU
@@ -986,16 +987,6 @@ def test_bad_inputs_get_one_clear_error(tokenizer):
 # Released weights: HMR2.0's and ViTPose-H's key lists (tests/official_keys) load strictly at paper size
 
 
-def official_state(name):
-    """Meta tensors with the names, shapes and dtypes of a released checkpoint (tests/official_keys)."""
-    state = {}
-    for line in open(os.path.join(os.path.dirname(__file__), "official_keys", f"{name}.txt")):
-        if not line.startswith("#"):
-            key, shape, dtype = line.rstrip("\n").split("\t")
-            state[key] = torch.empty(eval(shape), dtype=getattr(torch, dtype), device="meta")
-    return state
-
-
 @pytest.mark.parametrize("name, parts, left_out", [
     ("hmr2", {"backbone", "smpl_head"}, {"discriminator", "smpl", "initialized"}),
     ("vitpose_h", {"backbone"}, {"keypoint_head"})])
@@ -1004,7 +995,7 @@ def test_paper_backbone_stage_loads_the_released_key_lists_strictly(name, parts,
         tokenizer = genhmr.PoseTokenizer(TOK.model, body=torch.nn.Module())
         paper = genhmr_experiments.BACKBONE_CONFIGS["paper"]
         regressor = genhmr_experiments.PoseRegressor(paper.model, paper.regressor, tokenizer)
-    state = official_state(name)
+    state = support.official_state(name)
     mapped = genhmr.backbone_state_dicts({"state_dict": state})
     for part in parts:
         bodymodels.load_state_strict(getattr(regressor, part), mapped[part], name)  # every key and shape, both ways
@@ -1157,36 +1148,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The three stages through train.py itself (a few steps each) -> OUT folder; and the held-out
-    render (train.py's evaluation set) written as an 8-bit PNG, with its sample."""
+def trained(genhmr_chain, tmp_path_factory):
+    """The session's short chain through train.py (tests/conftest.py), and the held-out render (train.py's
+    evaluation set) written as an 8-bit PNG, with its sample."""
     import synthetic
-    import train
-    out = tmp_path_factory.mktemp("genhmr_demo")
-    tiny = ["--out", str(out), "--log-every", "100", "--eval-samples", "2"]
-    train.main(["--model", "genhmr_tokenizer", "--max-steps", "3", "--set", "batch_size=8", "--train-samples", "16"]
-               + tiny)
-    train.main(["--model", "genhmr_backbone", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8"]
-               + tiny)
-    train.main(["--model", "genhmr", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8",
-                "--set", "refine_iterations=3"] + tiny)
+    out = genhmr_chain
     sample = synthetic.body_dataset("synthetic", None, "evaluation", genhmr.TINY, 0, 2)[1]
     pixels = (sample["image"] * 255).round().byte()
-    png = out / "person.png"
+    png = tmp_path_factory.mktemp("genhmr_demo") / "person.png"
     Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(png)
     return types.SimpleNamespace(out=out, ckpt=out / "genhmr" / "ckpt.pt", png=png, sample=sample,
                                  image_8bit=pixels.float() / 255)
-
-
-def run_main(argv, capsys):
-    """demo.main(["--model", "genhmr", *argv]) in this process -> (exit status, stdout lines, stderr lines)."""
-    try:
-        demo.main(["--model", "genhmr"] + [str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out.splitlines(), captured.err.splitlines()
 
 
 def silhouette(verts, K, hw):
@@ -1278,8 +1250,8 @@ def test_keypoints_file_runs_the_papers_refinement(trained, tmp_path, capsys):
         kp[coco] = [*joints2d[smpl].tolist(), 2]
     path = tmp_path / "keypoints.json"
     path.write_text(json.dumps({"annotations": [{"keypoints": kp.flatten().tolist()}]}))
-    code, out, err = run_main(["--image", trained.png, "--checkpoint", trained.ckpt, "--out", tmp_path / "demo",
-                               "--keypoints", path], capsys)
+    code, out, err = support.run_demo("genhmr", ["--image", trained.png, "--checkpoint", trained.ckpt,
+                                                 "--out", tmp_path / "demo", "--keypoints", path], capsys)
     assert code == 0 and len(out) == 3, err
     npz = np.load(tmp_path / "demo" / "person.npz")
     assert int(npz["refined"]) == 1 and {"refined_verts", "refined_pose", "refined_joints2d", "keypoints"} <= set(npz)
@@ -1329,7 +1301,7 @@ def bad_input(name, trained, tmp):
 def test_bad_input_is_one_line_exit_2_and_no_file(trained, tmp_path, capsys, name):
     args, words = bad_input(name, trained, tmp_path)
     argv = ["--image", trained.png, "--checkpoint", trained.ckpt, "--out", tmp_path / "demo"] + args
-    code, out, err = run_main(argv, capsys)
+    code, out, err = support.run_demo("genhmr", argv, capsys)
     assert code == 2 and out == [] and len(err) == 1 and words in err[0], err
     assert err[0].startswith("demo.py: ")
     assert not (tmp_path / "demo").exists()
@@ -1344,7 +1316,7 @@ def test_grayscale_rgba_and_16_bit_images_are_read(trained, tmp_path, capsys, mo
     else:
         image = rgb.convert(mode)
     image.save(tmp_path / "person.png")
-    code, out, err = run_main(["--image", tmp_path / "person.png", "--checkpoint", trained.ckpt,
+    code, out, err = support.run_demo("genhmr", ["--image", tmp_path / "person.png", "--checkpoint", trained.ckpt,
                                "--out", tmp_path / "demo"], capsys)
     assert code == 0 and len(out) == 3, err
     if mode == "RGBA":
@@ -1806,8 +1778,9 @@ def test_intrinsics_place_the_same_prediction_in_the_given_camera(trained, tmp_p
     joint moved onto that plane, on the same pixel under both cameras (the joints themselves are off by their
     depth off the plane, more so in the nearer camera)."""
     argv = ["--image", trained.png, "--checkpoint", trained.ckpt]
-    assert run_main(argv + ["--out", tmp_path / "default"], capsys)[0] == 0
-    assert run_main(argv + ["--out", tmp_path / "given", "--intrinsics", "150", "150", "20.5", "35.25"], capsys)[0] == 0
+    assert support.run_demo("genhmr", argv + ["--out", tmp_path / "default"], capsys)[0] == 0
+    assert support.run_demo("genhmr", argv + ["--out", tmp_path / "given",
+                                                   "--intrinsics", "150", "150", "20.5", "35.25"], capsys)[0] == 0
     d, g = np.load(tmp_path / "default" / "person.npz"), np.load(tmp_path / "given" / "person.npz")
     K = np.array([[150.0, 0, 20.5], [0, 150, 35.25], [0, 0, 1]], dtype=np.float32)
     assert np.array_equal(g["K"], K) and not np.array_equal(d["K"], K)

@@ -19,6 +19,7 @@ import demo as dm
 import hmr_adapter as ha
 import hmr_adapter_experiments as hx
 import metrics
+import support
 import synthetic
 import train
 from render import rasterize
@@ -432,22 +433,12 @@ def test_bad_input_gets_one_clear_error(bases, tmp_path):
 # the released HaMeR and SMPLer-X weights
 
 
-def official_state(name):
-    """Meta tensors with the names, shapes and dtypes of a released checkpoint (tests/official_keys)."""
-    state = {}
-    for line in open(f"{__file__.rsplit('/', 1)[0]}/official_keys/{name}.txt"):
-        if not line.startswith("#"):
-            key, shape, dtype = line.rstrip("\n").split("\t")
-            state[key] = torch.empty(eval(shape), dtype=getattr(torch, dtype), device="meta")
-    return state
-
-
 def test_released_hamer_and_smplerx_weights_load_strictly_at_paper_size():
     with torch.device("meta"):
         bases = ha.Bases(ha.BASES_PAPER.model)
-    hamer = official_state("hamer")
+    hamer = support.official_state("hamer")
     bodymodels.load_state_strict(bases.hand_expert, ha.hamer_state_dict(hamer), "hamer")
-    smplerx = official_state("smpler_x_h32")
+    smplerx = support.official_state("smpler_x_h32")
     mapped = ha.smplerx_state_dict(smplerx)
     bodymodels.load_state_strict(bases.whole_body, mapped, "smplerx")
     # what the mappings leave out: HaMeR's adversary and MANO buffers; SMPLer-X's hand regressor and face box
@@ -635,18 +626,6 @@ def render(trained, tmp_path_factory):
     return path, sample
 
 
-def demo(argv, capsys):
-    """demo.py's main(["--model", "hmr_adapter", *argv]) in this process -> (exit status, stdout lines,
-    stderr lines)."""
-    try:
-        dm.main(["--model", "hmr_adapter", *argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out.splitlines(), err.splitlines()
-
-
 def test_image_command_writes_the_pipelines_mesh_in_the_full_image_camera(trained, render, tmp_path):
     image, sample = render
     ckpt = trained / "hmr_adapter" / "ckpt.pt"
@@ -716,8 +695,9 @@ def test_hand_keypoints_give_the_hand_boxes(trained, render, tmp_path, capsys):
     person = {"keypoints": [0.0] * 51, "lefthand_kpts": kp["left"], "righthand_kpts": kp["right"]}
     (tmp_path / "kp.json").write_text(__import__("json").dumps({"annotations": [person]}))
     ckpt = trained / "hmr_adapter" / "ckpt.pt"
-    code, out, err = demo(["--image", str(image), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
-                           "--keypoints", str(tmp_path / "kp.json"), "--box", "0", "0", "192", "256"], capsys)
+    code, out, err = support.run_demo("hmr_adapter", ["--image", image, "--checkpoint", ckpt, "--out", tmp_path / "o",
+                                                      "--keypoints", tmp_path / "kp.json", "--box", 0, 0, 192, 256],
+                                      capsys)
     assert code == 0, err
     npz = np.load(tmp_path / "o" / "person.npz")
     boxes = torch.stack([ha.scale_boxes(torch.cat([kp.amin(0), kp.amax(0)]), dm.HAND_BOX_ENLARGE)
@@ -745,7 +725,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(trained, render, tmp
     for argv, expected in cases:
         argv = (argv + (["--checkpoint", str(ckpt)] if "--checkpoint" not in argv else [])
                 + ["--out", str(tmp_path / "o")])
-        code, out, err = demo(argv, capsys)
+        code, out, err = support.run_demo("hmr_adapter", argv, capsys)
         assert (code, out, len(err)) == (2, [], 1), (argv, err)
         assert err[0].startswith("demo.py: ") and expected in err[0], err
         assert not (tmp_path / "o").exists()
@@ -764,9 +744,8 @@ def test_grayscale_rgba_and_16_bit_images_are_read(trained, render, tmp_path, ca
     verts = {}
     for name, im in images.items():
         im.save(tmp_path / name)
-        code, out, err = demo(["--image", str(tmp_path / name),
-                               "--checkpoint", str(trained / "hmr_adapter" / "ckpt.pt"),
-                               "--out", str(tmp_path / "o")], capsys)
+        code, out, err = support.run_demo("hmr_adapter", ["--image", tmp_path / name, "--out", tmp_path / "o",
+                                                          "--checkpoint", trained / "hmr_adapter" / "ckpt.pt"], capsys)
         assert code == 0 and len(out) == 3, (name, err)
         verts[name] = np.load(tmp_path / "o" / name.replace(".png", ".npz"))["verts"]
     np.testing.assert_allclose(verts["rgba.png"], verts["rgb.png"], atol=1e-6)
@@ -789,8 +768,9 @@ def test_intrinsics_place_the_same_prediction_in_the_given_camera(trained, rende
     its root plane lands where the crop's camera saw it (the translation on the same pixel under both cameras)."""
     image, _ = render
     argv = ["--image", str(image), "--checkpoint", str(trained / "hmr_adapter" / "ckpt.pt")]
-    assert demo(argv + ["--out", str(tmp_path / "default")], capsys)[0] == 0
-    assert demo(argv + ["--out", str(tmp_path / "given"), "--intrinsics", "400", "400", "90", "130.5"], capsys)[0] == 0
+    assert support.run_demo("hmr_adapter", argv + ["--out", tmp_path / "default"], capsys)[0] == 0
+    assert support.run_demo("hmr_adapter", argv + ["--out", tmp_path / "given", "--intrinsics", 400, 400, 90, 130.5],
+                            capsys)[0] == 0
     d, g = np.load(tmp_path / "default" / "person.npz"), np.load(tmp_path / "given" / "person.npz")
     assert np.array_equal(g["K"], [[400.0, 0, 90], [0, 400, 130.5], [0, 0, 1]]) and "--intrinsics" in str(g["README"])
     for key in ("crop_verts", "crop_joints", "pose", "shape", "hand_boxes", "crop_K"):

@@ -675,19 +675,13 @@ GENHMR_KEYS = ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "refined_mpjpe_mm", "refined
                "refine_2d_improved_fraction", "tokenizer_mpjpe_mm", "codebook_perplexity", "dead_codes")
 
 
-def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(tmp_path):
+def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(genhmr_chain):
     """The three GenHMR rows through train.py: the backbone stage and the image stage find their parents'
     checkpoints, keep the tokenizer frozen (no checkpoint after the first holds a tokenizer tensor; the
     image stage's holds its own fine-tuned copy of the ViT), and metrics.json has the issue's flat keys,
     the baseline's, the tokenizer's, the backbone's and the report-only table."""
-    tiny = ["--out", str(tmp_path), "--log-every", "1", "--eval-samples", "6"]
-    train.main(["--model", "genhmr_tokenizer", "--max-steps", "3", "--set", "batch_size=8", "--train-samples", "16"]
-               + tiny)
-    train.main(["--model", "genhmr_backbone", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8"]
-               + tiny)
-    train.main(["--model", "genhmr", "--max-steps", "2", "--set", "batch_size=4", "--train-samples", "8",
-                "--set", "refine_iterations=5"] + tiny)
-    report = json.loads((tmp_path / "genhmr" / "metrics.json").read_text())
+    out = genhmr_chain  # support.train_genhmr_chain: the session's chain (tests/conftest.py)
+    report = json.loads((out / "genhmr" / "metrics.json").read_text())
     for key in GENHMR_KEYS + tuple(f"baseline_{k}" for k in GENHMR_KEYS[:6]) + ("baseline_tokenizer_mpjpe_mm",):
         assert np.isfinite(report[key]) and report[key] >= 0, key
     assert 0 < report["baseline_mpjpe_mm"] < 1000 and report["baseline_refined_mpjpe_mm"] == report["baseline_mpjpe_mm"]
@@ -697,16 +691,16 @@ def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(t
     assert report["table_refine_P5_mpjpe_mm"] == pytest.approx(report["refined_mpjpe_mm"], rel=1e-5)
     assert report["regression_mpjpe_mm"] >= 0 and report["baseline_regression_mpjpe_mm"] > 0
     for stage in ("genhmr_tokenizer", "genhmr_backbone", "genhmr_prior", "genhmr"):
-        assert (tmp_path / stage / "predictions.png").stat().st_size > 10_000
+        assert (out / stage / "predictions.png").stat().st_size > 10_000
     for stage in ("genhmr_backbone", "genhmr_prior", "genhmr"):
-        ckpt = load(tmp_path / stage / "ckpt.pt")
+        ckpt = load(out / stage / "ckpt.pt")
         # TINY trains the prior 0 steps (--max-steps caps a stage it starts from, never raises it)
         assert ckpt["step"] == (0 if stage == "genhmr_prior" else 2)
         assert not any(k.startswith("tokenizer.") for k in ckpt["model"])
         if stage == "genhmr_prior":  # the prior's own state is its masked transformer; the parent is not in it
             assert {k.split(".")[0] for k in ckpt["model"]} == {"masked_transformer"}
     assert "backbone.blocks.0.attn.qkv.weight" in ckpt["model"]
-    prior = json.loads((tmp_path / "genhmr_prior" / "metrics.json").read_text())
+    prior = json.loads((out / "genhmr_prior" / "metrics.json").read_text())
     for key in ("prior_mpjpe_mm", "prior_masked_token_accuracy_75", "prior_count_table_accuracy_75",
                 "baseline_prior_mpjpe_mm"):
         assert np.isfinite(prior[key]) and prior[key] >= 0, key
