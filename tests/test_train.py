@@ -684,7 +684,11 @@ def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(g
     report = json.loads((out / "genhmr" / "metrics.json").read_text())
     for key in GENHMR_KEYS + tuple(f"baseline_{k}" for k in GENHMR_KEYS[:6]) + ("baseline_tokenizer_mpjpe_mm",):
         assert np.isfinite(report[key]) and report[key] >= 0, key
-    assert 0 < report["baseline_mpjpe_mm"] < 1000 and report["baseline_refined_mpjpe_mm"] == report["baseline_mpjpe_mm"]
+    # millimetres: the mean pose scores 289-304 mm on these synthetic people (the default run's record: 299.6); a
+    # body is about 1.7 m tall, so no prediction of a 2-step model is metres off (measured here: 540-850 mm)
+    assert 150 < report["baseline_mpjpe_mm"] < 600
+    assert report["baseline_refined_mpjpe_mm"] == report["baseline_mpjpe_mm"]
+    assert all(50 < report[k] < 2000 for k in ("mpjpe_mm", "refined_mpjpe_mm", "regression_mpjpe_mm", "pve_mm"))
     assert ({f"table_{s}_T{T}_mpjpe_mm" for s in ("cosine", "linear", "cubic", "sqrt") for T in (1, 3, 5, 10)}
             <= set(report))
     assert "table_refine_P5_mpjpe_mm" in report
