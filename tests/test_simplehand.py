@@ -23,6 +23,7 @@ import demo
 import render
 import simplehand as sh
 import simplehand_experiments as she
+import support
 import synthetic
 from configs import config_leaves, with_fields
 
@@ -536,18 +537,6 @@ def test_one_batch_overfit_loss_falls_tenfold():
 FIXTURES = ROOT / "tests" / "official" / "simplehand"
 
 
-def read_official_keys(name):
-    """Meta tensors with the names, shapes and dtypes of an official state dict (tests/official_keys)."""
-    state = {}
-    for line in open(ROOT / "tests" / "official_keys" / f"{name}.txt"):
-        if line.startswith("#"):
-            continue
-        key, shape, dtype = line.rstrip("\n").split("\t")
-        dims = tuple(int(d) for d in shape.strip("()").split(",") if d.strip())
-        state[key] = torch.empty(dims, dtype=getattr(torch, dtype), device="meta")
-    return state
-
-
 class PatchifyStub(nn.Module):
     """The fixture's backbone stand-in (README): forward_features = one stride-8 patch convolution."""
 
@@ -626,11 +615,7 @@ def test_official_handnet_fixture_end_to_end_from_a_uint8_bgr_image(handnet_fixt
     assert_close_relative(out["joints2d"].reshape(1, 42), fx["uv"])
     assert_close_relative(out["verts"], fx["vertices"])
     assert_close_relative(out["joints3d"], fx["joints"])
-    # the paper configs normalise with ImageNet statistics, in RGB order
-    paper = she.build_simplehand(with_fields(OFFICIAL_REDUCED, input_norm="imagenet"), torch.zeros(16, 778))
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (bodymodels.IMAGENET_MEAN, bodymodels.IMAGENET_STD))
-    expected = (rgb - mean) / std
-    torch.testing.assert_close(paper.normalise(rgb), expected)
+    # the paper configs' ImageNet statistics, in RGB order: tests/test_orders.py, against the typed literals
 
 
 def test_official_predict_subtracts_the_predicted_root_as_the_official_evaluation_does(handnet_fixture):
@@ -677,7 +662,7 @@ def test_official_key_list_maps_exactly_onto_the_official_config():
     """tests/official_keys/simplehand_handnet.txt (the official HandNet's state dict, names, shapes,
     dtypes) through official_state_dict gives our `official` model's keys and shapes: the decoder
     built here without timm, the backbone checked against the list (and against timm where it imports)."""
-    official = read_official_keys("simplehand_handnet")
+    official = support.official_state("simplehand_handnet")
     assert len(official) == 1325
     mapped = sh.official_state_dict(official, torch.empty(16, 778, device="meta"))
     assert "backbone.net.head.fc.weight" not in mapped  # the unused 1000-class head is dropped
@@ -697,7 +682,7 @@ def test_official_key_list_maps_exactly_onto_the_official_config():
 
 @needs_timm_modules
 def test_official_key_list_maps_exactly_onto_timms_official_model():
-    official = read_official_keys("simplehand_handnet")
+    official = support.official_state("simplehand_handnet")
     mapped = sh.official_state_dict(official, torch.empty(16, 778, device="meta"))
     with torch.device("meta"):
         model = she.build_simplehand(with_fields(OFFICIAL, pretrained_backbone=False), torch.empty(16, 778))
@@ -820,12 +805,6 @@ def write_crop_fixture_as_freihand(root, fx):
 # The official training augmentation (data.OFFICIAL_HAND_AUGMENT, PAPER's train_augment)
 
 
-def _signed_volume(verts, faces):
-    """Signed volume of a closed-ish mesh: its sign flips under a mirror, never under a rotation."""
-    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
-    return (a * torch.linalg.cross(b, c)).sum() / 6
-
-
 def test_paper_trains_with_the_official_augmentation_and_tiny_keeps_the_default():
     assert data.HAND_AUGMENTS[PAPER.data.train_augment] is data.OFFICIAL_HAND_AUGMENT
     assert data.HAND_AUGMENTS[sh.OFFICIAL.data.train_augment] is data.OFFICIAL_HAND_AUGMENT
@@ -868,14 +847,14 @@ def test_official_crop_frames_the_keypoint_box_and_a_flip_toggles_handedness_wit
                                         augment_config=dataclasses.replace(cfg, rotation_deg=0),
                                         view_config=synthetic.DEMO_HAND_VIEW)
     faces = torch.as_tensor(bodymodels.load_mano().faces.astype("int64"))
-    right_sign = torch.sign(_signed_volume(plain[0]["verts"].double(), faces))
+    right_sign = math.copysign(1, support.signed_volume(plain[0]["verts"], faces))
     flipped = 0
     for i in range(24):
         s = hands[i]
         torch.testing.assert_close(bodymodels.perspective_projection(s["joints3d"].double(), s["K"].double()),
                                    s["joints2d"].double(), atol=1e-3, rtol=0)  # labels stay exact
         # the mesh's chirality follows is_right: a flip mirrors the labels and toggles the side together
-        sign = torch.sign(_signed_volume(s["verts"].double(), faces))
+        sign = math.copysign(1, support.signed_volume(s["verts"], faces))
         assert (sign == right_sign) == bool(s["is_right"]), i
         flipped += not bool(s["is_right"])
         # without the roll: the crop side is the keypoint box's larger side x U(1, 1.5), centred up to 10 %
@@ -987,14 +966,6 @@ def iou(a, b):
     return ((a & b).sum() / (a | b).sum()).item()
 
 
-def signed_volume(verts, faces):
-    """Sum over faces of det(v0, v1, v2) / 6 about the centroid: > 0 when faces wind counter-clockwise seen
-    from outside."""
-    v = verts.double() - verts.double().mean(0)
-    tri = v[faces]
-    return torch.linalg.det(tri).sum().item() / 6
-
-
 def test_demo_command_writes_picture_obj_and_npz_of_the_checkpoints_prediction(demo_checkpoint, held_out_hands,
                                                                                tmp_path):
     import numpy as np
@@ -1068,23 +1039,12 @@ def test_demo_left_hand_is_the_mirrored_right_prediction_with_outward_faces(demo
     np.testing.assert_allclose(left["verts"], right["verts"] * [-1, 1, 1], rtol=0, atol=1e-4)
     verts, faces = demo.read_obj(tmp_path / "o" / "left_left.obj")
     # a mirror turns a mesh inside out (its signed volume changes sign): the reversed faces turn it back
-    right_volume = signed_volume(torch.from_numpy(right["verts"][0]), torch.from_numpy(right["faces"][0]))
-    assert signed_volume(verts, faces) == pytest.approx(right_volume, rel=1e-3)
+    right_volume = support.signed_volume(torch.from_numpy(right["verts"][0]), torch.from_numpy(right["faces"][0]))
+    assert support.signed_volume(verts, faces) == pytest.approx(right_volume, rel=1e-3)
     truth = held_out_hands[1]["verts"]  # a 2-step model's mesh is no hand; MANO's faces face outwards on a real one
-    assert signed_volume(truth, demo._mano_faces()) > 0
-    assert signed_volume(*demo.mirror_mesh(truth, demo._mano_faces())) > 0
+    assert support.signed_volume(truth, demo._mano_faces()) > 0
+    assert support.signed_volume(*demo.mirror_mesh(truth, demo._mano_faces())) > 0
     capsys.readouterr()
-
-
-def run_demo_in_process(argv, capsys):
-    """demo.main(["--model", "simplehand", *argv]) -> (exit status, stdout lines, stderr lines)."""
-    try:
-        demo.main(["--model", "simplehand", *argv])
-        status = 0
-    except SystemExit as e:
-        status = e.code
-    out, err = capsys.readouterr()
-    return status, out.splitlines(), err.splitlines()
 
 
 def bad_demo_input(case, tmp_path, good_image, checkpoint):
@@ -1128,7 +1088,7 @@ def test_demo_bad_input_gives_one_line_exit_2_and_no_file(demo_checkpoint, held_
         (tmp_path / case).mkdir()
         argv, word = bad_demo_input(case, tmp_path / case, good, demo_checkpoint)
         out = tmp_path / case / "out"
-        status, stdout, stderr = run_demo_in_process(argv + ["--out", str(out)] + (
+        status, stdout, stderr = support.run_demo("simplehand", argv + ["--out", str(out)] + (
             [] if "--checkpoint" in argv else ["--checkpoint", str(demo_checkpoint)]), capsys)
         assert (status, stdout, len(stderr)) == (2, [], 1), (case, stdout, stderr)
         assert stderr[0].startswith("demo.py: ") and word in stderr[0], (case, stderr)
@@ -1142,8 +1102,8 @@ def test_demo_reads_grayscale_rgba_and_16_bit_images(demo_checkpoint, held_out_h
     gray = image.mean(0, keepdim=True).expand(3, -1, -1)
     for mode in ("L", "RGBA", "I;16"):
         path = save_png(tmp_path / f"{mode.replace(';', '')}.png", image, mode)
-        status, stdout, stderr = run_demo_in_process(["--image", str(path), "--checkpoint", str(demo_checkpoint),
-                                                      "--out", str(tmp_path / "out")], capsys)
+        status, stdout, stderr = support.run_demo("simplehand", ["--image", path, "--checkpoint", demo_checkpoint,
+                                                                 "--out", tmp_path / "out"], capsys)
         assert status == 0 and len(stdout) == 3 and stderr == [], (mode, stderr)
     # what the model saw: the gray levels (L: 8-bit, I;16: 16-bit) and the colours under RGBA's opaque alpha
     model, cfg = demo.load_simplehand(demo_checkpoint)
@@ -1169,10 +1129,10 @@ def test_demo_keypoints_give_both_hands_and_the_left_one_is_mirrored(demo_checkp
     kp[112:133] = np.c_[uv, np.full(21, 0.9)]  # right hand
     kp[91:112] = np.c_[192 - uv[:, 0], uv[:, 1], np.full(21, 0.9)]  # left hand
     (tmp_path / "two.json").write_text(json.dumps([{"keypoints": kp.tolist(), "score": 0.9}]))
-    status, stdout, _ = run_demo_in_process(["--image", str(tmp_path / "two.png"),
-                                             "--keypoints", str(tmp_path / "two.json"),
-                                             "--checkpoint", str(demo_checkpoint), "--out", str(tmp_path / "o")],
-                                            capsys)
+    status, stdout, _ = support.run_demo("simplehand", ["--image", tmp_path / "two.png",
+                                                        "--keypoints", tmp_path / "two.json",
+                                                        "--checkpoint", demo_checkpoint, "--out", tmp_path / "o"],
+                                         capsys)
     assert status == 0
     assert [line.rsplit("/", 1)[1] for line in stdout] == ["two.png", "two_right.obj", "two_left.obj", "two.npz"]
     z = np.load(tmp_path / "o" / "two.npz")
