@@ -19,7 +19,8 @@ import pytest
 import torch.distributed as dist
 
 # first: test_train puts the repository root on sys.path (register_standins: its autouse fixture)
-from test_train import ROOT, assert_same_state, load, register_standins, run_script  # noqa: F401
+from test_train import ROOT, assert_same_state, kill_and_resume, load, register_standins, run_script  # noqa: F401
+from test_checkpoints import assert_same_checkpoint  # noqa: I001
 
 import distributed
 import train
@@ -229,3 +230,50 @@ def test_a_checkpoint_write_killed_midway_leaves_the_last_whole_one_and_resume_c
     assert nothing_half_written(tmp_path / "out")["step"] == 20
     run_script(COMMON + ["--out", "straight"], tmp_path)
     assert_same_state(*(load(tmp_path / d / "standin" / "ckpt.pt") for d in ("straight", "out")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Every paper: each TINY stage SIGKILLed mid-run and resumed, on one rank and on two, ends as an uninterrupted run
+
+
+# 7 steps of global batch 4, checkpoints at 3 and 6: killed at step 5, a run resumes from step 3
+PAPER_RUN = ["--max-steps", "7", "--ckpt-every", "3", "--log-every", "1", "--train-samples", "8", "--eval-samples", "4",
+             "--set", "batch_size=4"]
+PAPER_SETS = {"genhmr": ["--set", "refine_iterations=2"]}  # Eq. 4's refinement: 2 of its 20 steps
+
+
+@pytest.fixture(scope="module")
+def finished_parents(tmp_path_factory):
+    """OUT with every stage a paper's last stages start from finished (PAPER_RUN, one process) and the rendered
+    sets: each test copies in the ones its stage starts from, so its two runs start from the same files."""
+    folder = tmp_path_factory.mktemp("parents")
+    for last in ("genhmr_prior", "hmr_adapter_bases"):  # genhmr_prior trains the tokenizer and the backbone first
+        run_script(PAPER_RUN + ["--out", "out"], folder, model=last)
+    return folder / "out"
+
+
+def resume_cases():
+    """(stage, ranks) for every stage of every paper, one rank and two."""
+    return [pytest.param(stage, nproc, id=f"{stage}-{nproc}rank", marks=pytest.mark.slow)
+            for stage in ("simplehand", "genhmr_tokenizer", "genhmr_backbone", "genhmr_prior", "genhmr",
+                          "hmr_adapter_bases", "hmr_adapter") for nproc in (1, 2)]
+
+
+@pytest.mark.parametrize("stage, nproc", resume_cases())
+def test_every_papers_stage_resumes_after_sigkill_bitwise(tmp_path, request, stage, nproc):
+    """The paper's TINY stage (its parents finished and frozen, as a chain trains them), killed by SIGKILL at step 5
+    of 7 on every rank and resumed from the checkpoint of step 3, ends with the uninterrupted run's checkpoint: every
+    key both ways, weights and buffers (BatchNorm statistics, GenHMR's EMA codebook) bit for bit, the AdamW state
+    and param_groups, each rank's RNG and the data position (checkpoints.py's keys: no scaler, no scheduler)."""
+    args, parents = PAPER_RUN + PAPER_SETS.get(stage, []), train.lineage(stage)[1:]
+    for out in ("straight", "killed") if parents else ():
+        finished = request.getfixturevalue("finished_parents")  # trained once, for the stages that need it
+        for name in parents + ["cache"]:  # the parents' files, byte for byte, and the rendered sets
+            shutil.copytree(finished / name, tmp_path / out / name)
+    run_script(args + ["--out", "straight"], tmp_path, nproc=nproc, model=stage)
+    resumed = kill_and_resume(args + ["--out", "killed"], tmp_path, kill_at=5, nproc=nproc, model=stage)
+    assert f"resumed from killed/{stage}/ckpt.pt at step 3 ({nproc} rank(s) then, {nproc} now)" in resumed.stdout
+    assert "== stage" not in resumed.stdout  # the parents were reused as trained, not trained again
+    straight, killed = (load(tmp_path / out / stage / "ckpt.pt") for out in ("straight", "killed"))
+    assert straight["step"] == 7 and len(straight["rng"]) == nproc
+    assert_same_checkpoint(straight, killed)
