@@ -448,7 +448,7 @@ class SimpleHandPreset:
     data: SimpleHandData = dataclasses.field(default_factory=SimpleHandData)
 
 
-PAPER = SimpleHandPreset()  # HRNet-W64, stride-8 feature used directly (Sec. 4.1); decoder 1.55M params
+PAPER = SimpleHandPreset()  # HRNet-W64, stride-8 feature used directly (Sec. 4.1); decoder 1.55M params (NOTE 12)
 PAPER_FASTVIT = SimpleHandPreset(SimpleHandConfig(  # FastViT-MA36 + 4x deconvolution (Sec. 3.3); decoder 6.54M params
     backbone="fastvit_ma36", feature_channels=1216, feature_stride=32, global_channels=1216,
     timm_out_indices=(), feature_upsample=4))
