@@ -22,6 +22,24 @@ def report(out, stage):
 
 
 @pytest.mark.slow
+def test_simplehand_learns_under_torchrun_past_the_mean_hand(tmp_path):
+    """The main job, reduced to about two minutes on two cores: SimpleHand's TINY at 64 px, 1500 steps of global batch
+    32 (lr 2e-3 with a 50-step warm-up, then cosine) on 4096 rendered hands, two ranks. Its held-out PA-MPJPE, read from
+    metrics.json, beats the mean hand train.py scores beside it: measured 16.3 mm against 20.7 mm (0.79 x; the issue's
+    0.7 x takes the full run: 9.5 against 19.5 mm after 6000 steps at 96 px, docs/runs/simplehand.json). Both are in
+    millimetres of a hand: a metre read as a millimetre, or the reverse, is 1000 x off."""
+    run_script(["--max-steps", "1500", "--set", "image_size=64", "--set", "lr=2e-3", "--set", "warmup_steps=50",
+                "--train-samples", "4096", "--eval-samples", "64", "--log-every", "100", "--out", "out"],
+               tmp_path, nproc=2, model="simplehand")
+    metrics, summary = report(tmp_path / "out", "simplehand")
+    assert summary["world_size"] == 2 and summary["steps"] == 1500
+    assert summary["config_values"]["model"]["image_size"] == 64
+    ours, mean_hand = metrics["pa_mpjpe_mm"], metrics["baseline_pa_mpjpe_mm"]
+    assert 10 < mean_hand < 40, f"the mean hand's PA-MPJPE {mean_hand} is not a hand's error in mm (measured 20.7)"
+    assert ours <= 0.85 * mean_hand, f"PA-MPJPE {ours:.2f} mm, mean hand {mean_hand:.2f} mm: not learning"
+
+
+@pytest.mark.slow
 def test_a_two_rank_runs_final_metrics_are_its_checkpoints(tmp_path):
     """GenHMR's backbone stage (TINY's convolutional stem has BatchNorm) on two ranks: DDP broadcasts the buffers at
     the start of each forward, so after the last step rank 1 holds BatchNorm statistics of its own half-batch. The
