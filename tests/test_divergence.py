@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import checkpoints  # noqa: E402
 import distributed  # noqa: E402
 import train  # noqa: E402
-from test_train import STANDIN_PAPER, STANDINS, assert_same_state, load, register_standins  # noqa: E402, F401
+from test_checkpoints import assert_same_checkpoint  # noqa: E402
+from test_train import STANDIN_PAPER, STANDINS, load, register_standins  # noqa: E402, F401
 
 COMMON = ["--max-steps", "12", "--ckpt-every", "4", "--log-every", "1", "--train-samples", "24", "--eval-samples",
           "8", "--set", "dropout=0.1"]
@@ -70,7 +71,7 @@ def check_kept_and_resume(tmp_path, status, out, errors, resume):
     assert kept["step"] == 4 and not (tmp_path / "bad" / "standin" / "metrics.json").exists()
     assert all(v.isfinite().all() for v in kept["model"].values())
     assert "resumed from bad/standin/ckpt.pt at step 4" in resume()
-    assert_same_state(load(tmp_path / "good" / "standin" / "ckpt.pt"), load(ckpt))
+    assert_same_checkpoint(load(tmp_path / "good" / "standin" / "ckpt.pt"), load(ckpt))
 
 
 def test_a_non_finite_step_stops_the_run_and_keeps_the_last_checkpoint_which_resumes_bitwise(tmp_path, monkeypatch,

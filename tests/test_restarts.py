@@ -19,7 +19,7 @@ import pytest
 import torch.distributed as dist
 
 # first: test_train puts the repository root on sys.path (register_standins: its autouse fixture)
-from test_train import ROOT, assert_same_state, kill_and_resume, load, register_standins, run_script  # noqa: F401
+from test_train import ROOT, kill_and_resume, load, register_standins, run_script  # noqa: F401
 from test_checkpoints import assert_same_checkpoint  # noqa: I001
 
 import distributed
@@ -71,7 +71,7 @@ def test_a_rank_killed_under_max_restarts_resumes_from_its_checkpoint_bitwise(tm
     # the kill happened: the agent saw rank 1 killed, or first rank 0 leaving on the broken group (status 1) ...
     assert re.search(r"failed \(exitcode: (-9\) local_rank: 1|1\) local_rank: 0)", proc.stderr), proc.stderr[-3000:]
     assert "resumed from killed/standin/ckpt.pt at step 8 (2 rank(s) then, 2 now)" in proc.stdout  # ... and healed
-    assert_same_state(straight_two_ranks, nothing_half_written(tmp_path / "killed"))
+    assert_same_checkpoint(straight_two_ranks, nothing_half_written(tmp_path / "killed"))
 
 
 @pytest.mark.slow
@@ -135,7 +135,7 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_same_command_con
     resumed = run_script(args, tmp_path)
     assert "resumed from out/standin/ckpt.pt at step 11" in resumed.stdout
     train.main(["--model", "standin", "--device", "cpu", "--out", str(tmp_path / "straight")] + common)
-    assert_same_state(*(load(tmp_path / d / "standin" / "ckpt.pt") for d in ("straight", "out")))
+    assert_same_checkpoint(*(load(tmp_path / d / "standin" / "ckpt.pt") for d in ("straight", "out")))
 
 
 @pytest.mark.slow
@@ -151,7 +151,7 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_step(tmp_path, straight_t
     assert ckpt["step"] == 11 and len(ckpt["rng"]) == 2
     resumed = run_script(args, tmp_path, nproc=2)
     assert "resumed from out/standin/ckpt.pt at step 11 (2 rank(s) then, 2 now)" in resumed.stdout
-    assert_same_state(straight_two_ranks, load(tmp_path / "out" / "standin" / "ckpt.pt"))
+    assert_same_checkpoint(straight_two_ranks, load(tmp_path / "out" / "standin" / "ckpt.pt"))
 
 
 def test_peer_failure_names_collective_errors_only():
@@ -189,7 +189,7 @@ def test_ranks_that_read_different_checkpoints_stop_together_and_equal_copies_re
     shutil.copytree(tmp_path / "out", tmp_path / "disk1", dirs_exist_ok=True)
     together = run_script(args, tmp_path, nproc=2, env=dict(OUT_OF_RANK="1:disk1"))
     assert "resumed from out/standin/ckpt.pt at step 8 (2 rank(s) then, 2 now)" in together.stdout
-    assert_same_state(straight_two_ranks, load(tmp_path / "out" / "standin" / "ckpt.pt"))
+    assert_same_checkpoint(straight_two_ranks, load(tmp_path / "out" / "standin" / "ckpt.pt"))
 
 
 @pytest.mark.slow
@@ -214,7 +214,7 @@ def test_sigterm_during_evaluation_or_rendering_ends_every_rank_at_once_with_not
         assert not (tmp_path / "out" / "standin" / "ckpt.pt").exists() and "step     1/" not in stdout
     resumed = run_script(args, tmp_path, nproc=2)
     assert ("resumed from out/standin/ckpt.pt at step 12" in resumed.stdout) == (phase == "evaluation")
-    assert_same_state(straight_two_ranks, load(tmp_path / "out" / "standin" / "ckpt.pt"))
+    assert_same_checkpoint(straight_two_ranks, load(tmp_path / "out" / "standin" / "ckpt.pt"))
 
 
 def test_a_checkpoint_write_killed_midway_leaves_the_last_whole_one_and_resume_continues_it(tmp_path):
@@ -229,7 +229,7 @@ def test_a_checkpoint_write_killed_midway_leaves_the_last_whole_one_and_resume_c
     assert "resumed from out/standin/ckpt.pt at step 4" in resumed.stdout
     assert nothing_half_written(tmp_path / "out")["step"] == 20
     run_script(COMMON + ["--out", "straight"], tmp_path)
-    assert_same_state(*(load(tmp_path / d / "standin" / "ckpt.pt") for d in ("straight", "out")))
+    assert_same_checkpoint(*(load(tmp_path / d / "standin" / "ckpt.pt") for d in ("straight", "out")))
 
 
 # ---------------------------------------------------------------------------------------------

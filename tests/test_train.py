@@ -30,6 +30,7 @@ import checkpoints  # noqa: E402
 import configs  # noqa: E402
 import distributed  # noqa: E402
 import train  # noqa: E402
+from test_checkpoints import assert_same_checkpoint  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Stand-in papers, registered through the public protocol only: a one-hidden-layer network on a
@@ -185,15 +186,16 @@ def register_standins(monkeypatch):
         monkeypatch.setitem(train.MODELS, name, stage)
 
 
-def run_script(args, tmp_path, nproc=1, check=True, env=None, model="standin", torchrun=(), session=False):
+def run_script(args, tmp_path, nproc=1, check=True, env=None, model="standin", torchrun=(), session=False,
+               timeout=300):
     """This file as train.py with the stand-ins, in a subprocess (torchrun when nproc > 1, with the extra
-    `torchrun` flags; in a session and process group of its own with `session`). Several ranks run on the CPU
-    (--device cpu): a machine with one GPU must pass these tests too."""
+    `torchrun` flags; in a session and process group of its own with `session`), stopped after `timeout` seconds.
+    Several ranks run on the CPU (--device cpu): a machine with one GPU must pass these tests too."""
     launcher = ([sys.executable] if nproc == 1
                 else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                       *torchrun])
     proc = subprocess.run(launcher + [__file__, "--model", model, "--device", "cpu"] + args, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, start_new_session=session,
+                          capture_output=True, text=True, timeout=timeout, start_new_session=session,
                           env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -570,20 +572,6 @@ def kill_and_resume(args, tmp_path, kill_at, nproc=1, model="standin"):
     return run_script(args + ["--resume"], tmp_path, nproc=nproc, model=model)
 
 
-def assert_same_state(a, b):
-    """The same step, model and optimiser state, key sets compared both ways (an empty optimiser state fails);
-    tests/test_checkpoints.py's assert_same_checkpoint also compares the RNGs, data position and param_groups."""
-    assert a["step"] == b["step"]
-    assert a["model"].keys() == b["model"].keys(), set(a["model"]) ^ set(b["model"])
-    for name in a["model"]:
-        assert torch.equal(a["model"][name], b["model"][name]), name
-    assert a["optimizer"]["state"] and a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
-    for i, state in a["optimizer"]["state"].items():
-        assert state.keys() == b["optimizer"]["state"][i].keys(), i
-        assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(b["optimizer"]["state"][i][k]))
-                   for k, v in state.items())
-
-
 def test_resume_after_sigkill_ends_with_bitwise_identical_weights(tmp_path):
     """Dropout (torch RNG), augmentation read by (epoch, index) in 2 DataLoader workers, epochs that
     end mid-batch (30 samples, batch 8): the killed-and-resumed run equals the uninterrupted one."""
@@ -596,7 +584,7 @@ def test_resume_after_sigkill_ends_with_bitwise_identical_weights(tmp_path):
     resumed = kill_and_resume(common + ["--out", "killed"], tmp_path, kill_at=13)
     # the checkpoint of step 12, written before its evaluation (step 10's is the last --ckpt-every one)
     assert "resumed from killed/standin/ckpt.pt at step 12 (1 rank(s) then, 1 now)" in resumed.stdout
-    assert_same_state(load(tmp_path / "straight" / "standin" / "ckpt.pt"),
+    assert_same_checkpoint(load(tmp_path / "straight" / "standin" / "ckpt.pt"),
                       load(tmp_path / "killed" / "standin" / "ckpt.pt"))
 
 
@@ -607,7 +595,7 @@ def test_two_rank_resume_after_sigkill_ends_with_bitwise_identical_weights(tmp_p
     run_script(common + ["--out", "straight"], tmp_path, nproc=2)
     resumed = kill_and_resume(common + ["--out", "killed"], tmp_path, kill_at=10, nproc=2)
     assert "resumed from killed/standin/ckpt.pt at step 8 (2 rank(s) then, 2 now)" in resumed.stdout
-    assert_same_state(load(tmp_path / "straight" / "standin" / "ckpt.pt"),
+    assert_same_checkpoint(load(tmp_path / "straight" / "standin" / "ckpt.pt"),
                       load(tmp_path / "killed" / "standin" / "ckpt.pt"))
 
 
@@ -784,6 +772,7 @@ if __name__ == "__main__":  # train.py with the stand-ins registered (used by th
     train.main()
 
 
+@pytest.mark.slow  # 30 s: each of the chain's stages is built and scored
 def test_genhmr_trains_and_reports_the_benchmark_protocol_on_an_hmr2_npz(tmp_path, monkeypatch):
     """--data hmr2:FILE.npz through the three GenHMR rows: the tokenizer on the file's labelled poses,
     the image stages on its crops (rows without SMPL labels masked in the losses), metrics.json with
