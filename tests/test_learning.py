@@ -1,5 +1,6 @@
-"""train.py's main job learns, as a user runs it: `torchrun --nproc_per_node=2 train.py --model X` at a reduced size,
-its held-out metric from metrics.json against the constant baseline train.py scores beside it; and a two-rank run
+"""train.py's main job learns, as a user runs it: `torchrun --nproc_per_node=2 train.py --model X` at a reduced size
+for each paper (SimpleHand; GenHMR's and HMR-Adapter's whole chains), its held-out metrics from metrics.json against
+the constant baseline train.py scores beside them and the effect the paper claims; and a two-rank run
 reports the metric its saved checkpoint gives (48a8aea: every rank evaluates rank 0's buffers).
 
 The runs start train.py through tests/test_train.py's `run_script` (train.py with the stand-ins registered; the
@@ -23,20 +24,79 @@ def report(out, stage):
 
 @pytest.mark.slow
 def test_simplehand_learns_under_torchrun_past_the_mean_hand(tmp_path):
-    """The main job, reduced to about two minutes on two cores: SimpleHand's TINY at 64 px, 1500 steps of global batch
+    """The main job, reduced to about four minutes on two cores: SimpleHand's TINY at 64 px, 3000 steps of global batch
     32 (lr 2e-3 with a 50-step warm-up, then cosine) on 4096 rendered hands, two ranks. Its held-out PA-MPJPE, read from
-    metrics.json, beats the mean hand train.py scores beside it: measured 16.3 mm against 20.7 mm (0.79 x; the issue's
-    0.7 x takes the full run: 9.5 against 19.5 mm after 6000 steps at 96 px, docs/runs/simplehand.json). Both are in
-    millimetres of a hand: a metre read as a millimetre, or the reverse, is 1000 x off."""
-    run_script(["--max-steps", "1500", "--set", "image_size=64", "--set", "lr=2e-3", "--set", "warmup_steps=50",
-                "--train-samples", "4096", "--eval-samples", "64", "--log-every", "100", "--out", "out"],
-               tmp_path, nproc=2, model="simplehand")
+    metrics.json, is at most 0.7 x that of the mean hand train.py scores beside it: measured 13.0 mm against 20.7 mm
+    (0.63 x; its evaluations at steps 1000 and 2000: 0.88 and 0.66 x; a 1500-step run ends at 0.79 x; the full run:
+    9.5 against 19.5 mm after 6000 steps at 96 px, docs/runs/simplehand.json). Both are in millimetres of a hand: a
+    metre read as a millimetre, or the reverse, is 1000 x off."""
+    run_script(["--max-steps", "3000", "--set", "image_size=64", "--set", "lr=2e-3", "--set", "warmup_steps=50",
+                "--train-samples", "4096", "--eval-samples", "64", "--log-every", "500", "--out", "out"],
+               tmp_path, nproc=2, model="simplehand", timeout=900)
     metrics, summary = report(tmp_path / "out", "simplehand")
-    assert summary["world_size"] == 2 and summary["steps"] == 1500
+    assert summary["world_size"] == 2 and summary["steps"] == 3000
     assert summary["config_values"]["model"]["image_size"] == 64
     ours, mean_hand = metrics["pa_mpjpe_mm"], metrics["baseline_pa_mpjpe_mm"]
     assert 10 < mean_hand < 40, f"the mean hand's PA-MPJPE {mean_hand} is not a hand's error in mm (measured 20.7)"
-    assert ours <= 0.85 * mean_hand, f"PA-MPJPE {ours:.2f} mm, mean hand {mean_hand:.2f} mm: not learning"
+    assert ours <= 0.7 * mean_hand, f"PA-MPJPE {ours:.2f} mm, mean hand {mean_hand:.2f} mm: more than 0.7 x"
+
+
+@pytest.mark.slow
+def test_genhmrs_chain_learns_under_torchrun_past_the_mean_pose(tmp_path):
+    """GenHMR's whole chain as a user starts it, `torchrun --nproc_per_node=2 train.py --model genhmr`, reduced to
+    about four minutes on two cores: 300 steps for each stage that trains (tokenizer, backbone stage, image stage;
+    the prior stage's default is 0), 2048 rendered bodies, TINY. Every stage beats the mean pose train.py scores
+    beside it on the same held-out bodies (measured: tokenizer 138 / 295 mm = 0.47 x, the backbone stage's
+    regression 199 / 297 = 0.67 x, the image stage's UGS 218 / 297 = 0.74 x), and Sec. 3.4's refinement lowers
+    the image stage's MPJPE, with detected 2D joints (193 mm) and with the true ones (190 mm). All are errors of a
+    body in millimetres (the mean pose: 295-297 mm)."""
+    run_script(["--max-steps", "300", "--train-samples", "2048", "--eval-samples", "64", "--log-every", "100",
+                "--out", "out"], tmp_path, nproc=2, model="genhmr", timeout=900)
+    metrics, summary = report(tmp_path / "out", "genhmr")
+    assert summary["world_size"] == 2 and summary["steps"] == 300
+    for stage, steps in (("genhmr_tokenizer", 300), ("genhmr_backbone", 300), ("genhmr_prior", 0)):
+        assert json.loads((tmp_path / "out" / stage / "metrics.json").read_text())["steps"] == steps, stage
+    mean_pose = metrics["baseline_mpjpe_mm"]
+    assert 150 < mean_pose < 600, f"the mean pose's MPJPE {mean_pose} is not a body's error in mm (measured 297)"
+    for ours, base, at_most in (("tokenizer_mpjpe_mm", "baseline_tokenizer_mpjpe_mm", 0.6),
+                                ("regression_mpjpe_mm", "baseline_regression_mpjpe_mm", 0.8),
+                                ("mpjpe_mm", "baseline_mpjpe_mm", 0.85)):
+        assert metrics[ours] <= at_most * metrics[base], f"{ours} {metrics[ours]:.1f} mm against the mean pose's " \
+            f"{metrics[base]:.1f} mm: more than {at_most} x"
+    for refined in ("refined_mpjpe_mm", "refined_oracle_mpjpe_mm"):
+        assert metrics[refined] < metrics["mpjpe_mm"], f"{refined} {metrics[refined]:.1f} mm: refinement did not " \
+            f"lower the image stage's {metrics['mpjpe_mm']:.1f} mm"
+
+
+@pytest.mark.slow
+def test_hmr_adapters_chain_learns_under_torchrun_and_the_adapter_beats_the_frozen_expert(tmp_path):
+    """HMR-Adapter's chain as a user starts it, `torchrun --nproc_per_node=2 train.py --model hmr_adapter`, reduced to
+    about three minutes on two cores: 400 steps for the bases (the HaMeR-style hand expert and the SMPLer-X-style
+    body model, trained here from scratch) and 400 for the adapters, on 1024 rendered bodies, TINY. The bases beat
+    the constant train.py scores beside them (measured: the expert's hand PVE 67 / 101 mm = 0.67 x, its hand
+    rotation 67 / 92 degrees, the whole-body PVE 239 / 261 mm = 0.92 x), and the adapters show the paper's claim (its
+    abstract and ARCTIC results: body guidance helps the hand expert where the hand is occluded): on occluded hands the
+    adapted hand path's PVE is at most 0.9 x the frozen expert's (measured 29 / 68 mm = 0.42 x), and the adapted
+    pipeline's hands beat the base pipeline's, occluded or not (100 / 109 and 102 / 108 mm; the full run's 0.72 x
+    on occluded hands, notebook 03, needs its 2500 steps). All in mm of a hand or a body (the constant's: 101 and
+    261 mm)."""
+    run_script(["--max-steps", "400", "--train-samples", "1024", "--eval-samples", "64", "--log-every", "100",
+                "--out", "out"], tmp_path, nproc=2, model="hmr_adapter", timeout=900)
+    metrics, summary = report(tmp_path / "out", "hmr_adapter")
+    bases = json.loads((tmp_path / "out" / "hmr_adapter_bases" / "metrics.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 400 and bases["steps"] == 400
+    hand, body = metrics["baseline_hand_path/constant/clean/pve_mm"], metrics["baseline_pipeline/constant/all/pve_mm"]
+    assert 50 < hand < 200 and 150 < body < 600, f"the constant's PVE {hand} (hand), {body} (body): not mm (101, 261)"
+    for ours, base, at_most in (
+            ("hand_path/expert/clean/pve_mm", "baseline_hand_path/constant/clean/pve_mm", 0.8),  # the bases learn
+            ("hand_path/expert/clean/rot_deg", "baseline_hand_path/constant/clean/rot_deg", 0.9),
+            ("pipeline/baseline/all/pve_mm", "baseline_pipeline/constant/all/pve_mm", 0.97),
+            ("hand_path/adapter/occluded/pve_mm", "hand_path/expert/occluded/pve_mm", 0.9),  # the paper's claim
+            ("hand_path/adapter/clean/pve_mm", "hand_path/expert/clean/pve_mm", 1.0),
+            ("pipeline/adapted/hands/pve_mm", "pipeline/baseline/hands/pve_mm", 1.0),
+            ("pipeline/adapted/hands_occluded/pve_mm", "pipeline/baseline/hands_occluded/pve_mm", 1.0)):
+        assert metrics[ours] < at_most * metrics[base], f"{ours} {metrics[ours]:.1f} against {base} " \
+            f"{metrics[base]:.1f}: not below {at_most} x"
 
 
 @pytest.mark.slow
