@@ -923,13 +923,10 @@ def demo_checkpoint(tmp_path_factory):
     import train
 
     out = tmp_path_factory.mktemp("train")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp:  # train.main's thread count: conftest's same_global_state resets it
         mp.setitem(train.MODELS, "simplehand", dataclasses.replace(train.MODELS["simplehand"], picture=lambda *a: None))
         train.main(["--model", "simplehand", "--out", str(out), "--max-steps", "2", "--set", "batch_size=4",
                     "--train-samples", "8", "--eval-samples", "6", "--log-every", "1"])
-    torch.set_num_threads(before)
     return out / "simplehand" / "ckpt.pt"
 
 
