@@ -1,6 +1,6 @@
 """Body models, the ground floor of the three paper files: conventions, rotations, cameras, joint orders,
-skinning, model-file loaders, hands on a body. It imports no module of this project, except that its
-loaders call standins.py's generator where no model files exist.
+skinning, model-file loaders, hands on a body. It imports no module of this project; where no model files exist
+its loaders use the stand-ins a project registers (`standin_models`: this project's lab registers its own).
 
 Conventions (every function in this file follows them; the paper files rely on them):
 
@@ -34,7 +34,7 @@ Map of the file. Part I, the reference:
    (fingertips by convention: FreiHAND's or smplx/HaMeR's).
 4. Forward kinematics and linear blend skinning: `forward_kinematics`, `lbs`, `Skinning`.
 5. Mesh normals: `face_normals`, `vertex_normals`.
-6. Loaders: `load_mano`, `load_smpl`, `load_smplx` (real files, or standins.py's stand-ins), and
+6. Loaders: `load_mano`, `load_smpl`, `load_smplx` (real files, or registered stand-ins), and
    `load_state_strict` (a mapped checkpoint into a module, every wrong key named).
 7. Crops: `crop_box` (a box grown to an aspect), `crop_matrix` (a crop's pixel transform),
    `warp_image`, `crop_translation_to_full` (a crop's camera moved to the full image's, CLIFF's); hand crops:
@@ -474,7 +474,7 @@ def vertex_normals(verts, faces):
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Loaders: real model files, or the procedural stand-ins (standins.py) when there are none
+# 6. Loaders: real model files, or registered stand-ins (this project's lab/standins.py) when there are none
 
 _LAYOUT = ("DIR/mano/MANO_RIGHT.pkl (and MANO_LEFT.pkl), DIR/smpl/SMPL_NEUTRAL.pkl, "
            "DIR/smplx/SMPLX_NEUTRAL.npz")
@@ -502,20 +502,21 @@ def _build_quietly(build, capped):
                 sys.stdout.write(line)
 
 
+# Where neither model_dir nor $HMR_BODY_MODELS names a folder: a function kind -> folder that a project may register
+# (this project's lab/standins.py registers its procedural stand-ins when the lab is imported); a copy has none.
+standin_models = None
+
+
 def _model_file(model_dir, kind, names):
     """The model file under model_dir/kind: the first of `names` that exists (real files), or the
-    stand-in written on demand when model_dir and $HMR_BODY_MODELS are both unset."""
+    registered stand-in (`standin_models`) when model_dir and $HMR_BODY_MODELS are both unset."""
     if model_dir is None and not os.environ.get("HMR_BODY_MODELS"):
-        try:
-            import standins  # the one project import here: the generator builds on this file's geometry
-        except ModuleNotFoundError as e:  # this file copied without it: name what to set instead
-            if e.name != "standins":
-                raise
+        if standin_models is None:  # this file copied alone: name what to set instead
             raise FileNotFoundError(
                 f"no {kind.upper()} model file: set HMR_BODY_MODELS to a folder laid out as {_LAYOUT} (the "
-                "licensed files, or procedural stand-ins, which this project's standins.py writes: "
-                "standins.write_standins(DIR)), or pass model_dir") from None
-        model_dir = standins.write_standins(kinds=(kind,))
+                "licensed files, or procedural stand-ins, which this project's lab/standins.py writes: "
+                "standins.write_standins(DIR)), or pass model_dir")
+        model_dir = standin_models(kind)
     elif model_dir is None:
         model_dir = os.environ["HMR_BODY_MODELS"]
     root = Path(model_dir).expanduser()

@@ -70,7 +70,7 @@ import torch.nn.functional as F
 
 import bodymodels
 import metrics
-import render
+from lab import render
 from bodymodels import (axis_angle_to_matrix, forward_kinematics, matrix_to_axis_angle, mirror_rotation,
                         perspective_projection, warp_image)
 

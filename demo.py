@@ -31,16 +31,16 @@ import torch
 
 import bodymodels
 import genhmr
-import genhmr_experiments
+from lab import genhmr_experiments
 import hmr_adapter
-import hmr_adapter_experiments
+from lab import hmr_adapter_experiments
 import simplehand
-import simplehand_experiments
+from lab import simplehand_experiments
 from bodymodels import crop_box, crop_matrix
-from checkpoints import load_trained
-from configs import Parser, number, with_fields
+from lab.checkpoints import load_trained
+from lab.configs import Parser, number, with_fields
 from data import InputError, read_image
-from plots import draw_demo, to_numpy
+from lab.plots import draw_demo, to_numpy
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,20 +75,20 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import bodymodels
-import checkpoints
-import configs
+from lab import checkpoints
+from lab import configs
 import data
-import distributed
-import genhmr_experiments
-import hmr_adapter_experiments
+from lab import distributed
+from lab import genhmr_experiments
+from lab import hmr_adapter_experiments
 import metrics
-import plots
-import render
-import simplehand_experiments
-import standins
-import synthetic
-from configs import config_from_dict, config_leaves, leaf_paths, recipe_of, with_fields
-from distributed import fail
+from lab import plots
+from lab import render
+from lab import simplehand_experiments
+from lab import standins
+from lab import synthetic
+from lab.configs import config_from_dict, config_leaves, leaf_paths, recipe_of, with_fields
+from lab.distributed import fail
 
 
 # ---------------------------------------------------------------------------------------------
@@ -727,9 +727,9 @@ def run_chain(plan, args, ranks):
 # The script
 
 
-def build_parser(description="Train a paper's stages (plain PyTorch; DDP under torchrun)."):
-    """The command's flags (ablate.py adds its own to these)."""
-    p = configs.Parser(description=description)
+def build_parser(description="Train a paper's stages (plain PyTorch; DDP under torchrun).", prog="train.py"):
+    """The command's flags (lab/ablate.py adds its own to these)."""
+    p = configs.Parser(prog=prog, description=description)
     whole, positive = configs.number(int, "[0, inf)"), configs.number(int, "[1, inf)")
     p.add_argument("--model", required=True, help=f"which stage to train: {' | '.join(MODELS)}")
     p.add_argument("--config", default="tiny", help="preset in the paper's CONFIGS (default: tiny, the CPU demo)")

@@ -6,6 +6,8 @@ import pytest
 import torch
 from hypothesis import settings
 
+import lab  # noqa: F401  (registers the stand-in body models with bodymodels)
+
 # One hypothesis profile for every machine: derandomize draws the same examples on each run (a failure
 # reproduces anywhere, with no example database to carry: database=None), and no deadline, since a busy
 # 2-core machine can take seconds for one example. max_examples is the default for a test that sets none;

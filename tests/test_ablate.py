@@ -19,7 +19,7 @@ from test_train import (NUM_POINTS, ROOT, STANDIN_PAPER, STANDINS, StandInConfig
                         register_standins)
 from test_train import error_of as train_error_of
 
-import ablate
+from lab import ablate
 import train
 
 
@@ -149,10 +149,12 @@ def test_every_row_of_every_paper_table_trains_two_steps(model, table, tmp_path)
 
 
 def test_the_command_exits_2_with_its_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "ablate.py"), "--model", "simplehand", "--table", "table99",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "lab.ablate", "--model", "simplehand", "--table", "table99",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert proc.stderr.startswith("ablate.py: error: --table 'table99': simplehand has the tables table4, table5")
+    assert proc.stderr.startswith("python -m lab.ablate: error: --table 'table99': simplehand has the tables "
+                                  "table4, table5")
 
 
 def test_an_ablation_under_torchrun_writes_the_table_of_one_process(tmp_path, ablation_stages):

@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-import bench
+from lab import bench
 
 # ---------------------------------------------------------------------------------------------
 # 1. Measuring: the median of the timed calls, FLOPs counted once, the training step

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import checkpoints
+from lab import checkpoints
 from data import InputError
 
 

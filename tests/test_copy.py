@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import standins
+from lab import standins
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPERS = {"simplehand": 778, "genhmr": 6890, "hmr_adapter": 10475}  # the mesh each predicts: its vertex count

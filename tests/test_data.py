@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import bodymodels
 import data
-import synthetic
+from lab import synthetic
 from bodymodels import axis_angle_to_matrix, perspective_projection
 
 

@@ -13,12 +13,12 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import bench
+from lab import bench
 import bodymodels as bm
 import demo
 import genhmr
-import genhmr_experiments
-import hmr_adapter_experiments
+from lab import genhmr_experiments
+from lab import hmr_adapter_experiments
 import support
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,6 +232,6 @@ def test_bench_shapes_and_bad_config(capsys):
 
 
 def test_bench_script_runs_as_a_command():
-    run = subprocess.run([sys.executable, "bench.py", "--model", "hmr_adapter", "--params"], cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "lab.bench", "--model", "hmr_adapter", "--params"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.splitlines()[0].startswith("hand expert ViT"), run.stderr

@@ -18,8 +18,8 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-import checkpoints  # noqa: E402
-import distributed  # noqa: E402
+from lab import checkpoints  # noqa: E402
+from lab import distributed  # noqa: E402
 import train  # noqa: E402
 from test_checkpoints import assert_same_checkpoint  # noqa: E402
 from test_train import STANDIN_PAPER, STANDINS, load, register_standins  # noqa: E402, F401

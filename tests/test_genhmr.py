@@ -24,9 +24,9 @@ from PIL import Image
 import bodymodels
 import demo
 import genhmr
-import genhmr_experiments
+from lab import genhmr_experiments
 import support
-from configs import config_leaves, recipe_of, with_fields
+from lab.configs import config_leaves, recipe_of, with_fields
 
 # Small configs: every part present, seconds on a CPU
 TOK = with_fields(genhmr.TOKENIZER_PAPER, num_tokens=24, codebook_size=32, code_dim=8, width=16, loss_vertices=64,
@@ -1151,7 +1151,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def trained(genhmr_chain, tmp_path_factory):
     """The session's short chain through train.py (tests/conftest.py), and the held-out render (train.py's
     evaluation set) written as an 8-bit PNG, with its sample."""
-    import synthetic
+    from lab import synthetic
     out = genhmr_chain
     sample = synthetic.body_dataset("synthetic", None, "evaluation", genhmr.TINY, 0, 2)[1]
     pixels = (sample["image"] * 255).round().byte()
@@ -1162,7 +1162,7 @@ def trained(genhmr_chain, tmp_path_factory):
 
 
 def silhouette(verts, K, hw):
-    import render
+    from lab import render
     return set(render.rasterize(torch.as_tensor(verts).float(), genhmr._smpl().faces_tensor,
                                 torch.as_tensor(K), hw)[0].tolist())
 

@@ -17,12 +17,12 @@ from PIL import Image
 import bodymodels
 import demo as dm
 import hmr_adapter as ha
-import hmr_adapter_experiments as hx
+from lab import hmr_adapter_experiments as hx
 import metrics
 import support
-import synthetic
+from lab import synthetic
 import train
-from render import rasterize
+from lab.render import rasterize
 from bodymodels import axis_angle_to_matrix, forward_kinematics, mirror_rotation
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import configs
+from lab import configs
 import hmr_adapter as ha
-import hmr_adapter_experiments as hx
+from lab import hmr_adapter_experiments as hx
 import metrics
-import synthetic
+from lab import synthetic
 import train
 from test_hmr_adapter import random_rotations
 

@@ -14,11 +14,11 @@ from torch import nn
 
 import bodymodels
 import genhmr
-import genhmr_experiments
+from lab import genhmr_experiments
 import hmr_adapter as ha
-import hmr_adapter_experiments as hae
+from lab import hmr_adapter_experiments as hae
 import simplehand
-import simplehand_experiments
+from lab import simplehand_experiments
 
 # ---------------------------------------------------------------------------------------------
 # SimpleHand: Eq. (7), L = w_3d L_J3d + w_2d L_J2d + w_vert L_vert
@@ -466,7 +466,7 @@ def test_hmr_adapter_bases_loss_weighs_each_term_as_hamer_and_smplerx():
     W_KEYPOINTS, W_EXPERT_POSE = 0.3, 0.01
     assert (cfg.recipe.w_hand_keypoints, cfg.recipe.w_expert_hand_pose) == (W_KEYPOINTS, W_EXPERT_POSE)
     W_SMPLERX_OTHER = 1.0  # SMPLer-X main/SMPLer_X.py: joint_img, hand boxes, shape, face, hand joint_img, each x1
-    import synthetic
+    from lab import synthetic
     data = synthetic.wholebody_dataset("synthetic", None, "train", cfg, 0, 2)
     batch = torch.utils.data.default_collate([data[0], data[1]])
     model = hae.BASES.build_model(cfg)

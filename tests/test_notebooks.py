@@ -154,7 +154,7 @@ def committed_results(path):
 def result_mismatches(path, results):
     """What is wrong with a notebook's committed results: a figure that is not its record's at the digits printed,
     a figure without a source, a source without a figure, a claim the figures do not show."""
-    import records
+    from lab import records
     sources, wrong = RESULT_SOURCES[path.name], []
     for key in sorted(set(sources) ^ set(results)):
         wrong.append(f"{key}: {'no `result:` figure' if key in sources else 'printed, but has no record here'}")

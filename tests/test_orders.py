@@ -19,8 +19,8 @@ import demo
 import genhmr
 import hmr_adapter
 import simplehand
-import standins
-from configs import with_fields
+from lab import standins
+from lab.configs import with_fields
 from test_data import write_hmr2_npz
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +374,7 @@ def _normalised_by(model, images):
 
 
 def test_genhmr_backbone_stage_normalises_with_imagenet_statistics():
-    import genhmr_experiments
+    from lab import genhmr_experiments
 
     cfg = with_fields(genhmr_experiments.BACKBONE_CONFIGS["paper"], image_size=(64, 48), vit_width=32, vit_depth=2,
                       vit_heads=2, hmr2_head=(32, 2, 2, 16, 64))

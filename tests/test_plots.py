@@ -8,8 +8,8 @@ import torch
 
 import bodymodels
 import data
-import plots
-import synthetic
+from lab import plots
+from lab import synthetic
 
 
 

@@ -2,13 +2,14 @@
 figures the README quotes: each figure of the README's results table and of its sample output is the record's, to
 the digits printed."""
 import json
+import os
 import re
 import subprocess
 import sys
 
 import pytest
 
-import records
+from lab import records
 
 ROOT = records.RUNS.parent.parent
 DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+")
@@ -107,11 +108,12 @@ def test_every_record_holds_what_a_reader_needs():
 def test_records_py_refuses_a_command_it_cannot_record(tmp_path):
     """`records.py write` on a run that did not finish names the missing metrics.json; a missing command is named
     too; both with exit status 2."""
-    proc = subprocess.run([sys.executable, str(ROOT / "records.py"), "write", "x", "--wall-s", "1", "--", "torchrun",
+    proc = subprocess.run([sys.executable, "-m", "lab.records", "write", "x", "--wall-s", "1", "--", "torchrun",
                            "train.py", "--model", "simplehand", "--out", str(tmp_path)], capture_output=True, text=True,
-                          cwd=tmp_path)
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2 and "metrics.json is missing" in proc.stderr, proc.stderr
-    proc = subprocess.run([sys.executable, str(ROOT / "records.py"), "write", "x"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "lab.records", "write", "x"], capture_output=True, text=True,
+                          cwd=ROOT)
     assert proc.returncode == 2 and "give the train.py command after --" in proc.stderr
 
 

@@ -8,7 +8,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import data
-import render
+from lab import render
 from test_synthetic import random_background
 
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from test_train import ROOT, kill_and_resume, load, register_standins, run_script  # noqa: F401
 from test_checkpoints import assert_same_checkpoint  # noqa: I001
 
-import distributed
+from lab import distributed
 import train
 
 # the smallest two-rank run of tests/test_train.py: checkpoints at steps 4, 8, ...; step 10 is mid-interval

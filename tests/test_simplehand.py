@@ -20,12 +20,12 @@ import torch.nn as nn
 import bodymodels
 import data
 import demo
-import render
+from lab import render
 import simplehand as sh
-import simplehand_experiments as she
+from lab import simplehand_experiments as she
 import support
-import synthetic
-from configs import config_leaves, with_fields
+from lab import synthetic
+from lab.configs import config_leaves, with_fields
 
 # the presets as train.py builds them: simplehand.py's (PAPER, ...) and the experiment's choices (section 1)
 PAPER, PAPER_FASTVIT, OFFICIAL, TINY = (she.CONFIGS[name] for name in ("paper", "paper_fastvit", "official", "tiny"))

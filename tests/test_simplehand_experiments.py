@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-import bench
+from lab import bench
 import bodymodels
-import configs
+from lab import configs
 import simplehand as sh
-import simplehand_experiments as she
-from configs import config_leaves, with_fields
+from lab import simplehand_experiments as she
+from lab.configs import config_leaves, with_fields
 from test_simplehand import (PAPER, PAPER_FASTVIT, ROOT, TINY, hand_loss, needs_cuda, needs_timm, random_batch,
                              random_j_regressor, tiny_model)
 
@@ -322,7 +322,7 @@ def test_channels_last_model_and_images_give_the_same_loss_and_gradients(cfg):
 
 
 def test_params_command_prints_the_non_backbone_count():
-    out = subprocess.run([sys.executable, "bench.py", "--model", "simplehand", "--config", "paper", "--params"],
+    out = subprocess.run([sys.executable, "-m", "lab.bench", "--model", "simplehand", "--config", "paper", "--params"],
                          cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert f"non-backbone parameters: {she.non_backbone_parameters(PAPER) / 1e6:.2f}M" in out
@@ -355,7 +355,7 @@ def test_fast_inference_matches_eager_and_training_benchmark_runs_on_cuda():
 
 
 def test_bench_prints_labelled_lines_and_skips_the_cuda_ones_on_cpu():
-    out = subprocess.run([sys.executable, "bench.py", "--model", "simplehand", "--config", "tiny", "--bench",
+    out = subprocess.run([sys.executable, "-m", "lab.bench", "--model", "simplehand", "--config", "tiny", "--bench",
                           "--device", "cpu",
                           "--reps", "2", "--threads", "1"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout

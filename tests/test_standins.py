@@ -18,7 +18,7 @@ import scipy.sparse as sp
 import torch
 
 import bodymodels as bm
-import standins as si
+from lab import standins as si
 
 SIZES = {"mano": (778, 1538, 16, 16), "smpl": (6890, 13776, 24, 45), "smplx": (10475, 20908, 55, 127)}
 PARENTS = {"mano": bm.MANO_PARENTS, "smpl": bm.SMPL_PARENTS, "smplx": bm.SMPLX_PARENTS}

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import bodymodels
 import data
-import render
-import synthetic
+from lab import render
+from lab import synthetic
 from bodymodels import matrix_to_axis_angle, perspective_projection
 from test_data import assert_hand_sample
 

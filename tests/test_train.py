@@ -26,9 +26,9 @@ from hypothesis import given, settings, strategies as st
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import bodymodels  # noqa: E402
-import checkpoints  # noqa: E402
-import configs  # noqa: E402
-import distributed  # noqa: E402
+from lab import checkpoints  # noqa: E402
+from lab import configs  # noqa: E402
+from lab import distributed  # noqa: E402
 import train  # noqa: E402
 from test_checkpoints import assert_same_checkpoint  # noqa: E402
 

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, assume, example, given, settings, strategies
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import configs  # noqa: E402
+from lab import configs  # noqa: E402
 import data  # noqa: E402
-import distributed  # noqa: E402
+from lab import distributed  # noqa: E402
 import train  # noqa: E402
 
 HUGE = str(2 ** 63)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bodymodels import atomic_write
-from configs import config_from_dict
+from lab.configs import config_from_dict
 from data import InputError
 
 

@@ -24,7 +24,7 @@ import time
 
 from bodymodels import atomic_write
 
-RUNS = pathlib.Path(__file__).resolve().parent / "docs" / "runs"
+RUNS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "runs"
 
 
 def load(name, folder=RUNS):
@@ -101,7 +101,8 @@ def write(name, command, wall_s, started, commit=None, note=None, folder=RUNS):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Run and record a default run (docs/runs/NAME.json).")
+    p = argparse.ArgumentParser(prog="python -m lab.records",
+                                description="Run and record a default run (docs/runs/NAME.json).")
     p.add_argument("action", choices=("run", "write"))
     p.add_argument("name", help="the record's name (docs/runs/NAME.json)")
     p.add_argument("--wall-s", type=float, help="write: the run's measured wall time in seconds")
@@ -121,7 +122,7 @@ def main(argv=None):
     t0 = time.time()
     status = subprocess.run(command).returncode
     if status:
-        print(f"records.py: the command exited with status {status}; nothing recorded", file=sys.stderr)
+        print(f"python -m lab.records: the command exited with status {status}; nothing recorded", file=sys.stderr)
         raise SystemExit(status)
     write(args.name, command, time.time() - t0, started)
 

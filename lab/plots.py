@@ -18,7 +18,7 @@ import torch
 import bodymodels
 from bodymodels import FREIHAND_PARENTS
 from data import body_model
-from render import render_mesh
+from lab.render import render_mesh
 
 # ---------------------------------------------------------------------------------------------
 # 1. Meshes and skeletons

@@ -24,10 +24,12 @@ import json
 import os
 
 import bodymodels
-import configs
-import distributed
+from lab import configs
+from lab import distributed
 import train
 from train import MODELS, fail, lineage
+
+PROG = "python -m lab.ablate"
 
 
 def ablation_table(args):
@@ -207,7 +209,7 @@ def main(argv=None):
     if argv is None:  # the command owns its process: SIGTERM stops it as it stops train.py (distributed.py)
         distributed.note_sigterm()
     p = train.build_parser("Train (or, for inference-only rows, score) each row of a paper's ablation table and "
-                           "write it beside the paper's figures (plain PyTorch; DDP under torchrun).")
+                           "write it beside the paper's figures (plain PyTorch; DDP under torchrun).", prog=PROG)
     p.add_argument("--table", required=True, metavar="TABLE",
                    help="the table in the paper's ABLATIONS, e.g. table5; writes OUT/<model>/ablation_TABLE.md and "
                    ".json")
@@ -219,8 +221,8 @@ def main(argv=None):
                        args)
     # the torchrun block, train.py's: a dead peer in one line, SIGTERM after the step with its checkpoint (a
     # stopped table resumes where it stopped)
-    distributed.run_job(lambda ranks: run_ablation(args, ranks), args, argv is None, script="ablate.py")
+    distributed.run_job(lambda ranks: run_ablation(args, ranks), args, argv is None, script=PROG)
 
 
 if __name__ == "__main__":
-    distributed.command(main, "ablate.py")
+    distributed.command(main, PROG)

@@ -36,7 +36,7 @@ from data import (AUGMENT_STREAM, HAND_AUGMENTS, RENDERED_KINDS, AugmentConfig, 
                   NpzHands, WholeBodyHands, WholeBodyNpz, augment_hand_labels, body_model, body_rig, color_jitter,
                   hmr2_files, hmr2_protocol_check, normal, recolor, sample_augmentation, sample_rng, skinning,
                   uniform, wholebody_files)
-from render import image_hw, render_batch, scratch_zbuffer
+from lab.render import image_hw, render_batch, scratch_zbuffer
 
 # ---------------------------------------------------------------------------------------------
 # 1. Random numbers and small helpers

@@ -50,15 +50,15 @@ import torch.nn as nn
 
 import bodymodels
 import genhmr
-import genhmr_experiments
+from lab import genhmr_experiments
 import hmr_adapter
-import hmr_adapter_experiments
+from lab import hmr_adapter_experiments
 import simplehand
-import simplehand_experiments
-from configs import with_fields
+from lab import simplehand_experiments
+from lab.configs import with_fields
 from data import AugmentConfig
-from plots import draw_samples
-from synthetic import SyntheticBodies, SyntheticHands, SyntheticPoses, SyntheticWholeBody
+from lab.plots import draw_samples
+from lab.synthetic import SyntheticBodies, SyntheticHands, SyntheticPoses, SyntheticWholeBody
 
 # ---------------------------------------------------------------------------------------------
 # 1. SimpleHand
@@ -1022,9 +1022,9 @@ def check_args(args):
 
 
 def main(argv=None):
-    parser = Parser(prog="bench.py", description="Parameter counts, speed and shapes of a paper's model (random "
-                    "weights: no checkpoint is read); its speed against the official code; sample grids and speed of "
-                    "the synthetic data.")
+    parser = Parser(prog="python -m lab.bench", description="Parameter counts, speed and shapes of a paper's model "
+                    "(random weights: no checkpoint is read); its speed against the official code; sample grids "
+                    "and speed of the synthetic data.")
     parser.add_argument("--model", choices=sorted(MODELS), help="which paper's model")
     parser.add_argument("--config", default=None, help="the paper's config name (default: tiny; simplehand's "
                         "--params and --bench: every config)")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import bodymodels
 from bodymodels import (FINGERTIP_VERTS, MANO_PARENTS, SMPL_PARENTS, SMPLX_PARENTS, atomic_write, face_normals,
                         mirror_rotation, vertex_normals)
 
@@ -1311,3 +1312,7 @@ def write_standins(root=None, kinds=("mano", "smpl", "smplx")):
             else:
                 atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     return root
+
+
+# Where no model folder is given and HMR_BODY_MODELS is unset, bodymodels' loaders use these, written on demand.
+bodymodels.standin_models = lambda kind: write_standins(kinds=(kind,))
