@@ -6,38 +6,16 @@
 With no other flag this is the demo: the stage's CPU config ("tiny") on synthetic data, a held-out evaluation
 next to a constant baseline scored by the same metrics, OUT/<stage>/metrics.json and predictions.png (OUT = out).
 Top to bottom: the stage table, helpers (--set, data order, checkpoints, evaluation), one stage (model and
-optimiser -> data -> resume -> training loop -> final report), the chain of stages, then `main`. ablate.py runs
-a paper's ablation tables with these pieces; checkpoints.py reads a trained model back; distributed.py is the
-torchrun block (ranks, collectives, restarts, a dead peer, preemption). The script knows no paper: it speaks
-this protocol to a paper's experiments file (`<paper>_experiments.py`, or an object in it with these attributes),
-which maps the trainer's dict batches onto the reference file's tensor API:
-- `CONFIGS`: {name: preset}. "tiny" runs on two CPU cores; paper presets carry the paper's numbers. A preset is
-  a dataclass of config dataclasses (the model's, the recipe, ...) whose leaves have distinct names: --set,
-  ablation rows and the trainer name them so. The trainer reads `batch_size` (the GLOBAL batch), `max_steps`,
-  `lr`, `weight_decay`, `grad_clip` (max gradient norm, 0 = off), `amp` (bf16 autocast on CUDA) and the stage's
-  `data_fields` (e.g. `image_size`).
-- `build_model(cfg, parent)` -> nn.Module. `parent`: the trained model of the stage this one starts from (its
-  row's `starts_from`, e.g. a frozen pose tokenizer), or None. The paper freezes what it must; the optimiser
-  takes the parameters that still require gradients, and a checkpoint holds only the stage's own state.
-- `training_loss(model, batch, cfg, step)` -> (loss, {name: scalar tensor}): one forward through `model(...)`
-  (under DDP the wrapper: call it, not its submodules), the total loss and its terms for the log. `step` is the
-  optimiser step about to be taken (for a schedule inside the loss); the loss changes no state.
-- `predict(model, batch, cfg)` -> {key: (b, ...)}: per-sample predictions under no_grad in eval mode, in the
-  units of the data's labels. Metrics named "table_*" are report-only rows: metrics.json, not the log.
-- `learning_rate(cfg, step)` -> float: a pure function of the step (the whole scheduler state).
-- optional `ABLATIONS`: {"table5": the paper's ablation table as data}, run by ablate.py.
-- optional `diagnostics(model, cfg, train_labels)` -> a callable batch -> {key: (b, ...)}: figures only a table
-  or a diagnostic needs, at the stage's final evaluation only, beside `predict`'s. `train_labels`: {key: (n, ...)}
-  of the training set without images (`data.labels`), for yardsticks fitted on it.
-- optional `param_groups(model, cfg)` -> [(lr_scale, [parameters]), ...]: parts that train at lr_scale x
-  learning_rate(cfg, step); together every parameter that requires gradients, each once (default: one group).
-- optional `check_inputs(cfg, kind, path)`: raises FileNotFoundError or ValueError, its first line naming what
-  is missing (an environment variable, a file the config names); called for every stage of the chain, with the
-  config each will be built with and --data's KIND and PATH, before any stage trains.
-A stage (one row of MODELS) wires a paper to its `data(kind, path, split, cfg, seed, n)` (a Dataset of dicts,
-data.py's key contract), `metrics(pred, gt)` -> {name: float} (the first is the headline), `baseline(labels)`
--> a callable gt -> constant prediction, `picture(path, eval_set, pred, gt)` and `starts_from`. `--model X`
-first trains the stages X starts from whose checkpoints are missing or unfinished (resuming them), then X.
+optimiser -> data -> resume -> training loop -> final report), the chain of stages, then `main`. lab/ablate.py
+runs a paper's ablation tables with these pieces; lab/checkpoints.py reads a trained model back; lab/distributed.py
+is the torchrun block (ranks, collectives, restarts, a dead peer, preemption). The script knows no paper: it speaks
+this protocol (docs/reference.md, "How train.py speaks to a paper", says what each part must do) to a paper's
+experiments file (`lab/<paper>_experiments.py`, or an object in it with these attributes), which maps the trainer's
+dict batches onto the reference file's tensor API: `CONFIGS` ({name: preset}; "tiny" runs on two CPU cores),
+`build_model(cfg, parent)`, `training_loss(model, batch, cfg, step)` -> (loss, terms), `predict(model, batch, cfg)`,
+`learning_rate(cfg, step)`, and optionally `ABLATIONS`, `diagnostics`, `param_groups` and `check_inputs`. A stage
+(one row of MODELS) wires a paper to its `data`, `metrics`, `baseline`, `picture` and the stage it `starts_from`;
+`--model X` first trains the stages X starts from whose checkpoints are missing or unfinished, then X.
 
 Conventions
 - `batch_size` is the GLOBAL batch B; each of the W ranks takes b = B / W samples of every step. The loss
@@ -75,18 +53,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import bodymodels
-from lab import checkpoints
-from lab import configs
 import data
-from lab import distributed
-from lab import genhmr_experiments
-from lab import hmr_adapter_experiments
 import metrics
-from lab import plots
-from lab import render
-from lab import simplehand_experiments
-from lab import standins
-from lab import synthetic
+from lab import (checkpoints, configs, distributed, genhmr_experiments, hmr_adapter_experiments, plots, render,
+                 simplehand_experiments, standins, synthetic)
 from lab.configs import config_from_dict, config_leaves, leaf_paths, recipe_of, with_fields
 from lab.distributed import fail
 
@@ -171,51 +141,7 @@ def apply_overrides(cfg, overrides):
 
 
 # ---------------------------------------------------------------------------------------------
-# Data: a deterministic step -> batch stream, and synthetic sets rendered once
-
-
-class StepBatches(torch.utils.data.Sampler):
-    """Rank r's part of the global batches of steps [start, stop), as lists of (epoch, index).
-
-    Sample position p = s B + k (k < B) is index perm_e[p mod N] of epoch e = p div N, where perm_e is
-    a permutation seeded by (seed, e). Rank r takes k in [r b, (r + 1) b).
-    """
-
-    def __init__(self, num_samples, batch_size, rank, world_size, seed, start, stop):
-        self.n, self.batch, self.rank, self.world = num_samples, batch_size, rank, world_size
-        self.seed, self.start, self.stop = seed, start, stop
-        self.perm_epoch, self.perm = None, None
-
-    def __len__(self):
-        return self.stop - self.start
-
-    def __iter__(self):
-        b = self.batch // self.world
-        for step in range(self.start, self.stop):
-            first = step * self.batch + self.rank * b
-            yield [self.lookup(p) for p in range(first, first + b)]
-
-    def lookup(self, position):
-        epoch = position // self.n
-        if epoch != self.perm_epoch:
-            self.perm_epoch, self.perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        return epoch, int(self.perm[position % self.n])
-
-
-class EpochIndexed(torch.utils.data.Dataset):
-    """Reads the (epoch, index) keys of StepBatches, so augmentation follows the data position even
-    inside DataLoader workers (which never see a `set_epoch` called in the main process)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        epoch, index = key
-        self.dataset.set_epoch(epoch)
-        return self.dataset[index]
+# Data: synthetic sets rendered once (the step -> batch stream of each rank: distributed.StepBatches)
 
 
 def build_dataset(name, cfg, split, num_samples, args, ranks):
@@ -514,10 +440,10 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
         kept = steps_done
 
     # -- the training loop: steps start_step .. max_steps, with logs, evaluations and checkpoints
-    sampler = StepBatches(len(train_set), recipe.batch_size, ranks.rank, ranks.world_size, args.seed, start_step,
-                          recipe.max_steps)
-    loader = torch.utils.data.DataLoader(EpochIndexed(train_set), batch_sampler=sampler, num_workers=args.workers,
-                                         pin_memory=ranks.device.type == "cuda",
+    sampler = distributed.StepBatches(len(train_set), recipe.batch_size, ranks.rank, ranks.world_size, args.seed,
+                                      start_step, recipe.max_steps)
+    loader = torch.utils.data.DataLoader(distributed.EpochIndexed(train_set), batch_sampler=sampler,
+                                         num_workers=args.workers, pin_memory=ranks.device.type == "cuda",
                                          worker_init_fn=distributed.ignore_sigterm,  # SIGTERM: the main process stops
                                          generator=torch.Generator().manual_seed(args.seed))  # not the global RNG
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if ranks.device.type == "cuda" and recipe.amp else nullcontext()

@@ -1,6 +1,6 @@
 """The torchrun block of train.py and ablate.py (`setup`, `run_job`, `fail`): the ranks, a process group that
 forms on every attempt of a job torchrun restarts and gives up after a stated timeout, the collectives the trainer
-issues, and preemption.
+issues, preemption, and each rank's share of the data stream (`StepBatches`).
 
     torchrun --standalone --nproc_per_node=2 --max-restarts=3 train.py --model NAME --resume auto
 
@@ -32,6 +32,7 @@ import time
 import uuid
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -289,3 +290,51 @@ def gather_rows(x, n, ranks):
     parts = [torch.empty_like(x) for _ in range(W)]
     dist.all_gather(parts, x)
     return torch.stack(parts, 1).flatten(0, 1)[:n].to("cpu", dtype)  # (m, W, ...): row k W + r
+
+
+# ---------------------------------------------------------------------------------------------
+# Each rank's share of the data: a deterministic step -> batch stream (train.py's loader)
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Rank r's part of the global batches of steps [start, stop), as lists of (epoch, index).
+
+    Sample position p = s B + k (k < B) is index perm_e[p mod N] of epoch e = p div N, where perm_e is
+    a permutation seeded by (seed, e). Rank r takes k in [r b, (r + 1) b).
+    """
+
+    def __init__(self, num_samples, batch_size, rank, world_size, seed, start, stop):
+        self.n, self.batch, self.rank, self.world = num_samples, batch_size, rank, world_size
+        self.seed, self.start, self.stop = seed, start, stop
+        self.perm_epoch, self.perm = None, None
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __iter__(self):
+        b = self.batch // self.world
+        for step in range(self.start, self.stop):
+            first = step * self.batch + self.rank * b
+            yield [self.lookup(p) for p in range(first, first + b)]
+
+    def lookup(self, position):
+        epoch = position // self.n
+        if epoch != self.perm_epoch:
+            self.perm_epoch, self.perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return epoch, int(self.perm[position % self.n])
+
+
+class EpochIndexed(torch.utils.data.Dataset):
+    """Reads the (epoch, index) keys of StepBatches, so augmentation follows the data position even
+    inside DataLoader workers (which never see a `set_epoch` called in the main process)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        self.dataset.set_epoch(epoch)
+        return self.dataset[index]

@@ -416,19 +416,19 @@ def test_step_batches_split_each_global_batch_over_ranks(n, per_rank, world, see
     """The ranks' parts of a step are the single process's batch; every epoch is a permutation;
     starting at a later step gives the same stream as running up to it."""
     batch, steps = per_rank * world, 2 * n // per_rank + 3
-    single = list(train.StepBatches(n, batch, 0, 1, seed, 0, steps))
-    ranks = [list(train.StepBatches(n, batch, r, world, seed, 0, steps)) for r in range(world)]
+    single = list(train.distributed.StepBatches(n, batch, 0, 1, seed, 0, steps))
+    ranks = [list(train.distributed.StepBatches(n, batch, r, world, seed, 0, steps)) for r in range(world)]
     assert all(sum((ranks[r][s] for r in range(world)), []) == single[s] for s in range(steps))
     flat = sum(single, [])
     for epoch in range(len(flat) // n):
         chunk = flat[epoch * n:(epoch + 1) * n]
         assert {e for e, _ in chunk} == {epoch} and sorted(i for _, i in chunk) == list(range(n))
-    assert list(train.StepBatches(n, batch, 0, 1, seed, steps // 2, steps)) == single[steps // 2:]
+    assert list(train.distributed.StepBatches(n, batch, 0, 1, seed, steps // 2, steps)) == single[steps // 2:]
 
 
 def test_step_batches_depend_on_the_seed():
-    a = sum(train.StepBatches(100, 10, 0, 1, 0, 0, 10), [])
-    b = sum(train.StepBatches(100, 10, 0, 1, 1, 0, 10), [])
+    a = sum(train.distributed.StepBatches(100, 10, 0, 1, 0, 0, 10), [])
+    b = sum(train.distributed.StepBatches(100, 10, 0, 1, 1, 0, 10), [])
     assert a != b and sorted(a) == sorted(b)
 
 
