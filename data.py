@@ -2,7 +2,7 @@
 
 A model never knows which dataset it got: the keys, shapes, units and conventions below are the same
 for real data (the readers here, given a path) and for the synthetic sets that render their own
-images (synthetic.py, from the stand-in body models of standins.py or the real MANO/SMPL/SMPL-X
+images (lab/synthetic.py, from the stand-in body models of lab/standins.py or the real MANO/SMPL/SMPL-X
 files when HMR_BODY_MODELS points to them).
 
 Conventions (shared with bodymodels.py):
@@ -48,13 +48,13 @@ Map of the file:
 1. Randomness (`sample_rng`, `uniform`, `normal`) and body models (`body_model`, `skinning`, `body_rig`)
 2. Augmentation as a camera change: `AugmentConfig`, `sample_augmentation`, the official simpleHand
    recipe `OFFICIAL_HAND_AUGMENT` (`turned_keypoint_crop`, `official_color`); images resampled by
-   `bodymodels.warp_image`
+   `lab.crops.warp_image`
 3. Real hands: `FreiHAND`, `NpzHands`, `write_npz`; photographs as files: `read_image`, `InputError`
 4. Real bodies (4D-Humans' evaluation .npz of 3DPW / EMDB / H36M): `HMR2Npz`, `HMR2Poses`; `Indexed`
 5. Whole bodies: the hand keys (`WholeBodyHands`), real ones (EHF / ARCTIC as one .npz): `WholeBodyNpz`
 6. The rendered cache: `render_once`, `RenderedSet`, `stack_samples`, `labels`
 How a synthetic sample is made, and the trainer's datasets (`hand_dataset`, `body_dataset`, ...):
-synthetic.py. Pictures: plots.py. Speed and sample grids: `python bench.py --data-bench`, `--data-grid`.
+lab/synthetic.py. Pictures: lab/plots.py. Speed and sample grids: `python -m lab.bench --data-bench`, `--data-grid`.
 """
 
 import functools
@@ -69,10 +69,13 @@ import torch
 import torch.nn.functional as F
 
 import bodymodels
+import hmr_adapter
 import metrics
 from lab import render
 from bodymodels import (axis_angle_to_matrix, forward_kinematics, matrix_to_axis_angle, mirror_rotation,
-                        perspective_projection, warp_image)
+                        perspective_projection)
+from lab.crops import crop_box, crop_matrix, warp_image
+from lab.files import atomic_write
 
 # ---------------------------------------------------------------------------------------------
 # 1. Randomness and body models
@@ -801,7 +804,7 @@ class HMR2Npz(torch.utils.data.Dataset):
     The crop (official image_dataset.py + the ViT's x[..., 32:-32]): the box of scale x 200 px grown to
     the ViT's aspect (`expand_to_aspect_ratio`, w:h = 192:256), its larger side b a square crop resized
     to 256 x 256 of which the ViT reads the central 256 x 192: here, the rectangle b x b W/H around
-    `center` straight onto cfg.image_hw (H, W) (`bodymodels.crop_matrix`, bilinear, black outside).
+    `center` straight onto cfg.image_hw (H, W) (`lab.crops.crop_matrix`, bilinear, black outside).
     NOTE 6: no augmentation; cv2's pixel centres at integers are taken as ours (half a
     pixel); the official resize is cv2.warpAffine, here bilinear `warp_image` (antialiasing aside).
 
@@ -868,7 +871,7 @@ class HMR2Npz(torch.utils.data.Dataset):
         """A (3, 3) full-image pixels -> crop pixels of row `index`: b W/H x b around its centre, onto (H, W)."""
         H, W = self.image_hw
         b = self.box_size(index)
-        return bodymodels.crop_matrix(tuple(map(float, self.center[index])), (b * W / H, b), (H, W))
+        return crop_matrix(tuple(map(float, self.center[index])), (b * W / H, b), (H, W))
 
     def __getitem__(self, index):
         if not 0 <= index < len(self):
@@ -1060,7 +1063,7 @@ class WholeBodyNpz(torch.utils.data.Dataset):
                                     CAMERA FRAME, body 1-21, jaw, eyes, left hand 25-39, right hand 40-54;
                                     full finger rotations (smplx.SMPLX(flat_hand_mean=True)): parameters of
                                     smplx's default flat_hand_mean=False need SMPL-X's hands_meanl / hands_meanr
-                                    added (bodymodels.hand_frames().smplx_hands_mean)
+                                    added (hmr_adapter.hand_frames().smplx_hands_mean)
         smplx_shape (N, 10), smplx_expression (N, 10)   the neutral model's betas and expression
         transl (N, 3) metres        the camera-frame mesh is SMPLX(pose, shape, expression) + transl
         K (N, 3, 3)                 the image's intrinsics (pixels; pixel centres at j + 0.5, module docstring)
@@ -1079,9 +1082,9 @@ class WholeBodyNpz(torch.utils.data.Dataset):
     line naming the file, the key and (for an image) the row.
 
     Keys: the whole-body keys (module docstring), in the crop cfg.image_size that a camera change makes of the image
-    (`bodymodels.crop_matrix`: K_crop = A K, verts and joints stay in the camera frame): image, K, verts,
+    (`lab.crops.crop_matrix`: K_crop = A K, verts and joints stay in the camera frame): image, K, verts,
     joints3d, joints2d, smplx_pose, smplx_shape, smplx_expression, cam_t (= transl); per side
-    S_hand_box (crop pixels), S_hand_joints3d / _joints2d, S_hand_mano_pose (`bodymodels.hands_of_body`,
+    S_hand_box (crop pixels), S_hand_joints3d / _joints2d, S_hand_mano_pose (`hmr_adapter.hands_of_body`,
     the module's left-hand convention), S_hand_visible (the hand's pixels not hidden by the body's own
     mesh: objects are not modelled), S_hand_occluded, S_arm_pose. The mesh comes from the SMPL-X file
     under $HMR_BODY_MODELS (else the stand-in). NOTE 7: no augmentation; the crop is
@@ -1126,13 +1129,13 @@ class WholeBodyNpz(torch.utils.data.Dataset):
 
     def crop(self, index, verts, K):
         """A (3, 3) full-image pixels -> crop pixels: the person box (the file's, else the projected
-        mesh's) grown to the crop's aspect x enlarge (`bodymodels.crop_box`)."""
+        mesh's) grown to the crop's aspect x enlarge (`lab.crops.crop_box`)."""
         if "bbox" in self.arrays:
             box = self.arrays["bbox"][index].tolist()
         else:
             uv = perspective_projection(verts, K)
             box = (*uv.amin(0).tolist(), *uv.amax(0).tolist())
-        return bodymodels.crop_matrix(*bodymodels.crop_box(box, self.image_hw, self.enlarge), self.image_hw)
+        return crop_matrix(*crop_box(box, self.image_hw, self.enlarge), self.image_hw)
 
     def __getitem__(self, index):
         if not 0 <= index < len(self):
@@ -1151,7 +1154,7 @@ class WholeBodyNpz(torch.utils.data.Dataset):
         face = render.rasterize(verts, rig["faces"], K, self.image_hw, True)[1]
         world = forward_kinematics(axis_angle_to_matrix(a["smplx_pose"][:22]), rig["rest_joints"][:22],
                                    rig["parents"][:22])[1]
-        hands = bodymodels.hands_of_body(a["smplx_pose"], bodymodels.hand_frames(self.model_dir))
+        hands = hmr_adapter.hands_of_body(a["smplx_pose"], hmr_adapter.hand_frames(self.model_dir))
         for s, side in enumerate(("left", "right")):
             sample.update(self.hand_labeller.labels(side, sample, joints, world, hands[side]["hand_pose"], face))
             sample[f"{side}_hand_mano_pose"] = torch.cat([hands[side]["global_orient"][None], hands[side]["hand_pose"]])
@@ -1180,7 +1183,7 @@ def wholebody_files(path, split):
 # it once (`render_once`, every DDP rank a share) into a tensor file and reads it memory-mapped.
 
 
-RENDERED_KINDS = ("synthetic", "ambiguous")  # --data kinds made in synthetic.py (no path): rendered once into a cache
+RENDERED_KINDS = ("synthetic", "ambiguous")  # --data kinds made in lab/synthetic.py (no path): rendered once, cached
 
 
 class RenderedSet(torch.utils.data.Dataset):
@@ -1233,7 +1236,7 @@ def render_once(dataset, path, rank=0, world_size=1, barrier=lambda: None, worke
 
     Each of world_size ranks draws one contiguous share into path.part{rank}, then rank 0 joins
     them; barrier() (e.g. torch.distributed.barrier; a no-op for one process) is called twice by
-    every rank. Files are written with `bodymodels.atomic_write`, so a crash never leaves a
+    every rank. Files are written with `lab.files.atomic_write`, so a crash never leaves a
     half-written cache. The caller names the file after everything the samples depend on;
     `worker_init_fn` starts each rendering process (train.py's: they leave SIGTERM to the rank).
     """
@@ -1243,12 +1246,12 @@ def render_once(dataset, path, rank=0, world_size=1, barrier=lambda: None, worke
         share = range(n * rank // world_size, n * (rank + 1) // world_size)
         workers = torch.get_num_threads() if torch.get_num_threads() > 1 else 0  # one renderer per core of this rank
         part = stack_samples(dataset, share, workers, worker_init_fn)
-        bodymodels.atomic_write(f"{path}.part{rank}", lambda f: torch.save(part, f))
+        atomic_write(f"{path}.part{rank}", lambda f: torch.save(part, f))
         barrier()
         if rank == 0:
             parts = [torch.load(f"{path}.part{r}", weights_only=True, mmap=True) for r in range(world_size)]
             joined = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-            bodymodels.atomic_write(path, lambda f: torch.save(joined, f))
+            atomic_write(path, lambda f: torch.save(joined, f))
             for r in range(world_size):
                 os.remove(f"{path}.part{r}")
         barrier()

@@ -15,8 +15,8 @@ Map of the file:
 5. GenHMR: its four checkpoints, the person crop, UGS, with --keypoints the 2D-pose-guided refinement (Eqs. 2-4)
 6. HMR-Adapter: its checkpoint and bases, the person crop, the adapted pipeline, hand boxes from --keypoints
 7. `main`
-Images are read by `data.read_image` (any Pillow mode), crops cut by `bodymodels.crop_matrix` / `warp_image`, a
-crop's camera moved to the full image's by `bodymodels.crop_translation_to_full`, and trained models rebuilt from
+Images are read by `data.read_image` (any Pillow mode), crops cut by `lab.crops.crop_matrix` / `warp_image`, a
+crop's camera moved to the full image's by `lab.crops.crop_translation_to_full`, and trained models rebuilt from
 train.py's checkpoints by `checkpoints.load_trained`. Bad input raises `data.InputError`, naming the file, key, shape
 or box that is wrong.
 """
@@ -36,8 +36,9 @@ import hmr_adapter
 from lab import hmr_adapter_experiments
 import simplehand
 from lab import simplehand_experiments
-from bodymodels import crop_box, crop_matrix
 from lab.checkpoints import load_trained
+from lab.crops import crop_box, crop_matrix, crop_translation_to_full, full_image_intrinsics, warp_image
+from lab.files import atomic_write
 from lab.configs import Parser, number, with_fields
 from data import InputError, read_image
 from lab.plots import draw_demo, to_numpy
@@ -200,7 +201,7 @@ def person_crop(image_hw, out_hw, box=None, points=None, enlarge=1.0, source="--
 # ---------------------------------------------------------------------------------------------
 # 2. The full image's camera, a root-relative mesh placed in it, the .obj and .npz files
 #
-# Without --intrinsics the camera is HaMeR's demo convention (`bodymodels.full_image_intrinsics`: focal
+# Without --intrinsics the camera is HaMeR's demo convention (`lab.crops.full_image_intrinsics`: focal
 # 5000 / 256 x max(W, H) pixels, principal point at the image centre); with it, K = [[FX, 0, CX], [0, FY, CY],
 # [0, 0, 1]] in pixels of the input image, in this project's pixel convention (pixel edges at integers: an
 # OpenCV K, whose pixel centres are at integers, has CX + 0.5 and CY + 0.5 here).
@@ -272,7 +273,7 @@ def write_obj(path, verts, faces):
     lines = ["# metres, camera frame: x right, y down, z forward (OpenCV); faces counter-clockwise seen from outside"]
     lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in verts]
     lines += [f"f {a} {b} {c}" for a, b, c in faces + 1]
-    return bodymodels.atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    return atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
 def read_obj(path):
@@ -299,7 +300,7 @@ def write_npz(path, arrays, docs):
         raise ValueError(f"write_npz: keys without a description: {undocumented}")
     out = {k: to_numpy(v) for k, v in arrays.items()}
     out["README"] = np.array("\n".join(f"{k} {out[k].shape}: {docs[k]}" for k in arrays))
-    return bodymodels.atomic_write(path, lambda f: np.savez(f, **out))
+    return atomic_write(path, lambda f: np.savez(f, **out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,7 +462,7 @@ def reconstruct_hand(model, cfg, image, crop, K):
     is_right, centre, size = crop
     S = cfg.model.image_size
     A = crop_matrix(centre, size, (S, S), flip=not is_right)
-    images = bodymodels.warp_image(image, A, S)[None]  # (1, 3, S, S) RGB in [0, 1], as training's crops
+    images = warp_image(image, A, S)[None]  # (1, 3, S, S) RGB in [0, 1], as training's crops
     with torch.no_grad():
         pred = {k: v[0] for k, v in simplehand_experiments.predict(model, {"image": images}, cfg).items()}
     placed = place_hand(pred["joints3d"], pred["verts"], pred["joints2d"], A, K, is_right)
@@ -475,7 +476,7 @@ def infer_simplehand(image, box, people, args):
     """run_demo's `infer` for SimpleHand: image (3, H, W) -> the meshes, the camera and the .npz arrays."""
     model, cfg = load_simplehand(args.checkpoint)
     H, W = image.shape[-2:]
-    K = image_camera(args, bodymodels.full_image_intrinsics((W, H)))  # (3, 3)
+    K = image_camera(args, full_image_intrinsics((W, H)))  # (3, 3)
     crops = hand_crops((H, W), box, people, args.left, args.keypoints)
     hands = [reconstruct_hand(model, cfg, image, crop, K) for crop in crops]
     arrays = {key: torch.stack([h[key] for h in hands]) for key in SIMPLEHAND_DOCS if key != "K"}
@@ -541,15 +542,15 @@ def infer_genhmr(image, box, people, args):
     (H, W), hw, inference = image.shape[-2:], cfg.model.image_hw, cfg.inference
     box, A = person_crop((H, W), hw, box, person["body"] if person else None, GENHMR_BOX_ENLARGE,
                          args.keypoints)  # the whole image of the model's aspect is the training crop
-    crop = bodymodels.warp_image(image, A, hw)
+    crop = warp_image(image, A, hw)
     ugs = genhmr.uncertainty_guided_sampling(model, crop[None], inference.ugs_iterations, inference.schedule,
                                              inference.top_k, choice_temperature=inference.choice_temperature,
                                              seeds=torch.zeros(1))
     ids, betas, cam = ugs["ids"], ugs["betas"], ugs["cam"]
     # the crop's camera: focal f / S per crop height (2D is normalised by H), principal point at its centre
     crop_t = bodymodels.weak_perspective_to_translation(cam.double(), genhmr.FOCAL_LENGTH, genhmr.CROP_SIZE)
-    K = image_camera(args, bodymodels.full_image_intrinsics((W, H), genhmr.FOCAL_LENGTH, genhmr.CROP_SIZE))
-    t = bodymodels.crop_translation_to_full(crop_t, A, hw, (W, H), genhmr.FOCAL_LENGTH / genhmr.CROP_SIZE * hw[0],
+    K = image_camera(args, full_image_intrinsics((W, H), genhmr.FOCAL_LENGTH, genhmr.CROP_SIZE))
+    t = crop_translation_to_full(crop_t, A, hw, (W, H), genhmr.FOCAL_LENGTH / genhmr.CROP_SIZE * hw[0],
                                             K).float()
     arrays = {"cam": cam[0], "betas": betas[0], "K": K, "box": torch.tensor(box), "crop_matrix": A,
               "token_ids": ids[0], "cam_t": t[0], "refined": torch.tensor(int(person is not None))}
@@ -557,7 +558,7 @@ def infer_genhmr(image, box, people, args):
     if person is not None:  # Inference Strategy > 2D Pose-Guided Refinement, towards the detector's keypoints
         targets, weights = keypoint_targets(person, A, hw)
         problem = genhmr.refinement_problem(tok, ids, betas, cam, targets, inference.refine_reg, hw[0], weights)
-        e = genhmr.refine(*problem, inference, genhmr_experiments.STEP_SIZES[cfg.recipe.refine_eta_rule])[-1]
+        e = genhmr_experiments.REFINEMENTS[cfg.recipe.refine_eta_rule](*problem, inference)[-1]
         poses["refined_"] = tok.decode(e).detach()
         arrays["keypoints"] = torch.as_tensor(person["body"])
     kp = torch.as_tensor(person["body"]).float()[list(COCO17_TO_SMPL)] if person is not None else None
@@ -584,7 +585,7 @@ def infer_genhmr(image, box, people, args):
 #    the person box grown to the input's aspect (cfg.image_size), warped to that size, fed as [0, 1] RGB, so a
 #    render of the training set's size given whole is exactly a training input. The crop's camera (SMPLer-X's:
 #    focal 5000 per 256 pixels of the crop's height, principal point at its centre) becomes the full image's
-#    (`bodymodels.crop_translation_to_full`).
+#    (`lab.crops.crop_translation_to_full`).
 
 
 PERSON_BOX_ENLARGE = 1.2 * 1.25  # official (SMPLer-X get_bbox, process_bbox): keypoints' box x 1.2, its crop x 1.25
@@ -637,12 +638,12 @@ def infer_hmr_adapter(image, box, people, args):
     crop_hw = tuple(cfg.data.image_size)
     points = np.concatenate([v for k, v in person.items() if k != "score"]) if person else None
     box, A = person_crop((H, W), crop_hw, box, points, PERSON_BOX_ENLARGE, args.keypoints)
-    crop = bodymodels.warp_image(image, A, crop_hw)  # the whole image of the input's size: a training input
+    crop = warp_image(image, A, crop_hw)  # the whole image of the input's size: a training input
     out = hmr_adapter_experiments.adapted_pipeline(model, crop[None], hand_boxes=keypoint_hand_boxes(person, A),
                                                    details=True)
     f = 5000.0 / 256 * crop_hw[0]  # the crop camera's focal, SMPLer-X's (`smplerx_translation`)
-    K = image_camera(args, bodymodels.full_image_intrinsics((W, H), dtype=torch.float64))
-    t = bodymodels.crop_translation_to_full(out["t"][0].double(), A, crop_hw, (W, H), f, K)
+    K = image_camera(args, full_image_intrinsics((W, H), dtype=torch.float64))
+    t = crop_translation_to_full(out["t"][0].double(), A, crop_hw, (W, H), f, K)
     verts, joints = (out[k][0].double() - out["t"][0].double() + t for k in ("verts", "joints"))
     to_image = lambda uv: (uv.double() - A[:2, 2]) / A[0, 0]  # noqa: E731  crop pixels -> image pixels
     arrays = dict(verts=verts, joints3d=joints, joints2d=bodymodels.perspective_projection(joints, K),

@@ -8,11 +8,13 @@ One person crop in, an SMPL mesh out, through two trained stages and a two-step 
     infer    uncertainty-guided sampling (T iterations, re-mask the least confident) -> ids
              -> 2D-pose-guided refinement (Eqs. 2-4: gradient descent on the code vectors) -> SMPL
 
-Sections: 1 the pose tokenizer (`PoseTokenizer`); 2 the image stage (`GenHMR`: the copier's start, its doctest);
-3 training (masking, Gumbel-softmax, `compute_loss`); 4 inference (UGS, refinement; `GenHMR.generate`); 5 configs
-(presets `PAPER`, `TINY` of `GenHMRConfig`, `InferenceConfig`, ...). Appendices: A support architecture (SMPL, the
-ViT, TINY's tied token head and the project's other additions); B official checkpoints (ViTPose-H, HMR2.0).
-How this project trains, evaluates and ablates it (train.py's stages, `ABLATIONS`, diagnostics): genhmr_experiments.py.
+Sections: 1 the pose tokenizer (`PoseTokenizer`); 2 the image stage (`GenHMR`: the copier's start, its doctest); 3
+training (masking, Gumbel-softmax, `compute_loss`, `training_step`); 4 inference (UGS, refinement;
+`GenHMR.generate`); 5 configs (presets `PAPER`, `TINY` of `GenHMRConfig`, `InferenceConfig`, ...; the tokenizer's
+`augment_pose`). Appendices: A support architecture (SMPL, the ViT, TINY's tied token head and the project's other
+additions); B official checkpoints (ViTPose-H, HMR2.0).
+How this project trains, evaluates and ablates it (train.py's stages, `ABLATIONS`, diagnostics):
+lab/genhmr_experiments.py.
 
 Conventions: bodymodels.py's (column vectors, 6D = first two COLUMNS, axis-angle, metres, OpenCV camera).
 HMR2.0's camera [s, tx, ty]: t = [tx, ty, 2 f / (S s)], f = 5000, S = 256; 2D points in normalised crop
@@ -401,14 +403,9 @@ class GenHMR(nn.Module):
     >>> loss, terms = tok.compute_loss(tok.train()(poses), poses)  # Eq. Lvq; this first batch starts the codebook
     >>> loss.backward()
     >>> model = GenHMR(TINY.model, tok.eval())
-    >>> images, ids = torch.rand(2, 3, *TINY.model.image_hw), tok.tokenize(poses[:2])  # crops; Y* (2, L)
-    >>> masked_ids, masked = random_masking(ids, model.num_codes)
-    >>> pred = model(images, masked_ids, temperature=1.0)  # logits, and the pose they imply (Gumbel-ST)
-    >>> pred["logits"].shape
-    torch.Size([2, 48, 256])
-    >>> targets = dict(ids=ids, masked=masked, smpl_pose=poses[:2], smpl_shape=torch.zeros(2, 10),
-    ...                joints3d=torch.randn(2, 24, 3), joints2d=torch.rand(2, 24, 2) - 0.5)
-    >>> loss, terms = compute_loss(pred, targets, TINY.model)
+    >>> images = torch.rand(2, 3, *TINY.model.image_hw)  # crops
+    >>> targets = dict(smpl_shape=torch.zeros(2, 10), joints3d=torch.randn(2, 24, 3), joints2d=torch.rand(2, 24, 2))
+    >>> loss, terms = training_step(model, tok, images, poses[:2], targets, step=0, cfg=TINY)  # Y* masked; Eqs. 1, 5-6
     >>> loss.backward()
     >>> out = model.eval().generate(images)  # UGS (T = 5) -> SMPL
     >>> out["verts"].shape
@@ -447,16 +444,13 @@ class GenHMR(nn.Module):
         """masked ids (B, L), an encoded pyramid -> logits (B, L, K) over the frozen codebook."""
         return self.masked_transformer(ids, levels, self.tokenizer.quantizer.codebook)
 
-    def forward(self, images, ids, temperature=1.0, true_ids=None):
+    def forward(self, images, ids, temperature=1.0):
         """Training's pass: images (B, 3, H, W) in [0, 1], ids Y_M (B, L) with [MASK] = K -> {"logits" (B, L, K), and
         the pose they imply through straight-through Gumbel-softmax at `temperature` (Eq. 5, 6): "R" (B, 24, 3, 3),
-        "betas" (B, 10), "cam" (B, 3), "joints3d" (B, 24, 3) (SMPL's frame), "joints2d" (B, 24, 2) (normalised)}.
-        true_ids (B, L): NOTE 13's variant, the true codes replace the draw at the visible positions."""
+        "betas" (B, 10), "cam" (B, 3), "joints3d" (B, 24, 3) (SMPL's frame), "joints2d" (B, 24, 2) (normalised)}."""
         levels, betas, cam = self.encode_image(images)
         logits = self.logits(ids, levels)
         y = gumbel_softmax_st(logits, temperature)  # one-hot tokens forward, soft gradient backward
-        if true_ids is not None:
-            y = torch.where((ids == self.num_codes)[..., None], y, F.one_hot(true_ids, self.num_codes).to(y.dtype))
         R = self.tokenizer.decode(y @ self.tokenizer.quantizer.codebook)  # e = y C through the frozen decoder
         return {"logits": logits, **smpl_prediction(self.tokenizer.body, R, betas, cam)}
 
@@ -479,18 +473,17 @@ class GenHMR(nn.Module):
         return out
 
     @torch.no_grad()
-    def refine_towards(self, sampled, joints2d, joints2d_weight, cfg, image_hw, prefix="refined_", step_size=None):
+    def refine_towards(self, sampled, joints2d, joints2d_weight, cfg, image_hw):
         """Sec. 3.3: the sampled tokens (sampled: ids, betas, cam from `generate`) refined towards 2D joints (B, 24, 2)
-        in pixels of the H x W crop -> the refined mesh's keys (`mesh_outputs`), prefixed. step_size: `refine`'s."""
+        in pixels of the H x W crop -> the refined mesh's keys (`mesh_outputs`), prefixed refined_."""
         tok, betas, cam = self.tokenizer, sampled["betas"], sampled["cam"]
-        targets = normalise_joints2d(joints2d.float(), image_hw)
-        problem = refinement_problem(tok, sampled["ids"], betas, cam, targets, cfg.refine_reg, image_hw[0],
-                                     joints2d_weight)
-        return mesh_outputs(tok, tok.decode(refine(*problem, cfg, step_size)[-1]), betas, cam, image_hw, prefix)
+        problem = refinement_problem(tok, sampled["ids"], betas, cam, normalise_joints2d(joints2d.float(), image_hw),
+                                     cfg.refine_reg, image_hw[0], joints2d_weight)
+        return mesh_outputs(tok, tok.decode(refine(*problem, cfg)[-1]), betas, cam, image_hw, "refined_")
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Training: masking, Gumbel-softmax, losses (Eq. 1, 5, 6)
+# 3. Training: masking, Gumbel-softmax, losses (Eq. 1, 5, 6), the step
 
 
 def num_masked(mask_tau, L):
@@ -508,6 +501,10 @@ def random_masking(ids, mask_id, mask_tau_max=1.0, generator=None):
     return torch.where(mask, torch.full_like(ids, mask_id), ids), mask
 
 
+def corrupt_tokens(ids, mask_id, recipe):
+    """Y* (B, L) [MASK]ed (`random_masking`), its visible tokens swapped (NOTE 11) -> (Y_M, masked (B, L) bool)."""
+    y_m, masked = random_masking(ids, mask_id, recipe.mask_tau_max)
+    return swap_visible(y_m, masked, mask_id, recipe.pkeep), masked
 
 
 def gumbel_temperature(cfg, step):
@@ -594,6 +591,24 @@ def smpl_losses(pred, targets, cfg):
     return {name: cfg.loss_batch * value.mean() for name, value in per_sample.items()}
 
 
+def training_step(model, tokenizer, images, pose, targets, step, cfg):
+    """The image stage's loss at step `step` (Training Strategy), one forward through `model` (a GenHMR or its DDP
+    wrapper) -> (L_total, {term: ()} and the temperature, `masked_accuracy`). tokenizer: model's; images (B, 3, H, W);
+    pose theta (B, 24, 3); targets: `compute_loss`'s but ids, masked, smpl_pose (= pose); cfg: a GenHMRPreset."""
+    ids = tokenizer.tokenize(pose)  # Y*: the frozen tokenizer's ids (B, L)
+    y_m, masked = corrupt_tokens(ids, tokenizer.cfg.codebook_size, cfg.recipe)  # m = ceil(cos(pi tau / 2) L)
+    temperature = gumbel_temperature(cfg.recipe, step)  # Eq. (5)
+    pred = model(images, y_m, temperature)  # logits, and the pose of their Gumbel-ST draw (Eq. 6)
+    loss, terms = compute_loss(pred, dict(targets, smpl_pose=pose, ids=ids, masked=masked), cfg.model)  # Eq. (1)
+    return loss, dict(terms, temperature=torch.tensor(temperature),
+                      masked_acc=masked_accuracy(pred["logits"], ids, masked))
+
+
+def masked_accuracy(logits, y_gt, masked):
+    """The share of [MASK]ed tokens whose argmax is right, per sample, averaged (the training log's)."""
+    return (((logits.argmax(-1) == y_gt) & masked).sum(1) / masked.sum(1)).mean()
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. Inference: uncertainty-guided sampling, 2D-pose-guided refinement (`GenHMR.generate` runs them)
 
@@ -636,33 +651,41 @@ def uncertainty_guided_sampling(model, images, T=5, schedule="cosine", top_k=1, 
 
 @torch.no_grad()
 def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generator=None, choice_temperature=0.0,
-                         seeds=None, rank_by=None):
+                         seeds=None):
     """UGS's iterations on an encoded image pyramid -> (ids (B, L), history: per iteration t, (masked (B, L) after t,
     confidence (B, L) of the sampled tokens, ids (B, L) sampled or fixed at t, before re-masking)).
     choice_temperature c > 0 ranks the masked tokens by log p + c (1 - t / T) g, g ~ Gumbel(0, 1) (MaskGIT's,
-    NOTE 17: `gumbel_noise`, appendix A). rank_by(t, sampled, confidence) -> (B, L), not the paper's: another
-    ranking (lower re-masked first) in place of the confidence, for the diagnostics' re-masking orders."""
+    NOTE 17: `gumbel_noise`, appendix A)."""
     # levels None: no image (a pose prior); the batch size and device then come from seeds
     B, device = (len(levels[0]), levels[0].device) if levels is not None else (len(seeds), seeds.device)
     L = model.num_tokens
     ids = torch.full((B, L), model.num_codes, dtype=torch.long, device=device)
-    masked = torch.ones(B, L, dtype=torch.bool, device=device)
-    history = []
+    masked, history = torch.ones(B, L, dtype=torch.bool, device=device), []
     for t, n in enumerate(remask_counts(L, T, schedule), 1):
-        probs = model.logits(ids, levels).float().softmax(-1)  # (B, L, K)
-        sampled = sample_tokens(probs, top_k, generator)
-        confidence = probs.gather(-1, sampled[..., None])[..., 0]  # probability of the chosen token
-        ids = torch.where(masked, sampled, ids)
-        score = confidence if rank_by is None else rank_by(t, sampled, confidence)
-        if choice_temperature > 0 and n and rank_by is None:
+        ids, sampled, confidence = sample_masked(model, ids, masked, levels, top_k, generator)
+        score = confidence
+        if choice_temperature > 0 and n:
             noise = gumbel_noise((B, L), seeds, t, generator, device)
             score = confidence.clamp_min(1e-30).log() + choice_temperature * (1 - t / T) * noise
-        score = torch.where(masked, score, torch.full_like(score, math.inf))  # fixed stay fixed
-        order = score.argsort(dim=1, stable=True)  # least confident first, ties to the lower index
-        masked = torch.zeros_like(masked).scatter(1, order[:, :n], True)
+        masked = least_confident(score, masked, n)
         history.append((masked.clone(), confidence, ids))  # ids: every position sampled or fixed, before re-masking
         ids = torch.where(masked, torch.full_like(ids, model.num_codes), ids)
     return ids, history
+
+
+def sample_masked(model, ids, masked, levels, top_k=1, generator=None):
+    """One UGS pass: p(y_i | Y_M, X), a draw at every position -> (ids filled where masked, draws, confidence)."""
+    probs = model.logits(ids, levels).float().softmax(-1)  # (B, L, K)
+    sampled = sample_tokens(probs, top_k, generator)
+    confidence = probs.gather(-1, sampled[..., None])[..., 0]  # probability of the chosen token
+    return torch.where(masked, sampled, ids), sampled, confidence
+
+
+def least_confident(score, masked, n):
+    """The n lowest-scored (B, L) of the masked positions (B, L) -> masked (B, L) after the iteration."""
+    score = torch.where(masked, score, torch.full_like(score, math.inf))  # fixed stay fixed
+    order = score.argsort(dim=1, stable=True)  # least confident first, ties to the lower index
+    return torch.zeros_like(masked).scatter(1, order[:, :n], True)
 
 
 def refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weights=None):
@@ -674,11 +697,6 @@ def refinement_objective(tokenizer, e, betas, t, targets, R0, reg, scale, weight
     residual = (((uv - targets) * scale) ** 2).sum(2)  # (B, 24)
     residual = residual if weights is None else residual * weights
     return residual.sum(1) + reg * ((R - R0) ** 2).sum((1, 2, 3))
-
-
-def fixed_step(objective, e, G, grad, eta):
-    """Eq. (4) as printed: the same eta (B, 1, 1) at every step -> (eta for this step, eta for the next)."""
-    return eta, eta
 
 
 def refinement_problem(tokenizer, ids, betas, cam, targets, reg, scale, weights=None):
@@ -695,24 +713,23 @@ def refinement_problem(tokenizer, ids, betas, cam, targets, reg, scale, weights=
     return objective, e
 
 
-def refine(objective, e, cfg, step_size=None):
-    """Eq. (4): P = cfg.refine_iterations steps of gradient descent on the code vectors e (B, L, D), fed to the frozen
-    tokenizer decoder (not re-quantised); no network changes. eta: cfg.refine_lr, held (`fixed_step`, Eq. (4) as
-    printed) unless step_size, a rule (objective, e, G, grad, eta) -> (eta now, eta next), replaces it.
-    -> [e_0, e_1, ..., e_P], each (B, L, D)."""
-    step_size = step_size or fixed_step
-    eta = torch.full((len(e), 1, 1), float(cfg.refine_lr), device=e.device)
+def refine(objective, e, cfg):
+    """Eq. (4): P = cfg.refine_iterations steps of gradient descent, eta = cfg.refine_lr, on the code vectors e
+    (B, L, D) fed to the frozen tokenizer decoder (not re-quantised); no network changes -> [e_0, e_1, ..., e_P]."""
     trajectory = [e]
     for _ in range(cfg.refine_iterations):
-        with torch.enable_grad():
-            e = e.detach().requires_grad_(True)
-            G = objective(e)
-            grad, = torch.autograd.grad(G.sum(), e)  # only e: no parameter receives a gradient
-        e, G = e.detach(), G.detach()
-        eta_now, eta = step_size(objective, e, G, grad, eta)
-        e = e - eta_now * grad  # Eq. (4): e <- e - eta grad_e G
+        e = e - float(cfg.refine_lr) * objective_gradient(objective, e)[1]  # Eq. (4): e <- e - eta grad_e G
         trajectory.append(e)
     return trajectory
+
+
+def objective_gradient(objective, e):
+    """-> (G (B,), grad_e G (B, L, D)) at e (B, L, D), detached: only e receives a gradient, no parameter."""
+    with torch.enable_grad():
+        e = e.detach().requires_grad_(True)
+        G = objective(e)
+        grad, = torch.autograd.grad(G.sum(), e)
+    return G.detach(), grad
 
 
 def mesh_outputs(tokenizer, R, betas, cam, image_hw, prefix=""):
@@ -778,6 +795,21 @@ class TokenizerRecipe:
 
     def __post_init__(self):
         _check_choice(self, "lr_schedule", ("constant", "cosine"))
+
+
+def augment_pose(pose, recipe):
+    """The tokenizer's training poses (B, 24, 3) rotated (App. > Data Augmentation: "we rotate the poses at varying
+    degrees"): the global orientation pre-multiplied by Rz(roll) Ry(yaw), in camera axes (y vertical, z the optical
+    axis), yaw ~ U(+-aug_yaw_deg), roll ~ U(+-aug_roll_deg) (NOTE 5); recipe: a TokenizerRecipe."""
+    if not (recipe.aug_yaw_deg or recipe.aug_roll_deg):
+        return pose
+    u = torch.rand(len(pose), 2, device=pose.device) * 2 - 1
+    yaw, roll = torch.deg2rad(u[:, 0] * recipe.aug_yaw_deg), torch.deg2rad(u[:, 1] * recipe.aug_roll_deg)
+    zero = torch.zeros_like(yaw)
+    Ry = bodymodels.axis_angle_to_matrix(torch.stack([zero, yaw, zero], -1))
+    Rz = bodymodels.axis_angle_to_matrix(torch.stack([zero, zero, roll], -1))
+    R0 = Rz @ Ry @ bodymodels.axis_angle_to_matrix(pose[:, 0])
+    return torch.cat([bodymodels.matrix_to_axis_angle(R0)[:, None], pose[:, 1:]], 1)
 
 
 @dataclass
@@ -884,7 +916,7 @@ class GenHMRRecipe:
     # hrnet_mpii.md); the oracle row refines towards the labels + N(0, oracle_noise_px^2) instead (refined_oracle_*)
     detector_pckh: Annotated[tuple, "[0, 1]"] = (0.334, 0.900)
     oracle_noise_px: NonNegative = 1.0
-    # Eq. (4)'s eta at evaluation: "fixed" (as printed) | "backtracking" (genhmr_experiments.STEP_SIZES, NOTE 18)
+    # Eq. (4)'s eta at evaluation: "fixed" (as printed) | "backtracking" (genhmr_experiments.REFINEMENTS, NOTE 18)
     refine_eta_rule: str = "fixed"
     batch_size: AtLeast1 = 48  # "batch size of 48"; per GPU or global is unstated
     lr: NonNegative = 1e-5  # Adam
@@ -1103,9 +1135,9 @@ class DropPathViT(nn.Module):
         return self.last_norm(x).transpose(1, 2).reshape(B, C, h, w)
 
 
-
 # A.2 The project's additions (not the paper's): the code embedding's start (NOTE 26), TINY's tied token head
-#     (NOTE 21), MSDA's start offsets for small maps (NOTE 28), MaskGIT's choice noise for UGS (NOTE 17)
+#     (NOTE 21), MSDA's start offsets for small maps (NOTE 28), MaskGIT's choice noise for UGS (NOTE 17), MMM's swap
+#     of the visible training tokens (NOTE 11)
 
 
 def code_embedding(codebook, d):
@@ -1164,6 +1196,16 @@ def gumbel_noise(shape, seeds=None, step=0, generator=None, device=None):
         u = torch.stack([torch.rand(shape[1:], generator=torch.Generator().manual_seed(int(i) * 1009 + step))
                          for i in seeds.reshape(-1)]).to(device)
     return -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
+
+
+def swap_visible(ids, masked, num_codes, pkeep, generator=None):
+    """NOTE 11: MMM's input corruption (exitudio/MMM, `--pkeep`): each visible token of ids (B, L) kept with probability
+    pkeep, else replaced by a code drawn uniformly from the K; [MASK]ed positions untouched. The targets stay the true
+    tokens, so the generator learns to doubt its context, as it must at inference, where the context is its own
+    earlier guesses."""
+    swap = (torch.rand(ids.shape, device=ids.device, generator=generator) >= pkeep) & ~masked
+    random_ids = torch.randint(num_codes, ids.shape, device=ids.device, generator=generator)
+    return torch.where(swap, random_ids, ids)
 
 
 # ---------------------------------------------------------------------------------------------

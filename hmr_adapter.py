@@ -17,10 +17,10 @@ poses (6D unless named), beta shape, F^H hand image tokens, F^B arm-chain tokens
 
 Map: 1 arm chains, points in crops and RoIs -> 2 hand adapter -> 3 body adapter -> 4 the model (`HMRAdapter`,
 start here: its doctests) -> 5 losses (Eqs. 5-8, `compute_loss`) -> 6 inference (`pipeline`) -> 7 configs (PAPER,
-TINY). Appendices: A the body models and the bases (HaMeR's head blocks, ViT, HaMeR, SMPLer-X, hand crops,
-RoI-align, `Bases`), B the released weights. How this project trains, evaluates and ablates it (train.py's
-protocol, the bases' tiny stand-ins, Tables 3-6's rows, parameter counts): hmr_adapter_experiments.py. Running it:
-`demo.py --model hmr_adapter --image PATH`, `bench.py --model hmr_adapter`. Where this differs from the paper
+TINY). Appendices: A the body models, hands on a body (`attach_hands`) and the bases (ViT, HaMeR, SMPLer-X, hand
+crops, RoI-align, `Bases`), B the released weights. How this project trains, evaluates and ablates it (train.py's
+protocol, the bases' tiny stand-ins, Tables 3-6's rows, parameter counts): lab/hmr_adapter_experiments.py. Running it:
+`demo.py --model hmr_adapter --image PATH`, `python -m lab.bench --model hmr_adapter`. Where this differs from the paper
 (NOTE N), results: docs/hmr_adapter.md.
 """
 
@@ -33,13 +33,15 @@ import typing
 from typing import Annotated
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import bodymodels
-from bodymodels import (axis_angle_to_matrix, forward_kinematics, matrix_to_rot6d,
-                        mirror_rotation, rot6d_to_matrix)
+from bodymodels import (IMAGENET_MEAN, IMAGENET_STD, SMPLX_HAND_JOINTS, SMPLX_PARENTS, TransformerDecoder, _attend,
+                        _checked_arrays, _model_file, axis_angle_to_matrix, forward_kinematics, matrix_to_axis_angle,
+                        matrix_to_rot6d, mirror_rotation, rot6d_to_matrix)
 
 SIDES = ("left", "right")
 ARMS = {"left": bodymodels.SMPLX_LEFT_ARM, "right": bodymodels.SMPLX_RIGHT_ARM}  # Sec. 3.3 arm joint groups
@@ -54,7 +56,7 @@ FINGER_WRISTS = (20,) * 15 + (21,) * 15  # the wrist each of them hangs from (le
 # ---------------------------------------------------------------------------------------------
 # 1. Building blocks: the arm chains theta_b (Sec. 3.3); points in crops and RoI maps. The transformer blocks
 #    of HaMeR's head, which the hand adapter copies (SA', CA', Eqs. 1-3) and the body adapter stacks (Eq. 4),
-#    are the hand expert's: appendix A.2
+#    are the hand expert's: HMR2.0/HaMeR's decoder, bodymodels' `TransformerDecoder`
 
 
 def arm_chains(body_pose, chain="global"):
@@ -131,30 +133,28 @@ def flip_pattern(batch, device):
 class HandAdapter(nn.Module):
     """New SA' and CA' for every block of a frozen hand head, copies of SA and CA (Sec. 3.3: "SA', W'_q,
     W'_k and W'_v are initialized from SA, W_q, W_k and W_v"); CA' attends to the arm chain's tokens
-    F^B = Linear(theta_b) + E (Eq. 2). scale: lambda on CA' (1 in Eq. 3; 0 gives the frozen head exactly)."""
+    F^B = Linear(theta_b) + E (Eq. 2)."""
 
-    def __init__(self, head, scale=1.0, joints=len(ARMS["left"])):
+    def __init__(self, head, joints=len(ARMS["left"])):
         super().__init__()
         self.sa, self.ca = adapter_copies(head)
-        self.scale = scale
         context = head.transformer.transformer.layers[0][1].fn.to_kv.in_features
         self.body_embed = nn.Linear(6, context)  # F^B = theta_b W_B ("a linear layer", Sec. 3.3)
         self.joint_embed = nn.Parameter(torch.zeros(1, joints, context))  # NOTE 2
         nn.init.trunc_normal_(self.joint_embed, std=0.02)
 
-    def context(self, hand_tokens, theta_b):
-        """CA''s keys and values: F^B (B, J, C) of theta_b (B, J, 6)."""
-        return self.body_embed(theta_b) + self.joint_embed
-
     def forward(self, head, hand_tokens, theta_b):
         """head: the frozen MANOHead; hand_tokens F^H (B, h w, C); theta_b (B, J, 6) (zeros: no body
         labels, Sec. 3.3). -> pose (B, 16, 6), betas, cam through the frozen readouts."""
-        context = self.context(hand_tokens, theta_b)
+        return self.attend(head, hand_tokens, self.body_embed(theta_b) + self.joint_embed)  # Eq. (2): F^B
+
+    def attend(self, head, hand_tokens, context):
+        """Eq. 3 in every block of the frozen head, CA' attending to context (B, J, C) -> the frozen readouts."""
         z = head.transformer.start(len(hand_tokens))
         for (sa, ca, ff), sa2, ca2 in zip(head.transformer.transformer.layers, self.sa, self.ca):
             z_a, z_b = z + sa(z), z + sa2(z)  # frozen path; the adapter's query path (SA')
             # Eq. (3): Z_new = CA(Q, K, V) + CA(Q', K', V'), Q' = SA'(Z) W'_q, K' = F^B W'_k, V' = F^B W'_v
-            z = z_a + ca(z_a, hand_tokens) + self.scale * ca2(z_b, context)
+            z = z_a + ca(z_a, hand_tokens) + ca2(z_b, context)
             z = z + ff(z)
         return head.readout(z)
 
@@ -395,9 +395,9 @@ def pipeline_front(models, cfg, image, hand_boxes=None):
 def assemble(body_R, hand_R, out):
     """SMPL-X rotations (B, 55, 3, 3): body from body_R (B, 22, 3, 3); each hand's fingers and, by
     IK, its wrist from the hand path's MANO rotations hand_R (B, 2, 16, 3, 3) (left first, flipped:
-    HaMeR's convention), by `bodymodels.attach_hands`; the jaw from the whole-body model; eyes at rest."""
+    HaMeR's convention), by `attach_hands` (A.2); the jaw from the whole-body model; eyes at rest."""
     hands = {side: dict(global_orient=hand_R[:, i, 0], hand_pose=hand_R[:, i, 1:]) for i, side in enumerate(SIDES)}
-    R = bodymodels.attach_hands(body_R, hands)  # NOTE 4: wrists by IK
+    R = attach_hands(body_R, hands)  # NOTE 4: wrists by IK
     R[:, 22] = rot6d_to_matrix(out["jaw"])
     return R
 
@@ -630,7 +630,7 @@ TINY = AdapterPreset(
 
 
 # ---------------------------------------------------------------------------------------------
-# Appendix A. The body models, and the bases HMR-Adapter adapts (HaMeR, SMPLer-X): HaMeR's head blocks, ViT, hand
+# Appendix A. The body models, hands on a body, and the bases HMR-Adapter adapts (HaMeR, SMPLer-X): ViT, hand
 #             expert, whole-body model, hand crops, RoI-align, `Bases`
 
 
@@ -642,12 +642,12 @@ def body_models():
     """MANO (right hand) and SMPL-X (bodymodels' loaders: $HMR_BODY_MODELS or the stand-ins) as
     float32 Skinning, SMPL-X's parents and faces, and R_off (3, 3): the rotation that turns MANO's rest hand onto
     SMPL-X's rest right hand (a MANO pose's global rotation G is SMPL-X's wrist rotation G R_off^T, its
-    fingers R_off aa; bodymodels.hand_frames, whose `attach_hands` puts the hand path's hands on the body)."""
+    fingers R_off aa; `hand_frames` (A.2), whose `attach_hands` puts the hand path's hands on the body)."""
     mano, smplx = bodymodels.load_mano(), bodymodels.load_smplx()
     return types.SimpleNamespace(
         mano=bodymodels.Skinning(mano, torch.float32, per_sample=False),
         smplx=bodymodels.Skinning(smplx, torch.float32, per_sample=False), parents=smplx.parents.tolist(),
-        smplx_faces=smplx.faces_tensor.long(), r_off=bodymodels.hand_frames().r_off.float())
+        smplx_faces=smplx.faces_tensor.long(), r_off=hand_frames().r_off.float())
 
 
 def mano_mesh(R, betas):
@@ -665,101 +665,217 @@ def body_joints(R, betas):
     return forward_kinematics(R, rest[:, :J], m.parents[:J])[0]
 
 
-# A.2 The transformer blocks of HaMeR's head (HMR2.0's names), which the hand adapter copies (SA', CA') and the body
-#     adapter stacks
+# A.2 Hands on a body: MANO hand results onto an SMPL-X body (the pipeline's fingers and wrists, Sec. 3.1)
+# A hand expert (HaMeR) gives MANO parameters per hand: a global orientation G (camera frame), the 15 finger
+# rotations F_j and betas. A left hand comes as the RIGHT MANO hand that is its mirror image (HaMeR flips the crop),
+# so the left hand itself has the mirrored pose M G M, M F_j M with M = diag(-1, 1, 1) (`mirror_rotation`). SMPL-X's
+# hands carry the same fingers in their own rest frame: R_off (3, 3) turns MANO's rest right hand onto SMPL-X's rest
+# right hand (about the identity for the official files; about a half turn about y for the stand-ins, whose right
+# hand is MANO's turned, see `standins._stitch_hands`), and SMPL-X's left hand is the mirror image of its right. A
+# hand posed by MANO then looks the same on SMPL-X when their world rotations agree up to R_off:
+#   W_j^X = W_j^MANO R_off^T  =>  wrist world G R_off^T;  finger j R_off F_j R_off^T (axis-angle R_off a_j)
+# and the wrist's LOCAL rotation follows by inverse kinematics under the body's elbow:
+#   R_wrist = W_elbow^T G R_off^T                          (HMR-Adapter's baseline, Sec. 4.2)
+# hands_mean: MANO and SMPL-X built with flat_hand_mean=False add a mean pose to their axis-angle
+# finger parameters (full = parameter + hands_mean); rotation matrices (smplx's *Layer classes,
+# HaMeR's output) are always the full rotations.
 
 
-class PreNorm(nn.Module):
-    """HMR2.0/HaMeR's PreNorm: fn(norm(x), ...) (names: norm, fn)."""
+def kabsch_rotation(a, b):
+    """The proper rotation R (B, 3, 3), det +1, that best turns point set a onto b, both (B, N, 3):
+    R minimises sum_n |R (a_n - mean a) - (b_n - mean b)|^2 (Kabsch; Umeyama's without the scale).
 
-    def __init__(self, dim, fn):
-        super().__init__()
-        self.norm, self.fn = nn.LayerNorm(dim), fn
-
-    def forward(self, x, *context):
-        return self.fn(self.norm(x), *context)
-
-
-class SelfAttention(nn.Module):
-    """HMR2.0/HaMeR's Attention: to_qkv (no bias), heads x dim_head, to_out.0 (bias)."""
-
-    def __init__(self, dim, heads, dim_head):
-        super().__init__()
-        self.heads = heads
-        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim))
-
-    def forward(self, x):
-        q, k, v = self.to_qkv(x).chunk(3, -1)
-        return self.to_out(_attend(q, k, v, self.heads))
+    The same steps, in the same order, as metrics.procrustes_transform's rotation (a test compares
+    the two), so that hand frames and fits are those the metrics would give.
+    """
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    a, b = a.to(dtype), b.to(dtype)
+    # 1. centre both sets and divide each by its Frobenius norm (+1e-8 keeps an all-equal set finite)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)  # (B, N, 3)
+    a = a / (a.flatten(1).norm(dim=1) + 1e-8)[:, None, None]
+    b = b / (b.flatten(1).norm(dim=1) + 1e-8)[:, None, None]
+    # 2. with a^T b = U S V^T, R = V D U^T maximises tr(R a^T b); D = diag(1, 1, det(U V^T)) keeps det R = +1
+    u, sigma, vh = torch.linalg.svd(a.transpose(1, 2) @ b)  # (B, 3, 3), (B, 3), (B, 3, 3)
+    d = torch.ones_like(sigma)  # (B, 3), the diagonal of D
+    d[:, 2] = torch.where(torch.linalg.det(u @ vh) < 0, -1.0, 1.0)
+    return vh.transpose(1, 2) @ (d[:, :, None] * u.transpose(1, 2))  # (B, 3, 3)
 
 
-class CrossAttention(nn.Module):
-    """HMR2.0/HaMeR's CrossAttention: to_q (dim), to_kv (context_dim), no biases, to_out.0 (bias).
-    Eq. (1): CA(Q, K, V) = softmax(Q K^T / sqrt(d)) V with Q = x W_q, K = c W_k, V = c W_v."""
+@dataclass(frozen=True)
+class HandFrames:
+    """What relates MANO hands to an SMPL-X body's hands (`hand_frames` reads it from the files).
 
-    def __init__(self, dim, context_dim, heads, dim_head):
-        super().__init__()
-        self.heads = heads
-        self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
-        self.to_kv = nn.Linear(context_dim, 2 * heads * dim_head, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim))
-
-    def forward(self, x, context):
-        k, v = self.to_kv(context).chunk(2, -1)
-        return self.to_out(_attend(self.to_q(x), k, v, self.heads))
+    r_off (3, 3): MANO's rest right hand -> SMPL-X's rest right hand (SMPL-X's left: M r_off M).
+    mano_hands_mean (15, 3): the right MANO's hands_mean, axis-angle per finger joint.
+    smplx_hands_mean: {"left": (15, 3), "right": (15, 3)}: SMPL-X's hands_meanl, hands_meanr.
+    All float64.
+    """
+    r_off: torch.Tensor
+    mano_hands_mean: torch.Tensor
+    smplx_hands_mean: dict
 
 
-def _attend(q, k, v, heads):
-    """Multi-head softmax attention: q (B, Lq, M d), k and v (B, Lk, M d) -> (B, Lq, M d)."""
-    def split(t):
-        return t.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, M, L, d)
-    return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
+def hand_frames(model_dir=None):
+    """`HandFrames` of the MANO (right) and SMPL-X (neutral) files under model_dir (None:
+    $HMR_BODY_MODELS, else the stand-ins); cached per pair of files.
+
+    r_off is the rotation of the Procrustes fit (`kabsch_rotation`) of MANO's 16 rest
+    joints onto SMPL-X's right wrist and finger joints, J = J_regressor v_template.
+    docs/reference.md's NOTE 1: on the stand-ins the fit is 0.7 degrees from the exact half turn diag(-1, 1, -1) of
+    `standins._stitch_hands` (SMPL-X's wrist joint is regressed from the forearm too, MANO's is not).
+    data.py's hand labels and HMR-Adapter use the same fit, so the synthetic world is
+    self-consistent; a MANO mesh and SMPL-X's hand agree to about a millimetre, not exactly.
+    """
+    mano = _model_file(model_dir, "mano", ("MANO_RIGHT.pkl",))
+    body = _model_file(model_dir, "smplx", ("SMPLX_NEUTRAL.npz", "SMPLX_NEUTRAL.pkl"))
+    return _hand_frames(mano, body)
 
 
-class FeedForward(nn.Module):
-    """HMR2.0/HaMeR's FeedForward: net = Linear, GELU, Dropout, Linear (dropout 0; names net.0, net.3)."""
+@functools.lru_cache(maxsize=None)
+def _hand_frames(mano_path, smplx_path):
+    def array(a, key):
+        return torch.from_numpy(np.asarray(a[key], np.float64))
 
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class DecoderBlocks(nn.Module):
-    """HMR2.0/HaMeR's TransformerCrossAttn: layers.i = [PreNorm(SA), PreNorm(CA), PreNorm(FF)]."""
-
-    def __init__(self, dim, depth, heads, dim_head, mlp, context_dim):
-        super().__init__()
-        self.layers = nn.ModuleList(nn.ModuleList([
-            PreNorm(dim, SelfAttention(dim, heads, dim_head)),
-            PreNorm(dim, CrossAttention(dim, context_dim, heads, dim_head)),
-            PreNorm(dim, FeedForward(dim, mlp))]) for _ in range(depth))
+    mano, body = _checked_arrays(mano_path, "mano"), _checked_arrays(smplx_path, "smplx")
+    mano_rest = array(mano, "J_regressor") @ array(mano, "v_template")  # (16, 3)
+    body_rest = (array(body, "J_regressor") @ array(body, "v_template"))[list(SMPLX_HAND_JOINTS["right"])]
+    r_off = kabsch_rotation(mano_rest[None], body_rest[None])[0]
+    means = {side: array(body, "hands_mean" + side[0]).view(15, 3) for side in ("left", "right")}
+    return HandFrames(r_off, array(mano, "hands_mean").view(15, 3), means)
 
 
-class TransformerDecoder(nn.Module):
-    """HMR2.0/HaMeR's TransformerDecoder: the zero token -> to_token_embedding -> + pos_embedding -> blocks."""
+def _turn_hand(x, r_off, mirror):
+    """Finger rotations x (..., 3, 3) or axis-angle (..., 3) in MANO's right-hand frame -> SMPL-X's
+    hand: R_off x R_off^T (axis-angle: R_off a), then mirrored for a left hand (M . M)."""
+    matrix = x.shape[-2:] == (3, 3)
+    x = r_off @ x @ r_off.T if matrix else x @ r_off.T
+    return mirror_rotation(x, matrix=matrix) if mirror else x
 
-    def __init__(self, dim, depth, heads, dim_head, mlp, context_dim, num_tokens=1):
-        super().__init__()
-        self.to_token_embedding = nn.Linear(1, dim)
-        self.pos_embedding = nn.Parameter(torch.randn(1, num_tokens, dim))
-        self.transformer = DecoderBlocks(dim, depth, heads, dim_head, mlp, context_dim)
 
-    def start(self, batch):
-        """The query token Z (B, 1, dim) before the first block."""
-        zero = self.pos_embedding.new_zeros(batch, 1, 1)
-        return self.to_token_embedding(zero) + self.pos_embedding
+def attach_hands(body_pose, hands, frames=None, left_as_right=True, mano_flat_hand_mean=True,
+                 smplx_flat_hand_mean=True):
+    """An SMPL-X pose whose hands are MANO hand results: the fingers from MANO, each wrist by IK.
 
-    def forward(self, context):
-        z = self.start(len(context))
-        for sa, ca, ff in self.transformer.layers:
-            z = z + sa(z)
-            z = z + ca(z, context)
-            z = z + ff(z)
-        return z
+    body_pose: the SMPL-X pose, global orientation first, axis-angle (..., J, 3) or rotation
+      matrices (..., J, 3, 3); J = 22 (global orientation and the 21 body joints) or 55 (a whole
+      SMPL-X pose: jaw and eyes are kept, the hands given replace its hands).
+    hands: {"left": hand, "right": hand}, either side optional (a missing side keeps body_pose's
+      hand when J = 55, else stays at rest). A hand is a dict of
+      "global_orient" (..., 3) or (..., 3, 3) (HaMeR's (..., 1, 3, 3) too): the hand's world rotation,
+        in the frame of body_pose's global orientation (both in the camera frame, say), and
+      "hand_pose" (..., 15, 3) axis-angle or (..., 15, 3, 3) rotations, as global_orient is
+        (HaMeR's pred_mano_params fit as they are; betas are not needed: the body shapes its hands).
+    frames: `HandFrames` (default `hand_frames()`: the files the loaders read).
+    left_as_right: a left hand's parameters are those of the RIGHT MANO hand that is its mirror image
+      (HaMeR, simpleHand on a flipped crop); False: parameters of smplx's left MANO (MANO_LEFT.pkl), their mirror.
+    mano_flat_hand_mean: False if axis-angle hand poses are relative to MANO's hands_mean
+      (smplx.MANO(flat_hand_mean=False), smplx's default).
+    smplx_flat_hand_mean: False to return axis-angle finger parameters relative to SMPL-X's hands_mean
+      (for smplx.SMPLX(flat_hand_mean=False), smplx's default; our loaders use True).
+      Both flags concern axis-angle only (rotation matrices are full rotations); with rotation
+      matrices a False flag is a ValueError.
+
+    Returns the SMPL-X pose (..., 55, 3) axis-angle, or (..., 55, 3, 3) if body_pose is rotations,
+    in body_pose's dtype and device: body, jaw and eyes from body_pose; fingers R_off F_j R_off^T
+    (left hands: mirrored, M R_off F_j R_off^T M); wrists R_wrist = W_elbow^T G R_off^T (mirrored
+    for the left: M G R_off^T M). Differentiable.
+    """
+    matrices = body_pose.shape[-2:] == (3, 3)
+    tail = (3, 3) if matrices else (3,)
+    J = body_pose.shape[-1 - len(tail)]
+    if J not in (22, 55):
+        raise ValueError(f"attach_hands: body_pose must have 22 or 55 joints, got shape {tuple(body_pose.shape)}")
+    if matrices and not smplx_flat_hand_mean:
+        raise ValueError("attach_hands: smplx_flat_hand_mean=False needs an axis-angle body_pose "
+                         "(hands_mean offsets axis-angle parameters; rotation matrices are full rotations)")
+    frames = frames or hand_frames()
+
+    def at(j):  # index of joint(s) j in a pose (..., 55, *tail)
+        return (..., j) + (slice(None),) * len(tail)
+
+    # 1. the output pose (rest beyond J), and the world rotations of the 22 body joints
+    rest = (torch.eye(3) if matrices else torch.zeros(3)).to(body_pose)
+    pose = torch.cat([body_pose, rest.expand(*body_pose.shape[:-1 - len(tail)], 55 - J, *tail)], -1 - len(tail))
+    R = body_pose[at(slice(22))] if matrices else axis_angle_to_matrix(body_pose[at(slice(22))])  # (..., 22, 3, 3)
+    world = forward_kinematics(R, R.new_zeros(R.shape[:-1]), SMPLX_PARENTS[:22])[1]  # (..., 22, 3, 3)
+    r_off = frames.r_off.to(R)
+    for side, hand in hands.items():
+        if hand is None:
+            continue
+        G, F_j = _right_mano_hand(hand, side == "left" and not left_as_right, frames, mano_flat_hand_mean, R)
+        # 2. the wrist: world rotation G R_off^T (mirrored for a left hand), local rotation by IK
+        wrist, *fingers = SMPLX_HAND_JOINTS[side]
+        W = G @ r_off.T
+        W = mirror_rotation(W, matrix=True) if side == "left" else W
+        R_wrist = world[..., SMPLX_PARENTS[wrist], :, :].transpose(-1, -2) @ W  # W_elbow^T W_wrist
+        pose[at(wrist)] = R_wrist if matrices else matrix_to_axis_angle(R_wrist)
+        # 3. the fingers in SMPL-X's hand frame, of the output's kind and hands_mean convention
+        F_j = _turn_hand(F_j, r_off, side == "left")
+        if matrices != (F_j.shape[-2:] == (3, 3)):
+            F_j = axis_angle_to_matrix(F_j) if matrices else matrix_to_axis_angle(F_j)
+        if not smplx_flat_hand_mean:
+            F_j = F_j - frames.smplx_hands_mean[side].to(F_j)
+        pose[at(fingers)] = F_j
+    return pose
+
+
+def hands_of_body(pose, frames=None, left_as_right=True, mano_flat_hand_mean=True):
+    """The inverse of `attach_hands`: each hand of an SMPL-X pose as a MANO hand result, as HaMeR
+    would give it (the hand path's labels for a real whole-body annotation).
+
+    pose: SMPL-X pose (..., 55, 3) axis-angle or (..., 55, 3, 3) rotations, global orientation first,
+      full finger rotations (smplx.SMPLX(flat_hand_mean=True); add SMPL-X's hands_mean to parameters
+      of flat_hand_mean=False first).
+    Returns {"left": hand, "right": hand}, hand = {"global_orient" (..., 3), "hand_pose" (..., 15, 3)}
+    (rotations (..., 3, 3), (..., 15, 3, 3) for rotation input), in pose's dtype:
+      G = W_wrist R_off (W_wrist the wrist's world rotation in pose's frame), fingers R_off^T F_j R_off;
+      a left hand (left_as_right) as the right MANO hand that is its mirror image: G = M W M R_off,
+      fingers R_off^T M F_j M R_off (False: smplx's MANO_LEFT parameters, the mirror of those);
+      mano_flat_hand_mean False: axis-angle fingers relative to MANO's hands_mean (smplx's MANO default).
+    attach_hands(pose, hands_of_body(pose)) gives back pose (tests/test_bodymodels.py).
+    """
+    matrices = pose.shape[-2:] == (3, 3)
+    if pose.shape[-2 - matrices] != 55:
+        raise ValueError(f"hands_of_body: pose must have 55 joints, got shape {tuple(pose.shape)}")
+    if matrices and not mano_flat_hand_mean:
+        raise ValueError("hands_of_body: mano_flat_hand_mean=False needs an axis-angle pose")
+    frames = frames or hand_frames()
+    R = pose if matrices else axis_angle_to_matrix(pose)  # (..., 55, 3, 3)
+    world = forward_kinematics(R[..., :22, :, :], R.new_zeros(R.shape[:-3] + (22, 3)), SMPLX_PARENTS[:22])[1]
+    r_off = frames.r_off.to(R)
+    hands = {}
+    for side, (wrist, *fingers) in SMPLX_HAND_JOINTS.items():
+        W, F_j = world[..., wrist, :, :], R[..., fingers, :, :]
+        if side == "left":  # the right hand that is the left hand's mirror image
+            W, F_j = mirror_rotation(W, matrix=True), mirror_rotation(F_j, matrix=True)
+        G, F_j = W @ r_off, r_off.T @ F_j @ r_off
+        if not matrices:
+            G, F_j = matrix_to_axis_angle(G), matrix_to_axis_angle(F_j)
+            if not mano_flat_hand_mean:
+                F_j = F_j - frames.mano_hands_mean.to(F_j)
+        if side == "left" and not left_as_right:  # MANO_LEFT's parameters: the mirror (hands_mean's too)
+            G, F_j = mirror_rotation(G, matrix=matrices), mirror_rotation(F_j, matrix=matrices)
+        hands[side] = {"global_orient": G, "hand_pose": F_j}
+    return hands
+
+
+def _right_mano_hand(hand, mirror, frames, flat_hand_mean, like):
+    """A hand dict of `attach_hands` -> G (..., 3, 3) and finger rotations (..., 15, 3, 3) or full
+    axis-angle (..., 15, 3) of the right MANO hand (the mirror image of a MANO_LEFT pose if mirror)."""
+    F_j, G = hand["hand_pose"].to(like), hand["global_orient"].to(like)
+    matrix = F_j.shape[-2:] == (3, 3)
+    if not matrix and F_j.shape[-2:] != (15, 3) or matrix and F_j.shape[-3] != 15:
+        raise ValueError(f"attach_hands: hand_pose must be (..., 15, 3) or (..., 15, 3, 3), got {tuple(F_j.shape)}")
+    batch = F_j.shape[:-3] if matrix else F_j.shape[:-2]
+    G = G.reshape(*batch, 3, 3) if matrix else axis_angle_to_matrix(G.reshape(*batch, 3))
+    if mirror:  # MANO_LEFT parameters -> the right hand that is their mirror image (so is its hands_mean)
+        G, F_j = mirror_rotation(G, matrix=True), mirror_rotation(F_j, matrix=matrix)
+    if not flat_hand_mean:
+        if matrix:
+            raise ValueError("attach_hands: mano_flat_hand_mean=False needs an axis-angle hand_pose "
+                             "(hands_mean offsets axis-angle parameters; rotation matrices are full rotations)")
+        F_j = F_j + frames.mano_hands_mean.to(F_j)  # smplx's MANO: full = parameter + hands_mean
+    return G, F_j
 
 
 # A.3 ViT (ViTPose / HaMeR / SMPLer-X names: patch_embed.proj, pos_embed, blocks.i.*, last_norm)
@@ -1095,8 +1211,8 @@ class WholeBody(nn.Module):
         return rois, joints
 
 
-# A.6 Hand crops: HaMeR's (its box, blur, cv2 warp and normalisation, to the bit; bodymodels.hamer_crops) or
-#     TINY's (grid_sample, bodymodels.crop_images)
+# A.6 Hand crops: HaMeR's as its ViT was trained on (its box, skimage's blur, cv2's fixed-point warp and ImageNet
+#     normalisation, to the bit: tests/official/hamer; `hamer_crops`) or TINY's (grid_sample of boxes, `crop_images`)
 
 
 def hand_crops(cfg, image, boxes):
@@ -1104,16 +1220,135 @@ def hand_crops(cfg, image, boxes):
     (B, 2, 4) of image (B, 3, H, W) in [0, 1]: HaMeR's or TINY's (cfg.hamer_rescale)."""
     flip, images = flip_pattern(len(image), image.device), image.repeat_interleave(2, 0)
     if cfg.hamer_rescale:
-        return bodymodels.hamer_crops(images, boxes.flatten(0, 1), cfg.hand_crop, flip, cfg.hamer_rescale)
-    return bodymodels.crop_images(images, crop_boxes(cfg, boxes).flatten(0, 1), cfg.hand_crop, flip)
+        return hamer_crops(images, boxes.flatten(0, 1), cfg.hand_crop, flip, cfg.hamer_rescale)
+    return crop_images(images, crop_boxes(cfg, boxes).flatten(0, 1), cfg.hand_crop, flip)
 
 
 def crop_boxes(cfg, boxes):
     """The squares (..., 4) the hand expert's crops of hand boxes (..., 4) show (`hand_crops`)."""
     if cfg.hamer_rescale:
-        centre, side = bodymodels.hamer_square(boxes, cfg.hamer_rescale)
+        centre, side = hamer_square(boxes, cfg.hamer_rescale)
         return torch.cat([centre - side / 2, centre + side / 2], -1).to(boxes.dtype)
     return scale_boxes(boxes, cfg.hand_box_scale)
+
+
+def crop_grid(boxes, size, image_hw, flip):
+    """grid_sample grid (B, size, size, 2) that resamples boxes (B, 4) pixels of an image of
+    image_hw into size x size crops (pixel (i, j) covers [j, j + 1) x [i, i + 1)); flip (B,) bool
+    mirrors a crop left-right."""
+    H, W = image_hw
+    t = (torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5) / size  # (S,) bin centres
+    x = boxes[:, None, 0] + t * (boxes[:, None, 2] - boxes[:, None, 0])  # (B, S) pixels
+    y = boxes[:, None, 1] + t * (boxes[:, None, 3] - boxes[:, None, 1])
+    x = torch.where(flip[:, None], x.flip(-1), x)
+    gx, gy = 2 * x / W - 1, 2 * y / H - 1  # align_corners=False
+    return torch.stack([gx[:, None, :].expand(-1, size, -1), gy[:, :, None].expand(-1, -1, size)], -1)
+
+
+def crop_images(images, boxes, size, flip):
+    """Square crops (B, 3, size, size) of images (B, 3, H, W) at boxes (B, 4), bilinear (`crop_grid`), black
+    outside; flip (B,) bool mirrors a crop. HMR-Adapter TINY's hand crops."""
+    grid = crop_grid(boxes, size, images.shape[-2:], flip)
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def hamer_square(boxes, rescale):
+    """HaMeR's crop square of hand boxes (..., 4) [x0, y0, x1, y1]: centre (..., 2) and side (..., 1),
+    float32 as its numpy code. # official (hamer vitdet_dataset.py): side = rescale x max(4/3 w, h), the
+    box widened to its ViT's 192 x 256 (BBOX_SHAPE, expand_to_aspect_ratio), about the box centre."""
+    boxes = boxes.float()
+    wh = rescale * (boxes[..., 2:] - boxes[..., :2]) / 200 * 200  # its scale (x 200 px) and back
+    return (boxes[..., 2:] + boxes[..., :2]) / 2, torch.maximum(wh[..., :1] * 256 / 192, wh[..., 1:])
+
+
+def hamer_crops(images, boxes, size, flip, rescale):
+    """HaMeR's hand crops as its ViT reads them (N, 3, size, size), from images (N, 3, H, W) in [0, 1]
+    (8-bit values / 255) at hand boxes (N, 4) (`hamer_square`); flip (N,) bool for left hands.
+    # official (hamer vitdet_dataset.py, datasets/utils.py): 1. Gaussian blur (skimage) when the crop shrinks
+    the image more than 2.2 x; 2. a left hand's image is flipped and its centre moved to W - 1 - c_x (so its
+    crop is the mirror image shifted by one source pixel); 3. cv2.warpAffine, bilinear, black border; 4. RGB,
+    (pixel - 255 mean) / (255 std). The warp is cv2's fixed-point one (`cv2_warp`), so 8-bit crops are exact."""
+    mean, std = (255 * images.new_tensor(v, dtype=torch.float64)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+    pixels = (images.double() * 255).round()
+    crops = []
+    for image, centre, side, mirrored in zip(pixels, *hamer_square(boxes, rescale), flip.tolist()):
+        side = side[0]
+        shrink = side / size / 2
+        blurred = bool(shrink > 1.1)
+        if blurred:  # its anti-aliasing: skimage.filters.gaussian(sigma=(shrink - 1) / 2, preserve_range=True)
+            image = gaussian_blur(image, float((shrink - 1) / 2))
+        if mirrored:
+            image, centre = image.flip(-1), torch.stack([image.shape[-1] - centre[0] - 1, centre[1]])
+        crops.append(cv2_warp(image, centre, side, size, round_to_8bit=not blurred))
+    return ((torch.stack(crops) - mean) / std).to(images.dtype)
+
+
+def gaussian_blur(image, sigma):
+    """skimage.filters.gaussian of image (C, H, W) over H and W (float64): scipy's gaussian_filter, a
+    kernel of radius int(4 sigma + 0.5), edges repeated ('nearest')."""
+    r = int(4.0 * sigma + 0.5)
+    x = torch.arange(-r, r + 1, dtype=torch.float64, device=image.device)
+    k = torch.exp(-0.5 / (sigma * sigma) * x ** 2)
+    k = k / k.sum()
+    image = F.conv2d(F.pad(image[:, None], (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))  # rows
+    return F.conv2d(F.pad(image, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))[:, 0]  # then columns
+
+
+def affine_from_points(src, dst):
+    """cv2.getAffineTransform ((2, 3) nested lists) of three point pairs (x, y) given in float32: the 6 x 6
+    system solved as cv2 solves it (LU with partial pivoting in float64), so the last bits agree."""
+    A, y = [], []
+    for (sx, sy), (dx, dy) in zip(src, dst):
+        sx, sy = float(sx), float(sy)
+        A += [[sx, sy, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, sx, sy, 1.0]]
+        y += [float(dx), float(dy)]
+    for i in range(6):  # elimination
+        k = max(range(i, 6), key=lambda r: (abs(A[r][i]), -r))  # the first row of the largest pivot
+        A[i], A[k], y[i], y[k] = A[k], A[i], y[k], y[i]
+        d = -1 / A[i][i]
+        for r in range(i + 1, 6):
+            alpha = A[r][i] * d
+            A[r][i + 1:] = [v + alpha * w for v, w in zip(A[r][i + 1:], A[i][i + 1:])]
+            y[r] += alpha * y[i]
+    x = [0.0] * 6
+    for i in reversed(range(6)):  # back substitution
+        s = y[i]
+        for k in range(i + 1, 6):
+            s -= A[i][k] * x[k]
+        x[i] = s / A[i][i]
+    return [x[:3], x[3:]]
+
+
+def cv2_warp(image, centre, side, size, round_to_8bit):
+    """The size x size crop (C, size, size) float64 of image (C, H, W) (float64 pixel values) that HaMeR's
+    cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT 0) gives: crop pixel (j, i) samples the image at
+    centre + ((j, i) - size / 2) side / size (float32 centre (2,) and side, as its code computes them).
+    1. the map from gen_trans_from_patch_cv's float32 points (`affine_from_points`), inverted in float64
+       as warpAffine does; 2. source positions in fixed point, rounded to 1/32 pixel (INTER_BITS 5,
+       AB_BITS 10); 3. bilinear weights (32 - f)/32, f/32 per axis, 0 outside the image; 8-bit images:
+       integer weights x 32768 and rounding to 0..255, others (the blurred float64 image): exact weights.
+    OpenCV 4 (HaMeR's; 5.0 rewrote warpAffine): equal to cv2's crops (checked on the test's fixture)."""
+    half, (cx, cy) = side * 0.5, centre  # float32
+    (m00, m01, m02), (m10, m11, m12) = affine_from_points([(cx, cy), (cx, cy + half), (cx + half, cy)],
+                                                          [(size / 2, size / 2), (size / 2, size), (size, size / 2)])
+    d = 1.0 / (m00 * m11 - m01 * m10)  # warpAffine's inverse
+    a, c, e, b = m11 * d, -m01 * d, -m10 * d, m00 * d  # x = a j + c i + tx, y = e j + b i + ty
+    tx, ty = -a * m02 - c * m12, -e * m02 - b * m12
+    i = j = torch.arange(size, dtype=torch.float64, device=image.device)  # crop rows, columns
+    # warpAffine: per row i, round((c i + tx) 1024); per column j, round(a j 1024); + 16, then >> 5
+    X = (torch.round((c * i + tx) * 1024)[:, None] + torch.round(a * j * 1024)[None, :] + 16).long() // 32  # (i, j)
+    Y = (torch.round((b * i + ty) * 1024)[:, None] + torch.round(e * j * 1024)[None, :] + 16).long() // 32
+    x0, fx, y0, fy = X // 32, X % 32, Y // 32, Y % 32  # source pixel, 1/32 fraction
+    C, H, W = image.shape
+    out = 0
+    for dy, wy in ((0, 32 - fy), (1, fy)):
+        for dx, wx in ((0, 32 - fx), (1, fx)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+            v = image[:, yy.clamp(0, H - 1), xx.clamp(0, W - 1)] * inside  # (C, size, size)
+            w = wy * wx  # (size, size), in 1/1024
+            out = out + (v * (w * 32) if round_to_8bit else v * (w / 1024))
+    return torch.div(out + 16384, 32768, rounding_mode="floor").clamp(0, 255) if round_to_8bit else out
 
 
 # A.7 RoI-align: SMPLer-X's (mmcv's) and TINY's
@@ -1202,10 +1437,23 @@ SMPLERX_SKIP = ("hand_regressor.", "box_net.face_size.", "smplx_layer.")  # repl
 SMPLERX_6D = [0, 2, 4, 1, 3, 5]  # its 6D is the rows of a 3 x 2 matrix (view(-1, 3, 2)); ours the columns
 
 
+def rename_keys(state, table=(), skip=()):
+    """A checkpoint's state dict in a module's names: keys starting with a prefix in `skip` dropped, then each
+    (old, new) of `table` replaced in turn in every key (str.replace; a prefix to strip is (prefix, ""))."""
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith(tuple(skip)):
+            continue
+        for old, new in table:
+            key = key.replace(old, new)
+        renamed[key] = value
+    return renamed
+
+
 def hamer_state_dict(state):
     """HaMeR's state dict (its checkpoint's "state_dict") -> `HandExpert`'s: backbone.* and mano_head.* as they are
     (the same names and 6D convention), the rest (`HAMER_SKIP`) dropped."""
-    return bodymodels.rename_keys(state, skip=HAMER_SKIP)
+    return rename_keys(state, skip=HAMER_SKIP)
 
 
 def smplerx_state_dict(state):
@@ -1213,7 +1461,7 @@ def smplerx_state_dict(state):
     own loader renames (backbone, body_rotation_net, hand_rotation_net) renamed (`SMPLERX_RENAMES`); its hand
     regressor and face box dropped (`SMPLERX_SKIP`), and the face channel of bbox_center; the 6D readouts' rows
     reordered to our convention (`SMPLERX_6D`)."""
-    state = bodymodels.rename_keys(bodymodels.rename_keys(state, SMPLERX_RENAMES), skip=SMPLERX_SKIP)
+    state = rename_keys(rename_keys(state, SMPLERX_RENAMES), skip=SMPLERX_SKIP)
     for k, v in state.items():
         if k.startswith("box_net.bbox_center."):
             state[k] = v[:2]  # lhand, rhand, face -> lhand, rhand

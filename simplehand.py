@@ -15,12 +15,12 @@ Symbols: B batch, C / C_t backbone / token channels, J = 21 joints, V = 778 vert
 width of decoder layer k, emb_k / P_k / MF_k / U_k its position embedding, width-reducing Linear,
 MetaFormer block and token-upsampling Linear, J (the matrix) MANO's 16 x 778 joint regressor.
 
-Sections: 1 building blocks, 2 the model (`SimpleHand(cfg)`: start from its docstring), 3 the loss
-(`compute_loss`), 4 configs (PAPER, PAPER_FASTVIT, OFFICIAL, TINY: presets of a model config, the official
-code's behaviours it keeps, a recipe and data). Appendices: A backbones, B the official code (its behaviours,
-key map, `load_official`). How this project trains, evaluates and ablates it (train.py's protocol, Tables 4-8):
-simplehand_experiments.py. docs/simplehand.md: where this differs from the paper and the official code (the
-NOTE N list), results.
+Sections: 1 building blocks, 2 the model (`SimpleHand(cfg)`: start from its docstring), 3 the loss (`compute_loss`),
+4 configs (PAPER, PAPER_FASTVIT, OFFICIAL, TINY: presets of a model config, the official code's behaviours it keeps,
+a recipe and its Sec. 4.1 schedule `learning_rate`, and data). Appendices: A backbones, B the official code (its
+behaviours, key map, `load_official`). How this project trains, evaluates and ablates it (train.py's protocol,
+Tables 4-8): lab/simplehand_experiments.py. docs/simplehand.md: where this differs from the paper and the official code
+(the NOTE N list), results.
 """
 
 import dataclasses
@@ -425,6 +425,17 @@ class SimpleHandRecipe:
         if self.gpus and self.batch_size % self.gpus == 0:
             return self.batch_size // self.gpus
         return None
+
+
+def learning_rate(recipe, step):
+    """The learning rate at optimisation step `step` (0-based) of a SimpleHandRecipe: linear warm-up, then "step"
+    (Sec. 4.1: lr until lr_drop_step, lr_final after) or "cosine" (lr -> lr_final at max_steps)."""
+    if step < recipe.warmup_steps:
+        return recipe.lr * (step + 1) / recipe.warmup_steps
+    if recipe.lr_schedule == "step":
+        return recipe.lr if step < recipe.lr_drop_step else recipe.lr_final
+    t = min(1.0, (step - recipe.warmup_steps) / max(1, recipe.max_steps - recipe.warmup_steps))
+    return recipe.lr_final + (recipe.lr - recipe.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 @dataclass

@@ -30,7 +30,7 @@ Conventions
 - On CUDA the model and 4D inputs are channels_last (the layout cuDNN's fast convolution kernels want).
 - Failures: every collective gives up after --pg-timeout (exit status 1, one line); SIGTERM stops every rank after
   the same step with its checkpoint (status 143); `--resume auto` continues whatever checkpoint a start finds.
-Outputs in OUT/<stage>: ckpt.pt (every --ckpt-every steps and at the end; its keys in checkpoints.py),
+Outputs in OUT/<stage>: ckpt.pt (every --ckpt-every steps and at the end; its keys in lab/checkpoints.py),
 metrics.json (its metrics, the baseline's as baseline_*, those of the stages it starts from, `metric_names`
 listing them, then the run's facts and history), predictions.png.
 """
@@ -54,11 +54,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import bodymodels
 import data
+import hmr_adapter
 import metrics
-from lab import (checkpoints, configs, distributed, genhmr_experiments, hmr_adapter_experiments, plots, render,
-                 simplehand_experiments, standins, synthetic)
+from lab import (checkpoints, configs, crops, distributed, genhmr_experiments, hmr_adapter_experiments, plots,
+                 render, simplehand_experiments, standins, synthetic)
 from lab.configs import config_from_dict, config_leaves, leaf_paths, recipe_of, with_fields
 from lab.distributed import fail
+from lab.files import atomic_write
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,7 +75,7 @@ class Stage:
     baseline: typing.Callable  # (labels) -> callable gt -> constant prediction
     picture: typing.Callable  # (path, eval_set, pred, gt) -> writes a PNG
     starts_from: typing.Optional[str] = None  # the row whose final checkpoint build_model gets as parent
-    shares_fields: tuple = ()  # config fields the stage built on this one must have alike (ablate.py sets both)
+    shares_fields: tuple = ()  # config fields the stage built on this one must have alike (lab/ablate.py sets both)
     data_kinds: tuple = ("synthetic",)  # --data KIND[:PATH] this stage reads; "synthetic" takes no path
     data_fields: tuple = ("image_size",)  # config fields the data depends on (part of the cache key)
     train_samples: int = 16384  # synthetic training set size (rendered once)
@@ -158,7 +160,7 @@ def build_dataset(name, cfg, split, num_samples, args, ranks):
     # size and seed, the data fields, the source of every module a render runs and the body model folder; stages
     # reading the same data function and kind with the same fields share it
     fields = {f: config_leaves(cfg)[f] for f in stage.data_fields}
-    sources = "".join(inspect.getsource(m) for m in (data, synthetic, render, bodymodels, standins))
+    sources = "".join(inspect.getsource(m) for m in (data, synthetic, render, crops, bodymodels, hmr_adapter, standins))
     key = sources + repr(dict(kind=kind, **fields)) + (os.environ.get("HMR_BODY_MODELS") or "")
     version = hashlib.sha1(key.encode()).hexdigest()[:8]
     cache = os.path.join(getattr(args, "cache", None) or os.path.join(args.out, "cache"),
@@ -178,7 +180,7 @@ def to_device(batch, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# Seeds and checkpoints (checkpoints.py: what a checkpoint holds, written atomically and read back)
+# Seeds and checkpoints (lab/checkpoints.py: what a checkpoint holds, written atomically and read back)
 
 
 def seed_everything(seed):
@@ -517,8 +519,7 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
                        world_size=ranks.world_size, global_batch=recipe.batch_size, wall_time_s=wall_time,
                        train_time_s=train_time, **nest(result), metric_names=list(result),
                        config_values=dataclasses.asdict(cfg), history=history)
-        bodymodels.atomic_write(os.path.join(out, "metrics.json"),
-                                lambda f: f.write(json.dumps(summary, indent=1).encode()))
+        atomic_write(os.path.join(out, "metrics.json"), lambda f: f.write(json.dumps(summary, indent=1).encode()))
         stage.picture(os.path.join(out, "predictions.png"), eval_set, pred, gt)
         print(f"wrote {out}/metrics.json, {out}/predictions.png, {out}/ckpt.pt")
 
@@ -730,7 +731,7 @@ def check_inputs(plan, args):
 
 
 def main(argv=None):
-    own_process = argv is None  # the command: SIGTERM stops it (distributed.py), a broken group ends it at once
+    own_process = argv is None  # the command: SIGTERM stops it (lab/distributed.py), a broken group ends it at once
     if own_process:
         distributed.note_sigterm()
     p = build_parser()

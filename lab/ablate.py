@@ -1,7 +1,7 @@
 """Run a paper's ablation table row by row with train.py's machinery, and write it beside the paper's figures.
 
-    python ablate.py --model NAME --table TABLE                                    # one process
-    torchrun --standalone --nproc_per_node=2 ablate.py --model NAME --table TABLE  # DDP, as train.py
+    python -m lab.ablate --model NAME --table TABLE                                    # one process
+    torchrun --standalone --nproc_per_node=2 -m lab.ablate --model NAME --table TABLE  # DDP, as train.py
 
 Every flag of train.py but --resume works here too (--config, --data, --set, --max-steps, --seed, ...); a
 stopped table resumes where it stopped. The script knows no table: a paper declares its tables as data,
@@ -23,9 +23,9 @@ import argparse
 import json
 import os
 
-import bodymodels
 from lab import configs
 from lab import distributed
+from lab.files import atomic_write
 import train
 from train import MODELS, fail, lineage
 
@@ -185,7 +185,7 @@ def write_ablation(table, scores, sources, args):
                  inference=table["inference"], config=args.config, set=args.set, max_steps=args.max_steps,
                  data=args.data, seed=args.seed, columns=[dict(ours=c, paper=p) for c, p in table["columns"]])
     base = os.path.join(args.out, args.model, f"ablation_{args.table}")
-    bodymodels.atomic_write(base + ".json", lambda f: f.write(json.dumps(dict(facts, rows=rows), indent=1).encode()))
+    atomic_write(base + ".json", lambda f: f.write(json.dumps(dict(facts, rows=rows), indent=1).encode()))
     steps = "each config's steps" if args.max_steps is None else f"{args.max_steps} steps"
     how = "one trained model, each row's inference config" if table["inference"] else "each row trained"
     lines = [f"# {args.model} {args.table}: {table['caption']}", "",
@@ -201,12 +201,12 @@ def write_ablation(table, scores, sources, args):
         cells = [f"{row['ours'][c]:.2f} | {'-' if row['paper'][c] is None else row['paper'][c]}"
                  for c, _ in table["columns"]]
         lines.append(f"| {label} | {fields} | " + " | ".join(cells) + " |")
-    bodymodels.atomic_write(base + ".md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    atomic_write(base + ".md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     print(f"wrote {base}.md, {base}.json")
 
 
 def main(argv=None):
-    if argv is None:  # the command owns its process: SIGTERM stops it as it stops train.py (distributed.py)
+    if argv is None:  # the command owns its process: SIGTERM stops it as it stops train.py (lab/distributed.py)
         distributed.note_sigterm()
     p = train.build_parser("Train (or, for inference-only rows, score) each row of a paper's ablation table and "
                            "write it beside the paper's figures (plain PyTorch; DDP under torchrun).", prog=PROG)

@@ -1,9 +1,9 @@
-"""bench.py: parameter counts, speed and shapes of each paper's model (what a paper file leaves to scripts).
+"""lab/bench.py: parameter counts, speed and shapes of each paper's model (what a paper file leaves to scripts).
 
-    python bench.py --model simplehand|genhmr|hmr_adapter [--config C] [--params] [--bench] [--shapes]
-    python bench.py --data-grid OUT_DIR      # a PNG grid of samples of each synthetic dataset
-    python bench.py --data-bench [--count N] # samples per second of each synthetic dataset on one thread
-    python bench.py --compare-official simplehand|hmr_adapter|genhmr|all [--official-simplehand PATH]
+    python -m lab.bench --model simplehand|genhmr|hmr_adapter [--config C] [--params] [--bench] [--shapes]
+    python -m lab.bench --data-grid OUT_DIR      # a PNG grid of samples of each synthetic dataset
+    python -m lab.bench --data-bench [--count N] # samples per second of each synthetic dataset on one thread
+    python -m lab.bench --compare-official simplehand|hmr_adapter|genhmr|all [--official-simplehand PATH]
                     [--official-hamer PATH]  # ours against the official code (docs/reference.md, issue 62)
 
 --params: parameter counts per part at the paper's size (next to the paper's figures); --bench (the default
@@ -19,7 +19,7 @@ script runs, one part per paper:
    refinement steps; UGS step by step and the refinement on an untrained model
 3. HMR-Adapter: trainable and frozen counts per part; the baseline's and the adapted pipeline's latency; one
    image through both paths of an untrained model
-4. Synthetic data (synthetic.py): sample grids with the keypoints drawn, and drawing speed
+4. Synthetic data (lab/synthetic.py): sample grids with the keypoints drawn, and drawing speed
 5. Against the official code: the same training steps and forwards through ours and the official simpleHand
    HandNet / HaMeR expert (imported at run time from a checkout the user names), GenHMR and the adapters beside the
    papers' figures; median time, peak memory, ratio, MFU; a reduced size off CUDA
@@ -940,14 +940,14 @@ COMPARISONS = {"simplehand": compare_simplehand, "hmr_adapter": compare_hmr_adap
 
 def compare_official(which, run):
     """`--compare-official`: the header, then each paper's rows (COMPARISONS; "all": every paper in turn)."""
-    if run.device.type == "cuda":  # as train.py runs (distributed.py): TF32 matrix products on both sides
+    if run.device.type == "cuda":  # as train.py runs (lab/distributed.py): TF32 matrix products on both sides
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     where = torch.cuda.get_device_name() if run.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     size = "REDUCED size (a smoke test of the machinery: not a result)" if run.small else "the papers' size"
     batch = f", every batch {run.batch}" if run.batch else ""
-    print(f"bench.py --compare-official {which}: {where}, torch {torch.__version__}, {size}{batch}; median of "
-          f"{run.reps} calls after {run.warmup} warm-up calls and one that counts FLOPs; official simpleHand: "
-          f"{run.official_simplehand or 'not given'}, HaMeR: {run.official_hamer or 'not given'}")
+    print(f"python -m lab.bench --compare-official {which}: {where}, torch {torch.__version__}, {size}{batch}; "
+          f"median of {run.reps} calls after {run.warmup} warm-up calls and one that counts FLOPs; official "
+          f"simpleHand: {run.official_simplehand or 'not given'}, HaMeR: {run.official_hamer or 'not given'}")
     print("times in ms; memory: peak CUDA GiB; MFU: the step's FLOPs (counted once) over the GPU's fp16/bf16 peak; "
           "ratio = ours / official")
     print(f"{'paper':12s} {'work':40s} {'batch':>5s} {'dtype':>5s} {'ours ms':>10s} {'official':>10s} {'ratio':>6s} "
@@ -960,8 +960,8 @@ def compare_official(which, run):
             traceback.print_exc()
             failed.append(name)
     if failed:
-        raise SystemExit(f"bench.py: --compare-official {', '.join(failed)} failed (traceback above); the other rows "
-                         "stand")
+        raise SystemExit(f"python -m lab.bench: --compare-official {', '.join(failed)} failed (traceback above); the "
+                         "other rows stand")
     return run.rows
 
 
@@ -1078,7 +1078,7 @@ def main(argv=None):
             args.bench = args.bench or not (args.params or args.shapes)
             MODELS[args.model][1](args)
     except BenchError as e:
-        print(f"bench.py: {e}", file=sys.stderr)
+        print(f"python -m lab.bench: {e}", file=sys.stderr)
         raise SystemExit(2)
 
 

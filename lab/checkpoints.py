@@ -1,5 +1,5 @@
 """A checkpoint train.py writes: what it holds, written atomically, and a trained model read back from it (by
-train.py, ablate.py, demo.py and the notebooks).
+train.py, lab/ablate.py, demo.py and the notebooks).
 
 OUT/<stage>/ckpt.pt is one dict of tensors and plain Python values, so torch.load(weights_only=True) reads it:
 
@@ -26,7 +26,7 @@ import random
 import numpy as np
 import torch
 
-from bodymodels import atomic_write
+from lab.files import atomic_write
 from lab.configs import config_from_dict
 from data import InputError
 

@@ -1,4 +1,4 @@
-"""Presets: how train.py, ablate.py, checkpoints.py, the tests and the notebooks read a paper's configs.
+"""Presets: how train.py, lab/ablate.py, lab/checkpoints.py, the tests and the notebooks read a paper's configs.
 
 A paper's preset (an entry of its CONFIGS) is a dataclass whose fields are config dataclasses: the model's
 (what building the model reads), the recipe (what the trainer reads), and whatever else the paper needs (the

@@ -1,4 +1,4 @@
-"""The torchrun block of train.py and ablate.py (`setup`, `run_job`, `fail`): the ranks, a process group that
+"""The torchrun block of train.py and lab/ablate.py (`setup`, `run_job`, `fail`): the ranks, a process group that
 forms on every attempt of a job torchrun restarts and gives up after a stated timeout, the collectives the trainer
 issues, preemption, and each rank's share of the data stream (`StepBatches`).
 
@@ -176,7 +176,7 @@ class Diverged(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# The torchrun block of train.py and ablate.py: form the group, run, leave together
+# The torchrun block of train.py and lab/ablate.py: form the group, run, leave together
 
 
 def fail(message):

@@ -4,8 +4,9 @@ train.py's stages, each a protocol (train.py's docstring) that maps its dict bat
 "genhmr_tokenizer" (`TokenizerStage`), "genhmr_backbone" (`BackboneStage`: `PoseRegressor`, HMR2.0's SMPL head on
 GenHMR's ViT, which the image stage starts from), "genhmr_prior" (`PriorStage`: `TokenPrior`, the masked transformer
 on pose tokens alone) and "genhmr", the image stage (this module: `CONFIGS`, `build_model`, `training_loss`,
-`predict`, ...). Then the paper's ablation tables (`ABLATIONS`) with its figures, the refinement's alternative step
-rule, the final evaluation's diagnostics and the parameter table. Where each differs from the paper: docs/genhmr.md.
+`predict`, ...). Then the paper's ablation tables (`ABLATIONS`) with its figures, NOTE 13's variant, the
+refinement's alternative step rule, the final evaluation's diagnostics and the parameter table. Where each differs
+from the paper: docs/genhmr.md.
 """
 
 import dataclasses
@@ -15,11 +16,12 @@ import os
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import bodymodels
 import genhmr
 import metrics
-from hmr_adapter import TransformerDecoder  # HMR2.0's SMPL head is HaMeR's head's decoder: defined once, there
+from bodymodels import TransformerDecoder  # HMR2.0's SMPL head is HaMeR's head's decoder: shared, in bodymodels
 
 # ---------------------------------------------------------------------------------------------
 # The stages' presets: the image stage's (genhmr.PAPER, SMALL, TINY), the tokenizer's, and the two stages between
@@ -68,21 +70,6 @@ def learning_rate(cfg, step):
     return r.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def augment_pose(pose, cfg):
-    """The tokenizer's poses augmented (App. > Data Augmentation): the global orientation pre-multiplied by
-    Rz(roll) Ry(yaw), in camera axes (y vertical, z the optical axis), yaw ~ U(+-aug_yaw_deg), roll ~
-    U(+-aug_roll_deg) (NOTE 5); cfg: the recipe."""
-    if not (cfg.aug_yaw_deg or cfg.aug_roll_deg):
-        return pose
-    u = torch.rand(len(pose), 2, device=pose.device) * 2 - 1
-    yaw, roll = torch.deg2rad(u[:, 0] * cfg.aug_yaw_deg), torch.deg2rad(u[:, 1] * cfg.aug_roll_deg)
-    zero = torch.zeros_like(yaw)
-    Ry = bodymodels.axis_angle_to_matrix(torch.stack([zero, yaw, zero], -1))
-    Rz = bodymodels.axis_angle_to_matrix(torch.stack([zero, zero, roll], -1))
-    R0 = Rz @ Ry @ bodymodels.axis_angle_to_matrix(pose[:, 0])
-    return torch.cat([bodymodels.matrix_to_axis_angle(R0)[:, None], pose[:, 1:]], 1)
-
-
 class TokenizerStage:
     """train.py's stage "genhmr_tokenizer": the pose tokenizer on batches {smpl_pose (B, 24, 3), smpl_shape (B, 10)}."""
     CONFIGS = TOKENIZER_CONFIGS
@@ -96,8 +83,9 @@ class TokenizerStage:
 
     @staticmethod
     def training_loss(model, batch, cfg, step):
-        """Eq. Lvq (`PoseTokenizer.compute_loss`) on the augmented poses; one forward through `model` (DDP or not)."""
-        pose = augment_pose(batch["smpl_pose"].float(), cfg.recipe)
+        """Eq. Lvq (`PoseTokenizer.compute_loss`) on the augmented poses (`genhmr.augment_pose`); one forward through
+        `model` (DDP or not)."""
+        pose = genhmr.augment_pose(batch["smpl_pose"].float(), cfg.recipe)
         return _unwrap(model).compute_loss(model(pose), pose)
 
     @staticmethod
@@ -118,7 +106,8 @@ def build_model(cfg, parent=None):
     masked transformer is copied and fine-tuned; its parent is the backbone stage's), the trained PoseRegressor of
     stage "genhmr_backbone" (its frozen tokenizer is held as a submodule; its ViT, and TINY's shape/camera head, are
     copied and fine-tuned), or a trained PoseTokenizer alone (the image encoder from scratch, or from
-    backbone_checkpoint). The model itself is `genhmr.GenHMR(cfg.model, tokenizer)`, as a copier builds it."""
+    backbone_checkpoint). The model itself is `genhmr.GenHMR(cfg.model, tokenizer)`, as a copier builds it (NOTE 13's
+    variant, gumbel_positions "masked": `VisibleTruthGenHMR`)."""
     if parent is None:
         raise ValueError("GenHMR's image stage needs a trained parent: the stage 'genhmr_prior' (or 'genhmr_backbone' "
                          "or a pose tokenizer); train the stages before it first (a checkpoint is missing)")
@@ -130,7 +119,7 @@ def build_model(cfg, parent=None):
         raise ValueError(f"GenHMR: parent must be a PoseRegressor or a PoseTokenizer, got {type(parent).__name__}")
     if not bool(tokenizer.quantizer.initialised):
         raise ValueError("GenHMR: the parent pose tokenizer was never trained (its codebook is uninitialised)")
-    model = genhmr.GenHMR(cfg.model, tokenizer)
+    model = (VisibleTruthGenHMR if cfg.model.gumbel_positions == "masked" else genhmr.GenHMR)(cfg.model, tokenizer)
     if regressor is not None:
         for name in VIT_FIELDS:
             if getattr(regressor.cfg, name) != getattr(cfg.model, name):
@@ -151,43 +140,16 @@ def build_model(cfg, parent=None):
 
 
 def training_loss(model, batch, cfg, step):
-    """train.py's image stage: `compute_loss` on a batch of SyntheticBodies keys (image, smpl_pose, smpl_shape,
-    joints3d in camera coordinates, joints2d in pixels; data.HMR2Npz's label masks), Y* tokenized on the fly
-    (after any augmentation), masked and swapped (`corrupt_tokens`), the Gumbel temperature of Eq. (5) at the
-    optimiser step. One forward through `model` (DDP or not); no state changes."""
+    """train.py's image stage: `genhmr.training_step` (Y* tokenized on the fly, after any augmentation, masked and
+    swapped, the Gumbel temperature of Eq. (5) at the optimiser step, L_total) on a batch of SyntheticBodies keys
+    (image, smpl_pose, smpl_shape, joints3d in camera coordinates, joints2d in pixels; data.HMR2Npz's label masks).
+    One forward through `model` (DDP or not); no state changes."""
     raw, pose, images = _unwrap(model), batch["smpl_pose"].float(), batch["image"]
-    genhmr.check_pose(pose)
-    y_gt = raw.tokenizer.tokenize(pose)
-    y_m, masked = corrupt_tokens(y_gt, raw.num_codes, cfg.recipe)
-    temperature = genhmr.gumbel_temperature(cfg.recipe, step)
-    pred = model(images, y_m, temperature, y_gt if cfg.model.gumbel_positions == "masked" else None)
+    forward = model
+    if cfg.model.gumbel_positions == "masked":  # NOTE 13's variant (`VisibleTruthGenHMR`) is told the true codes
+        forward = functools.partial(model, true_ids=raw.tokenizer.tokenize(pose))
     joints2d = genhmr.normalise_joints2d(batch["joints2d"].float(), images.shape[-2:])
-    loss, terms = genhmr.compute_loss(pred, dict(batch, ids=y_gt, masked=masked, joints2d=joints2d), cfg.model)
-    return loss, dict(terms, temperature=torch.tensor(temperature),
-                      masked_acc=masked_accuracy(pred["logits"], y_gt, masked))
-
-
-def corrupt_tokens(y_gt, num_codes, cfg):
-    """The training input: Y* (B, L) [MASK]ed (`genhmr.random_masking`), its visible tokens swapped (`swap_visible`)
-    -> (Y_M, masked (B, L) bool); cfg: the recipe (mask_tau_max, pkeep)."""
-    y_m, masked = genhmr.random_masking(y_gt, num_codes, cfg.mask_tau_max)
-    return swap_visible(y_m, masked, num_codes, cfg.pkeep), masked
-
-
-def swap_visible(ids, masked, num_codes, pkeep, generator=None):
-    """NOTE 11, not the paper's: MMM's input corruption (exitudio/MMM, `--pkeep`): each visible token kept with
-    probability pkeep, else replaced by a code drawn uniformly from the K; [MASK]ed positions untouched. The targets
-    stay the true tokens, so the generator learns to doubt its context, as it must at inference, where the context
-    is its own earlier guesses."""
-    swap = (torch.rand(ids.shape, device=ids.device, generator=generator) >= pkeep) & ~masked
-    random_ids = torch.randint(num_codes, ids.shape, device=ids.device, generator=generator)
-    return torch.where(swap, random_ids, ids)
-
-
-def masked_accuracy(logits, y_gt, masked):
-    """The share of [MASK]ed tokens whose argmax is right, per sample, averaged (the training log's)."""
-    hits = (logits.argmax(-1) == y_gt).float()
-    return ((hits * masked).sum(1) / masked.sum(1)).mean()
+    return genhmr.training_step(forward, raw.tokenizer, images, pose, dict(batch, joints2d=joints2d), step, cfg)
 
 
 def joints2d_noise(index, std_px, shape):
@@ -260,7 +222,7 @@ def evaluation_joints2d(batch, cfg, body):
 @torch.no_grad()
 def predict(model, batch, cfg):
     """train.py's image stage: `GenHMR.generate` (cfg.inference, UGS's choice noise seeded by batch["index"]), its
-    samples refined (`GenHMR.refine_towards`, Eq. (4)'s eta by cfg.recipe.refine_eta_rule) towards detector-like 2D
+    samples refined (`refine_towards`, Eq. (4)'s eta by cfg.recipe.refine_eta_rule) towards detector-like 2D
     joints (`evaluation_joints2d`) and towards the oracle's -> per-sample tensors: joints3d (B, 24, 3), verts
     (B, 6890, 3) in metres in the labels' camera frame, joints2d (B, 24, 2) pixels, cam_t (B, 3), ids (B, L), betas
     (B, 10); the same refined with prefixes refined_ and refined_oracle_; reproj_error_px and refined_reproj_error_px
@@ -269,9 +231,10 @@ def predict(model, batch, cfg):
     raw, image_hw = _unwrap(model), batch["image"].shape[-2:]
     targets, weights = evaluation_joints2d(batch, cfg, raw.tokenizer.body)
     out = raw.generate(batch["image"], cfg=cfg.inference, seeds=batch["index"])
+    refine = REFINEMENTS[cfg.recipe.refine_eta_rule]
     for prefix in ("refined_", "refined_oracle_"):  # the same UGS tokens towards each
-        out.update(raw.refine_towards(out, targets[prefix], weights, cfg.inference, image_hw, prefix,
-                                      STEP_SIZES[cfg.recipe.refine_eta_rule]))
+        out.update(refine_towards(raw.tokenizer, out, targets[prefix], weights, cfg.inference, image_hw, prefix,
+                                  refine))
     del out["cam"]
     seen = None if weights is None else (weights > 0).float()
     for prefix in ("", "refined_"):
@@ -283,6 +246,17 @@ def predict(model, batch, cfg):
                detected_pckh_01=_joint_mean((error < 0.1 * head_px).float(), seen),
                detected_pckh_05=_joint_mean((error < 0.5 * head_px).float(), seen))
     return out
+
+
+def refine_towards(tokenizer, sampled, joints2d, weights, inference, image_hw, prefix, refine):
+    """`GenHMR.refine_towards` by `refine` (`REFINEMENTS`) -> the refined mesh's keys (`genhmr.mesh_outputs`) with
+    `prefix`: sampled (ids, betas, cam) refined towards joints2d (B, 24, 2) in pixels of the H x W crop."""
+    betas, cam = sampled["betas"], sampled["cam"]
+    targets = genhmr.normalise_joints2d(joints2d.float(), image_hw)
+    problem = genhmr.refinement_problem(tokenizer, sampled["ids"], betas, cam, targets, inference.refine_reg,
+                                        image_hw[0], weights)
+    return genhmr.mesh_outputs(tokenizer, tokenizer.decode(refine(*problem, inference)[-1]), betas, cam, image_hw,
+                               prefix)
 
 
 def head_pixels(batch, body):
@@ -489,10 +463,10 @@ class PriorStage:
         raw = _unwrap(model)
         genhmr.check_pose(batch["smpl_pose"])
         y_gt = raw.tokenizer.tokenize(batch["smpl_pose"].float())
-        y_m, masked = corrupt_tokens(y_gt, raw.num_codes, cfg.recipe)
+        y_m, masked = genhmr.corrupt_tokens(y_gt, raw.num_codes, cfg.recipe)
         logits = model(y_m)
         loss = genhmr.token_cross_entropy(logits, y_gt, masked, cfg.model.ce_on).mean()
-        return loss, {"mask": loss, "masked_acc": masked_accuracy(logits, y_gt, masked)}
+        return loss, {"mask": loss, "masked_acc": genhmr.masked_accuracy(logits, y_gt, masked)}
 
     @staticmethod
     @torch.no_grad()
@@ -526,7 +500,7 @@ class PriorStage:
 
 
 # ---------------------------------------------------------------------------------------------
-# The paper's ablation tables as train.py --ablation data; the refinement's alternative step rule
+# The paper's ablation tables as train.py --ablation data; NOTE 13's variant; the refinement's alternative step rule
 
 
 # The paper's ablation tables as train.py's --ablation data: rows of config overrides beside the paper's figures,
@@ -588,6 +562,21 @@ ABLATIONS = {
 }
 
 
+class VisibleTruthGenHMR(genhmr.GenHMR):
+    """NOTE 13's variant (GenHMRConfig.gumbel_positions "masked"), not the paper's: `GenHMR.forward` with the true
+    codes true_ids (B, L) in place of the Gumbel draw at the visible positions of ids (`training_loss` passes them)."""
+
+    def forward(self, images, ids, temperature=1.0, true_ids=None):
+        if true_ids is None:
+            return super().forward(images, ids, temperature)
+        levels, betas, cam = self.encode_image(images)
+        logits = self.logits(ids, levels)
+        y = genhmr.gumbel_softmax_st(logits, temperature)
+        y = torch.where((ids == self.num_codes)[..., None], y, F.one_hot(true_ids, self.num_codes).to(y.dtype))
+        R = self.tokenizer.decode(y @ self.tokenizer.quantizer.codebook)
+        return {"logits": logits, **genhmr.smpl_prediction(self.tokenizer.body, R, betas, cam)}
+
+
 @torch.no_grad()
 def backtracking_step(objective, e, G, grad, eta, halvings=6):
     """NOTE 18: per sample, the largest of eta, eta / 2, ... (halvings tries) that lowers G, 0 where
@@ -603,7 +592,19 @@ def backtracking_step(objective, e, G, grad, eta, halvings=6):
     return step, torch.where(done[:, None, None], eta * 2, eta)
 
 
-STEP_SIZES = {"fixed": genhmr.fixed_step, "backtracking": backtracking_step}  # GenHMRRecipe.refine_eta_rule
+def backtracking_refine(objective, e, cfg):
+    """NOTE 18: `genhmr.refine` with eta per sample by `backtracking_step`, from cfg.refine_lr -> [e_0, ..., e_P]."""
+    eta = torch.full((len(e), 1, 1), float(cfg.refine_lr), device=e.device)
+    trajectory = [e]
+    for _ in range(cfg.refine_iterations):
+        G, grad = genhmr.objective_gradient(objective, e)
+        step, eta = backtracking_step(objective, e.detach(), G, grad, eta)
+        e = e.detach() - step * grad  # Eq. (4) at this step's eta
+        trajectory.append(e)
+    return trajectory
+
+
+REFINEMENTS = {"fixed": genhmr.refine, "backtracking": backtracking_refine}  # GenHMRRecipe.refine_eta_rule
 
 
 
@@ -647,7 +648,7 @@ def diagnostics(model, cfg, train_labels):
         longest = dataclasses.replace(inf, refine_iterations=max(TABLE_REFINE_STEPS))
         targets = genhmr.normalise_joints2d(joints2d, image_hw)
         problem = genhmr.refinement_problem(tok, ids, betas, cam, targets, inf.refine_reg, image_hw[0], weights)
-        e = genhmr.refine(*problem, longest, STEP_SIZES[cfg.recipe.refine_eta_rule])  # every P in one
+        e = REFINEMENTS[cfg.recipe.refine_eta_rule](*problem, longest)  # every P in one
         for P in TABLE_REFINE_STEPS:
             out[f"table_refine_P{P}_joints3d"] = tok.body.joints(tok.decode(e[P]), betas)
         return out
@@ -807,13 +808,29 @@ def context_use(model, levels, betas, batch, choice_temperature, T=5):
         if name == "true25":
             out["context_true25_overruled"] = share(pred != y, ~hidden)
     seeds = batch["index"]
-    orders = {"confidence": dict(), "noise": dict(choice_temperature=choice_temperature),
-              "random": dict(rank_by=lambda t, sampled, p: genhmr.gumbel_noise(p.shape, seeds, t, device=p.device)),
-              "oracle": dict(rank_by=lambda t, sampled, p: (sampled == y).float() * 2 + p)}  # p <= 1 < 2
-    for order, kw in orders.items():
-        ids = genhmr.sample_from_features(model, levels, T, seeds=seeds, **kw)[0]
-        out[f"remask_{order}_T{T}_joints3d"] = tok.body.joints(tok.decode_ids(ids), betas)
+    ugs = functools.partial(genhmr.sample_from_features, model, levels, T, seeds=seeds)
+    ranked = functools.partial(ranked_sampling, model, levels, T)
+    orders = {"confidence": lambda: ugs(), "noise": lambda: ugs(choice_temperature=choice_temperature),
+              "random": lambda: ranked(lambda t, sampled, p: genhmr.gumbel_noise(p.shape, seeds, t, device=p.device)),
+              "oracle": lambda: ranked(lambda t, sampled, p: (sampled == y).float() * 2 + p)}  # p <= 1 < 2
+    for order, run in orders.items():
+        out[f"remask_{order}_T{T}_joints3d"] = tok.body.joints(tok.decode_ids(run()[0]), betas)
     return out
+
+
+@torch.no_grad()
+def ranked_sampling(model, levels, T, rank_by):
+    """Not the paper's: `genhmr.sample_from_features` (top-1, cosine schedule) re-masking the lowest of rank_by(t,
+    sampled, confidence) (B, L) in place of the confidence (`context_use`'s orders) -> (ids (B, L), history)."""
+    L, K = model.num_tokens, model.num_codes
+    ids = torch.full((len(levels[0]), L), K, dtype=torch.long, device=levels[0].device)
+    masked, history = torch.ones_like(ids, dtype=torch.bool), []
+    for t, n in enumerate(genhmr.remask_counts(L, T), 1):
+        ids, sampled, confidence = genhmr.sample_masked(model, ids, masked, levels)
+        masked = genhmr.least_confident(rank_by(t, sampled, confidence), masked, n)
+        history.append((masked.clone(), confidence, ids))
+        ids = torch.where(masked, torch.full_like(ids, K), ids)
+    return ids, history
 
 
 def count_parameters(module):

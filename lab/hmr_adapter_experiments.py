@@ -6,8 +6,8 @@ experiment around the method, as nanoGPT's train.py is around its model.py.
 2. The bases' stage ("hmr_adapter_bases", `BASES`): the paper's released bases, or tiny stand-ins trained here on
    HaMeR's and SMPLer-X's own losses (`bases_loss`), with TINY's keypoint head (NOTE 17).
 3. The paper's ablations (Tables 3-6): the other ways a row trains in an adapter's place, a row's model
-   (`AblationRow`), the rows with the paper's figures (`ABLATIONS`, run by ablate.py).
-4. Parameter counts at the paper's size (`parameter_table`, bench.py --params).
+   (`AblationRow`), the rows with the paper's figures (`ABLATIONS`, run by lab/ablate.py).
+4. Parameter counts at the paper's size (`parameter_table`, lab/bench.py --params).
 Where this differs from the paper (NOTE N) and what was measured: docs/hmr_adapter.md.
 """
 
@@ -323,13 +323,12 @@ class ImageAdapter(ha.HandAdapter):
     """Table 3 No.5, the control: the hand adapter with CA' attending to the hand image tokens F^H again,
     Eq. 3's extra capacity without the body's information (no F^B parameters)."""
 
-    def __init__(self, head, scale=1.0):
+    def __init__(self, head):
         nn.Module.__init__(self)  # HandAdapter's SA' and CA' without its F^B
         self.sa, self.ca = ha.adapter_copies(head)
-        self.scale = scale
 
-    def context(self, hand_tokens, theta_b):
-        return hand_tokens  # F^H
+    def forward(self, head, hand_tokens, theta_b):
+        return self.attend(head, hand_tokens, hand_tokens)  # CA' attends to F^H
 
 
 MIRROR_BODY = (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20)  # SMPL-X's 22, L <-> R
@@ -599,7 +598,7 @@ class AblationRow(ha.HMRAdapter):
 
 
 # The paper's ablations (Sec. 4.3) as rows of `hand_method` / `body_method` (the ways above), each trained on the frozen
-# bases like the adapters, with the paper's figures beside them (ablate.py --table tableN; docs/hmr_adapter.md).
+# bases like the adapters, with the paper's figures beside them (lab/ablate.py --table tableN; docs/hmr_adapter.md).
 # The paper scores Tables 3 and 5 on ARCTIC's hands at the true boxes (our hand path: its "adapter" is the row's
 # method, on the occluded hands, as ARCTIC's hands hold objects), Tables 4 and 6 on whole bodies (our pipeline).
 # The last column of Tables 3 and 5 is ours: the hand path above reads the TRUE body pose (whose wrist token is the
@@ -655,7 +654,7 @@ ABLATIONS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Parameter counts at the paper's size (bench.py --params)
+# 4. Parameter counts at the paper's size (lab/bench.py --params)
 
 
 PAPER_COUNTS = {"hand expert head": "39M (Tab. 3 No.3)", "hand adapter": "27M (Sec. 4.1)",

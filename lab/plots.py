@@ -1,7 +1,7 @@
 """Pictures: a mesh from three views, skeletons, a demo's picture, sample grids and the trainer's predictions.
 
 All of the project's drawing, with matplotlib's object API (a `Figure` never attached to pyplot, so
-nothing leaks between calls and no display is needed); meshes over images are drawn by render.py.
+nothing leaks between calls and no display is needed); meshes over images are drawn by lab/render.py.
 Images are (3, H, W) in [0, 1] in data.py's pixel convention (pixel (i, j) covers [j, j + 1) x [i, i + 1)).
 
 Map of the file:
@@ -18,6 +18,7 @@ import torch
 import bodymodels
 from bodymodels import FREIHAND_PARENTS
 from data import body_model
+from lab.files import atomic_write
 from lab.render import render_mesh
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +164,7 @@ def draw_demo(path, image, meshes, K, keypoints=None):
     ax_in.set_title("input", fontsize=9)
     ax_over.set_title("predicted mesh", fontsize=9)
     ax_side.set_title("side view (from the right)", fontsize=9)
-    return bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +214,7 @@ def draw_hand_predictions(path, eval_set, pred, gt, count=6):
               "predicted mesh, moved to the true joints' centroid")
     for row, title in enumerate(titles):
         axes[row, 0].set_title(title, fontsize=8, loc="left")
-    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     return path
 
 
@@ -262,7 +263,7 @@ def draw_wholebody_predictions(path, eval_set, pred, gt, count=6):
     for r, name in enumerate(runs):
         axes[1 + r, 0].set_title(f"{name} pipeline", fontsize=8, loc="left")
         axes[1 + len(runs) + r, 0].set_title(f"{name}, the occluded hand", fontsize=8, loc="left")
-    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     return path
 
 
@@ -287,7 +288,7 @@ def draw_body_predictions(path, eval_set, pred, gt, count=6, prefix=""):
             show_image(axes[r, i], image if key is None else overlay_mesh(image, verts, faces, gt["K"][i], color))
             if i == 0:
                 axes[r, 0].set_title(title, fontsize=8, loc="left")
-    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     return path
 
 
@@ -311,7 +312,7 @@ def draw_pose_reconstructions(path, eval_set, pred, gt, count=8):
             show_image(axes[r, i], image)
             if i == 0:
                 axes[r, 0].set_title(f"{view}: true green, reconstructed red", fontsize=8, loc="left")
-    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     return path
 
 
@@ -343,7 +344,7 @@ def draw_token_prior(path, eval_set, pred, gt, count=8):
                                          alpha=0.55)
             show_image(axes[r, i], image)
         axes[r, 0].set_title(title, fontsize=8, loc="left")
-    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     return path
 
 
@@ -370,5 +371,5 @@ def draw_samples(samples, parents, path, titles=None, columns=4, joints_key="joi
             ax.plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="yellow", linewidth=1)
         if titles is not None:
             ax.set_title(titles[i], fontsize=7)
-    bodymodels.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90))
     return path

@@ -1,8 +1,8 @@
-"""records.py: one committed record per default run, the single source of every figure the README, docs/ and the
+"""lab/records.py: one committed record per default run, the single source of every figure the README, docs/ and the
 notebooks quote (docs/runs/NAME.json).
 
-    python records.py run NAME -- torchrun --standalone --nproc_per_node=2 train.py --model simplehand
-    python records.py write NAME --wall-s 803 [--started T] [--commit C] -- torchrun ... train.py ... --out out
+    python -m lab.records run NAME -- torchrun --standalone --nproc_per_node=2 train.py --model simplehand
+    python -m lab.records write NAME --wall-s 803 [--started T] [--commit C] -- torchrun ... train.py ... --out out
 
 `run` times the command and then writes the record; `write` records a run that has finished (its wall time given).
 A record holds the command, the code's commit (and whether the tree had uncommitted changes), the machine, the
@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from bodymodels import atomic_write
+from lab.files import atomic_write
 
 RUNS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "runs"
 
@@ -43,7 +43,7 @@ def figure(record, stage, key):
 
 def fail(message):
     """One line on stderr and exit status 2 (bad input), as argparse does."""
-    print(f"records.py: error: {message}", file=sys.stderr)
+    print(f"python -m lab.records: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 

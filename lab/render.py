@@ -1,12 +1,13 @@
 """The renderer: a z-buffer and Lambert shading of triangle meshes through pinhole cameras, in plain PyTorch.
 
-What draws the synthetic samples' images (synthetic.py), what tells which faces a pixel shows (the whole
-bodies' hand visibility, data.py) and what draws meshes over pictures (plots.py). Conventions are
+What draws the synthetic samples' images (lab/synthetic.py), what tells which faces a pixel shows (the whole
+bodies' hand visibility, data.py) and what draws meshes over pictures (lab/plots.py). Conventions are
 bodymodels.py's: camera coordinates x right, y down, z forward; pixel (row i, column j) covers
 [j, j+1) x [i, i+1), its centre (j + 0.5, i + 0.5).
 
 Map of the file: `image_hw`; 1. the z-buffer (`rasterize`, `scratch_zbuffer`) beside the brute-force
-`reference_rasterize` it is tested against; 2. shading (`render_mesh`, `render_meshes`, `render_batch`).
+`reference_rasterize` it is tested against; 2. shading: mesh normals (`face_normals`, `vertex_normals`), then
+`render_mesh`, `render_meshes`, `render_batch`.
 """
 
 import math
@@ -14,8 +15,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-import bodymodels
 
 
 def image_hw(image_size):
@@ -228,7 +227,39 @@ def reference_rasterize(verts, faces, K, image_size):
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Shading
+# 2. Shading: mesh normals, then Lambert shading
+
+
+def face_normals(verts, faces):
+    """Triangle normals (..., F, 3) of meshes verts (..., V, 3) sharing faces (F, 3): e1 x e2 with
+    e1 = p1 - p0, e2 = p2 - p0, whose length is twice the triangle's area."""
+    p = verts[..., faces, :]  # (..., F, 3 corners, 3)
+    return torch.linalg.cross(p[..., 1, :] - p[..., 0, :], p[..., 2, :] - p[..., 0, :], dim=-1)
+
+
+def vertex_normals(verts, faces):
+    """Area-weighted unit vertex normals (..., V, 3) of meshes verts (..., V, 3) sharing faces (F, 3).
+
+    They point to the side from which the faces' corners run counter-clockwise (outwards for
+    SMPL, MANO and SMPL-X). Every face's e1 x e2 (`face_normals`) is summed into its three corners.
+    Computed axis-major (one flat index_add_, the fastest on a CPU); the result is a view of
+    that (3, M V) layout, which the renderer reads without a copy. Each mesh's sums run in the same
+    order whatever the batch, so a mesh's normals never depend on the batch it is in.
+    """
+    V = verts.shape[-2]
+    xyz = verts.reshape(-1, 3).T.contiguous()  # (3, M V), M the number of meshes
+    M = xyz.shape[1] // V
+    corners = (faces.T.contiguous()[:, None] + V * torch.arange(M, device=faces.device)[:, None]).view(3, -1)
+    p = xyz.index_select(1, corners.reshape(-1)).view(3, 3, -1)  # (3 axes, 3 corners, M F)
+    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+    n = torch.stack([e1[1] * e2[2] - e1[2] * e2[1], e1[2] * e2[0] - e1[0] * e2[2], e1[0] * e2[1] - e1[1] * e2[0]])
+    # element (axis k, vertex i) of the flat sum is k M V + i
+    element = (corners[None] + xyz.shape[1] * torch.arange(3, device=xyz.device)[:, None, None]).reshape(-1)
+    out = torch.zeros(xyz.numel(), dtype=xyz.dtype, device=xyz.device)
+    out.index_add_(0, element, n[:, None].expand(3, 3, -1).reshape(-1))
+    out = out.view(3, -1)
+    out = out / (out[0] * out[0] + out[1] * out[1] + out[2] * out[2]).sqrt_().clamp_min_(1e-12)
+    return out.T.reshape(verts.shape)
 
 
 def _corner_ids(faces, count, num_verts):
@@ -287,7 +318,7 @@ def render_batch(verts, faces, K, image_size, color, light, ambient, background,
     verts, faces = verts.float(), faces.long().to(device)
     # 1. per-vertex colour: albedo times the Lambert term, axis-major (3, B V) so rows are contiguous
     xyz = verts.reshape(-1, 3).T  # (3, B V)
-    normals = bodymodels.vertex_normals(verts, faces).permute(2, 0, 1)  # (3, B, V), a view of an axis-major sum
+    normals = vertex_normals(verts, faces).permute(2, 0, 1)  # (3, B, V), a view of an axis-major sum
     light = F.normalize(torch.as_tensor(light, dtype=torch.float32, device=device), dim=-1).T[:, :, None]  # (3, B, 1)
     ambient = torch.as_tensor(ambient, dtype=torch.float32, device=device).reshape(B, 1)
     albedo = torch.as_tensor(color, dtype=torch.float32, device=device).reshape(B, -1, 3)  # (B, V or 1, 3)

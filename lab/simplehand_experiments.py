@@ -4,13 +4,12 @@
 protocol (its docstring): `build_model`, `training_loss`, `predict`, `learning_rate`, `check_inputs`, a thin layer
 from the trainer's dict batches onto `SimpleHand` and `compute_loss`. 3. The paper's ablations (Sec. 4.5): Tables 4,
 5 and 8's modules in the method's place, `ABLATIONS` with the paper's figures, `REPORTED`. 4. Parameter counts and
-stage shapes. train.py, ablate.py, demo.py and bench.py speak to this file; docs/simplehand.md says what each
+stage shapes. train.py, lab/ablate.py, demo.py and lab/bench.py speak to this file; docs/simplehand.md says what each
 ablation row builds.
 """
 
 import dataclasses
 import functools
-import math
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -131,15 +130,8 @@ def _config(cfg):
 
 
 def learning_rate(cfg, step):
-    """The recipe's learning rate at optimisation step `step` (0-based): linear warm-up, then
-    "step" (lr until lr_drop_step, lr_final after; Sec. 4.1) or "cosine" (lr -> lr_final at max_steps)."""
-    r = cfg.recipe
-    if step < r.warmup_steps:
-        return r.lr * (step + 1) / r.warmup_steps
-    if r.lr_schedule == "step":
-        return r.lr if step < r.lr_drop_step else r.lr_final
-    t = min(1.0, (step - r.warmup_steps) / max(1, r.max_steps - r.warmup_steps))
-    return r.lr_final + (r.lr - r.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
+    """train.py's protocol: the preset's recipe's learning rate at step `step` (`simplehand.learning_rate`)."""
+    return simplehand.learning_rate(cfg.recipe, step)
 
 
 def crop_size(images, dtype):

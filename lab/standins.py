@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 import bodymodels
-from bodymodels import (FINGERTIP_VERTS, MANO_PARENTS, SMPL_PARENTS, SMPLX_PARENTS, atomic_write, face_normals,
-                        mirror_rotation, vertex_normals)
+from bodymodels import FINGERTIP_VERTS, MANO_PARENTS, SMPL_PARENTS, SMPLX_PARENTS, mirror_rotation
+from lab.files import atomic_write
+from lab.render import face_normals, vertex_normals
 
 STANDIN_VERSION = "standins-v1"  # the cache folder is named after it and a hash of the generator code
 
@@ -32,8 +33,8 @@ def standin_dir():
 
 
 def _generator_source(text):
-    """What the stand-ins depend on: `text` (this whole file's source) plus the bodymodels functions
-    and constants it uses."""
+    """What the stand-ins depend on: `text` (this whole file's source) plus the functions (the renderer's normals,
+    bodymodels' mirror) and bodymodels' constants it uses."""
     used = (face_normals, vertex_normals, mirror_rotation)
     constants = (MANO_PARENTS, FINGERTIP_VERTS, SMPL_PARENTS, SMPLX_PARENTS)
     return text + "".join(inspect.getsource(fn) for fn in used) + repr(constants)

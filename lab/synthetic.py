@@ -1,9 +1,9 @@
 """The synthetic datasets, and how their samples are made: pose priors, looks, backgrounds.
 
 No dataset can be downloaded here, so these render their own training images, with exact labels, from
-the stand-in body models of standins.py (or the real MANO/SMPL/SMPL-X files when HMR_BODY_MODELS points
+the stand-in body models of lab/standins.py (or the real MANO/SMPL/SMPL-X files when HMR_BODY_MODELS points
 to them): each draws a pose, a camera and a look with the functions below and renders the posed mesh
-(render.py). Their keys, conventions and augmentation are data.py's (see its docstring), the same as
+(lab/render.py). Their keys, conventions and augmentation are data.py's (see its docstring), the same as
 the real datasets', so a model never knows which it got. Every random number comes from the sample's
 torch.Generator (`data.sample_rng`; `Draws` for a batch), never from global RNG state.
 
@@ -19,7 +19,7 @@ Map of the file:
    `AmbiguousBodies`), `SyntheticWholeBody` (and the demo's people `DEMO_BODY_POSE`, `DEMO_BODY_LOOK`)
 8. The trainer's datasets: `hand_dataset`, `body_pose_dataset`, `body_dataset`, `wholebody_dataset`, each
    a real reader of data.py for `--data KIND:PATH`, else a synthetic set
-Speed: `python bench.py --data-bench`; sample grids: `python bench.py --data-grid OUT_DIR`.
+Speed: `python -m lab.bench --data-bench`; sample grids: `python -m lab.bench --data-grid OUT_DIR`.
 """
 
 import functools
@@ -711,7 +711,7 @@ class SyntheticHands(torch.utils.data.Dataset):
     jitters colours after. background="black" renders on black (masks for tests and debugging).
     A sample depends on (seed, index), its augmentation also on the epoch, and with
     vary_with_epoch=True the hand too (every epoch sees new hands). A DataLoader fetches a batch
-    through `__getitems__`, which renders it `render_chunk` images per pass. Speed: `python bench.py --data-bench`.
+    through `__getitems__`, which renders it `render_chunk` images per pass. Speed: `python -m lab.bench --data-bench`.
     """
 
     def __init__(self, num_samples, image_size=224, seed=0, augment=False, left_hand_prob=0.0,
@@ -950,7 +950,7 @@ class SyntheticBodies(_SyntheticBodyBase):
     augment=True moves the camera (rotation, zoom, shift; no flip: the pose distribution is
     already symmetric) before rendering and jitters colours after. background="black": masks.
     A DataLoader fetches a batch through `__getitems__` (meshes skinned together, images rendered
-    render_chunk per pass). Speed: `python bench.py --data-bench`.
+    render_chunk per pass). Speed: `python -m lab.bench --data-bench`.
     """
 
     def __init__(self, num_samples, image_size=256, seed=0, augment=False, focal_length=5000.0, vary_with_epoch=False,

@@ -158,7 +158,8 @@ def test_a_failing_paper_keeps_the_other_papers_rows_and_the_command_fails(monke
     assert "genhmr row" in out and "RuntimeError: planted" in err
     # a str code: Python prints it and exits with status 1 (a run that failed, not bad input's 2), in one line
     assert isinstance(e.value.code, str) and "\n" not in e.value.code, e.value.code
-    assert e.value.code.startswith("bench.py: --compare-official simplehand failed (traceback above)"), e.value.code
+    assert e.value.code.startswith("python -m lab.bench: --compare-official simplehand failed (traceback above)"), \
+        e.value.code
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Properties of bodymodels.py's rotations, cameras, joint orders and pictures.
+"""Properties of bodymodels.py's rotations, cameras, joint orders and skinning; of the geometry built on them: a crop's
+camera and pixels (lab/crops.py), mesh normals (lab/render.py), hands on a body (hmr_adapter.py), MANO fits
+(lab/fitting.py); and of lab/files.py's atomic writes.
 
 Random inputs come from a hypothesis-drawn seed feeding a torch.Generator, in float64. Rotations
 mix near-identity (angles down to 1e-12), near-pi (within 1e-12 of pi) and uniform angles, plus
@@ -16,7 +18,9 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 import bodymodels as bm
+import hmr_adapter as ha
 import metrics
+from lab import crops, files, fitting, render
 
 SEEDS = st.integers(0, 2**31 - 1)
 SHAPES = st.sampled_from([(), (1,), (3, 2)])
@@ -253,8 +257,8 @@ def test_full_image_camera_agrees_with_the_crop_camera_mapped_to_the_image(seed,
     in_crop = bm.project_to_crop(points, bm.weak_perspective_to_translation(cam))
     expected = box_center[..., None, :] + box_size[..., None, None] * in_crop
     # full-image camera
-    t_full = bm.cam_crop_to_full(cam, box_center, box_size, image_size)
-    K_full = bm.full_image_intrinsics(image_size)
+    t_full = crops.cam_crop_to_full(cam, box_center, box_size, image_size)
+    K_full = crops.full_image_intrinsics(image_size)
     uv = bm.perspective_projection(points + t_full[..., None, :], K_full)
     torch.testing.assert_close(uv, expected, atol=1e-6, rtol=0)
 
@@ -267,8 +271,8 @@ def test_cam_crop_to_full_is_the_crop_camera_when_the_box_is_the_whole_square_im
     side = 100 + 900 * torch.rand(shape, generator=g, **DOUBLE)
     image_size = torch.stack([side, side], -1)
     points = torch.randn(*shape, 6, 3, generator=g, **DOUBLE) * 0.3  # any depth
-    t_full = bm.cam_crop_to_full(cam, image_size / 2, side, image_size)
-    uv = bm.perspective_projection(points + t_full[..., None, :], bm.full_image_intrinsics(image_size))
+    t_full = crops.cam_crop_to_full(cam, image_size / 2, side, image_size)
+    uv = bm.perspective_projection(points + t_full[..., None, :], crops.full_image_intrinsics(image_size))
     in_crop = bm.project_to_crop(points, bm.weak_perspective_to_translation(cam))
     torch.testing.assert_close(uv, image_size[..., None, :] / 2 + side[..., None, None] * in_crop, atol=1e-6, rtol=0)
 
@@ -401,17 +405,17 @@ def test_vertex_normals_of_a_closed_mesh_point_outwards():
     centroid, face normals are twice the area, and a batch gives each mesh's normals."""
     verts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], **DOUBLE)
     faces = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
-    n = bm.vertex_normals(verts, faces)
+    n = render.vertex_normals(verts, faces)
     assert torch.allclose(n.norm(dim=-1), torch.ones(4, **DOUBLE))
     assert ((n * (verts - verts.mean(0))).sum(-1) > 0).all()
-    assert torch.allclose(bm.face_normals(verts, faces)[3].norm(), torch.tensor(3.0, **DOUBLE).sqrt())
+    assert torch.allclose(render.face_normals(verts, faces)[3].norm(), torch.tensor(3.0, **DOUBLE).sqrt())
     batch = torch.stack([verts, 2 * verts + 1])
-    assert torch.equal(bm.vertex_normals(batch, faces)[0], n)
+    assert torch.equal(render.vertex_normals(batch, faces)[0], n)
 
 
 def test_atomic_write_replaces_whole_files_and_cleans_up_on_error(tmp_path):
     path = tmp_path / "sub" / "file.bin"
-    bm.atomic_write(path, lambda f: f.write(b"one"))
+    files.atomic_write(path, lambda f: f.write(b"one"))
     assert path.read_bytes() == b"one"
 
     def fail(f):
@@ -419,27 +423,27 @@ def test_atomic_write_replaces_whole_files_and_cleans_up_on_error(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        bm.atomic_write(path, fail)
+        files.atomic_write(path, fail)
     assert path.read_bytes() == b"one" and sorted(p.name for p in path.parent.iterdir()) == ["file.bin"]
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Crops: boxes, crop matrices, warps, a crop's camera in the full image
+# lab/crops.py: boxes, crop matrices, warps, a crop's camera in the full image
 
 
 def test_crop_matrix_maps_the_crop_onto_the_output_and_warp_image_reads_it_there():
     image = torch.zeros(3, 60, 80)
     image[:, 30, 50] = 1  # pixel centre (50.5, 30.5)
-    A = bm.crop_matrix((50.0, 30.0), (20.0, 20.0), (40, 40))  # pixels 40..60 x 20..40 -> 40 x 40
+    A = crops.crop_matrix((50.0, 30.0), (20.0, 20.0), (40, 40))  # pixels 40..60 x 20..40 -> 40 x 40
     assert torch.allclose(A @ torch.tensor([40.0, 20.0, 1], **DOUBLE), torch.tensor([0.0, 0, 1], **DOUBLE))
-    crop = bm.warp_image(image, A, (40, 40))
+    crop = crops.warp_image(image, A, (40, 40))
     centres = torch.arange(40) + 0.5
     w = crop[0] / crop[0].sum()
     centroid = ((w.sum(1) * centres).sum(), (w.sum(0) * centres).sum())  # (y, x) of the dot in the crop
     assert torch.allclose(torch.stack(centroid), torch.tensor([21.0, 21.0]), atol=1e-5)  # 2 x (30.5 - 20, 50.5 - 40)
-    flipped = bm.warp_image(image, bm.crop_matrix((50.0, 30.0), (20.0, 20.0), (40, 40), flip=True), (40, 40))
+    flipped = crops.warp_image(image, crops.crop_matrix((50.0, 30.0), (20.0, 20.0), (40, 40), flip=True), (40, 40))
     assert torch.allclose(flipped, crop.flip(-1), atol=1e-6)
-    assert bm.crop_box((0, 0, 40, 60), (256, 192)) == ((20.0, 30.0), (45.0, 60.0))  # 60 high: 45 wide at 4:3
+    assert crops.crop_box((0, 0, 40, 60), (256, 192)) == ((20.0, 30.0), (45.0, 60.0))  # 60 high: 45 wide at 4:3
 
 
 @given(seed=SEEDS)
@@ -452,15 +456,15 @@ def test_crop_translation_to_full_is_cliffs_cam_crop_to_full_for_hmr2_crops(seed
     W, H = 300 + int(torch.randint(0, 700, (), generator=g)), 200 + int(torch.randint(0, 700, (), generator=g))
     side = 40 + 200 * torch.rand((), generator=g, **DOUBLE)
     centre = (torch.rand(2, generator=g, **DOUBLE) * torch.tensor([W, H], **DOUBLE)).tolist()
-    A = bm.crop_matrix(centre, (side, side), (256, 256))
+    A = crops.crop_matrix(centre, (side, side), (256, 256))
     t = torch.tensor([0.2, -0.1, 30.0], **DOUBLE) * (0.5 + torch.rand(3, generator=g, **DOUBLE))
-    full = bm.crop_translation_to_full(t, A, (256, 256), (W, H), 5000.0)
+    full = crops.crop_translation_to_full(t, A, (256, 256), (W, H), 5000.0)
     cam = torch.stack([2 * 5000.0 / (256 * t[2]), t[0], t[1]])
-    assert torch.allclose(full, bm.cam_crop_to_full(cam, centre, side, (W, H)), rtol=1e-9)
+    assert torch.allclose(full, crops.cam_crop_to_full(cam, centre, side, (W, H)), rtol=1e-9)
     K_crop = torch.tensor([[5000.0, 0, 128], [0, 5000.0, 128], [0, 0, 1]], **DOUBLE)
     root_px = bm.perspective_projection(t[None], torch.linalg.inv(A) @ K_crop)
-    assert torch.allclose(bm.perspective_projection(full[None], bm.full_image_intrinsics((W, H), dtype=torch.float64)),
-                          root_px, atol=1e-7)
+    K_full = crops.full_image_intrinsics((W, H), dtype=torch.float64)
+    assert torch.allclose(bm.perspective_projection(full[None], K_full), root_px, atol=1e-7)
 
 
 @given(seed=SEEDS, focal=st.floats(0.2, 5.0))
@@ -474,22 +478,23 @@ def test_crop_translation_to_a_given_camera_puts_the_root_plane_where_the_crop_c
     side = 40 + 150 * torch.rand((), generator=g, **DOUBLE)
     centre = (torch.rand(2, generator=g, **DOUBLE) * torch.tensor([W, H], **DOUBLE)).tolist()
     crop_hw, crop_focal = (256, 192), 5000.0
-    A = bm.crop_matrix(centre, (side * 0.75, side), crop_hw)
+    A = crops.crop_matrix(centre, (side * 0.75, side), crop_hw)
     t = torch.tensor([0.3, -0.2, 40.0], **DOUBLE) * (0.5 + torch.rand(3, generator=g, **DOUBLE))
     f = focal * max(W, H)
     K = torch.tensor([[f, 0, W * torch.rand((), generator=g)], [0, f, H * torch.rand((), generator=g)], [0, 0, 1]],
                      **DOUBLE)
-    full = bm.crop_translation_to_full(t, A, crop_hw, (W, H), crop_focal, K)
+    full = crops.crop_translation_to_full(t, A, crop_hw, (W, H), crop_focal, K)
     K_crop = torch.tensor([[crop_focal, 0, crop_hw[1] / 2], [0, crop_focal, crop_hw[0] / 2], [0, 0, 1]], **DOUBLE)
     plane = torch.cat([torch.randn(5, 2, generator=g, **DOUBLE) * 0.3, torch.zeros(5, 1, **DOUBLE)], 1)
     seen = bm.perspective_projection(plane + t, K_crop)  # crop pixels
     seen = torch.cat([seen, torch.ones(5, 1, **DOUBLE)], 1) @ torch.linalg.inv(A).T  # image pixels
     torch.testing.assert_close(bm.perspective_projection(plane + full, K), seen[:, :2], rtol=1e-9, atol=1e-7)
-    assert torch.equal(bm.crop_translation_to_full(t, A, crop_hw, (W, H), crop_focal),
-                       bm.crop_translation_to_full(t, A, crop_hw, (W, H), crop_focal, bm.full_image_intrinsics((W, H))))
+    assert torch.equal(crops.crop_translation_to_full(t, A, crop_hw, (W, H), crop_focal),
+                       crops.crop_translation_to_full(t, A, crop_hw, (W, H), crop_focal,
+                                                      crops.full_image_intrinsics((W, H))))
 
 
-# --- 8. Hands on a body ----------------------------------------------------------------------
+# --- hmr_adapter.py's hands on a body (A.2), and lab/fitting.py's MANO fits ---------------------
 
 
 @FAST
@@ -498,7 +503,7 @@ def test_crop_translation_to_a_given_camera_puts_the_root_plane_where_the_crop_c
 @example(seed=0, kind="identity", batch=1, points=16, sets="noisy")
 @example(seed=0, kind="half_turn", batch=1, points=16, sets="noisy")
 def test_kabsch_rotation_is_the_rotation_of_metrics_procrustes(seed, kind, batch, points, sets):
-    """bodymodels' own Kabsch (it imports nothing of the project) gives metrics.procrustes_transform's
+    """hmr_adapter's own Kabsch (a paper file imports no metrics) gives metrics.procrustes_transform's
     rotation bit for bit, degenerate and mirrored sets included; a proper rotation with det +1."""
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(batch, points, 3, generator=g, **DOUBLE)
@@ -511,13 +516,13 @@ def test_kabsch_rotation_is_the_rotation_of_metrics_procrustes(seed, kind, batch
     b = b + {"noisy": 0.1, "mirrored": 0.0}.get(sets, 0.0) * torch.randn(batch, points, 3, generator=g, **DOUBLE)
     if sets == "mirrored":
         b = b * torch.tensor([-1.0, 1.0, 1.0], **DOUBLE)
-    rotation = bm.kabsch_rotation(a, b)
+    rotation = ha.kabsch_rotation(a, b)
     assert torch.equal(rotation, metrics.procrustes_transform(a, b)[1])
     torch.testing.assert_close(torch.linalg.det(rotation), torch.ones(batch, **DOUBLE))
     if sets == "noisy" and points >= 16:  # enough points to pin the rotation down
-        torch.testing.assert_close(bm.kabsch_rotation(a, b.float()), metrics.procrustes_transform(a, b.float())[1])
+        torch.testing.assert_close(ha.kabsch_rotation(a, b.float()), metrics.procrustes_transform(a, b.float())[1])
         exact = 1.7 * a @ R.transpose(1, 2) - 3.0
-        torch.testing.assert_close(bm.kabsch_rotation(a, exact), R, rtol=0, atol=1e-9)
+        torch.testing.assert_close(ha.kabsch_rotation(a, exact), R, rtol=0, atol=1e-9)
 
 
 STANDIN_R_OFF = torch.diag(torch.tensor([-1.0, 1.0, -1.0], **DOUBLE))  # standins._stitch_hands: the hand turned
@@ -531,23 +536,23 @@ def test_attach_hands_gives_back_the_smplx_pose_whose_hands_hamer_would_see(seed
     """SMPL-X pose -> each hand's MANO result as HaMeR gives it -> attach_hands -> the same pose and
     mesh, for axis-angle and rotation-matrix hands, both hands_mean conventions on either side."""
     g = torch.Generator().manual_seed(seed)
-    frames = bm.hand_frames()
+    frames = ha.hand_frames()
     param = 0.6 * torch.randn(2, 55, 3, generator=g, **DOUBLE)  # SMPL-X's parameters, jaw and eyes included
     full = param.clone()
     if not smplx_flat:
         for side, (_, *fingers) in bm.SMPLX_HAND_JOINTS.items():
             full[:, fingers] += frames.smplx_hands_mean[side]
     R = bm.axis_angle_to_matrix(full)
-    hands = bm.hands_of_body(bm.matrix_to_axis_angle(R), frames, left_as_right, mano_flat)  # what HaMeR would see
+    hands = ha.hands_of_body(bm.matrix_to_axis_angle(R), frames, left_as_right, mano_flat)  # what HaMeR would see
     if mano_flat:  # from rotation matrices: the same hands
-        mats = bm.hands_of_body(R, frames, left_as_right)
+        mats = ha.hands_of_body(R, frames, left_as_right)
         for side, hand in hands.items():
             torch.testing.assert_close(bm.axis_angle_to_matrix(hand["global_orient"]), mats[side]["global_orient"])
             torch.testing.assert_close(bm.axis_angle_to_matrix(hand["hand_pose"]), mats[side]["hand_pose"])
     body = param.clone()
     for _, *fingers in bm.SMPLX_HAND_JOINTS.values():
         body[:, fingers] = 0.0  # attach_hands must replace them
-    out = bm.attach_hands(body, hands, frames, left_as_right, mano_flat, smplx_flat)  # (2, 55, 3)
+    out = ha.attach_hands(body, hands, frames, left_as_right, mano_flat, smplx_flat)  # (2, 55, 3)
     assert out.shape == (2, 55, 3) and out.dtype == torch.float64
     got = out.clone()
     if not smplx_flat:
@@ -561,7 +566,7 @@ def test_attach_hands_gives_back_the_smplx_pose_whose_hands_hamer_would_see(seed
     if mano_flat and smplx_flat:
         mats = {s: dict(global_orient=bm.axis_angle_to_matrix(h["global_orient"])[:, None],
                         hand_pose=bm.axis_angle_to_matrix(h["hand_pose"])) for s, h in hands.items()}
-        out_R = bm.attach_hands(bm.axis_angle_to_matrix(body[:, :22]), mats, frames, left_as_right)  # (2, 55, 3, 3)
+        out_R = ha.attach_hands(bm.axis_angle_to_matrix(body[:, :22]), mats, frames, left_as_right)  # (2, 55, 3, 3)
         torch.testing.assert_close(out_R[:, list(range(22)) + list(range(25, 55))],
                                    R[:, list(range(22)) + list(range(25, 55))], atol=1e-9, rtol=0)
         torch.testing.assert_close(out_R[:, 22:25], torch.eye(3, **DOUBLE).expand(2, 3, 3, 3))  # J = 22: rest
@@ -572,14 +577,14 @@ def test_attached_hands_are_the_mano_meshes_they_came_from():
     attach_hands are the MANO meshes of the given parameters (a left hand: the mirror image of the
     right MANO mesh), up to where the wrist sits. float32, HaMeR's rotation matrices."""
     g = torch.Generator().manual_seed(7)
-    frames = bm.HandFrames(STANDIN_R_OFF, *list(vars(bm.hand_frames()).values())[1:])
+    frames = ha.HandFrames(STANDIN_R_OFF, *list(vars(ha.hand_frames()).values())[1:])
     mano = bm.Skinning(bm.load_mano(), torch.float32, per_sample=False)
     smplx = bm.Skinning(bm.load_smplx(), torch.float32, per_sample=False)
     hand_R = bm.axis_angle_to_matrix(0.5 * torch.randn(3, 2, 16, 3, generator=g)).float()  # (B, 2 sides, 16, 3, 3)
     body = bm.axis_angle_to_matrix(0.5 * torch.randn(3, 22, 3, generator=g)).float()
     hands = {side: dict(global_orient=hand_R[:, i, :1], hand_pose=hand_R[:, i, 1:])
              for i, side in enumerate(("left", "right"))}
-    R = bm.attach_hands(body, hands, frames)
+    R = ha.attach_hands(body, hands, frames)
     verts, joints = smplx(bm.matrix_to_axis_angle(R), torch.zeros(3, 10), torch.zeros(3, 10))
     mirror = torch.tensor([-1.0, 1.0, 1.0])
     for i, side in enumerate(("left", "right")):
@@ -617,7 +622,7 @@ def test_fit_mano_recovers_the_parameters_of_mano_meshes(seed, left):
     verts = skin(pose, betas)[0]
     verts = verts * torch.tensor([-1.0, 1.0, 1.0], **DOUBLE) if left else verts
     verts = verts + transl[:, None]
-    fit = bm.fit_mano(verts.view(3, 1, 778, 3), mano, left=left)
+    fit = fitting.fit_mano(verts.view(3, 1, 778, 3), mano, left=left)
     assert fit["hand_pose"].shape == (3, 1, 15, 3) and fit["error"].shape == (3, 1)
     assert fit["error"].max() < 1e-6 and (fit["verts"] - verts[:, None]).norm(dim=-1).mean() < 1e-6
     torch.testing.assert_close(bm.axis_angle_to_matrix(fit["hand_pose"][:, 0]), bm.axis_angle_to_matrix(pose[:, 1:]),

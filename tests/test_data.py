@@ -470,7 +470,7 @@ def write_wholebody_npz(folder, count=3, size=(64, 48)):
 def test_wholebody_npz_gives_back_the_synthetic_people_it_was_written_from(tmp_path):
     """The oracle: SyntheticWholeBody's own labels. Written into the format (a larger image, its K, the
     parameters), read back through the person crop: the same image, camera, mesh, joints, hand boxes,
-    MANO hand poses (bodymodels.hands_of_body against the sampled fingers), visibility and arm poses."""
+    MANO hand poses (hmr_adapter.hands_of_body against the sampled fingers), visibility and arm poses."""
     path, arrays, samples = write_wholebody_npz(tmp_path)
     dataset = data.WholeBodyNpz(path, (64, 48))
     assert len(dataset) == 3

@@ -20,6 +20,7 @@ import genhmr
 from lab import genhmr_experiments
 from lab import hmr_adapter_experiments
 import support
+from lab.crops import full_image_intrinsics
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = st.integers(0, 2**31 - 1)
@@ -146,7 +147,7 @@ def test_run_demo_writes_the_picture_one_obj_per_mesh_and_the_npz(tmp_path, caps
     m = bm.load_mano()
     faces = np.asarray(m.faces, dtype=np.int64)
     verts = torch.as_tensor(m.v_template, dtype=torch.float32) + torch.tensor([0.0, 0.0, 0.6])
-    K = bm.full_image_intrinsics((50, 40))
+    K = full_image_intrinsics((50, 40))
 
     def infer(img, box, people, args):
         assert img.shape == (3, 40, 50) and box is None and people is None
@@ -194,7 +195,7 @@ def test_bad_intrinsics_stop_the_command_in_one_line_with_status_2(tmp_path, cap
 
 
 def test_image_camera_is_hamers_convention_unless_intrinsics_are_given():
-    default = bm.full_image_intrinsics((80, 60))
+    default = full_image_intrinsics((80, 60))
     assert demo.image_camera(argparse.Namespace(intrinsics=None), default) is default
     K = demo.image_camera(argparse.Namespace(intrinsics=[300.0, 300.0, 41.0, 29.0]), default)
     assert K.dtype == default.dtype and torch.equal(K, torch.tensor([[300.0, 0, 41], [0, 300, 29], [0, 0, 1]]))

@@ -27,6 +27,7 @@ import genhmr
 from lab import genhmr_experiments
 import support
 from lab.configs import config_leaves, recipe_of, with_fields
+from lab.crops import crop_translation_to_full, full_image_intrinsics, warp_image
 
 # Small configs: every part present, seconds on a CPU
 TOK = with_fields(genhmr.TOKENIZER_PAPER, num_tokens=24, codebook_size=32, code_dim=8, width=16, loss_vertices=64,
@@ -372,8 +373,7 @@ BACKTRACKING = with_fields(IMG, refine_lr=1.0)
 
 
 def backtracking_refine(G, e0, steps):
-    return genhmr.refine(G, e0, with_fields(BACKTRACKING, refine_iterations=steps).inference,
-                         genhmr_experiments.backtracking_step)
+    return genhmr_experiments.backtracking_refine(G, e0, with_fields(BACKTRACKING, refine_iterations=steps).inference)
 
 
 def test_refinement_changes_no_parameter_and_lowers_its_objective(model):
@@ -513,7 +513,7 @@ def test_refinement_fixed_step_is_eq_4_as_printed(model):
         G_start = objective(start)
     assert torch.allclose(e1, e0.detach() - 1e-3 * grad, atol=1e-6) and torch.allclose(G_start, G.detach())
     assert genhmr.PAPER.recipe.refine_eta_rule == genhmr.TINY.recipe.refine_eta_rule == "fixed"
-    assert genhmr_experiments.STEP_SIZES["fixed"] is genhmr.fixed_step
+    assert genhmr_experiments.REFINEMENTS["fixed"] is genhmr.refine
     with pytest.raises(ValueError, match="refine_eta_rule"):
         genhmr.GenHMRRecipe(refine_eta_rule="adam")
 
@@ -531,7 +531,6 @@ def test_backtracking_takes_the_largest_halving_that_lowers_g_per_sample():
     # 1 / 2^3 for a = 4 (1, 1/2 and 1/4 fail); none of 1 .. 1/8 for a = 100 (below 1/100 needed)
     assert step.flatten().tolist() == [1.0, 0.125, 0.0]
     assert following.flatten().tolist() == [2.0, 0.25, 0.0625]
-    assert all(x is eta for x in genhmr.fixed_step(objective, e, objective(e), grad, eta))
 
 
 def test_count_table_counts_neighbours_and_fills_what_they_determine():
@@ -616,9 +615,10 @@ def test_context_use_measures_the_context_and_the_remasking_orders(model, tokeni
     probs = torch.where(right, 0.4, 0.9)[None, :, None]
     wrong_logits = lambda ids, levels: (probs * F.one_hot(torch.where(right, y, guess), m.num_codes)).log1p()
     m.logits = wrong_logits
+    oracle = lambda t, sampled, p: (sampled == y).float() * 2 + p  # noqa: E731
     for order in ("oracle", "confidence"):
-        rank_by = (lambda t, sampled, p: (sampled == y).float() * 2 + p) if order == "oracle" else None
-        _, history = genhmr.sample_from_features(m, levels, 5, rank_by=rank_by)
+        _, history = (genhmr_experiments.ranked_sampling(m, levels, 5, oracle) if order == "oracle"
+                      else genhmr.sample_from_features(m, levels, 5))
         fixed_first = ~history[0][0]  # committed at t = 1
         precision = float((history[0][2] == y)[fixed_first].float().mean())
         assert precision == (1.0 if order == "oracle" else 0.0), order
@@ -658,6 +658,17 @@ def test_image_stage_trains_every_parameter_once_and_nothing_frozen(tokenizer):
     assert all(p.grad is None for p in model.tokenizer.parameters())
     assert torch.equal(book, tokenizer.quantizer.codebook) and not tokenizer.training
     assert set(terms) >= {"mask", "pose", "betas", "joints3d", "joints2d"}
+
+
+def test_note_13_variant_is_the_labs_subclass_and_the_papers_signatures_carry_only_its_inputs(tokenizer):
+    """gumbel_positions "masked" builds genhmr_experiments' subclass, the paper's config the paper's class; the
+    paper's forward, sampling and refinement take no argument a diagnostic or an ablation row alone needs."""
+    assert type(genhmr_experiments.build_model(IMG, tokenizer)) is genhmr.GenHMR
+    variant = genhmr_experiments.build_model(with_fields(IMG, gumbel_positions="masked"), tokenizer)
+    assert type(variant) is genhmr_experiments.VisibleTruthGenHMR
+    params = {f: list(inspect.signature(f).parameters) for f in (genhmr.GenHMR.forward, genhmr.refine,
+                                                                  genhmr.sample_from_features)}
+    assert not {"true_ids", "step_size", "rank_by"} & {p for ps in params.values() for p in ps}
 
 
 def test_training_loss_changes_no_state(tokenizer):
@@ -774,7 +785,7 @@ def test_each_stage_loss_is_the_mean_over_equal_shards_on_1_2_8_ranks(stage, mon
         monkeypatch.setattr(genhmr, "gumbel_softmax_st", lambda logits, t: gumbel(logits, t, noise[rows]))
         swap = torch.rand(8, L, generator=seeded(15)) >= cfg.recipe.pkeep  # MMM's input swap, drawn once for the batch
         codes = torch.randint(K, (8, L), generator=seeded(16))
-        monkeypatch.setattr(genhmr_experiments, "swap_visible", lambda ids, masked, num_codes, pkeep: (
+        monkeypatch.setattr(genhmr, "swap_visible", lambda ids, masked, num_codes, pkeep: (
             torch.where(swap[rows] & ~masked, codes[rows], ids)))
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -1113,7 +1124,7 @@ def test_names_in_both_paper_files_are_the_same_code():
     import hmr_adapter
     ours, theirs = _top_level(genhmr), _top_level(hmr_adapter)
     shared = sorted(set(ours) & set(theirs) - PROTOCOL)
-    assert {"Attention", "_attend", "Mlp"} <= set(shared)
+    assert {"Attention", "Mlp"} <= set(shared)
     assert genhmr_experiments.TransformerDecoder is hmr_adapter.TransformerDecoder
     differ = [name for name in shared if _without_docstrings(ours[name]) != _without_docstrings(theirs[name])]
     assert not differ, f"defined in both with different code: {differ}"
@@ -1213,8 +1224,8 @@ def test_ground_truth_camera_through_the_conversion_covers_the_render(trained):
 
     def placed(image_hw, box):
         _, A = demo.person_crop(image_hw, (H, W), box)
-        t = bodymodels.crop_translation_to_full(s["cam_t"].double(), A, (H, W), image_hw[::-1], focal)
-        return A, root_relative + t.float(), bodymodels.full_image_intrinsics(image_hw[::-1])
+        t = crop_translation_to_full(s["cam_t"].double(), A, (H, W), image_hw[::-1], focal)
+        return A, root_relative + t.float(), full_image_intrinsics(image_hw[::-1])
 
     truth = silhouette(s["verts"], s["K"], (H, W))
     A, verts, K = placed((H, W), None)
@@ -1224,7 +1235,7 @@ def test_ground_truth_camera_through_the_conversion_covers_the_render(trained):
     photo, (x0, y0) = torch.zeros(3, 150, 230), (140, 40)
     photo[:, y0:y0 + H, x0:x0 + W] = s["image"]
     A, verts, K = placed((150, 230), (x0, y0, x0 + W, y0 + H))
-    assert (bodymodels.warp_image(photo, A, (H, W)) - s["image"]).abs().max() < 1e-4  # float32 grid
+    assert (warp_image(photo, A, (H, W)) - s["image"]).abs().max() < 1e-4  # float32 grid
     pasted = iou(silhouette(verts, K, (150, 230)), {(p // W + y0) * 230 + p % W + x0 for p in truth})
     print(f"ground-truth placement IoU: whole render {whole:.3f}, pasted into 230 x 150 {pasted:.3f}")
     assert whole > 0.99 and pasted > 0.95
@@ -1499,8 +1510,8 @@ def test_swap_visible_by_hand():
     ids = torch.randint(0, K, (6, 9), generator=seeded(30))
     masked = torch.rand(6, 9, generator=seeded(31)) < 0.3
     y_m = torch.where(masked, K, ids)
-    assert torch.equal(genhmr_experiments.swap_visible(y_m, masked, K, 1.0, generator=seeded(32)), y_m)
-    out = genhmr_experiments.swap_visible(y_m, masked, K, 0.0, generator=seeded(33))
+    assert torch.equal(genhmr.swap_visible(y_m, masked, K, 1.0, generator=seeded(32)), y_m)
+    out = genhmr.swap_visible(y_m, masked, K, 0.0, generator=seeded(33))
     g = seeded(33)
     torch.rand(y_m.shape, generator=g)  # the keep draw comes first
     random_ids = torch.randint(K, y_m.shape, generator=g)
@@ -1508,7 +1519,7 @@ def test_swap_visible_by_hand():
     ids = torch.randint(0, K, (200, 100), generator=seeded(34))
     masked = torch.rand(200, 100, generator=seeded(35)) < 0.25
     y_m = torch.where(masked, K, ids)
-    out = genhmr_experiments.swap_visible(y_m, masked, K, 0.5, generator=seeded(36))
+    out = genhmr.swap_visible(y_m, masked, K, 0.5, generator=seeded(36))
     assert torch.equal(out[masked], y_m[masked])
     n = int((~masked).sum())
     changed = int((out != y_m)[~masked].sum())
@@ -1532,8 +1543,10 @@ class _FixedGenHMR:
         self.seen.append(ids.clone())
         return self.fixed_logits
 
-    def __call__(self, images, ids, temperature=1.0, true_ids=None):
-        return genhmr.GenHMR.forward(self, images, ids, temperature, true_ids)
+    def __call__(self, images, ids, temperature=1.0, true_ids=None):  # NOTE 13's variant when given true_ids
+        if true_ids is None:
+            return genhmr.GenHMR.forward(self, images, ids, temperature)
+        return genhmr_experiments.VisibleTruthGenHMR.forward(self, images, ids, temperature, true_ids)
 
 
 @pytest.mark.parametrize("ce_on, gumbel_positions", [("all", "all"), ("masked", "masked")])
@@ -1568,7 +1581,7 @@ def test_training_loss_mask_and_pose_terms_by_hand(tokenizer, monkeypatch, ce_on
         calls["gumbel"] = (l, temperature)
         return F.one_hot(gumbel_ids, K).float()
     monkeypatch.setattr(genhmr, "random_masking", fake_masking)
-    monkeypatch.setattr(genhmr_experiments, "swap_visible", fake_swap)
+    monkeypatch.setattr(genhmr, "swap_visible", fake_swap)
     monkeypatch.setattr(genhmr, "gumbel_softmax_st", fake_gumbel)
     betas, cam = torch.randn(B, 10, generator=seeded(43)) * 0.3, torch.tensor([[0.9, 0.01, -0.02]] * B)
     stub = _FixedGenHMR(tokenizer, logits, betas, cam)

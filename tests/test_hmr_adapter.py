@@ -22,6 +22,8 @@ import metrics
 import support
 from lab import synthetic
 import train
+from lab.crops import crop_box, crop_matrix, crop_translation_to_full, full_image_intrinsics
+from lab.files import atomic_write
 from lab.render import rasterize
 from bodymodels import axis_angle_to_matrix, forward_kinematics, mirror_rotation
 
@@ -256,8 +258,8 @@ def test_a_flipped_crop_is_the_mirror_image_of_the_crop_and_keypoints_follow():
     g = torch.Generator().manual_seed(1)
     image = torch.rand(1, 3, 40, 30, generator=g)
     box = torch.tensor([[5.0, 8.0, 21.0, 24.0]])
-    plain = bodymodels.crop_images(image, box, 16, torch.tensor([False]))
-    torch.testing.assert_close(bodymodels.crop_images(image, box, 16, torch.tensor([True])), plain.flip(-1))
+    plain = ha.crop_images(image, box, 16, torch.tensor([False]))
+    torch.testing.assert_close(ha.crop_images(image, box, 16, torch.tensor([True])), plain.flip(-1))
     # a pixel centre maps to its crop pixel centre (crop side 16 = box side: one to one)
     point = torch.tensor([[[12.5, 15.5]]])
     uv = ha.to_crop(point, box, torch.tensor([False]))
@@ -551,11 +553,11 @@ def test_hamer_fixture_the_official_crop_and_outputs_through_the_mapping():
     mean = torch.tensor([0.485 * 255, 0.456 * 255, 0.406 * 255], dtype=torch.float64)[:, None, None]
     std = torch.tensor([0.229 * 255, 0.224 * 255, 0.225 * 255], dtype=torch.float64)[:, None, None]
     image = fx["image"][None].float() / 255  # (1, 3, 40, 50): data.py's convention, 8-bit values / 255
-    crop = bodymodels.hamer_crops(image, fx["box"][None], 256, fx["right"][None] == 0, float(fx["rescale"]))
+    crop = ha.hamer_crops(image, fx["box"][None], 256, fx["right"][None] == 0, float(fx["rescale"]))
     assert torch.equal((crop[0].double() * std + mean).round(), fx["crop"].double())  # cv2's 8-bit crop, exactly
     torch.testing.assert_close(crop[0], ((fx["crop"] - mean) / std).float(), rtol=0, atol=1e-6)
     for i in range(2):  # crops shrunk by more than 2.2 x: skimage's blur first, then a float warp
-        got = bodymodels.hamer_crops(image, fx[f"blur{i}_box"][None], 64, fx[f"blur{i}_right"][None] == 0,
+        got = ha.hamer_crops(image, fx[f"blur{i}_box"][None], 64, fx[f"blur{i}_right"][None] == 0,
                              float(fx[f"blur{i}_rescale"]))
         torch.testing.assert_close(got[0], fx[f"blur{i}_crop"], rtol=0, atol=1e-5)
     with torch.no_grad():
@@ -667,15 +669,15 @@ def test_image_command_writes_the_pipelines_mesh_in_the_full_image_camera(traine
                                             ((300, 900), (500.0, 20.0, 620.0, 290.0))])
 def test_ground_truth_mesh_placed_in_the_full_image_covers_its_silhouette(render, image_hw, box):
     """A true mesh in the crop's camera (the held-out sample's), seen by that crop of a larger image, moved into
-    the full image's camera by `bodymodels.crop_translation_to_full`, covers the silhouette the crop's camera
+    the full image's camera by `lab.crops.crop_translation_to_full`, covers the silhouette the crop's camera
     draws there."""
     _, sample = render
     (H, W), crop_hw = image_hw, ha.BASES_TINY.data.image_size
-    A = bodymodels.crop_matrix(*bodymodels.crop_box(box, crop_hw), crop_hw)
+    A = crop_matrix(*crop_box(box, crop_hw), crop_hw)
     root = sample["joints3d"][0].double()
-    t = bodymodels.crop_translation_to_full(root, A, crop_hw, (W, H), 5000.0 / 256 * crop_hw[0])
+    t = crop_translation_to_full(root, A, crop_hw, (W, H), 5000.0 / 256 * crop_hw[0])
     verts = sample["verts"].double() - root + t
-    K = bodymodels.full_image_intrinsics((W, H), dtype=torch.float64)
+    K = full_image_intrinsics((W, H), dtype=torch.float64)
     faces = ha.body_models().smplx_faces
     want = rasterize(sample["verts"], faces, torch.linalg.inv(A) @ sample["K"].double(), (H, W))[0]
     got = rasterize(verts, faces, K, (H, W))[0]
@@ -735,7 +737,7 @@ def test_grayscale_rgba_and_16_bit_images_are_read(trained, render, tmp_path, ca
     """RGBA keeps its colour (the alpha dropped, as cv2.imread does): the RGB image's mesh; a 16-bit gray
     image of the same values (x 257) gives the 8-bit gray one's. The picture is skipped (drawn above)."""
     image, _ = render
-    monkeypatch.setattr(dm, "draw_demo", lambda path, *a, **k: bodymodels.atomic_write(path, lambda f: None))
+    monkeypatch.setattr(dm, "draw_demo", lambda path, *a, **k: atomic_write(path, lambda f: None))
     rgb = np.asarray(Image.open(image))
     gray = np.round(rgb.mean(-1))
     images = {"rgb.png": Image.fromarray(rgb), "gray.png": Image.fromarray(gray.astype(np.uint8)),

@@ -20,6 +20,7 @@ import genhmr
 import hmr_adapter
 import simplehand
 from lab import standins
+from lab.crops import imagenet_normalise
 from lab.configs import with_fields
 from test_data import write_hmr2_npz
 
@@ -316,7 +317,7 @@ def assert_imagenet(normalised, value=(0.2, 0.5, 0.9), scale=1.0, who=""):
 
 def test_imagenet_statistics_are_timms():
     assert list(bm.IMAGENET_MEAN) == IMAGENET_MEAN and list(bm.IMAGENET_STD) == IMAGENET_STD
-    assert_imagenet(bm.imagenet_normalise(constant_image()), who="bodymodels.imagenet_normalise")
+    assert_imagenet(imagenet_normalise(constant_image()), who="lab.crops.imagenet_normalise")
 
 
 def test_simplehand_normalises_rgb_with_imagenet_statistics():
@@ -324,11 +325,12 @@ def test_simplehand_normalises_rgb_with_imagenet_statistics():
 
 
 def test_hamer_crops_normalise_with_imagenet_statistics():
-    """HMR-Adapter's hand expert input (bodymodels.hamer_crops): a uniform 8-bit image, cropped well inside."""
+    """HMR-Adapter's hand expert input (hmr_adapter.hamer_crops): a uniform 8-bit image, cropped well inside."""
     value = (51 / 255, 128 / 255, 230 / 255)
     image = constant_image(value, (96, 96))
-    crops = bm.hamer_crops(image, torch.tensor([[40.0, 40.0, 56.0, 56.0]] * 2), 16, torch.tensor([False, True]), 2.0)
-    assert_imagenet(crops, value, who="bodymodels.hamer_crops")
+    boxes = torch.tensor([[40.0, 40.0, 56.0, 56.0]] * 2)
+    crops = hmr_adapter.hamer_crops(image, boxes, 16, torch.tensor([False, True]), 2.0)
+    assert_imagenet(crops, value, who="hmr_adapter.hamer_crops")
 
 
 def genhmr_on_the_hmr2_fixture():

@@ -26,6 +26,7 @@ from lab import simplehand_experiments as she
 import support
 from lab import synthetic
 from lab.configs import config_leaves, with_fields
+from lab.crops import crop_matrix, full_image_intrinsics, warp_image
 
 # the presets as train.py builds them: simplehand.py's (PAPER, ...) and the experiment's choices (section 1)
 PAPER, PAPER_FASTVIT, OFFICIAL, TINY = (she.CONFIGS[name] for name in ("paper", "paper_fastvit", "official", "tiny"))
@@ -875,7 +876,7 @@ def test_official_crop_warps_a_photograph_as_the_new_camera_sees_the_hand():
     for i in range(3):
         a, b = plain[i], moved[i]
         aug = data.sample_augmentation(data.sample_rng(3, 0, i, 1), cfg, a["K"], 96, a["joints3d"])
-        warped = bodymodels.warp_image(a["image"], aug.K @ aug.T @ torch.linalg.inv(a["K"].double()), 96)
+        warped = warp_image(a["image"], aug.K @ aug.T @ torch.linalg.inv(a["K"].double()), 96)
         m1, m2 = warped.sum(0) > 0.05, b["image"].sum(0) > 0.05
         assert (m1 & m2).sum() / (m1 | m2).sum() > 0.85, i  # the forearm leaving the old image is the rest
 
@@ -1004,10 +1005,10 @@ def test_demo_placement_from_ground_truth_reproduces_the_silhouette(held_out_han
         s = held_out_hands[i]
         root, mirror = s["joints3d"][9], torch.tensor([-1.0 if flip else 1.0, 1.0, 1.0])
         _, centre, size = demo.hand_crops((96, 96), (20, 10, 70, 80), left=flip)[0]
-        A = bodymodels.crop_matrix(centre, size, (96, 96), flip=flip)
+        A = crop_matrix(centre, size, (96, 96), flip=flip)
         uv = (torch.cat([s["joints2d"].double(), torch.ones(21, 1, dtype=torch.float64)], 1) @ A.T)[:, :2].float()
         truth = silhouette(s["verts"], demo._mano_faces(), s["K"], 96)
-        for K, floor in ((s["K"], 0.999), (bodymodels.full_image_intrinsics((96, 96)), 0.7)):
+        for K, floor in ((s["K"], 0.999), (full_image_intrinsics((96, 96)), 0.7)):
             placed = demo.place_hand((s["joints3d"] - root) * mirror, (s["verts"] - root) * mirror, uv, A, K,
                                    is_right=not flip)
             assert iou(silhouette(placed["verts"], placed["faces"], K, 96), truth) > floor

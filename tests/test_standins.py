@@ -352,7 +352,7 @@ def test_the_official_left_hand_gets_its_shapedirs_fixed(tmp_path, fake_chumpy, 
 
 
 def test_two_processes_writing_the_standins_at_once_leave_complete_files(tmp_path):
-    code = f"import standins; standins.write_standins({str(tmp_path)!r}, kinds=('mano',))"
+    code = f"from lab import standins; standins.write_standins({str(tmp_path)!r}, kinds=('mano',))"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]

@@ -25,10 +25,10 @@ from hypothesis import given, settings, strategies as st
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import bodymodels  # noqa: E402
 from lab import checkpoints  # noqa: E402
 from lab import configs  # noqa: E402
 from lab import distributed  # noqa: E402
+from lab.files import atomic_write  # noqa: E402
 import train  # noqa: E402
 from test_checkpoints import assert_same_checkpoint  # noqa: E402
 
@@ -740,7 +740,7 @@ def killed_while_writing(step, save_file):
             f.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
             f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        bodymodels.atomic_write(path, half_then_die)
+        atomic_write(path, half_then_die)
     return wrapped
 
 
