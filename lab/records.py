@@ -110,6 +110,8 @@ def main(argv=None):
     p.add_argument("--commit", help="write: the commit the run's code was at (default: HEAD)")
     p.add_argument("--note", help="write: a sentence on how the run was made, kept in the record")
     argv = sys.argv[1:] if argv is None else list(argv)
+    if {"-h", "--help"} & set(argv[:argv.index("--") if "--" in argv else len(argv)]):
+        p.parse_args(["--help"])
     if "--" not in argv or argv.index("--") == len(argv) - 1:
         p.error("give the train.py command after --, e.g. -- torchrun --standalone --nproc_per_node=2 train.py ...")
     split = argv.index("--")

@@ -47,3 +47,27 @@ def genhmr_chain(tmp_path_factory):
     what it reports, test_genhmr runs demo.py on it. Read it, do not write into it."""
     import support
     return support.train_genhmr_chain(tmp_path_factory.mktemp("genhmr_chain"))
+
+
+def pytest_collection_finish(session):
+    """Start the notebooks' small-setting executions in the background (test_notebooks.start_in_background) when the
+    session runs them: they take a core the rest of the suite, one thread per test, leaves idle."""
+    import sys
+    module = sys.modules.get("test_notebooks")
+    if session.config.option.collectonly or module is None:
+        return
+    paths = [item.callspec.params["path"] for item in session.items if item.path.name == "test_notebooks.py"
+             and getattr(item, "originalname", None) == "test_notebook_executes_without_error"]
+    if paths:
+        module.start_in_background(paths, session.config._tmp_path_factory.mktemp("notebooks"))
+
+
+def pytest_sessionfinish(session):
+    """Stop the background notebooks (and their kernels) if the session ends before their tests waited for them."""
+    import os
+    import signal
+    import sys
+    process = getattr(sys.modules.get("test_notebooks"), "BACKGROUND", {}).get("process")
+    if process is not None and process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)  # its own process group (start_new_session)
+        process.wait()
