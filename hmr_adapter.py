@@ -619,7 +619,7 @@ BASES_TINY = BasesPreset(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4
                        hand_keypoint_channels=32, w_hand_keypoints=0.3, w_expert_hand_pose=0.01),
     data=WholeBodyData(image_size=(256, 192)))
 PAPER = AdapterPreset()  # the adapters: hand 26.8M, body 36.5M (hmr_adapter_experiments.parameter_table)
-# TINY's lr, body_lr and max_steps: each adapter's own (docs/hmr_adapter.md, "TINY's recipe"); a faster body adapter
+# TINY's lr, body_lr and max_steps: each adapter's own (docs/history.md, "TINY's recipe"); a faster body adapter
 # moves theta_hat's arm chain away from what the hand adapter reads
 TINY = AdapterPreset(
     model=AdapterConfig(chain="global", loss_batch=0, w_hand_verts=0.05, w_body_2d=1.0, body_proj=32, body_dim=64,

@@ -42,7 +42,7 @@ BACKBONE_CONFIGS = {"paper": _with_recipe(genhmr.PAPER, lr=1e-5, weight_decay=1e
                     "tiny": _with_recipe(genhmr.TINY, max_steps=2000)}
 # The prior stage (TokenPrior, NOTE 25) builds the image stage's masked transformer (PRIOR_FIELDS) with its own
 # recipe, 0 steps by default: PAPER's (the paper trains its transformer with the image from the start) and TINY's,
-# whose recipe --set max_steps=2000 on --model genhmr_prior turns on (docs/genhmr.md, "The pose prior stage")
+# whose recipe --set max_steps=2000 on --model genhmr_prior turns on (docs/history.md, "a pose prior stage")
 PRIOR_CONFIGS = {"paper": _with_recipe(genhmr.PAPER, max_steps=0), "small": _with_recipe(genhmr.SMALL, max_steps=0),
                  "tiny": _with_recipe(genhmr.TINY, batch_size=128, lr=1e-2, weight_decay=0.3, warmup_steps=100,
                                       pkeep=0.9, max_steps=0)}

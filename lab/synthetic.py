@@ -415,7 +415,7 @@ def sample_plausible_body(rng, rest_joints, parents, cfg=BodyPoseConfig()):
     return R
 
 
-# GenHMR's tiny prior (docs/genhmr.md, "The default run"): four "actions", each a fixed mean
+# GenHMR's tiny prior (docs/genhmr.md, "Running it"): four "actions", each a fixed mean
 # pose plus a rank-6 Gaussian, so that the joints move together (the correlated prior a pose tokenizer
 # exists to capture) and a mean-pose guess is far from most people. Means are axis-angle (radians) per
 # SMPL joint in the T-pose frame (y up, x the person's left, z their front): a shoulder about z raises
@@ -1041,7 +1041,7 @@ class SyntheticBodies(_SyntheticBodyBase):
                             zbuffer=self._scratch)[0]
 
 
-# A controlled ambiguity (GenHMR's UGS, docs/genhmr.md "Where UGS must matter"): the right arm hangs
+# A controlled ambiguity (GenHMR's UGS, docs/history.md "Where UGS must matter"): the right arm hangs
 # down or is raised, a fair coin deciding, and a flat occluder covers every pixel where the two readings
 # differ, so the image is the same for both and only the pose tokens' joint distribution can say that
 # the arm is one way or the other, never half of each. Readings: the right shoulder's (SMPL joint 17)
@@ -1241,7 +1241,7 @@ def paint_occluder(image, box, rng, cover):
 
 
 # The synthetic demo's people (train.py's GenHMR stages) follow the tiny setting (docs/genhmr.md,
-# "The default run"): the actions prior (`sample_action_body`: four correlated modes,
+# "Running it"): the actions prior (`sample_action_body`: four correlated modes,
 # facing the camera within a quarter turn), a suit coloured by body part, a flat background. A 64 x 48
 # crop of clothed people on busy backgrounds with freely moving limbs (BodyPoseConfig's "limbs" prior)
 # was not learnable by any image model in two CPU-core minutes (README, "GenHMR"). The mean-pose

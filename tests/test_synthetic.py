@@ -104,7 +104,7 @@ def test_body_pose_prior_is_upright_with_natural_hinges(smpl):
 @given(st.integers(0, 10_000))
 @settings(max_examples=25, deadline=None)
 def test_action_prior_faces_the_camera_within_a_quarter_turn(seed):
-    """GenHMR's tiny prior (docs/genhmr.md, "The default run"): flip (180 about x) after pitch / roll
+    """GenHMR's tiny prior (docs/genhmr.md, "Running it"): flip (180 about x) after pitch / roll
     N(0, 10) after yaw U(-90, 90); every body joint's angle at most 2 rad. The person's front (+z) then
     points at the camera (-z) within 90 degrees of yaw plus the small tilt, and up (+y) points up in the
     image (-y)."""
