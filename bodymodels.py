@@ -728,7 +728,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x):
         q, k, v = self.to_qkv(x).chunk(3, -1)
-        return self.to_out(_attend(q, k, v, self.heads))
+        return self.to_out(attend(q, k, v, self.heads))
 
 
 class CrossAttention(nn.Module):
@@ -744,10 +744,10 @@ class CrossAttention(nn.Module):
 
     def forward(self, x, context):
         k, v = self.to_kv(context).chunk(2, -1)
-        return self.to_out(_attend(self.to_q(x), k, v, self.heads))
+        return self.to_out(attend(self.to_q(x), k, v, self.heads))
 
 
-def _attend(q, k, v, heads):
+def attend(q, k, v, heads):
     """Multi-head softmax attention: q (B, Lq, M d), k and v (B, Lk, M d) -> (B, Lq, M d)."""
     def split(t):
         return t.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, M, L, d)

@@ -1025,13 +1025,6 @@ def _smpl():
     return bodymodels.load_smpl()
 
 
-def _attend(q, k, v, heads):
-    """Multi-head softmax attention: q (B, Lq, M d), k and v (B, Lk, M d) -> (B, Lq, M d)."""
-    def split(t):
-        return t.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, M, L, d)
-    return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
-
-
 class Attention(nn.Module):
     """Multi-head self-attention with one qkv Linear (ViTPose names: qkv, proj)."""
 
@@ -1042,7 +1035,7 @@ class Attention(nn.Module):
 
     def forward(self, x):
         q, k, v = self.qkv(x).chunk(3, -1)  # (B, N, C) each
-        return self.proj(_attend(q, k, v, self.heads))
+        return self.proj(bodymodels.attend(q, k, v, self.heads))
 
 
 class Mlp(nn.Module):

@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import bodymodels
-from bodymodels import (IMAGENET_MEAN, IMAGENET_STD, SMPLX_HAND_JOINTS, SMPLX_PARENTS, TransformerDecoder, _attend,
+from bodymodels import (IMAGENET_MEAN, IMAGENET_STD, SMPLX_HAND_JOINTS, SMPLX_PARENTS, TransformerDecoder,
                         _checked_arrays, _model_file, axis_angle_to_matrix, forward_kinematics, matrix_to_axis_angle,
                         matrix_to_rot6d, mirror_rotation, rot6d_to_matrix)
 
@@ -891,7 +891,7 @@ class Attention(nn.Module):
 
     def forward(self, x):
         q, k, v = self.qkv(x).chunk(3, -1)  # (B, N, C) each
-        return self.proj(_attend(q, k, v, self.heads))
+        return self.proj(bodymodels.attend(q, k, v, self.heads))
 
 
 class Mlp(nn.Module):

@@ -1120,7 +1120,7 @@ def _without_docstrings(node):
 def test_names_in_both_paper_files_are_the_same_code():
     """Twins: every name genhmr.py and hmr_adapter.py both define (the protocol's aside) is identical source
     once docstrings are dropped; where the two must differ the names say how (`DropPathViT`, `conv_bn_stem`).
-    HMR2.0's SMPL head (the backbone stage's) is HaMeR's head's decoder: genhmr_experiments imports hmr_adapter's."""
+    HMR2.0's SMPL head (the backbone stage's) is HaMeR's head's decoder: both use bodymodels'."""
     import hmr_adapter
     ours, theirs = _top_level(genhmr), _top_level(hmr_adapter)
     shared = sorted(set(ours) & set(theirs) - PROTOCOL)
@@ -1131,7 +1131,7 @@ def test_names_in_both_paper_files_are_the_same_code():
 
 
 def test_attention_through_attend_equals_the_fused_qkv_formula_bitwise():
-    """`Attention` (one implementation, `_attend`) gives bit for bit what ViTPose's fused form gives:
+    """`Attention` (one implementation, `bodymodels.attend`) gives bit for bit what ViTPose's fused form gives:
     qkv.view(B, N, 3, M, C / M).permute(2, 0, 3, 1, 4), SDPA, transpose, reshape; also its gradients."""
     torch.manual_seed(0)
     attn = genhmr.Attention(32, 4)

@@ -119,4 +119,4 @@ def test_records_py_refuses_a_command_it_cannot_record(tmp_path):
 
 @pytest.mark.parametrize("name", ["simplehand", "genhmr", "genhmr_ambiguous", "hmr_adapter"])
 def test_each_default_run_has_a_record(name):
-    assert (records.RUNS / f"{name}.json").is_file(), f"docs/runs/{name}.json: python records.py run {name} -- ..."
+    assert (records.RUNS / f"{name}.json").is_file(), f"docs/runs/{name}.json: python -m lab.records run {name} -- ..."
