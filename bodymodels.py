@@ -423,7 +423,7 @@ def _build_quietly(build, capped):
 standin_models = None
 
 
-def _model_file(model_dir, kind, names):
+def model_file(model_dir, kind, names):
     """The model file under model_dir/kind: the first of `names` that exists (real files), or the
     registered stand-in (`standin_models`) when model_dir and $HMR_BODY_MODELS are both unset."""
     if model_dir is None and not os.environ.get("HMR_BODY_MODELS"):
@@ -456,8 +456,8 @@ def load_mano(model_dir=None, side="right", **kwargs):
     from smplx.utils import Struct
     if side not in ("right", "left"):
         raise ValueError(f"load_mano: side must be 'right' or 'left', got {side!r}")
-    path = _model_file(model_dir, "mano", (f"MANO_{side.upper()}.pkl",))
-    arrays = _checked_arrays(path, "mano")
+    path = model_file(model_dir, "mano", (f"MANO_{side.upper()}.pkl",))
+    arrays = model_arrays(path, "mano")
     right = path.with_name("MANO_RIGHT.pkl")
     if side == "left" and right.is_file():
         right_dirs = _read_model(right, ["shapedirs"])["shapedirs"]
@@ -479,8 +479,8 @@ def load_smpl(model_dir=None, **kwargs):
     import smplx
     from smplx.utils import Struct
     kwargs = dict(dict(batch_size=1, gender="neutral"), **kwargs)
-    path = _model_file(model_dir, "smpl", (f"SMPL_{kwargs['gender'].upper()}.pkl",))
-    arrays = _checked_arrays(path, "smpl")
+    path = model_file(model_dir, "smpl", (f"SMPL_{kwargs['gender'].upper()}.pkl",))
+    arrays = model_arrays(path, "smpl")
     return _build_quietly(lambda: smplx.SMPL(str(path), data_struct=Struct(**arrays), **kwargs),
                           capped=kwargs.get("num_betas", 10) > 10)
 
@@ -494,8 +494,8 @@ def load_smplx(model_dir=None, **kwargs):
     import smplx
     kwargs = dict(dict(batch_size=1, gender="neutral", use_pca=False, flat_hand_mean=True), **kwargs)
     name = f"SMPLX_{kwargs['gender'].upper()}"
-    path = _model_file(model_dir, "smplx", (name + ".npz", name + ".pkl"))
-    arrays = _checked_arrays(path, "smplx")
+    path = model_file(model_dir, "smplx", (name + ".npz", name + ".pkl"))
+    arrays = model_arrays(path, "smplx")
     capped = max(kwargs.get("num_betas", 10), kwargs.get("num_expression_coeffs", 10)) > 10
     if path.suffix == ".npz" and _plain_npz(path):
         return _build_quietly(lambda: smplx.SMPLX(str(path), ext="npz", **kwargs), capped)
@@ -682,7 +682,7 @@ _MODEL_KEYS = {
 _OPTIONAL_KEYS = {"smplx": dict(dynamic_lmk_faces_idx=(79, 17), dynamic_lmk_bary_coords=(79, 17, 3))}
 
 
-def _checked_arrays(path, kind):
+def model_arrays(path, kind):
     """Read a model file's arrays and check every shape; ValueError names the key and shapes."""
     expected = {**_MODEL_KEYS[kind], **_OPTIONAL_KEYS.get(kind, {})}
     arrays = _read_model(path, list(expected))

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 import bodymodels
 from bodymodels import (IMAGENET_MEAN, IMAGENET_STD, SMPLX_HAND_JOINTS, SMPLX_PARENTS, TransformerDecoder,
-                        _checked_arrays, _model_file, axis_angle_to_matrix, forward_kinematics, matrix_to_axis_angle,
+                        model_arrays, model_file, axis_angle_to_matrix, forward_kinematics, matrix_to_axis_angle,
                         matrix_to_rot6d, mirror_rotation, rot6d_to_matrix)
 
 SIDES = ("left", "right")
@@ -726,8 +726,8 @@ def hand_frames(model_dir=None):
     data.py's hand labels and HMR-Adapter use the same fit, so the synthetic world is
     self-consistent; a MANO mesh and SMPL-X's hand agree to about a millimetre, not exactly.
     """
-    mano = _model_file(model_dir, "mano", ("MANO_RIGHT.pkl",))
-    body = _model_file(model_dir, "smplx", ("SMPLX_NEUTRAL.npz", "SMPLX_NEUTRAL.pkl"))
+    mano = model_file(model_dir, "mano", ("MANO_RIGHT.pkl",))
+    body = model_file(model_dir, "smplx", ("SMPLX_NEUTRAL.npz", "SMPLX_NEUTRAL.pkl"))
     return _hand_frames(mano, body)
 
 
@@ -736,7 +736,7 @@ def _hand_frames(mano_path, smplx_path):
     def array(a, key):
         return torch.from_numpy(np.asarray(a[key], np.float64))
 
-    mano, body = _checked_arrays(mano_path, "mano"), _checked_arrays(smplx_path, "smplx")
+    mano, body = model_arrays(mano_path, "mano"), model_arrays(smplx_path, "smplx")
     mano_rest = array(mano, "J_regressor") @ array(mano, "v_template")  # (16, 3)
     body_rest = (array(body, "J_regressor") @ array(body, "v_template"))[list(SMPLX_HAND_JOINTS["right"])]
     r_off = kabsch_rotation(mano_rest[None], body_rest[None])[0]

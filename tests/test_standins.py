@@ -257,7 +257,7 @@ def official_pickle(arrays, path, protocol=2):
 def standin_arrays(kind, side="right"):
     """The arrays of a stand-in model file, as plain numpy arrays."""
     name = {"mano": f"MANO_{side.upper()}.pkl", "smpl": "SMPL_NEUTRAL.pkl", "smplx": "SMPLX_NEUTRAL.npz"}[kind]
-    return bm._checked_arrays(si.write_standins() / kind / name, kind)
+    return bm.model_arrays(si.write_standins() / kind / name, kind)
 
 
 @pytest.mark.parametrize("protocol", [2, 4])
