@@ -8,11 +8,13 @@ import dataclasses
 import importlib.util
 import io
 import math
+import os
 import pathlib
 import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -37,6 +39,8 @@ needs_timm = pytest.mark.skipif(importlib.util.find_spec("timm") is None,
 needs_timm_modules = pytest.mark.skipif(importlib.util.find_spec("timm") is None,  # built on meta or only loaded
                                         reason="needs timm's real FastViT/HRNet modules: a GPU-machine check")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the timm checks run on the GPU there
+OFFICIAL_SIMPLEHAND = os.environ.get("HMR_OFFICIAL_SIMPLEHAND")  # a checkout of the official code, as test_bench
 
 
 def random_j_regressor(seed=0):
@@ -481,12 +485,56 @@ def test_prune_hrnet_on_timms_own_hrnet():
 @needs_timm
 @pytest.mark.parametrize("name", ["paper", "paper_fastvit", "official"])
 def test_paper_models_give_every_parameter_a_gradient(name):
-    """What DistributedDataParallel needs (without find_unused_parameters) from one training step."""
+    """timm's real backbone, on the GPU where there is one (at the preset's 224 px, as train.py runs a step there:
+    channels_last, bf16 autocast where the recipe has amp; 64 px in fp32 on a CPU): one training step gives every
+    parameter a finite gradient (what DistributedDataParallel needs without find_unused_parameters), then one
+    inference in eval mode gives predict's shapes, finite."""
+    import train
+
     cfg = with_fields(she.CONFIGS[name], pretrained_backbone=False)
-    model = she.build_model(cfg)
-    loss, _ = she.training_loss(model, random_batch(2, 64), cfg, 0)
+    cuda = DEVICE.type == "cuda"
+    model = she.build_model(cfg).to(DEVICE, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    batch = train.to_device(random_batch(2, cfg.model.image_size if cuda else 64), DEVICE)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.recipe.amp):
+        loss, _ = she.training_loss(model, batch, cfg, 0)
     loss.backward()
+    assert torch.isfinite(loss)
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert [n for n, p in model.named_parameters() if not p.grad.isfinite().all()] == []
+    torch.optim.AdamW(model.parameters(), lr=cfg.recipe.lr).step()
+    with torch.no_grad():
+        pred = she.predict(model.eval(), batch, cfg)
+    assert {k: tuple(v.shape) for k, v in pred.items()} == \
+        {"joints2d": (2, 21, 2), "joints3d": (2, 21, 3), "verts": (2, 778, 3)}
+    assert all(v.isfinite().all() for v in pred.values())
+
+
+@needs_timm
+@pytest.mark.skipif(not OFFICIAL_SIMPLEHAND, reason="the official HandNet needs $HMR_OFFICIAL_SIMPLEHAND naming a "
+                                                   "checkout of patienceFromZhou/simpleHand")
+def test_official_preset_gives_the_official_handnets_outputs_from_its_weights(monkeypatch):
+    """The `official` preset at 224 px with timm's real FastViT-MA36 (on the GPU where there is one), the
+    official HandNet's weights (random: the released file is not at hand; official_checkpoint=PATH loads it the
+    same way) loaded through official_state_dict: the official keypoints, vertices and joints, in fp32."""
+    from lab import bench
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # both sides' convolutions in full fp32
+    cfg = with_fields(OFFICIAL, pretrained_backbone=False)
+    torch.manual_seed(0)
+    path = bench.check_official("simplehand", OFFICIAL_SIMPLEHAND)
+    theirs = bench.official_handnet(path, cfg.model.backbone, cfg.model.feature_channels, cfg.model).to(DEVICE)
+    ours = she.build_model(cfg).to(DEVICE)
+    mano = type(theirs).infer.__globals__["mesh_to_joints"].__globals__["MANO_DATA_RIGHT"]  # its joints' MANO file
+    j_regressor = torch.tensor(np.array(mano["J_regressor"]), dtype=torch.float32)  # as its mesh_to_joints reads it
+    state = sh.official_state_dict(theirs.state_dict(), j_regressor)
+    bodymodels.load_state_strict(ours, state, "official HandNet")
+    S = cfg.model.image_size
+    rgb = torch.rand(2, 3, S, S, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    with torch.no_grad():
+        out, official = ours.eval()(rgb), theirs.eval()(rgb.flip(1) * 255)  # official: cv2's BGR, 0-255
+    assert_close_relative(out["joints2d"].reshape(2, 42), official["uv"], rtol=1e-4)
+    assert_close_relative(out["verts"], official["vertices"], rtol=1e-4)
+    assert_close_relative(out["joints3d"], official["joints"], rtol=1e-4)
 
 
 
