@@ -121,11 +121,11 @@ MODELS = {
     "hmr_adapter_bases": Stage(hmr_adapter_experiments.BASES, data=synthetic.wholebody_dataset,
                                metrics=metrics.wholebody_metrics, baseline=metrics.WholeBodyMeanPoseBaseline,
                                picture=plots.draw_wholebody_predictions, train_samples=8192,
-                               data_kinds=WHOLEBODY_KINDS),
+                               data_fields=("image_size", "hand_image"), data_kinds=WHOLEBODY_KINDS),
     "hmr_adapter": Stage(hmr_adapter_experiments, data=synthetic.wholebody_dataset,
                          metrics=metrics.wholebody_metrics, baseline=metrics.WholeBodyMeanPoseBaseline,
                          picture=plots.draw_wholebody_predictions, starts_from="hmr_adapter_bases", train_samples=8192,
-                         data_kinds=WHOLEBODY_KINDS),
+                         data_fields=("image_size", "hand_image"), data_kinds=WHOLEBODY_KINDS),
 }
 
 
@@ -368,7 +368,8 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
                  f"{time.time() - t0:.1f}s")
 
     # -- resume: the same data stream (--data, --seed, training samples), then the checkpoint's state; then DDP
-    start_step, history, train_time, changes = 0, [], 0.0, []
+    # wall_before: the stage's wall time in the runs before this one (None: a checkpoint older than the count)
+    start_step, history, train_time, changes, wall_before = 0, [], 0.0, [], 0.0
     if ckpt is not None:
         saved = {k: ckpt["data"][k] for k in ("data", "seed", "train_samples")}
         given = dict(data=args.data, seed=args.seed, train_samples=len(train_set))
@@ -389,6 +390,7 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
         if len(ckpt["rng"]) == ranks.world_size:
             checkpoints.set_rng_state(ckpt["rng"][ranks.rank], ranks.device)
         start_step, history, train_time = ckpt["step"], ckpt["history"], ckpt["train_time_s"]
+        wall_before = ckpt.get("wall_time_s")
         changes = ckpt.get("changes", [])
         ranks.print0(f"resumed from {path} at step {start_step} ({len(ckpt['rng'])} rank(s) then, "
                      f"{ranks.world_size} now)")
@@ -436,6 +438,7 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
                 data=dict(data=args.data, seed=args.seed, train_samples=n, samples_seen=seen, epoch=seen // n,
                           position_in_epoch=seen % n),
                 history=history, train_time_s=seconds, parents=parents,
+                wall_time_s=None if wall_before is None else wall_before + time.time() - t_start,
                 **({"changes": changes} if changes else {}),  # what a --resume changed (--set lr=...)
             ), path)
         ranks.barrier()
@@ -510,9 +513,11 @@ def run_stage(name, config_name, cfg, ckpt, args, ranks):
     # -- final report: the held-out evaluation (with the paper's diagnostics) -> metrics.json, predictions.png
     result, pred, gt = evaluate(stage, raw_model, cfg, eval_set, baseline, args, ranks, train_set)
     if ranks.master:
-        wall_time = time.time() - t_start
+        # the stage's wall time over every run of it (a resumed stage adds this run's to its checkpoint's)
+        wall_time = None if wall_before is None else wall_before + time.time() - t_start
         crop = getattr(eval_set, "crop_description", None)  # real hand data: which crop the table scored
-        print(f"final {name} ({recipe.max_steps} steps, {wall_time / 60:.1f} min): {format_metrics(result)}"
+        took = "?" if wall_time is None else f"{wall_time / 60:.1f}"
+        print(f"final {name} ({recipe.max_steps} steps, {took} min): {format_metrics(result)}"
               + (f" | held-out crop: {crop}" if crop else ""))
         result = {**parent_metrics(stage, args), **result}  # after those of the stages it starts from
         summary = dict(model=name, config=config_name, data=args.data, steps=recipe.max_steps, eval_crop=crop,

@@ -9,7 +9,8 @@ OUT/<stage>/ckpt.pt is one dict of tensors and plain Python values, so torch.loa
                  tokenizer, frozen bases) are left out; they come back from that stage's checkpoint,
                  OUT/<parent stage>/ckpt.pt
     optimizer, step, rng (each rank's RNG states: `rng_state`), data (--data, --seed, the data position),
-    history, train_time_s: what a resume needs; changes: what a --resume changed, [{step, lr: [then, now]}]
+    history, train_time_s, wall_time_s (the stage's seconds of training, and of every run of it): what a resume
+    needs; changes: what a --resume changed, [{step, lr: [then, now]}]
                  (only when one did: `--resume --set lr=...` after a divergence)
     parents      {stage: SHA-256 of its ckpt.pt} for every stage this one starts from (its parent, the parent's
                  parent, ...): `load_trained` refuses a parent file that differs from the one trained from

@@ -25,9 +25,9 @@ def load(path):
 # bf16 autocast, which needs none) and no scheduler state (the learning rate is learning_rate(cfg, step)), so a
 # resumed run's state is these keys; "changes" only after a `--resume --set lr=...`.
 CHECKPOINT_KEYS = {"model_name", "config_name", "config", "model", "optimizer", "step", "rng", "data", "history",
-                   "train_time_s", "parents"}
+                   "train_time_s", "wall_time_s", "parents"}
 OPTIONAL_KEYS = {"changes"}
-RUN_FACTS = {"train_time_s"}  # seconds: a resumed run's differ from an uninterrupted one's
+RUN_FACTS = {"train_time_s", "wall_time_s"}  # seconds: a resumed run's differ from an uninterrupted one's
 
 
 def assert_same_keys(a, b, what):
@@ -170,7 +170,7 @@ def a_checkpoint(steps=2):
     return dict(model_name="m", config_name="tiny", config=dict(width=4), model=model.state_dict(),
                 optimizer=optimizer.state_dict(), step=steps, rng=[checkpoints.rng_state(torch.device("cpu"))],
                 data=dict(data="synthetic", seed=0, train_samples=8, samples_seen=8 * steps), history=[],
-                train_time_s=1.0, parents={})
+                train_time_s=1.0, wall_time_s=2.0, parents={})
 
 
 def clone(ckpt):
@@ -201,7 +201,7 @@ def test_assert_same_checkpoint_names_each_difference_in_either_direction(spoil,
     could make (a dropped or partial optimiser state, another lr, a lost or extra buffer, an RNG or data position, a
     key one side has alone) fails naming it, whichever side has it."""
     a = a_checkpoint()
-    b = dict(clone(a), train_time_s=7.0)
+    b = dict(clone(a), train_time_s=7.0, wall_time_s=9.0)
     assert_same_checkpoint(a, b)
     spoilt = clone(a)
     spoil(spoilt)

@@ -5,6 +5,7 @@ stops every rank after the same step with its checkpoint; each ends with an unin
 The stand-in paper of tests/test_train.py, run as train.py in subprocesses, with a signal sent to one rank at
 an exact step (SIGNAL_AT_STEP=STEP:NAME:RANK, on torchrun's first attempt only).
 """
+import json
 import os
 import re
 import shutil
@@ -132,8 +133,12 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_same_command_con
     assert stopped.returncode == distributed.PREEMPTED, stopped.stderr[-3000:]
     assert "SIGTERM: stopped after step 11 with its checkpoint out/standin/ckpt.pt" in stopped.stdout
     assert nothing_half_written(tmp_path / "out")["step"] == 11
+    first = load(tmp_path / "out" / "standin" / "ckpt.pt")["wall_time_s"]
     resumed = run_script(args, tmp_path)
     assert "resumed from out/standin/ckpt.pt at step 11" in resumed.stdout
+    # the stage's wall time is its runs' together: the stopped run's and the resumed one's, never less than training
+    report = json.loads((tmp_path / "out" / "standin" / "metrics.json").read_text())
+    assert report["wall_time_s"] > first > 0 and report["wall_time_s"] >= report["train_time_s"]
     train.main(["--model", "standin", "--device", "cpu", "--out", str(tmp_path / "straight")] + common)
     assert_same_checkpoint(*(load(tmp_path / d / "standin" / "ckpt.pt") for d in ("straight", "out")))
 
