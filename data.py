@@ -1186,8 +1186,13 @@ def wholebody_files(path, split):
 RENDERED_KINDS = ("synthetic", "ambiguous")  # --data kinds made in lab/synthetic.py (no path): rendered once, cached
 
 
+def is_image(key):
+    """The keys stored as 8-bit images: "image" and "*_image" (e.g. a whole body's hands' own images)."""
+    return key == "image" or key.endswith("_image")
+
+
 class RenderedSet(torch.utils.data.Dataset):
-    """A dataset held as stacked tensors {key: (N, ...)}: "image" (if any) stored uint8 and returned
+    """A dataset held as stacked tensors {key: (N, ...)}: images (`is_image`) stored uint8 and returned
     float32 in [0, 1], every other key returned as stored (pose-only sets have no image)."""
 
     def __init__(self, tensors):
@@ -1197,10 +1202,7 @@ class RenderedSet(torch.utils.data.Dataset):
         return len(next(iter(self.tensors.values())))
 
     def __getitem__(self, index):
-        sample = {k: v[index] for k, v in self.tensors.items()}
-        if "image" in sample:
-            sample["image"] = sample["image"].float() / 255
-        return sample
+        return {k: v[index].float() / 255 if is_image(k) else v[index] for k, v in self.tensors.items()}
 
     def set_epoch(self, epoch):
         """The set was drawn once: every epoch sees the same samples (no per-epoch randomness)."""
@@ -1208,15 +1210,13 @@ class RenderedSet(torch.utils.data.Dataset):
 
 def stack_samples(dataset, indices, workers=0, worker_init_fn=None):
     """{key: (len(indices), ...)} of the samples at `indices`, read by `workers` processes (each started
-    with `worker_init_fn`); "image" (if any) as uint8."""
+    with `worker_init_fn`); images (`is_image`) as uint8."""
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(indices)), batch_size=64,
                                          num_workers=workers, worker_init_fn=worker_init_fn,
                                          generator=torch.Generator())
     batches = []
     for b in loader:  # images to uint8 batch by batch: a set of float32 images is 4 x as large
-        if "image" in b:
-            b["image"] = (b["image"] * 255).round().to(torch.uint8)
-        batches.append(b)
+        batches.append({k: (v * 255).round().to(torch.uint8) if is_image(k) else v for k, v in b.items()})
     return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
 
 

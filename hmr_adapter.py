@@ -529,6 +529,8 @@ class BasesRecipe:
 class WholeBodyData:
     """The person images both stages train and score on (synthetic.wholebody_dataset, data.WholeBodyNpz)."""
     image_size: Sizes = (512, 384)  # (H, W): SMPLer-X's input_img_shape; the hand crops come from it
+    # TINY: the hand expert's own training images (side, px), each hand alone (a hand dataset's; the paper's is HaMeR's)
+    hand_image: AtLeast0 = 0
 
 
 @dataclass
@@ -593,6 +595,7 @@ class AdapterRecipe:
     # every epoch. Only where a sample index is always the same image: the rendered synthetic set, not
     # data augmented on the fly. Off for the paper (and its datasets are far too big to keep).
     cache_frozen: bool = False
+    control: bool = False  # TINY: Table 3 No.5 trains beside them (the lab's hmr_adapter_experiments.WithControl)
     gpus: AtLeast0 = 4  # the paper's training hardware: 4 V100 on one machine (TINY: 0, two CPU cores)
 
 
@@ -617,16 +620,16 @@ BASES_TINY = BasesPreset(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4
     weights=ReleasedWeights(hamer_checkpoint="", smplerx_checkpoint=""),
     recipe=BasesRecipe(losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100,
                        hand_keypoint_channels=32, w_hand_keypoints=0.3, w_expert_hand_pose=0.01),
-    data=WholeBodyData(image_size=(256, 192)))
+    data=WholeBodyData(image_size=(256, 192), hand_image=32))
 PAPER = AdapterPreset()  # the adapters: hand 26.8M, body 36.5M (hmr_adapter_experiments.parameter_table)
 # TINY's lr, body_lr and max_steps: each adapter's own (docs/history.md, "TINY's recipe"); a faster body adapter
 # moves theta_hat's arm chain away from what the hand adapter reads
 TINY = AdapterPreset(
     model=AdapterConfig(chain="global", loss_batch=0, w_hand_verts=0.05, w_body_2d=1.0, body_proj=32, body_dim=64,
                         body_depth=3, body_heads=4, body_dim_head=16, body_mlp=128),
-    recipe=AdapterRecipe(hand_only_prob=0.2, cache_frozen=True, batch_size=32, max_steps=2500, lr=4e-3, body_lr=1e-3,
-                         warmup_steps=50, gpus=0),
-    data=WholeBodyData(image_size=(256, 192)))
+    recipe=AdapterRecipe(hand_only_prob=0.2, cache_frozen=True, control=True, batch_size=32, max_steps=2500, lr=4e-3,
+                         body_lr=1e-3, warmup_steps=50, gpus=0),
+    data=WholeBodyData(image_size=(256, 192), hand_image=32))
 
 
 # ---------------------------------------------------------------------------------------------

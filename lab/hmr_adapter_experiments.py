@@ -51,7 +51,7 @@ def build_model(cfg, parent):
                          "'hmr_adapter_bases' first); outside train.py: "
                          "hmr_adapter.HMRAdapter(AdapterConfig(), Bases(BaseConfig()))")
     paper = cfg.model.hand_method == cfg.model.body_method == "adapter"
-    model = (ha.HMRAdapter if paper else AblationRow)(cfg.model, parent)
+    model = ((WithControl if cfg.recipe.control else ha.HMRAdapter) if paper else AblationRow)(cfg.model, parent)
     model.frozen_cache = {} if cfg.recipe.cache_frozen else None  # sample index -> `frozen_inputs` row
     return model
 
@@ -100,7 +100,11 @@ def training_loss(model, batch, cfg, step):
                  body_known=known.view(-1, 2), frozen=front)
     if isinstance(net, AblationRow):
         return net.row_loss(pred, batch, cfg.model)
-    return ha.compute_loss(pred, targets_of(batch), cfg.model)
+    loss, terms = ha.compute_loss(pred, targets_of(batch), cfg.model)
+    if "control" in pred:  # Table 3 No.5 beside the adapters (`WithControl`): Eq. 5 on its hand path
+        control, control_terms = ha.hand_path_loss(pred["control"], targets_of(batch), cfg.model)
+        loss, terms = loss + control, dict(terms, **{f"control_{k}": v for k, v in control_terms.items()})
+    return loss, terms
 
 
 def hand_meshes(name, pose, betas):
@@ -125,6 +129,9 @@ def predict(model, batch, cfg):
         adapter = hand_meshes("adapter", hands["hand_pose"].flatten(0, 1), hands["hand_betas"].flatten(0, 1))
     else:  # a row whose hand path is the frozen expert (Table 3 "HaMeR")
         adapter = {k.replace("_expert_", "_adapter_"): v for k, v in baseline.items() if k.startswith("hand_")}
+    if isinstance(model, WithControl):  # Table 3 No.5, trained beside the adapters
+        pose, betas, _ = model.control(model.bases.hand_expert.mano_head, front["tokens"].flatten(0, 1), None)
+        adapter.update(hand_meshes("control", pose, betas))
     piped = adapted_pipeline(model, image)
     return {**baseline, **adapter, **dict(zip(("pipe_adapted_verts", "pipe_adapted_joints", "pipe_adapted_boxes"),
                                               piped))}
@@ -142,10 +149,14 @@ def adapted_pipeline(model, image, hand_boxes=None, details=False):
 def predict_baseline(bases, batch, cfg=None):
     """`predict`'s figures of the paper's baseline alone (the frozen bases; train.py's protocol for the
     bases' stage): {hand_expert_verts, hand_expert_joints, pipe_baseline_verts, pipe_baseline_joints,
-    pipe_baseline_boxes}."""
+    pipe_baseline_boxes}, and where the batch has the hands' own images, hand_expert_own_verts and _joints: the
+    expert on them, the domain it was trained on (`own_hand_crops`)."""
     pose, betas, _ = bases.hand_expert.mano_head(ha.hand_tokens(bases, batch["image"], gt_boxes(batch)))
     piped = ha.baseline_pipeline(bases, batch["image"])
-    return dict(hand_meshes("expert", pose, betas),
+    own = own_hand_crops(batch)
+    if own is not None:
+        own = hand_meshes("expert_own", *bases.hand_expert.mano_head(bases.hand_expert.features(own))[:2])
+    return dict(hand_meshes("expert", pose, betas), **(own or {}),
                 **dict(zip(("pipe_baseline_verts", "pipe_baseline_joints", "pipe_baseline_boxes"), piped)))
 
 
@@ -156,9 +167,11 @@ def check_inputs(cfg, kind, path):
 
 
 def param_groups(model, cfg):
-    """The optimiser's groups: the hand adapter at lr, the body adapter at body_lr."""
+    """The optimiser's groups: the hand adapter (and `WithControl`'s control) at lr, the body adapter at body_lr."""
     trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
-    return [(1.0, trainable(model.hand_adapter)), (cfg.recipe.body_lr / cfg.recipe.lr, trainable(model.body_adapter))]
+    control = trainable(model.control) if isinstance(model, WithControl) else []
+    return [(1.0, trainable(model.hand_adapter) + control),
+            (cfg.recipe.body_lr / cfg.recipe.lr, trainable(model.body_adapter))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,14 +212,26 @@ class StandInBases(ha.Bases):
         self.hand_keypoints = (KeypointHead(cfg, keypoint_channels, self.hand_expert.backbone.grid) if keypoint_channels
                                else None)
 
-    def forward(self, image, hand_boxes):
+    def forward(self, image, hand_boxes, hand_crops=None):
         """Both bases on images (B, 3, H, W) and the true hand boxes (B, 2, 4): the hand expert's (pose, betas,
         cam) of both hands' crops (2B, ...), left first, `whole_body_outputs`, and the keypoint head's 2D keypoints
-        (2B, 21, 2) (None without one)."""
-        tokens = self.hand_expert.features(ha.hand_crops(self.cfg, image, hand_boxes))
+        (2B, 21, 2) (None without one). hand_crops (2B, 3, S, S): the expert's own images instead of crops of the
+        body image (`own_hand_crops`)."""
+        if hand_crops is None:
+            hand_crops = ha.hand_crops(self.cfg, image, hand_boxes)
+        tokens = self.hand_expert.features(hand_crops)
         keypoints = self.hand_keypoints(tokens) if self.hand_keypoints is not None else None
         return (self.hand_expert.mano_head(tokens), whole_body_outputs(self.whole_body, self.cfg, image, hand_boxes),
                 keypoints)
+
+
+def own_hand_crops(batch):
+    """The hand expert's own images of a batch's hands (`WholeBodyData.hand_image`: a hand dataset's, rendered
+    alone), as its crops (2B, 3, S, S), left first and flipped (`hmr_adapter.hand_crops`); None without them."""
+    if "left_hand_image" not in batch:
+        return None
+    images = sides(batch, "hand_image")  # (B, 2, 3, S, S)
+    return torch.stack([images[:, 0].flip(-1), images[:, 1]], 1).flatten(0, 1)
 
 
 def build_bases(cfg):
@@ -266,7 +291,8 @@ def bases_loss(pred, batch, bcfg, weights, recipe):
     term (SMPLer-X supervises its whole-body joints, fingers included), plus SMPLERX_TERMS, and (TINY, NOTE 17) the
     keypoint head's term with the recipe's (a BasesRecipe) weights -> (loss, terms)."""
     hand_out, out, keypoints = pred
-    boxes = ha.crop_boxes(bcfg, gt_boxes(batch))
+    # the squares the expert's images show: its own images' (a hand dataset's), else its crops of the body image
+    boxes = sides(batch, "hand_image_box") if "left_hand_image_box" in batch else ha.crop_boxes(bcfg, gt_boxes(batch))
     target = ha.hand_targets(sides(batch, "hand_mano_pose"), sides(batch, "hand_joints2d"), boxes)
     hand_weights = dataclasses.replace(weights, w_hand_pose=recipe.w_expert_hand_pose or weights.w_hand_pose)
     hand, hand_terms = ha.hand_loss(hand_out, target, hand_weights)
@@ -292,8 +318,8 @@ class BasesStage:
 
     @staticmethod
     def training_loss(model, batch, cfg, step):
-        return bases_loss(model(batch["image"], gt_boxes(batch)), batch, cfg.model, CONFIGS[cfg.recipe.losses].model,
-                          cfg.recipe)
+        pred = model(batch["image"], gt_boxes(batch), own_hand_crops(batch))
+        return bases_loss(pred, batch, cfg.model, CONFIGS[cfg.recipe.losses].model, cfg.recipe)
 
     @staticmethod
     def predict(model, batch, cfg):
@@ -329,6 +355,24 @@ class ImageAdapter(ha.HandAdapter):
 
     def forward(self, head, hand_tokens, theta_b):
         return self.attend(head, hand_tokens, hand_tokens)  # CA' attends to F^H
+
+
+class WithControl(ha.HMRAdapter):
+    """`HMRAdapter` and, beside it, Table 3 No.5's control (`ImageAdapter`, the hand adapter attending to F^H) on
+    the same frozen bases, trained on the same batches (AdapterRecipe.control): one run then holds Table 3's
+    frozen expert, No.5 and No.6 (the paper's). The paper's parts are HMRAdapter's, and train as without it."""
+
+    def __init__(self, cfg, bases):
+        super().__init__(cfg, bases)
+        self.control = ImageAdapter(bases.hand_expert.mano_head)
+
+    def forward(self, image, hand_boxes, smplx_pose, hand_joints2d, body_known=None, frozen=None):
+        front = self.frozen_inputs(image, hand_boxes) if frozen is None else frozen
+        pred = super().forward(image, hand_boxes, smplx_pose, hand_joints2d, body_known, front)
+        pose, betas, cam = self.control(self.bases.hand_expert.mano_head, front["tokens"].flatten(0, 1), None)
+        pred["control"] = dict(hand_pose=pose.unflatten(0, (-1, 2)), hand_betas=betas.unflatten(0, (-1, 2)),
+                               hand_cam=cam.unflatten(0, (-1, 2)), crop_boxes=pred["crop_boxes"])
+        return pred
 
 
 MIRROR_BODY = (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20)  # SMPL-X's 22, L <-> R

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bodymodels import (axis_angle_to_matrix, forward_kinematics, mano_to_freihand, matrix_to_axis_angle,
-                        mirror_rotation, perspective_projection)
+from bodymodels import (SMPLX_HAND_JOINTS, axis_angle_to_matrix, forward_kinematics, mano_to_freihand,
+                        matrix_to_axis_angle, mirror_rotation, perspective_projection)
 from data import (AUGMENT_STREAM, HAND_AUGMENTS, RENDERED_KINDS, AugmentConfig, FreiHAND, HMR2Npz, HMR2Poses, Indexed,
                   NpzHands, WholeBodyHands, WholeBodyNpz, augment_hand_labels, body_model, body_rig, color_jitter,
                   hmr2_files, hmr2_protocol_check, normal, recolor, sample_augmentation, sample_rng, skinning,
@@ -542,12 +542,13 @@ def outfit_colors(rng, part, hair):
     return colors
 
 
-def suit_colors(part):
+def suit_colors(part, hue_turn=0.0):
     """Per-vertex albedo (V, 3) of a body suit with one fixed colour per joint (the vertex's strongest,
     part (V,)): hues spaced by the golden ratio, so that neighbours and left / right differ (the
-    tiny setting, docs/genhmr.md: a 64 px crop then shows which limb is where, and which side)."""
+    tiny setting, docs/genhmr.md: a 64 px crop then shows which limb is where, and which side); hue_turn (a
+    fraction of the colour wheel) turns every hue alike: another suit of the same design."""
     j = torch.arange(int(part.max()) + 1, dtype=torch.float64)
-    hue, sat, val = (j * 0.618034) % 1.0, 0.55 + 0.4 * ((j * 0.37) % 1.0), 0.6 + 0.35 * ((j * 0.71) % 1.0)
+    hue, sat, val = (j * 0.618034 + hue_turn) % 1.0, 0.55 + 0.4 * ((j * 0.37) % 1.0), 0.6 + 0.35 * ((j * 0.71) % 1.0)
     k = (torch.tensor([5.0, 3.0, 1.0], dtype=torch.float64) + hue[:, None] * 6) % 6  # HSV -> RGB
     rgb = val[:, None] - val[:, None] * sat[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))
     return rgb.float()[part]
@@ -1123,7 +1124,9 @@ class SyntheticWholeBody(_SyntheticBodyBase):
 
     Keys: data.py's whole bodies (its module docstring; per hand, `data.WholeBodyHands`), the image
     image_size (default 256 x 192, SMPLer-X's body input); S_hand_occluded () is 1.0 when an occluder
-    was painted over the hand, else 0.0.
+    was painted over the hand, else 0.0. With hand_images = S > 0, also the hand expert's own training images
+    (HaMeR's hand datasets, `hand_render`): per hand S_hand_image (3, S, S), the hand and forearm alone in a
+    square S_hand_image_box (4,) (body-image pixels) about its box, on a pattern background, in its own light.
     Distribution: bodies as `SyntheticBodies` but turned towards the camera four times in five
     (so both hands show most of the time: see the test), fingers of both hands from
     `hand_poses`, jaw N(0, 5 deg), expression N(0, 0.5), betas N(0, 1). With probability
@@ -1135,8 +1138,9 @@ class SyntheticWholeBody(_SyntheticBodyBase):
     def __init__(self, num_samples, image_size=(256, 192), seed=0, augment=False, focal_length=5000.0,
                  vary_with_epoch=False, augment_config=None, pose_config=None, hand_pose_config=None,
                  view_config=None, occlusion_prob=0.0, occlusion_cover=(0.4, 0.9), colors="clothes",
-                 background="random", model_dir=None):
+                 background="random", hand_images=0, model_dir=None):
         super().__init__(num_samples, seed, vary_with_epoch, model_dir)
+        self.hand_images = int(hand_images)
         _check_look(type(self).__name__, colors, background, ("random", "flat"))
         self.colors, self.background = colors, background
         self.image_size, self.augment, self.focal_length = image_size, augment, focal_length
@@ -1153,6 +1157,10 @@ class SyntheticWholeBody(_SyntheticBodyBase):
         if self._model is None:
             self._model, self.rig = self.hand_labeller.model, self.hand_labeller.rig
             self.hand_axes = hand_axes(self.hand_labeller.mano_rest)  # the finger prior in MANO's rest frame
+            # each hand with its forearm (the vertices the wrist's, a finger's or the elbow's joint moves most)
+            faces, part = self.rig["faces"], self.rig["part"]
+            self.arm_faces = {side: faces[torch.isin(part, torch.tensor(joints + (elbow,)))[faces].all(1)]
+                              for (side, joints), elbow in zip(SMPLX_HAND_JOINTS.items(), (18, 19))}
         return self._model
 
     def _sample_pose(self, rng):
@@ -1205,18 +1213,56 @@ class SyntheticWholeBody(_SyntheticBodyBase):
                                    self.rig["parents"][:22])[1]  # (22, 3, 3) world rotations
         image = image[0]
         occluder_rng = sample_rng(self.seed, self.epoch, index, _OCCLUDER_STREAM)
+        hand_rng = sample_rng(self.seed, self.epoch, index, _HAND_STREAM)
         for side in ("left", "right"):
             sample.update(self.hand_labeller.labels(side, sample, joints, world, fingers[side], face))
             occluded = float(uniform(occluder_rng, 0, 1)) < self.occlusion_prob
             sample[f"{side}_hand_occluded"] = torch.tensor(float(occluded))
             if occluded:
                 paint_occluder(image, sample[f"{side}_hand_box"], occluder_rng, self.occlusion_cover)
+            if self.hand_images:
+                sample[f"{side}_hand_image"], sample[f"{side}_hand_image_box"] = self.hand_render(
+                    verts, sample, side, hand_rng)
         sample = {key: value.float() for key, value in sample.items()}
         sample["image"] = color_jitter(image, aug.color) if self.augment else image
         return sample
 
 
+    def hand_render(self, verts, sample, side, rng):
+        """The hand expert's own image of one hand (3, S, S) and its square (4,) in body-image pixels: what a
+        hand dataset gives HaMeR, as against the hand in the body image. The hand and its forearm alone
+        (`arm_faces`), in the person's colours, framed as the expert's crops are (HAND_RENDER_FRAMING), rendered
+        at twice the side and averaged down (sharp: the body image's hands are a few pixels, which the crop
+        enlarges), on a pattern background (the body's is flat), in a light of its own, with no occluder, and in a
+        look of its own (HAND_DATASET_LOOK)."""
+        S, (scale, zoom, shift) = self.hand_images, HAND_RENDER_FRAMING
+        if HAND_DATASET_LOOK == "skin":  # bare hands, a forearm in a sleeve half of the time (as SyntheticHands)
+            skin, sleeve = torch.from_numpy(skin_colors(Draws([rng]))).float(), uniform(rng, 0.05, 0.95, (1, 3)).float()
+            elbow = self.rig["part"] == (18 if side == "left" else 19)
+            colors = torch.where(elbow[:, None] & (float(uniform(rng, 0, 1)) < 0.5), sleeve, skin)[None]
+        else:  # gloves of the suit's design in other colours
+            colors = suit_colors(self.rig["part"], hue_turn=0.5)[None]
+        box = sample[f"{side}_hand_box"]
+        half = (box[2:] - box[:2]).max() / 2 * scale * float(uniform(rng, 1 - zoom, 1 + zoom))
+        centre = (box[:2] + box[2:]) / 2 + normal(rng, shift * 2 * half, (2,))
+        square = torch.cat([centre - half, centre + half])
+        R = 2 * S
+        to_render = torch.tensor([[R / (2 * half), 0.0, -square[0] * R / (2 * half)],
+                                  [0.0, R / (2 * half), -square[1] * R / (2 * half)], [0.0, 0.0, 1.0]],
+                                 dtype=torch.float64)
+        light, ambient = (torch.from_numpy(x) for x in random_lights(Draws([rng])))
+        background = upsample_backgrounds(torch.from_numpy(background_patterns(Draws([rng]))).float(), R, R)
+        image = render_batch(verts[None], self.arm_faces[side], (to_render @ sample["K"])[None], (R, R), colors,
+                             light, ambient, background, True)[0]
+        return F.avg_pool2d(image, 2)[0], square
+
+
+# the expert's own hand images: the square about a hand box x 1.5 (BASES_TINY.hand_box_scale, the crop it reads in a
+# body image), its side x U(0.75, 1.25) and its centre moved N(0, 0.15 x side) per axis, as a detector's boxes vary
+HAND_RENDER_FRAMING = (1.5, 0.25, 0.15)
+HAND_DATASET_LOOK = "glove"
 _OCCLUDER_STREAM = 2  # sample_rng(seed, epoch, index, stream): the whole bodies' occluders
+_HAND_STREAM = 3  # the expert's own hand images (the body image is the same with and without them)
 
 
 def paint_occluder(image, box, rng, cover):
@@ -1318,7 +1364,8 @@ def wholebody_dataset(kind, path, split, cfg, seed, num_samples):
     """Rendered SMPL-X people with both hands (HMR-Adapter) at cfg.data.image_size in DEMO_BODY_LOOK (a suit
     coloured by body part and finger segment, a flat background: the tiny setting, docs/hmr_adapter.md), half
     of the hands under an occluder (so that body context matters), plus "index"; the training split drops
-    "verts" (126 KB a sample that no loss reads), the held-out split (seed + 1_000_003) keeps them.
+    "verts" (126 KB a sample that no loss reads), the held-out split (seed + 1_000_003) keeps them. With
+    cfg.data.hand_image = S, each hand's own S x S image too, what the tiny hand expert trains on (a hand dataset's).
     kind "wholebody" (path FILE.npz or TRAIN.npz,EVAL.npz, `wholebody_files`): every row of the file
     (`WholeBodyNpz`, num_samples unused), the same keys, so it trains and scores alike."""
     held_out = split == "evaluation"
@@ -1329,5 +1376,5 @@ def wholebody_dataset(kind, path, split, cfg, seed, num_samples):
         raise ValueError(f"wholebody_dataset: --data {kind!r} is not readable here; expected 'synthetic' or "
                          f"'wholebody:FILE.npz' (data.WholeBodyNpz)")
     bodies = SyntheticWholeBody(num_samples, cfg.data.image_size, seed=seed + held_out * 1_000_003,
-                                occlusion_prob=0.5, **DEMO_BODY_LOOK)
+                                occlusion_prob=0.5, hand_images=cfg.data.hand_image, **DEMO_BODY_LOOK)
     return Indexed(bodies, drop=() if held_out else ("verts",))

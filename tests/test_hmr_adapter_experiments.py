@@ -53,6 +53,45 @@ def test_no_body_control_at_init_doubles_each_blocks_cross_attention(bases):
 
 
 
+def test_own_hand_crops_are_the_experts_crops_of_its_own_images_left_hands_flipped(batch):
+    """The bases' stage feeds the expert its own images as `hand_crops` would cut them: (2B, 3, S, S), left first
+    and mirrored, and the targets' 2D keypoints in those images' squares (`bases_loss`)."""
+    dataset = synthetic.SyntheticWholeBody(2, image_size=(256, 192), seed=5, hand_images=32)
+    own = torch.utils.data.default_collate([dataset[i] for i in range(2)])
+    crops = hx.own_hand_crops(own)
+    assert crops.shape == (4, 3, 32, 32) and hx.own_hand_crops(batch) is None
+    assert torch.equal(crops[0], own["left_hand_image"][0].flip(-1))
+    assert torch.equal(crops[1], own["right_hand_image"][0])
+    # the crops and bases_loss's targets agree: at every target keypoint (the crop's [-0.5, 0.5] frame, mirrored for
+    # left hands) the crop shows the hand, not the background pattern behind it
+    target = ha.hand_targets(hx.sides(own, "hand_mano_pose"), hx.sides(own, "hand_joints2d"),
+                             hx.sides(own, "hand_image_box"))
+    for crop, uv in zip(crops, target["uv"]):
+        p = ((uv[(uv.abs() < 0.5).all(-1)] + 0.5) * 32).long()  # the keypoints inside the crop
+        at_joints = crop[:, p[:, 1], p[:, 0]]
+        assert (at_joints - crop.mean((1, 2))[:, None]).abs().sum(0).mean() > 0.05
+
+
+def test_with_control_trains_the_no5_control_beside_the_paper_adapters_and_nothing_else(bases, batch):
+    """TINY's recipe.control: the model is HMRAdapter plus Table 3 No.5's `ImageAdapter`, and the control does not
+    change the paper's part: its hand and body outputs are HMRAdapter's own, bit for bit, from the same weights."""
+    torch.manual_seed(0)
+    model = hx.build_model(ha.TINY, bases)
+    assert type(model) is hx.WithControl and type(model.control) is hx.ImageAdapter
+    paper = ha.HMRAdapter(ha.TINY.model, bases)
+    missing, unexpected = paper.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and all(k.startswith("control.") for k in unexpected) and unexpected
+    args = (batch["image"], hx.gt_boxes(batch), batch["smplx_pose"], hx.sides(batch, "hand_joints2d"))
+    pred, want = model(*args), paper(*args)
+    assert all(torch.equal(pred[k], want[k]) for k in ("hand_pose", "theta_hat"))
+    loss, terms = hx.training_loss(model, batch, ha.TINY, 0)
+    assert {"control_hand_3d", "hand_3d", "body_pose"} <= set(terms)
+    groups = hx.param_groups(model, ha.TINY)
+    assert {id(p) for p in model.control.parameters()} <= {id(p) for p in groups[0][1]}
+    no_control = hx.build_model(configs.with_fields(ha.TINY, control=False), bases)
+    assert type(no_control) is ha.HMRAdapter
+
+
 # ---------------------------------------------------------------------------------------------
 # frozen bases
 
@@ -74,9 +113,10 @@ def test_frozen_bases_get_no_gradient_and_do_not_move(bases, batch):
     optimizer.step()
     assert sum("running_mean" in k for k in before) == 5  # BatchNorms: box net 2, hand RoI 1, keypoint head 2 (TINY)
     assert all(torch.equal(v, before[k]) for k, v in model.bases.state_dict().items())  # weights and BN statistics
-    # the paper's model trains exactly the two adapters (Table 3 No.5's control trains in its own row)
-    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"hand_adapter", "body_adapter"}
-    assert type(hx.build_model(ha.TINY, bases)) is ha.HMRAdapter
+    # the paper's model trains exactly the two adapters; TINY's recipe trains Table 3 No.5's control beside them
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"hand_adapter", "body_adapter",
+                                                                                         "control"}
+    assert type(hx.build_model(configs.with_fields(ha.TINY, control=False), bases)) is ha.HMRAdapter
 
 
 
@@ -125,7 +165,7 @@ def test_every_ablation_method_trains_what_it_says_and_predicts(bases, batch, fi
     cfg = configs.with_fields(ha.TINY, **{field: method})
     torch.manual_seed(0)
     model = hx.build_model(cfg, bases).train()
-    assert type(model) is (ha.HMRAdapter if method == "adapter" else hx.AblationRow)
+    assert type(model) is (hx.WithControl if method == "adapter" else hx.AblationRow)  # TINY: No.5 beside it
     groups = train.param_groups(hx, model, cfg)  # every trainable parameter in one group
     loss, _ = hx.training_loss(model, batch, cfg, 0)
     loss.backward()
