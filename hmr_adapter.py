@@ -529,7 +529,7 @@ class BasesRecipe:
 class WholeBodyData:
     """The person images both stages train and score on (synthetic.wholebody_dataset, data.WholeBodyNpz)."""
     image_size: Sizes = (512, 384)  # (H, W): SMPLer-X's input_img_shape; the hand crops come from it
-    # TINY: the hand expert's own training images (side, px), each hand alone (a hand dataset's; the paper's is HaMeR's)
+    # TINY: the hand expert's own training images (side, px): each hand alone, a hand dataset's (NOTE 18)
     hand_image: AtLeast0 = 0
 
 

@@ -542,13 +542,12 @@ def outfit_colors(rng, part, hair):
     return colors
 
 
-def suit_colors(part, hue_turn=0.0):
+def suit_colors(part):
     """Per-vertex albedo (V, 3) of a body suit with one fixed colour per joint (the vertex's strongest,
     part (V,)): hues spaced by the golden ratio, so that neighbours and left / right differ (the
-    tiny setting, docs/genhmr.md: a 64 px crop then shows which limb is where, and which side); hue_turn (a
-    fraction of the colour wheel) turns every hue alike: another suit of the same design."""
+    tiny setting, docs/genhmr.md: a 64 px crop then shows which limb is where, and which side)."""
     j = torch.arange(int(part.max()) + 1, dtype=torch.float64)
-    hue, sat, val = (j * 0.618034 + hue_turn) % 1.0, 0.55 + 0.4 * ((j * 0.37) % 1.0), 0.6 + 0.35 * ((j * 0.71) % 1.0)
+    hue, sat, val = (j * 0.618034) % 1.0, 0.55 + 0.4 * ((j * 0.37) % 1.0), 0.6 + 0.35 * ((j * 0.71) % 1.0)
     k = (torch.tensor([5.0, 3.0, 1.0], dtype=torch.float64) + hue[:, None] * 6) % 6  # HSV -> RGB
     rgb = val[:, None] - val[:, None] * sat[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))
     return rgb.float()[part]
@@ -1222,26 +1221,19 @@ class SyntheticWholeBody(_SyntheticBodyBase):
                 paint_occluder(image, sample[f"{side}_hand_box"], occluder_rng, self.occlusion_cover)
             if self.hand_images:
                 sample[f"{side}_hand_image"], sample[f"{side}_hand_image_box"] = self.hand_render(
-                    verts, sample, side, hand_rng)
+                    verts, sample, side, look[0], hand_rng)
         sample = {key: value.float() for key, value in sample.items()}
         sample["image"] = color_jitter(image, aug.color) if self.augment else image
         return sample
 
-
-    def hand_render(self, verts, sample, side, rng):
+    def hand_render(self, verts, sample, side, colors, rng):
         """The hand expert's own image of one hand (3, S, S) and its square (4,) in body-image pixels: what a
         hand dataset gives HaMeR, as against the hand in the body image. The hand and its forearm alone
         (`arm_faces`), in the person's colours, framed as the expert's crops are (HAND_RENDER_FRAMING), rendered
-        at twice the side and averaged down (sharp: the body image's hands are a few pixels, which the crop
-        enlarges), on a pattern background (the body's is flat), in a light of its own, with no occluder, and in a
-        look of its own (HAND_DATASET_LOOK)."""
+        at twice the side and averaged down (smooth edges, where the body image's hands, about 24 pixels wide at
+        256 x 192, are drawn without anti-aliasing), on a pattern background (the body's is flat), in a light of its
+        own, with no occluder and no body around it."""
         S, (scale, zoom, shift) = self.hand_images, HAND_RENDER_FRAMING
-        if HAND_DATASET_LOOK == "skin":  # bare hands, a forearm in a sleeve half of the time (as SyntheticHands)
-            skin, sleeve = torch.from_numpy(skin_colors(Draws([rng]))).float(), uniform(rng, 0.05, 0.95, (1, 3)).float()
-            elbow = self.rig["part"] == (18 if side == "left" else 19)
-            colors = torch.where(elbow[:, None] & (float(uniform(rng, 0, 1)) < 0.5), sleeve, skin)[None]
-        else:  # gloves of the suit's design in other colours
-            colors = suit_colors(self.rig["part"], hue_turn=0.5)[None]
         box = sample[f"{side}_hand_box"]
         half = (box[2:] - box[:2]).max() / 2 * scale * float(uniform(rng, 1 - zoom, 1 + zoom))
         centre = (box[:2] + box[2:]) / 2 + normal(rng, shift * 2 * half, (2,))
@@ -1258,9 +1250,8 @@ class SyntheticWholeBody(_SyntheticBodyBase):
 
 
 # the expert's own hand images: the square about a hand box x 1.5 (BASES_TINY.hand_box_scale, the crop it reads in a
-# body image), its side x U(0.75, 1.25) and its centre moved N(0, 0.15 x side) per axis, as a detector's boxes vary
-HAND_RENDER_FRAMING = (1.5, 0.25, 0.15)
-HAND_DATASET_LOOK = "glove"
+# body image), its side x U(0.85, 1.15) and its centre moved N(0, 0.05 x side) per axis, as a detector's boxes vary
+HAND_RENDER_FRAMING = (1.5, 0.15, 0.05)
 _OCCLUDER_STREAM = 2  # sample_rng(seed, epoch, index, stream): the whole bodies' occluders
 _HAND_STREAM = 3  # the expert's own hand images (the body image is the same with and without them)
 
