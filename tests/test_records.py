@@ -26,6 +26,8 @@ def expected_results():
     amb = lambda key: fig("genhmr_ambiguous", "genhmr", key)  # noqa: E731
     ha = lambda key: fig("hmr_adapter", "hmr_adapter", key)  # noqa: E731
     occluded = ha("pipeline/adapted/hands_occluded/pve_mm"), ha("pipeline/baseline/hands_occluded/pve_mm")
+    from lab.hmr_adapter_experiments import ABLATIONS  # the paper's Table 3 (PA-PVE first), beside ours
+    paper_table3 = {label: figures[0] for label, _, figures in ABLATIONS["table3"]["rows"]}
     return {
         "SimpleHand": [sh("pa_mpjpe_mm"), sh("baseline_pa_mpjpe_mm"), sh("pa_mpjpe_mm") / sh("baseline_pa_mpjpe_mm")],
         "GenHMR": [gh("mpjpe_mm"), gh("baseline_mpjpe_mm"), gh("mpjpe_mm") / gh("baseline_mpjpe_mm"),
@@ -33,7 +35,9 @@ def expected_results():
                    amb("table_cosine_T1_hidden_arm_mm"), amb("table_cosine_T5_hidden_arm_mm")],
         "HMR-Adapter": [*occluded, occluded[0] / occluded[1],
                         ha("pipeline/adapted/all/pve_mm") / ha("pipeline/baseline/all/pve_mm"),
-                        ha("hand_path/expert/clean/pa_pve_mm") / ha("baseline_hand_path/constant/clean/pa_pve_mm")],
+                        ha("hand_path/adapter/occluded/pve_mm") / ha("hand_path/expert/occluded/pve_mm"),
+                        ha("hand_path/control/occluded/pa_pve_mm") / ha("hand_path/expert/occluded/pa_pve_mm"),
+                        paper_table3["No.5 adapter, hand image input"] / paper_table3["HaMeR (pre-trained)"]],
     }
 
 
