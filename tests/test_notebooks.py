@@ -233,7 +233,7 @@ def test_the_results_check_fails_on_a_changed_or_regressed_figure():
 # A figure in a notebook's prose: a decimal, or a number with a unit (%, mm, px, min, s, ms, x, deg); not in code
 # (`...` or a fenced block), not a section, table, equation, figure or version number, and not the paper's
 # (marked with a dagger right after it: 5.7†).
-PROSE_FIGURE = re.compile(r"(?<![\w.†/-])(\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?)"
+PROSE_FIGURE = re.compile(r"(?<![\w.†/-])(\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?)(?:[kM]\b)?"  # a k or M multiplier
                           r"(\s?(?:%|mm\b|px\b|min\b|ms\b|s\b|x\b(?!\s?\d)|deg\b|°))?(†)?")
 NOT_A_FIGURE = re.compile(r"(?:Sec\.|Section|Table|Tables|Eq\.|Eqs\.|Fig\.|No\.|Appendix|v|§|stride|step|steps)"
                           r"\s?\(?$")
