@@ -474,8 +474,9 @@ class GenHMR(nn.Module):
 
     @torch.no_grad()
     def refine_towards(self, sampled, joints2d, joints2d_weight, cfg, image_hw):
-        """The paper's "Inference Strategy" (2D pose-guided refinement): the sampled tokens (sampled: ids, betas, cam from `generate`) refined towards 2D joints (B, 24, 2)
-        in pixels of the H x W crop -> the refined mesh's keys (`mesh_outputs`), prefixed refined_."""
+        """The paper's "Inference Strategy" (2D pose-guided refinement): the sampled tokens (sampled: ids, betas, cam
+        from `generate`) refined towards 2D joints (B, 24, 2) in pixels of the H x W crop -> the refined mesh's keys
+        (`mesh_outputs`), prefixed refined_."""
         tok, betas, cam = self.tokenizer, sampled["betas"], sampled["cam"]
         problem = refinement_problem(tok, sampled["ids"], betas, cam, normalise_joints2d(joints2d.float(), image_hw),
                                      cfg.refine_reg, image_hw[0], joints2d_weight)
