@@ -44,7 +44,7 @@ UNITS = {"%": ("%", 1), "mm": ("mm", 1), "cm": ("mm", 10), "px": ("px", 1), "deg
 MULTIPLIERS = {"k": 1e3, "M": 1e6, "G": 1e9}
 _UNIT = "|".join(sorted((re.escape(u) for u in UNITS), key=len, reverse=True))
 FIGURE = re.compile(r"(?<![\w.†/#:@-])(?P<sign>[-−])?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
-                    r"(?P<exp>e[-+]?\d+)?(?P<mult>[kMG](?![\w-]))?"
+                    r"(?P<exp>(?<=\.\d)e[-+]?\d+|(?<=\d)e[-+]\d+|(?<=(?<!\w)\d)e\d+)?(?P<mult>[kMG](?![\w-]))?"
                     rf"(?:\s?(?P<unit>{_UNIT})(?![\w/-]|\s?\d))?(?P<paper>†)?")
 NOT_A_FIGURE = re.compile(r"(?:Sec\.|Section|Sections|Table|Tables|Eq\.|Eqs\.|Fig\.|Figure|No\.|NOTE|NOTES|Appendix|§"
                           r"|issue|issues|item|items|stop|commit|[Ss]tage|layer|PR|torch|timm|Python|python|CUDA"
@@ -55,7 +55,7 @@ STOPWORDS = set("a an the of and or in on at to is are was its it with for by fr
                 "into over under out then so both only also more less most least same own".split())
 UNIT_WORDS = {u.lower() for u in UNITS} | {"mm", "s", "x", "deg", "ms", "min", "h"}
 SPELLED = re.compile(
-    r"\b(?:half|halves|(?:a|one|two)\s+(?:third|quarter|fifth|tenth|hundredth)s?|quarter\s+of|a\s+tenth|twice|thrice"
+    r"\b(?:half(?!-)|halves|(?:a|one|two)\s+(?:third|quarter|fifth|tenth|hundredth)s?|quarter\s+of|a\s+tenth|twice|thrice"
     r"|(?:an|one)\s+hour|a\s+minute|a\s+dozen|dozens|(?:hundreds|thousands|millions)\s+of"
     r"|(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|sixty|several"
     r"|a\s+few|hundred|thousand|million)\s+(?:hours?|minutes?|seconds?|days?|times|percent|per\s+cent"
@@ -114,8 +114,12 @@ def quoted_figures(text, where, table_header=None):
             continue
         if re.match(r"[-−]?\d+\.\d+\.", text[m.start():]) and not m["unit"]:  # a dotted name (4.1.2)
             continue
-        before = text[max(0, m.start() - 60):m.start()]
-        figure = Figure(m, names(before) | names(table_header or ""), where)
+        before = text[max(0, m.start() - 40):m.start()]
+        if table_header is not None and text.startswith("|"):  # a table cell: its row's label, its column's name
+            column = text[:m.start()].count("|")
+            cells = table_header.split("|")
+            before = " ".join([text.split("|")[1], cells[column] if column < len(cells) else "", before.split("|")[-1]])
+        figure = Figure(m, names(before), where)
         if figure.paper or figure.unit or figure.decimal:
             found.append(figure)
     return found
@@ -222,28 +226,26 @@ def prose_lines(path):
     else:
         blocks = [("", strip_code(path.read_text()))]
     for label, text in blocks:
+        lines = text.split("\n")
+        paragraph_of, paragraphs = [], [[]]  # each line's paragraph (lines between blank lines)
+        for line in lines:
+            if not line.strip() and paragraphs[-1]:
+                paragraphs.append([])
+            paragraphs[-1].append(line)
+            paragraph_of.append(len(paragraphs) - 1)
+        paragraph_history = [bool(HISTORY_MARK.search("\n".join(p))) for p in paragraphs]
         history_level, header = None, None
-        paragraphs = re.split(r"\n\s*\n", text)
-        number = 0
-        for paragraph in paragraphs:
-            paragraph_history = bool(HISTORY_MARK.search(paragraph))
-            for line in paragraph.splitlines():
-                number += 1
-                heading = re.match(r"(#+) ", line)
-                if heading:
-                    level = len(heading.group(1))
-                    if history_level is not None and level <= history_level:
-                        history_level = None
-                    if history_level is None and HISTORY_MARK.search(line):
-                        history_level = level
-                if line.startswith("|"):
-                    header = line if header is None else header
-                else:
-                    header = None
-                row_history = line.startswith("|") and bool(HISTORY_MARK.search(line))
-                yield (f"{label}line {number}", line, header if line.startswith("|") else None,
-                       history_level is not None or paragraph_history or row_history)
-            number += 1
+        for number, line in enumerate(lines, 1):
+            heading = re.match(r"(#+) ", line)
+            if heading:
+                level = len(heading.group(1))
+                if history_level is not None and level <= history_level:
+                    history_level = None
+                if history_level is None and HISTORY_MARK.search(line):
+                    history_level = level
+            header = (line if header is None else header) if line.startswith("|") else None
+            history = history_level is not None or paragraph_history[paragraph_of[number - 1]]
+            yield f"{label}line {number}", line, header, history
 
 
 def check(path, records=None, outputs=None, paper_numbers=None, code=None):
