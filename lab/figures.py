@@ -24,7 +24,6 @@ import argparse
 import json
 import pathlib
 import re
-import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHECKED = ["README.md", "docs/simplehand.md", "docs/genhmr.md", "docs/hmr_adapter.md", "docs/reference.md",
@@ -283,7 +282,8 @@ def check(path, records=None, outputs=None, paper_numbers=None, code=None):
 
 def history_misses(path=ROOT / HISTORY):
     """Each entry of docs/history.md (a ### heading) says its date and commit."""
-    return [f"{HISTORY} line {i}: '{line}' is an entry without its date and commit (### YYYY-MM-DD, commit ABCDEF0: ...)"
+    return [f"{HISTORY} line {i}: '{line}' is an entry without its date and commit "
+            "(### YYYY-MM-DD, commit ABCDEF0: ...)"
             for i, line in enumerate(pathlib.Path(path).read_text().splitlines(), 1)
             if line.startswith("### ") and not HISTORY_HEADING.match(line)]
 

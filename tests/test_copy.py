@@ -80,7 +80,8 @@ SHARED_BUDGET = 800  # bodymodels.py: the geometry the papers share
 @pytest.mark.parametrize("paper", PAPERS)
 def test_the_paper_file_keeps_its_line_budgets_and_small_configs(paper):
     """The reference stays readable: the file, its method sections (first banner to the configs banner) and each
-    config dataclass within their budgets (docs/history.md, "2026-11-28, commit 2d712cd: the reference and its experiments")."""
+    config dataclass within their budgets (docs/history.md, "2026-11-28, commit 2d712cd: the reference and its
+    experiments")."""
     text = (ROOT / f"{paper}.py").read_text()
     lines = text.splitlines()
     total, method = BUDGETS[paper]
