@@ -312,8 +312,7 @@ def hand_loss(out, target, cfg):
     Each term is a mean over every element; with cfg.loss_batch (HaMeR's calibration) it is multiplied by
     the number of elements a hand sums and by loss_batch: # official (hamer losses.py): sums over joints,
     coordinates (rotation matrix entries) and its per-GPU batch. A mean over the batch stays a mean under DDP."""
-    pose, betas, cam = out
-    R = rot6d_to_matrix(pose)
+    (_, betas, cam), R = out, rot6d_to_matrix(out[0])
     verts, joints = mano_mesh(R, betas)
     wrist, wrist_gt = joints[:, :1], target["joints"][:, :1]
     uv = bodymodels.project_to_crop(joints, bodymodels.weak_perspective_to_translation(cam))
@@ -519,10 +518,11 @@ class BasesRecipe:
     #   calibration) the stand-ins train with
     # NOTE 17 (TINY only): a keypoint head on the expert's tokens trained with it, as HaMeR's ViT starts from
     # ViTPose's 2D-keypoint weights (hmr_adapter_experiments.KeypointHead: its width, 0 = none; its L1 weight), and
-    # the expert's own rotation weight (0 = the losses preset's w_hand_pose)
+    # the expert's own rotation weight (0 = the losses preset's w_hand_pose); NOTE 19: the box term's weight
     hand_keypoint_channels: AtLeast0 = 0
     w_hand_keypoints: NonNegative = 0.0
     w_expert_hand_pose: NonNegative = 0.0
+    w_boxes: NonNegative = 1.0  # 1: SMPLer-X's
 
 
 @dataclass
@@ -619,7 +619,7 @@ BASES_TINY = BasesPreset(  # 2 CPU cores: crops 32 x 32 (ViT on 32 x 24, patch 4
         hand_roi_channels=(32,), hand_hm_depth=8, hand_box_scale=1.5, roi_sampling=2),
     weights=ReleasedWeights(hamer_checkpoint="", smplerx_checkpoint=""),
     recipe=BasesRecipe(losses="tiny", batch_size=32, max_steps=3500, lr=1e-3, warmup_steps=100,
-                       hand_keypoint_channels=32, w_hand_keypoints=0.3, w_expert_hand_pose=0.01),
+                       hand_keypoint_channels=32, w_hand_keypoints=0.3, w_expert_hand_pose=0.01, w_boxes=10.0),
     data=WholeBodyData(image_size=(256, 192), hand_image=32))
 PAPER = AdapterPreset()  # the adapters: hand 26.8M, body 36.5M (hmr_adapter_experiments.parameter_table)
 # TINY's lr, body_lr and max_steps: each adapter's own (docs/history.md, "TINY's recipe"); a faster body adapter

@@ -73,9 +73,16 @@ def machine():
                 gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
 
-def write(name, command, wall_s, started, commit=None, note=None, folder=RUNS):
+def code_state():
+    """(HEAD, whether the tree has uncommitted changes to tracked files): the code a run starts from."""
+    return _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))
+
+
+def write(name, command, wall_s, started, commit=None, note=None, folder=RUNS, state=None):
     """Write docs/runs/NAME.json (atomically) for the finished run of `command` (argv list); commit: the code's
-    commit when the run was made from another (default: this tree's HEAD, with its uncommitted changes noted)."""
+    commit when the run was made from another (default: this tree's HEAD, with its uncommitted changes noted);
+    state: `code_state()` when the run started (`run` takes it then, so a commit made during the run is not
+    named)."""
     import train  # the chain of stages --model trains
     model, out = _option(command, "--model", None), _option(command, "--out", "out")
     if model not in train.MODELS:
@@ -89,8 +96,9 @@ def write(name, command, wall_s, started, commit=None, note=None, folder=RUNS):
         if not path.is_file():
             fail(f"{path} is missing: did the run finish?")
         stages[stage] = json.loads(path.read_text())
-    record = dict(name=name, command=shlex.join(command), commit=commit or _git("rev-parse", "HEAD"),
-                  uncommitted_changes=None if commit else bool(_git("status", "--porcelain", "--untracked-files=no")),
+    head, dirty = state or code_state()
+    record = dict(name=name, command=shlex.join(command), commit=commit or head,
+                  uncommitted_changes=None if commit else dirty,
                   machine=machine(), started=started, wall_s=round(wall_s, 1), finished=finished, stages=stages)
     if note:
         record["note"] = note
@@ -120,13 +128,13 @@ def main(argv=None):
         if args.wall_s is None or not args.wall_s > 0:
             p.error("write needs --wall-s, the run's wall time in seconds (> 0)")
         return write(args.name, command, args.wall_s, args.started, args.commit, args.note)
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    started, state = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), code_state()
     t0 = time.time()
     status = subprocess.run(command).returncode
     if status:
         print(f"python -m lab.records: the command exited with status {status}; nothing recorded", file=sys.stderr)
         raise SystemExit(status)
-    write(args.name, command, time.time() - t0, started)
+    write(args.name, command, time.time() - t0, started, state=state)
 
 
 if __name__ == "__main__":
