@@ -760,8 +760,10 @@ def wholebody_metrics(pred, gt):
     {left,right}_hand_occluded, verts, joints3d (data.py's whole-body keys). Alignment as SMPLer-X's evaluate
     (EHF.py, humandata.py, which the paper follows): PVE after moving the pelvis (all), each wrist (hands;
     averaged over left and right) or the neck (face) of the prediction onto the truth's; PA-PVE and PA-MPJPE
-    after a Procrustes fit of each part alone. Face: PVE and PA-PVE on `face_vertex_ids()` (SMPLer-X reports
-    no face PA-MPJPE: nor does this). A split with no hand in it (a file without occluded hands) is left out."""
+    after a Procrustes fit of each part alone; hands/box_centre_error_sides: the mean distance of a pipeline's
+    hand box centre (pipe_P_boxes) from the true one's (left_hand_box, right_hand_box), in true box sides.
+    Face: PVE and PA-PVE on `face_vertex_ids()` (SMPLer-X reports no face PA-MPJPE: nor does this). A split
+    with no hand in it (a file without occluded hands) is left out."""
     import bodymodels
     result = {}
     occluded = torch.stack([gt[f"{s}_hand_occluded"] for s in WHOLEBODY_SIDES], 1).flatten() > 0.5  # (2N,)
@@ -792,6 +794,11 @@ def wholebody_metrics(pred, gt):
         result.update({f"pipeline/{name}/hands/{k}": 1000 * v.mean() for k, v in hands.items()})
         if occluded.any():
             result.update({f"pipeline/{name}/hands_occluded/{k}": 1000 * v[occluded].mean() for k, v in hands.items()})
+        if f"pipe_{name}_boxes" in pred and "left_hand_box" in gt:  # the hand boxes' centres, in true box sides
+            box, true = pred[f"pipe_{name}_boxes"], torch.stack([gt[f"{s}_hand_box"] for s in WHOLEBODY_SIDES], 1)
+            centre = lambda b: (b[..., :2] + b[..., 2:]) / 2  # noqa: E731
+            error = (centre(box) - centre(true)).norm(dim=-1) / (true[..., 2:] - true[..., :2]).amax(-1)
+            result[f"pipeline/{name}/hands/box_centre_error_sides"] = error.mean()
         neck = WHOLEBODY_NECK
         result.update({f"pipeline/{name}/face/{k}": 1000 * v.mean() for k, v in
                        _face_errors(verts, gt["verts"], joints[:, neck], gt["joints3d"][:, neck], face).items()})
