@@ -458,7 +458,7 @@ def assert_terms(terms, by_hand, names):
 def test_hmr_adapter_bases_loss_weighs_each_term_as_hamer_and_smplerx():
     """hmr_adapter_experiments.bases_loss (stage hmr_adapter_bases, TINY: the stand-ins of the released bases):
     Eq. (5) with HaMeR's weights except the expert's rotation weight, Eq. (7) with its finger term, SMPLer-X's
-    other L1 terms at weight 1 each (its loss dict's), and TINY's keypoint head. Each term's formula is pinned
+    other L1 terms at weight 1 each (its loss dict's) but TINY's box term (NOTE 19), and TINY's keypoint head. Each term's formula is pinned
     above (Eq. 5, Eq. 7); here the weights of the sum, on the terms the function returns, from a real forward."""
     cfg = hae.BASE_CONFIGS["tiny"]
     assert cfg.recipe.losses == "tiny"
@@ -466,6 +466,8 @@ def test_hmr_adapter_bases_loss_weighs_each_term_as_hamer_and_smplerx():
     W_KEYPOINTS, W_EXPERT_POSE = 0.3, 0.01
     assert (cfg.recipe.w_hand_keypoints, cfg.recipe.w_expert_hand_pose) == (W_KEYPOINTS, W_EXPERT_POSE)
     W_SMPLERX_OTHER = 1.0  # SMPLer-X main/SMPLer_X.py: joint_img, hand boxes, shape, face, hand joint_img, each x1
+    W_BOXES = 10.0  # ours at TINY (docs/hmr_adapter.md NOTE 19): the hand boxes' term
+    assert cfg.recipe.w_boxes == W_BOXES and ha.BASES_PAPER.recipe.w_boxes == W_SMPLERX_OTHER
     from lab import synthetic
     data = synthetic.wholebody_dataset("synthetic", None, "train", cfg, 0, 2)
     batch = torch.utils.data.default_collate([data[0], data[1]])
@@ -476,7 +478,8 @@ def test_hmr_adapter_bases_loss_weighs_each_term_as_hamer_and_smplerx():
                 + W_KEYPOINTS * terms["hand_keypoints"]
                 + BODY_W_POSE * terms["body_pose"] + BODY_W_3D * (terms["body_3d"] + terms["fingers_3d"])
                 + BODY_W_2D["TINY"] * terms["body_2d"]
-                + W_SMPLERX_OTHER * sum(terms[k] for k in ("joints_img", "boxes", "shape", "face", "hand_joints_img")))
+                + W_SMPLERX_OTHER * sum(terms[k] for k in ("joints_img", "shape", "face", "hand_joints_img"))
+                + W_BOXES * terms["boxes"])
     assert set(terms) == {"hand_3d", "hand_2d", "hand_verts", "hand_pose", "hand_betas", "hand_keypoints",
                           "body_pose", "body_3d", "body_2d", "fingers_3d", "joints_img", "boxes", "shape", "face",
                           "hand_joints_img"}
