@@ -105,15 +105,17 @@ def strip_code(text):
     return re.sub(r"\]\([^)]*\)", "] ", text)
 
 
-def quoted_figures(text, where, table_header=None):
-    """The figures of a line of prose that need a source (and the dagger-marked ones, the paper's)."""
+def quoted_figures(text, where, table_header=None, previous=""):
+    """The figures of a line of prose that need a source (and the dagger-marked ones, the paper's); previous: the
+    line before it in the same paragraph (a sentence runs on across lines)."""
     found = []
     for m in FIGURE.finditer(text):
-        if NOT_A_FIGURE.search(text[max(0, m.start() - 12):m.start()]) or re.match(r"\d+\.\d+\.\d+", m.group(0)):
+        context = (previous.rstrip() + " " if previous.strip() else "") + text[:m.start()]
+        if NOT_A_FIGURE.search(context[-12:]) or re.match(r"\d+\.\d+\.\d+", m.group(0)):
             continue
         if re.match(r"[-−]?\d+\.\d+\.", text[m.start():]) and not m["unit"]:  # a dotted name (4.1.2)
             continue
-        before = text[max(0, m.start() - 40):m.start()]
+        before = context[-40:]
         if table_header is not None and text.startswith("|"):  # a table cell: its row's label, its column's name
             column = text[:m.start()].count("|")
             cells = table_header.split("|")
@@ -262,13 +264,14 @@ def check(path, records=None, outputs=None, paper_numbers=None, code=None):
     stated = set(paper_numbers[paper]["numbers"]) if paper else {n for p in paper_numbers.values()
                                                                   for n in p["numbers"]}
     sources = records + outputs + (code_figures() if code is None else code)
-    misses = []
+    misses, previous = [], ""
     for where, line, header, history in prose_lines(path):
+        previous, line_before = line, previous
         if history:
             continue
         for m in SPELLED.finditer(line):
             misses.append(f"{rel} {where}: '{m.group(0)}' is a quantity spelled out: write the number with its source")
-        for figure in quoted_figures(line, where, header):
+        for figure in quoted_figures(line, where, header, "" if line.startswith("|") else line_before):
             if figure.paper:
                 if figure.number not in stated:
                     misses.append(f"{rel} {where}: {figure.text} is marked as the paper's, and "
