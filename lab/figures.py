@@ -54,7 +54,8 @@ STOPWORDS = set("a an the of and or in on at to is are was its it with for by fr
                 "into over under out then so both only also more less most least same own".split())
 UNIT_WORDS = {u.lower() for u in UNITS} | {"mm", "s", "x", "deg", "ms", "min", "h"}
 SPELLED = re.compile(
-    r"\b(?:half(?![- ]precision)(?!-)|halves|(?:a|one|two)\s+(?:third|quarter|fifth|tenth|hundredth)s?|quarter\s+of|a\s+tenth|twice|thrice"
+    r"\b(?:half(?![- ]precision)(?!-)|halves|(?:a|one|two)\s+(?:third|quarter|fifth|tenth|hundredth)s?|quarter\s+of"
+    r"|a\s+tenth|twice|thrice"
     r"|(?:an|one)\s+hour|a\s+minute|a\s+dozen|dozens|(?:hundreds|thousands|millions)\s+of"
     r"|(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|sixty|several"
     r"|a\s+few|hundred|thousand|million)\s+(?:hours?|minutes?|seconds?|days?|times|percent|per\s+cent"

@@ -458,8 +458,9 @@ def assert_terms(terms, by_hand, names):
 def test_hmr_adapter_bases_loss_weighs_each_term_as_hamer_and_smplerx():
     """hmr_adapter_experiments.bases_loss (stage hmr_adapter_bases, TINY: the stand-ins of the released bases):
     Eq. (5) with HaMeR's weights except the expert's rotation weight, Eq. (7) with its finger term, SMPLer-X's
-    other L1 terms at weight 1 each (its loss dict's) but TINY's box term (NOTE 19), and TINY's keypoint head. Each term's formula is pinned
-    above (Eq. 5, Eq. 7); here the weights of the sum, on the terms the function returns, from a real forward."""
+    other L1 terms at weight 1 each (its loss dict's) but TINY's box term (NOTE 19), and TINY's keypoint head. Each
+    term's formula is pinned above (Eq. 5, Eq. 7); here the weights of the sum, on the terms the function returns,
+    from a real forward."""
     cfg = hae.BASE_CONFIGS["tiny"]
     assert cfg.recipe.losses == "tiny"
     # ours (docs/hmr_adapter.md NOTE 17): the keypoint head's L1 weight and the expert's own rotation weight
