@@ -11,7 +11,7 @@ The rule (docs/reference.md, "Where a figure comes from"):
   words) in the words before it; of the same sign, equal at the digits quoted;
 - a paper's figure is marked with a dagger (5.7†) and occurs in that paper's text (lab/paper_numbers.json holds the
   numbers of each paper's text, written by --paper-numbers);
-- a figure of history stands in a section, paragraph or table row that says its date and commit
+- a figure of history stands in a section, a table row or a sentence that says its date and commit
   (2026-11-25, commit 3337df8); docs/history.md is all history, and each of its entries is headed so;
 - a quantity is written as a number, not spelled out ("a quarter", "half an hour", "three times"), unless marked as
   the paper's.
@@ -122,6 +122,7 @@ def quoted_figures(text, where, table_header=None, previous=""):
             cells = table_header.split("|")
             before = " ".join([text.split("|")[1], cells[column] if column < len(cells) else "", before.split("|")[-1]])
         figure = Figure(m, names(before), where)
+        figure.start = m.start()
         if figure.paper or figure.unit or figure.decimal:
             found.append(figure)
     return found
@@ -217,9 +218,14 @@ def paper_of(path):
     return next((paper for key, paper in PAPER_OF.items() if name.startswith(key)), None)
 
 
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\[*`])|\n(?=\s*(?:[-*] |\d+\. ))")  # or a list item's start
+
+
 def prose_lines(path):
-    """(line number, text, the table header above it, whether it is history) of a Markdown file or a notebook's
-    Markdown cells, code removed."""
+    """(line number, text, the table header above it, its history spans) of a Markdown file or a notebook's Markdown
+    cells, code removed. History spans (start, end) cover the line where it is history: under a heading that gives
+    a date and a commit (down to the next heading of its level), a table row that gives them, or a sentence that
+    does."""
     path = pathlib.Path(path)
     if path.suffix == ".ipynb":
         cells = [("".join(c["source"]) if isinstance(c["source"], list) else c["source"])
@@ -229,15 +235,16 @@ def prose_lines(path):
         blocks = [("", strip_code(path.read_text()))]
     for label, text in blocks:
         lines = text.split("\n")
-        paragraph_of, paragraphs = [], [[]]  # each line's paragraph (lines between blank lines)
-        for line in lines:
-            if not line.strip() and paragraphs[-1]:
-                paragraphs.append([])
-            paragraphs[-1].append(line)
-            paragraph_of.append(len(paragraphs) - 1)
-        paragraph_history = [bool(HISTORY_MARK.search("\n".join(p))) for p in paragraphs]
+        starts = [sum(len(x) + 1 for x in lines[:i]) for i in range(len(lines))]  # each line's offset in text
+        dated = []  # (start, end) offsets in text of the sentences that give a date and a commit
+        for paragraph in re.finditer(r"(?:[^\n]+\n?)+", text):
+            if paragraph.group(0).lstrip().startswith("|"):
+                continue
+            cuts = [0, *(m.end() for m in SENTENCE_END.finditer(paragraph.group(0))), len(paragraph.group(0))]
+            dated += [(paragraph.start() + i, paragraph.start() + j) for i, j in zip(cuts, cuts[1:])
+                      if HISTORY_MARK.search(paragraph.group(0)[i:j])]
         history_level, header = None, None
-        for number, line in enumerate(lines, 1):
+        for number, (line, start) in enumerate(zip(lines, starts), 1):
             heading = re.match(r"(#+) ", line)
             if heading:
                 level = len(heading.group(1))
@@ -246,8 +253,12 @@ def prose_lines(path):
                 if history_level is None and HISTORY_MARK.search(line):
                     history_level = level
             header = (line if header is None else header) if line.startswith("|") else None
-            history = history_level is not None or paragraph_history[paragraph_of[number - 1]]
-            yield f"{label}line {number}", line, header, history
+            if history_level is not None or (line.startswith("|") and HISTORY_MARK.search(line)):
+                spans = [(0, len(line))]
+            else:
+                spans = [(max(i - start, 0), min(j - start, len(line))) for i, j in dated if i < start + len(line)
+                         and j > start]
+            yield f"{label}line {number}", line, header, spans
 
 
 def check(path, records=None, outputs=None, paper_numbers=None, code=None):
@@ -268,11 +279,14 @@ def check(path, records=None, outputs=None, paper_numbers=None, code=None):
     misses, previous = [], ""
     for where, line, header, history in prose_lines(path):
         previous, line_before = line, previous
-        if history:
-            continue
+        dated = lambda at: any(i <= at < j for i, j in history)  # noqa: E731
         for m in SPELLED.finditer(line):
-            misses.append(f"{rel} {where}: '{m.group(0)}' is a quantity spelled out: write the number with its source")
+            if not dated(m.start()):
+                misses.append(f"{rel} {where}: '{m.group(0)}' is a quantity spelled out: write the number with its "
+                              "source")
         for figure in quoted_figures(line, where, header, "" if line.startswith("|") else line_before):
+            if dated(figure.start):
+                continue
             if figure.paper:
                 if figure.number not in stated:
                     misses.append(f"{rel} {where}: {figure.text} is marked as the paper's, and "
