@@ -45,8 +45,8 @@ _UNIT = "|".join(sorted((re.escape(u) for u in UNITS), key=len, reverse=True))
 FIGURE = re.compile(r"(?<![\w.†/#:@-])(?P<sign>[-−])?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
                     r"(?P<exp>(?<=\.\d)e[-+]?\d+|(?<=\d)e[-+]\d+|(?<=(?<!\w)\d)e\d+)?(?P<mult>[kMG](?![\w-]))?"
                     rf"(?:\s?(?P<unit>{_UNIT})(?![\w/-]|\s?\d))?(?P<paper>†)?")
-NOT_A_FIGURE = re.compile(r"(?:Sec\.|Section|Sections|Table|Tables|Eq\.|Eqs\.|Fig\.|Figure|No\.|NOTE|NOTES|Appendix|§"
-                          r"|issue|issues|item|items|stop|commit|[Ss]tage|layer|PR|torch|timm|Python|python|CUDA"
+NOT_A_FIGURE = re.compile(r"(?<![\w-])(?:Sec\.|Section|Sections|Table|Tables|Eq\.|Eqs\.|Fig\.|Figure|No\.|NOTE"
+                          r"|NOTES|Appendix|§|issue|issues|item|items|stop|commit|[Ss]tage|layer|PR|torch|timm|Python|python|CUDA"
                           r"|einops|numpy|smplx|ruff|version|step|steps|seed|seeds|rank|chapter|line|lines|part"
                           r"|row|rows|No|v|T =|K =|k =|N =|=)\s?\(?$")
 STOPWORDS = set("a an the of and or in on at to is are was its it with for by from as than that this be not no but "
