@@ -21,6 +21,7 @@ issue numbers, versions, dates and code are not figures.
 """
 
 import argparse
+import functools
 import json
 import pathlib
 import re
@@ -46,7 +47,8 @@ FIGURE = re.compile(r"(?<![\w.†/#:@-])(?P<sign>[-−])?(?P<num>\d{1,3}(?:,\d{3
                     r"(?P<exp>(?<=\.\d)e[-+]?\d+|(?<=\d)e[-+]\d+|(?<=(?<!\w)\d)e\d+)?(?P<mult>[kMG](?![\w-]))?"
                     rf"(?:\s?(?P<unit>{_UNIT})(?![\w/-]|\s?\d))?(?P<paper>†)?")
 NOT_A_FIGURE = re.compile(r"(?<![\w-])(?:Sec\.|Section|Sections|Table|Tables|Eq\.|Eqs\.|Fig\.|Figure|No\.|NOTE"
-                          r"|NOTES|Appendix|§|issue|issues|item|items|stop|commit|[Ss]tage|layer|PR|torch|timm|Python|python|CUDA"
+                          r"|NOTES|Appendix|§|issue|issues|item|items|stop|commit|[Ss]tage|layer|PR|torch|timm"
+                          r"|Python|python|CUDA"
                           r"|einops|numpy|smplx|ruff|version|step|steps|seed|seeds|rank|chapter|line|lines|part"
                           r"|row|rows|No|v|T =|K =|k =|N =|=)\s?\(?$")
 STOPWORDS = set("a an the of and or in on at to is are was its it with for by from as than that this be not no but "
@@ -261,21 +263,29 @@ def prose_lines(path):
             yield f"{label}line {number}", line, header, spans
 
 
+@functools.lru_cache(maxsize=None)
+def _default(kind, notebook=None):
+    """The repository's sources, read once per process: its records, its code, a notebook's outputs."""
+    if kind == "outputs":
+        return tuple(printed_figures(notebook_outputs(notebook), notebook.name))
+    return tuple(record_figures() if kind == "records" else code_figures())
+
+
 def check(path, records=None, outputs=None, paper_numbers=None, code=None):
     """The misses of one checked file, one line each: a figure with no source of its quantity, a dagger figure its
     paper does not state, a spelled-out quantity."""
     path = pathlib.Path(path)
     rel = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
-    records = record_figures() if records is None else records
+    records = _default("records") if records is None else records
     if outputs is None:
         notebooks = [path] if path.suffix == ".ipynb" else sorted((ROOT / "notebooks").glob("*.ipynb"))
-        outputs = [f for nb in notebooks for f in printed_figures(notebook_outputs(nb), nb.name)]
+        outputs = [f for nb in notebooks for f in _default("outputs", nb)]
     if paper_numbers is None:
         paper_numbers = json.loads(PAPER_NUMBERS.read_text())
     paper = paper_of(path)
     stated = set(paper_numbers[paper]["numbers"]) if paper else {n for p in paper_numbers.values()
                                                                   for n in p["numbers"]}
-    sources = records + outputs + (code_figures() if code is None else code)
+    sources = [*records, *outputs, *(_default("code") if code is None else code)]
     misses, previous = [], ""
     for where, line, header, history in prose_lines(path):
         previous, line_before = line, previous

@@ -301,8 +301,8 @@ def bases_loss(pred, batch, bcfg, weights, recipe):
         hand_terms["hand_keypoints"] = (keypoints - target["uv"]).abs().mean()
         hand = hand + recipe.w_hand_keypoints * hand_terms["hand_keypoints"]
     body, terms = whole_body_loss(out, bcfg, batch, weights)
-    boxes = (recipe.w_boxes - 1) * terms["boxes"]  # NOTE 19: SMPLer-X's weight is 1
-    return hand + body + boxes + sum(terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
+    weight = dict.fromkeys(SMPLERX_TERMS, 1.0) | {"boxes": recipe.w_boxes}  # NOTE 19: SMPLer-X's are all 1
+    return hand + body + sum(weight[k] * terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
 
 
 class BasesStage:
