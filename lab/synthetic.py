@@ -146,9 +146,10 @@ def hand_axes(rest_joints):
     return flex, F.normalize(torch.linalg.cross(d[4], palm, dim=0), dim=0)
 
 
-def hand_poses(draws, axes, cfg=HandPoseConfig()):
+def hand_poses(draws, axes, cfg=HandPoseConfig(), grasp=None):
     """Natural random finger poses: (B, 15, 3) float64 numpy axis-angle for MANO joints 1-15;
-    axes from `hand_axes`.
+    axes from `hand_axes`; grasp (B,) in [0, 1]: the grasp level g of step 1 given (the whole bodies'
+    follows the elbow), else drawn (the same draws either way, so the other numbers do not move).
 
     1. A grasp level g ~ U(0, 1) curls all fingers together (curl c = g + N(0, 0.12), pinky and
        ring a little more); with probability cfg.independent_prob each finger instead is straight
@@ -165,6 +166,8 @@ def hand_poses(draws, axes, cfg=HandPoseConfig()):
     noise = draws.normal(1.0, (14,))  # (B, 14)
     # 1. curls (index, middle, pinky, ring, thumb): gesture or grasp, both drawn
     g = draws.uniform(0, 1)  # (B,)
+    if grasp is not None:
+        g = np.asarray(grasp, dtype=np.float64).reshape(len(g))
     gesture = draws.chance(cfg.independent_prob)[:, None]
     straight = draws.chance(0.5, (5,))
     curl_gesture = straight * draws.uniform(0.6, 1.0, (5,)) + draws.uniform(0.0, 0.15, (5,))
@@ -1128,7 +1131,8 @@ class SyntheticWholeBody(_SyntheticBodyBase):
     square S_hand_image_box (4,) (body-image pixels) about its box, on a pattern background, in its own light.
     Distribution: bodies as `SyntheticBodies` but turned towards the camera four times in five
     (so both hands show most of the time: see the test), fingers of both hands from
-    `hand_poses`, jaw N(0, 5 deg), expression N(0, 0.5), betas N(0, 1). With probability
+    `hand_poses`, each hand's grasp level following its elbow (`elbow_grasp`), jaw N(0, 5 deg), expression
+    N(0, 0.5), betas N(0, 1). With probability
     occlusion_prob per hand, an occluder (a flat textured rectangle in front of everything, as an
     object held or passing by) covers `occlusion_cover` (a range) of the hand's box; it is drawn
     from its own random stream, so the scene is the same with and without it.
@@ -1168,8 +1172,9 @@ class SyntheticWholeBody(_SyntheticBodyBase):
         pose = torch.zeros(55, 3, dtype=torch.float64)
         pose[:22] = matrix_to_axis_angle(R)
         pose[22] = X * math.radians(abs(float(normal(rng, 5.0))))  # the jaw opens a little
-        fingers = {side: torch.from_numpy(hand_poses(Draws([rng]), self.hand_axes, self.hand_pose_config)[0])
-                   for side in ("left", "right")}
+        fingers = {side: torch.from_numpy(hand_poses(Draws([rng]), self.hand_axes, self.hand_pose_config,
+                                                     grasp=[elbow_grasp(R[elbow], rng, self.pose_config)])[0])
+                   for side, elbow in (("left", 18), ("right", 19))}  # SMPL-X's elbows
         mano_to_smplx = self.hand_labeller.mano_to_smplx  # MANO's rest hand turned onto SMPL-X's right hand
         pose[40:55] = fingers["right"] @ mano_to_smplx.T  # axis-angle turns with the frame: R aa
         pose[25:40] = mirror_rotation(fingers["left"] @ mano_to_smplx.T)
@@ -1247,6 +1252,15 @@ class SyntheticWholeBody(_SyntheticBodyBase):
         image = render_batch(verts[None], self.arm_faces[side], (to_render @ sample["K"])[None], (R, R), colors,
                              light, ambient, background, True)[0]
         return F.avg_pool2d(image, 2)[0], square
+
+
+def elbow_grasp(elbow, rng, cfg, noise=0.15):
+    """A whole body's grasp level for one hand (`hand_poses` step 1) from its elbow's local rotation (3, 3):
+    its flexion over the largest (cfg.elbow), + N(0, noise), clipped to [0, 1]. A bent arm holds something and a
+    hanging one's hand relaxes, as ARCTIC's hands follow the task (docs/hmr_adapter.md, NOTE 20): so the arm
+    chain tells something of the fingers; the gestures of `hand_poses` stay independent of it."""
+    flexion = math.degrees(float(matrix_to_axis_angle(elbow).norm()))
+    return min(max(flexion / cfg.elbow[1] + float(normal(rng, noise)), 0.0), 1.0)
 
 
 # the expert's own hand images: the square about a hand box x 1.5 (BASES_TINY.hand_box_scale, the crop it reads in a

@@ -300,9 +300,10 @@ def test_body_loss_over_the_hands_sees_the_wrists_rotation(batch):
     hw = batch["image"].shape[-2:]
     _, truth = ha.body_pose_loss(theta, shape, cam, batch, hw, ha.TINY.model)
     _, wrist = ha.body_pose_loss(bodymodels.matrix_to_rot6d(turned), shape, cam, batch, hw, ha.TINY.model)
-    assert truth["body_3d"] < 1e-5  # forward kinematics gives the data's joints (float32)
-    assert wrist["body_3d"] < 1e-5 and wrist["body_2d"] == truth["body_2d"]  # no body joint moved
-    assert truth["fingers_3d"] < 1e-5 and wrist["fingers_3d"] > 1e-3
+    # forward kinematics gives the data's joints to float32 rounding (metres; measured up to 1.4e-5 on these people)
+    assert truth["body_3d"] < 5e-5
+    assert wrist["body_3d"] == truth["body_3d"] and wrist["body_2d"] == truth["body_2d"]  # no body joint moved
+    assert truth["fingers_3d"] < 5e-5 and wrist["fingers_3d"] > 1e-3
 
 
 # ---------------------------------------------------------------------------------------------
