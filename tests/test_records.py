@@ -36,6 +36,8 @@ def expected_results():
         "HMR-Adapter": [*occluded, occluded[0] / occluded[1],
                         ha("pipeline/adapted/all/pve_mm") / ha("pipeline/baseline/all/pve_mm"),
                         ha("hand_path/adapter/occluded/pve_mm") / ha("hand_path/expert/occluded/pve_mm"),
+                        ha("hand_path/adapter/occluded/pa_pve_mm") / ha("hand_path/control/occluded/pa_pve_mm"),
+                        paper_table3["No.6 adapter, body pose input"] / paper_table3["No.5 adapter, hand image input"],
                         ha("hand_path/control/occluded/pa_pve_mm") / ha("hand_path/expert/occluded/pa_pve_mm"),
                         paper_table3["No.5 adapter, hand image input"] / paper_table3["HaMeR (pre-trained)"]],
     }
