@@ -75,7 +75,7 @@ class Figure:
         decimals = len(number.split(".")[1]) if "." in number else 0
         scale = MULTIPLIERS.get(m["mult"], 1) * 10 ** int((m["exp"] or "e0")[1:])
         self.unit, factor = UNITS.get(m["unit"], (None, 1))
-        self.text, self.number, self.where = m.group(0).strip(), number, where
+        self.text, self.number, self.where, self.start = m.group(0).strip(), number, where, m.start()
         self.sign = -1 if m["sign"] else 1
         self.value = self.sign * float(number) * scale * factor
         self.half = 0.5 * 10 ** -decimals * scale * factor * (1 + 1e-9)
@@ -124,7 +124,6 @@ def quoted_figures(text, where, table_header=None, previous=""):
             cells = table_header.split("|")
             before = " ".join([text.split("|")[1], cells[column] if column < len(cells) else "", before.split("|")[-1]])
         figure = Figure(m, names(before), where)
-        figure.start = m.start()
         if figure.paper or figure.unit or figure.decimal:
             found.append(figure)
     return found
@@ -263,12 +262,10 @@ def prose_lines(path):
             yield f"{label}line {number}", line, header, spans
 
 
-@functools.lru_cache(maxsize=None)
-def _default(kind, notebook=None):
-    """The repository's sources, read once per process: its records, its code, a notebook's outputs."""
-    if kind == "outputs":
-        return tuple(printed_figures(notebook_outputs(notebook), notebook.name))
-    return tuple(record_figures() if kind == "records" else code_figures())
+# the repository's sources, read once per process
+_records = functools.lru_cache(maxsize=None)(lambda: tuple(record_figures()))
+_code = functools.lru_cache(maxsize=None)(lambda: tuple(code_figures()))
+_outputs = functools.lru_cache(maxsize=None)(lambda nb: tuple(printed_figures(notebook_outputs(nb), nb.name)))
 
 
 def check(path, records=None, outputs=None, paper_numbers=None, code=None):
@@ -276,16 +273,16 @@ def check(path, records=None, outputs=None, paper_numbers=None, code=None):
     paper does not state, a spelled-out quantity."""
     path = pathlib.Path(path)
     rel = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
-    records = _default("records") if records is None else records
+    records = _records() if records is None else records
     if outputs is None:
         notebooks = [path] if path.suffix == ".ipynb" else sorted((ROOT / "notebooks").glob("*.ipynb"))
-        outputs = [f for nb in notebooks for f in _default("outputs", nb)]
+        outputs = [f for nb in notebooks for f in _outputs(nb)]
     if paper_numbers is None:
         paper_numbers = json.loads(PAPER_NUMBERS.read_text())
     paper = paper_of(path)
     stated = set(paper_numbers[paper]["numbers"]) if paper else {n for p in paper_numbers.values()
                                                                   for n in p["numbers"]}
-    sources = [*records, *outputs, *(_default("code") if code is None else code)]
+    sources = [*records, *outputs, *(_code() if code is None else code)]
     misses, previous = [], ""
     for where, line, header, history in prose_lines(path):
         previous, line_before = line, previous
