@@ -182,7 +182,7 @@ class AugmentConfig:
 # by any angle, flipped with probability 0.5 (RandomHorizontalFlip), then each colour channel times
 # U(0.6, 1.4) (RandomChannelNoise 0.4) and albumentations' RandomBrightnessContrast (brightness
 # (-0.4, 0.1), its default contrast 0.2, always applied).
-# NOTE 5: the official roll is clip(N(0, 90), -180, 180) DEGREES passed to np.cos /
+# NOTE R5: the official roll is clip(N(0, 90), -180, 180) DEGREES passed to np.cos /
 # np.sin as RADIANS (GetRandomScaleRotation rot_factor 90 -> get_2d3d_perspective_transform), an
 # angle that wraps round the circle many times, i.e. about uniform: here uniform in [-180, 180] degrees.
 OFFICIAL_HAND_AUGMENT = AugmentConfig(rotation_deg=180.0, crop="keypoints", box_scale=(1.0, 1.5), box_jitter=0.1,
@@ -805,7 +805,7 @@ class HMR2Npz(torch.utils.data.Dataset):
     the ViT's aspect (`expand_to_aspect_ratio`, w:h = 192:256), its larger side b a square crop resized
     to 256 x 256 of which the ViT reads the central 256 x 192: here, the rectangle b x b W/H around
     `center` straight onto cfg.image_hw (H, W) (`lab.crops.crop_matrix`, bilinear, black outside).
-    NOTE 6: no augmentation; cv2's pixel centres at integers are taken as ours (half a
+    NOTE R6: no augmentation; cv2's pixel centres at integers are taken as ours (half a
     pixel); the official resize is cv2.warpAffine, here bilinear `warp_image` (antialiasing aside).
 
     Keys (the body keys that GenHMR reads, module docstring, and the protocol's):
@@ -1087,7 +1087,7 @@ class WholeBodyNpz(torch.utils.data.Dataset):
     S_hand_box (crop pixels), S_hand_joints3d / _joints2d, S_hand_mano_pose (`hmr_adapter.hands_of_body`,
     the module's left-hand convention), S_hand_visible (the hand's pixels not hidden by the body's own
     mesh: objects are not modelled), S_hand_occluded, S_arm_pose. The mesh comes from the SMPL-X file
-    under $HMR_BODY_MODELS (else the stand-in). NOTE 7: no augmentation; the crop is
+    under $HMR_BODY_MODELS (else the stand-in). NOTE R7: no augmentation; the crop is
     bilinear `warp_image` (SMPLer-X: cv2.warpAffine at 512 x 384, then resized to the ViT's input).
     """
 

@@ -496,7 +496,7 @@ GENHMR_STAGES = tuple((name, protocol.CONFIGS, protocol.build_model) for name, p
     ("genhmr_prior", genhmr_experiments.PriorStage), ("genhmr", genhmr_experiments)))
 GENHMR_BOX_ENLARGE = 1.2  # a box from 2D keypoints, enlarged as SPIN / HMR2.0's datasets do (scaleFactor 1.2)
 # COCO-17 keypoint -> SMPL joint of the same name (shoulders, elbows, wrists, hips, knees, ankles; the face has
-# none). NOTE 18 (docs/genhmr.md): the paper's detector and joint matching are unstated; SMPL's hips sit inside COCO's
+# none). NOTE G18 (docs/genhmr.md): the paper's detector and joint matching are unstated; SMPL's hips sit inside COCO's
 COCO17_TO_SMPL = {i: bodymodels.SMPL_JOINT_NAMES.index(n) for i, n in enumerate(COCO17_NAMES)
                   if n in bodymodels.SMPL_JOINT_NAMES}
 GENHMR_DOCS = {

@@ -72,7 +72,7 @@ def squared_distances(x, codebook):
 class QuantizeEMAReset(nn.Module):
     """Nearest-code quantiser, EMA codebook and dead-code reset (T2M-GPT / TokenHMR). Buffers, untouched
     by the optimiser: codebook (K, D), code_sum (K, D), code_count (K,), initialised (). Under
-    torch.distributed every rank ends each update with the same codebook (NOTE 6)."""
+    torch.distributed every rank ends each update with the same codebook (NOTE G6)."""
 
     def __init__(self, num_codes, dim, decay):
         super().__init__()
@@ -102,7 +102,7 @@ class QuantizeEMAReset(nn.Module):
         """One EMA step (decay mu) from encoder outputs z (N, D) and their ids (N,) -> the batch perplexity."""
         onehot = F.one_hot(ids, self.num_codes).float()  # (N, K)
         batch_sum, batch_count = onehot.T @ z, onehot.sum(0)  # sum_{i: id_i = k} z_i (K, D), n_k (K,)
-        if _distributed():  # NOTE 6: the references do not all-reduce; ranks must agree
+        if _distributed():  # NOTE G6: the references do not all-reduce; ranks must agree
             dist.all_reduce(batch_sum)
             dist.all_reduce(batch_count)
         rand, mu = self.candidates(z), self.decay
@@ -145,8 +145,8 @@ class PoseTokenizer(nn.Module):
 
     Encoder: Conv(C_in -> w) -> nearest x (2 L / 24) -> Conv -> [Conv(k4, s2) -> Resnet1D] (2L -> L)
     -> Conv(w -> D). Decoder: Conv(D -> w) -> Resnet1D -> Conv(k = s = L / 24) (L -> 24) -> Conv -> 6D.
-    NOTE 2: TokenHMR-like; the paper names only ResBlocks, 1D convolutions and one quantizer.
-    NOTE 1: the encoder reads 6D rotations (TokenHMR), C_in = 6.
+    NOTE G2: TokenHMR-like; the paper names only ResBlocks, 1D convolutions and one quantizer.
+    NOTE G1: the encoder reads 6D rotations (TokenHMR), C_in = 6.
     Built from its config alone, untrained: the codebook starts from the encoder outputs of the first batch it
     sees in training mode (`tok.train()(poses)`, as `compute_loss`'s step does); body: SMPL (default the file
     under $HMR_BODY_MODELS, bodymodels.load_smpl).
@@ -194,8 +194,8 @@ class PoseTokenizer(nn.Module):
     def compute_loss(self, pred, pose):
         """Eq. Lvq on `forward`'s pred and the target pose (B, 24, 3) -> (loss, {term: ()}): L = w_re (w_pose L_theta
         + w_verts L_V + w_joints L_J) + w_commit ||z - sg[c]||^2, L1 on the rotation matrices, vertices and joints of
-        SMPL at beta = 0 (NOTE 4). Each term is a mean over samples, so equal shards on any number of ranks average
-        to it; the EMA codebook update sums its statistics over the ranks (NOTE 6)."""
+        SMPL at beta = 0 (NOTE G4). Each term is a mean over samples, so equal shards on any number of ranks average
+        to it; the EMA codebook update sums its statistics over the ranks (NOTE G6)."""
         cfg, R_gt, zeros = self.cfg, bodymodels.axis_angle_to_matrix(pose), pose.new_zeros(len(pose), NUM_BETAS)
         with torch.no_grad():
             v_gt, j_gt = self.body(R_gt, zeros, cfg.loss_vertices)
@@ -229,7 +229,7 @@ class LayerNorm2d(nn.Module):
 
 def pyramid_level(width, scale, d_model):
     """ViTDet simple feature pyramid, one level: log2(scale) x [ConvT(2, 2) halving the channels,
-    then LayerNorm2d + GELU between two], then Conv1x1 -> d_model + GroupNorm (NOTE 7)."""
+    then LayerNorm2d + GELU between two], then Conv1x1 -> d_model + GroupNorm (NOTE G7)."""
     layers, c = [], width
     for i in range(int(math.log2(scale))):
         if i:
@@ -277,7 +277,7 @@ class MSDeformAttn(nn.Module):
     def reset_parameters(self):
         """Deformable DETR: offsets start on a radial pattern (point k at k + 1 pixels along head m's
         direction), attention weights uniform, value/output projections Xavier. With level_sizes, each level's
-        pattern is scaled by `offset_scale` (NOTE 28)."""
+        pattern is scaled by `offset_scale` (NOTE G28)."""
         nn.init.zeros_(self.sampling_offsets.weight)
         theta = torch.arange(self.heads) * (2 * math.pi / self.heads)
         grid = torch.stack([theta.cos(), theta.sin()], -1)
@@ -319,7 +319,7 @@ REFERENCE_MARGIN = 0.1  # the reference points start in [0.1, 0.9] of the image 
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm: Y + SA(LN Y) -> Y + MSDA(LN Y, p, {x^l}) -> Y + FFN(LN Y). NOTE 8."""
+    """Pre-norm: Y + SA(LN Y) -> Y + MSDA(LN Y, p, {x^l}) -> Y + FFN(LN Y). NOTE G8."""
 
     def __init__(self, cfg, levels):
         super().__init__()
@@ -343,12 +343,12 @@ class DecoderLayer(nn.Module):
 class MaskedTransformer(nn.Module):
     """The masked transformer decoder: ids Y_M (B, L) with [MASK] = K, pyramid, codebook C (K, D) -> logits (B, L, K)
     of p(y_i | Y_M, X): Linear(d, K) on the normed last token state h (the paper's logits). code_init: None (a fresh
-    table) or f(C, d) -> (K, d), the codes' rows of the token embedding at unit std (`code_embedding`, NOTE 26)."""
+    table) or f(C, d) -> (K, d), the codes' rows of the token embedding at unit std (`code_embedding`, NOTE G26)."""
 
     def __init__(self, cfg, num_tokens, codebook, head_width=None, code_init=None):
         super().__init__()
         d, self.mask_id = cfg.d_model, len(codebook)
-        # NOTE 24: token and position embeddings at one scale, std 0.02 (BERT / MaskGIT), so that self-attention
+        # NOTE G24: token and position embeddings at one scale, std 0.02 (BERT / MaskGIT), so that self-attention
         # can find a token's neighbours by position
         self.tok_emb = nn.Embedding(len(codebook) + 1, d)  # the last row is the learnable [MASK]
         nn.init.normal_(self.tok_emb.weight, std=0.02)
@@ -357,7 +357,7 @@ class MaskedTransformer(nn.Module):
                 self.tok_emb.weight[:-1] = code_init(codebook, d) * 0.02
         self.pos_emb = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
         # learnable reference points p_y = sigmoid(r_y), r (L, 2), spread over the image at the start
-        # NOTE 9: Deformable DETR's start puts all L points at the centre: every token reads one place
+        # NOTE G9: Deformable DETR's start puts all L points at the centre: every token reads one place
         self.reference = nn.Parameter(torch.logit(torch.rand(num_tokens, 2) * (1 - 2 * REFERENCE_MARGIN)
                                                   + REFERENCE_MARGIN))
         self.layers = nn.ModuleList(DecoderLayer(cfg, len(cfg.feature_scales)) for _ in range(cfg.num_layers))
@@ -379,7 +379,7 @@ class MaskedTransformer(nn.Module):
 
 class ShapeCameraHead(nn.Module):
     """beta (B, 10) and weak-perspective camera [s, tx, ty] (B, 3) from the pooled 1x ViT map, as
-    residuals on HMR2.0's mean parameters (beta = 0, cam = [0.9, 0, 0]). NOTE 10."""
+    residuals on HMR2.0's mean parameters (beta = 0, cam = [0.9, 0, 0]). NOTE G10."""
 
     def __init__(self, width, hidden):
         super().__init__()
@@ -488,7 +488,7 @@ class GenHMR(nn.Module):
 
 
 def num_masked(mask_tau, L):
-    """Training Strategy: m = ceil(cos(pi tau / 2) L), clamped to [1, L] (NOTE 11); tau: the masking variable."""
+    """Training Strategy: m = ceil(cos(pi tau / 2) L), clamped to [1, L] (NOTE G11); tau: the masking variable."""
     return torch.ceil(torch.cos(math.pi * mask_tau / 2) * L - 1e-6).clamp(1, L).long()
 
 
@@ -503,13 +503,13 @@ def random_masking(ids, mask_id, mask_tau_max=1.0, generator=None):
 
 
 def corrupt_tokens(ids, mask_id, recipe):
-    """Y* (B, L) [MASK]ed (`random_masking`), its visible tokens swapped (NOTE 11) -> (Y_M, masked (B, L) bool)."""
+    """Y* (B, L) [MASK]ed (`random_masking`), its visible tokens swapped (NOTE G11) -> (Y_M, masked (B, L) bool)."""
     y_m, masked = random_masking(ids, mask_id, recipe.mask_tau_max)
     return swap_visible(y_m, masked, mask_id, recipe.pkeep), masked
 
 
 def gumbel_temperature(cfg, step):
-    """Eq. (5) over the first anneal_fraction of max_steps, then held at temperature_end (NOTE 14); cfg: the recipe."""
+    """Eq. (5) over the first anneal_fraction of max_steps, then held at temperature_end (NOTE G14); cfg: the recipe."""
     T = max(1.0, cfg.anneal_fraction * cfg.max_steps)
     t = min(float(step), T)
     return cfg.temperature_end + 0.5 * (cfg.temperature_start - cfg.temperature_end) * (1 + math.cos(math.pi * t / T))
@@ -567,7 +567,7 @@ def compute_loss(pred, targets, cfg):
 
 def token_cross_entropy(logits, y_gt, masked, ce_on="all"):
     """Eq. (1) per sample: -sum_i log p(y_i | Y_M, X), the sum as a mean over the positions i of each sample
-    ("all": the L positions; "masked": its m >= 1 [MASK]s) -> (B,). NOTE 12."""
+    ("all": the L positions; "masked": its m >= 1 [MASK]s) -> (B,). NOTE G12."""
     ce = F.cross_entropy(logits.float().flatten(0, 1), y_gt.flatten(), reduction="none").view_as(y_gt)
     return ce.mean(1) if ce_on == "all" else (ce * masked).sum(1) / masked.sum(1)
 
@@ -575,7 +575,7 @@ def token_cross_entropy(logits, y_gt, masked, ce_on="all"):
 def smpl_losses(pred, targets, cfg):
     """L_theta, L_beta (MSE), L_3D (pelvis-centred L1), L_2D (normalised L1) of `smpl_prediction`'s pred against
     targets (`compute_loss`'s): each summed over joints and coordinates per sample, as HMR2.0/TokenHMR, then
-    loss_batch x the mean over samples (NOTE 15: their sums over a GPU's 48 samples, the same on any ranks)."""
+    loss_batch x the mean over samples (NOTE G15: their sums over a GPU's 48 samples, the same on any ranks)."""
     R, joints, uv = pred["R"], pred["joints3d"], pred["joints2d"]
     R_gt = bodymodels.axis_angle_to_matrix(targets["smpl_pose"].float())
     j3d_gt, uv_gt = targets["joints3d"].float(), targets["joints2d"].float()
@@ -620,7 +620,7 @@ SCHEDULES = {"cosine": lambda r: (1 + math.cos(math.pi * r)) / 2, "linear": lamb
 
 
 def remask_counts(L, T, schedule="cosine"):
-    """Tokens re-masked after iterations t = 1..T: ceil(gamma(t / T) L) (n_T = 0). NOTE 17.
+    """Tokens re-masked after iterations t = 1..T: ceil(gamma(t / T) L) (n_T = 0). NOTE G17.
     The 1e-9 keeps exact products exact (cos, T = 3, t = 2: 0.25 x 96 = 24, not 24.000000000000007 -> 25)."""
     if T < 1:
         raise ValueError(f"UGS needs T >= 1 iterations, got {T}")
@@ -656,7 +656,7 @@ def sample_from_features(model, levels, T=5, schedule="cosine", top_k=1, generat
     """UGS's iterations on an encoded image pyramid -> (ids (B, L), history: per iteration t, (masked (B, L) after t,
     confidence (B, L) of the sampled tokens, ids (B, L) sampled or fixed at t, before re-masking)).
     choice_temperature c > 0 ranks the masked tokens by log p + c (1 - t / T) g, g ~ Gumbel(0, 1) (MaskGIT's,
-    NOTE 17: `gumbel_noise`, appendix A)."""
+    NOTE G17: `gumbel_noise`, appendix A)."""
     # levels None: no image (a pose prior); the batch size and device then come from seeds
     B, device = (len(levels[0]), levels[0].device) if levels is not None else (len(seeds), seeds.device)
     L = model.num_tokens
@@ -761,7 +761,7 @@ class TokenizerConfig:
     num_tokens: AtLeast1 = 96  # L (Table 6: 96 chosen)
     codebook_size: AtLeast1 = 2048  # K (Table 5: 2048 x 256 chosen)
     code_dim: AtLeast1 = 256  # D
-    width: AtLeast1 = 512  # conv width. NOTE 2: unstated; TokenHMR's
+    width: AtLeast1 = 512  # conv width. NOTE G2: unstated; TokenHMR's
     res_depth: AtLeast1 = 2  # ResBlocks per Resnet1D (TokenHMR)
     dilation_growth: AtLeast1 = 3  # dilations 1, 3, 9, ... (TokenHMR)
     ema_decay: Fraction = 0.99  # EMA codebook (Method: "exponential moving average and codebook reset")
@@ -770,7 +770,7 @@ class TokenizerConfig:
     w_pose: NonNegative = 1.0  # lambda_theta
     w_verts: NonNegative = 0.5  # lambda_V
     w_joints: NonNegative = 0.3  # lambda_J
-    w_commit: NonNegative = 0.02  # lambda_E used as commitment weight. NOTE 3
+    w_commit: NonNegative = 0.02  # lambda_E used as commitment weight. NOTE G3
     loss_vertices: AtLeast0 = 0  # vertices in L_V, evenly strided (0 = all 6890)
 
     def __post_init__(self):
@@ -783,7 +783,7 @@ class TokenizerConfig:
 class TokenizerRecipe:
     """What train.py reads for the tokenizer (App. > Implementation Details; data: AMASS + MOYO, SMPL-H -> SMPL)."""
     # App. > Data Augmentation: "we rotate the poses at varying degrees"
-    aug_yaw_deg: Annotated[float, "[0, 180]"] = 180.0  # NOTE 5: ranges unstated
+    aug_yaw_deg: Annotated[float, "[0, 180]"] = 180.0  # NOTE G5: ranges unstated
     aug_roll_deg: Annotated[float, "[0, 180]"] = 30.0
     batch_size: AtLeast1 = 512  # global batch
     lr: NonNegative = 1e-4  # Adam
@@ -801,7 +801,7 @@ class TokenizerRecipe:
 def augment_pose(pose, recipe):
     """The tokenizer's training poses (B, 24, 3) rotated (App. > Data Augmentation: "we rotate the poses at varying
     degrees"): the global orientation pre-multiplied by Rz(roll) Ry(yaw), in camera axes (y vertical, z the optical
-    axis), yaw ~ U(+-aug_yaw_deg), roll ~ U(+-aug_roll_deg) (NOTE 5); recipe: a TokenizerRecipe."""
+    axis), yaw ~ U(+-aug_yaw_deg), roll ~ U(+-aug_roll_deg) (NOTE G5); recipe: a TokenizerRecipe."""
     if not (recipe.aug_yaw_deg or recipe.aug_roll_deg):
         return pose
     u = torch.rand(len(pose), 2, device=pose.device) * 2 - 1
@@ -831,23 +831,23 @@ class GenHMRConfig:
     vit_heads: AtLeast1 = 16
     vit_mlp_ratio: Positive = 4.0
     drop_path: Fraction = 0.55  # HMR2.0's backbone config
-    conv_stem: Sizes = ()  # () = HMR2.0's patch_embed.proj; else the widths of a conv stem (TINY only, NOTE 22)
-    feature_scales: Sizes = (1, 4, 8)  # App. > Impl.; Table 15 adds 16. NOTE 7
+    conv_stem: Sizes = ()  # () = HMR2.0's patch_embed.proj; else the widths of a conv stem (TINY only, NOTE G22)
+    feature_scales: Sizes = (1, 4, 8)  # App. > Impl.; Table 15 adds 16. NOTE G7
     # --- masked transformer decoder (Method > Masked Transformer Decoder; Table 16) ---
-    d_model: AtLeast1 = 256  # NOTE 8: unstated, Deformable-DETR default
+    d_model: AtLeast1 = 256  # NOTE G8: unstated, Deformable-DETR default
     num_layers: AtLeast1 = 4  # "4 deformable cross attention layers" (Table 16)
     num_heads: AtLeast1 = 8  # self-attention and MSDA heads
     num_points: AtLeast1 = 4  # MSDA sampling points per head and level
     # where the sampling offsets start: "detr", Deformable DETR's radial pattern in pixels of every level, or "map",
-    # that pattern scaled to each map (`offset_scale`, NOTE 28: the same at the paper's size)
+    # that pattern scaled to each map (`offset_scale`, NOTE G28: the same at the paper's size)
     offset_start: str = "detr"
     ffn_dim: AtLeast1 = 1024
     dropout: Fraction = 0.1
-    head_hidden: AtLeast1 = 1024  # beta/camera MLP. NOTE 10
-    token_head: str = "linear"  # "linear": Linear(d, K), the paper's logits | "tied" to the codebook (TINY, NOTE 21)
+    head_hidden: AtLeast1 = 1024  # beta/camera MLP. NOTE G10
+    token_head: str = "linear"  # "linear": Linear(d, K), the paper's logits | "tied" to the codebook (TINY, NOTE G21)
     # --- loss (Training Strategy; App. > Implementation Details) ---
-    ce_on: str = "all"  # "all" (Eq. 1 as printed) | "masked". NOTE 12
-    gumbel_positions: str = "all"  # "all" | "masked" (GT one-hot at visible). NOTE 13
+    ce_on: str = "all"  # "all" (Eq. 1 as printed) | "masked". NOTE G12
+    gumbel_positions: str = "all"  # "all" | "masked" (GT one-hot at visible). NOTE G13
     w_mask: NonNegative = 1.0
     w_pose: NonNegative = 1e-3  # lambda_theta within lambda_SMPL = 1.5e-3
     w_betas: NonNegative = 5e-4
@@ -880,7 +880,7 @@ class InferenceConfig:
     schedule: str = "cosine"  # gamma, one of SCHEDULES
     top_k: AtLeast1 = 1  # greedy
     choice_temperature: NonNegative = 0.0  # UGS re-masks by log p + c (1 - t / T) Gumbel (MaskGIT); 0 = by p
-    #   alone. NOTE 17
+    #   alone. NOTE G17
     refine_iterations: AtLeast0 = 20  # P (Table 1 = Table 3's 20-iteration row)
     refine_lr: NonNegative = 0.03  # eta of Eq. (4), unstated: chosen at TINY (docs/genhmr.md); G is in crop px^2
     refine_reg: NonNegative = 10.0  # lambda_theta' (px^2 per unit ||R - R_0||^2)
@@ -891,7 +891,7 @@ class InferenceConfig:
 
 @dataclass
 class RegressorConfig:
-    """The backbone stage's head (genhmr_experiments.PoseRegressor, NOTE 23): HMR2.0's SMPL head or TINY's MLP."""
+    """The backbone stage's head (genhmr_experiments.PoseRegressor, NOTE G23): HMR2.0's SMPL head or TINY's MLP."""
     regressor_head: str = "hmr2"  # "hmr2": HMR2.0's SMPL transformer decoder | "mlp": flatten -> MLP (TINY)
     hmr2_head: Sizes = (1024, 6, 8, 64, 1024)  # HMR2.0's (width, depth, heads, head width, MLP width)
     regressor_hidden: AtLeast1 = 512  # the "mlp" head's hidden width
@@ -908,21 +908,21 @@ class GenHMRRecipe:
     MPII)."""
     # --- masking and Gumbel-softmax (Training Strategy; Tables 4, 8, 9) ---
     mask_tau_max: Fraction = 1.0  # tau ~ U(0, mask_tau_max) (Table 4: U(0, 1))
-    pkeep: Fraction = 0.5  # each visible token kept w.p. pkeep, else a uniform random code. NOTE 11
+    pkeep: Fraction = 0.5  # each visible token kept w.p. pkeep, else a uniform random code. NOTE G11
     temperature_start: Positive = 1.0  # Gumbel temperature (Table 8)
     temperature_end: Positive = 0.01
     anneal_fraction: Fraction = 0.5  # Table 9: 50 % of training
-    # evaluation: the refinement's 2D joints err as a published detector's (`detector_joints2d`, NOTE 27): HRNet-W32
+    # evaluation: the refinement's 2D joints err as a published detector's (`detector_joints2d`, NOTE G27): HRNet-W32
     # (256 x 256) on MPII val, PCKh@0.1 and PCKh@0.5 (mmpose, configs/body/2d_kpt_sview_rgb_img/topdown_heatmap/mpii/
     # hrnet_mpii.md); the oracle row refines towards the labels + N(0, oracle_noise_px^2) instead (refined_oracle_*)
     detector_pckh: Annotated[tuple, "[0, 1]"] = (0.334, 0.900)
     oracle_noise_px: NonNegative = 1.0
-    # Eq. (4)'s eta at evaluation: "fixed" (as printed) | "backtracking" (genhmr_experiments.REFINEMENTS, NOTE 18)
+    # Eq. (4)'s eta at evaluation: "fixed" (as printed) | "backtracking" (genhmr_experiments.REFINEMENTS, NOTE G18)
     refine_eta_rule: str = "fixed"
     batch_size: AtLeast1 = 48  # "batch size of 48"; per GPU or global is unstated
     lr: NonNegative = 1e-5  # Adam
     backbone_lr_scale: NonNegative = 1.0  # the image encoder's lr / lr (the paper and MEGA: one lr for all)
-    max_steps: AtLeast0 = 100_000  # NOTE 16
+    max_steps: AtLeast0 = 100_000  # NOTE G16
     warmup_steps: AtLeast0 = 0
     lr_schedule: str = "constant"
     weight_decay: NonNegative = 0.0
@@ -961,13 +961,13 @@ TINY = GenHMRPreset(  # 2 CPU cores: 64 x 48 crops (the paper's 4:3), patch 8 ->
     model=GenHMRConfig(
         image_size=(64, 48), patch_size=8, vit_width=128, vit_depth=4, vit_heads=4, vit_mlp_ratio=2.0, drop_path=0.0,
         conv_stem=(32, 64, 128), feature_scales=(1, 2), d_model=64, num_layers=3, num_heads=4, ffn_dim=128,
-        dropout=0.0, head_hidden=128, token_head="tied",  # NOTE 21
-        # NOTE 20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48): summed, the
+        dropout=0.0, head_hidden=128, token_head="tied",  # NOTE G21
+        # NOTE G20: the paper's weights on per-sample sums, averaged (loss_batch 1, not HMR2.0's 48): summed, the
         # Gumbel-ST gradient swamps L_mask
         loss_batch=1),
-    # MaskGIT's confidence noise (NOTE 17); lambda_theta' for detector-like joints (NOTE 27, docs/genhmr.md)
+    # MaskGIT's confidence noise (NOTE G17); lambda_theta' for detector-like joints (NOTE G27, docs/genhmr.md)
     inference=InferenceConfig(choice_temperature=4.5, refine_reg=3000.0),
-    regressor=RegressorConfig(regressor_head="mlp"),  # NOTE 23
+    regressor=RegressorConfig(regressor_head="mlp"),  # NOTE G23
     # the image stage fine-tunes the backbone stage's ViT (the paper's start is unstated); MMM's input swap pkeep
     recipe=GenHMRRecipe(pkeep=0.5, batch_size=32, lr=6e-4, max_steps=1500, warmup_steps=100, lr_schedule="cosine",
                         weight_decay=0.0, grad_clip=1.0, gpus=0))  # synthetic.body_dataset's synthetic bodies
@@ -1073,7 +1073,7 @@ class DropPathBlock(nn.Module):
 
 
 def conv_bn_stem(widths, out):
-    """NOTE 22 (TINY only): a convolutional patch embedding (Xiao et al. 2021, "Early
+    """NOTE G22 (TINY only): a convolutional patch embedding (Xiao et al. 2021, "Early
     convolutions help transformers see better"): per width c, Conv3x3 stride 2 -> BN -> ReLU -> Conv3x3
     -> BN -> ReLU, then Conv1x1 -> the ViT width; len(widths) = log2(patch) stages. One linear map of a
     small crop's 8 x 8 patches learns body pose too slowly."""
@@ -1129,13 +1129,13 @@ class DropPathViT(nn.Module):
         return self.last_norm(x).transpose(1, 2).reshape(B, C, h, w)
 
 
-# A.2 The project's additions (not the paper's): the code embedding's start (NOTE 26), TINY's tied token head
-#     (NOTE 21), MSDA's start offsets for small maps (NOTE 28), MaskGIT's choice noise for UGS (NOTE 17), MMM's swap
-#     of the visible training tokens (NOTE 11)
+# A.2 The project's additions (not the paper's): the code embedding's start (NOTE G26), TINY's tied token head
+#     (NOTE G21), MSDA's start offsets for small maps (NOTE G28), MaskGIT's choice noise for UGS (NOTE G17), MMM's swap
+#     of the visible training tokens (NOTE G11)
 
 
 def code_embedding(codebook, d):
-    """NOTE 26: codebook C (K, D) -> (K, d): C centred, through a random map P (d x D, orthonormal rows or
+    """NOTE G26: codebook C (K, D) -> (K, d): C centred, through a random map P (d x D, orthonormal rows or
     columns), scaled to unit std per element: distances between codes kept up to one scale."""
     K, D = codebook.shape
     P = torch.linalg.qr(torch.randn(max(d, D), min(d, D), device=codebook.device))[0]  # orthonormal columns
@@ -1145,7 +1145,7 @@ def code_embedding(codebook, d):
 
 
 class TiedMaskedTransformer(MaskedTransformer):
-    """NOTE 21: (TINY only) the token head tied to the frozen codebook, logit_k = -exp(s) ||W h - c_k||^2,
+    """NOTE G21: (TINY only) the token head tied to the frozen codebook, logit_k = -exp(s) ||W h - c_k||^2,
     W (D x d), s a learnable log-scale started at -log(mean over codes of the squared distance to the nearest
     other code). A code's logit rises with every step towards any code near it: the codebook's geometry is
     learned, not K unrelated classes."""
@@ -1163,13 +1163,13 @@ class TiedMaskedTransformer(MaskedTransformer):
 
 def masked_transformer_class(cfg):
     """The masked transformer class for cfg (GenHMRConfig): the paper's, its codes' embeddings started from the
-    codebook (NOTE 26), with TINY's tied head (NOTE 21) when cfg.token_head is "tied"."""
+    codebook (NOTE G26), with TINY's tied head (NOTE G21) when cfg.token_head is "tied"."""
     return functools.partial(TiedMaskedTransformer if cfg.token_head == "tied" else MaskedTransformer,
                              code_init=code_embedding)
 
 
 def offset_scale(H, W):
-    """NOTE 28: the factor on Deformable DETR's start offsets for an H x W map, min(1, 0.1 min(H, W)): each head's
+    """NOTE G28: the factor on Deformable DETR's start offsets for an H x W map, min(1, 0.1 min(H, W)): each head's
     first point (1 pixel out) then stays within the reference points' starting margin, so inside the map; at
     least 10 pixels a side (every level at the paper's size) it is Deformable DETR's own start."""
     return min(1.0, REFERENCE_MARGIN * min(H, W))
@@ -1193,7 +1193,7 @@ def gumbel_noise(shape, seeds=None, step=0, generator=None, device=None):
 
 
 def swap_visible(ids, masked, num_codes, pkeep, generator=None):
-    """NOTE 11: MMM's input corruption (exitudio/MMM, `--pkeep`): each visible token of ids (B, L) kept with probability
+    """NOTE G11: MMM's input corruption (exitudio/MMM, `--pkeep`): each visible token of ids (B, L) kept with probability
     pkeep, else replaced by a code drawn uniformly from the K; [MASK]ed positions untouched. The targets stay the true
     tokens, so the generator learns to doubt its context, as it must at inference, where the context is its own
     earlier guesses."""
@@ -1206,7 +1206,7 @@ def swap_visible(ids, masked, num_codes, pkeep, generator=None):
 # Appendix B. Agreement with the official code: ViTPose-H and HMR2.0 checkpoints
 
 
-# Released weights (HMR2.0 and TokenHMR start their ViT-H from ViTPose-H; docs/genhmr.md, NOTE 23). Three layouts,
+# Released weights (HMR2.0 and TokenHMR start their ViT-H from ViTPose-H; docs/genhmr.md, NOTE G23). Three layouts,
 # each a dict with "state_dict" (tests/official_keys/ lists names and shapes, made from the official constructors):
 # HMR2.0's Lightning checkpoint (backbone.*, smpl_head.*, discriminator.*, smpl.*, initialized), ViTPose-H's
 # mmpose checkpoint (backbone.*, keypoint_head.*), HMR2.0's vitpose_backbone.pth (the ViT's own names).

@@ -64,9 +64,9 @@ def arm_chains(body_pose, chain="global"):
     root -> wrist (Sec. 3.3) from local body rotations (..., >= 22, 3, 3). chain "local": the joints'
     own (SMPL-X parameter) rotations, the paper's "each joint's rotation"; "global": their products from
     the root (camera frame, forward kinematics), whose last is the hand's global orientation. The left
-    chain is mirrored to match the flipped crop (mirroring commutes with the products): NOTE 3.
+    chain is mirrored to match the flipped crop (mirroring commutes with the products): NOTE H3.
 
-    NOTE 14: TINY takes "global", whose last token is the hand's orientation (local: eight to compose)."""
+    NOTE H14: TINY takes "global", whose last token is the hand's orientation (local: eight to compose)."""
     R = body_rotations(body_pose, chain)
     return matrix_to_rot6d(torch.stack([mirror_rotation(R[..., list(ARMS["left"]), :, :], matrix=True),
                                         R[..., list(ARMS["right"]), :, :]], -4))
@@ -140,7 +140,7 @@ class HandAdapter(nn.Module):
         self.sa, self.ca = adapter_copies(head)
         context = head.transformer.transformer.layers[0][1].fn.to_kv.in_features
         self.body_embed = nn.Linear(6, context)  # F^B = theta_b W_B ("a linear layer", Sec. 3.3)
-        self.joint_embed = nn.Parameter(torch.zeros(1, joints, context))  # NOTE 2
+        self.joint_embed = nn.Parameter(torch.zeros(1, joints, context))  # NOTE H2
         nn.init.trunc_normal_(self.joint_embed, std=0.02)
 
     def forward(self, head, hand_tokens, theta_b):
@@ -161,7 +161,7 @@ class HandAdapter(nn.Module):
 
 def adapter_copies(head):
     """SA' and CA' (two ModuleLists, trainable): copies of each block's SA and CA of a frozen head.
-    NOTE 1: copies of the PreNorm modules, LayerNorm and output projection included."""
+    NOTE H1: copies of the PreNorm modules, LayerNorm and output projection included."""
     layers = head.transformer.transformer.layers
     return (nn.ModuleList(copy.deepcopy(sa) for sa, _, _ in layers).requires_grad_(True),
             nn.ModuleList(copy.deepcopy(ca) for _, ca, _ in layers).requires_grad_(True))
@@ -178,13 +178,13 @@ class BodyAdapter(nn.Module):
 
     def __init__(self, cfg, width, tokens=2 * len(MCP)):
         super().__init__()
-        self.proj = nn.Conv2d(width, cfg.body_proj, 1)  # NOTE 7: no BN (the paper: "a 1-by-1 convolution")
-        self.token_embed = nn.Parameter(torch.zeros(1, tokens, cfg.body_proj))  # NOTE 2
+        self.proj = nn.Conv2d(width, cfg.body_proj, 1)  # NOTE H7: no BN (the paper: "a 1-by-1 convolution")
+        self.token_embed = nn.Parameter(torch.zeros(1, tokens, cfg.body_proj))  # NOTE H2
         nn.init.trunc_normal_(self.token_embed, std=0.02)
         self.transformer = TransformerDecoder(cfg.body_dim, cfg.body_depth, cfg.body_heads, cfg.body_dim_head,
                                               cfg.body_mlp, cfg.body_proj)
         self.regressor = nn.Sequential(nn.Linear(cfg.body_dim, cfg.body_dim), nn.GELU(),
-                                       nn.Linear(cfg.body_dim, NUM_BODY * 6))  # NOTE 8
+                                       nn.Linear(cfg.body_dim, NUM_BODY * 6))  # NOTE H8
         nn.init.zeros_(self.regressor[-1].weight)
         nn.init.zeros_(self.regressor[-1].bias)
 
@@ -316,7 +316,7 @@ def hand_loss(out, target, cfg):
     verts, joints = mano_mesh(R, betas)
     wrist, wrist_gt = joints[:, :1], target["joints"][:, :1]
     uv = bodymodels.project_to_crop(joints, bodymodels.weak_perspective_to_translation(cam))
-    # Eq. (6), NOTE 9: ||R - R*||^2 + (1 - cos(R, R*)) per joint, on rotation matrices
+    # Eq. (6), NOTE H9: ||R - R*||^2 + (1 - cos(R, R*)) per joint, on rotation matrices
     cos = F.cosine_similarity(R.flatten(-2), target["R"].flatten(-2), dim=-1)
     terms = dict(hand_3d=(joints - wrist - target["joints"] + wrist_gt).abs().mean(),
                  hand_2d=(uv - target["uv"]).abs().mean(),
@@ -335,7 +335,7 @@ def body_pose_loss(theta, shape, cam, targets, image_hw, cfg):
     """Eqs. (7, 8) on a body pose theta (B, 22, 6) with frozen shape and camera: lambda_theta L1 on rotation
     matrices, lambda_3D L1 on pelvis-relative joints, lambda_2D L_proj on projected joints (normalised by the
     image height), over the 22 body joints; targets: smplx_pose (B, 55, 3), joints3d (B, 55, 3), joints2d
-    (B, 55, 2) pixels of an image_hw image. L_img and L_beta: no gradient here (NOTE 10). NOTE 16: lambda_3D also
+    (B, 55, 2) pixels of an image_hw image. L_img and L_beta: no gradient here (NOTE H10). NOTE H16: lambda_3D also
     weighs the 30 finger joints relative to their wrist, posed by theta's arms and wrists with the true fingers:
     SMPLer-X's hand-root-relative joints (main/SMPLer_X.py, get_coord and loss 'smplx_joint_cam'). No body joint
     hangs below a wrist, so only these see a forearm's twist."""
@@ -396,7 +396,7 @@ def assemble(body_R, hand_R, out):
     IK, its wrist from the hand path's MANO rotations hand_R (B, 2, 16, 3, 3) (left first, flipped:
     HaMeR's convention), by `attach_hands` (A.2); the jaw from the whole-body model; eyes at rest."""
     hands = {side: dict(global_orient=hand_R[:, i, 0], hand_pose=hand_R[:, i, 1:]) for i, side in enumerate(SIDES)}
-    R = attach_hands(body_R, hands)  # NOTE 4: wrists by IK
+    R = attach_hands(body_R, hands)  # NOTE H4: wrists by IK
     R[:, 22] = rot6d_to_matrix(out["jaw"])
     return R
 
@@ -404,8 +404,8 @@ def assemble(body_R, hand_R, out):
 def pipeline(model, image, adapted=True, hand_boxes=None, details=False):
     """Sec. 3.1: image (B, 3, H, W) in [0, 1], the person -> SMPL-X verts (B, 10475, 3) and joints (B, 55, 3)
     in camera coordinates, and the hand boxes (B, 2, 4) used. adapted=True: theta_hat from the body adapter,
-    hands from the hand adapter conditioned on theta_hat's arm chains (NOTE 5), MCP joints from the whole-body
-    model's hand position net (NOTE 6); False: the paper's baseline (`baseline_pipeline` of model.bases).
+    hands from the hand adapter conditioned on theta_hat's arm chains (NOTE H5), MCP joints from the whole-body
+    model's hand position net (NOTE H6); False: the paper's baseline (`baseline_pipeline` of model.bases).
     hand_boxes: `pipeline_front`'s. details: a dict of the outputs and what made them (`mesh`)."""
     bases = model.bases
     if not adapted:
@@ -472,7 +472,7 @@ class BaseConfig:
     head_heads: AtLeast1 = 8
     head_dim_head: AtLeast1 = 64
     head_mlp: AtLeast1 = 1024
-    hand_stem: Sizes = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE 13)
+    hand_stem: Sizes = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE H13)
     # --- whole-body model (SMPLer-X-H32) ---
     body_image: Sizes = (256, 192)  # its input (the image, resized)
     # SMPLer-X's F.interpolate default (main/SMPLer_X.py); TINY "area" (its own choice)
@@ -482,7 +482,7 @@ class BaseConfig:
     body_width: AtLeast1 = 1280
     body_depth: AtLeast1 = 32
     body_heads: AtLeast1 = 16
-    body_stem: Sizes = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE 13)
+    body_stem: Sizes = ()  # () = ViTPose's patch_embed.proj; TINY: a conv stem's widths (NOTE H13)
     body_keypoints: AtLeast1 = 25  # body joints of the position net = body task tokens (31 tokens in all)
     body_hm_depth: AtLeast1 = 16  # 3D heatmap depth bins (16 x 16 x 12 in SMPLer-X)
     body_rot_hidden: AtLeast1 = 512  # Linear 1280 -> 512 per body token
@@ -516,9 +516,9 @@ class BasesRecipe:
     amp: bool = False
     losses: typing.Literal["paper", "tiny"] = "paper"  # the adapters' preset whose Eq. 5 / 7 weights (and
     #   calibration) the stand-ins train with
-    # NOTE 17 (TINY only): a keypoint head on the expert's tokens trained with it, as HaMeR's ViT starts from
+    # NOTE H17 (TINY only): a keypoint head on the expert's tokens trained with it, as HaMeR's ViT starts from
     # ViTPose's 2D-keypoint weights (hmr_adapter_experiments.KeypointHead: its width, 0 = none; its L1 weight), and
-    # the expert's own rotation weight (0 = the losses preset's w_hand_pose); NOTE 19: the box term's weight
+    # the expert's own rotation weight (0 = the losses preset's w_hand_pose); NOTE H19: the box term's weight
     hand_keypoint_channels: AtLeast0 = 0
     w_hand_keypoints: NonNegative = 0.0
     w_expert_hand_pose: NonNegative = 0.0
@@ -529,7 +529,7 @@ class BasesRecipe:
 class WholeBodyData:
     """The person images both stages train and score on (synthetic.wholebody_dataset, data.WholeBodyNpz)."""
     image_size: Sizes = (512, 384)  # (H, W): SMPLer-X's input_img_shape; the hand crops come from it
-    # TINY: the hand expert's own training images (side, px): each hand alone, a hand dataset's (NOTE 18)
+    # TINY: the hand expert's own training images (side, px): each hand alone, a hand dataset's (NOTE H18)
     hand_image: AtLeast0 = 0
 
 
@@ -546,15 +546,15 @@ class BasesPreset:
 class AdapterConfig:
     """The two adapters (Secs. 3.3, 3.4) and their losses' weights (Eqs. 5, 7)."""
     # theta_b's rotations (Sec. 3.3, "each joint's rotation"): "local", SMPL-X's own pose parameters of the arm
-    # joints (the paper's reading), or "global", their products from the root (TINY: NOTE 14)
+    # joints (the paper's reading), or "global", their products from the root (TINY: NOTE H14)
     chain: typing.Literal["local", "global"] = "local"
     body_proj: AtLeast1 = 512  # 1x1 conv 1280 -> 512 (Sec. 3.4)
-    body_dim: AtLeast1 = 1024  # NOTE 7
+    body_dim: AtLeast1 = 1024  # NOTE H7
     body_depth: AtLeast1 = 6  # "6 attention layers" (Sec. 4.1)
     body_heads: AtLeast1 = 8
     body_dim_head: AtLeast1 = 64
     body_mlp: AtLeast1 = 1024
-    # --- Eq. 5 (hand) and Eq. 7 (body) weights. NOTE 10: HaMeR's / SMPLer-X's ---
+    # --- Eq. 5 (hand) and Eq. 7 (body) weights. NOTE H10: HaMeR's / SMPLer-X's ---
     # HaMeR's weights act on SUMS over joints, coordinates and its per-GPU batch of 8 (hamer losses.py,
     # hamer_vit_transformer.yaml): each Eq. 5 term is loss_batch x the global batch's mean of one hand's sum (the
     # same on any number of ranks). 0 (TINY): means over every element, which its weights were tuned on.
@@ -584,13 +584,13 @@ class AdapterRecipe:
     """How the adapters train (Sec. 4.1: one machine, 4 V100, 10K steps, batch 32 per GPU, about 6 hours)."""
     batch_size: AtLeast1 = 128  # 32 x 4
     max_steps: AtLeast0 = 10_000
-    lr: NonNegative = 1e-4  # the hand adapter. NOTE 10
+    lr: NonNegative = 1e-4  # the hand adapter. NOTE H10
     body_lr: NonNegative = 1e-4  # the body adapter (its own run in Sec. 3.5, so its own rate)
     warmup_steps: AtLeast0 = 500
     weight_decay: NonNegative = 1e-4
     grad_clip: NonNegative = 0.0  # the adapters train together here, so no shared clipping norm
     amp: bool = False
-    hand_only_prob: Fraction = 0.0  # share of training hands with a zero body pose. NOTE 12
+    hand_only_prob: Fraction = 0.0  # share of training hands with a zero body pose. NOTE H12
     # Keep what the frozen bases give each training sample (by its "index") instead of recomputing it
     # every epoch. Only where a sample index is always the same image: the rendered synthetic set, not
     # data augmented on the fly. Off for the paper (and its datasets are far too big to keep).
@@ -724,7 +724,7 @@ def hand_frames(model_dir=None):
 
     r_off is the rotation of the Procrustes fit (`kabsch_rotation`) of MANO's 16 rest
     joints onto SMPL-X's right wrist and finger joints, J = J_regressor v_template.
-    docs/reference.md's NOTE 1: on the stand-ins the fit is 0.7 degrees from the exact half turn diag(-1, 1, -1) of
+    docs/reference.md's NOTE R1: on the stand-ins the fit is 0.7 degrees from the exact half turn diag(-1, 1, -1) of
     `standins._stitch_hands` (SMPL-X's wrist joint is regressed from the forearm too, MANO's is not).
     data.py's hand labels and HMR-Adapter use the same fit, so the synthetic world is
     self-consistent; a MANO mesh and SMPL-X's hand agree to about a millimetre, not exactly.
@@ -923,7 +923,7 @@ class Block(nn.Module):
 
 
 def conv_stem(widths, out):
-    """NOTE 13 (TINY only): a convolutional patch embedding: per width c, Conv3x3 stride 2 ->
+    """NOTE H13 (TINY only): a convolutional patch embedding: per width c, Conv3x3 stride 2 ->
     GroupNorm -> ReLU, then Conv1x1 -> the ViT width; len(widths) = log2(patch) stages. A linear map per
     16 x 16 patch is too weak for the tiny whole-body model at 128 x 96; the released models keep `proj`."""
     layers, c_in = [], 3
@@ -1171,7 +1171,7 @@ class HandRoINet(nn.Module):
 class WholeBody(nn.Module):
     """SMPLer-X (Sec. 3.2.3): image (B, 3, H, W) -> theta_0, shape, camera, expression, jaw, body
     joints, hand boxes; `hands(...)` -> the hand feature map and the hand joints in its frame.
-    NOTE 11: SMPLer-X's hand regressor and face box are left out (the hand expert replaces them)."""
+    NOTE H11: SMPLer-X's hand regressor and face box are left out (the hand expert replaces them)."""
 
     def __init__(self, cfg):
         super().__init__()

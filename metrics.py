@@ -37,7 +37,7 @@ H36M there; HaMeR and SMPLer-X score the same way):
 3. Which joints is the benchmark's choice: `body_errors` scores the joints it is given (synthetic
    data: SMPL's 24); the benchmarks' own files (data.HMR2Npz) are scored by `hmr2_protocol`: the
    14 of KEYPOINT_LIST among 4D-Humans' 44 keypoints, pelvis 39, from a user-supplied regressor
-   ($HMR_J_REGRESSOR: SMPL_to_J19.pkl, or J_regressor_h36m.npy: NOTE 3).
+   ($HMR_J_REGRESSOR: SMPL_to_J19.pkl, or J_regressor_h36m.npy: NOTE R3).
    PVE: vertices minus the pelvis joint.
 Tables: `freihand_table` (FreiHAND, reflections allowed); `body_errors` / `body_metrics` /
 `tokenizer_metrics` and HMR-Adapter's `wholebody_metrics` with `WholeBodyMeanPoseBaseline` (4D-Humans, proper
@@ -337,7 +337,7 @@ def _close_fractions(pred, gt, thresholds):
     """precision (B, K): fraction of pred points with a gt point closer than each threshold;
     recall (B, K): fraction of gt points with a pred point closer than it. pred (B, N, 3), gt (B, M, 3).
 
-    NOTE 2: eval.py calls these two recall and precision the other way round; F is symmetric.
+    NOTE R2: eval.py calls these two recall and precision the other way round; F is symmetric.
     """
     x, y = pred.double(), gt.double()
     # 1. centre on the gt centroid, divide by r = max |x| + max |y|: every |x_i - y_j| <= 1
@@ -837,10 +837,10 @@ class WholeBodyMeanPoseBaseline:
 #    LSP joints and the H36M head), means over samples in mm (`hmr2_protocol`).
 # 4. PVE (not in 4D-Humans' eval.py; the field's 3DPW number): the meshes of the labels' SMPL
 #    parameters, each minus its pelvis joint, on the rows with has_body_pose and has_betas.
-# NOTE 3: 4D-Humans scores H36M-VAL-P2 with the same J19 regressor. A user-supplied
+# NOTE R3: 4D-Humans scores H36M-VAL-P2 with the same J19 regressor. A user-supplied
 # J_regressor_h36m (17, 6890) (SPIN's H36M protocol) is read too: its joints fill the 19's slots that
 # the protocol reads (`H36M17_TO_EXTRA`), so the numbers are SPIN-style H36M joints against the file's.
-# NOTE 4: 3DPW's labels are gendered SMPL meshes in other codebases; PVE here poses the
+# NOTE R4: 3DPW's labels are gendered SMPL meshes in other codebases; PVE here poses the
 # neutral (or stand-in) SMPL with the file's parameters.
 # The regressors are licensed downloads: the path comes from the environment variable HMR_J_REGRESSOR.
 

@@ -156,7 +156,7 @@ class TokenGenerator(nn.Module):
         super().__init__()
         # 2D joints from the pooled global feature (Fig. 4: "Global Feature -> 2D Keypoints")
         self.keypoint_head = nn.Linear(cfg.global_channels, NUM_JOINTS * 2)
-        # NOTE 3: a sigmoid keeps the 2D joints in [0, 1]; the official Linear is clamped where read
+        # NOTE S3: a sigmoid keeps the 2D joints in [0, 1]; the official Linear is clamped where read
         self.keypoint_activation = nn.Sigmoid()
         self.upsample = feature_upsampler(cfg.feature_channels, cfg.token_channels, cfg.feature_upsample)
 
@@ -198,7 +198,7 @@ class MeshRegressor(nn.Module):
 
 
 class RootRelative(nn.Module):
-    """NOTE 5: vertices (B, 778, 3), joints (B, 21, 3) -> both minus joint `root` (9, the middle MCP)."""
+    """NOTE S5: vertices (B, 778, 3), joints (B, 21, 3) -> both minus joint `root` (9, the middle MCP)."""
 
     def __init__(self, root):
         super().__init__()
@@ -248,8 +248,8 @@ class SimpleHand(nn.Module):
         self.mesh_regressor = MeshRegressor(cfg) if mesh_regressor is None else mesh_regressor  # R
         # a buffer, so that a checkpoint carries the regressor it was trained with
         self.register_buffer("j_regressor", j_regressor.detach().clone().float())  # (16, 778)
-        self.normalise = ImageNetNormalise()  # NOTE 4: what the ImageNet-pretrained backbones expect (appendix B)
-        self.root_relative = RootRelative(cfg.root_index)  # NOTE 5
+        self.normalise = ImageNetNormalise()  # NOTE S4: what the ImageNet-pretrained backbones expect (appendix B)
+        self.root_relative = RootRelative(cfg.root_index)  # NOTE S5
 
     def forward(self, images):
         feature, pooled = self.backbone(self.normalise(images))  # X_b (B, C, H/s, W/s)
@@ -287,7 +287,7 @@ def compute_loss(pred, verts, joints3d, joints2d, cfg):
     pred: SimpleHand's outputs. Targets: verts (B, 778, 3) and joints3d (B, 21, 3) in metres (camera
     coordinates; made relative to joints3d[:, cfg.root_index] here), joints2d (B, 21, 2) fractions of the
     crop. The returned terms are unweighted (metres and crop fractions); the total is weighted.
-    NOTE 11: the official loss masks 2D joints (and hands) outside the crop; not reproduced.
+    NOTE S11: the official loss masks 2D joints (and hands) outside the crop; not reproduced.
     """
     root = joints3d[:, cfg.root_index:cfg.root_index + 1]  # (B, 1, 3)
     terms = {"verts": l1_distance(pred["verts"], verts - root),  # Eq. (6)
@@ -351,7 +351,7 @@ class SimpleHandConfig:
     depths: Sizes = (1, 1, 1)  # blocks per layer (Table 7: 1, 1, 1 best)
     num_heads: AtLeast1 = 4  # official code
     mlp_ratio: Positive = 4.0  # official code
-    dropout: Fraction = 0.1  # attention dropout and drop path. NOTE 2: official code, paper silent
+    dropout: Fraction = 0.1  # attention dropout and drop path. NOTE S2: official code, paper silent
     # --- losses (Sec. 3.4, Eq. 7) ---
     w_verts: NonNegative = 10.0
     w_joints3d: NonNegative = 10.0
@@ -371,7 +371,7 @@ class SimpleHandConfig:
 @dataclass
 class SimpleHandVariant:
     """The official code's behaviours in the method's place (appendix B's `with_official_behaviours` reads it)."""
-    position_encoding: Literal["sine", "none"] = "sine"  # NOTE 1: the official sine encoding of the sampled map
+    position_encoding: Literal["sine", "none"] = "sine"  # NOTE S1: the official sine encoding of the sampled map
     input_norm: Literal["imagenet", "bgr_minus_half"] = "imagenet"  # RGB, (x - mean) / std as ImageNet
     #   weights expect | "bgr_minus_half" (official)
     keypoint_activation: Literal["sigmoid", "none"] = "sigmoid"  # keeps the 2D joints in [0, 1] (ours)
@@ -442,7 +442,7 @@ def learning_rate(recipe, step):
 class SimpleHandData:
     """What the data functions read (synthetic.hand_dataset) besides the model's image_size."""
     train_augment: Literal["default", "official"] = "official"  # real training data (FreiHAND, .npz): the
-    #   official code's augmentation (data.HAND_AUGMENTS; NOTE 7) | data.AugmentConfig()'s
+    #   official code's augmentation (data.HAND_AUGMENTS; NOTE S7) | data.AugmentConfig()'s
     eval_crop: Literal["none", "keypoints"] = "none"  # FreiHAND test images as they are | "keypoints": the
     #   official re-crop (data.py)
 
@@ -459,7 +459,7 @@ class SimpleHandPreset:
     data: SimpleHandData = dataclasses.field(default_factory=SimpleHandData)
 
 
-PAPER = SimpleHandPreset()  # HRNet-W64, stride-8 feature used directly (Sec. 4.1); decoder 1.55M params (NOTE 12)
+PAPER = SimpleHandPreset()  # HRNet-W64, stride-8 feature used directly (Sec. 4.1); decoder 1.55M params (NOTE S12)
 PAPER_FASTVIT = SimpleHandPreset(SimpleHandConfig(  # FastViT-MA36 + 4x deconvolution (Sec. 3.3); decoder 6.54M params
     backbone="fastvit_ma36", feature_channels=1216, feature_stride=32, global_channels=1216,
     timm_out_indices=(), feature_upsample=4))
@@ -478,7 +478,7 @@ TINY = SimpleHandPreset(  # 0.57M params (0.28M outside the backbone); train.py'
     data=SimpleHandData(train_augment="default"))  # real data: data.AugmentConfig() (synthetic sets are rendered
 #   once, unaugmented)
 
-# NOTE 6: the official code's recipe: 200 "epochs" of 256 iterations, the drop at 100; apply with
+# NOTE S6: the official code's recipe: 200 "epochs" of 256 iterations, the drop at 100; apply with
 # `dataclasses.replace(PAPER, recipe=dataclasses.replace(PAPER.recipe, **OFFICIAL_CODE_RECIPE))`.
 OFFICIAL_CODE_RECIPE = dict(
     max_steps=200 * 256, lr_drop_step=100 * 256, warmup_steps=5 * 256,
@@ -671,7 +671,7 @@ def hrnet_features(net, x, out_indices):
 
 
 class ImageNetNormalise(nn.Module):
-    """NOTE 4: RGB in [0, 1] (B, 3, H, W) -> (x - mean) / std with ImageNet's statistics (B, 3, H, W), as the
+    """NOTE S4: RGB in [0, 1] (B, 3, H, W) -> (x - mean) / std with ImageNet's statistics (B, 3, H, W), as the
     ImageNet-pretrained timm backbones expect (the paper and the official code feed BGR minus 0.5)."""
 
     def __init__(self):
@@ -713,7 +713,7 @@ def sine_position_encoding(h, w, channels, device=None, dtype=torch.float32, tem
 
 
 class SinePositionEncoding(nn.Module):
-    """NOTE 1: the sampled map plus `sine_position_encoding`, (B, C, h, w) -> same: in the official code only
+    """NOTE S1: the sampled map plus `sine_position_encoding`, (B, C, h, w) -> same: in the official code only
     (models/modules.py MeshHead), where every config has it; no parameters."""
 
     def forward(self, x):

@@ -4,7 +4,7 @@ train.py's stages, each a protocol (train.py's docstring) that maps its dict bat
 "genhmr_tokenizer" (`TokenizerStage`), "genhmr_backbone" (`BackboneStage`: `PoseRegressor`, HMR2.0's SMPL head on
 GenHMR's ViT, which the image stage starts from), "genhmr_prior" (`PriorStage`: `TokenPrior`, the masked transformer
 on pose tokens alone) and "genhmr", the image stage (this module: `CONFIGS`, `build_model`, `training_loss`,
-`predict`, ...). Then the paper's ablation tables (`ABLATIONS`) with its figures, NOTE 13's variant, the
+`predict`, ...). Then the paper's ablation tables (`ABLATIONS`) with its figures, NOTE G13's variant, the
 refinement's alternative step rule, the final evaluation's diagnostics and the parameter table. Where each differs
 from the paper: docs/genhmr.md.
 """
@@ -34,13 +34,13 @@ def _with_recipe(preset, **changes):
 CONFIGS = {"paper": genhmr.PAPER, "small": genhmr.SMALL, "tiny": genhmr.TINY}
 TOKENIZER_CONFIGS = {"paper": genhmr.TOKENIZER_PAPER, "small": genhmr.TOKENIZER_TINY,  # poses: no image
                      "tiny": genhmr.TOKENIZER_TINY}
-# The backbone stage (PoseRegressor) has the image stage's ViT fields and its own recipe. NOTE 23: the paper states
+# The backbone stage (PoseRegressor) has the image stage's ViT fields and its own recipe. NOTE G23: the paper states
 # no initialisation; PAPER's recipe is HMR2.0's (lr 1e-5, weight decay 1e-4, batch 48), its steps a starting point
 # (HMR2.0 trains 1M); --set backbone_checkpoint=FILE starts from ViTPose-H or HMR2.0.
 BACKBONE_CONFIGS = {"paper": _with_recipe(genhmr.PAPER, lr=1e-5, weight_decay=1e-4, max_steps=100_000),
                     "small": _with_recipe(genhmr.SMALL, max_steps=4000),
                     "tiny": _with_recipe(genhmr.TINY, max_steps=2000)}
-# The prior stage (TokenPrior, NOTE 25) builds the image stage's masked transformer (PRIOR_FIELDS) with its own
+# The prior stage (TokenPrior, NOTE G25) builds the image stage's masked transformer (PRIOR_FIELDS) with its own
 # recipe, 0 steps by default: PAPER's (the paper trains its transformer with the image from the start) and TINY's,
 # whose recipe --set max_steps=2000 on --model genhmr_prior turns on (docs/history.md, "a pose prior stage")
 PRIOR_CONFIGS = {"paper": _with_recipe(genhmr.PAPER, max_steps=0), "small": _with_recipe(genhmr.SMALL, max_steps=0),
@@ -106,7 +106,7 @@ def build_model(cfg, parent=None):
     masked transformer is copied and fine-tuned; its parent is the backbone stage's), the trained PoseRegressor of
     stage "genhmr_backbone" (its frozen tokenizer is held as a submodule; its ViT, and TINY's shape/camera head, are
     copied and fine-tuned), or a trained PoseTokenizer alone (the image encoder from scratch, or from
-    backbone_checkpoint). The model itself is `genhmr.GenHMR(cfg.model, tokenizer)`, as a copier builds it (NOTE 13's
+    backbone_checkpoint). The model itself is `genhmr.GenHMR(cfg.model, tokenizer)`, as a copier builds it (NOTE G13's
     variant, gumbel_positions "masked": `VisibleTruthGenHMR`)."""
     if parent is None:
         raise ValueError("GenHMR's image stage needs a trained parent: the stage 'genhmr_prior' (or 'genhmr_backbone' "
@@ -146,7 +146,7 @@ def training_loss(model, batch, cfg, step):
     One forward through `model` (DDP or not); no state changes."""
     raw, pose, images = _unwrap(model), batch["smpl_pose"].float(), batch["image"]
     forward = model
-    if cfg.model.gumbel_positions == "masked":  # NOTE 13's variant (`VisibleTruthGenHMR`) is told the true codes
+    if cfg.model.gumbel_positions == "masked":  # NOTE G13's variant (`VisibleTruthGenHMR`) is told the true codes
         forward = functools.partial(model, true_ids=raw.tokenizer.tokenize(pose))
     joints2d = genhmr.normalise_joints2d(batch["joints2d"].float(), images.shape[-2:])
     return genhmr.training_step(forward, raw.tokenizer, images, pose, dict(batch, joints2d=joints2d), step, cfg)
@@ -159,7 +159,7 @@ def joints2d_noise(index, std_px, shape):
     return torch.stack(noise).to(index.device) * std_px
 
 
-# NOTE 27: the refinement's 2D joints at evaluation. The paper refines towards "2D pose clues from off-the-shelf 2D
+# NOTE G27: the refinement's 2D joints at evaluation. The paper refines towards "2D pose clues from off-the-shelf 2D
 # pose detectors such as OpenPose" (Sec. 3.3); the renders come with none, so `predict` draws joints that err as a
 # published detector errs on MPII: a share `miss` of the joints lands anywhere in the crop, the rest within an
 # isotropic Gaussian, both fitted to the detector's PCKh at 0.1 and 0.5 head segments (recipe.detector_pckh).
@@ -187,7 +187,7 @@ def head_segment_m(body):
 
 
 def detector_joints2d(joints2d, head_px, index, pckh, image_hw):
-    """NOTE 27: detector-like 2D joints (B, J, 2) in pixels of the H x W crop from the true ones: N(0, (sigma
+    """NOTE G27: detector-like 2D joints (B, J, 2) in pixels of the H x W crop from the true ones: N(0, (sigma
     head_px)^2) per axis, or with probability miss anywhere in the crop (`detector_error_model` of pckh); head_px
     (B,): the head segment in pixels; one generator per sample seeded by its dataset index (B,)."""
     sigma, miss = detector_error_model(*pckh)
@@ -202,7 +202,7 @@ def detector_joints2d(joints2d, head_px, index, pckh, image_hw):
 
 
 def evaluation_joints2d(batch, cfg, body):
-    """The 2D joints `predict` refines towards, from the labels (NOTE 27): {"refined_": detector-like
+    """The 2D joints `predict` refines towards, from the labels (NOTE G27): {"refined_": detector-like
     (`detector_joints2d`; the head segment in pixels from the labels' camera: f / depth of the pelvis),
     "refined_oracle_": the labels + `joints2d_noise` (oracle_noise_px)} -> pixels (B, 24, 2), seeded by
     batch["index"]; and the per-joint weights batch["joints2d_weight"] (B, 24) or None."""
@@ -329,7 +329,7 @@ class BackboneStage:
 
 
 # ---------------------------------------------------------------------------------------------
-# The backbone stage's model (NOTE 23): GenHMR's ViT with HMR2.0's SMPL head, which the image stage starts from
+# The backbone stage's model (NOTE G23): GenHMR's ViT with HMR2.0's SMPL head, which the image stage starts from
 
 
 class HMR2Head(nn.Module):
@@ -366,7 +366,7 @@ class PoseRegressor(nn.Module):
     The paper's encoder is a ViT-H whose initialisation it does not state; HMR2.0 and TokenHMR start from
     ViTPose-H. `genhmr.load_backbone` reads ViTPose-H or HMR2.0 weights into it (cfg.backbone_checkpoint). The
     frozen pose tokenizer rides along (its SMPL layer poses the predictions) to be handed on.
-    NOTE 23: head "hmr2" is HMR2.0's (`HMR2Head`); TINY's "mlp" is flatten -> MLP for the
+    NOTE G23: head "hmr2" is HMR2.0's (`HMR2Head`); TINY's "mlp" is flatten -> MLP for the
     pose and GenHMR's pooled shape/camera head, the smallest head that keeps where things are in the map
     (pooling loses it); the image stage starts from that head too. cfg: GenHMRConfig (the ViT); head:
     RegressorConfig."""
@@ -410,11 +410,11 @@ class PoseRegressor(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# The prior stage (NOTE 25, not the paper's): the image stage's masked transformer on pose tokens alone
+# The prior stage (NOTE G25, not the paper's): the image stage's masked transformer on pose tokens alone
 
 
 class TokenPrior(nn.Module):
-    """NOTE 25: the stage "genhmr_prior", MEGA's pretraining (g-fiche/MEGA pretrain_mega.py,
+    """NOTE G25: the stage "genhmr_prior", MEGA's pretraining (g-fiche/MEGA pretrain_mega.py,
     then train_mega.py loads it): the image stage's masked transformer trained first on the tokens of poses
     alone, with no image and so no cross-attention, by Eq. (1) with the image stage's masking and swap. It
     learns p(y_i | Y_M), the prior the pose tokens live in, from poses, which cost nothing to draw next to
@@ -500,7 +500,7 @@ class PriorStage:
 
 
 # ---------------------------------------------------------------------------------------------
-# The paper's ablation tables as train.py --ablation data; NOTE 13's variant; the refinement's alternative step rule
+# The paper's ablation tables as train.py --ablation data; NOTE G13's variant; the refinement's alternative step rule
 
 
 # The paper's ablation tables as train.py's --ablation data: rows of config overrides beside the paper's figures,
@@ -563,7 +563,7 @@ ABLATIONS = {
 
 
 class VisibleTruthGenHMR(genhmr.GenHMR):
-    """NOTE 13's variant (GenHMRConfig.gumbel_positions "masked"), not the paper's: `GenHMR.forward` with the true
+    """NOTE G13's variant (GenHMRConfig.gumbel_positions "masked"), not the paper's: `GenHMR.forward` with the true
     codes true_ids (B, L) in place of the Gumbel draw at the visible positions of ids (`training_loss` passes them)."""
 
     def forward(self, images, ids, temperature=1.0, true_ids=None):
@@ -579,7 +579,7 @@ class VisibleTruthGenHMR(genhmr.GenHMR):
 
 @torch.no_grad()
 def backtracking_step(objective, e, G, grad, eta, halvings=6):
-    """NOTE 18: per sample, the largest of eta, eta / 2, ... (halvings tries) that lowers G, 0 where
+    """NOTE G18: per sample, the largest of eta, eta / 2, ... (halvings tries) that lowers G, 0 where
     none does; doubled for the next step after a success -> (eta for this step, eta for the next), (B, 1, 1)."""
     step, done = torch.zeros_like(eta), torch.zeros(len(e), dtype=torch.bool, device=e.device)
     for _ in range(halvings):
@@ -593,7 +593,7 @@ def backtracking_step(objective, e, G, grad, eta, halvings=6):
 
 
 def backtracking_refine(objective, e, cfg):
-    """NOTE 18: `genhmr.refine` with eta per sample by `backtracking_step`, from cfg.refine_lr -> [e_0, ..., e_P]."""
+    """NOTE G18: `genhmr.refine` with eta per sample by `backtracking_step`, from cfg.refine_lr -> [e_0, ..., e_P]."""
     eta = torch.full((len(e), 1, 1), float(cfg.refine_lr), device=e.device)
     trajectory = [e]
     for _ in range(cfg.refine_iterations):

@@ -4,7 +4,7 @@ experiment around the method, as nanoGPT's train.py is around its model.py.
 1. train.py's protocol for the adapters (stage "hmr_adapter"): `CONFIGS`, `build_model`, `training_loss`,
    `predict` (Table 3's hand path at the true boxes and Table 1's pipelines), `learning_rate`, `param_groups`.
 2. The bases' stage ("hmr_adapter_bases", `BASES`): the paper's released bases, or tiny stand-ins trained here on
-   HaMeR's and SMPLer-X's own losses (`bases_loss`), with TINY's keypoint head (NOTE 17).
+   HaMeR's and SMPLer-X's own losses (`bases_loss`), with TINY's keypoint head (NOTE H17).
 3. The paper's ablations (Tables 3-6): the other ways a row trains in an adapter's place, a row's model
    (`AblationRow`), the rows with the paper's figures (`ABLATIONS`, run by lab/ablate.py).
 4. Parameter counts at the paper's size (`parameter_table`, lab/bench.py --params).
@@ -34,7 +34,7 @@ BASE_CONFIGS = {"paper": ha.BASES_PAPER, "tiny": ha.BASES_TINY}  # the bases'
 
 
 def learning_rate(cfg, step):
-    """Linear warm-up, then cosine decay to 0 at max_steps (NOTE 10)."""
+    """Linear warm-up, then cosine decay to 0 at max_steps (NOTE H10)."""
     r = cfg.recipe
     if step < r.warmup_steps:
         return r.lr * (step + 1) / r.warmup_steps
@@ -133,7 +133,7 @@ def predict(model, batch, cfg):
         pose, betas, _ = model.control(model.bases.hand_expert.mano_head, front["tokens"].flatten(0, 1), None)
         adapter.update(hand_meshes("control", pose, betas))
     piped, at_true = adapted_pipeline(model, image), adapted_pipeline(model, image, boxes)  # at true boxes: the
-    names = ("verts", "joints", "boxes")  # ceiling that better predicted boxes could reach (docs, NOTE 19)
+    names = ("verts", "joints", "boxes")  # ceiling that better predicted boxes could reach (docs, NOTE H19)
     return {**baseline, **adapter, **{f"pipe_adapted_{k}": v for k, v in zip(names, piped)},
             **{f"pipe_adapted_true_boxes_{k}": v for k, v in zip(names, at_true)}}
 
@@ -181,7 +181,7 @@ def param_groups(model, cfg):
 
 
 class KeypointHead(nn.Module):
-    """NOTE 17 (TINY only): ViTPose's simple decoder on the expert's tokens (B, h w, C): two 4 x 4 stride-2
+    """NOTE H17 (TINY only): ViTPose's simple decoder on the expert's tokens (B, h w, C): two 4 x 4 stride-2
     deconvolutions (BatchNorm, ReLU) and a 1 x 1 convolution to 21 maps of 4h x 4w, read by a soft-argmax -> the 21
     2D keypoints (B, 21, 2) in the crop's [-0.5, 0.5] frame (`to_crop`), the ViT reading the crop's centre columns.
     cfg: a BaseConfig; c: the head's width; grid: the expert ViT's (h, w)."""
@@ -205,7 +205,7 @@ class KeypointHead(nn.Module):
 
 class StandInBases(ha.Bases):
     """`Bases` as the bases' stage builds them: the paper's (released weights, 0 steps) or the tiny stand-ins trained
-    here, with (TINY, NOTE 17) a keypoint head on the expert's tokens whose keys stay outside `HandExpert`'s (HaMeR's).
+    here, with (TINY, NOTE H17) a keypoint head on the expert's tokens whose keys stay outside `HandExpert`'s (HaMeR's).
     `forward` gives what their training loss (`bases_loss`) reads."""
 
     def __init__(self, cfg, keypoint_channels=0):
@@ -289,7 +289,7 @@ def whole_body_loss(out, bcfg, batch, weights):
 def bases_loss(pred, batch, bcfg, weights, recipe):
     """The bases' training loss of their outputs `pred` (`StandInBases.forward`): HaMeR's and SMPLer-X's losses are
     Eqs. 5 and 7's terms with the weights (an AdapterConfig: the recipe's `losses` preset); Eq. 7 with its finger
-    term (SMPLer-X supervises its whole-body joints, fingers included), plus SMPLERX_TERMS, and (TINY, NOTE 17) the
+    term (SMPLer-X supervises its whole-body joints, fingers included), plus SMPLERX_TERMS, and (TINY, NOTE H17) the
     keypoint head's term with the recipe's (a BasesRecipe) weights -> (loss, terms)."""
     hand_out, out, keypoints = pred
     # the squares the expert's images show: its own images' (a hand dataset's), else its crops of the body image
@@ -301,7 +301,7 @@ def bases_loss(pred, batch, bcfg, weights, recipe):
         hand_terms["hand_keypoints"] = (keypoints - target["uv"]).abs().mean()
         hand = hand + recipe.w_hand_keypoints * hand_terms["hand_keypoints"]
     body, terms = whole_body_loss(out, bcfg, batch, weights)
-    weight = dict.fromkeys(SMPLERX_TERMS, 1.0) | {"boxes": recipe.w_boxes}  # NOTE 19: SMPLer-X's are all 1
+    weight = dict.fromkeys(SMPLERX_TERMS, 1.0) | {"boxes": recipe.w_boxes}  # NOTE H19: SMPLer-X's are all 1
     return hand + body + sum(weight[k] * terms[k] for k in SMPLERX_TERMS), dict(hand_terms, **terms)
 
 
@@ -402,7 +402,7 @@ class FusedHead(nn.Module):
     - "concat" (Hand4Whole [24]): F^B = Linear(theta_b) + E (as the adapter's), appended to F^H as more tokens;
     - "weighted_sum" (PIXIE's moderator [8]): f^B = Linear(theta_b, all joints) is one token's worth; an MLP
       on [mean of F^H, f^B] gives two confidences (softmax) and every image token becomes w_H F^H + w_B f^B.
-    NOTE 15: the moderator's input (the mean image token) and widths (C -> C -> 2, ReLU) are ours."""
+    NOTE H15: the moderator's input (the mean image token) and widths (C -> C -> 2, ReLU) are ours."""
 
     def __init__(self, head, joints, how):
         super().__init__()
@@ -452,7 +452,7 @@ class FusedRegressor(nn.Module):
       columns start at zero, so the copy starts at theta_0;
     - "weighted_sum" (PIXIE's moderator [8]): f^J = Linear(F^J) of the input's size; an MLP on [input,
       f^J] gives two confidences (softmax) and the readouts read w_0 input + w_J f^J.
-    NOTE 15: the paper names the two ways only; these readings (zero columns, the moderator's
+    NOTE H15: the paper names the two ways only; these readings (zero columns, the moderator's
     widths input -> body_dim -> 2) are ours. Shape and camera stay the frozen model's."""
 
     def __init__(self, cfg, regressor, width, how):

@@ -234,7 +234,7 @@ class TwoDeconvolutionTokens(Stride32Tokens):
 
 class EnhancedTokens(simplehand.TokenGenerator):
     """Fig. 2e, Table 5 "Point 28x28 enhanced": the sampled map "further improved by convolution" after the
-    upsample. NOTE 9: no layout in the paper; ours: `convs` 3x3 conv-BN-ReLU blocks."""
+    upsample. NOTE S9: no layout in the paper; ours: `convs` 3x3 conv-BN-ReLU blocks."""
 
     def __init__(self, cfg, convs=2):
         super().__init__(cfg)
@@ -275,7 +275,7 @@ class CoarseMeshHand(simplehand.SimpleHand):
         if template is None or tuple(template.shape) != (NUM_VERTS, 3):
             raise ValueError(f"the coarse-mesh model needs MANO's template (778, 3) to pick the coarse mesh from, "
                              f"got {None if template is None else tuple(template.shape)}")
-        # NOTE 10: farthest-point sampling of the template for FastMETRO's coarse mesh
+        # NOTE S10: farthest-point sampling of the template for FastMETRO's coarse mesh
         self.register_buffer("coarse_index", farthest_points(template.float(), token_generator.vertices))  # (N_c,)
 
     def from_features(self, feature, pooled):
@@ -313,7 +313,7 @@ class MLPRegressor(nn.Module):
     """Table 4's baseline regressor, "a Multilayer Perceptron": tokens (B, n_0, C_t), flattened ->
     Linear -> GELU -> Linear -> vertices (B, 778, 3).
 
-    NOTE 8: the paper gives no widths; ours has one hidden layer of dims[0].
+    NOTE S8: the paper gives no widths; ours has one hidden layer of dims[0].
     """
 
     def __init__(self, cfg):

@@ -207,7 +207,7 @@ def _segment_distance(points, seg_a, seg_b):
 # Right hand in the contract's rest pose: fingers along +x, back of the hand +y (the palm faces
 # -y), thumb towards -z, wrist at the origin, metres. The layout is drawn in the palm plane as 2D
 # points (x, z) and inflated to 3D at the end.
-# NOTE 8: the real MANO_RIGHT.pkl has fingers along -x, the thumb towards +z
+# NOTE R8: the real MANO_RIGHT.pkl has fingers along -x, the thumb towards +z
 # (our frame turned 180 degrees about y) and the wrist joint at x = 0.096 m.
 
 # (name, first MANO joint, MCP joint (x, z), direction in degrees from +x towards +z,

@@ -1257,7 +1257,7 @@ class SyntheticWholeBody(_SyntheticBodyBase):
 def elbow_grasp(elbow, rng, cfg, noise=0.15):
     """A whole body's grasp level for one hand (`hand_poses` step 1) from its elbow's local rotation (3, 3):
     its flexion over the largest (cfg.elbow), + N(0, noise), clipped to [0, 1]. A bent arm holds something and a
-    hanging one's hand relaxes, as ARCTIC's hands follow the task (docs/hmr_adapter.md, NOTE 20): so the arm
+    hanging one's hand relaxes, as ARCTIC's hands follow the task (docs/hmr_adapter.md, NOTE H20): so the arm
     chain tells something of the fingers; the gestures of `hand_poses` stay independent of it."""
     flexion = math.degrees(float(matrix_to_axis_angle(elbow).norm()))
     return min(max(flexion / cfg.elbow[1] + float(normal(rng, noise)), 0.0), 1.0)

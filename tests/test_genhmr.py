@@ -368,7 +368,7 @@ def _state_hash(module):
     return {k: v.clone() for k, v in module.state_dict().items()}
 
 
-# NOTE 18's step rule (genhmr_experiments' alternative to Eq. (4)'s fixed eta), from eta = 1: G never rises
+# NOTE G18's step rule (genhmr_experiments' alternative to Eq. (4)'s fixed eta), from eta = 1: G never rises
 BACKTRACKING = with_fields(IMG, refine_lr=1.0)
 
 
@@ -441,7 +441,7 @@ def test_predict_returns_refined_outputs_deterministically(model):
 @settings(max_examples=8, deadline=None)
 @example(0.334, 0.900, 0)  # the recipe's detector: HRNet-W32 on MPII val
 def test_detector_like_joints_have_the_detectors_pckh(pckh_01, pckh_05, seed):
-    """NOTE 27: joints drawn by `detector_joints2d` land within 0.1 and 0.5 head segments of the truth as often as
+    """NOTE G27: joints drawn by `detector_joints2d` land within 0.1 and 0.5 head segments of the truth as often as
     the detector's published PCKh says (4800 joints: binomial std <= 0.8 %), whatever the head's size in pixels."""
     n, head = 200, 3 + 40 * torch.rand(200, generator=seeded(seed))
     truth = 20 + 60 * torch.rand(n, 24, 2, generator=seeded(seed + 1))
@@ -519,7 +519,7 @@ def test_refinement_fixed_step_is_eq_4_as_printed(model):
 
 
 def test_backtracking_takes_the_largest_halving_that_lowers_g_per_sample():
-    """NOTE 18's rule on a quadratic G(e) = a ||e||^2 per sample, by hand: from eta, the first of eta,
+    """NOTE G18's rule on a quadratic G(e) = a ||e||^2 per sample, by hand: from eta, the first of eta,
     eta / 2, ... whose step lowers G (0 when none of `halvings` does), doubled for the next step."""
     a = torch.tensor([0.25, 4.0, 100.0])
     objective = lambda e: a * (e ** 2).sum((1, 2))
@@ -707,7 +707,7 @@ def test_loss_weights_are_the_papers():
     assert w == (1.0, 1e-3, 5e-4, 5e-2, 1e-2)
     t = genhmr.TOKENIZER_PAPER.model
     assert (t.w_re, t.w_pose, t.w_verts, t.w_joints, t.w_commit, t.ema_decay) == (1.0, 1.0, 0.5, 0.3, 0.02, 0.99)
-    # HMR2.0 / TokenHMR sum the geometric terms over a GPU's 48 samples; TINY averages them (NOTE 20)
+    # HMR2.0 / TokenHMR sum the geometric terms over a GPU's 48 samples; TINY averages them (NOTE G20)
     TINY = recipe_of(genhmr.TINY)
     assert (PAPER.loss_batch, TINY.loss_batch) == (48, 1)
     assert (PAPER.token_head, PAPER.regressor_head, TINY.token_head, TINY.regressor_head) == (
@@ -836,7 +836,7 @@ def test_learning_rate_is_a_pure_function_of_the_step():
 
 
 def test_token_head_is_the_scaled_distance_to_each_code(model):
-    """NOTE 21: logit_k = -exp(s) ||W h - c_k||^2 against a per-code loop; s starts at
+    """NOTE G21: logit_k = -exp(s) ||W h - c_k||^2 against a per-code loop; s starts at
     -log(mean squared distance between nearest codes)."""
     gen, book = model.masked_transformer, model.tokenizer.quantizer.codebook
     levels, _, _ = model.encode_image(torch.rand(2, 3, 32, 32, generator=seeded(4)))
@@ -877,7 +877,7 @@ def test_backbone_stage_hands_its_vit_and_tokenizer_to_the_image_stage(tokenizer
 
 
 def test_prior_stage_trains_the_transformer_on_poses_alone_and_hands_a_copy_on(tokenizer):
-    """NOTE 25: TokenPrior holds the backbone stage frozen and trains, by Eq. (1) on pose tokens, only
+    """NOTE G25: TokenPrior holds the backbone stage frozen and trains, by Eq. (1) on pose tokens, only
     the parts of the masked transformer that read no image; the image stage starts from a COPY of its whole
     transformer (all of it trainable there) and its ViT from the backbone stage's, and refuses a prior of
     another architecture, naming the field."""
@@ -1433,7 +1433,7 @@ def test_ugs_remasks_the_least_confident_still_masked_tokens_ties_to_the_lower_i
 @example(8, 6, 4)  # TINY's 1x level
 @example(16, 12, 4)  # the paper's 1x level: Deformable DETR's own start
 def test_map_offsets_start_each_heads_first_point_inside_any_map(H, W, points):
-    """NOTE 28: with offset_start "map", the first point of every head, seen from any reference point the reference
+    """NOTE G28: with offset_start "map", the first point of every head, seen from any reference point the reference
     points can start at ([0.1, 0.9] of the image), lies inside the H x W map; from 10 pixels a side up the offsets
     are Deformable DETR's own."""
     attn = genhmr.MSDeformAttn(16, 8, 2, points, level_sizes=((H, W), (2 * H, 2 * W)))
@@ -1543,7 +1543,7 @@ class _FixedGenHMR:
         self.seen.append(ids.clone())
         return self.fixed_logits
 
-    def __call__(self, images, ids, temperature=1.0, true_ids=None):  # NOTE 13's variant when given true_ids
+    def __call__(self, images, ids, temperature=1.0, true_ids=None):  # NOTE G13's variant when given true_ids
         if true_ids is None:
             return genhmr.GenHMR.forward(self, images, ids, temperature)
         return genhmr_experiments.VisibleTruthGenHMR.forward(self, images, ids, temperature, true_ids)

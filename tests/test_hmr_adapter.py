@@ -63,7 +63,7 @@ def eq3_at_init(head, hand_tokens, context):
 
 def test_hand_adapter_with_a_silent_cross_attention_is_exactly_the_frozen_head(bases):
     """Eq. 3 = the frozen head's path + CA'(...): with CA''s output projection zeroed the frozen head comes out bit for
-    bit, so the adapter adds to the head and changes nothing else (NOTE 1)."""
+    bit, so the adapter adds to the head and changes nothing else (NOTE H1)."""
     head = bases.hand_expert.mano_head
     adapter = ha.HandAdapter(head)
     for ca2 in adapter.ca:
@@ -506,7 +506,7 @@ def test_smplerx_6d_rows_become_our_columns():
 
 
 def test_tiny_whole_body_conv_stem_gives_the_patch_grid():
-    """NOTE 13: TINY's stem of 4 stride-2 convolutions stands for the 16 x 16 patch embedding."""
+    """NOTE H13: TINY's stem of 4 stride-2 convolutions stands for the 16 x 16 patch embedding."""
     embed = ha.PatchEmbed(16, 0, 64, ha.BASES_TINY.model.body_stem)
     assert not hasattr(embed, "proj") and embed(torch.rand(2, 3, 128, 96)).shape == (2, 64, 8, 6)
     assert hasattr(ha.PatchEmbed(16, 2, 64), "proj")  # the released models' name

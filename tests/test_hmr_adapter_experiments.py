@@ -23,7 +23,7 @@ from test_hmr_adapter import random_rotations
 @pytest.fixture(scope="module")
 def bases():
     torch.manual_seed(0)
-    return hx.build_bases(ha.BASES_TINY)  # TINY's stand-ins, with their keypoint head (NOTE 17)
+    return hx.build_bases(ha.BASES_TINY)  # TINY's stand-ins, with their keypoint head (NOTE H17)
 
 
 @pytest.fixture(scope="module")

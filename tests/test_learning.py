@@ -72,9 +72,9 @@ def test_genhmrs_chain_learns_under_torchrun_past_the_mean_pose(tmp_path):
 def test_hmr_adapters_chain_learns_under_torchrun_and_the_adapter_beats_the_frozen_expert(tmp_path):
     """HMR-Adapter's chain as a user starts it, `torchrun --nproc_per_node=2 train.py --model hmr_adapter`, reduced to
     a few minutes on two cores: 400 steps for the bases (the HaMeR-style hand expert, trained on hands' own images,
-    NOTE 18, and the SMPLer-X-style body model, trained here from scratch) and 400 for the adapters with Table 3
+    NOTE H18, and the SMPLer-X-style body model, trained here from scratch) and 400 for the adapters with Table 3
     No.5's control beside them, on 1024 rendered bodies, TINY. The bounds come from seeds 0 and 1 at this code
-    (issue 70, NOTE 20's grasping people; measured ratios in brackets, seed 0 then 1). The bases beat the constant
+    (issue 70, NOTE H20's grasping people; measured ratios in brackets, seed 0 then 1). The bases beat the constant
     train.py scores beside them: the expert's hand PVE (0.712, 0.874 x), its hand rotation (0.817, 0.931 x), the
     whole-body PVE (0.915, 0.912 x). The adapter shows the paper's claim on the hand path (its abstract and ARCTIC
     results: body guidance helps the hand expert where the hand is occluded): occluded hands' PVE at most 0.9 x the

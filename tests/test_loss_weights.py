@@ -70,14 +70,14 @@ def test_simplehand_eq7_is_the_papers_weighted_sum(preset):
 
 # App. > Implementation Details, first stage: "lambda_re = 1.0, lambda_E = 0.02, lambda_theta = 1.0, lambda_V = 0.5,
 # and lambda_J = 0.3". lambda_E weighs the squared commitment error: with an EMA codebook the embedding term has no
-# gradient, and lambda_alpha is unstated (docs/genhmr.md NOTE 3)
+# gradient, and lambda_alpha is unstated (docs/genhmr.md NOTE G3)
 VQ_W_RE, VQ_W_COMMIT, VQ_W_POSE, VQ_W_VERTS, VQ_W_JOINTS = 1.0, 0.02, 1.0, 0.5, 0.3
 # App. > Implementation Details, second stage: "lambda_mask = 1.0, lambda_SMPL = 1.5e-3 (with lambda_theta = 1e-3
 # for pose and lambda_beta = 5e-4 for shape within L_SMPL), lambda_3D = 5e-2, and lambda_2D = 1e-2"
 GEN_W_MASK, GEN_W_POSE, GEN_W_BETAS, GEN_W_3D, GEN_W_2D = 1.0, 1e-3, 5e-4, 5e-2, 1e-2
 # The geometric terms are sums over joints and coordinates per sample times loss_batch. PAPER: 48, the per-GPU
 # batch that HMR2.0's / TokenHMR's configs (TRAIN.BATCH_SIZE) sum them over (the paper is silent); TINY: 1, ours
-# (docs/genhmr.md NOTE 20: summed over 48, the Gumbel-ST gradient swamps L_mask)
+# (docs/genhmr.md NOTE G20: summed over 48, the Gumbel-ST gradient swamps L_mask)
 GEN_LOSS_BATCH = {"PAPER": 48, "TINY": 1}
 PELVIS = 0  # SMPL joint 0 (smplx's SMPL joint names): L_3D is pelvis-relative
 SMPL_VERTICES = 6890
@@ -244,7 +244,7 @@ def test_genhmr_image_stage_training_loss_scores_the_true_tokens_and_normalised_
 
 
 def test_genhmr_backbone_stage_loss_is_the_image_stages_smpl_terms():
-    """BackboneStage.training_loss (stage genhmr_backbone, ours: docs/genhmr.md NOTE 23, HMR2.0's SMPL head on
+    """BackboneStage.training_loss (stage genhmr_backbone, ours: docs/genhmr.md NOTE G23, HMR2.0's SMPL head on
     GenHMR's ViT): the image stage's SMPL terms with the same weights, no L_mask, on the regressed SMPL's joints
     (forward kinematics) and their projection by the regressed camera."""
     cfg = genhmr_experiments.BACKBONE_CONFIGS["tiny"]
@@ -268,7 +268,7 @@ def test_genhmr_backbone_stage_loss_is_the_image_stages_smpl_terms():
 
 
 def test_genhmr_prior_stage_loss_is_eq1_alone():
-    """PriorStage.training_loss (stage genhmr_prior, ours: docs/genhmr.md NOTE 25): Eq. (1)'s token
+    """PriorStage.training_loss (stage genhmr_prior, ours: docs/genhmr.md NOTE G25): Eq. (1)'s token
     cross-entropy over all positions of the true pose's tokens, weight 1 (lambda_mask), nothing else."""
     cfg = genhmr_experiments.PRIOR_CONFIGS["tiny"]
     g = torch.Generator().manual_seed(6)
@@ -284,7 +284,7 @@ def test_genhmr_prior_stage_loss_is_eq1_alone():
 # ---------------------------------------------------------------------------------------------
 # HMR-Adapter: Eq. (5) on the hand path, Eqs. (7, 8) on the body path, the bases' own losses
 
-# The paper gives Eqs. (5) and (7) without numbers (Sec. 3.5); NOTE 10 of docs/hmr_adapter.md: HaMeR's and
+# The paper gives Eqs. (5) and (7) without numbers (Sec. 3.5); NOTE H10 of docs/hmr_adapter.md: HaMeR's and
 # SMPLer-X's. HaMeR (hamer/configs_hydra/experiment/hamer_vit_transformer.yaml, LOSS_WEIGHTS): KEYPOINTS_3D 0.05,
 # KEYPOINTS_2D 0.01, GLOBAL_ORIENT 0.001 and HAND_POSE 0.001 (one lambda_theta here: a hand's 16 joints), BETAS 0.0005
 HAND_W_3D, HAND_W_2D, HAND_W_POSE, HAND_W_BETAS = 0.05, 0.01, 0.001, 0.0005
@@ -305,7 +305,7 @@ SMPLX_FINGERS, SMPLX_FINGER_WRISTS, SMPLX_BODY = list(range(25, 55)), [20] * 15 
 
 def hand_terms_by_hand(pose6d, betas, cam, target, loss_batch):
     """Eq. (5)'s terms of N hands: L1 on wrist-relative 3D joints and vertices (metres) and on 2D joints
-    (normalised crop coordinates), ||R - R*||^2 + (1 - cos(R, R*)) per joint on rotation matrices (Eq. 6, NOTE 9),
+    (normalised crop coordinates), ||R - R*||^2 + (1 - cos(R, R*)) per joint on rotation matrices (Eq. 6, NOTE H9),
     ||beta||^2. loss_batch 0: means over every element; else each hand's sum, averaged over hands, x loss_batch."""
     R = bodymodels.rot6d_to_matrix(pose6d)
     verts, joints = ha.mano_mesh(R, betas)
@@ -379,7 +379,7 @@ def body_terms_by_hand(theta, shape, cam, targets, image_hw):
 
 def body_total(terms, preset):
     return (BODY_W_POSE * terms["pose"] + BODY_W_3D * terms["3d"] + BODY_W_2D[preset] * terms["2d"]
-            + BODY_W_3D * terms["fingers"])  # NOTE 16: lambda_3D weighs the wrist-relative finger joints too
+            + BODY_W_3D * terms["fingers"])  # NOTE H16: lambda_3D weighs the wrist-relative finger joints too
 
 
 def random_body(g, B, H, W):
@@ -395,7 +395,7 @@ def random_body(g, B, H, W):
 @pytest.mark.parametrize("preset", ["PAPER", "TINY"])
 def test_hmr_adapter_body_pose_loss_eq7_is_smplerxs_weighted_sum(preset):
     """ha.body_pose_loss: Eq. (7) with SMPLer-X's weights (L_img and L_beta have no gradient with frozen bases,
-    NOTE 10), on a non-square image."""
+    NOTE H10), on a non-square image."""
     cfg = getattr(ha, preset).model
     pin_adapter_weights(cfg, preset)
     g = torch.Generator().manual_seed(8)
@@ -458,16 +458,16 @@ def assert_terms(terms, by_hand, names):
 def test_hmr_adapter_bases_loss_weighs_each_term_as_hamer_and_smplerx():
     """hmr_adapter_experiments.bases_loss (stage hmr_adapter_bases, TINY: the stand-ins of the released bases):
     Eq. (5) with HaMeR's weights except the expert's rotation weight, Eq. (7) with its finger term, SMPLer-X's
-    other L1 terms at weight 1 each (its loss dict's) but TINY's box term (NOTE 19), and TINY's keypoint head. Each
+    other L1 terms at weight 1 each (its loss dict's) but TINY's box term (NOTE H19), and TINY's keypoint head. Each
     term's formula is pinned above (Eq. 5, Eq. 7); here the weights of the sum, on the terms the function returns,
     from a real forward."""
     cfg = hae.BASE_CONFIGS["tiny"]
     assert cfg.recipe.losses == "tiny"
-    # ours (docs/hmr_adapter.md NOTE 17): the keypoint head's L1 weight and the expert's own rotation weight
+    # ours (docs/hmr_adapter.md NOTE H17): the keypoint head's L1 weight and the expert's own rotation weight
     W_KEYPOINTS, W_EXPERT_POSE = 0.3, 0.01
     assert (cfg.recipe.w_hand_keypoints, cfg.recipe.w_expert_hand_pose) == (W_KEYPOINTS, W_EXPERT_POSE)
     W_SMPLERX_OTHER = 1.0  # SMPLer-X main/SMPLer_X.py: joint_img, hand boxes, shape, face, hand joint_img, each x1
-    W_BOXES = 10.0  # ours at TINY (docs/hmr_adapter.md NOTE 19): the hand boxes' term
+    W_BOXES = 10.0  # ours at TINY (docs/hmr_adapter.md NOTE H19): the hand boxes' term
     assert cfg.recipe.w_boxes == W_BOXES and ha.BASES_PAPER.recipe.w_boxes == W_SMPLERX_OTHER
     from lab import synthetic
     data = synthetic.wholebody_dataset("synthetic", None, "train", cfg, 0, 2)

@@ -235,12 +235,12 @@ def test_wholebody_file_parts_are_mmposes_keypoints(tmp_path):
 def test_coco17_to_smpl_is_spins_and_hybriks_with_the_hips_by_name():
     """GenHMR's refinement targets (demo.COCO17_TO_SMPL): SPIN's and HybrIK's COCO -> SMPL pairs (shoulders,
     elbows, wrists, knees, ankles); the hips, which both leave out (SPIN regresses its own), are matched to SMPL's
-    hips by name (NOTE 18 of docs/genhmr.md); the face has no SMPL joint."""
+    hips by name (NOTE G18 of docs/genhmr.md); the face has no SMPL joint."""
     spin = {i: SPIN_GT_TO_SMPL[SPIN_GT_NAMES[g]] for i, g in enumerate(SPIN_COCO_JOINTS_IDX)
             if SPIN_GT_NAMES[g] in SPIN_GT_TO_SMPL}
     hybrik = {coco: smpl for smpl, coco in enumerate(HYBRIK_COCO_TO_SMPL) if coco >= 0}
     assert spin == hybrik  # the two official tables agree
-    expected = {**spin, COCO17_NAMES.index("left_hip"): 1, COCO17_NAMES.index("right_hip"): 2}  # NOTE 18
+    expected = {**spin, COCO17_NAMES.index("left_hip"): 1, COCO17_NAMES.index("right_hip"): 2}  # NOTE G18
     ours = dict(demo.COCO17_TO_SMPL)
     wrong = table_mismatches(ours, expected, COCO17_NAMES, SMPL_NAMES)
     assert not wrong, wrong

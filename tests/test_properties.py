@@ -81,7 +81,7 @@ def test_remask_counts_are_the_papers_ceil_gamma_t_over_t_times_l(L, T, schedule
 
 @given(L=st.integers(1, 5000), tau=st.sampled_from([0.0, 1.0]) | st.floats(0.0, 1.0))
 def test_training_masks_ceil_cos_pi_tau_over_2_times_l_tokens(L, tau):
-    """Training Strategy: m = ceil(gamma(tau) L), gamma(tau) = cos(pi tau / 2); at least one token (NOTE 11)."""
+    """Training Strategy: m = ceil(gamma(tau) L), gamma(tau) = cos(pi tau / 2); at least one token (NOTE G11)."""
     m = int(genhmr.num_masked(torch.tensor([tau]), L))
     x = math.cos(math.pi * tau / 2) * L
     expected = {min(L, max(1, n)) for n in ceil_up_to_rounding(x, 1e-5 * L)}  # float32 tau and cos

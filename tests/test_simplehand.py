@@ -426,7 +426,7 @@ def test_paper_configs_build_on_timms_interface_and_give_every_parameter_a_gradi
                    full.stage4[-1].fuse_layers[2]]
         assert she.count_parameters(net) == she.count_parameters(full) - sum(map(she.count_parameters, removed))
     convolutions = [m for m in model.token_generator.upsample.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    if hrnet:  # the stride-8 map used as it is (NOTE 1's sine encoding, where the variant has it, has no weights)
+    if hrnet:  # the stride-8 map used as it is (NOTE S1's sine encoding, where the variant has it, has no weights)
         assert convolutions == []
     else:  # Sec. 3.3's 4x deconvolution of the stride-32 map
         assert [(type(m), m.weight.shape, m.stride) for m in convolutions] == \

@@ -359,7 +359,7 @@ def test_synthetic_whole_body_keys_and_labels():
 
 
 def test_whole_bodies_grasp_with_bent_elbows_and_the_hands_alone_keep_their_draws():
-    """The whole bodies' grasp level follows each elbow (`elbow_grasp`, NOTE 20 of docs/hmr_adapter.md), so the arm
+    """The whole bodies' grasp level follows each elbow (`elbow_grasp`, NOTE H20 of docs/hmr_adapter.md), so the arm
     chain tells something of the fingers: over 200 people the elbow's flexion and the mean finger rotation of its
     hand correlate (measured 0.59); given no grasp, `hand_poses` draws what it drew before (SimpleHand's hands)."""
     bodies = synthetic.SyntheticWholeBody(200, image_size=(64, 48))
