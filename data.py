@@ -45,14 +45,16 @@ Symbols: B batch, V vertices, F faces, J joints, K intrinsics, (H, W) image size
 R rotation, T point transform, A pixel transform (3, 3) acting on homogeneous pixels.
 
 Map of the file:
-1. Randomness (`sample_rng`, `uniform`, `normal`) and body models (`body_model`, `skinning`, `body_rig`)
+1. Randomness (`sample_rng`, `uniform`, `normal`), `image_hw`, body models (`body_model`, `skinning`, `body_rig`)
 2. Augmentation as a camera change: `AugmentConfig`, `sample_augmentation`, the official simpleHand
-   recipe `OFFICIAL_HAND_AUGMENT` (`turned_keypoint_crop`, `official_color`); images resampled by
-   `lab.crops.warp_image`
+   recipe `OFFICIAL_HAND_AUGMENT` (`turned_keypoint_crop`, `official_color`); cutting crops and resampling
+   images: `crop_box`, `crop_matrix`, `warp_image`
 3. Real hands: `FreiHAND`, `NpzHands`, `write_npz`; photographs as files: `read_image`, `InputError`
 4. Real bodies (4D-Humans' evaluation .npz of 3DPW / EMDB / H36M): `HMR2Npz`, `HMR2Poses`; `Indexed`
 5. Whole bodies: the hand keys (`WholeBodyHands`), real ones (EHF / ARCTIC as one .npz): `WholeBodyNpz`
-6. The rendered cache: `render_once`, `RenderedSet`, `stack_samples`, `labels`
+6. The rendered cache: `RenderedSet`, `stack_samples`, `labels` (lab/synthetic.py's `render_once` writes it)
+7. Which face a pixel shows: the z-buffer `rasterize` (`rasterize_batch` for B meshes), by which a whole body's hand
+   visibility is counted; lab/render.py shades images over it
 How a synthetic sample is made, and the trainer's datasets (`hand_dataset`, `body_dataset`, ...):
 lab/synthetic.py. Pictures: lab/plots.py. Speed and sample grids: `python -m lab.bench --data-bench`, `--data-grid`.
 """
@@ -69,13 +71,9 @@ import torch
 import torch.nn.functional as F
 
 import bodymodels
-import hmr_adapter
 import metrics
-from lab import render
 from bodymodels import (axis_angle_to_matrix, forward_kinematics, matrix_to_axis_angle, mirror_rotation,
                         perspective_projection)
-from lab.crops import crop_box, crop_matrix, warp_image
-from lab.files import atomic_write
 
 # ---------------------------------------------------------------------------------------------
 # 1. Randomness and body models
@@ -94,6 +92,14 @@ def sample_rng(*keys):
 AUGMENT_STREAM = 1  # sample_rng(seed, epoch, index, stream): stream 0 draws the sample, 1 its augmentation
 
 
+def image_hw(image_size):
+    """int or (H, W) -> (H, W)."""
+    if isinstance(image_size, int):
+        return image_size, image_size
+    height, width = image_size
+    return int(height), int(width)
+
+
 def uniform(rng, low, high, shape=()):
     """Uniform float64 samples in [low, high) of the given shape (a 0-d tensor by default)."""
     return low + (high - low) * torch.rand(shape, generator=rng, dtype=torch.float64)
@@ -108,7 +114,8 @@ def normal(rng, std, shape=()):
 def body_model(kind, model_dir=None):
     """The smplx model "mano" (right hand), "smpl" or "smplx" of bodymodels' loaders (defaults:
     axis-angle hand poses, flat mean hand), loaded once per process and shared by every dataset,
-    which only read it. model_dir None: $HMR_BODY_MODELS, else the procedural stand-ins."""
+    which only read it. model_dir None: $HMR_BODY_MODELS, else the procedural stand-ins that importing the lab
+    registers (lab/standins.py)."""
     load = {"mano": bodymodels.load_mano, "smpl": bodymodels.load_smpl, "smplx": bodymodels.load_smplx}
     if kind not in load:
         raise ValueError(f"body_model: kind must be one of {sorted(load)}, got {kind!r}")
@@ -215,7 +222,7 @@ def rotation_z(angle):
 def sample_augmentation(rng, cfg, K, image_size, joints3d=None):
     """Draw an augmentation for an image of image_size (int or (H, W)) seen through K (3, 3).
     joints3d (21, 3), camera coordinates: the keypoints whose box cfg.crop="keypoints" crops around."""
-    height, width = render.image_hw(image_size)
+    height, width = image_hw(image_size)
     centre = torch.tensor([width / 2, height / 2], dtype=torch.float64)
     K = K.double().clone()
     if cfg.crop == "keypoints":
@@ -343,6 +350,57 @@ def color_jitter(image, factors):
     return image.clamp(0, 1)
 
 
+# Cutting a crop: a box grown to an aspect, the crop's pixel transform A, resampling an image by A (what the
+# real readers cut from their photographs, demo.py from the user's; a crop's camera is A K)
+
+
+def crop_box(box, aspect_hw, enlarge=1.0):
+    """The crop around box (x0, y0, x1, y1): the smallest rectangle of aspect H:W = aspect_hw
+    centred on the box that covers it, times enlarge -> (centre (cx, cy), size (w, h)) in pixels."""
+    x0, y0, x1, y1 = box
+    ratio = aspect_hw[0] / aspect_hw[1]
+    w, h = x1 - x0, y1 - y0
+    w, h = max(w, h / ratio), max(h, w * ratio)
+    return ((x0 + x1) / 2, (y0 + y1) / 2), (w * enlarge, h * enlarge)
+
+
+def crop_matrix(centre, size, out_hw, flip=False):
+    """The pixel transform A (3, 3) of a crop: the rectangle of `size` (w, h) at `centre` (cx, cy) of
+    the full image onto an image of out_hw (H, W), mirrored left-right if flip. Pixel edges map to
+    pixel edges (the rectangle's corner (cx - w/2, cy - h/2) to (0, 0)), as `warp_image` reads them;
+    a camera K of the full image becomes A @ K for the crop (a mirror also mirrors x)."""
+    (cx, cy), (w, h), (H, W) = centre, size, out_hw
+    sx, sy = W / w, H / h
+    A = torch.tensor([[sx, 0.0, -sx * (cx - w / 2)], [0.0, sy, -sy * (cy - h / 2)], [0.0, 0.0, 1.0]],
+                     dtype=torch.float64)
+    if flip:
+        A = torch.tensor([[-1.0, 0.0, W], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64) @ A
+    return A
+
+
+def warp_image(image, A, size, steps=None):
+    """Resample image (3, h, w) so that input pixel p lands on output pixel ~ A p (A (3, 3): an
+    affine transform or any homography), at size (int or (H, W)). Bilinear, black outside, pixel
+    centres at j + 0.5 (grid_sample's align_corners=False). steps: read positions rounded to
+    1/steps pixel, as cv2's INTER_LINEAR does with steps = 32 (a visible difference only where a
+    bilinear read straddles the black outside); None = exact."""
+    height, width = (size, size) if isinstance(size, int) else size
+    h, w = image.shape[-2:]
+    if (h, w) == (height, width) and torch.equal(torch.as_tensor(A, dtype=torch.float64),
+                                                 torch.eye(3, dtype=torch.float64)):
+        return image.clone()  # exactly the image (the resampling grid below is float32, off by ~1e-6)
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
+                            torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
+    q = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)  # (H, W, 3) output pixel centres
+    p = q @ torch.linalg.inv(torch.as_tensor(A).double()).T  # where each output pixel reads
+    p = p[..., :2] / p[..., 2:]
+    if steps:
+        p = torch.round(p * steps) / steps  # (p - 0.5) * steps is an integer shift away: cv2's grid too
+    grid = (p / torch.tensor([w, h], dtype=torch.float64) * 2 - 1).float()  # align_corners=False
+    return F.grid_sample(image[None], grid[None].to(image.device), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. Real hands
 
@@ -439,7 +497,7 @@ class _PhotoHands(torch.utils.data.Dataset):
 
     def _finish(self, image, labels, index):
         """Resize to image_size (K follows), then augment image and labels together."""
-        height, width = render.image_hw(self.image_size)
+        height, width = image_hw(self.image_size)
         h, w = image.shape[-2:]
         scale = torch.diag(torch.tensor([width / w, height / h, 1.0], dtype=torch.float64))
         K = scale @ labels["K"].double()  # (3, 3): u' = u W / w for pixel edges at integers
@@ -598,7 +656,7 @@ class FreiHAND(_PhotoHands):
             raise ValueError(f"FreiHAND: split must be 'training' or 'evaluation', got {split!r}")
         if crop not in FREIHAND_CROPS:
             raise ValueError(f"FreiHAND: crop must be one of {sorted(FREIHAND_CROPS)}, got {crop!r}")
-        if crop == "keypoints" and len(set(render.image_hw(image_size))) != 1:
+        if crop == "keypoints" and len(set(image_hw(image_size))) != 1:
             raise ValueError(f"FreiHAND: the keypoint crop is square, got image_size={image_size}")
         self.crop, self.crop_description = crop, FREIHAND_CROPS[crop]
         self.root, self.split = pathlib.Path(root), split
@@ -634,7 +692,7 @@ class FreiHAND(_PhotoHands):
 
     def _finish(self, image, labels, index):
         if self.crop == "keypoints":
-            image, labels = crop_around_keypoints(image, labels, render.image_hw(self.image_size)[0])
+            image, labels = crop_around_keypoints(image, labels, image_hw(self.image_size)[0])
         return super()._finish(image, labels, index)
 
 
@@ -804,7 +862,7 @@ class HMR2Npz(torch.utils.data.Dataset):
     The crop (official image_dataset.py + the ViT's x[..., 32:-32]): the box of scale x 200 px grown to
     the ViT's aspect (`expand_to_aspect_ratio`, w:h = 192:256), its larger side b a square crop resized
     to 256 x 256 of which the ViT reads the central 256 x 192: here, the rectangle b x b W/H around
-    `center` straight onto cfg.image_hw (H, W) (`lab.crops.crop_matrix`, bilinear, black outside).
+    `center` straight onto image_size (H, W) (`crop_matrix`, bilinear, black outside).
     NOTE R6: no augmentation; cv2's pixel centres at integers are taken as ours (half a
     pixel); the official resize is cv2.warpAffine, here bilinear `warp_image` (antialiasing aside).
 
@@ -819,9 +877,9 @@ class HMR2Npz(torch.utils.data.Dataset):
     joints3d_weight follows has_smpl_pose: GenHMR's losses skip what a row lacks.
     """
 
-    def __init__(self, path, image_hw, focal_length=5000.0):
+    def __init__(self, path, image_size, focal_length=5000.0):
         self.path = pathlib.Path(path)
-        self.root, self.image_hw, self.focal_length = self.path.parent, render.image_hw(image_hw), focal_length
+        self.root, self.image_hw, self.focal_length = self.path.parent, image_hw(image_size), focal_length
         arrays = _label_arrays(self.path, "HMR2Npz", HMR2_REQUIRED, "a 4D-Humans evaluation .npz")
         for label, mask in HMR2_PAIRS:
             if (label in arrays) != (mask in arrays):
@@ -1012,18 +1070,26 @@ class WholeBodyHands:
             self.vert_mask = in_hand
         return self._model
 
+    def mano_fingers(self, side, smplx_pose):
+        """The MANO-space finger pose (15, 3) of one hand of an SMPL-X pose (55, 3), axis-angle in the module's
+        left-hand convention: the inverse of how a rendered person's hands are posed (synthetic.SyntheticWholeBody
+        turns MANO's finger axis-angle a into SMPL-X's R_off a, mirrored for a left hand), R_off = mano_to_smplx."""
+        self.model
+        fingers = smplx_pose[list(SMPLX_HAND_JOINTS[side][1:])]  # (15, 3) SMPL-X's local finger rotations
+        return (mirror_rotation(fingers) if side == "left" else fingers) @ self.mano_to_smplx.to(fingers)
+
     def labels(self, side, sample, joints, world, fingers, face):
         """The keys of one hand, from sample's verts (V, 3), K (3, 3) and smplx_pose (55, 3), joints
         (76, 3) (SMPL-X's 55 and smplx's 21 extra, camera frame), world (22, 3, 3) the body's world
         rotations, fingers (15, 3) the hand's MANO-space finger pose and face (P,) the faces the
-        body image shows (`render.rasterize`)."""
+        body image shows (`rasterize`)."""
         self.model
         hand_verts = sample["verts"][self.vert_mask[side]]
         uv = perspective_projection(hand_verts, sample["K"])
         centre, half = (uv.amax(0) + uv.amin(0)) / 2, 0.6 * (uv.amax(0) - uv.amin(0)).max()
         # visibility: the hand's pixels in the body image against the hand rendered alone
         hand_faces = self.rig["faces"][self.face_mask[side]]
-        alone = render.rasterize(sample["verts"], hand_faces, sample["K"], self.image_size, True)[0]
+        alone = rasterize(sample["verts"], hand_faces, sample["K"], self.image_size, True)[0]
         visible = self.face_mask[side][face].sum() / max(len(alone), 1)
         hand_joints = torch.cat([joints[list(SMPLX_HAND_JOINTS[side])], joints[list(SMPLX_FINGERTIPS[side])]])
         hand_joints = hand_joints[list(bodymodels.MANO_TO_FREIHAND)]  # (21, 3) FreiHAND order
@@ -1063,7 +1129,7 @@ class WholeBodyNpz(torch.utils.data.Dataset):
                                     CAMERA FRAME, body 1-21, jaw, eyes, left hand 25-39, right hand 40-54;
                                     full finger rotations (smplx.SMPLX(flat_hand_mean=True)): parameters of
                                     smplx's default flat_hand_mean=False need SMPL-X's hands_meanl / hands_meanr
-                                    added (hmr_adapter.hand_frames().smplx_hands_mean)
+                                    (arrays of the SMPL-X file, (45,) each) added
         smplx_shape (N, 10), smplx_expression (N, 10)   the neutral model's betas and expression
         transl (N, 3) metres        the camera-frame mesh is SMPLX(pose, shape, expression) + transl
         K (N, 3, 3)                 the image's intrinsics (pixels; pixel centres at j + 0.5, module docstring)
@@ -1082,18 +1148,18 @@ class WholeBodyNpz(torch.utils.data.Dataset):
     line naming the file, the key and (for an image) the row.
 
     Keys: the whole-body keys (module docstring), in the crop cfg.image_size that a camera change makes of the image
-    (`lab.crops.crop_matrix`: K_crop = A K, verts and joints stay in the camera frame): image, K, verts,
+    (`crop_matrix`: K_crop = A K, verts and joints stay in the camera frame): image, K, verts,
     joints3d, joints2d, smplx_pose, smplx_shape, smplx_expression, cam_t (= transl); per side
-    S_hand_box (crop pixels), S_hand_joints3d / _joints2d, S_hand_mano_pose (`hmr_adapter.hands_of_body`,
+    S_hand_box (crop pixels), S_hand_joints3d / _joints2d, S_hand_mano_pose (`WholeBodyHands.mano_fingers`,
     the module's left-hand convention), S_hand_visible (the hand's pixels not hidden by the body's own
     mesh: objects are not modelled), S_hand_occluded, S_arm_pose. The mesh comes from the SMPL-X file
-    under $HMR_BODY_MODELS (else the stand-in). NOTE R7: no augmentation; the crop is
+    under $HMR_BODY_MODELS (else the lab's stand-in). NOTE R7: no augmentation; the crop is
     bilinear `warp_image` (SMPLer-X: cv2.warpAffine at 512 x 384, then resized to the ViT's input).
     """
 
-    def __init__(self, path, image_hw, enlarge=WHOLEBODY_BOX_ENLARGE, model_dir=None):
+    def __init__(self, path, image_size, enlarge=WHOLEBODY_BOX_ENLARGE, model_dir=None):
         self.path = pathlib.Path(path)
-        self.root, self.image_hw = self.path.parent, render.image_hw(image_hw)
+        self.root, self.image_hw = self.path.parent, image_hw(image_size)
         self.enlarge, self.model_dir = enlarge, model_dir
         arrays = _label_arrays(self.path, "WholeBodyNpz", WHOLEBODY_REQUIRED, "a whole-body .npz: data.WholeBodyNpz")
         self.imgname = arrays["imgname"].astype(str)
@@ -1129,7 +1195,7 @@ class WholeBodyNpz(torch.utils.data.Dataset):
 
     def crop(self, index, verts, K):
         """A (3, 3) full-image pixels -> crop pixels: the person box (the file's, else the projected
-        mesh's) grown to the crop's aspect x enlarge (`lab.crops.crop_box`)."""
+        mesh's) grown to the crop's aspect x enlarge (`crop_box`)."""
         if "bbox" in self.arrays:
             box = self.arrays["bbox"][index].tolist()
         else:
@@ -1151,13 +1217,12 @@ class WholeBodyNpz(torch.utils.data.Dataset):
                   "smplx_expression": a["smplx_expression"], "cam_t": a["transl"]}
         # the hands: the rule of the rendered people for the same mesh and crop (visibility from the faces in view)
         rig = self.hand_labeller.rig
-        face = render.rasterize(verts, rig["faces"], K, self.image_hw, True)[1]
+        face = rasterize(verts, rig["faces"], K, self.image_hw, True)[1]
         world = forward_kinematics(axis_angle_to_matrix(a["smplx_pose"][:22]), rig["rest_joints"][:22],
                                    rig["parents"][:22])[1]
-        hands = hmr_adapter.hands_of_body(a["smplx_pose"], hmr_adapter.hand_frames(self.model_dir))
         for s, side in enumerate(("left", "right")):
-            sample.update(self.hand_labeller.labels(side, sample, joints, world, hands[side]["hand_pose"], face))
-            sample[f"{side}_hand_mano_pose"] = torch.cat([hands[side]["global_orient"][None], hands[side]["hand_pose"]])
+            fingers = self.hand_labeller.mano_fingers(side, a["smplx_pose"])
+            sample.update(self.hand_labeller.labels(side, sample, joints, world, fingers, face))
             if f"{side}_hand_box" in self.arrays:  # the file's box, into the crop (A scales and shifts)
                 corners = self.arrays[f"{side}_hand_box"][index].view(2, 2)  # (x0, y0), (x1, y1)
                 sample[f"{side}_hand_box"] = (corners @ A[:2, :2].T + A[:2, 2]).reshape(4)
@@ -1230,29 +1295,175 @@ def labels(dataset, limit=4096):
     return {k: v for k, v in stack_samples(dataset, indices).items() if k != "image"}
 
 
-def render_once(dataset, path, rank=0, world_size=1, barrier=lambda: None, worker_init_fn=None):
-    """Draw `dataset` into the tensor file `path` unless it exists, and load it memory-mapped (the
-    ranks share its pages) as a RenderedSet.
+# ---------------------------------------------------------------------------------------------
+# 7. Which face a pixel shows: the z-buffer (what a whole body's S_hand_visible counts, for rendered people and
+#    real ones alike; lab/render.py shades the synthetic images over it)
+#
+# A z-buffer in plain PyTorch, vectorised over faces: every face enumerates the pixel rows its
+# screen-space box spans; every (face, row) pair gets the exact column span where the face's three
+# edge functions are >= 0; every pixel of a span becomes a (face, pixel) candidate with its inverse
+# depth 1/z (linear in screen space, so exact at the pixel centre); one scatter_reduce(amax) per
+# pixel keeps the nearest. No Python loop runs over faces or pixels.
 
-    Each of world_size ranks draws one contiguous share into path.part{rank}, then rank 0 joins
-    them; barrier() (e.g. torch.distributed.barrier; a no-op for one process) is called twice by
-    every rank. Files are written with `lab.files.atomic_write`, so a crash never leaves a
-    half-written cache. The caller names the file after everything the samples depend on;
-    `worker_init_fn` starts each rendering process (train.py's: they leave SIGTERM to the rank).
+NEAR = 1e-3  # metres: faces with a vertex closer to the camera plane are dropped (there is no clipping)
+
+
+EDGE_EPS = 1e-4  # pixels: spans are widened by this much so that shared edges leave no cracks
+
+
+def _expand(counts):
+    """Run-length expansion. counts (M,) int32 -> ids (N,) int32 with i repeated counts[i] times,
+    and local (N,) int32 = 0, 1, ..., counts[i] - 1 within each run (N = counts.sum()).
+
+    ids by a cumulative sum instead of repeat_interleave (several times faster on a CPU): with a
+    mark at every run's start s_i (empty runs too), the marks up to position k count the runs
+    that start at or before k, and the last of them holds k: ids[k] = cumsum(marks)[k] - 1.
     """
-    path = str(path)
-    if not os.path.exists(path):  # all ranks agree: the file appears only after the barrier below
-        n = len(dataset)
-        share = range(n * rank // world_size, n * (rank + 1) // world_size)
-        workers = torch.get_num_threads() if torch.get_num_threads() > 1 else 0  # one renderer per core of this rank
-        part = stack_samples(dataset, share, workers, worker_init_fn)
-        atomic_write(f"{path}.part{rank}", lambda f: torch.save(part, f))
-        barrier()
-        if rank == 0:
-            parts = [torch.load(f"{path}.part{r}", weights_only=True, mmap=True) for r in range(world_size)]
-            joined = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-            atomic_write(path, lambda f: torch.save(joined, f))
-            for r in range(world_size):
-                os.remove(f"{path}.part{r}")
-        barrier()
-    return RenderedSet(torch.load(path, weights_only=True, mmap=True))
+    end = counts.cumsum(0, dtype=torch.int32)
+    n = int(end[-1]) if len(counts) else 0
+    start = end - counts  # (M,) s_i
+    marks = torch.zeros(n + 1, dtype=torch.int32, device=counts.device)  # + 1: empty runs at the end
+    marks.index_add_(0, start, torch.ones_like(start))
+    ids = marks[:n].cumsum(0, dtype=torch.int32) - 1
+    return ids, torch.arange(n, dtype=torch.int32, device=counts.device) - start.index_select(0, ids)
+
+
+def _flatnonzero(mask):
+    """Ids (P,) int64 of the True entries of a 1-D bool tensor; numpy's on a CPU (torch.nonzero is
+    several times slower there)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().squeeze(1)
+
+
+def _corner_ids(faces, count, num_verts):
+    """(3 corners, count F) ids of the corners of faces (F, 3) in count stacked meshes of num_verts vertices."""
+    return (faces.T.contiguous()[:, None] + num_verts * torch.arange(count, device=faces.device)[:, None]).view(3, -1)
+
+
+# rows of the per-face table of `_face_setup` (one column per face, so a row is contiguous)
+_X0, _Y0, _FIRST, _INV_Z0, _DA, _DB = range(6)  # corner 0, first pixel row, 1/z at corner 0 and its slopes
+
+
+_P_LO, _Q_LO, _P_HI, _Q_HI = slice(6, 9), slice(9, 12), slice(12, 15), slice(15, 18)  # span bounds (3 each)
+
+
+def _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored=None):
+    """Screen-space set-up of the faces of B meshes that can cover a pixel centre of their image.
+
+    verts (B, V, 3), faces (F, 3) shared, K (B, 3, 3). Everything is relative to each face's
+    first corner (x0, y0), so float32 stays exact enough for sub-pixel faces. With du = u - x0 and
+    dv = v - y0 for a pixel centre (u, v), the barycentric coordinate of corner i is
+    l_i = a_i du + b_i dv + [i == 0], and the inverse depth, linear in screen space under
+    perspective, is 1/z = 1/z_0 + da du + db dv.
+    Returns keep (Fk,) int64, the ids of those faces among the B F faces (mesh-major); corners
+    (3, Fk) their corners' ids among the B V vertices; a and b (3, Fk) (corner-major: a row is
+    contiguous); table (18, Fk) float32, per face the rows [x0, y0, first row, 1/z_0, da, db]
+    and, per corner i, the bounds of l_i >= 0 along a row,
+    du >= lo_i(dv) = p_i + q_i dv (left edges) and du <= hi_i(dv) (right edges), as rows
+    [p_lo (3), q_lo (3), p_hi (3), q_hi (3)]; h (Fk,) int32 each face's row count; image (Fk,)
+    int32 the first pixel id of its image in the stacked B H W pixels. mirrored (B,) bool marks
+    meshes seen in a mirror (x -> -x), whose faces run the other way round.
+    """
+    B, V = verts.shape[:2]
+    z = verts[..., 2].reshape(-1)  # (B V,)
+    uv = (verts @ K.transpose(-1, -2))[..., :2].reshape(-1, 2) / z.clamp_min(NEAR)[:, None]  # (B V, 2)
+    corner_ids = _corner_ids(faces, B, V).view(-1)  # (3 B F,)
+    x, y = uv.T.contiguous().index_select(1, corner_ids).view(2, 3, -1)  # (3 corners, B F) each
+    dx1, dx2, dy1, dy2 = x[1] - x[0], x[2] - x[0], y[1] - y[0], y[2] - y[0]
+    area = dx1 * dy2 - dx2 * dy1  # (B F,) twice the signed area
+    # rows whose centre v = row + 0.5 lies inside the face's vertical extent
+    first = torch.ceil(y.amin(0) - 0.5).clamp_(0, height)
+    h = (torch.floor(y.amax(0) - 0.5).clamp_(-1, height - 1) - first + 1).clamp_min_(0)
+    # with y pointing down, a face whose corners run counter-clockwise seen from outside has area < 0
+    if cull_backfaces and mirrored is not None:
+        facing = area * (1 - 2 * mirrored.float()).repeat_interleave(len(faces)) < 0
+    else:
+        facing = area < 0 if cull_backfaces else area != 0
+    near = z.index_select(0, corner_ids).view(3, -1).amin(0) > NEAR
+    keep = _flatnonzero(facing & near & (h > 0) & (x.amax(0) > 0) & (x.amin(0) < width)).to(verts.device)
+    dx1, dx2, dy1, dy2, area, x0, y0 = (t.index_select(0, keep) for t in (dx1, dx2, dy1, dy2, area, x[0], y[0]))
+    # l_i = ((x_j - u)(y_k - v) - (x_k - u)(y_j - v)) / area for (i, j, k) cyclic, written in du, dv;
+    # l_0 = 1 - l_1 - l_2 keeps the three summing to 1 in float32
+    a1, a2, b1, b2 = dy2 / area, -dy1 / area, -dx2 / area, dx1 / area
+    a, b = torch.stack([-a1 - a2, a1, a2]), torch.stack([-b1 - b2, b1, b2])  # (3, Fk) each
+    # perspective: 1/z = sum_i l_i / z_i
+    corners = corner_ids.view(3, -1).index_select(1, keep)  # (3, Fk) vertex ids among the B V
+    inv_z = 1 / z.index_select(0, corners.view(-1)).view(3, -1)  # (3, Fk)
+    depth = torch.stack([inv_z[0], (a * inv_z).sum(0), (b * inv_z).sum(0)])  # (3, Fk)
+    # l_i >= 0 on a row: du >= -(b_i dv + [i == 0]) / a_i if a_i > 0, du <= ... if a_i < 0;
+    # a_i = 0 (a horizontal edge) never limits a row inside the face's vertical extent
+    safe_a = torch.where(a == 0, torch.ones_like(a), a)
+    p, q = -torch.eye(3, device=a.device)[:, :1] / safe_a, -b / safe_a  # (3, Fk) each
+    lower, upper = a > 0, a < 0
+    bounds = [p.masked_fill(~lower, -math.inf), q.masked_fill(~lower, 0),
+              p.masked_fill(~upper, math.inf), q.masked_fill(~upper, 0)]
+    table = torch.cat([x0[None], y0[None], first.index_select(0, keep)[None], depth] + bounds)  # (18, Fk)
+    image = (torch.div(keep, len(faces), rounding_mode="floor") * (height * width)).int()
+    return keep, corners, a, b, table, h.index_select(0, keep).int(), image
+
+
+def rasterize_batch(verts, faces, K, height, width, cull_backfaces=False, mirrored=None, zbuffer=None):
+    """The z-buffer of B meshes (see `rasterize`): verts (B, V, 3), faces (F, 3), K (B, 3, 3).
+    Returns pix (P,) int64 covered pixels (sorted) as ids into the stacked (B, H, W) images,
+    face (P,) the winner as an index into keep, du and dv (P,) its pixel centre relative to the
+    face origin, and keep, corners, a, b from `_face_setup`. zbuffer: None, or an int64 scratch
+    tensor of at least B H W entries, all -1, which is used and left so (on a CPU, allocating and
+    filling a fresh z-buffer per pass costs more than the scatter into it)."""
+    keep, corners, a, b, table, h, image = _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored)
+    # 1. (face, row) spans: the columns j0 ... j0 + n - 1 whose centre u = col + 0.5 is in [lo, hi]
+    face, r = _expand(h)  # (M,)
+    t = table.index_select(1, face)  # (18, M)
+    row = t[_FIRST] + r
+    dv = row + 0.5 - t[_Y0]
+    lo = (t[_P_LO] + t[_Q_LO] * dv).amax(0) + t[_X0]  # leftmost u with all l_i >= 0
+    hi = (t[_P_HI] + t[_Q_HI] * dv).amin(0) + t[_X0]
+    j0 = torch.ceil(lo - EDGE_EPS - 0.5).clamp_(0, width)
+    n = (torch.floor(hi + EDGE_EPS - 0.5).clamp_(-1, width - 1) - j0 + 1).clamp_min_(0).int()
+    du0 = j0 + 0.5 - t[_X0]
+    start = image.index_select(0, face) + (row * width + j0).int()  # (M,) first pixel id
+    inv_z0 = t[_INV_Z0] + t[_DA] * du0 + t[_DB] * dv  # (M,)
+    # 2. (span, pixel) candidates and their inverse depth 1/z = 1/z_0 + da du + db dv
+    span, k = _expand(n)  # (N,)
+    pix = (start.index_select(0, span) + k).long()
+    inv_z = (inv_z0.index_select(0, span) + t[_DA].index_select(0, span) * k).clamp_min_(0)
+    # 3. nearest per pixel: the bits of a positive float32 sort like the float, so packing them
+    #    above the span id makes one integer amax return the winner (ties: the larger id)
+    key = (inv_z.view(torch.int32).long() << 32) | span
+    size = len(verts) * height * width
+    reuse = zbuffer is not None and len(zbuffer) >= size
+    best = zbuffer[:size] if reuse else torch.full((size,), -1, dtype=torch.long, device=pix.device)
+    best.scatter_reduce_(0, pix, key, "amax")
+    pix = _flatnonzero(best >= 0).to(pix.device)  # (P,)
+    won = (best.index_select(0, pix) & 0xFFFFFFFF).int()  # (P,) the winners' spans
+    if reuse:
+        best.index_fill_(0, pix, -1)  # back to empty for the next pass
+    du = du0.index_select(0, won) + (pix.int() - start.index_select(0, won))
+    return pix, face.index_select(0, won), du, dv.index_select(0, won), (keep, corners, a, b)
+
+
+def scratch_zbuffer(zbuffer, size):
+    """A z-buffer for `rasterize_batch` (and lab/render.py's `render_batch`) to use and leave empty again:
+    zbuffer (None, or one this gave before, e.g. a dataset's, not pickled, so rebuilt in each worker) if it
+    has at least `size` entries, else a new one of `size` entries, all -1."""
+    if zbuffer is None or len(zbuffer) < size:
+        zbuffer = torch.full((size,), -1, dtype=torch.long)
+    return zbuffer
+
+
+def rasterize(verts, faces, K, image_size, cull_backfaces=False):
+    """Z-buffer: the nearest face under every pixel centre.
+
+    verts (V, 3) camera coordinates, faces (F, 3) int, K (3, 3), image_size int or (H, W).
+    Returns pix (P,) flat ids row * W + col of the covered pixels (sorted), face (P,) the id of the
+    visible face there, and bary (P, 3) float32 barycentric weights in the image plane.
+    Faces with a vertex behind the near plane are dropped. Both windings are drawn unless
+    cull_backfaces, which drops faces whose corners run clockwise seen from the camera (the back
+    faces of a closed mesh with counter-clockwise outward winding, as SMPL's and MANO's).
+    """
+    height, width = image_hw(image_size)
+    pix, face, du, dv, (keep, _, a, b) = rasterize_batch(verts.float()[None], faces.long(), K.float()[None],
+                                                         height, width, cull_backfaces)
+    bary = a.index_select(1, face) * du + b.index_select(1, face) * dv  # (3, P)
+    bary[0] += 1
+    return pix, keep.index_select(0, face), bary.T.contiguous()

@@ -15,7 +15,7 @@ Map of the file:
 5. GenHMR: its four checkpoints, the person crop, UGS, with --keypoints the 2D-pose-guided refinement (Eqs. 2-4)
 6. HMR-Adapter: its checkpoint and bases, the person crop, the adapted pipeline, hand boxes from --keypoints
 7. `main`
-Images are read by `data.read_image` (any Pillow mode), crops cut by `lab.crops.crop_matrix` / `warp_image`, a
+Images are read by `data.read_image` (any Pillow mode), crops cut by `data.crop_matrix` / `data.warp_image`, a
 crop's camera moved to the full image's by `lab.crops.crop_translation_to_full`, and trained models rebuilt from
 train.py's checkpoints by `checkpoints.load_trained`. Bad input raises `data.InputError`, naming the file, key, shape
 or box that is wrong.
@@ -37,10 +37,10 @@ from lab import hmr_adapter_experiments
 import simplehand
 from lab import simplehand_experiments
 from lab.checkpoints import load_trained
-from lab.crops import crop_box, crop_matrix, crop_translation_to_full, full_image_intrinsics, warp_image
+from lab.crops import crop_translation_to_full, full_image_intrinsics
 from lab.files import atomic_write
 from lab.configs import Parser, number, with_fields
-from data import InputError, read_image
+from data import InputError, crop_box, crop_matrix, read_image, warp_image
 from lab.plots import draw_demo, to_numpy
 
 

@@ -168,7 +168,8 @@ def build_dataset(name, cfg, split, num_samples, args, ranks):
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     if ranks.master and not os.path.exists(cache):
         print(f"rendering {num_samples} {split} samples into {cache} ({ranks.world_size} rank(s))")
-    return data.render_once(dataset, cache, ranks.rank, ranks.world_size, ranks.barrier, distributed.ignore_sigterm)
+    return synthetic.render_once(dataset, cache, ranks.rank, ranks.world_size, ranks.barrier,
+                                 distributed.ignore_sigterm)
 
 
 def to_device(batch, device):

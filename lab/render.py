@@ -1,200 +1,27 @@
-"""The renderer: a z-buffer and Lambert shading of triangle meshes through pinhole cameras, in plain PyTorch.
+"""The renderer: Lambert shading of triangle meshes through pinhole cameras, in plain PyTorch, over data.py's z-buffer.
 
-What draws the synthetic samples' images (lab/synthetic.py), what tells which faces a pixel shows (the whole
-bodies' hand visibility, data.py) and what draws meshes over pictures (lab/plots.py). Conventions are
-bodymodels.py's: camera coordinates x right, y down, z forward; pixel (row i, column j) covers
-[j, j+1) x [i, i+1), its centre (j + 0.5, i + 0.5).
+What draws the synthetic samples' images (lab/synthetic.py) and what draws meshes over pictures (lab/plots.py). The
+z-buffer itself (`data.rasterize`, `data.rasterize_batch`: which face a pixel shows) is data.py's, since a whole
+body's hand visibility is defined by it for real people too. Conventions are bodymodels.py's: camera coordinates x
+right, y down, z forward; pixel (row i, column j) covers [j, j+1) x [i, i+1), its centre (j + 0.5, i + 0.5).
 
-Map of the file: `image_hw`; 1. the z-buffer (`rasterize`, `scratch_zbuffer`) beside the brute-force
-`reference_rasterize` it is tested against; 2. shading: mesh normals (`face_normals`, `vertex_normals`), then
-`render_mesh`, `render_meshes`, `render_batch`.
+Map of the file: 1. the brute-force `reference_rasterize` that data.py's z-buffer is tested against; 2. shading:
+mesh normals (`face_normals`, `vertex_normals`), then `render_mesh`, `render_meshes`, `render_batch`.
 """
 
-import math
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def image_hw(image_size):
-    """int or (H, W) -> (H, W)."""
-    if isinstance(image_size, int):
-        return image_size, image_size
-    height, width = image_size
-    return int(height), int(width)
+# data.py's z-buffer (rasterize and scratch_zbuffer are importable from here too, beside the shading)
+from data import image_hw, rasterize, rasterize_batch, scratch_zbuffer  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. The z-buffer
-#
-# A z-buffer in plain PyTorch, vectorised over faces: every face enumerates the pixel rows its
-# screen-space box spans; every (face, row) pair gets the exact column span where the face's three
-# edge functions are >= 0; every pixel of a span becomes a (face, pixel) candidate with its inverse
-# depth 1/z (linear in screen space, so exact at the pixel centre); one scatter_reduce(amax) per
-# pixel keeps the nearest. No Python loop runs over faces or pixels.
-
-NEAR = 1e-3  # metres: faces with a vertex closer to the camera plane are dropped (there is no clipping)
-
-
-EDGE_EPS = 1e-4  # pixels: spans are widened by this much so that shared edges leave no cracks
-
-
-def _expand(counts):
-    """Run-length expansion. counts (M,) int32 -> ids (N,) int32 with i repeated counts[i] times,
-    and local (N,) int32 = 0, 1, ..., counts[i] - 1 within each run (N = counts.sum()).
-
-    ids by a cumulative sum instead of repeat_interleave (several times faster on a CPU): with a
-    mark at every run's start s_i (empty runs too), the marks up to position k count the runs
-    that start at or before k, and the last of them holds k: ids[k] = cumsum(marks)[k] - 1.
-    """
-    end = counts.cumsum(0, dtype=torch.int32)
-    n = int(end[-1]) if len(counts) else 0
-    start = end - counts  # (M,) s_i
-    marks = torch.zeros(n + 1, dtype=torch.int32, device=counts.device)  # + 1: empty runs at the end
-    marks.index_add_(0, start, torch.ones_like(start))
-    ids = marks[:n].cumsum(0, dtype=torch.int32) - 1
-    return ids, torch.arange(n, dtype=torch.int32, device=counts.device) - start.index_select(0, ids)
-
-
-def _flatnonzero(mask):
-    """Ids (P,) int64 of the True entries of a 1-D bool tensor; numpy's on a CPU (torch.nonzero is
-    several times slower there)."""
-    if mask.device.type == "cpu":
-        return torch.from_numpy(np.flatnonzero(mask.numpy()))
-    return mask.nonzero().squeeze(1)
-
-
-# rows of the per-face table of `_face_setup` (one column per face, so a row is contiguous)
-_X0, _Y0, _FIRST, _INV_Z0, _DA, _DB = range(6)  # corner 0, first pixel row, 1/z at corner 0 and its slopes
-
-
-_P_LO, _Q_LO, _P_HI, _Q_HI = slice(6, 9), slice(9, 12), slice(12, 15), slice(15, 18)  # span bounds (3 each)
-
-
-def _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored=None):
-    """Screen-space set-up of the faces of B meshes that can cover a pixel centre of their image.
-
-    verts (B, V, 3), faces (F, 3) shared, K (B, 3, 3). Everything is relative to each face's
-    first corner (x0, y0), so float32 stays exact enough for sub-pixel faces. With du = u - x0 and
-    dv = v - y0 for a pixel centre (u, v), the barycentric coordinate of corner i is
-    l_i = a_i du + b_i dv + [i == 0], and the inverse depth, linear in screen space under
-    perspective, is 1/z = 1/z_0 + da du + db dv.
-    Returns keep (Fk,) int64, the ids of those faces among the B F faces (mesh-major); corners
-    (3, Fk) their corners' ids among the B V vertices; a and b (3, Fk) (corner-major: a row is
-    contiguous); table (18, Fk) float32, per face the rows [x0, y0, first row, 1/z_0, da, db]
-    and, per corner i, the bounds of l_i >= 0 along a row,
-    du >= lo_i(dv) = p_i + q_i dv (left edges) and du <= hi_i(dv) (right edges), as rows
-    [p_lo (3), q_lo (3), p_hi (3), q_hi (3)]; h (Fk,) int32 each face's row count; image (Fk,)
-    int32 the first pixel id of its image in the stacked B H W pixels. mirrored (B,) bool marks
-    meshes seen in a mirror (x -> -x), whose faces run the other way round.
-    """
-    B, V = verts.shape[:2]
-    z = verts[..., 2].reshape(-1)  # (B V,)
-    uv = (verts @ K.transpose(-1, -2))[..., :2].reshape(-1, 2) / z.clamp_min(NEAR)[:, None]  # (B V, 2)
-    corner_ids = _corner_ids(faces, B, V).view(-1)  # (3 B F,)
-    x, y = uv.T.contiguous().index_select(1, corner_ids).view(2, 3, -1)  # (3 corners, B F) each
-    dx1, dx2, dy1, dy2 = x[1] - x[0], x[2] - x[0], y[1] - y[0], y[2] - y[0]
-    area = dx1 * dy2 - dx2 * dy1  # (B F,) twice the signed area
-    # rows whose centre v = row + 0.5 lies inside the face's vertical extent
-    first = torch.ceil(y.amin(0) - 0.5).clamp_(0, height)
-    h = (torch.floor(y.amax(0) - 0.5).clamp_(-1, height - 1) - first + 1).clamp_min_(0)
-    # with y pointing down, a face whose corners run counter-clockwise seen from outside has area < 0
-    if cull_backfaces and mirrored is not None:
-        facing = area * (1 - 2 * mirrored.float()).repeat_interleave(len(faces)) < 0
-    else:
-        facing = area < 0 if cull_backfaces else area != 0
-    near = z.index_select(0, corner_ids).view(3, -1).amin(0) > NEAR
-    keep = _flatnonzero(facing & near & (h > 0) & (x.amax(0) > 0) & (x.amin(0) < width)).to(verts.device)
-    dx1, dx2, dy1, dy2, area, x0, y0 = (t.index_select(0, keep) for t in (dx1, dx2, dy1, dy2, area, x[0], y[0]))
-    # l_i = ((x_j - u)(y_k - v) - (x_k - u)(y_j - v)) / area for (i, j, k) cyclic, written in du, dv;
-    # l_0 = 1 - l_1 - l_2 keeps the three summing to 1 in float32
-    a1, a2, b1, b2 = dy2 / area, -dy1 / area, -dx2 / area, dx1 / area
-    a, b = torch.stack([-a1 - a2, a1, a2]), torch.stack([-b1 - b2, b1, b2])  # (3, Fk) each
-    # perspective: 1/z = sum_i l_i / z_i
-    corners = corner_ids.view(3, -1).index_select(1, keep)  # (3, Fk) vertex ids among the B V
-    inv_z = 1 / z.index_select(0, corners.view(-1)).view(3, -1)  # (3, Fk)
-    depth = torch.stack([inv_z[0], (a * inv_z).sum(0), (b * inv_z).sum(0)])  # (3, Fk)
-    # l_i >= 0 on a row: du >= -(b_i dv + [i == 0]) / a_i if a_i > 0, du <= ... if a_i < 0;
-    # a_i = 0 (a horizontal edge) never limits a row inside the face's vertical extent
-    safe_a = torch.where(a == 0, torch.ones_like(a), a)
-    p, q = -torch.eye(3, device=a.device)[:, :1] / safe_a, -b / safe_a  # (3, Fk) each
-    lower, upper = a > 0, a < 0
-    bounds = [p.masked_fill(~lower, -math.inf), q.masked_fill(~lower, 0),
-              p.masked_fill(~upper, math.inf), q.masked_fill(~upper, 0)]
-    table = torch.cat([x0[None], y0[None], first.index_select(0, keep)[None], depth] + bounds)  # (18, Fk)
-    image = (torch.div(keep, len(faces), rounding_mode="floor") * (height * width)).int()
-    return keep, corners, a, b, table, h.index_select(0, keep).int(), image
-
-
-def _rasterize(verts, faces, K, height, width, cull_backfaces=False, mirrored=None, zbuffer=None):
-    """The z-buffer of B meshes (see `rasterize`): verts (B, V, 3), faces (F, 3), K (B, 3, 3).
-    Returns pix (P,) int64 covered pixels (sorted) as ids into the stacked (B, H, W) images,
-    face (P,) the winner as an index into keep, du and dv (P,) its pixel centre relative to the
-    face origin, and keep, corners, a, b from `_face_setup`. zbuffer: None, or an int64 scratch
-    tensor of at least B H W entries, all -1, which is used and left so (on a CPU, allocating and
-    filling a fresh z-buffer per pass costs more than the scatter into it)."""
-    keep, corners, a, b, table, h, image = _face_setup(verts, faces, K, height, width, cull_backfaces, mirrored)
-    # 1. (face, row) spans: the columns j0 ... j0 + n - 1 whose centre u = col + 0.5 is in [lo, hi]
-    face, r = _expand(h)  # (M,)
-    t = table.index_select(1, face)  # (18, M)
-    row = t[_FIRST] + r
-    dv = row + 0.5 - t[_Y0]
-    lo = (t[_P_LO] + t[_Q_LO] * dv).amax(0) + t[_X0]  # leftmost u with all l_i >= 0
-    hi = (t[_P_HI] + t[_Q_HI] * dv).amin(0) + t[_X0]
-    j0 = torch.ceil(lo - EDGE_EPS - 0.5).clamp_(0, width)
-    n = (torch.floor(hi + EDGE_EPS - 0.5).clamp_(-1, width - 1) - j0 + 1).clamp_min_(0).int()
-    du0 = j0 + 0.5 - t[_X0]
-    start = image.index_select(0, face) + (row * width + j0).int()  # (M,) first pixel id
-    inv_z0 = t[_INV_Z0] + t[_DA] * du0 + t[_DB] * dv  # (M,)
-    # 2. (span, pixel) candidates and their inverse depth 1/z = 1/z_0 + da du + db dv
-    span, k = _expand(n)  # (N,)
-    pix = (start.index_select(0, span) + k).long()
-    inv_z = (inv_z0.index_select(0, span) + t[_DA].index_select(0, span) * k).clamp_min_(0)
-    # 3. nearest per pixel: the bits of a positive float32 sort like the float, so packing them
-    #    above the span id makes one integer amax return the winner (ties: the larger id)
-    key = (inv_z.view(torch.int32).long() << 32) | span
-    size = len(verts) * height * width
-    reuse = zbuffer is not None and len(zbuffer) >= size
-    best = zbuffer[:size] if reuse else torch.full((size,), -1, dtype=torch.long, device=pix.device)
-    best.scatter_reduce_(0, pix, key, "amax")
-    pix = _flatnonzero(best >= 0).to(pix.device)  # (P,)
-    won = (best.index_select(0, pix) & 0xFFFFFFFF).int()  # (P,) the winners' spans
-    if reuse:
-        best.index_fill_(0, pix, -1)  # back to empty for the next pass
-    du = du0.index_select(0, won) + (pix.int() - start.index_select(0, won))
-    return pix, face.index_select(0, won), du, dv.index_select(0, won), (keep, corners, a, b)
-
-
-def scratch_zbuffer(zbuffer, size):
-    """A z-buffer for `render_batch` to use and leave empty again: zbuffer (None, or one this gave
-    before, e.g. a dataset's, not pickled, so rebuilt in each worker) if it has at least `size`
-    entries, else a new one of `size` entries, all -1."""
-    if zbuffer is None or len(zbuffer) < size:
-        zbuffer = torch.full((size,), -1, dtype=torch.long)
-    return zbuffer
-
-
-def rasterize(verts, faces, K, image_size, cull_backfaces=False):
-    """Z-buffer: the nearest face under every pixel centre.
-
-    verts (V, 3) camera coordinates, faces (F, 3) int, K (3, 3), image_size int or (H, W).
-    Returns pix (P,) flat ids row * W + col of the covered pixels (sorted), face (P,) the id of the
-    visible face there, and bary (P, 3) float32 barycentric weights in the image plane.
-    Faces with a vertex behind the near plane are dropped. Both windings are drawn unless
-    cull_backfaces, which drops faces whose corners run clockwise seen from the camera (the back
-    faces of a closed mesh with counter-clockwise outward winding, as SMPL's and MANO's).
-    """
-    height, width = image_hw(image_size)
-    pix, face, du, dv, (keep, _, a, b) = _rasterize(verts.float()[None], faces.long(), K.float()[None], height,
-                                                    width, cull_backfaces)
-    bary = a.index_select(1, face) * du + b.index_select(1, face) * dv  # (3, P)
-    bary[0] += 1
-    return pix, keep.index_select(0, face), bary.T.contiguous()
+# 1. The z-buffer's oracle
 
 
 def reference_rasterize(verts, faces, K, image_size):
-    """The z-buffer written the short way, to check `rasterize` against: every pixel centre tested
+    """The z-buffer written the short way, to check `data.rasterize` against: every pixel centre tested
     against every face (memory H W F), in float64.
 
     verts (V, 3) camera coordinates, faces (F, 3), K (3, 3), image_size int or (H, W). Returns
@@ -262,11 +89,6 @@ def vertex_normals(verts, faces):
     return out.T.reshape(verts.shape)
 
 
-def _corner_ids(faces, count, num_verts):
-    """(3 corners, count F) ids of the corners of faces (F, 3) in count stacked meshes of num_verts vertices."""
-    return (faces.T.contiguous()[:, None] + num_verts * torch.arange(count, device=faces.device)[:, None]).view(3, -1)
-
-
 def render_mesh(verts, faces, K, image_size, color=(0.85, 0.64, 0.52), light=(0.4, -0.6, -1.0),
                 ambient=0.35, background=None, return_mask=False, cull_backfaces=False):
     """A shaded image of a triangle mesh through a pinhole camera.
@@ -275,7 +97,7 @@ def render_mesh(verts, faces, K, image_size, color=(0.85, 0.64, 0.52), light=(0.
     image_size int or (H, W). color (3,) or per-vertex (V, 3) albedo in [0, 1]; light (3,) the
     direction from the surface towards the light in camera coordinates (the default lights from
     the upper left, on the camera's side); ambient in [0, 1] the unlit share; background
-    (3, H, W) in [0, 1] or None for black; cull_backfaces as in `rasterize` (about twice as fast
+    (3, H, W) in [0, 1] or None for black; cull_backfaces as in `data.rasterize` (about twice as fast
     for closed meshes). Returns image (3, H, W) float32 in [0, 1], and with return_mask=True
     also mask (H, W) bool, True where the mesh covers the pixel. `render_meshes` draws a batch.
 
@@ -311,7 +133,7 @@ def render_batch(verts, faces, K, image_size, color, light, ambient, background,
     """`render_meshes`, also returning pix (P,) the covered pixels as ids into the (B, H, W) stack
     and face (P,) their faces as ids into the B F faces (mesh-major). draw_on_background=True
     draws into background (contiguous float32 on verts' device, which the caller gives up) instead
-    of into a copy of it; zbuffer: a scratch buffer (`scratch_zbuffer`)."""
+    of into a copy of it; zbuffer: a scratch buffer (`data.scratch_zbuffer`)."""
     height, width = image_hw(image_size)
     B, V = verts.shape[:2]
     device = verts.device
@@ -327,8 +149,8 @@ def render_batch(verts, faces, K, image_size, color, light, ambient, background,
     lambert = (normals * light).sum(0) * torch.where((normals * xyz.reshape(3, B, V)).sum(0) > 0, -1.0, 1.0)
     shaded = (albedo * (ambient + (1 - ambient) * lambert.clamp_min_(0))).reshape(3, B * V)
     # 2. visible faces; colour is linear over a face: c = c_0 + (sum_i a_i c_i) du + (sum_i b_i c_i) dv
-    pix, face, du, dv, (keep, corners, a, b) = _rasterize(verts, faces, K.float().to(device), height, width,
-                                                          cull_backfaces, mirrored, zbuffer)
+    pix, face, du, dv, (keep, corners, a, b) = rasterize_batch(verts, faces, K.float().to(device), height, width,
+                                                               cull_backfaces, mirrored, zbuffer)
     corner = shaded.index_select(1, corners.reshape(-1)).view(3, 3, -1)  # (3 channels, 3 corners, Fk)
     plane = torch.cat([corner[:, 0], (a * corner).sum(1), (b * corner).sum(1)])  # (9, Fk)
     plane = plane.index_select(1, face)  # (9, P)

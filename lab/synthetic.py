@@ -18,12 +18,14 @@ Map of the file:
 7. Synthetic bodies: `SyntheticPoses`, `SyntheticBodies`, GenHMR's controlled ambiguity (`AmbiguousPoses`,
    `AmbiguousBodies`), `SyntheticWholeBody` (and the demo's people `DEMO_BODY_POSE`, `DEMO_BODY_LOOK`)
 8. The trainer's datasets: `hand_dataset`, `body_pose_dataset`, `body_dataset`, `wholebody_dataset`, each
-   a real reader of data.py for `--data KIND:PATH`, else a synthetic set
+   a real reader of data.py for `--data KIND:PATH`, else a synthetic set; `render_once`, a synthetic set drawn
+   once into a tensor file (train.py's cache)
 Speed: `python -m lab.bench --data-bench`; sample grids: `python -m lab.bench --data-grid OUT_DIR`.
 """
 
 import functools
 import math
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,10 +35,11 @@ import torch.nn.functional as F
 from bodymodels import (SMPLX_HAND_JOINTS, axis_angle_to_matrix, forward_kinematics, mano_to_freihand,
                         matrix_to_axis_angle, mirror_rotation, perspective_projection)
 from data import (AUGMENT_STREAM, HAND_AUGMENTS, RENDERED_KINDS, AugmentConfig, FreiHAND, HMR2Npz, HMR2Poses, Indexed,
-                  NpzHands, WholeBodyHands, WholeBodyNpz, augment_hand_labels, body_model, body_rig, color_jitter,
-                  hmr2_files, hmr2_protocol_check, normal, recolor, sample_augmentation, sample_rng, skinning,
-                  uniform, wholebody_files)
-from lab.render import image_hw, render_batch, scratch_zbuffer
+                  NpzHands, RenderedSet, WholeBodyHands, WholeBodyNpz, augment_hand_labels, body_model, body_rig,
+                  color_jitter, hmr2_files, hmr2_protocol_check, image_hw, normal, recolor, sample_augmentation,
+                  sample_rng, scratch_zbuffer, skinning, stack_samples, uniform, wholebody_files)
+from lab.files import atomic_write
+from lab.render import render_batch
 
 # ---------------------------------------------------------------------------------------------
 # 1. Random numbers and small helpers
@@ -877,7 +880,7 @@ class _SyntheticBodyBase(torch.utils.data.Dataset):
         self.vary_with_epoch, self.model_dir = vary_with_epoch, model_dir
         self.epoch = 0
         self._model = None
-        self._scratch = None  # the renderer's z-buffer (`render.scratch_zbuffer`)
+        self._scratch = None  # the renderer's z-buffer (`data.scratch_zbuffer`)
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
@@ -1383,3 +1386,35 @@ def wholebody_dataset(kind, path, split, cfg, seed, num_samples):
     bodies = SyntheticWholeBody(num_samples, cfg.data.image_size, seed=seed + held_out * 1_000_003,
                                 occlusion_prob=0.5, hand_images=cfg.data.hand_image, **DEMO_BODY_LOOK)
     return Indexed(bodies, drop=() if held_out else ("verts",))
+
+
+# The rendered cache: rendering costs milliseconds a sample; a training run that sees each sample many times
+# renders it once (`render_once`, every DDP rank a share) into a tensor file and reads it memory-mapped.
+
+
+def render_once(dataset, path, rank=0, world_size=1, barrier=lambda: None, worker_init_fn=None):
+    """Draw `dataset` into the tensor file `path` unless it exists, and load it memory-mapped (the
+    ranks share its pages) as a `data.RenderedSet` (images 8-bit, `data.stack_samples`).
+
+    Each of world_size ranks draws one contiguous share into path.part{rank}, then rank 0 joins
+    them; barrier() (e.g. torch.distributed.barrier; a no-op for one process) is called twice by
+    every rank. Files are written with `lab.files.atomic_write`, so a crash never leaves a
+    half-written cache. The caller names the file after everything the samples depend on;
+    `worker_init_fn` starts each rendering process (train.py's: they leave SIGTERM to the rank).
+    """
+    path = str(path)
+    if not os.path.exists(path):  # all ranks agree: the file appears only after the barrier below
+        n = len(dataset)
+        share = range(n * rank // world_size, n * (rank + 1) // world_size)
+        workers = torch.get_num_threads() if torch.get_num_threads() > 1 else 0  # one renderer per core of this rank
+        part = stack_samples(dataset, share, workers, worker_init_fn)
+        atomic_write(f"{path}.part{rank}", lambda f: torch.save(part, f))
+        barrier()
+        if rank == 0:
+            parts = [torch.load(f"{path}.part{r}", weights_only=True, mmap=True) for r in range(world_size)]
+            joined = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            atomic_write(path, lambda f: torch.save(joined, f))
+            for r in range(world_size):
+                os.remove(f"{path}.part{r}")
+        barrier()
+    return RenderedSet(torch.load(path, weights_only=True, mmap=True))

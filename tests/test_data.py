@@ -293,7 +293,7 @@ def test_batch_skinning_is_smpl_and_independent_of_the_batch(smpl):
 def test_render_once_writes_a_rendered_set_equal_to_the_samples(tmp_path):
     dataset = synthetic.SyntheticHands(5, image_size=32, seed=2)
     calls = []
-    cached = data.render_once(dataset, tmp_path / "hands.pt", barrier=lambda: calls.append(1))
+    cached = synthetic.render_once(dataset, tmp_path / "hands.pt", barrier=lambda: calls.append(1))
     assert len(calls) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["hands.pt"]  # parts removed
     assert isinstance(cached, data.RenderedSet) and len(cached) == 5
     for i in (0, 4):
@@ -302,7 +302,8 @@ def test_render_once_writes_a_rendered_set_equal_to_the_samples(tmp_path):
         assert (sample["image"] - fresh["image"]).abs().max() <= 0.5 / 255 + 1e-6  # stored as uint8
         assert all(torch.equal(sample[k], fresh[k]) for k in fresh if k != "image")
     cached.set_epoch(3)
-    assert torch.equal(cached[1]["image"], data.render_once(dataset, tmp_path / "hands.pt")[1]["image"])  # read back
+    again = synthetic.render_once(dataset, tmp_path / "hands.pt")  # read back
+    assert torch.equal(cached[1]["image"], again[1]["image"])
 
 
 def test_render_once_shares_the_work_between_ranks(tmp_path):
@@ -311,7 +312,7 @@ def test_render_once_shares_the_work_between_ranks(tmp_path):
     dataset = synthetic.SyntheticPoses(5, seed=1)
     path = tmp_path / "poses.pt"
     torch.save(data.stack_samples(dataset, range(2, 5)), f"{path}.part1")  # rank 1's share, before the barrier
-    cached = data.render_once(dataset, path, rank=0, world_size=2)
+    cached = synthetic.render_once(dataset, path, rank=0, world_size=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["poses.pt"]
     assert len(cached) == 5 and set(cached[0]) == {"smpl_pose", "smpl_shape"}  # a set without images
     for i in range(5):
@@ -323,7 +324,7 @@ def test_labels_read_every_key_but_the_image_for_strided_samples(tmp_path):
     direct = data.labels(dataset, limit=4)  # indices 0, 3, 6
     assert "image" not in direct and direct["joints3d"].shape == (3, 21, 3)
     assert torch.equal(direct["verts"][2], dataset[6]["verts"])
-    cached = data.labels(data.render_once(dataset, tmp_path / "h.pt"), limit=4)
+    cached = data.labels(synthetic.render_once(dataset, tmp_path / "h.pt"), limit=4)
     assert set(cached) == set(direct) and all(torch.equal(cached[k], direct[k]) for k in direct)
     assert len(data.labels(dataset)["K"]) == 9
 
@@ -470,7 +471,7 @@ def write_wholebody_npz(folder, count=3, size=(64, 48)):
 def test_wholebody_npz_gives_back_the_synthetic_people_it_was_written_from(tmp_path):
     """The oracle: SyntheticWholeBody's own labels. Written into the format (a larger image, its K, the
     parameters), read back through the person crop: the same image, camera, mesh, joints, hand boxes,
-    MANO hand poses (hmr_adapter.hands_of_body against the sampled fingers), visibility and arm poses."""
+    MANO hand poses (WholeBodyHands.mano_fingers against the sampled fingers), visibility and arm poses."""
     path, arrays, samples = write_wholebody_npz(tmp_path)
     dataset = data.WholeBodyNpz(path, (64, 48))
     assert len(dataset) == 3
@@ -526,6 +527,18 @@ def test_wholebody_dataset_reaches_the_file(tmp_path):
         synthetic.wholebody_dataset("freihand", str(path), "training", cfg, 0, 99)
 
 
+def test_mano_fingers_of_a_body_are_hmr_adapters_hands_of_body():
+    """The oracle: HMR-Adapter's `hands_of_body`, the same map built from the files' arrays (Kabsch on the regressed
+    rest joints) where WholeBodyHands fits the posed models' rest joints: both hands' MANO-space fingers agree."""
+    import hmr_adapter
+
+    labeller = data.WholeBodyHands((64, 48))
+    pose = 0.4 * torch.randn(55, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    hands = hmr_adapter.hands_of_body(pose, hmr_adapter.hand_frames())
+    for side in ("left", "right"):
+        torch.testing.assert_close(labeller.mano_fingers(side, pose), hands[side]["hand_pose"], atol=1e-5, rtol=0)
+
+
 
 # ---------------------------------------------------------------------------------------------
 # 7. photographs as files (`read_image`)
@@ -572,3 +585,23 @@ def test_read_image_errors_name_the_file_and_the_problem(tmp_path):
         with pytest.raises(data.InputError) as e:
             data.read_image(path)
         assert str(path) in str(e.value) and expected in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. the floor data.py stands on
+
+
+def test_data_imports_no_paper_and_nothing_of_the_lab():
+    """data.py is what a sample is, for readers with real files: every import statement, those inside functions too,
+    names only the standard library, third-party packages and the shared modules below it (bodymodels, metrics)."""
+    import ast
+    import pathlib
+
+    tree = ast.parse((pathlib.Path(__file__).resolve().parents[1] / "data.py").read_text())
+    names = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+    names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert not [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level], "relative import"
+    assert {"bodymodels", "metrics"} <= {n.split(".")[0] for n in names}  # the check reads the imports it should
+    banned = sorted(n for n in names if n.split(".")[0] in ("simplehand", "genhmr", "hmr_adapter", "lab", "train",
+                                                           "demo"))
+    assert not banned, f"data.py imports {banned}"
