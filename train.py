@@ -35,11 +35,11 @@ metrics.json (its metrics, the baseline's as baseline_*, those of the stages it 
 listing them, then the run's facts and history), predictions.png.
 """
 
+import ast
 import dataclasses
 import functools
 import gc
 import hashlib
-import inspect
 import json
 import os
 import random
@@ -52,12 +52,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import bodymodels
 import data
-import hmr_adapter
 import metrics
-from lab import (checkpoints, configs, crops, distributed, genhmr_experiments, hmr_adapter_experiments, plots,
-                 render, simplehand_experiments, standins, synthetic)
+from lab import (checkpoints, configs, distributed, genhmr_experiments, hmr_adapter_experiments, plots,
+                 simplehand_experiments, synthetic)
 from lab.configs import config_from_dict, config_leaves, leaf_paths, recipe_of, with_fields
 from lab.distributed import fail
 from lab.files import atomic_write
@@ -82,13 +80,13 @@ class Stage:
     eval_samples: int = 512  # synthetic held-out set size
 
 
-# GenHMR's stages also read 4D-Humans' evaluation .npz: hmr2:FILE.npz (train and score on it) or
-# hmr2:TRAIN.npz,EVAL.npz; the tokenizer learns the file's SMPL poses (data.HMR2Poses), the image stages
+# The body stages also read 4D-Humans' evaluation .npz: hmr2:FILE.npz (train and score on it) or
+# hmr2:TRAIN.npz,EVAL.npz; the pose stages learn the file's SMPL poses (data.HMR2Poses), the image stages
 # its crops (data.HMR2Npz), scored by the benchmarks' protocol (metrics.hmr2_protocol, $HMR_J_REGRESSOR)
-BODY_KINDS = ("synthetic", "ambiguous", "hmr2")  # ambiguous: data.AmbiguousBodies, UGS's controlled experiment
-# HMR-Adapter's stages also read whole bodies (EHF, ARCTIC) in data.WholeBodyNpz's format: wholebody:FILE.npz
+BODY_KINDS = ("synthetic", "ambiguous", "hmr2")  # ambiguous: synthetic.AmbiguousBodies, a controlled ambiguity
+# The whole-body stages also read whole bodies (EHF, ARCTIC) in data.WholeBodyNpz's format: wholebody:FILE.npz
 # (train and score on it: the format gives every key the losses read) or wholebody:TRAIN.npz,EVAL.npz; scored
-# by Table 1's protocol (metrics.wholebody_metrics; the face on $HMR_FLAME_VERTEX_IDS when set)
+# by the whole-body protocol (metrics.wholebody_metrics; the face on $HMR_FLAME_VERTEX_IDS when set)
 WHOLEBODY_KINDS = ("synthetic", "wholebody")
 # the kinds whose PATH is one file or TRAIN,EVAL files (not a dataset's root folder): what each file holds
 FILE_KINDS = {"hmr2": "a 4D-Humans evaluation .npz", "wholebody": "a whole-body .npz (data.WholeBodyNpz)"}
@@ -145,6 +143,50 @@ def apply_overrides(cfg, overrides):
 # ---------------------------------------------------------------------------------------------
 # Data: synthetic sets rendered once (the step -> batch stream of each rank: distributed.StepBatches)
 
+ROOT = os.path.dirname(os.path.abspath(__file__))  # the project's modules: ROOT/*.py and ROOT/lab/*.py
+
+
+def read_source(path):
+    """The text of a module's file (the render cache's key reads every file through this)."""
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def project_modules(module):
+    """{name: path} of the modules of this project that importing `module` (a dotted name, e.g. "lab.synthetic")
+    runs, itself included: the import statements of its file, those inside functions too, followed from file to
+    file; a package's __init__.py counts where one of its modules is imported."""
+    def path_of(name):
+        base = os.path.join(ROOT, *name.split("."))
+        return next((p for p in (base + ".py", os.path.join(base, "__init__.py")) if os.path.isfile(p)), None)
+
+    found, todo = {}, [module]
+    while todo:
+        name = todo.pop()
+        path = path_of(name)
+        if name in found or path is None:
+            continue
+        found[name] = path
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # the packages it sits in
+        for node in ast.walk(ast.parse(read_source(path))):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]  # `from lab import render`
+    return dict(sorted(found.items()))
+
+
+def cache_version(stage, kind, fields):
+    """8 hex digits that change with everything a rendered set of `stage` depends on besides its split, size and
+    seed: --data's kind, the data fields' values, the body model folder and the source of every module of this
+    project that the stage's data function imports (`project_modules`), so a change to any code the renders run
+    renders them anew, and a change elsewhere (a model, the trainer) keeps the cache."""
+    modules = project_modules(stage.data.__module__)
+    sources = "".join(f"{name}\n{read_source(path)}" for name, path in modules.items())
+    key = sources + repr(dict(kind=kind, **fields)) + (os.environ.get("HMR_BODY_MODELS") or "")
+    return hashlib.sha1(key.encode()).hexdigest()[:8]
+
 
 def build_dataset(name, cfg, split, num_samples, args, ranks):
     """The dataset of --data for `split` of stage `name`; synthetic sets are rendered once into OUT/cache."""
@@ -157,12 +199,8 @@ def build_dataset(name, cfg, split, num_samples, args, ranks):
     if kind not in data.RENDERED_KINDS:
         return dataset
     # the cache name carries everything the samples depend on: the data function and --data's kind, the split,
-    # size and seed, the data fields, the source of every module a render runs and the body model folder; stages
-    # reading the same data function and kind with the same fields share it
-    fields = {f: config_leaves(cfg)[f] for f in stage.data_fields}
-    sources = "".join(inspect.getsource(m) for m in (data, synthetic, render, crops, bodymodels, hmr_adapter, standins))
-    key = sources + repr(dict(kind=kind, **fields)) + (os.environ.get("HMR_BODY_MODELS") or "")
-    version = hashlib.sha1(key.encode()).hexdigest()[:8]
+    # size and seed, and `cache_version`; stages reading the same data function and kind with the same fields share it
+    version = cache_version(stage, kind, {f: config_leaves(cfg)[f] for f in stage.data_fields})
     cache = os.path.join(getattr(args, "cache", None) or os.path.join(args.out, "cache"),
                          f"{stage.data.__name__}-{kind}-{split}-n{num_samples}-seed{args.seed}-{version}.pt")
     os.makedirs(os.path.dirname(cache), exist_ok=True)

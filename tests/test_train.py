@@ -533,6 +533,50 @@ def test_two_data_kinds_in_one_out_render_their_own_images(tmp_path):
         assert not torch.equal(sets["ambiguous"][i]["image"], sets["synthetic"][i]["image"]), i
 
 
+def test_the_render_cache_key_changes_with_every_module_the_renders_import_and_no_other(monkeypatch):
+    """cache_version follows the data function's imports (train.project_modules, those inside functions too): one
+    character more in any of those files renders anew; in a file the renders do not import (a paper, the trainer,
+    the demo), it keeps the cache. The modules the renders are known to run are among those followed."""
+    stage, fields = train.MODELS["hmr_adapter"], {"image_size": (256, 192), "hand_image": 0}
+    modules = train.project_modules(stage.data.__module__)
+    assert {"data", "bodymodels", "metrics", "lab", "lab.synthetic", "lab.render", "lab.standins"} <= set(modules)
+    unrelated = ["train", "demo", "genhmr", "simplehand", "hmr_adapter", "lab.ablate", "lab.hmr_adapter_experiments"]
+    assert not set(unrelated) & set(modules)
+    read, before = train.read_source, train.cache_version(stage, "synthetic", fields)
+    for name in list(modules) + unrelated:
+        path = train.ROOT + "/" + (name.replace(".", "/") + ".py" if name != "lab" else "lab/__init__.py")
+        monkeypatch.setattr(train, "read_source", lambda p, path=path: read(p) + ("#" if p == path else ""))
+        changed = train.cache_version(stage, "synthetic", fields) != before
+        assert changed == (name in modules), name
+    monkeypatch.setattr(train, "read_source", read)
+    assert train.cache_version(stage, "synthetic", dict(fields, hand_image=32)) != before  # a data field
+    assert train.cache_version(stage, "ambiguous", fields) != before  # --data's kind
+
+
+def test_train_names_no_paper_outside_its_models_table():
+    """The trainer speaks a protocol: every name, attribute and string of train.py that names a paper lies inside the
+    MODELS assignment, and it imports no paper file, only the experiments modules MODELS's rows are made of."""
+    import ast
+    import re
+
+    tree = ast.parse((ROOT / "train.py").read_text())
+    models = next(node for node in tree.body if isinstance(node, ast.Assign)
+                  and any(getattr(t, "id", None) == "MODELS" for t in node.targets))
+    inside = {id(node) for node in ast.walk(models)}
+    paper = re.compile(r"simplehand|genhmr|hmr_adapter|hmr-adapter", re.IGNORECASE)
+    outside = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.alias):
+            assert not paper.fullmatch(node.name.split(".")[-1]), f"train.py imports the paper file {node.name}"
+            continue
+        text = (node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else
+                node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else "")
+        if paper.search(text) and id(node) not in inside:
+            outside.append((node.lineno, text[:60]))
+    assert not outside, f"train.py names a paper outside MODELS: {outside}"
+    assert any(paper.search(getattr(node, "id", "")) for node in ast.walk(models))  # the check sees the table
+
+
 # ---------------------------------------------------------------------------------------------
 # DDP and resume (subprocesses)
 
