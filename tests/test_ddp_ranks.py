@@ -12,6 +12,7 @@ The default run takes the cheapest stage; `pytest -m slow` the other six.
 """
 import os
 import socket
+import threading
 import types
 
 import pytest
@@ -188,3 +189,83 @@ def test_two_real_ranks_gather_rows_in_order_without_padding(two_ranks):
     for g in gathered:
         assert torch.equal(g["float"], want) and torch.equal(g["bool"], want[:, 0] > 1)
         assert g["bool"].dtype == torch.bool
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation's gathering for any number of ranks: W threads stand in for the ranks, exchanging through all_gather
+
+
+class ThreadRanks:
+    """W threads as the ranks of a group: all_gather and broadcast between them (torch.distributed's signatures)."""
+
+    def __init__(self, world):
+        self.world, self.barrier, self.slots = world, threading.Barrier(world), [None] * world
+        self.local = threading.local()
+
+    def all_gather(self, parts, x, group=None):
+        self.slots[self.local.rank] = x.clone()
+        self.barrier.wait()
+        for part, slot in zip(parts, self.slots):
+            part.copy_(slot)
+        self.barrier.wait()
+
+    def broadcast(self, tensor, src, group=None):
+        self.all_gather([torch.empty_like(tensor) for _ in range(self.world)], tensor)
+
+    def run(self, job):
+        """job(Ranks) on every thread -> the results by rank (the first error raised again)."""
+        results, errors = [None] * self.world, []
+
+        def one(rank):
+            self.local.rank = rank
+            try:
+                results[rank] = job(distributed.Ranks(rank, self.world, torch.device("cpu")))
+            except BaseException as e:  # raised again below, on the test's thread
+                errors.append(e)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=one, args=(r,)) for r in range(self.world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return results
+
+
+@pytest.mark.parametrize("n, world", [(7, 2), (7, 3), (7, 4), (8, 4), (4, 4), (9, 2)])
+def test_gather_rows_keeps_the_order_and_drops_the_padding(monkeypatch, n, world):
+    """Rank r holds rows r, r + W, ... of n (the last ranks one row short when W does not divide n): every rank gets
+    the n rows in order, of their dtype, without the zero rows that padded the short ranks."""
+    group = ThreadRanks(world)
+    monkeypatch.setattr(dist, "all_gather", group.all_gather)
+    full = {"long": torch.arange(n) * 10 + 1, "bool": torch.arange(n) % 3 == 0,
+            "float": torch.randn(n, 2, 3, generator=torch.Generator().manual_seed(n))}
+    results = group.run(lambda ranks: {k: distributed.gather_rows(v[ranks.rank::world], n, ranks)
+                                       for k, v in full.items()})
+    for got in results:
+        for k, v in full.items():
+            assert got[k].dtype == v.dtype and torch.equal(got[k], v), (k, world)
+
+
+@pytest.mark.parametrize("n, world", [(7, 2), (7, 3), (10, 4)])
+def test_evaluation_scores_every_held_out_sample_once_in_order(monkeypatch, n, world):
+    """train.evaluate on W ranks: rank r predicts samples r, r + W, ...; rank 0 scores all n, in the held-out order,
+    predictions beside their own labels (a sample's prediction is its index, its label the index too)."""
+    group = ThreadRanks(world)
+    monkeypatch.setattr(dist, "all_gather", group.all_gather)
+    monkeypatch.setattr(dist, "broadcast", group.broadcast)
+    held_out = [{"image": torch.full((1,), float(i)), "index": torch.tensor(i), "label": torch.tensor([i, -i])}
+                for i in range(n)]
+    paper = types.SimpleNamespace(predict=lambda model, batch, cfg: {"index": batch["image"][:, 0].long()})
+    stage = train.Stage(paper, data=None, picture=None, baseline=None,
+                        metrics=lambda pred, gt: {"wrong": float((pred["index"] != gt["index"]).sum())})
+    args = types.SimpleNamespace(workers=0)
+    cfg = types.SimpleNamespace(batch_size=4)
+    monkeypatch.setattr(train, "recipe_of", lambda c: c)
+    results = group.run(lambda ranks: train.evaluate(stage, torch.nn.Identity(), cfg, held_out, None, args, ranks))
+    scores, pred, gt = results[0]
+    assert scores == {"wrong": 0.0} and all(r == (None, None, None) for r in results[1:])
+    assert torch.equal(pred["index"], torch.arange(n)) and torch.equal(gt["index"], torch.arange(n))
+    assert torch.equal(gt["label"], torch.stack([torch.arange(n), -torch.arange(n)], 1)) and "image" not in gt
