@@ -141,7 +141,8 @@ def test_an_official_folder_is_checked_before_any_work(tmp_path, capsys):
     assert "--data-grid" in err and "a file, expected a folder" in err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no CUDA device is")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA: it checks the refusal where "
+                                                       "no CUDA device is")
 def test_cuda_without_a_device_is_refused(capsys):
     assert "--device cuda: no CUDA device here" in _refused(["--compare-official", "all", "--device", "cuda"], capsys)
 

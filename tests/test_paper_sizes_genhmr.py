@@ -51,7 +51,8 @@ def test_paper_chain_trains_every_stage_two_steps_at_paper_size(tmp_path):
     stages it starts from, --set applies to each stage that has the field), then its held-out evaluation and
     its checkpoint."""
     if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 20 * 2**30:
-        pytest.skip("the image stage holds two ViT-H (one frozen, one with AdamW state): about 16 GB")
+        pytest.skip("needs 20 GiB of memory: the image stage holds two ViT-H (one frozen, one with AdamW state), "
+                    "about 16 GB")
     out = tmp_path / "run"
     try:
         log, step_s, peak_gb = torchrun("genhmr", SMALL_BATCH, out)

@@ -45,8 +45,8 @@ def test_paper_sizes_run_the_bases_and_train_the_adapters_two_steps(tmp_path):
     bases stage (1331M parameters) checkpoints at step 0, the adapters (63M trained: hand adapter, body
     adapter) train 2 steps on the frozen bases, evaluate and checkpoint."""
     if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 16 * 2**30:
-        pytest.skip("two ViT-H bases, loaded once more from their checkpoint, and the adapters' AdamW state: "
-                    "about 11 GB")
+        pytest.skip("needs 16 GiB of memory: two ViT-H bases, loaded once more from their checkpoint, and the "
+                    "adapters' AdamW state, about 11 GB")
     out = tmp_path / "run"
     try:
         random_bases = ["--set", "hamer_checkpoint=", "--set", "smplerx_checkpoint="]  # no released files here
