@@ -1160,7 +1160,8 @@ class HandRoINet(nn.Module):
         up = self.deconv(feature_map)  # (B, c, h up, w up)
         B = len(up)
         maps, boxes, flip = up.repeat_interleave(2, 0), boxes.reshape(2 * B, 4), flip_pattern(B, up.device)
-        scale = up.shape[-1] / image_hw[1]
+        # official (SMPLer-X HandRoI): x / W x the map's width, y / H x its height (an image of any aspect)
+        scale = boxes.new_tensor([up.shape[-1] / image_hw[1], up.shape[-2] / image_hw[0]]).repeat(2)
         if self.sampling:  # TINY's own
             rois = roi_align_grid(maps, boxes, scale, self.size, self.sampling, flip)
         else:
@@ -1360,8 +1361,8 @@ def cv2_warp(image, centre, side, size, round_to_8bit):
 def roi_align(features, boxes, spatial_scale, size, flip, sampling=0):
     """SMPLer-X's hand RoI: # official (SMPLer-X smpler_x.py): mmcv's roi_align(features, rois, size, 1.0,
     0, 'avg', False), in plain PyTorch. features (B, C, Hf, Wf); boxes (B, 4) image pixels, times
-    spatial_scale in map pixels (pixel p at coordinate p); flip (B,) bool mirrors the output left-right
-    (left hands). -> (B, C, size, size).
+    spatial_scale (a number, or (4,) per coordinate) in map pixels (pixel p at coordinate p); flip (B,) bool
+    mirrors the output left-right (left hands). -> (B, C, size, size).
     mmcv (aligned=False): the box's sides at least 1 pixel; each bin averages a grid of ceil(bin side)
     samples per side (sampling 0; a fixed count otherwise) at (k + 0.5) / grid of the bin; a sample is
     0 outside [-1, H] x [-1, W], else bilinear with its coordinates clamped into [0, H - 1] x [0, W - 1].

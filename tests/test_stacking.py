@@ -275,7 +275,8 @@ def wholebody_case():
                 778, 3, generator=g) for s in range(2)]) for n in range(N)]),
             "hand_m_joints": torch.stack([torch.stack([hands[n][s][1][0] + 0.002 * scale[n, s] * torch.randn(
                 21, 3, generator=g) for s in range(2)]) for n in range(N)]),
-            "pipe_p_verts": gt["verts"] + 0.01 * torch.randn(N, 10475, 3, generator=g) * torch.tensor([[[1.0]], [[3.0]]]),
+            "pipe_p_verts": gt["verts"] + 0.01 * torch.randn(N, 10475, 3, generator=g) * torch.tensor([[[1.0]],
+                                                                                                        [[3.0]]]),
             "pipe_p_joints": gt["joints3d"] + 0.01 * torch.randn(N, 55, 3, generator=g),
             "pipe_p_boxes": torch.tensor([[[12.0, 10.0, 32.0, 30.0], [100.0, 12.0, 110.0, 22.0]],
                                           [[50.0, 30.0, 90.0, 70.0], [6.0, 0.0, 66.0, 60.0]]])}

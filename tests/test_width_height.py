@@ -44,7 +44,8 @@ def test_simplehand_sample_points_reads_x_then_y_of_a_wide_map():
     # off the cells: a linear field is read exactly; clamp=True puts a point beyond the right edge on it
     uv = torch.tensor([[[0.25, 0.75], [1.5, 0.5]]])
     got = simplehand.sample_points(feature, uv, clamp=True)[0]
-    torch.testing.assert_close(got, torch.tensor([[0.25 * (w - 1), 10 * 0.75 * (h - 1)], [w - 1.0, 10 * 0.5 * (h - 1)]]))
+    expected = torch.tensor([[0.25 * (w - 1), 10 * 0.75 * (h - 1)], [w - 1.0, 10 * 0.5 * (h - 1)]])
+    torch.testing.assert_close(got, expected)
 
 
 def test_ms_deform_attn_reads_each_level_at_its_own_width_and_height():
@@ -344,6 +345,33 @@ def test_hand_roi_net_maps_image_boxes_onto_the_upsampled_map(sampling):
         torch.testing.assert_close(rois[0, s, 1], 10 * y[:, None].expand(R, R), atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("sampling", [0, 2])
+def test_hand_roi_net_scales_each_axis_for_an_image_of_another_aspect(sampling):
+    """WholeBody takes an image of any size (resized to its 256 x 192 input) and gives hand boxes in that image's
+    pixels; SMPLer-X's HandRoI maps a box onto the upsampled map by x / W x w_map and y / H x h_map (# official
+    caizhongang/SMPLer-X common/nets/smpler_x.py HandRoI.forward @ d3e3c10). A 256 x 256 image on a 64 x 48 map:
+    x / 256 x 48, y / 256 x 64."""
+    cfg = ha.BaseConfig(**{**ha.BASES_TINY.model.__dict__, "roi_sampling": sampling})
+    net = ha.HandRoINet(cfg).double()
+    up = ramp(64, 48)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, _):
+            return up
+
+    net.deconv, net.conv = Fixed(), torch.nn.Identity()
+    boxes = torch.tensor([[[32.0, 64.0, 96.0, 128.0], [128.0, 32.0, 192.0, 96.0]]], dtype=torch.float64)
+    rois = net(torch.zeros(1, 2, 8, 6, dtype=torch.float64), boxes, (256, 256))
+    R = cfg.hand_roi
+    k = torch.arange(R, dtype=torch.float64) + 0.5
+    for s, (x0, y0, x1, y1) in enumerate(boxes[0].tolist()):
+        x = (x0 + k * (x1 - x0) / R) * 48 / 256
+        y = (y0 + k * (y1 - y0) / R) * 64 / 256
+        x = x.flip(0) if s == 0 else x
+        torch.testing.assert_close(rois[0, s, 0], x[None, :].expand(R, R), atol=1e-9, rtol=0)
+        torch.testing.assert_close(rois[0, s, 1], 10 * y[:, None].expand(R, R), atol=1e-9, rtol=0)
+
+
 @pytest.mark.parametrize("align", ["roi_align", "roi_align_grid"])
 def test_roi_align_bins_of_a_box_wider_than_high_on_a_wide_map(align):
     """roi_align (mmcv's, aligned=False) and TINY's roi_align_grid on a map holding 3 x column + 7 x row: each bin
@@ -557,7 +585,8 @@ def keypoints_with_an_outlier(K, H, W):
     """21 keypoints (3D, seen through K) inside a portrait H x W image, and the same with one moved to x = (W + H) / 2:
     outside the image's width, inside its height."""
     g = torch.Generator().manual_seed(0)
-    uv = torch.tensor([W * 0.3, H * 0.4], dtype=torch.float64) + 20 * torch.rand(21, 2, generator=g, dtype=torch.float64)
+    uv = torch.tensor([W * 0.3, H * 0.4], dtype=torch.float64) + 20 * torch.rand(21, 2, generator=g,
+                                                                                 dtype=torch.float64)
     X = torch.stack([point_at(K, p) for p in uv])
     moved = X.clone()
     moved[3] = point_at(K, ((W + H) / 2, H * 0.5))
