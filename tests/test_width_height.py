@@ -582,14 +582,14 @@ def test_sample_augmentation_flips_about_the_width_and_turns_about_the_centre():
 
 
 def keypoints_with_an_outlier(K, H, W):
-    """21 keypoints (3D, seen through K) inside a portrait H x W image, and the same with one moved to x = (W + H) / 2:
-    outside the image's width, inside its height."""
+    """21 keypoints (3D, seen through K) inside a portrait H x W image, and the same with one moved to
+    ((W + H) / 2, 0.3 H): beyond the image's width, though x < H and y < W."""
     g = torch.Generator().manual_seed(0)
     uv = torch.tensor([W * 0.3, H * 0.4], dtype=torch.float64) + 20 * torch.rand(21, 2, generator=g,
                                                                                  dtype=torch.float64)
     X = torch.stack([point_at(K, p) for p in uv])
     moved = X.clone()
-    moved[3] = point_at(K, ((W + H) / 2, H * 0.5))
+    moved[3] = point_at(K, ((W + H) / 2, H * 0.3))
     return X, moved
 
 
@@ -611,6 +611,35 @@ def test_keypoint_crops_leave_out_keypoints_beyond_the_width_of_a_portrait_image
     a0 = data.sample_augmentation(torch.Generator().manual_seed(2), cfg, K, (H, W), X)
     a1 = data.sample_augmentation(torch.Generator().manual_seed(2), cfg, K, (H, W), moved)
     torch.testing.assert_close((a0.rotation, a0.K), (a1.rotation, a1.K))
+    torch.testing.assert_close(a0.K[:2, 2], torch.tensor([W / 2, H / 2], dtype=torch.float64))
+
+
+def centroid(image):
+    """The intensity-weighted centre (x, y) of channel 0 of an image (3, H, W), pixel centres at j + 0.5."""
+    w = image[0].double()
+    rows, cols = torch.meshgrid(torch.arange(w.shape[0], dtype=torch.float64) + 0.5,
+                                torch.arange(w.shape[1], dtype=torch.float64) + 0.5, indexing="ij")
+    return torch.stack([(w * cols).sum(), (w * rows).sum()]) / w.sum()
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_hand_photos_resize_and_flip_keep_the_keypoint_on_its_pixels(augment):
+    """A hand photo of 60 x 100 pixels resized to 30 x 40 (each axis by its own factor) and, with augmentation, flipped
+    about the new width: the joint seen at a marked block's centre is still at the block's centre in the image the
+    model gets (K follows the image: u' = u W' / W, v' = v H' / H)."""
+    image = torch.zeros(3, 60, 100)
+    image[:, 20:24, 70:74] = 1.0  # centre (72, 22), pixel edges at integers
+    K = torch.tensor([[120.0, 0, 50.0], [0, 120.0, 30.0], [0, 0, 1]], dtype=torch.float64)
+    joints3d = torch.stack([point_at(K, (72.0, 22.0))] + [point_at(K, (10.0 + k, 10.0)) for k in range(20)]).float()
+    labels = {"K": K.float(), "joints3d": joints3d, "verts": joints3d[:1].expand(778, 3),
+              "mano_pose": torch.zeros(16, 3), "mano_shape": torch.zeros(10), "is_right": torch.tensor(True)}
+    hands = data._PhotoHands((30, 40), augment=augment, augment_config=data.AugmentConfig(
+        rotation_deg=0.0, zoom=(1.0, 1.0), shift=0.0, color=0.0, flip_prob=1.0))
+    out = hands._finish(image, labels, 0)
+    assert out["image"].shape == (3, 30, 40)
+    expected = torch.tensor([40 - 72 * 0.4 if augment else 72 * 0.4, 22 * 0.5], dtype=torch.float64)
+    torch.testing.assert_close(out["joints2d"][0].double(), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(centroid(out["image"]), expected, atol=0.05, rtol=0)
 
 
 def test_hmr2_npz_box_is_4d_humans_expand_to_aspect_ratio():
