@@ -449,7 +449,7 @@ def load_mano(model_dir=None, side="right", **kwargs):
 
     model_dir None: $HMR_BODY_MODELS, else the procedural stand-in. Defaults use_pca=False, flat_hand_mean=True,
     batch_size=1; kwargs go to smplx.MANO (dtype, num_pca_comps, ...). Applies the known fix to the official left hand
-    (github.com/vchoutas/smplx issue 48): its shapedirs' x rows have the wrong sign, recognisable because they equal the
+    (vchoutas/smplx#48): its shapedirs' x rows have the wrong sign, recognisable because they equal the
     right hand's.
     """
     import smplx
@@ -465,7 +465,7 @@ def load_mano(model_dir=None, side="right", **kwargs):
             arrays["shapedirs"] = arrays["shapedirs"] * np.array([-1, 1, 1])[:, None]
     elif side == "left":
         warnings.warn(f"{path}: no MANO_RIGHT.pkl next to it, so the official left hand's "
-                      "shapedirs bug (github.com/vchoutas/smplx issue 48) can be neither detected nor fixed")
+                      "shapedirs bug (vchoutas/smplx#48) can be neither detected nor fixed")
     kwargs = dict(dict(use_pca=False, flat_hand_mean=True, batch_size=1), **kwargs)
     return _build_quietly(lambda: smplx.MANO(str(path), is_rhand=side == "right", data_struct=Struct(**arrays),
                                              **kwargs), capped=kwargs.get("num_betas", 10) > 10)

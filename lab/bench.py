@@ -4,7 +4,7 @@
     python -m lab.bench --data-grid OUT_DIR      # a PNG grid of samples of each synthetic dataset
     python -m lab.bench --data-bench [--count N] # samples per second of each synthetic dataset on one thread
     python -m lab.bench --compare-official simplehand|hmr_adapter|genhmr|all [--official-simplehand PATH]
-                    [--official-hamer PATH]  # ours against the official code (docs/reference.md, issue 62)
+                    [--official-hamer PATH]  # ours against the official code (docs/reference.md)
 
 --params: parameter counts per part at the paper's size (next to the paper's figures); --bench (the default
 when neither --params nor --shapes is given): inference speed on random weights; --shapes: one random input
@@ -403,7 +403,7 @@ def data_bench(count):
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Against the official code (issue 62): the same work through ours and the official module, in one process
+# 5. Against the official code: the same work through ours and the official module, in one process
 #
 # The official modules are imported at run time from the repository folder the user names (nothing of theirs is
 # here): simpleHand's hand_net.py with its models/ package, HaMeR's ViT and MANO head without the package
@@ -424,8 +424,8 @@ OFFICIAL = {  # flag: (what it names, files read, packages their imports need be
     "hamer": ("geopavlakos/hamer", ("hamer/models/backbones/vit.py", "hamer/models/heads/mano_head.py",
               "hamer/models/components/pose_transformer.py", "hamer/models/components/t_cond_mlp.py",
               "hamer/utils/geometry.py"), ("timm", "einops"))}
-PAPER_FIGURES = {  # what each paper reports for the work of a row (the issue's list; SimpleHand's FPS: REPORTED)
-    "HaMeR forward": "32 ms per crop (RTX 3090, hamer issue #1)",
+PAPER_FIGURES = {  # what each paper reports for the work of a row (SimpleHand's FPS: REPORTED)
+    "HaMeR forward": "32 ms per crop (RTX 3090, geopavlakos/hamer#1)",
     "GenHMR UGS T=1": "0.032 s", "GenHMR UGS T=5": "0.102 s", "GenHMR refine P=1": "0.154 s",
     "GenHMR refine P=5": "0.253 s"}  # GenHMR: AITI, RTX A5000
 
@@ -612,7 +612,7 @@ class CompareRun:
 
     @property
     def layout(self):
-        # ours trains channels-last on CUDA (train.py), so both sides get it there (issue 62)
+        # ours trains channels-last on CUDA (train.py), so both sides get it there
         return torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
 
     def peak(self):

@@ -18,8 +18,8 @@ settings.register_profile("explore", derandomize=False, database=None, deadline=
 settings.load_profile("reproducible")
 
 def reset_global_state():
-    """The one global state every test starts from, whatever ran before it in the process (issue 63: a Procrustes
-    residual passed alone and failed after other files). One thread: a float32 sum depends on how it is split
+    """The one global state every test starts from, whatever ran before it in the process (a Procrustes
+    residual once passed alone and failed after other files). One thread: a float32 sum depends on how it is split
     between threads, train.main's distributed.setup sets the count for its own job, and for small tensors OpenMP
     hand-offs cost more than a second core gives (10x on a busy 2-core machine). Seeded generators, float32
     defaults, gradients on, full-precision float32 matmuls, no deterministic-algorithms mode."""

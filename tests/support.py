@@ -1,4 +1,4 @@
-"""Helpers the test modules share, one per idea (issue 63: each had been written two or three times)."""
+"""Helpers the test modules share, one per idea (each had been written in several test files before)."""
 import pathlib
 
 import torch

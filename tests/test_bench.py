@@ -1,4 +1,4 @@
-"""bench.py --compare-official (issue 62): the timing and FLOP counting it rests on, how it imports an official
+"""bench.py --compare-official: the timing and FLOP counting it rests on, how it imports an official
 repository and gives the names back, its flags' checks, and the whole command at the reduced size. The official
 side runs only where $HMR_OFFICIAL_SIMPLEHAND / $HMR_OFFICIAL_HAMER name checkouts of the official repositories
 (CI has no network to fetch them), with timm (and einops for HaMeR) installed."""

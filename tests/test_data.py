@@ -138,7 +138,7 @@ def assert_hand_sample(sample, image_size):
         assert sample[key].dtype == (torch.bool if key == "is_right" else torch.float32), key
     assert 0 <= sample["image"].min() and sample["image"].max() <= 1
     projected = perspective_projection(sample["joints3d"].double(), sample["K"].double())
-    assert (projected - sample["joints2d"].double()).abs().max() < 0.5  # the half pixel
+    assert (projected - sample["joints2d"].double()).abs().max() < 0.5  # within half a pixel
 
 
 def test_freihand_reads_the_official_layout(freihand_root):

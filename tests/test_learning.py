@@ -74,7 +74,7 @@ def test_hmr_adapters_chain_learns_under_torchrun_and_the_adapter_beats_the_froz
     a few minutes on two cores: 400 steps for the bases (the HaMeR-style hand expert, trained on hands' own images,
     NOTE H18, and the SMPLer-X-style body model, trained here from scratch) and 400 for the adapters with Table 3
     No.5's control beside them, on 1024 rendered bodies, TINY. The bounds come from seeds 0 and 1 at this code
-    (issue 70, NOTE H20's grasping people; measured ratios in brackets, seed 0 then 1). The bases beat the constant
+    (NOTE H20's grasping people; measured ratios in brackets, seed 0 then 1). The bases beat the constant
     train.py scores beside them: the expert's hand PVE (0.712, 0.874 x), its hand rotation (0.817, 0.931 x), the
     whole-body PVE (0.915, 0.912 x). The adapter shows the paper's claim on the hand path (its abstract and ARCTIC
     results: body guidance helps the hand expert where the hand is occluded): occluded hands' PVE at most 0.9 x the
@@ -114,7 +114,7 @@ def test_a_two_rank_runs_final_metrics_are_its_checkpoints(tmp_path):
     the start of each forward, so after the last step rank 1 holds BatchNorm statistics of its own half-batch. The
     final evaluation must still score the model the checkpoint holds: re-evaluated from the checkpoint in one process
     (the same command resumed at its last step: no step runs, the final evaluation does), every metric agrees to
-    float32 rounding (1e-6) (issue 60: 134.8 mm reported, 135.0 mm from the checkpoint)."""
+    float32 rounding (1e-6) (a run once reported 134.8 mm where its checkpoint gave 135.0 mm)."""
     args = ["--max-steps", "4", "--set", "batch_size=4", "--train-samples", "8", "--eval-samples", "8",
             "--log-every", "1"]
     run_script(args + ["--out", "two"], tmp_path, nproc=2, model="genhmr_backbone")

@@ -1,5 +1,4 @@
-"""Each paper's training loss, at every stage train.py runs, is the sum of its terms times the paper's weights
-(issue 63 item 1).
+"""Each paper's training loss, at every stage train.py runs, is the sum of its terms times the paper's weights.
 
 The weights are literals here, each citing the paper (section, equation) or the official code's config; where the
 paper and the official code are silent the comment says the weight is ours. Each term is written out as a plain

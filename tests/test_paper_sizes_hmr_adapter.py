@@ -1,4 +1,4 @@
-"""HMR-Adapter at the paper's sizes through train.py (slow): the issue's command runs the bases stage (no
+"""HMR-Adapter at the paper's sizes through train.py (slow): one command runs the bases stage (no
 released files here: --set hamer_checkpoint= --set smplerx_checkpoint= keeps random bases, 0 steps), then trains
 both adapters 2 steps at paper size (HaMeR's and SMPLer-X's ViT-H, 512 x 384 people, HaMeR's crops), evaluates
 and checkpoints; and the paper's structure, narrowed, trains under 2-rank DDP, where an unused parameter fails.

@@ -1,4 +1,4 @@
-"""Property-based tests that explore (issue 63 item 7): hypothesis draws the tensors' shapes and values, with
+"""Property-based tests that explore: hypothesis draws the tensors' shapes and values, with
 their boundary cases (zeros, half turns, tiny and huge scales, degenerate point sets, L = 1, T = 1), and each
 property is stated independently of the implementation: the paper's equation written out here, or an
 independent oracle (scipy's Rotation, a chain of 4 x 4 rigid transforms, bilinear interpolation written out,

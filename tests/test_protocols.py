@@ -1,4 +1,4 @@
-"""Three kinds of mistake the other files could miss (issue 69): behaviour that shows only in training mode (dropout
+"""Three kinds of mistake the other files could miss: behaviour that shows only in training mode (dropout
 and stochastic depth at a rate above zero), width and height swapped (only a non-square input tells them apart), and
 the point each metric aligns a prediction at before measuring it (the root its paper's protocol names)."""
 import pytest

@@ -304,7 +304,7 @@ def test_set_errors_name_the_field_and_what_was_expected(item, expected):
     (["--model", "standin_head", "--data", "other:/tmp"],
      "standin (which standin_head starts from) expects synthetic, npz:PATH"),
     (["--model", "simplehand", "--data", "freihand"], "simplehand expects synthetic, freihand:PATH, npz:PATH"),
-    (["--model", "hmr_adapter", "--data", "hmr2:/tmp/x.npz"], "hmr_adapter expects synthetic, wholebody:PATH"),
+    (["--model", "hmr_adapter", "--data", "hmr2:data/x.npz"], "hmr_adapter expects synthetic, wholebody:PATH"),
     (["--model", "hmr_adapter", "--data", "wholebody:/nonexistent/ehf.npz"],
      "file '/nonexistent/ehf.npz' does not exist; expected a whole-body .npz (data.WholeBodyNpz)"),
     (["--model", "standin", "--set", "bogus=1"], "has no field 'bogus'"),
@@ -715,7 +715,7 @@ GENHMR_KEYS = ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "refined_mpjpe_mm", "refined
 def test_genhmr_trains_its_tokenizer_backbone_then_the_image_stage_and_reports(genhmr_chain):
     """The three GenHMR rows through train.py: the backbone stage and the image stage find their parents'
     checkpoints, keep the tokenizer frozen (no checkpoint after the first holds a tokenizer tensor; the
-    image stage's holds its own fine-tuned copy of the ViT), and metrics.json has the issue's flat keys,
+    image stage's holds its own fine-tuned copy of the ViT), and metrics.json has its flat keys,
     the baseline's, the tokenizer's, the backbone's and the report-only table."""
     out = genhmr_chain  # support.train_genhmr_chain: the session's chain (tests/conftest.py)
     report = json.loads((out / "genhmr" / "metrics.json").read_text())
