@@ -14,6 +14,7 @@ The method notebooks are committed in their full setting: with the default runs'
 (README), where the trained models beat their baselines; each prints its results last, one
 `result: ...` line each.
 """
+import ast
 import json
 import os
 import pathlib
@@ -228,6 +229,90 @@ def test_the_results_check_fails_on_a_changed_or_regressed_figure():
     assert result_mismatches(path, changed)[0].startswith("pa_mpjpe_mm 9.58: docs/runs/simplehand.json")
     regressed = {**results, ("simplehand", "baseline"): "10.00"}  # the record's 19.51, and now no better
     assert any("0.7 x the mean hand" in m for m in result_mismatches(path, regressed))
+
+
+# Each method notebook calls its paper file's API, as a reader would: {notebook: (module, its functions and classes
+# called as module.NAME(...), the class whose object the notebook makes, the method called on that object, or None
+# where the object itself is called)}.
+PAPER_CALLS = {
+    "01_simplehand.ipynb": ("simplehand", ("SimpleHand", "compute_loss"), "SimpleHand", None),
+    "02_genhmr.ipynb": ("genhmr", ("PoseTokenizer", "GenHMR", "compute_loss"), "GenHMR", "generate"),
+    "03_hmr_adapter.ipynb": ("hmr_adapter", ("HMRAdapter", "compute_loss", "pipeline"), "HMRAdapter", None),
+}
+
+
+def code_cells(nb):
+    """The notebook's code cells, parsed (IPython's % and ! lines left out)."""
+    return [ast.parse("\n".join("" if line.lstrip()[:1] in "%!" else line for line in cell.source.splitlines()))
+            for cell in nb.cells if cell.cell_type == "code"]
+
+
+def paper_call_misses(nb, module, functions, model_class, method):
+    """What a notebook does not call of its paper file: a `module.NAME(...)` of `functions`, or the object it assigns
+    from `module.model_class(...)` called (`model(...)`, or `model.method(...)`). `import module as m` counts."""
+    trees = code_cells(nb)
+    nodes = [node for tree in trees for node in ast.walk(tree)]
+    aliases = {module} | {a.asname for n in nodes if isinstance(n, ast.Import) for a in n.names
+                          if a.name == module and a.asname}
+
+    def paper_call(node, name):  # module.name(...)
+        return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == name and \
+            isinstance(node.func.value, ast.Name) and node.func.value.id in aliases
+
+    def made_from(value):  # module.model_class(...), maybe followed by .to(...), .eval(), ...
+        while isinstance(value, (ast.Call, ast.Attribute)):
+            if paper_call(value, model_class):
+                return True
+            value = value.func if isinstance(value, ast.Call) else value.value
+        return False
+
+    misses = [f"no call of {module}.{name}(...)" for name in functions
+              if not any(paper_call(n, name) for n in nodes)]
+    models = {t.id for n in nodes if isinstance(n, (ast.Assign, ast.AnnAssign)) and n.value is not None
+              and made_from(n.value) for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+              if isinstance(t, ast.Name)}
+    if method is None:
+        called = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in models for n in nodes)
+        what = "the object assigned from"
+    else:
+        called = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == method
+                     and isinstance(n.func.value, ast.Name) and n.func.value.id in models for n in nodes)
+        what = f".{method}(...) on the object assigned from"
+    if not called:
+        misses.append(f"no call of {what} {module}.{model_class}(...)" + (f" ({sorted(models)})" if models else ""))
+    return misses
+
+
+@pytest.mark.parametrize("path", METHODS, ids=[p.name for p in METHODS])
+def test_method_notebook_calls_its_paper_file(path):
+    """A method notebook builds its paper's model from the paper file, computes the paper's loss with it and runs
+    the model (GenHMR: its generation), so that the notebook shows the paper file at work, not a copy of it."""
+    assert paper_call_misses(nbformat.read(path, as_version=4), *PAPER_CALLS[path.name]) == []
+
+
+def test_the_paper_call_check_names_what_a_notebook_leaves_out():
+    """A made-up notebook 01: without the paper file's calls each is named; with them nothing is."""
+    def notebook(*sources):
+        return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+
+    spec = PAPER_CALLS["01_simplehand.ipynb"]
+    bare = notebook("import simplehand\n%matplotlib inline", "from simplehand import SimpleHand\nm = SimpleHand(cfg)",
+                    "out = m(images)", "loss = compute_loss(out, batch)")
+    assert paper_call_misses(bare, *spec) == ["no call of simplehand.SimpleHand(...)",
+                                              "no call of simplehand.compute_loss(...)",
+                                              "no call of the object assigned from simplehand.SimpleHand(...)"]
+    uncalled = notebook("import simplehand as sh", "model = sh.SimpleHand(cfg).eval()",
+                        "loss = sh.compute_loss(other(images), batch)")
+    assert paper_call_misses(uncalled, *spec) == [
+        "no call of the object assigned from simplehand.SimpleHand(...) (['model'])"]
+    good = notebook("import simplehand", "model = simplehand.SimpleHand(cfg).eval()",
+                    "out = model(images)\nloss = simplehand.compute_loss(out, batch)")
+    assert paper_call_misses(good, *spec) == []
+    genhmr_spec = PAPER_CALLS["02_genhmr.ipynb"]
+    no_generate = notebook("import genhmr", "tok = genhmr.PoseTokenizer(tcfg)\nnet = genhmr.GenHMR(cfg, tok)",
+                           "loss = genhmr.compute_loss(net(images), batch)\nposes = other.generate(images)")
+    assert paper_call_misses(no_generate, *genhmr_spec) == [
+        "no call of .generate(...) on the object assigned from genhmr.GenHMR(...) (['net'])"]
 
 
 # Each figure of a notebook's prose has a source (a cell's output or a record): tests/test_figures.py, lab/figures.py.
