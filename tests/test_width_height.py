@@ -486,7 +486,7 @@ def test_body_pose_loss_2d_term_is_zero_for_joints_the_crop_camera_sees():
 
 
 # ---------------------------------------------------------------------------------------------
-# The lab's crops and cameras (lab/crops.py)
+# A crop's camera in the full image (lab/crops.py) and cutting crops (data.py)
 
 
 def test_full_image_intrinsics_and_cam_crop_to_full_of_a_landscape_image():
@@ -509,7 +509,7 @@ def test_full_image_intrinsics_and_cam_crop_to_full_of_a_landscape_image():
 def test_crop_translation_to_full_of_a_portrait_crop_of_a_landscape_image():
     """A crop of 64 x 48 pixels (rectangle 60 x 80 at (400, 150) of a 640 x 360 image) whose camera has focal
     F crop pixels at the crop centre: the root it places lands on the same image pixel through the full camera."""
-    A = crops.crop_matrix((400.0, 150.0), (60.0, 80.0), (64, 48))
+    A = data.crop_matrix((400.0, 150.0), (60.0, 80.0), (64, 48))
     F_crop = 5000.0 / 256.0 * 64
     t = torch.tensor([0.05, -0.1, 30.0], dtype=torch.float64)
     K_crop = torch.tensor([[F_crop, 0, 24.0], [0, F_crop, 32.0], [0, 0, 1]], dtype=torch.float64)
@@ -522,26 +522,26 @@ def test_crop_translation_to_full_of_a_portrait_crop_of_a_landscape_image():
 
 def test_crop_box_grows_to_the_aspect_height_first():
     """aspect_hw = (H, W): a 40 x 10 box to H:W = 2:1 -> 40 x 80; a 10 x 40 box to H:W = 3:4 -> 53.3 x 40 (x 1.5)."""
-    assert crops.crop_box((0, 0, 40, 10), (2, 1)) == ((20.0, 5.0), (40, 80))
-    (c, size) = crops.crop_box((0, 0, 10, 40), (3, 4), enlarge=1.5)
+    assert data.crop_box((0, 0, 40, 10), (2, 1)) == ((20.0, 5.0), (40, 80))
+    (c, size) = data.crop_box((0, 0, 10, 40), (3, 4), enlarge=1.5)
     assert c == (5.0, 20.0) and size == pytest.approx((80.0, 60.0))
 
 
 def test_crop_matrix_and_warp_image_of_a_wide_output():
     """crop_matrix: the rectangle's corners onto the output's (W, H) corners (x mirrored with flip); warp_image at
     (H, W): a marked pixel of the image lands on the output pixel the matrix sends it to."""
-    A = crops.crop_matrix((35.0, 20.0), (30.0, 10.0), (10, 30))  # 30 x 10 at (35, 20) onto H 10, W 30: scale 1
+    A = data.crop_matrix((35.0, 20.0), (30.0, 10.0), (10, 30))  # 30 x 10 at (35, 20) onto H 10, W 30: scale 1
     corners = torch.tensor([[20.0, 15.0, 1.0], [50.0, 25.0, 1.0]], dtype=torch.float64) @ A.T
     torch.testing.assert_close(corners[:, :2], torch.tensor([[0.0, 0.0], [30.0, 10.0]], dtype=torch.float64))
-    Af = crops.crop_matrix((35.0, 20.0), (30.0, 10.0), (10, 30), flip=True)
+    Af = data.crop_matrix((35.0, 20.0), (30.0, 10.0), (10, 30), flip=True)
     corners = torch.tensor([[20.0, 15.0, 1.0], [50.0, 25.0, 1.0]], dtype=torch.float64) @ Af.T
     torch.testing.assert_close(corners[:, :2], torch.tensor([[30.0, 0.0], [0.0, 10.0]], dtype=torch.float64))
     image = torch.zeros(3, 40, 60)
     image[:, 22, 44] = 1.0  # pixel [44, 45) x [22, 23): output pixel (24, 7)
-    out = crops.warp_image(image, A, (10, 30))
+    out = data.warp_image(image, A, (10, 30))
     assert out.shape == (3, 10, 30)
     assert (out[0] > 0.5).nonzero().tolist() == [[7, 24]]
-    out = crops.warp_image(image, Af, (10, 30))
+    out = data.warp_image(image, Af, (10, 30))
     assert (out[0] > 0.5).nonzero().tolist() == [[7, 30 - 1 - 24]]
 
 
