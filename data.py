@@ -1242,10 +1242,11 @@ def wholebody_files(path, split):
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. The rendered cache: draw a synthetic set once, keep it as stacked tensors
+# 6. The rendered cache: a synthetic set drawn once, kept as stacked tensors
 #
 # Rendering costs milliseconds a sample; a training run that sees each sample many times renders
-# it once (`render_once`, every DDP rank a share) into a tensor file and reads it memory-mapped.
+# it once into a tensor file (lab/synthetic.py's `render_once`, every DDP rank a share) and reads it
+# memory-mapped as a `RenderedSet`.
 
 
 RENDERED_KINDS = ("synthetic", "ambiguous")  # --data kinds made in lab/synthetic.py (no path): rendered once, cached

@@ -136,10 +136,6 @@ class QuantizeEMAReset(nn.Module):
         return z + (z_q - z).detach(), ids, commit, perplexity  # straight-through: dz_st / dz = I
 
 
-def _distributed():
-    return dist.is_available() and dist.is_initialized()
-
-
 class PoseTokenizer(nn.Module):
     """theta (B, 24, 3) axis-angle -> E -> z (B, L, D) -> ids (B, L) -> D -> R (B, 24, 3, 3).
 
@@ -204,12 +200,6 @@ class PoseTokenizer(nn.Module):
                  "joints": (j - j_gt).abs().mean(), "commit": pred["commit"]}
         recon = cfg.w_pose * terms["pose"] + cfg.w_verts * terms["verts"] + cfg.w_joints * terms["joints"]
         return cfg.w_re * recon + cfg.w_commit * terms["commit"], dict(terms, perplexity=pred["perplexity"])
-
-
-def check_pose(pose):
-    if pose.dim() != 3 or tuple(pose.shape[1:]) != (NUM_JOINTS, 3):
-        raise ValueError(f"GenHMR: expected an SMPL pose (B, 24, 3) axis-angle (global orientation first), "
-                         f"got shape {tuple(pose.shape)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,11 +593,6 @@ def training_step(model, tokenizer, images, pose, targets, step, cfg):
     loss, terms = compute_loss(pred, dict(targets, smpl_pose=pose, ids=ids, masked=masked), cfg.model)  # Eq. (1)
     return loss, dict(terms, temperature=torch.tensor(temperature),
                       masked_acc=masked_accuracy(pred["logits"], ids, masked))
-
-
-def masked_accuracy(logits, y_gt, masked):
-    """The share of [MASK]ed tokens whose argmax is right, per sample, averaged (the training log's)."""
-    return (((logits.argmax(-1) == y_gt) & masked).sum(1) / masked.sum(1)).mean()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1026,6 +1011,18 @@ def _smpl():
     return bodymodels.load_smpl()
 
 
+def check_pose(pose):
+    """A pose's shape, checked where the tokenizer reads one: (B, 24, 3) axis-angle."""
+    if pose.dim() != 3 or tuple(pose.shape[1:]) != (NUM_JOINTS, 3):
+        raise ValueError(f"GenHMR: expected an SMPL pose (B, 24, 3) axis-angle (global orientation first), "
+                         f"got shape {tuple(pose.shape)}")
+
+
+def _distributed():
+    """Whether a torch.distributed process group runs (the codebook's EMA statistics are then summed over ranks)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one qkv Linear (ViTPose names: qkv, proj)."""
 
@@ -1131,7 +1128,7 @@ class DropPathViT(nn.Module):
 
 # A.2 The project's additions (not the paper's): the code embedding's start (NOTE G26), TINY's tied token head
 #     (NOTE G21), MSDA's start offsets for small maps (NOTE G28), MaskGIT's choice noise for UGS (NOTE G17), MMM's swap
-#     of the visible training tokens (NOTE G11)
+#     of the visible training tokens (NOTE G11), the training log's masked accuracy
 
 
 def code_embedding(codebook, d):
@@ -1193,13 +1190,18 @@ def gumbel_noise(shape, seeds=None, step=0, generator=None, device=None):
 
 
 def swap_visible(ids, masked, num_codes, pkeep, generator=None):
-    """NOTE G11: MMM's input corruption (exitudio/MMM, `--pkeep`): each visible token of ids (B, L) kept with probability
-    pkeep, else replaced by a code drawn uniformly from the K; [MASK]ed positions untouched. The targets stay the true
-    tokens, so the generator learns to doubt its context, as it must at inference, where the context is its own
-    earlier guesses."""
+    """NOTE G11: MMM's input corruption (exitudio/MMM, `--pkeep`): each visible token of ids (B, L) kept with
+    probability pkeep, else replaced by a code drawn uniformly from the K; [MASK]ed positions untouched. The targets
+    stay the true tokens, so the generator learns to doubt its context, as it must at inference, where the context is
+    its own earlier guesses."""
     swap = (torch.rand(ids.shape, device=ids.device, generator=generator) >= pkeep) & ~masked
     random_ids = torch.randint(num_codes, ids.shape, device=ids.device, generator=generator)
     return torch.where(swap, random_ids, ids)
+
+
+def masked_accuracy(logits, y_gt, masked):
+    """The share of [MASK]ed tokens whose argmax is right, per sample, averaged (the training log's)."""
+    return (((logits.argmax(-1) == y_gt) & masked).sum(1) / masked.sum(1)).mean()
 
 
 # ---------------------------------------------------------------------------------------------
