@@ -256,10 +256,20 @@ def test_body_metrics_averages_the_refinement_numbers_and_nan_rows_per_sample():
 
 @pytest.fixture(scope="module")
 def wholebody_case():
-    """Two people (N = 2) whose four hands differ, one occluded; predictions off by different amounts per hand."""
+    """Two people (N = 2) whose four hands differ, one occluded; predictions off by different amounts per hand. The
+    protocol's parts are given (each hand's and the face's SMPL-X vertex ids), so no SMPL-X model is built."""
     import os
     for key in ("HMR_FLAME_VERTEX_IDS", "HMR_MANO_SMPLX_VERTEX_IDS"):
-        assert key not in os.environ, f"unset {key}: the stand-ins' parts are used here"
+        assert key not in os.environ, f"unset {key}: the parts given here are used"
+    models = dict(mano=bm.Skinning(bm.load_mano(), torch.float32, per_sample=False), num_verts=10475,
+                  hand_verts={"left": torch.arange(0, 800), "right": torch.arange(800, 1600)},
+                  head_verts=torch.arange(2000, 3000))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(metrics, "_wholebody_models", lambda: models)
+        yield _wholebody_case()
+
+
+def _wholebody_case():
     g = gen(13)
     N = 2
     gt = {f"{s}_hand_mano_pose": 0.3 * torch.randn(N, 16, 3, generator=g) for s in ("left", "right")}
@@ -310,7 +320,7 @@ def test_wholebody_hand_path_splits_each_hand_by_its_own_occlusion(wholebody_cas
 
 def test_wholebody_pipeline_hands_face_and_boxes_per_person_and_side(wholebody_case):
     gt, pred, _, out = wholebody_case
-    ids, face = metrics.hand_vertex_ids(), metrics.face_vertex_ids()
+    ids, face = {"left": torch.arange(0, 800), "right": torch.arange(800, 1600)}, torch.arange(2000, 3000)
     pv, pj = pred["pipe_p_verts"].double().numpy(), pred["pipe_p_joints"].double().numpy()
     gv, gj = gt["verts"].double().numpy(), gt["joints3d"].double().numpy()
     every = [part_errors(pv[n], gv[n], pj[n], gj[n], 0) for n in range(2)]
