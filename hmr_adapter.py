@@ -1147,8 +1147,8 @@ class BoxNet(nn.Module):
 
 
 class HandRoINet(nn.Module):
-    """SMPLer-X's hand RoI: deconvolutions upsample the image map, RoI-align at each hand box
-    (left flipped), 1x1 conv back to C: the 2D hand feature map (B, 2, C, R, R)."""
+    """SMPLer-X's hand RoI: deconvolutions upsample the image map, RoI-align at each hand box (left flipped;
+    # official: x / W x the map's width, y / H x its height), 1x1 conv back to C: (B, 2, C, R, R)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -1160,7 +1160,6 @@ class HandRoINet(nn.Module):
         up = self.deconv(feature_map)  # (B, c, h up, w up)
         B = len(up)
         maps, boxes, flip = up.repeat_interleave(2, 0), boxes.reshape(2 * B, 4), flip_pattern(B, up.device)
-        # official (SMPLer-X HandRoI): x / W x the map's width, y / H x its height (an image of any aspect)
         scale = boxes.new_tensor([up.shape[-1] / image_hw[1], up.shape[-2] / image_hw[0]]).repeat(2)
         if self.sampling:  # TINY's own
             rois = roi_align_grid(maps, boxes, scale, self.size, self.sampling, flip)
