@@ -77,8 +77,11 @@ def test_hamer_weak_perspective_camera_is_hamers():
     torch.testing.assert_close(bm.project_to_crop(points, t), uv)
 
 
-def test_hamer_hand_loss_2d_term_projects_with_hamers_camera():
-    """Eq. 5's L_2D: keypoints where HaMeR's camera puts the predicted MANO joints score 0."""
+def test_hamer_hand_loss_2d_term_projects_with_hamers_camera(monkeypatch):
+    """Eq. 5's L_2D: keypoints where HaMeR's camera puts the predicted MANO joints score 0 (MANO replaced by fixed
+    points that turn with the pose: only the camera is under test)."""
+    monkeypatch.setattr(ha, "mano_mesh", lambda R, betas: (R[:, :1, :, 0].expand(-1, 778, -1) * 0.05,
+                                                            torch.cat([R[:, :, :, 0], R[:, :5, :, 1]], 1) * 0.05))
     g = torch.Generator().manual_seed(1)
     R = bm.axis_angle_to_matrix(0.3 * torch.randn(4, 16, 3, generator=g))
     betas, cam = torch.zeros(4, 10), torch.tensor([[0.9, 0.0, 0.1], [1.1, 0.1, 0.0], [1.0, -0.1, 0.05], [1.2, 0, 0]])
