@@ -196,13 +196,13 @@ def test_training_masks_ceil_cos_pi_tau_over_2_tokens(tau, L, m):
 def test_training_draws_tau_uniformly_up_to_mask_tau_max():
     """tau ~ U(0, mask_tau_max) (Table 4: U(0, 1) the paper's): over many rows the masked counts follow
     ceil(cos(pi tau / 2) L) of a uniform tau: mean count L (2 / pi) at U(0, 1), larger at U(0, 0.5)."""
-    ids = torch.zeros(20_000, 96, dtype=torch.long)
+    ids = torch.zeros(8_000, 96, dtype=torch.long)
     torch.manual_seed(0)
     for tau_max in (1.0, 0.5):
         _, mask = genhmr.random_masking(ids, 256, tau_max)
         taus = torch.linspace(0, tau_max, 100_001, dtype=torch.float64)
         expected = genhmr.num_masked(taus, 96).double().mean()
-        assert mask.sum(1).double().mean() == pytest.approx(float(expected), rel=0.01), tau_max
+        assert mask.sum(1).double().mean() == pytest.approx(float(expected), rel=0.02), tau_max
 
 
 @pytest.mark.parametrize("schedule, gamma", [

@@ -40,7 +40,10 @@ def skip_calls(tree):
 def test_every_skip_in_the_suite_gives_a_reason():
     missing = []
     for path in sorted(TESTS.glob("*.py")):
-        for name, call in skip_calls(ast.parse(path.read_text())):
+        text = path.read_text()
+        if "skip" not in text:
+            continue
+        for name, call in skip_calls(ast.parse(text)):
             reason = reason_of(call)
             if not (isinstance(reason, str) and reason.strip()):
                 missing.append(f"{path.name}:{call.lineno} {name}")
