@@ -162,7 +162,7 @@ def test_the_commits_are_gits():
     its date."""
     commits = figures.git_commits()
     if commits is None:
-        pytest.skip("no git history here")
+        pytest.skip("needs the project's git history (a clone with its commits) to check cited commits")
     assert commits[next(c for c in commits if c.startswith("3337df8"))] == "2026-11-25"
 
 
