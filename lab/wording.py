@@ -69,7 +69,8 @@ RULES = [  # (what, pattern, the kinds of text it reads: prose, code (comments, 
      re.compile(r"\bhelpers?\b(?!['’]?s?\s+(?:functions?|methods?|modules?|class(?:es)?|scripts?|routines?)\b)",
                 re.I), ("prose",)),
     ("'helper' for a worker of this project: say what was done",
-     re.compile(rf"\bhelpers?['’]s?(?=\s)|\bhelpers['’]|\b(?:another|other|each|every|one|a|the)\s+helpers?\s+{_WORK}\b"
+     re.compile(rf"\bhelpers?['’]s?(?=\s)|\bhelpers['’]"
+                rf"|\b(?:another|other|each|every|one|a|the)\s+helpers?\s+{_WORK}\b"
                 r"|\banother\s+helper\b", re.I), ("code",)),
     ("'lent': say what was used", re.compile(r"\blent\b", re.I), ("prose", "code")),
     ("'probe' for a piece of this project's work: say what was measured, dated by its commit",
