@@ -1078,28 +1078,37 @@ class WholeBodyHands:
         fingers = smplx_pose[list(SMPLX_HAND_JOINTS[side][1:])]  # (15, 3) SMPL-X's local finger rotations
         return (mirror_rotation(fingers) if side == "left" else fingers) @ self.mano_to_smplx.to(fingers)
 
+    def hand_box(self, side, verts, K):
+        """S_hand_box (4,) of a mesh's verts (V, 3) seen by K (3, 3): the square around the hand's projected
+        vertices, 1.2 x their larger side."""
+        self.model
+        uv = perspective_projection(verts[self.vert_mask[side]], K)
+        centre, half = (uv.amax(0) + uv.amin(0)) / 2, 0.6 * (uv.amax(0) - uv.amin(0)).max()
+        return torch.cat([centre - half, centre + half])
+
+    def hand_joints(self, side, joints):
+        """S_hand_joints3d (21, 3), FreiHAND order, of joints (76, 3): SMPL-X's 55 and smplx's 21 extra."""
+        hand_joints = torch.cat([joints[list(SMPLX_HAND_JOINTS[side])], joints[list(SMPLX_FINGERTIPS[side])]])
+        return hand_joints[list(bodymodels.MANO_TO_FREIHAND)]
+
     def labels(self, side, sample, joints, world, fingers, face):
         """The keys of one hand, from sample's verts (V, 3), K (3, 3) and smplx_pose (55, 3), joints
         (76, 3) (SMPL-X's 55 and smplx's 21 extra, camera frame), world (22, 3, 3) the body's world
         rotations, fingers (15, 3) the hand's MANO-space finger pose and face (P,) the faces the
         body image shows (`rasterize`)."""
         self.model
-        hand_verts = sample["verts"][self.vert_mask[side]]
-        uv = perspective_projection(hand_verts, sample["K"])
-        centre, half = (uv.amax(0) + uv.amin(0)) / 2, 0.6 * (uv.amax(0) - uv.amin(0)).max()
         # visibility: the hand's pixels in the body image against the hand rendered alone
         hand_faces = self.rig["faces"][self.face_mask[side]]
         alone = rasterize(sample["verts"], hand_faces, sample["K"], self.image_size, True)[0]
         visible = self.face_mask[side][face].sum() / max(len(alone), 1)
-        hand_joints = torch.cat([joints[list(SMPLX_HAND_JOINTS[side])], joints[list(SMPLX_FINGERTIPS[side])]])
-        hand_joints = hand_joints[list(bodymodels.MANO_TO_FREIHAND)]  # (21, 3) FreiHAND order
+        hand_joints = self.hand_joints(side, joints)
         # MANO-space pose: right hand W R_off; left hand M W M R_off (module docstring: left hands)
         wrist = world[SMPLX_HAND_JOINTS[side][0]]
         if side == "left":
             wrist = mirror_rotation(wrist, matrix=True)
         orient = matrix_to_axis_angle(wrist @ self.mano_to_smplx)
         arm = bodymodels.SMPLX_LEFT_ARM if side == "left" else bodymodels.SMPLX_RIGHT_ARM
-        return {f"{side}_hand_box": torch.cat([centre - half, centre + half]),
+        return {f"{side}_hand_box": self.hand_box(side, sample["verts"], sample["K"]),
                 f"{side}_hand_joints3d": hand_joints,
                 f"{side}_hand_joints2d": perspective_projection(hand_joints, sample["K"]),
                 f"{side}_hand_mano_pose": torch.cat([orient[None], fingers]), f"{side}_hand_visible": visible,

@@ -750,13 +750,20 @@ def _face_errors(pred_verts, gt_verts, pred_neck, gt_neck, ids):
     return dict(pve_mm=pve, pa_pve_mm=pa_mpvpe(pred_face, gt_face))
 
 
+# The hand path's predictions on the expert's own hand images (a hand dataset's hands, drawn again apart from the
+# people: synthetic.SyntheticWholeBody) are scored against those hands' own labels; every other one against the
+# people's hands (S_hand_mano_pose).
+HAND_TRUTH = {"expert_own": "hand_image_mano_pose", "constant_own": "hand_image_mano_pose"}
+
+
 def wholebody_metrics(pred, gt):
     """HMR-Adapter's protocol (Sec. 4.1, Table 1) in mm, as {"hand_path/M/{clean,occluded}/E": ...,
     "pipeline/P/{all,hands,hands_occluded,face}/E": ...} (train.py nests the names at "/"); E is pve_mm,
     pa_pve_mm, pa_mpjpe_mm, and for the hand path rot_deg, the angle of the rotation in the Procrustes fit of the
     hand mesh (its global orientation's error: with PA-PVE, the articulation's, it splits the wrist-aligned PVE).
     pred: hand_M_verts (N, 2, 778, 3), hand_M_joints (N, 2, 21, 3) (left first, left
-    hands flipped), pipe_P_verts (N, 10475, 3), pipe_P_joints (N, 55, 3); gt: {left,right}_hand_mano_pose,
+    hands flipped; scored against HAND_TRUTH's key), pipe_P_verts (N, 10475, 3), pipe_P_joints (N, 55, 3); gt:
+    {left,right}_hand_mano_pose,
     {left,right}_hand_occluded, verts, joints3d (data.py's whole-body keys). Alignment as SMPLer-X's evaluate
     (EHF.py, humandata.py, which the paper follows): PVE after moving the pelvis (all), each wrist (hands;
     averaged over left and right) or the neck (face) of the prediction onto the truth's; PA-PVE and PA-MPJPE
@@ -768,10 +775,13 @@ def wholebody_metrics(pred, gt):
     result = {}
     occluded = torch.stack([gt[f"{s}_hand_occluded"] for s in WHOLEBODY_SIDES], 1).flatten() > 0.5  # (2N,)
     hand_names = [k[5:-6] for k in pred if k.startswith("hand_") and k.endswith("_verts")]
-    if hand_names:
-        pose = torch.stack([gt[f"{s}_hand_mano_pose"] for s in WHOLEBODY_SIDES], 1).flatten(0, 1)
-        gt_verts, gt_joints = _mano_rotations_mesh(bodymodels.axis_angle_to_matrix(pose), pose.new_zeros(len(pose), 10))
+    truths = {}
     for name in hand_names:
+        key = HAND_TRUTH.get(name, "hand_mano_pose")
+        if key not in truths:
+            pose = torch.stack([gt[f"{s}_{key}"] for s in WHOLEBODY_SIDES], 1).flatten(0, 1)
+            truths[key] = _mano_rotations_mesh(bodymodels.axis_angle_to_matrix(pose), pose.new_zeros(len(pose), 10))
+        gt_verts, gt_joints = truths[key]
         verts = pred[f"hand_{name}_verts"].flatten(0, 1)
         e = {k: 1000 * v for k, v in _wholebody_errors(verts, gt_verts, pred[f"hand_{name}_joints"].flatten(0, 1),
                                                         gt_joints, 0).items()}  # mm
@@ -807,23 +817,30 @@ def wholebody_metrics(pred, gt):
 
 class WholeBodyMeanPoseBaseline:
     """The constant baseline `wholebody_metrics` scores: the training set's mean MANO pose (per-joint chordal
-    mean, both hands in the right-hand frame) for the hand path, and its mean SMPL-X pose and shape for the
+    mean, both hands in the right-hand frame) for the hand path (and, where the labels hold the expert's own hands,
+    theirs: constant_own), and its mean SMPL-X pose and shape for the
     pipeline, placed at the true pelvis; labels: training labels (train.py)."""
 
     def __init__(self, labels):
         import bodymodels
-        pose = torch.stack([labels[f"{s}_hand_mano_pose"] for s in WHOLEBODY_SIDES], 1).flatten(0, 1)
-        self.hand_R = mean_rotations(bodymodels.axis_angle_to_matrix(pose.double())).float()  # (16, 3, 3)
+        self.hand_R = {}  # name -> (16, 3, 3): the people's hands, and the expert's own where the labels have them
+        for name, key in (("constant", "hand_mano_pose"), ("constant_own", "hand_image_mano_pose")):
+            if f"left_{key}" in labels:
+                pose = torch.stack([labels[f"{s}_{key}"] for s in WHOLEBODY_SIDES], 1).flatten(0, 1)
+                self.hand_R[name] = mean_rotations(bodymodels.axis_angle_to_matrix(pose.double())).float()
         self.body_R = mean_rotations(bodymodels.axis_angle_to_matrix(labels["smplx_pose"].double())).float()  # (55,3,3)
         self.shape = torch.cat([labels["smplx_shape"].mean(0), labels["smplx_expression"].mean(0)])
 
     def __call__(self, gt):
         N = len(gt["smplx_pose"])
-        verts, joints = _mano_rotations_mesh(self.hand_R.expand(2 * N, -1, -1, -1), torch.zeros(2 * N, 10))
+        out = {}
+        for name, R in self.hand_R.items():
+            verts, joints = _mano_rotations_mesh(R.expand(2 * N, -1, -1, -1), torch.zeros(2 * N, 10))
+            out.update({f"hand_{name}_verts": verts.unflatten(0, (N, 2)),
+                        f"hand_{name}_joints": joints.unflatten(0, (N, 2))})
         bv, bj = _wholebody_models()["smplx"].from_rotations(self.body_R[None], self.shape[None])
         shift = gt["joints3d"][:, :1] - bj[:, :1]
-        return {"hand_constant_verts": verts.unflatten(0, (N, 2)), "hand_constant_joints": joints.unflatten(0, (N, 2)),
-                "pipe_constant_verts": bv + shift, "pipe_constant_joints": bj + shift}
+        return dict(out, pipe_constant_verts=bv + shift, pipe_constant_joints=bj + shift)
 
 
 # -----------------------------------------------------------------------------

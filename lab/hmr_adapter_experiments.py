@@ -150,14 +150,17 @@ def adapted_pipeline(model, image, hand_boxes=None, details=False):
 def predict_baseline(bases, batch, cfg=None):
     """`predict`'s figures of the paper's baseline alone (the frozen bases; train.py's protocol for the
     bases' stage): {hand_expert_verts, hand_expert_joints, pipe_baseline_verts, pipe_baseline_joints,
-    pipe_baseline_boxes}, and where the batch has the hands' own images, hand_expert_own_verts and _joints: the
-    expert on them, the domain it was trained on (`own_hand_crops`)."""
+    pipe_baseline_boxes}, and where the batch has the hands' own images (`own_hand_crops`), the expert on them:
+    hand_expert_own_* on its own hands (the domain it was trained on, scored against their own labels) and
+    hand_expert_own_target_* on these people's hands drawn the same way (the gap's pose part, docs/hmr_adapter.md)."""
     pose, betas, _ = bases.hand_expert.mano_head(ha.hand_tokens(bases, batch["image"], gt_boxes(batch)))
     piped = ha.baseline_pipeline(bases, batch["image"])
-    own = own_hand_crops(batch)
-    if own is not None:
-        own = hand_meshes("expert_own", *bases.hand_expert.mano_head(bases.hand_expert.features(own))[:2])
-    return dict(hand_meshes("expert", pose, betas), **(own or {}),
+    own = {}
+    for name, key in (("expert_own", "hand_image"), ("expert_own_target", "hand_target_image")):
+        crops = own_hand_crops(batch, key)
+        if crops is not None:
+            own.update(hand_meshes(name, *bases.hand_expert.mano_head(bases.hand_expert.features(crops))[:2]))
+    return dict(hand_meshes("expert", pose, betas), **own,
                 **dict(zip(("pipe_baseline_verts", "pipe_baseline_joints", "pipe_baseline_boxes"), piped)))
 
 
@@ -226,12 +229,13 @@ class StandInBases(ha.Bases):
                 keypoints)
 
 
-def own_hand_crops(batch):
+def own_hand_crops(batch, key="hand_image"):
     """The hand expert's own images of a batch's hands (`WholeBodyData.hand_image`: a hand dataset's, rendered
-    alone), as its crops (2B, 3, S, S), left first and flipped (`hmr_adapter.hand_crops`); None without them."""
-    if "left_hand_image" not in batch:
+    alone; key "hand_target_image": these people's own hands drawn the same way), as its crops (2B, 3, S, S), left
+    first and flipped (`hmr_adapter.hand_crops`); None without them."""
+    if f"left_{key}" not in batch:
         return None
-    images = sides(batch, "hand_image")  # (B, 2, 3, S, S)
+    images = sides(batch, key)  # (B, 2, 3, S, S)
     return torch.stack([images[:, 0].flip(-1), images[:, 1]], 1).flatten(0, 1)
 
 
@@ -292,9 +296,13 @@ def bases_loss(pred, batch, bcfg, weights, recipe):
     term (SMPLer-X supervises its whole-body joints, fingers included), plus SMPLERX_TERMS, and (TINY, NOTE H17) the
     keypoint head's term with the recipe's (a BasesRecipe) weights -> (loss, terms)."""
     hand_out, out, keypoints = pred
-    # the squares the expert's images show: its own images' (a hand dataset's), else its crops of the body image
-    boxes = sides(batch, "hand_image_box") if "left_hand_image_box" in batch else ha.crop_boxes(bcfg, gt_boxes(batch))
-    target = ha.hand_targets(sides(batch, "hand_mano_pose"), sides(batch, "hand_joints2d"), boxes)
+    # the expert's images: its own (a hand dataset's hands, with their own labels), else its crops of the body image
+    if "left_hand_image" in batch:
+        target = ha.hand_targets(sides(batch, "hand_image_mano_pose"), sides(batch, "hand_image_joints2d"),
+                                 sides(batch, "hand_image_box"))
+    else:
+        target = ha.hand_targets(sides(batch, "hand_mano_pose"), sides(batch, "hand_joints2d"),
+                                 ha.crop_boxes(bcfg, gt_boxes(batch)))
     hand_weights = dataclasses.replace(weights, w_hand_pose=recipe.w_expert_hand_pose or weights.w_hand_pose)
     hand, hand_terms = ha.hand_loss(hand_out, target, hand_weights)
     if keypoints is not None:  # TINY's keypoint head (`KeypointHead`): L1 in the crop's frame

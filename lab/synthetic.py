@@ -108,6 +108,18 @@ class HandPoseConfig:
     thumb_flex: tuple = (-10.0, 70.0)  # thumb's last joint (its middle joint bends 0.6x as much)
     jitter: float = 7.0  # per-joint Gaussian noise on top of the coupled angles
     independent_prob: float = 0.3  # share of "gestures": each finger straight or curled on its own
+    grasp_range: tuple = (0.0, 1.0)  # the grasp level g of step 1, mapped from [0, 1] onto this range
+    plate_prob: float = 0.0  # share of plate grips: knuckles bent with the grasp, the other finger joints straight
+
+
+# The whole-body people's hands hold objects, as ARCTIC's subjects' do (they grasp and move eleven articulated
+# objects: a box, a laptop, scissors, a ketchup bottle, a mixer, ...), where the hand expert's own hands are a hand
+# dataset's (the broad prior above: gestures, open hands and fists). So: no gestures; the grasp level stays within
+# (0.3, 0.9) (an object between the fingers keeps them from opening flat or closing into a fist); and one hand in
+# three holds a flat object's edge (a lid, a laptop's screen, a box's wall) in a plate grip, knuckles bent and the
+# other finger joints nearly straight, which the broad prior, whose knuckle and middle joints curl together, does not
+# draw. docs/hmr_adapter.md, NOTE H18, measures the gap this makes between the expert's hands and these.
+OBJECT_GRASPS = HandPoseConfig(independent_prob=0.0, grasp_range=(0.3, 0.9), plate_prob=1 / 3)
 
 
 @dataclass
@@ -154,12 +166,15 @@ def hand_poses(draws, axes, cfg=HandPoseConfig(), grasp=None):
     axes from `hand_axes`; grasp (B,) in [0, 1]: the grasp level g of step 1 given (the whole bodies'
     follows the elbow), else drawn (the same draws either way, so the other numbers do not move).
 
-    1. A grasp level g ~ U(0, 1) curls all fingers together (curl c = g + N(0, 0.12), pinky and
-       ring a little more); with probability cfg.independent_prob each finger instead is straight
-       or curled on its own (pointing, counting, "peace" gestures).
+    1. A grasp level g ~ U(0, 1), mapped onto cfg.grasp_range, curls all fingers together (curl
+       c = g + N(0, 0.12), pinky and ring a little more); with probability cfg.independent_prob
+       each finger instead is straight or curled on its own (pointing, counting, "peace" gestures).
     2. Each finger: knuckle (MCP) and middle (PIP) flexion = its range at c, + N(0, jitter); the
        last joint follows (DIP = 0.7 PIP + N(0, 3)); the knuckle spreads about the palm normal by
-       cfg.spread x s, s ~ U(-0.2, 1), less as the fingers curl, + N(0, 3).
+       cfg.spread x s, s ~ U(-0.2, 1), less as the fingers curl, + N(0, 3). With probability
+       cfg.plate_prob (a plate grip) the middle joint flexes as at curl 0.1 c instead: the finger
+       stays nearly straight past its bent knuckle (drawn only where plate_prob > 0, so that the
+       other configs' numbers do not move).
     3. Thumb: its base swings under the palm and across it with the grasp (opposition), its two
        distal joints flex with its own curl.
     Every angle is clamped to its range, so no joint bends backwards.
@@ -171,6 +186,7 @@ def hand_poses(draws, axes, cfg=HandPoseConfig(), grasp=None):
     g = draws.uniform(0, 1)  # (B,)
     if grasp is not None:
         g = np.asarray(grasp, dtype=np.float64).reshape(len(g))
+    g = cfg.grasp_range[0] + (cfg.grasp_range[1] - cfg.grasp_range[0]) * g
     gesture = draws.chance(cfg.independent_prob)[:, None]
     straight = draws.chance(0.5, (5,))
     curl_gesture = straight * draws.uniform(0.6, 1.0, (5,)) + draws.uniform(0.0, 0.15, (5,))
@@ -184,6 +200,8 @@ def hand_poses(draws, axes, cfg=HandPoseConfig(), grasp=None):
     # 2. the four fingers, (B, 4) angles in degrees
     c = curl[:, :4]
     mcp, pip = angle(c, cfg.mcp_flex, noise[:, 0:4]), angle(c, cfg.pip_flex, noise[:, 4:8])
+    if cfg.plate_prob > 0:
+        pip = np.where(draws.chance(cfg.plate_prob)[:, None], angle(0.1 * c, cfg.pip_flex, noise[:, 4:8]), pip)
     dip = np.clip(0.7 * pip + 3.0 * noise[:, 8:12], *cfg.dip_flex)
     spread = draws.uniform(-0.2, 1.0) * np.clip(1 - c.mean(1), 0, 1)  # (B,)
     abduction = np.array(cfg.spread) * spread[:, None] + 3.0 * draws.normal(1.0, (4,))
@@ -1130,12 +1148,17 @@ class SyntheticWholeBody(_SyntheticBodyBase):
     Keys: data.py's whole bodies (its module docstring; per hand, `data.WholeBodyHands`), the image
     image_size (default 256 x 192, SMPLer-X's body input); S_hand_occluded () is 1.0 when an occluder
     was painted over the hand, else 0.0. With hand_images = S > 0, also the hand expert's own training images
-    (HaMeR's hand datasets, `hand_render`): per hand S_hand_image (3, S, S), the hand and forearm alone in a
-    square S_hand_image_box (4,) (body-image pixels) about its box, on a pattern background, in its own light.
+    (HaMeR's hand datasets, `hand_render`), per hand: S_hand_image (3, S, S), the hand and forearm alone in a
+    square S_hand_image_box (4,) (body-image pixels) about the hand, on a pattern background, in its own light,
+    its fingers drawn again from the broad prior (`HandPoseConfig()`, a hand dataset's, independent of the body),
+    with their labels S_hand_image_mano_pose (16, 3) (the body's wrist, those fingers) and S_hand_image_joints2d
+    (21, 2) (body-image pixels); and S_hand_target_image (3, S, S) in S_hand_target_image_box (4,): the person's
+    own hand (the S_hand_* labels) drawn the same way, which parts the expert's gap on these people into pose
+    and picture (docs/hmr_adapter.md).
     Distribution: bodies as `SyntheticBodies` but turned towards the camera four times in five
     (so both hands show most of the time: see the test), fingers of both hands from
-    `hand_poses`, each hand's grasp level following its elbow (`elbow_grasp`), jaw N(0, 5 deg), expression
-    N(0, 0.5), betas N(0, 1). With probability
+    `hand_poses` with OBJECT_GRASPS (hands holding objects, as ARCTIC's), each hand's grasp level following its
+    elbow (`elbow_grasp`), jaw N(0, 5 deg), expression N(0, 0.5), betas N(0, 1). With probability
     occlusion_prob per hand, an occluder (a flat textured rectangle in front of everything, as an
     object held or passing by) covers `occlusion_cover` (a range) of the hand's box; it is drawn
     from its own random stream, so the scene is the same with and without it.
@@ -1153,7 +1176,7 @@ class SyntheticWholeBody(_SyntheticBodyBase):
         self.occlusion_prob, self.occlusion_cover = float(occlusion_prob), tuple(occlusion_cover)
         self.augment_config = augment_config or AugmentConfig(flip_prob=0.0)
         self.pose_config = pose_config or BodyPoseConfig(yaw_frontal_prob=0.8, arm_azimuth=(-10.0, 110.0))
-        self.hand_pose_config = hand_pose_config or HandPoseConfig()
+        self.hand_pose_config = hand_pose_config or OBJECT_GRASPS
         self.view_config = view_config or BodyViewConfig()
         self.hand_labeller = WholeBodyHands(image_size, model_dir)
 
@@ -1178,10 +1201,15 @@ class SyntheticWholeBody(_SyntheticBodyBase):
         fingers = {side: torch.from_numpy(hand_poses(Draws([rng]), self.hand_axes, self.hand_pose_config,
                                                      grasp=[elbow_grasp(R[elbow], rng, self.pose_config)])[0])
                    for side, elbow in (("left", 18), ("right", 19))}  # SMPL-X's elbows
+        return self._with_fingers(pose, fingers), fingers
+
+    def _with_fingers(self, pose, fingers):
+        """The SMPL-X pose (55, 3) with both hands' fingers set from MANO-space finger poses {side: (15, 3)}."""
+        pose = pose.clone()
         mano_to_smplx = self.hand_labeller.mano_to_smplx  # MANO's rest hand turned onto SMPL-X's right hand
         pose[40:55] = fingers["right"] @ mano_to_smplx.T  # axis-angle turns with the frame: R aa
         pose[25:40] = mirror_rotation(fingers["left"] @ mano_to_smplx.T)
-        return pose, fingers
+        return pose
 
     def __getitem__(self, index):
         rng = self._rng(index)
@@ -1227,22 +1255,42 @@ class SyntheticWholeBody(_SyntheticBodyBase):
             sample[f"{side}_hand_occluded"] = torch.tensor(float(occluded))
             if occluded:
                 paint_occluder(image, sample[f"{side}_hand_box"], occluder_rng, self.occlusion_cover)
-            if self.hand_images:
-                sample[f"{side}_hand_image"], sample[f"{side}_hand_image_box"] = self.hand_render(
-                    verts, sample, side, look[0], hand_rng)
+        if self.hand_images:
+            sample.update(self.own_hands(sample, shape, expression, look[0], hand_rng))
         sample = {key: value.float() for key, value in sample.items()}
         sample["image"] = color_jitter(image, aug.color) if self.augment else image
         return sample
 
-    def hand_render(self, verts, sample, side, colors, rng):
+    def own_hands(self, sample, shape, expression, colors, rng):
+        """The hand images keys of one sample (the class docstring): both hands' fingers drawn again from the broad
+        prior, the person posed with them (the same body, wrists and camera), and each hand drawn alone
+        (`hand_render`) with those fingers and with the person's own."""
+        labeller = self.hand_labeller
+        own = {side: torch.from_numpy(hand_poses(Draws([rng]), self.hand_axes, HandPoseConfig())[0])
+               for side in ("left", "right")}
+        verts, joints = skinning("smplx", self.model_dir, torch.float32)(
+            self._with_fingers(sample["smplx_pose"], own), shape, expression)
+        joints = torch.cat([joints, verts[labeller.extra_joints]]).double() + sample["cam_t"]
+        verts = verts.double() + sample["cam_t"]
+        keys = {}
+        for side in ("left", "right"):
+            joints2d = perspective_projection(labeller.hand_joints(side, joints), sample["K"])
+            keys[f"{side}_hand_image_mano_pose"] = torch.cat([sample[f"{side}_hand_mano_pose"][:1], own[side]])
+            keys[f"{side}_hand_image_joints2d"] = joints2d
+            keys[f"{side}_hand_image"], keys[f"{side}_hand_image_box"] = self.hand_render(
+                verts, labeller.hand_box(side, verts, sample["K"]), sample["K"], side, colors, rng)
+            keys[f"{side}_hand_target_image"], keys[f"{side}_hand_target_image_box"] = self.hand_render(
+                sample["verts"], sample[f"{side}_hand_box"], sample["K"], side, colors, rng)
+        return keys
+
+    def hand_render(self, verts, box, K, side, colors, rng):
         """The hand expert's own image of one hand (3, S, S) and its square (4,) in body-image pixels: what a
         hand dataset gives HaMeR, as against the hand in the body image. The hand and its forearm alone
-        (`arm_faces`), in the person's colours, framed as the expert's crops are (HAND_RENDER_FRAMING), rendered
-        at twice the side and averaged down (smooth edges, where the body image's hands, about 24 pixels wide at
-        256 x 192, are drawn without anti-aliasing), on a pattern background (the body's is flat), in a light of its
-        own, with no occluder and no body around it."""
+        (`arm_faces`) of verts (V, 3) seen by K (3, 3), in the person's colours, framed about its box (4,) as the
+        expert's crops are (HAND_RENDER_FRAMING), rendered at twice the side and averaged down (smooth edges, where
+        the body image's hands, about 24 pixels wide at 256 x 192, are drawn without anti-aliasing), on a pattern
+        background (the body's is flat), in a light of its own, with no occluder and no body around it."""
         S, (scale, zoom, shift) = self.hand_images, HAND_RENDER_FRAMING
-        box = sample[f"{side}_hand_box"]
         half = (box[2:] - box[:2]).max() / 2 * scale * float(uniform(rng, 1 - zoom, 1 + zoom))
         centre = (box[:2] + box[2:]) / 2 + normal(rng, shift * 2 * half, (2,))
         square = torch.cat([centre - half, centre + half])
@@ -1252,7 +1300,7 @@ class SyntheticWholeBody(_SyntheticBodyBase):
                                  dtype=torch.float64)
         light, ambient = (torch.from_numpy(x) for x in random_lights(Draws([rng])))
         background = upsample_backgrounds(torch.from_numpy(background_patterns(Draws([rng]))).float(), R, R)
-        image = render_batch(verts[None], self.arm_faces[side], (to_render @ sample["K"])[None], (R, R), colors,
+        image = render_batch(verts[None], self.arm_faces[side], (to_render @ K)[None], (R, R), colors,
                              light, ambient, background, True)[0]
         return F.avg_pool2d(image, 2)[0], square
 
