@@ -25,6 +25,7 @@ import argparse
 import functools
 import sys
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -42,132 +43,18 @@ from lab.files import atomic_write
 from lab.configs import Parser, number, with_fields
 from data import InputError, crop_box, crop_matrix, read_image, warp_image
 from lab.plots import draw_demo, to_numpy
+from lab.fitting import fit_mano
+from lab.frames import draw_mesh, open_frames, write_video
+from lab.keypoints import (COCO17_FROM_OPENPOSE, COCO17_NAMES, WHOLEBODY_PARTS, keypoint_box,  # noqa: F401
+                           pick_person, read_keypoints, read_video_keypoints)
+from lab.smoothing import smooth_motion
+from lab.tracking import track
+from data import skinning
+from bodymodels import mano_to_freihand
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. Reading what the user gives: 2D keypoint files, boxes, the person to reconstruct
-
-
-# COCO's 17 body keypoints in the order of OpenPose's BODY_25 and COCO-18 models' outputs
-COCO17_FROM_OPENPOSE = {25: (0, 16, 15, 18, 17, 5, 2, 6, 3, 7, 4, 12, 9, 13, 10, 14, 11),
-                        18: (0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10)}
-COCO17_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-                "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
-                "right_knee", "left_ankle", "right_ankle")
-# COCO-WholeBody's 133: body 17, feet 6, face 68, left hand 21, right hand 21. A hand's 21 follow
-# OpenPose's hand order, which is FreiHAND's (wrist, then thumb, index, middle, ring, pinky, base to tip).
-WHOLEBODY_PARTS = {"body": slice(0, 17), "feet": slice(17, 23), "face": slice(23, 91),
-                   "left_hand": slice(91, 112), "right_hand": slice(112, 133)}
-
-
-def read_keypoints(path):
-    """2D keypoints of people from a JSON file -> a list of people, each a dict of (N, 3) float64
-    arrays [x, y, confidence] in pixels: "body" (17, COCO order), and where the file has them
-    "feet" (6), "face" (68), "left_hand" and "right_hand" (21 each, FreiHAND's order); and "score".
-
-    Reads what pose detectors write: ViTPose / mmpose results (a list of {"keypoints": 17 or 133
-    [x, y, score] triples, flat or nested, optional "keypoint_scores", "score"}, also under
-    "instance_info" or "predictions"), COCO and COCO-WholeBody annotations ({"annotations": [...]},
-    with "lefthand_kpts", "righthand_kpts", "foot_kpts", "face_kpts"; visibility > 0 counts as
-    confidence 1), and OpenPose ({"people": [{"pose_keypoints_2d": BODY_25 or COCO-18,
-    "hand_left_keypoints_2d", "hand_right_keypoints_2d", "face_keypoints_2d"}]}). Raises InputError
-    naming the file and the key that does not fit."""
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        doc = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not a JSON file ({e})") from None
-    if isinstance(doc, dict) and "predictions" in doc:  # mmpose's inferencer: one list per frame
-        doc = doc["predictions"][0] if doc["predictions"] else []
-    if isinstance(doc, dict) and "people" in doc:
-        people = [_openpose_person(p, path) for p in doc["people"]]
-    else:
-        items = doc.get("instance_info", doc.get("annotations")) if isinstance(doc, dict) else doc
-        if not isinstance(items, list):
-            raise InputError(f"{path}: expected a list of people, or a dict with 'annotations', 'instance_info', "
-                             f"'predictions' or 'people' (COCO, mmpose / ViTPose or OpenPose JSON)")
-        coco = isinstance(doc, dict) and "annotations" in doc  # ground truth: visibility 0 / 1 / 2, not scores
-        people = [_coco_person(p, path, k, coco) for k, p in enumerate(items)]
-    if not people:
-        raise InputError(f"{path}: no people in the file")
-    return people
-
-
-def _triples(values, count, path, key):
-    """A flat or nested list of [x, y, c] (or [x, y] with scores elsewhere) -> (count, 3) float64."""
-    a = np.asarray(values, dtype=np.float64)
-    if a.size == 3 * count:
-        return a.reshape(count, 3)
-    raise InputError(f"{path}: '{key}' has {a.size} numbers; expected {count} keypoints x [x, y, confidence]")
-
-
-def _coco_person(p, path, k, visibility):
-    if not isinstance(p, dict) or "keypoints" not in p:
-        raise InputError(f"{path}: person {k} has no 'keypoints'")
-    kp = np.asarray(p["keypoints"], dtype=np.float64)
-    if "keypoint_scores" in p:  # mmpose 1.x: keypoints (N, 2) and scores (N,)
-        kp = np.concatenate([kp.reshape(-1, 2), np.asarray(p["keypoint_scores"], dtype=np.float64).reshape(-1, 1)], 1)
-    n = kp.size // 3
-    if n not in (17, 133):
-        raise InputError(f"{path}: person {k}: 'keypoints' has {kp.size} numbers; expected 17 (COCO) or 133 "
-                         "(COCO-WholeBody) keypoints x [x, y, confidence]")
-    kp = _triples(kp, n, path, "keypoints")
-    person = {part: kp[s] for part, s in WHOLEBODY_PARTS.items() if s.stop <= n}
-    extra = {"foot_kpts": ("feet", 6), "face_kpts": ("face", 68), "lefthand_kpts": ("left_hand", 21),
-             "righthand_kpts": ("right_hand", 21)}
-    for key, (part, count) in extra.items():
-        if key in p:
-            person[part] = _triples(p[key], count, path, key)
-    if visibility:
-        for part in person:
-            person[part][:, 2] = person[part][:, 2] > 0
-    person["score"] = float(np.asarray(p.get("score", 1.0)).mean())
-    return person
-
-
-def _openpose_person(p, path):
-    body = np.asarray(p.get("pose_keypoints_2d", []), dtype=np.float64)
-    if body.size // 3 not in COCO17_FROM_OPENPOSE:
-        raise InputError(f"{path}: 'pose_keypoints_2d' has {body.size} numbers; expected BODY_25 (75) or COCO-18 (54)")
-    body = _triples(body, body.size // 3, path, "pose_keypoints_2d")
-    person = {"body": body[list(COCO17_FROM_OPENPOSE[len(body)])]}
-    for key, part, count in (("hand_left_keypoints_2d", "left_hand", 21), ("hand_right_keypoints_2d", "right_hand", 21),
-                             ("face_keypoints_2d", "face", 70)):
-        if len(p.get(key, [])):
-            person[part] = _triples(p[key], count, path, key)[:68]
-    person["score"] = float(body[:, 2].mean())
-    return person
-
-
-def keypoint_box(points, min_confidence=0.3):
-    """The box (x0, y0, x1, y1) around the keypoints (N, 3) whose confidence is at least
-    min_confidence, or None if fewer than two are."""
-    points = np.asarray(points, dtype=np.float64)
-    good = points[points[:, 2] >= min_confidence, :2]
-    if len(good) < 2:
-        return None
-    return (*good.min(0), *good.max(0))
-
-
-def pick_person(people, box=None):
-    """The person to reconstruct: the one whose body keypoints' box overlaps `box` most (IoU), or
-    without a box the one with the highest score."""
-    if box is None:
-        return max(people, key=lambda p: p["score"])
-
-    def iou(p):
-        b = keypoint_box(np.concatenate([v for k, v in p.items() if k != "score"]))
-        if b is None:
-            return 0.0
-        w = max(0.0, min(b[2], box[2]) - max(b[0], box[0]))
-        h = max(0.0, min(b[3], box[3]) - max(b[1], box[1]))
-        union = (b[2] - b[0]) * (b[3] - b[1]) + (box[2] - box[0]) * (box[3] - box[1]) - w * h
-        return w * h / max(union, 1e-9)
-    return max(people, key=iou)
+# 1. Reading what the user gives: boxes, the person's crop (2D keypoint files: lab/keypoints.py)
 
 
 def check_box(box, image_hw, what="--box"):
@@ -313,24 +200,39 @@ def write_npz(path, arrays, docs):
 
 
 def add_demo_arguments(parser, stage, hands=False, released=""):
-    """The arguments every paper's `--image` command takes (see run_demo); released: what else
+    """The arguments every paper's command takes (see run_demo and run_video); released: what else
     --checkpoint reads (a paper's released weights)."""
-    parser.add_argument("--image", metavar="PATH", required=True, help="run the model on this image and write a "
-                        "picture, .obj and .npz (any Pillow-readable image: grayscale, RGBA and 16-bit included)")
-    parser.add_argument("--out", default="out/demo", help="folder for the files of --image (default out/demo)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", metavar="PATH", help="run the model on this image and write a picture, .obj and "
+                        ".npz (any Pillow-readable image: grayscale, RGBA and 16-bit included)")
+    source.add_argument("--video", metavar="FILE", help="run the model on every frame of this video (any container "
+                        "FFmpeg reads) and write an .npz over frames, an overlay .mp4 and an animated .glb")
+    source.add_argument("--images", metavar="DIR", help="as --video, on the images of this folder in natural order")
+    parser.add_argument("--out", default="out/demo", help="folder for the output files (default out/demo)")
     parser.add_argument("--checkpoint", default=f"out/{stage}/ckpt.pt",
                         help=f"weights: a train.py checkpoint (default out/{stage}/ckpt.pt, the default run's)"
                         + (f", or {released}" if released else ""))
     parser.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
-                        help="the region of the image to reconstruct, in pixels (default: the whole image)")
+                        help="the region of the image (of a video's first frame: then tracked) to reconstruct, "
+                        "in pixels (default: the whole image)")
     parser.add_argument("--keypoints", metavar="FILE", help="2D keypoints in COCO(-WholeBody), mmpose / ViTPose or "
-                        "OpenPose JSON: they give the box" + (" and the hands" if hands else ""))
+                        "OpenPose JSON: they give the box" + (" and the hands" if hands else "") + "; for a video, "
+                        "mmpose's file of the video or a folder of OpenPose's per-frame files")
     parser.add_argument("--intrinsics", nargs=4, type=float, metavar=("FX", "FY", "CX", "CY"),
                         help="the camera that took the image (pixels; pixel edges at integers, so OpenCV's CX, CY "
                         "+ 0.5): the meshes are placed in it (default: HaMeR's demo convention, focal 5000 / 256 x "
                         "max(W, H), principal point at the image centre)")
+    parser.add_argument("--batch-size", type=number(int, "[1, inf)"), default=8,
+                        help="video: frames per model call (default 8)")
+    parser.add_argument("--smooth", choices=("off", "online", "offline"), default="offline",
+                        help="video: the One-Euro filter over time, causal (online) or forwards and backwards "
+                        "(offline, no lag; the default)")
+    parser.add_argument("--fps", type=number(float, "(0, inf)"), default=30.0,
+                        help="--images: frames per second (a video's own rate is read from it)")
+    parser.add_argument("--correctives", action="store_true", help="video: the .glb carries the pose correctives")
     if hands:
-        parser.add_argument("--left", action="store_true", help="the hand in --box is a left hand")
+        parser.add_argument("--left", action="store_true", help="the hand in --box (in a video: the hand tracked) is "
+                            "a left hand")
 
 
 def run_demo(args, infer, program):
@@ -363,7 +265,88 @@ def run_demo(args, infer, program):
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. SimpleHand: hands in a photograph -> placed meshes. Its checkpoint (or the released official file), a square
+# 4. Video in, animation out: `--video FILE` or `--images DIR`. Frames are read by lab/frames.py; each frame's crop
+#    comes from its keypoints (--keypoints), else from the tracker (lab/tracking.py: --box on the first frame, then
+#    the previous predictions); the model runs on --batch-size frames at a time; each frame's prediction becomes a
+#    motion (the body model's rotations, shape and root joint: SimpleHand's vertices through lab.fitting.fit_mano),
+#    smoothed by lab/smoothing.py and posed again through the body model. Outputs are written after every frame
+#    was read and predicted, each whole (atomic_write): NAME.npz, NAME.mp4 (the mesh over the frames), NAME.glb.
+
+
+VIDEO_DOCS = {
+    "verts": "(T, V, 3) the smoothed meshes, metres, the camera frame (K; x right, y down, z forward)",
+    "joints3d": "(T, J, 3) their joints, metres (SimpleHand: 21 in FreiHAND order; SMPL 24; SMPL-X 55)",
+    "joints2d": "(T, J, 2) joints3d projected by K, pixels", "faces": "(F, 3) the meshes' triangles",
+    "pose": "(T, J, 3) smoothed axis-angle rotations in the body model's joint order, global orientation first "
+            "(camera frame)", "betas": "(S,) the sequence's one shape: the median of the frames'",
+    "transl": "(T, 3) metres: verts = body model(pose, betas) + transl (a left hand: the mirror image of the "
+              "right hand so posed)", "root": "(T, 3) the root joint's smoothed position, metres, camera frame",
+    "raw_verts": "(T, V, 3) the meshes as predicted frame by frame, before smoothing",
+    "raw_joints3d": "(T, J, 3) their joints", "raw_pose": "(T, J, 3) the frames' own rotations",
+    "box": "(T, 4) each frame's crop region x0, y0, x1, y1 (pixels): from the keypoints or the tracker",
+    "tracked": "(T,) 1 where the frame's prediction was accepted by the tracker (its mesh inside the image)",
+    "K": "(3, 3) the camera, pixels (--intrinsics, else HaMeR's demo convention)", "fps": "frames per second",
+    "fit_error": "SimpleHand: (T,) mean distance of each frame's MANO fit to the predicted vertices, metres",
+    "expression": "SMPL-X: (T, E) smoothed expression coefficients", "smooth": "the --smooth mode"}
+
+
+def pose_again(kind, motion, mirrored=False):
+    """A smoothed motion (`smooth_motion`'s) -> verts (T, V, 3), joints (T, J, 3) in the camera frame and transl
+    (T, 3): the body model posed by motion's rotations, its one shape (and expression), moved by transl so that
+    its root joint is motion's root. A left hand (mirrored): the right MANO hand posed so, then mirrored (transl
+    is the right hand's)."""
+    T = len(motion["pose"])
+    verts, joints = skinning(kind)(motion["pose"], motion["betas"].expand(T, -1), motion.get("expression"))
+    transl = motion["root"] - joints[:, 0]
+    verts, joints = verts + transl[:, None], joints + transl[:, None]
+    flip = verts.new_tensor([-1.0 if mirrored else 1.0, 1.0, 1.0])
+    return verts * flip, joints * flip, transl
+
+
+def run_video(args, paper, program):
+    """The `--video FILE` / `--images DIR` command: every frame predicted, the motion smoothed (--smooth), and
+    OUT/NAME.npz (VIDEO_DOCS), OUT/NAME.mp4 and OUT/NAME.glb written, one line each; InputError: one line, exit 2."""
+    from lab.gltf import write_animation
+
+    try:
+        frames = open_frames(args.video, args.images, args.fps)
+        if args.intrinsics is not None:
+            check_intrinsics(args.intrinsics)
+        keypoints = read_video_keypoints(args.keypoints) if args.keypoints else None
+        box = check_box(args.box, next(iter(frames)).shape[-2:]) if args.box else None  # the first frame's
+        loaded = paper.load(args)
+        results, regions, accepted = track(frames, lambda images, boxes, people: paper.infer(
+            loaded, images, boxes, people, args), box, paper.enlarge, args.batch_size, keypoints, args.keypoints,
+            lambda people: paper.usable(people, args))
+    except InputError as e:
+        print(f"{program}: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    raw, faces, mirrored = paper.motion(results, args)
+    motion = smooth_motion(raw, frames.fps, args.smooth)
+    verts, joints, transl = pose_again(paper.kind, motion, mirrored)
+    if paper.kind == "mano":
+        joints = mano_to_freihand(joints, verts)
+    K = results[0]["K"].double()
+    arrays = dict(verts=verts, joints3d=joints, joints2d=bodymodels.perspective_projection(joints, K), faces=faces,
+                  pose=motion["pose"], betas=motion["betas"], transl=transl, root=motion["root"],
+                  raw_verts=torch.stack([r["meshes"][0][1] for r in results]), raw_joints3d=raw["joints3d"],
+                  raw_pose=raw["pose"], box=regions, tracked=accepted, K=K, fps=torch.tensor(frames.fps),
+                  smooth=np.array(args.smooth), **{k: raw[k] for k in ("fit_error",) if k in raw},
+                  **{k: motion[k] for k in ("expression",) if k in motion})
+    stem = Path(args.out) / frames.name
+    written = [write_npz(f"{stem}.npz", arrays, VIDEO_DOCS)]
+    overlay = (draw_mesh(frame, v, faces, K) for frame, v in zip(frames, verts))
+    written.append(write_video(f"{stem}.mp4", overlay, frames.fps))
+    written.append(write_animation(f"{stem}.glb", paper.kind, motion["betas"].float(), motion["pose"].float(),
+                                   transl.float(), frames.fps, correctives=args.correctives,
+                                   expression=motion["expression"].float() if "expression" in motion else None))
+    for p in written:
+        print(f"wrote {p}")
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. SimpleHand: hands in a photograph -> placed meshes. Its checkpoint (or the released official file), a square
 #    crop per hand (the box, or each hand of the --keypoints' person), `simplehand_experiments.predict` on it, and
 #    the hand placed in the full image's camera from its predicted 2D keypoints (`solve_translation`).
 
@@ -413,17 +396,18 @@ def load_simplehand(path):
         raise InputError(message if message.startswith(path) else f"{path}: {message}") from None
 
 
-def hand_crops(image_hw, box=None, people=None, left=False, source="--keypoints"):
+def hand_crops(image_hw, box=None, people=None, left=False, source="--keypoints", sides=("right", "left")):
     """Where the hands are -> [(is_right, centre (cx, cy), size (s, s))], square crops in pixels.
 
     With 2D keypoints (people from read_keypoints): each hand of the person `box` picks
     with at least two confident keypoints, around their box x SIMPLEHAND_KEYPOINT_ENLARGE. Without: the
-    box (default the whole image) made square about its centre; a right hand unless `left`."""
+    box (default the whole image) made square about its centre; a right hand unless `left`. sides: the hands
+    taken from keypoints (a video tracks one)."""
     if people is None:
         H, W = image_hw
         return [(not left, *crop_box(box or (0, 0, W, H), (1, 1)))]
     person, crops = pick_person(people, box), []
-    for side in ("right", "left"):
+    for side in sides:
         hand_box = keypoint_box(person[f"{side}_hand"]) if f"{side}_hand" in person else None
         if hand_box is not None:
             hand_box = check_box(hand_box, image_hw, f"{source}: the {side} hand's keypoint box")
@@ -457,36 +441,66 @@ def place_hand(joints3d, verts, joints2d, A, K, is_right=True):
     return {"verts": verts + t, "joints3d": joints3d + t, "joints2d": uv, "faces": faces, "translation": t}
 
 
-def reconstruct_hand(model, cfg, image, crop, K):
-    """One hand: crop (is_right, centre, size) of image (3, H, W) -> the .npz keys of SIMPLEHAND_DOCS but K."""
-    is_right, centre, size = crop
+def reconstruct_hands(model, cfg, images, crops, K):
+    """Hands in one batch: crops [(frame, (is_right, centre, size))] of images (B, 3, H, W) -> for each crop the .npz
+    keys of SIMPLEHAND_DOCS but K."""
     S = cfg.model.image_size
-    A = crop_matrix(centre, size, (S, S), flip=not is_right)
-    images = warp_image(image, A, S)[None]  # (1, 3, S, S) RGB in [0, 1], as training's crops
+    A = [crop_matrix(centre, size, (S, S), flip=not is_right) for _, (is_right, centre, size) in crops]
+    batch = torch.stack([warp_image(images[i], a, S) for (i, _), a in zip(crops, A)])  # RGB in [0, 1], as training's
     with torch.no_grad():
-        pred = {k: v[0] for k, v in simplehand_experiments.predict(model, {"image": images}, cfg).items()}
-    placed = place_hand(pred["joints3d"], pred["verts"], pred["joints2d"], A, K, is_right)
-    (cx, cy), (w, h) = centre, size
-    return dict(placed, verts_rel=pred["verts"], joints3d_rel=pred["joints3d"], joints2d_crop=pred["joints2d"],
-                is_right=torch.tensor(is_right), box=torch.tensor([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]),
-                crop_matrix=A)
+        pred = simplehand_experiments.predict(model, {"image": batch}, cfg)
+    hands = []
+    for k, ((_, (is_right, (cx, cy), (w, h))), a) in enumerate(zip(crops, A)):
+        p = {key: v[k] for key, v in pred.items()}
+        placed = place_hand(p["joints3d"], p["verts"], p["joints2d"], a, K, is_right)
+        hands.append(dict(placed, verts_rel=p["verts"], joints3d_rel=p["joints3d"], joints2d_crop=p["joints2d"],
+                          is_right=torch.tensor(is_right), crop_matrix=a,
+                          box=torch.tensor([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])))
+    return hands
 
 
-def infer_simplehand(image, box, people, args):
-    """run_demo's `infer` for SimpleHand: image (3, H, W) -> the meshes, the camera and the .npz arrays."""
-    model, cfg = load_simplehand(args.checkpoint)
-    H, W = image.shape[-2:]
+def infer_simplehand(loaded, images, boxes, people, args):
+    """SimpleHand on frames images (B, 3, H, W) with each frame's box and people -> per frame the meshes, the camera,
+    the .npz arrays and the crop region (a video: the one hand it tracks, --left or the right)."""
+    model, cfg = loaded
+    H, W = images.shape[-2:]
     K = image_camera(args, full_image_intrinsics((W, H)))  # (3, 3)
-    crops = hand_crops((H, W), box, people, args.left, args.keypoints)
-    hands = [reconstruct_hand(model, cfg, image, crop, K) for crop in crops]
-    arrays = {key: torch.stack([h[key] for h in hands]) for key in SIMPLEHAND_DOCS if key != "K"}
-    meshes = [("right" if h["is_right"] else "left", h["verts"], h["faces"]) for h in hands]
-    return {"meshes": meshes, "K": K, "arrays": dict(arrays, K=K), "docs": camera_docs(SIMPLEHAND_DOCS, args),
-            "keypoints": arrays["joints2d"].reshape(-1, 2)}
+    sides = ("right", "left") if args.image else ("left",) if args.left else ("right",)
+    crops = [(i, c) for i, (box, p) in enumerate(zip(boxes, people))
+             for c in hand_crops((H, W), box, p, args.left, args.keypoints, sides)]
+    hands = reconstruct_hands(model, cfg, images, crops, K)
+    results = []
+    for i in range(len(images)):
+        mine = [h for h, (owner, _) in zip(hands, crops) if owner == i]
+        arrays = {key: torch.stack([h[key] for h in mine]) for key in SIMPLEHAND_DOCS if key != "K"}
+        meshes = [("right" if h["is_right"] else "left", h["verts"], h["faces"]) for h in mine]
+        results.append({"meshes": meshes, "K": K, "arrays": dict(arrays, K=K), "region": mine[0]["box"].numpy(),
+                        "docs": camera_docs(SIMPLEHAND_DOCS, args), "keypoints": arrays["joints2d"].reshape(-1, 2)})
+    return results
+
+
+def simplehand_usable(people, args):
+    """Whether a frame's people give the tracked hand's crop (two confident keypoints of that hand)."""
+    side = "left" if args.left else "right"
+    return any(f"{side}_hand" in p and keypoint_box(p[f"{side}_hand"]) is not None for p in people)
+
+
+def simplehand_motion(results, args):
+    """A video's hands as a motion: MANO parameters fitted to each frame's vertices (`fit_mano`; a left hand's are
+    its mirror image's, HaMeR's convention) -> (motion for smooth_motion, faces, mirrored)."""
+    verts = torch.stack([r["arrays"]["verts"][0] for r in results]).double()  # (T, 778, 3)
+    left = not bool(results[0]["arrays"]["is_right"][0])
+    fit = fit_mano(verts, left=left)
+    pose = torch.cat([fit["global_orient"][:, None], fit["hand_pose"]], 1)  # (T, 16, 3)
+    transl = fit["transl"] * (verts.new_tensor([-1.0, 1.0, 1.0]) if left else 1.0)  # the right hand's
+    root = skinning("mano")(pose, fit["betas"])[1][:, 0] + transl
+    motion = dict(pose=pose, root=root, betas=fit["betas"], fit_error=fit["error"],
+                  joints3d=torch.stack([r["arrays"]["joints3d"][0] for r in results]))
+    return motion, results[0]["meshes"][0][2], left
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. GenHMR: one person -> an SMPL mesh. Its four checkpoints (tokenizer, backbone, prior, image stage), the
+# 6. GenHMR: one person -> an SMPL mesh. Its four checkpoints (tokenizer, backbone, prior, image stage), the
 #    person's crop of the model's aspect, UGS, with --keypoints the 2D-pose-guided refinement (Eqs. 2-4), the
 #    crop's camera (HMR2.0's: focal 5000 per 256 pixels of the crop's height) moved to the full image's.
 
@@ -535,53 +549,76 @@ def keypoint_targets(person, A, image_hw):
     return targets, weights
 
 
-def infer_genhmr(image, box, people, args):
-    """run_demo's `infer` for GenHMR: the crop, UGS, with --keypoints Eqs. 2-4, the mesh in the full image."""
-    model, cfg = load_trained(args.checkpoint, GENHMR_STAGES)
-    tok, person = model.tokenizer, pick_person(people, box) if people else None
-    (H, W), hw, inference = image.shape[-2:], cfg.model.image_hw, cfg.inference
-    box, A = person_crop((H, W), hw, box, person["body"] if person else None, GENHMR_BOX_ENLARGE,
-                         args.keypoints)  # the whole image of the model's aspect is the training crop
-    crop = warp_image(image, A, hw)
-    ugs = genhmr.uncertainty_guided_sampling(model, crop[None], inference.ugs_iterations, inference.schedule,
+def infer_genhmr(loaded, images, boxes, people, args):
+    """GenHMR on frames images (B, 3, H, W): the crops, UGS, with keypoints Eqs. 2-4, the meshes in the full image."""
+    model, cfg = loaded
+    tok, (H, W), hw, inference = model.tokenizer, images.shape[-2:], cfg.model.image_hw, cfg.inference
+    persons = [pick_person(p, box) if p else None for p, box in zip(people, boxes)]
+    crops = [person_crop((H, W), hw, box, person["body"] if person else None, GENHMR_BOX_ENLARGE, args.keypoints)
+             for box, person in zip(boxes, persons)]  # the whole image of the model's aspect is the training crop
+    A = torch.stack([a for _, a in crops])
+    crop = torch.stack([warp_image(image, a, hw) for image, a in zip(images, A)])
+    ugs = genhmr.uncertainty_guided_sampling(model, crop, inference.ugs_iterations, inference.schedule,
                                              inference.top_k, choice_temperature=inference.choice_temperature,
-                                             seeds=torch.zeros(1))
+                                             seeds=torch.zeros(len(crop)))
     ids, betas, cam = ugs["ids"], ugs["betas"], ugs["cam"]
     # the crop's camera: focal f / S per crop height (2D is normalised by H), principal point at its centre
     crop_t = bodymodels.weak_perspective_to_translation(cam.double(), genhmr.FOCAL_LENGTH, genhmr.CROP_SIZE)
     K = image_camera(args, full_image_intrinsics((W, H), genhmr.FOCAL_LENGTH, genhmr.CROP_SIZE))
-    t = crop_translation_to_full(crop_t, A, hw, (W, H), genhmr.FOCAL_LENGTH / genhmr.CROP_SIZE * hw[0],
-                                            K).float()
-    arrays = {"cam": cam[0], "betas": betas[0], "K": K, "box": torch.tensor(box), "crop_matrix": A,
-              "token_ids": ids[0], "cam_t": t[0], "refined": torch.tensor(int(person is not None))}
+    t = torch.stack([crop_translation_to_full(crop_t[b], A[b], hw, (W, H), genhmr.FOCAL_LENGTH / genhmr.CROP_SIZE
+                                              * hw[0], K) for b in range(len(A))]).float()  # (B, 3)
     poses = {"": tok.decode_ids(ids)}
-    if person is not None:  # Inference Strategy > 2D Pose-Guided Refinement, towards the detector's keypoints
-        targets, weights = keypoint_targets(person, A, hw)
-        problem = genhmr.refinement_problem(tok, ids, betas, cam, targets, inference.refine_reg, hw[0], weights)
+    seen = [b for b, p in enumerate(persons) if p is not None]
+    if seen:  # Inference Strategy > 2D Pose-Guided Refinement, towards the detector's keypoints
+        targets, weights = (torch.cat(x) for x in zip(*(keypoint_targets(persons[b], A[b], hw) for b in seen)))
+        problem = genhmr.refinement_problem(tok, ids[seen], betas[seen], cam[seen], targets, inference.refine_reg,
+                                            hw[0], weights)
         e = genhmr_experiments.REFINEMENTS[cfg.recipe.refine_eta_rule](*problem, inference)[-1]
-        poses["refined_"] = tok.decode(e).detach()
-        arrays["keypoints"] = torch.as_tensor(person["body"])
-    kp = torch.as_tensor(person["body"]).float()[list(COCO17_TO_SMPL)] if person is not None else None
-    for prefix, R in poses.items():
-        crop_mesh = genhmr.mesh_outputs(tok, R, betas, cam, hw)  # in the crop's camera, as `predict`
-        verts, joints = (crop_mesh[k][0] - crop_mesh["cam_t"] + t[0] for k in ("verts", "joints3d"))
-        uv = bodymodels.perspective_projection(joints, K)
-        arrays.update({f"{prefix}verts": verts, f"{prefix}joints3d": joints, f"{prefix}joints2d": uv,
-                       f"{prefix}pose": bodymodels.matrix_to_axis_angle(R[0]),
-                       f"{prefix}crop_verts": crop_mesh["verts"][0]})
-        if prefix == "":
-            arrays.update(crop_joints3d=crop_mesh["joints3d"][0], crop_cam_t=crop_mesh["cam_t"][0])
-        if kp is not None:  # confidence-weighted mean 2D distance to the keypoints
-            d = (uv[list(COCO17_TO_SMPL.values())] - kp[:, :2]).norm(dim=-1)
-            arrays[f"{prefix}reproj_error_px"] = (kp[:, 2] * d).sum() / kp[:, 2].sum().clamp_min(1e-9)
-    final = arrays["refined_verts" if person is not None else "verts"]
-    marks = person["body"][person["body"][:, 2] >= 0.3, :2] if person is not None else None
-    return {"meshes": [("", final, tok.body.faces)], "K": K, "keypoints": marks, "arrays": arrays,
-            "docs": camera_docs(GENHMR_DOCS, args)}
+        poses["refined_"] = poses[""].clone()
+        poses["refined_"][seen] = tok.decode(e).detach()
+    meshes = {prefix: genhmr.mesh_outputs(tok, R, betas, cam, hw) for prefix, R in poses.items()}  # crop camera
+    results = []
+    for b, person in enumerate(persons):
+        arrays = {"cam": cam[b], "betas": betas[b], "K": K, "box": torch.tensor(crops[b][0]), "crop_matrix": A[b],
+                  "token_ids": ids[b], "cam_t": t[b], "refined": torch.tensor(int(person is not None))}
+        kp = torch.as_tensor(person["body"]).float()[list(COCO17_TO_SMPL)] if person is not None else None
+        for prefix in poses if person is not None else ("",):
+            crop_mesh = {k: v[b] for k, v in meshes[prefix].items()}
+            verts, joints = (crop_mesh[k] - crop_mesh["cam_t"] + t[b] for k in ("verts", "joints3d"))
+            uv = bodymodels.perspective_projection(joints, K)
+            arrays.update({f"{prefix}verts": verts, f"{prefix}joints3d": joints, f"{prefix}joints2d": uv,
+                           f"{prefix}pose": bodymodels.matrix_to_axis_angle(poses[prefix][b]),
+                           f"{prefix}crop_verts": crop_mesh["verts"]})
+            if prefix == "":
+                arrays.update(crop_joints3d=crop_mesh["joints3d"], crop_cam_t=crop_mesh["cam_t"])
+            if kp is not None:  # confidence-weighted mean 2D distance to the keypoints
+                d = (uv[list(COCO17_TO_SMPL.values())] - kp[:, :2]).norm(dim=-1)
+                arrays[f"{prefix}reproj_error_px"] = (kp[:, 2] * d).sum() / kp[:, 2].sum().clamp_min(1e-9)
+        if person is not None:
+            arrays["keypoints"] = torch.as_tensor(person["body"])
+        final = arrays["refined_verts" if person is not None else "verts"]
+        marks = person["body"][person["body"][:, 2] >= 0.3, :2] if person is not None else None
+        results.append({"meshes": [("", final, tok.body.faces)], "K": K, "keypoints": marks, "arrays": arrays,
+                        "docs": camera_docs(GENHMR_DOCS, args), "region": np.asarray(crops[b][0])})
+    return results
+
+
+def body_usable(people, args):
+    """Whether a frame's people give a person's crop (two confident body keypoints)."""
+    return any(keypoint_box(p["body"]) is not None for p in people)
+
+
+def genhmr_motion(results, args):
+    """A video's SMPL bodies as a motion (refined where there were keypoints) -> (motion, faces, mirrored)."""
+    pick = lambda r, key: r["arrays"][("refined_" if int(r["arrays"]["refined"]) else "") + key]  # noqa: E731
+    joints = torch.stack([pick(r, "joints3d") for r in results]).double()
+    motion = dict(pose=torch.stack([pick(r, "pose") for r in results]), root=joints[:, 0], joints3d=joints,
+                  betas=torch.stack([r["arrays"]["betas"] for r in results]))
+    return motion, results[0]["meshes"][0][2], False
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. HMR-Adapter: one person -> an SMPL-X mesh with its hands. The crop is what the whole-body model was trained on:
+# 7. HMR-Adapter: one person -> an SMPL-X mesh with its hands. The crop is what the whole-body model was trained on:
 #    the person box grown to the input's aspect (cfg.image_size), warped to that size, fed as [0, 1] RGB, so a
 #    render of the training set's size given whole is exactly a training input. The crop's camera (SMPLer-X's:
 #    focal 5000 per 256 pixels of the crop's height, principal point at its centre) becomes the full image's
@@ -630,54 +667,95 @@ HMR_ADAPTER_DOCS = dict(
 
 
 @torch.no_grad()
-def infer_hmr_adapter(image, box, people, args):
-    """run_demo's `infer` for HMR-Adapter: the adapted pipeline (Sec. 3.1) on the person's crop of image (3, H, W)."""
-    model, cfg = load_hmr_adapter(args.checkpoint, with_config=True)
-    H, W = image.shape[-2:]
-    person = pick_person(people, box) if people else None
+def infer_hmr_adapter(loaded, images, boxes, people, args):
+    """HMR-Adapter on frames images (B, 3, H, W): the adapted pipeline (Sec. 3.1) on each person's crop."""
+    model, cfg = loaded
+    H, W = images.shape[-2:]
     crop_hw = tuple(cfg.data.image_size)
-    points = np.concatenate([v for k, v in person.items() if k != "score"]) if person else None
-    box, A = person_crop((H, W), crop_hw, box, points, PERSON_BOX_ENLARGE, args.keypoints)
-    crop = warp_image(image, A, crop_hw)  # the whole image of the input's size: a training input
-    out = hmr_adapter_experiments.adapted_pipeline(model, crop[None], hand_boxes=keypoint_hand_boxes(person, A),
-                                                   details=True)
+    persons = [pick_person(p, box) if p else None for p, box in zip(people, boxes)]
+    points = [np.concatenate([v for k, v in p.items() if k != "score"]) if p else None for p in persons]
+    crops = [person_crop((H, W), crop_hw, box, pts, PERSON_BOX_ENLARGE, args.keypoints)
+             for box, pts in zip(boxes, points)]
+    A = torch.stack([a for _, a in crops])
+    crop = torch.stack([warp_image(image, a, crop_hw) for image, a in zip(images, A)])  # a training input's size
+    hand_boxes = [keypoint_hand_boxes(p, a) for p, a in zip(persons, A)]
+    hand_boxes = None if all(b is None for b in hand_boxes) else torch.cat(
+        [torch.full((1, 2, 4), float("nan"), dtype=torch.float64) if b is None else b for b in hand_boxes])
+    out = hmr_adapter_experiments.adapted_pipeline(model, crop, hand_boxes=hand_boxes, details=True)
     f = 5000.0 / 256 * crop_hw[0]  # the crop camera's focal, SMPLer-X's (`smplerx_translation`)
     K = image_camera(args, full_image_intrinsics((W, H), dtype=torch.float64))
-    t = crop_translation_to_full(out["t"][0].double(), A, crop_hw, (W, H), f, K)
-    verts, joints = (out[k][0].double() - out["t"][0].double() + t for k in ("verts", "joints"))
-    to_image = lambda uv: (uv.double() - A[:2, 2]) / A[0, 0]  # noqa: E731  crop pixels -> image pixels
-    arrays = dict(verts=verts, joints3d=joints, joints2d=bodymodels.perspective_projection(joints, K),
-                  pose=bodymodels.matrix_to_axis_angle(out["R"][0]), shape=out["shape"][0],
-                  expression=out["expression"][0],
-                  translation=t, hand_boxes=to_image(out["hand_boxes"][0].reshape(4, 2)).reshape(2, 4), K=K,
-                  box=to_image(torch.tensor([[0.0, 0.0], crop_hw[::-1]])).flatten(), crop_matrix=A,
-                  crop_K=torch.tensor([[f, 0, crop_hw[1] / 2], [0, f, crop_hw[0] / 2], [0, 0, 1.0]]),
-                  crop_verts=out["verts"][0], crop_joints=out["joints"][0])
-    return dict(meshes=[("", verts, hmr_adapter.body_models().smplx_faces)], K=K, arrays=arrays,
-                docs=camera_docs(HMR_ADAPTER_DOCS, args),
-                keypoints=None if points is None else points[points[:, 2] >= 0.3, :2])
+    results = []
+    for b, a in enumerate(A):
+        t = crop_translation_to_full(out["t"][b].double(), a, crop_hw, (W, H), f, K)
+        verts, joints = (out[k][b].double() - out["t"][b].double() + t for k in ("verts", "joints"))
+        to_image = lambda uv: (uv.double() - a[:2, 2]) / a[0, 0]  # noqa: E731  crop pixels -> image pixels
+        arrays = dict(verts=verts, joints3d=joints, joints2d=bodymodels.perspective_projection(joints, K),
+                      pose=bodymodels.matrix_to_axis_angle(out["R"][b]), shape=out["shape"][b],
+                      expression=out["expression"][b], translation=t,
+                      hand_boxes=to_image(out["hand_boxes"][b].reshape(4, 2)).reshape(2, 4), K=K,
+                      box=to_image(torch.tensor([[0.0, 0.0], crop_hw[::-1]])).flatten(), crop_matrix=a,
+                      crop_K=torch.tensor([[f, 0, crop_hw[1] / 2], [0, f, crop_hw[0] / 2], [0, 0, 1.0]]),
+                      crop_verts=out["verts"][b], crop_joints=out["joints"][b])
+        pts = points[b]
+        results.append(dict(meshes=[("", verts, hmr_adapter.body_models().smplx_faces)], K=K, arrays=arrays,
+                            docs=camera_docs(HMR_ADAPTER_DOCS, args), region=np.asarray(crops[b][0]),
+                            keypoints=None if pts is None else pts[pts[:, 2] >= 0.3, :2]))
+    return results
+
+
+def hmr_adapter_motion(results, args):
+    """A video's SMPL-X bodies as a motion -> (motion, faces, mirrored)."""
+    get = lambda key: torch.stack([r["arrays"][key] for r in results])  # noqa: E731
+    joints = get("joints3d").double()
+    motion = dict(pose=get("pose"), root=joints[:, 0], joints3d=joints, betas=get("shape"),
+                  expression=get("expression"))
+    return motion, results[0]["meshes"][0][2], False
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. main
+# 8. main
 
 
-MODELS = {  # --model -> (its `infer`, what add_demo_arguments adds for it)
-    "simplehand": (infer_simplehand, dict(hands=True, released="a released official file (epoch_200_rerun1, "
-                                                                "needs timm)")),
-    "genhmr": (infer_genhmr, {}),
-    "hmr_adapter": (infer_hmr_adapter, {}),
+class Paper(NamedTuple):
+    """What the command needs of a paper: load(args) -> its model (once); infer(loaded, images (B, 3, H, W), boxes,
+    people, args) -> a result per frame (run_demo's `infer` docstring, and "region" the crop region); kind: its body
+    model; enlarge: the tracker's margin around a predicted mesh (its training crops' around the hand or person);
+    usable(people, args): whether a frame's keypoints give its crop; motion(results, args): the frames' predictions
+    as a motion (run_video); flags: what add_demo_arguments adds for it."""
+    load: Callable
+    infer: Callable
+    kind: str
+    enlarge: float
+    usable: Callable
+    motion: Callable
+    flags: dict
+
+
+MODELS = {  # the training crops: a hand's larger side 70-90 % of the crop, a person's 75-90 % (lab/synthetic.py)
+    "simplehand": Paper(lambda args: load_simplehand(args.checkpoint), infer_simplehand, "mano", 1.25,
+                        simplehand_usable, simplehand_motion,
+                        dict(hands=True, released="a released official file (epoch_200_rerun1, needs timm)")),
+    "genhmr": Paper(lambda args: load_trained(args.checkpoint, GENHMR_STAGES), infer_genhmr, "smpl", 1.2,
+                    body_usable, genhmr_motion, {}),
+    "hmr_adapter": Paper(lambda args: load_hmr_adapter(args.checkpoint, with_config=True), infer_hmr_adapter, "smplx",
+                         1.2, body_usable, hmr_adapter_motion, {}),
 }
+
+
+def infer_image(paper):
+    """run_demo's `infer` for one image: the paper's model loaded, run on a batch of one."""
+    return lambda image, box, people, args: paper.infer(paper.load(args), image[None], [box], [people], args)[0]
 
 
 def build_parser(model=None):
     """The command's arguments for `model` (its --checkpoint default and its own flags; None: the shared ones)."""
-    parser = Parser(prog="demo.py", description="A trained model on your image: a picture, an .obj "
-                                     "per mesh and an .npz of everything it predicted (keys described in its README).")
+    parser = Parser(prog="demo.py", description="A trained model on your image or video: for an image a picture, an "
+                    ".obj per mesh and an .npz of everything it predicted (keys described in its README); for a video "
+                    "an .npz over frames, an overlay .mp4 and an animated .glb.")
     parser.add_argument("--model", required=True, choices=sorted(MODELS), help="which paper's model")
     parser.add_argument("--threads", type=number(int, "[0, inf)"), default=0,
                         help="torch CPU threads (0: leave torch's default)")
-    add_demo_arguments(parser, model or "MODEL", **MODELS[model][1] if model in MODELS else {})
+    add_demo_arguments(parser, model or "MODEL", **MODELS[model].flags if model in MODELS else {})
     return parser
 
 
@@ -688,7 +766,10 @@ def main(argv=None):
     args = build_parser(model).parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return run_demo(args, MODELS[args.model][0], "demo.py")
+    paper = MODELS[args.model]
+    if args.image is None:
+        return run_video(args, paper, "demo.py")
+    return run_demo(args, infer_image(paper), "demo.py")
 
 
 if __name__ == "__main__":
