@@ -530,9 +530,11 @@ def test_synthetic_whole_body_occluders_cover_the_hand_and_leave_the_scene_alone
 
 
 def test_the_experts_own_hand_images_show_each_hand_alone_where_its_labels_say_and_leave_the_body_image_alone():
-    """The hand expert's training images (a hand dataset's, `hand_images`): each hand's keypoints fall inside its
-    own image's square (most of them: the framing varies as a detector's boxes do, HAND_RENDER_FRAMING), the hand is
-    drawn there (its pixels differ from the pattern behind it), and the body image and every label are the same as
+    """The hand expert's images (`hand_images`): its own hands (fingers of their own, a hand dataset's, on the
+    person's wrist) and the person's hand drawn the same way. Each image's keypoints (its own labels, or the
+    person's) fall inside its square (most of them: the framing varies as a detector's boxes do,
+    HAND_RENDER_FRAMING), the hand is drawn there (its pixels differ from the pattern behind it), the own hands'
+    labels keep the person's wrist and change the fingers, and the body image and every label are the same as
     without them (their own random stream)."""
     plain = synthetic.SyntheticWholeBody(3, image_size=(128, 96), seed=4, occlusion_prob=0.5, colors="suit")
     own = synthetic.SyntheticWholeBody(3, image_size=(128, 96), seed=4, occlusion_prob=0.5, colors="suit",
@@ -541,14 +543,19 @@ def test_the_experts_own_hand_images_show_each_hand_alone_where_its_labels_say_a
         a, b = plain[i], own[i]
         assert all(torch.equal(a[k], b[k]) for k in a)
         for side in ha.SIDES:
-            image, square = b[f"{side}_hand_image"], b[f"{side}_hand_image_box"]
-            assert image.shape == (3, 32, 32) and image.min() >= 0 and image.max() <= 1
-            uv = (b[f"{side}_hand_joints2d"] - square[:2]) / (square[2:] - square[:2])  # [0, 1] inside the square
-            inside = ((uv > 0) & (uv < 1)).all(-1)
-            assert inside.float().mean() >= 0.75, (i, side)
-            px = (uv[inside] * 32).long()
-            at_joints = image[:, px[:, 1], px[:, 0]]  # the hand's colours where its joints project
-            assert (at_joints - image.mean((1, 2))[:, None]).abs().sum(0).mean() > 0.05
+            pose, own_pose = b[f"{side}_hand_mano_pose"], b[f"{side}_hand_image_mano_pose"]
+            assert torch.equal(own_pose[0], pose[0]) and (own_pose[1:] - pose[1:]).abs().max() > 0.1
+            assert torch.allclose(b[f"{side}_hand_image_joints2d"][0], b[f"{side}_hand_joints2d"][0], atol=1e-3)
+            for image_key, joints_key in (("hand_image", "hand_image_joints2d"),
+                                          ("hand_target_image", "hand_joints2d")):
+                image, square = b[f"{side}_{image_key}"], b[f"{side}_{image_key}_box"]
+                assert image.shape == (3, 32, 32) and image.min() >= 0 and image.max() <= 1
+                uv = (b[f"{side}_{joints_key}"] - square[:2]) / (square[2:] - square[:2])  # [0, 1] in the square
+                inside = ((uv > 0) & (uv < 1)).all(-1)
+                assert inside.float().mean() >= 0.75, (i, side, image_key)
+                px = (uv[inside] * 32).long()
+                at_joints = image[:, px[:, 1], px[:, 0]]  # the hand's colours where its joints project
+                assert (at_joints - image.mean((1, 2))[:, None]).abs().sum(0).mean() > 0.05
 
 
 # ---------------------------------------------------------------------------------------------

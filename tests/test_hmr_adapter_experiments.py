@@ -55,7 +55,7 @@ def test_no_body_control_at_init_doubles_each_blocks_cross_attention(bases):
 
 def test_own_hand_crops_are_the_experts_crops_of_its_own_images_left_hands_flipped(batch):
     """The bases' stage feeds the expert its own images as `hand_crops` would cut them: (2B, 3, S, S), left first
-    and mirrored, and the targets' 2D keypoints in those images' squares (`bases_loss`)."""
+    and mirrored, and the targets' 2D keypoints (those hands' own labels) in those images' squares (`bases_loss`)."""
     dataset = synthetic.SyntheticWholeBody(2, image_size=(256, 192), seed=5, hand_images=32)
     own = torch.utils.data.default_collate([dataset[i] for i in range(2)])
     crops = hx.own_hand_crops(own)
@@ -64,7 +64,7 @@ def test_own_hand_crops_are_the_experts_crops_of_its_own_images_left_hands_flipp
     assert torch.equal(crops[1], own["right_hand_image"][0])
     # the crops and bases_loss's targets agree: at every target keypoint (the crop's [-0.5, 0.5] frame, mirrored for
     # left hands) the crop shows the hand, not the background pattern behind it
-    target = ha.hand_targets(hx.sides(own, "hand_mano_pose"), hx.sides(own, "hand_joints2d"),
+    target = ha.hand_targets(hx.sides(own, "hand_image_mano_pose"), hx.sides(own, "hand_image_joints2d"),
                              hx.sides(own, "hand_image_box"))
     for crop, uv in zip(crops, target["uv"]):
         p = ((uv[(uv.abs() < 0.5).all(-1)] + 0.5) * 32).long()  # the keypoints inside the crop
@@ -392,3 +392,20 @@ def test_keypoint_head_reads_a_peaked_map_at_that_cells_crop_pixel():
 def test_build_model_without_the_trained_bases_says_so():
     with pytest.raises(ValueError, match="needs the trained bases"):
         hx.build_model(ha.TINY, None)
+
+
+def test_the_experts_loss_reads_its_own_hands_labels_not_the_peoples(monkeypatch):
+    """The expert's own images show fingers of their own (a hand dataset's hands), so `bases_loss` scores it against
+    their labels: a prediction of exactly those rotations has zero rotation error, and a prediction of the people's
+    fingers does not (the bug of reading S_hand_mano_pose for the own images)."""
+    dataset = synthetic.SyntheticWholeBody(2, image_size=(256, 192), seed=5, hand_images=32)
+    own = torch.utils.data.default_collate([dataset[i] for i in range(2)])
+    monkeypatch.setattr(hx, "whole_body_loss", lambda *a: (torch.tensor(0.0), dict.fromkeys(hx.SMPLERX_TERMS, 0.0)))
+    bases = hx.BASES.CONFIGS["tiny"]
+    weights = hx.CONFIGS[bases.recipe.losses].model  # the AdapterConfig whose loss weights the stage uses
+    errors = {}
+    for key in ("hand_image_mano_pose", "hand_mano_pose"):
+        pose = hx.sides(own, key).flatten(0, 1)  # (2B, 16, 3), left first
+        out = (ha.matrix_to_rot6d(ha.axis_angle_to_matrix(pose)), torch.zeros(len(pose), 10), torch.zeros(len(pose), 3))
+        errors[key] = float(hx.bases_loss((out, None, None), own, bases.model, weights, bases.recipe)[1]["hand_pose"])
+    assert errors["hand_image_mano_pose"] < 1e-9 < 0.05 < errors["hand_mano_pose"], errors

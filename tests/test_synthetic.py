@@ -74,6 +74,58 @@ def test_hand_pose_prior_bends_fingers_within_their_ranges(mano):
     assert curls.std() > 20 and (curls > 60).any() and (curls < 10).any()  # open and closed hands
 
 
+def test_simplehands_synthetic_hands_draw_what_they_drew_before_the_whole_bodies_object_grasps():
+    """SimpleHand's default run's hands (`hand_dataset`'s synthetic kind) are the numbers recorded before the
+    whole-body people's hands got a prior of their own (OBJECT_GRASPS, whose plate grips draw more numbers): pose,
+    shape and image, samples 0-3, tests/fixtures/synthetic_hands_seed0.json."""
+    import json
+    import pathlib
+    want = json.loads((pathlib.Path(__file__).parent / "fixtures" / "synthetic_hands_seed0.json").read_text())
+    dataset = synthetic.SyntheticHands(4, 64, seed=0, view_config=synthetic.DEMO_HAND_VIEW)
+    got = dataset.__getitems__([0, 1, 2, 3])
+    for key, value in (("mano_pose", lambda s: s["mano_pose"].flatten()), ("mano_shape", lambda s: s["mano_shape"]),
+                       ("image_mean", lambda s: s["image"].double().mean((1, 2)))):
+        torch.testing.assert_close(torch.stack([value(s).double() for s in got]),
+                                   torch.tensor(want[key], dtype=torch.float64),
+                                   rtol=0, atol=1e-6, msg=key)
+
+
+def test_object_grasps_hold_objects_and_draw_plate_grips_the_broad_prior_does_not(mano):
+    """The whole-body people's hands (OBJECT_GRASPS, ARCTIC's kind) against the hand expert's (the broad prior):
+    no gestures (every finger curls with the grasp: the four fingers' knuckle flexions lie close together), the
+    grasp level within (0.3, 0.9) (hardly a flat hand, knuckles under 5 deg, or a fist, middle joints over 100 deg:
+    at most 4 %, the broad prior's over 10 %), and about a third plate grips (a finger's knuckle bent
+    past 25 deg with its middle joint under 15 deg), which the broad prior, curling both together, draws almost
+    never."""
+    rest = mano().joints[0].detach().double()
+    axes = synthetic.hand_axes(rest)
+
+    def angles(cfg, n=600):
+        pose = synthetic.hand_poses(synthetic.Draws([torch.Generator().manual_seed(i) for i in range(n)]), axes, cfg)
+        pose = torch.from_numpy(pose).view(n, 5, 3, 3)[:, :4]  # the four fingers' (knuckle, middle, last) joints
+        flex = axes[0][:4]
+        pip = torch.rad2deg((pose[:, :, 1] * flex).sum(-1))  # (n, 4): a pure flexion
+        return torch.rad2deg(torch.atan2(*_flexion_sin_cos(pose[:, :, 0], flex))), pip
+
+    grasps, broad = angles(synthetic.OBJECT_GRASPS), angles(synthetic.HandPoseConfig())
+    plate = lambda mcp, pip: ((mcp > 25) & (pip < 15)).float().mean()  # noqa: E731  (a share of fingers)
+    assert 0.2 < plate(*grasps) < 0.4 and plate(*broad) < 0.02, (plate(*grasps), plate(*broad))
+    open_or_fist = lambda mcp, pip: ((mcp.mean(-1) < 5) | (pip.mean(-1) > 100)).float().mean()  # noqa: E731
+    assert open_or_fist(*grasps) < 0.04 and open_or_fist(*broad) > 0.1, (open_or_fist(*grasps), open_or_fist(*broad))
+
+
+def _flexion_sin_cos(aa, flex):
+    """(sin, cos) of the flexion part of knuckle rotations aa (..., 3) about their axes flex (..., 3): the angle the
+    rotation turns the finger's direction about that axis."""
+    R = bodymodels.axis_angle_to_matrix(aa)
+    palm = torch.tensor(synthetic.PALM, dtype=flex.dtype).expand_as(flex)
+    d = torch.linalg.cross(palm, flex)  # the finger's rest direction (flex = d x palm)
+    d = d / d.norm(dim=-1, keepdim=True)
+    e = torch.linalg.cross(flex, d)  # towards the palm: a flexion by t turns d into cos t d + sin t e
+    turned = (R @ d[..., None]).squeeze(-1)
+    return (turned * e).sum(-1), (turned * d).sum(-1)
+
+
 def test_self_intersects_flags_crossed_legs_and_arms_in_the_torso(smpl):
     rest = smpl().joints[0, :24].detach().double()
     assert not synthetic.self_intersects(rest)  # the T-pose is clear
