@@ -336,6 +336,26 @@ def test_perfect_predictions_score_zero_and_hands_are_wrist_aligned(batch):
     assert not too_far, too_far
 
 
+def test_the_experts_own_hands_are_scored_against_their_own_labels():
+    """`wholebody_metrics` scores the expert on its own images (hand_expert_own_*, and the constant mean of its own
+    hands) against those hands' labels (HAND_TRUTH), every other hand path against the people's: the same meshes,
+    perfect under one name, are wrong under the other."""
+    dataset = synthetic.SyntheticWholeBody(2, image_size=(128, 96), seed=3, occlusion_prob=0.5, hand_images=32)
+    gt = torch.utils.data.default_collate([dataset[i] for i in range(2)])
+    gt = {k: v.double() if v.is_floating_point() else v for k, v in gt.items()}
+    pose = torch.stack([gt[f"{s}_hand_image_mano_pose"] for s in ha.SIDES], 1)  # (2, 2, 16, 3) the own hands'
+    verts, joints = ha.mano_mesh(axis_angle_to_matrix(pose.flatten(0, 1)).float(), torch.zeros(4, 10))
+    meshes = {"verts": verts.unflatten(0, (2, 2)).double(), "joints": joints.unflatten(0, (2, 2)).double()}
+    result = metrics.wholebody_metrics({f"hand_{name}_{k}": v for name in ("expert_own", "expert") for k, v in
+                                        meshes.items()}, gt)
+    for split in ("clean", "occluded"):
+        if f"hand_path/expert_own/{split}/pa_pve_mm" in result:
+            assert result[f"hand_path/expert_own/{split}/pa_pve_mm"] < 1e-3
+            assert result[f"hand_path/expert/{split}/pa_pve_mm"] > 1.0
+    baseline = metrics.WholeBodyMeanPoseBaseline({k: v.float() for k, v in gt.items()})(gt)
+    assert {"hand_constant_verts", "hand_constant_own_verts"} <= set(baseline)
+
+
 def test_a_hand_turned_about_its_wrist_is_global_error_only(batch):
     """The hand path's split: a hand turned 30 degrees about its wrist has rot_deg 30 and no PA error (articulation
     untouched), while its wrist-aligned PVE grows."""
