@@ -22,7 +22,7 @@ coordinates uv = (pixel - (W/2, H/2)) / H. Images (B, 3, H, W) RGB in [0, 1]. Sy
 joints, V = 6890 vertices, L tokens, K codes, D code dimension, C ViT width, d decoder width, M heads,
 n_levels pyramid levels, P sampling points, T UGS iterations, theta pose, beta shape, R rotation matrices,
 e code vectors, Y token ids; tau: the masking variable (`mask_tau`) or Eq. 5-6's Gumbel `temperature`.
-Where this differs from the paper (`NOTE N:` in the code, item N of its list), stages, results: docs/genhmr.md.
+Where this differs from the paper (`NOTE Gn` in the code, item Gn of its list), stages, results: docs/genhmr.md.
 """
 
 import dataclasses

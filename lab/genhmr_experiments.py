@@ -160,9 +160,10 @@ def joints2d_noise(index, std_px, shape):
 
 
 # NOTE G27: the refinement's 2D joints at evaluation. The paper refines towards "2D pose clues from off-the-shelf 2D
-# pose detectors such as OpenPose" (Sec. 3.3); the renders come with none, so `predict` draws joints that err as a
-# published detector errs on MPII: a share `miss` of the joints lands anywhere in the crop, the rest within an
-# isotropic Gaussian, both fitted to the detector's PCKh at 0.1 and 0.5 head segments (recipe.detector_pckh).
+# pose detectors such as OpenPose" (its 2D Pose-Guided Refinement); the renders come with none, so `predict` draws
+# joints that err as a published detector errs on MPII: a share `miss` of the joints lands anywhere in the crop, the
+# rest within an isotropic Gaussian, both fitted to the detector's PCKh at 0.1 and 0.5 head segments
+# (recipe.detector_pckh).
 
 
 def detector_error_model(pckh_01, pckh_05):

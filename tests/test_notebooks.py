@@ -173,11 +173,12 @@ RESULT_CLAIMS = {  # what each paper claims that our default run shows (docs/<pa
     "01_simplehand.ipynb": [("PA-MPJPE <= 0.7 x the mean hand's", lambda r: r["pa_mpjpe_mm"] <= 0.7 * r["baseline"])],
     "02_genhmr.ipynb": [
         ("MPJPE <= 0.7 x the mean pose's", lambda r: r["mpjpe_mm"] <= 0.7 * r["baseline"]),
-        ("2D-pose-guided refinement (Sec. 3.3) lowers MPJPE", lambda r: r["refined_mpjpe_mm"] < r["mpjpe_mm"]),
+        ("2D-pose-guided refinement lowers MPJPE", lambda r: r["refined_mpjpe_mm"] < r["mpjpe_mm"]),
         ("refining on the true 2D pose is better still",
          lambda r: r["refined_oracle_mpjpe_mm"] < r["refined_mpjpe_mm"]),
-        # UGS (Sec. 3.2) on an ambiguous arm: iterating commits to one reading and lowers its error; on the default
-        # data T = 5 does not beat T = 1 at our scale (docs/genhmr.md says why), so that is not asserted
+        # UGS (uncertainty-guided sampling) on an ambiguous arm: iterating commits to one reading and lowers its
+        # error; on the default data T = 5 does not beat T = 1 at our scale (docs/genhmr.md says why), so that is not
+        # asserted
         ("UGS's iterations lower the ambiguous arm's error", lambda r: r["ambiguous_T5"] < r["ambiguous_T1"])],
     "03_hmr_adapter.ipynb": [("the adapter lowers occluded hands' PVE to <= 0.9 x the frozen expert's",
                               lambda r: r["occluded_hand_pve_mm"] <= 0.9 * r["baseline"])],
