@@ -339,7 +339,8 @@ def run_video(args, paper, program):
     written.append(write_video(f"{stem}.mp4", overlay, frames.fps))
     written.append(write_animation(f"{stem}.glb", paper.kind, motion["betas"].float(), motion["pose"].float(),
                                    transl.float(), frames.fps, correctives=args.correctives,
-                                   expression=motion["expression"].float() if "expression" in motion else None))
+                                   expression=motion["expression"].median(0).values.float() if "expression" in motion
+                                   else None))  # one expression: the .glb's is per sequence
     for p in written:
         print(f"wrote {p}")
     return written
@@ -475,6 +476,7 @@ def infer_simplehand(loaded, images, boxes, people, args):
         arrays = {key: torch.stack([h[key] for h in mine]) for key in SIMPLEHAND_DOCS if key != "K"}
         meshes = [("right" if h["is_right"] else "left", h["verts"], h["faces"]) for h in mine]
         results.append({"meshes": meshes, "K": K, "arrays": dict(arrays, K=K), "region": mine[0]["box"].numpy(),
+                        "points": mine[0]["joints2d"],
                         "docs": camera_docs(SIMPLEHAND_DOCS, args), "keypoints": arrays["joints2d"].reshape(-1, 2)})
     return results
 
@@ -599,7 +601,8 @@ def infer_genhmr(loaded, images, boxes, people, args):
         final = arrays["refined_verts" if person is not None else "verts"]
         marks = person["body"][person["body"][:, 2] >= 0.3, :2] if person is not None else None
         results.append({"meshes": [("", final, tok.body.faces)], "K": K, "keypoints": marks, "arrays": arrays,
-                        "docs": camera_docs(GENHMR_DOCS, args), "region": np.asarray(crops[b][0])})
+                        "docs": camera_docs(GENHMR_DOCS, args), "region": np.asarray(crops[b][0]),
+                        "points": arrays["refined_joints2d" if person is not None else "joints2d"]})
     return results
 
 
@@ -699,6 +702,7 @@ def infer_hmr_adapter(loaded, images, boxes, people, args):
         pts = points[b]
         results.append(dict(meshes=[("", verts, hmr_adapter.body_models().smplx_faces)], K=K, arrays=arrays,
                             docs=camera_docs(HMR_ADAPTER_DOCS, args), region=np.asarray(crops[b][0]),
+                            points=arrays["joints2d"],
                             keypoints=None if pts is None else pts[pts[:, 2] >= 0.3, :2]))
     return results
 
@@ -718,8 +722,9 @@ def hmr_adapter_motion(results, args):
 
 class Paper(NamedTuple):
     """What the command needs of a paper: load(args) -> its model (once); infer(loaded, images (B, 3, H, W), boxes,
-    people, args) -> a result per frame (run_demo's `infer` docstring, and "region" the crop region); kind: its body
-    model; enlarge: the tracker's margin around a predicted mesh (its training crops' around the hand or person);
+    people, args) -> a result per frame (run_demo's `infer` docstring, "region" the crop region, "points" the
+    predicted 2D joints, pixels); kind: its body model; enlarge: the tracker's margin around those joints' box (the
+    one its crops from keypoints take);
     usable(people, args): whether a frame's keypoints give its crop; motion(results, args): the frames' predictions
     as a motion (run_video); flags: what add_demo_arguments adds for it."""
     load: Callable
@@ -731,14 +736,15 @@ class Paper(NamedTuple):
     flags: dict
 
 
-MODELS = {  # the training crops: a hand's larger side 70-90 % of the crop, a person's 75-90 % (lab/synthetic.py)
-    "simplehand": Paper(lambda args: load_simplehand(args.checkpoint), infer_simplehand, "mano", 1.25,
+MODELS = {
+    "simplehand": Paper(lambda args: load_simplehand(args.checkpoint), infer_simplehand, "mano",
+                        SIMPLEHAND_KEYPOINT_ENLARGE,
                         simplehand_usable, simplehand_motion,
                         dict(hands=True, released="a released official file (epoch_200_rerun1, needs timm)")),
-    "genhmr": Paper(lambda args: load_trained(args.checkpoint, GENHMR_STAGES), infer_genhmr, "smpl", 1.2,
+    "genhmr": Paper(lambda args: load_trained(args.checkpoint, GENHMR_STAGES), infer_genhmr, "smpl", GENHMR_BOX_ENLARGE,
                     body_usable, genhmr_motion, {}),
     "hmr_adapter": Paper(lambda args: load_hmr_adapter(args.checkpoint, with_config=True), infer_hmr_adapter, "smplx",
-                         1.2, body_usable, hmr_adapter_motion, {}),
+                         PERSON_BOX_ENLARGE, body_usable, hmr_adapter_motion, {}),
 }
 
 

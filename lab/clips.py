@@ -171,6 +171,7 @@ def acceleration_error(pred, truth, root_aligned=True):
 
 
 PAPER_KINDS = {"simplehand": "mano", "genhmr": "smpl", "hmr_adapter": "smplx"}
+MARGIN = {"mano": 1.25, "smpl": 1.2, "smplx": 1.2}  # a detector's box around the mesh's: its training crops'
 
 
 def measure(model, checkpoint=None, frames=48, seed=0, jitter=0.04, batch_size=8, params=None):
@@ -188,7 +189,7 @@ def measure(model, checkpoint=None, frames=48, seed=0, jitter=0.04, batch_size=8
                                                                        (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))]
     args = demo.build_parser(model).parse_args(argv + (["--checkpoint", str(checkpoint)] if checkpoint else []))
     loaded = paper.load(args)
-    boxes = jittered_boxes(clip.boxes, paper.enlarge, jitter, seed)
+    boxes = jittered_boxes(clip.boxes, MARGIN[clip.kind], jitter, seed)
     results = []
     for start in range(0, frames, batch_size):
         idx = range(start, min(start + batch_size, frames))

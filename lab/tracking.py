@@ -3,7 +3,8 @@ body trackers use (MediaPipe Hands, Zhang et al. 2020, Sec. 2: the next frame's 
 predicted in the current one, and the palm detector runs again only when they are lost).
 
 The first frame's region is given (`--box`, else the whole image). After each prediction, the tracker takes the box
-of the predicted mesh's projection, grown by the paper's crop margin, as the region for the next frame. The model
+of the predicted 2D joints, grown by the margin the paper's crops from keypoints take, as the region for the next
+frame. The model
 runs on batches of frames, so a batch's crops are all placed before it runs: each frame's region is extrapolated at
 constant velocity (centre and size) from the last two accepted predictions, which a batch of one reduces to the
 previous frame's. A prediction is refused when its box is not finite, smaller than `min_size` pixels, or has less
@@ -21,7 +22,6 @@ import sys
 import numpy as np
 import torch
 
-from bodymodels import perspective_projection
 from data import InputError
 
 
@@ -50,7 +50,7 @@ class RegionTracker:
     region around a prediction's box, as a factor on its width and height (the margin the paper's crops have around
     the hand or person); min_size: the smallest accepted prediction box, pixels.
     `region(t)` is frame t's region, from the accepted predictions before t; `update(t, points)` offers frame t's
-    predicted points (N, 2) pixels (the mesh's projected vertices) and says whether they were accepted."""
+    predicted points (N, 2) pixels (the predicted 2D joints) and says whether they were accepted."""
 
     def __init__(self, image_hw, first_box=None, enlarge=1.25, min_size=4.0):
         H, W = image_hw
@@ -116,9 +116,9 @@ def track(frames, predict, first_box, enlarge, batch_size, keypoints=None, keypo
     batch_size, each frame's crop from its own keypoints (keypoints: a list over frames of people, `usable(people)`
     saying whether they give a crop) or else from a `RegionTracker` started at first_box with `enlarge`.
     predict(images (B, 3, H, W), boxes [region or None], people [people or None]) -> a result per frame with
-    "meshes" [(name, verts (V, 3), faces)], "K" and "region" (the crop region used). Returns (results, regions (T, 4),
-    accepted (T,) bool: the tracker took the frame's mesh). A keypoint file of another frame count than the video
-    raises InputError naming both."""
+    "points" (N, 2) its predicted 2D joints (pixels), which the tracker follows, and "region" the crop region
+    used. Returns (results, regions (T, 4), accepted (T,) bool: the tracker took the frame's joints). A keypoint
+    file of another frame count than the video raises InputError naming both."""
     results, regions, accepted, tracker, t = [], [], [], None, 0
     total = len(keypoints) if keypoints is not None else frames.count
     show = sys.stderr.isatty()
@@ -131,8 +131,7 @@ def track(frames, predict, first_box, enlarge, batch_size, keypoints=None, keypo
                   for k in range(len(batch))]
         boxes = [None if p is not None else tracker.region(t + k) for k, p in enumerate(people)]
         for k, result in enumerate(predict(images, boxes, people)):
-            uv = perspective_projection(result["meshes"][0][1].double(), torch.as_tensor(result["K"]).double())
-            accepted.append(tracker.update(t + k, uv.numpy()))
+            accepted.append(tracker.update(t + k, np.asarray(result["points"], dtype=np.float64)))
             regions.append(np.asarray(result["region"], dtype=np.float64))
             results.append(result)
         t += len(batch)
