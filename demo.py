@@ -377,6 +377,9 @@ def _simplehand_build(cfg, parent=None):
                                               parent)
 
 
+SIMPLEHAND_STAGES = (("simplehand", simplehand_experiments.CONFIGS, _simplehand_build),)
+
+
 def load_simplehand(path):
     """A train.py checkpoint of SimpleHand, or a released official file (a dict with "state_dict" and
     no "model_name": `load_official`, needs timm) -> (model in eval mode, config). Raises
@@ -389,7 +392,7 @@ def load_simplehand(path):
     try:
         if isinstance(ckpt, dict) and "state_dict" in ckpt and "model_name" not in ckpt:
             return simplehand.load_official(path), simplehand_experiments.CONFIGS["official"]
-        return load_trained(path, [("simplehand", simplehand_experiments.CONFIGS, _simplehand_build)])
+        return load_trained(path, SIMPLEHAND_STAGES)
     except InputError:
         raise
     except (ImportError, ValueError, TypeError) as e:  # no timm for a paper backbone; weights that do not fit
@@ -632,13 +635,15 @@ PERSON_BOX_ENLARGE = 1.2 * 1.25  # official (SMPLer-X get_bbox, process_bbox): k
 HAND_BOX_ENLARGE = 1.2  # a hand's box: the square of 1.2 x the larger side of its keypoints (as the training data's)
 
 
+HMR_ADAPTER_STAGES = (("hmr_adapter_bases", hmr_adapter_experiments.BASE_CONFIGS,  # its checkpoint: every weight
+                       lambda cfg, parent: hmr_adapter_experiments.build_bases(cfg)),
+                      ("hmr_adapter", hmr_adapter_experiments.CONFIGS, hmr_adapter_experiments.build_model))
+
+
 def load_hmr_adapter(path, with_config=False):
     """The `HMRAdapter` model of a train.py checkpoint of stage "hmr_adapter" (its bases: ../hmr_adapter_bases/),
     and with_config its preset."""
-    chain = [("hmr_adapter_bases", hmr_adapter_experiments.BASE_CONFIGS,  # its checkpoint holds every weight
-              lambda cfg, parent: hmr_adapter_experiments.build_bases(cfg)),
-             ("hmr_adapter", hmr_adapter_experiments.CONFIGS, hmr_adapter_experiments.build_model)]
-    model, cfg = load_trained(path, chain)
+    model, cfg = load_trained(path, HMR_ADAPTER_STAGES)
     return (model, cfg) if with_config else model
 
 
@@ -726,7 +731,7 @@ class Paper(NamedTuple):
     predicted 2D joints, pixels); kind: its body model; enlarge: the tracker's margin around those joints' box (the
     one its crops from keypoints take);
     usable(people, args): whether a frame's keypoints give its crop; motion(results, args): the frames' predictions
-    as a motion (run_video); flags: what add_demo_arguments adds for it."""
+    as a motion (run_video); flags: what add_demo_arguments adds for it; stages: its train.py checkpoints' chain."""
     load: Callable
     infer: Callable
     kind: str
@@ -734,17 +739,19 @@ class Paper(NamedTuple):
     usable: Callable
     motion: Callable
     flags: dict
+    stages: tuple
 
 
 MODELS = {
     "simplehand": Paper(lambda args: load_simplehand(args.checkpoint), infer_simplehand, "mano",
                         SIMPLEHAND_KEYPOINT_ENLARGE,
                         simplehand_usable, simplehand_motion,
-                        dict(hands=True, released="a released official file (epoch_200_rerun1, needs timm)")),
+                        dict(hands=True, released="a released official file (epoch_200_rerun1, needs timm)"),
+                        SIMPLEHAND_STAGES),
     "genhmr": Paper(lambda args: load_trained(args.checkpoint, GENHMR_STAGES), infer_genhmr, "smpl", GENHMR_BOX_ENLARGE,
-                    body_usable, genhmr_motion, {}),
+                    body_usable, genhmr_motion, {}, GENHMR_STAGES),
     "hmr_adapter": Paper(lambda args: load_hmr_adapter(args.checkpoint, with_config=True), infer_hmr_adapter, "smplx",
-                         PERSON_BOX_ENLARGE, body_usable, hmr_adapter_motion, {}),
+                         PERSON_BOX_ENLARGE, body_usable, hmr_adapter_motion, {}, HMR_ADAPTER_STAGES),
 }
 
 

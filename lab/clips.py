@@ -16,7 +16,8 @@ the camera frame (the root's placement included). `python -m lab.clips --write D
 an MP4, to try `demo.py --video` on.
 
 Map: 1. the motion and the renders (`hand_clip`, `body_clip`, `make_clip`, `jittered_boxes`); 2. the errors
-(`mpjpe`, `acceleration_error`); 3. the measurement (`measure`) and the command.
+(`mpjpe`, `acceleration_error`); 3. untrained checkpoints (`untrained_checkpoint`), the measurement (`measure`) and
+the command.
 """
 
 import argparse
@@ -167,7 +168,31 @@ def acceleration_error(pred, truth, root_aligned=True):
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. The measurement
+# 3. Untrained checkpoints, the measurement and the command
+
+
+def untrained_checkpoint(model, folder, config="tiny", seed=0):
+    """Checkpoints of demo.py's `model` at `config` with random weights (seed), one per stage of its chain, in
+    train.py's format under folder/<stage>/ckpt.pt -> the last one's path: what the tests and the speed measurement
+    run demo.py on without training."""
+    import dataclasses
+    from pathlib import Path
+
+    import demo
+    from lab.checkpoints import own_state, save_file
+
+    torch.manual_seed(seed)
+    net = path = None
+    for stage, configs, build in demo.MODELS[model].stages:
+        cfg = configs[config]
+        parent, net = net, build(cfg, net)
+        for module in net.modules():  # a random codebook stands for a trained one (GenHMR's tokenizer)
+            if isinstance(getattr(module, "initialised", None), torch.Tensor):
+                module.initialised.fill_(True)
+        path = Path(folder) / stage / "ckpt.pt"
+        save_file(dict(model_name=stage, config_name=config, config=dataclasses.asdict(cfg),
+                       model=own_state(net, parent)), path)
+    return path
 
 
 PAPER_KINDS = {"simplehand": "mano", "genhmr": "smpl", "hmr_adapter": "smplx"}
