@@ -521,13 +521,18 @@ def skinning_error(kind, frames=32, seed=0, correctives=False, model_dir=None, f
 
 
 def measure(args):
-    """`python -m lab.gltf measure`: the table of docs/reference.md's "Animation export (glTF)"."""
+    """`python -m lab.gltf measure`: the table of docs/reference.md's "Animation export (glTF)": per model, how many
+    vertices have more than 4 influences and the largest weight dropped, then the error and size of each file."""
     print(f"{'model':6} {'correctives':11} {'max mm':>9} {'mean mm':>9} {'file MB':>8}   ({args.frames} frames, "
           f"seed {args.seed})")
     for kind in args.kinds:
+        w = rest_rig(kind, np.zeros(10), model_dir=args.model_dir)["lbs_weights"]
+        dropped = 1 - np.sort(w, 1)[:, -INFLUENCES:].sum(1)
+        print(f"{kind}: {((w > 0).sum(1) > INFLUENCES).sum()} of {len(w)} vertices have more than {INFLUENCES} "
+              f"influences; the largest weight dropped is {dropped.max():.4f}")
         for correctives in (False, True):
             worst, mean, size = skinning_error(kind, args.frames, args.seed, correctives, args.model_dir)
-            print(f"{kind:6} {'yes' if correctives else 'no':11} {worst:9.4f} {mean:9.4f} {size / 1e6:8.2f}")
+            print(f"{kind:6} {'yes' if correctives else 'no':11} {worst:9.3g} {mean:9.3g} {size / 1e6:8.2f}")
 
 
 def framing(verts, size, fill=0.8):
