@@ -8,7 +8,7 @@ let failed = false;
 for (const file of process.argv.slice(2)) {
   const report = await validator.validateBytes(new Uint8Array(await readFile(file)), {
     uri: file,
-    maxIssues: 0,  // report every issue
+    maxIssues: 0,  // no limit on the messages reported
   });
   const { numErrors, numWarnings, numInfos, numHints, messages } = report.issues;
   failed ||= numErrors > 0;
