@@ -3,6 +3,7 @@
     python -m lab.bench --model simplehand|genhmr|hmr_adapter [--config C] [--params] [--bench] [--shapes]
     python -m lab.bench --data-grid OUT_DIR      # a PNG grid of samples of each synthetic dataset
     python -m lab.bench --data-bench [--count N] # samples per second of each synthetic dataset on one thread
+    python -m lab.bench --video-fps [--model M] [--count N] [--threads T]  # demo.py --video's frames per second
     python -m lab.bench --compare-official simplehand|hmr_adapter|genhmr|all [--official-simplehand PATH]
                     [--official-hamer PATH]  # ours against the official code (docs/reference.md)
 
@@ -23,6 +24,8 @@ script runs, one part per paper:
 5. Against the official code: the same training steps and forwards through ours and the official simpleHand
    HandNet / HaMeR expert (imported at run time from a checkout the user names), GenHMR and the adapters beside the
    papers' figures; median time, peak memory, ratio, MFU; a reduced size off CUDA
+6. Video: frames per second of demo.py's per-frame work (crop, model, placement in the image) on a synthetic clip,
+   one frame per call against a batch of 8 (`--batch-size`), random weights at tiny
 """
 
 import argparse
@@ -966,6 +969,50 @@ def compare_official(which, run):
 
 
 # ---------------------------------------------------------------------------------------------
+# 6. Video: frames per second of demo.py --video's per-frame work
+
+
+def video_fps(model, frames=16, batch_sizes=(1, 8), config="tiny", seed=0):
+    """demo.py's batched inference for `model` (`Paper.infer`: the crops, the model, the meshes placed in the image)
+    with random weights at `config`, on a synthetic clip of `frames` frames (lab/clips.py), each frame's crop at its
+    true box -> {batch size: frames per second}, after one untimed batch. Smoothing, the .glb and the overlay are
+    per video, not per frame, and not counted."""
+    import demo
+    from lab import clips
+
+    paper = demo.MODELS[model]
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = clips.untrained_checkpoint(model, folder, config, seed)
+        args = demo.build_parser(model).parse_args(["--model", model, "--video", "clip", "--checkpoint",
+                                                    str(checkpoint)])
+        loaded = paper.load(args)
+    clip = clips.make_clip(paper.kind, frames, seed)
+    boxes = [tuple(b.tolist()) for b in clips.jittered_boxes(clip.boxes, clips.MARGIN[clip.kind], 0.0)]
+
+    def run(batch):
+        for start in range(0, frames, batch):
+            n = min(batch, frames - start)
+            paper.infer(loaded, clip.frames[start:start + n], boxes[start:start + n], [None] * n, args)
+
+    speed = {}
+    for batch in batch_sizes:
+        run_once = min(batch, frames)
+        paper.infer(loaded, clip.frames[:run_once], boxes[:run_once], [None] * run_once, args)  # warm-up
+        start = time.perf_counter()
+        run(batch)
+        speed[batch] = frames / (time.perf_counter() - start)
+    return speed
+
+
+def video_main(args):
+    for model in [args.model] if args.model else sorted(MODELS):
+        speed = video_fps(model, args.count)
+        one, batched = speed[1], speed[8]
+        print(f"{model} [tiny] demo.py --video on {torch.get_num_threads()} threads: {one:.1f} frames/s one frame "
+              f"at a time, {batched:.1f} frames/s in batches of 8 ({batched / one:.2f} x)")
+
+
+# ---------------------------------------------------------------------------------------------
 # main
 
 
@@ -989,8 +1036,9 @@ def check_args(args):
             raise BenchError(f"{flag} {value}: expected an integer >= {low}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda: no CUDA device here (expected --device cpu)")
-    if args.model is None and args.compare_official is None and not (args.data_grid or args.data_bench):
-        raise BenchError("expected --model, --compare-official, --data-grid or --data-bench")
+    if args.model is None and args.compare_official is None and not (args.data_grid or args.data_bench
+                                                                     or args.video_fps):
+        raise BenchError("expected --model, --compare-official, --data-grid, --data-bench or --video-fps")
     readers = {  # flag given -> (is it read, by what)
         "--config": (args.config is None or args.model, "--model"),
         "--params": (not args.params or args.model, "--model"), "--bench": (not args.bench or args.model, "--model"),
@@ -998,7 +1046,7 @@ def check_args(args):
         "--repeats": (args.repeats is None or args.model == "hmr_adapter", "--model hmr_adapter"),
         "--reps": (args.reps is None or args.model == "simplehand" or args.compare_official,
                    "--model simplehand or --compare-official"),
-        "--count": (args.count is None or args.data_bench, "--data-bench"),
+        "--count": (args.count is None or args.data_bench or args.video_fps, "--data-bench or --video-fps"),
         "--size": (args.size is None or args.compare_official, "--compare-official"),
         "--batch": (args.batch is None or args.compare_official, "--compare-official"),
         "--official-simplehand": (args.official_simplehand is None or args.compare_official in ("simplehand", "all"),
@@ -1008,6 +1056,8 @@ def check_args(args):
     for flag, (read, by) in readers.items():
         if not read:
             raise BenchError(f"{flag} is read only with {by}")
+    if args.video_fps and (args.params or args.bench or args.shapes):
+        raise BenchError("--video-fps times demo.py --video alone: not with --params, --bench or --shapes")
     if args.model is not None and args.config is not None and args.config not in MODELS[args.model][0].CONFIGS:
         raise BenchError(f"--config {args.config!r} is not one of {args.model}'s: "
                          f"{', '.join(MODELS[args.model][0].CONFIGS)}")
@@ -1018,7 +1068,7 @@ def check_args(args):
     if args.official_hamer is not None:
         args.official_hamer = check_official("hamer", args.official_hamer)
     args.repeats = 10 if args.repeats is None else args.repeats
-    args.count = 200 if args.count is None else args.count
+    args.count = (16 if args.video_fps else 200) if args.count is None else args.count
 
 
 def main(argv=None):
@@ -1056,7 +1106,9 @@ def main(argv=None):
     parser.add_argument("--data-bench", action="store_true", help="print samples per second of each synthetic "
                         "dataset on one thread")
     parser.add_argument("--count", type=int, default=None, help="--data-bench: samples timed per dataset "
-                        "(default 200)")
+                        "(default 200); --video-fps: frames timed (default 16)")
+    parser.add_argument("--video-fps", action="store_true", help="frames per second of demo.py --video's per-frame "
+                        "work, one frame at a time against batches of 8 (--model, else every paper)")
     try:
         args = parser.parse_args(argv)
         check_args(args)
@@ -1073,7 +1125,9 @@ def main(argv=None):
             reps, warmup = args.reps or (3 if small else 20), 5 if device.type == "cuda" else 0
             compare_official(args.compare_official, CompareRun(device, small, reps, warmup, args.batch or 0,
                                                                args.official_simplehand, args.official_hamer))
-        if args.model is not None:
+        if args.video_fps:
+            video_main(args)
+        elif args.model is not None:
             args.reps = args.reps or 20
             args.bench = args.bench or not (args.params or args.shapes)
             MODELS[args.model][1](args)

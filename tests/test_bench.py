@@ -245,3 +245,23 @@ def test_compare_official_with_the_official_code_times_both_sides_of_one_network
     if "hmr_adapter" in models:  # its weights through hmr_adapter.hamer_state_dict: the same rotations
         note = rows["HaMeR        expert (reduced) training step"][0][4]
         assert "max |R diff|" in note and float(note.split()[-1]) < 1e-4, note
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. --video-fps: demo.py --video's frames per second, one frame at a time against batches
+
+
+def test_video_fps_times_every_frame_once_per_batch_size_and_prints_the_ratio(capsys, monkeypatch):
+    """Each batch size runs the clip's frames through demo's batched inference, every frame exactly once after one
+    warm-up batch; the printed line gives both speeds and their ratio."""
+    import demo
+    calls = []
+    paper = demo.MODELS["genhmr"]
+    monkeypatch.setitem(demo.MODELS, "genhmr", paper._replace(
+        infer=lambda loaded, images, boxes, people, args: calls.append(len(images)) or paper.infer(
+            loaded, images, boxes, people, args)))
+    speed = bench.video_fps("genhmr", frames=3, batch_sizes=(1, 2))
+    assert calls == [1, 1, 1, 1, 2, 2, 1] and set(speed) == {1, 2} and all(v > 0 for v in speed.values())
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--video-fps", "--model", "genhmr", "--params"])
+    assert e.value.code == 2 and "--video-fps times demo.py --video alone: not with --params" in capsys.readouterr().err
