@@ -22,7 +22,7 @@ the command.
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -199,13 +199,14 @@ PAPER_KINDS = {"simplehand": "mano", "genhmr": "smpl", "hmr_adapter": "smplx"}
 MARGIN = {"mano": 1.25, "smpl": 1.2, "smplx": 1.2}  # a detector's box around the mesh's: its training crops'
 
 
-def measure(model, checkpoint=None, frames=48, seed=0, jitter=0.04, batch_size=8, params=None):
+def measure(model, checkpoint=None, frames=48, seed=0, jitter=0.04, batch_size=8, scales=()):
     """demo.py's `model` (its trained checkpoint, default out/<paper>/ckpt.pt) on a synthetic clip, each frame's crop
     from a jittered true box, the camera given (--intrinsics) -> {row: {"accel", "mpjpe", "accel_camera",
-    "mpjpe_camera"}} for the rows "raw" (the frames' own predictions), "online" and "offline" (smoothed, posed
-    again through the body model)."""
+    "mpjpe_camera"}} for the rows "raw" (the frames' own predictions), "online" and "offline" (smoothed with
+    lab.smoothing.SMOOTHING, posed again through the body model), and for each of `scales` "offline x S": every
+    min_cutoff of SMOOTHING times S (how the defaults were chosen)."""
     import demo
-    from lab.smoothing import smooth_motion
+    from lab.smoothing import SMOOTHING, smooth_motion
 
     clip = make_clip(PAPER_KINDS[model], frames, seed)
     paper = demo.MODELS[model]
@@ -222,9 +223,11 @@ def measure(model, checkpoint=None, frames=48, seed=0, jitter=0.04, batch_size=8
                                [None] * len(idx), args)
     raw, _, mirrored = paper.motion(results, args)
     rows = {"raw": raw["joints3d"].double()}
-    for mode in ("online", "offline"):
+    for row, mode, scale in [("online", "online", 1.0), ("offline", "offline", 1.0)] + [
+            (f"offline x{scale:g}", "offline", scale) for scale in scales]:
+        params = {name: replace(p, min_cutoff=p.min_cutoff * scale) for name, p in SMOOTHING.items()}
         verts, joints, _ = demo.pose_again(paper.kind, smooth_motion(raw, clip.fps, mode, params), mirrored)
-        rows[mode] = mano_to_freihand(joints, verts) if paper.kind == "mano" else joints
+        rows[row] = mano_to_freihand(joints, verts) if paper.kind == "mano" else joints
     truth = clip.joints.double()
     return {row: {"accel": acceleration_error(j, truth), "mpjpe": mpjpe(j, truth),
                   "accel_camera": acceleration_error(j, truth, False), "mpjpe_camera": mpjpe(j, truth, False)}
@@ -240,6 +243,8 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, default=48, help="frames per clip (default 48)")
     parser.add_argument("--seed", type=int, default=0, help="the clip's poses, look and jitter (default 0)")
     parser.add_argument("--jitter", type=float, default=0.04, help="the boxes' jitter, a fraction of their size")
+    parser.add_argument("--sweep", action="store_true", help="--measure: also offline with every min_cutoff scaled "
+                        "by 1/4, 1/2, 2 and 4")
     args = parser.parse_args(argv)
     models = args.model or sorted(PAPER_KINDS)
     if args.write:
@@ -251,8 +256,10 @@ def main(argv=None):
         print(f"{args.frames} frames, boxes jittered by {args.jitter:.0%} of their size (seed {args.seed}); "
               "mm / frame^2 and mm, root-aligned | in the camera frame")
         for model in models:
-            for row, e in measure(model, frames=args.frames, seed=args.seed, jitter=args.jitter).items():
-                print(f"{model:12s} {row:8s} accel {e['accel']:7.2f}  MPJPE {e['mpjpe']:7.2f} | "
+            scales = (0.25, 0.5, 2.0, 4.0) if args.sweep else ()
+            for row, e in measure(model, frames=args.frames, seed=args.seed, jitter=args.jitter,
+                                  scales=scales).items():
+                print(f"{model:12s} {row:13s} accel {e['accel']:7.2f}  MPJPE {e['mpjpe']:7.2f} | "
                       f"accel {e['accel_camera']:8.2f}  MPJPE {e['mpjpe_camera']:8.2f}")
 
 
