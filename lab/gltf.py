@@ -34,6 +34,7 @@ Map of the file: 1. the model's arrays at a shape (`rest_rig`) and its own mesh 
 
 import argparse
 import base64
+import copy
 import functools
 import http.server
 import json
@@ -73,9 +74,8 @@ _DTYPES = {_FLOAT: np.float32, _UNSIGNED_BYTE: np.uint8, _UNSIGNED_SHORT: np.uin
 
 @functools.lru_cache(maxsize=None)
 def _model64(kind, model_dir):
-    """The smplx model of bodymodels' loaders in float64 (the oracle of `model_vertices`), loaded once."""
-    load = {"mano": bodymodels.load_mano, "smpl": bodymodels.load_smpl, "smplx": bodymodels.load_smplx}
-    return load[kind](model_dir, dtype=torch.float64).requires_grad_(False)
+    """data.py's smplx model copied into float64 (the oracle of `model_vertices`), once per process."""
+    return copy.deepcopy(body_model(kind, model_dir)).double()
 
 
 def _check_kind(kind):
@@ -405,15 +405,16 @@ def _node():
     return node
 
 
-def validate(path):
-    """Khronos' glTF-Validator's report of the file at path: a dict with numErrors, numWarnings, numInfos,
-    numHints and messages [{code, severity (0 error ... 3 hint), message, pointer}], run with Node.js from
-    lab/gltf_check (validate.mjs)."""
-    done = subprocess.run([_node(), str(CHECK_DIR / "validate.mjs"), str(Path(path).resolve())],
+def validate(*paths):
+    """Khronos' glTF-Validator's report of each file in paths, in one run of Node.js (validate.mjs in
+    lab/gltf_check): a list of dicts with numErrors, numWarnings, numInfos, numHints and messages [{code,
+    severity (0 error ... 3 hint), message, pointer}]."""
+    done = subprocess.run([_node(), str(CHECK_DIR / "validate.mjs"), *(str(Path(p).resolve()) for p in paths)],
                           capture_output=True, text=True, timeout=300)
-    if not done.stdout.strip():
-        raise RuntimeError(f"glTF-Validator gave no report for {path}: {done.stderr.strip()}")
-    return json.loads(done.stdout.splitlines()[-1])
+    reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if len(reports) != len(paths):
+        raise RuntimeError(f"glTF-Validator gave {len(reports)} reports for {len(paths)} files: {done.stderr.strip()}")
+    return reports
 
 
 def chromium():
@@ -566,7 +567,7 @@ def check(args):
             betas, poses, transl, expression = sequence(kind, args.frames, args.seed)
             path = write_animation(Path(tmp) / f"{kind}.glb", kind, betas, poses, transl, 30, args.correctives,
                                    args.model_dir, expression)
-            report = validate(path)
+            (report,) = validate(path)
             iou, ours, theirs = silhouette_iou(path, kind, betas, poses, transl, args.frame, 256, expression,
                                                args.model_dir)
             codes = sorted({m["code"] for m in report["messages"]})
