@@ -149,13 +149,15 @@ def one_euro_rotations(rotvecs, fps, params, mode="online"):
 # 3. The parameters, and a whole motion smoothed
 
 
-# `python -m lab.clips --measure` chose these on synthetic clips with known truth (docs/video.md): the smallest
-# cutoffs that keep the joints' MPJPE within 2 % of the raw predictions', a beta that lets a hand turning at
-# 1 rad/s through with half the lag.
+# Chosen on a synthetic clip of each paper with known truth (`python -m lab.clips --measure --sweep --seed 1`,
+# docs/video.md): scaling every min_cutoff from 1/4 to 4 moved the offline MPJPE by about 1 % either way while the
+# acceleration error rose with the cutoff; these sit in the middle, as a real hand or body moves faster than the
+# clip's one change of pose in two seconds. The depth's beta is 0: at a body's distance under HaMeR's demo camera
+# its jitter is metres per frame, so any beta made the cutoff follow the jitter.
 SMOOTHING = {
     "rotation": OneEuro(min_cutoff=1.5, beta=0.5),  # Hz, Hz per rad/s
     "position": OneEuro(min_cutoff=1.0, beta=2.0),  # the root's x and y: Hz, Hz per m/s
-    "depth": OneEuro(min_cutoff=0.5, beta=1.0),  # the root's z: Hz, Hz per m/s
+    "depth": OneEuro(min_cutoff=0.5, beta=0.0),  # the root's z: Hz
     "expression": OneEuro(min_cutoff=1.5, beta=0.0),  # SMPL-X expression coefficients
 }
 
