@@ -1,24 +1,32 @@
-"""demo.py: a photograph in, meshes out, for each paper's trained model (as HaMeR's, WiLoR's and 4D-Humans' demo.py).
+"""demo.py: a photograph or a video in, meshes out, for each paper's trained model (as HaMeR's, WiLoR's and
+4D-Humans' demo.py).
 
     python demo.py --model simplehand|genhmr|hmr_adapter --image PATH [--checkpoint FILE] [--box X0 Y0 X1 Y1]
                    [--keypoints FILE] [--intrinsics FX FY CX CY] [--out DIR]
+    python demo.py --model M --video FILE | --images DIR [the same] [--batch-size N] [--smooth offline|online|off]
+                   [--fps F] [--correctives]
 
     image --(--box, or the --keypoints' person)--> the paper's crop --> the model --> meshes in the crop's camera
           --> meshes in the full image's camera (HaMeR's demo convention, or --intrinsics)
           --> OUT/NAME.png (the picture, plots.draw_demo), OUT/NAME[_side].obj, OUT/NAME.npz (with a README entry)
+    video --(each frame's keypoints, else the tracked region)--> crops, --batch-size at a time --> the model
+          --> a motion (the body model's rotations, shape, root) --> One-Euro smoothing --> posed again
+          --> OUT/NAME.npz (over frames), OUT/NAME.mp4 (the mesh over the frames), OUT/NAME.glb (skinned animation)
 
 Map of the file:
-1. Reading what the user gives: 2D keypoint files (COCO(-WholeBody), mmpose / ViTPose, OpenPose), boxes, the person
+1. Reading what the user gives: boxes, the person's crop (keypoint files: lab/keypoints.py)
 2. The full image's camera (`--intrinsics`), placing a root-relative mesh in it, writing .obj and .npz
 3. The command every paper shares: `add_demo_arguments`, `run_demo` (bad input: one line on stderr, exit status 2)
-4. SimpleHand: its checkpoint (or the released file), one square crop per hand, the hand placed from its 2D keypoints
-5. GenHMR: its four checkpoints, the person crop, UGS, with --keypoints the 2D-pose-guided refinement (Eqs. 2-4)
-6. HMR-Adapter: its checkpoint and bases, the person crop, the adapted pipeline, hand boxes from --keypoints
-7. `main`
-Images are read by `data.read_image` (any Pillow mode), crops cut by `data.crop_matrix` / `data.warp_image`, a
-crop's camera moved to the full image's by `lab.crops.crop_translation_to_full`, and trained models rebuilt from
-train.py's checkpoints by `checkpoints.load_trained`. Bad input raises `data.InputError`, naming the file, key, shape
-or box that is wrong.
+4. Video: `run_video` (frames: lab/frames.py; crops: lab/tracking.py; smoothing: lab/smoothing.py), `pose_again`
+5. SimpleHand: its checkpoint (or the released file), one square crop per hand, the hand placed from its 2D keypoints
+6. GenHMR: its four checkpoints, the person crop, UGS, with --keypoints the 2D-pose-guided refinement (Eqs. 2-4)
+7. HMR-Adapter: its checkpoint and bases, the person crop, the adapted pipeline, hand boxes from --keypoints
+8. `Paper` (what the commands need of each), `MODELS`, `main`
+Each paper's `infer` runs a batch of frames (an image is a batch of one). Images are read by `data.read_image` (any
+Pillow mode), crops cut by `data.crop_matrix` / `data.warp_image`, a crop's camera moved to the full image's by
+`lab.crops.crop_translation_to_full`, and trained models rebuilt from train.py's checkpoints by
+`checkpoints.load_trained`. Bad input raises `data.InputError`, naming the file, key, frame, shape or box that is
+wrong.
 """
 
 import argparse
