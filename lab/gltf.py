@@ -166,7 +166,7 @@ def _quaternion_to_matrix(q):
 def top_influences(lbs_weights, k=INFLUENCES):
     """The k largest weights per vertex and their joints: weights (V, k) float32 summing to 1 as closely as float32
     allows (the largest takes 1 minus the others' sum, so glTF-Validator's normalisation check passes), joints
-    (V, k) int. A zero weight's joint is 0, as the glTF specification asks of unused influences."""
+    (V, k) int. An unused slot holds joint 0 at weight 0."""
     order = np.argsort(-lbs_weights, axis=1, kind="stable")[:, :k]
     w = np.take_along_axis(lbs_weights, order, 1).clip(0, None)
     w = (w / w.sum(1, keepdims=True)).astype(np.float32)
@@ -400,8 +400,8 @@ def _node():
         raise FileNotFoundError("node (Node.js) is not on PATH")
     for package in ("gltf-validator", "three"):
         if not (CHECK_DIR / "node_modules" / package / "package.json").is_file():
-            raise FileNotFoundError(f"the npm package {package} is not installed in {CHECK_DIR.name}/node_modules "
-                                    f"(run `npm ci` in lab/gltf_check)")
+            raise FileNotFoundError(f"the npm package {package} is not installed in lab/gltf_check/node_modules "
+                                    "(run `npm ci` there)")
     return node
 
 

@@ -244,7 +244,7 @@ def needs(check):
     except FileNotFoundError as e:
         if os.environ.get("CI"):
             pytest.fail(f"CI installs it (.ci/run), yet: {e}")
-        pytest.skip(f"needs {e}")
+        pytest.skip(str(e))
 
 
 def test_gltf_validator_reports_no_error_and_no_warning_on_each_models_file(written):
