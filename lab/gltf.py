@@ -426,6 +426,9 @@ def chromium():
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
+    """A static file server that logs nothing and serves ES modules as JavaScript (a browser refuses a module
+    script of another type)."""
+
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript",
                       ".mjs": "text/javascript", ".glb": "model/gltf-binary"}
 
@@ -435,9 +438,9 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 def viewer_silhouette(path, frame, K, image_size, timeout=120):
     """What three.js's GLTFLoader shows of the .glb at path at keyframe `frame`: a bool mask (H, W), True where the
-    mesh covers a pixel centre, drawn by headless Chromium (software WebGL) through the pinhole camera K (3, 3)
-    placed as an OpenCV camera at the model frame's origin (glTF's default camera at the origin), for image_size
-    int or (H, W).
+    mesh covers a pixel centre, drawn by headless Chromium (software WebGL: SwiftShader) through the pinhole camera
+    K (3, 3) placed as an OpenCV camera at the model frame's origin (glTF's default camera at the origin), for
+    image_size int or (H, W).
 
     lab/gltf_check/view.html loads the file from a server on 127.0.0.1 that lives for this call, plays the first
     animation to the keyframe's time, draws the mesh unlit on black without antialiasing, reads the pixels back
