@@ -292,7 +292,7 @@ VIDEO_DOCS = {
     "raw_verts": "(T, V, 3) the meshes as predicted frame by frame, before smoothing",
     "raw_joints3d": "(T, J, 3) their joints", "raw_pose": "(T, J, 3) the frames' own rotations",
     "box": "(T, 4) each frame's crop region x0, y0, x1, y1 (pixels): from the keypoints or the tracker",
-    "tracked": "(T,) 1 where the frame's prediction was accepted by the tracker (its mesh inside the image)",
+    "tracked": "(T,) 1 where the tracker took the frame's prediction (its 2D joints inside the image)",
     "K": "(3, 3) the camera, pixels (--intrinsics, else HaMeR's demo convention)", "fps": "frames per second",
     "fit_error": "SimpleHand: (T,) mean distance of each frame's MANO fit to the predicted vertices, metres",
     "expression": "SMPL-X: (T, E) smoothed expression coefficients", "smooth": "the --smooth mode"}
@@ -318,6 +318,9 @@ def run_video(args, paper, program):
 
     try:
         frames = open_frames(args.video, args.images, args.fps)
+        stem = Path(args.out) / frames.name
+        if args.video and Path(f"{stem}.mp4").resolve() == Path(args.video).resolve():
+            raise InputError(f"--out {args.out}: the overlay {stem}.mp4 would replace the input video")
         if args.intrinsics is not None:
             check_intrinsics(args.intrinsics)
         keypoints = read_video_keypoints(args.keypoints) if args.keypoints else None
@@ -341,7 +344,6 @@ def run_video(args, paper, program):
                   raw_pose=raw["pose"], box=regions, tracked=accepted, K=K, fps=torch.tensor(frames.fps),
                   smooth=np.array(args.smooth), **{k: raw[k] for k in ("fit_error",) if k in raw},
                   **{k: motion[k] for k in ("expression",) if k in motion})
-    stem = Path(args.out) / frames.name
     written = [write_npz(f"{stem}.npz", arrays, VIDEO_DOCS)]
     overlay = (draw_mesh(frame, v, faces, K) for frame, v in zip(frames, verts))
     written.append(write_video(f"{stem}.mp4", overlay, frames.fps))

@@ -265,13 +265,17 @@ def _bad_inputs(tmp_path, clip):
             (["--video", clip, "--keypoints", tmp_path / "gap.json"], "gap.json: frame_id 1 is missing"),
             (["--video", clip, "--keypoints", tmp_path / "short.json"],
              f"short.json: keypoints of 2 frames; {clip} has more"),
-            (["--video", clip, "--box", "500", "0", "600", "50"], "--box 500 0 600 50: outside the image of 128 x 96")]
+            (["--video", clip, "--box", "500", "0", "600", "50"], "--box 500 0 600 50: outside the image of 128 x 96"),
+            (["--video", clip, "--out", clip.parent], f"the overlay {clip} would replace the input video")]
 
 
 def test_bad_video_input_stops_in_one_line_with_status_2_and_writes_nothing(clip_files, untrained, tmp_path, capsys):
-    for k, (argv, words) in enumerate(_bad_inputs(tmp_path, clip_files["mano"])):
+    clip = clip_files["mano"]
+    for k, (argv, words) in enumerate(_bad_inputs(tmp_path, clip)):
         out = tmp_path / f"out{k}"
+        argv = argv + ([] if "--out" in argv else ["--out", out])
         status, stdout, stderr = support.run_demo("simplehand", argv + ["--checkpoint", untrained["simplehand"],
-                                                                        "--out", out, "--threads", "1"], capsys)
+                                                                        "--threads", "1"], capsys)
         assert status == 2 and len(stderr) == 1 and stderr[0].startswith("demo.py: ") and words in stderr[0], stderr
-        assert stdout == [] and not out.exists()
+        assert stdout == [] and not out.exists() and sorted(p.name for p in clip.parent.iterdir()) == ["hand.mp4",
+                                                                                                       "person.mp4"]
