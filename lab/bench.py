@@ -972,11 +972,11 @@ def compare_official(which, run):
 # 6. Video: frames per second of demo.py --video's per-frame work
 
 
-def video_fps(model, frames=16, batch_sizes=(1, 8), config="tiny", seed=0):
+def video_fps(model, frames=16, batch_sizes=(1, 8), config="tiny", seed=0, repeats=5):
     """demo.py's batched inference for `model` (`Paper.infer`: the crops, the model, the meshes placed in the image)
     with random weights at `config`, on a synthetic clip of `frames` frames (lab/clips.py), each frame's crop at its
-    true box -> {batch size: frames per second}, after one untimed batch. Smoothing, the .glb and the overlay are
-    per video, not per frame, and not counted."""
+    true box -> {batch size: frames per second over the median of `repeats` timed passes}, after one untimed batch.
+    Smoothing, the .glb and the overlay are per video, not per frame, and not counted."""
     import demo
     from lab import clips
 
@@ -998,9 +998,12 @@ def video_fps(model, frames=16, batch_sizes=(1, 8), config="tiny", seed=0):
     for batch in batch_sizes:
         run_once = min(batch, frames)
         paper.infer(loaded, clip.frames[:run_once], boxes[:run_once], [None] * run_once, args)  # warm-up
-        start = time.perf_counter()
-        run(batch)
-        speed[batch] = frames / (time.perf_counter() - start)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(batch)
+            times.append(time.perf_counter() - start)
+        speed[batch] = frames / statistics.median(times)
     return speed
 
 
