@@ -279,3 +279,36 @@ def test_bad_video_input_stops_in_one_line_with_status_2_and_writes_nothing(clip
         assert status == 2 and len(stderr) == 1 and stderr[0].startswith("demo.py: ") and words in stderr[0], stderr
         assert stdout == [] and not out.exists() and sorted(p.name for p in clip.parent.iterdir()) == ["hand.mp4",
                                                                                                        "person.mp4"]
+
+
+def test_per_frame_keypoints_place_their_frames_crops_and_the_tracker_the_rest(clip_files, untrained, tmp_path, capsys):
+    """An mmpose file of the video whose frame 1 has no one: frames 0, 2 and 3 are cropped at their keypoints' box,
+    frame 1 where the tracker put it (frame 0's predicted joints)."""
+    body = np.stack([np.linspace(20, 70, 17), np.linspace(30, 110, 17), np.full(17, 0.9)], 1)
+    frames_kp = [{"frame_id": i, "instances": [] if i == 1 else [{"keypoints": (body[:, :2] + i).tolist(),
+                                                                   "keypoint_scores": body[:, 2].tolist()}]}
+                 for i in range(4)]
+    (tmp_path / "kp.json").write_text(json.dumps(frames_kp))
+    status, _, err = support.run_demo("genhmr", ["--video", clip_files["smpl"], "--keypoints", tmp_path / "kp.json",
+                                                 "--checkpoint", untrained["genhmr"], "--out", tmp_path / "o",
+                                                 "--batch-size", "1", "--threads", "1"], capsys)
+    assert status == 0, err
+    boxes = np.load(tmp_path / "o" / "person.npz")["box"]
+    for i in (0, 2, 3):
+        np.testing.assert_allclose(boxes[i], [20 + i, 30 + i, 70 + i, 110 + i], atol=1e-4)
+    assert np.isfinite(boxes[1]).all() and not np.allclose(boxes[1], boxes[0])
+
+
+def test_an_image_folder_is_a_video_at_the_given_rate(clip_files, untrained, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for k, frame in enumerate(frames.VideoFrames(clip_files["mano"])):
+        Image.fromarray((frame.permute(1, 2, 0) * 255).byte().numpy()).save(folder / f"{k + 1}.png")
+    status, stdout, _ = support.run_demo("simplehand", ["--images", folder, "--fps", "5", "--checkpoint",
+                                                        untrained["simplehand"], "--out", tmp_path / "o",
+                                                        "--threads", "1"], capsys)
+    npz = np.load(tmp_path / "o" / "shots.npz")
+    assert status == 0 and stdout[0] == f"wrote {tmp_path / 'o' / 'shots.npz'}"
+    assert float(npz["fps"]) == 5 and npz["verts"].shape == (4, 778, 3)
