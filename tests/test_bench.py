@@ -124,7 +124,7 @@ def _refused(argv, capsys):
     (["--model", "genhmr", "--size", "paper"], "--size is read only with --compare-official"),
     (["--model", "simplehand", "--repeats", "3"], "--repeats is read only with --model hmr_adapter"),
     (["--compare-official", "all", "--config", "tiny"], "--config is read only with --model"),
-    ([], "expected --model, --compare-official, --data-grid or --data-bench"),
+    ([], "expected --model, --compare-official, --data-grid, --data-bench or --video-fps"),
 ])
 def test_a_bad_flag_gets_one_line_naming_it_and_exit_status_2(argv, expected, capsys):
     assert expected in _refused(argv, capsys)
