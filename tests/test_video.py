@@ -229,8 +229,9 @@ def test_video_command_writes_the_npz_the_overlay_and_the_animation(model, clip_
 
     clip = clip_files["mano" if model == "simplehand" else "smpl"]
     out = tmp_path / "out"
+    correctives = ["--correctives"] if model == "simplehand" else []  # passed through to the .glb's morph targets
     status, stdout, _ = support.run_demo(model, ["--video", clip, "--checkpoint", untrained[model], "--out", out,
-                                                 "--batch-size", "3", "--threads", "1"], capsys)
+                                                 "--batch-size", "3", "--threads", "1"] + correctives, capsys)
     assert status == 0 and stdout == [f"wrote {out / clip.stem}{ext}" for ext in (".npz", ".mp4", ".glb")]
     npz = np.load(out / f"{clip.stem}.npz")
     kind = demo.MODELS[model].kind
@@ -240,6 +241,7 @@ def test_video_command_writes_the_npz_the_overlay_and_the_animation(model, clip_
     assert len(list(frames.VideoFrames(out / f"{clip.stem}.mp4"))) == 4
     glb = pygltflib.GLTF2().load(str(out / f"{clip.stem}.glb"))
     assert len(glb.animations) == 1 and len(glb.skins) == 1
+    assert bool(glb.meshes[0].primitives[0].targets) == bool(correctives)
 
 
 def test_smoothing_off_keeps_the_frames_own_rotations(clip_files, untrained, tmp_path, capsys):
