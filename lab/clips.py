@@ -11,7 +11,7 @@ and size perturbed independently frame to frame (Gaussian, `jitter` of the box's
 `python -m lab.clips --measure` runs each paper's trained default checkpoint (out/<paper>/ckpt.pt) through
 demo.py's batched inference on such a clip and prints, for the raw per-frame predictions and for the One-Euro
 filter online and offline (lab/smoothing.py), the acceleration error and MPJPE (both root-aligned, mm, as video
-HMR papers report them: Kanazawa et al. 2019, HMMR, Sec. 5; Kocabas et al. 2020, VIBE, Sec. 4.1) and the same in
+HMR papers report them: Kanazawa et al. 2019, HMMR; Kocabas et al. 2020, VIBE) and the same in
 the camera frame (the root's placement included). `python -m lab.clips --write DIR` writes a clip per paper as
 an MP4, to try `demo.py --video` on.
 

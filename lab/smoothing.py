@@ -2,7 +2,7 @@
 Filter for Noisy Input in Interactive Systems", CHI 2012) on what a mesh-recovery model predicts frame by frame.
 
 A per-frame model jitters: its crop moves with the detector's box, and each frame is predicted alone. The One-Euro
-filter is a first-order low-pass filter whose cutoff rises with the signal's speed (Sec. 3 of the paper):
+filter is a first-order low-pass filter whose cutoff rises with the signal's speed (as the paper writes it):
     x_hat_t = a(f_c) x_t + (1 - a(f_c)) x_hat_{t-1},   f_c = f_min + beta |dx_hat_t|,   a(f) = 1 / (1 + 1 / (2 pi f dt))
 with the speed dx_hat_t itself low-passed at a fixed cutoff d_cutoff: slow motion is smoothed hard (little jitter),
 fast motion passes with little lag. Each kind of quantity is filtered in its own space and units:
@@ -74,7 +74,7 @@ def continuous_quaternions(q):
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. The One-Euro filter (Casiez et al. 2012, Sec. 3 and its Algorithm 1)
+# 2. The One-Euro filter (Casiez et al. 2012: the filter and its pseudocode)
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class OneEuro:
 
 def smoothing_factor(cutoff, dt):
     """a = 1 / (1 + tau / dt) with tau = 1 / (2 pi cutoff): the weight of the new sample in an exponential
-    smoother of that cutoff frequency (Casiez et al., Eq. 2-3)."""
+    smoother of that cutoff frequency (Casiez et al. 2012)."""
     r = 2 * math.pi * cutoff * dt
     return r / (r + 1)
 

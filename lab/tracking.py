@@ -1,5 +1,5 @@
 """Where to crop in each frame of a video when no detector gives a box: the region-of-interest tracking that hand and
-body trackers use (MediaPipe Hands, Zhang et al. 2020, Sec. 2: the next frame's hand crop comes from the landmarks
+body trackers use (MediaPipe Hands, Zhang et al. 2020: the next frame's hand crop comes from the landmarks
 predicted in the current one, and the palm detector runs again only when they are lost).
 
 The first frame's region is given (`--box`, else the whole image). After each prediction, the tracker takes the box

@@ -20,12 +20,13 @@ from lab.keypoints import read_video_keypoints
 
 
 def _write_clip(path, count=5, hw=(48, 64), rotation=0, fps=10):
-    """A clip written by PyAV: frame k white in its top-left 10 x 20 pixels, grey elsewhere, brighter with k."""
+    """A clip written by PyAV: frame k white in its top-left 10 x 20 pixels, grey elsewhere, brighter with k (4:4:4
+    chroma, which holds an odd width or height)."""
     import av
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = hw[1], hw[0], "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = hw[1], hw[0], "yuv444p"
         if rotation:
             stream.set_display_rotation(rotation)
         for k in range(count):
@@ -45,6 +46,11 @@ def test_a_pyav_clip_gives_every_frame_at_its_size_and_rate(tmp_path):
     assert all(f.shape == (3, 48, 64) and f.dtype == torch.float32 for f in got)
     assert got[0][:, :10, :20].mean() > 0.95 and abs(got[4][:, 30:, 30:].mean() - 120 / 255) < 0.03
     assert len(list(video)) == 5  # read again (the overlay's second pass)
+
+
+def test_a_clip_of_odd_width_and_height_is_read_at_its_size(tmp_path):
+    got = list(frames.VideoFrames(_write_clip(tmp_path / "odd.mp4", count=3, hw=(47, 63))))
+    assert len(got) == 3 and got[0].shape == (3, 47, 63) and got[0][:, :10, :20].mean() > 0.95
 
 
 def test_the_display_rotation_is_applied_as_a_player_shows_it(tmp_path):
