@@ -44,7 +44,7 @@ import subprocess
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHECKED = ["README.md", "docs/simplehand.md", "docs/genhmr.md", "docs/hmr_adapter.md", "docs/reference.md",
-           *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "notebooks").glob("*.ipynb"))]
+           "docs/video.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "notebooks").glob("*.ipynb"))]
 HISTORY = "docs/history.md"
 RUNS = ROOT / "docs" / "runs"
 PAPER_NUMBERS = ROOT / "lab" / "paper_numbers.json"
