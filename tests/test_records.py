@@ -35,11 +35,12 @@ def expected_results():
                    amb("table_cosine_T1_hidden_arm_mm"), amb("table_cosine_T5_hidden_arm_mm")],
         "HMR-Adapter": [*occluded, occluded[0] / occluded[1],
                         ha("pipeline/adapted/all/pve_mm") / ha("pipeline/baseline/all/pve_mm"),
+                        ha("hand_path/control/clean/pa_pve_mm") / ha("hand_path/expert/clean/pa_pve_mm"),
+                        paper_table3["No.5 adapter, hand image input"] / paper_table3["HaMeR (pre-trained)"],
                         ha("hand_path/adapter/occluded/pve_mm") / ha("hand_path/expert/occluded/pve_mm"),
                         ha("hand_path/adapter/occluded/pa_pve_mm") / ha("hand_path/control/occluded/pa_pve_mm"),
                         paper_table3["No.6 adapter, body pose input"] / paper_table3["No.5 adapter, hand image input"],
-                        ha("hand_path/control/occluded/pa_pve_mm") / ha("hand_path/expert/occluded/pa_pve_mm"),
-                        paper_table3["No.5 adapter, hand image input"] / paper_table3["HaMeR (pre-trained)"]],
+                        ha("hand_path/adapter/clean/pa_pve_mm") / ha("hand_path/control/clean/pa_pve_mm")],
     }
 
 
