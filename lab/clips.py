@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from bodymodels import mano_to_freihand, perspective_projection
+import metrics
 from data import sample_rng, skinning
 from lab.crops import full_image_intrinsics
 from lab.render import render_batch
@@ -155,8 +156,8 @@ def _aligned(joints, root_aligned):
 
 
 def mpjpe(pred, truth, root_aligned=True):
-    """The mean joint distance over joints and frames, mm."""
-    return 1000 * (_aligned(pred, root_aligned) - _aligned(truth, root_aligned)).norm(dim=-1).mean().item()
+    """The mean joint distance over joints and frames, mm (`metrics.mpjpe` over the frames)."""
+    return 1000 * metrics.mpjpe(pred, truth, root_index=0 if root_aligned else None).mean().item()
 
 
 def acceleration_error(pred, truth, root_aligned=True):

@@ -53,6 +53,7 @@ from bodymodels import MANO_JOINT_NAMES, SMPL_JOINT_NAMES, SMPLX_JOINT_NAMES
 from data import body_model, skinning
 from lab.files import atomic_write
 from lab.render import render_mesh, vertex_normals
+from lab.smoothing import continuous_quaternions, quaternion_from_rotvec, quaternion_to_rotvec
 
 KINDS = ("mano", "smpl", "smplx")
 JOINT_NAMES = {"mano": MANO_JOINT_NAMES, "smpl": SMPL_JOINT_NAMES, "smplx": SMPLX_JOINT_NAMES}
@@ -144,23 +145,11 @@ def model_vertices(kind, betas, poses, transl, expression=None, model_dir=None):
 # 2. Writing
 
 
-def _axis_angle_to_quaternion(aa):
-    """Unit quaternions (..., 4) in glTF's order (x, y, z, w) of axis-angle (..., 3): q = (sin(theta/2) n,
-    cos(theta/2)); sin(theta/2) / theta by its Taylor series 1/2 - theta^2/48 below theta^2 = 1e-6."""
-    theta2 = (aa * aa).sum(-1, keepdims=True)
-    theta = np.sqrt(theta2)
-    small = theta2 < 1e-6
-    k = np.where(small, 0.5 - theta2 / 48, np.sin(theta / 2) / np.where(small, 1.0, theta))
-    return np.concatenate([k * aa, np.cos(theta / 2)], -1)
-
-
 def _quaternion_to_matrix(q):
     """Rotation matrices (..., 3, 3) of quaternions (..., 4) in glTF's order (x, y, z, w), normalised first."""
-    x, y, z, w = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
-    R = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-                  2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-                  2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)
-    return R.reshape(*q.shape[:-1], 3, 3)
+    q = torch.as_tensor(np.asarray(q, dtype=np.float64))
+    q = (q / q.norm(dim=-1, keepdim=True))[..., [3, 0, 1, 2]]  # (w, x, y, z), lab.smoothing's order
+    return bodymodels.axis_angle_to_matrix(quaternion_to_rotvec(q)).numpy()
 
 
 def top_influences(lbs_weights, k=INFLUENCES):
@@ -277,9 +266,8 @@ def write_animation(path, kind, betas, poses, transl, fps, correctives=False, mo
     gltf.skins = [Skin(name=kind, joints=list(range(2, 2 + J)), skeleton=2,
                        inverseBindMatrices=binary.add(inverse_bind.transpose(0, 2, 1), "MAT4", _FLOAT))]  # columns
     # 6. the animation: frame k at k / fps; local rotations, the root's translation J_0 + transl, morph weights
-    quaternions = _axis_angle_to_quaternion(pose)  # (T, J, 4)
-    flip = np.cumprod(np.where((quaternions[1:] * quaternions[:-1]).sum(-1) < 0, -1.0, 1.0), 0)  # shortest arcs
-    quaternions[1:] *= flip[..., None]
+    # (T, J, 4) in glTF's order (x, y, z, w), each frame's sign the one nearer the frame before (shortest arcs)
+    quaternions = continuous_quaternions(quaternion_from_rotvec(pose)).numpy()[..., [1, 2, 3, 0]]
     times = binary.add(np.arange(T) / fps, "SCALAR", _FLOAT, bounds=True)
     outputs = [(2 + j, "rotation", binary.add(quaternions[:, j], "VEC4", _FLOAT)) for j in range(J)]
     outputs.append((2, "translation", binary.add(joints[0] + transl, "VEC3", _FLOAT)))
